@@ -1,0 +1,355 @@
+//! The node configuration: TOML in, a validated [`Config`] out, before any socket is
+//! bound. Every problem is reported with the field it concerns. Relative paths are
+//! resolved against the directory of the configuration file.
+//!
+//! ```toml
+//! [node]
+//! id = "redmond.hq"                # this node's id; must be the first DNS SAN of `cert`
+//! listen = "0.0.0.0:7443"          # address:port to serve on
+//! data_dir = "data"                # the node's store
+//! cert = "certs/redmond.hq.crt"    # node certificate chain (PEM, leaf first)
+//! key = "certs/redmond.hq.key"     # its private key (PEM, mode 0600)
+//! trust_anchors = ["certs/ca.crt"] # federation CA certificates
+//! crls = ["certs/crl.pem"]         # optional revocation lists
+//!
+//! [[peer]]
+//! id = "berlin.office"
+//! address = "berlin.example.org:7443"
+//! role = "peer"                    # peer (default) or read_only
+//!
+//! [[client]]
+//! id = "researcher.uni-x"
+//! role = "read_only"               # read_only, analyst or admin
+//! ```
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::model::{NodeId, Role};
+use crate::transport::{Partner, PartnerKind, TlsError, TlsMaterial, TlsPaths};
+
+/// Largest configuration file accepted.
+const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or mistyped fields.
+    #[error("config {path}: {message}")]
+    Syntax {
+        /// The config file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A field has an invalid value.
+    #[error("config {path}: {field}: {problem}")]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// The field, e.g. `peer[1].id`.
+        field: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    node: RawNode,
+    #[serde(default)]
+    peer: Vec<RawPeer>,
+    #[serde(default)]
+    client: Vec<RawClient>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    id: String,
+    listen: String,
+    data_dir: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    trust_anchors: Vec<PathBuf>,
+    #[serde(default)]
+    crls: Vec<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    id: String,
+    address: String,
+    #[serde(default = "default_peer_role")]
+    role: Role,
+}
+
+fn default_peer_role() -> Role {
+    Role::Peer
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    id: String,
+    role: Role,
+}
+
+/// This node's own settings (`[node]`).
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// The node id.
+    pub id: NodeId,
+    /// Address to serve on.
+    pub listen: SocketAddr,
+    /// Directory of the store.
+    pub data_dir: PathBuf,
+    /// Certificate, key, trust anchors and CRLs.
+    pub tls: TlsPaths,
+}
+
+/// A `[[peer]]`: another node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// Its id.
+    pub id: NodeId,
+    /// `host:port` to reach it.
+    pub address: String,
+    /// `peer` or `read_only`.
+    pub role: Role,
+}
+
+/// A `[[client]]`: an analyst, researcher or tool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// Its id.
+    pub id: NodeId,
+    /// `read_only`, `analyst` or `admin`.
+    pub role: Role,
+}
+
+/// A validated node configuration with its TLS material loaded.
+#[derive(Debug)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// `[node]`.
+    pub node: NodeSettings,
+    /// `[[peer]]` entries.
+    pub peers: Vec<PeerConfig>,
+    /// `[[client]]` entries.
+    pub clients: Vec<ClientConfig>,
+    /// The node's certificate, key, anchors and CRLs, loaded and checked.
+    pub tls: TlsMaterial,
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file, including the TLS files it names.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let read_err = |source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let len = std::fs::metadata(path).map_err(read_err)?.len();
+        if len > MAX_CONFIG_BYTES {
+            return Err(ConfigError::Syntax {
+                path: path.to_owned(),
+                message: format!("file is larger than {MAX_CONFIG_BYTES} bytes"),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(read_err)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, path, base)
+    }
+
+    /// Parses and validates configuration text; `base` resolves relative paths.
+    pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " | "),
+        })?;
+        let invalid = |field: &str, problem: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            field: field.to_owned(),
+            problem,
+        };
+        let resolve = |p: &Path| -> PathBuf {
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                base.join(p)
+            }
+        };
+
+        let id = NodeId::new(&raw.node.id).map_err(|e| invalid("node.id", e.to_string()))?;
+        let listen: SocketAddr = raw.node.listen.parse().map_err(|_| {
+            invalid(
+                "node.listen",
+                format!(
+                    "{:?} is not an address:port such as 0.0.0.0:7443",
+                    raw.node.listen
+                ),
+            )
+        })?;
+        if raw.node.data_dir.as_os_str().is_empty() {
+            return Err(invalid("node.data_dir", "must not be empty".into()));
+        }
+        if raw.node.trust_anchors.is_empty() {
+            return Err(invalid(
+                "node.trust_anchors",
+                "at least one CA certificate is required".into(),
+            ));
+        }
+
+        let mut seen = HashSet::from([id.clone()]);
+        let mut peers = Vec::with_capacity(raw.peer.len());
+        for (i, p) in raw.peer.into_iter().enumerate() {
+            let field = |name: &str| format!("peer[{i}].{name}");
+            let peer_id = NodeId::new(&p.id).map_err(|e| invalid(&field("id"), e.to_string()))?;
+            if !seen.insert(peer_id.clone()) {
+                return Err(invalid(
+                    &field("id"),
+                    format!("{peer_id} is this node or is configured more than once"),
+                ));
+            }
+            if !matches!(p.role, Role::Peer | Role::ReadOnly) {
+                return Err(invalid(
+                    &field("role"),
+                    format!("a peer's role must be peer or read_only, not {}", p.role),
+                ));
+            }
+            check_address(&p.address).map_err(|problem| invalid(&field("address"), problem))?;
+            peers.push(PeerConfig {
+                id: peer_id,
+                address: p.address,
+                role: p.role,
+            });
+        }
+        let mut clients = Vec::with_capacity(raw.client.len());
+        for (i, c) in raw.client.into_iter().enumerate() {
+            let field = |name: &str| format!("client[{i}].{name}");
+            let client_id = NodeId::new(&c.id).map_err(|e| invalid(&field("id"), e.to_string()))?;
+            if !seen.insert(client_id.clone()) {
+                return Err(invalid(
+                    &field("id"),
+                    format!("{client_id} is this node or is configured more than once"),
+                ));
+            }
+            if c.role == Role::Peer {
+                return Err(invalid(
+                    &field("role"),
+                    "a client's role must be read_only, analyst or admin; nodes go in [[peer]]"
+                        .into(),
+                ));
+            }
+            clients.push(ClientConfig {
+                id: client_id,
+                role: c.role,
+            });
+        }
+
+        let tls_paths = TlsPaths {
+            cert: resolve(&raw.node.cert),
+            key: resolve(&raw.node.key),
+            trust_anchors: raw.node.trust_anchors.iter().map(|p| resolve(p)).collect(),
+            crls: raw.node.crls.iter().map(|p| resolve(p)).collect(),
+        };
+        let tls = TlsMaterial::load(&tls_paths, &id).map_err(|e| {
+            let field = match e.path() {
+                Some(p) if p == tls_paths.key => "node.key",
+                Some(p) if tls_paths.trust_anchors.iter().any(|a| a == p) => "node.trust_anchors",
+                Some(p) if tls_paths.crls.iter().any(|c| c == p) => "node.crls",
+                Some(_) => "node.cert",
+                None => match e {
+                    TlsError::Verifier(_) => "node.crls",
+                    _ => "node.key",
+                },
+            };
+            invalid(field, e.to_string())
+        })?;
+
+        Ok(Self {
+            path: path.to_owned(),
+            node: NodeSettings {
+                id,
+                listen,
+                data_dir: resolve(&raw.node.data_dir),
+                tls: tls_paths,
+            },
+            peers,
+            clients,
+            tls,
+        })
+    }
+
+    /// Every configured partner, as the transport layer identifies them.
+    pub fn partners(&self) -> impl Iterator<Item = Partner> + '_ {
+        let peers = self.peers.iter().map(|p| Partner {
+            id: p.id.clone(),
+            kind: PartnerKind::Node,
+            role: p.role,
+        });
+        let clients = self.clients.iter().map(|c| Partner {
+            id: c.id.clone(),
+            kind: PartnerKind::Client,
+            role: c.role,
+        });
+        peers.chain(clients)
+    }
+}
+
+fn check_address(address: &str) -> Result<(), String> {
+    let problem = || format!("{address:?} is not host:port");
+    let (host, port) = address.rsplit_once(':').ok_or_else(problem)?;
+    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(problem());
+    }
+    Ok(())
+}
+
+/// The starter configuration written by `entente init`.
+pub fn starter_config(id: &NodeId, listen: &str, cert_dir: &str) -> String {
+    format!(
+        r#"# Entente node configuration. Relative paths are resolved against this file's directory.
+
+[node]
+# This node's id: the first DNS subject-alternative name of its certificate.
+id = "{id}"
+# Address and port to serve mutually authenticated gRPC on.
+listen = "{listen}"
+# Directory of the node's store (created if missing).
+data_dir = "data"
+# The node's certificate chain (PEM, leaf first) and private key (PEM, mode 0600).
+cert = "{cert_dir}/{id}.crt"
+key = "{cert_dir}/{id}.key"
+# CA certificates of the federation; peers and clients must chain to one of them.
+trust_anchors = ["{cert_dir}/ca.crt"]
+# Certificate revocation lists (PEM), e.g. the crl.pem written by `entente certs revoke`.
+crls = []
+
+# One [[peer]] per federation node this node exchanges bundles with.
+# [[peer]]
+# id = "berlin.office"
+# address = "berlin.example.org:7443"
+# role = "peer"        # peer (default) or read_only
+
+# One [[client]] per analyst, researcher or tool allowed to connect.
+# [[client]]
+# id = "researcher.uni-x"
+# role = "read_only"   # read_only, analyst or admin
+"#
+    )
+}

@@ -1,0 +1,37 @@
+//! Entente: a node for sharing cyber-threat indicators across a federation of
+//! organisations, over mutually authenticated gRPC.
+//!
+//! Start a node from a validated configuration and stop it:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! let config = entente::Config::load(std::path::Path::new("node.toml"))?;
+//! let node = entente::Node::start(config).await?;
+//! println!("serving on {}", node.local_addr());
+//! node.shutdown(Duration::from_secs(10)).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Module dependencies point one way: `model` ← `crypto`, `policy`, `store` ←
+//! `sync` ← `rpc` ← `node`; `transport` carries bytes and identities, `config`
+//! turns TOML into validated settings, `certs` is the federation PKI tooling.
+
+#![warn(missing_docs)]
+
+pub mod certs;
+pub mod client;
+pub mod config;
+pub mod crypto;
+pub mod model;
+pub mod node;
+pub mod policy;
+pub mod rpc;
+pub mod store;
+pub mod sync;
+pub mod transport;
+
+pub use config::{Config, ConfigError};
+pub use model::{NodeId, Role};
+pub use node::{Node, NodeError};

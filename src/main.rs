@@ -1,0 +1,323 @@
+//! The `entente` command: parse arguments, set up logging, load and validate the
+//! configuration, then hand over to the library. Signals are handled here.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use entente::certs::{CertDir, Usage, Validity};
+use entente::client::NodeClient;
+use entente::{Config, Node, NodeId};
+
+/// How long `serve` lets in-flight calls finish after SIGINT/SIGTERM.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+
+#[derive(Parser)]
+#[command(
+    name = "entente",
+    version,
+    about = "Share signed cyber-threat indicators across a federation"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a starter node configuration (and, with --with-certs, a PKI).
+    Init {
+        /// Directory to write entente.toml (and certs/) into.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The node id, e.g. redmond.hq.
+        #[arg(long)]
+        id: NodeId,
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0:7443")]
+        listen: String,
+        /// Also create a federation CA (unless DIR/certs/ca.crt exists) and a node certificate.
+        #[arg(long)]
+        with_certs: bool,
+    },
+    /// Manage the federation's certificates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Run a node until SIGINT or SIGTERM.
+    Serve {
+        /// The node configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Say hello to a node over mTLS and print who answered.
+    Status {
+        /// The node configuration file (its certificate is used to connect).
+        #[arg(long)]
+        config: PathBuf,
+        /// Node to ask: a configured peer id, or ID@HOST:PORT. Default: this node.
+        #[arg(long)]
+        node: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create a federation CA (ca.crt, ca.key) in DIR.
+    Ca {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The CA's common name.
+        #[arg(long, default_value = "Entente federation CA")]
+        name: String,
+        /// Validity in days.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+    },
+    /// Issue a node certificate (server and client use) signed by the CA in DIR.
+    Node {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The node id, put first among the DNS names.
+        #[arg(long)]
+        id: NodeId,
+        /// An IP address the node is reached at (repeatable).
+        #[arg(long)]
+        ip: Vec<IpAddr>,
+        /// A further DNS name the node is reached at (repeatable).
+        #[arg(long)]
+        dns: Vec<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 397)]
+        days: u32,
+    },
+    /// Issue a client certificate (analyst, researcher, tool) signed by the CA in DIR.
+    Client {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The client id.
+        #[arg(long)]
+        id: NodeId,
+        /// Validity in days.
+        #[arg(long, default_value_t = 397)]
+        days: u32,
+    },
+    /// Revoke DIR/ID.crt: add it to the register and rewrite DIR/crl.pem.
+    Revoke {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        id: NodeId,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Init {
+            dir,
+            id,
+            listen,
+            with_certs,
+        } => init(&dir, &id, &listen, with_certs),
+        Command::Certs { command } => certs(command),
+        Command::Serve { config } => {
+            let config = Config::load(&config)?;
+            runtime()?.block_on(serve(config))
+        }
+        Command::Status { config, node } => {
+            let config = Config::load(&config)?;
+            runtime()?.block_on(status(config, node))
+        }
+    }
+}
+
+fn init(dir: &Path, id: &NodeId, listen: &str, with_certs: bool) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let config_path = dir.join("entente.toml");
+    if config_path.exists() {
+        bail!("{} exists; refusing to overwrite it", config_path.display());
+    }
+    if with_certs {
+        let certs = CertDir::new(dir.join("certs"));
+        if !certs.ca_cert_path().exists() {
+            certs.create_ca("Entente federation CA", Validity::days_from_now(3650))?;
+            println!("created federation CA {}", certs.ca_cert_path().display());
+        }
+        certs.issue(
+            id,
+            &Usage::Node {
+                ips: vec![],
+                dns: vec![],
+            },
+            Validity::days_from_now(397),
+        )?;
+        println!(
+            "issued node certificate {}",
+            certs.cert_path(id.as_str()).display()
+        );
+    }
+    entente::transport::files::write_public_new(
+        &config_path,
+        entente::config::starter_config(id, listen, "certs").as_bytes(),
+    )
+    .with_context(|| format!("cannot write {}", config_path.display()))?;
+    println!("wrote {}", config_path.display());
+    Ok(())
+}
+
+fn certs(command: CertsCommand) -> Result<()> {
+    match command {
+        CertsCommand::Ca { dir, name, days } => {
+            let certs = CertDir::new(&dir);
+            certs.create_ca(&name, Validity::days_from_now(days))?;
+            println!(
+                "created federation CA {} (key ca.key, mode 0600)",
+                certs.ca_cert_path().display()
+            );
+        }
+        CertsCommand::Node {
+            dir,
+            id,
+            ip,
+            dns,
+            days,
+        } => {
+            let certs = CertDir::new(&dir);
+            certs.issue(
+                &id,
+                &Usage::Node { ips: ip, dns },
+                Validity::days_from_now(days),
+            )?;
+            println!(
+                "issued node certificate {}",
+                certs.cert_path(id.as_str()).display()
+            );
+        }
+        CertsCommand::Client { dir, id, days } => {
+            let certs = CertDir::new(&dir);
+            certs.issue(&id, &Usage::Client, Validity::days_from_now(days))?;
+            println!(
+                "issued client certificate {}",
+                certs.cert_path(id.as_str()).display()
+            );
+        }
+        CertsCommand::Revoke { dir, id } => {
+            let crl = CertDir::new(&dir).revoke(&id)?;
+            println!(
+                "revoked {id}; distribute {} to every node (node.crls) and restart them",
+                crl.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn serve(config: Config) -> Result<()> {
+    let node = Node::start(config).await?;
+    println!("{} serving on {}", node.id(), node.local_addr());
+    wait_for_signal().await?;
+    tracing::info!(deadline = ?SHUTDOWN_DEADLINE, "shutting down");
+    node.shutdown(SHUTDOWN_DEADLINE).await?;
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    Ok(())
+}
+
+async fn status(config: Config, target: Option<String>) -> Result<()> {
+    let (id, address) = match target {
+        None => {
+            let mut addr = config.node.listen;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(if addr.is_ipv4() {
+                    IpAddr::from([127, 0, 0, 1])
+                } else {
+                    IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+                });
+            }
+            (config.node.id.clone(), addr.to_string())
+        }
+        Some(target) => match target.split_once('@') {
+            Some((id, address)) => (
+                id.parse::<NodeId>().context("--node ID@HOST:PORT")?,
+                address.to_owned(),
+            ),
+            None => {
+                let id: NodeId = target
+                    .parse()
+                    .context("--node must be a peer id or ID@HOST:PORT")?;
+                let peer =
+                    config.peers.iter().find(|p| p.id == id).with_context(|| {
+                        format!("{id} is not a configured peer; use ID@HOST:PORT")
+                    })?;
+                (id, peer.address.clone())
+            }
+        },
+    };
+    let tls = config.tls.client_config()?;
+    let client = NodeClient::connect(tls, &config.node.id, &address, &id).await?;
+    let hello = client.hello().await?;
+    println!("node:             {}", hello.node_id);
+    println!("address:          {address}");
+    println!("protocol version: {}", hello.protocol_version);
+    println!("software version: {}", hello.software_version);
+    println!("capabilities:     {}", hello.capabilities.join(", "));
+    println!(
+        "you are:          {} ({})",
+        hello.caller_id, hello.caller_role
+    );
+    Ok(())
+}

@@ -1,0 +1,190 @@
+//! A running node: wires configuration, store, transport and services together,
+//! owns every task, and stops them in a fixed order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+
+use crate::config::Config;
+use crate::model::NodeId;
+use crate::rpc::auth::RequireIdentityLayer;
+use crate::rpc::federation::FederationService;
+use crate::rpc::intel::IntelService;
+use crate::rpc::proto::FILE_DESCRIPTOR_SET;
+use crate::rpc::proto::federation_server::FederationServer;
+use crate::rpc::proto::intel_server::IntelServer;
+use crate::store::{SledStore, Store, StoreError};
+use crate::transport::{ConnectionInfo, Directory, TlsError, listener};
+
+/// Why a node could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The TLS configuration could not be built.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The store could not be opened or flushed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The data directory could not be created.
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Reflection could not be set up from the embedded descriptor set.
+    #[error("reflection service: {0}")]
+    Reflection(String),
+    /// The gRPC server stopped with an error.
+    #[error("gRPC server: {0}")]
+    Serve(String),
+    /// Connections did not close within the shutdown deadline and were cut.
+    #[error("shutdown deadline of {0:?} passed; remaining connections were closed")]
+    DeadlineExceeded(Duration),
+}
+
+/// A running node. Dropping it without [`Node::shutdown`] cancels its tasks.
+pub struct Node {
+    id: NodeId,
+    local_addr: SocketAddr,
+    shutdown: CancellationToken,
+    _cancel_on_drop: tokio_util::sync::DropGuard,
+    accept_task: JoinHandle<()>,
+    serve_task: JoinHandle<Result<(), NodeError>>,
+    store: Arc<SledStore>,
+}
+
+impl Node {
+    /// Opens the store, binds the listener and starts serving. Returns once the
+    /// node accepts connections.
+    pub async fn start(config: Config) -> Result<Self, NodeError> {
+        let id = config.node.id.clone();
+        std::fs::create_dir_all(&config.node.data_dir).map_err(|source| NodeError::DataDir {
+            path: config.node.data_dir.clone(),
+            source,
+        })?;
+        let store = Arc::new(SledStore::open(&config.node.data_dir, &id)?);
+
+        let directory = Arc::new(Directory::new(&id, config.partners()));
+        let server_tls = config.tls.server_config(directory.clone())?;
+
+        let listener = TcpListener::bind(config.node.listen)
+            .await
+            .map_err(|source| NodeError::Bind {
+                addr: config.node.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| NodeError::Bind {
+            addr: config.node.listen,
+            source,
+        })?;
+
+        let shutdown = CancellationToken::new();
+        let (incoming, accept_task) =
+            listener::accept(listener, server_tls, directory, shutdown.clone());
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<FederationServer<FederationService>>()
+            .await;
+        health.set_serving::<IntelServer<IntelService>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| NodeError::Reflection(e.to_string()))?;
+        let reflection_alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(|e| NodeError::Reflection(e.to_string()))?;
+
+        let router = Server::builder()
+            .trace_fn(|request| {
+                let (peer, role, addr) = match request.extensions().get::<ConnectionInfo>() {
+                    Some(info) => (
+                        info.partner.id.to_string(),
+                        info.partner.role.as_str(),
+                        info.remote_addr.to_string(),
+                    ),
+                    None => (String::from("-"), "-", String::from("-")),
+                };
+                tracing::info_span!("rpc", method = %request.uri().path(), peer = %peer, role, addr = %addr)
+            })
+            .layer(RequireIdentityLayer)
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(reflection_alpha)
+            .add_service(FederationServer::new(FederationService::new(id.clone())))
+            .add_service(IntelServer::new(IntelService));
+
+        let signal = shutdown.clone();
+        let serve_task = tokio::spawn(async move {
+            router
+                .serve_with_incoming_shutdown(incoming, signal.cancelled_owned())
+                .await
+                .map_err(|e| NodeError::Serve(crate::transport::connect::error_chain(&e)))
+        });
+        tracing::info!(node = %id, addr = %local_addr, "node serving");
+        Ok(Self {
+            id,
+            local_addr,
+            _cancel_on_drop: shutdown.clone().drop_guard(),
+            shutdown,
+            accept_task,
+            serve_task,
+            store,
+        })
+    }
+
+    /// The node's id.
+    pub fn id(&self) -> &NodeId {
+        &self.id
+    }
+
+    /// The address the node listens on (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, lets in-flight calls finish for up to `deadline`, then cuts
+    /// what remains and flushes the store.
+    pub async fn shutdown(self, deadline: Duration) -> Result<(), NodeError> {
+        let Node {
+            id,
+            shutdown,
+            accept_task,
+            mut serve_task,
+            store,
+            ..
+        } = self;
+        shutdown.cancel();
+        let _ = accept_task.await;
+        let served = match tokio::time::timeout(deadline, &mut serve_task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(NodeError::Serve(join.to_string())),
+            Err(_) => {
+                serve_task.abort();
+                let _ = serve_task.await;
+                Err(NodeError::DeadlineExceeded(deadline))
+            }
+        };
+        store.flush()?;
+        tracing::info!(node = %id, "node stopped");
+        served
+    }
+}

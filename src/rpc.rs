@@ -1,0 +1,23 @@
+//! The only tonic code: service adapters that turn requests into domain calls and
+//! back, the generated wire types, and the mapping of errors to `tonic::Status`.
+//! No business rule lives here; `rpc` never decides policy.
+
+pub mod auth;
+pub mod federation;
+pub mod intel;
+
+/// Types and service stubs generated from `proto/entente/v1/`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("entente.v1");
+
+    /// The encoded file descriptor set of the wire contract, served by reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("entente_v1_descriptor");
+}
+
+/// Version of the federation protocol this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Capabilities this build announces in `Hello`.
+pub const CAPABILITIES: &[&str] = &["hello"];

@@ -1,0 +1,117 @@
+//! From a verified certificate to a configured partner: the certificate's first
+//! DNS subject-alternative name is the id, and the [`Directory`] says who that is.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use rustls::pki_types::CertificateDer;
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::model::{InvalidNodeId, NodeId, Role};
+
+/// Why no id could be read from a certificate.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IdentityError {
+    /// The DER is not an X.509 certificate.
+    #[error("certificate cannot be parsed: {0}")]
+    Unparseable(String),
+    /// The certificate has no DNS subject-alternative name.
+    #[error("certificate has no DNS subject-alternative name to take the id from")]
+    NoDnsName,
+    /// The first DNS name is not a valid id.
+    #[error("certificate id {name:?} is invalid: {reason}")]
+    InvalidId {
+        /// The name as found.
+        name: String,
+        /// Why it is not an id.
+        reason: InvalidNodeId,
+    },
+}
+
+/// Reads the id of a certificate: its first DNS subject-alternative name.
+///
+/// Certificates made by `entente certs` put the id first; further DNS names
+/// (host names used to reach the node) follow it.
+pub fn certificate_id(der: &CertificateDer<'_>) -> Result<NodeId, IdentityError> {
+    let (_, cert) = X509Certificate::from_der(der.as_ref())
+        .map_err(|e| IdentityError::Unparseable(e.to_string()))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| IdentityError::Unparseable(e.to_string()))?
+        .ok_or(IdentityError::NoDnsName)?;
+    let name = san
+        .value
+        .general_names
+        .iter()
+        .find_map(|n| match n {
+            GeneralName::DNSName(name) => Some(*name),
+            _ => None,
+        })
+        .ok_or(IdentityError::NoDnsName)?;
+    NodeId::new(name).map_err(|reason| IdentityError::InvalidId {
+        name: name.to_owned(),
+        reason,
+    })
+}
+
+/// Whether an authenticated caller is another node or a client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartnerKind {
+    /// A `[[peer]]`: a federation node.
+    Node,
+    /// A `[[client]]`: an analyst, researcher, dashboard or connector.
+    Client,
+    /// This node's own certificate, used by the operator's CLI on the node's host.
+    Local,
+}
+
+/// A configured partner, as identified from its certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partner {
+    /// Its id.
+    pub id: NodeId,
+    /// Node or client.
+    pub kind: PartnerKind,
+    /// What it may do.
+    pub role: Role,
+}
+
+/// Every identity this node will talk to. Anything else is refused at the handshake.
+#[derive(Clone, Debug, Default)]
+pub struct Directory {
+    partners: HashMap<NodeId, Partner>,
+}
+
+impl Directory {
+    /// A directory of the given partners. The node itself is added as [`PartnerKind::Local`]
+    /// with the admin role: whoever holds the node's own key is its operator.
+    pub fn new(own_id: &NodeId, partners: impl IntoIterator<Item = Partner>) -> Self {
+        let mut map: HashMap<NodeId, Partner> =
+            partners.into_iter().map(|p| (p.id.clone(), p)).collect();
+        map.insert(
+            own_id.clone(),
+            Partner {
+                id: own_id.clone(),
+                kind: PartnerKind::Local,
+                role: Role::Admin,
+            },
+        );
+        Self { partners: map }
+    }
+
+    /// The partner with this id, if configured.
+    pub fn lookup(&self, id: &NodeId) -> Option<&Partner> {
+        self.partners.get(id)
+    }
+}
+
+/// What the server knows about the other end of an accepted connection. Attached to
+/// every request as an extension by the listener.
+#[derive(Clone, Debug)]
+pub struct ConnectionInfo {
+    /// The authenticated partner.
+    pub partner: Partner,
+    /// The remote socket address.
+    pub remote_addr: SocketAddr,
+}

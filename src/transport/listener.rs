@@ -1,0 +1,173 @@
+//! Accepting connections: TCP accept, TLS handshake (bounded in time and in
+//! number), then the caller's identity is resolved once and attached to the
+//! connection so every request carries it.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::Connected;
+
+use super::identity::{ConnectionInfo, Directory, certificate_id};
+
+/// Time a client has to complete the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once; further connections wait in the kernel's backlog.
+pub const MAX_CONCURRENT_HANDSHAKES: usize = 256;
+
+/// An accepted, authenticated connection.
+pub struct AuthenticatedConnection {
+    stream: TlsStream<TcpStream>,
+    info: ConnectionInfo,
+}
+
+impl Connected for AuthenticatedConnection {
+    type ConnectInfo = ConnectionInfo;
+
+    fn connect_info(&self) -> ConnectionInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for AuthenticatedConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for AuthenticatedConnection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// The stream of authenticated connections handed to the gRPC server.
+pub type Incoming = ReceiverStream<Result<AuthenticatedConnection, io::Error>>;
+
+/// Starts accepting on `listener`. Returns the connection stream and the accept
+/// task, which ends when `shutdown` is cancelled (aborting handshakes in progress).
+pub fn accept(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    directory: Arc<Directory>,
+    shutdown: CancellationToken,
+) -> (Incoming, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(64);
+    let acceptor = TlsAcceptor::from(tls);
+    let task = tokio::spawn(async move {
+        let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
+        let mut handshakes = JoinSet::new();
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                permit = permits.clone().acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                // Reap finished handshakes so the set does not grow.
+                accepted = listener.accept() => accepted,
+            };
+            while handshakes.try_join_next().is_some() {}
+            let (tcp, remote_addr) = match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    continue;
+                }
+            };
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, addr = %remote_addr, "cannot set TCP_NODELAY");
+            }
+            let acceptor = acceptor.clone();
+            let directory = directory.clone();
+            let tx = tx.clone();
+            handshakes.spawn(async move {
+                let _permit = permit;
+                match handshake(acceptor, tcp, remote_addr, &directory).await {
+                    Ok(conn) => {
+                        tracing::debug!(peer = %conn.info.partner.id, addr = %remote_addr, "connection authenticated");
+                        let _ = tx.send(Ok(conn)).await;
+                    }
+                    Err(reason) => {
+                        tracing::warn!(addr = %remote_addr, %reason, "connection refused");
+                    }
+                }
+            });
+        }
+        handshakes.shutdown().await;
+    });
+    (ReceiverStream::new(rx), task)
+}
+
+async fn handshake(
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    remote_addr: SocketAddr,
+    directory: &Directory,
+) -> Result<AuthenticatedConnection, String> {
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+        .await
+        .map_err(|_| "TLS handshake timed out".to_owned())?
+        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+    // The verifier has already checked the chain, revocation and that the id is
+    // configured; resolve the partner once for the connection's lifetime.
+    let (_, session) = stream.get_ref();
+    let leaf = session
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or_else(|| "no client certificate".to_owned())?;
+    let id = certificate_id(leaf).map_err(|e| e.to_string())?;
+    let partner = directory
+        .lookup(&id)
+        .cloned()
+        .ok_or_else(|| format!("certificate id {id} is not a configured peer or client"))?;
+    Ok(AuthenticatedConnection {
+        stream,
+        info: ConnectionInfo {
+            partner,
+            remote_addr,
+        },
+    })
+}

@@ -1,0 +1,279 @@
+//! rustls configurations for both directions. Server: TLS 1.3 only, a client
+//! certificate is required, must chain to a trust anchor, must not be revoked and
+//! must name a configured partner. Client: the same anchors and CRLs, and the
+//! server must prove the exact node id the caller expects.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore,
+    SignatureScheme,
+};
+
+use super::files::{self, FileError};
+use super::identity::{Directory, IdentityError, certificate_id};
+use crate::model::NodeId;
+
+/// ALPN protocol for gRPC over HTTP/2; gRPC clients such as `grpcio` require it.
+const ALPN_H2: &[u8] = b"h2";
+
+/// The process's one cryptographic provider (ring). Every rustls configuration is
+/// built with it explicitly, so nothing depends on a process-wide default.
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Why TLS material could not be loaded or a configuration built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read or parsed.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// A trust anchor is not a usable CA certificate.
+    #[error("trust anchor {path}: {problem}")]
+    BadTrustAnchor {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The node certificate does not carry the configured id.
+    #[error("certificate {path} is for {found:?}, not for {expected}")]
+    WrongIdentity {
+        /// The certificate file.
+        path: PathBuf,
+        /// The configured id.
+        expected: NodeId,
+        /// What the certificate says.
+        found: String,
+    },
+    /// The node certificate's id cannot be read.
+    #[error("certificate {path}: {source}")]
+    Identity {
+        /// The certificate file.
+        path: PathBuf,
+        /// Why.
+        source: IdentityError,
+    },
+    /// rustls refused the material (e.g. the key does not match the certificate).
+    #[error("{context}: {source}")]
+    Rustls {
+        /// What was being built.
+        context: &'static str,
+        /// The rustls error.
+        source: rustls::Error,
+    },
+    /// The certificate verifier could not be built (e.g. an unusable CRL).
+    #[error("certificate verifier: {0}")]
+    Verifier(#[from] rustls::client::VerifierBuilderError),
+}
+
+impl TlsError {
+    /// The file the error concerns, when there is one.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            TlsError::File(e) => Some(e.path()),
+            TlsError::BadTrustAnchor { path, .. }
+            | TlsError::WrongIdentity { path, .. }
+            | TlsError::Identity { path, .. } => Some(path),
+            TlsError::Rustls { .. } | TlsError::Verifier(_) => None,
+        }
+    }
+}
+
+/// Where a node's (or client's) TLS material lives.
+#[derive(Clone, Debug)]
+pub struct TlsPaths {
+    /// Own certificate chain (PEM), leaf first.
+    pub cert: PathBuf,
+    /// Own private key (PEM), mode 0600.
+    pub key: PathBuf,
+    /// CA certificates trusted for peers and clients.
+    pub trust_anchors: Vec<PathBuf>,
+    /// Certificate revocation lists.
+    pub crls: Vec<PathBuf>,
+}
+
+/// The loaded and checked TLS material of one identity.
+#[derive(Debug)]
+pub struct TlsMaterial {
+    /// The identity the certificate proves.
+    pub id: NodeId,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    roots: Arc<RootCertStore>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+}
+
+impl TlsMaterial {
+    /// Loads and checks the files: readable, well-formed, key permissions, the
+    /// certificate's id equals `expected_id`, and the key matches the certificate.
+    pub fn load(paths: &TlsPaths, expected_id: &NodeId) -> Result<Self, TlsError> {
+        let chain = files::read_certificates(&paths.cert)?;
+        let found = certificate_id(&chain[0]).map_err(|source| TlsError::Identity {
+            path: paths.cert.clone(),
+            source,
+        })?;
+        if &found != expected_id {
+            return Err(TlsError::WrongIdentity {
+                path: paths.cert.clone(),
+                expected: expected_id.clone(),
+                found: found.to_string(),
+            });
+        }
+        let key = files::read_private_key(&paths.key)?;
+        let mut roots = RootCertStore::empty();
+        for path in &paths.trust_anchors {
+            for cert in files::read_certificates(path)? {
+                roots.add(cert).map_err(|e| TlsError::BadTrustAnchor {
+                    path: path.clone(),
+                    problem: e.to_string(),
+                })?;
+            }
+        }
+        let mut crls = Vec::new();
+        for path in &paths.crls {
+            crls.extend(files::read_crls(path)?);
+        }
+        let material = Self {
+            id: found,
+            chain,
+            key,
+            roots: Arc::new(roots),
+            crls,
+        };
+        // Building a server config checks that the key matches the certificate.
+        material.client_config()?;
+        Ok(material)
+    }
+
+    /// The server side: TLS 1.3, client certificate required, CRLs checked, and
+    /// only identities in `directory` accepted.
+    pub fn server_config(
+        &self,
+        directory: Arc<Directory>,
+    ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let provider = crypto_provider();
+        let webpki =
+            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider.clone())
+                .with_crls(self.crls.iter().cloned())
+                .only_check_end_entity_revocation()
+                .build()?;
+        let verifier = Arc::new(KnownPartnerVerifier {
+            inner: webpki,
+            directory,
+        });
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|source| TlsError::Rustls {
+                context: "server protocol versions",
+                source,
+            })?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(|source| TlsError::Rustls {
+                context: "server certificate and key",
+                source,
+            })?;
+        config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// The client side: TLS 1.3, presents this identity's certificate, verifies the
+    /// server against the same anchors and CRLs.
+    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        let provider = crypto_provider();
+        let verifier =
+            WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider.clone())
+                .with_crls(self.crls.iter().cloned())
+                .only_check_end_entity_revocation()
+                .build()?;
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|source| TlsError::Rustls {
+                context: "client protocol versions",
+                source,
+            })?
+            .with_webpki_verifier(verifier)
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(|source| TlsError::Rustls {
+                context: "client certificate and key",
+                source,
+            })?;
+        config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+/// The client certificate's id is not configured on this node.
+#[derive(Debug, thiserror::Error)]
+#[error("certificate id {0} is not a configured peer or client")]
+struct UnknownPartner(NodeId);
+
+/// WebPKI client verification, then: the certificate's id must be in the directory.
+#[derive(Debug)]
+struct KnownPartnerVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    directory: Arc<Directory>,
+}
+
+impl ClientCertVerifier for KnownPartnerVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let id = certificate_id(end_entity).map_err(|e| {
+            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+        })?;
+        if self.directory.lookup(&id).is_none() {
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                OtherError(Arc::new(UnknownPartner(id))),
+            )));
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
