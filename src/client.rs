@@ -58,7 +58,14 @@ impl NodeClient {
         ClientError::Status {
             node: self.node.clone(),
             code: status.code(),
-            message: status.message().to_owned(),
+            message: match std::error::Error::source(&status) {
+                Some(cause) => format!(
+                    "{}: {}",
+                    status.message(),
+                    crate::transport::connect::error_chain(cause)
+                ),
+                None => status.message().to_owned(),
+            },
         }
     }
 

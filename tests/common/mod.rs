@@ -1,0 +1,162 @@
+//! Shared helpers for end-to-end tests: a federation PKI generated at test time in a
+//! temporary directory, node configurations on port 0, and nodes started in-process.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use entente::certs::{CertDir, Usage, Validity};
+use entente::client::NodeClient;
+use entente::transport::{TlsMaterial, TlsPaths};
+use entente::{Config, Node, NodeId};
+
+/// A federation CA and the certificates it issued, in a temporary directory.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub certs: CertDir,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let certs = CertDir::new(dir.path().join("certs"));
+        certs
+            .create_ca("Test federation CA", Validity::days_from_now(30))
+            .expect("create CA");
+        Self { dir, certs }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn ca_cert(&self) -> PathBuf {
+        self.certs.ca_cert_path()
+    }
+
+    pub fn node(&self, id: &str) -> NodeId {
+        let id = NodeId::new(id).unwrap();
+        self.certs
+            .issue(
+                &id,
+                &Usage::Node {
+                    ips: vec!["127.0.0.1".parse().unwrap()],
+                    dns: vec![],
+                },
+                Validity::days_from_now(30),
+            )
+            .expect("issue node certificate");
+        id
+    }
+
+    pub fn client(&self, id: &str) -> NodeId {
+        let id = NodeId::new(id).unwrap();
+        self.certs
+            .issue(&id, &Usage::Client, Validity::days_from_now(30))
+            .expect("issue client certificate");
+        id
+    }
+
+    /// TLS material of an issued identity, trusting this PKI's CA.
+    pub fn material(&self, id: &NodeId) -> TlsMaterial {
+        self.material_with_crls(id, vec![])
+    }
+
+    pub fn material_with_crls(&self, id: &NodeId, crls: Vec<PathBuf>) -> TlsMaterial {
+        TlsMaterial::load(
+            &TlsPaths {
+                cert: self.certs.cert_path(id.as_str()),
+                key: self.certs.key_path(id.as_str()),
+                trust_anchors: vec![self.ca_cert()],
+                crls,
+            },
+            id,
+        )
+        .expect("load TLS material")
+    }
+}
+
+/// A `[[peer]]` or `[[client]]` entry for [`write_config`].
+pub enum Entry {
+    Peer {
+        id: String,
+        address: String,
+        role: &'static str,
+    },
+    Client {
+        id: String,
+        role: &'static str,
+    },
+}
+
+pub fn peer(id: &str, address: &str) -> Entry {
+    Entry::Peer {
+        id: id.to_owned(),
+        address: address.to_owned(),
+        role: "peer",
+    }
+}
+
+pub fn client(id: &str, role: &'static str) -> Entry {
+    Entry::Client {
+        id: id.to_owned(),
+        role,
+    }
+}
+
+/// Writes `DIR/ID.toml` for node `id` of `pki`, listening on 127.0.0.1:0.
+pub fn write_config(pki: &Pki, id: &NodeId, entries: &[Entry], crls: &[PathBuf]) -> PathBuf {
+    let mut text = format!(
+        "[node]\nid = \"{id}\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\ncert = \"{cert}\"\nkey = \"{key}\"\ntrust_anchors = [\"{ca}\"]\ncrls = [{crls}]\n",
+        data = pki.path().join(format!("data-{id}")).display(),
+        cert = pki.certs.cert_path(id.as_str()).display(),
+        key = pki.certs.key_path(id.as_str()).display(),
+        ca = pki.ca_cert().display(),
+        crls = crls
+            .iter()
+            .map(|c| format!("\"{}\"", c.display()))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    for entry in entries {
+        match entry {
+            Entry::Peer { id, address, role } => text.push_str(&format!(
+                "\n[[peer]]\nid = \"{id}\"\naddress = \"{address}\"\nrole = \"{role}\"\n"
+            )),
+            Entry::Client { id, role } => {
+                text.push_str(&format!("\n[[client]]\nid = \"{id}\"\nrole = \"{role}\"\n"))
+            }
+        }
+    }
+    let path = pki.path().join(format!("{id}.toml"));
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// Loads a config file and starts the node.
+pub async fn start(config: &Path) -> Node {
+    let config = Config::load(config).expect("valid config");
+    Node::start(config).await.expect("node starts")
+}
+
+/// Calls Hello on `node` at `addr` as the identity `material`; every failure
+/// (connect, handshake, call) as one string.
+pub async fn hello(
+    material: &TlsMaterial,
+    addr: std::net::SocketAddr,
+    node: &NodeId,
+) -> Result<entente::rpc::proto::HelloResponse, String> {
+    let tls = material.client_config().map_err(|e| e.to_string())?;
+    let client = tokio::time::timeout(
+        Duration::from_secs(20),
+        NodeClient::connect(tls, &material.id, &addr.to_string(), node),
+    )
+    .await
+    .map_err(|_| "connect timed out".to_owned())?
+    .map_err(|e| e.to_string())?;
+    tokio::time::timeout(Duration::from_secs(20), client.hello())
+        .await
+        .map_err(|_| "hello timed out".to_owned())?
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,173 @@
+//! A bad configuration is refused before any socket is bound, with a message that
+//! names the field and the problem.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use common::{Pki, peer, write_config};
+use entente::Config;
+
+fn load_err(path: &Path) -> String {
+    Config::load(path)
+        .expect_err("config must be refused")
+        .to_string()
+}
+
+/// Rewrites `path` with `from` replaced by `to` (which must occur).
+fn edit(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "{from:?} not in config");
+    std::fs::write(path, text.replacen(from, to, 1)).unwrap();
+}
+
+fn assert_mentions(err: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(err.contains(part), "{part:?} missing from: {err}");
+    }
+}
+
+#[test]
+fn a_valid_config_loads() {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let path = write_config(
+        &pki,
+        &hq,
+        &[peer("berlin.office", "berlin.example.org:7443")],
+        &[],
+    );
+    let config = Config::load(&path).unwrap();
+    assert_eq!(config.node.id, hq);
+    assert_eq!(config.peers.len(), 1);
+    assert_eq!(config.peers[0].role, entente::Role::Peer);
+}
+
+#[test]
+fn field_errors_name_the_field() {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    pki.node("other.node");
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "id = \"redmond.hq\"",
+            "id = \"Redmond HQ\"",
+            &["node.id", "not allowed"],
+        ),
+        (
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"localhost\"",
+            &["node.listen", "address:port"],
+        ),
+        (
+            "trust_anchors = [",
+            "trust_anchors = [\"/nonexistent/ca.crt\", ",
+            &["node.trust_anchors", "/nonexistent/ca.crt"],
+        ),
+        (
+            "redmond.hq.crt",
+            "other.node.crt",
+            &["node.cert", "other.node", "not for redmond.hq"],
+        ),
+        ("redmond.hq.key", "other.node.key", &["node.key"]),
+        (
+            "[node]",
+            "[node]\ncolour = \"blue\"",
+            &["unknown field", "colour"],
+        ),
+        (
+            "address = \"127.0.0.1:1\"",
+            "address = \"berlin.example.org\"",
+            &["peer[0].address", "host:port"],
+        ),
+        (
+            "role = \"peer\"",
+            "role = \"admin\"",
+            &["peer[0].role", "peer or read_only"],
+        ),
+        (
+            "role = \"peer\"",
+            "role = \"superuser\"",
+            &["unknown variant", "superuser"],
+        ),
+        (
+            "[[peer]]\nid = \"berlin.office\"",
+            "[[peer]]\nid = \"redmond.hq\"",
+            &["peer[0].id", "is this node"],
+        ),
+    ];
+    for (from, to, expect) in cases {
+        let path = write_config(&pki, &hq, &[peer("berlin.office", "127.0.0.1:1")], &[]);
+        edit(&path, from, to);
+        let err = load_err(&path);
+        assert_mentions(&err, expect);
+        assert!(
+            err.contains(&path.display().to_string()),
+            "file not named: {err}"
+        );
+    }
+}
+
+#[test]
+fn duplicate_partner_is_refused() {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let path = write_config(
+        &pki,
+        &hq,
+        &[
+            peer("berlin.office", "127.0.0.1:1"),
+            common::client("berlin.office", "read_only"),
+        ],
+        &[],
+    );
+    assert_mentions(&load_err(&path), &["client[0].id", "more than once"]);
+}
+
+#[test]
+fn key_readable_by_others_is_refused() {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let path = write_config(&pki, &hq, &[], &[]);
+    let key = pki.certs.key_path("redmond.hq");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_mentions(&load_err(&path), &["node.key", "0644", "chmod 600"]);
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    Config::load(&path).unwrap();
+}
+
+#[test]
+fn a_key_that_does_not_match_the_certificate_is_refused() {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    pki.node("other.node");
+    let path = write_config(&pki, &hq, &[], &[]);
+    // Keep hq's certificate, take another node's key.
+    std::fs::copy(
+        pki.certs.key_path("other.node"),
+        pki.path().join("wrong.key"),
+    )
+    .unwrap();
+    edit(
+        &path,
+        &pki.certs.key_path("redmond.hq").display().to_string(),
+        &pki.path().join("wrong.key").display().to_string(),
+    );
+    assert_mentions(&load_err(&path), &["node.key"]);
+}
+
+#[test]
+fn syntax_errors_give_the_position() {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let path = write_config(&pki, &hq, &[], &[]);
+    edit(&path, "listen = \"127.0.0.1:0\"", "listen = 127.0.0.1:0");
+    assert_mentions(&load_err(&path), &["line 3"]);
+}
+
+#[test]
+fn missing_file_is_named() {
+    let err = load_err(Path::new("/nonexistent/entente.toml"));
+    assert_mentions(&err, &["/nonexistent/entente.toml", "cannot read"]);
+}

@@ -1,0 +1,410 @@
+//! End-to-end identity and transport tests: real nodes on port 0, real mutual TLS,
+//! a PKI generated at test time.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Pki, client, hello, peer, start, write_config};
+use entente::NodeId;
+use entente::certs::{CertDir, Usage, Validity};
+use entente::transport::{TlsMaterial, TlsPaths};
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn two_nodes_say_hello_both_ways() {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let berlin = pki.node("berlin.office");
+    // Each node names the other; addresses are placeholders until both are bound,
+    // and Hello needs only the caller's identity.
+    let hq_node = start(&write_config(
+        &pki,
+        &hq,
+        &[peer("berlin.office", "127.0.0.1:1")],
+        &[],
+    ))
+    .await;
+    let berlin_node = start(&write_config(
+        &pki,
+        &berlin,
+        &[peer("redmond.hq", "127.0.0.1:1")],
+        &[],
+    ))
+    .await;
+
+    let from_hq = hello(&pki.material(&hq), berlin_node.local_addr(), &berlin)
+        .await
+        .unwrap();
+    assert_eq!(from_hq.node_id, "berlin.office");
+    assert_eq!(from_hq.caller_id, "redmond.hq");
+    assert_eq!(from_hq.caller_role, "peer");
+    assert_eq!(from_hq.protocol_version, entente::rpc::PROTOCOL_VERSION);
+
+    let from_berlin = hello(&pki.material(&berlin), hq_node.local_addr(), &hq)
+        .await
+        .unwrap();
+    assert_eq!(from_berlin.node_id, "redmond.hq");
+    assert_eq!(from_berlin.caller_id, "berlin.office");
+
+    hq_node.shutdown(DEADLINE).await.unwrap();
+    berlin_node.shutdown(DEADLINE).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_is_identified_with_its_role() {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let researcher = pki.client("researcher.uni-x");
+    let node = start(&write_config(
+        &pki,
+        &hq,
+        &[client("researcher.uni-x", "read_only")],
+        &[],
+    ))
+    .await;
+    let answer = hello(&pki.material(&researcher), node.local_addr(), &hq)
+        .await
+        .unwrap();
+    assert_eq!(answer.caller_id, "researcher.uni-x");
+    assert_eq!(answer.caller_role, "read_only");
+    node.shutdown(DEADLINE).await.unwrap();
+}
+
+#[tokio::test]
+async fn certificate_from_another_ca_is_refused() {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let node = start(&write_config(
+        &pki,
+        &hq,
+        &[peer("berlin.office", "127.0.0.1:1")],
+        &[],
+    ))
+    .await;
+
+    // Same id, but issued by a rogue CA; it trusts our CA so only the server's check can stop it.
+    let rogue = Pki::new();
+    let impostor = rogue.node("berlin.office");
+    let material = TlsMaterial::load(
+        &TlsPaths {
+            cert: rogue.certs.cert_path("berlin.office"),
+            key: rogue.certs.key_path("berlin.office"),
+            trust_anchors: vec![pki.ca_cert()],
+            crls: vec![],
+        },
+        &impostor,
+    )
+    .unwrap();
+    let err = hello(&material, node.local_addr(), &hq).await.unwrap_err();
+    // The rogue CA has the same name as ours, so the server finds the issuer by name
+    // and the signature check fails (DecryptError); with another name it is UnknownCA.
+    assert!(
+        err.contains("DecryptError") || err.contains("UnknownCA"),
+        "{err}"
+    );
+    node.shutdown(DEADLINE).await.unwrap();
+}
+
+#[tokio::test]
+async fn expired_certificate_is_refused() {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let node = start(&write_config(
+        &pki,
+        &hq,
+        &[peer("berlin.office", "127.0.0.1:1")],
+        &[],
+    ))
+    .await;
+    let berlin = NodeId::new("berlin.office").unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    pki.certs
+        .issue(
+            &berlin,
+            &Usage::Node {
+                ips: vec![],
+                dns: vec![],
+            },
+            Validity {
+                not_before: now - time::Duration::days(10),
+                not_after: now - time::Duration::days(1),
+            },
+        )
+        .unwrap();
+    let err = hello(&pki.material(&berlin), node.local_addr(), &hq)
+        .await
+        .unwrap_err();
+    assert!(err.contains("CertificateExpired"), "{err}");
+    node.shutdown(DEADLINE).await.unwrap();
+}
+
+#[tokio::test]
+async fn revoked_certificate_is_refused() {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let berlin = pki.node("berlin.office");
+    let singapore = pki.node("singapore.office");
+    let crl = pki.certs.revoke(&berlin).unwrap();
+    let node = start(&write_config(
+        &pki,
+        &hq,
+        &[
+            peer("berlin.office", "127.0.0.1:1"),
+            peer("singapore.office", "127.0.0.1:1"),
+        ],
+        &[crl],
+    ))
+    .await;
+    let err = hello(&pki.material(&berlin), node.local_addr(), &hq)
+        .await
+        .unwrap_err();
+    assert!(err.contains("CertificateRevoked"), "{err}");
+    // The CRL does not harm a certificate it does not list.
+    hello(&pki.material(&singapore), node.local_addr(), &hq)
+        .await
+        .unwrap();
+    node.shutdown(DEADLINE).await.unwrap();
+}
+
+#[tokio::test]
+async fn connection_without_client_certificate_is_refused() {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let node = start(&write_config(&pki, &hq, &[], &[])).await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in entente::transport::files::read_certificates(&pki.ca_cert()).unwrap() {
+        roots.add(cert).unwrap();
+    }
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(entente::transport::crypto_provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let result = entente::transport::connect(
+        std::sync::Arc::new(config),
+        &node.local_addr().to_string(),
+        &hq,
+    )
+    .await;
+    let err = match result {
+        Err(e) => e.to_string(),
+        Ok(channel) => {
+            let mut client = entente::rpc::proto::federation_client::FederationClient::new(channel);
+            client
+                .hello(entente::rpc::proto::HelloRequest {
+                    node_id: String::new(),
+                    protocol_version: 1,
+                    capabilities: vec![],
+                })
+                .await
+                .expect_err("hello without a client certificate must fail")
+                .to_string()
+        }
+    };
+    assert!(err.contains("CertificateRequired"), "{err}");
+    node.shutdown(DEADLINE).await.unwrap();
+}
+
+#[tokio::test]
+async fn valid_certificate_of_unconfigured_id_is_refused() {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let stranger = pki.node("stranger.example");
+    let node = start(&write_config(
+        &pki,
+        &hq,
+        &[peer("berlin.office", "127.0.0.1:1")],
+        &[],
+    ))
+    .await;
+    let err = hello(&pki.material(&stranger), node.local_addr(), &hq)
+        .await
+        .unwrap_err();
+    assert!(err.contains("CertificateUnknown"), "{err}");
+    node.shutdown(DEADLINE).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_server_with_another_id_is_refused_by_the_client() {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let berlin = pki.node("berlin.office");
+    let node = start(&write_config(
+        &pki,
+        &hq,
+        &[peer("berlin.office", "127.0.0.1:1")],
+        &[],
+    ))
+    .await;
+    // berlin expects to reach singapore.office at hq's address: the name check fails.
+    let singapore = NodeId::new("singapore.office").unwrap();
+    let err = hello(&pki.material(&berlin), node.local_addr(), &singapore)
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("not valid for name \"singapore.office\""),
+        "{err}"
+    );
+    node.shutdown(DEADLINE).await.unwrap();
+}
+
+#[tokio::test]
+async fn role_limits_are_enforced_per_service() {
+    use entente::rpc::proto::federation_client::FederationClient;
+    use entente::rpc::proto::intel_client::IntelClient;
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let researcher = pki.client("researcher.uni-x");
+    let berlin = pki.node("berlin.office");
+    let node = start(&write_config(
+        &pki,
+        &hq,
+        &[
+            client("researcher.uni-x", "read_only"),
+            peer("berlin.office", "127.0.0.1:1"),
+        ],
+        &[],
+    ))
+    .await;
+    let addr = node.local_addr().to_string();
+
+    let channel = entente::transport::connect(
+        pki.material(&researcher).client_config().unwrap(),
+        &addr,
+        &hq,
+    )
+    .await
+    .unwrap();
+    // A client may not pull the federation feed.
+    let status = FederationClient::new(channel.clone())
+        .pull(entente::rpc::proto::PullRequest {
+            cursor: 0,
+            follow: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    // A read-only client may not publish.
+    let status = IntelClient::new(channel)
+        .publish(tokio_stream::iter(vec![
+            entente::rpc::proto::PublishRequest::default(),
+        ]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+
+    // A peer node may not use the client service.
+    let channel =
+        entente::transport::connect(pki.material(&berlin).client_config().unwrap(), &addr, &hq)
+            .await
+            .unwrap();
+    let status = IntelClient::new(channel)
+        .query(entente::rpc::proto::QueryRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    node.shutdown(DEADLINE).await.unwrap();
+}
+
+#[tokio::test]
+async fn health_and_reflection_are_served_to_authenticated_callers() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let researcher = pki.client("researcher.uni-x");
+    let node = start(&write_config(
+        &pki,
+        &hq,
+        &[client("researcher.uni-x", "read_only")],
+        &[],
+    ))
+    .await;
+    let channel = entente::transport::connect(
+        pki.material(&researcher).client_config().unwrap(),
+        &node.local_addr().to_string(),
+        &hq,
+    )
+    .await
+    .unwrap();
+
+    let health = HealthClient::new(channel.clone())
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "entente.v1.Federation".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        health.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer: {response:?}");
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in [
+        "entente.v1.Federation",
+        "entente.v1.Intel",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    node.shutdown(DEADLINE).await.unwrap();
+}
+
+#[test]
+fn revocation_register_grows_and_crl_lists_every_serial() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = CertDir::new(dir.path());
+    certs.create_ca("ca", Validity::days_from_now(1)).unwrap();
+    let a = NodeId::new("a.example").unwrap();
+    let b = NodeId::new("b.example").unwrap();
+    certs
+        .issue(&a, &Usage::Client, Validity::days_from_now(1))
+        .unwrap();
+    certs
+        .issue(&b, &Usage::Client, Validity::days_from_now(1))
+        .unwrap();
+    certs.revoke(&a).unwrap();
+    let crl_path = certs.revoke(&b).unwrap();
+    let crls = entente::transport::files::read_crls(&crl_path).unwrap();
+    let (_, crl) = x509_parser::parse_x509_crl(crls[0].as_ref()).unwrap();
+    let listed: Vec<Vec<u8>> = crl
+        .iter_revoked_certificates()
+        .map(|r| r.raw_serial().to_vec())
+        .collect();
+    for id in [&a, &b] {
+        let serial = entente::certs::certificate_serial(&certs.cert_path(id.as_str())).unwrap();
+        assert!(listed.contains(&serial), "{id} not in CRL");
+    }
+    assert_eq!(listed.len(), 2);
+    // Revoking again does not duplicate the entry.
+    certs.revoke(&a).unwrap();
+    let crls = entente::transport::files::read_crls(&certs.crl_path()).unwrap();
+    let (_, crl) = x509_parser::parse_x509_crl(crls[0].as_ref()).unwrap();
+    assert_eq!(crl.iter_revoked_certificates().count(), 2);
+}
