@@ -1,6 +1,11 @@
-//! The domain vocabulary: node and client identities, roles, and (in later
-//! stages) items, markings and bundles. No I/O, no tonic, no sled here.
+//! The domain vocabulary: node and client identities, roles, items (indicators and
+//! revocations), TLP markings and value normalisation. No I/O, no tonic, no sled here.
 
 mod identity;
+pub mod item;
 
 pub use identity::{InvalidNodeId, NodeId, Role};
+pub use item::{
+    Indicator, IndicatorType, InvalidValue, Item, ItemId, ItemKind, ModelError, Revocation, Tlp,
+    detect_type, normalise,
+};
