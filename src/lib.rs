@@ -24,6 +24,7 @@ pub mod certs;
 pub mod client;
 pub mod config;
 pub mod crypto;
+pub mod interop;
 pub mod model;
 pub mod node;
 pub mod policy;

@@ -3,9 +3,10 @@
 
 mod identity;
 pub mod item;
+mod value;
 
 pub use identity::{InvalidNodeId, NodeId, Role};
 pub use item::{
     Indicator, IndicatorType, InvalidValue, Item, ItemId, ItemKind, ModelError, Revocation, Tlp,
-    detect_type, normalise,
 };
+pub use value::{detect_type, normalise};

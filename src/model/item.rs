@@ -137,3 +137,166 @@ pub struct Item {
     /// Indicator or revocation.
     pub kind: ItemKind,
 }
+
+impl Tlp {
+    /// Every marking, least restricted first.
+    pub const ALL: [Tlp; 5] = [
+        Tlp::Clear,
+        Tlp::Green,
+        Tlp::Amber,
+        Tlp::AmberStrict,
+        Tlp::Red,
+    ];
+
+    /// The TLP 2.0 spelling without the `TLP:` prefix.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tlp::Clear => "CLEAR",
+            Tlp::Green => "GREEN",
+            Tlp::Amber => "AMBER",
+            Tlp::AmberStrict => "AMBER+STRICT",
+            Tlp::Red => "RED",
+        }
+    }
+}
+
+impl FromStr for Tlp {
+    type Err = ModelError;
+    /// Accepts `GREEN`, `green`, `TLP:GREEN`, `amber+strict`, `amber_strict`, `WHITE` (TLP 1.0 for CLEAR).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let upper = s.trim().to_ascii_uppercase();
+        let bare = upper.strip_prefix("TLP:").unwrap_or(&upper);
+        match bare {
+            "CLEAR" | "WHITE" => Ok(Tlp::Clear),
+            "GREEN" => Ok(Tlp::Green),
+            "AMBER" => Ok(Tlp::Amber),
+            "AMBER+STRICT" | "AMBER_STRICT" | "AMBER-STRICT" => Ok(Tlp::AmberStrict),
+            "RED" => Ok(Tlp::Red),
+            _ => Err(ModelError::BadTlp(s.chars().take(64).collect())),
+        }
+    }
+}
+
+impl fmt::Display for Tlp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TLP:{}", self.as_str())
+    }
+}
+
+impl IndicatorType {
+    /// Every type.
+    pub const ALL: [IndicatorType; 10] = [
+        IndicatorType::Ipv4,
+        IndicatorType::Ipv6,
+        IndicatorType::Cidr,
+        IndicatorType::Domain,
+        IndicatorType::Url,
+        IndicatorType::Email,
+        IndicatorType::Md5,
+        IndicatorType::Sha1,
+        IndicatorType::Sha256,
+        IndicatorType::StixPattern,
+    ];
+
+    /// The configuration and wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IndicatorType::Ipv4 => "ipv4",
+            IndicatorType::Ipv6 => "ipv6",
+            IndicatorType::Cidr => "cidr",
+            IndicatorType::Domain => "domain",
+            IndicatorType::Url => "url",
+            IndicatorType::Email => "email",
+            IndicatorType::Md5 => "md5",
+            IndicatorType::Sha1 => "sha1",
+            IndicatorType::Sha256 => "sha256",
+            IndicatorType::StixPattern => "stix-pattern",
+        }
+    }
+}
+
+impl FromStr for IndicatorType {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let lower = s.trim().to_ascii_lowercase();
+        IndicatorType::ALL
+            .into_iter()
+            .find(|t| t.as_str() == lower)
+            .or(match lower.as_str() {
+                "ip" | "ip4" | "ipv4-addr" => Some(IndicatorType::Ipv4),
+                "ip6" | "ipv6-addr" => Some(IndicatorType::Ipv6),
+                "domain-name" | "hostname" => Some(IndicatorType::Domain),
+                "email-addr" => Some(IndicatorType::Email),
+                "sha-1" => Some(IndicatorType::Sha1),
+                "sha-256" => Some(IndicatorType::Sha256),
+                "stix" | "pattern" => Some(IndicatorType::StixPattern),
+                _ => None,
+            })
+            .ok_or_else(|| ModelError::BadType(s.chars().take(64).collect()))
+    }
+}
+
+impl fmt::Display for IndicatorType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl ItemId {
+    /// A fresh random id.
+    pub fn new_random() -> Self {
+        Self(format!("indicator--{}", uuid::Uuid::new_v4()))
+    }
+
+    /// Parses `indicator--<uuid>` (any case); the id is kept in lower case.
+    pub fn parse(s: &str) -> Result<Self, ModelError> {
+        let bad = || ModelError::BadId(s.chars().take(80).collect());
+        let rest = s
+            .get(..11)
+            .filter(|p| p.eq_ignore_ascii_case("indicator--"))
+            .map(|_| &s[11..])
+            .ok_or_else(bad)?;
+        let uuid = uuid::Uuid::try_parse(rest).map_err(|_| bad())?;
+        if rest.len() != 36 {
+            return Err(bad());
+        }
+        Ok(Self(format!("indicator--{uuid}")))
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ItemId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Item {
+    /// The indicator type (for a revocation, that of the indicator it revokes).
+    pub fn indicator_type(&self) -> IndicatorType {
+        match &self.kind {
+            ItemKind::Indicator(i) => i.indicator_type,
+            ItemKind::Revocation(r) => r.indicator_type,
+        }
+    }
+
+    /// Whether an indicator is past its `valid_until` at `now_ms`. Revocations never expire here.
+    pub fn is_expired(&self, now_ms: i64) -> bool {
+        match &self.kind {
+            ItemKind::Indicator(i) => i.valid_until_ms.is_some_and(|until| until <= now_ms),
+            ItemKind::Revocation(_) => false,
+        }
+    }
+
+    /// The indicator value, when this is an indicator.
+    pub fn value(&self) -> Option<&str> {
+        match &self.kind {
+            ItemKind::Indicator(i) => Some(&i.value),
+            ItemKind::Revocation(_) => None,
+        }
+    }
+}
