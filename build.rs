@@ -1,8 +1,22 @@
 //! Code generation for the wire contract in `proto/`; nothing else.
 //!
 //! `protoc` comes from `protoc-bin-vendored`, so a fresh machine needs no system package.
+//! The signed formats of `bundle.proto` are generated on their own (plain prost
+//! messages, no tonic) for `crate::wire`; the services refer to them by extern path.
 
 use std::path::PathBuf;
+
+const BUNDLE_TYPES: &[&str] = &[
+    "Tlp",
+    "Distribution",
+    "BundleHeader",
+    "Disclosure",
+    "SignedBundle",
+    "Item",
+    "Indicator",
+    "Revocation",
+    "Provenance",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     if std::env::var_os("PROTOC").is_none() {
@@ -10,16 +24,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         unsafe { std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?) };
     }
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    let wire_dir = out_dir.join("wire");
+    std::fs::create_dir_all(&wire_dir)?;
     tonic_prost_build::configure()
-        .file_descriptor_set_path(out_dir.join("entente_v1_descriptor.bin"))
-        .compile_protos(
-            &[
-                "proto/entente/v1/bundle.proto",
-                "proto/entente/v1/federation.proto",
-                "proto/entente/v1/intel.proto",
-            ],
-            &["proto"],
-        )?;
+        .build_client(false)
+        .build_server(false)
+        .out_dir(&wire_dir)
+        .compile_protos(&["proto/entente/v1/bundle.proto"], &["proto"])?;
+
+    let mut services = tonic_prost_build::configure()
+        .file_descriptor_set_path(out_dir.join("entente_v1_descriptor.bin"));
+    for name in BUNDLE_TYPES {
+        services = services.extern_path(
+            format!(".entente.v1.{name}"),
+            format!("crate::wire::{name}"),
+        );
+    }
+    services.compile_protos(
+        &[
+            "proto/entente/v1/federation.proto",
+            "proto/entente/v1/intel.proto",
+        ],
+        &["proto"],
+    )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

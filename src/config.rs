@@ -12,6 +12,9 @@
 //! trust_anchors = ["certs/ca.crt"] # federation CA certificates
 //! crls = ["certs/crl.pem"]         # optional revocation lists
 //!
+//! [store]
+//! cache_mb = 64                    # sled page cache (default 64 MiB)
+//!
 //! [[peer]]
 //! id = "berlin.office"
 //! address = "berlin.example.org:7443"
@@ -70,6 +73,8 @@ pub enum ConfigError {
 struct RawConfig {
     node: RawNode,
     #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
     peer: Vec<RawPeer>,
     #[serde(default)]
     client: Vec<RawClient>,
@@ -86,6 +91,28 @@ struct RawNode {
     trust_anchors: Vec<PathBuf>,
     #[serde(default)]
     crls: Vec<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    #[serde(default = "default_cache_mb")]
+    cache_mb: u64,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        Self {
+            cache_mb: default_cache_mb(),
+        }
+    }
+}
+
+/// Default size of the store's page cache, in MiB.
+pub const DEFAULT_CACHE_MB: u64 = 64;
+
+fn default_cache_mb() -> u64 {
+    DEFAULT_CACHE_MB
 }
 
 #[derive(Deserialize)]
@@ -119,6 +146,8 @@ pub struct NodeSettings {
     pub data_dir: PathBuf,
     /// Certificate, key, trust anchors and CRLs.
     pub tls: TlsPaths,
+    /// Page cache of the store, in bytes (`store.cache_mb`).
+    pub store_cache_bytes: u64,
 }
 
 /// A `[[peer]]`: another node.
@@ -207,6 +236,12 @@ impl Config {
         if raw.node.data_dir.as_os_str().is_empty() {
             return Err(invalid("node.data_dir", "must not be empty".into()));
         }
+        if !(4..=65_536).contains(&raw.store.cache_mb) {
+            return Err(invalid(
+                "store.cache_mb",
+                format!("{} is outside 4 to 65536", raw.store.cache_mb),
+            ));
+        }
         if raw.node.trust_anchors.is_empty() {
             return Err(invalid(
                 "node.trust_anchors",
@@ -288,6 +323,7 @@ impl Config {
                 listen,
                 data_dir: resolve(&raw.node.data_dir),
                 tls: tls_paths,
+                store_cache_bytes: raw.store.cache_mb * 1024 * 1024,
             },
             peers,
             clients,
@@ -339,6 +375,10 @@ key = "{cert_dir}/{id}.key"
 trust_anchors = ["{cert_dir}/ca.crt"]
 # Certificate revocation lists (PEM), e.g. the crl.pem written by `entente certs revoke`.
 crls = []
+
+[store]
+# Page cache of the store in MiB; the node's memory use grows with it.
+cache_mb = 64
 
 # One [[peer]] per federation node this node exchanges bundles with.
 # [[peer]]

@@ -24,6 +24,7 @@ pub mod certs;
 pub mod client;
 pub mod config;
 pub mod crypto;
+pub mod engine;
 pub mod interop;
 pub mod model;
 pub mod node;
@@ -32,6 +33,7 @@ pub mod rpc;
 pub mod store;
 pub mod sync;
 pub mod transport;
+pub mod wire;
 
 pub use config::{Config, ConfigError};
 pub use model::{NodeId, Role};

@@ -11,6 +11,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
 use crate::config::Config;
+use crate::crypto::BundleSigner;
+use crate::engine::Engine;
 use crate::model::NodeId;
 use crate::rpc::auth::RequireIdentityLayer;
 use crate::rpc::federation::FederationService;
@@ -19,6 +21,9 @@ use crate::rpc::proto::FILE_DESCRIPTOR_SET;
 use crate::rpc::proto::federation_server::FederationServer;
 use crate::rpc::proto::intel_server::IntelServer;
 use crate::store::{SledStore, Store, StoreError};
+
+/// Largest gRPC message accepted or sent (a bundle of 100,000 small items fits).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 use crate::transport::{ConnectionInfo, Directory, TlsError, listener};
 
 /// Why a node could not start or stop cleanly.
@@ -30,6 +35,12 @@ pub enum NodeError {
     /// The store could not be opened or flushed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The node key cannot sign bundles.
+    #[error(transparent)]
+    Sign(#[from] crate::crypto::SignError),
+    /// The engine could not start.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -65,7 +76,8 @@ pub struct Node {
     _cancel_on_drop: tokio_util::sync::DropGuard,
     accept_task: JoinHandle<()>,
     serve_task: JoinHandle<Result<(), NodeError>>,
-    store: Arc<SledStore>,
+    store: Arc<dyn Store>,
+    engine: Arc<Engine>,
 }
 
 impl Node {
@@ -77,7 +89,23 @@ impl Node {
             path: config.node.data_dir.clone(),
             source,
         })?;
-        let store = Arc::new(SledStore::open(&config.node.data_dir, &id)?);
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(
+            &config.node.data_dir,
+            &id,
+            config.node.store_cache_bytes,
+        )?);
+        let key = config.tls.private_key_pkcs8().ok_or_else(|| {
+            NodeError::Sign(crate::crypto::SignError::BadKey(
+                "the node key is not PKCS#8".into(),
+            ))
+        })?;
+        let signer = BundleSigner::new(id.clone(), key, config.tls.certificate_der())?;
+        let engine = Arc::new(Engine::new(
+            store.clone(),
+            signer,
+            config.tls.certificate_der(),
+            Box::new(config.tls.signer_trust()?),
+        )?);
 
         let directory = Arc::new(Directory::new(&id, config.partners()));
         let server_tls = config.tls.server_config(directory.clone())?;
@@ -129,8 +157,16 @@ impl Node {
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_alpha)
-            .add_service(FederationServer::new(FederationService::new(id.clone())))
-            .add_service(IntelServer::new(IntelService));
+            .add_service(
+                FederationServer::new(FederationService::new(id.clone()))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                IntelServer::new(IntelService::new(engine.clone(), shutdown.clone()))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            );
 
         let signal = shutdown.clone();
         let serve_task = tokio::spawn(async move {
@@ -148,12 +184,18 @@ impl Node {
             accept_task,
             serve_task,
             store,
+            engine,
         })
     }
 
     /// The node's id.
     pub fn id(&self) -> &NodeId {
         &self.id
+    }
+
+    /// The node's core (store, signing, policy-checked reads).
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
     }
 
     /// The address the node listens on (useful with port 0).

@@ -3,6 +3,8 @@
 //! No business rule lives here; `rpc` never decides policy.
 
 pub mod auth;
+mod convert;
+mod error;
 pub mod federation;
 pub mod intel;
 

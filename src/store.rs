@@ -1,15 +1,20 @@
-//! Durable state behind the [`Store`] trait, with sled as the engine. Tree names
-//! carry a format version (`meta.v1`, later `bundles.v1`, `feed.v1`, ...). No proto
-//! and no network here.
-//!
-//! At this stage the store records which node owns the data directory, so a data
-//! directory is never opened by a node with another id.
+//! Durable state behind the [`Store`] trait, with sled as the engine: bundles as
+//! signed, the latest version of every item with its provenance, a value index,
+//! the change feed and the certificate cache. Accepting a bundle applies the
+//! single-writer rule and writes everything in one atomic batch. No proto types of
+//! the services and no network here.
 
-use std::path::{Path, PathBuf};
+mod records;
+mod sled_store;
 
-use crate::model::NodeId;
+pub use sled_store::{MAX_CURSOR_BYTES, SledStore};
 
-/// Why the store could not be opened or used.
+use std::path::PathBuf;
+
+use crate::crypto::VerifiedBundle;
+use crate::model::{BundleId, IndicatorType, Item, ItemId, NodeId};
+
+/// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// sled failed (I/O, corruption, or the directory is locked by another process).
@@ -30,87 +35,182 @@ pub enum StoreError {
         /// The id recorded in the store.
         found: String,
     },
+    /// A stored record does not decode: the store is damaged.
+    #[error("store record {key} is damaged: {problem}")]
+    Corrupt {
+        /// Which record.
+        key: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The same bundle id arrived with different signed header bytes: the origin
+    /// signed two different bundles under one id.
+    #[error("bundle {0} conflicts with a stored bundle of the same id")]
+    ConflictingBundle(BundleId),
+}
+
+/// Where a bundle came from, as this node sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Source {
+    /// The node that sent it (the origin itself for local publishing).
+    pub received_from: NodeId,
+    /// Transfers from the origin to this node (0 for the origin's own bundles).
+    pub hops: u32,
+}
+
+/// An item as held, with its provenance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredItem {
+    /// The item.
+    pub item: Item,
+    /// Its bundle.
+    pub bundle_id: BundleId,
+    /// Its index in the bundle.
+    pub index: u32,
+    /// The origin (bundle signer).
+    pub origin: NodeId,
+    /// The node it came from.
+    pub received_from: NodeId,
+    /// Transfers from the origin.
+    pub hops: u32,
+    /// When this node accepted it, ms since the epoch.
+    pub accepted_ms: i64,
+}
+
+/// Why one item of an accepted bundle was not stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ItemRejection {
+    /// A version of this id from another origin is held: only the origin may update it.
+    NotOriginWriter {
+        /// The origin that holds the id.
+        holder: NodeId,
+    },
+}
+
+/// What accepting a bundle did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AcceptReport {
+    /// Items stored as new or as a newer version (these go to subscribers).
+    pub stored: Vec<StoredItem>,
+    /// Items ignored because this or a newer version is held already.
+    pub duplicates: usize,
+    /// Items rejected by the single-writer rule, by index.
+    pub rejected: Vec<(u32, ItemRejection)>,
+    /// The change-feed position the bundle was (re-)appended at, if it was.
+    pub feed_seq: Option<u64>,
+}
+
+/// Filters of a query; all given filters must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ItemQuery {
+    /// An exact value, normalised per type before lookup.
+    pub value: Option<String>,
+    /// Indicator type.
+    pub indicator_type: Option<IndicatorType>,
+    /// Has this tag.
+    pub tag: Option<String>,
+    /// From this origin.
+    pub origin: Option<NodeId>,
+    /// Modified at or after this time (ms).
+    pub modified_since_ms: Option<i64>,
+    /// Also return indicators past `valid_until`.
+    pub include_expired: bool,
+}
+
+impl ItemQuery {
+    /// Whether `stored` matches every filter except the exact value (which the index
+    /// lookup applies).
+    pub fn matches(&self, stored: &StoredItem, now_ms: i64) -> bool {
+        if let Some(ty) = self.indicator_type {
+            if stored.item.indicator_type() != ty {
+                return false;
+            }
+        }
+        if let Some(tag) = &self.tag {
+            if !stored.item.tags.iter().any(|t| t == tag) {
+                return false;
+            }
+        }
+        if let Some(origin) = &self.origin {
+            if &stored.origin != origin {
+                return false;
+            }
+        }
+        if let Some(since) = self.modified_since_ms {
+            if stored.item.modified_ms < since {
+                return false;
+            }
+        }
+        if !self.include_expired && stored.item.is_expired(now_ms) {
+            return false;
+        }
+        true
+    }
+
+    /// Whether `stored` matches every filter, the exact value included.
+    pub fn matches_value(&self, stored: &StoredItem, now_ms: i64) -> bool {
+        if let Some(value) = &self.value {
+            let Some(held) = stored.item.value() else {
+                return false;
+            };
+            let ty = stored.item.indicator_type();
+            if crate::model::normalise(ty, value).ok().as_deref() != Some(held) {
+                return false;
+            }
+        }
+        self.matches(stored, now_ms)
+    }
+}
+
+/// One page of query results.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Page {
+    /// Matching items the caller may see.
+    pub items: Vec<StoredItem>,
+    /// Opaque cursor for the next page; `None` when done.
+    pub next: Option<Vec<u8>>,
 }
 
 /// The node's durable state.
 pub trait Store: Send + Sync {
     /// The id of the node that owns the store.
     fn owner(&self) -> &NodeId;
+
+    /// Stores a verified bundle in one atomic batch, applying the single-writer and
+    /// versioning rules per item. Not durable until [`Store::flush`].
+    fn accept(
+        &self,
+        bundle: &VerifiedBundle,
+        source: &Source,
+        now_ms: i64,
+    ) -> Result<AcceptReport, StoreError>;
+
     /// Forces everything written so far to disk.
     fn flush(&self) -> Result<(), StoreError>;
-}
 
-const META_TREE: &str = "meta.v1";
-const OWNER_KEY: &[u8] = b"owner";
+    /// The latest version held of an item.
+    fn get(&self, id: &ItemId) -> Result<Option<StoredItem>, StoreError>;
 
-/// The sled implementation of [`Store`].
-pub struct SledStore {
-    path: PathBuf,
-    owner: NodeId,
-    db: sled::Db,
-}
+    /// Items matching `query` that `visible` admits, after the cursor `after`, at most
+    /// `limit` of them. Scans a bounded number of entries per call.
+    fn query(
+        &self,
+        query: &ItemQuery,
+        after: Option<&[u8]>,
+        limit: usize,
+        now_ms: i64,
+        visible: &dyn Fn(&StoredItem) -> bool,
+    ) -> Result<Page, StoreError>;
 
-impl SledStore {
-    /// Opens (or creates) the store in `dir` for node `owner`.
-    pub fn open(dir: &Path, owner: &NodeId) -> Result<Self, StoreError> {
-        let engine = |source| StoreError::Engine {
-            path: dir.to_owned(),
-            source,
-        };
-        let db = sled::Config::new().path(dir).open().map_err(engine)?;
-        let meta = db.open_tree(META_TREE).map_err(engine)?;
-        match meta.get(OWNER_KEY).map_err(engine)? {
-            Some(found) if found.as_ref() != owner.as_str().as_bytes() => {
-                return Err(StoreError::WrongOwner {
-                    path: dir.to_owned(),
-                    expected: owner.clone(),
-                    found: String::from_utf8_lossy(&found).into_owned(),
-                });
-            }
-            Some(_) => {}
-            None => {
-                meta.insert(OWNER_KEY, owner.as_str().as_bytes())
-                    .map_err(engine)?;
-                db.flush().map_err(engine)?;
-            }
-        }
-        Ok(Self {
-            path: dir.to_owned(),
-            owner: owner.clone(),
-            db,
-        })
-    }
-}
+    /// The latest change-feed sequence number (0 when empty).
+    fn feed_head(&self) -> u64;
 
-impl Store for SledStore {
-    fn owner(&self) -> &NodeId {
-        &self.owner
-    }
+    /// Caches a DER certificate under its SHA-256.
+    fn put_certificate(&self, der: &[u8]) -> Result<[u8; 32], StoreError>;
 
-    fn flush(&self) -> Result<(), StoreError> {
-        self.db
-            .flush()
-            .map(|_| ())
-            .map_err(|source| StoreError::Engine {
-                path: self.path.clone(),
-                source,
-            })
-    }
-}
+    /// A cached certificate.
+    fn certificate(&self, sha256: &[u8; 32]) -> Result<Option<Vec<u8>>, StoreError>;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn refuses_a_data_dir_of_another_node() {
-        let dir = tempfile::tempdir().unwrap();
-        let hq = NodeId::new("redmond.hq").unwrap();
-        SledStore::open(dir.path(), &hq).unwrap();
-        let other = NodeId::new("berlin.office").unwrap();
-        let err = SledStore::open(dir.path(), &other).err().unwrap();
-        assert!(matches!(err, StoreError::WrongOwner { .. }), "{err}");
-        // The rightful owner still opens it.
-        SledStore::open(dir.path(), &hq).unwrap();
-    }
+    /// Bytes the store occupies on disk.
+    fn size_on_disk(&self) -> Result<u64, StoreError>;
 }

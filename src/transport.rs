@@ -8,6 +8,7 @@ pub mod identity;
 pub mod listener;
 pub mod tls;
 
+pub use crate::model::{Partner, PartnerKind};
 pub use connect::{ConnectError, connect};
-pub use identity::{ConnectionInfo, Directory, Partner, PartnerKind, certificate_id};
-pub use tls::{TlsError, TlsMaterial, TlsPaths, crypto_provider};
+pub use identity::{ConnectionInfo, Directory, certificate_id};
+pub use tls::{SignerVerifier, TlsError, TlsMaterial, TlsPaths, crypto_provider};

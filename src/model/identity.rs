@@ -105,6 +105,28 @@ impl fmt::Display for Role {
     }
 }
 
+/// Whether an authenticated caller is another node or a client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartnerKind {
+    /// A `[[peer]]`: a federation node.
+    Node,
+    /// A `[[client]]`: an analyst, researcher, dashboard or connector.
+    Client,
+    /// This node's own certificate, used by the operator's CLI on the node's host.
+    Local,
+}
+
+/// A configured partner, as identified from its certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partner {
+    /// Its id.
+    pub id: NodeId,
+    /// Node or client.
+    pub kind: PartnerKind,
+    /// What it may do.
+    pub role: Role,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,23 +1,58 @@
 //! `entente.v1.Intel`: the client service (publish, query, get, subscribe, export).
 
 use std::pin::Pin;
+use std::sync::Arc;
 
+use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::{caller, require_client, require_writer};
+use super::convert;
 use super::proto::intel_server::Intel;
 use super::proto::{
     ExportChunk, ExportRequest, GetRequest, GetResponse, PublishRequest, PublishResponse,
-    QueryRequest, QueryResponse, StoredItem, SubscribeRequest,
+    QueryRequest, QueryResponse, StoredItem as ProtoStoredItem, SubscribeRequest,
 };
+use crate::crypto::MAX_ITEMS_PER_BUNDLE;
+use crate::engine::Engine;
+use crate::model::{Item, ItemId};
+use crate::policy;
+
+/// Default and largest page of `Query`.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+/// Largest page of `Query`.
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+}
 
 /// The Intel service of one node.
-#[derive(Clone, Debug, Default)]
-pub struct IntelService;
+#[derive(Clone)]
+pub struct IntelService {
+    engine: Arc<Engine>,
+    shutdown: CancellationToken,
+}
 
-fn not_yet(method: &str) -> Status {
-    Status::unimplemented(format!("{method} is not available in this version"))
+impl IntelService {
+    /// The service over `engine`; open streams end when `shutdown` is cancelled.
+    pub fn new(engine: Arc<Engine>, shutdown: CancellationToken) -> Self {
+        Self { engine, shutdown }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("task failed: {e}")))?
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -28,31 +63,145 @@ impl Intel for IntelService {
         &self,
         request: Request<Streaming<PublishRequest>>,
     ) -> Result<Response<PublishResponse>, Status> {
+        let partner = caller(&request)?.partner.clone();
         require_writer(caller(&request)?)?;
-        Err(not_yet("Publish"))
+        let mut stream = request.into_inner();
+        let mut response = PublishResponse::default();
+        let mut message = 0usize;
+        while let Some(next) = stream.message().await? {
+            let PublishRequest {
+                items,
+                distribution,
+            } = next;
+            if items.is_empty() || items.len() > MAX_ITEMS_PER_BUNDLE {
+                return Err(Status::invalid_argument(format!(
+                    "message {message}: a bundle holds 1 to {MAX_ITEMS_PER_BUNDLE} items, not {}",
+                    items.len()
+                )));
+            }
+            let distribution = convert::distribution(distribution)?;
+            let engine = self.engine.clone();
+            let receipt = blocking(move || {
+                let now = now_ms();
+                let items = items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, draft)| {
+                        Item::from_draft(draft, now).map_err(|e| {
+                            Status::invalid_argument(format!("message {message}, item {i}: {e}"))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(engine.publish(&items, &distribution, now)?)
+            })
+            .await?;
+            response.bundle_ids.push(receipt.bundle_id.to_string());
+            response.items_accepted += receipt.report.stored.len() as u64;
+            response.items_duplicate += receipt.report.duplicates as u64;
+            response.items_rejected += receipt.report.rejected.len() as u64;
+            message += 1;
+        }
+        // Answer only once everything is on disk.
+        self.engine.flush().await?;
+        tracing::info!(publisher = %partner.id, bundles = response.bundle_ids.len(), items = response.items_accepted, "published");
+        Ok(Response::new(response))
     }
 
     async fn query(
         &self,
         request: Request<QueryRequest>,
     ) -> Result<Response<QueryResponse>, Status> {
+        let partner = caller(&request)?.partner.clone();
         require_client(caller(&request)?)?;
-        Err(not_yet("Query"))
+        let QueryRequest {
+            filter,
+            page_size,
+            page_token,
+        } = request.into_inner();
+        let query = convert::item_query(filter)?;
+        if page_token.len() > crate::store::MAX_CURSOR_BYTES {
+            return Err(Status::invalid_argument("page_token is too long"));
+        }
+        let limit = match page_size as usize {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let engine = self.engine.clone();
+        let page = blocking(move || {
+            Ok(engine.query(&partner, &query, Some(&page_token), limit, now_ms())?)
+        })
+        .await?;
+        Ok(Response::new(QueryResponse {
+            items: page.items.iter().map(ProtoStoredItem::from).collect(),
+            next_page_token: page.next.unwrap_or_default(),
+        }))
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let partner = caller(&request)?.partner.clone();
         require_client(caller(&request)?)?;
-        Err(not_yet("Get"))
+        let GetRequest { id } = request.into_inner();
+        let id = ItemId::parse(&id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let engine = self.engine.clone();
+        let found = blocking(move || Ok(engine.get(&partner, &id)?)).await?;
+        match found {
+            // Withheld and absent look the same: the caller learns nothing of what it may not see.
+            None => Err(Status::not_found("no such item")),
+            Some(stored) => Ok(Response::new(GetResponse {
+                item: Some(ProtoStoredItem::from(&stored)),
+            })),
+        }
     }
 
-    type SubscribeStream = BoxStream<StoredItem>;
+    type SubscribeStream = BoxStream<ProtoStoredItem>;
 
     async fn subscribe(
         &self,
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let partner = caller(&request)?.partner.clone();
         require_client(caller(&request)?)?;
-        Err(not_yet("Subscribe"))
+        let SubscribeRequest { filter } = request.into_inner();
+        let query = convert::item_query(filter)?;
+        let mut receiver = self.engine.subscribe();
+        let shutdown = self.shutdown.clone();
+        let stream = async_stream(move |tx| async move {
+            loop {
+                let received = tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable("node is shutting down"))).await;
+                        return;
+                    }
+                    _ = tx.closed() => return,
+                    received = receiver.recv() => received,
+                };
+                let stored = match received {
+                    Ok(stored) => stored,
+                    Err(RecvError::Closed) => return,
+                    Err(RecvError::Lagged(missed)) => {
+                        let _ = tx
+                            .send(Err(Status::resource_exhausted(format!(
+                                "subscriber fell {missed} items behind; subscribe again and query to catch up"
+                            ))))
+                            .await;
+                        return;
+                    }
+                };
+                if !query.matches_value(&stored, now_ms())
+                    || !policy::decide(&partner, &stored.item).allow
+                {
+                    continue;
+                }
+                if tx
+                    .send(Ok(ProtoStoredItem::from(stored.as_ref())))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(stream))
     }
 
     type ExportStream = BoxStream<ExportChunk>;
@@ -62,6 +211,21 @@ impl Intel for IntelService {
         request: Request<ExportRequest>,
     ) -> Result<Response<Self::ExportStream>, Status> {
         require_client(caller(&request)?)?;
-        Err(not_yet("Export"))
+        Err(Status::unimplemented(
+            "Export is not available in this version",
+        ))
     }
+}
+
+/// A response stream fed by a task through a small channel (back-pressure: the task
+/// waits when the client is slow). The task ends when the client goes away.
+fn async_stream<T, F, Fut>(body: F) -> BoxStream<T>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<T, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(body(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }

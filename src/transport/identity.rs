@@ -8,7 +8,7 @@ use rustls::pki_types::CertificateDer;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::model::{InvalidNodeId, NodeId, Role};
+use crate::model::{InvalidNodeId, NodeId, Partner, PartnerKind, Role};
 
 /// Why no id could be read from a certificate.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -53,28 +53,6 @@ pub fn certificate_id(der: &CertificateDer<'_>) -> Result<NodeId, IdentityError>
         name: name.to_owned(),
         reason,
     })
-}
-
-/// Whether an authenticated caller is another node or a client.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PartnerKind {
-    /// A `[[peer]]`: a federation node.
-    Node,
-    /// A `[[client]]`: an analyst, researcher, dashboard or connector.
-    Client,
-    /// This node's own certificate, used by the operator's CLI on the node's host.
-    Local,
-}
-
-/// A configured partner, as identified from its certificate.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Partner {
-    /// Its id.
-    pub id: NodeId,
-    /// Node or client.
-    pub kind: PartnerKind,
-    /// What it may do.
-    pub role: Role,
 }
 
 /// Every identity this node will talk to. Anything else is refused at the handshake.

@@ -18,6 +18,7 @@ use rustls::{
 
 use super::files::{self, FileError};
 use super::identity::{Directory, IdentityError, certificate_id};
+use crate::crypto::{SignerError, SignerTrust};
 use crate::model::NodeId;
 
 /// ALPN protocol for gRPC over HTTP/2; gRPC clients such as `grpcio` require it.
@@ -208,6 +209,62 @@ impl TlsMaterial {
             })?;
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
         Ok(Arc::new(config))
+    }
+}
+
+impl TlsMaterial {
+    /// The leaf certificate (DER).
+    pub fn certificate_der(&self) -> &[u8] {
+        self.chain[0].as_ref()
+    }
+
+    /// The private key as PKCS#8 DER, for bundle signing. Never log it.
+    pub fn private_key_pkcs8(&self) -> Option<&[u8]> {
+        match &self.key {
+            PrivateKeyDer::Pkcs8(key) => Some(key.secret_pkcs8_der()),
+            _ => None,
+        }
+    }
+
+    /// Checks bundle signer certificates against the same anchors and CRLs.
+    pub fn signer_trust(&self) -> Result<SignerVerifier, TlsError> {
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), crypto_provider())
+                .with_crls(self.crls.iter().cloned())
+                .only_check_end_entity_revocation()
+                .build()?;
+        Ok(SignerVerifier { verifier })
+    }
+}
+
+/// [`SignerTrust`] over WebPKI: the signer certificate must chain to a trust anchor,
+/// have been valid when the bundle was created, and not be revoked.
+#[derive(Debug, Clone)]
+pub struct SignerVerifier {
+    verifier: Arc<dyn ClientCertVerifier>,
+}
+
+impl SignerTrust for SignerVerifier {
+    fn verify_signer(&self, cert_der: &[u8], at_ms: i64) -> Result<NodeId, SignerError> {
+        let cert = CertificateDer::from(cert_der);
+        let at = UnixTime::since_unix_epoch(std::time::Duration::from_millis(
+            u64::try_from(at_ms).unwrap_or(0),
+        ));
+        self.verifier
+            .verify_client_cert(&cert, &[], at)
+            .map_err(|e| match e {
+                rustls::Error::InvalidCertificate(CertificateError::Revoked) => {
+                    SignerError::Revoked
+                }
+                rustls::Error::InvalidCertificate(
+                    CertificateError::Expired
+                    | CertificateError::ExpiredContext { .. }
+                    | CertificateError::NotValidYet
+                    | CertificateError::NotValidYetContext { .. },
+                ) => SignerError::Expired,
+                other => SignerError::Untrusted(other.to_string()),
+            })?;
+        certificate_id(&cert).map_err(|e| SignerError::NoIdentity(e.to_string()))
     }
 }
 

@@ -1,0 +1,161 @@
+//! The node's core, between the service adapters and the store: publishing (sign,
+//! verify, store, notify subscribers), accepting bundles from elsewhere (verify,
+//! store), and reading through the sharing policy. No tonic types here.
+
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+
+use crate::crypto::{BundleSigner, CertificateSource, SignError, SignerTrust, VerifyError, verify};
+use crate::model::{Distribution, Item, ItemId, Partner};
+use crate::policy;
+use crate::store::{AcceptReport, ItemQuery, Page, Source, Store, StoreError, StoredItem};
+use crate::wire;
+
+/// Capacity of the subscription channel; a subscriber further behind is dropped.
+pub const SUBSCRIPTION_BUFFER: usize = 16_384;
+
+/// Why an engine operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Signing failed.
+    #[error(transparent)]
+    Sign(#[from] SignError),
+    /// A bundle did not verify.
+    #[error("bundle rejected: {0}")]
+    Verify(#[from] VerifyError),
+    /// A blocking task failed.
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+/// The result of publishing one bundle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishReceipt {
+    /// The bundle id.
+    pub bundle_id: crate::model::BundleId,
+    /// What the store did with it.
+    pub report: AcceptReport,
+}
+
+/// The node's core. Cheap to share behind an `Arc`.
+pub struct Engine {
+    store: Arc<dyn Store>,
+    signer: BundleSigner,
+    trust: Box<dyn SignerTrust + Send + Sync>,
+    subscribers: broadcast::Sender<Arc<StoredItem>>,
+}
+
+struct StoreCertificates<'a>(&'a dyn Store);
+
+impl CertificateSource for StoreCertificates<'_> {
+    fn certificate(&self, sha256: &[u8; 32]) -> Option<Vec<u8>> {
+        self.0.certificate(sha256).ok().flatten()
+    }
+}
+
+impl Engine {
+    /// An engine over `store`, signing as `signer`, checking signers with `trust`.
+    /// The node's own certificate is cached so its bundles verify.
+    pub fn new(
+        store: Arc<dyn Store>,
+        signer: BundleSigner,
+        own_certificate: &[u8],
+        trust: Box<dyn SignerTrust + Send + Sync>,
+    ) -> Result<Self, EngineError> {
+        store.put_certificate(own_certificate)?;
+        let (subscribers, _) = broadcast::channel(SUBSCRIPTION_BUFFER);
+        Ok(Self {
+            store,
+            signer,
+            trust,
+            subscribers,
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Signs `items` as one bundle of this node, verifies it like any received bundle,
+    /// and stores it. Not durable until [`Engine::flush`].
+    pub fn publish(
+        &self,
+        items: &[Item],
+        distribution: &Distribution,
+        now_ms: i64,
+    ) -> Result<PublishReceipt, EngineError> {
+        let (bundle_id, bundle) = self.signer.sign(items, distribution, now_ms)?;
+        let source = Source {
+            received_from: self.signer.origin().clone(),
+            hops: 0,
+        };
+        let report = self.accept(&bundle, &source, now_ms)?;
+        Ok(PublishReceipt { bundle_id, report })
+    }
+
+    /// Verifies a bundle and stores what it discloses; newly stored items go to
+    /// subscribers. Not durable until [`Engine::flush`].
+    pub fn accept(
+        &self,
+        bundle: &wire::SignedBundle,
+        source: &Source,
+        now_ms: i64,
+    ) -> Result<AcceptReport, EngineError> {
+        let verified = verify(
+            bundle,
+            &StoreCertificates(self.store.as_ref()),
+            self.trust.as_ref(),
+            now_ms,
+        )?;
+        let report = self.store.accept(&verified, source, now_ms)?;
+        for rejected in &report.rejected {
+            tracing::warn!(bundle = %verified.header().bundle_id, origin = %verified.header().origin, index = rejected.0, reason = ?rejected.1, "item rejected");
+        }
+        if self.subscribers.receiver_count() > 0 {
+            for item in &report.stored {
+                let _ = self.subscribers.send(Arc::new(item.clone()));
+            }
+        }
+        Ok(report)
+    }
+
+    /// Makes everything accepted so far durable.
+    pub async fn flush(&self) -> Result<(), EngineError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .map_err(|e| EngineError::Task(e.to_string()))??;
+        Ok(())
+    }
+
+    /// The latest version of `id`, if `partner` may see it.
+    pub fn get(&self, partner: &Partner, id: &ItemId) -> Result<Option<StoredItem>, EngineError> {
+        Ok(self
+            .store
+            .get(id)?
+            .filter(|stored| policy::decide(partner, &stored.item).allow))
+    }
+
+    /// A page of items matching `query` that `partner` may see.
+    pub fn query(
+        &self,
+        partner: &Partner,
+        query: &ItemQuery,
+        after: Option<&[u8]>,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<Page, EngineError> {
+        let visible = |stored: &StoredItem| policy::decide(partner, &stored.item).allow;
+        Ok(self.store.query(query, after, limit, now_ms, &visible)?)
+    }
+
+    /// Items accepted from now on (every item: the caller filters through policy).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<StoredItem>> {
+        self.subscribers.subscribe()
+    }
+}

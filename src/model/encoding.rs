@@ -1,0 +1,214 @@
+//! Items to and from their signed wire form (`wire::Item`). The encoding of an item
+//! is what its leaf digest covers; decoding checks every field and rejects what the
+//! model cannot represent.
+
+use super::item::{Indicator, IndicatorType, Item, ItemId, ItemKind, ModelError, Revocation, Tlp};
+use crate::wire;
+
+impl From<Tlp> for wire::Tlp {
+    fn from(tlp: Tlp) -> Self {
+        match tlp {
+            Tlp::Clear => wire::Tlp::Clear,
+            Tlp::Green => wire::Tlp::Green,
+            Tlp::Amber => wire::Tlp::Amber,
+            Tlp::AmberStrict => wire::Tlp::AmberStrict,
+            Tlp::Red => wire::Tlp::Red,
+        }
+    }
+}
+
+impl TryFrom<i32> for Tlp {
+    type Error = ModelError;
+    fn try_from(value: i32) -> Result<Self, Self::Error> {
+        match wire::Tlp::try_from(value) {
+            Ok(wire::Tlp::Clear) => Ok(Tlp::Clear),
+            Ok(wire::Tlp::Green) => Ok(Tlp::Green),
+            Ok(wire::Tlp::Amber) => Ok(Tlp::Amber),
+            Ok(wire::Tlp::AmberStrict) => Ok(Tlp::AmberStrict),
+            Ok(wire::Tlp::Red) => Ok(Tlp::Red),
+            Ok(wire::Tlp::Unspecified) | Err(_) => Err(ModelError::BadTlp(value.to_string())),
+        }
+    }
+}
+
+impl From<&Item> for wire::Item {
+    fn from(item: &Item) -> Self {
+        let kind = match &item.kind {
+            ItemKind::Indicator(i) => wire::item::Kind::Indicator(wire::Indicator {
+                indicator_type: i.indicator_type.as_str().to_owned(),
+                value: i.value.clone(),
+                description: i.description.clone(),
+                confidence: u32::from(i.confidence),
+                kill_chain_phases: i.kill_chain_phases.clone(),
+                valid_from_unix_ms: i.valid_from_ms,
+                valid_until_unix_ms: i.valid_until_ms,
+            }),
+            ItemKind::Revocation(r) => wire::item::Kind::Revocation(wire::Revocation {
+                reason: r.reason.clone(),
+                indicator_type: r.indicator_type.as_str().to_owned(),
+            }),
+        };
+        wire::Item {
+            id: item.id.as_str().to_owned(),
+            modified_unix_ms: item.modified_ms,
+            tlp: wire::Tlp::from(item.tlp) as i32,
+            tags: item.tags.clone(),
+            kind: Some(kind),
+        }
+    }
+}
+
+impl TryFrom<wire::Item> for Item {
+    type Error = ModelError;
+
+    /// Decodes and validates; the result satisfies [`Item::validate`].
+    fn try_from(item: wire::Item) -> Result<Self, Self::Error> {
+        let wire::Item {
+            id,
+            modified_unix_ms,
+            tlp,
+            tags,
+            kind,
+        } = item;
+        let kind = match kind {
+            Some(wire::item::Kind::Indicator(wire::Indicator {
+                indicator_type,
+                value,
+                description,
+                confidence,
+                kill_chain_phases,
+                valid_from_unix_ms,
+                valid_until_unix_ms,
+            })) => ItemKind::Indicator(Indicator {
+                indicator_type: indicator_type.parse::<IndicatorType>()?,
+                value,
+                description,
+                confidence: u8::try_from(confidence).map_err(|_| ModelError::Field {
+                    field: "confidence",
+                    problem: format!("{confidence} is above 100"),
+                })?,
+                kill_chain_phases,
+                valid_from_ms: valid_from_unix_ms,
+                valid_until_ms: valid_until_unix_ms,
+            }),
+            Some(wire::item::Kind::Revocation(wire::Revocation {
+                reason,
+                indicator_type,
+            })) => ItemKind::Revocation(Revocation {
+                indicator_type: indicator_type.parse::<IndicatorType>()?,
+                reason,
+            }),
+            None => {
+                return Err(ModelError::Field {
+                    field: "kind",
+                    problem: "neither indicator nor revocation".into(),
+                });
+            }
+        };
+        let item = Item {
+            id: ItemId::parse(&id)?,
+            modified_ms: modified_unix_ms,
+            tlp: Tlp::try_from(tlp)?,
+            tags,
+            kind,
+        };
+        item.validate()?;
+        Ok(item)
+    }
+}
+
+impl Item {
+    /// An item submitted for publishing: a missing id gets a fresh one, a missing
+    /// version the current time, and the value is normalised; then every field is
+    /// validated.
+    pub fn from_draft(mut draft: wire::Item, now_ms: i64) -> Result<Self, ModelError> {
+        if draft.id.is_empty() {
+            draft.id = ItemId::new_random().to_string();
+        }
+        if draft.modified_unix_ms == 0 {
+            draft.modified_unix_ms = now_ms;
+        }
+        if let Some(wire::item::Kind::Indicator(indicator)) = &mut draft.kind {
+            if indicator.valid_from_unix_ms == 0 {
+                indicator.valid_from_unix_ms = draft.modified_unix_ms;
+            }
+            let ty: IndicatorType = indicator.indicator_type.parse()?;
+            indicator.value = super::normalise(ty, &indicator.value)?;
+            indicator.indicator_type = ty.as_str().to_owned();
+        }
+        Item::try_from(draft)
+    }
+
+    /// The exact bytes that are hashed into a bundle: the prost encoding of the wire form.
+    pub fn encode(&self) -> Vec<u8> {
+        prost::Message::encode_to_vec(&wire::Item::from(self))
+    }
+
+    /// Decodes item bytes from a bundle and validates the result.
+    pub fn decode(bytes: &[u8]) -> Result<Self, ModelError> {
+        let wire: wire::Item = prost::Message::decode(bytes).map_err(|e| ModelError::Field {
+            field: "item",
+            problem: format!("cannot decode: {e}"),
+        })?;
+        Item::try_from(wire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Item {
+        Item {
+            id: ItemId::new_random(),
+            modified_ms: 1_700_000_000_000,
+            tlp: Tlp::Amber,
+            tags: vec!["source:honeypot".into()],
+            kind: ItemKind::Indicator(Indicator {
+                indicator_type: IndicatorType::Domain,
+                value: "c2.example.com".into(),
+                description: "beacon".into(),
+                confidence: 80,
+                kill_chain_phases: vec!["mitre-attack:command-and-control".into()],
+                valid_from_ms: 1_700_000_000_000,
+                valid_until_ms: Some(1_800_000_000_000),
+            }),
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let item = sample();
+        assert_eq!(Item::decode(&item.encode()).unwrap(), item);
+        let revocation = Item {
+            kind: ItemKind::Revocation(Revocation {
+                indicator_type: IndicatorType::Domain,
+                reason: "false positive".into(),
+            }),
+            ..sample()
+        };
+        assert_eq!(Item::decode(&revocation.encode()).unwrap(), revocation);
+    }
+
+    #[test]
+    fn rejects_unrepresentable_fields() {
+        let mut wire = wire::Item::from(&sample());
+        wire.tlp = 0;
+        assert!(matches!(
+            Item::try_from(wire.clone()),
+            Err(ModelError::BadTlp(_))
+        ));
+        wire.tlp = 99;
+        assert!(matches!(
+            Item::try_from(wire.clone()),
+            Err(ModelError::BadTlp(_))
+        ));
+        let mut wire = wire::Item::from(&sample());
+        wire.id = "bundle--x".into();
+        assert!(matches!(Item::try_from(wire), Err(ModelError::BadId(_))));
+        let mut wire = wire::Item::from(&sample());
+        wire.kind = None;
+        assert!(Item::try_from(wire).is_err());
+        assert!(Item::decode(&[0xff, 0xff, 0xff]).is_err());
+    }
+}

@@ -1,0 +1,92 @@
+//! Proto messages to domain types and back (`TryFrom`, destructuring completely so a
+//! new field is a compile error).
+
+use tonic::Status;
+
+use super::proto::{ItemFilter, StoredItem as ProtoStoredItem};
+use crate::model::{Distribution, IndicatorType, NodeId};
+use crate::store::{ItemQuery, StoredItem};
+use crate::wire;
+
+/// A wire distribution from a client, checked.
+pub fn distribution(d: Option<wire::Distribution>) -> Result<Distribution, Status> {
+    let Some(wire::Distribution {
+        max_hops,
+        recipients,
+    }) = d
+    else {
+        return Ok(Distribution::default());
+    };
+    if recipients.len() > crate::model::MAX_RECIPIENTS {
+        return Err(Status::invalid_argument("too many recipients"));
+    }
+    let recipients = recipients
+        .iter()
+        .map(|r| {
+            NodeId::new(r).map_err(|e| Status::invalid_argument(format!("recipient {r:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Distribution {
+        max_hops,
+        recipients,
+    })
+}
+
+/// A client's filter, checked.
+pub fn item_query(filter: Option<ItemFilter>) -> Result<ItemQuery, Status> {
+    let ItemFilter {
+        value,
+        indicator_type,
+        tag,
+        origin,
+        modified_since_unix_ms,
+        include_expired,
+    } = filter.unwrap_or_default();
+    let bounded = |name: &str, v: &str| {
+        if v.len() > 4096 {
+            Err(Status::invalid_argument(format!("{name} is too long")))
+        } else {
+            Ok(())
+        }
+    };
+    bounded("value", &value)?;
+    bounded("tag", &tag)?;
+    let indicator_type = if indicator_type.is_empty() {
+        None
+    } else {
+        Some(
+            indicator_type
+                .parse::<IndicatorType>()
+                .map_err(|e| Status::invalid_argument(e.to_string()))?,
+        )
+    };
+    let origin = if origin.is_empty() {
+        None
+    } else {
+        Some(NodeId::new(&origin).map_err(|e| Status::invalid_argument(format!("origin: {e}")))?)
+    };
+    Ok(ItemQuery {
+        value: (!value.is_empty()).then_some(value),
+        indicator_type,
+        tag: (!tag.is_empty()).then_some(tag),
+        origin,
+        modified_since_ms: (modified_since_unix_ms != 0).then_some(modified_since_unix_ms),
+        include_expired,
+    })
+}
+
+impl From<&StoredItem> for ProtoStoredItem {
+    fn from(stored: &StoredItem) -> Self {
+        ProtoStoredItem {
+            item: Some(wire::Item::from(&stored.item)),
+            provenance: Some(wire::Provenance {
+                origin: stored.origin.to_string(),
+                bundle_id: stored.bundle_id.to_string(),
+                received_from: stored.received_from.to_string(),
+                hops: stored.hops,
+                // The store holds only bundles that passed `crypto::verify`.
+                signature_verified: true,
+            }),
+        }
+    }
+}

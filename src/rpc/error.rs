@@ -1,0 +1,20 @@
+//! Domain errors to `tonic::Status`, in one place. Internal detail is logged, not sent.
+
+use tonic::Status;
+
+use crate::engine::EngineError;
+
+impl From<EngineError> for Status {
+    fn from(error: EngineError) -> Self {
+        match error {
+            EngineError::Verify(e) => Status::invalid_argument(format!("bundle rejected: {e}")),
+            EngineError::Store(crate::store::StoreError::ConflictingBundle(id)) => {
+                Status::already_exists(format!("bundle {id} conflicts with a stored bundle"))
+            }
+            other => {
+                tracing::error!(error = %other, "internal error");
+                Status::internal("internal error; see the node's log")
+            }
+        }
+    }
+}

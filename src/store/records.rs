@@ -1,0 +1,133 @@
+//! On-disk records and key layout of the sled store. Everything lives in one sled
+//! tree (`entente.v1`) so that one accepted bundle, with all its index entries, is
+//! one atomic `Batch`; keyspaces are separated by a one-byte prefix.
+//!
+//! | prefix | key | value |
+//! | --- | --- | --- |
+//! | `M` | name | meta: owner id, feed head |
+//! | `B` | bundle id | [`BundleRecord`] |
+//! | `I` | item id | [`ItemRecord`] (the latest version held) |
+//! | `V` | type code, value, 0, item id | empty (value index) |
+//! | `F` | sequence (u64 big-endian) | bundle id (change feed) |
+//! | `C` | SHA-256 of the certificate | DER certificate (cache) |
+
+use crate::model::IndicatorType;
+
+/// Name of the sled tree; the suffix is the format version.
+pub const TREE: &str = "entente.v1";
+
+pub const BUNDLE: u8 = b'B';
+pub const ITEM: u8 = b'I';
+pub const VALUE: u8 = b'V';
+pub const FEED: u8 = b'F';
+pub const CERT: u8 = b'C';
+
+pub const META_OWNER: &[u8] = b"Mowner";
+pub const META_FEED_HEAD: &[u8] = b"Mfeed_head";
+
+/// A bundle as held: the exact signed header and signature, and which items are known.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BundleRecord {
+    #[prost(bytes = "vec", tag = "1")]
+    pub header_bytes: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub signature: Vec<u8>,
+    /// Items of this bundle this node knows (disclosed to it), by index.
+    #[prost(message, repeated, tag = "3")]
+    pub known: Vec<KnownItem>,
+    /// Latest change-feed position of this bundle.
+    #[prost(uint64, tag = "4")]
+    pub feed_seq: u64,
+    /// When this node first accepted the bundle.
+    #[prost(int64, tag = "5")]
+    pub accepted_ms: i64,
+}
+
+/// One known item of a bundle.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct KnownItem {
+    #[prost(uint32, tag = "1")]
+    pub index: u32,
+    #[prost(string, tag = "2")]
+    pub item_id: String,
+    #[prost(int64, tag = "3")]
+    pub modified_ms: i64,
+}
+
+/// The latest version of an item this node holds, with its provenance.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ItemRecord {
+    #[prost(string, tag = "1")]
+    pub bundle_id: String,
+    #[prost(uint32, tag = "2")]
+    pub index: u32,
+    #[prost(bytes = "vec", tag = "3")]
+    pub salt: Vec<u8>,
+    /// Exact bytes as hashed into the bundle.
+    #[prost(bytes = "vec", tag = "4")]
+    pub item_bytes: Vec<u8>,
+    #[prost(int64, tag = "5")]
+    pub modified_ms: i64,
+    #[prost(string, tag = "6")]
+    pub origin: String,
+    #[prost(string, tag = "7")]
+    pub received_from: String,
+    #[prost(uint32, tag = "8")]
+    pub hops: u32,
+    #[prost(int64, tag = "9")]
+    pub accepted_ms: i64,
+    /// Value-index key of this version (empty for revocations).
+    #[prost(bytes = "vec", tag = "10")]
+    pub value_key: Vec<u8>,
+}
+
+pub fn type_code(ty: IndicatorType) -> u8 {
+    match ty {
+        IndicatorType::Ipv4 => 1,
+        IndicatorType::Ipv6 => 2,
+        IndicatorType::Cidr => 3,
+        IndicatorType::Domain => 4,
+        IndicatorType::Url => 5,
+        IndicatorType::Email => 6,
+        IndicatorType::Md5 => 7,
+        IndicatorType::Sha1 => 8,
+        IndicatorType::Sha256 => 9,
+        IndicatorType::StixPattern => 10,
+    }
+}
+
+pub fn key(prefix: u8, rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + rest.len());
+    k.push(prefix);
+    k.extend_from_slice(rest);
+    k
+}
+
+/// `V` + type + value + 0: every entry for one exact value of one type.
+pub fn value_prefix(ty: IndicatorType, value: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(3 + value.len());
+    k.push(VALUE);
+    k.push(type_code(ty));
+    k.extend_from_slice(value.as_bytes());
+    k.push(0);
+    k
+}
+
+pub fn value_key(ty: IndicatorType, value: &str, item_id: &str) -> Vec<u8> {
+    let mut k = value_prefix(ty, value);
+    k.extend_from_slice(item_id.as_bytes());
+    k
+}
+
+pub fn feed_key(seq: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = FEED;
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The item id at the end of a value-index key.
+pub fn item_id_of_value_key(k: &[u8]) -> Option<&str> {
+    let zero = k.iter().rposition(|b| *b == 0)?;
+    std::str::from_utf8(&k[zero + 1..]).ok()
+}

@@ -1,0 +1,373 @@
+//! The sled implementation of [`Store`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prost::Message;
+
+use super::records::{self, BundleRecord, ItemRecord, KnownItem};
+use super::{AcceptReport, ItemQuery, ItemRejection, Page, Source, Store, StoreError, StoredItem};
+use crate::crypto::VerifiedBundle;
+use crate::model::{BundleId, IndicatorType, Item, ItemId, ItemKind, NodeId, normalise};
+
+/// Entries examined per query call at most, so one call has bounded cost.
+const MAX_SCAN_PER_QUERY: usize = 200_000;
+
+/// Largest page cursor accepted from a caller.
+pub const MAX_CURSOR_BYTES: usize = 4096;
+
+/// The sled implementation of [`Store`].
+pub struct SledStore {
+    path: PathBuf,
+    owner: NodeId,
+    db: sled::Db,
+    tree: sled::Tree,
+    feed_head: AtomicU64,
+    /// One writer at a time: the single-writer checks read then write.
+    writer: Mutex<()>,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir` for node `owner`, with a page cache of
+    /// `cache_bytes`.
+    pub fn open(dir: &Path, owner: &NodeId, cache_bytes: u64) -> Result<Self, StoreError> {
+        let engine = |source| StoreError::Engine {
+            path: dir.to_owned(),
+            source,
+        };
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .open()
+            .map_err(engine)?;
+        let tree = db.open_tree(records::TREE).map_err(engine)?;
+        match tree.get(records::META_OWNER).map_err(engine)? {
+            Some(found) if found.as_ref() != owner.as_str().as_bytes() => {
+                return Err(StoreError::WrongOwner {
+                    path: dir.to_owned(),
+                    expected: owner.clone(),
+                    found: String::from_utf8_lossy(&found).into_owned(),
+                });
+            }
+            Some(_) => {}
+            None => {
+                tree.insert(records::META_OWNER, owner.as_str().as_bytes())
+                    .map_err(engine)?;
+                db.flush().map_err(engine)?;
+            }
+        }
+        let feed_head = match tree.get(records::META_FEED_HEAD).map_err(engine)? {
+            Some(v) => {
+                u64::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                    key: "feed head".into(),
+                    problem: "not 8 bytes".into(),
+                })?)
+            }
+            None => 0,
+        };
+        Ok(Self {
+            path: dir.to_owned(),
+            owner: owner.clone(),
+            db,
+            tree,
+            feed_head: AtomicU64::new(feed_head),
+            writer: Mutex::new(()),
+        })
+    }
+
+    fn engine(&self, source: sled::Error) -> StoreError {
+        StoreError::Engine {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn item_record(&self, id: &str) -> Result<Option<ItemRecord>, StoreError> {
+        match self
+            .tree
+            .get(records::key(records::ITEM, id.as_bytes()))
+            .map_err(|e| self.engine(e))?
+        {
+            None => Ok(None),
+            Some(bytes) => ItemRecord::decode(bytes.as_ref())
+                .map(Some)
+                .map_err(|e| corrupt(id, e)),
+        }
+    }
+
+    fn stored_item(&self, id: &str, record: ItemRecord) -> Result<StoredItem, StoreError> {
+        let item = Item::decode(&record.item_bytes).map_err(|e| corrupt(id, e))?;
+        Ok(StoredItem {
+            item,
+            bundle_id: BundleId::parse(&record.bundle_id).map_err(|e| corrupt(id, e))?,
+            index: record.index,
+            origin: NodeId::new(&record.origin).map_err(|e| corrupt(id, e))?,
+            received_from: NodeId::new(&record.received_from).map_err(|e| corrupt(id, e))?,
+            hops: record.hops,
+            accepted_ms: record.accepted_ms,
+        })
+    }
+
+    /// Value-index prefixes to scan for a query, in key order.
+    fn value_prefixes(query: &ItemQuery) -> Option<Vec<Vec<u8>>> {
+        match (&query.value, query.indicator_type) {
+            (Some(value), Some(ty)) => Some(
+                normalise(ty, value)
+                    .map(|v| vec![records::value_prefix(ty, &v)])
+                    .unwrap_or_default(),
+            ),
+            (Some(value), None) => Some(
+                IndicatorType::ALL
+                    .into_iter()
+                    .filter_map(|ty| {
+                        normalise(ty, value)
+                            .ok()
+                            .map(|v| records::value_prefix(ty, &v))
+                    })
+                    .collect(),
+            ),
+            (None, Some(ty)) => Some(vec![vec![records::VALUE, records::type_code(ty)]]),
+            (None, None) => None,
+        }
+    }
+}
+
+fn corrupt(key: &str, problem: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        key: key.to_owned(),
+        problem: problem.to_string(),
+    }
+}
+
+fn value_key_of(item: &Item) -> Vec<u8> {
+    match &item.kind {
+        ItemKind::Indicator(i) => records::value_key(i.indicator_type, &i.value, item.id.as_str()),
+        ItemKind::Revocation(_) => Vec::new(),
+    }
+}
+
+impl Store for SledStore {
+    fn owner(&self) -> &NodeId {
+        &self.owner
+    }
+
+    fn accept(
+        &self,
+        bundle: &VerifiedBundle,
+        source: &Source,
+        now_ms: i64,
+    ) -> Result<AcceptReport, StoreError> {
+        let header = bundle.header();
+        let bundle_id = header.bundle_id.as_str();
+        let bundle_key = records::key(records::BUNDLE, bundle_id.as_bytes());
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+
+        let mut record = match self.tree.get(&bundle_key).map_err(|e| self.engine(e))? {
+            Some(bytes) => {
+                let record =
+                    BundleRecord::decode(bytes.as_ref()).map_err(|e| corrupt(bundle_id, e))?;
+                if record.header_bytes != bundle.header_bytes()
+                    || record.signature != bundle.signature()
+                {
+                    return Err(StoreError::ConflictingBundle(header.bundle_id.clone()));
+                }
+                record
+            }
+            None => BundleRecord {
+                header_bytes: bundle.header_bytes().to_vec(),
+                signature: bundle.signature().to_vec(),
+                known: Vec::new(),
+                feed_seq: 0,
+                accepted_ms: now_ms,
+            },
+        };
+
+        let mut report = AcceptReport::default();
+        let mut batch = sled::Batch::default();
+        // Item records written by this batch, so items of one bundle see each other.
+        let mut pending: HashMap<&str, ItemRecord> = HashMap::new();
+        for verified in bundle.items() {
+            let item = &verified.item;
+            let id = item.id.as_str();
+            if record.known.iter().any(|k| k.index == verified.index) {
+                report.duplicates += 1;
+                continue;
+            }
+            let current = match pending.get(id) {
+                Some(r) => Some(r.clone()),
+                None => self.item_record(id)?,
+            };
+            if let Some(current) = &current {
+                if current.origin != header.origin.as_str() {
+                    report.rejected.push((
+                        verified.index,
+                        ItemRejection::NotOriginWriter {
+                            holder: NodeId::new(&current.origin).map_err(|e| corrupt(id, e))?,
+                        },
+                    ));
+                    continue;
+                }
+                if item.modified_ms <= current.modified_ms {
+                    report.duplicates += 1;
+                    continue;
+                }
+                if !current.value_key.is_empty() {
+                    batch.remove(current.value_key.clone());
+                }
+            }
+            let value_key = value_key_of(item);
+            let item_record = ItemRecord {
+                bundle_id: bundle_id.to_owned(),
+                index: verified.index,
+                salt: verified.salt.to_vec(),
+                item_bytes: verified.item_bytes.clone(),
+                modified_ms: item.modified_ms,
+                origin: header.origin.to_string(),
+                received_from: source.received_from.to_string(),
+                hops: source.hops,
+                accepted_ms: now_ms,
+                value_key: value_key.clone(),
+            };
+            if !value_key.is_empty() {
+                batch.insert(value_key, &[][..]);
+            }
+            batch.insert(
+                records::key(records::ITEM, id.as_bytes()),
+                item_record.encode_to_vec(),
+            );
+            pending.insert(id, item_record);
+            record.known.push(KnownItem {
+                index: verified.index,
+                item_id: id.to_owned(),
+                modified_ms: item.modified_ms,
+            });
+            report.stored.push(StoredItem {
+                item: item.clone(),
+                bundle_id: header.bundle_id.clone(),
+                index: verified.index,
+                origin: header.origin.clone(),
+                received_from: source.received_from.clone(),
+                hops: source.hops,
+                accepted_ms: now_ms,
+            });
+        }
+
+        if report.stored.is_empty() {
+            return Ok(report);
+        }
+        record.known.sort_by_key(|k| k.index);
+        let seq = self.feed_head.load(Ordering::SeqCst) + 1;
+        if record.feed_seq != 0 {
+            // The bundle moves to the head of the feed with everything now known.
+            batch.remove(&records::feed_key(record.feed_seq)[..]);
+        }
+        record.feed_seq = seq;
+        batch.insert(&records::feed_key(seq)[..], bundle_id.as_bytes());
+        batch.insert(records::META_FEED_HEAD, &seq.to_be_bytes()[..]);
+        batch.insert(bundle_key, record.encode_to_vec());
+        self.tree.apply_batch(batch).map_err(|e| self.engine(e))?;
+        self.feed_head.store(seq, Ordering::SeqCst);
+        report.feed_seq = Some(seq);
+        Ok(report)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(|e| self.engine(e))
+    }
+
+    fn get(&self, id: &ItemId) -> Result<Option<StoredItem>, StoreError> {
+        match self.item_record(id.as_str())? {
+            None => Ok(None),
+            Some(record) => self.stored_item(id.as_str(), record).map(Some),
+        }
+    }
+
+    fn query(
+        &self,
+        query: &ItemQuery,
+        after: Option<&[u8]>,
+        limit: usize,
+        now_ms: i64,
+        visible: &dyn Fn(&StoredItem) -> bool,
+    ) -> Result<Page, StoreError> {
+        let mut page = Page::default();
+        if limit == 0 {
+            return Ok(page);
+        }
+        let after = after.filter(|a| !a.is_empty());
+        let prefixes = match Self::value_prefixes(query) {
+            Some(prefixes) => prefixes,
+            None => vec![vec![records::ITEM]],
+        };
+        let mut scanned = 0usize;
+        for prefix in prefixes {
+            let start: Vec<u8> = match after {
+                // Resume after the cursor when it lies within this prefix.
+                Some(a) if a.starts_with(&prefix) => {
+                    let mut s = a.to_vec();
+                    s.push(0);
+                    s
+                }
+                // This prefix was finished before the cursor.
+                Some(a) if a > prefix.as_slice() => continue,
+                _ => prefix.clone(),
+            };
+            for entry in self.tree.range(start..) {
+                let (key, value) = entry.map_err(|e| self.engine(e))?;
+                if !key.starts_with(&prefix) {
+                    break;
+                }
+                scanned += 1;
+                let (id, record) = if prefix[0] == records::VALUE {
+                    let Some(id) = records::item_id_of_value_key(&key) else {
+                        continue;
+                    };
+                    match self.item_record(id)? {
+                        // The index entry is current only if the latest version still has it.
+                        Some(r) if r.value_key.as_slice() == key.as_ref() => (id.to_owned(), r),
+                        _ => continue,
+                    }
+                } else {
+                    let id = String::from_utf8_lossy(&key[1..]).into_owned();
+                    let record = ItemRecord::decode(value.as_ref()).map_err(|e| corrupt(&id, e))?;
+                    (id, record)
+                };
+                let stored = self.stored_item(&id, record)?;
+                if query.matches(&stored, now_ms) && visible(&stored) {
+                    page.items.push(stored);
+                }
+                if page.items.len() >= limit || scanned >= MAX_SCAN_PER_QUERY {
+                    page.next = Some(key.to_vec());
+                    return Ok(page);
+                }
+            }
+        }
+        Ok(page)
+    }
+
+    fn feed_head(&self) -> u64 {
+        self.feed_head.load(Ordering::SeqCst)
+    }
+
+    fn put_certificate(&self, der: &[u8]) -> Result<[u8; 32], StoreError> {
+        let sha = crate::crypto::sha256(der);
+        self.tree
+            .insert(records::key(records::CERT, &sha), der)
+            .map_err(|e| self.engine(e))?;
+        Ok(sha)
+    }
+
+    fn certificate(&self, sha256: &[u8; 32]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .tree
+            .get(records::key(records::CERT, sha256))
+            .map_err(|e| self.engine(e))?
+            .map(|v| v.to_vec()))
+    }
+
+    fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.db.size_on_disk().map_err(|e| self.engine(e))
+    }
+}

@@ -1,0 +1,8 @@
+//! The signed formats as prost messages (`proto/entente/v1/bundle.proto`): bundle
+//! headers, disclosures and items. Their exact bytes are what is hashed and signed,
+//! so `crypto` and `store` use these types directly; `rpc` reuses them by extern path.
+//! No tonic here.
+
+#![allow(missing_docs, clippy::all, clippy::pedantic)]
+
+include!(concat!(env!("OUT_DIR"), "/wire/entente.v1.rs"));
