@@ -15,6 +15,14 @@ use crate::wire;
 /// Capacity of the subscription channel; a subscriber further behind is dropped.
 pub const SUBSCRIPTION_BUFFER: usize = 16_384;
 
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// Why an engine operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {

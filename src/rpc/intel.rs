@@ -16,7 +16,7 @@ use super::proto::{
     QueryRequest, QueryResponse, StoredItem as ProtoStoredItem, SubscribeRequest,
 };
 use crate::crypto::MAX_ITEMS_PER_BUNDLE;
-use crate::engine::Engine;
+use crate::engine::{Engine, now_ms};
 use crate::model::{Item, ItemId};
 use crate::policy;
 
@@ -24,14 +24,6 @@ use crate::policy;
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 /// Largest page of `Query`.
 pub const MAX_PAGE_SIZE: usize = 1000;
-
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> i64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
-}
 
 /// The Intel service of one node.
 #[derive(Clone)]
