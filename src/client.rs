@@ -2,9 +2,15 @@
 
 use std::sync::Arc;
 
+use crate::config::ClientSettings;
 use crate::model::NodeId;
+use crate::node::MAX_MESSAGE_BYTES;
 use crate::rpc::proto::federation_client::FederationClient;
-use crate::rpc::proto::{HelloRequest, HelloResponse};
+use crate::rpc::proto::intel_client::IntelClient;
+use crate::rpc::proto::{
+    GetRequest, HelloRequest, HelloResponse, ItemFilter, PublishRequest, PublishResponse,
+    QueryRequest, QueryResponse, StoredItem, SubscribeRequest,
+};
 use crate::rpc::{CAPABILITIES, PROTOCOL_VERSION};
 use crate::transport::{ConnectError, connect};
 
@@ -47,6 +53,89 @@ impl NodeClient {
             own_id: own_id.clone(),
             channel,
         })
+    }
+
+    /// Connects as described by a client (or node) configuration.
+    pub async fn connect_with(settings: &ClientSettings) -> Result<Self, ClientError> {
+        let tls = settings.tls.client_config().map_err(|e| ClientError::Status {
+            node: settings.node_id.clone(),
+            code: tonic::Code::InvalidArgument,
+            message: e.to_string(),
+        })?;
+        Self::connect(tls, &settings.id, &settings.node_address, &settings.node_id).await
+    }
+
+    /// The node this client talks to.
+    pub fn node(&self) -> &NodeId {
+        &self.node
+    }
+
+    fn intel(&self) -> IntelClient<tonic::transport::Channel> {
+        IntelClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// Publishes the bundles the stream yields (one bundle per message); answers
+    /// once the node has made them durable.
+    pub async fn publish(
+        &self,
+        requests: impl tokio_stream::Stream<Item = PublishRequest> + Send + 'static,
+    ) -> Result<PublishResponse, ClientError> {
+        Ok(self
+            .intel()
+            .publish(requests)
+            .await
+            .map_err(|s| self.status(s))?
+            .into_inner())
+    }
+
+    /// One page of a query.
+    pub async fn query(
+        &self,
+        filter: ItemFilter,
+        page_size: u32,
+        page_token: Vec<u8>,
+    ) -> Result<QueryResponse, ClientError> {
+        Ok(self
+            .intel()
+            .query(QueryRequest {
+                filter: Some(filter),
+                page_size,
+                page_token,
+            })
+            .await
+            .map_err(|s| self.status(s))?
+            .into_inner())
+    }
+
+    /// One item by id, with provenance; `None` when absent or not visible.
+    pub async fn get(&self, id: &str) -> Result<Option<StoredItem>, ClientError> {
+        match self.intel().get(GetRequest { id: id.to_owned() }).await {
+            Ok(response) => Ok(response.into_inner().item),
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+            Err(status) => Err(self.status(status)),
+        }
+    }
+
+    /// Items as they are accepted, matching `filter`.
+    pub async fn subscribe(
+        &self,
+        filter: ItemFilter,
+    ) -> Result<tonic::Streaming<StoredItem>, ClientError> {
+        Ok(self
+            .intel()
+            .subscribe(SubscribeRequest {
+                filter: Some(filter),
+            })
+            .await
+            .map_err(|s| self.status(s))?
+            .into_inner())
+    }
+
+    /// Turns a status from a stream into a client error.
+    pub fn stream_error(&self, status: tonic::Status) -> ClientError {
+        self.status(status)
     }
 
     /// The underlying channel, for generated clients.

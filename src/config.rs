@@ -393,3 +393,156 @@ cache_mb = 64
 "#
     )
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClientFile {
+    client: RawClientSettings,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClientSettings {
+    id: String,
+    cert: PathBuf,
+    key: PathBuf,
+    trust_anchors: Vec<PathBuf>,
+    #[serde(default)]
+    crls: Vec<PathBuf>,
+    node: String,
+    node_id: String,
+}
+
+/// How a command-line client reaches its node: its own identity and the node's.
+#[derive(Debug)]
+pub struct ClientSettings {
+    /// The client's id (or the node's, when a node configuration is used).
+    pub id: NodeId,
+    /// `host:port` of the node.
+    pub node_address: String,
+    /// The node's id, checked against its certificate.
+    pub node_id: NodeId,
+    /// The client's certificate, key, anchors and CRLs.
+    pub tls: TlsMaterial,
+}
+
+impl ClientSettings {
+    /// Loads a client configuration (`[client]`), or a node configuration (`[node]`),
+    /// in which case the node's own certificate is used to reach the node itself.
+    ///
+    /// ```toml
+    /// [client]
+    /// id = "analyst.alice"             # the first DNS SAN of cert
+    /// cert = "analyst.alice.crt"
+    /// key = "analyst.alice.key"        # mode 0600
+    /// trust_anchors = ["ca.crt"]
+    /// crls = []
+    /// node = "hq.example.org:7443"     # host:port of the node
+    /// node_id = "redmond.hq"           # the node's id, checked against its certificate
+    /// ```
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let read_err = |source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let len = std::fs::metadata(path).map_err(read_err)?.len();
+        if len > MAX_CONFIG_BYTES {
+            return Err(ConfigError::Syntax {
+                path: path.to_owned(),
+                message: format!("file is larger than {MAX_CONFIG_BYTES} bytes"),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(read_err)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let is_node = text
+            .lines()
+            .any(|l| l.trim_start().starts_with("[node]"));
+        if is_node {
+            let config = Config::parse(&text, path, base)?;
+            let mut addr = config.node.listen;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(if addr.is_ipv4() {
+                    std::net::Ipv4Addr::LOCALHOST.into()
+                } else {
+                    std::net::Ipv6Addr::LOCALHOST.into()
+                });
+            }
+            return Ok(Self {
+                id: config.node.id.clone(),
+                node_address: addr.to_string(),
+                node_id: config.node.id,
+                tls: config.tls,
+            });
+        }
+        let raw: RawClientFile = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " | "),
+        })?;
+        let raw = raw.client;
+        let invalid = |field: &str, problem: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            field: field.to_owned(),
+            problem,
+        };
+        let resolve = |p: &Path| -> PathBuf {
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                base.join(p)
+            }
+        };
+        let id = NodeId::new(&raw.id).map_err(|e| invalid("client.id", e.to_string()))?;
+        let node_id =
+            NodeId::new(&raw.node_id).map_err(|e| invalid("client.node_id", e.to_string()))?;
+        check_address(&raw.node).map_err(|problem| invalid("client.node", problem))?;
+        if raw.trust_anchors.is_empty() {
+            return Err(invalid(
+                "client.trust_anchors",
+                "at least one CA certificate is required".into(),
+            ));
+        }
+        let paths = TlsPaths {
+            cert: resolve(&raw.cert),
+            key: resolve(&raw.key),
+            trust_anchors: raw.trust_anchors.iter().map(|p| resolve(p)).collect(),
+            crls: raw.crls.iter().map(|p| resolve(p)).collect(),
+        };
+        let tls = TlsMaterial::load(&paths, &id).map_err(|e| {
+            let field = match e.path() {
+                Some(p) if p == paths.key => "client.key",
+                Some(p) if paths.trust_anchors.iter().any(|a| a == p) => "client.trust_anchors",
+                Some(p) if paths.crls.iter().any(|c| c == p) => "client.crls",
+                Some(_) => "client.cert",
+                None => "client.key",
+            };
+            invalid(field, e.to_string())
+        })?;
+        Ok(Self {
+            id,
+            node_address: raw.node,
+            node_id,
+            tls,
+        })
+    }
+}
+
+/// A starter client configuration, for `entente certs client --config-out`.
+pub fn starter_client_config(id: &NodeId, node_address: &str, node_id: &NodeId) -> String {
+    format!(
+        r#"# Entente client configuration. Relative paths are resolved against this file's directory.
+
+[client]
+# This client's id: the first DNS subject-alternative name of its certificate.
+id = "{id}"
+cert = "{id}.crt"
+# Private key, readable by its owner only (mode 0600).
+key = "{id}.key"
+# The federation CA; the node's certificate must chain to it.
+trust_anchors = ["ca.crt"]
+crls = []
+# Where the node is, and its id (checked against the node's certificate).
+node = "{node_address}"
+node_id = "{node_id}"
+"#
+    )
+}
