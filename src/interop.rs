@@ -1,4 +1,367 @@
 //! STIX 2.1 (and CSV / plain list) mapping: operator input files to items, items to
 //! STIX 2.1 objects. No I/O here: callers pass text and get items and positioned errors.
 //!
-//! Provisional: the parsers arrive with the publish command.
+//! Every item returned has passed [`Item::validate`]. A bad object or line becomes an
+//! [`InputError`] naming its position, and parsing goes on with the next one. Nothing is
+//! marked silently: an item without a TLP marking in the input takes [`Defaults::tlp`], and
+//! without that it is an error.
+
+mod csv_input;
+mod list_input;
+mod pattern;
+mod stix;
+
+use std::collections::HashSet;
+use std::fmt;
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::model::{IndicatorType, Item, ItemId, ItemKind, Tlp};
+
+pub use stix::to_stix;
+
+/// Most objects (STIX) or records (CSV, list) in one input; above it the input is refused
+/// with a single error and no items.
+pub const MAX_INPUT_ITEMS: usize = 5_000_000;
+
+/// Largest input accepted, in bytes (512 MiB).
+pub const MAX_INPUT_BYTES: usize = 512 * 1024 * 1024;
+
+/// The format of an operator's input file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum InputFormat {
+    /// A STIX 2.1 bundle (JSON).
+    Stix,
+    /// CSV with the columns `type,value,tlp,tags,valid_until` (the last three optional).
+    Csv,
+    /// One value per line; blank lines and `#` comments are skipped.
+    List,
+}
+
+impl InputFormat {
+    /// Guesses the format: JSON (first non-blank character `{`) is STIX; a first line (not
+    /// blank, not a `#` comment) with a comma is CSV, unless the text before that comma is a
+    /// URL or a STIX pattern (values that may contain commas); anything else is a list.
+    pub fn detect(text: &str) -> InputFormat {
+        let text = text.trim_start_matches('\u{feff}');
+        if text.trim_start().starts_with('{') {
+            return InputFormat::Stix;
+        }
+        let first = text
+            .lines()
+            .map(str::trim)
+            .find(|line| !line.is_empty() && !line.starts_with('#'));
+        match first.and_then(|line| line.split_once(',')) {
+            Some((head, _)) if !head.contains("://") && !head.trim_start().starts_with('[') => {
+                InputFormat::Csv
+            }
+            _ => InputFormat::List,
+        }
+    }
+}
+
+impl fmt::Display for InputFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            InputFormat::Stix => "stix",
+            InputFormat::Csv => "csv",
+            InputFormat::List => "list",
+        })
+    }
+}
+
+/// What applies where the input says nothing (usually from command-line options).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Defaults {
+    /// Marking for items whose input gives none (`--tlp`).
+    pub tlp: Option<Tlp>,
+    /// Type for CSV rows and list lines that give none (`--type`); without it the type is
+    /// detected from the value.
+    pub indicator_type: Option<IndicatorType>,
+    /// Tags added to every item (`--tag`).
+    pub tags: Vec<String>,
+}
+
+/// One object or line of the input that did not become an item.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{position}: {reason}")]
+pub struct InputError {
+    /// Where: `line 12`, `objects[4] (indicator--…)` or `input` for the whole text.
+    pub position: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// The result of parsing an input: the valid items and an error per rejected object or line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParsedInput {
+    /// Valid items, in input order.
+    pub items: Vec<Item>,
+    /// Rejected objects and lines, in input order.
+    pub errors: Vec<InputError>,
+}
+
+/// Parses operator input in `format` into items. `now_ms` (milliseconds since the Unix
+/// epoch) is the version and start of validity of items whose input gives none.
+pub fn parse_input(
+    format: InputFormat,
+    text: &str,
+    defaults: &Defaults,
+    now_ms: i64,
+) -> ParsedInput {
+    parse_with_limit(format, text, defaults, now_ms, MAX_INPUT_ITEMS)
+}
+
+fn parse_with_limit(
+    format: InputFormat,
+    text: &str,
+    defaults: &Defaults,
+    now_ms: i64,
+    max_items: usize,
+) -> ParsedInput {
+    if text.len() > MAX_INPUT_BYTES {
+        return ParsedInput::failed(
+            "input",
+            format!(
+                "input is {} bytes, more than the limit of {MAX_INPUT_BYTES} bytes (512 MiB)",
+                text.len()
+            ),
+        );
+    }
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut sink = Sink {
+        out: ParsedInput::default(),
+        defaults,
+        records: 0,
+        max_items,
+    };
+    let outcome = match format {
+        InputFormat::Stix => stix::parse(text, now_ms, &mut sink),
+        InputFormat::Csv => csv_input::parse(text, now_ms, &mut sink),
+        InputFormat::List => list_input::parse(text, now_ms, &mut sink),
+    };
+    match outcome {
+        Ok(()) => sink.out,
+        Err(TooMany) => ParsedInput::failed(
+            "input",
+            format!("more than {max_items} objects or lines; split the input"),
+        ),
+    }
+}
+
+impl ParsedInput {
+    fn failed(position: &str, reason: String) -> Self {
+        ParsedInput {
+            items: Vec::new(),
+            errors: vec![InputError {
+                position: position.to_owned(),
+                reason,
+            }],
+        }
+    }
+}
+
+/// The input has more records than allowed.
+struct TooMany;
+
+/// What one object or line says, before defaults apply.
+struct Draft {
+    /// The id given in the input, if any.
+    id: Option<ItemId>,
+    /// The version.
+    modified_ms: i64,
+    /// The marking given in the input, if any.
+    tlp: Option<Tlp>,
+    /// Tags given in the input.
+    tags: Vec<String>,
+    /// The indicator or revocation.
+    kind: ItemKind,
+}
+
+/// Collects items and errors, applies defaults and validation, and counts records.
+struct Sink<'a> {
+    out: ParsedInput,
+    defaults: &'a Defaults,
+    records: usize,
+    max_items: usize,
+}
+
+impl Sink<'_> {
+    /// Counts one record (object or line), failing once there are too many.
+    fn count(&mut self) -> Result<(), TooMany> {
+        self.records += 1;
+        if self.records > self.max_items {
+            return Err(TooMany);
+        }
+        Ok(())
+    }
+
+    /// Records the outcome for one object or line; `position` is only built for errors.
+    fn take(&mut self, position: impl FnOnce() -> String, draft: Result<Draft, String>) {
+        match draft.and_then(|draft| self.finish(draft)) {
+            Ok(item) => self.out.items.push(item),
+            Err(reason) => self.error(position(), reason),
+        }
+    }
+
+    fn error(&mut self, position: String, reason: String) {
+        self.out.errors.push(InputError { position, reason });
+    }
+
+    fn finish(&self, draft: Draft) -> Result<Item, String> {
+        let tlp = draft
+            .tlp
+            .or(self.defaults.tlp)
+            .ok_or("no TLP marking (give one in the input or with --tlp)")?;
+        let mut tags = draft.tags;
+        tags.extend(self.defaults.tags.iter().cloned());
+        let mut seen = HashSet::with_capacity(tags.len());
+        tags.retain(|tag| seen.insert(tag.clone()));
+        let item = Item {
+            id: draft.id.unwrap_or_else(ItemId::new_random),
+            modified_ms: draft.modified_ms,
+            tlp,
+            tags,
+            kind: draft.kind,
+        };
+        item.validate().map_err(|e| e.to_string())?;
+        Ok(item)
+    }
+}
+
+/// The indicator type for a CSV row or list line that gives none.
+fn default_type(defaults: &Defaults, value: &str) -> Result<IndicatorType, String> {
+    defaults
+        .indicator_type
+        .or_else(|| crate::model::detect_type(value))
+        .ok_or_else(|| "cannot tell the indicator type; give --type".to_owned())
+}
+
+/// Parses an RFC 3339 timestamp into milliseconds since the Unix epoch.
+fn parse_timestamp(text: &str) -> Result<i64, String> {
+    let shown: String = text.chars().take(64).collect();
+    let at = OffsetDateTime::parse(text.trim(), &Rfc3339)
+        .map_err(|e| format!("{shown:?} is not an RFC 3339 timestamp ({e})"))?;
+    i64::try_from(at.unix_timestamp_nanos().div_euclid(1_000_000))
+        .map_err(|_| format!("{shown:?} is out of range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Indicator, Revocation};
+
+    pub(super) const NOW: i64 = 1_750_000_000_000;
+
+    pub(super) fn defaults(tlp: Option<Tlp>) -> Defaults {
+        Defaults {
+            tlp,
+            indicator_type: None,
+            tags: Vec::new(),
+        }
+    }
+
+    pub(super) fn indicator(item: &Item) -> &Indicator {
+        match &item.kind {
+            ItemKind::Indicator(i) => i,
+            ItemKind::Revocation(r) => panic!("expected an indicator, got {r:?}"),
+        }
+    }
+
+    pub(super) fn revocation(item: &Item) -> &Revocation {
+        match &item.kind {
+            ItemKind::Revocation(r) => r,
+            ItemKind::Indicator(i) => panic!("expected a revocation, got {i:?}"),
+        }
+    }
+
+    /// (type, value) of every item.
+    pub(super) fn values(parsed: &ParsedInput) -> Vec<(IndicatorType, String)> {
+        parsed
+            .items
+            .iter()
+            .map(|item| (item.indicator_type(), item.value().unwrap_or("").to_owned()))
+            .collect()
+    }
+
+    pub(super) fn positions(parsed: &ParsedInput) -> Vec<&str> {
+        parsed.errors.iter().map(|e| e.position.as_str()).collect()
+    }
+
+    #[test]
+    fn detects_formats() {
+        let cases = [
+            ("{\"type\": \"bundle\"}", InputFormat::Stix),
+            ("\u{feff}  \n {\"type\": \"bundle\"}", InputFormat::Stix),
+            ("type,value,tlp\nipv4,1.2.3.4,green", InputFormat::Csv),
+            ("ipv4,1.2.3.4", InputFormat::Csv),
+            (",1.2.3.4,green", InputFormat::Csv),
+            ("# exported list, 2025\n\nipv4,1.2.3.4", InputFormat::Csv),
+            ("1.2.3.4\nexample.com", InputFormat::List),
+            ("# a comment, with a comma\n1.2.3.4", InputFormat::List),
+            ("http://x.example/a?b=1,2\n", InputFormat::List),
+            ("[x:y IN ('a', 'b')]", InputFormat::List),
+            ("", InputFormat::List),
+        ];
+        for (text, format) in cases {
+            assert_eq!(InputFormat::detect(text), format, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn input_error_displays_position_first() {
+        let e = InputError {
+            position: "line 3".into(),
+            reason: "empty".into(),
+        };
+        assert_eq!(e.to_string(), "line 3: empty");
+    }
+
+    #[test]
+    fn too_many_records_gives_one_error_and_no_items() {
+        let text = "1.2.3.4\n1.2.3.5\n1.2.3.6\n";
+        let d = defaults(Some(Tlp::Green));
+        let parsed = parse_with_limit(InputFormat::List, text, &d, NOW, 3);
+        assert_eq!(parsed.items.len(), 3);
+        let parsed = parse_with_limit(InputFormat::List, text, &d, NOW, 2);
+        assert!(parsed.items.is_empty());
+        assert_eq!(positions(&parsed), ["input"]);
+        assert!(parsed.errors[0].reason.contains("more than 2"));
+        let csv = "ipv4,1.2.3.4\nipv4,1.2.3.5\nipv4,1.2.3.6\n";
+        let parsed = parse_with_limit(InputFormat::Csv, csv, &d, NOW, 2);
+        assert!(parsed.items.is_empty());
+        assert_eq!(parsed.errors.len(), 1);
+    }
+
+    #[test]
+    fn tags_from_defaults_are_added_once() {
+        let d = Defaults {
+            tlp: Some(Tlp::Amber),
+            indicator_type: None,
+            tags: vec!["source:honeypot".into(), "pii".into()],
+        };
+        let parsed = parse_input(InputFormat::Csv, "ipv4,1.2.3.4,,pii;campaign-x\n", &d, NOW);
+        assert_eq!(parsed.errors, []);
+        assert_eq!(
+            parsed.items[0].tags,
+            ["pii", "campaign-x", "source:honeypot"]
+        );
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(parse_timestamp("1970-01-01T00:00:01.5Z"), Ok(1500));
+        assert_eq!(
+            parse_timestamp("2014-05-08T09:00:00.000000Z"),
+            Ok(1_399_539_600_000)
+        );
+        assert_eq!(
+            parse_timestamp("2014-05-08T11:00:00+02:00"),
+            Ok(1_399_539_600_000)
+        );
+        assert_eq!(parse_timestamp("1969-12-31T23:59:59.9995Z"), Ok(-1));
+        assert!(parse_timestamp("2014-05-08").is_err());
+        assert!(parse_timestamp("yesterday").is_err());
+    }
+}

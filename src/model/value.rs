@@ -1,33 +1,954 @@
-//! Normalisation and validation of indicator values, and item validation.
+//! Normalisation and validation of indicator values, type detection for plain lists, and
+//! item validation. Pure functions over strings: no I/O, and nothing here panics on any input.
 //!
-//! Provisional: only trims and lower-cases; full per-type rules follow.
+//! Normalised forms, so that equal indicators compare equal:
+//!
+//! | type | canonical form |
+//! | --- | --- |
+//! | ipv4 | `a.b.c.d`, decimal octets without leading zeros |
+//! | ipv6 | RFC 5952 (lower case, longest zero run as `::`) |
+//! | cidr | network address (host bits zeroed) `/` prefix length |
+//! | domain | lower case, no trailing dot, `xn--` labels for international names |
+//! | url | scheme and host in lower case, default port (`:80`, `:443`) removed, rest as given |
+//! | email | the whole address in lower case (ASCII), domain normalised as a domain |
+//! | md5, sha1, sha256 | lower-case hex |
+//! | stix-pattern | as written, without surrounding whitespace |
 
-use super::item::{IndicatorType, InvalidValue, Item, ModelError};
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use super::item::{IndicatorType, InvalidValue, Item, ItemKind, ModelError};
+
+/// Longest value accepted, in bytes (after trimming), for every type but STIX patterns.
+const MAX_VALUE_BYTES: usize = 2048;
+/// Longest STIX pattern accepted, in bytes.
+const MAX_PATTERN_BYTES: usize = 4096;
+/// How much of a rejected value an [`InvalidValue`] keeps, in characters.
+const SHOWN_CHARS: usize = 100;
+/// Longest domain name, in bytes, without the trailing dot.
+const MAX_DOMAIN_BYTES: usize = 253;
+/// Longest domain label, in bytes.
+const MAX_LABEL_BYTES: usize = 63;
+/// Longest local part of an e-mail address, in characters.
+const MAX_LOCAL_PART: usize = 64;
+
+/// Longest description, in bytes.
+const MAX_DESCRIPTION_BYTES: usize = 4096;
+/// Most kill-chain phases on one indicator.
+const MAX_PHASES: usize = 32;
+/// Longest kill-chain phase, in bytes.
+const MAX_PHASE_BYTES: usize = 128;
+/// Most tags on one item.
+const MAX_TAGS: usize = 32;
+/// Longest tag, in bytes.
+const MAX_TAG_BYTES: usize = 64;
+/// Longest revocation reason, in bytes.
+const MAX_REASON_BYTES: usize = 1024;
 
 /// Normalises `raw` as a value of type `ty`, or says why it is invalid.
+///
+/// Surrounding whitespace is ignored. The result of a successful call normalises to itself.
+/// E-mail local parts are lower-cased too: strictly they are case-sensitive (RFC 5321), but
+/// mail systems treat them without case, and one spelling per address keeps equal
+/// indicators equal.
 pub fn normalise(ty: IndicatorType, raw: &str) -> Result<String, InvalidValue> {
     let value = raw.trim();
+    let invalid = |reason: String| InvalidValue {
+        indicator_type: ty,
+        value: value.chars().take(SHOWN_CHARS).collect(),
+        reason,
+    };
     if value.is_empty() {
-        return Err(InvalidValue {
-            indicator_type: ty,
-            value: String::new(),
-            reason: "empty".into(),
-        });
+        return Err(invalid("empty".into()));
     }
-    Ok(match ty {
-        IndicatorType::StixPattern | IndicatorType::Url => value.to_owned(),
-        _ => value.to_ascii_lowercase(),
-    })
+    let max = match ty {
+        IndicatorType::StixPattern => MAX_PATTERN_BYTES,
+        _ => MAX_VALUE_BYTES,
+    };
+    if value.len() > max {
+        return Err(invalid(format!(
+            "{} bytes long, at most {max} allowed",
+            value.len()
+        )));
+    }
+    let result = match ty {
+        IndicatorType::Ipv4 => parse_ipv4(value).map(|a| a.to_string()),
+        IndicatorType::Ipv6 => parse_ipv6(value).map(|a| a.to_string()),
+        IndicatorType::Cidr => normalise_cidr(value),
+        IndicatorType::Domain => normalise_domain(value),
+        IndicatorType::Url => normalise_url(value),
+        IndicatorType::Email => normalise_email(value),
+        IndicatorType::Md5 => normalise_hash("md5", 32, value),
+        IndicatorType::Sha1 => normalise_hash("sha1", 40, value),
+        IndicatorType::Sha256 => normalise_hash("sha256", 64, value),
+        IndicatorType::StixPattern => check_pattern(value),
+    };
+    result.map_err(invalid)
 }
 
-/// Guesses the type of a bare value (for plain lists), if it is unambiguous.
-pub fn detect_type(_raw: &str) -> Option<IndicatorType> {
-    None
+/// Guesses the type of a bare value from a plain list, by its shape.
+///
+/// STIX patterns start with `[`, URLs have `scheme://`, e-mail addresses an `@`, IPv4
+/// addresses are four dot-separated numbers, CIDR networks contain `/` and parse, IPv6
+/// addresses parse, hashes are 32, 40 or 64 hex digits, and anything else that is a valid
+/// domain name is a domain. A value of one of the first four shapes gets its type even when
+/// it is not valid, so that [`normalise`] can then say what is wrong with it. `None` when
+/// nothing fits.
+pub fn detect_type(raw: &str) -> Option<IndicatorType> {
+    let value = raw.trim();
+    if value.is_empty() {
+        return None;
+    }
+    if value.starts_with('[') {
+        return Some(IndicatorType::StixPattern);
+    }
+    if split_scheme(value).is_some() {
+        return Some(IndicatorType::Url);
+    }
+    if value.contains('/') {
+        return normalise_cidr(value).is_ok().then_some(IndicatorType::Cidr);
+    }
+    if value.contains('@') {
+        return Some(IndicatorType::Email);
+    }
+    if value.split('.').count() == 4 && value.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return Some(IndicatorType::Ipv4);
+    }
+    if value.contains(':') {
+        return parse_ipv6(value).is_ok().then_some(IndicatorType::Ipv6);
+    }
+    if value.bytes().all(|b| b.is_ascii_hexdigit()) {
+        match value.len() {
+            32 => return Some(IndicatorType::Md5),
+            40 => return Some(IndicatorType::Sha1),
+            64 => return Some(IndicatorType::Sha256),
+            _ => {}
+        }
+    }
+    normalise_domain(value)
+        .is_ok()
+        .then_some(IndicatorType::Domain)
 }
 
 impl Item {
-    /// Checks every field: id, value normalised and valid for its type, sizes, ranges.
+    /// Checks every field: the value is valid and already normalised for its type, and
+    /// sizes, counts, ranges and timestamps are within bounds. The id is valid by
+    /// construction.
     pub fn validate(&self) -> Result<(), ModelError> {
+        if self.modified_ms <= 0 {
+            return Err(field("modified", "must be after the Unix epoch".into()));
+        }
+        check_tags(&self.tags)?;
+        match &self.kind {
+            ItemKind::Indicator(indicator) => {
+                let normal = normalise(indicator.indicator_type, &indicator.value)?;
+                if normal != indicator.value {
+                    return Err(ModelError::Value(InvalidValue {
+                        indicator_type: indicator.indicator_type,
+                        value: indicator.value.chars().take(SHOWN_CHARS).collect(),
+                        reason: format!("not in normal form (expected {normal:?})"),
+                    }));
+                }
+                if indicator.description.len() > MAX_DESCRIPTION_BYTES {
+                    return Err(field(
+                        "description",
+                        too_long(indicator.description.len(), MAX_DESCRIPTION_BYTES),
+                    ));
+                }
+                if indicator.confidence > 100 {
+                    return Err(field(
+                        "confidence",
+                        format!("{} is above 100", indicator.confidence),
+                    ));
+                }
+                check_phases(&indicator.kill_chain_phases)?;
+                if indicator
+                    .valid_until_ms
+                    .is_some_and(|until| until <= indicator.valid_from_ms)
+                {
+                    return Err(field("valid_until", "must be later than valid_from".into()));
+                }
+            }
+            ItemKind::Revocation(revocation) => {
+                if revocation.reason.len() > MAX_REASON_BYTES {
+                    return Err(field(
+                        "reason",
+                        too_long(revocation.reason.len(), MAX_REASON_BYTES),
+                    ));
+                }
+            }
+        }
         Ok(())
+    }
+}
+
+fn field(field: &'static str, problem: String) -> ModelError {
+    ModelError::Field { field, problem }
+}
+
+fn too_long(len: usize, max: usize) -> String {
+    format!("{len} bytes long, at most {max} allowed")
+}
+
+fn check_tags(tags: &[String]) -> Result<(), ModelError> {
+    if tags.len() > MAX_TAGS {
+        return Err(field(
+            "tags",
+            format!("{} tags, at most {MAX_TAGS} allowed", tags.len()),
+        ));
+    }
+    for tag in tags {
+        if tag.is_empty() {
+            return Err(field("tags", "empty tag".into()));
+        }
+        if tag.len() > MAX_TAG_BYTES {
+            return Err(field(
+                "tags",
+                format!(
+                    "tag {:?} is {}",
+                    shown(tag),
+                    too_long(tag.len(), MAX_TAG_BYTES)
+                ),
+            ));
+        }
+        if tag.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(field(
+                "tags",
+                format!(
+                    "tag {:?} contains whitespace or a control character",
+                    shown(tag)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_phases(phases: &[String]) -> Result<(), ModelError> {
+    if phases.len() > MAX_PHASES {
+        return Err(field(
+            "kill_chain_phases",
+            format!("{} phases, at most {MAX_PHASES} allowed", phases.len()),
+        ));
+    }
+    for phase in phases {
+        if phase.is_empty() {
+            return Err(field("kill_chain_phases", "empty phase".into()));
+        }
+        if phase.len() > MAX_PHASE_BYTES {
+            return Err(field(
+                "kill_chain_phases",
+                format!(
+                    "phase {:?} is {}",
+                    shown(phase),
+                    too_long(phase.len(), MAX_PHASE_BYTES)
+                ),
+            ));
+        }
+        if phase.chars().any(char::is_control) {
+            return Err(field(
+                "kill_chain_phases",
+                format!("phase {:?} contains a control character", shown(phase)),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The start of a long string, for messages.
+fn shown(s: &str) -> String {
+    s.chars().take(SHOWN_CHARS).collect()
+}
+
+/// Parses a dotted quad strictly: four decimal octets, no leading zeros, nothing else.
+fn parse_ipv4(value: &str) -> Result<Ipv4Addr, String> {
+    let parts: Vec<&str> = value.split('.').collect();
+    if parts.len() != 4 {
+        return Err(format!(
+            "expected four dot-separated numbers (a.b.c.d), got {} parts",
+            parts.len()
+        ));
+    }
+    let mut octets = [0u8; 4];
+    for (i, (part, octet)) in parts.iter().zip(octets.iter_mut()).enumerate() {
+        let n = i + 1;
+        if part.is_empty() {
+            return Err(format!("octet {n} is empty"));
+        }
+        if !part.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!(
+                "octet {n} ({:?}) is not a decimal number",
+                shown(part)
+            ));
+        }
+        if part.len() > 1 && part.starts_with('0') {
+            return Err(format!(
+                "octet {n} ({part}) has a leading zero, which some tools read as octal"
+            ));
+        }
+        *octet = part
+            .parse::<u8>()
+            .map_err(|_| format!("octet {n} ({}) is above 255", shown(part)))?;
+    }
+    Ok(Ipv4Addr::from(octets))
+}
+
+fn parse_ipv6(value: &str) -> Result<Ipv6Addr, String> {
+    if value.starts_with('[') || value.ends_with(']') {
+        return Err("give the address without brackets".into());
+    }
+    if value.contains('%') {
+        return Err("zone ids (%...) are not allowed".into());
+    }
+    value
+        .parse::<Ipv6Addr>()
+        .map_err(|_| "not an IPv6 address".into())
+}
+
+fn normalise_cidr(value: &str) -> Result<String, String> {
+    let Some((address, prefix)) = value.split_once('/') else {
+        return Err("expected address/prefix, e.g. 10.0.0.0/8".into());
+    };
+    if prefix.contains('/') {
+        return Err("more than one '/'".into());
+    }
+    let is_v6 = address.contains(':');
+    let max = if is_v6 { 128 } else { 32 };
+    if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "prefix length {:?} is not a number from 0 to {max}",
+            shown(prefix)
+        ));
+    }
+    if prefix.len() > 1 && prefix.starts_with('0') {
+        return Err(format!("prefix length {prefix} has a leading zero"));
+    }
+    let bits = prefix
+        .parse::<u32>()
+        .ok()
+        .filter(|&bits| bits <= max)
+        .ok_or_else(|| format!("prefix length {} is above {max}", shown(prefix)))?;
+    if is_v6 {
+        let address = parse_ipv6(address)?;
+        let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+        let network = Ipv6Addr::from(address.to_bits() & mask);
+        Ok(format!("{network}/{bits}"))
+    } else {
+        let address = parse_ipv4(address)?;
+        let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+        let network = Ipv4Addr::from(address.to_bits() & mask);
+        Ok(format!("{network}/{bits}"))
+    }
+}
+
+fn normalise_domain(value: &str) -> Result<String, String> {
+    if !value.is_ascii() {
+        return Err("non-ASCII characters: use the punycode (xn--) form".into());
+    }
+    let lower = value.to_ascii_lowercase();
+    let name = lower.strip_suffix('.').unwrap_or(&lower);
+    if name.is_empty() {
+        return Err("empty name".into());
+    }
+    if name.len() > MAX_DOMAIN_BYTES {
+        return Err(format!(
+            "{} characters long, at most {MAX_DOMAIN_BYTES} allowed",
+            name.len()
+        ));
+    }
+    let mut labels = 0usize;
+    let mut last = "";
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Err("empty label (two dots in a row, or a leading dot)".into());
+        }
+        if label.len() > MAX_LABEL_BYTES {
+            return Err(format!(
+                "label {label:?} is longer than {MAX_LABEL_BYTES} characters"
+            ));
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|&c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_'))
+        {
+            return Err(format!(
+                "label {label:?} contains {c:?} (allowed: a-z, 0-9, '-', '_')"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!("label {label:?} starts or ends with '-'"));
+        }
+        labels += 1;
+        last = label;
+    }
+    if labels < 2 {
+        return Err("needs at least two labels, like example.com".into());
+    }
+    if last.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("top-level label {last:?} is all digits"));
+    }
+    Ok(name.to_owned())
+}
+
+/// Splits `scheme://rest` when the scheme is well formed.
+fn split_scheme(value: &str) -> Option<(&str, &str)> {
+    let (scheme, rest) = value.split_once("://")?;
+    let mut bytes = scheme.bytes();
+    let first_ok = bytes.next().is_some_and(|b| b.is_ascii_alphabetic());
+    let rest_ok = bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'.' | b'-'));
+    (first_ok && rest_ok).then_some((scheme, rest))
+}
+
+fn normalise_url(value: &str) -> Result<String, String> {
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("contains whitespace or a control character".into());
+    }
+    let Some((scheme, rest)) = split_scheme(value) else {
+        return Err("no scheme: expected scheme://host..., e.g. http://example.com/".into());
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (userinfo, host_port) = match authority.rsplit_once('@') {
+        Some((user, host_port)) => (Some(user), host_port),
+        None => (None, authority),
+    };
+    let (host, port) = split_host_port(host_port)?;
+    if host.is_empty() {
+        return Err("no host".into());
+    }
+    if !host.is_ascii() {
+        return Err("non-ASCII host: use the punycode (xn--) form".into());
+    }
+    let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(literal) => {
+            let address = literal
+                .parse::<Ipv6Addr>()
+                .map_err(|_| format!("host [{}] is not an IPv6 address", shown(literal)))?;
+            format!("[{address}]")
+        }
+        None => host.to_ascii_lowercase(),
+    };
+    let port = match port {
+        None | Some("") => None,
+        Some(p) => {
+            let number = p
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| p.parse::<u16>().ok())
+                .flatten()
+                .ok_or_else(|| format!("port {:?} is not a number from 0 to 65535", shown(p)))?;
+            let default = matches!((scheme.as_str(), number), ("http", 80) | ("https", 443));
+            (!default).then_some(p)
+        }
+    };
+    let mut out = String::with_capacity(value.len());
+    out.push_str(&scheme);
+    out.push_str("://");
+    if let Some(user) = userinfo {
+        out.push_str(user);
+        out.push('@');
+    }
+    out.push_str(&host);
+    if let Some(port) = port {
+        out.push(':');
+        out.push_str(port);
+    }
+    out.push_str(tail);
+    Ok(out)
+}
+
+/// Splits `host[:port]` or `[v6][:port]`.
+fn split_host_port(host_port: &str) -> Result<(&str, Option<&str>), String> {
+    if host_port.starts_with('[') {
+        let Some(close) = host_port.find(']') else {
+            return Err("unclosed '[' in the host".into());
+        };
+        let (host, after) = host_port.split_at(close + 1);
+        return match after {
+            "" => Ok((host, None)),
+            _ => match after.strip_prefix(':') {
+                Some(port) => Ok((host, Some(port))),
+                None => Err("unexpected characters after ']' in the host".into()),
+            },
+        };
+    }
+    Ok(match host_port.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (host_port, None),
+    })
+}
+
+fn normalise_email(value: &str) -> Result<String, String> {
+    let mut parts = value.split('@');
+    let (Some(local), Some(domain), None) = (parts.next(), parts.next(), parts.next()) else {
+        return Err("expected exactly one '@'".into());
+    };
+    if local.is_empty() {
+        return Err("empty local part (before '@')".into());
+    }
+    let chars = local.chars().count();
+    if chars > MAX_LOCAL_PART {
+        return Err(format!(
+            "local part is {chars} characters long, at most {MAX_LOCAL_PART} allowed"
+        ));
+    }
+    if local.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("local part contains whitespace or a control character".into());
+    }
+    let domain = normalise_domain(domain).map_err(|reason| format!("domain: {reason}"))?;
+    Ok(format!("{}@{domain}", local.to_ascii_lowercase()))
+}
+
+fn normalise_hash(name: &str, digits: usize, value: &str) -> Result<String, String> {
+    if let Some((at, c)) = value
+        .chars()
+        .enumerate()
+        .find(|(_, c)| !c.is_ascii_hexdigit())
+    {
+        return Err(format!("{c:?} at position {} is not a hex digit", at + 1));
+    }
+    if value.len() != digits {
+        return Err(format!(
+            "{name} has {digits} hex digits, got {}",
+            value.len()
+        ));
+    }
+    Ok(value.to_ascii_lowercase())
+}
+
+fn check_pattern(value: &str) -> Result<String, String> {
+    if !value.starts_with('[') || !value.ends_with(']') {
+        return Err("a STIX pattern starts with '[' and ends with ']'".into());
+    }
+    if value.chars().any(char::is_control) {
+        return Err("contains a control character".into());
+    }
+    Ok(value.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Indicator, ItemId, Revocation, Tlp};
+    use IndicatorType::*;
+
+    fn ok(ty: IndicatorType, raw: &str) -> String {
+        match normalise(ty, raw) {
+            Ok(v) => v,
+            Err(e) => panic!("{raw:?} as {ty} rejected: {e}"),
+        }
+    }
+
+    fn reason(ty: IndicatorType, raw: &str) -> String {
+        match normalise(ty, raw) {
+            Ok(v) => panic!("{raw:?} as {ty} accepted as {v:?}"),
+            Err(e) => {
+                assert_eq!(e.indicator_type, ty);
+                e.reason
+            }
+        }
+    }
+
+    #[test]
+    fn ipv4_canonical() {
+        assert_eq!(ok(Ipv4, " 192.168.0.1\n"), "192.168.0.1");
+        assert_eq!(ok(Ipv4, "0.0.0.0"), "0.0.0.0");
+        assert_eq!(ok(Ipv4, "255.255.255.255"), "255.255.255.255");
+    }
+
+    #[test]
+    fn ipv4_rejections_name_the_problem() {
+        let r = reason(Ipv4, "1.2.3.256");
+        assert!(r.contains("octet 4") && r.contains("256"), "{r}");
+        let r = reason(Ipv4, "10.01.2.3");
+        assert!(r.contains("octet 2") && r.contains("leading zero"), "{r}");
+        assert!(reason(Ipv4, "1.2.3").contains("got 3 parts"));
+        assert!(reason(Ipv4, "1.2.3.4.5").contains("got 5 parts"));
+        assert!(reason(Ipv4, "1..3.4").contains("octet 2 is empty"));
+        assert!(reason(Ipv4, "1.2.3.x").contains("not a decimal number"));
+        assert!(reason(Ipv4, "1.2.3.+4").contains("not a decimal number"));
+        assert!(reason(Ipv4, "1.2.3.99999999999999999999").contains("above 255"));
+        assert_eq!(reason(Ipv4, "   "), "empty");
+    }
+
+    #[test]
+    fn ipv6_canonical() {
+        assert_eq!(ok(Ipv6, "2001:DB8:0:0:0:0:0:1"), "2001:db8::1");
+        assert_eq!(
+            ok(Ipv6, "2001:0db8:0000:0000:0001:0000:0000:0001"),
+            "2001:db8::1:0:0:1"
+        );
+        assert_eq!(ok(Ipv6, "::1"), "::1");
+        assert_eq!(ok(Ipv6, "::FFFF:192.0.2.1"), "::ffff:192.0.2.1");
+        assert!(reason(Ipv6, "[2001:db8::1]").contains("brackets"));
+        assert!(reason(Ipv6, "fe80::1%eth0").contains("zone"));
+        assert!(reason(Ipv6, "2001:db8::g").contains("not an IPv6"));
+        assert!(reason(Ipv6, "1.2.3.4").contains("not an IPv6"));
+    }
+
+    #[test]
+    fn cidr_zeroes_host_bits() {
+        assert_eq!(ok(Cidr, "10.1.2.3/8"), "10.0.0.0/8");
+        assert_eq!(ok(Cidr, "192.168.1.7/32"), "192.168.1.7/32");
+        assert_eq!(ok(Cidr, "1.2.3.4/0"), "0.0.0.0/0");
+        assert_eq!(ok(Cidr, "2001:DB8:0:0:1::1/64"), "2001:db8::/64");
+        assert_eq!(ok(Cidr, "2001:db8::1/128"), "2001:db8::1/128");
+        assert_eq!(ok(Cidr, "::1/0"), "::/0");
+        assert!(reason(Cidr, "10.0.0.0/33").contains("above 32"));
+        assert!(reason(Cidr, "::/129").contains("above 128"));
+        assert!(reason(Cidr, "10.0.0.0/08").contains("leading zero"));
+        assert!(reason(Cidr, "10.0.0.0/").contains("not a number"));
+        assert!(reason(Cidr, "10.0.0.0").contains("address/prefix"));
+        assert!(reason(Cidr, "10.0.0.0/8/9").contains("more than one"));
+        assert!(reason(Cidr, "10.0.0.256/8").contains("octet 4"));
+        assert!(reason(Cidr, "10.0.0.0/99999999999999").contains("above 32"));
+    }
+
+    #[test]
+    fn domains() {
+        assert_eq!(ok(Domain, "Example.COM."), "example.com");
+        assert_eq!(ok(Domain, "xn--bcher-kva.example"), "xn--bcher-kva.example");
+        assert_eq!(ok(Domain, "_dmarc.example.org"), "_dmarc.example.org");
+        assert_eq!(ok(Domain, "a-b.c0.io"), "a-b.c0.io");
+        assert!(reason(Domain, "bücher.example").contains("use the punycode (xn--) form"));
+        assert!(reason(Domain, "example.com..").contains("empty label"));
+        assert!(reason(Domain, ".example.com").contains("empty label"));
+        assert!(reason(Domain, "localhost").contains("two labels"));
+        assert!(reason(Domain, "-bad.example").contains("'-'"));
+        assert!(reason(Domain, "bad-.example").contains("'-'"));
+        assert!(reason(Domain, "ex ample.com").contains("' '"));
+        assert!(reason(Domain, "1.2.3.4").contains("all digits"));
+        let label = "a".repeat(64);
+        assert!(reason(Domain, &format!("{label}.com")).contains("longer than 63"));
+        let long = format!("{}.com", vec!["a".repeat(60); 5].join("."));
+        assert!(reason(Domain, &long).contains("at most 253"));
+        let max = format!("{}.{}", vec!["a".repeat(63); 3].join("."), "b".repeat(61));
+        assert_eq!(max.len(), 253);
+        assert_eq!(ok(Domain, &format!("{max}.")), max);
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            ok(Url, "HTTP://Example.COM:80/Path?Q=A#F"),
+            "http://example.com/Path?Q=A#F"
+        );
+        assert_eq!(ok(Url, "https://EXAMPLE.com:443"), "https://example.com");
+        assert_eq!(
+            ok(Url, "https://example.com:8443/x"),
+            "https://example.com:8443/x"
+        );
+        assert_eq!(
+            ok(Url, "http://example.com:443/"),
+            "http://example.com:443/"
+        );
+        assert_eq!(ok(Url, "http://example.com:/a"), "http://example.com/a");
+        assert_eq!(
+            ok(Url, "ftp://User:PaSS@Files.Example.com/a"),
+            "ftp://User:PaSS@files.example.com/a"
+        );
+        assert_eq!(
+            ok(Url, "http://[2001:DB8::1]:80/x"),
+            "http://[2001:db8::1]/x"
+        );
+        assert_eq!(
+            ok(Url, "hxxp+s.x-y://h.example?a"),
+            "hxxp+s.x-y://h.example?a"
+        );
+        assert_eq!(
+            ok(Url, "http://1.2.3.4/a b".replace(' ', "%20").as_str()),
+            "http://1.2.3.4/a%20b"
+        );
+        assert!(reason(Url, "example.com/path").contains("no scheme"));
+        assert!(reason(Url, "1http://example.com").contains("no scheme"));
+        assert!(reason(Url, "http://exa mple.com").contains("whitespace"));
+        assert!(reason(Url, "http://example.com/\u{7}").contains("control"));
+        assert!(reason(Url, "http:///path").contains("no host"));
+        assert!(reason(Url, "http://example.com:99999/").contains("port"));
+        assert!(reason(Url, "http://example.com:8x/").contains("port"));
+        assert!(reason(Url, "http://[::1/").contains("unclosed"));
+        assert!(reason(Url, "http://bücher.example/").contains("punycode"));
+        let long = format!("http://example.com/{}", "a".repeat(MAX_VALUE_BYTES));
+        assert!(reason(Url, &long).contains("at most 2048"));
+    }
+
+    #[test]
+    fn emails() {
+        assert_eq!(ok(Email, "John.Doe@Example.COM."), "john.doe@example.com");
+        assert_eq!(
+            ok(Email, "o'brien+tag@example.org"),
+            "o'brien+tag@example.org"
+        );
+        assert!(reason(Email, "a@b@example.com").contains("exactly one"));
+        assert!(reason(Email, "example.com").contains("exactly one"));
+        assert!(reason(Email, "@example.com").contains("empty local part"));
+        assert!(reason(Email, "a b@example.com").contains("whitespace"));
+        assert!(reason(Email, "a@localhost").starts_with("domain:"));
+        let local = "x".repeat(65);
+        assert!(reason(Email, &format!("{local}@example.com")).contains("at most 64"));
+    }
+
+    #[test]
+    fn hashes() {
+        let md5 = "D41D8CD98F00B204E9800998ECF8427E";
+        assert_eq!(ok(Md5, md5), md5.to_ascii_lowercase());
+        assert_eq!(reason(Md5, &md5[..31]), "md5 has 32 hex digits, got 31");
+        assert_eq!(
+            reason(Sha1, "da39a3ee5e6b4b0d3255bfef95601890afd8070"),
+            "sha1 has 40 hex digits, got 39"
+        );
+        assert_eq!(
+            reason(Sha256, &"a".repeat(65)),
+            "sha256 has 64 hex digits, got 65"
+        );
+        assert_eq!(ok(Sha256, &"AB".repeat(32)), "ab".repeat(32));
+        let r = reason(Md5, "d41d8cd98f00b204e9800998ecf8427g");
+        assert!(r.contains("'g'") && r.contains("position 32"), "{r}");
+    }
+
+    #[test]
+    fn stix_patterns() {
+        let p = "[ipv4-addr:value = '1.2.3.4' AND ipv4-addr:value = '5.6.7.8']";
+        assert_eq!(ok(StixPattern, &format!("  {p} ")), p);
+        assert!(reason(StixPattern, "ipv4-addr:value = '1.2.3.4'").contains("starts with '['"));
+        assert!(reason(StixPattern, "[a]\n[b]").contains("control"));
+        let long = format!("[{}]", "a".repeat(MAX_PATTERN_BYTES));
+        assert!(reason(StixPattern, &long).contains("at most 4096"));
+    }
+
+    #[test]
+    fn rejected_value_is_truncated() {
+        let e = normalise(Domain, &"é".repeat(500)).expect_err("non-ASCII");
+        assert_eq!(e.value.chars().count(), 100);
+        let e = normalise(Md5, "abc").expect_err("short");
+        assert_eq!(e.value, "abc");
+        assert_eq!(
+            e.to_string(),
+            "invalid md5 value \"abc\": md5 has 32 hex digits, got 3"
+        );
+    }
+
+    #[test]
+    fn normal_forms_are_fixed_points() {
+        let samples = [
+            (Ipv4, "010.1.1.1"),
+            (Ipv4, "8.8.8.8"),
+            (Ipv6, "2001:DB8:0:0:0:0:0:1"),
+            (Cidr, "10.1.2.3/8"),
+            (Cidr, "2001:DB8::1/48"),
+            (Domain, "WWW.Example.com."),
+            (Url, "HTTPS://User@Example.com:443/A?b#c"),
+            (Email, "A@Example.com"),
+            (Md5, "D41D8CD98F00B204E9800998ECF8427E"),
+            (StixPattern, " [x:y = 'z'] "),
+        ];
+        for (ty, raw) in samples {
+            if let Ok(once) = normalise(ty, raw) {
+                assert_eq!(ok(ty, &once), once, "{ty} {raw:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn odd_inputs_never_panic_and_normal_forms_are_stable() {
+        let odd = [
+            "",
+            " ",
+            "\u{0}",
+            "é",
+            "[",
+            "]",
+            "[]",
+            "@",
+            "@@",
+            ":",
+            "::",
+            ":::",
+            "/",
+            "//",
+            "%",
+            "1.2.3.4/",
+            "/8",
+            "[::1]",
+            "[::1]:80",
+            "http://",
+            "http://@",
+            "http://:80",
+            "http://[",
+            "http://[]",
+            "http://[::1]x",
+            "a@",
+            "@b.c",
+            "a@b",
+            "xn--",
+            "-.-",
+            "a.b.",
+            "a..",
+            ".",
+            "..",
+            "0.0.0.0/0",
+            "::/0",
+            "ffff::ffff/128",
+            "é.com",
+            "ab\u{200b}.com",
+            "HTTP://X.EXAMPLE:0443/",
+            "ftp://H:21",
+            "1.2.3.4.",
+            "١.٢.٣.٤",
+            "0x7f.0.0.1",
+            "01.1.1.1",
+            "1e1.1.1.1",
+            "[a] AND [b]",
+            "d41d8cd98f00b204e9800998ecf8427é",
+        ];
+        for raw in odd {
+            for ty in IndicatorType::ALL {
+                if let Ok(once) = normalise(ty, raw) {
+                    assert_eq!(normalise(ty, &once), Ok(once.clone()), "{ty} {raw:?}");
+                }
+            }
+            if let Some(ty) = detect_type(raw) {
+                assert!(IndicatorType::ALL.contains(&ty));
+            }
+        }
+    }
+
+    #[test]
+    fn detects_types() {
+        let cases = [
+            ("1.2.3.4", Some(Ipv4)),
+            ("1.2.3.256", Some(Ipv4)),
+            ("2001:db8::1", Some(Ipv6)),
+            ("10.0.0.0/8", Some(Cidr)),
+            ("2001:db8::/32", Some(Cidr)),
+            ("example.com/path", None),
+            ("https://example.com/x", Some(Url)),
+            ("user@example.com", Some(Email)),
+            ("d41d8cd98f00b204e9800998ecf8427e", Some(Md5)),
+            ("da39a3ee5e6b4b0d3255bfef95601890afd80709", Some(Sha1)),
+            (
+                "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+                Some(Sha256),
+            ),
+            ("d41d8cd98f00b204e9800998ecf8427", None),
+            ("[file:name = 'x']", Some(StixPattern)),
+            ("Example.COM.", Some(Domain)),
+            ("deadbeef.com", Some(Domain)),
+            ("not a value", None),
+            ("localhost", None),
+            ("1.2.3", None),
+            ("::g", None),
+            ("", None),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(detect_type(raw), want, "{raw:?}");
+        }
+    }
+
+    fn indicator(ty: IndicatorType, value: &str) -> Item {
+        Item {
+            id: ItemId::new_random(),
+            modified_ms: 1_700_000_000_000,
+            tlp: Tlp::Green,
+            tags: vec!["source:honeypot".into()],
+            kind: ItemKind::Indicator(Indicator {
+                indicator_type: ty,
+                value: value.into(),
+                description: "seen scanning".into(),
+                confidence: 80,
+                kill_chain_phases: vec!["mitre-attack:reconnaissance".into()],
+                valid_from_ms: 1_700_000_000_000,
+                valid_until_ms: Some(1_800_000_000_000),
+            }),
+        }
+    }
+
+    fn with_indicator(item: &mut Item, change: impl FnOnce(&mut Indicator)) {
+        if let ItemKind::Indicator(i) = &mut item.kind {
+            change(i);
+        }
+    }
+
+    fn field_of(item: &Item) -> &'static str {
+        match item.validate() {
+            Err(ModelError::Field { field, .. }) => field,
+            other => panic!("expected a field error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn validate_accepts_good_items() {
+        assert_eq!(indicator(Ipv4, "1.2.3.4").validate(), Ok(()));
+        assert_eq!(indicator(Domain, "example.com").validate(), Ok(()));
+        let revocation = Item {
+            kind: ItemKind::Revocation(Revocation {
+                indicator_type: Url,
+                reason: "false positive".into(),
+            }),
+            ..indicator(Url, "http://x.example/")
+        };
+        assert_eq!(revocation.validate(), Ok(()));
+    }
+
+    #[test]
+    fn validate_requires_normal_values() {
+        let err = indicator(Domain, "Example.com")
+            .validate()
+            .expect_err("not normal");
+        match err {
+            ModelError::Value(v) => assert!(v.reason.contains("\"example.com\""), "{v}"),
+            other => panic!("{other:?}"),
+        }
+        let err = indicator(Ipv4, "1.2.3.256")
+            .validate()
+            .expect_err("invalid");
+        assert!(matches!(err, ModelError::Value(_)));
+        assert!(err.to_string().contains("octet 4"));
+    }
+
+    #[test]
+    fn validate_checks_fields() {
+        let mut item = indicator(Ipv4, "1.2.3.4");
+        with_indicator(&mut item, |i| i.description = "x".repeat(4097));
+        assert_eq!(field_of(&item), "description");
+
+        let mut item = indicator(Ipv4, "1.2.3.4");
+        with_indicator(&mut item, |i| i.confidence = 101);
+        assert_eq!(field_of(&item), "confidence");
+
+        let mut item = indicator(Ipv4, "1.2.3.4");
+        with_indicator(&mut item, |i| i.kill_chain_phases = vec!["k:p".into(); 33]);
+        assert_eq!(field_of(&item), "kill_chain_phases");
+
+        let mut item = indicator(Ipv4, "1.2.3.4");
+        with_indicator(&mut item, |i| i.kill_chain_phases = vec!["p".repeat(129)]);
+        assert_eq!(field_of(&item), "kill_chain_phases");
+
+        let mut item = indicator(Ipv4, "1.2.3.4");
+        with_indicator(&mut item, |i| i.valid_until_ms = Some(i.valid_from_ms));
+        assert_eq!(field_of(&item), "valid_until");
+
+        let mut item = indicator(Ipv4, "1.2.3.4");
+        item.tags = vec!["t".into(); 33];
+        assert_eq!(field_of(&item), "tags");
+        for bad in ["", "two words", "tab\there", &"t".repeat(65)] {
+            item.tags = vec![bad.to_owned()];
+            assert_eq!(field_of(&item), "tags", "{bad:?}");
+        }
+        item.tags = vec!["t".repeat(64)];
+        assert_eq!(item.validate(), Ok(()));
+
+        let mut item = indicator(Ipv4, "1.2.3.4");
+        item.modified_ms = 0;
+        assert_eq!(field_of(&item), "modified");
+
+        let item = Item {
+            kind: ItemKind::Revocation(Revocation {
+                indicator_type: Ipv4,
+                reason: "r".repeat(1025),
+            }),
+            ..indicator(Ipv4, "1.2.3.4")
+        };
+        assert_eq!(field_of(&item), "reason");
     }
 }

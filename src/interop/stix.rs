@@ -1,0 +1,1060 @@
+//! STIX 2.1 bundles in, STIX 2.1 `indicator` objects out. Only what items carry is read:
+//! indicators (their pattern, markings, labels, validity, version and revocation) and TLP
+//! marking definitions; every other object is skipped. Positions are `objects[N] (id)`.
+//!
+//! TLP markings are recognised by the well-known marking-definition ids of the OASIS TLP 2.0
+//! extension and of STIX 2.1 itself (TLP 1.0, where WHITE is read as CLEAR), and by TLP
+//! marking definitions carried in the same bundle.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Deserialize;
+use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value, json};
+use time::OffsetDateTime;
+
+use super::pattern;
+use super::{Draft, Sink, TooMany, parse_timestamp};
+use crate::model::{Indicator, IndicatorType, Item, ItemId, ItemKind, Revocation, Tlp, normalise};
+
+/// The OASIS TLP 2.0 extension definition (`extension-definition--60a3c5c5-…`), whose
+/// marking definitions carry the level in `tlp_2_0`.
+const TLP2_EXTENSION: &str = "extension-definition--60a3c5c5-0d10-413e-aab3-9e08dde9e88d";
+
+/// Marking-definition ids of TLP 2.0 (OASIS `cti-stix-common-objects`, TLP 2.0 extension).
+const TLP2_MARKINGS: [(&str, Tlp); 5] = [
+    (
+        "marking-definition--94868c89-83c2-464b-929b-a1a8aa3c8487",
+        Tlp::Clear,
+    ),
+    (
+        "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb",
+        Tlp::Green,
+    ),
+    (
+        "marking-definition--55d920b0-5e8b-4f79-9ee9-91f868d9b421",
+        Tlp::Amber,
+    ),
+    (
+        "marking-definition--939a9414-2ddd-4d32-a0cd-375ea402b003",
+        Tlp::AmberStrict,
+    ),
+    (
+        "marking-definition--e828b379-4e03-4974-9ac4-e53a884c97c1",
+        Tlp::Red,
+    ),
+];
+
+/// Marking-definition ids of TLP 1.0 defined by STIX 2.1 (section 7.2.1.4).
+const TLP1_MARKINGS: [(&str, Tlp); 4] = [
+    (
+        "marking-definition--613f2e26-407d-48c7-9eca-b8e91df99dc9",
+        Tlp::Clear,
+    ),
+    (
+        "marking-definition--34098fce-860f-48ae-8e50-ebd3cc5e41da",
+        Tlp::Green,
+    ),
+    (
+        "marking-definition--f88d31f6-486f-44da-b317-01333bde0b82",
+        Tlp::Amber,
+    ),
+    (
+        "marking-definition--5e57c739-391a-4eb3-b6be-7d15ca92d5ed",
+        Tlp::Red,
+    ),
+];
+
+/// Custom property naming the type of a revoked indicator, which has no pattern on export.
+const REVOKED_TYPE_PROPERTY: &str = "x_entente_indicator_type";
+/// Custom property carrying a revocation's reason.
+const REVOCATION_REASON_PROPERTY: &str = "x_entente_revocation_reason";
+/// Reason of revocations read from STIX input without one of ours.
+const STIX_REVOCATION_REASON: &str = "revoked in STIX input";
+/// How much of an object id a position shows.
+const SHOWN_ID_CHARS: usize = 80;
+
+/// The marking-definition id of a TLP 2.0 marking.
+pub(super) fn tlp2_marking_id(tlp: Tlp) -> &'static str {
+    let index = match tlp {
+        Tlp::Clear => 0,
+        Tlp::Green => 1,
+        Tlp::Amber => 2,
+        Tlp::AmberStrict => 3,
+        Tlp::Red => 4,
+    };
+    TLP2_MARKINGS[index].0
+}
+
+/// The marking of a well-known TLP marking-definition id.
+fn well_known_tlp(id: &str) -> Option<Tlp> {
+    TLP2_MARKINGS
+        .iter()
+        .chain(TLP1_MARKINGS.iter())
+        .find(|(known, _)| *known == id)
+        .map(|&(_, tlp)| tlp)
+}
+
+/// The top level of a bundle; everything but `type` and `objects` is skipped unread.
+#[derive(Deserialize)]
+struct RawBundle {
+    #[serde(rename = "type")]
+    kind: Option<Value>,
+    objects: Option<Vec<Element>>,
+}
+
+/// One element of `objects`.
+enum Element {
+    /// A JSON object.
+    Object(Box<RawObject>),
+    /// Anything else (an error in the input).
+    NotAnObject,
+}
+
+/// The properties of an object that matter here; all others are skipped unread. Each is
+/// kept as loose JSON so that a wrongly typed property fails only its own object.
+#[derive(Deserialize, Default)]
+struct RawObject {
+    #[serde(rename = "type")]
+    kind: Option<Value>,
+    id: Option<Value>,
+    pattern: Option<Value>,
+    pattern_type: Option<Value>,
+    labels: Option<Value>,
+    description: Option<Value>,
+    confidence: Option<Value>,
+    kill_chain_phases: Option<Value>,
+    valid_from: Option<Value>,
+    valid_until: Option<Value>,
+    modified: Option<Value>,
+    revoked: Option<Value>,
+    object_marking_refs: Option<Value>,
+    definition_type: Option<Value>,
+    definition: Option<Value>,
+    extensions: Option<Value>,
+    x_entente_indicator_type: Option<Value>,
+    x_entente_revocation_reason: Option<Value>,
+}
+
+impl<'de> Deserialize<'de> for Element {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ElementVisitor)
+    }
+}
+
+struct ElementVisitor;
+
+impl<'de> Visitor<'de> for ElementVisitor {
+    type Value = Element;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a STIX object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Element, A::Error> {
+        let object = RawObject::deserialize(de::value::MapAccessDeserializer::new(map))?;
+        Ok(Element::Object(Box::new(object)))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Element, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Element::NotAnObject)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Element, E> {
+        Ok(Element::NotAnObject)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Element, E> {
+        Ok(Element::NotAnObject)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Element, E> {
+        Ok(Element::NotAnObject)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Element, E> {
+        Ok(Element::NotAnObject)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Element, E> {
+        Ok(Element::NotAnObject)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Element, E> {
+        Ok(Element::NotAnObject)
+    }
+}
+
+pub(super) fn parse(text: &str, now_ms: i64, sink: &mut Sink<'_>) -> Result<(), TooMany> {
+    let bundle: RawBundle = match serde_json::from_str(text) {
+        Ok(bundle) => bundle,
+        Err(e) => {
+            let position = match e.line() {
+                0 => "input".to_owned(),
+                line => format!("line {line} column {}", e.column()),
+            };
+            sink.error(position, format!("not a valid STIX bundle: {e}"));
+            return Ok(());
+        }
+    };
+    let objects = match (bundle.kind.as_ref().and_then(Value::as_str), bundle.objects) {
+        (Some("bundle"), Some(objects)) => objects,
+        (Some("bundle"), None) => {
+            sink.error("input".into(), "the bundle has no \"objects\" array".into());
+            return Ok(());
+        }
+        _ => {
+            sink.error(
+                "input".into(),
+                "expected a STIX 2.1 bundle: {\"type\": \"bundle\", \"objects\": [...]}".into(),
+            );
+            return Ok(());
+        }
+    };
+    if objects.len() > sink.max_items {
+        return Err(TooMany);
+    }
+    let markings = bundle_markings(&objects);
+    for (index, element) in objects.iter().enumerate() {
+        sink.count()?;
+        let object = match element {
+            Element::Object(object) => object,
+            Element::NotAnObject => {
+                sink.error(format!("objects[{index}]"), "not a JSON object".into());
+                continue;
+            }
+        };
+        match object.kind.as_ref().and_then(Value::as_str) {
+            Some("indicator") => {
+                let draft = indicator(object, &markings, now_ms);
+                sink.take(|| position(index, object), draft);
+            }
+            Some(_) => {}
+            None => sink.error(
+                position(index, object),
+                "no \"type\" (a string) on the object".into(),
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// `objects[N] (id)`, or `objects[N]` when the object has no string id.
+fn position(index: usize, object: &RawObject) -> String {
+    match object.id.as_ref().and_then(Value::as_str) {
+        Some(id) => {
+            let shown: String = id.chars().take(SHOWN_ID_CHARS).collect();
+            format!("objects[{index}] ({shown})")
+        }
+        None => format!("objects[{index}]"),
+    }
+}
+
+/// TLP marking definitions carried in the bundle under ids other than the well-known ones:
+/// STIX 2.1 `definition_type: "tlp"` ones and TLP 2.0 extension ones.
+fn bundle_markings(objects: &[Element]) -> HashMap<String, Tlp> {
+    let mut markings = HashMap::new();
+    for element in objects {
+        let Element::Object(object) = element else {
+            continue;
+        };
+        if object.kind.as_ref().and_then(Value::as_str) != Some("marking-definition") {
+            continue;
+        }
+        let Some(id) = object.id.as_ref().and_then(Value::as_str) else {
+            continue;
+        };
+        if well_known_tlp(id).is_some() {
+            continue;
+        }
+        let tlp1 = match object.definition_type.as_ref().and_then(Value::as_str) {
+            Some("tlp") => object
+                .definition
+                .as_ref()
+                .and_then(|d| d.get("tlp"))
+                .and_then(Value::as_str),
+            _ => None,
+        };
+        let tlp2 = object
+            .extensions
+            .as_ref()
+            .and_then(|e| e.get(TLP2_EXTENSION))
+            .and_then(|e| e.get("tlp_2_0"))
+            .and_then(Value::as_str);
+        if let Some(tlp) = tlp2.or(tlp1).and_then(|level| Tlp::from_str(level).ok()) {
+            markings.insert(id.to_owned(), tlp);
+        }
+    }
+    markings
+}
+
+/// Reads one indicator object.
+fn indicator(
+    object: &RawObject,
+    markings: &HashMap<String, Tlp>,
+    now_ms: i64,
+) -> Result<Draft, String> {
+    let id = match string(&object.id, "id")? {
+        Some(id) => ItemId::parse(id).map_err(|e| e.to_string())?,
+        None => return Err("no id".into()),
+    };
+    let tlp = marking(object, markings)?;
+    let tags = strings(&object.labels, "labels")?;
+    let modified_ms = timestamp(&object.modified, "modified")?.unwrap_or(now_ms);
+    match string(&object.pattern_type, "pattern_type")? {
+        None | Some("stix") => {}
+        Some(other) => {
+            let shown: String = other.chars().take(40).collect();
+            return Err(format!(
+                "pattern_type {shown:?} is not supported (only \"stix\")"
+            ));
+        }
+    }
+    let pattern = string(&object.pattern, "pattern")?;
+    let revoked = match &object.revoked {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(revoked)) => *revoked,
+        Some(_) => return Err("revoked is not true or false".into()),
+    };
+    let kind = if revoked {
+        let indicator_type = match pattern {
+            Some(pattern) => {
+                pattern::recognise(pattern).map_or(IndicatorType::StixPattern, |p| p.0)
+            }
+            None => match string(&object.x_entente_indicator_type, REVOKED_TYPE_PROPERTY)? {
+                Some(name) => IndicatorType::from_str(name).map_err(|e| e.to_string())?,
+                None => return Err("revoked indicator has no pattern to tell its type".into()),
+            },
+        };
+        let reason = string(
+            &object.x_entente_revocation_reason,
+            REVOCATION_REASON_PROPERTY,
+        )?
+        .unwrap_or(STIX_REVOCATION_REASON);
+        ItemKind::Revocation(Revocation {
+            indicator_type,
+            reason: reason.to_owned(),
+        })
+    } else {
+        let pattern = pattern.ok_or("no pattern")?;
+        let (indicator_type, value) = match pattern::recognise(pattern) {
+            Some((ty, value)) => (ty, normalise(ty, &value)),
+            None => (
+                IndicatorType::StixPattern,
+                normalise(IndicatorType::StixPattern, pattern),
+            ),
+        };
+        let value = value.map_err(|e| e.to_string())?;
+        ItemKind::Indicator(Indicator {
+            indicator_type,
+            value,
+            description: string(&object.description, "description")?
+                .unwrap_or("")
+                .to_owned(),
+            confidence: confidence(&object.confidence)?,
+            kill_chain_phases: kill_chain_phases(&object.kill_chain_phases)?,
+            valid_from_ms: timestamp(&object.valid_from, "valid_from")?.unwrap_or(now_ms),
+            valid_until_ms: timestamp(&object.valid_until, "valid_until")?,
+        })
+    };
+    Ok(Draft {
+        id: Some(id),
+        modified_ms,
+        tlp,
+        tags,
+        kind,
+    })
+}
+
+/// The TLP marking among `object_marking_refs`, if any; unknown references are ignored.
+fn marking(object: &RawObject, markings: &HashMap<String, Tlp>) -> Result<Option<Tlp>, String> {
+    let mut found: Vec<Tlp> = Vec::new();
+    for reference in strings(&object.object_marking_refs, "object_marking_refs")? {
+        let tlp = well_known_tlp(&reference).or_else(|| markings.get(&reference).copied());
+        match tlp {
+            Some(tlp) if !found.contains(&tlp) => found.push(tlp),
+            _ => {}
+        }
+    }
+    match found.as_slice() {
+        [] => Ok(None),
+        [tlp] => Ok(Some(*tlp)),
+        several => {
+            let names: Vec<String> = several.iter().map(Tlp::to_string).collect();
+            Err(format!("more than one TLP marking ({})", names.join(", ")))
+        }
+    }
+}
+
+/// A string property, absent when missing or null.
+fn string<'a>(value: &'a Option<Value>, name: &str) -> Result<Option<&'a str>, String> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(format!("{name} is not a string")),
+    }
+}
+
+/// A list of strings, empty when missing or null.
+fn strings(value: &Option<Value>, name: &str) -> Result<Vec<String>, String> {
+    match value {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| {
+                item.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| format!("{name} is not a list of strings"))
+            })
+            .collect(),
+        Some(_) => Err(format!("{name} is not a list of strings")),
+    }
+}
+
+fn timestamp(value: &Option<Value>, name: &str) -> Result<Option<i64>, String> {
+    string(value, name)?
+        .map(|text| parse_timestamp(text).map_err(|e| format!("{name}: {e}")))
+        .transpose()
+}
+
+fn confidence(value: &Option<Value>) -> Result<u8, String> {
+    match value {
+        None | Some(Value::Null) => Ok(0),
+        Some(v) => v
+            .as_u64()
+            .filter(|&c| c <= 100)
+            .and_then(|c| u8::try_from(c).ok())
+            .ok_or_else(|| "confidence must be a whole number from 0 to 100".into()),
+    }
+}
+
+fn kill_chain_phases(value: &Option<Value>) -> Result<Vec<String>, String> {
+    let items = match value {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err("kill_chain_phases is not a list".into()),
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(index, phase)| {
+            let chain = phase.get("kill_chain_name").and_then(Value::as_str);
+            let name = phase.get("phase_name").and_then(Value::as_str);
+            match (chain, name) {
+                (Some(chain), Some(name)) => Ok(format!("{chain}:{name}")),
+                _ => Err(format!(
+                    "kill_chain_phases[{index}] needs kill_chain_name and phase_name strings"
+                )),
+            }
+        })
+        .collect()
+}
+
+/// One STIX 2.1 `indicator` object for an item, marked with its TLP 2.0 marking definition.
+///
+/// `created` and `modified` are both the item's version (items do not record their
+/// creation). A confidence of 0 means none was given and is left out. A kill-chain phase
+/// without `:` gets the kill chain `unknown`. A revocation becomes an indicator with
+/// `"revoked": true` and, as it carries no value, no pattern: the custom properties
+/// `x_entente_indicator_type` and `x_entente_revocation_reason` say what it revokes and why.
+pub fn to_stix(item: &Item) -> Value {
+    let mut object = Map::new();
+    let version = stix_timestamp(item.modified_ms);
+    object.insert("type".into(), json!("indicator"));
+    object.insert("spec_version".into(), json!("2.1"));
+    object.insert("id".into(), json!(item.id.as_str()));
+    object.insert("created".into(), json!(version));
+    object.insert("modified".into(), json!(version));
+    match &item.kind {
+        ItemKind::Indicator(indicator) => {
+            object.insert(
+                "pattern".into(),
+                json!(pattern::write(indicator.indicator_type, &indicator.value)),
+            );
+            object.insert("pattern_type".into(), json!("stix"));
+            object.insert("pattern_version".into(), json!("2.1"));
+            object.insert(
+                "valid_from".into(),
+                json!(stix_timestamp(indicator.valid_from_ms)),
+            );
+            if let Some(until) = indicator.valid_until_ms {
+                object.insert("valid_until".into(), json!(stix_timestamp(until)));
+            }
+            if !indicator.description.is_empty() {
+                object.insert("description".into(), json!(indicator.description));
+            }
+            if indicator.confidence > 0 {
+                object.insert("confidence".into(), json!(indicator.confidence));
+            }
+            if !indicator.kill_chain_phases.is_empty() {
+                let phases: Vec<Value> = indicator
+                    .kill_chain_phases
+                    .iter()
+                    .map(|phase| {
+                        let (chain, name) = phase.split_once(':').unwrap_or(("unknown", phase));
+                        json!({ "kill_chain_name": chain, "phase_name": name })
+                    })
+                    .collect();
+                object.insert("kill_chain_phases".into(), Value::Array(phases));
+            }
+        }
+        ItemKind::Revocation(revocation) => {
+            object.insert("revoked".into(), json!(true));
+            object.insert(
+                REVOKED_TYPE_PROPERTY.into(),
+                json!(revocation.indicator_type.as_str()),
+            );
+            object.insert(REVOCATION_REASON_PROPERTY.into(), json!(revocation.reason));
+        }
+    }
+    if !item.tags.is_empty() {
+        object.insert("labels".into(), json!(item.tags));
+    }
+    object.insert(
+        "object_marking_refs".into(),
+        json!([tlp2_marking_id(item.tlp)]),
+    );
+    Value::Object(object)
+}
+
+/// A STIX timestamp (`2025-06-15T15:06:40.000Z`), clamped to the years 0000 to 9999.
+fn stix_timestamp(ms: i64) -> String {
+    const MIN_MS: i64 = -62_167_219_200_000; // 0000-01-01T00:00:00.000Z
+    const MAX_MS: i64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
+    let ms = ms.clamp(MIN_MS, MAX_MS);
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|at| at.format(&format).ok())
+        .unwrap_or_else(|| "1970-01-01T00:00:00.000Z".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{NOW, defaults, indicator, positions, revocation, values};
+    use super::super::{InputFormat, ParsedInput, parse_input, parse_with_limit};
+    use super::*;
+    use IndicatorType::*;
+
+    const ID_1: &str = "indicator--11111111-1111-4111-8111-111111111111";
+    const ID_2: &str = "indicator--22222222-2222-4222-8222-222222222222";
+    const ID_3: &str = "indicator--33333333-3333-4333-8333-333333333333";
+
+    fn parse(bundle: &Value, tlp: Option<Tlp>) -> ParsedInput {
+        parse_input(InputFormat::Stix, &bundle.to_string(), &defaults(tlp), NOW)
+    }
+
+    fn bundle(objects: Vec<Value>) -> Value {
+        json!({
+            "type": "bundle",
+            "id": "bundle--44af6c39-c09b-49c5-9de2-394224b04982",
+            "objects": objects,
+        })
+    }
+
+    fn ioc(id: &str, pattern: &str, marking: &str) -> Value {
+        json!({
+            "type": "indicator",
+            "spec_version": "2.1",
+            "id": id,
+            "created": "2025-01-01T00:00:00.000Z",
+            "modified": "2025-01-02T00:00:00.000Z",
+            "pattern": pattern,
+            "pattern_type": "stix",
+            "valid_from": "2025-01-01T00:00:00Z",
+            "object_marking_refs": [marking],
+        })
+    }
+
+    const JAN_1: i64 = 1_735_689_600_000;
+    const JAN_2: i64 = 1_735_776_000_000;
+
+    #[test]
+    fn well_known_ids_match_the_levels() {
+        for tlp in Tlp::ALL {
+            assert_eq!(well_known_tlp(tlp2_marking_id(tlp)), Some(tlp));
+        }
+        let green_v1 = "marking-definition--34098fce-860f-48ae-8e50-ebd3cc5e41da";
+        assert_eq!(well_known_tlp(green_v1), Some(Tlp::Green));
+        assert_eq!(
+            well_known_tlp("marking-definition--00000000-0000-4000-8000-000000000000"),
+            None
+        );
+    }
+
+    #[test]
+    fn tlp2_bundle_becomes_items() {
+        let mut first = ioc(
+            ID_1,
+            "[ipv4-addr:value = '198.51.100.7']",
+            tlp2_marking_id(Tlp::Amber),
+        );
+        first["labels"] = json!(["source:honeypot", "scanner"]);
+        first["description"] = json!("ssh brute force");
+        first["confidence"] = json!(85);
+        first["kill_chain_phases"] =
+            json!([{"kill_chain_name": "mitre-attack", "phase_name": "credential-access"}]);
+        first["valid_until"] = json!("2026-01-01T00:00:00Z");
+        let objects = vec![
+            json!({
+                "type": "marking-definition",
+                "spec_version": "2.1",
+                "id": tlp2_marking_id(Tlp::Amber),
+                "created": "2022-10-01T00:00:00.000Z",
+                "name": "TLP:AMBER",
+                "extensions": {TLP2_EXTENSION: {"extension_type": "property-extension", "tlp_2_0": "amber"}},
+            }),
+            json!({"type": "identity", "spec_version": "2.1", "id": "identity--f690c992-8e7d-4b9a-9303-3312616c0220", "name": "CERT"}),
+            first,
+            ioc(
+                ID_2,
+                "[domain-name:value = 'Evil.Example.']",
+                tlp2_marking_id(Tlp::AmberStrict),
+            ),
+            ioc(
+                ID_3,
+                "[file:hashes.'SHA-256' = 'E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855']",
+                tlp2_marking_id(Tlp::Clear),
+            ),
+        ];
+        let parsed = parse(&bundle(objects), None);
+        assert_eq!(parsed.errors, []);
+        assert_eq!(
+            values(&parsed),
+            [
+                (Ipv4, "198.51.100.7".into()),
+                (Domain, "evil.example".into()),
+                (
+                    Sha256,
+                    "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".into()
+                ),
+            ]
+        );
+        let tlps: Vec<Tlp> = parsed.items.iter().map(|i| i.tlp).collect();
+        assert_eq!(tlps, [Tlp::Amber, Tlp::AmberStrict, Tlp::Clear]);
+        let ids: Vec<&str> = parsed.items.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, [ID_1, ID_2, ID_3]);
+        let item = &parsed.items[0];
+        assert_eq!(item.tags, ["source:honeypot", "scanner"]);
+        assert_eq!(item.modified_ms, JAN_2);
+        let i = indicator(item);
+        assert_eq!(i.description, "ssh brute force");
+        assert_eq!(i.confidence, 85);
+        assert_eq!(i.kill_chain_phases, ["mitre-attack:credential-access"]);
+        assert_eq!(i.valid_from_ms, JAN_1);
+        assert_eq!(i.valid_until_ms, Some(1_767_225_600_000));
+        assert_eq!(indicator(&parsed.items[1]).valid_until_ms, None);
+    }
+
+    #[test]
+    fn tlp1_markings_and_bundle_definitions_are_read() {
+        let custom = "marking-definition--826578e1-40ad-459f-bc73-ede076f81f37";
+        let custom_v1 = "marking-definition--0b4c9b62-7a43-4b4f-a3e9-000000000001";
+        let objects = vec![
+            json!({"type": "marking-definition", "id": custom, "name": "TLP:AMBER+STRICT",
+                   "extensions": {TLP2_EXTENSION: {"extension_type": "property-extension", "tlp_2_0": "amber+strict"}}}),
+            json!({"type": "marking-definition", "id": custom_v1, "definition_type": "tlp",
+                   "definition": {"tlp": "white"}}),
+            ioc(
+                ID_1,
+                "[ipv4-addr:value = '1.2.3.4']",
+                "marking-definition--613f2e26-407d-48c7-9eca-b8e91df99dc9",
+            ),
+            ioc(
+                ID_2,
+                "[ipv4-addr:value = '1.2.3.5']",
+                "marking-definition--5e57c739-391a-4eb3-b6be-7d15ca92d5ed",
+            ),
+            ioc(ID_3, "[ipv4-addr:value = '1.2.3.6']", custom),
+            ioc(
+                "indicator--44444444-4444-4444-8444-444444444444",
+                "[ipv4-addr:value = '1.2.3.7']",
+                custom_v1,
+            ),
+        ];
+        let parsed = parse(&bundle(objects), None);
+        assert_eq!(parsed.errors, []);
+        let tlps: Vec<Tlp> = parsed.items.iter().map(|i| i.tlp).collect();
+        assert_eq!(tlps, [Tlp::Clear, Tlp::Red, Tlp::AmberStrict, Tlp::Clear]);
+    }
+
+    #[test]
+    fn markings_unknown_missing_or_conflicting() {
+        let unknown = "marking-definition--00000000-0000-4000-8000-000000000000";
+        let mut two = ioc(ID_2, "[ipv4-addr:value = '1.2.3.5']", unknown);
+        two["object_marking_refs"] =
+            json!([tlp2_marking_id(Tlp::Green), tlp2_marking_id(Tlp::Red)]);
+        let mut same_twice = ioc(ID_3, "[ipv4-addr:value = '1.2.3.6']", unknown);
+        same_twice["object_marking_refs"] = json!([
+            tlp2_marking_id(Tlp::Green),
+            "marking-definition--34098fce-860f-48ae-8e50-ebd3cc5e41da",
+            unknown,
+        ]);
+        let objects = vec![
+            ioc(ID_1, "[ipv4-addr:value = '1.2.3.4']", unknown),
+            two,
+            same_twice,
+        ];
+        let parsed = parse(&bundle(objects.clone()), None);
+        assert_eq!(
+            positions(&parsed),
+            [
+                format!("objects[0] ({ID_1})"),
+                format!("objects[1] ({ID_2})")
+            ]
+        );
+        assert_eq!(
+            parsed.errors[0].reason,
+            "no TLP marking (give one in the input or with --tlp)"
+        );
+        assert_eq!(
+            parsed.errors[1].reason,
+            "more than one TLP marking (TLP:GREEN, TLP:RED)"
+        );
+        assert_eq!(parsed.items.len(), 1);
+        assert_eq!(parsed.items[0].tlp, Tlp::Green);
+
+        let parsed = parse(&bundle(objects), Some(Tlp::Amber));
+        let tlps: Vec<Tlp> = parsed.items.iter().map(|i| i.tlp).collect();
+        assert_eq!(tlps, [Tlp::Amber, Tlp::Green]);
+        assert_eq!(parsed.errors.len(), 1);
+    }
+
+    #[test]
+    fn revoked_indicator_becomes_a_revocation() {
+        let mut revoked = ioc(
+            ID_1,
+            "[url:value = 'http://x.example/']",
+            tlp2_marking_id(Tlp::Red),
+        );
+        revoked["revoked"] = json!(true);
+        revoked["labels"] = json!(["pii"]);
+        let parsed = parse(&bundle(vec![revoked]), None);
+        assert_eq!(parsed.errors, []);
+        let item = &parsed.items[0];
+        assert_eq!(item.id.as_str(), ID_1);
+        assert_eq!(item.tlp, Tlp::Red);
+        assert_eq!(item.tags, ["pii"]);
+        assert_eq!(item.modified_ms, JAN_2);
+        assert_eq!(
+            revocation(item),
+            &Revocation {
+                indicator_type: Url,
+                reason: "revoked in STIX input".into()
+            }
+        );
+    }
+
+    #[test]
+    fn complex_and_simple_patterns() {
+        let green = tlp2_marking_id(Tlp::Green);
+        let complex = "[ipv4-addr:value = '1.2.3.4' OR domain-name:value = 'x.example']";
+        let objects = vec![
+            ioc(ID_1, complex, green),
+            ioc(ID_2, "[ipv4-addr:value = '10.1.2.3/8']", green),
+            ioc(ID_3, "[email-addr:value = 'O\\'Brien@Example.com']", green),
+        ];
+        let parsed = parse(&bundle(objects), None);
+        assert_eq!(parsed.errors, []);
+        assert_eq!(
+            values(&parsed),
+            [
+                (StixPattern, complex.into()),
+                (Cidr, "10.0.0.0/8".into()),
+                (Email, "o'brien@example.com".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_objects_are_reported_and_the_rest_parse() {
+        let green = tlp2_marking_id(Tlp::Green);
+        let good = ioc(ID_1, "[ipv4-addr:value = '1.2.3.4']", green);
+        let mut sigma = ioc(ID_2, "title: x", green);
+        sigma["pattern_type"] = json!("sigma");
+        let mut bad_confidence = ioc(ID_3, "[ipv4-addr:value = '1.2.3.5']", green);
+        bad_confidence["confidence"] = json!(101);
+        let mut bad_until = ioc(
+            "indicator--55555555-5555-4555-8555-555555555555",
+            "[ipv4-addr:value = '1.2.3.6']",
+            green,
+        );
+        bad_until["valid_until"] = json!("2024-01-01T00:00:00Z");
+        let mut bad_labels = ioc(
+            "indicator--66666666-6666-4666-8666-666666666666",
+            "[ipv4-addr:value = '1.2.3.7']",
+            green,
+        );
+        bad_labels["labels"] = json!([1, 2]);
+        let mut no_pattern = ioc("indicator--77777777-7777-4777-8777-777777777777", "", green);
+        if let Some(object) = no_pattern.as_object_mut() {
+            object.remove("pattern");
+        }
+        let objects = vec![
+            ioc(
+                "indicator--not-a-uuid",
+                "[ipv4-addr:value = '1.2.3.4']",
+                green,
+            ),
+            ioc(ID_1, "[ipv4-addr:value = '1.2.3.256']", green),
+            json!(42),
+            json!({"id": "x"}),
+            sigma,
+            ioc(
+                ID_3,
+                "[file:hashes.MD5 = 'd41d8cd98f00b204e9800998ecf8427']",
+                green,
+            ),
+            bad_confidence,
+            bad_until,
+            bad_labels,
+            no_pattern,
+            json!({"type": "malware", "id": "malware--fdd60b30-b67c-41e3-b0b9-f01faf20d111"}),
+            good,
+        ];
+        let parsed = parse(&bundle(objects), None);
+        assert_eq!(values(&parsed), [(Ipv4, "1.2.3.4".into())]);
+        assert_eq!(
+            positions(&parsed),
+            [
+                "objects[0] (indicator--not-a-uuid)",
+                &format!("objects[1] ({ID_1})"),
+                "objects[2]",
+                "objects[3] (x)",
+                &format!("objects[4] ({ID_2})"),
+                &format!("objects[5] ({ID_3})"),
+                &format!("objects[6] ({ID_3})"),
+                "objects[7] (indicator--55555555-5555-4555-8555-555555555555)",
+                "objects[8] (indicator--66666666-6666-4666-8666-666666666666)",
+                "objects[9] (indicator--77777777-7777-4777-8777-777777777777)",
+            ]
+        );
+        let reasons: Vec<&str> = parsed.errors.iter().map(|e| e.reason.as_str()).collect();
+        assert!(reasons[0].contains("invalid item id"));
+        assert!(reasons[1].contains("octet 4 (256) is above 255"));
+        assert_eq!(reasons[2], "not a JSON object");
+        assert!(reasons[3].contains("no \"type\""));
+        assert!(reasons[4].contains("pattern_type \"sigma\""));
+        assert!(reasons[5].ends_with("md5 has 32 hex digits, got 31"));
+        assert!(reasons[6].contains("confidence"));
+        assert!(reasons[7].contains("valid_until"));
+        assert!(reasons[8].contains("labels"));
+        assert_eq!(reasons[9], "no pattern");
+    }
+
+    #[test]
+    fn whole_input_errors() {
+        for (text, reason) in [
+            (
+                "{\"type\": \"bundle\", \"objects\": [",
+                "not a valid STIX bundle",
+            ),
+            ("[]", "not a valid STIX bundle"),
+            ("{\"type\": \"indicator\"}", "expected a STIX 2.1 bundle"),
+            ("{\"type\": \"bundle\"}", "no \"objects\""),
+            (
+                "{\"type\": \"bundle\", \"objects\": {}}",
+                "not a valid STIX bundle",
+            ),
+        ] {
+            let parsed = parse_input(InputFormat::Stix, text, &defaults(Some(Tlp::Green)), NOW);
+            assert!(parsed.items.is_empty());
+            assert_eq!(parsed.errors.len(), 1, "{text}");
+            assert!(
+                parsed.errors[0].reason.contains(reason),
+                "{text}: {:?}",
+                parsed.errors
+            );
+        }
+        let deep = format!(
+            "{{\"type\": \"bundle\", \"objects\": [{{\"labels\": {}{}}}]}}",
+            "[".repeat(1000),
+            "]".repeat(1000)
+        );
+        let parsed = parse_input(InputFormat::Stix, &deep, &defaults(Some(Tlp::Green)), NOW);
+        assert!(parsed.items.is_empty());
+        assert!(
+            parsed.errors[0].reason.contains("recursion limit"),
+            "{:?}",
+            parsed.errors
+        );
+        assert!(parsed.errors[0].position.starts_with("line 1 column"));
+        // Nesting inside properties that are not read is skipped without recursion.
+        let skipped = deep.replace("labels", "x_custom");
+        let parsed = parse_input(
+            InputFormat::Stix,
+            &skipped,
+            &defaults(Some(Tlp::Green)),
+            NOW,
+        );
+        assert_eq!(positions(&parsed), ["objects[0]"]);
+    }
+
+    #[test]
+    fn too_many_objects() {
+        let green = tlp2_marking_id(Tlp::Green);
+        let objects = vec![
+            ioc(ID_1, "[ipv4-addr:value = '1.2.3.4']", green),
+            ioc(ID_2, "[ipv4-addr:value = '1.2.3.5']", green),
+        ];
+        let text = bundle(objects).to_string();
+        let d = defaults(None);
+        assert_eq!(
+            parse_with_limit(InputFormat::Stix, &text, &d, NOW, 2)
+                .items
+                .len(),
+            2
+        );
+        let parsed = parse_with_limit(InputFormat::Stix, &text, &d, NOW, 1);
+        assert!(parsed.items.is_empty());
+        assert_eq!(positions(&parsed), ["input"]);
+    }
+
+    #[test]
+    fn real_bundles_from_the_stix_validator_parse() {
+        let text = include_str!("../../tests/fixtures/stix/indicators-for-C2-with-COA.json");
+        let parsed = parse_input(InputFormat::Stix, text, &defaults(Some(Tlp::Green)), NOW);
+        assert_eq!(parsed.errors, []);
+        assert_eq!(
+            values(&parsed),
+            [
+                (Ipv4, "10.0.0.0".into()),
+                (
+                    Sha256,
+                    "ef537f25c895bfa782526529a9b63d97aa631564d5d789c2b765448c8635fb6c".into()
+                ),
+            ]
+        );
+        assert_eq!(indicator(&parsed.items[0]).description, "Test description.");
+        assert_eq!(parsed.items[0].modified_ms, 1_399_539_600_000);
+
+        let text = include_str!(
+            "../../tests/fixtures/stix/malicious-email-indicator-with-attachment.json"
+        );
+        let parsed = parse_input(InputFormat::Stix, text, &defaults(Some(Tlp::Green)), NOW);
+        assert_eq!(parsed.errors, []);
+        assert_eq!(parsed.items.len(), 2);
+        assert!(
+            parsed
+                .items
+                .iter()
+                .all(|item| item.indicator_type() == StixPattern)
+        );
+        assert_eq!(
+            parsed.items[0].value(),
+            Some("[email-message:subject MATCHES '^[IMPORTANT] Please Review Before']")
+        );
+    }
+
+    fn sample(kind: ItemKind) -> Item {
+        Item {
+            id: ItemId::parse(ID_1).expect("valid id"),
+            modified_ms: JAN_2,
+            tlp: Tlp::AmberStrict,
+            tags: vec!["pii".into()],
+            kind,
+        }
+    }
+
+    #[test]
+    fn to_stix_writes_an_indicator() {
+        let item = sample(ItemKind::Indicator(Indicator {
+            indicator_type: Url,
+            value: "http://x.example/it's".into(),
+            description: "phishing".into(),
+            confidence: 70,
+            kill_chain_phases: vec!["mitre-attack:initial-access".into()],
+            valid_from_ms: JAN_1,
+            valid_until_ms: Some(JAN_2 + 1),
+        }));
+        let object = to_stix(&item);
+        assert_eq!(
+            object,
+            json!({
+                "type": "indicator",
+                "spec_version": "2.1",
+                "id": ID_1,
+                "created": "2025-01-02T00:00:00.000Z",
+                "modified": "2025-01-02T00:00:00.000Z",
+                "pattern": "[url:value = 'http://x.example/it\\'s']",
+                "pattern_type": "stix",
+                "pattern_version": "2.1",
+                "valid_from": "2025-01-01T00:00:00.000Z",
+                "valid_until": "2025-01-02T00:00:00.001Z",
+                "description": "phishing",
+                "confidence": 70,
+                "kill_chain_phases": [{"kill_chain_name": "mitre-attack", "phase_name": "initial-access"}],
+                "labels": ["pii"],
+                "object_marking_refs": ["marking-definition--939a9414-2ddd-4d32-a0cd-375ea402b003"],
+            })
+        );
+        let parsed = parse(&bundle(vec![object]), None);
+        assert_eq!(parsed.errors, []);
+        assert_eq!(parsed.items, [item]);
+    }
+
+    #[test]
+    fn to_stix_writes_a_revocation() {
+        let item = sample(ItemKind::Revocation(Revocation {
+            indicator_type: Sha1,
+            reason: "false positive".into(),
+        }));
+        let object = to_stix(&item);
+        assert_eq!(object["revoked"], json!(true));
+        assert_eq!(object["x_entente_indicator_type"], json!("sha1"));
+        assert_eq!(
+            object["x_entente_revocation_reason"],
+            json!("false positive")
+        );
+        assert!(object.get("pattern").is_none());
+        let parsed = parse(&bundle(vec![object]), None);
+        assert_eq!(parsed.errors, []);
+        assert_eq!(parsed.items, [item]);
+    }
+
+    #[test]
+    fn round_trips_every_type() {
+        let values = [
+            (Ipv4, "1.2.3.4"),
+            (Ipv6, "2001:db8::1"),
+            (Cidr, "10.0.0.0/8"),
+            (Cidr, "2001:db8::/32"),
+            (Domain, "example.com"),
+            (Url, "https://x.example/a\\b?c='d'"),
+            (Email, "o'brien@example.com"),
+            (Md5, "d41d8cd98f00b204e9800998ecf8427e"),
+            (Sha1, "da39a3ee5e6b4b0d3255bfef95601890afd80709"),
+            (
+                Sha256,
+                "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            ),
+            (StixPattern, "[file:name = 'a.exe' AND file:size > 10]"),
+        ];
+        for (ty, value) in values {
+            let item = sample(ItemKind::Indicator(Indicator {
+                indicator_type: ty,
+                value: value.into(),
+                description: String::new(),
+                confidence: 0,
+                kill_chain_phases: Vec::new(),
+                valid_from_ms: JAN_1,
+                valid_until_ms: None,
+            }));
+            let parsed = parse(&bundle(vec![to_stix(&item)]), None);
+            assert_eq!(parsed.errors, [], "{ty}");
+            assert_eq!(parsed.items, [item], "{ty}");
+        }
+    }
+
+    #[test]
+    fn timestamps_are_clamped() {
+        assert_eq!(stix_timestamp(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(stix_timestamp(i64::MAX), "9999-12-31T23:59:59.999Z");
+        assert_eq!(stix_timestamp(i64::MIN), "0000-01-01T00:00:00.000Z");
+    }
+}
