@@ -57,11 +57,14 @@ impl NodeClient {
 
     /// Connects as described by a client (or node) configuration.
     pub async fn connect_with(settings: &ClientSettings) -> Result<Self, ClientError> {
-        let tls = settings.tls.client_config().map_err(|e| ClientError::Status {
-            node: settings.node_id.clone(),
-            code: tonic::Code::InvalidArgument,
-            message: e.to_string(),
-        })?;
+        let tls = settings
+            .tls
+            .client_config()
+            .map_err(|e| ClientError::Status {
+                node: settings.node_id.clone(),
+                code: tonic::Code::InvalidArgument,
+                message: e.to_string(),
+            })?;
         Self::connect(tls, &settings.id, &settings.node_address, &settings.node_id).await
     }
 

@@ -454,9 +454,7 @@ impl ClientSettings {
         }
         let text = std::fs::read_to_string(path).map_err(read_err)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let is_node = text
-            .lines()
-            .any(|l| l.trim_start().starts_with("[node]"));
+        let is_node = text.lines().any(|l| l.trim_start().starts_with("[node]"));
         if is_node {
             let config = Config::parse(&text, path, base)?;
             let mut addr = config.node.listen;

@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod certs;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod crypto;

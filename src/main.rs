@@ -11,6 +11,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use entente::certs::{CertDir, Usage, Validity};
 use entente::client::NodeClient;
+use entente::config::ClientSettings;
+use entente::interop::InputFormat;
+use entente::model::{IndicatorType, Tlp};
+use entente::rpc::proto::ItemFilter;
 use entente::{Config, Node, NodeId};
 
 /// How long `serve` lets in-flight calls finish after SIGINT/SIGTERM.
@@ -64,6 +68,71 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Publish indicators from a STIX 2.1 bundle, a CSV file or a plain list.
+    Publish {
+        /// Client (or node) configuration naming the node and this client's certificate.
+        #[arg(long)]
+        config: PathBuf,
+        /// TLP marking for items whose input gives none (CLEAR, GREEN, AMBER, AMBER+STRICT, RED).
+        #[arg(long)]
+        tlp: Option<Tlp>,
+        /// Indicator type for CSV rows and list lines that give none (detected otherwise).
+        #[arg(long = "type")]
+        indicator_type: Option<IndicatorType>,
+        /// Tag added to every item (repeatable).
+        #[arg(long)]
+        tag: Vec<String>,
+        /// Signed distribution: greatest number of node-to-node transfers (0 = this node only).
+        #[arg(long)]
+        max_hops: Option<u32>,
+        /// Signed distribution: only these nodes may ever hold the items (repeatable).
+        #[arg(long = "to")]
+        to: Vec<NodeId>,
+        /// Publish the valid items even if some entries are invalid.
+        #[arg(long)]
+        skip_invalid: bool,
+        /// Input format (detected when absent).
+        #[arg(long, value_enum)]
+        format: Option<FormatArg>,
+        /// Items per signed bundle.
+        #[arg(long, default_value_t = 1000)]
+        bundle_size: usize,
+        /// The input file, or - for standard input.
+        input: PathBuf,
+    },
+    /// Query the node for items this client may see.
+    Query {
+        #[arg(long)]
+        config: PathBuf,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Print JSON lines (STIX 2.1 indicators with provenance).
+        #[arg(long)]
+        json: bool,
+        /// Stop after this many items.
+        #[arg(long, default_value_t = usize::MAX)]
+        limit: usize,
+    },
+    /// Show one item with its provenance.
+    Get {
+        #[arg(long)]
+        config: PathBuf,
+        /// Print JSON (a STIX 2.1 indicator with provenance).
+        #[arg(long)]
+        json: bool,
+        /// The item id, indicator--<uuid>.
+        id: String,
+    },
+    /// Print items as the node accepts them, until interrupted.
+    Subscribe {
+        #[arg(long)]
+        config: PathBuf,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Say hello to a node over mTLS and print who answered.
     Status {
         /// The node configuration file (its certificate is used to connect).
@@ -73,6 +142,54 @@ enum Command {
         #[arg(long)]
         node: Option<String>,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FormatArg {
+    Stix,
+    Csv,
+    List,
+}
+
+#[derive(clap::Args)]
+struct FilterArgs {
+    /// An exact value (normalised per type).
+    #[arg(long)]
+    value: Option<String>,
+    /// An indicator type.
+    #[arg(long = "type")]
+    indicator_type: Option<IndicatorType>,
+    /// A tag.
+    #[arg(long)]
+    tag: Option<String>,
+    /// An origin node id.
+    #[arg(long)]
+    origin: Option<NodeId>,
+    /// Modified since: RFC 3339 or a span such as 24h or 7d.
+    #[arg(long)]
+    since: Option<String>,
+    /// Include indicators past their valid_until.
+    #[arg(long)]
+    include_expired: bool,
+}
+
+impl FilterArgs {
+    fn into_filter(self) -> Result<ItemFilter> {
+        Ok(ItemFilter {
+            value: self.value.unwrap_or_default(),
+            indicator_type: self
+                .indicator_type
+                .map(|t| t.as_str().to_owned())
+                .unwrap_or_default(),
+            tag: self.tag.unwrap_or_default(),
+            origin: self.origin.map(|o| o.to_string()).unwrap_or_default(),
+            modified_since_unix_ms: match self.since {
+                Some(s) => entente::cli::parse_since(&s)?,
+                None => 0,
+            },
+            include_expired: self.include_expired,
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -115,6 +232,12 @@ enum CertsCommand {
         /// Validity in days.
         #[arg(long, default_value_t = 397)]
         days: u32,
+        /// Also write DIR/ID.toml, a client configuration for the node at this host:port.
+        #[arg(long, requires = "node_id")]
+        node: Option<String>,
+        /// The id of that node.
+        #[arg(long, requires = "node")]
+        node_id: Option<NodeId>,
     },
     /// Revoke DIR/ID.crt: add it to the register and rewrite DIR/crl.pem.
     Revoke {
@@ -131,7 +254,10 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!(
+                "error: {}",
+                entente::transport::connect::error_chain(error.as_ref())
+            );
             ExitCode::FAILURE
         }
     }
@@ -168,6 +294,58 @@ fn run(command: Command) -> Result<()> {
         Command::Serve { config } => {
             let config = Config::load(&config)?;
             runtime()?.block_on(serve(config))
+        }
+        Command::Publish {
+            config,
+            tlp,
+            indicator_type,
+            tag,
+            max_hops,
+            to,
+            skip_invalid,
+            format,
+            bundle_size,
+            input,
+        } => {
+            let settings = ClientSettings::load(&config)?;
+            let options = entente::cli::PublishOptions {
+                tlp,
+                indicator_type,
+                tags: tag,
+                max_hops,
+                recipients: to,
+                skip_invalid,
+                format: format.map(|f| match f {
+                    FormatArg::Stix => InputFormat::Stix,
+                    FormatArg::Csv => InputFormat::Csv,
+                    FormatArg::List => InputFormat::List,
+                }),
+                bundle_size,
+            };
+            runtime()?.block_on(entente::cli::publish(&settings, &input, options))
+        }
+        Command::Query {
+            config,
+            filter,
+            json,
+            limit,
+        } => {
+            let settings = ClientSettings::load(&config)?;
+            let filter = filter.into_filter()?;
+            runtime()?.block_on(entente::cli::query(&settings, filter, json, limit))
+        }
+        Command::Get { config, json, id } => {
+            let settings = ClientSettings::load(&config)?;
+            runtime()?.block_on(entente::cli::get(&settings, &id, json))
+        }
+        Command::Subscribe {
+            config,
+            filter,
+            json,
+        } => {
+            let settings = ClientSettings::load(&config)?;
+            let filter = filter.into_filter()?;
+            runtime()?.block_on(entente::cli::subscribe(&settings, filter, json))
         }
         Command::Status { config, node } => {
             let config = Config::load(&config)?;
@@ -238,13 +416,28 @@ fn certs(command: CertsCommand) -> Result<()> {
                 certs.cert_path(id.as_str()).display()
             );
         }
-        CertsCommand::Client { dir, id, days } => {
+        CertsCommand::Client {
+            dir,
+            id,
+            days,
+            node,
+            node_id,
+        } => {
             let certs = CertDir::new(&dir);
             certs.issue(&id, &Usage::Client, Validity::days_from_now(days))?;
             println!(
                 "issued client certificate {}",
                 certs.cert_path(id.as_str()).display()
             );
+            if let (Some(node), Some(node_id)) = (node, node_id) {
+                let path = dir.join(format!("{id}.toml"));
+                entente::transport::files::write_public_new(
+                    &path,
+                    entente::config::starter_client_config(&id, &node, &node_id).as_bytes(),
+                )
+                .with_context(|| format!("cannot write {}", path.display()))?;
+                println!("wrote client configuration {}", path.display());
+            }
         }
         CertsCommand::Revoke { dir, id } => {
             let crl = CertDir::new(&dir).revoke(&id)?;

@@ -35,7 +35,9 @@ fn serve(config: &Path) -> (Child, String) {
             }
         }
     });
-    let addr = rx.recv_timeout(Duration::from_secs(30)).expect("node did not start");
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("node did not start");
     (child, addr)
 }
 
@@ -73,7 +75,9 @@ type Acked = Arc<Mutex<Vec<(String, Vec<String>)>>>;
 
 async fn publish_until_killed(client: NodeClient, round: usize, acked: Acked) {
     for call in 0.. {
-        let values: Vec<String> = (0..200).map(|i| format!("r{round}-c{call}-i{i}.example.com")).collect();
+        let values: Vec<String> = (0..200)
+            .map(|i| format!("r{round}-c{call}-i{i}.example.com"))
+            .collect();
         let request = PublishRequest {
             items: values.iter().cloned().map(draft).collect(),
             distribution: None,
@@ -82,7 +86,10 @@ async fn publish_until_killed(client: NodeClient, round: usize, acked: Acked) {
             Ok(response) => {
                 assert_eq!(response.bundle_ids.len(), 1);
                 assert_eq!(response.items_accepted, 200);
-                acked.lock().unwrap().push((response.bundle_ids[0].clone(), values));
+                acked
+                    .lock()
+                    .unwrap()
+                    .push((response.bundle_ids[0].clone(), values));
             }
             // The node was killed: stop.
             Err(_) => return,
@@ -112,7 +119,10 @@ async fn every_acknowledged_bundle_survives_sigkill() {
         // SIGKILL while the publisher keeps going: a publish is very likely in flight.
         child.kill().unwrap();
         child.wait().unwrap();
-        tokio::time::timeout(Duration::from_secs(30), task).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .unwrap()
+            .unwrap();
 
         // Restart on the same store: every acknowledged bundle is there, item by item.
         let (mut child, addr) = serve(&config);
@@ -122,9 +132,16 @@ async fn every_acknowledged_bundle_survives_sigkill() {
         assert!(acked_now.len() >= before + kill_after);
         for (bundle_id, values) in &acked_now {
             for value in values {
-                let filter = entente::rpc::proto::ItemFilter { value: value.clone(), ..Default::default() };
+                let filter = entente::rpc::proto::ItemFilter {
+                    value: value.clone(),
+                    ..Default::default()
+                };
                 let page = reader.query(filter, 10, vec![]).await.unwrap();
-                assert_eq!(page.items.len(), 1, "{value} of acknowledged {bundle_id} is missing after kill -9");
+                assert_eq!(
+                    page.items.len(),
+                    1,
+                    "{value} of acknowledged {bundle_id} is missing after kill -9"
+                );
                 let provenance = page.items[0].provenance.clone().unwrap();
                 assert_eq!(&provenance.bundle_id, bundle_id);
                 assert!(provenance.signature_verified);

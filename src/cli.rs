@@ -1,0 +1,331 @@
+//! What the client subcommands do once their arguments are parsed: read and check
+//! input, talk to the node, print results. Progress goes to stderr (only on a
+//! terminal), results to stdout.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::client::NodeClient;
+use crate::config::ClientSettings;
+use crate::crypto::MAX_ITEMS_PER_BUNDLE;
+use crate::engine::now_ms;
+use crate::interop::{self, Defaults, InputFormat, MAX_INPUT_BYTES};
+use crate::model::{IndicatorType, Item, NodeId, Tlp};
+use crate::rpc::proto::{ItemFilter, PublishRequest, StoredItem};
+use crate::wire;
+
+/// Most input errors printed one by one; the rest are counted.
+const MAX_ERRORS_SHOWN: usize = 1000;
+
+/// Options of `entente publish`.
+pub struct PublishOptions {
+    /// Marking for items whose input gives none.
+    pub tlp: Option<Tlp>,
+    /// Type for CSV rows and list lines that give none.
+    pub indicator_type: Option<IndicatorType>,
+    /// Tags added to every item.
+    pub tags: Vec<String>,
+    /// Signed `max_hops`.
+    pub max_hops: Option<u32>,
+    /// Signed recipient list.
+    pub recipients: Vec<NodeId>,
+    /// Publish the valid items even when some are invalid.
+    pub skip_invalid: bool,
+    /// Input format; detected when `None`.
+    pub format: Option<InputFormat>,
+    /// Items per bundle.
+    pub bundle_size: usize,
+}
+
+fn read_input(input: &Path) -> Result<String> {
+    let mut bytes = Vec::new();
+    let limit = MAX_INPUT_BYTES as u64 + 1;
+    if input == Path::new("-") {
+        std::io::stdin()
+            .lock()
+            .take(limit)
+            .read_to_end(&mut bytes)?;
+    } else {
+        std::fs::File::open(input)
+            .with_context(|| format!("cannot open {}", input.display()))?
+            .take(limit)
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("cannot read {}", input.display()))?;
+    }
+    if bytes.len() > MAX_INPUT_BYTES {
+        bail!("{} is larger than {MAX_INPUT_BYTES} bytes", input.display());
+    }
+    String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8 text", input.display()))
+}
+
+fn progress(len: u64, what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} {what} [{{bar:40}}] {{pos}}/{{len}} ({{per_sec}}, eta {{eta}})"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// `entente publish`: parse INPUT, refuse it if anything is invalid (unless told to
+/// skip), then stream it to the node as signed bundles.
+pub async fn publish(
+    settings: &ClientSettings,
+    input: &Path,
+    options: PublishOptions,
+) -> Result<()> {
+    let text = read_input(input)?;
+    let format = options.format.unwrap_or_else(|| InputFormat::detect(&text));
+    let defaults = Defaults {
+        tlp: options.tlp,
+        indicator_type: options.indicator_type,
+        tags: options.tags.clone(),
+    };
+    let parsed = interop::parse_input(format, &text, &defaults, now_ms());
+    drop(text);
+    let name = input.display();
+    for error in parsed.errors.iter().take(MAX_ERRORS_SHOWN) {
+        eprintln!("{name}: {error}");
+    }
+    if parsed.errors.len() > MAX_ERRORS_SHOWN {
+        eprintln!(
+            "{name}: ... and {} more invalid entries",
+            parsed.errors.len() - MAX_ERRORS_SHOWN
+        );
+    }
+    if !parsed.errors.is_empty() && !options.skip_invalid {
+        bail!(
+            "nothing published: {} invalid entries in {name} ({format}); fix them or pass --skip-invalid to publish the {} valid items",
+            parsed.errors.len(),
+            parsed.items.len()
+        );
+    }
+    if parsed.items.is_empty() {
+        bail!("nothing to publish: no items in {name}");
+    }
+    let bundle_size = options.bundle_size.clamp(1, MAX_ITEMS_PER_BUNDLE);
+    let distribution = wire::Distribution {
+        max_hops: options.max_hops,
+        recipients: options.recipients.iter().map(|r| r.to_string()).collect(),
+    };
+
+    let client = NodeClient::connect_with(settings).await?;
+    let total = parsed.items.len();
+    let bar = progress(total as u64, "publishing");
+    let started = Instant::now();
+    let (tx, rx) = tokio::sync::mpsc::channel::<PublishRequest>(4);
+    let feeder_bar = bar.clone();
+    let items = parsed.items;
+    let feeder = tokio::spawn(async move {
+        for chunk in items.chunks(bundle_size) {
+            let request = PublishRequest {
+                items: chunk.iter().map(wire::Item::from).collect(),
+                distribution: Some(distribution.clone()),
+            };
+            if tx.send(request).await.is_err() {
+                return;
+            }
+            feeder_bar.inc(chunk.len() as u64);
+        }
+    });
+    let response = client
+        .publish(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await;
+    feeder.abort();
+    bar.finish_and_clear();
+    let response = response?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "published {} items in {} bundles to {} ({} duplicates, {} rejected by the single-writer rule) in {secs:.1}s ({:.0} items/s)",
+        response.items_accepted,
+        response.bundle_ids.len(),
+        client.node(),
+        response.items_duplicate,
+        response.items_rejected,
+        total as f64 / secs.max(1e-9),
+    );
+    if !parsed.errors.is_empty() {
+        println!("skipped {} invalid entries", parsed.errors.len());
+    }
+    Ok(())
+}
+
+/// Parses `--since`: RFC 3339, or a span back from now such as `90m`, `24h`, `7d`.
+pub fn parse_since(text: &str) -> Result<i64> {
+    if let Ok(t) = OffsetDateTime::parse(text, &Rfc3339) {
+        return Ok(i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0));
+    }
+    let (digits, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: i64 = digits
+        .parse()
+        .with_context(|| format!("--since {text:?}: expected RFC 3339 or e.g. 24h"))?;
+    let ms = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => bail!("--since {text:?}: unit must be s, m, h or d"),
+    };
+    Ok(now_ms() - n.saturating_mul(ms))
+}
+
+fn rfc3339(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// One stored item as a line of text or of JSON (a STIX 2.1 indicator object with
+/// the provenance in `x_entente_provenance`).
+pub fn render(stored: &StoredItem, json: bool) -> Result<String> {
+    let wire_item = stored
+        .item
+        .clone()
+        .context("node sent an item without content")?;
+    let item = Item::try_from(wire_item).context("node sent an invalid item")?;
+    let provenance = stored.provenance.clone().unwrap_or_default();
+    if json {
+        let mut object = interop::to_stix(&item);
+        if let Some(map) = object.as_object_mut() {
+            map.insert(
+                "x_entente_provenance".into(),
+                serde_json::json!({
+                    "origin": provenance.origin,
+                    "bundle_id": provenance.bundle_id,
+                    "received_from": provenance.received_from,
+                    "hops": provenance.hops,
+                    "signature_verified": provenance.signature_verified,
+                }),
+            );
+        }
+        return Ok(object.to_string());
+    }
+    let what = match item.value() {
+        Some(value) => format!("{:<12} {value}", item.indicator_type().as_str()),
+        None => format!("{:<12} (revoked)", item.indicator_type().as_str()),
+    };
+    Ok(format!(
+        "{}  {what}  {}  origin={} hops={} modified={}{}",
+        item.id,
+        item.tlp,
+        provenance.origin,
+        provenance.hops,
+        rfc3339(item.modified_ms),
+        if provenance.signature_verified {
+            ""
+        } else {
+            " UNVERIFIED"
+        },
+    ))
+}
+
+/// `entente query`: every matching item the node lets this client see, page by page.
+pub async fn query(
+    settings: &ClientSettings,
+    filter: ItemFilter,
+    json: bool,
+    limit: usize,
+) -> Result<()> {
+    let client = NodeClient::connect_with(settings).await?;
+    let mut token = Vec::new();
+    let mut shown = 0usize;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let page = client.query(filter.clone(), 1000, token).await?;
+        for stored in &page.items {
+            if shown >= limit {
+                return Ok(());
+            }
+            writeln!(out, "{}", render(stored, json)?)?;
+            shown += 1;
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    if !json {
+        drop(out);
+        eprintln!("{shown} items");
+    }
+    Ok(())
+}
+
+/// `entente get`: one item with its provenance.
+pub async fn get(settings: &ClientSettings, id: &str, json: bool) -> Result<()> {
+    let client = NodeClient::connect_with(settings).await?;
+    let Some(stored) = client.get(id).await? else {
+        bail!(
+            "{id}: no such item on {} (or not visible to {})",
+            client.node(),
+            settings.id
+        );
+    };
+    if json {
+        println!("{}", render(&stored, true)?);
+        return Ok(());
+    }
+    let item = Item::try_from(
+        stored
+            .item
+            .clone()
+            .context("node sent an item without content")?,
+    )?;
+    let p = stored.provenance.clone().unwrap_or_default();
+    println!("id:            {}", item.id);
+    println!("type:          {}", item.indicator_type());
+    match item.value() {
+        Some(v) => println!("value:         {v}"),
+        None => println!("revoked:       yes"),
+    }
+    println!("marking:       {}", item.tlp);
+    println!("tags:          {}", item.tags.join(", "));
+    println!("modified:      {}", rfc3339(item.modified_ms));
+    if let crate::model::ItemKind::Indicator(i) = &item.kind {
+        if let Some(until) = i.valid_until_ms {
+            println!("valid until:   {}", rfc3339(until));
+        }
+        if !i.description.is_empty() {
+            println!("description:   {}", i.description);
+        }
+    }
+    println!("origin:        {}", p.origin);
+    println!("bundle:        {}", p.bundle_id);
+    println!("received from: {} ({} hops)", p.received_from, p.hops);
+    println!(
+        "signature:     {}",
+        if p.signature_verified {
+            "origin signature verified"
+        } else {
+            "NOT VERIFIED"
+        }
+    );
+    Ok(())
+}
+
+/// `entente subscribe`: print items as the node accepts them, until interrupted.
+pub async fn subscribe(settings: &ClientSettings, filter: ItemFilter, json: bool) -> Result<()> {
+    let client = NodeClient::connect_with(settings).await?;
+    let mut stream = client.subscribe(filter).await?;
+    let mut out = std::io::stdout().lock();
+    while let Some(stored) = stream.message().await.map_err(|s| client.stream_error(s))? {
+        writeln!(out, "{}", render(&stored, json)?)?;
+        out.flush()?;
+    }
+    Ok(())
+}
