@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast;
 
-use crate::crypto::{BundleSigner, CertificateSource, SignError, SignerTrust, VerifyError, verify};
+use crate::crypto::{
+    BundleSigner, CertificateSource, SignError, SignerTrust, VerifiedBundle, VerifyError, verify,
+};
 use crate::model::{Distribution, Item, ItemId, Partner};
 use crate::policy;
 use crate::store::{AcceptReport, ItemQuery, Page, Source, Store, StoreError, StoredItem};
@@ -97,13 +99,16 @@ impl Engine {
         distribution: &Distribution,
         now_ms: i64,
     ) -> Result<PublishReceipt, EngineError> {
-        let (bundle_id, bundle) = self.signer.sign(items, distribution, now_ms)?;
+        let bundle = self.signer.sign(items, distribution, now_ms)?;
         let source = Source {
             received_from: self.signer.origin().clone(),
             hops: 0,
         };
-        let report = self.accept(&bundle, &source, now_ms)?;
-        Ok(PublishReceipt { bundle_id, report })
+        let report = self.store_verified(&bundle, &source, now_ms)?;
+        Ok(PublishReceipt {
+            bundle_id: bundle.header().bundle_id.clone(),
+            report,
+        })
     }
 
     /// Verifies a bundle and stores what it discloses; newly stored items go to
@@ -120,13 +125,35 @@ impl Engine {
             self.trust.as_ref(),
             now_ms,
         )?;
-        let report = self.store.accept(&verified, source, now_ms)?;
-        for rejected in &report.rejected {
-            tracing::warn!(bundle = %verified.header().bundle_id, origin = %verified.header().origin, index = rejected.0, reason = ?rejected.1, "item rejected");
+        self.store_verified(&verified, source, now_ms)
+    }
+
+    fn store_verified(
+        &self,
+        bundle: &VerifiedBundle,
+        source: &Source,
+        now_ms: i64,
+    ) -> Result<AcceptReport, EngineError> {
+        let report = self.store.accept(bundle, source, now_ms)?;
+        let header = bundle.header();
+        for (index, reason) in &report.rejected {
+            tracing::warn!(bundle = %header.bundle_id, origin = %header.origin, index, ?reason, "item rejected");
         }
         if self.subscribers.receiver_count() > 0 {
-            for item in &report.stored {
-                let _ = self.subscribers.send(Arc::new(item.clone()));
+            let items = bundle.items();
+            for index in &report.stored {
+                let Ok(at) = items.binary_search_by_key(index, |v| v.index) else {
+                    continue;
+                };
+                let _ = self.subscribers.send(Arc::new(StoredItem {
+                    item: items[at].item.clone(),
+                    bundle_id: header.bundle_id.clone(),
+                    index: *index,
+                    origin: header.origin.clone(),
+                    received_from: source.received_from.clone(),
+                    hops: source.hops,
+                    accepted_ms: now_ms,
+                }));
             }
         }
         Ok(report)

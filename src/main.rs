@@ -17,6 +17,9 @@ use entente::model::{IndicatorType, Tlp};
 use entente::rpc::proto::ItemFilter;
 use entente::{Config, Node, NodeId};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// How long `serve` lets in-flight calls finish after SIGINT/SIGTERM.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 

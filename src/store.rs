@@ -90,8 +90,8 @@ pub enum ItemRejection {
 /// What accepting a bundle did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AcceptReport {
-    /// Items stored as new or as a newer version (these go to subscribers).
-    pub stored: Vec<StoredItem>,
+    /// Indices of the items stored as new or as a newer version (these go to subscribers).
+    pub stored: Vec<u32>,
     /// Items ignored because this or a newer version is held already.
     pub duplicates: usize,
     /// Items rejected by the single-writer rule, by index.

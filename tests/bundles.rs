@@ -88,8 +88,7 @@ fn sign(f: &Fixture, n: u32) -> SignedBundle {
     let items: Vec<Item> = (0..n).map(item).collect();
     signer(&f.hq)
         .sign(&items, &Distribution::default(), *NOW - 500)
-        .unwrap()
-        .1
+        .unwrap().to_wire(|_| true)
 }
 
 fn check(
@@ -248,9 +247,8 @@ fn a_signature_by_a_key_that_is_not_the_origins_is_rejected() {
     let f = fixture();
     // berlin signs a bundle that claims hq as origin (with berlin's certificate).
     let items = vec![item(0)];
-    let (_, bundle) = signer(&f.berlin)
-        .sign(&items, &Distribution::default(), *NOW - 500)
-        .unwrap();
+    let bundle = signer(&f.berlin)
+        .sign(&items, &Distribution::default(), *NOW - 500).unwrap().to_wire(|_| true);
     let mut header = entente::wire::BundleHeader::decode(bundle.header_bytes.as_slice()).unwrap();
     header.origin = "redmond.hq".into();
     let header_bytes = header.encode_to_vec();
@@ -320,9 +318,8 @@ fn a_signer_certificate_from_an_untrusted_ca_is_rejected() {
     let rogue = Pki::new();
     let id = rogue.node("redmond.hq");
     let impostor = rogue.material(&id);
-    let (_, bundle) = signer(&impostor)
-        .sign(&[item(0)], &Distribution::default(), *NOW - 500)
-        .unwrap();
+    let bundle = signer(&impostor)
+        .sign(&[item(0)], &Distribution::default(), *NOW - 500).unwrap().to_wire(|_| true);
     let mut certs = Certs::default();
     certs.add(&impostor);
     let err = verify(&bundle, &certs, &f.trust, *NOW).unwrap_err();
@@ -345,9 +342,8 @@ fn a_revoked_signer_is_rejected() {
         .unwrap();
     let mut certs = Certs::default();
     certs.add(&berlin);
-    let (_, bundle) = signer(&berlin)
-        .sign(&[item(0)], &Distribution::default(), *NOW - 500)
-        .unwrap();
+    let bundle = signer(&berlin)
+        .sign(&[item(0)], &Distribution::default(), *NOW - 500).unwrap().to_wire(|_| true);
     assert_eq!(
         verify(&bundle, &certs, &trust, *NOW).unwrap_err(),
         VerifyError::Signer(SignerError::Revoked)
@@ -377,9 +373,8 @@ fn an_unknown_signer_and_a_lying_certificate_source_are_rejected() {
 #[test]
 fn a_bundle_from_the_future_is_rejected() {
     let f = fixture();
-    let (_, bundle) = signer(&f.hq)
-        .sign(&[item(0)], &Distribution::default(), *NOW + 3_600_000)
-        .unwrap();
+    let bundle = signer(&f.hq)
+        .sign(&[item(0)], &Distribution::default(), *NOW + 3_600_000).unwrap().to_wire(|_| true);
     assert!(matches!(
         check(&f, &bundle),
         Err(VerifyError::FromTheFuture(_))

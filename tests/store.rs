@@ -84,9 +84,8 @@ fn bundle(f: &Fixture, by: &TlsMaterial, items: &[Item]) -> VerifiedBundle {
         by.certificate_der(),
     )
     .unwrap();
-    let (_, wire) = signer
-        .sign(items, &Distribution::default(), now_ms())
-        .unwrap();
+    let wire = signer
+        .sign(items, &Distribution::default(), now_ms()).unwrap().to_wire(|_| true);
     verify(&wire, &f.certs, &f.trust, now_ms()).unwrap()
 }
 
@@ -420,18 +419,26 @@ fn the_same_id_with_other_header_bytes_is_a_conflict() {
         )],
     );
     store.accept(&b, &local(&f.hq.id), now).unwrap();
-    // Same bundle id, different header: only possible if the origin equivocates;
-    // simulated by rebuilding the verified bundle from altered parts.
-    let mut header = b.header().clone();
-    header.created_ms += 1;
-    let mut header_bytes = b.header_bytes().to_vec();
-    header_bytes.push(0);
-    let other = VerifiedBundle::from_trusted_parts(
-        header,
-        header_bytes,
-        b.signature().to_vec(),
-        b.items().to_vec(),
-    );
+    // Same bundle id, different header bytes: the origin signed two bundles under one
+    // id (equivocation). Made here with hq's own key.
+    use prost::Message;
+    let mut header = entente::wire::BundleHeader::decode(b.header_bytes()).unwrap();
+    header.created_unix_ms += 1;
+    let header_bytes = header.encode_to_vec();
+    let key = ring::signature::EcdsaKeyPair::from_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+        f.hq.private_key_pkcs8().unwrap(),
+        &ring::rand::SystemRandom::new(),
+    )
+    .unwrap();
+    let signature = key
+        .sign(&ring::rand::SystemRandom::new(), &entente::crypto::signed_message(&header_bytes))
+        .unwrap();
+    let mut wire = b.to_wire(|_| true);
+    wire.header_bytes = header_bytes;
+    wire.signature = signature.as_ref().to_vec();
+    let other = verify(&wire, &f.certs, &f.trust, now).unwrap();
+    assert_eq!(other.header().bundle_id, b.header().bundle_id);
     assert!(matches!(
         store.accept(&other, &local(&f.hq.id), now),
         Err(StoreError::ConflictingBundle(_))

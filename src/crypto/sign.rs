@@ -7,6 +7,7 @@ use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
 use super::{
     MAX_ITEMS_PER_BUNDLE, SALT_LEN, SIGNATURE_ALGORITHM_V1, leaf_digest, sha256, signed_message,
 };
+use super::verify::{BundleHeader, VerifiedBundle, VerifiedItem};
 use crate::model::{BundleId, Distribution, Item, NodeId};
 use crate::wire;
 
@@ -59,28 +60,33 @@ impl BundleSigner {
         &self.origin
     }
 
-    /// Signs `items` as one bundle with every item disclosed.
+    /// Signs `items` as one bundle with every item disclosed. The result is verified by
+    /// construction: this signer made the header, the digests and the signature from
+    /// these very items (`to_wire` gives the bytes to send).
     pub fn sign(
         &self,
         items: &[Item],
         distribution: &Distribution,
         created_ms: i64,
-    ) -> Result<(BundleId, wire::SignedBundle), SignError> {
+    ) -> Result<VerifiedBundle, SignError> {
         if items.is_empty() || items.len() > MAX_ITEMS_PER_BUNDLE {
             return Err(SignError::ItemCount(items.len()));
         }
         let mut leaf_digests = Vec::with_capacity(items.len());
-        let mut disclosures = Vec::with_capacity(items.len());
-        for (index, item) in items.iter().enumerate() {
-            let mut salt = [0u8; SALT_LEN];
-            self.rng.fill(&mut salt).map_err(|_| SignError::Random)?;
+        let mut verified = Vec::with_capacity(items.len());
+        let mut salts = vec![0u8; SALT_LEN * items.len()];
+        self.rng.fill(&mut salts).map_err(|_| SignError::Random)?;
+        for ((index, item), salt) in items.iter().enumerate().zip(salts.chunks_exact(SALT_LEN)) {
+            let mut salt_bytes = [0u8; SALT_LEN];
+            salt_bytes.copy_from_slice(salt);
             let item_bytes = item.encode();
-            leaf_digests.push(leaf_digest(&salt, &item_bytes).to_vec());
-            disclosures.push(wire::Disclosure {
+            leaf_digests.push(leaf_digest(&salt_bytes, &item_bytes).to_vec());
+            verified.push(VerifiedItem {
                 // MAX_ITEMS_PER_BUNDLE fits in u32.
                 index: index as u32,
-                salt: salt.to_vec(),
+                salt: salt_bytes,
                 item_bytes,
+                item: item.clone(),
             });
         }
         let bundle_id = BundleId::new_random();
@@ -100,18 +106,25 @@ impl BundleSigner {
             }),
             leaf_digests,
         };
+        let parsed = BundleHeader {
+            bundle_id,
+            origin: self.origin.clone(),
+            created_ms,
+            signer_cert_sha256: self.cert_sha256,
+            distribution: distribution.clone(),
+            // Bounded by MAX_ITEMS_PER_BUNDLE above.
+            item_count: items.len() as u32,
+        };
         let header_bytes = header.encode_to_vec();
         let signature = self
             .key
             .sign(&self.rng, &signed_message(&header_bytes))
             .map_err(|_| SignError::Random)?;
-        Ok((
-            bundle_id,
-            wire::SignedBundle {
-                header_bytes,
-                signature: signature.as_ref().to_vec(),
-                disclosures,
-            },
+        Ok(VerifiedBundle::from_trusted_parts(
+            parsed,
+            header_bytes,
+            signature.as_ref().to_vec(),
+            verified,
         ))
     }
 }

@@ -195,9 +195,9 @@ impl VerifiedBundle {
         }
     }
 
-    /// Rebuilds a verified bundle from parts that were verified before and stored
-    /// unchanged (the store's own records). The caller vouches for the parts.
-    pub fn from_trusted_parts(
+    /// A verified bundle from parts this crate made or checked itself (the signer's
+    /// own output). Never for bytes from outside.
+    pub(crate) fn from_trusted_parts(
         header: BundleHeader,
         header_bytes: Vec<u8>,
         signature: Vec<u8>,

@@ -13,9 +13,22 @@ pub const MAX_RECIPIENTS: usize = 1024;
 pub struct BundleId(String);
 
 impl BundleId {
-    /// A fresh random id.
+    /// A fresh id: a time-ordered UUID (version 7).
     pub fn new_random() -> Self {
-        Self(format!("bundle--{}", uuid::Uuid::new_v4()))
+        Self(format!("bundle--{}", uuid::Uuid::now_v7()))
+    }
+
+    /// The UUID as 16 bytes (the store's compact key).
+    pub fn uuid_bytes(&self) -> [u8; 16] {
+        // A BundleId is only built from a parsed UUID, so this cannot fail.
+        uuid::Uuid::parse_str(&self.0[8..])
+            .map(|u| *u.as_bytes())
+            .unwrap_or_default()
+    }
+
+    /// The id of a UUID given as 16 bytes.
+    pub fn from_uuid_bytes(bytes: [u8; 16]) -> Self {
+        Self(format!("bundle--{}", uuid::Uuid::from_bytes(bytes)))
     }
 
     /// Parses `bundle--<uuid>`.

@@ -63,6 +63,15 @@ impl TryFrom<wire::Item> for Item {
 
     /// Decodes and validates; the result satisfies [`Item::validate`].
     fn try_from(item: wire::Item) -> Result<Self, Self::Error> {
+        let item = convert(item)?;
+        item.validate()?;
+        Ok(item)
+    }
+}
+
+/// The wire form to the model, checking representability only (not [`Item::validate`]).
+fn convert(item: wire::Item) -> Result<Item, ModelError> {
+    {
         let wire::Item {
             id,
             modified_unix_ms,
@@ -105,15 +114,13 @@ impl TryFrom<wire::Item> for Item {
                 });
             }
         };
-        let item = Item {
+        Ok(Item {
             id: ItemId::parse(&id)?,
             modified_ms: modified_unix_ms,
             tlp: Tlp::try_from(tlp)?,
             tags,
             kind,
-        };
-        item.validate()?;
-        Ok(item)
+        })
     }
 }
 
@@ -142,6 +149,16 @@ impl Item {
     /// The exact bytes that are hashed into a bundle: the prost encoding of the wire form.
     pub fn encode(&self) -> Vec<u8> {
         prost::Message::encode_to_vec(&wire::Item::from(self))
+    }
+
+    /// Decodes item bytes that this node verified and stored earlier, without
+    /// validating them again.
+    pub fn decode_stored(bytes: &[u8]) -> Result<Self, ModelError> {
+        let wire: wire::Item = prost::Message::decode(bytes).map_err(|e| ModelError::Field {
+            field: "item",
+            problem: format!("cannot decode: {e}"),
+        })?;
+        convert(wire)
     }
 
     /// Decodes item bytes from a bundle and validates the result.

@@ -243,9 +243,23 @@ impl fmt::Display for IndicatorType {
 }
 
 impl ItemId {
-    /// A fresh random id.
+    /// A fresh id: a time-ordered UUID (version 7), so new ids sort by creation time
+    /// and land at the end of the store's indexes.
     pub fn new_random() -> Self {
-        Self(format!("indicator--{}", uuid::Uuid::new_v4()))
+        Self(format!("indicator--{}", uuid::Uuid::now_v7()))
+    }
+
+    /// The UUID as 16 bytes (the store's compact key).
+    pub fn uuid_bytes(&self) -> [u8; 16] {
+        // An ItemId is only built from a parsed UUID, so this cannot fail.
+        uuid::Uuid::parse_str(&self.0[11..])
+            .map(|u| *u.as_bytes())
+            .unwrap_or_default()
+    }
+
+    /// The id of a UUID given as 16 bytes.
+    pub fn from_uuid_bytes(bytes: [u8; 16]) -> Self {
+        Self(format!("indicator--{}", uuid::Uuid::from_bytes(bytes)))
     }
 
     /// Parses `indicator--<uuid>` (any case); the id is kept in lower case.

@@ -1,17 +1,19 @@
 //! On-disk records and key layout of the sled store. Everything lives in one sled
 //! tree (`entente.v1`) so that one accepted bundle, with all its index entries, is
-//! one atomic `Batch`; keyspaces are separated by a one-byte prefix.
+//! one atomic `Batch`; keyspaces are separated by a one-byte prefix. Ids are stored
+//! as their 16 UUID bytes; new ids are time-ordered (UUID v7), so new entries land at
+//! the end of their keyspace.
 //!
 //! | prefix | key | value |
 //! | --- | --- | --- |
 //! | `M` | name | meta: owner id, feed head |
-//! | `B` | bundle id | [`BundleRecord`] |
-//! | `I` | item id | [`ItemRecord`] (the latest version held) |
-//! | `V` | type code, value, 0, item id | empty (value index) |
-//! | `F` | sequence (u64 big-endian) | bundle id (change feed) |
+//! | `B` | bundle UUID | [`BundleRecord`] |
+//! | `I` | item UUID | [`ItemRecord`] (the latest version held) |
+//! | `V` | type code, value, 0, item UUID | empty (value index) |
+//! | `F` | sequence (u64 big-endian) | bundle UUID (change feed) |
 //! | `C` | SHA-256 of the certificate | DER certificate (cache) |
 
-use crate::model::IndicatorType;
+use crate::model::{IndicatorType, Item, ItemKind};
 
 /// Name of the sled tree; the suffix is the format version.
 pub const TREE: &str = "entente.v1";
@@ -48,8 +50,9 @@ pub struct BundleRecord {
 pub struct KnownItem {
     #[prost(uint32, tag = "1")]
     pub index: u32,
-    #[prost(string, tag = "2")]
-    pub item_id: String,
+    /// The item's UUID bytes.
+    #[prost(bytes = "vec", tag = "2")]
+    pub item_uuid: Vec<u8>,
     #[prost(int64, tag = "3")]
     pub modified_ms: i64,
 }
@@ -57,8 +60,9 @@ pub struct KnownItem {
 /// The latest version of an item this node holds, with its provenance.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ItemRecord {
-    #[prost(string, tag = "1")]
-    pub bundle_id: String,
+    /// The bundle's UUID bytes.
+    #[prost(bytes = "vec", tag = "1")]
+    pub bundle_uuid: Vec<u8>,
     #[prost(uint32, tag = "2")]
     pub index: u32,
     #[prost(bytes = "vec", tag = "3")]
@@ -76,9 +80,6 @@ pub struct ItemRecord {
     pub hops: u32,
     #[prost(int64, tag = "9")]
     pub accepted_ms: i64,
-    /// Value-index key of this version (empty for revocations).
-    #[prost(bytes = "vec", tag = "10")]
-    pub value_key: Vec<u8>,
 }
 
 pub fn type_code(ty: IndicatorType) -> u8 {
@@ -105,7 +106,7 @@ pub fn key(prefix: u8, rest: &[u8]) -> Vec<u8> {
 
 /// `V` + type + value + 0: every entry for one exact value of one type.
 pub fn value_prefix(ty: IndicatorType, value: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(3 + value.len());
+    let mut k = Vec::with_capacity(3 + value.len() + 16);
     k.push(VALUE);
     k.push(type_code(ty));
     k.extend_from_slice(value.as_bytes());
@@ -113,10 +114,16 @@ pub fn value_prefix(ty: IndicatorType, value: &str) -> Vec<u8> {
     k
 }
 
-pub fn value_key(ty: IndicatorType, value: &str, item_id: &str) -> Vec<u8> {
-    let mut k = value_prefix(ty, value);
-    k.extend_from_slice(item_id.as_bytes());
-    k
+/// The value-index key of an item (`None` for revocations, which are not indexed).
+pub fn value_key(item: &Item, item_uuid: &[u8; 16]) -> Option<Vec<u8>> {
+    match &item.kind {
+        ItemKind::Indicator(i) => {
+            let mut k = value_prefix(i.indicator_type, &i.value);
+            k.extend_from_slice(item_uuid);
+            Some(k)
+        }
+        ItemKind::Revocation(_) => None,
+    }
 }
 
 pub fn feed_key(seq: u64) -> [u8; 9] {
@@ -126,8 +133,15 @@ pub fn feed_key(seq: u64) -> [u8; 9] {
     k
 }
 
-/// The item id at the end of a value-index key.
-pub fn item_id_of_value_key(k: &[u8]) -> Option<&str> {
-    let zero = k.iter().rposition(|b| *b == 0)?;
-    std::str::from_utf8(&k[zero + 1..]).ok()
+/// The item UUID at the end of a value-index key.
+pub fn item_uuid_of_value_key(k: &[u8]) -> Option<[u8; 16]> {
+    if k.len() < 3 + 16 {
+        return None;
+    }
+    k[k.len() - 16..].try_into().ok()
+}
+
+/// 16 UUID bytes from a stored field.
+pub fn uuid16(bytes: &[u8]) -> Option<[u8; 16]> {
+    bytes.try_into().ok()
 }

@@ -1,6 +1,6 @@
 //! The sled implementation of [`Store`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,7 +10,7 @@ use prost::Message;
 use super::records::{self, BundleRecord, ItemRecord, KnownItem};
 use super::{AcceptReport, ItemQuery, ItemRejection, Page, Source, Store, StoreError, StoredItem};
 use crate::crypto::VerifiedBundle;
-use crate::model::{BundleId, IndicatorType, Item, ItemId, ItemKind, NodeId, normalise};
+use crate::model::{BundleId, IndicatorType, Item, ItemId, NodeId, normalise};
 
 /// Entries examined per query call at most, so one call has bounded cost.
 const MAX_SCAN_PER_QUERY: usize = 200_000;
@@ -59,12 +59,12 @@ impl SledStore {
             }
         }
         let feed_head = match tree.get(records::META_FEED_HEAD).map_err(engine)? {
-            Some(v) => {
-                u64::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+            Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
+                StoreError::Corrupt {
                     key: "feed head".into(),
                     problem: "not 8 bytes".into(),
-                })?)
-            }
+                }
+            })?),
             None => 0,
         };
         Ok(Self {
@@ -84,27 +84,30 @@ impl SledStore {
         }
     }
 
-    fn item_record(&self, id: &str) -> Result<Option<ItemRecord>, StoreError> {
+    fn item_record(&self, uuid: &[u8; 16]) -> Result<Option<ItemRecord>, StoreError> {
         match self
             .tree
-            .get(records::key(records::ITEM, id.as_bytes()))
+            .get(records::key(records::ITEM, uuid))
             .map_err(|e| self.engine(e))?
         {
             None => Ok(None),
             Some(bytes) => ItemRecord::decode(bytes.as_ref())
                 .map(Some)
-                .map_err(|e| corrupt(id, e)),
+                .map_err(|e| corrupt_item(uuid, e)),
         }
     }
 
-    fn stored_item(&self, id: &str, record: ItemRecord) -> Result<StoredItem, StoreError> {
-        let item = Item::decode(&record.item_bytes).map_err(|e| corrupt(id, e))?;
+    fn stored_item(uuid: &[u8; 16], record: ItemRecord) -> Result<StoredItem, StoreError> {
+        let item = Item::decode_stored(&record.item_bytes).map_err(|e| corrupt_item(uuid, e))?;
+        let bundle_uuid =
+            records::uuid16(&record.bundle_uuid).ok_or_else(|| corrupt_item(uuid, "bundle id"))?;
         Ok(StoredItem {
             item,
-            bundle_id: BundleId::parse(&record.bundle_id).map_err(|e| corrupt(id, e))?,
+            bundle_id: BundleId::from_uuid_bytes(bundle_uuid),
             index: record.index,
-            origin: NodeId::new(&record.origin).map_err(|e| corrupt(id, e))?,
-            received_from: NodeId::new(&record.received_from).map_err(|e| corrupt(id, e))?,
+            origin: NodeId::new(&record.origin).map_err(|e| corrupt_item(uuid, e))?,
+            received_from: NodeId::new(&record.received_from)
+                .map_err(|e| corrupt_item(uuid, e))?,
             hops: record.hops,
             accepted_ms: record.accepted_ms,
         })
@@ -134,17 +137,10 @@ impl SledStore {
     }
 }
 
-fn corrupt(key: &str, problem: impl std::fmt::Display) -> StoreError {
+fn corrupt_item(uuid: &[u8; 16], problem: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt {
-        key: key.to_owned(),
+        key: ItemId::from_uuid_bytes(*uuid).to_string(),
         problem: problem.to_string(),
-    }
-}
-
-fn value_key_of(item: &Item) -> Vec<u8> {
-    match &item.kind {
-        ItemKind::Indicator(i) => records::value_key(i.indicator_type, &i.value, item.id.as_str()),
-        ItemKind::Revocation(_) => Vec::new(),
     }
 }
 
@@ -160,14 +156,16 @@ impl Store for SledStore {
         now_ms: i64,
     ) -> Result<AcceptReport, StoreError> {
         let header = bundle.header();
-        let bundle_id = header.bundle_id.as_str();
-        let bundle_key = records::key(records::BUNDLE, bundle_id.as_bytes());
+        let bundle_uuid = header.bundle_id.uuid_bytes();
+        let bundle_key = records::key(records::BUNDLE, &bundle_uuid);
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
 
         let mut record = match self.tree.get(&bundle_key).map_err(|e| self.engine(e))? {
             Some(bytes) => {
-                let record =
-                    BundleRecord::decode(bytes.as_ref()).map_err(|e| corrupt(bundle_id, e))?;
+                let record = BundleRecord::decode(bytes.as_ref()).map_err(|e| StoreError::Corrupt {
+                    key: header.bundle_id.to_string(),
+                    problem: e.to_string(),
+                })?;
                 if record.header_bytes != bundle.header_bytes()
                     || record.signature != bundle.signature()
                 {
@@ -183,75 +181,81 @@ impl Store for SledStore {
                 accepted_ms: now_ms,
             },
         };
+        let known: HashSet<u32> = record.known.iter().map(|k| k.index).collect();
+        let origin = header.origin.to_string();
+        let received_from = source.received_from.to_string();
 
         let mut report = AcceptReport::default();
         let mut batch = sled::Batch::default();
-        // Item records written by this batch, so items of one bundle see each other.
-        let mut pending: HashMap<&str, ItemRecord> = HashMap::new();
+        // Item versions written by this batch, so items of one bundle see each other.
+        let mut pending: HashMap<[u8; 16], (i64, Option<Vec<u8>>)> = HashMap::new();
         for verified in bundle.items() {
             let item = &verified.item;
-            let id = item.id.as_str();
-            if record.known.iter().any(|k| k.index == verified.index) {
+            if known.contains(&verified.index) {
                 report.duplicates += 1;
                 continue;
             }
-            let current = match pending.get(id) {
-                Some(r) => Some(r.clone()),
-                None => self.item_record(id)?,
+            let uuid = item.id.uuid_bytes();
+            // The version held: (modified, value-index key) and its origin.
+            let held = match pending.get(&uuid) {
+                Some((modified, value_key)) => Some((*modified, value_key.clone(), None)),
+                None => match self.item_record(&uuid)? {
+                    None => None,
+                    Some(current) => {
+                        let old = Item::decode_stored(&current.item_bytes)
+                            .map_err(|e| corrupt_item(&uuid, e))?;
+                        Some((
+                            current.modified_ms,
+                            records::value_key(&old, &uuid),
+                            Some(current.origin),
+                        ))
+                    }
+                },
             };
-            if let Some(current) = &current {
-                if current.origin != header.origin.as_str() {
+            if let Some((modified, old_value_key, holder)) = held {
+                if let Some(holder) = holder.filter(|h| *h != origin) {
                     report.rejected.push((
                         verified.index,
                         ItemRejection::NotOriginWriter {
-                            holder: NodeId::new(&current.origin).map_err(|e| corrupt(id, e))?,
+                            holder: NodeId::new(&holder).map_err(|e| corrupt_item(&uuid, e))?,
                         },
                     ));
                     continue;
                 }
-                if item.modified_ms <= current.modified_ms {
+                if item.modified_ms <= modified {
                     report.duplicates += 1;
                     continue;
                 }
-                if !current.value_key.is_empty() {
-                    batch.remove(current.value_key.clone());
+                if let Some(old) = old_value_key {
+                    batch.remove(old);
                 }
             }
-            let value_key = value_key_of(item);
+            let value_key = records::value_key(item, &uuid);
+            if let Some(k) = &value_key {
+                batch.insert(k.as_slice(), &[][..]);
+            }
             let item_record = ItemRecord {
-                bundle_id: bundle_id.to_owned(),
+                bundle_uuid: bundle_uuid.to_vec(),
                 index: verified.index,
                 salt: verified.salt.to_vec(),
                 item_bytes: verified.item_bytes.clone(),
                 modified_ms: item.modified_ms,
-                origin: header.origin.to_string(),
-                received_from: source.received_from.to_string(),
+                origin: origin.clone(),
+                received_from: received_from.clone(),
                 hops: source.hops,
                 accepted_ms: now_ms,
-                value_key: value_key.clone(),
             };
-            if !value_key.is_empty() {
-                batch.insert(value_key, &[][..]);
-            }
             batch.insert(
-                records::key(records::ITEM, id.as_bytes()),
+                records::key(records::ITEM, &uuid),
                 item_record.encode_to_vec(),
             );
-            pending.insert(id, item_record);
+            pending.insert(uuid, (item.modified_ms, value_key));
             record.known.push(KnownItem {
                 index: verified.index,
-                item_id: id.to_owned(),
+                item_uuid: uuid.to_vec(),
                 modified_ms: item.modified_ms,
             });
-            report.stored.push(StoredItem {
-                item: item.clone(),
-                bundle_id: header.bundle_id.clone(),
-                index: verified.index,
-                origin: header.origin.clone(),
-                received_from: source.received_from.clone(),
-                hops: source.hops,
-                accepted_ms: now_ms,
-            });
+            report.stored.push(verified.index);
         }
 
         if report.stored.is_empty() {
@@ -264,7 +268,7 @@ impl Store for SledStore {
             batch.remove(&records::feed_key(record.feed_seq)[..]);
         }
         record.feed_seq = seq;
-        batch.insert(&records::feed_key(seq)[..], bundle_id.as_bytes());
+        batch.insert(&records::feed_key(seq)[..], &bundle_uuid[..]);
         batch.insert(records::META_FEED_HEAD, &seq.to_be_bytes()[..]);
         batch.insert(bundle_key, record.encode_to_vec());
         self.tree.apply_batch(batch).map_err(|e| self.engine(e))?;
@@ -278,9 +282,10 @@ impl Store for SledStore {
     }
 
     fn get(&self, id: &ItemId) -> Result<Option<StoredItem>, StoreError> {
-        match self.item_record(id.as_str())? {
+        let uuid = id.uuid_bytes();
+        match self.item_record(&uuid)? {
             None => Ok(None),
-            Some(record) => self.stored_item(id.as_str(), record).map(Some),
+            Some(record) => Self::stored_item(&uuid, record).map(Some),
         }
     }
 
@@ -320,21 +325,27 @@ impl Store for SledStore {
                     break;
                 }
                 scanned += 1;
-                let (id, record) = if prefix[0] == records::VALUE {
-                    let Some(id) = records::item_id_of_value_key(&key) else {
+                let stored = if prefix[0] == records::VALUE {
+                    let Some(uuid) = records::item_uuid_of_value_key(&key) else {
                         continue;
                     };
-                    match self.item_record(id)? {
-                        // The index entry is current only if the latest version still has it.
-                        Some(r) if r.value_key.as_slice() == key.as_ref() => (id.to_owned(), r),
-                        _ => continue,
+                    let Some(record) = self.item_record(&uuid)? else {
+                        continue;
+                    };
+                    let stored = Self::stored_item(&uuid, record)?;
+                    // The index entry counts only if the latest version still has it.
+                    if records::value_key(&stored.item, &uuid).as_deref() != Some(key.as_ref()) {
+                        continue;
                     }
+                    stored
                 } else {
-                    let id = String::from_utf8_lossy(&key[1..]).into_owned();
-                    let record = ItemRecord::decode(value.as_ref()).map_err(|e| corrupt(&id, e))?;
-                    (id, record)
+                    let Some(uuid) = records::uuid16(&key[1..]) else {
+                        continue;
+                    };
+                    let record =
+                        ItemRecord::decode(value.as_ref()).map_err(|e| corrupt_item(&uuid, e))?;
+                    Self::stored_item(&uuid, record)?
                 };
-                let stored = self.stored_item(&id, record)?;
                 if query.matches(&stored, now_ms) && visible(&stored) {
                     page.items.push(stored);
                 }

@@ -1,0 +1,297 @@
+//! The project's benchmark program. Prints its figures and the machine it ran on.
+//!
+//! ```text
+//! cargo run --release --bin entente-bench -- ingest [--items 1000000] [--bundle-size 1000]
+//! ```
+//!
+//! `ingest` starts a fresh node (own PKI, own sled store in a temporary directory,
+//! real mTLS on loopback) and measures: publishing through `Intel.Publish`; the raw
+//! sled insert rate of same-sized records in the same run; exact-value queries; disk
+//! bytes per indicator; and the process's peak RSS.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use entente::certs::{CertDir, Usage, Validity};
+use entente::client::NodeClient;
+use entente::config::{ClientSettings, Config};
+use entente::model::NodeId;
+use entente::rpc::proto::{ItemFilter, PublishRequest};
+use entente::wire;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+struct Args {
+    command: String,
+    items: usize,
+    bundle_size: usize,
+    queries: usize,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        command: String::new(),
+        items: 1_000_000,
+        bundle_size: 1000,
+        queries: 20_000,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| -> Result<usize> {
+            it.next()
+                .with_context(|| format!("{name} needs a value"))?
+                .parse()
+                .with_context(|| format!("{name} must be a number"))
+        };
+        match arg.as_str() {
+            "--items" => args.items = value("--items")?,
+            "--bundle-size" => args.bundle_size = value("--bundle-size")?,
+            "--queries" => args.queries = value("--queries")?,
+            "ingest" if args.command.is_empty() => args.command = arg,
+            other => bail!("unknown argument {other:?}; usage: entente-bench ingest [--items N] [--bundle-size N] [--queries N]"),
+        }
+    }
+    if args.command.is_empty() {
+        bail!("usage: entente-bench ingest [--items N] [--bundle-size N] [--queries N]");
+    }
+    Ok(args)
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| format!("{:.0} GiB", kb as f64 / 1024.0 / 1024.0))
+        .unwrap_or_default();
+    format!("{cores} cores, {cpu}, {mem} RAM, {} {}", std::env::consts::OS, std::env::consts::ARCH)
+}
+
+/// Peak resident set size of this process, in MiB.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn value_of(i: usize) -> String {
+    format!("c2-{i:08}.bench.example.com")
+}
+
+fn draft(i: usize) -> wire::Item {
+    wire::Item {
+        id: String::new(),
+        modified_unix_ms: 0,
+        tlp: wire::Tlp::Green as i32,
+        tags: vec!["source:bench".into()],
+        kind: Some(wire::item::Kind::Indicator(wire::Indicator {
+            indicator_type: "domain".into(),
+            value: value_of(i),
+            description: "command-and-control host".into(),
+            confidence: 70,
+            kill_chain_phases: vec![],
+            valid_from_unix_ms: 0,
+            valid_until_unix_ms: None,
+        })),
+    }
+}
+
+/// Writes a PKI, a node configuration and an analyst client configuration.
+fn setup(dir: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let certs = CertDir::new(dir.join("certs"));
+    certs.create_ca("Bench CA", Validity::days_from_now(2))?;
+    let node = NodeId::new("bench.hq")?;
+    let analyst = NodeId::new("analyst.bench")?;
+    certs.issue(&node, &Usage::Node { ips: vec![], dns: vec![] }, Validity::days_from_now(2))?;
+    certs.issue(&analyst, &Usage::Client, Validity::days_from_now(2))?;
+    let node_config = dir.join("node.toml");
+    std::fs::write(
+        &node_config,
+        "[node]\nid = \"bench.hq\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\ncert = \"certs/bench.hq.crt\"\nkey = \"certs/bench.hq.key\"\ntrust_anchors = [\"certs/ca.crt\"]\n\n[store]\ncache_mb = 64\n\n[[client]]\nid = \"analyst.bench\"\nrole = \"analyst\"\n",
+    )?;
+    Ok((node_config, dir.join("analyst.toml")))
+}
+
+fn raw_sled_floor(dir: &Path, n: usize, value_len: usize) -> Result<f64> {
+    let db = sled::Config::new()
+        .path(dir.join("raw-sled"))
+        .cache_capacity(64 << 20)
+        .open()?;
+    let tree = db.open_tree("raw")?;
+    let value = vec![0x5au8; value_len];
+    let started = Instant::now();
+    for i in 0..n {
+        let key = format!("indicator--{:036}", i);
+        tree.insert(key.as_bytes(), value.as_slice())?;
+    }
+    db.flush()?;
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+async fn ingest(args: &Args) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (node_config, client_config) = setup(dir.path())?;
+    let config = Config::load(&node_config)?;
+    let node = entente::Node::start(config).await?;
+    std::fs::write(
+        &client_config,
+        format!(
+            "[client]\nid = \"analyst.bench\"\ncert = \"certs/analyst.bench.crt\"\nkey = \"certs/analyst.bench.key\"\ntrust_anchors = [\"certs/ca.crt\"]\nnode = \"{}\"\nnode_id = \"bench.hq\"\n",
+            node.local_addr()
+        ),
+    )?;
+    let settings = ClientSettings::load(&client_config)?;
+    let client = Arc::new(NodeClient::connect_with(&settings).await?);
+
+    println!("entente-bench ingest");
+    println!("machine:     {}", machine());
+    println!("items:       {} in bundles of {}", args.items, args.bundle_size);
+
+    // Publish through Intel.Publish over mTLS, one stream, one message per bundle.
+    let (tx, rx) = tokio::sync::mpsc::channel::<PublishRequest>(8);
+    let (items, bundle_size) = (args.items, args.bundle_size);
+    let feeder = tokio::spawn(async move {
+        let mut next = 0;
+        while next < items {
+            let end = (next + bundle_size).min(items);
+            let request = PublishRequest {
+                items: (next..end).map(draft).collect(),
+                distribution: None,
+            };
+            if tx.send(request).await.is_err() {
+                return;
+            }
+            next = end;
+        }
+    });
+    let started = Instant::now();
+    let response = client
+        .publish(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?;
+    let ingest_secs = started.elapsed().as_secs_f64();
+    feeder.await?;
+    if response.items_accepted as usize != args.items {
+        bail!("node accepted {} of {} items", response.items_accepted, args.items);
+    }
+    let ingest_rate = args.items as f64 / ingest_secs;
+    let rss_after_ingest = peak_rss_mib();
+
+    let encoded_item = {
+        use prost::Message;
+        let item = entente::model::Item::from_draft(draft(0), entente::engine::now_ms())?;
+        wire::Item::from(&item).encoded_len()
+    };
+    let disk = node.engine().store().size_on_disk()?;
+
+    // The store is the floor: the same number of same-sized records, straight into sled.
+    let floor = raw_sled_floor(dir.path(), args.items, encoded_item)?;
+
+    println!();
+    println!("ingest via Publish over mTLS: {ingest_rate:>10.0} items/s ({ingest_secs:.1} s; target >= 50,000)");
+    println!("raw sled insert, same size:   {floor:>10.0} records/s ({encoded_item} B values; pipeline at {:.0}% of the floor)", 100.0 * ingest_rate / floor);
+    println!("peak RSS after ingest:        {rss_after_ingest:>10.0} MiB (node and load generator in one process; target < 300)");
+    println!(
+        "disk after flush:             {:>10.0} B per indicator ({:.2}x the {encoded_item} B encoded item; target <= 2.5x)",
+        disk as f64 / args.items as f64,
+        disk as f64 / args.items as f64 / encoded_item as f64
+    );
+
+    // Exact-value queries: sequential (latency) and with 8 in flight (throughput).
+    let mut latencies = Vec::with_capacity(args.queries);
+    let mut rng_state = 0x9E3779B97F4A7C15u64;
+    let mut next_value = move || {
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        value_of((rng_state % items as u64) as usize)
+    };
+    let started = Instant::now();
+    for _ in 0..args.queries {
+        let filter = ItemFilter { value: next_value(), ..Default::default() };
+        let t = Instant::now();
+        let page = client.query(filter, 10, vec![]).await?;
+        latencies.push(t.elapsed());
+        if page.items.len() != 1 {
+            bail!("an exact-value query returned {} items", page.items.len());
+        }
+    }
+    let sequential_rate = args.queries as f64 / started.elapsed().as_secs_f64();
+    latencies.sort();
+
+    let in_flight = 8;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..in_flight {
+        let client = client.clone();
+        let per = args.queries / in_flight;
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per);
+            for q in 0..per {
+                let i = (worker * 7919 + q * 104_729) % items;
+                let filter = ItemFilter { value: value_of(i), ..Default::default() };
+                let t = Instant::now();
+                client.query(filter, 10, vec![]).await?;
+                lat.push(t.elapsed());
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut concurrent = Vec::new();
+    for t in tasks {
+        concurrent.extend(t.await??);
+    }
+    let concurrent_rate = concurrent.len() as f64 / started.elapsed().as_secs_f64();
+    concurrent.sort();
+
+    println!(
+        "exact-value query, 1 in flight: {sequential_rate:>8.0} lookups/s, p50 {:.2} ms, p99 {:.2} ms",
+        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3
+    );
+    println!(
+        "exact-value query, {in_flight} in flight: {concurrent_rate:>8.0} lookups/s, p50 {:.2} ms, p99 {:.2} ms (target >= 20,000/s, p99 < 2 ms)",
+        percentile(&concurrent, 0.50).as_secs_f64() * 1e3,
+        percentile(&concurrent, 0.99).as_secs_f64() * 1e3
+    );
+    println!("peak RSS overall:             {:>10.0} MiB", peak_rss_mib());
+    node.shutdown(Duration::from_secs(10)).await?;
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(ingest(&args))
+}
