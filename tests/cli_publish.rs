@@ -1,0 +1,520 @@
+//! The client subcommands of the `entente` binary against a node started by
+//! `entente serve`, everything set up with the CLI itself: `init --with-certs`,
+//! `certs client --node --node-id` for the client configurations, then `publish`
+//! (plain list, CSV, STIX 2.1), `query --json` and `get`.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use entente::interop::{Defaults, InputFormat, parse_input};
+use entente::model::{IndicatorType, Tlp};
+
+const ENTENTE: &str = env!("CARGO_BIN_EXE_entente");
+
+/// Upper bound for one command, and for the node to report its address.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+const HQ: &str = "redmond.hq";
+const ANALYST: &str = "analyst.alice";
+const READER: &str = "researcher.bob";
+
+const C2_FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/stix/indicators-for-C2-with-COA.json"
+);
+const C2_IP_ID: &str = "indicator--53fe3b22-0201-47cf-85d0-97c02164528d";
+const C2_HASH_ID: &str = "indicator--a932fcc6-e032-476c-826f-cb970a5a1ade";
+const C2_HASH: &str = "ef537f25c895bfa782526529a9b63d97aa631564d5d789c2b765448c8635fb6c";
+
+/// Runs `entente ARGS`, failing the test if it does not finish within [`DEADLINE`].
+fn entente(args: &[&str]) -> Output {
+    let child = Command::new(ENTENTE)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn entente");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(DEADLINE) {
+        Ok(output) => output.expect("wait for entente"),
+        Err(_) => {
+            // Our own child, by its id.
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("entente {args:?} did not finish within {DEADLINE:?}");
+        }
+    }
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs `entente ARGS`, which must succeed; returns its stdout.
+fn ok(args: &[&str]) -> String {
+    let out = entente(args);
+    assert!(
+        out.status.success(),
+        "entente {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+/// Runs `entente ARGS`, which must fail; returns the output.
+fn fails(args: &[&str]) -> Output {
+    let out = entente(args);
+    assert!(
+        !out.status.success(),
+        "entente {args:?} should have failed:\nstdout:\n{}\nstderr:\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    out
+}
+
+fn s(path: &Path) -> &str {
+    path.to_str().expect("UTF-8 temp path")
+}
+
+/// A node made with `entente init --with-certs`, with an analyst and a read-only
+/// client configured, running under `entente serve`; stopped when dropped.
+struct Hq {
+    child: Child,
+    dir: tempfile::TempDir,
+    analyst: PathBuf,
+    reader: PathBuf,
+}
+
+impl Drop for Hq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Hq {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let hq = dir.path().join("hq");
+        ok(&[
+            "init",
+            "--dir",
+            s(&hq),
+            "--id",
+            HQ,
+            "--listen",
+            "127.0.0.1:0",
+            "--with-certs",
+        ]);
+        let config = hq.join("entente.toml");
+        // The node must know its clients before it starts; their certificates come
+        // from the same CA and can be issued afterwards.
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&config)
+            .expect("open node config");
+        write!(
+            file,
+            "\n[[client]]\nid = \"{ANALYST}\"\nrole = \"analyst\"\n\n[[client]]\nid = \"{READER}\"\nrole = \"read_only\"\n"
+        )
+        .unwrap();
+        drop(file);
+
+        let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
+        let mut child = Command::new(ENTENTE)
+            .args(["serve", "--config", s(&config)])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn entente serve");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Some((_, addr)) = line.split_once(" serving on ") {
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(DEADLINE) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "node did not report its address; log:\n{}",
+                    std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default()
+                );
+            }
+        };
+        let certs = hq.join("certs");
+        let mut hq_node = Self {
+            child,
+            analyst: certs.join(format!("{ANALYST}.toml")),
+            reader: certs.join(format!("{READER}.toml")),
+            dir,
+        };
+        for id in [ANALYST, READER] {
+            let out = ok(&[
+                "certs",
+                "client",
+                "--dir",
+                s(&certs),
+                "--id",
+                id,
+                "--node",
+                &addr,
+                "--node-id",
+                HQ,
+            ]);
+            assert!(out.contains("wrote client configuration"), "{out}");
+        }
+        assert!(hq_node.analyst.exists() && hq_node.reader.exists());
+        // Still serving.
+        assert!(hq_node.child.try_wait().unwrap().is_none());
+        hq_node
+    }
+
+    /// Writes `text` to a file in the test directory.
+    fn input(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// `entente query --json [FILTER]` as `config`: one JSON object per line.
+    fn query_json(&self, config: &Path, filter: &[&str]) -> Vec<serde_json::Value> {
+        let mut args = vec!["query", "--config", s(config), "--json"];
+        args.extend_from_slice(filter);
+        ok(&args)
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(|line| {
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+            })
+            .collect()
+    }
+}
+
+/// (type, value, marking) of STIX indicator objects, read back with the crate's own
+/// STIX input parser.
+fn indicators(objects: &[serde_json::Value]) -> BTreeSet<(IndicatorType, String, Tlp)> {
+    let bundle = serde_json::json!({
+        "type": "bundle",
+        "id": "bundle--6b2d5a0e-8f0e-4c7a-9d43-5f1f4a7e2c10",
+        "objects": objects,
+    });
+    let parsed = parse_input(
+        InputFormat::Stix,
+        &bundle.to_string(),
+        &Defaults::default(),
+        entente::engine::now_ms(),
+    );
+    assert_eq!(parsed.errors, [], "query output does not read back as STIX");
+    assert_eq!(parsed.items.len(), objects.len());
+    parsed
+        .items
+        .iter()
+        .map(|item| {
+            (
+                item.indicator_type(),
+                item.value().expect("an indicator").to_owned(),
+                item.tlp,
+            )
+        })
+        .collect()
+}
+
+fn values(objects: &[serde_json::Value]) -> BTreeSet<String> {
+    indicators(objects).into_iter().map(|(_, v, _)| v).collect()
+}
+
+fn last_line(text: &str) -> &str {
+    text.lines().last().unwrap_or("")
+}
+
+#[test]
+fn list_csv_and_stix_are_published_and_queried_back() {
+    let hq = Hq::start();
+    let analyst = s(&hq.analyst);
+
+    let list = hq.input(
+        "hits.txt",
+        "# honeypot hits\n198.51.100.77\n\nPhish.Example.ORG\nhttp://dl.bad.example/x.exe\n",
+    );
+    let out = ok(&[
+        "publish",
+        "--config",
+        analyst,
+        "--tlp",
+        "green",
+        "--tag",
+        "cli-list",
+        s(&list),
+    ]);
+    assert!(
+        last_line(&out).starts_with("published 3 items in 1 bundles to redmond.hq"),
+        "{out}"
+    );
+
+    let csv = hq.input(
+        "feed.csv",
+        "type,value,tlp,tags\n\
+         ipv4,203.0.113.50,amber,csv-a\n\
+         domain,C2.Example.NET,,csv-a;csv-b\n\
+         sha1,DA39A3EE5E6B4B0D3255BFEF95601890AFD80709,red,\n",
+    );
+    let out = ok(&["publish", "--config", analyst, "--tlp", "green", s(&csv)]);
+    assert!(last_line(&out).starts_with("published 3 items"), "{out}");
+
+    let out = ok(&[
+        "publish",
+        "--config",
+        analyst,
+        "--tlp",
+        "amber+strict",
+        C2_FIXTURE,
+    ]);
+    assert!(last_line(&out).starts_with("published 2 items"), "{out}");
+
+    let objects = hq.query_json(&hq.analyst, &[]);
+    let expected: BTreeSet<(IndicatorType, String, Tlp)> = [
+        (IndicatorType::Ipv4, "198.51.100.77", Tlp::Green),
+        (IndicatorType::Domain, "phish.example.org", Tlp::Green),
+        (
+            IndicatorType::Url,
+            "http://dl.bad.example/x.exe",
+            Tlp::Green,
+        ),
+        (IndicatorType::Ipv4, "203.0.113.50", Tlp::Amber),
+        (IndicatorType::Domain, "c2.example.net", Tlp::Green),
+        (
+            IndicatorType::Sha1,
+            "da39a3ee5e6b4b0d3255bfef95601890afd80709",
+            Tlp::Red,
+        ),
+        (IndicatorType::Ipv4, "10.0.0.0", Tlp::AmberStrict),
+        (IndicatorType::Sha256, C2_HASH, Tlp::AmberStrict),
+    ]
+    .into_iter()
+    .map(|(t, v, m)| (t, v.to_owned(), m))
+    .collect();
+    assert_eq!(indicators(&objects), expected);
+    assert_eq!(objects.len(), expected.len(), "each item once");
+    let mut bundles = BTreeSet::new();
+    for object in &objects {
+        assert_eq!(object["type"], "indicator", "{object}");
+        let provenance = &object["x_entente_provenance"];
+        assert_eq!(provenance["signature_verified"], true, "{object}");
+        assert_eq!(provenance["origin"], HQ, "{object}");
+        assert_eq!(provenance["received_from"], HQ, "{object}");
+        assert_eq!(provenance["hops"], 0, "{object}");
+        bundles.insert(provenance["bundle_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(bundles.len(), 3, "one bundle per publish: {bundles:?}");
+    // STIX ids are kept.
+    let ids: BTreeSet<&str> = objects.iter().filter_map(|o| o["id"].as_str()).collect();
+    assert!(
+        ids.contains(C2_IP_ID) && ids.contains(C2_HASH_ID),
+        "{ids:?}"
+    );
+
+    // Filters through the CLI.
+    let tagged = hq.query_json(&hq.analyst, &["--tag", "csv-a"]);
+    assert_eq!(
+        values(&tagged),
+        BTreeSet::from(["203.0.113.50".to_owned(), "c2.example.net".to_owned()])
+    );
+    let by_value = hq.query_json(&hq.analyst, &["--value", "PHISH.example.org"]);
+    assert_eq!(
+        values(&by_value),
+        BTreeSet::from(["phish.example.org".to_owned()])
+    );
+    let by_type = hq.query_json(&hq.analyst, &["--type", "sha256"]);
+    assert_eq!(values(&by_type), BTreeSet::from([C2_HASH.to_owned()]));
+    let recent = hq.query_json(&hq.analyst, &["--since", "1h"]);
+    assert_eq!(
+        values(&recent),
+        values(&objects)
+            .into_iter()
+            .filter(|v| v != "10.0.0.0" && v != C2_HASH)
+            .collect::<BTreeSet<_>>(),
+        "the STIX items keep their 2014 versions"
+    );
+
+    // The read-only client sees the GREEN items only.
+    let seen = hq.query_json(&hq.reader, &[]);
+    assert_eq!(
+        values(&seen),
+        BTreeSet::from([
+            "198.51.100.77".to_owned(),
+            "phish.example.org".to_owned(),
+            "http://dl.bad.example/x.exe".to_owned(),
+            "c2.example.net".to_owned(),
+        ])
+    );
+}
+
+#[test]
+fn invalid_csv_lines_refuse_the_file_unless_skipped() {
+    let hq = Hq::start();
+    let analyst = s(&hq.analyst);
+    let csv = hq.input(
+        "bad.csv",
+        "type,value,tlp\n\
+         ipv4,192.0.2.10,green\n\
+         ipv4,192.0.2.300,green\n\
+         md5,d41d8cd98f00b204e9800998ecf8427,amber\n\
+         domain,ok.example.org,green\n",
+    );
+
+    let out = fails(&["publish", "--config", analyst, s(&csv)]);
+    let err = stderr(&out);
+    let line = |n: usize| {
+        err.lines()
+            .find(|l| l.contains(&format!("line {n}: ")))
+            .unwrap_or_else(|| panic!("no error for line {n}:\n{err}"))
+            .to_owned()
+    };
+    assert!(line(3).contains("octet 4 (300) is above 255"), "{err}");
+    assert!(line(4).contains("md5 has 32 hex digits, got 31"), "{err}");
+    assert!(
+        !err.contains("line 2:") && !err.contains("line 5:"),
+        "{err}"
+    );
+    assert!(err.contains("nothing published"), "{err}");
+    assert!(err.contains("--skip-invalid"), "{err}");
+    assert!(!stdout(&out).contains("published"), "{}", stdout(&out));
+    // Nothing at all reached the node.
+    assert_eq!(
+        hq.query_json(&hq.analyst, &[]),
+        Vec::<serde_json::Value>::new()
+    );
+    assert_eq!(
+        hq.query_json(&hq.analyst, &["--value", "192.0.2.10"]),
+        Vec::<serde_json::Value>::new()
+    );
+
+    let out = ok(&["publish", "--config", analyst, "--skip-invalid", s(&csv)]);
+    assert!(out.contains("published 2 items"), "{out}");
+    assert!(
+        last_line(&out).contains("skipped 2 invalid entries"),
+        "{out}"
+    );
+    assert_eq!(
+        values(&hq.query_json(&hq.analyst, &[])),
+        BTreeSet::from(["192.0.2.10".to_owned(), "ok.example.org".to_owned()])
+    );
+}
+
+#[test]
+fn a_list_without_a_marking_is_refused() {
+    let hq = Hq::start();
+    let list = hq.input("unmarked.txt", "198.51.100.1\nunmarked.example\n");
+    let out = fails(&["publish", "--config", s(&hq.analyst), s(&list)]);
+    let err = stderr(&out);
+    assert!(err.contains("no TLP marking"), "{err}");
+    assert!(err.contains("--tlp"), "{err}");
+    assert!(err.contains("line 1") && err.contains("line 2"), "{err}");
+    assert_eq!(
+        hq.query_json(&hq.analyst, &[]),
+        Vec::<serde_json::Value>::new()
+    );
+
+    // Explicitly a list, too.
+    let out = fails(&[
+        "publish",
+        "--config",
+        s(&hq.analyst),
+        "--format",
+        "list",
+        s(&list),
+    ]);
+    assert!(stderr(&out).contains("no TLP marking"), "{}", stderr(&out));
+}
+
+#[test]
+fn get_prints_the_provenance() {
+    let hq = Hq::start();
+    let analyst = s(&hq.analyst);
+    ok(&["publish", "--config", analyst, "--tlp", "amber", C2_FIXTURE]);
+
+    let out = ok(&["get", "--config", analyst, C2_IP_ID]);
+    let lines: Vec<&str> = out.lines().collect();
+    let field = |name: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {name} line:\n{out}"))
+            .to_owned()
+    };
+    assert_eq!(field("id"), C2_IP_ID);
+    assert_eq!(field("type"), "ipv4");
+    assert_eq!(field("value"), "10.0.0.0");
+    assert_eq!(field("marking"), "TLP:AMBER");
+    assert_eq!(field("origin"), HQ);
+    assert_eq!(field("received from"), format!("{HQ} (0 hops)"));
+    assert_eq!(field("signature"), "origin signature verified");
+    let bundle = field("bundle");
+    assert!(bundle.starts_with("bundle--"), "{out}");
+
+    // The same bundle as the JSON form names.
+    let json: serde_json::Value =
+        serde_json::from_str(ok(&["get", "--config", analyst, "--json", C2_IP_ID]).trim()).unwrap();
+    assert_eq!(json["id"], C2_IP_ID);
+    assert_eq!(json["x_entente_provenance"]["bundle_id"], bundle.as_str());
+    assert_eq!(json["x_entente_provenance"]["signature_verified"], true);
+
+    // Unknown and withheld ids fail alike.
+    let unknown = "indicator--00000000-0000-4000-8000-000000000000";
+    let out = fails(&["get", "--config", analyst, unknown]);
+    assert!(stderr(&out).contains("no such item"), "{}", stderr(&out));
+    let out = fails(&["get", "--config", s(&hq.reader), C2_IP_ID]);
+    assert!(stderr(&out).contains("no such item"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_read_only_client_cannot_publish() {
+    let hq = Hq::start();
+    let list = hq.input("reader.txt", "198.51.100.99\nreader.example\n");
+    let out = fails(&[
+        "publish",
+        "--config",
+        s(&hq.reader),
+        "--tlp",
+        "clear",
+        s(&list),
+    ]);
+    let err = stderr(&out);
+    assert!(err.contains("PermissionDenied"), "{err}");
+    assert!(err.contains(READER), "{err}");
+    assert!(!stdout(&out).contains("published"), "{}", stdout(&out));
+    assert_eq!(
+        hq.query_json(&hq.analyst, &[]),
+        Vec::<serde_json::Value>::new()
+    );
+    // Reading is allowed.
+    assert_eq!(
+        hq.query_json(&hq.reader, &[]),
+        Vec::<serde_json::Value>::new()
+    );
+}
