@@ -88,7 +88,8 @@ fn sign(f: &Fixture, n: u32) -> SignedBundle {
     let items: Vec<Item> = (0..n).map(item).collect();
     signer(&f.hq)
         .sign(&items, &Distribution::default(), *NOW - 500)
-        .unwrap().to_wire(|_| true)
+        .unwrap()
+        .to_wire(|_| true)
 }
 
 fn check(
@@ -248,7 +249,9 @@ fn a_signature_by_a_key_that_is_not_the_origins_is_rejected() {
     // berlin signs a bundle that claims hq as origin (with berlin's certificate).
     let items = vec![item(0)];
     let bundle = signer(&f.berlin)
-        .sign(&items, &Distribution::default(), *NOW - 500).unwrap().to_wire(|_| true);
+        .sign(&items, &Distribution::default(), *NOW - 500)
+        .unwrap()
+        .to_wire(|_| true);
     let mut header = entente::wire::BundleHeader::decode(bundle.header_bytes.as_slice()).unwrap();
     header.origin = "redmond.hq".into();
     let header_bytes = header.encode_to_vec();
@@ -319,7 +322,9 @@ fn a_signer_certificate_from_an_untrusted_ca_is_rejected() {
     let id = rogue.node("redmond.hq");
     let impostor = rogue.material(&id);
     let bundle = signer(&impostor)
-        .sign(&[item(0)], &Distribution::default(), *NOW - 500).unwrap().to_wire(|_| true);
+        .sign(&[item(0)], &Distribution::default(), *NOW - 500)
+        .unwrap()
+        .to_wire(|_| true);
     let mut certs = Certs::default();
     certs.add(&impostor);
     let err = verify(&bundle, &certs, &f.trust, *NOW).unwrap_err();
@@ -343,7 +348,9 @@ fn a_revoked_signer_is_rejected() {
     let mut certs = Certs::default();
     certs.add(&berlin);
     let bundle = signer(&berlin)
-        .sign(&[item(0)], &Distribution::default(), *NOW - 500).unwrap().to_wire(|_| true);
+        .sign(&[item(0)], &Distribution::default(), *NOW - 500)
+        .unwrap()
+        .to_wire(|_| true);
     assert_eq!(
         verify(&bundle, &certs, &trust, *NOW).unwrap_err(),
         VerifyError::Signer(SignerError::Revoked)
@@ -374,7 +381,9 @@ fn an_unknown_signer_and_a_lying_certificate_source_are_rejected() {
 fn a_bundle_from_the_future_is_rejected() {
     let f = fixture();
     let bundle = signer(&f.hq)
-        .sign(&[item(0)], &Distribution::default(), *NOW + 3_600_000).unwrap().to_wire(|_| true);
+        .sign(&[item(0)], &Distribution::default(), *NOW + 3_600_000)
+        .unwrap()
+        .to_wire(|_| true);
     assert!(matches!(
         check(&f, &bundle),
         Err(VerifyError::FromTheFuture(_))

@@ -1143,3 +1143,38 @@ async fn newer_versions_replace_older_ones_and_older_ones_are_duplicates() {
 
     hq.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_message_reports_the_bundles_already_published() {
+    let hq = Hq::start().await;
+    let analyst = hq.connect(ANALYST).await;
+    let good = indicator("domain", "first.example.com", Tlp::Green, &[]);
+    let good_id = good.id.clone();
+    let bad = indicator("md5", "abc", Tlp::Green, &[]);
+    let requests = vec![
+        PublishRequest {
+            items: vec![good],
+            distribution: None,
+        },
+        PublishRequest {
+            items: vec![bad],
+            distribution: None,
+        },
+    ];
+    let err = within("publish", analyst.publish(tokio_stream::iter(requests)))
+        .await
+        .expect_err("the second message is invalid");
+    let (code, message) = status(err);
+    assert_eq!(code, tonic::Code::InvalidArgument);
+    assert!(message.contains("message 1, item 0"), "{message}");
+    // The first bundle is named, and it is there.
+    let stored = get(&analyst, &good_id)
+        .await
+        .expect("the first bundle was published");
+    let bundle_id = provenance_of(&stored).bundle_id.clone();
+    assert!(
+        message.contains(&bundle_id),
+        "{bundle_id} not named in: {message}"
+    );
+    hq.stop().await;
+}

@@ -85,7 +85,9 @@ fn bundle(f: &Fixture, by: &TlsMaterial, items: &[Item]) -> VerifiedBundle {
     )
     .unwrap();
     let wire = signer
-        .sign(items, &Distribution::default(), now_ms()).unwrap().to_wire(|_| true);
+        .sign(items, &Distribution::default(), now_ms())
+        .unwrap()
+        .to_wire(|_| true);
     verify(&wire, &f.certs, &f.trust, now_ms()).unwrap()
 }
 
@@ -432,7 +434,10 @@ fn the_same_id_with_other_header_bytes_is_a_conflict() {
     )
     .unwrap();
     let signature = key
-        .sign(&ring::rand::SystemRandom::new(), &entente::crypto::signed_message(&header_bytes))
+        .sign(
+            &ring::rand::SystemRandom::new(),
+            &entente::crypto::signed_message(&header_bytes),
+        )
         .unwrap();
     let mut wire = b.to_wire(|_| true);
     wire.header_bytes = header_bytes;
@@ -573,4 +578,80 @@ fn the_store_persists_and_refuses_another_owner() {
     drop(store);
     let err = SledStore::open(&dir, &f.berlin.id, 16 << 20).err().unwrap();
     assert!(matches!(err, StoreError::WrongOwner { .. }), "{err}");
+}
+
+#[test]
+fn several_items_with_one_value_are_all_found_and_paged_once() {
+    let f = fixture();
+    let store = open(&f, "s");
+    let now = now_ms();
+    let items: Vec<Item> = (0..5)
+        .map(|i| {
+            indicator(
+                &ItemId::new_random(),
+                IndicatorType::Ipv4,
+                "203.0.113.9",
+                now + i,
+                Tlp::Green,
+                &[],
+            )
+        })
+        .collect();
+    store
+        .accept(&bundle(&f, &f.hq, &items), &local(&f.hq.id), now)
+        .unwrap();
+    // berlin reports the same address under its own id.
+    let theirs = indicator(
+        &ItemId::new_random(),
+        IndicatorType::Ipv4,
+        "203.0.113.9",
+        now,
+        Tlp::Green,
+        &[],
+    );
+    store
+        .accept(&bundle(&f, &f.berlin, &[theirs]), &local(&f.berlin.id), now)
+        .unwrap();
+    let query = ItemQuery {
+        value: Some("203.0.113.9".into()),
+        ..Default::default()
+    };
+    let mut seen = Vec::new();
+    let mut cursor: Option<Vec<u8>> = None;
+    loop {
+        let page = store
+            .query(&query, cursor.as_deref(), 1, now, &|_| true)
+            .unwrap();
+        seen.extend(page.items.iter().map(|s| s.item.id.clone()));
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let unique: std::collections::BTreeSet<_> = seen.iter().cloned().collect();
+    assert_eq!((seen.len(), unique.len()), (6, 6));
+    // Superseding one of them with another value removes only that one from the entry.
+    let moved = indicator(
+        &items[2].id,
+        IndicatorType::Ipv4,
+        "203.0.113.10",
+        now + 100,
+        Tlp::Green,
+        &[],
+    );
+    store
+        .accept(&bundle(&f, &f.hq, &[moved]), &local(&f.hq.id), now)
+        .unwrap();
+    assert_eq!(all(&store, &query).len(), 5);
+    assert_eq!(
+        all(
+            &store,
+            &ItemQuery {
+                value: Some("203.0.113.10".into()),
+                ..Default::default()
+            }
+        )
+        .len(),
+        1
+    );
 }

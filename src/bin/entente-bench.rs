@@ -26,6 +26,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct Args {
     command: String,
+    config: Option<std::path::PathBuf>,
     items: usize,
     bundle_size: usize,
     queries: usize,
@@ -34,6 +35,7 @@ struct Args {
 fn parse_args() -> Result<Args> {
     let mut args = Args {
         command: String::new(),
+        config: None,
         items: 1_000_000,
         bundle_size: 1000,
         queries: 20_000,
@@ -51,7 +53,14 @@ fn parse_args() -> Result<Args> {
             "--bundle-size" => args.bundle_size = value("--bundle-size")?,
             "--queries" => args.queries = value("--queries")?,
             "ingest" if args.command.is_empty() => args.command = arg,
-            other => bail!("unknown argument {other:?}; usage: entente-bench ingest [--items N] [--bundle-size N] [--queries N]"),
+            // Internal: the node under test, run as its own process.
+            "node" if args.command.is_empty() => {
+                args.command = arg;
+                args.config = Some(it.next().context("node needs a config path")?.into());
+            }
+            other => bail!(
+                "unknown argument {other:?}; usage: entente-bench ingest [--items N] [--bundle-size N] [--queries N]"
+            ),
         }
     }
     if args.command.is_empty() {
@@ -61,7 +70,9 @@ fn parse_args() -> Result<Args> {
 }
 
 fn machine() -> String {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -81,21 +92,53 @@ fn machine() -> String {
         })
         .map(|kb| format!("{:.0} GiB", kb as f64 / 1024.0 / 1024.0))
         .unwrap_or_default();
-    format!("{cores} cores, {cpu}, {mem} RAM, {} {}", std::env::consts::OS, std::env::consts::ARCH)
+    format!(
+        "{cores} cores, {cpu}, {mem} RAM, {} {}",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    )
 }
 
-/// Peak resident set size of this process, in MiB.
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+/// A memory figure (`VmHWM` = peak, `VmRSS` = current) of a process, in MiB.
+fn rss_mib(pid: &str, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
+}
+
+/// Bytes of all files under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Runs the node under test until its standard input closes.
+async fn run_node(config: &Path) -> Result<()> {
+    let node = entente::Node::start(Config::load(config)?).await?;
+    println!("listening {}", node.local_addr());
+    tokio::task::spawn_blocking(|| {
+        let mut sink = String::new();
+        let _ = std::io::Read::read_to_string(&mut std::io::stdin(), &mut sink);
+    })
+    .await?;
+    node.shutdown(Duration::from_secs(10)).await?;
+    Ok(())
 }
 
 fn value_of(i: usize) -> String {
@@ -126,7 +169,14 @@ fn setup(dir: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
     certs.create_ca("Bench CA", Validity::days_from_now(2))?;
     let node = NodeId::new("bench.hq")?;
     let analyst = NodeId::new("analyst.bench")?;
-    certs.issue(&node, &Usage::Node { ips: vec![], dns: vec![] }, Validity::days_from_now(2))?;
+    certs.issue(
+        &node,
+        &Usage::Node {
+            ips: vec![],
+            dns: vec![],
+        },
+        Validity::days_from_now(2),
+    )?;
     certs.issue(&analyst, &Usage::Client, Validity::days_from_now(2))?;
     let node_config = dir.join("node.toml");
     std::fs::write(
@@ -136,7 +186,9 @@ fn setup(dir: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
     Ok((node_config, dir.join("analyst.toml")))
 }
 
-fn raw_sled_floor(dir: &Path, n: usize, value_len: usize) -> Result<f64> {
+/// Inserts `n` records of `value_len` bytes straight into sled; returns the rate and
+/// the disk bytes per record after flush.
+fn raw_sled_floor(dir: &Path, n: usize, value_len: usize) -> Result<(f64, f64)> {
     let db = sled::Config::new()
         .path(dir.join("raw-sled"))
         .cache_capacity(64 << 20)
@@ -149,7 +201,8 @@ fn raw_sled_floor(dir: &Path, n: usize, value_len: usize) -> Result<f64> {
         tree.insert(key.as_bytes(), value.as_slice())?;
     }
     db.flush()?;
-    Ok(n as f64 / started.elapsed().as_secs_f64())
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    Ok((rate, db.size_on_disk()? as f64 / n as f64))
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -163,13 +216,30 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 async fn ingest(args: &Args) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (node_config, client_config) = setup(dir.path())?;
-    let config = Config::load(&node_config)?;
-    let node = entente::Node::start(config).await?;
+    // The node runs as its own process, so its memory is measured apart from the
+    // load generator's.
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .arg("node")
+        .arg(&node_config)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot start the node process")?;
+    let pid = child.id().to_string();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().context("node stdout")?),
+        &mut line,
+    )?;
+    let addr = line
+        .trim()
+        .strip_prefix("listening ")
+        .with_context(|| format!("node did not start: {line:?}"))?
+        .to_owned();
     std::fs::write(
         &client_config,
         format!(
-            "[client]\nid = \"analyst.bench\"\ncert = \"certs/analyst.bench.crt\"\nkey = \"certs/analyst.bench.key\"\ntrust_anchors = [\"certs/ca.crt\"]\nnode = \"{}\"\nnode_id = \"bench.hq\"\n",
-            node.local_addr()
+            "[client]\nid = \"analyst.bench\"\ncert = \"certs/analyst.bench.crt\"\nkey = \"certs/analyst.bench.key\"\ntrust_anchors = [\"certs/ca.crt\"]\nnode = \"{addr}\"\nnode_id = \"bench.hq\"\n",
         ),
     )?;
     let settings = ClientSettings::load(&client_config)?;
@@ -177,7 +247,10 @@ async fn ingest(args: &Args) -> Result<()> {
 
     println!("entente-bench ingest");
     println!("machine:     {}", machine());
-    println!("items:       {} in bundles of {}", args.items, args.bundle_size);
+    println!(
+        "items:       {} in bundles of {}",
+        args.items, args.bundle_size
+    );
 
     // Publish through Intel.Publish over mTLS, one stream, one message per bundle.
     let (tx, rx) = tokio::sync::mpsc::channel::<PublishRequest>(8);
@@ -203,29 +276,44 @@ async fn ingest(args: &Args) -> Result<()> {
     let ingest_secs = started.elapsed().as_secs_f64();
     feeder.await?;
     if response.items_accepted as usize != args.items {
-        bail!("node accepted {} of {} items", response.items_accepted, args.items);
+        bail!(
+            "node accepted {} of {} items",
+            response.items_accepted,
+            args.items
+        );
     }
     let ingest_rate = args.items as f64 / ingest_secs;
-    let rss_after_ingest = peak_rss_mib();
+    let node_peak_after_ingest = rss_mib(&pid, "VmHWM");
 
     let encoded_item = {
         use prost::Message;
         let item = entente::model::Item::from_draft(draft(0), entente::engine::now_ms())?;
         wire::Item::from(&item).encoded_len()
     };
-    let disk = node.engine().store().size_on_disk()?;
+    let disk = dir_bytes(&dir.path().join("data"));
 
     // The store is the floor: the same number of same-sized records, straight into sled.
-    let floor = raw_sled_floor(dir.path(), args.items, encoded_item)?;
+    let (floor, floor_disk) = raw_sled_floor(dir.path(), args.items, encoded_item)?;
 
     println!();
-    println!("ingest via Publish over mTLS: {ingest_rate:>10.0} items/s ({ingest_secs:.1} s; target >= 50,000)");
-    println!("raw sled insert, same size:   {floor:>10.0} records/s ({encoded_item} B values; pipeline at {:.0}% of the floor)", 100.0 * ingest_rate / floor);
-    println!("peak RSS after ingest:        {rss_after_ingest:>10.0} MiB (node and load generator in one process; target < 300)");
+    println!(
+        "ingest via Publish over mTLS: {ingest_rate:>10.0} items/s ({ingest_secs:.1} s; target >= 50,000)"
+    );
+    println!(
+        "raw sled insert, same size:   {floor:>10.0} records/s ({encoded_item} B values; pipeline at {:.0}% of the floor)",
+        100.0 * ingest_rate / floor
+    );
+    println!(
+        "node peak RSS after ingest:   {node_peak_after_ingest:>10.0} MiB (the node process alone; target < 300)"
+    );
     println!(
         "disk after flush:             {:>10.0} B per indicator ({:.2}x the {encoded_item} B encoded item; target <= 2.5x)",
         disk as f64 / args.items as f64,
         disk as f64 / args.items as f64 / encoded_item as f64
+    );
+    println!(
+        "raw sled disk, same size:     {floor_disk:>10.0} B per record ({:.2}x the value: sled's own amplification)",
+        floor_disk / encoded_item as f64
     );
 
     // Exact-value queries: sequential (latency) and with 8 in flight (throughput).
@@ -239,7 +327,10 @@ async fn ingest(args: &Args) -> Result<()> {
     };
     let started = Instant::now();
     for _ in 0..args.queries {
-        let filter = ItemFilter { value: next_value(), ..Default::default() };
+        let filter = ItemFilter {
+            value: next_value(),
+            ..Default::default()
+        };
         let t = Instant::now();
         let page = client.query(filter, 10, vec![]).await?;
         latencies.push(t.elapsed());
@@ -260,7 +351,10 @@ async fn ingest(args: &Args) -> Result<()> {
             let mut lat = Vec::with_capacity(per);
             for q in 0..per {
                 let i = (worker * 7919 + q * 104_729) % items;
-                let filter = ItemFilter { value: value_of(i), ..Default::default() };
+                let filter = ItemFilter {
+                    value: value_of(i),
+                    ..Default::default()
+                };
                 let t = Instant::now();
                 client.query(filter, 10, vec![]).await?;
                 lat.push(t.elapsed());
@@ -285,13 +379,51 @@ async fn ingest(args: &Args) -> Result<()> {
         percentile(&concurrent, 0.50).as_secs_f64() * 1e3,
         percentile(&concurrent, 0.99).as_secs_f64() * 1e3
     );
-    println!("peak RSS overall:             {:>10.0} MiB", peak_rss_mib());
-    node.shutdown(Duration::from_secs(10)).await?;
+    println!(
+        "node peak RSS overall:        {:>10.0} MiB (current {:.0} MiB)",
+        rss_mib(&pid, "VmHWM"),
+        rss_mib(&pid, "VmRSS")
+    );
+    drop(client);
+    drop(child.stdin.take());
+    child.wait()?;
+
+    // The store alone: the same exact-value lookups without gRPC or TLS.
+    let store = entente::store::SledStore::open(
+        &dir.path().join("data"),
+        &NodeId::new("bench.hq")?,
+        64 << 20,
+    )?;
+    let started = Instant::now();
+    for q in 0..args.queries {
+        let query = entente::store::ItemQuery {
+            value: Some(value_of((q * 104_729) % items)),
+            ..Default::default()
+        };
+        let page = entente::store::Store::query(
+            &store,
+            &query,
+            None,
+            10,
+            entente::engine::now_ms(),
+            &|_| true,
+        )?;
+        if page.items.len() != 1 {
+            bail!("an exact-value lookup returned {} items", page.items.len());
+        }
+    }
+    let store_rate = args.queries as f64 / started.elapsed().as_secs_f64();
+    println!("exact-value lookup, store only: {store_rate:>7.0} lookups/s (no gRPC, no TLS)");
     Ok(())
 }
 
 fn main() -> Result<()> {
     let args = parse_args()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(ingest(&args))
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match (args.command.as_str(), &args.config) {
+        ("node", Some(config)) => runtime.block_on(run_node(config)),
+        _ => runtime.block_on(ingest(&args)),
+    }
 }

@@ -4,10 +4,10 @@ use prost::Message;
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
 
+use super::verify::{BundleHeader, VerifiedBundle, VerifiedItem};
 use super::{
     MAX_ITEMS_PER_BUNDLE, SALT_LEN, SIGNATURE_ALGORITHM_V1, leaf_digest, sha256, signed_message,
 };
-use super::verify::{BundleHeader, VerifiedBundle, VerifiedItem};
 use crate::model::{BundleId, Distribution, Item, NodeId};
 use crate::wire;
 

@@ -47,18 +47,13 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| Status::internal(format!("task failed: {e}")))?
 }
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
-
-#[tonic::async_trait]
-impl Intel for IntelService {
-    async fn publish(
+impl IntelService {
+    /// Publishes each message of the stream as one bundle, counting into `response`.
+    async fn publish_stream(
         &self,
-        request: Request<Streaming<PublishRequest>>,
-    ) -> Result<Response<PublishResponse>, Status> {
-        let partner = caller(&request)?.partner.clone();
-        require_writer(caller(&request)?)?;
-        let mut stream = request.into_inner();
-        let mut response = PublishResponse::default();
+        stream: &mut Streaming<PublishRequest>,
+        response: &mut PublishResponse,
+    ) -> Result<(), Status> {
         let mut message = 0usize;
         while let Some(next) = stream.message().await? {
             let PublishRequest {
@@ -93,8 +88,41 @@ impl Intel for IntelService {
             response.items_rejected += receipt.report.rejected.len() as u64;
             message += 1;
         }
-        // Answer only once everything is on disk.
+        Ok(())
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Intel for IntelService {
+    async fn publish(
+        &self,
+        request: Request<Streaming<PublishRequest>>,
+    ) -> Result<Response<PublishResponse>, Status> {
+        let partner = caller(&request)?.partner.clone();
+        require_writer(caller(&request)?)?;
+        let mut stream = request.into_inner();
+        let mut response = PublishResponse::default();
+        let outcome = self.publish_stream(&mut stream, &mut response).await;
+        // Whatever was stored is made durable before answering, error or not.
         self.engine.flush().await?;
+        if let Err(status) = outcome {
+            if response.bundle_ids.is_empty() {
+                return Err(status);
+            }
+            // Earlier messages of the stream were published: say which, so the client
+            // does not publish them again under new ids.
+            return Err(Status::new(
+                status.code(),
+                format!(
+                    "{}; the {} bundle(s) before it were published and are durable: {}",
+                    status.message(),
+                    response.bundle_ids.len(),
+                    response.bundle_ids.join(", ")
+                ),
+            ));
+        }
         tracing::info!(publisher = %partner.id, bundles = response.bundle_ids.len(), items = response.items_accepted, "published");
         Ok(Response::new(response))
     }
@@ -118,11 +146,18 @@ impl Intel for IntelService {
             0 => DEFAULT_PAGE_SIZE,
             n => n.min(MAX_PAGE_SIZE),
         };
-        let engine = self.engine.clone();
-        let page = blocking(move || {
-            Ok(engine.query(&partner, &query, Some(&page_token), limit, now_ms())?)
-        })
-        .await?;
+        // An exact-value lookup touches a few keys: answer it inline. Scans go to the
+        // blocking pool.
+        let page = if query.value.is_some() {
+            self.engine
+                .query(&partner, &query, Some(&page_token), limit, now_ms())?
+        } else {
+            let engine = self.engine.clone();
+            blocking(move || {
+                Ok(engine.query(&partner, &query, Some(&page_token), limit, now_ms())?)
+            })
+            .await?
+        };
         Ok(Response::new(QueryResponse {
             items: page.items.iter().map(ProtoStoredItem::from).collect(),
             next_page_token: page.next.unwrap_or_default(),
@@ -134,8 +169,8 @@ impl Intel for IntelService {
         require_client(caller(&request)?)?;
         let GetRequest { id } = request.into_inner();
         let id = ItemId::parse(&id).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let engine = self.engine.clone();
-        let found = blocking(move || Ok(engine.get(&partner, &id)?)).await?;
+        // One key lookup: answered inline.
+        let found = self.engine.get(&partner, &id)?;
         match found {
             // Withheld and absent look the same: the caller learns nothing of what it may not see.
             None => Err(Status::not_found("no such item")),

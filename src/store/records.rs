@@ -9,7 +9,7 @@
 //! | `M` | name | meta: owner id, feed head |
 //! | `B` | bundle UUID | [`BundleRecord`] |
 //! | `I` | item UUID | [`ItemRecord`] (the latest version held) |
-//! | `V` | type code, value, 0, item UUID | empty (value index) |
+//! | `V` | type code, value | UUIDs of the items holding that value (value index) |
 //! | `F` | sequence (u64 big-endian) | bundle UUID (change feed) |
 //! | `C` | SHA-256 of the certificate | DER certificate (cache) |
 
@@ -104,26 +104,43 @@ pub fn key(prefix: u8, rest: &[u8]) -> Vec<u8> {
     k
 }
 
-/// `V` + type + value + 0: every entry for one exact value of one type.
-pub fn value_prefix(ty: IndicatorType, value: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(3 + value.len() + 16);
+/// `V` + type + value: the value-index key of one exact value of one type.
+pub fn value_key(ty: IndicatorType, value: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + value.len());
     k.push(VALUE);
     k.push(type_code(ty));
     k.extend_from_slice(value.as_bytes());
-    k.push(0);
     k
 }
 
 /// The value-index key of an item (`None` for revocations, which are not indexed).
-pub fn value_key(item: &Item, item_uuid: &[u8; 16]) -> Option<Vec<u8>> {
+pub fn value_key_of(item: &Item) -> Option<Vec<u8>> {
     match &item.kind {
-        ItemKind::Indicator(i) => {
-            let mut k = value_prefix(i.indicator_type, &i.value);
-            k.extend_from_slice(item_uuid);
-            Some(k)
-        }
+        ItemKind::Indicator(i) => Some(value_key(i.indicator_type, &i.value)),
         ItemKind::Revocation(_) => None,
     }
+}
+
+/// The item UUIDs of a value-index entry (sorted, 16 bytes each).
+pub fn uuids(value: &[u8]) -> impl Iterator<Item = [u8; 16]> + '_ {
+    value.chunks_exact(16).filter_map(|c| c.try_into().ok())
+}
+
+/// A value-index entry with `uuid` added (kept sorted, no duplicates).
+pub fn with_uuid(value: &[u8], uuid: &[u8; 16]) -> Vec<u8> {
+    let mut all: Vec<[u8; 16]> = uuids(value).collect();
+    if let Err(at) = all.binary_search(uuid) {
+        all.insert(at, *uuid);
+    }
+    all.concat()
+}
+
+/// A value-index entry with `uuid` removed.
+pub fn without_uuid(value: &[u8], uuid: &[u8; 16]) -> Vec<u8> {
+    uuids(value)
+        .filter(|u| u != uuid)
+        .collect::<Vec<_>>()
+        .concat()
 }
 
 pub fn feed_key(seq: u64) -> [u8; 9] {
@@ -131,14 +148,6 @@ pub fn feed_key(seq: u64) -> [u8; 9] {
     k[0] = FEED;
     k[1..].copy_from_slice(&seq.to_be_bytes());
     k
-}
-
-/// The item UUID at the end of a value-index key.
-pub fn item_uuid_of_value_key(k: &[u8]) -> Option<[u8; 16]> {
-    if k.len() < 3 + 16 {
-        return None;
-    }
-    k[k.len() - 16..].try_into().ok()
 }
 
 /// 16 UUID bytes from a stored field.

@@ -59,12 +59,12 @@ impl SledStore {
             }
         }
         let feed_head = match tree.get(records::META_FEED_HEAD).map_err(engine)? {
-            Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
-                StoreError::Corrupt {
+            Some(v) => {
+                u64::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
                     key: "feed head".into(),
                     problem: "not 8 bytes".into(),
-                }
-            })?),
+                })?)
+            }
             None => 0,
         };
         Ok(Self {
@@ -106,35 +106,105 @@ impl SledStore {
             bundle_id: BundleId::from_uuid_bytes(bundle_uuid),
             index: record.index,
             origin: NodeId::new(&record.origin).map_err(|e| corrupt_item(uuid, e))?,
-            received_from: NodeId::new(&record.received_from)
-                .map_err(|e| corrupt_item(uuid, e))?,
+            received_from: NodeId::new(&record.received_from).map_err(|e| corrupt_item(uuid, e))?,
             hops: record.hops,
             accepted_ms: record.accepted_ms,
         })
     }
 
-    /// Value-index prefixes to scan for a query, in key order.
-    fn value_prefixes(query: &ItemQuery) -> Option<Vec<Vec<u8>>> {
+    /// The value-index entry `key` as changed so far in this batch (loaded on first use).
+    fn value_entry<'a>(
+        &self,
+        values: &'a mut HashMap<Vec<u8>, Vec<u8>>,
+        key: Vec<u8>,
+    ) -> Result<&'a mut Vec<u8>, StoreError> {
+        if !values.contains_key(&key) {
+            let current = self
+                .tree
+                .get(&key)
+                .map_err(|e| self.engine(e))?
+                .map(|v| v.to_vec())
+                .unwrap_or_default();
+            values.insert(key.clone(), current);
+        }
+        // Inserted just above when missing.
+        Ok(values.entry(key).or_default())
+    }
+
+    /// The item with this UUID if it is current for the value-index entry `vkey` (when
+    /// given) and passes the query and `visible`.
+    fn consider(
+        &self,
+        uuid: &[u8; 16],
+        vkey: Option<&[u8]>,
+        query: &ItemQuery,
+        now_ms: i64,
+        visible: &dyn Fn(&StoredItem) -> bool,
+    ) -> Result<Option<StoredItem>, StoreError> {
+        let Some(record) = self.item_record(uuid)? else {
+            return Ok(None);
+        };
+        let stored = Self::stored_item(uuid, record)?;
+        if let Some(vkey) = vkey {
+            // The entry counts only if the latest version still has this value.
+            if records::value_key_of(&stored.item).as_deref() != Some(vkey) {
+                return Ok(None);
+            }
+        }
+        Ok((query.matches(&stored, now_ms) && visible(&stored)).then_some(stored))
+    }
+}
+
+/// How a query walks the store.
+enum Plan {
+    /// These exact value-index keys (sorted).
+    Exact(Vec<Vec<u8>>),
+    /// Every value-index entry under this prefix (one type).
+    Type(Vec<u8>),
+    /// Every item.
+    All,
+}
+
+impl Plan {
+    fn of(query: &ItemQuery) -> Self {
         match (&query.value, query.indicator_type) {
-            (Some(value), Some(ty)) => Some(
+            (Some(value), Some(ty)) => Plan::Exact(
                 normalise(ty, value)
-                    .map(|v| vec![records::value_prefix(ty, &v)])
+                    .map(|v| vec![records::value_key(ty, &v)])
                     .unwrap_or_default(),
             ),
-            (Some(value), None) => Some(
-                IndicatorType::ALL
+            (Some(value), None) => {
+                let mut keys: Vec<Vec<u8>> = IndicatorType::ALL
                     .into_iter()
                     .filter_map(|ty| {
                         normalise(ty, value)
                             .ok()
-                            .map(|v| records::value_prefix(ty, &v))
+                            .map(|v| records::value_key(ty, &v))
                     })
-                    .collect(),
-            ),
-            (None, Some(ty)) => Some(vec![vec![records::VALUE, records::type_code(ty)]]),
-            (None, None) => None,
+                    .collect();
+                keys.sort();
+                Plan::Exact(keys)
+            }
+            (None, Some(ty)) => Plan::Type(vec![records::VALUE, records::type_code(ty)]),
+            (None, None) => Plan::All,
         }
     }
+}
+
+/// A value-index cursor: the entry's key and the last UUID returned from it.
+fn split_cursor(cursor: &[u8]) -> Option<(&[u8], [u8; 16])> {
+    if cursor.len() < 2 + 16 || cursor[0] != records::VALUE {
+        return None;
+    }
+    let (key, uuid) = cursor.split_at(cursor.len() - 16);
+    Some((key, uuid.try_into().ok()?))
+}
+
+fn cursor_of(vkey: &[u8], uuid: &[u8; 16]) -> Vec<u8> {
+    let mut c = Vec::with_capacity(vkey.len() + 16);
+    c.extend_from_slice(vkey);
+    c.extend_from_slice(uuid);
+    c
 }
 
 fn corrupt_item(uuid: &[u8; 16], problem: impl std::fmt::Display) -> StoreError {
@@ -162,10 +232,11 @@ impl Store for SledStore {
 
         let mut record = match self.tree.get(&bundle_key).map_err(|e| self.engine(e))? {
             Some(bytes) => {
-                let record = BundleRecord::decode(bytes.as_ref()).map_err(|e| StoreError::Corrupt {
-                    key: header.bundle_id.to_string(),
-                    problem: e.to_string(),
-                })?;
+                let record =
+                    BundleRecord::decode(bytes.as_ref()).map_err(|e| StoreError::Corrupt {
+                        key: header.bundle_id.to_string(),
+                        problem: e.to_string(),
+                    })?;
                 if record.header_bytes != bundle.header_bytes()
                     || record.signature != bundle.signature()
                 {
@@ -189,6 +260,8 @@ impl Store for SledStore {
         let mut batch = sled::Batch::default();
         // Item versions written by this batch, so items of one bundle see each other.
         let mut pending: HashMap<[u8; 16], (i64, Option<Vec<u8>>)> = HashMap::new();
+        // Value-index entries changed by this batch: key to its new list of UUIDs.
+        let mut values: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
         for verified in bundle.items() {
             let item = &verified.item;
             if known.contains(&verified.index) {
@@ -206,7 +279,7 @@ impl Store for SledStore {
                             .map_err(|e| corrupt_item(&uuid, e))?;
                         Some((
                             current.modified_ms,
-                            records::value_key(&old, &uuid),
+                            records::value_key_of(&old),
                             Some(current.origin),
                         ))
                     }
@@ -227,12 +300,14 @@ impl Store for SledStore {
                     continue;
                 }
                 if let Some(old) = old_value_key {
-                    batch.remove(old);
+                    let entry = self.value_entry(&mut values, old)?;
+                    *entry = records::without_uuid(entry, &uuid);
                 }
             }
-            let value_key = records::value_key(item, &uuid);
+            let value_key = records::value_key_of(item);
             if let Some(k) = &value_key {
-                batch.insert(k.as_slice(), &[][..]);
+                let entry = self.value_entry(&mut values, k.clone())?;
+                *entry = records::with_uuid(entry, &uuid);
             }
             let item_record = ItemRecord {
                 bundle_uuid: bundle_uuid.to_vec(),
@@ -260,6 +335,13 @@ impl Store for SledStore {
 
         if report.stored.is_empty() {
             return Ok(report);
+        }
+        for (key, uuids) in values {
+            if uuids.is_empty() {
+                batch.remove(key);
+            } else {
+                batch.insert(key, uuids);
+            }
         }
         record.known.sort_by_key(|k| k.index);
         let seq = self.feed_head.load(Ordering::SeqCst) + 1;
@@ -302,56 +384,94 @@ impl Store for SledStore {
             return Ok(page);
         }
         let after = after.filter(|a| !a.is_empty());
-        let prefixes = match Self::value_prefixes(query) {
-            Some(prefixes) => prefixes,
-            None => vec![vec![records::ITEM]],
-        };
         let mut scanned = 0usize;
-        for prefix in prefixes {
-            let start: Vec<u8> = match after {
-                // Resume after the cursor when it lies within this prefix.
-                Some(a) if a.starts_with(&prefix) => {
-                    let mut s = a.to_vec();
-                    s.push(0);
-                    s
-                }
-                // This prefix was finished before the cursor.
-                Some(a) if a > prefix.as_slice() => continue,
-                _ => prefix.clone(),
-            };
-            for entry in self.tree.range(start..) {
-                let (key, value) = entry.map_err(|e| self.engine(e))?;
-                if !key.starts_with(&prefix) {
-                    break;
-                }
-                scanned += 1;
-                let stored = if prefix[0] == records::VALUE {
-                    let Some(uuid) = records::item_uuid_of_value_key(&key) else {
-                        continue;
-                    };
-                    let Some(record) = self.item_record(&uuid)? else {
-                        continue;
-                    };
-                    let stored = Self::stored_item(&uuid, record)?;
-                    // The index entry counts only if the latest version still has it.
-                    if records::value_key(&stored.item, &uuid).as_deref() != Some(key.as_ref()) {
-                        continue;
+        match Plan::of(query) {
+            Plan::All => {
+                let start = match after {
+                    Some(a) if a.first() == Some(&records::ITEM) => {
+                        let mut s = a.to_vec();
+                        s.push(0);
+                        s
                     }
-                    stored
-                } else {
+                    Some(a) if a > [records::ITEM].as_slice() => return Ok(page),
+                    _ => vec![records::ITEM],
+                };
+                for entry in self.tree.range(start..) {
+                    let (key, value) = entry.map_err(|e| self.engine(e))?;
+                    if key.first() != Some(&records::ITEM) {
+                        break;
+                    }
+                    scanned += 1;
                     let Some(uuid) = records::uuid16(&key[1..]) else {
                         continue;
                     };
                     let record =
                         ItemRecord::decode(value.as_ref()).map_err(|e| corrupt_item(&uuid, e))?;
-                    Self::stored_item(&uuid, record)?
-                };
-                if query.matches(&stored, now_ms) && visible(&stored) {
-                    page.items.push(stored);
+                    let stored = Self::stored_item(&uuid, record)?;
+                    if query.matches(&stored, now_ms) && visible(&stored) {
+                        page.items.push(stored);
+                    }
+                    if page.items.len() >= limit || scanned >= MAX_SCAN_PER_QUERY {
+                        page.next = Some(key.to_vec());
+                        return Ok(page);
+                    }
                 }
-                if page.items.len() >= limit || scanned >= MAX_SCAN_PER_QUERY {
-                    page.next = Some(key.to_vec());
-                    return Ok(page);
+            }
+            plan => {
+                let cursor = after.and_then(split_cursor);
+                let mut visit =
+                    |vkey: &[u8], uuids: &[u8], page: &mut Page| -> Result<bool, StoreError> {
+                        for uuid in records::uuids(uuids) {
+                            if let Some((ck, cu)) = cursor {
+                                if vkey == ck && uuid <= cu {
+                                    continue;
+                                }
+                            }
+                            scanned += 1;
+                            if let Some(stored) =
+                                self.consider(&uuid, Some(vkey), query, now_ms, visible)?
+                            {
+                                page.items.push(stored);
+                            }
+                            if page.items.len() >= limit || scanned >= MAX_SCAN_PER_QUERY {
+                                page.next = Some(cursor_of(vkey, &uuid));
+                                return Ok(true);
+                            }
+                        }
+                        Ok(false)
+                    };
+                match plan {
+                    Plan::Exact(keys) => {
+                        for key in keys {
+                            if cursor.is_some_and(|(ck, _)| key.as_slice() < ck) {
+                                continue;
+                            }
+                            let Some(uuids) = self.tree.get(&key).map_err(|e| self.engine(e))?
+                            else {
+                                continue;
+                            };
+                            if visit(&key, &uuids, &mut page)? {
+                                return Ok(page);
+                            }
+                        }
+                    }
+                    Plan::Type(prefix) => {
+                        let start = match cursor {
+                            Some((ck, _)) if ck.starts_with(&prefix) => ck.to_vec(),
+                            Some((ck, _)) if ck > prefix.as_slice() => return Ok(page),
+                            _ => prefix.clone(),
+                        };
+                        for entry in self.tree.range(start..) {
+                            let (key, uuids) = entry.map_err(|e| self.engine(e))?;
+                            if !key.starts_with(&prefix) {
+                                break;
+                            }
+                            if visit(&key, &uuids, &mut page)? {
+                                return Ok(page);
+                            }
+                        }
+                    }
+                    Plan::All => {}
                 }
             }
         }
