@@ -91,20 +91,40 @@ impl Engine {
         &self.store
     }
 
-    /// Signs `items` as one bundle of this node, verifies it like any received bundle,
-    /// and stores it. Not durable until [`Engine::flush`].
+    /// Signs `items` as one bundle of this node and stores it. Not durable until
+    /// [`Engine::flush`].
     pub fn publish(
         &self,
         items: &[Item],
         distribution: &Distribution,
         now_ms: i64,
     ) -> Result<PublishReceipt, EngineError> {
-        let bundle = self.signer.sign(items, distribution, now_ms)?;
+        let bundle = self.sign(items, distribution, now_ms)?;
+        self.store_own(&bundle, now_ms)
+    }
+
+    /// Signs `items` as one bundle of this node (the first half of [`Engine::publish`],
+    /// which needs no store access and can run beside the store's writer).
+    pub fn sign(
+        &self,
+        items: &[Item],
+        distribution: &Distribution,
+        now_ms: i64,
+    ) -> Result<VerifiedBundle, EngineError> {
+        Ok(self.signer.sign(items, distribution, now_ms)?)
+    }
+
+    /// Stores a bundle this node signed (the second half of [`Engine::publish`]).
+    pub fn store_own(
+        &self,
+        bundle: &VerifiedBundle,
+        now_ms: i64,
+    ) -> Result<PublishReceipt, EngineError> {
         let source = Source {
             received_from: self.signer.origin().clone(),
             hops: 0,
         };
-        let report = self.store_verified(&bundle, &source, now_ms)?;
+        let report = self.store_verified(bundle, &source, now_ms)?;
         Ok(PublishReceipt {
             bundle_id: bundle.header().bundle_id.clone(),
             report,

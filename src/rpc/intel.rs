@@ -16,7 +16,7 @@ use super::proto::{
     QueryRequest, QueryResponse, StoredItem as ProtoStoredItem, SubscribeRequest,
 };
 use crate::crypto::MAX_ITEMS_PER_BUNDLE;
-use crate::engine::{Engine, now_ms};
+use crate::engine::{Engine, PublishReceipt, now_ms};
 use crate::model::{Item, ItemId};
 use crate::policy;
 
@@ -49,47 +49,72 @@ async fn blocking<T: Send + 'static>(
 
 impl IntelService {
     /// Publishes each message of the stream as one bundle, counting into `response`.
+    /// Two stages overlap: message N+1 is checked and signed while bundle N is written.
     async fn publish_stream(
         &self,
         stream: &mut Streaming<PublishRequest>,
         response: &mut PublishResponse,
     ) -> Result<(), Status> {
         let mut message = 0usize;
-        while let Some(next) = stream.message().await? {
-            let PublishRequest {
-                items,
-                distribution,
-            } = next;
-            if items.is_empty() || items.len() > MAX_ITEMS_PER_BUNDLE {
-                return Err(Status::invalid_argument(format!(
-                    "message {message}: a bundle holds 1 to {MAX_ITEMS_PER_BUNDLE} items, not {}",
-                    items.len()
-                )));
-            }
-            let distribution = convert::distribution(distribution)?;
-            let engine = self.engine.clone();
-            let receipt = blocking(move || {
-                let now = now_ms();
-                let items = items
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, draft)| {
-                        Item::from_draft(draft, now).map_err(|e| {
-                            Status::invalid_argument(format!("message {message}, item {i}: {e}"))
+        let mut writing: Option<tokio::task::JoinHandle<Result<PublishReceipt, Status>>> = None;
+        let result = async {
+            while let Some(next) = stream.message().await? {
+                let PublishRequest {
+                    items,
+                    distribution,
+                } = next;
+                if items.is_empty() || items.len() > MAX_ITEMS_PER_BUNDLE {
+                    return Err(Status::invalid_argument(format!(
+                        "message {message}: a bundle holds 1 to {MAX_ITEMS_PER_BUNDLE} items, not {}",
+                        items.len()
+                    )));
+                }
+                let distribution = convert::distribution(distribution)?;
+                let engine = self.engine.clone();
+                let signed = blocking(move || {
+                    let now = now_ms();
+                    let items = items
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, draft)| {
+                            Item::from_draft(draft, now).map_err(|e| {
+                                Status::invalid_argument(format!("message {message}, item {i}: {e}"))
+                            })
                         })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(engine.publish(&items, &distribution, now)?)
-            })
-            .await?;
-            response.bundle_ids.push(receipt.bundle_id.to_string());
-            response.items_accepted += receipt.report.stored.len() as u64;
-            response.items_duplicate += receipt.report.duplicates as u64;
-            response.items_rejected += receipt.report.rejected.len() as u64;
-            message += 1;
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok(engine.sign(&items, &distribution, now)?)
+                })
+                .await?;
+                if let Some(previous) = writing.take() {
+                    count(response, join(previous).await?);
+                }
+                let engine = self.engine.clone();
+                writing = Some(tokio::task::spawn_blocking(move || {
+                    Ok(engine.store_own(&signed, now_ms())?)
+                }));
+                message += 1;
+            }
+            Ok(())
         }
-        Ok(())
+        .await;
+        // The bundle being written is finished and counted, even after an error.
+        if let Some(previous) = writing.take() {
+            count(response, join(previous).await?);
+        }
+        result
     }
+}
+
+async fn join<T>(task: tokio::task::JoinHandle<Result<T, Status>>) -> Result<T, Status> {
+    task.await
+        .map_err(|e| Status::internal(format!("task failed: {e}")))?
+}
+
+fn count(response: &mut PublishResponse, receipt: PublishReceipt) {
+    response.bundle_ids.push(receipt.bundle_id.to_string());
+    response.items_accepted += receipt.report.stored.len() as u64;
+    response.items_duplicate += receipt.report.duplicates as u64;
+    response.items_rejected += receipt.report.rejected.len() as u64;
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
