@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::model::{NodeId, Role};
+use crate::model::{IndicatorType, NodeId, Role, Tlp};
 use crate::transport::{Partner, PartnerKind, TlsError, TlsMaterial, TlsPaths};
 
 /// Largest configuration file accepted.
@@ -78,6 +78,8 @@ struct RawConfig {
     peer: Vec<RawPeer>,
     #[serde(default)]
     client: Vec<RawClient>,
+    #[serde(default)]
+    groups: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -122,6 +124,20 @@ struct RawPeer {
     address: String,
     #[serde(default = "default_peer_role")]
     role: Role,
+    #[serde(default)]
+    max_tlp: Option<String>,
+    #[serde(default)]
+    allow_types: Option<Vec<String>>,
+    #[serde(default)]
+    deny_types: Vec<String>,
+    #[serde(default)]
+    allow_tags: Vec<String>,
+    #[serde(default)]
+    deny_tags: Vec<String>,
+    #[serde(default)]
+    forward_third_party: bool,
+    #[serde(default)]
+    embargo: Option<String>,
 }
 
 fn default_peer_role() -> Role {
@@ -133,6 +149,20 @@ fn default_peer_role() -> Role {
 struct RawClient {
     id: String,
     role: Role,
+    #[serde(default)]
+    max_tlp: Option<String>,
+    #[serde(default)]
+    allow_types: Option<Vec<String>>,
+    #[serde(default)]
+    deny_types: Vec<String>,
+    #[serde(default)]
+    allow_tags: Vec<String>,
+    #[serde(default)]
+    deny_tags: Vec<String>,
+    #[serde(default)]
+    forward_third_party: bool,
+    #[serde(default)]
+    embargo: Option<String>,
 }
 
 /// This node's own settings (`[node]`).
@@ -159,6 +189,8 @@ pub struct PeerConfig {
     pub address: String,
     /// `peer` or `read_only`.
     pub role: Role,
+    /// What this peer may receive.
+    pub policy: PolicySettings,
 }
 
 /// A `[[client]]`: an analyst, researcher or tool.
@@ -168,6 +200,114 @@ pub struct ClientConfig {
     pub id: NodeId,
     /// `read_only`, `analyst` or `admin`.
     pub role: Role,
+    /// What this client may receive.
+    pub policy: PolicySettings,
+}
+
+/// The sharing-policy fields of a `[[peer]]` or `[[client]]`, as written (defaults by
+/// role are applied when the policy is compiled, see `policy::Policy`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicySettings {
+    /// Highest TLP marking the partner may receive.
+    pub max_tlp: Option<Tlp>,
+    /// Indicator types it may receive; `None` when not named; `["*"]` gives every type.
+    pub allow_types: Option<Vec<IndicatorType>>,
+    /// Types it never receives.
+    pub deny_types: Vec<IndicatorType>,
+    /// When non-empty, an item must carry one of these tags.
+    pub allow_tags: Vec<String>,
+    /// An item with one of these tags is withheld.
+    pub deny_tags: Vec<String>,
+    /// May items this node did not originate be passed on to this partner (nodes only).
+    pub forward_third_party: bool,
+    /// Delay before newly accepted items become visible to the partner, ms.
+    pub embargo_ms: i64,
+}
+
+/// Parses a duration such as `0`, `90s`, `30m`, `6h`, `2d` into milliseconds.
+pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
+    let text = text.trim();
+    if text == "0" {
+        return Ok(0);
+    }
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: i64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 90s, 30m, 6h or 2d"))?;
+    let unit_ms = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
+    };
+    n.checked_mul(unit_ms)
+        .filter(|ms| *ms <= 365 * 86_400_000)
+        .ok_or_else(|| format!("{text:?} is longer than a year"))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn policy_settings(
+    field: &dyn Fn(&str) -> String,
+    max_tlp: Option<String>,
+    allow_types: Option<Vec<String>>,
+    deny_types: Vec<String>,
+    allow_tags: Vec<String>,
+    deny_tags: Vec<String>,
+    forward_third_party: bool,
+    embargo: Option<String>,
+) -> Result<PolicySettings, (String, String)> {
+    let max_tlp = max_tlp
+        .map(|t| {
+            t.parse::<Tlp>()
+                .map_err(|e| (field("max_tlp"), e.to_string()))
+        })
+        .transpose()?;
+    let parse_types =
+        |name: &str, list: Vec<String>| -> Result<Vec<IndicatorType>, (String, String)> {
+            if list.iter().any(|t| t == "*") {
+                if list.len() > 1 {
+                    return Err((field(name), "\"*\" must stand alone".into()));
+                }
+                return Ok(IndicatorType::ALL.to_vec());
+            }
+            list.iter()
+                .map(|t| {
+                    t.parse::<IndicatorType>()
+                        .map_err(|e| (field(name), e.to_string()))
+                })
+                .collect()
+        };
+    let allow_types = allow_types
+        .map(|l| parse_types("allow_types", l))
+        .transpose()?;
+    let deny_types = parse_types("deny_types", deny_types)?;
+    for (name, tags) in [("allow_tags", &allow_tags), ("deny_tags", &deny_tags)] {
+        if let Some(bad) = tags.iter().find(|t| {
+            t.is_empty() || t.len() > 64 || t.chars().any(|c| c.is_whitespace() || c.is_control())
+        }) {
+            return Err((
+                field(name),
+                format!("{bad:?} is not a tag (1 to 64 characters, no spaces)"),
+            ));
+        }
+    }
+    let embargo_ms = match embargo {
+        None => 0,
+        Some(e) => parse_duration_ms(&e).map_err(|problem| (field("embargo"), problem))?,
+    };
+    Ok(PolicySettings {
+        max_tlp,
+        allow_types,
+        deny_types,
+        allow_tags,
+        deny_tags,
+        forward_third_party,
+        embargo_ms,
+    })
 }
 
 /// A validated node configuration with its TLS material loaded.
@@ -181,6 +321,8 @@ pub struct Config {
     pub peers: Vec<PeerConfig>,
     /// `[[client]]` entries.
     pub clients: Vec<ClientConfig>,
+    /// `[groups]`: named lists of node ids, expanded into a bundle's recipients at publish time.
+    pub groups: std::collections::BTreeMap<String, Vec<NodeId>>,
     /// The node's certificate, key, anchors and CRLs, loaded and checked.
     pub tls: TlsMaterial,
 }
@@ -267,10 +409,22 @@ impl Config {
                 ));
             }
             check_address(&p.address).map_err(|problem| invalid(&field("address"), problem))?;
+            let policy = policy_settings(
+                &field,
+                p.max_tlp,
+                p.allow_types,
+                p.deny_types,
+                p.allow_tags,
+                p.deny_tags,
+                p.forward_third_party,
+                p.embargo,
+            )
+            .map_err(|(f, problem)| invalid(&f, problem))?;
             peers.push(PeerConfig {
                 id: peer_id,
                 address: p.address,
                 role: p.role,
+                policy,
             });
         }
         let mut clients = Vec::with_capacity(raw.client.len());
@@ -290,10 +444,52 @@ impl Config {
                         .into(),
                 ));
             }
+            if c.forward_third_party {
+                return Err(invalid(
+                    &field("forward_third_party"),
+                    "applies to peer nodes only; a client receives what its policy allows".into(),
+                ));
+            }
+            let policy = policy_settings(
+                &field,
+                c.max_tlp,
+                c.allow_types,
+                c.deny_types,
+                c.allow_tags,
+                c.deny_tags,
+                false,
+                c.embargo,
+            )
+            .map_err(|(f, problem)| invalid(&f, problem))?;
             clients.push(ClientConfig {
                 id: client_id,
                 role: c.role,
+                policy,
             });
+        }
+
+        let mut groups = std::collections::BTreeMap::new();
+        for (name, members) in raw.groups {
+            let field = format!("groups.{name}");
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+            {
+                return Err(invalid(
+                    &field,
+                    "a group name is 1 to 64 of a-z, 0-9, '-' and '_'".into(),
+                ));
+            }
+            if members.is_empty() {
+                return Err(invalid(&field, "a group needs at least one node id".into()));
+            }
+            let members = members
+                .iter()
+                .map(|m| NodeId::new(m).map_err(|e| invalid(&field, format!("{m:?}: {e}"))))
+                .collect::<Result<Vec<_>, _>>()?;
+            groups.insert(name, members);
         }
 
         let tls_paths = TlsPaths {
@@ -327,6 +523,7 @@ impl Config {
             },
             peers,
             clients,
+            groups,
             tls,
         })
     }

@@ -9,8 +9,8 @@ use tokio::sync::broadcast;
 use crate::crypto::{
     BundleSigner, CertificateSource, SignError, SignerTrust, VerifiedBundle, VerifyError, verify,
 };
-use crate::model::{Distribution, Item, ItemId, Partner};
-use crate::policy;
+use crate::model::{Distribution, Item, ItemId, NodeId, Partner};
+use crate::policy::{Context, Decision, Policy};
 use crate::store::{AcceptReport, ItemQuery, Page, Source, Store, StoreError, StoredItem};
 use crate::wire;
 
@@ -54,6 +54,7 @@ pub struct PublishReceipt {
 /// The node's core. Cheap to share behind an `Arc`.
 pub struct Engine {
     store: Arc<dyn Store>,
+    policy: std::sync::RwLock<Arc<Policy>>,
     signer: BundleSigner,
     trust: Box<dyn SignerTrust + Send + Sync>,
     subscribers: broadcast::Sender<Arc<StoredItem>>,
@@ -72,6 +73,7 @@ impl Engine {
     /// The node's own certificate is cached so its bundles verify.
     pub fn new(
         store: Arc<dyn Store>,
+        policy: Policy,
         signer: BundleSigner,
         own_certificate: &[u8],
         trust: Box<dyn SignerTrust + Send + Sync>,
@@ -80,6 +82,7 @@ impl Engine {
         let (subscribers, _) = broadcast::channel(SUBSCRIPTION_BUFFER);
         Ok(Self {
             store,
+            policy: std::sync::RwLock::new(Arc::new(policy)),
             signer,
             trust,
             subscribers,
@@ -188,12 +191,65 @@ impl Engine {
         Ok(())
     }
 
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Puts a new policy in force; the next decision on every path uses it.
+    pub fn set_policy(&self, policy: Policy) {
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+    }
+
+    /// The policy decision for a stored item and a client-side path (query, get,
+    /// subscribe, export).
+    pub fn decide_stored(
+        policy: &Policy,
+        partner: &NodeId,
+        stored: &StoredItem,
+        now_ms: i64,
+        include_expired: bool,
+    ) -> Decision {
+        policy.decide(
+            partner,
+            &stored.item,
+            &Context {
+                origin: &stored.origin,
+                hops: stored.hops,
+                distribution: None,
+                accepted_ms: stored.accepted_ms,
+                now_ms,
+                // The store holds only the latest version of each id.
+                latest: true,
+                include_expired,
+            },
+        )
+    }
+
     /// The latest version of `id`, if `partner` may see it.
     pub fn get(&self, partner: &Partner, id: &ItemId) -> Result<Option<StoredItem>, EngineError> {
+        let policy = self.policy();
+        let now = now_ms();
         Ok(self
             .store
             .get(id)?
-            .filter(|stored| policy::decide(partner, &stored.item).allow))
+            .filter(|stored| Self::decide_stored(&policy, &partner.id, stored, now, true).allow))
+    }
+
+    /// The item `id` and the decision for `partner`, for `policy explain`.
+    pub fn explain(
+        &self,
+        partner: &NodeId,
+        id: &ItemId,
+    ) -> Result<Option<(StoredItem, Decision)>, EngineError> {
+        let policy = self.policy();
+        Ok(self.store.get(id)?.map(|stored| {
+            let decision = Self::decide_stored(&policy, partner, &stored, now_ms(), false);
+            (stored, decision)
+        }))
     }
 
     /// A page of items matching `query` that `partner` may see.
@@ -205,7 +261,10 @@ impl Engine {
         limit: usize,
         now_ms: i64,
     ) -> Result<Page, EngineError> {
-        let visible = |stored: &StoredItem| policy::decide(partner, &stored.item).allow;
+        let policy = self.policy();
+        let visible = |stored: &StoredItem| {
+            Self::decide_stored(&policy, &partner.id, stored, now_ms, query.include_expired).allow
+        };
         Ok(self.store.query(query, after, limit, now_ms, &visible)?)
     }
 

@@ -102,6 +102,7 @@ impl Node {
         let signer = BundleSigner::new(id.clone(), key, config.tls.certificate_der())?;
         let engine = Arc::new(Engine::new(
             store.clone(),
+            crate::policy::Policy::compile(&config),
             signer,
             config.tls.certificate_der(),
             Box::new(config.tls.signer_trust()?),

@@ -132,7 +132,7 @@ impl Hq {
             .expect("open node config");
         write!(
             file,
-            "\n[[client]]\nid = \"{ANALYST}\"\nrole = \"analyst\"\n\n[[client]]\nid = \"{READER}\"\nrole = \"read_only\"\n"
+            "\n[[client]]\nid = \"{ANALYST}\"\nrole = \"analyst\"\n\n[[client]]\nid = \"{READER}\"\nrole = \"read_only\"\nallow_types = [\"*\"]\n"
         )
         .unwrap();
         drop(file);

@@ -18,7 +18,6 @@ use super::proto::{
 use crate::crypto::MAX_ITEMS_PER_BUNDLE;
 use crate::engine::{Engine, PublishReceipt, now_ms};
 use crate::model::{Item, ItemId};
-use crate::policy;
 
 /// Default and largest page of `Query`.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
@@ -217,6 +216,7 @@ impl Intel for IntelService {
         let query = convert::item_query(filter)?;
         let mut receiver = self.engine.subscribe();
         let shutdown = self.shutdown.clone();
+        let engine = self.engine.clone();
         let stream = async_stream(move |tx| async move {
             loop {
                 let received = tokio::select! {
@@ -239,8 +239,17 @@ impl Intel for IntelService {
                         return;
                     }
                 };
-                if !query.matches_value(&stored, now_ms())
-                    || !policy::decide(&partner, &stored.item).allow
+                // The policy in force now: a reload narrows open streams from the next item on.
+                let now = now_ms();
+                if !query.matches_value(&stored, now)
+                    || !Engine::decide_stored(
+                        &engine.policy(),
+                        &partner.id,
+                        &stored,
+                        now,
+                        query.include_expired,
+                    )
+                    .allow
                 {
                     continue;
                 }

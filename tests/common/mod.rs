@@ -124,9 +124,15 @@ pub fn write_config(pki: &Pki, id: &NodeId, entries: &[Entry], crls: &[PathBuf])
             Entry::Peer { id, address, role } => text.push_str(&format!(
                 "\n[[peer]]\nid = \"{id}\"\naddress = \"{address}\"\nrole = \"{role}\"\n"
             )),
-            Entry::Client { id, role } => {
-                text.push_str(&format!("\n[[client]]\nid = \"{id}\"\nrole = \"{role}\"\n"))
-            }
+            // Read-only clients name every type, so their limit is the default max_tlp GREEN.
+            Entry::Client { id, role } => text.push_str(&format!(
+                "\n[[client]]\nid = \"{id}\"\nrole = \"{role}\"\n{}",
+                if *role == "read_only" {
+                    "allow_types = [\"*\"]\n"
+                } else {
+                    ""
+                }
+            )),
         }
     }
     let path = pki.path().join(format!("{id}.toml"));
