@@ -44,6 +44,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &[
             "proto/entente/v1/federation.proto",
             "proto/entente/v1/intel.proto",
+            "proto/entente/v1/admin.proto",
         ],
         &["proto"],
     )?;

@@ -35,6 +35,8 @@ pub struct PublishOptions {
     pub max_hops: Option<u32>,
     /// Signed recipient list.
     pub recipients: Vec<NodeId>,
+    /// Sharing groups of the node, expanded into the recipient list by the node.
+    pub groups: Vec<String>,
     /// Publish the valid items even when some are invalid.
     pub skip_invalid: bool,
     /// Input format; detected when `None`.
@@ -127,11 +129,13 @@ pub async fn publish(
     let (tx, rx) = tokio::sync::mpsc::channel::<PublishRequest>(4);
     let feeder_bar = bar.clone();
     let items = parsed.items;
+    let groups = options.groups.clone();
     let feeder = tokio::spawn(async move {
         for chunk in items.chunks(bundle_size) {
             let request = PublishRequest {
                 items: chunk.iter().map(wire::Item::from).collect(),
                 distribution: Some(distribution.clone()),
+                groups: groups.clone(),
             };
             if tx.send(request).await.is_err() {
                 return;
@@ -327,5 +331,155 @@ pub async fn subscribe(settings: &ClientSettings, filter: ItemFilter, json: bool
         writeln!(out, "{}", render(&stored, json)?)?;
         out.flush()?;
     }
+    Ok(())
+}
+
+/// `entente policy explain --input`: each item of a file judged for `partner` as if this
+/// node published it now, with the rule that decided.
+pub fn explain_input(
+    policy: &crate::policy::Policy,
+    partner: &NodeId,
+    input: &Path,
+    tlp: Option<Tlp>,
+    distribution: &crate::model::Distribution,
+) -> Result<()> {
+    let text = read_input(input)?;
+    let parsed = interop::parse_input(
+        InputFormat::detect(&text),
+        &text,
+        &Defaults {
+            tlp,
+            ..Defaults::default()
+        },
+        now_ms(),
+    );
+    for error in &parsed.errors {
+        eprintln!("{}: {error}", input.display());
+    }
+    let now = now_ms();
+    for item in &parsed.items {
+        let decision = policy.decide(
+            partner,
+            item,
+            &crate::policy::Context {
+                origin: policy.node(),
+                hops: 0,
+                distribution: Some(distribution),
+                accepted_ms: now,
+                now_ms: now,
+                latest: true,
+                include_expired: false,
+            },
+        );
+        let what = item.value().unwrap_or("(revocation)");
+        println!("{} {what}: {}", item.id, decision.rule);
+    }
+    Ok(())
+}
+
+/// `entente ledger show`.
+pub async fn ledger_show(
+    settings: &ClientSettings,
+    partner: Option<NodeId>,
+    since_ms: Option<i64>,
+    json: bool,
+) -> Result<()> {
+    let client = NodeClient::connect_with(settings).await?;
+    let mut stream = client
+        .ledger_show(crate::rpc::proto::LedgerShowRequest {
+            partner: partner.map(|p| p.to_string()).unwrap_or_default(),
+            since_unix_ms: since_ms.unwrap_or(0),
+        })
+        .await?;
+    let mut out = std::io::stdout().lock();
+    while let Some(record) = stream.message().await.map_err(|s| client.stream_error(s))? {
+        let items: usize = record.deliveries.iter().map(|d| d.indices.len()).sum();
+        if json {
+            let value = serde_json::json!({
+                "seq": record.seq,
+                "time": rfc3339(record.time_unix_ms),
+                "partner": record.partner,
+                "path": record.path,
+                "deliveries": record.deliveries.iter().map(|d| serde_json::json!({
+                    "bundle_id": d.bundle_id, "indices": d.indices,
+                })).collect::<Vec<_>>(),
+                "policy_hash": hex(&record.policy_hash),
+                "hash": hex(&record.hash),
+            });
+            writeln!(out, "{value}")?;
+        } else {
+            writeln!(
+                out,
+                "{:>8}  {}  {:<24} {:<9} {} items in {} bundles  policy {}",
+                record.seq,
+                rfc3339(record.time_unix_ms),
+                record.partner,
+                record.path,
+                items,
+                record.deliveries.len(),
+                &hex(&record.policy_hash)[..12.min(record.policy_hash.len() * 2)],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// `entente ledger verify`: fails, saying where, when the chain is broken.
+pub async fn ledger_verify(settings: &ClientSettings) -> Result<()> {
+    let client = NodeClient::connect_with(settings).await?;
+    let answer = client.ledger_verify().await?;
+    if answer.intact {
+        println!(
+            "ledger intact: {} records, head {}",
+            answer.records,
+            hex(&answer.head)
+        );
+        Ok(())
+    } else {
+        bail!(
+            "ledger broken at record {}: {}",
+            answer.broken_at,
+            answer.problem
+        )
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `entente export`: a STIX 2.1 bundle of every item this client may see, written as it
+/// streams in.
+pub async fn export(
+    settings: &ClientSettings,
+    filter: ItemFilter,
+    output: Option<&Path>,
+) -> Result<()> {
+    let client = NodeClient::connect_with(settings).await?;
+    let mut stream = client.export(filter).await?;
+    let mut out: Box<dyn Write> = match output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    write!(
+        out,
+        "{{\"type\":\"bundle\",\"id\":\"bundle--{}\",\"objects\":[",
+        uuid::Uuid::new_v4()
+    )?;
+    let mut count = 0usize;
+    while let Some(chunk) = stream.message().await.map_err(|s| client.stream_error(s))? {
+        if count > 0 {
+            out.write_all(b",")?;
+        }
+        out.write_all(b"\n")?;
+        out.write_all(chunk.stix_json.as_bytes())?;
+        count += 1;
+    }
+    out.write_all(b"\n]}\n")?;
+    out.flush()?;
+    eprintln!("exported {count} indicators");
     Ok(())
 }

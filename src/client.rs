@@ -136,6 +136,79 @@ impl NodeClient {
             .into_inner())
     }
 
+    fn admin(&self) -> crate::rpc::proto::admin_client::AdminClient<tonic::transport::Channel> {
+        crate::rpc::proto::admin_client::AdminClient::new(self.channel.clone())
+    }
+
+    /// Asks the node to reload its configuration's policy.
+    pub async fn reload_policy(
+        &self,
+    ) -> Result<crate::rpc::proto::ReloadPolicyResponse, ClientError> {
+        Ok(self
+            .admin()
+            .reload_policy(crate::rpc::proto::ReloadPolicyRequest {})
+            .await
+            .map_err(|s| self.status(s))?
+            .into_inner())
+    }
+
+    /// The node's decision for one stored item and one partner.
+    pub async fn explain(
+        &self,
+        partner: &str,
+        item_id: &str,
+    ) -> Result<crate::rpc::proto::ExplainResponse, ClientError> {
+        Ok(self
+            .admin()
+            .explain(crate::rpc::proto::ExplainRequest {
+                partner: partner.to_owned(),
+                item_id: item_id.to_owned(),
+            })
+            .await
+            .map_err(|s| self.status(s))?
+            .into_inner())
+    }
+
+    /// Ledger records, oldest first.
+    pub async fn ledger_show(
+        &self,
+        request: crate::rpc::proto::LedgerShowRequest,
+    ) -> Result<tonic::Streaming<crate::rpc::proto::LedgerRecord>, ClientError> {
+        Ok(self
+            .admin()
+            .ledger_show(request)
+            .await
+            .map_err(|s| self.status(s))?
+            .into_inner())
+    }
+
+    /// Walks the ledger's hash chain.
+    pub async fn ledger_verify(
+        &self,
+    ) -> Result<crate::rpc::proto::LedgerVerifyResponse, ClientError> {
+        Ok(self
+            .admin()
+            .ledger_verify(crate::rpc::proto::LedgerVerifyRequest {})
+            .await
+            .map_err(|s| self.status(s))?
+            .into_inner())
+    }
+
+    /// Everything the node lets this client see that matches `filter`, as STIX objects.
+    pub async fn export(
+        &self,
+        filter: ItemFilter,
+    ) -> Result<tonic::Streaming<crate::rpc::proto::ExportChunk>, ClientError> {
+        Ok(self
+            .intel()
+            .export(crate::rpc::proto::ExportRequest {
+                filter: Some(filter),
+            })
+            .await
+            .map_err(|s| self.status(s))?
+            .into_inner())
+    }
+
     /// Turns a status from a stream into a client error.
     pub fn stream_error(&self, status: tonic::Status) -> ClientError {
         self.status(status)

@@ -91,6 +91,10 @@ enum Command {
         /// Signed distribution: only these nodes may ever hold the items (repeatable).
         #[arg(long = "to")]
         to: Vec<NodeId>,
+        /// Signed distribution: the members of this sharing group of the node's [groups]
+        /// (repeatable; combined with --to).
+        #[arg(long = "group")]
+        group: Vec<String>,
         /// Publish the valid items even if some entries are invalid.
         #[arg(long)]
         skip_invalid: bool,
@@ -135,6 +139,26 @@ enum Command {
         /// Print JSON lines.
         #[arg(long)]
         json: bool,
+    },
+    /// Export, as a STIX 2.1 bundle, every item this client may see.
+    Export {
+        #[arg(long)]
+        config: PathBuf,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Check, explain and reload the sharing policy.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Show and verify the disclosure ledger.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
     },
     /// Say hello to a node over mTLS and print who answered.
     Status {
@@ -193,6 +217,67 @@ impl FilterArgs {
             include_expired: self.include_expired,
         })
     }
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate the configuration and print the compiled policy.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// For each item, allow or withhold for a partner, and the rule that decided.
+    Explain {
+        /// The node configuration.
+        #[arg(long)]
+        config: PathBuf,
+        /// The partner (a [[peer]] or [[client]] id).
+        #[arg(long)]
+        partner: NodeId,
+        /// A stored item, asked of the running node.
+        #[arg(long, conflicts_with = "input", required_unless_present = "input")]
+        item: Option<String>,
+        /// Items in a file (STIX, CSV or list), judged as if published here now.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Marking for input items that give none.
+        #[arg(long)]
+        tlp: Option<Tlp>,
+        /// Signed distribution for input items: max_hops.
+        #[arg(long)]
+        max_hops: Option<u32>,
+        /// Signed distribution for input items: recipients (repeatable).
+        #[arg(long = "to")]
+        to: Vec<NodeId>,
+    },
+    /// Ask the running node to re-read its configuration and apply the new policy (like SIGHUP).
+    Reload {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum LedgerCommand {
+    /// Print ledger records, oldest first.
+    Show {
+        #[arg(long)]
+        config: PathBuf,
+        /// Only deliveries to this partner.
+        #[arg(long)]
+        partner: Option<NodeId>,
+        /// Only records since: RFC 3339 or a span such as 24h.
+        #[arg(long)]
+        since: Option<String>,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the hash chain; exits non-zero and says where if it is broken.
+    Verify {
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -305,6 +390,7 @@ fn run(command: Command) -> Result<()> {
             tag,
             max_hops,
             to,
+            group,
             skip_invalid,
             format,
             bundle_size,
@@ -317,6 +403,7 @@ fn run(command: Command) -> Result<()> {
                 tags: tag,
                 max_hops,
                 recipients: to,
+                groups: group,
                 skip_invalid,
                 format: format.map(|f| match f {
                     FormatArg::Stix => InputFormat::Stix,
@@ -350,11 +437,99 @@ fn run(command: Command) -> Result<()> {
             let filter = filter.into_filter()?;
             runtime()?.block_on(entente::cli::subscribe(&settings, filter, json))
         }
+        Command::Export {
+            config,
+            filter,
+            output,
+        } => {
+            let settings = ClientSettings::load(&config)?;
+            let filter = filter.into_filter()?;
+            runtime()?.block_on(entente::cli::export(&settings, filter, output.as_deref()))
+        }
+        Command::Policy { command } => policy(command),
+        Command::Ledger { command } => ledger(command),
         Command::Status { config, node } => {
             let config = Config::load(&config)?;
             runtime()?.block_on(status(config, node))
         }
     }
+}
+
+fn policy(command: PolicyCommand) -> Result<()> {
+    match command {
+        PolicyCommand::Check { config } => {
+            let config = Config::load(&config)?;
+            let policy = entente::policy::Policy::compile(&config);
+            print!("{}", policy.describe());
+            println!("\npolicy hash {}", hex(&policy.hash()));
+            Ok(())
+        }
+        PolicyCommand::Explain {
+            config,
+            partner,
+            item,
+            input,
+            tlp,
+            max_hops,
+            to,
+        } => match (item, input) {
+            (Some(item), _) => {
+                let settings = ClientSettings::load(&config)?;
+                runtime()?.block_on(async {
+                    let client = NodeClient::connect_with(&settings).await?;
+                    let answer = client.explain(partner.as_str(), &item).await?;
+                    println!("{item}: {}", answer.rule);
+                    anyhow::Ok(())
+                })
+            }
+            (None, Some(input)) => {
+                let config = Config::load(&config)?;
+                let policy = entente::policy::Policy::compile(&config);
+                let distribution = entente::model::Distribution {
+                    max_hops,
+                    recipients: to,
+                };
+                entente::cli::explain_input(&policy, &partner, &input, tlp, &distribution)
+            }
+            (None, None) => bail!("give --item ID or --input FILE"),
+        },
+        PolicyCommand::Reload { config } => {
+            let settings = ClientSettings::load(&config)?;
+            runtime()?.block_on(async {
+                let client = NodeClient::connect_with(&settings).await?;
+                let answer = client.reload_policy().await?;
+                println!(
+                    "{} reloaded its policy (hash {})",
+                    client.node(),
+                    answer.policy_hash
+                );
+                anyhow::Ok(())
+            })
+        }
+    }
+}
+
+fn ledger(command: LedgerCommand) -> Result<()> {
+    match command {
+        LedgerCommand::Show {
+            config,
+            partner,
+            since,
+            json,
+        } => {
+            let settings = ClientSettings::load(&config)?;
+            let since = since.map(|s| entente::cli::parse_since(&s)).transpose()?;
+            runtime()?.block_on(entente::cli::ledger_show(&settings, partner, since, json))
+        }
+        LedgerCommand::Verify { config } => {
+            let settings = ClientSettings::load(&config)?;
+            runtime()?.block_on(entente::cli::ledger_verify(&settings))
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn init(dir: &Path, id: &NodeId, listen: &str, with_certs: bool) -> Result<()> {
@@ -456,21 +631,30 @@ fn certs(command: CertsCommand) -> Result<()> {
 async fn serve(config: Config) -> Result<()> {
     let node = Node::start(config).await?;
     println!("{} serving on {}", node.id(), node.local_addr());
-    wait_for_signal().await?;
+    wait_for_signal(&node).await?;
     tracing::info!(deadline = ?SHUTDOWN_DEADLINE, "shutting down");
     node.shutdown(SHUTDOWN_DEADLINE).await?;
     Ok(())
 }
 
-async fn wait_for_signal() -> Result<()> {
+/// Waits for SIGINT or SIGTERM; SIGHUP reloads the policy and keeps serving.
+async fn wait_for_signal(node: &Node) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM received"); return Ok(()); }
+            _ = int.recv() => { tracing::info!("SIGINT received"); return Ok(()); }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP received: reloading the policy");
+                if let Err(problem) = node.reload_policy() {
+                    tracing::error!(%problem, "reload refused; the previous policy stays in force");
+                }
+            }
+        }
     }
-    Ok(())
 }
 
 async fn status(config: Config, target: Option<String>) -> Result<()> {

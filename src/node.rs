@@ -14,10 +14,12 @@ use crate::config::Config;
 use crate::crypto::BundleSigner;
 use crate::engine::Engine;
 use crate::model::NodeId;
+use crate::rpc::admin::{AdminService, PolicyReload};
 use crate::rpc::auth::RequireIdentityLayer;
 use crate::rpc::federation::FederationService;
 use crate::rpc::intel::IntelService;
 use crate::rpc::proto::FILE_DESCRIPTOR_SET;
+use crate::rpc::proto::admin_server::AdminServer;
 use crate::rpc::proto::federation_server::FederationServer;
 use crate::rpc::proto::intel_server::IntelServer;
 use crate::store::{SledStore, Store, StoreError};
@@ -78,6 +80,33 @@ pub struct Node {
     serve_task: JoinHandle<Result<(), NodeError>>,
     store: Arc<dyn Store>,
     engine: Arc<Engine>,
+    reload: Arc<ConfigReload>,
+}
+
+/// Re-reads the node's configuration file and puts its policy and partner list in force.
+struct ConfigReload {
+    path: std::path::PathBuf,
+    id: NodeId,
+    directory: Arc<Directory>,
+    engine: Arc<Engine>,
+}
+
+impl PolicyReload for ConfigReload {
+    fn reload(&self) -> Result<Arc<crate::policy::Policy>, String> {
+        let config = Config::load(&self.path).map_err(|e| e.to_string())?;
+        if config.node.id != self.id {
+            return Err(format!(
+                "node.id changed from {} to {}; restart the node to change its identity",
+                self.id, config.node.id
+            ));
+        }
+        let policy = crate::policy::Policy::compile(&config);
+        self.directory.replace(&self.id, config.partners());
+        self.engine.set_policy(policy);
+        let policy = self.engine.policy();
+        tracing::info!(policy_hash = %policy.hash().iter().map(|b| format!("{b:02x}")).collect::<String>(), "policy reloaded");
+        Ok(policy)
+    }
 }
 
 impl Node {
@@ -109,6 +138,12 @@ impl Node {
         )?);
 
         let directory = Arc::new(Directory::new(&id, config.partners()));
+        let reload = Arc::new(ConfigReload {
+            path: config.path.clone(),
+            id: id.clone(),
+            directory: directory.clone(),
+            engine: engine.clone(),
+        });
         let server_tls = config.tls.server_config(directory.clone())?;
 
         let listener = TcpListener::bind(config.node.listen)
@@ -163,6 +198,10 @@ impl Node {
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
+            .add_service(AdminServer::new(AdminService::new(
+                engine.clone(),
+                reload.clone(),
+            )))
             .add_service(
                 IntelServer::new(IntelService::new(engine.clone(), shutdown.clone()))
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -186,12 +225,19 @@ impl Node {
             serve_task,
             store,
             engine,
+            reload,
         })
     }
 
     /// The node's id.
     pub fn id(&self) -> &NodeId {
         &self.id
+    }
+
+    /// Re-reads the configuration file and puts its policy and partner list in force
+    /// (SIGHUP). On error the previous policy stays.
+    pub fn reload_policy(&self) -> Result<Arc<crate::policy::Policy>, String> {
+        self.reload.reload()
     }
 
     /// The node's core (store, signing, policy-checked reads).

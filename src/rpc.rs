@@ -2,6 +2,7 @@
 //! back, the generated wire types, and the mapping of errors to `tonic::Status`.
 //! No business rule lives here; `rpc` never decides policy.
 
+pub mod admin;
 pub mod auth;
 mod convert;
 mod error;

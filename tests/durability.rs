@@ -81,6 +81,7 @@ async fn publish_until_killed(client: NodeClient, round: usize, acked: Acked) {
         let request = PublishRequest {
             items: values.iter().cloned().map(draft).collect(),
             distribution: None,
+            groups: Vec::new(),
         };
         match client.publish(tokio_stream::iter(vec![request])).await {
             Ok(response) => {

@@ -150,6 +150,7 @@ async fn publish(
         .map(|items| PublishRequest {
             items,
             distribution: None,
+            groups: Vec::new(),
         })
         .collect();
     within("publish", client.publish(tokio_stream::iter(requests))).await
@@ -1155,10 +1156,12 @@ async fn a_failing_message_reports_the_bundles_already_published() {
         PublishRequest {
             items: vec![good],
             distribution: None,
+            groups: Vec::new(),
         },
         PublishRequest {
             items: vec![bad],
             distribution: None,
+            groups: Vec::new(),
         },
     ];
     let err = within("publish", analyst.publish(tokio_stream::iter(requests)))

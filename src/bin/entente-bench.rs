@@ -262,6 +262,7 @@ async fn ingest(args: &Args) -> Result<()> {
             let request = PublishRequest {
                 items: (next..end).map(draft).collect(),
                 distribution: None,
+                groups: Vec::new(),
             };
             if tx.send(request).await.is_err() {
                 return;

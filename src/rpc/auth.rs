@@ -42,6 +42,17 @@ pub fn require_client(info: &ConnectionInfo) -> Result<(), Status> {
     }
 }
 
+/// Operator calls are for the node's own certificate and `admin` clients.
+pub fn require_admin(info: &ConnectionInfo) -> Result<(), Status> {
+    match (info.partner.kind, info.partner.role) {
+        (PartnerKind::Local, _) | (PartnerKind::Client, Role::Admin) => Ok(()),
+        (_, role) => Err(Status::permission_denied(format!(
+            "{} has role {role}; the Admin service is for the node's operator and admin clients",
+            info.partner.id
+        ))),
+    }
+}
+
 /// Writes are for analysts and admins only.
 pub fn require_writer(info: &ConnectionInfo) -> Result<(), Status> {
     require_client(info)?;

@@ -61,6 +61,7 @@ impl IntelService {
                 let PublishRequest {
                     items,
                     distribution,
+                    groups,
                 } = next;
                 if items.is_empty() || items.len() > MAX_ITEMS_PER_BUNDLE {
                     return Err(Status::invalid_argument(format!(
@@ -68,7 +69,25 @@ impl IntelService {
                         items.len()
                     )));
                 }
-                let distribution = convert::distribution(distribution)?;
+                let mut distribution = convert::distribution(distribution)?;
+                if !groups.is_empty() {
+                    let policy = self.engine.policy();
+                    for name in &groups {
+                        let members = policy.group(name).ok_or_else(|| {
+                            Status::invalid_argument(format!(
+                                "unknown sharing group {name:?}; groups are configured in [groups] of the node"
+                            ))
+                        })?;
+                        for member in members {
+                            if !distribution.recipients.contains(member) {
+                                distribution.recipients.push(member.clone());
+                            }
+                        }
+                    }
+                    if distribution.recipients.len() > crate::model::MAX_RECIPIENTS {
+                        return Err(Status::invalid_argument("too many recipients"));
+                    }
+                }
                 let engine = self.engine.clone();
                 let signed = blocking(move || {
                     let now = now_ms();
@@ -271,12 +290,58 @@ impl Intel for IntelService {
         &self,
         request: Request<ExportRequest>,
     ) -> Result<Response<Self::ExportStream>, Status> {
+        let partner = caller(&request)?.partner.clone();
         require_client(caller(&request)?)?;
-        Err(Status::unimplemented(
-            "Export is not available in this version",
-        ))
+        let ExportRequest { filter } = request.into_inner();
+        let query = convert::item_query(filter)?;
+        let engine = self.engine.clone();
+        let shutdown = self.shutdown.clone();
+        let stream = async_stream(move |tx| async move {
+            let mut cursor: Vec<u8> = Vec::new();
+            loop {
+                if shutdown.is_cancelled() {
+                    let _ = tx
+                        .send(Err(Status::unavailable("node is shutting down")))
+                        .await;
+                    return;
+                }
+                let page = {
+                    let engine = engine.clone();
+                    let partner = partner.clone();
+                    let query = query.clone();
+                    let after = cursor.clone();
+                    blocking(move || {
+                        Ok(engine.query(&partner, &query, Some(&after), EXPORT_PAGE, now_ms())?)
+                    })
+                    .await
+                };
+                let page = match page {
+                    Ok(page) => page,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                for stored in &page.items {
+                    let chunk = ExportChunk {
+                        stix_json: crate::interop::to_stix(&stored.item).to_string(),
+                    };
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        return;
+                    }
+                }
+                match page.next {
+                    Some(next) => cursor = next,
+                    None => return,
+                }
+            }
+        });
+        Ok(Response::new(stream))
     }
 }
+
+/// Items read per store page while exporting.
+const EXPORT_PAGE: usize = 1000;
 
 /// A response stream fed by a task through a small channel (back-pressure: the task
 /// waits when the client is slow). The task ends when the client goes away.

@@ -56,15 +56,25 @@ pub fn certificate_id(der: &CertificateDer<'_>) -> Result<NodeId, IdentityError>
 }
 
 /// Every identity this node will talk to. Anything else is refused at the handshake.
-#[derive(Clone, Debug, Default)]
+/// Replaced as a whole when the configuration is reloaded.
+#[derive(Debug, Default)]
 pub struct Directory {
-    partners: HashMap<NodeId, Partner>,
+    partners: std::sync::RwLock<HashMap<NodeId, Partner>>,
 }
 
 impl Directory {
     /// A directory of the given partners. The node itself is added as [`PartnerKind::Local`]
     /// with the admin role: whoever holds the node's own key is its operator.
     pub fn new(own_id: &NodeId, partners: impl IntoIterator<Item = Partner>) -> Self {
+        Self {
+            partners: std::sync::RwLock::new(Self::map(own_id, partners)),
+        }
+    }
+
+    fn map(
+        own_id: &NodeId,
+        partners: impl IntoIterator<Item = Partner>,
+    ) -> HashMap<NodeId, Partner> {
         let mut map: HashMap<NodeId, Partner> =
             partners.into_iter().map(|p| (p.id.clone(), p)).collect();
         map.insert(
@@ -75,12 +85,23 @@ impl Directory {
                 role: Role::Admin,
             },
         );
-        Self { partners: map }
+        map
+    }
+
+    /// Replaces every entry (configuration reload). Connections already open keep the
+    /// identity they were accepted with; new handshakes see the new directory.
+    pub fn replace(&self, own_id: &NodeId, partners: impl IntoIterator<Item = Partner>) {
+        let map = Self::map(own_id, partners);
+        *self.partners.write().unwrap_or_else(|p| p.into_inner()) = map;
     }
 
     /// The partner with this id, if configured.
-    pub fn lookup(&self, id: &NodeId) -> Option<&Partner> {
-        self.partners.get(id)
+    pub fn lookup(&self, id: &NodeId) -> Option<Partner> {
+        self.partners
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
     }
 }
 

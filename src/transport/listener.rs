@@ -161,7 +161,6 @@ async fn handshake(
     let id = certificate_id(leaf).map_err(|e| e.to_string())?;
     let partner = directory
         .lookup(&id)
-        .cloned()
         .ok_or_else(|| format!("certificate id {id} is not a configured peer or client"))?;
     Ok(AuthenticatedConnection {
         stream,

@@ -166,3 +166,16 @@ pub async fn hello(
         .map_err(|_| "hello timed out".to_owned())?
         .map_err(|e| e.to_string())
 }
+
+/// The `[node]` section of a configuration for node `id` of `pki`, listening on
+/// 127.0.0.1:0 and keeping its store in `data_dir`; `[[peer]]` and `[[client]]`
+/// entries may follow.
+pub fn node_section(pki: &Pki, id: &NodeId, data_dir: &Path) -> String {
+    format!(
+        "[node]\nid = \"{id}\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\ncert = \"{cert}\"\nkey = \"{key}\"\ntrust_anchors = [\"{ca}\"]\ncrls = []\n",
+        data = data_dir.display(),
+        cert = pki.certs.cert_path(id.as_str()).display(),
+        key = pki.certs.key_path(id.as_str()).display(),
+        ca = pki.ca_cert().display(),
+    )
+}
