@@ -113,7 +113,7 @@ impl PartnerPolicy {
 
     fn who(&self) -> String {
         match self.kind {
-            PartnerKind::Node => format!("{} peer {}", self.role, self.id),
+            PartnerKind::Node => format!("{} node {}", self.role, self.id),
             PartnerKind::Client => format!("{} client {}", self.role, self.id),
             PartnerKind::Local => format!("the node's operator {}", self.id),
         }
