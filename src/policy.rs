@@ -54,7 +54,7 @@ pub struct Context<'a> {
     pub now_ms: i64,
     /// Whether this is the latest version of its id that the node holds.
     pub latest: bool,
-    /// The client asked for expired indicators too.
+    /// The client asked for expired indicators too (ignored for nodes).
     pub include_expired: bool,
 }
 
@@ -302,7 +302,9 @@ impl Policy {
         if !ctx.latest {
             return Decision::withhold("withheld: a newer version of the item is held".to_owned());
         }
-        if !ctx.include_expired && item.is_expired(ctx.now_ms) {
+        // Only a client may ask for expired indicators; a node never receives them.
+        let waive_expiry = ctx.include_expired && p.kind == PartnerKind::Client;
+        if !waive_expiry && item.is_expired(ctx.now_ms) {
             return Decision::withhold("withheld: the indicator has expired".to_owned());
         }
         Decision::allow(format!(
