@@ -1,9 +1,10 @@
 //! Durable state behind the [`Store`] trait, with sled as the engine: bundles as
 //! signed, the latest version of every item with its provenance, a value index,
-//! the change feed and the certificate cache. Accepting a bundle applies the
-//! single-writer rule and writes everything in one atomic batch. No proto types of
-//! the services and no network here.
+//! the change feed, the certificate cache and the hash-chained disclosure ledger.
+//! Accepting a bundle applies the single-writer rule and writes everything in one
+//! atomic batch. No proto types of the services and no network here.
 
+mod ledger;
 mod records;
 mod sled_store;
 
@@ -171,6 +172,63 @@ pub struct Page {
     pub next: Option<Vec<u8>>,
 }
 
+/// One delivery: what went to whom under which policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerEntry {
+    /// When the delivery was made, ms since the epoch.
+    pub time_ms: i64,
+    /// The partner or client that received it.
+    pub partner: NodeId,
+    /// The outbound path: "query", "get", "subscribe", "export", "pull".
+    pub path: String,
+    /// Per bundle, the disclosed item indices (sorted).
+    pub deliveries: Vec<(BundleId, Vec<u32>)>,
+    /// SHA-256 identifying the policy version in force.
+    pub policy_hash: [u8; 32],
+}
+
+/// A ledger entry as recorded: its place in the chain and its links.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerRecord {
+    /// Position in the ledger, contiguous from 1.
+    pub seq: u64,
+    /// What was delivered.
+    pub entry: LedgerEntry,
+    /// The hash of the record before (32 zero bytes for the first record).
+    pub prev_hash: [u8; 32],
+    /// SHA-256 of `"entente/ledger/v1\0"` followed by the record's stored bytes
+    /// (which include `seq` and `prev_hash`); the next record links to it.
+    pub hash: [u8; 32],
+}
+
+/// What checking the ledger's chain found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LedgerCheck {
+    /// Every record chains to the one before, sequence numbers are contiguous from 1,
+    /// and the last hash equals the head kept in meta.
+    Intact {
+        /// Records checked (the last sequence number; 0 for an empty ledger).
+        records: u64,
+        /// The last record's hash (32 zero bytes for an empty ledger). Kept outside
+        /// the node, it lets an operator detect a rewrite of the whole tail, which a
+        /// chain alone cannot.
+        head: [u8; 32],
+    },
+    /// The first problem found. `seq` is the record the problem is attributed to: the
+    /// altered record (not the later record whose link exposed it), the first missing
+    /// record, the position holding a misplaced record, or 0 for a problem tied to no
+    /// record (a damaged head, a stray key in the ledger's keyspace). For example, seq 17: "record 17 was altered (its hash does
+    /// not match the link in record 18)", "record 9 is missing", "records out of
+    /// order: record 41 is stored at position 40", "the last 2 records were removed
+    /// (head says 40, found 38)".
+    Broken {
+        /// The record the problem is attributed to.
+        seq: u64,
+        /// What is wrong, for an operator.
+        problem: String,
+    },
+}
+
 /// The node's durable state.
 pub trait Store: Send + Sync {
     /// The id of the node that owns the store.
@@ -213,4 +271,24 @@ pub trait Store: Send + Sync {
 
     /// Bytes the store occupies on disk.
     fn size_on_disk(&self) -> Result<u64, StoreError>;
+
+    /// Appends one record, chained to the previous one; returns it. Written atomically
+    /// with the ledger head; durable with the next flush.
+    fn append_ledger(&self, entry: &LedgerEntry) -> Result<LedgerRecord, StoreError>;
+
+    /// Records with seq > after (oldest first), at most `limit`, optionally only for
+    /// one partner and only at or after since_ms. The filters are applied while
+    /// walking from `after`, so a filtered call reads every record after it.
+    fn ledger(
+        &self,
+        after: u64,
+        limit: usize,
+        partner: Option<&NodeId>,
+        since_ms: Option<i64>,
+    ) -> Result<Vec<LedgerRecord>, StoreError>;
+
+    /// Walks the whole ledger and checks the chain, up to the head as it stands when
+    /// the walk starts (records appended meanwhile are left for the next check). A
+    /// damaged record is reported as [`LedgerCheck::Broken`]; `Err` is for I/O only.
+    fn verify_ledger(&self) -> Result<LedgerCheck, StoreError>;
 }

@@ -6,12 +6,13 @@
 //!
 //! | prefix | key | value |
 //! | --- | --- | --- |
-//! | `M` | name | meta: owner id, feed head |
+//! | `M` | name | meta: owner id, feed head, ledger head |
 //! | `B` | bundle UUID | [`BundleRecord`] |
 //! | `I` | item UUID | [`ItemRecord`] (the latest version held) |
 //! | `V` | type code, value | UUIDs of the items holding that value (value index) |
 //! | `F` | sequence (u64 big-endian) | bundle UUID (change feed) |
 //! | `C` | SHA-256 of the certificate | DER certificate (cache) |
+//! | `L` | sequence (u64 big-endian) | [`LedgerRecordBytes`] (disclosure ledger) |
 
 use crate::model::{IndicatorType, Item, ItemKind};
 
@@ -23,9 +24,13 @@ pub const ITEM: u8 = b'I';
 pub const VALUE: u8 = b'V';
 pub const FEED: u8 = b'F';
 pub const CERT: u8 = b'C';
+pub const LEDGER: u8 = b'L';
 
 pub const META_OWNER: &[u8] = b"Mowner";
 pub const META_FEED_HEAD: &[u8] = b"Mfeed_head";
+/// The last ledger record: its sequence number (8 bytes big-endian), then its hash
+/// (32 bytes).
+pub const META_LEDGER_HEAD: &[u8] = b"Mledger_head";
 
 /// A bundle as held: the exact signed header and signature, and which items are known.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -80,6 +85,42 @@ pub struct ItemRecord {
     pub hops: u32,
     #[prost(int64, tag = "9")]
     pub accepted_ms: i64,
+}
+
+/// One disclosure-ledger record as stored. The stored bytes are what the chain
+/// hashes, so the record carries its own sequence number and the link to the one
+/// before it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LedgerRecordBytes {
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    #[prost(int64, tag = "2")]
+    pub time_ms: i64,
+    /// The receiving partner's node id.
+    #[prost(string, tag = "3")]
+    pub partner: String,
+    /// The outbound path ("query", "get", ...).
+    #[prost(string, tag = "4")]
+    pub path: String,
+    #[prost(message, repeated, tag = "5")]
+    pub deliveries: Vec<LedgerDelivery>,
+    /// SHA-256 of the policy version in force (32 bytes).
+    #[prost(bytes = "vec", tag = "6")]
+    pub policy_hash: Vec<u8>,
+    /// The hash of the previous record's stored bytes (32 zero bytes for the first).
+    #[prost(bytes = "vec", tag = "7")]
+    pub prev_hash: Vec<u8>,
+}
+
+/// The items of one bundle disclosed by one delivery.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LedgerDelivery {
+    /// The bundle's UUID bytes.
+    #[prost(bytes = "vec", tag = "1")]
+    pub bundle_uuid: Vec<u8>,
+    /// Item indices (packed).
+    #[prost(uint32, repeated, packed = "true", tag = "2")]
+    pub indices: Vec<u32>,
 }
 
 pub fn type_code(ty: IndicatorType) -> u8 {
@@ -148,6 +189,22 @@ pub fn feed_key(seq: u64) -> [u8; 9] {
     k[0] = FEED;
     k[1..].copy_from_slice(&seq.to_be_bytes());
     k
+}
+
+/// `L` + sequence: the key of one ledger record.
+pub fn ledger_key(seq: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = LEDGER;
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The sequence number of a ledger key (`None` if the key is not `L` + 8 bytes).
+pub fn ledger_seq(key: &[u8]) -> Option<u64> {
+    match key {
+        [LEDGER, rest @ ..] => rest.try_into().ok().map(u64::from_be_bytes),
+        _ => None,
+    }
 }
 
 /// 16 UUID bytes from a stored field.

@@ -7,8 +7,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use prost::Message;
 
+use super::ledger::{self, ChainWalk, Head};
 use super::records::{self, BundleRecord, ItemRecord, KnownItem};
-use super::{AcceptReport, ItemQuery, ItemRejection, Page, Source, Store, StoreError, StoredItem};
+use super::{
+    AcceptReport, ItemQuery, ItemRejection, LedgerCheck, LedgerEntry, LedgerRecord, Page, Source,
+    Store, StoreError, StoredItem,
+};
 use crate::crypto::VerifiedBundle;
 use crate::model::{BundleId, IndicatorType, Item, ItemId, NodeId, normalise};
 
@@ -27,6 +31,9 @@ pub struct SledStore {
     feed_head: AtomicU64,
     /// One writer at a time: the single-writer checks read then write.
     writer: Mutex<()>,
+    /// The ledger head as stored; held while appending, so appends are serial and
+    /// each links to the one before without reading it back.
+    ledger_head: Mutex<Head>,
 }
 
 impl SledStore {
@@ -67,6 +74,13 @@ impl SledStore {
             }
             None => 0,
         };
+        let ledger_head = match tree.get(records::META_LEDGER_HEAD).map_err(engine)? {
+            Some(v) => Head::decode(&v).ok_or_else(|| StoreError::Corrupt {
+                key: "ledger head".into(),
+                problem: format!("{} bytes, not 40", v.len()),
+            })?,
+            None => Head::EMPTY,
+        };
         Ok(Self {
             path: dir.to_owned(),
             owner: owner.clone(),
@@ -74,7 +88,18 @@ impl SledStore {
             tree,
             feed_head: AtomicU64::new(feed_head),
             writer: Mutex::new(()),
+            ledger_head: Mutex::new(ledger_head),
         })
+    }
+
+    /// The ledger head as stored now: `None` when there is none, `Some(Err(len))` when
+    /// the stored value is not a head (`len` bytes).
+    fn stored_ledger_head(&self) -> Result<Option<Result<Head, usize>>, StoreError> {
+        Ok(self
+            .tree
+            .get(records::META_LEDGER_HEAD)
+            .map_err(|e| self.engine(e))?
+            .map(|v| Head::decode(&v).ok_or(v.len())))
     }
 
     fn engine(&self, source: sled::Error) -> StoreError {
@@ -205,6 +230,13 @@ fn cursor_of(vkey: &[u8], uuid: &[u8; 16]) -> Vec<u8> {
     c.extend_from_slice(vkey);
     c.extend_from_slice(uuid);
     c
+}
+
+fn damaged_head(len: usize) -> LedgerCheck {
+    LedgerCheck::Broken {
+        seq: 0,
+        problem: format!("the ledger head is damaged ({len} bytes, not 40)"),
+    }
 }
 
 fn corrupt_item(uuid: &[u8; 16], problem: impl std::fmt::Display) -> StoreError {
@@ -500,5 +532,125 @@ impl Store for SledStore {
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {
         self.db.size_on_disk().map_err(|e| self.engine(e))
+    }
+
+    fn append_ledger(&self, entry: &LedgerEntry) -> Result<LedgerRecord, StoreError> {
+        let mut head = self.ledger_head.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = head.seq.checked_add(1).ok_or_else(|| StoreError::Corrupt {
+            key: "ledger head".into(),
+            problem: "sequence number exhausted".into(),
+        })?;
+        let stored = ledger::encode_record(seq, entry, &head.hash);
+        let next = Head {
+            seq,
+            hash: ledger::link_hash(&stored),
+        };
+        let mut batch = sled::Batch::default();
+        batch.insert(&records::ledger_key(seq)[..], stored);
+        batch.insert(records::META_LEDGER_HEAD, &next.encode()[..]);
+        self.tree.apply_batch(batch).map_err(|e| self.engine(e))?;
+        let prev = std::mem::replace(&mut *head, next);
+        Ok(LedgerRecord {
+            seq,
+            entry: entry.clone(),
+            prev_hash: prev.hash,
+            hash: next.hash,
+        })
+    }
+
+    fn ledger(
+        &self,
+        after: u64,
+        limit: usize,
+        partner: Option<&NodeId>,
+        since_ms: Option<i64>,
+    ) -> Result<Vec<LedgerRecord>, StoreError> {
+        let mut out = Vec::new();
+        let Some(first) = after.checked_add(1) else {
+            return Ok(out);
+        };
+        if limit == 0 {
+            return Ok(out);
+        }
+        let end = records::ledger_key(u64::MAX);
+        for entry in self.tree.range(records::ledger_key(first)..=end) {
+            let (key, stored) = entry.map_err(|e| self.engine(e))?;
+            let Some(seq) = records::ledger_seq(&key) else {
+                return Err(StoreError::Corrupt {
+                    key: format!("ledger key {:02x?}", &key[..]),
+                    problem: "not a ledger record key".into(),
+                });
+            };
+            let damaged = |problem: String| StoreError::Corrupt {
+                key: format!("ledger record {seq}"),
+                problem,
+            };
+            if let Some(record) = ledger::decode_if(&stored, partner, since_ms).map_err(damaged)? {
+                if record.seq != seq {
+                    return Err(damaged(format!(
+                        "stored at {seq} but numbered {}",
+                        record.seq
+                    )));
+                }
+                out.push(record);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn verify_ledger(&self) -> Result<LedgerCheck, StoreError> {
+        // Every record up to this head is visible: a record and the head that counts
+        // it are one batch.
+        let head = match self.stored_ledger_head()? {
+            None => None,
+            Some(Ok(head)) => Some(head),
+            Some(Err(len)) => return Ok(damaged_head(len)),
+        };
+        let last = head.map_or(0, |h| h.seq);
+        let mut walk = ChainWalk::new();
+        let mut beyond = false;
+        for entry in self.tree.scan_prefix([records::LEDGER]) {
+            let (key, stored) = entry.map_err(|e| self.engine(e))?;
+            let Some(seq) = records::ledger_seq(&key) else {
+                return Ok(LedgerCheck::Broken {
+                    seq: 0,
+                    problem: format!(
+                        "an entry that is not a record lies in the ledger (key {key:02x?})"
+                    ),
+                });
+            };
+            if seq > last {
+                beyond = true;
+                break;
+            }
+            if let Err(broken) = walk.step(seq, &stored) {
+                return Ok(broken.into());
+            }
+        }
+        let check = walk.finish(head);
+        if !beyond || matches!(check, LedgerCheck::Broken { .. }) {
+            return Ok(check);
+        }
+        // Records past the head seen at the start: appended since (fine), or there
+        // without a head that counts them. Appends are held off while looking.
+        let _appends = self.ledger_head.lock().unwrap_or_else(|p| p.into_inner());
+        let now = match self.stored_ledger_head()? {
+            None => None,
+            Some(Ok(now)) => Some(now),
+            Some(Err(len)) => return Ok(damaged_head(len)),
+        };
+        let from = records::ledger_key(now.map_or(0, |h| h.seq).saturating_add(1));
+        let end = records::ledger_key(u64::MAX);
+        match self.tree.range(from..=end).next() {
+            None => Ok(check),
+            Some(entry) => {
+                let (key, _) = entry.map_err(|e| self.engine(e))?;
+                let first_extra = records::ledger_seq(&key).unwrap_or(0);
+                Ok(ledger::beyond_head(first_extra, now))
+            }
+        }
     }
 }

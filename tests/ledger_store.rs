@@ -1,0 +1,486 @@
+//! The disclosure ledger in a real sled store: appending and reading back, the chain
+//! across a restart, concurrent appends, and what verification reports when the
+//! stored records are edited, removed, reordered or truncated behind the node's back.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use entente::crypto::sha256;
+use entente::model::{BundleId, NodeId};
+use entente::store::{LedgerCheck, LedgerEntry, LedgerRecord, SledStore, Store};
+
+/// The sled tree the store keeps everything in (the store's constant is private).
+const TREE: &str = "entente.v1";
+
+const T0: i64 = 1_700_000_000_000;
+
+fn owner() -> NodeId {
+    NodeId::new("redmond.hq").unwrap()
+}
+
+fn partner(i: u64) -> NodeId {
+    NodeId::new(match i % 3 {
+        0 => "berlin.office",
+        1 => "paris.cert",
+        _ => "oslo.soc",
+    })
+    .unwrap()
+}
+
+/// The `i`-th delivery of a deterministic series: bundle ids come from `bundles`, so
+/// two stores fed the same series hold byte-identical records.
+fn entry(i: u64, bundles: &[BundleId]) -> LedgerEntry {
+    let b = |k: u64| bundles[(k as usize) % bundles.len()].clone();
+    LedgerEntry {
+        time_ms: T0 + i as i64 * 1000,
+        partner: partner(i),
+        path: ["query", "get", "subscribe", "export", "pull"][(i % 5) as usize].into(),
+        deliveries: vec![(b(i), vec![0, 2, i as u32]), (b(i + 1), vec![1])],
+        policy_hash: sha256(format!("policy v{}", i / 50).as_bytes()),
+    }
+}
+
+fn bundles() -> Vec<BundleId> {
+    (0..7).map(|_| BundleId::new_random()).collect()
+}
+
+fn open(dir: &Path) -> SledStore {
+    retry(|| SledStore::open(dir, &owner(), 8 << 20))
+}
+
+/// Opens the store's directory with sled directly, as someone editing it would.
+fn open_raw(dir: &Path) -> (sled::Db, sled::Tree) {
+    let db = retry(|| sled::open(dir));
+    let tree = db.open_tree(TREE).unwrap();
+    (db, tree)
+}
+
+/// sled may hold the directory lock briefly after a handle is dropped: retries until
+/// it opens, under a deadline.
+fn retry<T, E: std::fmt::Debug>(mut open: impl FnMut() -> Result<T, E>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut wait = Duration::from_millis(2);
+    loop {
+        match open() {
+            Ok(v) => return v,
+            Err(e) if Instant::now() >= deadline => panic!("could not open the store: {e:?}"),
+            Err(_) => {
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn key(seq: u64) -> Vec<u8> {
+    let mut k = vec![b'L'];
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// A store in `dir` holding `n` records of the series; returns them.
+fn filled(dir: &Path, n: u64, bundles: &[BundleId]) -> Vec<LedgerRecord> {
+    let store = open(dir);
+    let out: Vec<LedgerRecord> = (1..=n)
+        .map(|i| store.append_ledger(&entry(i, bundles)).unwrap())
+        .collect();
+    store.flush().unwrap();
+    out
+}
+
+/// Changes the stored ledger with sled directly, then checks it through the store.
+fn tamper_and_verify(dir: &Path, edit: impl FnOnce(&sled::Tree)) -> LedgerCheck {
+    {
+        let (db, tree) = open_raw(dir);
+        edit(&tree);
+        db.flush().unwrap();
+    }
+    open(dir).verify_ledger().unwrap()
+}
+
+fn broken(check: LedgerCheck) -> (u64, String) {
+    match check {
+        LedgerCheck::Broken { seq, problem } => (seq, problem),
+        other => panic!("expected a broken ledger, got {other:?}"),
+    }
+}
+
+/// Reads the whole ledger in pages of `page`.
+fn read_all(store: &SledStore, page: usize) -> Vec<LedgerRecord> {
+    let mut out: Vec<LedgerRecord> = Vec::new();
+    loop {
+        let after = out.last().map_or(0, |r| r.seq);
+        let next = store.ledger(after, page, None, None).unwrap();
+        if next.is_empty() {
+            return out;
+        }
+        assert!(next.len() <= page);
+        out.extend(next);
+    }
+}
+
+#[test]
+fn an_empty_ledger_is_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    assert_eq!(
+        store.verify_ledger().unwrap(),
+        LedgerCheck::Intact {
+            records: 0,
+            head: [0; 32]
+        }
+    );
+    assert!(store.ledger(0, 10, None, None).unwrap().is_empty());
+}
+
+#[test]
+fn appended_records_chain_and_verify_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundles = bundles();
+    let store = open(dir.path());
+    let mut prev = [0u8; 32];
+    let mut appended = Vec::new();
+    for i in 1..=100 {
+        let e = entry(i, &bundles);
+        let record = store.append_ledger(&e).unwrap();
+        assert_eq!(record.seq, i);
+        assert_eq!(record.entry, e);
+        assert_eq!(record.prev_hash, prev);
+        prev = record.hash;
+        appended.push(record);
+    }
+    assert_eq!(
+        store.verify_ledger().unwrap(),
+        LedgerCheck::Intact {
+            records: 100,
+            head: appended[99].hash
+        }
+    );
+    // Reading back returns exactly what the appends returned, in order.
+    for page in [1, 7, 100, 1000] {
+        assert_eq!(read_all(&store, page), appended, "pages of {page}");
+    }
+}
+
+#[test]
+fn a_record_hash_is_sha256_of_the_domain_and_the_stored_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let records = filled(dir.path(), 3, &bundles());
+    let (_db, tree) = open_raw(dir.path());
+    for record in &records {
+        let stored = tree.get(key(record.seq)).unwrap().unwrap();
+        let mut message = b"entente/ledger/v1\0".to_vec();
+        message.extend_from_slice(&stored);
+        assert_eq!(record.hash, sha256(&message));
+    }
+    let head = tree.get(b"Mledger_head").unwrap().unwrap();
+    assert_eq!(&head[..8], &3u64.to_be_bytes());
+    assert_eq!(&head[8..], &records[2].hash);
+}
+
+#[test]
+fn ledger_pages_after_a_position_and_filters_by_partner_and_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundles = bundles();
+    filled(dir.path(), 100, &bundles);
+    let store = open(dir.path());
+    let seqs = |records: Vec<LedgerRecord>| records.iter().map(|r| r.seq).collect::<Vec<_>>();
+
+    assert_eq!(
+        seqs(store.ledger(10, 5, None, None).unwrap()),
+        vec![11, 12, 13, 14, 15]
+    );
+    assert_eq!(
+        seqs(store.ledger(97, 10, None, None).unwrap()),
+        vec![98, 99, 100]
+    );
+    assert!(store.ledger(100, 10, None, None).unwrap().is_empty());
+    assert!(store.ledger(u64::MAX, 10, None, None).unwrap().is_empty());
+    assert!(store.ledger(0, 0, None, None).unwrap().is_empty());
+
+    let berlin = NodeId::new("berlin.office").unwrap();
+    let for_berlin = store.ledger(0, 1000, Some(&berlin), None).unwrap();
+    assert_eq!(
+        seqs(for_berlin.clone()),
+        (1..=100).filter(|i| i % 3 == 0).collect::<Vec<_>>()
+    );
+    assert!(for_berlin.iter().all(|r| r.entry.partner == berlin));
+    // The limit counts matching records, after the position given.
+    assert_eq!(
+        seqs(store.ledger(30, 3, Some(&berlin), None).unwrap()),
+        vec![33, 36, 39]
+    );
+
+    let since = T0 + 90 * 1000;
+    assert_eq!(
+        seqs(store.ledger(0, 1000, None, Some(since)).unwrap()),
+        (90..=100).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        seqs(store.ledger(0, 1000, Some(&berlin), Some(since)).unwrap()),
+        vec![90, 93, 96, 99]
+    );
+    let nobody = NodeId::new("nobody.example").unwrap();
+    assert!(store.ledger(0, 10, Some(&nobody), None).unwrap().is_empty());
+}
+
+#[test]
+fn a_reopened_store_continues_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundles = bundles();
+    let first = filled(dir.path(), 50, &bundles);
+    let store = open(dir.path());
+    let next = store.append_ledger(&entry(51, &bundles)).unwrap();
+    assert_eq!(next.seq, 51);
+    assert_eq!(next.prev_hash, first[49].hash);
+    for i in 52..=60 {
+        store.append_ledger(&entry(i, &bundles)).unwrap();
+    }
+    store.flush().unwrap();
+    drop(store);
+
+    let store = open(dir.path());
+    let all = read_all(&store, 25);
+    assert_eq!(all.len(), 60);
+    assert_eq!(&all[..50], &first[..]);
+    assert_eq!(
+        store.verify_ledger().unwrap(),
+        LedgerCheck::Intact {
+            records: 60,
+            head: all[59].hash
+        }
+    );
+}
+
+/// A flipped byte in record 40 is attributed to record 40 itself, whichever field it
+/// lands in: a value that no longer decodes, a sequence number that moved, a link
+/// that no longer matches record 39, or (most often) content whose hash no longer
+/// matches record 41's link.
+#[test]
+fn a_flipped_byte_is_reported_as_that_record_altered() {
+    let dir = tempfile::tempdir().unwrap();
+    filled(dir.path(), 100, &bundles());
+    let len = {
+        let (_db, tree) = open_raw(dir.path());
+        tree.get(key(40)).unwrap().unwrap().len()
+    };
+    for at in [0, len / 2, len - 1] {
+        let mut original = Vec::new();
+        let check = tamper_and_verify(dir.path(), |tree| {
+            original = tree.get(key(40)).unwrap().unwrap().to_vec();
+            let mut flipped = original.clone();
+            flipped[at] ^= 0x01;
+            tree.insert(key(40), flipped).unwrap();
+        });
+        let (seq, problem) = broken(check);
+        assert_eq!(seq, 40, "byte {at}: {problem}");
+        assert!(
+            problem.starts_with("record 40 was altered"),
+            "byte {at}: {problem}"
+        );
+        // Put it back: the ledger is whole again.
+        let check = tamper_and_verify(dir.path(), |tree| {
+            tree.insert(key(40), original).unwrap();
+        });
+        assert!(matches!(check, LedgerCheck::Intact { records: 100, .. }));
+    }
+}
+
+#[test]
+fn a_removed_record_is_reported_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    filled(dir.path(), 100, &bundles());
+    let check = tamper_and_verify(dir.path(), |tree| {
+        tree.remove(key(40)).unwrap();
+    });
+    assert_eq!(broken(check), (40, "record 40 is missing".into()));
+}
+
+#[test]
+fn swapped_records_are_reported_out_of_order() {
+    let dir = tempfile::tempdir().unwrap();
+    filled(dir.path(), 100, &bundles());
+    let check = tamper_and_verify(dir.path(), |tree| {
+        let a = tree.get(key(40)).unwrap().unwrap();
+        let b = tree.get(key(41)).unwrap().unwrap();
+        tree.insert(key(40), b).unwrap();
+        tree.insert(key(41), a).unwrap();
+    });
+    assert_eq!(
+        broken(check),
+        (
+            40,
+            "records out of order: record 41 is stored at position 40".into()
+        )
+    );
+}
+
+#[test]
+fn a_removed_tail_is_reported_against_the_head() {
+    let dir = tempfile::tempdir().unwrap();
+    filled(dir.path(), 100, &bundles());
+    let check = tamper_and_verify(dir.path(), |tree| {
+        tree.remove(key(100)).unwrap();
+        tree.remove(key(99)).unwrap();
+    });
+    assert_eq!(
+        broken(check),
+        (
+            99,
+            "the last 2 records were removed (head says 100, found 98)".into()
+        )
+    );
+}
+
+#[test]
+fn a_head_rolled_back_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let records = filled(dir.path(), 100, &bundles());
+    let check = tamper_and_verify(dir.path(), |tree| {
+        let mut head = 98u64.to_be_bytes().to_vec();
+        head.extend_from_slice(&records[97].hash);
+        tree.insert(b"Mledger_head", head).unwrap();
+    });
+    let (seq, problem) = broken(check);
+    assert_eq!(seq, 99);
+    assert!(
+        problem.starts_with("record 99 lies beyond the ledger head (head says 98)"),
+        "{problem}"
+    );
+}
+
+/// Two stores fed the same first 39 deliveries hold identical records 1 to 39, so the
+/// second store's record 40 is a well-formed forgery: right number, right link to
+/// record 39, its own hash consistent with its bytes.
+#[test]
+fn a_consistently_rewritten_record_is_caught_by_the_next_link() {
+    let base = tempfile::tempdir().unwrap();
+    let (real, forged) = (base.path().join("real"), base.path().join("forged"));
+    let bundles = bundles();
+    let records = filled(&real, 100, &bundles);
+    let forgery = {
+        let store = open(&forged);
+        for i in 1..=39 {
+            store.append_ledger(&entry(i, &bundles)).unwrap();
+        }
+        let mut hidden = entry(40, &bundles);
+        hidden.deliveries.truncate(1);
+        let record = store.append_ledger(&hidden).unwrap();
+        assert_eq!(record.prev_hash, records[38].hash);
+        store.flush().unwrap();
+        drop(store);
+        let (_db, tree) = open_raw(&forged);
+        tree.get(key(40)).unwrap().unwrap()
+    };
+    let check = tamper_and_verify(&real, |tree| {
+        tree.insert(key(40), forgery).unwrap();
+    });
+    assert_eq!(
+        broken(check),
+        (
+            40,
+            "record 40 was altered (its hash does not match the link in record 41)".into()
+        )
+    );
+}
+
+/// The limit of a chain on its own: rewriting a record, every record after it and the
+/// head leaves a consistent chain. Only a head kept outside the node (the `head` of
+/// an earlier Intact check) exposes it.
+#[test]
+fn a_rewritten_tail_with_its_head_is_only_exposed_by_an_outside_head() {
+    let base = tempfile::tempdir().unwrap();
+    let (real, forged) = (base.path().join("real"), base.path().join("forged"));
+    let bundles = bundles();
+    let records = filled(&real, 100, &bundles);
+    {
+        let store = open(&forged);
+        for i in 1..=100 {
+            let mut e = entry(i, &bundles);
+            if i == 40 {
+                e.deliveries.truncate(1);
+            }
+            store.append_ledger(&e).unwrap();
+        }
+        store.flush().unwrap();
+    }
+    let tail: Vec<(Vec<u8>, sled::IVec)> = {
+        let (_db, tree) = open_raw(&forged);
+        let mut tail: Vec<_> = (40..=100)
+            .map(|seq| (key(seq), tree.get(key(seq)).unwrap().unwrap()))
+            .collect();
+        tail.push((
+            b"Mledger_head".to_vec(),
+            tree.get(b"Mledger_head").unwrap().unwrap(),
+        ));
+        tail
+    };
+    let check = tamper_and_verify(&real, |tree| {
+        for (k, v) in tail {
+            tree.insert(k, v).unwrap();
+        }
+    });
+    match check {
+        LedgerCheck::Intact { records: 100, head } => assert_ne!(head, records[99].hash),
+        other => panic!("expected a consistent forged chain, got {other:?}"),
+    }
+}
+
+#[test]
+fn concurrent_appends_form_one_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundles = Arc::new(bundles());
+    let store = Arc::new(open(dir.path()));
+    let done = Arc::new(AtomicBool::new(false));
+    // Checking while appends run never reports a problem.
+    let checker = {
+        let (store, done) = (store.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut checks = 0;
+            while !done.load(Ordering::SeqCst) || checks == 0 {
+                let check = store.verify_ledger().unwrap();
+                assert!(
+                    matches!(check, LedgerCheck::Intact { .. }),
+                    "while appending: {check:?}"
+                );
+                checks += 1;
+            }
+            checks
+        })
+    };
+    let writers: Vec<_> = (0..4u64)
+        .map(|t| {
+            let (store, bundles) = (store.clone(), bundles.clone());
+            std::thread::spawn(move || {
+                (0..250u64)
+                    .map(|i| {
+                        store
+                            .append_ledger(&entry(t * 1000 + i, &bundles))
+                            .unwrap()
+                            .seq
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut seqs: Vec<u64> = writers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    done.store(true, Ordering::SeqCst);
+    assert!(checker.join().unwrap() > 0);
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=1000).collect::<Vec<_>>());
+    let all = read_all(&store, 128);
+    assert_eq!(all.len(), 1000);
+    assert!(all.windows(2).all(|w| w[1].prev_hash == w[0].hash));
+    assert_eq!(
+        store.verify_ledger().unwrap(),
+        LedgerCheck::Intact {
+            records: 1000,
+            head: all[999].hash
+        }
+    );
+}
