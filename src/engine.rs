@@ -11,7 +11,9 @@ use crate::crypto::{
 };
 use crate::model::{Distribution, Item, ItemId, NodeId, Partner};
 use crate::policy::{Context, Decision, Policy};
-use crate::store::{AcceptReport, ItemQuery, Page, Source, Store, StoreError, StoredItem};
+use crate::store::{
+    AcceptReport, ItemQuery, LedgerEntry, Page, Source, Store, StoreError, StoredItem,
+};
 use crate::wire;
 
 /// Capacity of the subscription channel; a subscriber further behind is dropped.
@@ -233,10 +235,14 @@ impl Engine {
     pub fn get(&self, partner: &Partner, id: &ItemId) -> Result<Option<StoredItem>, EngineError> {
         let policy = self.policy();
         let now = now_ms();
-        Ok(self
+        let found = self
             .store
             .get(id)?
-            .filter(|stored| Self::decide_stored(&policy, &partner.id, stored, now, true).allow))
+            .filter(|stored| Self::decide_stored(&policy, &partner.id, stored, now, true).allow);
+        if let Some(stored) = &found {
+            self.record_delivery(&partner.id, "get", [stored])?;
+        }
+        Ok(found)
     }
 
     /// The item `id` and the decision for `partner`, for `policy explain`.
@@ -266,6 +272,60 @@ impl Engine {
             Self::decide_stored(&policy, &partner.id, stored, now_ms, query.include_expired).allow
         };
         Ok(self.store.query(query, after, limit, now_ms, &visible)?)
+    }
+
+    /// [`Engine::query`] for a client path: the page is recorded in the disclosure
+    /// ledger as one delivery on `path` before it is returned.
+    pub fn query_delivered(
+        &self,
+        partner: &Partner,
+        path: &str,
+        query: &ItemQuery,
+        after: Option<&[u8]>,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<Page, EngineError> {
+        let page = self.query(partner, query, after, limit, now_ms)?;
+        self.record_delivery(&partner.id, path, &page.items)?;
+        Ok(page)
+    }
+
+    /// Appends one disclosure-ledger record for `items` delivered to `partner` on `path`
+    /// (one record per delivered message). Called before the message is sent, so nothing
+    /// leaves unrecorded.
+    pub fn record_delivery<'a>(
+        &self,
+        partner: &NodeId,
+        path: &str,
+        items: impl IntoIterator<Item = &'a StoredItem>,
+    ) -> Result<(), EngineError> {
+        let mut by_bundle: std::collections::BTreeMap<&crate::model::BundleId, Vec<u32>> =
+            std::collections::BTreeMap::new();
+        for stored in items {
+            by_bundle
+                .entry(&stored.bundle_id)
+                .or_default()
+                .push(stored.index);
+        }
+        if by_bundle.is_empty() {
+            return Ok(());
+        }
+        let deliveries = by_bundle
+            .into_iter()
+            .map(|(bundle, mut indices)| {
+                indices.sort_unstable();
+                indices.dedup();
+                (bundle.clone(), indices)
+            })
+            .collect();
+        self.store.append_ledger(&LedgerEntry {
+            time_ms: now_ms(),
+            partner: partner.clone(),
+            path: path.to_owned(),
+            deliveries,
+            policy_hash: self.policy().hash(),
+        })?;
+        Ok(())
     }
 
     /// Items accepted from now on (every item: the caller filters through policy).

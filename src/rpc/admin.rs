@@ -8,12 +8,14 @@ use tonic::{Request, Response, Status};
 use super::auth::{caller, require_admin};
 use super::proto::admin_server::Admin;
 use super::proto::{
-    ExplainRequest, ExplainResponse, LedgerRecord, LedgerShowRequest, LedgerVerifyRequest,
-    LedgerVerifyResponse, ReloadPolicyRequest, ReloadPolicyResponse, StoredItem as ProtoStoredItem,
+    ExplainRequest, ExplainResponse, LedgerDelivery, LedgerRecord, LedgerShowRequest,
+    LedgerVerifyRequest, LedgerVerifyResponse, ReloadPolicyRequest, ReloadPolicyResponse,
+    StoredItem as ProtoStoredItem,
 };
 use crate::engine::Engine;
 use crate::model::{ItemId, NodeId};
 use crate::policy::Policy;
+use crate::store::LedgerCheck;
 
 /// Re-reads the configuration and puts the new policy in force.
 pub trait PolicyReload: Send + Sync {
@@ -90,9 +92,47 @@ impl Admin for AdminService {
         request: Request<LedgerShowRequest>,
     ) -> Result<Response<Self::LedgerShowStream>, Status> {
         require_admin(caller(&request)?)?;
-        Err(Status::unimplemented(
-            "the disclosure ledger is not available in this version",
-        ))
+        let LedgerShowRequest {
+            partner,
+            since_unix_ms,
+        } = request.into_inner();
+        let partner = if partner.is_empty() {
+            None
+        } else {
+            Some(
+                NodeId::new(&partner)
+                    .map_err(|e| Status::invalid_argument(format!("partner: {e}")))?,
+            )
+        };
+        let since = (since_unix_ms != 0).then_some(since_unix_ms);
+        let store = self.engine.store().clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::task::spawn_blocking(move || {
+            let mut after = 0;
+            loop {
+                let page = match store.ledger(after, LEDGER_PAGE, partner.as_ref(), since) {
+                    Ok(page) => page,
+                    Err(error) => {
+                        let _ = tx.blocking_send(Err(Status::from(
+                            crate::engine::EngineError::from(error),
+                        )));
+                        return;
+                    }
+                };
+                let Some(last) = page.last() else {
+                    return;
+                };
+                after = last.seq;
+                for record in page {
+                    if tx.blocking_send(Ok(ledger_record(record))).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn ledger_verify(
@@ -100,8 +140,55 @@ impl Admin for AdminService {
         request: Request<LedgerVerifyRequest>,
     ) -> Result<Response<LedgerVerifyResponse>, Status> {
         require_admin(caller(&request)?)?;
-        Err(Status::unimplemented(
-            "the disclosure ledger is not available in this version",
-        ))
+        let store = self.engine.store().clone();
+        let check = tokio::task::spawn_blocking(move || store.verify_ledger())
+            .await
+            .map_err(|e| Status::internal(format!("task failed: {e}")))?
+            .map_err(crate::engine::EngineError::from)?;
+        Ok(Response::new(match check {
+            LedgerCheck::Intact { records, head } => LedgerVerifyResponse {
+                intact: true,
+                records,
+                head: head.to_vec(),
+                broken_at: 0,
+                problem: String::new(),
+            },
+            LedgerCheck::Broken { seq, problem } => LedgerVerifyResponse {
+                intact: false,
+                records: 0,
+                head: Vec::new(),
+                broken_at: seq,
+                problem,
+            },
+        }))
+    }
+}
+
+/// Ledger records per store read while streaming.
+const LEDGER_PAGE: usize = 1000;
+
+fn ledger_record(record: crate::store::LedgerRecord) -> LedgerRecord {
+    let crate::store::LedgerRecord {
+        seq,
+        entry,
+        prev_hash,
+        hash,
+    } = record;
+    LedgerRecord {
+        seq,
+        time_unix_ms: entry.time_ms,
+        partner: entry.partner.to_string(),
+        path: entry.path,
+        deliveries: entry
+            .deliveries
+            .into_iter()
+            .map(|(bundle, indices)| LedgerDelivery {
+                bundle_id: bundle.to_string(),
+                indices,
+            })
+            .collect(),
+        policy_hash: entry.policy_hash.to_vec(),
+        prev_hash: prev_hash.to_vec(),
+        hash: hash.to_vec(),
     }
 }

@@ -192,12 +192,25 @@ impl Intel for IntelService {
         // An exact-value lookup touches a few keys: answer it inline. Scans go to the
         // blocking pool.
         let page = if query.value.is_some() {
-            self.engine
-                .query(&partner, &query, Some(&page_token), limit, now_ms())?
+            self.engine.query_delivered(
+                &partner,
+                "query",
+                &query,
+                Some(&page_token),
+                limit,
+                now_ms(),
+            )?
         } else {
             let engine = self.engine.clone();
             blocking(move || {
-                Ok(engine.query(&partner, &query, Some(&page_token), limit, now_ms())?)
+                Ok(engine.query_delivered(
+                    &partner,
+                    "query",
+                    &query,
+                    Some(&page_token),
+                    limit,
+                    now_ms(),
+                )?)
             })
             .await?
         };
@@ -272,6 +285,13 @@ impl Intel for IntelService {
                 {
                     continue;
                 }
+                if let Err(error) =
+                    engine.record_delivery(&partner.id, "subscribe", [stored.as_ref()])
+                {
+                    // Nothing leaves unrecorded.
+                    let _ = tx.send(Err(Status::from(error))).await;
+                    return;
+                }
                 if tx
                     .send(Ok(ProtoStoredItem::from(stored.as_ref())))
                     .await
@@ -310,8 +330,16 @@ impl Intel for IntelService {
                     let partner = partner.clone();
                     let query = query.clone();
                     let after = cursor.clone();
+                    // One ledger record per page of exported objects.
                     blocking(move || {
-                        Ok(engine.query(&partner, &query, Some(&after), EXPORT_PAGE, now_ms())?)
+                        Ok(engine.query_delivered(
+                            &partner,
+                            "export",
+                            &query,
+                            Some(&after),
+                            EXPORT_PAGE,
+                            now_ms(),
+                        )?)
                     })
                     .await
                 };

@@ -1,0 +1,243 @@
+//! The disclosure ledger end to end: every client path appends a record of what it
+//! delivered, the operator reads and verifies the chain over the Admin service and the
+//! CLI, and an edit of a stored record behind the node's back is found and located.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{Pki, client, write_config};
+use entente::client::NodeClient;
+use entente::rpc::proto::{ItemFilter, LedgerShowRequest, PublishRequest};
+use entente::wire::{self, Tlp};
+use entente::{Node, NodeId};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(DEADLINE, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {DEADLINE:?}"))
+}
+
+fn item(value: &str, tlp: Tlp) -> wire::Item {
+    wire::Item {
+        id: entente::model::ItemId::new_random().to_string(),
+        modified_unix_ms: 0,
+        tlp: tlp as i32,
+        tags: vec![],
+        kind: Some(wire::item::Kind::Indicator(wire::Indicator {
+            indicator_type: "domain".into(),
+            value: value.into(),
+            ..Default::default()
+        })),
+    }
+}
+
+async fn connect(pki: &Pki, node: &Node, who: &str) -> NodeClient {
+    let who = NodeId::new(who).unwrap();
+    let tls = pki.material(&who).client_config().unwrap();
+    within(
+        "connect",
+        NodeClient::connect(tls, &who, &node.local_addr().to_string(), node.id()),
+    )
+    .await
+    .unwrap()
+}
+
+async fn records(operator: &NodeClient, partner: &str) -> Vec<entente::rpc::proto::LedgerRecord> {
+    let mut stream = within(
+        "ledger show",
+        operator.ledger_show(LedgerShowRequest {
+            partner: partner.into(),
+            since_unix_ms: 0,
+        }),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    while let Some(r) = within("ledger record", stream.message()).await.unwrap() {
+        out.push(r);
+    }
+    out
+}
+
+/// Flips one byte of ledger record `seq` in the store at `dir` (the node is stopped).
+fn alter_record(dir: &Path, seq: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let db = loop {
+        match sled::open(dir) {
+            Ok(db) => break db,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::yield_now();
+            }
+            Err(e) => panic!("cannot open the stopped node's store: {e}"),
+        }
+    };
+    // The store keeps everything in this tree; ledger keys are b'L' + big-endian seq.
+    let tree = db.open_tree("entente.v1").unwrap();
+    let mut key = vec![b'L'];
+    key.extend_from_slice(&seq.to_be_bytes());
+    let mut value = tree.get(&key).unwrap().expect("record exists").to_vec();
+    let last = value.len() - 1;
+    value[last] ^= 0x01;
+    tree.insert(key, value).unwrap();
+    db.flush().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_path_is_recorded_and_tampering_is_located() {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    pki.client("analyst.alice");
+    pki.client("researcher.uni-x");
+    let config = write_config(
+        &pki,
+        &hq,
+        &[
+            client("analyst.alice", "analyst"),
+            client("researcher.uni-x", "read_only"),
+        ],
+        &[],
+    );
+    let node = common::start(&config).await;
+    let analyst = connect(&pki, &node, "analyst.alice").await;
+    let reader = connect(&pki, &node, "researcher.uni-x").await;
+    let operator = connect(&pki, &node, "redmond.hq").await;
+
+    let mut subscription = within("subscribe", reader.subscribe(ItemFilter::default()))
+        .await
+        .unwrap();
+    let marker = item("marker.example.com", Tlp::Green);
+    let secret = item("secret.example.com", Tlp::Red);
+    let open = item("open.example.com", Tlp::Clear);
+    let open_id = open.id.clone();
+    let request = PublishRequest {
+        items: vec![marker, secret, open],
+        distribution: None,
+        groups: vec![],
+    };
+    let published = within(
+        "publish",
+        analyst.publish(tokio_stream::iter(vec![request])),
+    )
+    .await
+    .unwrap();
+    let bundle = published.bundle_ids[0].clone();
+    // The subscriber gets the two it may see (GREEN, CLEAR), never the RED one.
+    for _ in 0..2 {
+        within("subscription", subscription.message())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    within("query", reader.query(ItemFilter::default(), 10, vec![]))
+        .await
+        .unwrap();
+    within("get", reader.get(&open_id)).await.unwrap().unwrap();
+    let mut export = within("export", reader.export(ItemFilter::default()))
+        .await
+        .unwrap();
+    while within("export chunk", export.message())
+        .await
+        .unwrap()
+        .is_some()
+    {}
+
+    let recorded = records(&operator, "researcher.uni-x").await;
+    let paths: BTreeSet<&str> = recorded.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, ["export", "get", "query", "subscribe"].into());
+    for r in &recorded {
+        assert_eq!(r.partner, "researcher.uni-x");
+        assert_eq!(r.policy_hash.len(), 32);
+        for d in &r.deliveries {
+            assert_eq!(d.bundle_id, bundle);
+            // Index 1 is the RED item: never disclosed to the read-only client.
+            assert!(
+                !d.indices.contains(&1),
+                "record {} discloses the RED item",
+                r.seq
+            );
+        }
+    }
+    // The query record lists exactly what the query delivered.
+    let query = recorded.iter().find(|r| r.path == "query").unwrap();
+    assert_eq!(query.deliveries[0].indices, vec![0, 2]);
+    let verified = within("verify", operator.ledger_verify()).await.unwrap();
+    assert!(verified.intact, "{}", verified.problem);
+    let total = verified.records;
+    assert!(total >= recorded.len() as u64);
+
+    // The analyst's and the reader's records are kept apart by the partner filter.
+    assert!(
+        records(&operator, "analyst.alice")
+            .await
+            .iter()
+            .all(|r| r.partner == "analyst.alice")
+    );
+
+    // Alter record 2 behind the node's back; verification finds it and says where.
+    node.shutdown(DEADLINE).await.unwrap();
+    alter_record(&pki.path().join("data-redmond.hq"), 2);
+    let node = common::start(&config).await;
+    let operator = connect(&pki, &node, "redmond.hq").await;
+    let broken = within("verify", operator.ledger_verify()).await.unwrap();
+    assert!(!broken.intact);
+    assert_eq!(broken.broken_at, 2, "{}", broken.problem);
+    assert!(
+        broken.problem.contains("record 2 was altered"),
+        "{}",
+        broken.problem
+    );
+
+    // The CLI says the same and exits non-zero (as the operator, with the node's own
+    // certificate, at the running node's address).
+    let operator_config = pki.path().join("operator.toml");
+    std::fs::write(
+        &operator_config,
+        format!(
+            "[client]\nid = \"redmond.hq\"\ncert = \"{}\"\nkey = \"{}\"\ntrust_anchors = [\"{}\"]\nnode = \"{}\"\nnode_id = \"redmond.hq\"\n",
+            pki.certs.cert_path("redmond.hq").display(),
+            pki.certs.key_path("redmond.hq").display(),
+            pki.ca_cert().display(),
+            node.local_addr()
+        ),
+    )
+    .unwrap();
+    let run = |args: &'static [&'static str]| {
+        let config = operator_config.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_entente"))
+                .args(args)
+                .arg("--config")
+                .arg(&config)
+                .output()
+                .unwrap()
+        })
+    };
+    let out = within("ledger verify", run(&["ledger", "verify"]))
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ledger broken at record 2: record 2 was altered"),
+        "{stderr}"
+    );
+    let out = within("ledger show", run(&["ledger", "show"]))
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count() as u64,
+        total
+    );
+    node.shutdown(DEADLINE).await.unwrap();
+}
