@@ -10,7 +10,7 @@ mod verify;
 pub use sign::{BundleSigner, SignError};
 pub use verify::{
     BundleHeader, CertificateSource, SignerError, SignerTrust, VerifiedBundle, VerifiedItem,
-    VerifyError, verify,
+    VerifyError, parse_header, verify,
 };
 
 /// Prefix of every bundle signature, so no bundle signature can be taken for any

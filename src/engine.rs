@@ -245,17 +245,36 @@ impl Engine {
         Ok(found)
     }
 
-    /// The item `id` and the decision for `partner`, for `policy explain`.
+    /// The item `id` and the decision for `partner`, for `policy explain`: the same
+    /// decision the partner's paths make (for a peer node, with the bundle's signed
+    /// distribution, as federation pull will).
     pub fn explain(
         &self,
         partner: &NodeId,
         id: &ItemId,
     ) -> Result<Option<(StoredItem, Decision)>, EngineError> {
         let policy = self.policy();
-        Ok(self.store.get(id)?.map(|stored| {
-            let decision = Self::decide_stored(&policy, partner, &stored, now_ms(), false);
-            (stored, decision)
-        }))
+        let Some(stored) = self.store.get(id)? else {
+            return Ok(None);
+        };
+        let distribution = match self.store.bundle_header(&stored.bundle_id)? {
+            Some(bytes) => Some(crate::crypto::parse_header(&bytes)?.0.distribution),
+            None => None,
+        };
+        let decision = policy.decide(
+            partner,
+            &stored.item,
+            &Context {
+                origin: &stored.origin,
+                hops: stored.hops,
+                distribution: distribution.as_ref(),
+                accepted_ms: stored.accepted_ms,
+                now_ms: now_ms(),
+                latest: true,
+                include_expired: false,
+            },
+        );
+        Ok(Some((stored, decision)))
     }
 
     /// A page of items matching `query` that `partner` may see.

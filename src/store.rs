@@ -272,6 +272,9 @@ pub trait Store: Send + Sync {
     /// Bytes the store occupies on disk.
     fn size_on_disk(&self) -> Result<u64, StoreError>;
 
+    /// The exact signed header bytes of a held bundle.
+    fn bundle_header(&self, id: &BundleId) -> Result<Option<Vec<u8>>, StoreError>;
+
     /// Appends one record, chained to the previous one; returns it. Written atomically
     /// with the ledger head; durable with the next flush.
     fn append_ledger(&self, entry: &LedgerEntry) -> Result<LedgerRecord, StoreError>;

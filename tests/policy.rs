@@ -418,3 +418,68 @@ fn policy_check_prints_the_compiled_policy() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_for_peer_nodes_uses_the_signed_distribution() {
+    let pki = Pki::new();
+    let id = pki.node("redmond.hq");
+    pki.client("analyst.alice");
+    let path = write_config(&pki, &id, &[client("analyst.alice", "analyst")], &[]);
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    for peer in ["berlin.office", "lea.partner"] {
+        text.push_str(&format!(
+            "\n[[peer]]\nid = \"{peer}\"\naddress = \"127.0.0.1:1\"\nmax_tlp = \"AMBER\"\nallow_types = [\"*\"]\n"
+        ));
+    }
+    text.push_str("\n[groups]\nops-cobalt = [\"berlin.office\", \"singapore.office\"]\n");
+    std::fs::write(&path, text).unwrap();
+    let node = common::start(&path).await;
+    let analyst = connect(&pki, &node, "analyst.alice").await;
+    let operator = connect(&pki, &node, "redmond.hq").await;
+
+    let grouped = item("domain", "cobalt.example.com", Tlp::Amber, &[]);
+    let grouped_id = grouped.id.clone();
+    publish(&analyst, vec![grouped], vec!["ops-cobalt".into()])
+        .await
+        .unwrap();
+    let local_only = item("domain", "local.example.com", Tlp::Green, &[]);
+    let local_id = local_only.id.clone();
+    let request = PublishRequest {
+        items: vec![local_only],
+        distribution: Some(wire::Distribution {
+            max_hops: Some(0),
+            recipients: vec![],
+        }),
+        groups: vec![],
+    };
+    within(
+        "publish",
+        analyst.publish(tokio_stream::iter(vec![request])),
+    )
+    .await
+    .unwrap();
+
+    let explain = |partner: &'static str, id: String| {
+        let operator = &operator;
+        async move {
+            within("explain", operator.explain(partner, &id))
+                .await
+                .unwrap()
+                .rule
+        }
+    };
+    assert!(
+        explain("berlin.office", grouped_id.clone())
+            .await
+            .starts_with("allowed:")
+    );
+    assert_eq!(
+        explain("lea.partner", grouped_id).await,
+        "withheld: lea.partner is not in the bundle's recipient list"
+    );
+    assert_eq!(
+        explain("berlin.office", local_id).await,
+        "withheld: max_hops 0 is reached (this node holds the item at hop 0)"
+    );
+    node.shutdown(DEADLINE).await.unwrap();
+}

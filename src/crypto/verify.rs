@@ -220,9 +220,7 @@ fn field(field: &'static str, problem: impl Into<String>) -> VerifyError {
 }
 
 /// Parses and checks header bytes (no signature check); also returns the leaf digests.
-pub(crate) fn parse_header(
-    header_bytes: &[u8],
-) -> Result<(BundleHeader, Vec<Vec<u8>>), VerifyError> {
+pub fn parse_header(header_bytes: &[u8]) -> Result<(BundleHeader, Vec<Vec<u8>>), VerifyError> {
     if header_bytes.len() > MAX_HEADER_BYTES {
         return Err(VerifyError::HeaderTooLarge(header_bytes.len()));
     }

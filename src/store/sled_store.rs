@@ -534,6 +534,19 @@ impl Store for SledStore {
         self.db.size_on_disk().map_err(|e| self.engine(e))
     }
 
+    fn bundle_header(&self, id: &BundleId) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = records::key(records::BUNDLE, &id.uuid_bytes());
+        match self.tree.get(key).map_err(|e| self.engine(e))? {
+            None => Ok(None),
+            Some(bytes) => BundleRecord::decode(bytes.as_ref())
+                .map(|r| Some(r.header_bytes))
+                .map_err(|e| StoreError::Corrupt {
+                    key: id.to_string(),
+                    problem: e.to_string(),
+                }),
+        }
+    }
+
     fn append_ledger(&self, entry: &LedgerEntry) -> Result<LedgerRecord, StoreError> {
         let mut head = self.ledger_head.lock().unwrap_or_else(|p| p.into_inner());
         let seq = head.seq.checked_add(1).ok_or_else(|| StoreError::Corrupt {
