@@ -44,6 +44,104 @@ pub enum EngineError {
     Task(String),
 }
 
+/// Most ledger records written in one batch.
+const LEDGER_GROUP_MAX: usize = 1024;
+
+/// A record to write, or (with `None`) a barrier that answers once everything handed
+/// over before it is written.
+type LedgerJob = (Option<LedgerEntry>, Option<std::sync::mpsc::SyncSender<()>>);
+
+/// The disclosure ledger's writer: deliveries hand their record over before the data
+/// is sent, and one thread writes records in groups, one store batch per group, so
+/// serving never waits for the ledger. Records reach the store within moments and the
+/// disk with the store's next flush (as everything else does). If a write ever fails,
+/// every later delivery is refused: the node fails closed rather than deliver
+/// unrecorded.
+struct LedgerWriter {
+    jobs: Option<std::sync::mpsc::Sender<LedgerJob>>,
+    failed: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LedgerWriter {
+    fn start(store: Arc<dyn Store>) -> Self {
+        let (jobs, queue) = std::sync::mpsc::channel::<LedgerJob>();
+        let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = failed.clone();
+        let thread = std::thread::Builder::new()
+            .name("ledger-writer".into())
+            .spawn(move || {
+                while let Ok(first) = queue.recv() {
+                    let mut group = vec![first];
+                    while group.len() < LEDGER_GROUP_MAX {
+                        match queue.try_recv() {
+                            Ok(job) => group.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    let entries: Vec<LedgerEntry> =
+                        group.iter().filter_map(|(e, _)| e.clone()).collect();
+                    if let Err(problem) = store.append_ledger_many(&entries) {
+                        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                        tracing::error!(%problem, "disclosure ledger write failed; every further delivery is refused");
+                    }
+                    for (_, done) in group {
+                        if let Some(done) = done {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            })
+            .ok();
+        Self {
+            jobs: Some(jobs),
+            failed,
+            thread,
+        }
+    }
+
+    fn stopped() -> EngineError {
+        EngineError::Task("the disclosure ledger is not writable; deliveries are refused".into())
+    }
+
+    /// Hands `entry` to the writer; refuses when the ledger has failed.
+    fn append(&self, entry: LedgerEntry) -> Result<(), EngineError> {
+        if self.failed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Self::stopped());
+        }
+        self.jobs
+            .as_ref()
+            .ok_or_else(Self::stopped)?
+            .send((Some(entry), None))
+            .map_err(|_| Self::stopped())
+    }
+
+    /// Returns once every record handed over so far is in the store.
+    fn sync(&self) -> Result<(), EngineError> {
+        let (done, wait) = std::sync::mpsc::sync_channel(1);
+        self.jobs
+            .as_ref()
+            .ok_or_else(Self::stopped)?
+            .send((None, Some(done)))
+            .map_err(|_| Self::stopped())?;
+        wait.recv().map_err(|_| Self::stopped())?;
+        if self.failed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Self::stopped());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LedgerWriter {
+    fn drop(&mut self) {
+        // Closing the queue ends the writer after the records already handed over.
+        self.jobs.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// The result of publishing one bundle.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PublishReceipt {
@@ -56,6 +154,7 @@ pub struct PublishReceipt {
 /// The node's core. Cheap to share behind an `Arc`.
 pub struct Engine {
     store: Arc<dyn Store>,
+    ledger: LedgerWriter,
     policy: std::sync::RwLock<Arc<Policy>>,
     signer: BundleSigner,
     trust: Box<dyn SignerTrust + Send + Sync>,
@@ -83,6 +182,7 @@ impl Engine {
         store.put_certificate(own_certificate)?;
         let (subscribers, _) = broadcast::channel(SUBSCRIPTION_BUFFER);
         Ok(Self {
+            ledger: LedgerWriter::start(store.clone()),
             store,
             policy: std::sync::RwLock::new(Arc::new(policy)),
             signer,
@@ -182,6 +282,12 @@ impl Engine {
             }
         }
         Ok(report)
+    }
+
+    /// Returns once every disclosure-ledger record handed over so far is in the store
+    /// (not yet flushed).
+    pub fn sync_ledger(&self) -> Result<(), EngineError> {
+        self.ledger.sync()
     }
 
     /// Makes everything accepted so far durable.
@@ -337,14 +443,13 @@ impl Engine {
                 (bundle.clone(), indices)
             })
             .collect();
-        self.store.append_ledger(&LedgerEntry {
+        self.ledger.append(LedgerEntry {
             time_ms: now_ms(),
             partner: partner.clone(),
             path: path.to_owned(),
             deliveries,
             policy_hash: self.policy().hash(),
-        })?;
-        Ok(())
+        })
     }
 
     /// Items accepted from now on (every item: the caller filters through policy).

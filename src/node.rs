@@ -259,6 +259,7 @@ impl Node {
             accept_task,
             mut serve_task,
             store,
+            engine,
             ..
         } = self;
         shutdown.cancel();
@@ -272,6 +273,9 @@ impl Node {
                 Err(NodeError::DeadlineExceeded(deadline))
             }
         };
+        if let Err(error) = engine.sync_ledger() {
+            tracing::error!(%error, "disclosure ledger not complete at shutdown");
+        }
         store.flush()?;
         tracing::info!(node = %id, "node stopped");
         served

@@ -275,6 +275,11 @@ pub trait Store: Send + Sync {
     /// The exact signed header bytes of a held bundle.
     fn bundle_header(&self, id: &BundleId) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// Appends several records in order, chained, in one atomic write (group commit).
+    fn append_ledger_many(&self, entries: &[LedgerEntry]) -> Result<Vec<LedgerRecord>, StoreError> {
+        entries.iter().map(|e| self.append_ledger(e)).collect()
+    }
+
     /// Appends one record, chained to the previous one; returns it. Written atomically
     /// with the ledger head; durable with the next flush.
     fn append_ledger(&self, entry: &LedgerEntry) -> Result<LedgerRecord, StoreError>;

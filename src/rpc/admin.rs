@@ -105,6 +105,7 @@ impl Admin for AdminService {
             )
         };
         let since = (since_unix_ms != 0).then_some(since_unix_ms);
+        self.engine.sync_ledger()?;
         let store = self.engine.store().clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::task::spawn_blocking(move || {
@@ -140,6 +141,7 @@ impl Admin for AdminService {
         request: Request<LedgerVerifyRequest>,
     ) -> Result<Response<LedgerVerifyResponse>, Status> {
         require_admin(caller(&request)?)?;
+        self.engine.sync_ledger()?;
         let store = self.engine.store().clone();
         let check = tokio::task::spawn_blocking(move || store.verify_ledger())
             .await

@@ -547,6 +547,39 @@ impl Store for SledStore {
         }
     }
 
+    fn append_ledger_many(&self, entries: &[LedgerEntry]) -> Result<Vec<LedgerRecord>, StoreError> {
+        let mut head = self.ledger_head.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch = sled::Batch::default();
+        let mut out = Vec::with_capacity(entries.len());
+        let mut last = *head;
+        for entry in entries {
+            let seq = last.seq.checked_add(1).ok_or_else(|| StoreError::Corrupt {
+                key: "ledger head".into(),
+                problem: "sequence number exhausted".into(),
+            })?;
+            let stored = ledger::encode_record(seq, entry, &last.hash);
+            let next = Head {
+                seq,
+                hash: ledger::link_hash(&stored),
+            };
+            batch.insert(&records::ledger_key(seq)[..], stored);
+            out.push(LedgerRecord {
+                seq,
+                entry: entry.clone(),
+                prev_hash: last.hash,
+                hash: next.hash,
+            });
+            last = next;
+        }
+        if out.is_empty() {
+            return Ok(out);
+        }
+        batch.insert(records::META_LEDGER_HEAD, &last.encode()[..]);
+        self.tree.apply_batch(batch).map_err(|e| self.engine(e))?;
+        *head = last;
+        Ok(out)
+    }
+
     fn append_ledger(&self, entry: &LedgerEntry) -> Result<LedgerRecord, StoreError> {
         let mut head = self.ledger_head.lock().unwrap_or_else(|p| p.into_inner());
         let seq = head.seq.checked_add(1).ok_or_else(|| StoreError::Corrupt {
