@@ -13,7 +13,7 @@
 //! crls = ["certs/crl.pem"]         # optional revocation lists
 //!
 //! [store]
-//! cache_mb = 64                    # sled page cache (default 64 MiB)
+//! cache_mb = 32                    # sled page cache (default 32 MiB)
 //!
 //! [[peer]]
 //! id = "berlin.office"
@@ -111,7 +111,7 @@ impl Default for RawStore {
 }
 
 /// Default size of the store's page cache, in MiB.
-pub const DEFAULT_CACHE_MB: u64 = 64;
+pub const DEFAULT_CACHE_MB: u64 = 32;
 
 fn default_cache_mb() -> u64 {
     DEFAULT_CACHE_MB
@@ -575,7 +575,7 @@ crls = []
 
 [store]
 # Page cache of the store in MiB; the node's memory use grows with it.
-cache_mb = 64
+cache_mb = 32
 
 # One [[peer]] per federation node this node exchanges bundles with.
 # [[peer]]

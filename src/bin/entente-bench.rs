@@ -181,7 +181,7 @@ fn setup(dir: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
     let node_config = dir.join("node.toml");
     std::fs::write(
         &node_config,
-        "[node]\nid = \"bench.hq\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\ncert = \"certs/bench.hq.crt\"\nkey = \"certs/bench.hq.key\"\ntrust_anchors = [\"certs/ca.crt\"]\n\n[store]\ncache_mb = 64\n\n[[client]]\nid = \"analyst.bench\"\nrole = \"analyst\"\n",
+        "[node]\nid = \"bench.hq\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\ncert = \"certs/bench.hq.crt\"\nkey = \"certs/bench.hq.key\"\ntrust_anchors = [\"certs/ca.crt\"]\n\n[store]\ncache_mb = 32\n\n[[client]]\nid = \"analyst.bench\"\nrole = \"analyst\"\n",
     )?;
     Ok((node_config, dir.join("analyst.toml")))
 }
