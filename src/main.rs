@@ -338,6 +338,14 @@ enum CertsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve { .. }) {
+        // A command whose output is piped into `head` ends quietly when the reader goes
+        // away, like any Unix tool. (The server keeps the default: EPIPE is an error.)
+        // SAFETY: called once at start-up, before any other thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     init_tracing(cli.log_format);
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
