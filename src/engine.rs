@@ -47,6 +47,9 @@ pub enum EngineError {
 /// Most ledger records written in one batch.
 const LEDGER_GROUP_MAX: usize = 1024;
 
+/// How long the ledger writer gathers records before writing a group.
+const LEDGER_GATHER: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// A record to write, or (with `None`) a barrier that answers once everything handed
 /// over before it is written.
 type LedgerJob = (Option<LedgerEntry>, Option<std::sync::mpsc::SyncSender<()>>);
@@ -72,10 +75,18 @@ impl LedgerWriter {
             .name("ledger-writer".into())
             .spawn(move || {
                 while let Ok(first) = queue.recv() {
+                    // Gather for a few milliseconds: larger groups cost the store far
+                    // less per record. A barrier (someone waiting) ends the gathering.
+                    let deadline = std::time::Instant::now() + LEDGER_GATHER;
+                    let mut waiting = first.1.is_some();
                     let mut group = vec![first];
-                    while group.len() < LEDGER_GROUP_MAX {
-                        match queue.try_recv() {
-                            Ok(job) => group.push(job),
+                    while group.len() < LEDGER_GROUP_MAX && !waiting {
+                        let left = deadline.saturating_duration_since(std::time::Instant::now());
+                        match queue.recv_timeout(left) {
+                            Ok(job) => {
+                                waiting = job.1.is_some();
+                                group.push(job);
+                            }
                             Err(_) => break,
                         }
                     }

@@ -113,6 +113,27 @@ fn rss_mib(pid: &str, field: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of /proc/PID/stat (11 and 12 after the name).
+    let hz = 100.0;
+    (ticks(11) + ticks(12)) / hz
+}
+
 /// Bytes of all files under `dir`.
 fn dir_bytes(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -343,6 +364,7 @@ async fn ingest(args: &Args) -> Result<()> {
     latencies.sort();
 
     let in_flight = 8;
+    let node_cpu_before = cpu_seconds(&pid);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for worker in 0..in_flight {
@@ -368,6 +390,7 @@ async fn ingest(args: &Args) -> Result<()> {
         concurrent.extend(t.await??);
     }
     let concurrent_rate = concurrent.len() as f64 / started.elapsed().as_secs_f64();
+    let node_cpu_per_query = (cpu_seconds(&pid) - node_cpu_before) / concurrent.len().max(1) as f64;
     concurrent.sort();
 
     println!(
@@ -379,6 +402,10 @@ async fn ingest(args: &Args) -> Result<()> {
         "exact-value query, {in_flight} in flight: {concurrent_rate:>8.0} lookups/s, p50 {:.2} ms, p99 {:.2} ms (target >= 20,000/s, p99 < 2 ms)",
         percentile(&concurrent, 0.50).as_secs_f64() * 1e3,
         percentile(&concurrent, 0.99).as_secs_f64() * 1e3
+    );
+    println!(
+        "node CPU per query (8 in flight): {:>5.0} µs (user + system, node process only)",
+        node_cpu_per_query * 1e6
     );
     println!(
         "node peak RSS overall:        {:>10.0} MiB (current {:.0} MiB)",
