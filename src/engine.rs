@@ -39,6 +39,9 @@ pub enum EngineError {
     /// A bundle did not verify.
     #[error("bundle rejected: {0}")]
     Verify(#[from] VerifyError),
+    /// A pulled bundle was refused by the inbound rules (sender, hops, recipients, TLP).
+    #[error("bundle refused: {0}")]
+    Refused(String),
     /// A blocking task failed.
     #[error("internal task failed: {0}")]
     Task(String),
@@ -153,6 +156,28 @@ impl Drop for LedgerWriter {
     }
 }
 
+/// One page of a pull: bundles (each redacted for the partner) and the cursor reached.
+#[derive(Clone, Debug, Default)]
+pub struct PullPage {
+    /// The bundles to send, in feed order.
+    pub bundles: Vec<PulledBundle>,
+    /// Feed position reached (everything up to here was sent or withheld).
+    pub cursor: u64,
+    /// The feed head when the page was read.
+    pub head: u64,
+}
+
+/// A bundle to send in a pull, with the hop count at which this node holds its items.
+#[derive(Clone, Debug)]
+pub struct PulledBundle {
+    /// Change-feed position.
+    pub seq: u64,
+    /// Transfers from the origin to this node for these items.
+    pub hops: u32,
+    /// The redacted bundle.
+    pub bundle: wire::SignedBundle,
+}
+
 /// The result of publishing one bundle.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PublishReceipt {
@@ -170,6 +195,8 @@ pub struct Engine {
     signer: BundleSigner,
     trust: Box<dyn SignerTrust + Send + Sync>,
     subscribers: broadcast::Sender<Arc<StoredItem>>,
+    /// The change-feed head, for pull streams that follow it.
+    feed_head: tokio::sync::watch::Sender<u64>,
 }
 
 struct StoreCertificates<'a>(&'a dyn Store);
@@ -192,7 +219,9 @@ impl Engine {
     ) -> Result<Self, EngineError> {
         store.put_certificate(own_certificate)?;
         let (subscribers, _) = broadcast::channel(SUBSCRIPTION_BUFFER);
+        let (feed_head, _) = tokio::sync::watch::channel(store.feed_head());
         Ok(Self {
+            feed_head,
             ledger: LedgerWriter::start(store.clone()),
             store,
             policy: std::sync::RwLock::new(Arc::new(policy)),
@@ -271,6 +300,9 @@ impl Engine {
         now_ms: i64,
     ) -> Result<AcceptReport, EngineError> {
         let report = self.store.accept(bundle, source, now_ms)?;
+        if let Some(seq) = report.feed_seq {
+            self.feed_head.send_replace(seq);
+        }
         let header = bundle.header();
         for (index, reason) in &report.rejected {
             tracing::warn!(bundle = %header.bundle_id, origin = %header.origin, index, ?reason, "item rejected");
@@ -461,6 +493,144 @@ impl Engine {
             deliveries,
             policy_hash: self.policy().hash(),
         })
+    }
+
+    /// Watches the change-feed head (for pull streams that follow it).
+    pub fn watch_feed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.feed_head.subscribe()
+    }
+
+    /// One page of this node's change feed as `partner` may see it (DESIGN 6.1 and 7):
+    /// after `after`, at most `limit` feed entries read. Each bundle goes out with only
+    /// the items the policy allows (the rest stay withheld behind their digests), one
+    /// message per hop count, and each message is recorded in the disclosure ledger.
+    pub fn pull_page(
+        &self,
+        partner: &Partner,
+        after: u64,
+        limit: usize,
+    ) -> Result<PullPage, EngineError> {
+        let policy = self.policy();
+        let now = now_ms();
+        let entries = self.store.feed(after, limit)?;
+        let mut page = PullPage {
+            bundles: Vec::new(),
+            cursor: entries.last().map_or(after, |(seq, _)| *seq),
+            head: self.store.feed_head(),
+        };
+        for (seq, bundle_id) in entries {
+            let Some(held) = self.store.held_bundle(&bundle_id)? else {
+                continue;
+            };
+            let (header, _) = crate::crypto::parse_header(&held.header_bytes)?;
+            let mut by_hops: std::collections::BTreeMap<u32, Vec<&crate::store::HeldItem>> =
+                std::collections::BTreeMap::new();
+            for item in &held.items {
+                let decision = policy.decide(
+                    &partner.id,
+                    &item.stored.item,
+                    &Context {
+                        origin: &header.origin,
+                        hops: item.stored.hops,
+                        distribution: Some(&header.distribution),
+                        accepted_ms: item.stored.accepted_ms,
+                        now_ms: now,
+                        latest: true,
+                        include_expired: false,
+                    },
+                );
+                if decision.allow {
+                    by_hops.entry(item.stored.hops).or_default().push(item);
+                }
+            }
+            for (hops, items) in by_hops {
+                self.record_delivery(&partner.id, "pull", items.iter().map(|i| &i.stored))?;
+                page.bundles.push(PulledBundle {
+                    seq,
+                    hops,
+                    bundle: wire::SignedBundle {
+                        header_bytes: held.header_bytes.clone(),
+                        signature: held.signature.clone(),
+                        disclosures: items
+                            .iter()
+                            .map(|i| wire::Disclosure {
+                                index: i.index,
+                                salt: i.salt.clone(),
+                                item_bytes: i.item_bytes.clone(),
+                            })
+                            .collect(),
+                    },
+                });
+            }
+        }
+        Ok(page)
+    }
+
+    /// Accepts a bundle pulled from `peer`, which holds its items at `sender_hops`:
+    /// the sender must be allowed to send it (DESIGN 6.1 and 7), then it is verified and
+    /// stored like any bundle. A refused bundle is logged with the sender and counted by
+    /// the caller; nothing of it is stored or forwarded.
+    pub fn accept_pulled(
+        &self,
+        peer: &NodeId,
+        bundle: &wire::SignedBundle,
+        sender_hops: u32,
+        now_ms: i64,
+    ) -> Result<AcceptReport, EngineError> {
+        let refuse = |why: String| Err(EngineError::Refused(why));
+        let policy = self.policy();
+        match policy.partner(peer) {
+            Some(p)
+                if p.kind == crate::model::PartnerKind::Node
+                    && p.role == crate::model::Role::Peer => {}
+            _ => return refuse(format!("{peer} is not a peer this node accepts data from")),
+        }
+        let (header, _) = crate::crypto::parse_header(&bundle.header_bytes)?;
+        if (header.origin == *peer) != (sender_hops == 0) {
+            return refuse(format!(
+                "{peer} claims hop {sender_hops} for a bundle whose origin is {}",
+                header.origin
+            ));
+        }
+        let hops = sender_hops.saturating_add(1);
+        if header.distribution.max_hops.is_some_and(|max| hops > max) {
+            return refuse(format!(
+                "bundle {} would be at hop {hops}, beyond its max_hops",
+                header.bundle_id
+            ));
+        }
+        if !header.distribution.admits(policy.node()) {
+            return refuse(format!(
+                "this node is not in the recipient list of bundle {}",
+                header.bundle_id
+            ));
+        }
+        let verified = verify(
+            bundle,
+            &StoreCertificates(self.store.as_ref()),
+            self.trust.as_ref(),
+            now_ms,
+        )?;
+        if header.origin != *peer {
+            if let Some(v) = verified
+                .items()
+                .iter()
+                .find(|v| v.item.tlp > crate::model::Tlp::Green)
+            {
+                return refuse(format!(
+                    "{peer} forwarded a {} item of {}: only GREEN and CLEAR travel past the origin's partners",
+                    v.item.tlp, header.origin
+                ));
+            }
+        }
+        self.store_verified(
+            &verified,
+            &Source {
+                received_from: peer.clone(),
+                hops,
+            },
+            now_ms,
+        )
     }
 
     /// Items accepted from now on (every item: the caller filters through policy).

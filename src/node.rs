@@ -81,6 +81,7 @@ pub struct Node {
     store: Arc<dyn Store>,
     engine: Arc<Engine>,
     reload: Arc<ConfigReload>,
+    links: Vec<JoinHandle<()>>,
 }
 
 /// Re-reads the node's configuration file and puts its policy and partner list in force.
@@ -194,7 +195,11 @@ impl Node {
             .add_service(reflection)
             .add_service(reflection_alpha)
             .add_service(
-                FederationServer::new(FederationService::new(id.clone()))
+                FederationServer::new(FederationService::new(
+                    id.clone(),
+                    engine.clone(),
+                    shutdown.clone(),
+                ))
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
@@ -207,6 +212,26 @@ impl Node {
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             );
+
+        // One pull loop per peer that may send to this node.
+        let client_tls = config.tls.client_config()?;
+        let mut links = Vec::new();
+        for peer in config
+            .peers
+            .iter()
+            .filter(|p| p.role == crate::model::Role::Peer)
+        {
+            let link = crate::sync::Link {
+                peer: peer.id.clone(),
+                address: peer.address.clone(),
+            };
+            links.push(tokio::spawn(crate::sync::run_link(
+                link,
+                engine.clone(),
+                client_tls.clone(),
+                shutdown.clone(),
+            )));
+        }
 
         let signal = shutdown.clone();
         let serve_task = tokio::spawn(async move {
@@ -226,6 +251,7 @@ impl Node {
             store,
             engine,
             reload,
+            links,
         })
     }
 
@@ -260,10 +286,14 @@ impl Node {
             mut serve_task,
             store,
             engine,
+            links,
             ..
         } = self;
         shutdown.cancel();
         let _ = accept_task.await;
+        for link in links {
+            let _ = link.await;
+        }
         let served = match tokio::time::timeout(deadline, &mut serve_task).await {
             Ok(Ok(result)) => result,
             Ok(Err(join)) => Err(NodeError::Serve(join.to_string())),

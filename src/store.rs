@@ -78,6 +78,30 @@ pub struct StoredItem {
     pub accepted_ms: i64,
 }
 
+/// A bundle as held, for forwarding.
+#[derive(Clone, Debug)]
+pub struct HeldBundle {
+    /// The exact signed header bytes.
+    pub header_bytes: Vec<u8>,
+    /// The signature.
+    pub signature: Vec<u8>,
+    /// Its items that are still the latest version of their id.
+    pub items: Vec<HeldItem>,
+}
+
+/// One current item of a held bundle.
+#[derive(Clone, Debug)]
+pub struct HeldItem {
+    /// Index in the bundle.
+    pub index: u32,
+    /// Salt.
+    pub salt: Vec<u8>,
+    /// Exact item bytes.
+    pub item_bytes: Vec<u8>,
+    /// The item with provenance.
+    pub stored: StoredItem,
+}
+
 /// Why one item of an accepted bundle was not stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ItemRejection {
@@ -95,6 +119,9 @@ pub struct AcceptReport {
     pub stored: Vec<u32>,
     /// Items ignored because this or a newer version is held already.
     pub duplicates: usize,
+    /// Items already held from this bundle that now arrived by a shorter path: their
+    /// hop count was lowered (and the bundle re-fed).
+    pub hops_lowered: usize,
     /// Items rejected by the single-writer rule, by index.
     pub rejected: Vec<(u32, ItemRejection)>,
     /// The change-feed position the bundle was (re-)appended at, if it was.
@@ -262,6 +289,19 @@ pub trait Store: Send + Sync {
 
     /// The latest change-feed sequence number (0 when empty).
     fn feed_head(&self) -> u64;
+
+    /// Change-feed entries after `after`, oldest first, at most `limit`.
+    fn feed(&self, after: u64, limit: usize) -> Result<Vec<(u64, BundleId)>, StoreError>;
+
+    /// A held bundle with its current items (those whose latest version is this one).
+    fn held_bundle(&self, id: &BundleId) -> Result<Option<HeldBundle>, StoreError>;
+
+    /// The replication cursor kept for pulling from `peer` (0 when none).
+    fn cursor(&self, peer: &NodeId) -> Result<u64, StoreError>;
+
+    /// Records the replication cursor for `peer`. Written after the bundles before it,
+    /// so a recovered cursor never points past data that was not recovered.
+    fn set_cursor(&self, peer: &NodeId, seq: u64) -> Result<(), StoreError>;
 
     /// Caches a DER certificate under its SHA-256.
     fn put_certificate(&self, der: &[u8]) -> Result<[u8; 32], StoreError>;

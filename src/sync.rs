@@ -1,3 +1,175 @@
-//! Replication between nodes (DESIGN section 7): pull loops per configured peer,
-//! cursors in the serving node's change feed, forwarding rules. Talks to the store
-//! and to peers through traits; no tonic types here.
+//! Replication between nodes (DESIGN section 7): one pull loop per configured `[[peer]]`
+//! whose role may send to this node. Each loop pulls the peer's change feed from the
+//! cursor kept for it, follows it, accepts what arrives through the engine's inbound
+//! rules, and persists the cursor after the bundles before it are stored. A dropped
+//! stream reconnects with capped exponential backoff and jitter and resumes exactly.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{Engine, EngineError, now_ms};
+use crate::model::NodeId;
+use crate::node::MAX_MESSAGE_BYTES;
+use crate::rpc::proto::federation_client::FederationClient;
+use crate::rpc::proto::{GetCertificatesRequest, PullRequest, pull_response};
+use crate::transport::connect;
+
+/// First reconnection delay.
+const BACKOFF_START: Duration = Duration::from_millis(200);
+/// Longest reconnection delay.
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// One peer this node pulls from.
+#[derive(Clone, Debug)]
+pub struct Link {
+    /// The peer's id.
+    pub peer: NodeId,
+    /// `host:port`.
+    pub address: String,
+}
+
+/// Pulls from `link` until `shutdown` is cancelled.
+pub async fn run_link(
+    link: Link,
+    engine: Arc<Engine>,
+    tls: Arc<rustls::ClientConfig>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = BACKOFF_START;
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        match pull(&link, &engine, tls.clone(), &shutdown).await {
+            Ok(()) => backoff = BACKOFF_START,
+            Err(problem) => {
+                tracing::warn!(peer = %link.peer, addr = %link.address, %problem, "pull failed; will retry");
+            }
+        }
+        let jitter =
+            Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 2 + 1));
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff + jitter) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn pull(
+    link: &Link,
+    engine: &Arc<Engine>,
+    tls: Arc<rustls::ClientConfig>,
+    shutdown: &CancellationToken,
+) -> Result<(), String> {
+    let channel = connect(tls, &link.address, &link.peer)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut federation = FederationClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let cursor = engine
+        .store()
+        .cursor(&link.peer)
+        .map_err(|e| e.to_string())?;
+    let mut stream = federation
+        .pull(PullRequest {
+            cursor,
+            follow: true,
+        })
+        .await
+        .map_err(|s| s.message().to_owned())?
+        .into_inner();
+    tracing::info!(peer = %link.peer, cursor, "pulling");
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            message = stream.message() => message.map_err(|s| s.message().to_owned())?,
+        };
+        let Some(message) = message else {
+            return Ok(());
+        };
+        match message.event {
+            Some(pull_response::Event::Bundle(feed)) => {
+                let Some(bundle) = feed.bundle else {
+                    continue;
+                };
+                fetch_signer(&mut federation, engine, &bundle).await?;
+                let worker = engine.clone();
+                let peer = link.peer.clone();
+                let hops = feed.hops;
+                let accepted = tokio::task::spawn_blocking(move || {
+                    worker.accept_pulled(&peer, &bundle, hops, now_ms())
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+                match accepted {
+                    Ok(report) if !report.rejected.is_empty() => {
+                        tracing::warn!(peer = %link.peer, rejected = report.rejected.len(), "items rejected by the single-writer rule");
+                    }
+                    Ok(_) => {}
+                    // Never acceptable later either: log with the sender, and move on.
+                    Err(error @ (EngineError::Refused(_) | EngineError::Verify(_))) => {
+                        tracing::warn!(peer = %link.peer, seq = feed.seq, %error, "bundle rejected");
+                    }
+                    Err(error) => return Err(error.to_string()),
+                }
+                // After the bundle is stored: a recovered cursor never runs ahead of data.
+                engine
+                    .store()
+                    .set_cursor(&link.peer, feed.seq)
+                    .map_err(|e| e.to_string())?;
+            }
+            Some(pull_response::Event::Checkpoint(checkpoint)) => {
+                engine
+                    .store()
+                    .set_cursor(&link.peer, checkpoint.cursor)
+                    .map_err(|e| e.to_string())?;
+            }
+            None => {}
+        }
+    }
+}
+
+/// Makes sure the signer certificate of `bundle` is cached, asking the peer for it by
+/// fingerprint when it is not. The certificate is trusted only if it chains to this
+/// node's anchors, which verification checks; caching it grants nothing by itself.
+async fn fetch_signer(
+    federation: &mut FederationClient<tonic::transport::Channel>,
+    engine: &Arc<Engine>,
+    bundle: &crate::wire::SignedBundle,
+) -> Result<(), String> {
+    let Ok((header, _)) = crate::crypto::parse_header(&bundle.header_bytes) else {
+        // Verification will reject it with the reason.
+        return Ok(());
+    };
+    let fingerprint = header.signer_cert_sha256;
+    if engine
+        .store()
+        .certificate(&fingerprint)
+        .map_err(|e| e.to_string())?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let answer = federation
+        .get_certificates(GetCertificatesRequest {
+            sha256: vec![fingerprint.to_vec()],
+        })
+        .await
+        .map_err(|s| s.message().to_owned())?
+        .into_inner();
+    for chain in answer.chains {
+        if let Some(der) = chain.der.first() {
+            if crate::crypto::sha256(der) == fingerprint {
+                engine
+                    .store()
+                    .put_certificate(der)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    Ok(())
+}

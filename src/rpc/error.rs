@@ -8,6 +8,9 @@ impl From<EngineError> for Status {
     fn from(error: EngineError) -> Self {
         match error {
             EngineError::Verify(e) => Status::invalid_argument(format!("bundle rejected: {e}")),
+            EngineError::Refused(why) => {
+                Status::failed_precondition(format!("bundle refused: {why}"))
+            }
             EngineError::Store(crate::store::StoreError::ConflictingBundle(id)) => {
                 Status::already_exists(format!("bundle {id} conflicts with a stored bundle"))
             }

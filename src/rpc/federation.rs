@@ -8,24 +8,38 @@ use tonic::{Request, Response, Status};
 use super::auth::{caller, require_node};
 use super::proto::federation_server::Federation;
 use super::proto::{
-    GetCertificatesRequest, GetCertificatesResponse, HelloRequest, HelloResponse, PullRequest,
-    PullResponse,
+    CertificateChain, Checkpoint, FeedBundle, GetCertificatesRequest, GetCertificatesResponse,
+    HelloRequest, HelloResponse, PullRequest, PullResponse, pull_response,
 };
 use super::{CAPABILITIES, PROTOCOL_VERSION};
+use crate::engine::Engine;
 use crate::model::NodeId;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 /// The Federation service of one node.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct FederationService {
     node_id: NodeId,
+    engine: Arc<Engine>,
+    shutdown: CancellationToken,
 }
 
 impl FederationService {
-    /// The service for node `node_id`.
-    pub fn new(node_id: NodeId) -> Self {
-        Self { node_id }
+    /// The service for node `node_id`; pull streams end when `shutdown` is cancelled.
+    pub fn new(node_id: NodeId, engine: Arc<Engine>, shutdown: CancellationToken) -> Self {
+        Self {
+            node_id,
+            engine,
+            shutdown,
+        }
     }
 }
+
+/// Feed entries read per pull page.
+const PULL_PAGE: usize = 256;
+/// Most certificates answered per request.
+const MAX_CERTIFICATES: usize = 64;
 
 #[tonic::async_trait]
 impl Federation for FederationService {
@@ -67,10 +81,86 @@ impl Federation for FederationService {
         &self,
         request: Request<PullRequest>,
     ) -> Result<Response<Self::PullStream>, Status> {
-        require_node(caller(&request)?)?;
-        Err(Status::unimplemented(
-            "Pull is not available in this version",
-        ))
+        let info = caller(&request)?;
+        require_node(info)?;
+        let partner = info.partner.clone();
+        let PullRequest { cursor, follow } = request.into_inner();
+        let engine = self.engine.clone();
+        let shutdown = self.shutdown.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<PullResponse, Status>>(64);
+        tokio::spawn(async move {
+            let mut cursor = cursor;
+            let mut feed = engine.watch_feed();
+            loop {
+                let page = {
+                    let engine = engine.clone();
+                    let partner = partner.clone();
+                    tokio::task::spawn_blocking(move || {
+                        engine.pull_page(&partner, cursor, PULL_PAGE)
+                    })
+                    .await
+                };
+                let page = match page {
+                    Ok(Ok(page)) => page,
+                    Ok(Err(error)) => {
+                        let _ = tx.send(Err(Status::from(error))).await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(Status::internal(format!("task failed: {e}"))))
+                            .await;
+                        return;
+                    }
+                };
+                for b in page.bundles {
+                    let message = PullResponse {
+                        event: Some(pull_response::Event::Bundle(FeedBundle {
+                            seq: b.seq,
+                            bundle: Some(b.bundle),
+                            hops: b.hops,
+                        })),
+                    };
+                    if tx.send(Ok(message)).await.is_err() {
+                        return;
+                    }
+                }
+                let caught_up = page.cursor >= page.head;
+                cursor = page.cursor;
+                let checkpoint = PullResponse {
+                    event: Some(pull_response::Event::Checkpoint(Checkpoint {
+                        cursor,
+                        head: page.head,
+                    })),
+                };
+                if tx.send(Ok(checkpoint)).await.is_err() {
+                    return;
+                }
+                if !caught_up {
+                    continue;
+                }
+                if !follow {
+                    return;
+                }
+                // Tail: wait for the feed to move past the cursor, the client to go, or shutdown.
+                loop {
+                    if *feed.borrow_and_update() > cursor {
+                        break;
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {
+                            let _ = tx.send(Err(Status::unavailable("node is shutting down"))).await;
+                            return;
+                        }
+                        _ = tx.closed() => return,
+                        changed = feed.changed() => if changed.is_err() { return },
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn get_certificates(
@@ -78,8 +168,29 @@ impl Federation for FederationService {
         request: Request<GetCertificatesRequest>,
     ) -> Result<Response<GetCertificatesResponse>, Status> {
         require_node(caller(&request)?)?;
-        Err(Status::unimplemented(
-            "GetCertificates is not available in this version",
-        ))
+        let GetCertificatesRequest { sha256 } = request.into_inner();
+        if sha256.len() > MAX_CERTIFICATES {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_CERTIFICATES} certificates per request"
+            )));
+        }
+        let mut chains = Vec::new();
+        for fingerprint in sha256 {
+            let Ok(key) = <[u8; 32]>::try_from(fingerprint.as_slice()) else {
+                return Err(Status::invalid_argument("a fingerprint is 32 bytes"));
+            };
+            if let Some(der) = self
+                .engine
+                .store()
+                .certificate(&key)
+                .map_err(crate::engine::EngineError::from)?
+            {
+                chains.push(CertificateChain {
+                    sha256: fingerprint,
+                    der: vec![der],
+                });
+            }
+        }
+        Ok(Response::new(GetCertificatesResponse { chains }))
     }
 }

@@ -12,6 +12,7 @@
 //! | `V` | type code, value | UUIDs of the items holding that value (value index) |
 //! | `F` | sequence (u64 big-endian) | bundle UUID (change feed) |
 //! | `C` | SHA-256 of the certificate | DER certificate (cache) |
+//! | `K` | peer id | replication cursor in that peer's feed (u64 big-endian) |
 //! | `L` | sequence (u64 big-endian) | [`LedgerRecordBytes`] (disclosure ledger) |
 
 use crate::model::{IndicatorType, Item, ItemKind};
@@ -24,6 +25,7 @@ pub const ITEM: u8 = b'I';
 pub const VALUE: u8 = b'V';
 pub const FEED: u8 = b'F';
 pub const CERT: u8 = b'C';
+pub const CURSOR: u8 = b'K';
 pub const LEDGER: u8 = b'L';
 
 pub const META_OWNER: &[u8] = b"Mowner";

@@ -10,8 +10,8 @@ use prost::Message;
 use super::ledger::{self, ChainWalk, Head};
 use super::records::{self, BundleRecord, ItemRecord, KnownItem};
 use super::{
-    AcceptReport, ItemQuery, ItemRejection, LedgerCheck, LedgerEntry, LedgerRecord, Page, Source,
-    Store, StoreError, StoredItem,
+    AcceptReport, HeldBundle, HeldItem, ItemQuery, ItemRejection, LedgerCheck, LedgerEntry,
+    LedgerRecord, Page, Source, Store, StoreError, StoredItem,
 };
 use crate::crypto::VerifiedBundle;
 use crate::model::{BundleId, IndicatorType, Item, ItemId, NodeId, normalise};
@@ -296,11 +296,24 @@ impl Store for SledStore {
         let mut values: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
         for verified in bundle.items() {
             let item = &verified.item;
+            let uuid = item.id.uuid_bytes();
             if known.contains(&verified.index) {
-                report.duplicates += 1;
+                // Held already; a shorter path lowers its hop count (DESIGN 6.1).
+                match self.item_record(&uuid)? {
+                    Some(mut current)
+                        if current.bundle_uuid == bundle_uuid
+                            && current.index == verified.index
+                            && source.hops < current.hops =>
+                    {
+                        current.hops = source.hops;
+                        current.received_from = received_from.clone();
+                        batch.insert(records::key(records::ITEM, &uuid), current.encode_to_vec());
+                        report.hops_lowered += 1;
+                    }
+                    _ => report.duplicates += 1,
+                }
                 continue;
             }
-            let uuid = item.id.uuid_bytes();
             // The version held: (modified, value-index key) and its origin.
             let held = match pending.get(&uuid) {
                 Some((modified, value_key)) => Some((*modified, value_key.clone(), None)),
@@ -365,7 +378,7 @@ impl Store for SledStore {
             report.stored.push(verified.index);
         }
 
-        if report.stored.is_empty() {
+        if report.stored.is_empty() && report.hops_lowered == 0 {
             return Ok(report);
         }
         for (key, uuids) in values {
@@ -532,6 +545,93 @@ impl Store for SledStore {
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {
         self.db.size_on_disk().map_err(|e| self.engine(e))
+    }
+
+    fn feed(&self, after: u64, limit: usize) -> Result<Vec<(u64, BundleId)>, StoreError> {
+        let mut out = Vec::new();
+        let Some(first) = after.checked_add(1) else {
+            return Ok(out);
+        };
+        for entry in self
+            .tree
+            .range(records::feed_key(first)..=records::feed_key(u64::MAX))
+        {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, value) = entry.map_err(|e| self.engine(e))?;
+            let seq = key
+                .get(1..9)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| StoreError::Corrupt {
+                    key: "feed".into(),
+                    problem: "bad feed key".into(),
+                })?;
+            let uuid = records::uuid16(&value).ok_or_else(|| StoreError::Corrupt {
+                key: format!("feed {seq}"),
+                problem: "bad bundle id".into(),
+            })?;
+            out.push((seq, BundleId::from_uuid_bytes(uuid)));
+        }
+        Ok(out)
+    }
+
+    fn held_bundle(&self, id: &BundleId) -> Result<Option<HeldBundle>, StoreError> {
+        let bundle_uuid = id.uuid_bytes();
+        let key = records::key(records::BUNDLE, &bundle_uuid);
+        let Some(bytes) = self.tree.get(key).map_err(|e| self.engine(e))? else {
+            return Ok(None);
+        };
+        let record = BundleRecord::decode(bytes.as_ref()).map_err(|e| StoreError::Corrupt {
+            key: id.to_string(),
+            problem: e.to_string(),
+        })?;
+        let mut items = Vec::with_capacity(record.known.len());
+        for known in &record.known {
+            let Some(uuid) = records::uuid16(&known.item_uuid) else {
+                continue;
+            };
+            let Some(item) = self.item_record(&uuid)? else {
+                continue;
+            };
+            // Only the latest version of an id is ever passed on.
+            if item.bundle_uuid != bundle_uuid || item.index != known.index {
+                continue;
+            }
+            let salt = item.salt.clone();
+            let item_bytes = item.item_bytes.clone();
+            let stored = Self::stored_item(&uuid, item)?;
+            items.push(HeldItem {
+                index: known.index,
+                salt,
+                item_bytes,
+                stored,
+            });
+        }
+        Ok(Some(HeldBundle {
+            header_bytes: record.header_bytes,
+            signature: record.signature,
+            items,
+        }))
+    }
+
+    fn cursor(&self, peer: &NodeId) -> Result<u64, StoreError> {
+        let key = records::key(records::CURSOR, peer.as_str().as_bytes());
+        Ok(self
+            .tree
+            .get(key)
+            .map_err(|e| self.engine(e))?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0))
+    }
+
+    fn set_cursor(&self, peer: &NodeId, seq: u64) -> Result<(), StoreError> {
+        let key = records::key(records::CURSOR, peer.as_str().as_bytes());
+        self.tree
+            .insert(key, &seq.to_be_bytes()[..])
+            .map_err(|e| self.engine(e))?;
+        Ok(())
     }
 
     fn bundle_header(&self, id: &BundleId) -> Result<Option<Vec<u8>>, StoreError> {

@@ -1,0 +1,235 @@
+//! Replication between real nodes over mTLS, each with its own sled store: pull with a
+//! live tail, the delivery rule on the way out (TLP, max_hops, forward_third_party),
+//! multi-hop forwarding with hop counts, and exact resume after a restart.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::Pki;
+use entente::client::NodeClient;
+use entente::rpc::proto::{ItemFilter, PublishRequest, StoredItem};
+use entente::wire::{self, Tlp};
+use entente::{Node, NodeId};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn item(value: &str, tlp: Tlp) -> wire::Item {
+    wire::Item {
+        id: entente::model::ItemId::new_random().to_string(),
+        modified_unix_ms: 0,
+        tlp: tlp as i32,
+        tags: vec![],
+        kind: Some(wire::item::Kind::Indicator(wire::Indicator {
+            indicator_type: "domain".into(),
+            value: value.into(),
+            ..Default::default()
+        })),
+    }
+}
+
+/// A node config with an analyst client and the given `[[peer]]` blocks.
+fn config(pki: &Pki, id: &NodeId, peers: &str) -> PathBuf {
+    let path = common::write_config(pki, id, &[common::client("analyst.alice", "analyst")], &[]);
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(peers);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn peer(id: &str, addr: &str, policy: &str) -> String {
+    format!("\n[[peer]]\nid = \"{id}\"\naddress = \"{addr}\"\nrole = \"peer\"\n{policy}\n")
+}
+
+async fn analyst(pki: &Pki, node: &Node) -> NodeClient {
+    let who = NodeId::new("analyst.alice").unwrap();
+    NodeClient::connect(
+        pki.material(&who).client_config().unwrap(),
+        &who,
+        &node.local_addr().to_string(),
+        node.id(),
+    )
+    .await
+    .unwrap()
+}
+
+async fn publish(client: &NodeClient, items: Vec<wire::Item>, max_hops: Option<u32>) {
+    let request = PublishRequest {
+        items,
+        distribution: Some(wire::Distribution {
+            max_hops,
+            recipients: vec![],
+        }),
+        groups: vec![],
+    };
+    client
+        .publish(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap();
+}
+
+async fn held(client: &NodeClient) -> Vec<StoredItem> {
+    client
+        .query(ItemFilter::default(), 1000, vec![])
+        .await
+        .unwrap()
+        .items
+}
+
+fn values(items: &[StoredItem]) -> BTreeSet<String> {
+    items
+        .iter()
+        .map(|s| match s.item.as_ref().and_then(|i| i.kind.as_ref()) {
+            Some(wire::item::Kind::Indicator(i)) => i.value.clone(),
+            _ => String::new(),
+        })
+        .collect()
+}
+
+/// Waits until `client` holds exactly `expected` (by value), failing after the deadline.
+async fn converges(client: &NodeClient, expected: &[&str]) -> Vec<StoredItem> {
+    let expected: BTreeSet<String> = expected.iter().map(|s| s.to_string()).collect();
+    let start = Instant::now();
+    loop {
+        let items = held(client).await;
+        if values(&items) == expected {
+            return items;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "expected {expected:?}, holds {:?}",
+            values(&items)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_of_three_nodes_converges_to_what_the_rule_allows() {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let berlin = pki.node("berlin.office");
+    let singapore = pki.node("singapore.office");
+    pki.client("analyst.alice");
+
+    // hq serves berlin up to AMBER; berlin passes third-party GREEN on to singapore.
+    let hq_node = common::start(&config(
+        &pki,
+        &hq,
+        &peer(
+            "berlin.office",
+            "127.0.0.1:1",
+            "max_tlp = \"AMBER\"\nallow_types = [\"*\"]",
+        ),
+    ))
+    .await;
+    let berlin_config = config(
+        &pki,
+        &berlin,
+        &(peer(
+            "redmond.hq",
+            &hq_node.local_addr().to_string(),
+            "max_tlp = \"GREEN\"\nallow_types = [\"*\"]",
+        ) + &peer(
+            "singapore.office",
+            "127.0.0.1:1",
+            "max_tlp = \"AMBER\"\nallow_types = [\"*\"]\nforward_third_party = true",
+        )),
+    );
+    let berlin_node = common::start(&berlin_config).await;
+    let singapore_node = common::start(&config(
+        &pki,
+        &singapore,
+        &peer(
+            "berlin.office",
+            &berlin_node.local_addr().to_string(),
+            "max_tlp = \"GREEN\"\nallow_types = [\"*\"]",
+        ),
+    ))
+    .await;
+
+    let at_hq = analyst(&pki, &hq_node).await;
+    publish(
+        &at_hq,
+        vec![
+            item("green.example.com", Tlp::Green),
+            item("amber.example.com", Tlp::Amber),
+            item("red.example.com", Tlp::Red),
+        ],
+        None,
+    )
+    .await;
+    publish(
+        &at_hq,
+        vec![item("one-hop.example.com", Tlp::Green)],
+        Some(1),
+    )
+    .await;
+    publish(
+        &at_hq,
+        vec![item("hq-only.example.com", Tlp::Green)],
+        Some(0),
+    )
+    .await;
+
+    let at_berlin = analyst(&pki, &berlin_node).await;
+    let at_singapore = analyst(&pki, &singapore_node).await;
+    let berlin_items = converges(
+        &at_berlin,
+        &[
+            "green.example.com",
+            "amber.example.com",
+            "one-hop.example.com",
+        ],
+    )
+    .await;
+    for stored in &berlin_items {
+        let p = stored.provenance.as_ref().unwrap();
+        assert_eq!(
+            (p.origin.as_str(), p.received_from.as_str(), p.hops),
+            ("redmond.hq", "redmond.hq", 1)
+        );
+        assert!(p.signature_verified);
+    }
+    // AMBER stays with berlin; max_hops 1 stops at berlin; GREEN travels on at hop 2.
+    let singapore_items = converges(&at_singapore, &["green.example.com"]).await;
+    let p = singapore_items[0].provenance.as_ref().unwrap();
+    assert_eq!(
+        (p.origin.as_str(), p.received_from.as_str(), p.hops),
+        ("redmond.hq", "berlin.office", 2)
+    );
+
+    // Live tail: a later publish arrives without reconnecting.
+    publish(&at_hq, vec![item("later.example.com", Tlp::Clear)], None).await;
+    converges(&at_singapore, &["green.example.com", "later.example.com"]).await;
+
+    // Resume: berlin stops, hq publishes, berlin restarts on the same store and catches
+    // up with nothing lost or duplicated.
+    berlin_node.shutdown(DEADLINE).await.unwrap();
+    publish(
+        &at_hq,
+        vec![item("while-away.example.com", Tlp::Green)],
+        None,
+    )
+    .await;
+    let berlin_node = common::start(&berlin_config).await;
+    let at_berlin = analyst(&pki, &berlin_node).await;
+    let items = converges(
+        &at_berlin,
+        &[
+            "green.example.com",
+            "amber.example.com",
+            "one-hop.example.com",
+            "later.example.com",
+            "while-away.example.com",
+        ],
+    )
+    .await;
+    assert_eq!(items.len(), 5);
+
+    singapore_node.shutdown(DEADLINE).await.unwrap();
+    berlin_node.shutdown(DEADLINE).await.unwrap();
+    hq_node.shutdown(DEADLINE).await.unwrap();
+}
