@@ -182,6 +182,16 @@ impl NodeClient {
             .into_inner())
     }
 
+    /// The node's replication links.
+    pub async fn links(&self) -> Result<crate::rpc::proto::LinksResponse, ClientError> {
+        Ok(self
+            .admin()
+            .links(crate::rpc::proto::LinksRequest {})
+            .await
+            .map_err(|s| self.status(s))?
+            .into_inner())
+    }
+
     /// Walks the ledger's hash chain.
     pub async fn ledger_verify(
         &self,

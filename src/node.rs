@@ -139,6 +139,7 @@ impl Node {
         )?);
 
         let directory = Arc::new(Directory::new(&id, config.partners()));
+        let link_states: crate::sync::Links = Arc::default();
         let reload = Arc::new(ConfigReload {
             path: config.path.clone(),
             id: id.clone(),
@@ -206,6 +207,7 @@ impl Node {
             .add_service(AdminServer::new(AdminService::new(
                 engine.clone(),
                 reload.clone(),
+                link_states.clone(),
             )))
             .add_service(
                 IntelServer::new(IntelService::new(engine.clone(), shutdown.clone()))
@@ -229,6 +231,7 @@ impl Node {
                 link,
                 engine.clone(),
                 client_tls.clone(),
+                link_states.clone(),
                 shutdown.clone(),
             )));
         }

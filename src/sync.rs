@@ -21,6 +21,35 @@ const BACKOFF_START: Duration = Duration::from_millis(200);
 /// Longest reconnection delay.
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
+/// What a pull loop reports about its link (for `entente status`).
+#[derive(Clone, Debug, Default)]
+pub struct LinkState {
+    /// The peer's address.
+    pub address: String,
+    /// Whether a pull stream is open.
+    pub connected: bool,
+    /// Position reached in the peer's feed.
+    pub cursor: u64,
+    /// The peer's feed head at its last checkpoint.
+    pub head: u64,
+    /// Bundles accepted from this link.
+    pub received: u64,
+    /// Bundles rejected from this link.
+    pub rejected: u64,
+    /// The last error, if any.
+    pub last_error: Option<String>,
+    /// When the last message arrived, ms.
+    pub last_message_ms: i64,
+}
+
+/// The state of every link, shared between the pull loops and the Admin service.
+pub type Links = Arc<std::sync::Mutex<std::collections::BTreeMap<NodeId, LinkState>>>;
+
+fn update(links: &Links, peer: &NodeId, f: impl FnOnce(&mut LinkState)) {
+    let mut map = links.lock().unwrap_or_else(|p| p.into_inner());
+    f(map.entry(peer.clone()).or_default());
+}
+
 /// One peer this node pulls from.
 #[derive(Clone, Debug)]
 pub struct Link {
@@ -35,17 +64,25 @@ pub async fn run_link(
     link: Link,
     engine: Arc<Engine>,
     tls: Arc<rustls::ClientConfig>,
+    links: Links,
     shutdown: CancellationToken,
 ) {
     let mut backoff = BACKOFF_START;
+    update(&links, &link.peer, |s| {
+        s.address = link.address.clone();
+        s.cursor = engine.store().cursor(&link.peer).unwrap_or(0);
+    });
     loop {
         if shutdown.is_cancelled() {
             return;
         }
-        match pull(&link, &engine, tls.clone(), &shutdown).await {
+        let result = pull(&link, &engine, tls.clone(), &links, &shutdown).await;
+        update(&links, &link.peer, |s| s.connected = false);
+        match result {
             Ok(()) => backoff = BACKOFF_START,
             Err(problem) => {
                 tracing::warn!(peer = %link.peer, addr = %link.address, %problem, "pull failed; will retry");
+                update(&links, &link.peer, |s| s.last_error = Some(problem));
             }
         }
         let jitter =
@@ -62,6 +99,7 @@ async fn pull(
     link: &Link,
     engine: &Arc<Engine>,
     tls: Arc<rustls::ClientConfig>,
+    links: &Links,
     shutdown: &CancellationToken,
 ) -> Result<(), String> {
     let channel = connect(tls, &link.address, &link.peer)
@@ -80,13 +118,14 @@ async fn pull(
             follow: true,
         })
         .await
-        .map_err(|s| s.message().to_owned())?
+        .map_err(|s| status_text(&s))?
         .into_inner();
     tracing::info!(peer = %link.peer, cursor, "pulling");
+    update(links, &link.peer, |s| s.connected = true);
     loop {
         let message = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            message = stream.message() => message.map_err(|s| s.message().to_owned())?,
+            message = stream.message() => message.map_err(|s| status_text(&s))?,
         };
         let Some(message) = message else {
             return Ok(());
@@ -105,6 +144,7 @@ async fn pull(
                 })
                 .await
                 .map_err(|e| e.to_string())?;
+                let ok = matches!(accepted, Ok(_));
                 match accepted {
                     Ok(report) if !report.rejected.is_empty() => {
                         tracing::warn!(peer = %link.peer, rejected = report.rejected.len(), "items rejected by the single-writer rule");
@@ -121,12 +161,26 @@ async fn pull(
                     .store()
                     .set_cursor(&link.peer, feed.seq)
                     .map_err(|e| e.to_string())?;
+                update(links, &link.peer, |s| {
+                    s.cursor = feed.seq;
+                    s.last_message_ms = now_ms();
+                    if ok {
+                        s.received += 1;
+                    } else {
+                        s.rejected += 1;
+                    }
+                });
             }
             Some(pull_response::Event::Checkpoint(checkpoint)) => {
                 engine
                     .store()
                     .set_cursor(&link.peer, checkpoint.cursor)
                     .map_err(|e| e.to_string())?;
+                update(links, &link.peer, |s| {
+                    s.cursor = checkpoint.cursor;
+                    s.head = checkpoint.head;
+                    s.last_message_ms = now_ms();
+                });
             }
             None => {}
         }
@@ -159,7 +213,7 @@ async fn fetch_signer(
             sha256: vec![fingerprint.to_vec()],
         })
         .await
-        .map_err(|s| s.message().to_owned())?
+        .map_err(|s| status_text(&s))?
         .into_inner();
     for chain in answer.chains {
         if let Some(der) = chain.der.first() {
@@ -172,4 +226,16 @@ async fn fetch_signer(
         }
     }
     Ok(())
+}
+
+/// A status with its transport cause, on one line.
+fn status_text(status: &tonic::Status) -> String {
+    match std::error::Error::source(status) {
+        Some(cause) => format!(
+            "{}: {}",
+            status.message(),
+            crate::transport::connect::error_chain(cause)
+        ),
+        None => status.message().to_owned(),
+    }
 }

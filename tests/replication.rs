@@ -201,6 +201,27 @@ async fn a_chain_of_three_nodes_converges_to_what_the_rule_allows() {
         ("redmond.hq", "berlin.office", 2)
     );
 
+    // The operator sees berlin's link to hq: connected, caught up, bundles counted.
+    let operator = {
+        let who = NodeId::new("berlin.office").unwrap();
+        NodeClient::connect(
+            pki.material(&who).client_config().unwrap(),
+            &who,
+            &berlin_node.local_addr().to_string(),
+            berlin_node.id(),
+        )
+        .await
+        .unwrap()
+    };
+    let links = operator.links().await.unwrap().links;
+    let to_hq = links
+        .iter()
+        .find(|l| l.peer == "redmond.hq")
+        .expect("a link to hq");
+    assert!(to_hq.connected, "{to_hq:?}");
+    assert!(to_hq.bundles_received >= 2, "{to_hq:?}");
+    assert_eq!(to_hq.bundles_rejected, 0, "{to_hq:?}");
+
     // Live tail: a later publish arrives without reconnecting.
     publish(&at_hq, vec![item("later.example.com", Tlp::Clear)], None).await;
     converges(&at_singapore, &["green.example.com", "later.example.com"]).await;
@@ -232,4 +253,105 @@ async fn a_chain_of_three_nodes_converges_to_what_the_rule_allows() {
     singapore_node.shutdown(DEADLINE).await.unwrap();
     berlin_node.shutdown(DEADLINE).await.unwrap();
     hq_node.shutdown(DEADLINE).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_triangle_of_forwarding_peers_converges_and_goes_quiet() {
+    let pki = Pki::new();
+    let ids = ["alpha.node", "bravo.node", "charlie.node"].map(|i| pki.node(i));
+    pki.client("analyst.alice");
+    let policy = "max_tlp = \"GREEN\"\nallow_types = [\"*\"]\nforward_third_party = true";
+    // Bind order: each node needs the others' addresses, so start with placeholders and
+    // reload once every address is known.
+    let mut configs = Vec::new();
+    let mut nodes = Vec::new();
+    for id in &ids {
+        let others: String = ids
+            .iter()
+            .filter(|o| *o != id)
+            .map(|o| peer(o.as_str(), "127.0.0.1:1", policy))
+            .collect();
+        let path = config(&pki, id, &others);
+        nodes.push(common::start(&path).await);
+        configs.push(path);
+    }
+    // Rewrite every config with the real addresses and restart the nodes on them.
+    let addrs: Vec<String> = nodes.iter().map(|n| n.local_addr().to_string()).collect();
+    for node in nodes.drain(..) {
+        node.shutdown(DEADLINE).await.unwrap();
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let others: String = ids
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(j, o)| peer(o.as_str(), &addrs[j], policy))
+            .collect();
+        let path = config(&pki, id, &others);
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("127.0.0.1:0", &addrs[i]);
+        std::fs::write(&path, text).unwrap();
+        nodes.push(common::start(&path).await);
+    }
+
+    let clients = [
+        analyst(&pki, &nodes[0]).await,
+        analyst(&pki, &nodes[1]).await,
+        analyst(&pki, &nodes[2]).await,
+    ];
+    publish(
+        &clients[0],
+        vec![item("from-alpha.example.com", Tlp::Green)],
+        None,
+    )
+    .await;
+    publish(
+        &clients[1],
+        vec![item("from-bravo.example.com", Tlp::Clear)],
+        None,
+    )
+    .await;
+    let all = ["from-alpha.example.com", "from-bravo.example.com"];
+    for c in &clients {
+        converges(c, &all).await;
+    }
+    // Quiet: the feeds stop moving. Duplicates merge without re-feeding, so once every
+    // node holds every item at its shortest hop count, nothing changes any more.
+    let heads = |nodes: &[Node]| {
+        nodes
+            .iter()
+            .map(|n| n.engine().store().feed_head())
+            .collect::<Vec<_>>()
+    };
+    let start = Instant::now();
+    let mut last = heads(&nodes);
+    let mut stable_since = Instant::now();
+    while stable_since.elapsed() < Duration::from_millis(500) {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the triangle did not go quiet: {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = heads(&nodes);
+        if now != last {
+            last = now;
+            stable_since = Instant::now();
+        }
+    }
+    // Each node fed each bundle at most twice (once received, once at a shorter path).
+    assert!(last.iter().all(|h| *h <= 4), "feeds kept growing: {last:?}");
+    for c in &clients {
+        for s in held(c).await {
+            let p = s.provenance.unwrap();
+            assert!(
+                p.hops <= 1,
+                "an item stayed at hop {} in a full triangle",
+                p.hops
+            );
+        }
+    }
+    for node in nodes {
+        node.shutdown(DEADLINE).await.unwrap();
+    }
 }

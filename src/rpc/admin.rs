@@ -28,12 +28,21 @@ pub trait PolicyReload: Send + Sync {
 pub struct AdminService {
     engine: Arc<Engine>,
     reload: Arc<dyn PolicyReload>,
+    links: crate::sync::Links,
 }
 
 impl AdminService {
-    /// The service over `engine`, reloading through `reload`.
-    pub fn new(engine: Arc<Engine>, reload: Arc<dyn PolicyReload>) -> Self {
-        Self { engine, reload }
+    /// The service over `engine`, reloading through `reload`, reporting `links`.
+    pub fn new(
+        engine: Arc<Engine>,
+        reload: Arc<dyn PolicyReload>,
+        links: crate::sync::Links,
+    ) -> Self {
+        Self {
+            engine,
+            reload,
+            links,
+        }
     }
 }
 
@@ -82,6 +91,30 @@ impl Admin for AdminService {
             allow: decision.allow,
             rule: decision.rule,
             item: Some(ProtoStoredItem::from(&stored)),
+        }))
+    }
+
+    async fn links(
+        &self,
+        request: Request<super::proto::LinksRequest>,
+    ) -> Result<Response<super::proto::LinksResponse>, Status> {
+        require_admin(caller(&request)?)?;
+        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(Response::new(super::proto::LinksResponse {
+            links: links
+                .iter()
+                .map(|(peer, s)| super::proto::LinkStatus {
+                    peer: peer.to_string(),
+                    address: s.address.clone(),
+                    connected: s.connected,
+                    cursor: s.cursor,
+                    head: s.head,
+                    bundles_received: s.received,
+                    bundles_rejected: s.rejected,
+                    last_error: s.last_error.clone().unwrap_or_default(),
+                    last_message_unix_ms: s.last_message_ms,
+                })
+                .collect(),
         }))
     }
 

@@ -179,3 +179,14 @@ pub fn node_section(pki: &Pki, id: &NodeId, data_dir: &Path) -> String {
         ca = pki.ca_cert().display(),
     )
 }
+
+/// Sends the node's logs to the test output (shown for failing tests); `RUST_LOG`
+/// filters, default `entente=info`.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("entente=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}

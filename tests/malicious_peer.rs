@@ -1,0 +1,327 @@
+//! A malicious peer: a configured, correctly certified node that serves forged,
+//! tampered, replayed-older, over-hop, wrong-recipient and wrongly forwarded bundles.
+//! The puller rejects them all: none is stored, none reaches its change feed, so none
+//! is ever forwarded.
+
+mod common;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::Pki;
+use entente::client::NodeClient;
+use entente::crypto::{BundleSigner, sha256};
+use entente::model::{Distribution, Indicator, IndicatorType, Item, ItemId, ItemKind, NodeId, Tlp};
+use entente::rpc::proto::federation_server::{Federation, FederationServer};
+use entente::rpc::proto::{
+    CertificateChain, Checkpoint, FeedBundle, GetCertificatesRequest, GetCertificatesResponse,
+    HelloRequest, HelloResponse, ItemFilter, PullRequest, PullResponse, pull_response,
+};
+use entente::transport::{Directory, Partner, PartnerKind, TlsMaterial};
+use entente::wire;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+struct Rogue {
+    feed: Vec<FeedBundle>,
+    certificates: Vec<Vec<u8>>,
+}
+
+type PullStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<PullResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Federation for Rogue {
+    async fn hello(&self, _: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {
+        Err(Status::unimplemented("rogue"))
+    }
+
+    type PullStream = PullStream;
+
+    async fn pull(&self, request: Request<PullRequest>) -> Result<Response<PullStream>, Status> {
+        let after = request.into_inner().cursor;
+        let mut out: Vec<Result<PullResponse, Status>> = self
+            .feed
+            .iter()
+            .filter(|b| b.seq > after)
+            .map(|b| {
+                Ok(PullResponse {
+                    event: Some(pull_response::Event::Bundle(b.clone())),
+                })
+            })
+            .collect();
+        let head = self.feed.len() as u64;
+        out.push(Ok(PullResponse {
+            event: Some(pull_response::Event::Checkpoint(Checkpoint {
+                cursor: head,
+                head,
+            })),
+        }));
+        Ok(Response::new(Box::pin(tokio_stream::iter(out))))
+    }
+
+    async fn get_certificates(
+        &self,
+        request: Request<GetCertificatesRequest>,
+    ) -> Result<Response<GetCertificatesResponse>, Status> {
+        let wanted = request.into_inner().sha256;
+        let chains = self
+            .certificates
+            .iter()
+            .filter(|der| wanted.iter().any(|w| w.as_slice() == sha256(der)))
+            .map(|der| CertificateChain {
+                sha256: sha256(der).to_vec(),
+                der: vec![der.clone()],
+            })
+            .collect();
+        Ok(Response::new(GetCertificatesResponse { chains }))
+    }
+}
+
+fn indicator(id: &ItemId, value: &str, tlp: Tlp, modified: i64) -> Item {
+    Item {
+        id: id.clone(),
+        modified_ms: modified,
+        tlp,
+        tags: vec![],
+        kind: ItemKind::Indicator(Indicator {
+            indicator_type: IndicatorType::Domain,
+            value: value.into(),
+            description: String::new(),
+            confidence: 50,
+            kill_chain_phases: vec![],
+            valid_from_ms: modified,
+            valid_until_ms: None,
+        }),
+    }
+}
+
+fn signer(m: &TlsMaterial) -> BundleSigner {
+    BundleSigner::new(
+        m.id.clone(),
+        m.private_key_pkcs8().unwrap(),
+        m.certificate_der(),
+    )
+    .unwrap()
+}
+
+fn sign(by: &TlsMaterial, items: &[Item], distribution: Distribution) -> wire::SignedBundle {
+    signer(by)
+        .sign(items, &distribution, entente::engine::now_ms() - 1000)
+        .unwrap()
+        .to_wire(|_| true)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_malicious_bundle_is_rejected_and_never_forwarded() {
+    common::init_logging();
+    let pki = Pki::new();
+    let hq_id = pki.node("redmond.hq");
+    let berlin = pki.material(&pki.node("berlin.office"));
+    let rogue = pki.material(&pki.node("rogue.node"));
+    pki.client("analyst.alice");
+    let now = entente::engine::now_ms();
+
+    // The one legitimate bundle the rogue also forwards: berlin's GREEN item, version 2.
+    let shared = ItemId::new_random();
+    let legit = sign(
+        &berlin,
+        &[indicator(
+            &shared,
+            "v2.example.com",
+            Tlp::Green,
+            now - 10_000,
+        )],
+        Distribution::default(),
+    );
+    // A replay of an older version of the same item.
+    let older = sign(
+        &berlin,
+        &[indicator(
+            &shared,
+            "v1.example.com",
+            Tlp::Green,
+            now - 20_000,
+        )],
+        Distribution::default(),
+    );
+    // Forged: the rogue signs a bundle that claims berlin as origin.
+    let mut forged = sign(
+        &rogue,
+        &[indicator(
+            &ItemId::new_random(),
+            "forged.example.com",
+            Tlp::Green,
+            now,
+        )],
+        Distribution::default(),
+    );
+    {
+        use prost::Message;
+        let mut header = wire::BundleHeader::decode(forged.header_bytes.as_slice()).unwrap();
+        header.origin = "berlin.office".into();
+        forged.header_bytes = header.encode_to_vec();
+    }
+    // Tampered: a valid berlin bundle with one item byte changed.
+    let mut tampered = sign(
+        &berlin,
+        &[indicator(
+            &ItemId::new_random(),
+            "tampered.example.com",
+            Tlp::Green,
+            now,
+        )],
+        Distribution::default(),
+    );
+    let last = tampered.disclosures[0].item_bytes.len() - 1;
+    tampered.disclosures[0].item_bytes[last] ^= 1;
+    // Over hop: berlin allows one transfer; via the rogue it would be the second.
+    let over_hop = sign(
+        &berlin,
+        &[indicator(
+            &ItemId::new_random(),
+            "over-hop.example.com",
+            Tlp::Green,
+            now,
+        )],
+        Distribution {
+            max_hops: Some(1),
+            recipients: vec![],
+        },
+    );
+    // Wrong recipient: only singapore may hold it.
+    let wrong_recipient = sign(
+        &berlin,
+        &[indicator(
+            &ItemId::new_random(),
+            "not-for-hq.example.com",
+            Tlp::Green,
+            now,
+        )],
+        Distribution {
+            max_hops: None,
+            recipients: vec![NodeId::new("singapore.office").unwrap()],
+        },
+    );
+    // AMBER passed on by a node that is not its origin.
+    let amber = sign(
+        &berlin,
+        &[indicator(
+            &ItemId::new_random(),
+            "amber.example.com",
+            Tlp::Amber,
+            now,
+        )],
+        Distribution::default(),
+    );
+
+    let feed = |seq: u64, bundle: wire::SignedBundle, hops: u32| FeedBundle {
+        seq,
+        bundle: Some(bundle),
+        hops,
+    };
+    let rogue_service = Rogue {
+        feed: vec![
+            feed(1, legit, 1),
+            feed(2, older, 1),
+            feed(3, forged, 1),
+            feed(4, tampered, 1),
+            feed(5, over_hop.clone(), 1),
+            feed(6, wrong_recipient, 1),
+            feed(7, amber, 1),
+            // Claiming to be the origin of berlin's bundle.
+            feed(8, over_hop, 0),
+        ],
+        certificates: vec![
+            berlin.certificate_der().to_vec(),
+            rogue.certificate_der().to_vec(),
+        ],
+    };
+
+    // Serve the rogue over real mTLS, accepting hq.
+    let directory = Arc::new(Directory::new(
+        &rogue.id,
+        [Partner {
+            id: hq_id.clone(),
+            kind: PartnerKind::Node,
+            role: entente::Role::Peer,
+        }],
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let rogue_addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let (incoming, accept_task) = entente::transport::listener::accept(
+        listener,
+        rogue.server_config(directory.clone()).unwrap(),
+        directory,
+        stop.clone(),
+    );
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(FederationServer::new(rogue_service))
+            .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()),
+    );
+
+    // hq pulls from the rogue.
+    let config = common::write_config(
+        &pki,
+        &hq_id,
+        &[common::client("analyst.alice", "analyst")],
+        &[],
+    );
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[[peer]]\nid = \"rogue.node\"\naddress = \"{rogue_addr}\"\nmax_tlp = \"GREEN\"\nallow_types = [\"*\"]\nforward_third_party = true\n"
+    ));
+    std::fs::write(&config, text).unwrap();
+    let node = common::start(&config).await;
+    let who = NodeId::new("analyst.alice").unwrap();
+    let analyst = NodeClient::connect(
+        pki.material(&who).client_config().unwrap(),
+        &who,
+        &node.local_addr().to_string(),
+        node.id(),
+    )
+    .await
+    .unwrap();
+
+    // Wait until the rogue's whole feed was consumed (the cursor reaches its head).
+    let start = Instant::now();
+    while node.engine().store().cursor(&rogue.id).unwrap() < 8 {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "hq did not consume the rogue's feed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let held = analyst
+        .query(
+            ItemFilter {
+                include_expired: true,
+                ..Default::default()
+            },
+            100,
+            vec![],
+        )
+        .await
+        .unwrap()
+        .items;
+    let values: Vec<String> = held
+        .iter()
+        .map(|s| match s.item.as_ref().and_then(|i| i.kind.as_ref()) {
+            Some(wire::item::Kind::Indicator(i)) => i.value.clone(),
+            _ => String::new(),
+        })
+        .collect();
+    // Only the legitimate item, at its newest version; nothing else was stored.
+    assert_eq!(values, vec!["v2.example.com".to_owned()]);
+    // Only that one bundle entered hq's change feed, so nothing else can be forwarded.
+    assert_eq!(node.engine().store().feed_head(), 1);
+
+    node.shutdown(DEADLINE).await.unwrap();
+    stop.cancel();
+    let _ = accept_task.await;
+    let _ = server.await;
+}
