@@ -144,7 +144,7 @@ async fn pull(
                 })
                 .await
                 .map_err(|e| e.to_string())?;
-                let ok = matches!(accepted, Ok(_));
+                let ok = accepted.is_ok();
                 match accepted {
                     Ok(report) if !report.rejected.is_empty() => {
                         tracing::warn!(peer = %link.peer, rejected = report.rejected.len(), "items rejected by the single-writer rule");
