@@ -52,7 +52,7 @@ fn parse_args() -> Result<Args> {
             "--items" => args.items = value("--items")?,
             "--bundle-size" => args.bundle_size = value("--bundle-size")?,
             "--queries" => args.queries = value("--queries")?,
-            "ingest" if args.command.is_empty() => args.command = arg,
+            "ingest" | "sync" if args.command.is_empty() => args.command = arg,
             // Internal: the node under test, run as its own process.
             "node" if args.command.is_empty() => {
                 args.command = arg;
@@ -445,6 +445,221 @@ async fn ingest(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// Starts a node process from `config`; returns it with its address.
+fn spawn_node(config: &Path) -> Result<(std::process::Child, String)> {
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .arg("node")
+        .arg(config)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot start a node process")?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().context("node stdout")?),
+        &mut line,
+    )?;
+    let addr = line
+        .trim()
+        .strip_prefix("listening ")
+        .with_context(|| format!("node did not start: {line:?}"))?
+        .to_owned();
+    Ok((child, addr))
+}
+
+fn node_config(id: &str, listen: &str, peers: &str) -> String {
+    format!(
+        "[node]\nid = \"{id}\"\nlisten = \"{listen}\"\ndata_dir = \"data-{id}\"\ncert = \"certs/{id}.crt\"\nkey = \"certs/{id}.key\"\ntrust_anchors = [\"certs/ca.crt\"]\n\n[store]\ncache_mb = 32\n\n[[client]]\nid = \"analyst.bench\"\nrole = \"analyst\"\n{peers}"
+    )
+}
+
+/// `sync`: cold sync of N indicators from one node to a fresh peer, then catch-up of
+/// 10,000 new ones; both nodes are separate processes on loopback with real mTLS.
+async fn sync(args: &Args) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let certs = CertDir::new(dir.path().join("certs"));
+    certs.create_ca("Bench CA", Validity::days_from_now(2))?;
+    for id in ["bench.hq", "bench.office"] {
+        certs.issue(
+            &NodeId::new(id)?,
+            &Usage::Node {
+                ips: vec![],
+                dns: vec![],
+            },
+            Validity::days_from_now(2),
+        )?;
+    }
+    certs.issue(
+        &NodeId::new("analyst.bench")?,
+        &Usage::Client,
+        Validity::days_from_now(2),
+    )?;
+    let policy = "max_tlp = \"GREEN\"\nallow_types = [\"*\"]";
+    // hq serves the office; the office is started later, once hq holds everything.
+    let hq_config = dir.path().join("hq.toml");
+    std::fs::write(
+        &hq_config,
+        node_config(
+            "bench.hq",
+            "127.0.0.1:0",
+            &format!(
+                "\n[[peer]]\nid = \"bench.office\"\naddress = \"127.0.0.1:1\"\nrole = \"read_only\"\n{policy}\n"
+            ),
+        ),
+    )?;
+    let (mut hq, hq_addr) = spawn_node(&hq_config)?;
+    let client_config = dir.path().join("analyst.toml");
+    std::fs::write(
+        &client_config,
+        format!(
+            "[client]\nid = \"analyst.bench\"\ncert = \"certs/analyst.bench.crt\"\nkey = \"certs/analyst.bench.key\"\ntrust_anchors = [\"certs/ca.crt\"]\nnode = \"{hq_addr}\"\nnode_id = \"bench.hq\"\n"
+        ),
+    )?;
+    let client = NodeClient::connect_with(&ClientSettings::load(&client_config)?).await?;
+    println!("entente-bench sync");
+    println!("machine:     {}", machine());
+    println!(
+        "items:       {} in bundles of {}",
+        args.items, args.bundle_size
+    );
+    publish_range(&client, 0, args.items, args.bundle_size).await?;
+
+    let office_config = dir.path().join("office.toml");
+    std::fs::write(
+        &office_config,
+        node_config(
+            "bench.office",
+            "127.0.0.1:0",
+            &format!(
+                "\n[[peer]]\nid = \"bench.hq\"\naddress = \"{hq_addr}\"\nrole = \"peer\"\n{policy}\n"
+            ),
+        ),
+    )?;
+    // The office's operator identity watches its link to hq.
+    let started = Instant::now();
+    let (mut office, office_addr) = spawn_node(&office_config)?;
+    let operator_config = dir.path().join("operator.toml");
+    std::fs::write(
+        &operator_config,
+        format!(
+            "[client]\nid = \"bench.office\"\ncert = \"certs/bench.office.crt\"\nkey = \"certs/bench.office.key\"\ntrust_anchors = [\"certs/ca.crt\"]\nnode = \"{office_addr}\"\nnode_id = \"bench.office\"\n"
+        ),
+    )?;
+    let operator = NodeClient::connect_with(&ClientSettings::load(&operator_config)?).await?;
+    let received = wait_caught_up(&operator, 0).await?;
+    let cold = started.elapsed().as_secs_f64();
+    println!();
+    println!(
+        "cold sync of {} items over mTLS: {:>10.0} items/s ({cold:.1} s, {received} bundles; target >= 50,000)",
+        args.items,
+        args.items as f64 / cold
+    );
+
+    // Offline catch-up: the office stops, hq takes 10,000 new items, the office
+    // restarts on its store and pulls only the new entries.
+    let office_peak = rss_mib(&office.id().to_string(), "VmHWM");
+    drop(office.stdin.take());
+    office.wait()?;
+    let catch_up = 10_000.min(args.items);
+    publish_range(&client, args.items, args.items + catch_up, args.bundle_size).await?;
+    let total_bundles = (args.items + catch_up).div_ceil(args.bundle_size) as u64;
+    let started = Instant::now();
+    let (restarted, office_addr) = spawn_node(&office_config)?;
+    office = restarted;
+    std::fs::write(
+        &operator_config,
+        format!(
+            "[client]\nid = \"bench.office\"\ncert = \"certs/bench.office.crt\"\nkey = \"certs/bench.office.key\"\ntrust_anchors = [\"certs/ca.crt\"]\nnode = \"{office_addr}\"\nnode_id = \"bench.office\"\n"
+        ),
+    )?;
+    let operator = NodeClient::connect_with(&ClientSettings::load(&operator_config)?).await?;
+    let pulled = wait_cursor(&operator, total_bundles).await?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "offline catch-up of {catch_up} new items on a peer holding {}: {secs:.2} s including the restart ({pulled} bundles pulled; target < 1 s, proportional to the new items)",
+        args.items
+    );
+    println!(
+        "node peak RSS: hq {:.0} MiB, office {:.0} MiB",
+        rss_mib(&hq.id().to_string(), "VmHWM"),
+        rss_mib(&office.id().to_string(), "VmHWM").max(office_peak)
+    );
+    drop(hq.stdin.take());
+    drop(office.stdin.take());
+    hq.wait()?;
+    office.wait()?;
+    Ok(())
+}
+
+async fn publish_range(
+    client: &NodeClient,
+    from: usize,
+    to: usize,
+    bundle_size: usize,
+) -> Result<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<PublishRequest>(8);
+    let feeder = tokio::spawn(async move {
+        let mut next = from;
+        while next < to {
+            let end = (next + bundle_size).min(to);
+            let request = PublishRequest {
+                items: (next..end).map(draft).collect(),
+                distribution: None,
+                groups: Vec::new(),
+            };
+            if tx.send(request).await.is_err() {
+                return;
+            }
+            next = end;
+        }
+    });
+    client
+        .publish(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?;
+    feeder.await?;
+    Ok(())
+}
+
+/// Waits until the office's link to hq has reached feed position `cursor`; returns the
+/// bundles received on this connection.
+async fn wait_cursor(operator: &NodeClient, cursor: u64) -> Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let links = operator.links().await?.links;
+        if let Some(link) = links.first() {
+            if link.cursor >= cursor {
+                return Ok(link.bundles_received);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the office did not catch up: {links:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Waits until the office's link to hq is caught up past `before` received bundles;
+/// returns the bundles received.
+async fn wait_caught_up(operator: &NodeClient, before: u64) -> Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let links = operator.links().await?.links;
+        if let Some(link) = links.first() {
+            if link.connected
+                && link.head > 0
+                && link.cursor >= link.head
+                && link.bundles_received > before
+            {
+                return Ok(link.bundles_received);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the office did not catch up: {links:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn main() -> Result<()> {
     let args = parse_args()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -452,6 +667,7 @@ fn main() -> Result<()> {
         .build()?;
     match (args.command.as_str(), &args.config) {
         ("node", Some(config)) => runtime.block_on(run_node(config)),
+        ("sync", _) => runtime.block_on(sync(&args)),
         _ => runtime.block_on(ingest(&args)),
     }
 }
