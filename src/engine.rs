@@ -197,6 +197,8 @@ pub struct Engine {
     subscribers: broadcast::Sender<Arc<StoredItem>>,
     /// The change-feed head, for pull streams that follow it.
     feed_head: tokio::sync::watch::Sender<u64>,
+    /// Bumped on every policy change, so following streams re-check their partner.
+    policy_version: tokio::sync::watch::Sender<u64>,
 }
 
 struct StoreCertificates<'a>(&'a dyn Store);
@@ -220,8 +222,10 @@ impl Engine {
         store.put_certificate(own_certificate)?;
         let (subscribers, _) = broadcast::channel(SUBSCRIPTION_BUFFER);
         let (feed_head, _) = tokio::sync::watch::channel(store.feed_head());
+        let (policy_version, _) = tokio::sync::watch::channel(0);
         Ok(Self {
             feed_head,
+            policy_version,
             ledger: LedgerWriter::start(store.clone()),
             store,
             policy: std::sync::RwLock::new(Arc::new(policy)),
@@ -353,6 +357,7 @@ impl Engine {
     /// Puts a new policy in force; the next decision on every path uses it.
     pub fn set_policy(&self, policy: Policy) {
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+        self.policy_version.send_modify(|v| *v += 1);
     }
 
     /// The policy decision for a stored item and a client-side path (query, get,
@@ -495,6 +500,11 @@ impl Engine {
         })
     }
 
+    /// Watches policy changes (for streams that must re-check their partner's policy).
+    pub fn watch_policy(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.policy_version.subscribe()
+    }
+
     /// Watches the change-feed head (for pull streams that follow it).
     pub fn watch_feed(&self) -> tokio::sync::watch::Receiver<u64> {
         self.feed_head.subscribe()
@@ -564,6 +574,24 @@ impl Engine {
             }
         }
         Ok(page)
+    }
+
+    /// The cursor to serve `partner` from: `requested`, or 0 when its policy changed
+    /// since it was last served (a widened policy then delivers what it may now see;
+    /// re-sending what it has is harmless, since disclosures merge). Records the policy
+    /// it is now served under.
+    pub fn serving_cursor(&self, partner: &NodeId, requested: u64) -> Result<u64, EngineError> {
+        let fingerprint = self.policy().partner_fingerprint(partner);
+        let served = self.store.served_policy(partner)?;
+        if served == Some(fingerprint) {
+            return Ok(requested);
+        }
+        self.store.set_served_policy(partner, &fingerprint)?;
+        if served.is_some() && requested > 0 {
+            tracing::info!(%partner, "policy for this partner changed: replaying its feed from the start");
+            return Ok(0);
+        }
+        Ok(requested)
     }
 
     /// Accepts a bundle pulled from `peer`, which holds its items at `sender_hops`:

@@ -199,6 +199,16 @@ impl Policy {
         self.partners.get(id)
     }
 
+    /// A fingerprint of one partner's compiled policy (all zero for an unknown partner):
+    /// when it changes, the partner's feed is replayed from the start so it receives
+    /// what it may now see.
+    pub fn partner_fingerprint(&self, id: &NodeId) -> [u8; 32] {
+        match self.partners.get(id) {
+            Some(p) => crate::crypto::sha256(format!("{p:?}").as_bytes()),
+            None => [0; 32],
+        }
+    }
+
     /// The members of a sharing group.
     pub fn group(&self, name: &str) -> Option<&[NodeId]> {
         self.groups.get(name).map(Vec::as_slice)

@@ -296,6 +296,12 @@ pub trait Store: Send + Sync {
     /// A held bundle with its current items (those whose latest version is this one).
     fn held_bundle(&self, id: &BundleId) -> Result<Option<HeldBundle>, StoreError>;
 
+    /// The fingerprint of the policy under which `peer` was last served a pull.
+    fn served_policy(&self, peer: &NodeId) -> Result<Option<[u8; 32]>, StoreError>;
+
+    /// Records the policy fingerprint `peer` is now served under.
+    fn set_served_policy(&self, peer: &NodeId, fingerprint: &[u8; 32]) -> Result<(), StoreError>;
+
     /// The replication cursor kept for pulling from `peer` (0 when none).
     fn cursor(&self, peer: &NodeId) -> Result<u64, StoreError>;
 

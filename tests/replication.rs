@@ -355,3 +355,60 @@ async fn a_triangle_of_forwarding_peers_converges_and_goes_quiet() {
         node.shutdown(DEADLINE).await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_widened_policy_replays_the_feed_to_that_partner() {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let berlin = pki.node("berlin.office");
+    pki.client("analyst.alice");
+    let hq_config = config(
+        &pki,
+        &hq,
+        &peer(
+            "berlin.office",
+            "127.0.0.1:1",
+            "max_tlp = \"GREEN\"\nallow_types = [\"ipv4\"]",
+        ),
+    );
+    let hq_node = common::start(&hq_config).await;
+    let berlin_node = common::start(&config(
+        &pki,
+        &berlin,
+        &peer(
+            "redmond.hq",
+            &hq_node.local_addr().to_string(),
+            "max_tlp = \"GREEN\"\nallow_types = [\"*\"]",
+        ),
+    ))
+    .await;
+    let at_hq = analyst(&pki, &hq_node).await;
+    let ip = wire::Item {
+        kind: Some(wire::item::Kind::Indicator(wire::Indicator {
+            indicator_type: "ipv4".into(),
+            value: "198.51.100.1".into(),
+            ..Default::default()
+        })),
+        ..item("unused", Tlp::Green)
+    };
+    publish(
+        &at_hq,
+        vec![ip, item("widened.example.com", Tlp::Green)],
+        None,
+    )
+    .await;
+    let at_berlin = analyst(&pki, &berlin_node).await;
+    converges(&at_berlin, &["198.51.100.1"]).await;
+
+    // hq widens berlin's policy and reloads: the open stream replays hq's feed, and the
+    // domain withheld before now arrives, with no new publish.
+    let text = std::fs::read_to_string(&hq_config)
+        .unwrap()
+        .replace("allow_types = [\"ipv4\"]", "allow_types = [\"*\"]");
+    std::fs::write(&hq_config, text).unwrap();
+    hq_node.reload_policy().unwrap();
+    converges(&at_berlin, &["198.51.100.1", "widened.example.com"]).await;
+
+    berlin_node.shutdown(DEADLINE).await.unwrap();
+    hq_node.shutdown(DEADLINE).await.unwrap();
+}

@@ -88,10 +88,25 @@ impl Federation for FederationService {
         let engine = self.engine.clone();
         let shutdown = self.shutdown.clone();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<PullResponse, Status>>(64);
+        let cursor = engine.serving_cursor(&partner.id, cursor)?;
         tokio::spawn(async move {
             let mut cursor = cursor;
             let mut feed = engine.watch_feed();
+            let mut policy = engine.watch_policy();
+            let mut fingerprint = engine.policy().partner_fingerprint(&partner.id);
             loop {
+                // A reload that changes this partner's policy replays its feed from the start.
+                let now = engine.policy().partner_fingerprint(&partner.id);
+                if now != fingerprint {
+                    fingerprint = now;
+                    match engine.serving_cursor(&partner.id, cursor) {
+                        Ok(c) => cursor = c,
+                        Err(error) => {
+                            let _ = tx.send(Err(Status::from(error))).await;
+                            return;
+                        }
+                    }
+                }
                 let page = {
                     let engine = engine.clone();
                     let partner = partner.clone();
@@ -147,6 +162,10 @@ impl Federation for FederationService {
                     if *feed.borrow_and_update() > cursor {
                         break;
                     }
+                    if policy.has_changed().unwrap_or(false) {
+                        policy.mark_unchanged();
+                        break;
+                    }
                     tokio::select! {
                         _ = shutdown.cancelled() => {
                             let _ = tx.send(Err(Status::unavailable("node is shutting down"))).await;
@@ -154,6 +173,10 @@ impl Federation for FederationService {
                         }
                         _ = tx.closed() => return,
                         changed = feed.changed() => if changed.is_err() { return },
+                        changed = policy.changed() => {
+                            if changed.is_err() { return }
+                            break;
+                        }
                     }
                 }
             }

@@ -13,6 +13,7 @@
 //! | `F` | sequence (u64 big-endian) | bundle UUID (change feed) |
 //! | `C` | SHA-256 of the certificate | DER certificate (cache) |
 //! | `K` | peer id | replication cursor in that peer's feed (u64 big-endian) |
+//! | `P` | peer id | fingerprint of the policy that peer was last served a pull under |
 //! | `L` | sequence (u64 big-endian) | [`LedgerRecordBytes`] (disclosure ledger) |
 
 use crate::model::{IndicatorType, Item, ItemKind};
@@ -26,6 +27,7 @@ pub const VALUE: u8 = b'V';
 pub const FEED: u8 = b'F';
 pub const CERT: u8 = b'C';
 pub const CURSOR: u8 = b'K';
+pub const SERVED: u8 = b'P';
 pub const LEDGER: u8 = b'L';
 
 pub const META_OWNER: &[u8] = b"Mowner";

@@ -616,6 +616,23 @@ impl Store for SledStore {
         }))
     }
 
+    fn served_policy(&self, peer: &NodeId) -> Result<Option<[u8; 32]>, StoreError> {
+        let key = records::key(records::SERVED, peer.as_str().as_bytes());
+        Ok(self
+            .tree
+            .get(key)
+            .map_err(|e| self.engine(e))?
+            .and_then(|v| v.as_ref().try_into().ok()))
+    }
+
+    fn set_served_policy(&self, peer: &NodeId, fingerprint: &[u8; 32]) -> Result<(), StoreError> {
+        let key = records::key(records::SERVED, peer.as_str().as_bytes());
+        self.tree
+            .insert(key, &fingerprint[..])
+            .map_err(|e| self.engine(e))?;
+        Ok(())
+    }
+
     fn cursor(&self, peer: &NodeId) -> Result<u64, StoreError> {
         let key = records::key(records::CURSOR, peer.as_str().as_bytes());
         Ok(self
