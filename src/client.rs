@@ -68,6 +68,15 @@ impl NodeClient {
         Self::connect(tls, &settings.id, &settings.node_address, &settings.node_id).await
     }
 
+    /// Another handle on the same connection.
+    pub fn clone_channel(&self) -> Self {
+        Self {
+            node: self.node.clone(),
+            own_id: self.own_id.clone(),
+            channel: self.channel.clone(),
+        }
+    }
+
     /// The node this client talks to.
     pub fn node(&self) -> &NodeId {
         &self.node

@@ -412,3 +412,114 @@ async fn a_widened_policy_replays_the_feed_to_that_partner() {
     berlin_node.shutdown(DEADLINE).await.unwrap();
     hq_node.shutdown(DEADLINE).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_catch_up_pulls_only_the_new_entries() {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let berlin = pki.node("berlin.office");
+    pki.client("analyst.alice");
+    let hq_node = common::start(&config(
+        &pki,
+        &hq,
+        &peer(
+            "berlin.office",
+            "127.0.0.1:1",
+            "max_tlp = \"GREEN\"\nallow_types = [\"*\"]",
+        ),
+    ))
+    .await;
+    let berlin_config = config(
+        &pki,
+        &berlin,
+        &peer(
+            "redmond.hq",
+            &hq_node.local_addr().to_string(),
+            "max_tlp = \"GREEN\"\nallow_types = [\"*\"]",
+        ),
+    );
+    let berlin_node = common::start(&berlin_config).await;
+    let at_hq = analyst(&pki, &hq_node).await;
+    let operator = {
+        let who = NodeId::new("redmond.hq").unwrap();
+        NodeClient::connect(
+            pki.material(&who).client_config().unwrap(),
+            &who,
+            &hq_node.local_addr().to_string(),
+            hq_node.id(),
+        )
+        .await
+        .unwrap()
+    };
+    // Bundles served to berlin, counted from hq's disclosure ledger (one record per message).
+    let served = |operator: &NodeClient| {
+        let operator = operator.clone_channel();
+        async move {
+            let mut stream = operator
+                .ledger_show(entente::rpc::proto::LedgerShowRequest {
+                    partner: "berlin.office".into(),
+                    since_unix_ms: 0,
+                })
+                .await
+                .unwrap();
+            let mut n = 0usize;
+            while let Some(r) = stream.message().await.unwrap() {
+                if r.path == "pull" {
+                    n += 1;
+                }
+            }
+            n
+        }
+    };
+
+    publish(&at_hq, vec![item("before.example.com", Tlp::Green)], None).await;
+    let at_berlin = analyst(&pki, &berlin_node).await;
+    converges(&at_berlin, &["before.example.com"]).await;
+    let served_before = served(&operator).await;
+    assert_eq!(served_before, 1);
+
+    // berlin goes offline; hq takes 10,000 items in 100 bundles.
+    berlin_node.shutdown(DEADLINE).await.unwrap();
+    let mut requests = Vec::new();
+    for b in 0..100 {
+        requests.push(PublishRequest {
+            items: (0..100)
+                .map(|i| item(&format!("b{b}-i{i}.example.com"), Tlp::Green))
+                .collect(),
+            distribution: None,
+            groups: vec![],
+        });
+    }
+    at_hq.publish(tokio_stream::iter(requests)).await.unwrap();
+
+    let berlin_node = common::start(&berlin_config).await;
+    let at_berlin = analyst(&pki, &berlin_node).await;
+    let start = Instant::now();
+    loop {
+        let mut count = 0usize;
+        let mut token = Vec::new();
+        loop {
+            let page = at_berlin
+                .query(ItemFilter::default(), 1000, token)
+                .await
+                .unwrap();
+            count += page.items.len();
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        if count == 10_001 {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "berlin holds {count} of 10,001 items"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Exactly the 100 new bundles were served after the restart: the cursor resumed.
+    assert_eq!(served(&operator).await - served_before, 100);
+    berlin_node.shutdown(DEADLINE).await.unwrap();
+    hq_node.shutdown(DEADLINE).await.unwrap();
+}
