@@ -52,7 +52,7 @@ fn parse_args() -> Result<Args> {
             "--items" => args.items = value("--items")?,
             "--bundle-size" => args.bundle_size = value("--bundle-size")?,
             "--queries" => args.queries = value("--queries")?,
-            "ingest" | "sync" if args.command.is_empty() => args.command = arg,
+            "ingest" | "sync" | "latency" if args.command.is_empty() => args.command = arg,
             // Internal: the node under test, run as its own process.
             "node" if args.command.is_empty() => {
                 args.command = arg;
@@ -660,6 +660,103 @@ async fn wait_caught_up(operator: &NodeClient, before: u64) -> Result<u64> {
     }
 }
 
+/// `latency`: publish-to-visible time across a chain of three hops
+/// (hq → one → two → three), every link a follow stream over mTLS, all four nodes in
+/// this process with their own stores; one single-item bundle at a time.
+async fn latency(args: &Args) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let certs = CertDir::new(dir.path().join("certs"));
+    certs.create_ca("Bench CA", Validity::days_from_now(2))?;
+    let ids = ["bench.hq", "hop.one", "hop.two", "hop.three"];
+    for id in ids {
+        certs.issue(
+            &NodeId::new(id)?,
+            &Usage::Node {
+                ips: vec![],
+                dns: vec![],
+            },
+            Validity::days_from_now(2),
+        )?;
+    }
+    certs.issue(
+        &NodeId::new("analyst.bench")?,
+        &Usage::Client,
+        Validity::days_from_now(2),
+    )?;
+    let policy = "max_tlp = \"GREEN\"\nallow_types = [\"*\"]\nforward_third_party = true";
+    // Start from the far end so each node knows its upstream's address.
+    let mut nodes: Vec<entente::Node> = Vec::new();
+    let mut upstream_addr = String::new();
+    for (i, id) in ids.iter().enumerate() {
+        let mut peers = String::new();
+        if i + 1 < ids.len() {
+            // The next node downstream pulls from this one.
+            peers.push_str(&format!("\n[[peer]]\nid = \"{}\"\naddress = \"127.0.0.1:1\"\nrole = \"read_only\"\n{policy}\n", ids[i + 1]));
+        }
+        if i > 0 {
+            peers.push_str(&format!("\n[[peer]]\nid = \"{}\"\naddress = \"{upstream_addr}\"\nrole = \"peer\"\n{policy}\n", ids[i - 1]));
+        }
+        let path = dir.path().join(format!("{id}.toml"));
+        std::fs::write(&path, node_config(id, "127.0.0.1:0", &peers))?;
+        let node = entente::Node::start(Config::load(&path)?).await?;
+        upstream_addr = node.local_addr().to_string();
+        nodes.push(node);
+    }
+    let client_for = |node: &entente::Node| -> Result<std::path::PathBuf> {
+        let path = dir.path().join(format!("analyst-{}.toml", node.id()));
+        std::fs::write(
+            &path,
+            format!(
+                "[client]\nid = \"analyst.bench\"\ncert = \"certs/analyst.bench.crt\"\nkey = \"certs/analyst.bench.key\"\ntrust_anchors = [\"certs/ca.crt\"]\nnode = \"{}\"\nnode_id = \"{}\"\n",
+                node.local_addr(),
+                node.id()
+            ),
+        )?;
+        Ok(path)
+    };
+    let publisher =
+        NodeClient::connect_with(&ClientSettings::load(&client_for(&nodes[0])?)?).await?;
+    let watcher = NodeClient::connect_with(&ClientSettings::load(&client_for(&nodes[3])?)?).await?;
+    let mut stream = watcher.subscribe(ItemFilter::default()).await?;
+
+    println!("entente-bench latency");
+    println!("machine:     {}", machine());
+    let rounds = args.queries.min(1000);
+    let mut latencies = Vec::with_capacity(rounds);
+    for round in 0..rounds + 20 {
+        let started = Instant::now();
+        let request = PublishRequest {
+            items: vec![draft(round)],
+            distribution: None,
+            groups: Vec::new(),
+        };
+        publisher.publish(tokio_stream::iter(vec![request])).await?;
+        let arrived = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .context("an item did not arrive three hops away within 10 s")??
+            .context("subscription ended")?;
+        let hops = arrived.provenance.map(|p| p.hops).unwrap_or(0);
+        if hops != 3 {
+            bail!("item arrived at hop {hops}, expected 3");
+        }
+        // The first 20 warm the connections.
+        if round >= 20 {
+            latencies.push(started.elapsed());
+        }
+    }
+    latencies.sort();
+    println!(
+        "publish-to-visible across 3 hops ({rounds} bundles, follow streams, loopback): p50 {:.1} ms, p99 {:.1} ms (target p99 < 50 ms)",
+        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3
+    );
+    println!("(each publish includes the origin's flush to disk before Publish answers)");
+    for node in nodes {
+        node.shutdown(Duration::from_secs(10)).await?;
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args = parse_args()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -668,6 +765,7 @@ fn main() -> Result<()> {
     match (args.command.as_str(), &args.config) {
         ("node", Some(config)) => runtime.block_on(run_node(config)),
         ("sync", _) => runtime.block_on(sync(&args)),
+        ("latency", _) => runtime.block_on(latency(&args)),
         _ => runtime.block_on(ingest(&args)),
     }
 }
