@@ -524,6 +524,58 @@ async fn sync(args: &Args) -> Result<()> {
     );
     publish_range(&client, 0, args.items, args.bundle_size).await?;
 
+    // Bytes on the wire: pull the whole feed once as the office would, and compare the
+    // gRPC payload with the encoded size of the items it discloses.
+    {
+        use prost::Message;
+        let office_material = entente::transport::TlsMaterial::load(
+            &entente::transport::TlsPaths {
+                cert: dir.path().join("certs/bench.office.crt"),
+                key: dir.path().join("certs/bench.office.key"),
+                trust_anchors: vec![dir.path().join("certs/ca.crt")],
+                crls: vec![],
+            },
+            &NodeId::new("bench.office")?,
+        )?;
+        let channel = entente::transport::connect(
+            office_material.client_config()?,
+            &hq_addr,
+            &NodeId::new("bench.hq")?,
+        )
+        .await?;
+        let mut federation = entente::rpc::proto::federation_client::FederationClient::new(channel)
+            .max_decoding_message_size(entente::node::MAX_MESSAGE_BYTES);
+        let mut stream = federation
+            .pull(entente::rpc::proto::PullRequest {
+                cursor: 0,
+                follow: false,
+            })
+            .await?
+            .into_inner();
+        let (mut payload, mut item_bytes, mut items) = (0usize, 0usize, 0usize);
+        while let Some(message) = stream.message().await? {
+            // 5 bytes of gRPC framing per message, plus the protobuf payload.
+            payload += message.encoded_len() + 5;
+            if let Some(entente::rpc::proto::pull_response::Event::Bundle(feed)) = &message.event {
+                for d in &feed
+                    .bundle
+                    .as_ref()
+                    .map(|b| b.disclosures.clone())
+                    .unwrap_or_default()
+                {
+                    item_bytes += d.item_bytes.len();
+                    items += 1;
+                }
+            }
+        }
+        println!(
+            "bytes on the wire for a full pull: {payload} B of gRPC payload for {items} items of {item_bytes} B encoded ({:.2}x; target <= 1.3x)",
+            payload as f64 / item_bytes.max(1) as f64
+        );
+    }
+    // That pull was served as the office and recorded; the office's own pull below
+    // starts from scratch on a fresh store.
+
     let office_config = dir.path().join("office.toml");
     std::fs::write(
         &office_config,
