@@ -330,18 +330,7 @@ pub struct Config {
 impl Config {
     /// Reads, parses and validates a configuration file, including the TLS files it names.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let read_err = |source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        };
-        let len = std::fs::metadata(path).map_err(read_err)?.len();
-        if len > MAX_CONFIG_BYTES {
-            return Err(ConfigError::Syntax {
-                path: path.to_owned(),
-                message: format!("file is larger than {MAX_CONFIG_BYTES} bytes"),
-            });
-        }
-        let text = std::fs::read_to_string(path).map_err(read_err)?;
+        let text = read_bounded(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         Self::parse(&text, path, base)
     }
@@ -498,19 +487,8 @@ impl Config {
             trust_anchors: raw.node.trust_anchors.iter().map(|p| resolve(p)).collect(),
             crls: raw.node.crls.iter().map(|p| resolve(p)).collect(),
         };
-        let tls = TlsMaterial::load(&tls_paths, &id).map_err(|e| {
-            let field = match e.path() {
-                Some(p) if p == tls_paths.key => "node.key",
-                Some(p) if tls_paths.trust_anchors.iter().any(|a| a == p) => "node.trust_anchors",
-                Some(p) if tls_paths.crls.iter().any(|c| c == p) => "node.crls",
-                Some(_) => "node.cert",
-                None => match e {
-                    TlsError::Verifier(_) => "node.crls",
-                    _ => "node.key",
-                },
-            };
-            invalid(field, e.to_string())
-        })?;
+        let tls = TlsMaterial::load(&tls_paths, &id)
+            .map_err(|e| invalid(&tls_field(&e, &tls_paths, "node"), e.to_string()))?;
 
         Ok(Self {
             path: path.to_owned(),
@@ -542,6 +520,37 @@ impl Config {
         });
         peers.chain(clients)
     }
+}
+
+/// Reads a configuration file of at most [`MAX_CONFIG_BYTES`].
+fn read_bounded(path: &Path) -> Result<String, ConfigError> {
+    let read_err = |source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let len = std::fs::metadata(path).map_err(read_err)?.len();
+    if len > MAX_CONFIG_BYTES {
+        return Err(ConfigError::Syntax {
+            path: path.to_owned(),
+            message: format!("file is larger than {MAX_CONFIG_BYTES} bytes"),
+        });
+    }
+    std::fs::read_to_string(path).map_err(read_err)
+}
+
+/// The configuration field a TLS loading error concerns, in `section` (`node` or `client`).
+fn tls_field(error: &TlsError, paths: &TlsPaths, section: &str) -> String {
+    let name = match error.path() {
+        Some(p) if p == paths.key => "key",
+        Some(p) if paths.trust_anchors.iter().any(|a| a == p) => "trust_anchors",
+        Some(p) if paths.crls.iter().any(|c| c == p) => "crls",
+        Some(_) => "cert",
+        None => match error {
+            TlsError::Verifier(_) => "crls",
+            _ => "key",
+        },
+    };
+    format!("{section}.{name}")
 }
 
 fn check_address(address: &str) -> Result<(), String> {
@@ -638,18 +647,7 @@ impl ClientSettings {
     /// node_id = "redmond.hq"           # the node's id, checked against its certificate
     /// ```
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let read_err = |source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        };
-        let len = std::fs::metadata(path).map_err(read_err)?.len();
-        if len > MAX_CONFIG_BYTES {
-            return Err(ConfigError::Syntax {
-                path: path.to_owned(),
-                message: format!("file is larger than {MAX_CONFIG_BYTES} bytes"),
-            });
-        }
-        let text = std::fs::read_to_string(path).map_err(read_err)?;
+        let text = read_bounded(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         let is_node = text.lines().any(|l| l.trim_start().starts_with("[node]"));
         if is_node {
@@ -702,16 +700,8 @@ impl ClientSettings {
             trust_anchors: raw.trust_anchors.iter().map(|p| resolve(p)).collect(),
             crls: raw.crls.iter().map(|p| resolve(p)).collect(),
         };
-        let tls = TlsMaterial::load(&paths, &id).map_err(|e| {
-            let field = match e.path() {
-                Some(p) if p == paths.key => "client.key",
-                Some(p) if paths.trust_anchors.iter().any(|a| a == p) => "client.trust_anchors",
-                Some(p) if paths.crls.iter().any(|c| c == p) => "client.crls",
-                Some(_) => "client.cert",
-                None => "client.key",
-            };
-            invalid(field, e.to_string())
-        })?;
+        let tls = TlsMaterial::load(&paths, &id)
+            .map_err(|e| invalid(&tls_field(&e, &paths, "client"), e.to_string()))?;
         Ok(Self {
             id,
             node_address: raw.node,
