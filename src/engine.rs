@@ -594,6 +594,32 @@ impl Engine {
         Ok(requested)
     }
 
+    /// Caches a signer certificate offered by a peer, if it is no larger than 16 KiB,
+    /// chains to this node's trust anchors (as of `at_ms`, not revoked) and names `origin`.
+    pub fn cache_signer_certificate(
+        &self,
+        der: &[u8],
+        origin: &NodeId,
+        at_ms: i64,
+    ) -> Result<(), EngineError> {
+        if der.len() > 16 * 1024 {
+            return Err(EngineError::Refused(
+                "certificate larger than 16 KiB".into(),
+            ));
+        }
+        let id = self
+            .trust
+            .verify_signer(der, at_ms)
+            .map_err(|e| EngineError::Refused(e.to_string()))?;
+        if &id != origin {
+            return Err(EngineError::Refused(format!(
+                "certificate is for {id}, not for the origin {origin}"
+            )));
+        }
+        self.store.put_certificate(der)?;
+        Ok(())
+    }
+
     /// Accepts a bundle pulled from `peer`, which holds its items at `sender_hops`:
     /// the sender must be allowed to send it (DESIGN 6.1 and 7), then it is verified and
     /// stored like any bundle. A refused bundle is logged with the sender and counted by
@@ -614,6 +640,16 @@ impl Engine {
             _ => return refuse(format!("{peer} is not a peer this node accepts data from")),
         }
         let (header, _) = crate::crypto::parse_header(&bundle.header_bytes)?;
+        // Data originated by a partner this node configures as a client or a read-only
+        // partner is never accepted, whichever node forwards it.
+        if let Some(o) = policy.partner(&header.origin) {
+            if o.kind != crate::model::PartnerKind::Node || o.role != crate::model::Role::Peer {
+                return refuse(format!(
+                    "{} is configured here as {}, whose data is not accepted",
+                    header.origin, o.role
+                ));
+            }
+        }
         if (header.origin == *peer) != (sender_hops == 0) {
             return refuse(format!(
                 "{peer} claims hop {sender_hops} for a bundle whose origin is {}",

@@ -24,6 +24,9 @@ use crate::rpc::proto::federation_server::FederationServer;
 use crate::rpc::proto::intel_server::IntelServer;
 use crate::store::{SledStore, Store, StoreError};
 
+/// Largest request accepted by the Federation service (Hello, Pull, GetCertificates).
+pub const MAX_FEDERATION_REQUEST_BYTES: usize = 64 * 1024;
+
 /// Largest gRPC message accepted or sent (a bundle of 100,000 small items fits).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 use crate::transport::{ConnectionInfo, Directory, TlsError, listener};
@@ -201,7 +204,11 @@ impl Node {
                     engine.clone(),
                     shutdown.clone(),
                 ))
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                // Pull streams are compressed for pullers that accept it (all Entente nodes
+                // do). Requests are small and never accepted compressed, so a caller cannot
+                // make the node decode a large message from a few bytes.
+                .send_compressed(tonic::codec::CompressionEncoding::Zstd)
+                .max_decoding_message_size(MAX_FEDERATION_REQUEST_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
             .add_service(AdminServer::new(AdminService::new(

@@ -16,6 +16,10 @@ use crate::rpc::proto::federation_client::FederationClient;
 use crate::rpc::proto::{GetCertificatesRequest, PullRequest, pull_response};
 use crate::transport::connect;
 
+/// Largest pull message accepted from a peer (decoded size; a bundle of 1,000 items is
+/// about 0.3 MiB).
+pub const MAX_PULL_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
+
 /// First reconnection delay.
 const BACKOFF_START: Duration = Duration::from_millis(200);
 /// Longest reconnection delay.
@@ -106,7 +110,8 @@ async fn pull(
         .await
         .map_err(|e| e.to_string())?;
     let mut federation = FederationClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .accept_compressed(tonic::codec::CompressionEncoding::Zstd)
+        .max_decoding_message_size(MAX_PULL_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let cursor = engine
         .store()
@@ -151,18 +156,25 @@ async fn pull(
                     }
                     Ok(_) => {}
                     // Never acceptable later either: log with the sender, and move on.
-                    Err(error @ (EngineError::Refused(_) | EngineError::Verify(_))) => {
+                    Err(
+                        error @ (EngineError::Refused(_)
+                        | EngineError::Verify(_)
+                        | EngineError::Store(crate::store::StoreError::ConflictingBundle(_))),
+                    ) => {
                         tracing::warn!(peer = %link.peer, seq = feed.seq, %error, "bundle rejected");
                     }
                     Err(error) => return Err(error.to_string()),
                 }
                 // After the bundle is stored: a recovered cursor never runs ahead of data.
+                // A bundle may come as several messages (one per hop count) with the same
+                // seq, so only the entries before this one are known to be complete.
+                let done = feed.seq.saturating_sub(1);
                 engine
                     .store()
-                    .set_cursor(&link.peer, feed.seq)
+                    .set_cursor(&link.peer, done)
                     .map_err(|e| e.to_string())?;
                 update(links, &link.peer, |s| {
-                    s.cursor = feed.seq;
+                    s.cursor = done;
                     s.last_message_ms = now_ms();
                     if ok {
                         s.received += 1;

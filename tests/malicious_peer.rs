@@ -126,7 +126,7 @@ async fn every_malicious_bundle_is_rejected_and_never_forwarded() {
 
     // The one legitimate bundle the rogue also forwards: berlin's GREEN item, version 2.
     let shared = ItemId::new_random();
-    let legit = sign(
+    let legit: wire::SignedBundle = sign(
         &berlin,
         &[indicator(
             &shared,
@@ -136,6 +136,8 @@ async fn every_malicious_bundle_is_rejected_and_never_forwarded() {
         )],
         Distribution::default(),
     );
+    let legit_header = legit.header_bytes.clone();
+    let legit_disclosures = legit.disclosures.clone();
     // A replay of an older version of the same item.
     let older = sign(
         &berlin,
@@ -222,6 +224,42 @@ async fn every_malicious_bundle_is_rejected_and_never_forwarded() {
         bundle: Some(bundle),
         hops,
     };
+    // Equivocation: berlin's own key signs a second header under the id of the
+    // legitimate bundle; then one more legitimate bundle follows, which must still arrive
+    // (a conflict is rejected per bundle, it does not stall the link).
+    let conflicting = {
+        use prost::Message;
+        let mut header = wire::BundleHeader::decode(legit_header.as_slice()).unwrap();
+        header.created_unix_ms -= 1;
+        let header_bytes = header.encode_to_vec();
+        let key = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            berlin.private_key_pkcs8().unwrap(),
+            &ring::rand::SystemRandom::new(),
+        )
+        .unwrap();
+        let signature = key
+            .sign(
+                &ring::rand::SystemRandom::new(),
+                &entente::crypto::signed_message(&header_bytes),
+            )
+            .unwrap();
+        wire::SignedBundle {
+            header_bytes,
+            signature: signature.as_ref().to_vec(),
+            disclosures: legit_disclosures,
+        }
+    };
+    let after = sign(
+        &berlin,
+        &[indicator(
+            &ItemId::new_random(),
+            "after.example.com",
+            Tlp::Green,
+            now,
+        )],
+        Distribution::default(),
+    );
     let rogue_service = Rogue {
         feed: vec![
             feed(1, legit, 1),
@@ -233,6 +271,8 @@ async fn every_malicious_bundle_is_rejected_and_never_forwarded() {
             feed(7, amber, 1),
             // Claiming to be the origin of berlin's bundle.
             feed(8, over_hop, 0),
+            feed(9, conflicting, 1),
+            feed(10, after, 1),
         ],
         certificates: vec![
             berlin.certificate_der().to_vec(),
@@ -289,7 +329,7 @@ async fn every_malicious_bundle_is_rejected_and_never_forwarded() {
 
     // Wait until the rogue's whole feed was consumed (the cursor reaches its head).
     let start = Instant::now();
-    while node.engine().store().cursor(&rogue.id).unwrap() < 8 {
+    while node.engine().store().cursor(&rogue.id).unwrap() < 10 {
         assert!(
             start.elapsed() < DEADLINE,
             "hq did not consume the rogue's feed"
@@ -315,10 +355,16 @@ async fn every_malicious_bundle_is_rejected_and_never_forwarded() {
             _ => String::new(),
         })
         .collect();
-    // Only the legitimate item, at its newest version; nothing else was stored.
-    assert_eq!(values, vec!["v2.example.com".to_owned()]);
-    // Only that one bundle entered hq's change feed, so nothing else can be forwarded.
-    assert_eq!(node.engine().store().feed_head(), 1);
+    // Only the legitimate items, at their newest version; nothing else was stored.
+    let values: std::collections::BTreeSet<String> = values.into_iter().collect();
+    assert_eq!(
+        values,
+        ["after.example.com", "v2.example.com"]
+            .map(String::from)
+            .into()
+    );
+    // Only those two bundles entered hq's change feed, so nothing else can be forwarded.
+    assert_eq!(node.engine().store().feed_head(), 2);
 
     node.shutdown(DEADLINE).await.unwrap();
     stop.cancel();

@@ -269,9 +269,9 @@ impl Store for SledStore {
                         key: header.bundle_id.to_string(),
                         problem: e.to_string(),
                     })?;
-                if record.header_bytes != bundle.header_bytes()
-                    || record.signature != bundle.signature()
-                {
+                // The same signed header under another valid signature (ECDSA signatures
+                // are malleable) is the same bundle: the first signature is kept.
+                if record.header_bytes != bundle.header_bytes() {
                     return Err(StoreError::ConflictingBundle(header.bundle_id.clone()));
                 }
                 record

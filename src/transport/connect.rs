@@ -40,6 +40,17 @@ pub async fn connect(
     address: &str,
     expected: &NodeId,
 ) -> Result<Channel, ConnectError> {
+    connect_counting(tls, address, expected, None).await
+}
+
+/// [`connect`], adding every byte received (HTTP/2 frames, after TLS) to `received`
+/// when given: for measuring what crosses the wire.
+pub async fn connect_counting(
+    tls: Arc<rustls::ClientConfig>,
+    address: &str,
+    expected: &NodeId,
+    received: Option<Arc<std::sync::atomic::AtomicU64>>,
+) -> Result<Channel, ConnectError> {
     let uri: Uri = format!("http://{address}")
         .parse()
         .map_err(|_| ConnectError::BadAddress(address.to_owned()))?;
@@ -55,6 +66,7 @@ pub async fn connect(
             let connector = connector.clone();
             let target = target.clone();
             let want = want.clone();
+            let received = received.clone();
             async move {
                 let server_name = ServerName::try_from(want.to_string())?;
                 let tcp = TcpStream::connect(&target).await?;
@@ -71,7 +83,10 @@ pub async fn connect(
                         format!("server certificate is for {found}, expected {want}").into(),
                     );
                 }
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(TokioIo::new(tls))
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(TokioIo::new(Counting {
+                    inner: tls,
+                    received,
+                }))
             }
         }))
         .await
@@ -96,4 +111,50 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     out
+}
+
+/// A stream that counts the bytes read through it.
+struct Counting<S> {
+    inner: S,
+    received: Option<Arc<std::sync::atomic::AtomicU64>>,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counting<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Some(counter) = &self.received {
+            let read = buf.filled().len() - before;
+            counter.fetch_add(read as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        poll
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counting<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
