@@ -165,6 +165,9 @@ pub struct PullPage {
     pub cursor: u64,
     /// The feed head when the page was read.
     pub head: u64,
+    /// The page stopped before an entry holding items still under the partner's embargo;
+    /// they become visible at this time (ms), and the pull resumes from `cursor` then.
+    pub embargo_until: Option<i64>,
 }
 
 /// A bundle to send in a pull, with the hop count at which this node holds its items.
@@ -527,7 +530,10 @@ impl Engine {
             bundles: Vec::new(),
             cursor: entries.last().map_or(after, |(seq, _)| *seq),
             head: self.store.feed_head(),
+            embargo_until: None,
         };
+        let embargo_ms = policy.partner(&partner.id).map_or(0, |p| p.embargo_ms);
+        let mut previous = after;
         for (seq, bundle_id) in entries {
             let Some(held) = self.store.held_bundle(&bundle_id)? else {
                 continue;
@@ -551,8 +557,35 @@ impl Engine {
                 );
                 if decision.allow {
                     by_hops.entry(item.stored.hops).or_default().push(item);
+                } else if embargo_ms > 0 && now - item.stored.accepted_ms < embargo_ms {
+                    // Withheld now; would it be allowed once the embargo has passed?
+                    let visible_at = item.stored.accepted_ms.saturating_add(embargo_ms);
+                    let later = policy.decide(
+                        &partner.id,
+                        &item.stored.item,
+                        &Context {
+                            origin: &header.origin,
+                            hops: item.stored.hops,
+                            distribution: Some(&header.distribution),
+                            accepted_ms: item.stored.accepted_ms,
+                            now_ms: visible_at,
+                            latest: true,
+                            include_expired: false,
+                        },
+                    );
+                    if later.allow {
+                        page.embargo_until =
+                            Some(page.embargo_until.map_or(visible_at, |t| t.min(visible_at)));
+                    }
                 }
             }
+            if page.embargo_until.is_some() {
+                // Stop before this entry: the cursor must not pass items the partner may
+                // see later, so the whole entry is sent once its embargo has passed.
+                page.cursor = previous;
+                break;
+            }
+            previous = seq;
             for (hops, items) in by_hops {
                 self.record_delivery(&partner.id, "pull", items.iter().map(|i| &i.stored))?;
                 page.bundles.push(PulledBundle {

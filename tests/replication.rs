@@ -523,3 +523,59 @@ async fn offline_catch_up_pulls_only_the_new_entries() {
     berlin_node.shutdown(DEADLINE).await.unwrap();
     hq_node.shutdown(DEADLINE).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embargo_delays_delivery_and_then_releases_it() {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let berlin = pki.node("berlin.office");
+    pki.client("analyst.alice");
+    let hq_node = common::start(&config(
+        &pki,
+        &hq,
+        &peer(
+            "berlin.office",
+            "127.0.0.1:1",
+            "max_tlp = \"GREEN\"\nallow_types = [\"*\"]\nembargo = \"2s\"",
+        ),
+    ))
+    .await;
+    let berlin_node = common::start(&config(
+        &pki,
+        &berlin,
+        &peer(
+            "redmond.hq",
+            &hq_node.local_addr().to_string(),
+            "max_tlp = \"GREEN\"\nallow_types = [\"*\"]",
+        ),
+    ))
+    .await;
+    let at_hq = analyst(&pki, &hq_node).await;
+    let at_berlin = analyst(&pki, &berlin_node).await;
+    let published = Instant::now();
+    publish(
+        &at_hq,
+        vec![item("embargoed.example.com", Tlp::Green)],
+        None,
+    )
+    .await;
+    publish(
+        &at_hq,
+        vec![item("also-embargoed.example.com", Tlp::Green)],
+        None,
+    )
+    .await;
+    // Held back while the embargo runs, then delivered by the open stream, in order.
+    converges(
+        &at_berlin,
+        &["embargoed.example.com", "also-embargoed.example.com"],
+    )
+    .await;
+    assert!(
+        published.elapsed() >= Duration::from_millis(1900),
+        "delivered {:?} after publishing, before the 2 s embargo passed",
+        published.elapsed()
+    );
+    berlin_node.shutdown(DEADLINE).await.unwrap();
+    hq_node.shutdown(DEADLINE).await.unwrap();
+}

@@ -140,7 +140,8 @@ impl Federation for FederationService {
                         return;
                     }
                 }
-                let caught_up = page.cursor >= page.head;
+                let embargo_until = page.embargo_until;
+                let caught_up = page.cursor >= page.head || embargo_until.is_some();
                 cursor = page.cursor;
                 let checkpoint = PullResponse {
                     event: Some(pull_response::Event::Checkpoint(Checkpoint {
@@ -157,9 +158,20 @@ impl Federation for FederationService {
                 if !follow {
                     return;
                 }
-                // Tail: wait for the feed to move past the cursor, the client to go, or shutdown.
+                // Tail: wait for the feed to move past the cursor (or, when an embargo holds
+                // the next entry back, for the embargo to pass), the client to go, or shutdown.
+                let embargo = async move {
+                    match embargo_until {
+                        Some(until) => {
+                            let wait = u64::try_from(until - crate::engine::now_ms()).unwrap_or(0);
+                            tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                };
+                tokio::pin!(embargo);
                 loop {
-                    if *feed.borrow_and_update() > cursor {
+                    if embargo_until.is_none() && *feed.borrow_and_update() > cursor {
                         break;
                     }
                     if policy.has_changed().unwrap_or(false) {
@@ -177,6 +189,7 @@ impl Federation for FederationService {
                             if changed.is_err() { return }
                             break;
                         }
+                        _ = &mut embargo => break,
                     }
                 }
             }
