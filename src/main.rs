@@ -707,5 +707,44 @@ async fn status(config: Config, target: Option<String>) -> Result<()> {
         "you are:          {} ({})",
         hello.caller_id, hello.caller_role
     );
+    // The operator also sees the node's replication links.
+    if hello.caller_role == "admin" {
+        let links = client.links().await?;
+        if links.links.is_empty() {
+            println!("links:            none (no [[peer]] with role peer)");
+        }
+        for link in links.links {
+            println!(
+                "link {:<24} {} cursor {} of {} (lag {} entries, {:.1} s), items {} received / {} rejected, bundles {} / {}{}{}",
+                link.peer,
+                if link.connected {
+                    "connected   "
+                } else {
+                    "disconnected"
+                },
+                link.cursor,
+                link.head,
+                link.head.saturating_sub(link.cursor),
+                link.lag_ms as f64 / 1000.0,
+                link.items_received,
+                link.items_rejected,
+                link.bundles_received,
+                link.bundles_rejected,
+                if link.last_message_unix_ms > 0 {
+                    format!(
+                        ", last message {:.0} s ago",
+                        (entente::engine::now_ms() - link.last_message_unix_ms) as f64 / 1000.0
+                    )
+                } else {
+                    String::new()
+                },
+                if link.last_error.is_empty() {
+                    String::new()
+                } else {
+                    format!("; last error: {}", link.last_error)
+                },
+            );
+        }
+    }
     Ok(())
 }

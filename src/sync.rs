@@ -44,6 +44,13 @@ pub struct LinkState {
     pub last_error: Option<String>,
     /// When the last message arrived, ms.
     pub last_message_ms: i64,
+    /// Items stored from this link.
+    pub items_received: u64,
+    /// Items from this link that were rejected (in rejected bundles, or by the
+    /// single-writer rule).
+    pub items_rejected: u64,
+    /// Since when the link has been behind the peer's head (`None` when caught up).
+    pub behind_since_ms: Option<i64>,
 }
 
 /// The state of every link, shared between the pull loops and the Admin service.
@@ -141,6 +148,7 @@ async fn pull(
                     continue;
                 };
                 fetch_signer(&mut federation, engine, &bundle).await?;
+                let disclosed = bundle.disclosures.len() as u64;
                 let worker = engine.clone();
                 let peer = link.peer.clone();
                 let hops = feed.hops;
@@ -150,6 +158,10 @@ async fn pull(
                 .await
                 .map_err(|e| e.to_string())?;
                 let ok = accepted.is_ok();
+                let (stored_items, rejected_items) = match &accepted {
+                    Ok(report) => (report.stored.len() as u64, report.rejected.len() as u64),
+                    Err(_) => (0, disclosed),
+                };
                 match accepted {
                     Ok(report) if !report.rejected.is_empty() => {
                         tracing::warn!(peer = %link.peer, rejected = report.rejected.len(), "items rejected by the single-writer rule");
@@ -176,6 +188,8 @@ async fn pull(
                 update(links, &link.peer, |s| {
                     s.cursor = done;
                     s.last_message_ms = now_ms();
+                    s.items_received += stored_items;
+                    s.items_rejected += rejected_items;
                     if ok {
                         s.received += 1;
                     } else {
@@ -189,9 +203,15 @@ async fn pull(
                     .set_cursor(&link.peer, checkpoint.cursor)
                     .map_err(|e| e.to_string())?;
                 update(links, &link.peer, |s| {
+                    let now = now_ms();
                     s.cursor = checkpoint.cursor;
                     s.head = checkpoint.head;
-                    s.last_message_ms = now_ms();
+                    s.last_message_ms = now;
+                    s.behind_since_ms = if checkpoint.cursor >= checkpoint.head {
+                        None
+                    } else {
+                        Some(s.behind_since_ms.unwrap_or(now))
+                    };
                 });
             }
             None => {}

@@ -221,6 +221,33 @@ async fn a_chain_of_three_nodes_converges_to_what_the_rule_allows() {
     assert!(to_hq.connected, "{to_hq:?}");
     assert!(to_hq.bundles_received >= 2, "{to_hq:?}");
     assert_eq!(to_hq.bundles_rejected, 0, "{to_hq:?}");
+    assert_eq!(to_hq.items_received, 3, "{to_hq:?}");
+    assert_eq!(to_hq.items_rejected, 0, "{to_hq:?}");
+    // The same through the CLI the operator uses.
+    let out = {
+        let config = berlin_config.clone();
+        let target = format!("berlin.office@{}", berlin_node.local_addr());
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_entente"))
+                .args(["status", "--node", &target, "--config"])
+                .arg(&config)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("link redmond.hq") && text.contains("connected"),
+        "{text}"
+    );
+    assert!(text.contains("items 3 received / 0 rejected"), "{text}");
 
     // Live tail: a later publish arrives without reconnecting.
     publish(&at_hq, vec![item("later.example.com", Tlp::Clear)], None).await;

@@ -113,6 +113,11 @@ impl Admin for AdminService {
                     bundles_rejected: s.rejected,
                     last_error: s.last_error.clone().unwrap_or_default(),
                     last_message_unix_ms: s.last_message_ms,
+                    items_received: s.items_received,
+                    items_rejected: s.items_rejected,
+                    lag_ms: s
+                        .behind_since_ms
+                        .map_or(0, |since| (crate::engine::now_ms() - since).max(0)),
                 })
                 .collect(),
         }))
