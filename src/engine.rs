@@ -243,20 +243,8 @@ impl Engine {
         &self.store
     }
 
-    /// Signs `items` as one bundle of this node and stores it. Not durable until
-    /// [`Engine::flush`].
-    pub fn publish(
-        &self,
-        items: &[Item],
-        distribution: &Distribution,
-        now_ms: i64,
-    ) -> Result<PublishReceipt, EngineError> {
-        let bundle = self.sign(items, distribution, now_ms)?;
-        self.store_own(&bundle, now_ms)
-    }
-
-    /// Signs `items` as one bundle of this node (the first half of [`Engine::publish`],
-    /// which needs no store access and can run beside the store's writer).
+    /// Signs `items` as one bundle of this node (the first half of publishing; it needs no
+    /// store access and can run beside the store's writer).
     pub fn sign(
         &self,
         items: &[Item],
@@ -266,7 +254,7 @@ impl Engine {
         Ok(self.signer.sign(items, distribution, now_ms)?)
     }
 
-    /// Stores a bundle this node signed (the second half of [`Engine::publish`]).
+    /// Stores a bundle this node signed (the second half of publishing).
     pub fn store_own(
         &self,
         bundle: &VerifiedBundle,

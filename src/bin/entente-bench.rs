@@ -259,9 +259,7 @@ async fn ingest(args: &Args) -> Result<()> {
         .to_owned();
     std::fs::write(
         &client_config,
-        format!(
-            "[client]\nid = \"analyst.bench\"\ncert = \"certs/analyst.bench.crt\"\nkey = \"certs/analyst.bench.key\"\ntrust_anchors = [\"certs/ca.crt\"]\nnode = \"{addr}\"\nnode_id = \"bench.hq\"\n",
-        ),
+        client_toml("analyst.bench", &addr, "bench.hq"),
     )?;
     let settings = ClientSettings::load(&client_config)?;
     let client = Arc::new(NodeClient::connect_with(&settings).await?);
@@ -445,6 +443,13 @@ async fn ingest(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// A client configuration for `id` (certificates in `certs/`) reaching `node_id` at `addr`.
+fn client_toml(id: &str, addr: &str, node_id: &str) -> String {
+    format!(
+        "[client]\nid = \"{id}\"\ncert = \"certs/{id}.crt\"\nkey = \"certs/{id}.key\"\ntrust_anchors = [\"certs/ca.crt\"]\nnode = \"{addr}\"\nnode_id = \"{node_id}\"\n"
+    )
+}
+
 /// Starts a node process from `config`; returns it with its address.
 fn spawn_node(config: &Path) -> Result<(std::process::Child, String)> {
     let mut child = std::process::Command::new(std::env::current_exe()?)
@@ -511,9 +516,7 @@ async fn sync(args: &Args) -> Result<()> {
     let client_config = dir.path().join("analyst.toml");
     std::fs::write(
         &client_config,
-        format!(
-            "[client]\nid = \"analyst.bench\"\ncert = \"certs/analyst.bench.crt\"\nkey = \"certs/analyst.bench.key\"\ntrust_anchors = [\"certs/ca.crt\"]\nnode = \"{hq_addr}\"\nnode_id = \"bench.hq\"\n"
-        ),
+        client_toml("analyst.bench", &hq_addr, "bench.hq"),
     )?;
     let client = NodeClient::connect_with(&ClientSettings::load(&client_config)?).await?;
     println!("entente-bench sync");
@@ -598,9 +601,7 @@ async fn sync(args: &Args) -> Result<()> {
     let operator_config = dir.path().join("operator.toml");
     std::fs::write(
         &operator_config,
-        format!(
-            "[client]\nid = \"bench.office\"\ncert = \"certs/bench.office.crt\"\nkey = \"certs/bench.office.key\"\ntrust_anchors = [\"certs/ca.crt\"]\nnode = \"{office_addr}\"\nnode_id = \"bench.office\"\n"
-        ),
+        client_toml("bench.office", &office_addr, "bench.office"),
     )?;
     let operator = NodeClient::connect_with(&ClientSettings::load(&operator_config)?).await?;
     let received = wait_caught_up(&operator, 0).await?;
@@ -625,9 +626,7 @@ async fn sync(args: &Args) -> Result<()> {
     office = restarted;
     std::fs::write(
         &operator_config,
-        format!(
-            "[client]\nid = \"bench.office\"\ncert = \"certs/bench.office.crt\"\nkey = \"certs/bench.office.key\"\ntrust_anchors = [\"certs/ca.crt\"]\nnode = \"{office_addr}\"\nnode_id = \"bench.office\"\n"
-        ),
+        client_toml("bench.office", &office_addr, "bench.office"),
     )?;
     let operator = NodeClient::connect_with(&ClientSettings::load(&operator_config)?).await?;
     let pulled = wait_cursor(&operator, total_bundles).await?;
@@ -763,10 +762,10 @@ async fn latency(args: &Args) -> Result<()> {
         let path = dir.path().join(format!("analyst-{}.toml", node.id()));
         std::fs::write(
             &path,
-            format!(
-                "[client]\nid = \"analyst.bench\"\ncert = \"certs/analyst.bench.crt\"\nkey = \"certs/analyst.bench.key\"\ntrust_anchors = [\"certs/ca.crt\"]\nnode = \"{}\"\nnode_id = \"{}\"\n",
-                node.local_addr(),
-                node.id()
+            client_toml(
+                "analyst.bench",
+                &node.local_addr().to_string(),
+                node.id().as_str(),
             ),
         )?;
         Ok(path)
