@@ -718,6 +718,38 @@ impl Engine {
         )
     }
 
+    /// Verifies a held bundle again from the bytes in the store: the origin's signature
+    /// over the exact header bytes, the signer's chain to this node's trust anchors and
+    /// CRLs, and every held item against its digest. Accepting a bundle verified it
+    /// already; this is for audits (and the demo), and trusts nothing recorded then.
+    pub fn verify_held(
+        &self,
+        id: &crate::model::BundleId,
+    ) -> Result<Option<crate::crypto::VerifiedBundle>, EngineError> {
+        let Some(held) = self.store.held_bundle(id)? else {
+            return Ok(None);
+        };
+        let bundle = wire::SignedBundle {
+            header_bytes: held.header_bytes,
+            signature: held.signature,
+            disclosures: held
+                .items
+                .into_iter()
+                .map(|i| wire::Disclosure {
+                    index: i.index,
+                    salt: i.salt,
+                    item_bytes: i.item_bytes,
+                })
+                .collect(),
+        };
+        Ok(Some(verify(
+            &bundle,
+            &StoreCertificates(self.store.as_ref()),
+            self.trust.as_ref(),
+            now_ms(),
+        )?))
+    }
+
     /// Items accepted from now on (every item: the caller filters through policy).
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<StoredItem>> {
         self.subscribers.subscribe()

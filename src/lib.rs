@@ -25,6 +25,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod crypto;
+pub mod demo;
 pub mod engine;
 pub mod interop;
 pub mod model;

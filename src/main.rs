@@ -160,6 +160,13 @@ enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+    /// Run a whole federation on loopback: publish a sample campaign, show who holds
+    /// what and why, verify every signature, reject a rogue peer's forgeries.
+    Demo {
+        /// Leave the federation running until Ctrl-C, and print how to query it.
+        #[arg(long)]
+        keep_running: bool,
+    },
     /// Say hello to a node over mTLS and print who answered.
     Status {
         /// The node configuration file (its certificate is used to connect).
@@ -338,15 +345,21 @@ enum CertsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Serve { .. }) {
+    if !matches!(cli.command, Command::Serve { .. } | Command::Demo { .. }) {
         // A command whose output is piped into `head` ends quietly when the reader goes
-        // away, like any Unix tool. (The server keeps the default: EPIPE is an error.)
+        // away, like any Unix tool. (The server and the demo keep the default: EPIPE is an error.)
         // SAFETY: called once at start-up, before any other thread exists.
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    init_tracing(cli.log_format);
+    // The demo's output is its report; node logs only on request (RUST_LOG).
+    let default_filter = if matches!(cli.command, Command::Demo { .. }) {
+        "error"
+    } else {
+        "info"
+    };
+    init_tracing(cli.log_format, default_filter);
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -359,9 +372,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(format: LogFormat) {
+fn init_tracing(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -456,6 +469,11 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Policy { command } => policy(command),
         Command::Ledger { command } => ledger(command),
+        Command::Demo { keep_running } => {
+            runtime()?.block_on(entente::demo::run(entente::demo::DemoOptions {
+                keep_running,
+            }))
+        }
         Command::Status { config, node } => {
             let config = Config::load(&config)?;
             runtime()?.block_on(status(config, node))

@@ -158,6 +158,7 @@ async fn pull(
                 .await
                 .map_err(|e| e.to_string())?;
                 let ok = accepted.is_ok();
+                let mut rejection = None;
                 let (stored_items, rejected_items) = match &accepted {
                     Ok(report) => (report.stored.len() as u64, report.rejected.len() as u64),
                     Err(_) => (0, disclosed),
@@ -174,6 +175,7 @@ async fn pull(
                         | EngineError::Store(crate::store::StoreError::ConflictingBundle(_))),
                     ) => {
                         tracing::warn!(peer = %link.peer, seq = feed.seq, %error, "bundle rejected");
+                        rejection = Some(format!("seq {}: {error}", feed.seq));
                     }
                     Err(error) => return Err(error.to_string()),
                 }
@@ -194,6 +196,7 @@ async fn pull(
                         s.received += 1;
                     } else {
                         s.rejected += 1;
+                        s.last_error = rejection;
                     }
                 });
             }
