@@ -543,6 +543,20 @@ async fn python_read_only_client_sees_only_what_its_policy_allows() {
     assert!(analyst_ids(&analyst, value_filter).await.is_empty());
     assert_eq!(analyst_ids(&analyst, ItemFilter::default()).await, before);
 
+    // Hello: the node answers with its id and classifies the client as read-only.
+    let mut command = python_command(&stubs);
+    command
+        .arg("-c")
+        .arg("import sys; from entente_client import Client; h = Client.from_config_file(sys.argv[1]).hello(); print(h['node_id'], h['caller_id'], h['caller_role'])")
+        .arg(&config);
+    let output = tokio::task::spawn_blocking(move || output_within(command, DEADLINE))
+        .await
+        .unwrap();
+    assert_eq!(
+        succeeded(&output).trim(),
+        format!("{NODE} {RESEARCHER} read_only")
+    );
+
     // The node must be the configured one: another node id fails the handshake.
     let wrong_node = researcher_config(&pki, &address, "berlin.office", "wrong-node.toml");
     let output = run(args(&[
