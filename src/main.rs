@@ -345,14 +345,22 @@ enum CertsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Serve { .. } | Command::Demo { .. }) {
-        // A command whose output is piped into `head` ends quietly when the reader goes
-        // away, like any Unix tool. (The server and the demo keep the default: EPIPE is an error.)
-        // SAFETY: called once at start-up, before any other thread exists.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    // SIGPIPE stays ignored (Rust's default) for every command: a node that closes the
+    // TLS connection must surface as an error message, not kill the client silently.
+    // A reader that goes away from stdout (`entente query | head`) ends the command
+    // quietly instead, as Unix tools do: see `stdout_closed` and the panic hook.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
         }
-    }
+        default_hook(info);
+    }));
     // The demo's output is its report; node logs only on request (RUST_LOG).
     let default_filter = if matches!(cli.command, Command::Demo { .. }) {
         "error"
@@ -362,6 +370,7 @@ fn main() -> ExitCode {
     init_tracing(cli.log_format, default_filter);
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) if stdout_closed(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!(
                 "error: {}",
@@ -370,6 +379,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether a command failed only because its reader closed stdout (a write of results
+/// returned EPIPE). Network errors arrive wrapped in client errors, never as a bare
+/// `io::Error`, so they are not mistaken for this.
+fn stdout_closed(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 fn init_tracing(format: LogFormat, default_filter: &str) {

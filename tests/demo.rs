@@ -1,0 +1,334 @@
+//! `entente demo` as a new operator runs it: the built binary, its exit code, and the
+//! lines that carry its claims. The table is checked against the agreements the demo
+//! describes (written here from their text, not from the demo's code): satellites get
+//! everything their group and recipient lists allow, the law-enforcement partner up to
+//! AMBER and only network types from headquarters, the read-only researcher GREEN and
+//! CLEAR only.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const ENTENTE: &str = env!("CARGO_BIN_EXE_entente");
+const DEADLINE: Duration = Duration::from_secs(120);
+
+/// Waits for `child` to exit within `DEADLINE`; kills it and fails otherwise.
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for entente demo") {
+            return status;
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            panic!("entente demo did not finish within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One row of the "who holds what" table.
+#[derive(Debug)]
+struct Row {
+    indicator_type: String,
+    value: String,
+    tlp: String,
+    /// hq, berlin, singapore, police, researcher.
+    cells: Vec<String>,
+}
+
+fn table(output: &str) -> Vec<Row> {
+    let mut lines = output.lines();
+    lines
+        .by_ref()
+        .find(|l| l.contains("item") && l.contains("TLP") && l.contains("researcher"))
+        .expect("the table header");
+    let mut rows = Vec::new();
+    for line in lines {
+        if line.trim_start().starts_with("why") {
+            break;
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        // type value [(revoked)] TLP then five cells, a withheld cell being "- (x)".
+        let tlp_at = words
+            .iter()
+            .position(|w| ["CLEAR", "GREEN", "AMBER", "AMBER+STRICT", "RED"].contains(w))
+            .unwrap_or_else(|| panic!("no TLP in table row {line:?}"));
+        let mut cells = Vec::new();
+        let mut rest = words[tlp_at + 1..].iter();
+        while let Some(word) = rest.next() {
+            match *word {
+                "hop" | "-" => cells.push(format!("{word} {}", rest.next().unwrap())),
+                other => cells.push(other.to_owned()),
+            }
+        }
+        assert_eq!(cells.len(), 5, "five columns in {line:?}");
+        rows.push(Row {
+            indicator_type: words[0].to_owned(),
+            value: words[1].to_owned(),
+            tlp: words[tlp_at].to_owned(),
+            cells,
+        });
+    }
+    rows
+}
+
+fn rank(tlp: &str) -> usize {
+    ["CLEAR", "GREEN", "AMBER", "AMBER+STRICT", "RED"]
+        .iter()
+        .position(|t| *t == tlp)
+        .unwrap()
+}
+
+/// What each column should show for `row`, from the agreements the demo describes.
+fn expected(row: &Row) -> [String; 5] {
+    let berlin_find = row.value.starts_with("login-berlin-office");
+    // The second bundle went to the sharing group `satellites` only; the RED one to
+    // berlin.office only.
+    let group_only = row.value.starts_with("2001:db8") || row.value.ends_with("submit.php");
+    let red = row.tlp == "RED";
+    let held = |yes: bool| {
+        if yes {
+            "hop 1".to_owned()
+        } else {
+            "withheld".to_owned()
+        }
+    };
+    let police = !berlin_find
+        && rank(&row.tlp) <= rank("AMBER")
+        && ["ipv4", "ipv6", "domain", "url"].contains(&row.indicator_type.as_str())
+        && !group_only;
+    let researcher = if rank(&row.tlp) <= rank("GREEN") {
+        "yes"
+    } else {
+        "withheld"
+    };
+    if berlin_find {
+        [
+            held(true),
+            "origin".into(),
+            held(true),
+            held(police),
+            researcher.into(),
+        ]
+    } else {
+        [
+            "origin".into(),
+            held(true),
+            held(!red),
+            held(police),
+            researcher.into(),
+        ]
+    }
+}
+
+fn normalise(cell: &str) -> String {
+    if cell.starts_with('-') {
+        "withheld".into()
+    } else {
+        cell.into()
+    }
+}
+
+#[test]
+fn demo_runs_a_federation_and_every_claim_holds() {
+    let mut child = Command::new(ENTENTE)
+        .arg("demo")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run entente demo");
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        stdout.read_to_string(&mut text).unwrap();
+        text
+    });
+    let status = wait_exit(&mut child);
+    let output = reader.join().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "entente demo failed:\n{output}\n{stderr}");
+
+    // Every step reported, in order.
+    let mut at = 0;
+    for step in [
+        "[1/6]",
+        "[2/6]",
+        "[3/6]",
+        "[4/6] converged in",
+        "[5/6]",
+        "[6/6]",
+    ] {
+        let found = output[at..]
+            .find(step)
+            .unwrap_or_else(|| panic!("no {step:?} after byte {at} in:\n{output}"));
+        at += found;
+    }
+
+    // Who holds what, against the agreements.
+    let rows = table(&output);
+    assert_eq!(
+        rows.len(),
+        14,
+        "13 campaign items and berlin's find:\n{output}"
+    );
+    for row in &rows {
+        let want = expected(row);
+        let got: Vec<String> = row.cells.iter().map(|c| normalise(c)).collect();
+        assert_eq!(got, want, "row {row:?} in:\n{output}");
+    }
+    assert!(
+        rows.iter()
+            .any(|r| r.value == "198.51.100.77" && output.contains("198.51.100.77 (revoked)")),
+        "the revocation is shown:\n{output}"
+    );
+    // Every withheld cell has its reason, from the policy's own words.
+    for reason in [
+        "type md5 is not in allow_types for peer node cyberunit.police",
+        "TLP:AMBER+STRICT is above max_tlp AMBER for peer node cyberunit.police",
+        "cyberunit.police is not in the bundle's recipient list",
+        "singapore.office is not in the bundle's recipient list",
+        "forward_third_party is false for peer node cyberunit.police",
+        "TLP:AMBER is above max_tlp GREEN for read_only client researcher.uni-x",
+    ] {
+        assert!(
+            output.contains(reason),
+            "no reason {reason:?} in:\n{output}"
+        );
+    }
+
+    // Signatures verified again on every node.
+    for node in [
+        "redmond.hq",
+        "berlin.office",
+        "singapore.office",
+        "cyberunit.police",
+    ] {
+        assert!(
+            output
+                .lines()
+                .any(|l| l.trim_start().starts_with(node) && l.contains("digests match")),
+            "no signature line for {node}:\n{output}"
+        );
+    }
+
+    // The rogue's forgery and tampered copy, each rejected with its reason.
+    assert!(
+        output.contains("rejected by singapore.office")
+            && output.contains("claims origin redmond.hq but is signed by rogue.node"),
+        "the forgery's rejection:\n{output}"
+    );
+    assert!(
+        output.contains("item does not match its digest"),
+        "the tampered copy's rejection:\n{output}"
+    );
+    assert!(output.contains("neither reached a store"), "{output}");
+    assert!(output.contains("Summary: demo passed"), "{output}");
+
+    // The throwaway PKI and stores are gone.
+    let dir = output
+        .lines()
+        .find(|l| l.starts_with("[1/6]"))
+        .and_then(|l| l.rsplit(" in ").next())
+        .map(PathBuf::from)
+        .expect("the demo directory");
+    assert!(!dir.exists(), "{} was left behind", dir.display());
+}
+
+#[test]
+fn keep_running_leaves_a_federation_the_cli_can_query() {
+    let mut child = Command::new(ENTENTE)
+        .args(["demo", "--keep-running"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run entente demo --keep-running");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The printed instructions, up to the ledger line.
+    let mut lines = Vec::new();
+    let start = Instant::now();
+    while !lines.iter().any(|l: &String| l.contains("ledger show")) {
+        let left = DEADLINE.saturating_sub(start.elapsed());
+        match rx.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "no instructions from demo --keep-running:\n{}",
+                    lines.join("\n")
+                );
+            }
+        }
+    }
+    let command = |who: &str| -> Vec<String> {
+        let line = lines
+            .iter()
+            .find(|l| l.contains(" query ") && l.contains(who))
+            .unwrap_or_else(|| panic!("no query command for {who}"));
+        let line = line.split('#').next().unwrap();
+        line.split_whitespace().map(String::from).collect()
+    };
+    let run = |words: Vec<String>| -> String {
+        let out = Command::new(&words[0])
+            .args(&words[1..])
+            .output()
+            .expect("run the printed command");
+        assert!(
+            out.status.success(),
+            "{words:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let researcher = run(command("researcher.uni-x.toml"));
+    let analyst = run(command("analyst.alice.toml"));
+    // The analyst sees the whole campaign; the read-only researcher only GREEN and CLEAR.
+    for value in [
+        "cdn-telemetry.example.org",
+        "192.0.2.150",
+        "vpn-portal.example.com",
+    ] {
+        assert!(analyst.contains(value), "analyst lacks {value}:\n{analyst}");
+    }
+    assert!(
+        researcher.contains("cdn-telemetry.example.org"),
+        "{researcher}"
+    );
+    for value in ["192.0.2.150", "vpn-portal.example.com", "2fd4e1c67a2d"] {
+        assert!(
+            !researcher.contains(value),
+            "the researcher got {value}:\n{researcher}"
+        );
+    }
+
+    // SIGTERM stops it cleanly and removes the throwaway directory.
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = wait_exit(&mut child);
+    assert!(status.success(), "demo --keep-running exit: {status:?}");
+    let dir = lines
+        .iter()
+        .find(|l| l.starts_with("[1/6]"))
+        .and_then(|l| l.rsplit(" in ").next())
+        .map(PathBuf::from)
+        .expect("the demo directory");
+    assert!(!dir.exists(), "{} was left behind", dir.display());
+}
