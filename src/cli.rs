@@ -80,6 +80,119 @@ fn progress(len: u64, what: &str) -> ProgressBar {
     bar
 }
 
+/// A counter for work of unknown length, on stderr when it is a terminal.
+fn spinner(what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template(&format!("{{spinner}} {what} {{pos}} ({{per_sec}})"))
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    bar
+}
+
+/// `entente status --wait`: follows the node's replication links until each has pulled
+/// its peer's whole change feed (a bar per link on a terminal), then prints one line
+/// per link with what it received and the rate.
+pub async fn wait_for_sync(
+    client: &NodeClient,
+    deadline: Option<std::time::Duration>,
+) -> Result<()> {
+    use std::collections::BTreeMap;
+    let started = Instant::now();
+    let first = client.links().await?.links;
+    if first.is_empty() {
+        println!("no links to wait for (no [[peer]] with role peer)");
+        return Ok(());
+    }
+    let terminal = std::io::stderr().is_terminal();
+    let bars = indicatif::MultiProgress::with_draw_target(if terminal {
+        indicatif::ProgressDrawTarget::stderr()
+    } else {
+        indicatif::ProgressDrawTarget::hidden()
+    });
+    let style =
+        ProgressStyle::with_template("{prefix:<24} [{bar:40}] {pos}/{len} feed entries, {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+    // Per link: its bar, the items it had received when we started, and when it caught up.
+    let mut state: BTreeMap<String, (ProgressBar, u64, Option<f64>)> = BTreeMap::new();
+    for link in &first {
+        let bar = bars.add(ProgressBar::new(link.head.max(1)));
+        bar.set_style(style.clone());
+        bar.set_prefix(link.peer.clone());
+        state.insert(link.peer.clone(), (bar, link.items_received, None));
+    }
+    let mut timed_out = None;
+    loop {
+        let links = client.links().await?.links;
+        let secs = started.elapsed().as_secs_f64();
+        for link in &links {
+            let Some((bar, items_at_start, done)) = state.get_mut(&link.peer) else {
+                continue;
+            };
+            bar.set_length(link.head.max(1));
+            bar.set_position(link.cursor.min(link.head));
+            let items = link.items_received - (*items_at_start).min(link.items_received);
+            bar.set_message(format!(
+                "{items} items ({:.0}/s){}",
+                items as f64 / secs.max(1e-9),
+                if link.connected { "" } else { ", connecting" }
+            ));
+            // Caught up: connected, a checkpoint seen, and the cursor at the head.
+            if done.is_none()
+                && link.connected
+                && link.last_message_unix_ms > 0
+                && link.cursor >= link.head
+            {
+                *done = Some(secs);
+                bar.finish();
+            }
+        }
+        if state.values().all(|(_, _, done)| done.is_some()) {
+            break;
+        }
+        if let Some(limit) = deadline {
+            if started.elapsed() >= limit {
+                timed_out = Some(limit);
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    bars.clear().ok();
+    let links = client.links().await?.links;
+    for link in links {
+        let Some((_, items_at_start, Some(secs))) = state.get(&link.peer) else {
+            continue;
+        };
+        let items = link.items_received - (*items_at_start).min(link.items_received);
+        println!(
+            "{}: caught up at {} of {} feed entries; {items} items received in {secs:.1}s ({:.0} items/s), {} rejected",
+            link.peer,
+            link.cursor,
+            link.head,
+            items as f64 / secs.max(1e-9),
+            link.items_rejected,
+        );
+    }
+    if let Some(limit) = timed_out {
+        let behind: Vec<&str> = state
+            .iter()
+            .filter(|(_, (_, _, done))| done.is_none())
+            .map(|(peer, _)| peer.as_str())
+            .collect();
+        bail!(
+            "not caught up after {:.0}s: {} (see the links in `entente status`)",
+            limit.as_secs_f64(),
+            behind.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// `entente publish`: parse INPUT, refuse it if anything is invalid (unless told to
 /// skip), then stream it to the node as signed bundles.
 pub async fn publish(
@@ -470,6 +583,8 @@ pub async fn export(
         uuid::Uuid::new_v4()
     )?;
     let mut count = 0usize;
+    let bar = spinner("exporting");
+    let started = Instant::now();
     while let Some(chunk) = stream.message().await.map_err(|s| client.stream_error(s))? {
         if count > 0 {
             out.write_all(b",")?;
@@ -477,9 +592,16 @@ pub async fn export(
         out.write_all(b"\n")?;
         out.write_all(chunk.stix_json.as_bytes())?;
         count += 1;
+        bar.inc(1);
     }
     out.write_all(b"\n]}\n")?;
     out.flush()?;
-    eprintln!("exported {count} indicators");
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "exported {count} indicators from {} in {secs:.1}s ({:.0} indicators/s)",
+        client.node(),
+        count as f64 / secs.max(1e-9)
+    );
     Ok(())
 }

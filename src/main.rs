@@ -175,6 +175,13 @@ enum Command {
         /// Node to ask: a configured peer id, or ID@HOST:PORT. Default: this node.
         #[arg(long)]
         node: Option<String>,
+        /// Then follow the node's replication links until each has caught up with its
+        /// peer (progress bars on a terminal), and print what each received.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up (exit 1) after this many seconds.
+        #[arg(long, requires = "wait")]
+        timeout: Option<u64>,
     },
 }
 
@@ -492,9 +499,18 @@ fn run(command: Command) -> Result<()> {
                 keep_running,
             }))
         }
-        Command::Status { config, node } => {
+        Command::Status {
+            config,
+            node,
+            wait,
+            timeout,
+        } => {
             let config = Config::load(&config)?;
-            runtime()?.block_on(status(config, node))
+            runtime()?.block_on(status(
+                config,
+                node,
+                wait.then(|| timeout.map(Duration::from_secs)),
+            ))
         }
     }
 }
@@ -701,7 +717,12 @@ async fn wait_for_signal(node: &Node) -> Result<()> {
     }
 }
 
-async fn status(config: Config, target: Option<String>) -> Result<()> {
+/// `wait`: `Some(deadline)` to follow the links until caught up (see `cli::wait_for_sync`).
+async fn status(
+    config: Config,
+    target: Option<String>,
+    wait: Option<Option<Duration>>,
+) -> Result<()> {
     let (id, address) = match target {
         None => {
             let mut addr = config.node.listen;
@@ -781,6 +802,14 @@ async fn status(config: Config, target: Option<String>) -> Result<()> {
                 },
             );
         }
+    }
+    if let Some(deadline) = wait {
+        if hello.caller_role != "admin" {
+            bail!(
+                "--wait follows the node's links, which only its operator (its own certificate) may read"
+            );
+        }
+        entente::cli::wait_for_sync(&client, deadline).await?;
     }
     Ok(())
 }

@@ -317,6 +317,26 @@ fn keep_running_leaves_a_federation_the_cli_can_query() {
         );
     }
 
+    // The operator's wait for a node's sync returns once every link has caught up.
+    let waited = {
+        let line = lines
+            .iter()
+            .find(|l| l.contains("status --wait"))
+            .expect("a status --wait command");
+        let mut words: Vec<String> = line
+            .split('#')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        words.extend(["--timeout".into(), "60".into()]);
+        run(words)
+    };
+    for peer in ["redmond.hq: caught up at", "singapore.office: caught up at"] {
+        assert!(waited.contains(peer), "{waited}");
+    }
+
     // SIGTERM stops it cleanly and removes the throwaway directory.
     // SAFETY: plain kill(2) on our own child's pid.
     unsafe {

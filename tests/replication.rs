@@ -263,6 +263,44 @@ async fn a_chain_of_three_nodes_converges_to_what_the_rule_allows() {
     )
     .await;
     let berlin_node = common::start(&berlin_config).await;
+    // The operator waits for the restarted node's initial sync from the CLI. Its link
+    // to hq catches up; the one to singapore (an address nothing listens on) cannot,
+    // and is named when the wait gives up.
+    let out = {
+        let config = berlin_config.clone();
+        let target = format!("berlin.office@{}", berlin_node.local_addr());
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_entente"))
+                .args(["status", "--wait", "--timeout", "8", "--node", &target])
+                .arg("--config")
+                .arg(&config)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let errors = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        errors.contains("not caught up after 8s: singapore.office"),
+        "{errors}"
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("redmond.hq: caught up at"))
+        .unwrap_or_else(|| panic!("no caught-up line for hq:\n{text}"));
+    assert!(line.contains("items received in"), "{line}");
+    assert_eq!(
+        berlin_node
+            .engine()
+            .store()
+            .cursor(&NodeId::new("redmond.hq").unwrap())
+            .unwrap(),
+        hq_node.engine().store().feed_head(),
+        "status --wait returned before berlin caught up with hq"
+    );
     let at_berlin = analyst(&pki, &berlin_node).await;
     let items = converges(
         &at_berlin,

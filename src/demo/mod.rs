@@ -1036,6 +1036,10 @@ async fn keep_running(fed: &Federation) -> Result<()> {
     );
     println!("  {exe} status --config {}", fed.config_path(HQ).display());
     println!(
+        "  {exe} status --wait --config {}    # follows berlin's links until caught up",
+        fed.config_path(BERLIN).display()
+    );
+    println!(
         "  {exe} ledger show --config {}",
         fed.config_path(HQ).display()
     );
