@@ -251,7 +251,7 @@ pub async fn run(options: DemoOptions) -> Result<()> {
         "Summary: demo passed in {:.1} s.",
         started.elapsed().as_secs_f64()
     );
-    println!(
+    let summary = format!(
         "{HQ} published {} indicators in three signed bundles (one for the sharing group \
          `satellites`, one RED for {BERLIN} alone) and revoked one; {BERLIN} published one of \
          its own. The federation converged to exactly what each agreement allows (items held: \
@@ -265,6 +265,7 @@ pub async fn run(options: DemoOptions) -> Result<()> {
         holdings.researcher.len(),
         rejections,
     );
+    println!("{}", wrap(&summary, 92));
 
     if options.keep_running {
         keep_running(&fed).await?;
@@ -808,6 +809,25 @@ async fn print_table(fed: &Federation, published: &[Published], holdings: &Holdi
         println!("      held cells were allowed in the same way, e.g. {example}");
     }
     Ok(())
+}
+
+/// `text` broken into lines of at most `width` characters, at spaces.
+fn wrap(text: &str, width: usize) -> String {
+    let mut out = String::new();
+    let mut line = 0;
+    for word in text.split_whitespace() {
+        let length = word.chars().count();
+        if line > 0 && line + 1 + length > width {
+            out.push('\n');
+            line = 0;
+        } else if line > 0 {
+            out.push(' ');
+            line += 1;
+        }
+        out.push_str(word);
+        line += length;
+    }
+    out
 }
 
 fn footnote(k: usize) -> String {
