@@ -57,6 +57,31 @@ const LEDGER_GATHER: std::time::Duration = std::time::Duration::from_millis(5);
 /// over before it is written.
 type LedgerJob = (Option<LedgerEntry>, Option<std::sync::mpsc::SyncSender<()>>);
 
+/// Records handed over and not yet taken by the writer.
+#[derive(Default)]
+struct LedgerQueue {
+    jobs: Vec<LedgerJob>,
+    /// A barrier is queued: someone waits, so the writer stops gathering.
+    waiting: bool,
+    /// No more jobs: the writer ends after the queued ones.
+    closed: bool,
+}
+
+/// The queue and the writer's wake-up. Deliveries wake the writer only when the queue
+/// was empty (the start of a group), when someone waits, or when a group is full, so
+/// a busy node hands records over without a wake-up (a system call) per record.
+#[derive(Default)]
+struct LedgerShared {
+    queue: std::sync::Mutex<LedgerQueue>,
+    wake: std::sync::Condvar,
+}
+
+impl LedgerShared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LedgerQueue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// The disclosure ledger's writer: deliveries hand their record over before the data
 /// is sent, and one thread writes records in groups, one store batch per group, so
 /// serving never waits for the ledger. Records reach the store within moments and the
@@ -64,53 +89,73 @@ type LedgerJob = (Option<LedgerEntry>, Option<std::sync::mpsc::SyncSender<()>>);
 /// every later delivery is refused: the node fails closed rather than deliver
 /// unrecorded.
 struct LedgerWriter {
-    jobs: Option<std::sync::mpsc::Sender<LedgerJob>>,
+    shared: Arc<LedgerShared>,
     failed: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl LedgerWriter {
     fn start(store: Arc<dyn Store>) -> Self {
-        let (jobs, queue) = std::sync::mpsc::channel::<LedgerJob>();
+        let shared = Arc::new(LedgerShared::default());
         let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = failed.clone();
+        let queue = shared.clone();
         let thread = std::thread::Builder::new()
             .name("ledger-writer".into())
-            .spawn(move || {
-                while let Ok(first) = queue.recv() {
-                    // Gather for a few milliseconds: larger groups cost the store far
-                    // less per record. A barrier (someone waiting) ends the gathering.
-                    let deadline = std::time::Instant::now() + LEDGER_GATHER;
-                    let mut waiting = first.1.is_some();
-                    let mut group = vec![first];
-                    while group.len() < LEDGER_GROUP_MAX && !waiting {
-                        let left = deadline.saturating_duration_since(std::time::Instant::now());
-                        match queue.recv_timeout(left) {
-                            Ok(job) => {
-                                waiting = job.1.is_some();
-                                group.push(job);
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    let entries: Vec<LedgerEntry> =
-                        group.iter().filter_map(|(e, _)| e.clone()).collect();
-                    if let Err(problem) = store.append_ledger_many(&entries) {
-                        flag.store(true, std::sync::atomic::Ordering::SeqCst);
-                        tracing::error!(%problem, "disclosure ledger write failed; every further delivery is refused");
-                    }
-                    for (_, done) in group {
-                        if let Some(done) = done {
-                            let _ = done.send(());
-                        }
-                    }
-                }
-            })
+            .spawn(move || Self::run(&queue, store.as_ref(), &flag))
             .ok();
         Self {
-            jobs: Some(jobs),
+            shared,
             failed,
             thread,
+        }
+    }
+
+    /// The writer thread: waits for a first record, gathers for a few milliseconds
+    /// (larger groups cost the store far less per record; a barrier or a full group
+    /// ends the gathering), writes the group in one batch, answers the barriers.
+    fn run(shared: &LedgerShared, store: &dyn Store, failed: &std::sync::atomic::AtomicBool) {
+        loop {
+            let group = {
+                let mut queue = shared.lock();
+                while queue.jobs.is_empty() && !queue.closed {
+                    queue = shared.wake.wait(queue).unwrap_or_else(|p| p.into_inner());
+                }
+                if queue.jobs.is_empty() {
+                    return;
+                }
+                let deadline = std::time::Instant::now() + LEDGER_GATHER;
+                while !queue.waiting && !queue.closed && queue.jobs.len() < LEDGER_GROUP_MAX {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    queue = shared
+                        .wake
+                        .wait_timeout(queue, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+                queue.waiting = false;
+                let take = queue.jobs.len().min(LEDGER_GROUP_MAX);
+                let rest = queue.jobs.split_off(take);
+                let group = std::mem::replace(&mut queue.jobs, rest);
+                // A barrier left behind in the queue still ends the next gathering.
+                queue.waiting = queue.jobs.iter().any(|(_, done)| done.is_some());
+                group
+            };
+            let entries: Vec<LedgerEntry> = group.iter().filter_map(|(e, _)| e.clone()).collect();
+            if !entries.is_empty() {
+                if let Err(problem) = store.append_ledger_many(&entries) {
+                    failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                    tracing::error!(%problem, "disclosure ledger write failed; every further delivery is refused");
+                }
+            }
+            for (_, done) in group {
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+            }
         }
     }
 
@@ -118,26 +163,39 @@ impl LedgerWriter {
         EngineError::Task("the disclosure ledger is not writable; deliveries are refused".into())
     }
 
-    /// Hands `entry` to the writer; refuses when the ledger has failed.
-    fn append(&self, entry: LedgerEntry) -> Result<(), EngineError> {
-        if self.failed.load(std::sync::atomic::Ordering::SeqCst) {
+    /// Queues a job; wakes the writer when it has to act on it.
+    fn push(&self, job: LedgerJob) -> Result<(), EngineError> {
+        let mut queue = self.shared.lock();
+        if queue.closed {
             return Err(Self::stopped());
         }
-        self.jobs
-            .as_ref()
-            .ok_or_else(Self::stopped)?
-            .send((Some(entry), None))
-            .map_err(|_| Self::stopped())
+        let barrier = job.1.is_some();
+        let was_empty = queue.jobs.is_empty();
+        queue.jobs.push(job);
+        queue.waiting |= barrier;
+        let full = queue.jobs.len() >= LEDGER_GROUP_MAX;
+        drop(queue);
+        if was_empty || barrier || full {
+            self.shared.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Hands `entry` to the writer; refuses when the ledger has failed.
+    fn append(&self, entry: LedgerEntry) -> Result<(), EngineError> {
+        if self.failed.load(std::sync::atomic::Ordering::SeqCst) || self.thread.is_none() {
+            return Err(Self::stopped());
+        }
+        self.push((Some(entry), None))
     }
 
     /// Returns once every record handed over so far is in the store.
     fn sync(&self) -> Result<(), EngineError> {
+        if self.thread.is_none() {
+            return Err(Self::stopped());
+        }
         let (done, wait) = std::sync::mpsc::sync_channel(1);
-        self.jobs
-            .as_ref()
-            .ok_or_else(Self::stopped)?
-            .send((None, Some(done)))
-            .map_err(|_| Self::stopped())?;
+        self.push((None, Some(done)))?;
         wait.recv().map_err(|_| Self::stopped())?;
         if self.failed.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(Self::stopped());
@@ -149,7 +207,8 @@ impl LedgerWriter {
 impl Drop for LedgerWriter {
     fn drop(&mut self) {
         // Closing the queue ends the writer after the records already handed over.
-        self.jobs.take();
+        self.shared.lock().closed = true;
+        self.shared.wake.notify_one();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

@@ -363,6 +363,7 @@ async fn ingest(args: &Args) -> Result<()> {
 
     let in_flight = 8;
     let node_cpu_before = cpu_seconds(&pid);
+    let client_cpu_before = cpu_seconds("self");
     let started = Instant::now();
     let mut tasks = Vec::new();
     for worker in 0..in_flight {
@@ -389,6 +390,8 @@ async fn ingest(args: &Args) -> Result<()> {
     }
     let concurrent_rate = concurrent.len() as f64 / started.elapsed().as_secs_f64();
     let node_cpu_per_query = (cpu_seconds(&pid) - node_cpu_before) / concurrent.len().max(1) as f64;
+    let client_cpu_per_query =
+        (cpu_seconds("self") - client_cpu_before) / concurrent.len().max(1) as f64;
     concurrent.sort();
 
     println!(
@@ -404,6 +407,10 @@ async fn ingest(args: &Args) -> Result<()> {
     println!(
         "node CPU per query (8 in flight): {:>5.0} µs (user + system, node process only)",
         node_cpu_per_query * 1e6
+    );
+    println!(
+        "load generator CPU per query:     {:>5.0} µs (the client process, same two cores)",
+        client_cpu_per_query * 1e6
     );
     println!(
         "node peak RSS overall:        {:>10.0} MiB (current {:.0} MiB)",

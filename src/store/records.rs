@@ -1,25 +1,34 @@
 //! On-disk records and key layout of the sled store. Everything lives in one sled
-//! tree (`entente.v1`) so that one accepted bundle, with all its index entries, is
+//! tree (`entente.v2`) so that one accepted bundle, with all its index entries, is
 //! one atomic `Batch`; keyspaces are separated by a one-byte prefix. Ids are stored
 //! as their 16 UUID bytes; new ids are time-ordered (UUID v7), so new entries land at
 //! the end of their keyspace.
+//!
+//! The latest version of each item is stored once, under its value: an exact-value
+//! lookup is one range read that yields the items themselves, and every item costs
+//! two writes (its record and a lean id entry), with no read-modify-write of a shared
+//! index entry.
 //!
 //! | prefix | key | value |
 //! | --- | --- | --- |
 //! | `M` | name | meta: owner id, feed head, ledger head |
 //! | `B` | bundle UUID | [`BundleRecord`] |
-//! | `I` | item UUID | [`ItemRecord`] (the latest version held) |
-//! | `V` | type code, value | UUIDs of the items holding that value (value index) |
+//! | `V` | type code, value, `0xFF`, item UUID | [`ItemRecord`] (the latest version held) |
+//! | `I` | item UUID | type code and value: where the item's `V` record is (id index) |
 //! | `F` | sequence (u64 big-endian) | bundle UUID (change feed) |
 //! | `C` | SHA-256 of the certificate | DER certificate (cache) |
 //! | `K` | peer id | replication cursor in that peer's feed (u64 big-endian) |
 //! | `P` | peer id | fingerprint of the policy that peer was last served a pull under |
 //! | `L` | sequence (u64 big-endian) | [`LedgerRecordBytes`] (disclosure ledger) |
+//!
+//! A value is UTF-8, which never holds the byte `0xFF`, so `V`, type, value, `0xFF` is
+//! a prefix of exactly the items with that value. Revocations are not indicators;
+//! they are kept under type code 0 with an empty value, apart from every type.
 
 use crate::model::{IndicatorType, Item, ItemKind};
 
 /// Name of the sled tree; the suffix is the format version.
-pub const TREE: &str = "entente.v1";
+pub const TREE: &str = "entente.v2";
 
 pub const BUNDLE: u8 = b'B';
 pub const ITEM: u8 = b'I';
@@ -149,43 +158,51 @@ pub fn key(prefix: u8, rest: &[u8]) -> Vec<u8> {
     k
 }
 
-/// `V` + type + value: the value-index key of one exact value of one type.
-pub fn value_key(ty: IndicatorType, value: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(2 + value.len());
+/// Ends the value in a `V` key; UTF-8 never contains it.
+pub const VALUE_END: u8 = 0xFF;
+
+/// Type code of items that are not indicators (revocations).
+pub const NOT_INDEXED: u8 = 0;
+
+/// `V` + type + value + `0xFF`: the prefix of every item holding that exact value.
+pub fn value_prefix(ty: IndicatorType, value: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(3 + value.len());
     k.push(VALUE);
     k.push(type_code(ty));
     k.extend_from_slice(value.as_bytes());
+    k.push(VALUE_END);
     k
 }
 
-/// The value-index key of an item (`None` for revocations, which are not indexed).
-pub fn value_key_of(item: &Item) -> Option<Vec<u8>> {
+/// The location of an item's record as kept in its `I` entry: type code and value.
+pub fn location_of(item: &Item) -> Vec<u8> {
     match &item.kind {
-        ItemKind::Indicator(i) => Some(value_key(i.indicator_type, &i.value)),
-        ItemKind::Revocation(_) => None,
+        ItemKind::Indicator(i) => {
+            let mut l = Vec::with_capacity(1 + i.value.len());
+            l.push(type_code(i.indicator_type));
+            l.extend_from_slice(i.value.as_bytes());
+            l
+        }
+        ItemKind::Revocation(_) => vec![NOT_INDEXED],
     }
 }
 
-/// The item UUIDs of a value-index entry (sorted, 16 bytes each).
-pub fn uuids(value: &[u8]) -> impl Iterator<Item = [u8; 16]> + '_ {
-    value.chunks_exact(16).filter_map(|c| c.try_into().ok())
+/// The `V` key of the item `uuid` at `location` (from [`location_of`]).
+pub fn item_key(location: &[u8], uuid: &[u8; 16]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + location.len() + 16);
+    k.push(VALUE);
+    k.extend_from_slice(location);
+    k.push(VALUE_END);
+    k.extend_from_slice(uuid);
+    k
 }
 
-/// A value-index entry with `uuid` added (kept sorted, no duplicates).
-pub fn with_uuid(value: &[u8], uuid: &[u8; 16]) -> Vec<u8> {
-    let mut all: Vec<[u8; 16]> = uuids(value).collect();
-    if let Err(at) = all.binary_search(uuid) {
-        all.insert(at, *uuid);
-    }
-    all.concat()
-}
-
-/// A value-index entry with `uuid` removed.
-pub fn without_uuid(value: &[u8], uuid: &[u8; 16]) -> Vec<u8> {
-    uuids(value)
-        .filter(|u| u != uuid)
-        .collect::<Vec<_>>()
-        .concat()
+/// The item UUID at the end of a `V` key.
+pub fn uuid_of_item_key(key: &[u8]) -> Option<[u8; 16]> {
+    key.len()
+        .checked_sub(16)
+        .filter(|&at| at >= 3 && key[0] == VALUE && key[at - 1] == VALUE_END)
+        .and_then(|at| key[at..].try_into().ok())
 }
 
 pub fn feed_key(seq: u64) -> [u8; 9] {

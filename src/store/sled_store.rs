@@ -109,15 +109,20 @@ impl SledStore {
         }
     }
 
-    fn item_record(&self, uuid: &[u8; 16]) -> Result<Option<ItemRecord>, StoreError> {
-        match self
+    /// The latest version held of the item `uuid`, with the key of its record.
+    fn item_record(&self, uuid: &[u8; 16]) -> Result<Option<(Vec<u8>, ItemRecord)>, StoreError> {
+        let Some(location) = self
             .tree
             .get(records::key(records::ITEM, uuid))
             .map_err(|e| self.engine(e))?
-        {
-            None => Ok(None),
+        else {
+            return Ok(None);
+        };
+        let key = records::item_key(&location, uuid);
+        match self.tree.get(&key).map_err(|e| self.engine(e))? {
+            None => Err(corrupt_item(uuid, "the id entry points at no record")),
             Some(bytes) => ItemRecord::decode(bytes.as_ref())
-                .map(Some)
+                .map(|record| Some((key, record)))
                 .map_err(|e| corrupt_item(uuid, e)),
         }
     }
@@ -136,100 +141,29 @@ impl SledStore {
             accepted_ms: record.accepted_ms,
         })
     }
+}
 
-    /// The value-index entry `key` as changed so far in this batch (loaded on first use).
-    fn value_entry<'a>(
-        &self,
-        values: &'a mut HashMap<Vec<u8>, Vec<u8>>,
-        key: Vec<u8>,
-    ) -> Result<&'a mut Vec<u8>, StoreError> {
-        if !values.contains_key(&key) {
-            let current = self
-                .tree
-                .get(&key)
-                .map_err(|e| self.engine(e))?
-                .map(|v| v.to_vec())
-                .unwrap_or_default();
-            values.insert(key.clone(), current);
+/// How a query walks the store: the `V` key prefixes to read, in key order.
+fn plan(query: &ItemQuery) -> Vec<Vec<u8>> {
+    match (&query.value, query.indicator_type) {
+        (Some(value), Some(ty)) => normalise(ty, value)
+            .map(|v| vec![records::value_prefix(ty, &v)])
+            .unwrap_or_default(),
+        (Some(value), None) => {
+            let mut prefixes: Vec<Vec<u8>> = IndicatorType::ALL
+                .into_iter()
+                .filter_map(|ty| {
+                    normalise(ty, value)
+                        .ok()
+                        .map(|v| records::value_prefix(ty, &v))
+                })
+                .collect();
+            prefixes.sort();
+            prefixes
         }
-        // Inserted just above when missing.
-        Ok(values.entry(key).or_default())
+        (None, Some(ty)) => vec![vec![records::VALUE, records::type_code(ty)]],
+        (None, None) => vec![vec![records::VALUE]],
     }
-
-    /// The item with this UUID if it is current for the value-index entry `vkey` (when
-    /// given) and passes the query and `visible`.
-    fn consider(
-        &self,
-        uuid: &[u8; 16],
-        vkey: Option<&[u8]>,
-        query: &ItemQuery,
-        now_ms: i64,
-        visible: &dyn Fn(&StoredItem) -> bool,
-    ) -> Result<Option<StoredItem>, StoreError> {
-        let Some(record) = self.item_record(uuid)? else {
-            return Ok(None);
-        };
-        let stored = Self::stored_item(uuid, record)?;
-        if let Some(vkey) = vkey {
-            // The entry counts only if the latest version still has this value.
-            if records::value_key_of(&stored.item).as_deref() != Some(vkey) {
-                return Ok(None);
-            }
-        }
-        Ok((query.matches(&stored, now_ms) && visible(&stored)).then_some(stored))
-    }
-}
-
-/// How a query walks the store.
-enum Plan {
-    /// These exact value-index keys (sorted).
-    Exact(Vec<Vec<u8>>),
-    /// Every value-index entry under this prefix (one type).
-    Type(Vec<u8>),
-    /// Every item.
-    All,
-}
-
-impl Plan {
-    fn of(query: &ItemQuery) -> Self {
-        match (&query.value, query.indicator_type) {
-            (Some(value), Some(ty)) => Plan::Exact(
-                normalise(ty, value)
-                    .map(|v| vec![records::value_key(ty, &v)])
-                    .unwrap_or_default(),
-            ),
-            (Some(value), None) => {
-                let mut keys: Vec<Vec<u8>> = IndicatorType::ALL
-                    .into_iter()
-                    .filter_map(|ty| {
-                        normalise(ty, value)
-                            .ok()
-                            .map(|v| records::value_key(ty, &v))
-                    })
-                    .collect();
-                keys.sort();
-                Plan::Exact(keys)
-            }
-            (None, Some(ty)) => Plan::Type(vec![records::VALUE, records::type_code(ty)]),
-            (None, None) => Plan::All,
-        }
-    }
-}
-
-/// A value-index cursor: the entry's key and the last UUID returned from it.
-fn split_cursor(cursor: &[u8]) -> Option<(&[u8], [u8; 16])> {
-    if cursor.len() < 2 + 16 || cursor[0] != records::VALUE {
-        return None;
-    }
-    let (key, uuid) = cursor.split_at(cursor.len() - 16);
-    Some((key, uuid.try_into().ok()?))
-}
-
-fn cursor_of(vkey: &[u8], uuid: &[u8; 16]) -> Vec<u8> {
-    let mut c = Vec::with_capacity(vkey.len() + 16);
-    c.extend_from_slice(vkey);
-    c.extend_from_slice(uuid);
-    c
 }
 
 fn damaged_head(len: usize) -> LedgerCheck {
@@ -290,47 +224,37 @@ impl Store for SledStore {
 
         let mut report = AcceptReport::default();
         let mut batch = sled::Batch::default();
-        // Item versions written by this batch, so items of one bundle see each other.
-        let mut pending: HashMap<[u8; 16], (i64, Option<Vec<u8>>)> = HashMap::new();
-        // Value-index entries changed by this batch: key to its new list of UUIDs.
-        let mut values: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        // Item versions written by this batch, so items of one bundle see each other:
+        // modified time and the key of the record written.
+        let mut pending: HashMap<[u8; 16], (i64, Vec<u8>)> = HashMap::new();
         for verified in bundle.items() {
             let item = &verified.item;
             let uuid = item.id.uuid_bytes();
             if known.contains(&verified.index) {
                 // Held already; a shorter path lowers its hop count (DESIGN 6.1).
                 match self.item_record(&uuid)? {
-                    Some(mut current)
+                    Some((key, mut current))
                         if current.bundle_uuid == bundle_uuid
                             && current.index == verified.index
                             && source.hops < current.hops =>
                     {
                         current.hops = source.hops;
                         current.received_from = received_from.clone();
-                        batch.insert(records::key(records::ITEM, &uuid), current.encode_to_vec());
+                        batch.insert(key, current.encode_to_vec());
                         report.hops_lowered += 1;
                     }
                     _ => report.duplicates += 1,
                 }
                 continue;
             }
-            // The version held: (modified, value-index key) and its origin.
+            // The version held: modified time, record key and origin.
             let held = match pending.get(&uuid) {
-                Some((modified, value_key)) => Some((*modified, value_key.clone(), None)),
-                None => match self.item_record(&uuid)? {
-                    None => None,
-                    Some(current) => {
-                        let old = Item::decode_stored(&current.item_bytes)
-                            .map_err(|e| corrupt_item(&uuid, e))?;
-                        Some((
-                            current.modified_ms,
-                            records::value_key_of(&old),
-                            Some(current.origin),
-                        ))
-                    }
-                },
+                Some((modified, key)) => Some((*modified, key.clone(), None)),
+                None => self
+                    .item_record(&uuid)?
+                    .map(|(key, current)| (current.modified_ms, key, Some(current.origin))),
             };
-            if let Some((modified, old_value_key, holder)) = held {
+            if let Some((modified, old_key, holder)) = held {
                 if let Some(holder) = holder.filter(|h| *h != origin) {
                     report.rejected.push((
                         verified.index,
@@ -344,16 +268,11 @@ impl Store for SledStore {
                     report.duplicates += 1;
                     continue;
                 }
-                if let Some(old) = old_value_key {
-                    let entry = self.value_entry(&mut values, old)?;
-                    *entry = records::without_uuid(entry, &uuid);
-                }
+                // The older version goes (the newer one may be under another value).
+                batch.remove(old_key);
             }
-            let value_key = records::value_key_of(item);
-            if let Some(k) = &value_key {
-                let entry = self.value_entry(&mut values, k.clone())?;
-                *entry = records::with_uuid(entry, &uuid);
-            }
+            let location = records::location_of(item);
+            let key = records::item_key(&location, &uuid);
             let item_record = ItemRecord {
                 bundle_uuid: bundle_uuid.to_vec(),
                 index: verified.index,
@@ -365,11 +284,9 @@ impl Store for SledStore {
                 hops: source.hops,
                 accepted_ms: now_ms,
             };
-            batch.insert(
-                records::key(records::ITEM, &uuid),
-                item_record.encode_to_vec(),
-            );
-            pending.insert(uuid, (item.modified_ms, value_key));
+            batch.insert(records::key(records::ITEM, &uuid), location);
+            batch.insert(key.clone(), item_record.encode_to_vec());
+            pending.insert(uuid, (item.modified_ms, key));
             record.known.push(KnownItem {
                 index: verified.index,
                 item_uuid: uuid.to_vec(),
@@ -380,13 +297,6 @@ impl Store for SledStore {
 
         if report.stored.is_empty() && report.hops_lowered == 0 {
             return Ok(report);
-        }
-        for (key, uuids) in values {
-            if uuids.is_empty() {
-                batch.remove(key);
-            } else {
-                batch.insert(key, uuids);
-            }
         }
         record.known.sort_by_key(|k| k.index);
         let seq = self.feed_head.load(Ordering::SeqCst) + 1;
@@ -412,7 +322,7 @@ impl Store for SledStore {
         let uuid = id.uuid_bytes();
         match self.item_record(&uuid)? {
             None => Ok(None),
-            Some(record) => Self::stored_item(&uuid, record).map(Some),
+            Some((_, record)) => Self::stored_item(&uuid, record).map(Some),
         }
     }
 
@@ -430,93 +340,37 @@ impl Store for SledStore {
         }
         let after = after.filter(|a| !a.is_empty());
         let mut scanned = 0usize;
-        match Plan::of(query) {
-            Plan::All => {
-                let start = match after {
-                    Some(a) if a.first() == Some(&records::ITEM) => {
-                        let mut s = a.to_vec();
-                        s.push(0);
-                        s
-                    }
-                    Some(a) if a > [records::ITEM].as_slice() => return Ok(page),
-                    _ => vec![records::ITEM],
-                };
-                for entry in self.tree.range(start..) {
-                    let (key, value) = entry.map_err(|e| self.engine(e))?;
-                    if key.first() != Some(&records::ITEM) {
-                        break;
-                    }
-                    scanned += 1;
-                    let Some(uuid) = records::uuid16(&key[1..]) else {
-                        continue;
-                    };
-                    let record =
-                        ItemRecord::decode(value.as_ref()).map_err(|e| corrupt_item(&uuid, e))?;
-                    let stored = Self::stored_item(&uuid, record)?;
-                    if query.matches(&stored, now_ms) && visible(&stored) {
-                        page.items.push(stored);
-                    }
-                    if page.items.len() >= limit || scanned >= MAX_SCAN_PER_QUERY {
-                        page.next = Some(key.to_vec());
-                        return Ok(page);
-                    }
+        for prefix in plan(query) {
+            // Resume strictly after the cursor (the last key read), within this prefix.
+            let start = match after {
+                Some(a) if a >= prefix.as_slice() => {
+                    let mut s = a.to_vec();
+                    s.push(0);
+                    s
                 }
-            }
-            plan => {
-                let cursor = after.and_then(split_cursor);
-                let mut visit =
-                    |vkey: &[u8], uuids: &[u8], page: &mut Page| -> Result<bool, StoreError> {
-                        for uuid in records::uuids(uuids) {
-                            if let Some((ck, cu)) = cursor {
-                                if vkey == ck && uuid <= cu {
-                                    continue;
-                                }
-                            }
-                            scanned += 1;
-                            if let Some(stored) =
-                                self.consider(&uuid, Some(vkey), query, now_ms, visible)?
-                            {
-                                page.items.push(stored);
-                            }
-                            if page.items.len() >= limit || scanned >= MAX_SCAN_PER_QUERY {
-                                page.next = Some(cursor_of(vkey, &uuid));
-                                return Ok(true);
-                            }
-                        }
-                        Ok(false)
-                    };
-                match plan {
-                    Plan::Exact(keys) => {
-                        for key in keys {
-                            if cursor.is_some_and(|(ck, _)| key.as_slice() < ck) {
-                                continue;
-                            }
-                            let Some(uuids) = self.tree.get(&key).map_err(|e| self.engine(e))?
-                            else {
-                                continue;
-                            };
-                            if visit(&key, &uuids, &mut page)? {
-                                return Ok(page);
-                            }
-                        }
-                    }
-                    Plan::Type(prefix) => {
-                        let start = match cursor {
-                            Some((ck, _)) if ck.starts_with(&prefix) => ck.to_vec(),
-                            Some((ck, _)) if ck > prefix.as_slice() => return Ok(page),
-                            _ => prefix.clone(),
-                        };
-                        for entry in self.tree.range(start..) {
-                            let (key, uuids) = entry.map_err(|e| self.engine(e))?;
-                            if !key.starts_with(&prefix) {
-                                break;
-                            }
-                            if visit(&key, &uuids, &mut page)? {
-                                return Ok(page);
-                            }
-                        }
-                    }
-                    Plan::All => {}
+                _ => prefix.clone(),
+            };
+            for entry in self.tree.range(start..) {
+                let (key, value) = entry.map_err(|e| self.engine(e))?;
+                if !key.starts_with(&prefix) {
+                    break;
+                }
+                scanned += 1;
+                let Some(uuid) = records::uuid_of_item_key(&key) else {
+                    return Err(StoreError::Corrupt {
+                        key: format!("item key {:02x?}", &key[..]),
+                        problem: "not an item key".into(),
+                    });
+                };
+                let record =
+                    ItemRecord::decode(value.as_ref()).map_err(|e| corrupt_item(&uuid, e))?;
+                let stored = Self::stored_item(&uuid, record)?;
+                if query.matches(&stored, now_ms) && visible(&stored) {
+                    page.items.push(stored);
+                }
+                if page.items.len() >= limit || scanned >= MAX_SCAN_PER_QUERY {
+                    page.next = Some(key.to_vec());
+                    return Ok(page);
                 }
             }
         }
@@ -592,7 +446,7 @@ impl Store for SledStore {
             let Some(uuid) = records::uuid16(&known.item_uuid) else {
                 continue;
             };
-            let Some(item) = self.item_record(&uuid)? else {
+            let Some((_, item)) = self.item_record(&uuid)? else {
                 continue;
             };
             // Only the latest version of an id is ever passed on.
