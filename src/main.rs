@@ -689,28 +689,45 @@ fn certs(command: CertsCommand) -> Result<()> {
 }
 
 async fn serve(config: Config) -> Result<()> {
+    // Handlers first: a SIGHUP (systemctl reload) or SIGTERM that arrives as soon as the
+    // node reports it is serving must reload or stop it, not kill it by default action.
+    let signals = Signals::new()?;
     let node = Node::start(config).await?;
     println!("{} serving on {}", node.id(), node.local_addr());
-    wait_for_signal(&node).await?;
+    signals.wait(&node).await;
     tracing::info!(deadline = ?SHUTDOWN_DEADLINE, "shutting down");
     node.shutdown(SHUTDOWN_DEADLINE).await?;
     Ok(())
 }
 
-/// Waits for SIGINT or SIGTERM; SIGHUP reloads the policy and keeps serving.
-async fn wait_for_signal(node: &Node) -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM received"); return Ok(()); }
-            _ = int.recv() => { tracing::info!("SIGINT received"); return Ok(()); }
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP received: reloading the policy");
-                if let Err(problem) = node.reload_policy() {
-                    tracing::error!(%problem, "reload refused; the previous policy stays in force");
+/// The signals `serve` handles, listened for from start-up.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            hup: signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?,
+        })
+    }
+
+    /// Waits for SIGINT or SIGTERM; SIGHUP reloads the policy and keeps serving.
+    async fn wait(mut self, node: &Node) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => { tracing::info!("SIGTERM received"); return; }
+                _ = self.int.recv() => { tracing::info!("SIGINT received"); return; }
+                _ = self.hup.recv() => {
+                    tracing::info!("SIGHUP received: reloading the policy");
+                    if let Err(problem) = node.reload_policy() {
+                        tracing::error!(%problem, "reload refused; the previous policy stays in force");
+                    }
                 }
             }
         }
