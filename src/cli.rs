@@ -95,19 +95,16 @@ fn spinner(what: &str) -> ProgressBar {
 }
 
 /// `entente status --wait`: follows the node's replication links until each has pulled
-/// its peer's whole change feed (a bar per link on a terminal), then prints one line
-/// per link with what it received and the rate.
+/// its peer's whole change feed (a bar per link on a terminal; otherwise a line every
+/// 10 s naming the links still behind), then prints one line per link with what it
+/// received and the rate. Links added or removed by a reload meanwhile are followed.
 pub async fn wait_for_sync(
     client: &NodeClient,
     deadline: Option<std::time::Duration>,
 ) -> Result<()> {
     use std::collections::BTreeMap;
+    const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
     let started = Instant::now();
-    let first = client.links().await?.links;
-    if first.is_empty() {
-        println!("no links to wait for (no [[peer]] with role peer)");
-        return Ok(());
-    }
     let terminal = std::io::stderr().is_terminal();
     let bars = indicatif::MultiProgress::with_draw_target(if terminal {
         indicatif::ProgressDrawTarget::stderr()
@@ -117,22 +114,27 @@ pub async fn wait_for_sync(
     let style =
         ProgressStyle::with_template("{prefix:<24} [{bar:40}] {pos}/{len} feed entries, {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar());
-    // Per link: its bar, the items it had received when we started, and when it caught up.
+    // Per link: its bar, the items it had received when first seen, when it caught up.
     let mut state: BTreeMap<String, (ProgressBar, u64, Option<f64>)> = BTreeMap::new();
-    for link in &first {
-        let bar = bars.add(ProgressBar::new(link.head.max(1)));
-        bar.set_style(style.clone());
-        bar.set_prefix(link.peer.clone());
-        state.insert(link.peer.clone(), (bar, link.items_received, None));
-    }
+    let mut last_report = Instant::now();
     let mut timed_out = None;
-    loop {
+    let links = loop {
         let links = client.links().await?.links;
         let secs = started.elapsed().as_secs_f64();
+        state.retain(|peer, (bar, _, _)| {
+            let present = links.iter().any(|l| &l.peer == peer);
+            if !present {
+                bar.finish_and_clear();
+            }
+            present
+        });
         for link in &links {
-            let Some((bar, items_at_start, done)) = state.get_mut(&link.peer) else {
-                continue;
-            };
+            let (bar, items_at_start, done) = state.entry(link.peer.clone()).or_insert_with(|| {
+                let bar = bars.add(ProgressBar::new(link.head.max(1)));
+                bar.set_style(style.clone());
+                bar.set_prefix(link.peer.clone());
+                (bar, link.items_received, None)
+            });
             bar.set_length(link.head.max(1));
             bar.set_position(link.cursor.min(link.head));
             let items = link.items_received - (*items_at_start).min(link.items_received);
@@ -141,29 +143,39 @@ pub async fn wait_for_sync(
                 items as f64 / secs.max(1e-9),
                 if link.connected { "" } else { ", connecting" }
             ));
-            // Caught up: connected, a checkpoint seen, and the cursor at the head.
-            if done.is_none()
-                && link.connected
-                && link.last_message_unix_ms > 0
-                && link.cursor >= link.head
-            {
+            if done.is_none() && link.caught_up {
                 *done = Some(secs);
                 bar.finish();
             }
         }
-        if state.values().all(|(_, _, done)| done.is_some()) {
-            break;
+        let behind: Vec<&str> = state
+            .iter()
+            .filter(|(_, (_, _, done))| done.is_none())
+            .map(|(peer, _)| peer.as_str())
+            .collect();
+        if behind.is_empty() {
+            break links;
+        }
+        if !terminal && last_report.elapsed() >= REPORT_EVERY {
+            eprintln!(
+                "waiting {:.0}s for: {}",
+                started.elapsed().as_secs_f64(),
+                behind.join(", ")
+            );
+            last_report = Instant::now();
         }
         if let Some(limit) = deadline {
             if started.elapsed() >= limit {
-                timed_out = Some(limit);
-                break;
+                timed_out = Some((limit, behind.join(", ")));
+                break links;
             }
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    };
     bars.clear().ok();
-    let links = client.links().await?.links;
+    if links.is_empty() {
+        println!("no links to wait for (no [[peer]] with role peer)");
+    }
     for link in links {
         let Some((_, items_at_start, Some(secs))) = state.get(&link.peer) else {
             continue;
@@ -178,16 +190,10 @@ pub async fn wait_for_sync(
             link.items_rejected,
         );
     }
-    if let Some(limit) = timed_out {
-        let behind: Vec<&str> = state
-            .iter()
-            .filter(|(_, (_, _, done))| done.is_none())
-            .map(|(peer, _)| peer.as_str())
-            .collect();
+    if let Some((limit, behind)) = timed_out {
         bail!(
-            "not caught up after {:.0}s: {} (see the links in `entente status`)",
+            "not caught up after {:.0}s: {behind} (see the links in `entente status`)",
             limit.as_secs_f64(),
-            behind.join(", ")
         );
     }
     Ok(())

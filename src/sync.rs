@@ -51,6 +51,17 @@ pub struct LinkState {
     pub items_rejected: u64,
     /// Since when the link has been behind the peer's head (`None` when caught up).
     pub behind_since_ms: Option<i64>,
+    /// Whether a checkpoint arrived on the current connection (until then `head` is
+    /// what an earlier connection last heard, or 0).
+    pub checkpoint_since_connect: bool,
+}
+
+impl LinkState {
+    /// Whether the link has pulled the peer's whole change feed as of the peer's last
+    /// checkpoint on the current connection.
+    pub fn caught_up(&self) -> bool {
+        self.connected && self.checkpoint_since_connect && self.cursor >= self.head
+    }
 }
 
 /// The state of every link, shared between the pull loops and the Admin service.
@@ -88,7 +99,10 @@ pub async fn run_link(
             return;
         }
         let result = pull(&link, &engine, tls.clone(), &links, &shutdown).await;
-        update(&links, &link.peer, |s| s.connected = false);
+        update(&links, &link.peer, |s| {
+            s.connected = false;
+            s.checkpoint_since_connect = false;
+        });
         match result {
             Ok(()) => backoff = BACKOFF_START,
             Err(problem) => {
@@ -133,7 +147,12 @@ async fn pull(
         .map_err(|s| status_text(&s))?
         .into_inner();
     tracing::info!(peer = %link.peer, cursor, "pulling");
-    update(links, &link.peer, |s| s.connected = true);
+    update(links, &link.peer, |s| {
+        s.connected = true;
+        s.checkpoint_since_connect = false;
+        // Errors of earlier attempts are history once a stream is open.
+        s.last_error = None;
+    });
     loop {
         let message = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -209,6 +228,7 @@ async fn pull(
                     let now = now_ms();
                     s.cursor = checkpoint.cursor;
                     s.head = checkpoint.head;
+                    s.checkpoint_since_connect = true;
                     s.last_message_ms = now;
                     s.behind_since_ms = if checkpoint.cursor >= checkpoint.head {
                         None
@@ -272,5 +292,35 @@ fn status_text(status: &tonic::Status) -> String {
             crate::transport::connect::error_chain(cause)
         ),
         None => status.message().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LinkState;
+
+    #[test]
+    fn a_link_is_caught_up_only_after_a_checkpoint_on_its_current_connection() {
+        // A fresh link that has received bundles but no checkpoint yet: head is unknown.
+        let mut link = LinkState {
+            connected: true,
+            cursor: 219,
+            head: 0,
+            ..Default::default()
+        };
+        assert!(!link.caught_up());
+        // The first checkpoint after a page: the peer's head is further on.
+        link.checkpoint_since_connect = true;
+        link.cursor = 256;
+        link.head = 6000;
+        assert!(!link.caught_up());
+        link.cursor = 6000;
+        assert!(link.caught_up());
+        // A reconnect: the old head no longer counts until the new stream checkpoints.
+        link.connected = false;
+        link.checkpoint_since_connect = false;
+        assert!(!link.caught_up());
+        link.connected = true;
+        assert!(!link.caught_up());
     }
 }

@@ -644,3 +644,71 @@ async fn an_embargo_delays_delivery_and_then_releases_it() {
     berlin_node.shutdown(DEADLINE).await.unwrap();
     hq_node.shutdown(DEADLINE).await.unwrap();
 }
+
+/// `entente status --wait` on a node whose initial sync spans several pages of its
+/// peer's feed returns only once the whole feed is pulled, never on the first page
+/// (whose bundles arrive before the peer's first checkpoint names its head).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_wait_returns_only_after_a_multi_page_initial_sync() {
+    const BUNDLES: usize = 700;
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let berlin = pki.node("berlin.office");
+    pki.client("analyst.alice");
+    let open = "max_tlp = \"GREEN\"\nallow_types = [\"*\"]";
+    let hq_node = common::start(&config(
+        &pki,
+        &hq,
+        &peer("berlin.office", "127.0.0.1:1", open),
+    ))
+    .await;
+    let at_hq = analyst(&pki, &hq_node).await;
+    let requests: Vec<PublishRequest> = (0..BUNDLES)
+        .map(|n| PublishRequest {
+            items: vec![item(&format!("page-{n}.example.com"), Tlp::Green)],
+            distribution: Some(wire::Distribution::default()),
+            groups: vec![],
+        })
+        .collect();
+    at_hq.publish(tokio_stream::iter(requests)).await.unwrap();
+    let head = hq_node.engine().store().feed_head();
+    assert_eq!(head, BUNDLES as u64);
+
+    let berlin_config = config(
+        &pki,
+        &berlin,
+        &peer("redmond.hq", &hq_node.local_addr().to_string(), open),
+    );
+    let berlin_node = common::start(&berlin_config).await;
+    let target = format!("berlin.office@{}", berlin_node.local_addr());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_entente"))
+            .args(["status", "--wait", "--timeout", "120", "--node", &target])
+            .arg("--config")
+            .arg(&berlin_config)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // When the command returned, berlin had pulled hq's whole feed.
+    assert_eq!(
+        berlin_node.engine().store().cursor(&hq).unwrap(),
+        head,
+        "status --wait returned early:\n{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "redmond.hq: caught up at {head} of {head} feed entries"
+        )),
+        "{text}"
+    );
+    berlin_node.shutdown(DEADLINE).await.unwrap();
+    hq_node.shutdown(DEADLINE).await.unwrap();
+}

@@ -115,6 +115,7 @@ impl Admin for AdminService {
                     last_message_unix_ms: s.last_message_ms,
                     items_received: s.items_received,
                     items_rejected: s.items_rejected,
+                    caught_up: s.caught_up(),
                     lag_ms: s
                         .behind_since_ms
                         .map_or(0, |since| (crate::engine::now_ms() - since).max(0)),
