@@ -212,8 +212,34 @@ impl Federation {
     }
 }
 
-/// Runs the demo; `Ok` only if every check held.
+/// Runs the demo; `Ok` only if every check held. SIGINT or SIGTERM before the report is
+/// complete stops the federation and removes its directory (with the CA's key) before
+/// exiting with an error; with `--keep-running`, they end the demo normally.
 pub async fn run(options: DemoOptions) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let serving = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let demo = run_demo(options, serving.clone());
+    tokio::pin!(demo);
+    tokio::select! {
+        result = &mut demo => return result,
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    if serving.load(std::sync::atomic::Ordering::SeqCst) {
+        // The report is done and the federation is serving: it heard the signal too,
+        // and stops in order.
+        return demo.await;
+    }
+    // Dropping the demo drops the nodes and the temporary directory.
+    bail!("interrupted: the demo federation was stopped and its temporary directory removed")
+}
+
+async fn run_demo(
+    options: DemoOptions,
+    serving: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<()> {
     let started = Instant::now();
     println!("Entente demo: a federation of four nodes and two clients on loopback, each node");
     println!("with its own sled store, certificate and mutually authenticated gRPC listener.");
@@ -227,8 +253,9 @@ pub async fn run(options: DemoOptions) -> Result<()> {
 
     let converged = wait_for_convergence(&fed).await?;
     println!(
-        "[4/6] converged in {:.1} s: every link has pulled its peer's whole change feed",
-        converged.as_secs_f64()
+        "[4/6] converged in {:.2} s: every link has pulled its peer's whole change feed (then {} ms with no feed moving)",
+        converged.as_secs_f64(),
+        QUIET.as_millis()
     );
     println!();
 
@@ -268,7 +295,11 @@ pub async fn run(options: DemoOptions) -> Result<()> {
     println!("{}", wrap(&summary, 92));
 
     if options.keep_running {
-        keep_running(&fed).await?;
+        let example = published
+            .iter()
+            .find(|p| p.label.starts_with("md5"))
+            .map_or("ID", |p| p.id.as_str());
+        keep_running(&fed, example, &serving).await?;
     }
     stop(fed).await;
     Ok(())
@@ -348,9 +379,8 @@ async fn start_federation() -> Result<Federation> {
             BERLIN,
             berlin,
             &format!(
-                "{}{}\n[[client]]\nid = \"{JONAS}\"\nrole = \"analyst\"\n",
+                "{}\n[[client]]\nid = \"{JONAS}\"\nrole = \"analyst\"\n",
                 peer_toml(HQ, hq, SATELLITE_POLICY),
-                peer_toml(SINGAPORE, singapore, SATELLITE_POLICY),
             ),
         ),
         node_toml(
@@ -359,9 +389,8 @@ async fn start_federation() -> Result<Federation> {
             SINGAPORE,
             singapore,
             &format!(
-                "{}{}{}",
+                "{}{}",
                 peer_toml(HQ, hq, SATELLITE_POLICY),
-                peer_toml(BERLIN, berlin, SATELLITE_POLICY),
                 peer_toml(
                     ROGUE,
                     &rogue_addr,
@@ -440,9 +469,9 @@ async fn start_federation() -> Result<Federation> {
 
     println!("[2/6] nodes started (real sled stores, TLS 1.3 with client certificates):");
     let roles = [
-        "headquarters: origin of the campaign",
-        "satellite office: everything up to RED, passes GREEN on",
-        "satellite office: also peers with rogue.node, a partner turned hostile",
+        "headquarters: origin of the campaign; passes the offices' GREEN finds on",
+        "satellite office: everything up to RED from hq",
+        "satellite office: everything up to RED from hq; also peers with rogue.node, a partner turned hostile",
         "law-enforcement partner: up to AMBER; ipv4, ipv6, domain and url only",
     ];
     for (node, role) in nodes.iter().zip(roles) {
@@ -501,13 +530,12 @@ async fn publish_one(client: &NodeClient, request: PublishRequest) -> Result<()>
 }
 
 async fn publish_campaign(fed: &Federation) -> Result<Vec<Published>> {
-    let connect = async |who: &str, node: usize| -> Result<NodeClient> {
+    let connect = async |who: &str| -> Result<NodeClient> {
         let settings = crate::config::ClientSettings::load(&fed.client_config_path(who))?;
-        let _ = node;
         Ok(NodeClient::connect_with(&settings).await?)
     };
-    let alice = connect(ALICE, 0).await?;
-    let jonas = connect(JONAS, 1).await?;
+    let alice = connect(ALICE).await?;
+    let jonas = connect(JONAS).await?;
     let mut hq_items = Vec::new();
     let mut berlin_items = Vec::new();
     let open = to_wire(CAMPAIGN_OPEN, &mut hq_items);
@@ -637,9 +665,7 @@ async fn wait_for_convergence(fed: &Federation) -> Result<Duration> {
         (HQ, SINGAPORE),
         (HQ, POLICE),
         (BERLIN, HQ),
-        (BERLIN, SINGAPORE),
         (SINGAPORE, HQ),
-        (SINGAPORE, BERLIN),
         (POLICE, HQ),
     ]
     .iter()
@@ -653,6 +679,8 @@ async fn wait_for_convergence(fed: &Federation) -> Result<Duration> {
     };
     let mut last = heads();
     let mut still_since = Instant::now();
+    // When every link was last seen at its peer's head, with no feed moving since.
+    let mut caught_up_at: Option<Instant> = None;
     loop {
         ensure!(
             started.elapsed() < DEADLINE,
@@ -663,6 +691,7 @@ async fn wait_for_convergence(fed: &Federation) -> Result<Duration> {
         if now != last {
             last = now;
             still_since = Instant::now();
+            caught_up_at = None;
             continue;
         }
         let mut caught_up = true;
@@ -673,8 +702,13 @@ async fn wait_for_convergence(fed: &Federation) -> Result<Duration> {
                 .cursor(fed.nodes[*server].id())?;
             caught_up &= cursor >= last[*server];
         }
-        if caught_up && still_since.elapsed() >= QUIET {
-            return Ok(started.elapsed());
+        if !caught_up {
+            caught_up_at = None;
+            continue;
+        }
+        let at = *caught_up_at.get_or_insert_with(Instant::now);
+        if still_since.elapsed() >= QUIET {
+            return Ok(at - started);
         }
     }
 }
@@ -709,8 +743,8 @@ async fn holdings(fed: &Federation, published: &[Published]) -> Result<Holdings>
 fn upstream(id: &str) -> &'static [&'static str] {
     match id {
         HQ => &[BERLIN, SINGAPORE, POLICE],
-        BERLIN => &[HQ, SINGAPORE],
-        SINGAPORE => &[HQ, BERLIN],
+        BERLIN => &[HQ],
+        SINGAPORE => &[HQ],
         POLICE => &[HQ],
         _ => &[HQ],
     }
@@ -755,13 +789,18 @@ async fn print_table(fed: &Federation, published: &[Published], holdings: &Holdi
                         .as_ref()
                         .map(|p| p.received_from.clone())
                         .unwrap_or_default();
-                    let allowed = decisions
+                    // The node that sent it (a client's items come from its node).
+                    let sender = if column < NODES.len() {
+                        from.as_str()
+                    } else {
+                        HQ
+                    };
+                    let Some((from, _, rule)) = decisions
                         .iter()
-                        .find(|(f, allow, _)| *f == from.as_str() && *allow);
-                    let Some((from, _, rule)) = allowed.or_else(|| decisions.iter().find(|d| d.1))
+                        .find(|(f, allow, _)| *f == sender && *allow)
                     else {
                         bail!(
-                            "{who} holds {} but no node it pulls from allows it",
+                            "{who} holds {} from {sender}, which is not a node it pulls from or does not allow it",
                             p.label
                         );
                     };
@@ -1036,7 +1075,15 @@ async fn rogue_attempts(fed: &Federation, published: &[Published]) -> Result<usi
     Ok(count)
 }
 
-async fn keep_running(fed: &Federation) -> Result<()> {
+async fn keep_running(
+    fed: &Federation,
+    example_item: &str,
+    serving: &std::sync::atomic::AtomicBool,
+) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    serving.store(true, std::sync::atomic::Ordering::SeqCst);
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "entente".into());
@@ -1064,12 +1111,9 @@ async fn keep_running(fed: &Federation) -> Result<()> {
         fed.config_path(HQ).display()
     );
     println!(
-        "  {exe} policy explain --config {} --partner {POLICE} --item ID",
+        "  {exe} policy explain --config {} --partner {POLICE} --item {example_item}",
         fed.config_path(HQ).display()
     );
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
