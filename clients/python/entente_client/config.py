@@ -23,6 +23,14 @@ from pathlib import Path
 
 _FIELDS = {"id", "cert", "key", "trust_anchors", "crls", "node", "node_id"}
 _MAX_CONFIG_BYTES = 64 * 1024
+# Certificates, keys and CA bundles are small; anything larger is not one.
+_MAX_PEM_BYTES = 1024 * 1024
+
+
+def _read_bounded(path: Path, limit: int) -> bytes:
+    """The file's bytes, reading at most ``limit + 1`` of them."""
+    with open(path, "rb") as file:
+        return file.read(limit + 1)
 
 
 class ConfigError(Exception):
@@ -64,7 +72,7 @@ class ClientConfig:
         """Loads a ``[client]`` configuration file."""
         path = Path(path)
         try:
-            data = path.read_bytes()[: _MAX_CONFIG_BYTES + 1]
+            data = _read_bounded(path, _MAX_CONFIG_BYTES)
         except OSError as error:
             raise ConfigError(f"{path}: {error.strerror or error}") from None
         if len(data) > _MAX_CONFIG_BYTES:
@@ -117,9 +125,11 @@ class ClientConfig:
 
         def read(what: str, file: Path) -> bytes:
             try:
-                data = file.read_bytes()
+                data = _read_bounded(file, _MAX_PEM_BYTES)
             except OSError as error:
                 raise ConfigError(f"{what} {file}: {error.strerror or error}") from None
+            if len(data) > _MAX_PEM_BYTES:
+                raise ConfigError(f"{what} {file}: larger than {_MAX_PEM_BYTES} bytes")
             if b"-----BEGIN" not in data:
                 raise ConfigError(f"{what} {file}: not a PEM file")
             return data
