@@ -117,6 +117,16 @@ impl Node {
     /// Opens the store, binds the listener and starts serving. Returns once the
     /// node accepts connections.
     pub async fn start(config: Config) -> Result<Self, NodeError> {
+        Self::start_with_listener(config, None).await
+    }
+
+    /// [`Node::start`] on a listener the caller bound already (at the configured
+    /// address), so that several nodes can name each other's ports before any starts
+    /// without racing other programs for them.
+    pub async fn start_with_listener(
+        config: Config,
+        listener: Option<TcpListener>,
+    ) -> Result<Self, NodeError> {
         let id = config.node.id.clone();
         std::fs::create_dir_all(&config.node.data_dir).map_err(|source| NodeError::DataDir {
             path: config.node.data_dir.clone(),
@@ -151,12 +161,15 @@ impl Node {
         });
         let server_tls = config.tls.server_config(directory.clone())?;
 
-        let listener = TcpListener::bind(config.node.listen)
-            .await
-            .map_err(|source| NodeError::Bind {
-                addr: config.node.listen,
-                source,
-            })?;
+        let listener = match listener {
+            Some(listener) => listener,
+            None => TcpListener::bind(config.node.listen)
+                .await
+                .map_err(|source| NodeError::Bind {
+                    addr: config.node.listen,
+                    source,
+                })?,
+        };
         let local_addr = listener.local_addr().map_err(|source| NodeError::Bind {
             addr: config.node.listen,
             source,

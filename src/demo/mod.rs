@@ -346,11 +346,13 @@ async fn start_federation() -> Result<Federation> {
         dir.path().display()
     );
 
-    // Ports first, so every configuration can name its peers' addresses.
+    // Ports first, bound and kept, so every configuration can name its peers' addresses.
+    let mut listeners = Vec::new();
     let mut addresses = Vec::new();
     for _ in NODES {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
-        addresses.push(probe.local_addr()?.to_string());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        addresses.push(listener.local_addr()?.to_string());
+        listeners.push(listener);
     }
     let rogue_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let rogue_addr = rogue_listener.local_addr()?.to_string();
@@ -412,13 +414,13 @@ async fn start_federation() -> Result<Federation> {
     ];
 
     let mut nodes = Vec::new();
-    for (id, text) in NODES.iter().zip(configs) {
+    for ((id, text), listener) in NODES.iter().zip(configs).zip(listeners) {
         let path = dir.path().join(id).join("entente.toml");
         std::fs::create_dir_all(dir.path().join(id))?;
         std::fs::write(&path, text)?;
         let config = Config::load(&path)?;
         nodes.push(
-            Node::start(config)
+            Node::start_with_listener(config, Some(listener))
                 .await
                 .with_context(|| format!("cannot start {id}"))?,
         );
