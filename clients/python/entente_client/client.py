@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Iterator
@@ -225,11 +226,24 @@ class Subscription:
         self._call = call
         self._node = node
 
-    def wait_open(self) -> None:
+    def wait_open(self, timeout: float | None = 30.0) -> None:
         """Returns once the node has accepted the subscription (its response headers
         arrived): items accepted from then on are delivered. Raises EntenteError when
-        the call failed instead."""
-        self._call.initial_metadata()
+        the call failed instead, or when nothing arrived within ``timeout`` seconds
+        (``None`` waits for ever)."""
+        opened = threading.Event()
+        self._call.add_done_callback(lambda _call: opened.set())
+        waiter = threading.Thread(
+            target=lambda: (self._call.initial_metadata(), opened.set()), daemon=True
+        )
+        waiter.start()
+        if not opened.wait(timeout):
+            self._call.cancel()
+            raise EntenteError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the subscription did not open within {timeout} s",
+                self._node,
+            )
         if self._call.done() and self._call.code() != grpc.StatusCode.OK:
             raise EntenteError(self._call.code(), self._call.details() or "", self._node)
 
@@ -353,6 +367,7 @@ class Client:
 
     def _pages(self, request: intel_pb2.QueryRequest, limit: int | None) -> Iterator[Item]:
         shown = 0
+        seen_tokens: set[bytes] = set()
         while True:
             try:
                 page = self.intel.Query(request, timeout=self.timeout)
@@ -363,8 +378,16 @@ class Client:
                     return
                 yield Item.from_proto(stored)
                 shown += 1
-            if not page.next_page_token:
+            if not page.next_page_token or (limit is not None and shown >= limit):
                 return
+            # A node that hands back a token it gave before would page forever.
+            if page.next_page_token in seen_tokens:
+                raise EntenteError(
+                    grpc.StatusCode.DATA_LOSS,
+                    "the node repeated a page token; stopping",
+                    self.node_id,
+                )
+            seen_tokens.add(page.next_page_token)
             request.page_token = page.next_page_token
 
     def get(self, id: str) -> Item | None:
