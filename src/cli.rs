@@ -73,7 +73,7 @@ fn progress(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
     bar.set_style(
         ProgressStyle::with_template(&format!(
-            "{{spinner}} {what} [{{bar:40}}] {{pos}}/{{len}} ({{per_sec}}, eta {{eta}})"
+            "{{spinner}} {what} [{{bar:40}}] {{pos}}/{{len}} ({{per_sec}}, eta {{eta}}) {{msg}}"
         ))
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
@@ -261,6 +261,8 @@ pub async fn publish(
             }
             feeder_bar.inc(chunk.len() as u64);
         }
+        // The bar counts items sent; the node answers once all of them are durable.
+        feeder_bar.set_message("sent; waiting for the node to sign and flush");
     });
     let response = client
         .publish(tokio_stream::wrappers::ReceiverStream::new(rx))

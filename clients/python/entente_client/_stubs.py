@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from . import _codegen
@@ -50,6 +51,11 @@ def _stub_dir() -> Path:
         except (RuntimeError, OSError) as error:
             if not present:
                 raise ImportError(f"entente_client: cannot generate the gRPC stubs: {error}")
+            warnings.warn(
+                f"entente_client: the gRPC stubs in {out} were generated from other "
+                f".proto files and could not be regenerated ({error}); using them anyway",
+                stacklevel=2,
+            )
     elif not present:
         raise ImportError(
             "entente_client: the gRPC stubs are missing; run "
