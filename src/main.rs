@@ -356,20 +356,20 @@ fn main() -> ExitCode {
     // TLS connection must surface as an error message, not kill the client silently.
     // A reader that goes away from stdout (`entente query | head`) ends the command
     // quietly instead, as Unix tools do: see `stdout_closed` and the panic hook.
-    // (Not for the demo: its temporary directory holds a CA key and must be removed on
-    // the way out, which unwinding does.)
+    // The demo instead unwinds (silently) and exits non-zero: its temporary directory
+    // holds a CA key and is removed on the way out.
     let default_hook = std::panic::take_hook();
-    let quiet_on_epipe = !matches!(cli.command, Command::Demo { .. });
+    let demo = matches!(cli.command, Command::Demo { .. });
     std::panic::set_hook(Box::new(move |info| {
         let message = info
             .payload()
             .downcast_ref::<String>()
             .map(String::as_str)
             .unwrap_or_default();
-        if quiet_on_epipe
-            && message.starts_with("failed printing to stdout")
-            && message.contains("Broken pipe")
-        {
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            if demo {
+                return;
+            }
             std::process::exit(0);
         }
         default_hook(info);
