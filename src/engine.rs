@@ -589,37 +589,22 @@ impl Engine {
             let mut by_hops: std::collections::BTreeMap<u32, Vec<&crate::store::HeldItem>> =
                 std::collections::BTreeMap::new();
             for item in &held.items {
-                let decision = policy.decide(
-                    &partner.id,
-                    &item.stored.item,
-                    &Context {
-                        origin: &header.origin,
-                        hops: item.stored.hops,
-                        distribution: Some(&header.distribution),
-                        accepted_ms: item.stored.accepted_ms,
-                        now_ms: now,
-                        latest: true,
-                        include_expired: false,
-                    },
-                );
+                let context = |now_ms| Context {
+                    origin: &header.origin,
+                    hops: item.stored.hops,
+                    distribution: Some(&header.distribution),
+                    accepted_ms: item.stored.accepted_ms,
+                    now_ms,
+                    latest: true,
+                    include_expired: false,
+                };
+                let decision = policy.decide(&partner.id, &item.stored.item, &context(now));
                 if decision.allow {
                     by_hops.entry(item.stored.hops).or_default().push(item);
                 } else if embargo_ms > 0 && now - item.stored.accepted_ms < embargo_ms {
                     // Withheld now; would it be allowed once the embargo has passed?
                     let visible_at = item.stored.accepted_ms.saturating_add(embargo_ms);
-                    let later = policy.decide(
-                        &partner.id,
-                        &item.stored.item,
-                        &Context {
-                            origin: &header.origin,
-                            hops: item.stored.hops,
-                            distribution: Some(&header.distribution),
-                            accepted_ms: item.stored.accepted_ms,
-                            now_ms: visible_at,
-                            latest: true,
-                            include_expired: false,
-                        },
-                    );
+                    let later = policy.decide(&partner.id, &item.stored.item, &context(visible_at));
                     if later.allow {
                         page.embargo_until =
                             Some(page.embargo_until.map_or(visible_at, |t| t.min(visible_at)));
@@ -638,18 +623,7 @@ impl Engine {
                 page.bundles.push(PulledBundle {
                     seq,
                     hops,
-                    bundle: wire::SignedBundle {
-                        header_bytes: held.header_bytes.clone(),
-                        signature: held.signature.clone(),
-                        disclosures: items
-                            .iter()
-                            .map(|i| wire::Disclosure {
-                                index: i.index,
-                                salt: i.salt.clone(),
-                                item_bytes: i.item_bytes.clone(),
-                            })
-                            .collect(),
-                    },
+                    bundle: held.signed(items.iter().copied()),
                 });
             }
         }
@@ -788,21 +762,8 @@ impl Engine {
         let Some(held) = self.store.held_bundle(id)? else {
             return Ok(None);
         };
-        let bundle = wire::SignedBundle {
-            header_bytes: held.header_bytes,
-            signature: held.signature,
-            disclosures: held
-                .items
-                .into_iter()
-                .map(|i| wire::Disclosure {
-                    index: i.index,
-                    salt: i.salt,
-                    item_bytes: i.item_bytes,
-                })
-                .collect(),
-        };
         Ok(Some(verify(
-            &bundle,
+            &held.signed(&held.items),
             &StoreCertificates(self.store.as_ref()),
             self.trust.as_ref(),
             now_ms(),

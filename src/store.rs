@@ -89,6 +89,28 @@ pub struct HeldBundle {
     pub items: Vec<HeldItem>,
 }
 
+impl HeldBundle {
+    /// The bundle as it travels, disclosing `items` (some of this bundle's) and
+    /// withholding the rest behind their digests.
+    pub fn signed<'a>(
+        &self,
+        items: impl IntoIterator<Item = &'a HeldItem>,
+    ) -> crate::wire::SignedBundle {
+        crate::wire::SignedBundle {
+            header_bytes: self.header_bytes.clone(),
+            signature: self.signature.clone(),
+            disclosures: items
+                .into_iter()
+                .map(|i| crate::wire::Disclosure {
+                    index: i.index,
+                    salt: i.salt.clone(),
+                    item_bytes: i.item_bytes.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// One current item of a held bundle.
 #[derive(Clone, Debug)]
 pub struct HeldItem {

@@ -36,6 +36,27 @@ fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String
     })
 }
 
+/// The lines of a pipe, as a thread reads them.
+fn lines_of(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// The temporary directory the demo names in its first step.
+fn demo_dir<'a>(mut lines: impl Iterator<Item = &'a str>) -> Option<PathBuf> {
+    lines
+        .find(|l| l.starts_with("[1/6]"))
+        .and_then(|l| l.rsplit(" in ").next())
+        .map(PathBuf::from)
+}
+
 /// Waits for `child` to exit within `DEADLINE`; kills it and fails otherwise.
 fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
     let start = Instant::now();
@@ -249,12 +270,7 @@ fn demo_runs_a_federation_and_every_claim_holds() {
     assert!(output.contains("Summary: demo passed"), "{output}");
 
     // The throwaway PKI and stores are gone.
-    let dir = output
-        .lines()
-        .find(|l| l.starts_with("[1/6]"))
-        .and_then(|l| l.rsplit(" in ").next())
-        .map(PathBuf::from)
-        .expect("the demo directory");
+    let dir = demo_dir(output.lines()).expect("the demo directory");
     assert!(!dir.exists(), "{} was left behind", dir.display());
 }
 
@@ -269,15 +285,7 @@ fn keep_running_leaves_a_federation_the_cli_can_query() {
             .expect("run entente demo --keep-running"),
     );
     let child = &mut guard.0;
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = lines_of(child.stdout.take().unwrap());
     // The printed instructions, up to the ledger line.
     let mut lines = Vec::new();
     let start = Instant::now();
@@ -360,12 +368,7 @@ fn keep_running_leaves_a_federation_the_cli_can_query() {
     }
     let status = wait_exit(child);
     assert!(status.success(), "demo --keep-running exit: {status:?}");
-    let dir = lines
-        .iter()
-        .find(|l| l.starts_with("[1/6]"))
-        .and_then(|l| l.rsplit(" in ").next())
-        .map(PathBuf::from)
-        .expect("the demo directory");
+    let dir = demo_dir(lines.iter().map(String::as_str)).expect("the demo directory");
     assert!(!dir.exists(), "{} was left behind", dir.display());
 }
 
@@ -382,14 +385,7 @@ fn interrupted_demo_removes_its_directory() {
     let child = &mut guard.0;
     let stdout = child.stdout.take().unwrap();
     let stderr = drain(child.stderr.take().unwrap());
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = lines_of(stdout);
     // Interrupt once the nodes run (the PKI, with the CA's key, is on disk by then).
     let mut dir = None;
     let start = Instant::now();
@@ -397,8 +393,8 @@ fn interrupted_demo_removes_its_directory() {
         let line = rx
             .recv_timeout(DEADLINE.saturating_sub(start.elapsed()))
             .expect("the demo reports its steps");
-        if line.starts_with("[1/6]") {
-            dir = line.rsplit(" in ").next().map(PathBuf::from);
+        if dir.is_none() {
+            dir = demo_dir(std::iter::once(line.as_str()));
         }
         if line.starts_with("[2/6]") {
             break;

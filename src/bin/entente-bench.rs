@@ -184,21 +184,32 @@ fn draft(i: usize) -> wire::Item {
     }
 }
 
-/// Writes a PKI, a node configuration and an analyst client configuration.
-fn setup(dir: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
-    let certs = CertDir::new(dir.join("certs"));
+/// A throwaway federation CA in `dir`, a certificate for each of `nodes` and one for
+/// the client `analyst.bench`.
+fn bench_pki(dir: &Path, nodes: &[&str]) -> Result<()> {
+    let certs = CertDir::new(dir);
     certs.create_ca("Bench CA", Validity::days_from_now(2))?;
-    let node = NodeId::new("bench.hq")?;
-    let analyst = NodeId::new("analyst.bench")?;
+    for id in nodes {
+        certs.issue(
+            &NodeId::new(id)?,
+            &Usage::Node {
+                ips: vec![],
+                dns: vec![],
+            },
+            Validity::days_from_now(2),
+        )?;
+    }
     certs.issue(
-        &node,
-        &Usage::Node {
-            ips: vec![],
-            dns: vec![],
-        },
+        &NodeId::new("analyst.bench")?,
+        &Usage::Client,
         Validity::days_from_now(2),
     )?;
-    certs.issue(&analyst, &Usage::Client, Validity::days_from_now(2))?;
+    Ok(())
+}
+
+/// Writes a PKI, a node configuration and an analyst client configuration.
+fn setup(dir: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    bench_pki(&dir.join("certs"), &["bench.hq"])?;
     let node_config = dir.join("node.toml");
     std::fs::write(
         &node_config,
@@ -489,23 +500,7 @@ fn node_config(id: &str, listen: &str, peers: &str) -> String {
 /// 10,000 new ones; both nodes are separate processes on loopback with real mTLS.
 async fn sync(args: &Args) -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let certs = CertDir::new(dir.path().join("certs"));
-    certs.create_ca("Bench CA", Validity::days_from_now(2))?;
-    for id in ["bench.hq", "bench.office"] {
-        certs.issue(
-            &NodeId::new(id)?,
-            &Usage::Node {
-                ips: vec![],
-                dns: vec![],
-            },
-            Validity::days_from_now(2),
-        )?;
-    }
-    certs.issue(
-        &NodeId::new("analyst.bench")?,
-        &Usage::Client,
-        Validity::days_from_now(2),
-    )?;
+    bench_pki(&dir.path().join("certs"), &["bench.hq", "bench.office"])?;
     let policy = "max_tlp = \"GREEN\"\nallow_types = [\"*\"]";
     // hq serves the office; the office is started later, once hq holds everything.
     let hq_config = dir.path().join("hq.toml");
@@ -728,24 +723,8 @@ async fn wait_caught_up(operator: &NodeClient, before: u64) -> Result<u64> {
 /// this process with their own stores; one single-item bundle at a time.
 async fn latency(args: &Args) -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let certs = CertDir::new(dir.path().join("certs"));
-    certs.create_ca("Bench CA", Validity::days_from_now(2))?;
     let ids = ["bench.hq", "hop.one", "hop.two", "hop.three"];
-    for id in ids {
-        certs.issue(
-            &NodeId::new(id)?,
-            &Usage::Node {
-                ips: vec![],
-                dns: vec![],
-            },
-            Validity::days_from_now(2),
-        )?;
-    }
-    certs.issue(
-        &NodeId::new("analyst.bench")?,
-        &Usage::Client,
-        Validity::days_from_now(2),
-    )?;
+    bench_pki(&dir.path().join("certs"), &ids)?;
     let policy = "max_tlp = \"GREEN\"\nallow_types = [\"*\"]\nforward_third_party = true";
     // Start from the far end so each node knows its upstream's address.
     let mut nodes: Vec<entente::Node> = Vec::new();

@@ -991,24 +991,18 @@ async fn rogue_attempts(fed: &Federation, published: &[Published]) -> Result<usi
         .store()
         .held_bundle(&stored.bundle_id)?
         .context("hq lost a bundle")?;
-    let mut tampered = wire::SignedBundle {
-        header_bytes: held.header_bytes,
-        signature: held.signature,
-        disclosures: vec![],
-    };
-    for item in held.items {
-        if item.stored.item.id.as_str() == target.id {
-            use prost::Message;
-            let mut changed = wire::Item::decode(item.item_bytes.as_slice())?;
-            if let Some(wire::item::Kind::Indicator(indicator)) = &mut changed.kind {
-                indicator.value = TAMPERED_VALUE.into();
-            }
-            tampered.disclosures.push(wire::Disclosure {
-                index: item.index,
-                salt: item.salt,
-                item_bytes: changed.encode_to_vec(),
-            });
+    let mut tampered = held.signed(
+        held.items
+            .iter()
+            .filter(|item| item.stored.item.id.as_str() == target.id),
+    );
+    for disclosure in &mut tampered.disclosures {
+        use prost::Message;
+        let mut changed = wire::Item::decode(disclosure.item_bytes.as_slice())?;
+        if let Some(wire::item::Kind::Indicator(indicator)) = &mut changed.kind {
+            indicator.value = TAMPERED_VALUE.into();
         }
+        disclosure.item_bytes = changed.encode_to_vec();
     }
 
     let attempts = [
