@@ -5,6 +5,7 @@
 //! atomic batch. No proto types of the services and no network here.
 
 mod ledger;
+mod log;
 mod records;
 mod sled_store;
 
@@ -44,6 +45,28 @@ pub enum StoreError {
         /// What is wrong.
         problem: String,
     },
+    /// Reading or writing the bundle log failed.
+    #[error("store file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The data directory holds a store of an older format, which this version does
+    /// not read.
+    #[error(
+        "store at {path} is in format {found}, which this version does not read; move it aside and start from an empty data directory (the node pulls its partners' data again)"
+    )]
+    OldFormat {
+        /// The data directory.
+        path: PathBuf,
+        /// The format found.
+        found: String,
+    },
+    /// A page cursor that this store did not hand out.
+    #[error("invalid page cursor")]
+    BadCursor,
     /// The same bundle id arrived with different signed header bytes: the origin
     /// signed two different bundles under one id.
     #[error("bundle {0} conflicts with a stored bundle of the same id")]

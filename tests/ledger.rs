@@ -78,7 +78,7 @@ fn alter_record(dir: &Path, seq: u64) {
         }
     };
     // The store keeps everything in this tree; ledger keys are b'L' + big-endian seq.
-    let tree = db.open_tree("entente.v2").unwrap();
+    let tree = db.open_tree("entente.v3").unwrap();
     let mut key = vec![b'L'];
     key.extend_from_slice(&seq.to_be_bytes());
     let mut value = tree.get(&key).unwrap().expect("record exists").to_vec();

@@ -12,7 +12,7 @@ use entente::model::{BundleId, NodeId};
 use entente::store::{LedgerCheck, LedgerEntry, LedgerRecord, SledStore, Store};
 
 /// The sled tree the store keeps everything in (the store's constant is private).
-const TREE: &str = "entente.v2";
+const TREE: &str = "entente.v3";
 
 const T0: i64 = 1_700_000_000_000;
 

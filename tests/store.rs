@@ -531,17 +531,19 @@ fn modified_since_and_paging_cover_everything_once() {
             .map(|i| format!("p{i:02}.example.com"))
             .collect::<Vec<_>>()
     );
-    // A cursor from another query or garbage is harmless.
+    // A cursor the store did not hand out is refused, not guessed at.
+    for garbage in [&b"Vgarbage\xff"[..], &[0u8; 3][..], &[0u8; 5][..]] {
+        let refused = store.query(&ItemQuery::default(), Some(garbage), 10, now, &|_| true);
+        assert!(
+            matches!(refused, Err(entente::store::StoreError::BadCursor)),
+            "{garbage:?}"
+        );
+    }
+    // A cursor past the end is an empty last page.
     let page = store
-        .query(
-            &ItemQuery::default(),
-            Some(b"Vgarbage\xff"),
-            10,
-            now,
-            &|_| true,
-        )
+        .query(&ItemQuery::default(), Some(&[0xff; 4]), 10, now, &|_| true)
         .unwrap();
-    assert!(page.items.len() <= 10);
+    assert!(page.items.is_empty() && page.next.is_none());
 }
 
 #[test]

@@ -14,6 +14,9 @@ impl From<EngineError> for Status {
             EngineError::Store(crate::store::StoreError::ConflictingBundle(id)) => {
                 Status::already_exists(format!("bundle {id} conflicts with a stored bundle"))
             }
+            EngineError::Store(crate::store::StoreError::BadCursor) => {
+                Status::invalid_argument("invalid page token: not one this node handed out")
+            }
             other => {
                 tracing::error!(error = %other, "internal error");
                 Status::internal("internal error; see the node's log")

@@ -1,78 +1,47 @@
-//! On-disk records and key layout of the sled store. Everything lives in one sled
-//! tree (`entente.v2`) so that one accepted bundle, with all its index entries, is
-//! one atomic `Batch`; keyspaces are separated by a one-byte prefix. Ids are stored
-//! as their 16 UUID bytes; new ids are time-ordered (UUID v7), so new entries land at
-//! the end of their keyspace.
+//! On-disk records and key layout of the store.
 //!
-//! The latest version of each item is stored once, under its value: an exact-value
-//! lookup is one range read that yields the items themselves, and every item costs
-//! two writes (its record and a lean id entry), with no read-modify-write of a shared
-//! index entry.
+//! Bundles and items live in the bundle log (`bundles.v3.log`, see `log.rs`): each
+//! accept is one frame with the bundle head (the first time), one [`ItemRecord`] per
+//! item stored and the bundle's place in the change feed. The indexes over them (by
+//! item id, by value, by bundle, the feed) are rebuilt in memory when the store opens.
+//!
+//! Everything else lives in one sled tree (`entente.v3`); keyspaces are separated by
+//! a one-byte prefix:
 //!
 //! | prefix | key | value |
 //! | --- | --- | --- |
-//! | `M` | name | meta: owner id, feed head, ledger head |
-//! | `B` | bundle UUID | [`BundleRecord`] |
-//! | `V` | type code, value, `0xFF`, item UUID | [`ItemRecord`] (the latest version held) |
-//! | `I` | item UUID | type code and value: where the item's `V` record is (id index) |
-//! | `F` | sequence (u64 big-endian) | bundle UUID (change feed) |
+//! | `M` | name | meta: owner id, ledger head |
 //! | `C` | SHA-256 of the certificate | DER certificate (cache) |
 //! | `K` | peer id | replication cursor in that peer's feed (u64 big-endian) |
 //! | `P` | peer id | fingerprint of the policy that peer was last served a pull under |
 //! | `L` | sequence (u64 big-endian) | [`LedgerRecordBytes`] (disclosure ledger) |
-//!
-//! A value is UTF-8, which never holds the byte `0xFF`, so `V`, type, value, `0xFF` is
-//! a prefix of exactly the items with that value. Revocations are not indicators;
-//! they are kept under type code 0 with an empty value, apart from every type.
 
 use crate::model::{IndicatorType, Item, ItemKind};
 
 /// Name of the sled tree; the suffix is the format version.
-pub const TREE: &str = "entente.v2";
+pub const TREE: &str = "entente.v3";
+/// Trees of older formats, which this version refuses to open.
+pub const OLD_TREES: &[&str] = &["entente.v2", "entente.v1", "meta.v1"];
+/// File name of the bundle log in the data directory.
+pub const LOG_FILE: &str = "bundles.v3.log";
 
-pub const BUNDLE: u8 = b'B';
-pub const ITEM: u8 = b'I';
-pub const VALUE: u8 = b'V';
-pub const FEED: u8 = b'F';
 pub const CERT: u8 = b'C';
 pub const CURSOR: u8 = b'K';
 pub const SERVED: u8 = b'P';
 pub const LEDGER: u8 = b'L';
 
 pub const META_OWNER: &[u8] = b"Mowner";
-pub const META_FEED_HEAD: &[u8] = b"Mfeed_head";
 /// The last ledger record: its sequence number (8 bytes big-endian), then its hash
 /// (32 bytes).
 pub const META_LEDGER_HEAD: &[u8] = b"Mledger_head";
 
-/// A bundle as held: the exact signed header and signature, and which items are known.
+/// A bundle's signed parts, logged once when the bundle is first accepted.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct BundleRecord {
+pub struct BundleHead {
     #[prost(bytes = "vec", tag = "1")]
     pub header_bytes: Vec<u8>,
     #[prost(bytes = "vec", tag = "2")]
     pub signature: Vec<u8>,
-    /// Items of this bundle this node knows (disclosed to it), by index.
-    #[prost(message, repeated, tag = "3")]
-    pub known: Vec<KnownItem>,
-    /// Latest change-feed position of this bundle.
-    #[prost(uint64, tag = "4")]
-    pub feed_seq: u64,
-    /// When this node first accepted the bundle.
-    #[prost(int64, tag = "5")]
-    pub accepted_ms: i64,
-}
-
-/// One known item of a bundle.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct KnownItem {
-    #[prost(uint32, tag = "1")]
-    pub index: u32,
-    /// The item's UUID bytes.
-    #[prost(bytes = "vec", tag = "2")]
-    pub item_uuid: Vec<u8>,
-    #[prost(int64, tag = "3")]
-    pub modified_ms: i64,
 }
 
 /// The latest version of an item this node holds, with its provenance.
@@ -158,58 +127,15 @@ pub fn key(prefix: u8, rest: &[u8]) -> Vec<u8> {
     k
 }
 
-/// Ends the value in a `V` key; UTF-8 never contains it.
-pub const VALUE_END: u8 = 0xFF;
-
-/// Type code of items that are not indicators (revocations).
+/// Type code of items that are not indicators (revocations): not in the value index.
 pub const NOT_INDEXED: u8 = 0;
 
-/// `V` + type + value + `0xFF`: the prefix of every item holding that exact value.
-pub fn value_prefix(ty: IndicatorType, value: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(3 + value.len());
-    k.push(VALUE);
-    k.push(type_code(ty));
-    k.extend_from_slice(value.as_bytes());
-    k.push(VALUE_END);
-    k
-}
-
-/// The location of an item's record as kept in its `I` entry: type code and value.
-pub fn location_of(item: &Item) -> Vec<u8> {
+/// The type code and value an item is found under, if it is an indicator.
+pub fn value_of(item: &Item) -> Option<(u8, &str)> {
     match &item.kind {
-        ItemKind::Indicator(i) => {
-            let mut l = Vec::with_capacity(1 + i.value.len());
-            l.push(type_code(i.indicator_type));
-            l.extend_from_slice(i.value.as_bytes());
-            l
-        }
-        ItemKind::Revocation(_) => vec![NOT_INDEXED],
+        ItemKind::Indicator(i) => Some((type_code(i.indicator_type), i.value.as_str())),
+        ItemKind::Revocation(_) => None,
     }
-}
-
-/// The `V` key of the item `uuid` at `location` (from [`location_of`]).
-pub fn item_key(location: &[u8], uuid: &[u8; 16]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(2 + location.len() + 16);
-    k.push(VALUE);
-    k.extend_from_slice(location);
-    k.push(VALUE_END);
-    k.extend_from_slice(uuid);
-    k
-}
-
-/// The item UUID at the end of a `V` key.
-pub fn uuid_of_item_key(key: &[u8]) -> Option<[u8; 16]> {
-    key.len()
-        .checked_sub(16)
-        .filter(|&at| at >= 3 && key[0] == VALUE && key[at - 1] == VALUE_END)
-        .and_then(|at| key[at..].try_into().ok())
-}
-
-pub fn feed_key(seq: u64) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = FEED;
-    k[1..].copy_from_slice(&seq.to_be_bytes());
-    k
 }
 
 /// `L` + sequence: the key of one ledger record.

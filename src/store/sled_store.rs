@@ -1,14 +1,20 @@
-//! The sled implementation of [`Store`].
+//! The implementation of [`Store`]: bundles and items in the bundle log (written
+//! once, read with one positioned read per item), indexes over them in memory
+//! (rebuilt from the log at open), and small mutable state and the disclosure
+//! ledger in sled.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
 
 use prost::Message;
 
 use super::ledger::{self, ChainWalk, Head};
-use super::records::{self, BundleRecord, ItemRecord, KnownItem};
+use super::log::{BundleLog, Frame, FrameBuilder, Span};
+use super::records::{self, BundleHead, ItemRecord};
 use super::{
     AcceptReport, HeldBundle, HeldItem, ItemQuery, ItemRejection, LedgerCheck, LedgerEntry,
     LedgerRecord, Page, Source, Store, StoreError, StoredItem,
@@ -19,15 +25,176 @@ use crate::model::{BundleId, IndicatorType, Item, ItemId, NodeId, normalise};
 /// Entries examined per query call at most, so one call has bounded cost.
 const MAX_SCAN_PER_QUERY: usize = 200_000;
 
+/// Items read from the log per hold of the index lock during a scan.
+const SCAN_CHUNK: usize = 256;
+
 /// Largest page cursor accepted from a caller.
 pub const MAX_CURSOR_BYTES: usize = 4096;
 
-/// The sled implementation of [`Store`].
+/// No slot (end of a value chain).
+const NONE: u32 = u32::MAX;
+
+/// One item record in the log, as the index knows it.
+#[derive(Clone, Copy)]
+struct Slot {
+    span: Span,
+    /// Index in its bundle.
+    index: u32,
+    /// The previous slot with the same value hash ([`NONE`] at the end).
+    next: u32,
+    /// Type code ([`records::NOT_INDEXED`] for revocations).
+    ty: u8,
+    /// Whether this is the latest version of its id held.
+    live: bool,
+}
+
+/// A bundle as the index knows it.
+struct BundleEntry {
+    /// Its head (signed header and signature) in the log.
+    head: Span,
+    /// Its latest place in the change feed.
+    feed_seq: u64,
+    /// Every item record logged for it (older ones may no longer be live).
+    slots: Vec<u32>,
+}
+
+/// One item of a frame, ready for the index.
+struct NewItem {
+    span: Span,
+    uuid: [u8; 16],
+    index: u32,
+    ty: u8,
+    value_hash: Option<u64>,
+}
+
+/// The indexes over the log, in memory. Slots are numbered in log order, so the
+/// numbering is the same after every open.
+struct Index {
+    slots: Vec<Slot>,
+    /// Latest slot per item id.
+    by_id: HashMap<[u8; 16], u32>,
+    /// Newest slot per value hash; older ones chain through [`Slot::next`].
+    by_value: HashMap<u64, u32>,
+    bundles: HashMap<[u8; 16], BundleEntry>,
+    /// Change feed: position → bundle.
+    feed: BTreeMap<u64, [u8; 16]>,
+    /// Keyed per process, so values cannot be chosen to collide.
+    hasher: RandomState,
+}
+
+impl Index {
+    fn new() -> Self {
+        Self {
+            slots: Vec::new(),
+            by_id: HashMap::new(),
+            by_value: HashMap::new(),
+            bundles: HashMap::new(),
+            feed: BTreeMap::new(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn value_hash(&self, ty: u8, value: &str) -> u64 {
+        self.hasher.hash_one((ty, value))
+    }
+
+    fn feed_head(&self) -> u64 {
+        self.feed.last_key_value().map_or(0, |(seq, _)| *seq)
+    }
+
+    /// Applies one logged frame: the same code runs after an append and when the log
+    /// is read at open, so both build the same index.
+    fn apply(
+        &mut self,
+        bundle_uuid: [u8; 16],
+        feed_seq: u64,
+        head: Option<Span>,
+        items: Vec<NewItem>,
+    ) -> Result<(), StoreError> {
+        let Self {
+            slots,
+            by_id,
+            by_value,
+            bundles,
+            feed,
+            ..
+        } = self;
+        let entry = match bundles.entry(bundle_uuid) {
+            std::collections::hash_map::Entry::Occupied(held) => held.into_mut(),
+            std::collections::hash_map::Entry::Vacant(new) => {
+                let head = head.ok_or_else(|| StoreError::Corrupt {
+                    key: BundleId::from_uuid_bytes(bundle_uuid).to_string(),
+                    problem: "the bundle's first frame has no head".into(),
+                })?;
+                new.insert(BundleEntry {
+                    head,
+                    feed_seq: 0,
+                    slots: Vec::new(),
+                })
+            }
+        };
+        for new in items {
+            let slot = u32::try_from(slots.len())
+                .ok()
+                .filter(|&s| s != NONE)
+                .ok_or_else(|| StoreError::Corrupt {
+                    key: "bundle log".into(),
+                    problem: "more item records than this version indexes".into(),
+                })?;
+            let mut next = NONE;
+            if let Some(hash) = new.value_hash {
+                next = by_value.insert(hash, slot).unwrap_or(NONE);
+            }
+            slots.push(Slot {
+                span: new.span,
+                index: new.index,
+                next,
+                ty: new.ty,
+                live: true,
+            });
+            if let Some(old) = by_id.insert(new.uuid, slot) {
+                slots[old as usize].live = false;
+            }
+            entry.slots.push(slot);
+        }
+        if entry.feed_seq != 0 {
+            feed.remove(&entry.feed_seq);
+        }
+        entry.feed_seq = feed_seq;
+        feed.insert(feed_seq, bundle_uuid);
+        Ok(())
+    }
+
+    /// Live slots holding items with one of `hashes`, ascending.
+    fn value_slots(&self, hashes: &[u64]) -> Vec<u32> {
+        let mut out = Vec::new();
+        for hash in hashes {
+            let mut at = self.by_value.get(hash).copied().unwrap_or(NONE);
+            while at != NONE {
+                let slot = &self.slots[at as usize];
+                if slot.live {
+                    out.push(at);
+                }
+                at = slot.next;
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
+/// The store: sled for meta, cursors, certificates and the ledger; the bundle log
+/// for bundles and items; the in-memory index over the log.
 pub struct SledStore {
     path: PathBuf,
     owner: NodeId,
     db: sled::Db,
     tree: sled::Tree,
+    log: BundleLog,
+    index: RwLock<Index>,
+    /// The index's value hasher, for hashing outside its lock.
+    hasher: RandomState,
     feed_head: AtomicU64,
     /// One writer at a time: the single-writer checks read then write.
     writer: Mutex<()>,
@@ -37,8 +204,8 @@ pub struct SledStore {
 }
 
 impl SledStore {
-    /// Opens (or creates) the store in `dir` for node `owner`, with a page cache of
-    /// `cache_bytes`.
+    /// Opens (or creates) the store in `dir` for node `owner`, with a sled page cache
+    /// of `cache_bytes`. Reads the whole bundle log to rebuild the indexes.
     pub fn open(dir: &Path, owner: &NodeId, cache_bytes: u64) -> Result<Self, StoreError> {
         let engine = |source| StoreError::Engine {
             path: dir.to_owned(),
@@ -49,6 +216,19 @@ impl SledStore {
             .cache_capacity(cache_bytes)
             .open()
             .map_err(engine)?;
+        for old in records::OLD_TREES {
+            if db
+                .tree_names()
+                .iter()
+                .any(|name| name.as_ref() == old.as_bytes())
+                && !db.open_tree(old).map_err(engine)?.is_empty()
+            {
+                return Err(StoreError::OldFormat {
+                    path: dir.to_owned(),
+                    found: (*old).to_owned(),
+                });
+            }
+        }
         let tree = db.open_tree(records::TREE).map_err(engine)?;
         match tree.get(records::META_OWNER).map_err(engine)? {
             Some(found) if found.as_ref() != owner.as_str().as_bytes() => {
@@ -65,15 +245,6 @@ impl SledStore {
                 db.flush().map_err(engine)?;
             }
         }
-        let feed_head = match tree.get(records::META_FEED_HEAD).map_err(engine)? {
-            Some(v) => {
-                u64::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
-                    key: "feed head".into(),
-                    problem: "not 8 bytes".into(),
-                })?)
-            }
-            None => 0,
-        };
         let ledger_head = match tree.get(records::META_LEDGER_HEAD).map_err(engine)? {
             Some(v) => Head::decode(&v).ok_or_else(|| StoreError::Corrupt {
                 key: "ledger head".into(),
@@ -81,15 +252,28 @@ impl SledStore {
             })?,
             None => Head::EMPTY,
         };
+        let mut index = Index::new();
+        let log = BundleLog::open(&dir.join(records::LOG_FILE), |frame| {
+            replay(&mut index, frame)
+        })?;
+        let feed_head = index.feed_head();
+        let hasher = index.hasher.clone();
         Ok(Self {
             path: dir.to_owned(),
             owner: owner.clone(),
             db,
             tree,
+            log,
+            index: RwLock::new(index),
+            hasher,
             feed_head: AtomicU64::new(feed_head),
             writer: Mutex::new(()),
             ledger_head: Mutex::new(ledger_head),
         })
+    }
+
+    fn index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The ledger head as stored now: `None` when there is none, `Some(Err(len))` when
@@ -109,60 +293,160 @@ impl SledStore {
         }
     }
 
-    /// The latest version held of the item `uuid`, with the key of its record.
-    fn item_record(&self, uuid: &[u8; 16]) -> Result<Option<(Vec<u8>, ItemRecord)>, StoreError> {
-        let Some(location) = self
-            .tree
-            .get(records::key(records::ITEM, uuid))
-            .map_err(|e| self.engine(e))?
-        else {
-            return Ok(None);
+    /// An item about to be logged, as the index will know it (its span is filled in
+    /// once written).
+    fn new_item(&self, item: &Item, index: u32) -> NewItem {
+        let (ty, value_hash) = match records::value_of(item) {
+            Some((ty, value)) => (ty, Some(self.hasher.hash_one((ty, value)))),
+            None => (records::NOT_INDEXED, None),
         };
-        let key = records::item_key(&location, uuid);
-        match self.tree.get(&key).map_err(|e| self.engine(e))? {
-            None => Err(corrupt_item(uuid, "the id entry points at no record")),
-            Some(bytes) => ItemRecord::decode(bytes.as_ref())
-                .map(|record| Some((key, record)))
-                .map_err(|e| corrupt_item(uuid, e)),
+        NewItem {
+            span: Span { offset: 0, len: 0 },
+            uuid: item.id.uuid_bytes(),
+            index,
+            ty,
+            value_hash,
         }
     }
 
-    fn stored_item(uuid: &[u8; 16], record: ItemRecord) -> Result<StoredItem, StoreError> {
-        let item = Item::decode_stored(&record.item_bytes).map_err(|e| corrupt_item(uuid, e))?;
+    /// Reads the item record at `span`.
+    fn read_record(&self, span: Span) -> Result<ItemRecord, StoreError> {
+        let bytes = self.log.read(span)?;
+        ItemRecord::decode(bytes.as_slice()).map_err(|e| StoreError::Corrupt {
+            key: format!("item record at byte {}", span.offset),
+            problem: e.to_string(),
+        })
+    }
+
+    /// The latest version held of the item `uuid`.
+    fn item_record(&self, uuid: &[u8; 16]) -> Result<Option<ItemRecord>, StoreError> {
+        let span = {
+            let index = self.index();
+            match index.by_id.get(uuid) {
+                None => return Ok(None),
+                Some(&slot) => index.slots[slot as usize].span,
+            }
+        };
+        self.read_record(span).map(Some)
+    }
+
+    fn read_head(&self, span: Span, id: &BundleId) -> Result<BundleHead, StoreError> {
+        let bytes = self.log.read(span)?;
+        BundleHead::decode(bytes.as_slice()).map_err(|e| StoreError::Corrupt {
+            key: id.to_string(),
+            problem: e.to_string(),
+        })
+    }
+
+    fn stored_item(record: ItemRecord) -> Result<StoredItem, StoreError> {
+        let item = Item::decode_stored(&record.item_bytes).map_err(|e| corrupt("item", e))?;
+        Self::provenance(item, record)
+    }
+
+    fn provenance(item: Item, record: ItemRecord) -> Result<StoredItem, StoreError> {
+        let at = |what: &str, e: &dyn std::fmt::Display| corrupt(&format!("{} {what}", item.id), e);
         let bundle_uuid =
-            records::uuid16(&record.bundle_uuid).ok_or_else(|| corrupt_item(uuid, "bundle id"))?;
+            records::uuid16(&record.bundle_uuid).ok_or_else(|| at("bundle id", &"not 16 bytes"))?;
         Ok(StoredItem {
-            item,
             bundle_id: BundleId::from_uuid_bytes(bundle_uuid),
             index: record.index,
-            origin: NodeId::new(&record.origin).map_err(|e| corrupt_item(uuid, e))?,
-            received_from: NodeId::new(&record.received_from).map_err(|e| corrupt_item(uuid, e))?,
+            origin: NodeId::new(&record.origin).map_err(|e| at("origin", &e))?,
+            received_from: NodeId::new(&record.received_from)
+                .map_err(|e| at("received from", &e))?,
             hops: record.hops,
             accepted_ms: record.accepted_ms,
+            item,
         })
+    }
+
+    /// Reads the items at `slots` and keeps those that match and are visible, up to
+    /// `limit`; returns the last slot examined when the page is full.
+    fn collect(
+        &self,
+        candidates: &[(u32, Span)],
+        want: &Wanted<'_>,
+        page: &mut Page,
+    ) -> Result<Option<u32>, StoreError> {
+        for &(slot, span) in candidates {
+            let stored = Self::stored_item(self.read_record(span)?)?;
+            let value_matches = want.exact.is_empty()
+                || want.exact.iter().any(|(ty, v)| {
+                    stored.item.indicator_type() == *ty && stored.item.value() == Some(v.as_str())
+                });
+            if value_matches && want.query.matches(&stored, want.now_ms) && (want.visible)(&stored)
+            {
+                page.items.push(stored);
+                if page.items.len() >= want.limit {
+                    return Ok(Some(slot));
+                }
+            }
+        }
+        Ok(None)
     }
 }
 
-/// How a query walks the store: the `V` key prefixes to read, in key order.
-fn plan(query: &ItemQuery) -> Vec<Vec<u8>> {
-    match (&query.value, query.indicator_type) {
-        (Some(value), Some(ty)) => normalise(ty, value)
-            .map(|v| vec![records::value_prefix(ty, &v)])
-            .unwrap_or_default(),
-        (Some(value), None) => {
-            let mut prefixes: Vec<Vec<u8>> = IndicatorType::ALL
-                .into_iter()
-                .filter_map(|ty| {
-                    normalise(ty, value)
-                        .ok()
-                        .map(|v| records::value_prefix(ty, &v))
-                })
-                .collect();
-            prefixes.sort();
-            prefixes
-        }
-        (None, Some(ty)) => vec![vec![records::VALUE, records::type_code(ty)]],
-        (None, None) => vec![vec![records::VALUE]],
+/// What a query call keeps: the filters, the exact values looked up (empty for a
+/// scan), what the caller may see, and the page size.
+struct Wanted<'a> {
+    query: &'a ItemQuery,
+    exact: &'a [(IndicatorType, String)],
+    now_ms: i64,
+    visible: &'a dyn Fn(&StoredItem) -> bool,
+    limit: usize,
+}
+
+/// Adds one frame read at open to the index.
+fn replay(index: &mut Index, frame: Frame<'_>) -> Result<(), StoreError> {
+    let mut items = Vec::with_capacity(frame.items.len());
+    for (span, bytes) in frame.items {
+        let damaged = |problem: String| StoreError::Corrupt {
+            key: format!("item record at byte {}", span.offset),
+            problem,
+        };
+        let record = ItemRecord::decode(bytes).map_err(|e| damaged(e.to_string()))?;
+        let item = Item::decode_stored(&record.item_bytes).map_err(|e| damaged(e.to_string()))?;
+        let (ty, value_hash) = match records::value_of(&item) {
+            Some((ty, value)) => (ty, Some(index.value_hash(ty, value))),
+            None => (records::NOT_INDEXED, None),
+        };
+        items.push(NewItem {
+            span,
+            uuid: item.id.uuid_bytes(),
+            index: record.index,
+            ty,
+            value_hash,
+        });
+    }
+    index.apply(
+        frame.bundle_uuid,
+        frame.feed_seq,
+        frame.head.map(|(span, _)| span),
+        items,
+    )
+}
+
+/// The exact (type, normalised value) pairs a value query looks for.
+fn exact_values(query: &ItemQuery) -> Vec<(IndicatorType, String)> {
+    let Some(value) = &query.value else {
+        return Vec::new();
+    };
+    let types: Vec<IndicatorType> = match query.indicator_type {
+        Some(ty) => vec![ty],
+        None => IndicatorType::ALL.into_iter().collect(),
+    };
+    types
+        .into_iter()
+        .filter_map(|ty| normalise(ty, value).ok().map(|v| (ty, v)))
+        .collect()
+}
+
+fn parse_cursor(after: Option<&[u8]>) -> Result<Option<u32>, StoreError> {
+    match after {
+        None | Some([]) => Ok(None),
+        Some(bytes) => bytes
+            .try_into()
+            .map(|b| Some(u32::from_be_bytes(b)))
+            .map_err(|_| StoreError::BadCursor),
     }
 }
 
@@ -173,9 +457,9 @@ fn damaged_head(len: usize) -> LedgerCheck {
     }
 }
 
-fn corrupt_item(uuid: &[u8; 16], problem: impl std::fmt::Display) -> StoreError {
+fn corrupt(key: &str, problem: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt {
-        key: ItemId::from_uuid_bytes(*uuid).to_string(),
+        key: key.to_owned(),
         problem: problem.to_string(),
     }
 }
@@ -193,73 +477,87 @@ impl Store for SledStore {
     ) -> Result<AcceptReport, StoreError> {
         let header = bundle.header();
         let bundle_uuid = header.bundle_id.uuid_bytes();
-        let bundle_key = records::key(records::BUNDLE, &bundle_uuid);
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
 
-        let mut record = match self.tree.get(&bundle_key).map_err(|e| self.engine(e))? {
-            Some(bytes) => {
-                let record =
-                    BundleRecord::decode(bytes.as_ref()).map_err(|e| StoreError::Corrupt {
-                        key: header.bundle_id.to_string(),
-                        problem: e.to_string(),
-                    })?;
-                // The same signed header under another valid signature (ECDSA signatures
-                // are malleable) is the same bundle: the first signature is kept.
-                if record.header_bytes != bundle.header_bytes() {
+        // What is known of this bundle: whether it is held, and which indices.
+        let held = {
+            let index = self.index();
+            index.bundles.get(&bundle_uuid).map(|entry| {
+                let known: Vec<u32> = entry
+                    .slots
+                    .iter()
+                    .map(|&s| index.slots[s as usize].index)
+                    .collect();
+                (entry.head, known)
+            })
+        };
+        let known: std::collections::HashSet<u32> = match &held {
+            Some((head, known)) => {
+                // The same signed header under another valid signature (ECDSA
+                // signatures are malleable) is the same bundle: the first is kept.
+                if self.read_head(*head, &header.bundle_id)?.header_bytes != bundle.header_bytes() {
                     return Err(StoreError::ConflictingBundle(header.bundle_id.clone()));
                 }
-                record
+                known.iter().copied().collect()
             }
-            None => BundleRecord {
-                header_bytes: bundle.header_bytes().to_vec(),
-                signature: bundle.signature().to_vec(),
-                known: Vec::new(),
-                feed_seq: 0,
-                accepted_ms: now_ms,
-            },
+            None => Default::default(),
         };
-        let known: HashSet<u32> = record.known.iter().map(|k| k.index).collect();
         let origin = header.origin.to_string();
         let received_from = source.received_from.to_string();
+        let seq = self.feed_head.load(Ordering::SeqCst) + 1;
+        let head_bytes = held.is_none().then(|| {
+            BundleHead {
+                header_bytes: bundle.header_bytes().to_vec(),
+                signature: bundle.signature().to_vec(),
+            }
+            .encode_to_vec()
+        });
+        let mut frame = FrameBuilder::new(&bundle_uuid, seq, head_bytes.as_deref());
+        let mut new_items = Vec::new();
 
         let mut report = AcceptReport::default();
-        let mut batch = sled::Batch::default();
-        // Item versions written by this batch, so items of one bundle see each other:
-        // modified time and the key of the record written.
-        let mut pending: HashMap<[u8; 16], (i64, Vec<u8>)> = HashMap::new();
+        // Item versions written by this frame, so items of one bundle see each other.
+        let mut pending: HashMap<[u8; 16], i64> = HashMap::new();
+        let mut record_bytes = Vec::with_capacity(512);
         for verified in bundle.items() {
             let item = &verified.item;
             let uuid = item.id.uuid_bytes();
             if known.contains(&verified.index) {
                 // Held already; a shorter path lowers its hop count (DESIGN 6.1).
                 match self.item_record(&uuid)? {
-                    Some((key, mut current))
+                    Some(mut current)
                         if current.bundle_uuid == bundle_uuid
                             && current.index == verified.index
                             && source.hops < current.hops =>
                     {
                         current.hops = source.hops;
                         current.received_from = received_from.clone();
-                        batch.insert(key, current.encode_to_vec());
+                        record_bytes.clear();
+                        current
+                            .encode(&mut record_bytes)
+                            .expect("a Vec grows as needed");
+                        frame.item(&record_bytes);
+                        new_items.push(self.new_item(item, verified.index));
                         report.hops_lowered += 1;
                     }
                     _ => report.duplicates += 1,
                 }
                 continue;
             }
-            // The version held: modified time, record key and origin.
+            // The version held: modified time and origin.
             let held = match pending.get(&uuid) {
-                Some((modified, key)) => Some((*modified, key.clone(), None)),
+                Some(modified) => Some((*modified, None)),
                 None => self
                     .item_record(&uuid)?
-                    .map(|(key, current)| (current.modified_ms, key, Some(current.origin))),
+                    .map(|current| (current.modified_ms, Some(current.origin))),
             };
-            if let Some((modified, old_key, holder)) = held {
+            if let Some((modified, holder)) = held {
                 if let Some(holder) = holder.filter(|h| *h != origin) {
                     report.rejected.push((
                         verified.index,
                         ItemRejection::NotOriginWriter {
-                            holder: NodeId::new(&holder).map_err(|e| corrupt_item(&uuid, e))?,
+                            holder: NodeId::new(&holder)
+                                .map_err(|e| corrupt(&item.id.to_string(), e))?,
                         },
                     ));
                     continue;
@@ -268,12 +566,8 @@ impl Store for SledStore {
                     report.duplicates += 1;
                     continue;
                 }
-                // The older version goes (the newer one may be under another value).
-                batch.remove(old_key);
             }
-            let location = records::location_of(item);
-            let key = records::item_key(&location, &uuid);
-            let item_record = ItemRecord {
+            let record = ItemRecord {
                 bundle_uuid: bundle_uuid.to_vec(),
                 index: verified.index,
                 salt: verified.salt.to_vec(),
@@ -284,45 +578,41 @@ impl Store for SledStore {
                 hops: source.hops,
                 accepted_ms: now_ms,
             };
-            batch.insert(records::key(records::ITEM, &uuid), location);
-            batch.insert(key.clone(), item_record.encode_to_vec());
-            pending.insert(uuid, (item.modified_ms, key));
-            record.known.push(KnownItem {
-                index: verified.index,
-                item_uuid: uuid.to_vec(),
-                modified_ms: item.modified_ms,
-            });
+            record_bytes.clear();
+            record
+                .encode(&mut record_bytes)
+                .expect("a Vec grows as needed");
+            frame.item(&record_bytes);
+            new_items.push(self.new_item(item, verified.index));
+            pending.insert(uuid, item.modified_ms);
             report.stored.push(verified.index);
         }
 
         if report.stored.is_empty() && report.hops_lowered == 0 {
             return Ok(report);
         }
-        record.known.sort_by_key(|k| k.index);
-        let seq = self.feed_head.load(Ordering::SeqCst) + 1;
-        if record.feed_seq != 0 {
-            // The bundle moves to the head of the feed with everything now known.
-            batch.remove(&records::feed_key(record.feed_seq)[..]);
+        let written = self.log.append(frame)?;
+        let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+        for (new, span) in new_items.iter_mut().zip(&written.items) {
+            new.span = *span;
         }
-        record.feed_seq = seq;
-        batch.insert(&records::feed_key(seq)[..], &bundle_uuid[..]);
-        batch.insert(records::META_FEED_HEAD, &seq.to_be_bytes()[..]);
-        batch.insert(bundle_key, record.encode_to_vec());
-        self.tree.apply_batch(batch).map_err(|e| self.engine(e))?;
+        index.apply(bundle_uuid, seq, written.head, new_items)?;
+        drop(index);
         self.feed_head.store(seq, Ordering::SeqCst);
         report.feed_seq = Some(seq);
         Ok(report)
     }
 
     fn flush(&self) -> Result<(), StoreError> {
+        // The log first: nothing in sled may be durable before the bundles it follows.
+        self.log.sync()?;
         self.db.flush().map(|_| ()).map_err(|e| self.engine(e))
     }
 
     fn get(&self, id: &ItemId) -> Result<Option<StoredItem>, StoreError> {
-        let uuid = id.uuid_bytes();
-        match self.item_record(&uuid)? {
+        match self.item_record(&id.uuid_bytes())? {
             None => Ok(None),
-            Some((_, record)) => Self::stored_item(&uuid, record).map(Some),
+            Some(record) => Self::stored_item(record).map(Some),
         }
     }
 
@@ -335,46 +625,80 @@ impl Store for SledStore {
         visible: &dyn Fn(&StoredItem) -> bool,
     ) -> Result<Page, StoreError> {
         let mut page = Page::default();
+        let after = parse_cursor(after)?;
         if limit == 0 {
             return Ok(page);
         }
-        let after = after.filter(|a| !a.is_empty());
-        let mut scanned = 0usize;
-        for prefix in plan(query) {
-            // Resume strictly after the cursor (the last key read), within this prefix.
-            let start = match after {
-                Some(a) if a >= prefix.as_slice() => {
-                    let mut s = a.to_vec();
-                    s.push(0);
-                    s
-                }
-                _ => prefix.clone(),
+        let start = after.map_or(0, |a| a as usize + 1);
+        if query.value.is_some() {
+            let exact = exact_values(query);
+            let candidates: Vec<(u32, Span)> = {
+                let index = self.index();
+                let hashes: Vec<u64> = exact
+                    .iter()
+                    .map(|(ty, v)| index.value_hash(records::type_code(*ty), v))
+                    .collect();
+                index
+                    .value_slots(&hashes)
+                    .into_iter()
+                    .filter(|&s| s as usize >= start)
+                    .take(MAX_SCAN_PER_QUERY)
+                    .map(|s| (s, index.slots[s as usize].span))
+                    .collect()
             };
-            for entry in self.tree.range(start..) {
-                let (key, value) = entry.map_err(|e| self.engine(e))?;
-                if !key.starts_with(&prefix) {
-                    break;
+            let want = Wanted {
+                query,
+                exact: &exact,
+                now_ms,
+                visible,
+                limit,
+            };
+            let full = self.collect(&candidates, &want, &mut page)?;
+            let bounded = (candidates.len() >= MAX_SCAN_PER_QUERY)
+                .then(|| candidates.last().map(|(s, _)| *s))
+                .flatten();
+            page.next = full.or(bounded).map(|s| s.to_be_bytes().to_vec());
+            return Ok(page);
+        }
+        let want = Wanted {
+            query,
+            exact: &[],
+            now_ms,
+            visible,
+            limit,
+        };
+        let ty = query.indicator_type.map(records::type_code);
+        let mut at = start;
+        let mut scanned = 0usize;
+        loop {
+            let candidates: Vec<(u32, Span)> = {
+                let index = self.index();
+                let mut out = Vec::with_capacity(SCAN_CHUNK);
+                while at < index.slots.len()
+                    && out.len() < SCAN_CHUNK
+                    && scanned < MAX_SCAN_PER_QUERY
+                {
+                    let slot = &index.slots[at];
+                    if slot.live && ty.is_none_or(|t| t == slot.ty) {
+                        out.push((at as u32, slot.span));
+                        scanned += 1;
+                    }
+                    at += 1;
                 }
-                scanned += 1;
-                let Some(uuid) = records::uuid_of_item_key(&key) else {
-                    return Err(StoreError::Corrupt {
-                        key: format!("item key {:02x?}", &key[..]),
-                        problem: "not an item key".into(),
-                    });
-                };
-                let record =
-                    ItemRecord::decode(value.as_ref()).map_err(|e| corrupt_item(&uuid, e))?;
-                let stored = Self::stored_item(&uuid, record)?;
-                if query.matches(&stored, now_ms) && visible(&stored) {
-                    page.items.push(stored);
+                out
+            };
+            if let Some(last) = self.collect(&candidates, &want, &mut page)? {
+                page.next = Some(last.to_be_bytes().to_vec());
+                return Ok(page);
+            }
+            if candidates.len() < SCAN_CHUNK {
+                // The end of the log, or the scan bound: resume after what was read.
+                if scanned >= MAX_SCAN_PER_QUERY && at > 0 {
+                    page.next = Some(((at - 1) as u32).to_be_bytes().to_vec());
                 }
-                if page.items.len() >= limit || scanned >= MAX_SCAN_PER_QUERY {
-                    page.next = Some(key.to_vec());
-                    return Ok(page);
-                }
+                return Ok(page);
             }
         }
-        Ok(page)
     }
 
     fn feed_head(&self) -> u64 {
@@ -398,74 +722,56 @@ impl Store for SledStore {
     }
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {
-        self.db.size_on_disk().map_err(|e| self.engine(e))
+        let sled = self.db.size_on_disk().map_err(|e| self.engine(e))?;
+        Ok(sled + self.log.len())
     }
 
     fn feed(&self, after: u64, limit: usize) -> Result<Vec<(u64, BundleId)>, StoreError> {
-        let mut out = Vec::new();
         let Some(first) = after.checked_add(1) else {
-            return Ok(out);
+            return Ok(Vec::new());
         };
-        for entry in self
-            .tree
-            .range(records::feed_key(first)..=records::feed_key(u64::MAX))
-        {
-            if out.len() >= limit {
-                break;
-            }
-            let (key, value) = entry.map_err(|e| self.engine(e))?;
-            let seq = key
-                .get(1..9)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes)
-                .ok_or_else(|| StoreError::Corrupt {
-                    key: "feed".into(),
-                    problem: "bad feed key".into(),
-                })?;
-            let uuid = records::uuid16(&value).ok_or_else(|| StoreError::Corrupt {
-                key: format!("feed {seq}"),
-                problem: "bad bundle id".into(),
-            })?;
-            out.push((seq, BundleId::from_uuid_bytes(uuid)));
-        }
-        Ok(out)
+        let index = self.index();
+        Ok(index
+            .feed
+            .range(first..)
+            .take(limit)
+            .map(|(seq, uuid)| (*seq, BundleId::from_uuid_bytes(*uuid)))
+            .collect())
     }
 
     fn held_bundle(&self, id: &BundleId) -> Result<Option<HeldBundle>, StoreError> {
-        let bundle_uuid = id.uuid_bytes();
-        let key = records::key(records::BUNDLE, &bundle_uuid);
-        let Some(bytes) = self.tree.get(key).map_err(|e| self.engine(e))? else {
-            return Ok(None);
-        };
-        let record = BundleRecord::decode(bytes.as_ref()).map_err(|e| StoreError::Corrupt {
-            key: id.to_string(),
-            problem: e.to_string(),
-        })?;
-        let mut items = Vec::with_capacity(record.known.len());
-        for known in &record.known {
-            let Some(uuid) = records::uuid16(&known.item_uuid) else {
-                continue;
-            };
-            let Some((_, item)) = self.item_record(&uuid)? else {
-                continue;
+        let (head, mut slots) = {
+            let index = self.index();
+            let Some(entry) = index.bundles.get(&id.uuid_bytes()) else {
+                return Ok(None);
             };
             // Only the latest version of an id is ever passed on.
-            if item.bundle_uuid != bundle_uuid || item.index != known.index {
-                continue;
-            }
-            let salt = item.salt.clone();
-            let item_bytes = item.item_bytes.clone();
-            let stored = Self::stored_item(&uuid, item)?;
+            let live: Vec<(u32, Span)> = entry
+                .slots
+                .iter()
+                .map(|&s| index.slots[s as usize])
+                .filter(|slot| slot.live)
+                .map(|slot| (slot.index, slot.span))
+                .collect();
+            (entry.head, live)
+        };
+        slots.sort_unstable_by_key(|(index, _)| *index);
+        let head = self.read_head(head, id)?;
+        let mut items = Vec::with_capacity(slots.len());
+        for (index, span) in slots {
+            let record = self.read_record(span)?;
+            let salt = record.salt.clone();
+            let item_bytes = record.item_bytes.clone();
             items.push(HeldItem {
-                index: known.index,
+                index,
                 salt,
                 item_bytes,
-                stored,
+                stored: Self::stored_item(record)?,
             });
         }
         Ok(Some(HeldBundle {
-            header_bytes: record.header_bytes,
-            signature: record.signature,
+            header_bytes: head.header_bytes,
+            signature: head.signature,
             items,
         }))
     }
@@ -498,6 +804,9 @@ impl Store for SledStore {
     }
 
     fn set_cursor(&self, peer: &NodeId, seq: u64) -> Result<(), StoreError> {
+        // sled writes this out on its own schedule: the bundles it counts must be on
+        // disk first, or a crash could keep the cursor and lose them.
+        self.log.sync()?;
         let key = records::key(records::CURSOR, peer.as_str().as_bytes());
         self.tree
             .insert(key, &seq.to_be_bytes()[..])
@@ -506,16 +815,14 @@ impl Store for SledStore {
     }
 
     fn bundle_header(&self, id: &BundleId) -> Result<Option<Vec<u8>>, StoreError> {
-        let key = records::key(records::BUNDLE, &id.uuid_bytes());
-        match self.tree.get(key).map_err(|e| self.engine(e))? {
-            None => Ok(None),
-            Some(bytes) => BundleRecord::decode(bytes.as_ref())
-                .map(|r| Some(r.header_bytes))
-                .map_err(|e| StoreError::Corrupt {
-                    key: id.to_string(),
-                    problem: e.to_string(),
-                }),
-        }
+        let head = {
+            let index = self.index();
+            match index.bundles.get(&id.uuid_bytes()) {
+                None => return Ok(None),
+                Some(entry) => entry.head,
+            }
+        };
+        Ok(Some(self.read_head(head, id)?.header_bytes))
     }
 
     fn append_ledger_many(&self, entries: &[LedgerEntry]) -> Result<Vec<LedgerRecord>, StoreError> {
