@@ -158,3 +158,220 @@ pub fn ledger_seq(key: &[u8]) -> Option<u64> {
 pub fn uuid16(bytes: &[u8]) -> Option<[u8; 16]> {
     bytes.try_into().ok()
 }
+
+/// What the in-memory index needs of one logged [`ItemRecord`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct IndexFields<'a> {
+    /// The item's index in its bundle.
+    pub index: u32,
+    /// The item id's UUID bytes.
+    pub uuid: [u8; 16],
+    /// Type code and value ([`NOT_INDEXED`] and `None` for a revocation).
+    pub ty: u8,
+    pub value: Option<&'a [u8]>,
+}
+
+/// Reads the index fields of an encoded [`ItemRecord`] without decoding the rest
+/// (rebuilding the index at open reads every record). Returns `None` for any
+/// encoding this fast path does not handle (a field repeated, an unknown wire
+/// type, both kinds of item): the caller then decodes the record in full, so both
+/// paths always agree.
+pub fn index_fields(record: &[u8]) -> Option<IndexFields<'_>> {
+    let (mut index, mut item) = (None, None);
+    wire_fields(record, |field, value| match (field, value) {
+        (2, Wire::Varint(v)) => once(&mut index, u32::try_from(v).ok()?),
+        (4, Wire::Bytes(b)) => once(&mut item, b),
+        (2 | 4, _) => None,
+        _ => Some(()),
+    })?;
+    let (mut id, mut indicator, mut revocation) = (None, None, None);
+    wire_fields(item.unwrap_or_default(), |field, value| {
+        match (field, value) {
+            (1, Wire::Bytes(b)) => once(&mut id, b),
+            (10, Wire::Bytes(b)) => once(&mut indicator, b),
+            (11, Wire::Bytes(b)) => once(&mut revocation, b),
+            (1 | 10 | 11, _) => None,
+            _ => Some(()),
+        }
+    })?;
+    let id = std::str::from_utf8(id?).ok()?;
+    let rest = id
+        .get(..11)
+        .filter(|p| p.eq_ignore_ascii_case("indicator--"))
+        .map(|_| &id[11..])
+        .filter(|rest| rest.len() == 36)?;
+    let uuid = *uuid::Uuid::try_parse(rest).ok()?.as_bytes();
+    let (ty, value) = match (indicator, revocation) {
+        (Some(indicator), None) => {
+            let (mut ty, mut value) = (None, None);
+            wire_fields(indicator, |field, v| match (field, v) {
+                (1, Wire::Bytes(b)) => once(&mut ty, b),
+                (2, Wire::Bytes(b)) => once(&mut value, b),
+                (1 | 2, _) => None,
+                _ => Some(()),
+            })?;
+            let ty = std::str::from_utf8(ty.unwrap_or_default()).ok()?;
+            (
+                type_code(ty.parse::<IndicatorType>().ok()?),
+                Some(value.unwrap_or_default()),
+            )
+        }
+        (None, Some(_)) => (NOT_INDEXED, None),
+        _ => return None,
+    };
+    Some(IndexFields {
+        index: index.unwrap_or(0),
+        uuid,
+        ty,
+        value,
+    })
+}
+
+fn once<T>(slot: &mut Option<T>, value: T) -> Option<()> {
+    match slot {
+        Some(_) => None,
+        None => {
+            *slot = Some(value);
+            Some(())
+        }
+    }
+}
+
+/// One protobuf field value.
+enum Wire<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+    Fixed,
+}
+
+/// Walks the top-level fields of a protobuf message; `None` on malformed input or
+/// when `visit` returns `None`.
+fn wire_fields<'a>(
+    mut buf: &'a [u8],
+    mut visit: impl FnMut(u64, Wire<'a>) -> Option<()>,
+) -> Option<()> {
+    fn varint(buf: &mut &[u8]) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&byte, rest) = buf.split_first()?;
+            *buf = rest;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    }
+    while !buf.is_empty() {
+        let key = varint(&mut buf)?;
+        let field = key >> 3;
+        let value = match key & 7 {
+            0 => Wire::Varint(varint(&mut buf)?),
+            1 => {
+                buf = buf.get(8..)?;
+                Wire::Fixed
+            }
+            2 => {
+                let len = usize::try_from(varint(&mut buf)?).ok()?;
+                let bytes = buf.get(..len)?;
+                buf = &buf[len..];
+                Wire::Bytes(bytes)
+            }
+            5 => {
+                buf = buf.get(4..)?;
+                Wire::Fixed
+            }
+            _ => return None,
+        };
+        if field == 0 {
+            return None;
+        }
+        visit(field, value)?;
+    }
+    Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Indicator, ItemId, Revocation, Tlp};
+    use prost::Message;
+
+    fn record(item: &Item, index: u32) -> Vec<u8> {
+        ItemRecord {
+            bundle_uuid: vec![9; 16],
+            index,
+            salt: vec![1; 16],
+            item_bytes: item.encode(),
+            modified_ms: item.modified_ms,
+            origin: "hq.example".into(),
+            received_from: "hq.example".into(),
+            hops: 1,
+            accepted_ms: 5,
+        }
+        .encode_to_vec()
+    }
+
+    fn indicator(ty: IndicatorType, value: &str) -> Item {
+        Item {
+            id: ItemId::new_random(),
+            modified_ms: 1_700_000_000_000,
+            tlp: Tlp::Amber,
+            tags: vec!["a".into(), "b".into()],
+            kind: ItemKind::Indicator(Indicator {
+                indicator_type: ty,
+                value: value.into(),
+                description: "d".into(),
+                confidence: 50,
+                kill_chain_phases: vec!["c2".into()],
+                valid_from_ms: 1,
+                valid_until_ms: Some(2),
+            }),
+        }
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_a_full_decode() {
+        let revocation = Item {
+            kind: ItemKind::Revocation(Revocation {
+                indicator_type: IndicatorType::Md5,
+                reason: "false positive".into(),
+            }),
+            ..indicator(IndicatorType::Md5, "x")
+        };
+        let items = [
+            indicator(IndicatorType::Domain, "c2.example.com"),
+            indicator(IndicatorType::Ipv6, "2001:db8::1"),
+            indicator(IndicatorType::Sha256, &"ab".repeat(32)),
+            revocation,
+        ];
+        for (at, item) in items.iter().enumerate() {
+            let bytes = record(item, at as u32 * 300);
+            let fast = index_fields(&bytes).expect("the fast path reads what the store writes");
+            let full =
+                Item::decode_stored(&ItemRecord::decode(bytes.as_slice()).unwrap().item_bytes)
+                    .unwrap();
+            assert_eq!(fast.uuid, full.id.uuid_bytes());
+            assert_eq!(fast.index, at as u32 * 300);
+            let expected = value_of(&full);
+            assert_eq!(fast.ty, expected.map_or(NOT_INDEXED, |(ty, _)| ty));
+            assert_eq!(fast.value, expected.map(|(_, v)| v.as_bytes()));
+        }
+    }
+
+    #[test]
+    fn anything_unusual_is_left_to_the_full_decode() {
+        let item = indicator(IndicatorType::Domain, "c2.example.com");
+        let bytes = record(&item, 3);
+        // A repeated field (protobuf: the last one wins) is not guessed at.
+        let mut twice = bytes.clone();
+        twice.extend_from_slice(&[0x10, 0x05]);
+        assert_eq!(index_fields(&twice), None);
+        // Truncated or garbage input never panics.
+        for cut in 0..bytes.len() {
+            let _ = index_fields(&bytes[..cut]);
+        }
+        assert_eq!(index_fields(&[0xff; 12]), None);
+        assert_eq!(index_fields(&[0x0b, 0x00]), None);
+    }
+}

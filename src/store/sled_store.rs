@@ -5,6 +5,8 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap};
+
+use hashbrown::{HashTable, hash_table};
 use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,10 +36,16 @@ pub const MAX_CURSOR_BYTES: usize = 4096;
 /// No slot (end of a value chain).
 const NONE: u32 = u32::MAX;
 
-/// One item record in the log, as the index knows it.
+/// One item record in the log, as the index knows it. The indexes hold slot numbers
+/// only (4 bytes each) and compare through these fields, so an item costs about 60
+/// bytes of memory.
 #[derive(Clone, Copy)]
 struct Slot {
     span: Span,
+    /// Its item id.
+    uuid: [u8; 16],
+    /// Keyed hash of its type and value (0 for revocations, which have none).
+    value_hash: u64,
     /// Index in its bundle.
     index: u32,
     /// The previous slot with the same value hash ([`NONE`] at the end).
@@ -72,9 +80,9 @@ struct NewItem {
 struct Index {
     slots: Vec<Slot>,
     /// Latest slot per item id.
-    by_id: HashMap<[u8; 16], u32>,
+    by_id: HashTable<u32>,
     /// Newest slot per value hash; older ones chain through [`Slot::next`].
-    by_value: HashMap<u64, u32>,
+    by_value: HashTable<u32>,
     bundles: HashMap<[u8; 16], BundleEntry>,
     /// Change feed: position → bundle.
     feed: BTreeMap<u64, [u8; 16]>,
@@ -86,16 +94,40 @@ impl Index {
     fn new() -> Self {
         Self {
             slots: Vec::new(),
-            by_id: HashMap::new(),
-            by_value: HashMap::new(),
+            by_id: HashTable::new(),
+            by_value: HashTable::new(),
             bundles: HashMap::new(),
             feed: BTreeMap::new(),
             hasher: RandomState::new(),
         }
     }
 
-    fn value_hash(&self, ty: u8, value: &str) -> u64 {
-        self.hasher.hash_one((ty, value))
+    fn value_hash(&self, ty: u8, value: &[u8]) -> u64 {
+        value_hash(&self.hasher, ty, value)
+    }
+
+    /// Makes room for `items` more item records without growing the tables on the
+    /// way (growing rehashes every id).
+    fn reserve(&mut self, items: usize) {
+        let Self {
+            slots,
+            by_id,
+            by_value,
+            hasher,
+            ..
+        } = self;
+        by_id.reserve(items, |&s| hasher.hash_one(slots[s as usize].uuid));
+        by_value.reserve(items, |&s| slots[s as usize].value_hash);
+    }
+
+    /// The latest slot of item `uuid`.
+    fn latest(&self, uuid: &[u8; 16]) -> Option<u32> {
+        let slots = &self.slots;
+        self.by_id
+            .find(self.hasher.hash_one(uuid), |&s| {
+                slots[s as usize].uuid == *uuid
+            })
+            .copied()
     }
 
     fn feed_head(&self) -> u64 {
@@ -117,7 +149,7 @@ impl Index {
             by_value,
             bundles,
             feed,
-            ..
+            hasher,
         } = self;
         let entry = match bundles.entry(bundle_uuid) {
             std::collections::hash_map::Entry::Occupied(held) => held.into_mut(),
@@ -141,18 +173,46 @@ impl Index {
                     key: "bundle log".into(),
                     problem: "more item records than this version indexes".into(),
                 })?;
-            let mut next = NONE;
-            if let Some(hash) = new.value_hash {
-                next = by_value.insert(hash, slot).unwrap_or(NONE);
-            }
             slots.push(Slot {
                 span: new.span,
+                uuid: new.uuid,
+                value_hash: new.value_hash.unwrap_or(0),
                 index: new.index,
-                next,
+                next: NONE,
                 ty: new.ty,
                 live: true,
             });
-            if let Some(old) = by_id.insert(new.uuid, slot) {
+            if let Some(hash) = new.value_hash {
+                let next = match by_value.entry(
+                    hash,
+                    |&s| slots[s as usize].value_hash == hash,
+                    |&s| slots[s as usize].value_hash,
+                ) {
+                    hash_table::Entry::Occupied(mut head) => {
+                        std::mem::replace(head.get_mut(), slot)
+                    }
+                    hash_table::Entry::Vacant(head) => {
+                        head.insert(slot);
+                        NONE
+                    }
+                };
+                slots[slot as usize].next = next;
+            }
+            let id_hash = hasher.hash_one(new.uuid);
+            let replaced = match by_id.entry(
+                id_hash,
+                |&s| slots[s as usize].uuid == new.uuid,
+                |&s| hasher.hash_one(slots[s as usize].uuid),
+            ) {
+                hash_table::Entry::Occupied(mut latest) => {
+                    Some(std::mem::replace(latest.get_mut(), slot))
+                }
+                hash_table::Entry::Vacant(latest) => {
+                    latest.insert(slot);
+                    None
+                }
+            };
+            if let Some(old) = replaced {
                 slots[old as usize].live = false;
             }
             entry.slots.push(slot);
@@ -169,7 +229,12 @@ impl Index {
     fn value_slots(&self, hashes: &[u64]) -> Vec<u32> {
         let mut out = Vec::new();
         for hash in hashes {
-            let mut at = self.by_value.get(hash).copied().unwrap_or(NONE);
+            let slots = &self.slots;
+            let mut at = self
+                .by_value
+                .find(*hash, |&s| slots[s as usize].value_hash == *hash)
+                .copied()
+                .unwrap_or(NONE);
             while at != NONE {
                 let slot = &self.slots[at as usize];
                 if slot.live {
@@ -253,9 +318,12 @@ impl SledStore {
             None => Head::EMPTY,
         };
         let mut index = Index::new();
-        let log = BundleLog::open(&dir.join(records::LOG_FILE), |frame| {
-            replay(&mut index, frame)
-        })?;
+        let log_path = dir.join(records::LOG_FILE);
+        // Item records take about 200 bytes or more each: room for them at once.
+        if let Ok(meta) = std::fs::metadata(&log_path) {
+            index.reserve(usize::try_from(meta.len() / 200).unwrap_or(0));
+        }
+        let log = BundleLog::open(&log_path, |frame| replay(&mut index, frame))?;
         let feed_head = index.feed_head();
         let hasher = index.hasher.clone();
         Ok(Self {
@@ -297,7 +365,7 @@ impl SledStore {
     /// once written).
     fn new_item(&self, item: &Item, index: u32) -> NewItem {
         let (ty, value_hash) = match records::value_of(item) {
-            Some((ty, value)) => (ty, Some(self.hasher.hash_one((ty, value)))),
+            Some((ty, value)) => (ty, Some(value_hash(&self.hasher, ty, value.as_bytes()))),
             None => (records::NOT_INDEXED, None),
         };
         NewItem {
@@ -322,9 +390,9 @@ impl SledStore {
     fn item_record(&self, uuid: &[u8; 16]) -> Result<Option<ItemRecord>, StoreError> {
         let span = {
             let index = self.index();
-            match index.by_id.get(uuid) {
+            match index.latest(uuid) {
                 None => return Ok(None),
-                Some(&slot) => index.slots[slot as usize].span,
+                Some(slot) => index.slots[slot as usize].span,
             }
         };
         self.read_record(span).map(Some)
@@ -395,10 +463,25 @@ struct Wanted<'a> {
     limit: usize,
 }
 
+/// The keyed hash a value is indexed under.
+fn value_hash(hasher: &RandomState, ty: u8, value: &[u8]) -> u64 {
+    hasher.hash_one((ty, value))
+}
+
 /// Adds one frame read at open to the index.
 fn replay(index: &mut Index, frame: Frame<'_>) -> Result<(), StoreError> {
     let mut items = Vec::with_capacity(frame.items.len());
     for (span, bytes) in frame.items {
+        if let Some(fields) = records::index_fields(bytes) {
+            items.push(NewItem {
+                span,
+                uuid: fields.uuid,
+                index: fields.index,
+                ty: fields.ty,
+                value_hash: fields.value.map(|v| index.value_hash(fields.ty, v)),
+            });
+            continue;
+        }
         let damaged = |problem: String| StoreError::Corrupt {
             key: format!("item record at byte {}", span.offset),
             problem,
@@ -406,7 +489,7 @@ fn replay(index: &mut Index, frame: Frame<'_>) -> Result<(), StoreError> {
         let record = ItemRecord::decode(bytes).map_err(|e| damaged(e.to_string()))?;
         let item = Item::decode_stored(&record.item_bytes).map_err(|e| damaged(e.to_string()))?;
         let (ty, value_hash) = match records::value_of(&item) {
-            Some((ty, value)) => (ty, Some(index.value_hash(ty, value))),
+            Some((ty, value)) => (ty, Some(index.value_hash(ty, value.as_bytes()))),
             None => (records::NOT_INDEXED, None),
         };
         items.push(NewItem {
@@ -636,7 +719,7 @@ impl Store for SledStore {
                 let index = self.index();
                 let hashes: Vec<u64> = exact
                     .iter()
-                    .map(|(ty, v)| index.value_hash(records::type_code(*ty), v))
+                    .map(|(ty, v)| index.value_hash(records::type_code(*ty), v.as_bytes()))
                     .collect();
                 index
                     .value_slots(&hashes)
