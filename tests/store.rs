@@ -676,7 +676,9 @@ fn answers(
             include_expired: true,
             ..Default::default()
         };
-        let page = store.query(&query, None, 1000, now_ms(), &|_| true).unwrap();
+        let page = store
+            .query(&query, None, 1000, now_ms(), &|_| true)
+            .unwrap();
         out.push(format!("value {value}: {:?}", page.items));
     }
     // A scan, page by page: the cursors and pages must come out the same too.
@@ -706,7 +708,10 @@ fn answers(
             "bundle {id}: {:?}",
             held.map(|h| (h.header_bytes, h.signature, h.items.len(), h.items))
         ));
-        out.push(format!("header {id}: {:?}", store.bundle_header(id).unwrap()));
+        out.push(format!(
+            "header {id}: {:?}",
+            store.bundle_header(id).unwrap()
+        ));
     }
     out
 }
@@ -754,7 +759,14 @@ fn a_reopened_store_answers_exactly_as_before() {
                         }
                     } else {
                         let value = &values[rng.below(values.len() as u64) as usize];
-                        indicator(id, IndicatorType::Domain, value, modified, Tlp::Green, &["t"])
+                        indicator(
+                            id,
+                            IndicatorType::Domain,
+                            value,
+                            modified,
+                            Tlp::Green,
+                            &["t"],
+                        )
                     }
                 })
                 .collect();
@@ -811,7 +823,14 @@ fn a_torn_write_at_the_end_of_the_log_loses_only_what_was_never_flushed() {
     let one = bundle(
         &f,
         &f.hq,
-        &[indicator(&first, IndicatorType::Domain, "one.example", now, Tlp::Green, &[])],
+        &[indicator(
+            &first,
+            IndicatorType::Domain,
+            "one.example",
+            now,
+            Tlp::Green,
+            &[],
+        )],
     );
     store.accept(&one, &local(&f.hq.id), now).unwrap();
     store.flush().unwrap();
@@ -820,7 +839,14 @@ fn a_torn_write_at_the_end_of_the_log_loses_only_what_was_never_flushed() {
     let two = bundle(
         &f,
         &f.hq,
-        &[indicator(&second, IndicatorType::Domain, "two.example", now, Tlp::Green, &[])],
+        &[indicator(
+            &second,
+            IndicatorType::Domain,
+            "two.example",
+            now,
+            Tlp::Green,
+            &[],
+        )],
     );
     store.accept(&two, &local(&f.hq.id), now).unwrap();
     store.flush().unwrap();
