@@ -85,7 +85,19 @@ impl FrameBuilder {
         }
     }
 
-    /// Adds one item record.
+    /// Adds one item record, encoded in place.
+    pub fn record(&mut self, record: &impl prost::Message) {
+        let len = record.encoded_len();
+        self.body.extend_from_slice(&(len as u32).to_le_bytes());
+        self.item_spans.push((self.body.len(), len as u32));
+        record
+            .encode(&mut self.body)
+            .expect("a Vec grows as needed");
+        self.count += 1;
+    }
+
+    /// Adds one item record given as bytes.
+    #[cfg(test)]
     pub fn item(&mut self, record: &[u8]) {
         self.body
             .extend_from_slice(&(record.len() as u32).to_le_bytes());

@@ -601,7 +601,6 @@ impl Store for SledStore {
         let mut report = AcceptReport::default();
         // Item versions written by this frame, so items of one bundle see each other.
         let mut pending: HashMap<[u8; 16], i64> = HashMap::new();
-        let mut record_bytes = Vec::with_capacity(512);
         for verified in bundle.items() {
             let item = &verified.item;
             let uuid = item.id.uuid_bytes();
@@ -615,11 +614,7 @@ impl Store for SledStore {
                     {
                         current.hops = source.hops;
                         current.received_from = received_from.clone();
-                        record_bytes.clear();
-                        current
-                            .encode(&mut record_bytes)
-                            .expect("a Vec grows as needed");
-                        frame.item(&record_bytes);
+                        frame.record(&current);
                         new_items.push(self.new_item(item, verified.index));
                         report.hops_lowered += 1;
                     }
@@ -661,11 +656,7 @@ impl Store for SledStore {
                 hops: source.hops,
                 accepted_ms: now_ms,
             };
-            record_bytes.clear();
-            record
-                .encode(&mut record_bytes)
-                .expect("a Vec grows as needed");
-            frame.item(&record_bytes);
+            frame.record(&record);
             new_items.push(self.new_item(item, verified.index));
             pending.insert(uuid, item.modified_ms);
             report.stored.push(verified.index);
