@@ -256,6 +256,13 @@ impl Node {
             )));
         }
 
+        // Group commit for what does not flush itself: bundles pulled from peers and
+        // the cursors that count them reach the disk within this period.
+        links.push(tokio::spawn(flush_periodically(
+            engine.clone(),
+            shutdown.clone(),
+        )));
+
         let signal = shutdown.clone();
         let serve_task = tokio::spawn(async move {
             router
@@ -332,5 +339,34 @@ impl Node {
         store.flush()?;
         tracing::info!(node = %id, "node stopped");
         served
+    }
+}
+
+/// How often the store is flushed in the background.
+const FLUSH_EVERY: Duration = Duration::from_millis(500);
+
+/// Flushes the store every [`FLUSH_EVERY`] until `shutdown`; a failure is logged
+/// when it starts and when it ends, not every period.
+async fn flush_periodically(engine: Arc<Engine>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(FLUSH_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        match engine.flush().await {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!("store flushes again");
+            }
+            Ok(()) => {}
+            Err(error) if !failing => {
+                failing = true;
+                tracing::error!(%error, "store flush failed; pulled data is not durable");
+            }
+            Err(_) => {}
+        }
     }
 }

@@ -99,7 +99,7 @@ fn local(id: &NodeId) -> Source {
 }
 
 fn open(f: &Fixture, name: &str) -> SledStore {
-    SledStore::open(&f.pki.path().join(name), &f.hq.id, 16 << 20).unwrap()
+    common::open_store(&f.pki.path().join(name), &f.hq.id, 16 << 20).unwrap()
 }
 
 fn all(store: &SledStore, query: &ItemQuery) -> Vec<String> {
@@ -553,7 +553,7 @@ fn the_store_persists_and_refuses_another_owner() {
     let now = now_ms();
     let id = ItemId::new_random();
     {
-        let store = SledStore::open(&dir, &f.hq.id, 16 << 20).unwrap();
+        let store = common::open_store(&dir, &f.hq.id, 16 << 20).unwrap();
         store
             .accept(
                 &bundle(
@@ -574,11 +574,13 @@ fn the_store_persists_and_refuses_another_owner() {
             .unwrap();
         store.flush().unwrap();
     }
-    let store = Arc::new(SledStore::open(&dir, &f.hq.id, 16 << 20).unwrap());
+    let store = Arc::new(common::open_store(&dir, &f.hq.id, 16 << 20).unwrap());
     assert_eq!(store.get(&id).unwrap().unwrap().item.tlp, Tlp::Red);
     assert_eq!(store.feed_head(), 1);
     drop(store);
-    let err = SledStore::open(&dir, &f.berlin.id, 16 << 20).err().unwrap();
+    let err = common::open_store(&dir, &f.berlin.id, 16 << 20)
+        .err()
+        .unwrap();
     assert!(matches!(err, StoreError::WrongOwner { .. }), "{err}");
 }
 
@@ -739,7 +741,7 @@ fn a_reopened_store_answers_exactly_as_before() {
         let ids: Vec<ItemId> = (0..12).map(|_| ItemId::new_random()).collect();
         let values: Vec<String> = (0..5).map(|v| format!("v{v}.example.org")).collect();
         let mut bundles = Vec::new();
-        let store = SledStore::open(&dir, &f.hq.id, 8 << 20).unwrap();
+        let store = common::open_store(&dir, &f.hq.id, 8 << 20).unwrap();
         for round in 0..25i64 {
             let by = if rng.below(4) == 0 { &f.berlin } else { &f.hq };
             let items: Vec<Item> = (0..1 + rng.below(5))
@@ -803,7 +805,7 @@ fn a_reopened_store_answers_exactly_as_before() {
         store.flush().unwrap();
         let before = answers(&store, &ids, &values, &bundles);
         drop(store);
-        let reopened = SledStore::open(&dir, &f.hq.id, 8 << 20).unwrap();
+        let reopened = common::open_store(&dir, &f.hq.id, 8 << 20).unwrap();
         let after = answers(&reopened, &ids, &values, &bundles);
         assert_eq!(before.len(), after.len());
         for (b, a) in before.iter().zip(&after) {
@@ -812,14 +814,27 @@ fn a_reopened_store_answers_exactly_as_before() {
     }
 }
 
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
 #[test]
 fn a_torn_write_at_the_end_of_the_log_loses_only_what_was_never_flushed() {
     let f = fixture();
-    let dir = f.pki.path().join("torn");
+    let pristine = f.pki.path().join("torn");
     let now = now_ms();
     let first = ItemId::new_random();
     let second = ItemId::new_random();
-    let store = SledStore::open(&dir, &f.hq.id, 8 << 20).unwrap();
+    let store = common::open_store(&pristine, &f.hq.id, 8 << 20).unwrap();
     let one = bundle(
         &f,
         &f.hq,
@@ -834,8 +849,9 @@ fn a_torn_write_at_the_end_of_the_log_loses_only_what_was_never_flushed() {
     );
     store.accept(&one, &local(&f.hq.id), now).unwrap();
     store.flush().unwrap();
-    let log = dir.join("bundles.v3.log");
-    let flushed_len = std::fs::metadata(&log).unwrap().len();
+    let log = pristine.join("bundles.v3.log");
+    let flushed_len = std::fs::metadata(&log).unwrap().len() as usize;
+    // Accepted, written, never flushed: never acknowledged.
     let two = bundle(
         &f,
         &f.hq,
@@ -849,36 +865,100 @@ fn a_torn_write_at_the_end_of_the_log_loses_only_what_was_never_flushed() {
         )],
     );
     store.accept(&two, &local(&f.hq.id), now).unwrap();
-    store.flush().unwrap();
     drop(store);
     let full = std::fs::read(&log).unwrap();
+    assert!(full.len() > flushed_len);
 
-    // A crash part-way through writing the second bundle: every possible cut.
-    for cut in (flushed_len as usize + 1..full.len()).step_by(7) {
-        std::fs::write(&log, &full[..cut]).unwrap();
-        let store = SledStore::open(&dir, &f.hq.id, 8 << 20).unwrap();
-        assert!(store.get(&first).unwrap().is_some(), "cut at {cut}");
-        assert!(store.get(&second).unwrap().is_none(), "cut at {cut}");
+    // A crash or power loss part-way through the second bundle: every cut, and a
+    // damaged byte in it.
+    let mut damaged = full.clone();
+    damaged[flushed_len + 30] ^= 0x40;
+    let cases = (flushed_len..full.len())
+        .step_by(5)
+        .map(|cut| full[..cut].to_vec())
+        .chain([damaged]);
+    for (case, bytes) in cases.enumerate() {
+        let dir = f.pki.path().join(format!("torn-{case}"));
+        copy_dir(&pristine, &dir);
+        std::fs::write(dir.join("bundles.v3.log"), &bytes).unwrap();
+        let store = common::open_store(&dir, &f.hq.id, 8 << 20).unwrap();
+        assert!(store.get(&first).unwrap().is_some(), "case {case}");
+        assert!(store.get(&second).unwrap().is_none(), "case {case}");
         assert_eq!(store.feed_head(), 1);
-        assert_eq!(std::fs::metadata(&log).unwrap().len(), flushed_len);
-        // The store goes on from there: the lost bundle arrives again and is kept.
+        let log_len = std::fs::metadata(dir.join("bundles.v3.log")).unwrap().len();
+        assert_eq!(log_len as usize, flushed_len, "case {case}");
+        // The store goes on from there: the lost bundle arrives again and is kept,
+        // at a feed position above any the lost write may have handed out.
         store.accept(&two, &local(&f.hq.id), now).unwrap();
         store.flush().unwrap();
         drop(store);
-        let store = SledStore::open(&dir, &f.hq.id, 8 << 20).unwrap();
-        assert!(store.get(&second).unwrap().is_some(), "cut at {cut}");
-        assert_eq!(store.feed_head(), 2);
+        let store = common::open_store(&dir, &f.hq.id, 8 << 20).unwrap();
+        assert!(store.get(&second).unwrap().is_some(), "case {case}");
+        assert!(store.feed_head() > 2, "case {case}");
+        assert_eq!(store.feed(0, 10).unwrap().len(), 2);
         drop(store);
     }
 
-    // Damage before the end is not a torn write: the store refuses to open and says
-    // where, rather than dropping what follows.
+    // Damage to what was acknowledged is not a torn write: the store refuses to
+    // open and says where, rather than dropping what follows.
     let mut damaged = full.clone();
-    damaged[flushed_len as usize - 20] ^= 0x40;
-    std::fs::write(&log, &damaged).unwrap();
-    let err = SledStore::open(&dir, &f.hq.id, 8 << 20).err().unwrap();
+    damaged[flushed_len - 20] ^= 0x40;
+    let dir = f.pki.path().join("torn-acknowledged");
+    copy_dir(&pristine, &dir);
+    std::fs::write(dir.join("bundles.v3.log"), &damaged).unwrap();
+    let err = common::open_store(&dir, &f.hq.id, 8 << 20).err().unwrap();
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
     assert!(err.to_string().contains("bundles.v3.log"), "{err}");
+    // So does a log that lost acknowledged bytes, or went missing.
+    std::fs::write(dir.join("bundles.v3.log"), &full[..flushed_len - 1]).unwrap();
+    assert!(matches!(
+        common::open_store(&dir, &f.hq.id, 8 << 20),
+        Err(StoreError::Corrupt { .. })
+    ));
+    std::fs::remove_file(dir.join("bundles.v3.log")).unwrap();
+    assert!(matches!(
+        common::open_store(&dir, &f.hq.id, 8 << 20),
+        Err(StoreError::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn cursors_are_kept_only_with_the_bundles_they_count() {
+    let f = fixture();
+    let dir = f.pki.path().join("cursors");
+    let now = now_ms();
+    let store = common::open_store(&dir, &f.hq.id, 8 << 20).unwrap();
+    store.set_cursor(&f.berlin.id, 7).unwrap();
+    assert_eq!(store.cursor(&f.berlin.id).unwrap(), 7);
+    let pulled = bundle(
+        &f,
+        &f.berlin,
+        &[indicator(
+            &ItemId::new_random(),
+            IndicatorType::Domain,
+            "pulled.example",
+            now,
+            Tlp::Green,
+            &[],
+        )],
+    );
+    let from_berlin = Source {
+        received_from: f.berlin.id.clone(),
+        hops: 1,
+    };
+    store.accept(&pulled, &from_berlin, now).unwrap();
+    store.set_cursor(&f.berlin.id, 8).unwrap();
+    // Not flushed: neither the bundle nor the cursor counts yet.
+    drop(store);
+    let store = common::open_store(&dir, &f.hq.id, 8 << 20).unwrap();
+    assert_eq!(store.cursor(&f.berlin.id).unwrap(), 0);
+    store.accept(&pulled, &from_berlin, now).unwrap();
+    store.set_cursor(&f.berlin.id, 8).unwrap();
+    store.flush().unwrap();
+    drop(store);
+    let store = common::open_store(&dir, &f.hq.id, 8 << 20).unwrap();
+    assert_eq!(store.cursor(&f.berlin.id).unwrap(), 8);
+    assert_eq!(store.feed(0, 10).unwrap().len(), 1);
 }
 
 #[test]
@@ -893,7 +973,7 @@ fn a_store_of_an_older_format_is_refused_not_overwritten() {
             .unwrap();
         db.flush().unwrap();
     }
-    let err = SledStore::open(&dir, &f.hq.id, 8 << 20).err().unwrap();
+    let err = common::open_store(&dir, &f.hq.id, 8 << 20).err().unwrap();
     assert!(matches!(err, StoreError::OldFormat { .. }), "{err}");
     assert!(err.to_string().contains("entente.v2"), "{err}");
     assert!(!dir.join("bundles.v3.log").exists());

@@ -13,14 +13,23 @@
 //! One frame is one accept: the bundle header the first time it is seen, the items
 //! newly stored (or re-stored with a lower hop count) and the bundle's new place in
 //! the change feed. A frame is written with one positioned write and counts only once
-//! complete with a matching checksum; [`BundleLog::open`] cuts a torn frame off the
-//! end (a crash mid-write, never acknowledged) and refuses a damaged frame anywhere
-//! else. Acknowledged means [`BundleLog::sync`] returned.
+//! complete with a matching checksum.
+//!
+//! Acknowledged means [`BundleLog::sync`] returned; the store records how far the log
+//! was synced (the *watermark*) in sled after each sync. At open, anything that does
+//! not read as a frame at or past the watermark is a write that never completed (a
+//! crash, or a power loss that kept only some of the pages written since the last
+//! sync): it is copied aside to `<log>.cut-<offset>` and cut off. Damage below the
+//! watermark, or a log shorter than it, is damage to acknowledged data: the open is
+//! refused with the offset. After a failed write or sync the log refuses further
+//! writes until the store is reopened, because the kernel may have dropped the pages
+//! that failed and a later sync could then report success for data that is lost.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::StoreError;
@@ -128,107 +137,115 @@ pub struct BundleLog {
     file: File,
     /// End of the last complete frame: where the next one goes.
     end: AtomicU64,
-    /// Written since the last sync.
-    dirty: AtomicBool,
+    /// Held while appending: one frame at a time.
+    appending: Mutex<()>,
+    /// How far the log is known to be on disk; held while syncing.
+    synced: Mutex<u64>,
+    /// A write or sync failed: no more writes or syncs until reopened.
+    failed: AtomicBool,
 }
 
 impl BundleLog {
     /// Opens (or creates) the log at `path` and reads every frame in order, handing
-    /// each to `visit`. A torn frame at the end is cut off; damage anywhere else is
-    /// an error.
+    /// each to `visit`. `acknowledged` is the watermark the store recorded: damage
+    /// below it is refused, anything unreadable at or past it is cut off.
     pub fn open(
         path: &Path,
+        acknowledged: u64,
         mut visit: impl FnMut(Frame<'_>) -> Result<(), StoreError>,
     ) -> Result<Self, StoreError> {
         let io = |e: std::io::Error| StoreError::Io {
             path: path.to_owned(),
             source: e,
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(io)?;
-        let file_len = file.metadata().map_err(io)?.len();
         let damaged = |at: u64, problem: String| StoreError::Corrupt {
             key: format!("bundle log {} at byte {at}", path.display()),
             problem,
         };
-        if file_len < MAGIC.len() as u64 {
-            // New (or torn while being created): start it.
-            file.set_len(0).map_err(io)?;
-            file.write_all_at(MAGIC, 0).map_err(io)?;
-            file.sync_all().map_err(io)?;
-            if let Some(dir) = path.parent() {
-                File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        let magic_len = MAGIC.len() as u64;
+        if !path.exists() {
+            if acknowledged > magic_len {
+                return Err(damaged(
+                    0,
+                    format!("the log is missing, but {acknowledged} bytes of it were acknowledged"),
+                ));
             }
-            return Ok(Self {
-                path: path.to_owned(),
-                file,
-                end: AtomicU64::new(MAGIC.len() as u64),
-                dirty: AtomicBool::new(false),
-            });
+            create(path).map_err(io)?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io)?;
+        let file_len = file.metadata().map_err(io)?.len();
+        if file_len < acknowledged {
+            return Err(damaged(
+                file_len,
+                format!("the log ends here, but {acknowledged} bytes of it were acknowledged"),
+            ));
         }
         let mut reader = BufReader::with_capacity(1 << 20, &file);
         let mut magic = [0u8; 8];
-        reader.read_exact(&mut magic).map_err(io)?;
-        if &magic != MAGIC {
+        if file_len < magic_len || reader.read_exact(&mut magic).is_err() || &magic != MAGIC {
             return Err(damaged(
                 0,
                 "not an Entente bundle log of this format version".into(),
             ));
         }
-        let mut at = MAGIC.len() as u64;
+        let mut at = magic_len;
         let mut body = Vec::new();
         let mut torn = None;
         while at < file_len {
             let left = file_len - at;
             let mut head = [0u8; 8];
-            if left < FRAME_HEAD {
-                torn = Some(format!("{left} bytes of a frame header"));
-                break;
-            }
-            reader.read_exact(&mut head).map_err(io)?;
-            let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes"));
-            let crc = u32::from_le_bytes(head[4..].try_into().expect("4 bytes"));
-            let frame_end = at + FRAME_HEAD + u64::from(len);
-            if len == 0 || len > MAX_FRAME || frame_end > file_len {
-                // A length past the end (or zeroes where a frame was being written)
-                // is a write that never completed, if nothing valid follows it.
-                torn = Some(format!("a frame of {len} bytes in {left}"));
-                break;
-            }
-            body.resize(len as usize, 0);
-            reader.read_exact(&mut body).map_err(io)?;
-            if crc32fast::hash(&body) != crc {
-                if frame_end == file_len {
-                    torn = Some("the last frame's checksum does not match".into());
-                    break;
+            let problem = if left < FRAME_HEAD {
+                Some(format!("{left} bytes of a frame header"))
+            } else {
+                reader.read_exact(&mut head).map_err(io)?;
+                let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes"));
+                let crc = u32::from_le_bytes(head[4..].try_into().expect("4 bytes"));
+                if len == 0 || len > MAX_FRAME || at + FRAME_HEAD + u64::from(len) > file_len {
+                    Some(format!("a frame length of {len} with {left} bytes left"))
+                } else {
+                    body.resize(len as usize, 0);
+                    reader.read_exact(&mut body).map_err(io)?;
+                    if crc32fast::hash(&body) != crc {
+                        Some("checksum mismatch".to_owned())
+                    } else {
+                        let frame = parse(&body, at + FRAME_HEAD).map_err(|p| damaged(at, p))?;
+                        visit(frame)?;
+                        at += FRAME_HEAD + u64::from(len);
+                        None
+                    }
                 }
-                return Err(damaged(at, "checksum mismatch".into()));
+            };
+            if let Some(problem) = problem {
+                if at < acknowledged {
+                    return Err(damaged(at, format!("{problem}, in acknowledged data")));
+                }
+                torn = Some(problem);
+                break;
             }
-            let frame = parse(&body, at + FRAME_HEAD).map_err(|p| damaged(at, p))?;
-            visit(frame)?;
-            at = frame_end;
         }
+        drop(reader);
         if let Some(what) = torn {
+            let aside = cut_tail(path, &file, at, file_len).map_err(io)?;
             tracing::warn!(
                 log = %path.display(),
                 at,
                 cut = file_len - at,
                 what,
-                "cutting an incomplete write off the end of the bundle log (never acknowledged)"
+                copied_to = %aside.display(),
+                "cut an incomplete write off the end of the bundle log (never acknowledged)"
             );
-            file.set_len(at).map_err(io)?;
-            file.sync_all().map_err(io)?;
         }
         Ok(Self {
             path: path.to_owned(),
             file,
             end: AtomicU64::new(at),
-            dirty: AtomicBool::new(false),
+            appending: Mutex::new(()),
+            synced: Mutex::new(at),
+            failed: AtomicBool::new(false),
         })
     }
 
@@ -239,8 +256,16 @@ impl BundleLog {
         }
     }
 
-    /// Appends one frame. The caller serialises appends. Not durable until
-    /// [`BundleLog::sync`].
+    fn check_usable(&self) -> Result<(), StoreError> {
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(self.io(std::io::Error::other(
+                "an earlier write or sync of the bundle log failed; restart the node to recover",
+            )));
+        }
+        Ok(())
+    }
+
+    /// Appends one frame. Not durable until [`BundleLog::sync`].
     pub fn append(&self, frame: FrameBuilder) -> Result<Written, StoreError> {
         let (body, items, head) = frame.finish();
         let len = u32::try_from(body.len())
@@ -250,17 +275,27 @@ impl BundleLog {
                 key: "bundle log".into(),
                 problem: format!("a frame of {} bytes is too large", body.len()),
             })?;
-        let at = self.end.load(Ordering::SeqCst);
         let mut bytes = Vec::with_capacity(body.len() + FRAME_HEAD as usize);
         bytes.extend_from_slice(&len.to_le_bytes());
         bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
         bytes.extend_from_slice(&body);
+        let _one = self.appending.lock().unwrap_or_else(|p| p.into_inner());
+        self.check_usable()?;
+        let at = self.end.load(Ordering::SeqCst);
         if let Err(e) = self.file.write_all_at(&bytes, at) {
-            // Whatever part landed is overwritten by the next frame, or cut at open.
+            // Take back whatever part landed, so no stale bytes lie past the end; if
+            // even that fails, the log takes no more writes.
+            if self
+                .file
+                .set_len(at)
+                .and_then(|()| self.file.sync_data())
+                .is_err()
+            {
+                self.failed.store(true, Ordering::SeqCst);
+            }
             return Err(self.io(e));
         }
         self.end.store(at + bytes.len() as u64, Ordering::SeqCst);
-        self.dirty.store(true, Ordering::SeqCst);
         let base = at + FRAME_HEAD;
         Ok(Written {
             head: head.map(|(o, len)| Span {
@@ -277,15 +312,22 @@ impl BundleLog {
         })
     }
 
-    /// Forces every appended frame to disk.
-    pub fn sync(&self) -> Result<(), StoreError> {
-        if self.dirty.swap(false, Ordering::SeqCst) {
-            if let Err(e) = self.file.sync_data() {
-                self.dirty.store(true, Ordering::SeqCst);
-                return Err(self.io(e));
-            }
+    /// Forces every frame appended before the call to disk; returns how far the log
+    /// is now known to be on disk (the watermark). Concurrent callers share one sync.
+    pub fn sync(&self) -> Result<u64, StoreError> {
+        let target = self.end.load(Ordering::SeqCst);
+        let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        self.check_usable()?;
+        if *synced >= target {
+            return Ok(*synced);
         }
-        Ok(())
+        let upto = self.end.load(Ordering::SeqCst);
+        if let Err(e) = self.file.sync_data() {
+            self.failed.store(true, Ordering::SeqCst);
+            return Err(self.io(e));
+        }
+        *synced = upto;
+        Ok(upto)
     }
 
     /// Reads the bytes at `span` (from a frame already appended).
@@ -301,6 +343,35 @@ impl BundleLog {
     pub fn len(&self) -> u64 {
         self.end.load(Ordering::SeqCst)
     }
+}
+
+/// Creates a log holding only the magic bytes, so that a crash never leaves a log
+/// file without them: written aside, synced, renamed into place, directory synced.
+fn create(path: &Path) -> std::io::Result<()> {
+    let fresh = path.with_extension("log.new");
+    let file = File::create(&fresh)?;
+    file.write_all_at(MAGIC, 0)?;
+    file.sync_all()?;
+    std::fs::rename(&fresh, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Copies the bytes from `at` to the end aside (for an operator to look at), then
+/// cuts them off; returns where the copy went.
+fn cut_tail(path: &Path, mut file: &File, at: u64, file_len: u64) -> std::io::Result<PathBuf> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".cut-{at}"));
+    let aside = PathBuf::from(name);
+    let mut copy = File::create(&aside)?;
+    file.seek(SeekFrom::Start(at))?;
+    std::io::copy(&mut file.take(file_len - at), &mut copy)?;
+    copy.sync_all()?;
+    file.set_len(at)?;
+    file.sync_all()?;
+    Ok(aside)
 }
 
 /// Splits one frame body (at file offset `base`) into its parts, checking every
@@ -332,7 +403,7 @@ fn parse(body: &[u8], base: u64) -> Result<Frame<'_>, String> {
         head,
     ));
     let count = u32::from_le_bytes(take(4, "item count")?.1.try_into().expect("4 bytes"));
-    let mut items = Vec::with_capacity((count as usize).min(body.len() / 4));
+    let mut items = Vec::with_capacity((count as usize).min(body.len() / 8).min(1 << 16));
     for _ in 0..count {
         let len = u32::from_le_bytes(take(4, "item length")?.1.try_into().expect("4 bytes"));
         let (item_at, bytes) = take(len as usize, "item record")?;
@@ -362,9 +433,9 @@ fn parse(body: &[u8], base: u64) -> Result<Frame<'_>, String> {
 mod tests {
     use super::*;
 
-    fn frames(path: &Path) -> Result<Vec<(u64, usize)>, StoreError> {
+    fn frames(path: &Path, acknowledged: u64) -> Result<Vec<(u64, usize)>, StoreError> {
         let mut seen = Vec::new();
-        BundleLog::open(path, |f| {
+        BundleLog::open(path, acknowledged, |f| {
             seen.push((f.feed_seq, f.items.len()));
             Ok(())
         })?;
@@ -379,58 +450,121 @@ mod tests {
         log.append(f).unwrap()
     }
 
+    /// A log of three frames; returns its bytes and where frames 2 and 3 start.
+    fn three_frames(path: &Path) -> (Vec<u8>, usize, usize) {
+        let log = BundleLog::open(path, 0, |_| Ok(())).unwrap();
+        write(&log, 1, &[b"one"]);
+        let second = log.sync().unwrap() as usize;
+        write(&log, 2, &[b"two"]);
+        let third = log.sync().unwrap() as usize;
+        write(&log, 3, &[b"three"]);
+        log.sync().unwrap();
+        drop(log);
+        (std::fs::read(path).unwrap(), second, third)
+    }
+
     #[test]
     fn frames_read_back_in_order_with_their_spans() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
-        let log = BundleLog::open(&path, |_| Ok(())).unwrap();
+        let log = BundleLog::open(&path, 0, |_| Ok(())).unwrap();
         let a = write(&log, 1, &[b"one", b"two"]);
         let b = write(&log, 2, &[b"three"]);
-        log.sync().unwrap();
+        assert_eq!(log.sync().unwrap(), log.len());
         assert_eq!(log.read(a.items[1]).unwrap(), b"two");
         assert_eq!(log.read(b.items[0]).unwrap(), b"three");
         assert_eq!(log.read(a.head.unwrap()).unwrap(), b"head");
+        let end = log.len();
         drop(log);
-        assert_eq!(frames(&path).unwrap(), vec![(1, 2), (2, 1)]);
+        assert_eq!(frames(&path, end).unwrap(), vec![(1, 2), (2, 1)]);
     }
 
     #[test]
-    fn a_torn_last_frame_is_cut_and_damage_before_it_refused() {
+    fn past_the_watermark_an_unreadable_write_is_cut_and_copied_aside() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
-        let log = BundleLog::open(&path, |_| Ok(())).unwrap();
-        write(&log, 1, &[b"one"]);
-        let second = write(&log, 2, &[b"two"]);
-        drop(log);
-        let full = std::fs::read(&path).unwrap();
-
-        // Every cut inside the second frame loses only that frame.
-        let second_start = second.head.unwrap().offset as usize - 8 - 1 - 16 - 8 - 4;
-        for cut in second_start + 1..full.len() {
+        let (full, second, third) = three_frames(&path);
+        // Synced up to frame 1 only: every cut in frames 2 and 3 loses only those.
+        for cut in second + 1..full.len() {
             std::fs::write(&path, &full[..cut]).unwrap();
-            assert_eq!(frames(&path).unwrap(), vec![(1, 1)], "cut at {cut}");
-            assert_eq!(
-                std::fs::metadata(&path).unwrap().len() as usize,
-                second_start
-            );
+            let kept = frames(&path, second as u64).unwrap();
+            let expected = if cut >= third { 2 } else { 1 };
+            assert_eq!(kept.len(), expected, "cut at {cut}");
+            let end = std::fs::metadata(&path).unwrap().len() as usize;
+            assert_eq!(end, if expected == 2 { third } else { second });
+            let aside = dir.path().join(format!("log.cut-{end}"));
+            if cut > end {
+                assert_eq!(std::fs::read(&aside).unwrap(), &full[end..cut]);
+                std::fs::remove_file(&aside).unwrap();
+            } else {
+                assert!(!aside.exists());
+            }
         }
-        // A flipped byte in the last frame is a torn write; in the first, damage.
-        let mut flipped = full.clone();
-        *flipped.last_mut().unwrap() ^= 1;
-        std::fs::write(&path, &flipped).unwrap();
-        assert_eq!(frames(&path).unwrap(), vec![(1, 1)]);
-        let mut flipped = full.clone();
-        flipped[MAGIC.len() + 12] ^= 1;
-        std::fs::write(&path, &flipped).unwrap();
-        assert!(matches!(frames(&path), Err(StoreError::Corrupt { .. })));
+        // A power loss that kept frame 3 but only part of frame 2 (pages reach the
+        // disk in any order): neither was acknowledged, so both go.
+        let mut partial = full.clone();
+        partial[second + 20] ^= 0x5a;
+        std::fs::write(&path, &partial).unwrap();
+        assert_eq!(frames(&path, second as u64).unwrap(), vec![(1, 1)]);
         // Zeroes past the end (space allocated, data never written) are cut.
         let mut zeroes = full.clone();
         zeroes.extend_from_slice(&[0u8; 4096]);
         std::fs::write(&path, &zeroes).unwrap();
-        assert_eq!(frames(&path).unwrap(), vec![(1, 1), (2, 1)]);
+        assert_eq!(frames(&path, full.len() as u64).unwrap().len(), 3);
+        assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, full.len());
+    }
+
+    #[test]
+    fn below_the_watermark_damage_is_refused_never_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let (full, second, _) = three_frames(&path);
+        let synced = full.len() as u64;
+        // A flipped bit anywhere in acknowledged data, the length fields included.
+        for at in [
+            MAGIC.len(),
+            MAGIC.len() + 5,
+            second,
+            second + 2,
+            full.len() - 1,
+        ] {
+            let mut flipped = full.clone();
+            flipped[at] ^= 0x10;
+            std::fs::write(&path, &flipped).unwrap();
+            let refused = frames(&path, synced);
+            assert!(
+                matches!(refused, Err(StoreError::Corrupt { .. })),
+                "byte {at}"
+            );
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), synced, "byte {at}");
+        }
+        // Shorter than what was acknowledged, or gone: refused.
+        std::fs::write(&path, &full[..second + 3]).unwrap();
+        assert!(matches!(
+            frames(&path, synced),
+            Err(StoreError::Corrupt { .. })
+        ));
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(
+            frames(&path, synced),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(!path.exists());
         // Another file is refused.
         std::fs::write(&path, b"not a log at all").unwrap();
-        assert!(matches!(frames(&path), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(frames(&path, 0), Err(StoreError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn after_a_failed_write_or_sync_the_log_takes_no_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = BundleLog::open(&dir.path().join("log"), 0, |_| Ok(())).unwrap();
+        write(&log, 1, &[b"one"]);
+        log.failed.store(true, Ordering::SeqCst);
+        assert!(matches!(log.sync(), Err(StoreError::Io { .. })));
+        let mut f = FrameBuilder::new(&[7u8; 16], 2, None);
+        f.item(b"two");
+        assert!(matches!(log.append(f), Err(StoreError::Io { .. })));
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //!
 //! | prefix | key | value |
 //! | --- | --- | --- |
-//! | `M` | name | meta: owner id, ledger head |
+//! | `M` | name | meta: owner id, ledger head, log watermark, feed lease |
 //! | `C` | SHA-256 of the certificate | DER certificate (cache) |
 //! | `K` | peer id | replication cursor in that peer's feed (u64 big-endian) |
 //! | `P` | peer id | fingerprint of the policy that peer was last served a pull under |
@@ -31,6 +31,13 @@ pub const SERVED: u8 = b'P';
 pub const LEDGER: u8 = b'L';
 
 pub const META_OWNER: &[u8] = b"Mowner";
+/// How far the bundle log is known to be on disk (u64 big-endian): damage below it
+/// is damage to acknowledged data.
+pub const META_LOG_SYNCED: &[u8] = b"Mlog_synced";
+/// Change-feed positions up to this one (u64 big-endian) may have been handed out;
+/// after a restart numbering goes on above it, so a position a partner may have seen
+/// is never given to another bundle.
+pub const META_FEED_LEASE: &[u8] = b"Mfeed_lease";
 /// The last ledger record: its sequence number (8 bytes big-endian), then its hash
 /// (32 bytes).
 pub const META_LEDGER_HEAD: &[u8] = b"Mledger_head";

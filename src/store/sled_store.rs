@@ -36,6 +36,11 @@ pub const MAX_CURSOR_BYTES: usize = 4096;
 /// No slot (end of a value chain).
 const NONE: u32 = u32::MAX;
 
+/// Feed positions leased at a time. A position handed out and then lost in a power
+/// loss (with the unsynced end of the log) is never reused, so a partner whose cursor
+/// went past it still receives what comes next; a restart skips at most this many.
+const FEED_LEASE: u64 = 64;
+
 /// One item record in the log, as the index knows it. The indexes hold slot numbers
 /// only (4 bytes each) and compare through these fields, so an item costs about 60
 /// bytes of memory.
@@ -224,29 +229,6 @@ impl Index {
         feed.insert(feed_seq, bundle_uuid);
         Ok(())
     }
-
-    /// Live slots holding items with one of `hashes`, ascending.
-    fn value_slots(&self, hashes: &[u64]) -> Vec<u32> {
-        let mut out = Vec::new();
-        for hash in hashes {
-            let slots = &self.slots;
-            let mut at = self
-                .by_value
-                .find(*hash, |&s| slots[s as usize].value_hash == *hash)
-                .copied()
-                .unwrap_or(NONE);
-            while at != NONE {
-                let slot = &self.slots[at as usize];
-                if slot.live {
-                    out.push(at);
-                }
-                at = slot.next;
-            }
-        }
-        out.sort_unstable();
-        out.dedup();
-        out
-    }
 }
 
 /// The store: sled for meta, cursors, certificates and the ledger; the bundle log
@@ -261,6 +243,16 @@ pub struct SledStore {
     /// The index's value hasher, for hashing outside its lock.
     hasher: RandomState,
     feed_head: AtomicU64,
+    /// The log watermark as last written to sled.
+    recorded_watermark: AtomicU64,
+    /// Feed positions up to this one were leased when the store opened: they may
+    /// have been handed out before, so numbering goes on above it.
+    feed_floor: u64,
+    /// Feed positions up to this one are leased (recorded in sled before use).
+    feed_lease: AtomicU64,
+    /// Replication cursors as last set; those not yet in sled are marked pending and
+    /// written by the next flush, after the log is synced.
+    cursors: Mutex<HashMap<String, (u64, bool)>>,
     /// One writer at a time: the single-writer checks read then write.
     writer: Mutex<()>,
     /// The ledger head as stored; held while appending, so appends are serial and
@@ -317,13 +309,28 @@ impl SledStore {
             })?,
             None => Head::EMPTY,
         };
+        let meta_u64 =
+            |key: &[u8], what: &str| -> Result<u64, StoreError> {
+                match tree.get(key).map_err(engine)? {
+                    None => Ok(0),
+                    Some(v) => v.as_ref().try_into().map(u64::from_be_bytes).map_err(|_| {
+                        StoreError::Corrupt {
+                            key: what.into(),
+                            problem: format!("{} bytes, not 8", v.len()),
+                        }
+                    }),
+                }
+            };
+        let acknowledged = meta_u64(records::META_LOG_SYNCED, "log watermark")?;
+        let feed_lease = meta_u64(records::META_FEED_LEASE, "feed lease")?;
         let mut index = Index::new();
         let log_path = dir.join(records::LOG_FILE);
-        // Item records take about 200 bytes or more each: room for them at once.
+        // Item records take about 200 bytes or more each: room for them at once (up
+        // to a bound, whatever the file claims).
         if let Ok(meta) = std::fs::metadata(&log_path) {
-            index.reserve(usize::try_from(meta.len() / 200).unwrap_or(0));
+            index.reserve(usize::try_from(meta.len() / 200).unwrap_or(0).min(1 << 26));
         }
-        let log = BundleLog::open(&log_path, |frame| replay(&mut index, frame))?;
+        let log = BundleLog::open(&log_path, acknowledged, |frame| replay(&mut index, frame))?;
         let feed_head = index.feed_head();
         let hasher = index.hasher.clone();
         Ok(Self {
@@ -335,6 +342,10 @@ impl SledStore {
             index: RwLock::new(index),
             hasher,
             feed_head: AtomicU64::new(feed_head),
+            recorded_watermark: AtomicU64::new(acknowledged),
+            feed_floor: feed_lease,
+            feed_lease: AtomicU64::new(feed_lease),
+            cursors: Mutex::new(HashMap::new()),
             writer: Mutex::new(()),
             ledger_head: Mutex::new(ledger_head),
         })
@@ -359,6 +370,18 @@ impl SledStore {
             path: self.path.clone(),
             source,
         }
+    }
+
+    /// Records in sled, durably, that feed positions up to `seq + FEED_LEASE` may be
+    /// handed out: once per [`FEED_LEASE`] accepts.
+    fn lease_feed(&self, seq: u64) -> Result<(), StoreError> {
+        let lease = seq.saturating_add(FEED_LEASE);
+        self.tree
+            .insert(records::META_FEED_LEASE, &lease.to_be_bytes()[..])
+            .map_err(|e| self.engine(e))?;
+        self.db.flush().map_err(|e| self.engine(e))?;
+        self.feed_lease.store(lease, Ordering::SeqCst);
+        Ok(())
     }
 
     /// An item about to be logged, as the index will know it (its span is filled in
@@ -468,8 +491,155 @@ fn value_hash(hasher: &RandomState, ty: u8, value: &[u8]) -> u64 {
     hasher.hash_one((ty, value))
 }
 
+impl SledStore {
+    /// A value query: walks the chain of each exact (type, value) in turn, newest
+    /// first, resuming after the cursor's slot. At most [`MAX_SCAN_PER_QUERY`] chain
+    /// entries per call, and [`SCAN_CHUNK`] per hold of the index lock. The cursor is
+    /// the chain's number and the last slot looked at.
+    fn walk_values(
+        &self,
+        want: &Wanted<'_>,
+        after: Option<&[u8]>,
+        page: &mut Page,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let hashes: Vec<u64> = want
+            .exact
+            .iter()
+            .map(|(ty, v)| value_hash(&self.hasher, records::type_code(*ty), v.as_bytes()))
+            .collect();
+        let cursor = |chain: usize, slot: u32| {
+            let mut c = vec![chain as u8];
+            c.extend_from_slice(&slot.to_be_bytes());
+            Some(c)
+        };
+        // Where to start: a chain and the slot to go on from (NONE: its head).
+        let (mut chain, mut resume) = match after {
+            None | Some([]) => (0usize, None),
+            Some([chain, slot @ ..]) if slot.len() == 4 => {
+                let slot = u32::from_be_bytes(slot.try_into().expect("4 bytes"));
+                let index = self.index();
+                let member = hashes.get(*chain as usize).is_some_and(|h| {
+                    index
+                        .slots
+                        .get(slot as usize)
+                        .is_some_and(|s| s.ty != records::NOT_INDEXED && s.value_hash == *h)
+                });
+                if !member {
+                    return Err(StoreError::BadCursor);
+                }
+                (*chain as usize, Some(slot))
+            }
+            Some(_) => return Err(StoreError::BadCursor),
+        };
+        let mut examined = 0usize;
+        while chain < hashes.len() {
+            let hash = hashes[chain];
+            let mut at = {
+                let index = self.index();
+                match resume.take() {
+                    Some(slot) => index.slots[slot as usize].next,
+                    None => {
+                        let slots = &index.slots;
+                        index
+                            .by_value
+                            .find(hash, |&s| slots[s as usize].value_hash == hash)
+                            .copied()
+                            .unwrap_or(NONE)
+                    }
+                }
+            };
+            let mut last = NONE;
+            while at != NONE {
+                let candidates: Vec<(u32, Span)> = {
+                    let index = self.index();
+                    let mut out = Vec::new();
+                    let mut taken = 0;
+                    while at != NONE && taken < SCAN_CHUNK && examined < MAX_SCAN_PER_QUERY {
+                        let slot = &index.slots[at as usize];
+                        if slot.live {
+                            out.push((at, slot.span));
+                        }
+                        last = at;
+                        at = slot.next;
+                        taken += 1;
+                        examined += 1;
+                    }
+                    out
+                };
+                if let Some(full) = self.collect(&candidates, want, page)? {
+                    return Ok(cursor(chain, full));
+                }
+                if at != NONE && examined >= MAX_SCAN_PER_QUERY {
+                    return Ok(cursor(chain, last));
+                }
+            }
+            chain += 1;
+        }
+        Ok(None)
+    }
+
+    /// Any other query: every slot in log order from after the cursor (a slot
+    /// number), at most [`MAX_SCAN_PER_QUERY`] slots looked at per call and
+    /// [`SCAN_CHUNK`] per hold of the index lock.
+    fn walk_slots(
+        &self,
+        want: &Wanted<'_>,
+        after: Option<&[u8]>,
+        page: &mut Page,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut at: u64 = match after {
+            None | Some([]) => 0,
+            Some(bytes) => {
+                let slot: [u8; 4] = bytes.try_into().map_err(|_| StoreError::BadCursor)?;
+                u64::from(u32::from_be_bytes(slot)) + 1
+            }
+        };
+        let ty = want.query.indicator_type.map(records::type_code);
+        let mut examined = 0usize;
+        loop {
+            let (candidates, end) = {
+                let index = self.index();
+                let mut out = Vec::new();
+                let mut taken = 0;
+                while at < index.slots.len() as u64
+                    && taken < SCAN_CHUNK
+                    && examined < MAX_SCAN_PER_QUERY
+                {
+                    let slot = &index.slots[at as usize];
+                    if slot.live && ty.is_none_or(|t| t == slot.ty) {
+                        out.push((at as u32, slot.span));
+                    }
+                    at += 1;
+                    taken += 1;
+                    examined += 1;
+                }
+                (out, index.slots.len() as u64)
+            };
+            if let Some(full) = self.collect(&candidates, want, page)? {
+                return Ok(Some(full.to_be_bytes().to_vec()));
+            }
+            if at >= end {
+                return Ok(None);
+            }
+            if examined >= MAX_SCAN_PER_QUERY {
+                return Ok(Some(((at - 1) as u32).to_be_bytes().to_vec()));
+            }
+        }
+    }
+}
+
 /// Adds one frame read at open to the index.
 fn replay(index: &mut Index, frame: Frame<'_>) -> Result<(), StoreError> {
+    if frame.feed_seq <= index.feed_head() {
+        return Err(corrupt(
+            "bundle log",
+            format!(
+                "feed position {} after {}: positions must rise",
+                frame.feed_seq,
+                index.feed_head()
+            ),
+        ));
+    }
     let mut items = Vec::with_capacity(frame.items.len());
     for (span, bytes) in frame.items {
         if let Some(fields) = records::index_fields(bytes) {
@@ -521,16 +691,6 @@ fn exact_values(query: &ItemQuery) -> Vec<(IndicatorType, String)> {
         .into_iter()
         .filter_map(|ty| normalise(ty, value).ok().map(|v| (ty, v)))
         .collect()
-}
-
-fn parse_cursor(after: Option<&[u8]>) -> Result<Option<u32>, StoreError> {
-    match after {
-        None | Some([]) => Ok(None),
-        Some(bytes) => bytes
-            .try_into()
-            .map(|b| Some(u32::from_be_bytes(b)))
-            .map_err(|_| StoreError::BadCursor),
-    }
 }
 
 fn damaged_head(len: usize) -> LedgerCheck {
@@ -587,7 +747,8 @@ impl Store for SledStore {
         };
         let origin = header.origin.to_string();
         let received_from = source.received_from.to_string();
-        let seq = self.feed_head.load(Ordering::SeqCst) + 1;
+        // Above every position that may have been handed out before a restart.
+        let seq = self.feed_head.load(Ordering::SeqCst).max(self.feed_floor) + 1;
         let head_bytes = held.is_none().then(|| {
             BundleHead {
                 header_bytes: bundle.header_bytes().to_vec(),
@@ -665,6 +826,15 @@ impl Store for SledStore {
         if report.stored.is_empty() && report.hops_lowered == 0 {
             return Ok(report);
         }
+        if self.index().slots.len() + new_items.len() >= NONE as usize {
+            return Err(corrupt(
+                "bundle log",
+                "more item records than this version indexes",
+            ));
+        }
+        if seq > self.feed_lease.load(Ordering::SeqCst) {
+            self.lease_feed(seq)?;
+        }
         let written = self.log.append(frame)?;
         let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
         for (new, span) in new_items.iter_mut().zip(&written.items) {
@@ -678,9 +848,41 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
+        // Cursors set so far count bundles appended so far: take them before the log
+        // sync, so the sync covers everything they count.
+        let pending: Vec<(String, u64)> = self
+            .cursors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, (_, pending))| *pending)
+            .map(|(peer, (seq, _))| (peer.clone(), *seq))
+            .collect();
         // The log first: nothing in sled may be durable before the bundles it follows.
-        self.log.sync()?;
-        self.db.flush().map(|_| ()).map_err(|e| self.engine(e))
+        let synced = self.log.sync()?;
+        let recorded = self.recorded_watermark.load(Ordering::SeqCst);
+        if synced != recorded || !pending.is_empty() {
+            let mut batch = sled::Batch::default();
+            batch.insert(records::META_LOG_SYNCED, &synced.to_be_bytes()[..]);
+            for (peer, seq) in &pending {
+                batch.insert(
+                    records::key(records::CURSOR, peer.as_bytes()),
+                    &seq.to_be_bytes()[..],
+                );
+            }
+            self.tree.apply_batch(batch).map_err(|e| self.engine(e))?;
+        }
+        self.db.flush().map_err(|e| self.engine(e))?;
+        self.recorded_watermark.fetch_max(synced, Ordering::SeqCst);
+        let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
+        for (peer, seq) in pending {
+            if let Some(entry) = cursors.get_mut(&peer) {
+                if entry.0 == seq {
+                    entry.1 = false;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn get(&self, id: &ItemId) -> Result<Option<StoredItem>, StoreError> {
@@ -699,27 +901,11 @@ impl Store for SledStore {
         visible: &dyn Fn(&StoredItem) -> bool,
     ) -> Result<Page, StoreError> {
         let mut page = Page::default();
-        let after = parse_cursor(after)?;
         if limit == 0 {
             return Ok(page);
         }
-        let start = after.map_or(0, |a| a as usize + 1);
         if query.value.is_some() {
             let exact = exact_values(query);
-            let candidates: Vec<(u32, Span)> = {
-                let index = self.index();
-                let hashes: Vec<u64> = exact
-                    .iter()
-                    .map(|(ty, v)| index.value_hash(records::type_code(*ty), v.as_bytes()))
-                    .collect();
-                index
-                    .value_slots(&hashes)
-                    .into_iter()
-                    .filter(|&s| s as usize >= start)
-                    .take(MAX_SCAN_PER_QUERY)
-                    .map(|s| (s, index.slots[s as usize].span))
-                    .collect()
-            };
             let want = Wanted {
                 query,
                 exact: &exact,
@@ -727,11 +913,7 @@ impl Store for SledStore {
                 visible,
                 limit,
             };
-            let full = self.collect(&candidates, &want, &mut page)?;
-            let bounded = (candidates.len() >= MAX_SCAN_PER_QUERY)
-                .then(|| candidates.last().map(|(s, _)| *s))
-                .flatten();
-            page.next = full.or(bounded).map(|s| s.to_be_bytes().to_vec());
+            page.next = self.walk_values(&want, after, &mut page)?;
             return Ok(page);
         }
         let want = Wanted {
@@ -741,38 +923,8 @@ impl Store for SledStore {
             visible,
             limit,
         };
-        let ty = query.indicator_type.map(records::type_code);
-        let mut at = start;
-        let mut scanned = 0usize;
-        loop {
-            let candidates: Vec<(u32, Span)> = {
-                let index = self.index();
-                let mut out = Vec::with_capacity(SCAN_CHUNK);
-                while at < index.slots.len()
-                    && out.len() < SCAN_CHUNK
-                    && scanned < MAX_SCAN_PER_QUERY
-                {
-                    let slot = &index.slots[at];
-                    if slot.live && ty.is_none_or(|t| t == slot.ty) {
-                        out.push((at as u32, slot.span));
-                        scanned += 1;
-                    }
-                    at += 1;
-                }
-                out
-            };
-            if let Some(last) = self.collect(&candidates, &want, &mut page)? {
-                page.next = Some(last.to_be_bytes().to_vec());
-                return Ok(page);
-            }
-            if candidates.len() < SCAN_CHUNK {
-                // The end of the log, or the scan bound: resume after what was read.
-                if scanned >= MAX_SCAN_PER_QUERY && at > 0 {
-                    page.next = Some(((at - 1) as u32).to_be_bytes().to_vec());
-                }
-                return Ok(page);
-            }
-        }
+        page.next = self.walk_slots(&want, after, &mut page)?;
+        Ok(page)
     }
 
     fn feed_head(&self) -> u64 {
@@ -868,6 +1020,14 @@ impl Store for SledStore {
     }
 
     fn cursor(&self, peer: &NodeId) -> Result<u64, StoreError> {
+        if let Some((seq, _)) = self
+            .cursors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(peer.as_str())
+        {
+            return Ok(*seq);
+        }
         let key = records::key(records::CURSOR, peer.as_str().as_bytes());
         Ok(self
             .tree
@@ -878,13 +1038,12 @@ impl Store for SledStore {
     }
 
     fn set_cursor(&self, peer: &NodeId, seq: u64) -> Result<(), StoreError> {
-        // sled writes this out on its own schedule: the bundles it counts must be on
-        // disk first, or a crash could keep the cursor and lose them.
-        self.log.sync()?;
-        let key = records::key(records::CURSOR, peer.as_str().as_bytes());
-        self.tree
-            .insert(key, &seq.to_be_bytes()[..])
-            .map_err(|e| self.engine(e))?;
+        // Kept in memory until the next flush, which syncs the log first: the bundles
+        // a cursor counts are on disk before the cursor is.
+        self.cursors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer.as_str().to_owned(), (seq, true));
         Ok(())
     }
 

@@ -190,3 +190,25 @@ pub fn init_logging() {
         .with_test_writer()
         .try_init();
 }
+
+/// Opens a store, waiting (up to a deadline) while sled still holds the directory's
+/// lock for a store just dropped; any other error is returned at once.
+pub fn open_store(
+    dir: &Path,
+    owner: &NodeId,
+    cache_bytes: u64,
+) -> Result<entente::store::SledStore, entente::store::StoreError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut wait = Duration::from_millis(2);
+    loop {
+        match entente::store::SledStore::open(dir, owner, cache_bytes) {
+            Err(entente::store::StoreError::Engine { .. })
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
