@@ -978,3 +978,73 @@ fn a_store_of_an_older_format_is_refused_not_overwritten() {
     assert!(err.to_string().contains("entente.v2"), "{err}");
     assert!(!dir.join("bundles.v3.log").exists());
 }
+
+#[test]
+fn a_value_held_by_very_many_items_is_paged_in_bounded_calls() {
+    let f = fixture();
+    let store = open(&f, "many");
+    let now = now_ms();
+    let items: Vec<Item> = (0..2_500)
+        .map(|i| {
+            indicator(
+                &ItemId::new_random(),
+                IndicatorType::Domain,
+                "shared.example",
+                now + i,
+                Tlp::Green,
+                &[],
+            )
+        })
+        .collect();
+    store
+        .accept(&bundle(&f, &f.hq, &items), &local(&f.hq.id), now)
+        .unwrap();
+    let query = ItemQuery {
+        value: Some("shared.example".into()),
+        ..Default::default()
+    };
+    // A caller who may see none of them: each call stops after a bounded number of
+    // reads and hands back a cursor, until the end.
+    let mut cursor: Option<Vec<u8>> = None;
+    let mut calls = 0;
+    loop {
+        let page = store
+            .query(&query, cursor.as_deref(), 10, now, &|_| false)
+            .unwrap();
+        assert!(page.items.is_empty());
+        calls += 1;
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert!((3..=4).contains(&calls), "{calls} calls");
+    // A caller who may see them all gets each once, newest first.
+    let mut seen = Vec::new();
+    let mut cursor: Option<Vec<u8>> = None;
+    loop {
+        let page = store
+            .query(&query, cursor.as_deref(), 1_000, now, &|_| true)
+            .unwrap();
+        seen.extend(page.items.iter().map(|s| s.item.modified_ms));
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 2_500);
+    assert!(seen.windows(2).all(|w| w[0] > w[1]));
+    // A cursor naming the head of a chain is the start; one naming a slot of
+    // another value, or a chain the query does not have, is refused.
+    let from_head = store
+        .query(&query, Some(&[0, 0xff, 0xff, 0xff, 0xff]), 5, now, &|_| {
+            true
+        })
+        .unwrap();
+    let first = store.query(&query, None, 5, now, &|_| true).unwrap();
+    assert_eq!(from_head, first);
+    for bad in [&[9u8, 0, 0, 0, 1][..], &[0, 0, 0, 0x30, 0][..]] {
+        let refused = store.query(&query, Some(bad), 5, now, &|_| true);
+        assert!(matches!(refused, Err(StoreError::BadCursor)), "{bad:?}");
+    }
+}

@@ -189,8 +189,8 @@ impl Intel for IntelService {
             0 => DEFAULT_PAGE_SIZE,
             n => n.min(MAX_PAGE_SIZE),
         };
-        // An exact-value lookup touches a few keys: answer it inline. Scans go to the
-        // blocking pool.
+        // An exact-value lookup reads at most a thousand or so items per call (most
+        // read one): answer it inline. Scans go to the blocking pool.
         let page = if query.value.is_some() {
             self.engine.query_delivered(
                 &partner,

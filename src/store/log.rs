@@ -163,7 +163,7 @@ impl BundleLog {
             problem,
         };
         let magic_len = MAGIC.len() as u64;
-        if !path.exists() {
+        if !path.try_exists().map_err(io)? {
             if acknowledged > magic_len {
                 return Err(damaged(
                     0,
@@ -239,6 +239,12 @@ impl BundleLog {
                 "cut an incomplete write off the end of the bundle log (never acknowledged)"
             );
         }
+        if at > acknowledged {
+            // Frames read back whole past the watermark may still be only in the page
+            // cache (the process crashed, the machine did not): on disk before anyone
+            // counts them as acknowledged.
+            file.sync_data().map_err(io)?;
+        }
         Ok(Self {
             path: path.to_owned(),
             file,
@@ -283,16 +289,11 @@ impl BundleLog {
         self.check_usable()?;
         let at = self.end.load(Ordering::SeqCst);
         if let Err(e) = self.file.write_all_at(&bytes, at) {
-            // Take back whatever part landed, so no stale bytes lie past the end; if
-            // even that fails, the log takes no more writes.
-            if self
-                .file
-                .set_len(at)
-                .and_then(|()| self.file.sync_data())
-                .is_err()
-            {
-                self.failed.store(true, Ordering::SeqCst);
-            }
+            // The log takes no more writes until reopened; whatever part of the frame
+            // landed is taken back, so no stale bytes lie past the end (and if that
+            // fails too, the next open cuts them, since they are past the watermark).
+            self.failed.store(true, Ordering::SeqCst);
+            let _ = self.file.set_len(at);
             return Err(self.io(e));
         }
         self.end.store(at + bytes.len() as u64, Ordering::SeqCst);
@@ -352,23 +353,53 @@ fn create(path: &Path) -> std::io::Result<()> {
     let file = File::create(&fresh)?;
     file.write_all_at(MAGIC, 0)?;
     file.sync_all()?;
-    std::fs::rename(&fresh, path)?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
+    // A link, not a rename: it fails rather than replace a log that appeared meanwhile.
+    std::fs::hard_link(&fresh, path)?;
+    std::fs::remove_file(&fresh)?;
+    sync_dir(path)
+}
+
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(dir) => File::open(dir)?.sync_all(),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// The length of the log at `path` if it exists and starts as a log does (a hint for
+/// sizing the indexes before it is read).
+pub fn existing_log_len(path: &Path) -> Option<u64> {
+    let file = File::open(path).ok()?;
+    let mut magic = [0u8; 8];
+    file.read_exact_at(&mut magic, 0).ok()?;
+    (&magic == MAGIC).then(|| file.metadata().ok().map(|m| m.len()))?
 }
 
 /// Copies the bytes from `at` to the end aside (for an operator to look at), then
 /// cuts them off; returns where the copy went.
 fn cut_tail(path: &Path, mut file: &File, at: u64, file_len: u64) -> std::io::Result<PathBuf> {
-    let mut name = path.as_os_str().to_owned();
-    name.push(format!(".cut-{at}"));
-    let aside = PathBuf::from(name);
-    let mut copy = File::create(&aside)?;
+    // A new file every time: an earlier cut at the same offset stays as it was.
+    let (aside, mut copy) = (0..)
+        .map(|n| {
+            let mut name = path.as_os_str().to_owned();
+            name.push(format!(".cut-{at}"));
+            if n > 0 {
+                name.push(format!(".{n}"));
+            }
+            PathBuf::from(name)
+        })
+        .find_map(
+            |aside| match OpenOptions::new().write(true).create_new(true).open(&aside) {
+                Ok(file) => Some(Ok((aside, file))),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => None,
+                Err(e) => Some(Err(e)),
+            },
+        )
+        .expect("an unbounded range of names")?;
     file.seek(SeekFrom::Start(at))?;
     std::io::copy(&mut file.take(file_len - at), &mut copy)?;
     copy.sync_all()?;
+    sync_dir(path)?;
     file.set_len(at)?;
     file.sync_all()?;
     Ok(aside)

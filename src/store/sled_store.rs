@@ -30,6 +30,11 @@ const MAX_SCAN_PER_QUERY: usize = 200_000;
 /// Items read from the log per hold of the index lock during a scan.
 const SCAN_CHUNK: usize = 256;
 
+/// Items read back per exact-value query call at most, so a value held by very many
+/// items (all filtered out for this caller, say) costs one call a bounded time: the
+/// call is answered on the async runtime.
+const MAX_VALUE_READS: usize = 1024;
+
 /// Largest page cursor accepted from a caller.
 pub const MAX_CURSOR_BYTES: usize = 4096;
 
@@ -245,6 +250,8 @@ pub struct SledStore {
     feed_head: AtomicU64,
     /// The log watermark as last written to sled.
     recorded_watermark: AtomicU64,
+    /// Held for the whole of a flush.
+    flushing: Mutex<()>,
     /// Feed positions up to this one were leased when the store opened: they may
     /// have been handed out before, so numbering goes on above it.
     feed_floor: u64,
@@ -327,8 +334,8 @@ impl SledStore {
         let log_path = dir.join(records::LOG_FILE);
         // Item records take about 200 bytes or more each: room for them at once (up
         // to a bound, whatever the file claims).
-        if let Ok(meta) = std::fs::metadata(&log_path) {
-            index.reserve(usize::try_from(meta.len() / 200).unwrap_or(0).min(1 << 26));
+        if let Some(len) = super::log::existing_log_len(&log_path) {
+            index.reserve(usize::try_from(len / 200).unwrap_or(0).min(1 << 26));
         }
         let log = BundleLog::open(&log_path, acknowledged, |frame| replay(&mut index, frame))?;
         let feed_head = index.feed_head();
@@ -343,6 +350,7 @@ impl SledStore {
             hasher,
             feed_head: AtomicU64::new(feed_head),
             recorded_watermark: AtomicU64::new(acknowledged),
+            flushing: Mutex::new(()),
             feed_floor: feed_lease,
             feed_lease: AtomicU64::new(feed_lease),
             cursors: Mutex::new(HashMap::new()),
@@ -518,21 +526,30 @@ impl SledStore {
             Some([chain, slot @ ..]) if slot.len() == 4 => {
                 let slot = u32::from_be_bytes(slot.try_into().expect("4 bytes"));
                 let index = self.index();
+                // NONE: the head of that chain; otherwise a slot on it.
                 let member = hashes.get(*chain as usize).is_some_and(|h| {
-                    index
-                        .slots
-                        .get(slot as usize)
-                        .is_some_and(|s| s.ty != records::NOT_INDEXED && s.value_hash == *h)
+                    slot == NONE
+                        || index
+                            .slots
+                            .get(slot as usize)
+                            .is_some_and(|s| s.ty != records::NOT_INDEXED && s.value_hash == *h)
                 });
                 if !member {
                     return Err(StoreError::BadCursor);
                 }
-                (*chain as usize, Some(slot))
+                (*chain as usize, (slot != NONE).then_some(slot))
             }
             Some(_) => return Err(StoreError::BadCursor),
         };
         let mut examined = 0usize;
+        let mut reads = 0usize;
+        let spent = |examined: usize, reads: usize| {
+            examined >= MAX_SCAN_PER_QUERY || reads >= MAX_VALUE_READS
+        };
         while chain < hashes.len() {
+            if spent(examined, reads) {
+                return Ok(cursor(chain, resume.unwrap_or(NONE)));
+            }
             let hash = hashes[chain];
             let mut at = {
                 let index = self.index();
@@ -554,7 +571,7 @@ impl SledStore {
                     let index = self.index();
                     let mut out = Vec::new();
                     let mut taken = 0;
-                    while at != NONE && taken < SCAN_CHUNK && examined < MAX_SCAN_PER_QUERY {
+                    while at != NONE && taken < SCAN_CHUNK && !spent(examined, reads + out.len()) {
                         let slot = &index.slots[at as usize];
                         if slot.live {
                             out.push((at, slot.span));
@@ -566,10 +583,11 @@ impl SledStore {
                     }
                     out
                 };
+                reads += candidates.len();
                 if let Some(full) = self.collect(&candidates, want, page)? {
                     return Ok(cursor(chain, full));
                 }
-                if at != NONE && examined >= MAX_SCAN_PER_QUERY {
+                if at != NONE && spent(examined, reads) {
                     return Ok(cursor(chain, last));
                 }
             }
@@ -848,6 +866,9 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
+        // One flush at a time, so an older watermark or cursor never lands after a
+        // newer one.
+        let _one = self.flushing.lock().unwrap_or_else(|p| p.into_inner());
         // Cursors set so far count bundles appended so far: take them before the log
         // sync, so the sync covers everything they count.
         let pending: Vec<(String, u64)> = self
