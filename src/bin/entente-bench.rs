@@ -430,7 +430,9 @@ async fn ingest(args: &Args) -> Result<()> {
     );
     drop(client);
     drop(child.stdin.take());
-    child.wait()?;
+    // Waited for off the runtime's thread, so the client connection's task can run
+    // and close the connection the node is draining.
+    tokio::task::spawn_blocking(move || child.wait()).await??;
 
     // The store alone: opening it (which reads the whole bundle log to rebuild the
     // indexes), then the same exact-value lookups without gRPC or TLS.
@@ -808,9 +810,18 @@ async fn latency(args: &Args) -> Result<()> {
 
 fn main() -> Result<()> {
     let args = parse_args()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // The node under test gets the runtime `entente serve` uses. The ingest load
+    // generator runs on one thread: it shares the two cores with the node, and a
+    // single thread spends less of them on waking its own workers.
+    let runtime = if args.command == "ingest" && args.config.is_none() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+    };
     match (args.command.as_str(), &args.config) {
         ("node", Some(config)) => runtime.block_on(run_node(config)),
         ("sync", _) => runtime.block_on(sync(&args)),

@@ -66,6 +66,59 @@ struct Slot {
     live: bool,
 }
 
+/// Slots in chunks of fixed size: growing never copies the slots held or leaves
+/// half of a doubled allocation unused (a `Vec` of a million slots would briefly hold
+/// 75 MB to grow).
+struct Slots {
+    chunks: Vec<Vec<Slot>>,
+    len: usize,
+}
+
+/// Slots per chunk (3 MB each).
+const CHUNK_SLOTS: usize = 1 << 16;
+
+impl Slots {
+    fn new() -> Self {
+        Self {
+            chunks: Vec::new(),
+            len: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn get(&self, at: usize) -> Option<&Slot> {
+        self.chunks.get(at / CHUNK_SLOTS)?.get(at % CHUNK_SLOTS)
+    }
+
+    fn push(&mut self, slot: Slot) {
+        if self.len % CHUNK_SLOTS == 0 {
+            self.chunks.push(Vec::with_capacity(CHUNK_SLOTS));
+        }
+        self.chunks
+            .last_mut()
+            .expect("a chunk was just added if none had room")
+            .push(slot);
+        self.len += 1;
+    }
+}
+
+impl std::ops::Index<usize> for Slots {
+    type Output = Slot;
+
+    fn index(&self, at: usize) -> &Slot {
+        &self.chunks[at / CHUNK_SLOTS][at % CHUNK_SLOTS]
+    }
+}
+
+impl std::ops::IndexMut<usize> for Slots {
+    fn index_mut(&mut self, at: usize) -> &mut Slot {
+        &mut self.chunks[at / CHUNK_SLOTS][at % CHUNK_SLOTS]
+    }
+}
+
 /// A bundle as the index knows it.
 struct BundleEntry {
     /// Its head (signed header and signature) in the log.
@@ -88,7 +141,7 @@ struct NewItem {
 /// The indexes over the log, in memory. Slots are numbered in log order, so the
 /// numbering is the same after every open.
 struct Index {
-    slots: Vec<Slot>,
+    slots: Slots,
     /// Latest slot per item id.
     by_id: HashTable<u32>,
     /// Newest slot per value hash; older ones chain through [`Slot::next`].
@@ -103,7 +156,7 @@ struct Index {
 impl Index {
     fn new() -> Self {
         Self {
-            slots: Vec::new(),
+            slots: Slots::new(),
             by_id: HashTable::new(),
             by_value: HashTable::new(),
             bundles: HashMap::new(),
