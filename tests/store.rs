@@ -1048,3 +1048,164 @@ fn a_value_held_by_very_many_items_is_paged_in_bounded_calls() {
         assert!(matches!(refused, Err(StoreError::BadCursor)), "{bad:?}");
     }
 }
+
+/// What the rules say an item's latest version is, written from the text
+/// (single writer, strictly newer versions, hop counts lowered by a shorter path),
+/// not from the store's code.
+#[derive(Clone, Debug, PartialEq)]
+struct Latest {
+    origin: NodeId,
+    modified: i64,
+    value: Option<String>,
+    bundle: entente::model::BundleId,
+    index: u32,
+    hops: u32,
+}
+
+#[test]
+fn the_store_agrees_with_a_model_of_the_rules_on_random_histories() {
+    let f = fixture();
+    for seed in 11..=16u64 {
+        let dir = f.pki.path().join(format!("model-{seed}"));
+        let store = open(&f, &format!("model-{seed}"));
+        let mut rng = Lcg(seed);
+        let now = now_ms();
+        let ids: Vec<ItemId> = (0..8).map(|_| ItemId::new_random()).collect();
+        let values: Vec<String> = (0..4).map(|v| format!("m{v}.example.net")).collect();
+        let mut model: HashMap<ItemId, Latest> = HashMap::new();
+        let mut known: std::collections::HashSet<(entente::model::BundleId, u32)> =
+            Default::default();
+        let mut history: Vec<VerifiedBundle> = Vec::new();
+        for step in 0..60i64 {
+            // Now and then a bundle seen before comes again, by another path.
+            let (bundle_in, hops) = if !history.is_empty() && rng.below(4) == 0 {
+                let old = history[rng.below(history.len() as u64) as usize].clone();
+                (old, rng.below(4) as u32)
+            } else {
+                let by = if rng.below(3) == 0 { &f.berlin } else { &f.hq };
+                let mut seen = std::collections::HashSet::new();
+                let items: Vec<Item> = (0..1 + rng.below(4))
+                    .map(|_| {
+                        let id = ids[rng.below(ids.len() as u64) as usize].clone();
+                        let modified = now - 10_000 + 100 * step + rng.below(300) as i64;
+                        if rng.below(5) == 0 {
+                            Item {
+                                id,
+                                modified_ms: modified,
+                                tlp: Tlp::Green,
+                                tags: vec![],
+                                kind: ItemKind::Revocation(Revocation {
+                                    indicator_type: IndicatorType::Domain,
+                                    reason: "withdrawn".into(),
+                                }),
+                            }
+                        } else {
+                            let value = &values[rng.below(values.len() as u64) as usize];
+                            indicator(&id, IndicatorType::Domain, value, modified, Tlp::Green, &[])
+                        }
+                    })
+                    .filter(|i| seen.insert(i.id.clone()))
+                    .collect();
+                let full = bundle(&f, by, &items);
+                history.push(full.clone());
+                (full, rng.below(4) as u32)
+            };
+            // Sometimes only part of it is disclosed.
+            let bundle_in = if rng.below(3) == 0 {
+                let keep = rng.below(2) as u32;
+                verify(
+                    &bundle_in.to_wire(|i| i.index % 2 == keep),
+                    &f.certs,
+                    &f.trust,
+                    now_ms(),
+                )
+                .unwrap()
+            } else {
+                bundle_in
+            };
+            let source = Source {
+                received_from: f.berlin.id.clone(),
+                hops,
+            };
+            store.accept(&bundle_in, &source, now).unwrap();
+
+            // The model.
+            let header = bundle_in.header();
+            for verified in bundle_in.items() {
+                let item = &verified.item;
+                let here = (header.bundle_id.clone(), verified.index);
+                if known.contains(&here) {
+                    if let Some(latest) = model.get_mut(&item.id) {
+                        if (latest.bundle.clone(), latest.index) == here && hops < latest.hops {
+                            latest.hops = hops;
+                        }
+                    }
+                    continue;
+                }
+                if let Some(held) = model.get(&item.id) {
+                    if held.origin != header.origin || item.modified_ms <= held.modified {
+                        continue;
+                    }
+                }
+                known.insert(here);
+                model.insert(
+                    item.id.clone(),
+                    Latest {
+                        origin: header.origin.clone(),
+                        modified: item.modified_ms,
+                        value: item.value().map(str::to_owned),
+                        bundle: header.bundle_id.clone(),
+                        index: verified.index,
+                        hops,
+                    },
+                );
+            }
+
+            let check = |store: &SledStore, when: &str| {
+                for id in &ids {
+                    let got = store.get(id).unwrap().map(|s| Latest {
+                        origin: s.origin,
+                        modified: s.item.modified_ms,
+                        value: s.item.value().map(str::to_owned),
+                        bundle: s.bundle_id,
+                        index: s.index,
+                        hops: s.hops,
+                    });
+                    assert_eq!(
+                        got.as_ref(),
+                        model.get(id),
+                        "seed {seed} step {step} {when}: {id}"
+                    );
+                }
+                for value in &values {
+                    let query = ItemQuery {
+                        value: Some(value.clone()),
+                        include_expired: true,
+                        ..Default::default()
+                    };
+                    let page = store.query(&query, None, 100, now, &|_| true).unwrap();
+                    let got: std::collections::BTreeSet<String> =
+                        page.items.iter().map(|s| s.item.id.to_string()).collect();
+                    let expected: std::collections::BTreeSet<String> = model
+                        .iter()
+                        .filter(|(_, l)| l.value.as_deref() == Some(value.as_str()))
+                        .map(|(id, _)| id.to_string())
+                        .collect();
+                    assert_eq!(got, expected, "seed {seed} step {step} {when}: {value}");
+                }
+            };
+            check(&store, "live");
+        }
+        store.flush().unwrap();
+        drop(store);
+        let reopened = common::open_store(&dir, &f.hq.id, 8 << 20).unwrap();
+        for id in &ids {
+            let got = reopened
+                .get(id)
+                .unwrap()
+                .map(|s| (s.bundle_id, s.index, s.hops));
+            let expected = model.get(id).map(|l| (l.bundle.clone(), l.index, l.hops));
+            assert_eq!(got, expected, "seed {seed} after reopen: {id}");
+        }
+    }
+}
