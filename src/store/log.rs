@@ -27,7 +27,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -350,7 +350,13 @@ impl BundleLog {
 /// file without them: written aside, synced, renamed into place, directory synced.
 fn create(path: &Path) -> std::io::Result<()> {
     let fresh = path.with_extension("log.new");
-    let file = File::create(&fresh)?;
+    // Owner only, whatever the umask: the log holds every item, RED ones included.
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&fresh)?;
     file.write_all_at(MAGIC, 0)?;
     file.sync_all()?;
     // A link, not a rename: it fails rather than replace a log that appeared meanwhile.
@@ -388,13 +394,18 @@ fn cut_tail(path: &Path, mut file: &File, at: u64, file_len: u64) -> std::io::Re
             }
             PathBuf::from(name)
         })
-        .find_map(
-            |aside| match OpenOptions::new().write(true).create_new(true).open(&aside) {
+        .find_map(|aside| {
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&aside)
+            {
                 Ok(file) => Some(Ok((aside, file))),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => None,
                 Err(e) => Some(Err(e)),
-            },
-        )
+            }
+        })
         .expect("an unbounded range of names")?;
     file.seek(SeekFrom::Start(at))?;
     std::io::copy(&mut file.take(file_len - at), &mut copy)?;
@@ -492,6 +503,16 @@ mod tests {
         log.sync().unwrap();
         drop(log);
         (std::fs::read(path).unwrap(), second, third)
+    }
+
+    #[test]
+    fn the_log_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        BundleLog::open(&path, 0, |_| Ok(())).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]
