@@ -632,9 +632,20 @@ impl Engine {
 
     /// The cursor to serve `partner` from: `requested`, or 0 when its policy changed
     /// since it was last served (a widened policy then delivers what it may now see;
-    /// re-sending what it has is harmless, since disclosures merge). Records the policy
-    /// it is now served under.
+    /// re-sending what it has is harmless, since disclosures merge) or when `requested`
+    /// is beyond any position this feed has handed out. Records the policy it is now
+    /// served under.
     pub fn serving_cursor(&self, partner: &NodeId, requested: u64) -> Result<u64, EngineError> {
+        // A cursor beyond any position this feed has handed out was kept from another
+        // life of this node's data directory (restored, or started afresh): what this
+        // feed holds now has not been seen under these numbers, so all of it is served.
+        let limit = self.store.feed_limit();
+        let requested = if requested > limit {
+            tracing::warn!(%partner, requested, limit, "partner's cursor is beyond this feed: serving it from the start");
+            0
+        } else {
+            requested
+        };
         let fingerprint = self.policy().partner_fingerprint(partner);
         let served = self.store.served_policy(partner)?;
         if served == Some(fingerprint) {

@@ -335,6 +335,14 @@ pub trait Store: Send + Sync {
     /// The latest change-feed sequence number (0 when empty).
     fn feed_head(&self) -> u64;
 
+    /// The highest feed position this store may ever have handed out: its head, or
+    /// above it after a restart (positions leased before it). A partner's cursor above
+    /// this comes from another life of the data directory (restored from a backup, or
+    /// started afresh).
+    fn feed_limit(&self) -> u64 {
+        self.feed_head()
+    }
+
     /// Change-feed entries after `after`, oldest first, at most `limit`.
     fn feed(&self, after: u64, limit: usize) -> Result<Vec<(u64, BundleId)>, StoreError>;
 

@@ -712,3 +712,69 @@ async fn status_wait_returns_only_after_a_multi_page_initial_sync() {
     berlin_node.shutdown(DEADLINE).await.unwrap();
     hq_node.shutdown(DEADLINE).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_whose_cursor_is_beyond_a_fresh_feed_is_served_from_the_start() {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let berlin = pki.node("berlin.office");
+    pki.client("analyst.alice");
+    let open = "max_tlp = \"GREEN\"\nallow_types = [\"*\"]";
+    let hq_config = config(&pki, &hq, &peer("berlin.office", "127.0.0.1:1", open));
+    let hq_node = common::start(&hq_config).await;
+    let hq_addr = hq_node.local_addr();
+    let berlin_node = common::start(&config(
+        &pki,
+        &berlin,
+        &peer("redmond.hq", &hq_addr.to_string(), open),
+    ))
+    .await;
+    let at_hq = analyst(&pki, &hq_node).await;
+    for n in 0..3 {
+        publish(
+            &at_hq,
+            vec![item(&format!("old-{n}.example.com"), Tlp::Green)],
+            None,
+        )
+        .await;
+    }
+    let at_berlin = analyst(&pki, &berlin_node).await;
+    converges(
+        &at_berlin,
+        &[
+            "old-0.example.com",
+            "old-1.example.com",
+            "old-2.example.com",
+        ],
+    )
+    .await;
+    assert_eq!(berlin_node.engine().store().cursor(&hq).unwrap(), 3);
+
+    // hq loses its data directory (or is restored from an old backup) and comes back
+    // on the same address: its new feed starts again at 1, below berlin's cursor.
+    hq_node.shutdown(DEADLINE).await.unwrap();
+    std::fs::remove_dir_all(pki.path().join("data-redmond.hq")).unwrap();
+    let listener = tokio::net::TcpListener::bind(hq_addr).await.unwrap();
+    let hq_node = entente::Node::start_with_listener(
+        entente::Config::load(&hq_config).unwrap(),
+        Some(listener),
+    )
+    .await
+    .unwrap();
+    let at_hq = analyst(&pki, &hq_node).await;
+    publish(&at_hq, vec![item("new.example.com", Tlp::Green)], None).await;
+    assert_eq!(hq_node.engine().store().feed_head(), 1);
+    // berlin still gets it: a cursor beyond the feed is served from the start.
+    converges(
+        &at_berlin,
+        &[
+            "old-0.example.com",
+            "old-1.example.com",
+            "old-2.example.com",
+            "new.example.com",
+        ],
+    )
+    .await;
+    berlin_node.shutdown(DEADLINE).await.unwrap();
+    hq_node.shutdown(DEADLINE).await.unwrap();
+}

@@ -324,7 +324,10 @@ impl BundleLog {
         }
         let upto = self.end.load(Ordering::SeqCst);
         if let Err(e) = self.file.sync_data() {
+            // What was not synced may be lost already, while still readable from the
+            // page cache: cut it, so a reopen cannot read it back and count it.
             self.failed.store(true, Ordering::SeqCst);
+            let _ = self.file.set_len(*synced);
             return Err(self.io(e));
         }
         *synced = upto;

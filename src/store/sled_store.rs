@@ -46,16 +46,20 @@ const NONE: u32 = u32::MAX;
 /// went past it still receives what comes next; a restart skips at most this many.
 const FEED_LEASE: u64 = 64;
 
-/// One item record in the log, as the index knows it. The indexes hold slot numbers
-/// only (4 bytes each) and compare through these fields, so an item costs about 60
+/// One item record in the log, as the index knows it (48 bytes). The two hash tables
+/// hold slot numbers only (4 bytes and a control byte per bucket) and compare through
+/// these fields; with its place in its bundle's slot list, an item costs about 70–75
 /// bytes of memory.
 #[derive(Clone, Copy)]
 struct Slot {
-    span: Span,
-    /// Its item id.
-    uuid: [u8; 16],
+    /// Where its record starts in the log.
+    offset: u64,
     /// Keyed hash of its type and value (0 for revocations, which have none).
     value_hash: u64,
+    /// Its item id.
+    uuid: [u8; 16],
+    /// Its record's length.
+    len: u32,
     /// Index in its bundle.
     index: u32,
     /// The previous slot with the same value hash ([`NONE`] at the end).
@@ -68,14 +72,16 @@ struct Slot {
 
 /// Slots in chunks of fixed size: growing never copies the slots held or leaves
 /// half of a doubled allocation unused (a `Vec` of a million slots would briefly hold
-/// 75 MB to grow).
+/// 72 MB to grow).
 struct Slots {
     chunks: Vec<Vec<Slot>>,
     len: usize,
 }
 
-/// Slots per chunk (3 MB each).
+/// Slots per chunk (3 MiB each).
 const CHUNK_SLOTS: usize = 1 << 16;
+
+const _: () = assert!(std::mem::size_of::<Slot>() == 48);
 
 impl Slots {
     fn new() -> Self {
@@ -116,6 +122,15 @@ impl std::ops::Index<usize> for Slots {
 impl std::ops::IndexMut<usize> for Slots {
     fn index_mut(&mut self, at: usize) -> &mut Slot {
         &mut self.chunks[at / CHUNK_SLOTS][at % CHUNK_SLOTS]
+    }
+}
+
+impl Slot {
+    fn span(&self) -> Span {
+        Span {
+            offset: self.offset,
+            len: self.len,
+        }
     }
 }
 
@@ -237,7 +252,8 @@ impl Index {
                     problem: "more item records than this version indexes".into(),
                 })?;
             slots.push(Slot {
-                span: new.span,
+                offset: new.span.offset,
+                len: new.span.len,
                 uuid: new.uuid,
                 value_hash: new.value_hash.unwrap_or(0),
                 index: new.index,
@@ -476,7 +492,7 @@ impl SledStore {
             let index = self.index();
             match index.latest(uuid) {
                 None => return Ok(None),
-                Some(slot) => index.slots[slot as usize].span,
+                Some(slot) => index.slots[slot as usize].span(),
             }
         };
         self.read_record(span).map(Some)
@@ -627,7 +643,7 @@ impl SledStore {
                     while at != NONE && taken < SCAN_CHUNK && !spent(examined, reads + out.len()) {
                         let slot = &index.slots[at as usize];
                         if slot.live {
-                            out.push((at, slot.span));
+                            out.push((at, slot.span()));
                         }
                         last = at;
                         at = slot.next;
@@ -678,7 +694,7 @@ impl SledStore {
                 {
                     let slot = &index.slots[at as usize];
                     if slot.live && ty.is_none_or(|t| t == slot.ty) {
-                        out.push((at as u32, slot.span));
+                        out.push((at as u32, slot.span()));
                     }
                     at += 1;
                     taken += 1;
@@ -1005,6 +1021,10 @@ impl Store for SledStore {
         self.feed_head.load(Ordering::SeqCst)
     }
 
+    fn feed_limit(&self) -> u64 {
+        self.feed_head().max(self.feed_floor)
+    }
+
     fn put_certificate(&self, der: &[u8]) -> Result<[u8; 32], StoreError> {
         let sha = crate::crypto::sha256(der);
         self.tree
@@ -1051,7 +1071,7 @@ impl Store for SledStore {
                 .iter()
                 .map(|&s| index.slots[s as usize])
                 .filter(|slot| slot.live)
-                .map(|slot| (slot.index, slot.span))
+                .map(|slot| (slot.index, slot.span()))
                 .collect();
             (entry.head, live)
         };
