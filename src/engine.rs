@@ -428,7 +428,7 @@ impl Engine {
                 distribution: None,
                 accepted_ms: stored.accepted_ms,
                 now_ms,
-                // The store holds only the latest version of each id.
+                // The store returns only the latest version of each id.
                 latest: true,
                 include_expired,
             },

@@ -1,8 +1,9 @@
-//! Durable state behind the [`Store`] trait, with sled as the engine: bundles as
-//! signed, the latest version of every item with its provenance, a value index,
-//! the change feed, the certificate cache and the hash-chained disclosure ledger.
-//! Accepting a bundle applies the single-writer rule and writes everything in one
-//! atomic batch. No proto types of the services and no network here.
+//! Durable state behind the [`Store`] trait: bundles as signed and every item with
+//! its provenance in an append-only bundle log, indexes over them in memory (latest
+//! version per id, values, bundles, the change feed), and in sled the certificate
+//! cache, replication cursors and the hash-chained disclosure ledger. Accepting a
+//! bundle applies the single-writer rule and appends one log frame, which counts
+//! whole or not at all. No proto types of the services and no network here.
 
 mod ledger;
 mod log;
@@ -306,8 +307,9 @@ pub trait Store: Send + Sync {
     /// The id of the node that owns the store.
     fn owner(&self) -> &NodeId;
 
-    /// Stores a verified bundle in one atomic batch, applying the single-writer and
-    /// versioning rules per item. Not durable until [`Store::flush`].
+    /// Stores a verified bundle as one log frame (whole or not at all after a crash),
+    /// applying the single-writer and versioning rules per item. Not durable until
+    /// [`Store::flush`].
     fn accept(
         &self,
         bundle: &VerifiedBundle,

@@ -1,4 +1,4 @@
-//! The disclosure ledger in a real sled store: appending and reading back, the chain
+//! The disclosure ledger in a real store (sled): appending and reading back, the chain
 //! across a restart, concurrent appends, and what verification reports when the
 //! stored records are edited, removed, reordered or truncated behind the node's back.
 

@@ -1,4 +1,4 @@
-//! Replication between real nodes over mTLS, each with its own sled store: pull with a
+//! Replication between real nodes over mTLS, each with its own store: pull with a
 //! live tail, the delivery rule on the way out (TLP, max_hops, forward_third_party),
 //! multi-hop forwarding with hop counts, and exact resume after a restart.
 

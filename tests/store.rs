@@ -1,4 +1,4 @@
-//! The sled store with real signed bundles: single writer, versions, merging of
+//! The store with real signed bundles: single writer, versions, merging of
 //! disclosures, the change feed, queries, expiry and persistence.
 
 mod common;

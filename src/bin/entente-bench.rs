@@ -4,10 +4,12 @@
 //! cargo run --release --bin entente-bench -- ingest [--items 1000000] [--bundle-size 1000]
 //! ```
 //!
-//! `ingest` starts a fresh node (own PKI, own sled store in a temporary directory,
-//! real mTLS on loopback) and measures: publishing through `Intel.Publish`; the raw
-//! sled insert rate of same-sized records in the same run; exact-value queries; disk
-//! bytes per indicator; and the process's peak RSS.
+//! `ingest` starts a fresh node as its own process (own PKI, own store in a temporary
+//! directory, real mTLS on loopback) and measures: publishing through `Intel.Publish`;
+//! the node's peak RSS and disk bytes per indicator after the flush; the raw sled
+//! insert rate of same-sized records in the same run (the floor); exact-value
+//! queries; peak RSS again; then, with the node stopped, the time to reopen its store
+//! (rebuilding the indexes) and exact-value lookups on the store alone.
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! `entente demo`: a whole federation on loopback in one command.
 //!
-//! Four real nodes (each with its own sled store, certificate and mTLS listener) and two
+//! Four real nodes (each with its own store, certificate and mTLS listener) and two
 //! clients, all under a throwaway federation CA in a temporary directory: headquarters
 //! publishes a campaign across every TLP level, one sharing group and one revocation;
 //! a satellite office publishes a find of its own; the demo waits for the federation to
@@ -242,7 +242,7 @@ async fn run_demo(
 ) -> Result<()> {
     let started = Instant::now();
     println!("Entente demo: a federation of four nodes and two clients on loopback, each node");
-    println!("with its own sled store, certificate and mutually authenticated gRPC listener.");
+    println!("with its own store, certificate and mutually authenticated gRPC listener.");
     println!();
 
     let fed = start_federation().await?;
@@ -469,7 +469,7 @@ async fn start_federation() -> Result<Federation> {
         std::fs::write(dir.path().join("clients").join(format!("{who}.toml")), text)?;
     }
 
-    println!("[2/6] nodes started (real sled stores, TLS 1.3 with client certificates):");
+    println!("[2/6] nodes started (real stores on disk, TLS 1.3 with client certificates):");
     let roles = [
         "headquarters: origin of the campaign; passes the offices' GREEN finds on",
         "satellite office: everything up to RED from hq",

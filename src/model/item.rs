@@ -243,8 +243,7 @@ impl fmt::Display for IndicatorType {
 }
 
 impl ItemId {
-    /// A fresh id: a time-ordered UUID (version 7), so new ids sort by creation time
-    /// and land at the end of the store's indexes.
+    /// A fresh id: a time-ordered UUID (version 7), so new ids sort by creation time.
     pub fn new_random() -> Self {
         Self(format!("indicator--{}", uuid::Uuid::now_v7()))
     }

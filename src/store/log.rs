@@ -350,7 +350,7 @@ impl BundleLog {
 }
 
 /// Creates a log holding only the magic bytes, so that a crash never leaves a log
-/// file without them: written aside, synced, renamed into place, directory synced.
+/// file without them: written aside, synced, linked into place, directory synced.
 fn create(path: &Path) -> std::io::Result<()> {
     let fresh = path.with_extension("log.new");
     // Owner only, whatever the umask: the log holds every item, RED ones included.

@@ -51,7 +51,8 @@ pub struct BundleHead {
     pub signature: Vec<u8>,
 }
 
-/// The latest version of an item this node holds, with its provenance.
+/// One version of an item as logged, with its provenance (superseded versions stay
+/// in the log; the index knows which is the latest).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ItemRecord {
     /// The bundle's UUID bytes.
