@@ -18,6 +18,25 @@ const DEADLINE: Duration = Duration::from_secs(120);
 /// left running.
 struct KillOnDrop(Child);
 
+impl KillOnDrop {
+    /// `entente demo` with `args`, its output piped (stderr too when `stderr`).
+    fn demo(args: &[&str], stderr: bool) -> Self {
+        Self(
+            Command::new(ENTENTE)
+                .arg("demo")
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(if stderr {
+                    Stdio::piped()
+                } else {
+                    Stdio::null()
+                })
+                .spawn()
+                .expect("run entente demo"),
+        )
+    }
+}
+
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         if let Ok(None) = self.0.try_wait() {
@@ -178,14 +197,7 @@ fn normalise(cell: &str) -> String {
 
 #[test]
 fn demo_runs_a_federation_and_every_claim_holds() {
-    let mut child = KillOnDrop(
-        Command::new(ENTENTE)
-            .arg("demo")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run entente demo"),
-    );
+    let mut child = KillOnDrop::demo(&[], true);
     let stdout = drain(child.0.stdout.take().unwrap());
     let stderr = drain(child.0.stderr.take().unwrap());
     let status = wait_exit(&mut child.0);
@@ -276,14 +288,7 @@ fn demo_runs_a_federation_and_every_claim_holds() {
 
 #[test]
 fn keep_running_leaves_a_federation_the_cli_can_query() {
-    let mut guard = KillOnDrop(
-        Command::new(ENTENTE)
-            .args(["demo", "--keep-running"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("run entente demo --keep-running"),
-    );
+    let mut guard = KillOnDrop::demo(&["--keep-running"], false);
     let child = &mut guard.0;
     let rx = lines_of(child.stdout.take().unwrap());
     // The printed instructions, up to the ledger line.
@@ -374,14 +379,7 @@ fn keep_running_leaves_a_federation_the_cli_can_query() {
 
 #[test]
 fn interrupted_demo_removes_its_directory() {
-    let mut guard = KillOnDrop(
-        Command::new(ENTENTE)
-            .arg("demo")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run entente demo"),
-    );
+    let mut guard = KillOnDrop::demo(&[], true);
     let child = &mut guard.0;
     let stdout = child.stdout.take().unwrap();
     let stderr = drain(child.stderr.take().unwrap());

@@ -43,6 +43,44 @@ fn peer(id: &str, addr: &str, policy: &str) -> String {
     format!("\n[[peer]]\nid = \"{id}\"\naddress = \"{addr}\"\nrole = \"peer\"\n{policy}\n")
 }
 
+/// An open policy: GREEN and below, every type.
+const OPEN: &str = "max_tlp = \"GREEN\"\nallow_types = [\"*\"]";
+
+/// redmond.hq started (its policy for berlin.office is `hq_for_berlin`), and the
+/// configuration of berlin.office pulling from it under an open policy, not started.
+struct HqAndBerlin {
+    pki: Pki,
+    hq: NodeId,
+    hq_config: PathBuf,
+    hq_node: Node,
+    berlin_config: PathBuf,
+}
+
+async fn hq_and_berlin(hq_for_berlin: &str) -> HqAndBerlin {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let berlin = pki.node("berlin.office");
+    pki.client("analyst.alice");
+    let hq_config = config(
+        &pki,
+        &hq,
+        &peer("berlin.office", "127.0.0.1:1", hq_for_berlin),
+    );
+    let hq_node = common::start(&hq_config).await;
+    let berlin_config = config(
+        &pki,
+        &berlin,
+        &peer("redmond.hq", &hq_node.local_addr().to_string(), OPEN),
+    );
+    HqAndBerlin {
+        pki,
+        hq,
+        hq_config,
+        hq_node,
+        berlin_config,
+    }
+}
+
 async fn analyst(pki: &Pki, node: &Node) -> NodeClient {
     let who = NodeId::new("analyst.alice").unwrap();
     NodeClient::connect(
@@ -423,30 +461,14 @@ async fn a_triangle_of_forwarding_peers_converges_and_goes_quiet() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_widened_policy_replays_the_feed_to_that_partner() {
-    let pki = Pki::new();
-    let hq = pki.node("redmond.hq");
-    let berlin = pki.node("berlin.office");
-    pki.client("analyst.alice");
-    let hq_config = config(
-        &pki,
-        &hq,
-        &peer(
-            "berlin.office",
-            "127.0.0.1:1",
-            "max_tlp = \"GREEN\"\nallow_types = [\"ipv4\"]",
-        ),
-    );
-    let hq_node = common::start(&hq_config).await;
-    let berlin_node = common::start(&config(
-        &pki,
-        &berlin,
-        &peer(
-            "redmond.hq",
-            &hq_node.local_addr().to_string(),
-            "max_tlp = \"GREEN\"\nallow_types = [\"*\"]",
-        ),
-    ))
-    .await;
+    let HqAndBerlin {
+        pki,
+        hq_config,
+        hq_node,
+        berlin_config,
+        ..
+    } = hq_and_berlin("max_tlp = \"GREEN\"\nallow_types = [\"ipv4\"]").await;
+    let berlin_node = common::start(&berlin_config).await;
     let at_hq = analyst(&pki, &hq_node).await;
     let ip = wire::Item {
         kind: Some(wire::item::Kind::Indicator(wire::Indicator {
@@ -480,29 +502,12 @@ async fn a_widened_policy_replays_the_feed_to_that_partner() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_catch_up_pulls_only_the_new_entries() {
-    let pki = Pki::new();
-    let hq = pki.node("redmond.hq");
-    let berlin = pki.node("berlin.office");
-    pki.client("analyst.alice");
-    let hq_node = common::start(&config(
-        &pki,
-        &hq,
-        &peer(
-            "berlin.office",
-            "127.0.0.1:1",
-            "max_tlp = \"GREEN\"\nallow_types = [\"*\"]",
-        ),
-    ))
-    .await;
-    let berlin_config = config(
-        &pki,
-        &berlin,
-        &peer(
-            "redmond.hq",
-            &hq_node.local_addr().to_string(),
-            "max_tlp = \"GREEN\"\nallow_types = [\"*\"]",
-        ),
-    );
+    let HqAndBerlin {
+        pki,
+        hq_node,
+        berlin_config,
+        ..
+    } = hq_and_berlin(OPEN).await;
     let berlin_node = common::start(&berlin_config).await;
     let at_hq = analyst(&pki, &hq_node).await;
     let operator = {
@@ -591,30 +596,13 @@ async fn offline_catch_up_pulls_only_the_new_entries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_embargo_delays_delivery_and_then_releases_it() {
-    let pki = Pki::new();
-    let hq = pki.node("redmond.hq");
-    let berlin = pki.node("berlin.office");
-    pki.client("analyst.alice");
-    let hq_node = common::start(&config(
-        &pki,
-        &hq,
-        &peer(
-            "berlin.office",
-            "127.0.0.1:1",
-            "max_tlp = \"GREEN\"\nallow_types = [\"*\"]\nembargo = \"2s\"",
-        ),
-    ))
-    .await;
-    let berlin_node = common::start(&config(
-        &pki,
-        &berlin,
-        &peer(
-            "redmond.hq",
-            &hq_node.local_addr().to_string(),
-            "max_tlp = \"GREEN\"\nallow_types = [\"*\"]",
-        ),
-    ))
-    .await;
+    let HqAndBerlin {
+        pki,
+        hq_node,
+        berlin_config,
+        ..
+    } = hq_and_berlin(&format!("{OPEN}\nembargo = \"2s\"")).await;
+    let berlin_node = common::start(&berlin_config).await;
     let at_hq = analyst(&pki, &hq_node).await;
     let at_berlin = analyst(&pki, &berlin_node).await;
     let published = Instant::now();
@@ -651,17 +639,13 @@ async fn an_embargo_delays_delivery_and_then_releases_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_wait_returns_only_after_a_multi_page_initial_sync() {
     const BUNDLES: usize = 700;
-    let pki = Pki::new();
-    let hq = pki.node("redmond.hq");
-    let berlin = pki.node("berlin.office");
-    pki.client("analyst.alice");
-    let open = "max_tlp = \"GREEN\"\nallow_types = [\"*\"]";
-    let hq_node = common::start(&config(
-        &pki,
-        &hq,
-        &peer("berlin.office", "127.0.0.1:1", open),
-    ))
-    .await;
+    let HqAndBerlin {
+        pki,
+        hq,
+        hq_node,
+        berlin_config,
+        ..
+    } = hq_and_berlin(OPEN).await;
     let at_hq = analyst(&pki, &hq_node).await;
     let requests: Vec<PublishRequest> = (0..BUNDLES)
         .map(|n| PublishRequest {
@@ -674,11 +658,6 @@ async fn status_wait_returns_only_after_a_multi_page_initial_sync() {
     let head = hq_node.engine().store().feed_head();
     assert_eq!(head, BUNDLES as u64);
 
-    let berlin_config = config(
-        &pki,
-        &berlin,
-        &peer("redmond.hq", &hq_node.local_addr().to_string(), open),
-    );
     let berlin_node = common::start(&berlin_config).await;
     let target = format!("berlin.office@{}", berlin_node.local_addr());
     let out = tokio::task::spawn_blocking(move || {
@@ -715,20 +694,15 @@ async fn status_wait_returns_only_after_a_multi_page_initial_sync() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partner_whose_cursor_is_beyond_a_fresh_feed_is_served_from_the_start() {
-    let pki = Pki::new();
-    let hq = pki.node("redmond.hq");
-    let berlin = pki.node("berlin.office");
-    pki.client("analyst.alice");
-    let open = "max_tlp = \"GREEN\"\nallow_types = [\"*\"]";
-    let hq_config = config(&pki, &hq, &peer("berlin.office", "127.0.0.1:1", open));
-    let hq_node = common::start(&hq_config).await;
+    let HqAndBerlin {
+        pki,
+        hq,
+        hq_config,
+        hq_node,
+        berlin_config,
+    } = hq_and_berlin(OPEN).await;
     let hq_addr = hq_node.local_addr();
-    let berlin_node = common::start(&config(
-        &pki,
-        &berlin,
-        &peer("redmond.hq", &hq_addr.to_string(), open),
-    ))
-    .await;
+    let berlin_node = common::start(&berlin_config).await;
     let at_hq = analyst(&pki, &hq_node).await;
     for n in 0..3 {
         publish(

@@ -12,7 +12,9 @@ use entente::engine::now_ms;
 use entente::model::{
     Distribution, Indicator, IndicatorType, Item, ItemId, ItemKind, NodeId, Revocation, Tlp,
 };
-use entente::store::{ItemQuery, ItemRejection, SledStore, Source, Store, StoreError};
+use entente::store::{
+    ItemQuery, ItemRejection, Page, SledStore, Source, Store, StoreError, StoredItem,
+};
 use entente::transport::{SignerVerifier, TlsMaterial};
 
 #[derive(Default)]
@@ -102,23 +104,34 @@ fn open(f: &Fixture, name: &str) -> SledStore {
     common::open_store(&f.pki.path().join(name), &f.hq.id, 16 << 20).unwrap()
 }
 
-fn all(store: &SledStore, query: &ItemQuery) -> Vec<String> {
+/// Every page of `query`, following the cursors to the end.
+fn pages(
+    store: &SledStore,
+    query: &ItemQuery,
+    limit: usize,
+    now: i64,
+    visible: &dyn Fn(&StoredItem) -> bool,
+) -> Vec<Page> {
     let mut out = Vec::new();
     let mut cursor: Option<Vec<u8>> = None;
     loop {
         let page = store
-            .query(query, cursor.as_deref(), 2, now_ms(), &|_| true)
+            .query(query, cursor.as_deref(), limit, now, visible)
             .unwrap();
-        out.extend(
-            page.items
-                .iter()
-                .map(|s| s.item.value().unwrap_or("<revocation>").to_owned()),
-        );
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => break,
+        cursor = page.next.clone();
+        out.push(page);
+        if cursor.is_none() {
+            return out;
         }
     }
+}
+
+fn all(store: &SledStore, query: &ItemQuery) -> Vec<String> {
+    let mut out: Vec<String> = pages(store, query, 2, now_ms(), &|_| true)
+        .iter()
+        .flat_map(|p| &p.items)
+        .map(|s| s.item.value().unwrap_or("<revocation>").to_owned())
+        .collect();
     out.sort();
     out
 }
@@ -620,18 +633,11 @@ fn several_items_with_one_value_are_all_found_and_paged_once() {
         value: Some("203.0.113.9".into()),
         ..Default::default()
     };
-    let mut seen = Vec::new();
-    let mut cursor: Option<Vec<u8>> = None;
-    loop {
-        let page = store
-            .query(&query, cursor.as_deref(), 1, now, &|_| true)
-            .unwrap();
-        seen.extend(page.items.iter().map(|s| s.item.id.clone()));
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
-    }
+    let seen: Vec<ItemId> = pages(&store, &query, 1, now, &|_| true)
+        .iter()
+        .flat_map(|p| &p.items)
+        .map(|s| s.item.id.clone())
+        .collect();
     let unique: std::collections::BTreeSet<_> = seen.iter().cloned().collect();
     assert_eq!((seen.len(), unique.len()), (6, 6));
     // Superseding one of them with another value removes only that one from the entry.
@@ -684,20 +690,12 @@ fn answers(
         out.push(format!("value {value}: {:?}", page.items));
     }
     // A scan, page by page: the cursors and pages must come out the same too.
-    let mut cursor: Option<Vec<u8>> = None;
-    loop {
-        let query = ItemQuery {
-            include_expired: true,
-            ..Default::default()
-        };
-        let page = store
-            .query(&query, cursor.as_deref(), 3, now_ms(), &|_| true)
-            .unwrap();
+    let scan = ItemQuery {
+        include_expired: true,
+        ..Default::default()
+    };
+    for page in pages(store, &scan, 3, now_ms(), &|_| true) {
         out.push(format!("scan page {:?}: {:?}", page.next, page.items));
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
     }
     out.push(format!(
         "feed head {}: {:?}",
@@ -1005,33 +1003,15 @@ fn a_value_held_by_very_many_items_is_paged_in_bounded_calls() {
     };
     // A caller who may see none of them: each call stops after a bounded number of
     // reads and hands back a cursor, until the end.
-    let mut cursor: Option<Vec<u8>> = None;
-    let mut calls = 0;
-    loop {
-        let page = store
-            .query(&query, cursor.as_deref(), 10, now, &|_| false)
-            .unwrap();
-        assert!(page.items.is_empty());
-        calls += 1;
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
-    }
-    assert!((3..=4).contains(&calls), "{calls} calls");
+    let calls = pages(&store, &query, 10, now, &|_| false);
+    assert!(calls.iter().all(|p| p.items.is_empty()));
+    assert!((3..=4).contains(&calls.len()), "{} calls", calls.len());
     // A caller who may see them all gets each once, newest first.
-    let mut seen = Vec::new();
-    let mut cursor: Option<Vec<u8>> = None;
-    loop {
-        let page = store
-            .query(&query, cursor.as_deref(), 1_000, now, &|_| true)
-            .unwrap();
-        seen.extend(page.items.iter().map(|s| s.item.modified_ms));
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
-    }
+    let seen: Vec<i64> = pages(&store, &query, 1_000, now, &|_| true)
+        .iter()
+        .flat_map(|p| &p.items)
+        .map(|s| s.item.modified_ms)
+        .collect();
     assert_eq!(seen.len(), 2_500);
     assert!(seen.windows(2).all(|w| w[0] > w[1]));
     // A cursor naming the head of a chain is the start; one naming a slot of

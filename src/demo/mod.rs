@@ -523,7 +523,18 @@ fn to_wire(
         .collect()
 }
 
-async fn publish_one(client: &NodeClient, request: PublishRequest) -> Result<()> {
+/// Publishes `items` as one bundle with `distribution`, expanded for `groups`.
+async fn publish_one(
+    client: &NodeClient,
+    items: Vec<wire::Item>,
+    distribution: wire::Distribution,
+    groups: &[&str],
+) -> Result<()> {
+    let request = PublishRequest {
+        items,
+        distribution: Some(distribution),
+        groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+    };
     client
         .publish(tokio_stream::iter(vec![request]))
         .await
@@ -544,69 +555,32 @@ async fn publish_campaign(fed: &Federation) -> Result<Vec<Published>> {
     let group = to_wire(CAMPAIGN_GROUP, &mut hq_items);
     let red = to_wire(CAMPAIGN_RED, &mut hq_items);
     let find = to_wire(BERLIN_FIND, &mut berlin_items);
-    publish_one(
-        &alice,
-        PublishRequest {
-            items: open,
-            distribution: Some(wire::Distribution::default()),
-            groups: vec![],
-        },
-    )
-    .await?;
-    publish_one(
-        &alice,
-        PublishRequest {
-            items: group,
-            distribution: Some(wire::Distribution::default()),
-            groups: vec!["satellites".into()],
-        },
-    )
-    .await?;
-    publish_one(
-        &alice,
-        PublishRequest {
-            items: red,
-            distribution: Some(wire::Distribution {
-                max_hops: Some(1),
-                recipients: vec![BERLIN.into()],
-            }),
-            groups: vec![],
-        },
-    )
-    .await?;
-    publish_one(
-        &jonas,
-        PublishRequest {
-            items: find,
-            distribution: Some(wire::Distribution::default()),
-            groups: vec![],
-        },
-    )
-    .await?;
+    let anywhere = wire::Distribution::default;
+    publish_one(&alice, open, anywhere(), &[]).await?;
+    publish_one(&alice, group, anywhere(), &["satellites"]).await?;
+    let berlin_only = wire::Distribution {
+        max_hops: Some(1),
+        recipients: vec![BERLIN.into()],
+    };
+    publish_one(&alice, red, berlin_only, &[]).await?;
+    publish_one(&jonas, find, anywhere(), &[]).await?;
     // The redirector is a shared CDN address: revoke it (same id, newer version; the
     // revocation carries the indicator's marking, type and tags, and is judged on them).
     let (revoked_id, revoked) = hq_items
         .iter()
         .find(|(_, s)| s.value == REVOKED_VALUE)
         .context("the sample campaign lost its revoked indicator")?;
-    publish_one(
-        &alice,
-        PublishRequest {
-            items: vec![wire::Item {
-                id: revoked_id.clone(),
-                modified_unix_ms: 0,
-                tlp: wire::Tlp::from(revoked.tlp) as i32,
-                tags: vec![CAMPAIGN.to_owned()],
-                kind: Some(wire::item::Kind::Revocation(wire::Revocation {
-                    reason: "shared CDN address: false positive".into(),
-                    indicator_type: revoked.indicator_type.into(),
-                })),
-            }],
-            distribution: Some(wire::Distribution::default()),
-            groups: vec![],
-        },
-    )
-    .await?;
+    let revocation = wire::Item {
+        id: revoked_id.clone(),
+        modified_unix_ms: 0,
+        tlp: wire::Tlp::from(revoked.tlp) as i32,
+        tags: vec![CAMPAIGN.to_owned()],
+        kind: Some(wire::item::Kind::Revocation(wire::Revocation {
+            reason: "shared CDN address: false positive".into(),
+            indicator_type: revoked.indicator_type.into(),
+        })),
+    };
+    publish_one(&alice, vec![revocation], anywhere(), &[]).await?;
 
     let count = |tlp: Tlp| hq_items.iter().filter(|(_, s)| s.tlp == tlp).count();
     println!(

@@ -181,10 +181,6 @@ impl Index {
         }
     }
 
-    fn value_hash(&self, ty: u8, value: &[u8]) -> u64 {
-        value_hash(&self.hasher, ty, value)
-    }
-
     /// Makes room for `items` more item records without growing the tables on the
     /// way (growing rehashes every id).
     fn reserve(&mut self, items: usize) {
@@ -317,7 +313,6 @@ pub struct SledStore {
     index: RwLock<Index>,
     /// The index's value hasher, for hashing outside its lock.
     hasher: RandomState,
-    feed_head: AtomicU64,
     /// The log watermark as last written to sled.
     recorded_watermark: AtomicU64,
     /// Held for the whole of a flush.
@@ -408,7 +403,6 @@ impl SledStore {
             index.reserve(usize::try_from(len / 200).unwrap_or(0).min(1 << 26));
         }
         let log = BundleLog::open(&log_path, acknowledged, |frame| replay(&mut index, frame))?;
-        let feed_head = index.feed_head();
         let hasher = index.hasher.clone();
         Ok(Self {
             path: dir.to_owned(),
@@ -418,7 +412,6 @@ impl SledStore {
             log,
             index: RwLock::new(index),
             hasher,
-            feed_head: AtomicU64::new(feed_head),
             recorded_watermark: AtomicU64::new(acknowledged),
             flushing: Mutex::new(()),
             feed_floor: feed_lease,
@@ -736,7 +729,9 @@ fn replay(index: &mut Index, frame: Frame<'_>) -> Result<(), StoreError> {
                 uuid: fields.uuid,
                 index: fields.index,
                 ty: fields.ty,
-                value_hash: fields.value.map(|v| index.value_hash(fields.ty, v)),
+                value_hash: fields
+                    .value
+                    .map(|v| value_hash(&index.hasher, fields.ty, v)),
             });
             continue;
         }
@@ -747,7 +742,7 @@ fn replay(index: &mut Index, frame: Frame<'_>) -> Result<(), StoreError> {
         let record = ItemRecord::decode(bytes).map_err(|e| damaged(e.to_string()))?;
         let item = Item::decode_stored(&record.item_bytes).map_err(|e| damaged(e.to_string()))?;
         let (ty, value_hash) = match records::value_of(&item) {
-            Some((ty, value)) => (ty, Some(index.value_hash(ty, value.as_bytes()))),
+            Some((ty, value)) => (ty, Some(value_hash(&index.hasher, ty, value.as_bytes()))),
             None => (records::NOT_INDEXED, None),
         };
         items.push(NewItem {
@@ -810,33 +805,34 @@ impl Store for SledStore {
         let bundle_uuid = header.bundle_id.uuid_bytes();
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
 
-        // What is known of this bundle: whether it is held, and which indices.
-        let held = {
+        // What is known of this bundle (its head, and which indices), the feed head and
+        // how many slots there are.
+        let (held, known, feed_head, slots) = {
             let index = self.index();
-            index.bundles.get(&bundle_uuid).map(|entry| {
-                let known: Vec<u32> = entry
-                    .slots
-                    .iter()
-                    .map(|&s| index.slots[s as usize].index)
-                    .collect();
-                (entry.head, known)
-            })
+            let entry = index.bundles.get(&bundle_uuid);
+            let known: std::collections::HashSet<u32> = entry
+                .into_iter()
+                .flat_map(|e| &e.slots)
+                .map(|&s| index.slots[s as usize].index)
+                .collect();
+            (
+                entry.map(|e| e.head),
+                known,
+                index.feed_head(),
+                index.slots.len(),
+            )
         };
-        let known: std::collections::HashSet<u32> = match &held {
-            Some((head, known)) => {
-                // The same signed header under another valid signature (ECDSA
-                // signatures are malleable) is the same bundle: the first is kept.
-                if self.read_head(*head, &header.bundle_id)?.header_bytes != bundle.header_bytes() {
-                    return Err(StoreError::ConflictingBundle(header.bundle_id.clone()));
-                }
-                known.iter().copied().collect()
+        // The same signed header under another valid signature (ECDSA signatures are
+        // malleable) is the same bundle: the first is kept.
+        if let Some(head) = held {
+            if self.read_head(head, &header.bundle_id)?.header_bytes != bundle.header_bytes() {
+                return Err(StoreError::ConflictingBundle(header.bundle_id.clone()));
             }
-            None => Default::default(),
-        };
+        }
         let origin = header.origin.to_string();
         let received_from = source.received_from.to_string();
         // Above every position that may have been handed out before a restart.
-        let seq = self.feed_head.load(Ordering::SeqCst).max(self.feed_floor) + 1;
+        let seq = feed_head.max(self.feed_floor) + 1;
         let head_bytes = held.is_none().then(|| {
             BundleHead {
                 header_bytes: bundle.header_bytes().to_vec(),
@@ -914,7 +910,8 @@ impl Store for SledStore {
         if report.stored.is_empty() && report.hops_lowered == 0 {
             return Ok(report);
         }
-        if self.index().slots.len() + new_items.len() >= NONE as usize {
+        // Appends are serial (the writer lock), so no slot was added since.
+        if slots + new_items.len() >= NONE as usize {
             return Err(corrupt(
                 "bundle log",
                 "more item records than this version indexes",
@@ -930,7 +927,6 @@ impl Store for SledStore {
         }
         index.apply(bundle_uuid, seq, written.head, new_items)?;
         drop(index);
-        self.feed_head.store(seq, Ordering::SeqCst);
         report.feed_seq = Some(seq);
         Ok(report)
     }
@@ -1019,7 +1015,7 @@ impl Store for SledStore {
     }
 
     fn feed_head(&self) -> u64 {
-        self.feed_head.load(Ordering::SeqCst)
+        self.index().feed_head()
     }
 
     fn feed_limit(&self) -> u64 {

@@ -27,10 +27,17 @@ _MAX_CONFIG_BYTES = 64 * 1024
 _MAX_PEM_BYTES = 1024 * 1024
 
 
-def _read_bounded(path: Path, limit: int) -> bytes:
-    """The file's bytes, reading at most ``limit + 1`` of them."""
-    with open(path, "rb") as file:
-        return file.read(limit + 1)
+def _read_bounded(path: Path, limit: int, label: str) -> bytes:
+    """The file's bytes (reading at most ``limit + 1`` of them); a file that cannot be
+    read or is larger than ``limit`` is a ConfigError starting with ``label``."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read(limit + 1)
+    except OSError as error:
+        raise ConfigError(f"{label}: {error.strerror or error}") from None
+    if len(data) > limit:
+        raise ConfigError(f"{label}: larger than {limit} bytes")
+    return data
 
 
 class ConfigError(Exception):
@@ -71,12 +78,7 @@ class ClientConfig:
     def from_toml(cls, path: str | Path) -> "ClientConfig":
         """Loads a ``[client]`` configuration file."""
         path = Path(path)
-        try:
-            data = _read_bounded(path, _MAX_CONFIG_BYTES)
-        except OSError as error:
-            raise ConfigError(f"{path}: {error.strerror or error}") from None
-        if len(data) > _MAX_CONFIG_BYTES:
-            raise ConfigError(f"{path}: larger than {_MAX_CONFIG_BYTES} bytes")
+        data = _read_bounded(path, _MAX_CONFIG_BYTES, str(path))
         try:
             doc = tomllib.loads(data.decode("utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
@@ -124,12 +126,7 @@ class ClientConfig:
         """(root certificates, private key, certificate chain) as PEM bytes."""
 
         def read(what: str, file: Path) -> bytes:
-            try:
-                data = _read_bounded(file, _MAX_PEM_BYTES)
-            except OSError as error:
-                raise ConfigError(f"{what} {file}: {error.strerror or error}") from None
-            if len(data) > _MAX_PEM_BYTES:
-                raise ConfigError(f"{what} {file}: larger than {_MAX_PEM_BYTES} bytes")
+            data = _read_bounded(file, _MAX_PEM_BYTES, f"{what} {file}")
             if b"-----BEGIN" not in data:
                 raise ConfigError(f"{what} {file}: not a PEM file")
             return data
