@@ -93,6 +93,8 @@ struct RawNode {
     trust_anchors: Vec<PathBuf>,
     #[serde(default)]
     crls: Vec<PathBuf>,
+    #[serde(default)]
+    max_clock_skew: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -178,6 +180,9 @@ pub struct NodeSettings {
     pub tls: TlsPaths,
     /// Page cache of the store, in bytes (`store.cache_mb`).
     pub store_cache_bytes: u64,
+    /// How far in the future an item's `modified` time may lie before it is refused,
+    /// at publish and on arrival, ms (`node.max_clock_skew`, default 5m).
+    pub max_clock_skew_ms: i64,
 }
 
 /// A `[[peer]]`: another node.
@@ -204,25 +209,7 @@ pub struct ClientConfig {
     pub policy: PolicySettings,
 }
 
-/// The sharing-policy fields of a `[[peer]]` or `[[client]]`, as written (defaults by
-/// role are applied when the policy is compiled, see `policy::Policy`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PolicySettings {
-    /// Highest TLP marking the partner may receive.
-    pub max_tlp: Option<Tlp>,
-    /// Indicator types it may receive; `None` when not named; `["*"]` gives every type.
-    pub allow_types: Option<Vec<IndicatorType>>,
-    /// Types it never receives.
-    pub deny_types: Vec<IndicatorType>,
-    /// When non-empty, an item must carry one of these tags.
-    pub allow_tags: Vec<String>,
-    /// An item with one of these tags is withheld.
-    pub deny_tags: Vec<String>,
-    /// May items this node did not originate be passed on to this partner (nodes only).
-    pub forward_third_party: bool,
-    /// Delay before newly accepted items become visible to the partner, ms.
-    pub embargo_ms: i64,
-}
+pub use crate::policy::PolicySettings;
 
 /// Parses a duration such as `0`, `90s`, `30m`, `6h`, `2d` into milliseconds.
 pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
@@ -490,6 +477,21 @@ impl Config {
         let tls = TlsMaterial::load(&tls_paths, &id)
             .map_err(|e| invalid(&tls_field(&e, &tls_paths, "node"), e.to_string()))?;
 
+        let max_clock_skew_ms = match &raw.node.max_clock_skew {
+            None => crate::policy::DEFAULT_MAX_CLOCK_SKEW_MS,
+            Some(text) => {
+                let ms = parse_duration_ms(text)
+                    .map_err(|problem| invalid("node.max_clock_skew", problem))?;
+                if ms > 86_400_000 {
+                    return Err(invalid(
+                        "node.max_clock_skew",
+                        format!("{text:?} is longer than a day"),
+                    ));
+                }
+                ms
+            }
+        };
+
         Ok(Self {
             path: path.to_owned(),
             node: NodeSettings {
@@ -498,12 +500,40 @@ impl Config {
                 data_dir: resolve(&raw.node.data_dir),
                 tls: tls_paths,
                 store_cache_bytes: raw.store.cache_mb * 1024 * 1024,
+                max_clock_skew_ms,
             },
             peers,
             clients,
             groups,
             tls,
         })
+    }
+
+    /// The typed input of the sharing policy: every partner with its policy fields, the
+    /// sharing groups and the clock skew.
+    pub fn policy_spec(&self) -> crate::policy::PolicySpec {
+        let peers = self.peers.iter().map(|p| crate::policy::PartnerSpec {
+            partner: Partner {
+                id: p.id.clone(),
+                kind: PartnerKind::Node,
+                role: p.role,
+            },
+            settings: p.policy.clone(),
+        });
+        let clients = self.clients.iter().map(|c| crate::policy::PartnerSpec {
+            partner: Partner {
+                id: c.id.clone(),
+                kind: PartnerKind::Client,
+                role: c.role,
+            },
+            settings: c.policy.clone(),
+        });
+        crate::policy::PolicySpec {
+            node: self.node.id.clone(),
+            partners: peers.chain(clients).collect(),
+            groups: self.groups.clone(),
+            max_clock_skew_ms: self.node.max_clock_skew_ms,
+        }
     }
 
     /// Every configured partner, as the transport layer identifies them.
@@ -581,6 +611,9 @@ key = "{cert_dir}/{id}.key"
 trust_anchors = ["{cert_dir}/ca.crt"]
 # Certificate revocation lists (PEM), e.g. the crl.pem written by `entente certs revoke`.
 crls = []
+# How far in the future an item's modified time may lie before it is refused (a
+# version dated far ahead would pin the item so no update or revocation replaces it).
+max_clock_skew = "5m"
 
 [store]
 # Page cache of the store in MiB; the node's memory use grows with it.

@@ -9,8 +9,10 @@ use tokio::sync::broadcast;
 use crate::crypto::{
     BundleSigner, CertificateSource, SignError, SignerTrust, VerifiedBundle, VerifyError, verify,
 };
-use crate::model::{Distribution, Item, ItemId, NodeId, Partner};
-use crate::policy::{Context, Decision, Policy};
+use crate::model::{Distribution, Item, ItemId, ItemKind, NodeId, Partner};
+use crate::policy::{
+    Arrival, Context, Decision, PageTokenError, PageTokens, Policy, Refusal, TokenScope,
+};
 use crate::store::{
     AcceptReport, ItemQuery, LedgerEntry, Page, Source, Store, StoreError, StoredItem,
 };
@@ -39,9 +41,20 @@ pub enum EngineError {
     /// A bundle did not verify.
     #[error("bundle rejected: {0}")]
     Verify(#[from] VerifyError),
-    /// A pulled bundle was refused by the inbound rules (sender, hops, recipients, TLP).
+    /// A pulled bundle was refused by the inbound rules (sender, hops, recipients, TLP,
+    /// time).
     #[error("bundle refused: {0}")]
-    Refused(String),
+    Refused(#[from] Refusal),
+    /// Items offered for publishing break a rule (a revocation that does not carry the
+    /// revoked item's marking, a time beyond the clock skew, ...).
+    #[error("{0}")]
+    Unpublishable(String),
+    /// A page token this node did not issue to this caller for this query.
+    #[error(transparent)]
+    PageToken(#[from] PageTokenError),
+    /// A signer certificate offered by a peer was not cached.
+    #[error("signer certificate refused: {0}")]
+    Certificate(String),
     /// A blocking task failed.
     #[error("internal task failed: {0}")]
     Task(String),
@@ -50,26 +63,19 @@ pub enum EngineError {
 /// Most ledger records written in one batch.
 const LEDGER_GROUP_MAX: usize = 1024;
 
-/// How long the ledger writer gathers records before writing a group.
-const LEDGER_GATHER: std::time::Duration = std::time::Duration::from_millis(5);
-
-/// A record to write, or (with `None`) a barrier that answers once everything handed
-/// over before it is written.
-type LedgerJob = (Option<LedgerEntry>, Option<std::sync::mpsc::SyncSender<()>>);
+/// A record to write (or, with `None`, a barrier) and who waits for it: the answer is
+/// `true` once it and every record before it are in the store.
+type LedgerJob = (Option<LedgerEntry>, tokio::sync::oneshot::Sender<bool>);
 
 /// Records handed over and not yet taken by the writer.
 #[derive(Default)]
 struct LedgerQueue {
     jobs: Vec<LedgerJob>,
-    /// A barrier is queued: someone waits, so the writer stops gathering.
-    waiting: bool,
     /// No more jobs: the writer ends after the queued ones.
     closed: bool,
 }
 
-/// The queue and the writer's wake-up. Deliveries wake the writer only when the queue
-/// was empty (the start of a group), when someone waits, or when a group is full, so
-/// a busy node hands records over without a wake-up (a system call) per record.
+/// The queue and the writer's wake-up.
 #[derive(Default)]
 struct LedgerShared {
     queue: std::sync::Mutex<LedgerQueue>,
@@ -82,16 +88,37 @@ impl LedgerShared {
     }
 }
 
-/// The disclosure ledger's writer: deliveries hand their record over before the data
-/// is sent, and one thread writes records in groups, one store batch per group, so
-/// serving never waits for the ledger. Records reach the store within moments and the
-/// disk with the store's next flush (as everything else does). If a write ever fails,
-/// every later delivery is refused: the node fails closed rather than deliver
-/// unrecorded.
+/// The disclosure ledger's writer, with group commit: a delivery hands its record over
+/// and waits until the record is in the store before anything is sent. One thread writes
+/// whatever has queued up as one store batch, so records that arrive while a batch is
+/// being written share the next one. Records reach the disk with the store's next
+/// flush. If a write ever fails, the deliveries waiting on it and every later one are
+/// refused: the node fails closed rather than deliver unrecorded.
 struct LedgerWriter {
     shared: Arc<LedgerShared>,
     failed: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A record handed to the writer; wait on it before sending what it records.
+pub struct LedgerTicket(tokio::sync::oneshot::Receiver<bool>);
+
+impl LedgerTicket {
+    /// Waits (from async code) until the record is written.
+    pub async fn written(self) -> Result<(), EngineError> {
+        match self.0.await {
+            Ok(true) => Ok(()),
+            _ => Err(LedgerWriter::stopped()),
+        }
+    }
+
+    /// Waits (from a blocking thread, never from async code) until the record is written.
+    pub fn written_blocking(self) -> Result<(), EngineError> {
+        match self.0.blocking_recv() {
+            Ok(true) => Ok(()),
+            _ => Err(LedgerWriter::stopped()),
+        }
+    }
 }
 
 impl LedgerWriter {
@@ -111,9 +138,8 @@ impl LedgerWriter {
         }
     }
 
-    /// The writer thread: waits for a first record, gathers for a few milliseconds
-    /// (larger groups cost the store far less per record; a barrier or a full group
-    /// ends the gathering), writes the group in one batch, answers the barriers.
+    /// The writer thread: takes everything queued (at most a group), writes it in one
+    /// batch, answers each waiter.
     fn run(shared: &LedgerShared, store: &dyn Store, failed: &std::sync::atomic::AtomicBool) {
         loop {
             let group = {
@@ -124,37 +150,21 @@ impl LedgerWriter {
                 if queue.jobs.is_empty() {
                     return;
                 }
-                let deadline = std::time::Instant::now() + LEDGER_GATHER;
-                while !queue.waiting && !queue.closed && queue.jobs.len() < LEDGER_GROUP_MAX {
-                    let left = deadline.saturating_duration_since(std::time::Instant::now());
-                    if left.is_zero() {
-                        break;
-                    }
-                    queue = shared
-                        .wake
-                        .wait_timeout(queue, left)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
-                }
-                queue.waiting = false;
                 let take = queue.jobs.len().min(LEDGER_GROUP_MAX);
                 let rest = queue.jobs.split_off(take);
-                let group = std::mem::replace(&mut queue.jobs, rest);
-                // A barrier left behind in the queue still ends the next gathering.
-                queue.waiting = queue.jobs.iter().any(|(_, done)| done.is_some());
-                group
+                std::mem::replace(&mut queue.jobs, rest)
             };
-            let entries: Vec<LedgerEntry> = group.iter().filter_map(|(e, _)| e.clone()).collect();
-            if !entries.is_empty() {
+            let (entries, waiters): (Vec<Option<LedgerEntry>>, Vec<_>) = group.into_iter().unzip();
+            let entries: Vec<LedgerEntry> = entries.into_iter().flatten().collect();
+            if !entries.is_empty() && !failed.load(std::sync::atomic::Ordering::SeqCst) {
                 if let Err(problem) = store.append_ledger_many(&entries) {
                     failed.store(true, std::sync::atomic::Ordering::SeqCst);
                     tracing::error!(%problem, "disclosure ledger write failed; every further delivery is refused");
                 }
             }
-            for (_, done) in group {
-                if let Some(done) = done {
-                    let _ = done.send(());
-                }
+            let ok = !failed.load(std::sync::atomic::Ordering::SeqCst);
+            for waiter in waiters {
+                let _ = waiter.send(ok);
             }
         }
     }
@@ -163,44 +173,35 @@ impl LedgerWriter {
         EngineError::Task("the disclosure ledger is not writable; deliveries are refused".into())
     }
 
-    /// Queues a job; wakes the writer when it has to act on it.
-    fn push(&self, job: LedgerJob) -> Result<(), EngineError> {
+    /// Hands `entry` to the writer; refuses when the ledger has failed.
+    fn append(&self, entry: LedgerEntry) -> Result<LedgerTicket, EngineError> {
+        if self.failed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Self::stopped());
+        }
+        self.push(Some(entry))
+    }
+
+    /// A ticket answered once every record handed over so far is in the store.
+    fn barrier(&self) -> Result<LedgerTicket, EngineError> {
+        self.push(None)
+    }
+
+    fn push(&self, entry: Option<LedgerEntry>) -> Result<LedgerTicket, EngineError> {
+        if self.thread.is_none() {
+            return Err(Self::stopped());
+        }
+        let (done, wait) = tokio::sync::oneshot::channel();
         let mut queue = self.shared.lock();
         if queue.closed {
             return Err(Self::stopped());
         }
-        let barrier = job.1.is_some();
         let was_empty = queue.jobs.is_empty();
-        queue.jobs.push(job);
-        queue.waiting |= barrier;
-        let full = queue.jobs.len() >= LEDGER_GROUP_MAX;
+        queue.jobs.push((entry, done));
         drop(queue);
-        if was_empty || barrier || full {
+        if was_empty {
             self.shared.wake.notify_one();
         }
-        Ok(())
-    }
-
-    /// Hands `entry` to the writer; refuses when the ledger has failed.
-    fn append(&self, entry: LedgerEntry) -> Result<(), EngineError> {
-        if self.failed.load(std::sync::atomic::Ordering::SeqCst) || self.thread.is_none() {
-            return Err(Self::stopped());
-        }
-        self.push((Some(entry), None))
-    }
-
-    /// Returns once every record handed over so far is in the store.
-    fn sync(&self) -> Result<(), EngineError> {
-        if self.thread.is_none() {
-            return Err(Self::stopped());
-        }
-        let (done, wait) = std::sync::mpsc::sync_channel(1);
-        self.push((None, Some(done)))?;
-        wait.recv().map_err(|_| Self::stopped())?;
-        if self.failed.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(Self::stopped());
-        }
-        Ok(())
+        Ok(LedgerTicket(wait))
     }
 }
 
@@ -261,6 +262,8 @@ pub struct Engine {
     feed_head: tokio::sync::watch::Sender<u64>,
     /// Bumped on every policy change, so following streams re-check their partner.
     policy_version: tokio::sync::watch::Sender<u64>,
+    /// Seals page cursors before they leave the node.
+    tokens: PageTokens,
 }
 
 struct StoreCertificates<'a>(&'a dyn Store);
@@ -288,6 +291,7 @@ impl Engine {
         Ok(Self {
             feed_head,
             policy_version,
+            tokens: PageTokens::new()?,
             ledger: LedgerWriter::start(store.clone()),
             store,
             policy: std::sync::RwLock::new(Arc::new(policy)),
@@ -303,14 +307,59 @@ impl Engine {
     }
 
     /// Signs `items` as one bundle of this node (the first half of publishing; it needs no
-    /// store access and can run beside the store's writer).
+    /// store write and can run beside the store's writer). The items must pass the rules
+    /// every item passes ([`Engine::check_publishable`]).
     pub fn sign(
         &self,
         items: &[Item],
         distribution: &Distribution,
         now_ms: i64,
     ) -> Result<VerifiedBundle, EngineError> {
+        self.check_publishable(items, now_ms)?;
         Ok(self.signer.sign(items, distribution, now_ms)?)
+    }
+
+    /// The rules this node's own items must pass before it signs them: no `modified`
+    /// time beyond the clock skew, and a revocation names an indicator this node
+    /// originated and holds (or publishes in the same bundle) and carries its marking,
+    /// type and tags, so every partner judges the revocation as it judged the item.
+    pub fn check_publishable(&self, items: &[Item], now_ms: i64) -> Result<(), EngineError> {
+        let policy = self.policy();
+        let own = self.signer.origin();
+        for (at, item) in items.iter().enumerate() {
+            policy
+                .admit_time(item, now_ms)
+                .map_err(|r| EngineError::Unpublishable(format!("item {at}: {r}")))?;
+            if !matches!(item.kind, ItemKind::Revocation(_)) {
+                continue;
+            }
+            let earlier = items[..at].iter().rev().find(|i| i.id == item.id).cloned();
+            let held = match earlier {
+                Some(item) => item,
+                None => match self.store.get(&item.id)? {
+                    Some(stored) if &stored.origin == own => stored.item,
+                    Some(stored) => {
+                        return Err(EngineError::Unpublishable(format!(
+                            "item {at}: {} originated at {}; only its origin may revoke it",
+                            item.id, stored.origin
+                        )));
+                    }
+                    None => {
+                        return Err(EngineError::Unpublishable(format!(
+                            "item {at}: nothing to revoke: {} is not held by this node",
+                            item.id
+                        )));
+                    }
+                },
+            };
+            if let Some(problem) = crate::store::revocation_mismatch(&held, item) {
+                return Err(EngineError::Unpublishable(format!(
+                    "item {at}: a revocation of {} must carry its marking, type and tags: {problem}",
+                    item.id
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Stores a bundle this node signed (the second half of publishing).
@@ -383,8 +432,8 @@ impl Engine {
 
     /// Returns once every disclosure-ledger record handed over so far is in the store
     /// (not yet flushed).
-    pub fn sync_ledger(&self) -> Result<(), EngineError> {
-        self.ledger.sync()
+    pub async fn sync_ledger(&self) -> Result<(), EngineError> {
+        self.ledger.barrier()?.written().await
     }
 
     /// Makes everything accepted so far durable.
@@ -411,7 +460,7 @@ impl Engine {
     }
 
     /// The policy decision for a stored item and a client-side path (query, get,
-    /// subscribe, export).
+    /// subscribe, export, explain).
     pub fn decide_stored(
         policy: &Policy,
         partner: &NodeId,
@@ -435,32 +484,45 @@ impl Engine {
         )
     }
 
-    /// The latest version of `id`, if `partner` may see it.
-    pub fn get(&self, partner: &Partner, id: &ItemId) -> Result<Option<StoredItem>, EngineError> {
+    /// The latest version of `id`, if `partner` may see it; recorded in the ledger
+    /// before it is returned. Withheld and absent are the same `None`.
+    pub async fn get(
+        &self,
+        partner: &Partner,
+        id: &ItemId,
+    ) -> Result<Option<StoredItem>, EngineError> {
         let policy = self.policy();
         let now = now_ms();
-        let found = self
-            .store
-            .get(id)?
-            .filter(|stored| Self::decide_stored(&policy, &partner.id, stored, now, true).allow);
+        let found = self.store.get(id)?.filter(|stored| {
+            Self::decide_stored(&policy, &partner.id, stored, now, true).allowed()
+        });
         if let Some(stored) = &found {
-            self.record_delivery(&partner.id, "get", [stored])?;
+            if let Some(ticket) = self.record_delivery(&partner.id, "get", [stored])? {
+                ticket.written().await?;
+            }
         }
         Ok(found)
     }
 
-    /// The item `id` and the decision for `partner`, for `policy explain`: the same
-    /// decision the partner's paths make (for a peer node, with the bundle's signed
-    /// distribution, as federation pull will).
-    pub fn explain(
+    /// For `policy explain`: the item `id` as `caller` may see it, and the decision for
+    /// `partner` (for a peer node, with the bundle's signed distribution, as federation
+    /// pull makes it). The caller's own policy decides first: an item it may not see is
+    /// `None`, exactly as an item the node does not hold. The disclosure to the caller is
+    /// recorded in the ledger before it is returned.
+    pub async fn explain(
         &self,
+        caller: &Partner,
         partner: &NodeId,
         id: &ItemId,
     ) -> Result<Option<(StoredItem, Decision)>, EngineError> {
         let policy = self.policy();
+        let now = now_ms();
         let Some(stored) = self.store.get(id)? else {
             return Ok(None);
         };
+        if !Self::decide_stored(&policy, &caller.id, &stored, now, true).allowed() {
+            return Ok(None);
+        }
         let distribution = match self.store.bundle_header(&stored.bundle_id)? {
             Some(bytes) => Some(crate::crypto::parse_header(&bytes)?.0.distribution),
             None => None,
@@ -473,55 +535,121 @@ impl Engine {
                 hops: stored.hops,
                 distribution: distribution.as_ref(),
                 accepted_ms: stored.accepted_ms,
-                now_ms: now_ms(),
+                now_ms: now,
                 latest: true,
                 include_expired: false,
             },
         );
+        if let Some(ticket) = self.record_delivery(&caller.id, "explain", [&stored])? {
+            ticket.written().await?;
+        }
         Ok(Some((stored, decision)))
     }
 
-    /// A page of items matching `query` that `partner` may see.
-    pub fn query(
-        &self,
-        partner: &Partner,
-        query: &ItemQuery,
-        after: Option<&[u8]>,
-        limit: usize,
-        now_ms: i64,
-    ) -> Result<Page, EngineError> {
-        let policy = self.policy();
-        let visible = |stored: &StoredItem| {
-            Self::decide_stored(&policy, &partner.id, stored, now_ms, query.include_expired).allow
-        };
-        Ok(self.store.query(query, after, limit, now_ms, &visible)?)
-    }
+    /// Store calls made per query call at most, looking for a first visible item, so a
+    /// page is empty only when little is left to look at (each store call looks at a
+    /// bounded number of entries).
+    const QUERY_CALLS: usize = 16;
 
-    /// [`Engine::query`] for a client path: the page is recorded in the disclosure
-    /// ledger as one delivery on `path` before it is returned.
-    pub fn query_delivered(
+    /// A page of items matching `query` that `partner` may see, after the page token
+    /// `token` (empty: from the start). Tokens are sealed for this caller, this path and
+    /// this query ([`PageTokens`]); one this node did not issue to them is refused with
+    /// the same error whatever the node holds. Not recorded: see
+    /// [`Engine::query_blocking`] and [`Engine::query_async`].
+    fn query_page(
         &self,
         partner: &Partner,
         path: &str,
         query: &ItemQuery,
-        after: Option<&[u8]>,
+        token: &[u8],
         limit: usize,
         now_ms: i64,
     ) -> Result<Page, EngineError> {
-        let page = self.query(partner, query, after, limit, now_ms)?;
-        self.record_delivery(&partner.id, path, &page.items)?;
+        let canonical = query.canonical();
+        let scope = TokenScope {
+            caller: &partner.id,
+            path,
+            query: &canonical,
+        };
+        let mut after = if token.is_empty() {
+            Vec::new()
+        } else {
+            self.tokens.open(&scope, token)?
+        };
+        let policy = self.policy();
+        let visible = |stored: &StoredItem| {
+            Self::decide_stored(&policy, &partner.id, stored, now_ms, query.include_expired)
+                .allowed()
+        };
+        let mut page = Page::default();
+        for _ in 0..Self::QUERY_CALLS {
+            page = self
+                .store
+                .query(query, Some(&after), limit, now_ms, &visible)
+                .map_err(|e| match e {
+                    // Only tokens this node sealed reach the store, so a cursor it refuses
+                    // is a fault here, answered as any bad token is.
+                    StoreError::BadCursor => EngineError::PageToken(PageTokenError::Invalid),
+                    e => EngineError::Store(e),
+                })?;
+            match &page.next {
+                Some(next) if page.items.is_empty() => after = next.clone(),
+                _ => break,
+            }
+        }
+        page.next = match page.next {
+            Some(next) => Some(self.tokens.seal(&scope, &next)?),
+            None => None,
+        };
         Ok(page)
     }
 
-    /// Appends one disclosure-ledger record for `items` delivered to `partner` on `path`
-    /// (one record per delivered message). Called before the message is sent, so nothing
-    /// leaves unrecorded.
-    pub fn record_delivery<'a>(
+    /// A page for a client path (`query`, `export`), recorded in the disclosure ledger
+    /// as one delivery on `path` before it is returned. From a blocking thread.
+    pub fn query_blocking(
+        &self,
+        partner: &Partner,
+        path: &str,
+        query: &ItemQuery,
+        token: &[u8],
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<Page, EngineError> {
+        let page = self.query_page(partner, path, query, token, limit, now_ms)?;
+        if let Some(ticket) = self.record_delivery(&partner.id, path, &page.items)? {
+            ticket.written_blocking()?;
+        }
+        Ok(page)
+    }
+
+    /// [`Engine::query_blocking`] from async code, for queries that read little (an exact
+    /// value): the store is read inline and the ledger write awaited.
+    pub async fn query_async(
+        &self,
+        partner: &Partner,
+        path: &str,
+        query: &ItemQuery,
+        token: &[u8],
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<Page, EngineError> {
+        let page = self.query_page(partner, path, query, token, limit, now_ms)?;
+        if let Some(ticket) = self.record_delivery(&partner.id, path, &page.items)? {
+            ticket.written().await?;
+        }
+        Ok(page)
+    }
+
+    /// Hands one disclosure-ledger record for `items` delivered to `partner` on `path`
+    /// to the writer (one record per delivered message). The caller waits on the ticket
+    /// before it sends the message, so nothing leaves unrecorded. `None` when there is
+    /// nothing to record.
+    fn record_delivery<'a>(
         &self,
         partner: &NodeId,
         path: &str,
         items: impl IntoIterator<Item = &'a StoredItem>,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Option<LedgerTicket>, EngineError> {
         let mut by_bundle: std::collections::BTreeMap<&crate::model::BundleId, Vec<u32>> =
             std::collections::BTreeMap::new();
         for stored in items {
@@ -531,7 +659,7 @@ impl Engine {
                 .push(stored.index);
         }
         if by_bundle.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let deliveries = by_bundle
             .into_iter()
@@ -541,13 +669,15 @@ impl Engine {
                 (bundle.clone(), indices)
             })
             .collect();
-        self.ledger.append(LedgerEntry {
-            time_ms: now_ms(),
-            partner: partner.clone(),
-            path: path.to_owned(),
-            deliveries,
-            policy_hash: self.policy().hash(),
-        })
+        self.ledger
+            .append(LedgerEntry {
+                time_ms: now_ms(),
+                partner: partner.clone(),
+                path: path.to_owned(),
+                deliveries,
+                policy_hash: self.policy().hash(),
+            })
+            .map(Some)
     }
 
     /// Watches policy changes (for streams that must re-check their partner's policy).
@@ -560,10 +690,11 @@ impl Engine {
         self.feed_head.subscribe()
     }
 
-    /// One page of this node's change feed as `partner` may see it (DESIGN 6.1 and 7):
+    /// One page of this node's change feed as `partner` may see it (the delivery rule):
     /// after `after`, at most `limit` feed entries read. Each bundle goes out with only
     /// the items the policy allows (the rest stay withheld behind their digests), one
-    /// message per hop count, and each message is recorded in the disclosure ledger.
+    /// message per hop count. Every message is recorded in the disclosure ledger, and the
+    /// records are written, before the page is returned. From a blocking thread.
     pub fn pull_page(
         &self,
         partner: &Partner,
@@ -579,8 +710,8 @@ impl Engine {
             head: self.store.feed_head(),
             embargo_until: None,
         };
-        let embargo_ms = policy.partner(&partner.id).map_or(0, |p| p.embargo_ms);
         let mut previous = after;
+        let mut last_ticket = None;
         for (seq, bundle_id) in entries {
             let Some(held) = self.store.held_bundle(&bundle_id)? else {
                 continue;
@@ -589,26 +720,24 @@ impl Engine {
             let mut by_hops: std::collections::BTreeMap<u32, Vec<&crate::store::HeldItem>> =
                 std::collections::BTreeMap::new();
             for item in &held.items {
-                let context = |now_ms| Context {
-                    origin: &header.origin,
-                    hops: item.stored.hops,
-                    distribution: Some(&header.distribution),
-                    accepted_ms: item.stored.accepted_ms,
-                    now_ms,
-                    latest: true,
-                    include_expired: false,
-                };
-                let decision = policy.decide(&partner.id, &item.stored.item, &context(now));
-                if decision.allow {
+                let decision = policy.decide(
+                    &partner.id,
+                    &item.stored.item,
+                    &Context {
+                        origin: &header.origin,
+                        hops: item.stored.hops,
+                        distribution: Some(&header.distribution),
+                        accepted_ms: item.stored.accepted_ms,
+                        now_ms: now,
+                        latest: true,
+                        include_expired: false,
+                    },
+                );
+                if decision.allowed() {
                     by_hops.entry(item.stored.hops).or_default().push(item);
-                } else if embargo_ms > 0 && now - item.stored.accepted_ms < embargo_ms {
-                    // Withheld now; would it be allowed once the embargo has passed?
-                    let visible_at = item.stored.accepted_ms.saturating_add(embargo_ms);
-                    let later = policy.decide(&partner.id, &item.stored.item, &context(visible_at));
-                    if later.allow {
-                        page.embargo_until =
-                            Some(page.embargo_until.map_or(visible_at, |t| t.min(visible_at)));
-                    }
+                } else if let Some(visible_at) = decision.embargo_until() {
+                    page.embargo_until =
+                        Some(page.embargo_until.map_or(visible_at, |t| t.min(visible_at)));
                 }
             }
             if page.embargo_until.is_some() {
@@ -619,13 +748,19 @@ impl Engine {
             }
             previous = seq;
             for (hops, items) in by_hops {
-                self.record_delivery(&partner.id, "pull", items.iter().map(|i| &i.stored))?;
+                last_ticket =
+                    self.record_delivery(&partner.id, "pull", items.iter().map(|i| &i.stored))?;
                 page.bundles.push(PulledBundle {
                     seq,
                     hops,
                     bundle: held.signed(items.iter().copied()),
                 });
             }
+        }
+        // Group commit: the writer answers in order, so the last record written means
+        // every record of the page is.
+        if let Some(ticket) = last_ticket {
+            ticket.written_blocking()?;
         }
         Ok(page)
     }
@@ -667,17 +802,18 @@ impl Engine {
         origin: &NodeId,
         at_ms: i64,
     ) -> Result<(), EngineError> {
-        if der.len() > 16 * 1024 {
-            return Err(EngineError::Refused(
-                "certificate larger than 16 KiB".into(),
-            ));
+        if der.len() > MAX_SIGNER_CERTIFICATE_BYTES {
+            return Err(EngineError::Certificate(format!(
+                "certificate larger than {} KiB",
+                MAX_SIGNER_CERTIFICATE_BYTES / 1024
+            )));
         }
         let id = self
             .trust
             .verify_signer(der, at_ms)
-            .map_err(|e| EngineError::Refused(e.to_string()))?;
+            .map_err(|e| EngineError::Certificate(e.to_string()))?;
         if &id != origin {
-            return Err(EngineError::Refused(format!(
+            return Err(EngineError::Certificate(format!(
                 "certificate is for {id}, not for the origin {origin}"
             )));
         }
@@ -685,72 +821,51 @@ impl Engine {
         Ok(())
     }
 
-    /// Accepts a bundle pulled from `peer`, which holds its items at `sender_hops`:
-    /// the sender must be allowed to send it (DESIGN 6.1 and 7), then it is verified and
-    /// stored like any bundle. A refused bundle is logged with the sender and counted by
-    /// the caller; nothing of it is stored or forwarded.
+    /// Accepts a bundle pulled from `peer`, which holds its items at `sender_hops`.
+    /// The inbound rules ([`Policy::admit`]) come first, then the bundle is verified,
+    /// with the cached certificates or else `offered`, a signer certificate the peer
+    /// sent, then every item must pass [`Policy::admit_items`], and only then is it
+    /// stored. An offered certificate is cached (through
+    /// [`Engine::cache_signer_certificate`]) only once a bundle verified with it. A
+    /// refused bundle is logged with the sender and counted by the caller; nothing of
+    /// it is stored or forwarded.
     pub fn accept_pulled(
         &self,
         peer: &NodeId,
         bundle: &wire::SignedBundle,
         sender_hops: u32,
+        offered: Option<&[u8]>,
         now_ms: i64,
     ) -> Result<AcceptReport, EngineError> {
-        let refuse = |why: String| Err(EngineError::Refused(why));
         let policy = self.policy();
-        match policy.partner(peer) {
-            Some(p)
-                if p.kind == crate::model::PartnerKind::Node
-                    && p.role == crate::model::Role::Peer => {}
-            _ => return refuse(format!("{peer} is not a peer this node accepts data from")),
-        }
         let (header, _) = crate::crypto::parse_header(&bundle.header_bytes)?;
-        // Data originated by a partner this node configures as a client or a read-only
-        // partner is never accepted, whichever node forwards it.
-        if let Some(o) = policy.partner(&header.origin) {
-            if o.kind != crate::model::PartnerKind::Node || o.role != crate::model::Role::Peer {
-                return refuse(format!(
-                    "{} is configured here as {}, whose data is not accepted",
-                    header.origin, o.role
-                ));
+        let arrival = Arrival {
+            sender: peer,
+            origin: &header.origin,
+            sender_hops,
+            distribution: &header.distribution,
+            bundle_id: &header.bundle_id,
+        };
+        let hops = policy.admit(&arrival)?;
+        let cached = StoreCertificates(self.store.as_ref());
+        let offered = offered.filter(|der| {
+            der.len() <= MAX_SIGNER_CERTIFICATE_BYTES
+                && crate::crypto::sha256(der) == header.signer_cert_sha256
+        });
+        let verified = match offered {
+            None => verify(bundle, &cached, self.trust.as_ref(), now_ms)?,
+            Some(der) => {
+                let with_offer = OfferedCertificate {
+                    cached,
+                    fingerprint: header.signer_cert_sha256,
+                    der,
+                };
+                verify(bundle, &with_offer, self.trust.as_ref(), now_ms)?
             }
-        }
-        if (header.origin == *peer) != (sender_hops == 0) {
-            return refuse(format!(
-                "{peer} claims hop {sender_hops} for a bundle whose origin is {}",
-                header.origin
-            ));
-        }
-        let hops = sender_hops.saturating_add(1);
-        if header.distribution.max_hops.is_some_and(|max| hops > max) {
-            return refuse(format!(
-                "bundle {} would be at hop {hops}, beyond its max_hops",
-                header.bundle_id
-            ));
-        }
-        if !header.distribution.admits(policy.node()) {
-            return refuse(format!(
-                "this node is not in the recipient list of bundle {}",
-                header.bundle_id
-            ));
-        }
-        let verified = verify(
-            bundle,
-            &StoreCertificates(self.store.as_ref()),
-            self.trust.as_ref(),
-            now_ms,
-        )?;
-        if header.origin != *peer {
-            if let Some(v) = verified
-                .items()
-                .iter()
-                .find(|v| v.item.tlp > crate::model::Tlp::Green)
-            {
-                return refuse(format!(
-                    "{peer} forwarded a {} item of {}: only GREEN and CLEAR travel past the origin's partners",
-                    v.item.tlp, header.origin
-                ));
-            }
+        };
+        policy.admit_items(&arrival, verified.items().iter().map(|v| &v.item), now_ms)?;
+        if let Some(der) = offered {
+            self.cache_signer_certificate(der, &header.origin, verified.header().created_ms)?;
         }
         self.store_verified(
             &verified,
@@ -781,8 +896,91 @@ impl Engine {
         )?))
     }
 
-    /// Items accepted from now on (every item: the caller filters through policy).
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<StoredItem>> {
-        self.subscribers.subscribe()
+    /// Items accepted from now on that `partner` may see and that match `query`: the
+    /// policy in force decides every item as it arrives, and each is recorded in the
+    /// disclosure ledger before it is handed out.
+    pub fn subscribe(self: &Arc<Self>, partner: Partner, query: ItemQuery) -> Subscription {
+        Subscription {
+            engine: self.clone(),
+            receiver: self.subscribers.subscribe(),
+            partner,
+            query,
+        }
+    }
+}
+
+/// Largest signer certificate accepted from a peer.
+pub const MAX_SIGNER_CERTIFICATE_BYTES: usize = 16 * 1024;
+
+/// The cached certificates, and one a peer offered for this bundle (used for this
+/// verification only; cached only once the bundle verified).
+struct OfferedCertificate<'a> {
+    cached: StoreCertificates<'a>,
+    fingerprint: [u8; 32],
+    der: &'a [u8],
+}
+
+impl CertificateSource for OfferedCertificate<'_> {
+    fn certificate(&self, sha256: &[u8; 32]) -> Option<Vec<u8>> {
+        self.cached
+            .certificate(sha256)
+            .or_else(|| (sha256 == &self.fingerprint).then(|| self.der.to_vec()))
+    }
+}
+
+/// Why a subscription ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscriptionEnd {
+    /// The subscriber fell further behind than the buffer holds.
+    #[error("subscriber fell {0} items behind; subscribe again and query to catch up")]
+    Lagged(u64),
+    /// The node is stopping.
+    #[error("node is shutting down")]
+    Closed,
+    /// A delivery could not be recorded, so nothing more is sent.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// A partner's subscription: yields only what the policy in force allows it.
+pub struct Subscription {
+    engine: Arc<Engine>,
+    receiver: broadcast::Receiver<Arc<StoredItem>>,
+    partner: Partner,
+    query: ItemQuery,
+}
+
+impl Subscription {
+    /// The next item the partner may see, recorded in the ledger before it is returned.
+    pub async fn next(&mut self) -> Result<Arc<StoredItem>, SubscriptionEnd> {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            let stored = match self.receiver.recv().await {
+                Ok(stored) => stored,
+                Err(RecvError::Closed) => return Err(SubscriptionEnd::Closed),
+                Err(RecvError::Lagged(missed)) => return Err(SubscriptionEnd::Lagged(missed)),
+            };
+            // The policy in force now: a reload narrows open streams from the next item on.
+            let now = now_ms();
+            if !self.query.matches_value(&stored, now)
+                || !Engine::decide_stored(
+                    &self.engine.policy(),
+                    &self.partner.id,
+                    &stored,
+                    now,
+                    self.query.include_expired,
+                )
+                .allowed()
+            {
+                continue;
+            }
+            if let Some(ticket) =
+                self.engine
+                    .record_delivery(&self.partner.id, "subscribe", [stored.as_ref()])?
+            {
+                ticket.written().await?;
+            }
+            return Ok(stored);
+        }
     }
 }

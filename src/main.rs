@@ -525,7 +525,7 @@ fn policy(command: PolicyCommand) -> Result<()> {
     match command {
         PolicyCommand::Check { config } => {
             let config = Config::load(&config)?;
-            let policy = entente::policy::Policy::compile(&config);
+            let policy = entente::policy::Policy::compile(&config.policy_spec());
             print!("{}", policy.describe());
             println!("\npolicy hash {}", hex(&policy.hash()));
             Ok(())
@@ -550,7 +550,7 @@ fn policy(command: PolicyCommand) -> Result<()> {
             }
             (None, Some(input)) => {
                 let config = Config::load(&config)?;
-                let policy = entente::policy::Policy::compile(&config);
+                let policy = entente::policy::Policy::compile(&config.policy_spec());
                 let distribution = entente::model::Distribution {
                     max_hops,
                     recipients: to,

@@ -104,7 +104,7 @@ impl PolicyReload for ConfigReload {
                 self.id, config.node.id
             ));
         }
-        let policy = crate::policy::Policy::compile(&config);
+        let policy = crate::policy::Policy::compile(&config.policy_spec());
         self.directory.replace(&self.id, config.partners());
         self.engine.set_policy(policy);
         let policy = self.engine.policy();
@@ -145,7 +145,7 @@ impl Node {
         let signer = BundleSigner::new(id.clone(), key, config.tls.certificate_der())?;
         let engine = Arc::new(Engine::new(
             store.clone(),
-            crate::policy::Policy::compile(&config),
+            crate::policy::Policy::compile(&config.policy_spec()),
             signer,
             config.tls.certificate_der(),
             Box::new(config.tls.signer_trust()?),
@@ -333,7 +333,7 @@ impl Node {
                 Err(NodeError::DeadlineExceeded(deadline))
             }
         };
-        if let Err(error) = engine.sync_ledger() {
+        if let Err(error) = engine.sync_ledger().await {
             tracing::error!(%error, "disclosure ledger not complete at shutdown");
         }
         store.flush()?;

@@ -156,6 +156,66 @@ pub enum ItemRejection {
         /// The origin that holds the id.
         holder: NodeId,
     },
+    /// A revocation whose marking, type or tags differ from those of the version it
+    /// replaces: a revocation is judged by the revoked item's marking, so it must carry it.
+    RevocationMismatch {
+        /// What differs, for an operator.
+        problem: String,
+    },
+}
+
+impl std::fmt::Display for ItemRejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ItemRejection::NotOriginWriter { holder } => write!(
+                f,
+                "the id is held from {holder}; only its origin may update it"
+            ),
+            ItemRejection::RevocationMismatch { problem } => write!(
+                f,
+                "a revocation must carry the revoked item's marking, type and tags: {problem}"
+            ),
+        }
+    }
+}
+
+/// Why a revocation `revocation` may not replace `held`, if it may not: it must carry
+/// the held version's marking, type and tags, so that every partner judges it as it
+/// judged the indicator.
+pub fn revocation_mismatch(
+    held: &crate::model::Item,
+    revocation: &crate::model::Item,
+) -> Option<String> {
+    if !matches!(revocation.kind, crate::model::ItemKind::Revocation(_)) {
+        return None;
+    }
+    if held.tlp != revocation.tlp {
+        return Some(format!(
+            "the item is {}, the revocation {}",
+            held.tlp, revocation.tlp
+        ));
+    }
+    if held.indicator_type() != revocation.indicator_type() {
+        return Some(format!(
+            "the item is of type {}, the revocation names {}",
+            held.indicator_type(),
+            revocation.indicator_type()
+        ));
+    }
+    let mut a = held.tags.clone();
+    let mut b = revocation.tags.clone();
+    a.sort();
+    a.dedup();
+    b.sort();
+    b.dedup();
+    if a != b {
+        return Some(format!(
+            "the item has tags [{}], the revocation [{}]",
+            a.join(", "),
+            b.join(", ")
+        ));
+    }
+    None
 }
 
 /// What accepting a bundle did.
@@ -192,6 +252,35 @@ pub struct ItemQuery {
 }
 
 impl ItemQuery {
+    /// The query's canonical bytes: every filter, length-prefixed, in a fixed order (what
+    /// a page token is bound to).
+    pub fn canonical(&self) -> Vec<u8> {
+        fn text(out: &mut Vec<u8>, s: Option<&str>) {
+            match s {
+                None => out.push(0),
+                Some(s) => {
+                    out.push(1);
+                    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+                    out.extend_from_slice(s.as_bytes());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        text(&mut out, self.value.as_deref());
+        text(&mut out, self.indicator_type.map(IndicatorType::as_str));
+        text(&mut out, self.tag.as_deref());
+        text(&mut out, self.origin.as_ref().map(NodeId::as_str));
+        match self.modified_since_ms {
+            None => out.push(0),
+            Some(ms) => {
+                out.push(1);
+                out.extend_from_slice(&ms.to_be_bytes());
+            }
+        }
+        out.push(u8::from(self.include_expired));
+        out
+    }
+
     /// Whether `stored` matches every filter except the exact value (which the index
     /// lookup applies).
     pub fn matches(&self, stored: &StoredItem, now_ms: i64) -> bool {

@@ -22,6 +22,17 @@ pub const MAX_PULL_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
 
 /// First reconnection delay.
 const BACKOFF_START: Duration = Duration::from_millis(200);
+/// First wait before a bundle refused for a reason that can pass (an unknown signer, a
+/// time ahead of this clock) is pulled again; doubled per attempt up to
+/// [`RETRY_MAX`].
+const RETRY_START: Duration = Duration::from_secs(2);
+/// Longest wait between two attempts at a bundle refused for a passing reason.
+const RETRY_MAX: Duration = Duration::from_secs(300);
+/// After this long, a bundle still refused for a passing reason is passed over for good.
+const RETRY_GIVE_UP_MS: i64 = 24 * 3_600_000;
+/// Largest answer to `GetCertificates` read from a peer (one certificate of at most
+/// 16 KiB is asked for at a time).
+const MAX_CERTIFICATE_RESPONSE_BYTES: usize = 64 * 1024;
 /// Longest reconnection delay.
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -90,6 +101,7 @@ pub async fn run_link(
     shutdown: CancellationToken,
 ) {
     let mut backoff = BACKOFF_START;
+    let mut retries = Retries::default();
     update(&links, &link.peer, |s| {
         s.address = link.address.clone();
         s.cursor = engine.store().cursor(&link.peer).unwrap_or(0);
@@ -98,7 +110,7 @@ pub async fn run_link(
         if shutdown.is_cancelled() {
             return;
         }
-        let result = pull(&link, &engine, tls.clone(), &links, &shutdown).await;
+        let result = pull(&link, &engine, tls.clone(), &links, &shutdown, &mut retries).await;
         update(&links, &link.peer, |s| {
             s.connected = false;
             s.checkpoint_since_connect = false;
@@ -120,16 +132,81 @@ pub async fn run_link(
     }
 }
 
+/// Bundles of one link refused for a reason that can pass. The stored cursor never
+/// passes the first of them, so they are pulled again, after a reconnection, until they
+/// are accepted or refused for good (or [`RETRY_GIVE_UP_MS`] has passed); meanwhile
+/// the link goes on with the bundles after them.
+#[derive(Debug, Default)]
+struct Retries {
+    /// Feed position → when it was first refused (ms).
+    since: std::collections::BTreeMap<u64, i64>,
+    /// The positions refused on the current connection.
+    open: std::collections::BTreeSet<u64>,
+    /// The wait before the next attempt.
+    delay: Option<Duration>,
+}
+
+impl Retries {
+    /// The highest cursor that may be stored: just before the first refused position.
+    fn cap(&self, cursor: u64) -> u64 {
+        self.open
+            .first()
+            .map_or(cursor, |first| cursor.min(first.saturating_sub(1)))
+    }
+
+    /// Records a passing refusal of `seq`; false when it has been refused for so long
+    /// that it is passed over for good.
+    fn refused(&mut self, seq: u64, now: i64) -> bool {
+        let since = *self.since.entry(seq).or_insert(now);
+        if now - since > RETRY_GIVE_UP_MS {
+            self.since.remove(&seq);
+            return false;
+        }
+        self.open.insert(seq);
+        true
+    }
+
+    /// `seq` was accepted or refused for good.
+    fn settled(&mut self, seq: u64) {
+        self.since.remove(&seq);
+        self.open.remove(&seq);
+    }
+
+    /// The wait before pulling the refused bundles again (doubling per attempt).
+    fn next_delay(&mut self) -> Duration {
+        let delay = self.delay.map_or(RETRY_START, |d| (d * 2).min(RETRY_MAX));
+        self.delay = Some(delay);
+        delay
+    }
+}
+
+/// Whether a refusal can pass by itself: a signer certificate the peer could not
+/// supply yet, or a time ahead of this node's clock.
+fn is_transient(error: &EngineError) -> bool {
+    match error {
+        EngineError::Refused(refusal) => refusal.is_transient(),
+        EngineError::Verify(
+            crate::crypto::VerifyError::UnknownSigner(_)
+            | crate::crypto::VerifyError::FromTheFuture(_),
+        ) => true,
+        _ => false,
+    }
+}
+
 async fn pull(
     link: &Link,
     engine: &Arc<Engine>,
     tls: Arc<rustls::ClientConfig>,
     links: &Links,
     shutdown: &CancellationToken,
+    retries: &mut Retries,
 ) -> Result<(), String> {
     let channel = connect(tls, &link.address, &link.peer)
         .await
         .map_err(|e| e.to_string())?;
+    let mut certificates = FederationClient::new(channel.clone())
+        .max_decoding_message_size(MAX_CERTIFICATE_RESPONSE_BYTES)
+        .max_encoding_message_size(MAX_CERTIFICATE_RESPONSE_BYTES);
     let mut federation = FederationClient::new(channel)
         .accept_compressed(tonic::codec::CompressionEncoding::Zstd)
         .max_decoding_message_size(MAX_PULL_MESSAGE_BYTES)
@@ -147,6 +224,12 @@ async fn pull(
         .map_err(|s| status_text(&s))?
         .into_inner();
     tracing::info!(peer = %link.peer, cursor, "pulling");
+    retries.open.clear();
+    // When bundles were refused for a passing reason, this connection ends after a
+    // while so that they are pulled again from the stored cursor.
+    let retry_at = tokio::time::sleep(Duration::MAX / 4);
+    tokio::pin!(retry_at);
+    let mut retry_armed = false;
     update(links, &link.peer, |s| {
         s.connected = true;
         s.checkpoint_since_connect = false;
@@ -156,6 +239,10 @@ async fn pull(
     loop {
         let message = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
+            _ = &mut retry_at, if retry_armed => {
+                tracing::info!(peer = %link.peer, refused = retries.open.len(), "pulling again the bundles refused for a passing reason");
+                return Ok(());
+            }
             message = stream.message() => message.map_err(|s| status_text(&s))?,
         };
         let Some(message) = message else {
@@ -166,16 +253,24 @@ async fn pull(
                 let Some(bundle) = feed.bundle else {
                     continue;
                 };
-                fetch_signer(&mut federation, engine, &bundle).await?;
                 let disclosed = bundle.disclosures.len() as u64;
-                let worker = engine.clone();
-                let peer = link.peer.clone();
-                let hops = feed.hops;
-                let accepted = tokio::task::spawn_blocking(move || {
-                    worker.accept_pulled(&peer, &bundle, hops, now_ms())
-                })
-                .await
-                .map_err(|e| e.to_string())?;
+                let accepted = match offered_signer(&mut certificates, engine, &bundle).await? {
+                    Offer::Refused(why) => Err(EngineError::Certificate(why)),
+                    offer => {
+                        let offered = match offer {
+                            Offer::Supplied(der) => Some(der),
+                            _ => None,
+                        };
+                        let worker = engine.clone();
+                        let peer = link.peer.clone();
+                        let hops = feed.hops;
+                        tokio::task::spawn_blocking(move || {
+                            worker.accept_pulled(&peer, &bundle, hops, offered.as_deref(), now_ms())
+                        })
+                        .await
+                        .map_err(|e| e.to_string())?
+                    }
+                };
                 let ok = accepted.is_ok();
                 let mut rejection = None;
                 let (stored_items, rejected_items) = match &accepted {
@@ -183,16 +278,31 @@ async fn pull(
                     Err(_) => (0, disclosed),
                 };
                 match accepted {
-                    Ok(report) if !report.rejected.is_empty() => {
-                        tracing::warn!(peer = %link.peer, rejected = report.rejected.len(), "items rejected by the single-writer rule");
+                    Ok(report) => {
+                        retries.settled(feed.seq);
+                        if !report.rejected.is_empty() {
+                            tracing::warn!(peer = %link.peer, rejected = report.rejected.len(), "items rejected by the single-writer or revocation rule");
+                        }
                     }
-                    Ok(_) => {}
-                    // Never acceptable later either: log with the sender, and move on.
+                    // May pass later: keep the cursor before it and pull it again.
+                    Err(error) if is_transient(&error) && retries.refused(feed.seq, now_ms()) => {
+                        tracing::warn!(peer = %link.peer, seq = feed.seq, %error, "bundle refused for now; it will be pulled again");
+                        rejection = Some(format!("seq {}: {error} (will retry)", feed.seq));
+                        if !retry_armed {
+                            retry_armed = true;
+                            retry_at
+                                .as_mut()
+                                .reset(tokio::time::Instant::now() + retries.next_delay());
+                        }
+                    }
+                    // Never acceptable later: log with the sender, and move on.
                     Err(
                         error @ (EngineError::Refused(_)
                         | EngineError::Verify(_)
+                        | EngineError::Certificate(_)
                         | EngineError::Store(crate::store::StoreError::ConflictingBundle(_))),
                     ) => {
+                        retries.settled(feed.seq);
                         tracing::warn!(peer = %link.peer, seq = feed.seq, %error, "bundle rejected");
                         rejection = Some(format!("seq {}: {error}", feed.seq));
                     }
@@ -200,8 +310,9 @@ async fn pull(
                 }
                 // After the bundle is stored: a recovered cursor never runs ahead of data.
                 // A bundle may come as several messages (one per hop count) with the same
-                // seq, so only the entries before this one are known to be complete.
-                let done = feed.seq.saturating_sub(1);
+                // seq, so only the entries before this one are known to be complete; and
+                // never past a bundle to be pulled again.
+                let done = retries.cap(feed.seq.saturating_sub(1));
                 engine
                     .store()
                     .set_cursor(&link.peer, done)
@@ -220,13 +331,17 @@ async fn pull(
                 });
             }
             Some(pull_response::Event::Checkpoint(checkpoint)) => {
+                let cursor = retries.cap(checkpoint.cursor);
+                if retries.open.is_empty() {
+                    retries.delay = None;
+                }
                 engine
                     .store()
-                    .set_cursor(&link.peer, checkpoint.cursor)
+                    .set_cursor(&link.peer, cursor)
                     .map_err(|e| e.to_string())?;
                 update(links, &link.peer, |s| {
                     let now = now_ms();
-                    s.cursor = checkpoint.cursor;
+                    s.cursor = cursor;
                     s.head = checkpoint.head;
                     s.checkpoint_since_connect = true;
                     s.last_message_ms = now;
@@ -242,17 +357,29 @@ async fn pull(
     }
 }
 
-/// Makes sure the signer certificate of `bundle` is cached, asking the peer for it by
-/// fingerprint when it is not. The certificate is trusted only if it chains to this
-/// node's anchors, which verification checks; caching it grants nothing by itself.
-async fn fetch_signer(
-    federation: &mut FederationClient<tonic::transport::Channel>,
+/// What the peer supplied for a bundle's signer certificate.
+enum Offer {
+    /// The certificate is cached already, or the header does not parse (verification
+    /// will say why), or the peer could not answer now: verify with the cache.
+    None,
+    /// The blob the peer supplied under the header's fingerprint, for this bundle's
+    /// verification only.
+    Supplied(Vec<u8>),
+    /// The peer supplied something that can never be this bundle's certificate.
+    Refused(String),
+}
+
+/// The signer certificate of `bundle` when it is not cached yet, asked of the peer by
+/// fingerprint (the answer bounded in size, and only a blob whose SHA-256 matches).
+/// Nothing is cached here: the engine uses it to verify this bundle, and caches it
+/// through its guarded path only once the bundle verified with it.
+async fn offered_signer(
+    certificates: &mut FederationClient<tonic::transport::Channel>,
     engine: &Arc<Engine>,
     bundle: &crate::wire::SignedBundle,
-) -> Result<(), String> {
+) -> Result<Offer, String> {
     let Ok((header, _)) = crate::crypto::parse_header(&bundle.header_bytes) else {
-        // Verification will reject it with the reason.
-        return Ok(());
+        return Ok(Offer::None);
     };
     let fingerprint = header.signer_cert_sha256;
     if engine
@@ -261,26 +388,48 @@ async fn fetch_signer(
         .map_err(|e| e.to_string())?
         .is_some()
     {
-        return Ok(());
+        return Ok(Offer::None);
     }
-    let answer = federation
+    let answer = match certificates
         .get_certificates(GetCertificatesRequest {
             sha256: vec![fingerprint.to_vec()],
         })
         .await
-        .map_err(|s| status_text(&s))?
-        .into_inner();
-    for chain in answer.chains {
-        if let Some(der) = chain.der.first() {
-            if crate::crypto::sha256(der) == fingerprint {
-                engine
-                    .store()
-                    .put_certificate(der)
-                    .map_err(|e| e.to_string())?;
-            }
+    {
+        Ok(answer) => answer.into_inner(),
+        Err(status)
+            if matches!(
+                status.code(),
+                tonic::Code::ResourceExhausted | tonic::Code::OutOfRange
+            ) =>
+        {
+            return Ok(Offer::Refused(format!(
+                "the peer answered the signer certificate request with more than {MAX_CERTIFICATE_RESPONSE_BYTES} bytes"
+            )));
         }
-    }
-    Ok(())
+        Err(status) => {
+            // The bundle is refused as signed by an unknown certificate, and pulled again.
+            let fingerprint: String = fingerprint.iter().map(|b| format!("{b:02x}")).collect();
+            tracing::warn!(%fingerprint, problem = %status_text(&status), "peer did not supply a signer certificate");
+            return Ok(Offer::None);
+        }
+    };
+    let found = answer
+        .chains
+        .into_iter()
+        .filter_map(|chain| chain.der.into_iter().next())
+        .find(|der| crate::crypto::sha256(der) == fingerprint);
+    Ok(match found {
+        None => Offer::None,
+        Some(der) if der.len() > crate::engine::MAX_SIGNER_CERTIFICATE_BYTES => {
+            Offer::Refused(format!(
+                "the peer supplied a signer certificate of {} bytes, more than {}",
+                der.len(),
+                crate::engine::MAX_SIGNER_CERTIFICATE_BYTES
+            ))
+        }
+        Some(der) => Offer::Supplied(der),
+    })
 }
 
 /// A status with its transport cause, on one line.

@@ -303,7 +303,7 @@ fn every_example_config_loads() {
         let path = install_node(example, &root, "127.0.0.1:0", &BTreeMap::new(), &pki);
         let config = Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", example.display()));
         assert!(config.node.data_dir.starts_with(&root));
-        let policy = Policy::compile(&config);
+        let policy = Policy::compile(&config.policy_spec());
         for partner in config.partners() {
             let compiled = policy.partner(&partner.id).unwrap();
             assert!(

@@ -352,7 +352,7 @@ fn policy_fields_are_validated_with_the_field_named() {
     // And a good one compiles, with the embargo and the group in the description.
     let path = config_text(&pki, &id, "allow_types = [\"*\"]\nembargo = \"6h\"");
     let config = entente::Config::load(&path).unwrap();
-    let policy = entente::policy::Policy::compile(&config);
+    let policy = entente::policy::Policy::compile(&config.policy_spec());
     let text = policy.describe();
     assert!(text.contains("embargo:             6h"), "{text}");
     assert!(

@@ -615,7 +615,7 @@ fn decide_matches_the_delivery_rule() {
         std::fs::write(&config_path, &text).expect("write config");
         let config = entente::Config::load(&config_path)
             .map_err(|e| TestCaseError::fail(format!("config refused: {e}\n{text}")))?;
-        let policy = Policy::compile(&config);
+        let policy = Policy::compile(&config.policy_spec());
 
         let item = item_spec.item();
         let distribution = ctx
@@ -655,15 +655,15 @@ fn decide_matches_the_delivery_rule() {
             (STRANGER, None),
         ] {
             let decision = policy.decide(&id(partner), &item, &context);
-            let prefix = if decision.allow {
+            let prefix = if decision.allowed() {
                 "allowed:"
             } else {
                 "withheld:"
             };
             prop_assert!(
-                decision.rule.starts_with(prefix),
+                decision.rule.to_string().starts_with(prefix),
                 "{partner}: allow = {} but the rule reads {:?}",
-                decision.allow,
+                decision.allowed(),
                 decision.rule
             );
             let expected = delivery_rule(
@@ -675,7 +675,7 @@ fn decide_matches_the_delivery_rule() {
                 &situation,
             );
             prop_assert_eq!(
-                decision.allow,
+                decision.allowed(),
                 expected,
                 "partner {} under\n{}\nitem {:?}\ncontext {:?}\ndecide said: {}",
                 partner,

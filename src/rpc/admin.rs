@@ -79,17 +79,20 @@ impl Admin for AdminService {
         &self,
         request: Request<ExplainRequest>,
     ) -> Result<Response<ExplainResponse>, Status> {
-        require_admin(caller(&request)?)?;
+        let info = caller(&request)?;
+        require_admin(info)?;
+        let asker = info.partner.clone();
         let ExplainRequest { partner, item_id } = request.into_inner();
         let partner =
             NodeId::new(&partner).map_err(|e| Status::invalid_argument(format!("partner: {e}")))?;
         let id = ItemId::parse(&item_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let Some((stored, decision)) = self.engine.explain(&partner, &id)? else {
+        // An item the caller may not see itself is answered exactly as one not held.
+        let Some((stored, decision)) = self.engine.explain(&asker, &partner, &id).await? else {
             return Err(Status::not_found(format!("{id} is not held by this node")));
         };
         Ok(Response::new(ExplainResponse {
-            allow: decision.allow,
-            rule: decision.rule,
+            allow: decision.allowed(),
+            rule: decision.rule.to_string(),
             item: Some(ProtoStoredItem::from(&stored)),
         }))
     }
@@ -144,7 +147,7 @@ impl Admin for AdminService {
             )
         };
         let since = (since_unix_ms != 0).then_some(since_unix_ms);
-        self.engine.sync_ledger()?;
+        self.engine.sync_ledger().await?;
         let store = self.engine.store().clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::task::spawn_blocking(move || {
@@ -180,7 +183,7 @@ impl Admin for AdminService {
         request: Request<LedgerVerifyRequest>,
     ) -> Result<Response<LedgerVerifyResponse>, Status> {
         require_admin(caller(&request)?)?;
-        self.engine.sync_ledger()?;
+        self.engine.sync_ledger().await?;
         let store = self.engine.store().clone();
         let check = tokio::task::spawn_blocking(move || store.verify_ledger())
             .await

@@ -11,11 +11,12 @@ impl From<EngineError> for Status {
             EngineError::Refused(why) => {
                 Status::failed_precondition(format!("bundle refused: {why}"))
             }
+            EngineError::Unpublishable(why) => Status::invalid_argument(why),
+            EngineError::PageToken(e @ crate::policy::PageTokenError::Invalid) => {
+                Status::invalid_argument(e.to_string())
+            }
             EngineError::Store(crate::store::StoreError::ConflictingBundle(id)) => {
                 Status::already_exists(format!("bundle {id} conflicts with a stored bundle"))
-            }
-            EngineError::Store(crate::store::StoreError::BadCursor) => {
-                Status::invalid_argument("invalid page token: not one this node handed out")
             }
             other => {
                 tracing::error!(error = %other, "internal error");

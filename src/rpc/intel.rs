@@ -3,7 +3,6 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -16,7 +15,7 @@ use super::proto::{
     QueryRequest, QueryResponse, StoredItem as ProtoStoredItem, SubscribeRequest,
 };
 use crate::crypto::MAX_ITEMS_PER_BUNDLE;
-use crate::engine::{Engine, PublishReceipt, now_ms};
+use crate::engine::{Engine, PublishReceipt, SubscriptionEnd, now_ms};
 use crate::model::{Item, ItemId};
 
 /// Default and largest page of `Query`.
@@ -192,22 +191,17 @@ impl Intel for IntelService {
         // An exact-value lookup reads at most a thousand or so items per call (most
         // read one): answer it inline. Scans go to the blocking pool.
         let page = if query.value.is_some() {
-            self.engine.query_delivered(
-                &partner,
-                "query",
-                &query,
-                Some(&page_token),
-                limit,
-                now_ms(),
-            )?
+            self.engine
+                .query_async(&partner, "query", &query, &page_token, limit, now_ms())
+                .await?
         } else {
             let engine = self.engine.clone();
             blocking(move || {
-                Ok(engine.query_delivered(
+                Ok(engine.query_blocking(
                     &partner,
                     "query",
                     &query,
-                    Some(&page_token),
+                    &page_token,
                     limit,
                     now_ms(),
                 )?)
@@ -226,7 +220,7 @@ impl Intel for IntelService {
         let GetRequest { id } = request.into_inner();
         let id = ItemId::parse(&id).map_err(|e| Status::invalid_argument(e.to_string()))?;
         // One key lookup: answered inline.
-        let found = self.engine.get(&partner, &id)?;
+        let found = self.engine.get(&partner, &id).await?;
         match found {
             // Withheld and absent look the same: the caller learns nothing of what it may not see.
             None => Err(Status::not_found("no such item")),
@@ -246,52 +240,33 @@ impl Intel for IntelService {
         require_client(caller(&request)?)?;
         let SubscribeRequest { filter } = request.into_inner();
         let query = convert::item_query(filter)?;
-        let mut receiver = self.engine.subscribe();
+        let mut subscription = self.engine.subscribe(partner, query);
         let shutdown = self.shutdown.clone();
-        let engine = self.engine.clone();
         let stream = async_stream(move |tx| async move {
             loop {
-                let received = tokio::select! {
+                let next = tokio::select! {
                     _ = shutdown.cancelled() => {
                         let _ = tx.send(Err(Status::unavailable("node is shutting down"))).await;
                         return;
                     }
                     _ = tx.closed() => return,
-                    received = receiver.recv() => received,
+                    next = subscription.next() => next,
                 };
-                let stored = match received {
+                let stored = match next {
                     Ok(stored) => stored,
-                    Err(RecvError::Closed) => return,
-                    Err(RecvError::Lagged(missed)) => {
+                    Err(SubscriptionEnd::Closed) => return,
+                    Err(end @ SubscriptionEnd::Lagged(_)) => {
                         let _ = tx
-                            .send(Err(Status::resource_exhausted(format!(
-                                "subscriber fell {missed} items behind; subscribe again and query to catch up"
-                            ))))
+                            .send(Err(Status::resource_exhausted(end.to_string())))
                             .await;
                         return;
                     }
+                    Err(SubscriptionEnd::Engine(error)) => {
+                        // Nothing leaves unrecorded.
+                        let _ = tx.send(Err(Status::from(error))).await;
+                        return;
+                    }
                 };
-                // The policy in force now: a reload narrows open streams from the next item on.
-                let now = now_ms();
-                if !query.matches_value(&stored, now)
-                    || !Engine::decide_stored(
-                        &engine.policy(),
-                        &partner.id,
-                        &stored,
-                        now,
-                        query.include_expired,
-                    )
-                    .allow
-                {
-                    continue;
-                }
-                if let Err(error) =
-                    engine.record_delivery(&partner.id, "subscribe", [stored.as_ref()])
-                {
-                    // Nothing leaves unrecorded.
-                    let _ = tx.send(Err(Status::from(error))).await;
-                    return;
-                }
                 if tx
                     .send(Ok(ProtoStoredItem::from(stored.as_ref())))
                     .await
@@ -332,11 +307,11 @@ impl Intel for IntelService {
                     let after = cursor.clone();
                     // One ledger record per page of exported objects.
                     blocking(move || {
-                        Ok(engine.query_delivered(
+                        Ok(engine.query_blocking(
                             &partner,
                             "export",
                             &query,
-                            Some(&after),
+                            &after,
                             EXPORT_PAGE,
                             now_ms(),
                         )?)

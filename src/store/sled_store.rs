@@ -845,7 +845,7 @@ impl Store for SledStore {
 
         let mut report = AcceptReport::default();
         // Item versions written by this frame, so items of one bundle see each other.
-        let mut pending: HashMap<[u8; 16], i64> = HashMap::new();
+        let mut pending: HashMap<[u8; 16], (i64, &Item)> = HashMap::new();
         for verified in bundle.items() {
             let item = &verified.item;
             let uuid = item.id.uuid_bytes();
@@ -867,14 +867,31 @@ impl Store for SledStore {
                 }
                 continue;
             }
-            // The version held: modified time and origin.
+            // The version held: modified time and origin (and, for a revocation, the
+            // item it replaces).
+            let is_revocation = matches!(item.kind, crate::model::ItemKind::Revocation(_));
             let held = match pending.get(&uuid) {
-                Some(modified) => Some((*modified, None)),
-                None => self
-                    .item_record(&uuid)?
-                    .map(|current| (current.modified_ms, Some(current.origin))),
+                Some((modified, pending_item)) => Some((
+                    *modified,
+                    None,
+                    is_revocation.then(|| (*pending_item).clone()),
+                )),
+                None => match self.item_record(&uuid)? {
+                    None => None,
+                    Some(current) => {
+                        let replaced = if is_revocation {
+                            Some(
+                                Item::decode_stored(&current.item_bytes)
+                                    .map_err(|e| corrupt("item", e))?,
+                            )
+                        } else {
+                            None
+                        };
+                        Some((current.modified_ms, Some(current.origin), replaced))
+                    }
+                },
             };
-            if let Some((modified, holder)) = held {
+            if let Some((modified, holder, replaced)) = held {
                 if let Some(holder) = holder.filter(|h| *h != origin) {
                     report.rejected.push((
                         verified.index,
@@ -887,6 +904,16 @@ impl Store for SledStore {
                 }
                 if item.modified_ms <= modified {
                     report.duplicates += 1;
+                    continue;
+                }
+                if let Some(problem) = replaced
+                    .as_ref()
+                    .and_then(|held| crate::store::revocation_mismatch(held, item))
+                {
+                    report.rejected.push((
+                        verified.index,
+                        ItemRejection::RevocationMismatch { problem },
+                    ));
                     continue;
                 }
             }
@@ -903,7 +930,7 @@ impl Store for SledStore {
             };
             frame.record(&record);
             new_items.push(self.new_item(item, verified.index));
-            pending.insert(uuid, item.modified_ms);
+            pending.insert(uuid, (item.modified_ms, item));
             report.stored.push(verified.index);
         }
 

@@ -1,0 +1,203 @@
+//! Inbound: the rules a bundle pulled from a peer must pass before it is verified and
+//! stored, and the rules every item must pass, whoever publishes it. A refusal is a
+//! typed [`Refusal`]; [`Refusal::is_transient`] says whether the same bundle may be
+//! accepted later (a clock that is behind), so the puller retries it instead of passing
+//! it over for good.
+
+use std::fmt;
+
+use super::decide::Policy;
+use crate::model::{BundleId, Distribution, Item, NodeId, PartnerKind, Role, Tlp};
+
+/// Times further ahead than this past the allowed clock skew are never retried.
+const TRANSIENT_FUTURE_MS: i64 = 24 * 3_600_000;
+
+/// A bundle arriving from a peer, as its (not yet verified) header describes it.
+#[derive(Clone, Copy, Debug)]
+pub struct Arrival<'a> {
+    /// The peer that sent it.
+    pub sender: &'a NodeId,
+    /// The bundle's origin.
+    pub origin: &'a NodeId,
+    /// The hop count at which the sender says it holds the items.
+    pub sender_hops: u32,
+    /// The bundle's signed distribution.
+    pub distribution: &'a Distribution,
+    /// The bundle id.
+    pub bundle_id: &'a BundleId,
+}
+
+/// Why a bundle or an item was refused on the way in.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The sender is not configured here as a `peer` node.
+    #[error("{sender} is not a peer this node accepts data from")]
+    NotAPeer {
+        /// The sender.
+        sender: NodeId,
+    },
+    /// The origin is configured here as a client or a read-only partner.
+    #[error("{origin} is configured here as {role}, whose data is not accepted")]
+    OriginNotAccepted {
+        /// The origin.
+        origin: NodeId,
+        /// Its role here.
+        role: Role,
+    },
+    /// The sender's hop count contradicts the origin (hop 0 is the origin's own).
+    #[error("{sender} claims hop {hops} for a bundle whose origin is {origin}")]
+    HopMismatch {
+        /// The sender.
+        sender: NodeId,
+        /// The hop count it claimed.
+        hops: u32,
+        /// The bundle's origin.
+        origin: NodeId,
+    },
+    /// One more transfer passes the bundle's `max_hops`.
+    #[error("bundle {bundle} would be at hop {hops}, beyond its max_hops")]
+    BeyondMaxHops {
+        /// The bundle.
+        bundle: BundleId,
+        /// The hop count it would have here.
+        hops: u32,
+    },
+    /// This node is not in the bundle's recipient list.
+    #[error("this node is not in the recipient list of bundle {bundle}")]
+    NotARecipient {
+        /// The bundle.
+        bundle: BundleId,
+    },
+    /// A node other than the origin forwarded an item above GREEN.
+    #[error(
+        "{sender} forwarded a {tlp} item of {origin}: only GREEN and CLEAR travel past the origin's partners"
+    )]
+    ThirdPartyAboveGreen {
+        /// The sender.
+        sender: NodeId,
+        /// The item's marking.
+        tlp: Tlp,
+        /// The bundle's origin.
+        origin: NodeId,
+    },
+    /// An item's `modified` time lies further in the
+    /// future than the allowed clock skew: accepted, it would pin the item so that no
+    /// update or revocation could replace it.
+    #[error(
+        "item {item}: modified is {ahead_ms} ms in the future, beyond the allowed clock skew of {skew_ms} ms"
+    )]
+    FromTheFuture {
+        /// The item.
+        item: String,
+        /// How far ahead of now, ms.
+        ahead_ms: i64,
+        /// The skew allowed, ms.
+        skew_ms: i64,
+    },
+}
+
+impl Refusal {
+    /// Whether the same bundle may pass later: only a time a little ahead of this
+    /// node's clock (this clock may be behind). Everything else is final.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Refusal::FromTheFuture {
+                ahead_ms, skew_ms, ..
+            } => *ahead_ms <= skew_ms.saturating_add(TRANSIENT_FUTURE_MS),
+            _ => false,
+        }
+    }
+}
+
+impl Policy {
+    /// The rules a pulled bundle's header must pass (sender role, origin role, hop
+    /// consistency, `max_hops`, recipients). Returns the hop count at which this node
+    /// will hold its items.
+    pub fn admit(&self, arrival: &Arrival<'_>) -> Result<u32, Refusal> {
+        match self.partner(arrival.sender) {
+            Some(p) if p.kind == PartnerKind::Node && p.role == Role::Peer => {}
+            _ => {
+                return Err(Refusal::NotAPeer {
+                    sender: arrival.sender.clone(),
+                });
+            }
+        }
+        // Data originated by a partner this node configures as a client or a read-only
+        // partner is never accepted, whichever node forwards it.
+        if let Some(o) = self.partner(arrival.origin) {
+            if o.kind != PartnerKind::Node || o.role != Role::Peer {
+                return Err(Refusal::OriginNotAccepted {
+                    origin: arrival.origin.clone(),
+                    role: o.role,
+                });
+            }
+        }
+        if (arrival.origin == arrival.sender) != (arrival.sender_hops == 0) {
+            return Err(Refusal::HopMismatch {
+                sender: arrival.sender.clone(),
+                hops: arrival.sender_hops,
+                origin: arrival.origin.clone(),
+            });
+        }
+        let hops = arrival.sender_hops.saturating_add(1);
+        if arrival.distribution.max_hops.is_some_and(|max| hops > max) {
+            return Err(Refusal::BeyondMaxHops {
+                bundle: arrival.bundle_id.clone(),
+                hops,
+            });
+        }
+        if !arrival.distribution.admits(self.node()) {
+            return Err(Refusal::NotARecipient {
+                bundle: arrival.bundle_id.clone(),
+            });
+        }
+        Ok(hops)
+    }
+
+    /// The rules every item of a pulled bundle must pass once it verified: past the
+    /// origin's own partners only GREEN and CLEAR travel, and no time lies beyond the
+    /// clock skew.
+    pub fn admit_items<'a>(
+        &self,
+        arrival: &Arrival<'_>,
+        items: impl IntoIterator<Item = &'a Item>,
+        now_ms: i64,
+    ) -> Result<(), Refusal> {
+        for item in items {
+            if arrival.origin != arrival.sender && item.tlp > Tlp::Green {
+                return Err(Refusal::ThirdPartyAboveGreen {
+                    sender: arrival.sender.clone(),
+                    tlp: item.tlp,
+                    origin: arrival.origin.clone(),
+                });
+            }
+            self.admit_time(item, now_ms)?;
+        }
+        Ok(())
+    }
+
+    /// The rule every item must pass, this node's own included: its `modified` time lies
+    /// no further in the future than the clock skew.
+    pub fn admit_time(&self, item: &Item, now_ms: i64) -> Result<(), Refusal> {
+        let skew_ms = self.max_clock_skew_ms();
+        let limit = now_ms.saturating_add(skew_ms);
+        if item.modified_ms > limit {
+            return Err(Refusal::FromTheFuture {
+                item: item.id.to_string(),
+                ahead_ms: item.modified_ms.saturating_sub(now_ms),
+                skew_ms,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Arrival<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "bundle {} of {} from {} at hop {}",
+            self.bundle_id, self.origin, self.sender, self.sender_hops
+        )
+    }
+}

@@ -1,0 +1,655 @@
+//! Outbound: [`Policy::decide`], the delivery rule in one place, and the compiled
+//! policy it reads.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::{self, Write as _};
+
+use super::spec::{PolicySettings, PolicySpec};
+use crate::model::{Distribution, IndicatorType, Item, NodeId, PartnerKind, Role, Tlp};
+
+/// The highest marking a `read_only` partner receives unless its policy says less.
+pub const READ_ONLY_MAX_TLP: Tlp = Tlp::Green;
+
+/// Who a decision is about, as the rule's wording names them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Who {
+    id: NodeId,
+    kind: PartnerKind,
+    role: Role,
+}
+
+impl fmt::Display for Who {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            PartnerKind::Node => write!(f, "{} node {}", self.role, self.id),
+            PartnerKind::Client => write!(f, "{} client {}", self.role, self.id),
+            PartnerKind::Local => write!(f, "the node's operator {}", self.id),
+        }
+    }
+}
+
+/// The rule that made a decision. Its `Display` is the rule in words for an operator
+/// (`policy explain`, the demo); code matches on the variant. Field names say what
+/// they hold: the item's marking and type, the partner's limit, the partner (`who`).
+#[allow(missing_docs)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rule {
+    /// The caller holds this node's own key.
+    OwnOperator(NodeId),
+    /// The partner is not configured (default deny).
+    UnknownPartner(NodeId),
+    /// The partner's policy names no `max_tlp` (default deny).
+    NoMaxTlp(Who),
+    /// The item's marking is above the partner's `max_tlp`.
+    AboveMaxTlp { tlp: Tlp, max: Tlp, who: Who },
+    /// The partner's policy names no `allow_types` (default deny).
+    NoAllowTypes(Who),
+    /// The item's type is not in `allow_types`.
+    TypeNotAllowed { ty: IndicatorType, who: Who },
+    /// The item's type is in `deny_types`.
+    TypeDenied { ty: IndicatorType, who: Who },
+    /// The item has none of the partner's `allow_tags`.
+    NoAllowedTag { tags: Vec<String>, who: Who },
+    /// The item has a tag in `deny_tags`.
+    DeniedTag { tag: String, who: Who },
+    /// Another node's item, and the partner does not get third-party items.
+    ThirdPartyNotForwarded { origin: NodeId, who: Who },
+    /// Another node's item above GREEN stays with this organisation.
+    ThirdPartyAboveGreen { tlp: Tlp },
+    /// A node partner, and the bundle's distribution is unknown (default deny).
+    DistributionUnknown,
+    /// One more transfer would pass the bundle's `max_hops`.
+    MaxHopsReached { max_hops: u32, hops: u32 },
+    /// The partner is not in the bundle's recipient list.
+    NotARecipient(NodeId),
+    /// The partner's embargo has not passed.
+    Embargo {
+        embargo_ms: i64,
+        until_ms: i64,
+        who: Who,
+    },
+    /// A newer version of the item is held.
+    Superseded,
+    /// The indicator is past its `valid_until`.
+    Expired,
+    /// Every rule allows it.
+    Allowed {
+        tlp: Tlp,
+        max: Tlp,
+        ty: IndicatorType,
+        who: Who,
+    },
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rule::OwnOperator(id) => write!(f, "allowed: {id} is this node's own operator"),
+            Rule::UnknownPartner(id) => write!(
+                f,
+                "withheld: {id} is not configured on this node (default deny)"
+            ),
+            Rule::NoMaxTlp(who) => write!(
+                f,
+                "withheld: the policy for {who} names no max_tlp (default deny)"
+            ),
+            Rule::AboveMaxTlp { tlp, max, who } => write!(
+                f,
+                "withheld: {tlp} is above max_tlp {} for {who}",
+                max.as_str()
+            ),
+            Rule::NoAllowTypes(who) => write!(
+                f,
+                "withheld: the policy for {who} names no allow_types (default deny)"
+            ),
+            Rule::TypeNotAllowed { ty, who } => {
+                write!(f, "withheld: type {ty} is not in allow_types for {who}")
+            }
+            Rule::TypeDenied { ty, who } => {
+                write!(f, "withheld: type {ty} is in deny_types for {who}")
+            }
+            Rule::NoAllowedTag { tags, who } => write!(
+                f,
+                "withheld: the item has none of the allow_tags [{}] of {who}",
+                tags.join(", ")
+            ),
+            Rule::DeniedTag { tag, who } => {
+                write!(f, "withheld: tag {tag} is in deny_tags for {who}")
+            }
+            Rule::ThirdPartyNotForwarded { origin, who } => write!(
+                f,
+                "withheld: the item originated at {origin}, and forward_third_party is false for {who}"
+            ),
+            Rule::ThirdPartyAboveGreen { tlp } => write!(
+                f,
+                "withheld: {tlp} received from another node stays with this organisation; only GREEN and CLEAR are passed on"
+            ),
+            Rule::DistributionUnknown => write!(
+                f,
+                "withheld: the bundle's distribution is unknown (default deny)"
+            ),
+            Rule::MaxHopsReached { max_hops, hops } => write!(
+                f,
+                "withheld: max_hops {max_hops} is reached (this node holds the item at hop {hops})"
+            ),
+            Rule::NotARecipient(id) => {
+                write!(f, "withheld: {id} is not in the bundle's recipient list")
+            }
+            Rule::Embargo {
+                embargo_ms,
+                until_ms,
+                who,
+            } => write!(
+                f,
+                "withheld: the embargo of {} for {who} has not passed (visible from {})",
+                duration_text(*embargo_ms),
+                ms_to_text(*until_ms)
+            ),
+            Rule::Superseded => write!(f, "withheld: a newer version of the item is held"),
+            Rule::Expired => write!(f, "withheld: the indicator has expired"),
+            Rule::Allowed { tlp, max, ty, who } => write!(
+                f,
+                "allowed: {tlp} is within max_tlp {} and type {ty} is allowed for {who}",
+                max.as_str()
+            ),
+        }
+    }
+}
+
+/// Whether the item goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// It may be disclosed.
+    Allow,
+    /// It is withheld. `until` is set when only an embargo holds it back: the time (ms)
+    /// from which the same item would be allowed.
+    Withhold {
+        /// When the embargo lifts, if an embargo is all that withholds it.
+        until: Option<i64>,
+    },
+}
+
+/// The outcome of [`Policy::decide`] and the rule that made it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// Allow or withhold.
+    pub outcome: Outcome,
+    /// The rule that decided.
+    pub rule: Rule,
+}
+
+impl Decision {
+    fn allow(rule: Rule) -> Self {
+        Self {
+            outcome: Outcome::Allow,
+            rule,
+        }
+    }
+
+    fn withhold(rule: Rule) -> Self {
+        Self {
+            outcome: Outcome::Withhold { until: None },
+            rule,
+        }
+    }
+
+    /// Whether the item may be disclosed.
+    pub fn allowed(&self) -> bool {
+        self.outcome == Outcome::Allow
+    }
+
+    /// When withheld by an embargo alone, the time it lifts.
+    pub fn embargo_until(&self) -> Option<i64> {
+        match self.outcome {
+            Outcome::Withhold { until } => until,
+            Outcome::Allow => None,
+        }
+    }
+}
+
+/// What is known about the item's place on this node when deciding.
+#[derive(Clone, Debug)]
+pub struct Context<'a> {
+    /// The bundle's origin.
+    pub origin: &'a NodeId,
+    /// `hop(N, i)`: the fewest transfers by which this node holds the item (0 at the origin).
+    pub hops: u32,
+    /// The bundle's signed distribution, when known (required for peer nodes).
+    pub distribution: Option<&'a Distribution>,
+    /// When this node accepted the item, ms.
+    pub accepted_ms: i64,
+    /// Now, ms.
+    pub now_ms: i64,
+    /// Whether this is the latest version of its id that the node holds.
+    pub latest: bool,
+    /// The client asked for expired indicators too (ignored for nodes).
+    pub include_expired: bool,
+}
+
+/// One partner's compiled policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartnerPolicy {
+    /// The partner.
+    pub id: NodeId,
+    /// Node or client.
+    pub kind: PartnerKind,
+    /// Its role.
+    pub role: Role,
+    /// Highest marking, after role defaults; `None` receives nothing.
+    pub max_tlp: Option<Tlp>,
+    /// Types it may receive, after role defaults (sorted); `None` receives nothing.
+    pub allow_types: Option<Vec<IndicatorType>>,
+    /// Types it never receives (sorted).
+    pub deny_types: Vec<IndicatorType>,
+    /// When non-empty, an item needs one of these tags (sorted).
+    pub allow_tags: Vec<String>,
+    /// Tags that withhold an item (sorted).
+    pub deny_tags: Vec<String>,
+    /// Whether items originated elsewhere may be passed on (nodes only).
+    pub forward_third_party: bool,
+    /// Embargo, ms.
+    pub embargo_ms: i64,
+}
+
+fn sorted<T: Ord + Clone>(list: &[T]) -> Vec<T> {
+    let mut list = list.to_vec();
+    list.sort();
+    list.dedup();
+    list
+}
+
+impl PartnerPolicy {
+    fn compile(id: &NodeId, kind: PartnerKind, role: Role, s: &PolicySettings) -> Self {
+        let own_org = matches!(role, Role::Analyst | Role::Admin);
+        let max_tlp = match (s.max_tlp, role) {
+            (Some(t), _) => Some(t),
+            (None, Role::ReadOnly) => Some(READ_ONLY_MAX_TLP),
+            (None, _) if own_org => Some(Tlp::Red),
+            (None, _) => None,
+        };
+        let allow_types = match &s.allow_types {
+            Some(types) => Some(sorted(types)),
+            None if own_org => Some(IndicatorType::ALL.to_vec()),
+            None => None,
+        };
+        Self {
+            id: id.clone(),
+            kind,
+            role,
+            max_tlp,
+            allow_types,
+            deny_types: sorted(&s.deny_types),
+            allow_tags: sorted(&s.allow_tags),
+            deny_tags: sorted(&s.deny_tags),
+            forward_third_party: kind == PartnerKind::Node && s.forward_third_party,
+            embargo_ms: s.embargo_ms,
+        }
+    }
+
+    fn who(&self) -> Who {
+        Who {
+            id: self.id.clone(),
+            kind: self.kind,
+            role: self.role,
+        }
+    }
+
+    /// Whether this partner can receive anything at all.
+    pub fn receives_anything(&self) -> bool {
+        self.max_tlp.is_some()
+            && self
+                .allow_types
+                .as_ref()
+                .is_some_and(|t| t.iter().any(|ty| !self.deny_types.contains(ty)))
+    }
+
+    /// The canonical bytes of this compiled policy: every field that changes a decision,
+    /// length-prefixed, in a fixed order. Fingerprints hash these, never `Debug` output or
+    /// the wording of explanations.
+    fn canonical(&self, out: &mut Vec<u8>) {
+        fn text(out: &mut Vec<u8>, s: &str) {
+            out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+        fn list<'a>(out: &mut Vec<u8>, items: impl ExactSizeIterator<Item = &'a str>) {
+            out.extend_from_slice(&(items.len() as u32).to_be_bytes());
+            for item in items {
+                text(out, item);
+            }
+        }
+        text(out, self.id.as_str());
+        text(
+            out,
+            match self.kind {
+                PartnerKind::Node => "node",
+                PartnerKind::Client => "client",
+                PartnerKind::Local => "local",
+            },
+        );
+        text(out, self.role.as_str());
+        text(out, self.max_tlp.map_or("", Tlp::as_str));
+        match &self.allow_types {
+            None => out.push(0),
+            Some(types) => {
+                out.push(1);
+                list(out, types.iter().map(|t| t.as_str()));
+            }
+        }
+        list(out, self.deny_types.iter().map(|t| t.as_str()));
+        list(out, self.allow_tags.iter().map(String::as_str));
+        list(out, self.deny_tags.iter().map(String::as_str));
+        out.push(u8::from(self.forward_third_party));
+        out.extend_from_slice(&self.embargo_ms.to_be_bytes());
+    }
+}
+
+/// The compiled sharing policy of a node.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    node: NodeId,
+    partners: HashMap<NodeId, PartnerPolicy>,
+    groups: BTreeMap<String, Vec<NodeId>>,
+    max_clock_skew_ms: i64,
+    hash: [u8; 32],
+}
+
+fn ms_to_text(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
+fn duration_text(ms: i64) -> String {
+    match ms {
+        ms if ms % 86_400_000 == 0 => format!("{}d", ms / 86_400_000),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms => format!("{}s", ms / 1000),
+    }
+}
+
+impl Policy {
+    /// Compiles a policy from its spec (role defaults applied).
+    pub fn compile(spec: &PolicySpec) -> Self {
+        let partners: HashMap<NodeId, PartnerPolicy> = spec
+            .partners
+            .iter()
+            .map(|p| {
+                let partner = &p.partner;
+                (
+                    partner.id.clone(),
+                    PartnerPolicy::compile(&partner.id, partner.kind, partner.role, &p.settings),
+                )
+            })
+            .collect();
+        let groups = spec
+            .groups
+            .iter()
+            .map(|(name, members)| (name.clone(), members.clone()))
+            .collect();
+        let mut policy = Self {
+            node: spec.node.clone(),
+            partners,
+            groups,
+            max_clock_skew_ms: spec.max_clock_skew_ms.max(0),
+            hash: [0; 32],
+        };
+        policy.hash = policy.canonical_hash();
+        policy
+    }
+
+    /// SHA-256 over the canonical bytes of everything that changes a decision.
+    fn canonical_hash(&self) -> [u8; 32] {
+        let mut out = b"entente/policy/v2\0".to_vec();
+        out.extend_from_slice(self.node.as_str().as_bytes());
+        out.push(0);
+        let mut ids: Vec<&NodeId> = self.partners.keys().collect();
+        ids.sort();
+        out.extend_from_slice(&(ids.len() as u32).to_be_bytes());
+        for id in ids {
+            self.partners[id].canonical(&mut out);
+        }
+        out.extend_from_slice(&(self.groups.len() as u32).to_be_bytes());
+        for (name, members) in &self.groups {
+            out.extend_from_slice(&(name.len() as u32).to_be_bytes());
+            out.extend_from_slice(name.as_bytes());
+            let mut members: Vec<&str> = members.iter().map(NodeId::as_str).collect();
+            members.sort_unstable();
+            out.extend_from_slice(&(members.len() as u32).to_be_bytes());
+            for m in members {
+                out.extend_from_slice(&(m.len() as u32).to_be_bytes());
+                out.extend_from_slice(m.as_bytes());
+            }
+        }
+        out.extend_from_slice(&self.max_clock_skew_ms.to_be_bytes());
+        sha256(&out)
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &NodeId {
+        &self.node
+    }
+
+    /// How far in the future an item's time may lie before it is refused, ms.
+    pub fn max_clock_skew_ms(&self) -> i64 {
+        self.max_clock_skew_ms
+    }
+
+    /// SHA-256 of the compiled policy's canonical form: names the policy version in the
+    /// disclosure ledger.
+    pub fn hash(&self) -> [u8; 32] {
+        self.hash
+    }
+
+    /// A partner's compiled policy.
+    pub fn partner(&self, id: &NodeId) -> Option<&PartnerPolicy> {
+        self.partners.get(id)
+    }
+
+    /// A fingerprint of one partner's compiled policy (all zero for an unknown partner):
+    /// when it changes, the partner's feed is replayed from the start so it receives
+    /// what it may now see. Computed from the canonical fields, so rewording an
+    /// explanation never replays a feed, and every change of a field does.
+    pub fn partner_fingerprint(&self, id: &NodeId) -> [u8; 32] {
+        match self.partners.get(id) {
+            Some(p) => {
+                let mut out = b"entente/partner-policy/v2\0".to_vec();
+                p.canonical(&mut out);
+                sha256(&out)
+            }
+            None => [0; 32],
+        }
+    }
+
+    /// The members of a sharing group.
+    pub fn group(&self, name: &str) -> Option<&[NodeId]> {
+        self.groups.get(name).map(Vec::as_slice)
+    }
+
+    /// Decides whether `item` may be disclosed to `partner` (the delivery rule).
+    pub fn decide(&self, partner: &NodeId, item: &Item, ctx: &Context<'_>) -> Decision {
+        if partner == &self.node {
+            return Decision::allow(Rule::OwnOperator(partner.clone()));
+        }
+        let Some(p) = self.partners.get(partner) else {
+            return Decision::withhold(Rule::UnknownPartner(partner.clone()));
+        };
+        // Rule 2: the partner's policy allows the item.
+        let Some(max_tlp) = p.max_tlp else {
+            return Decision::withhold(Rule::NoMaxTlp(p.who()));
+        };
+        if item.tlp > max_tlp {
+            return Decision::withhold(Rule::AboveMaxTlp {
+                tlp: item.tlp,
+                max: max_tlp,
+                who: p.who(),
+            });
+        }
+        let ty = item.indicator_type();
+        match &p.allow_types {
+            None => return Decision::withhold(Rule::NoAllowTypes(p.who())),
+            Some(types) if !types.contains(&ty) => {
+                return Decision::withhold(Rule::TypeNotAllowed { ty, who: p.who() });
+            }
+            Some(_) => {}
+        }
+        if p.deny_types.contains(&ty) {
+            return Decision::withhold(Rule::TypeDenied { ty, who: p.who() });
+        }
+        if !p.allow_tags.is_empty() && !item.tags.iter().any(|t| p.allow_tags.contains(t)) {
+            return Decision::withhold(Rule::NoAllowedTag {
+                tags: p.allow_tags.clone(),
+                who: p.who(),
+            });
+        }
+        if let Some(tag) = item.tags.iter().find(|t| p.deny_tags.contains(t)) {
+            return Decision::withhold(Rule::DeniedTag {
+                tag: tag.clone(),
+                who: p.who(),
+            });
+        }
+        if p.kind == PartnerKind::Node {
+            // Rule 3: what came from another node is passed on only if allowed and GREEN or CLEAR.
+            if ctx.origin != &self.node {
+                if !p.forward_third_party {
+                    return Decision::withhold(Rule::ThirdPartyNotForwarded {
+                        origin: ctx.origin.clone(),
+                        who: p.who(),
+                    });
+                }
+                if item.tlp > Tlp::Green {
+                    return Decision::withhold(Rule::ThirdPartyAboveGreen { tlp: item.tlp });
+                }
+            }
+            // Rule 4: distribution.
+            let Some(distribution) = ctx.distribution else {
+                return Decision::withhold(Rule::DistributionUnknown);
+            };
+            if let Some(max_hops) = distribution.max_hops {
+                if u64::from(ctx.hops) + 1 > u64::from(max_hops) {
+                    return Decision::withhold(Rule::MaxHopsReached {
+                        max_hops,
+                        hops: ctx.hops,
+                    });
+                }
+            }
+            if !distribution.admits(partner) {
+                return Decision::withhold(Rule::NotARecipient(partner.clone()));
+            }
+        }
+        // Rule 6 first where it is final: a superseded version never becomes visible.
+        if !ctx.latest {
+            return Decision::withhold(Rule::Superseded);
+        }
+        // Only a client may ask for expired indicators; a node never receives them.
+        let waive_expiry = ctx.include_expired && p.kind == PartnerKind::Client;
+        let expired_at = |t: i64| !waive_expiry && item.is_expired(t);
+        // Rule 5: embargo.
+        if p.embargo_ms > 0 && ctx.now_ms.saturating_sub(ctx.accepted_ms) < p.embargo_ms {
+            let until_ms = ctx.accepted_ms.saturating_add(p.embargo_ms);
+            return Decision {
+                // Visible once the embargo lifts, unless it has expired by then.
+                outcome: Outcome::Withhold {
+                    until: (!expired_at(until_ms)).then_some(until_ms),
+                },
+                rule: Rule::Embargo {
+                    embargo_ms: p.embargo_ms,
+                    until_ms,
+                    who: p.who(),
+                },
+            };
+        }
+        if expired_at(ctx.now_ms) {
+            return Decision::withhold(Rule::Expired);
+        }
+        Decision::allow(Rule::Allowed {
+            tlp: item.tlp,
+            max: max_tlp,
+            ty,
+            who: p.who(),
+        })
+    }
+
+    /// The compiled policy in words, one partner per block (for `entente policy check`).
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "node {}", self.node);
+        let mut ids: Vec<&NodeId> = self.partners.keys().collect();
+        ids.sort();
+        for id in ids {
+            let p = &self.partners[id];
+            let _ = writeln!(out, "\n{}", p.who());
+            let _ = writeln!(
+                out,
+                "  max_tlp:             {}",
+                p.max_tlp
+                    .map_or("none (receives nothing)".into(), |t| t.as_str().to_owned())
+            );
+            let _ = writeln!(
+                out,
+                "  allow_types:         {}",
+                match &p.allow_types {
+                    None => "none (receives nothing)".to_owned(),
+                    Some(t) if t.len() == IndicatorType::ALL.len() => "all".to_owned(),
+                    Some(t) => t.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", "),
+                }
+            );
+            if !p.deny_types.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "  deny_types:          {}",
+                    p.deny_types
+                        .iter()
+                        .map(|t| t.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            if !p.allow_tags.is_empty() {
+                let _ = writeln!(out, "  allow_tags:          {}", p.allow_tags.join(", "));
+            }
+            if !p.deny_tags.is_empty() {
+                let _ = writeln!(out, "  deny_tags:           {}", p.deny_tags.join(", "));
+            }
+            if p.kind == PartnerKind::Node {
+                let _ = writeln!(out, "  forward_third_party: {}", p.forward_third_party);
+            }
+            if p.embargo_ms > 0 {
+                let _ = writeln!(
+                    out,
+                    "  embargo:             {}",
+                    duration_text(p.embargo_ms)
+                );
+            }
+            if !p.receives_anything() {
+                let _ = writeln!(
+                    out,
+                    "  WARNING: this partner receives nothing under this policy"
+                );
+            }
+        }
+        for (name, members) in &self.groups {
+            let _ = writeln!(
+                out,
+                "\ngroup {name}: {}",
+                members
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        out
+    }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut out = [0; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
