@@ -173,6 +173,9 @@ struct Draft {
     modified_ms: i64,
     /// The marking given in the input, if any.
     tlp: Option<Tlp>,
+    /// The lowest marking the item may have whatever `tlp` or the default says: the most
+    /// restrictive marking that applies to only some of its fields (STIX granular markings).
+    floor: Option<Tlp>,
     /// Tags given in the input.
     tags: Vec<String>,
     /// The indicator or revocation.
@@ -213,7 +216,8 @@ impl Sink<'_> {
         let tlp = draft
             .tlp
             .or(self.defaults.tlp)
-            .ok_or("no TLP marking (give one in the input or with --tlp)")?;
+            .ok_or("no TLP marking (give one in the input or with --tlp)")?
+            .max(draft.floor.unwrap_or(Tlp::Clear));
         let mut tags = draft.tags;
         tags.extend(self.defaults.tags.iter().cloned());
         let mut seen = HashSet::with_capacity(tags.len());

@@ -518,3 +518,132 @@ fn a_read_only_client_cannot_publish() {
         Vec::<serde_json::Value>::new()
     );
 }
+
+/// TLP 2.0 marking-definition ids (OASIS).
+const TLP_CLEAR_ID: &str = "marking-definition--94868c89-83c2-464b-929b-a1a8aa3c8487";
+const TLP_AMBER_ID: &str = "marking-definition--55d920b0-5e8b-4f79-9ee9-91f868d9b421";
+
+fn stix_indicator(id: &str, ip: &str, markings: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "type": "indicator",
+        "spec_version": "2.1",
+        "id": id,
+        "created": "2025-01-01T00:00:00.000Z",
+        "modified": "2025-01-02T00:00:00.000Z",
+        "pattern": format!("[ipv4-addr:value = '{ip}']"),
+        "pattern_type": "stix",
+        "valid_from": "2025-01-01T00:00:00Z",
+        "description": "c2 seen in an open case",
+        "object_marking_refs": markings,
+    })
+}
+
+fn stix_bundle(objects: Vec<serde_json::Value>) -> String {
+    serde_json::json!({
+        "type": "bundle",
+        "id": "bundle--5f0c1f4e-3a8b-4c1d-9e2f-7a6b5c4d3e2f",
+        "objects": objects,
+    })
+    .to_string()
+}
+
+#[test]
+fn stix_granular_and_opencti_markings_are_kept_from_a_read_only_client() {
+    let hq = Hq::start();
+    let analyst = s(&hq.analyst);
+    let granular_id = "indicator--0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+    let plain_id = "indicator--1b2c3d4e-5f6a-4b7c-8d9e-0f1a2b3c4d5e";
+    let opencti_id = "indicator--2c3d4e5f-6a7b-4c8d-9e0f-1a2b3c4d5e6f";
+    let opencti_marking = "marking-definition--8c3a5f0e-2b1d-4e6f-9a7c-3d2e1f0a9b8c";
+
+    // CLEAR as a whole, but its pattern is AMBER.
+    let mut granular = stix_indicator(granular_id, "198.51.100.23", json_list(TLP_CLEAR_ID));
+    granular["granular_markings"] =
+        serde_json::json!([{"marking_ref": TLP_AMBER_ID, "selectors": ["pattern"]}]);
+    let file = hq.input(
+        "granular.json",
+        &stix_bundle(vec![
+            granular,
+            stix_indicator(plain_id, "198.51.100.24", json_list(TLP_CLEAR_ID)),
+        ]),
+    );
+    let out = ok(&["publish", "--config", analyst, s(&file)]);
+    assert!(last_line(&out).starts_with("published 2 items"), "{out}");
+
+    // The GREEN-limited read-only client gets the CLEAR indicator only.
+    let seen = hq.query_json(&hq.reader, &[]);
+    assert_eq!(values(&seen), BTreeSet::from(["198.51.100.24".to_owned()]));
+    let by_value = hq.query_json(&hq.reader, &["--value", "198.51.100.23"]);
+    assert_eq!(by_value, Vec::<serde_json::Value>::new());
+    let out = fails(&["get", "--config", s(&hq.reader), granular_id]);
+    assert!(stderr(&out).contains("no such item"), "{}", stderr(&out));
+
+    // The analyst sees it, marked AMBER.
+    let expected: BTreeSet<(IndicatorType, String, Tlp)> = [
+        (IndicatorType::Ipv4, "198.51.100.23".to_owned(), Tlp::Amber),
+        (IndicatorType::Ipv4, "198.51.100.24".to_owned(), Tlp::Clear),
+    ]
+    .into();
+    assert_eq!(indicators(&hq.query_json(&hq.analyst, &[])), expected);
+    let out = ok(&["get", "--config", analyst, granular_id]);
+    assert!(
+        out.contains("marking:") && out.contains("TLP:AMBER"),
+        "{out}"
+    );
+
+    // An OpenCTI TLP:AMBER+STRICT marking definition under its own id.
+    let opencti = hq.input(
+        "opencti.json",
+        &stix_bundle(vec![
+            serde_json::json!({
+                "type": "marking-definition",
+                "spec_version": "2.1",
+                "id": opencti_marking,
+                "created": "2024-01-01T00:00:00.000Z",
+                "definition_type": "statement",
+                "definition": {"statement": "custom"},
+                "name": "TLP:AMBER+STRICT",
+                "x_opencti_definition_type": "TLP",
+                "x_opencti_definition": "TLP:AMBER+STRICT",
+            }),
+            stix_indicator(opencti_id, "198.51.100.25", json_list(opencti_marking)),
+        ]),
+    );
+    let out = ok(&["publish", "--config", analyst, s(&opencti)]);
+    assert!(last_line(&out).starts_with("published 1 item"), "{out}");
+    let got = hq.query_json(&hq.analyst, &["--value", "198.51.100.25"]);
+    assert_eq!(
+        indicators(&got),
+        BTreeSet::from([(
+            IndicatorType::Ipv4,
+            "198.51.100.25".to_owned(),
+            Tlp::AmberStrict
+        )])
+    );
+    let out = fails(&["get", "--config", s(&hq.reader), opencti_id]);
+    assert!(stderr(&out).contains("no such item"), "{}", stderr(&out));
+
+    // A granular marking that cannot be read refuses the file; nothing is published.
+    let unknown = "marking-definition--00000000-0000-4000-8000-000000000000";
+    let fresh_id = "indicator--3d4e5f6a-7b8c-4d9e-8f0a-1b2c3d4e5f6a";
+    let mut unreadable = stix_indicator(fresh_id, "198.51.100.26", json_list(TLP_CLEAR_ID));
+    unreadable["granular_markings"] =
+        serde_json::json!([{"marking_ref": unknown, "selectors": ["description"]}]);
+    let file = hq.input("unreadable.json", &stix_bundle(vec![unreadable]));
+    let out = fails(&["publish", "--config", analyst, "--tlp", "clear", s(&file)]);
+    let err = stderr(&out);
+    assert!(err.contains(&format!("objects[0] ({fresh_id})")), "{err}");
+    assert!(
+        err.contains(&format!("granular_markings[0] references {unknown}")),
+        "{err}"
+    );
+    assert!(err.contains("nothing published"), "{err}");
+    assert_eq!(
+        hq.query_json(&hq.analyst, &["--value", "198.51.100.26"]),
+        Vec::<serde_json::Value>::new()
+    );
+}
+
+fn json_list(id: &str) -> serde_json::Value {
+    serde_json::json!([id])
+}

@@ -78,6 +78,7 @@ fn draft(record: &csv::StringRecord, now_ms: i64, sink: &Sink<'_>) -> Result<Dra
         id: None,
         modified_ms: now_ms,
         tlp,
+        floor: None,
         tags,
         kind: ItemKind::Indicator(Indicator {
             indicator_type,

@@ -24,6 +24,7 @@ fn draft(value: &str, now_ms: i64, sink: &Sink<'_>) -> Result<Draft, String> {
         id: None,
         modified_ms: now_ms,
         tlp: None,
+        floor: None,
         tags: Vec::new(),
         kind: ItemKind::Indicator(Indicator {
             indicator_type,

@@ -4,9 +4,11 @@
 //!
 //! TLP markings are recognised by the well-known marking-definition ids of the OASIS TLP 2.0
 //! extension and of STIX 2.1 itself (TLP 1.0, where WHITE is read as CLEAR), and by TLP
-//! marking definitions carried in the same bundle.
+//! marking definitions carried in the same bundle under any id (by their name, definition,
+//! TLP 2.0 extension or OpenCTI properties). An indicator's marking is the TLP marking of its
+//! `object_marking_refs`, raised by any granular marking on a property the item carries; a
+//! marking that cannot be represented refuses the object (see [`markings`]).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -15,9 +17,14 @@ use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 
+use self::markings::Definitions;
 use super::pattern;
 use super::{Draft, Sink, TooMany, parse_timestamp};
 use crate::model::{Indicator, IndicatorType, Item, ItemId, ItemKind, Revocation, Tlp, normalise};
+
+mod markings;
+#[cfg(test)]
+mod markings_tests;
 
 /// The OASIS TLP 2.0 extension definition (`extension-definition--60a3c5c5-…`), whose
 /// marking definitions carry the level in `tlp_2_0`.
@@ -131,11 +138,15 @@ struct RawObject {
     modified: Option<Value>,
     revoked: Option<Value>,
     object_marking_refs: Option<Value>,
+    granular_markings: Option<Value>,
+    name: Option<Value>,
     definition_type: Option<Value>,
     definition: Option<Value>,
     extensions: Option<Value>,
     x_entente_indicator_type: Option<Value>,
     x_entente_revocation_reason: Option<Value>,
+    x_opencti_definition_type: Option<Value>,
+    x_opencti_definition: Option<Value>,
 }
 
 impl<'de> Deserialize<'de> for Element {
@@ -217,7 +228,7 @@ pub(super) fn parse(text: &str, now_ms: i64, sink: &mut Sink<'_>) -> Result<(), 
     if objects.len() > sink.max_items {
         return Err(TooMany);
     }
-    let markings = bundle_markings(&objects);
+    let markings = Definitions::read(&objects);
     for (index, element) in objects.iter().enumerate() {
         sink.count()?;
         let object = match element {
@@ -253,55 +264,18 @@ fn position(index: usize, object: &RawObject) -> String {
     }
 }
 
-/// TLP marking definitions carried in the bundle under ids other than the well-known ones:
-/// STIX 2.1 `definition_type: "tlp"` ones and TLP 2.0 extension ones.
-fn bundle_markings(objects: &[Element]) -> HashMap<String, Tlp> {
-    let mut markings = HashMap::new();
-    for element in objects {
-        let Element::Object(object) = element else {
-            continue;
-        };
-        if object.kind.as_ref().and_then(Value::as_str) != Some("marking-definition") {
-            continue;
-        }
-        let Some(id) = object.id.as_ref().and_then(Value::as_str) else {
-            continue;
-        };
-        if well_known_tlp(id).is_some() {
-            continue;
-        }
-        let tlp1 = match object.definition_type.as_ref().and_then(Value::as_str) {
-            Some("tlp") => object
-                .definition
-                .as_ref()
-                .and_then(|d| d.get("tlp"))
-                .and_then(Value::as_str),
-            _ => None,
-        };
-        let tlp2 = object
-            .extensions
-            .as_ref()
-            .and_then(|e| e.get(TLP2_EXTENSION))
-            .and_then(|e| e.get("tlp_2_0"))
-            .and_then(Value::as_str);
-        if let Some(tlp) = tlp2.or(tlp1).and_then(|level| Tlp::from_str(level).ok()) {
-            markings.insert(id.to_owned(), tlp);
-        }
-    }
-    markings
-}
-
 /// Reads one indicator object.
-fn indicator(
-    object: &RawObject,
-    markings: &HashMap<String, Tlp>,
-    now_ms: i64,
-) -> Result<Draft, String> {
+fn indicator(object: &RawObject, markings: &Definitions, now_ms: i64) -> Result<Draft, String> {
     let id = match string(&object.id, "id")? {
         Some(id) => ItemId::parse(id).map_err(|e| e.to_string())?,
         None => return Err("no id".into()),
     };
-    let tlp = marking(object, markings)?;
+    let tlp = markings
+        .object_marking(&object.object_marking_refs)
+        .map_err(|e| e.to_string())?;
+    let floor = markings
+        .granular_floor(&object.granular_markings)
+        .map_err(|e| e.to_string())?;
     let tags = strings(&object.labels, "labels")?;
     let modified_ms = timestamp(&object.modified, "modified")?.unwrap_or(now_ms);
     match string(&object.pattern_type, "pattern_type")? {
@@ -364,29 +338,10 @@ fn indicator(
         id: Some(id),
         modified_ms,
         tlp,
+        floor,
         tags,
         kind,
     })
-}
-
-/// The TLP marking among `object_marking_refs`, if any; unknown references are ignored.
-fn marking(object: &RawObject, markings: &HashMap<String, Tlp>) -> Result<Option<Tlp>, String> {
-    let mut found: Vec<Tlp> = Vec::new();
-    for reference in strings(&object.object_marking_refs, "object_marking_refs")? {
-        let tlp = well_known_tlp(&reference).or_else(|| markings.get(&reference).copied());
-        match tlp {
-            Some(tlp) if !found.contains(&tlp) => found.push(tlp),
-            _ => {}
-        }
-    }
-    match found.as_slice() {
-        [] => Ok(None),
-        [tlp] => Ok(Some(*tlp)),
-        several => {
-            let names: Vec<String> = several.iter().map(Tlp::to_string).collect();
-            Err(format!("more than one TLP marking ({})", names.join(", ")))
-        }
-    }
 }
 
 /// A string property, absent when missing or null.
@@ -544,6 +499,7 @@ mod tests {
     const ID_1: &str = "indicator--11111111-1111-4111-8111-111111111111";
     const ID_2: &str = "indicator--22222222-2222-4222-8222-222222222222";
     const ID_3: &str = "indicator--33333333-3333-4333-8333-333333333333";
+    const ID_4: &str = "indicator--44444444-4444-4444-8444-444444444444";
 
     fn parse(bundle: &Value, tlp: Option<Tlp>) -> ParsedInput {
         parse_input(InputFormat::Stix, &bundle.to_string(), &defaults(tlp), NOW)
@@ -686,6 +642,8 @@ mod tests {
     #[test]
     fn markings_unknown_missing_or_conflicting() {
         let unknown = "marking-definition--00000000-0000-4000-8000-000000000000";
+        let mut none = ioc(ID_1, "[ipv4-addr:value = '1.2.3.4']", unknown);
+        none["object_marking_refs"] = json!([]);
         let mut two = ioc(ID_2, "[ipv4-addr:value = '1.2.3.5']", unknown);
         two["object_marking_refs"] =
             json!([tlp2_marking_id(Tlp::Green), tlp2_marking_id(Tlp::Red)]);
@@ -693,19 +651,20 @@ mod tests {
         same_twice["object_marking_refs"] = json!([
             tlp2_marking_id(Tlp::Green),
             "marking-definition--34098fce-860f-48ae-8e50-ebd3cc5e41da",
-            unknown,
         ]);
         let objects = vec![
-            ioc(ID_1, "[ipv4-addr:value = '1.2.3.4']", unknown),
+            none,
             two,
             same_twice,
+            ioc(ID_4, "[ipv4-addr:value = '1.2.3.7']", unknown),
         ];
         let parsed = parse(&bundle(objects.clone()), None);
         assert_eq!(
             positions(&parsed),
             [
                 format!("objects[0] ({ID_1})"),
-                format!("objects[1] ({ID_2})")
+                format!("objects[1] ({ID_2})"),
+                format!("objects[3] ({ID_4})"),
             ]
         );
         assert_eq!(
@@ -716,13 +675,21 @@ mod tests {
             parsed.errors[1].reason,
             "more than one TLP marking (TLP:GREEN, TLP:RED)"
         );
+        // A marking that cannot be read is never replaced by the default.
+        assert_eq!(
+            parsed.errors[2].reason,
+            format!(
+                "object_marking_refs references {unknown}, which is neither a marking \
+                 definition in the bundle nor a known TLP marking definition"
+            )
+        );
         assert_eq!(parsed.items.len(), 1);
         assert_eq!(parsed.items[0].tlp, Tlp::Green);
 
         let parsed = parse(&bundle(objects), Some(Tlp::Amber));
         let tlps: Vec<Tlp> = parsed.items.iter().map(|i| i.tlp).collect();
         assert_eq!(tlps, [Tlp::Amber, Tlp::Green]);
-        assert_eq!(parsed.errors.len(), 1);
+        assert_eq!(parsed.errors.len(), 2);
     }
 
     #[test]
