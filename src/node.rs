@@ -118,11 +118,12 @@ impl PolicyReload for ConfigReload {
             .signer_trust()
             .map_err(|e| format!("node.crls: {e}"))?;
         let policy = crate::policy::Policy::compile(&config);
-        self.engine.set_policy(policy);
-        self.signer_trust.replace_with(&signer_trust);
+        // Access first: streams woken by the policy change then find theirs withdrawn.
         let withdrawn = self
             .directory
             .replace(&self.id, config.listings(), Some(verifiers));
+        self.signer_trust.replace_with(&signer_trust);
+        self.engine.set_policy(policy);
         let policy = self.engine.policy();
         tracing::info!(
             policy_hash = %policy.hash().iter().map(|b| format!("{b:02x}")).collect::<String>(),
@@ -318,6 +319,11 @@ impl Node {
     /// second. On error the previous configuration stays in force.
     pub fn reload_policy(&self) -> Result<Arc<crate::policy::Policy>, String> {
         self.reload.reload()
+    }
+
+    /// How many authenticated connections are open now.
+    pub fn open_connections(&self) -> usize {
+        self.reload.directory.connections()
     }
 
     /// The node's core (store, signing, policy-checked reads).

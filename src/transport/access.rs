@@ -238,6 +238,11 @@ impl Directory {
         self.current().generation
     }
 
+    /// How many authenticated connections are open.
+    pub fn connections(&self) -> usize {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// The partner with this id, if configured now.
     pub fn lookup(&self, id: &NodeId) -> Option<Partner> {
         self.current().partners.get(id).map(|l| l.partner.clone())
