@@ -129,7 +129,7 @@ impl PolicyReload for ConfigReload {
             policy_hash = %policy.hash().iter().map(|b| format!("{b:02x}")).collect::<String>(),
             crls = config.node.tls.crls.len(),
             connections_withdrawn = withdrawn,
-            "configuration reloaded"
+            "policy reloaded"
         );
         Ok(policy)
     }

@@ -10,7 +10,7 @@ pub mod listener;
 pub mod tls;
 
 pub use crate::model::{Partner, PartnerKind};
-pub use connect::{ConnectError, connect};
 pub use access::{Cause, Directory, Listing, Verifiers, Withdrawal};
+pub use connect::{ConnectError, connect};
 pub use identity::{ConnectionInfo, certificate_id};
 pub use tls::{SignerVerifier, TlsError, TlsMaterial, TlsPaths, crypto_provider};

@@ -211,7 +211,11 @@ async fn a_removed_client_loses_its_open_connection_and_subscription() {
     )
     .await;
     // And she cannot come back; bob, still configured, is not affected.
-    assert!(hello(&pki.material(&alice), node.local_addr(), &hq).await.is_err());
+    assert!(
+        hello(&pki.material(&alice), node.local_addr(), &hq)
+            .await
+            .is_err()
+    );
     query(&bob_client).await.unwrap();
     publish(&bob_client, "still.example.com").await.unwrap();
     node.shutdown(DEADLINE).await.unwrap();
@@ -374,7 +378,9 @@ async fn a_certificate_revoked_by_a_reloaded_crl_loses_its_connection() {
     // A CRL file that cannot be read refuses the reload as a whole: nothing changes.
     let missing = pki.path().join("missing-crl.pem");
     write_config(&pki, &hq, &entries, &[crl.clone(), missing]);
-    let problem = node.reload_policy().expect_err("a missing CRL refuses the reload");
+    let problem = node
+        .reload_policy()
+        .expect_err("a missing CRL refuses the reload");
     assert!(problem.contains("missing-crl.pem"), "{problem}");
     query(&alice_client).await.unwrap();
     write_config(&pki, &hq, &entries, std::slice::from_ref(&crl));
@@ -383,7 +389,11 @@ async fn a_certificate_revoked_by_a_reloaded_crl_loses_its_connection() {
     pki.certs.revoke(&alice).unwrap();
     node.reload_policy().expect("reload");
     let reloaded = Instant::now();
-    assert_refused("query after revocation", query(&alice_client).await, "revoked");
+    assert_refused(
+        "query after revocation",
+        query(&alice_client).await,
+        "revoked",
+    );
     let status = ends_with_status(
         "alice's subscription",
         &mut subscription,
@@ -392,7 +402,9 @@ async fn a_certificate_revoked_by_a_reloaded_crl_loses_its_connection() {
     .await;
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
     assert!(
-        status.message().contains("withdrawn: the certificate is revoked"),
+        status
+            .message()
+            .contains("withdrawn: the certificate is revoked"),
         "{status:?}"
     );
     eventually(
@@ -417,7 +429,9 @@ async fn a_certificate_revoked_by_a_reloaded_crl_loses_its_connection() {
         }
     }
     assert!(
-        errors.last().is_some_and(|e| e.contains("CertificateRevoked")),
+        errors
+            .last()
+            .is_some_and(|e| e.contains("CertificateRevoked")),
         "{errors:?}"
     );
     query(&bob_client).await.unwrap();
@@ -475,11 +489,9 @@ async fn a_connection_ends_when_its_certificate_expires() {
             .contains("withdrawn: the certificate of analyst.brief expired"),
         "{status:?}"
     );
-    eventually(
-        "the expired connection is closed",
-        WITHDRAWN_WITHIN,
-        || node.open_connections() == 0,
-    )
+    eventually("the expired connection is closed", WITHDRAWN_WITHIN, || {
+        node.open_connections() == 0
+    })
     .await;
     assert_refused("query after expiry", query(&brief_client).await, "expired");
     node.shutdown(DEADLINE).await.unwrap();
@@ -552,7 +564,9 @@ async fn a_partner_is_pinned_to_its_trust_anchor() {
     // analyst.x is pinned to CA1; analyst.y (from CA2) to CA2.
     let x = pki.client("analyst.x");
     let y = NodeId::new("analyst.y").unwrap();
-    second.issue(&y, &Usage::Client, Validity::days_from_now(30)).unwrap();
+    second
+        .issue(&y, &Usage::Client, Validity::days_from_now(30))
+        .unwrap();
     let config = config_with_anchors(
         &pki,
         &hq,
@@ -563,7 +577,9 @@ async fn a_partner_is_pinned_to_its_trust_anchor() {
         ],
     );
     let node = start(&config).await;
-    hello(&pki.material(&x), node.local_addr(), &hq).await.unwrap();
+    hello(&pki.material(&x), node.local_addr(), &hq)
+        .await
+        .unwrap();
     let material_y = TlsMaterial::load(
         &TlsPaths {
             cert: second.cert_path("analyst.y"),
@@ -578,7 +594,9 @@ async fn a_partner_is_pinned_to_its_trust_anchor() {
 
     // A certificate for analyst.x issued by CA2, which the node trusts, is refused:
     // analyst.x's identity belongs to CA1.
-    second.issue(&x, &Usage::Client, Validity::days_from_now(30)).unwrap();
+    second
+        .issue(&x, &Usage::Client, Validity::days_from_now(30))
+        .unwrap();
     let impostor = TlsMaterial::load(
         &TlsPaths {
             cert: second.cert_path("analyst.x"),

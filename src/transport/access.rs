@@ -169,7 +169,10 @@ impl Access {
     fn expired_reason(&self) -> String {
         let at = time::OffsetDateTime::from_unix_timestamp(self.not_after)
             .ok()
-            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
             .unwrap_or_else(|| self.not_after.to_string());
         format!("the certificate of {} expired at {at}", self.id)
     }

@@ -13,10 +13,12 @@ use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
+};
 
-use super::files::{self, FileError};
 use super::access::{Directory, Verifiers};
+use super::files::{self, FileError};
 use super::identity::{IdentityError, certificate_id};
 use crate::crypto::{SignerError, SignerTrust};
 use crate::model::NodeId;
