@@ -666,6 +666,8 @@ cache_mb = 32
 # id = "berlin.office"
 # address = "berlin.example.org:7443"
 # role = "peer"        # peer (default) or read_only
+# trust_anchor = "{cert_dir}/ca.crt"   # the CA its certificate must chain to; required
+#                                      # for every partner when trust_anchors lists several
 
 # One [[client]] per analyst, researcher or tool allowed to connect.
 # [[client]]
