@@ -19,6 +19,8 @@
 //! id = "berlin.office"
 //! address = "berlin.example.org:7443"
 //! role = "peer"                    # peer (default) or read_only
+//! trust_anchor = "certs/ca.crt"    # the CA its certificate must chain to; required
+//!                                  # when trust_anchors names more than one
 //!
 //! [[client]]
 //! id = "researcher.uni-x"
@@ -32,7 +34,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::model::{IndicatorType, NodeId, Role, Tlp};
-use crate::transport::{Partner, PartnerKind, TlsError, TlsMaterial, TlsPaths};
+use crate::transport::{Listing, Partner, PartnerKind, TlsError, TlsMaterial, TlsPaths};
 
 /// Largest configuration file accepted.
 const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
@@ -124,6 +126,8 @@ fn default_cache_mb() -> u64 {
 struct RawPeer {
     id: String,
     address: String,
+    #[serde(default)]
+    trust_anchor: Option<PathBuf>,
     #[serde(default = "default_peer_role")]
     role: Role,
     #[serde(default)]
@@ -151,6 +155,8 @@ fn default_peer_role() -> Role {
 struct RawClient {
     id: String,
     role: Role,
+    #[serde(default)]
+    trust_anchor: Option<PathBuf>,
     #[serde(default)]
     max_tlp: Option<String>,
     #[serde(default)]
@@ -194,6 +200,9 @@ pub struct PeerConfig {
     pub address: String,
     /// `peer` or `read_only`.
     pub role: Role,
+    /// The trust anchor (one of `node.trust_anchors`) its certificate must chain to;
+    /// `None` when exactly one anchor is configured.
+    pub trust_anchor: Option<PathBuf>,
     /// What this peer may receive.
     pub policy: PolicySettings,
 }
@@ -205,6 +214,9 @@ pub struct ClientConfig {
     pub id: NodeId,
     /// `read_only`, `analyst` or `admin`.
     pub role: Role,
+    /// The trust anchor (one of `node.trust_anchors`) its certificate must chain to;
+    /// `None` when exactly one anchor is configured.
+    pub trust_anchor: Option<PathBuf>,
     /// What this client may receive.
     pub policy: PolicySettings,
 }
@@ -367,6 +379,13 @@ impl Config {
             ));
         }
 
+        let trust_anchors: Vec<PathBuf> =
+            raw.node.trust_anchors.iter().map(|p| resolve(p)).collect();
+        let pin = |field: &str, named: Option<PathBuf>| -> Result<Option<PathBuf>, ConfigError> {
+            pinned_anchor(&trust_anchors, named.map(|p| resolve(&p)))
+                .map_err(|problem| invalid(field, problem))
+        };
+
         let mut seen = HashSet::from([id.clone()]);
         let mut peers = Vec::with_capacity(raw.peer.len());
         for (i, p) in raw.peer.into_iter().enumerate() {
@@ -385,6 +404,7 @@ impl Config {
                 ));
             }
             check_address(&p.address).map_err(|problem| invalid(&field("address"), problem))?;
+            let trust_anchor = pin(&field("trust_anchor"), p.trust_anchor)?;
             let policy = policy_settings(
                 &field,
                 p.max_tlp,
@@ -400,6 +420,7 @@ impl Config {
                 id: peer_id,
                 address: p.address,
                 role: p.role,
+                trust_anchor,
                 policy,
             });
         }
@@ -426,6 +447,7 @@ impl Config {
                     "applies to peer nodes only; a client receives what its policy allows".into(),
                 ));
             }
+            let trust_anchor = pin(&field("trust_anchor"), c.trust_anchor)?;
             let policy = policy_settings(
                 &field,
                 c.max_tlp,
@@ -440,6 +462,7 @@ impl Config {
             clients.push(ClientConfig {
                 id: client_id,
                 role: c.role,
+                trust_anchor,
                 policy,
             });
         }
@@ -471,7 +494,7 @@ impl Config {
         let tls_paths = TlsPaths {
             cert: resolve(&raw.node.cert),
             key: resolve(&raw.node.key),
-            trust_anchors: raw.node.trust_anchors.iter().map(|p| resolve(p)).collect(),
+            trust_anchors,
             crls: raw.node.crls.iter().map(|p| resolve(p)).collect(),
         };
         let tls = TlsMaterial::load(&tls_paths, &id)
@@ -550,6 +573,58 @@ impl Config {
         });
         peers.chain(clients)
     }
+
+    /// Every configured partner with the trust anchor its certificate must chain to,
+    /// as the node's directory holds them.
+    pub fn listings(&self) -> Vec<Listing> {
+        let anchors = self
+            .peers
+            .iter()
+            .map(|p| p.trust_anchor.clone())
+            .chain(self.clients.iter().map(|c| c.trust_anchor.clone()));
+        self.partners()
+            .zip(anchors)
+            .map(|(partner, trust_anchor)| Listing {
+                partner,
+                trust_anchor,
+            })
+            .collect()
+    }
+}
+
+/// The anchor a partner is pinned to: the one it names, which must be one of
+/// `node.trust_anchors`; without a name, nothing to pin when exactly one anchor is
+/// configured, and an error when there are several (default deny).
+fn pinned_anchor(anchors: &[PathBuf], named: Option<PathBuf>) -> Result<Option<PathBuf>, String> {
+    let list = || {
+        anchors
+            .iter()
+            .map(|a| a.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let Some(named) = named else {
+        if anchors.len() > 1 {
+            return Err(format!(
+                "node.trust_anchors names {} CAs, so each peer and client must name the one its certificate chains to (one of {})",
+                anchors.len(),
+                list()
+            ));
+        }
+        return Ok(None);
+    };
+    let canonical = |p: &Path| std::fs::canonicalize(p).ok();
+    anchors
+        .iter()
+        .find(|a| **a == named || canonical(a).is_some_and(|c| Some(c) == canonical(&named)))
+        .map(|a| Some(a.clone()))
+        .ok_or_else(|| {
+            format!(
+                "{} is not one of node.trust_anchors ({})",
+                named.display(),
+                list()
+            )
+        })
 }
 
 /// Reads a configuration file of at most [`MAX_CONFIG_BYTES`].
@@ -624,6 +699,8 @@ cache_mb = 32
 # id = "berlin.office"
 # address = "berlin.example.org:7443"
 # role = "peer"        # peer (default) or read_only
+# trust_anchor = "{cert_dir}/ca.crt"   # the CA its certificate must chain to; required
+#                                      # for every partner when trust_anchors lists several
 
 # One [[client]] per analyst, researcher or tool allowed to connect.
 # [[client]]

@@ -686,7 +686,7 @@ fn certs(command: CertsCommand) -> Result<()> {
         CertsCommand::Revoke { dir, id } => {
             let crl = CertDir::new(&dir).revoke(&id)?;
             println!(
-                "revoked {id}; distribute {} to every node (node.crls) and restart them",
+                "revoked {id}; distribute {} to every node (node.crls) and reload them (systemctl reload entente or entente policy reload)",
                 crl.display()
             );
         }

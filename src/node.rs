@@ -29,7 +29,7 @@ pub const MAX_FEDERATION_REQUEST_BYTES: usize = 64 * 1024;
 
 /// Largest gRPC message accepted or sent (a bundle of 100,000 small items fits).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
-use crate::transport::{ConnectionInfo, Directory, TlsError, listener};
+use crate::transport::{ConnectionInfo, Directory, SignerVerifier, TlsError, listener};
 
 /// Why a node could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -87,16 +87,21 @@ pub struct Node {
     links: Vec<JoinHandle<()>>,
 }
 
-/// Re-reads the node's configuration file and puts its policy and partner list in force.
+/// Re-reads the node's configuration file and puts its policy, partner list, trust
+/// anchors and CRLs in force; connections that lose access are closed.
 struct ConfigReload {
     path: std::path::PathBuf,
     id: NodeId,
     directory: Arc<Directory>,
     engine: Arc<Engine>,
+    /// The engine's bundle-signer trust; clones share the verifier swapped here.
+    signer_trust: SignerVerifier,
 }
 
 impl PolicyReload for ConfigReload {
     fn reload(&self) -> Result<Arc<crate::policy::Policy>, String> {
+        // Everything that can fail comes first, so a refused reload changes nothing.
+        // Loading re-reads the trust anchors and the CRL files the configuration names.
         let config = Config::load(&self.path).map_err(|e| e.to_string())?;
         if config.node.id != self.id {
             return Err(format!(
@@ -104,11 +109,28 @@ impl PolicyReload for ConfigReload {
                 self.id, config.node.id
             ));
         }
+        let verifiers = config
+            .tls
+            .client_verifiers()
+            .map_err(|e| format!("node.crls: {e}"))?;
+        let signer_trust = config
+            .tls
+            .signer_trust()
+            .map_err(|e| format!("node.crls: {e}"))?;
         let policy = crate::policy::Policy::compile(&config.policy_spec());
-        self.directory.replace(&self.id, config.partners());
+        // Access first: streams woken by the policy change then find theirs withdrawn.
+        let withdrawn = self
+            .directory
+            .replace(&self.id, config.listings(), Some(verifiers));
+        self.signer_trust.replace_with(&signer_trust);
         self.engine.set_policy(policy);
         let policy = self.engine.policy();
-        tracing::info!(policy_hash = %policy.hash().iter().map(|b| format!("{b:02x}")).collect::<String>(), "policy reloaded");
+        tracing::info!(
+            policy_hash = %policy.hash().iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            crls = config.node.tls.crls.len(),
+            connections_withdrawn = withdrawn,
+            "policy reloaded"
+        );
         Ok(policy)
     }
 }
@@ -143,21 +165,23 @@ impl Node {
             ))
         })?;
         let signer = BundleSigner::new(id.clone(), key, config.tls.certificate_der())?;
+        let signer_trust = config.tls.signer_trust()?;
         let engine = Arc::new(Engine::new(
             store.clone(),
             crate::policy::Policy::compile(&config.policy_spec()),
             signer,
             config.tls.certificate_der(),
-            Box::new(config.tls.signer_trust()?),
+            Box::new(signer_trust.clone()),
         )?);
 
-        let directory = Arc::new(Directory::new(&id, config.partners()));
+        let directory = Arc::new(Directory::new(&id, config.listings()));
         let link_states: crate::sync::Links = Arc::default();
         let reload = Arc::new(ConfigReload {
             path: config.path.clone(),
             id: id.clone(),
             directory: directory.clone(),
             engine: engine.clone(),
+            signer_trust,
         });
         let server_tls = config.tls.server_config(directory.clone())?;
 
@@ -177,7 +201,7 @@ impl Node {
 
         let shutdown = CancellationToken::new();
         let (incoming, accept_task) =
-            listener::accept(listener, server_tls, directory, shutdown.clone());
+            listener::accept(listener, server_tls, directory.clone(), shutdown.clone());
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health
@@ -207,7 +231,7 @@ impl Node {
                 };
                 tracing::info_span!("rpc", method = %request.uri().path(), peer = %peer, role, addr = %addr)
             })
-            .layer(RequireIdentityLayer)
+            .layer(RequireIdentityLayer::new(directory))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_alpha)
@@ -290,10 +314,16 @@ impl Node {
         &self.id
     }
 
-    /// Re-reads the configuration file and puts its policy and partner list in force
-    /// (SIGHUP). On error the previous policy stays.
+    /// Re-reads the configuration file and puts its policy, partner list, trust anchors
+    /// and CRLs in force (SIGHUP); connections that lost access are closed within a
+    /// second. On error the previous configuration stays in force.
     pub fn reload_policy(&self) -> Result<Arc<crate::policy::Policy>, String> {
         self.reload.reload()
+    }
+
+    /// How many authenticated connections are open now.
+    pub fn open_connections(&self) -> usize {
+        self.reload.directory.connections()
     }
 
     /// The node's core (store, signing, policy-checked reads).

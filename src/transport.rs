@@ -2,6 +2,7 @@
 //! certificate verifier, certificate → partner mapping, the authenticated
 //! listener and outgoing connections. No gRPC service logic and no policy here.
 
+pub mod access;
 pub mod connect;
 pub mod files;
 pub mod identity;
@@ -9,6 +10,7 @@ pub mod listener;
 pub mod tls;
 
 pub use crate::model::{Partner, PartnerKind};
+pub use access::{Cause, Directory, Listing, Verifiers, Withdrawal};
 pub use connect::{ConnectError, connect};
-pub use identity::{ConnectionInfo, Directory, certificate_id};
+pub use identity::{ConnectionInfo, certificate_id};
 pub use tls::{SignerVerifier, TlsError, TlsMaterial, TlsPaths, crypto_provider};

@@ -1,22 +1,33 @@
 //! Who is calling, and may they call this method. Every request carries the
-//! [`ConnectionInfo`] the listener resolved from the client certificate; a request
-//! without it is refused before reaching any service (health and reflection
-//! included).
+//! [`ConnectionInfo`] the listener attached to its connection; the
+//! [`RequireIdentity`] layer in front of every service (health and reflection
+//! included) authorises each request against the [`Directory`] in force when it
+//! arrives, replacing the partner with the one configured now, and refuses a
+//! request without an identity or from a connection that lost access.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tonic::{Request, Status};
 
 use crate::model::Role;
-use crate::transport::{ConnectionInfo, PartnerKind};
+use crate::transport::{ConnectionInfo, Directory, PartnerKind};
 
-/// The authenticated caller of a request.
+/// The connection info of a request authorised by [`RequireIdentity`], with the
+/// partner in force when the request arrived. Only the layer inserts it.
+#[derive(Clone, Debug)]
+struct Authorized(ConnectionInfo);
+
+/// The authenticated caller of a request, as authorised against the directory in
+/// force when the request arrived. A request that did not pass [`RequireIdentity`]
+/// has none.
 pub fn caller<T>(request: &Request<T>) -> Result<&ConnectionInfo, Status> {
     request
         .extensions()
-        .get::<ConnectionInfo>()
+        .get::<Authorized>()
+        .map(|authorized| &authorized.0)
         .ok_or_else(|| Status::unauthenticated("no authenticated client certificate"))
 }
 
@@ -65,14 +76,28 @@ pub fn require_writer(info: &ConnectionInfo) -> Result<(), Status> {
     }
 }
 
-/// Tower layer that refuses any request lacking an authenticated identity.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RequireIdentityLayer;
+/// Tower layer that authorises every request against `directory` as it is now:
+/// refused without an authenticated identity, refused when the connection lost
+/// access, otherwise passed on with the partner configured now.
+#[derive(Clone, Debug)]
+pub struct RequireIdentityLayer {
+    directory: Arc<Directory>,
+}
+
+impl RequireIdentityLayer {
+    /// The layer over the node's directory.
+    pub fn new(directory: Arc<Directory>) -> Self {
+        Self { directory }
+    }
+}
 
 impl<S> tower::Layer<S> for RequireIdentityLayer {
     type Service = RequireIdentity<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        RequireIdentity { inner }
+        RequireIdentity {
+            inner,
+            directory: self.directory.clone(),
+        }
     }
 }
 
@@ -80,6 +105,7 @@ impl<S> tower::Layer<S> for RequireIdentityLayer {
 #[derive(Clone, Debug)]
 pub struct RequireIdentity<S> {
     inner: S,
+    directory: Arc<Directory>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -97,12 +123,22 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if request.extensions().get::<ConnectionInfo>().is_none() {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let Some(mut info) = request.extensions().get::<ConnectionInfo>().cloned() else {
             let response =
                 Status::unauthenticated("no authenticated client certificate").into_http();
             return Box::pin(async move { Ok(response) });
+        };
+        match self.directory.authorize(&info) {
+            Ok(partner) => {
+                info.partner = partner;
+                request.extensions_mut().insert(Authorized(info));
+                Box::pin(self.inner.call(request))
+            }
+            Err(withdrawal) => {
+                let response = Status::from(withdrawal).into_http();
+                Box::pin(async move { Ok(response) })
+            }
         }
-        Box::pin(self.inner.call(request))
     }
 }

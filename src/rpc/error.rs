@@ -3,6 +3,18 @@
 use tonic::Status;
 
 use crate::engine::EngineError;
+use crate::transport::{Cause, Withdrawal};
+
+impl From<Withdrawal> for Status {
+    fn from(withdrawal: Withdrawal) -> Self {
+        match withdrawal.cause {
+            Cause::Expired => Status::unauthenticated(withdrawal.to_string()),
+            Cause::Configuration | Cause::Revoked | Cause::Untrusted => {
+                Status::permission_denied(withdrawal.to_string())
+            }
+        }
+    }
+}
 
 impl From<EngineError> for Status {
     fn from(error: EngineError) -> Self {

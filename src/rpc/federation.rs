@@ -84,6 +84,7 @@ impl Federation for FederationService {
         let info = caller(&request)?;
         require_node(info)?;
         let partner = info.partner.clone();
+        let connection = info.clone();
         let PullRequest { cursor, follow } = request.into_inner();
         let engine = self.engine.clone();
         let shutdown = self.shutdown.clone();
@@ -95,6 +96,10 @@ impl Federation for FederationService {
             let mut policy = engine.watch_policy();
             let mut fingerprint = engine.policy().partner_fingerprint(&partner.id);
             loop {
+                if let Some(withdrawal) = connection.withdrawal() {
+                    let _ = tx.send(Err(Status::from(withdrawal))).await;
+                    return;
+                }
                 // A reload that changes this partner's policy replays its feed from the start.
                 let now = engine.policy().partner_fingerprint(&partner.id);
                 if now != fingerprint {
@@ -184,6 +189,10 @@ impl Federation for FederationService {
                             return;
                         }
                         _ = tx.closed() => return,
+                        withdrawal = connection.withdrawn() => {
+                            let _ = tx.send(Err(Status::from(withdrawal))).await;
+                            return;
+                        }
                         changed = feed.changed() => if changed.is_err() { return },
                         changed = policy.changed() => {
                             if changed.is_err() { return }

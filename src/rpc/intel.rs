@@ -238,6 +238,7 @@ impl Intel for IntelService {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let partner = caller(&request)?.partner.clone();
         require_client(caller(&request)?)?;
+        let connection = caller(&request)?.clone();
         let SubscribeRequest { filter } = request.into_inner();
         let query = convert::item_query(filter)?;
         let mut subscription = self.engine.subscribe(partner, query);
@@ -250,6 +251,10 @@ impl Intel for IntelService {
                         return;
                     }
                     _ = tx.closed() => return,
+                    withdrawal = connection.withdrawn() => {
+                        let _ = tx.send(Err(Status::from(withdrawal))).await;
+                        return;
+                    }
                     next = subscription.next() => next,
                 };
                 let stored = match next {
@@ -287,6 +292,7 @@ impl Intel for IntelService {
     ) -> Result<Response<Self::ExportStream>, Status> {
         let partner = caller(&request)?.partner.clone();
         require_client(caller(&request)?)?;
+        let connection = caller(&request)?.clone();
         let ExportRequest { filter } = request.into_inner();
         let query = convert::item_query(filter)?;
         let engine = self.engine.clone();
@@ -329,8 +335,12 @@ impl Intel for IntelService {
                     let chunk = ExportChunk {
                         stix_json: crate::interop::to_stix(&stored.item).to_string(),
                     };
-                    if tx.send(Ok(chunk)).await.is_err() {
-                        return;
+                    tokio::select! {
+                        withdrawal = connection.withdrawn() => {
+                            let _ = tx.send(Err(Status::from(withdrawal))).await;
+                            return;
+                        }
+                        sent = tx.send(Ok(chunk)) => if sent.is_err() { return },
                     }
                 }
                 match page.next {

@@ -1,14 +1,16 @@
 //! From a verified certificate to a configured partner: the certificate's first
-//! DNS subject-alternative name is the id, and the [`Directory`] says who that is.
+//! DNS subject-alternative name is the id, and the [`super::Directory`] says who
+//! that is; [`ConnectionInfo`] is what a request knows of its connection.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use rustls::pki_types::CertificateDer;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::model::{InvalidNodeId, NodeId, Partner, PartnerKind, Role};
+use super::access::{Access, Withdrawal};
+use crate::model::{InvalidNodeId, NodeId, Partner};
 
 /// Why no id could be read from a certificate.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -55,62 +57,34 @@ pub fn certificate_id(der: &CertificateDer<'_>) -> Result<NodeId, IdentityError>
     })
 }
 
-/// Every identity this node will talk to. Anything else is refused at the handshake.
-/// Replaced as a whole when the configuration is reloaded.
-#[derive(Debug, Default)]
-pub struct Directory {
-    partners: std::sync::RwLock<HashMap<NodeId, Partner>>,
-}
-
-impl Directory {
-    /// A directory of the given partners. The node itself is added as [`PartnerKind::Local`]
-    /// with the admin role: whoever holds the node's own key is its operator.
-    pub fn new(own_id: &NodeId, partners: impl IntoIterator<Item = Partner>) -> Self {
-        Self {
-            partners: std::sync::RwLock::new(Self::map(own_id, partners)),
-        }
-    }
-
-    fn map(
-        own_id: &NodeId,
-        partners: impl IntoIterator<Item = Partner>,
-    ) -> HashMap<NodeId, Partner> {
-        let mut map: HashMap<NodeId, Partner> =
-            partners.into_iter().map(|p| (p.id.clone(), p)).collect();
-        map.insert(
-            own_id.clone(),
-            Partner {
-                id: own_id.clone(),
-                kind: PartnerKind::Local,
-                role: Role::Admin,
-            },
-        );
-        map
-    }
-
-    /// Replaces every entry (configuration reload). Connections already open keep the
-    /// identity they were accepted with; new handshakes see the new directory.
-    pub fn replace(&self, own_id: &NodeId, partners: impl IntoIterator<Item = Partner>) {
-        let map = Self::map(own_id, partners);
-        *self.partners.write().unwrap_or_else(|p| p.into_inner()) = map;
-    }
-
-    /// The partner with this id, if configured.
-    pub fn lookup(&self, id: &NodeId) -> Option<Partner> {
-        self.partners
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned()
-    }
-}
-
 /// What the server knows about the other end of an accepted connection. Attached to
-/// every request as an extension by the listener.
+/// every request as an extension by the listener; `partner` is replaced by the one in
+/// force now before a request reaches a service (`rpc::auth`).
 #[derive(Clone, Debug)]
 pub struct ConnectionInfo {
     /// The authenticated partner.
     pub partner: Partner,
     /// The remote socket address.
     pub remote_addr: SocketAddr,
+    /// The connection's entry in the directory's registry.
+    pub(crate) access: Arc<Access>,
+}
+
+impl ConnectionInfo {
+    /// The client certificate's notAfter, seconds since the Unix epoch.
+    pub fn not_after(&self) -> i64 {
+        self.access.not_after()
+    }
+
+    /// The withdrawal, if this connection's access was withdrawn.
+    pub fn withdrawal(&self) -> Option<Withdrawal> {
+        self.access.withdrawal()
+    }
+
+    /// Resolves when this connection's access is withdrawn (partner removed or
+    /// changed, certificate revoked or expired); stream handlers select on it to
+    /// end with a clear status.
+    pub fn withdrawn(&self) -> impl std::future::Future<Output = Withdrawal> + Send + 'static {
+        self.access.withdrawn()
+    }
 }

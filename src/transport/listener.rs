@@ -1,7 +1,10 @@
 //! Accepting connections: TCP accept, TLS handshake (bounded in time and in
-//! number), then the caller's identity is resolved once and attached to the
-//! connection so every request carries it.
+//! number), then the connection is registered in the [`Directory`] and its
+//! [`ConnectionInfo`] attached so every request carries it. A connection whose
+//! access is withdrawn (reload, revocation, expiry) stops reading and writing
+//! shortly after, which closes it.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -16,10 +19,11 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::transport::server::Connected;
 
-use super::identity::{ConnectionInfo, Directory, certificate_id};
+use super::access::{Directory, Registration, describe_tls_error};
+use super::identity::ConnectionInfo;
 
 /// Time a client has to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,6 +34,24 @@ pub const MAX_CONCURRENT_HANDSHAKES: usize = 256;
 pub struct AuthenticatedConnection {
     stream: TlsStream<TcpStream>,
     info: ConnectionInfo,
+    /// Resolves when the connection must stop: its access was withdrawn and the
+    /// streams had their grace period to say so.
+    closing: Pin<Box<WaitForCancellationFutureOwned>>,
+    registration: Registration,
+}
+
+impl AuthenticatedConnection {
+    /// Fails the I/O once the connection must close; otherwise registers the waker
+    /// so that a withdrawal wakes an idle connection.
+    fn check_open(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if self.registration.is_closing() || self.closing.as_mut().poll(cx).is_ready() {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "access to this node was withdrawn",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Connected for AuthenticatedConnection {
@@ -46,6 +68,7 @@ impl AsyncRead for AuthenticatedConnection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        self.check_open(cx)?;
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
@@ -56,10 +79,12 @@ impl AsyncWrite for AuthenticatedConnection {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.check_open(cx)?;
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.check_open(cx)?;
         Pin::new(&mut self.stream).poll_flush(cx)
     }
 
@@ -72,6 +97,7 @@ impl AsyncWrite for AuthenticatedConnection {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.check_open(cx)?;
         Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
 
@@ -128,6 +154,8 @@ pub fn accept(
                 match handshake(acceptor, tcp, remote_addr, &directory).await {
                     Ok(conn) => {
                         tracing::debug!(peer = %conn.info.partner.id, addr = %remote_addr, "connection authenticated");
+                        // Ends when the connection is dropped.
+                        tokio::spawn(conn.registration.watchdog());
                         let _ = tx.send(Ok(conn)).await;
                     }
                     Err(reason) => {
@@ -145,28 +173,40 @@ async fn handshake(
     acceptor: TlsAcceptor,
     tcp: TcpStream,
     remote_addr: SocketAddr,
-    directory: &Directory,
+    directory: &Arc<Directory>,
 ) -> Result<AuthenticatedConnection, String> {
+    // A reload after this point makes the directory verify the chain again at admission.
+    let generation = directory.generation();
     let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
         .await
         .map_err(|_| "TLS handshake timed out".to_owned())?
-        .map_err(|e| format!("TLS handshake failed: {e}"))?;
-    // The verifier has already checked the chain, revocation and that the id is
-    // configured; resolve the partner once for the connection's lifetime.
+        .map_err(|e| format!("TLS handshake failed: {}", describe_io_error(&e)))?;
+    // The verifier has already checked the chain, revocation, the pinned anchor and
+    // that the id is configured; register the connection so reloads re-check it.
     let (_, session) = stream.get_ref();
-    let leaf = session
+    let chain: Vec<_> = session
         .peer_certificates()
-        .and_then(|c| c.first())
-        .ok_or_else(|| "no client certificate".to_owned())?;
-    let id = certificate_id(leaf).map_err(|e| e.to_string())?;
-    let partner = directory
-        .lookup(&id)
-        .ok_or_else(|| format!("certificate id {id} is not a configured peer or client"))?;
+        .ok_or_else(|| "no client certificate".to_owned())?
+        .iter()
+        .map(|c| c.clone().into_owned())
+        .collect();
+    let (info, registration) = directory.admit(chain, remote_addr, generation)?;
+    let closing = Box::pin(registration.closing());
     Ok(AuthenticatedConnection {
         stream,
-        info: ConnectionInfo {
-            partner,
-            remote_addr,
-        },
+        info,
+        closing,
+        registration,
     })
+}
+
+/// An I/O error from the TLS layer in words: the rustls error it carries, described.
+fn describe_io_error(error: &io::Error) -> String {
+    match error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(tls) => describe_tls_error(tls),
+        None => error.to_string(),
+    }
 }

@@ -1,23 +1,25 @@
 //! rustls configurations for both directions. Server: TLS 1.3 only, a client
-//! certificate is required, must chain to a trust anchor, must not be revoked and
-//! must name a configured partner. Client: the same anchors and CRLs, and the
+//! certificate is required, must chain to a trust anchor (the one its partner is
+//! pinned to), must not be revoked and must name a configured partner, all under
+//! the directory's state in force at the handshake. Client: the same anchors and CRLs, and the
 //! server must prove the exact node id the caller expects.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::CryptoProvider;
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore,
-    SignatureScheme,
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
 };
 
+use super::access::{Directory, Verifiers};
 use super::files::{self, FileError};
-use super::identity::{Directory, IdentityError, certificate_id};
+use super::identity::{IdentityError, certificate_id};
 use crate::crypto::{SignerError, SignerTrust};
 use crate::model::NodeId;
 
@@ -109,6 +111,8 @@ pub struct TlsMaterial {
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     roots: Arc<RootCertStore>,
+    /// Each trust-anchor file with the CA certificates it holds, for partners pinned to it.
+    anchors: Vec<(PathBuf, Arc<RootCertStore>)>,
     crls: Vec<CertificateRevocationListDer<'static>>,
 }
 
@@ -130,13 +134,20 @@ impl TlsMaterial {
         }
         let key = files::read_private_key(&paths.key)?;
         let mut roots = RootCertStore::empty();
+        let mut anchors = Vec::with_capacity(paths.trust_anchors.len());
         for path in &paths.trust_anchors {
+            let mut anchor = RootCertStore::empty();
             for cert in files::read_certificates(path)? {
-                roots.add(cert).map_err(|e| TlsError::BadTrustAnchor {
-                    path: path.clone(),
-                    problem: e.to_string(),
-                })?;
+                for store in [&mut roots, &mut anchor] {
+                    store
+                        .add(cert.clone())
+                        .map_err(|e| TlsError::BadTrustAnchor {
+                            path: path.clone(),
+                            problem: e.to_string(),
+                        })?;
+                }
             }
+            anchors.push((path.clone(), Arc::new(anchor)));
         }
         let mut crls = Vec::new();
         for path in &paths.crls {
@@ -147,6 +158,7 @@ impl TlsMaterial {
             chain,
             key,
             roots: Arc::new(roots),
+            anchors,
             crls,
         };
         // Building a server config checks that the key matches the certificate.
@@ -154,21 +166,41 @@ impl TlsMaterial {
         Ok(material)
     }
 
-    /// The server side: TLS 1.3, client certificate required, CRLs checked, and
-    /// only identities in `directory` accepted.
+    /// Client-certificate verifiers over these anchors and CRLs: one over every
+    /// anchor, and one per anchor file (for partners pinned to it).
+    pub fn client_verifiers(&self) -> Result<Verifiers, TlsError> {
+        let build = |roots: &Arc<RootCertStore>| {
+            WebPkiClientVerifier::builder_with_provider(roots.clone(), crypto_provider())
+                .with_crls(self.crls.iter().cloned())
+                .only_check_end_entity_revocation()
+                .build()
+        };
+        let mut by_anchor = HashMap::with_capacity(self.anchors.len());
+        for (path, roots) in &self.anchors {
+            by_anchor.insert(path.clone(), build(roots)?);
+        }
+        Ok(Verifiers {
+            any: build(&self.roots)?,
+            by_anchor,
+        })
+    }
+
+    /// The server side: TLS 1.3, client certificate required, and the client's
+    /// certificate checked against the directory's state in force at each handshake
+    /// (anchors, CRLs, configured id, pinned anchor). Installs this material's
+    /// verifiers in `directory`; a reload replaces them there.
     pub fn server_config(
         &self,
         directory: Arc<Directory>,
     ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         let provider = crypto_provider();
-        let webpki =
-            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider.clone())
-                .with_crls(self.crls.iter().cloned())
-                .only_check_end_entity_revocation()
-                .build()?;
+        let verifiers = self.client_verifiers()?;
+        let root_hints = verifiers.any.root_hint_subjects().to_vec();
+        directory.install(verifiers);
         let verifier = Arc::new(KnownPartnerVerifier {
-            inner: webpki,
             directory,
+            root_hints,
+            algorithms: provider.signature_verification_algorithms,
         });
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -233,15 +265,30 @@ impl TlsMaterial {
                 .with_crls(self.crls.iter().cloned())
                 .only_check_end_entity_revocation()
                 .build()?;
-        Ok(SignerVerifier { verifier })
+        Ok(SignerVerifier {
+            verifier: Arc::new(RwLock::new(verifier)),
+        })
     }
 }
 
 /// [`SignerTrust`] over WebPKI: the signer certificate must chain to a trust anchor,
-/// have been valid when the bundle was created, and not be revoked.
+/// have been valid when the bundle was created, and not be revoked. Clones share
+/// one verifier, which [`SignerVerifier::replace_with`] swaps at a reload.
 #[derive(Debug, Clone)]
 pub struct SignerVerifier {
-    verifier: Arc<dyn ClientCertVerifier>,
+    verifier: Arc<RwLock<Arc<dyn ClientCertVerifier>>>,
+}
+
+impl SignerVerifier {
+    /// Puts `other`'s anchors and CRLs in force for this verifier and its clones.
+    pub fn replace_with(&self, other: &SignerVerifier) {
+        let next = other
+            .verifier
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        *self.verifier.write().unwrap_or_else(|p| p.into_inner()) = next;
+    }
 }
 
 impl SignerTrust for SignerVerifier {
@@ -250,7 +297,12 @@ impl SignerTrust for SignerVerifier {
         let at = UnixTime::since_unix_epoch(std::time::Duration::from_millis(
             u64::try_from(at_ms).unwrap_or(0),
         ));
-        self.verifier
+        let verifier = self
+            .verifier
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        verifier
             .verify_client_cert(&cert, &[], at)
             .map_err(|e| match e {
                 rustls::Error::InvalidCertificate(CertificateError::Revoked) => {
@@ -268,16 +320,15 @@ impl SignerTrust for SignerVerifier {
     }
 }
 
-/// The client certificate's id is not configured on this node.
-#[derive(Debug, thiserror::Error)]
-#[error("certificate id {0} is not a configured peer or client")]
-struct UnknownPartner(NodeId);
-
-/// WebPKI client verification, then: the certificate's id must be in the directory.
+/// Client verification against the directory's state in force at the handshake:
+/// WebPKI over the current anchors and CRLs, then the id must be configured and the
+/// chain must reach the anchor the partner is pinned to.
 #[derive(Debug)]
 struct KnownPartnerVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
     directory: Arc<Directory>,
+    /// Subjects of the anchors at start, offered to clients as hints.
+    root_hints: Vec<DistinguishedName>,
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl ClientCertVerifier for KnownPartnerVerifier {
@@ -290,7 +341,7 @@ impl ClientCertVerifier for KnownPartnerVerifier {
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
+        &self.root_hints
     }
 
     fn verify_client_cert(
@@ -299,16 +350,8 @@ impl ClientCertVerifier for KnownPartnerVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.inner
-            .verify_client_cert(end_entity, intermediates, now)?;
-        let id = certificate_id(end_entity).map_err(|e| {
-            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
-        })?;
-        if self.directory.lookup(&id).is_none() {
-            return Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-                OtherError(Arc::new(UnknownPartner(id))),
-            )));
-        }
+        self.directory
+            .verify_handshake(end_entity, intermediates, now)?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -318,7 +361,7 @@ impl ClientCertVerifier for KnownPartnerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -327,10 +370,10 @@ impl ClientCertVerifier for KnownPartnerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.algorithms.supported_schemes()
     }
 }

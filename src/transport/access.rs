@@ -1,0 +1,583 @@
+//! Who may use this node now: the partner [`Directory`] (each partner with the trust
+//! anchor its certificate must chain to), the certificate verifiers over the anchors
+//! and CRLs in force, and the registry of live connections. Every request is checked
+//! against the state in force when it arrives, and every reload re-checks each live
+//! connection; one that lost access is withdrawn (its streams told why) and closed.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::{CertificateError, OtherError};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use super::identity::{ConnectionInfo, certificate_id};
+use crate::model::{NodeId, Partner, PartnerKind, Role};
+
+/// Time a withdrawn connection's streams have to send their final status before the
+/// connection is closed.
+pub const WITHDRAWAL_GRACE: Duration = Duration::from_millis(250);
+
+/// A configured partner and the trust anchor its certificate must chain to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listing {
+    /// Who the partner is and what it may do.
+    pub partner: Partner,
+    /// The trust-anchor file (as named in `node.trust_anchors`) the partner's
+    /// certificate must chain to; `None` accepts any configured anchor (the
+    /// configuration allows that only when there is exactly one).
+    pub trust_anchor: Option<PathBuf>,
+}
+
+impl From<Partner> for Listing {
+    fn from(partner: Partner) -> Self {
+        Self {
+            partner,
+            trust_anchor: None,
+        }
+    }
+}
+
+/// Client-certificate verifiers over the trust anchors and CRLs in force: one over
+/// every anchor, and one per anchor file for partners pinned to it.
+#[derive(Clone, Debug)]
+pub struct Verifiers {
+    pub(crate) any: Arc<dyn ClientCertVerifier>,
+    pub(crate) by_anchor: HashMap<PathBuf, Arc<dyn ClientCertVerifier>>,
+}
+
+/// Why a certificate is refused beyond what WebPKI checks.
+#[derive(Debug, thiserror::Error)]
+enum PartnerError {
+    /// The id is not configured.
+    #[error("certificate id {0} is not a configured peer or client")]
+    Unknown(NodeId),
+    /// The certificate does not chain to the anchor its partner is pinned to.
+    #[error("certificate for {id} does not chain to its configured trust anchor {anchor}")]
+    WrongAnchor {
+        /// The partner.
+        id: NodeId,
+        /// The anchor file it is pinned to.
+        anchor: String,
+    },
+    /// No verifier has been installed (no server configuration was built).
+    #[error("no certificate verifier is in force")]
+    NoVerifier,
+}
+
+fn refuse(error: PartnerError) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(error))))
+}
+
+/// Why a connection lost access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    /// The partner was removed, or its kind or role changed.
+    Configuration,
+    /// The certificate is revoked by a CRL in force.
+    Revoked,
+    /// The certificate expired.
+    Expired,
+    /// The certificate no longer chains to a trust anchor (or its pinned one).
+    Untrusted,
+}
+
+/// A connection's access was withdrawn; every request on it is refused and the
+/// connection is closed shortly after.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("access to this node was withdrawn: {reason}")]
+pub struct Withdrawal {
+    /// What kind of change withdrew it.
+    pub cause: Cause,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// One live connection as the directory sees it.
+#[derive(Debug)]
+pub struct Access {
+    connection: u64,
+    id: NodeId,
+    /// The partner as it was when the connection was admitted.
+    admitted_as: Partner,
+    /// The client's chain, leaf first, kept to re-verify it under new CRLs.
+    chain: Vec<CertificateDer<'static>>,
+    /// The leaf's notAfter, seconds since the Unix epoch.
+    not_after: i64,
+    /// The directory generation this connection was last verified under.
+    generation: AtomicU64,
+    withdrawal: OnceLock<Withdrawal>,
+    withdrawn: CancellationToken,
+    /// Cancelled [`WITHDRAWAL_GRACE`] after the withdrawal: the connection's reads and
+    /// writes fail from then on.
+    closing: CancellationToken,
+}
+
+impl Access {
+    /// The leaf certificate's notAfter, seconds since the Unix epoch.
+    pub fn not_after(&self) -> i64 {
+        self.not_after
+    }
+
+    /// The withdrawal, if access was withdrawn.
+    pub fn withdrawal(&self) -> Option<Withdrawal> {
+        self.withdrawal.get().cloned()
+    }
+
+    /// Resolves when access is withdrawn (at once if it already was).
+    pub fn withdrawn(self: &Arc<Self>) -> impl Future<Output = Withdrawal> + Send + 'static {
+        let access = self.clone();
+        async move {
+            access.withdrawn.cancelled().await;
+            access.withdrawal().unwrap_or_else(|| Withdrawal {
+                cause: Cause::Configuration,
+                reason: "the connection is closing".into(),
+            })
+        }
+    }
+
+    /// Withdraws access (the first reason wins) and wakes everything waiting on it.
+    fn withdraw(&self, cause: Cause, reason: String) -> Withdrawal {
+        if self
+            .withdrawal
+            .set(Withdrawal {
+                cause,
+                reason: reason.clone(),
+            })
+            .is_ok()
+        {
+            tracing::warn!(peer = %self.id, connection = self.connection, %reason, "access withdrawn; closing the connection");
+            self.withdrawn.cancel();
+        }
+        self.withdrawal().unwrap_or(Withdrawal { cause, reason })
+    }
+
+    fn expired(&self, now: SystemTime) -> bool {
+        let now = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        now >= self.not_after.saturating_mul(1000)
+    }
+
+    fn expired_reason(&self) -> String {
+        let at = time::OffsetDateTime::from_unix_timestamp(self.not_after)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| self.not_after.to_string());
+        format!("the certificate of {} expired at {at}", self.id)
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    generation: u64,
+    partners: HashMap<NodeId, Listing>,
+    verifiers: Option<Verifiers>,
+}
+
+/// Every identity this node will talk to, the verifiers in force, and the live
+/// connections. Replaced as a whole when the configuration is reloaded; each live
+/// connection is then re-checked and those that lost access are closed.
+#[derive(Debug)]
+pub struct Directory {
+    state: RwLock<Arc<State>>,
+    live: Mutex<HashMap<u64, Arc<Access>>>,
+    next_connection: AtomicU64,
+}
+
+impl Directory {
+    /// A directory of the given partners. The node itself is added as [`PartnerKind::Local`]
+    /// with the admin role: whoever holds the node's own key is its operator. The
+    /// verifiers are installed when a server configuration is built over it.
+    pub fn new<L: Into<Listing>>(own_id: &NodeId, partners: impl IntoIterator<Item = L>) -> Self {
+        Self {
+            state: RwLock::new(Arc::new(State {
+                generation: 0,
+                partners: Self::map(own_id, partners),
+                verifiers: None,
+            })),
+            live: Mutex::default(),
+            next_connection: AtomicU64::new(1),
+        }
+    }
+
+    fn map<L: Into<Listing>>(
+        own_id: &NodeId,
+        partners: impl IntoIterator<Item = L>,
+    ) -> HashMap<NodeId, Listing> {
+        let mut map: HashMap<NodeId, Listing> = partners
+            .into_iter()
+            .map(Into::into)
+            .map(|l: Listing| (l.partner.id.clone(), l))
+            .collect();
+        map.insert(
+            own_id.clone(),
+            Listing::from(Partner {
+                id: own_id.clone(),
+                kind: PartnerKind::Local,
+                role: Role::Admin,
+            }),
+        );
+        map
+    }
+
+    fn current(&self) -> Arc<State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Counts reloads; a connection verified under an older generation is verified
+    /// again before its next request is served.
+    pub fn generation(&self) -> u64 {
+        self.current().generation
+    }
+
+    /// How many authenticated connections are open.
+    pub fn connections(&self) -> usize {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// The partner with this id, if configured now.
+    pub fn lookup(&self, id: &NodeId) -> Option<Partner> {
+        self.current().partners.get(id).map(|l| l.partner.clone())
+    }
+
+    /// Installs the verifiers a server configuration was built with.
+    pub(crate) fn install(&self, verifiers: Verifiers) {
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        *state = Arc::new(State {
+            generation: state.generation + 1,
+            partners: state.partners.clone(),
+            verifiers: Some(verifiers),
+        });
+    }
+
+    /// Replaces every entry, and the verifiers when given (configuration reload).
+    /// Each live connection is then verified again: one whose partner was removed or
+    /// changed kind or role, or whose certificate is now revoked, expired or no
+    /// longer chains to its anchor, is withdrawn. Returns how many were.
+    pub fn replace<L: Into<Listing>>(
+        &self,
+        own_id: &NodeId,
+        partners: impl IntoIterator<Item = L>,
+        verifiers: Option<Verifiers>,
+    ) -> usize {
+        let partners = Self::map(own_id, partners);
+        let next = {
+            let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+            let next = Arc::new(State {
+                generation: state.generation + 1,
+                partners,
+                verifiers: verifiers.or_else(|| state.verifiers.clone()),
+            });
+            *state = next.clone();
+            next
+        };
+        // Connections admitted after this point see the new state themselves.
+        let live: Vec<Arc<Access>> = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut withdrawn = 0;
+        for access in live {
+            if access.withdrawal().is_some() {
+                continue;
+            }
+            if Self::evaluate(&access, &next).is_err() {
+                withdrawn += 1;
+            }
+        }
+        withdrawn
+    }
+
+    /// The handshake check, after the TLS layer's own: the chain is valid under the
+    /// anchors and CRLs in force, the id is configured, and the chain reaches the
+    /// anchor the partner is pinned to.
+    pub(crate) fn verify_handshake(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(), rustls::Error> {
+        Self::verify_chain(&self.current(), end_entity, intermediates, now)
+    }
+
+    fn verify_chain(
+        state: &State,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(), rustls::Error> {
+        let verifiers = state
+            .verifiers
+            .as_ref()
+            .ok_or_else(|| refuse(PartnerError::NoVerifier))?;
+        verifiers
+            .any
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let id = certificate_id(end_entity).map_err(|e| {
+            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+        })?;
+        let listing = state
+            .partners
+            .get(&id)
+            .ok_or_else(|| refuse(PartnerError::Unknown(id.clone())))?;
+        if let Some(anchor) = &listing.trust_anchor {
+            let wrong = || {
+                refuse(PartnerError::WrongAnchor {
+                    id: id.clone(),
+                    anchor: anchor.display().to_string(),
+                })
+            };
+            verifiers
+                .by_anchor
+                .get(anchor)
+                .ok_or_else(wrong)?
+                .verify_client_cert(end_entity, intermediates, now)
+                .map_err(|_| wrong())?;
+        }
+        Ok(())
+    }
+
+    /// Registers a connection whose handshake has completed. `verified_under` is the
+    /// generation read before the handshake began; if a reload came since, the chain
+    /// is verified again here.
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        chain: Vec<CertificateDer<'static>>,
+        remote_addr: SocketAddr,
+        verified_under: u64,
+    ) -> Result<(ConnectionInfo, Registration), String> {
+        let leaf = chain.first().ok_or("no client certificate")?;
+        let id = certificate_id(leaf).map_err(|e| e.to_string())?;
+        let not_after = X509Certificate::from_der(leaf.as_ref())
+            .map_err(|e| format!("certificate cannot be parsed: {e}"))?
+            .1
+            .validity()
+            .not_after
+            .timestamp();
+        let partner = self
+            .lookup(&id)
+            .ok_or_else(|| format!("certificate id {id} is not a configured peer or client"))?;
+        let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        let access = Arc::new(Access {
+            connection,
+            id,
+            admitted_as: partner.clone(),
+            chain,
+            not_after,
+            generation: AtomicU64::new(verified_under),
+            withdrawal: OnceLock::new(),
+            withdrawn: CancellationToken::new(),
+            closing: CancellationToken::new(),
+        });
+        // Registered before the state is read: a reload either sees this connection
+        // or came before the read below.
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(connection, access.clone());
+        let registration = Registration {
+            directory: self.clone(),
+            access: access.clone(),
+            closed: CancellationToken::new(),
+        };
+        let state = self.current();
+        if access.generation.load(Ordering::Acquire) != state.generation {
+            Self::evaluate(&access, &state).map_err(|w| w.reason)?;
+        }
+        Ok((
+            ConnectionInfo {
+                partner,
+                remote_addr,
+                access,
+            },
+            registration,
+        ))
+    }
+
+    /// The partner in force now for a request on this connection, or why the
+    /// connection has no access any more (it is then withdrawn).
+    pub fn authorize(&self, info: &ConnectionInfo) -> Result<Partner, Withdrawal> {
+        let access = &info.access;
+        if let Some(withdrawal) = access.withdrawal() {
+            return Err(withdrawal);
+        }
+        if access.expired(SystemTime::now()) {
+            return Err(access.withdraw(Cause::Expired, access.expired_reason()));
+        }
+        let state = self.current();
+        if access.generation.load(Ordering::Acquire) != state.generation {
+            Self::evaluate(access, &state)?;
+        }
+        match state.partners.get(&access.id) {
+            Some(listing) => Ok(listing.partner.clone()),
+            None => Err(access.withdraw(
+                Cause::Configuration,
+                format!("{} is no longer configured on this node", access.id),
+            )),
+        }
+    }
+
+    /// Verifies a live connection under `state`; withdraws it if it lost access.
+    fn evaluate(access: &Access, state: &State) -> Result<(), Withdrawal> {
+        let id = &access.id;
+        let Some(listing) = state.partners.get(id) else {
+            return Err(access.withdraw(
+                Cause::Configuration,
+                format!("{id} is no longer configured on this node"),
+            ));
+        };
+        let (before, now) = (&access.admitted_as, &listing.partner);
+        if before.kind != now.kind {
+            return Err(access.withdraw(
+                Cause::Configuration,
+                format!(
+                    "{id} is now configured as a {}, not a {}",
+                    kind_name(now.kind),
+                    kind_name(before.kind)
+                ),
+            ));
+        }
+        if before.role != now.role {
+            return Err(access.withdraw(
+                Cause::Configuration,
+                format!(
+                    "the role of {id} changed from {} to {}; reconnect to continue with the new role",
+                    before.role, now.role
+                ),
+            ));
+        }
+        if access.expired(SystemTime::now()) {
+            return Err(access.withdraw(Cause::Expired, access.expired_reason()));
+        }
+        let (leaf, intermediates) = match access.chain.split_first() {
+            Some(split) => split,
+            None => {
+                return Err(access.withdraw(Cause::Untrusted, "no client certificate".into()));
+            }
+        };
+        if let Err(error) = Self::verify_chain(state, leaf, intermediates, UnixTime::now()) {
+            let cause = match &error {
+                rustls::Error::InvalidCertificate(CertificateError::Revoked) => Cause::Revoked,
+                rustls::Error::InvalidCertificate(
+                    CertificateError::Expired | CertificateError::ExpiredContext { .. },
+                ) => Cause::Expired,
+                _ => Cause::Untrusted,
+            };
+            return Err(access.withdraw(cause, describe_tls_error(&error)));
+        }
+        access
+            .generation
+            .fetch_max(state.generation, Ordering::AcqRel);
+        Ok(())
+    }
+}
+
+fn kind_name(kind: PartnerKind) -> &'static str {
+    match kind {
+        PartnerKind::Node => "peer node",
+        PartnerKind::Client => "client",
+        PartnerKind::Local => "local operator",
+    }
+}
+
+/// A rustls error in words, for logs and statuses (never a debug dump).
+pub fn describe_tls_error(error: &rustls::Error) -> String {
+    match error {
+        rustls::Error::InvalidCertificate(e) => match e {
+            CertificateError::Revoked => "the certificate is revoked".into(),
+            CertificateError::Expired => "the certificate has expired".into(),
+            CertificateError::NotValidYet => "the certificate is not valid yet".into(),
+            CertificateError::UnknownIssuer => {
+                "the certificate does not chain to a trust anchor".into()
+            }
+            CertificateError::BadSignature => "a certificate signature does not verify".into(),
+            CertificateError::UnknownRevocationStatus => {
+                "no CRL in force covers the certificate's issuer".into()
+            }
+            CertificateError::ExpiredRevocationList
+            | CertificateError::ExpiredRevocationListContext { .. } => {
+                "a CRL in force has expired".into()
+            }
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                "the certificate is not for TLS client authentication".into()
+            }
+            CertificateError::Other(other) => other.to_string(),
+            other => format!("invalid certificate: {other}"),
+        },
+        rustls::Error::NoCertificatesPresented => "no client certificate was presented".into(),
+        rustls::Error::AlertReceived(alert) => format!("the client sent alert {alert:?}"),
+        other => other.to_string(),
+    }
+}
+
+/// A connection's place in the registry; dropping it (the connection closed)
+/// removes the connection and stops its watchdog.
+#[derive(Debug)]
+pub(crate) struct Registration {
+    directory: Arc<Directory>,
+    access: Arc<Access>,
+    closed: CancellationToken,
+}
+
+impl Registration {
+    /// Resolves [`WITHDRAWAL_GRACE`] after access is withdrawn: the connection must
+    /// then stop reading and writing.
+    pub(crate) fn closing(&self) -> WaitForCancellationFutureOwned {
+        self.access.closing.clone().cancelled_owned()
+    }
+
+    /// Whether the connection must stop reading and writing.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.access.closing.is_cancelled()
+    }
+
+    /// Runs until the connection closes: withdraws access when the certificate
+    /// expires, and closes the connection [`WITHDRAWAL_GRACE`] after a withdrawal.
+    pub(crate) fn watchdog(&self) -> impl Future<Output = ()> + Send + 'static {
+        let access = self.access.clone();
+        let closed = self.closed.clone();
+        async move {
+            let until_expiry = u64::try_from(access.not_after)
+                .ok()
+                .map(|secs| UNIX_EPOCH + Duration::from_secs(secs))
+                .and_then(|at| at.duration_since(SystemTime::now()).ok())
+                .unwrap_or(Duration::ZERO);
+            tokio::select! {
+                _ = closed.cancelled() => return,
+                _ = access.withdrawn.cancelled() => {}
+                _ = tokio::time::sleep(until_expiry) => {
+                    access.withdraw(Cause::Expired, access.expired_reason());
+                }
+            }
+            tokio::select! {
+                _ = closed.cancelled() => {}
+                _ = tokio::time::sleep(WITHDRAWAL_GRACE) => access.closing.cancel(),
+            }
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.closed.cancel();
+        self.directory
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.access.connection);
+    }
+}
