@@ -1,4 +1,5 @@
-//! Property tests of the sharing policy against the delivery rule of DESIGN section 6.1.
+//! Property tests of the sharing policy against the delivery rule (README, "Sharing
+//! policy"), quoted here.
 //!
 //! The oracle below is written from the text of the rule, not from `src/policy.rs`:
 //!
@@ -27,11 +28,16 @@
 //! configurations, items and contexts. `what_a_client_receives_is_exactly_what_the_policy_allows`
 //! runs a node per case and compares what clients get through Query, Get and Subscribe
 //! over mutual TLS with the oracle's client path (rules 1, 2, 5 and 6).
+//! `spec_built_policies_pull_explain_page_and_revoke_by_the_delivery_rule` compiles
+//! policies from typed specs (no configuration file) and checks the engine's paths on a
+//! real store: Pull to a peer, Explain to a client, Query paged one item at a time with
+//! tokens no other caller can use, and which revocations may be published.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -346,7 +352,7 @@ struct Situation {
     expired: bool,
 }
 
-/// The delivery rule of DESIGN 6.1 for partner `partner` (`None`: not configured).
+/// The delivery rule for partner `partner` (`None`: not configured).
 fn delivery_rule(
     spec: Option<&PolicySpec>,
     partner: &str,
@@ -1310,4 +1316,330 @@ fn what_a_client_receives_is_exactly_what_the_policy_allows() {
         SUBSCRIBED.load(Ordering::Relaxed) > 0,
         "no case had a client that may see anything, so Subscribe was never checked"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Policies built from typed specs, through the engine's paths
+// ---------------------------------------------------------------------------------------
+
+impl PolicySpec {
+    /// The same policy as [`PolicySpec::toml`] writes, as the typed spec `policy` compiles.
+    fn settings(&self) -> entente::policy::PolicySettings {
+        let tags = |tags: &[&str]| tags.iter().map(|t| (*t).to_owned()).collect();
+        entente::policy::PolicySettings {
+            max_tlp: self.max_tlp,
+            allow_types: self.allow_types.as_ref().map(Types::types),
+            deny_types: self.deny_types.as_ref().map_or(Vec::new(), Types::types),
+            allow_tags: tags(&self.allow_tags),
+            deny_tags: tags(&self.deny_tags),
+            forward_third_party: self.forward_third_party.unwrap_or(false),
+            embargo_ms: self.embargo_ms(),
+        }
+    }
+
+    fn partner(&self, id: &str) -> entente::model::Partner {
+        entente::model::Partner {
+            id: NodeId::new(id).unwrap(),
+            kind: match self.kind {
+                Kind::Node => entente::model::PartnerKind::Node,
+                Kind::Client => entente::model::PartnerKind::Client,
+            },
+            role: self.role,
+        }
+    }
+}
+
+/// One case of the engine-path test: the two partners' policies, a bundle of items this
+/// node publishes with its distribution, and a revocation attempt.
+#[derive(Clone, Debug)]
+struct EngineCase {
+    peer: PolicySpec,
+    client: PolicySpec,
+    items: Vec<(Tlp, IndicatorType, Vec<&'static str>, Validity)>,
+    distribution: (Option<u32>, Vec<&'static str>),
+    /// Which item is revoked, and the revocation's marking, type and tags.
+    revocation: (usize, Tlp, IndicatorType, Vec<&'static str>),
+}
+
+fn engine_case() -> impl Strategy<Value = EngineCase> {
+    (
+        policy_spec(
+            Kind::Node,
+            vec![Role::Peer, Role::ReadOnly],
+            settled_embargo(),
+        ),
+        policy_spec(
+            Kind::Client,
+            vec![Role::ReadOnly, Role::Analyst, Role::Admin],
+            settled_embargo(),
+        ),
+        proptest::collection::vec((tlp(), indicator_type(), item_tags(), validity()), 1..12),
+        (
+            proptest::option::weighted(0.5, 0..3u32),
+            subsequence(vec![PEER, OTHER_NODE], 0..=2),
+        ),
+        (
+            any::<usize>(),
+            any::<bool>(),
+            tlp(),
+            indicator_type(),
+            item_tags(),
+        ),
+    )
+        .prop_map(
+            |(peer, client, items, distribution, (at, faithful, tlp, ty, tags))| {
+                let at = at % items.len();
+                // Half the revocations carry their item's marking, type and tags.
+                let revocation = if faithful {
+                    let (tlp, ty, tags, _) = items[at].clone();
+                    (at, tlp, ty, tags)
+                } else {
+                    (at, tlp, ty, tags)
+                };
+                EngineCase {
+                    revocation,
+                    peer,
+                    client,
+                    items,
+                    distribution,
+                }
+            },
+        )
+}
+
+/// Policies compiled from typed specs (no configuration file), applied through the
+/// engine's own paths on a real store: what `Federation.Pull` sends to a peer, what
+/// `Admin.Explain` shows a client and decides for the peer, what `Query` pages to a
+/// client (with page tokens that only that client can use), all against the oracle;
+/// and a revocation is publishable exactly when it carries its item's marking, type
+/// and tags.
+#[test]
+fn spec_built_policies_pull_explain_page_and_revoke_by_the_delivery_rule() {
+    use entente::engine::{Engine, EngineError};
+    use entente::policy::PageTokenError;
+    use entente::store::ItemQuery;
+
+    let pki = Pki::new();
+    let node = pki.node(NODE);
+    let material = pki.material(&node);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = no_regressions_file(128);
+    let mut runner = TestRunner::new_with_rng(
+        config.clone(),
+        proptest::test_runner::TestRng::deterministic_rng(config.rng_algorithm),
+    );
+    let reached = AtomicUsize::new(0);
+    let result = runner.run(&engine_case(), |case| {
+        let spec = entente::policy::PolicySpec::new(node.clone())
+            .with(case.peer.partner(PEER), case.peer.settings())
+            .with(case.client.partner(CLIENT), case.client.settings());
+        let policy = Policy::compile(&spec);
+        let dir = tempfile::tempdir().unwrap();
+        let store = entente::store::SledStore::open(dir.path(), &node, 8 << 20).unwrap();
+        let signer = entente::crypto::BundleSigner::new(
+            node.clone(),
+            material.private_key_pkcs8().unwrap(),
+            material.certificate_der(),
+        )
+        .unwrap();
+        let engine = Arc::new(
+            Engine::new(
+                Arc::new(store),
+                policy,
+                signer,
+                material.certificate_der(),
+                Box::new(material.signer_trust().unwrap()),
+            )
+            .unwrap(),
+        );
+        let now = now_ms();
+        let items: Vec<Item> = case
+            .items
+            .iter()
+            .enumerate()
+            .map(|(n, (tlp, ty, tags, validity))| {
+                let (valid_from_ms, valid_until_ms) = validity.range(now);
+                Item {
+                    id: ItemId::new_random(),
+                    modified_ms: now - 1000 + n as i64,
+                    tlp: *tlp,
+                    tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+                    kind: ItemKind::Indicator(Indicator {
+                        indicator_type: *ty,
+                        value: sample_value(*ty, n),
+                        description: String::new(),
+                        confidence: 50,
+                        kill_chain_phases: vec![],
+                        valid_from_ms,
+                        valid_until_ms,
+                    }),
+                }
+            })
+            .collect();
+        let distribution = Distribution {
+            max_hops: case.distribution.0,
+            recipients: case.distribution.1.iter().map(|r| id(r)).collect(),
+        };
+        let bundle = engine.sign(&items, &distribution, now).unwrap();
+        engine.store_own(&bundle, now).unwrap();
+
+        let situation = |expired: bool, include_expired: bool| Situation {
+            origin_here: true,
+            hops: 0,
+            distribution: Some((
+                case.distribution.0,
+                case.distribution
+                    .1
+                    .iter()
+                    .map(|r| (*r).to_owned())
+                    .collect(),
+            )),
+            // A settled embargo: none, or a day that has not passed.
+            elapsed_ms: 0,
+            latest: true,
+            include_expired,
+            expired,
+        };
+        let oracle = |partner: &str, spec: &PolicySpec, n: usize, include_expired: bool| {
+            let (tlp, ty, _, validity) = &case.items[n];
+            delivery_rule(
+                Some(spec),
+                partner,
+                *tlp,
+                *ty,
+                &items[n].tags,
+                &situation(validity.is_expired(), include_expired),
+            )
+        };
+
+        // Pull: exactly the items the rule allows the peer, each once.
+        let peer = case.peer.partner(PEER);
+        let page = engine
+            .pull_page(&peer, 0, 100)
+            .map_err(|e| TestCaseError::fail(format!("pull: {e}")))?;
+        let mut pulled = BTreeSet::new();
+        for b in &page.bundles {
+            for d in &b.bundle.disclosures {
+                prop_assert!(pulled.insert(d.index as usize), "disclosed twice");
+            }
+        }
+        let expected: BTreeSet<usize> = (0..items.len())
+            .filter(|n| oracle(PEER, &case.peer, *n, false))
+            .collect();
+        prop_assert_eq!(&pulled, &expected, "pull to the peer");
+        reached.fetch_add(expected.len(), Ordering::Relaxed);
+
+        // Explain, asked by the client about the peer: shown only if the client may see
+        // the item itself, and then with the peer's decision.
+        let client = case.client.partner(CLIENT);
+        for (n, item) in items.iter().enumerate() {
+            let answer = runtime
+                .block_on(engine.explain(&client, &id(PEER), &item.id))
+                .map_err(|e| TestCaseError::fail(format!("explain: {e}")))?;
+            prop_assert_eq!(
+                answer.is_some(),
+                oracle(CLIENT, &case.client, n, true),
+                "explain shown to the client, item {}",
+                n
+            );
+            if let Some((_, decision)) = answer {
+                prop_assert_eq!(
+                    decision.allowed(),
+                    oracle(PEER, &case.peer, n, false),
+                    "explain's decision for the peer, item {}: {}",
+                    n,
+                    decision.rule
+                );
+            }
+        }
+
+        // Query, one item per page: every item the client may see, once; tokens of
+        // one length that no other caller can use.
+        let query = ItemQuery::default();
+        let mut seen = BTreeSet::new();
+        let mut token = Vec::new();
+        let mut lengths = BTreeSet::new();
+        loop {
+            let page = engine
+                .query_blocking(&client, "query", &query, &token, 1, now_ms())
+                .map_err(|e| TestCaseError::fail(format!("query: {e}")))?;
+            for stored in &page.items {
+                prop_assert!(seen.insert(stored.index as usize));
+            }
+            let Some(next) = page.next else { break };
+            lengths.insert(next.len());
+            let stranger = entente::model::Partner {
+                id: id(STRANGER),
+                ..client.clone()
+            };
+            prop_assert!(matches!(
+                engine.query_blocking(&stranger, "query", &query, &next, 1, now_ms()),
+                Err(EngineError::PageToken(PageTokenError::Invalid))
+            ));
+            token = next;
+        }
+        prop_assert!(lengths.len() <= 1, "token lengths {:?}", lengths);
+        let expected: BTreeSet<usize> = (0..items.len())
+            .filter(|n| oracle(CLIENT, &case.client, *n, false))
+            .collect();
+        prop_assert_eq!(&seen, &expected, "query by the client");
+
+        // A revocation is publishable exactly when it carries its item's marking, type
+        // and tags (tag order does not matter).
+        let (at, tlp, ty, tags) = &case.revocation;
+        let mut revocation_tags: Vec<String> = tags.iter().map(|t| (*t).to_owned()).collect();
+        revocation_tags.reverse();
+        let revocation = Item {
+            id: items[*at].id.clone(),
+            modified_ms: now,
+            tlp: *tlp,
+            tags: revocation_tags,
+            kind: ItemKind::Revocation(Revocation {
+                indicator_type: *ty,
+                reason: "withdrawn".into(),
+            }),
+        };
+        let same_tags = {
+            let mut a: Vec<&str> = tags.clone();
+            let mut b: Vec<&str> = case.items[*at].2.clone();
+            a.sort_unstable();
+            b.sort_unstable();
+            a == b
+        };
+        let matches = *tlp == case.items[*at].0 && *ty == case.items[*at].1 && same_tags;
+        prop_assert_eq!(
+            engine.check_publishable(&[revocation], now).is_ok(),
+            matches,
+            "revocation {:?} of item {:?}",
+            case.revocation,
+            case.items[*at]
+        );
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    assert!(
+        reached.load(Ordering::Relaxed) > 0,
+        "no case let an item through to the peer"
+    );
+}
+
+/// A value valid for its type, distinct per position.
+fn sample_value(ty: IndicatorType, n: usize) -> String {
+    match ty {
+        IndicatorType::Ipv4 => format!("198.51.100.{n}"),
+        IndicatorType::Ipv6 => format!("2001:db8::{n:x}"),
+        IndicatorType::Cidr => format!("198.51.{n}.0/24"),
+        IndicatorType::Domain => format!("host-{n}.example.com"),
+        IndicatorType::Url => format!("https://host-{n}.example.com/path"),
+        IndicatorType::Email => format!("user{n}@example.com"),
+        IndicatorType::Md5 => format!("{n:032x}"),
+        IndicatorType::Sha1 => format!("{n:040x}"),
+        IndicatorType::Sha256 => format!("{n:064x}"),
+        IndicatorType::StixPattern => format!("[domain-name:value = 'host-{n}.example.com']"),
+    }
 }

@@ -201,3 +201,188 @@ impl fmt::Display for Arrival<'_> {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Indicator, IndicatorType, ItemId, ItemKind, Partner, PartnerKind};
+    use crate::policy::{PolicySettings, PolicySpec};
+
+    fn id(s: &str) -> NodeId {
+        NodeId::new(s).unwrap()
+    }
+
+    fn policy() -> Policy {
+        let partner = |name: &str, kind, role| Partner {
+            id: id(name),
+            kind,
+            role,
+        };
+        Policy::compile(
+            &PolicySpec::new(id("hq.example"))
+                .with(
+                    partner("berlin.example", PartnerKind::Node, Role::Peer),
+                    PolicySettings::default(),
+                )
+                .with(
+                    partner("uni.example", PartnerKind::Node, Role::ReadOnly),
+                    PolicySettings::default(),
+                )
+                .with(
+                    partner("alice.example", PartnerKind::Client, Role::Analyst),
+                    PolicySettings::default(),
+                ),
+        )
+    }
+
+    fn item(tlp: Tlp, modified_ms: i64) -> Item {
+        Item {
+            id: ItemId::new_random(),
+            modified_ms,
+            tlp,
+            tags: vec![],
+            kind: ItemKind::Indicator(Indicator {
+                indicator_type: IndicatorType::Domain,
+                value: "x.example".into(),
+                description: String::new(),
+                confidence: 50,
+                kill_chain_phases: vec![],
+                valid_from_ms: modified_ms,
+                valid_until_ms: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn inbound_rules_refuse_with_a_typed_reason() {
+        let policy = policy();
+        let bundle = BundleId::new_random();
+        let arrival =
+            |sender: &'static str, origin: &'static str, hops: u32, d: &'static Distribution| {
+                (id(sender), id(origin), hops, d)
+            };
+        static OPEN: Distribution = Distribution {
+            max_hops: None,
+            recipients: Vec::new(),
+        };
+        static ONE_HOP: Distribution = Distribution {
+            max_hops: Some(1),
+            recipients: Vec::new(),
+        };
+        let cases = [
+            (arrival("berlin.example", "berlin.example", 0, &OPEN), Ok(1)),
+            (arrival("berlin.example", "far.example", 1, &OPEN), Ok(2)),
+            (
+                arrival("uni.example", "uni.example", 0, &OPEN),
+                Err("NotAPeer"),
+            ),
+            (
+                arrival("stranger.example", "stranger.example", 0, &OPEN),
+                Err("NotAPeer"),
+            ),
+            (
+                arrival("berlin.example", "alice.example", 1, &OPEN),
+                Err("OriginNotAccepted"),
+            ),
+            (
+                arrival("berlin.example", "uni.example", 1, &OPEN),
+                Err("OriginNotAccepted"),
+            ),
+            (
+                arrival("berlin.example", "berlin.example", 1, &OPEN),
+                Err("HopMismatch"),
+            ),
+            (
+                arrival("berlin.example", "far.example", 0, &OPEN),
+                Err("HopMismatch"),
+            ),
+            (
+                arrival("berlin.example", "far.example", 1, &ONE_HOP),
+                Err("BeyondMaxHops"),
+            ),
+        ];
+        for ((sender, origin, hops, distribution), expected) in cases {
+            let got = policy.admit(&Arrival {
+                sender: &sender,
+                origin: &origin,
+                sender_hops: hops,
+                distribution,
+                bundle_id: &bundle,
+            });
+            match (got, expected) {
+                (Ok(h), Ok(e)) => assert_eq!(h, e),
+                (Err(r), Err(name)) => assert!(format!("{r:?}").starts_with(name), "{r:?}"),
+                (got, expected) => {
+                    panic!("{sender} {origin} {hops}: {got:?}, expected {expected:?}")
+                }
+            }
+        }
+        let elsewhere = Distribution {
+            max_hops: None,
+            recipients: vec![id("other.example")],
+        };
+        let refused = policy.admit(&Arrival {
+            sender: &id("berlin.example"),
+            origin: &id("berlin.example"),
+            sender_hops: 0,
+            distribution: &elsewhere,
+            bundle_id: &bundle,
+        });
+        assert!(matches!(refused, Err(Refusal::NotARecipient { .. })));
+    }
+
+    #[test]
+    fn items_past_the_origin_stay_green_and_no_time_lies_beyond_the_skew() {
+        let policy = policy();
+        let bundle = BundleId::new_random();
+        let open = Distribution::default();
+        let now = 1_750_000_000_000;
+        let berlin = id("berlin.example");
+        let far = id("far.example");
+        let forwarded = Arrival {
+            sender: &berlin,
+            origin: &far,
+            sender_hops: 1,
+            distribution: &open,
+            bundle_id: &bundle,
+        };
+        assert!(
+            policy
+                .admit_items(&forwarded, [&item(Tlp::Green, now)], now)
+                .is_ok()
+        );
+        assert!(matches!(
+            policy.admit_items(&forwarded, [&item(Tlp::Amber, now)], now),
+            Err(Refusal::ThirdPartyAboveGreen { .. })
+        ));
+        let own = Arrival {
+            origin: &berlin,
+            sender_hops: 0,
+            ..forwarded
+        };
+        assert!(
+            policy
+                .admit_items(&own, [&item(Tlp::Red, now)], now)
+                .is_ok()
+        );
+        let skew = policy.max_clock_skew_ms();
+        assert!(
+            policy
+                .admit_time(&item(Tlp::Green, now + skew), now)
+                .is_ok()
+        );
+        let soon = policy
+            .admit_time(&item(Tlp::Green, now + skew + 1), now)
+            .unwrap_err();
+        assert!(
+            soon.is_transient(),
+            "a little ahead may be this clock's fault"
+        );
+        for far_ahead in [32_503_680_000_000, i64::MAX] {
+            let refusal = policy
+                .admit_time(&item(Tlp::Green, far_ahead), now)
+                .unwrap_err();
+            assert!(!refusal.is_transient(), "{refusal}");
+        }
+    }
+}

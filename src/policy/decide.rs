@@ -653,3 +653,89 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     out.copy_from_slice(digest.as_ref());
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Partner;
+    use crate::policy::{PolicySettings, PolicySpec};
+
+    fn id(s: &str) -> NodeId {
+        NodeId::new(s).unwrap()
+    }
+
+    fn spec(settings: PolicySettings) -> PolicySpec {
+        PolicySpec::new(id("hq.example")).with(
+            Partner {
+                id: id("lea.example"),
+                kind: PartnerKind::Node,
+                role: Role::Peer,
+            },
+            settings,
+        )
+    }
+
+    fn base() -> PolicySettings {
+        PolicySettings {
+            max_tlp: Some(Tlp::Amber),
+            allow_types: Some(vec![IndicatorType::Ipv4, IndicatorType::Domain]),
+            deny_types: vec![IndicatorType::Md5],
+            allow_tags: vec!["a".into(), "b".into()],
+            deny_tags: vec!["pii".into(), "x".into()],
+            forward_third_party: true,
+            embargo_ms: 60_000,
+        }
+    }
+
+    #[test]
+    fn fingerprints_follow_canonical_fields_not_wording_or_order() {
+        let lea = id("lea.example");
+        let fingerprint = |s: PolicySettings| Policy::compile(&spec(s)).partner_fingerprint(&lea);
+        let reference = fingerprint(base());
+        // The same policy written in another order, with a repeated tag.
+        let mut reordered = base();
+        reordered.allow_types = Some(vec![IndicatorType::Domain, IndicatorType::Ipv4]);
+        reordered.deny_tags = vec!["x".into(), "pii".into(), "x".into()];
+        assert_eq!(fingerprint(reordered), reference);
+        // Every field that changes a decision changes the fingerprint.
+        type Change = Box<dyn Fn(&mut PolicySettings)>;
+        let changes: Vec<Change> = vec![
+            Box::new(|s| s.max_tlp = Some(Tlp::Green)),
+            Box::new(|s| s.max_tlp = None),
+            Box::new(|s| s.allow_types = None),
+            Box::new(|s| s.allow_types = Some(vec![IndicatorType::Ipv4])),
+            Box::new(|s| s.deny_types = vec![]),
+            Box::new(|s| s.allow_tags = vec!["a".into()]),
+            Box::new(|s| s.deny_tags = vec!["pii".into()]),
+            Box::new(|s| s.forward_third_party = false),
+            Box::new(|s| s.embargo_ms = 0),
+        ];
+        for (n, change) in changes.iter().enumerate() {
+            let mut settings = base();
+            change(&mut settings);
+            assert_ne!(fingerprint(settings), reference, "change {n}");
+        }
+        // A tag that could be confused with two when joined still differs.
+        let mut joined = base();
+        joined.allow_tags = vec!["a,b".into()];
+        assert_ne!(fingerprint(joined), reference);
+        assert_eq!(
+            Policy::compile(&spec(base())).partner_fingerprint(&id("other.example")),
+            [0; 32]
+        );
+    }
+
+    #[test]
+    fn the_policy_hash_changes_with_groups_and_skew() {
+        let a = Policy::compile(&spec(base()));
+        let mut with_group = spec(base());
+        with_group
+            .groups
+            .insert("satellites".into(), vec![id("lea.example")]);
+        let mut with_skew = spec(base());
+        with_skew.max_clock_skew_ms += 1;
+        assert_ne!(Policy::compile(&with_group).hash(), a.hash());
+        assert_ne!(Policy::compile(&with_skew).hash(), a.hash());
+        assert_eq!(Policy::compile(&spec(base())).hash(), a.hash());
+    }
+}
