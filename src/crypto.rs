@@ -1,4 +1,4 @@
-//! Bundle cryptography (DESIGN section 4): salted leaf digests, the exact header
+//! Bundle cryptography: salted leaf digests, the exact header
 //! bytes, the domain-separated ECDSA P-256 signature, and verification that turns
 //! wire bytes into a [`VerifiedBundle`] or a specific [`VerifyError`]. No I/O here:
 //! certificates come in through [`CertificateSource`] and chain checks through

@@ -1,4 +1,4 @@
-//! The bundle scheme of DESIGN section 4: what verifies and what is rejected, with
+//! The bundle scheme: what verifies and what is rejected, with
 //! real ECDSA P-256 keys and certificates from a PKI generated at test time.
 
 mod common;

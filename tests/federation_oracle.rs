@@ -1,4 +1,4 @@
-//! Whole federations against an oracle written from the delivery rule (DESIGN 6.1): for
+//! Whole federations against an oracle written from the delivery rule (README): for
 //! every node, the set of items it ends up holding, and the hop count at which it holds
 //! each, computed as the fixed point of "N discloses item i to P iff rules 1-6 hold"
 //! over the links where N serves P (P is configured on N) and P pulls from N (N is
@@ -109,7 +109,7 @@ impl Link {
         text
     }
 
-    /// The marking limit after the role default (DESIGN 6, policy module docs).
+    /// The marking limit after the role default (README, policy module docs).
     fn effective_max_tlp(&self) -> Option<Tlp> {
         match (self.max_tlp, self.role) {
             (Some(t), _) => Some(t),
@@ -686,7 +686,7 @@ fn random_federation(seed: u64) -> Federation {
             let max_tlp = if rng.chance(10) {
                 None
             } else if role == Role::ReadOnly {
-                // Left at or below the role default: DESIGN does not say more for read_only.
+                // Left at or below the role default: the rule says no more for read_only.
                 Some(TLPS[rng.below(2)])
             } else {
                 Some(TLPS[rng.below(TLPS.len())])

@@ -850,7 +850,7 @@ impl Store for SledStore {
             let item = &verified.item;
             let uuid = item.id.uuid_bytes();
             if known.contains(&verified.index) {
-                // Held already; a shorter path lowers its hop count (DESIGN 6.1).
+                // Held already; a shorter path lowers its hop count (the delivery rule counts the fewest transfers).
                 match self.item_record(&uuid)? {
                     Some(mut current)
                         if current.bundle_uuid == bundle_uuid
