@@ -306,60 +306,128 @@ impl Engine {
         &self.store
     }
 
-    /// Signs `items` as one bundle of this node (the first half of publishing; it needs no
-    /// store write and can run beside the store's writer). The items must pass the rules
-    /// every item passes ([`Engine::check_publishable`]).
+    /// Signs `items`, published by `publisher`, as one bundle of this node (the first half
+    /// of publishing; it needs no store write and can run beside the store's writer). The
+    /// items must pass [`Engine::check_publishable`], which may narrow the distribution.
     pub fn sign(
         &self,
+        publisher: &Partner,
         items: &[Item],
         distribution: &Distribution,
         now_ms: i64,
     ) -> Result<VerifiedBundle, EngineError> {
-        self.check_publishable(items, now_ms)?;
-        Ok(self.signer.sign(items, distribution, now_ms)?)
+        let distribution = self.check_publishable(publisher, items, distribution, now_ms)?;
+        Ok(self.signer.sign(items, &distribution, now_ms)?)
     }
 
-    /// The rules this node's own items must pass before it signs them: no `modified`
-    /// time beyond the clock skew, and a revocation names an indicator this node
-    /// originated and holds (or publishes in the same bundle) and carries its marking,
-    /// type and tags, so every partner judges the revocation as it judged the item.
-    pub fn check_publishable(&self, items: &[Item], now_ms: i64) -> Result<(), EngineError> {
+    /// The rules this node's own items must pass before it signs them, and the
+    /// distribution to sign them under:
+    ///
+    /// - no `modified` time beyond the clock skew;
+    /// - an item already held that the publisher's own policy does not let it see may not
+    ///   be written by it, and is answered as an id it does not hold would be;
+    /// - a revocation names an indicator this node originated and holds (or publishes in
+    ///   the same bundle), carries its marking, type and tags, and travels no further than
+    ///   it did: the distribution is narrowed to the revoked bundles' recipients and
+    ///   `max_hops` (refused when no recipient is left).
+    pub fn check_publishable(
+        &self,
+        publisher: &Partner,
+        items: &[Item],
+        requested: &Distribution,
+        now_ms: i64,
+    ) -> Result<Distribution, EngineError> {
         let policy = self.policy();
         let own = self.signer.origin();
+        let refuse =
+            |at: usize, why: String| Err(EngineError::Unpublishable(format!("item {at}: {why}")));
+        // A publisher whose policy shows it every item needs no look-up per item.
+        let sees_everything = &publisher.id == own
+            || policy
+                .partner(&publisher.id)
+                .is_some_and(crate::policy::PartnerPolicy::sees_everything);
+        let mut distribution = requested.clone();
         for (at, item) in items.iter().enumerate() {
             policy
                 .admit_time(item, now_ms)
                 .map_err(|r| EngineError::Unpublishable(format!("item {at}: {r}")))?;
-            if !matches!(item.kind, ItemKind::Revocation(_)) {
+            let is_revocation = matches!(item.kind, ItemKind::Revocation(_));
+            if !is_revocation && sees_everything {
                 continue;
             }
             let earlier = items[..at].iter().rev().find(|i| i.id == item.id).cloned();
             let held = match earlier {
-                Some(item) => item,
-                None => match self.store.get(&item.id)? {
-                    Some(stored) if &stored.origin == own => stored.item,
-                    Some(stored) => {
-                        return Err(EngineError::Unpublishable(format!(
-                            "item {at}: {} originated at {}; only its origin may revoke it",
-                            item.id, stored.origin
-                        )));
-                    }
-                    None => {
-                        return Err(EngineError::Unpublishable(format!(
-                            "item {at}: nothing to revoke: {} is not held by this node",
-                            item.id
-                        )));
-                    }
-                },
+                Some(earlier) => Some((earlier, None)),
+                None => self
+                    .store
+                    .get(&item.id)?
+                    // Withheld from the publisher: answered as if absent.
+                    .filter(|stored| {
+                        sees_everything
+                            || Self::decide_stored(&policy, &publisher.id, stored, now_ms, true)
+                                .allowed()
+                    })
+                    .map(|stored| {
+                        let origin = stored.origin.clone();
+                        let bundle = stored.bundle_id.clone();
+                        (stored.item, Some((origin, bundle)))
+                    }),
             };
+            if !is_revocation {
+                // An indicator: new, or an update of an item the publisher may see. An
+                // item it may not see cannot be overwritten by it.
+                if held.is_none() && self.store.get(&item.id)?.is_some() {
+                    return refuse(
+                        at,
+                        format!("{} cannot be written by {}", item.id, publisher.id),
+                    );
+                }
+                continue;
+            }
+            let Some((held, stored)) = held else {
+                return refuse(
+                    at,
+                    format!("nothing to revoke: {} is not held by this node", item.id),
+                );
+            };
+            if let Some((origin, bundle)) = &stored {
+                if origin != own {
+                    return refuse(
+                        at,
+                        format!(
+                            "{} originated at {origin}; only its origin may revoke it",
+                            item.id
+                        ),
+                    );
+                }
+                // The revocation goes no further than the revoked version went.
+                if let Some(bytes) = self.store.bundle_header(bundle)? {
+                    let revoked = crate::crypto::parse_header(&bytes)?.0.distribution;
+                    distribution = narrowed(&distribution, &revoked).ok_or_else(|| {
+                        EngineError::Unpublishable(format!(
+                            "item {at}: the revocation of {} may go only to the recipients of the item it revokes ({}), and none of the requested recipients is one of them",
+                            item.id,
+                            revoked
+                                .recipients
+                                .iter()
+                                .map(|r| r.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ))
+                    })?;
+                }
+            }
             if let Some(problem) = crate::store::revocation_mismatch(&held, item) {
-                return Err(EngineError::Unpublishable(format!(
-                    "item {at}: a revocation of {} must carry its marking, type and tags: {problem}",
-                    item.id
-                )));
+                return refuse(
+                    at,
+                    format!(
+                        "a revocation of {} must carry its marking, type and tags: {problem}",
+                        item.id
+                    ),
+                );
             }
         }
-        Ok(())
+        Ok(distribution)
     }
 
     /// Stores a bundle this node signed (the second half of publishing).
@@ -451,6 +519,16 @@ impl Engine {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Whether `partner` may see every item this node holds (the node's own operator, or a
+    /// client whose policy withholds nothing).
+    pub fn sees_everything(&self, partner: &NodeId) -> bool {
+        partner == self.signer.origin()
+            || self
+                .policy()
+                .partner(partner)
+                .is_some_and(crate::policy::PartnerPolicy::sees_everything)
     }
 
     /// Puts a new policy in force; the next decision on every path uses it.
@@ -571,10 +649,20 @@ impl Engine {
             path,
             query: &canonical,
         };
+        // The sealed text is a kind byte and the store's cursor: more to read after the
+        // cursor, or the end. A page with items always comes with a token, so the last
+        // page is always an empty one and the number of pages does not depend on how
+        // many withheld items the store had to look at.
+        const MORE: u8 = 0;
+        const END: u8 = 1;
         let mut after = if token.is_empty() {
             Vec::new()
         } else {
-            self.tokens.open(&scope, token)?
+            match self.tokens.open(&scope, token)?.split_first() {
+                Some((&MORE, cursor)) => cursor.to_vec(),
+                Some((&END, [])) => return Ok(Page::default()),
+                _ => return Err(EngineError::PageToken(PageTokenError::Invalid)),
+            }
         };
         let policy = self.policy();
         let visible = |stored: &StoredItem| {
@@ -597,8 +685,13 @@ impl Engine {
                 _ => break,
             }
         }
-        page.next = match page.next {
-            Some(next) => Some(self.tokens.seal(&scope, &next)?),
+        page.next = match page.next.take() {
+            Some(next) => {
+                let mut sealed = vec![MORE];
+                sealed.extend_from_slice(&next);
+                Some(self.tokens.seal(&scope, &sealed)?)
+            }
+            None if !page.items.is_empty() => Some(self.tokens.seal(&scope, &[END])?),
             None => None,
         };
         Ok(page)
@@ -794,6 +887,28 @@ impl Engine {
         Ok(requested)
     }
 
+    /// The cached signer certificate with this fingerprint, if `partner` may be given it:
+    /// this node's own always; another origin's only to a partner that may be sent other
+    /// origins' bundles (`forward_third_party`), so that a partner cannot probe which
+    /// origins this node has accepted data from unless it could receive their data.
+    pub fn signer_certificate_for(
+        &self,
+        partner: &NodeId,
+        fingerprint: &[u8; 32],
+    ) -> Result<Option<Vec<u8>>, EngineError> {
+        let Some(der) = self.store.certificate(fingerprint)? else {
+            return Ok(None);
+        };
+        if *fingerprint == self.signer.certificate_sha256() {
+            return Ok(Some(der));
+        }
+        let forwards = self
+            .policy()
+            .partner(partner)
+            .is_some_and(|p| p.forward_third_party);
+        Ok(forwards.then_some(der))
+    }
+
     /// Caches a signer certificate offered by a peer, if it is no larger than 16 KiB,
     /// chains to this node's trust anchors (as of `at_ms`, not revoked) and names `origin`.
     pub fn cache_signer_certificate(
@@ -907,6 +1022,35 @@ impl Engine {
             query,
         }
     }
+}
+
+/// The narrower of two distributions: only recipients both allow, and the smaller
+/// `max_hops`. `None` when both name recipients and share none.
+fn narrowed(a: &Distribution, b: &Distribution) -> Option<Distribution> {
+    let recipients = match (a.recipients.is_empty(), b.recipients.is_empty()) {
+        (true, _) => b.recipients.clone(),
+        (false, true) => a.recipients.clone(),
+        (false, false) => {
+            let both: Vec<NodeId> = a
+                .recipients
+                .iter()
+                .filter(|r| b.recipients.contains(r))
+                .cloned()
+                .collect();
+            if both.is_empty() {
+                return None;
+            }
+            both
+        }
+    };
+    let max_hops = match (a.max_hops, b.max_hops) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
+    };
+    Some(Distribution {
+        max_hops,
+        recipients,
+    })
 }
 
 /// Largest signer certificate accepted from a peer.

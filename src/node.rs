@@ -96,10 +96,14 @@ struct ConfigReload {
     engine: Arc<Engine>,
     /// The engine's bundle-signer trust; clones share the verifier swapped here.
     signer_trust: SignerVerifier,
+    /// One reload at a time (SIGHUP and `Admin.ReloadPolicy` may race), so the directory
+    /// and the policy in force always come from the same file.
+    serial: std::sync::Mutex<()>,
 }
 
 impl PolicyReload for ConfigReload {
     fn reload(&self) -> Result<Arc<crate::policy::Policy>, String> {
+        let _one_at_a_time = self.serial.lock().unwrap_or_else(|p| p.into_inner());
         // Everything that can fail comes first, so a refused reload changes nothing.
         // Loading re-reads the trust anchors and the CRL files the configuration names.
         let config = Config::load(&self.path).map_err(|e| e.to_string())?;
@@ -182,6 +186,7 @@ impl Node {
             directory: directory.clone(),
             engine: engine.clone(),
             signer_trust,
+            serial: std::sync::Mutex::new(()),
         });
         let server_tls = config.tls.server_config(directory.clone())?;
 

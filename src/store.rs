@@ -202,8 +202,10 @@ pub fn revocation_mismatch(
             revocation.indicator_type()
         ));
     }
-    let mut a = held.tags.clone();
-    let mut b = revocation.tags.clone();
+    let lower =
+        |tags: &[String]| -> Vec<String> { tags.iter().map(|t| t.to_ascii_lowercase()).collect() };
+    let mut a = lower(&held.tags);
+    let mut b = lower(&revocation.tags);
     a.sort();
     a.dedup();
     b.sort();
@@ -290,7 +292,7 @@ impl ItemQuery {
             }
         }
         if let Some(tag) = &self.tag {
-            if !stored.item.tags.iter().any(|t| t == tag) {
+            if !stored.item.tags.iter().any(|t| t.eq_ignore_ascii_case(tag)) {
                 return false;
             }
         }

@@ -60,6 +60,11 @@ impl BundleSigner {
         &self.origin
     }
 
+    /// SHA-256 of the signer's certificate (named in every header it signs).
+    pub fn certificate_sha256(&self) -> [u8; 32] {
+        self.cert_sha256
+    }
+
     /// Signs `items` as one bundle with every item disclosed. The result is verified by
     /// construction: this signer made the header, the digests and the signature from
     /// these very items (`to_wire` gives the bytes to send).

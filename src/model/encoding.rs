@@ -135,6 +135,15 @@ impl Item {
         if draft.modified_unix_ms == 0 {
             draft.modified_unix_ms = now_ms;
         }
+        // Tags are compared without regard to case; this node writes them in lower case.
+        let mut tags: Vec<String> = Vec::with_capacity(draft.tags.len());
+        for tag in draft.tags.drain(..) {
+            let tag = tag.to_ascii_lowercase();
+            if !tags.contains(&tag) {
+                tags.push(tag);
+            }
+        }
+        draft.tags = tags;
         if let Some(wire::item::Kind::Indicator(indicator)) = &mut draft.kind {
             if indicator.valid_from_unix_ms == 0 {
                 indicator.valid_from_unix_ms = draft.modified_unix_ms;

@@ -210,6 +210,15 @@ fn check_tags(tags: &[String]) -> Result<(), ModelError> {
                 ),
             ));
         }
+        if !tag.is_ascii() {
+            return Err(field(
+                "tags",
+                format!(
+                    "tag {:?} must be plain ASCII (so that no look-alike letter can slip past a policy's tag lists)",
+                    shown(tag)
+                ),
+            ));
+        }
         if tag.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(field(
                 "tags",

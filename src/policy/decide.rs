@@ -251,6 +251,16 @@ pub struct PartnerPolicy {
     pub embargo_ms: i64,
 }
 
+/// Tags compare without regard to ASCII case: `PII` is `pii`.
+fn lower(tags: &[String]) -> Vec<String> {
+    tags.iter().map(|t| t.to_ascii_lowercase()).collect()
+}
+
+/// Whether `tags` (an item's) holds `tag` (a policy's, in lower case).
+fn has_tag(tags: &[String], tag: &str) -> bool {
+    tags.iter().any(|t| t.eq_ignore_ascii_case(tag))
+}
+
 fn sorted<T: Ord + Clone>(list: &[T]) -> Vec<T> {
     let mut list = list.to_vec();
     list.sort();
@@ -279,8 +289,8 @@ impl PartnerPolicy {
             max_tlp,
             allow_types,
             deny_types: sorted(&s.deny_types),
-            allow_tags: sorted(&s.allow_tags),
-            deny_tags: sorted(&s.deny_tags),
+            allow_tags: sorted(&lower(&s.allow_tags)),
+            deny_tags: sorted(&lower(&s.deny_tags)),
             forward_third_party: kind == PartnerKind::Node && s.forward_third_party,
             embargo_ms: s.embargo_ms,
         }
@@ -301,6 +311,20 @@ impl PartnerPolicy {
                 .allow_types
                 .as_ref()
                 .is_some_and(|t| t.iter().any(|ty| !self.deny_types.contains(ty)))
+    }
+
+    /// Whether this partner may see every item a client may see: every marking, every
+    /// type, no tag limits, no embargo.
+    pub fn sees_everything(&self) -> bool {
+        self.max_tlp == Some(Tlp::Red)
+            && self
+                .allow_types
+                .as_ref()
+                .is_some_and(|t| IndicatorType::ALL.iter().all(|ty| t.contains(ty)))
+            && self.deny_types.is_empty()
+            && self.allow_tags.is_empty()
+            && self.deny_tags.is_empty()
+            && self.embargo_ms == 0
     }
 
     /// The canonical bytes of this compiled policy: every field that changes a decision,
@@ -500,13 +524,13 @@ impl Policy {
         if p.deny_types.contains(&ty) {
             return Decision::withhold(Rule::TypeDenied { ty, who: p.who() });
         }
-        if !p.allow_tags.is_empty() && !item.tags.iter().any(|t| p.allow_tags.contains(t)) {
+        if !p.allow_tags.is_empty() && !p.allow_tags.iter().any(|t| has_tag(&item.tags, t)) {
             return Decision::withhold(Rule::NoAllowedTag {
                 tags: p.allow_tags.clone(),
                 who: p.who(),
             });
         }
-        if let Some(tag) = item.tags.iter().find(|t| p.deny_tags.contains(t)) {
+        if let Some(tag) = p.deny_tags.iter().find(|t| has_tag(&item.tags, t)) {
             return Decision::withhold(Rule::DeniedTag {
                 tag: tag.clone(),
                 who: p.who(),

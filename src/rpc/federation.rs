@@ -212,7 +212,9 @@ impl Federation for FederationService {
         &self,
         request: Request<GetCertificatesRequest>,
     ) -> Result<Response<GetCertificatesResponse>, Status> {
-        require_node(caller(&request)?)?;
+        let info = caller(&request)?;
+        require_node(info)?;
+        let partner = info.partner.id.clone();
         let GetCertificatesRequest { sha256 } = request.into_inner();
         if sha256.len() > MAX_CERTIFICATES {
             return Err(Status::invalid_argument(format!(
@@ -224,12 +226,7 @@ impl Federation for FederationService {
             let Ok(key) = <[u8; 32]>::try_from(fingerprint.as_slice()) else {
                 return Err(Status::invalid_argument("a fingerprint is 32 bytes"));
             };
-            if let Some(der) = self
-                .engine
-                .store()
-                .certificate(&key)
-                .map_err(crate::engine::EngineError::from)?
-            {
+            if let Some(der) = self.engine.signer_certificate_for(&partner, &key)? {
                 chains.push(CertificateChain {
                     sha256: fingerprint,
                     der: vec![der],

@@ -50,6 +50,7 @@ impl IntelService {
     /// Two stages overlap: message N+1 is checked and signed while bundle N is written.
     async fn publish_stream(
         &self,
+        publisher: &crate::model::Partner,
         stream: &mut Streaming<PublishRequest>,
         response: &mut PublishResponse,
     ) -> Result<(), Status> {
@@ -88,6 +89,7 @@ impl IntelService {
                     }
                 }
                 let engine = self.engine.clone();
+                let publisher = publisher.clone();
                 let signed = blocking(move || {
                     let now = now_ms();
                     let items = items
@@ -99,7 +101,7 @@ impl IntelService {
                             })
                         })
                         .collect::<Result<Vec<_>, _>>()?;
-                    Ok(engine.sign(&items, &distribution, now)?)
+                    Ok(engine.sign(&publisher, &items, &distribution, now)?)
                 })
                 .await?;
                 if let Some(previous) = writing.take() {
@@ -146,7 +148,9 @@ impl Intel for IntelService {
         require_writer(caller(&request)?)?;
         let mut stream = request.into_inner();
         let mut response = PublishResponse::default();
-        let outcome = self.publish_stream(&mut stream, &mut response).await;
+        let outcome = self
+            .publish_stream(&partner, &mut stream, &mut response)
+            .await;
         // Whatever was stored is made durable before answering, error or not.
         self.engine.flush().await?;
         if let Err(status) = outcome {

@@ -1,0 +1,576 @@
+//! Attacks found in review, end to end over real mTLS. Each test states the property
+//! it checks.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::Pki;
+use entente::client::NodeClient;
+use entente::engine::now_ms;
+use entente::model::ItemId;
+use entente::rpc::proto::federation_client::FederationClient;
+use entente::rpc::proto::{ItemFilter, PublishRequest, PullRequest, pull_response};
+use entente::wire::{self, Tlp};
+use entente::{Node, NodeId};
+use prost::Message;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+const HQ: &str = "redmond.hq";
+const ANALYST: &str = "analyst.alice";
+const RESEARCHER: &str = "researcher.bob";
+const BERLIN: &str = "berlin.office";
+const POLICE: &str = "cyberunit.police";
+
+struct Hq {
+    node: Node,
+    pki: Pki,
+    hq: NodeId,
+}
+
+impl Hq {
+    /// HQ with an analyst, a GREEN researcher (domain, ipv4; deny pii), and two peer
+    /// nodes: berlin (up to AMBER, every type) and police (up to AMBER, domain only).
+    async fn start() -> Self {
+        common::init_logging();
+        let pki = Pki::new();
+        let hq = pki.node(HQ);
+        pki.node(BERLIN);
+        pki.node(POLICE);
+        for who in [ANALYST, RESEARCHER, "analyst.narrow"] {
+            pki.client(who);
+        }
+        let mut text = common::node_section(&pki, &hq, &pki.path().join("data-hq"));
+        text.push_str(&format!(
+            r#"
+[[client]]
+id = "{ANALYST}"
+role = "analyst"
+
+[[client]]
+id = "{RESEARCHER}"
+role = "read_only"
+allow_types = ["domain", "ipv4"]
+deny_tags = ["pii"]
+
+[[client]]
+id = "analyst.narrow"
+role = "analyst"
+max_tlp = "GREEN"
+
+[[peer]]
+id = "{BERLIN}"
+address = "127.0.0.1:1"
+role = "peer"
+max_tlp = "AMBER"
+allow_types = ["*"]
+
+[[peer]]
+id = "{POLICE}"
+address = "127.0.0.1:1"
+role = "peer"
+max_tlp = "AMBER"
+allow_types = ["domain"]
+deny_tags = ["pii"]
+"#
+        ));
+        let path = pki.path().join("hq.toml");
+        std::fs::write(&path, text).unwrap();
+        let node = common::start(&path).await;
+        Self { node, pki, hq }
+    }
+
+    async fn connect(&self, who: &str) -> NodeClient {
+        let who = NodeId::new(who).unwrap();
+        let tls = self.pki.material(&who).client_config().unwrap();
+        tokio::time::timeout(
+            DEADLINE,
+            NodeClient::connect(tls, &who, &self.node.local_addr().to_string(), &self.hq),
+        )
+        .await
+        .expect("connect in time")
+        .expect("connect")
+    }
+
+    /// Every item (decoded) that peer `who` receives in a full pull from cursor 0.
+    async fn pull_all(&self, who: &str) -> Vec<wire::Item> {
+        let who = NodeId::new(who).unwrap();
+        let channel = entente::transport::connect(
+            self.pki.material(&who).client_config().unwrap(),
+            &self.node.local_addr().to_string(),
+            &self.hq,
+        )
+        .await
+        .unwrap();
+        let mut stream = FederationClient::new(channel)
+            .pull(PullRequest {
+                cursor: 0,
+                follow: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut items = Vec::new();
+        while let Some(message) = tokio::time::timeout(DEADLINE, stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            if let Some(pull_response::Event::Bundle(feed)) = message.event {
+                for d in feed.bundle.unwrap().disclosures {
+                    items.push(wire::Item::decode(d.item_bytes.as_slice()).unwrap());
+                }
+            }
+        }
+        items
+    }
+
+    async fn stop(self) {
+        self.node.shutdown(DEADLINE).await.unwrap();
+    }
+}
+
+fn indicator(ty: &str, value: &str, tlp: Tlp, tags: &[&str]) -> wire::Item {
+    wire::Item {
+        id: ItemId::new_random().to_string(),
+        modified_unix_ms: 0,
+        tlp: tlp as i32,
+        tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+        kind: Some(wire::item::Kind::Indicator(wire::Indicator {
+            indicator_type: ty.to_owned(),
+            value: value.to_owned(),
+            ..Default::default()
+        })),
+    }
+}
+
+fn revocation_of(of: &wire::Item, ty: &str) -> wire::Item {
+    wire::Item {
+        id: of.id.clone(),
+        modified_unix_ms: now_ms() + 1,
+        tlp: of.tlp,
+        tags: of.tags.clone(),
+        kind: Some(wire::item::Kind::Revocation(wire::Revocation {
+            reason: "false positive: the source in case 4711 was wrong".into(),
+            indicator_type: ty.to_owned(),
+        })),
+    }
+}
+
+async fn publish(
+    client: &NodeClient,
+    items: Vec<wire::Item>,
+    distribution: Option<wire::Distribution>,
+) {
+    let request = PublishRequest {
+        items,
+        distribution,
+        groups: vec![],
+    };
+    client
+        .publish(tokio_stream::iter(vec![request]))
+        .await
+        .expect("publish");
+}
+
+/// The recipient list (and max_hops) of the indicator's bundle must also hold for its
+/// revocation: a node that was never allowed the indicator must not learn its id,
+/// type, tags and the revocation reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_does_not_escape_its_indicators_recipient_list() {
+    let hq = Hq::start().await;
+    let alice = hq.connect(ANALYST).await;
+
+    // AMBER domain for berlin alone (signed recipient list).
+    let secret = indicator(
+        "domain",
+        "undercover-c2.example",
+        Tlp::Amber,
+        &["op:nightjar"],
+    );
+    publish(
+        &alice,
+        vec![secret.clone()],
+        Some(wire::Distribution {
+            max_hops: None,
+            recipients: vec![BERLIN.into()],
+        }),
+    )
+    .await;
+    let police_before = hq.pull_all(POLICE).await;
+    assert!(
+        police_before.iter().all(|i| i.id != secret.id),
+        "police received the recipient-restricted indicator itself"
+    );
+
+    // The analyst revokes it (same marking, type and tags, as publish requires) without
+    // repeating the recipient list.
+    publish(&alice, vec![revocation_of(&secret, "domain")], None).await;
+
+    let police = hq.pull_all(POLICE).await;
+    let leaked: Vec<&wire::Item> = police.iter().filter(|i| i.id == secret.id).collect();
+    assert!(
+        leaked.is_empty(),
+        "police (not a recipient) received the revocation of a recipient-restricted item: {leaked:?}"
+    );
+    hq.stop().await;
+}
+
+/// `deny_tags = ["pii"]` must withhold an item tagged `PII`: a deny list that a change of
+/// case defeats fails open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deny_tags_are_not_defeated_by_case() {
+    let hq = Hq::start().await;
+    let alice = hq.connect(ANALYST).await;
+    let bob = hq.connect(RESEARCHER).await;
+    publish(
+        &alice,
+        vec![
+            indicator("domain", "victim-home-a.example", Tlp::Green, &["PII"]),
+            indicator("domain", "victim-home-b.example", Tlp::Green, &["Pii"]),
+        ],
+        None,
+    )
+    .await;
+    let page = bob.query(ItemFilter::default(), 100, vec![]).await.unwrap();
+    let values: Vec<String> = page
+        .items
+        .iter()
+        .filter_map(|s| match &s.item.as_ref()?.kind {
+            Some(wire::item::Kind::Indicator(i)) => Some(i.value.clone()),
+            _ => None,
+        })
+        .collect();
+    let police: Vec<String> = hq
+        .pull_all(POLICE)
+        .await
+        .into_iter()
+        .map(|i| format!("{:?}", i.tags))
+        .collect();
+    assert!(
+        values.is_empty() && police.is_empty(),
+        "items tagged PII/Pii passed deny_tags [\"pii\"]: researcher got {values:?}, police got tags {police:?}"
+    );
+    hq.stop().await;
+}
+
+/// An exact-value query must answer the same (items, page token, number of pages)
+/// whether or not the node holds withheld items with that value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn withheld_items_with_the_queried_value_do_not_change_the_paging() {
+    let hq = Hq::start().await;
+    let alice = hq.connect(ANALYST).await;
+    let bob = hq.connect(RESEARCHER).await;
+
+    // Two values, each with one GREEN item the researcher may see. For "busy", 1,100
+    // older AMBER items with the same value are held too; for "quiet", none.
+    for value in ["busy.example", "quiet.example"] {
+        if value == "busy.example" {
+            for _ in 0..2 {
+                let items = (0..550)
+                    .map(|_| indicator("domain", value, Tlp::Amber, &[]))
+                    .collect();
+                publish(&alice, items, None).await;
+            }
+        }
+        publish(
+            &alice,
+            vec![indicator("domain", value, Tlp::Green, &[])],
+            None,
+        )
+        .await;
+    }
+
+    let mut shapes = Vec::new();
+    for value in ["busy.example", "quiet.example"] {
+        let filter = ItemFilter {
+            value: value.into(),
+            ..Default::default()
+        };
+        let mut pages = Vec::new();
+        let mut token = Vec::new();
+        loop {
+            let page = bob.query(filter.clone(), 1000, token).await.unwrap();
+            pages.push((page.items.len(), !page.next_page_token.is_empty()));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        shapes.push(pages);
+    }
+    assert_eq!(
+        shapes[0], shapes[1],
+        "paging differs for a value with withheld AMBER items (left) and one without (right): (items, token) per page"
+    );
+    hq.stop().await;
+}
+
+/// GetCertificates answers a peer for this node's own certificate, and for other
+/// origins' certificates only when that peer may be sent other origins' bundles; so a
+/// peer without `forward_third_party` cannot probe which origins this node accepted
+/// data from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_certificates_does_not_tell_which_origins_were_accepted() {
+    let hq = Hq::start().await;
+    let police = NodeId::new(POLICE).unwrap();
+    let channel = entente::transport::connect(
+        hq.pki.material(&police).client_config().unwrap(),
+        &hq.node.local_addr().to_string(),
+        &hq.hq,
+    )
+    .await
+    .unwrap();
+    // Berlin's certificate is cached, as after a bundle of berlin's verified.
+    let berlin = hq
+        .pki
+        .material(&NodeId::new(BERLIN).unwrap())
+        .certificate_der()
+        .to_vec();
+    hq.node.engine().store().put_certificate(&berlin).unwrap();
+    let hq_id = NodeId::new(HQ).unwrap();
+    let own = entente::crypto::sha256(hq.pki.material(&hq_id).certificate_der());
+    let cached = entente::crypto::sha256(&berlin);
+    let answer = FederationClient::new(channel)
+        .get_certificates(entente::rpc::proto::GetCertificatesRequest {
+            sha256: vec![own.to_vec(), cached.to_vec(), vec![0u8; 32]],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let found: BTreeSet<Vec<u8>> = answer.chains.into_iter().map(|c| c.sha256).collect();
+    assert_eq!(found, BTreeSet::from([own.to_vec()]));
+    hq.stop().await;
+}
+
+/// Revoking a peer's certificate with a CRL and a reload must also stop this node from
+/// taking data through its own pull link to that peer (the README: revoking no longer
+/// needs a restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_revoked_by_a_reloaded_crl_is_no_longer_pulled_from() {
+    common::init_logging();
+    let pki = Pki::new();
+    let hq = pki.node(HQ);
+    let berlin = pki.node(BERLIN);
+    let singapore = pki.node("singapore.office");
+    let node_text = |id: &NodeId, body: String, crls: &[std::path::PathBuf]| {
+        let mut text = common::node_section(&pki, id, &pki.path().join(format!("data-{id}")));
+        if !crls.is_empty() {
+            text = text.replace("crls = []", &format!("crls = [\"{}\"]", crls[0].display()));
+        }
+        text.push_str(&body);
+        let path = pki.path().join(format!("{id}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    // singapore → berlin → hq, GREEN passed on by berlin.
+    let sg_node = common::start(&node_text(
+        &singapore,
+        format!(
+            "\n[[peer]]\nid = \"{BERLIN}\"\naddress = \"127.0.0.1:1\"\nmax_tlp = \"GREEN\"\nallow_types = [\"*\"]\n"
+        ),
+        &[],
+    ))
+    .await;
+    let berlin_node = common::start(&node_text(
+        &berlin,
+        format!(
+            "\n[[peer]]\nid = \"singapore.office\"\naddress = \"{}\"\n\n[[peer]]\nid = \"{HQ}\"\naddress = \"127.0.0.1:1\"\nmax_tlp = \"GREEN\"\nallow_types = [\"*\"]\nforward_third_party = true\n",
+            sg_node.local_addr()
+        ),
+        &[],
+    ))
+    .await;
+    let hq_body = format!(
+        "\n[[peer]]\nid = \"{BERLIN}\"\naddress = \"{}\"\n",
+        berlin_node.local_addr()
+    );
+    let hq_config = node_text(&hq, hq_body.clone(), &[]);
+    let hq_node = common::start(&hq_config).await;
+
+    let connect = |node: &Node, id: &NodeId| {
+        let tls = pki.material(id).client_config().unwrap();
+        let addr = node.local_addr().to_string();
+        let id = id.clone();
+        async move { NodeClient::connect(tls, &id, &addr, &id).await.unwrap() }
+    };
+    let sg_client = connect(&sg_node, &singapore).await;
+    let hq_client = connect(&hq_node, &hq).await;
+    let holds = |value: &'static str| {
+        let hq_client = hq_client.clone_channel();
+        async move {
+            let filter = ItemFilter {
+                value: value.into(),
+                ..Default::default()
+            };
+            !hq_client
+                .query(filter, 10, vec![])
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+        }
+    };
+    publish(
+        &sg_client,
+        vec![indicator(
+            "domain",
+            "before-revocation.example",
+            Tlp::Green,
+            &[],
+        )],
+        None,
+    )
+    .await;
+    let start = std::time::Instant::now();
+    while !holds("before-revocation.example").await {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "hq never received the first item"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The CA revokes berlin; hq installs the CRL and reloads (no restart).
+    let crl = pki.certs.revoke(&berlin).unwrap();
+    node_text(&hq, hq_body, &[crl]);
+    hq_node.reload_policy().expect("reload");
+
+    publish(
+        &sg_client,
+        vec![indicator(
+            "domain",
+            "after-revocation.example",
+            Tlp::Green,
+            &[],
+        )],
+        None,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let links = hq_client.links().await.unwrap();
+    assert!(
+        !holds("after-revocation.example").await,
+        "hq still pulls from and accepts data through berlin after revoking its certificate: {:?}",
+        links.links
+    );
+    for n in [hq_node, berlin_node, sg_node] {
+        n.shutdown(DEADLINE).await.unwrap();
+    }
+}
+
+/// "Open streams apply the new policy from their next message": after a reload that
+/// narrows a peer's policy, a follow stream must not go on delivering items the new
+/// policy withholds, however slowly the peer reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_narrowing_reload_stops_what_a_slow_puller_has_not_read_yet() {
+    let hq = Hq::start().await;
+    let alice = hq.connect(ANALYST).await;
+    let police = NodeId::new(POLICE).unwrap();
+    let channel = entente::transport::connect(
+        hq.pki.material(&police).client_config().unwrap(),
+        &hq.node.local_addr().to_string(),
+        &hq.hq,
+    )
+    .await
+    .unwrap();
+    let mut stream = FederationClient::new(channel)
+        .pull(PullRequest {
+            cursor: 0,
+            follow: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // The police node stops reading; HQ publishes 80 bundles of 1,000 AMBER domains
+    // (random labels, so they compress little: far more than the 2 MiB HTTP/2 stream
+    // window a client lets in before it reads).
+    for b in 0..80 {
+        let items = (0..1000)
+            .map(|i| {
+                indicator(
+                    "domain",
+                    &format!(
+                        "{}-{b}-{i}.example",
+                        ItemId::new_random().as_str()[11..].replace('-', "")
+                    ),
+                    Tlp::Amber,
+                    &[],
+                )
+            })
+            .collect();
+        publish(&alice, items, None).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The operator narrows the police policy to GREEN and reloads.
+    let path = hq.pki.path().join("hq.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let narrowed = text.replacen(
+        "max_tlp = \"AMBER\"\nallow_types = [\"domain\"]",
+        "max_tlp = \"GREEN\"\nallow_types = [\"domain\"]",
+        1,
+    );
+    assert_ne!(text, narrowed);
+    std::fs::write(&path, narrowed).unwrap();
+    hq.node.reload_policy().expect("reload");
+    let mut amber_after_reload = 0usize;
+    let mut bytes = 0usize;
+    let mut bundles = 0usize;
+    while let Ok(Ok(Some(message))) =
+        tokio::time::timeout(Duration::from_secs(3), stream.message()).await
+    {
+        if let Some(pull_response::Event::Bundle(feed)) = message.event {
+            let bundle = feed.bundle.unwrap();
+            bytes += bundle.encoded_len();
+            bundles += 1;
+            amber_after_reload += bundle.disclosures.len();
+        }
+    }
+    assert_eq!(
+        amber_after_reload, 0,
+        "the police node read {amber_after_reload} AMBER items ({bundles} bundles, {bytes} bytes before compression) after its policy was narrowed to GREEN"
+    );
+    hq.stop().await;
+}
+
+/// A writer whose own policy is narrowed (GREEN) must not learn, from the refusal of a
+/// revocation it offers, anything about an item it may not see: not whether it is held,
+/// nor its marking, tags or origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_revocation_says_nothing_about_an_item_the_writer_may_not_see() {
+    let hq = Hq::start().await;
+    let alice = hq.connect(ANALYST).await;
+    let narrow = hq.connect("analyst.narrow").await;
+    // v1 GREEN, seen by the narrow analyst; v2 reclassified RED with a sensitive tag.
+    let mut item = indicator("domain", "reclassified.example", Tlp::Green, &[]);
+    item.modified_unix_ms = now_ms() - 10_000;
+    publish(&alice, vec![item.clone()], None).await;
+    assert!(narrow.get(&item.id).await.unwrap().is_some());
+    let mut v2 = item.clone();
+    v2.modified_unix_ms = now_ms() - 5_000;
+    v2.tlp = Tlp::Red as i32;
+    v2.tags = vec!["source:informant".into()];
+    publish(&alice, vec![v2], None).await;
+    assert!(
+        narrow.get(&item.id).await.unwrap().is_none(),
+        "v2 is withheld from it"
+    );
+
+    let absent = indicator("domain", "never-published.example", Tlp::Green, &[]);
+    let mut answers = Vec::new();
+    for target in [&item, &absent] {
+        let request = PublishRequest {
+            items: vec![revocation_of(target, "domain")],
+            distribution: None,
+            groups: vec![],
+        };
+        let answer = narrow.publish(tokio_stream::iter(vec![request])).await;
+        answers.push(format!("{answer:?}").replace(&target.id, "ID"));
+    }
+    assert_eq!(
+        answers[0], answers[1],
+        "a withheld item and an absent one answer differently"
+    );
+    hq.stop().await;
+}
