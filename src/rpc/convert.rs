@@ -3,9 +3,13 @@
 
 use tonic::Status;
 
-use super::proto::{ItemFilter, StoredItem as ProtoStoredItem};
+use super::proto::{
+    Checkpoint, FeedBundle, ItemFilter, PullResponse, StoredItem as ProtoStoredItem, pull_response,
+};
+use crate::engine::PulledBundle;
 use crate::model::{Distribution, IndicatorType, NodeId};
 use crate::store::{ItemQuery, StoredItem};
+use crate::sync::FeedEvent;
 use crate::wire;
 
 /// A wire distribution from a client, checked.
@@ -87,6 +91,41 @@ impl From<&StoredItem> for ProtoStoredItem {
                 // The store holds only bundles that passed `crypto::verify`.
                 signature_verified: true,
             }),
+        }
+    }
+}
+
+/// A served feed event as a `Pull` message.
+pub fn pull_response(event: FeedEvent) -> PullResponse {
+    let event = match event {
+        FeedEvent::Bundle(PulledBundle { seq, hops, bundle }) => {
+            pull_response::Event::Bundle(FeedBundle {
+                seq,
+                bundle: Some(bundle),
+                hops,
+            })
+        }
+        FeedEvent::Checkpoint { cursor, head } => {
+            pull_response::Event::Checkpoint(Checkpoint { cursor, head })
+        }
+    };
+    PullResponse { event: Some(event) }
+}
+
+/// A `Pull` message from a peer as a feed event; `None` when it carries none (no event,
+/// or a bundle message without its bundle).
+pub fn feed_event(message: PullResponse) -> Option<FeedEvent> {
+    let PullResponse { event } = message;
+    match event? {
+        pull_response::Event::Bundle(FeedBundle { seq, bundle, hops }) => {
+            Some(FeedEvent::Bundle(PulledBundle {
+                seq,
+                hops,
+                bundle: bundle?,
+            }))
+        }
+        pull_response::Event::Checkpoint(Checkpoint { cursor, head }) => {
+            Some(FeedEvent::Checkpoint { cursor, head })
         }
     }
 }
