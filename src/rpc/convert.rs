@@ -129,3 +129,47 @@ pub fn feed_event(message: PullResponse) -> Option<FeedEvent> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{feed_event, pull_response};
+    use crate::engine::PulledBundle;
+    use crate::rpc::proto::{FeedBundle, PullResponse};
+    use crate::sync::FeedEvent;
+    use crate::wire;
+
+    #[test]
+    fn feed_events_cross_the_wire_unchanged_and_empty_messages_carry_none() {
+        let bundle = wire::SignedBundle {
+            header_bytes: vec![1, 2, 3],
+            signature: vec![4],
+            ..Default::default()
+        };
+        let sent = pull_response(FeedEvent::Bundle(PulledBundle {
+            seq: 7,
+            hops: 2,
+            bundle: bundle.clone(),
+        }));
+        let Some(FeedEvent::Bundle(received)) = feed_event(sent) else {
+            panic!("a bundle message is a bundle event");
+        };
+        assert_eq!((received.seq, received.hops), (7, 2));
+        assert_eq!(received.bundle, bundle);
+
+        let sent = pull_response(FeedEvent::Checkpoint { cursor: 5, head: 9 });
+        assert!(matches!(
+            feed_event(sent),
+            Some(FeedEvent::Checkpoint { cursor: 5, head: 9 })
+        ));
+
+        assert!(feed_event(PullResponse { event: None }).is_none());
+        let no_bundle = PullResponse {
+            event: Some(pull_response::Event::Bundle(FeedBundle {
+                seq: 3,
+                bundle: None,
+                hops: 1,
+            })),
+        };
+        assert!(feed_event(no_bundle).is_none());
+    }
+}
