@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use crate::config::ClientSettings;
 use crate::model::NodeId;
-use crate::node::MAX_MESSAGE_BYTES;
 use crate::rpc::proto::federation_client::FederationClient;
 use crate::rpc::proto::intel_client::IntelClient;
 use crate::rpc::proto::{
@@ -13,6 +12,7 @@ use crate::rpc::proto::{
 };
 use crate::rpc::{CAPABILITIES, PROTOCOL_VERSION};
 use crate::transport::{ConnectError, connect};
+use crate::wire::MAX_MESSAGE_BYTES;
 
 /// Why a call to a node failed.
 #[derive(Debug, thiserror::Error)]

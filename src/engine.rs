@@ -230,6 +230,34 @@ pub struct PullPage {
     pub embargo_until: Option<i64>,
 }
 
+/// A bundle pulled from a peer, with its header parsed from its own bytes, once: the
+/// puller reads the signer's fingerprint from it and [`Engine::accept_pulled`] applies
+/// the inbound rules to it. Only [`InboundBundle::parse`] makes one, so the header is
+/// always the bundle's.
+#[derive(Clone, Debug)]
+pub struct InboundBundle {
+    bundle: wire::SignedBundle,
+    header: crate::crypto::BundleHeader,
+}
+
+impl InboundBundle {
+    /// Parses the bundle's header; an error is the one verification would report.
+    pub fn parse(bundle: wire::SignedBundle) -> Result<Self, VerifyError> {
+        let (header, _) = crate::crypto::parse_header(&bundle.header_bytes)?;
+        Ok(Self { bundle, header })
+    }
+
+    /// The parsed header.
+    pub fn header(&self) -> &crate::crypto::BundleHeader {
+        &self.header
+    }
+
+    /// The bundle as received.
+    pub fn bundle(&self) -> &wire::SignedBundle {
+        &self.bundle
+    }
+}
+
 /// A bundle to send in a pull, with the hop count at which this node holds its items.
 #[derive(Clone, Debug)]
 pub struct PulledBundle {
@@ -936,8 +964,8 @@ impl Engine {
         Ok(())
     }
 
-    /// Accepts a bundle pulled from `peer`, which holds its items at `sender_hops`.
-    /// The inbound rules ([`Policy::admit`]) come first, then the bundle is verified,
+    /// Accepts a bundle pulled from `peer`, which holds its items at `sender_hops`, with
+    /// its header parsed already ([`InboundBundle::parse`]). The inbound rules ([`Policy::admit`]) come first, then the bundle is verified,
     /// with the cached certificates or else `offered`, a signer certificate the peer
     /// sent, then every item must pass [`Policy::admit_items`], and only then is it
     /// stored. An offered certificate is cached (through
@@ -947,13 +975,13 @@ impl Engine {
     pub fn accept_pulled(
         &self,
         peer: &NodeId,
-        bundle: &wire::SignedBundle,
+        bundle: &InboundBundle,
         sender_hops: u32,
         offered: Option<&[u8]>,
         now_ms: i64,
     ) -> Result<AcceptReport, EngineError> {
         let policy = self.policy();
-        let (header, _) = crate::crypto::parse_header(&bundle.header_bytes)?;
+        let InboundBundle { bundle, header } = bundle;
         let arrival = Arrival {
             sender: peer,
             origin: &header.origin,

@@ -24,12 +24,8 @@ use crate::rpc::proto::federation_server::FederationServer;
 use crate::rpc::proto::intel_server::IntelServer;
 use crate::store::{SledStore, Store, StoreError};
 
-/// Largest request accepted by the Federation service (Hello, Pull, GetCertificates).
-pub const MAX_FEDERATION_REQUEST_BYTES: usize = 64 * 1024;
-
-/// Largest gRPC message accepted or sent (a bundle of 100,000 small items fits).
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 use crate::transport::{ConnectionInfo, Directory, SignerVerifier, TlsError, listener};
+pub use crate::wire::{MAX_FEDERATION_REQUEST_BYTES, MAX_MESSAGE_BYTES};
 
 /// Why a node could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -276,10 +272,15 @@ impl Node {
                 peer: peer.id.clone(),
                 address: peer.address.clone(),
             };
+            let dialer = crate::rpc::peer_client::GrpcDialer::new(
+                client_tls.clone(),
+                peer.address.clone(),
+                peer.id.clone(),
+            );
             links.push(tokio::spawn(crate::sync::run_link(
                 link,
+                dialer,
                 engine.clone(),
-                client_tls.clone(),
                 link_states.clone(),
                 shutdown.clone(),
             )));

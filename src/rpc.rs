@@ -8,6 +8,7 @@ mod convert;
 mod error;
 pub mod federation;
 pub mod intel;
+pub mod peer_client;
 
 /// Types and service stubs generated from `proto/entente/v1/`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

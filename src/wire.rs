@@ -6,3 +6,9 @@
 #![allow(missing_docs, clippy::all, clippy::pedantic)]
 
 include!(concat!(env!("OUT_DIR"), "/wire/entente.v1.rs"));
+
+/// Largest request accepted by the Federation service (Hello, Pull, GetCertificates).
+pub const MAX_FEDERATION_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Largest gRPC message accepted or sent (a bundle of 100,000 small items fits).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;

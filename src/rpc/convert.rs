@@ -3,9 +3,13 @@
 
 use tonic::Status;
 
-use super::proto::{ItemFilter, StoredItem as ProtoStoredItem};
+use super::proto::{
+    Checkpoint, FeedBundle, ItemFilter, PullResponse, StoredItem as ProtoStoredItem, pull_response,
+};
+use crate::engine::PulledBundle;
 use crate::model::{Distribution, IndicatorType, NodeId};
 use crate::store::{ItemQuery, StoredItem};
+use crate::sync::FeedEvent;
 use crate::wire;
 
 /// A wire distribution from a client, checked.
@@ -88,5 +92,84 @@ impl From<&StoredItem> for ProtoStoredItem {
                 signature_verified: true,
             }),
         }
+    }
+}
+
+/// A served feed event as a `Pull` message.
+pub fn pull_response(event: FeedEvent) -> PullResponse {
+    let event = match event {
+        FeedEvent::Bundle(PulledBundle { seq, hops, bundle }) => {
+            pull_response::Event::Bundle(FeedBundle {
+                seq,
+                bundle: Some(bundle),
+                hops,
+            })
+        }
+        FeedEvent::Checkpoint { cursor, head } => {
+            pull_response::Event::Checkpoint(Checkpoint { cursor, head })
+        }
+    };
+    PullResponse { event: Some(event) }
+}
+
+/// A `Pull` message from a peer as a feed event; `None` when it carries none (no event,
+/// or a bundle message without its bundle).
+pub fn feed_event(message: PullResponse) -> Option<FeedEvent> {
+    let PullResponse { event } = message;
+    match event? {
+        pull_response::Event::Bundle(FeedBundle { seq, bundle, hops }) => {
+            Some(FeedEvent::Bundle(PulledBundle {
+                seq,
+                hops,
+                bundle: bundle?,
+            }))
+        }
+        pull_response::Event::Checkpoint(Checkpoint { cursor, head }) => {
+            Some(FeedEvent::Checkpoint { cursor, head })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{feed_event, pull_response};
+    use crate::engine::PulledBundle;
+    use crate::rpc::proto::{FeedBundle, PullResponse};
+    use crate::sync::FeedEvent;
+    use crate::wire;
+
+    #[test]
+    fn feed_events_cross_the_wire_unchanged_and_empty_messages_carry_none() {
+        let bundle = wire::SignedBundle {
+            header_bytes: vec![1, 2, 3],
+            signature: vec![4],
+            ..Default::default()
+        };
+        let sent = pull_response(FeedEvent::Bundle(PulledBundle {
+            seq: 7,
+            hops: 2,
+            bundle: bundle.clone(),
+        }));
+        let Some(FeedEvent::Bundle(received)) = feed_event(sent) else {
+            panic!("a bundle message is a bundle event");
+        };
+        assert_eq!((received.seq, received.hops), (7, 2));
+        assert_eq!(received.bundle, bundle);
+
+        let sent = pull_response(FeedEvent::Checkpoint { cursor: 5, head: 9 });
+        assert!(matches!(
+            feed_event(sent),
+            Some(FeedEvent::Checkpoint { cursor: 5, head: 9 })
+        ));
+
+        assert!(feed_event(PullResponse { event: None }).is_none());
+        let no_bundle = PullResponse {
+            event: Some(pull_response::Event::Bundle(FeedBundle {
+                seq: 3,
+                bundle: None,
+                hops: 1,
+            })),
+        };
+        assert!(feed_event(no_bundle).is_none());
     }
 }

@@ -3,7 +3,19 @@
 use tonic::Status;
 
 use crate::engine::EngineError;
+use crate::sync::FeedEnd;
 use crate::transport::{Cause, Withdrawal};
+
+impl From<FeedEnd<Withdrawal>> for Status {
+    fn from(end: FeedEnd<Withdrawal>) -> Self {
+        match end {
+            FeedEnd::Shutdown => Status::unavailable("node is shutting down"),
+            FeedEnd::Withdrawn(withdrawal) => Status::from(withdrawal),
+            FeedEnd::Engine(error) => Status::from(error),
+            FeedEnd::Task(e) => Status::internal(format!("task failed: {e}")),
+        }
+    }
+}
 
 impl From<Withdrawal> for Status {
     fn from(withdrawal: Withdrawal) -> Self {

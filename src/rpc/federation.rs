@@ -8,12 +8,14 @@ use tonic::{Request, Response, Status};
 use super::auth::{caller, require_node};
 use super::proto::federation_server::Federation;
 use super::proto::{
-    CertificateChain, Checkpoint, FeedBundle, GetCertificatesRequest, GetCertificatesResponse,
-    HelloRequest, HelloResponse, PullRequest, PullResponse, pull_response,
+    CertificateChain, GetCertificatesRequest, GetCertificatesResponse, HelloRequest, HelloResponse,
+    PullRequest, PullResponse,
 };
-use super::{CAPABILITIES, PROTOCOL_VERSION};
+use super::{CAPABILITIES, PROTOCOL_VERSION, convert};
 use crate::engine::Engine;
 use crate::model::NodeId;
+use crate::sync::{FeedRequest, Withdrawable};
+use crate::transport::{ConnectionInfo, Withdrawal};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -36,8 +38,21 @@ impl FederationService {
     }
 }
 
-/// Feed entries read per pull page.
-const PULL_PAGE: usize = 256;
+/// The connection a pull is served on, as the feed sees it: its withdrawal.
+struct Connection(ConnectionInfo);
+
+impl Withdrawable for Connection {
+    type Withdrawal = Withdrawal;
+
+    fn withdrawal(&self) -> Option<Withdrawal> {
+        self.0.withdrawal()
+    }
+
+    fn withdrawn(&self) -> impl std::future::Future<Output = Withdrawal> + Send + 'static {
+        self.0.withdrawn()
+    }
+}
+
 /// Most certificates answered per request.
 const MAX_CERTIFICATES: usize = 64;
 
@@ -84,128 +99,23 @@ impl Federation for FederationService {
         let info = caller(&request)?;
         require_node(info)?;
         let partner = info.partner.clone();
-        let connection = info.clone();
+        let connection = Connection(info.clone());
         let PullRequest { cursor, follow } = request.into_inner();
-        let engine = self.engine.clone();
-        let shutdown = self.shutdown.clone();
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<PullResponse, Status>>(64);
-        let cursor = engine.serving_cursor(&partner.id, cursor)?;
-        tokio::spawn(async move {
-            let mut cursor = cursor;
-            let mut feed = engine.watch_feed();
-            let mut policy = engine.watch_policy();
-            let mut fingerprint = engine.policy().partner_fingerprint(&partner.id);
-            loop {
-                if let Some(withdrawal) = connection.withdrawal() {
-                    let _ = tx.send(Err(Status::from(withdrawal))).await;
-                    return;
-                }
-                // A reload that changes this partner's policy replays its feed from the start.
-                let now = engine.policy().partner_fingerprint(&partner.id);
-                if now != fingerprint {
-                    fingerprint = now;
-                    match engine.serving_cursor(&partner.id, cursor) {
-                        Ok(c) => cursor = c,
-                        Err(error) => {
-                            let _ = tx.send(Err(Status::from(error))).await;
-                            return;
-                        }
-                    }
-                }
-                let page = {
-                    let engine = engine.clone();
-                    let partner = partner.clone();
-                    tokio::task::spawn_blocking(move || {
-                        engine.pull_page(&partner, cursor, PULL_PAGE)
-                    })
-                    .await
-                };
-                let page = match page {
-                    Ok(Ok(page)) => page,
-                    Ok(Err(error)) => {
-                        let _ = tx.send(Err(Status::from(error))).await;
-                        return;
-                    }
-                    Err(e) => {
-                        let _ = tx
-                            .send(Err(Status::internal(format!("task failed: {e}"))))
-                            .await;
-                        return;
-                    }
-                };
-                for b in page.bundles {
-                    let message = PullResponse {
-                        event: Some(pull_response::Event::Bundle(FeedBundle {
-                            seq: b.seq,
-                            bundle: Some(b.bundle),
-                            hops: b.hops,
-                        })),
-                    };
-                    if tx.send(Ok(message)).await.is_err() {
-                        return;
-                    }
-                }
-                let embargo_until = page.embargo_until;
-                let caught_up = page.cursor >= page.head || embargo_until.is_some();
-                cursor = page.cursor;
-                let checkpoint = PullResponse {
-                    event: Some(pull_response::Event::Checkpoint(Checkpoint {
-                        cursor,
-                        head: page.head,
-                    })),
-                };
-                if tx.send(Ok(checkpoint)).await.is_err() {
-                    return;
-                }
-                if !caught_up {
-                    continue;
-                }
-                if !follow {
-                    return;
-                }
-                // Tail: wait for the feed to move past the cursor (or, when an embargo holds
-                // the next entry back, for the embargo to pass), the client to go, or shutdown.
-                let embargo = async move {
-                    match embargo_until {
-                        Some(until) => {
-                            let wait = u64::try_from(until - crate::engine::now_ms()).unwrap_or(0);
-                            tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
-                        }
-                        None => std::future::pending::<()>().await,
-                    }
-                };
-                tokio::pin!(embargo);
-                loop {
-                    if embargo_until.is_none() && *feed.borrow_and_update() > cursor {
-                        break;
-                    }
-                    if policy.has_changed().unwrap_or(false) {
-                        policy.mark_unchanged();
-                        break;
-                    }
-                    tokio::select! {
-                        _ = shutdown.cancelled() => {
-                            let _ = tx.send(Err(Status::unavailable("node is shutting down"))).await;
-                            return;
-                        }
-                        _ = tx.closed() => return,
-                        withdrawal = connection.withdrawn() => {
-                            let _ = tx.send(Err(Status::from(withdrawal))).await;
-                            return;
-                        }
-                        changed = feed.changed() => if changed.is_err() { return },
-                        changed = policy.changed() => {
-                            if changed.is_err() { return }
-                            break;
-                        }
-                        _ = &mut embargo => break,
-                    }
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        let feed = crate::sync::feed::serve(
+            self.engine.clone(),
+            FeedRequest {
+                partner,
+                cursor,
+                follow,
+            },
+            connection,
+            self.shutdown.clone(),
+            |event| match event {
+                Ok(event) => Ok(convert::pull_response(event)),
+                Err(end) => Err(Status::from(end)),
+            },
+        )?;
+        Ok(Response::new(Box::pin(feed)))
     }
 
     async fn get_certificates(

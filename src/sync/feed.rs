@@ -1,0 +1,251 @@
+//! Feed serving (DESIGN section 7): this node's change feed as one partner may see it,
+//! as a stream of [`FeedEvent`]s that follows the feed, waits out embargoes, and replays
+//! from the start when the partner's policy changes, until it ends for a [`FeedEnd`]
+//! reason. Owns the serving loop only; the delivery rule and the ledger are the
+//! engine's (`Engine::pull_page`), and no gRPC or transport type may appear here: the
+//! connection's withdrawal comes in through [`Withdrawable`].
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{Engine, EngineError, PulledBundle};
+use crate::model::Partner;
+
+/// Feed entries read per pull page.
+pub const PULL_PAGE: usize = 256;
+
+/// Messages queued between the serving task and the stream's reader.
+const QUEUE: usize = 64;
+
+/// One event of a pull stream, in either direction: what a node serves and what a
+/// puller receives.
+#[derive(Clone, Debug)]
+pub enum FeedEvent {
+    /// A bundle (redacted for the partner) at a feed position, with the hop count at
+    /// which the sender holds its items.
+    Bundle(PulledBundle),
+    /// Everything up to `cursor` was sent or withheld; `head` is the feed's head then.
+    Checkpoint {
+        /// Feed position reached.
+        cursor: u64,
+        /// The feed head when the page was read.
+        head: u64,
+    },
+}
+
+/// Why a served feed ended with an error (a stream that ends because its reader left,
+/// or because a non-following pull is complete, ends without one).
+#[derive(Debug)]
+pub enum FeedEnd<W> {
+    /// The node is shutting down.
+    Shutdown,
+    /// The connection's access was withdrawn.
+    Withdrawn(W),
+    /// The engine failed (reading the feed, recording the policy it is served under).
+    Engine(EngineError),
+    /// The blocking task reading a page failed.
+    Task(String),
+}
+
+/// The serving connection's access, as the feed sees it: whether it has been withdrawn
+/// now, and a wait for its withdrawal. Implemented by the service layer over its
+/// connection type, so that this module needs none.
+pub trait Withdrawable: Send + Sync + 'static {
+    /// Why access was withdrawn (turned into the stream's final error).
+    type Withdrawal: Send + 'static;
+    /// The withdrawal, if access has been withdrawn.
+    fn withdrawal(&self) -> Option<Self::Withdrawal>;
+    /// Resolves when access is withdrawn (at once if it already was).
+    fn withdrawn(&self) -> impl Future<Output = Self::Withdrawal> + Send + 'static;
+}
+
+/// What one pull asks for.
+#[derive(Clone, Debug)]
+pub struct FeedRequest {
+    /// The partner served (as configured now).
+    pub partner: Partner,
+    /// The position it asks to continue after.
+    pub cursor: u64,
+    /// Whether to keep following the feed once caught up.
+    pub follow: bool,
+}
+
+/// Serves `request` from `engine`'s feed: resolves the cursor to serve from
+/// ([`Engine::serving_cursor`], whose error is returned here, before any event), then
+/// spawns the serving loop and returns the stream of its messages. Each event, and the
+/// end reason if there is one, goes through `convert` in the serving task before it is
+/// queued (so an error is turned into the caller's type, and logged by it, when it
+/// happens, even if the reader has gone). The loop ends when the reader drops the
+/// stream, at `shutdown`, or when `access` is withdrawn.
+pub fn serve<A, T, F>(
+    engine: Arc<Engine>,
+    request: FeedRequest,
+    access: A,
+    shutdown: CancellationToken,
+    convert: F,
+) -> Result<tokio_stream::wrappers::ReceiverStream<T>, EngineError>
+where
+    A: Withdrawable,
+    T: Send + 'static,
+    F: Fn(Result<FeedEvent, FeedEnd<A::Withdrawal>>) -> T + Send + Sync + 'static,
+{
+    let FeedRequest {
+        partner,
+        cursor,
+        follow,
+    } = request;
+    let (tx, rx) = tokio::sync::mpsc::channel::<T>(QUEUE);
+    let cursor = engine.serving_cursor(&partner.id, cursor)?;
+    tokio::spawn(run(
+        Serving {
+            engine,
+            partner,
+            follow,
+            access,
+            shutdown,
+            tx,
+            convert,
+        },
+        cursor,
+    ));
+    Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// What the serving loop works with.
+struct Serving<A, T, F> {
+    engine: Arc<Engine>,
+    partner: Partner,
+    follow: bool,
+    access: A,
+    shutdown: CancellationToken,
+    tx: tokio::sync::mpsc::Sender<T>,
+    convert: F,
+}
+
+impl<A, T, F> Serving<A, T, F>
+where
+    A: Withdrawable,
+    F: Fn(Result<FeedEvent, FeedEnd<A::Withdrawal>>) -> T,
+{
+    /// Queues an event; false when the reader has gone.
+    async fn send(&self, event: FeedEvent) -> bool {
+        self.tx.send((self.convert)(Ok(event))).await.is_ok()
+    }
+
+    /// Queues the end reason (the loop ends whether or not the reader is still there).
+    async fn end(&self, end: FeedEnd<A::Withdrawal>) {
+        let _ = self.tx.send((self.convert)(Err(end))).await;
+    }
+}
+
+/// The serving loop: a page at a time from `cursor`, a checkpoint after each page, then
+/// (when following) a wait for the feed to move, an embargo to pass or the policy to
+/// change. A change of the partner's policy fingerprint replays its feed from the start.
+async fn run<A, T, F>(serving: Serving<A, T, F>, cursor: u64)
+where
+    A: Withdrawable,
+    T: Send + 'static,
+    F: Fn(Result<FeedEvent, FeedEnd<A::Withdrawal>>) -> T + Send + Sync + 'static,
+{
+    let engine = &serving.engine;
+    let partner = &serving.partner;
+    let mut cursor = cursor;
+    let mut feed = engine.watch_feed();
+    let mut policy = engine.watch_policy();
+    let mut fingerprint = engine.policy().partner_fingerprint(&partner.id);
+    loop {
+        if let Some(withdrawal) = serving.access.withdrawal() {
+            serving.end(FeedEnd::Withdrawn(withdrawal)).await;
+            return;
+        }
+        // A reload that changes this partner's policy replays its feed from the start.
+        let now = engine.policy().partner_fingerprint(&partner.id);
+        if now != fingerprint {
+            fingerprint = now;
+            match engine.serving_cursor(&partner.id, cursor) {
+                Ok(c) => cursor = c,
+                Err(error) => {
+                    serving.end(FeedEnd::Engine(error)).await;
+                    return;
+                }
+            }
+        }
+        let page = {
+            let engine = engine.clone();
+            let partner = partner.clone();
+            tokio::task::spawn_blocking(move || engine.pull_page(&partner, cursor, PULL_PAGE)).await
+        };
+        let page = match page {
+            Ok(Ok(page)) => page,
+            Ok(Err(error)) => {
+                serving.end(FeedEnd::Engine(error)).await;
+                return;
+            }
+            Err(e) => {
+                serving.end(FeedEnd::Task(e.to_string())).await;
+                return;
+            }
+        };
+        for bundle in page.bundles {
+            if !serving.send(FeedEvent::Bundle(bundle)).await {
+                return;
+            }
+        }
+        let embargo_until = page.embargo_until;
+        let caught_up = page.cursor >= page.head || embargo_until.is_some();
+        cursor = page.cursor;
+        let checkpoint = FeedEvent::Checkpoint {
+            cursor,
+            head: page.head,
+        };
+        if !serving.send(checkpoint).await {
+            return;
+        }
+        if !caught_up {
+            continue;
+        }
+        if !serving.follow {
+            return;
+        }
+        // Tail: wait for the feed to move past the cursor (or, when an embargo holds
+        // the next entry back, for the embargo to pass), the reader to go, or shutdown.
+        let embargo = async move {
+            match embargo_until {
+                Some(until) => {
+                    let wait = u64::try_from(until - crate::engine::now_ms()).unwrap_or(0);
+                    tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::pin!(embargo);
+        loop {
+            if embargo_until.is_none() && *feed.borrow_and_update() > cursor {
+                break;
+            }
+            if policy.has_changed().unwrap_or(false) {
+                policy.mark_unchanged();
+                break;
+            }
+            tokio::select! {
+                _ = serving.shutdown.cancelled() => {
+                    serving.end(FeedEnd::Shutdown).await;
+                    return;
+                }
+                _ = serving.tx.closed() => return,
+                withdrawal = serving.access.withdrawn() => {
+                    serving.end(FeedEnd::Withdrawn(withdrawal)).await;
+                    return;
+                }
+                changed = feed.changed() => if changed.is_err() { return },
+                changed = policy.changed() => {
+                    if changed.is_err() { return }
+                    break;
+                }
+                _ = &mut embargo => break,
+            }
+        }
+    }
+}

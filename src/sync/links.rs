@@ -1,0 +1,85 @@
+//! Link state for `entente status` and `Admin.Links`: what each pull loop reports about
+//! its peer. Owns [`LinkState`], [`Links`] and their update; must not touch the engine,
+//! the store or any connection.
+
+use std::sync::Arc;
+
+use crate::model::NodeId;
+
+/// What a pull loop reports about its link (for `entente status`).
+#[derive(Clone, Debug, Default)]
+pub struct LinkState {
+    /// The peer's address.
+    pub address: String,
+    /// Whether a pull stream is open.
+    pub connected: bool,
+    /// Position reached in the peer's feed.
+    pub cursor: u64,
+    /// The peer's feed head at its last checkpoint.
+    pub head: u64,
+    /// Bundles accepted from this link.
+    pub received: u64,
+    /// Bundles rejected from this link.
+    pub rejected: u64,
+    /// The last error, if any.
+    pub last_error: Option<String>,
+    /// When the last message arrived, ms.
+    pub last_message_ms: i64,
+    /// Items stored from this link.
+    pub items_received: u64,
+    /// Items from this link that were rejected (in rejected bundles, or by the
+    /// single-writer rule).
+    pub items_rejected: u64,
+    /// Since when the link has been behind the peer's head (`None` when caught up).
+    pub behind_since_ms: Option<i64>,
+    /// Whether a checkpoint arrived on the current connection (until then `head` is
+    /// what an earlier connection last heard, or 0).
+    pub checkpoint_since_connect: bool,
+}
+
+impl LinkState {
+    /// Whether the link has pulled the peer's whole change feed as of the peer's last
+    /// checkpoint on the current connection.
+    pub fn caught_up(&self) -> bool {
+        self.connected && self.checkpoint_since_connect && self.cursor >= self.head
+    }
+}
+
+/// The state of every link, shared between the pull loops and the Admin service.
+pub type Links = Arc<std::sync::Mutex<std::collections::BTreeMap<NodeId, LinkState>>>;
+
+/// Applies `f` to the state of the link to `peer` (created empty on first use).
+pub(super) fn update(links: &Links, peer: &NodeId, f: impl FnOnce(&mut LinkState)) {
+    let mut map = links.lock().unwrap_or_else(|p| p.into_inner());
+    f(map.entry(peer.clone()).or_default());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LinkState;
+
+    #[test]
+    fn a_link_is_caught_up_only_after_a_checkpoint_on_its_current_connection() {
+        // A fresh link that has received bundles but no checkpoint yet: head is unknown.
+        let mut link = LinkState {
+            connected: true,
+            cursor: 219,
+            head: 0,
+            ..Default::default()
+        };
+        assert!(!link.caught_up());
+        // The first checkpoint after a page: the peer's head is further on.
+        link.checkpoint_since_connect = true;
+        link.cursor = 256;
+        link.head = 6000;
+        assert!(!link.caught_up());
+        link.cursor = 6000;
+        assert!(link.caught_up());
+        // A reconnect: the old head no longer counts until the new stream checkpoints.
+        link.connected = false;
+        link.checkpoint_since_connect = false;
+        assert!(!link.caught_up());
+        link.connected = true;
+        assert!(!link.caught_up());
+    }
+}
