@@ -1483,7 +1483,13 @@ fn spec_built_policies_pull_explain_page_and_revoke_by_the_delivery_rule() {
             max_hops: case.distribution.0,
             recipients: case.distribution.1.iter().map(|r| id(r)).collect(),
         };
-        let bundle = engine.sign(&items, &distribution, now).unwrap();
+        // Published by the node's own operator.
+        let operator = entente::model::Partner {
+            id: node.clone(),
+            kind: entente::model::PartnerKind::Local,
+            role: Role::Admin,
+        };
+        let bundle = engine.sign(&operator, &items, &distribution, now).unwrap();
         engine.store_own(&bundle, now).unwrap();
 
         let situation = |expired: bool, include_expired: bool| Situation {
@@ -1611,7 +1617,9 @@ fn spec_built_policies_pull_explain_page_and_revoke_by_the_delivery_rule() {
         };
         let matches = *tlp == case.items[*at].0 && *ty == case.items[*at].1 && same_tags;
         prop_assert_eq!(
-            engine.check_publishable(&[revocation], now).is_ok(),
+            engine
+                .check_publishable(&operator, &[revocation], &Distribution::default(), now)
+                .is_ok(),
             matches,
             "revocation {:?} of item {:?}",
             case.revocation,
