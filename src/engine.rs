@@ -590,6 +590,18 @@ impl Engine {
         )
     }
 
+    /// Whether `partner` may still see `stored` under the policy in force now (a stream
+    /// asks again as an item leaves, in case a reload narrowed the policy since the item
+    /// was decided).
+    pub fn may_still_see(
+        &self,
+        partner: &NodeId,
+        stored: &StoredItem,
+        include_expired: bool,
+    ) -> bool {
+        Self::decide_stored(&self.policy(), partner, stored, now_ms(), include_expired).allowed()
+    }
+
     /// The latest version of `id`, if `partner` may see it; recorded in the ledger
     /// before it is returned. Withheld and absent are the same `None`.
     pub async fn get(
@@ -822,7 +834,18 @@ impl Engine {
         after: u64,
         limit: usize,
     ) -> Result<PullPage, EngineError> {
-        let policy = self.policy();
+        self.pull_page_under(&self.policy(), partner, after, limit)
+    }
+
+    /// [`Engine::pull_page`] under a given policy (the one in force when the caller took
+    /// it), so the caller knows which policy decided the page.
+    pub fn pull_page_under(
+        &self,
+        policy: &Policy,
+        partner: &Partner,
+        after: u64,
+        limit: usize,
+    ) -> Result<PullPage, EngineError> {
         let now = now_ms();
         let entries = self.store.feed(after, limit)?;
         let mut page = PullPage {
@@ -935,6 +958,12 @@ impl Engine {
             .partner(partner)
             .is_some_and(|p| p.forward_third_party);
         Ok(forwards.then_some(der))
+    }
+
+    /// Forgets the policy `partner` was last served under, so its next pull is served
+    /// from the start (after a stream ended because its policy changed mid-page).
+    pub fn forget_served_policy(&self, partner: &NodeId) -> Result<(), EngineError> {
+        Ok(self.store.set_served_policy(partner, &[0; 32])?)
     }
 
     /// Caches a signer certificate offered by a peer, if it is no larger than 16 KiB,

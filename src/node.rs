@@ -80,7 +80,71 @@ pub struct Node {
     store: Arc<dyn Store>,
     engine: Arc<Engine>,
     reload: Arc<ConfigReload>,
-    links: Vec<JoinHandle<()>>,
+    pull_links: Arc<PullLinks>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// The pull loops, one per `[[peer]]` with role `peer`, started again as a set at each
+/// reload with the client TLS configuration (anchors, CRLs) and the peer list then in
+/// force: a peer removed, or whose certificate a reloaded CRL revokes, is no longer
+/// pulled from, and a peer added is.
+struct PullLinks {
+    engine: Arc<Engine>,
+    states: crate::sync::Links,
+    shutdown: CancellationToken,
+    running: std::sync::Mutex<(CancellationToken, Vec<JoinHandle<()>>)>,
+}
+
+impl PullLinks {
+    /// Starts the pull loops of `config`, stopping those started before. Must run
+    /// inside the runtime (it spawns).
+    fn start(&self, config: &Config) -> Result<(), TlsError> {
+        let tls = config.tls.client_config()?;
+        let generation = self.shutdown.child_token();
+        let mut started = Vec::new();
+        let peers: Vec<_> = config
+            .peers
+            .iter()
+            .filter(|p| p.role == crate::model::Role::Peer)
+            .collect();
+        for peer in &peers {
+            let link = crate::sync::Link {
+                peer: peer.id.clone(),
+                address: peer.address.clone(),
+            };
+            let dialer = crate::rpc::peer_client::GrpcDialer::new(
+                tls.clone(),
+                peer.address.clone(),
+                peer.id.clone(),
+            );
+            started.push(tokio::spawn(crate::sync::run_link(
+                link,
+                dialer,
+                self.engine.clone(),
+                self.states.clone(),
+                generation.clone(),
+            )));
+        }
+        // Links of peers no longer pulled from leave the status.
+        self.states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id, _| peers.iter().any(|p| &p.id == id));
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        running.0.cancel();
+        running.0 = generation;
+        running.1.retain(|task| !task.is_finished());
+        running.1.extend(started);
+        Ok(())
+    }
+
+    /// Waits for every pull loop to end (after the node's shutdown token is cancelled).
+    async fn join(&self) {
+        let tasks = std::mem::take(&mut self.running.lock().unwrap_or_else(|p| p.into_inner()).1);
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
 }
 
 /// Re-reads the node's configuration file and puts its policy, partner list, trust
@@ -95,6 +159,8 @@ struct ConfigReload {
     /// One reload at a time (SIGHUP and `Admin.ReloadPolicy` may race), so the directory
     /// and the policy in force always come from the same file.
     serial: std::sync::Mutex<()>,
+    /// The pull loops, started again with the reloaded peers and TLS configuration.
+    pull_links: Arc<PullLinks>,
 }
 
 impl PolicyReload for ConfigReload {
@@ -117,6 +183,11 @@ impl PolicyReload for ConfigReload {
             .tls
             .signer_trust()
             .map_err(|e| format!("node.crls: {e}"))?;
+        // Checked here so that starting the links again below cannot fail.
+        config
+            .tls
+            .client_config()
+            .map_err(|e| format!("node.crls: {e}"))?;
         let policy = crate::policy::Policy::compile(&config.policy_spec());
         // Access first: streams woken by the policy change then find theirs withdrawn.
         let withdrawn = self
@@ -124,6 +195,10 @@ impl PolicyReload for ConfigReload {
             .replace(&self.id, config.listings(), Some(verifiers));
         self.signer_trust.replace_with(&signer_trust);
         self.engine.set_policy(policy);
+        // Outgoing links too: a peer now revoked or removed is no longer pulled from.
+        if let Err(error) = self.pull_links.start(&config) {
+            tracing::error!(%error, "pull links not restarted");
+        }
         let policy = self.engine.policy();
         tracing::info!(
             policy_hash = %policy.hash().iter().map(|b| format!("{b:02x}")).collect::<String>(),
@@ -176,6 +251,13 @@ impl Node {
 
         let directory = Arc::new(Directory::new(&id, config.listings()));
         let link_states: crate::sync::Links = Arc::default();
+        let shutdown = CancellationToken::new();
+        let pull_links = Arc::new(PullLinks {
+            engine: engine.clone(),
+            states: link_states.clone(),
+            shutdown: shutdown.clone(),
+            running: std::sync::Mutex::new((shutdown.child_token(), Vec::new())),
+        });
         let reload = Arc::new(ConfigReload {
             path: config.path.clone(),
             id: id.clone(),
@@ -183,6 +265,7 @@ impl Node {
             engine: engine.clone(),
             signer_trust,
             serial: std::sync::Mutex::new(()),
+            pull_links: pull_links.clone(),
         });
         let server_tls = config.tls.server_config(directory.clone())?;
 
@@ -200,7 +283,6 @@ impl Node {
             source,
         })?;
 
-        let shutdown = CancellationToken::new();
         let (incoming, accept_task) =
             listener::accept(listener, server_tls, directory.clone(), shutdown.clone());
 
@@ -261,37 +343,14 @@ impl Node {
             );
 
         // One pull loop per peer that may send to this node.
-        let client_tls = config.tls.client_config()?;
-        let mut links = Vec::new();
-        for peer in config
-            .peers
-            .iter()
-            .filter(|p| p.role == crate::model::Role::Peer)
-        {
-            let link = crate::sync::Link {
-                peer: peer.id.clone(),
-                address: peer.address.clone(),
-            };
-            let dialer = crate::rpc::peer_client::GrpcDialer::new(
-                client_tls.clone(),
-                peer.address.clone(),
-                peer.id.clone(),
-            );
-            links.push(tokio::spawn(crate::sync::run_link(
-                link,
-                dialer,
-                engine.clone(),
-                link_states.clone(),
-                shutdown.clone(),
-            )));
-        }
+        pull_links.start(&config)?;
 
         // Group commit for what does not flush itself: bundles pulled from peers and
         // the cursors that count them reach the disk within this period.
-        links.push(tokio::spawn(flush_periodically(
+        let tasks = vec![tokio::spawn(flush_periodically(
             engine.clone(),
             shutdown.clone(),
-        )));
+        ))];
 
         let signal = shutdown.clone();
         let serve_task = tokio::spawn(async move {
@@ -311,7 +370,8 @@ impl Node {
             store,
             engine,
             reload,
-            links,
+            pull_links,
+            tasks,
         })
     }
 
@@ -352,13 +412,15 @@ impl Node {
             mut serve_task,
             store,
             engine,
-            links,
+            pull_links,
+            tasks,
             ..
         } = self;
         shutdown.cancel();
         let _ = accept_task.await;
-        for link in links {
-            let _ = link.await;
+        pull_links.join().await;
+        for task in tasks {
+            let _ = task.await;
         }
         let served = match tokio::time::timeout(deadline, &mut serve_task).await {
             Ok(Ok(result)) => result,

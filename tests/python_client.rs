@@ -143,17 +143,22 @@ async fn publish(analyst: &NodeClient, items: Vec<wire::Item>) -> String {
     response.bundle_ids[0].clone()
 }
 
-/// Every item id the analyst (who may see everything) finds for `filter`.
+/// Every item id the analyst (who may see everything) finds for `filter`, across pages
+/// (a page with items always carries a token; the last page is empty).
 async fn analyst_ids(analyst: &NodeClient, filter: ItemFilter) -> BTreeSet<String> {
-    let page = tokio::time::timeout(DEADLINE, analyst.query(filter, 1000, vec![]))
-        .await
-        .expect("query in time")
-        .expect("query");
-    assert!(page.next_page_token.is_empty());
-    page.items
-        .into_iter()
-        .map(|s| s.item.expect("item").id)
-        .collect()
+    let mut ids = BTreeSet::new();
+    let mut token = Vec::new();
+    loop {
+        let page = tokio::time::timeout(DEADLINE, analyst.query(filter.clone(), 1000, token))
+            .await
+            .expect("query in time")
+            .expect("query");
+        ids.extend(page.items.into_iter().map(|s| s.item.expect("item").id));
+        if page.next_page_token.is_empty() {
+            return ids;
+        }
+        token = page.next_page_token;
+    }
 }
 
 async fn connect(pki: &Pki, node: &Node, who: &str) -> NodeClient {

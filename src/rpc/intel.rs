@@ -245,9 +245,14 @@ impl Intel for IntelService {
         let connection = caller(&request)?.clone();
         let SubscribeRequest { filter } = request.into_inner();
         let query = convert::item_query(filter)?;
+        let recheck = Recheck {
+            engine: self.engine.clone(),
+            partner: partner.id.clone(),
+            include_expired: query.include_expired,
+        };
         let mut subscription = self.engine.subscribe(partner, query);
         let shutdown = self.shutdown.clone();
-        let stream = async_stream(move |tx| async move {
+        let stream = checked_stream(recheck, move |tx| async move {
             loop {
                 let next = tokio::select! {
                     _ = shutdown.cancelled() => {
@@ -276,11 +281,8 @@ impl Intel for IntelService {
                         return;
                     }
                 };
-                if tx
-                    .send(Ok(ProtoStoredItem::from(stored.as_ref())))
-                    .await
-                    .is_err()
-                {
+                let message = ProtoStoredItem::from(stored.as_ref());
+                if tx.send(Ok((message, Some(stored)))).await.is_err() {
                     return;
                 }
             }
@@ -301,7 +303,12 @@ impl Intel for IntelService {
         let query = convert::item_query(filter)?;
         let engine = self.engine.clone();
         let shutdown = self.shutdown.clone();
-        let stream = async_stream(move |tx| async move {
+        let recheck = Recheck {
+            engine: self.engine.clone(),
+            partner: partner.id.clone(),
+            include_expired: query.include_expired,
+        };
+        let stream = checked_stream(recheck, move |tx| async move {
             let mut cursor: Vec<u8> = Vec::new();
             loop {
                 if shutdown.is_cancelled() {
@@ -335,7 +342,7 @@ impl Intel for IntelService {
                         return;
                     }
                 };
-                for stored in &page.items {
+                for stored in page.items {
                     let chunk = ExportChunk {
                         stix_json: crate::interop::to_stix(&stored.item).to_string(),
                     };
@@ -344,7 +351,7 @@ impl Intel for IntelService {
                             let _ = tx.send(Err(Status::from(withdrawal))).await;
                             return;
                         }
-                        sent = tx.send(Ok(chunk)) => if sent.is_err() { return },
+                        sent = tx.send(Ok((chunk, Some(Arc::new(stored))))) => if sent.is_err() { return },
                     }
                 }
                 match page.next {
@@ -362,13 +369,41 @@ const EXPORT_PAGE: usize = 1000;
 
 /// A response stream fed by a task through a small channel (back-pressure: the task
 /// waits when the client is slow). The task ends when the client goes away.
-fn async_stream<T, F, Fut>(body: F) -> BoxStream<T>
+/// Who a stream's items were decided for, to decide them once more as they leave.
+struct Recheck {
+    engine: Arc<Engine>,
+    partner: crate::model::NodeId,
+    include_expired: bool,
+}
+
+/// A message and the item it discloses (`None`: discloses nothing).
+type Checked<T> = (T, Option<Arc<crate::store::StoredItem>>);
+
+/// A response stream fed by a task through a small channel (back-pressure: the task
+/// waits when the client is slow; the task ends when the client goes away). Each item
+/// is decided again, under the policy in force, as the client takes it: an item decided
+/// before a reload that narrowed the partner's policy is dropped, not sent.
+fn checked_stream<T, F, Fut>(recheck: Recheck, body: F) -> BoxStream<T>
 where
     T: Send + 'static,
-    F: FnOnce(tokio::sync::mpsc::Sender<Result<T, Status>>) -> Fut,
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<Checked<T>, Status>>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    use tokio_stream::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::channel(STREAM_QUEUE);
     tokio::spawn(body(tx));
-    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+    Box::pin(
+        tokio_stream::wrappers::ReceiverStream::new(rx).filter_map(move |next| match next {
+            Ok((message, Some(stored))) => recheck
+                .engine
+                .may_still_see(&recheck.partner, &stored, recheck.include_expired)
+                .then_some(Ok(message)),
+            Ok((message, None)) => Some(Ok(message)),
+            Err(status) => Some(Err(status)),
+        }),
+    )
 }
+
+/// Messages queued between a stream's task and its client: few, since each was decided
+/// under the policy of its moment.
+const STREAM_QUEUE: usize = 2;

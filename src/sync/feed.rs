@@ -16,8 +16,9 @@ use crate::model::Partner;
 /// Feed entries read per pull page.
 pub const PULL_PAGE: usize = 256;
 
-/// Messages queued between the serving task and the stream's reader.
-const QUEUE: usize = 64;
+/// Messages queued between the serving task and the stream's reader. Small: what is
+/// queued was decided under the policy of the moment it was read, so little may wait.
+const QUEUE: usize = 2;
 
 /// One event of a pull stream, in either direction: what a node serves and what a
 /// puller receives.
@@ -47,6 +48,10 @@ pub enum FeedEnd<W> {
     Engine(EngineError),
     /// The blocking task reading a page failed.
     Task(String),
+    /// The partner's policy changed while bundles decided under the old one were queued:
+    /// they are not sent, and the stream ends so the partner pulls again (and is served
+    /// its feed from the start under the policy now in force).
+    PolicyChanged,
 }
 
 /// The serving connection's access, as the feed sees it: whether it has been withdrawn
@@ -85,7 +90,7 @@ pub fn serve<A, T, F>(
     access: A,
     shutdown: CancellationToken,
     convert: F,
-) -> Result<tokio_stream::wrappers::ReceiverStream<T>, EngineError>
+) -> Result<FeedStream<T>, EngineError>
 where
     A: Withdrawable,
     T: Send + 'static,
@@ -96,8 +101,19 @@ where
         cursor,
         follow,
     } = request;
-    let (tx, rx) = tokio::sync::mpsc::channel::<T>(QUEUE);
+    let (tx, rx) = tokio::sync::mpsc::channel::<(T, Option<[u8; 32]>)>(QUEUE);
     let cursor = engine.serving_cursor(&partner.id, cursor)?;
+    let convert = Arc::new(convert);
+    let stream = FeedStream {
+        rx,
+        engine: engine.clone(),
+        partner: partner.id.clone(),
+        policy_changed: {
+            let convert = convert.clone();
+            Box::new(move || convert(Err(FeedEnd::PolicyChanged)))
+        },
+        done: false,
+    };
     tokio::spawn(run(
         Serving {
             engine,
@@ -110,7 +126,52 @@ where
         },
         cursor,
     ));
-    Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
+    Ok(stream)
+}
+
+/// The messages of a served feed, as its reader takes them. Each bundle is checked
+/// once more as it leaves the queue: if the partner's policy changed since the bundle
+/// was decided, it is not sent; the stream ends with [`FeedEnd::PolicyChanged`] and
+/// the partner's next pull is served from the start under the new policy.
+pub struct FeedStream<T> {
+    rx: tokio::sync::mpsc::Receiver<(T, Option<[u8; 32]>)>,
+    engine: Arc<Engine>,
+    partner: crate::model::NodeId,
+    policy_changed: Box<dyn Fn() -> T + Send + Sync>,
+    done: bool,
+}
+
+impl<T> tokio_stream::Stream for FeedStream<T> {
+    type Item = T;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        use std::task::Poll;
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some((message, Some(decided_under)))) => {
+                let now = self.engine.policy().partner_fingerprint(&self.partner);
+                if now == decided_under {
+                    return Poll::Ready(Some(message));
+                }
+                self.done = true;
+                self.rx.close();
+                // The next pull replays the feed from the start, whatever this
+                // serving task recorded meanwhile.
+                if let Err(error) = self.engine.forget_served_policy(&self.partner) {
+                    tracing::error!(partner = %self.partner, %error, "cannot mark the partner's feed for replay");
+                }
+                Poll::Ready(Some((self.policy_changed)()))
+            }
+            Poll::Ready(Some((message, None))) => Poll::Ready(Some(message)),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 /// What the serving loop works with.
@@ -120,8 +181,8 @@ struct Serving<A, T, F> {
     follow: bool,
     access: A,
     shutdown: CancellationToken,
-    tx: tokio::sync::mpsc::Sender<T>,
-    convert: F,
+    tx: tokio::sync::mpsc::Sender<(T, Option<[u8; 32]>)>,
+    convert: Arc<F>,
 }
 
 impl<A, T, F> Serving<A, T, F>
@@ -129,14 +190,18 @@ where
     A: Withdrawable,
     F: Fn(Result<FeedEvent, FeedEnd<A::Withdrawal>>) -> T,
 {
-    /// Queues an event; false when the reader has gone.
-    async fn send(&self, event: FeedEvent) -> bool {
-        self.tx.send((self.convert)(Ok(event))).await.is_ok()
+    /// Queues an event (a bundle with the partner's policy fingerprint it was decided
+    /// under); false when the reader has gone.
+    async fn send(&self, event: FeedEvent, decided_under: Option<[u8; 32]>) -> bool {
+        self.tx
+            .send(((self.convert)(Ok(event)), decided_under))
+            .await
+            .is_ok()
     }
 
     /// Queues the end reason (the loop ends whether or not the reader is still there).
     async fn end(&self, end: FeedEnd<A::Withdrawal>) {
-        let _ = self.tx.send((self.convert)(Err(end))).await;
+        let _ = self.tx.send(((self.convert)(Err(end)), None)).await;
     }
 }
 
@@ -175,9 +240,17 @@ where
         let page = {
             let engine = engine.clone();
             let partner = partner.clone();
-            tokio::task::spawn_blocking(move || engine.pull_page(&partner, cursor, PULL_PAGE)).await
+            tokio::task::spawn_blocking(move || {
+                // The fingerprint of the policy the page is decided under.
+                let policy = engine.policy();
+                let decided_under = policy.partner_fingerprint(&partner.id);
+                engine
+                    .pull_page_under(&policy, &partner, cursor, PULL_PAGE)
+                    .map(|page| (page, decided_under))
+            })
+            .await
         };
-        let page = match page {
+        let (page, decided_under) = match page {
             Ok(Ok(page)) => page,
             Ok(Err(error)) => {
                 serving.end(FeedEnd::Engine(error)).await;
@@ -189,7 +262,10 @@ where
             }
         };
         for bundle in page.bundles {
-            if !serving.send(FeedEvent::Bundle(bundle)).await {
+            if !serving
+                .send(FeedEvent::Bundle(bundle), Some(decided_under))
+                .await
+            {
                 return;
             }
         }
@@ -200,7 +276,7 @@ where
             cursor,
             head: page.head,
         };
-        if !serving.send(checkpoint).await {
+        if !serving.send(checkpoint, None).await {
             return;
         }
         if !caught_up {
