@@ -1,4 +1,4 @@
-//! Replication between nodes (DESIGN section 7), both ways: serving this node's change
+//! Replication between nodes, both ways: serving this node's change
 //! feed to a partner ([`feed`]) and pulling each configured peer's ([`puller`]), with the
 //! link state reported to operators ([`links`]). Built on the engine only: no gRPC,
 //! generated protocol or transport type here; the service layer adapts both ends.

@@ -1,4 +1,4 @@
-//! Feed serving (DESIGN section 7): this node's change feed as one partner may see it,
+//! Feed serving: this node's change feed as one partner may see it,
 //! as a stream of [`FeedEvent`]s that follows the feed, waits out embargoes, and replays
 //! from the start when the partner's policy changes, until it ends for a [`FeedEnd`]
 //! reason. Owns the serving loop only; the delivery rule and the ledger are the

@@ -1,4 +1,4 @@
-//! The pull loop (DESIGN section 7): one per configured `[[peer]]` that may send to this
+//! The pull loop: one per configured `[[peer]]` that may send to this
 //! node. It reaches the peer through the [`Dialer`] and [`Peer`] traits (implemented over
 //! gRPC by the service layer), parses each bundle's header once, asks the peer for an
 //! unknown signer certificate, hands the bundle to `Engine::accept_pulled`, and stores
