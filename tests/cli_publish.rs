@@ -647,3 +647,47 @@ fn stix_granular_and_opencti_markings_are_kept_from_a_read_only_client() {
 fn json_list(id: &str) -> serde_json::Value {
     serde_json::json!([id])
 }
+
+/// A STIX `revoked: true` object marked TLP:WHITE for an AMBER indicator is refused:
+/// a revocation carries the marking of the item it revokes, so the read-only client
+/// never learns the id or the reason.
+#[test]
+fn a_stix_revocation_marked_lower_than_its_indicator_is_refused() {
+    const TLP_WHITE_ID: &str = "marking-definition--613f2e26-407d-48c7-9eca-b8e91df99dc9";
+    let hq = Hq::start();
+    let analyst = s(&hq.analyst);
+    let id = "indicator--4e5f6a7b-8c9d-4e0f-8a1b-2c3d4e5f6a7b";
+    let amber = hq.input(
+        "amber.json",
+        &stix_bundle(vec![stix_indicator(
+            id,
+            "198.51.100.40",
+            json_list(TLP_AMBER_ID),
+        )]),
+    );
+    let out = ok(&["publish", "--config", analyst, s(&amber)]);
+    assert!(last_line(&out).starts_with("published 1 item"), "{out}");
+
+    let mut revoked = stix_indicator(id, "198.51.100.40", json_list(TLP_WHITE_ID));
+    revoked["modified"] = serde_json::json!("2025-02-01T00:00:00.000Z");
+    revoked["revoked"] = serde_json::json!(true);
+    let file = hq.input("revoked.json", &stix_bundle(vec![revoked]));
+    let out = fails(&["publish", "--config", analyst, s(&file)]);
+    let err = stderr(&out);
+    assert!(
+        err.contains("must carry its marking, type and tags"),
+        "{err}"
+    );
+    // The reader sees nothing of it; the analyst still holds the AMBER indicator.
+    assert_eq!(
+        hq.query_json(&hq.reader, &[]),
+        Vec::<serde_json::Value>::new()
+    );
+    let out = fails(&["get", "--config", s(&hq.reader), id]);
+    assert!(stderr(&out).contains("no such item"), "{}", stderr(&out));
+    let held = ok(&["get", "--config", analyst, id]);
+    assert!(
+        held.contains("TLP:AMBER") && held.contains("198.51.100.40"),
+        "{held}"
+    );
+}
