@@ -34,6 +34,9 @@ pub enum PageTokenError {
     /// The system's random source failed.
     #[error("the system random source failed")]
     Random,
+    /// Every nonce of this run's key was used.
+    #[error("page-token nonces exhausted; restart the node")]
+    Exhausted,
 }
 
 /// What a token is bound to.
@@ -62,10 +65,13 @@ impl TokenScope<'_> {
     }
 }
 
-/// Seals and opens page tokens under a key that lives only in this process.
+/// Seals and opens page tokens under a key that lives only in this process. Nonces
+/// are a random prefix drawn with the key and a counter, so each is used once per key
+/// without a system call per token.
 pub struct PageTokens {
     key: LessSafeKey,
-    random: SystemRandom,
+    nonce_prefix: [u8; 4],
+    counter: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for PageTokens {
@@ -81,10 +87,15 @@ impl PageTokens {
         let random = SystemRandom::new();
         let mut key = [0u8; 32];
         random.fill(&mut key).map_err(|_| PageTokenError::Random)?;
+        let mut nonce_prefix = [0u8; 4];
+        random
+            .fill(&mut nonce_prefix)
+            .map_err(|_| PageTokenError::Random)?;
         let key = UnboundKey::new(&CHACHA20_POLY1305, &key).map_err(|_| PageTokenError::Random)?;
         Ok(Self {
             key: LessSafeKey::new(key),
-            random,
+            nonce_prefix,
+            counter: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -93,10 +104,18 @@ impl PageTokens {
         if cursor.len() > MAX_CURSOR {
             return Err(PageTokenError::CursorTooLong(cursor.len()));
         }
+        // Never exhausted in practice (2^64 tokens per run), but a nonce is never reused.
+        let count = self
+            .counter
+            .fetch_update(
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+                |c| c.checked_add(1),
+            )
+            .map_err(|_| PageTokenError::Exhausted)?;
         let mut nonce = [0u8; NONCE_LEN];
-        self.random
-            .fill(&mut nonce)
-            .map_err(|_| PageTokenError::Random)?;
+        nonce[..4].copy_from_slice(&self.nonce_prefix);
+        nonce[4..].copy_from_slice(&count.to_be_bytes());
         let mut sealed = vec![0u8; PLAIN_LEN];
         sealed[0] = cursor.len() as u8;
         sealed[1..=cursor.len()].copy_from_slice(cursor);
