@@ -286,11 +286,14 @@ fn policy_settings(
     let deny_types = parse_types("deny_types", deny_types)?;
     for (name, tags) in [("allow_tags", &allow_tags), ("deny_tags", &deny_tags)] {
         if let Some(bad) = tags.iter().find(|t| {
-            t.is_empty() || t.len() > 64 || t.chars().any(|c| c.is_whitespace() || c.is_control())
+            t.is_empty()
+                || t.len() > 64
+                || !t.is_ascii()
+                || t.chars().any(|c| c.is_whitespace() || c.is_control())
         }) {
             return Err((
                 field(name),
-                format!("{bad:?} is not a tag (1 to 64 characters, no spaces)"),
+                format!("{bad:?} is not a tag (1 to 64 plain ASCII characters, no spaces)"),
             ));
         }
     }

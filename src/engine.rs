@@ -429,7 +429,18 @@ impl Engine {
                     );
                 }
                 // The revocation goes no further than the revoked version went.
-                if let Some(bytes) = self.store.bundle_header(bundle)? {
+                // Fail closed: without the revoked bundle's distribution, nothing to
+                // narrow to.
+                let Some(bytes) = self.store.bundle_header(bundle)? else {
+                    return refuse(
+                        at,
+                        format!(
+                            "the bundle of {} is not held; it cannot be revoked",
+                            item.id
+                        ),
+                    );
+                };
+                {
                     let revoked = crate::crypto::parse_header(&bytes)?.0.distribution;
                     distribution = narrowed(&distribution, &revoked).ok_or_else(|| {
                         EngineError::Unpublishable(format!(
@@ -615,7 +626,7 @@ impl Engine {
             Self::decide_stored(&policy, &partner.id, stored, now, true).allowed()
         });
         if let Some(stored) = &found {
-            if let Some(ticket) = self.record_delivery(&partner.id, "get", [stored])? {
+            if let Some(ticket) = self.record_delivery(&policy, &partner.id, "get", [stored])? {
                 ticket.written().await?;
             }
         }
@@ -658,7 +669,7 @@ impl Engine {
                 include_expired: false,
             },
         );
-        if let Some(ticket) = self.record_delivery(&caller.id, "explain", [&stored])? {
+        if let Some(ticket) = self.record_delivery(&policy, &caller.id, "explain", [&stored])? {
             ticket.written().await?;
         }
         Ok(Some((stored, decision)))
@@ -674,8 +685,10 @@ impl Engine {
     /// this query ([`PageTokens`]); one this node did not issue to them is refused with
     /// the same error whatever the node holds. Not recorded: see
     /// [`Engine::query_blocking`] and [`Engine::query_async`].
+    #[allow(clippy::too_many_arguments)]
     fn query_page(
         &self,
+        policy: &Policy,
         partner: &Partner,
         path: &str,
         query: &ItemQuery,
@@ -704,9 +717,8 @@ impl Engine {
                 _ => return Err(EngineError::PageToken(PageTokenError::Invalid)),
             }
         };
-        let policy = self.policy();
         let visible = |stored: &StoredItem| {
-            Self::decide_stored(&policy, &partner.id, stored, now_ms, query.include_expired)
+            Self::decide_stored(policy, &partner.id, stored, now_ms, query.include_expired)
                 .allowed()
         };
         let mut page = Page::default();
@@ -748,8 +760,9 @@ impl Engine {
         limit: usize,
         now_ms: i64,
     ) -> Result<Page, EngineError> {
-        let page = self.query_page(partner, path, query, token, limit, now_ms)?;
-        if let Some(ticket) = self.record_delivery(&partner.id, path, &page.items)? {
+        let policy = self.policy();
+        let page = self.query_page(&policy, partner, path, query, token, limit, now_ms)?;
+        if let Some(ticket) = self.record_delivery(&policy, &partner.id, path, &page.items)? {
             ticket.written_blocking()?;
         }
         Ok(page)
@@ -766,8 +779,9 @@ impl Engine {
         limit: usize,
         now_ms: i64,
     ) -> Result<Page, EngineError> {
-        let page = self.query_page(partner, path, query, token, limit, now_ms)?;
-        if let Some(ticket) = self.record_delivery(&partner.id, path, &page.items)? {
+        let policy = self.policy();
+        let page = self.query_page(&policy, partner, path, query, token, limit, now_ms)?;
+        if let Some(ticket) = self.record_delivery(&policy, &partner.id, path, &page.items)? {
             ticket.written().await?;
         }
         Ok(page)
@@ -779,6 +793,7 @@ impl Engine {
     /// nothing to record.
     fn record_delivery<'a>(
         &self,
+        policy: &Policy,
         partner: &NodeId,
         path: &str,
         items: impl IntoIterator<Item = &'a StoredItem>,
@@ -808,7 +823,8 @@ impl Engine {
                 partner: partner.clone(),
                 path: path.to_owned(),
                 deliveries,
-                policy_hash: self.policy().hash(),
+                // The policy that decided the delivery, even if a reload came since.
+                policy_hash: policy.hash(),
             })
             .map(Some)
     }
@@ -892,8 +908,12 @@ impl Engine {
             }
             previous = seq;
             for (hops, items) in by_hops {
-                last_ticket =
-                    self.record_delivery(&partner.id, "pull", items.iter().map(|i| &i.stored))?;
+                last_ticket = self.record_delivery(
+                    policy,
+                    &partner.id,
+                    "pull",
+                    items.iter().map(|i| &i.stored),
+                )?;
                 page.bundles.push(PulledBundle {
                     seq,
                     hops,
@@ -1163,9 +1183,10 @@ impl Subscription {
             };
             // The policy in force now: a reload narrows open streams from the next item on.
             let now = now_ms();
+            let policy = self.engine.policy();
             if !self.query.matches_value(&stored, now)
                 || !Engine::decide_stored(
-                    &self.engine.policy(),
+                    &policy,
                     &self.partner.id,
                     &stored,
                     now,
@@ -1175,10 +1196,12 @@ impl Subscription {
             {
                 continue;
             }
-            if let Some(ticket) =
-                self.engine
-                    .record_delivery(&self.partner.id, "subscribe", [stored.as_ref()])?
-            {
+            if let Some(ticket) = self.engine.record_delivery(
+                &policy,
+                &self.partner.id,
+                "subscribe",
+                [stored.as_ref()],
+            )? {
                 ticket.written().await?;
             }
             return Ok(stored);

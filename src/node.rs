@@ -100,6 +100,9 @@ impl PullLinks {
     /// inside the runtime (it spawns).
     fn start(&self, config: &Config) -> Result<(), TlsError> {
         let tls = config.tls.client_config()?;
+        // The loops of the previous configuration stop before the new ones start.
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        running.0.cancel();
         let generation = self.shutdown.child_token();
         let mut started = Vec::new();
         let peers: Vec<_> = config
@@ -130,8 +133,6 @@ impl PullLinks {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|id, _| peers.iter().any(|p| &p.id == id));
-        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        running.0.cancel();
         running.0 = generation;
         running.1.retain(|task| !task.is_finished());
         running.1.extend(started);

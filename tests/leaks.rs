@@ -747,6 +747,27 @@ async fn a_hostile_peer_cannot_lower_markings_poison_the_certificate_cache_or_pi
             32_503_680_000_000,
         )],
     );
+    // 9, 10: an indicator for hq alone, then its revocation signed for everyone: the
+    // revocation would travel further than the item did, so it is rejected on arrival.
+    let restricted = model_indicator("restricted.example", ModelTlp::Green, now - 20_000);
+    let for_hq = Distribution {
+        max_hops: Some(1),
+        recipients: vec![hq_id.clone()],
+    };
+    let restricted_bundle = signer(&rogue)
+        .sign(std::slice::from_ref(&restricted), &for_hq, now - 1000)
+        .unwrap()
+        .to_wire(|_| true);
+    let widened = Item {
+        id: restricted.id.clone(),
+        modified_ms: now - 5_000,
+        tlp: ModelTlp::Green,
+        tags: vec![],
+        kind: ItemKind::Revocation(Revocation {
+            indicator_type: IndicatorType::Domain,
+            reason: "the secret reason".into(),
+        }),
+    };
     let feed = |seq: u64, bundle: wire::SignedBundle, hops: u32| FeedBundle {
         seq,
         bundle: Some(bundle),
@@ -767,6 +788,8 @@ async fn a_hostile_peer_cannot_lower_markings_poison_the_certificate_cache_or_pi
             feed(6, meanwhile, 0),
             feed(7, soon, 0),
             feed(8, year_2999, 0),
+            feed(9, restricted_bundle, 0),
+            feed(10, sign(&rogue, &[widened]), 0),
         ],
         certificates: certificates.clone(),
     };
@@ -860,7 +883,7 @@ allow_types = ["*"]
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let start = Instant::now();
-    while node.engine().store().cursor(&rogue.id).unwrap() < 8 {
+    while node.engine().store().cursor(&rogue.id).unwrap() < 10 {
         assert!(start.elapsed() < DEADLINE, "the link never caught up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -871,6 +894,7 @@ allow_types = ["*"]
         [
             "late-signer.example",
             "meanwhile.example",
+            "restricted.example",
             "rogue-amber.example",
             "soon.example"
         ]
@@ -886,6 +910,12 @@ allow_types = ["*"]
         Some(wire::item::Kind::Indicator(_))
     ));
     assert!(bob.get(amber.id.as_str()).await.unwrap().is_none());
+    // The revocation that would have travelled further than its item was rejected.
+    let restricted_held = alice.get(restricted.id.as_str()).await.unwrap().unwrap();
+    assert!(matches!(
+        restricted_held.item.unwrap().kind,
+        Some(wire::item::Kind::Indicator(_))
+    ));
     let seen_by_bob: Vec<String> = query_all(&bob, all.clone())
         .await
         .iter()

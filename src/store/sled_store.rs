@@ -880,10 +880,35 @@ impl Store for SledStore {
                     None => None,
                     Some(current) => {
                         let replaced = if is_revocation {
-                            Some(
-                                Item::decode_stored(&current.item_bytes)
-                                    .map_err(|e| corrupt("item", e))?,
-                            )
+                            let replaced_item = Item::decode_stored(&current.item_bytes)
+                                .map_err(|e| corrupt("item", e))?;
+                            // A revocation goes no further than the version it replaces.
+                            let wider = match records::uuid16(&current.bundle_uuid) {
+                                Some(uuid) => {
+                                    let id = BundleId::from_uuid_bytes(uuid);
+                                    match self.bundle_header(&id)? {
+                                        Some(bytes) => crate::crypto::parse_header(&bytes)
+                                            .ok()
+                                            .map(|(h, _)| h.distribution)
+                                            .and_then(|old| {
+                                                crate::store::distribution_wider(
+                                                    &bundle.header().distribution,
+                                                    &old,
+                                                )
+                                            }),
+                                        None => None,
+                                    }
+                                }
+                                None => None,
+                            };
+                            if let Some(problem) = wider {
+                                report.rejected.push((
+                                    verified.index,
+                                    ItemRejection::RevocationMismatch { problem },
+                                ));
+                                continue;
+                            }
+                            Some(replaced_item)
                         } else {
                             None
                         };

@@ -35,6 +35,8 @@ const BACKOFF_START: Duration = Duration::from_millis(200);
 const RETRY_START: Duration = Duration::from_secs(2);
 /// Longest wait between two attempts at a bundle refused for a passing reason.
 const RETRY_MAX: Duration = Duration::from_secs(300);
+/// Most bundles of one link waiting to be pulled again.
+const MAX_RETRIED: usize = 4096;
 /// After this long, a bundle still refused for a passing reason is passed over for good.
 const RETRY_GIVE_UP_MS: i64 = 24 * 3_600_000;
 /// Longest reconnection delay.
@@ -150,6 +152,11 @@ impl Retries {
     /// Records a passing refusal of `seq`; false when it has been refused for so long
     /// that it is passed over for good.
     fn refused(&mut self, seq: u64, now: i64) -> bool {
+        // Bounded: past this many, a further refusal is final (a peer cannot make this
+        // node hold its refusals without limit).
+        if !self.since.contains_key(&seq) && self.since.len() >= MAX_RETRIED {
+            return false;
+        }
         let since = *self.since.entry(seq).or_insert(now);
         if now - since > RETRY_GIVE_UP_MS {
             self.since.remove(&seq);
@@ -218,6 +225,8 @@ async fn pull<D: Dialer>(
     });
     loop {
         let message = tokio::select! {
+            // Stopping first: a loop replaced at a reload handles nothing more.
+            biased;
             _ = shutdown.cancelled() => return Ok(()),
             _ = &mut retry_at, if retry_armed => {
                 tracing::info!(peer = %link.peer, refused = retries.open.len(), "pulling again the bundles refused for a passing reason");
@@ -302,6 +311,10 @@ async fn pull<D: Dialer>(
                 // seq, so only the entries before this one are known to be complete; and
                 // never past a bundle to be pulled again.
                 let done = retries.cap(feed.seq.saturating_sub(1));
+                if shutdown.is_cancelled() {
+                    // Replaced (a reload) or stopping: the next loop stores cursors.
+                    return Ok(());
+                }
                 engine
                     .store()
                     .set_cursor(&link.peer, done)
@@ -324,6 +337,9 @@ async fn pull<D: Dialer>(
                 head,
             } => {
                 let cursor = retries.cap(reached);
+                if shutdown.is_cancelled() {
+                    return Ok(());
+                }
                 if retries.open.is_empty() {
                     retries.delay = None;
                 }
