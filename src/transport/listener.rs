@@ -29,6 +29,47 @@ use super::identity::ConnectionInfo;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once; further connections wait in the kernel's backlog.
 pub const MAX_CONCURRENT_HANDSHAKES: usize = 256;
+/// Handshakes in progress at once from one source address; a further connection from it
+/// is closed at once, so that one source that never finishes its handshakes cannot hold
+/// every handshake slot while others wait.
+pub const MAX_HANDSHAKES_PER_SOURCE: usize = 16;
+
+/// Handshakes in progress per source address.
+type PerSource = Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>;
+
+/// One handshake counted against its source; uncounted when dropped.
+struct SourceSlot {
+    counts: PerSource,
+    ip: std::net::IpAddr,
+}
+
+impl SourceSlot {
+    /// Counts a handshake from `ip`, unless the source has its limit in progress already.
+    fn take(counts: &PerSource, ip: std::net::IpAddr) -> Option<Self> {
+        let mut map = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let count = map.entry(ip).or_insert(0);
+        if *count >= MAX_HANDSHAKES_PER_SOURCE {
+            return None;
+        }
+        *count += 1;
+        Some(Self {
+            counts: counts.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = map.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
 
 /// An accepted, authenticated connection.
 pub struct AuthenticatedConnection {
@@ -121,6 +162,7 @@ pub fn accept(
     let acceptor = TlsAcceptor::from(tls);
     let task = tokio::spawn(async move {
         let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
+        let per_source = PerSource::default();
         let mut handshakes = JoinSet::new();
         loop {
             let permit = tokio::select! {
@@ -143,6 +185,11 @@ pub fn accept(
                     continue;
                 }
             };
+            let Some(slot) = SourceSlot::take(&per_source, remote_addr.ip()) else {
+                // Closed at once (dropped), and its handshake slot is free again.
+                tracing::debug!(addr = %remote_addr, "too many handshakes in progress from this address; connection closed");
+                continue;
+            };
             if let Err(error) = tcp.set_nodelay(true) {
                 tracing::debug!(%error, addr = %remote_addr, "cannot set TCP_NODELAY");
             }
@@ -151,6 +198,7 @@ pub fn accept(
             let tx = tx.clone();
             handshakes.spawn(async move {
                 let _permit = permit;
+                let _slot = slot;
                 match handshake(acceptor, tcp, remote_addr, &directory).await {
                     Ok(conn) => {
                         tracing::debug!(peer = %conn.info.partner.id, addr = %remote_addr, "connection authenticated");

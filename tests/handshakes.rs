@@ -1,0 +1,46 @@
+//! Handshake slots under a flood from one address: connections that never send a TLS
+//! ClientHello cannot hold every slot while legitimate callers wait.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Pki, client, start, write_config};
+use entente::NodeId;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_from_one_address_do_not_starve_other_callers() {
+    common::init_logging();
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let analyst = pki.client("analyst.alice");
+    let config = write_config(&pki, &hq, &[client(analyst.as_str(), "analyst")], &[]);
+    let node = start(&config).await;
+    let addr = node.local_addr();
+
+    // 300 connections from 127.0.0.2 that never say a word: more than every handshake
+    // slot the node has (256).
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        idle.push(socket.connect(addr).await.unwrap());
+    }
+
+    // A legitimate caller from another address is served at once, not after the idle
+    // ones' 10 s handshake deadline.
+    let material = pki.material(&analyst);
+    for _ in 0..5 {
+        let started = Instant::now();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(3),
+            common::hello(&material, addr, &NodeId::new("redmond.hq").unwrap()),
+        )
+        .await
+        .expect("hello answered while 300 idle connections are open");
+        answer.expect("hello");
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+    drop(idle);
+    node.shutdown(Duration::from_secs(10)).await.unwrap();
+}
