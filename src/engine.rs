@@ -52,6 +52,16 @@ pub enum EngineError {
     /// A page token this node did not issue to this caller for this query.
     #[error(transparent)]
     PageToken(#[from] PageTokenError),
+    /// The partner has as many streams open as it may.
+    #[error(
+        "{partner} has {limit} streams open already, the most one partner may have; close one first"
+    )]
+    TooManyStreams {
+        /// The partner.
+        partner: NodeId,
+        /// The limit.
+        limit: usize,
+    },
     /// A signer certificate offered by a peer was not cached.
     #[error("signer certificate refused: {0}")]
     Certificate(String),
@@ -292,6 +302,29 @@ pub struct Engine {
     policy_version: tokio::sync::watch::Sender<u64>,
     /// Seals page cursors before they leave the node.
     tokens: PageTokens,
+    /// Streams (Subscribe, Export, Pull) open per partner.
+    streams: Arc<std::sync::Mutex<std::collections::HashMap<NodeId, usize>>>,
+}
+
+/// Most streams (`Subscribe`, `Export`, `Pull`) one partner may have open at once.
+pub const MAX_STREAMS_PER_PARTNER: usize = 32;
+
+/// One open stream of a partner, counted until dropped.
+pub struct StreamSlot {
+    streams: Arc<std::sync::Mutex<std::collections::HashMap<NodeId, usize>>>,
+    partner: NodeId,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.partner) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.partner);
+            }
+        }
+    }
 }
 
 struct StoreCertificates<'a>(&'a dyn Store);
@@ -320,6 +353,7 @@ impl Engine {
             feed_head,
             policy_version,
             tokens: PageTokens::new()?,
+            streams: Arc::default(),
             ledger: LedgerWriter::start(store.clone()),
             store,
             policy: std::sync::RwLock::new(Arc::new(policy)),
@@ -558,6 +592,24 @@ impl Engine {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Counts a stream `partner` opens; refused past [`MAX_STREAMS_PER_PARTNER`] open at
+    /// once. The stream holds the slot until it ends.
+    pub fn open_stream(&self, partner: &NodeId) -> Result<StreamSlot, EngineError> {
+        let mut open = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(partner.clone()).or_insert(0);
+        if *count >= MAX_STREAMS_PER_PARTNER {
+            return Err(EngineError::TooManyStreams {
+                partner: partner.clone(),
+                limit: MAX_STREAMS_PER_PARTNER,
+            });
+        }
+        *count += 1;
+        Ok(StreamSlot {
+            streams: self.streams.clone(),
+            partner: partner.clone(),
+        })
     }
 
     /// Whether `partner` may see every item this node holds (the node's own operator, or a

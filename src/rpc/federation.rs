@@ -101,6 +101,7 @@ impl Federation for FederationService {
         let partner = info.partner.clone();
         let connection = Connection(info.clone());
         let PullRequest { cursor, follow } = request.into_inner();
+        let slot = self.engine.open_stream(&partner.id)?;
         let feed = crate::sync::feed::serve(
             self.engine.clone(),
             FeedRequest {
@@ -115,6 +116,11 @@ impl Federation for FederationService {
                 Err(end) => Err(Status::from(end)),
             },
         )?;
+        // The partner's stream slot is held as long as the stream.
+        let feed = tokio_stream::StreamExt::map(feed, move |message| {
+            let _held = &slot;
+            message
+        });
         Ok(Response::new(Box::pin(feed)))
     }
 

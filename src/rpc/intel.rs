@@ -245,6 +245,7 @@ impl Intel for IntelService {
         let connection = caller(&request)?.clone();
         let SubscribeRequest { filter } = request.into_inner();
         let query = convert::item_query(filter)?;
+        let slot = self.engine.open_stream(&partner.id)?;
         let recheck = Recheck {
             engine: self.engine.clone(),
             partner: partner.id.clone(),
@@ -253,6 +254,7 @@ impl Intel for IntelService {
         let mut subscription = self.engine.subscribe(partner, query);
         let shutdown = self.shutdown.clone();
         let stream = checked_stream(recheck, move |tx| async move {
+            let _slot = slot;
             loop {
                 let next = tokio::select! {
                     _ = shutdown.cancelled() => {
@@ -301,6 +303,7 @@ impl Intel for IntelService {
         let connection = caller(&request)?.clone();
         let ExportRequest { filter } = request.into_inner();
         let query = convert::item_query(filter)?;
+        let slot = self.engine.open_stream(&partner.id)?;
         let engine = self.engine.clone();
         let shutdown = self.shutdown.clone();
         let recheck = Recheck {
@@ -309,6 +312,7 @@ impl Intel for IntelService {
             include_expired: query.include_expired,
         };
         let stream = checked_stream(recheck, move |tx| async move {
+            let _slot = slot;
             let mut cursor: Vec<u8> = Vec::new();
             loop {
                 if shutdown.is_cancelled() {

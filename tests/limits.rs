@@ -1,0 +1,97 @@
+//! Limits that keep one partner, or one address, from starving the others: handshake
+//! slots under a flood of connections that never send a TLS ClientHello, and the number
+//! of streams one partner may hold open.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Pki, client, start, write_config};
+use entente::NodeId;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_from_one_address_do_not_starve_other_callers() {
+    common::init_logging();
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let analyst = pki.client("analyst.alice");
+    let config = write_config(&pki, &hq, &[client(analyst.as_str(), "analyst")], &[]);
+    let node = start(&config).await;
+    let addr = node.local_addr();
+
+    // 300 connections from 127.0.0.2 that never say a word: more than every handshake
+    // slot the node has (256).
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        idle.push(socket.connect(addr).await.unwrap());
+    }
+
+    // A legitimate caller from another address is served at once, not after the idle
+    // ones' 10 s handshake deadline.
+    let material = pki.material(&analyst);
+    for _ in 0..5 {
+        let started = Instant::now();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(3),
+            common::hello(&material, addr, &NodeId::new("redmond.hq").unwrap()),
+        )
+        .await
+        .expect("hello answered while 300 idle connections are open");
+        answer.expect("hello");
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+    drop(idle);
+    node.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_partner_holds_at_most_32_streams() {
+    common::init_logging();
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let reader = pki.client("researcher.bob");
+    let config = write_config(&pki, &hq, &[client(reader.as_str(), "read_only")], &[]);
+    let node = start(&config).await;
+    let tls = pki.material(&reader).client_config().unwrap();
+    let bob =
+        entente::client::NodeClient::connect(tls, &reader, &node.local_addr().to_string(), &hq)
+            .await
+            .unwrap();
+    let filter = entente::rpc::proto::ItemFilter::default();
+    let mut open = Vec::new();
+    for _ in 0..entente::engine::MAX_STREAMS_PER_PARTNER {
+        open.push(
+            bob.subscribe(filter.clone())
+                .await
+                .expect("within the limit"),
+        );
+    }
+    match bob.subscribe(filter.clone()).await {
+        Err(entente::client::ClientError::Status { code, message, .. }) => {
+            assert_eq!(code, tonic::Code::ResourceExhausted, "{message}");
+            assert!(message.contains("streams open"), "{message}");
+        }
+        Err(other) => panic!("unexpected error: {other}"),
+        Ok(_) => panic!("a stream beyond the limit was opened"),
+    }
+    // Closing one frees its slot (the node notices the stream is gone).
+    drop(open.pop());
+    let started = Instant::now();
+    loop {
+        match bob.subscribe(filter.clone()).await {
+            Ok(stream) => {
+                open.push(stream);
+                break;
+            }
+            Err(error) => assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the slot was never freed: {error}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(open);
+    node.shutdown(Duration::from_secs(10)).await.unwrap();
+}
