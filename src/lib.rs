@@ -15,8 +15,10 @@
 //! ```
 //!
 //! Module dependencies point one way: `model` ← `crypto`, `policy`, `store` ←
-//! `sync` ← `rpc` ← `node`; `transport` carries bytes and identities, `config`
-//! turns TOML into validated settings, `certs` is the federation PKI tooling.
+//! `engine` ← `sync` ← `rpc` ← `node`. Every sharing decision is made in `policy`, and
+//! every path that discloses reaches it through `engine`. `transport` carries bytes and
+//! identities, `config` turns TOML into validated settings (and the typed input of
+//! `policy`), `certs` is the federation PKI tooling.
 
 #![warn(missing_docs)]
 
