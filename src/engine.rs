@@ -924,6 +924,7 @@ impl Engine {
         };
         let mut previous = after;
         let mut last_ticket = None;
+        let mut page_bytes = 0usize;
         for (seq, bundle_id) in entries {
             let Some(held) = self.store.held_bundle(&bundle_id)? else {
                 continue;
@@ -966,11 +967,15 @@ impl Engine {
                     "pull",
                     items.iter().map(|i| &i.stored),
                 )?;
-                page.bundles.push(PulledBundle {
-                    seq,
-                    hops,
-                    bundle: held.signed(items.iter().copied()),
-                });
+                let bundle = held.signed(items.iter().copied());
+                page_bytes += prost::Message::encoded_len(&bundle);
+                page.bundles.push(PulledBundle { seq, hops, bundle });
+            }
+            // A page holds a bounded number of bytes (past one whole entry), so a
+            // partner that reads slowly keeps little of this node's memory waiting.
+            if page_bytes >= PULL_PAGE_BYTES {
+                page.cursor = seq;
+                break;
             }
         }
         // Group commit: the writer answers in order, so the last record written means
@@ -1181,6 +1186,11 @@ fn narrowed(a: &Distribution, b: &Distribution) -> Option<Distribution> {
         recipients,
     })
 }
+
+/// Bytes of bundles one pull page gathers before it stops (after the entry that passed
+/// it): what a slow puller's stream can hold back in this node, besides the stream's
+/// small queue.
+pub const PULL_PAGE_BYTES: usize = 4 << 20;
 
 /// Largest signer certificate accepted from a peer.
 pub const MAX_SIGNER_CERTIFICATE_BYTES: usize = 16 * 1024;

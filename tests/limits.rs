@@ -95,3 +95,106 @@ async fn one_partner_holds_at_most_32_streams() {
     drop(open);
     node.shutdown(Duration::from_secs(10)).await.unwrap();
 }
+
+/// A pull page gathers a bounded number of bytes, so a peer that reads slowly holds
+/// little of the node's memory back; the pages together still carry the whole feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_page_holds_a_bounded_number_of_bytes() {
+    common::init_logging();
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let analyst = pki.client("analyst.alice");
+    pki.node("berlin.office");
+    let mut text = common::node_section(&pki, &hq, &pki.path().join("data-hq"));
+    text.push_str(
+        r#"
+[[client]]
+id = "analyst.alice"
+role = "analyst"
+
+[[peer]]
+id = "berlin.office"
+address = "127.0.0.1:1"
+max_tlp = "AMBER"
+allow_types = ["*"]
+"#,
+    );
+    let config = pki.path().join("hq.toml");
+    std::fs::write(&config, text).unwrap();
+    let node = start(&config).await;
+    let tls = pki.material(&analyst).client_config().unwrap();
+    let alice =
+        entente::client::NodeClient::connect(tls, &analyst, &node.local_addr().to_string(), &hq)
+            .await
+            .unwrap();
+    // 60 bundles of 1,000 items with long descriptions: about 30 MB in all.
+    let bundles = 60u64;
+    let requests: Vec<entente::rpc::proto::PublishRequest> = (0..bundles)
+        .map(|b| entente::rpc::proto::PublishRequest {
+            items: (0..1000)
+                .map(|i| entente::wire::Item {
+                    id: String::new(),
+                    modified_unix_ms: 0,
+                    tlp: entente::wire::Tlp::Green as i32,
+                    tags: vec![],
+                    kind: Some(entente::wire::item::Kind::Indicator(
+                        entente::wire::Indicator {
+                            indicator_type: "domain".into(),
+                            value: format!("host-{b}-{i}.example"),
+                            description: "x".repeat(400),
+                            ..Default::default()
+                        },
+                    )),
+                })
+                .collect(),
+            distribution: None,
+            groups: vec![],
+        })
+        .collect();
+    alice.publish(tokio_stream::iter(requests)).await.unwrap();
+
+    let engine = node.engine().clone();
+    let berlin = entente::model::Partner {
+        id: NodeId::new("berlin.office").unwrap(),
+        kind: entente::model::PartnerKind::Node,
+        role: entente::Role::Peer,
+    };
+    let pages = tokio::task::spawn_blocking(move || {
+        let mut pages = Vec::new();
+        let mut cursor = 0;
+        loop {
+            let page = engine.pull_page(&berlin, cursor, 256).unwrap();
+            let bytes: usize = page
+                .bundles
+                .iter()
+                .map(|b| prost::Message::encoded_len(&b.bundle))
+                .sum();
+            let largest = page
+                .bundles
+                .iter()
+                .map(|b| prost::Message::encoded_len(&b.bundle))
+                .max()
+                .unwrap_or(0);
+            pages.push((page.bundles.len(), bytes, largest));
+            cursor = page.cursor;
+            if cursor >= page.head {
+                return pages;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let sent: usize = pages.iter().map(|p| p.0).sum();
+    assert_eq!(
+        sent as u64, bundles,
+        "every bundle is served across the pages"
+    );
+    assert!(pages.len() > 1, "one page held the whole feed: {pages:?}");
+    for (_, bytes, largest) in &pages {
+        assert!(
+            *bytes < entente::engine::PULL_PAGE_BYTES + largest,
+            "a page of {bytes} bytes: {pages:?}"
+        );
+    }
+    node.shutdown(Duration::from_secs(10)).await.unwrap();
+}
