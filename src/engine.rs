@@ -418,27 +418,36 @@ impl Engine {
                 continue;
             }
             let earlier = items[..at].iter().rev().find(|i| i.id == item.id).cloned();
-            let held = match earlier {
-                Some(earlier) => Some((earlier, None)),
-                None => self
-                    .store
-                    .get(&item.id)?
-                    // Withheld from the publisher: answered as if absent.
-                    .filter(|stored| {
-                        sees_everything
-                            || Self::decide_stored(&policy, &publisher.id, stored, now_ms, true)
-                                .allowed()
-                    })
-                    .map(|stored| {
+            // The version held before this bundle, read once; one the publisher's policy
+            // withholds is answered as if absent.
+            let (held, withheld) = match earlier {
+                Some(earlier) => (Some((earlier, None)), false),
+                None => match self.store.get(&item.id)? {
+                    None => (None, false),
+                    Some(stored)
+                        if !sees_everything
+                            && !Self::decide_stored(
+                                &policy,
+                                &publisher.id,
+                                &stored,
+                                now_ms,
+                                true,
+                            )
+                            .allowed() =>
+                    {
+                        (None, true)
+                    }
+                    Some(stored) => {
                         let origin = stored.origin.clone();
                         let bundle = stored.bundle_id.clone();
-                        (stored.item, Some((origin, bundle)))
-                    }),
+                        (Some((stored.item, Some((origin, bundle)))), false)
+                    }
+                },
             };
             if !is_revocation {
                 // An indicator: new, or an update of an item the publisher may see. An
                 // item it may not see cannot be overwritten by it.
-                if held.is_none() && self.store.get(&item.id)?.is_some() {
+                if withheld {
                     return refuse(
                         at,
                         format!("{} cannot be written by {}", item.id, publisher.id),
@@ -812,9 +821,8 @@ impl Engine {
         limit: usize,
         now_ms: i64,
     ) -> Result<Page, EngineError> {
-        let policy = self.policy();
-        let page = self.query_page(&policy, partner, path, query, token, limit, now_ms)?;
-        if let Some(ticket) = self.record_delivery(&policy, &partner.id, path, &page.items)? {
+        let (page, ticket) = self.query_recorded(partner, path, query, token, limit, now_ms)?;
+        if let Some(ticket) = ticket {
             ticket.written_blocking()?;
         }
         Ok(page)
@@ -831,12 +839,28 @@ impl Engine {
         limit: usize,
         now_ms: i64,
     ) -> Result<Page, EngineError> {
-        let policy = self.policy();
-        let page = self.query_page(&policy, partner, path, query, token, limit, now_ms)?;
-        if let Some(ticket) = self.record_delivery(&policy, &partner.id, path, &page.items)? {
+        let (page, ticket) = self.query_recorded(partner, path, query, token, limit, now_ms)?;
+        if let Some(ticket) = ticket {
             ticket.written().await?;
         }
         Ok(page)
+    }
+
+    /// A page under the policy in force, and the ticket of its ledger record (the caller
+    /// waits on it before the page leaves).
+    fn query_recorded(
+        &self,
+        partner: &Partner,
+        path: &str,
+        query: &ItemQuery,
+        token: &[u8],
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<(Page, Option<LedgerTicket>), EngineError> {
+        let policy = self.policy();
+        let page = self.query_page(&policy, partner, path, query, token, limit, now_ms)?;
+        let ticket = self.record_delivery(&policy, &partner.id, path, &page.items)?;
+        Ok((page, ticket))
     }
 
     /// Hands one disclosure-ledger record for `items` delivered to `partner` on `path`

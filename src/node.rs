@@ -96,10 +96,9 @@ struct PullLinks {
 }
 
 impl PullLinks {
-    /// Starts the pull loops of `config`, stopping those started before. Must run
-    /// inside the runtime (it spawns).
-    fn start(&self, config: &Config) -> Result<(), TlsError> {
-        let tls = config.tls.client_config()?;
+    /// Starts the pull loops of `config` over `tls` (its client configuration),
+    /// stopping those started before. Must run inside the runtime (it spawns).
+    fn start(&self, config: &Config, tls: &Arc<rustls::ClientConfig>) {
         // The loops of the previous configuration stop before the new ones start.
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         running.0.cancel();
@@ -136,7 +135,6 @@ impl PullLinks {
         running.0 = generation;
         running.1.retain(|task| !task.is_finished());
         running.1.extend(started);
-        Ok(())
     }
 
     /// Waits for every pull loop to end (after the node's shutdown token is cancelled).
@@ -184,8 +182,7 @@ impl PolicyReload for ConfigReload {
             .tls
             .signer_trust()
             .map_err(|e| format!("node.crls: {e}"))?;
-        // Checked here so that starting the links again below cannot fail.
-        config
+        let client_tls = config
             .tls
             .client_config()
             .map_err(|e| format!("node.crls: {e}"))?;
@@ -197,9 +194,7 @@ impl PolicyReload for ConfigReload {
         self.signer_trust.replace_with(&signer_trust);
         self.engine.set_policy(policy);
         // Outgoing links too: a peer now revoked or removed is no longer pulled from.
-        if let Err(error) = self.pull_links.start(&config) {
-            tracing::error!(%error, "pull links not restarted");
-        }
+        self.pull_links.start(&config, &client_tls);
         let policy = self.engine.policy();
         tracing::info!(
             policy_hash = %policy.hash().iter().map(|b| format!("{b:02x}")).collect::<String>(),
@@ -344,7 +339,7 @@ impl Node {
             );
 
         // One pull loop per peer that may send to this node.
-        pull_links.start(&config)?;
+        pull_links.start(&config, &config.tls.client_config()?);
 
         // Group commit for what does not flush itself: bundles pulled from peers and
         // the cursors that count them reach the disk within this period.

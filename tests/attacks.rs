@@ -82,15 +82,7 @@ deny_tags = ["pii"]
     }
 
     async fn connect(&self, who: &str) -> NodeClient {
-        let who = NodeId::new(who).unwrap();
-        let tls = self.pki.material(&who).client_config().unwrap();
-        tokio::time::timeout(
-            DEADLINE,
-            NodeClient::connect(tls, &who, &self.node.local_addr().to_string(), &self.hq),
-        )
-        .await
-        .expect("connect in time")
-        .expect("connect")
+        common::connect(&self.pki, &self.node, who).await
     }
 
     /// Every item (decoded) that peer `who` receives in a full pull from cursor 0.

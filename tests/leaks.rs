@@ -16,30 +16,23 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::Pki;
+use common::rogue::{Rogue, RogueServer, feed};
 use entente::client::{ClientError, NodeClient};
-use entente::crypto::{BundleSigner, sha256};
+use entente::crypto::sha256;
 use entente::engine::now_ms;
 use entente::model::{
     Distribution, Indicator, IndicatorType, Item, ItemId, ItemKind, Partner, PartnerKind,
     Revocation, Role, Tlp as ModelTlp,
 };
-use entente::rpc::proto::federation_server::{Federation, FederationServer};
-use entente::rpc::proto::{
-    CertificateChain, Checkpoint, FeedBundle, GetCertificatesRequest, GetCertificatesResponse,
-    HelloRequest, HelloResponse, ItemFilter, PublishRequest, PullRequest, PullResponse, StoredItem,
-    pull_response,
-};
+use entente::rpc::proto::{ItemFilter, PublishRequest, StoredItem};
 use entente::store::ItemQuery;
-use entente::transport::{Directory, TlsMaterial};
+use entente::transport::TlsMaterial;
 use entente::wire::{self, Tlp};
 use entente::{Node, NodeId};
-use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -89,20 +82,7 @@ max_tlp = "GREEN"
     }
 
     async fn connect(&self, who: &str) -> NodeClient {
-        let who = NodeId::new(who).unwrap();
-        let tls = self.pki.material(&who).client_config().unwrap();
-        tokio::time::timeout(
-            DEADLINE,
-            NodeClient::connect(
-                tls,
-                &who,
-                &self.node.local_addr().to_string(),
-                self.node.id(),
-            ),
-        )
-        .await
-        .expect("connect in time")
-        .expect("connect")
+        common::connect(&self.pki, &self.node, who).await
     }
 
     async fn stop(self) {
@@ -551,64 +531,6 @@ async fn every_delivery_is_in_the_ledger_when_the_caller_receives_it() {
 // ---------------------------------------------------------------------------------------
 // A hostile peer with a valid certificate.
 
-struct Rogue {
-    feed: Vec<FeedBundle>,
-    /// Certificates served by fingerprint; the test adds one later.
-    certificates: Arc<Mutex<Vec<Vec<u8>>>>,
-}
-
-type PullStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<PullResponse, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl Federation for Rogue {
-    async fn hello(&self, _: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {
-        Err(Status::unimplemented("rogue"))
-    }
-
-    type PullStream = PullStream;
-
-    async fn pull(&self, request: Request<PullRequest>) -> Result<Response<PullStream>, Status> {
-        let after = request.into_inner().cursor;
-        let mut out: Vec<Result<PullResponse, Status>> = self
-            .feed
-            .iter()
-            .filter(|b| b.seq > after)
-            .map(|b| {
-                Ok(PullResponse {
-                    event: Some(pull_response::Event::Bundle(b.clone())),
-                })
-            })
-            .collect();
-        let head = self.feed.len() as u64;
-        out.push(Ok(PullResponse {
-            event: Some(pull_response::Event::Checkpoint(Checkpoint {
-                cursor: head,
-                head,
-            })),
-        }));
-        Ok(Response::new(Box::pin(tokio_stream::iter(out))))
-    }
-
-    async fn get_certificates(
-        &self,
-        request: Request<GetCertificatesRequest>,
-    ) -> Result<Response<GetCertificatesResponse>, Status> {
-        let wanted = request.into_inner().sha256;
-        let chains = self
-            .certificates
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|der| wanted.iter().any(|w| w.as_slice() == sha256(der)))
-            .map(|der| CertificateChain {
-                sha256: sha256(der).to_vec(),
-                der: vec![der.clone()],
-            })
-            .collect();
-        Ok(Response::new(GetCertificatesResponse { chains }))
-    }
-}
-
 fn model_indicator(value: &str, tlp: ModelTlp, modified: i64) -> Item {
     Item {
         id: ItemId::new_random(),
@@ -627,20 +549,8 @@ fn model_indicator(value: &str, tlp: ModelTlp, modified: i64) -> Item {
     }
 }
 
-fn signer(m: &TlsMaterial) -> BundleSigner {
-    BundleSigner::new(
-        m.id.clone(),
-        m.private_key_pkcs8().unwrap(),
-        m.certificate_der(),
-    )
-    .unwrap()
-}
-
 fn sign(by: &TlsMaterial, items: &[Item]) -> wire::SignedBundle {
-    signer(by)
-        .sign(items, &Distribution::default(), now_ms() - 1000)
-        .unwrap()
-        .to_wire(|_| true)
+    common::rogue::sign(by, items, Distribution::default())
 }
 
 /// A bundle signed by `by` whose header names `fingerprint` as its signer certificate.
@@ -754,7 +664,7 @@ async fn a_hostile_peer_cannot_lower_markings_poison_the_certificate_cache_or_pi
         max_hops: Some(1),
         recipients: vec![hq_id.clone()],
     };
-    let restricted_bundle = signer(&rogue)
+    let restricted_bundle = common::rogue::signer(&rogue)
         .sign(std::slice::from_ref(&restricted), &for_hq, now - 1000)
         .unwrap()
         .to_wire(|_| true);
@@ -767,11 +677,6 @@ async fn a_hostile_peer_cannot_lower_markings_poison_the_certificate_cache_or_pi
             indicator_type: IndicatorType::Domain,
             reason: "the secret reason".into(),
         }),
-    };
-    let feed = |seq: u64, bundle: wire::SignedBundle, hops: u32| FeedBundle {
-        seq,
-        bundle: Some(bundle),
-        hops,
     };
     let certificates = Arc::new(Mutex::new(vec![
         rogue.certificate_der().to_vec(),
@@ -793,28 +698,8 @@ async fn a_hostile_peer_cannot_lower_markings_poison_the_certificate_cache_or_pi
         ],
         certificates: certificates.clone(),
     };
-    let directory = Arc::new(Directory::new(
-        &rogue.id,
-        [Partner {
-            id: hq_id.clone(),
-            kind: PartnerKind::Node,
-            role: Role::Peer,
-        }],
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let rogue_addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    let (incoming, accept_task) = entente::transport::listener::accept(
-        listener,
-        rogue.server_config(directory.clone()).unwrap(),
-        directory,
-        stop.clone(),
-    );
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(FederationServer::new(rogue_service))
-            .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()),
-    );
+    let rogue_server = RogueServer::start(&rogue, &hq_id, rogue_service).await;
+    let rogue_addr = rogue_server.addr;
 
     let mut text = common::node_section(&pki, &hq_id, &pki.path().join("data-hq"));
     text = text.replace("crls = []\n", "crls = []\nmax_clock_skew = \"1s\"\n");
@@ -839,15 +724,8 @@ allow_types = ["*"]
     let path = pki.path().join("hq.toml");
     std::fs::write(&path, text).unwrap();
     let node = common::start(&path).await;
-    let connect = |who: &'static str| {
-        let who = NodeId::new(who).unwrap();
-        let tls = pki.material(&who).client_config().unwrap();
-        let addr = node.local_addr().to_string();
-        let hq = node.id().clone();
-        async move { NodeClient::connect(tls, &who, &addr, &hq).await.unwrap() }
-    };
-    let alice = connect(ANALYST).await;
-    let bob = connect(RESEARCHER).await;
+    let alice = common::connect(&pki, &node, ANALYST).await;
+    let bob = common::connect(&pki, &node, RESEARCHER).await;
     let all = ItemFilter {
         include_expired: true,
         ..Default::default()
@@ -935,7 +813,5 @@ allow_types = ["*"]
     );
 
     node.shutdown(DEADLINE).await.unwrap();
-    stop.cancel();
-    let _ = accept_task.await;
-    let _ = server.await;
+    rogue_server.stop().await;
 }

@@ -54,11 +54,7 @@ async fn one_partner_holds_at_most_32_streams() {
     let reader = pki.client("researcher.bob");
     let config = write_config(&pki, &hq, &[client(reader.as_str(), "read_only")], &[]);
     let node = start(&config).await;
-    let tls = pki.material(&reader).client_config().unwrap();
-    let bob =
-        entente::client::NodeClient::connect(tls, &reader, &node.local_addr().to_string(), &hq)
-            .await
-            .unwrap();
+    let bob = common::connect(&pki, &node, reader.as_str()).await;
     let filter = entente::rpc::proto::ItemFilter::default();
     let mut open = Vec::new();
     for _ in 0..entente::engine::MAX_STREAMS_PER_PARTNER {
@@ -122,11 +118,7 @@ allow_types = ["*"]
     let config = pki.path().join("hq.toml");
     std::fs::write(&config, text).unwrap();
     let node = start(&config).await;
-    let tls = pki.material(&analyst).client_config().unwrap();
-    let alice =
-        entente::client::NodeClient::connect(tls, &analyst, &node.local_addr().to_string(), &hq)
-            .await
-            .unwrap();
+    let alice = common::connect(&pki, &node, analyst.as_str()).await;
     // 60 bundles of 1,000 items with long descriptions: about 30 MB in all.
     let bundles = 60u64;
     let requests: Vec<entente::rpc::proto::PublishRequest> = (0..bundles)

@@ -5,80 +5,17 @@
 
 mod common;
 
-use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::Pki;
+use common::rogue::{Rogue, RogueServer, feed, sign};
 use entente::client::NodeClient;
-use entente::crypto::{BundleSigner, sha256};
 use entente::model::{Distribution, Indicator, IndicatorType, Item, ItemId, ItemKind, NodeId, Tlp};
-use entente::rpc::proto::federation_server::{Federation, FederationServer};
-use entente::rpc::proto::{
-    CertificateChain, Checkpoint, FeedBundle, GetCertificatesRequest, GetCertificatesResponse,
-    HelloRequest, HelloResponse, ItemFilter, PullRequest, PullResponse, pull_response,
-};
-use entente::transport::{Directory, Partner, PartnerKind, TlsMaterial};
+use entente::rpc::proto::ItemFilter;
 use entente::wire;
-use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
 
 const DEADLINE: Duration = Duration::from_secs(30);
-
-struct Rogue {
-    feed: Vec<FeedBundle>,
-    certificates: Vec<Vec<u8>>,
-}
-
-type PullStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<PullResponse, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl Federation for Rogue {
-    async fn hello(&self, _: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {
-        Err(Status::unimplemented("rogue"))
-    }
-
-    type PullStream = PullStream;
-
-    async fn pull(&self, request: Request<PullRequest>) -> Result<Response<PullStream>, Status> {
-        let after = request.into_inner().cursor;
-        let mut out: Vec<Result<PullResponse, Status>> = self
-            .feed
-            .iter()
-            .filter(|b| b.seq > after)
-            .map(|b| {
-                Ok(PullResponse {
-                    event: Some(pull_response::Event::Bundle(b.clone())),
-                })
-            })
-            .collect();
-        let head = self.feed.len() as u64;
-        out.push(Ok(PullResponse {
-            event: Some(pull_response::Event::Checkpoint(Checkpoint {
-                cursor: head,
-                head,
-            })),
-        }));
-        Ok(Response::new(Box::pin(tokio_stream::iter(out))))
-    }
-
-    async fn get_certificates(
-        &self,
-        request: Request<GetCertificatesRequest>,
-    ) -> Result<Response<GetCertificatesResponse>, Status> {
-        let wanted = request.into_inner().sha256;
-        let chains = self
-            .certificates
-            .iter()
-            .filter(|der| wanted.iter().any(|w| w.as_slice() == sha256(der)))
-            .map(|der| CertificateChain {
-                sha256: sha256(der).to_vec(),
-                der: vec![der.clone()],
-            })
-            .collect();
-        Ok(Response::new(GetCertificatesResponse { chains }))
-    }
-}
 
 fn indicator(id: &ItemId, value: &str, tlp: Tlp, modified: i64) -> Item {
     Item {
@@ -96,22 +33,6 @@ fn indicator(id: &ItemId, value: &str, tlp: Tlp, modified: i64) -> Item {
             valid_until_ms: None,
         }),
     }
-}
-
-fn signer(m: &TlsMaterial) -> BundleSigner {
-    BundleSigner::new(
-        m.id.clone(),
-        m.private_key_pkcs8().unwrap(),
-        m.certificate_der(),
-    )
-    .unwrap()
-}
-
-fn sign(by: &TlsMaterial, items: &[Item], distribution: Distribution) -> wire::SignedBundle {
-    signer(by)
-        .sign(items, &distribution, entente::engine::now_ms() - 1000)
-        .unwrap()
-        .to_wire(|_| true)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,11 +140,6 @@ async fn every_malicious_bundle_is_rejected_and_never_forwarded() {
         Distribution::default(),
     );
 
-    let feed = |seq: u64, bundle: wire::SignedBundle, hops: u32| FeedBundle {
-        seq,
-        bundle: Some(bundle),
-        hops,
-    };
     // Equivocation: berlin's own key signs a second header under the id of the
     // legitimate bundle; then one more legitimate bundle follows, which must still arrive
     // (a conflict is rejected per bundle, it does not stall the link).
@@ -274,35 +190,15 @@ async fn every_malicious_bundle_is_rejected_and_never_forwarded() {
             feed(9, conflicting, 1),
             feed(10, after, 1),
         ],
-        certificates: vec![
+        certificates: Arc::new(Mutex::new(vec![
             berlin.certificate_der().to_vec(),
             rogue.certificate_der().to_vec(),
-        ],
+        ])),
     };
 
     // Serve the rogue over real mTLS, accepting hq.
-    let directory = Arc::new(Directory::new(
-        &rogue.id,
-        [Partner {
-            id: hq_id.clone(),
-            kind: PartnerKind::Node,
-            role: entente::Role::Peer,
-        }],
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let rogue_addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    let (incoming, accept_task) = entente::transport::listener::accept(
-        listener,
-        rogue.server_config(directory.clone()).unwrap(),
-        directory,
-        stop.clone(),
-    );
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(FederationServer::new(rogue_service))
-            .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()),
-    );
+    let rogue_server = RogueServer::start(&rogue, &hq_id, rogue_service).await;
+    let rogue_addr = rogue_server.addr;
 
     // hq pulls from the rogue.
     let config = common::write_config(
@@ -367,7 +263,5 @@ async fn every_malicious_bundle_is_rejected_and_never_forwarded() {
     assert_eq!(node.engine().store().feed_head(), 2);
 
     node.shutdown(DEADLINE).await.unwrap();
-    stop.cancel();
-    let _ = accept_task.await;
-    let _ = server.await;
+    rogue_server.stop().await;
 }

@@ -17,10 +17,10 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::{Pki, client, start, write_config};
+use entente::NodeId;
 use entente::client::NodeClient;
 use entente::rpc::proto::{ItemFilter, PublishRequest};
 use entente::wire::{self, Tlp};
-use entente::{Node, NodeId};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 const NODE: &str = "redmond.hq";
@@ -161,18 +161,6 @@ async fn analyst_ids(analyst: &NodeClient, filter: ItemFilter) -> BTreeSet<Strin
     }
 }
 
-async fn connect(pki: &Pki, node: &Node, who: &str) -> NodeClient {
-    let who = NodeId::new(who).unwrap();
-    let tls = pki.material(&who).client_config().unwrap();
-    tokio::time::timeout(
-        DEADLINE,
-        NodeClient::connect(tls, &who, &node.local_addr().to_string(), node.id()),
-    )
-    .await
-    .expect("connect in time")
-    .expect("connect")
-}
-
 /// The node's configuration: an analyst, and a read-only researcher limited to GREEN.
 fn node_config(pki: &Pki, id: &NodeId) -> PathBuf {
     let path = write_config(pki, id, &[client(ANALYST, "analyst")], &[]);
@@ -227,7 +215,7 @@ async fn python_read_only_client_sees_only_what_its_policy_allows() {
         assert!(stubs.join("entente/v1/intel_pb2_grpc.py").is_file());
     }
 
-    let analyst = connect(&pki, &node, ANALYST).await;
+    let analyst = common::connect(&pki, &node, ANALYST).await;
     let campaign = vec![
         item("domain", "clear.example.org", Tlp::Clear, &["campaign:x"]),
         item("domain", "green.example.org", Tlp::Green, &["campaign:x"]),

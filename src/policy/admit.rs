@@ -4,8 +4,6 @@
 //! accepted later (a clock that is behind), so the puller retries it instead of passing
 //! it over for good.
 
-use std::fmt;
-
 use super::decide::Policy;
 use crate::model::{BundleId, Distribution, Item, NodeId, PartnerKind, Role, Tlp};
 
@@ -189,16 +187,6 @@ impl Policy {
             });
         }
         Ok(())
-    }
-}
-
-impl fmt::Display for Arrival<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "bundle {} of {} from {} at hop {}",
-            self.bundle_id, self.origin, self.sender, self.sender_hops
-        )
     }
 }
 

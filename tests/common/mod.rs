@@ -11,6 +11,8 @@ use entente::client::NodeClient;
 use entente::transport::{TlsMaterial, TlsPaths};
 use entente::{Config, Node, NodeId};
 
+pub mod rogue;
+
 /// A federation CA and the certificates it issued, in a temporary directory.
 pub struct Pki {
     pub dir: tempfile::TempDir,
@@ -138,6 +140,19 @@ pub fn write_config(pki: &Pki, id: &NodeId, entries: &[Entry], crls: &[PathBuf])
     let path = pki.path().join(format!("{id}.toml"));
     std::fs::write(&path, text).expect("write config");
     path
+}
+
+/// A client connection to `node` as `who` (an identity issued by `pki`), within 30 s.
+pub async fn connect(pki: &Pki, node: &Node, who: &str) -> NodeClient {
+    let who = NodeId::new(who).unwrap();
+    let tls = pki.material(&who).client_config().unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        NodeClient::connect(tls, &who, &node.local_addr().to_string(), node.id()),
+    )
+    .await
+    .expect("connect in time")
+    .expect("connect")
 }
 
 /// Loads a config file and starts the node.

@@ -1,0 +1,157 @@
+//! A hostile peer for tests: a correctly certified node that serves a fixed feed of
+//! whatever bundles a test builds (forged, tampered, over-hop ...) and the signer
+//! certificates it chooses, over real mTLS.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use entente::crypto::{BundleSigner, sha256};
+use entente::model::{Distribution, Item, NodeId, Partner, PartnerKind};
+use entente::rpc::proto::federation_server::{Federation, FederationServer};
+use entente::rpc::proto::{
+    CertificateChain, Checkpoint, FeedBundle, GetCertificatesRequest, GetCertificatesResponse,
+    HelloRequest, HelloResponse, PullRequest, PullResponse, pull_response,
+};
+use entente::transport::{Directory, TlsMaterial};
+use entente::wire;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+/// The feed entry at `seq`: `bundle`, held by the rogue at `hops`.
+pub fn feed(seq: u64, bundle: wire::SignedBundle, hops: u32) -> FeedBundle {
+    FeedBundle {
+        seq,
+        bundle: Some(bundle),
+        hops,
+    }
+}
+
+/// A signer for the identity `m`.
+pub fn signer(m: &TlsMaterial) -> BundleSigner {
+    BundleSigner::new(
+        m.id.clone(),
+        m.private_key_pkcs8().unwrap(),
+        m.certificate_der(),
+    )
+    .unwrap()
+}
+
+/// `items` signed by `by` as one bundle, a second ago, every item disclosed.
+pub fn sign(by: &TlsMaterial, items: &[Item], distribution: Distribution) -> wire::SignedBundle {
+    signer(by)
+        .sign(items, &distribution, entente::engine::now_ms() - 1000)
+        .unwrap()
+        .to_wire(|_| true)
+}
+
+/// The rogue's service: its whole feed after any cursor, then a checkpoint, and the
+/// certificates in `certificates` (which a test may add to while it runs).
+pub struct Rogue {
+    pub feed: Vec<FeedBundle>,
+    pub certificates: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+type PullStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<PullResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Federation for Rogue {
+    async fn hello(&self, _: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {
+        Err(Status::unimplemented("rogue"))
+    }
+
+    type PullStream = PullStream;
+
+    async fn pull(&self, request: Request<PullRequest>) -> Result<Response<PullStream>, Status> {
+        let after = request.into_inner().cursor;
+        let mut out: Vec<Result<PullResponse, Status>> = self
+            .feed
+            .iter()
+            .filter(|b| b.seq > after)
+            .map(|b| {
+                Ok(PullResponse {
+                    event: Some(pull_response::Event::Bundle(b.clone())),
+                })
+            })
+            .collect();
+        let head = self.feed.len() as u64;
+        out.push(Ok(PullResponse {
+            event: Some(pull_response::Event::Checkpoint(Checkpoint {
+                cursor: head,
+                head,
+            })),
+        }));
+        Ok(Response::new(Box::pin(tokio_stream::iter(out))))
+    }
+
+    async fn get_certificates(
+        &self,
+        request: Request<GetCertificatesRequest>,
+    ) -> Result<Response<GetCertificatesResponse>, Status> {
+        let wanted = request.into_inner().sha256;
+        let chains = self
+            .certificates
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|der| wanted.iter().any(|w| w.as_slice() == sha256(der)))
+            .map(|der| CertificateChain {
+                sha256: sha256(der).to_vec(),
+                der: vec![der.clone()],
+            })
+            .collect();
+        Ok(Response::new(GetCertificatesResponse { chains }))
+    }
+}
+
+/// A running rogue server; [`RogueServer::stop`] ends it.
+pub struct RogueServer {
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RogueServer {
+    /// Serves `rogue` as the identity `material` on 127.0.0.1:0, accepting `puller`
+    /// as a peer node.
+    pub async fn start(material: &TlsMaterial, puller: &NodeId, rogue: Rogue) -> Self {
+        let directory = Arc::new(Directory::new(
+            &material.id,
+            [Partner {
+                id: puller.clone(),
+                kind: PartnerKind::Node,
+                role: entente::Role::Peer,
+            }],
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let (incoming, accept_task) = entente::transport::listener::accept(
+            listener,
+            material.server_config(directory.clone()).unwrap(),
+            directory,
+            stop.clone(),
+        );
+        let server = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let _ = tonic::transport::Server::builder()
+                    .add_service(FederationServer::new(rogue))
+                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                    .await;
+            })
+        };
+        Self {
+            addr,
+            stop,
+            tasks: vec![accept_task, server],
+        }
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
