@@ -485,7 +485,7 @@ impl Engine {
                 };
                 {
                     let revoked = crate::crypto::parse_header(&bytes)?.0.distribution;
-                    distribution = narrowed(&distribution, &revoked).ok_or_else(|| {
+                    distribution = distribution.narrowed(&revoked).ok_or_else(|| {
                         EngineError::Unpublishable(format!(
                             "item {at}: the revocation of {} may go only to the recipients of the item it revokes ({}), and none of the requested recipients is one of them",
                             item.id,
@@ -1180,35 +1180,6 @@ impl Engine {
             query,
         }
     }
-}
-
-/// The narrower of two distributions: only recipients both allow, and the smaller
-/// `max_hops`. `None` when both name recipients and share none.
-fn narrowed(a: &Distribution, b: &Distribution) -> Option<Distribution> {
-    let recipients = match (a.recipients.is_empty(), b.recipients.is_empty()) {
-        (true, _) => b.recipients.clone(),
-        (false, true) => a.recipients.clone(),
-        (false, false) => {
-            let both: Vec<NodeId> = a
-                .recipients
-                .iter()
-                .filter(|r| b.recipients.contains(r))
-                .cloned()
-                .collect();
-            if both.is_empty() {
-                return None;
-            }
-            both
-        }
-    };
-    let max_hops = match (a.max_hops, b.max_hops) {
-        (Some(x), Some(y)) => Some(x.min(y)),
-        (x, y) => x.or(y),
-    };
-    Some(Distribution {
-        max_hops,
-        recipients,
-    })
 }
 
 /// Bytes of bundles one pull page gathers before it stops (after the entry that passed

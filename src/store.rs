@@ -179,30 +179,6 @@ impl std::fmt::Display for ItemRejection {
     }
 }
 
-/// Why a revocation under distribution `new` goes further than the version it replaces
-/// went (under `old`), if it does: a recipient `old` does not name, or more hops.
-pub fn distribution_wider(
-    new: &crate::model::Distribution,
-    old: &crate::model::Distribution,
-) -> Option<String> {
-    if !old.recipients.is_empty()
-        && (new.recipients.is_empty() || new.recipients.iter().any(|r| !old.recipients.contains(r)))
-    {
-        return Some(
-            "the revocation may go to nodes outside the recipient list of the item it revokes"
-                .into(),
-        );
-    }
-    if let Some(max) = old.max_hops {
-        if new.max_hops.is_none_or(|hops| hops > max) {
-            return Some(format!(
-                "the revocation may travel further than the {max} hop(s) of the item it revokes"
-            ));
-        }
-    }
-    None
-}
-
 /// Why a revocation `revocation` may not replace `held`, if it may not: it must carry
 /// the held version's marking, type and tags, so that every partner judges it as it
 /// judged the indicator.

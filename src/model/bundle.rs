@@ -74,4 +74,53 @@ impl Distribution {
     pub fn admits(&self, node: &NodeId) -> bool {
         self.recipients.is_empty() || self.recipients.contains(node)
     }
+
+    /// The narrower of `self` and `other`: only recipients both allow, and the smaller
+    /// `max_hops`. `None` when both name recipients and share none.
+    pub fn narrowed(&self, other: &Distribution) -> Option<Distribution> {
+        let recipients = match (self.recipients.is_empty(), other.recipients.is_empty()) {
+            (true, _) => other.recipients.clone(),
+            (false, true) => self.recipients.clone(),
+            (false, false) => {
+                let both: Vec<NodeId> = self
+                    .recipients
+                    .iter()
+                    .filter(|r| other.recipients.contains(r))
+                    .cloned()
+                    .collect();
+                if both.is_empty() {
+                    return None;
+                }
+                both
+            }
+        };
+        let max_hops = match (self.max_hops, other.max_hops) {
+            (Some(x), Some(y)) => Some(x.min(y)),
+            (x, y) => x.or(y),
+        };
+        Some(Distribution {
+            max_hops,
+            recipients,
+        })
+    }
+
+    /// Why a bundle under `self` may go further than one under `other` (a recipient
+    /// `other` does not name, or more hops), if it may.
+    pub fn reaches_beyond(&self, other: &Distribution) -> Option<String> {
+        if !other.recipients.is_empty()
+            && (self.recipients.is_empty()
+                || self
+                    .recipients
+                    .iter()
+                    .any(|r| !other.recipients.contains(r)))
+        {
+            return Some("it may go to nodes outside the recipient list".into());
+        }
+        match other.max_hops {
+            Some(max) if self.max_hops.is_none_or(|hops| hops > max) => {
+                Some(format!("it may travel further than {max} hop(s)"))
+            }
+            _ => None,
+        }
+    }
 }

@@ -891,9 +891,11 @@ impl Store for SledStore {
                                             .ok()
                                             .map(|(h, _)| h.distribution)
                                             .and_then(|old| {
-                                                crate::store::distribution_wider(
-                                                    &bundle.header().distribution,
-                                                    &old,
+                                                bundle.header().distribution.reaches_beyond(&old)
+                                            })
+                                            .map(|why| {
+                                                format!(
+                                                    "the revocation reaches beyond the item it revokes: {why}"
                                                 )
                                             }),
                                         None => None,
