@@ -23,6 +23,10 @@ use crate::wire;
 /// Most input errors printed one by one; the rest are counted.
 const MAX_ERRORS_SHOWN: usize = 1000;
 
+/// Largest Publish message the CLI sends: a quarter of the node's default limit
+/// (`limits.publish_message_bytes`), so a node configured lower still takes it.
+const PUBLISH_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
 /// Options of `entente publish`.
 pub struct PublishOptions {
     /// Marking for items whose input gives none.
@@ -250,16 +254,33 @@ pub async fn publish(
     let items = parsed.items;
     let groups = options.groups.clone();
     let feeder = tokio::spawn(async move {
-        for chunk in items.chunks(bundle_size) {
-            let request = PublishRequest {
-                items: chunk.iter().map(wire::Item::from).collect(),
-                distribution: Some(distribution.clone()),
-                groups: groups.clone(),
-            };
-            if tx.send(request).await.is_err() {
-                return;
+        // A bundle closes at --bundle-size items or at PUBLISH_MESSAGE_BYTES, whichever
+        // comes first, so that no message crosses the node's size limit.
+        let mut pending: Vec<wire::Item> = Vec::new();
+        let mut pending_bytes = 0usize;
+        let mut next = items.first().map(wire::Item::from);
+        for i in 0..items.len() {
+            let Some(item) = next.take() else { break };
+            pending_bytes += prost::Message::encoded_len(&item) + 4;
+            pending.push(item);
+            next = items.get(i + 1).map(wire::Item::from);
+            let full = pending.len() >= bundle_size
+                || next.as_ref().is_some_and(|next| {
+                    pending_bytes + prost::Message::encoded_len(next) + 4 > PUBLISH_MESSAGE_BYTES
+                });
+            if full || next.is_none() {
+                let count = pending.len() as u64;
+                let request = PublishRequest {
+                    items: std::mem::take(&mut pending),
+                    distribution: Some(distribution.clone()),
+                    groups: groups.clone(),
+                };
+                pending_bytes = 0;
+                if tx.send(request).await.is_err() {
+                    return;
+                }
+                feeder_bar.inc(count);
             }
-            feeder_bar.inc(chunk.len() as u64);
         }
         // The bar counts items sent; the node answers once all of them are durable.
         feeder_bar.set_message("sent; waiting for the node to sign and flush");

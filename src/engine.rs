@@ -9,6 +9,7 @@ use tokio::sync::broadcast;
 use crate::crypto::{
     BundleSigner, CertificateSource, SignError, SignerTrust, VerifiedBundle, VerifyError, verify,
 };
+use crate::limits::{Limit, Limits, Rates, Slot, Slots};
 use crate::model::{Distribution, Item, ItemId, ItemKind, NodeId, Partner};
 use crate::policy::{
     Arrival, Context, Decision, PageTokenError, PageTokens, Policy, Refusal, TokenScope,
@@ -57,6 +58,16 @@ pub enum EngineError {
         "{partner} has {limit} streams open already, the most one partner may have; close one first"
     )]
     TooManyStreams {
+        /// The partner.
+        partner: NodeId,
+        /// The limit.
+        limit: usize,
+    },
+    /// A partner has its limit of Publish calls open.
+    #[error(
+        "{partner} has {limit} publish calls open already, the most one partner may have; wait for one to finish"
+    )]
+    TooManyPublishes {
         /// The partner.
         partner: NodeId,
         /// The limit.
@@ -303,29 +314,23 @@ pub struct Engine {
     /// Seals page cursors before they leave the node.
     tokens: PageTokens,
     /// Streams (Subscribe, Export, Pull) open per partner.
-    streams: Arc<std::sync::Mutex<std::collections::HashMap<NodeId, usize>>>,
+    streams: Slots<NodeId>,
+    /// Publish calls open per partner.
+    publishes: Slots<NodeId>,
+    /// Items published per second per partner.
+    publish_rate: Rates<NodeId>,
+    /// How long a stream waits for its reader.
+    slow_reader_timeout: std::time::Duration,
+    /// The limits in force, as configured.
+    limits: Limits,
 }
 
-/// Most streams (`Subscribe`, `Export`, `Pull`) one partner may have open at once.
-pub const MAX_STREAMS_PER_PARTNER: usize = 32;
+/// Most streams (`Subscribe`, `Export`, `Pull`) one partner may have open at once, by
+/// default (`limits.streams_per_partner`).
+pub const MAX_STREAMS_PER_PARTNER: usize = crate::limits::DEFAULT_STREAMS_PER_PARTNER;
 
-/// One open stream of a partner, counted until dropped.
-pub struct StreamSlot {
-    streams: Arc<std::sync::Mutex<std::collections::HashMap<NodeId, usize>>>,
-    partner: NodeId,
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        let mut open = self.streams.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = open.get_mut(&self.partner) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.partner);
-            }
-        }
-    }
-}
+/// One open stream (or Publish call) of a partner, counted until dropped.
+pub type StreamSlot = Slot<NodeId>;
 
 struct StoreCertificates<'a>(&'a dyn Store);
 
@@ -353,7 +358,11 @@ impl Engine {
             feed_head,
             policy_version,
             tokens: PageTokens::new()?,
-            streams: Arc::default(),
+            streams: Slots::new(MAX_STREAMS_PER_PARTNER),
+            publishes: Slots::new(crate::limits::DEFAULT_PUBLISHES_PER_PARTNER),
+            publish_rate: Rates::new(crate::limits::DEFAULT_PUBLISH_ITEMS_PER_SECOND),
+            slow_reader_timeout: crate::limits::DEFAULT_SLOW_READER_TIMEOUT,
+            limits: Limits::default(),
             ledger: LedgerWriter::start(store.clone()),
             store,
             policy: std::sync::RwLock::new(Arc::new(policy)),
@@ -603,22 +612,58 @@ impl Engine {
             .clone()
     }
 
-    /// Counts a stream `partner` opens; refused past [`MAX_STREAMS_PER_PARTNER`] open at
-    /// once. The stream holds the slot until it ends.
+    /// The engine under the configured `[limits]` instead of the defaults.
+    pub fn with_limits(mut self, limits: &Limits) -> Self {
+        self.streams = Slots::new(limits.streams_per_partner);
+        self.publishes = Slots::new(limits.publishes_per_partner);
+        self.publish_rate = Rates::new(limits.publish_items_per_second);
+        self.slow_reader_timeout = limits.slow_reader_timeout;
+        self.limits = limits.clone();
+        self
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// How long a stream may wait for its reader before it is ended.
+    pub fn slow_reader_timeout(&self) -> std::time::Duration {
+        self.slow_reader_timeout
+    }
+
+    /// Counts a stream `partner` opens; refused past `limits.streams_per_partner` open
+    /// at once. The stream holds the slot until it ends.
     pub fn open_stream(&self, partner: &NodeId) -> Result<StreamSlot, EngineError> {
-        let mut open = self.streams.lock().unwrap_or_else(|p| p.into_inner());
-        let count = open.entry(partner.clone()).or_insert(0);
-        if *count >= MAX_STREAMS_PER_PARTNER {
-            return Err(EngineError::TooManyStreams {
+        self.streams.take(partner).ok_or_else(|| {
+            crate::limits::count(Limit::StreamsPerPartner);
+            EngineError::TooManyStreams {
                 partner: partner.clone(),
-                limit: MAX_STREAMS_PER_PARTNER,
-            });
-        }
-        *count += 1;
-        Ok(StreamSlot {
-            streams: self.streams.clone(),
-            partner: partner.clone(),
+                limit: self.streams.max(),
+            }
         })
+    }
+
+    /// Counts a Publish call of `partner`; refused past `limits.publishes_per_partner`
+    /// open at once.
+    pub fn open_publish(&self, partner: &NodeId) -> Result<StreamSlot, EngineError> {
+        self.publishes.take(partner).ok_or_else(|| {
+            crate::limits::count(Limit::PublishesPerPartner);
+            EngineError::TooManyPublishes {
+                partner: partner.clone(),
+                limit: self.publishes.max(),
+            }
+        })
+    }
+
+    /// How long `partner` must wait before publishing `items` more items, under
+    /// `limits.publish_items_per_second`.
+    pub fn publish_delay(&self, partner: &NodeId, items: usize) -> std::time::Duration {
+        let wait = self.publish_rate.take(partner, items as u64);
+        if !wait.is_zero() {
+            crate::limits::count(Limit::PublishItemsPerSecond);
+        }
+        wait
     }
 
     /// Whether `partner` may see every item this node holds (the node's own operator, or a

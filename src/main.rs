@@ -825,6 +825,18 @@ async fn status(
                 },
             );
         }
+        for limit in client.limits().await?.limits {
+            println!(
+                "limit {:<24} {:>16}{}",
+                limit.name,
+                limit.value,
+                if limit.counted {
+                    format!("   refused {} since start", limit.refused)
+                } else {
+                    String::new()
+                }
+            );
+        }
     }
     if let Some(deadline) = wait {
         if hello.caller_role != "admin" {

@@ -237,13 +237,16 @@ impl Node {
         })?;
         let signer = BundleSigner::new(id.clone(), key, config.tls.certificate_der())?;
         let signer_trust = config.tls.signer_trust()?;
-        let engine = Arc::new(Engine::new(
-            store.clone(),
-            crate::policy::Policy::compile(&config.policy_spec()),
-            signer,
-            config.tls.certificate_der(),
-            Box::new(signer_trust.clone()),
-        )?);
+        let engine = Arc::new(
+            Engine::new(
+                store.clone(),
+                crate::policy::Policy::compile(&config.policy_spec()),
+                signer,
+                config.tls.certificate_der(),
+                Box::new(signer_trust.clone()),
+            )?
+            .with_limits(&config.node.limits),
+        );
 
         let directory = Arc::new(Directory::new(&id, config.listings()));
         let link_states: crate::sync::Links = Arc::default();
@@ -279,8 +282,13 @@ impl Node {
             source,
         })?;
 
-        let (incoming, accept_task) =
-            listener::accept(listener, server_tls, directory.clone(), shutdown.clone());
+        let (incoming, accept_task) = listener::accept(
+            listener,
+            server_tls,
+            directory.clone(),
+            &config.node.limits,
+            shutdown.clone(),
+        );
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health
@@ -298,7 +306,12 @@ impl Node {
             .build_v1alpha()
             .map_err(|e| NodeError::Reflection(e.to_string()))?;
 
+        let limits = &config.node.limits;
         let router = Server::builder()
+            // Dead peers and half-open connections are found by HTTP/2 pings and closed,
+            // with whatever streams they held.
+            .http2_keepalive_interval(Some(limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(limits.keepalive_timeout))
             .trace_fn(|request| {
                 let (peer, role, addr) = match request.extensions().get::<ConnectionInfo>() {
                     Some(info) => (
@@ -334,7 +347,9 @@ impl Node {
             )))
             .add_service(
                 IntelServer::new(IntelService::new(engine.clone(), shutdown.clone()))
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    // Only Publish messages are large; `rpc::codec` bounds the rest, and
+                    // what any message may cost once decoded.
+                    .max_decoding_message_size(limits.publish_message_bytes)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             );
 

@@ -122,6 +122,28 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn limits(
+        &self,
+        request: Request<super::proto::LimitsRequest>,
+    ) -> Result<Response<super::proto::LimitsResponse>, Status> {
+        require_unrestricted(&self.engine, caller(&request)?)?;
+        let counters = crate::limits::counters();
+        Ok(Response::new(super::proto::LimitsResponse {
+            limits: self
+                .engine
+                .limits()
+                .describe()
+                .into_iter()
+                .map(|(name, value, limit)| super::proto::LimitState {
+                    name: name.to_owned(),
+                    value,
+                    refused: limit.map_or(0, |l| counters.refused(l)),
+                    counted: limit.is_some(),
+                })
+                .collect(),
+        }))
+    }
+
     async fn links(
         &self,
         request: Request<super::proto::LinksRequest>,
