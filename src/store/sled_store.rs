@@ -1939,3 +1939,98 @@ impl Store for SledStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner() -> NodeId {
+        NodeId::new("redmond.hq").unwrap()
+    }
+
+    /// Opens, waiting while sled still holds the lock of a store just dropped.
+    fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match SledStore::open(dir, &owner(), 1 << 20) {
+                Err(StoreError::Engine { source, .. })
+                    if is_lock_error(&source) && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    #[test]
+    fn a_log_is_opened_only_with_its_own_metadata() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        drop(open(a.path()).unwrap());
+        drop(open(b.path()).unwrap());
+        // Both open again as they are.
+        drop(open(a.path()).unwrap());
+        // Another store's log beside this metadata.
+        std::fs::copy(
+            b.path().join(records::LOG_FILE),
+            a.path().join(records::LOG_FILE),
+        )
+        .unwrap();
+        let refused = open(a.path()).err().unwrap();
+        assert!(
+            matches!(&refused, StoreError::MetadataLost { problem, .. } if problem.contains("another store")),
+            "{refused}"
+        );
+        // sled's file gone: refused, never a new store beside the old log.
+        std::fs::remove_file(b.path().join("db")).unwrap();
+        let refused = open(b.path()).err().unwrap();
+        assert!(
+            matches!(&refused, StoreError::MetadataLost { problem, .. } if problem.contains("missing")),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("entente store recover"));
+        assert!(!b.path().join("db").exists());
+    }
+
+    #[test]
+    fn a_store_is_rebuilt_from_its_log_with_a_ledger_that_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path()).unwrap();
+        store.flush().unwrap();
+        drop(store);
+        std::fs::remove_file(dir.path().join("db")).unwrap();
+        let aside = dir.path().join("aside");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let (store, found) = loop {
+            match SledStore::rebuild(
+                dir.path(),
+                &owner(),
+                1 << 20,
+                false,
+                &aside,
+                "lost in a test",
+            ) {
+                Err(StoreError::Engine { source, .. })
+                    if is_lock_error(&source) && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other.unwrap(),
+            }
+        };
+        assert!(found.cut.is_none());
+        assert!(aside.join("conf").exists(), "the rest of sled is kept");
+        let first = store.ledger(0, 10, None, None).unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].entry.path, super::super::LEDGER_RESTART_PATH);
+        assert_eq!(first[0].entry.note, "lost in a test");
+        assert!(store.feed_limit() >= FEED_GAP_AFTER_REBUILD);
+        drop(store);
+        let store = open(dir.path()).unwrap();
+        assert!(matches!(
+            store.verify_ledger().unwrap(),
+            LedgerCheck::Intact { records: 1, .. }
+        ));
+    }
+}
