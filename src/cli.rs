@@ -547,6 +547,7 @@ pub async fn ledger_show(
                 })).collect::<Vec<_>>(),
                 "policy_hash": hex(&record.policy_hash),
                 "hash": hex(&record.hash),
+                "note": record.note,
             });
             writeln!(out, "{value}")?;
         } else {
@@ -561,8 +562,30 @@ pub async fn ledger_show(
                 record.deliveries.len(),
                 &hex(&record.policy_hash)[..12.min(record.policy_hash.len() * 2)],
             )?;
+            if !record.note.is_empty() {
+                writeln!(out, "          {}", record.note)?;
+            }
         }
     }
+    Ok(())
+}
+
+/// `entente store recover`: rebuilds a store whose metadata was lost from its bundle
+/// log (the node must be stopped).
+pub fn store_recover(config: &crate::Config, cut_damaged: bool) -> Result<()> {
+    let recovery = crate::store::recover::recover(
+        &config.node.data_dir,
+        &config.node.id,
+        config.node.store_cache_bytes,
+        cut_damaged,
+    )
+    .map_err(|e| match e {
+        crate::store::StoreError::Engine { .. } => {
+            anyhow::anyhow!("{e} (is the node still running? stop it before recovering its store)")
+        }
+        other => anyhow::Error::new(other),
+    })?;
+    println!("{recovery}");
     Ok(())
 }
 
@@ -570,6 +593,13 @@ pub async fn ledger_show(
 pub async fn ledger_verify(settings: &ClientSettings) -> Result<()> {
     let client = NodeClient::connect_with(settings).await?;
     let answer = client.ledger_verify().await?;
+    if !answer.restarted.is_empty() {
+        println!(
+            "the ledger was restarted at {} and holds no history before then: {}",
+            rfc3339(answer.restarted_unix_ms),
+            answer.restarted
+        );
+    }
     if answer.intact {
         println!(
             "ledger intact: {} records, head {}",

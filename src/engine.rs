@@ -79,14 +79,56 @@ pub enum EngineError {
     /// A blocking task failed.
     #[error("internal task failed: {0}")]
     Task(String),
+    /// A delivery was refused because its disclosure-ledger record cannot be
+    /// written (nothing leaves unrecorded).
+    #[error("refused: the delivery cannot be recorded in the disclosure ledger ({reason})")]
+    LedgerUnavailable {
+        /// The store's disk (or quota) is full.
+        disk_full: bool,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Most ledger records written in one batch.
 const LEDGER_GROUP_MAX: usize = 1024;
 
+/// Why a delivery's ledger record was not written.
+#[derive(Clone, Debug)]
+struct LedgerRefused {
+    disk_full: bool,
+    reason: String,
+}
+
+impl From<LedgerRefused> for EngineError {
+    fn from(refused: LedgerRefused) -> Self {
+        EngineError::LedgerUnavailable {
+            disk_full: refused.disk_full,
+            reason: refused.reason,
+        }
+    }
+}
+
+impl From<&StoreError> for LedgerRefused {
+    fn from(error: &StoreError) -> Self {
+        let reason = match error {
+            StoreError::Unwritable { reason, .. } => reason.clone(),
+            other if other.is_disk_full() => format!("the store's disk is full ({other})"),
+            other => other.to_string(),
+        };
+        LedgerRefused {
+            disk_full: error.is_disk_full(),
+            reason,
+        }
+    }
+}
+
 /// A record to write (or, with `None`, a barrier) and who waits for it: the answer is
-/// `true` once it and every record before it are in the store.
-type LedgerJob = (Option<LedgerEntry>, tokio::sync::oneshot::Sender<bool>);
+/// `Ok` once it (and, for a barrier, every record before it) is in the store.
+type LedgerJob = (
+    Option<LedgerEntry>,
+    tokio::sync::oneshot::Sender<Result<(), LedgerRefused>>,
+);
 
 /// Records handed over and not yet taken by the writer.
 #[derive(Default)]
@@ -113,31 +155,34 @@ impl LedgerShared {
 /// and waits until the record is in the store before anything is sent. One thread writes
 /// whatever has queued up as one store batch, so records that arrive while a batch is
 /// being written share the next one. Records reach the disk with the store's next
-/// flush. If a write ever fails, the deliveries waiting on it and every later one are
-/// refused: the node fails closed rather than deliver unrecorded.
+/// flush. While the store cannot write (a full disk), records are refused, and so are
+/// the deliveries they would record: nothing leaves unrecorded. The writer is not
+/// stopped by a failure: once the store writes again, so does the ledger.
 struct LedgerWriter {
     shared: Arc<LedgerShared>,
-    failed: Arc<std::sync::atomic::AtomicBool>,
+    store: Arc<dyn Store>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 /// A record handed to the writer; wait on it before sending what it records.
-pub struct LedgerTicket(tokio::sync::oneshot::Receiver<bool>);
+pub struct LedgerTicket(tokio::sync::oneshot::Receiver<Result<(), LedgerRefused>>);
 
 impl LedgerTicket {
     /// Waits (from async code) until the record is written.
     pub async fn written(self) -> Result<(), EngineError> {
         match self.0.await {
-            Ok(true) => Ok(()),
-            _ => Err(LedgerWriter::stopped()),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(refused)) => Err(refused.into()),
+            Err(_) => Err(LedgerWriter::stopped()),
         }
     }
 
     /// Waits (from a blocking thread, never from async code) until the record is written.
     pub fn written_blocking(self) -> Result<(), EngineError> {
         match self.0.blocking_recv() {
-            Ok(true) => Ok(()),
-            _ => Err(LedgerWriter::stopped()),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(refused)) => Err(refused.into()),
+            Err(_) => Err(LedgerWriter::stopped()),
         }
     }
 }
@@ -145,23 +190,23 @@ impl LedgerTicket {
 impl LedgerWriter {
     fn start(store: Arc<dyn Store>) -> Self {
         let shared = Arc::new(LedgerShared::default());
-        let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = failed.clone();
         let queue = shared.clone();
+        let writer_store = store.clone();
         let thread = std::thread::Builder::new()
             .name("ledger-writer".into())
-            .spawn(move || Self::run(&queue, store.as_ref(), &flag))
+            .spawn(move || Self::run(&queue, writer_store.as_ref()))
             .ok();
         Self {
             shared,
-            failed,
+            store,
             thread,
         }
     }
 
     /// The writer thread: takes everything queued (at most a group), writes it in one
     /// batch, answers each waiter.
-    fn run(shared: &LedgerShared, store: &dyn Store, failed: &std::sync::atomic::AtomicBool) {
+    fn run(shared: &LedgerShared, store: &dyn Store) {
+        let mut failing = false;
         loop {
             let group = {
                 let mut queue = shared.lock();
@@ -177,27 +222,41 @@ impl LedgerWriter {
             };
             let (entries, waiters): (Vec<Option<LedgerEntry>>, Vec<_>) = group.into_iter().unzip();
             let entries: Vec<LedgerEntry> = entries.into_iter().flatten().collect();
-            if !entries.is_empty() && !failed.load(std::sync::atomic::Ordering::SeqCst) {
-                if let Err(problem) = store.append_ledger_many(&entries) {
-                    failed.store(true, std::sync::atomic::Ordering::SeqCst);
-                    tracing::error!(%problem, "disclosure ledger write failed; every further delivery is refused");
+            let answer = if entries.is_empty() {
+                Ok(())
+            } else {
+                match store.append_ledger_many(&entries) {
+                    Ok(_) => {
+                        if std::mem::take(&mut failing) {
+                            tracing::info!("disclosure ledger writes again; deliveries go on");
+                        }
+                        Ok(())
+                    }
+                    Err(problem) => {
+                        if !std::mem::replace(&mut failing, true) {
+                            tracing::error!(%problem, "disclosure ledger write failed; deliveries are refused until the store writes again");
+                        }
+                        Err(LedgerRefused::from(&problem))
+                    }
                 }
-            }
-            let ok = !failed.load(std::sync::atomic::Ordering::SeqCst);
+            };
             for waiter in waiters {
-                let _ = waiter.send(ok);
+                let _ = waiter.send(answer.clone());
             }
         }
     }
 
     fn stopped() -> EngineError {
-        EngineError::Task("the disclosure ledger is not writable; deliveries are refused".into())
+        EngineError::LedgerUnavailable {
+            disk_full: false,
+            reason: "the disclosure ledger's writer has stopped".into(),
+        }
     }
 
-    /// Hands `entry` to the writer; refuses when the ledger has failed.
+    /// Hands `entry` to the writer; refuses at once while the store cannot write.
     fn append(&self, entry: LedgerEntry) -> Result<LedgerTicket, EngineError> {
-        if self.failed.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(Self::stopped());
+        if let Err(error) = self.store.writable() {
+            return Err(LedgerRefused::from(&error).into());
         }
         self.push(Some(entry))
     }
@@ -946,6 +1005,7 @@ impl Engine {
                 deliveries,
                 // The policy that decided the delivery, even if a reload came since.
                 policy_hash: policy.hash(),
+                note: String::new(),
             })
             .map(Some)
     }

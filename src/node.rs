@@ -360,6 +360,7 @@ impl Node {
         // the cursors that count them reach the disk within this period.
         let tasks = vec![tokio::spawn(flush_periodically(
             engine.clone(),
+            health.clone(),
             shutdown.clone(),
         ))];
 
@@ -454,12 +455,44 @@ impl Node {
 /// How often the store is flushed in the background.
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
 
+/// Sets gRPC health for the node as a whole and for its Intel and Federation
+/// services: `NOT_SERVING` while the store cannot write (a full disk), since writes
+/// and deliveries are refused then.
+async fn report_health(health: &tonic_health::server::HealthReporter, serving: bool) {
+    use tonic_health::ServingStatus;
+    let status = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    health.set_service_status("", status).await;
+    health
+        .set_service_status(
+            <FederationServer<FederationService> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+    health
+        .set_service_status(
+            <IntelServer<IntelService> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+}
+
 /// Flushes the store every [`FLUSH_EVERY`] until `shutdown`; a failure is logged
-/// when it starts and when it ends, not every period.
-async fn flush_periodically(engine: Arc<Engine>, shutdown: CancellationToken) {
+/// when it starts and when it ends, not every period. A store that cannot write
+/// tries again at each flush (and goes on once it can: no restart needed); health
+/// says `NOT_SERVING` meanwhile.
+async fn flush_periodically(
+    engine: Arc<Engine>,
+    health: tonic_health::server::HealthReporter,
+    shutdown: CancellationToken,
+) {
     let mut every = tokio::time::interval(FLUSH_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
+    let mut serving = true;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -476,6 +509,11 @@ async fn flush_periodically(engine: Arc<Engine>, shutdown: CancellationToken) {
                 tracing::error!(%error, "store flush failed; pulled data is not durable");
             }
             Err(_) => {}
+        }
+        let writable = engine.store().writable().is_ok();
+        if writable != serving {
+            serving = writable;
+            report_health(&health, serving).await;
         }
     }
 }

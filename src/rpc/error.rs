@@ -48,6 +48,29 @@ impl From<EngineError> for Status {
             EngineError::Store(crate::store::StoreError::ConflictingBundle(id)) => {
                 Status::already_exists(format!("bundle {id} conflicts with a stored bundle"))
             }
+            // A full disk: plain words for the caller, who can do nothing but wait or
+            // tell the operator; the detail goes to the log.
+            EngineError::Store(e) if e.is_disk_full() => {
+                tracing::error!(error = %e, "store write refused");
+                Status::resource_exhausted(
+                    "the store's disk is full: writes are refused until the operator frees space",
+                )
+            }
+            EngineError::Store(e) if e.is_io() => {
+                tracing::error!(error = %e, "store write refused");
+                Status::unavailable("the store cannot write to its disk now; see the node's log")
+            }
+            EngineError::LedgerUnavailable {
+                disk_full: true, ..
+            } => Status::resource_exhausted(
+                "the store's disk is full: deliveries are refused until the operator frees space, since each must be recorded in the disclosure ledger first",
+            ),
+            EngineError::LedgerUnavailable { reason, .. } => {
+                tracing::error!(%reason, "delivery refused");
+                Status::unavailable(
+                    "deliveries are refused while the disclosure ledger cannot be written; see the node's log",
+                )
+            }
             other => {
                 tracing::error!(error = %other, "internal error");
                 Status::internal("internal error; see the node's log")
