@@ -4,6 +4,9 @@
 //! cargo run --release --bin entente-bench -- ingest [--items 1000000] [--bundle-size 1000]
 //! ```
 //!
+//! `attacks [--items N]` loads a node with N indicators and measures its memory and a
+//! legitimate caller's query latency under each resource-exhaustion attack in turn.
+//!
 //! `ingest` starts a fresh node as its own process (own PKI, own store in a temporary
 //! directory, real mTLS on loopback) and measures: publishing through `Intel.Publish`;
 //! the node's peak RSS and disk bytes per indicator after the flush; the raw sled
@@ -22,6 +25,9 @@ use entente::config::{ClientSettings, Config};
 use entente::model::NodeId;
 use entente::rpc::proto::{ItemFilter, PublishRequest};
 use entente::wire;
+
+#[path = "bench/attacks.rs"]
+mod attacks;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -54,19 +60,23 @@ fn parse_args() -> Result<Args> {
             "--items" => args.items = value("--items")?,
             "--bundle-size" => args.bundle_size = value("--bundle-size")?,
             "--queries" => args.queries = value("--queries")?,
-            "ingest" | "sync" | "latency" if args.command.is_empty() => args.command = arg,
+            "ingest" | "sync" | "latency" | "attacks" if args.command.is_empty() => {
+                args.command = arg
+            }
             // Internal: the node under test, run as its own process.
             "node" if args.command.is_empty() => {
                 args.command = arg;
                 args.config = Some(it.next().context("node needs a config path")?.into());
             }
             other => bail!(
-                "unknown argument {other:?}; usage: entente-bench ingest [--items N] [--bundle-size N] [--queries N]"
+                "unknown argument {other:?}; usage: entente-bench ingest|sync|latency|attacks [--items N] [--bundle-size N] [--queries N]"
             ),
         }
     }
     if args.command.is_empty() {
-        bail!("usage: entente-bench ingest [--items N] [--bundle-size N] [--queries N]");
+        bail!(
+            "usage: entente-bench ingest|sync|latency|attacks [--items N] [--bundle-size N] [--queries N]"
+        );
     }
     Ok(args)
 }
@@ -828,6 +838,7 @@ fn main() -> Result<()> {
         ("node", Some(config)) => runtime.block_on(run_node(config)),
         ("sync", _) => runtime.block_on(sync(&args)),
         ("latency", _) => runtime.block_on(latency(&args)),
+        ("attacks", _) => runtime.block_on(attacks::attacks(&args)),
         _ => runtime.block_on(ingest(&args)),
     }
 }
