@@ -137,9 +137,7 @@ impl From<Refusal> for Status {
 /// Checks an encoded message of type `M` against its budget, without allocating.
 pub fn check<M: DecodeBudget>(bytes: &[u8]) -> Result<(), Refusal> {
     let shape = M::SHAPE;
-    if let Some(max) = M::MAX_BYTES
-        && bytes.len() > max
-    {
+    if let Some(max) = M::MAX_BYTES.filter(|max| bytes.len() > *max) {
         return Err(Refusal::TooLarge {
             message: shape.map_or("message", |s| s.name),
             bytes: bytes.len(),

@@ -288,7 +288,7 @@ pub async fn attacks(args: &Args) -> Result<()> {
             tokio::time::timeout(Duration::from_millis(200), stream.message()).await
         {
             delivered += 1;
-            if delivered.is_multiple_of(5000) {
+            if delivered % 5000 == 0 {
                 break;
             }
         }
