@@ -12,4 +12,4 @@ pub use identity::{InvalidNodeId, NodeId, Partner, PartnerKind, Role};
 pub use item::{
     Indicator, IndicatorType, InvalidValue, Item, ItemId, ItemKind, ModelError, Revocation, Tlp,
 };
-pub use value::{detect_type, normalise};
+pub use value::{MIN_IPV4_PREFIX, MIN_IPV6_PREFIX, detect_type, normalise, normalise_typed};
