@@ -14,7 +14,8 @@
 //! the store opens (the node serves again); every acknowledged item is held, with the
 //! bundle id it was acknowledged in; no item is held twice; a bundle of an unacknowledged
 //! stream is held whole or not at all; nothing is held that was never sent; re-sending an
-//! unacknowledged stream with the same ids stores each item once. A killed puller is first
+//! unacknowledged stream with the same ids stores each item once; the node's disclosure
+//! ledger (`Admin.LedgerVerify`) is an intact hash chain. A killed puller is first
 //! restarted with its peer unreachable, so what it held at the kill can be inspected (a
 //! subset of hq's items, each once); then it is restarted for real, and each trial ends only
 //! when berlin holds exactly hq's items (same ids, values and bundle ids, none twice).
@@ -27,9 +28,12 @@
 //!     cargo test --release --test crash_harness -- --ignored --nocapture
 //! ```
 //!
-//! The seed (printed at the start; random when not given) fixes every kill point, batch
-//! size and item id; the interleaving of the processes around a kill point is the
-//! machine's, so a seed reproduces the schedule, not the exact instruction killed.
+//! The seed (printed at the start; random when not given) fixes the kinds of the trials,
+//! every batch size, item id and kill point: a delay after publishing starts (0 to 400 ms),
+//! or, for replication, a fraction (0 to 1.2) of the time the pull is expected to take,
+//! an estimate the harness refines from what the killed puller held. The interleaving of
+//! the processes around a kill point is the machine's, so a seed reproduces the schedule,
+//! not the exact instruction killed.
 
 mod common;
 
@@ -57,6 +61,8 @@ const TRIALS_PER_RUN: usize = 8;
 const HQ: &str = "redmond.hq";
 const BERLIN: &str = "berlin.office";
 const ANALYST: &str = "analyst.alice";
+/// An admin client, to walk each node's disclosure ledger after a restart.
+const AUDITOR: &str = "admin.ops";
 /// Both nodes share GREEN indicators of every type with each other.
 const PEER_POLICY: &str = "max_tlp = \"GREEN\"\nallow_types = [\"*\"]";
 
@@ -162,7 +168,11 @@ fn serve(config: &Path, log: &Path) -> (Process, String) {
 }
 
 async fn connect(pki: &Pki, addr: &str, node: &str) -> NodeClient {
-    let who = NodeId::new(ANALYST).unwrap();
+    connect_as(pki, ANALYST, addr, node).await
+}
+
+async fn connect_as(pki: &Pki, who: &str, addr: &str, node: &str) -> NodeClient {
+    let who = NodeId::new(who).unwrap();
     tokio::time::timeout(
         DEADLINE,
         NodeClient::connect(
@@ -303,6 +313,9 @@ struct Figures {
     /// check).
     items_checked: usize,
     restarts: usize,
+    /// Disclosure-ledger walks after a restart, and the records they covered.
+    ledger_checks: usize,
+    ledger_records: usize,
 }
 
 struct Federation {
@@ -329,14 +342,18 @@ impl Federation {
         let hq = pki.node(HQ);
         let berlin = pki.node(BERLIN);
         pki.client(ANALYST);
-        let hq_config = common::write_config(&pki, &hq, &[common::client(ANALYST, "analyst")], &[]);
+        pki.client(AUDITOR);
+        let clients = [
+            common::client(ANALYST, "analyst"),
+            common::client(AUDITOR, "admin"),
+        ];
+        let hq_config = common::write_config(&pki, &hq, &clients, &[]);
         // hq does not pull from berlin: its address for berlin leads nowhere.
         append(
             &hq_config,
             &format!("\n[[peer]]\nid = \"{BERLIN}\"\naddress = \"127.0.0.1:1\"\n{PEER_POLICY}\n"),
         );
-        let berlin_config =
-            common::write_config(&pki, &berlin, &[common::client(ANALYST, "analyst")], &[]);
+        let berlin_config = common::write_config(&pki, &berlin, &clients, &[]);
         let mut federation = Federation {
             pki,
             dir,
@@ -436,6 +453,7 @@ impl Federation {
 
     /// Checks hq against the ledger after a restart; returns the holding.
     async fn check_hq(&mut self, figures: &mut Figures) -> Holding {
+        check_disclosure_ledger(&self.pki, &self.hq_addr, HQ, figures).await;
         let client = self.hq_client().await;
         let held = holding(&client, HQ).await;
         for (id, (value, bundle)) in &self.ledger.acked {
@@ -542,6 +560,22 @@ impl Federation {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// The node's disclosure ledger is an intact hash chain.
+async fn check_disclosure_ledger(pki: &Pki, addr: &str, node: &str, figures: &mut Figures) {
+    let auditor = connect_as(pki, AUDITOR, addr, node).await;
+    let answer = tokio::time::timeout(DEADLINE, auditor.ledger_verify())
+        .await
+        .expect("ledger verify in time")
+        .expect("ledger verify");
+    assert!(
+        answer.intact,
+        "{node}'s disclosure ledger is broken at record {}: {}",
+        answer.broken_at, answer.problem
+    );
+    figures.ledger_checks += 1;
+    figures.ledger_records += answer.records as usize;
 }
 
 fn append(path: &Path, text: &str) {
@@ -694,6 +728,7 @@ async fn puller_trial(
     let hq_holding = fed.check_hq(figures).await;
     fed.start_berlin_isolated();
     figures.restarts += 1;
+    check_disclosure_ledger(&fed.pki, &fed.berlin_addr, BERLIN, figures).await;
     let held = holding(&fed.berlin_client().await, BERLIN).await;
     check_subset(&held, &hq_holding);
     figures.items_checked += held.len();
@@ -858,6 +893,10 @@ fn report(f: &Figures, seed: u64, elapsed: Duration) {
     println!(
         "  items acknowledged {}, item checks {}, restarts after kill {}",
         f.items_acked, f.items_checked, f.restarts
+    );
+    println!(
+        "  disclosure ledgers walked {} times, {} records in all, all intact",
+        f.ledger_checks, f.ledger_records
     );
 }
 
