@@ -30,10 +30,9 @@
 //!
 //! The seed (printed at the start; random when not given) fixes the kinds of the trials,
 //! every batch size, item id and kill point: a delay after publishing starts (0 to 400 ms),
-//! or, for replication, a fraction (0 to 1.2) of the time the pull is expected to take,
-//! an estimate the harness refines from what the killed puller held. The interleaving of
-//! the processes around a kill point is the machine's, so a seed reproduces the schedule,
-//! not the exact instruction killed.
+//! or, for replication, how many bundles of the backlog berlin must hold (from none to
+//! all) before the kill. The interleaving of the processes around a kill point is the
+//! machine's, so a seed reproduces the schedule, not the exact instruction killed.
 
 mod common;
 
@@ -307,6 +306,9 @@ struct Figures {
     unacked_bundles_absent: usize,
     /// Puller trials: the share of the backlog berlin held at the kill, in tenths (0..=10).
     puller_share: BTreeMap<usize, usize>,
+    /// Replication trials: the seeded kill point, as the share of the backlog's bundles
+    /// berlin must hold first, in tenths (0..=10), per kind.
+    targets: BTreeMap<Kind, BTreeMap<usize, usize>>,
     /// Items acknowledged by hq (counting re-sent ones once).
     items_acked: usize,
     /// Item checks made (an item found where it must be, with its bundle, counted once per
@@ -329,10 +331,6 @@ struct Federation {
     berlin_addr: String,
     logs: usize,
     ledger: Ledger,
-    /// Estimated time for berlin to pull a thousand items from its start, in ms: the kill
-    /// point of a replication trial is a seeded fraction of the estimated duration of the
-    /// stream, so that kills land before, during and after it on any machine.
-    pull_ms_per_thousand: f64,
 }
 
 impl Federation {
@@ -365,7 +363,6 @@ impl Federation {
             berlin_addr: String::new(),
             logs: 0,
             ledger: Ledger::default(),
-            pull_ms_per_thousand: 150.0,
         };
         federation.start_hq();
         // From now on hq listens on the port it was given, so berlin finds it after a
@@ -676,21 +673,14 @@ async fn publish_trial(
     fed.check_hq(figures).await;
 }
 
-/// A kill point for a replication trial: a seeded fraction, from 0 to 1.2, of the time
-/// berlin is estimated to take to pull `backlog` items.
-fn kill_delay(fed: &Federation, rng: &mut StdRng, backlog: usize) -> u64 {
-    let fraction: f64 = rng.random_range(0.0..1.2);
-    (fraction * fed.pull_ms_per_thousand * backlog as f64 / 1000.0) as u64
-}
-
-/// Publishes a backlog to hq (acknowledged) for a replication trial.
+/// Publishes a backlog to hq (acknowledged) for a replication trial; returns it.
 async fn publish_backlog(
     fed: &mut Federation,
     rng: &mut StdRng,
     label: &str,
     figures: &mut Figures,
     modified_ms: i64,
-) -> usize {
+) -> Stream {
     let bundles = rng.random_range(20..=120);
     let stream = new_stream(rng, label, bundles, 50);
     let client = fed.hq_client().await;
@@ -704,7 +694,52 @@ async fn publish_backlog(
     let before = fed.ledger.acked.len();
     fed.ledger.acknowledge(&stream, &response.bundle_ids);
     figures.items_acked += fed.ledger.acked.len() - before;
-    bundles * 50
+    stream
+}
+
+/// Starts berlin and returns once it holds the first `target` bundles of `backlog` (which
+/// hq's feed serves in order): the kill point of a replication trial, a seeded share of
+/// the stream. Berlin keeps pulling while this looks, so the kill lands at or just after
+/// the target. Returns the time from berlin's start.
+async fn start_berlin_and_wait_for(fed: &mut Federation, backlog: &Stream, target: usize) -> u64 {
+    fed.start_berlin();
+    let started = Instant::now();
+    if target == 0 {
+        return 0;
+    }
+    let probe = &backlog.messages[target - 1][0].value;
+    let client = fed.berlin_client().await;
+    loop {
+        let filter = ItemFilter {
+            value: probe.clone(),
+            ..Default::default()
+        };
+        let page = tokio::time::timeout(DEADLINE, client.query(filter, 1, vec![]))
+            .await
+            .expect("query in time")
+            .expect("query");
+        if !page.items.is_empty() {
+            return started.elapsed().as_millis() as u64;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "berlin did not reach bundle {target} of the backlog"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// A seeded kill point: how many bundles of the backlog berlin holds first (0 to all).
+fn kill_target(rng: &mut StdRng, backlog: &Stream, kind: Kind, figures: &mut Figures) -> usize {
+    let bundles = backlog.messages.len();
+    let target = rng.random_range(0..=bundles);
+    *figures
+        .targets
+        .entry(kind)
+        .or_default()
+        .entry(target * 10 / bundles)
+        .or_default() += 1;
+    target
 }
 
 async fn puller_trial(
@@ -718,9 +753,8 @@ async fn puller_trial(
     fed.kill_berlin();
     let hq_before = holding(&fed.hq_client().await, HQ).await;
     let backlog = publish_backlog(fed, rng, label, figures, modified_ms).await;
-    let delay = kill_delay(fed, rng, backlog);
-    fed.start_berlin();
-    tokio::time::sleep(Duration::from_millis(delay)).await;
+    let target = kill_target(rng, &backlog, Kind::Puller, figures);
+    let delay = start_berlin_and_wait_for(fed, &backlog, target).await;
     fed.kill_berlin();
     figures.delays.entry(Kind::Puller).or_default().push(delay);
 
@@ -732,24 +766,14 @@ async fn puller_trial(
     let held = holding(&fed.berlin_client().await, BERLIN).await;
     check_subset(&held, &hq_holding);
     figures.items_checked += held.len();
+    let items: usize = backlog.messages.iter().map(Vec::len).sum();
     let new_held = held
         .keys()
         .filter(|id| !hq_before.contains_key(*id))
         .count();
-    if new_held > backlog / 10 && new_held < backlog && delay > 0 {
-        // Learn the pull rate from a kill that landed mid-stream.
-        let observed = delay as f64 * 1000.0 / new_held as f64;
-        fed.pull_ms_per_thousand = (fed.pull_ms_per_thousand + observed) / 2.0;
-    } else if new_held == backlog {
-        // The whole stream came before the kill: the estimate was too slow.
-        fed.pull_ms_per_thousand *= 0.7;
-    } else if new_held <= backlog / 10 {
-        // Killed before most of it came (connecting takes time too): too fast.
-        fed.pull_ms_per_thousand *= 1.5;
-    }
     *figures
         .puller_share
-        .entry(new_held * 10 / backlog.max(1))
+        .entry(new_held * 10 / items)
         .or_default() += 1;
     fed.kill_berlin();
     fed.start_berlin();
@@ -765,9 +789,8 @@ async fn origin_trial(
 ) {
     fed.kill_berlin();
     let backlog = publish_backlog(fed, rng, label, figures, modified_ms).await;
-    let delay = kill_delay(fed, rng, backlog);
-    fed.start_berlin();
-    tokio::time::sleep(Duration::from_millis(delay)).await;
+    let target = kill_target(rng, &backlog, Kind::Origin, figures);
+    let delay = start_berlin_and_wait_for(fed, &backlog, target).await;
     fed.kill_hq();
     figures.delays.entry(Kind::Origin).or_default().push(delay);
     fed.start_hq();
@@ -792,7 +815,6 @@ async fn run_trials(trials: usize, seed: u64, kinds: Option<&[Kind]>) -> Figures
             if let Some(mut old) = fed.take() {
                 old.kill_hq();
                 old.kill_berlin();
-                new.pull_ms_per_thousand = old.pull_ms_per_thousand;
             }
             new.start_berlin();
             fed = Some(new);
@@ -878,17 +900,16 @@ fn report(f: &Figures, seed: u64, elapsed: Duration) {
         "  unacknowledged bundles after restart: {} held whole, {} absent, 0 cut",
         f.unacked_bundles_whole, f.unacked_bundles_absent
     );
-    let shares: Vec<String> = f
-        .puller_share
-        .iter()
-        .map(|(tenths, n)| match tenths {
-            10 => format!("all: {n}"),
-            t => format!("{}-{}%: {n}", t * 10, t * 10 + 10),
-        })
-        .collect();
+    for (kind, targets) in &f.targets {
+        println!(
+            "  {}: kill point (share of the backlog's bundles held first): {}",
+            kind.name(),
+            tenths(targets)
+        );
+    }
     println!(
-        "  puller: share of the backlog held at the kill: {}",
-        shares.join(", ")
+        "  puller: share of the backlog's items held at the kill: {}",
+        tenths(&f.puller_share)
     );
     println!(
         "  items acknowledged {}, item checks {}, restarts after kill {}",
@@ -898,6 +919,18 @@ fn report(f: &Figures, seed: u64, elapsed: Duration) {
         "  disclosure ledgers walked {} times, {} records in all, all intact",
         f.ledger_checks, f.ledger_records
     );
+}
+
+/// A histogram in tenths, as text.
+fn tenths(histogram: &BTreeMap<usize, usize>) -> String {
+    histogram
+        .iter()
+        .map(|(tenth, n)| match tenth {
+            10 => format!("all: {n}"),
+            t => format!("{}-{}%: {n}", t * 10, t * 10 + 10),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn env_number(name: &str) -> Option<u64> {
