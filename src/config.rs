@@ -514,6 +514,8 @@ impl Config {
         if raw.node.data_dir.as_os_str().is_empty() {
             return Err(invalid("node.data_dir", "must not be empty".into()));
         }
+        check_data_dir(&resolve(&raw.node.data_dir))
+            .map_err(|problem| invalid("node.data_dir", problem))?;
         if !(4..=65_536).contains(&raw.store.cache_mb) {
             return Err(invalid(
                 "store.cache_mb",
@@ -740,6 +742,21 @@ impl Config {
                 trust_anchor,
             })
             .collect()
+    }
+}
+
+/// Checks that the data directory is a directory, or does not exist yet (the node creates
+/// it): a file or an unreachable path there would otherwise only show when the store opens.
+fn check_data_dir(dir: &Path) -> Result<(), String> {
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(format!(
+            "{} exists and is not a directory; point data_dir at a directory (the node \
+             creates it when it does not exist)",
+            dir.display()
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("{} cannot be used: {e}", dir.display())),
     }
 }
 

@@ -185,3 +185,43 @@ fn certs_subcommands_build_a_federation_pki() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
 }
+
+#[test]
+fn a_data_dir_that_is_a_file_is_named_by_policy_check_and_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = dir.path().join("n");
+    ok(&[
+        "init",
+        "--dir",
+        node.to_str().unwrap(),
+        "--id",
+        "redmond.hq",
+        "--listen",
+        "127.0.0.1:0",
+        "--with-certs",
+    ]);
+    let config = node.join("entente.toml");
+    let config = config.to_str().unwrap();
+    ok(&["policy", "check", "--config", config]);
+
+    std::fs::write(node.join("data"), "not a directory").unwrap();
+    let commands: [&[&str]; 2] = [
+        &["policy", "check", "--config", config],
+        &["serve", "--config", config],
+    ];
+    for args in commands {
+        let out = entente(args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for part in [
+            "node.data_dir",
+            "is not a directory",
+            &node.join("data").display().to_string(),
+        ] {
+            assert!(
+                stderr.contains(part),
+                "{args:?}: {part:?} missing from: {stderr}"
+            );
+        }
+    }
+}

@@ -171,3 +171,40 @@ fn missing_file_is_named() {
     let err = load_err(Path::new("/nonexistent/entente.toml"));
     assert_mentions(&err, &["/nonexistent/entente.toml", "cannot read"]);
 }
+
+#[test]
+fn a_leaf_certificate_as_trust_anchor_is_refused() {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    pki.node("berlin.office");
+    pki.client("analyst.alice");
+    for leaf in ["redmond.hq", "berlin.office", "analyst.alice"] {
+        let path = write_config(&pki, &hq, &[], &[]);
+        let leaf_path = pki.certs.cert_path(leaf).display().to_string();
+        // Alone, and next to the real CA.
+        for anchors in [
+            format!("trust_anchors = [\"{leaf_path}\"]"),
+            format!(
+                "trust_anchors = [\"{}\", \"{leaf_path}\"]",
+                pki.ca_cert().display()
+            ),
+        ] {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("trust_anchors"))
+                .unwrap();
+            std::fs::write(&path, text.replacen(line, &anchors, 1)).unwrap();
+            let err = load_err(&path);
+            assert_mentions(
+                &err,
+                &[
+                    "node.trust_anchors",
+                    &leaf_path,
+                    leaf,
+                    "not a CA certificate",
+                ],
+            );
+        }
+    }
+}

@@ -1181,3 +1181,68 @@ async fn a_failing_message_reports_the_bundles_already_published() {
     );
     hq.stop().await;
 }
+
+/// Values found at the edges of the input rules, through `Publish` and `Query`: an
+/// IPv4-mapped IPv6 address is the IPv4 address (stored and found as one), `mailto:` is
+/// dropped, and networks that are too broad, URLs with user information and `xn--` labels
+/// that do not decode are refused with the reason.
+#[tokio::test]
+async fn input_edges_at_publish_and_query() {
+    let hq = Hq::start().await;
+    let analyst = hq.connect(ANALYST).await;
+
+    let mapped = indicator("ipv6", "::ffff:192.0.2.1", Tlp::Green, &[]);
+    let mapped_id = mapped.id.clone();
+    let mailto = indicator("email", "mailto:Phish@Evil.example", Tlp::Green, &[]);
+    let mailto_id = mailto.id.clone();
+    publish(&analyst, vec![vec![mapped, mailto]])
+        .await
+        .expect("publish");
+    let stored = get(&analyst, &mapped_id).await.expect("stored");
+    let i = indicator_of(item_of(&stored));
+    assert_eq!(
+        (i.indicator_type.as_str(), i.value.as_str()),
+        ("ipv4", "192.0.2.1")
+    );
+    let stored = get(&analyst, &mailto_id).await.expect("stored");
+    assert_eq!(value_of(&stored), "phish@evil.example");
+
+    // Every spelling, with or without a type, finds the one item.
+    let want = set([&mapped_id]);
+    for (ty, value) in [
+        ("", "192.0.2.1"),
+        ("", "::ffff:192.0.2.1"),
+        ("", "::FFFF:c000:201"),
+        ("ipv4", "::ffff:192.0.2.1"),
+        ("ipv6", "::ffff:192.0.2.1"),
+        ("ipv4", "192.0.2.1"),
+    ] {
+        let filter = ItemFilter {
+            indicator_type: ty.to_owned(),
+            ..by_value(value)
+        };
+        assert_eq!(query_ids(&analyst, filter).await, want, "{ty} {value}");
+    }
+    assert_eq!(
+        query_ids(&analyst, by_value("mailto:phish@evil.example")).await,
+        set([&mailto_id])
+    );
+
+    for (ty, value, expect) in [
+        ("cidr", "0.0.0.0/0", "too broad"),
+        ("cidr", "::/0", "too broad"),
+        ("cidr", "10.0.0.0/7", "at least /8"),
+        ("url", "https://user:pass@host.example/", "user information"),
+        ("domain", "xn--zz.example", "punycode"),
+        ("url", "https://xn--zz.example/x", "punycode"),
+        ("email", "mailto:a@b.example?subject=x", "header fields"),
+    ] {
+        let err = publish(&analyst, vec![vec![indicator(ty, value, Tlp::Green, &[])]])
+            .await
+            .expect_err(value);
+        let (code, message) = status(err);
+        assert_eq!(code, tonic::Code::InvalidArgument, "{value}: {message}");
+        assert!(message.contains(expect), "{value}: {message}");
+    }
+    hq.stop().await;
+}

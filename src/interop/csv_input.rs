@@ -6,7 +6,7 @@
 use std::str::FromStr;
 
 use super::{Draft, Sink, TooMany, default_type, parse_timestamp};
-use crate::model::{Indicator, IndicatorType, ItemKind, Tlp, normalise};
+use crate::model::{Indicator, IndicatorType, ItemKind, Tlp, normalise_typed};
 
 /// Fewest and most columns in a row.
 const MIN_COLUMNS: usize = 2;
@@ -59,7 +59,8 @@ fn draft(record: &csv::StringRecord, now_ms: i64, sink: &Sink<'_>) -> Result<Dra
         "" => default_type(sink.defaults, value)?,
         name => IndicatorType::from_str(name).map_err(|e| e.to_string())?,
     };
-    let value = normalise(indicator_type, value).map_err(|e| e.to_string())?;
+    let (indicator_type, value) =
+        normalise_typed(indicator_type, value).map_err(|e| e.to_string())?;
     let tlp = match cell(2) {
         "" => None,
         name => Some(Tlp::from_str(name).map_err(|e| e.to_string())?),
@@ -100,6 +101,19 @@ mod tests {
 
     const NEXT_YEAR: &str = "2026-06-15T12:00:00Z";
     const NEXT_YEAR_MS: i64 = 1_781_524_800_000;
+
+    #[test]
+    fn input_edges() {
+        let text = "ipv6,::ffff:192.0.2.1\ncidr,0.0.0.0/0\ncidr,::/0\n\
+                    url,https://u:p@host.example/\nemail,mailto:a@b.example\n\
+                    domain,xn--zz.example\n";
+        let parsed = parse_input(InputFormat::Csv, text, &defaults(Some(Tlp::Green)), NOW);
+        assert_eq!(
+            values(&parsed),
+            [(Ipv4, "192.0.2.1".into()), (Email, "a@b.example".into())]
+        );
+        assert_eq!(positions(&parsed), ["line 2", "line 3", "line 4", "line 6"]);
+    }
 
     #[test]
     fn good_rows_become_items() {

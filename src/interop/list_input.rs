@@ -2,7 +2,7 @@
 //! and lines starting with `#` are skipped; positions are `line N` (1-based).
 
 use super::{Draft, Sink, TooMany, default_type};
-use crate::model::{Indicator, ItemKind, normalise};
+use crate::model::{Indicator, ItemKind, normalise_typed};
 
 pub(super) fn parse(text: &str, now_ms: i64, sink: &mut Sink<'_>) -> Result<(), TooMany> {
     for (index, line) in text.lines().enumerate() {
@@ -19,7 +19,8 @@ pub(super) fn parse(text: &str, now_ms: i64, sink: &mut Sink<'_>) -> Result<(), 
 
 fn draft(value: &str, now_ms: i64, sink: &Sink<'_>) -> Result<Draft, String> {
     let indicator_type = default_type(sink.defaults, value)?;
-    let value = normalise(indicator_type, value).map_err(|e| e.to_string())?;
+    let (indicator_type, value) =
+        normalise_typed(indicator_type, value).map_err(|e| e.to_string())?;
     Ok(Draft {
         id: None,
         modified_ms: now_ms,
@@ -73,6 +74,18 @@ mod tests {
             assert_eq!(i.valid_until_ms, None);
         }
         assert_ne!(parsed.items[0].id, parsed.items[1].id);
+    }
+
+    #[test]
+    fn input_edges() {
+        let text = "::ffff:192.0.2.1\n0.0.0.0/0\n::/0\nhttps://u:p@host.example/\n\
+                    mailto:A@B.example\nxn--zz.example\n";
+        let parsed = parse_input(InputFormat::List, text, &defaults(Some(Tlp::Green)), NOW);
+        assert_eq!(
+            values(&parsed),
+            [(Ipv4, "192.0.2.1".into()), (Email, "a@b.example".into())]
+        );
+        assert_eq!(positions(&parsed), ["line 2", "line 3", "line 4", "line 6"]);
     }
 
     #[test]

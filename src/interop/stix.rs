@@ -9,6 +9,7 @@
 //! `object_marking_refs`, raised by any granular marking on a property the item carries; a
 //! marking that cannot be represented refuses the object (see [`markings`]).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -19,8 +20,10 @@ use time::OffsetDateTime;
 
 use self::markings::Definitions;
 use super::pattern;
-use super::{Draft, Sink, TooMany, parse_timestamp};
-use crate::model::{Indicator, IndicatorType, Item, ItemId, ItemKind, Revocation, Tlp, normalise};
+use super::{Draft, ParsedInput, Sink, TooMany, parse_timestamp};
+use crate::model::{
+    Indicator, IndicatorType, Item, ItemId, ItemKind, Revocation, Tlp, normalise_typed,
+};
 
 mod markings;
 #[cfg(test)]
@@ -229,6 +232,10 @@ pub(super) fn parse(text: &str, now_ms: i64, sink: &mut Sink<'_>) -> Result<(), 
         return Err(TooMany);
     }
     let markings = Definitions::read(&objects);
+    // The indicator each id was first read as, to refuse an input that gives one id two
+    // different values: which one is meant cannot be told, and publishing both would make
+    // one the silent replacement of the other.
+    let mut first_seen: HashMap<ItemId, (usize, IndicatorType, String)> = HashMap::new();
     for (index, element) in objects.iter().enumerate() {
         sink.count()?;
         let object = match element {
@@ -241,7 +248,30 @@ pub(super) fn parse(text: &str, now_ms: i64, sink: &mut Sink<'_>) -> Result<(), 
         match object.kind.as_ref().and_then(Value::as_str) {
             Some("indicator") => {
                 let draft = indicator(object, &markings, now_ms);
+                let before = sink.out.items.len();
                 sink.take(|| position(index, object), draft);
+                let Some(item) = sink.out.items.get(before) else {
+                    continue;
+                };
+                let Some(value) = item.value() else {
+                    continue;
+                };
+                let ty = item.indicator_type();
+                let (first, first_ty, first_value) = first_seen
+                    .entry(item.id.clone())
+                    .or_insert_with(|| (index, ty, value.to_owned()));
+                if *first_ty != ty || first_value != value {
+                    let reason = format!(
+                        "objects[{first}] and objects[{index}] have the same id {} but different \
+                         values ({first_ty} {:?} and {ty} {:?}); the whole input is refused",
+                        item.id,
+                        shown(first_value),
+                        shown(value),
+                    );
+                    sink.out = ParsedInput::default();
+                    sink.error("input".into(), reason);
+                    return Ok(());
+                }
             }
             Some(_) => {}
             None => sink.error(
@@ -251,6 +281,11 @@ pub(super) fn parse(text: &str, now_ms: i64, sink: &mut Sink<'_>) -> Result<(), 
         }
     }
     Ok(())
+}
+
+/// The start of a value, for messages.
+fn shown(value: &str) -> String {
+    value.chars().take(SHOWN_ID_CHARS).collect()
 }
 
 /// `objects[N] (id)`, or `objects[N]` when the object has no string id.
@@ -295,9 +330,12 @@ fn indicator(object: &RawObject, markings: &Definitions, now_ms: i64) -> Result<
     };
     let kind = if revoked {
         let indicator_type = match pattern {
-            Some(pattern) => {
-                pattern::recognise(pattern).map_or(IndicatorType::StixPattern, |p| p.0)
-            }
+            Some(pattern) => match pattern::recognise(pattern) {
+                // The type the revoked item was published as (an IPv4-mapped IPv6 address
+                // is an ipv4 item).
+                Some((ty, value)) => normalise_typed(ty, &value).map_or(ty, |typed| typed.0),
+                None => IndicatorType::StixPattern,
+            },
             None => match string(&object.x_entente_indicator_type, REVOKED_TYPE_PROPERTY)? {
                 Some(name) => IndicatorType::from_str(name).map_err(|e| e.to_string())?,
                 None => return Err("revoked indicator has no pattern to tell its type".into()),
@@ -315,13 +353,10 @@ fn indicator(object: &RawObject, markings: &Definitions, now_ms: i64) -> Result<
     } else {
         let pattern = pattern.ok_or("no pattern")?;
         let (indicator_type, value) = match pattern::recognise(pattern) {
-            Some((ty, value)) => (ty, normalise(ty, &value)),
-            None => (
-                IndicatorType::StixPattern,
-                normalise(IndicatorType::StixPattern, pattern),
-            ),
-        };
-        let value = value.map_err(|e| e.to_string())?;
+            Some((ty, value)) => normalise_typed(ty, &value),
+            None => normalise_typed(IndicatorType::StixPattern, pattern),
+        }
+        .map_err(|e| e.to_string())?;
         ItemKind::Indicator(Indicator {
             indicator_type,
             value,
@@ -715,6 +750,65 @@ mod tests {
                 reason: "revoked in STIX input".into()
             }
         );
+    }
+
+    #[test]
+    fn one_id_with_two_values_refuses_the_input() {
+        let green = tlp2_marking_id(Tlp::Green);
+        let objects = vec![
+            ioc(ID_1, "[ipv4-addr:value = '192.0.2.1']", green),
+            ioc(ID_2, "[domain-name:value = 'ok.example']", green),
+            ioc(ID_1, "[ipv4-addr:value = '192.0.2.2']", green),
+        ];
+        let parsed = parse(&bundle(objects), None);
+        assert!(parsed.items.is_empty(), "{:?}", parsed.items);
+        assert_eq!(positions(&parsed), ["input"]);
+        let reason = &parsed.errors[0].reason;
+        assert!(reason.contains(ID_1), "{reason}");
+        assert!(reason.contains("objects[0] and objects[2]"), "{reason}");
+
+        // The same id with the same value (two versions of one indicator) still parses,
+        // and so do two spellings of one value.
+        let mut later = ioc(ID_1, "[ipv4-addr:value = '::ffff:192.0.2.1']", green);
+        later["modified"] = json!("2025-01-03T00:00:00.000Z");
+        let objects = vec![ioc(ID_1, "[ipv4-addr:value = '192.0.2.1']", green), later];
+        let parsed = parse(&bundle(objects), None);
+        assert_eq!(parsed.errors, []);
+        assert_eq!(parsed.items.len(), 2);
+    }
+
+    #[test]
+    fn input_edges_in_patterns() {
+        let green = tlp2_marking_id(Tlp::Green);
+        let objects = vec![
+            ioc(ID_1, "[ipv6-addr:value = '::ffff:192.0.2.1']", green),
+            ioc(ID_2, "[ipv4-addr:value = '0.0.0.0/0']", green),
+            ioc(
+                ID_3,
+                "[url:value = 'https://user:pass@host.example/']",
+                green,
+            ),
+            ioc(ID_4, "[email-addr:value = 'mailto:a@b.example']", green),
+        ];
+        let parsed = parse(&bundle(objects), None);
+        assert_eq!(
+            values(&parsed),
+            [(Ipv4, "192.0.2.1".into()), (Email, "a@b.example".into())]
+        );
+        assert_eq!(
+            positions(&parsed),
+            [
+                format!("objects[1] ({ID_2})"),
+                format!("objects[2] ({ID_3})")
+            ]
+        );
+        assert!(parsed.errors[0].reason.contains("too broad"));
+        assert!(parsed.errors[1].reason.contains("user information"));
+
+        let mut revoked = ioc(ID_1, "[ipv6-addr:value = '::ffff:192.0.2.1']", green);
+        revoked["revoked"] = json!(true);
+        let parsed = parse(&bundle(vec![revoked]), None);
+        assert_eq!(revocation(&parsed.items[0]).indicator_type, Ipv4);
     }
 
     #[test]

@@ -149,7 +149,8 @@ impl Item {
                 indicator.valid_from_unix_ms = draft.modified_unix_ms;
             }
             let ty: IndicatorType = indicator.indicator_type.parse()?;
-            indicator.value = super::normalise(ty, &indicator.value)?;
+            let (ty, value) = super::normalise_typed(ty, &indicator.value)?;
+            indicator.value = value;
             indicator.indicator_type = ty.as_str().to_owned();
         }
         Item::try_from(draft)

@@ -5,12 +5,12 @@
 //!
 //! | type | canonical form |
 //! | --- | --- |
-//! | ipv4 | `a.b.c.d`, decimal octets without leading zeros |
-//! | ipv6 | RFC 5952 (lower case, longest zero run as `::`) |
-//! | cidr | network address (host bits zeroed) `/` prefix length |
-//! | domain | lower case, no trailing dot, `xn--` labels for international names |
-//! | url | scheme and host in lower case, default port (`:80`, `:443`) removed, rest as given |
-//! | email | the whole address in lower case (ASCII), domain normalised as a domain |
+//! | ipv4 | `a.b.c.d`, decimal octets without leading zeros; an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is read as its IPv4 address |
+//! | ipv6 | RFC 5952 (lower case, longest zero run as `::`); IPv4-mapped addresses are ipv4 values, not ipv6 ones |
+//! | cidr | network address (host bits zeroed) `/` prefix length, at least /8 (IPv4) or /16 (IPv6); a network inside `::ffff:0:0/96` is written as the IPv4 network |
+//! | domain | lower case, no trailing dot, `xn--` labels for international names (which must decode) |
+//! | url | scheme and host in lower case, default port (`:80`, `:443`) removed, rest as given; no user information (`user:password@`) |
+//! | email | the whole address in lower case (ASCII), domain normalised as a domain; a leading `mailto:` is dropped |
 //! | md5, sha1, sha256 | lower-case hex |
 //! | stix-pattern | as written, without surrounding whitespace |
 
@@ -30,6 +30,13 @@ const MAX_DOMAIN_BYTES: usize = 253;
 const MAX_LABEL_BYTES: usize = 63;
 /// Longest local part of an e-mail address, in characters.
 const MAX_LOCAL_PART: usize = 64;
+/// Shortest IPv4 network prefix accepted: a broader network (a /7 is 1/128 of the whole
+/// address space, `0.0.0.0/0` all of it) is not an indicator, and a consumer that blocks it
+/// cuts itself off.
+pub const MIN_IPV4_PREFIX: u32 = 8;
+/// Shortest IPv6 network prefix accepted (a /16 is already larger than every allocation a
+/// regional registry makes).
+pub const MIN_IPV6_PREFIX: u32 = 16;
 
 /// Longest description, in bytes.
 const MAX_DESCRIPTION_BYTES: usize = 4096;
@@ -71,7 +78,7 @@ pub fn normalise(ty: IndicatorType, raw: &str) -> Result<String, InvalidValue> {
         )));
     }
     let result = match ty {
-        IndicatorType::Ipv4 => parse_ipv4(value).map(|a| a.to_string()),
+        IndicatorType::Ipv4 => parse_ipv4_or_mapped(value).map(|a| a.to_string()),
         IndicatorType::Ipv6 => parse_ipv6(value).map(|a| a.to_string()),
         IndicatorType::Cidr => normalise_cidr(value),
         IndicatorType::Domain => normalise_domain(value),
@@ -83,6 +90,28 @@ pub fn normalise(ty: IndicatorType, raw: &str) -> Result<String, InvalidValue> {
         IndicatorType::StixPattern => check_pattern(value),
     };
     result.map_err(invalid)
+}
+
+/// Normalises `raw`, given as type `ty`, into the type it really has and its normal form.
+///
+/// The only value that changes type is an IPv4-mapped IPv6 address (`::ffff:192.0.2.1`,
+/// also written `::ffff:c000:201`): it is the IPv4 address `192.0.2.1` and becomes an ipv4
+/// value, so that the two spellings are one indicator. Every input path (STIX, CSV, lists,
+/// `Intel.Publish`) and the type filter of a query go through this; [`normalise`] alone
+/// refuses such an address as ipv6.
+pub fn normalise_typed(
+    ty: IndicatorType,
+    raw: &str,
+) -> Result<(IndicatorType, String), InvalidValue> {
+    if ty == IndicatorType::Ipv6 && mapped_ipv4(raw.trim()).is_some() {
+        return normalise(IndicatorType::Ipv4, raw).map(|v| (IndicatorType::Ipv4, v));
+    }
+    normalise(ty, raw).map(|v| (ty, v))
+}
+
+/// The IPv4 address of an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`).
+fn mapped_ipv4(value: &str) -> Option<Ipv4Addr> {
+    parse_ipv6_literal(value).ok()?.to_ipv4_mapped()
 }
 
 /// Guesses the type of a bare value from a plain list, by its shape.
@@ -114,7 +143,13 @@ pub fn detect_type(raw: &str) -> Option<IndicatorType> {
         return Some(IndicatorType::Ipv4);
     }
     if value.contains(':') {
-        return parse_ipv6(value).is_ok().then_some(IndicatorType::Ipv6);
+        return parse_ipv6_literal(value).ok().map(|address| {
+            if address.to_ipv4_mapped().is_some() {
+                IndicatorType::Ipv4
+            } else {
+                IndicatorType::Ipv6
+            }
+        });
     }
     if value.bytes().all(|b| b.is_ascii_hexdigit()) {
         match value.len() {
@@ -304,7 +339,29 @@ fn parse_ipv4(value: &str) -> Result<Ipv4Addr, String> {
     Ok(Ipv4Addr::from(octets))
 }
 
+/// An ipv4 value: a dotted quad, or an IPv4-mapped IPv6 address read as its IPv4 address.
+fn parse_ipv4_or_mapped(value: &str) -> Result<Ipv4Addr, String> {
+    if value.contains(':') {
+        return mapped_ipv4(value).ok_or_else(|| {
+            "not an IPv4 address (an IPv6 address is only read as IPv4 when IPv4-mapped, ::ffff:a.b.c.d)"
+                .into()
+        });
+    }
+    parse_ipv4(value)
+}
+
+/// An ipv6 value: any IPv6 address but an IPv4-mapped one, which is an ipv4 value.
 fn parse_ipv6(value: &str) -> Result<Ipv6Addr, String> {
+    let address = parse_ipv6_literal(value)?;
+    if let Some(v4) = address.to_ipv4_mapped() {
+        return Err(format!(
+            "an IPv4-mapped address: this is the IPv4 address {v4}, publish it as ipv4"
+        ));
+    }
+    Ok(address)
+}
+
+fn parse_ipv6_literal(value: &str) -> Result<Ipv6Addr, String> {
     if value.starts_with('[') || value.ends_with(']') {
         return Err("give the address without brackets".into());
     }
@@ -340,16 +397,39 @@ fn normalise_cidr(value: &str) -> Result<String, String> {
         .filter(|&bits| bits <= max)
         .ok_or_else(|| format!("prefix length {} is above {max}", shown(prefix)))?;
     if is_v6 {
-        let address = parse_ipv6(address)?;
+        let address = parse_ipv6_literal(address)?;
         let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
         let network = Ipv6Addr::from(address.to_bits() & mask);
+        // A network inside ::ffff:0:0/96 holds IPv4-mapped addresses only: it is the IPv4
+        // network with the same host bits, and is written (and limited) as one.
+        if bits >= 96 {
+            if let Some(v4) = network.to_ipv4_mapped() {
+                return ipv4_network(v4, bits - 96);
+            }
+        }
+        if bits < MIN_IPV6_PREFIX {
+            return Err(too_broad(&format!("{network}/{bits}"), MIN_IPV6_PREFIX));
+        }
         Ok(format!("{network}/{bits}"))
     } else {
-        let address = parse_ipv4(address)?;
-        let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
-        let network = Ipv4Addr::from(address.to_bits() & mask);
-        Ok(format!("{network}/{bits}"))
+        ipv4_network(parse_ipv4(address)?, bits)
     }
+}
+
+fn ipv4_network(address: Ipv4Addr, bits: u32) -> Result<String, String> {
+    let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+    let network = Ipv4Addr::from(address.to_bits() & mask);
+    if bits < MIN_IPV4_PREFIX {
+        return Err(too_broad(&format!("{network}/{bits}"), MIN_IPV4_PREFIX));
+    }
+    Ok(format!("{network}/{bits}"))
+}
+
+fn too_broad(network: &str, min: u32) -> String {
+    format!(
+        "network {network} is too broad to be an indicator (the prefix must be at least /{min}); \
+         a consumer that blocked it would cut off a large part of the Internet"
+    )
 }
 
 fn normalise_domain(value: &str) -> Result<String, String> {
@@ -389,6 +469,7 @@ fn normalise_domain(value: &str) -> Result<String, String> {
         if label.starts_with('-') || label.ends_with('-') {
             return Err(format!("label {label:?} starts or ends with '-'"));
         }
+        check_a_label(label)?;
         labels += 1;
         last = label;
     }
@@ -420,10 +501,18 @@ fn normalise_url(value: &str) -> Result<String, String> {
     let scheme = scheme.to_ascii_lowercase();
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(end);
-    let (userinfo, host_port) = match authority.rsplit_once('@') {
-        Some((user, host_port)) => (Some(user), host_port),
-        None => (None, authority),
-    };
+    // User information is refused rather than kept or dropped: it is often a password or
+    // an access token (`https://user:secret@host/`, `https://<token>@host/`), and a sharing
+    // tool must not pass credentials on. A URL that deceives with it
+    // (`http://bank.example@evil.example/`) is published without it, or as the host.
+    if authority.contains('@') {
+        return Err(
+            "the URL carries user information (user:password@ before the host), which may be a \
+             credential; remove it before sharing"
+                .into(),
+        );
+    }
+    let host_port = authority;
     let (host, port) = split_host_port(host_port)?;
     if host.is_empty() {
         return Err("no host".into());
@@ -438,7 +527,13 @@ fn normalise_url(value: &str) -> Result<String, String> {
                 .map_err(|_| format!("host [{}] is not an IPv6 address", shown(literal)))?;
             format!("[{address}]")
         }
-        None => host.to_ascii_lowercase(),
+        None => {
+            let host = host.to_ascii_lowercase();
+            for label in host.split('.') {
+                check_a_label(label).map_err(|reason| format!("host: {reason}"))?;
+            }
+            host
+        }
     };
     let port = match port {
         None | Some("") => None,
@@ -456,10 +551,6 @@ fn normalise_url(value: &str) -> Result<String, String> {
     let mut out = String::with_capacity(value.len());
     out.push_str(&scheme);
     out.push_str("://");
-    if let Some(user) = userinfo {
-        out.push_str(user);
-        out.push('@');
-    }
     out.push_str(&host);
     if let Some(port) = port {
         out.push(':');
@@ -491,6 +582,15 @@ fn split_host_port(host_port: &str) -> Result<(&str, Option<&str>), String> {
 }
 
 fn normalise_email(value: &str) -> Result<String, String> {
+    // A `mailto:` URI names one address: it is read as that address. Anything a mailto
+    // URI may add (`?subject=`, several addresses) is refused below.
+    let value = match value.get(..7) {
+        Some(scheme) if scheme.eq_ignore_ascii_case("mailto:") => &value[7..],
+        _ => value,
+    };
+    if value.contains('?') {
+        return Err("a mailto: URI with header fields (?...): give the address alone".into());
+    }
     let mut parts = value.split('@');
     let (Some(local), Some(domain), None) = (parts.next(), parts.next(), parts.next()) else {
         return Err("expected exactly one '@'".into());
@@ -509,6 +609,109 @@ fn normalise_email(value: &str) -> Result<String, String> {
     }
     let domain = normalise_domain(domain).map_err(|reason| format!("domain: {reason}"))?;
     Ok(format!("{}@{domain}", local.to_ascii_lowercase()))
+}
+
+/// Checks an `xn--` label (an IDNA A-label): its Punycode must decode, to a name that holds
+/// at least one non-ASCII character and no control character. Other labels pass.
+fn check_a_label(label: &str) -> Result<(), String> {
+    let Some(encoded) = label
+        .get(..4)
+        .filter(|prefix| prefix.eq_ignore_ascii_case("xn--"))
+        .map(|_| &label[4..])
+    else {
+        return Ok(());
+    };
+    let bad = |why: &str| format!("label {:?} is not valid punycode ({why})", shown(label));
+    let decoded = punycode_decode(encoded).map_err(&bad)?;
+    if decoded.is_ascii() {
+        return Err(bad("it decodes to plain ASCII, which is never encoded"));
+    }
+    if decoded.chars().any(|c| c.is_control() || c == '.') {
+        return Err(bad("it decodes to a control character or a dot"));
+    }
+    Ok(())
+}
+
+/// Decodes Punycode (RFC 3492, section 6.2) into the Unicode string it stands for.
+fn punycode_decode(input: &str) -> Result<String, &'static str> {
+    const BASE: u32 = 36;
+    const T_MIN: u32 = 1;
+    const T_MAX: u32 = 26;
+    const SKEW: u32 = 38;
+    const DAMP: u32 = 700;
+    const INITIAL_BIAS: u32 = 72;
+    const INITIAL_N: u32 = 0x80;
+
+    fn adapt(mut delta: u32, points: u32, first: bool) -> u32 {
+        delta /= if first { DAMP } else { 2 };
+        delta += delta / points;
+        let mut k = 0;
+        while delta > ((BASE - T_MIN) * T_MAX) / 2 {
+            delta /= BASE - T_MIN;
+            k += BASE;
+        }
+        k + (BASE - T_MIN + 1) * delta / (delta + SKEW)
+    }
+
+    if input.is_empty() {
+        return Err("empty after xn--");
+    }
+    let (basic, extended) = match input.rfind('-') {
+        Some(at) => (&input[..at], &input[at + 1..]),
+        None => ("", input),
+    };
+    if !basic.is_ascii() {
+        return Err("non-ASCII characters");
+    }
+    let mut output: Vec<char> = basic.chars().collect();
+    let mut n = INITIAL_N;
+    let mut i: u32 = 0;
+    let mut bias = INITIAL_BIAS;
+    let mut digits = extended.bytes().peekable();
+    if digits.peek().is_none() {
+        return Err("no encoded characters");
+    }
+    while digits.peek().is_some() {
+        let old_i = i;
+        let mut w: u32 = 1;
+        let mut k = BASE;
+        loop {
+            let byte = digits.next().ok_or("truncated")?;
+            let digit = match byte {
+                b'a'..=b'z' => u32::from(byte - b'a'),
+                b'A'..=b'Z' => u32::from(byte - b'A'),
+                b'0'..=b'9' => u32::from(byte - b'0') + 26,
+                _ => return Err("a character that is not a punycode digit"),
+            };
+            i = digit
+                .checked_mul(w)
+                .and_then(|step| i.checked_add(step))
+                .ok_or("overflow")?;
+            let t = if k <= bias {
+                T_MIN
+            } else if k >= bias + T_MAX {
+                T_MAX
+            } else {
+                k - bias
+            };
+            if digit < t {
+                break;
+            }
+            w = w.checked_mul(BASE - t).ok_or("overflow")?;
+            k += BASE;
+        }
+        let points = u32::try_from(output.len() + 1).map_err(|_| "overflow")?;
+        bias = adapt(i - old_i, points, old_i == 0);
+        n = n.checked_add(i / points).ok_or("overflow")?;
+        i %= points;
+        let c = char::from_u32(n).ok_or("not a Unicode scalar value")?;
+        if output.len() >= MAX_LABEL_BYTES {
+            return Err("too long");
+        }
+        output.insert(i as usize, c);
+        i += 1;
+    }
+    Ok(output.into_iter().collect())
 }
 
 fn normalise_hash(name: &str, digits: usize, value: &str) -> Result<String, String> {
@@ -591,7 +794,7 @@ mod tests {
             "2001:db8::1:0:0:1"
         );
         assert_eq!(ok(Ipv6, "::1"), "::1");
-        assert_eq!(ok(Ipv6, "::FFFF:192.0.2.1"), "::ffff:192.0.2.1");
+        assert_eq!(ok(Ipv6, "::192.0.2.1"), "::c000:201");
         assert!(reason(Ipv6, "[2001:db8::1]").contains("brackets"));
         assert!(reason(Ipv6, "fe80::1%eth0").contains("zone"));
         assert!(reason(Ipv6, "2001:db8::g").contains("not an IPv6"));
@@ -602,10 +805,10 @@ mod tests {
     fn cidr_zeroes_host_bits() {
         assert_eq!(ok(Cidr, "10.1.2.3/8"), "10.0.0.0/8");
         assert_eq!(ok(Cidr, "192.168.1.7/32"), "192.168.1.7/32");
-        assert_eq!(ok(Cidr, "1.2.3.4/0"), "0.0.0.0/0");
+        assert_eq!(ok(Cidr, "1.2.3.4/8"), "1.0.0.0/8");
         assert_eq!(ok(Cidr, "2001:DB8:0:0:1::1/64"), "2001:db8::/64");
         assert_eq!(ok(Cidr, "2001:db8::1/128"), "2001:db8::1/128");
-        assert_eq!(ok(Cidr, "::1/0"), "::/0");
+        assert_eq!(ok(Cidr, "2001:db8::1/16"), "2001::/16");
         assert!(reason(Cidr, "10.0.0.0/33").contains("above 32"));
         assert!(reason(Cidr, "::/129").contains("above 128"));
         assert!(reason(Cidr, "10.0.0.0/08").contains("leading zero"));
@@ -656,8 +859,8 @@ mod tests {
         );
         assert_eq!(ok(Url, "http://example.com:/a"), "http://example.com/a");
         assert_eq!(
-            ok(Url, "ftp://User:PaSS@Files.Example.com/a"),
-            "ftp://User:PaSS@files.example.com/a"
+            ok(Url, "ftp://Files.Example.com/a@b"),
+            "ftp://files.example.com/a@b"
         );
         assert_eq!(
             ok(Url, "http://[2001:DB8::1]:80/x"),
@@ -719,6 +922,112 @@ mod tests {
     }
 
     #[test]
+    fn ipv4_mapped_addresses_are_ipv4_values() {
+        for raw in ["::ffff:192.0.2.1", "::FFFF:192.0.2.1", "::ffff:c000:201"] {
+            assert_eq!(ok(Ipv4, raw), "192.0.2.1", "{raw}");
+            assert_eq!(
+                normalise_typed(Ipv6, raw),
+                Ok((Ipv4, "192.0.2.1".to_owned())),
+                "{raw}"
+            );
+            let r = reason(Ipv6, raw);
+            assert!(r.contains("IPv4 address 192.0.2.1"), "{r}");
+            assert_eq!(detect_type(raw), Some(Ipv4), "{raw}");
+        }
+        assert_eq!(
+            normalise_typed(Ipv6, "2001:db8::1"),
+            Ok((Ipv6, "2001:db8::1".into()))
+        );
+        assert_eq!(
+            normalise_typed(Ipv4, "192.0.2.1"),
+            Ok((Ipv4, "192.0.2.1".into()))
+        );
+        assert!(reason(Ipv4, "2001:db8::1").contains("IPv4-mapped"));
+        assert_eq!(ok(Cidr, "::ffff:192.0.2.0/120"), "192.0.2.0/24");
+        assert_eq!(ok(Cidr, "::ffff:192.0.2.1/128"), "192.0.2.1/32");
+        assert!(reason(Cidr, "::ffff:0:0/96").contains("too broad"));
+    }
+
+    #[test]
+    fn overly_broad_networks_are_refused() {
+        for raw in [
+            "0.0.0.0/0",
+            "1.2.3.4/0",
+            "128.0.0.0/1",
+            "10.0.0.0/7",
+            "::/0",
+            "2000::/3",
+        ] {
+            let r = reason(Cidr, raw);
+            assert!(r.contains("too broad"), "{raw}: {r}");
+            assert!(r.contains("at least /"), "{raw}: {r}");
+        }
+        assert!(reason(Cidr, "0.0.0.0/0").contains("0.0.0.0/0"));
+        assert_eq!(ok(Cidr, "10.0.0.0/8"), "10.0.0.0/8");
+        assert_eq!(ok(Cidr, "2001:db8::/16"), "2001::/16");
+        assert!(reason(Cidr, "2001:db8::/15").contains("at least /16"));
+        assert_eq!(detect_type("0.0.0.0/0"), None);
+    }
+
+    #[test]
+    fn urls_with_credentials_are_refused() {
+        for raw in [
+            "https://user:pass@host.example/",
+            "https://user@host.example/",
+            "http://bank.example@evil.example/login",
+            "ftp://:secret@files.example",
+            "http://a:b@[2001:db8::1]:8080/",
+        ] {
+            let r = reason(Url, raw);
+            assert!(r.contains("user information"), "{raw}: {r}");
+        }
+        assert_eq!(
+            ok(Url, "https://host.example/p?next=a@b"),
+            "https://host.example/p?next=a@b"
+        );
+    }
+
+    #[test]
+    fn mailto_is_read_as_the_address() {
+        assert_eq!(ok(Email, "mailto:a@b.example"), "a@b.example");
+        assert_eq!(ok(Email, "MAILTO:A@B.Example"), "a@b.example");
+        assert!(reason(Email, "mailto:a@b.example?subject=x").contains("header fields"));
+        assert!(reason(Email, "mailto:a@b.example,c@d.example").contains("exactly one"));
+        assert!(reason(Email, "mailto:").contains("exactly one"));
+        assert_eq!(detect_type("mailto:a@b.example"), Some(Email));
+    }
+
+    #[test]
+    fn invalid_punycode_is_refused() {
+        assert_eq!(ok(Domain, "XN--BCHER-KVA.example"), "xn--bcher-kva.example");
+        assert_eq!(ok(Domain, "xn--mnchen-3ya.de"), "xn--mnchen-3ya.de");
+        assert_eq!(ok(Domain, "www.xn--fiqs8s"), "www.xn--fiqs8s");
+        reason(Domain, "xn--.example");
+        reason(Domain, "xn--abc-.example");
+        for raw in [
+            "xn--zz.example",
+            "xn--a.example",
+            "xn--99999999999.example",
+            "www.xn--bcher-kva9999.example",
+            "www.example.xn--abc",
+        ] {
+            let r = reason(Domain, raw);
+            assert!(r.contains("not valid punycode"), "{raw}: {r}");
+        }
+        assert!(reason(Url, "https://xn--zz.example/").contains("punycode"));
+        assert!(reason(Email, "a@xn--zz.example").contains("punycode"));
+        assert_eq!(
+            ok(Url, "https://XN--BCHER-KVA.example/x"),
+            "https://xn--bcher-kva.example/x"
+        );
+        assert_eq!(punycode_decode("bcher-kva"), Ok("bücher".into()));
+        assert_eq!(
+            punycode_decode("ihqwcrb4cv8a8dqg056pqjye"),
+            Ok("他们为什么不说中文".into())
+        );
+    }
+
+    #[test]
     fn stix_patterns() {
         let p = "[ipv4-addr:value = '1.2.3.4' AND ipv4-addr:value = '5.6.7.8']";
         assert_eq!(ok(StixPattern, &format!("  {p} ")), p);
@@ -749,7 +1058,11 @@ mod tests {
             (Cidr, "10.1.2.3/8"),
             (Cidr, "2001:DB8::1/48"),
             (Domain, "WWW.Example.com."),
-            (Url, "HTTPS://User@Example.com:443/A?b#c"),
+            (Url, "HTTPS://Example.com:443/A?b#c"),
+            (Url, "http://XN--BCHER-KVA.example/"),
+            (Ipv4, "::FFFF:192.0.2.1"),
+            (Cidr, "::FFFF:192.0.2.1/120"),
+            (Email, "MailTo:A@Example.com"),
             (Email, "A@Example.com"),
             (Md5, "D41D8CD98F00B204E9800998ECF8427E"),
             (StixPattern, " [x:y = 'z'] "),

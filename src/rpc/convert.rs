@@ -69,6 +69,14 @@ pub fn item_query(filter: Option<ItemFilter>) -> Result<ItemQuery, Status> {
     } else {
         Some(NodeId::new(&origin).map_err(|e| Status::invalid_argument(format!("origin: {e}")))?)
     };
+    // A value given with the type ipv6 that is an IPv4-mapped address looks for the ipv4
+    // item it was published as.
+    let indicator_type = match indicator_type {
+        Some(ty) if !value.is_empty() => {
+            Some(crate::model::normalise_typed(ty, &value).map_or(ty, |(typed, _)| typed))
+        }
+        other => other,
+    };
     Ok(ItemQuery {
         value: (!value.is_empty()).then_some(value),
         indicator_type,

@@ -22,6 +22,38 @@ use super::files::{self, FileError};
 use super::identity::{IdentityError, certificate_id};
 use crate::crypto::{SignerError, SignerTrust};
 use crate::model::NodeId;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// Checks that a trust anchor is a CA certificate: basic constraints with `cA` set, and a
+/// key usage, when present, that allows signing certificates. A leaf certificate given as
+/// an anchor would make webpki trust that one certificate as an issuer, and is almost
+/// always a misconfiguration (the node's own or a partner's certificate instead of the
+/// federation CA's), so it is refused rather than left to fail every handshake.
+fn check_ca(cert: &CertificateDer<'_>) -> Result<(), String> {
+    let (_, parsed) = X509Certificate::from_der(cert.as_ref())
+        .map_err(|e| format!("not a readable X.509 certificate: {e}"))?;
+    let subject = parsed.subject().to_string();
+    let constraints = parsed
+        .basic_constraints()
+        .map_err(|e| format!("{subject}: unreadable basic constraints: {e}"))?;
+    if !constraints.is_some_and(|c| c.value.ca) {
+        return Err(format!(
+            "{subject} is not a CA certificate (its basic constraints do not say cA), so it \
+             cannot be a trust anchor: give the federation CA's certificate (ca.crt), not a \
+             node's or a client's"
+        ));
+    }
+    let usage = parsed
+        .key_usage()
+        .map_err(|e| format!("{subject}: unreadable key usage: {e}"))?;
+    if usage.is_some_and(|u| !u.value.key_cert_sign()) {
+        return Err(format!(
+            "{subject} is marked CA but its key usage does not allow signing certificates \
+             (keyCertSign), so it cannot be a trust anchor"
+        ));
+    }
+    Ok(())
+}
 
 /// ALPN protocol for gRPC over HTTP/2; gRPC clients such as `grpcio` require it.
 const ALPN_H2: &[u8] = b"h2";
@@ -137,7 +169,11 @@ impl TlsMaterial {
         let mut anchors = Vec::with_capacity(paths.trust_anchors.len());
         for path in &paths.trust_anchors {
             let mut anchor = RootCertStore::empty();
-            for cert in files::read_certificates(path)? {
+            for (index, cert) in files::read_certificates(path)?.into_iter().enumerate() {
+                check_ca(&cert).map_err(|problem| TlsError::BadTrustAnchor {
+                    path: path.clone(),
+                    problem: format!("certificate {} in the file: {problem}", index + 1),
+                })?;
                 for store in [&mut roots, &mut anchor] {
                     store
                         .add(cert.clone())
