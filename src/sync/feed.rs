@@ -10,23 +10,21 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{Engine, EngineError, PulledBundle};
+use super::limits::FEED_QUEUE_MESSAGES;
+use super::parts::{Part, Resume, split};
+use crate::engine::{Engine, EngineError};
 use crate::model::Partner;
 
 /// Feed entries read per pull page.
 pub const PULL_PAGE: usize = 256;
 
-/// Messages queued between the serving task and the stream's reader. Small: what is
-/// queued was decided under the policy of the moment it was read, so little may wait.
-const QUEUE: usize = 2;
-
 /// One event of a pull stream, in either direction: what a node serves and what a
 /// puller receives.
 #[derive(Clone, Debug)]
 pub enum FeedEvent {
-    /// A bundle (redacted for the partner) at a feed position, with the hop count at
-    /// which the sender holds its items.
-    Bundle(PulledBundle),
+    /// A part of a bundle (redacted for the partner) at a feed position, with the hop
+    /// count at which the sender holds its items.
+    Part(Part),
     /// Everything up to `cursor` was sent or withheld; `head` is the feed's head then.
     Checkpoint {
         /// Feed position reached.
@@ -75,6 +73,9 @@ pub struct FeedRequest {
     pub cursor: u64,
     /// Whether to keep following the feed once caught up.
     pub follow: bool,
+    /// A transfer the partner holds in part, to continue (honoured only when it is the
+    /// entry just after `cursor` and the feed is served from `cursor`).
+    pub resume: Option<Resume>,
 }
 
 /// Serves `request` from `engine`'s feed: resolves the cursor to serve from
@@ -98,11 +99,17 @@ where
 {
     let FeedRequest {
         partner,
-        cursor,
+        cursor: requested,
         follow,
+        resume,
     } = request;
-    let (tx, rx) = tokio::sync::mpsc::channel::<(T, Option<[u8; 32]>)>(QUEUE);
-    let cursor = engine.serving_cursor(&partner.id, cursor)?;
+    // Small: what is queued was decided under the policy of the moment it was read, so
+    // little may wait (and each message is at most one part).
+    let (tx, rx) = tokio::sync::mpsc::channel::<(T, Option<[u8; 32]>)>(FEED_QUEUE_MESSAGES);
+    let cursor = engine.serving_cursor(&partner.id, requested)?;
+    // A transfer continues only where the partner left it: the entry after its cursor,
+    // under the policy it was served under (else the feed replays from the start).
+    let resume = resume.filter(|r| cursor == requested && r.seq == requested.saturating_add(1));
     let convert = Arc::new(convert);
     let stream = FeedStream {
         rx,
@@ -125,6 +132,7 @@ where
             convert,
         },
         cursor,
+        resume,
     ));
     Ok(stream)
 }
@@ -208,7 +216,7 @@ where
 /// The serving loop: a page at a time from `cursor`, a checkpoint after each page, then
 /// (when following) a wait for the feed to move, an embargo to pass or the policy to
 /// change. A change of the partner's policy fingerprint replays its feed from the start.
-async fn run<A, T, F>(serving: Serving<A, T, F>, cursor: u64)
+async fn run<A, T, F>(serving: Serving<A, T, F>, cursor: u64, resume: Option<Resume>)
 where
     A: Withdrawable,
     T: Send + 'static,
@@ -220,6 +228,7 @@ where
     let mut feed = engine.watch_feed();
     let mut policy = engine.watch_policy();
     let mut fingerprint = engine.policy().partner_fingerprint(&partner.id);
+    let mut resume = resume;
     loop {
         if let Some(withdrawal) = serving.access.withdrawal() {
             serving.end(FeedEnd::Withdrawn(withdrawal)).await;
@@ -229,6 +238,7 @@ where
         let now = engine.policy().partner_fingerprint(&partner.id);
         if now != fingerprint {
             fingerprint = now;
+            resume = None;
             match engine.serving_cursor(&partner.id, cursor) {
                 Ok(c) => cursor = c,
                 Err(error) => {
@@ -261,12 +271,29 @@ where
                 return;
             }
         };
+        // Only the first page can hold the transfer to continue.
+        let resume = resume.take();
         for bundle in page.bundles {
-            if !serving
-                .send(FeedEvent::Bundle(bundle), Some(decided_under))
-                .await
-            {
-                return;
+            let mut parts = split(bundle);
+            let (seq, hops, transfer) = parts.key();
+            let mut skip = 0;
+            if let Some(r) = resume.as_ref().filter(|r| r.seq == seq) {
+                if hops < r.hops {
+                    // The partner had this one whole before the transfer it continues.
+                    continue;
+                }
+                if hops == r.hops && transfer == r.transfer {
+                    skip = r.next_part;
+                }
+            }
+            // One part encoded at a time: the queue holds at most a few parts.
+            for part in parts.by_ref().skip(skip as usize) {
+                if !serving
+                    .send(FeedEvent::Part(part), Some(decided_under))
+                    .await
+                {
+                    return;
+                }
             }
         }
         let embargo_until = page.embargo_until;

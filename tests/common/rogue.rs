@@ -10,21 +10,33 @@ use entente::crypto::{BundleSigner, sha256};
 use entente::model::{Distribution, Item, NodeId, Partner, PartnerKind};
 use entente::rpc::proto::federation_server::{Federation, FederationServer};
 use entente::rpc::proto::{
-    CertificateChain, Checkpoint, FeedBundle, GetCertificatesRequest, GetCertificatesResponse,
-    HelloRequest, HelloResponse, PullRequest, PullResponse, pull_response,
+    CertificateChain, Checkpoint, GetCertificatesRequest, GetCertificatesResponse, HelloRequest,
+    HelloResponse, PullRequest, PullResponse, pull_response,
 };
 use entente::transport::{Directory, TlsMaterial};
 use entente::wire;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-/// The feed entry at `seq`: `bundle`, held by the rogue at `hops`.
-pub fn feed(seq: u64, bundle: wire::SignedBundle, hops: u32) -> FeedBundle {
-    FeedBundle {
+/// One entry of the rogue's feed: its position and the messages that carry it.
+#[derive(Clone)]
+pub struct Entry {
+    pub seq: u64,
+    pub messages: Vec<PullResponse>,
+}
+
+/// The feed entry at `seq`: `bundle`, held by the rogue at `hops`, in parts as a node
+/// sends it.
+pub fn feed(seq: u64, bundle: wire::SignedBundle, hops: u32) -> Entry {
+    Entry {
         seq,
-        bundle: Some(bundle),
-        hops,
+        messages: entente::rpc::bundle_responses(seq, hops, bundle),
     }
+}
+
+/// The feed entry at `seq` carried by whatever `messages` a test crafts.
+pub fn crafted(seq: u64, messages: Vec<PullResponse>) -> Entry {
+    Entry { seq, messages }
 }
 
 /// A signer for the identity `m`.
@@ -48,7 +60,7 @@ pub fn sign(by: &TlsMaterial, items: &[Item], distribution: Distribution) -> wir
 /// The rogue's service: its whole feed after any cursor, then a checkpoint, and the
 /// certificates in `certificates` (which a test may add to while it runs).
 pub struct Rogue {
-    pub feed: Vec<FeedBundle>,
+    pub feed: Vec<Entry>,
     pub certificates: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
@@ -67,12 +79,8 @@ impl Federation for Rogue {
         let mut out: Vec<Result<PullResponse, Status>> = self
             .feed
             .iter()
-            .filter(|b| b.seq > after)
-            .map(|b| {
-                Ok(PullResponse {
-                    event: Some(pull_response::Event::Bundle(b.clone())),
-                })
-            })
+            .filter(|e| e.seq > after)
+            .flat_map(|e| e.messages.iter().cloned().map(Ok))
             .collect();
         let head = self.feed.len() as u64;
         out.push(Ok(PullResponse {
