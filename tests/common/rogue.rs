@@ -96,19 +96,87 @@ impl Federation for Rogue {
         &self,
         request: Request<GetCertificatesRequest>,
     ) -> Result<Response<GetCertificatesResponse>, Status> {
-        let wanted = request.into_inner().sha256;
-        let chains = self
-            .certificates
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|der| wanted.iter().any(|w| w.as_slice() == sha256(der)))
-            .map(|der| CertificateChain {
-                sha256: sha256(der).to_vec(),
-                der: vec![der.clone()],
-            })
-            .collect();
-        Ok(Response::new(GetCertificatesResponse { chains }))
+        Ok(answer_certificates(&self.certificates, request))
+    }
+}
+
+/// The certificates of `held` that `request` asks for.
+fn answer_certificates(
+    held: &Mutex<Vec<Vec<u8>>>,
+    request: Request<GetCertificatesRequest>,
+) -> Response<GetCertificatesResponse> {
+    let wanted = request.into_inner().sha256;
+    let chains = held
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|der| wanted.iter().any(|w| w.as_slice() == sha256(der)))
+        .map(|der| CertificateChain {
+            sha256: sha256(der).to_vec(),
+            der: vec![der.clone()],
+        })
+        .collect();
+    Response::new(GetCertificatesResponse { chains })
+}
+
+/// A rogue that answers the n-th pull with the n-th script a test wrote (the last one
+/// again once they run out), then ends the stream; it records every pull request. A
+/// test may add scripts while it runs.
+#[derive(Clone, Default)]
+pub struct Scripted {
+    pub scripts: Arc<Mutex<Vec<Vec<PullResponse>>>>,
+    pub requests: Arc<Mutex<Vec<PullRequest>>>,
+    pub certificates: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Scripted {
+    /// Answers every pull with `script`, offering `certificates`.
+    pub fn new(script: Vec<PullResponse>, certificates: Vec<Vec<u8>>) -> Self {
+        Self {
+            scripts: Arc::new(Mutex::new(vec![script])),
+            requests: Arc::default(),
+            certificates: Arc::new(Mutex::new(certificates)),
+        }
+    }
+
+    /// Pulls answered so far.
+    pub fn pulls(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+}
+
+/// A checkpoint message.
+pub fn checkpoint(cursor: u64, head: u64) -> PullResponse {
+    PullResponse {
+        event: Some(pull_response::Event::Checkpoint(Checkpoint { cursor, head })),
+    }
+}
+
+#[tonic::async_trait]
+impl Federation for Scripted {
+    async fn hello(&self, _: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {
+        Err(Status::unimplemented("rogue"))
+    }
+
+    type PullStream = PullStream;
+
+    async fn pull(&self, request: Request<PullRequest>) -> Result<Response<PullStream>, Status> {
+        let script = {
+            let mut requests = self.requests.lock().unwrap();
+            requests.push(request.into_inner());
+            let scripts = self.scripts.lock().unwrap();
+            scripts[(requests.len() - 1).min(scripts.len() - 1)].clone()
+        };
+        Ok(Response::new(Box::pin(tokio_stream::iter(
+            script.into_iter().map(Ok),
+        ))))
+    }
+
+    async fn get_certificates(
+        &self,
+        request: Request<GetCertificatesRequest>,
+    ) -> Result<Response<GetCertificatesResponse>, Status> {
+        Ok(answer_certificates(&self.certificates, request))
     }
 }
 
@@ -122,7 +190,7 @@ pub struct RogueServer {
 impl RogueServer {
     /// Serves `rogue` as the identity `material` on 127.0.0.1:0, accepting `puller`
     /// as a peer node.
-    pub async fn start(material: &TlsMaterial, puller: &NodeId, rogue: Rogue) -> Self {
+    pub async fn start<S: Federation>(material: &TlsMaterial, puller: &NodeId, rogue: S) -> Self {
         let directory = Arc::new(Directory::new(
             &material.id,
             [Partner {
