@@ -17,9 +17,16 @@ pub const MAX_PULL_MESSAGE_BYTES: usize = 2 << 20;
 /// Most bytes of disclosed items (item bytes and salts) one bundle transfer may bring.
 /// A puller holds a transfer in memory until it is complete, so this (with the header,
 /// at most `crypto::MAX_HEADER_BYTES`, and at most `crypto::MAX_ITEMS_PER_BUNDLE`
-/// disclosures) bounds what one link holds. Equal to the largest message a node accepts
-/// for publishing, so any bundle a node could publish can cross any link.
-pub const MAX_TRANSFER_ITEM_BYTES: usize = crate::wire::MAX_MESSAGE_BYTES;
+/// disclosures) bounds what one link holds. The items of a published bundle come in
+/// one message of at most `wire::MAX_MESSAGE_BYTES`; the publishing node adds to each
+/// an id and a version (about 60 bytes) and a salt (16): [`PER_ITEM_ALLOWANCE`] covers
+/// both, so any bundle a node could publish can cross any link.
+pub const MAX_TRANSFER_ITEM_BYTES: usize =
+    crate::wire::MAX_MESSAGE_BYTES + crate::crypto::MAX_ITEMS_PER_BUNDLE * PER_ITEM_ALLOWANCE;
+
+/// Bytes a published item may grow by between the publish request and the bundle: an
+/// assigned id and version, and its salt.
+pub const PER_ITEM_ALLOWANCE: usize = 128;
 
 /// Largest bundle signature accepted in a transfer (an ECDSA P-256 signature in DER is
 /// at most 72 bytes).

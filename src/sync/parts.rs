@@ -558,6 +558,21 @@ mod tests {
         assert_ne!(transfer_digest(1, &fewer), parts[0].transfer);
     }
 
+    /// Why a pull message holds no repeated message field: an empty `Disclosure` is two
+    /// bytes on the wire (tag and zero length) but a 56-byte struct once decoded, 28
+    /// times its size, and up to 56 times while the vector that holds it doubles.
+    #[test]
+    fn a_decoded_empty_disclosure_is_28_times_its_wire_size() {
+        let empty = wire::Disclosure::default();
+        let on_the_wire = wire::SignedBundle {
+            disclosures: vec![empty],
+            ..Default::default()
+        }
+        .encoded_len();
+        assert_eq!(on_the_wire, 2);
+        assert_eq!(std::mem::size_of::<wire::Disclosure>(), 56);
+    }
+
     #[test]
     fn parts_out_of_order_or_of_another_transfer_are_refused() {
         let parts: Vec<Part> = split(PulledBundle {
