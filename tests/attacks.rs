@@ -521,7 +521,8 @@ async fn a_narrowing_reload_stops_what_a_slow_puller_has_not_read_yet() {
                     if part.index == 0 {
                         bundles += 1;
                     }
-                    amber_after_reload += entente::sync::parts::disclosures(&part.disclosures).count();
+                    amber_after_reload +=
+                        entente::sync::parts::disclosures(&part.disclosures).count();
                 }
             }
             Ok(Ok(None)) => break "ended".to_owned(),

@@ -67,7 +67,12 @@ struct Hq {
 }
 
 impl Hq {
-    async fn start(pki: &Pki, hq: &NodeId, rogue: &NodeId, rogue_addr: std::net::SocketAddr) -> Self {
+    async fn start(
+        pki: &Pki,
+        hq: &NodeId,
+        rogue: &NodeId,
+        rogue_addr: std::net::SocketAddr,
+    ) -> Self {
         let config = common::write_config(pki, hq, &[common::client("ops.admin", "admin")], &[]);
         let mut text = std::fs::read_to_string(&config).unwrap();
         text.push_str(&format!(
@@ -165,7 +170,9 @@ async fn an_item_that_does_not_match_its_leaf_digest_refuses_its_whole_bundle() 
     let server = RogueServer::start(&s.material, &s.hq, rogue).await;
     let hq = Hq::start(&s.pki, &s.hq, &s.rogue, server.addr).await;
     let link = hq
-        .wait_link("the link did not pass the refused bundle", |l| l.cursor >= 2)
+        .wait_link("the link did not pass the refused bundle", |l| {
+            l.cursor >= 2
+        })
         .await;
     assert_eq!(link.bundles_rejected, 1, "{link:?}");
     assert_eq!(link.bundles_received, 1, "{link:?}");
@@ -233,11 +240,7 @@ async fn parts_that_break_the_transfer_are_refused_and_nothing_partial_is_stored
             parts[..parts.len() - 1].to_vec(),
             "checkpoint in the middle of the bundle at seq 1",
         ),
-        (
-            "a later part first",
-            parts[1..].to_vec(),
-            "does not follow",
-        ),
+        ("a later part first", parts[1..].to_vec(), "does not follow"),
         ("a whole bundle (protocol 1)", vec![whole], "protocol 1"),
     ];
     for (case, messages, expected) in cases {

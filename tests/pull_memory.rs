@@ -140,11 +140,8 @@ async fn hostile_pull_messages_cost_the_puller_a_bounded_amount_of_memory() {
             valid_until_ms: None,
         }),
     };
-    let mut part = entente::rpc::bundle_responses(
-        1,
-        0,
-        sign(&material, &[item], Distribution::default()),
-    );
+    let mut part =
+        entente::rpc::bundle_responses(1, 0, sign(&material, &[item], Distribution::default()));
     assert_eq!(part.len(), 1);
     if let Some(pull_response::Event::Bundle(FeedBundle {
         part: Some(part), ..

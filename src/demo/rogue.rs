@@ -15,8 +15,8 @@ use crate::crypto::sha256;
 use crate::model::{NodeId, PartnerKind, Role};
 use crate::rpc::proto::federation_server::{Federation, FederationServer};
 use crate::rpc::proto::{
-    CertificateChain, Checkpoint, GetCertificatesRequest, GetCertificatesResponse,
-    HelloRequest, HelloResponse, PullRequest, PullResponse, pull_response,
+    CertificateChain, Checkpoint, GetCertificatesRequest, GetCertificatesResponse, HelloRequest,
+    HelloResponse, PullRequest, PullResponse, pull_response,
 };
 use crate::transport::{Directory, Partner, TlsMaterial};
 

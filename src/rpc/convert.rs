@@ -8,10 +8,10 @@ use super::proto::{
     StoredItem as ProtoStoredItem, pull_response,
 };
 use crate::engine::PulledBundle;
-use crate::sync::parts::{Opening, Part, Resume};
 use crate::model::{Distribution, IndicatorType, NodeId};
 use crate::store::{ItemQuery, StoredItem};
 use crate::sync::FeedEvent;
+use crate::sync::parts::{Opening, Part, Resume};
 use crate::wire;
 
 /// A wire distribution from a client, checked.

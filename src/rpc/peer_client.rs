@@ -77,11 +77,13 @@ impl Peer for GrpcPeer {
             .into_inner();
         // Messages without an event carry nothing; one of another protocol ends the
         // stream with its error.
-        Ok(Box::pin(stream.filter_map(|message| match message {
-            Ok(message) => convert::feed_event(message)
-                .map_err(PeerError::Failed)
-                .transpose(),
-            Err(status) => Some(Err(PeerError::Failed(status_text(&status)))),
+        Ok(Box::pin(stream.filter_map(|message| {
+            match message {
+                Ok(message) => convert::feed_event(message)
+                    .map_err(PeerError::Failed)
+                    .transpose(),
+                Err(status) => Some(Err(PeerError::Failed(status_text(&status)))),
+            }
         })))
     }
 

@@ -69,8 +69,7 @@ pub struct Resume {
 /// into the same parts, so one may continue the other; a change of policy (other items
 /// disclosed) changes it.
 pub fn transfer_digest(hops: u32, bundle: &wire::SignedBundle) -> [u8; 32] {
-    let mut data =
-        Vec::with_capacity(TRANSFER_CONTEXT.len() + 76 + 4 * bundle.disclosures.len());
+    let mut data = Vec::with_capacity(TRANSFER_CONTEXT.len() + 76 + 4 * bundle.disclosures.len());
     data.extend_from_slice(TRANSFER_CONTEXT);
     data.extend_from_slice(&(PART_BYTES as u64).to_be_bytes());
     data.extend_from_slice(&hops.to_be_bytes());
@@ -539,7 +538,11 @@ mod tests {
         assert_eq!(header, b.header_bytes);
         let items: Vec<wire::Disclosure> = parts
             .iter()
-            .flat_map(|p| disclosures(&p.disclosures).map(Result::unwrap).collect::<Vec<_>>())
+            .flat_map(|p| {
+                disclosures(&p.disclosures)
+                    .map(Result::unwrap)
+                    .collect::<Vec<_>>()
+            })
             .collect();
         assert_eq!(items, b.disclosures);
         // The same bundle, its disclosures in another order, splits the same way.

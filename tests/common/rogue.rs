@@ -148,7 +148,10 @@ impl Scripted {
 /// A checkpoint message.
 pub fn checkpoint(cursor: u64, head: u64) -> PullResponse {
     PullResponse {
-        event: Some(pull_response::Event::Checkpoint(Checkpoint { cursor, head })),
+        event: Some(pull_response::Event::Checkpoint(Checkpoint {
+            cursor,
+            head,
+        })),
     }
 }
 
