@@ -32,7 +32,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .out_dir(&wire_dir)
         .compile_protos(&["proto/entente/v1/bundle.proto"], &["proto"])?;
 
+    // Every service and client decodes through `rpc::codec`, which bounds what a
+    // message may cost to decode before prost allocates it.
     let mut services = tonic_prost_build::configure()
+        .codec_path("crate::rpc::codec::BoundedCodec")
         .file_descriptor_set_path(out_dir.join("entente_v1_descriptor.bin"));
     for name in BUNDLE_TYPES {
         services = services.extern_path(

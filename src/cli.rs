@@ -23,6 +23,10 @@ use crate::wire;
 /// Most input errors printed one by one; the rest are counted.
 const MAX_ERRORS_SHOWN: usize = 1000;
 
+/// Largest Publish message the CLI sends: a quarter of the node's default limit
+/// (`limits.publish_message_bytes`), so a node configured lower still takes it.
+const PUBLISH_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
 /// Options of `entente publish`.
 pub struct PublishOptions {
     /// Marking for items whose input gives none.
@@ -250,16 +254,33 @@ pub async fn publish(
     let items = parsed.items;
     let groups = options.groups.clone();
     let feeder = tokio::spawn(async move {
-        for chunk in items.chunks(bundle_size) {
-            let request = PublishRequest {
-                items: chunk.iter().map(wire::Item::from).collect(),
-                distribution: Some(distribution.clone()),
-                groups: groups.clone(),
-            };
-            if tx.send(request).await.is_err() {
-                return;
+        // A bundle closes at --bundle-size items or at PUBLISH_MESSAGE_BYTES, whichever
+        // comes first, so that no message crosses the node's size limit.
+        let mut pending: Vec<wire::Item> = Vec::new();
+        let mut pending_bytes = 0usize;
+        let mut next = items.first().map(wire::Item::from);
+        for i in 0..items.len() {
+            let Some(item) = next.take() else { break };
+            pending_bytes += prost::Message::encoded_len(&item) + 4;
+            pending.push(item);
+            next = items.get(i + 1).map(wire::Item::from);
+            let full = pending.len() >= bundle_size
+                || next.as_ref().is_some_and(|next| {
+                    pending_bytes + prost::Message::encoded_len(next) + 4 > PUBLISH_MESSAGE_BYTES
+                });
+            if full || next.is_none() {
+                let count = pending.len() as u64;
+                let request = PublishRequest {
+                    items: std::mem::take(&mut pending),
+                    distribution: Some(distribution.clone()),
+                    groups: groups.clone(),
+                };
+                pending_bytes = 0;
+                if tx.send(request).await.is_err() {
+                    return;
+                }
+                feeder_bar.inc(count);
             }
-            feeder_bar.inc(chunk.len() as u64);
         }
         // The bar counts items sent; the node answers once all of them are durable.
         feeder_bar.set_message("sent; waiting for the node to sign and flush");
@@ -526,6 +547,7 @@ pub async fn ledger_show(
                 })).collect::<Vec<_>>(),
                 "policy_hash": hex(&record.policy_hash),
                 "hash": hex(&record.hash),
+                "note": record.note,
             });
             writeln!(out, "{value}")?;
         } else {
@@ -540,8 +562,30 @@ pub async fn ledger_show(
                 record.deliveries.len(),
                 &hex(&record.policy_hash)[..12.min(record.policy_hash.len() * 2)],
             )?;
+            if !record.note.is_empty() {
+                writeln!(out, "          {}", record.note)?;
+            }
         }
     }
+    Ok(())
+}
+
+/// `entente store recover`: rebuilds a store whose metadata was lost from its bundle
+/// log (the node must be stopped).
+pub fn store_recover(config: &crate::Config, cut_damaged: bool) -> Result<()> {
+    let recovery = crate::store::recover::recover(
+        &config.node.data_dir,
+        &config.node.id,
+        config.node.store_cache_bytes,
+        cut_damaged,
+    )
+    .map_err(|e| match e {
+        crate::store::StoreError::Engine { .. } => {
+            anyhow::anyhow!("{e} (is the node still running? stop it before recovering its store)")
+        }
+        other => anyhow::Error::new(other),
+    })?;
+    println!("{recovery}");
     Ok(())
 }
 
@@ -549,6 +593,13 @@ pub async fn ledger_show(
 pub async fn ledger_verify(settings: &ClientSettings) -> Result<()> {
     let client = NodeClient::connect_with(settings).await?;
     let answer = client.ledger_verify().await?;
+    if !answer.restarted.is_empty() {
+        println!(
+            "the ledger was restarted at {} and holds no history before then: {}",
+            rfc3339(answer.restarted_unix_ms),
+            answer.restarted
+        );
+    }
     if answer.intact {
         println!(
             "ledger intact: {} records, head {}",

@@ -191,6 +191,16 @@ impl NodeClient {
             .into_inner())
     }
 
+    /// The node's resource limits and their refusals.
+    pub async fn limits(&self) -> Result<crate::rpc::proto::LimitsResponse, ClientError> {
+        Ok(self
+            .admin()
+            .limits(crate::rpc::proto::LimitsRequest {})
+            .await
+            .map_err(|s| self.status(s))?
+            .into_inner())
+    }
+
     /// The node's replication links.
     pub async fn links(&self) -> Result<crate::rpc::proto::LinksResponse, ClientError> {
         Ok(self

@@ -30,6 +30,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -82,6 +83,24 @@ struct RawConfig {
     client: Vec<RawClient>,
     #[serde(default)]
     groups: std::collections::BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    publish_message_bytes: Option<usize>,
+    publishes_per_partner: Option<usize>,
+    publish_items_per_second: Option<u64>,
+    streams_per_partner: Option<usize>,
+    connections_per_partner: Option<usize>,
+    handshakes: Option<usize>,
+    handshakes_per_source: Option<usize>,
+    handshake_timeout: Option<String>,
+    slow_reader_timeout: Option<String>,
+    keepalive_interval: Option<String>,
+    keepalive_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -189,6 +208,8 @@ pub struct NodeSettings {
     /// How far in the future an item's `modified` time may lie before it is refused,
     /// at publish and on arrival, ms (`node.max_clock_skew`, default 5m).
     pub max_clock_skew_ms: i64,
+    /// Resource limits (`[limits]`).
+    pub limits: crate::limits::Limits,
 }
 
 /// A `[[peer]]`: another node.
@@ -246,6 +267,130 @@ pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
     n.checked_mul(unit_ms)
         .filter(|ms| *ms <= 365 * 86_400_000)
         .ok_or_else(|| format!("{text:?} is longer than a year"))
+}
+
+/// `[limits]`: each value given is checked against a sane range, so that a slip
+/// cannot turn a limit off; what is not given keeps its default.
+fn limits(
+    raw: &RawLimits,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<crate::limits::Limits, ConfigError> {
+    use crate::limits::{Limits, MAX_PUBLISH_MESSAGE_BYTES};
+    let mut limits = Limits::default();
+    let count = |key: &str, value: Option<usize>, min: usize, max: usize, slot: &mut usize| {
+        if let Some(n) = value {
+            if n < min || n > max {
+                return Err(invalid(
+                    &format!("limits.{key}"),
+                    format!("{n} is outside {min}..={max}"),
+                ));
+            }
+            *slot = n;
+        }
+        Ok(())
+    };
+    count(
+        "publish_message_bytes",
+        raw.publish_message_bytes,
+        64 * 1024,
+        MAX_PUBLISH_MESSAGE_BYTES,
+        &mut limits.publish_message_bytes,
+    )?;
+    count(
+        "publishes_per_partner",
+        raw.publishes_per_partner,
+        1,
+        64,
+        &mut limits.publishes_per_partner,
+    )?;
+    count(
+        "streams_per_partner",
+        raw.streams_per_partner,
+        1,
+        4096,
+        &mut limits.streams_per_partner,
+    )?;
+    count(
+        "connections_per_partner",
+        raw.connections_per_partner,
+        1,
+        4096,
+        &mut limits.connections_per_partner,
+    )?;
+    count(
+        "handshakes",
+        raw.handshakes,
+        1,
+        65_536,
+        &mut limits.handshakes,
+    )?;
+    count(
+        "handshakes_per_source",
+        raw.handshakes_per_source,
+        1,
+        65_536,
+        &mut limits.handshakes_per_source,
+    )?;
+    if let Some(rate) = raw.publish_items_per_second {
+        limits.publish_items_per_second = rate;
+    }
+    let duration =
+        |key: &str, value: &Option<String>, min_ms: i64, max_ms: i64, slot: &mut Duration| {
+            if let Some(text) = value {
+                let field = format!("limits.{key}");
+                let ms = parse_duration_ms(text).map_err(|problem| invalid(&field, problem))?;
+                if ms < min_ms || ms > max_ms {
+                    return Err(invalid(
+                        &field,
+                        format!(
+                            "{text:?} is outside {}s..={}s",
+                            min_ms / 1000,
+                            max_ms / 1000
+                        ),
+                    ));
+                }
+                *slot = Duration::from_millis(ms as u64);
+            }
+            Ok(())
+        };
+    duration(
+        "handshake_timeout",
+        &raw.handshake_timeout,
+        1_000,
+        120_000,
+        &mut limits.handshake_timeout,
+    )?;
+    duration(
+        "slow_reader_timeout",
+        &raw.slow_reader_timeout,
+        1_000,
+        3_600_000,
+        &mut limits.slow_reader_timeout,
+    )?;
+    duration(
+        "keepalive_interval",
+        &raw.keepalive_interval,
+        1_000,
+        3_600_000,
+        &mut limits.keepalive_interval,
+    )?;
+    duration(
+        "keepalive_timeout",
+        &raw.keepalive_timeout,
+        1_000,
+        600_000,
+        &mut limits.keepalive_timeout,
+    )?;
+    if limits.handshakes_per_source > limits.handshakes {
+        return Err(invalid(
+            "limits.handshakes_per_source",
+            format!(
+                "{} is more than limits.handshakes ({})",
+                limits.handshakes_per_source, limits.handshakes
+            ),
+        ));
+    }
+    Ok(limits)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -518,6 +663,8 @@ impl Config {
             }
         };
 
+        let limits = limits(&raw.limits, &invalid)?;
+
         Ok(Self {
             path: path.to_owned(),
             node: NodeSettings {
@@ -527,6 +674,7 @@ impl Config {
                 tls: tls_paths,
                 store_cache_bytes: raw.store.cache_mb * 1024 * 1024,
                 max_clock_skew_ms,
+                limits,
             },
             peers,
             clients,

@@ -9,6 +9,7 @@ use tokio::sync::broadcast;
 use crate::crypto::{
     BundleSigner, CertificateSource, SignError, SignerTrust, VerifiedBundle, VerifyError, verify,
 };
+use crate::limits::{Limit, Limits, Rates, Slot, Slots};
 use crate::model::{Distribution, Item, ItemId, ItemKind, NodeId, Partner};
 use crate::policy::{
     Arrival, Context, Decision, PageTokenError, PageTokens, Policy, Refusal, TokenScope,
@@ -62,20 +63,72 @@ pub enum EngineError {
         /// The limit.
         limit: usize,
     },
+    /// A partner has its limit of Publish calls open.
+    #[error(
+        "{partner} has {limit} publish calls open already, the most one partner may have; wait for one to finish"
+    )]
+    TooManyPublishes {
+        /// The partner.
+        partner: NodeId,
+        /// The limit.
+        limit: usize,
+    },
     /// A signer certificate offered by a peer was not cached.
     #[error("signer certificate refused: {0}")]
     Certificate(String),
     /// A blocking task failed.
     #[error("internal task failed: {0}")]
     Task(String),
+    /// A delivery was refused because its disclosure-ledger record cannot be
+    /// written (nothing leaves unrecorded).
+    #[error("refused: the delivery cannot be recorded in the disclosure ledger ({reason})")]
+    LedgerUnavailable {
+        /// The store's disk (or quota) is full.
+        disk_full: bool,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Most ledger records written in one batch.
 const LEDGER_GROUP_MAX: usize = 1024;
 
+/// Why a delivery's ledger record was not written.
+#[derive(Clone, Debug)]
+struct LedgerRefused {
+    disk_full: bool,
+    reason: String,
+}
+
+impl From<LedgerRefused> for EngineError {
+    fn from(refused: LedgerRefused) -> Self {
+        EngineError::LedgerUnavailable {
+            disk_full: refused.disk_full,
+            reason: refused.reason,
+        }
+    }
+}
+
+impl From<&StoreError> for LedgerRefused {
+    fn from(error: &StoreError) -> Self {
+        let reason = match error {
+            StoreError::Unwritable { reason, .. } => reason.clone(),
+            other if other.is_disk_full() => format!("the store's disk is full ({other})"),
+            other => other.to_string(),
+        };
+        LedgerRefused {
+            disk_full: error.is_disk_full(),
+            reason,
+        }
+    }
+}
+
 /// A record to write (or, with `None`, a barrier) and who waits for it: the answer is
-/// `true` once it and every record before it are in the store.
-type LedgerJob = (Option<LedgerEntry>, tokio::sync::oneshot::Sender<bool>);
+/// `Ok` once it (and, for a barrier, every record before it) is in the store.
+type LedgerJob = (
+    Option<LedgerEntry>,
+    tokio::sync::oneshot::Sender<Result<(), LedgerRefused>>,
+);
 
 /// Records handed over and not yet taken by the writer.
 #[derive(Default)]
@@ -102,31 +155,34 @@ impl LedgerShared {
 /// and waits until the record is in the store before anything is sent. One thread writes
 /// whatever has queued up as one store batch, so records that arrive while a batch is
 /// being written share the next one. Records reach the disk with the store's next
-/// flush. If a write ever fails, the deliveries waiting on it and every later one are
-/// refused: the node fails closed rather than deliver unrecorded.
+/// flush. While the store cannot write (a full disk), records are refused, and so are
+/// the deliveries they would record: nothing leaves unrecorded. The writer is not
+/// stopped by a failure: once the store writes again, so does the ledger.
 struct LedgerWriter {
     shared: Arc<LedgerShared>,
-    failed: Arc<std::sync::atomic::AtomicBool>,
+    store: Arc<dyn Store>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 /// A record handed to the writer; wait on it before sending what it records.
-pub struct LedgerTicket(tokio::sync::oneshot::Receiver<bool>);
+pub struct LedgerTicket(tokio::sync::oneshot::Receiver<Result<(), LedgerRefused>>);
 
 impl LedgerTicket {
     /// Waits (from async code) until the record is written.
     pub async fn written(self) -> Result<(), EngineError> {
         match self.0.await {
-            Ok(true) => Ok(()),
-            _ => Err(LedgerWriter::stopped()),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(refused)) => Err(refused.into()),
+            Err(_) => Err(LedgerWriter::stopped()),
         }
     }
 
     /// Waits (from a blocking thread, never from async code) until the record is written.
     pub fn written_blocking(self) -> Result<(), EngineError> {
         match self.0.blocking_recv() {
-            Ok(true) => Ok(()),
-            _ => Err(LedgerWriter::stopped()),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(refused)) => Err(refused.into()),
+            Err(_) => Err(LedgerWriter::stopped()),
         }
     }
 }
@@ -134,23 +190,23 @@ impl LedgerTicket {
 impl LedgerWriter {
     fn start(store: Arc<dyn Store>) -> Self {
         let shared = Arc::new(LedgerShared::default());
-        let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = failed.clone();
         let queue = shared.clone();
+        let writer_store = store.clone();
         let thread = std::thread::Builder::new()
             .name("ledger-writer".into())
-            .spawn(move || Self::run(&queue, store.as_ref(), &flag))
+            .spawn(move || Self::run(&queue, writer_store.as_ref()))
             .ok();
         Self {
             shared,
-            failed,
+            store,
             thread,
         }
     }
 
     /// The writer thread: takes everything queued (at most a group), writes it in one
     /// batch, answers each waiter.
-    fn run(shared: &LedgerShared, store: &dyn Store, failed: &std::sync::atomic::AtomicBool) {
+    fn run(shared: &LedgerShared, store: &dyn Store) {
+        let mut failing = false;
         loop {
             let group = {
                 let mut queue = shared.lock();
@@ -166,27 +222,41 @@ impl LedgerWriter {
             };
             let (entries, waiters): (Vec<Option<LedgerEntry>>, Vec<_>) = group.into_iter().unzip();
             let entries: Vec<LedgerEntry> = entries.into_iter().flatten().collect();
-            if !entries.is_empty() && !failed.load(std::sync::atomic::Ordering::SeqCst) {
-                if let Err(problem) = store.append_ledger_many(&entries) {
-                    failed.store(true, std::sync::atomic::Ordering::SeqCst);
-                    tracing::error!(%problem, "disclosure ledger write failed; every further delivery is refused");
+            let answer = if entries.is_empty() {
+                Ok(())
+            } else {
+                match store.append_ledger_many(&entries) {
+                    Ok(_) => {
+                        if std::mem::take(&mut failing) {
+                            tracing::info!("disclosure ledger writes again; deliveries go on");
+                        }
+                        Ok(())
+                    }
+                    Err(problem) => {
+                        if !std::mem::replace(&mut failing, true) {
+                            tracing::error!(%problem, "disclosure ledger write failed; deliveries are refused until the store writes again");
+                        }
+                        Err(LedgerRefused::from(&problem))
+                    }
                 }
-            }
-            let ok = !failed.load(std::sync::atomic::Ordering::SeqCst);
+            };
             for waiter in waiters {
-                let _ = waiter.send(ok);
+                let _ = waiter.send(answer.clone());
             }
         }
     }
 
     fn stopped() -> EngineError {
-        EngineError::Task("the disclosure ledger is not writable; deliveries are refused".into())
+        EngineError::LedgerUnavailable {
+            disk_full: false,
+            reason: "the disclosure ledger's writer has stopped".into(),
+        }
     }
 
-    /// Hands `entry` to the writer; refuses when the ledger has failed.
+    /// Hands `entry` to the writer; refuses at once while the store cannot write.
     fn append(&self, entry: LedgerEntry) -> Result<LedgerTicket, EngineError> {
-        if self.failed.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(Self::stopped());
+        if let Err(error) = self.store.writable() {
+            return Err(LedgerRefused::from(&error).into());
         }
         self.push(Some(entry))
     }
@@ -303,29 +373,23 @@ pub struct Engine {
     /// Seals page cursors before they leave the node.
     tokens: PageTokens,
     /// Streams (Subscribe, Export, Pull) open per partner.
-    streams: Arc<std::sync::Mutex<std::collections::HashMap<NodeId, usize>>>,
+    streams: Slots<NodeId>,
+    /// Publish calls open per partner.
+    publishes: Slots<NodeId>,
+    /// Items published per second per partner.
+    publish_rate: Rates<NodeId>,
+    /// How long a stream waits for its reader.
+    slow_reader_timeout: std::time::Duration,
+    /// The limits in force, as configured.
+    limits: Limits,
 }
 
-/// Most streams (`Subscribe`, `Export`, `Pull`) one partner may have open at once.
-pub const MAX_STREAMS_PER_PARTNER: usize = 32;
+/// Most streams (`Subscribe`, `Export`, `Pull`) one partner may have open at once, by
+/// default (`limits.streams_per_partner`).
+pub const MAX_STREAMS_PER_PARTNER: usize = crate::limits::DEFAULT_STREAMS_PER_PARTNER;
 
-/// One open stream of a partner, counted until dropped.
-pub struct StreamSlot {
-    streams: Arc<std::sync::Mutex<std::collections::HashMap<NodeId, usize>>>,
-    partner: NodeId,
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        let mut open = self.streams.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = open.get_mut(&self.partner) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.partner);
-            }
-        }
-    }
-}
+/// One open stream (or Publish call) of a partner, counted until dropped.
+pub type StreamSlot = Slot<NodeId>;
 
 struct StoreCertificates<'a>(&'a dyn Store);
 
@@ -353,7 +417,11 @@ impl Engine {
             feed_head,
             policy_version,
             tokens: PageTokens::new()?,
-            streams: Arc::default(),
+            streams: Slots::new(MAX_STREAMS_PER_PARTNER),
+            publishes: Slots::new(crate::limits::DEFAULT_PUBLISHES_PER_PARTNER),
+            publish_rate: Rates::new(crate::limits::DEFAULT_PUBLISH_ITEMS_PER_SECOND),
+            slow_reader_timeout: crate::limits::DEFAULT_SLOW_READER_TIMEOUT,
+            limits: Limits::default(),
             ledger: LedgerWriter::start(store.clone()),
             store,
             policy: std::sync::RwLock::new(Arc::new(policy)),
@@ -603,22 +671,58 @@ impl Engine {
             .clone()
     }
 
-    /// Counts a stream `partner` opens; refused past [`MAX_STREAMS_PER_PARTNER`] open at
-    /// once. The stream holds the slot until it ends.
+    /// The engine under the configured `[limits]` instead of the defaults.
+    pub fn with_limits(mut self, limits: &Limits) -> Self {
+        self.streams = Slots::new(limits.streams_per_partner);
+        self.publishes = Slots::new(limits.publishes_per_partner);
+        self.publish_rate = Rates::new(limits.publish_items_per_second);
+        self.slow_reader_timeout = limits.slow_reader_timeout;
+        self.limits = limits.clone();
+        self
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// How long a stream may wait for its reader before it is ended.
+    pub fn slow_reader_timeout(&self) -> std::time::Duration {
+        self.slow_reader_timeout
+    }
+
+    /// Counts a stream `partner` opens; refused past `limits.streams_per_partner` open
+    /// at once. The stream holds the slot until it ends.
     pub fn open_stream(&self, partner: &NodeId) -> Result<StreamSlot, EngineError> {
-        let mut open = self.streams.lock().unwrap_or_else(|p| p.into_inner());
-        let count = open.entry(partner.clone()).or_insert(0);
-        if *count >= MAX_STREAMS_PER_PARTNER {
-            return Err(EngineError::TooManyStreams {
+        self.streams.take(partner).ok_or_else(|| {
+            crate::limits::count(Limit::StreamsPerPartner);
+            EngineError::TooManyStreams {
                 partner: partner.clone(),
-                limit: MAX_STREAMS_PER_PARTNER,
-            });
-        }
-        *count += 1;
-        Ok(StreamSlot {
-            streams: self.streams.clone(),
-            partner: partner.clone(),
+                limit: self.streams.max(),
+            }
         })
+    }
+
+    /// Counts a Publish call of `partner`; refused past `limits.publishes_per_partner`
+    /// open at once.
+    pub fn open_publish(&self, partner: &NodeId) -> Result<StreamSlot, EngineError> {
+        self.publishes.take(partner).ok_or_else(|| {
+            crate::limits::count(Limit::PublishesPerPartner);
+            EngineError::TooManyPublishes {
+                partner: partner.clone(),
+                limit: self.publishes.max(),
+            }
+        })
+    }
+
+    /// How long `partner` must wait before publishing `items` more items, under
+    /// `limits.publish_items_per_second`.
+    pub fn publish_delay(&self, partner: &NodeId, items: usize) -> std::time::Duration {
+        let wait = self.publish_rate.take(partner, items as u64);
+        if !wait.is_zero() {
+            crate::limits::count(Limit::PublishItemsPerSecond);
+        }
+        wait
     }
 
     /// Whether `partner` may see every item this node holds (the node's own operator, or a
@@ -901,6 +1005,7 @@ impl Engine {
                 deliveries,
                 // The policy that decided the delivery, even if a reload came since.
                 policy_hash: policy.hash(),
+                note: String::new(),
             })
             .map(Some)
     }

@@ -30,6 +30,7 @@ pub mod crypto;
 pub mod demo;
 pub mod engine;
 pub mod interop;
+pub mod limits;
 pub mod model;
 pub mod node;
 pub mod policy;

@@ -160,6 +160,11 @@ enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+    /// Repair the node's store (with the node stopped).
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Run a whole federation on loopback: publish a sample campaign, show who holds
     /// what and why, verify every signature, reject a rogue peer's forgeries.
     Demo {
@@ -291,6 +296,21 @@ enum LedgerCommand {
     Verify {
         #[arg(long)]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Rebuild a store whose metadata (sled) was lost or cannot be read from its
+    /// bundle log; the disclosure ledger starts again, saying why.
+    Recover {
+        /// The node configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Also when a frame in the middle of the log is damaged: keep only what
+        /// precedes it (the rest is copied aside).
+        #[arg(long)]
+        cut_damaged: bool,
     },
 }
 
@@ -500,6 +520,13 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Policy { command } => policy(command),
         Command::Ledger { command } => ledger(command),
+        Command::Store {
+            command:
+                StoreCommand::Recover {
+                    config,
+                    cut_damaged,
+                },
+        } => entente::cli::store_recover(&Config::load(&config)?, cut_damaged),
         Command::Demo { keep_running } => {
             runtime()?.block_on(entente::demo::run(entente::demo::DemoOptions {
                 keep_running,
@@ -823,6 +850,18 @@ async fn status(
                 } else {
                     format!("; last error: {}", link.last_error)
                 },
+            );
+        }
+        for limit in client.limits().await?.limits {
+            println!(
+                "limit {:<24} {:>16}{}",
+                limit.name,
+                limit.value,
+                if limit.counted {
+                    format!("   refused {} since start", limit.refused)
+                } else {
+                    String::new()
+                }
             );
         }
     }

@@ -12,4 +12,4 @@ pub use identity::{InvalidNodeId, NodeId, Partner, PartnerKind, Role};
 pub use item::{
     Indicator, IndicatorType, InvalidValue, Item, ItemId, ItemKind, ModelError, Revocation, Tlp,
 };
-pub use value::{detect_type, normalise};
+pub use value::{MAX_KILL_CHAIN_PHASES, MAX_TAGS, detect_type, normalise};

@@ -237,13 +237,16 @@ impl Node {
         })?;
         let signer = BundleSigner::new(id.clone(), key, config.tls.certificate_der())?;
         let signer_trust = config.tls.signer_trust()?;
-        let engine = Arc::new(Engine::new(
-            store.clone(),
-            crate::policy::Policy::compile(&config.policy_spec()),
-            signer,
-            config.tls.certificate_der(),
-            Box::new(signer_trust.clone()),
-        )?);
+        let engine = Arc::new(
+            Engine::new(
+                store.clone(),
+                crate::policy::Policy::compile(&config.policy_spec()),
+                signer,
+                config.tls.certificate_der(),
+                Box::new(signer_trust.clone()),
+            )?
+            .with_limits(&config.node.limits),
+        );
 
         let directory = Arc::new(Directory::new(&id, config.listings()));
         let link_states: crate::sync::Links = Arc::default();
@@ -279,8 +282,13 @@ impl Node {
             source,
         })?;
 
-        let (incoming, accept_task) =
-            listener::accept(listener, server_tls, directory.clone(), shutdown.clone());
+        let (incoming, accept_task) = listener::accept(
+            listener,
+            server_tls,
+            directory.clone(),
+            &config.node.limits,
+            shutdown.clone(),
+        );
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health
@@ -298,7 +306,12 @@ impl Node {
             .build_v1alpha()
             .map_err(|e| NodeError::Reflection(e.to_string()))?;
 
+        let limits = &config.node.limits;
         let router = Server::builder()
+            // Dead peers and half-open connections are found by HTTP/2 pings and closed,
+            // with whatever streams they held.
+            .http2_keepalive_interval(Some(limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(limits.keepalive_timeout))
             .trace_fn(|request| {
                 let (peer, role, addr) = match request.extensions().get::<ConnectionInfo>() {
                     Some(info) => (
@@ -334,7 +347,9 @@ impl Node {
             )))
             .add_service(
                 IntelServer::new(IntelService::new(engine.clone(), shutdown.clone()))
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    // Only Publish messages are large; `rpc::codec` bounds the rest, and
+                    // what any message may cost once decoded.
+                    .max_decoding_message_size(limits.publish_message_bytes)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             );
 
@@ -345,6 +360,7 @@ impl Node {
         // the cursors that count them reach the disk within this period.
         let tasks = vec![tokio::spawn(flush_periodically(
             engine.clone(),
+            health.clone(),
             shutdown.clone(),
         ))];
 
@@ -439,12 +455,44 @@ impl Node {
 /// How often the store is flushed in the background.
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
 
+/// Sets gRPC health for the node as a whole and for its Intel and Federation
+/// services: `NOT_SERVING` while the store cannot write (a full disk), since writes
+/// and deliveries are refused then.
+async fn report_health(health: &tonic_health::server::HealthReporter, serving: bool) {
+    use tonic_health::ServingStatus;
+    let status = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    health.set_service_status("", status).await;
+    health
+        .set_service_status(
+            <FederationServer<FederationService> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+    health
+        .set_service_status(
+            <IntelServer<IntelService> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+}
+
 /// Flushes the store every [`FLUSH_EVERY`] until `shutdown`; a failure is logged
-/// when it starts and when it ends, not every period.
-async fn flush_periodically(engine: Arc<Engine>, shutdown: CancellationToken) {
+/// when it starts and when it ends, not every period. A store that cannot write
+/// tries again at each flush (and goes on once it can: no restart needed); health
+/// says `NOT_SERVING` meanwhile.
+async fn flush_periodically(
+    engine: Arc<Engine>,
+    health: tonic_health::server::HealthReporter,
+    shutdown: CancellationToken,
+) {
     let mut every = tokio::time::interval(FLUSH_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
+    let mut serving = true;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -461,6 +509,11 @@ async fn flush_periodically(engine: Arc<Engine>, shutdown: CancellationToken) {
                 tracing::error!(%error, "store flush failed; pulled data is not durable");
             }
             Err(_) => {}
+        }
+        let writable = engine.store().writable().is_ok();
+        if writable != serving {
+            serving = writable;
+            report_health(&health, serving).await;
         }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod codec;
 mod convert;
 mod error;
 pub mod federation;

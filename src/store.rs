@@ -10,6 +10,10 @@ mod log;
 mod records;
 mod sled_store;
 
+pub mod recover;
+
+pub use log::LogHeader;
+pub use records::LOG_FILE;
 pub use sled_store::{MAX_CURSOR_BYTES, SledStore};
 
 use std::path::PathBuf;
@@ -65,6 +69,30 @@ pub enum StoreError {
         /// The format found.
         found: String,
     },
+    /// The store's metadata (sled: the disclosure ledger, cursors, the watermark)
+    /// is missing or unreadable while its bundle log is there: the store is refused,
+    /// since starting would begin a new ledger and could not tell acknowledged data
+    /// from a torn write.
+    #[error(
+        "store at {path} cannot start: {problem}. Its bundle log is there, but what only the metadata held (the disclosure ledger, replication cursors, how much of the log was acknowledged) cannot be read. Restore the data directory from a backup, or rebuild the store from its bundle log with `entente store recover --config FILE` (see the README, \"Recovering a store\")"
+    )]
+    MetadataLost {
+        /// The data directory.
+        path: PathBuf,
+        /// What is missing or unreadable.
+        problem: String,
+    },
+    /// The store cannot write now (a full disk, an I/O error); it tries again at every
+    /// flush and goes on once writes succeed.
+    #[error("store at {path} cannot write: {reason}")]
+    Unwritable {
+        /// The data directory.
+        path: PathBuf,
+        /// The disk (or the quota) is full.
+        disk_full: bool,
+        /// What failed.
+        reason: String,
+    },
     /// A page cursor that this store did not hand out.
     #[error("invalid page cursor")]
     BadCursor,
@@ -72,6 +100,41 @@ pub enum StoreError {
     /// signed two different bundles under one id.
     #[error("bundle {0} conflicts with a stored bundle of the same id")]
     ConflictingBundle(BundleId),
+}
+
+impl StoreError {
+    /// Whether the error says the disk (or the quota) is full.
+    pub fn is_disk_full(&self) -> bool {
+        fn full(e: &std::io::Error) -> bool {
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            ) || matches!(e.raw_os_error(), Some(28 | 122))
+        }
+        match self {
+            StoreError::Io { source, .. } => full(source),
+            StoreError::Engine {
+                source: sled::Error::Io(e),
+                ..
+            } => full(e),
+            StoreError::Unwritable { disk_full, .. } => *disk_full,
+            _ => false,
+        }
+    }
+
+    /// Whether the error is a failed write or read of the disk (as opposed to damage,
+    /// a refusal or a bad request): the store may recover from it.
+    pub fn is_io(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Io { .. }
+                | StoreError::Unwritable { .. }
+                | StoreError::Engine {
+                    source: sled::Error::Io(_),
+                    ..
+                }
+        )
+    }
 }
 
 /// Where a bundle came from, as this node sees it.
@@ -349,7 +412,14 @@ pub struct LedgerEntry {
     pub deliveries: Vec<(BundleId, Vec<u32>)>,
     /// SHA-256 identifying the policy version in force.
     pub policy_hash: [u8; 32],
+    /// Empty for a delivery. For a record that is not one, what happened: the first
+    /// record of a ledger restarted by `entente store recover` (path
+    /// [`LEDGER_RESTART_PATH`]) says why the history before it is lost.
+    pub note: String,
 }
+
+/// The path of the record that starts a ledger restarted after its history was lost.
+pub const LEDGER_RESTART_PATH: &str = "restart";
 
 /// A ledger entry as recorded: its place in the chain and its links.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -486,6 +556,12 @@ pub trait Store: Send + Sync {
         partner: Option<&NodeId>,
         since_ms: Option<i64>,
     ) -> Result<Vec<LedgerRecord>, StoreError>;
+
+    /// Whether the store can write now: `Err` (an [`StoreError::Unwritable`]) from a
+    /// failed write until a flush succeeds again.
+    fn writable(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Walks the whole ledger and checks the chain, up to the head as it stands when
     /// the walk starts (records appended meanwhile are left for the next check). A

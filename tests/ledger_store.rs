@@ -39,6 +39,7 @@ fn entry(i: u64, bundles: &[BundleId]) -> LedgerEntry {
         path: ["query", "get", "subscribe", "export", "pull"][(i % 5) as usize].into(),
         deliveries: vec![(b(i), vec![0, 2, i as u32]), (b(i + 1), vec![1])],
         policy_hash: sha256(format!("policy v{}", i / 50).as_bytes()),
+        note: String::new(),
     }
 }
 

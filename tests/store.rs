@@ -847,7 +847,7 @@ fn a_torn_write_at_the_end_of_the_log_loses_only_what_was_never_flushed() {
     );
     store.accept(&one, &local(&f.hq.id), now).unwrap();
     store.flush().unwrap();
-    let log = pristine.join("bundles.v3.log");
+    let log = pristine.join(entente::store::LOG_FILE);
     let flushed_len = std::fs::metadata(&log).unwrap().len() as usize;
     // Accepted, written, never flushed: never acknowledged.
     let two = bundle(
@@ -878,12 +878,14 @@ fn a_torn_write_at_the_end_of_the_log_loses_only_what_was_never_flushed() {
     for (case, bytes) in cases.enumerate() {
         let dir = f.pki.path().join(format!("torn-{case}"));
         copy_dir(&pristine, &dir);
-        std::fs::write(dir.join("bundles.v3.log"), &bytes).unwrap();
+        std::fs::write(dir.join(entente::store::LOG_FILE), &bytes).unwrap();
         let store = common::open_store(&dir, &f.hq.id, 8 << 20).unwrap();
         assert!(store.get(&first).unwrap().is_some(), "case {case}");
         assert!(store.get(&second).unwrap().is_none(), "case {case}");
         assert_eq!(store.feed_head(), 1);
-        let log_len = std::fs::metadata(dir.join("bundles.v3.log")).unwrap().len();
+        let log_len = std::fs::metadata(dir.join(entente::store::LOG_FILE))
+            .unwrap()
+            .len();
         assert_eq!(log_len as usize, flushed_len, "case {case}");
         // The store goes on from there: the lost bundle arrives again and is kept,
         // at a feed position above any the lost write may have handed out.
@@ -900,20 +902,24 @@ fn a_torn_write_at_the_end_of_the_log_loses_only_what_was_never_flushed() {
     // Damage to what was acknowledged is not a torn write: the store refuses to
     // open and says where, rather than dropping what follows.
     let mut damaged = full.clone();
-    damaged[flushed_len - 20] ^= 0x40;
+    damaged[flushed_len - 60] ^= 0x40; // in the bundle (the commit mark after it is not acknowledged)
     let dir = f.pki.path().join("torn-acknowledged");
     copy_dir(&pristine, &dir);
-    std::fs::write(dir.join("bundles.v3.log"), &damaged).unwrap();
+    std::fs::write(dir.join(entente::store::LOG_FILE), &damaged).unwrap();
     let err = common::open_store(&dir, &f.hq.id, 8 << 20).err().unwrap();
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
-    assert!(err.to_string().contains("bundles.v3.log"), "{err}");
+    assert!(err.to_string().contains(entente::store::LOG_FILE), "{err}");
     // So does a log that lost acknowledged bytes, or went missing.
-    std::fs::write(dir.join("bundles.v3.log"), &full[..flushed_len - 1]).unwrap();
+    std::fs::write(
+        dir.join(entente::store::LOG_FILE),
+        &full[..flushed_len - 40],
+    )
+    .unwrap();
     assert!(matches!(
         common::open_store(&dir, &f.hq.id, 8 << 20),
         Err(StoreError::Corrupt { .. })
     ));
-    std::fs::remove_file(dir.join("bundles.v3.log")).unwrap();
+    std::fs::remove_file(dir.join(entente::store::LOG_FILE)).unwrap();
     assert!(matches!(
         common::open_store(&dir, &f.hq.id, 8 << 20),
         Err(StoreError::Corrupt { .. })
@@ -974,7 +980,7 @@ fn a_store_of_an_older_format_is_refused_not_overwritten() {
     let err = common::open_store(&dir, &f.hq.id, 8 << 20).err().unwrap();
     assert!(matches!(err, StoreError::OldFormat { .. }), "{err}");
     assert!(err.to_string().contains("entente.v2"), "{err}");
-    assert!(!dir.join("bundles.v3.log").exists());
+    assert!(!dir.join(entente::store::LOG_FILE).exists());
 }
 
 #[test]

@@ -130,6 +130,7 @@ impl Rogue {
             listener,
             material.server_config(directory.clone())?,
             directory,
+            &crate::limits::Limits::default(),
             stop.clone(),
         );
         let service = Service {

@@ -34,11 +34,11 @@ const MAX_LOCAL_PART: usize = 64;
 /// Longest description, in bytes.
 const MAX_DESCRIPTION_BYTES: usize = 4096;
 /// Most kill-chain phases on one indicator.
-const MAX_PHASES: usize = 32;
+pub const MAX_KILL_CHAIN_PHASES: usize = 32;
 /// Longest kill-chain phase, in bytes.
 const MAX_PHASE_BYTES: usize = 128;
 /// Most tags on one item.
-const MAX_TAGS: usize = 32;
+pub const MAX_TAGS: usize = 32;
 /// Longest tag, in bytes.
 const MAX_TAG_BYTES: usize = 64;
 /// Longest revocation reason, in bytes.
@@ -233,10 +233,13 @@ fn check_tags(tags: &[String]) -> Result<(), ModelError> {
 }
 
 fn check_phases(phases: &[String]) -> Result<(), ModelError> {
-    if phases.len() > MAX_PHASES {
+    if phases.len() > MAX_KILL_CHAIN_PHASES {
         return Err(field(
             "kill_chain_phases",
-            format!("{} phases, at most {MAX_PHASES} allowed", phases.len()),
+            format!(
+                "{} phases, at most {MAX_KILL_CHAIN_PHASES} allowed",
+                phases.len()
+            ),
         ));
     }
     for phase in phases {

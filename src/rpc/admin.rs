@@ -122,6 +122,28 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn limits(
+        &self,
+        request: Request<super::proto::LimitsRequest>,
+    ) -> Result<Response<super::proto::LimitsResponse>, Status> {
+        require_unrestricted(&self.engine, caller(&request)?)?;
+        let counters = crate::limits::counters();
+        Ok(Response::new(super::proto::LimitsResponse {
+            limits: self
+                .engine
+                .limits()
+                .describe()
+                .into_iter()
+                .map(|(name, value, limit)| super::proto::LimitState {
+                    name: name.to_owned(),
+                    value,
+                    refused: limit.map_or(0, |l| counters.refused(l)),
+                    counted: limit.is_some(),
+                })
+                .collect(),
+        }))
+    }
+
     async fn links(
         &self,
         request: Request<super::proto::LinksRequest>,
@@ -210,10 +232,21 @@ impl Admin for AdminService {
         require_unrestricted(&self.engine, caller(&request)?)?;
         self.engine.sync_ledger().await?;
         let store = self.engine.store().clone();
-        let check = tokio::task::spawn_blocking(move || store.verify_ledger())
-            .await
-            .map_err(|e| Status::internal(format!("task failed: {e}")))?
-            .map_err(crate::engine::EngineError::from)?;
+        let (check, first) = tokio::task::spawn_blocking(move || {
+            let check = store.verify_ledger()?;
+            let first = store.ledger(0, 1, None, None)?.pop();
+            Ok::<_, crate::store::StoreError>((check, first))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("task failed: {e}")))?
+        .map_err(crate::engine::EngineError::from)?;
+        // A ledger restarted after its history was lost says so in its first record.
+        let (restarted, restarted_unix_ms) = match first {
+            Some(r) if r.seq == 1 && r.entry.path == crate::store::LEDGER_RESTART_PATH => {
+                (r.entry.note, r.entry.time_ms)
+            }
+            _ => (String::new(), 0),
+        };
         Ok(Response::new(match check {
             LedgerCheck::Intact { records, head } => LedgerVerifyResponse {
                 intact: true,
@@ -221,6 +254,8 @@ impl Admin for AdminService {
                 head: head.to_vec(),
                 broken_at: 0,
                 problem: String::new(),
+                restarted,
+                restarted_unix_ms,
             },
             LedgerCheck::Broken { seq, problem } => LedgerVerifyResponse {
                 intact: false,
@@ -228,6 +263,8 @@ impl Admin for AdminService {
                 head: Vec::new(),
                 broken_at: seq,
                 problem,
+                restarted,
+                restarted_unix_ms,
             },
         }))
     }
@@ -257,6 +294,7 @@ fn ledger_record(record: crate::store::LedgerRecord) -> LedgerRecord {
             })
             .collect(),
         policy_hash: entry.policy_hash.to_vec(),
+        note: entry.note,
         prev_hash: prev_hash.to_vec(),
         hash: hash.to_vec(),
     }

@@ -39,12 +39,37 @@ impl From<EngineError> for Status {
                 Status::failed_precondition(format!("bundle refused: {why}"))
             }
             EngineError::Unpublishable(why) => Status::invalid_argument(why),
-            e @ EngineError::TooManyStreams { .. } => Status::resource_exhausted(e.to_string()),
+            e @ (EngineError::TooManyStreams { .. } | EngineError::TooManyPublishes { .. }) => {
+                Status::resource_exhausted(e.to_string())
+            }
             EngineError::PageToken(e @ crate::policy::PageTokenError::Invalid) => {
                 Status::invalid_argument(e.to_string())
             }
             EngineError::Store(crate::store::StoreError::ConflictingBundle(id)) => {
                 Status::already_exists(format!("bundle {id} conflicts with a stored bundle"))
+            }
+            // A full disk: plain words for the caller, who can do nothing but wait or
+            // tell the operator; the detail goes to the log.
+            EngineError::Store(e) if e.is_disk_full() => {
+                tracing::error!(error = %e, "store write refused");
+                Status::resource_exhausted(
+                    "the store's disk is full: writes are refused until the operator frees space",
+                )
+            }
+            EngineError::Store(e) if e.is_io() => {
+                tracing::error!(error = %e, "store write refused");
+                Status::unavailable("the store cannot write to its disk now; see the node's log")
+            }
+            EngineError::LedgerUnavailable {
+                disk_full: true, ..
+            } => Status::resource_exhausted(
+                "the store's disk is full: deliveries are refused until the operator frees space, since each must be recorded in the disclosure ledger first",
+            ),
+            EngineError::LedgerUnavailable { reason, .. } => {
+                tracing::error!(%reason, "delivery refused");
+                Status::unavailable(
+                    "deliveries are refused while the disclosure ledger cannot be written; see the node's log",
+                )
             }
             other => {
                 tracing::error!(error = %other, "internal error");

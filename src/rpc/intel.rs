@@ -57,7 +57,20 @@ impl IntelService {
         let mut message = 0usize;
         let mut writing: Option<tokio::task::JoinHandle<Result<PublishReceipt, Status>>> = None;
         let result = async {
-            while let Some(next) = stream.message().await? {
+            let idle = self.engine.slow_reader_timeout();
+            loop {
+                // A caller that holds a publish slot open without sending is let go.
+                let next = match tokio::time::timeout(idle, stream.message()).await {
+                    Ok(next) => next.map_err(|status| oversized(status, message))?,
+                    Err(_) => {
+                        crate::limits::count(crate::limits::Limit::SlowReaderTimeout);
+                        return Err(Status::deadline_exceeded(format!(
+                            "message {message}: nothing sent for {}s (limits.slow_reader_timeout)",
+                            idle.as_secs_f64()
+                        )));
+                    }
+                };
+                let Some(next) = next else { break };
                 let PublishRequest {
                     items,
                     distribution,
@@ -68,6 +81,12 @@ impl IntelService {
                         "message {message}: a bundle holds 1 to {MAX_ITEMS_PER_BUNDLE} items, not {}",
                         items.len()
                     )));
+                }
+                // limits.publish_items_per_second: a faster publisher is slowed down, and
+                // the stream's flow control holds its next messages back meanwhile.
+                let wait = self.engine.publish_delay(&publisher.id, items.len());
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
                 }
                 let mut distribution = convert::distribution(distribution)?;
                 if !groups.is_empty() {
@@ -124,6 +143,19 @@ impl IntelService {
     }
 }
 
+/// tonic refuses a message over `max_decoding_message_size` with `OUT_OF_RANGE` before
+/// reading it; the caller is told which limit it hit, as `RESOURCE_EXHAUSTED`.
+fn oversized(status: Status, message: usize) -> Status {
+    if status.code() == tonic::Code::OutOfRange && status.message().contains("too large") {
+        crate::limits::count(crate::limits::Limit::PublishMessageBytes);
+        return Status::resource_exhausted(format!(
+            "message {message}: {} (limits.publish_message_bytes; split the bundle)",
+            status.message()
+        ));
+    }
+    status
+}
+
 async fn join<T>(task: tokio::task::JoinHandle<Result<T, Status>>) -> Result<T, Status> {
     task.await
         .map_err(|e| Status::internal(format!("task failed: {e}")))?
@@ -146,6 +178,7 @@ impl Intel for IntelService {
     ) -> Result<Response<PublishResponse>, Status> {
         let partner = caller(&request)?.partner.clone();
         require_writer(caller(&request)?)?;
+        let _slot = self.engine.open_publish(&partner.id)?;
         let mut stream = request.into_inner();
         let mut response = PublishResponse::default();
         let outcome = self
@@ -390,12 +423,15 @@ type Checked<T> = (T, Option<Arc<crate::store::StoredItem>>);
 fn checked_stream<T, F, Fut>(recheck: Recheck, body: F) -> BoxStream<T>
 where
     T: Send + 'static,
-    F: FnOnce(tokio::sync::mpsc::Sender<Result<Checked<T>, Status>>) -> Fut,
+    F: FnOnce(StreamSender<T>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     use tokio_stream::StreamExt;
     let (tx, rx) = tokio::sync::mpsc::channel(STREAM_QUEUE);
-    tokio::spawn(body(tx));
+    tokio::spawn(body(StreamSender {
+        tx,
+        timeout: recheck.engine.slow_reader_timeout(),
+    }));
     Box::pin(
         tokio_stream::wrappers::ReceiverStream::new(rx).filter_map(move |next| match next {
             Ok((message, Some(stored))) => recheck
@@ -406,6 +442,38 @@ where
             Err(status) => Some(Err(status)),
         }),
     )
+}
+
+/// The sending end of a response stream. A send that waits longer than
+/// `limits.slow_reader_timeout` for the client to read gives up: the stream's task
+/// ends and lets go of what it holds (its stream slot, its subscription).
+struct StreamSender<T> {
+    tx: tokio::sync::mpsc::Sender<Result<Checked<T>, Status>>,
+    timeout: std::time::Duration,
+}
+
+/// The client is gone, or did not read in time.
+struct Gone;
+
+impl<T> StreamSender<T> {
+    async fn send(&self, next: Result<Checked<T>, Status>) -> Result<(), Gone> {
+        match tokio::time::timeout(self.timeout, self.tx.send(next)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Gone),
+            Err(_) => {
+                crate::limits::count(crate::limits::Limit::SlowReaderTimeout);
+                tracing::info!(
+                    timeout_s = self.timeout.as_secs_f64(),
+                    "stream ended: the client did not read within limits.slow_reader_timeout"
+                );
+                Err(Gone)
+            }
+        }
+    }
+
+    async fn closed(&self) {
+        self.tx.closed().await;
+    }
 }
 
 /// Messages queued between a stream's task and its client: few, since each was decided

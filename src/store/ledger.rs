@@ -80,6 +80,7 @@ pub fn encode_record(seq: u64, entry: &LedgerEntry, prev_hash: &[u8; 32]) -> Vec
             })
             .collect(),
         policy_hash: entry.policy_hash.to_vec(),
+        note: entry.note.clone(),
         prev_hash: prev_hash.to_vec(),
     }
     .encode_to_vec()
@@ -128,6 +129,7 @@ fn record_of(raw: LedgerRecordBytes, stored: &[u8]) -> Result<LedgerRecord, Stri
             path: raw.path,
             deliveries,
             policy_hash: hash32(&raw.policy_hash, "policy hash")?,
+            note: raw.note,
         },
         prev_hash: hash32(&raw.prev_hash, "previous hash")?,
         hash: link_hash(stored),
@@ -410,6 +412,7 @@ mod tests {
                 (BundleId::new_random(), vec![i as u32]),
             ],
             policy_hash: crate::crypto::sha256(b"policy v1"),
+            note: String::new(),
         }
     }
 

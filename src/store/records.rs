@@ -1,6 +1,6 @@
 //! On-disk records and key layout of the store.
 //!
-//! Bundles and items live in the bundle log (`bundles.v3.log`, see `log.rs`): each
+//! Bundles and items live in the bundle log (`bundles.v4.log`, see `log.rs`): each
 //! accept is one frame with the bundle head (the first time), one [`ItemRecord`] per
 //! item stored and the bundle's place in the change feed. The indexes over them (by
 //! item id, by value, by bundle, the feed) are rebuilt in memory when the store opens.
@@ -10,7 +10,7 @@
 //!
 //! | prefix | key | value |
 //! | --- | --- | --- |
-//! | `M` | name | meta: owner id, ledger head, log watermark, feed lease |
+//! | `M` | name | meta: owner id, store format, store id, ledger head, log watermark, feed lease |
 //! | `C` | SHA-256 of the certificate | DER certificate (cache) |
 //! | `K` | peer id | replication cursor in that peer's feed (u64 big-endian) |
 //! | `P` | peer id | fingerprint of the policy that peer was last served a pull under |
@@ -23,7 +23,11 @@ pub const TREE: &str = "entente.v3";
 /// Trees of older formats, which this version refuses to open.
 pub const OLD_TREES: &[&str] = &["entente.v2", "entente.v1", "meta.v1"];
 /// File name of the bundle log in the data directory.
-pub const LOG_FILE: &str = "bundles.v3.log";
+pub const LOG_FILE: &str = "bundles.v4.log";
+/// File name of a bundle log of format 3, upgraded in place at open.
+pub const LOG_FILE_V3: &str = "bundles.v3.log";
+/// What a format-3 log is renamed to once upgraded (kept for the operator to delete).
+pub const LOG_FILE_V3_UPGRADED: &str = "bundles.v3.log.upgraded";
 
 pub const CERT: u8 = b'C';
 pub const CURSOR: u8 = b'K';
@@ -31,6 +35,11 @@ pub const SERVED: u8 = b'P';
 pub const LEDGER: u8 = b'L';
 
 pub const META_OWNER: &[u8] = b"Mowner";
+/// The store format (u32 big-endian): 4 since the bundle log has a header. Absent in
+/// a store of format 3.
+pub const META_FORMAT: &[u8] = b"Mformat";
+/// The store's random id (16 bytes), also in the bundle log's header.
+pub const META_STORE_ID: &[u8] = b"Mstore_id";
 /// How far the bundle log is known to be on disk (u64 big-endian): damage below it
 /// is damage to acknowledged data.
 pub const META_LOG_SYNCED: &[u8] = b"Mlog_synced";
@@ -100,6 +109,11 @@ pub struct LedgerRecordBytes {
     /// The hash of the previous record's stored bytes (32 zero bytes for the first).
     #[prost(bytes = "vec", tag = "7")]
     pub prev_hash: Vec<u8>,
+    /// Empty for a delivery; for a record that is not one (a ledger restarted after
+    /// its history was lost), what happened. An empty note is not encoded, so the
+    /// bytes (and hashes) of records written before this field existed are unchanged.
+    #[prost(string, tag = "8")]
+    pub note: String,
 }
 
 /// The items of one bundle disclosed by one delivery.

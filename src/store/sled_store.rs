@@ -15,7 +15,7 @@ use std::sync::{Mutex, RwLock};
 use prost::Message;
 
 use super::ledger::{self, ChainWalk, Head};
-use super::log::{BundleLog, Frame, FrameBuilder, Span};
+use super::log::{BundleLog, Frame, FrameBuilder, LogHeader, Span};
 use super::records::{self, BundleHead, ItemRecord};
 use super::{
     AcceptReport, HeldBundle, HeldItem, ItemQuery, ItemRejection, LedgerCheck, LedgerEntry,
@@ -302,13 +302,40 @@ impl Index {
     }
 }
 
+/// sled, open: the metadata, cursors, certificates and the disclosure ledger.
+struct Meta {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+/// Why the store cannot write now.
+#[derive(Clone, Debug)]
+struct Trouble {
+    disk_full: bool,
+    reason: String,
+    /// sled failed: it is reopened before the store writes again.
+    sled_failed: bool,
+}
+
+/// Free space asked of the disk before a store that could not write tries again:
+/// more than sled needs for a new segment of its log.
+const PROBE_BYTES: usize = 1 << 20;
+
 /// The store: sled for meta, cursors, certificates and the ledger; the bundle log
 /// for bundles and items; the in-memory index over the log.
 pub struct SledStore {
     path: PathBuf,
     owner: NodeId,
-    db: sled::Db,
-    tree: sled::Tree,
+    cache_bytes: u64,
+    /// The store's random id, in sled and in the log's header.
+    store_id: [u8; 16],
+    /// `None` only while sled is being reopened after a failure.
+    meta: RwLock<Option<Meta>>,
+    /// Set by a failed write; cleared by the first flush that succeeds after it.
+    trouble: Mutex<Option<Trouble>>,
+    /// Ledger records written to sled but not yet flushed (seq, stored bytes): if sled
+    /// fails before they reach the disk, they are written again once it is reopened.
+    ledger_pending: Mutex<Vec<(u64, Vec<u8>)>>,
     log: BundleLog,
     index: RwLock<Index>,
     /// The index's value hasher, for hashing outside its lock.
@@ -332,25 +359,99 @@ pub struct SledStore {
     ledger_head: Mutex<Head>,
 }
 
+/// Opens sled in `dir`.
+fn open_meta(dir: &Path, cache_bytes: u64) -> Result<Meta, sled::Error> {
+    let db = sled::Config::new()
+        .path(dir)
+        .cache_capacity(cache_bytes)
+        .open()?;
+    let tree = db.open_tree(records::TREE)?;
+    Ok(Meta { db, tree })
+}
+
+/// Whether sled refused to open because another process (or a store just dropped)
+/// holds the directory's lock.
+fn is_lock_error(error: &sled::Error) -> bool {
+    matches!(error, sled::Error::Io(e) if e.to_string().contains("could not acquire lock"))
+}
+
+/// A u64 kept big-endian in meta (0 when absent).
+fn meta_u64(tree: &sled::Tree, key: &[u8], what: &str) -> Result<Option<u64>, String> {
+    match tree.get(key).map_err(|e| e.to_string())? {
+        None => Ok(None),
+        Some(v) => v
+            .as_ref()
+            .try_into()
+            .map(|b| Some(u64::from_be_bytes(b)))
+            .map_err(|_| format!("the {what} is {} bytes, not 8", v.len())),
+    }
+}
+
+/// What opening found in the metadata.
+struct Opened {
+    store_id: [u8; 16],
+    acknowledged: u64,
+    feed_lease: u64,
+    ledger_head: Head,
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
+    )
+    .unwrap_or(i64::MAX)
+}
+
 impl SledStore {
     /// Opens (or creates) the store in `dir` for node `owner`, with a sled page cache
-    /// of `cache_bytes`. Reads the whole bundle log to rebuild the indexes.
+    /// of `cache_bytes`. Reads the whole bundle log to rebuild the indexes. A store of
+    /// format 3 is upgraded in place (its log is copied into the new format and kept
+    /// as `bundles.v3.log.upgraded`). A store whose bundle log is there but whose
+    /// metadata is missing or unreadable is refused ([`StoreError::MetadataLost`]).
     pub fn open(dir: &Path, owner: &NodeId, cache_bytes: u64) -> Result<Self, StoreError> {
         let engine = |source| StoreError::Engine {
             path: dir.to_owned(),
             source,
         };
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_bytes)
-            .open()
-            .map_err(engine)?;
+        let lost = |problem: String| StoreError::MetadataLost {
+            path: dir.to_owned(),
+            problem,
+        };
+        let log_path = dir.join(records::LOG_FILE);
+        let v3_path = dir.join(records::LOG_FILE_V3);
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| StoreError::Io {
+                path: path.clone(),
+                source,
+            }
+        };
+        let has_log = log_path.try_exists().map_err(io(&log_path))?;
+        let has_v3 = v3_path.try_exists().map_err(io(&v3_path))?;
+        if (has_log || has_v3) && !dir.join("db").try_exists().map_err(io(dir))? {
+            return Err(lost(format!(
+                "its metadata (sled's file {}) is missing",
+                dir.join("db").display()
+            )));
+        }
+        let meta = match open_meta(dir, cache_bytes) {
+            Ok(meta) => meta,
+            Err(e) if is_lock_error(&e) => return Err(engine(e)),
+            Err(e) if has_log || has_v3 => {
+                return Err(lost(format!("its metadata (sled) does not open: {e}")));
+            }
+            Err(e) => return Err(engine(e)),
+        };
         for old in records::OLD_TREES {
-            if db
+            if meta
+                .db
                 .tree_names()
                 .iter()
                 .any(|name| name.as_ref() == old.as_bytes())
-                && !db.open_tree(old).map_err(engine)?.is_empty()
+                && !meta.db.open_tree(old).map_err(engine)?.is_empty()
             {
                 return Err(StoreError::OldFormat {
                     path: dir.to_owned(),
@@ -358,21 +459,146 @@ impl SledStore {
                 });
             }
         }
-        let tree = db.open_tree(records::TREE).map_err(engine)?;
-        match tree.get(records::META_OWNER).map_err(engine)? {
-            Some(found) if found.as_ref() != owner.as_str().as_bytes() => {
-                return Err(StoreError::WrongOwner {
-                    path: dir.to_owned(),
-                    expected: owner.clone(),
-                    found: String::from_utf8_lossy(&found).into_owned(),
-                });
+        let opened = Self::open_meta_state(dir, owner, &meta, has_log, has_v3)?;
+        let mut index = Index::new();
+        // Item records take about 200 bytes or more each: room for them at once (up
+        // to a bound, whatever the file claims).
+        if let Some(len) = super::log::existing_log_len(&log_path) {
+            index.reserve(usize::try_from(len / 200).unwrap_or(0).min(1 << 26));
+        }
+        let log = if log_path.try_exists().map_err(io(&log_path))? {
+            BundleLog::open(&log_path, opened.acknowledged, |frame| {
+                replay(&mut index, frame)
+            })?
+        } else if opened.acknowledged == 0 && opened.ledger_head.seq == 0 {
+            // Created with the metadata, which is written first: a crash came between.
+            BundleLog::create(
+                &log_path,
+                &LogHeader {
+                    store_id: opened.store_id,
+                    owner: owner.as_str().to_owned(),
+                    created_ms: now_ms(),
+                },
+            )?
+        } else {
+            return Err(StoreError::Corrupt {
+                key: format!("bundle log {}", log_path.display()),
+                problem: format!(
+                    "the log is missing, but the store's metadata records {} bytes of it as acknowledged; restore the data directory from a backup",
+                    opened.acknowledged
+                ),
+            });
+        };
+        let header = log.header();
+        if header.store_id != opened.store_id {
+            return Err(lost(format!(
+                "its metadata belongs to another store than its bundle log (store id {} in the metadata, {} in the log): they were not kept together",
+                hex(&opened.store_id),
+                hex(&header.store_id)
+            )));
+        }
+        if header.owner != owner.as_str() {
+            return Err(StoreError::WrongOwner {
+                path: dir.to_owned(),
+                expected: owner.clone(),
+                found: header.owner.clone(),
+            });
+        }
+        Ok(Self::assemble(
+            dir,
+            owner,
+            cache_bytes,
+            meta,
+            log,
+            index,
+            &opened,
+        ))
+    }
+
+    fn assemble(
+        dir: &Path,
+        owner: &NodeId,
+        cache_bytes: u64,
+        meta: Meta,
+        log: BundleLog,
+        index: Index,
+        opened: &Opened,
+    ) -> Self {
+        let hasher = index.hasher.clone();
+        Self {
+            path: dir.to_owned(),
+            owner: owner.clone(),
+            cache_bytes,
+            store_id: opened.store_id,
+            meta: RwLock::new(Some(meta)),
+            trouble: Mutex::new(None),
+            ledger_pending: Mutex::new(Vec::new()),
+            log,
+            index: RwLock::new(index),
+            hasher,
+            recorded_watermark: AtomicU64::new(opened.acknowledged),
+            flushing: Mutex::new(()),
+            feed_floor: opened.feed_lease,
+            feed_lease: AtomicU64::new(opened.feed_lease),
+            cursors: Mutex::new(HashMap::new()),
+            writer: Mutex::new(()),
+            ledger_head: Mutex::new(opened.ledger_head),
+        }
+    }
+
+    /// Reads (and for a new store, writes) what the metadata says of the store; for a
+    /// store of format 3, upgrades it.
+    fn open_meta_state(
+        dir: &Path,
+        owner: &NodeId,
+        meta: &Meta,
+        has_log: bool,
+        has_v3: bool,
+    ) -> Result<Opened, StoreError> {
+        let engine = |source| StoreError::Engine {
+            path: dir.to_owned(),
+            source,
+        };
+        let lost = |problem: String| StoreError::MetadataLost {
+            path: dir.to_owned(),
+            problem,
+        };
+        let damaged = |problem: String| StoreError::Corrupt {
+            key: "store metadata".into(),
+            problem,
+        };
+        let tree = &meta.tree;
+        let found_owner = tree.get(records::META_OWNER).map_err(engine)?;
+        let Some(found_owner) = found_owner else {
+            if has_log || has_v3 {
+                return Err(lost(
+                    "its metadata (sled) is empty: no owner, no ledger, no watermark".into(),
+                ));
             }
-            Some(_) => {}
-            None => {
-                tree.insert(records::META_OWNER, owner.as_str().as_bytes())
-                    .map_err(engine)?;
-                db.flush().map_err(engine)?;
+            if !tree.is_empty() {
+                return Err(damaged("the owner is missing".into()));
             }
+            // A new store: its metadata first, then the log.
+            let store_id = *uuid::Uuid::new_v4().as_bytes();
+            let mut batch = sled::Batch::default();
+            batch.insert(records::META_OWNER, owner.as_str().as_bytes());
+            batch.insert(records::META_FORMAT, &super::log::FORMAT.to_be_bytes()[..]);
+            batch.insert(records::META_STORE_ID, &store_id[..]);
+            tree.apply_batch(batch).map_err(engine)?;
+            meta.db.flush().map_err(engine)?;
+            return Ok(Opened {
+                store_id,
+                acknowledged: 0,
+                feed_lease: 0,
+                ledger_head: Head::EMPTY,
+            });
+        };
+        if found_owner.as_ref() != owner.as_str().as_bytes() {
+            return Err(StoreError::WrongOwner {
+                path: dir.to_owned(),
+                expected: owner.clone(),
+                found: String::from_utf8_lossy(&found_owner).into_owned(),
+            });
         }
         let ledger_head = match tree.get(records::META_LEDGER_HEAD).map_err(engine)? {
             Some(v) => Head::decode(&v).ok_or_else(|| StoreError::Corrupt {
@@ -381,44 +607,75 @@ impl SledStore {
             })?,
             None => Head::EMPTY,
         };
-        let meta_u64 =
-            |key: &[u8], what: &str| -> Result<u64, StoreError> {
-                match tree.get(key).map_err(engine)? {
-                    None => Ok(0),
-                    Some(v) => v.as_ref().try_into().map(u64::from_be_bytes).map_err(|_| {
-                        StoreError::Corrupt {
-                            key: what.into(),
-                            problem: format!("{} bytes, not 8", v.len()),
-                        }
-                    }),
+        let u64_of = |key: &[u8], what: &str| {
+            meta_u64(tree, key, what).map_err(|problem| StoreError::Corrupt {
+                key: what.into(),
+                problem,
+            })
+        };
+        let mut acknowledged = u64_of(records::META_LOG_SYNCED, "log watermark")?.unwrap_or(0);
+        let feed_lease = u64_of(records::META_FEED_LEASE, "feed lease")?.unwrap_or(0);
+        let format = tree.get(records::META_FORMAT).map_err(engine)?;
+        let store_id = match format.as_deref() {
+            None => {
+                if has_log && !has_v3 {
+                    return Err(lost(
+                        "its metadata is of store format 3 but its bundle log of format 4: they were not kept together".into(),
+                    ));
                 }
-            };
-        let acknowledged = meta_u64(records::META_LOG_SYNCED, "log watermark")?;
-        let feed_lease = meta_u64(records::META_FEED_LEASE, "feed lease")?;
-        let mut index = Index::new();
-        let log_path = dir.join(records::LOG_FILE);
-        // Item records take about 200 bytes or more each: room for them at once (up
-        // to a bound, whatever the file claims).
-        if let Some(len) = super::log::existing_log_len(&log_path) {
-            index.reserve(usize::try_from(len / 200).unwrap_or(0).min(1 << 26));
-        }
-        let log = BundleLog::open(&log_path, acknowledged, |frame| replay(&mut index, frame))?;
-        let hasher = index.hasher.clone();
-        Ok(Self {
-            path: dir.to_owned(),
-            owner: owner.clone(),
-            db,
-            tree,
-            log,
-            index: RwLock::new(index),
-            hasher,
-            recorded_watermark: AtomicU64::new(acknowledged),
-            flushing: Mutex::new(()),
-            feed_floor: feed_lease,
-            feed_lease: AtomicU64::new(feed_lease),
-            cursors: Mutex::new(HashMap::new()),
-            writer: Mutex::new(()),
-            ledger_head: Mutex::new(ledger_head),
+                // Format 3: the log is copied into the new format, the old one kept.
+                let store_id = *uuid::Uuid::new_v4().as_bytes();
+                let log_path = dir.join(records::LOG_FILE);
+                let header = LogHeader {
+                    store_id,
+                    owner: owner.as_str().to_owned(),
+                    created_ms: now_ms(),
+                };
+                let v3_path = dir.join(records::LOG_FILE_V3);
+                if has_v3 {
+                    acknowledged =
+                        super::log::upgrade_v3(&v3_path, &log_path, acknowledged, &header)?;
+                } else {
+                    acknowledged = 0;
+                }
+                let mut batch = sled::Batch::default();
+                batch.insert(records::META_FORMAT, &super::log::FORMAT.to_be_bytes()[..]);
+                batch.insert(records::META_STORE_ID, &store_id[..]);
+                batch.insert(records::META_LOG_SYNCED, &acknowledged.to_be_bytes()[..]);
+                tree.apply_batch(batch).map_err(engine)?;
+                meta.db.flush().map_err(engine)?;
+                if has_v3 {
+                    let kept = dir.join(records::LOG_FILE_V3_UPGRADED);
+                    std::fs::rename(&v3_path, &kept).map_err(|source| StoreError::Io {
+                        path: v3_path.clone(),
+                        source,
+                    })?;
+                    tracing::warn!(
+                        data_dir = %dir.display(),
+                        kept = %kept.display(),
+                        "upgraded the store from format 3 to format 4; the old bundle log is kept, delete it once the node runs well"
+                    );
+                }
+                store_id
+            }
+            Some(v) if v == super::log::FORMAT.to_be_bytes() => {
+                let id = tree.get(records::META_STORE_ID).map_err(engine)?;
+                id.as_deref()
+                    .and_then(|id| <[u8; 16]>::try_from(id).ok())
+                    .ok_or_else(|| damaged("the store id is missing or not 16 bytes".into()))?
+            }
+            Some(v) => {
+                return Err(StoreError::OldFormat {
+                    path: dir.to_owned(),
+                    found: format!("format {:02x?}", v),
+                });
+            }
+        };
+        Ok(Opened {
+            store_id,
+            acknowledged,
+            feed_lease,
+            ledger_head,
         })
     }
 
@@ -430,10 +687,207 @@ impl SledStore {
     /// the stored value is not a head (`len` bytes).
     fn stored_ledger_head(&self) -> Result<Option<Result<Head, usize>>, StoreError> {
         Ok(self
-            .tree
-            .get(records::META_LEDGER_HEAD)
-            .map_err(|e| self.engine(e))?
+            .with_meta(|m| m.tree.get(records::META_LEDGER_HEAD))?
             .map(|v| Head::decode(&v).ok_or(v.len())))
+    }
+
+    /// Runs `f` on sled. A failure of sled makes the store unwritable until a flush
+    /// reopens it.
+    fn with_meta<T>(&self, f: impl FnOnce(&Meta) -> sled::Result<T>) -> Result<T, StoreError> {
+        let guard = self.meta.read().unwrap_or_else(|p| p.into_inner());
+        let Some(meta) = guard.as_ref() else {
+            return Err(self.unwritable_now());
+        };
+        f(meta).map_err(|e| {
+            drop(guard);
+            let error = self.engine(e);
+            self.note_failure(&error, true);
+            error
+        })
+    }
+
+    /// sled's tree, for a walk that does not hold the store's lock on sled.
+    fn tree(&self) -> Result<sled::Tree, StoreError> {
+        self.with_meta(|m| Ok(m.tree.clone()))
+    }
+
+    /// A failure of sled met outside [`SledStore::with_meta`].
+    fn sled_failed(&self, source: sled::Error) -> StoreError {
+        let error = self.engine(source);
+        self.note_failure(&error, true);
+        error
+    }
+
+    /// Records that a write failed: the store is unwritable until a flush succeeds.
+    fn note_failure(&self, error: &StoreError, sled_failed: bool) {
+        if !sled_failed && !error.is_io() {
+            return;
+        }
+        let mut trouble = self.trouble.lock().unwrap_or_else(|p| p.into_inner());
+        let disk_full = error.is_disk_full();
+        let reason = if disk_full {
+            format!("the store's disk is full ({error})")
+        } else {
+            error.to_string()
+        };
+        match trouble.as_mut() {
+            Some(t) => {
+                t.sled_failed |= sled_failed;
+                t.disk_full |= disk_full;
+            }
+            None => {
+                tracing::error!(%reason, "the store cannot write; writes and deliveries are refused until it can (it tries again at every flush)");
+                *trouble = Some(Trouble {
+                    disk_full,
+                    reason,
+                    sled_failed,
+                });
+            }
+        }
+    }
+
+    /// The error for a store that cannot write now.
+    fn unwritable_now(&self) -> StoreError {
+        let trouble = self.trouble.lock().unwrap_or_else(|p| p.into_inner());
+        let (disk_full, reason) = trouble
+            .as_ref()
+            .map_or((false, "its metadata is being reopened".to_owned()), |t| {
+                (t.disk_full, t.reason.clone())
+            });
+        StoreError::Unwritable {
+            path: self.path.clone(),
+            disk_full,
+            reason,
+        }
+    }
+
+    /// Before a store that could not write writes again: room on the disk, and sled
+    /// reopened if it failed (sled refuses everything after one failed write).
+    fn try_recover(&self) -> Result<(), StoreError> {
+        let Some(trouble) = self
+            .trouble
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            return Ok(());
+        };
+        let still = |disk_full: bool, reason: String| StoreError::Unwritable {
+            path: self.path.clone(),
+            disk_full,
+            reason,
+        };
+        if self.log.is_failed() {
+            return Err(still(
+                trouble.disk_full,
+                format!(
+                    "{}; a sync of the bundle log failed, so the node must be restarted",
+                    trouble.reason
+                ),
+            ));
+        }
+        if let Err(e) = self.log.probe(PROBE_BYTES) {
+            let disk_full = e.is_disk_full();
+            return Err(still(
+                disk_full,
+                if disk_full {
+                    format!("the store's disk is full ({e})")
+                } else {
+                    e.to_string()
+                },
+            ));
+        }
+        if trouble.sled_failed {
+            self.reopen_meta()?;
+            if let Some(t) = self
+                .trouble
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_mut()
+            {
+                t.sled_failed = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops sled and opens it again (its failures are permanent for the open
+    /// instance), then writes again what the failure may have kept from the disk:
+    /// the ledger records not yet flushed, the feed lease, the cursors.
+    fn reopen_meta(&self) -> Result<(), StoreError> {
+        // The ledger head before sled: the order every ledger append takes them in.
+        let head = self.ledger_head.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.meta.write().unwrap_or_else(|p| p.into_inner());
+        *guard = None;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let meta = loop {
+            match open_meta(&self.path, self.cache_bytes) {
+                Ok(meta) => break meta,
+                Err(e) if is_lock_error(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(self.engine(e)),
+            }
+        };
+        let engine = |e| self.engine(e);
+        let id = meta.tree.get(records::META_STORE_ID).map_err(engine)?;
+        if id.as_deref() != Some(&self.store_id[..]) {
+            return Err(StoreError::MetadataLost {
+                path: self.path.clone(),
+                problem: "its metadata changed while the node ran".into(),
+            });
+        }
+        let on_disk = match meta.tree.get(records::META_LEDGER_HEAD).map_err(engine)? {
+            Some(v) => Head::decode(&v).ok_or_else(|| StoreError::Corrupt {
+                key: "ledger head".into(),
+                problem: format!("{} bytes, not 40", v.len()),
+            })?,
+            None => Head::EMPTY,
+        };
+        let mut batch = sled::Batch::default();
+        if head.seq > on_disk.seq {
+            let pending = self
+                .ledger_pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let missing = pending
+                .first()
+                .is_none_or(|(first, _)| *first > on_disk.seq + 1);
+            if missing {
+                tracing::error!(
+                    on_disk = on_disk.seq,
+                    written = head.seq,
+                    "disclosure ledger records were lost with a failed write of the store; `ledger verify` will report the gap"
+                );
+            }
+            let mut again = 0;
+            for (seq, stored) in pending.iter().filter(|(seq, _)| *seq > on_disk.seq) {
+                batch.insert(&records::ledger_key(*seq)[..], stored.clone());
+                again += 1;
+            }
+            batch.insert(records::META_LEDGER_HEAD, &head.encode()[..]);
+            tracing::warn!(
+                records = again,
+                "disclosure ledger records that had not reached the disk are written again"
+            );
+        }
+        let lease = self.feed_lease.load(Ordering::SeqCst);
+        batch.insert(records::META_FEED_LEASE, &lease.to_be_bytes()[..]);
+        meta.tree.apply_batch(batch).map_err(engine)?;
+        meta.db.flush().map_err(engine)?;
+        // The watermark and every cursor are written again by the next flush.
+        self.recorded_watermark.store(0, Ordering::SeqCst);
+        for entry in self
+            .cursors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values_mut()
+        {
+            entry.1 = true;
+        }
+        *guard = Some(meta);
+        tracing::info!(data_dir = %self.path.display(), "the store's metadata (sled) was reopened");
+        Ok(())
     }
 
     fn engine(&self, source: sled::Error) -> StoreError {
@@ -447,10 +901,11 @@ impl SledStore {
     /// handed out: once per [`FEED_LEASE`] accepts.
     fn lease_feed(&self, seq: u64) -> Result<(), StoreError> {
         let lease = seq.saturating_add(FEED_LEASE);
-        self.tree
-            .insert(records::META_FEED_LEASE, &lease.to_be_bytes()[..])
-            .map_err(|e| self.engine(e))?;
-        self.db.flush().map_err(|e| self.engine(e))?;
+        self.with_meta(|m| {
+            m.tree
+                .insert(records::META_FEED_LEASE, &lease.to_be_bytes()[..])?;
+            m.db.flush()
+        })?;
         self.feed_lease.store(lease, Ordering::SeqCst);
         Ok(())
     }
@@ -709,6 +1164,103 @@ impl SledStore {
     }
 }
 
+/// Feed positions skipped after a store is rebuilt from its log: the lease that was
+/// recorded is lost, and positions handed out for frames cut off the end are unknown.
+const FEED_GAP_AFTER_REBUILD: u64 = FEED_LEASE * 1024;
+
+impl SledStore {
+    /// Rebuilds the store in `dir` from its bundle log alone, for a store whose
+    /// metadata was lost or cannot be read (`entente store recover`): reads the log in
+    /// recovery mode (see [`BundleLog::recover`]), moves whatever sled files remain to
+    /// `aside`, writes new metadata (owner, store id, watermark, a feed lease well
+    /// above every position found) and starts a new disclosure ledger whose first
+    /// record says that the history before it is lost, and why (`why`).
+    pub fn rebuild(
+        dir: &Path,
+        owner: &NodeId,
+        cache_bytes: u64,
+        cut_damaged: bool,
+        aside: &Path,
+        why: &str,
+    ) -> Result<(Self, super::log::Recovered), StoreError> {
+        let log_path = dir.join(records::LOG_FILE);
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| StoreError::Io {
+                path: path.clone(),
+                source,
+            }
+        };
+        if !log_path.try_exists().map_err(io(&log_path))? {
+            return Err(StoreError::Corrupt {
+                key: format!("bundle log {}", log_path.display()),
+                problem: "there is no bundle log to rebuild the store from".into(),
+            });
+        }
+        let header = super::log::read_header(&log_path)?;
+        if header.owner != owner.as_str() {
+            return Err(StoreError::WrongOwner {
+                path: dir.to_owned(),
+                expected: owner.clone(),
+                found: header.owner,
+            });
+        }
+        let mut index = Index::new();
+        if let Some(len) = super::log::existing_log_len(&log_path) {
+            index.reserve(usize::try_from(len / 200).unwrap_or(0).min(1 << 26));
+        }
+        let (log, found) =
+            BundleLog::recover(&log_path, cut_damaged, |frame| replay(&mut index, frame))?;
+        let synced = log.sync()?;
+        // What is left of sled goes aside (never deleted), then new metadata.
+        let entries = std::fs::read_dir(dir).map_err(io(dir))?;
+        for entry in entries {
+            let entry = entry.map_err(io(dir))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name == "db" || name == "conf" || name == "blobs" || name.starts_with("snap.") {
+                std::fs::create_dir_all(aside).map_err(io(aside))?;
+                std::fs::rename(entry.path(), aside.join(&*name)).map_err(io(&entry.path()))?;
+            }
+        }
+        let engine = |source| StoreError::Engine {
+            path: dir.to_owned(),
+            source,
+        };
+        let meta = open_meta(dir, cache_bytes).map_err(engine)?;
+        let feed_lease = index.feed_head().saturating_add(FEED_GAP_AFTER_REBUILD);
+        let mut batch = sled::Batch::default();
+        batch.insert(records::META_OWNER, owner.as_str().as_bytes());
+        batch.insert(records::META_FORMAT, &super::log::FORMAT.to_be_bytes()[..]);
+        batch.insert(records::META_STORE_ID, &found.header.store_id[..]);
+        batch.insert(records::META_LOG_SYNCED, &synced.to_be_bytes()[..]);
+        batch.insert(records::META_FEED_LEASE, &feed_lease.to_be_bytes()[..]);
+        meta.tree.apply_batch(batch).map_err(engine)?;
+        meta.db.flush().map_err(engine)?;
+        let opened = Opened {
+            store_id: found.header.store_id,
+            acknowledged: synced,
+            feed_lease,
+            ledger_head: Head::EMPTY,
+        };
+        let store = Self::assemble(dir, owner, cache_bytes, meta, log, index, &opened);
+        store.append_ledger(&LedgerEntry {
+            time_ms: now_ms(),
+            partner: owner.clone(),
+            path: super::LEDGER_RESTART_PATH.into(),
+            deliveries: Vec::new(),
+            policy_hash: [0u8; 32],
+            note: why.to_owned(),
+        })?;
+        store.flush()?;
+        Ok((store, found))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Adds one frame read at open to the index.
 fn replay(index: &mut Index, frame: Frame<'_>) -> Result<(), StoreError> {
     if frame.feed_seq <= index.feed_head() {
@@ -787,6 +1339,58 @@ fn corrupt(key: &str, problem: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt {
         key: key.to_owned(),
         problem: problem.to_string(),
+    }
+}
+
+impl SledStore {
+    /// One flush: the log synced, then the watermark and cursors written to sled,
+    /// then sled flushed.
+    fn flush_now(&self) -> Result<(), StoreError> {
+        // Cursors set so far count bundles appended so far: take them before the log
+        // sync, so the sync covers everything they count.
+        let pending: Vec<(String, u64)> = self
+            .cursors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, (_, pending))| *pending)
+            .map(|(peer, (seq, _))| (peer.clone(), *seq))
+            .collect();
+        // The log first: nothing in sled may be durable before the bundles it follows.
+        let synced = self.log.sync()?;
+        let recorded = self.recorded_watermark.load(Ordering::SeqCst);
+        if synced != recorded || !pending.is_empty() {
+            let mut batch = sled::Batch::default();
+            batch.insert(records::META_LOG_SYNCED, &synced.to_be_bytes()[..]);
+            for (peer, seq) in &pending {
+                batch.insert(
+                    records::key(records::CURSOR, peer.as_bytes()),
+                    &seq.to_be_bytes()[..],
+                );
+            }
+            self.with_meta(|m| m.tree.apply_batch(batch))?;
+        }
+        let ledger_upto = self
+            .ledger_head
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .seq;
+        self.with_meta(|m| m.db.flush())?;
+        // Ledger records up to here are on disk now.
+        self.ledger_pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(seq, _)| *seq > ledger_upto);
+        self.recorded_watermark.fetch_max(synced, Ordering::SeqCst);
+        let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
+        for (peer, seq) in pending {
+            if let Some(entry) = cursors.get_mut(&peer) {
+                if entry.0 == seq {
+                    entry.1 = false;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -974,7 +1578,10 @@ impl Store for SledStore {
         if seq > self.feed_lease.load(Ordering::SeqCst) {
             self.lease_feed(seq)?;
         }
-        let written = self.log.append(frame)?;
+        let written = self
+            .log
+            .append(frame)
+            .inspect_err(|e| self.note_failure(e, false))?;
         let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
         for (new, span) in new_items.iter_mut().zip(&written.items) {
             new.span = *span;
@@ -989,39 +1596,36 @@ impl Store for SledStore {
         // One flush at a time, so an older watermark or cursor never lands after a
         // newer one.
         let _one = self.flushing.lock().unwrap_or_else(|p| p.into_inner());
-        // Cursors set so far count bundles appended so far: take them before the log
-        // sync, so the sync covers everything they count.
-        let pending: Vec<(String, u64)> = self
-            .cursors
+        // A store that could not write tries again: room on the disk, sled reopened.
+        self.try_recover()?;
+        match self.flush_now() {
+            Ok(()) => {
+                if self
+                    .trouble
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                    .is_some()
+                {
+                    tracing::info!(data_dir = %self.path.display(), "the store writes again");
+                }
+                Ok(())
+            }
+            Err(error) => {
+                self.note_failure(&error, false);
+                Err(error)
+            }
+        }
+    }
+
+    fn writable(&self) -> Result<(), StoreError> {
+        if self
+            .trouble
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter(|(_, (_, pending))| *pending)
-            .map(|(peer, (seq, _))| (peer.clone(), *seq))
-            .collect();
-        // The log first: nothing in sled may be durable before the bundles it follows.
-        let synced = self.log.sync()?;
-        let recorded = self.recorded_watermark.load(Ordering::SeqCst);
-        if synced != recorded || !pending.is_empty() {
-            let mut batch = sled::Batch::default();
-            batch.insert(records::META_LOG_SYNCED, &synced.to_be_bytes()[..]);
-            for (peer, seq) in &pending {
-                batch.insert(
-                    records::key(records::CURSOR, peer.as_bytes()),
-                    &seq.to_be_bytes()[..],
-                );
-            }
-            self.tree.apply_batch(batch).map_err(|e| self.engine(e))?;
-        }
-        self.db.flush().map_err(|e| self.engine(e))?;
-        self.recorded_watermark.fetch_max(synced, Ordering::SeqCst);
-        let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
-        for (peer, seq) in pending {
-            if let Some(entry) = cursors.get_mut(&peer) {
-                if entry.0 == seq {
-                    entry.1 = false;
-                }
-            }
+            .is_some()
+        {
+            return Err(self.unwritable_now());
         }
         Ok(())
     }
@@ -1032,7 +1636,6 @@ impl Store for SledStore {
             Some(record) => Self::stored_item(record).map(Some),
         }
     }
-
     fn query(
         &self,
         query: &ItemQuery,
@@ -1078,22 +1681,18 @@ impl Store for SledStore {
 
     fn put_certificate(&self, der: &[u8]) -> Result<[u8; 32], StoreError> {
         let sha = crate::crypto::sha256(der);
-        self.tree
-            .insert(records::key(records::CERT, &sha), der)
-            .map_err(|e| self.engine(e))?;
+        self.with_meta(|m| m.tree.insert(records::key(records::CERT, &sha), der))?;
         Ok(sha)
     }
 
     fn certificate(&self, sha256: &[u8; 32]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
-            .tree
-            .get(records::key(records::CERT, sha256))
-            .map_err(|e| self.engine(e))?
+            .with_meta(|m| m.tree.get(records::key(records::CERT, sha256)))?
             .map(|v| v.to_vec()))
     }
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {
-        let sled = self.db.size_on_disk().map_err(|e| self.engine(e))?;
+        let sled = self.with_meta(|m| m.db.size_on_disk())?;
         Ok(sled + self.log.len())
     }
 
@@ -1150,17 +1749,13 @@ impl Store for SledStore {
     fn served_policy(&self, peer: &NodeId) -> Result<Option<[u8; 32]>, StoreError> {
         let key = records::key(records::SERVED, peer.as_str().as_bytes());
         Ok(self
-            .tree
-            .get(key)
-            .map_err(|e| self.engine(e))?
+            .with_meta(|m| m.tree.get(key))?
             .and_then(|v| v.as_ref().try_into().ok()))
     }
 
     fn set_served_policy(&self, peer: &NodeId, fingerprint: &[u8; 32]) -> Result<(), StoreError> {
         let key = records::key(records::SERVED, peer.as_str().as_bytes());
-        self.tree
-            .insert(key, &fingerprint[..])
-            .map_err(|e| self.engine(e))?;
+        self.with_meta(|m| m.tree.insert(key, &fingerprint[..]))?;
         Ok(())
     }
 
@@ -1175,9 +1770,7 @@ impl Store for SledStore {
         }
         let key = records::key(records::CURSOR, peer.as_str().as_bytes());
         Ok(self
-            .tree
-            .get(key)
-            .map_err(|e| self.engine(e))?
+            .with_meta(|m| m.tree.get(key))?
             .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
             .unwrap_or(0))
     }
@@ -1204,8 +1797,12 @@ impl Store for SledStore {
     }
 
     fn append_ledger_many(&self, entries: &[LedgerEntry]) -> Result<Vec<LedgerRecord>, StoreError> {
+        // A record that cannot reach the disk is not written: the delivery it
+        // records is refused instead.
+        self.writable()?;
         let mut head = self.ledger_head.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = sled::Batch::default();
+        let mut pending = Vec::with_capacity(entries.len());
         let mut out = Vec::with_capacity(entries.len());
         let mut last = *head;
         for entry in entries {
@@ -1218,7 +1815,8 @@ impl Store for SledStore {
                 seq,
                 hash: ledger::link_hash(&stored),
             };
-            batch.insert(&records::ledger_key(seq)[..], stored);
+            batch.insert(&records::ledger_key(seq)[..], stored.clone());
+            pending.push((seq, stored));
             out.push(LedgerRecord {
                 seq,
                 entry: entry.clone(),
@@ -1231,33 +1829,18 @@ impl Store for SledStore {
             return Ok(out);
         }
         batch.insert(records::META_LEDGER_HEAD, &last.encode()[..]);
-        self.tree.apply_batch(batch).map_err(|e| self.engine(e))?;
+        self.with_meta(|m| m.tree.apply_batch(batch))?;
         *head = last;
+        self.ledger_pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(pending);
         Ok(out)
     }
 
     fn append_ledger(&self, entry: &LedgerEntry) -> Result<LedgerRecord, StoreError> {
-        let mut head = self.ledger_head.lock().unwrap_or_else(|p| p.into_inner());
-        let seq = head.seq.checked_add(1).ok_or_else(|| StoreError::Corrupt {
-            key: "ledger head".into(),
-            problem: "sequence number exhausted".into(),
-        })?;
-        let stored = ledger::encode_record(seq, entry, &head.hash);
-        let next = Head {
-            seq,
-            hash: ledger::link_hash(&stored),
-        };
-        let mut batch = sled::Batch::default();
-        batch.insert(&records::ledger_key(seq)[..], stored);
-        batch.insert(records::META_LEDGER_HEAD, &next.encode()[..]);
-        self.tree.apply_batch(batch).map_err(|e| self.engine(e))?;
-        let prev = std::mem::replace(&mut *head, next);
-        Ok(LedgerRecord {
-            seq,
-            entry: entry.clone(),
-            prev_hash: prev.hash,
-            hash: next.hash,
-        })
+        let mut records = self.append_ledger_many(std::slice::from_ref(entry))?;
+        Ok(records.pop().expect("one record per entry"))
     }
 
     fn ledger(
@@ -1275,8 +1858,8 @@ impl Store for SledStore {
             return Ok(out);
         }
         let end = records::ledger_key(u64::MAX);
-        for entry in self.tree.range(records::ledger_key(first)..=end) {
-            let (key, stored) = entry.map_err(|e| self.engine(e))?;
+        for entry in self.tree()?.range(records::ledger_key(first)..=end) {
+            let (key, stored) = entry.map_err(|e| self.sled_failed(e))?;
             let Some(seq) = records::ledger_seq(&key) else {
                 return Err(StoreError::Corrupt {
                     key: format!("ledger key {:02x?}", &key[..]),
@@ -1314,8 +1897,8 @@ impl Store for SledStore {
         let last = head.map_or(0, |h| h.seq);
         let mut walk = ChainWalk::new();
         let mut beyond = false;
-        for entry in self.tree.scan_prefix([records::LEDGER]) {
-            let (key, stored) = entry.map_err(|e| self.engine(e))?;
+        for entry in self.tree()?.scan_prefix([records::LEDGER]) {
+            let (key, stored) = entry.map_err(|e| self.sled_failed(e))?;
             let Some(seq) = records::ledger_seq(&key) else {
                 return Ok(LedgerCheck::Broken {
                     seq: 0,
@@ -1346,13 +1929,108 @@ impl Store for SledStore {
         };
         let from = records::ledger_key(now.map_or(0, |h| h.seq).saturating_add(1));
         let end = records::ledger_key(u64::MAX);
-        match self.tree.range(from..=end).next() {
+        match self.tree()?.range(from..=end).next() {
             None => Ok(check),
             Some(entry) => {
-                let (key, _) = entry.map_err(|e| self.engine(e))?;
+                let (key, _) = entry.map_err(|e| self.sled_failed(e))?;
                 let first_extra = records::ledger_seq(&key).unwrap_or(0);
                 Ok(ledger::beyond_head(first_extra, now))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner() -> NodeId {
+        NodeId::new("redmond.hq").unwrap()
+    }
+
+    /// Opens, waiting while sled still holds the lock of a store just dropped.
+    fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match SledStore::open(dir, &owner(), 1 << 20) {
+                Err(StoreError::Engine { source, .. })
+                    if is_lock_error(&source) && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    #[test]
+    fn a_log_is_opened_only_with_its_own_metadata() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        drop(open(a.path()).unwrap());
+        drop(open(b.path()).unwrap());
+        // Both open again as they are.
+        drop(open(a.path()).unwrap());
+        // Another store's log beside this metadata.
+        std::fs::copy(
+            b.path().join(records::LOG_FILE),
+            a.path().join(records::LOG_FILE),
+        )
+        .unwrap();
+        let refused = open(a.path()).err().unwrap();
+        assert!(
+            matches!(&refused, StoreError::MetadataLost { problem, .. } if problem.contains("another store")),
+            "{refused}"
+        );
+        // sled's file gone: refused, never a new store beside the old log.
+        std::fs::remove_file(b.path().join("db")).unwrap();
+        let refused = open(b.path()).err().unwrap();
+        assert!(
+            matches!(&refused, StoreError::MetadataLost { problem, .. } if problem.contains("missing")),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("entente store recover"));
+        assert!(!b.path().join("db").exists());
+    }
+
+    #[test]
+    fn a_store_is_rebuilt_from_its_log_with_a_ledger_that_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path()).unwrap();
+        store.flush().unwrap();
+        drop(store);
+        std::fs::remove_file(dir.path().join("db")).unwrap();
+        let aside = dir.path().join("aside");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let (store, found) = loop {
+            match SledStore::rebuild(
+                dir.path(),
+                &owner(),
+                1 << 20,
+                false,
+                &aside,
+                "lost in a test",
+            ) {
+                Err(StoreError::Engine { source, .. })
+                    if is_lock_error(&source) && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other.unwrap(),
+            }
+        };
+        assert!(found.cut.is_none());
+        assert!(aside.join("conf").exists(), "the rest of sled is kept");
+        let first = store.ledger(0, 10, None, None).unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].entry.path, super::super::LEDGER_RESTART_PATH);
+        assert_eq!(first[0].entry.note, "lost in a test");
+        assert!(store.feed_limit() >= FEED_GAP_AFTER_REBUILD);
+        drop(store);
+        let store = open(dir.path()).unwrap();
+        assert!(matches!(
+            store.verify_ledger().unwrap(),
+            LedgerCheck::Intact { records: 1, .. }
+        ));
     }
 }

@@ -12,10 +12,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::collections::VecDeque;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
-use tokio::task::JoinSet;
+
+use tokio::task::{AbortHandle, JoinSet};
+
+use crate::limits::{self, Limit, Limits, Slot, Slots};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -25,51 +29,16 @@ use tonic::transport::server::Connected;
 use super::access::{Directory, Registration, describe_tls_error};
 use super::identity::ConnectionInfo;
 
-/// Time a client has to complete the TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once; further connections wait in the kernel's backlog.
-pub const MAX_CONCURRENT_HANDSHAKES: usize = 256;
-/// Handshakes in progress at once from one source address; a further connection from it
-/// is closed at once, so that one source that never finishes its handshakes cannot hold
-/// every handshake slot while others wait.
-pub const MAX_HANDSHAKES_PER_SOURCE: usize = 16;
-
-/// Handshakes in progress per source address.
-type PerSource = Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>;
-
-/// One handshake counted against its source; uncounted when dropped.
-struct SourceSlot {
-    counts: PerSource,
-    ip: std::net::IpAddr,
-}
-
-impl SourceSlot {
-    /// Counts a handshake from `ip`, unless the source has its limit in progress already.
-    fn take(counts: &PerSource, ip: std::net::IpAddr) -> Option<Self> {
-        let mut map = counts.lock().unwrap_or_else(|p| p.into_inner());
-        let count = map.entry(ip).or_insert(0);
-        if *count >= MAX_HANDSHAKES_PER_SOURCE {
-            return None;
-        }
-        *count += 1;
-        Some(Self {
-            counts: counts.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for SourceSlot {
-    fn drop(&mut self) {
-        let mut map = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = map.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                map.remove(&self.ip);
-            }
-        }
-    }
-}
+/// Time a client has to complete the TLS handshake, by default
+/// (`limits.handshake_timeout`).
+pub const HANDSHAKE_TIMEOUT: Duration = crate::limits::DEFAULT_HANDSHAKE_TIMEOUT;
+/// Handshakes in progress at once, by default (`limits.handshakes`). When all are taken,
+/// the oldest handshake in progress is dropped to make room for the newest, so that
+/// connections which never finish cannot keep a legitimate caller waiting.
+pub const MAX_CONCURRENT_HANDSHAKES: usize = crate::limits::DEFAULT_HANDSHAKES;
+/// Handshakes in progress at once from one source address, by default
+/// (`limits.handshakes_per_source`); a further connection from it is closed at once.
+pub const MAX_HANDSHAKES_PER_SOURCE: usize = crate::limits::DEFAULT_HANDSHAKES_PER_SOURCE;
 
 /// An accepted, authenticated connection.
 pub struct AuthenticatedConnection {
@@ -79,6 +48,8 @@ pub struct AuthenticatedConnection {
     /// streams had their grace period to say so.
     closing: Pin<Box<WaitForCancellationFutureOwned>>,
     registration: Registration,
+    /// The connection's place under `limits.connections_per_partner`.
+    _slot: Slot<crate::model::NodeId>,
 }
 
 impl AuthenticatedConnection {
@@ -156,27 +127,26 @@ pub fn accept(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     directory: Arc<Directory>,
+    limits: &Limits,
     shutdown: CancellationToken,
 ) -> (Incoming, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(tls);
+    let handshake_timeout = limits.handshake_timeout;
+    let max_handshakes = limits.handshakes;
+    let per_source = Slots::new(limits.handshakes_per_source);
+    let per_partner = Arc::new(Slots::new(limits.connections_per_partner));
     let task = tokio::spawn(async move {
-        let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
-        let per_source = PerSource::default();
+        let permits = Arc::new(Semaphore::new(max_handshakes));
         let mut handshakes = JoinSet::new();
+        // Handshakes in progress, oldest first.
+        let mut in_progress: VecDeque<AbortHandle> = VecDeque::new();
         loop {
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                permit = permits.clone().acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                // Reap finished handshakes so the set does not grow.
                 accepted = listener.accept() => accepted,
             };
+            // Reap finished handshakes so the set does not grow.
             while handshakes.try_join_next().is_some() {}
             let (tcp, remote_addr) = match accepted {
                 Ok(pair) => pair,
@@ -185,21 +155,55 @@ pub fn accept(
                     continue;
                 }
             };
-            let Some(slot) = SourceSlot::take(&per_source, remote_addr.ip()) else {
-                // Closed at once (dropped), and its handshake slot is free again.
+            let Some(slot) = per_source.take(&remote_addr.ip()) else {
+                // Closed at once (dropped).
+                limits::count(Limit::HandshakesPerSource);
                 tracing::debug!(addr = %remote_addr, "too many handshakes in progress from this address; connection closed");
                 continue;
             };
+            let permit = match permits.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    // Every slot is taken: the oldest handshake still in progress gives
+                    // way. A legitimate handshake takes milliseconds; one that has waited
+                    // behind every other slot is most likely one that never finishes.
+                    limits::count(Limit::Handshakes);
+                    in_progress.retain(|h| !h.is_finished());
+                    if let Some(oldest) = in_progress.pop_front() {
+                        oldest.abort();
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        permit = permits.clone().acquire_owned() => match permit {
+                            Ok(p) => p,
+                            Err(_) => break,
+                        },
+                    }
+                }
+            };
+            if in_progress.len() > 2 * max_handshakes {
+                in_progress.retain(|h| !h.is_finished());
+            }
             if let Err(error) = tcp.set_nodelay(true) {
                 tracing::debug!(%error, addr = %remote_addr, "cannot set TCP_NODELAY");
             }
             let acceptor = acceptor.clone();
             let directory = directory.clone();
+            let per_partner = per_partner.clone();
             let tx = tx.clone();
-            handshakes.spawn(async move {
+            in_progress.push_back(handshakes.spawn(async move {
                 let _permit = permit;
                 let _slot = slot;
-                match handshake(acceptor, tcp, remote_addr, &directory).await {
+                match handshake(
+                    acceptor,
+                    tcp,
+                    remote_addr,
+                    &directory,
+                    &per_partner,
+                    handshake_timeout,
+                )
+                .await
+                {
                     Ok(conn) => {
                         tracing::debug!(peer = %conn.info.partner.id, addr = %remote_addr, "connection authenticated");
                         // Ends when the connection is dropped.
@@ -210,7 +214,7 @@ pub fn accept(
                         tracing::warn!(addr = %remote_addr, %reason, "connection refused");
                     }
                 }
-            });
+            }));
         }
         handshakes.shutdown().await;
     });
@@ -222,12 +226,17 @@ async fn handshake(
     tcp: TcpStream,
     remote_addr: SocketAddr,
     directory: &Arc<Directory>,
+    per_partner: &Slots<crate::model::NodeId>,
+    timeout: Duration,
 ) -> Result<AuthenticatedConnection, String> {
     // A reload after this point makes the directory verify the chain again at admission.
     let generation = directory.generation();
-    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+    let stream = tokio::time::timeout(timeout, acceptor.accept(tcp))
         .await
-        .map_err(|_| "TLS handshake timed out".to_owned())?
+        .map_err(|_| {
+            limits::count(Limit::HandshakeTimeout);
+            "TLS handshake timed out (limits.handshake_timeout)".to_owned()
+        })?
         .map_err(|e| format!("TLS handshake failed: {}", describe_io_error(&e)))?;
     // The verifier has already checked the chain, revocation, the pinned anchor and
     // that the id is configured; register the connection so reloads re-check it.
@@ -239,12 +248,21 @@ async fn handshake(
         .map(|c| c.clone().into_owned())
         .collect();
     let (info, registration) = directory.admit(chain, remote_addr, generation)?;
+    let Some(slot) = per_partner.take(&info.partner.id) else {
+        limits::count(Limit::ConnectionsPerPartner);
+        return Err(format!(
+            "{} has {} connections open already (limits.connections_per_partner)",
+            info.partner.id,
+            per_partner.max()
+        ));
+    };
     let closing = Box::pin(registration.closing());
     Ok(AuthenticatedConnection {
         stream,
         info,
         closing,
         registration,
+        _slot: slot,
     })
 }
 

@@ -209,6 +209,7 @@ impl RogueServer {
             listener,
             material.server_config(directory.clone()).unwrap(),
             directory,
+            &entente::limits::Limits::default(),
             stop.clone(),
         );
         let server = {

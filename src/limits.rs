@@ -1,0 +1,365 @@
+//! The resource limits a node applies to its callers, and the count of what each one
+//! refused since the node started.
+//!
+//! The values come from the `[limits]` section of the configuration (defaults below)
+//! and are fixed for the life of the process. Every refusal is counted here, so the
+//! operator can see in `entente status` which limit is being hit and how often.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Default size of one `Intel.Publish` message (one bundle), in bytes.
+pub const DEFAULT_PUBLISH_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Default number of `Publish` calls one partner may have open at once.
+pub const DEFAULT_PUBLISHES_PER_PARTNER: usize = 2;
+/// Default items per second one partner may publish (a rate, not a refusal: a faster
+/// publisher is slowed down).
+pub const DEFAULT_PUBLISH_ITEMS_PER_SECOND: u64 = 200_000;
+/// Default streams (Subscribe, Export, Pull) one partner may hold open at once.
+pub const DEFAULT_STREAMS_PER_PARTNER: usize = 32;
+/// Default authenticated connections one partner may hold open at once.
+pub const DEFAULT_CONNECTIONS_PER_PARTNER: usize = 16;
+/// Default TLS handshakes in progress at once, over all sources.
+pub const DEFAULT_HANDSHAKES: usize = 256;
+/// Default TLS handshakes in progress at once from one source address.
+pub const DEFAULT_HANDSHAKES_PER_SOURCE: usize = 16;
+/// Default time a client has to complete its TLS handshake.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default time a stream may wait for its reader before the node ends it.
+pub const DEFAULT_SLOW_READER_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default interval of HTTP/2 keepalive pings on every connection.
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// Default time to wait for a keepalive answer before the connection is closed.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Bounds on how large the configurable limits may be set, so a typing slip cannot
+/// turn a limit off.
+pub const MAX_PUBLISH_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// The limits in force (`[limits]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest `Intel.Publish` message (`limits.publish_message_bytes`).
+    pub publish_message_bytes: usize,
+    /// `Publish` calls one partner may have open at once (`limits.publishes_per_partner`).
+    pub publishes_per_partner: usize,
+    /// Items per second one partner may publish; 0 means no limit
+    /// (`limits.publish_items_per_second`).
+    pub publish_items_per_second: u64,
+    /// Streams one partner may hold open (`limits.streams_per_partner`).
+    pub streams_per_partner: usize,
+    /// Connections one partner may hold open (`limits.connections_per_partner`).
+    pub connections_per_partner: usize,
+    /// TLS handshakes in progress at once (`limits.handshakes`).
+    pub handshakes: usize,
+    /// TLS handshakes in progress from one address (`limits.handshakes_per_source`).
+    pub handshakes_per_source: usize,
+    /// Time to complete a TLS handshake (`limits.handshake_timeout`).
+    pub handshake_timeout: Duration,
+    /// Time a stream waits for its reader (`limits.slow_reader_timeout`).
+    pub slow_reader_timeout: Duration,
+    /// HTTP/2 keepalive interval (`limits.keepalive_interval`).
+    pub keepalive_interval: Duration,
+    /// HTTP/2 keepalive answer deadline (`limits.keepalive_timeout`).
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            publish_message_bytes: DEFAULT_PUBLISH_MESSAGE_BYTES,
+            publishes_per_partner: DEFAULT_PUBLISHES_PER_PARTNER,
+            publish_items_per_second: DEFAULT_PUBLISH_ITEMS_PER_SECOND,
+            streams_per_partner: DEFAULT_STREAMS_PER_PARTNER,
+            connections_per_partner: DEFAULT_CONNECTIONS_PER_PARTNER,
+            handshakes: DEFAULT_HANDSHAKES,
+            handshakes_per_source: DEFAULT_HANDSHAKES_PER_SOURCE,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            slow_reader_timeout: DEFAULT_SLOW_READER_TIMEOUT,
+            keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+        }
+    }
+}
+
+impl Limits {
+    /// Each setting as (configuration key, value in words, the limit whose refusals
+    /// it counts if any), in a fixed order.
+    pub fn describe(&self) -> Vec<(&'static str, String, Option<Limit>)> {
+        let secs = |d: Duration| format!("{}s", d.as_secs_f64());
+        let row = |limit: Limit, value: String| (limit.key(), value, Some(limit));
+        vec![
+            row(
+                Limit::PublishMessageBytes,
+                self.publish_message_bytes.to_string(),
+            ),
+            row(
+                Limit::PublishesPerPartner,
+                self.publishes_per_partner.to_string(),
+            ),
+            row(
+                Limit::PublishItemsPerSecond,
+                self.publish_items_per_second.to_string(),
+            ),
+            row(
+                Limit::StreamsPerPartner,
+                self.streams_per_partner.to_string(),
+            ),
+            row(
+                Limit::ConnectionsPerPartner,
+                self.connections_per_partner.to_string(),
+            ),
+            row(Limit::Handshakes, self.handshakes.to_string()),
+            row(
+                Limit::HandshakesPerSource,
+                self.handshakes_per_source.to_string(),
+            ),
+            row(Limit::HandshakeTimeout, secs(self.handshake_timeout)),
+            row(Limit::SlowReaderTimeout, secs(self.slow_reader_timeout)),
+            row(Limit::DecodeBudget, String::from("per message type")),
+            ("keepalive_interval", secs(self.keepalive_interval), None),
+            ("keepalive_timeout", secs(self.keepalive_timeout), None),
+        ]
+    }
+}
+
+/// A limit that can refuse something; the index into [`LimitCounters`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// A Publish message over `publish_message_bytes`.
+    PublishMessageBytes,
+    /// A Publish call over `publishes_per_partner`.
+    PublishesPerPartner,
+    /// A publisher slowed to `publish_items_per_second` (counted once per wait).
+    PublishItemsPerSecond,
+    /// A stream over `streams_per_partner`.
+    StreamsPerPartner,
+    /// A connection over `connections_per_partner`.
+    ConnectionsPerPartner,
+    /// A connection closed because every handshake slot was taken (the oldest
+    /// handshake in progress gives way to the newest).
+    Handshakes,
+    /// A connection closed because its address had `handshakes_per_source` in progress.
+    HandshakesPerSource,
+    /// A handshake not finished within `handshake_timeout`.
+    HandshakeTimeout,
+    /// A stream ended because its reader did not read within `slow_reader_timeout`.
+    SlowReaderTimeout,
+    /// A message refused before decoding because it holds more elements (items, tags,
+    /// recipients, ...) or bytes than its type allows.
+    DecodeBudget,
+}
+
+impl Limit {
+    const ALL: [Limit; 10] = [
+        Limit::PublishMessageBytes,
+        Limit::PublishesPerPartner,
+        Limit::PublishItemsPerSecond,
+        Limit::StreamsPerPartner,
+        Limit::ConnectionsPerPartner,
+        Limit::Handshakes,
+        Limit::HandshakesPerSource,
+        Limit::HandshakeTimeout,
+        Limit::SlowReaderTimeout,
+        Limit::DecodeBudget,
+    ];
+
+    /// The configuration key (under `[limits]`) or, for the fixed budgets, its name.
+    pub fn key(self) -> &'static str {
+        match self {
+            Limit::PublishMessageBytes => "publish_message_bytes",
+            Limit::PublishesPerPartner => "publishes_per_partner",
+            Limit::PublishItemsPerSecond => "publish_items_per_second",
+            Limit::StreamsPerPartner => "streams_per_partner",
+            Limit::ConnectionsPerPartner => "connections_per_partner",
+            Limit::Handshakes => "handshakes",
+            Limit::HandshakesPerSource => "handshakes_per_source",
+            Limit::HandshakeTimeout => "handshake_timeout",
+            Limit::SlowReaderTimeout => "slow_reader_timeout",
+            Limit::DecodeBudget => "decode_budget",
+        }
+    }
+
+    fn index(self) -> usize {
+        Self::ALL
+            .iter()
+            .position(|l| *l == self)
+            .unwrap_or_default()
+    }
+}
+
+/// How often each limit refused something since the node started.
+#[derive(Debug, Default)]
+pub struct LimitCounters {
+    refused: [AtomicU64; 10],
+}
+
+impl LimitCounters {
+    /// Counts one refusal by `limit`.
+    pub fn count(&self, limit: Limit) {
+        self.refused[limit.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Refusals by `limit` so far.
+    pub fn refused(&self, limit: Limit) -> u64 {
+        self.refused[limit.index()].load(Ordering::Relaxed)
+    }
+}
+
+/// The process-wide counters. Limits are applied in layers that do not share a value
+/// (the TLS listener, the decoder that tonic constructs itself, the engine), so the
+/// counts live in one static place; there is one node per process in production, and
+/// tests that run several read the sum.
+pub fn counters() -> &'static LimitCounters {
+    static COUNTERS: std::sync::OnceLock<LimitCounters> = std::sync::OnceLock::new();
+    COUNTERS.get_or_init(LimitCounters::default)
+}
+
+/// Counts one refusal by `limit` in the process-wide counters.
+pub fn count(limit: Limit) {
+    counters().count(limit);
+}
+
+/// Counts of something held open per key (a partner's streams, an address's
+/// handshakes), each bounded by the same maximum.
+pub struct Slots<K: std::hash::Hash + Eq + Clone> {
+    open: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<K, usize>>>,
+    max: usize,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Slots<K> {
+    /// At most `max` open per key.
+    pub fn new(max: usize) -> Self {
+        Self {
+            open: std::sync::Arc::default(),
+            max,
+        }
+    }
+
+    /// The maximum per key.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Takes one slot for `key`, unless it holds the maximum already.
+    pub fn take(&self, key: &K) -> Option<Slot<K>> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(key.clone()).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(Slot {
+            open: self.open.clone(),
+            key: key.clone(),
+        })
+    }
+
+    /// Slots `key` holds now.
+    pub fn held(&self, key: &K) -> usize {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.get(key).copied().unwrap_or(0)
+    }
+}
+
+/// One slot, given back when dropped.
+pub struct Slot<K: std::hash::Hash + Eq + Clone> {
+    open: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<K, usize>>>,
+    key: K,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Drop for Slot<K> {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// A rate per key, as token buckets holding at most one second of tokens.
+pub struct Rates<K: std::hash::Hash + Eq + Clone> {
+    per_second: u64,
+    buckets: std::sync::Mutex<std::collections::HashMap<K, (f64, std::time::Instant)>>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Rates<K> {
+    /// `per_second` for each key; 0 means no limit.
+    pub fn new(per_second: u64) -> Self {
+        Self {
+            per_second,
+            buckets: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Takes `n` tokens from `key`'s bucket and says how long the caller must wait
+    /// before going on (zero when the bucket held them). The debt is taken at once, so
+    /// concurrent callers of one key queue up behind each other.
+    pub fn take(&self, key: &K, n: u64) -> Duration {
+        if self.per_second == 0 {
+            return Duration::ZERO;
+        }
+        let rate = self.per_second as f64;
+        let now = std::time::Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() > 100_000 {
+            // Only configured partners publish; this bounds the map all the same.
+            buckets.clear();
+        }
+        let (tokens, at) = buckets.entry(key.clone()).or_insert((rate, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(rate);
+        *at = now;
+        *tokens -= n as f64;
+        if *tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-*tokens / rate)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_limit_has_its_own_counter() {
+        let counters = LimitCounters::default();
+        for (i, limit) in Limit::ALL.iter().enumerate() {
+            assert_eq!(limit.index(), i);
+            counters.count(*limit);
+        }
+        for limit in Limit::ALL {
+            assert_eq!(counters.refused(limit), 1, "{}", limit.key());
+        }
+        let described = Limits::default().describe();
+        for limit in Limit::ALL {
+            assert!(described.iter().any(|(_, _, l)| *l == Some(limit)));
+        }
+    }
+
+    #[test]
+    fn slots_are_bounded_per_key_and_given_back() {
+        let slots = Slots::new(2);
+        let a1 = slots.take(&"a").unwrap();
+        let _a2 = slots.take(&"a").unwrap();
+        assert!(slots.take(&"a").is_none());
+        assert!(slots.take(&"b").is_some());
+        drop(a1);
+        assert_eq!(slots.held(&"a"), 1);
+        assert!(slots.take(&"a").is_some());
+    }
+
+    #[test]
+    fn a_rate_lets_a_second_through_then_asks_the_caller_to_wait() {
+        let rates = Rates::new(1000);
+        assert_eq!(rates.take(&"a", 1000), Duration::ZERO);
+        let wait = rates.take(&"a", 500);
+        assert!(wait > Duration::from_millis(400) && wait <= Duration::from_millis(501));
+        assert_eq!(rates.take(&"b", 10), Duration::ZERO);
+        assert_eq!(Rates::new(0).take(&"a", u64::MAX), Duration::ZERO);
+    }
+}
