@@ -22,6 +22,11 @@ const OPEN: &str = "max_tlp = \"GREEN\"\nallow_types = [\"*\"]";
 fn config(pki: &Pki, id: &NodeId, peers: &[(&str, String)]) -> std::path::PathBuf {
     let path = common::write_config(pki, id, &[common::client("analyst.alice", "analyst")], &[]);
     let mut text = std::fs::read_to_string(&path).unwrap();
+    // The largest publish message a node may be configured to take.
+    text.push_str(&format!(
+        "\n[limits]\npublish_message_bytes = {}\n",
+        entente::limits::MAX_PUBLISH_MESSAGE_BYTES
+    ));
     for (peer, address) in peers {
         text.push_str(&format!(
             "\n[[peer]]\nid = \"{peer}\"\naddress = \"{address}\"\nrole = \"peer\"\n{OPEN}\n"
@@ -96,7 +101,7 @@ async fn a_bundle_of_100000_items_crosses_a_link_whole_even_when_cut_every_8_mib
     };
     let size = request.encoded_len();
     assert!(
-        size > 56 << 20 && size < entente::wire::MAX_MESSAGE_BYTES,
+        size > 56 << 20 && size < entente::limits::MAX_PUBLISH_MESSAGE_BYTES,
         "{size} bytes"
     );
     let published = alice

@@ -18,11 +18,12 @@ pub const MAX_PULL_MESSAGE_BYTES: usize = 2 << 20;
 /// A puller holds a transfer in memory until it is complete, so this (with the header,
 /// at most `crypto::MAX_HEADER_BYTES`, and at most `crypto::MAX_ITEMS_PER_BUNDLE`
 /// disclosures) bounds what one link holds. The items of a published bundle come in
-/// one message of at most `wire::MAX_MESSAGE_BYTES`; the publishing node adds to each
-/// an id and a version (about 60 bytes) and a salt (16): [`PER_ITEM_ALLOWANCE`] covers
-/// both, so any bundle a node could publish can cross any link.
-pub const MAX_TRANSFER_ITEM_BYTES: usize =
-    crate::wire::MAX_MESSAGE_BYTES + crate::crypto::MAX_ITEMS_PER_BUNDLE * PER_ITEM_ALLOWANCE;
+/// one message of at most `limits.publish_message_bytes`, which may be set up to
+/// `limits::MAX_PUBLISH_MESSAGE_BYTES`; the publishing node adds to each item an id and a
+/// version (about 60 bytes) and a salt (16): [`PER_ITEM_ALLOWANCE`] covers both, so any
+/// bundle a node could publish can cross any link.
+pub const MAX_TRANSFER_ITEM_BYTES: usize = crate::limits::MAX_PUBLISH_MESSAGE_BYTES
+    + crate::crypto::MAX_ITEMS_PER_BUNDLE * PER_ITEM_ALLOWANCE;
 
 /// Bytes a published item may grow by between the publish request and the bundle: an
 /// assigned id and version, and its salt.

@@ -351,7 +351,15 @@ impl Assembly {
                 self.next_part.wrapping_sub(1)
             )));
         }
-        self.next_part += 1;
+        // A part that is not the last brings something: so a transfer has a bounded
+        // number of parts (its header and items are bounded).
+        if !part.last && part.header_chunk.is_empty() && part.disclosures.is_empty() {
+            return Err(protocol(format!(
+                "part {} of the bundle at seq {} is empty",
+                part.index, part.seq
+            )));
+        }
+        self.next_part = self.next_part.saturating_add(1);
         let last = part.last;
         let result = self.take_contents(part);
         if self.refused {
@@ -601,5 +609,11 @@ mod tests {
             assembly.take(skipped),
             Err(PartError::Protocol(_))
         ));
+        // A part that brings nothing and is not the last.
+        let mut empty = parts[1].clone();
+        empty.header_chunk.clear();
+        empty.disclosures.clear();
+        assert!(!empty.last);
+        assert!(matches!(assembly.take(empty), Err(PartError::Protocol(_))));
     }
 }

@@ -116,20 +116,23 @@ pub async fn run_link<D: Dialer>(
         if shutdown.is_cancelled() {
             return;
         }
-        let mut progressed = false;
-        let result = pull(&context, &dialer, &mut kept, &mut progressed).await;
+        let before = position(&engine, &link, &kept);
+        let result = pull(&context, &dialer, &mut kept).await;
         // Only a transfer cut short by the connection is continued; one refused is
         // pulled again whole (a passing refusal may pass by then).
         if kept.transfer.as_ref().is_some_and(Assembly::is_refused) {
             kept.transfer = None;
             kept.offered = None;
         }
+        // A connection that moved the link forward (a stored cursor further on, or more
+        // of a transfer kept to continue) is no failure to back off from.
+        let after = position(&engine, &link, &kept);
+        let progressed = after.0 > before.0 || (after.1.is_some() && after.1 != before.1);
         update(&links, &link.peer, |s| {
             s.connected = false;
             s.checkpoint_since_connect = false;
         });
         if progressed {
-            // A connection that brought something is no failure to back off from.
             backoff = BACKOFF_START;
         }
         match result {
@@ -147,6 +150,17 @@ pub async fn run_link<D: Dialer>(
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
+}
+
+/// How far a link is: its stored cursor, and the transfer it keeps (feed position and
+/// next part).
+fn position(engine: &Engine, link: &Link, kept: &Kept) -> (u64, Option<(u64, u32)>) {
+    let cursor = engine.store().cursor(&link.peer).unwrap_or(0);
+    let transfer = kept.transfer.as_ref().map(|t| {
+        let resume = t.resume();
+        (resume.seq, resume.next_part)
+    });
+    (cursor, transfer)
 }
 
 /// What one pull loop works with.
@@ -236,14 +250,8 @@ fn is_transient(error: &EngineError) -> bool {
 
 /// One connection's worth of pulling: connect, pull from the stored cursor (continuing
 /// a transfer cut short), accept what arrives, until the stream ends, `shutdown`, or
-/// the time to pull again bundles refused for a passing reason. `progressed` is set
-/// once anything arrives.
-async fn pull<D: Dialer>(
-    context: &Context<'_>,
-    dialer: &D,
-    kept: &mut Kept,
-    progressed: &mut bool,
-) -> Result<(), String> {
+/// the time to pull again bundles refused for a passing reason.
+async fn pull<D: Dialer>(context: &Context<'_>, dialer: &D, kept: &mut Kept) -> Result<(), String> {
     let Context {
         link,
         engine,
@@ -298,7 +306,6 @@ async fn pull<D: Dialer>(
         let Some(message) = message else {
             return Ok(());
         };
-        *progressed = true;
         let was_resuming = std::mem::replace(&mut resuming, false);
         match message {
             FeedEvent::Part(part) => {
