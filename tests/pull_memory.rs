@@ -34,9 +34,12 @@ fn status_mib(pid: u32, field: &str) -> f64 {
     kib / 1024.0
 }
 
-/// Starts `entente serve` with its logs in `log`.
+/// Starts `entente serve` with its logs in `log`: this build's binary, or the one named
+/// by `ENTENTE_PULLER_BINARY` (to measure another version under the same attacks).
 fn serve(config: &std::path::Path, log: &std::path::Path) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_entente"))
+    let binary = std::env::var_os("ENTENTE_PULLER_BINARY")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_entente").into());
+    let mut child = Command::new(binary)
         .args(["serve", "--config"])
         .arg(config)
         .env("RUST_LOG", "entente=info")
