@@ -1088,20 +1088,36 @@ impl Engine {
                 page.cursor = previous;
                 break;
             }
+            let entry: Vec<(u32, Vec<&crate::store::HeldItem>, wire::SignedBundle)> = by_hops
+                .into_iter()
+                .map(|(hops, items)| {
+                    let bundle = held.signed(items.iter().copied());
+                    (hops, items, bundle)
+                })
+                .collect();
+            let entry_bytes: usize = entry
+                .iter()
+                .map(|(_, _, bundle)| prost::Message::encoded_len(bundle))
+                .sum();
+            // A page holds at most PULL_PAGE_BYTES of bundles, or one entry when that
+            // entry alone is larger: it stops before the entry that would pass the
+            // budget, so a partner that reads slowly keeps little of this node's memory
+            // waiting.
+            if !page.bundles.is_empty() && page_bytes + entry_bytes > PULL_PAGE_BYTES {
+                page.cursor = previous;
+                break;
+            }
             previous = seq;
-            for (hops, items) in by_hops {
+            for (hops, items, bundle) in entry {
                 last_ticket = self.record_delivery(
                     policy,
                     &partner.id,
                     "pull",
                     items.iter().map(|i| &i.stored),
                 )?;
-                let bundle = held.signed(items.iter().copied());
-                page_bytes += prost::Message::encoded_len(&bundle);
                 page.bundles.push(PulledBundle { seq, hops, bundle });
             }
-            // A page holds a bounded number of bytes (past one whole entry), so a
-            // partner that reads slowly keeps little of this node's memory waiting.
+            page_bytes += entry_bytes;
             if page_bytes >= PULL_PAGE_BYTES {
                 page.cursor = seq;
                 break;
@@ -1216,6 +1232,73 @@ impl Engine {
         now_ms: i64,
     ) -> Result<AcceptReport, EngineError> {
         let policy = self.policy();
+        let (verified, hops, offered) =
+            self.admit_and_verify(&policy, peer, bundle, sender_hops, offered, now_ms)?;
+        let header = &bundle.header;
+        let arrival = Arrival {
+            sender: peer,
+            origin: &header.origin,
+            sender_hops,
+            distribution: &header.distribution,
+            bundle_id: &header.bundle_id,
+        };
+        policy.admit_items(&arrival, verified.items().iter().map(|v| &v.item), now_ms)?;
+        if let Some(der) = offered {
+            self.cache_signer_certificate(der, &header.origin, verified.header().created_ms)?;
+        }
+        self.store_verified(
+            &verified,
+            &Source {
+                received_from: peer.clone(),
+                hops,
+            },
+            now_ms,
+        )
+    }
+
+    /// Checks a pulled bundle's header before its items arrive: the inbound rules
+    /// ([`Policy::admit`]) and the origin's signature and certificate, as
+    /// [`Engine::accept_pulled`] will (with the cached certificates or else `offered`,
+    /// which is not cached here). `bundle` carries no disclosure, or they are ignored.
+    pub fn check_pulled_header(
+        &self,
+        peer: &NodeId,
+        bundle: &InboundBundle,
+        sender_hops: u32,
+        offered: Option<&[u8]>,
+        now_ms: i64,
+    ) -> Result<(), EngineError> {
+        let header_only = InboundBundle {
+            bundle: wire::SignedBundle {
+                header_bytes: bundle.bundle.header_bytes.clone(),
+                signature: bundle.bundle.signature.clone(),
+                disclosures: Vec::new(),
+            },
+            header: bundle.header.clone(),
+        };
+        self.admit_and_verify(
+            &self.policy(),
+            peer,
+            &header_only,
+            sender_hops,
+            offered,
+            now_ms,
+        )
+        .map(|_| ())
+    }
+
+    /// The inbound rules, then verification (with the cached certificates or else
+    /// `offered`): the verified bundle, the hop count at which this node would hold
+    /// it, and the offered certificate if it is the one that verified.
+    fn admit_and_verify<'a>(
+        &self,
+        policy: &Policy,
+        peer: &NodeId,
+        bundle: &InboundBundle,
+        sender_hops: u32,
+        offered: Option<&'a [u8]>,
+        now_ms: i64,
+    ) -> Result<(VerifiedBundle, u32, Option<&'a [u8]>), EngineError> {
         let InboundBundle { bundle, header } = bundle;
         let arrival = Arrival {
             sender: peer,
@@ -1241,18 +1324,7 @@ impl Engine {
                 verify(bundle, &with_offer, self.trust.as_ref(), now_ms)?
             }
         };
-        policy.admit_items(&arrival, verified.items().iter().map(|v| &v.item), now_ms)?;
-        if let Some(der) = offered {
-            self.cache_signer_certificate(der, &header.origin, verified.header().created_ms)?;
-        }
-        self.store_verified(
-            &verified,
-            &Source {
-                received_from: peer.clone(),
-                hops,
-            },
-            now_ms,
-        )
+        Ok((verified, hops, offered))
     }
 
     /// Verifies a held bundle again from the bytes in the store: the origin's signature
@@ -1287,9 +1359,9 @@ impl Engine {
     }
 }
 
-/// Bytes of bundles one pull page gathers before it stops (after the entry that passed
-/// it): what a slow puller's stream can hold back in this node, besides the stream's
-/// small queue.
+/// Bytes of bundles one pull page gathers at most (or one entry, when that entry alone
+/// is larger): what a slow puller's stream can hold back in this node, besides the
+/// stream's queue of a few parts (`sync::limits`).
 pub const PULL_PAGE_BYTES: usize = 4 << 20;
 
 /// Largest signer certificate accepted from a peer.

@@ -21,8 +21,12 @@ pub mod proto {
         tonic::include_file_descriptor_set!("entente_v1_descriptor");
 }
 
-/// Version of the federation protocol this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version of the federation protocol this build speaks. Version 2 carries bundles in
+/// bounded parts; version 1 (whole bundles in one message) is not spoken any more, and a
+/// peer of version 1 is refused with a message that says so, in both directions.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Capabilities this build announces in `Hello`.
-pub const CAPABILITIES: &[&str] = &["hello"];
+pub const CAPABILITIES: &[&str] = &["hello", "bundle-parts"];
+
+pub use convert::bundle_responses;

@@ -99,6 +99,8 @@ deny_tags = ["pii"]
             .pull(PullRequest {
                 cursor: 0,
                 follow: false,
+                protocol_version: entente::rpc::PROTOCOL_VERSION,
+                resume: None,
             })
             .await
             .unwrap()
@@ -110,8 +112,8 @@ deny_tags = ["pii"]
             .unwrap()
         {
             if let Some(pull_response::Event::Bundle(feed)) = message.event {
-                for d in feed.bundle.unwrap().disclosures {
-                    items.push(wire::Item::decode(d.item_bytes.as_slice()).unwrap());
+                for d in entente::sync::parts::disclosures(&feed.part.unwrap().disclosures) {
+                    items.push(wire::Item::decode(d.unwrap().item_bytes.as_slice()).unwrap());
                 }
             }
         }
@@ -470,6 +472,8 @@ async fn a_narrowing_reload_stops_what_a_slow_puller_has_not_read_yet() {
         .pull(PullRequest {
             cursor: 0,
             follow: true,
+            protocol_version: entente::rpc::PROTOCOL_VERSION,
+            resume: None,
         })
         .await
         .unwrap()
@@ -512,10 +516,13 @@ async fn a_narrowing_reload_stops_what_a_slow_puller_has_not_read_yet() {
         match tokio::time::timeout(Duration::from_secs(3), stream.message()).await {
             Ok(Ok(Some(message))) => {
                 if let Some(pull_response::Event::Bundle(feed)) = message.event {
-                    let bundle = feed.bundle.unwrap();
-                    bytes += bundle.encoded_len();
-                    bundles += 1;
-                    amber_after_reload += bundle.disclosures.len();
+                    let part = feed.part.unwrap();
+                    bytes += part.encoded_len();
+                    if part.index == 0 {
+                        bundles += 1;
+                    }
+                    amber_after_reload +=
+                        entente::sync::parts::disclosures(&part.disclosures).count();
                 }
             }
             Ok(Ok(None)) => break "ended".to_owned(),

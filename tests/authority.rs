@@ -306,6 +306,8 @@ async fn a_removed_peer_loses_its_follow_stream() {
         FederationClient::new(channel).pull(PullRequest {
             cursor: 0,
             follow: true,
+            protocol_version: entente::rpc::PROTOCOL_VERSION,
+            resume: None,
         }),
     )
     .await

@@ -473,3 +473,61 @@ async fn connections_per_partner_are_bounded() {
     drop(second);
     node.shutdown(Duration::from_secs(10)).await.unwrap();
 }
+
+/// A peer's pull follow stream that is never read holds one page and two parts, until
+/// the node gives up on it after `limits.slow_reader_timeout`; its slot is then free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_stream_that_is_never_read_is_let_go() {
+    use entente::rpc::proto::PullRequest;
+    use entente::rpc::proto::federation_client::FederationClient;
+    common::init_logging();
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let analyst = pki.client("analyst.alice");
+    let berlin = pki.node("berlin.office");
+    let mut text = common::node_section(&pki, &hq, &pki.path().join("data-hq"));
+    text.push_str(
+        "\n[[client]]\nid = \"analyst.alice\"\nrole = \"analyst\"\n\n[[peer]]\nid = \"berlin.office\"\naddress = \"127.0.0.1:1\"\nmax_tlp = \"GREEN\"\nallow_types = [\"*\"]\n\n[limits]\nstreams_per_partner = 1\nslow_reader_timeout = \"1s\"\n",
+    );
+    let config = pki.path().join("hq.toml");
+    std::fs::write(&config, text).unwrap();
+    let node = start(&config).await;
+    let alice = common::connect(&pki, &node, analyst.as_str()).await;
+    let requests: Vec<PublishRequest> = (0..20)
+        .map(|b| PublishRequest {
+            items: (0..1000)
+                .map(|i| item(&format!("host-{b}-{i}.example")))
+                .collect(),
+            ..Default::default()
+        })
+        .collect();
+    alice.publish(tokio_stream::iter(requests)).await.unwrap();
+
+    let peer = common::connect(&pki, &node, berlin.as_str()).await;
+    let pull = || {
+        let mut federation = FederationClient::new(peer.channel());
+        async move {
+            federation
+                .pull(PullRequest {
+                    cursor: 0,
+                    follow: true,
+                    protocol_version: entente::rpc::PROTOCOL_VERSION,
+                    resume: None,
+                })
+                .await
+        }
+    };
+    let unread = pull().await.expect("the first pull stream");
+    let refused = pull().await.expect_err("a second stream over the limit");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pull().await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the unread pull stream still holds its slot"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(unread);
+    node.shutdown(Duration::from_secs(10)).await.unwrap();
+}

@@ -285,6 +285,8 @@ async fn role_limits_are_enforced_per_service() {
         .pull(entente::rpc::proto::PullRequest {
             cursor: 0,
             follow: false,
+            protocol_version: entente::rpc::PROTOCOL_VERSION,
+            resume: None,
         })
         .await
         .unwrap_err();

@@ -578,6 +578,8 @@ async fn sync(args: &Args) -> Result<()> {
             .pull(entente::rpc::proto::PullRequest {
                 cursor: 0,
                 follow: false,
+                protocol_version: entente::rpc::PROTOCOL_VERSION,
+                resume: None,
             })
             .await?
             .into_inner();
@@ -585,14 +587,11 @@ async fn sync(args: &Args) -> Result<()> {
         while let Some(message) = stream.message().await? {
             // 5 bytes of gRPC framing per message, plus the protobuf payload.
             payload += message.encoded_len() + 5;
-            if let Some(entente::rpc::proto::pull_response::Event::Bundle(feed)) = &message.event {
-                for d in &feed
-                    .bundle
-                    .as_ref()
-                    .map(|b| b.disclosures.clone())
-                    .unwrap_or_default()
-                {
-                    item_bytes += d.item_bytes.len();
+            if let Some(entente::rpc::proto::pull_response::Event::Bundle(feed)) = &message.event
+                && let Some(part) = &feed.part
+            {
+                for d in entente::sync::parts::disclosures(&part.disclosures) {
+                    item_bytes += d.map_err(anyhow::Error::msg)?.item_bytes.len();
                     items += 1;
                 }
             }

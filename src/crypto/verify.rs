@@ -224,6 +224,7 @@ pub fn parse_header(header_bytes: &[u8]) -> Result<(BundleHeader, Vec<Vec<u8>>),
     if header_bytes.len() > MAX_HEADER_BYTES {
         return Err(VerifyError::HeaderTooLarge(header_bytes.len()));
     }
+    count_header_fields(header_bytes)?;
     let wire::BundleHeader {
         bundle_id,
         origin,
@@ -288,6 +289,48 @@ pub fn parse_header(header_bytes: &[u8]) -> Result<(BundleHeader, Vec<Vec<u8>>),
         item_count: leaf_digests.len() as u32,
     };
     Ok((header, leaf_digests))
+}
+
+/// Most bytes of a header's distribution over all its occurrences: its recipients, at
+/// most [`MAX_RECIPIENTS`] node ids of at most 253 bytes each, with their framing.
+const MAX_DISTRIBUTION_BYTES: usize = MAX_RECIPIENTS * 256 + 64;
+
+/// Walks the header's fields without decoding them, before prost does: an element of a
+/// repeated field costs 2 bytes on the wire but a 24-byte vector decoded, so the leaf
+/// digests are counted (at most [`MAX_ITEMS_PER_BUNDLE`]) and the distribution, which
+/// holds the recipients, is bounded in bytes. A header of empty digests is thus refused
+/// before it can take twelve times its size in memory.
+fn count_header_fields(mut buf: &[u8]) -> Result<(), VerifyError> {
+    let decode = |e: prost::DecodeError| VerifyError::HeaderDecode(e.to_string());
+    let (mut digests, mut distribution) = (0usize, 0usize);
+    while !buf.is_empty() {
+        let (tag, wire_type) = prost::encoding::decode_key(&mut buf).map_err(decode)?;
+        let before = buf.len();
+        prost::encoding::skip_field(wire_type, tag, &mut buf, Default::default())
+            .map_err(decode)?;
+        match tag {
+            7 => {
+                digests += 1;
+                if digests > MAX_ITEMS_PER_BUNDLE {
+                    return Err(field(
+                        "leaf_digests",
+                        format!("more than {MAX_ITEMS_PER_BUNDLE} digests"),
+                    ));
+                }
+            }
+            6 => {
+                distribution += before - buf.len();
+                if distribution > MAX_DISTRIBUTION_BYTES {
+                    return Err(field(
+                        "distribution",
+                        format!("more than {MAX_DISTRIBUTION_BYTES} bytes"),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -372,4 +415,32 @@ pub fn verify(
         signature: bundle.signature.clone(),
         items: items.into_values().collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MAX_DISTRIBUTION_BYTES, VerifyError, parse_header};
+    use crate::crypto::{MAX_HEADER_BYTES, MAX_ITEMS_PER_BUNDLE};
+
+    /// A header of the largest size made of empty leaf digests (2 bytes each on the
+    /// wire, 24 decoded) is refused by the count before prost decodes it.
+    #[test]
+    fn a_header_of_empty_digests_is_counted_before_it_is_decoded() {
+        let header = [0x3a, 0x00].repeat(MAX_HEADER_BYTES / 2);
+        let Err(VerifyError::HeaderField { field, problem }) = parse_header(&header) else {
+            panic!("refused");
+        };
+        assert_eq!(field, "leaf_digests");
+        assert!(
+            problem.contains(&format!("more than {MAX_ITEMS_PER_BUNDLE}")),
+            "{problem}"
+        );
+        // The recipients' field is bounded by bytes, whatever its number of occurrences.
+        // Each occurrence is 3 bytes after its key.
+        let distribution = [0x32, 0x02, 0x12, 0x00].repeat(MAX_DISTRIBUTION_BYTES / 3 + 1);
+        let Err(VerifyError::HeaderField { field, .. }) = parse_header(&distribution) else {
+            panic!("refused");
+        };
+        assert_eq!(field, "distribution");
+    }
 }

@@ -15,15 +15,18 @@ use crate::crypto::sha256;
 use crate::model::{NodeId, PartnerKind, Role};
 use crate::rpc::proto::federation_server::{Federation, FederationServer};
 use crate::rpc::proto::{
-    CertificateChain, Checkpoint, FeedBundle, GetCertificatesRequest, GetCertificatesResponse,
-    HelloRequest, HelloResponse, PullRequest, PullResponse, pull_response,
+    CertificateChain, Checkpoint, GetCertificatesRequest, GetCertificatesResponse, HelloRequest,
+    HelloResponse, PullRequest, PullResponse, pull_response,
 };
 use crate::transport::{Directory, Partner, TlsMaterial};
 
 type PullStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<PullResponse, Status>> + Send>>;
 
+/// A feed entry: its position and the messages that carry it.
+type Entry = (u64, Vec<PullResponse>);
+
 struct Service {
-    feed: watch::Receiver<Vec<FeedBundle>>,
+    feed: watch::Receiver<Vec<Entry>>,
     stop: CancellationToken,
     certificate: Vec<u8>,
 }
@@ -44,21 +47,18 @@ impl Federation for Service {
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
             loop {
-                let entries: Vec<FeedBundle> = feed
+                let entries: Vec<Entry> = feed
                     .borrow_and_update()
                     .iter()
-                    .filter(|b| b.seq > cursor)
+                    .filter(|(seq, _)| *seq > cursor)
                     .cloned()
                     .collect();
-                for entry in entries {
-                    cursor = entry.seq;
-                    let event = pull_response::Event::Bundle(entry);
-                    if tx
-                        .send(Ok(PullResponse { event: Some(event) }))
-                        .await
-                        .is_err()
-                    {
-                        return;
+                for (seq, messages) in entries {
+                    cursor = seq;
+                    for message in messages {
+                        if tx.send(Ok(message)).await.is_err() {
+                            return;
+                        }
                     }
                 }
                 let head = cursor;
@@ -104,7 +104,7 @@ impl Federation for Service {
 
 /// A running rogue node.
 pub struct Rogue {
-    feed: watch::Sender<Vec<FeedBundle>>,
+    feed: watch::Sender<Vec<Entry>>,
     stop: CancellationToken,
     server: tokio::task::JoinHandle<()>,
 }
@@ -153,11 +153,7 @@ impl Rogue {
     pub fn offer(&self, bundle: crate::wire::SignedBundle, hops: u32) {
         self.feed.send_modify(|feed| {
             let seq = feed.len() as u64 + 1;
-            feed.push(FeedBundle {
-                seq,
-                bundle: Some(bundle),
-                hops,
-            });
+            feed.push((seq, crate::rpc::bundle_responses(seq, hops, bundle)));
         });
     }
 

@@ -473,29 +473,6 @@ static GET_CERTIFICATES_REQUEST: Shape = Shape {
     )],
 };
 
-static DISCLOSURE_LIST: Shape = Shape {
-    name: "SignedBundle",
-    fields: &[(
-        3,
-        Field::Many {
-            max: MAX_ITEMS_PER_BUNDLE,
-            // Disclosure: index, salt and item bytes.
-            cost: 64,
-            of: None,
-        },
-    )],
-};
-
-static FEED_BUNDLE: Shape = Shape {
-    name: "FeedBundle",
-    fields: &[(2, Field::One(&DISCLOSURE_LIST))],
-};
-
-static PULL_RESPONSE: Shape = Shape {
-    name: "PullResponse",
-    fields: &[(1, Field::One(&FEED_BUNDLE))],
-};
-
 static CERTIFICATE_CHAIN: Shape = Shape {
     name: "CertificateChain",
     fields: &[(
@@ -548,10 +525,10 @@ impl DecodeBudget for proto::GetCertificatesResponse {
     const SHAPE: Option<&'static Shape> = Some(&GET_CERTIFICATES_RESPONSE);
 }
 
-impl DecodeBudget for proto::PullResponse {
-    const SHAPE: Option<&'static Shape> = Some(&PULL_RESPONSE);
-    const MAX_COST: usize = 16 * 1024 * 1024;
-}
+/// A pull message holds only scalars and bytes (a bundle travels in parts whose items
+/// the puller decodes one at a time, `sync::parts`): bounded by the puller's message
+/// size (`sync::limits::MAX_PULL_MESSAGE_BYTES`) alone.
+impl DecodeBudget for proto::PullResponse {}
 
 /// Small requests without repeated fields: bounded by size alone.
 macro_rules! small_requests {

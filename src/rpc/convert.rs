@@ -4,12 +4,14 @@
 use tonic::Status;
 
 use super::proto::{
-    Checkpoint, FeedBundle, ItemFilter, PullResponse, StoredItem as ProtoStoredItem, pull_response,
+    BundlePart, BundleResume, Checkpoint, FeedBundle, ItemFilter, PullResponse,
+    StoredItem as ProtoStoredItem, pull_response,
 };
 use crate::engine::PulledBundle;
 use crate::model::{Distribution, IndicatorType, NodeId};
 use crate::store::{ItemQuery, StoredItem};
 use crate::sync::FeedEvent;
+use crate::sync::parts::{Opening, Part, Resume};
 use crate::wire;
 
 /// A wire distribution from a client, checked.
@@ -106,11 +108,38 @@ impl From<&StoredItem> for ProtoStoredItem {
 /// A served feed event as a `Pull` message.
 pub fn pull_response(event: FeedEvent) -> PullResponse {
     let event = match event {
-        FeedEvent::Bundle(PulledBundle { seq, hops, bundle }) => {
+        FeedEvent::Part(Part {
+            seq,
+            hops,
+            index,
+            last,
+            transfer,
+            opening,
+            header_chunk,
+            disclosures,
+        }) => {
+            let (header_len, signature, disclosed) = match opening {
+                Some(Opening {
+                    header_len,
+                    signature,
+                    disclosed,
+                }) => (header_len, signature, disclosed),
+                None => (0, Vec::new(), 0),
+            };
             pull_response::Event::Bundle(FeedBundle {
                 seq,
-                bundle: Some(bundle),
+                whole_bundle: Vec::new(),
                 hops,
+                part: Some(BundlePart {
+                    index,
+                    last,
+                    transfer_sha256: transfer.to_vec(),
+                    header_len,
+                    signature,
+                    disclosed,
+                    header_chunk,
+                    disclosures,
+                }),
             })
         }
         FeedEvent::Checkpoint { cursor, head } => {
@@ -120,64 +149,162 @@ pub fn pull_response(event: FeedEvent) -> PullResponse {
     PullResponse { event: Some(event) }
 }
 
-/// A `Pull` message from a peer as a feed event; `None` when it carries none (no event,
-/// or a bundle message without its bundle).
-pub fn feed_event(message: PullResponse) -> Option<FeedEvent> {
+/// The `Pull` messages that carry `bundle` whole at feed position `seq` (its parts, as
+/// a node serves them), for tools and tests that stand in for a serving node.
+pub fn bundle_responses(seq: u64, hops: u32, bundle: wire::SignedBundle) -> Vec<PullResponse> {
+    crate::sync::parts::split(PulledBundle { seq, hops, bundle })
+        .map(|part| pull_response(FeedEvent::Part(part)))
+        .collect()
+}
+
+/// A `Pull` message from a peer as a feed event; `None` when it carries none (no
+/// event). An error when it is not of this protocol: a whole bundle (a peer of
+/// protocol 1), a bundle message without its part, a malformed transfer digest.
+pub fn feed_event(message: PullResponse) -> Result<Option<FeedEvent>, String> {
     let PullResponse { event } = message;
-    match event? {
-        pull_response::Event::Bundle(FeedBundle { seq, bundle, hops }) => {
-            Some(FeedEvent::Bundle(PulledBundle {
+    let Some(event) = event else {
+        return Ok(None);
+    };
+    match event {
+        pull_response::Event::Bundle(FeedBundle {
+            seq,
+            whole_bundle,
+            hops,
+            part,
+        }) => {
+            if !whole_bundle.is_empty() {
+                return Err(format!(
+                    "the peer sent the bundle at seq {seq} whole, as federation protocol 1 does; this node pulls bundles in parts (protocol {}): upgrade the peer",
+                    super::PROTOCOL_VERSION
+                ));
+            }
+            let Some(BundlePart {
+                index,
+                last,
+                transfer_sha256,
+                header_len,
+                signature,
+                disclosed,
+                header_chunk,
+                disclosures,
+            }) = part
+            else {
+                return Err(format!(
+                    "the peer sent a bundle message at seq {seq} without its part"
+                ));
+            };
+            let transfer: [u8; 32] = transfer_sha256.as_slice().try_into().map_err(|_| {
+                format!("the peer sent a part at seq {seq} whose transfer digest is not 32 bytes")
+            })?;
+            Ok(Some(FeedEvent::Part(Part {
                 seq,
                 hops,
-                bundle: bundle?,
-            }))
+                index,
+                last,
+                transfer,
+                opening: (index == 0).then_some(Opening {
+                    header_len,
+                    signature,
+                    disclosed,
+                }),
+                header_chunk,
+                disclosures,
+            })))
         }
         pull_response::Event::Checkpoint(Checkpoint { cursor, head }) => {
-            Some(FeedEvent::Checkpoint { cursor, head })
+            Ok(Some(FeedEvent::Checkpoint { cursor, head }))
         }
     }
 }
 
+/// A puller's resume point, checked.
+pub fn resume(resume: Option<BundleResume>) -> Result<Option<Resume>, Status> {
+    let Some(BundleResume {
+        seq,
+        hops,
+        transfer_sha256,
+        next_part,
+    }) = resume
+    else {
+        return Ok(None);
+    };
+    let transfer: [u8; 32] = transfer_sha256
+        .as_slice()
+        .try_into()
+        .map_err(|_| Status::invalid_argument("resume.transfer_sha256 is 32 bytes"))?;
+    Ok(Some(Resume {
+        seq,
+        hops,
+        transfer,
+        next_part,
+    }))
+}
+
+/// A resume point as a `Pull` request field.
+pub fn resume_request(resume: Option<Resume>) -> Option<BundleResume> {
+    resume.map(
+        |Resume {
+             seq,
+             hops,
+             transfer,
+             next_part,
+         }| BundleResume {
+            seq,
+            hops,
+            transfer_sha256: transfer.to_vec(),
+            next_part,
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{feed_event, pull_response};
-    use crate::engine::PulledBundle;
-    use crate::rpc::proto::{FeedBundle, PullResponse};
+    use super::{bundle_responses, feed_event, pull_response};
+    use crate::rpc::proto::{FeedBundle, PullResponse, pull_response as event};
     use crate::sync::FeedEvent;
     use crate::wire;
 
     #[test]
-    fn feed_events_cross_the_wire_unchanged_and_empty_messages_carry_none() {
+    fn feed_events_cross_the_wire_unchanged_and_other_protocols_are_refused() {
         let bundle = wire::SignedBundle {
             header_bytes: vec![1, 2, 3],
             signature: vec![4],
-            ..Default::default()
+            disclosures: vec![wire::Disclosure {
+                index: 0,
+                salt: vec![0; 16],
+                item_bytes: vec![5; 10],
+            }],
         };
-        let sent = pull_response(FeedEvent::Bundle(PulledBundle {
-            seq: 7,
-            hops: 2,
-            bundle: bundle.clone(),
-        }));
-        let Some(FeedEvent::Bundle(received)) = feed_event(sent) else {
-            panic!("a bundle message is a bundle event");
+        let sent = bundle_responses(7, 2, bundle);
+        assert_eq!(sent.len(), 1, "a small bundle is one part");
+        let Ok(Some(FeedEvent::Part(received))) = feed_event(sent[0].clone()) else {
+            panic!("a part message is a part event");
         };
-        assert_eq!((received.seq, received.hops), (7, 2));
-        assert_eq!(received.bundle, bundle);
+        assert_eq!((received.seq, received.hops, received.index), (7, 2, 0));
+        assert!(received.last);
+        assert_eq!(received.header_chunk, vec![1, 2, 3]);
+        assert_eq!(
+            pull_response(FeedEvent::Part(received.clone())),
+            sent[0].clone()
+        );
 
         let sent = pull_response(FeedEvent::Checkpoint { cursor: 5, head: 9 });
         assert!(matches!(
             feed_event(sent),
-            Some(FeedEvent::Checkpoint { cursor: 5, head: 9 })
+            Ok(Some(FeedEvent::Checkpoint { cursor: 5, head: 9 }))
         ));
 
-        assert!(feed_event(PullResponse { event: None }).is_none());
-        let no_bundle = PullResponse {
-            event: Some(pull_response::Event::Bundle(FeedBundle {
+        assert!(matches!(feed_event(PullResponse { event: None }), Ok(None)));
+        let bundle_message = |whole_bundle: Vec<u8>| PullResponse {
+            event: Some(event::Event::Bundle(FeedBundle {
                 seq: 3,
-                bundle: None,
+                whole_bundle,
                 hops: 1,
+                part: None,
             })),
         };
-        assert!(feed_event(no_bundle).is_none());
+        let old = feed_event(bundle_message(vec![10, 3, 1, 2, 3])).unwrap_err();
+        assert!(old.contains("protocol 1"), "{old}");
+        assert!(feed_event(bundle_message(vec![])).is_err());
     }
 }

@@ -100,7 +100,21 @@ impl Federation for FederationService {
         require_node(info)?;
         let partner = info.partner.clone();
         let connection = Connection(info.clone());
-        let PullRequest { cursor, follow } = request.into_inner();
+        let PullRequest {
+            cursor,
+            follow,
+            protocol_version,
+            resume,
+        } = request.into_inner();
+        // A puller of another protocol could not read the parts it would be sent (one
+        // of protocol 1 would skip them and move its cursor past them).
+        if protocol_version != PROTOCOL_VERSION {
+            return Err(Status::failed_precondition(format!(
+                "the puller speaks federation protocol {}; this node serves protocol {PROTOCOL_VERSION} only (bundles in parts): upgrade the puller",
+                protocol_version.max(1)
+            )));
+        }
+        let resume = convert::resume(resume)?;
         let slot = self.engine.open_stream(&partner.id)?;
         let feed = crate::sync::feed::serve(
             self.engine.clone(),
@@ -108,6 +122,7 @@ impl Federation for FederationService {
                 partner,
                 cursor,
                 follow,
+                resume,
             },
             connection,
             self.shutdown.clone(),
@@ -115,12 +130,9 @@ impl Federation for FederationService {
                 Ok(event) => Ok(convert::pull_response(event)),
                 Err(end) => Err(Status::from(end)),
             },
+            // The partner's stream slot is held as long as the serving loop.
+            slot,
         )?;
-        // The partner's stream slot is held as long as the stream.
-        let feed = tokio_stream::StreamExt::map(feed, move |message| {
-            let _held = &slot;
-            message
-        });
         Ok(Response::new(Box::pin(feed)))
     }
 

@@ -14,9 +14,10 @@ use super::proto::{GetCertificatesRequest, PullRequest};
 use crate::model::NodeId;
 use crate::sync::{
     Dialer, MAX_CERTIFICATE_RESPONSE_BYTES, MAX_PULL_MESSAGE_BYTES, Peer, PeerError, PeerFeed,
+    Resume,
 };
 use crate::transport::connect;
-use crate::wire::MAX_MESSAGE_BYTES;
+use crate::wire::MAX_FEDERATION_REQUEST_BYTES;
 
 /// Connects to one peer over mutual TLS, checking it is exactly the node meant.
 #[derive(Clone)]
@@ -47,7 +48,7 @@ impl Dialer for GrpcDialer {
             federation: FederationClient::new(channel)
                 .accept_compressed(tonic::codec::CompressionEncoding::Zstd)
                 .max_decoding_message_size(MAX_PULL_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                .max_encoding_message_size(MAX_FEDERATION_REQUEST_BYTES),
         })
     }
 }
@@ -62,20 +63,27 @@ pub struct GrpcPeer {
 }
 
 impl Peer for GrpcPeer {
-    async fn pull(&mut self, cursor: u64) -> Result<PeerFeed, PeerError> {
+    async fn pull(&mut self, cursor: u64, resume: Option<Resume>) -> Result<PeerFeed, PeerError> {
         let stream = self
             .federation
             .pull(PullRequest {
                 cursor,
                 follow: true,
+                protocol_version: super::PROTOCOL_VERSION,
+                resume: convert::resume_request(resume),
             })
             .await
             .map_err(|s| PeerError::Failed(status_text(&s)))?
             .into_inner();
-        // Messages without an event, or bundles without a bundle, carry nothing.
-        Ok(Box::pin(stream.filter_map(|message| match message {
-            Ok(message) => convert::feed_event(message).map(Ok),
-            Err(status) => Some(Err(PeerError::Failed(status_text(&status)))),
+        // Messages without an event carry nothing; one of another protocol ends the
+        // stream with its error.
+        Ok(Box::pin(stream.filter_map(|message| {
+            match message {
+                Ok(message) => convert::feed_event(message)
+                    .map_err(PeerError::Failed)
+                    .transpose(),
+                Err(status) => Some(Err(PeerError::Failed(status_text(&status)))),
+            }
         })))
     }
 

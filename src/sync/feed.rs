@@ -10,23 +10,21 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{Engine, EngineError, PulledBundle};
+use super::limits::FEED_QUEUE_MESSAGES;
+use super::parts::{Part, Resume, split};
+use crate::engine::{Engine, EngineError};
 use crate::model::Partner;
 
 /// Feed entries read per pull page.
 pub const PULL_PAGE: usize = 256;
 
-/// Messages queued between the serving task and the stream's reader. Small: what is
-/// queued was decided under the policy of the moment it was read, so little may wait.
-const QUEUE: usize = 2;
-
 /// One event of a pull stream, in either direction: what a node serves and what a
 /// puller receives.
 #[derive(Clone, Debug)]
 pub enum FeedEvent {
-    /// A bundle (redacted for the partner) at a feed position, with the hop count at
-    /// which the sender holds its items.
-    Bundle(PulledBundle),
+    /// A part of a bundle (redacted for the partner) at a feed position, with the hop
+    /// count at which the sender holds its items.
+    Part(Part),
     /// Everything up to `cursor` was sent or withheld; `head` is the feed's head then.
     Checkpoint {
         /// Feed position reached.
@@ -75,6 +73,9 @@ pub struct FeedRequest {
     pub cursor: u64,
     /// Whether to keep following the feed once caught up.
     pub follow: bool,
+    /// A transfer the partner holds in part, to continue (honoured only when it is the
+    /// entry just after `cursor` and the feed is served from `cursor`).
+    pub resume: Option<Resume>,
 }
 
 /// Serves `request` from `engine`'s feed: resolves the cursor to serve from
@@ -84,25 +85,36 @@ pub struct FeedRequest {
 /// queued (so an error is turned into the caller's type, and logged by it, when it
 /// happens, even if the reader has gone). The loop ends when the reader drops the
 /// stream, at `shutdown`, or when `access` is withdrawn.
-pub fn serve<A, T, F>(
+///
+/// `held` (the partner's stream slot) lives as long as the serving loop, so a reader that
+/// stops reading gives its slot back when the loop gives up on it.
+pub fn serve<A, T, F, H>(
     engine: Arc<Engine>,
     request: FeedRequest,
     access: A,
     shutdown: CancellationToken,
     convert: F,
+    held: H,
 ) -> Result<FeedStream<T>, EngineError>
 where
     A: Withdrawable,
     T: Send + 'static,
+    H: Send + 'static,
     F: Fn(Result<FeedEvent, FeedEnd<A::Withdrawal>>) -> T + Send + Sync + 'static,
 {
     let FeedRequest {
         partner,
-        cursor,
+        cursor: requested,
         follow,
+        resume,
     } = request;
-    let (tx, rx) = tokio::sync::mpsc::channel::<(T, Option<[u8; 32]>)>(QUEUE);
-    let cursor = engine.serving_cursor(&partner.id, cursor)?;
+    // Small: what is queued was decided under the policy of the moment it was read, so
+    // little may wait (and each message is at most one part).
+    let (tx, rx) = tokio::sync::mpsc::channel::<(T, Option<[u8; 32]>)>(FEED_QUEUE_MESSAGES);
+    let cursor = engine.serving_cursor(&partner.id, requested)?;
+    // A transfer continues only where the partner left it: the entry after its cursor,
+    // under the policy it was served under (else the feed replays from the start).
+    let resume = resume.filter(|r| cursor == requested && r.seq == requested.saturating_add(1));
     let convert = Arc::new(convert);
     let stream = FeedStream {
         rx,
@@ -114,18 +126,23 @@ where
         },
         done: false,
     };
-    tokio::spawn(run(
-        Serving {
-            engine,
-            partner,
-            follow,
-            access,
-            shutdown,
-            tx,
-            convert,
-        },
-        cursor,
-    ));
+    tokio::spawn(async move {
+        let _held = held;
+        run(
+            Serving {
+                engine,
+                partner,
+                follow,
+                access,
+                shutdown,
+                tx,
+                convert,
+            },
+            cursor,
+            resume,
+        )
+        .await;
+    });
     Ok(stream)
 }
 
@@ -192,11 +209,23 @@ where
 {
     /// Queues an event (a bundle with the partner's policy fingerprint it was decided
     /// under); false when the reader has gone.
+    /// A reader that takes nothing for `limits.slow_reader_timeout` is given up on: the
+    /// loop ends and lets go of its page and its stream slot.
     async fn send(&self, event: FeedEvent, decided_under: Option<[u8; 32]>) -> bool {
-        self.tx
-            .send(((self.convert)(Ok(event)), decided_under))
-            .await
-            .is_ok()
+        let timeout = self.engine.slow_reader_timeout();
+        let sent = self.tx.send(((self.convert)(Ok(event)), decided_under));
+        match tokio::time::timeout(timeout, sent).await {
+            Ok(sent) => sent.is_ok(),
+            Err(_) => {
+                crate::limits::count(crate::limits::Limit::SlowReaderTimeout);
+                tracing::info!(
+                    peer = %self.partner.id,
+                    timeout_s = timeout.as_secs_f64(),
+                    "pull stream ended: the peer did not read within limits.slow_reader_timeout"
+                );
+                false
+            }
+        }
     }
 
     /// Queues the end reason (the loop ends whether or not the reader is still there).
@@ -208,7 +237,7 @@ where
 /// The serving loop: a page at a time from `cursor`, a checkpoint after each page, then
 /// (when following) a wait for the feed to move, an embargo to pass or the policy to
 /// change. A change of the partner's policy fingerprint replays its feed from the start.
-async fn run<A, T, F>(serving: Serving<A, T, F>, cursor: u64)
+async fn run<A, T, F>(serving: Serving<A, T, F>, cursor: u64, resume: Option<Resume>)
 where
     A: Withdrawable,
     T: Send + 'static,
@@ -220,6 +249,7 @@ where
     let mut feed = engine.watch_feed();
     let mut policy = engine.watch_policy();
     let mut fingerprint = engine.policy().partner_fingerprint(&partner.id);
+    let mut resume = resume;
     loop {
         if let Some(withdrawal) = serving.access.withdrawal() {
             serving.end(FeedEnd::Withdrawn(withdrawal)).await;
@@ -229,6 +259,7 @@ where
         let now = engine.policy().partner_fingerprint(&partner.id);
         if now != fingerprint {
             fingerprint = now;
+            resume = None;
             match engine.serving_cursor(&partner.id, cursor) {
                 Ok(c) => cursor = c,
                 Err(error) => {
@@ -261,12 +292,29 @@ where
                 return;
             }
         };
+        // Only the first page can hold the transfer to continue.
+        let resume = resume.take();
         for bundle in page.bundles {
-            if !serving
-                .send(FeedEvent::Bundle(bundle), Some(decided_under))
-                .await
-            {
-                return;
+            let mut parts = split(bundle);
+            let (seq, hops, transfer) = parts.key();
+            let mut skip = 0;
+            if let Some(r) = resume.as_ref().filter(|r| r.seq == seq) {
+                if hops < r.hops {
+                    // The partner had this one whole before the transfer it continues.
+                    continue;
+                }
+                if hops == r.hops && transfer == r.transfer {
+                    skip = r.next_part;
+                }
+            }
+            // One part encoded at a time: the queue holds at most a few parts.
+            for part in parts.by_ref().skip(skip as usize) {
+                if !serving
+                    .send(FeedEvent::Part(part), Some(decided_under))
+                    .await
+                {
+                    return;
+                }
             }
         }
         let embargo_until = page.embargo_until;

@@ -1,9 +1,11 @@
 //! The pull loop: one per configured `[[peer]]` that may send to this
 //! node. It reaches the peer through the [`Dialer`] and [`Peer`] traits (implemented over
-//! gRPC by the service layer), parses each bundle's header once, asks the peer for an
-//! unknown signer certificate, hands the bundle to `Engine::accept_pulled`, and stores
-//! the cursor after it. Owns reconnection, backoff and the retry of bundles refused for
-//! a passing reason; must not touch gRPC, transport or the inbound rules themselves.
+//! gRPC by the service layer), assembles each bundle from its parts, checks its header
+//! with `Engine::check_pulled_header` as soon as the header is complete (asking the
+//! peer for an unknown signer certificate), hands the whole bundle to
+//! `Engine::accept_pulled`, and stores the cursor after it. Owns reconnection, backoff,
+//! the continuation of a transfer cut short and the retry of bundles refused for a
+//! passing reason; must not touch gRPC, transport or the inbound rules themselves.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,13 +17,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::feed::FeedEvent;
 use super::links::{Links, update};
+use super::parts::{Assembly, Part, PartError, Resume};
 use crate::crypto::BundleHeader;
 use crate::engine::{Engine, EngineError, InboundBundle, now_ms};
 use crate::model::NodeId;
-
-/// Largest pull message accepted from a peer (decoded size; a bundle of 1,000 items is
-/// about 0.3 MiB).
-pub const MAX_PULL_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
+use crate::store::AcceptReport;
 
 /// Largest answer to a signer-certificate request read from a peer (one certificate of
 /// at most 16 KiB is asked for at a time).
@@ -68,8 +68,13 @@ pub trait Dialer: Send + Sync + 'static {
 
 /// One open connection to a peer, as the pull loop uses it.
 pub trait Peer: Send {
-    /// Pulls the peer's feed after `cursor`, following it.
-    fn pull(&mut self, cursor: u64) -> impl Future<Output = Result<PeerFeed, PeerError>> + Send;
+    /// Pulls the peer's feed after `cursor`, following it, continuing the transfer
+    /// `resume` if the peer can.
+    fn pull(
+        &mut self,
+        cursor: u64,
+        resume: Option<Resume>,
+    ) -> impl Future<Output = Result<PeerFeed, PeerError>> + Send;
     /// The certificates the peer holds under `fingerprint` (the first certificate of
     /// each chain it answers with; none when it holds none).
     fn certificates(
@@ -96,20 +101,40 @@ pub async fn run_link<D: Dialer>(
     shutdown: CancellationToken,
 ) {
     let mut backoff = BACKOFF_START;
-    let mut retries = Retries::default();
+    let mut kept = Kept::default();
     update(&links, &link.peer, |s| {
         s.address = link.address.clone();
         s.cursor = engine.store().cursor(&link.peer).unwrap_or(0);
     });
+    let context = Context {
+        link: &link,
+        engine: &engine,
+        links: &links,
+        shutdown: &shutdown,
+    };
     loop {
         if shutdown.is_cancelled() {
             return;
         }
-        let result = pull(&link, &dialer, &engine, &links, &shutdown, &mut retries).await;
+        let before = position(&engine, &link, &kept);
+        let result = pull(&context, &dialer, &mut kept).await;
+        // Only a transfer cut short by the connection is continued; one refused is
+        // pulled again whole (a passing refusal may pass by then).
+        if kept.transfer.as_ref().is_some_and(Assembly::is_refused) {
+            kept.transfer = None;
+            kept.offered = None;
+        }
+        // A connection that moved the link forward (a stored cursor further on, or more
+        // of a transfer kept to continue) is no failure to back off from.
+        let after = position(&engine, &link, &kept);
+        let progressed = after.0 > before.0 || (after.1.is_some() && after.1 != before.1);
         update(&links, &link.peer, |s| {
             s.connected = false;
             s.checkpoint_since_connect = false;
         });
+        if progressed {
+            backoff = BACKOFF_START;
+        }
         match result {
             Ok(()) => backoff = BACKOFF_START,
             Err(problem) => {
@@ -125,6 +150,36 @@ pub async fn run_link<D: Dialer>(
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
+}
+
+/// How far a link is: its stored cursor, and the transfer it keeps (feed position and
+/// next part).
+fn position(engine: &Engine, link: &Link, kept: &Kept) -> (u64, Option<(u64, u32)>) {
+    let cursor = engine.store().cursor(&link.peer).unwrap_or(0);
+    let transfer = kept.transfer.as_ref().map(|t| {
+        let resume = t.resume();
+        (resume.seq, resume.next_part)
+    });
+    (cursor, transfer)
+}
+
+/// What one pull loop works with.
+struct Context<'a> {
+    link: &'a Link,
+    engine: &'a Arc<Engine>,
+    links: &'a Links,
+    shutdown: &'a CancellationToken,
+}
+
+/// What a link keeps from one connection to the next.
+#[derive(Default)]
+struct Kept {
+    retries: Retries,
+    /// The bundle transfer in progress (continued on the next connection when the
+    /// connection breaks in the middle of it).
+    transfer: Option<Assembly>,
+    /// The signer certificate the peer supplied for the transfer's header.
+    offered: Option<Vec<u8>>,
 }
 
 /// Bundles of one link refused for a reason that can pass. The stored cursor never
@@ -193,25 +248,39 @@ fn is_transient(error: &EngineError) -> bool {
     }
 }
 
-/// One connection's worth of pulling: connect, pull from the stored cursor, accept what
-/// arrives, until the stream ends, `shutdown`, or the time to pull again bundles refused
-/// for a passing reason.
-async fn pull<D: Dialer>(
-    link: &Link,
-    dialer: &D,
-    engine: &Arc<Engine>,
-    links: &Links,
-    shutdown: &CancellationToken,
-    retries: &mut Retries,
-) -> Result<(), String> {
+/// One connection's worth of pulling: connect, pull from the stored cursor (continuing
+/// a transfer cut short), accept what arrives, until the stream ends, `shutdown`, or
+/// the time to pull again bundles refused for a passing reason.
+async fn pull<D: Dialer>(context: &Context<'_>, dialer: &D, kept: &mut Kept) -> Result<(), String> {
+    let Context {
+        link,
+        engine,
+        links,
+        shutdown,
+    } = *context;
     let mut peer = dialer.dial().await.map_err(|e| e.to_string())?;
     let cursor = engine
         .store()
         .cursor(&link.peer)
         .map_err(|e| e.to_string())?;
-    let mut stream = peer.pull(cursor).await.map_err(|e| e.to_string())?;
-    tracing::info!(peer = %link.peer, cursor, "pulling");
-    retries.open.clear();
+    // A transfer continues only from the entry just after the stored cursor.
+    let resume = match kept.transfer.as_ref() {
+        Some(t) if !t.is_complete() && t.seq() == cursor.saturating_add(1) => Some(t.resume()),
+        _ => {
+            kept.transfer = None;
+            kept.offered = None;
+            None
+        }
+    };
+    // Until the first message, the transfer kept is one the peer may or may not
+    // continue.
+    let mut resuming = resume.is_some();
+    let mut stream = peer
+        .pull(cursor, resume.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(peer = %link.peer, cursor, resume_part = resume.map(|r| r.next_part), "pulling");
+    kept.retries.open.clear();
     // When bundles were refused for a passing reason, this connection ends after a
     // while so that they are pulled again from the stored cursor.
     let retry_at = tokio::time::sleep(Duration::MAX / 4);
@@ -229,7 +298,7 @@ async fn pull<D: Dialer>(
             biased;
             _ = shutdown.cancelled() => return Ok(()),
             _ = &mut retry_at, if retry_armed => {
-                tracing::info!(peer = %link.peer, refused = retries.open.len(), "pulling again the bundles refused for a passing reason");
+                tracing::info!(peer = %link.peer, refused = kept.retries.open.len(), "pulling again the bundles refused for a passing reason");
                 return Ok(());
             }
             message = stream.next() => message.transpose().map_err(|e| e.to_string())?,
@@ -237,111 +306,60 @@ async fn pull<D: Dialer>(
         let Some(message) = message else {
             return Ok(());
         };
+        let was_resuming = std::mem::replace(&mut resuming, false);
         match message {
-            FeedEvent::Bundle(feed) => {
-                let disclosed = feed.bundle.disclosures.len() as u64;
-                // The header is parsed here, once: for the signer's fingerprint and for
-                // the engine's inbound rules. One that does not parse is refused as the
-                // engine would refuse it.
-                let accepted = match InboundBundle::parse(feed.bundle) {
-                    Err(error) => Err(EngineError::Verify(error)),
-                    Ok(bundle) => match offered_signer(&mut peer, engine, bundle.header()).await? {
-                        Offer::Refused(why) => Err(EngineError::Certificate(why)),
-                        offer => {
-                            let offered = match offer {
-                                Offer::Supplied(der) => Some(der),
-                                _ => None,
-                            };
-                            let worker = engine.clone();
-                            let peer = link.peer.clone();
-                            let hops = feed.hops;
-                            tokio::task::spawn_blocking(move || {
-                                worker.accept_pulled(
-                                    &peer,
-                                    &bundle,
-                                    hops,
-                                    offered.as_deref(),
-                                    now_ms(),
-                                )
-                            })
-                            .await
-                            .map_err(|e| e.to_string())?
-                        }
-                    },
-                };
-                let ok = accepted.is_ok();
-                let mut rejection = None;
-                let (stored_items, rejected_items) = match &accepted {
-                    Ok(report) => (report.stored.len() as u64, report.rejected.len() as u64),
-                    Err(_) => (0, disclosed),
-                };
-                match accepted {
-                    Ok(report) => {
-                        retries.settled(feed.seq);
-                        if !report.rejected.is_empty() {
-                            tracing::warn!(peer = %link.peer, rejected = report.rejected.len(), "items rejected by the single-writer or revocation rule");
-                        }
+            FeedEvent::Part(part) => {
+                let outcome = match take_part(context, &mut peer, kept, part, was_resuming).await {
+                    Ok(outcome) => outcome,
+                    Err(problem) => {
+                        // Nothing of a transfer that breaks the protocol is kept.
+                        kept.transfer = None;
+                        kept.offered = None;
+                        return Err(problem);
                     }
-                    // May pass later: keep the cursor before it and pull it again.
-                    Err(error) if is_transient(&error) && retries.refused(feed.seq, now_ms()) => {
-                        tracing::warn!(peer = %link.peer, seq = feed.seq, %error, "bundle refused for now; it will be pulled again");
-                        rejection = Some(format!("seq {}: {error} (will retry)", feed.seq));
+                };
+                let Some(outcome) = outcome else {
+                    update(links, &link.peer, |s| s.last_message_ms = now_ms());
+                    continue;
+                };
+                match settle(context, &mut kept.retries, outcome)? {
+                    Settled::Stop => return Ok(()),
+                    Settled::Done => {}
+                    Settled::RetryLater => {
                         if !retry_armed {
                             retry_armed = true;
                             retry_at
                                 .as_mut()
-                                .reset(tokio::time::Instant::now() + retries.next_delay());
+                                .reset(tokio::time::Instant::now() + kept.retries.next_delay());
                         }
                     }
-                    // Never acceptable later: log with the sender, and move on.
-                    Err(
-                        error @ (EngineError::Refused(_)
-                        | EngineError::Verify(_)
-                        | EngineError::Certificate(_)
-                        | EngineError::Store(crate::store::StoreError::ConflictingBundle(_))),
-                    ) => {
-                        retries.settled(feed.seq);
-                        tracing::warn!(peer = %link.peer, seq = feed.seq, %error, "bundle rejected");
-                        rejection = Some(format!("seq {}: {error}", feed.seq));
-                    }
-                    Err(error) => return Err(error.to_string()),
                 }
-                // After the bundle is stored: a recovered cursor never runs ahead of data.
-                // A bundle may come as several messages (one per hop count) with the same
-                // seq, so only the entries before this one are known to be complete; and
-                // never past a bundle to be pulled again.
-                let done = retries.cap(feed.seq.saturating_sub(1));
-                if shutdown.is_cancelled() {
-                    // Replaced (a reload) or stopping: the next loop stores cursors.
-                    return Ok(());
-                }
-                engine
-                    .store()
-                    .set_cursor(&link.peer, done)
-                    .map_err(|e| e.to_string())?;
-                update(links, &link.peer, |s| {
-                    s.cursor = done;
-                    s.last_message_ms = now_ms();
-                    s.items_received += stored_items;
-                    s.items_rejected += rejected_items;
-                    if ok {
-                        s.received += 1;
-                    } else {
-                        s.rejected += 1;
-                        s.last_error = rejection;
-                    }
-                });
             }
             FeedEvent::Checkpoint {
                 cursor: reached,
                 head,
             } => {
-                let cursor = retries.cap(reached);
+                if let Some(t) = kept.transfer.as_ref()
+                    && !t.is_complete()
+                {
+                    let seq = t.seq();
+                    kept.transfer = None;
+                    kept.offered = None;
+                    // A transfer kept from an earlier connection that the peer does not
+                    // continue (its feed moved on under another policy) is dropped;
+                    // one in progress on this connection must end before anything else.
+                    if !was_resuming {
+                        return Err(format!(
+                            "the peer sent a checkpoint in the middle of the bundle at seq {seq}"
+                        ));
+                    }
+                }
+                let cursor = kept.retries.cap(reached);
                 if shutdown.is_cancelled() {
                     return Ok(());
                 }
-                if retries.open.is_empty() {
-                    retries.delay = None;
+                if kept.retries.open.is_empty() {
+                    kept.retries.delay = None;
                 }
                 engine
                     .store()
@@ -362,6 +380,244 @@ async fn pull<D: Dialer>(
             }
         }
     }
+}
+
+/// What became of one bundle of a link.
+struct Outcome {
+    seq: u64,
+    /// Items the bundle disclosed.
+    disclosed: u64,
+    accepted: Result<AcceptReport, EngineError>,
+}
+
+/// Takes one part into the transfer in progress (or begins one with it): checks the
+/// header once it is complete, and accepts the bundle once it is whole. `None` while
+/// the transfer goes on; an error when the part breaks the transfer protocol.
+/// `resuming`: the transfer kept is from an earlier connection and this is the first
+/// message of this one.
+async fn take_part<P: Peer>(
+    context: &Context<'_>,
+    peer: &mut P,
+    kept: &mut Kept,
+    part: Part,
+    resuming: bool,
+) -> Result<Option<Outcome>, String> {
+    let Context { link, engine, .. } = *context;
+    let seq = part.seq;
+    if part.index == 0 {
+        if let Some(t) = kept.transfer.as_ref()
+            && !t.is_complete()
+            && !resuming
+        {
+            return Err(format!(
+                "the peer began the bundle at seq {seq} before the bundle at seq {} was complete",
+                t.seq()
+            ));
+        }
+        // A transfer kept from an earlier connection that the peer begins again (or
+        // does not continue) is dropped.
+        kept.offered = None;
+        kept.transfer = Some(Assembly::open(&part).map_err(|e| e.to_string())?);
+    } else if !kept.transfer.as_ref().is_some_and(|t| t.expects(&part)) {
+        return Err(format!(
+            "part {} of the bundle at seq {seq} does not follow the transfer in progress",
+            part.index
+        ));
+    }
+    let Some(assembly) = kept.transfer.as_mut() else {
+        return Err(format!("no transfer for the bundle at seq {seq}"));
+    };
+    let disclosed = u64::from(assembly.disclosed());
+    let was_refused = assembly.is_refused();
+    let taken = match assembly.take(part) {
+        Ok(taken) => taken,
+        Err(PartError::Protocol(problem)) => return Err(problem),
+        Err(PartError::Refused(error)) => {
+            if assembly.is_complete() {
+                kept.transfer = None;
+            }
+            return Ok(Some(Outcome {
+                seq,
+                disclosed,
+                accepted: Err(EngineError::Verify(error)),
+            }));
+        }
+    };
+    if taken.header_complete {
+        if let Err(error) = check_header(context, peer, kept).await? {
+            if let Some(t) = kept.transfer.as_mut() {
+                t.refuse();
+                if t.is_complete() || taken.complete {
+                    kept.transfer = None;
+                }
+            }
+            kept.offered = None;
+            return Ok(Some(Outcome {
+                seq,
+                disclosed,
+                accepted: Err(error),
+            }));
+        }
+    }
+    if !taken.complete {
+        return Ok(None);
+    }
+    let Some(assembly) = kept.transfer.take() else {
+        return Ok(None);
+    };
+    let offered = kept.offered.take();
+    if was_refused {
+        // Counted when it was refused; the rest of its parts carried nothing.
+        return Ok(None);
+    }
+    let hops = assembly.hops();
+    let Some(bundle) = assembly.into_bundle() else {
+        return Ok(None);
+    };
+    let accepted = match InboundBundle::parse(bundle) {
+        Err(error) => Err(EngineError::Verify(error)),
+        Ok(bundle) => {
+            let worker = engine.clone();
+            let peer = link.peer.clone();
+            tokio::task::spawn_blocking(move || {
+                worker.accept_pulled(&peer, &bundle, hops, offered.as_deref(), now_ms())
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        }
+    };
+    Ok(Some(Outcome {
+        seq,
+        disclosed,
+        accepted,
+    }))
+}
+
+/// Checks the header of the transfer in progress, now complete, before its items come:
+/// the inbound rules and the origin's signature (with a signer certificate asked of the
+/// peer if it is not cached, kept for the bundle's acceptance).
+async fn check_header<P: Peer>(
+    context: &Context<'_>,
+    peer: &mut P,
+    kept: &mut Kept,
+) -> Result<Result<(), EngineError>, String> {
+    let Context { link, engine, .. } = *context;
+    let Some(assembly) = kept.transfer.as_ref() else {
+        return Ok(Ok(()));
+    };
+    let hops = assembly.hops();
+    let Some(header_only) = assembly.header_only() else {
+        return Ok(Ok(()));
+    };
+    let bundle = match InboundBundle::parse(header_only) {
+        Ok(bundle) => bundle,
+        Err(error) => return Ok(Err(EngineError::Verify(error))),
+    };
+    let offered = match offered_signer(peer, engine, bundle.header()).await? {
+        Offer::Refused(why) => return Ok(Err(EngineError::Certificate(why))),
+        Offer::Supplied(der) => Some(der),
+        Offer::None => None,
+    };
+    let worker = engine.clone();
+    let sender = link.peer.clone();
+    let (checked, offered) = tokio::task::spawn_blocking(move || {
+        let checked =
+            worker.check_pulled_header(&sender, &bundle, hops, offered.as_deref(), now_ms());
+        (checked, offered)
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    kept.offered = offered;
+    Ok(checked)
+}
+
+/// How [`settle`] left the link.
+enum Settled {
+    /// Counted, and the cursor stored.
+    Done,
+    /// Refused for a passing reason: pull it again later.
+    RetryLater,
+    /// Stopping or replaced: store nothing more.
+    Stop,
+}
+
+/// Counts what became of one bundle, remembers a passing refusal for a retry, and
+/// stores the cursor before it.
+fn settle(
+    context: &Context<'_>,
+    retries: &mut Retries,
+    outcome: Outcome,
+) -> Result<Settled, String> {
+    let Context {
+        link,
+        engine,
+        links,
+        shutdown,
+    } = *context;
+    let Outcome {
+        seq,
+        disclosed,
+        accepted,
+    } = outcome;
+    let ok = accepted.is_ok();
+    let mut rejection = None;
+    let mut settled = Settled::Done;
+    let (stored_items, rejected_items) = match &accepted {
+        Ok(report) => (report.stored.len() as u64, report.rejected.len() as u64),
+        Err(_) => (0, disclosed),
+    };
+    match accepted {
+        Ok(report) => {
+            retries.settled(seq);
+            if !report.rejected.is_empty() {
+                tracing::warn!(peer = %link.peer, rejected = report.rejected.len(), "items rejected by the single-writer or revocation rule");
+            }
+        }
+        // May pass later: keep the cursor before it and pull it again.
+        Err(error) if is_transient(&error) && retries.refused(seq, now_ms()) => {
+            tracing::warn!(peer = %link.peer, seq, %error, "bundle refused for now; it will be pulled again");
+            rejection = Some(format!("seq {seq}: {error} (will retry)"));
+            settled = Settled::RetryLater;
+        }
+        // Never acceptable later: log with the sender, and move on.
+        Err(
+            error @ (EngineError::Refused(_)
+            | EngineError::Verify(_)
+            | EngineError::Certificate(_)
+            | EngineError::Store(crate::store::StoreError::ConflictingBundle(_))),
+        ) => {
+            retries.settled(seq);
+            tracing::warn!(peer = %link.peer, seq, %error, "bundle rejected");
+            rejection = Some(format!("seq {seq}: {error}"));
+        }
+        Err(error) => return Err(error.to_string()),
+    }
+    // After the bundle is stored: a recovered cursor never runs ahead of data. A bundle
+    // may come as several transfers (one per hop count) with the same seq, so only the
+    // entries before this one are known to be complete; and never past a bundle to be
+    // pulled again.
+    let done = retries.cap(seq.saturating_sub(1));
+    if shutdown.is_cancelled() {
+        // Replaced (a reload) or stopping: the next loop stores cursors.
+        return Ok(Settled::Stop);
+    }
+    engine
+        .store()
+        .set_cursor(&link.peer, done)
+        .map_err(|e| e.to_string())?;
+    update(links, &link.peer, |s| {
+        s.cursor = done;
+        s.last_message_ms = now_ms();
+        s.items_received += stored_items;
+        s.items_rejected += rejected_items;
+        if ok {
+            s.received += 1;
+        } else {
+            s.rejected += 1;
+            s.last_error = rejection;
+        }
+    });
+    Ok(settled)
 }
 
 /// What the peer supplied for a bundle's signer certificate.

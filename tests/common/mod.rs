@@ -11,6 +11,7 @@ use entente::client::NodeClient;
 use entente::transport::{TlsMaterial, TlsPaths};
 use entente::{Config, Node, NodeId};
 
+pub mod proxy;
 pub mod rogue;
 
 /// A federation CA and the certificates it issued, in a temporary directory.

@@ -10,21 +10,33 @@ use entente::crypto::{BundleSigner, sha256};
 use entente::model::{Distribution, Item, NodeId, Partner, PartnerKind};
 use entente::rpc::proto::federation_server::{Federation, FederationServer};
 use entente::rpc::proto::{
-    CertificateChain, Checkpoint, FeedBundle, GetCertificatesRequest, GetCertificatesResponse,
-    HelloRequest, HelloResponse, PullRequest, PullResponse, pull_response,
+    CertificateChain, Checkpoint, GetCertificatesRequest, GetCertificatesResponse, HelloRequest,
+    HelloResponse, PullRequest, PullResponse, pull_response,
 };
 use entente::transport::{Directory, TlsMaterial};
 use entente::wire;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-/// The feed entry at `seq`: `bundle`, held by the rogue at `hops`.
-pub fn feed(seq: u64, bundle: wire::SignedBundle, hops: u32) -> FeedBundle {
-    FeedBundle {
+/// One entry of the rogue's feed: its position and the messages that carry it.
+#[derive(Clone)]
+pub struct Entry {
+    pub seq: u64,
+    pub messages: Vec<PullResponse>,
+}
+
+/// The feed entry at `seq`: `bundle`, held by the rogue at `hops`, in parts as a node
+/// sends it.
+pub fn feed(seq: u64, bundle: wire::SignedBundle, hops: u32) -> Entry {
+    Entry {
         seq,
-        bundle: Some(bundle),
-        hops,
+        messages: entente::rpc::bundle_responses(seq, hops, bundle),
     }
+}
+
+/// The feed entry at `seq` carried by whatever `messages` a test crafts.
+pub fn crafted(seq: u64, messages: Vec<PullResponse>) -> Entry {
+    Entry { seq, messages }
 }
 
 /// A signer for the identity `m`.
@@ -48,7 +60,7 @@ pub fn sign(by: &TlsMaterial, items: &[Item], distribution: Distribution) -> wir
 /// The rogue's service: its whole feed after any cursor, then a checkpoint, and the
 /// certificates in `certificates` (which a test may add to while it runs).
 pub struct Rogue {
-    pub feed: Vec<FeedBundle>,
+    pub feed: Vec<Entry>,
     pub certificates: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
@@ -67,12 +79,8 @@ impl Federation for Rogue {
         let mut out: Vec<Result<PullResponse, Status>> = self
             .feed
             .iter()
-            .filter(|b| b.seq > after)
-            .map(|b| {
-                Ok(PullResponse {
-                    event: Some(pull_response::Event::Bundle(b.clone())),
-                })
-            })
+            .filter(|e| e.seq > after)
+            .flat_map(|e| e.messages.iter().cloned().map(Ok))
             .collect();
         let head = self.feed.len() as u64;
         out.push(Ok(PullResponse {
@@ -88,19 +96,90 @@ impl Federation for Rogue {
         &self,
         request: Request<GetCertificatesRequest>,
     ) -> Result<Response<GetCertificatesResponse>, Status> {
-        let wanted = request.into_inner().sha256;
-        let chains = self
-            .certificates
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|der| wanted.iter().any(|w| w.as_slice() == sha256(der)))
-            .map(|der| CertificateChain {
-                sha256: sha256(der).to_vec(),
-                der: vec![der.clone()],
-            })
-            .collect();
-        Ok(Response::new(GetCertificatesResponse { chains }))
+        Ok(answer_certificates(&self.certificates, request))
+    }
+}
+
+/// The certificates of `held` that `request` asks for.
+fn answer_certificates(
+    held: &Mutex<Vec<Vec<u8>>>,
+    request: Request<GetCertificatesRequest>,
+) -> Response<GetCertificatesResponse> {
+    let wanted = request.into_inner().sha256;
+    let chains = held
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|der| wanted.iter().any(|w| w.as_slice() == sha256(der)))
+        .map(|der| CertificateChain {
+            sha256: sha256(der).to_vec(),
+            der: vec![der.clone()],
+        })
+        .collect();
+    Response::new(GetCertificatesResponse { chains })
+}
+
+/// A rogue that answers the n-th pull with the n-th script a test wrote (the last one
+/// again once they run out), then ends the stream; it records every pull request. A
+/// test may add scripts while it runs.
+#[derive(Clone, Default)]
+pub struct Scripted {
+    pub scripts: Arc<Mutex<Vec<Vec<PullResponse>>>>,
+    pub requests: Arc<Mutex<Vec<PullRequest>>>,
+    pub certificates: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Scripted {
+    /// Answers every pull with `script`, offering `certificates`.
+    pub fn new(script: Vec<PullResponse>, certificates: Vec<Vec<u8>>) -> Self {
+        Self {
+            scripts: Arc::new(Mutex::new(vec![script])),
+            requests: Arc::default(),
+            certificates: Arc::new(Mutex::new(certificates)),
+        }
+    }
+
+    /// Pulls answered so far.
+    pub fn pulls(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+}
+
+/// A checkpoint message.
+pub fn checkpoint(cursor: u64, head: u64) -> PullResponse {
+    PullResponse {
+        event: Some(pull_response::Event::Checkpoint(Checkpoint {
+            cursor,
+            head,
+        })),
+    }
+}
+
+#[tonic::async_trait]
+impl Federation for Scripted {
+    async fn hello(&self, _: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {
+        Err(Status::unimplemented("rogue"))
+    }
+
+    type PullStream = PullStream;
+
+    async fn pull(&self, request: Request<PullRequest>) -> Result<Response<PullStream>, Status> {
+        let script = {
+            let mut requests = self.requests.lock().unwrap();
+            requests.push(request.into_inner());
+            let scripts = self.scripts.lock().unwrap();
+            scripts[(requests.len() - 1).min(scripts.len() - 1)].clone()
+        };
+        Ok(Response::new(Box::pin(tokio_stream::iter(
+            script.into_iter().map(Ok),
+        ))))
+    }
+
+    async fn get_certificates(
+        &self,
+        request: Request<GetCertificatesRequest>,
+    ) -> Result<Response<GetCertificatesResponse>, Status> {
+        Ok(answer_certificates(&self.certificates, request))
     }
 }
 
@@ -114,7 +193,7 @@ pub struct RogueServer {
 impl RogueServer {
     /// Serves `rogue` as the identity `material` on 127.0.0.1:0, accepting `puller`
     /// as a peer node.
-    pub async fn start(material: &TlsMaterial, puller: &NodeId, rogue: Rogue) -> Self {
+    pub async fn start<S: Federation>(material: &TlsMaterial, puller: &NodeId, rogue: S) -> Self {
         let directory = Arc::new(Directory::new(
             &material.id,
             [Partner {

@@ -222,6 +222,8 @@ pub async fn attacks(args: &Args) -> Result<()> {
             .pull(PullRequest {
                 cursor: 0,
                 follow: true,
+                protocol_version: entente::rpc::PROTOCOL_VERSION,
+                resume: None,
             })
             .await
         {
