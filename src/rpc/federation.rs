@@ -74,7 +74,9 @@ impl Federation for FederationService {
                 partner.id
             )));
         }
-        if protocol_version != PROTOCOL_VERSION {
+        // The version is the federation protocol's (how bundles travel between nodes);
+        // clients speak only Intel and Admin, which did not change, so any client may ask.
+        if partner.kind == crate::model::PartnerKind::Node && protocol_version != PROTOCOL_VERSION {
             return Err(Status::failed_precondition(format!(
                 "protocol version {protocol_version} is not supported; this node speaks {PROTOCOL_VERSION}"
             )));
