@@ -172,8 +172,28 @@ fn received_bundle(bytes: &[u8]) {
     check_verified(signer, &verified);
 }
 
-/// What holds of every verified bundle.
+/// What holds of every verified bundle received: its structure, and its own wire form
+/// verifies again (with every item, and with none).
 fn check_verified(signer: &FuzzSigner, verified: &VerifiedBundle) {
+    check_structure(verified);
+    // The wire form of a verified bundle verifies again, to the same bundle, and
+    // survives an encode and decode unchanged.
+    let wire_all = verified.to_wire(|_| true);
+    let decoded = wire::SignedBundle::decode(wire_all.encode_to_vec().as_slice())
+        .expect("an encoded bundle decodes");
+    assert_eq!(decoded, wire_all);
+    assert_eq!(signer.verify(&decoded).as_ref(), Ok(verified));
+    // Withholding every item keeps the header and signature valid.
+    let withheld = signer
+        .verify(&verified.to_wire(|_| false))
+        .expect("a bundle with every item withheld verifies");
+    assert_eq!(withheld.header(), verified.header());
+    assert!(withheld.items().is_empty());
+}
+
+/// What holds of every verified bundle: the header parses to the one held, and each
+/// item is in index order, matches its digest and is valid.
+fn check_structure(verified: &VerifiedBundle) {
     let (header, digests) =
         crypto::parse_header(verified.header_bytes()).expect("a verified header parses");
     assert_eq!(&header, verified.header());
@@ -188,19 +208,6 @@ fn check_verified(signer: &FuzzSigner, verified: &VerifiedBundle) {
         assert_eq!(Item::decode(&item.item_bytes).as_ref(), Ok(&item.item));
         item.item.validate().expect("a verified item is valid");
     }
-    // The wire form of a verified bundle verifies again, to the same bundle, and
-    // survives an encode and decode unchanged.
-    let wire_all = verified.to_wire(|_| true);
-    let decoded = wire::SignedBundle::decode(wire_all.encode_to_vec().as_slice())
-        .expect("an encoded bundle decodes");
-    assert_eq!(decoded, wire_all);
-    assert_eq!(signer.verify(&decoded).as_ref(), Ok(verified));
-    // Withholding every item keeps the header and signature valid.
-    let withheld = signer
-        .verify(&verified.to_wire(|_| false))
-        .expect("a bundle with every item withheld verifies");
-    assert_eq!(withheld.header(), verified.header());
-    assert!(withheld.items().is_empty());
 }
 
 fn signed_bundle(input: &mut Input<'_>) {
@@ -237,7 +244,7 @@ fn signed_bundle(input: &mut Input<'_>) {
     let verified = signer
         .verify(&decoded)
         .expect("a bundle signed here verifies");
-    check_verified(signer, &verified);
+    check_structure(&verified);
     assert_eq!(verified.header().item_count as usize, items.len());
     assert_eq!(verified.header().distribution, distribution);
     let expected: Vec<&Item> = items
@@ -658,6 +665,10 @@ pub fn page_token(data: &[u8]) {
 // Operator input
 // ---------------------------------------------------------------------------------
 
+/// Items per input written out and read back (the rest get the common checks only),
+/// so that long inputs do not slow the search down.
+const ROUND_TRIPS: usize = 8;
+
 /// Defaults chosen by one byte.
 fn fuzz_defaults(choice: u8) -> Defaults {
     let tlp = match choice % 6 {
@@ -712,7 +723,7 @@ pub fn stix(data: &[u8]) {
     };
     let parsed = parse_input(InputFormat::Stix, text, &defaults, NOW_MS);
     check_parsed(&parsed, &defaults);
-    for item in &parsed.items {
+    for item in parsed.items.iter().take(ROUND_TRIPS) {
         let bundle = serde_json::json!({
             "type": "bundle",
             "id": "bundle--5d0092c5-5f74-4287-9642-33f4c354e56d",
@@ -737,7 +748,7 @@ pub fn csv(data: &[u8]) {
     };
     let parsed = parse_input(InputFormat::Csv, text, &defaults, NOW_MS);
     check_parsed(&parsed, &defaults);
-    for item in &parsed.items {
+    for item in parsed.items.iter().take(ROUND_TRIPS) {
         let Some(value) = item.value() else { continue };
         let mut writer = ::csv::Writer::from_writer(Vec::new());
         writer
@@ -773,12 +784,16 @@ pub fn list(data: &[u8]) {
     };
     let parsed = parse_input(InputFormat::List, text, &defaults, NOW_MS);
     check_parsed(&parsed, &defaults);
+    // Every line that is not blank or a comment (after a byte-order mark) is an item
+    // or an error.
     let lines = text
+        .strip_prefix('\u{feff}')
+        .unwrap_or(text)
         .lines()
         .filter(|l| !l.trim().is_empty() && !l.trim().starts_with('#'))
         .count();
     assert_eq!(parsed.items.len() + parsed.errors.len(), lines);
-    for item in &parsed.items {
+    for item in parsed.items.iter().take(ROUND_TRIPS) {
         let value = item.value().expect("a list gives indicators");
         let again = parse_input(
             InputFormat::List,
@@ -803,8 +818,7 @@ pub fn list(data: &[u8]) {
 // ---------------------------------------------------------------------------------
 
 /// The configuration: checked without reading any file it names (relative paths
-/// resolve under a directory that does not exist). Checking is deterministic, and
-/// whatever passes keeps the promises the node relies on: distinct partner ids other
+/// resolve under a directory that does not exist). Whatever passes keeps the promises the node relies on: distinct partner ids other
 /// than the node's own, roles in their places, bounded cache and clock skew, valid
 /// group names.
 pub fn config(data: &[u8]) {
@@ -813,10 +827,7 @@ pub fn config(data: &[u8]) {
     };
     let base = Path::new("/nonexistent/entente-fuzz");
     let path = base.join("node.toml");
-    let first = crate::Config::check(text, &path, base);
-    let second = crate::Config::check(text, &path, base);
-    assert_eq!(format!("{first:?}"), format!("{second:?}"));
-    let Ok(settings) = first else {
+    let Ok(settings) = crate::Config::check(text, &path, base) else {
         return;
     };
     let mut ids = std::collections::HashSet::from([settings.node.id.clone()]);
