@@ -457,6 +457,20 @@ fn policy_settings(
     })
 }
 
+/// A configuration whose every field is checked, before the TLS files it names are
+/// read ([`Config::check`]).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `[node]` and `[store]`.
+    pub node: NodeSettings,
+    /// `[[peer]]` entries.
+    pub peers: Vec<PeerConfig>,
+    /// `[[client]]` entries.
+    pub clients: Vec<ClientConfig>,
+    /// `[groups]`: sharing groups by name.
+    pub groups: std::collections::BTreeMap<String, Vec<NodeId>>,
+}
+
 /// A validated node configuration with its TLS material loaded.
 #[derive(Debug)]
 pub struct Config {
@@ -484,6 +498,30 @@ impl Config {
 
     /// Parses and validates configuration text; `base` resolves relative paths.
     pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Self, ConfigError> {
+        let Settings {
+            node,
+            peers,
+            clients,
+            groups,
+        } = Self::check(text, path, base)?;
+        let tls = TlsMaterial::load(&node.tls, &node.id).map_err(|e| ConfigError::Invalid {
+            path: path.to_owned(),
+            field: tls_field(&e, &node.tls, "node"),
+            problem: e.to_string(),
+        })?;
+        Ok(Self {
+            path: path.to_owned(),
+            node,
+            peers,
+            clients,
+            groups,
+            tls,
+        })
+    }
+
+    /// Parses and validates configuration text without reading the TLS files it names
+    /// (the first half of [`Config::parse`]); `base` resolves relative paths.
+    pub fn check(text: &str, path: &Path, base: &Path) -> Result<Settings, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             path: path.to_owned(),
             message: e.to_string().trim_end().replace('\n', " | "),
@@ -647,9 +685,6 @@ impl Config {
             trust_anchors,
             crls: raw.node.crls.iter().map(|p| resolve(p)).collect(),
         };
-        let tls = TlsMaterial::load(&tls_paths, &id)
-            .map_err(|e| invalid(&tls_field(&e, &tls_paths, "node"), e.to_string()))?;
-
         let max_clock_skew_ms = match &raw.node.max_clock_skew {
             None => crate::policy::DEFAULT_MAX_CLOCK_SKEW_MS,
             Some(text) => {
@@ -667,8 +702,7 @@ impl Config {
 
         let limits = limits(&raw.limits, &invalid)?;
 
-        Ok(Self {
-            path: path.to_owned(),
+        Ok(Settings {
             node: NodeSettings {
                 id,
                 listen,
@@ -681,7 +715,6 @@ impl Config {
             peers,
             clients,
             groups,
-            tls,
         })
     }
 

@@ -29,6 +29,8 @@ pub mod config;
 pub mod crypto;
 pub mod demo;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod interop;
 pub mod limits;
 pub mod model;

@@ -5,15 +5,16 @@
 //! bundle applies the single-writer rule and appends one log frame, which counts
 //! whole or not at all. No proto types of the services and no network here.
 
-mod ledger;
-mod log;
-mod records;
+pub(crate) mod ledger;
+pub(crate) mod log;
+pub(crate) mod records;
 mod sled_store;
 
 pub mod recover;
 
 pub use log::LogHeader;
 pub use records::LOG_FILE;
+pub(crate) use sled_store::replay_log;
 pub use sled_store::{MAX_CURSOR_BYTES, SledStore};
 
 use std::path::PathBuf;

@@ -495,6 +495,12 @@ fn normalise_url(value: &str) -> Result<String, String> {
     if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("contains whitespace or a control character".into());
     }
+    if let Some(c) = value.chars().find(|&c| is_format_char(c)) {
+        return Err(format!(
+            "contains the invisible character U+{:04X} (percent-encode it)",
+            u32::from(c)
+        ));
+    }
     let Some((scheme, rest)) = split_scheme(value) else {
         return Err("no scheme: expected scheme://host..., e.g. http://example.com/".into());
     };
@@ -581,6 +587,37 @@ fn split_host_port(host_port: &str) -> Result<(&str, Option<&str>), String> {
     })
 }
 
+/// Unicode format characters (general category Cf): zero-width spaces and joiners,
+/// bidirectional controls, the byte-order mark, tags. They print as nothing, so two
+/// values that differ only by them look the same to a reader, and a leading U+FEFF is
+/// taken for a byte-order mark when a value is written into a file and read back.
+fn is_format_char(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{0600}'..='\u{0605}'
+            | '\u{061C}'
+            | '\u{06DD}'
+            | '\u{070F}'
+            | '\u{0890}'..='\u{0891}'
+            | '\u{08E2}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{110BD}'
+            | '\u{110CD}'
+            | '\u{13430}'..='\u{1343F}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0001}'
+            | '\u{E0020}'..='\u{E007F}'
+    )
+}
+
 fn normalise_email(value: &str) -> Result<String, String> {
     // A `mailto:` URI names one address: it is read as that address. Anything a mailto
     // URI may add (`?subject=`, several addresses) is refused below.
@@ -606,6 +643,12 @@ fn normalise_email(value: &str) -> Result<String, String> {
     }
     if local.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("local part contains whitespace or a control character".into());
+    }
+    if let Some(c) = local.chars().find(|&c| is_format_char(c)) {
+        return Err(format!(
+            "local part contains the invisible character U+{:04X}",
+            u32::from(c)
+        ));
     }
     let domain = normalise_domain(domain).map_err(|reason| format!("domain: {reason}"))?;
     Ok(format!("{}@{domain}", local.to_ascii_lowercase()))
@@ -901,6 +944,30 @@ mod tests {
         assert!(reason(Email, "a@localhost").starts_with("domain:"));
         let local = "x".repeat(65);
         assert!(reason(Email, &format!("{local}@example.com")).contains("at most 64"));
+    }
+
+    #[test]
+    fn invisible_characters_are_refused_in_emails_and_urls() {
+        // Found by fuzzing (tests/fixtures/fuzz/list/): a local part starting with
+        // U+FEFF was accepted, and read back from a list file as a byte-order mark.
+        assert!(reason(Email, "\u{feff}abc@example.com").contains("U+FEFF"));
+        for c in [
+            '\u{200b}',
+            '\u{200d}',
+            '\u{202e}',
+            '\u{2066}',
+            '\u{e0041}',
+            '\u{ad}',
+        ] {
+            assert!(reason(Email, &format!("a{c}b@example.com")).contains("invisible"));
+            assert!(reason(Url, &format!("http://example.com/a{c}b")).contains("invisible"));
+        }
+        // Visible non-ASCII local parts and paths stay allowed.
+        assert_eq!(ok(Email, "José@example.com"), "josé@example.com");
+        assert_eq!(
+            ok(Url, "http://example.com/café"),
+            "http://example.com/café"
+        );
     }
 
     #[test]

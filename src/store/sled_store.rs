@@ -1261,6 +1261,14 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Opens the bundle log at `path` as opening the store does, replaying every frame
+/// into a fresh index; the index is then dropped. For checks that feed the log
+/// reader arbitrary files.
+pub(crate) fn replay_log(path: &Path, acknowledged: u64) -> Result<BundleLog, StoreError> {
+    let mut index = Index::new();
+    BundleLog::open(path, acknowledged, |frame| replay(&mut index, frame))
+}
+
 /// Adds one frame read at open to the index.
 fn replay(index: &mut Index, frame: Frame<'_>) -> Result<(), StoreError> {
     if frame.feed_seq <= index.feed_head() {
