@@ -305,21 +305,23 @@ fn read_log(path: &Path, acknowledged: u64) -> (Result<BundleLog, String>, Vec<R
     (log, frames)
 }
 
-/// A directory of this process's own for log files.
-fn scratch_dir() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let shm = Path::new("/dev/shm");
-        let made = if shm.is_dir() {
-            tempfile::Builder::new()
-                .prefix("entente-fuzz")
-                .tempdir_in(shm)
-        } else {
-            tempfile::Builder::new().prefix("entente-fuzz").tempdir()
+/// A directory of this thread's own for log files (tests run checks on several threads
+/// of one process at once, and each check clears its directory first).
+fn scratch_dir() -> PathBuf {
+    thread_local! {
+        static DIR: tempfile::TempDir = {
+            let shm = Path::new("/dev/shm");
+            let made = if shm.is_dir() {
+                tempfile::Builder::new()
+                    .prefix("entente-fuzz")
+                    .tempdir_in(shm)
+            } else {
+                tempfile::Builder::new().prefix("entente-fuzz").tempdir()
+            };
+            made.expect("a temporary directory")
         };
-        made.expect("a temporary directory")
-    })
-    .path()
+    }
+    DIR.with(|dir| dir.path().to_owned())
 }
 
 fn clear(dir: &Path) -> PathBuf {
@@ -354,7 +356,7 @@ pub fn bundle_log(data: &[u8]) {
         1 => MAGIC.len() as u64,
         _ => file_len,
     };
-    let dir = scratch_dir();
+    let dir = &scratch_dir();
     let path = clear(dir);
     std::fs::write(&path, &file).expect("the scratch file writes");
     let (log, frames) = read_log(&path, acknowledged);
