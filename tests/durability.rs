@@ -4,9 +4,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,31 +12,6 @@ use entente::client::NodeClient;
 use entente::config::ClientSettings;
 use entente::rpc::proto::PublishRequest;
 use entente::wire;
-
-const ENTENTE: &str = env!("CARGO_BIN_EXE_entente");
-
-fn serve(config: &Path) -> (Child, String) {
-    let mut child = Command::new(ENTENTE)
-        .args(["serve", "--config"])
-        .arg(config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn entente serve");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some((_, addr)) = line.split_once(" serving on ") {
-                let _ = tx.send(addr.to_owned());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("node did not start");
-    (child, addr)
-}
 
 fn client_config(pki: &Pki, addr: &str) -> std::path::PathBuf {
     let path = pki.path().join("analyst.toml");
@@ -107,7 +79,7 @@ async fn every_acknowledged_bundle_survives_sigkill() {
     let acked: Acked = Arc::default();
 
     for (round, kill_after) in [5usize, 12, 1].into_iter().enumerate() {
-        let (mut child, addr) = serve(&config);
+        let (mut child, addr) = common::serve(&config);
         let settings = ClientSettings::load(&client_config(&pki, &addr)).unwrap();
         let publisher = NodeClient::connect_with(&settings).await.unwrap();
         let before = acked.lock().unwrap().len();
@@ -126,7 +98,7 @@ async fn every_acknowledged_bundle_survives_sigkill() {
             .unwrap();
 
         // Restart on the same store: every acknowledged bundle is there, item by item.
-        let (mut child, addr) = serve(&config);
+        let (mut child, addr) = common::serve(&config);
         let settings = ClientSettings::load(&client_config(&pki, &addr)).unwrap();
         let reader = NodeClient::connect_with(&settings).await.unwrap();
         let acked_now = acked.lock().unwrap().clone();

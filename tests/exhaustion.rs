@@ -7,9 +7,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Pki, client, start, write_config};
@@ -18,8 +16,6 @@ use entente::rpc::proto::{ItemFilter, PublishRequest};
 use prost::bytes::{Buf, BufMut};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
-
-const ENTENTE: &str = env!("CARGO_BIN_EXE_entente");
 
 /// Sends and receives messages as the bytes given, so a test can put on the wire what
 /// no well-behaved client would build.
@@ -74,30 +70,6 @@ async fn publish_raw(
     )
     .await
     .map(tonic::Response::into_inner)
-}
-
-/// A real `entente serve` process, so its memory can be read from /proc.
-fn serve(config: &Path) -> (Child, String) {
-    let mut child = Command::new(ENTENTE)
-        .args(["serve", "--config"])
-        .arg(config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn entente serve");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some((_, addr)) = line.split_once(" serving on ") {
-                let _ = tx.send(addr.to_owned());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("node did not start");
-    (child, addr)
 }
 
 /// The peak resident memory of process `pid` so far, in MiB (VmHWM).
@@ -158,7 +130,7 @@ async fn a_publish_made_of_empty_items_is_refused_before_it_is_decoded() {
         ],
         &[],
     );
-    let (mut child, addr) = serve(&config);
+    let (mut child, addr) = common::serve(&config);
     let connect = |who: &NodeId| {
         let tls = pki.material(who).client_config().unwrap();
         let addr = addr.clone();

@@ -228,3 +228,28 @@ pub fn open_store(
         }
     }
 }
+
+/// Starts a real `entente serve` process on `config` (listening on port 0) and returns it
+/// with the address it printed, within 30 s; for tests that kill it or read its memory.
+pub fn serve(config: &Path) -> (std::process::Child, String) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_entente"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn entente serve");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            if let Some((_, addr)) = line.split_once(" serving on ") {
+                let _ = tx.send(addr.to_owned());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("node did not start");
+    (child, addr)
+}
