@@ -975,3 +975,69 @@ fn a_compound_pattern_is_found_by_each_value_and_judged_by_each_type() {
         absent.replace("indicator--7a1c4c52-3d6e-4e8b-9f2a-1b2c3d4e5f61", "ID")
     );
 }
+
+#[test]
+fn generated_indicators_of_every_type_export_valid_stix() {
+    let hq = Hq::start();
+    let analyst = s(&hq.analyst);
+    // STIX objects with and without the optional properties, typed and compound patterns.
+    let mut objects = Vec::new();
+    for n in 0..300u32 {
+        let pattern = match n % 6 {
+            0 => format!("[ipv4-addr:value = '198.51.{}.{}']", n / 250, n % 250),
+            1 => format!("[domain-name:value = 'host-{n}.example.net']"),
+            2 => format!("[url:value = 'https://h{n}.example.org/p?q={n}']"),
+            3 => format!("[file:hashes.'SHA-256' = '{n:064x}']"),
+            4 => format!(
+                "[ipv4-addr:value = '203.0.113.{}' OR domain-name:value = 'c{n}.example']",
+                n % 250
+            ),
+            _ => format!("[file:name = 'dropper-{n}.exe' AND file:size > {n}]"),
+        };
+        let mut object = serde_json::json!({
+            "type": "indicator",
+            "spec_version": "2.1",
+            "id": format!("indicator--{}", uuid::Uuid::new_v4()),
+            "created": "2025-03-01T10:00:00.000Z",
+            "modified": "2025-03-02T10:00:00.000Z",
+            "pattern": pattern,
+            "pattern_type": "stix",
+            "valid_from": "2025-03-01T10:00:00Z",
+            "object_marking_refs": [TLP_GREEN_ID],
+        });
+        if n % 2 == 0 {
+            object["name"] = serde_json::json!(format!("generated {n}"));
+            object["description"] = serde_json::json!("a generated indicator");
+            object["indicator_types"] = serde_json::json!(["malicious-activity"]);
+            object["confidence"] = serde_json::json!(n % 101);
+            object["labels"] = serde_json::json!(["generated", format!("batch-{}", n % 3)]);
+            object["kill_chain_phases"] = serde_json::json!([
+                {"kill_chain_name": "mitre-attack", "phase_name": "command-and-control"}
+            ]);
+            object["external_references"] = serde_json::json!([
+                {"source_name": "case", "external_id": format!("CASE-{n}")}
+            ]);
+        }
+        objects.push(object);
+    }
+    let stix = hq.input("generated.json", &stix_bundle(objects));
+    ok(&["publish", "--config", analyst, s(&stix)]);
+    let csv: String = std::iter::once("type,value,tlp,tags\n".to_owned())
+        .chain((0..200).map(|n| match n % 4 {
+            0 => format!("ipv6,2001:db8::{n:x},green,csv\n"),
+            1 => format!("email,user{n}@example.com,amber,csv\n"),
+            2 => format!("md5,{n:032x},clear,\n"),
+            _ => format!("cidr,10.{n}.0.0/16,amber+strict,csv;net\n"),
+        }))
+        .collect();
+    let csv = hq.input("generated.csv", &csv);
+    ok(&["publish", "--config", analyst, s(&csv)]);
+
+    let (path, exported) = export(&hq, &hq.analyst, "generated-export.json");
+    let indicators = exported
+        .values()
+        .filter(|o| o["type"] == "indicator")
+        .count();
+    assert_eq!(indicators, 500);
+    assert_valid_stix(&path);
+}
