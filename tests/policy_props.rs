@@ -201,8 +201,15 @@ fn tlp() -> impl Strategy<Value = Tlp> {
     proptest::sample::select(Tlp::ALL.to_vec())
 }
 
+/// An indicator type (items generated here are indicators and revocations; policies
+/// name every item type).
 fn indicator_type() -> impl Strategy<Value = IndicatorType> {
-    proptest::sample::select(IndicatorType::ALL.to_vec())
+    proptest::sample::select(
+        IndicatorType::ALL
+            .into_iter()
+            .filter(|t| !t.is_context())
+            .collect::<Vec<_>>(),
+    )
 }
 
 fn tags() -> impl Strategy<Value = Vec<&'static str>> {
@@ -665,6 +672,8 @@ fn decide_matches_the_delivery_rule() {
             now_ms: NOW_MS,
             latest: ctx.latest,
             include_expired: ctx.include_expired,
+            // The items generated here reference nothing.
+            held: &entente::policy::NothingHeld,
         };
         let situation = Situation {
             origin_here: ctx.origin_here,
@@ -861,6 +870,7 @@ fn value_of(ty: IndicatorType, n: usize) -> String {
         IndicatorType::Sha1 => format!("{:040x}", n + 1),
         IndicatorType::Sha256 => format!("{:064x}", n + 1),
         IndicatorType::StixPattern => format!("[domain-name:value = 's{n}.props.example']"),
+        context => panic!("{context} is not an indicator type"),
     }
 }
 
@@ -1033,7 +1043,7 @@ fn visible_shape(spec: &PolicySpec) -> Option<(Tlp, IndicatorType, Vec<String>)>
         .chain(TAGS.iter().map(|t| vec![(*t).to_owned()]))
         .collect();
     for tlp in Tlp::ALL {
-        for ty in IndicatorType::ALL {
+        for ty in IndicatorType::ALL.into_iter().filter(|t| !t.is_context()) {
             for tags in &tag_sets {
                 let probe = Version {
                     id: String::new(),
@@ -1677,5 +1687,6 @@ fn sample_value(ty: IndicatorType, n: usize) -> String {
         IndicatorType::Sha1 => format!("{n:040x}"),
         IndicatorType::Sha256 => format!("{n:064x}"),
         IndicatorType::StixPattern => format!("[domain-name:value = 'host-{n}.example.com']"),
+        context => panic!("{context} is not an indicator type"),
     }
 }
