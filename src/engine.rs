@@ -505,7 +505,9 @@ impl Engine {
                 .is_some_and(crate::policy::PartnerPolicy::sees_everything);
         let visible = self.store.get(&id)?.filter(|stored| {
             sees_everything
-                || self.decide_stored(&policy, &publisher.id, stored, now_ms, true).allowed()
+                || self
+                    .decide_stored(&policy, &publisher.id, stored, now_ms, true)
+                    .allowed()
         });
         let untyped = revocation.indicator_type.is_empty();
         let held = match visible {
@@ -594,14 +596,9 @@ impl Engine {
                     None => (None, false),
                     Some(stored)
                         if !sees_everything
-                            && !self.decide_stored(
-                                &policy,
-                                &publisher.id,
-                                &stored,
-                                now_ms,
-                                true,
-                            )
-                            .allowed() =>
+                            && !self
+                                .decide_stored(&policy, &publisher.id, &stored, now_ms, true)
+                                .allowed() =>
                     {
                         (None, true)
                     }
@@ -877,7 +874,8 @@ impl Engine {
         stored: &StoredItem,
         include_expired: bool,
     ) -> bool {
-        self.decide_stored(&self.policy(), partner, stored, now_ms(), include_expired).allowed()
+        self.decide_stored(&self.policy(), partner, stored, now_ms(), include_expired)
+            .allowed()
     }
 
     /// The latest version of `id`, if `partner` may see it; recorded in the ledger
@@ -890,7 +888,8 @@ impl Engine {
         let policy = self.policy();
         let now = now_ms();
         let found = self.store.get(id)?.filter(|stored| {
-            self.decide_stored(&policy, &partner.id, stored, now, true).allowed()
+            self.decide_stored(&policy, &partner.id, stored, now, true)
+                .allowed()
         });
         if let Some(stored) = &found {
             if let Some(ticket) = self.record_delivery(&policy, &partner.id, "get", [stored])? {
@@ -916,7 +915,10 @@ impl Engine {
         let Some(stored) = self.store.get(id)? else {
             return Ok(None);
         };
-        if !self.decide_stored(&policy, &caller.id, &stored, now, true).allowed() {
+        if !self
+            .decide_stored(&policy, &caller.id, &stored, now, true)
+            .allowed()
+        {
             return Ok(None);
         }
         let distribution = match self.store.bundle_header(&stored.bundle_id)? {
@@ -1523,14 +1525,16 @@ impl Subscription {
             let now = now_ms();
             let policy = self.engine.policy();
             if !self.query.matches_value(&stored, now)
-                || !self.engine.decide_stored(
-                    &policy,
-                    &self.partner.id,
-                    &stored,
-                    now,
-                    self.query.include_expired,
-                )
-                .allowed()
+                || !self
+                    .engine
+                    .decide_stored(
+                        &policy,
+                        &self.partner.id,
+                        &stored,
+                        now,
+                        self.query.include_expired,
+                    )
+                    .allowed()
             {
                 continue;
             }

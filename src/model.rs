@@ -12,7 +12,8 @@ mod value;
 pub use bundle::{BundleId, Distribution, MAX_RECIPIENTS};
 pub use identity::{InvalidNodeId, NodeId, Partner, PartnerKind, Role};
 pub use item::{
-    ContextObject, Indicator, IndicatorType, InvalidValue, Item, ItemId, ItemKind, ModelError, Revocation, Tlp,
+    ContextObject, Indicator, IndicatorType, InvalidValue, Item, ItemId, ItemKind, ModelError,
+    Revocation, Tlp,
 };
 pub use properties::{Holder, MAX_PROPERTIES_BYTES, StixProperties};
 pub use value::{

@@ -239,7 +239,10 @@ impl RawObject {
             ("object_marking_refs", &self.object_marking_refs),
             ("granular_markings", &self.granular_markings),
             ("x_entente_indicator_type", &self.x_entente_indicator_type),
-            ("x_entente_revocation_reason", &self.x_entente_revocation_reason),
+            (
+                "x_entente_revocation_reason",
+                &self.x_entente_revocation_reason,
+            ),
         ];
         for (key, value) in named {
             if let Some(value) = value {
@@ -769,9 +772,8 @@ fn context_to_stix(item: &Item, context: &ContextObject, origin: Option<&str>) -
             object.insert("source_ref".into(), json!(source));
             object.insert("target_ref".into(), json!(target));
         }
-        (IndicatorType::Report, _) => {
-            object.insert("object_refs".into(), json!(refs));
-        }
+        // A report's `object_refs` are kept as published (validation holds its shared
+        // references to exactly those they name).
         _ => {}
     }
     if let Some(origin) = origin {

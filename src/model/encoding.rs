@@ -150,9 +150,8 @@ fn convert(item: wire::Item, trusted: bool) -> Result<Item, ModelError> {
                 refs,
                 stix_properties,
             })) => ItemKind::Context(ContextObject {
-                object_type: IndicatorType::context_type(&object_type).ok_or_else(|| {
-                    ModelError::BadType(object_type.chars().take(64).collect())
-                })?,
+                object_type: IndicatorType::context_type(&object_type)
+                    .ok_or_else(|| ModelError::BadType(object_type.chars().take(64).collect()))?,
                 refs: refs
                     .iter()
                     .map(|r| ItemId::parse(r))
@@ -217,8 +216,7 @@ impl Item {
         if draft.id.is_empty() {
             return Err(ModelError::Field {
                 field: "id",
-                problem: "a revocation or context object needs the id it is published under"
-                    .into(),
+                problem: "a revocation or context object needs the id it is published under".into(),
             });
         }
         Item::try_from(draft)

@@ -90,7 +90,9 @@ pub fn normalise(ty: IndicatorType, raw: &str) -> Result<String, InvalidValue> {
         IndicatorType::Sha1 => normalise_hash("sha1", 40, value),
         IndicatorType::Sha256 => normalise_hash("sha256", 64, value),
         IndicatorType::StixPattern => check_pattern(value),
-        context => Err(format!("{context} is a context object type, not an indicator type")),
+        context => Err(format!(
+            "{context} is a context object type, not an indicator type"
+        )),
     };
     result.map_err(invalid)
 }
@@ -244,7 +246,9 @@ fn check_context(context: &ContextObject) -> Result<(), ModelError> {
             if refs > MAX_REPORT_REFS {
                 return Err(field(
                     "refs",
-                    format!("a report references at most {MAX_REPORT_REFS} shared objects, not {refs}"),
+                    format!(
+                        "a report references at most {MAX_REPORT_REFS} shared objects, not {refs}"
+                    ),
                 ));
             }
             // Its references are exactly those of `object_refs` that name shared
@@ -272,8 +276,7 @@ fn check_context(context: &ContextObject) -> Result<(), ModelError> {
             if carried != refs {
                 return Err(field(
                     "refs",
-                    "a report's references must be the shared objects its object_refs name"
-                        .into(),
+                    "a report's references must be the shared objects its object_refs name".into(),
                 ));
             }
         }

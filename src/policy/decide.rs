@@ -157,10 +157,9 @@ impl fmt::Display for Rule {
                 f,
                 "withheld: it references {id}, which this node does not hold"
             ),
-            Rule::RefWithheld { id, who } => write!(
-                f,
-                "withheld: it references {id}, which {who} may not see"
-            ),
+            Rule::RefWithheld { id, who } => {
+                write!(f, "withheld: it references {id}, which {who} may not see")
+            }
             Rule::RefTooDeep { id } => write!(
                 f,
                 "withheld: it references {id}, whose own references are nested too deep"
