@@ -1,0 +1,335 @@
+//! Attacks from outside that got past a defence, each kept as a test: a read-only
+//! researcher counting what it may not see, and callers holding more of the node's
+//! memory and threads than the per-partner limits allow. End to end over real mTLS,
+//! in-process or against an `entente serve` process where memory is measured.
+
+mod common;
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use common::{Pki, client, write_config};
+use entente::client::{ClientError, NodeClient};
+use entente::rpc::proto::{ItemFilter, LedgerShowRequest, PublishRequest};
+use entente::wire::{self, Tlp};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn with_limits(config: &Path, limits: &str) {
+    let mut text = std::fs::read_to_string(config).unwrap();
+    text.push_str("\n[limits]\n");
+    text.push_str(limits);
+    std::fs::write(config, text).unwrap();
+}
+
+/// A domain indicator of about `description` bytes and more.
+fn indicator(value: &str, tlp: Tlp, description: usize) -> wire::Item {
+    wire::Item {
+        id: String::new(),
+        modified_unix_ms: 0,
+        tlp: tlp as i32,
+        tags: vec![],
+        kind: Some(wire::item::Kind::Indicator(wire::Indicator {
+            indicator_type: "domain".into(),
+            value: value.into(),
+            description: "x".repeat(description),
+            ..Default::default()
+        })),
+    }
+}
+
+/// An indicator near the largest a node accepts (about 10 KB encoded).
+fn large_indicator(value: &str) -> wire::Item {
+    let mut item = indicator(value, Tlp::Green, 4000);
+    item.tags = (0..32).map(|t| format!("tag-{t:02}-{}", "t".repeat(52))).collect();
+    if let Some(wire::item::Kind::Indicator(indicator)) = item.kind.as_mut() {
+        indicator.kill_chain_phases = (0..32)
+            .map(|p| format!("phase-{p:02}-{}", "p".repeat(110)))
+            .collect();
+    }
+    item
+}
+
+async fn publish(client: &NodeClient, bundles: Vec<Vec<wire::Item>>) {
+    let requests: Vec<PublishRequest> = bundles
+        .into_iter()
+        .map(|items| PublishRequest {
+            items,
+            ..Default::default()
+        })
+        .collect();
+    client
+        .publish(tokio_stream::iter(requests))
+        .await
+        .expect("publish");
+}
+
+fn code(error: &ClientError) -> tonic::Code {
+    match error {
+        ClientError::Status { code, .. } => *code,
+        other => panic!("not a status: {other}"),
+    }
+}
+
+/// A resident-memory figure of process `pid` in MiB (`VmRSS`, `VmHWM`).
+fn status_mib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    kib / 1024
+}
+
+/// Polls `future` once, so that a call is sent, and gives it back unfinished.
+async fn poll_once<F: Future + Unpin>(future: &mut F) {
+    std::future::poll_fn(|cx| {
+        let _ = Pin::new(&mut *future).poll(cx);
+        Poll::Ready(())
+    })
+    .await;
+}
+
+/// A subscriber that stops reading is ended once the node's buffer of new items runs
+/// over. Its last message used to say by how many items it fell behind: a count of
+/// everything the node accepted meanwhile, items withheld from the subscriber included.
+/// A GREEN researcher could so count the AMBER and RED items published while it did
+/// not read. The end of a lagging subscription now names no count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_subscription_does_not_count_withheld_items() {
+    common::init_logging();
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let analyst = pki.client("analyst.alice");
+    let researcher = pki.client("researcher.bob");
+    let config = write_config(
+        &pki,
+        &hq,
+        &[
+            client(analyst.as_str(), "analyst"),
+            client(researcher.as_str(), "read_only"),
+        ],
+        &[],
+    );
+    let node = common::start(&config).await;
+    let alice = common::connect(&pki, &node, analyst.as_str()).await;
+    let bob = common::connect(&pki, &node, researcher.as_str()).await;
+
+    let mut subscription = bob.subscribe(ItemFilter::default()).await.unwrap();
+    // More GREEN items than the HTTP/2 windows between node and researcher hold, so
+    // the subscription's task waits for the researcher, who does not read.
+    let visible: Vec<wire::Item> = (0..1500)
+        .map(|i| indicator(&format!("seen-{i}.example"), Tlp::Green, 4000))
+        .collect();
+    publish(&alice, vec![visible]).await;
+    // Then more RED items than the node buffers for a subscriber that is behind.
+    let withheld = entente::engine::SUBSCRIPTION_BUFFER + 3000;
+    let red: Vec<Vec<wire::Item>> = (0..withheld)
+        .collect::<Vec<_>>()
+        .chunks(5000)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .map(|i| indicator(&format!("secret-{i}.example"), Tlp::Red, 0))
+                .collect()
+        })
+        .collect();
+    publish(&alice, red).await;
+
+    // The researcher reads now: its GREEN items, then the end of the stream.
+    let mut received = 0usize;
+    let end = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match subscription.message().await {
+                Ok(Some(stored)) => {
+                    let value = match stored.item.and_then(|i| i.kind) {
+                        Some(wire::item::Kind::Indicator(indicator)) => indicator.value,
+                        other => panic!("not an indicator: {other:?}"),
+                    };
+                    assert!(value.starts_with("seen-"), "a RED item was sent: {value}");
+                    received += 1;
+                }
+                Ok(None) => panic!("the subscription ended without an error"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the lagging subscription ends in time");
+    assert!(received < 1500, "the subscriber did not fall behind");
+    assert_eq!(end.code(), tonic::Code::ResourceExhausted, "{end:?}");
+    assert!(
+        !end.message().chars().any(|c| c.is_ascii_digit()),
+        "the end of the subscription counts items the researcher may not see: {:?}",
+        end.message()
+    );
+    node.shutdown(DEADLINE).await.unwrap();
+}
+
+/// `Admin.LedgerShow` streams used to be outside `limits.streams_per_partner` and
+/// `limits.slow_reader_timeout`: each unread one held a thread of the node's blocking
+/// pool for as long as its connection lived, so one admin certificate could take every
+/// blocking thread (which queries, publishing and pulls need). They now take a stream
+/// slot and are let go when not read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_streams_are_bounded_and_let_go_when_not_read() {
+    common::init_logging();
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let analyst = pki.client("analyst.alice");
+    let admin = pki.client("ops.admin");
+    let config = write_config(
+        &pki,
+        &hq,
+        &[
+            client(analyst.as_str(), "analyst"),
+            client(admin.as_str(), "admin"),
+        ],
+        &[],
+    );
+    with_limits(
+        &config,
+        "streams_per_partner = 2\nslow_reader_timeout = \"1s\"\n",
+    );
+    let node = common::start(&config).await;
+    let alice = common::connect(&pki, &node, analyst.as_str()).await;
+    let ops = common::connect(&pki, &node, admin.as_str()).await;
+
+    // A ledger larger than the HTTP/2 windows: records that each name 1,000 bundles.
+    let bundles: Vec<Vec<wire::Item>> = (0..1000)
+        .map(|b| vec![indicator(&format!("host-{b}.example"), Tlp::Green, 0)])
+        .collect();
+    publish(&alice, bundles).await;
+    for _ in 0..120 {
+        let page = alice
+            .query(ItemFilter::default(), 1000, Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(page.items.len(), 1000);
+    }
+
+    let all = || LedgerShowRequest {
+        partner: String::new(),
+        since_unix_ms: 0,
+    };
+    let first = ops.ledger_show(all()).await.unwrap();
+    let second = ops.ledger_show(all()).await.unwrap();
+    match ops.ledger_show(all()).await {
+        Err(error) => assert_eq!(code(&error), tonic::Code::ResourceExhausted, "{error}"),
+        Ok(_) => panic!("a third unread ledger stream was opened past streams_per_partner = 2"),
+    }
+    // The node gives up on the unread streams and frees their slots.
+    let deadline = Instant::now() + DEADLINE;
+    let mut read = loop {
+        match ops.ledger_show(all()).await {
+            Ok(stream) => break stream,
+            Err(error) => assert!(
+                Instant::now() < deadline,
+                "the unread ledger streams still hold their slots: {error}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    drop((first, second));
+    // A stream that is read goes to the end.
+    let mut records = 0u64;
+    while let Some(_record) = tokio::time::timeout(DEADLINE, read.message())
+        .await
+        .expect("ledger record in time")
+        .unwrap()
+    {
+        records += 1;
+    }
+    assert!(records >= 120, "{records} records");
+    node.shutdown(DEADLINE).await.unwrap();
+}
+
+/// Answers to unary calls are outside every per-partner limit: a read-only researcher
+/// that sends `Query` calls for full pages and never reads the answers has the node hold
+/// each answer (up to 1,000 items, about 10 MB of large indicators) for as long as the
+/// connection lives, up to HTTP/2's 200 concurrent streams on each of its 16
+/// connections: tens of gigabytes for one certificate, where the node's streams are
+/// held to a few pages. Here, 24 unread answers on one connection are enough to raise
+/// the node's resident memory by more than 64 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "not fixed: answers of unary calls that are never read are held whole by the node; bounding them needs a byte budget per query page and a per-partner limit on answers not yet read"]
+async fn unread_query_answers_do_not_hold_unbounded_memory() {
+    common::init_logging();
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let analyst = pki.client("analyst.alice");
+    let researcher = pki.client("researcher.bob");
+    let config = write_config(
+        &pki,
+        &hq,
+        &[
+            client(analyst.as_str(), "analyst"),
+            client(researcher.as_str(), "read_only"),
+        ],
+        &[],
+    );
+    let (mut child, addr) = common::serve(&config);
+    let pid = child.id();
+    let connect = |who: &entente::NodeId| {
+        let tls = pki.material(who).client_config().unwrap();
+        let who = who.clone();
+        let addr = addr.clone();
+        let hq = hq.clone();
+        async move {
+            tokio::time::timeout(DEADLINE, NodeClient::connect(tls, &who, &addr, &hq))
+                .await
+                .expect("connect in time")
+                .expect("connect")
+        }
+    };
+    let alice = connect(&analyst).await;
+    let bob = connect(&researcher).await;
+
+    let items: Vec<wire::Item> = (0..1000)
+        .map(|i| large_indicator(&format!("big-{i}.example")))
+        .collect();
+    publish(&alice, vec![items]).await;
+    // One full page read to the end, so the node has built one answer before measuring.
+    let page = bob
+        .query(ItemFilter::default(), 1000, Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1000);
+    let encoded = prost::Message::encoded_len(&page);
+    assert!(encoded > 8 << 20, "a page of {encoded} bytes");
+    drop(page);
+    let before = status_mib(pid, "VmRSS");
+
+    // 24 calls for the same full page, sent and never read.
+    let mut unread = Vec::new();
+    for _ in 0..24 {
+        let mut call = Box::pin(bob.query(ItemFilter::default(), 1000, Vec::new()));
+        poll_once(&mut call).await;
+        unread.push(call);
+    }
+    let budget = 64;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut grown = 0;
+    while Instant::now() < deadline {
+        grown = status_mib(pid, "VmRSS").saturating_sub(before);
+        if grown > budget {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(unread);
+    assert!(
+        grown <= budget,
+        "24 unread answers to one researcher raised the node's memory by {grown} MiB (from {before} MiB)"
+    );
+}
