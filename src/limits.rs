@@ -15,7 +15,8 @@ pub const DEFAULT_PUBLISHES_PER_PARTNER: usize = 2;
 /// Default items per second one partner may publish (a rate, not a refusal: a faster
 /// publisher is slowed down).
 pub const DEFAULT_PUBLISH_ITEMS_PER_SECOND: u64 = 200_000;
-/// Default streams (Subscribe, Export, Pull) one partner may hold open at once.
+/// Default streams (Subscribe, Export, Pull, Admin.LedgerShow) one partner may hold open
+/// at once.
 pub const DEFAULT_STREAMS_PER_PARTNER: usize = 32;
 /// Default authenticated connections one partner may hold open at once.
 pub const DEFAULT_CONNECTIONS_PER_PARTNER: usize = 16;

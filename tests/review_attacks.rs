@@ -44,7 +44,9 @@ fn indicator(value: &str, tlp: Tlp, description: usize) -> wire::Item {
 /// An indicator near the largest a node accepts (about 10 KB encoded).
 fn large_indicator(value: &str) -> wire::Item {
     let mut item = indicator(value, Tlp::Green, 4000);
-    item.tags = (0..32).map(|t| format!("tag-{t:02}-{}", "t".repeat(52))).collect();
+    item.tags = (0..32)
+        .map(|t| format!("tag-{t:02}-{}", "t".repeat(52)))
+        .collect();
     if let Some(wire::item::Kind::Indicator(indicator)) = item.kind.as_mut() {
         indicator.kill_chain_phases = (0..32)
             .map(|p| format!("phase-{p:02}-{}", "p".repeat(110)))
