@@ -324,6 +324,8 @@ impl Node {
                 tracing::info_span!("rpc", method = %request.uri().path(), peer = %peer, role, addr = %addr)
             })
             .layer(RequireIdentityLayer::new(directory))
+            // Every request but Publish is cut off past 64 KiB as it arrives, not read whole.
+            .layer(crate::rpc::codec::SmallRequestsLayer)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_alpha)

@@ -335,3 +335,94 @@ async fn unread_query_answers_do_not_hold_unbounded_memory() {
         "24 unread answers to one researcher raised the node's memory by {grown} MiB (from {before} MiB)"
     );
 }
+
+/// A request body that announces one gRPC message of `announced` bytes, sends all of it
+/// but the last byte, and then waits forever.
+fn unfinished_message(announced: usize) -> tonic::body::Body {
+    use http_body::Frame;
+    use prost::bytes::Bytes;
+    let mut head = vec![0u8];
+    head.extend_from_slice(&(announced as u32).to_be_bytes());
+    let mut chunks = vec![Bytes::from(head)];
+    let mut left = announced - 1;
+    while left > 0 {
+        let n = left.min(1 << 20);
+        chunks.push(Bytes::from(vec![0x42u8; n]));
+        left -= n;
+    }
+    let frames = tokio_stream::StreamExt::chain(
+        tokio_stream::iter(
+            chunks
+                .into_iter()
+                .map(|c| Ok::<_, std::convert::Infallible>(Frame::data(c))),
+        ),
+        tokio_stream::pending(),
+    );
+    tonic::body::Body::new(http_body_util::StreamBody::new(frames))
+}
+
+/// Every `Intel` request was read whole, up to `limits.publish_message_bytes` (16 MiB),
+/// before the codec refused one over 64 KiB: the service's size limit is the one
+/// `Publish` needs. A read-only researcher that sends `Query` calls whose one message
+/// never ends had the node hold 16 MiB for each, without a time limit and outside every
+/// per-partner limit. Requests other than `Publish` are now cut off past 64 KiB as they
+/// arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_request_is_not_buffered_to_the_publish_limit() {
+    common::init_logging();
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let researcher = pki.client("researcher.bob");
+    let config = write_config(&pki, &hq, &[client(researcher.as_str(), "read_only")], &[]);
+    let (mut child, addr) = common::serve(&config);
+    let pid = child.id();
+    let tls = pki.material(&researcher).client_config().unwrap();
+    let bob = tokio::time::timeout(DEADLINE, NodeClient::connect(tls, &researcher, &addr, &hq))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    bob.hello().await.unwrap();
+    let before = status_mib(pid, "VmRSS");
+
+    // Twelve queries of 15 MiB each, never finished.
+    let mut calls = Vec::new();
+    for _ in 0..12 {
+        let mut channel = bob.channel();
+        let request = http::Request::builder()
+            .method("POST")
+            .uri("/entente.v1.Intel/Query")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(unfinished_message(15 << 20))
+            .unwrap();
+        calls.push(tokio::spawn(async move {
+            use tower::ServiceExt;
+            channel.ready().await?;
+            tower::Service::call(&mut channel, request).await
+        }));
+    }
+    let budget = 64;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut grown = 0;
+    let mut refused = 0;
+    while Instant::now() < deadline {
+        grown = status_mib(pid, "VmRSS").saturating_sub(before);
+        refused = calls.iter().filter(|c| c.is_finished()).count();
+        if grown > budget || refused == calls.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        grown <= budget,
+        "12 unfinished queries raised the node's memory by {grown} MiB (from {before} MiB)"
+    );
+    assert_eq!(refused, calls.len(), "every oversized query is answered");
+    for call in calls {
+        let response = call.await.unwrap().expect("an answer");
+        let status = tonic::Status::from_header_map(response.headers()).expect("a gRPC status");
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    }
+}
