@@ -33,6 +33,12 @@ pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// Default time to wait for a keepalive answer before the connection is closed.
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// HTTP/2 streams one connection may have open at once (announced to the peer in its
+/// HTTP/2 settings; a client waits for a free stream beyond it). Without it a connection
+/// could hold any number of streams no other limit counts (`Health.Watch`, reflection,
+/// unary calls whose answers are not read).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 100;
+
 /// Bounds on how large the configurable limits may be set, so a typing slip cannot
 /// turn a limit off.
 pub const MAX_PUBLISH_MESSAGE_BYTES: usize = 64 * 1024 * 1024;

@@ -312,6 +312,9 @@ impl Node {
             // with whatever streams they held.
             .http2_keepalive_interval(Some(limits.keepalive_interval))
             .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+            // tonic sets no limit of its own: without one, a connection could hold streams
+            // without bound (health watches, unary answers never read).
+            .max_concurrent_streams(crate::limits::MAX_STREAMS_PER_CONNECTION)
             .trace_fn(|request| {
                 let (peer, role, addr) = match request.extensions().get::<ConnectionInfo>() {
                     Some(info) => (
