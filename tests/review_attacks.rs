@@ -481,3 +481,97 @@ async fn one_connection_holds_a_bounded_number_of_streams() {
     }
     node.shutdown(DEADLINE).await.unwrap();
 }
+
+/// With several trust anchors, every peer and client is pinned to the anchor its
+/// certificate must chain to, but the node's own id (which connects as its operator,
+/// with every right and every item) was accepted from any anchor: a partner
+/// organisation whose CA the node trusts for that partner's certificates could issue
+/// a certificate in the node's name and read everything, the RED items and the ledger
+/// included. The node's own id is now held to the anchor its own certificate chains to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_anchor_cannot_issue_the_operators_identity() {
+    use entente::certs::{CertDir, Usage, Validity};
+    use entente::transport::{TlsMaterial, TlsPaths};
+    common::init_logging();
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let analyst = pki.client("analyst.alice");
+    // The partner organisation's own CA, trusted for its analyst.
+    let partner_ca = CertDir::new(pki.path().join("partner-ca"));
+    partner_ca
+        .create_ca("Partner CA", Validity::days_from_now(30))
+        .unwrap();
+    let guest = entente::NodeId::new("analyst.partner").unwrap();
+    partner_ca
+        .issue(&guest, &Usage::Client, Validity::days_from_now(30))
+        .unwrap();
+    let ours = pki.ca_cert();
+    let theirs = partner_ca.ca_cert_path();
+    let mut text = common::node_section(&pki, &hq, &pki.path().join("data-hq")).replace(
+        &format!("trust_anchors = [\"{}\"]", ours.display()),
+        &format!(
+            "trust_anchors = [\"{}\", \"{}\"]",
+            ours.display(),
+            theirs.display()
+        ),
+    );
+    text.push_str(&format!(
+        "\n[[client]]\nid = \"{analyst}\"\nrole = \"analyst\"\ntrust_anchor = \"{}\"\n\n[[client]]\nid = \"{guest}\"\nrole = \"read_only\"\nallow_types = [\"*\"]\ntrust_anchor = \"{}\"\n",
+        ours.display(),
+        theirs.display()
+    ));
+    let config = pki.path().join("hq.toml");
+    std::fs::write(&config, text).unwrap();
+    let node = common::start(&config).await;
+    let alice = common::connect(&pki, &node, analyst.as_str()).await;
+    publish(
+        &alice,
+        vec![vec![indicator("red-secret.example", Tlp::Red, 0)]],
+    )
+    .await;
+
+    // The operator, with the node's own certificate, is served.
+    let operator = common::connect(&pki, &node, hq.as_str()).await;
+    operator.ledger_verify().await.unwrap();
+
+    // The partner's CA issues a certificate in the node's name.
+    partner_ca
+        .issue(
+            &hq,
+            &Usage::Node {
+                ips: vec!["127.0.0.1".parse().unwrap()],
+                dns: vec![],
+            },
+            Validity::days_from_now(30),
+        )
+        .unwrap();
+    let forged = TlsMaterial::load(
+        &TlsPaths {
+            cert: partner_ca.cert_path(hq.as_str()),
+            key: partner_ca.key_path(hq.as_str()),
+            trust_anchors: vec![ours.clone()],
+            crls: vec![],
+        },
+        &hq,
+    )
+    .unwrap();
+    let tls = forged.client_config().unwrap();
+    let impostor = tokio::time::timeout(
+        DEADLINE,
+        NodeClient::connect(tls, &hq, &node.local_addr().to_string(), &hq),
+    )
+    .await
+    .expect("connect in time");
+    let read = match impostor {
+        Err(_) => None,
+        Ok(impostor) => match impostor.query(ItemFilter::default(), 100, Vec::new()).await {
+            Err(_) => None,
+            Ok(page) => Some(page.items.len()),
+        },
+    };
+    assert_eq!(
+        read, None,
+        "a certificate in the node's name from the partner's CA read the node's items"
+    );
+    node.shutdown(DEADLINE).await.unwrap();
+}

@@ -212,12 +212,27 @@ impl TlsMaterial {
                 .build()
         };
         let mut by_anchor = HashMap::with_capacity(self.anchors.len());
+        let mut own_anchors = Vec::new();
+        // `load` refuses a certificate file without a certificate, so the chain has a leaf.
+        let own = self.chain.split_first();
         for (path, roots) in &self.anchors {
-            by_anchor.insert(path.clone(), build(roots)?);
+            let verifier = build(roots)?;
+            let chains_here = own.is_some_and(|(leaf, intermediates)| {
+                verifier
+                    .verify_client_cert(leaf, intermediates, UnixTime::now())
+                    .is_ok()
+            });
+            if chains_here {
+                own_anchors.push(path.clone());
+            }
+            by_anchor.insert(path.clone(), verifier);
         }
         Ok(Verifiers {
             any: build(&self.roots)?,
             by_anchor,
+            // With one anchor there is nothing to pin to; with several, the node's own id
+            // is accepted only from the anchors its own certificate chains to.
+            own_anchors: (self.anchors.len() > 1).then_some(own_anchors),
         })
     }
 
