@@ -180,7 +180,7 @@ impl PolicyReload for ConfigReload {
             .map_err(|e| format!("node.crls: {e}"))?;
         let signer_trust = config
             .tls
-            .signer_trust()
+            .signer_trust_pinned(&config.listings())
             .map_err(|e| format!("node.crls: {e}"))?;
         let client_tls = config
             .tls
@@ -236,7 +236,7 @@ impl Node {
             ))
         })?;
         let signer = BundleSigner::new(id.clone(), key, config.tls.certificate_der())?;
-        let signer_trust = config.tls.signer_trust()?;
+        let signer_trust = config.tls.signer_trust_pinned(&config.listings())?;
         let engine = Arc::new(
             Engine::new(
                 store.clone(),

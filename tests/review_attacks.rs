@@ -8,6 +8,7 @@ mod common;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -574,4 +575,142 @@ async fn another_anchor_cannot_issue_the_operators_identity() {
         "a certificate in the node's name from the partner's CA read the node's items"
     );
     node.shutdown(DEADLINE).await.unwrap();
+}
+
+/// Loads `id`'s certificate and key from `certs`, trusting `anchors`.
+fn material_from(
+    certs: &entente::certs::CertDir,
+    id: &entente::NodeId,
+    anchors: Vec<std::path::PathBuf>,
+) -> entente::transport::TlsMaterial {
+    entente::transport::TlsMaterial::load(
+        &entente::transport::TlsPaths {
+            cert: certs.cert_path(id.as_str()),
+            key: certs.key_path(id.as_str()),
+            trust_anchors: anchors,
+            crls: vec![],
+        },
+        id,
+    )
+    .unwrap()
+}
+
+/// With several trust anchors, a partner's connection is pinned to its anchor, but a
+/// bundle's signer certificate was taken from any anchor as long as it named the origin:
+/// a hostile peer whose own CA the node trusts (for that peer's certificate) could
+/// issue a certificate in another node's name, sign bundles as that node, and have them
+/// stored and passed on as that node's (a forged origin, ids squatted in its name). A
+/// signer certificate naming a configured partner must now chain to that partner's
+/// anchor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partners_ca_cannot_sign_bundles_in_another_nodes_name() {
+    use common::rogue::{Rogue, RogueServer, feed, sign};
+    use entente::certs::{CertDir, Usage, Validity};
+    use entente::model::{
+        Distribution, Indicator, IndicatorType, Item, ItemId, ItemKind, Tlp as ModelTlp,
+    };
+    common::init_logging();
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let berlin = pki.node("berlin.office");
+    let analyst = pki.client("analyst.alice");
+    // The partner organisation's CA, trusted for its own node.
+    let partner_ca = CertDir::new(pki.path().join("partner-ca"));
+    partner_ca
+        .create_ca("Partner CA", Validity::days_from_now(30))
+        .unwrap();
+    let node_usage = || Usage::Node {
+        ips: vec!["127.0.0.1".parse().unwrap()],
+        dns: vec![],
+    };
+    let rogue_id = entente::NodeId::new("rogue.partner").unwrap();
+    partner_ca
+        .issue(&rogue_id, &node_usage(), Validity::days_from_now(30))
+        .unwrap();
+    // ... which issues a certificate in berlin's name too.
+    let forged_dir = CertDir::new(pki.path().join("partner-ca-forged"));
+    std::fs::create_dir_all(pki.path().join("partner-ca-forged")).unwrap();
+    partner_ca
+        .issue(&berlin, &node_usage(), Validity::days_from_now(30))
+        .unwrap();
+    for ext in ["crt", "key"] {
+        let from = pki.path().join(format!("partner-ca/{berlin}.{ext}"));
+        let to = forged_dir.cert_path(berlin.as_str()).with_extension(ext);
+        std::fs::rename(from, to).unwrap();
+    }
+    let ours = pki.ca_cert();
+    let theirs = partner_ca.ca_cert_path();
+    let forged_berlin = material_from(&forged_dir, &berlin, vec![theirs.clone()]);
+    let rogue = material_from(&partner_ca, &rogue_id, vec![ours.clone()]);
+
+    let now = entente::engine::now_ms();
+    let item = Item {
+        id: ItemId::new_random(),
+        modified_ms: now - 10_000,
+        tlp: ModelTlp::Green,
+        tags: vec![],
+        kind: ItemKind::Indicator(Indicator {
+            indicator_type: IndicatorType::Domain,
+            value: "planted-by-rogue.example".into(),
+            description: String::new(),
+            confidence: 50,
+            kill_chain_phases: vec![],
+            valid_from_ms: now - 10_000,
+            valid_until_ms: None,
+        }),
+    };
+    let forged = sign(&forged_berlin, &[item], Distribution::default());
+    let service = Rogue {
+        feed: vec![feed(1, forged, 1)],
+        certificates: Arc::new(Mutex::new(vec![
+            forged_berlin.certificate_der().to_vec(),
+            rogue.certificate_der().to_vec(),
+        ])),
+    };
+    let server = RogueServer::start(&rogue, &hq, service).await;
+
+    let mut text = common::node_section(&pki, &hq, &pki.path().join("data-hq")).replace(
+        &format!("trust_anchors = [\"{}\"]", ours.display()),
+        &format!(
+            "trust_anchors = [\"{}\", \"{}\"]",
+            ours.display(),
+            theirs.display()
+        ),
+    );
+    text.push_str(&format!(
+        "\n[[client]]\nid = \"{analyst}\"\nrole = \"analyst\"\ntrust_anchor = \"{ours}\"\n\n[[peer]]\nid = \"{berlin}\"\naddress = \"127.0.0.1:9\"\nrole = \"peer\"\ntrust_anchor = \"{ours}\"\n\n[[peer]]\nid = \"{rogue_id}\"\naddress = \"{addr}\"\nrole = \"peer\"\nmax_tlp = \"GREEN\"\nallow_types = [\"*\"]\nforward_third_party = true\ntrust_anchor = \"{theirs}\"\n",
+        ours = ours.display(),
+        theirs = theirs.display(),
+        addr = server.addr,
+    ));
+    let config = pki.path().join("hq.toml");
+    std::fs::write(&config, text).unwrap();
+    let node = common::start(&config).await;
+
+    // hq reads the rogue's whole feed (its cursor reaches the rogue's head) ...
+    let deadline = Instant::now() + DEADLINE;
+    while node.engine().store().cursor(&rogue_id).unwrap() < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "hq did not read the rogue's feed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ... and holds nothing in berlin's name.
+    let alice = common::connect(&pki, &node, analyst.as_str()).await;
+    let held = alice
+        .query(ItemFilter::default(), 100, Vec::new())
+        .await
+        .unwrap()
+        .items;
+    let origins: Vec<String> = held
+        .iter()
+        .filter_map(|s| s.provenance.as_ref().map(|p| p.origin.clone()))
+        .collect();
+    assert!(
+        held.is_empty(),
+        "hq stored a bundle signed in berlin's name by the partner's CA: origins {origins:?}"
+    );
+    node.shutdown(DEADLINE).await.unwrap();
+    server.stop().await;
 }

@@ -17,7 +17,7 @@ use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
 };
 
-use super::access::{Directory, Verifiers};
+use super::access::{Directory, Listing, Verifiers};
 use super::files::{self, FileError};
 use super::identity::{IdentityError, certificate_id};
 use crate::crypto::{SignerError, SignerTrust};
@@ -202,21 +202,30 @@ impl TlsMaterial {
         Ok(material)
     }
 
-    /// Client-certificate verifiers over these anchors and CRLs: one over every
-    /// anchor, and one per anchor file (for partners pinned to it).
-    pub fn client_verifiers(&self) -> Result<Verifiers, TlsError> {
-        let build = |roots: &Arc<RootCertStore>| {
+    /// A WebPKI client-certificate verifier over `roots` and these CRLs.
+    fn verifier_over(
+        &self,
+        roots: &Arc<RootCertStore>,
+    ) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+        Ok(
             WebPkiClientVerifier::builder_with_provider(roots.clone(), crypto_provider())
                 .with_crls(self.crls.iter().cloned())
                 .only_check_end_entity_revocation()
-                .build()
-        };
+                .build()?,
+        )
+    }
+
+    /// One verifier per anchor file, and the anchor files this node's own certificate
+    /// chains to.
+    fn anchor_verifiers(
+        &self,
+    ) -> Result<(HashMap<PathBuf, Arc<dyn ClientCertVerifier>>, Vec<PathBuf>), TlsError> {
         let mut by_anchor = HashMap::with_capacity(self.anchors.len());
         let mut own_anchors = Vec::new();
         // `load` refuses a certificate file without a certificate, so the chain has a leaf.
         let own = self.chain.split_first();
         for (path, roots) in &self.anchors {
-            let verifier = build(roots)?;
+            let verifier = self.verifier_over(roots)?;
             let chains_here = own.is_some_and(|(leaf, intermediates)| {
                 verifier
                     .verify_client_cert(leaf, intermediates, UnixTime::now())
@@ -227,8 +236,15 @@ impl TlsMaterial {
             }
             by_anchor.insert(path.clone(), verifier);
         }
+        Ok((by_anchor, own_anchors))
+    }
+
+    /// Client-certificate verifiers over these anchors and CRLs: one over every
+    /// anchor, and one per anchor file (for partners pinned to it).
+    pub fn client_verifiers(&self) -> Result<Verifiers, TlsError> {
+        let (by_anchor, own_anchors) = self.anchor_verifiers()?;
         Ok(Verifiers {
-            any: build(&self.roots)?,
+            any: self.verifier_over(&self.roots)?,
             by_anchor,
             // With one anchor there is nothing to pin to; with several, the node's own id
             // is accepted only from the anchors its own certificate chains to.
@@ -309,15 +325,42 @@ impl TlsMaterial {
         }
     }
 
-    /// Checks bundle signer certificates against the same anchors and CRLs.
+    /// Checks bundle signer certificates against the same anchors and CRLs, whatever
+    /// anchor a signer's certificate chains to.
     pub fn signer_trust(&self) -> Result<SignerVerifier, TlsError> {
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), crypto_provider())
-                .with_crls(self.crls.iter().cloned())
-                .only_check_end_entity_revocation()
-                .build()?;
+        self.signer_trust_pinned(&[])
+    }
+
+    /// Checks bundle signer certificates against the same anchors and CRLs; a signer
+    /// whose id is that of a partner pinned to an anchor (`listings`) must chain to
+    /// that anchor, and one in this node's own name to the anchors its own certificate
+    /// chains to (when several anchors are configured), so that no trusted CA can sign
+    /// in the name of a node whose identity belongs to another.
+    pub fn signer_trust_pinned(&self, listings: &[Listing]) -> Result<SignerVerifier, TlsError> {
+        let (by_anchor, own_anchors) = self.anchor_verifiers()?;
+        let mut pinned: HashMap<NodeId, Vec<Arc<dyn ClientCertVerifier>>> = HashMap::new();
+        for listing in listings {
+            if let Some(anchor) = &listing.trust_anchor {
+                pinned
+                    .entry(listing.partner.id.clone())
+                    .or_default()
+                    .extend(by_anchor.get(anchor).cloned());
+            }
+        }
+        if self.anchors.len() > 1 {
+            pinned.insert(
+                self.id.clone(),
+                own_anchors
+                    .iter()
+                    .filter_map(|a| by_anchor.get(a).cloned())
+                    .collect(),
+            );
+        }
         Ok(SignerVerifier {
-            verifier: Arc::new(RwLock::new(verifier)),
+            state: Arc::new(RwLock::new(Arc::new(SignerState {
+                any: self.verifier_over(&self.roots)?,
+                pinned,
+            }))),
         })
     }
 }
@@ -327,18 +370,27 @@ impl TlsMaterial {
 /// one verifier, which [`SignerVerifier::replace_with`] swaps at a reload.
 #[derive(Debug, Clone)]
 pub struct SignerVerifier {
-    verifier: Arc<RwLock<Arc<dyn ClientCertVerifier>>>,
+    state: Arc<RwLock<Arc<SignerState>>>,
+}
+
+/// The verifiers of [`SignerVerifier`] in force.
+#[derive(Debug)]
+struct SignerState {
+    /// Over every anchor.
+    any: Arc<dyn ClientCertVerifier>,
+    /// Ids whose certificates must chain to one of these (their anchors) as well.
+    pinned: HashMap<NodeId, Vec<Arc<dyn ClientCertVerifier>>>,
 }
 
 impl SignerVerifier {
-    /// Puts `other`'s anchors and CRLs in force for this verifier and its clones.
+    /// Puts `other`'s anchors, CRLs and pins in force for this verifier and its clones.
     pub fn replace_with(&self, other: &SignerVerifier) {
         let next = other
-            .verifier
+            .state
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        *self.verifier.write().unwrap_or_else(|p| p.into_inner()) = next;
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = next;
     }
 }
 
@@ -348,12 +400,9 @@ impl SignerTrust for SignerVerifier {
         let at = UnixTime::since_unix_epoch(std::time::Duration::from_millis(
             u64::try_from(at_ms).unwrap_or(0),
         ));
-        let verifier = self
-            .verifier
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        verifier
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner()).clone();
+        state
+            .any
             .verify_client_cert(&cert, &[], at)
             .map_err(|e| match e {
                 rustls::Error::InvalidCertificate(CertificateError::Revoked) => {
@@ -367,7 +416,18 @@ impl SignerTrust for SignerVerifier {
                 ) => SignerError::Expired,
                 other => SignerError::Untrusted(other.to_string()),
             })?;
-        certificate_id(&cert).map_err(|e| SignerError::NoIdentity(e.to_string()))
+        let id = certificate_id(&cert).map_err(|e| SignerError::NoIdentity(e.to_string()))?;
+        if let Some(anchors) = state.pinned.get(&id) {
+            let chains = anchors
+                .iter()
+                .any(|verifier| verifier.verify_client_cert(&cert, &[], at).is_ok());
+            if !chains {
+                return Err(SignerError::Untrusted(format!(
+                    "the certificate names {id} but does not chain to the trust anchor configured for {id}"
+                )));
+            }
+        }
+        Ok(id)
     }
 }
 
