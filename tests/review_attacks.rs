@@ -714,3 +714,79 @@ async fn a_partners_ca_cannot_sign_bundles_in_another_nodes_name() {
     node.shutdown(DEADLINE).await.unwrap();
     server.stop().await;
 }
+
+/// With several trust anchors, the node's pull links checked a peer's server
+/// certificate against every anchor: whoever could answer at a peer's address (a
+/// network attacker) with a certificate in that peer's name from another trusted CA
+/// (a partner organisation's) was pulled from as that peer. A link now holds the peer
+/// to the anchor its entry names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_link_holds_its_peer_to_the_peers_anchor() {
+    use common::rogue::{RogueServer, Scripted, checkpoint};
+    use entente::certs::{CertDir, Usage, Validity};
+    common::init_logging();
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let berlin = entente::NodeId::new("berlin.office").unwrap();
+    let partner_ca = CertDir::new(pki.path().join("partner-ca"));
+    partner_ca
+        .create_ca("Partner CA", Validity::days_from_now(30))
+        .unwrap();
+    let ours = pki.ca_cert();
+    let theirs = partner_ca.ca_cert_path();
+    // The partner's CA issues a certificate in berlin's name, and its holder answers at
+    // berlin's address.
+    partner_ca
+        .issue(
+            &berlin,
+            &Usage::Node {
+                ips: vec!["127.0.0.1".parse().unwrap()],
+                dns: vec![],
+            },
+            Validity::days_from_now(30),
+        )
+        .unwrap();
+    let impostor = material_from(&partner_ca, &berlin, vec![ours.clone()]);
+    let rogue = Scripted::new(vec![checkpoint(0, 0)], vec![]);
+    let server = RogueServer::start(&impostor, &hq, rogue.clone()).await;
+
+    let partner_node = entente::NodeId::new("node.partner").unwrap();
+    let mut text = common::node_section(&pki, &hq, &pki.path().join("data-hq")).replace(
+        &format!("trust_anchors = [\"{}\"]", ours.display()),
+        &format!(
+            "trust_anchors = [\"{}\", \"{}\"]",
+            ours.display(),
+            theirs.display()
+        ),
+    );
+    text.push_str(&format!(
+        "\n[[peer]]\nid = \"{berlin}\"\naddress = \"{addr}\"\nrole = \"peer\"\ntrust_anchor = \"{ours}\"\n\n[[peer]]\nid = \"{partner_node}\"\naddress = \"127.0.0.1:9\"\nrole = \"peer\"\ntrust_anchor = \"{theirs}\"\n",
+        ours = ours.display(),
+        theirs = theirs.display(),
+        addr = server.addr,
+    ));
+    let config = pki.path().join("hq.toml");
+    std::fs::write(&config, text).unwrap();
+    let node = common::start(&config).await;
+    let operator = common::connect(&pki, &node, hq.as_str()).await;
+
+    // The link to berlin fails at the handshake, and the impostor is never pulled from.
+    let deadline = Instant::now() + DEADLINE;
+    let error = loop {
+        assert_eq!(rogue.pulls(), 0, "hq pulled from an impostor of berlin");
+        let links = operator.links().await.unwrap().links;
+        let link = links.iter().find(|l| l.peer == berlin.as_str()).unwrap();
+        if !link.last_error.is_empty() {
+            break link.last_error.clone();
+        }
+        assert!(Instant::now() < deadline, "the link to berlin did not fail");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        rogue.pulls(),
+        0,
+        "hq pulled from an impostor of berlin: {error}"
+    );
+    node.shutdown(DEADLINE).await.unwrap();
+    server.stop().await;
+}

@@ -288,12 +288,40 @@ impl TlsMaterial {
     /// The client side: TLS 1.3, presents this identity's certificate, verifies the
     /// server against the same anchors and CRLs.
     pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        self.client_config_over(&self.roots)
+    }
+
+    /// [`TlsMaterial::client_config`] for a peer pinned to `anchor` (one of the
+    /// trust-anchor files): its server certificate must chain to that anchor, not to
+    /// any other this node trusts. `None` accepts every anchor.
+    pub fn client_config_for(
+        &self,
+        anchor: Option<&std::path::Path>,
+    ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        let Some(anchor) = anchor else {
+            return self.client_config();
+        };
+        let roots = self
+            .anchors
+            .iter()
+            .find(|(path, _)| path == anchor)
+            .map(|(_, roots)| roots)
+            .ok_or_else(|| TlsError::BadTrustAnchor {
+                path: anchor.to_path_buf(),
+                problem: "not one of this node's trust anchors".into(),
+            })?;
+        self.client_config_over(roots)
+    }
+
+    fn client_config_over(
+        &self,
+        roots: &Arc<RootCertStore>,
+    ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
         let provider = crypto_provider();
-        let verifier =
-            WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider.clone())
-                .with_crls(self.crls.iter().cloned())
-                .only_check_end_entity_revocation()
-                .build()?;
+        let verifier = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .with_crls(self.crls.iter().cloned())
+            .only_check_end_entity_revocation()
+            .build()?;
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|source| TlsError::Rustls {
