@@ -790,3 +790,45 @@ async fn a_pull_link_holds_its_peer_to_the_peers_anchor() {
     node.shutdown(DEADLINE).await.unwrap();
     server.stop().await;
 }
+
+/// An admin whose own policy is narrowed is answered a reload with the policy hash only,
+/// never the description that names every partner's policy. A reload that failed
+/// answered with the reason, which quotes the configuration: a partner's entry, its
+/// marking, the offending text. A narrowed admin now learns only that it failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_reload_does_not_quote_the_configuration_to_a_narrowed_admin() {
+    common::init_logging();
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let narrow = pki.client("admin.narrow");
+    let config = write_config(&pki, &hq, &[client(narrow.as_str(), "admin")], &[]);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("max_tlp = \"GREEN\"\n");
+    std::fs::write(&config, &text).unwrap();
+    let node = common::start(&config).await;
+    let admin = common::connect(&pki, &node, narrow.as_str()).await;
+    let operator = common::connect(&pki, &node, hq.as_str()).await;
+    assert!(admin.reload_policy().await.unwrap().description.is_empty());
+
+    // The operator is editing the configuration: a partner's entry is not valid yet.
+    text.push_str(
+        "\n[[client]]\nid = \"secret.partner\"\nrole = \"read_only\"\nmax_tlp = \"PURPLE\"\n",
+    );
+    std::fs::write(&config, &text).unwrap();
+    let refused = admin.reload_policy().await.unwrap_err();
+    assert_eq!(code(&refused), tonic::Code::FailedPrecondition, "{refused}");
+    let message = refused.to_string();
+    for secret in ["secret.partner", "PURPLE", "client[1]"] {
+        assert!(
+            !message.contains(secret),
+            "a narrowed admin was told {secret:?}: {message}"
+        );
+    }
+    // The operator is told why.
+    let told = operator.reload_policy().await.unwrap_err().to_string();
+    assert!(
+        told.contains("PURPLE") || told.contains("client[1]"),
+        "{told}"
+    );
+    node.shutdown(DEADLINE).await.unwrap();
+}

@@ -86,9 +86,17 @@ impl Admin for AdminService {
             .await
             .map_err(|e| Status::internal(format!("task failed: {e}")))?
             .map_err(|problem| {
-                Status::failed_precondition(format!(
-                    "the configuration was refused; the previous policy stays in force: {problem}"
-                ))
+                if describe {
+                    return Status::failed_precondition(format!(
+                        "the configuration was refused; the previous policy stays in force: {problem}"
+                    ));
+                }
+                // The reason quotes the configuration (partners and their policies): the
+                // operator reads it in the log.
+                tracing::warn!(%problem, "configuration refused at a reload");
+                Status::failed_precondition(
+                    "the configuration was refused; the previous policy stays in force; the reason is in the node's log",
+                )
             })?;
         Ok(Response::new(ReloadPolicyResponse {
             policy_hash: hex(&policy.hash()),

@@ -217,9 +217,7 @@ impl TlsMaterial {
 
     /// One verifier per anchor file, and the anchor files this node's own certificate
     /// chains to.
-    fn anchor_verifiers(
-        &self,
-    ) -> Result<(HashMap<PathBuf, Arc<dyn ClientCertVerifier>>, Vec<PathBuf>), TlsError> {
+    fn anchor_verifiers(&self) -> Result<(AnchorVerifiers, Vec<PathBuf>), TlsError> {
         let mut by_anchor = HashMap::with_capacity(self.anchors.len());
         let mut own_anchors = Vec::new();
         // `load` refuses a certificate file without a certificate, so the chain has a leaf.
@@ -392,6 +390,9 @@ impl TlsMaterial {
         })
     }
 }
+
+/// A client-certificate verifier per trust-anchor file.
+type AnchorVerifiers = HashMap<PathBuf, Arc<dyn ClientCertVerifier>>;
 
 /// [`SignerTrust`] over WebPKI: the signer certificate must chain to a trust anchor,
 /// have been valid when the bundle was created, and not be revoked. Clones share
