@@ -606,9 +606,7 @@ fn material_from(
 async fn a_partners_ca_cannot_sign_bundles_in_another_nodes_name() {
     use common::rogue::{Rogue, RogueServer, feed, sign};
     use entente::certs::{CertDir, Usage, Validity};
-    use entente::model::{
-        Distribution, Indicator, IndicatorType, Item, ItemId, ItemKind, Tlp as ModelTlp,
-    };
+    use entente::model::{Distribution, Item, ItemId};
     common::init_logging();
     let pki = Pki::new();
     let hq = pki.node("redmond.hq");
@@ -644,21 +642,21 @@ async fn a_partners_ca_cannot_sign_bundles_in_another_nodes_name() {
     let rogue = material_from(&partner_ca, &rogue_id, vec![ours.clone()]);
 
     let now = entente::engine::now_ms();
-    let item = Item {
-        id: ItemId::new_random(),
-        modified_ms: now - 10_000,
-        tlp: ModelTlp::Green,
+    // Built from its wire form, as a bundle carries it.
+    let item = Item::try_from(wire::Item {
+        id: ItemId::new_random().to_string(),
+        modified_unix_ms: now - 10_000,
+        tlp: Tlp::Green as i32,
         tags: vec![],
-        kind: ItemKind::Indicator(Indicator {
-            indicator_type: IndicatorType::Domain,
+        kind: Some(wire::item::Kind::Indicator(wire::Indicator {
+            indicator_type: "domain".into(),
             value: "planted-by-rogue.example".into(),
-            description: String::new(),
             confidence: 50,
-            kill_chain_phases: vec![],
-            valid_from_ms: now - 10_000,
-            valid_until_ms: None,
-        }),
-    };
+            valid_from_unix_ms: now - 10_000,
+            ..Default::default()
+        })),
+    })
+    .unwrap();
     let forged = sign(&forged_berlin, &[item], Distribution::default());
     let service = Rogue {
         feed: vec![feed(1, forged, 1)],
