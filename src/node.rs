@@ -95,10 +95,27 @@ struct PullLinks {
     running: std::sync::Mutex<(CancellationToken, Vec<JoinHandle<()>>)>,
 }
 
+/// The client configuration of each peer's pull link.
+type PeerTls = std::collections::HashMap<crate::model::NodeId, Arc<rustls::ClientConfig>>;
+
+/// A client configuration per peer: one pinned to a peer's trust anchor holds that
+/// peer's server certificate to it, so another trusted CA cannot stand in for the peer.
+fn peer_tls(config: &Config) -> Result<PeerTls, crate::transport::TlsError> {
+    config
+        .peers
+        .iter()
+        .map(|peer| {
+            let tls = config.tls.client_config_for(peer.trust_anchor.as_deref())?;
+            Ok((peer.id.clone(), tls))
+        })
+        .collect()
+}
+
 impl PullLinks {
-    /// Starts the pull loops of `config` over `tls` (its client configuration),
-    /// stopping those started before. Must run inside the runtime (it spawns).
-    fn start(&self, config: &Config, tls: &Arc<rustls::ClientConfig>) {
+    /// Starts the pull loops of `config` over `tls` (the client configuration for each
+    /// peer, [`peer_tls`]), stopping those started before. Must run inside the runtime
+    /// (it spawns).
+    fn start(&self, config: &Config, tls: &PeerTls) {
         // The loops of the previous configuration stop before the new ones start.
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         running.0.cancel();
@@ -110,6 +127,9 @@ impl PullLinks {
             .filter(|p| p.role == crate::model::Role::Peer)
             .collect();
         for peer in &peers {
+            let Some(tls) = tls.get(&peer.id) else {
+                continue;
+            };
             let link = crate::sync::Link {
                 peer: peer.id.clone(),
                 address: peer.address.clone(),
@@ -180,12 +200,9 @@ impl PolicyReload for ConfigReload {
             .map_err(|e| format!("node.crls: {e}"))?;
         let signer_trust = config
             .tls
-            .signer_trust()
+            .signer_trust_pinned(&config.listings())
             .map_err(|e| format!("node.crls: {e}"))?;
-        let client_tls = config
-            .tls
-            .client_config()
-            .map_err(|e| format!("node.crls: {e}"))?;
+        let client_tls = peer_tls(&config).map_err(|e| format!("node.crls: {e}"))?;
         let policy = crate::policy::Policy::compile(&config.policy_spec());
         // Access first: streams woken by the policy change then find theirs withdrawn.
         let withdrawn = self
@@ -236,7 +253,7 @@ impl Node {
             ))
         })?;
         let signer = BundleSigner::new(id.clone(), key, config.tls.certificate_der())?;
-        let signer_trust = config.tls.signer_trust()?;
+        let signer_trust = config.tls.signer_trust_pinned(&config.listings())?;
         let engine = Arc::new(
             Engine::new(
                 store.clone(),
@@ -312,6 +329,9 @@ impl Node {
             // with whatever streams they held.
             .http2_keepalive_interval(Some(limits.keepalive_interval))
             .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+            // tonic sets no limit of its own: without one, a connection could hold streams
+            // without bound (health watches, unary answers never read).
+            .max_concurrent_streams(crate::limits::MAX_STREAMS_PER_CONNECTION)
             .trace_fn(|request| {
                 let (peer, role, addr) = match request.extensions().get::<ConnectionInfo>() {
                     Some(info) => (
@@ -324,6 +344,8 @@ impl Node {
                 tracing::info_span!("rpc", method = %request.uri().path(), peer = %peer, role, addr = %addr)
             })
             .layer(RequireIdentityLayer::new(directory))
+            // Every request but Publish is cut off past 64 KiB as it arrives, not read whole.
+            .layer(crate::rpc::codec::SmallRequestsLayer)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_alpha)
@@ -354,7 +376,7 @@ impl Node {
             );
 
         // One pull loop per peer that may send to this node.
-        pull_links.start(&config, &config.tls.client_config()?);
+        pull_links.start(&config, &peer_tls(&config)?);
 
         // Group commit for what does not flush itself: bundles pulled from peers and
         // the cursors that count them reach the disk within this period.
