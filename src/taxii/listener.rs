@@ -1,0 +1,400 @@
+//! The TAXII listener: TCP accept, TLS 1.3 handshake (bounded in time and number),
+//! the client certificate admitted through the node's [`Directory`] exactly as on the
+//! gRPC listener, then HTTP/1.1. Each request is authenticated again against the
+//! configuration in force when it arrives: a certificate through
+//! [`Directory::authorize`], otherwise HTTP Basic credentials of a read-only client.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use super::handlers::{Caller, Handlers};
+use super::{Credentials, DECOY_HASH, MAX_PASSWORD_BYTES, verify_password};
+use crate::config::TaxiiSettings;
+use crate::engine::Engine;
+use crate::model::{NodeId, PartnerKind, Role};
+use crate::transport::{ConnectionInfo, Directory, TlsError, TlsMaterial};
+
+/// Why the TAXII listener could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TaxiiError {
+    /// The TLS configuration could not be built.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The address could not be bound.
+    #[error("cannot listen on {addr} (taxii.listen): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Time a client has to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once.
+const MAX_HANDSHAKES: usize = 64;
+/// Connections open at once.
+const MAX_CONNECTIONS: usize = 256;
+/// Time a client has to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head (request line and headers), bytes.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Password checks running at once (each costs about 19 MiB and tens of ms).
+const PASSWORD_CHECKS: usize = 2;
+/// Longest `Authorization` header read, bytes.
+const MAX_AUTHORIZATION_BYTES: usize = 1024;
+
+/// A running TAXII listener.
+pub struct TaxiiServer {
+    local_addr: SocketAddr,
+    credentials: Arc<Credentials>,
+    task: JoinHandle<()>,
+}
+
+/// What every connection shares.
+struct Shared {
+    handlers: Handlers,
+    directory: Arc<Directory>,
+    credentials: Arc<Credentials>,
+    password_checks: Semaphore,
+}
+
+impl TaxiiServer {
+    /// Binds `settings.listen` and serves until `shutdown` is cancelled. A client
+    /// certificate is required unless Basic credentials are configured; `credentials`
+    /// are those in force (a reload replaces them there).
+    pub async fn start(
+        settings: &TaxiiSettings,
+        tls: &TlsMaterial,
+        directory: Arc<Directory>,
+        engine: Arc<Engine>,
+        node: NodeId,
+        credentials: Arc<Credentials>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, TaxiiError> {
+        let server_tls = tls.https_server_config(directory.clone(), settings.basic.is_empty())?;
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| TaxiiError::Bind {
+                    addr: settings.listen,
+                    source,
+                })?;
+        let local_addr = listener.local_addr().map_err(|source| TaxiiError::Bind {
+            addr: settings.listen,
+            source,
+        })?;
+        let shared = Arc::new(Shared {
+            handlers: Handlers::new(engine, &node, settings.max_body_bytes),
+            directory,
+            credentials: credentials.clone(),
+            password_checks: Semaphore::new(PASSWORD_CHECKS),
+        });
+        let task = tokio::spawn(accept(
+            listener,
+            TlsAcceptor::from(server_tls),
+            shared,
+            shutdown,
+        ));
+        tracing::info!(addr = %local_addr, basic = !settings.basic.is_empty(), "TAXII serving");
+        Ok(Self {
+            local_addr,
+            credentials,
+            task,
+        })
+    }
+
+    /// The address served (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The Basic credentials in force, replaced at each reload.
+    pub fn credentials(&self) -> &Arc<Credentials> {
+        &self.credentials
+    }
+
+    /// Waits for the accept loop to end (after the shutdown token is cancelled).
+    pub async fn join(self) {
+        let _ = self.task.await;
+    }
+}
+
+async fn accept(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        while tasks.try_join_next().is_some() {}
+        let (tcp, remote_addr) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                tracing::warn!(%error, "TAXII accept failed");
+                continue;
+            }
+        };
+        // Over either bound the connection is closed at once.
+        let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+            crate::limits::count(crate::limits::Limit::Handshakes);
+            continue;
+        };
+        let Ok(connection) = connections.clone().try_acquire_owned() else {
+            tracing::debug!(addr = %remote_addr, "TAXII connection limit reached; connection closed");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let _connection = connection;
+            let generation = shared.directory.generation();
+            let stream =
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        tracing::warn!(addr = %remote_addr, %error, "TAXII TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::warn!(addr = %remote_addr, "TAXII TLS handshake timed out");
+                        return;
+                    }
+                };
+            drop(handshake);
+            let chain: Option<Vec<_>> = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect());
+            // A certificate is admitted as on the gRPC listener: registered, so a reload
+            // or its expiry withdraws it and closes the connection.
+            let (info, registration) = match chain {
+                Some(chain) => match shared.directory.admit(chain, remote_addr, generation) {
+                    Ok((info, registration)) => (Some(info), Some(registration)),
+                    Err(reason) => {
+                        tracing::warn!(addr = %remote_addr, %reason, "TAXII connection refused");
+                        return;
+                    }
+                },
+                None => (None, None),
+            };
+            let closing = async {
+                match &registration {
+                    Some(registration) => {
+                        tokio::spawn(registration.watchdog());
+                        registration.closing().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            let connection = Arc::new(Connection {
+                info,
+                remote_addr,
+                basic: std::sync::Mutex::new(None),
+            });
+            let service = hyper::service::service_fn(move |request| {
+                let shared = shared.clone();
+                let connection = connection.clone();
+                async move { Ok::<_, std::convert::Infallible>(serve(&shared, &connection, request).await) }
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_HEAD_BYTES);
+            let served = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                result = served => {
+                    if let Err(error) = result {
+                        tracing::debug!(addr = %remote_addr, %error, "TAXII connection ended");
+                    }
+                }
+                _ = closing => {
+                    tracing::info!(addr = %remote_addr, "TAXII connection closed: access withdrawn");
+                }
+                _ = shutdown.cancelled() => {}
+            }
+            drop(registration);
+        });
+    }
+    tasks.shutdown().await;
+}
+
+/// One connection: its certificate identity, if it presented one, and the last Basic
+/// credentials that passed on it.
+struct Connection {
+    info: Option<ConnectionInfo>,
+    remote_addr: SocketAddr,
+    /// SHA-256 of the last `Authorization` header that passed, the client it named and
+    /// the credentials generation it passed under: the same header again on this
+    /// connection is not hashed again until the credentials change.
+    basic: std::sync::Mutex<Option<([u8; 32], NodeId, u64)>>,
+}
+
+async fn serve(
+    shared: &Shared,
+    connection: &Connection,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let caller = match authenticate(shared, connection, &request).await {
+        Ok(caller) => caller,
+        Err(response) => {
+            tracing::info!(addr = %connection.remote_addr, %method, path = %shown(&path), status = response.status().as_u16(), "TAXII request refused");
+            return response;
+        }
+    };
+    let response = shared.handlers.handle(&caller, request).await;
+    tracing::info!(peer = %caller.partner.id, addr = %connection.remote_addr, %method, path = %shown(&path), status = response.status().as_u16(), "TAXII request");
+    response
+}
+
+/// The start of a path, for logs.
+fn shown(path: &str) -> String {
+    path.chars().take(200).collect()
+}
+
+/// The caller of a request, as configured now: the connection's certificate
+/// (authorised again against the directory in force) or, without one, HTTP Basic
+/// credentials in force of a client configured now with role `read_only`. Anything
+/// else is 401 without detail.
+async fn authenticate(
+    shared: &Shared,
+    connection: &Connection,
+    request: &Request<Incoming>,
+) -> Result<Caller, Response<Full<Bytes>>> {
+    if let Some(info) = &connection.info {
+        return match shared.directory.authorize(info) {
+            Ok(partner) => Ok(Caller {
+                partner,
+                basic: false,
+            }),
+            Err(withdrawal) => {
+                tracing::info!(peer = %info.partner.id, reason = %withdrawal.reason, "TAXII request from a connection whose access was withdrawn");
+                Err(super::handlers::unauthorized())
+            }
+        };
+    }
+    let header = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .map(http::HeaderValue::as_bytes)
+        .filter(|h| h.len() <= MAX_AUTHORIZATION_BYTES)
+        .ok_or_else(super::handlers::unauthorized)?;
+    let (user, password) = basic_credentials(header).ok_or_else(super::handlers::unauthorized)?;
+    let (entries, generation) = shared.credentials.current();
+    let digest: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, header)
+        .as_ref()
+        .try_into()
+        .unwrap_or([0; 32]);
+    let remembered = connection
+        .basic
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let client = match remembered {
+        Some((seen, client, at)) if at == generation && seen == digest => Some(client),
+        _ => {
+            let entry = entries.iter().find(|e| e.client.as_str() == user);
+            let hash = entry.map_or(DECOY_HASH.to_owned(), |e| e.password_hash.clone());
+            let permit = shared
+                .password_checks
+                .acquire()
+                .await
+                .map_err(|_| super::handlers::unauthorized())?;
+            let matched =
+                tokio::task::spawn_blocking(move || verify_password(&hash, &password))
+                    .await
+                    .unwrap_or(false);
+            drop(permit);
+            match (matched, entry) {
+                (true, Some(entry)) => {
+                    *connection.basic.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some((digest, entry.client.clone(), generation));
+                    Some(entry.client.clone())
+                }
+                _ => None,
+            }
+        }
+    };
+    let Some(client) = client else {
+        tracing::info!(addr = %connection.remote_addr, "TAXII Basic credentials refused");
+        return Err(super::handlers::unauthorized());
+    };
+    // The client must still be configured, and read-only, now.
+    match shared.directory.lookup(&client) {
+        Some(partner) if partner.kind == PartnerKind::Client && partner.role == Role::ReadOnly => {
+            Ok(Caller {
+                partner,
+                basic: true,
+            })
+        }
+        _ => Err(super::handlers::unauthorized()),
+    }
+}
+
+/// The user name and password of a `Basic` authorization header.
+fn basic_credentials(header: &[u8]) -> Option<(String, Vec<u8>)> {
+    let header = std::str::from_utf8(header).ok()?;
+    let (scheme, encoded) = header.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let at = decoded.iter().position(|b| *b == b':')?;
+    let (user, password) = (&decoded[..at], &decoded[at + 1..]);
+    if password.is_empty() || password.len() > MAX_PASSWORD_BYTES {
+        return None;
+    }
+    Some((String::from_utf8(user.to_vec()).ok()?, password.to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_basic_headers() {
+        let header = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("siem.soc:pass:word")
+        );
+        assert_eq!(
+            basic_credentials(header.as_bytes()),
+            Some(("siem.soc".into(), b"pass:word".to_vec()))
+        );
+        assert_eq!(basic_credentials(b"Bearer abc"), None);
+        assert_eq!(basic_credentials(b"Basic !!!"), None);
+        let empty = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("siem.soc:")
+        );
+        assert_eq!(basic_credentials(empty.as_bytes()), None);
+    }
+}
