@@ -1,9 +1,9 @@
 //! The `entente` command: parse arguments, set up logging, load and validate the
 //! configuration, then hand over to the library. Signals are handled here.
 
+use std::io::{BufRead, Read};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::io::{BufRead, Read};
 use std::process::ExitCode;
 use std::time::Duration;
 

@@ -199,8 +199,13 @@ impl PolicyReload for ConfigReload {
             .replace(&self.id, config.listings(), Some(verifiers));
         self.signer_trust.replace_with(&signer_trust);
         self.engine.set_policy(policy);
-        self.taxii_credentials
-            .replace(config.taxii.as_ref().map(|t| t.basic.clone()).unwrap_or_default());
+        self.taxii_credentials.replace(
+            config
+                .taxii
+                .as_ref()
+                .map(|t| t.basic.clone())
+                .unwrap_or_default(),
+        );
         // Outgoing links too: a peer now revoked or removed is no longer pulled from.
         self.pull_links.start(&config, &client_tls);
         let policy = self.engine.policy();
@@ -424,7 +429,9 @@ impl Node {
 
     /// The address of the TAXII listener, when `[taxii]` is configured.
     pub fn taxii_addr(&self) -> Option<SocketAddr> {
-        self.taxii.as_ref().map(crate::taxii::TaxiiServer::local_addr)
+        self.taxii
+            .as_ref()
+            .map(crate::taxii::TaxiiServer::local_addr)
     }
 
     /// The node's id.

@@ -84,7 +84,9 @@ pub fn check_password_hash(text: &str) -> Result<(), String> {
         return Err("longer than any Argon2id hash".into());
     }
     let hash = PasswordHash::new(text).map_err(|e| {
-        format!("not a password hash in PHC format ({e}); make one with `entente taxii hash-password`")
+        format!(
+            "not a password hash in PHC format ({e}); make one with `entente taxii hash-password`"
+        )
     })?;
     if hash.algorithm.as_str() != "argon2id" {
         return Err(format!(
@@ -126,7 +128,10 @@ mod tests {
         assert!(!verify_password(&hash, b"correct horse battery!"));
         assert!(hash_password("short").is_err());
         assert!(check_password_hash("plain text").is_err());
-        assert!(check_password_hash("$argon2i$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA").is_err());
+        assert!(
+            check_password_hash("$argon2i$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA")
+                .is_err()
+        );
         assert!(
             check_password_hash(
                 "$argon2id$v=19$m=4194304,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"

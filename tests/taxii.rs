@@ -96,7 +96,11 @@ async fn send(
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
-    if method == "POST" && !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-length")) {
+    if method == "POST"
+        && !headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+    {
         head.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     head.push_str("\r\n");
@@ -221,7 +225,12 @@ async fn all_ids(
             Some(n) => format!("{objects}?limit={limit}&next={n}"),
         };
         let reply = get(tls, node.taxii, &path).await;
-        assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
         assert_eq!(reply.header("content-type"), Some(TAXII));
         let body = reply.json();
         pages += 1;
@@ -259,12 +268,17 @@ async fn taxii_serves_each_caller_its_view_and_refuses_what_it_may_not_do() {
     let discovery = get(&researcher, node.taxii, "/taxii2/").await;
     assert_eq!(discovery.status, 200);
     assert_eq!(discovery.header("content-type"), Some(TAXII));
-    let root = discovery.json()["api_roots"][0].as_str().unwrap().to_owned();
+    let root = discovery.json()["api_roots"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(root, format!("https://{}/api/", node.taxii));
     let api = get(&researcher, node.taxii, "/api/").await.json();
     assert_eq!(api["versions"], json!([TAXII]));
     assert_eq!(api["max_content_length"], json!(65536));
-    let collections = get(&researcher, node.taxii, "/api/collections/").await.json();
+    let collections = get(&researcher, node.taxii, "/api/collections/")
+        .await
+        .json();
     let collection = &collections["collections"][0];
     assert_eq!(collection["can_read"], json!(true));
     assert_eq!(collection["can_write"], json!(false));
@@ -283,7 +297,10 @@ async fn taxii_serves_each_caller_its_view_and_refuses_what_it_may_not_do() {
     sent.push(indicator(8, CLEAR));
     sent.push(json!({"type": "malware", "spec_version": "2.1", "id": "malware--0b2e6a5b-0000-4000-8000-000000000001", "name": "x", "is_family": false, "created": "2025-01-01T00:00:00Z", "modified": "2025-01-01T00:00:00Z"}));
     let mut unmarked = indicator(9, GREEN);
-    unmarked.as_object_mut().unwrap().remove("object_marking_refs");
+    unmarked
+        .as_object_mut()
+        .unwrap()
+        .remove("object_marking_refs");
     sent.push(unmarked);
     let envelope = json!({ "objects": sent }).to_string();
     let posted = send(
@@ -296,7 +313,12 @@ async fn taxii_serves_each_caller_its_view_and_refuses_what_it_may_not_do() {
     )
     .await
     .unwrap();
-    assert_eq!(posted.status, 202, "{}", String::from_utf8_lossy(&posted.body));
+    assert_eq!(
+        posted.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&posted.body)
+    );
     let status = posted.json();
     assert_eq!(status["status"], json!("complete"));
     assert_eq!(status["total_count"], json!(10));
@@ -359,7 +381,10 @@ async fn taxii_serves_each_caller_its_view_and_refuses_what_it_may_not_do() {
     let (ids, pages) = all_ids(&researcher, &node, &objects, 2).await;
     assert_eq!(ids.len(), green.len(), "no duplicates: {ids:?}");
     assert_eq!(ids.iter().cloned().collect::<BTreeSet<_>>(), green);
-    assert!(pages >= 5, "at most 2 items a page and an empty last page: {pages}");
+    assert!(
+        pages >= 5,
+        "at most 2 items a page and an empty last page: {pages}"
+    );
     let (ids, _) = all_ids(&analyst, &node, &objects, 3).await;
     assert_eq!(ids.into_iter().collect::<BTreeSet<_>>(), everything);
     let siem_tls = anonymous.clone();
@@ -406,11 +431,24 @@ async fn taxii_serves_each_caller_its_view_and_refuses_what_it_may_not_do() {
     let amber = id_of(6);
     let absent = "indicator--0f0f0f0f-0000-4000-8000-0f0f0f0f0f0f";
     for suffix in ["", "versions/"] {
-        let withheld = get(&researcher, node.taxii, &format!("{objects}{amber}/{suffix}")).await;
-        let missing = get(&researcher, node.taxii, &format!("{objects}{absent}/{suffix}")).await;
+        let withheld = get(
+            &researcher,
+            node.taxii,
+            &format!("{objects}{amber}/{suffix}"),
+        )
+        .await;
+        let missing = get(
+            &researcher,
+            node.taxii,
+            &format!("{objects}{absent}/{suffix}"),
+        )
+        .await;
         assert_eq!(withheld.status, 404);
         assert_eq!(withheld.body, missing.body);
-        assert_eq!(withheld.header("content-type"), missing.header("content-type"));
+        assert_eq!(
+            withheld.header("content-type"),
+            missing.header("content-type")
+        );
         assert_eq!(withheld.headers.len(), missing.headers.len());
         // The analyst may see it.
         assert_eq!(
@@ -438,9 +476,13 @@ async fn taxii_serves_each_caller_its_view_and_refuses_what_it_may_not_do() {
     assert_eq!(object["type"], json!("indicator"));
     assert_eq!(object["object_marking_refs"], json!([GREEN]));
     let version = object["modified"].as_str().unwrap().to_owned();
-    let versions = get(&researcher, node.taxii, &format!("{objects}{}/versions/", id_of(1)))
-        .await
-        .json();
+    let versions = get(
+        &researcher,
+        node.taxii,
+        &format!("{objects}{}/versions/", id_of(1)),
+    )
+    .await
+    .json();
     assert_eq!(versions["versions"], json!([version]));
     let filtered = |query: &str| {
         let researcher = researcher.clone();
@@ -463,7 +505,12 @@ async fn taxii_serves_each_caller_its_view_and_refuses_what_it_may_not_do() {
 
     // Errors: TAXII error messages with the right status.
     let error = |reply: &Reply, status: u16| {
-        assert_eq!(reply.status, status, "{}", String::from_utf8_lossy(&reply.body));
+        assert_eq!(
+            reply.status,
+            status,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
         assert_eq!(reply.header("content-type"), Some(TAXII));
         assert_eq!(reply.json()["http_status"], json!(status.to_string()));
     };
@@ -478,9 +525,18 @@ async fn taxii_serves_each_caller_its_view_and_refuses_what_it_may_not_do() {
     .await
     .unwrap();
     error(&not_acceptable, 406);
-    error(&get(&researcher, node.taxii, &format!("{objects}?limit=0")).await, 400);
-    error(&get(&researcher, node.taxii, &format!("{objects}?limit=x")).await, 400);
-    error(&get(&researcher, node.taxii, &format!("{objects}?next=AAAA")).await, 400);
+    error(
+        &get(&researcher, node.taxii, &format!("{objects}?limit=0")).await,
+        400,
+    );
+    error(
+        &get(&researcher, node.taxii, &format!("{objects}?limit=x")).await,
+        400,
+    );
+    error(
+        &get(&researcher, node.taxii, &format!("{objects}?next=AAAA")).await,
+        400,
+    );
     error(
         &get(
             &researcher,
@@ -490,13 +546,23 @@ async fn taxii_serves_each_caller_its_view_and_refuses_what_it_may_not_do() {
         .await,
         400,
     );
-    error(&get(&researcher, node.taxii, "/api/collections/nope/objects/").await, 404);
+    error(
+        &get(&researcher, node.taxii, "/api/collections/nope/objects/").await,
+        404,
+    );
     error(&get(&researcher, node.taxii, "/elsewhere/").await, 404);
     // A `next` given to another caller does not open for this one.
-    let first = get(&analyst, node.taxii, &format!("{objects}?limit=1")).await.json();
+    let first = get(&analyst, node.taxii, &format!("{objects}?limit=1"))
+        .await
+        .json();
     let foreign = first["next"].as_str().unwrap();
     error(
-        &get(&researcher, node.taxii, &format!("{objects}?limit=1&next={foreign}")).await,
+        &get(
+            &researcher,
+            node.taxii,
+            &format!("{objects}?limit=1&next={foreign}"),
+        )
+        .await,
         400,
     );
     // Bodies: wrong media type, declared too large, sent too large, not JSON.
@@ -540,23 +606,46 @@ async fn taxii_serves_each_caller_its_view_and_refuses_what_it_may_not_do() {
         413,
     );
     error(
-        &post(vec![accept.clone(), taxii_type.clone()], b"{not json".to_vec()).await,
+        &post(
+            vec![accept.clone(), taxii_type.clone()],
+            b"{not json".to_vec(),
+        )
+        .await,
         400,
     );
     error(
-        &post(vec![accept.clone(), taxii_type.clone()], b"{\"objects\": 3}".to_vec()).await,
+        &post(
+            vec![accept.clone(), taxii_type.clone()],
+            b"{\"objects\": 3}".to_vec(),
+        )
+        .await,
         400,
     );
 
     // Unknown callers and bad credentials: one 401, nothing that helps a guess.
     let unauthorized = |reply: &Reply| {
         assert_eq!(reply.status, 401);
-        assert_eq!(reply.json(), json!({"title": "Unauthorized", "http_status": "401"}));
-        assert!(reply.header("www-authenticate").unwrap().starts_with("Basic"));
+        assert_eq!(
+            reply.json(),
+            json!({"title": "Unauthorized", "http_status": "401"})
+        );
+        assert!(
+            reply
+                .header("www-authenticate")
+                .unwrap()
+                .starts_with("Basic")
+        );
     };
-    let no_credentials = send(&anonymous, node.taxii, "GET", "/taxii2/", &[("Accept", TAXII)], b"")
-        .await
-        .unwrap();
+    let no_credentials = send(
+        &anonymous,
+        node.taxii,
+        "GET",
+        "/taxii2/",
+        &[("Accept", TAXII)],
+        b"",
+    )
+    .await
+    .unwrap();
     unauthorized(&no_credentials);
     for (user, password) in [
         ("siem.soc", "wrong password here"),
@@ -580,7 +669,15 @@ async fn taxii_serves_each_caller_its_view_and_refuses_what_it_may_not_do() {
     // A certificate of an unconfigured id does not complete the handshake.
     pki.client("stranger.uni-y");
     let stranger = tls(&pki, Some("stranger.uni-y"));
-    let refused = send(&stranger, node.taxii, "GET", "/taxii2/", &[("Accept", TAXII)], b"").await;
+    let refused = send(
+        &stranger,
+        node.taxii,
+        "GET",
+        "/taxii2/",
+        &[("Accept", TAXII)],
+        b"",
+    )
+    .await;
     assert!(refused.is_err() || refused.unwrap().status == 0);
 
     // Every TAXII read was recorded in the disclosure ledger, as on gRPC: the
@@ -648,7 +745,12 @@ async fn taxii_basic_credentials_follow_a_reload() {
     wait_for(|| async { ask().await == 401 }).await;
     // A certificate still works.
     let researcher = tls(&pki, Some("researcher.uni-x"));
-    assert_eq!(get(&researcher, node.taxii, "/api/collections/").await.status, 200);
+    assert_eq!(
+        get(&researcher, node.taxii, "/api/collections/")
+            .await
+            .status,
+        200
+    );
     // The researcher is removed from the configuration: its certificate stops working.
     let text = std::fs::read_to_string(&config)
         .unwrap()
@@ -656,9 +758,16 @@ async fn taxii_basic_credentials_follow_a_reload() {
     std::fs::write(&config, text).unwrap();
     reload(&node);
     wait_for(|| async {
-        send(&researcher, node.taxii, "GET", "/api/collections/", &[("Accept", TAXII)], b"")
-            .await
-            .is_err()
+        send(
+            &researcher,
+            node.taxii,
+            "GET",
+            "/api/collections/",
+            &[("Accept", TAXII)],
+            b"",
+        )
+        .await
+        .is_err()
     })
     .await;
 }

@@ -30,6 +30,8 @@ const MAX_PATH_BYTES: usize = 1024;
 pub const MAX_POST_OBJECTS: usize = 10_000;
 /// Bytes of status resources kept in memory; the oldest go first.
 const STATUS_BYTES: usize = 16 * 1024 * 1024;
+/// Time a client has to send a request body.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// The API root's path.
 const API_ROOT: &str = "/api/";
 
@@ -162,13 +164,13 @@ impl Handlers {
                 StatusCode::OK,
                 &json!({ "collections": [self.collection(caller)] }),
             ),
-            Route::Collection(c) if collection(c) => taxii(StatusCode::OK, &self.collection(caller)),
+            Route::Collection(c) if collection(c) => {
+                taxii(StatusCode::OK, &self.collection(caller))
+            }
             Route::Objects(c) if collection(c) => self.objects(caller, &params, false).await,
             Route::Manifest(c) if collection(c) => self.objects(caller, &params, true).await,
             Route::Object(c, id) if collection(c) => self.object(caller, id, &params, false).await,
-            Route::Versions(c, id) if collection(c) => {
-                self.object(caller, id, &params, true).await
-            }
+            Route::Versions(c, id) if collection(c) => self.object(caller, id, &params, true).await,
             Route::Status(id) => self.status(caller, id),
             _ => error(StatusCode::NOT_FOUND, "Not Found", "no such collection"),
         }
@@ -262,8 +264,7 @@ impl Handlers {
         } else {
             let token = match &params.next {
                 None => Vec::new(),
-                Some(next) => match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(next)
-                {
+                Some(next) => match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(next) {
                     Ok(token) if token.len() <= crate::store::MAX_CURSOR_BYTES * 2 => token,
                     _ => return bad_next(),
                 },
@@ -298,7 +299,9 @@ impl Handlers {
             .into_iter()
             .filter(|s| {
                 params.version.allows(s.item.modified_ms)
-                    && params.added_after_ms.is_none_or(|after| s.accepted_ms > after)
+                    && params
+                        .added_after_ms
+                        .is_none_or(|after| s.accepted_ms > after)
             })
             .collect();
         let mut body = serde_json::Map::new();
@@ -338,7 +341,9 @@ impl Handlers {
         let Some(stored) = found.filter(|s| {
             params.admits_indicators()
                 && (versions || params.version.allows(s.item.modified_ms))
-                && params.added_after_ms.is_none_or(|after| s.accepted_ms > after)
+                && params
+                    .added_after_ms
+                    .is_none_or(|after| s.accepted_ms > after)
         }) else {
             return object_not_found();
         };
@@ -369,6 +374,12 @@ impl Handlers {
                 "objects are sent as application/taxii+json;version=2.1",
             );
         }
+        // One of the caller's publish slots before the body is read, so the bodies held
+        // at once are bounded per caller as publishes are.
+        let slot = match self.engine.open_publish(&caller.partner.id) {
+            Ok(slot) => slot,
+            Err(e) => return engine_error(&e),
+        };
         let declared = headers
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
@@ -376,9 +387,21 @@ impl Handlers {
         if declared.is_some_and(|n| n > self.max_body_bytes as u64) {
             return too_large(self.max_body_bytes);
         }
-        let bytes = match Limited::new(body, self.max_body_bytes).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(_) => return too_large(self.max_body_bytes),
+        let read = tokio::time::timeout(
+            BODY_TIMEOUT,
+            Limited::new(body, self.max_body_bytes).collect(),
+        )
+        .await;
+        let bytes = match read {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(_)) => return too_large(self.max_body_bytes),
+            Err(_) => {
+                return error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "Request Timeout",
+                    "the request body did not arrive in time",
+                );
+            }
         };
         let envelope: Value = match serde_json::from_slice(&bytes) {
             Ok(v) => v,
@@ -405,10 +428,6 @@ impl Handlers {
                 &format!("an envelope holds 1 to {MAX_POST_OBJECTS} objects"),
             );
         }
-        let slot = match self.engine.open_publish(&caller.partner.id) {
-            Ok(slot) => slot,
-            Err(e) => return engine_error(&e),
-        };
         let request_ms = now_ms();
         // The envelope's objects are read as a STIX bundle, by the same import the
         // command line uses: no default marking, so an object without one is refused.
@@ -534,7 +553,10 @@ fn status_resource(
         let mut entry = serde_json::Map::new();
         entry.insert("id".into(), json!(id));
         if let Some(version) = version {
-            entry.insert("version".into(), json!(version.chars().take(64).collect::<String>()));
+            entry.insert(
+                "version".into(),
+                json!(version.chars().take(64).collect::<String>()),
+            );
         }
         let kind = object.get("type").and_then(Value::as_str);
         let outcome: Result<(), String> = if kind != Some("indicator") {
@@ -592,7 +614,9 @@ fn collection_id(node: &NodeId) -> String {
     );
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest.as_ref()[..16]);
-    uuid::Builder::from_sha1_bytes(bytes).into_uuid().to_string()
+    uuid::Builder::from_sha1_bytes(bytes)
+        .into_uuid()
+        .to_string()
 }
 
 /// Whether a Host header is a plain host (name, IPv4 or bracketed IPv6) and port.
@@ -759,7 +783,10 @@ mod tests {
     #[test]
     fn routes() {
         assert!(matches!(route("/taxii2/"), Some(Route::Discovery)));
-        assert!(matches!(route("/api/collections/x/objects/"), Some(Route::Objects("x"))));
+        assert!(matches!(
+            route("/api/collections/x/objects/"),
+            Some(Route::Objects("x"))
+        ));
         assert!(matches!(
             route("/api/collections/x/objects/y/versions/"),
             Some(Route::Versions("x", "y"))

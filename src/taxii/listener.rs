@@ -326,10 +326,9 @@ async fn authenticate(
                 .acquire()
                 .await
                 .map_err(|_| super::handlers::unauthorized())?;
-            let matched =
-                tokio::task::spawn_blocking(move || verify_password(&hash, &password))
-                    .await
-                    .unwrap_or(false);
+            let matched = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
+                .await
+                .unwrap_or(false);
             drop(permit);
             match (matched, entry) {
                 (true, Some(entry)) => {

@@ -88,7 +88,8 @@ pub fn parse(query: Option<&str>) -> Result<Params, String> {
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         let key = decode(key).ok_or("a parameter name is not valid percent-encoded UTF-8")?;
-        let value = decode(value).ok_or_else(|| format!("{key}: not valid percent-encoded UTF-8"))?;
+        let value =
+            decode(value).ok_or_else(|| format!("{key}: not valid percent-encoded UTF-8"))?;
         let known = matches!(
             key.as_str(),
             "added_after"
@@ -223,8 +224,16 @@ mod tests {
         let p = parse(Some("match[version]=2025-01-01T00:00:00.001Z")).unwrap();
         assert!(!p.version.any);
         assert!(p.version.allows(1_735_689_600_001));
-        assert!(!parse(Some("match[type]=malware")).unwrap().admits_indicators());
-        assert!(!parse(Some("match[spec_version]=2.0")).unwrap().admits_indicators());
+        assert!(
+            !parse(Some("match[type]=malware"))
+                .unwrap()
+                .admits_indicators()
+        );
+        assert!(
+            !parse(Some("match[spec_version]=2.0"))
+                .unwrap()
+                .admits_indicators()
+        );
         assert!(parse(None).unwrap().version.any);
     }
 
@@ -252,7 +261,13 @@ mod tests {
 
     #[test]
     fn timestamps_round_trip() {
-        assert_eq!(format_timestamp(1_735_689_600_001), "2025-01-01T00:00:00.001Z");
-        assert_eq!(timestamp("2025-01-01T00:00:00.001Z"), Some(1_735_689_600_001));
+        assert_eq!(
+            format_timestamp(1_735_689_600_001),
+            "2025-01-01T00:00:00.001Z"
+        );
+        assert_eq!(
+            timestamp("2025-01-01T00:00:00.001Z"),
+            Some(1_735_689_600_001)
+        );
     }
 }

@@ -248,11 +248,7 @@ impl TlsMaterial {
         directory: Arc<Directory>,
         certificate_required: bool,
     ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-        let root_hints = self
-            .client_verifiers()?
-            .any
-            .root_hint_subjects()
-            .to_vec();
+        let root_hints = self.client_verifiers()?.any.root_hint_subjects().to_vec();
         self.build_server_config(directory, root_hints, certificate_required, ALPN_HTTP1)
     }
 
