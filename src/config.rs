@@ -913,7 +913,7 @@ fn taxii_settings(
                 format!("{client} has more than one entry"),
             ));
         }
-        crate::taxii::check_password_hash(&entry.password_hash)
+        crate::crypto::password::check_password_hash(&entry.password_hash)
             .map_err(|problem| invalid(&field("password_hash"), problem))?;
         basic.push(BasicCredential {
             client,

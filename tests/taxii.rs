@@ -8,6 +8,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -791,5 +792,64 @@ where
         assert!(Instant::now() < deadline, "condition not met in time");
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn taxii_configuration_is_checked() {
+    let pki = federation();
+    let hq = NodeId::new("redmond.hq").unwrap();
+    let hash = hash_password(SIEM_PASSWORD);
+    let base = format!(
+        "{}\n[[client]]\nid = \"siem.soc\"\nrole = \"read_only\"\n\n[[client]]\nid = \"analyst.soc\"\nrole = \"analyst\"\n",
+        node_section(&pki, &hq, &pki.path().join("data"))
+    );
+    let check = |taxii: &str| {
+        entente::Config::check(
+            &format!("{base}\n{taxii}"),
+            Path::new("test.toml"),
+            pki.path(),
+        )
+        .map(|settings| settings.taxii)
+        .map_err(|e| e.to_string())
+    };
+    let good = check(&format!(
+        "[taxii]\nlisten = \"127.0.0.1:0\"\n\n[[taxii.basic]]\nclient = \"siem.soc\"\npassword_hash = \"{hash}\"\n"
+    ))
+    .unwrap()
+    .unwrap();
+    assert_eq!(good.basic.len(), 1);
+    assert_eq!(good.max_body_bytes, 8 * 1024 * 1024);
+    // The hash is never printed with the configuration.
+    assert!(!format!("{good:?}").contains(&hash));
+    assert_eq!(check("").unwrap(), None);
+    for (taxii, field) in [
+        (
+            format!("[taxii]\nlisten = \"127.0.0.1:0\"\n\n[[taxii.basic]]\nclient = \"analyst.soc\"\npassword_hash = \"{hash}\"\n"),
+            "taxii.basic[0].client",
+        ),
+        (
+            format!("[taxii]\nlisten = \"127.0.0.1:0\"\n\n[[taxii.basic]]\nclient = \"nobody.soc\"\npassword_hash = \"{hash}\"\n"),
+            "taxii.basic[0].client",
+        ),
+        (
+            "[taxii]\nlisten = \"127.0.0.1:0\"\n\n[[taxii.basic]]\nclient = \"siem.soc\"\npassword_hash = \"hunter2\"\n".to_owned(),
+            "taxii.basic[0].password_hash",
+        ),
+        (
+            format!("[taxii]\nlisten = \"127.0.0.1:0\"\n\n[[taxii.basic]]\nclient = \"siem.soc\"\npassword_hash = \"{hash}\"\n\n[[taxii.basic]]\nclient = \"siem.soc\"\npassword_hash = \"{hash}\"\n"),
+            "taxii.basic[1].client",
+        ),
+        (
+            "[taxii]\nlisten = \"localhost\"\n".to_owned(),
+            "taxii.listen",
+        ),
+        (
+            "[taxii]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 10\n".to_owned(),
+            "taxii.max_body_bytes",
+        ),
+    ] {
+        let refused = check(&taxii).unwrap_err();
+        assert!(refused.contains(field), "{refused}");
     }
 }

@@ -19,9 +19,10 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use super::Credentials;
 use super::handlers::{Caller, Handlers};
-use super::{Credentials, DECOY_HASH, MAX_PASSWORD_BYTES, verify_password};
 use crate::config::TaxiiSettings;
+use crate::crypto::password::{DECOY_HASH, MAX_PASSWORD_BYTES, verify_password};
 use crate::engine::Engine;
 use crate::model::{NodeId, PartnerKind, Role};
 use crate::transport::{ConnectionInfo, Directory, TlsError, TlsMaterial};
