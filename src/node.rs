@@ -317,10 +317,9 @@ impl Node {
             Some(settings) => Some(
                 crate::taxii::TaxiiServer::start(
                     settings,
-                    &config.tls,
+                    &config,
                     directory.clone(),
                     engine.clone(),
-                    id.clone(),
                     taxii_credentials,
                     shutdown.clone(),
                 )

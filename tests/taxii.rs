@@ -157,7 +157,7 @@ fn indicator(n: usize, marking: &str) -> Value {
         "id": format!("indicator--{n:08x}-0000-4000-8000-{n:012x}"),
         "created": "2025-01-01T00:00:00.000Z",
         "modified": "2025-01-02T00:00:00.000Z",
-        "pattern": format!("[ipv4-addr:value = '198.51.100.{n}']"),
+        "pattern": format!("[domain-name:value = 'host-{n}.example.org']"),
         "pattern_type": "stix",
         "valid_from": "2025-01-01T00:00:00Z",
         "object_marking_refs": [marking],
@@ -852,4 +852,99 @@ fn taxii_configuration_is_checked() {
         let refused = check(&taxii).unwrap_err();
         assert!(refused.contains(field), "{refused}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taxii_paging_is_stable_while_an_analyst_publishes() {
+    let pki = federation();
+    let config = write_config(&pki, false);
+    let node = serve_taxii(&config);
+    let researcher = tls(&pki, Some("researcher.uni-x"));
+    let analyst = tls(&pki, Some("analyst.soc"));
+    let cid = get(&researcher, node.taxii, "/api/collections/")
+        .await
+        .json()["collections"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let objects = format!("/api/collections/{cid}/objects/");
+    let publish = |objects_sent: Vec<Value>| {
+        let analyst = analyst.clone();
+        let path = objects.clone();
+        let addr = node.taxii;
+        async move {
+            let body = json!({ "objects": objects_sent }).to_string();
+            let reply = send(
+                &analyst,
+                addr,
+                "POST",
+                &path,
+                &[("Accept", TAXII), ("Content-Type", TAXII)],
+                body.as_bytes(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(reply.status, 202);
+            assert_eq!(
+                reply.json()["failure_count"],
+                json!(0),
+                "{}",
+                String::from_utf8_lossy(&reply.body)
+            );
+        }
+    };
+    // 12 GREEN indicators with an AMBER one between each two.
+    let mut first = Vec::new();
+    for n in 1..=12 {
+        first.push(indicator(n, GREEN));
+        first.push(indicator(100 + n, AMBER));
+    }
+    publish(first).await;
+    let before: BTreeSet<String> = (1..=12).map(id_of).collect();
+
+    // The researcher pages 3 at a time; between its pages the analyst publishes a GREEN
+    // and an AMBER indicator, and after the first page it updates the last GREEN one,
+    // which the researcher has not reached yet.
+    let mut seen = Vec::new();
+    let mut published = BTreeSet::new();
+    let mut next: Option<String> = None;
+    let mut round = 0;
+    loop {
+        let path = match &next {
+            None => format!("{objects}?limit=3"),
+            Some(n) => format!("{objects}?limit=3&next={n}"),
+        };
+        let page = get(&researcher, node.taxii, &path).await;
+        assert_eq!(page.status, 200);
+        let body = page.json();
+        for o in body["objects"].as_array().unwrap() {
+            seen.push(o["id"].as_str().unwrap().to_owned());
+        }
+        round += 1;
+        publish(vec![
+            indicator(200 + round, GREEN),
+            indicator(300 + round, AMBER),
+        ])
+        .await;
+        published.insert(id_of(200 + round));
+        match body["next"].as_str() {
+            Some(n) if body["more"] == json!(true) => next = Some(n.to_owned()),
+            _ => break,
+        }
+        assert!(round < 100, "paging does not end");
+    }
+    let unique: BTreeSet<String> = seen.iter().cloned().collect();
+    assert_eq!(unique.len(), seen.len(), "served twice: {seen:?}");
+    assert!(
+        before.is_subset(&unique),
+        "skipped: {:?}",
+        before.difference(&unique)
+    );
+    let allowed: BTreeSet<String> = before.union(&published).cloned().collect();
+    assert!(
+        unique.is_subset(&allowed),
+        "not the researcher's: {:?}",
+        unique.difference(&allowed)
+    );
+    assert!(round >= 5, "{round} pages");
 }

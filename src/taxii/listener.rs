@@ -4,7 +4,7 @@
 //! configuration in force when it arrives: a certificate through
 //! [`Directory::authorize`], otherwise HTTP Basic credentials of a read-only client.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,11 +21,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::Credentials;
 use super::handlers::{Caller, Handlers};
-use crate::config::TaxiiSettings;
+use crate::config::{Config, TaxiiSettings};
 use crate::crypto::password::{DECOY_HASH, MAX_PASSWORD_BYTES, verify_password};
 use crate::engine::Engine;
+use crate::limits::{Limits, Slots};
 use crate::model::{NodeId, PartnerKind, Role};
-use crate::transport::{ConnectionInfo, Directory, TlsError, TlsMaterial};
+use crate::transport::{ConnectionInfo, Directory, TlsError};
 
 /// Why the TAXII listener could not start.
 #[derive(Debug, thiserror::Error)]
@@ -43,11 +44,7 @@ pub enum TaxiiError {
     },
 }
 
-/// Time a client has to complete the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once.
-const MAX_HANDSHAKES: usize = 64;
-/// Connections open at once.
+/// Connections open at once (with or without a certificate).
 const MAX_CONNECTIONS: usize = 256;
 /// Time a client has to send a request's headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,19 +71,21 @@ struct Shared {
 }
 
 impl TaxiiServer {
-    /// Binds `settings.listen` and serves until `shutdown` is cancelled. A client
+    /// Binds `settings.listen` (of `config`, whose certificate, id and `[limits]` it
+    /// uses) and serves until `shutdown` is cancelled. A client
     /// certificate is required unless Basic credentials are configured; `credentials`
     /// are those in force (a reload replaces them there).
     pub async fn start(
         settings: &TaxiiSettings,
-        tls: &TlsMaterial,
+        config: &Config,
         directory: Arc<Directory>,
         engine: Arc<Engine>,
-        node: NodeId,
         credentials: Arc<Credentials>,
         shutdown: CancellationToken,
     ) -> Result<Self, TaxiiError> {
-        let server_tls = tls.https_server_config(directory.clone(), settings.basic.is_empty())?;
+        let server_tls = config
+            .tls
+            .https_server_config(directory.clone(), settings.basic.is_empty())?;
         let listener =
             TcpListener::bind(settings.listen)
                 .await
@@ -99,7 +98,7 @@ impl TaxiiServer {
             source,
         })?;
         let shared = Arc::new(Shared {
-            handlers: Handlers::new(engine, &node, settings.max_body_bytes),
+            handlers: Handlers::new(engine, &config.node.id, settings.max_body_bytes),
             directory,
             credentials: credentials.clone(),
             password_checks: Semaphore::new(PASSWORD_CHECKS),
@@ -108,6 +107,7 @@ impl TaxiiServer {
             listener,
             TlsAcceptor::from(server_tls),
             shared,
+            config.node.limits.clone(),
             shutdown,
         ));
         tracing::info!(addr = %local_addr, basic = !settings.basic.is_empty(), "TAXII serving");
@@ -138,9 +138,14 @@ async fn accept(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     shared: Arc<Shared>,
+    limits: Limits,
     shutdown: CancellationToken,
 ) {
-    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    // The gRPC listener's `[limits]` for handshakes and connections per partner apply
+    // here too, counted apart from it.
+    let handshakes = Arc::new(Semaphore::new(limits.handshakes));
+    let per_source: Arc<Slots<IpAddr>> = Arc::new(Slots::new(limits.handshakes_per_source));
+    let per_partner: Arc<Slots<NodeId>> = Arc::new(Slots::new(limits.connections_per_partner));
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut tasks = tokio::task::JoinSet::new();
     loop {
@@ -156,7 +161,11 @@ async fn accept(
                 continue;
             }
         };
-        // Over either bound the connection is closed at once.
+        // Over any bound the connection is closed at once.
+        let Some(source) = per_source.take(&remote_addr.ip()) else {
+            crate::limits::count(crate::limits::Limit::HandshakesPerSource);
+            continue;
+        };
         let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
             crate::limits::count(crate::limits::Limit::Handshakes);
             continue;
@@ -169,11 +178,13 @@ async fn accept(
         let acceptor = acceptor.clone();
         let shared = shared.clone();
         let shutdown = shutdown.clone();
+        let per_partner = per_partner.clone();
+        let handshake_timeout = limits.handshake_timeout;
         tasks.spawn(async move {
             let _connection = connection;
             let generation = shared.directory.generation();
             let stream =
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(error)) => {
                         tracing::warn!(addr = %remote_addr, %error, "TAXII TLS handshake failed");
@@ -185,6 +196,7 @@ async fn accept(
                     }
                 };
             drop(handshake);
+            drop(source);
             let chain: Option<Vec<_>> = stream
                 .get_ref()
                 .1
@@ -201,6 +213,17 @@ async fn accept(
                     }
                 },
                 None => (None, None),
+            };
+            let _partner_slot = match &info {
+                Some(info) => match per_partner.take(&info.partner.id) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        crate::limits::count(crate::limits::Limit::ConnectionsPerPartner);
+                        tracing::warn!(peer = %info.partner.id, "TAXII connection refused: limits.connections_per_partner");
+                        return;
+                    }
+                },
+                None => None,
             };
             let closing = async {
                 match &registration {
