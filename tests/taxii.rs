@@ -178,6 +178,7 @@ fn write_config(pki: &Pki, with_basic: bool) -> std::path::PathBuf {
          \n[[client]]\nid = \"researcher.uni-x\"\nrole = \"read_only\"\nallow_types = [\"*\"]\nmax_tlp = \"GREEN\"\n\
          \n[[client]]\nid = \"analyst.soc\"\nrole = \"analyst\"\n\
          \n[[client]]\nid = \"siem.soc\"\nrole = \"read_only\"\nallow_types = [\"*\"]\nmax_tlp = \"CLEAR\"\n\
+         \n[[client]]\nid = \"nothing.uni-z\"\nrole = \"read_only\"\n\
          \n[taxii]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 65536\n",
     );
     if with_basic {
@@ -206,6 +207,7 @@ fn federation() -> Pki {
     pki.client("researcher.uni-x");
     pki.client("analyst.soc");
     pki.client("siem.soc");
+    pki.client("nothing.uni-z");
     pki
 }
 
@@ -664,6 +666,17 @@ async fn taxii_serves_each_caller_its_view_and_refuses_what_it_may_not_do() {
         .await
         .unwrap();
         unauthorized(&reply);
+    }
+    // A client whose policy gives it nothing (no allow_types) has no collection.
+    let nothing = tls(&pki, Some("nothing.uni-z"));
+    let none = get(&nothing, node.taxii, "/api/collections/").await;
+    assert_eq!(none.status, 200);
+    assert_eq!(none.json(), json!({}));
+    let elsewhere = get(&researcher, node.taxii, "/api/collections/nope/").await;
+    for path in [format!("/api/collections/{cid}/"), objects.clone()] {
+        let reply = get(&nothing, node.taxii, &path).await;
+        assert_eq!(reply.status, 404);
+        assert_eq!(reply.body, elsewhere.body);
     }
     // A peer node's certificate is authenticated but TAXII is for clients.
     error(&get(&peer, node.taxii, "/api/collections/").await, 403);

@@ -148,7 +148,9 @@ impl Handlers {
             Err(problem) => return error(StatusCode::BAD_REQUEST, "Bad Request", &problem),
         };
         let method = &parts.method;
-        let collection = |c: &str| c == self.collection_id;
+        // The collection exists for callers whose policy gives them something to read.
+        let visible = self.engine.receives_anything(&caller.partner.id);
+        let collection = |c: &str| visible && c == self.collection_id;
         match route {
             Route::Objects(c) if collection(c) && method == Method::POST => {
                 self.add_objects(caller, &parts.headers, body).await
@@ -160,19 +162,22 @@ impl Handlers {
             ),
             Route::Discovery => self.discovery(&parts.headers),
             Route::ApiRoot => self.api_root(),
-            Route::Collections => taxii(
-                StatusCode::OK,
-                &json!({ "collections": [self.collection(caller)] }),
-            ),
-            Route::Collection(c) if collection(c) => {
-                taxii(StatusCode::OK, &self.collection(caller))
-            }
+            // The collection is listed for a caller whose policy gives it something to
+            // read; one whose policy gives it nothing sees none (TAXII's empty answer).
+            Route::Collections => match self.collection(caller) {
+                Some(listed) => taxii(StatusCode::OK, &json!({ "collections": [listed] })),
+                None => taxii(StatusCode::OK, &json!({})),
+            },
+            Route::Collection(c) if collection(c) => match self.collection(caller) {
+                Some(listed) => taxii(StatusCode::OK, &listed),
+                None => not_found_collection(),
+            },
             Route::Objects(c) if collection(c) => self.objects(caller, &params, false).await,
             Route::Manifest(c) if collection(c) => self.objects(caller, &params, true).await,
             Route::Object(c, id) if collection(c) => self.object(caller, id, &params, false).await,
             Route::Versions(c, id) if collection(c) => self.object(caller, id, &params, true).await,
             Route::Status(id) => self.status(caller, id),
-            _ => error(StatusCode::NOT_FOUND, "Not Found", "no such collection"),
+            _ => not_found_collection(),
         }
     }
 
@@ -209,15 +214,19 @@ impl Handlers {
         )
     }
 
-    fn collection(&self, caller: &Caller) -> Value {
-        json!({
+    /// The collection as `caller` sees it, if its policy gives it anything to read.
+    fn collection(&self, caller: &Caller) -> Option<Value> {
+        if !self.engine.receives_anything(&caller.partner.id) {
+            return None;
+        }
+        Some(json!({
             "id": self.collection_id,
             "title": "Indicators",
             "description": "Every indicator this node holds that the caller's sharing policy allows it to see",
             "can_read": true,
             "can_write": caller.can_write(),
             "media_types": [STIX_MEDIA_TYPE],
-        })
+        }))
     }
 
     /// Objects or manifest of the collection: a page through `Engine::query_blocking`
@@ -726,6 +735,10 @@ pub fn unauthorized() -> Answer {
 /// The one answer for an object the caller cannot have: absent and withheld alike.
 fn object_not_found() -> Answer {
     error(StatusCode::NOT_FOUND, "Not Found", "no such object")
+}
+
+fn not_found_collection() -> Answer {
+    error(StatusCode::NOT_FOUND, "Not Found", "no such collection")
 }
 
 fn bad_next() -> Answer {
