@@ -8,12 +8,13 @@
 
 mod handlers;
 mod listener;
-mod params;
+pub(crate) mod params;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 pub use crate::crypto::password::{check_password_hash, hash_password};
+pub(crate) use listener::basic_credentials;
 pub use listener::{TaxiiError, TaxiiServer};
 
 use crate::config::BasicCredential;

@@ -44,6 +44,10 @@ pub enum TaxiiError {
     },
 }
 
+/// Longest a connection stays open; then it finishes its request and closes.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
+/// Time a connection asked to close has to finish its request.
+const DRAIN: Duration = Duration::from_secs(70);
 /// Connections open at once (with or without a certificate).
 const MAX_CONNECTIONS: usize = 256;
 /// Time a client has to send a request's headers.
@@ -250,18 +254,42 @@ async fn accept(
                 .header_read_timeout(HEADER_TIMEOUT)
                 .max_buf_size(MAX_HEAD_BYTES);
             let served = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                result = served => {
-                    if let Err(error) = result {
-                        tracing::debug!(addr = %remote_addr, %error, "TAXII connection ended");
+            tokio::pin!(served);
+            tokio::pin!(closing);
+            // A connection lives at most CONNECTION_LIFETIME: then (or at shutdown) it
+            // finishes the request in progress, for at most DRAIN, and closes. A
+            // withdrawal closes it at once.
+            let lifetime = tokio::time::sleep(CONNECTION_LIFETIME);
+            tokio::pin!(lifetime);
+            let mut draining = false;
+            loop {
+                tokio::select! {
+                    result = served.as_mut() => {
+                        if let Err(error) = result {
+                            tracing::debug!(addr = %remote_addr, %error, "TAXII connection ended");
+                        }
+                        break;
+                    }
+                    _ = closing.as_mut() => {
+                        tracing::info!(addr = %remote_addr, "TAXII connection closed: access withdrawn");
+                        break;
+                    }
+                    _ = shutdown.cancelled(), if !draining => {
+                        draining = true;
+                        served.as_mut().graceful_shutdown();
+                        lifetime.as_mut().reset(tokio::time::Instant::now() + DRAIN);
+                    }
+                    _ = lifetime.as_mut() => {
+                        if draining {
+                            break;
+                        }
+                        draining = true;
+                        served.as_mut().graceful_shutdown();
+                        lifetime.as_mut().reset(tokio::time::Instant::now() + DRAIN);
                     }
                 }
-                _ = closing => {
-                    tracing::info!(addr = %remote_addr, "TAXII connection closed: access withdrawn");
-                }
-                _ = shutdown.cancelled() => {}
             }
-            drop(registration);
+            // `registration` is dropped here: the connection leaves the directory.
         });
     }
     tasks.shutdown().await;
@@ -381,7 +409,7 @@ async fn authenticate(
 }
 
 /// The user name and password of a `Basic` authorization header.
-fn basic_credentials(header: &[u8]) -> Option<(String, Vec<u8>)> {
+pub(crate) fn basic_credentials(header: &[u8]) -> Option<(String, Vec<u8>)> {
     let header = std::str::from_utf8(header).ok()?;
     let (scheme, encoded) = header.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
