@@ -218,9 +218,9 @@ async fn all_ids(
     node: &TaxiiNode,
     objects: &str,
     limit: usize,
-) -> (Vec<String>, usize) {
+) -> (Vec<String>, Vec<usize>) {
     let mut ids = Vec::new();
-    let mut pages = 0;
+    let mut pages = Vec::new();
     let mut next: Option<String> = None;
     loop {
         let path = match &next {
@@ -236,8 +236,8 @@ async fn all_ids(
         );
         assert_eq!(reply.header("content-type"), Some(TAXII));
         let body = reply.json();
-        pages += 1;
         let objects = body["objects"].as_array().unwrap();
+        pages.push(objects.len());
         assert!(objects.len() <= limit);
         for o in objects {
             ids.push(o["id"].as_str().unwrap().to_owned());
@@ -252,7 +252,7 @@ async fn all_ids(
             assert!(body.get("next").is_none());
             break;
         }
-        assert!(pages < 100, "paging does not end");
+        assert!(pages.len() < 100, "paging does not end");
     }
     (ids, pages)
 }
@@ -380,14 +380,28 @@ async fn taxii_serves_each_caller_its_view_and_refuses_what_it_may_not_do() {
     // Each caller sees exactly its view, paged.
     let green: BTreeSet<String> = [1, 2, 3, 4, 5, 7, 8].iter().map(|n| id_of(*n)).collect();
     let clear: BTreeSet<String> = [7, 8].iter().map(|n| id_of(*n)).collect();
-    let everything: BTreeSet<String> = (1..=8).map(id_of).collect();
+    let everything: BTreeSet<String> = (1..=8).chain(30..36).map(id_of).collect();
     let (ids, pages) = all_ids(&researcher, &node, &objects, 2).await;
     assert_eq!(ids.len(), green.len(), "no duplicates: {ids:?}");
     assert_eq!(ids.iter().cloned().collect::<BTreeSet<_>>(), green);
-    assert!(
-        pages >= 5,
-        "at most 2 items a page and an empty last page: {pages}"
-    );
+    // Pages are filled past the withheld AMBER item, and the last page is empty.
+    assert_eq!(pages, [2, 2, 2, 1, 0]);
+    // Withheld items added later change nothing of the researcher's paging.
+    let withheld: Vec<Value> = (30..36).map(|n| indicator(n, AMBER)).collect();
+    let posted = send(
+        &analyst,
+        node.taxii,
+        "POST",
+        &objects,
+        &[("Accept", TAXII), ("Content-Type", TAXII)],
+        json!({ "objects": withheld }).to_string().as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(posted.json()["success_count"], json!(6));
+    let (again, pages_again) = all_ids(&researcher, &node, &objects, 2).await;
+    assert_eq!(again, ids);
+    assert_eq!(pages_again, pages);
     let (ids, _) = all_ids(&analyst, &node, &objects, 3).await;
     assert_eq!(ids.into_iter().collect::<BTreeSet<_>>(), everything);
     let siem_tls = anonymous.clone();
