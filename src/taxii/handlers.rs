@@ -412,46 +412,40 @@ impl Handlers {
                 );
             }
         };
-        let envelope: Value = match serde_json::from_slice(&bytes) {
-            Ok(v) => v,
-            Err(_) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "Bad Request",
-                    "the body is not JSON",
-                );
-            }
-        };
-        drop(bytes);
-        let Some(objects) = envelope.get("objects").and_then(Value::as_array) else {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "Bad Request",
-                "the body is not a TAXII envelope with an objects array",
-            );
-        };
-        if objects.is_empty() || objects.len() > MAX_POST_OBJECTS {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "Bad Request",
-                &format!("an envelope holds 1 to {MAX_POST_OBJECTS} objects"),
-            );
-        }
         let request_ms = now_ms();
-        // The envelope's objects are read as a STIX bundle, by the same import the
-        // command line uses: no default marking, so an object without one is refused.
-        let bundle = json!({
-            "type": "bundle",
-            "id": format!("bundle--{}", uuid::Uuid::new_v4()),
-            "objects": objects,
+        // Parsing (up to `max_body_bytes` of JSON) runs off the async workers. The
+        // envelope's objects are read as a STIX bundle, by the same import the command
+        // line uses: no default marking, so an object without one is refused.
+        let read = tokio::task::spawn_blocking(move || {
+            let mut envelope: Value =
+                serde_json::from_slice(&bytes).map_err(|_| "the body is not JSON".to_owned())?;
+            drop(bytes);
+            let objects = match envelope.get_mut("objects").map(Value::take) {
+                Some(Value::Array(objects)) => objects,
+                _ => {
+                    return Err("the body is not a TAXII envelope with an objects array".to_owned());
+                }
+            };
+            if objects.is_empty() || objects.len() > MAX_POST_OBJECTS {
+                return Err(format!("an envelope holds 1 to {MAX_POST_OBJECTS} objects"));
+            }
+            let mut bundle = json!({
+                "type": "bundle",
+                "id": format!("bundle--{}", uuid::Uuid::new_v4()),
+                "objects": objects,
+            });
+            let text = bundle.to_string();
+            let parsed = parse_input(InputFormat::Stix, &text, &Defaults::default(), now_ms());
+            let objects = match bundle.get_mut("objects").map(Value::take) {
+                Some(Value::Array(objects)) => objects,
+                _ => Vec::new(),
+            };
+            Ok((objects, parsed))
         })
-        .to_string();
-        let parsed = match tokio::task::spawn_blocking(move || {
-            parse_input(InputFormat::Stix, &bundle, &Defaults::default(), now_ms())
-        })
-        .await
-        {
-            Ok(parsed) => parsed,
+        .await;
+        let (objects, parsed) = match read {
+            Ok(Ok(read)) => read,
+            Ok(Err(problem)) => return error(StatusCode::BAD_REQUEST, "Bad Request", &problem),
             Err(_) => return internal(),
         };
         let wait = self
@@ -501,7 +495,7 @@ impl Handlers {
             return internal();
         }
         drop(slot);
-        let status = status_resource(objects, &parsed, &outcomes, request_ms);
+        let status = status_resource(&objects, &parsed, &outcomes, request_ms);
         tracing::info!(publisher = %caller.partner.id, stored = outcomes.iter().filter(|o| o.is_ok()).count(), "published through TAXII");
         let bytes = Bytes::from(status.to_string());
         let id = status
