@@ -742,7 +742,7 @@ async fn taxii_serves_each_caller_its_view_and_refuses_what_it_may_not_do() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn taxii_basic_credentials_follow_a_reload() {
+async fn taxii_authority_follows_a_reload() {
     let pki = federation();
     let config = write_config(&pki, true);
     let node = serve_taxii(&config);
@@ -779,6 +779,43 @@ async fn taxii_basic_credentials_follow_a_reload() {
             .status,
         200
     );
+    // The analyst may write until it is made read-only; then its writes are refused.
+    let analyst = tls(&pki, Some("analyst.soc"));
+    let collections = get(&analyst, node.taxii, "/api/collections/").await.json();
+    assert_eq!(collections["collections"][0]["can_write"], json!(true));
+    let objects = format!(
+        "/api/collections/{}/objects/",
+        collections["collections"][0]["id"].as_str().unwrap()
+    );
+    let write = || {
+        let analyst = analyst.clone();
+        let objects = objects.clone();
+        let addr = node.taxii;
+        async move {
+            let body = json!({ "objects": [indicator(40, GREEN)] }).to_string();
+            send(
+                &analyst,
+                addr,
+                "POST",
+                &objects,
+                &[("Accept", TAXII), ("Content-Type", TAXII)],
+                body.as_bytes(),
+            )
+            .await
+            .unwrap()
+            .status
+        }
+    };
+    assert_eq!(write().await, 202);
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "id = \"analyst.soc\"\nrole = \"analyst\"",
+        "id = \"analyst.soc\"\nrole = \"read_only\"\nallow_types = [\"*\"]",
+    );
+    std::fs::write(&config, text).unwrap();
+    reload(&node);
+    wait_for(|| async { write().await == 403 }).await;
+    let collections = get(&analyst, node.taxii, "/api/collections/").await.json();
+    assert_eq!(collections["collections"][0]["can_write"], json!(false));
     // The researcher is removed from the configuration: its certificate stops working.
     let text = std::fs::read_to_string(&config)
         .unwrap()
