@@ -1012,3 +1012,56 @@ async fn taxii_paging_is_stable_while_an_analyst_publishes() {
     );
     assert!(round >= 5, "{round} pages");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_do_not_keep_taxii_callers_out() {
+    let pki = federation();
+    let config = write_config(&pki, true);
+    let node = serve_taxii(&config);
+    // 300 TCP connections that never send a ClientHello, from 30 addresses: more than
+    // the listener's handshake slots (256 by default).
+    let mut idle = Vec::new();
+    for source in 0..30u8 {
+        for _ in 0..10 {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket
+                .bind(SocketAddr::from(([127, 0, 2, 10 + source], 0)))
+                .unwrap();
+            idle.push(socket.connect(node.taxii).await.unwrap());
+        }
+    }
+    let researcher = tls(&pki, Some("researcher.uni-x"));
+    let anonymous = tls(&pki, None);
+    let siem = basic("siem.soc", SIEM_PASSWORD);
+    for _ in 0..5 {
+        let started = Instant::now();
+        let reply = tokio::time::timeout(
+            Duration::from_secs(5),
+            send(
+                &researcher,
+                node.taxii,
+                "GET",
+                "/taxii2/",
+                &[("Accept", TAXII)],
+                b"",
+            ),
+        )
+        .await
+        .expect("answered while 300 silent connections are open")
+        .expect("a TAXII answer");
+        assert_eq!(reply.status, 200);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+    let reply = send(
+        &anonymous,
+        node.taxii,
+        "GET",
+        "/taxii2/",
+        &[("Accept", TAXII), ("Authorization", &siem)],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 200);
+    drop(idle);
+}

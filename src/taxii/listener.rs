@@ -24,8 +24,10 @@ use super::handlers::{Caller, Handlers};
 use crate::config::{Config, TaxiiSettings};
 use crate::crypto::password::{DECOY_HASH, MAX_PASSWORD_BYTES, verify_password};
 use crate::engine::Engine;
-use crate::limits::{Limits, Slots};
+use crate::limits::{Limits, Slot, Slots};
 use crate::model::{NodeId, PartnerKind, Role};
+use crate::transport::access::Registration;
+use crate::transport::listener::describe_io_error;
 use crate::transport::{ConnectionInfo, Directory, TlsError};
 
 /// Why the TAXII listener could not start.
@@ -48,7 +50,7 @@ pub enum TaxiiError {
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 /// Time a connection asked to close has to finish its request.
 const DRAIN: Duration = Duration::from_secs(70);
-/// Connections open at once (with or without a certificate).
+/// Connections served at once (with or without a certificate), handshakes apart.
 const MAX_CONNECTIONS: usize = 256;
 /// Time a client has to send a request's headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -138,6 +140,19 @@ impl TaxiiServer {
     }
 }
 
+/// A connection whose handshake completed, on its way to be served.
+struct Established {
+    stream: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    remote_addr: SocketAddr,
+    info: Option<ConnectionInfo>,
+    /// Keeps the connection in the directory (certificate connections only).
+    registration: Option<Registration>,
+    /// Its place under `limits.connections_per_partner` (certificate connections only).
+    partner_slot: Option<Slot<NodeId>>,
+    /// Its place among the listener's connections.
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
 async fn accept(
     listener: TcpListener,
     acceptor: TlsAcceptor,
@@ -146,18 +161,28 @@ async fn accept(
     shutdown: CancellationToken,
 ) {
     // The gRPC listener's `[limits]` for handshakes and connections per partner apply
-    // here too, counted apart from it.
-    let handshakes = Arc::new(Semaphore::new(limits.handshakes));
+    // here too, counted apart from it, and as there the oldest handshake in progress
+    // gives way when every slot is taken.
+    let handshake_permits = Arc::new(Semaphore::new(limits.handshakes));
     let per_source: Arc<Slots<IpAddr>> = Arc::new(Slots::new(limits.handshakes_per_source));
     let per_partner: Arc<Slots<NodeId>> = Arc::new(Slots::new(limits.connections_per_partner));
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut tasks = tokio::task::JoinSet::new();
-    loop {
+    let (established_tx, mut established_rx) = tokio::sync::mpsc::channel::<Established>(16);
+    let mut handshakes = tokio::task::JoinSet::new();
+    let mut in_progress: std::collections::VecDeque<tokio::task::AbortHandle> =
+        std::collections::VecDeque::new();
+    let mut served = tokio::task::JoinSet::new();
+    'accept: loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
+            Some(established) = established_rx.recv() => {
+                served.spawn(serve_connection(established, shared.clone(), shutdown.clone()));
+                continue;
+            }
             accepted = listener.accept() => accepted,
         };
-        while tasks.try_join_next().is_some() {}
+        while handshakes.try_join_next().is_some() {}
+        while served.try_join_next().is_some() {}
         let (tcp, remote_addr) = match accepted {
             Ok(pair) => pair,
             Err(error) => {
@@ -165,42 +190,61 @@ async fn accept(
                 continue;
             }
         };
-        // Over any bound the connection is closed at once.
+        // Over the per-source bound the connection is closed at once.
         let Some(source) = per_source.take(&remote_addr.ip()) else {
             crate::limits::count(crate::limits::Limit::HandshakesPerSource);
             continue;
         };
-        let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
-            crate::limits::count(crate::limits::Limit::Handshakes);
-            continue;
+        let handshake = match handshake_permits.clone().try_acquire_owned() {
+            Ok(handshake) => handshake,
+            Err(_) => {
+                crate::limits::count(crate::limits::Limit::Handshakes);
+                in_progress.retain(|h| !h.is_finished());
+                if let Some(oldest) = in_progress.pop_front() {
+                    oldest.abort();
+                }
+                // Connections that finished their handshake meanwhile are served while
+                // this one waits for a slot.
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break 'accept,
+                        Some(established) = established_rx.recv() => {
+                            served.spawn(serve_connection(established, shared.clone(), shutdown.clone()));
+                        }
+                        handshake = handshake_permits.clone().acquire_owned() => match handshake {
+                            Ok(handshake) => break handshake,
+                            Err(_) => break 'accept,
+                        },
+                    }
+                }
+            }
         };
-        let Ok(connection) = connections.clone().try_acquire_owned() else {
-            tracing::debug!(addr = %remote_addr, "TAXII connection limit reached; connection closed");
-            continue;
-        };
+        if in_progress.len() > 2 * limits.handshakes {
+            in_progress.retain(|h| !h.is_finished());
+        }
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let shared = shared.clone();
-        let shutdown = shutdown.clone();
+        let directory = shared.directory.clone();
         let per_partner = per_partner.clone();
+        let connections = connections.clone();
+        let established_tx = established_tx.clone();
         let handshake_timeout = limits.handshake_timeout;
-        tasks.spawn(async move {
-            let _connection = connection;
-            let generation = shared.directory.generation();
+        in_progress.push_back(handshakes.spawn(async move {
+            let generation = directory.generation();
             let stream =
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(error)) => {
-                        tracing::warn!(addr = %remote_addr, %error, "TAXII TLS handshake failed");
+                        let reason = describe_io_error(&error);
+                        tracing::warn!(addr = %remote_addr, %reason, "TAXII TLS handshake failed");
                         return;
                     }
                     Err(_) => {
+                        crate::limits::count(crate::limits::Limit::HandshakeTimeout);
                         tracing::warn!(addr = %remote_addr, "TAXII TLS handshake timed out");
                         return;
                     }
                 };
-            drop(handshake);
-            drop(source);
             let chain: Option<Vec<_>> = stream
                 .get_ref()
                 .1
@@ -209,7 +253,7 @@ async fn accept(
             // A certificate is admitted as on the gRPC listener: registered, so a reload
             // or its expiry withdraws it and closes the connection.
             let (info, registration) = match chain {
-                Some(chain) => match shared.directory.admit(chain, remote_addr, generation) {
+                Some(chain) => match directory.admit(chain, remote_addr, generation) {
                     Ok((info, registration)) => (Some(info), Some(registration)),
                     Err(reason) => {
                         tracing::warn!(addr = %remote_addr, %reason, "TAXII connection refused");
@@ -218,7 +262,7 @@ async fn accept(
                 },
                 None => (None, None),
             };
-            let _partner_slot = match &info {
+            let partner_slot = match &info {
                 Some(info) => match per_partner.take(&info.partner.id) {
                     Some(slot) => Some(slot),
                     None => {
@@ -229,70 +273,106 @@ async fn accept(
                 },
                 None => None,
             };
-            let closing = async {
-                match &registration {
-                    Some(registration) => {
-                        tokio::spawn(registration.watchdog());
-                        registration.closing().await;
-                    }
-                    None => std::future::pending::<()>().await,
-                }
+            // The handshake is over: its slots go back before the connection is handed on.
+            drop(handshake);
+            drop(source);
+            let Ok(permit) = connections.try_acquire_owned() else {
+                tracing::warn!(addr = %remote_addr, "TAXII connection refused: {MAX_CONNECTIONS} connections are open");
+                return;
             };
-            let connection = Arc::new(Connection {
-                info,
-                remote_addr,
-                basic: std::sync::Mutex::new(None),
-            });
-            let service = hyper::service::service_fn(move |request| {
-                let shared = shared.clone();
-                let connection = connection.clone();
-                async move { Ok::<_, std::convert::Infallible>(serve(&shared, &connection, request).await) }
-            });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(MAX_HEAD_BYTES);
-            let served = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(served);
-            tokio::pin!(closing);
-            // A connection lives at most CONNECTION_LIFETIME: then (or at shutdown) it
-            // finishes the request in progress, for at most DRAIN, and closes. A
-            // withdrawal closes it at once.
-            let lifetime = tokio::time::sleep(CONNECTION_LIFETIME);
-            tokio::pin!(lifetime);
-            let mut draining = false;
-            loop {
-                tokio::select! {
-                    result = served.as_mut() => {
-                        if let Err(error) = result {
-                            tracing::debug!(addr = %remote_addr, %error, "TAXII connection ended");
-                        }
-                        break;
-                    }
-                    _ = closing.as_mut() => {
-                        tracing::info!(addr = %remote_addr, "TAXII connection closed: access withdrawn");
-                        break;
-                    }
-                    _ = shutdown.cancelled(), if !draining => {
-                        draining = true;
-                        served.as_mut().graceful_shutdown();
-                        lifetime.as_mut().reset(tokio::time::Instant::now() + DRAIN);
-                    }
-                    _ = lifetime.as_mut() => {
-                        if draining {
-                            break;
-                        }
-                        draining = true;
-                        served.as_mut().graceful_shutdown();
-                        lifetime.as_mut().reset(tokio::time::Instant::now() + DRAIN);
-                    }
-                }
-            }
-            // `registration` is dropped here: the connection leaves the directory.
-        });
+            let _ = established_tx
+                .send(Established {
+                    stream,
+                    remote_addr,
+                    info,
+                    registration,
+                    partner_slot,
+                    permit,
+                })
+                .await;
+        }));
     }
-    tasks.shutdown().await;
+    handshakes.shutdown().await;
+    served.shutdown().await;
+}
+
+/// Serves HTTP/1.1 on one connection until the client closes it, its access is
+/// withdrawn, or its lifetime ends.
+async fn serve_connection(
+    established: Established,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let Established {
+        stream,
+        remote_addr,
+        info,
+        registration,
+        partner_slot,
+        permit,
+    } = established;
+    let _held = (partner_slot, permit);
+    let closing = async {
+        match &registration {
+            Some(registration) => {
+                tokio::spawn(registration.watchdog());
+                registration.closing().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    let connection = Arc::new(Connection {
+        info,
+        remote_addr,
+        basic: std::sync::Mutex::new(None),
+    });
+    let service = hyper::service::service_fn(move |request| {
+        let shared = shared.clone();
+        let connection = connection.clone();
+        async move { Ok::<_, std::convert::Infallible>(serve(&shared, &connection, request).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES);
+    let served = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(served);
+    tokio::pin!(closing);
+    // A connection lives at most CONNECTION_LIFETIME: then (or at shutdown) it finishes
+    // the request in progress, for at most DRAIN, and closes. A withdrawal closes it at
+    // once.
+    let lifetime = tokio::time::sleep(CONNECTION_LIFETIME);
+    tokio::pin!(lifetime);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = served.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(addr = %remote_addr, %error, "TAXII connection ended");
+                }
+                break;
+            }
+            _ = closing.as_mut() => {
+                tracing::info!(addr = %remote_addr, "TAXII connection closed: access withdrawn");
+                break;
+            }
+            _ = shutdown.cancelled(), if !draining => {
+                draining = true;
+                served.as_mut().graceful_shutdown();
+                lifetime.as_mut().reset(tokio::time::Instant::now() + DRAIN);
+            }
+            _ = lifetime.as_mut() => {
+                if draining {
+                    break;
+                }
+                draining = true;
+                served.as_mut().graceful_shutdown();
+                lifetime.as_mut().reset(tokio::time::Instant::now() + DRAIN);
+            }
+        }
+    }
+    // `registration` is dropped after this: the connection leaves the directory.
 }
 
 /// One connection: its certificate identity, if it presented one, and the last Basic
