@@ -29,6 +29,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(false)
         .build_server(false)
+        // Boxed so that an `Item` (a revocation carries its indicator) stays small.
+        .boxed(".entente.v1.Revocation.indicator")
         .out_dir(&wire_dir)
         .compile_protos(&["proto/entente/v1/bundle.proto"], &["proto"])?;
 

@@ -203,6 +203,47 @@ pub async fn wait_for_sync(
     Ok(())
 }
 
+/// `entente revoke ID --reason TEXT`: publishes the revocation of an indicator this node
+/// originated. The node fills in the indicator's marking, type, tags and content.
+pub async fn revoke(settings: &ClientSettings, id: &str, reason: &str) -> Result<()> {
+    let id = crate::model::ItemId::parse(id).context("the id to revoke")?;
+    if reason.trim().is_empty() {
+        bail!("--reason must say why the indicator is revoked");
+    }
+    let client = NodeClient::connect_with(settings).await?;
+    let request = PublishRequest {
+        items: vec![wire::Item {
+            id: id.to_string(),
+            modified_unix_ms: 0,
+            tlp: wire::Tlp::Unspecified as i32,
+            tags: Vec::new(),
+            kind: Some(wire::item::Kind::Revocation(wire::Revocation {
+                reason: reason.to_owned(),
+                indicator_type: String::new(),
+                indicator: None,
+            })),
+        }],
+        distribution: Some(wire::Distribution::default()),
+        groups: Vec::new(),
+    };
+    let response = client
+        .publish(tokio_stream::iter(std::iter::once(request)))
+        .await?;
+    if response.items_accepted != 1 {
+        bail!(
+            "{id} was not revoked ({} duplicates, {} rejected by the single-writer rule)",
+            response.items_duplicate,
+            response.items_rejected
+        );
+    }
+    println!("revoked {id} at {}: {reason}", client.node());
+    Ok(())
+}
+
+/// Most distinct origins whose `identity` objects one export carries (a federation has
+/// far fewer members; this only bounds what a misbehaving node could make a client hold).
+const MAX_EXPORT_ORIGINS: usize = 10_000;
+
 /// `entente publish`: parse INPUT, refuse it if anything is invalid (unless told to
 /// skip), then stream it to the node as signed bundles.
 pub async fn publish(
@@ -216,6 +257,7 @@ pub async fn publish(
         tlp: options.tlp,
         indicator_type: options.indicator_type,
         tags: options.tags.clone(),
+        origin: Some(settings.node_id.to_string()),
     };
     let parsed = interop::parse_input(format, &text, &defaults, now_ms());
     drop(text);
@@ -644,14 +686,40 @@ pub async fn export(
     let mut count = 0usize;
     let bar = spinner("exporting");
     let started = Instant::now();
+    // The origins and markings the objects name, written after them as `identity` and
+    // TLP 2.0 `marking-definition` objects so that the bundle is complete.
+    let mut origins = std::collections::BTreeSet::new();
+    let mut markings = std::collections::BTreeSet::new();
+    let mut revocations = false;
     while let Some(chunk) = stream.message().await.map_err(|s| client.stream_error(s))? {
         if count > 0 {
             out.write_all(b",")?;
         }
         out.write_all(b"\n")?;
         out.write_all(chunk.stix_json.as_bytes())?;
+        if !chunk.origin.is_empty() && origins.len() < MAX_EXPORT_ORIGINS {
+            origins.insert(chunk.origin);
+        }
+        if let Ok(tlp) = Tlp::try_from(chunk.tlp) {
+            markings.insert(tlp);
+        }
+        revocations |= chunk.stix_json.contains("\"revoked\":true");
         count += 1;
         bar.inc(1);
+    }
+    let context = markings
+        .into_iter()
+        .map(interop::tlp_marking_definition)
+        .chain(origins.iter().map(|origin| interop::identity(origin)))
+        .chain(
+            revocations
+                .then(interop::revocation_extension)
+                .into_iter()
+                .flatten(),
+        );
+    for (written, object) in (count..).zip(context) {
+        out.write_all(if written > 0 { b",\n" } else { b"\n" })?;
+        out.write_all(object.to_string().as_bytes())?;
     }
     out.write_all(b"\n]}\n")?;
     out.flush()?;

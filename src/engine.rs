@@ -450,6 +450,80 @@ impl Engine {
         Ok(self.signer.sign(items, &distribution, now_ms)?)
     }
 
+    /// Completes a revocation submitted for publishing (item `at` of its message) from
+    /// the indicator it revokes, which the publisher must be allowed to see: a bare
+    /// revocation (no type given) takes the marking, type and tags of the version held
+    /// (so policy judges it like the indicator, and a subscriber that filters by tag sees
+    /// it), and every revocation takes its content when it carries none (so it exports
+    /// as a whole STIX indicator with `revoked: true`); what a draft gives must match, as
+    /// `check_publishable` checks. A
+    /// revocation that gives no type and names nothing the publisher may see here is
+    /// refused as [`Engine::check_publishable`] refuses an id not held, so a withheld
+    /// indicator answers like an absent one; one that gives its type is left as given
+    /// for the same checks. Anything but a revocation is left alone.
+    pub fn complete_revocation(
+        &self,
+        publisher: &Partner,
+        at: usize,
+        draft: &mut wire::Item,
+        now_ms: i64,
+    ) -> Result<(), EngineError> {
+        let Some(wire::item::Kind::Revocation(revocation)) = &mut draft.kind else {
+            return Ok(());
+        };
+        let Ok(id) = ItemId::parse(&draft.id) else {
+            return Ok(());
+        };
+        let policy = self.policy();
+        let own = self.signer.origin();
+        let sees_everything = &publisher.id == own
+            || policy
+                .partner(&publisher.id)
+                .is_some_and(crate::policy::PartnerPolicy::sees_everything);
+        let visible = self.store.get(&id)?.filter(|stored| {
+            sees_everything
+                || Self::decide_stored(&policy, &publisher.id, stored, now_ms, true).allowed()
+        });
+        let untyped = revocation.indicator_type.is_empty();
+        let held = match visible {
+            Some(held) if held.origin == *own => held,
+            Some(held) if untyped => {
+                return Err(EngineError::Unpublishable(format!(
+                    "item {at}: {id} originated at {}; only its origin may revoke it",
+                    held.origin
+                )));
+            }
+            None if untyped => {
+                return Err(EngineError::Unpublishable(format!(
+                    "item {at}: nothing to revoke: {id} is not held by this node"
+                )));
+            }
+            _ => return Ok(()),
+        };
+        let indicator = match &held.item.kind {
+            ItemKind::Indicator(indicator) => Some(indicator.clone()),
+            ItemKind::Revocation(earlier) => earlier.indicator.as_deref().cloned(),
+        };
+        // A bare revocation (no type) takes marking and tags from the indicator; one that
+        // says what it revokes keeps what it says, for `check_publishable` to refuse if
+        // it differs (an untagged revocation of a tagged item is refused, not filled in).
+        if untyped {
+            if draft.tlp == wire::Tlp::Unspecified as i32 {
+                draft.tlp = wire::Tlp::from(held.item.tlp) as i32;
+            }
+            if draft.tags.is_empty() {
+                draft.tags = held.item.tags.clone();
+            }
+            revocation.indicator_type = held.item.indicator_type().as_str().to_owned();
+        }
+        if revocation.indicator.is_none() {
+            revocation.indicator = indicator
+                .as_ref()
+                .map(|i| Box::new(wire::Indicator::from(i)));
+        }
+        Ok(())
+    }
+
     /// The rules this node's own items must pass before it signs them, and the
     /// distribution to sign them under:
     ///

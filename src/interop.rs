@@ -19,7 +19,9 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::model::{IndicatorType, Item, ItemId, ItemKind, Tlp};
 
-pub use stix::to_stix;
+pub use stix::{
+    identity, identity_id, revocation_extension, tlp_marking_definition, to_stix, to_stix_from,
+};
 
 /// Most objects (STIX) or records (CSV, list) in one input; above it the input is refused
 /// with a single error and no items.
@@ -81,6 +83,11 @@ pub struct Defaults {
     pub indicator_type: Option<IndicatorType>,
     /// Tags added to every item (`--tag`).
     pub tags: Vec<String>,
+    /// The node that will publish the items. An item whose input gives no id (CSV rows,
+    /// list lines) gets the id derived from it, its type and its value
+    /// ([`ItemId::derived`]), so publishing the same list again updates the same items;
+    /// without it such an item gets a random id.
+    pub origin: Option<String>,
 }
 
 /// One object or line of the input that did not become an item.
@@ -223,7 +230,13 @@ impl Sink<'_> {
         let mut seen = HashSet::with_capacity(tags.len());
         tags.retain(|tag| seen.insert(tag.clone()));
         let item = Item {
-            id: draft.id.unwrap_or_else(ItemId::new_random),
+            id: match (draft.id, &self.defaults.origin, &draft.kind) {
+                (Some(id), _, _) => id,
+                (None, Some(origin), ItemKind::Indicator(indicator)) => {
+                    ItemId::derived(origin, indicator.indicator_type, &indicator.value)
+                }
+                (None, _, _) => ItemId::new_random(),
+            },
             modified_ms: draft.modified_ms,
             tlp,
             tags,
@@ -263,6 +276,7 @@ mod tests {
             tlp,
             indicator_type: None,
             tags: Vec::new(),
+            origin: None,
         }
     }
 
@@ -344,6 +358,7 @@ mod tests {
             tlp: Some(Tlp::Amber),
             indicator_type: None,
             tags: vec!["source:honeypot".into(), "pii".into()],
+            origin: None,
         };
         let parsed = parse_input(InputFormat::Csv, "ipv4,1.2.3.4,,pii;campaign-x\n", &d, NOW);
         assert_eq!(parsed.errors, []);

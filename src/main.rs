@@ -108,6 +108,18 @@ enum Command {
         /// The input file, or - for standard input.
         input: PathBuf,
     },
+    /// Revoke an indicator this node published: the revocation keeps the indicator's
+    /// marking, type and tags, and goes to whoever may have received the indicator.
+    Revoke {
+        /// Client (or node) configuration naming the node and this client's certificate.
+        #[arg(long)]
+        config: PathBuf,
+        /// Why it is revoked (sent with the revocation, e.g. "false positive").
+        #[arg(long)]
+        reason: String,
+        /// The indicator's id (`indicator--<uuid>`).
+        id: String,
+    },
     /// Query the node for items this client may see.
     Query {
         #[arg(long)]
@@ -470,6 +482,10 @@ fn run(command: Command) -> Result<()> {
         Command::Serve { config } => {
             let config = Config::load(&config)?;
             runtime()?.block_on(serve(config))
+        }
+        Command::Revoke { config, reason, id } => {
+            let settings = ClientSettings::load(&config)?;
+            runtime()?.block_on(entente::cli::revoke(&settings, &id, &reason))
         }
         Command::Publish {
             config,

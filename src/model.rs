@@ -5,6 +5,8 @@ mod bundle;
 mod encoding;
 mod identity;
 pub mod item;
+pub mod observables;
+mod properties;
 mod value;
 
 pub use bundle::{BundleId, Distribution, MAX_RECIPIENTS};
@@ -12,6 +14,7 @@ pub use identity::{InvalidNodeId, NodeId, Partner, PartnerKind, Role};
 pub use item::{
     Indicator, IndicatorType, InvalidValue, Item, ItemId, ItemKind, ModelError, Revocation, Tlp,
 };
+pub use properties::{MAX_PROPERTIES_BYTES, StixProperties};
 pub use value::{
     MAX_KILL_CHAIN_PHASES, MAX_TAGS, MIN_IPV4_PREFIX, MIN_IPV6_PREFIX, detect_type, normalise,
     normalise_typed,

@@ -395,7 +395,13 @@ impl ItemQuery {
                 return false;
             };
             let ty = stored.item.indicator_type();
-            if crate::model::normalise(ty, value).ok().as_deref() != Some(held) {
+            // Its own value, or one a STIX pattern names.
+            let named = || {
+                stored.item.observed_values().iter().any(|(ty, named)| {
+                    crate::model::normalise(*ty, value).ok().as_deref() == Some(named.as_str())
+                })
+            };
+            if crate::model::normalise(ty, value).ok().as_deref() != Some(held) && !named() {
                 return false;
             }
         }

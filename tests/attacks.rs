@@ -148,6 +148,7 @@ fn revocation_of(of: &wire::Item, ty: &str) -> wire::Item {
         kind: Some(wire::item::Kind::Revocation(wire::Revocation {
             reason: "false positive: the source in case 4711 was wrong".into(),
             indicator_type: ty.to_owned(),
+            indicator: None,
         })),
     }
 }

@@ -36,6 +36,7 @@ fn bundle(by: &TlsMaterial, n: usize, tag: &str) -> entente::wire::SignedBundle 
                 kill_chain_phases: vec![],
                 valid_from_ms: now - 10_000,
                 valid_until_ms: None,
+                properties: Default::default(),
             }),
         })
         .collect();

@@ -44,6 +44,7 @@ fn item(n: u32) -> Item {
             kill_chain_phases: vec![],
             valid_from_ms: *NOW - 1000,
             valid_until_ms: None,
+            properties: Default::default(),
         }),
     }
 }

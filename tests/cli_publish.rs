@@ -21,6 +21,10 @@ const DEADLINE: Duration = Duration::from_secs(60);
 const HQ: &str = "redmond.hq";
 const ANALYST: &str = "analyst.alice";
 const READER: &str = "researcher.bob";
+/// A read-only client that may see IPv4 addresses and domains only.
+const NET_READER: &str = "researcher.net";
+/// A read-only client that may see IPv4 addresses only.
+const IP_READER: &str = "researcher.ip";
 
 const C2_FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -132,7 +136,7 @@ impl Hq {
             .expect("open node config");
         write!(
             file,
-            "\n[[client]]\nid = \"{ANALYST}\"\nrole = \"analyst\"\n\n[[client]]\nid = \"{READER}\"\nrole = \"read_only\"\nallow_types = [\"*\"]\n"
+            "\n[[client]]\nid = \"{ANALYST}\"\nrole = \"analyst\"\n\n[[client]]\nid = \"{READER}\"\nrole = \"read_only\"\nallow_types = [\"*\"]\n\n[[client]]\nid = \"{NET_READER}\"\nrole = \"read_only\"\nallow_types = [\"ipv4\", \"domain\"]\n\n[[client]]\nid = \"{IP_READER}\"\nrole = \"read_only\"\nallow_types = [\"ipv4\"]\n"
         )
         .unwrap();
         drop(file);
@@ -172,7 +176,7 @@ impl Hq {
             reader: certs.join(format!("{READER}.toml")),
             dir,
         };
-        for id in [ANALYST, READER] {
+        for id in [ANALYST, READER, NET_READER, IP_READER] {
             let out = ok(&[
                 "certs",
                 "client",
@@ -522,6 +526,7 @@ fn a_read_only_client_cannot_publish() {
 /// TLP 2.0 marking-definition ids (OASIS).
 const TLP_CLEAR_ID: &str = "marking-definition--94868c89-83c2-464b-929b-a1a8aa3c8487";
 const TLP_AMBER_ID: &str = "marking-definition--55d920b0-5e8b-4f79-9ee9-91f868d9b421";
+const TLP_GREEN_ID: &str = "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb";
 
 fn stix_indicator(id: &str, ip: &str, markings: serde_json::Value) -> serde_json::Value {
     serde_json::json!({
@@ -690,4 +695,349 @@ fn a_stix_revocation_marked_lower_than_its_indicator_is_refused() {
         held.contains("TLP:AMBER") && held.contains("198.51.100.40"),
         "{held}"
     );
+}
+
+/// The real STIX 2.1 examples shipped with the OASIS validator (43 indicators).
+const REAL_EXAMPLES: [&str; 6] = [
+    "indicators-for-C2-with-COA.json",
+    "malicious-email-indicator-with-attachment.json",
+    "indicator-for-c2-ip-address.json",
+    "indicator-to-campaign-relationship.json",
+    "apt1.json",
+    "poisonivy.json",
+];
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/stix")
+        .join(name)
+}
+
+fn python() -> String {
+    std::env::var("ENTENTE_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Runs the OASIS `stix2-validator` in strict mode on `path`, failing the test with its
+/// report if the file is not valid STIX 2.1.
+fn assert_valid_stix(path: &Path) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/validate_stix.py");
+    let out = Command::new(python())
+        .arg(script)
+        .arg(path)
+        .output()
+        .expect("run python3 (install the packages in tests/python/requirements.txt)");
+    assert!(
+        out.status.success(),
+        "stix2-validator --strict refused {}:\n{}{}",
+        path.display(),
+        stdout(&out),
+        stderr(&out)
+    );
+}
+
+/// `entente export` as `config` into a file; returns the file and its objects by id.
+fn export(
+    hq: &Hq,
+    config: &Path,
+    name: &str,
+) -> (
+    PathBuf,
+    std::collections::BTreeMap<String, serde_json::Value>,
+) {
+    let path = hq.dir.path().join(name);
+    ok(&["export", "--config", s(config), "--output", s(&path)]);
+    let bundle: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).expect("export is JSON");
+    let objects = bundle["objects"]
+        .as_array()
+        .expect("a bundle")
+        .iter()
+        .map(|o| (o["id"].as_str().expect("an id").to_owned(), o.clone()))
+        .collect();
+    (path, objects)
+}
+
+/// Milliseconds of a STIX timestamp.
+fn instant(value: &serde_json::Value) -> i64 {
+    let text = value.as_str().expect("a timestamp");
+    let at = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .expect("RFC 3339");
+    (at.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+#[test]
+fn real_stix_keeps_its_properties_and_exports_valid_stix() {
+    let hq = Hq::start();
+    let analyst = s(&hq.analyst);
+    let mut originals = Vec::new();
+    for name in REAL_EXAMPLES {
+        let path = fixture(name);
+        ok(&["publish", "--config", analyst, "--tlp", "green", s(&path)]);
+        let bundle: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        originals.extend(
+            bundle["objects"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|o| o["type"] == "indicator")
+                .cloned(),
+        );
+    }
+    assert_eq!(originals.len(), 43);
+
+    let (path, exported) = export(&hq, &hq.analyst, "real.json");
+    for original in &originals {
+        let id = original["id"].as_str().unwrap();
+        let object = exported
+            .get(id)
+            .unwrap_or_else(|| panic!("{id} is not in the export"));
+        for (key, value) in original.as_object().unwrap() {
+            let got = &object[key.as_str()];
+            match key.as_str() {
+                // Versions and validity are kept to the millisecond.
+                "modified" | "valid_from" | "valid_until" => {
+                    assert_eq!(instant(got), instant(value), "{id} {key}")
+                }
+                // Written from the normalised value; it must say the same thing.
+                "pattern" => assert!(got.is_string(), "{id} has no pattern"),
+                // Tags, in lower case.
+                "labels" => {
+                    let lower: Vec<String> = value
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|l| l.as_str().unwrap().to_ascii_lowercase())
+                        .collect();
+                    assert_eq!(got, &serde_json::json!(lower), "{id} labels");
+                }
+                // The marking is the item's TLP 2.0 marking.
+                "object_marking_refs" | "granular_markings" => {}
+                _ => assert_eq!(got, value, "{id} property {key}"),
+            }
+        }
+        assert!(object["created_by_ref"].is_string(), "{id}");
+    }
+    // The export carries the marking definitions and the origin's identity it names.
+    assert!(exported.contains_key("marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb"));
+    assert!(
+        exported
+            .values()
+            .any(|o| o["type"] == "identity" && o["name"] == HQ)
+    );
+    assert_valid_stix(&path);
+}
+
+#[test]
+fn a_list_published_again_updates_its_indicators_under_valid_ids() {
+    let hq = Hq::start();
+    let analyst = s(&hq.analyst);
+    let list = hq.input(
+        "list.txt",
+        "198.51.100.7\nc2.example.net\nhttp://x.example/a\n",
+    );
+    let csv = hq.input(
+        "feed.csv",
+        "type,value\nsha256,E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855\n",
+    );
+    for _ in 0..2 {
+        ok(&["publish", "--config", analyst, "--tlp", "green", s(&list)]);
+        ok(&["publish", "--config", analyst, "--tlp", "green", s(&csv)]);
+    }
+    let objects = hq.query_json(&hq.analyst, &[]);
+    assert_eq!(objects.len(), 4, "{objects:#?}");
+    for object in &objects {
+        let id = object["id"].as_str().unwrap();
+        let uuid = uuid::Uuid::parse_str(id.strip_prefix("indicator--").unwrap()).unwrap();
+        assert_eq!(uuid.get_version_num(), 4, "{id}");
+    }
+    let (path, _) = export(&hq, &hq.analyst, "list.json");
+    assert_valid_stix(&path);
+}
+
+#[test]
+fn revoke_keeps_the_marking_and_tags_and_exports_valid_stix() {
+    let hq = Hq::start();
+    let analyst = s(&hq.analyst);
+    let list = hq.input("c2.txt", "c2.campaign.example\n203.0.113.9\n");
+    ok(&[
+        "publish",
+        "--config",
+        analyst,
+        "--tlp",
+        "amber",
+        "--tag",
+        "campaign-x",
+        s(&list),
+    ]);
+    let before = hq.query_json(&hq.analyst, &["--value", "c2.campaign.example"]);
+    let id = before[0]["id"].as_str().unwrap().to_owned();
+
+    let out = ok(&[
+        "revoke",
+        "--config",
+        analyst,
+        "--reason",
+        "sinkholed by the registrar",
+        &id,
+    ]);
+    assert!(out.contains(&format!("revoked {id}")), "{out}");
+
+    // Revoked under its tag: a subscriber filtering by tag finds it.
+    let tagged = hq.query_json(&hq.analyst, &["--tag", "campaign-x"]);
+    let revoked = tagged
+        .iter()
+        .find(|o| o["id"] == id.as_str())
+        .expect("the revocation is found by its tag");
+    assert_eq!(revoked["revoked"], true);
+    assert_eq!(revoked["labels"], serde_json::json!(["campaign-x"]));
+    assert_eq!(
+        revoked["object_marking_refs"],
+        serde_json::json!(["marking-definition--55d920b0-5e8b-4f79-9ee9-91f868d9b421"])
+    );
+    assert_eq!(
+        revoked["pattern"],
+        "[domain-name:value = 'c2.campaign.example']"
+    );
+    assert_eq!(
+        revoked["x_entente_revocation_reason"],
+        "sinkholed by the registrar"
+    );
+    let (path, _) = export(&hq, &hq.analyst, "revoked.json");
+    assert_valid_stix(&path);
+
+    // Nothing to revoke, and no right to revoke.
+    let unknown = fails(&[
+        "revoke",
+        "--config",
+        analyst,
+        "--reason",
+        "x",
+        "indicator--00000000-0000-4000-8000-000000000000",
+    ]);
+    assert!(
+        stderr(&unknown).contains("nothing to revoke"),
+        "{}",
+        stderr(&unknown)
+    );
+    let reader = fails(&["revoke", "--config", s(&hq.reader), "--reason", "x", &id]);
+    assert!(
+        stderr(&reader).contains("PermissionDenied") || stderr(&reader).contains("permission"),
+        "{}",
+        stderr(&reader)
+    );
+}
+
+#[test]
+fn a_compound_pattern_is_found_by_each_value_and_judged_by_each_type() {
+    let hq = Hq::start();
+    let certs = hq.dir.path().join("hq/certs");
+    let net_reader = certs.join(format!("{NET_READER}.toml"));
+    let ip_reader = certs.join(format!("{IP_READER}.toml"));
+    let id = "indicator--7a1c4c52-3d6e-4e8b-9f2a-1b2c3d4e5f60";
+    let mut compound = stix_indicator(id, "203.0.113.1", json_list(TLP_GREEN_ID));
+    compound["pattern"] = serde_json::json!(
+        "[ipv4-addr:value = '113.10.246.30'] OR [domain-name:value = 'Update.Evil.Example']"
+    );
+    let file = hq.input("compound.json", &stix_bundle(vec![compound]));
+    ok(&["publish", "--config", s(&hq.analyst), s(&file)]);
+
+    // Found under each value it names.
+    for value in ["113.10.246.30", "update.evil.example"] {
+        let found = hq.query_json(&net_reader, &["--value", value]);
+        let ids: Vec<&str> = found.iter().filter_map(|o| o["id"].as_str()).collect();
+        assert_eq!(ids, [id], "--value {value}");
+    }
+    assert_eq!(
+        hq.query_json(&net_reader, &["--value", "198.51.100.99"]),
+        Vec::<serde_json::Value>::new()
+    );
+    // Judged by every type it names: a partner limited to IPv4 gets nothing of it, and
+    // what it is told is what it would be told of an absent id.
+    assert_eq!(hq.query_json(&net_reader, &[]).len(), 1);
+    assert_eq!(
+        hq.query_json(&ip_reader, &["--value", "113.10.246.30"]),
+        Vec::<serde_json::Value>::new()
+    );
+    assert_eq!(
+        hq.query_json(&ip_reader, &[]),
+        Vec::<serde_json::Value>::new()
+    );
+    let withheld = stderr(&fails(&["get", "--config", s(&ip_reader), id]));
+    let absent = stderr(&fails(&[
+        "get",
+        "--config",
+        s(&ip_reader),
+        "indicator--7a1c4c52-3d6e-4e8b-9f2a-1b2c3d4e5f61",
+    ]));
+    assert_eq!(
+        withheld.replace(id, "ID"),
+        absent.replace("indicator--7a1c4c52-3d6e-4e8b-9f2a-1b2c3d4e5f61", "ID")
+    );
+}
+
+#[test]
+fn generated_indicators_of_every_type_export_valid_stix() {
+    let hq = Hq::start();
+    let analyst = s(&hq.analyst);
+    // STIX objects with and without the optional properties, typed and compound patterns.
+    let mut objects = Vec::new();
+    for n in 0..300u32 {
+        let pattern = match n % 6 {
+            0 => format!("[ipv4-addr:value = '198.51.{}.{}']", n / 250, n % 250),
+            1 => format!("[domain-name:value = 'host-{n}.example.net']"),
+            2 => format!("[url:value = 'https://h{n}.example.org/p?q={n}']"),
+            3 => format!("[file:hashes.'SHA-256' = '{n:064x}']"),
+            4 => format!(
+                "[ipv4-addr:value = '203.0.113.{}' OR domain-name:value = 'c{n}.example']",
+                n % 250
+            ),
+            _ => format!("[file:name = 'dropper-{n}.exe' AND file:size > {n}]"),
+        };
+        let mut object = serde_json::json!({
+            "type": "indicator",
+            "spec_version": "2.1",
+            "id": format!("indicator--{}", uuid::Uuid::new_v4()),
+            "created": "2025-03-01T10:00:00.000Z",
+            "modified": "2025-03-02T10:00:00.000Z",
+            "pattern": pattern,
+            "pattern_type": "stix",
+            "valid_from": "2025-03-01T10:00:00Z",
+            "object_marking_refs": [TLP_GREEN_ID],
+        });
+        if n % 2 == 0 {
+            object["name"] = serde_json::json!(format!("generated {n}"));
+            object["description"] = serde_json::json!("a generated indicator");
+            object["indicator_types"] = serde_json::json!(["malicious-activity"]);
+            object["confidence"] = serde_json::json!(n % 101);
+            object["labels"] = serde_json::json!(["generated", format!("batch-{}", n % 3)]);
+            object["kill_chain_phases"] = serde_json::json!([
+                {"kill_chain_name": "mitre-attack", "phase_name": "command-and-control"}
+            ]);
+            object["external_references"] = serde_json::json!([
+                {"source_name": "case", "external_id": format!("CASE-{n}")}
+            ]);
+        }
+        objects.push(object);
+    }
+    let stix = hq.input("generated.json", &stix_bundle(objects));
+    ok(&["publish", "--config", analyst, s(&stix)]);
+    let csv: String = std::iter::once("type,value,tlp,tags\n".to_owned())
+        .chain((0..200).map(|n| match n % 4 {
+            0 => format!("ipv6,2001:db8::{n:x},green,csv\n"),
+            1 => format!("email,user{n}@example.com,amber,csv\n"),
+            2 => format!("md5,{n:032x},clear,\n"),
+            _ => format!("cidr,10.{n}.0.0/16,amber+strict,csv;net\n"),
+        }))
+        .collect();
+    let csv = hq.input("generated.csv", &csv);
+    ok(&["publish", "--config", analyst, s(&csv)]);
+
+    let (path, exported) = export(&hq, &hq.analyst, "generated-export.json");
+    let indicators = exported
+        .values()
+        .filter(|o| o["type"] == "indicator")
+        .count();
+    assert_eq!(indicators, 500);
+    assert_valid_stix(&path);
 }

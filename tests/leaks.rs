@@ -113,6 +113,7 @@ fn revocation(of: &wire::Item, ty: &str, tlp: Tlp, tags: &[&str]) -> wire::Item 
         kind: Some(wire::item::Kind::Revocation(wire::Revocation {
             reason: "false positive: the secret reason".into(),
             indicator_type: ty.to_owned(),
+            indicator: None,
         })),
     }
 }
@@ -545,6 +546,7 @@ fn model_indicator(value: &str, tlp: ModelTlp, modified: i64) -> Item {
             kill_chain_phases: vec![],
             valid_from_ms: modified.min(now_ms()),
             valid_until_ms: None,
+            properties: Default::default(),
         }),
     }
 }
@@ -613,6 +615,7 @@ async fn a_hostile_peer_cannot_lower_markings_poison_the_certificate_cache_or_pi
         kind: ItemKind::Revocation(Revocation {
             indicator_type: IndicatorType::Domain,
             reason: "the secret reason".into(),
+            indicator: None,
         }),
     };
     // 3, 4: headers naming a blob (one too large for a certificate, one small) as their
@@ -676,6 +679,7 @@ async fn a_hostile_peer_cannot_lower_markings_poison_the_certificate_cache_or_pi
         kind: ItemKind::Revocation(Revocation {
             indicator_type: IndicatorType::Domain,
             reason: "the secret reason".into(),
+            indicator: None,
         }),
     };
     let certificates = Arc::new(Mutex::new(vec![

@@ -31,6 +31,7 @@ fn indicator(id: &ItemId, value: &str, tlp: Tlp, modified: i64) -> Item {
             kill_chain_phases: vec![],
             valid_from_ms: modified,
             valid_until_ms: None,
+            properties: Default::default(),
         }),
     }
 }

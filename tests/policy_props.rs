@@ -5,8 +5,11 @@
 //!
 //! > Node N discloses item i (of bundle b) to partner P if and only if all of these hold:
 //! > 1. P is configured on N (`[[peer]]` or `[[client]]`) and has a policy. Default deny.
-//! > 2. P's policy allows i: i's TLP ≤ `max_tlp`; i's type allowed and not denied; if
-//! >    `allow_tags` is set, i has one of them; i has none of `deny_tags`.
+//! > 2. P's policy allows i: i's TLP ≤ `max_tlp`; every type i is about is allowed and
+//! >    none is denied; if `allow_tags` is set, i has one of them; i has none of
+//! >    `deny_tags`. An item is about its own type; a STIX pattern is about the type of
+//! >    each value it compares for equality, and about `stix-pattern` as well when it says
+//! >    anything else (or names no such value).
 //! > 3. If P is a node and N is not b's origin: P's `forward_third_party` is true and i's
 //! >    TLP is GREEN or CLEAR.
 //! > 4. If P is a node: `hop(N, i) + 1 ≤ max_hops`, and P is in b's recipient list when it
@@ -18,7 +21,7 @@
 //! every type unless their policy says otherwise; `read_only` partners get `max_tlp` GREEN
 //! unless set and no type until `allow_types` names some; `peer` nodes get nothing until
 //! both `max_tlp` and `allow_types` are given. A revocation is judged on its own marking and
-//! tags and on the indicator type it carries; a client may ask for expired indicators
+//! tags and on what the indicator it carries is about; a client may ask for expired indicators
 //! (`include_expired`), which waives the expiry part of rule 6 for it. A Get names the
 //! item it wants and is answered for an expired indicator too (as `tests/intel.rs` expects);
 //! Query and Subscribe follow their filter's `include_expired`. A node is judged against the
@@ -321,6 +324,17 @@ fn effective_allow_types(spec: &PolicySpec) -> Vec<IndicatorType> {
     }
 }
 
+/// The types an item of type `ty` made by this file is about (rule 2): its own, except
+/// that every STIX pattern generated here (`ItemSpec::item`, `sample_value`, `value_of`)
+/// compares one domain name for equality and says nothing else, so it is about a domain
+/// only.
+fn about(ty: IndicatorType) -> Vec<IndicatorType> {
+    match ty {
+        IndicatorType::StixPattern => vec![IndicatorType::Domain],
+        other => vec![other],
+    }
+}
+
 /// Rule 2: the partner's policy allows an item of this marking, type and tags.
 fn policy_allows(spec: &PolicySpec, tlp: Tlp, ty: IndicatorType, tags: &[String]) -> bool {
     let Some(max_tlp) = effective_max_tlp(spec) else {
@@ -328,9 +342,11 @@ fn policy_allows(spec: &PolicySpec, tlp: Tlp, ty: IndicatorType, tags: &[String]
     };
     let denied = spec.deny_types.as_ref().map_or(Vec::new(), Types::types);
     let has = |names: &[&str]| tags.iter().any(|t| names.contains(&t.as_str()));
+    let allowed = effective_allow_types(spec);
     tlp <= max_tlp
-        && effective_allow_types(spec).contains(&ty)
-        && !denied.contains(&ty)
+        && about(ty)
+            .iter()
+            .all(|t| allowed.contains(t) && !denied.contains(t))
         && (spec.allow_tags.is_empty() || has(&spec.allow_tags))
         && !has(&spec.deny_tags)
 }
@@ -461,22 +477,31 @@ fn item_spec() -> impl Strategy<Value = ItemSpec> {
 
 impl ItemSpec {
     fn item(&self) -> Item {
+        let (valid_from_ms, valid_until_ms) = self.validity.range(NOW_MS);
+        let indicator = Indicator {
+            indicator_type: self.ty,
+            value: match self.ty {
+                IndicatorType::StixPattern => {
+                    "[domain-name:value = 'value.props.example']".to_owned()
+                }
+                _ => "value.props.example".to_owned(),
+            },
+            description: String::new(),
+            confidence: 50,
+            kill_chain_phases: Vec::new(),
+            valid_from_ms,
+            valid_until_ms,
+            properties: Default::default(),
+        };
         let kind = if self.revocation {
+            // A revocation carries the indicator it revokes, and is about what it is.
             ItemKind::Revocation(Revocation {
                 indicator_type: self.ty,
                 reason: "withdrawn".to_owned(),
+                indicator: Some(Box::new(indicator)),
             })
         } else {
-            let (valid_from_ms, valid_until_ms) = self.validity.range(NOW_MS);
-            ItemKind::Indicator(Indicator {
-                indicator_type: self.ty,
-                value: "value.props.example".to_owned(),
-                description: String::new(),
-                confidence: 50,
-                kill_chain_phases: Vec::new(),
-                valid_from_ms,
-                valid_until_ms,
-            })
+            ItemKind::Indicator(indicator)
         };
         Item {
             id: ItemId::new_random(),
@@ -882,6 +907,7 @@ fn wire_revocation(version: &Version) -> wire::Item {
         kind: Some(wire::item::Kind::Revocation(wire::Revocation {
             reason: "withdrawn by the publisher".to_owned(),
             indicator_type: version.ty.as_str().to_owned(),
+            indicator: None,
         })),
     }
 }
@@ -1475,6 +1501,7 @@ fn spec_built_policies_pull_explain_page_and_revoke_by_the_delivery_rule() {
                         kill_chain_phases: vec![],
                         valid_from_ms,
                         valid_until_ms,
+                        properties: Default::default(),
                     }),
                 }
             })
@@ -1606,6 +1633,7 @@ fn spec_built_policies_pull_explain_page_and_revoke_by_the_delivery_rule() {
             kind: ItemKind::Revocation(Revocation {
                 indicator_type: *ty,
                 reason: "withdrawn".into(),
+                indicator: None,
             }),
         };
         let same_tags = {

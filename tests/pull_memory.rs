@@ -141,6 +141,7 @@ async fn hostile_pull_messages_cost_the_puller_a_bounded_amount_of_memory() {
             kill_chain_phases: vec![],
             valid_from_ms: now,
             valid_until_ms: None,
+            properties: Default::default(),
         }),
     };
     let mut part =

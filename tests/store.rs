@@ -75,6 +75,7 @@ fn indicator(
             kill_chain_phases: vec![],
             valid_from_ms: modified,
             valid_until_ms: None,
+            properties: Default::default(),
         }),
     }
 }
@@ -340,6 +341,7 @@ fn only_the_origin_may_write_later_versions() {
         kind: ItemKind::Revocation(Revocation {
             indicator_type: IndicatorType::Domain,
             reason: "sinkholed".into(),
+            indicator: None,
         }),
     };
     store
@@ -755,6 +757,7 @@ fn a_reopened_store_answers_exactly_as_before() {
                             kind: ItemKind::Revocation(Revocation {
                                 indicator_type: IndicatorType::Domain,
                                 reason: "withdrawn".into(),
+                                indicator: None,
                             }),
                         }
                     } else {
@@ -1083,6 +1086,7 @@ fn the_store_agrees_with_a_model_of_the_rules_on_random_histories() {
                                 kind: ItemKind::Revocation(Revocation {
                                     indicator_type: IndicatorType::Domain,
                                     reason: "withdrawn".into(),
+                                    indicator: None,
                                 }),
                             }
                         } else {

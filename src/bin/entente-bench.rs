@@ -192,6 +192,7 @@ fn draft(i: usize) -> wire::Item {
             kill_chain_phases: vec![],
             valid_from_unix_ms: 0,
             valid_until_unix_ms: None,
+            stix_properties: String::new(),
         })),
     }
 }
@@ -330,7 +331,8 @@ async fn ingest(args: &Args) -> Result<()> {
 
     let encoded_item = {
         use prost::Message;
-        let item = entente::model::Item::from_draft(draft(0), entente::engine::now_ms())?;
+        let item =
+            entente::model::Item::from_draft(draft(0), "hq.bench", entente::engine::now_ms())?;
         wire::Item::from(&item).encoded_len()
     };
     let disk = dir_bytes(&dir.path().join("data"));

@@ -578,6 +578,7 @@ async fn publish_campaign(fed: &Federation) -> Result<Vec<Published>> {
         kind: Some(wire::item::Kind::Revocation(wire::Revocation {
             reason: "shared CDN address: false positive".into(),
             indicator_type: revoked.indicator_type.into(),
+            indicator: None,
         })),
     };
     publish_one(&alice, vec![revocation], anywhere(), &[]).await?;
@@ -944,6 +945,7 @@ async fn rogue_attempts(fed: &Federation, published: &[Published]) -> Result<usi
                 ..Default::default()
             })),
         },
+        HQ,
         now_ms(),
     )?;
     let forged = forger

@@ -89,6 +89,7 @@ fn draft(record: &csv::StringRecord, now_ms: i64, sink: &Sink<'_>) -> Result<Dra
             kill_chain_phases: Vec::new(),
             valid_from_ms: now_ms,
             valid_until_ms,
+            properties: crate::model::StixProperties::none(),
         }),
     })
 }
@@ -222,6 +223,7 @@ mod tests {
             tlp: Some(Tlp::AmberStrict),
             indicator_type: Some(Domain),
             tags: vec!["feed:x".into()],
+            origin: None,
         };
         let parsed = parse_input(InputFormat::Csv, ",evil.example,,\n", &d, NOW);
         assert_eq!(parsed.errors, []);

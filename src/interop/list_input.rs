@@ -35,6 +35,7 @@ fn draft(value: &str, now_ms: i64, sink: &Sink<'_>) -> Result<Draft, String> {
             kill_chain_phases: Vec::new(),
             valid_from_ms: now_ms,
             valid_until_ms: None,
+            properties: crate::model::StixProperties::none(),
         }),
     })
 }

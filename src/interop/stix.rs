@@ -22,7 +22,8 @@ use self::markings::Definitions;
 use super::pattern;
 use super::{Draft, ParsedInput, Sink, TooMany, parse_timestamp};
 use crate::model::{
-    Indicator, IndicatorType, Item, ItemId, ItemKind, Revocation, Tlp, normalise_typed,
+    Indicator, IndicatorType, Item, ItemId, ItemKind, Revocation, StixProperties, Tlp,
+    normalise_typed,
 };
 
 mod markings;
@@ -123,11 +124,11 @@ enum Element {
     NotAnObject,
 }
 
-/// The properties of an object that matter here; all others are skipped unread. Each is
-/// kept as loose JSON so that a wrongly typed property fails only its own object.
-#[derive(Deserialize, Default)]
+/// The properties of an object, those read here by name and every other one in
+/// `other`. Each is kept as loose JSON so that a wrongly typed property fails only its
+/// own object.
+#[derive(Default)]
 struct RawObject {
-    #[serde(rename = "type")]
     kind: Option<Value>,
     id: Option<Value>,
     pattern: Option<Value>,
@@ -150,6 +151,76 @@ struct RawObject {
     x_entente_revocation_reason: Option<Value>,
     x_opencti_definition_type: Option<Value>,
     x_opencti_definition: Option<Value>,
+    /// Every other property.
+    other: Map<String, Value>,
+}
+
+impl RawObject {
+    /// Stores one property, or refuses a property given twice: parsers disagree on which
+    /// of the two counts, so the object has no one meaning.
+    fn set(&mut self, key: String, value: Value) -> Result<(), String> {
+        let slot = match key.as_str() {
+            "type" => &mut self.kind,
+            "id" => &mut self.id,
+            "pattern" => &mut self.pattern,
+            "pattern_type" => &mut self.pattern_type,
+            "labels" => &mut self.labels,
+            "description" => &mut self.description,
+            "confidence" => &mut self.confidence,
+            "kill_chain_phases" => &mut self.kill_chain_phases,
+            "valid_from" => &mut self.valid_from,
+            "valid_until" => &mut self.valid_until,
+            "modified" => &mut self.modified,
+            "revoked" => &mut self.revoked,
+            "object_marking_refs" => &mut self.object_marking_refs,
+            "granular_markings" => &mut self.granular_markings,
+            "name" => &mut self.name,
+            "definition_type" => &mut self.definition_type,
+            "definition" => &mut self.definition,
+            "extensions" => &mut self.extensions,
+            "x_entente_indicator_type" => &mut self.x_entente_indicator_type,
+            "x_entente_revocation_reason" => &mut self.x_entente_revocation_reason,
+            "x_opencti_definition_type" => &mut self.x_opencti_definition_type,
+            "x_opencti_definition" => &mut self.x_opencti_definition,
+            _ => {
+                return match self.other.entry(key) {
+                    serde_json::map::Entry::Vacant(free) => {
+                        free.insert(value);
+                        Ok(())
+                    }
+                    serde_json::map::Entry::Occupied(taken) => {
+                        Err(format!("duplicate property {:?}", shown(taken.key())))
+                    }
+                };
+            }
+        };
+        if slot.is_some() {
+            return Err(format!("duplicate property {:?}", shown(&key)));
+        }
+        *slot = Some(value);
+        Ok(())
+    }
+
+    /// The properties an indicator keeps besides those the model carries: every one but
+    /// the modelled ones ([`crate::model::StixProperties::keep`] drops those).
+    fn kept(&self) -> Map<String, Value> {
+        let mut all = self.other.clone();
+        let named = [
+            ("description", &self.description),
+            ("name", &self.name),
+            ("definition_type", &self.definition_type),
+            ("definition", &self.definition),
+            ("extensions", &self.extensions),
+            ("x_opencti_definition_type", &self.x_opencti_definition_type),
+            ("x_opencti_definition", &self.x_opencti_definition),
+        ];
+        for (key, value) in named {
+            if let Some(value) = value {
+                all.insert(key.to_owned(), value.clone());
+            }
+        }
+        all
+    }
 }
 
 impl<'de> Deserialize<'de> for Element {
@@ -167,8 +238,12 @@ impl<'de> Visitor<'de> for ElementVisitor {
         f.write_str("a STIX object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Element, A::Error> {
-        let object = RawObject::deserialize(de::value::MapAccessDeserializer::new(map))?;
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Element, A::Error> {
+        let mut object = RawObject::default();
+        while let Some(key) = map.next_key::<String>()? {
+            let value = map.next_value::<Value>()?;
+            object.set(key, value).map_err(de::Error::custom)?;
+        }
         Ok(Element::Object(Box::new(object)))
     }
 
@@ -328,14 +403,34 @@ fn indicator(object: &RawObject, markings: &Definitions, now_ms: i64) -> Result<
         Some(Value::Bool(revoked)) => *revoked,
         Some(_) => return Err("revoked is not true or false".into()),
     };
+    let properties = StixProperties::keep(&object.kept()).map_err(|e| e.to_string())?;
+    // The indicator the object describes; a revoked object without a pattern (as this
+    // node wrote revocations before they carried their indicator) has none.
+    let described = match pattern {
+        Some(pattern) => {
+            let (indicator_type, value) = match pattern::recognise(pattern) {
+                Some((ty, value)) => normalise_typed(ty, &value),
+                None => normalise_typed(IndicatorType::StixPattern, pattern),
+            }
+            .map_err(|e| e.to_string())?;
+            Some(Indicator {
+                indicator_type,
+                value,
+                description: string(&object.description, "description")?
+                    .unwrap_or("")
+                    .to_owned(),
+                confidence: confidence(&object.confidence)?,
+                kill_chain_phases: kill_chain_phases(&object.kill_chain_phases)?,
+                valid_from_ms: timestamp(&object.valid_from, "valid_from")?.unwrap_or(now_ms),
+                valid_until_ms: timestamp(&object.valid_until, "valid_until")?,
+                properties,
+            })
+        }
+        None => None,
+    };
     let kind = if revoked {
-        let indicator_type = match pattern {
-            Some(pattern) => match pattern::recognise(pattern) {
-                // The type the revoked item was published as (an IPv4-mapped IPv6 address
-                // is an ipv4 item).
-                Some((ty, value)) => normalise_typed(ty, &value).map_or(ty, |typed| typed.0),
-                None => IndicatorType::StixPattern,
-            },
+        let indicator_type = match &described {
+            Some(indicator) => indicator.indicator_type,
             None => match string(&object.x_entente_indicator_type, REVOKED_TYPE_PROPERTY)? {
                 Some(name) => IndicatorType::from_str(name).map_err(|e| e.to_string())?,
                 None => return Err("revoked indicator has no pattern to tell its type".into()),
@@ -349,25 +444,10 @@ fn indicator(object: &RawObject, markings: &Definitions, now_ms: i64) -> Result<
         ItemKind::Revocation(Revocation {
             indicator_type,
             reason: reason.to_owned(),
+            indicator: described.map(Box::new),
         })
     } else {
-        let pattern = pattern.ok_or("no pattern")?;
-        let (indicator_type, value) = match pattern::recognise(pattern) {
-            Some((ty, value)) => normalise_typed(ty, &value),
-            None => normalise_typed(IndicatorType::StixPattern, pattern),
-        }
-        .map_err(|e| e.to_string())?;
-        ItemKind::Indicator(Indicator {
-            indicator_type,
-            value,
-            description: string(&object.description, "description")?
-                .unwrap_or("")
-                .to_owned(),
-            confidence: confidence(&object.confidence)?,
-            kill_chain_phases: kill_chain_phases(&object.kill_chain_phases)?,
-            valid_from_ms: timestamp(&object.valid_from, "valid_from")?.unwrap_or(now_ms),
-            valid_until_ms: timestamp(&object.valid_until, "valid_until")?,
-        })
+        ItemKind::Indicator(described.ok_or("no pattern")?)
     };
     Ok(Draft {
         id: Some(id),
@@ -443,61 +523,117 @@ fn kill_chain_phases(value: &Option<Value>) -> Result<Vec<String>, String> {
         .collect()
 }
 
-/// One STIX 2.1 `indicator` object for an item, marked with its TLP 2.0 marking definition.
-///
-/// `created` and `modified` are both the item's version (items do not record their
-/// creation). A confidence of 0 means none was given and is left out. A kill-chain phase
-/// without `:` gets the kill chain `unknown`. A revocation becomes an indicator with
-/// `"revoked": true` and, as it carries no value, no pattern: the custom properties
-/// `x_entente_indicator_type` and `x_entente_revocation_reason` say what it revokes and why.
+/// One STIX 2.1 `indicator` object for an item, marked with its TLP 2.0 marking
+/// definition, with no origin known (see [`to_stix_from`]).
 pub fn to_stix(item: &Item) -> Value {
-    let mut object = Map::new();
+    to_stix_from(item, None)
+}
+
+/// One STIX 2.1 `indicator` object for an item published by `origin`: every STIX
+/// property the indicator came with, then the fields the item carries, which take
+/// precedence. What changes on the way through a node (the documented normalisation):
+///
+/// - the pattern is written from the normalised value (`[domain-name:value = 'a.example']`
+///   for `A.Example.`); `pattern_type` is `stix` and `pattern_version` `2.1` when absent;
+/// - `labels` are the item's tags (lower case, without repeats);
+/// - `object_marking_refs` is the TLP 2.0 marking of the item, granular markings are
+///   folded into it and not written;
+/// - `created` is kept, or is the version when the input gave none (or a later one);
+/// - `name` is the value and `description` says what and from whom when the input gave
+///   none (STIX asks for both); `created_by_ref` is the origin's identity
+///   ([`identity_id`]) when the input named no creator;
+/// - a revocation is its indicator with `revoked: true` and its reason in
+///   `x_entente_revocation_reason`. Revocations from before revocations carried their
+///   indicator have no pattern; `x_entente_indicator_type` says what they revoke.
+pub fn to_stix_from(item: &Item, origin: Option<&str>) -> Value {
+    let (indicator, revocation) = match &item.kind {
+        ItemKind::Indicator(indicator) => (Some(indicator), None),
+        ItemKind::Revocation(revocation) => (revocation.indicator.as_deref(), Some(revocation)),
+    };
+    let mut object = indicator.map(|i| i.properties.to_map()).unwrap_or_default();
     let version = stix_timestamp(item.modified_ms);
     object.insert("type".into(), json!("indicator"));
     object.insert("spec_version".into(), json!("2.1"));
     object.insert("id".into(), json!(item.id.as_str()));
-    object.insert("created".into(), json!(version));
+    let created = object
+        .get("created")
+        .and_then(Value::as_str)
+        .and_then(|text| parse_timestamp(text).ok())
+        .filter(|&created| created <= item.modified_ms);
+    if created.is_none() {
+        object.insert("created".into(), json!(version));
+    }
     object.insert("modified".into(), json!(version));
-    match &item.kind {
-        ItemKind::Indicator(indicator) => {
-            object.insert(
-                "pattern".into(),
-                json!(pattern::write(indicator.indicator_type, &indicator.value)),
-            );
-            object.insert("pattern_type".into(), json!("stix"));
-            object.insert("pattern_version".into(), json!("2.1"));
-            object.insert(
-                "valid_from".into(),
-                json!(stix_timestamp(indicator.valid_from_ms)),
-            );
-            if let Some(until) = indicator.valid_until_ms {
-                object.insert("valid_until".into(), json!(stix_timestamp(until)));
-            }
-            if !indicator.description.is_empty() {
-                object.insert("description".into(), json!(indicator.description));
-            }
-            if indicator.confidence > 0 {
-                object.insert("confidence".into(), json!(indicator.confidence));
-            }
-            if !indicator.kill_chain_phases.is_empty() {
-                let phases: Vec<Value> = indicator
-                    .kill_chain_phases
-                    .iter()
-                    .map(|phase| {
-                        let (chain, name) = phase.split_once(':').unwrap_or(("unknown", phase));
-                        json!({ "kill_chain_name": chain, "phase_name": name })
-                    })
-                    .collect();
-                object.insert("kill_chain_phases".into(), Value::Array(phases));
-            }
+    if let Some(indicator) = indicator {
+        object.insert(
+            "pattern".into(),
+            json!(pattern::write(indicator.indicator_type, &indicator.value)),
+        );
+        object.insert("pattern_type".into(), json!("stix"));
+        object
+            .entry("pattern_version")
+            .or_insert_with(|| json!("2.1"));
+        object.insert(
+            "valid_from".into(),
+            json!(stix_timestamp(indicator.valid_from_ms)),
+        );
+        if let Some(until) = indicator.valid_until_ms {
+            object.insert("valid_until".into(), json!(stix_timestamp(until)));
         }
-        ItemKind::Revocation(revocation) => {
-            object.insert("revoked".into(), json!(true));
+        if !object.get("name").is_some_and(Value::is_string) {
+            let name: String = indicator.value.chars().take(256).collect();
+            object.insert("name".into(), json!(name));
+        }
+        if !indicator.description.is_empty() {
+            object.insert("description".into(), json!(indicator.description));
+        } else if !object.contains_key("description") {
+            let description = match origin {
+                Some(origin) => {
+                    format!("{} indicator shared by {origin}", indicator.indicator_type)
+                }
+                None => format!("{} indicator", indicator.indicator_type),
+            };
+            object.insert("description".into(), json!(description));
+        }
+        if indicator.confidence > 0 {
+            object.insert("confidence".into(), json!(indicator.confidence));
+        }
+        if !indicator.kill_chain_phases.is_empty() {
+            let phases: Vec<Value> = indicator
+                .kill_chain_phases
+                .iter()
+                .map(|phase| {
+                    let (chain, name) = phase.split_once(':').unwrap_or(("unknown", phase));
+                    json!({ "kill_chain_name": chain, "phase_name": name })
+                })
+                .collect();
+            object.insert("kill_chain_phases".into(), Value::Array(phases));
+        }
+    }
+    if let Some(revocation) = revocation {
+        object.insert("revoked".into(), json!(true));
+        if indicator.is_none() {
             object.insert(
                 REVOKED_TYPE_PROPERTY.into(),
                 json!(revocation.indicator_type.as_str()),
             );
-            object.insert(REVOCATION_REASON_PROPERTY.into(), json!(revocation.reason));
+        }
+        object.insert(REVOCATION_REASON_PROPERTY.into(), json!(revocation.reason));
+        // The two properties above are this node's own, declared by an extension
+        // definition as STIX 2.1 asks of custom properties.
+        let extensions = object
+            .entry("extensions")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(extensions) = extensions {
+            extensions.insert(
+                REVOCATION_EXTENSION.into(),
+                json!({ "extension_type": "toplevel-property-extension" }),
+            );
+        }
+    }
+    if let Some(origin) = origin {
+        if !object.get("created_by_ref").is_some_and(Value::is_string) {
+            object.insert("created_by_ref".into(), json!(identity_id(origin)));
         }
     }
     if !item.tags.is_empty() {
@@ -508,6 +644,94 @@ pub fn to_stix(item: &Item) -> Value {
         json!([tlp2_marking_id(item.tlp)]),
     );
     Value::Object(object)
+}
+
+/// The STIX id of the `identity` object that stands for a node: the same on every node,
+/// in version-4 form like the ids of items ([`ItemId::derived`]).
+pub fn identity_id(node: &str) -> String {
+    let mut input = b"entente/identity/v1\0".to_vec();
+    input.extend_from_slice(node.as_bytes());
+    let digest = ring::digest::digest(&ring::digest::SHA256, &input);
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest.as_ref()[..16]);
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    format!("identity--{}", uuid::Uuid::from_bytes(bytes))
+}
+
+/// The STIX `identity` object of a node, for exports that carry its items.
+pub fn identity(node: &str) -> Value {
+    json!({
+        "type": "identity",
+        "spec_version": "2.1",
+        "id": identity_id(node),
+        "created": IDENTITY_CREATED,
+        "modified": IDENTITY_CREATED,
+        "name": node,
+        "description": format!("Entente node {node}, origin of the indicators it signs"),
+        "identity_class": "organization",
+    })
+}
+
+/// The extension definition that declares the top-level properties of an exported
+/// revocation (`x_entente_revocation_reason`, `x_entente_indicator_type`).
+pub const REVOCATION_EXTENSION: &str = "extension-definition--f49b347c-4b7e-43d8-a2cb-a756b594e83e";
+
+/// The identity that defines [`REVOCATION_EXTENSION`]: the Entente project.
+const PROJECT_IDENTITY: &str = "identity--d468fad8-6c8c-46cc-894e-a84f94ec07f2";
+
+/// The objects an export that holds revocations carries besides them: the extension
+/// definition of their properties and the identity that defines it.
+pub fn revocation_extension() -> [Value; 2] {
+    [
+        json!({
+            "type": "extension-definition",
+            "spec_version": "2.1",
+            "id": REVOCATION_EXTENSION,
+            "created_by_ref": PROJECT_IDENTITY,
+            "created": IDENTITY_CREATED,
+            "modified": IDENTITY_CREATED,
+            "name": "Entente revocation",
+            "description": "Why an indicator was revoked by its origin, and the type of a revoked indicator exported without its pattern.",
+            "schema": "The property x_entente_revocation_reason is a string: the reason the origin gave. The property x_entente_indicator_type is a string naming an Entente indicator type (ipv4, ipv6, cidr, domain, url, email, md5, sha1, sha256, stix-pattern).",
+            "version": "1.0.0",
+            "extension_types": ["toplevel-property-extension"],
+            "extension_properties": [REVOCATION_REASON_PROPERTY, REVOKED_TYPE_PROPERTY],
+        }),
+        json!({
+            "type": "identity",
+            "spec_version": "2.1",
+            "id": PROJECT_IDENTITY,
+            "created": IDENTITY_CREATED,
+            "modified": IDENTITY_CREATED,
+            "name": "Entente",
+            "description": "The Entente threat-indicator sharing node, which defines the extensions its exports use.",
+            "identity_class": "organization",
+        }),
+    ]
+}
+
+/// `created` and `modified` of the identity objects a node writes: fixed, so that every
+/// export gives the same object.
+const IDENTITY_CREATED: &str = "2020-01-01T00:00:00.000Z";
+
+/// The TLP 2.0 `marking-definition` object of a marking, as the OASIS TLP 2.0 extension
+/// defines it.
+pub fn tlp_marking_definition(tlp: Tlp) -> Value {
+    let level = tlp.as_str().to_ascii_lowercase();
+    json!({
+        "type": "marking-definition",
+        "spec_version": "2.1",
+        "id": tlp2_marking_id(tlp),
+        "created": "2022-10-01T00:00:00.000Z",
+        "name": format!("TLP:{}", tlp.as_str()),
+        "extensions": {
+            TLP2_EXTENSION: {
+                "extension_type": "property-extension",
+                "tlp_2_0": level,
+            }
+        },
+    })
 }
 
 /// A STIX timestamp (`2025-06-15T15:06:40.000Z`), clamped to the years 0000 to 9999.
@@ -747,7 +971,22 @@ mod tests {
             revocation(item),
             &Revocation {
                 indicator_type: Url,
-                reason: "revoked in STIX input".into()
+                reason: "revoked in STIX input".into(),
+                indicator: Some(Box::new(Indicator {
+                    indicator_type: Url,
+                    value: "http://x.example/".into(),
+                    description: String::new(),
+                    confidence: 0,
+                    kill_chain_phases: Vec::new(),
+                    valid_from_ms: JAN_1,
+                    valid_until_ms: None,
+                    properties: StixProperties::keep(
+                        json!({"created": "2025-01-01T00:00:00.000Z"})
+                            .as_object()
+                            .expect("an object")
+                    )
+                    .expect("kept"),
+                })),
             }
         );
     }
@@ -945,15 +1184,12 @@ mod tests {
             parsed.errors
         );
         assert!(parsed.errors[0].position.starts_with("line 1 column"));
-        // Nesting inside properties that are not read is skipped without recursion.
-        let skipped = deep.replace("labels", "x_custom");
-        let parsed = parse_input(
-            InputFormat::Stix,
-            &skipped,
-            &defaults(Some(Tlp::Green)),
-            NOW,
-        );
-        assert_eq!(positions(&parsed), ["objects[0]"]);
+        // Every property is read (an indicator keeps them all), so the same limit holds
+        // in custom ones.
+        let custom = deep.replace("labels", "x_custom");
+        let parsed = parse_input(InputFormat::Stix, &custom, &defaults(Some(Tlp::Green)), NOW);
+        assert!(parsed.items.is_empty());
+        assert!(parsed.errors[0].reason.contains("recursion limit"));
     }
 
     #[test]
@@ -1032,6 +1268,7 @@ mod tests {
             kill_chain_phases: vec!["mitre-attack:initial-access".into()],
             valid_from_ms: JAN_1,
             valid_until_ms: Some(JAN_2 + 1),
+            properties: crate::model::StixProperties::none(),
         }));
         let object = to_stix(&item);
         assert_eq!(
@@ -1040,6 +1277,7 @@ mod tests {
                 "type": "indicator",
                 "spec_version": "2.1",
                 "id": ID_1,
+                "name": "http://x.example/it's",
                 "created": "2025-01-02T00:00:00.000Z",
                 "modified": "2025-01-02T00:00:00.000Z",
                 "pattern": "[url:value = 'http://x.example/it\\'s']",
@@ -1054,9 +1292,9 @@ mod tests {
                 "object_marking_refs": ["marking-definition--939a9414-2ddd-4d32-a0cd-375ea402b003"],
             })
         );
-        let parsed = parse(&bundle(vec![object]), None);
+        let parsed = parse(&bundle(vec![object.clone()]), None);
         assert_eq!(parsed.errors, []);
-        assert_eq!(parsed.items, [item]);
+        assert_eq!(to_stix(&parsed.items[0]), object);
     }
 
     #[test]
@@ -1064,6 +1302,7 @@ mod tests {
         let item = sample(ItemKind::Revocation(Revocation {
             indicator_type: Sha1,
             reason: "false positive".into(),
+            indicator: None,
         }));
         let object = to_stix(&item);
         assert_eq!(object["revoked"], json!(true));
@@ -1105,10 +1344,22 @@ mod tests {
                 kill_chain_phases: Vec::new(),
                 valid_from_ms: JAN_1,
                 valid_until_ms: None,
+                properties: crate::model::StixProperties::none(),
             }));
-            let parsed = parse(&bundle(vec![to_stix(&item)]), None);
+            let exported = to_stix(&item);
+            let parsed = parse(&bundle(vec![exported.clone()]), None);
             assert_eq!(parsed.errors, [], "{ty}");
-            assert_eq!(parsed.items, [item], "{ty}");
+            let [again] = &parsed.items[..] else {
+                panic!("{ty}: {:?}", parsed.items)
+            };
+            assert_eq!(again.id, item.id, "{ty}");
+            assert_eq!(again.tlp, item.tlp, "{ty}");
+            assert_eq!(again.tags, item.tags, "{ty}");
+            assert_eq!(again.value(), item.value(), "{ty}");
+            assert_eq!(again.indicator_type(), item.indicator_type(), "{ty}");
+            // What export fills in (name, description, created) is kept on import, so
+            // a second export gives the same object.
+            assert_eq!(to_stix(again), exported, "{ty}");
         }
     }
 

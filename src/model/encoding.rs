@@ -3,7 +3,56 @@
 //! model cannot represent.
 
 use super::item::{Indicator, IndicatorType, Item, ItemId, ItemKind, ModelError, Revocation, Tlp};
+use super::properties::StixProperties;
 use crate::wire;
+
+impl From<&Indicator> for wire::Indicator {
+    fn from(i: &Indicator) -> Self {
+        wire::Indicator {
+            indicator_type: i.indicator_type.as_str().to_owned(),
+            value: i.value.clone(),
+            description: i.description.clone(),
+            confidence: u32::from(i.confidence),
+            kill_chain_phases: i.kill_chain_phases.clone(),
+            valid_from_unix_ms: i.valid_from_ms,
+            valid_until_unix_ms: i.valid_until_ms,
+            stix_properties: i.properties.as_str().to_owned(),
+        }
+    }
+}
+
+/// An indicator's wire form to the model, checking representability only. `trusted`:
+/// bytes this node verified and stored earlier, whose kept properties were checked then
+/// and are not parsed again on every read.
+fn indicator(i: wire::Indicator, trusted: bool) -> Result<Indicator, ModelError> {
+    let wire::Indicator {
+        indicator_type,
+        value,
+        description,
+        confidence,
+        kill_chain_phases,
+        valid_from_unix_ms,
+        valid_until_unix_ms,
+        stix_properties,
+    } = i;
+    Ok(Indicator {
+        indicator_type: indicator_type.parse::<IndicatorType>()?,
+        value,
+        description,
+        confidence: u8::try_from(confidence).map_err(|_| ModelError::Field {
+            field: "confidence",
+            problem: format!("{confidence} is above 100"),
+        })?,
+        kill_chain_phases,
+        valid_from_ms: valid_from_unix_ms,
+        valid_until_ms: valid_until_unix_ms,
+        properties: if trusted {
+            StixProperties::trusted(stix_properties)
+        } else {
+            StixProperties::parse(stix_properties)?
+        },
+    })
+}
 
 impl From<Tlp> for wire::Tlp {
     fn from(tlp: Tlp) -> Self {
@@ -34,18 +83,14 @@ impl TryFrom<i32> for Tlp {
 impl From<&Item> for wire::Item {
     fn from(item: &Item) -> Self {
         let kind = match &item.kind {
-            ItemKind::Indicator(i) => wire::item::Kind::Indicator(wire::Indicator {
-                indicator_type: i.indicator_type.as_str().to_owned(),
-                value: i.value.clone(),
-                description: i.description.clone(),
-                confidence: u32::from(i.confidence),
-                kill_chain_phases: i.kill_chain_phases.clone(),
-                valid_from_unix_ms: i.valid_from_ms,
-                valid_until_unix_ms: i.valid_until_ms,
-            }),
+            ItemKind::Indicator(i) => wire::item::Kind::Indicator(wire::Indicator::from(i)),
             ItemKind::Revocation(r) => wire::item::Kind::Revocation(wire::Revocation {
                 reason: r.reason.clone(),
                 indicator_type: r.indicator_type.as_str().to_owned(),
+                indicator: r
+                    .indicator
+                    .as_deref()
+                    .map(|i| Box::new(wire::Indicator::from(i))),
             }),
         };
         wire::Item {
@@ -63,14 +108,14 @@ impl TryFrom<wire::Item> for Item {
 
     /// Decodes and validates; the result satisfies [`Item::validate`].
     fn try_from(item: wire::Item) -> Result<Self, Self::Error> {
-        let item = convert(item)?;
+        let item = convert(item, false)?;
         item.validate()?;
         Ok(item)
     }
 }
 
 /// The wire form to the model, checking representability only (not [`Item::validate`]).
-fn convert(item: wire::Item) -> Result<Item, ModelError> {
+fn convert(item: wire::Item, trusted: bool) -> Result<Item, ModelError> {
     {
         let wire::Item {
             id,
@@ -80,32 +125,18 @@ fn convert(item: wire::Item) -> Result<Item, ModelError> {
             kind,
         } = item;
         let kind = match kind {
-            Some(wire::item::Kind::Indicator(wire::Indicator {
-                indicator_type,
-                value,
-                description,
-                confidence,
-                kill_chain_phases,
-                valid_from_unix_ms,
-                valid_until_unix_ms,
-            })) => ItemKind::Indicator(Indicator {
-                indicator_type: indicator_type.parse::<IndicatorType>()?,
-                value,
-                description,
-                confidence: u8::try_from(confidence).map_err(|_| ModelError::Field {
-                    field: "confidence",
-                    problem: format!("{confidence} is above 100"),
-                })?,
-                kill_chain_phases,
-                valid_from_ms: valid_from_unix_ms,
-                valid_until_ms: valid_until_unix_ms,
-            }),
+            Some(wire::item::Kind::Indicator(i)) => ItemKind::Indicator(indicator(i, trusted)?),
             Some(wire::item::Kind::Revocation(wire::Revocation {
                 reason,
                 indicator_type,
+                indicator: revoked,
             })) => ItemKind::Revocation(Revocation {
                 indicator_type: indicator_type.parse::<IndicatorType>()?,
                 reason,
+                indicator: revoked
+                    .map(|i| indicator(*i, trusted))
+                    .transpose()?
+                    .map(Box::new),
             }),
             None => {
                 return Err(ModelError::Field {
@@ -125,13 +156,15 @@ fn convert(item: wire::Item) -> Result<Item, ModelError> {
 }
 
 impl Item {
-    /// An item submitted for publishing: a missing id gets a fresh one, a missing
-    /// version the current time, and the value is normalised; then every field is
-    /// validated.
-    pub fn from_draft(mut draft: wire::Item, now_ms: i64) -> Result<Self, ModelError> {
-        if draft.id.is_empty() {
-            draft.id = ItemId::new_random().to_string();
-        }
+    /// An item submitted for publishing by `origin`: a missing version gets the current
+    /// time, the value is normalised, and an indicator without an id gets the one derived
+    /// from its origin, type and value ([`ItemId::derived`]); then every field is
+    /// validated. A revocation must name the id it revokes.
+    pub fn from_draft(
+        mut draft: wire::Item,
+        origin: &str,
+        now_ms: i64,
+    ) -> Result<Self, ModelError> {
         if draft.modified_unix_ms == 0 {
             draft.modified_unix_ms = now_ms;
         }
@@ -152,6 +185,15 @@ impl Item {
             let (ty, value) = super::normalise_typed(ty, &indicator.value)?;
             indicator.value = value;
             indicator.indicator_type = ty.as_str().to_owned();
+            if draft.id.is_empty() {
+                draft.id = ItemId::derived(origin, ty, &indicator.value).to_string();
+            }
+        }
+        if draft.id.is_empty() {
+            return Err(ModelError::Field {
+                field: "id",
+                problem: "a revocation must name the indicator it revokes".into(),
+            });
         }
         Item::try_from(draft)
     }
@@ -168,7 +210,7 @@ impl Item {
             field: "item",
             problem: format!("cannot decode: {e}"),
         })?;
-        convert(wire)
+        convert(wire, true)
     }
 
     /// Decodes item bytes from a bundle and validates the result.
@@ -199,6 +241,7 @@ mod tests {
                 kill_chain_phases: vec!["mitre-attack:command-and-control".into()],
                 valid_from_ms: 1_700_000_000_000,
                 valid_until_ms: Some(1_800_000_000_000),
+                properties: StixProperties::none(),
             }),
         }
     }
@@ -211,6 +254,7 @@ mod tests {
             kind: ItemKind::Revocation(Revocation {
                 indicator_type: IndicatorType::Domain,
                 reason: "false positive".into(),
+                indicator: None,
             }),
             ..sample()
         };

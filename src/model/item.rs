@@ -101,6 +101,8 @@ pub struct Indicator {
     pub valid_from_ms: i64,
     /// End of validity; past it the indicator is expired.
     pub valid_until_ms: Option<i64>,
+    /// Every other STIX property it came with (`name`, `created`, ...), signed with it.
+    pub properties: super::properties::StixProperties,
 }
 
 /// The withdrawal of an indicator by its origin. It carries the type of the
@@ -112,6 +114,10 @@ pub struct Revocation {
     pub indicator_type: IndicatorType,
     /// Why it is revoked.
     pub reason: String,
+    /// The indicator as it stood when revoked (its last version), so that the revocation
+    /// exports as a whole STIX indicator with `revoked: true`. Absent on revocations
+    /// written before revocations carried it.
+    pub indicator: Option<Box<Indicator>>,
 }
 
 /// What an item is.
@@ -243,9 +249,30 @@ impl fmt::Display for IndicatorType {
 }
 
 impl ItemId {
-    /// A fresh id: a time-ordered UUID (version 7), so new ids sort by creation time.
+    /// A fresh random id (a version-4 UUID, as STIX asks of indicator ids).
     pub fn new_random() -> Self {
-        Self(format!("indicator--{}", uuid::Uuid::now_v7()))
+        Self(format!("indicator--{}", uuid::Uuid::new_v4()))
+    }
+
+    /// The id a node gives an indicator published without one: the same for the same
+    /// origin, type and value, so that publishing a list again updates its indicators
+    /// instead of adding new ones. It is a UUID in version-4 form (as STIX asks of
+    /// indicator ids) whose other 122 bits are the start of the SHA-256 digest of the
+    /// three, so no other origin's ids can collide with it by accident.
+    pub fn derived(origin: &str, indicator_type: IndicatorType, value: &str) -> Self {
+        let mut input = Vec::with_capacity(origin.len() + value.len() + 48);
+        input.extend_from_slice(b"entente/item-id/v1\0");
+        input.extend_from_slice(origin.as_bytes());
+        input.push(0);
+        input.extend_from_slice(indicator_type.as_str().as_bytes());
+        input.push(0);
+        input.extend_from_slice(value.as_bytes());
+        let digest = ring::digest::digest(&ring::digest::SHA256, &input);
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest.as_ref()[..16]);
+        bytes[6] = (bytes[6] & 0x0f) | 0x40;
+        bytes[8] = (bytes[8] & 0x3f) | 0x80;
+        Self::from_uuid_bytes(bytes)
     }
 
     /// The UUID as 16 bytes (the store's compact key).
@@ -303,6 +330,35 @@ impl Item {
             ItemKind::Indicator(i) => i.valid_until_ms.is_some_and(|until| until <= now_ms),
             ItemKind::Revocation(_) => false,
         }
+    }
+
+    /// The types the delivery rule judges the item by: its type, or for a STIX pattern
+    /// the types of the values it names, with `stix-pattern` too when any part of it is
+    /// something else ([`super::observables`]). A revocation is judged like the
+    /// indicator it carries.
+    pub fn policy_types(&self) -> Vec<IndicatorType> {
+        match self.pattern() {
+            Some(pattern) => super::observables::observables(pattern).types(),
+            None => vec![self.indicator_type()],
+        }
+    }
+
+    /// The (type, value) pairs a STIX pattern item names, under which a query by value
+    /// finds it besides its own value; empty for any other item.
+    pub fn observed_values(&self) -> Vec<(IndicatorType, String)> {
+        match self.pattern() {
+            Some(pattern) => super::observables::observables(pattern).values,
+            None => Vec::new(),
+        }
+    }
+
+    /// The pattern of a `stix-pattern` indicator, or of the one a revocation carries.
+    fn pattern(&self) -> Option<&str> {
+        let indicator = match &self.kind {
+            ItemKind::Indicator(i) => i,
+            ItemKind::Revocation(r) => r.indicator.as_deref()?,
+        };
+        (indicator.indicator_type == IndicatorType::StixPattern).then_some(&indicator.value)
     }
 
     /// The indicator value, when this is an indicator.

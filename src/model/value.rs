@@ -16,7 +16,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use super::item::{IndicatorType, InvalidValue, Item, ItemKind, ModelError};
+use super::item::{Indicator, IndicatorType, InvalidValue, Item, ItemKind, ModelError};
 
 /// Longest value accepted, in bytes (after trimming), for every type but STIX patterns.
 const MAX_VALUE_BYTES: usize = 2048;
@@ -174,35 +174,7 @@ impl Item {
         }
         check_tags(&self.tags)?;
         match &self.kind {
-            ItemKind::Indicator(indicator) => {
-                let normal = normalise(indicator.indicator_type, &indicator.value)?;
-                if normal != indicator.value {
-                    return Err(ModelError::Value(InvalidValue {
-                        indicator_type: indicator.indicator_type,
-                        value: indicator.value.chars().take(SHOWN_CHARS).collect(),
-                        reason: format!("not in normal form (expected {normal:?})"),
-                    }));
-                }
-                if indicator.description.len() > MAX_DESCRIPTION_BYTES {
-                    return Err(field(
-                        "description",
-                        too_long(indicator.description.len(), MAX_DESCRIPTION_BYTES),
-                    ));
-                }
-                if indicator.confidence > 100 {
-                    return Err(field(
-                        "confidence",
-                        format!("{} is above 100", indicator.confidence),
-                    ));
-                }
-                check_phases(&indicator.kill_chain_phases)?;
-                if indicator
-                    .valid_until_ms
-                    .is_some_and(|until| until <= indicator.valid_from_ms)
-                {
-                    return Err(field("valid_until", "must be later than valid_from".into()));
-                }
-            }
+            ItemKind::Indicator(indicator) => check_indicator(indicator)?,
             ItemKind::Revocation(revocation) => {
                 if revocation.reason.len() > MAX_REASON_BYTES {
                     return Err(field(
@@ -210,10 +182,56 @@ impl Item {
                         too_long(revocation.reason.len(), MAX_REASON_BYTES),
                     ));
                 }
+                if let Some(indicator) = &revocation.indicator {
+                    if indicator.indicator_type != revocation.indicator_type {
+                        return Err(field(
+                            "revocation",
+                            format!(
+                                "revokes a {} indicator but carries a {} one",
+                                revocation.indicator_type, indicator.indicator_type
+                            ),
+                        ));
+                    }
+                    check_indicator(indicator)?;
+                }
             }
         }
         Ok(())
     }
+}
+
+fn check_indicator(indicator: &Indicator) -> Result<(), ModelError> {
+    let normal = normalise(indicator.indicator_type, &indicator.value)?;
+    if normal != indicator.value {
+        return Err(ModelError::Value(InvalidValue {
+            indicator_type: indicator.indicator_type,
+            value: indicator.value.chars().take(SHOWN_CHARS).collect(),
+            reason: format!("not in normal form (expected {normal:?})"),
+        }));
+    }
+    if indicator.description.len() > MAX_DESCRIPTION_BYTES {
+        return Err(field(
+            "description",
+            too_long(indicator.description.len(), MAX_DESCRIPTION_BYTES),
+        ));
+    }
+    if indicator.confidence > 100 {
+        return Err(field(
+            "confidence",
+            format!("{} is above 100", indicator.confidence),
+        ));
+    }
+    check_phases(&indicator.kill_chain_phases)?;
+    if indicator
+        .valid_until_ms
+        .is_some_and(|until| until <= indicator.valid_from_ms)
+    {
+        return Err(field("valid_until", "must be later than valid_from".into()));
+    }
+    if indicator.properties.as_str().len() > super::properties::MAX_PROPERTIES_BYTES {
+        return Err(field("stix_properties", "too large".into()));
+    }
+    Ok(())
 }
 
 fn field(field: &'static str, problem: String) -> ModelError {
@@ -1251,6 +1269,7 @@ mod tests {
                 kill_chain_phases: vec!["mitre-attack:reconnaissance".into()],
                 valid_from_ms: 1_700_000_000_000,
                 valid_until_ms: Some(1_800_000_000_000),
+                properties: crate::model::StixProperties::none(),
             }),
         }
     }
@@ -1276,6 +1295,7 @@ mod tests {
             kind: ItemKind::Revocation(Revocation {
                 indicator_type: Url,
                 reason: "false positive".into(),
+                indicator: None,
             }),
             ..indicator(Url, "http://x.example/")
         };
@@ -1338,6 +1358,7 @@ mod tests {
             kind: ItemKind::Revocation(Revocation {
                 indicator_type: Ipv4,
                 reason: "r".repeat(1025),
+                indicator: None,
             }),
             ..indicator(Ipv4, "1.2.3.4")
         };

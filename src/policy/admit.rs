@@ -237,6 +237,7 @@ mod tests {
                 kill_chain_phases: vec![],
                 valid_from_ms: modified_ms,
                 valid_until_ms: None,
+                properties: crate::model::StixProperties::none(),
             }),
         }
     }

@@ -76,7 +76,7 @@ pub enum Rule {
     Allowed {
         tlp: Tlp,
         max: Tlp,
-        ty: IndicatorType,
+        types: Vec<IndicatorType>,
         who: Who,
     },
 }
@@ -147,10 +147,22 @@ impl fmt::Display for Rule {
             ),
             Rule::Superseded => write!(f, "withheld: a newer version of the item is held"),
             Rule::Expired => write!(f, "withheld: the indicator has expired"),
-            Rule::Allowed { tlp, max, ty, who } => write!(
+            Rule::Allowed {
+                tlp,
+                max,
+                types,
+                who,
+            } => write!(
                 f,
-                "allowed: {tlp} is within max_tlp {} and type {ty} is allowed for {who}",
-                max.as_str()
+                "allowed: {tlp} is within max_tlp {} and {} {} {} allowed for {who}",
+                max.as_str(),
+                if types.len() == 1 { "type" } else { "types" },
+                types
+                    .iter()
+                    .map(|t| t.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if types.len() == 1 { "is" } else { "are" },
             ),
         }
     }
@@ -513,15 +525,15 @@ impl Policy {
                 who: p.who(),
             });
         }
-        let ty = item.indicator_type();
-        match &p.allow_types {
-            None => return Decision::withhold(Rule::NoAllowTypes(p.who())),
-            Some(types) if !types.contains(&ty) => {
-                return Decision::withhold(Rule::TypeNotAllowed { ty, who: p.who() });
-            }
-            Some(_) => {}
+        // Every type the item is about: one, or each that a STIX pattern names.
+        let types = item.policy_types();
+        let Some(allowed) = &p.allow_types else {
+            return Decision::withhold(Rule::NoAllowTypes(p.who()));
+        };
+        if let Some(&ty) = types.iter().find(|ty| !allowed.contains(ty)) {
+            return Decision::withhold(Rule::TypeNotAllowed { ty, who: p.who() });
         }
-        if p.deny_types.contains(&ty) {
+        if let Some(&ty) = types.iter().find(|ty| p.deny_types.contains(ty)) {
             return Decision::withhold(Rule::TypeDenied { ty, who: p.who() });
         }
         if !p.allow_tags.is_empty() && !p.allow_tags.iter().any(|t| has_tag(&item.tags, t)) {
@@ -593,7 +605,7 @@ impl Policy {
         Decision::allow(Rule::Allowed {
             tlp: item.tlp,
             max: max_tlp,
-            ty,
+            types,
             who: p.who(),
         })
     }

@@ -381,6 +381,12 @@ pub static INDICATOR: Shape = Shape {
     )],
 };
 
+/// `entente.v1.Revocation`: its indicator, decoded into a box of its own.
+pub static REVOCATION: Shape = Shape {
+    name: "Revocation",
+    fields: &[(3, Field::One(&INDICATOR))],
+};
+
 /// `entente.v1.Item`.
 pub static ITEM: Shape = Shape {
     name: "Item",
@@ -394,6 +400,7 @@ pub static ITEM: Shape = Shape {
             },
         ),
         (10, Field::One(&INDICATOR)),
+        (11, Field::One(&REVOCATION)),
     ],
 };
 
@@ -410,8 +417,8 @@ pub static DISTRIBUTION: Shape = Shape {
     )],
 };
 
-/// Decoded size of one `Item`, rounded up.
-const ITEM_COST: usize = 256;
+/// Decoded size of one `Item` and the boxed indicator a revocation may carry, rounded up.
+const ITEM_COST: usize = 384;
 
 /// `entente.v1.PublishRequest`.
 pub static PUBLISH_REQUEST: Shape = Shape {
@@ -682,7 +689,10 @@ mod tests {
 
     #[test]
     fn the_costs_cover_the_decoded_structs() {
-        assert!(std::mem::size_of::<wire::Item>() <= ITEM_COST);
+        // A revocation's indicator is boxed: one more allocation per item at most.
+        assert!(
+            std::mem::size_of::<wire::Item>() + std::mem::size_of::<wire::Indicator>() <= ITEM_COST
+        );
         assert!(std::mem::size_of::<String>() <= STRING);
         assert!(std::mem::size_of::<wire::Disclosure>() <= 64);
         assert!(std::mem::size_of::<proto::CertificateChain>() <= 64);

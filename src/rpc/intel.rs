@@ -111,11 +111,13 @@ impl IntelService {
                 let publisher = publisher.clone();
                 let signed = blocking(move || {
                     let now = now_ms();
+                    let origin = engine.policy().node().to_string();
                     let items = items
                         .into_iter()
                         .enumerate()
-                        .map(|(i, draft)| {
-                            Item::from_draft(draft, now).map_err(|e| {
+                        .map(|(i, mut draft)| {
+                            engine.complete_revocation(&publisher, i, &mut draft, now)?;
+                            Item::from_draft(draft, &origin, now).map_err(|e| {
                                 Status::invalid_argument(format!("message {message}, item {i}: {e}"))
                             })
                         })
@@ -381,7 +383,13 @@ impl Intel for IntelService {
                 };
                 for stored in page.items {
                     let chunk = ExportChunk {
-                        stix_json: crate::interop::to_stix(&stored.item).to_string(),
+                        stix_json: crate::interop::to_stix_from(
+                            &stored.item,
+                            Some(stored.origin.as_str()),
+                        )
+                        .to_string(),
+                        origin: stored.origin.to_string(),
+                        tlp: crate::wire::Tlp::from(stored.item.tlp) as i32,
                     };
                     tokio::select! {
                         withdrawal = connection.withdrawn() => {

@@ -348,6 +348,7 @@ mod tests {
                 kill_chain_phases: vec!["c2".into()],
                 valid_from_ms: 1,
                 valid_until_ms: Some(2),
+                properties: crate::model::StixProperties::none(),
             }),
         }
     }
@@ -358,6 +359,7 @@ mod tests {
             kind: ItemKind::Revocation(Revocation {
                 indicator_type: IndicatorType::Md5,
                 reason: "false positive".into(),
+                indicator: None,
             }),
             ..indicator(IndicatorType::Md5, "x")
         };

@@ -152,6 +152,8 @@ struct NewItem {
     index: u32,
     ty: u8,
     value_hash: Option<u64>,
+    /// The keyed hashes of the values a STIX pattern names ([`observed_hashes`]).
+    observed: Vec<u64>,
 }
 
 /// The indexes over the log, in memory. Slots are numbered in log order, so the
@@ -162,6 +164,9 @@ struct Index {
     by_id: HashTable<u32>,
     /// Newest slot per value hash; older ones chain through [`Slot::next`].
     by_value: HashTable<u32>,
+    /// The slots of STIX patterns per hash of a value they name, in log order: a
+    /// pattern names several values, and a slot has room for one chain only.
+    observed: HashMap<u64, Vec<u32>>,
     bundles: HashMap<[u8; 16], BundleEntry>,
     /// Change feed: position → bundle.
     feed: BTreeMap<u64, [u8; 16]>,
@@ -175,6 +180,7 @@ impl Index {
             slots: Slots::new(),
             by_id: HashTable::new(),
             by_value: HashTable::new(),
+            observed: HashMap::new(),
             bundles: HashMap::new(),
             feed: BTreeMap::new(),
             hasher: RandomState::new(),
@@ -222,6 +228,7 @@ impl Index {
             slots,
             by_id,
             by_value,
+            observed,
             bundles,
             feed,
             hasher,
@@ -273,6 +280,9 @@ impl Index {
                     }
                 };
                 slots[slot as usize].next = next;
+            }
+            for hash in new.observed {
+                observed.entry(hash).or_default().push(slot);
             }
             let id_hash = hasher.hash_one(new.uuid);
             let replaced = match by_id.entry(
@@ -923,6 +933,7 @@ impl SledStore {
             index,
             ty,
             value_hash,
+            observed: observed_hashes(&self.hasher, records::value_of(item)),
         }
     }
 
@@ -986,10 +997,13 @@ impl SledStore {
     ) -> Result<Option<u32>, StoreError> {
         for &(slot, span) in candidates {
             let stored = Self::stored_item(self.read_record(span)?)?;
-            let value_matches = want.exact.is_empty()
-                || want.exact.iter().any(|(ty, v)| {
-                    stored.item.indicator_type() == *ty && stored.item.value() == Some(v.as_str())
-                });
+            let value_matches = want.exact.is_empty() || {
+                let observed = stored.item.observed_values();
+                want.exact.iter().any(|(ty, v)| {
+                    (stored.item.indicator_type() == *ty && stored.item.value() == Some(v.as_str()))
+                        || observed.iter().any(|(oty, ov)| oty == ty && ov == v)
+                })
+            };
             if value_matches && want.query.matches(&stored, want.now_ms) && (want.visible)(&stored)
             {
                 page.items.push(stored);
@@ -1017,6 +1031,21 @@ fn value_hash(hasher: &RandomState, ty: u8, value: &[u8]) -> u64 {
     hasher.hash_one((ty, value))
 }
 
+/// The keyed hashes of the values an indexed STIX pattern names (none for any other
+/// item), under which a value query finds it too.
+fn observed_hashes(hasher: &RandomState, indexed: Option<(u8, &str)>) -> Vec<u64> {
+    match indexed {
+        Some((ty, pattern)) if ty == records::type_code(IndicatorType::StixPattern) => {
+            crate::model::observables::observables(pattern)
+                .values
+                .iter()
+                .map(|(ty, v)| value_hash(hasher, records::type_code(*ty), v.as_bytes()))
+                .collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
 impl SledStore {
     /// A value query: walks the chain of each exact (type, value) in turn, newest
     /// first, resuming after the cursor's slot. At most [`MAX_SCAN_PER_QUERY`] chain
@@ -1038,9 +1067,23 @@ impl SledStore {
             c.extend_from_slice(&slot.to_be_bytes());
             Some(c)
         };
-        // Where to start: a chain and the slot to go on from (NONE: its head).
+        // Where to start: a chain and the slot to go on from (NONE: its head). Chains
+        // past the last value are the lists of STIX patterns naming each value, and
+        // their cursor holds a position in that list.
         let (mut chain, mut resume) = match after {
             None | Some([]) => (0usize, None),
+            Some([chain, position @ ..])
+                if position.len() == 4 && (*chain as usize) >= hashes.len() =>
+            {
+                let position = u32::from_be_bytes(position.try_into().expect("4 bytes"));
+                let held = hashes
+                    .get(*chain as usize - hashes.len())
+                    .map(|h| self.index().observed.get(h).map_or(0, Vec::len));
+                if held.is_none_or(|held| position as usize > held) {
+                    return Err(StoreError::BadCursor);
+                }
+                return self.walk_observed(want, &hashes, *chain as usize, position, page);
+            }
             Some([chain, slot @ ..]) if slot.len() == 4 => {
                 let slot = u32::from_be_bytes(slot.try_into().expect("4 bytes"));
                 let index = self.index();
@@ -1110,6 +1153,69 @@ impl SledStore {
                 }
             }
             chain += 1;
+        }
+        if spent(examined, reads) {
+            return Ok(cursor(hashes.len(), 0));
+        }
+        self.walk_observed(want, &hashes, hashes.len(), 0, page)
+    }
+
+    /// The second part of a value query: the STIX patterns that name each value, in log
+    /// order, from `position` in the list of chain `chain` (numbered after the value
+    /// chains). Bounded like [`Self::walk_values`].
+    fn walk_observed(
+        &self,
+        want: &Wanted<'_>,
+        hashes: &[u64],
+        mut chain: usize,
+        mut position: u32,
+        page: &mut Page,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let cursor = |chain: usize, position: u32| {
+            let mut c = vec![chain as u8];
+            c.extend_from_slice(&position.to_be_bytes());
+            Some(c)
+        };
+        let mut examined = 0usize;
+        while chain < 2 * hashes.len() {
+            let hash = hashes[chain - hashes.len()];
+            loop {
+                if examined >= MAX_SCAN_PER_QUERY {
+                    return Ok(cursor(chain, position));
+                }
+                let candidates: Vec<(u32, u32, Span)> = {
+                    let index = self.index();
+                    let Some(list) = index.observed.get(&hash) else {
+                        break;
+                    };
+                    list.iter()
+                        .enumerate()
+                        .skip(position as usize)
+                        .take(SCAN_CHUNK.min(MAX_SCAN_PER_QUERY - examined))
+                        .filter(|&(_, &slot)| index.slots[slot as usize].live)
+                        .map(|(at, &slot)| (at as u32, slot, index.slots[slot as usize].span()))
+                        .collect()
+                };
+                let (end, more) = {
+                    let index = self.index();
+                    let held = index.observed.get(&hash).map_or(0, Vec::len);
+                    let end = (position as usize + SCAN_CHUNK.min(MAX_SCAN_PER_QUERY - examined))
+                        .min(held);
+                    (end, end < held)
+                };
+                examined += end - position as usize;
+                for (at, slot, span) in candidates {
+                    if let Some(_full) = self.collect(&[(slot, span)], want, page)? {
+                        return Ok(cursor(chain, at + 1));
+                    }
+                }
+                position = end as u32;
+                if !more {
+                    break;
+                }
+            }
+            chain += 1;
+            position = 0;
         }
         Ok(None)
     }
@@ -1292,6 +1398,13 @@ fn replay(index: &mut Index, frame: Frame<'_>) -> Result<(), StoreError> {
                 value_hash: fields
                     .value
                     .map(|v| value_hash(&index.hasher, fields.ty, v)),
+                observed: observed_hashes(
+                    &index.hasher,
+                    fields
+                        .value
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                        .map(|v| (fields.ty, v)),
+                ),
             });
             continue;
         }
@@ -1311,6 +1424,7 @@ fn replay(index: &mut Index, frame: Frame<'_>) -> Result<(), StoreError> {
             index: record.index,
             ty,
             value_hash,
+            observed: observed_hashes(&index.hasher, records::value_of(&item)),
         });
     }
     index.apply(

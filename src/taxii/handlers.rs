@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::params::{self, Params, format_timestamp};
 use crate::engine::{Engine, EngineError, now_ms};
-use crate::interop::{Defaults, InputFormat, parse_input, to_stix};
+use crate::interop::{Defaults, InputFormat, parse_input, to_stix_from};
 use crate::model::{Distribution, ItemId, NodeId, Partner, PartnerKind, Role};
 use crate::policy::PageTokenError;
 use crate::store::{ItemQuery, StoredItem};
@@ -331,7 +331,10 @@ impl Handlers {
                 })
                 .collect()
         } else {
-            items.iter().map(|s| to_stix(&s.item)).collect()
+            items
+                .iter()
+                .map(|s| to_stix_from(&s.item, Some(s.origin.as_str())))
+                .collect()
         };
         body.insert("objects".into(), Value::Array(objects));
         with_dates(taxii(StatusCode::OK, &Value::Object(body)), &items)
@@ -359,7 +362,10 @@ impl Handlers {
         let body = if versions {
             json!({ "more": false, "versions": [format_timestamp(stored.item.modified_ms)] })
         } else {
-            json!({ "more": false, "objects": [to_stix(&stored.item)] })
+            json!({
+                "more": false,
+                "objects": [to_stix_from(&stored.item, Some(stored.origin.as_str()))],
+            })
         };
         with_dates(taxii(StatusCode::OK, &body), std::slice::from_ref(&stored))
     }
@@ -416,6 +422,7 @@ impl Handlers {
         // Parsing (up to `max_body_bytes` of JSON) runs off the async workers. The
         // envelope's objects are read as a STIX bundle, by the same import the command
         // line uses: no default marking, so an object without one is refused.
+        let origin = self.node.to_string();
         let read = tokio::task::spawn_blocking(move || {
             let mut envelope: Value =
                 serde_json::from_slice(&bytes).map_err(|_| "the body is not JSON".to_owned())?;
@@ -435,7 +442,11 @@ impl Handlers {
                 "objects": objects,
             });
             let text = bundle.to_string();
-            let parsed = parse_input(InputFormat::Stix, &text, &Defaults::default(), now_ms());
+            let defaults = Defaults {
+                origin: Some(origin),
+                ..Defaults::default()
+            };
+            let parsed = parse_input(InputFormat::Stix, &text, &defaults, now_ms());
             let objects = match bundle.get_mut("objects").map(Value::take) {
                 Some(Value::Array(objects)) => objects,
                 _ => Vec::new(),

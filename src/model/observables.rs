@@ -1,0 +1,307 @@
+//! The observable values a STIX pattern names. A pattern such as
+//! `[ipv4-addr:value = '198.51.100.1' OR domain-name:value = 'c2.example']` is one
+//! `stix-pattern` item, yet it is about an IPv4 address and a domain: queries by value
+//! find it under each, and a partner's type policy judges it by every type it names.
+//!
+//! Only equality comparisons on the object paths of the typed indicators count
+//! ([`IndicatorType`] other than `stix-pattern`), with a value valid for that type. Every
+//! other comparison (another path, another operator, a negation, a value that does not
+//! parse) makes the pattern *opaque* in part: policy then also judges it as a
+//! `stix-pattern`. A pattern that does not scan (unbalanced brackets or quotes) is opaque
+//! as a whole. This reads patterns; it does not evaluate them.
+
+use super::item::IndicatorType;
+use super::value::normalise_typed;
+
+/// Most observables taken from one pattern; a pattern naming more is opaque beyond them.
+pub const MAX_OBSERVABLES: usize = 64;
+
+/// What a pattern names.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observables {
+    /// Each distinct (type, normalised value) compared for equality, in pattern order.
+    pub values: Vec<(IndicatorType, String)>,
+    /// Whether any part of the pattern is something else.
+    pub opaque: bool,
+}
+
+impl Observables {
+    /// The types policy judges the pattern by: those of its values, and `stix-pattern`
+    /// when any part is opaque or it names no value at all.
+    pub fn types(&self) -> Vec<IndicatorType> {
+        let mut types: Vec<IndicatorType> = Vec::new();
+        for (ty, _) in &self.values {
+            if !types.contains(ty) {
+                types.push(*ty);
+            }
+        }
+        if self.opaque || types.is_empty() {
+            types.push(IndicatorType::StixPattern);
+        }
+        types.sort_unstable();
+        types
+    }
+}
+
+/// Reads the observables of a STIX pattern.
+pub fn observables(pattern: &str) -> Observables {
+    let Some(tokens) = scan(pattern) else {
+        return Observables {
+            values: Vec::new(),
+            opaque: true,
+        };
+    };
+    let mut out = Observables::default();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < tokens.len() {
+        match &tokens[i] {
+            Token::Open => depth += 1,
+            Token::Close => depth = depth.saturating_sub(1),
+            Token::Word(word) if depth > 0 && word.contains(':') => {
+                // A comparison: PATH [NOT] OPERATOR VALUE.
+                let operator = tokens.get(i + 1);
+                let value = tokens.get(i + 2);
+                match (path_type(word), operator, value) {
+                    (Some(ty), Some(Token::Word(op)), Some(Token::Text(text))) if op == "=" => {
+                        let ty = match ty {
+                            IndicatorType::Ipv4 | IndicatorType::Ipv6 if text.contains('/') => {
+                                IndicatorType::Cidr
+                            }
+                            other => other,
+                        };
+                        match normalise_typed(ty, text) {
+                            Ok(found) if out.values.len() < MAX_OBSERVABLES => {
+                                if !out.values.contains(&found) {
+                                    out.values.push(found);
+                                }
+                            }
+                            _ => out.opaque = true,
+                        }
+                        i += 3;
+                        continue;
+                    }
+                    _ => out.opaque = true,
+                }
+            }
+            Token::Word(word) if depth > 0 && word.eq_ignore_ascii_case("NOT") => {
+                out.opaque = true;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out
+}
+
+/// The type of an object path this reads, or `None`.
+fn path_type(path: &str) -> Option<IndicatorType> {
+    let (object, property) = path.split_once(':')?;
+    let object = object.to_ascii_lowercase();
+    match (object.as_str(), property) {
+        ("ipv4-addr", "value") => Some(IndicatorType::Ipv4),
+        ("ipv6-addr", "value") => Some(IndicatorType::Ipv6),
+        ("domain-name", "value") => Some(IndicatorType::Domain),
+        ("url", "value") => Some(IndicatorType::Url),
+        ("email-addr", "value") => Some(IndicatorType::Email),
+        ("file", hash) => {
+            let name = hash.strip_prefix("hashes.")?;
+            let name = name
+                .trim_matches('\'')
+                .to_ascii_uppercase()
+                .replace('-', "");
+            match name.as_str() {
+                "MD5" => Some(IndicatorType::Md5),
+                "SHA1" => Some(IndicatorType::Sha1),
+                "SHA256" => Some(IndicatorType::Sha256),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// One lexical unit of a pattern.
+#[derive(Debug, PartialEq, Eq)]
+enum Token {
+    /// `[`, or `(` (grouping counts the same here).
+    Open,
+    /// `]` or `)`.
+    Close,
+    /// A string literal, unescaped.
+    Text(String),
+    /// Anything else: a path, an operator, a keyword, a number, a typed literal.
+    Word(String),
+}
+
+/// Splits a pattern into tokens, or `None` when its quotes do not close.
+fn scan(pattern: &str) -> Option<Vec<Token>> {
+    let mut tokens = Vec::new();
+    let mut chars = pattern.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        match c {
+            c if c.is_whitespace() => {
+                chars.next();
+            }
+            '[' | '(' => {
+                chars.next();
+                tokens.push(Token::Open);
+            }
+            ']' | ')' => {
+                chars.next();
+                tokens.push(Token::Close);
+            }
+            '\'' => {
+                chars.next();
+                tokens.push(Token::Text(literal(&mut chars)?));
+            }
+            '=' | '!' | '<' | '>' => {
+                let mut op = String::new();
+                while let Some(&c) = chars.peek() {
+                    if matches!(c, '=' | '!' | '<' | '>') {
+                        op.push(c);
+                        chars.next();
+                    } else {
+                        break;
+                    }
+                }
+                tokens.push(Token::Word(op));
+            }
+            _ => {
+                // A word; a quoted part inside it (`file:hashes.'SHA-256'`, `t'…'`)
+                // belongs to it.
+                let mut word = String::new();
+                while let Some(&c) = chars.peek() {
+                    if c.is_whitespace()
+                        || matches!(c, '[' | ']' | '(' | ')' | '=' | '!' | '<' | '>')
+                    {
+                        break;
+                    }
+                    chars.next();
+                    if c == '\'' {
+                        word.push('\'');
+                        word.push_str(&literal(&mut chars)?);
+                        word.push('\'');
+                    } else {
+                        word.push(c);
+                    }
+                }
+                tokens.push(Token::Word(word));
+            }
+        }
+    }
+    Some(tokens)
+}
+
+/// The rest of a string literal after its opening quote, unescaped (`\'` and `\\`).
+fn literal(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Option<String> {
+    let mut out = String::new();
+    loop {
+        match chars.next()? {
+            '\\' => out.push(chars.next()?),
+            '\'' => return Some(out),
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use IndicatorType::*;
+
+    fn values(pattern: &str) -> (Vec<(IndicatorType, &'static str)>, bool) {
+        let found = observables(pattern);
+        let leaked: Vec<(IndicatorType, &'static str)> = found
+            .values
+            .into_iter()
+            .map(|(t, v)| (t, &*Box::leak(v.into_boxed_str())))
+            .collect();
+        (leaked, found.opaque)
+    }
+
+    #[test]
+    fn compound_patterns_name_each_value() {
+        assert_eq!(
+            values("[ipv4-addr:value = '113.10.246.30' OR domain-name:value = 'Evil.Example.']"),
+            (
+                vec![(Ipv4, "113.10.246.30"), (Domain, "evil.example")],
+                false
+            )
+        );
+        assert_eq!(
+            values(
+                "([ipv4-addr:value = '198.51.100.0/24'] OR [file:hashes.'SHA-256' = \
+                 'E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855']) \
+                 WITHIN 300 SECONDS"
+            ),
+            (
+                vec![
+                    (Cidr, "198.51.100.0/24"),
+                    (
+                        Sha256,
+                        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+                    )
+                ],
+                false
+            )
+        );
+        assert_eq!(
+            observables("[url:value = 'http://a.example/' OR url:value = 'http://a.example/']")
+                .values
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn anything_else_is_opaque() {
+        for pattern in [
+            "[file:name = 'x.exe']",
+            "[ipv4-addr:value != '1.2.3.4']",
+            "[domain-name:value NOT = 'a.example']",
+            "[email-message:subject MATCHES '^x']",
+            "[ipv4-addr:value = 'not an address']",
+            "[ipv4-addr:value IN ('1.2.3.4', '5.6.7.8')]",
+            "[ipv4-addr:value = '1.2.3.4' AND file:size > 10]",
+        ] {
+            let found = observables(pattern);
+            assert!(found.opaque, "{pattern}");
+            assert!(found.types().contains(&StixPattern), "{pattern}");
+        }
+        let half = observables("[ipv4-addr:value = '1.2.3.4' AND file:size > 10]");
+        assert_eq!(half.types(), [Ipv4, StixPattern]);
+        assert_eq!(observables("[a:b = 'unclosed]").types(), [StixPattern]);
+        assert_eq!(observables("").types(), [StixPattern]);
+    }
+
+    #[test]
+    fn quotes_inside_values_and_paths_scan() {
+        assert_eq!(
+            values(
+                "[url:value = 'http://x.example/it\\'s' AND file:hashes.MD5 = 'D41D8CD98F00B204E9800998ECF8427E']"
+            ),
+            (
+                vec![
+                    (Url, "http://x.example/it's"),
+                    (Md5, "d41d8cd98f00b204e9800998ecf8427e")
+                ],
+                false
+            )
+        );
+        let found = observables(
+            "[ipv4-addr:value = '1.2.3.4'] START t'2016-06-01T00:00:00Z' STOP t'2016-07-01T00:00:00Z'",
+        );
+        assert_eq!(found.types(), [Ipv4]);
+    }
+
+    #[test]
+    fn observables_are_bounded() {
+        let many: Vec<String> = (0..100)
+            .map(|i| format!("ipv4-addr:value = '10.0.0.{i}'"))
+            .collect();
+        let found = observables(&format!("[{}]", many.join(" OR ")));
+        assert_eq!(found.values.len(), MAX_OBSERVABLES);
+        assert!(found.opaque);
+    }
+}
