@@ -809,6 +809,16 @@ impl Engine {
                 .is_some_and(crate::policy::PartnerPolicy::sees_everything)
     }
 
+    /// Whether `partner` may receive anything at all under the policy in force (the
+    /// node's own operator always may): a TAXII collection is listed only for them.
+    pub fn receives_anything(&self, partner: &NodeId) -> bool {
+        partner == self.signer.origin()
+            || self
+                .policy()
+                .partner(partner)
+                .is_some_and(crate::policy::PartnerPolicy::receives_anything)
+    }
+
     /// Puts a new policy in force; the next decision on every path uses it.
     pub fn set_policy(&self, policy: Policy) {
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);

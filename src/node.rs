@@ -64,6 +64,9 @@ pub enum NodeError {
     /// The gRPC server stopped with an error.
     #[error("gRPC server: {0}")]
     Serve(String),
+    /// The TAXII listener could not start.
+    #[error(transparent)]
+    Taxii(#[from] crate::taxii::TaxiiError),
     /// Connections did not close within the shutdown deadline and were cut.
     #[error("shutdown deadline of {0:?} passed; remaining connections were closed")]
     DeadlineExceeded(Duration),
@@ -82,6 +85,7 @@ pub struct Node {
     reload: Arc<ConfigReload>,
     pull_links: Arc<PullLinks>,
     tasks: Vec<JoinHandle<()>>,
+    taxii: Option<crate::taxii::TaxiiServer>,
 }
 
 /// The pull loops, one per `[[peer]]` with role `peer`, started again as a set at each
@@ -180,6 +184,8 @@ struct ConfigReload {
     serial: std::sync::Mutex<()>,
     /// The pull loops, started again with the reloaded peers and TLS configuration.
     pull_links: Arc<PullLinks>,
+    /// The TAXII listener's HTTP Basic credentials, replaced with the reloaded ones.
+    taxii_credentials: Arc<crate::taxii::Credentials>,
 }
 
 impl PolicyReload for ConfigReload {
@@ -210,6 +216,13 @@ impl PolicyReload for ConfigReload {
             .replace(&self.id, config.listings(), Some(verifiers));
         self.signer_trust.replace_with(&signer_trust);
         self.engine.set_policy(policy);
+        self.taxii_credentials.replace(
+            config
+                .taxii
+                .as_ref()
+                .map(|t| t.basic.clone())
+                .unwrap_or_default(),
+        );
         // Outgoing links too: a peer now revoked or removed is no longer pulled from.
         self.pull_links.start(&config, &client_tls);
         let policy = self.engine.policy();
@@ -274,6 +287,13 @@ impl Node {
             shutdown: shutdown.clone(),
             running: std::sync::Mutex::new((shutdown.child_token(), Vec::new())),
         });
+        let taxii_credentials = Arc::new(crate::taxii::Credentials::new(
+            config
+                .taxii
+                .as_ref()
+                .map(|t| t.basic.clone())
+                .unwrap_or_default(),
+        ));
         let reload = Arc::new(ConfigReload {
             path: config.path.clone(),
             id: id.clone(),
@@ -282,6 +302,7 @@ impl Node {
             signer_trust,
             serial: std::sync::Mutex::new(()),
             pull_links: pull_links.clone(),
+            taxii_credentials: taxii_credentials.clone(),
         });
         let server_tls = config.tls.server_config(directory.clone())?;
 
@@ -306,6 +327,23 @@ impl Node {
             &config.node.limits,
             shutdown.clone(),
         );
+
+        // The TAXII listener, if configured: the same directory (so the same
+        // certificates, CRLs and per-request checks) and the same engine.
+        let taxii = match &config.taxii {
+            Some(settings) => Some(
+                crate::taxii::TaxiiServer::start(
+                    settings,
+                    &config,
+                    directory.clone(),
+                    engine.clone(),
+                    taxii_credentials,
+                    shutdown.clone(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health
@@ -406,7 +444,15 @@ impl Node {
             reload,
             pull_links,
             tasks,
+            taxii,
         })
+    }
+
+    /// The address of the TAXII listener, when `[taxii]` is configured.
+    pub fn taxii_addr(&self) -> Option<SocketAddr> {
+        self.taxii
+            .as_ref()
+            .map(crate::taxii::TaxiiServer::local_addr)
     }
 
     /// The node's id.
@@ -448,10 +494,14 @@ impl Node {
             engine,
             pull_links,
             tasks,
+            taxii,
             ..
         } = self;
         shutdown.cancel();
         let _ = accept_task.await;
+        if let Some(taxii) = taxii {
+            taxii.join().await;
+        }
         pull_links.join().await;
         for task in tasks {
             let _ = task.await;

@@ -57,6 +57,8 @@ fn check_ca(cert: &CertificateDer<'_>) -> Result<(), String> {
 
 /// ALPN protocol for gRPC over HTTP/2; gRPC clients such as `grpcio` require it.
 const ALPN_H2: &[u8] = b"h2";
+/// The TAXII listener speaks HTTP/1.1 only.
+const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 /// The process's one cryptographic provider (ring). Every rustls configuration is
 /// built with it explicitly, so nothing depends on a process-wide default.
@@ -258,13 +260,39 @@ impl TlsMaterial {
         &self,
         directory: Arc<Directory>,
     ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-        let provider = crypto_provider();
         let verifiers = self.client_verifiers()?;
         let root_hints = verifiers.any.root_hint_subjects().to_vec();
         directory.install(verifiers);
+        self.build_server_config(directory, root_hints, true, ALPN_H2)
+    }
+
+    /// The server side of the TAXII (HTTPS) listener: TLS 1.3, the client's certificate
+    /// checked exactly as for gRPC against the directory's state in force at each
+    /// handshake, HTTP/1.1. With `certificate_required` false a client may connect
+    /// without a certificate (it must then authenticate each request otherwise); one
+    /// that presents a certificate is still verified. Uses the verifiers
+    /// [`TlsMaterial::server_config`] installed in `directory`.
+    pub fn https_server_config(
+        &self,
+        directory: Arc<Directory>,
+        certificate_required: bool,
+    ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let root_hints = self.client_verifiers()?.any.root_hint_subjects().to_vec();
+        self.build_server_config(directory, root_hints, certificate_required, ALPN_HTTP1)
+    }
+
+    fn build_server_config(
+        &self,
+        directory: Arc<Directory>,
+        root_hints: Vec<DistinguishedName>,
+        mandatory: bool,
+        alpn: &[u8],
+    ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let provider = crypto_provider();
         let verifier = Arc::new(KnownPartnerVerifier {
             directory,
             root_hints,
+            mandatory,
             algorithms: provider.signature_verification_algorithms,
         });
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -279,7 +307,7 @@ impl TlsMaterial {
                 context: "server certificate and key",
                 source,
             })?;
-        config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        config.alpn_protocols = vec![alpn.to_vec()];
         Ok(Arc::new(config))
     }
 
@@ -468,6 +496,9 @@ struct KnownPartnerVerifier {
     directory: Arc<Directory>,
     /// Subjects of the anchors at start, offered to clients as hints.
     root_hints: Vec<DistinguishedName>,
+    /// Whether a client must present a certificate (always, but on a TAXII listener
+    /// that also takes HTTP Basic credentials).
+    mandatory: bool,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
@@ -477,7 +508,7 @@ impl ClientCertVerifier for KnownPartnerVerifier {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        true
+        self.mandatory
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
