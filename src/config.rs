@@ -101,6 +101,7 @@ struct RawLimits {
     slow_reader_timeout: Option<String>,
     keepalive_interval: Option<String>,
     keepalive_timeout: Option<String>,
+    idle_connection_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -380,6 +381,13 @@ fn limits(
         1_000,
         600_000,
         &mut limits.keepalive_timeout,
+    )?;
+    duration(
+        "idle_connection_timeout",
+        &raw.idle_connection_timeout,
+        1_000,
+        86_400_000,
+        &mut limits.idle_connection_timeout,
     )?;
     if limits.handshakes_per_source > limits.handshakes {
         return Err(invalid(

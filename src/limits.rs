@@ -31,6 +31,8 @@ pub const DEFAULT_SLOW_READER_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// Default time to wait for a keepalive answer before the connection is closed.
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Default time an authenticated connection may stay open with no call in progress.
+pub const DEFAULT_IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Bounds on how large the configurable limits may be set, so a typing slip cannot
 /// turn a limit off.
@@ -62,6 +64,9 @@ pub struct Limits {
     pub keepalive_interval: Duration,
     /// HTTP/2 keepalive answer deadline (`limits.keepalive_timeout`).
     pub keepalive_timeout: Duration,
+    /// Time a connection may stay open with no call in progress
+    /// (`limits.idle_connection_timeout`).
+    pub idle_connection_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -78,6 +83,7 @@ impl Default for Limits {
             slow_reader_timeout: DEFAULT_SLOW_READER_TIMEOUT,
             keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+            idle_connection_timeout: DEFAULT_IDLE_CONNECTION_TIMEOUT,
         }
     }
 }
@@ -116,6 +122,10 @@ impl Limits {
             ),
             row(Limit::HandshakeTimeout, secs(self.handshake_timeout)),
             row(Limit::SlowReaderTimeout, secs(self.slow_reader_timeout)),
+            row(
+                Limit::IdleConnectionTimeout,
+                secs(self.idle_connection_timeout),
+            ),
             row(Limit::DecodeBudget, String::from("per message type")),
             ("keepalive_interval", secs(self.keepalive_interval), None),
             ("keepalive_timeout", secs(self.keepalive_timeout), None),
@@ -145,13 +155,16 @@ pub enum Limit {
     HandshakeTimeout,
     /// A stream ended because its reader did not read within `slow_reader_timeout`.
     SlowReaderTimeout,
+    /// A connection closed because no call was in progress on it for
+    /// `idle_connection_timeout`.
+    IdleConnectionTimeout,
     /// A message refused before decoding because it holds more elements (items, tags,
     /// recipients, ...) or bytes than its type allows.
     DecodeBudget,
 }
 
 impl Limit {
-    const ALL: [Limit; 10] = [
+    const ALL: [Limit; 11] = [
         Limit::PublishMessageBytes,
         Limit::PublishesPerPartner,
         Limit::PublishItemsPerSecond,
@@ -161,6 +174,7 @@ impl Limit {
         Limit::HandshakesPerSource,
         Limit::HandshakeTimeout,
         Limit::SlowReaderTimeout,
+        Limit::IdleConnectionTimeout,
         Limit::DecodeBudget,
     ];
 
@@ -176,6 +190,7 @@ impl Limit {
             Limit::HandshakesPerSource => "handshakes_per_source",
             Limit::HandshakeTimeout => "handshake_timeout",
             Limit::SlowReaderTimeout => "slow_reader_timeout",
+            Limit::IdleConnectionTimeout => "idle_connection_timeout",
             Limit::DecodeBudget => "decode_budget",
         }
     }
@@ -191,7 +206,7 @@ impl Limit {
 /// How often each limit refused something since the node started.
 #[derive(Debug, Default)]
 pub struct LimitCounters {
-    refused: [AtomicU64; 10],
+    refused: [AtomicU64; Limit::ALL.len()],
 }
 
 impl LimitCounters {

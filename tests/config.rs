@@ -208,3 +208,48 @@ fn a_leaf_certificate_as_trust_anchor_is_refused() {
         }
     }
 }
+
+/// `[limits]` values: what is not given keeps its default, a value in range is taken,
+/// and one outside its range is refused with the key and the range named.
+#[test]
+fn limits_take_defaults_and_refuse_values_outside_their_range() {
+    use std::time::Duration;
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let with_limits = |limits: &str| {
+        let path = write_config(&pki, &hq, &[], &[]);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("\n[limits]\n");
+        text.push_str(limits);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+
+    let defaults = Config::load(&with_limits("")).unwrap().node.limits;
+    assert_eq!(defaults, entente::limits::Limits::default());
+    assert_eq!(defaults.idle_connection_timeout, Duration::from_secs(300));
+
+    let set = Config::load(&with_limits("idle_connection_timeout = \"10m\"\n"))
+        .unwrap()
+        .node
+        .limits;
+    assert_eq!(set.idle_connection_timeout, Duration::from_secs(600));
+
+    let refused: &[(&str, &[&str])] = &[
+        (
+            "idle_connection_timeout = \"0s\"\n",
+            &["limits.idle_connection_timeout", "outside 1s..=86400s"],
+        ),
+        (
+            "idle_connection_timeout = \"2d\"\n",
+            &["limits.idle_connection_timeout", "outside"],
+        ),
+        (
+            "idle_connection_timeout = \"soon\"\n",
+            &["limits.idle_connection_timeout"],
+        ),
+    ];
+    for (limits, expect) in refused {
+        assert_mentions(&load_err(&with_limits(limits)), expect);
+    }
+}
