@@ -3,12 +3,13 @@
 //! disclosed items in increasing index order), deterministically, so that a transfer
 //! cut short can be continued at a part; an [`Assembly`] takes a transfer's parts as
 //! they arrive, in order, checking every item against its leaf digest in the header as
-//! it comes, within fixed bounds, until the bundle is whole. No gRPC, no store, no
+//! it comes, within fixed bounds and the puller's budget of item bytes, until the
+//! bundle is whole. No gRPC, no store, no
 //! policy here: the puller decides what to do with a bundle, the feed what to send.
 
 use prost::Message;
 
-use super::limits::{MAX_SIGNATURE_BYTES, MAX_TRANSFER_ITEM_BYTES, PART_BYTES};
+use super::limits::{MAX_SIGNATURE_BYTES, PART_BYTES};
 use crate::crypto::{
     BundleHeader, MAX_HEADER_BYTES, MAX_ITEM_BYTES, SALT_LEN, VerifyError, leaf_digest,
     parse_header, sha256,
@@ -182,6 +183,14 @@ pub enum PartError {
     /// about the transfer itself, so the link goes on with the next bundle.
     #[error("bundle rejected: {0}")]
     Refused(VerifyError),
+    /// The bundle brings more bytes of items and salts than the budget the assembly was
+    /// opened with (the puller's `limits.pull_transfer_bytes`): refused like
+    /// [`PartError::Refused`], and what it had brought is let go. The sender may be
+    /// honest (the bundle is only larger than this node holds), so the link goes on.
+    #[error(
+        "the bundle brings more than {0} bytes of items, the most this node holds for one transfer (limits.pull_transfer_bytes)"
+    )]
+    OverBudget(usize),
     /// The part breaks the transfer protocol (out of order, another transfer's, beyond
     /// a bound, malformed): the sender is broken or hostile; the connection ends and
     /// nothing of the transfer is kept.
@@ -204,8 +213,7 @@ pub struct Taken {
 
 /// A bundle transfer as it arrives, part by part. Holds at most
 /// `crypto::MAX_HEADER_BYTES` of header, `crypto::MAX_ITEMS_PER_BUNDLE` disclosures
-/// (never more than the header has digests) and [`MAX_TRANSFER_ITEM_BYTES`] of salts
-/// and items.
+/// (never more than the header has digests) and its budget of salts and items.
 #[derive(Debug)]
 pub struct Assembly {
     seq: u64,
@@ -220,14 +228,17 @@ pub struct Assembly {
     header: Option<(BundleHeader, Vec<Vec<u8>>)>,
     disclosures: Vec<wire::Disclosure>,
     item_bytes: usize,
+    /// Most bytes of salts and items held.
+    item_budget: usize,
     /// The bundle was refused: later parts are checked for order and dropped.
     refused: bool,
     complete: bool,
 }
 
 impl Assembly {
-    /// A transfer begun by its part 0 (taken with [`Assembly::take`] next).
-    pub fn open(part: &Part) -> Result<Self, PartError> {
+    /// A transfer begun by its part 0 (taken with [`Assembly::take`] next), holding at
+    /// most `item_budget` bytes of salts and items.
+    pub fn open(part: &Part, item_budget: usize) -> Result<Self, PartError> {
         let Some(opening) = part.opening.as_ref().filter(|_| part.index == 0) else {
             return Err(protocol(format!(
                 "part {} of the bundle at seq {} came first, not part 0",
@@ -268,6 +279,7 @@ impl Assembly {
             header: None,
             disclosures: Vec::new(),
             item_bytes: 0,
+            item_budget,
             refused: false,
             complete: false,
         })
@@ -462,10 +474,8 @@ impl Assembly {
                 return Err(self.refused_with(refused(VerifyError::DigestMismatch(d.index))));
             }
             self.item_bytes += d.salt.len() + d.item_bytes.len();
-            if self.item_bytes > MAX_TRANSFER_ITEM_BYTES {
-                return Err(protocol(format!(
-                    "the bundle at seq {seq} brings more than {MAX_TRANSFER_ITEM_BYTES} bytes of items"
-                )));
+            if self.item_bytes > self.item_budget {
+                return Err(self.refused_with(PartError::OverBudget(self.item_budget)));
             }
             self.disclosures.push(d);
         }
@@ -593,10 +603,10 @@ mod tests {
         })
         .collect();
         assert!(matches!(
-            Assembly::open(&parts[1]),
+            Assembly::open(&parts[1], usize::MAX),
             Err(PartError::Protocol(_))
         ));
-        let mut assembly = Assembly::open(&parts[0]).unwrap();
+        let mut assembly = Assembly::open(&parts[0], usize::MAX).unwrap();
         assembly.take(parts[0].clone()).ok();
         let mut skipped = parts[2].clone();
         assert!(matches!(
