@@ -309,8 +309,10 @@ where
                     skip = r.next_part;
                 }
             }
-            // One part encoded at a time: the queue holds at most a few parts.
-            for part in parts.by_ref().skip(skip as usize) {
+            // The parts the partner has are passed over unbuilt; then one part is
+            // encoded at a time: the queue holds at most a few parts.
+            parts.skip_to(skip);
+            for part in parts {
                 if !serving
                     .send(FeedEvent::Part(part), Some(decided_under))
                     .await

@@ -4,8 +4,8 @@
 //! cut short can be continued at a part; an [`Assembly`] takes a transfer's parts as
 //! they arrive, in order, checking every item against its leaf digest in the header as
 //! it comes, within fixed bounds and the puller's budget of item bytes, until the
-//! bundle is whole. No gRPC, no store, no
-//! policy here: the puller decides what to do with a bundle, the feed what to send.
+//! bundle is whole. No gRPC, no store, no policy here: the puller decides what to do
+//! with a bundle, the feed what to send.
 
 use prost::Message;
 
@@ -122,6 +122,49 @@ impl Split {
     pub fn key(&self) -> (u64, u32, [u8; 32]) {
         (self.seq, self.hops, self.transfer)
     }
+
+    /// Passes over the parts before `index` without building them (only the sizes of
+    /// their items are looked at), so that a transfer continued at a part costs no
+    /// more than the parts it sends.
+    pub fn skip_to(&mut self, index: u32) {
+        while !self.done && self.index < index {
+            let (take, end) = self.next_extent();
+            self.advance(take, end);
+        }
+    }
+
+    /// What the next part holds: the bytes of header it takes, and the end of the run of
+    /// disclosures (from `items_sent`) it packs. The header comes first, in chunks; then
+    /// as many items as fit [`PART_BYTES`], and at least one, whatever its size.
+    fn next_extent(&self) -> (usize, usize) {
+        let header_len = self.bundle.header_bytes.len();
+        let take = (header_len - self.header_sent).min(PART_BYTES);
+        let mut used = take;
+        let mut end = self.items_sent;
+        if self.header_sent + take == header_len {
+            while let Some(d) = self.bundle.disclosures.get(end) {
+                let len = d.encoded_len();
+                let framed = len + prost::length_delimiter_len(len);
+                if used > 0 && used + framed > PART_BYTES {
+                    break;
+                }
+                used += framed;
+                end += 1;
+            }
+        }
+        (take, end)
+    }
+
+    /// Moves past a part of `take` header bytes and the disclosures up to `end`;
+    /// whether it was the last.
+    fn advance(&mut self, take: usize, end: usize) -> bool {
+        self.header_sent += take;
+        self.items_sent = end;
+        self.index += 1;
+        self.done = self.header_sent == self.bundle.header_bytes.len()
+            && self.items_sent == self.bundle.disclosures.len();
+        self.done
+    }
 }
 
 impl Iterator for Split {
@@ -131,47 +174,32 @@ impl Iterator for Split {
         if self.done {
             return None;
         }
+        let (take, end) = self.next_extent();
         let header = &self.bundle.header_bytes;
-        let take = (header.len() - self.header_sent).min(PART_BYTES);
         let header_chunk = header[self.header_sent..self.header_sent + take].to_vec();
-        self.header_sent += take;
-        let mut used = take;
         let mut disclosures = Vec::new();
-        if self.header_sent == header.len() {
-            while let Some(d) = self.bundle.disclosures.get(self.items_sent) {
-                let len = d.encoded_len();
-                let framed = len + prost::length_delimiter_len(len);
-                // A part takes at least one item, whatever its size.
-                if used > 0 && used + framed > PART_BYTES {
-                    break;
-                }
-                // Encoding into a Vec cannot fail: it grows as needed.
-                d.encode_length_delimited(&mut disclosures)
-                    .unwrap_or_default();
-                used += framed;
-                self.items_sent += 1;
-            }
+        for d in &self.bundle.disclosures[self.items_sent..end] {
+            // Encoding into a Vec cannot fail: it grows as needed.
+            d.encode_length_delimited(&mut disclosures)
+                .unwrap_or_default();
         }
         let opening = (self.index == 0).then(|| Opening {
             header_len: u32::try_from(header.len()).unwrap_or(u32::MAX),
             signature: self.bundle.signature.clone(),
             disclosed: u32::try_from(self.bundle.disclosures.len()).unwrap_or(u32::MAX),
         });
-        let last =
-            self.header_sent == header.len() && self.items_sent == self.bundle.disclosures.len();
-        let part = Part {
+        let index = self.index;
+        let last = self.advance(take, end);
+        Some(Part {
             seq: self.seq,
             hops: self.hops,
-            index: self.index,
+            index,
             last,
             transfer: self.transfer,
             opening,
             header_chunk,
             disclosures,
-        };
-        self.index += 1;
-        self.done = last;
-        Some(part)
+        })
     }
 }
 
@@ -577,6 +605,36 @@ mod tests {
         let mut fewer = b;
         fewer.disclosures.pop();
         assert_ne!(transfer_digest(1, &fewer), parts[0].transfer);
+    }
+
+    /// A transfer continued at a part gets exactly the parts from there on, built from
+    /// that part only: for a header over several parts, parts of items, and a skip past
+    /// the end.
+    #[test]
+    fn a_split_skipped_to_a_part_goes_on_with_exactly_the_parts_from_there() {
+        let mut varied = bundle(300, 0);
+        for (i, d) in varied.disclosures.iter_mut().enumerate() {
+            d.item_bytes = vec![3; (i * 7919) % MAX_ITEM_BYTES];
+        }
+        let mut small_header = bundle(700, 3000);
+        small_header.header_bytes = vec![9; 300];
+        for b in [bundle(3000, 1000), varied, small_header] {
+            let whole = || {
+                split(PulledBundle {
+                    seq: 4,
+                    hops: 1,
+                    bundle: b.clone(),
+                })
+            };
+            let parts: Vec<Part> = whole().collect();
+            assert!(parts.len() > 2, "{} parts", parts.len());
+            for at in 0..=parts.len() + 1 {
+                let mut skipped = whole();
+                skipped.skip_to(at as u32);
+                let rest: Vec<Part> = skipped.collect();
+                assert_eq!(rest, parts[at.min(parts.len())..], "skipped to part {at}");
+            }
+        }
     }
 
     /// Why a pull message holds no repeated message field: an empty `Disclosure` is two
