@@ -128,26 +128,7 @@ pull_page_bytes = 1048576
     // 60 bundles of 1,000 items with long descriptions: about 30 MB in all.
     let bundles = 60u64;
     let requests: Vec<entente::rpc::proto::PublishRequest> = (0..bundles)
-        .map(|b| entente::rpc::proto::PublishRequest {
-            items: (0..1000)
-                .map(|i| entente::wire::Item {
-                    id: String::new(),
-                    modified_unix_ms: 0,
-                    tlp: entente::wire::Tlp::Green as i32,
-                    tags: vec![],
-                    kind: Some(entente::wire::item::Kind::Indicator(
-                        entente::wire::Indicator {
-                            indicator_type: "domain".into(),
-                            value: format!("host-{b}-{i}.example"),
-                            description: "x".repeat(400),
-                            ..Default::default()
-                        },
-                    )),
-                })
-                .collect(),
-            distribution: None,
-            groups: vec![],
-        })
+        .map(|b| green_domains(&format!("host-{b}"), 1000, 400))
         .collect();
     alice.publish(tokio_stream::iter(requests)).await.unwrap();
 
@@ -206,7 +187,6 @@ pull_page_bytes = 1048576
 /// goes on and delivers the bundles after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_puller_refuses_a_bundle_over_its_transfer_budget_and_the_link_goes_on() {
-    use entente::rpc::proto::PublishRequest;
     common::init_logging();
     let pki = Pki::new();
     let hq = pki.node("redmond.hq");
@@ -250,26 +230,7 @@ async fn a_puller_refuses_a_bundle_over_its_transfer_budget_and_the_link_goes_on
     // A bundle of about 5.5 MB of items: within HQ's publish limit, over Berlin's budget.
     let alice = common::connect(&pki, &hq_node, "analyst.alice").await;
     let publish = |prefix: &'static str, n: usize| {
-        let request = PublishRequest {
-            items: (0..n)
-                .map(|i| entente::wire::Item {
-                    id: String::new(),
-                    modified_unix_ms: 0,
-                    tlp: entente::wire::Tlp::Green as i32,
-                    tags: vec![],
-                    kind: Some(entente::wire::item::Kind::Indicator(
-                        entente::wire::Indicator {
-                            indicator_type: "domain".into(),
-                            value: format!("{prefix}-{i}.example"),
-                            description: "x".repeat(500),
-                            ..Default::default()
-                        },
-                    )),
-                })
-                .collect(),
-            distribution: None,
-            groups: vec![],
-        };
+        let request = green_domains(prefix, n, 500);
         let alice = &alice;
         async move {
             let published = alice
@@ -355,5 +316,34 @@ async fn a_puller_refuses_a_bundle_over_its_transfer_budget_and_the_link_goes_on
     assert!(after.bundles_received >= 1, "{after:?}");
     for node in [berlin_node, hq_node] {
         node.shutdown(Duration::from_secs(10)).await.unwrap();
+    }
+}
+
+/// One bundle to publish: `n` GREEN domains `PREFIX-i.example`, each with a description
+/// of `description` bytes.
+fn green_domains(
+    prefix: &str,
+    n: usize,
+    description: usize,
+) -> entente::rpc::proto::PublishRequest {
+    entente::rpc::proto::PublishRequest {
+        items: (0..n)
+            .map(|i| entente::wire::Item {
+                id: String::new(),
+                modified_unix_ms: 0,
+                tlp: entente::wire::Tlp::Green as i32,
+                tags: vec![],
+                kind: Some(entente::wire::item::Kind::Indicator(
+                    entente::wire::Indicator {
+                        indicator_type: "domain".into(),
+                        value: format!("{prefix}-{i}.example"),
+                        description: "x".repeat(description),
+                        ..Default::default()
+                    },
+                )),
+            })
+            .collect(),
+        distribution: None,
+        groups: vec![],
     }
 }
