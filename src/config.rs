@@ -85,6 +85,25 @@ struct RawConfig {
     groups: std::collections::BTreeMap<String, Vec<String>>,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    taxii: Option<RawTaxii>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTaxii {
+    listen: String,
+    #[serde(default)]
+    max_body_bytes: Option<usize>,
+    #[serde(default)]
+    basic: Vec<RawBasic>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBasic {
+    client: String,
+    password_hash: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -101,6 +120,10 @@ struct RawLimits {
     slow_reader_timeout: Option<String>,
     keepalive_interval: Option<String>,
     keepalive_timeout: Option<String>,
+    idle_connection_timeout: Option<String>,
+    pull_page_bytes: Option<usize>,
+    pull_queue_messages: Option<usize>,
+    pull_transfer_bytes: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -244,6 +267,46 @@ pub struct ClientConfig {
 
 pub use crate::policy::PolicySettings;
 
+/// Default largest TAXII request body (`taxii.max_body_bytes`): 8 MiB.
+pub const DEFAULT_TAXII_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// Largest `taxii.max_body_bytes` accepted: 64 MiB.
+pub const MAX_TAXII_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// Most `[[taxii.basic]]` entries.
+pub const MAX_TAXII_BASIC: usize = 256;
+
+/// The TAXII 2.1 listener (`[taxii]`); absent, no TAXII listener is opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaxiiSettings {
+    /// Address to serve HTTPS on (`taxii.listen`), distinct from `node.listen`.
+    pub listen: SocketAddr,
+    /// Largest request body, checked before it is read (`taxii.max_body_bytes`, default
+    /// 8 MiB).
+    pub max_body_bytes: usize,
+    /// HTTP Basic credentials (`[[taxii.basic]]`), each for a read-only client; empty,
+    /// every caller must present a client certificate.
+    pub basic: Vec<BasicCredential>,
+}
+
+/// One `[[taxii.basic]]` entry: the password hash of a read-only `[[client]]`, whose id
+/// is the Basic user name.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BasicCredential {
+    /// The client (`client`), configured in `[[client]]` with role `read_only`.
+    pub client: NodeId,
+    /// An Argon2id hash in PHC format (`password_hash`), made by `entente taxii
+    /// hash-password`.
+    pub password_hash: String,
+}
+
+impl std::fmt::Debug for BasicCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The hash is not printed: it is what a password guesser would start from.
+        f.debug_struct("BasicCredential")
+            .field("client", &self.client)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Parses a duration such as `0`, `90s`, `30m`, `6h`, `2d` into milliseconds.
 pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
     let text = text.trim();
@@ -275,7 +338,9 @@ fn limits(
     raw: &RawLimits,
     invalid: &dyn Fn(&str, String) -> ConfigError,
 ) -> Result<crate::limits::Limits, ConfigError> {
-    use crate::limits::{Limits, MAX_PUBLISH_MESSAGE_BYTES};
+    use crate::limits::{
+        Limits, MAX_PUBLISH_MESSAGE_BYTES, MAX_PULL_TRANSFER_BYTES, publishable_item_bytes,
+    };
     let mut limits = Limits::default();
     let count = |key: &str, value: Option<usize>, min: usize, max: usize, slot: &mut usize| {
         if let Some(n) = value {
@@ -331,6 +396,42 @@ fn limits(
         65_536,
         &mut limits.handshakes_per_source,
     )?;
+    count(
+        "pull_page_bytes",
+        raw.pull_page_bytes,
+        64 * 1024,
+        64 * 1024 * 1024,
+        &mut limits.pull_page_bytes,
+    )?;
+    count(
+        "pull_queue_messages",
+        raw.pull_queue_messages,
+        1,
+        64,
+        &mut limits.pull_queue_messages,
+    )?;
+    // Never less than what a bundle published under this node's own publish limit can
+    // bring: what this node lets its clients publish can always cross a link to it (in
+    // a federation whose nodes share their limits, every bundle crosses).
+    let least = publishable_item_bytes(limits.publish_message_bytes);
+    if let Some(n) = raw.pull_transfer_bytes
+        && n < least
+    {
+        return Err(invalid(
+            "limits.pull_transfer_bytes",
+            format!(
+                "{n} is less than {least}, what a bundle published under limits.publish_message_bytes ({}) can bring: such a bundle could not cross a link to this node (lower publish_message_bytes too)",
+                limits.publish_message_bytes
+            ),
+        ));
+    }
+    count(
+        "pull_transfer_bytes",
+        raw.pull_transfer_bytes,
+        least,
+        MAX_PULL_TRANSFER_BYTES,
+        &mut limits.pull_transfer_bytes,
+    )?;
     if let Some(rate) = raw.publish_items_per_second {
         limits.publish_items_per_second = rate;
     }
@@ -380,6 +481,13 @@ fn limits(
         1_000,
         600_000,
         &mut limits.keepalive_timeout,
+    )?;
+    duration(
+        "idle_connection_timeout",
+        &raw.idle_connection_timeout,
+        1_000,
+        86_400_000,
+        &mut limits.idle_connection_timeout,
     )?;
     if limits.handshakes_per_source > limits.handshakes {
         return Err(invalid(
@@ -469,6 +577,8 @@ pub struct Settings {
     pub clients: Vec<ClientConfig>,
     /// `[groups]`: sharing groups by name.
     pub groups: std::collections::BTreeMap<String, Vec<NodeId>>,
+    /// `[taxii]`, if configured.
+    pub taxii: Option<TaxiiSettings>,
 }
 
 /// A validated node configuration with its TLS material loaded.
@@ -484,6 +594,8 @@ pub struct Config {
     pub clients: Vec<ClientConfig>,
     /// `[groups]`: named lists of node ids, expanded into a bundle's recipients at publish time.
     pub groups: std::collections::BTreeMap<String, Vec<NodeId>>,
+    /// `[taxii]`: the TAXII 2.1 listener, if configured.
+    pub taxii: Option<TaxiiSettings>,
     /// The node's certificate, key, anchors and CRLs, loaded and checked.
     pub tls: TlsMaterial,
 }
@@ -503,6 +615,7 @@ impl Config {
             peers,
             clients,
             groups,
+            taxii,
         } = Self::check(text, path, base)?;
         let tls = TlsMaterial::load(&node.tls, &node.id).map_err(|e| ConfigError::Invalid {
             path: path.to_owned(),
@@ -515,6 +628,7 @@ impl Config {
             peers,
             clients,
             groups,
+            taxii,
             tls,
         })
     }
@@ -701,6 +815,10 @@ impl Config {
         };
 
         let limits = limits(&raw.limits, &invalid)?;
+        let taxii = match raw.taxii {
+            None => None,
+            Some(taxii) => Some(taxii_settings(taxii, listen, &clients, &invalid)?),
+        };
 
         Ok(Settings {
             node: NodeSettings {
@@ -715,6 +833,7 @@ impl Config {
             peers,
             clients,
             groups,
+            taxii,
         })
     }
 
@@ -776,6 +895,85 @@ impl Config {
             })
             .collect()
     }
+}
+
+/// `[taxii]`, checked: an address other than `node.listen`, a body limit in range, and
+/// Basic credentials only for configured read-only clients, each with an Argon2id hash.
+fn taxii_settings(
+    raw: RawTaxii,
+    node_listen: SocketAddr,
+    clients: &[ClientConfig],
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<TaxiiSettings, ConfigError> {
+    let listen: SocketAddr = raw.listen.parse().map_err(|_| {
+        invalid(
+            "taxii.listen",
+            format!(
+                "{:?} is not an address:port such as 0.0.0.0:8443",
+                raw.listen
+            ),
+        )
+    })?;
+    if listen.port() != 0 && listen == node_listen {
+        return Err(invalid(
+            "taxii.listen",
+            "must differ from node.listen (TAXII has its own listener)".into(),
+        ));
+    }
+    let max_body_bytes = raw.max_body_bytes.unwrap_or(DEFAULT_TAXII_MAX_BODY_BYTES);
+    if !(1024..=MAX_TAXII_MAX_BODY_BYTES).contains(&max_body_bytes) {
+        return Err(invalid(
+            "taxii.max_body_bytes",
+            format!("{max_body_bytes} is outside 1024 to {MAX_TAXII_MAX_BODY_BYTES}"),
+        ));
+    }
+    if raw.basic.len() > MAX_TAXII_BASIC {
+        return Err(invalid(
+            "taxii.basic",
+            format!("at most {MAX_TAXII_BASIC} entries"),
+        ));
+    }
+    let mut basic: Vec<BasicCredential> = Vec::with_capacity(raw.basic.len());
+    for (i, entry) in raw.basic.into_iter().enumerate() {
+        let field = |name: &str| format!("taxii.basic[{i}].{name}");
+        let client =
+            NodeId::new(&entry.client).map_err(|e| invalid(&field("client"), e.to_string()))?;
+        match clients.iter().find(|c| c.id == client) {
+            None => {
+                return Err(invalid(
+                    &field("client"),
+                    format!("{client} is not a configured [[client]]"),
+                ));
+            }
+            Some(c) if c.role != Role::ReadOnly => {
+                return Err(invalid(
+                    &field("client"),
+                    format!(
+                        "{client} has role {}; HTTP Basic is only for read_only clients (others present a certificate)",
+                        c.role
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+        if basic.iter().any(|b| b.client == client) {
+            return Err(invalid(
+                &field("client"),
+                format!("{client} has more than one entry"),
+            ));
+        }
+        crate::crypto::password::check_password_hash(&entry.password_hash)
+            .map_err(|problem| invalid(&field("password_hash"), problem))?;
+        basic.push(BasicCredential {
+            client,
+            password_hash: entry.password_hash,
+        });
+    }
+    Ok(TaxiiSettings {
+        listen,
+        max_body_bytes,
+        basic,
+    })
 }
 
 /// Checks that the data directory is a directory, or does not exist yet (the node creates

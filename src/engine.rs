@@ -96,6 +96,15 @@ pub enum EngineError {
         /// The limit.
         limit: usize,
     },
+    /// A pulled bundle brings more bytes of items than this node holds for one
+    /// transfer (`limits.pull_transfer_bytes`).
+    #[error(
+        "bundle refused: it brings more than {budget} bytes of items, the most this node holds for one transfer (limits.pull_transfer_bytes)"
+    )]
+    TransferTooLarge {
+        /// The budget.
+        budget: usize,
+    },
     /// A signer certificate offered by a peer was not cached.
     #[error("signer certificate refused: {0}")]
     Certificate(String),
@@ -832,6 +841,16 @@ impl Engine {
                 .is_some_and(crate::policy::PartnerPolicy::sees_everything)
     }
 
+    /// Whether `partner` may receive anything at all under the policy in force (the
+    /// node's own operator always may): a TAXII collection is listed only for them.
+    pub fn receives_anything(&self, partner: &NodeId) -> bool {
+        partner == self.signer.origin()
+            || self
+                .policy()
+                .partner(partner)
+                .is_some_and(crate::policy::PartnerPolicy::receives_anything)
+    }
+
     /// Puts a new policy in force; the next decision on every path uses it.
     pub fn set_policy(&self, policy: Policy) {
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
@@ -1126,7 +1145,8 @@ impl Engine {
     }
 
     /// One page of this node's change feed as `partner` may see it (the delivery rule):
-    /// after `after`, at most `limit` feed entries read. Each bundle goes out with only
+    /// after `after`, at most `limit` feed entries read and `limits.pull_page_bytes` of
+    /// bundles gathered. Each bundle goes out with only
     /// the items the policy allows (the rest stay withheld behind their digests), one
     /// message per hop count. Every message is recorded in the disclosure ledger, and the
     /// records are written, before the page is returned. From a blocking thread.
@@ -1149,6 +1169,7 @@ impl Engine {
         limit: usize,
     ) -> Result<PullPage, EngineError> {
         let now = now_ms();
+        let page_budget = self.limits.pull_page_bytes;
         let entries = self.store.feed(after, limit)?;
         let mut page = PullPage {
             bundles: Vec::new(),
@@ -1205,11 +1226,11 @@ impl Engine {
                 .iter()
                 .map(|(_, _, bundle)| prost::Message::encoded_len(bundle))
                 .sum();
-            // A page holds at most PULL_PAGE_BYTES of bundles, or one entry when that
-            // entry alone is larger: it stops before the entry that would pass the
+            // A page holds at most `limits.pull_page_bytes` of bundles, or one entry when
+            // that entry alone is larger: it stops before the entry that would pass the
             // budget, so a partner that reads slowly keeps little of this node's memory
             // waiting.
-            if !page.bundles.is_empty() && page_bytes + entry_bytes > PULL_PAGE_BYTES {
+            if !page.bundles.is_empty() && page_bytes + entry_bytes > page_budget {
                 page.cursor = previous;
                 break;
             }
@@ -1224,7 +1245,7 @@ impl Engine {
                 page.bundles.push(PulledBundle { seq, hops, bundle });
             }
             page_bytes += entry_bytes;
-            if page_bytes >= PULL_PAGE_BYTES {
+            if page_bytes >= page_budget {
                 page.cursor = seq;
                 break;
             }
@@ -1465,11 +1486,6 @@ impl Engine {
     }
 }
 
-/// Bytes of bundles one pull page gathers at most (or one entry, when that entry alone
-/// is larger): what a slow puller's stream can hold back in this node, besides the
-/// stream's queue of a few parts (`sync::limits`).
-pub const PULL_PAGE_BYTES: usize = 4 << 20;
-
 /// Largest signer certificate accepted from a peer.
 pub const MAX_SIGNER_CERTIFICATE_BYTES: usize = 16 * 1024;
 
@@ -1492,8 +1508,10 @@ impl CertificateSource for OfferedCertificate<'_> {
 /// Why a subscription ended.
 #[derive(Debug, thiserror::Error)]
 pub enum SubscriptionEnd {
-    /// The subscriber fell further behind than the buffer holds.
-    #[error("subscriber fell {0} items behind; subscribe again and query to catch up")]
+    /// The subscriber fell further behind than the buffer holds. The number of items it
+    /// missed counts every item the node accepted, those the subscriber may not see
+    /// included, so it is logged, never sent.
+    #[error("subscriber fell behind; subscribe again and query to catch up")]
     Lagged(u64),
     /// The node is stopping.
     #[error("node is shutting down")]
@@ -1519,7 +1537,10 @@ impl Subscription {
             let stored = match self.receiver.recv().await {
                 Ok(stored) => stored,
                 Err(RecvError::Closed) => return Err(SubscriptionEnd::Closed),
-                Err(RecvError::Lagged(missed)) => return Err(SubscriptionEnd::Lagged(missed)),
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::info!(partner = %self.partner.id, missed, "subscriber fell behind");
+                    return Err(SubscriptionEnd::Lagged(missed));
+                }
             };
             // The policy in force now: a reload narrows open streams from the next item on.
             let now = now_ms();

@@ -39,6 +39,7 @@ pub mod policy;
 pub mod rpc;
 pub mod store;
 pub mod sync;
+pub mod taxii;
 pub mod transport;
 pub mod wire;
 
