@@ -767,14 +767,11 @@ fn context_to_stix(item: &Item, context: &ContextObject, origin: Option<&str>) -
     }
     object.insert("modified".into(), json!(version));
     let refs: Vec<&str> = context.refs.iter().map(ItemId::as_str).collect();
-    match (context.object_type, &refs[..]) {
-        (IndicatorType::Relationship, [source, target]) => {
-            object.insert("source_ref".into(), json!(source));
-            object.insert("target_ref".into(), json!(target));
-        }
-        // A report's `object_refs` are kept as published (validation holds its shared
-        // references to exactly those they name).
-        _ => {}
+    // A report's `object_refs` are kept as published (validation holds its shared
+    // references to exactly those they name); a relationship's ends are its refs.
+    if let (IndicatorType::Relationship, [source, target]) = (context.object_type, &refs[..]) {
+        object.insert("source_ref".into(), json!(source));
+        object.insert("target_ref".into(), json!(target));
     }
     if let Some(origin) = origin {
         if !object.get("created_by_ref").is_some_and(Value::is_string) {
