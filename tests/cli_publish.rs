@@ -1218,4 +1218,27 @@ fn context_objects_travel_under_policy_and_relationships_need_both_ends() {
     assert!(!exported.contains_key(AMBER_TO_MALWARE));
     assert!(!exported.contains_key(REPORT_AMBER));
     assert_valid_stix(&path);
+
+    // One UUID, one type: a malware object under the GREEN indicator's UUID does not
+    // replace it.
+    let impostor = format!("malware--{}", GREEN_IP.trim_start_matches("indicator--"));
+    let mut later = object(
+        "malware",
+        &impostor,
+        TLP_GREEN_ID,
+        serde_json::json!({"name": "Not an indicator", "is_family": false}),
+    );
+    later["modified"] = serde_json::json!("2025-05-01T00:00:00.000Z");
+    let file = hq.input("impostor.json", &stix_bundle(vec![later]));
+    let out = entente(&["publish", "--config", s(&hq.analyst), s(&file)]);
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(said.contains("1 rejected"), "{said}");
+    let held = ok(&["get", "--config", s(&hq.analyst), GREEN_IP]);
+    assert!(held.contains("198.51.100.61"), "{held}");
+    let absent = fails(&["get", "--config", s(&hq.analyst), &impostor]);
+    assert!(
+        stderr(&absent).contains("no such item"),
+        "{}",
+        stderr(&absent)
+    );
 }
