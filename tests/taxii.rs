@@ -1065,3 +1065,95 @@ async fn silent_connections_do_not_keep_taxii_callers_out() {
     assert_eq!(reply.status, 200);
     drop(idle);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taxii_carries_context_objects_under_the_same_rules() {
+    const MALWARE: &str = "malware--5c5c5c5c-0000-4000-8000-000000000001";
+    const GREEN_REL: &str = "relationship--5c5c5c5c-0000-4000-8000-000000000002";
+    const AMBER_REL: &str = "relationship--5c5c5c5c-0000-4000-8000-000000000003";
+    let pki = federation();
+    let config = write_config(&pki, false);
+    let node = serve_taxii(&config);
+    let researcher = tls(&pki, Some("researcher.uni-x"));
+    let analyst = tls(&pki, Some("analyst.soc"));
+    let cid = get(&analyst, node.taxii, "/api/collections/").await.json()["collections"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let objects = format!("/api/collections/{cid}/objects/");
+    let green = indicator(1, GREEN);
+    let amber = indicator(2, AMBER);
+    let relationship = |id: &str, source: &Value| {
+        json!({
+            "type": "relationship", "spec_version": "2.1", "id": id,
+            "created": "2025-04-01T00:00:00.000Z", "modified": "2025-04-01T00:00:00.000Z",
+            "relationship_type": "indicates", "source_ref": source["id"],
+            "target_ref": MALWARE, "object_marking_refs": [GREEN],
+        })
+    };
+    let body = json!({ "objects": [
+        green.clone(),
+        amber.clone(),
+        {
+            "type": "malware", "spec_version": "2.1", "id": MALWARE,
+            "created": "2025-04-01T00:00:00.000Z", "modified": "2025-04-01T00:00:00.000Z",
+            "name": "Poison Ivy", "is_family": true, "object_marking_refs": [GREEN],
+        },
+        relationship(GREEN_REL, &green),
+        relationship(AMBER_REL, &amber),
+    ]})
+    .to_string();
+    let reply = send(
+        &analyst,
+        node.taxii,
+        "POST",
+        &objects,
+        &[("Accept", TAXII), ("Content-Type", TAXII)],
+        body.as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 202);
+    assert_eq!(
+        reply.json()["success_count"],
+        json!(5),
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    // The GREEN researcher gets the malware and the relationship from the GREEN
+    // indicator, not the one from the AMBER indicator; match[type] selects by type.
+    let (ids, _) = all_ids(&researcher, &node, &objects, 10).await;
+    let ids: std::collections::BTreeSet<String> = ids.into_iter().collect();
+    let expected: std::collections::BTreeSet<String> =
+        [green["id"].as_str().unwrap(), MALWARE, GREEN_REL]
+            .map(str::to_owned)
+            .into();
+    assert_eq!(ids, expected);
+    let only = get(
+        &researcher,
+        node.taxii,
+        &format!("{objects}?match[type]=relationship"),
+    )
+    .await
+    .json();
+    let listed: Vec<&str> = only["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [GREEN_REL]);
+    // The withheld relationship is answered as an absent one.
+    let withheld = get(&researcher, node.taxii, &format!("{objects}{AMBER_REL}/")).await;
+    let absent = get(
+        &researcher,
+        node.taxii,
+        &format!("{objects}relationship--5c5c5c5c-0000-4000-8000-0000000000ff/"),
+    )
+    .await;
+    assert_eq!(withheld.status, 404);
+    assert_eq!(
+        (withheld.status, withheld.body),
+        (absent.status, absent.body)
+    );
+}

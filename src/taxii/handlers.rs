@@ -238,7 +238,7 @@ impl Handlers {
         } else {
             "taxii-objects"
         };
-        let (items, next) = if !params.admits_indicators() {
+        let (items, next) = if !params.admits_any() {
             (Vec::new(), None)
         } else if let Some(ids) = &params.ids {
             if params.next.is_some() {
@@ -307,7 +307,8 @@ impl Handlers {
         let items: Vec<StoredItem> = items
             .into_iter()
             .filter(|s| {
-                params.version.allows(s.item.modified_ms)
+                params.admits(s.item.id.stix_type())
+                    && params.version.allows(s.item.modified_ms)
                     && params
                         .added_after_ms
                         .is_none_or(|after| s.accepted_ms > after)
@@ -351,7 +352,7 @@ impl Handlers {
             Err(e) => return engine_error(&e),
         };
         let Some(stored) = found.filter(|s| {
-            params.admits_indicators()
+            params.admits(s.item.id.stix_type())
                 && (versions || params.version.allows(s.item.modified_ms))
                 && params
                     .added_after_ms
@@ -573,8 +574,11 @@ fn status_resource(
             );
         }
         let kind = object.get("type").and_then(Value::as_str);
-        let outcome: Result<(), String> = if kind != Some("indicator") {
-            Err("not stored: this node holds indicator objects only".into())
+        let carried = kind.is_some_and(|kind| {
+            kind == "indicator" || crate::model::IndicatorType::context_type(kind).is_some()
+        });
+        let outcome: Result<(), String> = if !carried {
+            Err("not stored: this node holds indicators and the malware, threat-actor, intrusion-set, campaign, attack-pattern, tool, report and relationship objects around them".into())
         } else {
             match by_id.get(&id.to_ascii_lowercase()) {
                 Some(at) => outcomes

@@ -51,16 +51,29 @@ pub struct Params {
 }
 
 impl Params {
-    /// Whether an object of type `indicator` and spec version 2.1 (all the node holds)
-    /// passes `match[type]` and `match[spec_version]`.
-    pub fn admits_indicators(&self) -> bool {
+    /// Whether an object of STIX type `stix_type` (and spec version 2.1, as every object
+    /// the node holds) passes `match[type]` and `match[spec_version]`.
+    pub fn admits(&self, stix_type: &str) -> bool {
         self.types
             .as_ref()
-            .is_none_or(|types| types.iter().any(|t| t == "indicator"))
+            .is_none_or(|types| types.iter().any(|t| t == stix_type))
             && self
                 .spec_versions
                 .as_ref()
                 .is_none_or(|versions| versions.iter().any(|v| v == "2.1"))
+    }
+
+    /// Whether any object the node may hold (an indicator or a context object) passes
+    /// `match[type]` and `match[spec_version]`.
+    pub fn admits_any(&self) -> bool {
+        std::iter::once("indicator")
+            .chain(
+                crate::model::IndicatorType::ALL
+                    .into_iter()
+                    .filter(|t| t.is_context())
+                    .map(|t| t.as_str()),
+            )
+            .any(|ty| self.admits(ty))
     }
 }
 
@@ -219,21 +232,16 @@ mod tests {
         assert_eq!(p.added_after_ms, Some(1_735_689_600_000));
         assert_eq!(p.limit, MAX_LIMIT);
         assert_eq!(p.ids, Some(vec!["a".into(), "b".into()]));
-        assert!(p.admits_indicators());
+        assert!(p.admits("indicator"));
+        assert!(!p.admits("malware"));
         assert!(p.version.any);
         let p = parse(Some("match[version]=2025-01-01T00:00:00.001Z")).unwrap();
         assert!(!p.version.any);
         assert!(p.version.allows(1_735_689_600_001));
-        assert!(
-            !parse(Some("match[type]=malware"))
-                .unwrap()
-                .admits_indicators()
-        );
-        assert!(
-            !parse(Some("match[spec_version]=2.0"))
-                .unwrap()
-                .admits_indicators()
-        );
+        let malware = parse(Some("match[type]=malware")).unwrap();
+        assert!(!malware.admits("indicator") && malware.admits("malware") && malware.admits_any());
+        assert!(!parse(Some("match[type]=identity")).unwrap().admits_any());
+        assert!(!parse(Some("match[spec_version]=2.0")).unwrap().admits_any());
         assert!(parse(None).unwrap().version.any);
     }
 
