@@ -25,6 +25,13 @@
 //! [[client]]
 //! id = "researcher.uni-x"
 //! role = "read_only"               # read_only, analyst or admin
+//!
+//! [[feed]]                         # an external source published as this node's own
+//! name = "circl-osint"             # items get the tag source:circl-osint
+//! kind = "misp"                    # misp or taxii
+//! url = "https://www.circl.lu/doc/misp/feed-osint/"
+//! tlp = "green"                    # for objects that give no marking
+//! interval = "15m"
 //! ```
 
 use std::collections::HashSet;
@@ -396,8 +403,7 @@ fn feed_config(
     if raw.url.contains('@') {
         return Err(bad(
             "url",
-            "credentials go in username and password_file or password_env, not in the URL"
-                .into(),
+            "credentials go in username and password_file or password_env, not in the URL".into(),
         ));
     }
     match url.scheme_str() {
@@ -531,7 +537,9 @@ fn feed_config(
             ));
         }
         (Some(username), file, env) => {
-            if username.is_empty() || username.contains(':') || username.chars().any(char::is_control)
+            if username.is_empty()
+                || username.contains(':')
+                || username.chars().any(char::is_control)
             {
                 return Err(bad(
                     "username",
@@ -552,8 +560,7 @@ fn feed_config(
                 _ => {
                     return Err(bad(
                         "password_file",
-                        "give exactly one of password_file and password_env with a username"
-                            .into(),
+                        "give exactly one of password_file and password_env with a username".into(),
                     ));
                 }
             };
@@ -1075,7 +1082,8 @@ impl Config {
         let mut feeds: Vec<FeedConfig> = Vec::with_capacity(raw.feed.len());
         for (i, f) in raw.feed.into_iter().enumerate() {
             let field = |name: &str| format!("feed[{i}].{name}");
-            let feed = feed_config(f, &field, &resolve).map_err(|(f, problem)| invalid(&f, problem))?;
+            let feed =
+                feed_config(f, &field, &resolve).map_err(|(f, problem)| invalid(&f, problem))?;
             if feeds.iter().any(|other| other.name == feed.name) {
                 return Err(invalid(
                     &field("name"),

@@ -14,10 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use entente::NodeId;
 use entente::client::NodeClient;
 use entente::rpc::proto::{FeedStatus, ItemFilter, StoredItem};
 use entente::wire::{Tlp as WireTlp, item};
-use entente::NodeId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::Pki;
@@ -60,57 +60,90 @@ impl Files {
     }
 
     fn requests(&self, path: &str) -> usize {
-        self.requests.lock().unwrap().get(path).copied().unwrap_or(0)
+        self.requests
+            .lock()
+            .unwrap()
+            .get(path)
+            .copied()
+            .unwrap_or(0)
     }
 }
 
 /// Serves `files` on a loopback port; returns `http://127.0.0.1:PORT`.
 async fn serve_files(files: Files) -> String {
+    serve_files_with(files, None).await
+}
+
+/// Serves `files` on a loopback port, over TLS when `tls` is given; returns
+/// `http[s]://127.0.0.1:PORT`.
+async fn serve_files_with(files: Files, tls: Option<tokio_rustls::TlsAcceptor>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let scheme = if tls.is_some() { "https" } else { "http" };
     tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
+            let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
             let files = files.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                match tls {
+                    None => answer(stream, files).await,
+                    Some(tls) => {
+                        if let Ok(stream) = tls.accept(stream).await {
+                            answer(stream, files).await;
+                        }
                     }
                 }
-                let head = String::from_utf8_lossy(&head);
-                let target = head.split_whitespace().nth(1).unwrap_or("/");
-                let path = target.split('?').next().unwrap_or("/").to_owned();
-                *files.requests.lock().unwrap().entry(path.clone()).or_default() += 1;
-                let reply = files.replies.lock().unwrap().get(&path).cloned();
-                let response = match reply {
-                    None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                        .to_vec(),
-                    Some(reply) => {
-                        let mut out = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nConnection: close\r\n",
-                            reply.content_type
-                        );
-                        if reply.content_length {
-                            out.push_str(&format!("Content-Length: {}\r\n", reply.body.len()));
-                        }
-                        out.push_str("\r\n");
-                        let mut bytes = out.into_bytes();
-                        bytes.extend_from_slice(&reply.body);
-                        bytes
-                    }
-                };
-                let _ = stream.write_all(&response).await;
-                let _ = stream.shutdown().await;
             });
         }
     });
-    format!("http://{addr}")
+    format!("{scheme}://{addr}")
+}
+
+async fn answer<S>(mut stream: S, files: Files)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&head);
+    let target = head.split_whitespace().nth(1).unwrap_or("/");
+    let path = target.split('?').next().unwrap_or("/").to_owned();
+    *files
+        .requests
+        .lock()
+        .unwrap()
+        .entry(path.clone())
+        .or_default() += 1;
+    let reply = files.replies.lock().unwrap().get(&path).cloned();
+    let response = match reply {
+        None => {
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()
+        }
+        Some(reply) => {
+            let mut out = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nConnection: close\r\n",
+                reply.content_type
+            );
+            if reply.content_length {
+                out.push_str(&format!("Content-Length: {}\r\n", reply.body.len()));
+            }
+            out.push_str("\r\n");
+            let mut bytes = out.into_bytes();
+            bytes.extend_from_slice(&reply.body);
+            bytes
+        }
+    };
+    let _ = stream.write_all(&response).await;
+    let _ = stream.shutdown().await;
 }
 
 // ---------------------------------------------------------------------------------
@@ -118,7 +151,10 @@ async fn serve_files(files: Files) -> String {
 
 fn node_config(pki: &Pki, id: &NodeId, data: &Path, feeds: &str) -> PathBuf {
     let text = format!("{}{feeds}", common::node_section(pki, id, data));
-    let path = pki.path().join(format!("{id}-{}.toml", data.file_name().unwrap().to_string_lossy()));
+    let path = pki.path().join(format!(
+        "{id}-{}.toml",
+        data.file_name().unwrap().to_string_lossy()
+    ));
     std::fs::write(&path, text).unwrap();
     path
 }
@@ -218,7 +254,14 @@ fn attribute(uuid_tail: u32, ty: &str, value: &str, to_ids: bool, ts: i64) -> se
     })
 }
 
-fn event(uuid: &str, info: &str, ts: i64, tags: &[&str], attributes: Vec<serde_json::Value>, objects: Vec<serde_json::Value>) -> serde_json::Value {
+fn event(
+    uuid: &str,
+    info: &str,
+    ts: i64,
+    tags: &[&str],
+    attributes: Vec<serde_json::Value>,
+    objects: Vec<serde_json::Value>,
+) -> serde_json::Value {
     serde_json::json!({
         "Event": {
             "uuid": uuid,
@@ -253,8 +296,20 @@ fn event_1(ts: i64, domain: &str) -> serde_json::Value {
             attribute(1, "ip-dst", "198.51.100.7", true, ts),
             attribute(2, "domain", domain, true, ts),
             attribute(3, "url", "http://login.evil.example/a", true, 1_764_000_000),
-            attribute(4, "md5", "D41D8CD98F00B204E9800998ECF8427E", true, 1_764_000_000),
-            attribute(5, "sha1", "da39a3ee5e6b4b0d3255bfef95601890afd80709", true, 1_764_000_000),
+            attribute(
+                4,
+                "md5",
+                "D41D8CD98F00B204E9800998ECF8427E",
+                true,
+                1_764_000_000,
+            ),
+            attribute(
+                5,
+                "sha1",
+                "da39a3ee5e6b4b0d3255bfef95601890afd80709",
+                true,
+                1_764_000_000,
+            ),
             attribute(
                 6,
                 "sha256",
@@ -279,17 +334,41 @@ async fn misp_feed_maps_attributes_takes_markings_and_updates_without_duplicates
     common::init_logging();
     let files = Files::default();
     let t1 = 1_764_000_100;
-    files.set("/misp/manifest.json", json(&manifest(&[(EVENT_1, "Phishing wave", t1), (EVENT_2, "Scanner", t1), (EVENT_3, "Public list", t1)])));
-    files.set(&format!("/misp/{EVENT_1}.json"), json(&event_1(t1, "evil.example")));
+    files.set(
+        "/misp/manifest.json",
+        json(&manifest(&[
+            (EVENT_1, "Phishing wave", t1),
+            (EVENT_2, "Scanner", t1),
+            (EVENT_3, "Public list", t1),
+        ])),
+    );
+    files.set(
+        &format!("/misp/{EVENT_1}.json"),
+        json(&event_1(t1, "evil.example")),
+    );
     // No tlp: tag: the feed's default marking.
     files.set(
         &format!("/misp/{EVENT_2}.json"),
-        json(&event(EVENT_2, "Scanner", t1, &[], vec![attribute(20, "ip-src", "192.0.2.20", true, t1)], vec![])),
+        json(&event(
+            EVENT_2,
+            "Scanner",
+            t1,
+            &[],
+            vec![attribute(20, "ip-src", "192.0.2.20", true, t1)],
+            vec![],
+        )),
     );
     // TLP 1.0 WHITE is CLEAR.
     files.set(
         &format!("/misp/{EVENT_3}.json"),
-        json(&event(EVENT_3, "Public list", t1, &["tlp:white"], vec![attribute(30, "hostname", "cdn.bad.example", true, t1)], vec![])),
+        json(&event(
+            EVENT_3,
+            "Public list",
+            t1,
+            &["tlp:white"],
+            vec![attribute(30, "hostname", "cdn.bad.example", true, t1)],
+            vec![],
+        )),
     );
     let base = serve_files(files.clone()).await;
 
@@ -329,11 +408,23 @@ async fn misp_feed_maps_attributes_takes_markings_and_updates_without_duplicates
         ("evil.example", "domain", WireTlp::Green),
         ("http://login.evil.example/a", "url", WireTlp::Green),
         ("d41d8cd98f00b204e9800998ecf8427e", "md5", WireTlp::Green),
-        ("da39a3ee5e6b4b0d3255bfef95601890afd80709", "sha1", WireTlp::Green),
-        ("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "sha256", WireTlp::Green),
+        (
+            "da39a3ee5e6b4b0d3255bfef95601890afd80709",
+            "sha1",
+            WireTlp::Green,
+        ),
+        (
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            "sha256",
+            WireTlp::Green,
+        ),
         ("phisher@evil.example", "email", WireTlp::Green),
         ("203.0.113.5", "ipv4", WireTlp::Green),
-        ("a9993e364706816aba3e25717850c26c9cd0d89d", "sha1", WireTlp::Green),
+        (
+            "a9993e364706816aba3e25717850c26c9cd0d89d",
+            "sha1",
+            WireTlp::Green,
+        ),
         ("192.0.2.20", "ipv4", WireTlp::Amber),
         ("cdn.bad.example", "domain", WireTlp::Clear),
     ];
@@ -343,9 +434,16 @@ async fn misp_feed_maps_attributes_takes_markings_and_updates_without_duplicates
             .unwrap_or_else(|| panic!("{value} is held: {by_value:#?}"));
         assert_eq!(held_ty, ty, "{value}");
         assert_eq!(*held_tlp, tlp as i32, "{value}");
-        assert_eq!(tags, &vec!["source:misp-test".to_owned(), "osint".to_owned()], "{value}");
+        assert_eq!(
+            tags,
+            &vec!["source:misp-test".to_owned(), "osint".to_owned()],
+            "{value}"
+        );
     }
-    assert!(!by_value.contains_key("192.0.2.99"), "to_ids false is not taken");
+    assert!(
+        !by_value.contains_key("192.0.2.99"),
+        "to_ids false is not taken"
+    );
 
     let status = wait_until("a second poll", || {
         let client = &client;
@@ -363,8 +461,18 @@ async fn misp_feed_maps_attributes_takes_markings_and_updates_without_duplicates
 
     // Event 1 changes: its domain attribute has a new value under the same uuid.
     let t2 = t1 + 500;
-    files.set(&format!("/misp/{EVENT_1}.json"), json(&event_1(t2, "evil-two.example")));
-    files.set("/misp/manifest.json", json(&manifest(&[(EVENT_1, "Phishing wave", t2), (EVENT_2, "Scanner", t1), (EVENT_3, "Public list", t1)])));
+    files.set(
+        &format!("/misp/{EVENT_1}.json"),
+        json(&event_1(t2, "evil-two.example")),
+    );
+    files.set(
+        "/misp/manifest.json",
+        json(&manifest(&[
+            (EVENT_1, "Phishing wave", t2),
+            (EVENT_2, "Scanner", t1),
+            (EVENT_3, "Public list", t1),
+        ])),
+    );
     let held = wait_until("the updated domain", || {
         let client = &client;
         async move {
@@ -377,7 +485,10 @@ async fn misp_feed_maps_attributes_takes_markings_and_updates_without_duplicates
     .await;
     assert_eq!(held.len(), 11, "an update replaces its item: {held:#?}");
     assert!(!held.values().any(|s| indicator(s).1 == "evil.example"));
-    let updated = held.values().find(|s| indicator(s).1 == "evil-two.example").unwrap();
+    let updated = held
+        .values()
+        .find(|s| indicator(s).1 == "evil-two.example")
+        .unwrap();
     assert_eq!(updated.item.as_ref().unwrap().modified_unix_ms, t2 * 1000);
     assert_eq!(files.requests(&format!("/misp/{EVENT_2}.json")), 1);
     assert_eq!(files.requests(&format!("/misp/{EVENT_1}.json")), 2);
@@ -407,19 +518,71 @@ async fn bad_feeds_are_reported_in_status_and_the_node_keeps_serving() {
     let files = Files::default();
     let big = vec![b' '; 64 * 1024];
     // Oversized, announced by Content-Length.
-    files.set("/big/manifest.json", Reply { content_type: "application/json", body: big.clone(), content_length: true });
+    files.set(
+        "/big/manifest.json",
+        Reply {
+            content_type: "application/json",
+            body: big.clone(),
+            content_length: true,
+        },
+    );
     // Oversized, without a length: cut off while reading.
-    files.set("/endless/manifest.json", Reply { content_type: "application/json", body: big, content_length: false });
-    files.set("/broken/manifest.json", Reply { content_type: "application/json", body: b"{\"5d1c0a3e-1111-4e11-8a11-0000".to_vec(), content_length: true });
-    files.set("/html/manifest.json", Reply { content_type: "text/html", body: b"<html><body>Login</body></html>".to_vec(), content_length: true });
+    files.set(
+        "/endless/manifest.json",
+        Reply {
+            content_type: "application/json",
+            body: big,
+            content_length: false,
+        },
+    );
+    files.set(
+        "/broken/manifest.json",
+        Reply {
+            content_type: "application/json",
+            body: b"{\"5d1c0a3e-1111-4e11-8a11-0000".to_vec(),
+            content_length: true,
+        },
+    );
+    files.set(
+        "/html/manifest.json",
+        Reply {
+            content_type: "text/html",
+            body: b"<html><body>Login</body></html>".to_vec(),
+            content_length: true,
+        },
+    );
     files.set("/shape/manifest.json", json(&serde_json::json!([1, 2, 3])));
-    files.set("/taxii/collections/c1/objects/", Reply { content_type: "text/html", body: b"<html></html>".to_vec(), content_length: true });
-    files.set("/taxii-bad/collections/c1/objects/", Reply { content_type: "application/taxii+json;version=2.1", body: b"{\"objects\": 5}".to_vec(), content_length: true });
+    files.set(
+        "/taxii/collections/c1/objects/",
+        Reply {
+            content_type: "text/html",
+            body: b"<html></html>".to_vec(),
+            content_length: true,
+        },
+    );
+    files.set(
+        "/taxii-bad/collections/c1/objects/",
+        Reply {
+            content_type: "application/taxii+json;version=2.1",
+            body: b"{\"objects\": 5}".to_vec(),
+            content_length: true,
+        },
+    );
     // A good feed beside them.
-    files.set("/good/manifest.json", json(&manifest(&[(EVENT_3, "Public list", 1_764_000_100)])));
+    files.set(
+        "/good/manifest.json",
+        json(&manifest(&[(EVENT_3, "Public list", 1_764_000_100)])),
+    );
     files.set(
         &format!("/good/{EVENT_3}.json"),
-        json(&event(EVENT_3, "Public list", 1_764_000_100, &["tlp:clear"], vec![attribute(30, "domain", "good.example", true, 1_764_000_100)], vec![])),
+        json(&event(
+            EVENT_3,
+            "Public list",
+            1_764_000_100,
+            &["tlp:clear"],
+            vec![attribute(30, "domain", "good.example", true, 1_764_000_100)],
+            vec![],
+        )),
     );
     let base = serve_files(files.clone()).await;
 
@@ -497,23 +660,68 @@ fn feed_settings_are_checked_and_each_error_names_its_field() {
     let id = pki.node("cfg.node");
     let data = pki.path().join("data-cfg");
     let cases = [
-        ("name = \"Bad Name\"\nkind = \"misp\"\nurl = \"http://127.0.0.1:1/x/\"", "feed[0].name"),
-        ("name = \"a\"\nkind = \"rss\"\nurl = \"http://127.0.0.1:1/x/\"", "feed[0].kind"),
-        ("name = \"a\"\nkind = \"misp\"\nurl = \"http://feeds.example.org/x/\"", "feed[0].url"),
-        ("name = \"a\"\nkind = \"misp\"\nurl = \"ftp://127.0.0.1/x/\"", "feed[0].url"),
-        ("name = \"a\"\nkind = \"taxii\"\nurl = \"https://taxii.example.org/api1/\"", "feed[0].url"),
-        ("name = \"a\"\nkind = \"misp\"\nurl = \"https://u:p@feeds.example.org/x/\"", "feed[0].url"),
-        ("name = \"a\"\nkind = \"misp\"\nurl = \"https://feeds.example.org/x/\"\ntlp = \"purple\"", "feed[0].tlp"),
-        ("name = \"a\"\nkind = \"misp\"\nurl = \"https://feeds.example.org/x/\"\ninterval = \"0\"", "feed[0].interval"),
-        ("name = \"a\"\nkind = \"misp\"\nurl = \"https://feeds.example.org/x/\"\nmax_response_bytes = 10", "feed[0].max_response_bytes"),
-        ("name = \"a\"\nkind = \"misp\"\nurl = \"https://feeds.example.org/x/\"\nmax_objects_per_poll = 0", "feed[0].max_objects_per_poll"),
-        ("name = \"a\"\nkind = \"misp\"\nurl = \"https://feeds.example.org/x/\"\npassword_env = \"P\"", "feed[0].username"),
-        ("name = \"a\"\nkind = \"misp\"\nurl = \"https://feeds.example.org/x/\"\nusername = \"u\"", "feed[0].password_file"),
-        ("name = \"a\"\nkind = \"misp\"\nurl = \"http://feeds.example.org/x/\"\nallow_http = true\nusername = \"u\"\npassword_env = \"P\"", "feed[0].username"),
-        ("name = \"a\"\nkind = \"misp\"\nurl = \"https://feeds.example.org/x/\"\ntags = [\"two words\"]", "feed[0].tags"),
+        (
+            "name = \"Bad Name\"\nkind = \"misp\"\nurl = \"http://127.0.0.1:1/x/\"",
+            "feed[0].name",
+        ),
+        (
+            "name = \"a\"\nkind = \"rss\"\nurl = \"http://127.0.0.1:1/x/\"",
+            "feed[0].kind",
+        ),
+        (
+            "name = \"a\"\nkind = \"misp\"\nurl = \"http://feeds.example.org/x/\"",
+            "feed[0].url",
+        ),
+        (
+            "name = \"a\"\nkind = \"misp\"\nurl = \"ftp://127.0.0.1/x/\"",
+            "feed[0].url",
+        ),
+        (
+            "name = \"a\"\nkind = \"taxii\"\nurl = \"https://taxii.example.org/api1/\"",
+            "feed[0].url",
+        ),
+        (
+            "name = \"a\"\nkind = \"misp\"\nurl = \"https://u:p@feeds.example.org/x/\"",
+            "feed[0].url",
+        ),
+        (
+            "name = \"a\"\nkind = \"misp\"\nurl = \"https://feeds.example.org/x/\"\ntlp = \"purple\"",
+            "feed[0].tlp",
+        ),
+        (
+            "name = \"a\"\nkind = \"misp\"\nurl = \"https://feeds.example.org/x/\"\ninterval = \"0\"",
+            "feed[0].interval",
+        ),
+        (
+            "name = \"a\"\nkind = \"misp\"\nurl = \"https://feeds.example.org/x/\"\nmax_response_bytes = 10",
+            "feed[0].max_response_bytes",
+        ),
+        (
+            "name = \"a\"\nkind = \"misp\"\nurl = \"https://feeds.example.org/x/\"\nmax_objects_per_poll = 0",
+            "feed[0].max_objects_per_poll",
+        ),
+        (
+            "name = \"a\"\nkind = \"misp\"\nurl = \"https://feeds.example.org/x/\"\npassword_env = \"P\"",
+            "feed[0].username",
+        ),
+        (
+            "name = \"a\"\nkind = \"misp\"\nurl = \"https://feeds.example.org/x/\"\nusername = \"u\"",
+            "feed[0].password_file",
+        ),
+        (
+            "name = \"a\"\nkind = \"misp\"\nurl = \"http://feeds.example.org/x/\"\nallow_http = true\nusername = \"u\"\npassword_env = \"P\"",
+            "feed[0].username",
+        ),
+        (
+            "name = \"a\"\nkind = \"misp\"\nurl = \"https://feeds.example.org/x/\"\ntags = [\"two words\"]",
+            "feed[0].tags",
+        ),
     ];
     for (feed, field) in cases {
-        let text = format!("{}\n[[feed]]\n{feed}\n", common::node_section(&pki, &id, &data));
+        let text = format!(
+            "{}\n[[feed]]\n{feed}\n",
+            common::node_section(&pki, &id, &data)
+        );
         let error = entente::Config::check(&text, Path::new("node.toml"), pki.path())
             .expect_err(feed)
             .to_string();
@@ -607,7 +815,13 @@ impl Medallion {
         let config_path = dir.join("medallion.json");
         std::fs::write(&config_path, config.to_string()).unwrap();
         let child = Command::new(python())
-            .args(["-m", "medallion.scripts.run", "--host", "127.0.0.1", "--port"])
+            .args([
+                "-m",
+                "medallion.scripts.run",
+                "--host",
+                "127.0.0.1",
+                "--port",
+            ])
             .arg(port.to_string())
             .arg(&config_path)
             .stdin(Stdio::null())
@@ -630,11 +844,19 @@ impl Medallion {
     }
 
     fn objects_url(&self) -> String {
-        format!("http://127.0.0.1:{}/api1/collections/{COLLECTION}/objects/", self.port)
+        format!(
+            "http://127.0.0.1:{}/api1/collections/{COLLECTION}/objects/",
+            self.port
+        )
     }
 
     /// One request with HTTP Basic credentials; the status and the body.
-    fn request(&self, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, String)> {
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> std::io::Result<(u16, String)> {
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
         stream.set_read_timeout(Some(DEADLINE))?;
         let token = base64::engine::general_purpose::STANDARD
@@ -653,16 +875,24 @@ impl Medallion {
             .nth(1)
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
         Ok((status, body))
     }
 
     fn add(&self, objects: &[serde_json::Value]) {
         let envelope = serde_json::json!({ "objects": objects }).to_string();
         let path = format!("/api1/collections/{COLLECTION}/objects/");
-        let (status, body) = self.request("POST", &path, Some(&envelope)).expect("POST objects");
+        let (status, body) = self
+            .request("POST", &path, Some(&envelope))
+            .expect("POST objects");
         assert_eq!(status, 202, "{body}");
-        assert!(body.contains("\"failure_count\": 0") || body.contains("\"failure_count\":0"), "{body}");
+        assert!(
+            body.contains("\"failure_count\": 0") || body.contains("\"failure_count\":0"),
+            "{body}"
+        );
     }
 }
 
@@ -687,7 +917,9 @@ fn stix_indicator(n: u32, pattern: &str, green: bool) -> serde_json::Value {
 /// Starts `entente serve` on `config` and connects as the node itself.
 async fn serve(pki: &Pki, id: &NodeId, config: &Path) -> (Child, NodeClient) {
     let config = config.to_owned();
-    let (child, addr) = tokio::task::spawn_blocking(move || common::serve(&config)).await.unwrap();
+    let (child, addr) = tokio::task::spawn_blocking(move || common::serve(&config))
+        .await
+        .unwrap();
     let client = own_client(pki, id, &addr).await;
     (child, client)
 }
@@ -722,14 +954,18 @@ async fn taxii_feed_from_medallion_resumes_from_its_checkpoint() {
     let data = pki.path().join("data-taxii");
     let password = pki.path().join("taxii-password");
     std::fs::write(&password, format!("{TAXII_PASSWORD}\n")).unwrap();
+    let wrong = pki.path().join("taxii-wrong-password");
+    std::fs::write(&wrong, "not-the-password-7f3a\n").unwrap();
     let config = node_config(
         &pki,
         &id,
         &data,
         &format!(
-            "\n[[feed]]\nname = \"taxii-test\"\nkind = \"taxii\"\nurl = \"{}\"\ntlp = \"amber\"\ninterval = \"1s\"\npage_size = 2\nusername = \"{TAXII_USER}\"\npassword_file = \"{}\"\n",
+            "\n[[feed]]\nname = \"taxii-test\"\nkind = \"taxii\"\nurl = \"{}\"\ntlp = \"amber\"\ninterval = \"1s\"\npage_size = 2\nusername = \"{TAXII_USER}\"\npassword_file = \"{}\"\n\n[[feed]]\nname = \"taxii-wrong\"\nkind = \"taxii\"\nurl = \"{}\"\ntlp = \"amber\"\ninterval = \"1s\"\nusername = \"{TAXII_USER}\"\npassword_file = \"{}\"\n",
             medallion.objects_url(),
-            password.display()
+            password.display(),
+            medallion.objects_url(),
+            wrong.display()
         ),
     );
     let (node, client) = serve(&pki, &id, &config).await;
@@ -743,13 +979,27 @@ async fn taxii_feed_from_medallion_resumes_from_its_checkpoint() {
     .await;
     assert_eq!(held.len(), 3);
     let one = &held["indicator--8e2e2d2b-17d4-4cbf-938f-000000000001"];
-    assert_eq!(indicator(one), ("ipv4".into(), "198.51.100.1".into(), WireTlp::Green as i32, vec!["source:taxii-test".into()]));
+    assert_eq!(
+        indicator(one),
+        (
+            "ipv4".into(),
+            "198.51.100.1".into(),
+            WireTlp::Green as i32,
+            vec!["source:taxii-test".into()]
+        )
+    );
     let three = &held["indicator--8e2e2d2b-17d4-4cbf-938f-000000000003"];
     assert_eq!(indicator(three).2, WireTlp::Amber as i32);
     // The STIX properties are kept.
     let properties = &one.item.as_ref().unwrap();
-    let item::Kind::Indicator(i) = properties.kind.as_ref().unwrap() else { panic!() };
-    assert!(i.stix_properties.contains("indicator 1"), "{}", i.stix_properties);
+    let item::Kind::Indicator(i) = properties.kind.as_ref().unwrap() else {
+        panic!()
+    };
+    assert!(
+        i.stix_properties.contains("indicator 1"),
+        "{}",
+        i.stix_properties
+    );
     let status = wait_until("polls after the first", || {
         let client = &client;
         async move {
@@ -762,6 +1012,18 @@ async fn taxii_feed_from_medallion_resumes_from_its_checkpoint() {
     assert_eq!(status.objects_fetched, 4, "{status:?}");
     assert_eq!(status.items_ingested, 3, "{status:?}");
     assert!(status.checkpoint.starts_with("added_after "), "{status:?}");
+    // Wrong credentials: refused, said in plain words, the password not repeated.
+    let refused = feed_status(&client, "taxii-wrong").await;
+    assert!(refused.last_error.contains("401"), "{refused:?}");
+    assert!(
+        refused.last_error.contains("check username and password"),
+        "{refused:?}"
+    );
+    assert!(
+        !format!("{refused:?}").contains("not-the-password"),
+        "{refused:?}"
+    );
+    assert_eq!(refused.items_ingested, 0);
 
     // New objects: only they arrive.
     medallion.add(&[
@@ -798,4 +1060,85 @@ async fn taxii_feed_from_medallion_resumes_from_its_checkpoint() {
     assert_eq!(status.items_ingested, 0, "{status:?}");
     assert_eq!(items_tagged(&client, "source:taxii-test").await.len(), 5);
     stop(node);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_feeds_trust_the_public_roots_and_their_ca_file_only() {
+    common::init_logging();
+    let pki = Pki::new();
+    // The server's certificate comes from the test's own CA (its SAN is 127.0.0.1).
+    let server = pki.node("files.server");
+    let certs = entente::transport::files::read_certificates(&pki.certs.cert_path(server.as_str()))
+        .unwrap();
+    let key =
+        entente::transport::files::read_private_key(&pki.certs.key_path(server.as_str())).unwrap();
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let files = Files::default();
+    files.set(
+        "/misp/manifest.json",
+        json(&manifest(&[(EVENT_3, "Public list", 1_764_000_100)])),
+    );
+    files.set(
+        &format!("/misp/{EVENT_3}.json"),
+        json(&event(
+            EVENT_3,
+            "Public list",
+            1_764_000_100,
+            &["tlp:green"],
+            vec![attribute(
+                30,
+                "domain",
+                "private.example",
+                true,
+                1_764_000_100,
+            )],
+            vec![],
+        )),
+    );
+    let base = serve_files_with(files, Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))).await;
+    assert!(base.starts_with("https://"));
+
+    let id = pki.node("tls.node");
+    let data = pki.path().join("data-tls");
+    let config = node_config(
+        &pki,
+        &id,
+        &data,
+        &format!(
+            "\n[[feed]]\nname = \"private\"\nkind = \"misp\"\nurl = \"{base}/misp/\"\nca_file = \"{ca}\"\ninterval = \"1s\"\n\n[[feed]]\nname = \"unknown-ca\"\nkind = \"misp\"\nurl = \"{base}/misp/\"\ninterval = \"1s\"\n",
+            ca = pki.ca_cert().display()
+        ),
+    );
+    let node = common::start(&config).await;
+    let client = common::connect(&pki, &node, "tls.node").await;
+    let trusted = wait_until("the feed with its CA file", || {
+        let client = &client;
+        async move {
+            let s = feed_status(client, "private").await;
+            (s.items_ingested == 1).then_some(s)
+        }
+    })
+    .await;
+    assert!(trusted.last_error.is_empty(), "{trusted:?}");
+    let untrusted = wait_until("the feed without it", || {
+        let client = &client;
+        async move {
+            let s = feed_status(client, "unknown-ca").await;
+            (!s.last_error.is_empty()).then_some(s)
+        }
+    })
+    .await;
+    assert!(
+        untrusted.last_error.contains("TLS") && untrusted.last_error.contains("UnknownIssuer"),
+        "{untrusted:?}"
+    );
+    assert_eq!(untrusted.items_ingested, 0);
+    node.shutdown(Duration::from_secs(5)).await.unwrap();
 }

@@ -90,7 +90,10 @@ impl Client {
                 uri.authority().map(|a| a.as_str()).unwrap_or(host),
             )
             .header(http::header::ACCEPT, self.accept)
-            .header(http::header::USER_AGENT, concat!("entente/", env!("CARGO_PKG_VERSION")))
+            .header(
+                http::header::USER_AGENT,
+                concat!("entente/", env!("CARGO_PKG_VERSION")),
+            )
             .header(http::header::CONNECTION, "close");
         if let Some(credentials) = &self.credentials {
             let password = read_password(&credentials.password)?;
@@ -109,9 +112,10 @@ impl Client {
                 let name = ServerName::try_from(bare_host.to_owned()).map_err(|_| {
                     FeedError::Http(format!("{host:?} is not a valid TLS server name"))
                 })?;
-                let stream = tls.connect(name, tcp).await.map_err(|e| {
-                    FeedError::Http(format!("TLS with {} failed: {e}", shown(uri)))
-                })?;
+                let stream = tls
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| FeedError::Http(format!("TLS with {} failed: {e}", shown(uri))))?;
                 send(TokioIo::new(stream), request, uri).await?
             }
             None => send(TokioIo::new(tcp), request, uri).await?,
@@ -123,7 +127,8 @@ impl Client {
                 shown(uri),
                 match status.as_u16() {
                     401 | 403 => " (check username and password)",
-                    301 | 302 | 303 | 307 | 308 => " (redirects are not followed; give the final URL)",
+                    301 | 302 | 303 | 307 | 308 =>
+                        " (redirects are not followed; give the final URL)",
                     _ => "",
                 }
             )));

@@ -106,10 +106,8 @@ async fn poll_events(
             wanted.push((timestamp, uuid));
         }
     }
-    if manifest.is_empty() || (listed.is_empty() && !manifest.is_empty()) {
-        if !manifest.is_empty() {
-            return Err(malformed("manifest.json lists no valid event"));
-        }
+    if listed.is_empty() && !manifest.is_empty() {
+        return Err(malformed("manifest.json lists no valid event"));
     }
     // Events no longer listed are forgotten (the items they gave stay).
     checkpoint.retain(|uuid, _| listed.contains(uuid));
@@ -146,13 +144,31 @@ async fn poll_events(
         let timestamp = seconds(event.get("timestamp")).unwrap_or(listed_timestamp);
         taken.push((uuid, timestamp.max(listed_timestamp)));
         if items.len() >= PUBLISH_EVERY {
-            commit(feed, engine, states, &mut checkpoint, &mut items, &mut taken, report).await?;
+            commit(
+                feed,
+                engine,
+                states,
+                &mut checkpoint,
+                &mut items,
+                &mut taken,
+                report,
+            )
+            .await?;
         }
         if report.fetched >= feed.max_objects_per_poll as u64 {
             break;
         }
     }
-    commit(feed, engine, states, &mut checkpoint, &mut items, &mut taken, report).await?;
+    commit(
+        feed,
+        engine,
+        states,
+        &mut checkpoint,
+        &mut items,
+        &mut taken,
+        report,
+    )
+    .await?;
     match first_error {
         Some(e) => Err(e),
         None => Ok(()),
@@ -415,8 +431,14 @@ mod tests {
     #[test]
     fn attribute_ids_are_stable_version_4_uuids() {
         let a = attribute_item_id("n1", "5f0e1c4e-0000-4000-8000-000000000001");
-        assert_eq!(a, attribute_item_id("n1", "5f0e1c4e-0000-4000-8000-000000000001"));
-        assert_ne!(a, attribute_item_id("n2", "5f0e1c4e-0000-4000-8000-000000000001"));
+        assert_eq!(
+            a,
+            attribute_item_id("n1", "5f0e1c4e-0000-4000-8000-000000000001")
+        );
+        assert_ne!(
+            a,
+            attribute_item_id("n2", "5f0e1c4e-0000-4000-8000-000000000001")
+        );
         let uuid = uuid::Uuid::parse_str(&a.as_str()[11..]).unwrap();
         assert_eq!(uuid.get_version_num(), 4);
     }

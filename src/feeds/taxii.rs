@@ -73,7 +73,12 @@ async fn poll_pages(
     let mut next: Option<String> = None;
     let origin = engine.policy().node().to_string();
     for _ in 0..MAX_PAGES_PER_POLL {
-        let uri = page_uri(&feed.url, feed.page_size, added_after.as_deref(), next.as_deref())?;
+        let uri = page_uri(
+            &feed.url,
+            feed.page_size,
+            added_after.as_deref(),
+            next.as_deref(),
+        )?;
         let response = client.get(&uri).await?;
         check_media_type(&response.headers)?;
         let envelope: Envelope = serde_json::from_slice(&response.body).map_err(|e| {
@@ -237,7 +242,13 @@ mod tests {
         let base: ::http::Uri = "http://127.0.0.1:5000/api1/collections/c/objects/"
             .parse()
             .unwrap();
-        let uri = page_uri(&base, 50, Some("2026-01-01T00:00:00.123456Z"), Some("a b+c")).unwrap();
+        let uri = page_uri(
+            &base,
+            50,
+            Some("2026-01-01T00:00:00.123456Z"),
+            Some("a b+c"),
+        )
+        .unwrap();
         assert_eq!(
             uri.to_string(),
             "http://127.0.0.1:5000/api1/collections/c/objects/?limit=50&added_after=2026-01-01T00%3A00%3A00.123456Z&next=a%20b%2Bc"
