@@ -228,8 +228,11 @@ async fn publish(
     let engine_for_task = engine.clone();
     let (ingested, unchanged, refused) = tokio::task::spawn_blocking(move || {
         let engine = engine_for_task;
+        let own = engine.policy().node().clone();
+        let own = &own;
         let mut fresh: Vec<Item> = Vec::with_capacity(items.len());
         let mut unchanged = 0u64;
+        let mut refused = Vec::new();
         for item in items {
             // The same id twice in one poll: the newest version counts.
             if let Some(at) = fresh.iter().position(|i| i.id == item.id) {
@@ -240,18 +243,22 @@ async fn publish(
                 continue;
             }
             match engine.store().get(&item.id) {
+                // Single writer: an id another origin published stays theirs.
+                Ok(Some(held)) if &held.origin != own => refused.push(format!(
+                    "{}: the id is held from {}; only its origin may update it",
+                    item.id, held.origin
+                )),
                 Ok(Some(held)) if held.item.modified_ms >= item.modified_ms => unchanged += 1,
                 Ok(_) => fresh.push(item),
                 Err(e) => return Err(FeedError::Publish(format!("store: {e}"))),
             }
         }
         let publisher = Partner {
-            id: engine.policy().node().clone(),
+            id: own.clone(),
             kind: PartnerKind::Local,
             role: Role::Admin,
         };
         let mut ingested = 0u64;
-        let mut refused = Vec::new();
         for chunk in fresh.chunks(ITEMS_PER_BUNDLE) {
             let signed = match engine.sign(&publisher, chunk, &Distribution::default(), now_ms()) {
                 Ok(signed) => vec![signed],
@@ -284,6 +291,9 @@ async fn publish(
                     .map_err(|e| FeedError::Publish(format!("storing: {e}")))?;
                 ingested += receipt.report.stored.len() as u64;
                 unchanged += receipt.report.duplicates as u64;
+                for (at, why) in &receipt.report.rejected {
+                    refused.push(format!("item {at} of bundle {}: {why}", receipt.bundle_id));
+                }
             }
         }
         Ok((ingested, unchanged, refused))

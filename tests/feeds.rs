@@ -914,14 +914,38 @@ fn stix_indicator(n: u32, pattern: &str, green: bool) -> serde_json::Value {
     object
 }
 
-/// Starts `entente serve` on `config` and connects as the node itself.
-async fn serve(pki: &Pki, id: &NodeId, config: &Path) -> (Child, NodeClient) {
+/// Starts `entente serve` on `config` and connects as the node itself; the address too.
+async fn serve(pki: &Pki, id: &NodeId, config: &Path) -> (Child, NodeClient, String) {
     let config = config.to_owned();
     let (child, addr) = tokio::task::spawn_blocking(move || common::serve(&config))
         .await
         .unwrap();
     let client = own_client(pki, id, &addr).await;
-    (child, client)
+    (child, client, addr)
+}
+
+/// What `entente status` prints for the node at `addr`, as its operator.
+async fn status_output(config: &Path, id: &NodeId, addr: &str) -> String {
+    let child = Command::new(env!("CARGO_BIN_EXE_entente"))
+        .args(["status", "--config"])
+        .arg(config)
+        .arg("--node")
+        .arg(format!("{id}@{addr}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run entente status");
+    let output = tokio::time::timeout(
+        DEADLINE,
+        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    )
+    .await
+    .expect("entente status in time")
+    .unwrap()
+    .expect("entente status output");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap()
 }
 
 fn stop(mut child: Child) {
@@ -968,7 +992,7 @@ async fn taxii_feed_from_medallion_resumes_from_its_checkpoint() {
             wrong.display()
         ),
     );
-    let (node, client) = serve(&pki, &id, &config).await;
+    let (node, client, addr) = serve(&pki, &id, &config).await;
     let held = wait_until("the TAXII indicators", || {
         let client = &client;
         async move {
@@ -1024,6 +1048,23 @@ async fn taxii_feed_from_medallion_resumes_from_its_checkpoint() {
         "{refused:?}"
     );
     assert_eq!(refused.items_ingested, 0);
+    // The operator reads the same in `entente status`.
+    let printed = status_output(&config, &id, &addr).await;
+    let line = |name: &str| {
+        printed
+            .lines()
+            .find(|l| l.starts_with(&format!("feed {name} ")))
+            .unwrap_or_else(|| panic!("no line for {name} in {printed}"))
+            .to_owned()
+    };
+    assert!(line("taxii-test").contains("items 3 ingested"), "{printed}");
+    assert!(
+        line("taxii-test").contains("objects 4 fetched"),
+        "{printed}"
+    );
+    assert!(line("taxii-wrong").contains("last error:"), "{printed}");
+    assert!(line("taxii-wrong").contains("401"), "{printed}");
+    assert!(!printed.contains("not-the-password"), "{printed}");
 
     // New objects: only they arrive.
     medallion.add(&[
@@ -1047,7 +1088,7 @@ async fn taxii_feed_from_medallion_resumes_from_its_checkpoint() {
     stop(node);
 
     // Restarted, the node resumes from its checkpoint: nothing is fetched again.
-    let (node, client) = serve(&pki, &id, &config).await;
+    let (node, client, _) = serve(&pki, &id, &config).await;
     let status = wait_until("polls after the restart", || {
         let client = &client;
         async move {
