@@ -94,6 +94,7 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     feed: Vec<RawFeed>,
+    taxii: Option<RawTaxii>,
 }
 
 #[derive(Deserialize)]
@@ -128,6 +129,23 @@ struct RawFeed {
     ca_file: Option<PathBuf>,
     #[serde(default)]
     allow_http: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTaxii {
+    listen: String,
+    #[serde(default)]
+    max_body_bytes: Option<usize>,
+    #[serde(default)]
+    basic: Vec<RawBasic>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBasic {
+    client: String,
+    password_hash: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -615,6 +633,46 @@ pub struct ClientConfig {
 
 pub use crate::policy::PolicySettings;
 
+/// Default largest TAXII request body (`taxii.max_body_bytes`): 8 MiB.
+pub const DEFAULT_TAXII_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// Largest `taxii.max_body_bytes` accepted: 64 MiB.
+pub const MAX_TAXII_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// Most `[[taxii.basic]]` entries.
+pub const MAX_TAXII_BASIC: usize = 256;
+
+/// The TAXII 2.1 listener (`[taxii]`); absent, no TAXII listener is opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaxiiSettings {
+    /// Address to serve HTTPS on (`taxii.listen`), distinct from `node.listen`.
+    pub listen: SocketAddr,
+    /// Largest request body, checked before it is read (`taxii.max_body_bytes`, default
+    /// 8 MiB).
+    pub max_body_bytes: usize,
+    /// HTTP Basic credentials (`[[taxii.basic]]`), each for a read-only client; empty,
+    /// every caller must present a client certificate.
+    pub basic: Vec<BasicCredential>,
+}
+
+/// One `[[taxii.basic]]` entry: the password hash of a read-only `[[client]]`, whose id
+/// is the Basic user name.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BasicCredential {
+    /// The client (`client`), configured in `[[client]]` with role `read_only`.
+    pub client: NodeId,
+    /// An Argon2id hash in PHC format (`password_hash`), made by `entente taxii
+    /// hash-password`.
+    pub password_hash: String,
+}
+
+impl std::fmt::Debug for BasicCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The hash is not printed: it is what a password guesser would start from.
+        f.debug_struct("BasicCredential")
+            .field("client", &self.client)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Parses a duration such as `0`, `90s`, `30m`, `6h`, `2d` into milliseconds.
 pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
     let text = text.trim();
@@ -842,6 +900,8 @@ pub struct Settings {
     pub groups: std::collections::BTreeMap<String, Vec<NodeId>>,
     /// `[[feed]]` entries.
     pub feeds: Vec<FeedConfig>,
+    /// `[taxii]`, if configured.
+    pub taxii: Option<TaxiiSettings>,
 }
 
 /// A validated node configuration with its TLS material loaded.
@@ -859,6 +919,8 @@ pub struct Config {
     pub groups: std::collections::BTreeMap<String, Vec<NodeId>>,
     /// `[[feed]]` entries: external sources this node publishes from.
     pub feeds: Vec<FeedConfig>,
+    /// `[taxii]`: the TAXII 2.1 listener, if configured.
+    pub taxii: Option<TaxiiSettings>,
     /// The node's certificate, key, anchors and CRLs, loaded and checked.
     pub tls: TlsMaterial,
 }
@@ -879,6 +941,7 @@ impl Config {
             clients,
             groups,
             feeds,
+            taxii,
         } = Self::check(text, path, base)?;
         let tls = TlsMaterial::load(&node.tls, &node.id).map_err(|e| ConfigError::Invalid {
             path: path.to_owned(),
@@ -892,6 +955,7 @@ impl Config {
             clients,
             groups,
             feeds,
+            taxii,
             tls,
         })
     }
@@ -1078,6 +1142,10 @@ impl Config {
         };
 
         let limits = limits(&raw.limits, &invalid)?;
+        let taxii = match raw.taxii {
+            None => None,
+            Some(taxii) => Some(taxii_settings(taxii, listen, &clients, &invalid)?),
+        };
 
         let mut feeds: Vec<FeedConfig> = Vec::with_capacity(raw.feed.len());
         for (i, f) in raw.feed.into_iter().enumerate() {
@@ -1107,6 +1175,7 @@ impl Config {
             clients,
             groups,
             feeds,
+            taxii,
         })
     }
 
@@ -1168,6 +1237,85 @@ impl Config {
             })
             .collect()
     }
+}
+
+/// `[taxii]`, checked: an address other than `node.listen`, a body limit in range, and
+/// Basic credentials only for configured read-only clients, each with an Argon2id hash.
+fn taxii_settings(
+    raw: RawTaxii,
+    node_listen: SocketAddr,
+    clients: &[ClientConfig],
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<TaxiiSettings, ConfigError> {
+    let listen: SocketAddr = raw.listen.parse().map_err(|_| {
+        invalid(
+            "taxii.listen",
+            format!(
+                "{:?} is not an address:port such as 0.0.0.0:8443",
+                raw.listen
+            ),
+        )
+    })?;
+    if listen.port() != 0 && listen == node_listen {
+        return Err(invalid(
+            "taxii.listen",
+            "must differ from node.listen (TAXII has its own listener)".into(),
+        ));
+    }
+    let max_body_bytes = raw.max_body_bytes.unwrap_or(DEFAULT_TAXII_MAX_BODY_BYTES);
+    if !(1024..=MAX_TAXII_MAX_BODY_BYTES).contains(&max_body_bytes) {
+        return Err(invalid(
+            "taxii.max_body_bytes",
+            format!("{max_body_bytes} is outside 1024 to {MAX_TAXII_MAX_BODY_BYTES}"),
+        ));
+    }
+    if raw.basic.len() > MAX_TAXII_BASIC {
+        return Err(invalid(
+            "taxii.basic",
+            format!("at most {MAX_TAXII_BASIC} entries"),
+        ));
+    }
+    let mut basic: Vec<BasicCredential> = Vec::with_capacity(raw.basic.len());
+    for (i, entry) in raw.basic.into_iter().enumerate() {
+        let field = |name: &str| format!("taxii.basic[{i}].{name}");
+        let client =
+            NodeId::new(&entry.client).map_err(|e| invalid(&field("client"), e.to_string()))?;
+        match clients.iter().find(|c| c.id == client) {
+            None => {
+                return Err(invalid(
+                    &field("client"),
+                    format!("{client} is not a configured [[client]]"),
+                ));
+            }
+            Some(c) if c.role != Role::ReadOnly => {
+                return Err(invalid(
+                    &field("client"),
+                    format!(
+                        "{client} has role {}; HTTP Basic is only for read_only clients (others present a certificate)",
+                        c.role
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+        if basic.iter().any(|b| b.client == client) {
+            return Err(invalid(
+                &field("client"),
+                format!("{client} has more than one entry"),
+            ));
+        }
+        crate::crypto::password::check_password_hash(&entry.password_hash)
+            .map_err(|problem| invalid(&field("password_hash"), problem))?;
+        basic.push(BasicCredential {
+            client,
+            password_hash: entry.password_hash,
+        });
+    }
+    Ok(TaxiiSettings {
+        listen,
+        max_body_bytes,
+        basic,
+    })
 }
 
 /// Checks that the data directory is a directory, or does not exist yet (the node creates

@@ -4,6 +4,7 @@
 //! certificates come in through [`CertificateSource`] and chain checks through
 //! [`SignerTrust`].
 
+pub mod password;
 mod sign;
 mod verify;
 

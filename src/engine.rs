@@ -809,6 +809,16 @@ impl Engine {
                 .is_some_and(crate::policy::PartnerPolicy::sees_everything)
     }
 
+    /// Whether `partner` may receive anything at all under the policy in force (the
+    /// node's own operator always may): a TAXII collection is listed only for them.
+    pub fn receives_anything(&self, partner: &NodeId) -> bool {
+        partner == self.signer.origin()
+            || self
+                .policy()
+                .partner(partner)
+                .is_some_and(crate::policy::PartnerPolicy::receives_anything)
+    }
+
     /// Puts a new policy in force; the next decision on every path uses it.
     pub fn set_policy(&self, policy: Policy) {
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
@@ -1460,8 +1470,10 @@ impl CertificateSource for OfferedCertificate<'_> {
 /// Why a subscription ended.
 #[derive(Debug, thiserror::Error)]
 pub enum SubscriptionEnd {
-    /// The subscriber fell further behind than the buffer holds.
-    #[error("subscriber fell {0} items behind; subscribe again and query to catch up")]
+    /// The subscriber fell further behind than the buffer holds. The number of items it
+    /// missed counts every item the node accepted, those the subscriber may not see
+    /// included, so it is logged, never sent.
+    #[error("subscriber fell behind; subscribe again and query to catch up")]
     Lagged(u64),
     /// The node is stopping.
     #[error("node is shutting down")]
@@ -1487,7 +1499,10 @@ impl Subscription {
             let stored = match self.receiver.recv().await {
                 Ok(stored) => stored,
                 Err(RecvError::Closed) => return Err(SubscriptionEnd::Closed),
-                Err(RecvError::Lagged(missed)) => return Err(SubscriptionEnd::Lagged(missed)),
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::info!(partner = %self.partner.id, missed, "subscriber fell behind");
+                    return Err(SubscriptionEnd::Lagged(missed));
+                }
             };
             // The policy in force now: a reload narrows open streams from the next item on.
             let now = now_ms();

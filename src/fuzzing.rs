@@ -852,7 +852,7 @@ pub fn list(data: &[u8]) {
 /// The configuration: checked without reading any file it names (relative paths
 /// resolve under a directory that does not exist). Whatever passes keeps the promises the node relies on: distinct partner ids other
 /// than the node's own, roles in their places, bounded cache and clock skew, valid
-/// group names.
+/// group names, HTTP Basic credentials only for read-only clients.
 pub fn config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
@@ -881,6 +881,69 @@ pub fn config(data: &[u8]) {
         assert!(!members.is_empty());
     }
     assert!(!settings.node.tls.trust_anchors.is_empty());
+    if let Some(taxii) = &settings.taxii {
+        assert!((1024..=crate::config::MAX_TAXII_MAX_BODY_BYTES).contains(&taxii.max_body_bytes));
+        for basic in &taxii.basic {
+            // HTTP Basic only for a configured read-only client.
+            assert!(
+                settings
+                    .clients
+                    .iter()
+                    .any(|c| c.id == basic.client && c.role == crate::Role::ReadOnly)
+            );
+            assert!(crate::crypto::password::check_password_hash(&basic.password_hash).is_ok());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// TAXII requests
+// ---------------------------------------------------------------------------------
+
+/// What a TAXII request brings before any engine call: the query string (the first
+/// line) and an `Authorization` header (the rest). A query that parses is within every
+/// bound the handlers rely on; Basic credentials that are read back encode to the same.
+pub fn taxii_request(data: &[u8]) {
+    use crate::taxii::params;
+    use base64::Engine as _;
+    let (query, header) = match data.iter().position(|b| *b == b'\n') {
+        Some(at) => (&data[..at], &data[at + 1..]),
+        None => (data, &data[..0]),
+    };
+    if let Ok(query) = std::str::from_utf8(query) {
+        if let Ok(parsed) = params::parse(Some(query)) {
+            assert!(query.len() <= params::MAX_QUERY_BYTES);
+            assert!((1..=params::MAX_LIMIT).contains(&parsed.limit));
+            for list in [&parsed.ids, &parsed.types, &parsed.spec_versions]
+                .into_iter()
+                .flatten()
+            {
+                assert!(!list.is_empty() && list.len() <= params::MAX_MATCH_VALUES);
+                assert!(list.iter().all(|v| !v.is_empty()));
+            }
+            assert!(parsed.version.exact.len() <= params::MAX_MATCH_VALUES);
+            if let Some(next) = &parsed.next {
+                assert!(!next.is_empty() && next.len() <= params::MAX_NEXT_CHARS);
+            }
+        }
+    }
+    if let Some((user, password)) = crate::taxii::basic_credentials(header) {
+        assert!(
+            !password.is_empty() && password.len() <= crate::crypto::password::MAX_PASSWORD_BYTES
+        );
+        assert!(!user.as_bytes().contains(&b':'));
+        let mut plain = user.clone().into_bytes();
+        plain.push(b':');
+        plain.extend_from_slice(&password);
+        let again = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(plain)
+        );
+        assert_eq!(
+            crate::taxii::basic_credentials(again.as_bytes()),
+            Some((user, password))
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -1075,5 +1138,22 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
          [groups]\neu = [\"berlin.office\"]\n",
     );
     out.push(("config", "starter".into(), config.into_bytes()));
+    let taxii = format!(
+        "{}\n[[client]]\nid = \"siem.soc\"\nrole = \"read_only\"\n\n[taxii]\nlisten = \"0.0.0.0:8443\"\n\
+         max_body_bytes = 65536\n\n[[taxii.basic]]\nclient = \"siem.soc\"\npassword_hash = \"{}\"\n",
+        crate::config::starter_config(&id, "0.0.0.0:7443", "certs"),
+        crate::crypto::password::DECOY_HASH,
+    );
+    out.push(("config", "taxii".into(), taxii.into_bytes()));
+
+    // A TAXII request: every filter, and Basic credentials.
+    out.push((
+        "taxii_request",
+        "filters".into(),
+        b"added_after=2025-01-01T00%3A00%3A00.000Z&limit=50&next=AAAA&match%5Bid%5D=indicator--1,indicator--2\
+          &match[type]=indicator&match[version]=first,2025-01-01T00:00:00Z&match[spec_version]=2.1\n\
+          Basic c2llbS5zb2M6Y29ycmVjdCBob3JzZQ=="
+            .to_vec(),
+    ));
     out
 }

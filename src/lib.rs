@@ -40,6 +40,7 @@ pub mod policy;
 pub mod rpc;
 pub mod store;
 pub mod sync;
+pub mod taxii;
 pub mod transport;
 pub mod wire;
 

@@ -15,7 +15,8 @@ pub const DEFAULT_PUBLISHES_PER_PARTNER: usize = 2;
 /// Default items per second one partner may publish (a rate, not a refusal: a faster
 /// publisher is slowed down).
 pub const DEFAULT_PUBLISH_ITEMS_PER_SECOND: u64 = 200_000;
-/// Default streams (Subscribe, Export, Pull) one partner may hold open at once.
+/// Default streams (Subscribe, Export, Pull, Admin.LedgerShow) one partner may hold open
+/// at once.
 pub const DEFAULT_STREAMS_PER_PARTNER: usize = 32;
 /// Default authenticated connections one partner may hold open at once.
 pub const DEFAULT_CONNECTIONS_PER_PARTNER: usize = 16;
@@ -31,6 +32,12 @@ pub const DEFAULT_SLOW_READER_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// Default time to wait for a keepalive answer before the connection is closed.
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// HTTP/2 streams one connection may have open at once (announced to the peer in its
+/// HTTP/2 settings; a client waits for a free stream beyond it). Without it a connection
+/// could hold any number of streams no other limit counts (`Health.Watch`, reflection,
+/// unary calls whose answers are not read).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 100;
 
 /// Bounds on how large the configurable limits may be set, so a typing slip cannot
 /// turn a limit off.

@@ -1,6 +1,7 @@
 //! The `entente` command: parse arguments, set up logging, load and validate the
 //! configuration, then hand over to the library. Signals are handled here.
 
+use std::io::{BufRead, Read};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -184,6 +185,11 @@ enum Command {
         #[arg(long)]
         keep_running: bool,
     },
+    /// TAXII 2.1 listener tools.
+    Taxii {
+        #[command(subcommand)]
+        command: TaxiiCommand,
+    },
     /// Say hello to a node over mTLS and print who answered.
     Status {
         /// The node configuration file (its certificate is used to connect).
@@ -200,6 +206,13 @@ enum Command {
         #[arg(long, requires = "wait")]
         timeout: Option<u64>,
     },
+}
+
+#[derive(Subcommand)]
+enum TaxiiCommand {
+    /// Read a password from standard input (its first line) and print its Argon2id
+    /// hash, for `password_hash` in a `[[taxii.basic]]` entry.
+    HashPassword,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -463,6 +476,9 @@ fn run(command: Command) -> Result<()> {
             with_certs,
         } => init(&dir, &id, &listen, with_certs),
         Command::Certs { command } => certs(command),
+        Command::Taxii {
+            command: TaxiiCommand::HashPassword,
+        } => taxii_hash_password(),
         Command::Serve { config } => {
             let config = Config::load(&config)?;
             runtime()?.block_on(serve(config))
@@ -737,12 +753,30 @@ fn certs(command: CertsCommand) -> Result<()> {
     Ok(())
 }
 
+/// `entente taxii hash-password`: the password comes from standard input, never from
+/// the command line (where other users could read it).
+fn taxii_hash_password() -> Result<()> {
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .take(1024)
+        .read_line(&mut line)
+        .context("read the password from standard input")?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    let hash = entente::taxii::hash_password(password).map_err(anyhow::Error::msg)?;
+    println!("{hash}");
+    Ok(())
+}
+
 async fn serve(config: Config) -> Result<()> {
     // Handlers first: a SIGHUP (systemctl reload) or SIGTERM that arrives as soon as the
     // node reports it is serving must reload or stop it, not kill it by default action.
     let signals = Signals::new()?;
     let node = Node::start(config).await?;
     println!("{} serving on {}", node.id(), node.local_addr());
+    if let Some(taxii) = node.taxii_addr() {
+        println!("{} TAXII 2.1 on https://{taxii}/taxii2/", node.id());
+    }
     signals.wait(&node).await;
     tracing::info!(deadline = ?SHUTDOWN_DEADLINE, "shutting down");
     node.shutdown(SHUTDOWN_DEADLINE).await?;

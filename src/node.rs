@@ -64,6 +64,9 @@ pub enum NodeError {
     /// The gRPC server stopped with an error.
     #[error("gRPC server: {0}")]
     Serve(String),
+    /// The TAXII listener could not start.
+    #[error(transparent)]
+    Taxii(#[from] crate::taxii::TaxiiError),
     /// Connections did not close within the shutdown deadline and were cut.
     #[error("shutdown deadline of {0:?} passed; remaining connections were closed")]
     DeadlineExceeded(Duration),
@@ -82,6 +85,7 @@ pub struct Node {
     reload: Arc<ConfigReload>,
     pull_links: Arc<PullLinks>,
     tasks: Vec<JoinHandle<()>>,
+    taxii: Option<crate::taxii::TaxiiServer>,
 }
 
 /// The pull loops, one per `[[peer]]` with role `peer`, started again as a set at each
@@ -95,10 +99,27 @@ struct PullLinks {
     running: std::sync::Mutex<(CancellationToken, Vec<JoinHandle<()>>)>,
 }
 
+/// The client configuration of each peer's pull link.
+type PeerTls = std::collections::HashMap<crate::model::NodeId, Arc<rustls::ClientConfig>>;
+
+/// A client configuration per peer: one pinned to a peer's trust anchor holds that
+/// peer's server certificate to it, so another trusted CA cannot stand in for the peer.
+fn peer_tls(config: &Config) -> Result<PeerTls, crate::transport::TlsError> {
+    config
+        .peers
+        .iter()
+        .map(|peer| {
+            let tls = config.tls.client_config_for(peer.trust_anchor.as_deref())?;
+            Ok((peer.id.clone(), tls))
+        })
+        .collect()
+}
+
 impl PullLinks {
-    /// Starts the pull loops of `config` over `tls` (its client configuration),
-    /// stopping those started before. Must run inside the runtime (it spawns).
-    fn start(&self, config: &Config, tls: &Arc<rustls::ClientConfig>) {
+    /// Starts the pull loops of `config` over `tls` (the client configuration for each
+    /// peer, [`peer_tls`]), stopping those started before. Must run inside the runtime
+    /// (it spawns).
+    fn start(&self, config: &Config, tls: &PeerTls) {
         // The loops of the previous configuration stop before the new ones start.
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         running.0.cancel();
@@ -110,6 +131,9 @@ impl PullLinks {
             .filter(|p| p.role == crate::model::Role::Peer)
             .collect();
         for peer in &peers {
+            let Some(tls) = tls.get(&peer.id) else {
+                continue;
+            };
             let link = crate::sync::Link {
                 peer: peer.id.clone(),
                 address: peer.address.clone(),
@@ -160,6 +184,8 @@ struct ConfigReload {
     serial: std::sync::Mutex<()>,
     /// The pull loops, started again with the reloaded peers and TLS configuration.
     pull_links: Arc<PullLinks>,
+    /// The TAXII listener's HTTP Basic credentials, replaced with the reloaded ones.
+    taxii_credentials: Arc<crate::taxii::Credentials>,
 }
 
 impl PolicyReload for ConfigReload {
@@ -180,12 +206,9 @@ impl PolicyReload for ConfigReload {
             .map_err(|e| format!("node.crls: {e}"))?;
         let signer_trust = config
             .tls
-            .signer_trust()
+            .signer_trust_pinned(&config.listings())
             .map_err(|e| format!("node.crls: {e}"))?;
-        let client_tls = config
-            .tls
-            .client_config()
-            .map_err(|e| format!("node.crls: {e}"))?;
+        let client_tls = peer_tls(&config).map_err(|e| format!("node.crls: {e}"))?;
         let policy = crate::policy::Policy::compile(&config.policy_spec());
         // Access first: streams woken by the policy change then find theirs withdrawn.
         let withdrawn = self
@@ -193,6 +216,13 @@ impl PolicyReload for ConfigReload {
             .replace(&self.id, config.listings(), Some(verifiers));
         self.signer_trust.replace_with(&signer_trust);
         self.engine.set_policy(policy);
+        self.taxii_credentials.replace(
+            config
+                .taxii
+                .as_ref()
+                .map(|t| t.basic.clone())
+                .unwrap_or_default(),
+        );
         // Outgoing links too: a peer now revoked or removed is no longer pulled from.
         self.pull_links.start(&config, &client_tls);
         let policy = self.engine.policy();
@@ -236,7 +266,7 @@ impl Node {
             ))
         })?;
         let signer = BundleSigner::new(id.clone(), key, config.tls.certificate_der())?;
-        let signer_trust = config.tls.signer_trust()?;
+        let signer_trust = config.tls.signer_trust_pinned(&config.listings())?;
         let engine = Arc::new(
             Engine::new(
                 store.clone(),
@@ -258,6 +288,13 @@ impl Node {
             shutdown: shutdown.clone(),
             running: std::sync::Mutex::new((shutdown.child_token(), Vec::new())),
         });
+        let taxii_credentials = Arc::new(crate::taxii::Credentials::new(
+            config
+                .taxii
+                .as_ref()
+                .map(|t| t.basic.clone())
+                .unwrap_or_default(),
+        ));
         let reload = Arc::new(ConfigReload {
             path: config.path.clone(),
             id: id.clone(),
@@ -266,6 +303,7 @@ impl Node {
             signer_trust,
             serial: std::sync::Mutex::new(()),
             pull_links: pull_links.clone(),
+            taxii_credentials: taxii_credentials.clone(),
         });
         let server_tls = config.tls.server_config(directory.clone())?;
 
@@ -291,6 +329,23 @@ impl Node {
             shutdown.clone(),
         );
 
+        // The TAXII listener, if configured: the same directory (so the same
+        // certificates, CRLs and per-request checks) and the same engine.
+        let taxii = match &config.taxii {
+            Some(settings) => Some(
+                crate::taxii::TaxiiServer::start(
+                    settings,
+                    &config,
+                    directory.clone(),
+                    engine.clone(),
+                    taxii_credentials,
+                    shutdown.clone(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
+
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_serving::<FederationServer<FederationService>>()
@@ -313,6 +368,9 @@ impl Node {
             // with whatever streams they held.
             .http2_keepalive_interval(Some(limits.keepalive_interval))
             .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+            // tonic sets no limit of its own: without one, a connection could hold streams
+            // without bound (health watches, unary answers never read).
+            .max_concurrent_streams(crate::limits::MAX_STREAMS_PER_CONNECTION)
             .trace_fn(|request| {
                 let (peer, role, addr) = match request.extensions().get::<ConnectionInfo>() {
                     Some(info) => (
@@ -325,6 +383,8 @@ impl Node {
                 tracing::info_span!("rpc", method = %request.uri().path(), peer = %peer, role, addr = %addr)
             })
             .layer(RequireIdentityLayer::new(directory))
+            // Every request but Publish is cut off past 64 KiB as it arrives, not read whole.
+            .layer(crate::rpc::codec::SmallRequestsLayer)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_alpha)
@@ -356,7 +416,7 @@ impl Node {
             );
 
         // One pull loop per peer that may send to this node.
-        pull_links.start(&config, &config.tls.client_config()?);
+        pull_links.start(&config, &peer_tls(&config)?);
 
         // Group commit for what does not flush itself: bundles pulled from peers and
         // the cursors that count them reach the disk within this period.
@@ -393,7 +453,15 @@ impl Node {
             reload,
             pull_links,
             tasks,
+            taxii,
         })
+    }
+
+    /// The address of the TAXII listener, when `[taxii]` is configured.
+    pub fn taxii_addr(&self) -> Option<SocketAddr> {
+        self.taxii
+            .as_ref()
+            .map(crate::taxii::TaxiiServer::local_addr)
     }
 
     /// The node's id.
@@ -435,10 +503,14 @@ impl Node {
             engine,
             pull_links,
             tasks,
+            taxii,
             ..
         } = self;
         shutdown.cancel();
         let _ = accept_task.await;
+        if let Some(taxii) = taxii {
+            taxii.join().await;
+        }
         pull_links.join().await;
         for task in tasks {
             let _ = task.await;

@@ -315,6 +315,8 @@ pub struct ItemQuery {
     pub modified_since_ms: Option<i64>,
     /// Also return indicators past `valid_until`.
     pub include_expired: bool,
+    /// Accepted by this node strictly after this time (ms): TAXII's `added_after`.
+    pub added_after_ms: Option<i64>,
 }
 
 impl ItemQuery {
@@ -344,6 +346,11 @@ impl ItemQuery {
             }
         }
         out.push(u8::from(self.include_expired));
+        if let Some(ms) = self.added_after_ms {
+            // Only present when set, so the bytes of every other query are unchanged.
+            out.push(2);
+            out.extend_from_slice(&ms.to_be_bytes());
+        }
         out
     }
 
@@ -367,6 +374,11 @@ impl ItemQuery {
         }
         if let Some(since) = self.modified_since_ms {
             if stored.item.modified_ms < since {
+                return false;
+            }
+        }
+        if let Some(after) = self.added_after_ms {
+            if stored.accepted_ms <= after {
                 return false;
             }
         }

@@ -17,11 +17,12 @@ fn check(target: &str) -> fn(&[u8]) {
         "csv" => entente::fuzzing::csv,
         "list" => entente::fuzzing::list,
         "config" => entente::fuzzing::config,
+        "taxii_request" => entente::fuzzing::taxii_request,
         other => panic!("no fuzz target {other}"),
     }
 }
 
-const TARGETS: [&str; 8] = [
+const TARGETS: [&str; 9] = [
     "bundle",
     "bundle_log",
     "ledger",
@@ -30,6 +31,7 @@ const TARGETS: [&str; 8] = [
     "csv",
     "list",
     "config",
+    "taxii_request",
 ];
 
 #[test]

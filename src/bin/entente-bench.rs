@@ -589,9 +589,11 @@ async fn sync(args: &Args) -> Result<()> {
         while let Some(message) = stream.message().await? {
             // 5 bytes of gRPC framing per message, plus the protobuf payload.
             payload += message.encoded_len() + 5;
-            if let Some(entente::rpc::proto::pull_response::Event::Bundle(feed)) = &message.event
-                && let Some(part) = &feed.part
-            {
+            let part = match &message.event {
+                Some(entente::rpc::proto::pull_response::Event::Bundle(feed)) => feed.part.as_ref(),
+                _ => None,
+            };
+            if let Some(part) = part {
                 for d in entente::sync::parts::disclosures(&part.disclosures) {
                     item_bytes += d.map_err(anyhow::Error::msg)?.item_bytes.len();
                     items += 1;

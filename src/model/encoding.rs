@@ -21,8 +21,10 @@ impl From<&Indicator> for wire::Indicator {
     }
 }
 
-/// An indicator's wire form to the model, checking representability only.
-fn indicator(i: wire::Indicator) -> Result<Indicator, ModelError> {
+/// An indicator's wire form to the model, checking representability only. `trusted`:
+/// bytes this node verified and stored earlier, whose kept properties were checked then
+/// and are not parsed again on every read.
+fn indicator(i: wire::Indicator, trusted: bool) -> Result<Indicator, ModelError> {
     let wire::Indicator {
         indicator_type,
         value,
@@ -44,7 +46,11 @@ fn indicator(i: wire::Indicator) -> Result<Indicator, ModelError> {
         kill_chain_phases,
         valid_from_ms: valid_from_unix_ms,
         valid_until_ms: valid_until_unix_ms,
-        properties: StixProperties::parse(stix_properties)?,
+        properties: if trusted {
+            StixProperties::trusted(stix_properties)
+        } else {
+            StixProperties::parse(stix_properties)?
+        },
     })
 }
 
@@ -102,14 +108,14 @@ impl TryFrom<wire::Item> for Item {
 
     /// Decodes and validates; the result satisfies [`Item::validate`].
     fn try_from(item: wire::Item) -> Result<Self, Self::Error> {
-        let item = convert(item)?;
+        let item = convert(item, false)?;
         item.validate()?;
         Ok(item)
     }
 }
 
 /// The wire form to the model, checking representability only (not [`Item::validate`]).
-fn convert(item: wire::Item) -> Result<Item, ModelError> {
+fn convert(item: wire::Item, trusted: bool) -> Result<Item, ModelError> {
     {
         let wire::Item {
             id,
@@ -119,7 +125,7 @@ fn convert(item: wire::Item) -> Result<Item, ModelError> {
             kind,
         } = item;
         let kind = match kind {
-            Some(wire::item::Kind::Indicator(i)) => ItemKind::Indicator(indicator(i)?),
+            Some(wire::item::Kind::Indicator(i)) => ItemKind::Indicator(indicator(i, trusted)?),
             Some(wire::item::Kind::Revocation(wire::Revocation {
                 reason,
                 indicator_type,
@@ -127,7 +133,10 @@ fn convert(item: wire::Item) -> Result<Item, ModelError> {
             })) => ItemKind::Revocation(Revocation {
                 indicator_type: indicator_type.parse::<IndicatorType>()?,
                 reason,
-                indicator: revoked.map(|i| indicator(*i)).transpose()?.map(Box::new),
+                indicator: revoked
+                    .map(|i| indicator(*i, trusted))
+                    .transpose()?
+                    .map(Box::new),
             }),
             None => {
                 return Err(ModelError::Field {
@@ -201,7 +210,7 @@ impl Item {
             field: "item",
             problem: format!("cannot decode: {e}"),
         })?;
-        convert(wire)
+        convert(wire, true)
     }
 
     /// Decodes item bytes from a bundle and validates the result.

@@ -118,6 +118,12 @@ impl StixProperties {
         Ok(canonical)
     }
 
+    /// Kept properties read back from bytes this node verified and stored earlier (they
+    /// were checked by [`Self::parse`] then).
+    pub(crate) fn trusted(text: String) -> Self {
+        Self(text)
+    }
+
     /// The canonical JSON text (empty when none).
     pub fn as_str(&self) -> &str {
         &self.0

@@ -90,9 +90,17 @@ impl Admin for AdminService {
             .await
             .map_err(|e| Status::internal(format!("task failed: {e}")))?
             .map_err(|problem| {
-                Status::failed_precondition(format!(
-                    "the configuration was refused; the previous policy stays in force: {problem}"
-                ))
+                if describe {
+                    return Status::failed_precondition(format!(
+                        "the configuration was refused; the previous policy stays in force: {problem}"
+                    ));
+                }
+                // The reason quotes the configuration (partners and their policies): the
+                // operator reads it in the log.
+                tracing::warn!(%problem, "configuration refused at a reload");
+                Status::failed_precondition(
+                    "the configuration was refused; the previous policy stays in force; the reason is in the node's log",
+                )
             })?;
         Ok(Response::new(ReloadPolicyResponse {
             policy_hash: hex(&policy.hash()),
@@ -212,7 +220,9 @@ impl Admin for AdminService {
         &self,
         request: Request<LedgerShowRequest>,
     ) -> Result<Response<Self::LedgerShowStream>, Status> {
-        require_unrestricted(&self.engine, caller(&request)?)?;
+        let info = caller(&request)?;
+        require_unrestricted(&self.engine, info)?;
+        let caller_id = info.partner.id.clone();
         let LedgerShowRequest {
             partner,
             since_unix_ms,
@@ -226,18 +236,35 @@ impl Admin for AdminService {
             )
         };
         let since = (since_unix_ms != 0).then_some(since_unix_ms);
+        // A stream like any other: it counts under `limits.streams_per_partner` and is
+        // let go when its reader stops reading for `limits.slow_reader_timeout`.
+        let slot = self.engine.open_stream(&caller_id)?;
+        let timeout = self.engine.slow_reader_timeout();
         self.engine.sync_ledger().await?;
         let store = self.engine.store().clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tokio::task::spawn_blocking(move || {
+        tokio::spawn(async move {
+            let _slot = slot;
             let mut after = 0;
             loop {
-                let page = match store.ledger(after, LEDGER_PAGE, partner.as_ref(), since) {
-                    Ok(page) => page,
-                    Err(error) => {
-                        let _ = tx.blocking_send(Err(Status::from(
-                            crate::engine::EngineError::from(error),
-                        )));
+                let page = {
+                    let store = store.clone();
+                    let partner = partner.clone();
+                    tokio::task::spawn_blocking(move || {
+                        store.ledger(after, LEDGER_PAGE, partner.as_ref(), since)
+                    })
+                    .await
+                };
+                let page = match page {
+                    Ok(Ok(page)) => page,
+                    Ok(Err(error)) => {
+                        let error = Status::from(crate::engine::EngineError::from(error));
+                        send_within(&tx, Err(error), timeout).await;
+                        return;
+                    }
+                    Err(e) => {
+                        let error = Status::internal(format!("task failed: {e}"));
+                        send_within(&tx, Err(error), timeout).await;
                         return;
                     }
                 };
@@ -246,7 +273,7 @@ impl Admin for AdminService {
                 };
                 after = last.seq;
                 for record in page {
-                    if tx.blocking_send(Ok(ledger_record(record))).is_err() {
+                    if !send_within(&tx, Ok(ledger_record(record)), timeout).await {
                         return;
                     }
                 }
@@ -302,8 +329,29 @@ impl Admin for AdminService {
     }
 }
 
-/// Ledger records per store read while streaming.
-const LEDGER_PAGE: usize = 1000;
+/// Ledger records per store read while streaming (a record may name a thousand
+/// deliveries, so a page is kept small).
+const LEDGER_PAGE: usize = 100;
+
+/// Queues `next` for the reader; false when the reader has gone or has not taken
+/// anything for `timeout` (`limits.slow_reader_timeout`), and the stream ends.
+async fn send_within<T>(
+    tx: &tokio::sync::mpsc::Sender<Result<T, Status>>,
+    next: Result<T, Status>,
+    timeout: std::time::Duration,
+) -> bool {
+    match tokio::time::timeout(timeout, tx.send(next)).await {
+        Ok(sent) => sent.is_ok(),
+        Err(_) => {
+            crate::limits::count(crate::limits::Limit::SlowReaderTimeout);
+            tracing::info!(
+                timeout_s = timeout.as_secs_f64(),
+                "ledger stream ended: the client did not read within limits.slow_reader_timeout"
+            );
+            false
+        }
+    }
+}
 
 fn ledger_record(record: crate::store::LedgerRecord) -> LedgerRecord {
     let crate::store::LedgerRecord {

@@ -362,6 +362,153 @@ impl<U: Message + Default + DecodeBudget> Decoder for BoundedDecoder<U> {
     }
 }
 
+/// The one method whose messages may be larger than [`MAX_SMALL_REQUEST_BYTES`]; its
+/// own limit is the Intel service's `max_decoding_message_size`.
+const LARGE_REQUEST_PATH: &str = "/entente.v1.Intel/Publish";
+
+/// Tower layer that refuses, as it arrives, a request message over
+/// [`MAX_SMALL_REQUEST_BYTES`] on every method but `Publish`.
+///
+/// tonic's size limit is one per service, and the Intel service's must let a `Publish`
+/// message through: without this layer a `Query` or `Subscribe` message up to
+/// `limits.publish_message_bytes` would be read whole into memory before
+/// [`BoundedDecoder`] refused it, and one that never ends would be held as long as its
+/// connection. Here each gRPC message's length prefix is read as the body passes, and
+/// a message announced over the limit ends the request with `RESOURCE_EXHAUSTED`
+/// before any of it is buffered.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SmallRequestsLayer;
+
+impl<S> tower::Layer<S> for SmallRequestsLayer {
+    type Service = SmallRequests<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        SmallRequests { inner }
+    }
+}
+
+/// See [`SmallRequestsLayer`].
+#[derive(Clone, Debug)]
+pub struct SmallRequests<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for SmallRequests<S>
+where
+    S: tower::Service<http::Request<tonic::body::Body>>,
+    B: http_body::Body<Data = prost::bytes::Bytes> + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let large = request.uri().path() == LARGE_REQUEST_PATH;
+        let request = request.map(|body| {
+            let body = tonic::body::Body::new(body);
+            if large {
+                body
+            } else {
+                tonic::body::Body::new(SmallMessages::new(body, MAX_SMALL_REQUEST_BYTES))
+            }
+        });
+        self.inner.call(request)
+    }
+}
+
+/// A request body passed through unchanged, whose gRPC messages are each at most `max`
+/// bytes (read from each message's 5-byte prefix as the bytes go by).
+struct SmallMessages {
+    inner: tonic::body::Body,
+    max: usize,
+    /// The prefix of the next message, as far as it has arrived.
+    prefix: [u8; 5],
+    prefix_len: usize,
+    /// Bytes of the current message still to pass.
+    remaining: usize,
+}
+
+impl SmallMessages {
+    fn new(inner: tonic::body::Body, max: usize) -> Self {
+        Self {
+            inner,
+            max,
+            prefix: [0; 5],
+            prefix_len: 0,
+            remaining: 0,
+        }
+    }
+
+    /// Follows the message boundaries through `data`; the size of the first message
+    /// announced over the limit.
+    fn follow(&mut self, mut data: &[u8]) -> Result<(), usize> {
+        while !data.is_empty() {
+            if self.remaining > 0 {
+                let n = self.remaining.min(data.len());
+                self.remaining -= n;
+                data = &data[n..];
+                continue;
+            }
+            let n = (5 - self.prefix_len).min(data.len());
+            self.prefix[self.prefix_len..self.prefix_len + n].copy_from_slice(&data[..n]);
+            self.prefix_len += n;
+            data = &data[n..];
+            if self.prefix_len == 5 {
+                self.prefix_len = 0;
+                let [_, a, b, c, d] = self.prefix;
+                let len = u32::from_be_bytes([a, b, c, d]) as usize;
+                if len > self.max {
+                    return Err(len);
+                }
+                self.remaining = len;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl http_body::Body for SmallMessages {
+    type Data = prost::bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        let frame = match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            other => return other,
+        };
+        if let Some(data) = frame.data_ref() {
+            if let Err(bytes) = self.follow(data) {
+                let max = self.max;
+                return Poll::Ready(Some(Err(Status::from(Refusal::TooLarge {
+                    message: "request message",
+                    bytes,
+                    max,
+                }))));
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 // Shapes of the messages that carry repeated fields. Costs are the decoded size of one
 // element (`size_of` of the struct, or of a `String`/`Vec<u8>` for strings and bytes),
 // rounded up; the encoded bytes themselves are already bounded by the message size.
@@ -723,6 +870,28 @@ mod tests {
                 Err(Refusal::Malformed(_))
             ));
         }
+    }
+
+    #[test]
+    fn message_prefixes_are_followed_across_chunks() {
+        let body = SmallMessages::new(tonic::body::Body::empty(), 100);
+        let mut frames = Vec::new();
+        for len in [0u32, 100, 3, 101] {
+            frames.push(0u8);
+            frames.extend_from_slice(&len.to_be_bytes());
+            frames.extend(std::iter::repeat_n(7u8, len.min(100) as usize));
+        }
+        // Whatever the chunks, the first message over 100 bytes is found, and only it.
+        for chunk in [1, 2, 4, 5, 6, 7, 64, frames.len()] {
+            let mut follower = SmallMessages::new(tonic::body::Body::empty(), 100);
+            let result = frames.chunks(chunk).try_for_each(|c| follower.follow(c));
+            assert_eq!(result, Err(101), "chunks of {chunk}");
+        }
+        let mut follower = body;
+        let fine = frames.len() - 5 - 100;
+        assert_eq!(follower.follow(&frames[..fine]), Ok(()));
+        assert_eq!(follower.remaining, 0);
+        assert_eq!(follower.prefix_len, 0);
     }
 
     #[test]

@@ -86,6 +86,7 @@ pub fn item_query(filter: Option<ItemFilter>) -> Result<ItemQuery, Status> {
         origin,
         modified_since_ms: (modified_since_unix_ms != 0).then_some(modified_since_unix_ms),
         include_expired,
+        added_after_ms: None,
     })
 }
 

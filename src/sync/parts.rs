@@ -444,9 +444,7 @@ impl Assembly {
             let Some(digest) = digests.get(d.index as usize) else {
                 return Err(self.refused_with(refused(VerifyError::IndexOutOfRange(d.index))));
             };
-            if let Some(previous) = self.disclosures.last()
-                && d.index <= previous.index
-            {
+            if let Some(previous) = self.disclosures.last().filter(|p| d.index <= p.index) {
                 return Err(protocol(format!(
                     "the bundle at seq {seq} sent item {} after item {}: items come in increasing order, once each",
                     d.index, previous.index

@@ -339,9 +339,7 @@ async fn pull<D: Dialer>(context: &Context<'_>, dialer: &D, kept: &mut Kept) -> 
                 cursor: reached,
                 head,
             } => {
-                if let Some(t) = kept.transfer.as_ref()
-                    && !t.is_complete()
-                {
+                if let Some(t) = kept.transfer.as_ref().filter(|t| !t.is_complete()) {
                     let seq = t.seq();
                     kept.transfer = None;
                     kept.offered = None;
@@ -405,9 +403,10 @@ async fn take_part<P: Peer>(
     let Context { link, engine, .. } = *context;
     let seq = part.seq;
     if part.index == 0 {
-        if let Some(t) = kept.transfer.as_ref()
-            && !t.is_complete()
-            && !resuming
+        if let Some(t) = kept
+            .transfer
+            .as_ref()
+            .filter(|t| !t.is_complete() && !resuming)
         {
             return Err(format!(
                 "the peer began the bundle at seq {seq} before the bundle at seq {} was complete",

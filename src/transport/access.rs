@@ -51,6 +51,10 @@ impl From<Partner> for Listing {
 pub struct Verifiers {
     pub(crate) any: Arc<dyn ClientCertVerifier>,
     pub(crate) by_anchor: HashMap<PathBuf, Arc<dyn ClientCertVerifier>>,
+    /// When several anchors are configured, the anchor files the node's own certificate
+    /// chains to: its own id (the operator, who sees everything) is pinned to them as a
+    /// partner is to its anchor, so another anchor cannot issue it. `None` with one anchor.
+    pub(crate) own_anchors: Option<Vec<PathBuf>>,
 }
 
 /// Why a certificate is refused beyond what WebPKI checks.
@@ -347,6 +351,28 @@ impl Directory {
                 .ok_or_else(wrong)?
                 .verify_client_cert(end_entity, intermediates, now)
                 .map_err(|_| wrong())?;
+        }
+        if let (PartnerKind::Local, Some(own)) = (listing.partner.kind, &verifiers.own_anchors) {
+            let chains_to_own = own.iter().any(|anchor| {
+                verifiers.by_anchor.get(anchor).is_some_and(|verifier| {
+                    verifier
+                        .verify_client_cert(end_entity, intermediates, now)
+                        .is_ok()
+                })
+            });
+            if !chains_to_own {
+                return Err(refuse(PartnerError::WrongAnchor {
+                    id: id.clone(),
+                    anchor: if own.is_empty() {
+                        String::from("(none: the node's own certificate chains to no anchor)")
+                    } else {
+                        own.iter()
+                            .map(|a| a.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    },
+                }));
+            }
         }
         Ok(())
     }

@@ -267,7 +267,7 @@ async fn handshake(
 }
 
 /// An I/O error from the TLS layer in words: the rustls error it carries, described.
-fn describe_io_error(error: &io::Error) -> String {
+pub(crate) fn describe_io_error(error: &io::Error) -> String {
     match error
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())

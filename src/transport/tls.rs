@@ -17,7 +17,7 @@ use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
 };
 
-use super::access::{Directory, Verifiers};
+use super::access::{Directory, Listing, Verifiers};
 use super::files::{self, FileError};
 use super::identity::{IdentityError, certificate_id};
 use crate::crypto::{SignerError, SignerTrust};
@@ -57,6 +57,8 @@ fn check_ca(cert: &CertificateDer<'_>) -> Result<(), String> {
 
 /// ALPN protocol for gRPC over HTTP/2; gRPC clients such as `grpcio` require it.
 const ALPN_H2: &[u8] = b"h2";
+/// The TAXII listener speaks HTTP/1.1 only.
+const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 /// The process's one cryptographic provider (ring). Every rustls configuration is
 /// built with it explicitly, so nothing depends on a process-wide default.
@@ -202,22 +204,51 @@ impl TlsMaterial {
         Ok(material)
     }
 
-    /// Client-certificate verifiers over these anchors and CRLs: one over every
-    /// anchor, and one per anchor file (for partners pinned to it).
-    pub fn client_verifiers(&self) -> Result<Verifiers, TlsError> {
-        let build = |roots: &Arc<RootCertStore>| {
+    /// A WebPKI client-certificate verifier over `roots` and these CRLs.
+    fn verifier_over(
+        &self,
+        roots: &Arc<RootCertStore>,
+    ) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+        Ok(
             WebPkiClientVerifier::builder_with_provider(roots.clone(), crypto_provider())
                 .with_crls(self.crls.iter().cloned())
                 .only_check_end_entity_revocation()
-                .build()
-        };
+                .build()?,
+        )
+    }
+
+    /// One verifier per anchor file, and the anchor files this node's own certificate
+    /// chains to.
+    fn anchor_verifiers(&self) -> Result<(AnchorVerifiers, Vec<PathBuf>), TlsError> {
         let mut by_anchor = HashMap::with_capacity(self.anchors.len());
+        let mut own_anchors = Vec::new();
+        // `load` refuses a certificate file without a certificate, so the chain has a leaf.
+        let own = self.chain.split_first();
         for (path, roots) in &self.anchors {
-            by_anchor.insert(path.clone(), build(roots)?);
+            let verifier = self.verifier_over(roots)?;
+            let chains_here = own.is_some_and(|(leaf, intermediates)| {
+                verifier
+                    .verify_client_cert(leaf, intermediates, UnixTime::now())
+                    .is_ok()
+            });
+            if chains_here {
+                own_anchors.push(path.clone());
+            }
+            by_anchor.insert(path.clone(), verifier);
         }
+        Ok((by_anchor, own_anchors))
+    }
+
+    /// Client-certificate verifiers over these anchors and CRLs: one over every
+    /// anchor, and one per anchor file (for partners pinned to it).
+    pub fn client_verifiers(&self) -> Result<Verifiers, TlsError> {
+        let (by_anchor, own_anchors) = self.anchor_verifiers()?;
         Ok(Verifiers {
-            any: build(&self.roots)?,
+            any: self.verifier_over(&self.roots)?,
             by_anchor,
+            // With one anchor there is nothing to pin to; with several, the node's own id
+            // is accepted only from the anchors its own certificate chains to.
+            own_anchors: (self.anchors.len() > 1).then_some(own_anchors),
         })
     }
 
@@ -229,13 +260,39 @@ impl TlsMaterial {
         &self,
         directory: Arc<Directory>,
     ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-        let provider = crypto_provider();
         let verifiers = self.client_verifiers()?;
         let root_hints = verifiers.any.root_hint_subjects().to_vec();
         directory.install(verifiers);
+        self.build_server_config(directory, root_hints, true, ALPN_H2)
+    }
+
+    /// The server side of the TAXII (HTTPS) listener: TLS 1.3, the client's certificate
+    /// checked exactly as for gRPC against the directory's state in force at each
+    /// handshake, HTTP/1.1. With `certificate_required` false a client may connect
+    /// without a certificate (it must then authenticate each request otherwise); one
+    /// that presents a certificate is still verified. Uses the verifiers
+    /// [`TlsMaterial::server_config`] installed in `directory`.
+    pub fn https_server_config(
+        &self,
+        directory: Arc<Directory>,
+        certificate_required: bool,
+    ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let root_hints = self.client_verifiers()?.any.root_hint_subjects().to_vec();
+        self.build_server_config(directory, root_hints, certificate_required, ALPN_HTTP1)
+    }
+
+    fn build_server_config(
+        &self,
+        directory: Arc<Directory>,
+        root_hints: Vec<DistinguishedName>,
+        mandatory: bool,
+        alpn: &[u8],
+    ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let provider = crypto_provider();
         let verifier = Arc::new(KnownPartnerVerifier {
             directory,
             root_hints,
+            mandatory,
             algorithms: provider.signature_verification_algorithms,
         });
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -250,19 +307,47 @@ impl TlsMaterial {
                 context: "server certificate and key",
                 source,
             })?;
-        config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        config.alpn_protocols = vec![alpn.to_vec()];
         Ok(Arc::new(config))
     }
 
     /// The client side: TLS 1.3, presents this identity's certificate, verifies the
     /// server against the same anchors and CRLs.
     pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        self.client_config_over(&self.roots)
+    }
+
+    /// [`TlsMaterial::client_config`] for a peer pinned to `anchor` (one of the
+    /// trust-anchor files): its server certificate must chain to that anchor, not to
+    /// any other this node trusts. `None` accepts every anchor.
+    pub fn client_config_for(
+        &self,
+        anchor: Option<&std::path::Path>,
+    ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        let Some(anchor) = anchor else {
+            return self.client_config();
+        };
+        let roots = self
+            .anchors
+            .iter()
+            .find(|(path, _)| path == anchor)
+            .map(|(_, roots)| roots)
+            .ok_or_else(|| TlsError::BadTrustAnchor {
+                path: anchor.to_path_buf(),
+                problem: "not one of this node's trust anchors".into(),
+            })?;
+        self.client_config_over(roots)
+    }
+
+    fn client_config_over(
+        &self,
+        roots: &Arc<RootCertStore>,
+    ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
         let provider = crypto_provider();
-        let verifier =
-            WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider.clone())
-                .with_crls(self.crls.iter().cloned())
-                .only_check_end_entity_revocation()
-                .build()?;
+        let verifier = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .with_crls(self.crls.iter().cloned())
+            .only_check_end_entity_revocation()
+            .build()?;
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|source| TlsError::Rustls {
@@ -294,36 +379,75 @@ impl TlsMaterial {
         }
     }
 
-    /// Checks bundle signer certificates against the same anchors and CRLs.
+    /// Checks bundle signer certificates against the same anchors and CRLs, whatever
+    /// anchor a signer's certificate chains to.
     pub fn signer_trust(&self) -> Result<SignerVerifier, TlsError> {
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), crypto_provider())
-                .with_crls(self.crls.iter().cloned())
-                .only_check_end_entity_revocation()
-                .build()?;
+        self.signer_trust_pinned(&[])
+    }
+
+    /// Checks bundle signer certificates against the same anchors and CRLs; a signer
+    /// whose id is that of a partner pinned to an anchor (`listings`) must chain to
+    /// that anchor, and one in this node's own name to the anchors its own certificate
+    /// chains to (when several anchors are configured), so that no trusted CA can sign
+    /// in the name of a node whose identity belongs to another.
+    pub fn signer_trust_pinned(&self, listings: &[Listing]) -> Result<SignerVerifier, TlsError> {
+        let (by_anchor, own_anchors) = self.anchor_verifiers()?;
+        let mut pinned: HashMap<NodeId, Vec<Arc<dyn ClientCertVerifier>>> = HashMap::new();
+        for listing in listings {
+            if let Some(anchor) = &listing.trust_anchor {
+                pinned
+                    .entry(listing.partner.id.clone())
+                    .or_default()
+                    .extend(by_anchor.get(anchor).cloned());
+            }
+        }
+        if self.anchors.len() > 1 {
+            pinned.insert(
+                self.id.clone(),
+                own_anchors
+                    .iter()
+                    .filter_map(|a| by_anchor.get(a).cloned())
+                    .collect(),
+            );
+        }
         Ok(SignerVerifier {
-            verifier: Arc::new(RwLock::new(verifier)),
+            state: Arc::new(RwLock::new(Arc::new(SignerState {
+                any: self.verifier_over(&self.roots)?,
+                pinned,
+            }))),
         })
     }
 }
+
+/// A client-certificate verifier per trust-anchor file.
+type AnchorVerifiers = HashMap<PathBuf, Arc<dyn ClientCertVerifier>>;
 
 /// [`SignerTrust`] over WebPKI: the signer certificate must chain to a trust anchor,
 /// have been valid when the bundle was created, and not be revoked. Clones share
 /// one verifier, which [`SignerVerifier::replace_with`] swaps at a reload.
 #[derive(Debug, Clone)]
 pub struct SignerVerifier {
-    verifier: Arc<RwLock<Arc<dyn ClientCertVerifier>>>,
+    state: Arc<RwLock<Arc<SignerState>>>,
+}
+
+/// The verifiers of [`SignerVerifier`] in force.
+#[derive(Debug)]
+struct SignerState {
+    /// Over every anchor.
+    any: Arc<dyn ClientCertVerifier>,
+    /// Ids whose certificates must chain to one of these (their anchors) as well.
+    pinned: HashMap<NodeId, Vec<Arc<dyn ClientCertVerifier>>>,
 }
 
 impl SignerVerifier {
-    /// Puts `other`'s anchors and CRLs in force for this verifier and its clones.
+    /// Puts `other`'s anchors, CRLs and pins in force for this verifier and its clones.
     pub fn replace_with(&self, other: &SignerVerifier) {
         let next = other
-            .verifier
+            .state
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        *self.verifier.write().unwrap_or_else(|p| p.into_inner()) = next;
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = next;
     }
 }
 
@@ -333,12 +457,9 @@ impl SignerTrust for SignerVerifier {
         let at = UnixTime::since_unix_epoch(std::time::Duration::from_millis(
             u64::try_from(at_ms).unwrap_or(0),
         ));
-        let verifier = self
-            .verifier
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        verifier
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner()).clone();
+        state
+            .any
             .verify_client_cert(&cert, &[], at)
             .map_err(|e| match e {
                 rustls::Error::InvalidCertificate(CertificateError::Revoked) => {
@@ -352,7 +473,18 @@ impl SignerTrust for SignerVerifier {
                 ) => SignerError::Expired,
                 other => SignerError::Untrusted(other.to_string()),
             })?;
-        certificate_id(&cert).map_err(|e| SignerError::NoIdentity(e.to_string()))
+        let id = certificate_id(&cert).map_err(|e| SignerError::NoIdentity(e.to_string()))?;
+        if let Some(anchors) = state.pinned.get(&id) {
+            let chains = anchors
+                .iter()
+                .any(|verifier| verifier.verify_client_cert(&cert, &[], at).is_ok());
+            if !chains {
+                return Err(SignerError::Untrusted(format!(
+                    "the certificate names {id} but does not chain to the trust anchor configured for {id}"
+                )));
+            }
+        }
+        Ok(id)
     }
 }
 
@@ -364,6 +496,9 @@ struct KnownPartnerVerifier {
     directory: Arc<Directory>,
     /// Subjects of the anchors at start, offered to clients as hints.
     root_hints: Vec<DistinguishedName>,
+    /// Whether a client must present a certificate (always, but on a TAXII listener
+    /// that also takes HTTP Basic credentials).
+    mandatory: bool,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
@@ -373,7 +508,7 @@ impl ClientCertVerifier for KnownPartnerVerifier {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        true
+        self.mandatory
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {

@@ -253,3 +253,68 @@ pub fn serve(config: &Path) -> (std::process::Child, String) {
         .expect("node did not start");
     (child, addr)
 }
+
+/// A running `entente serve` process with a `[taxii]` listener, killed when dropped.
+pub struct TaxiiNode {
+    pub child: std::process::Child,
+    /// The gRPC address.
+    pub addr: String,
+    /// The TAXII listener's address.
+    pub taxii: std::net::SocketAddr,
+}
+
+impl Drop for TaxiiNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a real `entente serve` process on `config` (with a `[taxii]` section, both
+/// listeners on port 0) and returns it with both addresses it printed, within 30 s.
+pub fn serve_taxii(config: &Path) -> TaxiiNode {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_entente"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn entente serve");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut grpc = None;
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            if let Some((_, addr)) = line.split_once(" serving on ") {
+                grpc = Some(addr.to_owned());
+            }
+            if let Some((_, url)) = line.split_once(" TAXII 2.1 on https://") {
+                let taxii = url.trim_end_matches("/taxii2/").to_owned();
+                let _ = tx.send((grpc.clone().unwrap_or_default(), taxii));
+            }
+        }
+    });
+    let (addr, taxii) = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("node did not start its TAXII listener");
+    TaxiiNode {
+        child,
+        addr,
+        taxii: taxii.parse().expect("TAXII address"),
+    }
+}
+
+/// Hashes `password` with `entente taxii hash-password`, as an operator would.
+pub fn hash_password(password: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_entente"))
+        .args(["taxii", "hash-password"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn entente taxii hash-password");
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "hash-password failed");
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}

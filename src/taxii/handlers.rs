@@ -1,0 +1,845 @@
+//! The TAXII 2.1 resources: discovery, the API root, the node's one collection, its
+//! objects, manifest, object, versions, and the status of a write. Each handler checks
+//! the request, converts it, calls the engine, and converts the answer; the engine
+//! decides what the caller may see or write and records every disclosure.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use serde_json::{Value, json};
+
+use super::params::{self, Params, format_timestamp};
+use crate::engine::{Engine, EngineError, now_ms};
+use crate::interop::{Defaults, InputFormat, parse_input, to_stix_from};
+use crate::model::{Distribution, ItemId, NodeId, Partner, PartnerKind, Role};
+use crate::policy::PageTokenError;
+use crate::store::{ItemQuery, StoredItem};
+
+/// The TAXII media type.
+pub const TAXII_MEDIA_TYPE: &str = "application/taxii+json;version=2.1";
+/// The STIX media type of the objects served.
+pub const STIX_MEDIA_TYPE: &str = "application/stix+json;version=2.1";
+/// Longest request path accepted, bytes.
+const MAX_PATH_BYTES: usize = 1024;
+/// Most objects in one POST.
+pub const MAX_POST_OBJECTS: usize = 10_000;
+/// Bytes of status resources kept in memory; the oldest go first.
+const STATUS_BYTES: usize = 16 * 1024 * 1024;
+/// Time a client has to send a request body.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// The API root's path.
+const API_ROOT: &str = "/api/";
+
+/// Who is calling, as configured now.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// The partner in force now.
+    pub partner: Partner,
+    /// Authenticated with HTTP Basic credentials (read-only, whatever its role).
+    pub basic: bool,
+}
+
+impl Caller {
+    /// Whether the caller may write: analysts, admins and the node's operator, with a
+    /// certificate.
+    fn can_write(&self) -> bool {
+        !self.basic
+            && match self.partner.kind {
+                PartnerKind::Local => true,
+                PartnerKind::Client => matches!(self.partner.role, Role::Analyst | Role::Admin),
+                PartnerKind::Node => false,
+            }
+    }
+}
+
+/// The TAXII resources of one node.
+pub struct Handlers {
+    engine: Arc<Engine>,
+    node: NodeId,
+    collection_id: String,
+    max_body_bytes: usize,
+    /// Status resources of recent writes: (status id, the caller it belongs to, JSON).
+    statuses: Mutex<StatusRing>,
+}
+
+#[derive(Default)]
+struct StatusRing {
+    entries: VecDeque<(String, NodeId, Bytes)>,
+    bytes: usize,
+}
+
+type Answer = Response<Full<Bytes>>;
+
+/// The routes served.
+enum Route<'a> {
+    Discovery,
+    ApiRoot,
+    Collections,
+    Collection(&'a str),
+    Objects(&'a str),
+    Manifest(&'a str),
+    Object(&'a str, &'a str),
+    Versions(&'a str, &'a str),
+    Status(&'a str),
+}
+
+fn route(path: &str) -> Option<Route<'_>> {
+    let trimmed = path.strip_prefix('/')?;
+    let trimmed = trimmed.strip_suffix('/').unwrap_or(trimmed);
+    let segments: Vec<&str> = trimmed.split('/').collect();
+    Some(match segments.as_slice() {
+        ["taxii2"] => Route::Discovery,
+        ["api"] => Route::ApiRoot,
+        ["api", "collections"] => Route::Collections,
+        ["api", "collections", c] => Route::Collection(c),
+        ["api", "collections", c, "objects"] => Route::Objects(c),
+        ["api", "collections", c, "manifest"] => Route::Manifest(c),
+        ["api", "collections", c, "objects", o] => Route::Object(c, o),
+        ["api", "collections", c, "objects", o, "versions"] => Route::Versions(c, o),
+        ["api", "status", s] => Route::Status(s),
+        _ => return None,
+    })
+}
+
+impl Handlers {
+    /// The resources of node `node` over `engine`, taking request bodies of at most
+    /// `max_body_bytes`.
+    pub fn new(engine: Arc<Engine>, node: &NodeId, max_body_bytes: usize) -> Self {
+        Self {
+            engine,
+            node: node.clone(),
+            collection_id: collection_id(node),
+            max_body_bytes,
+            statuses: Mutex::new(StatusRing::default()),
+        }
+    }
+
+    /// Answers one authenticated request.
+    pub async fn handle(&self, caller: &Caller, request: Request<Incoming>) -> Answer {
+        let (parts, body) = request.into_parts();
+        if caller.partner.kind == PartnerKind::Node {
+            return error(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                "TAXII is served to clients; peer nodes use the federation service",
+            );
+        }
+        let path = parts.uri.path();
+        if path.len() > MAX_PATH_BYTES {
+            return error(StatusCode::NOT_FOUND, "Not Found", "no such resource");
+        }
+        let Some(route) = route(path) else {
+            return error(StatusCode::NOT_FOUND, "Not Found", "no such resource");
+        };
+        if !accepts_taxii(&parts.headers) {
+            return error(
+                StatusCode::NOT_ACCEPTABLE,
+                "Not Acceptable",
+                "this server answers application/taxii+json;version=2.1 only",
+            );
+        }
+        let params = match params::parse(parts.uri.query()) {
+            Ok(params) => params,
+            Err(problem) => return error(StatusCode::BAD_REQUEST, "Bad Request", &problem),
+        };
+        let method = &parts.method;
+        // The collection exists for callers whose policy gives them something to read.
+        let visible = self.engine.receives_anything(&caller.partner.id);
+        let collection = |c: &str| visible && c == self.collection_id;
+        match route {
+            Route::Objects(c) if collection(c) && method == Method::POST => {
+                self.add_objects(caller, &parts.headers, body).await
+            }
+            _ if method != Method::GET => error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Method Not Allowed",
+                "this resource is read with GET (objects are added with POST)",
+            ),
+            Route::Discovery => self.discovery(&parts.headers),
+            Route::ApiRoot => self.api_root(),
+            // The collection is listed for a caller whose policy gives it something to
+            // read; one whose policy gives it nothing sees none (TAXII's empty answer).
+            Route::Collections => match self.collection(caller) {
+                Some(listed) => taxii(StatusCode::OK, &json!({ "collections": [listed] })),
+                None => taxii(StatusCode::OK, &json!({})),
+            },
+            Route::Collection(c) if collection(c) => match self.collection(caller) {
+                Some(listed) => taxii(StatusCode::OK, &listed),
+                None => not_found_collection(),
+            },
+            Route::Objects(c) if collection(c) => self.objects(caller, &params, false).await,
+            Route::Manifest(c) if collection(c) => self.objects(caller, &params, true).await,
+            Route::Object(c, id) if collection(c) => self.object(caller, id, &params, false).await,
+            Route::Versions(c, id) if collection(c) => self.object(caller, id, &params, true).await,
+            Route::Status(id) => self.status(caller, id),
+            _ => not_found_collection(),
+        }
+    }
+
+    fn discovery(&self, headers: &HeaderMap) -> Answer {
+        // The API root's URL as the client reached this server; a Host header that is
+        // not a plain host name or address gives a URL relative to it.
+        let root = match headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| plain_host(h))
+        {
+            Some(host) => format!("https://{host}{API_ROOT}"),
+            None => API_ROOT.to_owned(),
+        };
+        taxii(
+            StatusCode::OK,
+            &json!({
+                "title": format!("Entente node {}", self.node),
+                "description": "Indicators this node holds, as the caller's sharing policy allows",
+                "default": root,
+                "api_roots": [root],
+            }),
+        )
+    }
+
+    fn api_root(&self) -> Answer {
+        taxii(
+            StatusCode::OK,
+            &json!({
+                "title": format!("Entente node {}", self.node),
+                "versions": [TAXII_MEDIA_TYPE],
+                "max_content_length": self.max_body_bytes,
+            }),
+        )
+    }
+
+    /// The collection as `caller` sees it, if its policy gives it anything to read.
+    fn collection(&self, caller: &Caller) -> Option<Value> {
+        if !self.engine.receives_anything(&caller.partner.id) {
+            return None;
+        }
+        Some(json!({
+            "id": self.collection_id,
+            "title": "Indicators",
+            "description": "Every indicator this node holds that the caller's sharing policy allows it to see",
+            "can_read": true,
+            "can_write": caller.can_write(),
+            "media_types": [STIX_MEDIA_TYPE],
+        }))
+    }
+
+    /// Objects or manifest of the collection: a page through `Engine::query_blocking`
+    /// (sealed `next`, recorded in the ledger), or the `match[id]` objects through
+    /// `Engine::get`.
+    async fn objects(&self, caller: &Caller, params: &Params, manifest: bool) -> Answer {
+        let path = if manifest {
+            "taxii-manifest"
+        } else {
+            "taxii-objects"
+        };
+        let (items, next) = if !params.admits_indicators() {
+            (Vec::new(), None)
+        } else if let Some(ids) = &params.ids {
+            if params.next.is_some() {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "Bad Request",
+                    "next is not used with match[id]",
+                );
+            }
+            if ids.len() > params.limit {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "Bad Request",
+                    "match[id] names more objects than limit allows",
+                );
+            }
+            let mut found: Vec<StoredItem> = Vec::new();
+            for id in ids {
+                // An id that is not an indicator id is held by no node.
+                let Ok(id) = ItemId::parse(id) else { continue };
+                if found.iter().any(|s| s.item.id == id) {
+                    continue;
+                }
+                match self.engine.get(&caller.partner, &id).await {
+                    Ok(Some(stored)) => found.push(stored),
+                    Ok(None) => {}
+                    Err(e) => return engine_error(&e),
+                }
+            }
+            found.sort_by_key(|s| s.accepted_ms);
+            (found, None)
+        } else {
+            let token = match &params.next {
+                None => Vec::new(),
+                Some(next) => match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(next) {
+                    Ok(token) if token.len() <= crate::store::MAX_CURSOR_BYTES * 2 => token,
+                    _ => return bad_next(),
+                },
+            };
+            let query = ItemQuery {
+                added_after_ms: params.added_after_ms,
+                // A TAXII collection holds objects, expired or not: `valid_until` says.
+                include_expired: true,
+                ..ItemQuery::default()
+            };
+            let engine = self.engine.clone();
+            let partner = caller.partner.clone();
+            let limit = params.limit;
+            let page = tokio::task::spawn_blocking(move || {
+                engine.query_blocking(&partner, path, &query, &token, limit, now_ms())
+            })
+            .await;
+            match page {
+                Ok(Ok(page)) => (
+                    page.items,
+                    page.next
+                        .map(|n| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(n)),
+                ),
+                Ok(Err(e)) => return engine_error(&e),
+                Err(e) => {
+                    tracing::error!(error = %e, "TAXII query task failed");
+                    return internal();
+                }
+            }
+        };
+        let items: Vec<StoredItem> = items
+            .into_iter()
+            .filter(|s| {
+                params.version.allows(s.item.modified_ms)
+                    && params
+                        .added_after_ms
+                        .is_none_or(|after| s.accepted_ms > after)
+            })
+            .collect();
+        let mut body = serde_json::Map::new();
+        body.insert("more".into(), json!(next.is_some()));
+        if let Some(next) = &next {
+            body.insert("next".into(), json!(next));
+        }
+        let objects: Vec<Value> = if manifest {
+            items
+                .iter()
+                .map(|s| {
+                    json!({
+                        "id": s.item.id.as_str(),
+                        "date_added": format_timestamp(s.accepted_ms),
+                        "version": format_timestamp(s.item.modified_ms),
+                        "media_type": STIX_MEDIA_TYPE,
+                    })
+                })
+                .collect()
+        } else {
+            items
+                .iter()
+                .map(|s| to_stix_from(&s.item, Some(s.origin.as_str())))
+                .collect()
+        };
+        body.insert("objects".into(), Value::Array(objects));
+        with_dates(taxii(StatusCode::OK, &Value::Object(body)), &items)
+    }
+
+    /// One object, or its versions (the node holds the latest version of each id). A
+    /// withheld id is answered exactly as an absent one.
+    async fn object(&self, caller: &Caller, id: &str, params: &Params, versions: bool) -> Answer {
+        let Ok(id) = ItemId::parse(id) else {
+            return object_not_found();
+        };
+        let found = match self.engine.get(&caller.partner, &id).await {
+            Ok(found) => found,
+            Err(e) => return engine_error(&e),
+        };
+        let Some(stored) = found.filter(|s| {
+            params.admits_indicators()
+                && (versions || params.version.allows(s.item.modified_ms))
+                && params
+                    .added_after_ms
+                    .is_none_or(|after| s.accepted_ms > after)
+        }) else {
+            return object_not_found();
+        };
+        let body = if versions {
+            json!({ "more": false, "versions": [format_timestamp(stored.item.modified_ms)] })
+        } else {
+            json!({
+                "more": false,
+                "objects": [to_stix_from(&stored.item, Some(stored.origin.as_str()))],
+            })
+        };
+        with_dates(taxii(StatusCode::OK, &body), std::slice::from_ref(&stored))
+    }
+
+    /// Adds objects: the envelope's indicators are read by the STIX import, signed and
+    /// stored as the node's own bundle in the caller's name (`Engine::sign`, which
+    /// applies the publishing rules, then `Engine::store_own`), made durable, and
+    /// answered with a complete status resource.
+    async fn add_objects(&self, caller: &Caller, headers: &HeaderMap, body: Incoming) -> Answer {
+        if !caller.can_write() {
+            return error(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                "this client may read but not write",
+            );
+        }
+        if !is_taxii_content(headers) {
+            return error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Unsupported Media Type",
+                "objects are sent as application/taxii+json;version=2.1",
+            );
+        }
+        // One of the caller's publish slots before the body is read, so the bodies held
+        // at once are bounded per caller as publishes are.
+        let slot = match self.engine.open_publish(&caller.partner.id) {
+            Ok(slot) => slot,
+            Err(e) => return engine_error(&e),
+        };
+        let declared = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body_bytes as u64) {
+            return too_large(self.max_body_bytes);
+        }
+        let read = tokio::time::timeout(
+            BODY_TIMEOUT,
+            Limited::new(body, self.max_body_bytes).collect(),
+        )
+        .await;
+        let bytes = match read {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(_)) => return too_large(self.max_body_bytes),
+            Err(_) => {
+                return error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "Request Timeout",
+                    "the request body did not arrive in time",
+                );
+            }
+        };
+        let request_ms = now_ms();
+        // Parsing (up to `max_body_bytes` of JSON) runs off the async workers. The
+        // envelope's objects are read as a STIX bundle, by the same import the command
+        // line uses: no default marking, so an object without one is refused.
+        let origin = self.node.to_string();
+        let read = tokio::task::spawn_blocking(move || {
+            let mut envelope: Value =
+                serde_json::from_slice(&bytes).map_err(|_| "the body is not JSON".to_owned())?;
+            drop(bytes);
+            let objects = match envelope.get_mut("objects").map(Value::take) {
+                Some(Value::Array(objects)) => objects,
+                _ => {
+                    return Err("the body is not a TAXII envelope with an objects array".to_owned());
+                }
+            };
+            if objects.is_empty() || objects.len() > MAX_POST_OBJECTS {
+                return Err(format!("an envelope holds 1 to {MAX_POST_OBJECTS} objects"));
+            }
+            let mut bundle = json!({
+                "type": "bundle",
+                "id": format!("bundle--{}", uuid::Uuid::new_v4()),
+                "objects": objects,
+            });
+            let text = bundle.to_string();
+            let defaults = Defaults {
+                origin: Some(origin),
+                ..Defaults::default()
+            };
+            let parsed = parse_input(InputFormat::Stix, &text, &defaults, now_ms());
+            let objects = match bundle.get_mut("objects").map(Value::take) {
+                Some(Value::Array(objects)) => objects,
+                _ => Vec::new(),
+            };
+            Ok((objects, parsed))
+        })
+        .await;
+        let (objects, parsed) = match read {
+            Ok(Ok(read)) => read,
+            Ok(Err(problem)) => return error(StatusCode::BAD_REQUEST, "Bad Request", &problem),
+            Err(_) => return internal(),
+        };
+        let wait = self
+            .engine
+            .publish_delay(&caller.partner.id, parsed.items.len());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        // Outcome per item of `parsed.items`: Ok or the reason it was not stored.
+        let mut outcomes: Vec<Result<(), String>> = Vec::with_capacity(parsed.items.len());
+        for chunk in parsed.items.chunks(crate::crypto::MAX_ITEMS_PER_BUNDLE) {
+            let engine = self.engine.clone();
+            let partner = caller.partner.clone();
+            let chunk = chunk.to_vec();
+            let count = chunk.len();
+            let result = tokio::task::spawn_blocking(move || {
+                let now = now_ms();
+                let signed = engine.sign(&partner, &chunk, &Distribution::default(), now)?;
+                engine.store_own(&signed, now)
+            })
+            .await;
+            match result {
+                Ok(Ok(receipt)) => {
+                    let mut chunk_outcomes = vec![Ok(()); count];
+                    for (index, reason) in &receipt.report.rejected {
+                        if let Some(slot) = chunk_outcomes.get_mut(*index as usize) {
+                            *slot = Err(reason.to_string());
+                        }
+                    }
+                    outcomes.extend(chunk_outcomes);
+                }
+                Ok(Err(e @ EngineError::Unpublishable(_))) => {
+                    outcomes.extend(std::iter::repeat_n(Err(e.to_string()), count));
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "TAXII publish failed");
+                    outcomes.extend(std::iter::repeat_n(
+                        Err("the node could not store this object".to_owned()),
+                        count,
+                    ));
+                }
+                Err(_) => return internal(),
+            }
+        }
+        if let Err(e) = self.engine.flush().await {
+            tracing::error!(error = %e, "TAXII publish: flush failed");
+            return internal();
+        }
+        drop(slot);
+        let status = status_resource(&objects, &parsed, &outcomes, request_ms);
+        tracing::info!(publisher = %caller.partner.id, stored = outcomes.iter().filter(|o| o.is_ok()).count(), "published through TAXII");
+        let bytes = Bytes::from(status.to_string());
+        let id = status
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        {
+            let mut ring = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
+            ring.bytes += bytes.len();
+            ring.entries
+                .push_back((id, caller.partner.id.clone(), bytes.clone()));
+            while ring.bytes > STATUS_BYTES {
+                match ring.entries.pop_front() {
+                    Some((_, _, old)) => ring.bytes -= old.len(),
+                    None => break,
+                }
+            }
+        }
+        raw_taxii(StatusCode::ACCEPTED, bytes)
+    }
+
+    /// A status resource of the caller's own write; anyone else's is not found.
+    fn status(&self, caller: &Caller, id: &str) -> Answer {
+        let ring = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
+        match ring
+            .entries
+            .iter()
+            .find(|(sid, owner, _)| sid == id && owner == &caller.partner.id)
+        {
+            Some((_, _, bytes)) => raw_taxii(StatusCode::OK, bytes.clone()),
+            None => error(StatusCode::NOT_FOUND, "Not Found", "no such status"),
+        }
+    }
+}
+
+/// The status of a write: every object of the envelope is a success (stored, or held
+/// already) or a failure with its reason.
+fn status_resource(
+    objects: &[Value],
+    parsed: &crate::interop::ParsedInput,
+    outcomes: &[Result<(), String>],
+    request_ms: i64,
+) -> Value {
+    let mut by_id: HashMap<String, usize> = HashMap::with_capacity(parsed.items.len());
+    for (at, item) in parsed.items.iter().enumerate() {
+        by_id.entry(item.id.as_str().to_owned()).or_insert(at);
+    }
+    let mut successes = Vec::new();
+    let mut failures = Vec::new();
+    for (index, object) in objects.iter().enumerate() {
+        let id = object
+            .get("id")
+            .and_then(Value::as_str)
+            .map(|s| s.chars().take(200).collect::<String>())
+            .unwrap_or_default();
+        let version = object.get("modified").and_then(Value::as_str);
+        let mut entry = serde_json::Map::new();
+        entry.insert("id".into(), json!(id));
+        if let Some(version) = version {
+            entry.insert(
+                "version".into(),
+                json!(version.chars().take(64).collect::<String>()),
+            );
+        }
+        let kind = object.get("type").and_then(Value::as_str);
+        let outcome: Result<(), String> = if kind != Some("indicator") {
+            Err("not stored: this node holds indicator objects only".into())
+        } else {
+            match by_id.get(&id.to_ascii_lowercase()) {
+                Some(at) => outcomes
+                    .get(*at)
+                    .cloned()
+                    .unwrap_or_else(|| Err("not stored".into())),
+                None => {
+                    let prefix = format!("objects[{index}]");
+                    Err(parsed
+                        .errors
+                        .iter()
+                        .find(|e| {
+                            e.position == prefix || e.position.starts_with(&format!("{prefix} "))
+                        })
+                        .or_else(|| parsed.errors.iter().find(|e| e.position == "input"))
+                        .map_or_else(|| "not accepted".to_owned(), |e| e.reason.clone()))
+                }
+            }
+        };
+        match outcome {
+            Ok(()) => successes.push(Value::Object(entry)),
+            Err(reason) => {
+                entry.insert(
+                    "message".into(),
+                    json!(reason.chars().take(500).collect::<String>()),
+                );
+                failures.push(Value::Object(entry));
+            }
+        }
+    }
+    json!({
+        "id": uuid::Uuid::new_v4().to_string(),
+        "status": "complete",
+        "request_timestamp": format_timestamp(request_ms),
+        "total_count": objects.len(),
+        "success_count": successes.len(),
+        "successes": successes,
+        "failure_count": failures.len(),
+        "failures": failures,
+        "pending_count": 0,
+        "pendings": [],
+    })
+}
+
+/// The collection's id: a UUID (version 5 layout) derived from the node id, so it
+/// stays the same across restarts.
+fn collection_id(node: &NodeId) -> String {
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("entente TAXII collection of {node}").as_bytes(),
+    );
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest.as_ref()[..16]);
+    uuid::Builder::from_sha1_bytes(bytes)
+        .into_uuid()
+        .to_string()
+}
+
+/// Whether a Host header is a plain host (name, IPv4 or bracketed IPv6) and port.
+fn plain_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 255
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+}
+
+/// Splits a media type into its lower-case type and its `version` parameter.
+fn media_type(text: &str) -> (String, Option<String>) {
+    let mut parts = text.split(';');
+    let kind = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    let version = parts.find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case("version")
+            .then(|| v.trim().trim_matches('"').to_owned())
+    });
+    (kind, version)
+}
+
+/// Whether the `Accept` header allows a TAXII 2.1 answer (no header: anything goes).
+fn accepts_taxii(headers: &HeaderMap) -> bool {
+    let Some(accept) = headers.get(ACCEPT) else {
+        return true;
+    };
+    let Ok(accept) = accept.to_str() else {
+        return false;
+    };
+    accept.split(',').take(32).any(|range| {
+        let (kind, version) = media_type(range);
+        match kind.as_str() {
+            "*/*" | "application/*" => true,
+            "application/taxii+json" => version.is_none_or(|v| v == "2.1"),
+            _ => false,
+        }
+    })
+}
+
+/// Whether the `Content-Type` is TAXII 2.1.
+fn is_taxii_content(headers: &HeaderMap) -> bool {
+    let Some(Ok(content)) = headers.get(CONTENT_TYPE).map(HeaderValue::to_str) else {
+        return false;
+    };
+    let (kind, version) = media_type(content);
+    kind == "application/taxii+json" && version.is_none_or(|v| v == "2.1")
+}
+
+fn taxii(status: StatusCode, body: &Value) -> Answer {
+    raw_taxii(status, Bytes::from(body.to_string()))
+}
+
+fn raw_taxii(status: StatusCode, body: Bytes) -> Answer {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(TAXII_MEDIA_TYPE));
+    response
+}
+
+/// Adds `X-TAXII-Date-Added-First` and `-Last` for the items of an answer.
+fn with_dates(mut response: Answer, items: &[StoredItem]) -> Answer {
+    let first = items.iter().map(|s| s.accepted_ms).min();
+    let last = items.iter().map(|s| s.accepted_ms).max();
+    for (name, at) in [
+        ("x-taxii-date-added-first", first),
+        ("x-taxii-date-added-last", last),
+    ] {
+        if let Some(at) = at {
+            if let Ok(value) = HeaderValue::from_str(&format_timestamp(at)) {
+                response.headers_mut().insert(name, value);
+            }
+        }
+    }
+    response
+}
+
+/// A TAXII error message.
+pub fn error(status: StatusCode, title: &str, description: &str) -> Answer {
+    taxii(
+        status,
+        &json!({
+            "title": title,
+            "description": description,
+            "http_status": status.as_u16().to_string(),
+        }),
+    )
+}
+
+/// The one answer to a caller that is not authenticated: nothing says why.
+pub fn unauthorized() -> Answer {
+    let mut response = taxii(
+        StatusCode::UNAUTHORIZED,
+        &json!({ "title": "Unauthorized", "http_status": "401" }),
+    );
+    response.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"TAXII\", charset=\"UTF-8\""),
+    );
+    response
+}
+
+/// The one answer for an object the caller cannot have: absent and withheld alike.
+fn object_not_found() -> Answer {
+    error(StatusCode::NOT_FOUND, "Not Found", "no such object")
+}
+
+fn not_found_collection() -> Answer {
+    error(StatusCode::NOT_FOUND, "Not Found", "no such collection")
+}
+
+fn bad_next() -> Answer {
+    error(
+        StatusCode::BAD_REQUEST,
+        "Bad Request",
+        "next is not a value this server gave for this query",
+    )
+}
+
+fn too_large(limit: usize) -> Answer {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "Payload Too Large",
+        &format!("a request body holds at most {limit} bytes (taxii.max_body_bytes)"),
+    )
+}
+
+fn internal() -> Answer {
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Internal Server Error",
+        "the node could not answer; its log says why",
+    )
+}
+
+/// An engine error as a TAXII answer; internal detail goes to the log only.
+fn engine_error(e: &EngineError) -> Answer {
+    match e {
+        EngineError::PageToken(PageTokenError::Invalid) | EngineError::PageToken(_) => bad_next(),
+        EngineError::TooManyPublishes { .. } => error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too Many Requests",
+            &e.to_string(),
+        ),
+        EngineError::LedgerUnavailable { .. } => {
+            tracing::error!(error = %e, "TAXII delivery refused");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service Unavailable",
+                "the node cannot record deliveries now",
+            )
+        }
+        other => {
+            tracing::error!(error = %other, "TAXII request failed");
+            internal()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert!(matches!(route("/taxii2/"), Some(Route::Discovery)));
+        assert!(matches!(
+            route("/api/collections/x/objects/"),
+            Some(Route::Objects("x"))
+        ));
+        assert!(matches!(
+            route("/api/collections/x/objects/y/versions/"),
+            Some(Route::Versions("x", "y"))
+        ));
+        assert!(route("/api/collections/x/other/").is_none());
+        assert!(route("relative").is_none());
+    }
+
+    #[test]
+    fn media_types() {
+        let mut headers = HeaderMap::new();
+        assert!(accepts_taxii(&headers));
+        for (accept, ok) in [
+            ("application/taxii+json;version=2.1", true),
+            ("application/taxii+json", true),
+            ("text/html, */*;q=0.1", true),
+            ("application/taxii+json;version=2.0", false),
+            ("application/json", false),
+            ("application/stix+json;version=2.1", false),
+        ] {
+            headers.insert(ACCEPT, HeaderValue::from_static(accept));
+            assert_eq!(accepts_taxii(&headers), ok, "{accept}");
+        }
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(TAXII_MEDIA_TYPE));
+        assert!(is_taxii_content(&headers));
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        assert!(!is_taxii_content(&headers));
+    }
+
+    #[test]
+    fn collection_id_is_a_stable_uuid() {
+        let node = NodeId::new("redmond.hq").unwrap();
+        let id = collection_id(&node);
+        assert_eq!(id, collection_id(&node));
+        assert!(uuid::Uuid::parse_str(&id).is_ok());
+        assert_ne!(id, collection_id(&NodeId::new("berlin.office").unwrap()));
+    }
+}

@@ -1,0 +1,531 @@
+//! The TAXII listener: TCP accept, TLS 1.3 handshake (bounded in time and number),
+//! the client certificate admitted through the node's [`Directory`] exactly as on the
+//! gRPC listener, then HTTP/1.1. Each request is authenticated again against the
+//! configuration in force when it arrives: a certificate through
+//! [`Directory::authorize`], otherwise HTTP Basic credentials of a read-only client.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use super::Credentials;
+use super::handlers::{Caller, Handlers};
+use crate::config::{Config, TaxiiSettings};
+use crate::crypto::password::{DECOY_HASH, MAX_PASSWORD_BYTES, verify_password};
+use crate::engine::Engine;
+use crate::limits::{Limits, Slot, Slots};
+use crate::model::{NodeId, PartnerKind, Role};
+use crate::transport::access::Registration;
+use crate::transport::listener::describe_io_error;
+use crate::transport::{ConnectionInfo, Directory, TlsError};
+
+/// Why the TAXII listener could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TaxiiError {
+    /// The TLS configuration could not be built.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The address could not be bound.
+    #[error("cannot listen on {addr} (taxii.listen): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Longest a connection stays open; then it finishes its request and closes.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
+/// Time a connection asked to close has to finish its request.
+const DRAIN: Duration = Duration::from_secs(70);
+/// Connections served at once (with or without a certificate), handshakes apart.
+const MAX_CONNECTIONS: usize = 256;
+/// Time a client has to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head (request line and headers), bytes.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Password checks running at once (each costs about 19 MiB and tens of ms).
+const PASSWORD_CHECKS: usize = 2;
+/// Longest `Authorization` header read, bytes.
+const MAX_AUTHORIZATION_BYTES: usize = 1024;
+
+/// A running TAXII listener.
+pub struct TaxiiServer {
+    local_addr: SocketAddr,
+    credentials: Arc<Credentials>,
+    task: JoinHandle<()>,
+}
+
+/// What every connection shares.
+struct Shared {
+    handlers: Handlers,
+    directory: Arc<Directory>,
+    credentials: Arc<Credentials>,
+    password_checks: Semaphore,
+}
+
+impl TaxiiServer {
+    /// Binds `settings.listen` (of `config`, whose certificate, id and `[limits]` it
+    /// uses) and serves until `shutdown` is cancelled. A client
+    /// certificate is required unless Basic credentials are configured; `credentials`
+    /// are those in force (a reload replaces them there).
+    pub async fn start(
+        settings: &TaxiiSettings,
+        config: &Config,
+        directory: Arc<Directory>,
+        engine: Arc<Engine>,
+        credentials: Arc<Credentials>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, TaxiiError> {
+        let server_tls = config
+            .tls
+            .https_server_config(directory.clone(), settings.basic.is_empty())?;
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| TaxiiError::Bind {
+                    addr: settings.listen,
+                    source,
+                })?;
+        let local_addr = listener.local_addr().map_err(|source| TaxiiError::Bind {
+            addr: settings.listen,
+            source,
+        })?;
+        let shared = Arc::new(Shared {
+            handlers: Handlers::new(engine, &config.node.id, settings.max_body_bytes),
+            directory,
+            credentials: credentials.clone(),
+            password_checks: Semaphore::new(PASSWORD_CHECKS),
+        });
+        let task = tokio::spawn(accept(
+            listener,
+            TlsAcceptor::from(server_tls),
+            shared,
+            config.node.limits.clone(),
+            shutdown,
+        ));
+        tracing::info!(addr = %local_addr, basic = !settings.basic.is_empty(), "TAXII serving");
+        Ok(Self {
+            local_addr,
+            credentials,
+            task,
+        })
+    }
+
+    /// The address served (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The Basic credentials in force, replaced at each reload.
+    pub fn credentials(&self) -> &Arc<Credentials> {
+        &self.credentials
+    }
+
+    /// Waits for the accept loop to end (after the shutdown token is cancelled).
+    pub async fn join(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// A connection whose handshake completed, on its way to be served.
+struct Established {
+    stream: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    remote_addr: SocketAddr,
+    info: Option<ConnectionInfo>,
+    /// Keeps the connection in the directory (certificate connections only).
+    registration: Option<Registration>,
+    /// Its place under `limits.connections_per_partner` (certificate connections only).
+    partner_slot: Option<Slot<NodeId>>,
+    /// Its place among the listener's connections.
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+async fn accept(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared>,
+    limits: Limits,
+    shutdown: CancellationToken,
+) {
+    // The gRPC listener's `[limits]` for handshakes and connections per partner apply
+    // here too, counted apart from it, and as there the oldest handshake in progress
+    // gives way when every slot is taken.
+    let handshake_permits = Arc::new(Semaphore::new(limits.handshakes));
+    let per_source: Arc<Slots<IpAddr>> = Arc::new(Slots::new(limits.handshakes_per_source));
+    let per_partner: Arc<Slots<NodeId>> = Arc::new(Slots::new(limits.connections_per_partner));
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let (established_tx, mut established_rx) = tokio::sync::mpsc::channel::<Established>(16);
+    let mut handshakes = tokio::task::JoinSet::new();
+    let mut in_progress: std::collections::VecDeque<tokio::task::AbortHandle> =
+        std::collections::VecDeque::new();
+    let mut served = tokio::task::JoinSet::new();
+    'accept: loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(established) = established_rx.recv() => {
+                served.spawn(serve_connection(established, shared.clone(), shutdown.clone()));
+                continue;
+            }
+            accepted = listener.accept() => accepted,
+        };
+        while handshakes.try_join_next().is_some() {}
+        while served.try_join_next().is_some() {}
+        let (tcp, remote_addr) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                tracing::warn!(%error, "TAXII accept failed");
+                continue;
+            }
+        };
+        // Over the per-source bound the connection is closed at once.
+        let Some(source) = per_source.take(&remote_addr.ip()) else {
+            crate::limits::count(crate::limits::Limit::HandshakesPerSource);
+            continue;
+        };
+        let handshake = match handshake_permits.clone().try_acquire_owned() {
+            Ok(handshake) => handshake,
+            Err(_) => {
+                crate::limits::count(crate::limits::Limit::Handshakes);
+                in_progress.retain(|h| !h.is_finished());
+                if let Some(oldest) = in_progress.pop_front() {
+                    oldest.abort();
+                }
+                // Connections that finished their handshake meanwhile are served while
+                // this one waits for a slot.
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break 'accept,
+                        Some(established) = established_rx.recv() => {
+                            served.spawn(serve_connection(established, shared.clone(), shutdown.clone()));
+                        }
+                        handshake = handshake_permits.clone().acquire_owned() => match handshake {
+                            Ok(handshake) => break handshake,
+                            Err(_) => break 'accept,
+                        },
+                    }
+                }
+            }
+        };
+        if in_progress.len() > 2 * limits.handshakes {
+            in_progress.retain(|h| !h.is_finished());
+        }
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let directory = shared.directory.clone();
+        let per_partner = per_partner.clone();
+        let connections = connections.clone();
+        let established_tx = established_tx.clone();
+        let handshake_timeout = limits.handshake_timeout;
+        in_progress.push_back(handshakes.spawn(async move {
+            let generation = directory.generation();
+            let stream =
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        let reason = describe_io_error(&error);
+                        tracing::warn!(addr = %remote_addr, %reason, "TAXII TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        crate::limits::count(crate::limits::Limit::HandshakeTimeout);
+                        tracing::warn!(addr = %remote_addr, "TAXII TLS handshake timed out");
+                        return;
+                    }
+                };
+            let chain: Option<Vec<_>> = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect());
+            // A certificate is admitted as on the gRPC listener: registered, so a reload
+            // or its expiry withdraws it and closes the connection.
+            let (info, registration) = match chain {
+                Some(chain) => match directory.admit(chain, remote_addr, generation) {
+                    Ok((info, registration)) => (Some(info), Some(registration)),
+                    Err(reason) => {
+                        tracing::warn!(addr = %remote_addr, %reason, "TAXII connection refused");
+                        return;
+                    }
+                },
+                None => (None, None),
+            };
+            let partner_slot = match &info {
+                Some(info) => match per_partner.take(&info.partner.id) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        crate::limits::count(crate::limits::Limit::ConnectionsPerPartner);
+                        tracing::warn!(peer = %info.partner.id, "TAXII connection refused: limits.connections_per_partner");
+                        return;
+                    }
+                },
+                None => None,
+            };
+            // The handshake is over: its slots go back before the connection is handed on.
+            drop(handshake);
+            drop(source);
+            let Ok(permit) = connections.try_acquire_owned() else {
+                tracing::warn!(addr = %remote_addr, "TAXII connection refused: {MAX_CONNECTIONS} connections are open");
+                return;
+            };
+            let _ = established_tx
+                .send(Established {
+                    stream,
+                    remote_addr,
+                    info,
+                    registration,
+                    partner_slot,
+                    permit,
+                })
+                .await;
+        }));
+    }
+    handshakes.shutdown().await;
+    served.shutdown().await;
+}
+
+/// Serves HTTP/1.1 on one connection until the client closes it, its access is
+/// withdrawn, or its lifetime ends.
+async fn serve_connection(
+    established: Established,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let Established {
+        stream,
+        remote_addr,
+        info,
+        registration,
+        partner_slot,
+        permit,
+    } = established;
+    let _held = (partner_slot, permit);
+    let closing = async {
+        match &registration {
+            Some(registration) => {
+                tokio::spawn(registration.watchdog());
+                registration.closing().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    let connection = Arc::new(Connection {
+        info,
+        remote_addr,
+        basic: std::sync::Mutex::new(None),
+    });
+    let service = hyper::service::service_fn(move |request| {
+        let shared = shared.clone();
+        let connection = connection.clone();
+        async move { Ok::<_, std::convert::Infallible>(serve(&shared, &connection, request).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES);
+    let served = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(served);
+    tokio::pin!(closing);
+    // A connection lives at most CONNECTION_LIFETIME: then (or at shutdown) it finishes
+    // the request in progress, for at most DRAIN, and closes. A withdrawal closes it at
+    // once.
+    let lifetime = tokio::time::sleep(CONNECTION_LIFETIME);
+    tokio::pin!(lifetime);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = served.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(addr = %remote_addr, %error, "TAXII connection ended");
+                }
+                break;
+            }
+            _ = closing.as_mut() => {
+                tracing::info!(addr = %remote_addr, "TAXII connection closed: access withdrawn");
+                break;
+            }
+            _ = shutdown.cancelled(), if !draining => {
+                draining = true;
+                served.as_mut().graceful_shutdown();
+                lifetime.as_mut().reset(tokio::time::Instant::now() + DRAIN);
+            }
+            _ = lifetime.as_mut() => {
+                if draining {
+                    break;
+                }
+                draining = true;
+                served.as_mut().graceful_shutdown();
+                lifetime.as_mut().reset(tokio::time::Instant::now() + DRAIN);
+            }
+        }
+    }
+    // `registration` is dropped after this: the connection leaves the directory.
+}
+
+/// One connection: its certificate identity, if it presented one, and the last Basic
+/// credentials that passed on it.
+struct Connection {
+    info: Option<ConnectionInfo>,
+    remote_addr: SocketAddr,
+    /// SHA-256 of the last `Authorization` header that passed, the client it named and
+    /// the credentials generation it passed under: the same header again on this
+    /// connection is not hashed again until the credentials change.
+    basic: std::sync::Mutex<Option<([u8; 32], NodeId, u64)>>,
+}
+
+async fn serve(
+    shared: &Shared,
+    connection: &Connection,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let caller = match authenticate(shared, connection, &request).await {
+        Ok(caller) => caller,
+        Err(response) => {
+            tracing::info!(addr = %connection.remote_addr, %method, path = %shown(&path), status = response.status().as_u16(), "TAXII request refused");
+            return response;
+        }
+    };
+    let response = shared.handlers.handle(&caller, request).await;
+    tracing::info!(peer = %caller.partner.id, addr = %connection.remote_addr, %method, path = %shown(&path), status = response.status().as_u16(), "TAXII request");
+    response
+}
+
+/// The start of a path, for logs.
+fn shown(path: &str) -> String {
+    path.chars().take(200).collect()
+}
+
+/// The caller of a request, as configured now: the connection's certificate
+/// (authorised again against the directory in force) or, without one, HTTP Basic
+/// credentials in force of a client configured now with role `read_only`. Anything
+/// else is 401 without detail.
+async fn authenticate(
+    shared: &Shared,
+    connection: &Connection,
+    request: &Request<Incoming>,
+) -> Result<Caller, Response<Full<Bytes>>> {
+    if let Some(info) = &connection.info {
+        return match shared.directory.authorize(info) {
+            Ok(partner) => Ok(Caller {
+                partner,
+                basic: false,
+            }),
+            Err(withdrawal) => {
+                tracing::info!(peer = %info.partner.id, reason = %withdrawal.reason, "TAXII request from a connection whose access was withdrawn");
+                Err(super::handlers::unauthorized())
+            }
+        };
+    }
+    let header = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .map(http::HeaderValue::as_bytes)
+        .filter(|h| h.len() <= MAX_AUTHORIZATION_BYTES)
+        .ok_or_else(super::handlers::unauthorized)?;
+    let (user, password) = basic_credentials(header).ok_or_else(super::handlers::unauthorized)?;
+    let (entries, generation) = shared.credentials.current();
+    let digest: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, header)
+        .as_ref()
+        .try_into()
+        .unwrap_or([0; 32]);
+    let remembered = connection
+        .basic
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let client = match remembered {
+        Some((seen, client, at)) if at == generation && seen == digest => Some(client),
+        _ => {
+            let entry = entries.iter().find(|e| e.client.as_str() == user);
+            let hash = entry.map_or(DECOY_HASH.to_owned(), |e| e.password_hash.clone());
+            let permit = shared
+                .password_checks
+                .acquire()
+                .await
+                .map_err(|_| super::handlers::unauthorized())?;
+            let matched = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
+                .await
+                .unwrap_or(false);
+            drop(permit);
+            match (matched, entry) {
+                (true, Some(entry)) => {
+                    *connection.basic.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some((digest, entry.client.clone(), generation));
+                    Some(entry.client.clone())
+                }
+                _ => None,
+            }
+        }
+    };
+    let Some(client) = client else {
+        tracing::info!(addr = %connection.remote_addr, "TAXII Basic credentials refused");
+        return Err(super::handlers::unauthorized());
+    };
+    // The client must still be configured, and read-only, now.
+    match shared.directory.lookup(&client) {
+        Some(partner) if partner.kind == PartnerKind::Client && partner.role == Role::ReadOnly => {
+            Ok(Caller {
+                partner,
+                basic: true,
+            })
+        }
+        _ => Err(super::handlers::unauthorized()),
+    }
+}
+
+/// The user name and password of a `Basic` authorization header.
+pub(crate) fn basic_credentials(header: &[u8]) -> Option<(String, Vec<u8>)> {
+    let header = std::str::from_utf8(header).ok()?;
+    let (scheme, encoded) = header.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let at = decoded.iter().position(|b| *b == b':')?;
+    let (user, password) = (&decoded[..at], &decoded[at + 1..]);
+    if password.is_empty() || password.len() > MAX_PASSWORD_BYTES {
+        return None;
+    }
+    Some((String::from_utf8(user.to_vec()).ok()?, password.to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_basic_headers() {
+        let header = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("siem.soc:pass:word")
+        );
+        assert_eq!(
+            basic_credentials(header.as_bytes()),
+            Some(("siem.soc".into(), b"pass:word".to_vec()))
+        );
+        assert_eq!(basic_credentials(b"Bearer abc"), None);
+        assert_eq!(basic_credentials(b"Basic !!!"), None);
+        let empty = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("siem.soc:")
+        );
+        assert_eq!(basic_credentials(empty.as_bytes()), None);
+    }
+}

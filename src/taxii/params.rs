@@ -1,0 +1,273 @@
+//! The query parameters of the TAXII object endpoints, parsed and bounded: `added_after`,
+//! `limit`, `next` and the `match[...]` filters.
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// Longest query string accepted, in bytes.
+pub const MAX_QUERY_BYTES: usize = 4096;
+/// Default page size.
+pub const DEFAULT_LIMIT: usize = 100;
+/// Largest page size; a larger `limit` is lowered to it.
+pub const MAX_LIMIT: usize = 1000;
+/// Most values in one `match[...]` filter.
+pub const MAX_MATCH_VALUES: usize = 100;
+/// Longest `next` accepted, in characters.
+pub const MAX_NEXT_CHARS: usize = 1024;
+
+/// `match[version]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VersionFilter {
+    /// `first`, `last` or `all`: every object qualifies (the node holds one version per id).
+    pub any: bool,
+    /// Exact versions, ms since the epoch.
+    pub exact: Vec<i64>,
+}
+
+impl VersionFilter {
+    /// Whether an object of version `modified_ms` qualifies.
+    pub fn allows(&self, modified_ms: i64) -> bool {
+        self.any || self.exact.contains(&modified_ms)
+    }
+}
+
+/// The parameters of a request, checked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Params {
+    /// `added_after`, ms since the epoch.
+    pub added_after_ms: Option<i64>,
+    /// `limit`, within 1 to [`MAX_LIMIT`].
+    pub limit: usize,
+    /// `next`, as given.
+    pub next: Option<String>,
+    /// `match[id]`.
+    pub ids: Option<Vec<String>>,
+    /// `match[type]`.
+    pub types: Option<Vec<String>>,
+    /// `match[version]`; by default `last`.
+    pub version: VersionFilter,
+    /// `match[spec_version]`.
+    pub spec_versions: Option<Vec<String>>,
+}
+
+impl Params {
+    /// Whether an object of type `indicator` and spec version 2.1 (all the node holds)
+    /// passes `match[type]` and `match[spec_version]`.
+    pub fn admits_indicators(&self) -> bool {
+        self.types
+            .as_ref()
+            .is_none_or(|types| types.iter().any(|t| t == "indicator"))
+            && self
+                .spec_versions
+                .as_ref()
+                .is_none_or(|versions| versions.iter().any(|v| v == "2.1"))
+    }
+}
+
+/// Parses a query string (without `?`). Unknown parameters are ignored, as TAXII asks
+/// of filters a server does not support; a known one given twice, or with a bad value,
+/// is an error in words.
+pub fn parse(query: Option<&str>) -> Result<Params, String> {
+    let mut params = Params {
+        limit: DEFAULT_LIMIT,
+        version: VersionFilter {
+            any: true,
+            exact: Vec::new(),
+        },
+        ..Params::default()
+    };
+    let Some(query) = query else {
+        return Ok(params);
+    };
+    if query.len() > MAX_QUERY_BYTES {
+        return Err(format!(
+            "the query string is longer than {MAX_QUERY_BYTES} bytes"
+        ));
+    }
+    let mut seen: Vec<String> = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = decode(key).ok_or("a parameter name is not valid percent-encoded UTF-8")?;
+        let value =
+            decode(value).ok_or_else(|| format!("{key}: not valid percent-encoded UTF-8"))?;
+        let known = matches!(
+            key.as_str(),
+            "added_after"
+                | "limit"
+                | "next"
+                | "match[id]"
+                | "match[type]"
+                | "match[version]"
+                | "match[spec_version]"
+        );
+        if !known {
+            continue;
+        }
+        if seen.contains(&key) {
+            return Err(format!("{key} is given more than once"));
+        }
+        seen.push(key.clone());
+        match key.as_str() {
+            "added_after" => {
+                params.added_after_ms =
+                    Some(timestamp(&value).ok_or("added_after is not a TAXII timestamp")?);
+            }
+            "limit" => {
+                let limit: usize = value
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or("limit is not a positive integer")?;
+                params.limit = limit.min(MAX_LIMIT);
+            }
+            "next" => {
+                if value.is_empty() || value.len() > MAX_NEXT_CHARS {
+                    return Err("next is not a value this server gave".into());
+                }
+                params.next = Some(value);
+            }
+            "match[id]" => params.ids = Some(list(&key, &value)?),
+            "match[type]" => params.types = Some(list(&key, &value)?),
+            "match[spec_version]" => params.spec_versions = Some(list(&key, &value)?),
+            "match[version]" => {
+                let mut filter = VersionFilter::default();
+                for v in list(&key, &value)? {
+                    match v.as_str() {
+                        "first" | "last" | "all" => filter.any = true,
+                        other => filter.exact.push(
+                            timestamp(other)
+                                .ok_or("match[version] takes first, last, all or timestamps")?,
+                        ),
+                    }
+                }
+                params.version = filter;
+            }
+            _ => {}
+        }
+    }
+    Ok(params)
+}
+
+/// A comma-separated list of 1 to [`MAX_MATCH_VALUES`] non-empty values.
+fn list(key: &str, value: &str) -> Result<Vec<String>, String> {
+    let values: Vec<String> = value.split(',').map(|v| v.trim().to_owned()).collect();
+    if values.iter().any(String::is_empty) {
+        return Err(format!("{key} has an empty value"));
+    }
+    if values.len() > MAX_MATCH_VALUES {
+        return Err(format!("{key} has more than {MAX_MATCH_VALUES} values"));
+    }
+    Ok(values)
+}
+
+/// Percent-decodes a query component (`+` is a space), as UTF-8.
+fn decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        match bytes[at] {
+            b'%' => {
+                let hex = bytes.get(at + 1..at + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                at += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                at += 1;
+            }
+            other => {
+                out.push(other);
+                at += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A TAXII timestamp (RFC 3339, UTC or with an offset), ms since the epoch.
+pub fn timestamp(text: &str) -> Option<i64> {
+    if text.len() > 64 {
+        return None;
+    }
+    let at = OffsetDateTime::parse(text, &Rfc3339).ok()?;
+    i64::try_from(at.unix_timestamp_nanos().div_euclid(1_000_000)).ok()
+}
+
+/// A TAXII timestamp with millisecond precision (`2025-06-15T15:06:40.000Z`).
+pub fn format_timestamp(ms: i64) -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|at| at.format(&format).ok())
+        .unwrap_or_else(|| "1970-01-01T00:00:00.000Z".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_filters() {
+        let p = parse(Some(
+            "added_after=2025-01-01T00%3A00%3A00.000Z&limit=5000&match%5Bid%5D=a,b&match[type]=indicator&match[version]=all&x=1",
+        ))
+        .unwrap();
+        assert_eq!(p.added_after_ms, Some(1_735_689_600_000));
+        assert_eq!(p.limit, MAX_LIMIT);
+        assert_eq!(p.ids, Some(vec!["a".into(), "b".into()]));
+        assert!(p.admits_indicators());
+        assert!(p.version.any);
+        let p = parse(Some("match[version]=2025-01-01T00:00:00.001Z")).unwrap();
+        assert!(!p.version.any);
+        assert!(p.version.allows(1_735_689_600_001));
+        assert!(
+            !parse(Some("match[type]=malware"))
+                .unwrap()
+                .admits_indicators()
+        );
+        assert!(
+            !parse(Some("match[spec_version]=2.0"))
+                .unwrap()
+                .admits_indicators()
+        );
+        assert!(parse(None).unwrap().version.any);
+    }
+
+    #[test]
+    fn refuses_bad_input() {
+        for bad in [
+            "limit=0",
+            "limit=-1",
+            "limit=x",
+            "limit=1&limit=2",
+            "added_after=yesterday",
+            "match[id]=a,,b",
+            "match[version]=newest",
+            "next=",
+            "%zz=1",
+            "limit=%ff",
+        ] {
+            assert!(parse(Some(bad)).is_err(), "{bad}");
+        }
+        let long = "x".repeat(MAX_QUERY_BYTES + 1);
+        assert!(parse(Some(&long)).is_err());
+        let many = format!("match[id]={}", vec!["a"; MAX_MATCH_VALUES + 1].join(","));
+        assert!(parse(Some(&many)).is_err());
+    }
+
+    #[test]
+    fn timestamps_round_trip() {
+        assert_eq!(
+            format_timestamp(1_735_689_600_001),
+            "2025-01-01T00:00:00.001Z"
+        );
+        assert_eq!(
+            timestamp("2025-01-01T00:00:00.001Z"),
+            Some(1_735_689_600_001)
+        );
+    }
+}

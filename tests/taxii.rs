@@ -1,0 +1,1067 @@
+//! The TAXII 2.1 listener of a real `entente serve` process, over HTTPS with client
+//! certificates (and HTTP Basic for a read-only client): each caller sees exactly what
+//! its policy gives it, a withheld object is answered as an absent one, paging follows
+//! `next`, writes need the analyst role, bad input gets TAXII errors, and a reload
+//! takes Basic credentials away at once.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use entente::NodeId;
+use rustls::pki_types::ServerName;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use common::{Pki, TaxiiNode, hash_password, node_section, serve_taxii};
+
+const TAXII: &str = "application/taxii+json;version=2.1";
+const GREEN: &str = "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb";
+const AMBER: &str = "marking-definition--55d920b0-5e8b-4f79-9ee9-91f868d9b421";
+const CLEAR: &str = "marking-definition--94868c89-83c2-464b-929b-a1a8aa3c8487";
+const SIEM_PASSWORD: &str = "siem basic password 1";
+
+/// An answer: status, headers (names in lower case), body.
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "status {}: body is not JSON ({e}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A TLS client for the TAXII listener: with `who`'s certificate, or without one.
+fn tls(pki: &Pki, who: Option<&str>) -> Arc<rustls::ClientConfig> {
+    let mut config = match who {
+        Some(who) => {
+            let id = NodeId::new(who).unwrap();
+            (*pki.material(&id).client_config().unwrap()).clone()
+        }
+        None => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in entente::transport::files::read_certificates(&pki.ca_cert()).unwrap() {
+                roots.add(cert).unwrap();
+            }
+            rustls::ClientConfig::builder_with_provider(entente::transport::crypto_provider())
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth()
+        }
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// One HTTP/1.1 request on a new connection; `Err` when the connection or handshake
+/// fails.
+async fn send(
+    tls: &Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Reply, String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let connector = tokio_rustls::TlsConnector::from(tls.clone());
+    let mut stream = connector
+        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if method == "POST"
+        && !headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+    {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    stream.write_all(body).await.map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    // The server closes after the answer; a reset after it is fine.
+    let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
+        .await
+        .map_err(|_| "no answer in time".to_owned())?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| format!("no HTTP answer ({} bytes)", raw.len()))?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or("no status line")?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Ok(Reply {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    })
+}
+
+async fn get(tls: &Arc<rustls::ClientConfig>, addr: SocketAddr, path: &str) -> Reply {
+    send(tls, addr, "GET", path, &[("Accept", TAXII)], b"")
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+fn basic(user: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+fn indicator(n: usize, marking: &str) -> Value {
+    json!({
+        "type": "indicator",
+        "spec_version": "2.1",
+        "id": format!("indicator--{n:08x}-0000-4000-8000-{n:012x}"),
+        "created": "2025-01-01T00:00:00.000Z",
+        "modified": "2025-01-02T00:00:00.000Z",
+        "pattern": format!("[domain-name:value = 'host-{n}.example.org']"),
+        "pattern_type": "stix",
+        "valid_from": "2025-01-01T00:00:00Z",
+        "object_marking_refs": [marking],
+    })
+}
+
+fn id_of(n: usize) -> String {
+    format!("indicator--{n:08x}-0000-4000-8000-{n:012x}")
+}
+
+/// The node's configuration: a researcher (read-only, GREEN), an analyst (writes), a
+/// SIEM connector without a certificate (read-only, CLEAR, HTTP Basic) and a peer node.
+fn write_config(pki: &Pki, with_basic: bool) -> std::path::PathBuf {
+    let hq = NodeId::new("redmond.hq").unwrap();
+    let mut text = node_section(pki, &hq, &pki.path().join("data"));
+    text.push_str(
+        "\n[[peer]]\nid = \"berlin.office\"\naddress = \"127.0.0.1:1\"\n\
+         \n[[client]]\nid = \"researcher.uni-x\"\nrole = \"read_only\"\nallow_types = [\"*\"]\nmax_tlp = \"GREEN\"\n\
+         \n[[client]]\nid = \"analyst.soc\"\nrole = \"analyst\"\n\
+         \n[[client]]\nid = \"siem.soc\"\nrole = \"read_only\"\nallow_types = [\"*\"]\nmax_tlp = \"CLEAR\"\n\
+         \n[[client]]\nid = \"nothing.uni-z\"\nrole = \"read_only\"\n\
+         \n[taxii]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 65536\n",
+    );
+    if with_basic {
+        let hash = pki.path().join("siem.hash");
+        let hash = match std::fs::read_to_string(&hash) {
+            Ok(h) => h,
+            Err(_) => {
+                let h = hash_password(SIEM_PASSWORD);
+                std::fs::write(&hash, &h).unwrap();
+                h
+            }
+        };
+        text.push_str(&format!(
+            "\n[[taxii.basic]]\nclient = \"siem.soc\"\npassword_hash = \"{hash}\"\n"
+        ));
+    }
+    let path = pki.path().join("redmond.hq.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn federation() -> Pki {
+    let pki = Pki::new();
+    pki.node("redmond.hq");
+    pki.node("berlin.office");
+    pki.client("researcher.uni-x");
+    pki.client("analyst.soc");
+    pki.client("siem.soc");
+    pki.client("nothing.uni-z");
+    pki
+}
+
+/// Every object id of the collection as `tls` sees it, following `next` with `limit`;
+/// also the number of pages.
+async fn all_ids(
+    tls: &Arc<rustls::ClientConfig>,
+    node: &TaxiiNode,
+    objects: &str,
+    limit: usize,
+) -> (Vec<String>, Vec<usize>) {
+    let mut ids = Vec::new();
+    let mut pages = Vec::new();
+    let mut next: Option<String> = None;
+    loop {
+        let path = match &next {
+            None => format!("{objects}?limit={limit}"),
+            Some(n) => format!("{objects}?limit={limit}&next={n}"),
+        };
+        let reply = get(tls, node.taxii, &path).await;
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        assert_eq!(reply.header("content-type"), Some(TAXII));
+        let body = reply.json();
+        let objects = body["objects"].as_array().unwrap();
+        pages.push(objects.len());
+        assert!(objects.len() <= limit);
+        for o in objects {
+            ids.push(o["id"].as_str().unwrap().to_owned());
+        }
+        if !objects.is_empty() {
+            assert!(reply.header("x-taxii-date-added-first").is_some());
+            assert!(reply.header("x-taxii-date-added-last").is_some());
+        }
+        if body["more"] == json!(true) {
+            next = Some(body["next"].as_str().unwrap().to_owned());
+        } else {
+            assert!(body.get("next").is_none());
+            break;
+        }
+        assert!(pages.len() < 100, "paging does not end");
+    }
+    (ids, pages)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taxii_serves_each_caller_its_view_and_refuses_what_it_may_not_do() {
+    let pki = federation();
+    let config = write_config(&pki, true);
+    let node = serve_taxii(&config);
+    let researcher = tls(&pki, Some("researcher.uni-x"));
+    let analyst = tls(&pki, Some("analyst.soc"));
+    let peer = tls(&pki, Some("berlin.office"));
+    let anonymous = tls(&pki, None);
+
+    // Discovery, API root, collections.
+    let discovery = get(&researcher, node.taxii, "/taxii2/").await;
+    assert_eq!(discovery.status, 200);
+    assert_eq!(discovery.header("content-type"), Some(TAXII));
+    let root = discovery.json()["api_roots"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(root, format!("https://{}/api/", node.taxii));
+    let api = get(&researcher, node.taxii, "/api/").await.json();
+    assert_eq!(api["versions"], json!([TAXII]));
+    assert_eq!(api["max_content_length"], json!(65536));
+    let collections = get(&researcher, node.taxii, "/api/collections/")
+        .await
+        .json();
+    let collection = &collections["collections"][0];
+    assert_eq!(collection["can_read"], json!(true));
+    assert_eq!(collection["can_write"], json!(false));
+    let cid = collection["id"].as_str().unwrap().to_owned();
+    let analyst_view = get(&analyst, node.taxii, &format!("/api/collections/{cid}/"))
+        .await
+        .json();
+    assert_eq!(analyst_view["can_write"], json!(true));
+    let objects = format!("/api/collections/{cid}/objects/");
+
+    // The analyst writes: 5 GREEN, 1 AMBER, 2 CLEAR indicators, and a malware object
+    // the node does not hold.
+    let mut sent: Vec<Value> = (1..=5).map(|n| indicator(n, GREEN)).collect();
+    sent.push(indicator(6, AMBER));
+    sent.push(indicator(7, CLEAR));
+    sent.push(indicator(8, CLEAR));
+    sent.push(json!({"type": "malware", "spec_version": "2.1", "id": "malware--0b2e6a5b-0000-4000-8000-000000000001", "name": "x", "is_family": false, "created": "2025-01-01T00:00:00Z", "modified": "2025-01-01T00:00:00Z"}));
+    let mut unmarked = indicator(9, GREEN);
+    unmarked
+        .as_object_mut()
+        .unwrap()
+        .remove("object_marking_refs");
+    sent.push(unmarked);
+    let envelope = json!({ "objects": sent }).to_string();
+    let posted = send(
+        &analyst,
+        node.taxii,
+        "POST",
+        &objects,
+        &[("Accept", TAXII), ("Content-Type", TAXII)],
+        envelope.as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        posted.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&posted.body)
+    );
+    let status = posted.json();
+    assert_eq!(status["status"], json!("complete"));
+    assert_eq!(status["total_count"], json!(10));
+    assert_eq!(status["success_count"], json!(8));
+    assert_eq!(status["failure_count"], json!(2));
+    let failed: BTreeSet<&str> = status["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_str().unwrap())
+        .collect();
+    assert!(failed.contains(id_of(9).as_str()), "{status}");
+    let status_path = format!("/api/status/{}/", status["id"].as_str().unwrap());
+    assert_eq!(get(&analyst, node.taxii, &status_path).await.json(), status);
+    // Someone else's status is not found.
+    assert_eq!(get(&researcher, node.taxii, &status_path).await.status, 404);
+
+    // A read-only client may not write, with a certificate or with Basic credentials.
+    let one = json!({ "objects": [indicator(20, GREEN)] }).to_string();
+    let refused = send(
+        &researcher,
+        node.taxii,
+        "POST",
+        &objects,
+        &[("Accept", TAXII), ("Content-Type", TAXII)],
+        one.as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(refused.status, 403);
+    assert_eq!(refused.json()["http_status"], json!("403"));
+    let siem = basic("siem.soc", SIEM_PASSWORD);
+    let refused = send(
+        &anonymous,
+        node.taxii,
+        "POST",
+        &objects,
+        &[
+            ("Accept", TAXII),
+            ("Content-Type", TAXII),
+            ("Authorization", &siem),
+        ],
+        one.as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(refused.status, 403);
+    // Nothing was written.
+    assert_eq!(
+        get(&analyst, node.taxii, &format!("{objects}{}/", id_of(20)))
+            .await
+            .status,
+        404
+    );
+
+    // Each caller sees exactly its view, paged.
+    let green: BTreeSet<String> = [1, 2, 3, 4, 5, 7, 8].iter().map(|n| id_of(*n)).collect();
+    let clear: BTreeSet<String> = [7, 8].iter().map(|n| id_of(*n)).collect();
+    let everything: BTreeSet<String> = (1..=8).chain(30..36).map(id_of).collect();
+    let (ids, pages) = all_ids(&researcher, &node, &objects, 2).await;
+    assert_eq!(ids.len(), green.len(), "no duplicates: {ids:?}");
+    assert_eq!(ids.iter().cloned().collect::<BTreeSet<_>>(), green);
+    // Pages are filled past the withheld AMBER item, and the last page is empty.
+    assert_eq!(pages, [2, 2, 2, 1, 0]);
+    // Withheld items added later change nothing of the researcher's paging.
+    let withheld: Vec<Value> = (30..36).map(|n| indicator(n, AMBER)).collect();
+    let posted = send(
+        &analyst,
+        node.taxii,
+        "POST",
+        &objects,
+        &[("Accept", TAXII), ("Content-Type", TAXII)],
+        json!({ "objects": withheld }).to_string().as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(posted.json()["success_count"], json!(6));
+    let (again, pages_again) = all_ids(&researcher, &node, &objects, 2).await;
+    assert_eq!(again, ids);
+    assert_eq!(pages_again, pages);
+    let (ids, _) = all_ids(&analyst, &node, &objects, 3).await;
+    assert_eq!(ids.into_iter().collect::<BTreeSet<_>>(), everything);
+    let siem_tls = anonymous.clone();
+    let siem_objects = send(
+        &siem_tls,
+        node.taxii,
+        "GET",
+        &objects,
+        &[("Accept", TAXII), ("Authorization", &siem)],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(siem_objects.status, 200);
+    let seen: BTreeSet<String> = siem_objects.json()["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(seen, clear);
+
+    // The manifest lists the same view.
+    let manifest = get(
+        &researcher,
+        node.taxii,
+        &format!("/api/collections/{cid}/manifest/?limit=1000"),
+    )
+    .await
+    .json();
+    let listed: BTreeSet<String> = manifest["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(listed, green);
+    assert_eq!(
+        manifest["objects"][0]["media_type"],
+        json!("application/stix+json;version=2.1")
+    );
+
+    // A withheld object is answered exactly as an absent one, on every path.
+    let amber = id_of(6);
+    let absent = "indicator--0f0f0f0f-0000-4000-8000-0f0f0f0f0f0f";
+    for suffix in ["", "versions/"] {
+        let withheld = get(
+            &researcher,
+            node.taxii,
+            &format!("{objects}{amber}/{suffix}"),
+        )
+        .await;
+        let missing = get(
+            &researcher,
+            node.taxii,
+            &format!("{objects}{absent}/{suffix}"),
+        )
+        .await;
+        assert_eq!(withheld.status, 404);
+        assert_eq!(withheld.body, missing.body);
+        assert_eq!(
+            withheld.header("content-type"),
+            missing.header("content-type")
+        );
+        assert_eq!(withheld.headers.len(), missing.headers.len());
+        // The analyst may see it.
+        assert_eq!(
+            get(&analyst, node.taxii, &format!("{objects}{amber}/{suffix}"))
+                .await
+                .status,
+            200
+        );
+    }
+    let by_ids = get(
+        &researcher,
+        node.taxii,
+        &format!("{objects}?match[id]={amber},{},{absent}", id_of(1)),
+    )
+    .await
+    .json();
+    assert_eq!(by_ids["objects"].as_array().unwrap().len(), 1);
+    assert_eq!(by_ids["objects"][0]["id"], json!(id_of(1)));
+
+    // One object, its versions, and the filters.
+    let one = get(&researcher, node.taxii, &format!("{objects}{}/", id_of(1))).await;
+    assert_eq!(one.status, 200);
+    assert!(one.header("x-taxii-date-added-first").is_some());
+    let object = &one.json()["objects"][0];
+    assert_eq!(object["type"], json!("indicator"));
+    assert_eq!(object["object_marking_refs"], json!([GREEN]));
+    let version = object["modified"].as_str().unwrap().to_owned();
+    let versions = get(
+        &researcher,
+        node.taxii,
+        &format!("{objects}{}/versions/", id_of(1)),
+    )
+    .await
+    .json();
+    assert_eq!(versions["versions"], json!([version]));
+    let filtered = |query: &str| {
+        let researcher = researcher.clone();
+        let path = format!("{objects}?{query}");
+        let addr = node.taxii;
+        async move {
+            let reply = get(&researcher, addr, &path).await;
+            assert_eq!(reply.status, 200);
+            reply.json()["objects"].as_array().unwrap().len()
+        }
+    };
+    assert_eq!(filtered("match[type]=malware").await, 0);
+    assert_eq!(filtered("match[type]=indicator,malware").await, 7);
+    assert_eq!(filtered("match[spec_version]=2.0").await, 0);
+    assert_eq!(filtered("match[version]=all").await, 7);
+    assert_eq!(filtered(&format!("match[version]={version}")).await, 7);
+    assert_eq!(filtered("match[version]=2020-01-01T00:00:00Z").await, 0);
+    assert_eq!(filtered("added_after=2999-01-01T00:00:00Z").await, 0);
+    assert_eq!(filtered("added_after=2000-01-01T00:00:00Z").await, 7);
+
+    // Errors: TAXII error messages with the right status.
+    let error = |reply: &Reply, status: u16| {
+        assert_eq!(
+            reply.status,
+            status,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        assert_eq!(reply.header("content-type"), Some(TAXII));
+        assert_eq!(reply.json()["http_status"], json!(status.to_string()));
+    };
+    let not_acceptable = send(
+        &researcher,
+        node.taxii,
+        "GET",
+        &objects,
+        &[("Accept", "application/json")],
+        b"",
+    )
+    .await
+    .unwrap();
+    error(&not_acceptable, 406);
+    error(
+        &get(&researcher, node.taxii, &format!("{objects}?limit=0")).await,
+        400,
+    );
+    error(
+        &get(&researcher, node.taxii, &format!("{objects}?limit=x")).await,
+        400,
+    );
+    error(
+        &get(&researcher, node.taxii, &format!("{objects}?next=AAAA")).await,
+        400,
+    );
+    error(
+        &get(
+            &researcher,
+            node.taxii,
+            &format!("{objects}?added_after={}", "9".repeat(5000)),
+        )
+        .await,
+        400,
+    );
+    error(
+        &get(&researcher, node.taxii, "/api/collections/nope/objects/").await,
+        404,
+    );
+    error(&get(&researcher, node.taxii, "/elsewhere/").await, 404);
+    // A `next` given to another caller does not open for this one.
+    let first = get(&analyst, node.taxii, &format!("{objects}?limit=1"))
+        .await
+        .json();
+    let foreign = first["next"].as_str().unwrap();
+    error(
+        &get(
+            &researcher,
+            node.taxii,
+            &format!("{objects}?limit=1&next={foreign}"),
+        )
+        .await,
+        400,
+    );
+    // Bodies: wrong media type, declared too large, sent too large, not JSON.
+    let post = |headers: Vec<(&'static str, String)>, body: Vec<u8>| {
+        let analyst = analyst.clone();
+        let objects = objects.clone();
+        let addr = node.taxii;
+        async move {
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            send(&analyst, addr, "POST", &objects, &headers, &body)
+                .await
+                .unwrap()
+        }
+    };
+    let accept = ("Accept", TAXII.to_owned());
+    let taxii_type = ("Content-Type", TAXII.to_owned());
+    error(
+        &post(
+            vec![accept.clone(), ("Content-Type", "application/json".into())],
+            envelope.clone().into_bytes(),
+        )
+        .await,
+        415,
+    );
+    error(
+        &post(
+            vec![
+                accept.clone(),
+                taxii_type.clone(),
+                ("Content-Length", "10000000".into()),
+            ],
+            Vec::new(),
+        )
+        .await,
+        413,
+    );
+    let big = json!({ "objects": [{ "type": "note", "content": "x".repeat(70_000) }] }).to_string();
+    error(
+        &post(vec![accept.clone(), taxii_type.clone()], big.into_bytes()).await,
+        413,
+    );
+    error(
+        &post(
+            vec![accept.clone(), taxii_type.clone()],
+            b"{not json".to_vec(),
+        )
+        .await,
+        400,
+    );
+    error(
+        &post(
+            vec![accept.clone(), taxii_type.clone()],
+            b"{\"objects\": 3}".to_vec(),
+        )
+        .await,
+        400,
+    );
+
+    // Unknown callers and bad credentials: one 401, nothing that helps a guess.
+    let unauthorized = |reply: &Reply| {
+        assert_eq!(reply.status, 401);
+        assert_eq!(
+            reply.json(),
+            json!({"title": "Unauthorized", "http_status": "401"})
+        );
+        assert!(
+            reply
+                .header("www-authenticate")
+                .unwrap()
+                .starts_with("Basic")
+        );
+    };
+    let no_credentials = send(
+        &anonymous,
+        node.taxii,
+        "GET",
+        "/taxii2/",
+        &[("Accept", TAXII)],
+        b"",
+    )
+    .await
+    .unwrap();
+    unauthorized(&no_credentials);
+    for (user, password) in [
+        ("siem.soc", "wrong password here"),
+        ("nobody.example", SIEM_PASSWORD),
+        ("researcher.uni-x", SIEM_PASSWORD),
+    ] {
+        let reply = send(
+            &anonymous,
+            node.taxii,
+            "GET",
+            "/taxii2/",
+            &[("Accept", TAXII), ("Authorization", &basic(user, password))],
+            b"",
+        )
+        .await
+        .unwrap();
+        unauthorized(&reply);
+    }
+    // A client whose policy gives it nothing (no allow_types) has no collection.
+    let nothing = tls(&pki, Some("nothing.uni-z"));
+    let none = get(&nothing, node.taxii, "/api/collections/").await;
+    assert_eq!(none.status, 200);
+    assert_eq!(none.json(), json!({}));
+    let elsewhere = get(&researcher, node.taxii, "/api/collections/nope/").await;
+    for path in [format!("/api/collections/{cid}/"), objects.clone()] {
+        let reply = get(&nothing, node.taxii, &path).await;
+        assert_eq!(reply.status, 404);
+        assert_eq!(reply.body, elsewhere.body);
+    }
+    // A peer node's certificate is authenticated but TAXII is for clients.
+    error(&get(&peer, node.taxii, "/api/collections/").await, 403);
+    // A certificate of an unconfigured id does not complete the handshake.
+    pki.client("stranger.uni-y");
+    let stranger = tls(&pki, Some("stranger.uni-y"));
+    let refused = send(
+        &stranger,
+        node.taxii,
+        "GET",
+        "/taxii2/",
+        &[("Accept", TAXII)],
+        b"",
+    )
+    .await;
+    assert!(refused.is_err() || refused.unwrap().status == 0);
+
+    // Every TAXII read was recorded in the disclosure ledger, as on gRPC: the
+    // researcher's records hold its GREEN and CLEAR items and never the AMBER one
+    // (index 5 of the analyst's bundle).
+    let hq = NodeId::new("redmond.hq").unwrap();
+    let operator = entente::client::NodeClient::connect(
+        pki.material(&hq).client_config().unwrap(),
+        &hq,
+        &node.addr,
+        &hq,
+    )
+    .await
+    .unwrap();
+    let mut records = operator
+        .ledger_show(entente::rpc::proto::LedgerShowRequest {
+            partner: "researcher.uni-x".into(),
+            since_unix_ms: 0,
+        })
+        .await
+        .unwrap();
+    let mut paths = BTreeSet::new();
+    let mut delivered = BTreeSet::new();
+    while let Some(record) = records.message().await.unwrap() {
+        paths.insert(record.path.clone());
+        for delivery in &record.deliveries {
+            delivered.extend(delivery.indices.iter().copied());
+        }
+    }
+    assert!(paths.contains("taxii-objects"), "{paths:?}");
+    assert!(paths.contains("taxii-manifest"), "{paths:?}");
+    assert!(paths.contains("get"), "{paths:?}");
+    assert_eq!(delivered, BTreeSet::from([0, 1, 2, 3, 4, 6, 7]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taxii_authority_follows_a_reload() {
+    let pki = federation();
+    let config = write_config(&pki, true);
+    let node = serve_taxii(&config);
+    let anonymous = tls(&pki, None);
+    let siem = basic("siem.soc", SIEM_PASSWORD);
+    let ask = || {
+        let anonymous = anonymous.clone();
+        let siem = siem.clone();
+        let addr = node.taxii;
+        async move {
+            send(
+                &anonymous,
+                addr,
+                "GET",
+                "/api/collections/",
+                &[("Accept", TAXII), ("Authorization", &siem)],
+                b"",
+            )
+            .await
+            .unwrap()
+            .status
+        }
+    };
+    assert_eq!(ask().await, 200);
+    // The operator removes the credentials and reloads: they stop working.
+    write_config(&pki, false);
+    reload(&node);
+    wait_for(|| async { ask().await == 401 }).await;
+    // A certificate still works.
+    let researcher = tls(&pki, Some("researcher.uni-x"));
+    assert_eq!(
+        get(&researcher, node.taxii, "/api/collections/")
+            .await
+            .status,
+        200
+    );
+    // The analyst may write until it is made read-only; then its writes are refused.
+    let analyst = tls(&pki, Some("analyst.soc"));
+    let collections = get(&analyst, node.taxii, "/api/collections/").await.json();
+    assert_eq!(collections["collections"][0]["can_write"], json!(true));
+    let objects = format!(
+        "/api/collections/{}/objects/",
+        collections["collections"][0]["id"].as_str().unwrap()
+    );
+    let write = || {
+        let analyst = analyst.clone();
+        let objects = objects.clone();
+        let addr = node.taxii;
+        async move {
+            let body = json!({ "objects": [indicator(40, GREEN)] }).to_string();
+            send(
+                &analyst,
+                addr,
+                "POST",
+                &objects,
+                &[("Accept", TAXII), ("Content-Type", TAXII)],
+                body.as_bytes(),
+            )
+            .await
+            .unwrap()
+            .status
+        }
+    };
+    assert_eq!(write().await, 202);
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "id = \"analyst.soc\"\nrole = \"analyst\"",
+        "id = \"analyst.soc\"\nrole = \"read_only\"\nallow_types = [\"*\"]",
+    );
+    std::fs::write(&config, text).unwrap();
+    reload(&node);
+    wait_for(|| async { write().await == 403 }).await;
+    let collections = get(&analyst, node.taxii, "/api/collections/").await.json();
+    assert_eq!(collections["collections"][0]["can_write"], json!(false));
+    // The researcher is removed from the configuration: its certificate stops working.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("id = \"researcher.uni-x\"", "id = \"researcher.uni-z\"");
+    std::fs::write(&config, text).unwrap();
+    reload(&node);
+    wait_for(|| async {
+        send(
+            &researcher,
+            node.taxii,
+            "GET",
+            "/api/collections/",
+            &[("Accept", TAXII)],
+            b"",
+        )
+        .await
+        .is_err()
+    })
+    .await;
+}
+
+/// Sends SIGHUP to the node process.
+fn reload(node: &TaxiiNode) {
+    let pid = i32::try_from(node.child.id()).unwrap();
+    // SAFETY: kill(2) with a pid this test spawned and a valid signal number.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+}
+
+/// Waits up to 20 s for `check` to hold.
+async fn wait_for<F, Fut>(check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut wait = Duration::from_millis(20);
+    while !check().await {
+        assert!(Instant::now() < deadline, "condition not met in time");
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn taxii_configuration_is_checked() {
+    let pki = federation();
+    let hq = NodeId::new("redmond.hq").unwrap();
+    let hash = hash_password(SIEM_PASSWORD);
+    let base = format!(
+        "{}\n[[client]]\nid = \"siem.soc\"\nrole = \"read_only\"\n\n[[client]]\nid = \"analyst.soc\"\nrole = \"analyst\"\n",
+        node_section(&pki, &hq, &pki.path().join("data"))
+    );
+    let check = |taxii: &str| {
+        entente::Config::check(
+            &format!("{base}\n{taxii}"),
+            Path::new("test.toml"),
+            pki.path(),
+        )
+        .map(|settings| settings.taxii)
+        .map_err(|e| e.to_string())
+    };
+    let good = check(&format!(
+        "[taxii]\nlisten = \"127.0.0.1:0\"\n\n[[taxii.basic]]\nclient = \"siem.soc\"\npassword_hash = \"{hash}\"\n"
+    ))
+    .unwrap()
+    .unwrap();
+    assert_eq!(good.basic.len(), 1);
+    assert_eq!(good.max_body_bytes, 8 * 1024 * 1024);
+    // The hash is never printed with the configuration.
+    assert!(!format!("{good:?}").contains(&hash));
+    assert_eq!(check("").unwrap(), None);
+    for (taxii, field) in [
+        (
+            format!("[taxii]\nlisten = \"127.0.0.1:0\"\n\n[[taxii.basic]]\nclient = \"analyst.soc\"\npassword_hash = \"{hash}\"\n"),
+            "taxii.basic[0].client",
+        ),
+        (
+            format!("[taxii]\nlisten = \"127.0.0.1:0\"\n\n[[taxii.basic]]\nclient = \"nobody.soc\"\npassword_hash = \"{hash}\"\n"),
+            "taxii.basic[0].client",
+        ),
+        (
+            "[taxii]\nlisten = \"127.0.0.1:0\"\n\n[[taxii.basic]]\nclient = \"siem.soc\"\npassword_hash = \"hunter2\"\n".to_owned(),
+            "taxii.basic[0].password_hash",
+        ),
+        (
+            format!("[taxii]\nlisten = \"127.0.0.1:0\"\n\n[[taxii.basic]]\nclient = \"siem.soc\"\npassword_hash = \"{hash}\"\n\n[[taxii.basic]]\nclient = \"siem.soc\"\npassword_hash = \"{hash}\"\n"),
+            "taxii.basic[1].client",
+        ),
+        (
+            "[taxii]\nlisten = \"localhost\"\n".to_owned(),
+            "taxii.listen",
+        ),
+        (
+            "[taxii]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 10\n".to_owned(),
+            "taxii.max_body_bytes",
+        ),
+    ] {
+        let refused = check(&taxii).unwrap_err();
+        assert!(refused.contains(field), "{refused}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taxii_paging_is_stable_while_an_analyst_publishes() {
+    let pki = federation();
+    let config = write_config(&pki, false);
+    let node = serve_taxii(&config);
+    let researcher = tls(&pki, Some("researcher.uni-x"));
+    let analyst = tls(&pki, Some("analyst.soc"));
+    let cid = get(&researcher, node.taxii, "/api/collections/")
+        .await
+        .json()["collections"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let objects = format!("/api/collections/{cid}/objects/");
+    let publish = |objects_sent: Vec<Value>| {
+        let analyst = analyst.clone();
+        let path = objects.clone();
+        let addr = node.taxii;
+        async move {
+            let body = json!({ "objects": objects_sent }).to_string();
+            let reply = send(
+                &analyst,
+                addr,
+                "POST",
+                &path,
+                &[("Accept", TAXII), ("Content-Type", TAXII)],
+                body.as_bytes(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(reply.status, 202);
+            assert_eq!(
+                reply.json()["failure_count"],
+                json!(0),
+                "{}",
+                String::from_utf8_lossy(&reply.body)
+            );
+        }
+    };
+    // 12 GREEN indicators with an AMBER one between each two.
+    let mut first = Vec::new();
+    for n in 1..=12 {
+        first.push(indicator(n, GREEN));
+        first.push(indicator(100 + n, AMBER));
+    }
+    publish(first).await;
+    let before: BTreeSet<String> = (1..=12).map(id_of).collect();
+
+    // The researcher pages 3 at a time; between its pages the analyst publishes a GREEN
+    // and an AMBER indicator, and after the first page it updates the last GREEN one,
+    // which the researcher has not reached yet.
+    let mut seen = Vec::new();
+    let mut published = BTreeSet::new();
+    let mut next: Option<String> = None;
+    let mut round = 0;
+    loop {
+        let path = match &next {
+            None => format!("{objects}?limit=3"),
+            Some(n) => format!("{objects}?limit=3&next={n}"),
+        };
+        let page = get(&researcher, node.taxii, &path).await;
+        assert_eq!(page.status, 200);
+        let body = page.json();
+        for o in body["objects"].as_array().unwrap() {
+            seen.push(o["id"].as_str().unwrap().to_owned());
+        }
+        round += 1;
+        publish(vec![
+            indicator(200 + round, GREEN),
+            indicator(300 + round, AMBER),
+        ])
+        .await;
+        published.insert(id_of(200 + round));
+        match body["next"].as_str() {
+            Some(n) if body["more"] == json!(true) => next = Some(n.to_owned()),
+            _ => break,
+        }
+        assert!(round < 100, "paging does not end");
+    }
+    let unique: BTreeSet<String> = seen.iter().cloned().collect();
+    assert_eq!(unique.len(), seen.len(), "served twice: {seen:?}");
+    assert!(
+        before.is_subset(&unique),
+        "skipped: {:?}",
+        before.difference(&unique)
+    );
+    let allowed: BTreeSet<String> = before.union(&published).cloned().collect();
+    assert!(
+        unique.is_subset(&allowed),
+        "not the researcher's: {:?}",
+        unique.difference(&allowed)
+    );
+    assert!(round >= 5, "{round} pages");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_do_not_keep_taxii_callers_out() {
+    let pki = federation();
+    let config = write_config(&pki, true);
+    let node = serve_taxii(&config);
+    // 300 TCP connections that never send a ClientHello, from 30 addresses: more than
+    // the listener's handshake slots (256 by default).
+    let mut idle = Vec::new();
+    for source in 0..30u8 {
+        for _ in 0..10 {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket
+                .bind(SocketAddr::from(([127, 0, 2, 10 + source], 0)))
+                .unwrap();
+            idle.push(socket.connect(node.taxii).await.unwrap());
+        }
+    }
+    let researcher = tls(&pki, Some("researcher.uni-x"));
+    let anonymous = tls(&pki, None);
+    let siem = basic("siem.soc", SIEM_PASSWORD);
+    for _ in 0..5 {
+        let started = Instant::now();
+        let reply = tokio::time::timeout(
+            Duration::from_secs(5),
+            send(
+                &researcher,
+                node.taxii,
+                "GET",
+                "/taxii2/",
+                &[("Accept", TAXII)],
+                b"",
+            ),
+        )
+        .await
+        .expect("answered while 300 silent connections are open")
+        .expect("a TAXII answer");
+        assert_eq!(reply.status, 200);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+    let reply = send(
+        &anonymous,
+        node.taxii,
+        "GET",
+        "/taxii2/",
+        &[("Accept", TAXII), ("Authorization", &siem)],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 200);
+    drop(idle);
+}
