@@ -1085,6 +1085,33 @@ async fn taxii_feed_from_medallion_resumes_from_its_checkpoint() {
     })
     .await;
     assert_eq!(status.objects_fetched, 6, "{status:?}");
+
+    // The source revokes an indicator: its new version revokes the item.
+    let mut revoked = stix_indicator(2, "[domain-name:value = 'taxii-one.example']", true);
+    revoked["modified"] = serde_json::json!("2026-11-02T10:00:00.000Z");
+    revoked["revoked"] = serde_json::json!(true);
+    medallion.add(&[revoked]);
+    let revocation = wait_until("the revocation", || {
+        let client = &client;
+        async move {
+            let held = items_tagged(client, "source:taxii-test").await;
+            let two = held
+                .get("indicator--8e2e2d2b-17d4-4cbf-938f-000000000002")?
+                .clone();
+            matches!(two.item.as_ref()?.kind.as_ref()?, item::Kind::Revocation(_)).then_some(two)
+        }
+    })
+    .await;
+    assert_eq!(revocation.item.as_ref().unwrap().tlp, WireTlp::Green as i32);
+    let status = wait_until("the revocation counted", || {
+        let client = &client;
+        async move {
+            let s = feed_status(client, "taxii-test").await;
+            (s.items_ingested == 6).then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(status.objects_fetched, 7, "{status:?}");
     stop(node);
 
     // Restarted, the node resumes from its checkpoint: nothing is fetched again.
