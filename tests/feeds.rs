@@ -585,6 +585,15 @@ async fn bad_feeds_are_reported_in_status_and_the_node_keeps_serving() {
         )),
     );
     let base = serve_files(files.clone()).await;
+    // A server that accepts and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
 
     let pki = Pki::new();
     let id = pki.node("bad.node");
@@ -605,6 +614,9 @@ async fn bad_feeds_are_reported_in_status_and_the_node_keeps_serving() {
             "\n[[feed]]\nname = \"{name}\"\nkind = \"{kind}\"\nurl = \"{base}{path}\"\ntlp = \"green\"\ninterval = \"1s\"\nmax_response_bytes = 4096\n"
         ));
     }
+    feeds.push_str(&format!(
+        "\n[[feed]]\nname = \"silent\"\nkind = \"misp\"\nurl = \"http://{silent_addr}/\"\ntlp = \"green\"\ninterval = \"1s\"\ntimeout = \"1s\"\n"
+    ));
     let config = node_config(&pki, &id, &data, &feeds);
     let node = common::start(&config).await;
     let client = common::connect(&pki, &node, "bad.node").await;
@@ -618,6 +630,7 @@ async fn bad_feeds_are_reported_in_status_and_the_node_keeps_serving() {
         ("missing", "404"),
         ("taxii-html", "not application/taxii+json"),
         ("taxii-bad", "not a TAXII envelope"),
+        ("silent", "within 1s (timeout)"),
     ];
     for (name, words) in expected {
         let status = wait_until(&format!("the error of {name}"), || {

@@ -107,7 +107,7 @@ impl Client {
         let request = request
             .body(http_body_util::Empty::<bytes::Bytes>::new())
             .map_err(|e| FeedError::Http(format!("cannot build the request: {e}")))?;
-        let response = match &self.tls {
+        let (response, _connection) = match &self.tls {
             Some(tls) => {
                 let name = ServerName::try_from(bare_host.to_owned()).map_err(|_| {
                     FeedError::Http(format!("{host:?} is not a valid TLS server name"))
@@ -176,7 +176,7 @@ async fn send<S>(
     io: TokioIo<S>,
     request: http::Request<http_body_util::Empty<bytes::Bytes>>,
     uri: &http::Uri,
-) -> Result<http::Response<hyper::body::Incoming>, FeedError>
+) -> Result<(http::Response<hyper::body::Incoming>, AbortOnDrop), FeedError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -185,14 +185,25 @@ where
         .handshake(io)
         .await
         .map_err(|e| FeedError::Http(format!("HTTP with {} failed: {e}", shown(uri))))?;
-    // The connection task ends with the response (one request per connection).
-    tokio::spawn(async move {
+    // The connection is driven by its own task, stopped when the caller is done with
+    // the answer (or gives up on it): a server that never closes keeps nothing running.
+    let connection = AbortOnDrop(tokio::spawn(async move {
         let _ = connection.await;
-    });
-    sender
+    }));
+    let response = sender
         .send_request(request)
         .await
-        .map_err(|e| FeedError::Http(format!("HTTP with {} failed: {e}", shown(uri))))
+        .map_err(|e| FeedError::Http(format!("HTTP with {} failed: {e}", shown(uri))))?;
+    Ok((response, connection))
+}
+
+/// A task aborted when this is dropped.
+pub(super) struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A URL as it may appear in errors and logs: scheme, authority and path, no query.
