@@ -60,7 +60,7 @@ pub struct FeedState {
     pub last_poll_ms: i64,
     /// When the last poll that succeeded ended, ms (0: never).
     pub last_success_ms: i64,
-    /// Polls ended since the node started, and how many of them failed.
+    /// Polls ended since the node started.
     pub polls: u64,
     /// Polls that failed since the node started.
     pub failures: u64,

@@ -842,9 +842,14 @@ impl Medallion {
             .stderr(Stdio::null())
             .spawn()
             .expect("run medallion (install tests/python/requirements.txt)");
-        let medallion = Self { child, port };
+        let mut medallion = Self { child, port };
         let until = Instant::now() + DEADLINE;
         loop {
+            if let Ok(Some(status)) = medallion.child.try_wait() {
+                panic!(
+                    "medallion exited ({status}); install the packages in tests/python/requirements.txt"
+                );
+            }
             if medallion
                 .request("GET", "/taxii2/", None)
                 .is_ok_and(|(status, _)| status == 200)
