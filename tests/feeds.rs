@@ -622,8 +622,14 @@ async fn bad_feeds_are_reported_in_status_and_the_node_keeps_serving() {
     let client = common::connect(&pki, &node, "bad.node").await;
 
     let expected = [
-        ("big", "over max_response_bytes"),
-        ("endless", "over max_response_bytes"),
+        (
+            "big",
+            "is 65536 bytes, over max_response_bytes (4096); refused before reading it",
+        ),
+        (
+            "endless",
+            "passed max_response_bytes (4096) while it was read",
+        ),
         ("broken", "manifest.json is not JSON"),
         ("html", "manifest.json is not JSON"),
         ("shape", "not an object of event uuids"),

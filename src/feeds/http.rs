@@ -142,7 +142,11 @@ impl Client {
             .and_then(|v| v.trim().parse::<u64>().ok())
         {
             if length > self.max_body as u64 {
-                return Err(self.too_large(uri, &length.to_string()));
+                return Err(FeedError::TooLarge(format!(
+                    "the answer of {} is {length} bytes, over max_response_bytes ({}); refused before reading it",
+                    shown(uri),
+                    self.max_body
+                )));
             }
         }
         let mut out = Vec::new();
@@ -152,7 +156,11 @@ impl Client {
             })?;
             if let Ok(data) = frame.into_data() {
                 if out.len() + data.len() > self.max_body {
-                    return Err(self.too_large(uri, "more than that"));
+                    return Err(FeedError::TooLarge(format!(
+                        "the answer of {} passed max_response_bytes ({}) while it was read; the rest was not read",
+                        shown(uri),
+                        self.max_body
+                    )));
                 }
                 out.extend_from_slice(&data);
             }
@@ -161,14 +169,6 @@ impl Client {
             headers: parts.headers,
             body: out,
         })
-    }
-
-    fn too_large(&self, uri: &http::Uri, size: &str) -> FeedError {
-        FeedError::TooLarge(format!(
-            "the answer of {} is {size} bytes, over max_response_bytes ({})",
-            shown(uri),
-            self.max_body
-        ))
     }
 }
 
