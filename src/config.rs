@@ -162,6 +162,10 @@ struct RawLimits {
     slow_reader_timeout: Option<String>,
     keepalive_interval: Option<String>,
     keepalive_timeout: Option<String>,
+    idle_connection_timeout: Option<String>,
+    pull_page_bytes: Option<usize>,
+    pull_queue_messages: Option<usize>,
+    pull_transfer_bytes: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -704,7 +708,9 @@ fn limits(
     raw: &RawLimits,
     invalid: &dyn Fn(&str, String) -> ConfigError,
 ) -> Result<crate::limits::Limits, ConfigError> {
-    use crate::limits::{Limits, MAX_PUBLISH_MESSAGE_BYTES};
+    use crate::limits::{
+        Limits, MAX_PUBLISH_MESSAGE_BYTES, MAX_PULL_TRANSFER_BYTES, publishable_item_bytes,
+    };
     let mut limits = Limits::default();
     let count = |key: &str, value: Option<usize>, min: usize, max: usize, slot: &mut usize| {
         if let Some(n) = value {
@@ -760,6 +766,42 @@ fn limits(
         65_536,
         &mut limits.handshakes_per_source,
     )?;
+    count(
+        "pull_page_bytes",
+        raw.pull_page_bytes,
+        64 * 1024,
+        64 * 1024 * 1024,
+        &mut limits.pull_page_bytes,
+    )?;
+    count(
+        "pull_queue_messages",
+        raw.pull_queue_messages,
+        1,
+        64,
+        &mut limits.pull_queue_messages,
+    )?;
+    // Never less than what a bundle published under this node's own publish limit can
+    // bring: what this node lets its clients publish can always cross a link to it (in
+    // a federation whose nodes share their limits, every bundle crosses).
+    let least = publishable_item_bytes(limits.publish_message_bytes);
+    if let Some(n) = raw.pull_transfer_bytes
+        && n < least
+    {
+        return Err(invalid(
+            "limits.pull_transfer_bytes",
+            format!(
+                "{n} is less than {least}, what a bundle published under limits.publish_message_bytes ({}) can bring: such a bundle could not cross a link to this node (lower publish_message_bytes too)",
+                limits.publish_message_bytes
+            ),
+        ));
+    }
+    count(
+        "pull_transfer_bytes",
+        raw.pull_transfer_bytes,
+        least,
+        MAX_PULL_TRANSFER_BYTES,
+        &mut limits.pull_transfer_bytes,
+    )?;
     if let Some(rate) = raw.publish_items_per_second {
         limits.publish_items_per_second = rate;
     }
@@ -809,6 +851,13 @@ fn limits(
         1_000,
         600_000,
         &mut limits.keepalive_timeout,
+    )?;
+    duration(
+        "idle_connection_timeout",
+        &raw.idle_connection_timeout,
+        1_000,
+        86_400_000,
+        &mut limits.idle_connection_timeout,
     )?;
     if limits.handshakes_per_source > limits.handshakes {
         return Err(invalid(

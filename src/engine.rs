@@ -73,6 +73,15 @@ pub enum EngineError {
         /// The limit.
         limit: usize,
     },
+    /// A pulled bundle brings more bytes of items than this node holds for one
+    /// transfer (`limits.pull_transfer_bytes`).
+    #[error(
+        "bundle refused: it brings more than {budget} bytes of items, the most this node holds for one transfer (limits.pull_transfer_bytes)"
+    )]
+    TransferTooLarge {
+        /// The budget.
+        budget: usize,
+    },
     /// A signer certificate offered by a peer was not cached.
     #[error("signer certificate refused: {0}")]
     Certificate(String),
@@ -1105,7 +1114,8 @@ impl Engine {
     }
 
     /// One page of this node's change feed as `partner` may see it (the delivery rule):
-    /// after `after`, at most `limit` feed entries read. Each bundle goes out with only
+    /// after `after`, at most `limit` feed entries read and `limits.pull_page_bytes` of
+    /// bundles gathered. Each bundle goes out with only
     /// the items the policy allows (the rest stay withheld behind their digests), one
     /// message per hop count. Every message is recorded in the disclosure ledger, and the
     /// records are written, before the page is returned. From a blocking thread.
@@ -1128,6 +1138,7 @@ impl Engine {
         limit: usize,
     ) -> Result<PullPage, EngineError> {
         let now = now_ms();
+        let page_budget = self.limits.pull_page_bytes;
         let entries = self.store.feed(after, limit)?;
         let mut page = PullPage {
             bundles: Vec::new(),
@@ -1183,11 +1194,11 @@ impl Engine {
                 .iter()
                 .map(|(_, _, bundle)| prost::Message::encoded_len(bundle))
                 .sum();
-            // A page holds at most PULL_PAGE_BYTES of bundles, or one entry when that
-            // entry alone is larger: it stops before the entry that would pass the
+            // A page holds at most `limits.pull_page_bytes` of bundles, or one entry when
+            // that entry alone is larger: it stops before the entry that would pass the
             // budget, so a partner that reads slowly keeps little of this node's memory
             // waiting.
-            if !page.bundles.is_empty() && page_bytes + entry_bytes > PULL_PAGE_BYTES {
+            if !page.bundles.is_empty() && page_bytes + entry_bytes > page_budget {
                 page.cursor = previous;
                 break;
             }
@@ -1202,7 +1213,7 @@ impl Engine {
                 page.bundles.push(PulledBundle { seq, hops, bundle });
             }
             page_bytes += entry_bytes;
-            if page_bytes >= PULL_PAGE_BYTES {
+            if page_bytes >= page_budget {
                 page.cursor = seq;
                 break;
             }
@@ -1442,11 +1453,6 @@ impl Engine {
         }
     }
 }
-
-/// Bytes of bundles one pull page gathers at most (or one entry, when that entry alone
-/// is larger): what a slow puller's stream can hold back in this node, besides the
-/// stream's queue of a few parts (`sync::limits`).
-pub const PULL_PAGE_BYTES: usize = 4 << 20;
 
 /// Largest signer certificate accepted from a peer.
 pub const MAX_SIGNER_CERTIFICATE_BYTES: usize = 16 * 1024;

@@ -4,6 +4,12 @@
 //! The values come from the `[limits]` section of the configuration (defaults below)
 //! and are fixed for the life of the process. Every refusal is counted here, so the
 //! operator can see in `entente status` which limit is being hit and how often.
+//!
+//! Only what one node may choose alone is here: what it lets a caller hold, and the
+//! memory it gives replication (a served pull stream's page and queue, a pulled
+//! transfer). What both ends of a link must agree on (the part size, the largest pull
+//! message) is fixed in `sync::limits`. Depends only on the bundle format's bounds
+//! (`crypto`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -32,6 +38,17 @@ pub const DEFAULT_SLOW_READER_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// Default time to wait for a keepalive answer before the connection is closed.
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Default time an authenticated connection may stay open with no call in progress.
+pub const DEFAULT_IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default bytes of bundles one page of a served pull stream gathers (or one feed
+/// entry, when that entry alone is larger).
+pub const DEFAULT_PULL_PAGE_BYTES: usize = 4 << 20;
+/// Default messages (each at most one part of a bundle, or a checkpoint) queued between
+/// a served pull stream and its reader.
+pub const DEFAULT_PULL_QUEUE_MESSAGES: usize = 2;
+/// Default bytes of items and salts a puller holds for one bundle transfer: the most
+/// any bundle can bring, so that every bundle any node can publish crosses.
+pub const DEFAULT_PULL_TRANSFER_BYTES: usize = MAX_PULL_TRANSFER_BYTES;
 
 /// HTTP/2 streams one connection may have open at once (announced to the peer in its
 /// HTTP/2 settings; a client waits for a free stream beyond it). Without it a connection
@@ -42,6 +59,29 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 100;
 /// Bounds on how large the configurable limits may be set, so a typing slip cannot
 /// turn a limit off.
 pub const MAX_PUBLISH_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// The most bytes of items and salts one bundle can bring: that of the largest bundle
+/// a node can be configured to publish. A larger `limits.pull_transfer_bytes` would
+/// never be used.
+pub const MAX_PULL_TRANSFER_BYTES: usize = publishable_item_bytes(MAX_PUBLISH_MESSAGE_BYTES);
+
+/// Bytes a published item may grow by between the publish request and the bundle: an
+/// assigned id and version (about 60 bytes) and its salt (16).
+pub const PER_ITEM_ALLOWANCE: usize = 128;
+
+/// The most bytes of items and salts a bundle published under
+/// `publish_message_bytes` can bring: the message's bytes, plus
+/// [`PER_ITEM_ALLOWANCE`] for each item it can hold (an item takes at least two bytes
+/// of the message, and a bundle holds at most `crypto::MAX_ITEMS_PER_BUNDLE`).
+pub const fn publishable_item_bytes(publish_message_bytes: usize) -> usize {
+    let items = publish_message_bytes / 2;
+    let items = if items < crate::crypto::MAX_ITEMS_PER_BUNDLE {
+        items
+    } else {
+        crate::crypto::MAX_ITEMS_PER_BUNDLE
+    };
+    publish_message_bytes + items * PER_ITEM_ALLOWANCE
+}
 
 /// The limits in force (`[limits]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +109,18 @@ pub struct Limits {
     pub keepalive_interval: Duration,
     /// HTTP/2 keepalive answer deadline (`limits.keepalive_timeout`).
     pub keepalive_timeout: Duration,
+    /// Time a connection may stay open with no call in progress
+    /// (`limits.idle_connection_timeout`).
+    pub idle_connection_timeout: Duration,
+    /// Bytes of bundles one page of a served pull stream gathers
+    /// (`limits.pull_page_bytes`).
+    pub pull_page_bytes: usize,
+    /// Messages queued between a served pull stream and its reader
+    /// (`limits.pull_queue_messages`).
+    pub pull_queue_messages: usize,
+    /// Bytes of items and salts a puller holds for one bundle transfer; a bundle that
+    /// brings more is refused (`limits.pull_transfer_bytes`).
+    pub pull_transfer_bytes: usize,
 }
 
 impl Default for Limits {
@@ -85,6 +137,10 @@ impl Default for Limits {
             slow_reader_timeout: DEFAULT_SLOW_READER_TIMEOUT,
             keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+            idle_connection_timeout: DEFAULT_IDLE_CONNECTION_TIMEOUT,
+            pull_page_bytes: DEFAULT_PULL_PAGE_BYTES,
+            pull_queue_messages: DEFAULT_PULL_QUEUE_MESSAGES,
+            pull_transfer_bytes: DEFAULT_PULL_TRANSFER_BYTES,
         }
     }
 }
@@ -123,9 +179,23 @@ impl Limits {
             ),
             row(Limit::HandshakeTimeout, secs(self.handshake_timeout)),
             row(Limit::SlowReaderTimeout, secs(self.slow_reader_timeout)),
+            row(
+                Limit::IdleConnectionTimeout,
+                secs(self.idle_connection_timeout),
+            ),
+            row(
+                Limit::PullTransferBytes,
+                self.pull_transfer_bytes.to_string(),
+            ),
             row(Limit::DecodeBudget, String::from("per message type")),
             ("keepalive_interval", secs(self.keepalive_interval), None),
             ("keepalive_timeout", secs(self.keepalive_timeout), None),
+            ("pull_page_bytes", self.pull_page_bytes.to_string(), None),
+            (
+                "pull_queue_messages",
+                self.pull_queue_messages.to_string(),
+                None,
+            ),
         ]
     }
 }
@@ -152,13 +222,19 @@ pub enum Limit {
     HandshakeTimeout,
     /// A stream ended because its reader did not read within `slow_reader_timeout`.
     SlowReaderTimeout,
+    /// A connection closed because no call was in progress on it for
+    /// `idle_connection_timeout`.
+    IdleConnectionTimeout,
+    /// A pulled bundle refused because it brings more than `pull_transfer_bytes` of
+    /// items.
+    PullTransferBytes,
     /// A message refused before decoding because it holds more elements (items, tags,
     /// recipients, ...) or bytes than its type allows.
     DecodeBudget,
 }
 
 impl Limit {
-    const ALL: [Limit; 10] = [
+    const ALL: [Limit; 12] = [
         Limit::PublishMessageBytes,
         Limit::PublishesPerPartner,
         Limit::PublishItemsPerSecond,
@@ -168,6 +244,8 @@ impl Limit {
         Limit::HandshakesPerSource,
         Limit::HandshakeTimeout,
         Limit::SlowReaderTimeout,
+        Limit::IdleConnectionTimeout,
+        Limit::PullTransferBytes,
         Limit::DecodeBudget,
     ];
 
@@ -183,6 +261,8 @@ impl Limit {
             Limit::HandshakesPerSource => "handshakes_per_source",
             Limit::HandshakeTimeout => "handshake_timeout",
             Limit::SlowReaderTimeout => "slow_reader_timeout",
+            Limit::IdleConnectionTimeout => "idle_connection_timeout",
+            Limit::PullTransferBytes => "pull_transfer_bytes",
             Limit::DecodeBudget => "decode_budget",
         }
     }
@@ -198,7 +278,7 @@ impl Limit {
 /// How often each limit refused something since the node started.
 #[derive(Debug, Default)]
 pub struct LimitCounters {
-    refused: [AtomicU64; 10],
+    refused: [AtomicU64; Limit::ALL.len()],
 }
 
 impl LimitCounters {

@@ -208,3 +208,96 @@ fn a_leaf_certificate_as_trust_anchor_is_refused() {
         }
     }
 }
+
+/// `[limits]` values: what is not given keeps its default, a value in range is taken,
+/// and one outside its range is refused with the key and the range named.
+#[test]
+fn limits_take_defaults_and_refuse_values_outside_their_range() {
+    use std::time::Duration;
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let with_limits = |limits: &str| {
+        let path = write_config(&pki, &hq, &[], &[]);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("\n[limits]\n");
+        text.push_str(limits);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+
+    let defaults = Config::load(&with_limits("")).unwrap().node.limits;
+    assert_eq!(defaults, entente::limits::Limits::default());
+    assert_eq!(defaults.idle_connection_timeout, Duration::from_secs(300));
+
+    let set = Config::load(&with_limits(
+        "idle_connection_timeout = \"10m\"\npull_page_bytes = 1048576\npull_queue_messages = 8\npublish_message_bytes = 65536\npull_transfer_bytes = 8388608\n",
+    ))
+    .unwrap()
+    .node
+    .limits;
+    assert_eq!(set.idle_connection_timeout, Duration::from_secs(600));
+    assert_eq!(set.pull_page_bytes, 1 << 20);
+    assert_eq!(set.pull_queue_messages, 8);
+    assert_eq!(set.pull_transfer_bytes, 8 << 20);
+    // By default a puller holds whatever the largest publishable bundle brings.
+    assert_eq!(
+        defaults.pull_transfer_bytes,
+        entente::limits::publishable_item_bytes(entente::limits::MAX_PUBLISH_MESSAGE_BYTES)
+    );
+
+    let refused: &[(&str, &[&str])] = &[
+        (
+            "idle_connection_timeout = \"0s\"\n",
+            &["limits.idle_connection_timeout", "outside 1s..=86400s"],
+        ),
+        (
+            "idle_connection_timeout = \"2d\"\n",
+            &["limits.idle_connection_timeout", "outside"],
+        ),
+        (
+            "idle_connection_timeout = \"soon\"\n",
+            &["limits.idle_connection_timeout"],
+        ),
+        (
+            "pull_page_bytes = 1000\n",
+            &["limits.pull_page_bytes", "outside 65536..=67108864"],
+        ),
+        (
+            "pull_page_bytes = 1073741824\n",
+            &["limits.pull_page_bytes", "outside"],
+        ),
+        (
+            "pull_queue_messages = 0\n",
+            &["limits.pull_queue_messages", "outside 1..=64"],
+        ),
+        (
+            "pull_queue_messages = 1000\n",
+            &["limits.pull_queue_messages", "outside"],
+        ),
+        // Less than a bundle this node lets its own clients publish would bring.
+        (
+            "pull_transfer_bytes = 8388608\n",
+            &[
+                "limits.pull_transfer_bytes",
+                "8388608 is less than",
+                "publish_message_bytes (16777216)",
+                "could not cross",
+            ],
+        ),
+        (
+            "publish_message_bytes = 65536\npull_transfer_bytes = 1048576\n",
+            &[
+                "limits.pull_transfer_bytes",
+                "publish_message_bytes (65536)",
+            ],
+        ),
+        // More than any bundle can bring.
+        (
+            "pull_transfer_bytes = 1073741824\n",
+            &["limits.pull_transfer_bytes", "outside"],
+        ),
+    ];
+    for (limits, expect) in refused {
+        assert_mentions(&load_err(&with_limits(limits)), expect);
+    }
+}

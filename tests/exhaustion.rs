@@ -503,3 +503,120 @@ async fn a_pull_stream_that_is_never_read_is_let_go() {
     drop(unread);
     node.shutdown(Duration::from_secs(10)).await.unwrap();
 }
+
+/// A connection with no call in progress is closed by the node after
+/// `limits.idle_connection_timeout`, which gives back its place under
+/// `limits.connections_per_partner`; a stream is a call in progress, so a subscription
+/// open on another connection outlives the timeout and still delivers. Against a real
+/// `entente serve` process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_and_gives_back_its_slot_while_streams_stay_open() {
+    use entente::client::NodeClient;
+    common::init_logging();
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let analyst = pki.client("analyst.alice");
+    let reader = pki.client("researcher.bob");
+    let admin = pki.client("ops.admin");
+    let config = write_config(
+        &pki,
+        &hq,
+        &[
+            client(analyst.as_str(), "analyst"),
+            client(reader.as_str(), "read_only"),
+            client(admin.as_str(), "admin"),
+        ],
+        &[],
+    );
+    let idle_timeout = Duration::from_secs(2);
+    with_limits(
+        &config,
+        "connections_per_partner = 2\nidle_connection_timeout = \"2s\"\n",
+    );
+    let (process, addr) = common::serve(&config);
+    let _process = KillOnDrop(process);
+    let connect = |who: &NodeId| {
+        let tls = pki.material(who).client_config().unwrap();
+        let (who, addr, hq) = (who.clone(), addr.clone(), hq.clone());
+        async move {
+            let client = NodeClient::connect(tls, &who, &addr, &hq)
+                .await
+                .map_err(|e| e.to_string())?;
+            client.hello().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(client)
+        }
+    };
+
+    // Bob's two connections: one follows a subscription throughout, the other holds a
+    // stream while the cap is checked, then stays open with no call in progress.
+    let following = connect(&reader).await.unwrap();
+    let mut followed = following.subscribe(ItemFilter::default()).await.unwrap();
+    let second = connect(&reader).await.unwrap();
+    let busy = second.subscribe(ItemFilter::default()).await.unwrap();
+    assert!(
+        connect(&reader).await.is_err(),
+        "a third connection was served"
+    );
+    drop(busy);
+    let idle_since = Instant::now();
+
+    // The node closes the idle connection, so a third one is served.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let third = loop {
+        match connect(&reader).await {
+            Ok(client) => break client,
+            Err(error) => assert!(
+                Instant::now() < deadline,
+                "the idle connection still holds its slot: {error}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        idle_since.elapsed() >= idle_timeout,
+        "the slot was free before the idle timeout"
+    );
+    third.hello().await.expect("the new connection is served");
+
+    // The subscription, open longer than the timeout with nothing to deliver, is still
+    // there: it receives what is published now.
+    let alice = connect(&analyst).await.unwrap();
+    alice
+        .publish(tokio_stream::iter(vec![PublishRequest {
+            items: vec![item("after-idle.example")],
+            ..Default::default()
+        }]))
+        .await
+        .unwrap();
+    let delivered = tokio::time::timeout(Duration::from_secs(20), followed.message())
+        .await
+        .expect("the subscription delivers in time")
+        .expect("the subscription is still open")
+        .expect("an item");
+    match delivered.item.and_then(|i| i.kind) {
+        Some(entente::wire::item::Kind::Indicator(indicator)) => {
+            assert_eq!(indicator.value, "after-idle.example")
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Counted, and shown by `entente status` (Admin.Limits).
+    let operator = connect(&admin).await.unwrap();
+    let limits = operator.limits().await.unwrap().limits;
+    let idle = limits
+        .iter()
+        .find(|l| l.name == "idle_connection_timeout")
+        .expect("the limit is listed");
+    assert_eq!(idle.value, "2s");
+    assert!(idle.counted && idle.refused >= 1, "{idle:?}");
+}
+
+/// A node process, killed when the test ends (passed or not).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -3,7 +3,10 @@
 //! [`RequireIdentity`] layer in front of every service (health and reflection
 //! included) authorises each request against the [`Directory`] in force when it
 //! arrives, replacing the partner with the one configured now, and refuses a
-//! request without an identity or from a connection that lost access.
+//! request without an identity or from a connection that lost access. It also marks
+//! each authorised call in progress on its connection until its response has ended
+//! (a stream's, when the stream ends), so that only connections with no call in
+//! progress are closed as idle (`limits.idle_connection_timeout`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,6 +16,7 @@ use std::task::{Context, Poll};
 use tonic::{Request, Status};
 
 use crate::model::Role;
+use crate::transport::access::CallInProgress;
 use crate::transport::{ConnectionInfo, Directory, PartnerKind};
 
 /// The connection info of a request authorised by [`RequireIdentity`], with the
@@ -110,10 +114,38 @@ pub struct RequireIdentity<S> {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
+/// A response body that keeps its call marked in progress on the connection until the
+/// body has ended or is dropped.
+struct DuringCall<B> {
+    body: B,
+    _call: CallInProgress,
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for DuringCall<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 impl<S, B> tower::Service<http::Request<B>> for RequireIdentity<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
     S::Future: Send + 'static,
+    S::Error: 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -131,9 +163,16 @@ where
         };
         match self.directory.authorize(&info) {
             Ok(partner) => {
+                let call = info.call_begun();
                 info.partner = partner;
                 request.extensions_mut().insert(Authorized(info));
-                Box::pin(self.inner.call(request))
+                let response = self.inner.call(request);
+                Box::pin(async move {
+                    // Dropped with the future if the call is abandoned before it answers.
+                    let response = response.await?;
+                    Ok(response
+                        .map(|body| tonic::body::Body::new(DuringCall { body, _call: call })))
+                })
             }
             Err(withdrawal) => {
                 let response = Status::from(withdrawal).into_http();

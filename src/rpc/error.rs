@@ -39,9 +39,9 @@ impl From<EngineError> for Status {
                 Status::failed_precondition(format!("bundle refused: {why}"))
             }
             EngineError::Unpublishable(why) => Status::invalid_argument(why),
-            e @ (EngineError::TooManyStreams { .. } | EngineError::TooManyPublishes { .. }) => {
-                Status::resource_exhausted(e.to_string())
-            }
+            e @ (EngineError::TooManyStreams { .. }
+            | EngineError::TooManyPublishes { .. }
+            | EngineError::TransferTooLarge { .. }) => Status::resource_exhausted(e.to_string()),
             EngineError::PageToken(e @ crate::policy::PageTokenError::Invalid) => {
                 Status::invalid_argument(e.to_string())
             }

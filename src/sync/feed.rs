@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::limits::FEED_QUEUE_MESSAGES;
 use super::parts::{Part, Resume, split};
 use crate::engine::{Engine, EngineError};
 use crate::model::Partner;
@@ -108,9 +107,12 @@ where
         follow,
         resume,
     } = request;
-    // Small: what is queued was decided under the policy of the moment it was read, so
-    // little may wait (and each message is at most one part).
-    let (tx, rx) = tokio::sync::mpsc::channel::<(T, Option<[u8; 32]>)>(FEED_QUEUE_MESSAGES);
+    // Small (`limits.pull_queue_messages`): what is queued was decided under the policy
+    // of the moment it was read, so little may wait (and each message is at most one
+    // part).
+    let (tx, rx) = tokio::sync::mpsc::channel::<(T, Option<[u8; 32]>)>(
+        engine.limits().pull_queue_messages.max(1),
+    );
     let cursor = engine.serving_cursor(&partner.id, requested)?;
     // A transfer continues only where the partner left it: the entry after its cursor,
     // under the policy it was served under (else the feed replays from the start).
@@ -307,8 +309,10 @@ where
                     skip = r.next_part;
                 }
             }
-            // One part encoded at a time: the queue holds at most a few parts.
-            for part in parts.by_ref().skip(skip as usize) {
+            // The parts the partner has are passed over unbuilt; then one part is
+            // encoded at a time: the queue holds at most a few parts.
+            parts.skip_to(skip);
+            for part in parts {
                 if !serving
                     .send(FeedEvent::Part(part), Some(decided_under))
                     .await

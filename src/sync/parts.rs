@@ -3,12 +3,13 @@
 //! disclosed items in increasing index order), deterministically, so that a transfer
 //! cut short can be continued at a part; an [`Assembly`] takes a transfer's parts as
 //! they arrive, in order, checking every item against its leaf digest in the header as
-//! it comes, within fixed bounds, until the bundle is whole. No gRPC, no store, no
-//! policy here: the puller decides what to do with a bundle, the feed what to send.
+//! it comes, within fixed bounds and the puller's budget of item bytes, until the
+//! bundle is whole. No gRPC, no store, no policy here: the puller decides what to do
+//! with a bundle, the feed what to send.
 
 use prost::Message;
 
-use super::limits::{MAX_SIGNATURE_BYTES, MAX_TRANSFER_ITEM_BYTES, PART_BYTES};
+use super::limits::{MAX_SIGNATURE_BYTES, PART_BYTES};
 use crate::crypto::{
     BundleHeader, MAX_HEADER_BYTES, MAX_ITEM_BYTES, SALT_LEN, VerifyError, leaf_digest,
     parse_header, sha256,
@@ -121,6 +122,49 @@ impl Split {
     pub fn key(&self) -> (u64, u32, [u8; 32]) {
         (self.seq, self.hops, self.transfer)
     }
+
+    /// Passes over the parts before `index` without building them (only the sizes of
+    /// their items are looked at), so that a transfer continued at a part costs no
+    /// more than the parts it sends.
+    pub fn skip_to(&mut self, index: u32) {
+        while !self.done && self.index < index {
+            let (take, end) = self.next_extent();
+            self.advance(take, end);
+        }
+    }
+
+    /// What the next part holds: the bytes of header it takes, and the end of the run of
+    /// disclosures (from `items_sent`) it packs. The header comes first, in chunks; then
+    /// as many items as fit [`PART_BYTES`], and at least one, whatever its size.
+    fn next_extent(&self) -> (usize, usize) {
+        let header_len = self.bundle.header_bytes.len();
+        let take = (header_len - self.header_sent).min(PART_BYTES);
+        let mut used = take;
+        let mut end = self.items_sent;
+        if self.header_sent + take == header_len {
+            while let Some(d) = self.bundle.disclosures.get(end) {
+                let len = d.encoded_len();
+                let framed = len + prost::length_delimiter_len(len);
+                if used > 0 && used + framed > PART_BYTES {
+                    break;
+                }
+                used += framed;
+                end += 1;
+            }
+        }
+        (take, end)
+    }
+
+    /// Moves past a part of `take` header bytes and the disclosures up to `end`;
+    /// whether it was the last.
+    fn advance(&mut self, take: usize, end: usize) -> bool {
+        self.header_sent += take;
+        self.items_sent = end;
+        self.index += 1;
+        self.done = self.header_sent == self.bundle.header_bytes.len()
+            && self.items_sent == self.bundle.disclosures.len();
+        self.done
+    }
 }
 
 impl Iterator for Split {
@@ -130,47 +174,32 @@ impl Iterator for Split {
         if self.done {
             return None;
         }
+        let (take, end) = self.next_extent();
         let header = &self.bundle.header_bytes;
-        let take = (header.len() - self.header_sent).min(PART_BYTES);
         let header_chunk = header[self.header_sent..self.header_sent + take].to_vec();
-        self.header_sent += take;
-        let mut used = take;
         let mut disclosures = Vec::new();
-        if self.header_sent == header.len() {
-            while let Some(d) = self.bundle.disclosures.get(self.items_sent) {
-                let len = d.encoded_len();
-                let framed = len + prost::length_delimiter_len(len);
-                // A part takes at least one item, whatever its size.
-                if used > 0 && used + framed > PART_BYTES {
-                    break;
-                }
-                // Encoding into a Vec cannot fail: it grows as needed.
-                d.encode_length_delimited(&mut disclosures)
-                    .unwrap_or_default();
-                used += framed;
-                self.items_sent += 1;
-            }
+        for d in &self.bundle.disclosures[self.items_sent..end] {
+            // Encoding into a Vec cannot fail: it grows as needed.
+            d.encode_length_delimited(&mut disclosures)
+                .unwrap_or_default();
         }
         let opening = (self.index == 0).then(|| Opening {
             header_len: u32::try_from(header.len()).unwrap_or(u32::MAX),
             signature: self.bundle.signature.clone(),
             disclosed: u32::try_from(self.bundle.disclosures.len()).unwrap_or(u32::MAX),
         });
-        let last =
-            self.header_sent == header.len() && self.items_sent == self.bundle.disclosures.len();
-        let part = Part {
+        let index = self.index;
+        let last = self.advance(take, end);
+        Some(Part {
             seq: self.seq,
             hops: self.hops,
-            index: self.index,
+            index,
             last,
             transfer: self.transfer,
             opening,
             header_chunk,
             disclosures,
-        };
-        self.index += 1;
-        self.done = last;
-        Some(part)
+        })
     }
 }
 
@@ -182,6 +211,14 @@ pub enum PartError {
     /// about the transfer itself, so the link goes on with the next bundle.
     #[error("bundle rejected: {0}")]
     Refused(VerifyError),
+    /// The bundle brings more bytes of items and salts than the budget the assembly was
+    /// opened with (the puller's `limits.pull_transfer_bytes`): refused like
+    /// [`PartError::Refused`], and what it had brought is let go. The sender may be
+    /// honest (the bundle is only larger than this node holds), so the link goes on.
+    #[error(
+        "the bundle brings more than {0} bytes of items, the most this node holds for one transfer (limits.pull_transfer_bytes)"
+    )]
+    OverBudget(usize),
     /// The part breaks the transfer protocol (out of order, another transfer's, beyond
     /// a bound, malformed): the sender is broken or hostile; the connection ends and
     /// nothing of the transfer is kept.
@@ -204,8 +241,7 @@ pub struct Taken {
 
 /// A bundle transfer as it arrives, part by part. Holds at most
 /// `crypto::MAX_HEADER_BYTES` of header, `crypto::MAX_ITEMS_PER_BUNDLE` disclosures
-/// (never more than the header has digests) and [`MAX_TRANSFER_ITEM_BYTES`] of salts
-/// and items.
+/// (never more than the header has digests) and its budget of salts and items.
 #[derive(Debug)]
 pub struct Assembly {
     seq: u64,
@@ -220,14 +256,17 @@ pub struct Assembly {
     header: Option<(BundleHeader, Vec<Vec<u8>>)>,
     disclosures: Vec<wire::Disclosure>,
     item_bytes: usize,
+    /// Most bytes of salts and items held.
+    item_budget: usize,
     /// The bundle was refused: later parts are checked for order and dropped.
     refused: bool,
     complete: bool,
 }
 
 impl Assembly {
-    /// A transfer begun by its part 0 (taken with [`Assembly::take`] next).
-    pub fn open(part: &Part) -> Result<Self, PartError> {
+    /// A transfer begun by its part 0 (taken with [`Assembly::take`] next), holding at
+    /// most `item_budget` bytes of salts and items.
+    pub fn open(part: &Part, item_budget: usize) -> Result<Self, PartError> {
         let Some(opening) = part.opening.as_ref().filter(|_| part.index == 0) else {
             return Err(protocol(format!(
                 "part {} of the bundle at seq {} came first, not part 0",
@@ -268,6 +307,7 @@ impl Assembly {
             header: None,
             disclosures: Vec::new(),
             item_bytes: 0,
+            item_budget,
             refused: false,
             complete: false,
         })
@@ -460,10 +500,8 @@ impl Assembly {
                 return Err(self.refused_with(refused(VerifyError::DigestMismatch(d.index))));
             }
             self.item_bytes += d.salt.len() + d.item_bytes.len();
-            if self.item_bytes > MAX_TRANSFER_ITEM_BYTES {
-                return Err(protocol(format!(
-                    "the bundle at seq {seq} brings more than {MAX_TRANSFER_ITEM_BYTES} bytes of items"
-                )));
+            if self.item_bytes > self.item_budget {
+                return Err(self.refused_with(PartError::OverBudget(self.item_budget)));
             }
             self.disclosures.push(d);
         }
@@ -567,6 +605,36 @@ mod tests {
         assert_ne!(transfer_digest(1, &fewer), parts[0].transfer);
     }
 
+    /// A transfer continued at a part gets exactly the parts from there on, built from
+    /// that part only: for a header over several parts, parts of items, and a skip past
+    /// the end.
+    #[test]
+    fn a_split_skipped_to_a_part_goes_on_with_exactly_the_parts_from_there() {
+        let mut varied = bundle(300, 0);
+        for (i, d) in varied.disclosures.iter_mut().enumerate() {
+            d.item_bytes = vec![3; (i * 7919) % MAX_ITEM_BYTES];
+        }
+        let mut small_header = bundle(700, 3000);
+        small_header.header_bytes = vec![9; 300];
+        for b in [bundle(3000, 1000), varied, small_header] {
+            let whole = || {
+                split(PulledBundle {
+                    seq: 4,
+                    hops: 1,
+                    bundle: b.clone(),
+                })
+            };
+            let parts: Vec<Part> = whole().collect();
+            assert!(parts.len() > 2, "{} parts", parts.len());
+            for at in 0..=parts.len() + 1 {
+                let mut skipped = whole();
+                skipped.skip_to(at as u32);
+                let rest: Vec<Part> = skipped.collect();
+                assert_eq!(rest, parts[at.min(parts.len())..], "skipped to part {at}");
+            }
+        }
+    }
+
     /// Why a pull message holds no repeated message field: an empty `Disclosure` is two
     /// bytes on the wire (tag and zero length) but a 56-byte struct once decoded, 28
     /// times its size, and up to 56 times while the vector that holds it doubles.
@@ -591,10 +659,10 @@ mod tests {
         })
         .collect();
         assert!(matches!(
-            Assembly::open(&parts[1]),
+            Assembly::open(&parts[1], usize::MAX),
             Err(PartError::Protocol(_))
         ));
-        let mut assembly = Assembly::open(&parts[0]).unwrap();
+        let mut assembly = Assembly::open(&parts[0], usize::MAX).unwrap();
         assembly.take(parts[0].clone()).ok();
         let mut skipped = parts[2].clone();
         assert!(matches!(

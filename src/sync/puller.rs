@@ -416,7 +416,10 @@ async fn take_part<P: Peer>(
         // A transfer kept from an earlier connection that the peer begins again (or
         // does not continue) is dropped.
         kept.offered = None;
-        kept.transfer = Some(Assembly::open(&part).map_err(|e| e.to_string())?);
+        kept.transfer = Some(
+            Assembly::open(&part, engine.limits().pull_transfer_bytes)
+                .map_err(|e| e.to_string())?,
+        );
     } else if !kept.transfer.as_ref().is_some_and(|t| t.expects(&part)) {
         return Err(format!(
             "part {} of the bundle at seq {seq} does not follow the transfer in progress",
@@ -431,14 +434,22 @@ async fn take_part<P: Peer>(
     let taken = match assembly.take(part) {
         Ok(taken) => taken,
         Err(PartError::Protocol(problem)) => return Err(problem),
-        Err(PartError::Refused(error)) => {
+        Err(refusal) => {
             if assembly.is_complete() {
                 kept.transfer = None;
             }
+            let error = match refusal {
+                PartError::OverBudget(budget) => {
+                    crate::limits::count(crate::limits::Limit::PullTransferBytes);
+                    EngineError::TransferTooLarge { budget }
+                }
+                PartError::Refused(error) => EngineError::Verify(error),
+                PartError::Protocol(problem) => return Err(problem),
+            };
             return Ok(Some(Outcome {
                 seq,
                 disclosed,
-                accepted: Err(EngineError::Verify(error)),
+                accepted: Err(error),
             }));
         }
     };
@@ -582,6 +593,7 @@ fn settle(
         Err(
             error @ (EngineError::Refused(_)
             | EngineError::Verify(_)
+            | EngineError::TransferTooLarge { .. }
             | EngineError::Certificate(_)
             | EngineError::Store(crate::store::StoreError::ConflictingBundle(_))),
         ) => {

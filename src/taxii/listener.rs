@@ -74,6 +74,9 @@ struct Shared {
     directory: Arc<Directory>,
     credentials: Arc<Credentials>,
     password_checks: Semaphore,
+    /// `limits.idle_connection_timeout`: a certificate connection with no request in
+    /// progress for this long is closed, as on the gRPC listener.
+    idle_timeout: std::time::Duration,
 }
 
 impl TaxiiServer {
@@ -108,6 +111,7 @@ impl TaxiiServer {
             directory,
             credentials: credentials.clone(),
             password_checks: Semaphore::new(PASSWORD_CHECKS),
+            idle_timeout: config.node.limits.idle_connection_timeout,
         });
         let task = tokio::spawn(accept(
             listener,
@@ -312,10 +316,11 @@ async fn serve_connection(
         permit,
     } = established;
     let _held = (partner_slot, permit);
+    let idle_timeout = shared.idle_timeout;
     let closing = async {
         match &registration {
             Some(registration) => {
-                tokio::spawn(registration.watchdog());
+                tokio::spawn(registration.watchdog(idle_timeout));
                 registration.closing().await;
             }
             None => std::future::pending::<()>().await,
@@ -329,7 +334,12 @@ async fn serve_connection(
     let service = hyper::service::service_fn(move |request| {
         let shared = shared.clone();
         let connection = connection.clone();
-        async move { Ok::<_, std::convert::Infallible>(serve(&shared, &connection, request).await) }
+        async move {
+            // A request is a call in progress (`limits.idle_connection_timeout`) until its
+            // answer, which is built whole, is handed over.
+            let _call = connection.info.as_ref().map(|info| info.call_begun());
+            Ok::<_, std::convert::Infallible>(serve(&shared, &connection, request).await)
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder

@@ -119,9 +119,12 @@ pub struct Access {
     generation: AtomicU64,
     withdrawal: OnceLock<Withdrawal>,
     withdrawn: CancellationToken,
-    /// Cancelled [`WITHDRAWAL_GRACE`] after the withdrawal: the connection's reads and
-    /// writes fail from then on.
+    /// Cancelled [`WITHDRAWAL_GRACE`] after the withdrawal, or once the connection has
+    /// been idle too long: the connection's reads and writes fail from then on.
     closing: CancellationToken,
+    /// Calls in progress on the connection. Every change (a call begun or ended) is
+    /// seen by the idle watch, so that a call restarts the idle time however short it is.
+    calls: tokio::sync::watch::Sender<usize>,
 }
 
 impl Access {
@@ -161,6 +164,29 @@ impl Access {
             self.withdrawn.cancel();
         }
         self.withdrawal().unwrap_or(Withdrawal { cause, reason })
+    }
+
+    /// Marks a call in progress on this connection until the guard is dropped (when
+    /// its response, a stream's included, has ended or was abandoned).
+    pub(crate) fn call_begun(self: &Arc<Self>) -> CallInProgress {
+        self.calls.send_modify(|n| *n += 1);
+        CallInProgress(self.clone())
+    }
+
+    /// Resolves once the connection has had no call in progress for `timeout` on end.
+    async fn idle_for(&self, timeout: Duration) {
+        let mut calls = self.calls.subscribe();
+        loop {
+            // The sender lives in `self`, so it cannot be dropped while this waits.
+            if calls.wait_for(|open| *open == 0).await.is_err() {
+                return std::future::pending().await;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(timeout) => return,
+                // A call began (and may have ended already): start over.
+                _ = calls.changed() => {}
+            }
+        }
     }
 
     fn expired(&self, now: SystemTime) -> bool {
@@ -408,6 +434,7 @@ impl Directory {
             withdrawal: OnceLock::new(),
             withdrawn: CancellationToken::new(),
             closing: CancellationToken::new(),
+            calls: tokio::sync::watch::Sender::new(0),
         });
         // Registered before the state is read: a reload either sees this connection
         // or came before the read below.
@@ -572,8 +599,14 @@ impl Registration {
     }
 
     /// Runs until the connection closes: withdraws access when the certificate
-    /// expires, and closes the connection [`WITHDRAWAL_GRACE`] after a withdrawal.
-    pub(crate) fn watchdog(&self) -> impl Future<Output = ()> + Send + 'static {
+    /// expires, and closes the connection [`WITHDRAWAL_GRACE`] after a withdrawal, or
+    /// once it has had no call in progress for `idle_timeout`
+    /// (`limits.idle_connection_timeout`; a stream is a call in progress as long as it
+    /// is open).
+    pub(crate) fn watchdog(
+        &self,
+        idle_timeout: Duration,
+    ) -> impl Future<Output = ()> + Send + 'static {
         let access = self.access.clone();
         let closed = self.closed.clone();
         async move {
@@ -588,12 +621,35 @@ impl Registration {
                 _ = tokio::time::sleep(until_expiry) => {
                     access.withdraw(Cause::Expired, access.expired_reason());
                 }
+                _ = access.idle_for(idle_timeout) => {
+                    // No call to tell: the connection closes at once, and its place
+                    // under `limits.connections_per_partner` is free.
+                    crate::limits::count(crate::limits::Limit::IdleConnectionTimeout);
+                    tracing::info!(
+                        peer = %access.id,
+                        connection = access.connection,
+                        timeout_s = idle_timeout.as_secs_f64(),
+                        "connection closed: no call in progress for limits.idle_connection_timeout"
+                    );
+                    access.closing.cancel();
+                    return;
+                }
             }
             tokio::select! {
                 _ = closed.cancelled() => {}
                 _ = tokio::time::sleep(WITHDRAWAL_GRACE) => access.closing.cancel(),
             }
         }
+    }
+}
+
+/// A call in progress on a connection (see [`Access::call_begun`]).
+#[derive(Debug)]
+pub(crate) struct CallInProgress(Arc<Access>);
+
+impl Drop for CallInProgress {
+    fn drop(&mut self) {
+        self.0.calls.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 

@@ -81,6 +81,12 @@ impl ConnectionInfo {
         self.access.withdrawal()
     }
 
+    /// Marks a call in progress on this connection until the guard is dropped: a
+    /// connection with none is closed after `limits.idle_connection_timeout`.
+    pub(crate) fn call_begun(&self) -> super::access::CallInProgress {
+        self.access.call_begun()
+    }
+
     /// Resolves when this connection's access is withdrawn (partner removed or
     /// changed, certificate revoked or expired); stream handlers select on it to
     /// end with a clear status.

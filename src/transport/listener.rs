@@ -1,8 +1,9 @@
 //! Accepting connections: TCP accept, TLS handshake (bounded in time and in
 //! number), then the connection is registered in the [`Directory`] and its
 //! [`ConnectionInfo`] attached so every request carries it. A connection whose
-//! access is withdrawn (reload, revocation, expiry) stops reading and writing
-//! shortly after, which closes it.
+//! access is withdrawn (reload, revocation, expiry), or which has had no call in
+//! progress for `limits.idle_connection_timeout`, stops reading and writing, which
+//! closes it.
 
 use std::future::Future;
 use std::io;
@@ -45,7 +46,7 @@ pub struct AuthenticatedConnection {
     stream: TlsStream<TcpStream>,
     info: ConnectionInfo,
     /// Resolves when the connection must stop: its access was withdrawn and the
-    /// streams had their grace period to say so.
+    /// streams had their grace period to say so, or it was idle too long.
     closing: Pin<Box<WaitForCancellationFutureOwned>>,
     registration: Registration,
     /// The connection's place under `limits.connections_per_partner`.
@@ -59,7 +60,7 @@ impl AuthenticatedConnection {
         if self.registration.is_closing() || self.closing.as_mut().poll(cx).is_ready() {
             return Err(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
-                "access to this node was withdrawn",
+                "the node closed the connection (access withdrawn, or idle)",
             ));
         }
         Ok(())
@@ -133,6 +134,7 @@ pub fn accept(
     let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(tls);
     let handshake_timeout = limits.handshake_timeout;
+    let idle_timeout = limits.idle_connection_timeout;
     let max_handshakes = limits.handshakes;
     let per_source = Slots::new(limits.handshakes_per_source);
     let per_partner = Arc::new(Slots::new(limits.connections_per_partner));
@@ -207,7 +209,7 @@ pub fn accept(
                     Ok(conn) => {
                         tracing::debug!(peer = %conn.info.partner.id, addr = %remote_addr, "connection authenticated");
                         // Ends when the connection is dropped.
-                        tokio::spawn(conn.registration.watchdog());
+                        tokio::spawn(conn.registration.watchdog(idle_timeout));
                         let _ = tx.send(Ok(conn)).await;
                     }
                     Err(reason) => {
