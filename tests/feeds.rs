@@ -492,6 +492,18 @@ async fn misp_feed_maps_attributes_takes_markings_and_updates_without_duplicates
     assert_eq!(updated.item.as_ref().unwrap().modified_unix_ms, t2 * 1000);
     assert_eq!(files.requests(&format!("/misp/{EVENT_2}.json")), 1);
     assert_eq!(files.requests(&format!("/misp/{EVENT_1}.json")), 2);
+    // The poll that brought the update has recorded its checkpoint (a node stopped
+    // before that fetches the event again, which is the safe side).
+    wait_until("the checkpoint of the update", || {
+        let client = &client;
+        async move {
+            let s = feed_status(client, "misp-test").await;
+            s.checkpoint
+                .contains(&format!("newest timestamp {t2}"))
+                .then_some(())
+        }
+    })
+    .await;
 
     node.shutdown(Duration::from_secs(5)).await.unwrap();
 
