@@ -1021,7 +1021,7 @@ async fn taxii_feed_from_medallion_resumes_from_its_checkpoint() {
         &id,
         &data,
         &format!(
-            "\n[[feed]]\nname = \"taxii-test\"\nkind = \"taxii\"\nurl = \"{}\"\ntlp = \"amber\"\ninterval = \"1s\"\npage_size = 2\nusername = \"{TAXII_USER}\"\npassword_file = \"{}\"\n\n[[feed]]\nname = \"taxii-wrong\"\nkind = \"taxii\"\nurl = \"{}\"\ntlp = \"amber\"\ninterval = \"1s\"\nusername = \"{TAXII_USER}\"\npassword_file = \"{}\"\n",
+            "\n[[feed]]\nname = \"taxii-test\"\nkind = \"taxii\"\nurl = \"{}\"\ntlp = \"amber\"\ninterval = \"1s\"\npage_size = 2\nmax_objects_per_poll = 2\nusername = \"{TAXII_USER}\"\npassword_file = \"{}\"\n\n[[feed]]\nname = \"taxii-wrong\"\nkind = \"taxii\"\nurl = \"{}\"\ntlp = \"amber\"\ninterval = \"1s\"\nusername = \"{TAXII_USER}\"\npassword_file = \"{}\"\n",
             medallion.objects_url(),
             password.display(),
             medallion.objects_url(),

@@ -71,6 +71,12 @@ async fn poll_pages(
     };
     let mut added_after = checkpoint.added_after.clone();
     let mut next: Option<String> = None;
+    // The last date added of the pages taken so far. Several objects may share one date
+    // added, and a page may end inside such a group: the checkpoint moves to it only
+    // once the next page starts later, or when there is no next page, so that resuming
+    // with `added_after` (which is exclusive) never skips the rest of a group.
+    let mut pending: Option<String> = None;
+    let mut over_limit = false;
     let origin = engine.policy().node().to_string();
     for _ in 0..MAX_PAGES_PER_POLL {
         let uri = page_uri(
@@ -87,21 +93,24 @@ async fn poll_pages(
                 super::http::shown(&feed.url)
             ))
         })?;
-        let date_added_last = match response
-            .headers
-            .get("x-taxii-date-added-last")
-            .map(|v| v.to_str().map(str::to_owned))
-        {
-            None => None,
-            Some(Ok(text)) if text.len() <= MAX_TOKEN_BYTES && parse_time(&text).is_some() => {
-                Some(text)
+        let date_added_first = date_header(&response.headers, "x-taxii-date-added-first")?;
+        let date_added_last = date_header(&response.headers, "x-taxii-date-added-last")?;
+        if let Some(held) = &pending {
+            let later = match (&date_added_first, parse_time(held)) {
+                (Some(first), Some(held)) => parse_time(first).is_some_and(|f| f > held),
+                _ => false,
+            };
+            if later {
+                let confirmed = held.clone();
+                save(feed, engine, states, &mut checkpoint, &confirmed).await?;
+                pending = None;
+                if over_limit {
+                    // The limit was reached at a boundary: this page waits for the
+                    // next poll, which starts from the checkpoint just saved.
+                    return Ok(());
+                }
             }
-            Some(_) => {
-                return Err(FeedError::Malformed(
-                    "X-TAXII-Date-Added-Last is not a timestamp".into(),
-                ));
-            }
-        };
+        }
         let objects = envelope.objects.unwrap_or_default();
         let count = objects.len() as u64;
         report.fetched += count;
@@ -132,28 +141,20 @@ async fn poll_pages(
             report.skipped += count.saturating_sub(items + parsed.errors.len() as u64);
             publish(engine, parsed.items, report).await?;
         }
-        // The checkpoint moves only once the page's items are durable.
-        if let Some(last) = &date_added_last {
-            let newer = match checkpoint.added_after.as_deref().and_then(parse_time) {
-                Some(held) => parse_time(last).is_some_and(|t| t > held),
-                None => true,
-            };
-            if newer {
-                checkpoint.added_after = Some(last.clone());
-                let bytes = serde_json::to_vec(&checkpoint)
-                    .map_err(|e| FeedError::Publish(format!("checkpoint: {e}")))?;
-                super::save_checkpoint(engine, &feed.name, bytes).await?;
-                update(states, &feed.name, |s| {
-                    s.checkpoint = format!("added_after {last}");
-                });
-            }
+        // This page's items are durable now.
+        if date_added_last.is_some() {
+            pending = date_added_last.clone();
         }
         if envelope.more != Some(true) || count == 0 {
+            // Nothing after this page: what it ends with is complete.
+            if let Some(last) = pending {
+                save(feed, engine, states, &mut checkpoint, &last).await?;
+            }
             return Ok(());
         }
         if report.fetched >= feed.max_objects_per_poll as u64 {
-            // The rest waits for the next poll, from the checkpoint.
-            return Ok(());
+            // The rest waits for the next poll, once the checkpoint is at a boundary.
+            over_limit = true;
         }
         match envelope.next {
             Some(token) if !token.is_empty() => {
@@ -164,19 +165,65 @@ async fn poll_pages(
                 }
                 next = Some(token);
             }
-            // No token: page on by date added, when the checkpoint moved.
+            // No token: page on by date added, from this page's last.
             _ => {
-                if checkpoint.added_after == added_after {
+                let Some(last) = pending.clone() else {
                     return Err(FeedError::Malformed(
                         "the server says there is more but gives neither next nor X-TAXII-Date-Added-Last".into(),
                     ));
+                };
+                if added_after.as_deref() == Some(last.as_str()) {
+                    return Err(FeedError::Malformed(
+                        "the server says there is more but its next page starts where the last one did".into(),
+                    ));
                 }
-                added_after = checkpoint.added_after.clone();
+                save(feed, engine, states, &mut checkpoint, &last).await?;
+                pending = None;
+                if over_limit {
+                    return Ok(());
+                }
+                added_after = Some(last);
                 next = None;
             }
         }
     }
     Ok(())
+}
+
+/// Moves the checkpoint to `last` (when it is later than the one held) and writes it.
+async fn save(
+    feed: &FeedConfig,
+    engine: &Arc<Engine>,
+    states: &FeedStates,
+    checkpoint: &mut Checkpoint,
+    last: &str,
+) -> Result<(), FeedError> {
+    let newer = match checkpoint.added_after.as_deref().and_then(parse_time) {
+        Some(held) => parse_time(last).is_some_and(|t| t > held),
+        None => true,
+    };
+    if !newer {
+        return Ok(());
+    }
+    checkpoint.added_after = Some(last.to_owned());
+    let bytes = serde_json::to_vec(&checkpoint)
+        .map_err(|e| FeedError::Publish(format!("checkpoint: {e}")))?;
+    super::save_checkpoint(engine, &feed.name, bytes).await?;
+    update(states, &feed.name, |s| {
+        s.checkpoint = format!("added_after {last}");
+    });
+    Ok(())
+}
+
+/// A date header of a TAXII answer: absent, or a timestamp.
+fn date_header(headers: &::http::HeaderMap, name: &str) -> Result<Option<String>, FeedError> {
+    match headers.get(name).map(|v| v.to_str().map(str::to_owned)) {
+        None => Ok(None),
+        Some(Ok(text)) if text.len() <= MAX_TOKEN_BYTES && parse_time(&text).is_some() => {
+            Ok(Some(text))
+        }
+        Some(_) => Err(FeedError::Malformed(format!("{name} is not a timestamp"))),
+    }
 }
 
 fn parse_time(text: &str) -> Option<i128> {
