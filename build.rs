@@ -15,6 +15,7 @@ const BUNDLE_TYPES: &[&str] = &[
     "Item",
     "Indicator",
     "Revocation",
+    "ContextObject",
     "Provenance",
 ];
 

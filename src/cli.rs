@@ -240,6 +240,27 @@ pub async fn revoke(settings: &ClientSettings, id: &str, reason: &str) -> Result
     Ok(())
 }
 
+/// The items of an input file, as `policy explain --input` judges them.
+struct InputHeld<'a> {
+    items: &'a [Item],
+    origin: &'a NodeId,
+    distribution: &'a crate::model::Distribution,
+    now: i64,
+}
+
+impl crate::policy::Held for InputHeld<'_> {
+    fn held(&self, id: &crate::model::ItemId) -> Option<crate::policy::HeldItem> {
+        let item = self.items.iter().rev().find(|item| &item.id == id)?;
+        Some(crate::policy::HeldItem {
+            item: item.clone(),
+            origin: self.origin.clone(),
+            hops: 0,
+            distribution: Some(self.distribution.clone()),
+            accepted_ms: self.now,
+        })
+    }
+}
+
 /// Most distinct origins whose `identity` objects one export carries (a federation has
 /// far fewer members; this only bounds what a misbehaving node could make a client hold).
 const MAX_EXPORT_ORIGINS: usize = 10_000;
@@ -403,9 +424,21 @@ pub fn render(stored: &StoredItem, json: bool) -> Result<String> {
         }
         return Ok(object.to_string());
     }
-    let what = match item.value() {
-        Some(value) => format!("{:<12} {value}", item.indicator_type().as_str()),
-        None => format!("{:<12} (revoked)", item.indicator_type().as_str()),
+    let what = match &item.kind {
+        crate::model::ItemKind::Indicator(i) => {
+            format!("{:<12} {}", item.indicator_type().as_str(), i.value)
+        }
+        crate::model::ItemKind::Revocation(_) => {
+            format!("{:<12} (revoked)", item.indicator_type().as_str())
+        }
+        crate::model::ItemKind::Context(c) => format!(
+            "{:<12} {}",
+            item.indicator_type().as_str(),
+            c.properties
+                .string("name")
+                .or_else(|| c.properties.string("relationship_type"))
+                .unwrap_or_default()
+        ),
     };
     Ok(format!(
         "{}  {what}  {}  origin={} hops={} modified={}{}",
@@ -541,6 +574,14 @@ pub fn explain_input(
         eprintln!("{}: {error}", input.display());
     }
     let now = now_ms();
+    // Objects in the input that reference each other are judged together, as if the
+    // node held the whole input.
+    let held = InputHeld {
+        items: &parsed.items,
+        origin: policy.node(),
+        distribution,
+        now,
+    };
     for item in &parsed.items {
         let decision = policy.decide(
             partner,
@@ -553,6 +594,7 @@ pub fn explain_input(
                 now_ms: now,
                 latest: true,
                 include_expired: false,
+                held: &held,
             },
         );
         let what = item.value().unwrap_or("(revocation)");

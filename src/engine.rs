@@ -22,6 +22,29 @@ use crate::wire;
 /// Capacity of the subscription channel; a subscriber further behind is dropped.
 pub const SUBSCRIPTION_BUFFER: usize = 16_384;
 
+/// The store as policy sees what a node holds ([`crate::policy::Held`]): the latest
+/// version under an id and its bundle's signed distribution. A store error answers
+/// "not held", so an object that references it is withheld (fail closed).
+struct StoreHeld<'a>(&'a dyn Store);
+
+impl crate::policy::Held for StoreHeld<'_> {
+    fn held(&self, id: &ItemId) -> Option<crate::policy::HeldItem> {
+        let stored = self.0.get(id).ok()??;
+        if &stored.item.id != id {
+            return None;
+        }
+        let header = self.0.bundle_header(&stored.bundle_id).ok()??;
+        let distribution = crate::crypto::parse_header(&header).ok()?.0.distribution;
+        Some(crate::policy::HeldItem {
+            item: stored.item,
+            origin: stored.origin,
+            hops: stored.hops,
+            distribution: Some(distribution),
+            accepted_ms: stored.accepted_ms,
+        })
+    }
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
     let now = std::time::SystemTime::now()
@@ -491,7 +514,9 @@ impl Engine {
                 .is_some_and(crate::policy::PartnerPolicy::sees_everything);
         let visible = self.store.get(&id)?.filter(|stored| {
             sees_everything
-                || Self::decide_stored(&policy, &publisher.id, stored, now_ms, true).allowed()
+                || self
+                    .decide_stored(&policy, &publisher.id, stored, now_ms, true)
+                    .allowed()
         });
         let untyped = revocation.indicator_type.is_empty();
         let held = match visible {
@@ -512,6 +537,9 @@ impl Engine {
         let indicator = match &held.item.kind {
             ItemKind::Indicator(indicator) => Some(indicator.clone()),
             ItemKind::Revocation(earlier) => earlier.indicator.as_deref().cloned(),
+            // Not an indicator: the revocation is refused when validated (its id names
+            // another type).
+            ItemKind::Context(_) => return Ok(()),
         };
         // A bare revocation (no type) takes marking and tags from the indicator; one that
         // says what it revokes keeps what it says, for `check_publishable` to refuse if
@@ -577,14 +605,9 @@ impl Engine {
                     None => (None, false),
                     Some(stored)
                         if !sees_everything
-                            && !Self::decide_stored(
-                                &policy,
-                                &publisher.id,
-                                &stored,
-                                now_ms,
-                                true,
-                            )
-                            .allowed() =>
+                            && !self
+                                .decide_stored(&policy, &publisher.id, &stored, now_ms, true)
+                                .allowed() =>
                     {
                         (None, true)
                     }
@@ -837,6 +860,7 @@ impl Engine {
     /// The policy decision for a stored item and a client-side path (query, get,
     /// subscribe, export, explain).
     pub fn decide_stored(
+        &self,
         policy: &Policy,
         partner: &NodeId,
         stored: &StoredItem,
@@ -855,6 +879,7 @@ impl Engine {
                 // The store returns only the latest version of each id.
                 latest: true,
                 include_expired,
+                held: &StoreHeld(self.store.as_ref()),
             },
         )
     }
@@ -868,7 +893,8 @@ impl Engine {
         stored: &StoredItem,
         include_expired: bool,
     ) -> bool {
-        Self::decide_stored(&self.policy(), partner, stored, now_ms(), include_expired).allowed()
+        self.decide_stored(&self.policy(), partner, stored, now_ms(), include_expired)
+            .allowed()
     }
 
     /// The latest version of `id`, if `partner` may see it; recorded in the ledger
@@ -881,7 +907,8 @@ impl Engine {
         let policy = self.policy();
         let now = now_ms();
         let found = self.store.get(id)?.filter(|stored| {
-            Self::decide_stored(&policy, &partner.id, stored, now, true).allowed()
+            self.decide_stored(&policy, &partner.id, stored, now, true)
+                .allowed()
         });
         if let Some(stored) = &found {
             if let Some(ticket) = self.record_delivery(&policy, &partner.id, "get", [stored])? {
@@ -907,7 +934,10 @@ impl Engine {
         let Some(stored) = self.store.get(id)? else {
             return Ok(None);
         };
-        if !Self::decide_stored(&policy, &caller.id, &stored, now, true).allowed() {
+        if !self
+            .decide_stored(&policy, &caller.id, &stored, now, true)
+            .allowed()
+        {
             return Ok(None);
         }
         let distribution = match self.store.bundle_header(&stored.bundle_id)? {
@@ -925,6 +955,7 @@ impl Engine {
                 now_ms: now,
                 latest: true,
                 include_expired: false,
+                held: &StoreHeld(self.store.as_ref()),
             },
         );
         if let Some(ticket) = self.record_delivery(&policy, &caller.id, "explain", [&stored])? {
@@ -976,7 +1007,7 @@ impl Engine {
             }
         };
         let visible = |stored: &StoredItem| {
-            Self::decide_stored(policy, &partner.id, stored, now_ms, query.include_expired)
+            self.decide_stored(policy, &partner.id, stored, now_ms, query.include_expired)
                 .allowed()
         };
         let mut page = Page::default();
@@ -1168,6 +1199,7 @@ impl Engine {
                         now_ms: now,
                         latest: true,
                         include_expired: false,
+                        held: &StoreHeld(self.store.as_ref()),
                     },
                 );
                 if decision.allowed() {
@@ -1514,14 +1546,16 @@ impl Subscription {
             let now = now_ms();
             let policy = self.engine.policy();
             if !self.query.matches_value(&stored, now)
-                || !Engine::decide_stored(
-                    &policy,
-                    &self.partner.id,
-                    &stored,
-                    now,
-                    self.query.include_expired,
-                )
-                .allowed()
+                || !self
+                    .engine
+                    .decide_stored(
+                        &policy,
+                        &self.partner.id,
+                        &stored,
+                        now,
+                        self.query.include_expired,
+                    )
+                    .allowed()
             {
                 continue;
             }

@@ -283,14 +283,14 @@ mod tests {
     pub(super) fn indicator(item: &Item) -> &Indicator {
         match &item.kind {
             ItemKind::Indicator(i) => i,
-            ItemKind::Revocation(r) => panic!("expected an indicator, got {r:?}"),
+            other => panic!("expected an indicator, got {other:?}"),
         }
     }
 
     pub(super) fn revocation(item: &Item) -> &Revocation {
         match &item.kind {
             ItemKind::Revocation(r) => r,
-            ItemKind::Indicator(i) => panic!("expected a revocation, got {i:?}"),
+            other => panic!("expected a revocation, got {other:?}"),
         }
     }
 

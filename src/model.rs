@@ -12,9 +12,10 @@ mod value;
 pub use bundle::{BundleId, Distribution, MAX_RECIPIENTS};
 pub use identity::{InvalidNodeId, NodeId, Partner, PartnerKind, Role};
 pub use item::{
-    Indicator, IndicatorType, InvalidValue, Item, ItemId, ItemKind, ModelError, Revocation, Tlp,
+    ContextObject, Indicator, IndicatorType, InvalidValue, Item, ItemId, ItemKind, ModelError,
+    Revocation, Tlp,
 };
-pub use properties::{MAX_PROPERTIES_BYTES, StixProperties};
+pub use properties::{Holder, MAX_PROPERTIES_BYTES, StixProperties};
 pub use value::{
     MAX_KILL_CHAIN_PHASES, MAX_TAGS, MIN_IPV4_PREFIX, MIN_IPV6_PREFIX, detect_type, normalise,
     normalise_typed,

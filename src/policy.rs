@@ -25,6 +25,9 @@ mod page_token;
 mod spec;
 
 pub use admit::{Arrival, Refusal};
-pub use decide::{Context, Decision, Outcome, PartnerPolicy, Policy, READ_ONLY_MAX_TLP, Rule};
+pub use decide::{
+    Context, Decision, Held, HeldItem, NothingHeld, Outcome, PartnerPolicy, Policy,
+    READ_ONLY_MAX_TLP, Rule,
+};
 pub use page_token::{PageTokenError, PageTokens, TokenScope};
 pub use spec::{DEFAULT_MAX_CLOCK_SKEW_MS, PartnerSpec, PolicySettings, PolicySpec};

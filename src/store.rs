@@ -226,6 +226,12 @@ pub enum ItemRejection {
         /// What differs, for an operator.
         problem: String,
     },
+    /// The UUID is held under another object type (`indicator--X` and `malware--X`):
+    /// an id keeps its type.
+    TypeConflict {
+        /// The id held.
+        held: String,
+    },
 }
 
 impl std::fmt::Display for ItemRejection {
@@ -239,6 +245,9 @@ impl std::fmt::Display for ItemRejection {
                 f,
                 "a revocation must carry the revoked item's marking, type and tags: {problem}"
             ),
+            ItemRejection::TypeConflict { held } => {
+                write!(f, "the same UUID is held as {held}; an id keeps its type")
+            }
         }
     }
 }

@@ -231,7 +231,7 @@ fn indicator(stored: &StoredItem) -> (String, String, i32, Vec<String>) {
             item.tlp,
             item.tags.clone(),
         ),
-        item::Kind::Revocation(_) => panic!("a revocation"),
+        other => panic!("not an indicator: {other:?}"),
     }
 }
 

@@ -16,6 +16,8 @@
 //! >    has one. (A client of N is not a node: rules 3 and 4 do not apply to it.)
 //! > 5. Embargo: at least P's `embargo` has passed since N accepted i.
 //! > 6. i is the latest version of its id that N holds, and not expired.
+//! > 7. If i is a relationship, N holds both its ends and P may be given each of them by
+//! >    rules 1–7; if i is a report, P may be given each object it references that N holds.
 //!
 //! with the documented role defaults: `analyst` and `admin` clients get every marking and
 //! every type unless their policy says otherwise; `read_only` partners get `max_tlp` GREEN
@@ -201,8 +203,15 @@ fn tlp() -> impl Strategy<Value = Tlp> {
     proptest::sample::select(Tlp::ALL.to_vec())
 }
 
+/// An indicator type (items generated here are indicators and revocations; policies
+/// name every item type).
 fn indicator_type() -> impl Strategy<Value = IndicatorType> {
-    proptest::sample::select(IndicatorType::ALL.to_vec())
+    proptest::sample::select(
+        IndicatorType::ALL
+            .into_iter()
+            .filter(|t| !t.is_context())
+            .collect::<Vec<_>>(),
+    )
 }
 
 fn tags() -> impl Strategy<Value = Vec<&'static str>> {
@@ -610,6 +619,191 @@ fn no_regressions_file(cases: u32) -> ProptestConfig {
     }
 }
 
+/// What a node holds, as policy asks it: the ends of the relationship under test.
+struct Ends(BTreeMap<ItemId, entente::policy::HeldItem>);
+
+impl entente::policy::Held for Ends {
+    fn held(&self, id: &ItemId) -> Option<entente::policy::HeldItem> {
+        self.0.get(id).cloned()
+    }
+}
+
+/// The situation of an item held as `ctx` says, as the latest version of its id (what a
+/// node looks up is always the latest).
+fn situation_of(
+    ctx: &ContextSpec,
+    item: &ItemSpec,
+    peer: &PolicySpec,
+    client: &PolicySpec,
+    include_expired: bool,
+) -> Situation {
+    Situation {
+        origin_here: ctx.origin_here,
+        hops: ctx.hops,
+        distribution: ctx.distribution.as_ref().map(|(max_hops, recipients)| {
+            (
+                *max_hops,
+                recipients.iter().map(|r| (*r).to_owned()).collect(),
+            )
+        }),
+        elapsed_ms: ctx.accepted.ms(peer, client),
+        latest: true,
+        include_expired,
+        expired: item.expired(),
+    }
+}
+
+#[test]
+fn relationships_go_only_where_both_ends_go() {
+    let pki = Pki::new();
+    let node = pki.node(NODE);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let head = node_section(&pki, &node, &dir.path().join("data"));
+    let config_path = dir.path().join("node.toml");
+    let here = id(NODE);
+    let elsewhere = id(OTHER_NODE);
+    let strategy = (
+        policy_spec(Kind::Node, vec![Role::Peer, Role::ReadOnly], any_embargo()),
+        policy_spec(
+            Kind::Client,
+            vec![Role::ReadOnly, Role::Analyst, Role::Admin],
+            any_embargo(),
+        ),
+        (item_spec(), context_spec()),
+        (item_spec(), context_spec()),
+        (tlp(), item_tags(), context_spec()),
+        prop::bool::ANY,
+    );
+    let allowed = AtomicUsize::new(0);
+    let config = no_regressions_file(1000);
+    let mut runner = TestRunner::new_with_rng(
+        config.clone(),
+        proptest::test_runner::TestRng::deterministic_rng(config.rng_algorithm),
+    );
+    let result = runner.run(
+        &strategy,
+        |(peer, client, (a, a_ctx), (b, b_ctx), (tlp, tags, ctx), held_both)| {
+            let text = format!("{head}{}{}", peer.toml(PEER), client.toml(CLIENT));
+            std::fs::write(&config_path, &text).expect("write config");
+            let config = entente::Config::load(&config_path)
+                .map_err(|e| TestCaseError::fail(format!("config refused: {e}\n{text}")))?;
+            let policy = Policy::compile(&config.policy_spec());
+            let distribution = |ctx: &ContextSpec| {
+                ctx.distribution
+                    .as_ref()
+                    .map(|(max_hops, recipients)| Distribution {
+                        max_hops: *max_hops,
+                        recipients: recipients.iter().map(|r| id(r)).collect(),
+                    })
+            };
+            let held_item = |spec: &ItemSpec, ctx: &ContextSpec| entente::policy::HeldItem {
+                item: spec.item(),
+                origin: if ctx.origin_here {
+                    here.clone()
+                } else {
+                    elsewhere.clone()
+                },
+                hops: ctx.hops,
+                distribution: distribution(ctx),
+                accepted_ms: NOW_MS - ctx.accepted.ms(&peer, &client),
+            };
+            let (a_held, b_held) = (held_item(&a, &a_ctx), held_item(&b, &b_ctx));
+            let mut held = BTreeMap::new();
+            held.insert(a_held.item.id.clone(), a_held.clone());
+            // Sometimes the target is not held here.
+            if held_both {
+                held.insert(b_held.item.id.clone(), b_held.clone());
+            }
+            let ends = Ends(held);
+            let relationship = Item {
+                id: ItemId::parse(&format!("relationship--{}", uuid::Uuid::new_v4()))
+                    .expect("an id"),
+                modified_ms: NOW_MS - DAY_MS,
+                tlp,
+                tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+                kind: ItemKind::Context(entente::model::ContextObject {
+                    object_type: IndicatorType::Relationship,
+                    refs: vec![a_held.item.id.clone(), b_held.item.id.clone()],
+                    properties: entente::model::StixProperties::keep_for(
+                        entente::model::Holder::Context,
+                        serde_json::json!({"relationship_type": "indicates"})
+                            .as_object()
+                            .expect("an object"),
+                    )
+                    .expect("kept"),
+                }),
+            };
+            relationship
+                .validate()
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let rel_distribution = distribution(&ctx);
+            let context = Context {
+                origin: if ctx.origin_here { &here } else { &elsewhere },
+                hops: ctx.hops,
+                distribution: rel_distribution.as_ref(),
+                accepted_ms: NOW_MS - ctx.accepted.ms(&peer, &client),
+                now_ms: NOW_MS,
+                latest: ctx.latest,
+                include_expired: ctx.include_expired,
+                held: &ends,
+            };
+            let mut rel_situation = situation_of(&ctx, &a, &peer, &client, ctx.include_expired);
+            rel_situation.latest = ctx.latest;
+            rel_situation.expired = false;
+            let a_situation = situation_of(&a_ctx, &a, &peer, &client, ctx.include_expired);
+            let b_situation = situation_of(&b_ctx, &b, &peer, &client, ctx.include_expired);
+            for (partner, spec) in [
+                (PEER, Some(&peer)),
+                (CLIENT, Some(&client)),
+                (STRANGER, None),
+            ] {
+                let decision = policy.decide(&id(partner), &relationship, &context);
+                let rule = |tlp, ty, tags: &[String], s: &Situation| {
+                    delivery_rule(spec, partner, tlp, ty, tags, s)
+                };
+                let a_item = a.item();
+                let b_item = b.item();
+                let expected = rule(
+                    relationship.tlp,
+                    IndicatorType::Relationship,
+                    &relationship.tags,
+                    &rel_situation,
+                ) && held_both
+                    && rule(a_item.tlp, a.ty, &a_item.tags, &a_situation)
+                    && rule(b_item.tlp, b.ty, &b_item.tags, &b_situation);
+                prop_assert_eq!(
+                    decision.allowed(),
+                    expected,
+                    "partner {} under\n{}\nends {:?} {:?} / {:?} {:?} (target held: {})\nrelationship {:?} {:?} {:?}\ndecide said: {}",
+                    partner,
+                    text,
+                    a,
+                    a_ctx,
+                    b,
+                    b_ctx,
+                    held_both,
+                    tlp,
+                    tags,
+                    ctx,
+                    decision.rule
+                );
+                if expected {
+                    allowed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok(())
+        },
+    );
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    // The generators must reach relationships that go through.
+    assert!(
+        allowed.into_inner() > 0,
+        "no case let a relationship through"
+    );
+}
+
 #[test]
 fn decide_matches_the_delivery_rule() {
     let pki = Pki::new();
@@ -665,6 +859,8 @@ fn decide_matches_the_delivery_rule() {
             now_ms: NOW_MS,
             latest: ctx.latest,
             include_expired: ctx.include_expired,
+            // The items generated here reference nothing.
+            held: &entente::policy::NothingHeld,
         };
         let situation = Situation {
             origin_here: ctx.origin_here,
@@ -861,6 +1057,7 @@ fn value_of(ty: IndicatorType, n: usize) -> String {
         IndicatorType::Sha1 => format!("{:040x}", n + 1),
         IndicatorType::Sha256 => format!("{:064x}", n + 1),
         IndicatorType::StixPattern => format!("[domain-name:value = 's{n}.props.example']"),
+        context => panic!("{context} is not an indicator type"),
     }
 }
 
@@ -1033,7 +1230,7 @@ fn visible_shape(spec: &PolicySpec) -> Option<(Tlp, IndicatorType, Vec<String>)>
         .chain(TAGS.iter().map(|t| vec![(*t).to_owned()]))
         .collect();
     for tlp in Tlp::ALL {
-        for ty in IndicatorType::ALL {
+        for ty in IndicatorType::ALL.into_iter().filter(|t| !t.is_context()) {
             for tags in &tag_sets {
                 let probe = Version {
                     id: String::new(),
@@ -1677,5 +1874,6 @@ fn sample_value(ty: IndicatorType, n: usize) -> String {
         IndicatorType::Sha1 => format!("{n:040x}"),
         IndicatorType::Sha256 => format!("{n:064x}"),
         IndicatorType::StixPattern => format!("[domain-name:value = 'host-{n}.example.com']"),
+        context => panic!("{context} is not an indicator type"),
     }
 }

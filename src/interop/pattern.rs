@@ -48,7 +48,8 @@ pub(super) fn write(ty: IndicatorType, value: &str) -> String {
         IndicatorType::Md5 => "file:hashes.MD5",
         IndicatorType::Sha1 => "file:hashes.'SHA-1'",
         IndicatorType::Sha256 => "file:hashes.'SHA-256'",
-        IndicatorType::StixPattern => return value.to_owned(),
+        // Context object types have no pattern; no indicator has one of them.
+        _ => return value.to_owned(),
     };
     let mut out = String::with_capacity(path.len() + value.len() + 8);
     out.push('[');

@@ -22,8 +22,8 @@ use self::markings::Definitions;
 use super::pattern;
 use super::{Draft, ParsedInput, Sink, TooMany, parse_timestamp};
 use crate::model::{
-    Indicator, IndicatorType, Item, ItemId, ItemKind, Revocation, StixProperties, Tlp,
-    normalise_typed,
+    ContextObject, Holder, Indicator, IndicatorType, Item, ItemId, ItemKind, Revocation,
+    StixProperties, Tlp, normalise_typed,
 };
 
 mod markings;
@@ -221,6 +221,36 @@ impl RawObject {
         }
         all
     }
+
+    /// Every property of the object but its type and id (a context object keeps all that
+    /// its own fields do not carry: [`Holder::Context`]).
+    fn all(&self) -> Map<String, Value> {
+        let mut all = self.kept();
+        let named = [
+            ("pattern", &self.pattern),
+            ("pattern_type", &self.pattern_type),
+            ("labels", &self.labels),
+            ("confidence", &self.confidence),
+            ("kill_chain_phases", &self.kill_chain_phases),
+            ("valid_from", &self.valid_from),
+            ("valid_until", &self.valid_until),
+            ("modified", &self.modified),
+            ("revoked", &self.revoked),
+            ("object_marking_refs", &self.object_marking_refs),
+            ("granular_markings", &self.granular_markings),
+            ("x_entente_indicator_type", &self.x_entente_indicator_type),
+            (
+                "x_entente_revocation_reason",
+                &self.x_entente_revocation_reason,
+            ),
+        ];
+        for (key, value) in named {
+            if let Some(value) = value {
+                all.insert(key.to_owned(), value.clone());
+            }
+        }
+        all
+    }
 }
 
 impl<'de> Deserialize<'de> for Element {
@@ -321,6 +351,16 @@ pub(super) fn parse(text: &str, now_ms: i64, sink: &mut Sink<'_>) -> Result<(), 
             }
         };
         match object.kind.as_ref().and_then(Value::as_str) {
+            Some(ty) if IndicatorType::context_type(ty).is_some() => {
+                let object_type = IndicatorType::context_type(ty).unwrap_or(IndicatorType::Malware);
+                match context(object, object_type, &markings, now_ms) {
+                    // A relationship with an end of a type this node does not share (an
+                    // identity, a vulnerability, ...) is skipped like those objects.
+                    Ok(None) => {}
+                    Ok(Some(draft)) => sink.take(|| position(index, object), Ok(draft)),
+                    Err(reason) => sink.take(|| position(index, object), Err(reason)),
+                }
+            }
             Some("indicator") => {
                 let draft = indicator(object, &markings, now_ms);
                 let before = sink.out.items.len();
@@ -459,6 +499,67 @@ fn indicator(object: &RawObject, markings: &Definitions, now_ms: i64) -> Result<
     })
 }
 
+/// Reads one context object: `None` for a relationship whose end is of a type this node
+/// does not share.
+fn context(
+    object: &RawObject,
+    object_type: IndicatorType,
+    markings: &Definitions,
+    now_ms: i64,
+) -> Result<Option<Draft>, String> {
+    let id = match string(&object.id, "id")? {
+        Some(id) => ItemId::parse(id).map_err(|e| e.to_string())?,
+        None => return Err("no id".into()),
+    };
+    if id.stix_type() != object_type.as_str() {
+        return Err(format!("{id} is not the id of a {object_type}"));
+    }
+    let tlp = markings
+        .object_marking(&object.object_marking_refs)
+        .map_err(|e| e.to_string())?;
+    let floor = markings
+        .granular_floor(&object.granular_markings)
+        .map_err(|e| e.to_string())?;
+    let tags = strings(&object.labels, "labels")?;
+    let modified_ms = timestamp(&object.modified, "modified")?.unwrap_or(now_ms);
+    let refs = match object_type {
+        IndicatorType::Relationship => {
+            let end = |name: &str| -> Result<Option<ItemId>, String> {
+                match object.other.get(name).and_then(Value::as_str) {
+                    Some(text) => Ok(ItemId::parse(text).ok()),
+                    None => Err(format!("a relationship needs {name}")),
+                }
+            };
+            match (end("source_ref")?, end("target_ref")?) {
+                (Some(source), Some(target)) => vec![source, target],
+                _ => return Ok(None),
+            }
+        }
+        IndicatorType::Report => {
+            let listed = strings(&object.other.get("object_refs").cloned(), "object_refs")?;
+            listed
+                .iter()
+                .filter_map(|r| ItemId::parse(r).ok())
+                .collect()
+        }
+        _ => Vec::new(),
+    };
+    let properties =
+        StixProperties::keep_for(Holder::Context, &object.all()).map_err(|e| e.to_string())?;
+    Ok(Some(Draft {
+        id: Some(id),
+        modified_ms,
+        tlp,
+        floor,
+        tags,
+        kind: ItemKind::Context(ContextObject {
+            object_type,
+            refs,
+            properties,
+        }),
+    }))
+}
+
 /// A string property, absent when missing or null.
 fn string<'a>(value: &'a Option<Value>, name: &str) -> Result<Option<&'a str>, String> {
     match value {
@@ -549,6 +650,7 @@ pub fn to_stix_from(item: &Item, origin: Option<&str>) -> Value {
     let (indicator, revocation) = match &item.kind {
         ItemKind::Indicator(indicator) => (Some(indicator), None),
         ItemKind::Revocation(revocation) => (revocation.indicator.as_deref(), Some(revocation)),
+        ItemKind::Context(context) => return context_to_stix(item, context, origin),
     };
     let mut object = indicator.map(|i| i.properties.to_map()).unwrap_or_default();
     let version = stix_timestamp(item.modified_ms);
@@ -630,6 +732,46 @@ pub fn to_stix_from(item: &Item, origin: Option<&str>) -> Value {
                 json!({ "extension_type": "toplevel-property-extension" }),
             );
         }
+    }
+    if let Some(origin) = origin {
+        if !object.get("created_by_ref").is_some_and(Value::is_string) {
+            object.insert("created_by_ref".into(), json!(identity_id(origin)));
+        }
+    }
+    if !item.tags.is_empty() {
+        object.insert("labels".into(), json!(item.tags));
+    }
+    object.insert(
+        "object_marking_refs".into(),
+        json!([tlp2_marking_id(item.tlp)]),
+    );
+    Value::Object(object)
+}
+
+/// A context object as STIX: its kept properties, then what the item carries (type, id,
+/// version, marking, labels, references), which take precedence; `created` and
+/// `created_by_ref` are filled in as for indicators.
+fn context_to_stix(item: &Item, context: &ContextObject, origin: Option<&str>) -> Value {
+    let mut object = context.properties.to_map();
+    let version = stix_timestamp(item.modified_ms);
+    object.insert("type".into(), json!(context.object_type.as_str()));
+    object.insert("spec_version".into(), json!("2.1"));
+    object.insert("id".into(), json!(item.id.as_str()));
+    let created = object
+        .get("created")
+        .and_then(Value::as_str)
+        .and_then(|text| parse_timestamp(text).ok())
+        .filter(|&created| created <= item.modified_ms);
+    if created.is_none() {
+        object.insert("created".into(), json!(version));
+    }
+    object.insert("modified".into(), json!(version));
+    let refs: Vec<&str> = context.refs.iter().map(ItemId::as_str).collect();
+    // A report's `object_refs` are kept as published (validation holds its shared
+    // references to exactly those they name); a relationship's ends are its refs.
+    if let (IndicatorType::Relationship, [source, target]) = (context.object_type, &refs[..]) {
+        object.insert("source_ref".into(), json!(source));
+        object.insert("target_ref".into(), json!(target));
     }
     if let Some(origin) = origin {
         if !object.get("created_by_ref").is_some_and(Value::is_string) {
@@ -1114,7 +1256,10 @@ mod tests {
             bad_until,
             bad_labels,
             no_pattern,
+            // A context object without a marking is refused like an indicator.
             json!({"type": "malware", "id": "malware--fdd60b30-b67c-41e3-b0b9-f01faf20d111"}),
+            // Objects of types no node shares are skipped.
+            json!({"type": "identity", "id": "identity--fdd60b30-b67c-41e3-b0b9-f01faf20d111"}),
             good,
         ];
         let parsed = parse(&bundle(objects), None);
@@ -1132,6 +1277,7 @@ mod tests {
                 "objects[7] (indicator--55555555-5555-4555-8555-555555555555)",
                 "objects[8] (indicator--66666666-6666-4666-8666-666666666666)",
                 "objects[9] (indicator--77777777-7777-4777-8777-777777777777)",
+                "objects[10] (malware--fdd60b30-b67c-41e3-b0b9-f01faf20d111)",
             ]
         );
         let reasons: Vec<&str> = parsed.errors.iter().map(|e| e.reason.as_str()).collect();
@@ -1217,6 +1363,23 @@ mod tests {
         let text = include_str!("../../tests/fixtures/stix/indicators-for-C2-with-COA.json");
         let parsed = parse_input(InputFormat::Stix, text, &defaults(Some(Tlp::Green)), NOW);
         assert_eq!(parsed.errors, []);
+        // The malware and the two relationships from the indicators to it are read too;
+        // the course of action and the relationship to it are not shared.
+        let context: Vec<IndicatorType> = parsed
+            .items
+            .iter()
+            .filter(|i| i.indicator_type().is_context())
+            .map(Item::indicator_type)
+            .collect();
+        assert_eq!(context, [Malware, Relationship, Relationship]);
+        let parsed = ParsedInput {
+            items: parsed
+                .items
+                .into_iter()
+                .filter(|i| !i.indicator_type().is_context())
+                .collect(),
+            errors: parsed.errors,
+        };
         assert_eq!(
             values(&parsed),
             [
@@ -1235,15 +1398,19 @@ mod tests {
         );
         let parsed = parse_input(InputFormat::Stix, text, &defaults(Some(Tlp::Green)), NOW);
         assert_eq!(parsed.errors, []);
-        assert_eq!(parsed.items.len(), 2);
+        let (context, indicators): (Vec<&Item>, Vec<&Item>) = parsed
+            .items
+            .iter()
+            .partition(|item| item.indicator_type().is_context());
+        assert_eq!(context.len(), 3, "the attack pattern and two relationships");
+        assert_eq!(indicators.len(), 2);
         assert!(
-            parsed
-                .items
+            indicators
                 .iter()
                 .all(|item| item.indicator_type() == StixPattern)
         );
         assert_eq!(
-            parsed.items[0].value(),
+            indicators[0].value(),
             Some("[email-message:subject MATCHES '^[IMPORTANT] Please Review Before']")
         );
     }

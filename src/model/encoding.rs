@@ -2,7 +2,9 @@
 //! is what its leaf digest covers; decoding checks every field and rejects what the
 //! model cannot represent.
 
-use super::item::{Indicator, IndicatorType, Item, ItemId, ItemKind, ModelError, Revocation, Tlp};
+use super::item::{
+    ContextObject, Indicator, IndicatorType, Item, ItemId, ItemKind, ModelError, Revocation, Tlp,
+};
 use super::properties::StixProperties;
 use crate::wire;
 
@@ -92,6 +94,11 @@ impl From<&Item> for wire::Item {
                     .as_deref()
                     .map(|i| Box::new(wire::Indicator::from(i))),
             }),
+            ItemKind::Context(c) => wire::item::Kind::Context(wire::ContextObject {
+                object_type: c.object_type.as_str().to_owned(),
+                refs: c.refs.iter().map(|r| r.as_str().to_owned()).collect(),
+                stix_properties: c.properties.as_str().to_owned(),
+            }),
         };
         wire::Item {
             id: item.id.as_str().to_owned(),
@@ -137,6 +144,23 @@ fn convert(item: wire::Item, trusted: bool) -> Result<Item, ModelError> {
                     .map(|i| indicator(*i, trusted))
                     .transpose()?
                     .map(Box::new),
+            }),
+            Some(wire::item::Kind::Context(wire::ContextObject {
+                object_type,
+                refs,
+                stix_properties,
+            })) => ItemKind::Context(ContextObject {
+                object_type: IndicatorType::context_type(&object_type)
+                    .ok_or_else(|| ModelError::BadType(object_type.chars().take(64).collect()))?,
+                refs: refs
+                    .iter()
+                    .map(|r| ItemId::parse(r))
+                    .collect::<Result<_, _>>()?,
+                properties: if trusted {
+                    StixProperties::trusted(stix_properties)
+                } else {
+                    StixProperties::parse_for(super::properties::Holder::Context, stix_properties)?
+                },
             }),
             None => {
                 return Err(ModelError::Field {
@@ -192,7 +216,7 @@ impl Item {
         if draft.id.is_empty() {
             return Err(ModelError::Field {
                 field: "id",
-                problem: "a revocation must name the indicator it revokes".into(),
+                problem: "a revocation or context object needs the id it is published under".into(),
             });
         }
         Item::try_from(draft)

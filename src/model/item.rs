@@ -6,8 +6,10 @@ use std::str::FromStr;
 /// Why an item or one of its fields is invalid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ModelError {
-    /// An id is not `indicator--<uuid>`.
-    #[error("invalid item id {0:?}: expected indicator--<uuid>")]
+    /// An id is not `<type>--<uuid>` for a type the node shares.
+    #[error(
+        "invalid item id {0:?}: expected indicator--<uuid> or the id of a malware, threat-actor, intrusion-set, campaign, attack-pattern, tool, report or relationship object"
+    )]
     BadId(String),
     /// An unknown TLP marking.
     #[error("unknown TLP marking {0:?} (expected CLEAR, GREEN, AMBER, AMBER+STRICT or RED)")]
@@ -78,9 +80,26 @@ pub enum IndicatorType {
     Sha256,
     /// Any other STIX 2.1 pattern, kept as written.
     StixPattern,
+    /// A STIX `malware` object (context, not an indicator; so are the types below).
+    Malware,
+    /// A STIX `threat-actor` object.
+    ThreatActor,
+    /// A STIX `intrusion-set` object.
+    IntrusionSet,
+    /// A STIX `campaign` object.
+    Campaign,
+    /// A STIX `attack-pattern` object.
+    AttackPattern,
+    /// A STIX `tool` object.
+    Tool,
+    /// A STIX `report` object.
+    Report,
+    /// A STIX `relationship` object.
+    Relationship,
 }
 
-/// A STIX-compatible item id, `indicator--<uuid>` in lower case.
+/// A STIX id, `<type>--<uuid>` in lower case: `indicator--` for indicators and their
+/// revocations, the object's type for context objects.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ItemId(String);
 
@@ -120,6 +139,22 @@ pub struct Revocation {
     pub indicator: Option<Box<Indicator>>,
 }
 
+/// A STIX object that gives indicators context: malware, a threat actor, an intrusion
+/// set, a campaign, an attack pattern, a tool, a report, or a relationship between two
+/// of these or indicators. Everything STIX says of it is kept in `properties`, except
+/// what the model carries (its type, id, version, marking, labels, and the ids it
+/// references, which policy reads).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContextObject {
+    /// Its STIX type (one of the context types of [`IndicatorType`]).
+    pub object_type: IndicatorType,
+    /// The items it references: a relationship's `source_ref` and `target_ref`, in that
+    /// order; a report's `object_refs`; none for the other types.
+    pub refs: Vec<ItemId>,
+    /// Its other STIX properties (`name`, `relationship_type`, `description`, ...).
+    pub properties: super::properties::StixProperties,
+}
+
 /// What an item is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ItemKind {
@@ -127,6 +162,8 @@ pub enum ItemKind {
     Indicator(Indicator),
     /// A revocation of the indicator with the same id.
     Revocation(Revocation),
+    /// A context object.
+    Context(ContextObject),
 }
 
 /// The unit of sharing.
@@ -190,8 +227,8 @@ impl fmt::Display for Tlp {
 }
 
 impl IndicatorType {
-    /// Every type.
-    pub const ALL: [IndicatorType; 10] = [
+    /// Every type: the indicator types, then the context object types.
+    pub const ALL: [IndicatorType; 18] = [
         IndicatorType::Ipv4,
         IndicatorType::Ipv6,
         IndicatorType::Cidr,
@@ -202,7 +239,37 @@ impl IndicatorType {
         IndicatorType::Sha1,
         IndicatorType::Sha256,
         IndicatorType::StixPattern,
+        IndicatorType::Malware,
+        IndicatorType::ThreatActor,
+        IndicatorType::IntrusionSet,
+        IndicatorType::Campaign,
+        IndicatorType::AttackPattern,
+        IndicatorType::Tool,
+        IndicatorType::Report,
+        IndicatorType::Relationship,
     ];
+
+    /// Whether this is a context object type rather than an indicator type.
+    pub fn is_context(self) -> bool {
+        matches!(
+            self,
+            IndicatorType::Malware
+                | IndicatorType::ThreatActor
+                | IndicatorType::IntrusionSet
+                | IndicatorType::Campaign
+                | IndicatorType::AttackPattern
+                | IndicatorType::Tool
+                | IndicatorType::Report
+                | IndicatorType::Relationship
+        )
+    }
+
+    /// The context object type of a STIX type name (`malware`, ...), if it is one.
+    pub fn context_type(stix_type: &str) -> Option<IndicatorType> {
+        IndicatorType::ALL
+            .into_iter()
+            .find(|t| t.is_context() && t.as_str() == stix_type)
+    }
 
     /// The configuration and wire spelling.
     pub fn as_str(self) -> &'static str {
@@ -217,6 +284,14 @@ impl IndicatorType {
             IndicatorType::Sha1 => "sha1",
             IndicatorType::Sha256 => "sha256",
             IndicatorType::StixPattern => "stix-pattern",
+            IndicatorType::Malware => "malware",
+            IndicatorType::ThreatActor => "threat-actor",
+            IndicatorType::IntrusionSet => "intrusion-set",
+            IndicatorType::Campaign => "campaign",
+            IndicatorType::AttackPattern => "attack-pattern",
+            IndicatorType::Tool => "tool",
+            IndicatorType::Report => "report",
+            IndicatorType::Relationship => "relationship",
         }
     }
 }
@@ -275,12 +350,18 @@ impl ItemId {
         Self::from_uuid_bytes(bytes)
     }
 
-    /// The UUID as 16 bytes (the store's compact key).
+    /// The UUID as 16 bytes (the store's compact key; the store checks the whole id).
     pub fn uuid_bytes(&self) -> [u8; 16] {
         // An ItemId is only built from a parsed UUID, so this cannot fail.
-        uuid::Uuid::parse_str(&self.0[11..])
+        let uuid = self.0.split_once("--").map_or("", |(_, uuid)| uuid);
+        uuid::Uuid::parse_str(uuid)
             .map(|u| *u.as_bytes())
             .unwrap_or_default()
+    }
+
+    /// The STIX type its prefix names (`indicator`, `malware`, ...).
+    pub fn stix_type(&self) -> &str {
+        self.0.split_once("--").map_or("", |(ty, _)| ty)
     }
 
     /// The id of a UUID given as 16 bytes.
@@ -288,19 +369,20 @@ impl ItemId {
         Self(format!("indicator--{}", uuid::Uuid::from_bytes(bytes)))
     }
 
-    /// Parses `indicator--<uuid>` (any case); the id is kept in lower case.
+    /// Parses `<type>--<uuid>` (any case) for `indicator` and the context object types;
+    /// the id is kept in lower case.
     pub fn parse(s: &str) -> Result<Self, ModelError> {
         let bad = || ModelError::BadId(s.chars().take(80).collect());
-        let rest = s
-            .get(..11)
-            .filter(|p| p.eq_ignore_ascii_case("indicator--"))
-            .map(|_| &s[11..])
-            .ok_or_else(bad)?;
+        let (ty, rest) = s.split_once("--").ok_or_else(bad)?;
+        let ty = ty.to_ascii_lowercase();
+        if ty != "indicator" && IndicatorType::context_type(&ty).is_none() {
+            return Err(bad());
+        }
         let uuid = uuid::Uuid::try_parse(rest).map_err(|_| bad())?;
         if rest.len() != 36 {
             return Err(bad());
         }
-        Ok(Self(format!("indicator--{uuid}")))
+        Ok(Self(format!("{ty}--{uuid}")))
     }
 
     /// The id as a string.
@@ -321,6 +403,15 @@ impl Item {
         match &self.kind {
             ItemKind::Indicator(i) => i.indicator_type,
             ItemKind::Revocation(r) => r.indicator_type,
+            ItemKind::Context(c) => c.object_type,
+        }
+    }
+
+    /// The ids a context object references (none for indicators and revocations).
+    pub fn refs(&self) -> &[ItemId] {
+        match &self.kind {
+            ItemKind::Context(c) => &c.refs,
+            _ => &[],
         }
     }
 
@@ -328,7 +419,7 @@ impl Item {
     pub fn is_expired(&self, now_ms: i64) -> bool {
         match &self.kind {
             ItemKind::Indicator(i) => i.valid_until_ms.is_some_and(|until| until <= now_ms),
-            ItemKind::Revocation(_) => false,
+            ItemKind::Revocation(_) | ItemKind::Context(_) => false,
         }
     }
 
@@ -357,6 +448,7 @@ impl Item {
         let indicator = match &self.kind {
             ItemKind::Indicator(i) => i,
             ItemKind::Revocation(r) => r.indicator.as_deref()?,
+            ItemKind::Context(_) => return None,
         };
         (indicator.indicator_type == IndicatorType::StixPattern).then_some(&indicator.value)
     }
@@ -365,7 +457,7 @@ impl Item {
     pub fn value(&self) -> Option<&str> {
         match &self.kind {
             ItemKind::Indicator(i) => Some(&i.value),
-            ItemKind::Revocation(_) => None,
+            ItemKind::Revocation(_) | ItemKind::Context(_) => None,
         }
     }
 }

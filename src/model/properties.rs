@@ -37,6 +37,43 @@ pub const MODELLED: [&str; 17] = [
     "x_entente_provenance",
 ];
 
+/// Properties a context object carries in its own fields: a relationship's ends among
+/// them. A report keeps its `object_refs` as written (they may name objects of types no
+/// node shares); its references to shared types are also in its own field, and must be
+/// exactly those of `object_refs` ([`crate::model::Item::validate`]).
+pub const CONTEXT_MODELLED: [&str; 10] = [
+    "type",
+    "spec_version",
+    "id",
+    "modified",
+    "labels",
+    "object_marking_refs",
+    "granular_markings",
+    "source_ref",
+    "target_ref",
+    "x_entente_provenance",
+];
+
+/// Whose properties are kept: an indicator's or a context object's (they model
+/// different fields).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Holder {
+    /// An indicator (or the indicator a revocation carries).
+    Indicator,
+    /// A context object.
+    Context,
+}
+
+impl Holder {
+    /// Whether `key` (with `value`) is carried by the holder itself.
+    fn models(self, key: &str, value: &Value) -> bool {
+        match self {
+            Holder::Indicator => MODELLED.contains(&key) || described(key, value),
+            Holder::Context => CONTEXT_MODELLED.contains(&key),
+        }
+    }
+}
+
 /// STIX properties kept as canonical JSON text; empty when there are none.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StixProperties(String);
@@ -50,9 +87,14 @@ impl StixProperties {
     /// Keeps every property of `object` that the model does not carry itself, or says
     /// why they cannot be kept (too large, too deep).
     pub fn keep(object: &Map<String, Value>) -> Result<Self, ModelError> {
+        Self::keep_for(Holder::Indicator, object)
+    }
+
+    /// [`Self::keep`] for either kind of holder.
+    pub fn keep_for(holder: Holder, object: &Map<String, Value>) -> Result<Self, ModelError> {
         let kept: Map<String, Value> = object
             .iter()
-            .filter(|(key, value)| !MODELLED.contains(&key.as_str()) && !described(key, value))
+            .filter(|(key, value)| !holder.models(key, value))
             .map(|(key, value)| (key.clone(), value.clone()))
             .collect();
         Self::from_map(kept)
@@ -81,6 +123,11 @@ impl StixProperties {
     /// Reads kept properties from an item's wire form, refusing anything that is not the
     /// canonical text of a JSON object without modelled properties.
     pub fn parse(text: String) -> Result<Self, ModelError> {
+        Self::parse_for(Holder::Indicator, text)
+    }
+
+    /// [`Self::parse`] for either kind of holder.
+    pub fn parse_for(holder: Holder, text: String) -> Result<Self, ModelError> {
         if text.is_empty() {
             return Ok(Self::none());
         }
@@ -97,7 +144,7 @@ impl StixProperties {
         };
         if let Some(key) = map
             .iter()
-            .find(|(k, v)| MODELLED.contains(&k.as_str()) || described(k, v))
+            .find(|(k, v)| holder.models(k, v))
             .map(|(k, _)| k)
         {
             return Err(problem(format!(

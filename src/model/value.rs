@@ -16,7 +16,9 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use super::item::{Indicator, IndicatorType, InvalidValue, Item, ItemKind, ModelError};
+use super::item::{
+    ContextObject, Indicator, IndicatorType, InvalidValue, Item, ItemKind, ModelError,
+};
 
 /// Longest value accepted, in bytes (after trimming), for every type but STIX patterns.
 const MAX_VALUE_BYTES: usize = 2048;
@@ -88,6 +90,9 @@ pub fn normalise(ty: IndicatorType, raw: &str) -> Result<String, InvalidValue> {
         IndicatorType::Sha1 => normalise_hash("sha1", 40, value),
         IndicatorType::Sha256 => normalise_hash("sha256", 64, value),
         IndicatorType::StixPattern => check_pattern(value),
+        context => Err(format!(
+            "{context} is a context object type, not an indicator type"
+        )),
     };
     result.map_err(invalid)
 }
@@ -173,8 +178,19 @@ impl Item {
             return Err(field("modified", "must be after the Unix epoch".into()));
         }
         check_tags(&self.tags)?;
+        let prefix = match &self.kind {
+            ItemKind::Context(c) => c.object_type.as_str(),
+            _ => "indicator",
+        };
+        if self.id.stix_type() != prefix {
+            return Err(field(
+                "id",
+                format!("{} is not the id of a {prefix}", self.id),
+            ));
+        }
         match &self.kind {
             ItemKind::Indicator(indicator) => check_indicator(indicator)?,
+            ItemKind::Context(context) => check_context(context)?,
             ItemKind::Revocation(revocation) => {
                 if revocation.reason.len() > MAX_REASON_BYTES {
                     return Err(field(
@@ -200,7 +216,88 @@ impl Item {
     }
 }
 
+/// Most ids one report may reference.
+pub const MAX_REPORT_REFS: usize = 500;
+
+fn check_context(context: &ContextObject) -> Result<(), ModelError> {
+    if !context.object_type.is_context() {
+        return Err(field(
+            "object_type",
+            format!("{} is not a context object type", context.object_type),
+        ));
+    }
+    let refs = context.refs.len();
+    match context.object_type {
+        IndicatorType::Relationship => {
+            if refs != 2 {
+                return Err(field(
+                    "refs",
+                    format!("a relationship references a source and a target, not {refs} ids"),
+                ));
+            }
+            if context.properties.string("relationship_type").is_none() {
+                return Err(field(
+                    "relationship_type",
+                    "a relationship needs a relationship_type".into(),
+                ));
+            }
+        }
+        IndicatorType::Report => {
+            if refs > MAX_REPORT_REFS {
+                return Err(field(
+                    "refs",
+                    format!(
+                        "a report references at most {MAX_REPORT_REFS} shared objects, not {refs}"
+                    ),
+                ));
+            }
+            // Its references are exactly those of `object_refs` that name shared
+            // objects, so that none reaches a partner without policy judging it.
+            let listed = context.properties.to_map();
+            let listed: Vec<&str> = match listed.get("object_refs") {
+                Some(serde_json::Value::Array(ids)) => ids
+                    .iter()
+                    .map(|id| id.as_str().unwrap_or(""))
+                    .filter(|id| super::item::ItemId::parse(id).is_ok())
+                    .collect(),
+                _ => {
+                    return Err(field(
+                        "object_refs",
+                        "a report needs object_refs, a list of ids".into(),
+                    ));
+                }
+            };
+            let carried: Vec<String> = listed
+                .iter()
+                .filter_map(|id| super::item::ItemId::parse(id).ok())
+                .map(|id| id.to_string())
+                .collect();
+            let refs: Vec<&str> = context.refs.iter().map(|r| r.as_str()).collect();
+            if carried != refs {
+                return Err(field(
+                    "refs",
+                    "a report's references must be the shared objects its object_refs name".into(),
+                ));
+            }
+        }
+        _ if refs != 0 => {
+            return Err(field(
+                "refs",
+                format!("a {} references no ids", context.object_type),
+            ));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 fn check_indicator(indicator: &Indicator) -> Result<(), ModelError> {
+    if indicator.indicator_type.is_context() {
+        return Err(field(
+            "indicator_type",
+            format!("{} is not an indicator type", indicator.indicator_type),
+        ));
+    }
     let normal = normalise(indicator.indicator_type, &indicator.value)?;
     if normal != indicator.value {
         return Err(ModelError::Value(InvalidValue {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::{self, Write as _};
 
 use super::spec::{PolicySettings, PolicySpec};
-use crate::model::{Distribution, IndicatorType, Item, NodeId, PartnerKind, Role, Tlp};
+use crate::model::{Distribution, IndicatorType, Item, ItemId, NodeId, PartnerKind, Role, Tlp};
 
 /// The highest marking a `read_only` partner receives unless its policy says less.
 pub const READ_ONLY_MAX_TLP: Tlp = Tlp::Green;
@@ -72,6 +72,12 @@ pub enum Rule {
     Superseded,
     /// The indicator is past its `valid_until`.
     Expired,
+    /// A relationship whose end this node does not hold.
+    RefNotHeld { id: ItemId },
+    /// A relationship or report that references an item the partner may not see.
+    RefWithheld { id: ItemId, who: Who },
+    /// A reference to an object that itself references others, deeper than followed.
+    RefTooDeep { id: ItemId },
     /// Every rule allows it.
     Allowed {
         tlp: Tlp,
@@ -147,6 +153,17 @@ impl fmt::Display for Rule {
             ),
             Rule::Superseded => write!(f, "withheld: a newer version of the item is held"),
             Rule::Expired => write!(f, "withheld: the indicator has expired"),
+            Rule::RefNotHeld { id } => write!(
+                f,
+                "withheld: it references {id}, which this node does not hold"
+            ),
+            Rule::RefWithheld { id, who } => {
+                write!(f, "withheld: it references {id}, which {who} may not see")
+            }
+            Rule::RefTooDeep { id } => write!(
+                f,
+                "withheld: it references {id}, whose own references are nested too deep"
+            ),
             Rule::Allowed {
                 tlp,
                 max,
@@ -236,7 +253,52 @@ pub struct Context<'a> {
     pub latest: bool,
     /// The client asked for expired indicators too (ignored for nodes).
     pub include_expired: bool,
+    /// What this node holds, for judging the items a relationship or report references.
+    pub held: &'a dyn Held,
 }
+
+/// What a node holds under an id, so that an object referencing it can be judged by it:
+/// a relationship goes only to a partner that may see both its ends, a report only to
+/// one that may see every object it references that the node holds.
+pub trait Held {
+    /// The latest version held under `id` (the whole id, type included), if any.
+    fn held(&self, id: &ItemId) -> Option<HeldItem>;
+}
+
+/// An item a node holds, with what its delivery depends on.
+#[derive(Clone, Debug)]
+pub struct HeldItem {
+    /// The item.
+    pub item: Item,
+    /// Its bundle's origin.
+    pub origin: NodeId,
+    /// `hop(N, i)`.
+    pub hops: u32,
+    /// Its bundle's signed distribution, when known.
+    pub distribution: Option<Distribution>,
+    /// When this node accepted it, ms.
+    pub accepted_ms: i64,
+}
+
+impl fmt::Debug for dyn Held + '_ {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Held")
+    }
+}
+
+/// Holds nothing: for decisions on items that reference none (a relationship or report
+/// judged with it is withheld).
+pub struct NothingHeld;
+
+impl Held for NothingHeld {
+    fn held(&self, _: &ItemId) -> Option<HeldItem> {
+        None
+    }
+}
+
+/// How deep references are followed: a report may reference a relationship, whose ends
+/// are followed too; nothing deeper.
+const MAX_REF_DEPTH: usize = 2;
 
 /// One partner's compiled policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -508,6 +570,80 @@ impl Policy {
 
     /// Decides whether `item` may be disclosed to `partner` (the delivery rule).
     pub fn decide(&self, partner: &NodeId, item: &Item, ctx: &Context<'_>) -> Decision {
+        self.decide_at(partner, item, ctx, 0)
+    }
+
+    /// Rule 7: a relationship only if the partner may see both its ends (held here), a
+    /// report only if it may see every object it references that is held here; each
+    /// decided by this same rule for the partner. `None` when the references allow it.
+    fn references(
+        &self,
+        partner: &NodeId,
+        item: &Item,
+        ctx: &Context<'_>,
+        depth: usize,
+    ) -> Option<Decision> {
+        let relationship = item.indicator_type() == IndicatorType::Relationship;
+        let mut until: Option<i64> = None;
+        for id in item.refs() {
+            let Some(held) = ctx.held.held(id).filter(|h| &h.item.id == id) else {
+                if relationship {
+                    return Some(Decision::withhold(Rule::RefNotHeld { id: id.clone() }));
+                }
+                continue;
+            };
+            if !held.item.refs().is_empty() && depth + 1 >= MAX_REF_DEPTH {
+                return Some(Decision::withhold(Rule::RefTooDeep { id: id.clone() }));
+            }
+            let end = self.decide_at(
+                partner,
+                &held.item,
+                &Context {
+                    origin: &held.origin,
+                    hops: held.hops,
+                    distribution: held.distribution.as_ref(),
+                    accepted_ms: held.accepted_ms,
+                    now_ms: ctx.now_ms,
+                    latest: true,
+                    include_expired: ctx.include_expired,
+                    held: ctx.held,
+                },
+                depth + 1,
+            );
+            if !end.allowed() {
+                let who = match self.partners.get(partner) {
+                    Some(p) => p.who(),
+                    None => return Some(end),
+                };
+                match end.embargo_until() {
+                    // Visible once the end's embargo has passed: wait as long.
+                    Some(at) => until = Some(until.map_or(at, |u| u.max(at))),
+                    None => {
+                        return Some(Decision::withhold(Rule::RefWithheld {
+                            id: id.clone(),
+                            who,
+                        }));
+                    }
+                }
+            }
+        }
+        let until = until?;
+        let who = self.partners.get(partner).map(PartnerPolicy::who)?;
+        let mut decision = Decision::withhold(Rule::RefWithheld {
+            id: item.refs().first()?.clone(),
+            who,
+        });
+        decision.outcome = Outcome::Withhold { until: Some(until) };
+        Some(decision)
+    }
+
+    fn decide_at(
+        &self,
+        partner: &NodeId,
+        item: &Item,
+        ctx: &Context<'_>,
+        depth: usize,
+    ) -> Decision {
         if partner == &self.node {
             return Decision::allow(Rule::OwnOperator(partner.clone()));
         }
@@ -601,6 +737,11 @@ impl Policy {
         }
         if expired_at(ctx.now_ms) {
             return Decision::withhold(Rule::Expired);
+        }
+        if !item.refs().is_empty() {
+            if let Some(withheld) = self.references(partner, item, ctx, depth) {
+                return withheld;
+            }
         }
         Decision::allow(Rule::Allowed {
             tlp: item.tlp,

@@ -141,6 +141,14 @@ pub fn type_code(ty: IndicatorType) -> u8 {
         IndicatorType::Sha1 => 8,
         IndicatorType::Sha256 => 9,
         IndicatorType::StixPattern => 10,
+        IndicatorType::Malware => 11,
+        IndicatorType::ThreatActor => 12,
+        IndicatorType::IntrusionSet => 13,
+        IndicatorType::Campaign => 14,
+        IndicatorType::AttackPattern => 15,
+        IndicatorType::Tool => 16,
+        IndicatorType::Report => 17,
+        IndicatorType::Relationship => 18,
     }
 }
 
@@ -158,7 +166,16 @@ pub const NOT_INDEXED: u8 = 0;
 pub fn value_of(item: &Item) -> Option<(u8, &str)> {
     match &item.kind {
         ItemKind::Indicator(i) => Some((type_code(i.indicator_type), i.value.as_str())),
-        ItemKind::Revocation(_) => None,
+        ItemKind::Revocation(_) | ItemKind::Context(_) => None,
+    }
+}
+
+/// The type code a slot records for an item without a value: a context object's type
+/// (so a query by type finds it), [`NOT_INDEXED`] for a revocation.
+pub fn unvalued_type(item: &Item) -> u8 {
+    match &item.kind {
+        ItemKind::Context(c) => type_code(c.object_type),
+        _ => NOT_INDEXED,
     }
 }
 
@@ -249,6 +266,18 @@ pub fn index_fields(record: &[u8]) -> Option<IndexFields<'_>> {
         ty,
         value,
     })
+}
+
+/// The id of encoded item bytes (its first field), without decoding the rest; `None`
+/// if it cannot be read.
+pub fn item_id(item_bytes: &[u8]) -> Option<&str> {
+    let mut id = None;
+    wire_fields(item_bytes, |field, value| match (field, value) {
+        (1, Wire::Bytes(b)) => once(&mut id, b),
+        (1, _) => None,
+        _ => Some(()),
+    })?;
+    std::str::from_utf8(id?).ok()
 }
 
 fn once<T>(slot: &mut Option<T>, value: T) -> Option<()> {

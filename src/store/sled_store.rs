@@ -925,7 +925,7 @@ impl SledStore {
     fn new_item(&self, item: &Item, index: u32) -> NewItem {
         let (ty, value_hash) = match records::value_of(item) {
             Some((ty, value)) => (ty, Some(value_hash(&self.hasher, ty, value.as_bytes()))),
-            None => (records::NOT_INDEXED, None),
+            None => (records::unvalued_type(item), None),
         };
         NewItem {
             span: Span { offset: 0, len: 0 },
@@ -1416,7 +1416,7 @@ fn replay(index: &mut Index, frame: Frame<'_>) -> Result<(), StoreError> {
         let item = Item::decode_stored(&record.item_bytes).map_err(|e| damaged(e.to_string()))?;
         let (ty, value_hash) = match records::value_of(&item) {
             Some((ty, value)) => (ty, Some(value_hash(&index.hasher, ty, value.as_bytes()))),
-            None => (records::NOT_INDEXED, None),
+            None => (records::unvalued_type(&item), None),
         };
         items.push(NewItem {
             span,
@@ -1597,6 +1597,15 @@ impl Store for SledStore {
             // item it replaces).
             let is_revocation = matches!(item.kind, crate::model::ItemKind::Revocation(_));
             let held = match pending.get(&uuid) {
+                Some((_, pending_item)) if pending_item.id != item.id => {
+                    report.rejected.push((
+                        verified.index,
+                        ItemRejection::TypeConflict {
+                            held: pending_item.id.to_string(),
+                        },
+                    ));
+                    continue;
+                }
                 Some((modified, pending_item)) => Some((
                     *modified,
                     None,
@@ -1605,6 +1614,18 @@ impl Store for SledStore {
                 None => match self.item_record(&uuid)? {
                     None => None,
                     Some(current) => {
+                        // One UUID, one object type: `malware--X` never replaces
+                        // `indicator--X` (ids compare in lower case, as they are parsed).
+                        let held_id = records::item_id(&current.item_bytes).unwrap_or("");
+                        if !held_id.eq_ignore_ascii_case(item.id.as_str()) {
+                            report.rejected.push((
+                                verified.index,
+                                ItemRejection::TypeConflict {
+                                    held: held_id.chars().take(80).collect(),
+                                },
+                            ));
+                            continue;
+                        }
                         let replaced = if is_revocation {
                             let replaced_item = Item::decode_stored(&current.item_bytes)
                                 .map_err(|e| corrupt("item", e))?;
@@ -1755,7 +1776,10 @@ impl Store for SledStore {
     fn get(&self, id: &ItemId) -> Result<Option<StoredItem>, StoreError> {
         match self.item_record(&id.uuid_bytes())? {
             None => Ok(None),
-            Some(record) => Self::stored_item(record).map(Some),
+            // The UUID under another type is another id: not held.
+            Some(record) => {
+                Ok(Some(Self::stored_item(record)?).filter(|stored| &stored.item.id == id))
+            }
         }
     }
     fn query(
