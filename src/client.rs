@@ -201,6 +201,16 @@ impl NodeClient {
             .into_inner())
     }
 
+    /// The node's external feeds.
+    pub async fn feeds(&self) -> Result<crate::rpc::proto::FeedsResponse, ClientError> {
+        Ok(self
+            .admin()
+            .feeds(crate::rpc::proto::FeedsRequest {})
+            .await
+            .map_err(|s| self.status(s))?
+            .into_inner())
+    }
+
     /// The node's replication links.
     pub async fn links(&self) -> Result<crate::rpc::proto::LinksResponse, ClientError> {
         Ok(self

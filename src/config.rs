@@ -25,6 +25,13 @@
 //! [[client]]
 //! id = "researcher.uni-x"
 //! role = "read_only"               # read_only, analyst or admin
+//!
+//! [[feed]]                         # an external source published as this node's own
+//! name = "circl-osint"             # items get the tag source:circl-osint
+//! kind = "misp"                    # misp or taxii
+//! url = "https://www.circl.lu/doc/misp/feed-osint/"
+//! tlp = "green"                    # for objects that give no marking
+//! interval = "15m"
 //! ```
 
 use std::collections::HashSet;
@@ -86,7 +93,42 @@ struct RawConfig {
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
+    feed: Vec<RawFeed>,
     taxii: Option<RawTaxii>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFeed {
+    name: String,
+    kind: String,
+    url: String,
+    #[serde(default)]
+    tlp: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    interval: Option<String>,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    max_response_bytes: Option<u64>,
+    #[serde(default)]
+    max_objects_per_poll: Option<u64>,
+    #[serde(default)]
+    max_events_per_poll: Option<u64>,
+    #[serde(default)]
+    page_size: Option<u64>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password_file: Option<PathBuf>,
+    #[serde(default)]
+    password_env: Option<String>,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    allow_http: bool,
 }
 
 #[derive(Deserialize)]
@@ -249,6 +291,334 @@ pub struct PeerConfig {
     pub trust_anchor: Option<PathBuf>,
     /// What this peer may receive.
     pub policy: PolicySettings,
+}
+
+/// What an external feed speaks (`feed[].kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedKind {
+    /// A TAXII 2.1 collection; `url` is its objects endpoint.
+    Taxii,
+    /// A MISP feed; `url` is the directory holding `manifest.json`.
+    Misp,
+}
+
+impl FeedKind {
+    /// The spelling in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeedKind::Taxii => "taxii",
+            FeedKind::Misp => "misp",
+        }
+    }
+}
+
+/// Where the password of a feed's HTTP Basic credentials comes from. The password itself
+/// is read at each poll and never kept in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordSource {
+    /// `password_file`: the file's content, without a trailing newline.
+    File(PathBuf),
+    /// `password_env`: the environment variable's value.
+    Env(String),
+}
+
+/// HTTP Basic credentials of a feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedCredentials {
+    /// `username`.
+    pub username: String,
+    /// Where the password is read from.
+    pub password: PasswordSource,
+}
+
+/// Default time between two polls of a feed (`feed[].interval`).
+pub const DEFAULT_FEED_INTERVAL: Duration = Duration::from_secs(15 * 60);
+/// Default time one HTTP request of a feed may take, body included (`feed[].timeout`).
+pub const DEFAULT_FEED_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default largest response body of a feed (`feed[].max_response_bytes`, 32 MiB).
+pub const DEFAULT_FEED_MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
+/// Largest `feed[].max_response_bytes` accepted (256 MiB).
+pub const MAX_FEED_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
+/// Default most objects (STIX objects or MISP attributes) taken in one poll.
+pub const DEFAULT_FEED_MAX_OBJECTS: usize = 100_000;
+/// Default most MISP events fetched in one poll.
+pub const DEFAULT_FEED_MAX_EVENTS: usize = 1_000;
+/// Default TAXII page size asked for (`limit`).
+pub const DEFAULT_FEED_PAGE_SIZE: usize = 1_000;
+
+/// A `[[feed]]`: an external source whose indicators this node publishes as its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedConfig {
+    /// `name`: 1 to 48 of a-z, 0-9, '-' and '_'; items get the tag `source:<name>`, and
+    /// the feed's checkpoint is kept under it.
+    pub name: String,
+    /// `kind`.
+    pub kind: FeedKind,
+    /// `url`, checked: `http` only for loopback addresses or with `allow_http`.
+    pub url: http::Uri,
+    /// `tlp`: the marking of items whose source gives none.
+    pub tlp: Option<Tlp>,
+    /// `tags`: added to every item of the feed (after `source:<name>`).
+    pub tags: Vec<String>,
+    /// `interval` between polls (default 15m, at least 1s).
+    pub interval: Duration,
+    /// `timeout` of one HTTP request, body included (default 60s).
+    pub timeout: Duration,
+    /// `max_response_bytes`: a larger body is refused (default 32 MiB).
+    pub max_response_bytes: usize,
+    /// `max_objects_per_poll`: objects (STIX objects, MISP attributes) taken per poll;
+    /// the rest waits for the next poll (default 100000).
+    pub max_objects_per_poll: usize,
+    /// `max_events_per_poll`: MISP events fetched per poll (default 1000).
+    pub max_events_per_poll: usize,
+    /// `page_size`: the TAXII `limit` asked for (default 1000).
+    pub page_size: usize,
+    /// `username` with `password_file` or `password_env`.
+    pub credentials: Option<FeedCredentials>,
+    /// `ca_file`: CA certificates trusted for this feed besides the public roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Checks one `[[feed]]`; `field` names its fields in errors.
+fn feed_config(
+    raw: RawFeed,
+    field: &dyn Fn(&str) -> String,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<FeedConfig, (String, String)> {
+    let bad = |name: &str, problem: String| (field(name), problem);
+    let name = raw.name;
+    if name.is_empty()
+        || name.len() > 48
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+    {
+        return Err(bad(
+            "name",
+            format!("{name:?}: a feed name is 1 to 48 of a-z, 0-9, '-' and '_'"),
+        ));
+    }
+    let kind = match raw.kind.as_str() {
+        "taxii" => FeedKind::Taxii,
+        "misp" => FeedKind::Misp,
+        other => {
+            return Err(bad(
+                "kind",
+                format!("{other:?}: expected \"taxii\" or \"misp\""),
+            ));
+        }
+    };
+    let url: http::Uri = raw
+        .url
+        .parse()
+        .map_err(|_| bad("url", format!("{:?} is not a URL", raw.url)))?;
+    let host = url.host().unwrap_or_default();
+    if host.is_empty() {
+        return Err(bad("url", format!("{:?} names no host", raw.url)));
+    }
+    if url.query().is_some() {
+        return Err(bad(
+            "url",
+            format!("{:?}: give the URL without a query", raw.url),
+        ));
+    }
+    if raw.url.contains('@') {
+        return Err(bad(
+            "url",
+            "credentials go in username and password_file or password_env, not in the URL".into(),
+        ));
+    }
+    match url.scheme_str() {
+        Some("https") => {}
+        Some("http") => {
+            if !raw.allow_http && !is_loopback_host(host) {
+                return Err(bad(
+                    "url",
+                    format!(
+                        "{:?}: plain http is allowed only to a loopback address, or with allow_http = true",
+                        raw.url
+                    ),
+                ));
+            }
+        }
+        _ => {
+            return Err(bad(
+                "url",
+                format!("{:?}: the scheme must be https or http", raw.url),
+            ));
+        }
+    }
+    if kind == FeedKind::Taxii && !url.path().ends_with("/objects/") {
+        return Err(bad(
+            "url",
+            format!(
+                "{:?}: a TAXII feed's url is the collection's objects endpoint, ending in /collections/<id>/objects/",
+                raw.url
+            ),
+        ));
+    }
+    let tlp = raw
+        .tlp
+        .as_deref()
+        .map(|t| t.parse::<Tlp>().map_err(|e| bad("tlp", e.to_string())))
+        .transpose()?;
+    let mut tags = Vec::with_capacity(raw.tags.len() + 1);
+    tags.push(format!("source:{name}"));
+    for tag in raw.tags {
+        if tag.is_empty()
+            || tag.len() > 64
+            || !tag.is_ascii()
+            || tag.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(bad(
+                "tags",
+                format!("{tag:?}: a tag is 1 to 64 ASCII characters without spaces"),
+            ));
+        }
+        if !tags.contains(&tag) {
+            tags.push(tag);
+        }
+    }
+    if tags.len() > 8 {
+        return Err(bad("tags", "at most 7 tags besides source:<name>".into()));
+    }
+    let duration = |key: &str, text: Option<&str>, default: Duration, min_ms: i64, max_ms: i64| {
+        let Some(text) = text else {
+            return Ok(default);
+        };
+        let ms = parse_duration_ms(text).map_err(|problem| bad(key, problem))?;
+        if ms < min_ms || ms > max_ms {
+            return Err(bad(
+                key,
+                format!(
+                    "{text:?} is outside {}s to {}s",
+                    min_ms / 1000,
+                    max_ms / 1000
+                ),
+            ));
+        }
+        Ok(Duration::from_millis(ms as u64))
+    };
+    let interval = duration(
+        "interval",
+        raw.interval.as_deref(),
+        DEFAULT_FEED_INTERVAL,
+        1_000,
+        7 * 86_400_000,
+    )?;
+    let timeout = duration(
+        "timeout",
+        raw.timeout.as_deref(),
+        DEFAULT_FEED_TIMEOUT,
+        1_000,
+        3_600_000,
+    )?;
+    let count = |key: &str, value: Option<u64>, default: usize, min: usize, max: usize| {
+        let Some(n) = value else {
+            return Ok(default);
+        };
+        match usize::try_from(n) {
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(bad(key, format!("{n} is outside {min}..={max}"))),
+        }
+    };
+    let max_response_bytes = count(
+        "max_response_bytes",
+        raw.max_response_bytes,
+        DEFAULT_FEED_MAX_RESPONSE_BYTES,
+        1024,
+        MAX_FEED_RESPONSE_BYTES,
+    )?;
+    let max_objects_per_poll = count(
+        "max_objects_per_poll",
+        raw.max_objects_per_poll,
+        DEFAULT_FEED_MAX_OBJECTS,
+        1,
+        crate::interop::MAX_INPUT_ITEMS,
+    )?;
+    let max_events_per_poll = count(
+        "max_events_per_poll",
+        raw.max_events_per_poll,
+        DEFAULT_FEED_MAX_EVENTS,
+        1,
+        1_000_000,
+    )?;
+    let page_size = count(
+        "page_size",
+        raw.page_size,
+        DEFAULT_FEED_PAGE_SIZE,
+        1,
+        100_000,
+    )?;
+    let credentials = match (raw.username, raw.password_file, raw.password_env) {
+        (None, None, None) => None,
+        (None, _, _) => {
+            return Err(bad(
+                "username",
+                "password_file or password_env is given without a username".into(),
+            ));
+        }
+        (Some(username), file, env) => {
+            if username.is_empty()
+                || username.contains(':')
+                || username.chars().any(char::is_control)
+            {
+                return Err(bad(
+                    "username",
+                    "must be non-empty, without ':' or control characters".into(),
+                ));
+            }
+            let password = match (file, env) {
+                (Some(file), None) => PasswordSource::File(resolve(&file)),
+                (None, Some(env)) if !env.is_empty() && !env.contains('=') => {
+                    PasswordSource::Env(env)
+                }
+                (None, Some(env)) => {
+                    return Err(bad(
+                        "password_env",
+                        format!("{env:?} is not an environment variable name"),
+                    ));
+                }
+                _ => {
+                    return Err(bad(
+                        "password_file",
+                        "give exactly one of password_file and password_env with a username".into(),
+                    ));
+                }
+            };
+            Some(FeedCredentials { username, password })
+        }
+    };
+    if credentials.is_some() && url.scheme_str() == Some("http") && !is_loopback_host(host) {
+        return Err(bad(
+            "username",
+            "credentials are sent only over https (or to a loopback address)".into(),
+        ));
+    }
+    Ok(FeedConfig {
+        name,
+        kind,
+        url,
+        tlp,
+        tags,
+        interval,
+        timeout,
+        max_response_bytes,
+        max_objects_per_poll,
+        max_events_per_poll,
+        page_size,
+        credentials,
+        ca_file: raw.ca_file.map(|p| resolve(&p)),
+    })
+}
+
+/// Whether a URL host is a loopback address (`localhost`, 127.0.0.0/8, `[::1]`).
+fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A `[[client]]`: an analyst, researcher or tool.
@@ -577,6 +947,8 @@ pub struct Settings {
     pub clients: Vec<ClientConfig>,
     /// `[groups]`: sharing groups by name.
     pub groups: std::collections::BTreeMap<String, Vec<NodeId>>,
+    /// `[[feed]]` entries.
+    pub feeds: Vec<FeedConfig>,
     /// `[taxii]`, if configured.
     pub taxii: Option<TaxiiSettings>,
 }
@@ -594,6 +966,8 @@ pub struct Config {
     pub clients: Vec<ClientConfig>,
     /// `[groups]`: named lists of node ids, expanded into a bundle's recipients at publish time.
     pub groups: std::collections::BTreeMap<String, Vec<NodeId>>,
+    /// `[[feed]]` entries: external sources this node publishes from.
+    pub feeds: Vec<FeedConfig>,
     /// `[taxii]`: the TAXII 2.1 listener, if configured.
     pub taxii: Option<TaxiiSettings>,
     /// The node's certificate, key, anchors and CRLs, loaded and checked.
@@ -615,6 +989,7 @@ impl Config {
             peers,
             clients,
             groups,
+            feeds,
             taxii,
         } = Self::check(text, path, base)?;
         let tls = TlsMaterial::load(&node.tls, &node.id).map_err(|e| ConfigError::Invalid {
@@ -628,6 +1003,7 @@ impl Config {
             peers,
             clients,
             groups,
+            feeds,
             taxii,
             tls,
         })
@@ -820,6 +1196,20 @@ impl Config {
             Some(taxii) => Some(taxii_settings(taxii, listen, &clients, &invalid)?),
         };
 
+        let mut feeds: Vec<FeedConfig> = Vec::with_capacity(raw.feed.len());
+        for (i, f) in raw.feed.into_iter().enumerate() {
+            let field = |name: &str| format!("feed[{i}].{name}");
+            let feed =
+                feed_config(f, &field, &resolve).map_err(|(f, problem)| invalid(&f, problem))?;
+            if feeds.iter().any(|other| other.name == feed.name) {
+                return Err(invalid(
+                    &field("name"),
+                    format!("{:?} is the name of another feed", feed.name),
+                ));
+            }
+            feeds.push(feed);
+        }
+
         Ok(Settings {
             node: NodeSettings {
                 id,
@@ -833,6 +1223,7 @@ impl Config {
             peers,
             clients,
             groups,
+            feeds,
             taxii,
         })
     }

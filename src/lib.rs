@@ -29,6 +29,7 @@ pub mod config;
 pub mod crypto;
 pub mod demo;
 pub mod engine;
+pub mod feeds;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod interop;

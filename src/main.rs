@@ -902,6 +902,42 @@ async fn status(
                 },
             );
         }
+        for feed in client.feeds().await?.feeds {
+            let ago = |ms: i64| {
+                if ms > 0 {
+                    format!(
+                        "{:.0} s ago",
+                        (entente::engine::now_ms() - ms).max(0) as f64 / 1000.0
+                    )
+                } else {
+                    "never".to_owned()
+                }
+            };
+            println!(
+                "feed {:<24} {} {} last poll {}, last success {}, items {} ingested / {} unchanged, objects {} fetched / {} skipped, polls {} ({} failed){}{}",
+                feed.name,
+                feed.kind,
+                feed.url,
+                ago(feed.last_poll_unix_ms),
+                ago(feed.last_success_unix_ms),
+                feed.items_ingested,
+                feed.items_unchanged,
+                feed.objects_fetched,
+                feed.objects_skipped,
+                feed.polls,
+                feed.failures,
+                if feed.checkpoint.is_empty() {
+                    String::new()
+                } else {
+                    format!("; at {}", feed.checkpoint)
+                },
+                if feed.last_error.is_empty() {
+                    String::new()
+                } else {
+                    format!("; last error: {}", feed.last_error)
+                },
+            );
+        }
         for limit in client.limits().await?.limits {
             println!(
                 "limit {:<24} {:>16}{}",

@@ -280,6 +280,7 @@ impl Node {
 
         let directory = Arc::new(Directory::new(&id, config.listings()));
         let link_states: crate::sync::Links = Arc::default();
+        let feed_states: crate::feeds::FeedStates = Arc::default();
         let shutdown = CancellationToken::new();
         let pull_links = Arc::new(PullLinks {
             engine: engine.clone(),
@@ -404,6 +405,7 @@ impl Node {
                 engine.clone(),
                 reload.clone(),
                 link_states.clone(),
+                feed_states.clone(),
             )))
             .add_service(
                 IntelServer::new(IntelService::new(engine.clone(), shutdown.clone()))
@@ -418,11 +420,18 @@ impl Node {
 
         // Group commit for what does not flush itself: bundles pulled from peers and
         // the cursors that count them reach the disk within this period.
-        let tasks = vec![tokio::spawn(flush_periodically(
+        let mut tasks = vec![tokio::spawn(flush_periodically(
             engine.clone(),
             health.clone(),
             shutdown.clone(),
         ))];
+        // One poll loop per external feed; a feed that fails only records its error.
+        tasks.extend(crate::feeds::start(
+            &config.feeds,
+            engine.clone(),
+            feed_states,
+            shutdown.clone(),
+        ));
 
         let signal = shutdown.clone();
         let serve_task = tokio::spawn(async move {

@@ -553,6 +553,14 @@ pub trait Store: Send + Sync {
     /// so a recovered cursor never points past data that was not recovered.
     fn set_cursor(&self, peer: &NodeId, seq: u64) -> Result<(), StoreError>;
 
+    /// The checkpoint kept for the external feed `name` (`None` when none): what it has
+    /// ingested so far, in the feed's own encoding.
+    fn feed_checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Records the checkpoint of the external feed `name`. Call it after the items it
+    /// counts were flushed; it is durable with the next flush.
+    fn set_feed_checkpoint(&self, name: &str, checkpoint: &[u8]) -> Result<(), StoreError>;
+
     /// Caches a DER certificate under its SHA-256.
     fn put_certificate(&self, der: &[u8]) -> Result<[u8; 32], StoreError>;
 

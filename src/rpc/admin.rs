@@ -29,19 +29,23 @@ pub struct AdminService {
     engine: Arc<Engine>,
     reload: Arc<dyn PolicyReload>,
     links: crate::sync::Links,
+    feeds: crate::feeds::FeedStates,
 }
 
 impl AdminService {
-    /// The service over `engine`, reloading through `reload`, reporting `links`.
+    /// The service over `engine`, reloading through `reload`, reporting `links` and
+    /// `feeds`.
     pub fn new(
         engine: Arc<Engine>,
         reload: Arc<dyn PolicyReload>,
         links: crate::sync::Links,
+        feeds: crate::feeds::FeedStates,
     ) -> Self {
         Self {
             engine,
             reload,
             links,
+            feeds,
         }
     }
 }
@@ -147,6 +151,34 @@ impl Admin for AdminService {
                     value,
                     refused: limit.map_or(0, |l| counters.refused(l)),
                     counted: limit.is_some(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn feeds(
+        &self,
+        request: Request<super::proto::FeedsRequest>,
+    ) -> Result<Response<super::proto::FeedsResponse>, Status> {
+        require_unrestricted(&self.engine, caller(&request)?)?;
+        let feeds = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(Response::new(super::proto::FeedsResponse {
+            feeds: feeds
+                .iter()
+                .map(|(name, s)| super::proto::FeedStatus {
+                    name: name.clone(),
+                    kind: s.kind.clone(),
+                    url: s.url.clone(),
+                    last_poll_unix_ms: s.last_poll_ms,
+                    last_success_unix_ms: s.last_success_ms,
+                    polls: s.polls,
+                    failures: s.failures,
+                    objects_fetched: s.objects_fetched,
+                    items_ingested: s.items_ingested,
+                    items_unchanged: s.items_unchanged,
+                    objects_skipped: s.objects_skipped,
+                    last_error: s.last_error.clone().unwrap_or_default(),
+                    checkpoint: s.checkpoint.clone(),
                 })
                 .collect(),
         }))

@@ -705,6 +705,7 @@ small_requests!(
     proto::LedgerVerifyRequest,
     proto::LinksRequest,
     proto::LimitsRequest,
+    proto::FeedsRequest,
 );
 
 /// Answers that only this node's own CLI and clients decode, from the node they chose
@@ -727,6 +728,7 @@ answers!(
     proto::LedgerVerifyResponse,
     proto::LinksResponse,
     proto::LimitsResponse,
+    proto::FeedsResponse,
 );
 
 #[cfg(test)]

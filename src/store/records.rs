@@ -15,6 +15,7 @@
 //! | `K` | peer id | replication cursor in that peer's feed (u64 big-endian) |
 //! | `P` | peer id | fingerprint of the policy that peer was last served a pull under |
 //! | `L` | sequence (u64 big-endian) | [`LedgerRecordBytes`] (disclosure ledger) |
+//! | `F` | feed name | the checkpoint of that external feed (opaque bytes, at most 1 MiB) |
 
 use crate::model::{IndicatorType, Item, ItemKind};
 
@@ -33,6 +34,7 @@ pub const CERT: u8 = b'C';
 pub const CURSOR: u8 = b'K';
 pub const SERVED: u8 = b'P';
 pub const LEDGER: u8 = b'L';
+pub const FEED_CHECKPOINT: u8 = b'F';
 
 pub const META_OWNER: &[u8] = b"Mowner";
 /// The store format (u32 big-endian): 4 since the bundle log has a header. Absent in

@@ -1825,6 +1825,18 @@ impl Store for SledStore {
         self.feed_head().max(self.feed_floor)
     }
 
+    fn feed_checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = records::key(records::FEED_CHECKPOINT, name.as_bytes());
+        Ok(self.with_meta(|m| m.tree.get(key))?.map(|v| v.to_vec()))
+    }
+
+    fn set_feed_checkpoint(&self, name: &str, checkpoint: &[u8]) -> Result<(), StoreError> {
+        self.writable()?;
+        let key = records::key(records::FEED_CHECKPOINT, name.as_bytes());
+        self.with_meta(|m| m.tree.insert(key, checkpoint))?;
+        Ok(())
+    }
+
     fn put_certificate(&self, der: &[u8]) -> Result<[u8; 32], StoreError> {
         let sha = crate::crypto::sha256(der);
         self.with_meta(|m| m.tree.insert(records::key(records::CERT, &sha), der))?;

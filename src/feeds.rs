@@ -1,0 +1,337 @@
+//! Feeds in: external TAXII 2.1 collections and MISP feeds polled on an interval, their
+//! indicators published as this node's own signed items through the same engine path
+//! as `Intel.Publish` (`Engine::sign`, then `Engine::store_own`). Owns the poll loops,
+//! their checkpoints (kept in the store) and their state for `entente status`; must not
+//! touch tonic, the policy or any other node.
+//!
+//! Everything a feed sends is untrusted: bodies are bounded before they are read whole
+//! (`max_response_bytes`), objects per poll are bounded (`max_objects_per_poll`), and
+//! every object goes through the same validation as operator input. A failing feed
+//! records its error in its state and tries again with a growing delay; it never stops
+//! the node.
+
+mod http;
+mod misp;
+mod taxii;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{FeedConfig, FeedKind};
+use crate::engine::{Engine, EngineError, now_ms};
+
+/// Most items signed as one bundle.
+const ITEMS_PER_BUNDLE: usize = 1_000;
+use crate::model::{Distribution, Item, Partner, PartnerKind, Role};
+
+/// Why a poll failed, in words an operator can act on.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FeedError {
+    /// A setting of the feed cannot be used (a password file that cannot be read, a CA
+    /// file that does not parse).
+    #[error("{0}")]
+    Config(String),
+    /// The source could not be reached, or answered with an error.
+    #[error("{0}")]
+    Http(String),
+    /// An answer was larger than `max_response_bytes`.
+    #[error("{0}")]
+    TooLarge(String),
+    /// An answer was not what the protocol says it should be.
+    #[error("{0}")]
+    Malformed(String),
+    /// Publishing or storing failed.
+    #[error("{0}")]
+    Publish(String),
+}
+
+/// What a feed's loop reports (for `entente status` and `Admin.Feeds`).
+#[derive(Clone, Debug, Default)]
+pub struct FeedState {
+    /// `taxii` or `misp`.
+    pub kind: String,
+    /// The URL polled (without credentials or query).
+    pub url: String,
+    /// When the last poll ended, ms (0: never).
+    pub last_poll_ms: i64,
+    /// When the last poll that succeeded ended, ms (0: never).
+    pub last_success_ms: i64,
+    /// Polls ended since the node started.
+    pub polls: u64,
+    /// Polls that failed since the node started.
+    pub failures: u64,
+    /// Objects (STIX objects, MISP attributes) fetched since the node started.
+    pub objects_fetched: u64,
+    /// Items published (new, or newer versions) since the node started.
+    pub items_ingested: u64,
+    /// Items skipped because this or a newer version is held already.
+    pub items_unchanged: u64,
+    /// Objects that did not become items (not an indicator, unmapped type, invalid).
+    pub objects_skipped: u64,
+    /// The last error, in plain words; cleared by a poll that succeeds.
+    pub last_error: Option<String>,
+    /// Where the feed stands (the TAXII `added_after`, or the MISP events held).
+    pub checkpoint: String,
+}
+
+/// The state of every feed, shared between the loops and the Admin service.
+pub type FeedStates = Arc<std::sync::Mutex<BTreeMap<String, FeedState>>>;
+
+fn update(states: &FeedStates, name: &str, f: impl FnOnce(&mut FeedState)) {
+    let mut map = states.lock().unwrap_or_else(|p| p.into_inner());
+    f(map.entry(name.to_owned()).or_default());
+}
+
+/// What one poll did.
+#[derive(Debug, Default)]
+struct PollReport {
+    fetched: u64,
+    ingested: u64,
+    unchanged: u64,
+    skipped: u64,
+    /// The first few reasons objects were skipped, for the log.
+    skip_reasons: Vec<String>,
+}
+
+impl PollReport {
+    fn skip(&mut self, reason: String) {
+        self.skipped += 1;
+        if self.skip_reasons.len() < 5 {
+            self.skip_reasons.push(reason);
+        }
+    }
+}
+
+/// Starts one loop per feed; each ends when `shutdown` is cancelled.
+pub fn start(
+    feeds: &[FeedConfig],
+    engine: Arc<Engine>,
+    states: FeedStates,
+    shutdown: CancellationToken,
+) -> Vec<JoinHandle<()>> {
+    feeds
+        .iter()
+        .map(|feed| {
+            update(&states, &feed.name, |s| {
+                s.kind = feed.kind.as_str().to_owned();
+                s.url = http::shown(&feed.url);
+            });
+            tokio::spawn(run(
+                feed.clone(),
+                engine.clone(),
+                states.clone(),
+                shutdown.clone(),
+            ))
+        })
+        .collect()
+}
+
+/// Shortest and longest wait before a failed poll is tried again.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+const LAST_RETRY: Duration = Duration::from_secs(15 * 60);
+
+async fn run(
+    feed: FeedConfig,
+    engine: Arc<Engine>,
+    states: FeedStates,
+    shutdown: CancellationToken,
+) {
+    let span = tracing::info_span!("feed", feed = %feed.name, kind = feed.kind.as_str());
+    let mut failures: u32 = 0;
+    loop {
+        let started = std::time::Instant::now();
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            outcome = poll(&feed, &engine, &states) => outcome,
+        };
+        let now = now_ms();
+        let wait = match outcome {
+            Ok(report) => {
+                failures = 0;
+                tracing::info!(
+                    parent: &span,
+                    fetched = report.fetched,
+                    ingested = report.ingested,
+                    unchanged = report.unchanged,
+                    skipped = report.skipped,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "feed polled"
+                );
+                if !report.skip_reasons.is_empty() {
+                    tracing::info!(parent: &span, reasons = ?report.skip_reasons, "feed objects skipped");
+                }
+                update(&states, &feed.name, |s| {
+                    s.polls += 1;
+                    s.last_poll_ms = now;
+                    s.last_success_ms = now;
+                    s.objects_fetched += report.fetched;
+                    s.items_ingested += report.ingested;
+                    s.items_unchanged += report.unchanged;
+                    s.objects_skipped += report.skipped;
+                    s.last_error = None;
+                });
+                feed.interval
+            }
+            Err((error, report)) => {
+                failures = failures.saturating_add(1);
+                let backoff = FIRST_RETRY
+                    .saturating_mul(1u32 << failures.min(16).saturating_sub(1))
+                    .min(LAST_RETRY);
+                let wait = backoff.min(feed.interval.max(FIRST_RETRY));
+                tracing::warn!(
+                    parent: &span,
+                    %error,
+                    ingested = report.ingested,
+                    retry_in_s = wait.as_secs_f64(),
+                    "feed poll failed"
+                );
+                update(&states, &feed.name, |s| {
+                    s.polls += 1;
+                    s.failures += 1;
+                    s.last_poll_ms = now;
+                    s.objects_fetched += report.fetched;
+                    s.items_ingested += report.ingested;
+                    s.items_unchanged += report.unchanged;
+                    s.objects_skipped += report.skipped;
+                    s.last_error = Some(error.to_string());
+                });
+                wait
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+type PollOutcome = Result<PollReport, (FeedError, PollReport)>;
+
+async fn poll(feed: &FeedConfig, engine: &Arc<Engine>, states: &FeedStates) -> PollOutcome {
+    match feed.kind {
+        FeedKind::Taxii => taxii::poll(feed, engine, states).await,
+        FeedKind::Misp => misp::poll(feed, engine, states).await,
+    }
+}
+
+/// Publishes `items` as this node's own, skipping those held at the same or a newer
+/// version, through the checks of `Intel.Publish`; then makes them durable.
+async fn publish(
+    engine: &Arc<Engine>,
+    items: Vec<Item>,
+    report: &mut PollReport,
+) -> Result<(), FeedError> {
+    let engine_for_task = engine.clone();
+    let (ingested, unchanged, refused) = tokio::task::spawn_blocking(move || {
+        let engine = engine_for_task;
+        let own = engine.policy().node().clone();
+        let own = &own;
+        let mut fresh: Vec<Item> = Vec::with_capacity(items.len());
+        let mut unchanged = 0u64;
+        let mut refused = Vec::new();
+        for item in items {
+            // The same id twice in one poll: the newest version counts.
+            if let Some(at) = fresh.iter().position(|i| i.id == item.id) {
+                if fresh[at].modified_ms < item.modified_ms {
+                    fresh[at] = item;
+                }
+                unchanged += 1;
+                continue;
+            }
+            match engine.store().get(&item.id) {
+                // Single writer: an id another origin published stays theirs.
+                Ok(Some(held)) if &held.origin != own => refused.push(format!(
+                    "{}: the id is held from {}; only its origin may update it",
+                    item.id, held.origin
+                )),
+                Ok(Some(held)) if held.item.modified_ms >= item.modified_ms => unchanged += 1,
+                Ok(_) => fresh.push(item),
+                Err(e) => return Err(FeedError::Publish(format!("store: {e}"))),
+            }
+        }
+        let publisher = Partner {
+            id: own.clone(),
+            kind: PartnerKind::Local,
+            role: Role::Admin,
+        };
+        let mut ingested = 0u64;
+        for chunk in fresh.chunks(ITEMS_PER_BUNDLE) {
+            let signed = match engine.sign(&publisher, chunk, &Distribution::default(), now_ms()) {
+                Ok(signed) => vec![signed],
+                // One item the publishing checks refuse (a revocation of an indicator
+                // this node does not hold, a version dated ahead) must not hold back
+                // the others: each is tried alone.
+                Err(EngineError::Unpublishable(_)) => {
+                    let mut each = Vec::with_capacity(chunk.len());
+                    for item in chunk {
+                        match engine.sign(
+                            &publisher,
+                            std::slice::from_ref(item),
+                            &Distribution::default(),
+                            now_ms(),
+                        ) {
+                            Ok(signed) => each.push(signed),
+                            Err(EngineError::Unpublishable(why)) => {
+                                refused.push(format!("{}: {why}", item.id));
+                            }
+                            Err(e) => return Err(FeedError::Publish(format!("publishing: {e}"))),
+                        }
+                    }
+                    each
+                }
+                Err(e) => return Err(FeedError::Publish(format!("publishing: {e}"))),
+            };
+            for bundle in signed {
+                let receipt = engine
+                    .store_own(&bundle, now_ms())
+                    .map_err(|e| FeedError::Publish(format!("storing: {e}")))?;
+                ingested += receipt.report.stored.len() as u64;
+                unchanged += receipt.report.duplicates as u64;
+                for (at, why) in &receipt.report.rejected {
+                    refused.push(format!("item {at} of bundle {}: {why}", receipt.bundle_id));
+                }
+            }
+        }
+        Ok((ingested, unchanged, refused))
+    })
+    .await
+    .map_err(|e| FeedError::Publish(format!("task failed: {e}")))??;
+    report.ingested += ingested;
+    report.unchanged += unchanged;
+    for why in refused {
+        report.skip(why);
+    }
+    engine
+        .flush()
+        .await
+        .map_err(|e| FeedError::Publish(format!("flush: {e}")))?;
+    Ok(())
+}
+
+/// Records a feed's checkpoint after the items it counts are durable.
+async fn save_checkpoint(
+    engine: &Arc<Engine>,
+    name: &str,
+    checkpoint: Vec<u8>,
+) -> Result<(), FeedError> {
+    let store = engine.store().clone();
+    let name = name.to_owned();
+    tokio::task::spawn_blocking(move || {
+        store.set_feed_checkpoint(&name, &checkpoint)?;
+        store.flush()
+    })
+    .await
+    .map_err(|e| FeedError::Publish(format!("task failed: {e}")))?
+    .map_err(|e| FeedError::Publish(format!("saving the checkpoint: {e}")))
+}
+
+fn load_checkpoint(engine: &Arc<Engine>, name: &str) -> Result<Option<Vec<u8>>, FeedError> {
+    engine
+        .store()
+        .feed_checkpoint(name)
+        .map_err(|e| FeedError::Publish(format!("reading the checkpoint: {e}")))
+}

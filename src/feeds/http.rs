@@ -1,0 +1,261 @@
+//! The HTTP client of the feeds: one GET per connection, over rustls (ring provider,
+//! public roots plus a feed's own CA file) or plain TCP, with a deadline per request and
+//! a body refused before it is read whole when it is larger than allowed. No redirects
+//! are followed. Credentials go only into the `Authorization` header, never into an
+//! error or a log line.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+
+use super::FeedError;
+use crate::config::{FeedConfig, PasswordSource};
+
+/// Largest password read from `password_file`.
+const MAX_PASSWORD_BYTES: u64 = 4096;
+
+/// A response whose status was 200 and whose body was read whole.
+pub(super) struct Response {
+    /// The headers.
+    pub headers: http::HeaderMap,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+/// The client of one feed: its TLS configuration and its limits.
+pub(super) struct Client {
+    tls: Option<tokio_rustls::TlsConnector>,
+    timeout: Duration,
+    max_body: usize,
+    credentials: Option<crate::config::FeedCredentials>,
+    accept: &'static str,
+}
+
+impl Client {
+    /// The client of `feed`; `accept` is the media type asked for.
+    pub(super) fn new(feed: &FeedConfig, accept: &'static str) -> Result<Self, FeedError> {
+        let tls = if feed.url.scheme_str() == Some("https") {
+            Some(tokio_rustls::TlsConnector::from(Arc::new(tls_config(
+                feed,
+            )?)))
+        } else {
+            None
+        };
+        Ok(Self {
+            tls,
+            timeout: feed.timeout,
+            max_body: feed.max_response_bytes,
+            credentials: feed.credentials.clone(),
+            accept,
+        })
+    }
+
+    /// GETs `uri` and reads the body, within the feed's timeout.
+    pub(super) async fn get(&self, uri: &http::Uri) -> Result<Response, FeedError> {
+        match tokio::time::timeout(self.timeout, self.get_unbounded(uri)).await {
+            Ok(result) => result,
+            Err(_) => Err(FeedError::Http(format!(
+                "no complete answer from {} within {}s (timeout)",
+                shown(uri),
+                self.timeout.as_secs()
+            ))),
+        }
+    }
+
+    async fn get_unbounded(&self, uri: &http::Uri) -> Result<Response, FeedError> {
+        let host = uri
+            .host()
+            .ok_or_else(|| FeedError::Http(format!("{} names no host", shown(uri))))?;
+        let https = uri.scheme_str() == Some("https");
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let bare_host = host.trim_start_matches('[').trim_end_matches(']');
+        let tcp = tokio::net::TcpStream::connect((bare_host, port))
+            .await
+            .map_err(|e| FeedError::Http(format!("cannot connect to {}: {e}", shown(uri))))?;
+        let _ = tcp.set_nodelay(true);
+        let mut request = http::Request::builder()
+            .method(http::Method::GET)
+            .uri(
+                uri.path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/")
+                    .to_owned(),
+            )
+            .header(
+                http::header::HOST,
+                uri.authority().map(|a| a.as_str()).unwrap_or(host),
+            )
+            .header(http::header::ACCEPT, self.accept)
+            .header(
+                http::header::USER_AGENT,
+                concat!("entente/", env!("CARGO_PKG_VERSION")),
+            )
+            .header(http::header::CONNECTION, "close");
+        if let Some(credentials) = &self.credentials {
+            let password = read_password(&credentials.password)?;
+            let token = base64::engine::general_purpose::STANDARD
+                .encode(format!("{}:{}", credentials.username, password));
+            let mut value = http::HeaderValue::from_str(&format!("Basic {token}"))
+                .map_err(|_| FeedError::Config("the password cannot be sent in a header".into()))?;
+            value.set_sensitive(true);
+            request = request.header(http::header::AUTHORIZATION, value);
+        }
+        let request = request
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(|e| FeedError::Http(format!("cannot build the request: {e}")))?;
+        let (response, _connection) = match &self.tls {
+            Some(tls) => {
+                let name = ServerName::try_from(bare_host.to_owned()).map_err(|_| {
+                    FeedError::Http(format!("{host:?} is not a valid TLS server name"))
+                })?;
+                let stream = tls
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| FeedError::Http(format!("TLS with {} failed: {e}", shown(uri))))?;
+                send(TokioIo::new(stream), request, uri).await?
+            }
+            None => send(TokioIo::new(tcp), request, uri).await?,
+        };
+        let status = response.status();
+        if status != http::StatusCode::OK {
+            return Err(FeedError::Http(format!(
+                "{} answered {status}{}",
+                shown(uri),
+                match status.as_u16() {
+                    401 | 403 => " (check username and password)",
+                    301 | 302 | 303 | 307 | 308 =>
+                        " (redirects are not followed; give the final URL)",
+                    _ => "",
+                }
+            )));
+        }
+        let (parts, mut body) = response.into_parts();
+        // Refused before anything is read when the server says how much is coming.
+        if let Some(length) = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            if length > self.max_body as u64 {
+                return Err(FeedError::TooLarge(format!(
+                    "the answer of {} is {length} bytes, over max_response_bytes ({}); refused before reading it",
+                    shown(uri),
+                    self.max_body
+                )));
+            }
+        }
+        let mut out = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                FeedError::Http(format!("reading the answer of {} failed: {e}", shown(uri)))
+            })?;
+            if let Ok(data) = frame.into_data() {
+                if out.len() + data.len() > self.max_body {
+                    return Err(FeedError::TooLarge(format!(
+                        "the answer of {} passed max_response_bytes ({}) while it was read; the rest was not read",
+                        shown(uri),
+                        self.max_body
+                    )));
+                }
+                out.extend_from_slice(&data);
+            }
+        }
+        Ok(Response {
+            headers: parts.headers,
+            body: out,
+        })
+    }
+}
+
+async fn send<S>(
+    io: TokioIo<S>,
+    request: http::Request<http_body_util::Empty<bytes::Bytes>>,
+    uri: &http::Uri,
+) -> Result<(http::Response<hyper::body::Incoming>, AbortOnDrop), FeedError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+        .max_buf_size(64 * 1024)
+        .handshake(io)
+        .await
+        .map_err(|e| FeedError::Http(format!("HTTP with {} failed: {e}", shown(uri))))?;
+    // The connection is driven by its own task, stopped when the caller is done with
+    // the answer (or gives up on it): a server that never closes keeps nothing running.
+    let connection = AbortOnDrop(tokio::spawn(async move {
+        let _ = connection.await;
+    }));
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| FeedError::Http(format!("HTTP with {} failed: {e}", shown(uri))))?;
+    Ok((response, connection))
+}
+
+/// A task aborted when this is dropped.
+pub(super) struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A URL as it may appear in errors and logs: scheme, authority and path, no query.
+pub(super) fn shown(uri: &http::Uri) -> String {
+    format!(
+        "{}://{}{}",
+        uri.scheme_str().unwrap_or("http"),
+        uri.authority().map(|a| a.as_str()).unwrap_or(""),
+        uri.path()
+    )
+}
+
+fn read_password(source: &PasswordSource) -> Result<String, FeedError> {
+    match source {
+        PasswordSource::Env(name) => std::env::var(name).map_err(|_| {
+            FeedError::Config(format!(
+                "password_env: the environment variable {name} is not set (or not UTF-8)"
+            ))
+        }),
+        PasswordSource::File(path) => {
+            let problem = |what: String| {
+                FeedError::Config(format!("password_file {}: {what}", path.display()))
+            };
+            let meta = std::fs::metadata(path).map_err(|e| problem(e.to_string()))?;
+            if meta.len() > MAX_PASSWORD_BYTES {
+                return Err(problem(format!("larger than {MAX_PASSWORD_BYTES} bytes")));
+            }
+            let text = std::fs::read_to_string(path).map_err(|e| problem(e.to_string()))?;
+            Ok(text.trim_end_matches(['\r', '\n']).to_owned())
+        }
+    }
+}
+
+/// TLS for a feed: the ring provider, the public web roots and the feed's `ca_file`.
+fn tls_config(feed: &FeedConfig) -> Result<rustls::ClientConfig, FeedError> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = &feed.ca_file {
+        let certs = crate::transport::files::read_certificates(path)
+            .map_err(|e| FeedError::Config(format!("ca_file: {e}")))?;
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| FeedError::Config(format!("ca_file {}: {e}", path.display())))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| FeedError::Config(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}

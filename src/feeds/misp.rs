@@ -1,0 +1,445 @@
+//! MISP feeds as MISP publishes them: `manifest.json` maps each event's uuid to its
+//! `info` and `timestamp`; `<uuid>.json` holds the event (`Event` with `Attribute`s,
+//! `Object`s holding more attributes, and `Tag`s). Events new or changed since they were
+//! last taken are fetched; attributes marked `to_ids` of the common types become
+//! indicators whose id is derived from this node and the attribute's uuid, so polling
+//! again updates them rather than adding others.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::http::Client;
+use super::{FeedError, FeedStates, PollOutcome, PollReport, publish, update};
+use crate::config::FeedConfig;
+use crate::engine::Engine;
+use crate::model::{
+    Indicator, IndicatorType, Item, ItemId, ItemKind, StixProperties, Tlp, normalise,
+};
+
+/// Longest description taken from an event's `info` and an attribute's `comment`.
+const MAX_DESCRIPTION_BYTES: usize = 4096;
+
+/// Items gathered before they are published and the checkpoint moves.
+const PUBLISH_EVERY: usize = 5_000;
+
+/// The checkpoint kept in the store: each event taken, with the timestamp it had.
+type Checkpoint = BTreeMap<String, i64>;
+
+pub(super) async fn poll(
+    feed: &FeedConfig,
+    engine: &Arc<Engine>,
+    states: &FeedStates,
+) -> PollOutcome {
+    let mut report = PollReport::default();
+    match poll_events(feed, engine, states, &mut report).await {
+        Ok(()) => Ok(report),
+        Err(e) => Err((e, report)),
+    }
+}
+
+fn malformed(what: impl std::fmt::Display) -> FeedError {
+    FeedError::Malformed(what.to_string())
+}
+
+/// A timestamp as MISP writes it: seconds since the epoch, as a string or a number.
+fn seconds(value: Option<&Value>) -> Option<i64> {
+    match value? {
+        Value::String(s) => s.trim().parse().ok(),
+        Value::Number(n) => n.as_i64(),
+        _ => None,
+    }
+    .filter(|s| *s > 0 && *s < 32_503_680_000)
+}
+
+fn canonical_uuid(text: &str) -> Option<String> {
+    if text.len() != 36 {
+        return None;
+    }
+    uuid::Uuid::try_parse(text)
+        .ok()
+        .map(|u| u.hyphenated().to_string())
+}
+
+async fn poll_events(
+    feed: &FeedConfig,
+    engine: &Arc<Engine>,
+    states: &FeedStates,
+    report: &mut PollReport,
+) -> Result<(), FeedError> {
+    let client = Client::new(feed, "application/json")?;
+    let base = super::http::shown(&feed.url);
+    let base = if base.ends_with('/') {
+        base
+    } else {
+        format!("{base}/")
+    };
+    let mut checkpoint: Checkpoint = match super::load_checkpoint(engine, &feed.name)? {
+        Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+        None => Checkpoint::new(),
+    };
+    let manifest_uri: ::http::Uri = format!("{base}manifest.json")
+        .parse()
+        .map_err(|_| malformed("the manifest URL is not valid"))?;
+    let response = client.get(&manifest_uri).await?;
+    let manifest: Value = serde_json::from_slice(&response.body)
+        .map_err(|e| malformed(format!("manifest.json is not JSON: {e}")))?;
+    let Value::Object(manifest) = manifest else {
+        return Err(malformed(
+            "manifest.json is not an object of event uuids to their info and timestamp",
+        ));
+    };
+    let mut wanted: Vec<(i64, String)> = Vec::new();
+    let mut listed = std::collections::HashSet::new();
+    for (uuid, entry) in &manifest {
+        let Some(uuid) = canonical_uuid(uuid) else {
+            report.skip(format!("manifest: {:?} is not an event uuid", shown(uuid)));
+            continue;
+        };
+        let Some(timestamp) = seconds(entry.get("timestamp")) else {
+            report.skip(format!("manifest: event {uuid} has no valid timestamp"));
+            continue;
+        };
+        listed.insert(uuid.clone());
+        if checkpoint.get(&uuid).is_none_or(|held| *held < timestamp) {
+            wanted.push((timestamp, uuid));
+        }
+    }
+    if listed.is_empty() && !manifest.is_empty() {
+        return Err(malformed("manifest.json lists no valid event"));
+    }
+    // Events no longer listed are forgotten (the items they gave stay).
+    checkpoint.retain(|uuid, _| listed.contains(uuid));
+    // Oldest changes first, so a poll cut short by its limits resumes in order.
+    wanted.sort();
+    wanted.truncate(feed.max_events_per_poll);
+
+    let origin = engine.policy().node().to_string();
+    let mut items: Vec<Item> = Vec::new();
+    let mut taken: Vec<(String, i64)> = Vec::new();
+    let mut first_error: Option<FeedError> = None;
+    for (listed_timestamp, uuid) in wanted {
+        let uri: ::http::Uri = format!("{base}{uuid}.json")
+            .parse()
+            .map_err(|_| malformed("an event URL is not valid"))?;
+        let event = match fetch_event(&client, &uri, &uuid).await {
+            Ok(event) => event,
+            Err(e) => {
+                // This event is tried again at the next poll; the others go on.
+                tracing::warn!(feed = %feed.name, event = %uuid, error = %e, "MISP event not taken");
+                first_error.get_or_insert(e);
+                continue;
+            }
+        };
+        let attributes = event_attributes(&event);
+        report.fetched += attributes.len() as u64;
+        for attribute in attributes {
+            match map_attribute(feed, &origin, &event, attribute) {
+                Ok(Some(item)) => items.push(item),
+                Ok(None) => report.skipped += 1,
+                Err(reason) => report.skip(format!("event {uuid}: {reason}")),
+            }
+        }
+        let timestamp = seconds(event.get("timestamp")).unwrap_or(listed_timestamp);
+        taken.push((uuid, timestamp.max(listed_timestamp)));
+        if items.len() >= PUBLISH_EVERY {
+            commit(
+                feed,
+                engine,
+                states,
+                &mut checkpoint,
+                &mut items,
+                &mut taken,
+                report,
+            )
+            .await?;
+        }
+        if report.fetched >= feed.max_objects_per_poll as u64 {
+            break;
+        }
+    }
+    commit(
+        feed,
+        engine,
+        states,
+        &mut checkpoint,
+        &mut items,
+        &mut taken,
+        report,
+    )
+    .await?;
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Publishes what was gathered, then records the events it came from.
+async fn commit(
+    feed: &FeedConfig,
+    engine: &Arc<Engine>,
+    states: &FeedStates,
+    checkpoint: &mut Checkpoint,
+    items: &mut Vec<Item>,
+    taken: &mut Vec<(String, i64)>,
+    report: &mut PollReport,
+) -> Result<(), FeedError> {
+    if !items.is_empty() {
+        publish(engine, std::mem::take(items), report).await?;
+    }
+    if taken.is_empty() {
+        return Ok(());
+    }
+    checkpoint.extend(taken.drain(..));
+    let bytes = serde_json::to_vec(&checkpoint)
+        .map_err(|e| FeedError::Publish(format!("checkpoint: {e}")))?;
+    super::save_checkpoint(engine, &feed.name, bytes).await?;
+    let held = checkpoint.len();
+    let newest = checkpoint.values().max().copied().unwrap_or(0);
+    update(states, &feed.name, |s| {
+        s.checkpoint = format!("{held} events held, newest timestamp {newest}");
+    });
+    Ok(())
+}
+
+async fn fetch_event(client: &Client, uri: &::http::Uri, uuid: &str) -> Result<Value, FeedError> {
+    let response = client.get(uri).await?;
+    let mut document: Value = serde_json::from_slice(&response.body)
+        .map_err(|e| malformed(format!("event {uuid} is not JSON: {e}")))?;
+    let Some(event) = document.get_mut("Event").map(Value::take) else {
+        return Err(malformed(format!("event {uuid} has no Event object")));
+    };
+    if !event.is_object() {
+        return Err(malformed(format!("event {uuid}: Event is not an object")));
+    }
+    if let Some(inner) = event.get("uuid").and_then(Value::as_str) {
+        if canonical_uuid(inner).as_deref() != Some(uuid) {
+            return Err(malformed(format!(
+                "event {uuid} holds another event ({:?})",
+                shown(inner)
+            )));
+        }
+    }
+    Ok(event)
+}
+
+/// The event's attributes and those of its objects.
+fn event_attributes(event: &Value) -> Vec<&Value> {
+    let mut out: Vec<&Value> = Vec::new();
+    if let Some(list) = event.get("Attribute").and_then(Value::as_array) {
+        out.extend(list);
+    }
+    if let Some(objects) = event.get("Object").and_then(Value::as_array) {
+        for object in objects {
+            if object.get("deleted").and_then(Value::as_bool) == Some(true) {
+                continue;
+            }
+            if let Some(list) = object.get("Attribute").and_then(Value::as_array) {
+                out.extend(list);
+            }
+        }
+    }
+    out
+}
+
+/// The most restrictive `tlp:` tag of a `Tag` list (unknown TLP tags are ignored).
+fn tlp_of(tags: Option<&Value>) -> Option<Tlp> {
+    tags?
+        .as_array()?
+        .iter()
+        .filter_map(|t| t.get("name").and_then(Value::as_str))
+        .filter_map(|name| {
+            let lower = name.trim().to_ascii_lowercase();
+            lower.strip_prefix("tlp:")?.parse::<Tlp>().ok()
+        })
+        .max()
+}
+
+/// The type and the part of the value an attribute of MISP type `misp_type` gives.
+fn indicator_of(misp_type: &str, value: &str) -> Option<(Option<IndicatorType>, String)> {
+    let (left, right) = match value.split_once('|') {
+        Some((l, r)) => (l.to_owned(), Some(r.to_owned())),
+        None => (value.to_owned(), None),
+    };
+    let ip = |v: &str| {
+        if v.contains('/') {
+            Some(IndicatorType::Cidr)
+        } else if v.contains(':') {
+            Some(IndicatorType::Ipv6)
+        } else {
+            Some(IndicatorType::Ipv4)
+        }
+    };
+    Some(match misp_type {
+        "ip-src" | "ip-dst" => (ip(value), value.to_owned()),
+        "ip-src|port" | "ip-dst|port" => (ip(&left), left),
+        "domain" | "hostname" => (Some(IndicatorType::Domain), value.to_owned()),
+        "domain|ip" | "hostname|port" => (Some(IndicatorType::Domain), left),
+        "url" => (Some(IndicatorType::Url), value.to_owned()),
+        "md5" => (Some(IndicatorType::Md5), value.to_owned()),
+        "sha1" => (Some(IndicatorType::Sha1), value.to_owned()),
+        "sha256" => (Some(IndicatorType::Sha256), value.to_owned()),
+        "filename|md5" => (Some(IndicatorType::Md5), right?),
+        "filename|sha1" => (Some(IndicatorType::Sha1), right?),
+        "filename|sha256" => (Some(IndicatorType::Sha256), right?),
+        "email" | "email-src" | "email-dst" => (Some(IndicatorType::Email), value.to_owned()),
+        _ => return None,
+    })
+}
+
+/// The id of the indicator an attribute becomes: a version-4-form UUID from SHA-256 of
+/// this node's id and the attribute's uuid.
+pub fn attribute_item_id(origin: &str, attribute_uuid: &str) -> ItemId {
+    let mut input = Vec::with_capacity(origin.len() + attribute_uuid.len() + 32);
+    input.extend_from_slice(b"entente/misp-attribute/v1\0");
+    input.extend_from_slice(origin.as_bytes());
+    input.push(0);
+    input.extend_from_slice(attribute_uuid.as_bytes());
+    let digest = ring::digest::digest(&ring::digest::SHA256, &input);
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest.as_ref()[..16]);
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    ItemId::from_uuid_bytes(bytes)
+}
+
+/// One attribute as an item: `Ok(None)` for an attribute not meant for detection or of
+/// a type not mapped, `Err` for one that should map but does not.
+fn map_attribute(
+    feed: &FeedConfig,
+    origin: &str,
+    event: &Value,
+    attribute: &Value,
+) -> Result<Option<Item>, String> {
+    let to_ids = match attribute.get("to_ids") {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => s == "1" || s.eq_ignore_ascii_case("true"),
+        Some(Value::Number(n)) => n.as_i64() == Some(1),
+        _ => false,
+    };
+    if !to_ids || attribute.get("deleted").and_then(Value::as_bool) == Some(true) {
+        return Ok(None);
+    }
+    let misp_type = attribute.get("type").and_then(Value::as_str).unwrap_or("");
+    let raw = attribute.get("value").and_then(Value::as_str).unwrap_or("");
+    let Some((ty, part)) = indicator_of(misp_type, raw) else {
+        return Ok(None);
+    };
+    let uuid = attribute
+        .get("uuid")
+        .and_then(Value::as_str)
+        .and_then(canonical_uuid)
+        .ok_or_else(|| format!("a {misp_type} attribute has no valid uuid"))?;
+    let at = |what: String| format!("attribute {uuid}: {what}");
+    let ty = ty.ok_or_else(|| at(format!("no type for {misp_type}")))?;
+    let value = normalise(ty, &part).map_err(|e| at(e.to_string()))?;
+    let event_seconds = seconds(event.get("timestamp")).unwrap_or(0);
+    let seconds = seconds(attribute.get("timestamp"))
+        .unwrap_or(0)
+        .max(event_seconds);
+    if seconds == 0 {
+        return Err(at("no timestamp on the attribute or its event".into()));
+    }
+    let modified_ms = seconds * 1000;
+    let tlp = match (tlp_of(event.get("Tag")), tlp_of(attribute.get("Tag"))) {
+        (Some(a), Some(b)) => a.max(b),
+        (Some(a), None) | (None, Some(a)) => a,
+        (None, None) => feed.tlp.ok_or_else(|| {
+            at("the event has no tlp: tag and the feed has no tlp default".into())
+        })?,
+    };
+    let mut description = event
+        .get("info")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    if let Some(comment) = attribute.get("comment").and_then(Value::as_str) {
+        if !comment.is_empty() {
+            if !description.is_empty() {
+                description.push_str(" — ");
+            }
+            description.push_str(comment);
+        }
+    }
+    truncate(&mut description, MAX_DESCRIPTION_BYTES);
+    let item = Item {
+        id: attribute_item_id(origin, &uuid),
+        modified_ms,
+        tlp,
+        tags: feed.tags.clone(),
+        kind: ItemKind::Indicator(Indicator {
+            indicator_type: ty,
+            value,
+            description,
+            confidence: 0,
+            kill_chain_phases: Vec::new(),
+            valid_from_ms: modified_ms,
+            valid_until_ms: None,
+            properties: StixProperties::default(),
+        }),
+    };
+    item.validate().map_err(|e| at(e.to_string()))?;
+    Ok(Some(item))
+}
+
+fn truncate(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut at = max;
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        text.truncate(at);
+    }
+}
+
+fn shown(text: &str) -> String {
+    text.chars().take(64).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn composite_types_give_the_part_that_is_an_indicator() {
+        assert_eq!(
+            indicator_of("ip-dst|port", "198.51.100.7|443"),
+            Some((Some(IndicatorType::Ipv4), "198.51.100.7".into()))
+        );
+        assert_eq!(
+            indicator_of("filename|sha256", "a.exe|ab"),
+            Some((Some(IndicatorType::Sha256), "ab".into()))
+        );
+        assert_eq!(
+            indicator_of("ip-src", "2001:db8::1"),
+            Some((Some(IndicatorType::Ipv6), "2001:db8::1".into()))
+        );
+        assert_eq!(indicator_of("filename", "a.exe"), None);
+        assert_eq!(indicator_of("filename|md5", "a.exe"), None);
+    }
+
+    #[test]
+    fn the_most_restrictive_tlp_tag_counts_and_white_is_clear() {
+        let tags = serde_json::json!([{"name": "tlp:white"}, {"name": "osint"}]);
+        assert_eq!(tlp_of(Some(&tags)), Some(Tlp::Clear));
+        let tags = serde_json::json!([{"name": "TLP:GREEN"}, {"name": "tlp:amber+strict"}, {"name": "tlp:ex:chr"}]);
+        assert_eq!(tlp_of(Some(&tags)), Some(Tlp::AmberStrict));
+        assert_eq!(tlp_of(None), None);
+    }
+
+    #[test]
+    fn attribute_ids_are_stable_version_4_uuids() {
+        let a = attribute_item_id("n1", "5f0e1c4e-0000-4000-8000-000000000001");
+        assert_eq!(
+            a,
+            attribute_item_id("n1", "5f0e1c4e-0000-4000-8000-000000000001")
+        );
+        assert_ne!(
+            a,
+            attribute_item_id("n2", "5f0e1c4e-0000-4000-8000-000000000001")
+        );
+        let uuid = uuid::Uuid::parse_str(&a.as_str()[11..]).unwrap();
+        assert_eq!(uuid.get_version_num(), 4);
+    }
+}

@@ -1,0 +1,316 @@
+//! TAXII 2.1: `GET <collection>/objects/?limit=N&added_after=T[&next=X]`, following
+//! `more`/`next` within a poll with the same `added_after` (the specification asks the
+//! other parameters to stay the same while paging), and moving the checkpoint to the
+//! page's `X-TAXII-Date-Added-Last` once the page's items are durable. Objects go through
+//! the STIX importer, which keeps every STIX property of an indicator and skips other
+//! object types.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::http::Client;
+use super::{FeedError, FeedStates, PollOutcome, PollReport, publish, update};
+use crate::config::FeedConfig;
+use crate::engine::{Engine, now_ms};
+use crate::interop::{Defaults, InputFormat, parse_input};
+
+/// The TAXII 2.1 media type.
+const TAXII_MEDIA_TYPE: &str = "application/taxii+json;version=2.1";
+
+/// Longest `next` token or timestamp taken from a server.
+const MAX_TOKEN_BYTES: usize = 1024;
+
+/// Most pages followed in one poll (a server that pages forever is cut off).
+const MAX_PAGES_PER_POLL: usize = 10_000;
+
+/// The checkpoint kept in the store.
+#[derive(serde::Serialize, Deserialize, Default)]
+struct Checkpoint {
+    /// The last `X-TAXII-Date-Added-Last` whose objects are held.
+    added_after: Option<String>,
+}
+
+/// A TAXII envelope; other members are ignored.
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(default)]
+    more: Option<bool>,
+    #[serde(default)]
+    next: Option<String>,
+    #[serde(default)]
+    objects: Option<Vec<serde_json::Value>>,
+}
+
+pub(super) async fn poll(
+    feed: &FeedConfig,
+    engine: &Arc<Engine>,
+    states: &FeedStates,
+) -> PollOutcome {
+    let mut report = PollReport::default();
+    match poll_pages(feed, engine, states, &mut report).await {
+        Ok(()) => Ok(report),
+        Err(e) => Err((e, report)),
+    }
+}
+
+async fn poll_pages(
+    feed: &FeedConfig,
+    engine: &Arc<Engine>,
+    states: &FeedStates,
+    report: &mut PollReport,
+) -> Result<(), FeedError> {
+    let client = Client::new(feed, TAXII_MEDIA_TYPE)?;
+    let mut checkpoint: Checkpoint = match super::load_checkpoint(engine, &feed.name)? {
+        // A checkpoint that does not read is started afresh: items already held are
+        // recognised and skipped.
+        Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+        None => Checkpoint::default(),
+    };
+    let mut added_after = checkpoint.added_after.clone();
+    let mut next: Option<String> = None;
+    // The last date added of the pages taken so far. Several objects may share one date
+    // added, and a page may end inside such a group: the checkpoint moves to it only
+    // once the next page starts later, or when there is no next page, so that resuming
+    // with `added_after` (which is exclusive) never skips the rest of a group.
+    let mut pending: Option<String> = None;
+    let mut over_limit = false;
+    let origin = engine.policy().node().to_string();
+    for _ in 0..MAX_PAGES_PER_POLL {
+        let uri = page_uri(
+            &feed.url,
+            feed.page_size,
+            added_after.as_deref(),
+            next.as_deref(),
+        )?;
+        let response = client.get(&uri).await?;
+        check_media_type(&response.headers)?;
+        let envelope: Envelope = serde_json::from_slice(&response.body).map_err(|e| {
+            FeedError::Malformed(format!(
+                "the answer of {} is not a TAXII envelope: {e}",
+                super::http::shown(&feed.url)
+            ))
+        })?;
+        let date_added_first = date_header(&response.headers, "x-taxii-date-added-first")?;
+        let date_added_last = date_header(&response.headers, "x-taxii-date-added-last")?;
+        if let Some(held) = &pending {
+            let later = match (&date_added_first, parse_time(held)) {
+                (Some(first), Some(held)) => parse_time(first).is_some_and(|f| f > held),
+                _ => false,
+            };
+            if later {
+                let confirmed = held.clone();
+                save(feed, engine, states, &mut checkpoint, &confirmed).await?;
+                pending = None;
+                if over_limit {
+                    // The limit was reached at a boundary: this page waits for the
+                    // next poll, which starts from the checkpoint just saved.
+                    return Ok(());
+                }
+            }
+        }
+        let objects = envelope.objects.unwrap_or_default();
+        let count = objects.len() as u64;
+        report.fetched += count;
+        if !objects.is_empty() {
+            let defaults = Defaults {
+                tlp: feed.tlp,
+                indicator_type: None,
+                tags: feed.tags.clone(),
+                origin: Some(origin.clone()),
+            };
+            let text = serde_json::json!({
+                "type": "bundle",
+                "id": format!("bundle--{}", uuid::Uuid::new_v4()),
+                "objects": objects,
+            })
+            .to_string();
+            let parsed = tokio::task::spawn_blocking(move || {
+                parse_input(InputFormat::Stix, &text, &defaults, now_ms())
+            })
+            .await
+            .map_err(|e| FeedError::Publish(format!("task failed: {e}")))?;
+            let items = parsed.items.len() as u64;
+            for error in &parsed.errors {
+                report.skip(error.to_string());
+            }
+            // Objects of other types (identities, relationships, marking definitions)
+            // are not indicators: counted as skipped without a reason each.
+            report.skipped += count.saturating_sub(items + parsed.errors.len() as u64);
+            publish(engine, parsed.items, report).await?;
+        }
+        // This page's items are durable now.
+        if date_added_last.is_some() {
+            pending = date_added_last.clone();
+        }
+        if envelope.more != Some(true) || count == 0 {
+            // Nothing after this page: what it ends with is complete.
+            if let Some(last) = pending {
+                save(feed, engine, states, &mut checkpoint, &last).await?;
+            }
+            return Ok(());
+        }
+        if report.fetched >= feed.max_objects_per_poll as u64 {
+            // The rest waits for the next poll, once the checkpoint is at a boundary.
+            over_limit = true;
+        }
+        match envelope.next {
+            Some(token) if !token.is_empty() => {
+                if token.len() > MAX_TOKEN_BYTES {
+                    return Err(FeedError::Malformed(format!(
+                        "the next token is longer than {MAX_TOKEN_BYTES} bytes"
+                    )));
+                }
+                next = Some(token);
+            }
+            // No token: page on by date added, from this page's last.
+            _ => {
+                let Some(last) = pending.clone() else {
+                    return Err(FeedError::Malformed(
+                        "the server says there is more but gives neither next nor X-TAXII-Date-Added-Last".into(),
+                    ));
+                };
+                if added_after.as_deref() == Some(last.as_str()) {
+                    return Err(FeedError::Malformed(
+                        "the server says there is more but its next page starts where the last one did".into(),
+                    ));
+                }
+                save(feed, engine, states, &mut checkpoint, &last).await?;
+                pending = None;
+                if over_limit {
+                    return Ok(());
+                }
+                added_after = Some(last);
+                next = None;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Moves the checkpoint to `last` (when it is later than the one held) and writes it.
+async fn save(
+    feed: &FeedConfig,
+    engine: &Arc<Engine>,
+    states: &FeedStates,
+    checkpoint: &mut Checkpoint,
+    last: &str,
+) -> Result<(), FeedError> {
+    let newer = match checkpoint.added_after.as_deref().and_then(parse_time) {
+        Some(held) => parse_time(last).is_some_and(|t| t > held),
+        None => true,
+    };
+    if !newer {
+        return Ok(());
+    }
+    checkpoint.added_after = Some(last.to_owned());
+    let bytes = serde_json::to_vec(&checkpoint)
+        .map_err(|e| FeedError::Publish(format!("checkpoint: {e}")))?;
+    super::save_checkpoint(engine, &feed.name, bytes).await?;
+    update(states, &feed.name, |s| {
+        s.checkpoint = format!("added_after {last}");
+    });
+    Ok(())
+}
+
+/// A date header of a TAXII answer: absent, or a timestamp.
+fn date_header(headers: &::http::HeaderMap, name: &str) -> Result<Option<String>, FeedError> {
+    match headers.get(name).map(|v| v.to_str().map(str::to_owned)) {
+        None => Ok(None),
+        Some(Ok(text)) if text.len() <= MAX_TOKEN_BYTES && parse_time(&text).is_some() => {
+            Ok(Some(text))
+        }
+        Some(_) => Err(FeedError::Malformed(format!("{name} is not a timestamp"))),
+    }
+}
+
+fn parse_time(text: &str) -> Option<i128> {
+    OffsetDateTime::parse(text.trim(), &Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp_nanos())
+}
+
+/// A TAXII answer must be JSON; the TAXII media type is expected, plain JSON is taken.
+fn check_media_type(headers: &::http::HeaderMap) -> Result<(), FeedError> {
+    let Some(value) = headers.get(::http::header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let text = value.to_str().unwrap_or_default().to_ascii_lowercase();
+    let media = text.split(';').next().unwrap_or_default().trim();
+    if media == "application/taxii+json" || media == "application/json" {
+        return Ok(());
+    }
+    Err(FeedError::Malformed(format!(
+        "the answer is {media:?}, not application/taxii+json"
+    )))
+}
+
+fn page_uri(
+    base: &::http::Uri,
+    limit: usize,
+    added_after: Option<&str>,
+    next: Option<&str>,
+) -> Result<::http::Uri, FeedError> {
+    let mut query = format!("limit={limit}");
+    if let Some(t) = added_after {
+        query.push_str("&added_after=");
+        query.push_str(&percent_encode(t));
+    }
+    if let Some(n) = next {
+        query.push_str("&next=");
+        query.push_str(&percent_encode(n));
+    }
+    let text = format!("{}?{query}", super::http::shown(base));
+    text.parse()
+        .map_err(|_| FeedError::Malformed("the next token cannot be sent in a URL".into()))
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+pub(super) fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_uris_keep_the_path_and_encode_the_parameters() {
+        let base: ::http::Uri = "http://127.0.0.1:5000/api1/collections/c/objects/"
+            .parse()
+            .unwrap();
+        let uri = page_uri(
+            &base,
+            50,
+            Some("2026-01-01T00:00:00.123456Z"),
+            Some("a b+c"),
+        )
+        .unwrap();
+        assert_eq!(
+            uri.to_string(),
+            "http://127.0.0.1:5000/api1/collections/c/objects/?limit=50&added_after=2026-01-01T00%3A00%3A00.123456Z&next=a%20b%2Bc"
+        );
+    }
+
+    #[test]
+    fn only_json_media_types_are_taken() {
+        let mut headers = ::http::HeaderMap::new();
+        headers.insert(
+            ::http::header::CONTENT_TYPE,
+            "application/taxii+json;version=2.1".parse().unwrap(),
+        );
+        assert!(check_media_type(&headers).is_ok());
+        headers.insert(::http::header::CONTENT_TYPE, "text/html".parse().unwrap());
+        assert!(check_media_type(&headers).is_err());
+    }
+}

@@ -1,0 +1,1248 @@
+//! Feeds in: a node polls a TAXII 2.1 collection served by medallion (the OASIS
+//! reference server) and MISP feeds served by a small HTTP server in the test, and
+//! publishes what they hold as its own signed items. Needs `python3` with the packages
+//! in `tests/python/requirements.txt` for the TAXII test (set `ENTENTE_PYTHON` to use
+//! another interpreter).
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use entente::NodeId;
+use entente::client::NodeClient;
+use entente::rpc::proto::{FeedStatus, ItemFilter, StoredItem};
+use entente::wire::{Tlp as WireTlp, item};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use common::Pki;
+
+/// Upper bound for anything the tests wait for.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn python() -> String {
+    std::env::var("ENTENTE_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+// ---------------------------------------------------------------------------------
+// A small HTTP/1.1 server: one answer per connection, from a table the test changes.
+
+#[derive(Clone)]
+struct Reply {
+    content_type: &'static str,
+    body: Vec<u8>,
+    /// Without Content-Length the body runs until the connection closes.
+    content_length: bool,
+}
+
+fn json(body: &serde_json::Value) -> Reply {
+    Reply {
+        content_type: "application/json",
+        body: body.to_string().into_bytes(),
+        content_length: true,
+    }
+}
+
+#[derive(Clone, Default)]
+struct Files {
+    replies: Arc<Mutex<HashMap<String, Reply>>>,
+    requests: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Files {
+    fn set(&self, path: &str, reply: Reply) {
+        self.replies.lock().unwrap().insert(path.to_owned(), reply);
+    }
+
+    fn requests(&self, path: &str) -> usize {
+        self.requests
+            .lock()
+            .unwrap()
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// Serves `files` on a loopback port; returns `http://127.0.0.1:PORT`.
+async fn serve_files(files: Files) -> String {
+    serve_files_with(files, None).await
+}
+
+/// Serves `files` on a loopback port, over TLS when `tls` is given; returns
+/// `http[s]://127.0.0.1:PORT`.
+async fn serve_files_with(files: Files, tls: Option<tokio_rustls::TlsAcceptor>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let files = files.clone();
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                match tls {
+                    None => answer(stream, files).await,
+                    Some(tls) => {
+                        if let Ok(stream) = tls.accept(stream).await {
+                            answer(stream, files).await;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    format!("{scheme}://{addr}")
+}
+
+async fn answer<S>(mut stream: S, files: Files)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&head);
+    let target = head.split_whitespace().nth(1).unwrap_or("/");
+    let path = target.split('?').next().unwrap_or("/").to_owned();
+    *files
+        .requests
+        .lock()
+        .unwrap()
+        .entry(path.clone())
+        .or_default() += 1;
+    let reply = files.replies.lock().unwrap().get(&path).cloned();
+    let response = match reply {
+        None => {
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()
+        }
+        Some(reply) => {
+            let mut out = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nConnection: close\r\n",
+                reply.content_type
+            );
+            if reply.content_length {
+                out.push_str(&format!("Content-Length: {}\r\n", reply.body.len()));
+            }
+            out.push_str("\r\n");
+            let mut bytes = out.into_bytes();
+            bytes.extend_from_slice(&reply.body);
+            bytes
+        }
+    };
+    let _ = stream.write_all(&response).await;
+    let _ = stream.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------
+// Nodes and what they hold.
+
+fn node_config(pki: &Pki, id: &NodeId, data: &Path, feeds: &str) -> PathBuf {
+    let text = format!("{}{feeds}", common::node_section(pki, id, data));
+    let path = pki.path().join(format!(
+        "{id}-{}.toml",
+        data.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn own_client(pki: &Pki, id: &NodeId, addr: &str) -> NodeClient {
+    let tls = pki.material(id).client_config().unwrap();
+    tokio::time::timeout(DEADLINE, NodeClient::connect(tls, id, addr, id))
+        .await
+        .expect("connect in time")
+        .expect("connect")
+}
+
+/// Every item the node holds with `tag`, by id.
+async fn items_tagged(client: &NodeClient, tag: &str) -> BTreeMap<String, StoredItem> {
+    let mut out = BTreeMap::new();
+    let mut token = Vec::new();
+    loop {
+        let page = client
+            .query(
+                ItemFilter {
+                    tag: tag.to_owned(),
+                    include_expired: true,
+                    ..Default::default()
+                },
+                1000,
+                token,
+            )
+            .await
+            .expect("query");
+        for stored in page.items {
+            let id = stored.item.as_ref().unwrap().id.clone();
+            out.insert(id, stored);
+        }
+        if page.next_page_token.is_empty() {
+            return out;
+        }
+        token = page.next_page_token;
+    }
+}
+
+async fn feed_status(client: &NodeClient, name: &str) -> FeedStatus {
+    client
+        .feeds()
+        .await
+        .expect("Admin.Feeds")
+        .feeds
+        .into_iter()
+        .find(|f| f.name == name)
+        .expect("the feed is reported")
+}
+
+/// Waits until `check` holds, polling every 100 ms, failing after [`DEADLINE`].
+async fn wait_until<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let until = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn indicator(stored: &StoredItem) -> (String, String, i32, Vec<String>) {
+    let item = stored.item.as_ref().unwrap();
+    match item.kind.as_ref().unwrap() {
+        item::Kind::Indicator(i) => (
+            i.indicator_type.clone(),
+            i.value.clone(),
+            item.tlp,
+            item.tags.clone(),
+        ),
+        other => panic!("not an indicator: {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// MISP.
+
+const EVENT_1: &str = "5d1c0a3e-1111-4e11-8a11-000000000001";
+const EVENT_2: &str = "5d1c0a3e-2222-4e22-8a22-000000000002";
+const EVENT_3: &str = "5d1c0a3e-3333-4e33-8a33-000000000003";
+
+fn attribute(uuid_tail: u32, ty: &str, value: &str, to_ids: bool, ts: i64) -> serde_json::Value {
+    serde_json::json!({
+        "uuid": format!("6e2d1b4f-0000-4000-8000-{uuid_tail:012}"),
+        "type": ty,
+        "category": "Network activity",
+        "value": value,
+        "to_ids": to_ids,
+        "timestamp": ts.to_string(),
+        "comment": "",
+    })
+}
+
+fn event(
+    uuid: &str,
+    info: &str,
+    ts: i64,
+    tags: &[&str],
+    attributes: Vec<serde_json::Value>,
+    objects: Vec<serde_json::Value>,
+) -> serde_json::Value {
+    serde_json::json!({
+        "Event": {
+            "uuid": uuid,
+            "info": info,
+            "timestamp": ts.to_string(),
+            "date": "2026-12-01",
+            "Tag": tags.iter().map(|t| serde_json::json!({"name": t, "colour": "#ffffff"})).collect::<Vec<_>>(),
+            "Attribute": attributes,
+            "Object": objects,
+        }
+    })
+}
+
+fn manifest(events: &[(&str, &str, i64)]) -> serde_json::Value {
+    let mut map = serde_json::Map::new();
+    for (uuid, info, ts) in events {
+        map.insert(
+            (*uuid).to_owned(),
+            serde_json::json!({"info": info, "timestamp": ts.to_string(), "analysis": 2, "threat_level_id": 3, "Orgc": {"name": "CIRCL", "uuid": "55f6ea5e-2c60-40e5-964f-47a8950d210f"}, "Tag": []}),
+        );
+    }
+    serde_json::Value::Object(map)
+}
+
+fn event_1(ts: i64, domain: &str) -> serde_json::Value {
+    event(
+        EVENT_1,
+        "Phishing wave",
+        ts,
+        &["tlp:green", "osint:source-type=\"blog-post\""],
+        vec![
+            attribute(1, "ip-dst", "198.51.100.7", true, ts),
+            attribute(2, "domain", domain, true, ts),
+            attribute(3, "url", "http://login.evil.example/a", true, 1_764_000_000),
+            attribute(
+                4,
+                "md5",
+                "D41D8CD98F00B204E9800998ECF8427E",
+                true,
+                1_764_000_000,
+            ),
+            attribute(
+                5,
+                "sha1",
+                "da39a3ee5e6b4b0d3255bfef95601890afd80709",
+                true,
+                1_764_000_000,
+            ),
+            attribute(
+                6,
+                "sha256",
+                "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+                true,
+                1_764_000_000,
+            ),
+            attribute(7, "email-src", "Phisher@Evil.Example", true, 1_764_000_000),
+            attribute(8, "ip-dst|port", "203.0.113.5|443", true, 1_764_000_000),
+            attribute(9, "comment", "not an indicator", true, 1_764_000_000),
+            attribute(10, "ip-dst", "192.0.2.99", false, 1_764_000_000),
+        ],
+        vec![serde_json::json!({
+            "name": "file",
+            "Attribute": [attribute(11, "filename|sha1", "a.exe|a9993e364706816aba3e25717850c26c9cd0d89d", true, 1_764_000_000)],
+        })],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misp_feed_maps_attributes_takes_markings_and_updates_without_duplicates() {
+    common::init_logging();
+    let files = Files::default();
+    let t1 = 1_764_000_100;
+    files.set(
+        "/misp/manifest.json",
+        json(&manifest(&[
+            (EVENT_1, "Phishing wave", t1),
+            (EVENT_2, "Scanner", t1),
+            (EVENT_3, "Public list", t1),
+        ])),
+    );
+    files.set(
+        &format!("/misp/{EVENT_1}.json"),
+        json(&event_1(t1, "evil.example")),
+    );
+    // No tlp: tag: the feed's default marking.
+    files.set(
+        &format!("/misp/{EVENT_2}.json"),
+        json(&event(
+            EVENT_2,
+            "Scanner",
+            t1,
+            &[],
+            vec![attribute(20, "ip-src", "192.0.2.20", true, t1)],
+            vec![],
+        )),
+    );
+    // TLP 1.0 WHITE is CLEAR.
+    files.set(
+        &format!("/misp/{EVENT_3}.json"),
+        json(&event(
+            EVENT_3,
+            "Public list",
+            t1,
+            &["tlp:white"],
+            vec![attribute(30, "hostname", "cdn.bad.example", true, t1)],
+            vec![],
+        )),
+    );
+    let base = serve_files(files.clone()).await;
+
+    let pki = Pki::new();
+    let id = pki.node("misp.node");
+    let data = pki.path().join("data-misp");
+    let config = node_config(
+        &pki,
+        &id,
+        &data,
+        &format!(
+            "\n[[feed]]\nname = \"misp-test\"\nkind = \"misp\"\nurl = \"{base}/misp/\"\ntlp = \"amber\"\ntags = [\"osint\"]\ninterval = \"1s\"\n"
+        ),
+    );
+    let node = common::start(&config).await;
+    let client = common::connect(&pki, &node, "misp.node").await;
+
+    // Ten attributes map: ten from event 1 (the comment and the one not for detection
+    // do not), one from each of the others.
+    let held = wait_until("the MISP indicators", || {
+        let client = &client;
+        async move {
+            let held = items_tagged(client, "source:misp-test").await;
+            (held.len() >= 11).then_some(held)
+        }
+    })
+    .await;
+    assert_eq!(held.len(), 11, "{held:#?}");
+    let mut by_value: BTreeMap<String, (String, i32, Vec<String>)> = BTreeMap::new();
+    for stored in held.values() {
+        let (ty, value, tlp, tags) = indicator(stored);
+        by_value.insert(value, (ty, tlp, tags));
+        assert_eq!(stored.provenance.as_ref().unwrap().origin, "misp.node");
+    }
+    let expect = [
+        ("198.51.100.7", "ipv4", WireTlp::Green),
+        ("evil.example", "domain", WireTlp::Green),
+        ("http://login.evil.example/a", "url", WireTlp::Green),
+        ("d41d8cd98f00b204e9800998ecf8427e", "md5", WireTlp::Green),
+        (
+            "da39a3ee5e6b4b0d3255bfef95601890afd80709",
+            "sha1",
+            WireTlp::Green,
+        ),
+        (
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            "sha256",
+            WireTlp::Green,
+        ),
+        ("phisher@evil.example", "email", WireTlp::Green),
+        ("203.0.113.5", "ipv4", WireTlp::Green),
+        (
+            "a9993e364706816aba3e25717850c26c9cd0d89d",
+            "sha1",
+            WireTlp::Green,
+        ),
+        ("192.0.2.20", "ipv4", WireTlp::Amber),
+        ("cdn.bad.example", "domain", WireTlp::Clear),
+    ];
+    for (value, ty, tlp) in expect {
+        let (held_ty, held_tlp, tags) = by_value
+            .get(value)
+            .unwrap_or_else(|| panic!("{value} is held: {by_value:#?}"));
+        assert_eq!(held_ty, ty, "{value}");
+        assert_eq!(*held_tlp, tlp as i32, "{value}");
+        assert_eq!(
+            tags,
+            &vec!["source:misp-test".to_owned(), "osint".to_owned()],
+            "{value}"
+        );
+    }
+    assert!(
+        !by_value.contains_key("192.0.2.99"),
+        "to_ids false is not taken"
+    );
+
+    let status = wait_until("a second poll", || {
+        let client = &client;
+        async move {
+            let s = feed_status(client, "misp-test").await;
+            (s.polls >= 2).then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(status.kind, "misp");
+    assert_eq!(status.items_ingested, 11, "{status:?}");
+    assert!(status.last_error.is_empty(), "{status:?}");
+    // Unchanged events are not fetched again.
+    assert_eq!(files.requests(&format!("/misp/{EVENT_2}.json")), 1);
+
+    // Event 1 changes: its domain attribute has a new value under the same uuid.
+    let t2 = t1 + 500;
+    files.set(
+        &format!("/misp/{EVENT_1}.json"),
+        json(&event_1(t2, "evil-two.example")),
+    );
+    files.set(
+        "/misp/manifest.json",
+        json(&manifest(&[
+            (EVENT_1, "Phishing wave", t2),
+            (EVENT_2, "Scanner", t1),
+            (EVENT_3, "Public list", t1),
+        ])),
+    );
+    let held = wait_until("the updated domain", || {
+        let client = &client;
+        async move {
+            let held = items_tagged(client, "source:misp-test").await;
+            held.values()
+                .any(|s| indicator(s).1 == "evil-two.example")
+                .then_some(held)
+        }
+    })
+    .await;
+    assert_eq!(held.len(), 11, "an update replaces its item: {held:#?}");
+    assert!(!held.values().any(|s| indicator(s).1 == "evil.example"));
+    let updated = held
+        .values()
+        .find(|s| indicator(s).1 == "evil-two.example")
+        .unwrap();
+    assert_eq!(updated.item.as_ref().unwrap().modified_unix_ms, t2 * 1000);
+    assert_eq!(files.requests(&format!("/misp/{EVENT_2}.json")), 1);
+    assert_eq!(files.requests(&format!("/misp/{EVENT_1}.json")), 2);
+    // The poll that brought the update has recorded its checkpoint (a node stopped
+    // before that fetches the event again, which is the safe side).
+    wait_until("the checkpoint of the update", || {
+        let client = &client;
+        async move {
+            let s = feed_status(client, "misp-test").await;
+            s.checkpoint
+                .contains(&format!("newest timestamp {t2}"))
+                .then_some(())
+        }
+    })
+    .await;
+
+    node.shutdown(Duration::from_secs(5)).await.unwrap();
+
+    // Restarted, the node keeps its checkpoint: no event is fetched again.
+    let node = common::start(&config).await;
+    let client = common::connect(&pki, &node, "misp.node").await;
+    let status = wait_until("a poll after the restart", || {
+        let client = &client;
+        async move {
+            let s = feed_status(client, "misp-test").await;
+            (s.last_success_unix_ms > 0).then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(status.objects_fetched, 0, "{status:?}");
+    assert_eq!(files.requests(&format!("/misp/{EVENT_1}.json")), 2);
+    assert_eq!(items_tagged(&client, "source:misp-test").await.len(), 11);
+    node.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_feeds_are_reported_in_status_and_the_node_keeps_serving() {
+    common::init_logging();
+    let files = Files::default();
+    let big = vec![b' '; 64 * 1024];
+    // Oversized, announced by Content-Length.
+    files.set(
+        "/big/manifest.json",
+        Reply {
+            content_type: "application/json",
+            body: big.clone(),
+            content_length: true,
+        },
+    );
+    // Oversized, without a length: cut off while reading.
+    files.set(
+        "/endless/manifest.json",
+        Reply {
+            content_type: "application/json",
+            body: big,
+            content_length: false,
+        },
+    );
+    files.set(
+        "/broken/manifest.json",
+        Reply {
+            content_type: "application/json",
+            body: b"{\"5d1c0a3e-1111-4e11-8a11-0000".to_vec(),
+            content_length: true,
+        },
+    );
+    files.set(
+        "/html/manifest.json",
+        Reply {
+            content_type: "text/html",
+            body: b"<html><body>Login</body></html>".to_vec(),
+            content_length: true,
+        },
+    );
+    files.set("/shape/manifest.json", json(&serde_json::json!([1, 2, 3])));
+    files.set(
+        "/taxii/collections/c1/objects/",
+        Reply {
+            content_type: "text/html",
+            body: b"<html></html>".to_vec(),
+            content_length: true,
+        },
+    );
+    files.set(
+        "/taxii-bad/collections/c1/objects/",
+        Reply {
+            content_type: "application/taxii+json;version=2.1",
+            body: b"{\"objects\": 5}".to_vec(),
+            content_length: true,
+        },
+    );
+    // A good feed beside them.
+    files.set(
+        "/good/manifest.json",
+        json(&manifest(&[(EVENT_3, "Public list", 1_764_000_100)])),
+    );
+    files.set(
+        &format!("/good/{EVENT_3}.json"),
+        json(&event(
+            EVENT_3,
+            "Public list",
+            1_764_000_100,
+            &["tlp:clear"],
+            vec![attribute(30, "domain", "good.example", true, 1_764_000_100)],
+            vec![],
+        )),
+    );
+    let base = serve_files(files.clone()).await;
+    // A server that accepts and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+
+    let pki = Pki::new();
+    let id = pki.node("bad.node");
+    let data = pki.path().join("data-bad");
+    let mut feeds = String::new();
+    for (name, kind, path) in [
+        ("big", "misp", "/big/"),
+        ("endless", "misp", "/endless/"),
+        ("broken", "misp", "/broken/"),
+        ("html", "misp", "/html/"),
+        ("shape", "misp", "/shape/"),
+        ("missing", "misp", "/missing/"),
+        ("taxii-html", "taxii", "/taxii/collections/c1/objects/"),
+        ("taxii-bad", "taxii", "/taxii-bad/collections/c1/objects/"),
+        ("good", "misp", "/good/"),
+    ] {
+        feeds.push_str(&format!(
+            "\n[[feed]]\nname = \"{name}\"\nkind = \"{kind}\"\nurl = \"{base}{path}\"\ntlp = \"green\"\ninterval = \"1s\"\nmax_response_bytes = 4096\n"
+        ));
+    }
+    feeds.push_str(&format!(
+        "\n[[feed]]\nname = \"silent\"\nkind = \"misp\"\nurl = \"http://{silent_addr}/\"\ntlp = \"green\"\ninterval = \"1s\"\ntimeout = \"1s\"\n"
+    ));
+    let config = node_config(&pki, &id, &data, &feeds);
+    let node = common::start(&config).await;
+    let client = common::connect(&pki, &node, "bad.node").await;
+
+    let expected = [
+        (
+            "big",
+            "is 65536 bytes, over max_response_bytes (4096); refused before reading it",
+        ),
+        (
+            "endless",
+            "passed max_response_bytes (4096) while it was read",
+        ),
+        ("broken", "manifest.json is not JSON"),
+        ("html", "manifest.json is not JSON"),
+        ("shape", "not an object of event uuids"),
+        ("missing", "404"),
+        ("taxii-html", "not application/taxii+json"),
+        ("taxii-bad", "not a TAXII envelope"),
+        ("silent", "within 1s (timeout)"),
+    ];
+    for (name, words) in expected {
+        let status = wait_until(&format!("the error of {name}"), || {
+            let client = &client;
+            async move {
+                let s = feed_status(client, name).await;
+                (!s.last_error.is_empty()).then_some(s)
+            }
+        })
+        .await;
+        assert!(
+            status.last_error.contains(words),
+            "{name}: {:?} should say {words:?}",
+            status.last_error
+        );
+        assert_eq!(status.items_ingested, 0);
+    }
+    // The failing feeds are tried again (with a growing delay), and the good one works.
+    let good = wait_until("the good feed", || {
+        let client = &client;
+        async move {
+            let s = feed_status(client, "good").await;
+            (s.items_ingested == 1).then_some(s)
+        }
+    })
+    .await;
+    assert!(good.last_error.is_empty(), "{good:?}");
+    wait_until("a retry of a failing feed", || {
+        let client = &client;
+        async move { (feed_status(client, "broken").await.failures >= 2).then_some(()) }
+    })
+    .await;
+    assert!(client.hello().await.is_ok(), "the node still answers");
+    node.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+#[test]
+fn feed_settings_are_checked_and_each_error_names_its_field() {
+    let pki = Pki::new();
+    let id = pki.node("cfg.node");
+    let data = pki.path().join("data-cfg");
+    let cases = [
+        (
+            "name = \"Bad Name\"\nkind = \"misp\"\nurl = \"http://127.0.0.1:1/x/\"",
+            "feed[0].name",
+        ),
+        (
+            "name = \"a\"\nkind = \"rss\"\nurl = \"http://127.0.0.1:1/x/\"",
+            "feed[0].kind",
+        ),
+        (
+            "name = \"a\"\nkind = \"misp\"\nurl = \"http://feeds.example.org/x/\"",
+            "feed[0].url",
+        ),
+        (
+            "name = \"a\"\nkind = \"misp\"\nurl = \"ftp://127.0.0.1/x/\"",
+            "feed[0].url",
+        ),
+        (
+            "name = \"a\"\nkind = \"taxii\"\nurl = \"https://taxii.example.org/api1/\"",
+            "feed[0].url",
+        ),
+        (
+            "name = \"a\"\nkind = \"misp\"\nurl = \"https://u:p@feeds.example.org/x/\"",
+            "feed[0].url",
+        ),
+        (
+            "name = \"a\"\nkind = \"misp\"\nurl = \"https://feeds.example.org/x/\"\ntlp = \"purple\"",
+            "feed[0].tlp",
+        ),
+        (
+            "name = \"a\"\nkind = \"misp\"\nurl = \"https://feeds.example.org/x/\"\ninterval = \"0\"",
+            "feed[0].interval",
+        ),
+        (
+            "name = \"a\"\nkind = \"misp\"\nurl = \"https://feeds.example.org/x/\"\nmax_response_bytes = 10",
+            "feed[0].max_response_bytes",
+        ),
+        (
+            "name = \"a\"\nkind = \"misp\"\nurl = \"https://feeds.example.org/x/\"\nmax_objects_per_poll = 0",
+            "feed[0].max_objects_per_poll",
+        ),
+        (
+            "name = \"a\"\nkind = \"misp\"\nurl = \"https://feeds.example.org/x/\"\npassword_env = \"P\"",
+            "feed[0].username",
+        ),
+        (
+            "name = \"a\"\nkind = \"misp\"\nurl = \"https://feeds.example.org/x/\"\nusername = \"u\"",
+            "feed[0].password_file",
+        ),
+        (
+            "name = \"a\"\nkind = \"misp\"\nurl = \"http://feeds.example.org/x/\"\nallow_http = true\nusername = \"u\"\npassword_env = \"P\"",
+            "feed[0].username",
+        ),
+        (
+            "name = \"a\"\nkind = \"misp\"\nurl = \"https://feeds.example.org/x/\"\ntags = [\"two words\"]",
+            "feed[0].tags",
+        ),
+    ];
+    for (feed, field) in cases {
+        let text = format!(
+            "{}\n[[feed]]\n{feed}\n",
+            common::node_section(&pki, &id, &data)
+        );
+        let error = entente::Config::check(&text, Path::new("node.toml"), pki.path())
+            .expect_err(feed)
+            .to_string();
+        assert!(error.contains(field), "{feed}: {error}");
+    }
+    // Two feeds with one name.
+    let one = "[[feed]]\nname = \"a\"\nkind = \"misp\"\nurl = \"https://feeds.example.org/x/\"\n";
+    let text = format!("{}\n{one}\n{one}", common::node_section(&pki, &id, &data));
+    let error = entente::Config::check(&text, Path::new("node.toml"), pki.path())
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("feed[1].name"), "{error}");
+    // Plain http to a remote host with allow_http, and https with credentials, pass.
+    let text = format!(
+        "{}\n[[feed]]\nname = \"a\"\nkind = \"misp\"\nurl = \"http://feeds.example.org/x/\"\nallow_http = true\n[[feed]]\nname = \"b\"\nkind = \"taxii\"\nurl = \"https://taxii.example.org/api1/collections/91a7b528-80eb-42ed-a74d-c6fbd5a26116/objects/\"\nusername = \"u\"\npassword_file = \"pw\"\n",
+        common::node_section(&pki, &id, &data)
+    );
+    let settings = entente::Config::check(&text, Path::new("node.toml"), pki.path()).unwrap();
+    assert_eq!(settings.feeds.len(), 2);
+    assert_eq!(settings.feeds[1].tags, vec!["source:b".to_owned()]);
+}
+
+// ---------------------------------------------------------------------------------
+// TAXII 2.1 against medallion.
+
+const COLLECTION: &str = "91a7b528-80eb-42ed-a74d-c6fbd5a26116";
+const TAXII_USER: &str = "feeder";
+const TAXII_PASSWORD: &str = "correct horse battery staple";
+const TLP_GREEN: &str = "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb";
+
+struct Medallion {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Medallion {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Medallion {
+    fn start(dir: &Path) -> Self {
+        // A port picked by binding; medallion binds it right after.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let root = format!("http://127.0.0.1:{port}/api1/");
+        let data = serde_json::json!({
+            "/discovery": {
+                "title": "test TAXII server",
+                "description": "medallion for the feeds test",
+                "default": root,
+                "api_roots": [root],
+            },
+            "api1": {
+                "information": {
+                    "title": "api1",
+                    "description": "api root",
+                    "versions": ["application/taxii+json;version=2.1"],
+                    "max_content_length": 10_485_760,
+                },
+                "status": [],
+                "collections": [{
+                    "id": COLLECTION,
+                    "title": "indicators",
+                    "description": "indicators for the feeds test",
+                    "can_read": true,
+                    "can_write": true,
+                    "media_types": ["application/stix+json;version=2.1"],
+                    "objects": [],
+                    "manifest": [],
+                }],
+            },
+        });
+        let data_path = dir.join("medallion-data.json");
+        std::fs::write(&data_path, data.to_string()).unwrap();
+        let config = serde_json::json!({
+            "backend": {
+                "module": "medallion.backends.memory_backend",
+                "module_class": "MemoryBackend",
+                "filename": data_path,
+            },
+            "users": { TAXII_USER: TAXII_PASSWORD },
+            // Small pages, so a poll follows `next`.
+            "taxii": { "max_page_size": 2 },
+        });
+        let config_path = dir.join("medallion.json");
+        std::fs::write(&config_path, config.to_string()).unwrap();
+        let child = Command::new(python())
+            .args([
+                "-m",
+                "medallion.scripts.run",
+                "--host",
+                "127.0.0.1",
+                "--port",
+            ])
+            .arg(port.to_string())
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run medallion (install tests/python/requirements.txt)");
+        let mut medallion = Self { child, port };
+        let until = Instant::now() + DEADLINE;
+        loop {
+            if let Ok(Some(status)) = medallion.child.try_wait() {
+                panic!(
+                    "medallion exited ({status}); install the packages in tests/python/requirements.txt"
+                );
+            }
+            if medallion
+                .request("GET", "/taxii2/", None)
+                .is_ok_and(|(status, _)| status == 200)
+            {
+                return medallion;
+            }
+            assert!(Instant::now() < until, "medallion did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn objects_url(&self) -> String {
+        format!(
+            "http://127.0.0.1:{}/api1/collections/{COLLECTION}/objects/",
+            self.port
+        )
+    }
+
+    /// One request with HTTP Basic credentials; the status and the body.
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> std::io::Result<(u16, String)> {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.set_read_timeout(Some(DEADLINE))?;
+        let token = base64::engine::general_purpose::STANDARD
+            .encode(format!("{TAXII_USER}:{TAXII_PASSWORD}"));
+        let body = body.unwrap_or("");
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAuthorization: Basic {token}\r\nAccept: application/taxii+json;version=2.1\r\nContent-Type: application/taxii+json;version=2.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.port,
+            body.len()
+        )?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+
+    fn add(&self, objects: &[serde_json::Value]) {
+        let envelope = serde_json::json!({ "objects": objects }).to_string();
+        let path = format!("/api1/collections/{COLLECTION}/objects/");
+        let (status, body) = self
+            .request("POST", &path, Some(&envelope))
+            .expect("POST objects");
+        assert_eq!(status, 202, "{body}");
+        assert!(
+            body.contains("\"failure_count\": 0") || body.contains("\"failure_count\":0"),
+            "{body}"
+        );
+    }
+}
+
+fn stix_indicator(n: u32, pattern: &str, green: bool) -> serde_json::Value {
+    let mut object = serde_json::json!({
+        "type": "indicator",
+        "spec_version": "2.1",
+        "id": format!("indicator--8e2e2d2b-17d4-4cbf-938f-{n:012}"),
+        "created": "2026-11-01T10:00:00.000Z",
+        "modified": "2026-11-01T10:00:00.000Z",
+        "name": format!("indicator {n}"),
+        "pattern": pattern,
+        "pattern_type": "stix",
+        "valid_from": "2026-11-01T10:00:00Z",
+    });
+    if green {
+        object["object_marking_refs"] = serde_json::json!([TLP_GREEN]);
+    }
+    object
+}
+
+/// Starts `entente serve` on `config` and connects as the node itself; the address too.
+async fn serve(pki: &Pki, id: &NodeId, config: &Path) -> (Child, NodeClient, String) {
+    let config = config.to_owned();
+    let (child, addr) = tokio::task::spawn_blocking(move || common::serve(&config))
+        .await
+        .unwrap();
+    let client = own_client(pki, id, &addr).await;
+    (child, client, addr)
+}
+
+/// What `entente status` prints for the node at `addr`, as its operator.
+async fn status_output(config: &Path, id: &NodeId, addr: &str) -> String {
+    let child = Command::new(env!("CARGO_BIN_EXE_entente"))
+        .args(["status", "--config"])
+        .arg(config)
+        .arg("--node")
+        .arg(format!("{id}@{addr}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run entente status");
+    let output = tokio::time::timeout(
+        DEADLINE,
+        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    )
+    .await
+    .expect("entente status in time")
+    .unwrap()
+    .expect("entente status output");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn stop(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taxii_feed_from_medallion_resumes_from_its_checkpoint() {
+    common::init_logging();
+    let pki = Pki::new();
+    let medallion = Medallion::start(pki.path());
+    medallion.add(&[
+        stix_indicator(1, "[ipv4-addr:value = '198.51.100.1']", true),
+        stix_indicator(2, "[domain-name:value = 'taxii-one.example']", true),
+        // No marking: the feed's default.
+        stix_indicator(3, "[url:value = 'http://taxii-one.example/x']", false),
+        serde_json::json!({
+            "type": "identity",
+            "spec_version": "2.1",
+            "id": "identity--2d1c6ab3-5e4e-48ac-a32b-f0c01c2836a8",
+            "created": "2026-11-01T10:00:00.000Z",
+            "modified": "2026-11-01T10:00:00.000Z",
+            "name": "Example CERT",
+            "identity_class": "organization",
+        }),
+    ]);
+
+    let id = pki.node("taxii.node");
+    let data = pki.path().join("data-taxii");
+    let password = pki.path().join("taxii-password");
+    std::fs::write(&password, format!("{TAXII_PASSWORD}\n")).unwrap();
+    let wrong = pki.path().join("taxii-wrong-password");
+    std::fs::write(&wrong, "not-the-password-7f3a\n").unwrap();
+    let config = node_config(
+        &pki,
+        &id,
+        &data,
+        &format!(
+            "\n[[feed]]\nname = \"taxii-test\"\nkind = \"taxii\"\nurl = \"{}\"\ntlp = \"amber\"\ninterval = \"1s\"\npage_size = 2\nmax_objects_per_poll = 2\nusername = \"{TAXII_USER}\"\npassword_file = \"{}\"\n\n[[feed]]\nname = \"taxii-wrong\"\nkind = \"taxii\"\nurl = \"{}\"\ntlp = \"amber\"\ninterval = \"1s\"\nusername = \"{TAXII_USER}\"\npassword_file = \"{}\"\n",
+            medallion.objects_url(),
+            password.display(),
+            medallion.objects_url(),
+            wrong.display()
+        ),
+    );
+    let (node, client, addr) = serve(&pki, &id, &config).await;
+    let held = wait_until("the TAXII indicators", || {
+        let client = &client;
+        async move {
+            let held = items_tagged(client, "source:taxii-test").await;
+            (held.len() >= 3).then_some(held)
+        }
+    })
+    .await;
+    assert_eq!(held.len(), 3);
+    let one = &held["indicator--8e2e2d2b-17d4-4cbf-938f-000000000001"];
+    assert_eq!(
+        indicator(one),
+        (
+            "ipv4".into(),
+            "198.51.100.1".into(),
+            WireTlp::Green as i32,
+            vec!["source:taxii-test".into()]
+        )
+    );
+    let three = &held["indicator--8e2e2d2b-17d4-4cbf-938f-000000000003"];
+    assert_eq!(indicator(three).2, WireTlp::Amber as i32);
+    // The STIX properties are kept.
+    let properties = &one.item.as_ref().unwrap();
+    let item::Kind::Indicator(i) = properties.kind.as_ref().unwrap() else {
+        panic!()
+    };
+    assert!(
+        i.stix_properties.contains("indicator 1"),
+        "{}",
+        i.stix_properties
+    );
+    let status = wait_until("polls after the first", || {
+        let client = &client;
+        async move {
+            let s = feed_status(client, "taxii-test").await;
+            (s.polls >= 3 && s.last_error.is_empty()).then_some(s)
+        }
+    })
+    .await;
+    // Four objects, each fetched once whatever the number of polls.
+    assert_eq!(status.objects_fetched, 4, "{status:?}");
+    assert_eq!(status.items_ingested, 3, "{status:?}");
+    assert!(status.checkpoint.starts_with("added_after "), "{status:?}");
+    // Wrong credentials: refused, said in plain words, the password not repeated.
+    let refused = feed_status(&client, "taxii-wrong").await;
+    assert!(refused.last_error.contains("401"), "{refused:?}");
+    assert!(
+        refused.last_error.contains("check username and password"),
+        "{refused:?}"
+    );
+    assert!(
+        !format!("{refused:?}").contains("not-the-password"),
+        "{refused:?}"
+    );
+    assert_eq!(refused.items_ingested, 0);
+    // The operator reads the same in `entente status`.
+    let printed = status_output(&config, &id, &addr).await;
+    let line = |name: &str| {
+        printed
+            .lines()
+            .find(|l| l.starts_with(&format!("feed {name} ")))
+            .unwrap_or_else(|| panic!("no line for {name} in {printed}"))
+            .to_owned()
+    };
+    assert!(line("taxii-test").contains("items 3 ingested"), "{printed}");
+    assert!(
+        line("taxii-test").contains("objects 4 fetched"),
+        "{printed}"
+    );
+    assert!(line("taxii-wrong").contains("last error:"), "{printed}");
+    assert!(line("taxii-wrong").contains("401"), "{printed}");
+    assert!(!printed.contains("not-the-password"), "{printed}");
+
+    // New objects: only they arrive.
+    medallion.add(&[
+        stix_indicator(4, "[ipv4-addr:value = '198.51.100.4']", true),
+        stix_indicator(5, "[file:hashes.'SHA-256' = 'aec070645fe53ee3b3763059376134f058cc337247c978add178b6ccdfb0019f']", true),
+    ]);
+    wait_until("the new indicators", || {
+        let client = &client;
+        async move { (items_tagged(client, "source:taxii-test").await.len() == 5).then_some(()) }
+    })
+    .await;
+    let status = wait_until("a poll after the new ones", || {
+        let client = &client;
+        async move {
+            let s = feed_status(client, "taxii-test").await;
+            (s.items_ingested == 5).then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(status.objects_fetched, 6, "{status:?}");
+
+    // The source revokes an indicator: its new version revokes the item.
+    let mut revoked = stix_indicator(2, "[domain-name:value = 'taxii-one.example']", true);
+    revoked["modified"] = serde_json::json!("2026-11-02T10:00:00.000Z");
+    revoked["revoked"] = serde_json::json!(true);
+    medallion.add(&[revoked]);
+    let revocation = wait_until("the revocation", || {
+        let client = &client;
+        async move {
+            let held = items_tagged(client, "source:taxii-test").await;
+            let two = held
+                .get("indicator--8e2e2d2b-17d4-4cbf-938f-000000000002")?
+                .clone();
+            matches!(two.item.as_ref()?.kind.as_ref()?, item::Kind::Revocation(_)).then_some(two)
+        }
+    })
+    .await;
+    assert_eq!(revocation.item.as_ref().unwrap().tlp, WireTlp::Green as i32);
+    let status = wait_until("the revocation counted", || {
+        let client = &client;
+        async move {
+            let s = feed_status(client, "taxii-test").await;
+            (s.items_ingested == 6).then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(status.objects_fetched, 7, "{status:?}");
+    stop(node);
+
+    // Restarted, the node resumes from its checkpoint: nothing is fetched again.
+    let (node, client, _) = serve(&pki, &id, &config).await;
+    let status = wait_until("polls after the restart", || {
+        let client = &client;
+        async move {
+            let s = feed_status(client, "taxii-test").await;
+            (s.polls >= 2 && s.last_success_unix_ms > 0).then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(status.objects_fetched, 0, "{status:?}");
+    assert_eq!(status.items_ingested, 0, "{status:?}");
+    assert_eq!(items_tagged(&client, "source:taxii-test").await.len(), 5);
+    stop(node);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_feeds_trust_the_public_roots_and_their_ca_file_only() {
+    common::init_logging();
+    let pki = Pki::new();
+    // The server's certificate comes from the test's own CA (its SAN is 127.0.0.1).
+    let server = pki.node("files.server");
+    let certs = entente::transport::files::read_certificates(&pki.certs.cert_path(server.as_str()))
+        .unwrap();
+    let key =
+        entente::transport::files::read_private_key(&pki.certs.key_path(server.as_str())).unwrap();
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let files = Files::default();
+    files.set(
+        "/misp/manifest.json",
+        json(&manifest(&[(EVENT_3, "Public list", 1_764_000_100)])),
+    );
+    files.set(
+        &format!("/misp/{EVENT_3}.json"),
+        json(&event(
+            EVENT_3,
+            "Public list",
+            1_764_000_100,
+            &["tlp:green"],
+            vec![attribute(
+                30,
+                "domain",
+                "private.example",
+                true,
+                1_764_000_100,
+            )],
+            vec![],
+        )),
+    );
+    let base = serve_files_with(files, Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))).await;
+    assert!(base.starts_with("https://"));
+
+    let id = pki.node("tls.node");
+    let data = pki.path().join("data-tls");
+    let config = node_config(
+        &pki,
+        &id,
+        &data,
+        &format!(
+            "\n[[feed]]\nname = \"private\"\nkind = \"misp\"\nurl = \"{base}/misp/\"\nca_file = \"{ca}\"\ninterval = \"1s\"\n\n[[feed]]\nname = \"unknown-ca\"\nkind = \"misp\"\nurl = \"{base}/misp/\"\ninterval = \"1s\"\n",
+            ca = pki.ca_cert().display()
+        ),
+    );
+    let node = common::start(&config).await;
+    let client = common::connect(&pki, &node, "tls.node").await;
+    let trusted = wait_until("the feed with its CA file", || {
+        let client = &client;
+        async move {
+            let s = feed_status(client, "private").await;
+            (s.items_ingested == 1).then_some(s)
+        }
+    })
+    .await;
+    assert!(trusted.last_error.is_empty(), "{trusted:?}");
+    let untrusted = wait_until("the feed without it", || {
+        let client = &client;
+        async move {
+            let s = feed_status(client, "unknown-ca").await;
+            (!s.last_error.is_empty()).then_some(s)
+        }
+    })
+    .await;
+    assert!(
+        untrusted.last_error.contains("TLS") && untrusted.last_error.contains("UnknownIssuer"),
+        "{untrusted:?}"
+    );
+    assert_eq!(untrusted.items_ingested, 0);
+    node.shutdown(Duration::from_secs(5)).await.unwrap();
+}
