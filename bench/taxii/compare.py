@@ -18,7 +18,7 @@ table with every figure and Entente's ratio to each peer.
 Defaults: 100,000 indicators for Entente and OpenTAXII, 10,000 for medallion (its memory
 backend does work proportional to the objects it holds for every object added and
 read, so its cost grows with the square of the collection). `--quick` runs
-2,000 / 2,000 / 500 for a smoke run.
+1,000 / 1,000 / 300 for a smoke run.
 """
 
 import argparse
@@ -58,7 +58,7 @@ def parse_args():
     p.add_argument("--opentaxii", type=int, help="indicators for OpenTAXII (default 100000)")
     p.add_argument("--medallion", type=int, help="indicators for medallion (default 10000)")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: 2000 for Entente and OpenTAXII, 500 for medallion, 20 lookups")
+                   help="smoke run: 1000 for Entente and OpenTAXII, 300 for medallion, 20 lookups")
     p.add_argument("--skip", action="append", default=[], choices=NAMES,
                    help="leave a server out (repeatable)")
     p.add_argument("--lookups", type=int, help="ids looked up one by one (default 100)")
@@ -77,8 +77,8 @@ def parse_args():
     p.add_argument("--no-venv", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     quick = args.quick
-    for name, full, small in (("entente", 100_000, 2_000), ("opentaxii", 100_000, 2_000),
-                              ("medallion", 10_000, 500)):
+    for name, full, small in (("entente", 100_000, 1_000), ("opentaxii", 100_000, 1_000),
+                              ("medallion", 10_000, 300)):
         if getattr(args, name) is None:
             setattr(args, name, small if quick else full)
     if args.lookups is None:
@@ -278,13 +278,19 @@ class Entente(Server):
     NODE = "bench.hq"
     ANALYST = "analyst.bench"
 
-    def __init__(self, work, binary):
+    def __init__(self, work, binary, built_here):
         super().__init__(work)
         self.binary = binary
+        self.built_here = built_here
 
     def version(self):
         out = subprocess.run([self.binary, "--version"], capture_output=True, text=True)
-        return out.stdout.strip().split()[-1] if out.returncode == 0 else "?"
+        version = out.stdout.strip().split()[-1] if out.returncode == 0 else "?"
+        commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True)
+        if self.built_here and commit.returncode == 0:
+            version += f" ({commit.stdout.strip()})"
+        return version
 
     def run(self, *args):
         out = subprocess.run([self.binary, *args], capture_output=True, text=True)
@@ -503,7 +509,7 @@ def measure(server, objects, args, result):
               for i in range(0, len(objects), args.envelope)]
     headers = {"Content-Type": TAXII}
     stored = 0
-    cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+    cpu0, client0, t0 = cpu_seconds(pid), time.process_time(), time.perf_counter()
     for n, body in enumerate(bodies):
         r = s.post(url + "objects/", data=body, headers=headers, timeout=args.timeout)
         if r.status_code not in (200, 202):
@@ -518,6 +524,7 @@ def measure(server, objects, args, result):
     result["ingest_s"] = elapsed
     result["ingest_rate"] = len(objects) / elapsed
     result["ingest_cpu"] = cpu_seconds(pid) - cpu0
+    result["ingest_client_cpu"] = time.process_time() - client0
     result["envelopes"] = len(bodies)
     if stored != len(objects):
         raise RuntimeError(f"{server.name}: {stored} of {len(objects)} objects stored")
@@ -526,7 +533,7 @@ def measure(server, objects, args, result):
     # Read-back: every page, following `next`.
     seen = set()
     pages = 0
-    cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+    cpu0, client0, t0 = cpu_seconds(pid), time.process_time(), time.perf_counter()
     params = {"limit": args.page}
     while True:
         r = s.get(url + "objects/", params=params, timeout=args.timeout)
@@ -543,6 +550,7 @@ def measure(server, objects, args, result):
     result["read_s"] = elapsed
     result["read_rate"] = len(seen) / elapsed
     result["read_cpu"] = cpu_seconds(pid) - cpu0
+    result["read_client_cpu"] = time.process_time() - client0
     result["pages"] = pages
     missing = len(set(ids) - seen)
     if missing or len(seen) != len(objects):
@@ -621,8 +629,10 @@ def table(results, versions, auths):
     row("read-back (objects/s)", "read_rate", lambda v: f"{v:,.0f}")
     row("lookup by id p50 (ms)", "lookup_p50", lambda v: f"{v:,.2f}", better="lower")
     row("lookup by id p95 (ms)", "lookup_p95", lambda v: f"{v:,.2f}", better="lower")
-    row("server CPU, ingest (s)", "ingest_cpu", lambda v: f"{v:,.1f}", better="lower")
-    row("server CPU, read-back (s)", "read_cpu", lambda v: f"{v:,.1f}", better="lower")
+    row("server CPU, ingest (s)", "ingest_cpu", lambda v: f"{v:,.2f}", better="lower")
+    row("server CPU, read-back (s)", "read_cpu", lambda v: f"{v:,.2f}", better="lower")
+    row("client CPU, ingest (s)", "ingest_client_cpu", lambda v: f"{v:,.2f}", better="lower")
+    row("client CPU, read-back (s)", "read_client_cpu", lambda v: f"{v:,.2f}", better="lower")
     row("server peak RSS (MiB)", "peak_rss_mib", lambda v: f"{v:,.0f}", better="lower")
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
@@ -665,7 +675,7 @@ def main():
     results, versions, auths = {}, {}, {}
     for name, count in counts.items():
         work = tempfile.mkdtemp(prefix=f"taxii-bench-{name}-")
-        server = {"entente": lambda: Entente(work, entente_binary(args)),
+        server = {"entente": lambda: Entente(work, entente_binary(args), not args.entente_bin),
                   "opentaxii": lambda: OpenTaxii(work),
                   "medallion": lambda: Medallion(work)}[name]()
         print(f"{LABELS[name]}: {count:,} indicators", flush=True)
