@@ -213,6 +213,18 @@ def brief(resp):
     return f"{resp.status_code} {text!r}"
 
 
+def get(session, url, result, **kwargs):
+    """A GET; an answer of 500 or more is retried once after a second (and counted in
+    `result["retries"]`), as a polling client would."""
+    r = session.get(url, **kwargs)
+    if r.status_code >= 500:
+        result["retries"] = result.get("retries", 0) + 1
+        print(f"  retrying after {brief(r)}", flush=True)
+        time.sleep(1)
+        r = session.get(url, **kwargs)
+    return r
+
+
 def wait_until(check, what, timeout=60, proc=None):
     deadline = time.monotonic() + timeout
     while True:
@@ -536,7 +548,7 @@ def measure(server, objects, args, result):
     cpu0, client0, t0 = cpu_seconds(pid), time.process_time(), time.perf_counter()
     params = {"limit": args.page}
     while True:
-        r = s.get(url + "objects/", params=params, timeout=args.timeout)
+        r = get(s, url + "objects/", result, params=params, timeout=args.timeout)
         if r.status_code != 200:
             raise RuntimeError(f"{server.name} GET objects page {pages}: {brief(r)}")
         page = r.json()
@@ -563,7 +575,7 @@ def measure(server, objects, args, result):
     times = []
     for ident in rng.sample(ids, min(args.lookups, len(ids))):
         t = time.perf_counter()
-        r = s.get(f"{url}objects/{ident}/", timeout=args.timeout)
+        r = get(s, f"{url}objects/{ident}/", result, timeout=args.timeout)
         times.append((time.perf_counter() - t) * 1000)
         if r.status_code != 200:
             raise RuntimeError(f"{server.name} GET object {ident}: {brief(r)}")
@@ -644,6 +656,8 @@ def table(results, versions, auths):
           "times and memory: peer / Entente).")
     print("Authentication: " + "; ".join(f"{LABELS[n]} {auths[n]}" for n in names if n in auths))
     for n in names:
+        if results[n].get("retries"):
+            print(f"{LABELS[n]}: {results[n]['retries']} GET(s) answered 500 or more and were retried once")
         if "error" in results[n]:
             print(f"{LABELS[n]} stopped early: {results[n]['error']}")
 
@@ -659,7 +673,13 @@ def entente_binary(args):
     return binary
 
 
+def interrupted(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main():
+    # Stopped from outside: unwind, so that the server under test is stopped too.
+    signal.signal(signal.SIGTERM, interrupted)
     args = parse_args()
     if not args.no_venv:
         ensure_venv(args)
