@@ -29,7 +29,6 @@ import random
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -277,7 +276,8 @@ class Server:
             raise RuntimeError(f"{self.name}: expected one collection, got {len(collections)}")
         c = collections[0]
         if not (c.get("can_read") and c.get("can_write")):
-            raise RuntimeError(f"{self.name}: the collection is not readable and writable: {c}")
+            raise RuntimeError(f"{self.name}: the collection is not readable and "
+                               f"writable: {str(c)[:200]}")
         return f"{root}collections/{c['id']}/"
 
     def version(self):
@@ -335,7 +335,10 @@ class Entente(Server):
             if time.monotonic() > deadline:
                 break
         if taxii is None:
-            raise RuntimeError("entente serve did not report its TAXII listener")
+            self.log.flush()
+            with open(os.path.join(self.work, "serve.log")) as f:
+                tail = f.read()[-200:]
+            raise RuntimeError(f"entente serve did not report its TAXII listener: {tail!r}")
         # Drain stdout so the node never blocks on it.
         import threading
         threading.Thread(target=self.proc.stdout.read, daemon=True).start()
