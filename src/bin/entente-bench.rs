@@ -13,6 +13,10 @@
 //! insert rate of same-sized records in the same run (the floor); exact-value
 //! queries; peak RSS again; then, with the node stopped, the time to reopen its store
 //! (rebuilding the indexes) and exact-value lookups on the store alone.
+//!
+//! The comparison with other TAXII 2.1 servers (OpenTAXII, medallion) is a script beside
+//! this program, `bench/taxii/compare.py`: it installs them in a virtual environment and
+//! measures all three through TAXII 2.1 only (see `bench/taxii/README.md`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -69,13 +73,13 @@ fn parse_args() -> Result<Args> {
                 args.config = Some(it.next().context("node needs a config path")?.into());
             }
             other => bail!(
-                "unknown argument {other:?}; usage: entente-bench ingest|sync|latency|attacks [--items N] [--bundle-size N] [--queries N]"
+                "unknown argument {other:?}; usage: entente-bench ingest|sync|latency|attacks [--items N] [--bundle-size N] [--queries N] (TAXII servers side by side: bench/taxii/compare.py)"
             ),
         }
     }
     if args.command.is_empty() {
         bail!(
-            "usage: entente-bench ingest|sync|latency|attacks [--items N] [--bundle-size N] [--queries N]"
+            "usage: entente-bench ingest|sync|latency|attacks [--items N] [--bundle-size N] [--queries N] (TAXII servers side by side: bench/taxii/compare.py)"
         );
     }
     Ok(args)
