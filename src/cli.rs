@@ -249,7 +249,7 @@ struct InputHeld<'a> {
 }
 
 impl crate::policy::Held for InputHeld<'_> {
-    fn held(&self, id: &crate::model::ItemId) -> Option<crate::policy::HeldItem> {
+    fn held(&self, id: &crate::model::ItemId, _: bool) -> Option<crate::policy::HeldItem> {
         let item = self.items.iter().rev().find(|item| &item.id == id)?;
         Some(crate::policy::HeldItem {
             item: item.clone(),

@@ -28,18 +28,22 @@ pub const SUBSCRIPTION_BUFFER: usize = 16_384;
 struct StoreHeld<'a>(&'a dyn Store);
 
 impl crate::policy::Held for StoreHeld<'_> {
-    fn held(&self, id: &ItemId) -> Option<crate::policy::HeldItem> {
+    fn held(&self, id: &ItemId, with_distribution: bool) -> Option<crate::policy::HeldItem> {
         let stored = self.0.get(id).ok()??;
         if &stored.item.id != id {
             return None;
         }
-        let header = self.0.bundle_header(&stored.bundle_id).ok()??;
-        let distribution = crate::crypto::parse_header(&header).ok()?.0.distribution;
+        let distribution = if with_distribution {
+            let header = self.0.bundle_header(&stored.bundle_id).ok()??;
+            Some(crate::crypto::parse_header(&header).ok()?.0.distribution)
+        } else {
+            None
+        };
         Some(crate::policy::HeldItem {
             item: stored.item,
             origin: stored.origin,
             hops: stored.hops,
-            distribution: Some(distribution),
+            distribution,
             accepted_ms: stored.accepted_ms,
         })
     }

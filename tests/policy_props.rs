@@ -623,7 +623,7 @@ fn no_regressions_file(cases: u32) -> ProptestConfig {
 struct Ends(BTreeMap<ItemId, entente::policy::HeldItem>);
 
 impl entente::policy::Held for Ends {
-    fn held(&self, id: &ItemId) -> Option<entente::policy::HeldItem> {
+    fn held(&self, id: &ItemId, _: bool) -> Option<entente::policy::HeldItem> {
         self.0.get(id).cloned()
     }
 }

@@ -261,8 +261,10 @@ pub struct Context<'a> {
 /// a relationship goes only to a partner that may see both its ends, a report only to
 /// one that may see every object it references that the node holds.
 pub trait Held {
-    /// The latest version held under `id` (the whole id, type included), if any.
-    fn held(&self, id: &ItemId) -> Option<HeldItem>;
+    /// The latest version held under `id` (the whole id, type included), if any; with
+    /// its bundle's distribution when `with_distribution` (only a node partner's
+    /// decision reads it, and reading it costs a bundle header).
+    fn held(&self, id: &ItemId, with_distribution: bool) -> Option<HeldItem>;
 }
 
 /// An item a node holds, with what its delivery depends on.
@@ -291,7 +293,7 @@ impl fmt::Debug for dyn Held + '_ {
 pub struct NothingHeld;
 
 impl Held for NothingHeld {
-    fn held(&self, _: &ItemId) -> Option<HeldItem> {
+    fn held(&self, _: &ItemId, _: bool) -> Option<HeldItem> {
         None
     }
 }
@@ -585,8 +587,12 @@ impl Policy {
     ) -> Option<Decision> {
         let relationship = item.indicator_type() == IndicatorType::Relationship;
         let mut until: Option<i64> = None;
+        let to_node = self
+            .partners
+            .get(partner)
+            .is_some_and(|p| p.kind == PartnerKind::Node);
         for id in item.refs() {
-            let Some(held) = ctx.held.held(id).filter(|h| &h.item.id == id) else {
+            let Some(held) = ctx.held.held(id, to_node).filter(|h| &h.item.id == id) else {
                 if relationship {
                     return Some(Decision::withhold(Rule::RefNotHeld { id: id.clone() }));
                 }
