@@ -291,17 +291,10 @@ fn indicator_of(misp_type: &str, value: &str) -> Option<(Option<IndicatorType>, 
 /// The id of the indicator an attribute becomes: a version-4-form UUID from SHA-256 of
 /// this node's id and the attribute's uuid.
 pub fn attribute_item_id(origin: &str, attribute_uuid: &str) -> ItemId {
-    let mut input = Vec::with_capacity(origin.len() + attribute_uuid.len() + 32);
-    input.extend_from_slice(b"entente/misp-attribute/v1\0");
-    input.extend_from_slice(origin.as_bytes());
-    input.push(0);
-    input.extend_from_slice(attribute_uuid.as_bytes());
-    let digest = ring::digest::digest(&ring::digest::SHA256, &input);
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest.as_ref()[..16]);
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    ItemId::from_uuid_bytes(bytes)
+    ItemId::from_uuid_bytes(crate::model::uuid_v4_form(
+        "entente/misp-attribute/v1",
+        &[origin, attribute_uuid],
+    ))
 }
 
 /// One attribute as an item: `Ok(None)` for an attribute not meant for detection or of

@@ -653,19 +653,7 @@ pub fn to_stix_from(item: &Item, origin: Option<&str>) -> Value {
         ItemKind::Context(context) => return context_to_stix(item, context, origin),
     };
     let mut object = indicator.map(|i| i.properties.to_map()).unwrap_or_default();
-    let version = stix_timestamp(item.modified_ms);
-    object.insert("type".into(), json!("indicator"));
-    object.insert("spec_version".into(), json!("2.1"));
-    object.insert("id".into(), json!(item.id.as_str()));
-    let created = object
-        .get("created")
-        .and_then(Value::as_str)
-        .and_then(|text| parse_timestamp(text).ok())
-        .filter(|&created| created <= item.modified_ms);
-    if created.is_none() {
-        object.insert("created".into(), json!(version));
-    }
-    object.insert("modified".into(), json!(version));
+    write_head(&mut object, item, "indicator");
     if let Some(indicator) = indicator {
         object.insert(
             "pattern".into(),
@@ -733,6 +721,30 @@ pub fn to_stix_from(item: &Item, origin: Option<&str>) -> Value {
             );
         }
     }
+    write_tail(object, item, origin)
+}
+
+/// What every exported object starts with: its type, spec version, id, `created` (kept
+/// unless absent or later than the version) and `modified` (the version).
+fn write_head(object: &mut Map<String, Value>, item: &Item, stix_type: &str) {
+    let version = stix_timestamp(item.modified_ms);
+    object.insert("type".into(), json!(stix_type));
+    object.insert("spec_version".into(), json!("2.1"));
+    object.insert("id".into(), json!(item.id.as_str()));
+    let created = object
+        .get("created")
+        .and_then(Value::as_str)
+        .and_then(|text| parse_timestamp(text).ok())
+        .filter(|&created| created <= item.modified_ms);
+    if created.is_none() {
+        object.insert("created".into(), json!(version));
+    }
+    object.insert("modified".into(), json!(version));
+}
+
+/// What every exported object ends with: `created_by_ref` (the origin's identity when
+/// none is kept), the tags as `labels`, and the item's TLP 2.0 marking.
+fn write_tail(mut object: Map<String, Value>, item: &Item, origin: Option<&str>) -> Value {
     if let Some(origin) = origin {
         if !object.get("created_by_ref").is_some_and(Value::is_string) {
             object.insert("created_by_ref".into(), json!(identity_id(origin)));
@@ -753,19 +765,7 @@ pub fn to_stix_from(item: &Item, origin: Option<&str>) -> Value {
 /// `created_by_ref` are filled in as for indicators.
 fn context_to_stix(item: &Item, context: &ContextObject, origin: Option<&str>) -> Value {
     let mut object = context.properties.to_map();
-    let version = stix_timestamp(item.modified_ms);
-    object.insert("type".into(), json!(context.object_type.as_str()));
-    object.insert("spec_version".into(), json!("2.1"));
-    object.insert("id".into(), json!(item.id.as_str()));
-    let created = object
-        .get("created")
-        .and_then(Value::as_str)
-        .and_then(|text| parse_timestamp(text).ok())
-        .filter(|&created| created <= item.modified_ms);
-    if created.is_none() {
-        object.insert("created".into(), json!(version));
-    }
-    object.insert("modified".into(), json!(version));
+    write_head(&mut object, item, context.object_type.as_str());
     let refs: Vec<&str> = context.refs.iter().map(ItemId::as_str).collect();
     // A report's `object_refs` are kept as published (validation holds its shared
     // references to exactly those they name); a relationship's ends are its refs.
@@ -773,31 +773,13 @@ fn context_to_stix(item: &Item, context: &ContextObject, origin: Option<&str>) -
         object.insert("source_ref".into(), json!(source));
         object.insert("target_ref".into(), json!(target));
     }
-    if let Some(origin) = origin {
-        if !object.get("created_by_ref").is_some_and(Value::is_string) {
-            object.insert("created_by_ref".into(), json!(identity_id(origin)));
-        }
-    }
-    if !item.tags.is_empty() {
-        object.insert("labels".into(), json!(item.tags));
-    }
-    object.insert(
-        "object_marking_refs".into(),
-        json!([tlp2_marking_id(item.tlp)]),
-    );
-    Value::Object(object)
+    write_tail(object, item, origin)
 }
 
 /// The STIX id of the `identity` object that stands for a node: the same on every node,
 /// in version-4 form like the ids of items ([`ItemId::derived`]).
 pub fn identity_id(node: &str) -> String {
-    let mut input = b"entente/identity/v1\0".to_vec();
-    input.extend_from_slice(node.as_bytes());
-    let digest = ring::digest::digest(&ring::digest::SHA256, &input);
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest.as_ref()[..16]);
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let bytes = crate::model::uuid_v4_form("entente/identity/v1", &[node]);
     format!("identity--{}", uuid::Uuid::from_bytes(bytes))
 }
 

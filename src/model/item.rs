@@ -98,6 +98,25 @@ pub enum IndicatorType {
     Relationship,
 }
 
+/// A UUID in version-4 form whose other 122 bits are the start of the SHA-256 digest of
+/// `domain`, then each of `parts`, each preceded by a NUL byte: the same for the same
+/// input, and valid where STIX asks for a version-4 UUID.
+pub fn uuid_v4_form(domain: &str, parts: &[&str]) -> [u8; 16] {
+    let mut input =
+        Vec::with_capacity(domain.len() + parts.iter().map(|p| p.len() + 1).sum::<usize>());
+    input.extend_from_slice(domain.as_bytes());
+    for part in parts {
+        input.push(0);
+        input.extend_from_slice(part.as_bytes());
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, &input);
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest.as_ref()[..16]);
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    bytes
+}
+
 /// A STIX id, `<type>--<uuid>` in lower case: `indicator--` for indicators and their
 /// revocations, the object's type for context objects.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -335,19 +354,10 @@ impl ItemId {
     /// indicator ids) whose other 122 bits are the start of the SHA-256 digest of the
     /// three, so no other origin's ids can collide with it by accident.
     pub fn derived(origin: &str, indicator_type: IndicatorType, value: &str) -> Self {
-        let mut input = Vec::with_capacity(origin.len() + value.len() + 48);
-        input.extend_from_slice(b"entente/item-id/v1\0");
-        input.extend_from_slice(origin.as_bytes());
-        input.push(0);
-        input.extend_from_slice(indicator_type.as_str().as_bytes());
-        input.push(0);
-        input.extend_from_slice(value.as_bytes());
-        let digest = ring::digest::digest(&ring::digest::SHA256, &input);
-        let mut bytes = [0u8; 16];
-        bytes.copy_from_slice(&digest.as_ref()[..16]);
-        bytes[6] = (bytes[6] & 0x0f) | 0x40;
-        bytes[8] = (bytes[8] & 0x3f) | 0x80;
-        Self::from_uuid_bytes(bytes)
+        Self::from_uuid_bytes(uuid_v4_form(
+            "entente/item-id/v1",
+            &[origin, indicator_type.as_str(), value],
+        ))
     }
 
     /// The UUID as 16 bytes (the store's compact key; the store checks the whole id).
