@@ -10,6 +10,7 @@ mod csv_input;
 mod list_input;
 mod pattern;
 mod stix;
+pub mod strict_json;
 
 use std::collections::HashSet;
 use std::fmt;

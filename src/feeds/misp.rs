@@ -83,7 +83,7 @@ async fn poll_events(
         .parse()
         .map_err(|_| malformed("the manifest URL is not valid"))?;
     let response = client.get(&manifest_uri).await?;
-    let manifest: Value = serde_json::from_slice(&response.body)
+    let manifest: Value = crate::interop::strict_json::from_slice(&response.body)
         .map_err(|e| malformed(format!("manifest.json is not JSON: {e}")))?;
     let Value::Object(manifest) = manifest else {
         return Err(malformed(
@@ -205,7 +205,7 @@ async fn commit(
 
 async fn fetch_event(client: &Client, uri: &::http::Uri, uuid: &str) -> Result<Value, FeedError> {
     let response = client.get(uri).await?;
-    let mut document: Value = serde_json::from_slice(&response.body)
+    let mut document: Value = crate::interop::strict_json::from_slice(&response.body)
         .map_err(|e| malformed(format!("event {uuid} is not JSON: {e}")))?;
     let Some(event) = document.get_mut("Event").map(Value::take) else {
         return Err(malformed(format!("event {uuid} has no Event object")));

@@ -40,8 +40,9 @@ struct Envelope {
     more: Option<bool>,
     #[serde(default)]
     next: Option<String>,
+    /// Read strictly: a name given twice in one object makes the page malformed.
     #[serde(default)]
-    objects: Option<Vec<serde_json::Value>>,
+    objects: Option<Vec<crate::interop::strict_json::StrictValue>>,
 }
 
 pub(super) async fn poll(
@@ -111,7 +112,12 @@ async fn poll_pages(
                 }
             }
         }
-        let objects = envelope.objects.unwrap_or_default();
+        let objects: Vec<serde_json::Value> = envelope
+            .objects
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.0)
+            .collect();
         let count = objects.len() as u64;
         report.fetched += count;
         if !objects.is_empty() {

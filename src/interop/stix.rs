@@ -271,7 +271,8 @@ impl<'de> Visitor<'de> for ElementVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Element, A::Error> {
         let mut object = RawObject::default();
         while let Some(key) = map.next_key::<String>()? {
-            let value = map.next_value::<Value>()?;
+            // A name given twice is refused at every depth, not only here.
+            let super::strict_json::StrictValue(value) = map.next_value()?;
             object.set(key, value).map_err(de::Error::custom)?;
         }
         Ok(Element::Object(Box::new(object)))
@@ -1517,5 +1518,34 @@ mod tests {
         assert_eq!(stix_timestamp(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(stix_timestamp(i64::MAX), "9999-12-31T23:59:59.999Z");
         assert_eq!(stix_timestamp(i64::MIN), "0000-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn a_name_given_twice_at_any_depth_refuses_the_input() {
+        let amber = "marking-definition--f88d31f6-486f-44da-b317-01333bde0b82";
+        let clear = "marking-definition--94868c89-83c2-464b-929b-a1a8aa3c8487";
+        let object = |granular: &str| {
+            format!(
+                r#"{{"type":"bundle","id":"bundle--44af6c39-c09b-49c5-9de2-394224b04982","objects":[{{"type":"indicator","spec_version":"2.1","id":"{ID_1}","created":"2025-01-01T00:00:00.000Z","modified":"2025-01-01T00:00:00.000Z","pattern":"[ipv4-addr:value = '1.2.3.4']","pattern_type":"stix","valid_from":"2025-01-01T00:00:00Z","object_marking_refs":["{clear}"],"granular_markings":[{granular}]}}]}}"#
+            )
+        };
+        // The pattern marked AMBER for a reader that takes the first name, CLEAR for one
+        // that takes the last: refused, not published under either.
+        let twice = object(&format!(
+            r#"{{"selectors":["pattern"],"marking_ref":"{amber}","marking_ref":"{clear}"}}"#
+        ));
+        let parsed = parse_input(InputFormat::Stix, &twice, &defaults(None), NOW);
+        assert!(parsed.items.is_empty(), "{parsed:?}");
+        assert!(
+            parsed.errors[0].reason.contains("given twice"),
+            "{parsed:?}"
+        );
+        // Once: the pattern's AMBER raises the indicator.
+        let once = object(&format!(
+            r#"{{"selectors":["pattern"],"marking_ref":"{amber}"}}"#
+        ));
+        let parsed = parse_input(InputFormat::Stix, &once, &defaults(None), NOW);
+        assert_eq!(parsed.items.len(), 1, "{parsed:?}");
+        assert_eq!(parsed.items[0].tlp, Tlp::Amber);
     }
 }

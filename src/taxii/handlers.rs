@@ -425,8 +425,10 @@ impl Handlers {
         // line uses: no default marking, so an object without one is refused.
         let origin = self.node.to_string();
         let read = tokio::task::spawn_blocking(move || {
-            let mut envelope: Value =
-                serde_json::from_slice(&bytes).map_err(|_| "the body is not JSON".to_owned())?;
+            // A name given twice in one object is refused, as in a file: which of the
+            // two the writer's tool meant cannot be told.
+            let mut envelope: Value = crate::interop::strict_json::from_slice(&bytes)
+                .map_err(|e| format!("the body is not JSON that this node reads: {e}"))?;
             drop(bytes);
             let objects = match envelope.get_mut("objects").map(Value::take) {
                 Some(Value::Array(objects)) => objects,
