@@ -218,13 +218,36 @@ async fn poll(feed: &FeedConfig, engine: &Arc<Engine>, states: &FeedStates) -> P
     }
 }
 
-/// Publishes `items` as this node's own, skipping those held at the same or a newer
-/// version, through the checks of `Intel.Publish`; then makes them durable.
+/// The tag every item of feed `name` carries.
+fn source_tag(name: &str) -> String {
+    format!("source:{name}")
+}
+
+/// Publishes `items` of feed `feed` as this node's own, skipping those held at the same
+/// or a newer version, through the checks of `Intel.Publish`; then makes them durable.
+///
+/// A feed speaks only for itself: a `source:` tag its objects carry that names another
+/// source is dropped (the tag `source:<feed>` is the node's to give), and an id the node
+/// holds from another of its sources (an analyst's publication, another feed) is not
+/// updated or revoked by this one.
 async fn publish(
     engine: &Arc<Engine>,
+    feed: &str,
     items: Vec<Item>,
     report: &mut PollReport,
 ) -> Result<(), FeedError> {
+    let own_source = source_tag(feed);
+    let items: Vec<Item> = items
+        .into_iter()
+        .map(|mut item| {
+            item.tags.retain(|tag| {
+                !tag.get(..7)
+                    .is_some_and(|head| head.eq_ignore_ascii_case("source:"))
+                    || tag.eq_ignore_ascii_case(&own_source)
+            });
+            item
+        })
+        .collect();
     let engine_for_task = engine.clone();
     let (ingested, unchanged, refused) = tokio::task::spawn_blocking(move || {
         let engine = engine_for_task;
@@ -248,6 +271,20 @@ async fn publish(
                     "{}: the id is held from {}; only its origin may update it",
                     item.id, held.origin
                 )),
+                // This node's own item from another source: this feed did not publish
+                // it, so it may not replace or revoke it.
+                Ok(Some(held))
+                    if !held
+                        .item
+                        .tags
+                        .iter()
+                        .any(|t| t.eq_ignore_ascii_case(&own_source)) =>
+                {
+                    refused.push(format!(
+                        "{}: the id is held from another source of this node; only that source may update it",
+                        item.id
+                    ))
+                }
                 Ok(Some(held)) if held.item.modified_ms >= item.modified_ms => unchanged += 1,
                 Ok(_) => fresh.push(item),
                 Err(e) => return Err(FeedError::Publish(format!("store: {e}"))),
