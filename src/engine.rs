@@ -595,6 +595,7 @@ impl Engine {
         for (at, item) in items.iter().enumerate() {
             policy
                 .admit_time(item, now_ms)
+                .and_then(|()| policy.admit_creator(item, own))
                 .map_err(|r| EngineError::Unpublishable(format!("item {at}: {r}")))?;
             let is_revocation = matches!(item.kind, ItemKind::Revocation(_));
             if !is_revocation && sees_everything {

@@ -780,8 +780,7 @@ fn context_to_stix(item: &Item, context: &ContextObject, origin: Option<&str>) -
 /// The STIX id of the `identity` object that stands for a node: the same on every node,
 /// in version-4 form like the ids of items ([`ItemId::derived`]).
 pub fn identity_id(node: &str) -> String {
-    let bytes = crate::model::uuid_v4_form("entente/identity/v1", &[node]);
-    format!("identity--{}", uuid::Uuid::from_bytes(bytes))
+    crate::model::origin_identity_id(node)
 }
 
 /// The STIX `identity` object of a node, for exports that carry its items.

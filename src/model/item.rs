@@ -117,6 +117,46 @@ pub fn uuid_v4_form(domain: &str, parts: &[&str]) -> [u8; 16] {
     bytes
 }
 
+/// The STIX id of the `identity` object that stands for a node in exports: the same on
+/// every node, in version-4 form like the ids of items ([`ItemId::derived`]).
+pub fn origin_identity_id(node: &str) -> String {
+    let bytes = uuid_v4_form("entente/identity/v1", &[node]);
+    format!("identity--{}", uuid::Uuid::from_bytes(bytes))
+}
+
+/// Appends each id of an indicator or context object written in `text`: one of their
+/// type names (any case), `--`, and a UUID of 36 characters. Whatever comes before the
+/// type name does not matter, so an id is found however it is embedded.
+fn embedded_ids(text: &str, out: &mut Vec<ItemId>) {
+    const UUID_CHARS: usize = 36;
+    let bytes = text.as_bytes();
+    let types = std::iter::once("indicator").chain(
+        IndicatorType::ALL
+            .into_iter()
+            .filter(|t| t.is_context())
+            .map(IndicatorType::as_str),
+    );
+    let types: Vec<&str> = types.collect();
+    for (at, _) in text.match_indices("--") {
+        let Some(uuid) = text.get(at + 2..at + 2 + UUID_CHARS) else {
+            continue;
+        };
+        if uuid::Uuid::try_parse(uuid).is_err() {
+            continue;
+        }
+        for ty in &types {
+            let Some(start) = at.checked_sub(ty.len()) else {
+                continue;
+            };
+            if bytes[start..at].eq_ignore_ascii_case(ty.as_bytes()) {
+                if let Ok(id) = ItemId::parse(&format!("{ty}--{uuid}")) {
+                    out.push(id);
+                }
+            }
+        }
+    }
+}
+
 /// A STIX id, `<type>--<uuid>` in lower case: `indicator--` for indicators and their
 /// revocations, the object's type for context objects.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -425,6 +465,45 @@ impl Item {
         }
     }
 
+    /// Every other item this one names: its own references ([`Self::refs`]) first, then
+    /// each id of an indicator or context object written anywhere in its kept STIX
+    /// properties or its description (`sample_refs`, `x_` properties, free text, ...),
+    /// each once, its own id left out. An export carries all of them, so the delivery
+    /// rule judges the item by all of them.
+    pub fn referenced(&self) -> Vec<ItemId> {
+        let mut out = self.refs().to_vec();
+        let (properties, description) = match &self.kind {
+            ItemKind::Indicator(i) => (i.properties.as_str(), i.description.as_str()),
+            ItemKind::Revocation(r) => match r.indicator.as_deref() {
+                Some(i) => (i.properties.as_str(), i.description.as_str()),
+                None => ("", ""),
+            },
+            ItemKind::Context(c) => (c.properties.as_str(), ""),
+        };
+        for text in [properties, description] {
+            embedded_ids(text, &mut out);
+        }
+        if out.is_empty() {
+            return out;
+        }
+        let mut seen = std::collections::HashSet::with_capacity(out.len());
+        out.retain(|id| id != &self.id && seen.insert(id.clone()));
+        out
+    }
+
+    /// The `created_by_ref` its kept STIX properties name, if any.
+    pub fn created_by_ref(&self) -> Option<String> {
+        let properties = match &self.kind {
+            ItemKind::Indicator(i) => &i.properties,
+            ItemKind::Revocation(r) => &r.indicator.as_deref()?.properties,
+            ItemKind::Context(c) => &c.properties,
+        };
+        if !properties.as_str().contains("\"created_by_ref\"") {
+            return None;
+        }
+        properties.string("created_by_ref")
+    }
+
     /// Whether an indicator is past its `valid_until` at `now_ms`. Revocations never expire here.
     pub fn is_expired(&self, now_ms: i64) -> bool {
         match &self.kind {
@@ -469,5 +548,75 @@ impl Item {
             ItemKind::Indicator(i) => Some(&i.value),
             ItemKind::Revocation(_) | ItemKind::Context(_) => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context(id: &str, refs: &[&str], properties: serde_json::Value) -> Item {
+        let object = properties.as_object().cloned().unwrap_or_default();
+        Item {
+            id: ItemId::parse(id).unwrap(),
+            modified_ms: 1,
+            tlp: Tlp::Green,
+            tags: vec![],
+            kind: ItemKind::Context(ContextObject {
+                object_type: IndicatorType::context_type(id.split_once("--").unwrap().0).unwrap(),
+                refs: refs.iter().map(|r| ItemId::parse(r).unwrap()).collect(),
+                properties: super::super::properties::StixProperties::keep_for(
+                    super::super::properties::Holder::Context,
+                    &object,
+                )
+                .unwrap(),
+            }),
+        }
+    }
+
+    #[test]
+    fn ids_written_anywhere_in_the_properties_are_referenced() {
+        const A: &str = "indicator--a1a1a1a1-0000-4000-8000-000000000001";
+        const B: &str = "malware--a1a1a1a1-0000-4000-8000-000000000002";
+        const C: &str = "attack-pattern--a1a1a1a1-0000-4000-8000-000000000003";
+        const SELF: &str = "report--a1a1a1a1-0000-4000-8000-000000000009";
+        let item = context(
+            SELF,
+            &[A],
+            serde_json::json!({
+                "object_refs": [A, "identity--a1a1a1a1-0000-4000-8000-000000000004"],
+                "x_nested": { "deep": [format!("seen with x--{}", B.to_uppercase())] },
+                "description": format!("{C}, and itself: {SELF}; not an id: indicator--1234"),
+            }),
+        );
+        let referenced: Vec<String> = item.referenced().iter().map(|r| r.to_string()).collect();
+        // Its own references first, then in the order of the canonical text.
+        assert_eq!(referenced, [A, C, B]);
+        // Nothing to find: nothing allocated, nothing referenced.
+        let plain = context(B, &[], serde_json::json!({ "name": "x--y" }));
+        assert!(plain.referenced().is_empty());
+    }
+
+    #[test]
+    fn the_creator_is_read_from_the_kept_properties() {
+        const B: &str = "malware--a1a1a1a1-0000-4000-8000-000000000002";
+        let named = context(
+            B,
+            &[],
+            serde_json::json!({ "created_by_ref": "identity--x" }),
+        );
+        assert_eq!(named.created_by_ref().as_deref(), Some("identity--x"));
+        assert_eq!(
+            context(B, &[], serde_json::json!({})).created_by_ref(),
+            None
+        );
+        assert_eq!(
+            origin_identity_id("redmond.hq"),
+            origin_identity_id("redmond.hq")
+        );
+        assert_ne!(
+            origin_identity_id("redmond.hq"),
+            origin_identity_id("berlin.office")
+        );
     }
 }

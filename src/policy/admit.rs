@@ -5,7 +5,9 @@
 //! it over for good.
 
 use super::decide::Policy;
-use crate::model::{BundleId, Distribution, Item, NodeId, PartnerKind, Role, Tlp};
+use crate::model::{
+    BundleId, Distribution, Item, NodeId, PartnerKind, Role, Tlp, origin_identity_id,
+};
 
 /// Times further ahead than this past the allowed clock skew are never retried.
 const TRANSIENT_FUTURE_MS: i64 = 24 * 3_600_000;
@@ -92,6 +94,20 @@ pub enum Refusal {
         /// The skew allowed, ms.
         skew_ms: i64,
     },
+    /// An item's `created_by_ref` names the identity a node of this federation has in
+    /// exports, and that node is not the item's origin: exported, the item would claim
+    /// to come from a node that never signed it.
+    #[error(
+        "item {item}: created_by_ref names the identity of {named}, but the item's origin is {origin}; only {named}'s own items may name it"
+    )]
+    ForeignCreator {
+        /// The item.
+        item: String,
+        /// The node whose identity it names.
+        named: NodeId,
+        /// The item's origin.
+        origin: NodeId,
+    },
 }
 
 impl Refusal {
@@ -170,8 +186,34 @@ impl Policy {
                 });
             }
             self.admit_time(item, now_ms)?;
+            self.admit_creator(item, arrival.origin)?;
         }
         Ok(())
+    }
+
+    /// The rule every item must pass, this node's own included: a `created_by_ref` that
+    /// names the export identity of a node this node knows (itself or a configured
+    /// partner) names the item's origin. Otherwise an item published by one node would
+    /// be exported as created by another, whose identity the export describes as the
+    /// origin of what it signs.
+    pub fn admit_creator(&self, item: &Item, origin: &NodeId) -> Result<(), Refusal> {
+        let Some(creator) = item.created_by_ref() else {
+            return Ok(());
+        };
+        if creator == origin_identity_id(origin.as_str()) {
+            return Ok(());
+        }
+        let named = std::iter::once(self.node())
+            .chain(self.partner_ids())
+            .find(|node| *node != origin && creator == origin_identity_id(node.as_str()));
+        match named {
+            Some(named) => Err(Refusal::ForeignCreator {
+                item: item.id.to_string(),
+                named: named.clone(),
+                origin: origin.clone(),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// The rule every item must pass, this node's own included: its `modified` time lies
@@ -373,5 +415,67 @@ mod tests {
                 .unwrap_err();
             assert!(!refusal.is_transient(), "{refusal}");
         }
+    }
+
+    #[test]
+    fn an_item_may_name_only_its_origin_among_known_nodes_as_its_creator() {
+        let policy = policy();
+        let now = 1_700_000_000_000;
+        let creating = |node: &str| {
+            let mut item = item(Tlp::Green, now);
+            if let ItemKind::Indicator(i) = &mut item.kind {
+                let mut object = serde_json::Map::new();
+                object.insert("created_by_ref".into(), node.into());
+                i.properties = crate::model::StixProperties::keep(&object).unwrap();
+            }
+            item
+        };
+        let berlin = id("berlin.example");
+        let hq = id("hq.example");
+        let identity = |n: &str| origin_identity_id(n);
+        // Its own origin, an identity outside the federation, or none: kept.
+        for creator in [
+            identity("berlin.example"),
+            "identity--b2b2b2b2-0000-4000-8000-0000000000aa".to_owned(),
+            identity("unknown.example"),
+        ] {
+            assert!(policy.admit_creator(&creating(&creator), &berlin).is_ok());
+        }
+        assert!(
+            policy
+                .admit_creator(&item(Tlp::Green, now), &berlin)
+                .is_ok()
+        );
+        // This node's identity or another partner's, on a peer's item: refused, also
+        // when the bundle is pulled.
+        for named in ["hq.example", "uni.example"] {
+            let refusal = policy
+                .admit_creator(&creating(&identity(named)), &berlin)
+                .unwrap_err();
+            assert!(
+                matches!(&refusal, Refusal::ForeignCreator { named: n, .. } if n.as_str() == named),
+                "{refusal}"
+            );
+            assert!(!refusal.is_transient());
+        }
+        let distribution = Distribution::default();
+        let bundle = BundleId::new_random();
+        let arrival = Arrival {
+            sender: &berlin,
+            origin: &berlin,
+            sender_hops: 0,
+            distribution: &distribution,
+            bundle_id: &bundle,
+        };
+        assert!(matches!(
+            policy.admit_items(&arrival, [&creating(&identity("hq.example"))], now),
+            Err(Refusal::ForeignCreator { .. })
+        ));
+        // This node's own item naming a partner.
+        assert!(
+            policy
+                .admit_creator(&creating(&identity("berlin.example")), &hq)
+                .is_err()
+        );
     }
 }

@@ -565,6 +565,11 @@ impl Policy {
         }
     }
 
+    /// The ids of every configured partner, in no particular order.
+    pub fn partner_ids(&self) -> impl Iterator<Item = &NodeId> {
+        self.partners.keys()
+    }
+
     /// The members of a sharing group.
     pub fn group(&self, name: &str) -> Option<&[NodeId]> {
         self.groups.get(name).map(Vec::as_slice)
@@ -576,12 +581,15 @@ impl Policy {
     }
 
     /// Rule 7: a relationship only if the partner may see both its ends (held here), a
-    /// report only if it may see every object it references that is held here; each
-    /// decided by this same rule for the partner. `None` when the references allow it.
+    /// report only if it may see every object it references that is held here, and any
+    /// item only if the partner may see every held item whose id its properties carry
+    /// ([`Item::referenced`]); each decided by this same rule for the partner. `None`
+    /// when the references allow it.
     fn references(
         &self,
         partner: &NodeId,
         item: &Item,
+        referenced: &[ItemId],
         ctx: &Context<'_>,
         depth: usize,
     ) -> Option<Decision> {
@@ -591,14 +599,17 @@ impl Policy {
             .partners
             .get(partner)
             .is_some_and(|p| p.kind == PartnerKind::Node);
-        for id in item.refs() {
+        // A relationship's two ends must be held; any other id it names (its own
+        // references first, then ids written in its properties) is judged when held.
+        let ends = if relationship { item.refs().len() } else { 0 };
+        for (at, id) in referenced.iter().enumerate() {
             let Some(held) = ctx.held.held(id, to_node).filter(|h| &h.item.id == id) else {
-                if relationship {
+                if at < ends {
                     return Some(Decision::withhold(Rule::RefNotHeld { id: id.clone() }));
                 }
                 continue;
             };
-            if !held.item.refs().is_empty() && depth + 1 >= MAX_REF_DEPTH {
+            if !held.item.referenced().is_empty() && depth + 1 >= MAX_REF_DEPTH {
                 return Some(Decision::withhold(Rule::RefTooDeep { id: id.clone() }));
             }
             let end = self.decide_at(
@@ -636,7 +647,7 @@ impl Policy {
         let until = until?;
         let who = self.partners.get(partner).map(PartnerPolicy::who)?;
         let mut decision = Decision::withhold(Rule::RefWithheld {
-            id: item.refs().first()?.clone(),
+            id: referenced.first()?.clone(),
             who,
         });
         decision.outcome = Outcome::Withhold { until: Some(until) };
@@ -744,8 +755,9 @@ impl Policy {
         if expired_at(ctx.now_ms) {
             return Decision::withhold(Rule::Expired);
         }
-        if !item.refs().is_empty() {
-            if let Some(withheld) = self.references(partner, item, ctx, depth) {
+        let referenced = item.referenced();
+        if !referenced.is_empty() {
+            if let Some(withheld) = self.references(partner, item, &referenced, ctx, depth) {
                 return withheld;
             }
         }
