@@ -1,0 +1,619 @@
+//! Attacks on STIX fidelity, context objects, the TAXII listener and feeds in, each
+//! against a real `entente serve` process over HTTPS: ids written in an object's
+//! properties reveal nothing the caller may not see, an object cannot claim another
+//! node as its creator, a property given twice is refused however the envelope comes,
+//! and a feed can neither replace what another source published nor claim another
+//! source's tag.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use entente::NodeId;
+use entente::client::NodeClient;
+use rustls::pki_types::ServerName;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use common::{Pki, TaxiiNode, node_section, serve_taxii};
+
+const TAXII: &str = "application/taxii+json;version=2.1";
+const GREEN: &str = "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb";
+const AMBER: &str = "marking-definition--55d920b0-5e8b-4f79-9ee9-91f868d9b421";
+const RED: &str = "marking-definition--e828b379-4e03-4974-9ac4-e53a884c97c1";
+const CLEAR: &str = "marking-definition--94868c89-83c2-464b-929b-a1a8aa3c8487";
+
+/// Upper bound for anything the tests wait for.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// An answer: status, body.
+struct Reply {
+    status: u16,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "status {}: body is not JSON ({e}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+fn tls(pki: &Pki, who: &str) -> Arc<rustls::ClientConfig> {
+    let id = NodeId::new(who).unwrap();
+    let mut config = (*pki.material(&id).client_config().unwrap()).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// One HTTP/1.1 request on a new connection.
+async fn send(
+    tls: &Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Reply {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(tls.clone());
+    let mut stream = connector
+        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+        .await
+        .unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: {TAXII}\r\n"
+    );
+    if method == "POST" {
+        head.push_str(&format!(
+            "Content-Type: {TAXII}\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw)).await;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP answer");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status");
+    Reply {
+        status,
+        body: raw[split + 4..].to_vec(),
+    }
+}
+
+async fn get(tls: &Arc<rustls::ClientConfig>, addr: SocketAddr, path: &str) -> Reply {
+    send(tls, addr, "GET", path, b"").await
+}
+
+async fn post(tls: &Arc<rustls::ClientConfig>, addr: SocketAddr, path: &str, body: &str) -> Reply {
+    send(tls, addr, "POST", path, body.as_bytes()).await
+}
+
+fn indicator(id: &str, domain: &str, marking: &str) -> Value {
+    json!({
+        "type": "indicator",
+        "spec_version": "2.1",
+        "id": id,
+        "created": "2025-01-01T00:00:00.000Z",
+        "modified": "2025-01-02T00:00:00.000Z",
+        "pattern": format!("[domain-name:value = '{domain}']"),
+        "pattern_type": "stix",
+        "valid_from": "2025-01-01T00:00:00Z",
+        "object_marking_refs": [marking],
+    })
+}
+
+/// A node (redmond.hq) with a peer, a GREEN researcher, an analyst and a TAXII listener;
+/// `extra` is appended (feeds).
+fn write_config(pki: &Pki, extra: &str) -> std::path::PathBuf {
+    let hq = NodeId::new("redmond.hq").unwrap();
+    let mut text = node_section(pki, &hq, &pki.path().join("data"));
+    text.push_str(
+        "\n[[peer]]\nid = \"berlin.office\"\naddress = \"127.0.0.1:1\"\n\
+         \n[[client]]\nid = \"researcher.uni-x\"\nrole = \"read_only\"\nallow_types = [\"*\"]\nmax_tlp = \"GREEN\"\n\
+         \n[[client]]\nid = \"analyst.soc\"\nrole = \"analyst\"\n\
+         \n[taxii]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 65536\n",
+    );
+    text.push_str(extra);
+    let path = pki.path().join("redmond.hq.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn federation() -> Pki {
+    let pki = Pki::new();
+    pki.node("redmond.hq");
+    pki.node("berlin.office");
+    pki.client("researcher.uni-x");
+    pki.client("analyst.soc");
+    pki
+}
+
+/// The path of the collection's objects, as `tls` finds it.
+async fn objects_path(tls: &Arc<rustls::ClientConfig>, node: &TaxiiNode) -> String {
+    let listed = get(tls, node.taxii, "/api/collections/").await.json();
+    let id = listed["collections"][0]["id"].as_str().unwrap().to_owned();
+    format!("/api/collections/{id}/objects/")
+}
+
+/// Every object id `tls` can list (one page is enough for these tests).
+async fn listed_ids(
+    tls: &Arc<rustls::ClientConfig>,
+    node: &TaxiiNode,
+    objects: &str,
+) -> BTreeSet<String> {
+    let reply = get(tls, node.taxii, &format!("{objects}?limit=1000")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    reply.json()["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn wait_until<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let until = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Context: ids written in an object's properties.
+
+/// Rule 7 judged only a relationship's ends and a report's `object_refs`. Any other
+/// property can carry an id too (`sample_refs`, an `x_` property, the description), and
+/// an export or TAXII answer carries them as written: a GREEN object naming an AMBER
+/// indicator told a GREEN partner that the indicator exists, and its id. Such an
+/// object is now judged by every held item whose id it carries, through TAXII and gRPC
+/// alike; ids of objects the node does not hold, and an object's own id, hold nothing
+/// back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_carried_in_properties_are_judged_like_references() {
+    const SECRET: &str = "indicator--a1a1a1a1-0000-4000-8000-000000000001";
+    const PUBLIC: &str = "indicator--a1a1a1a1-0000-4000-8000-000000000002";
+    const NAMING_IN_X: &str = "malware--a1a1a1a1-0000-4000-8000-000000000003";
+    const NAMING_IN_TEXT: &str = "indicator--a1a1a1a1-0000-4000-8000-000000000004";
+    const NAMING_OTHERS: &str = "tool--a1a1a1a1-0000-4000-8000-000000000005";
+    const ABSENT: &str = "indicator--a1a1a1a1-0000-4000-8000-0000000000ff";
+    let pki = federation();
+    let config = write_config(&pki, "");
+    let node = serve_taxii(&config);
+    let analyst = tls(&pki, "analyst.soc");
+    let researcher = tls(&pki, "researcher.uni-x");
+    let objects = objects_path(&analyst, &node).await;
+
+    let mut naming_in_text = indicator(NAMING_IN_TEXT, "text.example", GREEN);
+    naming_in_text["description"] = json!(format!(
+        "Seen together with {} last week",
+        SECRET.to_uppercase()
+    ));
+    let envelope = json!({ "objects": [
+        indicator(SECRET, "secret.example", AMBER),
+        indicator(PUBLIC, "public.example", GREEN),
+        {
+            "type": "malware", "spec_version": "2.1", "id": NAMING_IN_X,
+            "created": "2025-04-01T00:00:00.000Z", "modified": "2025-04-01T00:00:00.000Z",
+            "name": "Loader", "is_family": true, "object_marking_refs": [GREEN],
+            "x_vendor": { "seen_with_refs": [PUBLIC, SECRET] },
+        },
+        naming_in_text,
+        {
+            "type": "tool", "spec_version": "2.1", "id": NAMING_OTHERS,
+            "created": "2025-04-01T00:00:00.000Z", "modified": "2025-04-01T00:00:00.000Z",
+            "name": "Scanner", "object_marking_refs": [GREEN],
+            "x_related_refs": [PUBLIC, ABSENT, NAMING_OTHERS],
+        },
+    ]})
+    .to_string();
+    let posted = post(&analyst, node.taxii, &objects, &envelope).await;
+    assert_eq!(posted.status, 202, "{}", posted.text());
+    assert_eq!(
+        posted.json()["success_count"],
+        json!(5),
+        "{}",
+        posted.text()
+    );
+
+    // The analyst sees everything; the GREEN researcher neither the AMBER indicator
+    // nor the two objects that name it.
+    let everything: BTreeSet<String> = [SECRET, PUBLIC, NAMING_IN_X, NAMING_IN_TEXT, NAMING_OTHERS]
+        .map(str::to_owned)
+        .into();
+    assert_eq!(listed_ids(&analyst, &node, &objects).await, everything);
+    let green: BTreeSet<String> = [PUBLIC, NAMING_OTHERS].map(str::to_owned).into();
+    let seen = listed_ids(&researcher, &node, &objects).await;
+    assert_eq!(seen, green);
+    let listed = get(&researcher, node.taxii, &format!("{objects}?limit=1000"))
+        .await
+        .text();
+    assert!(
+        !listed.to_ascii_lowercase().contains(&SECRET[11..]),
+        "{listed}"
+    );
+    // Each is answered as an absent object, with the same body.
+    let absent = get(&researcher, node.taxii, &format!("{objects}{ABSENT}/")).await;
+    assert_eq!(absent.status, 404);
+    for id in [NAMING_IN_X, NAMING_IN_TEXT] {
+        for suffix in ["", "versions/"] {
+            let withheld = get(&researcher, node.taxii, &format!("{objects}{id}/{suffix}")).await;
+            assert_eq!(
+                (withheld.status, withheld.text()),
+                (absent.status, absent.text()),
+                "{id}"
+            );
+        }
+        let matched = get(
+            &researcher,
+            node.taxii,
+            &format!("{objects}?match[id]={id}"),
+        )
+        .await
+        .json();
+        assert_eq!(matched["objects"], json!([]), "{id}");
+    }
+
+    // gRPC says the same.
+    let who = NodeId::new("researcher.uni-x").unwrap();
+    let hq = NodeId::new("redmond.hq").unwrap();
+    let client = NodeClient::connect(
+        pki.material(&who).client_config().unwrap(),
+        &who,
+        &node.addr,
+        &hq,
+    )
+    .await
+    .unwrap();
+    for id in [NAMING_IN_X, NAMING_IN_TEXT, SECRET] {
+        assert!(client.get(id).await.unwrap().is_none(), "{id}");
+    }
+    assert!(client.get(NAMING_OTHERS).await.unwrap().is_some());
+}
+
+// ---------------------------------------------------------------------------------
+// Provenance: `created_by_ref`.
+
+/// An export fills `created_by_ref` with the identity of the item's origin and adds
+/// that identity, described as the origin of what it signs; a kept `created_by_ref`
+/// stays as published. An analyst of this node (or a peer) could name the identity of
+/// another node of the federation, and partners' tools showed that node as the
+/// author of an item it never signed. Naming a known node other than the origin is
+/// refused now; the node's own identity and outside identities are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_cannot_name_another_node_as_its_creator() {
+    const FORGED: &str = "indicator--b2b2b2b2-0000-4000-8000-000000000001";
+    const OWN: &str = "indicator--b2b2b2b2-0000-4000-8000-000000000002";
+    const VENDOR: &str = "indicator--b2b2b2b2-0000-4000-8000-000000000003";
+    const FORGED_CONTEXT: &str = "malware--b2b2b2b2-0000-4000-8000-000000000004";
+    const VENDOR_IDENTITY: &str = "identity--b2b2b2b2-0000-4000-8000-0000000000aa";
+    let pki = federation();
+    let config = write_config(&pki, "");
+    let node = serve_taxii(&config);
+    let analyst = tls(&pki, "analyst.soc");
+    let objects = objects_path(&analyst, &node).await;
+    let berlin = entente::interop::identity_id("berlin.office");
+    let own = entente::interop::identity_id("redmond.hq");
+
+    let with_creator = |id: &str, domain: &str, creator: &str| {
+        let mut object = indicator(id, domain, GREEN);
+        object["created_by_ref"] = json!(creator);
+        object
+    };
+    let forged_context = json!({
+        "type": "malware", "spec_version": "2.1", "id": FORGED_CONTEXT,
+        "created": "2025-04-01T00:00:00.000Z", "modified": "2025-04-01T00:00:00.000Z",
+        "name": "Loader", "is_family": true, "object_marking_refs": [GREEN],
+        "created_by_ref": berlin,
+    });
+    // Each alone: a write that the publishing rules refuse is refused whole.
+    for (object, stored) in [
+        (with_creator(FORGED, "forged.example", &berlin), false),
+        (forged_context, false),
+        (with_creator(OWN, "own.example", &own), true),
+        (
+            with_creator(VENDOR, "vendor.example", VENDOR_IDENTITY),
+            true,
+        ),
+    ] {
+        let posted = post(
+            &analyst,
+            node.taxii,
+            &objects,
+            &json!({ "objects": [object] }).to_string(),
+        )
+        .await;
+        assert_eq!(posted.status, 202, "{}", posted.text());
+        let status = posted.json();
+        assert_eq!(
+            status["success_count"],
+            json!(u8::from(stored)),
+            "{object}: {status}"
+        );
+        if !stored {
+            let message = status["failures"][0]["message"].as_str().unwrap();
+            assert!(
+                message.contains("created_by_ref") && message.contains("berlin.office"),
+                "{message}"
+            );
+        }
+    }
+    for id in [FORGED, FORGED_CONTEXT] {
+        assert_eq!(
+            get(&analyst, node.taxii, &format!("{objects}{id}/"))
+                .await
+                .status,
+            404
+        );
+    }
+    for (id, creator) in [(OWN, own.as_str()), (VENDOR, VENDOR_IDENTITY)] {
+        let object = get(&analyst, node.taxii, &format!("{objects}{id}/"))
+            .await
+            .json();
+        assert_eq!(object["objects"][0]["created_by_ref"], json!(creator));
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Input: a property given twice.
+
+/// A file with a property given twice in one object is refused (parsers disagree on
+/// which one counts). An envelope POSTed to TAXII was first read into a JSON value,
+/// which keeps the last of the two silently, and only then handed to the STIX import:
+/// an indicator that said AMBER, then CLEAR, was published CLEAR, though a tool that
+/// reads the first saw AMBER. The same held for names given twice deeper in an object
+/// (a granular marking's `marking_ref`), in files too. Both are refused now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_property_given_twice_is_refused_through_taxii() {
+    const TWICE: &str = "indicator--c3c3c3c3-0000-4000-8000-000000000001";
+    const NESTED: &str = "indicator--c3c3c3c3-0000-4000-8000-000000000002";
+    let pki = federation();
+    let config = write_config(&pki, "");
+    let node = serve_taxii(&config);
+    let analyst = tls(&pki, "analyst.soc");
+    let researcher = tls(&pki, "researcher.uni-x");
+    let objects = objects_path(&analyst, &node).await;
+
+    let twice = format!(
+        r#"{{"objects":[{{"type":"indicator","spec_version":"2.1","id":"{TWICE}","created":"2025-01-01T00:00:00.000Z","modified":"2025-01-02T00:00:00.000Z","pattern":"[domain-name:value = 'twice.example']","pattern_type":"stix","valid_from":"2025-01-01T00:00:00Z","object_marking_refs":["{AMBER}"],"object_marking_refs":["{CLEAR}"]}}]}}"#
+    );
+    let nested = format!(
+        r#"{{"objects":[{{"type":"indicator","spec_version":"2.1","id":"{NESTED}","created":"2025-01-01T00:00:00.000Z","modified":"2025-01-02T00:00:00.000Z","pattern":"[domain-name:value = 'nested.example']","pattern_type":"stix","valid_from":"2025-01-01T00:00:00Z","object_marking_refs":["{CLEAR}"],"granular_markings":[{{"selectors":["pattern"],"marking_ref":"{RED}","marking_ref":"{CLEAR}"}}]}}]}}"#
+    );
+    for (body, id) in [(twice, TWICE), (nested, NESTED)] {
+        let posted = post(&analyst, node.taxii, &objects, &body).await;
+        let stored = posted.status == 202 && posted.json()["success_count"] == json!(1);
+        assert!(!stored, "{id} was published: {}", posted.text());
+        assert!(
+            posted.text().contains("given twice"),
+            "{id}: {}",
+            posted.text()
+        );
+        for who in [&analyst, &researcher] {
+            assert_eq!(
+                get(who, node.taxii, &format!("{objects}{id}/"))
+                    .await
+                    .status,
+                404,
+                "{id}"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Feeds: a hostile TAXII server.
+
+/// A TAXII collection served over plain HTTP on loopback: one answer per connection.
+#[derive(Clone, Default)]
+struct Collection {
+    objects: Arc<Mutex<Vec<Value>>>,
+    requests: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+async fn serve_collection(collection: Collection) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let collection = collection.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head);
+                let target = head.split_whitespace().nth(1).unwrap_or("/");
+                let path = target.split('?').next().unwrap_or("/").to_owned();
+                *collection
+                    .requests
+                    .lock()
+                    .unwrap()
+                    .entry(path.clone())
+                    .or_default() += 1;
+                let body = json!({
+                    "more": false,
+                    "objects": *collection.objects.lock().unwrap(),
+                })
+                .to_string();
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: {TAXII}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// A node whose feed `evil-feed` polls a collection served by the test, with the
+/// collection's objects path on the node's TAXII listener.
+async fn node_with_feed(pki: &Pki, collection: &Collection) -> (TaxiiNode, String) {
+    let base = serve_collection(collection.clone()).await;
+    let config = write_config(
+        pki,
+        &format!(
+            "\n[[feed]]\nname = \"evil-feed\"\nkind = \"taxii\"\nurl = \"{base}{FEED_PATH}\"\ntlp = \"green\"\ninterval = \"1s\"\n"
+        ),
+    );
+    let node = serve_taxii(&config);
+    let objects = objects_path(&tls(pki, "analyst.soc"), &node).await;
+    (node, objects)
+}
+
+const FEED_PATH: &str = "/api1/collections/c/objects/";
+
+/// Serves `objects` from the collection and waits for two polls of it: the first took
+/// them in.
+async fn offer(collection: &Collection, objects: Vec<Value>) {
+    *collection.objects.lock().unwrap() = objects;
+    let asked = collection.asked();
+    wait_until("two polls of the feed", || {
+        let collection = collection.clone();
+        async move { (collection.asked() >= asked + 2).then_some(()) }
+    })
+    .await;
+}
+
+impl Collection {
+    fn asked(&self) -> usize {
+        self.requests
+            .lock()
+            .unwrap()
+            .get(FEED_PATH)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// Every item of this node comes from one of its sources (an analyst, a feed), all
+/// signed as the node's own, and a feed could publish a newer version of any of them:
+/// a hostile or compromised TAXII server that learnt the id of an analyst's RED
+/// indicator replaced it with its own CLEAR content (or revoked it). A feed now
+/// updates and revokes only what it published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_cannot_replace_what_another_source_published() {
+    const ANALYSTS: &str = "indicator--d4d4d4d4-0000-4000-8000-000000000001";
+    const FEEDS: &str = "indicator--d4d4d4d4-0000-4000-8000-000000000002";
+    let pki = federation();
+    let collection = Collection::default();
+    let (node, objects) = node_with_feed(&pki, &collection).await;
+    let analyst = tls(&pki, "analyst.soc");
+
+    // The analyst publishes a RED indicator.
+    let posted = post(
+        &analyst,
+        node.taxii,
+        &objects,
+        &json!({ "objects": [indicator(ANALYSTS, "target.example", RED)] }).to_string(),
+    )
+    .await;
+    assert_eq!(
+        posted.json()["success_count"],
+        json!(1),
+        "{}",
+        posted.text()
+    );
+
+    // The feed offers a newer CLEAR version of it, and one of its own, which it then
+    // updates: its own items it may update.
+    let mut replacement = indicator(ANALYSTS, "decoy.example", CLEAR);
+    replacement["modified"] = json!("2025-06-01T00:00:00.000Z");
+    offer(
+        &collection,
+        vec![replacement.clone(), indicator(FEEDS, "feed.example", GREEN)],
+    )
+    .await;
+    let mut update = indicator(FEEDS, "feed-2.example", GREEN);
+    update["modified"] = json!("2025-06-01T00:00:00.000Z");
+    offer(&collection, vec![replacement, update]).await;
+    let feeds = get(&analyst, node.taxii, &format!("{objects}{FEEDS}/"))
+        .await
+        .json();
+    assert_eq!(
+        feeds["objects"][0]["pattern"],
+        json!("[domain-name:value = 'feed-2.example']"),
+        "{feeds}"
+    );
+
+    // The analyst's indicator is as the analyst published it.
+    let held = get(&analyst, node.taxii, &format!("{objects}{ANALYSTS}/"))
+        .await
+        .json();
+    let held = &held["objects"][0];
+    assert_eq!(
+        held["pattern"],
+        json!("[domain-name:value = 'target.example']"),
+        "{held}"
+    );
+    assert_eq!(held["object_marking_refs"], json!([RED]), "{held}");
+}
+
+/// Every item of a feed carries the tag `source:<feed>`, which partners' policies use
+/// (`allow_tags = ["source:trusted-intel"]` gives a partner that feed's items only).
+/// A feed's objects could carry another source's tag in their labels, and a partner
+/// allowed only that source received them. A feed keeps only its own `source:` tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_cannot_claim_another_sources_tag() {
+    const FEEDS: &str = "indicator--e5e5e5e5-0000-4000-8000-000000000002";
+    let pki = federation();
+    let collection = Collection::default();
+    let (node, objects) = node_with_feed(&pki, &collection).await;
+    let analyst = tls(&pki, "analyst.soc");
+    let mut own = indicator(FEEDS, "feed.example", GREEN);
+    own["labels"] = json!(["source:trusted-intel", "Source:Analysts", "phishing"]);
+    offer(&collection, vec![own]).await;
+    let held = get(&analyst, node.taxii, &format!("{objects}{FEEDS}/"))
+        .await
+        .json();
+    let held = &held["objects"][0];
+    let labels: BTreeSet<&str> = held["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        labels,
+        BTreeSet::from(["phishing", "source:evil-feed"]),
+        "{held}"
+    );
+}
