@@ -438,6 +438,8 @@ async fn a_property_given_twice_is_refused_through_taxii() {
 struct Collection {
     objects: Arc<Mutex<Vec<Value>>>,
     requests: Arc<Mutex<HashMap<String, usize>>>,
+    /// Each answer one new object, `more` and a new `next`, and no date headers.
+    endless: bool,
 }
 
 async fn serve_collection(collection: Collection) -> String {
@@ -461,16 +463,25 @@ async fn serve_collection(collection: Collection) -> String {
                 let head = String::from_utf8_lossy(&head);
                 let target = head.split_whitespace().nth(1).unwrap_or("/");
                 let path = target.split('?').next().unwrap_or("/").to_owned();
-                *collection
-                    .requests
-                    .lock()
-                    .unwrap()
-                    .entry(path.clone())
-                    .or_default() += 1;
-                let body = json!({
-                    "more": false,
-                    "objects": *collection.objects.lock().unwrap(),
-                })
+                let asked = {
+                    let mut requests = collection.requests.lock().unwrap();
+                    let asked = requests.entry(path.clone()).or_default();
+                    *asked += 1;
+                    *asked
+                };
+                let body = if collection.endless {
+                    let id = format!("indicator--f6f6f6f6-0000-4000-8000-{asked:012x}");
+                    json!({
+                        "more": true,
+                        "next": format!("page-{asked}"),
+                        "objects": [indicator(&id, &format!("host-{asked}.example"), GREEN)],
+                    })
+                } else {
+                    json!({
+                        "more": false,
+                        "objects": *collection.objects.lock().unwrap(),
+                    })
+                }
                 .to_string();
                 let answer = format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: {TAXII}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -487,11 +498,19 @@ async fn serve_collection(collection: Collection) -> String {
 /// A node whose feed `evil-feed` polls a collection served by the test, with the
 /// collection's objects path on the node's TAXII listener.
 async fn node_with_feed(pki: &Pki, collection: &Collection) -> (TaxiiNode, String) {
+    node_with_feed_settings(pki, collection, "interval = \"1s\"\n").await
+}
+
+async fn node_with_feed_settings(
+    pki: &Pki,
+    collection: &Collection,
+    settings: &str,
+) -> (TaxiiNode, String) {
     let base = serve_collection(collection.clone()).await;
     let config = write_config(
         pki,
         &format!(
-            "\n[[feed]]\nname = \"evil-feed\"\nkind = \"taxii\"\nurl = \"{base}{FEED_PATH}\"\ntlp = \"green\"\ninterval = \"1s\"\n"
+            "\n[[feed]]\nname = \"evil-feed\"\nkind = \"taxii\"\nurl = \"{base}{FEED_PATH}\"\ntlp = \"green\"\n{settings}"
         ),
     );
     let node = serve_taxii(&config);
@@ -616,4 +635,44 @@ async fn a_feed_cannot_claim_another_sources_tag() {
         BTreeSet::from(["phishing", "source:evil-feed"]),
         "{held}"
     );
+}
+
+/// `max_objects_per_poll` bounds what one poll takes, but a poll stopped only at a page
+/// boundary: a server that never comes to one (no `X-TAXII-Date-Added-Last`, or every
+/// page dated alike), always saying `more` with a new `next`, was paged for 10,000
+/// pages, every page's objects signed and stored (up to `max_response_bytes` each). The
+/// poll now ends, as failed, at twice the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_that_never_comes_to_a_boundary_is_cut_at_twice_its_limit() {
+    let pki = federation();
+    let collection = Collection {
+        endless: true,
+        ..Collection::default()
+    };
+    let (node, _) = node_with_feed_settings(
+        &pki,
+        &collection,
+        "interval = \"1h\"\nmax_objects_per_poll = 5\n",
+    )
+    .await;
+    let hq = NodeId::new("redmond.hq").unwrap();
+    let operator = NodeClient::connect(
+        pki.material(&hq).client_config().unwrap(),
+        &hq,
+        &node.addr,
+        &hq,
+    )
+    .await
+    .unwrap();
+    let status = wait_until("a failed poll", || {
+        let operator = &operator;
+        async move {
+            let feeds = operator.feeds().await.unwrap().feeds;
+            let feed = feeds.into_iter().find(|f| f.name == "evil-feed")?;
+            (feed.failures >= 1).then_some(feed)
+        }
+    })
+    .await;
+    assert!(status.last_error.contains("no page boundary"), "{status:?}");
+    assert!(status.objects_fetched <= 10 * status.polls, "{status:?}");
 }

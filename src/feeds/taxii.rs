@@ -162,6 +162,15 @@ async fn poll_pages(
             // The rest waits for the next poll, once the checkpoint is at a boundary.
             over_limit = true;
         }
+        // A server that never comes to a boundary (no X-TAXII-Date-Added-Last, or every
+        // page dated alike) would be paged for MAX_PAGES_PER_POLL pages, each taken in:
+        // past twice the limit the poll ends, the checkpoint where it was.
+        if report.fetched >= (feed.max_objects_per_poll as u64).saturating_mul(2) {
+            return Err(FeedError::Malformed(format!(
+                "no page boundary (a page dated later than the last) within {} objects, twice max_objects_per_poll; the checkpoint stays",
+                report.fetched
+            )));
+        }
         match envelope.next {
             Some(token) if !token.is_empty() => {
                 if token.len() > MAX_TOKEN_BYTES {
