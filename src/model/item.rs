@@ -467,20 +467,27 @@ impl Item {
 
     /// Every other item this one names: its own references ([`Self::refs`]) first, then
     /// each id of an indicator or context object written anywhere in its kept STIX
-    /// properties or its description (`sample_refs`, `x_` properties, free text, ...),
+    /// properties, its description or its value (`sample_refs`, `x_` properties, free
+    /// text, a string in a pattern, ...),
     /// each once, its own id left out. An export carries all of them, so the delivery
     /// rule judges the item by all of them.
     pub fn referenced(&self) -> Vec<ItemId> {
         let mut out = self.refs().to_vec();
-        let (properties, description) = match &self.kind {
-            ItemKind::Indicator(i) => (i.properties.as_str(), i.description.as_str()),
-            ItemKind::Revocation(r) => match r.indicator.as_deref() {
-                Some(i) => (i.properties.as_str(), i.description.as_str()),
-                None => ("", ""),
-            },
-            ItemKind::Context(c) => (c.properties.as_str(), ""),
+        let indicator = match &self.kind {
+            ItemKind::Indicator(i) => Some(i),
+            ItemKind::Revocation(r) => r.indicator.as_deref(),
+            ItemKind::Context(_) => None,
         };
-        for text in [properties, description] {
+        let texts = match (&self.kind, indicator) {
+            (ItemKind::Context(c), _) => [c.properties.as_str(), "", ""],
+            (_, Some(i)) => [
+                i.properties.as_str(),
+                i.description.as_str(),
+                i.value.as_str(),
+            ],
+            (_, None) => ["", "", ""],
+        };
+        for text in texts {
             embedded_ids(text, &mut out);
         }
         if out.is_empty() {
