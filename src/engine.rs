@@ -29,23 +29,46 @@ struct StoreHeld<'a>(&'a dyn Store);
 
 impl crate::policy::Held for StoreHeld<'_> {
     fn held(&self, id: &ItemId, with_distribution: bool) -> Option<crate::policy::HeldItem> {
-        let stored = self.0.get(id).ok()??;
+        self.lookup(id, with_distribution).ok().flatten()
+    }
+
+    /// A store that fails to read an item, or the header of the bundle it is held in,
+    /// cannot say: whatever references it is withheld rather than judged as if the item
+    /// were absent.
+    fn lookup(
+        &self,
+        id: &ItemId,
+        with_distribution: bool,
+    ) -> Result<Option<crate::policy::HeldItem>, crate::policy::Unreadable> {
+        use crate::policy::Unreadable;
+        let Some(stored) = self.0.get(id).map_err(|_| Unreadable)? else {
+            return Ok(None);
+        };
         if &stored.item.id != id {
-            return None;
+            return Ok(None);
         }
         let distribution = if with_distribution {
-            let header = self.0.bundle_header(&stored.bundle_id).ok()??;
-            Some(crate::crypto::parse_header(&header).ok()?.0.distribution)
+            let header = self
+                .0
+                .bundle_header(&stored.bundle_id)
+                .map_err(|_| Unreadable)?
+                .ok_or(Unreadable)?;
+            Some(
+                crate::crypto::parse_header(&header)
+                    .map_err(|_| Unreadable)?
+                    .0
+                    .distribution,
+            )
         } else {
             None
         };
-        Some(crate::policy::HeldItem {
+        Ok(Some(crate::policy::HeldItem {
             item: stored.item,
             origin: stored.origin,
             hops: stored.hops,
             distribution,
             accepted_ms: stored.accepted_ms,
-        })
+        }))
     }
 }
 

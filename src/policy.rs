@@ -27,7 +27,7 @@ mod spec;
 pub use admit::{Arrival, Refusal};
 pub use decide::{
     Context, Decision, Held, HeldItem, NothingHeld, Outcome, PartnerPolicy, Policy,
-    READ_ONLY_MAX_TLP, Rule,
+    READ_ONLY_MAX_TLP, Rule, Unreadable,
 };
 pub use page_token::{PageTokenError, PageTokens, TokenScope};
 pub use spec::{DEFAULT_MAX_CLOCK_SKEW_MS, PartnerSpec, PolicySettings, PolicySpec};

@@ -76,6 +76,9 @@ pub enum Rule {
     RefNotHeld { id: ItemId },
     /// A relationship or report that references an item the partner may not see.
     RefWithheld { id: ItemId, who: Who },
+    /// A reference this node could not look up (a store error): withheld, as it cannot
+    /// be judged.
+    RefUnreadable { id: ItemId },
     /// A reference to an object that itself references others, deeper than followed.
     RefTooDeep { id: ItemId },
     /// Every rule allows it.
@@ -160,6 +163,10 @@ impl fmt::Display for Rule {
             Rule::RefWithheld { id, who } => {
                 write!(f, "withheld: it references {id}, which {who} may not see")
             }
+            Rule::RefUnreadable { id } => write!(
+                f,
+                "withheld: it references {id}, which this node could not read (a store error)"
+            ),
             Rule::RefTooDeep { id } => write!(
                 f,
                 "withheld: it references {id}, whose own references are nested too deep"
@@ -265,7 +272,18 @@ pub trait Held {
     /// its bundle's distribution when `with_distribution` (only a node partner's
     /// decision reads it, and reading it costs a bundle header).
     fn held(&self, id: &ItemId, with_distribution: bool) -> Option<HeldItem>;
+
+    /// [`Self::held`], or [`Unreadable`] when the holder cannot tell (a store error):
+    /// policy then withholds what references `id`, as it cannot judge it. By default
+    /// every answer of `held` can be told.
+    fn lookup(&self, id: &ItemId, with_distribution: bool) -> Result<Option<HeldItem>, Unreadable> {
+        Ok(self.held(id, with_distribution))
+    }
 }
+
+/// A holder could not tell whether it holds an id (its store failed to read it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unreadable;
 
 /// An item a node holds, with what its delivery depends on.
 #[derive(Clone, Debug)]
@@ -603,7 +621,13 @@ impl Policy {
         // references first, then ids written in its properties) is judged when held.
         let ends = if relationship { item.refs().len() } else { 0 };
         for (at, id) in referenced.iter().enumerate() {
-            let Some(held) = ctx.held.held(id, to_node).filter(|h| &h.item.id == id) else {
+            let found = match ctx.held.lookup(id, to_node) {
+                Ok(found) => found,
+                Err(Unreadable) => {
+                    return Some(Decision::withhold(Rule::RefUnreadable { id: id.clone() }));
+                }
+            };
+            let Some(held) = found.filter(|h| &h.item.id == id) else {
                 if at < ends {
                     return Some(Decision::withhold(Rule::RefNotHeld { id: id.clone() }));
                 }
@@ -932,5 +956,74 @@ mod tests {
         assert_ne!(Policy::compile(&with_group).hash(), a.hash());
         assert_ne!(Policy::compile(&with_skew).hash(), a.hash());
         assert_eq!(Policy::compile(&spec(base())).hash(), a.hash());
+    }
+
+    #[test]
+    fn a_reference_the_store_cannot_read_withholds_what_names_it() {
+        struct Broken;
+        impl Held for Broken {
+            fn held(&self, _: &ItemId, _: bool) -> Option<HeldItem> {
+                None
+            }
+            fn lookup(&self, _: &ItemId, _: bool) -> Result<Option<HeldItem>, Unreadable> {
+                Err(Unreadable)
+            }
+        }
+        let reader = id("uni.example");
+        let policy = Policy::compile(&PolicySpec::new(id("hq.example")).with(
+            Partner {
+                id: reader.clone(),
+                kind: PartnerKind::Client,
+                role: Role::ReadOnly,
+            },
+            PolicySettings {
+                allow_types: Some(IndicatorType::ALL.to_vec()),
+                ..PolicySettings::default()
+            },
+        ));
+        let named = "indicator--a1a1a1a1-0000-4000-8000-000000000001";
+        let mut object = serde_json::Map::new();
+        object.insert("object_refs".into(), serde_json::json!([named]));
+        let report = Item {
+            id: ItemId::parse("report--a1a1a1a1-0000-4000-8000-000000000002").unwrap(),
+            modified_ms: 1,
+            tlp: Tlp::Green,
+            tags: vec![],
+            kind: crate::model::ItemKind::Context(crate::model::ContextObject {
+                object_type: IndicatorType::Report,
+                refs: vec![ItemId::parse(named).unwrap()],
+                properties: crate::model::StixProperties::keep_for(
+                    crate::model::Holder::Context,
+                    &object,
+                )
+                .unwrap(),
+            }),
+        };
+        let hq = id("hq.example");
+        let decide = |held: &dyn Held| {
+            policy.decide(
+                &reader,
+                &report,
+                &Context {
+                    origin: &hq,
+                    hops: 0,
+                    distribution: None,
+                    accepted_ms: 0,
+                    now_ms: 1,
+                    latest: true,
+                    include_expired: false,
+                    held,
+                },
+            )
+        };
+        // Not held: a report passes its reference as written.
+        assert!(decide(&NothingHeld).allowed());
+        // Held or not cannot be told: withheld.
+        let decision = decide(&Broken);
+        assert!(!decision.allowed());
+        assert!(
+            matches!(decision.rule, Rule::RefUnreadable { .. }),
+            "{decision:?}"
+        );
     }
 }
