@@ -127,14 +127,21 @@ fn indicator(id: &str, domain: &str, marking: &str) -> Value {
 /// A node (redmond.hq) with a peer, a GREEN researcher, an analyst and a TAXII listener;
 /// `extra` is appended (feeds).
 fn write_config(pki: &Pki, extra: &str) -> std::path::PathBuf {
+    write_config_with_body(pki, extra, 65536)
+}
+
+/// [`write_config`] with another `taxii.max_body_bytes`.
+fn write_config_with_body(pki: &Pki, extra: &str, max_body_bytes: usize) -> std::path::PathBuf {
     let hq = NodeId::new("redmond.hq").unwrap();
     let mut text = node_section(pki, &hq, &pki.path().join("data"));
     text.push_str(
         "\n[[peer]]\nid = \"berlin.office\"\naddress = \"127.0.0.1:1\"\n\
          \n[[client]]\nid = \"researcher.uni-x\"\nrole = \"read_only\"\nallow_types = [\"*\"]\nmax_tlp = \"GREEN\"\n\
-         \n[[client]]\nid = \"analyst.soc\"\nrole = \"analyst\"\n\
-         \n[taxii]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 65536\n",
+         \n[[client]]\nid = \"analyst.soc\"\nrole = \"analyst\"\n",
     );
+    text.push_str(&format!(
+        "\n[taxii]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = {max_body_bytes}\n"
+    ));
     text.push_str(extra);
     let path = pki.path().join("redmond.hq.toml");
     std::fs::write(&path, text).unwrap();
@@ -675,4 +682,55 @@ async fn a_feed_that_never_comes_to_a_boundary_is_cut_at_twice_its_limit() {
     .await;
     assert!(status.last_error.contains("no page boundary"), "{status:?}");
     assert!(status.objects_fetched <= 10 * status.polls, "{status:?}");
+}
+
+/// The peak resident size of process `pid`, KiB.
+fn peak_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+/// A body is bounded in bytes before it is read (`taxii.max_body_bytes`), but reading it
+/// as JSON took far more: `[]` is two bytes of text and a 32-byte value once read, and
+/// the envelope was read twice (as a value, then as STIX) while both were held. Two
+/// bodies of 8 MiB of empty arrays, sent at once by one analyst (its two publish
+/// slots), raised the node's peak memory by hundreds of MiB. A body of more than a
+/// million values is now refused as it is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taxii_body_of_tiny_values_is_refused_before_it_is_held_whole() {
+    let pki = federation();
+    let config = write_config_with_body(&pki, "", 8 * 1024 * 1024);
+    let node = serve_taxii(&config);
+    let analyst = tls(&pki, "analyst.soc");
+    let objects = objects_path(&analyst, &node).await;
+    let pid = node.child.id();
+    let before = peak_kib(pid);
+    let count = (8 * 1024 * 1024 - 100) / 3;
+    let body = format!(
+        r#"{{"objects":[{{"type":"indicator","x_tiny":[{}]}}]}}"#,
+        vec!["[]"; count].join(",")
+    );
+    assert!(body.len() <= 8 * 1024 * 1024);
+    let (first, second) = tokio::join!(
+        post(&analyst, node.taxii, &objects, &body),
+        post(&analyst, node.taxii, &objects, &body)
+    );
+    let grown_mib = peak_kib(pid).saturating_sub(before) / 1024;
+    println!("peak resident size grew by {grown_mib} MiB");
+    assert!(
+        grown_mib < 250,
+        "peak resident size grew by {grown_mib} MiB"
+    );
+    for reply in [first, second] {
+        assert_eq!(reply.status, 400, "{}", reply.text());
+        assert!(
+            reply.text().contains("more JSON values"),
+            "{}",
+            reply.text()
+        );
+    }
 }

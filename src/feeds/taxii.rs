@@ -40,9 +40,20 @@ struct Envelope {
     more: Option<bool>,
     #[serde(default)]
     next: Option<String>,
-    /// Read strictly: a name given twice in one object makes the page malformed.
     #[serde(default)]
-    objects: Option<Vec<crate::interop::strict_json::StrictValue>>,
+    objects: Option<Vec<serde_json::Value>>,
+}
+
+/// Most JSON values read from one page: a thousand objects of a thousand values each.
+/// Text alone does not bound memory (`[]` is two bytes, and 32 or more once read).
+const MAX_PAGE_VALUES: usize = 1_000_000;
+
+/// Reads a page strictly (a name given twice in one object, or more than
+/// [`MAX_PAGE_VALUES`] values, makes it malformed), then as an envelope.
+fn envelope(body: &[u8]) -> Result<Envelope, String> {
+    let value = crate::interop::strict_json::from_slice_within(body, MAX_PAGE_VALUES)
+        .map_err(|e| e.to_string())?;
+    serde_json::from_value(value).map_err(|e| e.to_string())
 }
 
 pub(super) async fn poll(
@@ -88,7 +99,7 @@ async fn poll_pages(
         )?;
         let response = client.get(&uri).await?;
         check_media_type(&response.headers)?;
-        let envelope: Envelope = serde_json::from_slice(&response.body).map_err(|e| {
+        let envelope: Envelope = envelope(&response.body).map_err(|e| {
             FeedError::Malformed(format!(
                 "the answer of {} is not a TAXII envelope: {e}",
                 super::http::shown(&feed.url)
@@ -112,12 +123,7 @@ async fn poll_pages(
                 }
             }
         }
-        let objects: Vec<serde_json::Value> = envelope
-            .objects
-            .unwrap_or_default()
-            .into_iter()
-            .map(|v| v.0)
-            .collect();
+        let objects = envelope.objects.unwrap_or_default();
         let count = objects.len() as u64;
         report.fetched += count;
         if !objects.is_empty() {

@@ -4,9 +4,10 @@
 //! saw could be another than the one this node would read. Everything the node takes
 //! from outside as STIX or MISP JSON is read through here.
 
+use std::cell::Cell;
 use std::fmt;
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
 /// Longest name shown in an error.
@@ -17,7 +18,10 @@ pub struct StrictValue(pub Value);
 
 impl<'de> Deserialize<'de> for StrictValue {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(StrictVisitor).map(StrictValue)
+        let left = Cell::new(usize::MAX);
+        deserializer
+            .deserialize_any(StrictVisitor { left: &left })
+            .map(StrictValue)
     }
 }
 
@@ -26,9 +30,52 @@ pub fn from_slice(bytes: &[u8]) -> Result<Value, serde_json::Error> {
     serde_json::from_slice::<StrictValue>(bytes).map(|v| v.0)
 }
 
-struct StrictVisitor;
+/// [`from_slice`], refusing a text of more than `max_values` values (each scalar, array
+/// and object counts one) before it is built whole: a value takes 32 bytes or more in
+/// memory for as few as two bytes of text (`[]`), so the size of a text alone does not
+/// bound what reading it takes.
+pub fn from_slice_within(bytes: &[u8], max_values: usize) -> Result<Value, serde_json::Error> {
+    let left = Cell::new(max_values);
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = Budget { left: &left }.deserialize(&mut deserializer)?;
+    deserializer.end()?;
+    Ok(value)
+}
 
-impl<'de> Visitor<'de> for StrictVisitor {
+/// Values still allowed, shared by every level of one read.
+#[derive(Clone, Copy)]
+struct Budget<'a> {
+    left: &'a Cell<usize>,
+}
+
+impl<'de> DeserializeSeed<'de> for Budget<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(StrictVisitor { left: self.left })
+    }
+}
+
+struct StrictVisitor<'a> {
+    left: &'a Cell<usize>,
+}
+
+impl StrictVisitor<'_> {
+    /// Counts one value against the budget.
+    fn take<E: de::Error>(&self) -> Result<(), E> {
+        match self.left.get().checked_sub(1) {
+            Some(left) => {
+                self.left.set(left);
+                Ok(())
+            }
+            None => Err(E::custom(
+                "more JSON values than this node reads in one text",
+            )),
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for StrictVisitor<'_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -36,50 +83,60 @@ impl<'de> Visitor<'de> for StrictVisitor {
     }
 
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+        self.take()?;
         Ok(Value::Bool(v))
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+        self.take()?;
         Ok(Value::Number(v.into()))
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        self.take()?;
         Ok(Value::Number(v.into()))
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        self.take()?;
         Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        self.take()?;
         Ok(Value::String(v.to_owned()))
     }
 
     fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+        self.take()?;
         Ok(Value::String(v))
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        self.take()?;
         Ok(Value::Null)
     }
 
     fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+        self.take()?;
         Ok(Value::Null)
     }
 
     fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
-        StrictValue::deserialize(deserializer).map(|v| v.0)
+        Budget { left: self.left }.deserialize(deserializer)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
-        while let Some(StrictValue(value)) = seq.next_element()? {
+        self.take()?;
+        let mut out = Vec::new();
+        while let Some(value) = seq.next_element_seed(Budget { left: self.left })? {
             out.push(value);
         }
         Ok(Value::Array(out))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        self.take()?;
         let mut out = Map::new();
         while let Some(key) = map.next_key::<String>()? {
             if out.contains_key(&key) {
@@ -88,7 +145,7 @@ impl<'de> Visitor<'de> for StrictVisitor {
                     "the name {shown:?} is given twice in one object"
                 )));
             }
-            let StrictValue(value) = map.next_value()?;
+            let value = map.next_value_seed(Budget { left: self.left })?;
             out.insert(key, value);
         }
         Ok(Value::Object(out))
@@ -117,5 +174,16 @@ mod tests {
         // Nesting is bounded as serde_json bounds it.
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         assert!(from_slice(deep.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn a_text_of_more_values_than_allowed_is_refused() {
+        let text = format!("{{\"a\":[{}]}}", vec!["[]"; 99].join(","));
+        // The object, the array and its 99 elements.
+        assert!(from_slice_within(text.as_bytes(), 101).is_ok());
+        let error = from_slice_within(text.as_bytes(), 100).unwrap_err();
+        assert!(error.to_string().contains("more JSON values"), "{error}");
+        assert!(from_slice_within(br#"{"a":1,"a":2}"#, 100).is_err());
+        assert!(from_slice_within(b"{} []", 100).is_err());
     }
 }

@@ -28,6 +28,11 @@ pub const STIX_MEDIA_TYPE: &str = "application/stix+json;version=2.1";
 const MAX_PATH_BYTES: usize = 1024;
 /// Most objects in one POST.
 pub const MAX_POST_OBJECTS: usize = 10_000;
+/// Most JSON values (scalars, arrays and objects) read from one POST body: ten thousand
+/// objects of fifty values each. `max_body_bytes` alone does not bound what reading
+/// a body takes (`[]` is two bytes of text and 32 or more in memory), and the envelope is
+/// held while its objects are read a second time as STIX.
+const MAX_POST_VALUES: usize = 500_000;
 /// Bytes of status resources kept in memory; the oldest go first.
 const STATUS_BYTES: usize = 16 * 1024 * 1024;
 /// Time a client has to send a request body.
@@ -427,8 +432,9 @@ impl Handlers {
         let read = tokio::task::spawn_blocking(move || {
             // A name given twice in one object is refused, as in a file: which of the
             // two the writer's tool meant cannot be told.
-            let mut envelope: Value = crate::interop::strict_json::from_slice(&bytes)
-                .map_err(|e| format!("the body is not JSON that this node reads: {e}"))?;
+            let mut envelope: Value =
+                crate::interop::strict_json::from_slice_within(&bytes, MAX_POST_VALUES)
+                    .map_err(|e| format!("the body is not JSON that this node reads: {e}"))?;
             drop(bytes);
             let objects = match envelope.get_mut("objects").map(Value::take) {
                 Some(Value::Array(objects)) => objects,
