@@ -226,24 +226,27 @@ fn source_tag(name: &str) -> String {
 /// Publishes `items` of feed `feed` as this node's own, skipping those held at the same
 /// or a newer version, through the checks of `Intel.Publish`; then makes them durable.
 ///
-/// A feed speaks only for itself: a `source:` tag its objects carry that names another
-/// source is dropped (the tag `source:<feed>` is the node's to give), and an id the node
-/// holds from another of its sources (an analyst's publication, another feed) is not
-/// updated or revoked by this one.
+/// A feed speaks only for itself: a `source:` tag its objects carry is dropped unless
+/// the feed's configuration gives it (`source:<feed>` always), and an id the node holds
+/// from another of its sources (an analyst's publication, another feed) is not updated
+/// or revoked by this one.
 async fn publish(
     engine: &Arc<Engine>,
-    feed: &str,
+    feed: &FeedConfig,
     items: Vec<Item>,
     report: &mut PollReport,
 ) -> Result<(), FeedError> {
-    let own_source = source_tag(feed);
+    let own_source = source_tag(&feed.name);
     let items: Vec<Item> = items
         .into_iter()
         .map(|mut item| {
             item.tags.retain(|tag| {
                 !tag.get(..7)
                     .is_some_and(|head| head.eq_ignore_ascii_case("source:"))
-                    || tag.eq_ignore_ascii_case(&own_source)
+                    || feed
+                        .tags
+                        .iter()
+                        .any(|given| given.eq_ignore_ascii_case(tag))
             });
             item
         })

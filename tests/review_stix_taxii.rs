@@ -616,13 +616,20 @@ async fn a_feed_cannot_replace_what_another_source_published() {
 /// Every item of a feed carries the tag `source:<feed>`, which partners' policies use
 /// (`allow_tags = ["source:trusted-intel"]` gives a partner that feed's items only).
 /// A feed's objects could carry another source's tag in their labels, and a partner
-/// allowed only that source received them. A feed keeps only its own `source:` tag.
+/// allowed only that source received them. A feed keeps only the `source:` tags its
+/// configuration gives it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_feed_cannot_claim_another_sources_tag() {
     const FEEDS: &str = "indicator--e5e5e5e5-0000-4000-8000-000000000002";
     let pki = federation();
     let collection = Collection::default();
-    let (node, objects) = node_with_feed(&pki, &collection).await;
+    // A source: tag the operator gives the feed is kept.
+    let (node, objects) = node_with_feed_settings(
+        &pki,
+        &collection,
+        "interval = \"1s\"\ntags = [\"source:vendor-mirror\"]\n",
+    )
+    .await;
     let analyst = tls(&pki, "analyst.soc");
     let mut own = indicator(FEEDS, "feed.example", GREEN);
     own["labels"] = json!(["source:trusted-intel", "Source:Analysts", "phishing"]);
@@ -639,7 +646,7 @@ async fn a_feed_cannot_claim_another_sources_tag() {
         .collect();
     assert_eq!(
         labels,
-        BTreeSet::from(["phishing", "source:evil-feed"]),
+        BTreeSet::from(["phishing", "source:evil-feed", "source:vendor-mirror"]),
         "{held}"
     );
 }

@@ -186,7 +186,7 @@ async fn commit(
     report: &mut PollReport,
 ) -> Result<(), FeedError> {
     if !items.is_empty() {
-        publish(engine, &feed.name, std::mem::take(items), report).await?;
+        publish(engine, feed, std::mem::take(items), report).await?;
     }
     if taken.is_empty() {
         return Ok(());

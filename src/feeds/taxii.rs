@@ -151,7 +151,7 @@ async fn poll_pages(
             // Objects of other types (identities, relationships, marking definitions)
             // are not indicators: counted as skipped without a reason each.
             report.skipped += count.saturating_sub(items + parsed.errors.len() as u64);
-            publish(engine, &feed.name, parsed.items, report).await?;
+            publish(engine, feed, parsed.items, report).await?;
         }
         // This page's items are durable now.
         if date_added_last.is_some() {
