@@ -92,6 +92,29 @@ fn status_mib(pid: u32, field: &str) -> u64 {
     kib / 1024
 }
 
+/// Waits for every one of `futures`, polled together.
+async fn join_all<F: Future + Unpin>(mut futures: Vec<F>) -> Vec<F::Output> {
+    let mut done: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, slot) in futures.iter_mut().zip(done.iter_mut()) {
+            if slot.is_none() {
+                match Pin::new(future).poll(cx) {
+                    Poll::Ready(output) => *slot = Some(output),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    done.into_iter().flatten().collect()
+}
+
 /// Polls `future` once, so that a call is sent, and gives it back unfinished.
 async fn poll_once<F: Future + Unpin>(future: &mut F) {
     std::future::poll_fn(|cx| {
@@ -255,15 +278,15 @@ async fn ledger_streams_are_bounded_and_let_go_when_not_read() {
     node.shutdown(DEADLINE).await.unwrap();
 }
 
-/// Answers to unary calls are outside every per-partner limit: a read-only researcher
-/// that sends `Query` calls for full pages and never reads the answers has the node hold
-/// each answer (up to 1,000 items, about 10 MB of large indicators) for as long as the
-/// connection lives, up to `limits::MAX_STREAMS_PER_CONNECTION` (100) on each of its 16
-/// connections: gigabytes for one certificate, where the node's streams are held to a
-/// few pages. Here, 24 unread answers on one connection are enough to raise
-/// the node's resident memory by more than 64 MiB.
+/// Answers to unary calls used to be outside every per-partner limit: a read-only
+/// researcher that sent `Query` calls for full pages and never read the answers had the
+/// node hold each answer (up to 1,000 items, about 10 MB of large indicators) for as
+/// long as the connection lived, up to `limits::MAX_STREAMS_PER_CONNECTION` (100) on
+/// each of its 16 connections. 24 unread answers raised the node's memory by 289 MiB.
+/// A page now stops gathering at `limits.query_page_bytes` (4 MiB), and a partner's
+/// answers not yet sent are held to `limits.unsent_answer_bytes` (16 MiB): past it, its
+/// calls are refused with `RESOURCE_EXHAUSTED` until it reads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not fixed: answers of unary calls that are never read are held whole by the node; bounding them needs a byte budget per query page and a per-partner limit on answers not yet read"]
 async fn unread_query_answers_do_not_hold_unbounded_memory() {
     common::init_logging();
     let pki = Pki::new();
@@ -300,15 +323,33 @@ async fn unread_query_answers_do_not_hold_unbounded_memory() {
         .map(|i| large_indicator(&format!("big-{i}.example")))
         .collect();
     publish(&alice, vec![items]).await;
-    // One full page read to the end, so the node has built one answer before measuring.
-    let page = bob
-        .query(ItemFilter::default(), 1000, Vec::new())
-        .await
-        .unwrap();
-    assert_eq!(page.items.len(), 1000);
-    let encoded = prost::Message::encoded_len(&page);
-    assert!(encoded > 8 << 20, "a page of {encoded} bytes");
-    drop(page);
+    // Every page read to the end: none is much larger than the page budget (one item
+    // may pass it), and together they hold every item once.
+    let page_budget = 4 << 20;
+    let mut token = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut pages = 0;
+    loop {
+        let page = bob
+            .query(ItemFilter::default(), 1000, token.clone())
+            .await
+            .unwrap();
+        let encoded = prost::Message::encoded_len(&page);
+        assert!(
+            encoded <= page_budget + (64 << 10),
+            "a page of {encoded} bytes"
+        );
+        for item in &page.items {
+            assert!(seen.insert(item.item.as_ref().unwrap().id.clone()));
+        }
+        pages += 1;
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen.len(), 1000);
+    assert!(pages >= 3, "{pages} pages");
     let before = status_mib(pid, "VmRSS");
 
     // 24 calls for the same full page, sent and never read.
@@ -319,7 +360,7 @@ async fn unread_query_answers_do_not_hold_unbounded_memory() {
         unread.push(call);
     }
     let budget = 64;
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(6);
     let mut grown = 0;
     while Instant::now() < deadline {
         grown = status_mib(pid, "VmRSS").saturating_sub(before);
@@ -328,13 +369,43 @@ async fn unread_query_answers_do_not_hold_unbounded_memory() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    drop(unread);
     assert!(
         grown <= budget,
         "24 unread answers to one researcher raised the node's memory by {grown} MiB (from {before} MiB)"
     );
+    // Read now (all at once: their data shares the connection's flow-control window):
+    // the first answers came whole, the calls past the budget were refused with a
+    // reason.
+    let results = tokio::time::timeout(DEADLINE, join_all(unread))
+        .await
+        .expect("answers in time");
+    let mut answered = 0;
+    let mut refused = 0;
+    for result in results {
+        match result {
+            Ok(page) => {
+                assert!(!page.items.is_empty());
+                answered += 1;
+            }
+            Err(e) => {
+                assert_eq!(code(&e), tonic::Code::ResourceExhausted, "{e}");
+                assert!(e.to_string().contains("unsent_answer_bytes"), "{e}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        answered >= 1 && refused >= 1,
+        "{answered} answered, {refused} refused"
+    );
+    // Once read, the budget is given back: a further call is answered.
+    let page = bob
+        .query(ItemFilter::default(), 1000, Vec::new())
+        .await
+        .unwrap();
+    assert!(!page.items.is_empty());
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// A request body that announces one gRPC message of `announced` bytes, sends all of it
@@ -403,7 +474,7 @@ async fn a_small_request_is_not_buffered_to_the_publish_limit() {
         }));
     }
     let budget = 64;
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(6);
     let mut grown = 0;
     let mut refused = 0;
     while Instant::now() < deadline {
