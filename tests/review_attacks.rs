@@ -672,6 +672,8 @@ fn material_from(
 /// issue a certificate in another node's name, sign bundles as that node, and have them
 /// stored and passed on as that node's (a forged origin, ids squatted in its name). A
 /// signer certificate naming a configured partner must now chain to that partner's
+/// anchor. The same CA could sign in the name of an origin no entry names and relay
+/// the bundle as a third party's; such a signer must now chain to this node's own
 /// anchor.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partners_ca_cannot_sign_bundles_in_another_nodes_name() {
@@ -729,11 +731,59 @@ async fn a_partners_ca_cannot_sign_bundles_in_another_nodes_name() {
     })
     .unwrap();
     let forged = sign(&forged_berlin, &[item], Distribution::default());
+    let indicator = |value: &str| {
+        Item::try_from(wire::Item {
+            id: ItemId::new_random().to_string(),
+            modified_unix_ms: now - 10_000,
+            tlp: Tlp::Green as i32,
+            tags: vec![],
+            kind: Some(wire::item::Kind::Indicator(wire::Indicator {
+                indicator_type: "domain".into(),
+                value: value.into(),
+                confidence: 50,
+                valid_from_unix_ms: now - 10_000,
+                ..Default::default()
+            })),
+        })
+        .unwrap()
+    };
+    // The partner's CA also issues a certificate for an origin this node has no entry
+    // for, and signs in its name.
+    let ghost_id = entente::NodeId::new("ghost.member").unwrap();
+    partner_ca
+        .issue(&ghost_id, &node_usage(), Validity::days_from_now(30))
+        .unwrap();
+    let ghost = material_from(&partner_ca, &ghost_id, vec![theirs.clone()]);
+    let by_ghost = sign(
+        &ghost,
+        &[indicator("planted-by-ghost.example")],
+        Distribution::default(),
+    );
+    // Controls: a member of this node's own federation it has no entry for, and the
+    // partner itself, whose bundles are taken.
+    let lisbon = pki.node("lisbon.office");
+    let by_lisbon = sign(
+        &pki.material(&lisbon),
+        &[indicator("from-lisbon.example")],
+        Distribution::default(),
+    );
+    let by_rogue = sign(
+        &rogue,
+        &[indicator("from-the-partner.example")],
+        Distribution::default(),
+    );
     let service = Rogue {
-        feed: vec![feed(1, forged, 1)],
+        feed: vec![
+            feed(1, forged, 1),
+            feed(2, by_ghost, 1),
+            feed(3, by_lisbon, 1),
+            feed(4, by_rogue, 0),
+        ],
         certificates: Arc::new(Mutex::new(vec![
             forged_berlin.certificate_der().to_vec(),
             rogue.certificate_der().to_vec(),
+            ghost.certificate_der().to_vec(),
+            pki.material(&lisbon).certificate_der().to_vec(),
         ])),
     };
     let server = RogueServer::start(&rogue, &hq, service).await;
@@ -758,7 +808,7 @@ async fn a_partners_ca_cannot_sign_bundles_in_another_nodes_name() {
 
     // hq reads the rogue's whole feed (its cursor reaches the rogue's head) ...
     let deadline = Instant::now() + DEADLINE;
-    while node.engine().store().cursor(&rogue_id).unwrap() < 1 {
+    while node.engine().store().cursor(&rogue_id).unwrap() < 4 {
         assert!(
             Instant::now() < deadline,
             "hq did not read the rogue's feed"
@@ -772,14 +822,25 @@ async fn a_partners_ca_cannot_sign_bundles_in_another_nodes_name() {
         .await
         .unwrap()
         .items;
-    let origins: Vec<String> = held
+    let origins: std::collections::BTreeSet<String> = held
         .iter()
         .filter_map(|s| s.provenance.as_ref().map(|p| p.origin.clone()))
         .collect();
     assert!(
-        held.is_empty(),
+        !origins.contains(berlin.as_str()),
         "hq stored a bundle signed in berlin's name by the partner's CA: origins {origins:?}"
     );
+    // ... nor in the name of an origin it has no entry for, which the partner's CA
+    // cannot speak for; its own federation's members and the partner itself pass.
+    assert!(
+        !origins.contains("ghost.member"),
+        "hq stored a bundle signed by the partner's CA for an unconfigured origin: {origins:?}"
+    );
+    let expected: std::collections::BTreeSet<String> = ["lisbon.office", "rogue.partner"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    assert_eq!(origins, expected);
     node.shutdown(DEADLINE).await.unwrap();
     server.stop().await;
 }
