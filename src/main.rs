@@ -1,18 +1,21 @@
-//! The `entente` command: parse arguments, set up logging, load and validate the
-//! configuration, then hand over to the library. Signals are handled here.
+//! The `entente` command: parse arguments, set up logging, then hand each subcommand to
+//! `entente::cli` (or, for `serve`, load the configuration, start the node and handle
+//! signals). Nothing else lives here.
 
-use std::io::{BufRead, Read};
+use std::io::{IsTerminal, Write};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
-use entente::certs::{CertDir, Usage, Validity};
-use entente::client::NodeClient;
+use entente::certs::Usage;
+use entente::cli::query::{ItemOutput, Selection};
+use entente::cli::{Output, parse_time};
 use entente::config::ClientSettings;
+use entente::engine::now_ms;
 use entente::interop::InputFormat;
 use entente::model::{IndicatorType, Tlp};
 use entente::rpc::proto::ItemFilter;
@@ -34,6 +37,10 @@ struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
+    /// Print results as JSON (one object, or one per line for item streams and ledger
+    /// records; see "JSON output" in the README).
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -120,41 +127,45 @@ enum Command {
         /// The indicator's id (`indicator--<uuid>`).
         id: String,
     },
-    /// Query the node for items this client may see.
+    /// Query the node for items this client may see (a table; JSON lines with --json).
     Query {
+        /// Client (or node) configuration naming the node and this client's certificate.
         #[arg(long)]
         config: PathBuf,
         #[command(flatten)]
         filter: FilterArgs,
-        /// Print JSON lines (STIX 2.1 indicators with provenance).
-        #[arg(long)]
-        json: bool,
-        /// Stop after this many items.
-        #[arg(long, default_value_t = usize::MAX)]
-        limit: usize,
+        /// Print STIX 2.1 objects with `x_entente_provenance`, one per line.
+        #[arg(long, conflicts_with = "json")]
+        stix: bool,
+        /// Stop after this many items [default: all].
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
     },
     /// Show one item with its provenance.
     Get {
+        /// Client (or node) configuration naming the node and this client's certificate.
         #[arg(long)]
         config: PathBuf,
-        /// Print JSON (a STIX 2.1 indicator with provenance).
-        #[arg(long)]
-        json: bool,
+        /// Print the STIX 2.1 object with `x_entente_provenance`.
+        #[arg(long, conflicts_with = "json")]
+        stix: bool,
         /// The item id, indicator--<uuid>.
         id: String,
     },
     /// Print items as the node accepts them, until interrupted.
     Subscribe {
+        /// Client (or node) configuration naming the node and this client's certificate.
         #[arg(long)]
         config: PathBuf,
         #[command(flatten)]
         filter: FilterArgs,
-        /// Print JSON lines.
-        #[arg(long)]
-        json: bool,
+        /// Print STIX 2.1 objects with `x_entente_provenance`, one per line.
+        #[arg(long, conflicts_with = "json")]
+        stix: bool,
     },
     /// Export, as a STIX 2.1 bundle, every item this client may see.
     Export {
+        /// Client (or node) configuration naming the node and this client's certificate.
         #[arg(long)]
         config: PathBuf,
         #[command(flatten)]
@@ -190,7 +201,8 @@ enum Command {
         #[command(subcommand)]
         command: TaxiiCommand,
     },
-    /// Say hello to a node over mTLS and print who answered.
+    /// Say hello to a node over mTLS and print who answered (and, to its operator, the
+    /// node's links, feeds and limits).
     Status {
         /// The node configuration file (its certificate is used to connect).
         #[arg(long)]
@@ -205,6 +217,18 @@ enum Command {
         /// With --wait: give up (exit 1) after this many seconds.
         #[arg(long, requires = "wait")]
         timeout: Option<u64>,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), or write one page per command into a directory.
+    Man {
+        /// Write entente.1 and entente-COMMAND.1 for every subcommand here.
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -236,17 +260,23 @@ struct FilterArgs {
     /// An origin node id.
     #[arg(long)]
     origin: Option<NodeId>,
-    /// Modified since: RFC 3339 or a span such as 24h or 7d.
-    #[arg(long)]
+    /// Modified since TIME: a span back from now (30m, 24h, 7d), an RFC 3339 date or
+    /// time (2026-01-31, 2026-01-31T12:00:00Z), today, yesterday, or Unix milliseconds.
+    #[arg(long, value_name = "TIME")]
     since: Option<String>,
+    /// Only items with this marking: clear, green, amber, amber+strict or red
+    /// (repeatable; checked by this client after the node's filter).
+    #[arg(long, value_name = "MARKING")]
+    tlp: Vec<Tlp>,
     /// Include indicators past their valid_until.
     #[arg(long)]
     include_expired: bool,
 }
 
 impl FilterArgs {
-    fn into_filter(self) -> Result<ItemFilter> {
-        Ok(ItemFilter {
+    /// The filter the node applies, and what this client selects from its answer.
+    fn into_filter(self) -> Result<(ItemFilter, Selection)> {
+        let filter = ItemFilter {
             value: self.value.unwrap_or_default(),
             indicator_type: self
                 .indicator_type
@@ -255,11 +285,12 @@ impl FilterArgs {
             tag: self.tag.unwrap_or_default(),
             origin: self.origin.map(|o| o.to_string()).unwrap_or_default(),
             modified_since_unix_ms: match self.since {
-                Some(s) => entente::cli::parse_since(&s)?,
+                Some(s) => parse_time("--since", &s, now_ms())?,
                 None => 0,
             },
             include_expired: self.include_expired,
-        })
+        };
+        Ok((filter, Selection { tlp: self.tlp }))
     }
 }
 
@@ -267,6 +298,7 @@ impl FilterArgs {
 enum PolicyCommand {
     /// Validate the configuration and print the compiled policy.
     Check {
+        /// The node configuration file.
         #[arg(long)]
         config: PathBuf,
     },
@@ -296,6 +328,7 @@ enum PolicyCommand {
     },
     /// Ask the running node to re-read its configuration and apply the new policy (like SIGHUP).
     Reload {
+        /// Client (or node) configuration naming the node and this client's certificate.
         #[arg(long)]
         config: PathBuf,
     },
@@ -305,20 +338,20 @@ enum PolicyCommand {
 enum LedgerCommand {
     /// Print ledger records, oldest first.
     Show {
+        /// Client (or node) configuration naming the node and this client's certificate.
         #[arg(long)]
         config: PathBuf,
         /// Only deliveries to this partner.
         #[arg(long)]
         partner: Option<NodeId>,
-        /// Only records since: RFC 3339 or a span such as 24h.
-        #[arg(long)]
+        /// Only records since TIME: a span back from now (30m, 24h, 7d), an RFC 3339
+        /// date or time, today, yesterday, or Unix milliseconds.
+        #[arg(long, value_name = "TIME")]
         since: Option<String>,
-        /// Print JSON lines.
-        #[arg(long)]
-        json: bool,
     },
     /// Check the hash chain; exits non-zero and says where if it is broken.
     Verify {
+        /// Client (or node) configuration naming the node and this client's certificate.
         #[arg(long)]
         config: PathBuf,
     },
@@ -420,13 +453,9 @@ fn main() -> ExitCode {
         default_hook(info);
     }));
     // The demo's output is its report; node logs only on request (RUST_LOG).
-    let default_filter = if matches!(cli.command, Command::Demo { .. }) {
-        "error"
-    } else {
-        "info"
-    };
+    let default_filter = if demo { "error" } else { "info" };
     init_tracing(cli.log_format, default_filter);
-    match run(cli.command) {
+    match run(cli.command, Output::json(cli.json)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) if stdout_closed(&error) => ExitCode::SUCCESS,
         Err(error) => {
@@ -448,11 +477,13 @@ fn stdout_closed(error: &anyhow::Error) -> bool {
         .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
+/// Logs go to stderr, coloured only when it is a terminal and `NO_COLOR` is unset.
 fn init_tracing(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(entente::cli::stderr_colour())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
@@ -467,25 +498,40 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn run(command: Command) -> Result<()> {
+/// How `query`, `get` and `subscribe` print items.
+fn item_output(output: Output, stix: bool) -> ItemOutput {
+    match (output, stix) {
+        (_, true) => ItemOutput::Stix,
+        (Output::Json, false) => ItemOutput::Json,
+        (Output::Text, false) => ItemOutput::Text,
+    }
+}
+
+fn run(command: Command, output: Output) -> Result<()> {
+    use entente::cli;
     match command {
         Command::Init {
             dir,
             id,
             listen,
             with_certs,
-        } => init(&dir, &id, &listen, with_certs),
-        Command::Certs { command } => certs(command),
+        } => cli::setup::init(&dir, &id, &listen, with_certs, output),
+        Command::Certs { command } => certs(command, output),
         Command::Taxii {
             command: TaxiiCommand::HashPassword,
-        } => taxii_hash_password(),
+        } => cli::setup::taxii_hash_password(output),
         Command::Serve { config } => {
+            no_json(
+                output,
+                "serve",
+                "it prints only its address; logs take --log-format json",
+            )?;
             let config = Config::load(&config)?;
             runtime()?.block_on(serve(config))
         }
         Command::Revoke { config, reason, id } => {
             let settings = ClientSettings::load(&config)?;
-            runtime()?.block_on(entente::cli::revoke(&settings, &id, &reason))
+            runtime()?.block_on(cli::publish::revoke(&settings, &id, &reason, output))
         }
         Command::Publish {
             config,
@@ -501,7 +547,7 @@ fn run(command: Command) -> Result<()> {
             input,
         } => {
             let settings = ClientSettings::load(&config)?;
-            let options = entente::cli::PublishOptions {
+            let options = cli::publish::PublishOptions {
                 tlp,
                 indicator_type,
                 tags: tag,
@@ -516,50 +562,68 @@ fn run(command: Command) -> Result<()> {
                 }),
                 bundle_size,
             };
-            runtime()?.block_on(entente::cli::publish(&settings, &input, options))
+            runtime()?.block_on(cli::publish::publish(&settings, &input, options, output))
         }
         Command::Query {
             config,
             filter,
-            json,
+            stix,
             limit,
         } => {
+            let (filter, selection) = filter.into_filter()?;
             let settings = ClientSettings::load(&config)?;
-            let filter = filter.into_filter()?;
-            runtime()?.block_on(entente::cli::query(&settings, filter, json, limit))
+            runtime()?.block_on(cli::query::query(
+                &settings,
+                filter,
+                &selection,
+                item_output(output, stix),
+                limit,
+            ))
         }
-        Command::Get { config, json, id } => {
+        Command::Get { config, stix, id } => {
             let settings = ClientSettings::load(&config)?;
-            runtime()?.block_on(entente::cli::get(&settings, &id, json))
+            runtime()?.block_on(cli::query::get(&settings, &id, item_output(output, stix)))
         }
         Command::Subscribe {
             config,
             filter,
-            json,
+            stix,
         } => {
+            let (filter, selection) = filter.into_filter()?;
             let settings = ClientSettings::load(&config)?;
-            let filter = filter.into_filter()?;
-            runtime()?.block_on(entente::cli::subscribe(&settings, filter, json))
+            runtime()?.block_on(cli::query::subscribe(
+                &settings,
+                filter,
+                &selection,
+                item_output(output, stix),
+            ))
         }
+        // Its output is a STIX bundle, JSON already: --json changes nothing.
         Command::Export {
             config,
             filter,
-            output,
+            output: file,
         } => {
+            let (filter, selection) = filter.into_filter()?;
             let settings = ClientSettings::load(&config)?;
-            let filter = filter.into_filter()?;
-            runtime()?.block_on(entente::cli::export(&settings, filter, output.as_deref()))
+            runtime()?.block_on(cli::query::export(
+                &settings,
+                filter,
+                &selection,
+                file.as_deref(),
+            ))
         }
-        Command::Policy { command } => policy(command),
-        Command::Ledger { command } => ledger(command),
+        Command::Policy { command } => policy(command, output),
+        Command::Ledger { command } => ledger(command, output),
         Command::Store {
             command:
                 StoreCommand::Recover {
                     config,
                     cut_damaged,
                 },
-        } => entente::cli::store_recover(&Config::load(&config)?, cut_damaged),
+        } => cli::store::recover(&Config::load(&config)?, cut_damaged, output),
         Command::Demo { keep_running } => {
+            no_json(output, "demo", "its output is a narrated report")?;
             runtime()?.block_on(entente::demo::run(entente::demo::DemoOptions {
                 keep_running,
             }))
@@ -571,24 +635,62 @@ fn run(command: Command) -> Result<()> {
             timeout,
         } => {
             let config = Config::load(&config)?;
-            runtime()?.block_on(status(
-                config,
-                node,
-                wait.then(|| timeout.map(Duration::from_secs)),
-            ))
+            let options = cli::status::StatusOptions {
+                target: node,
+                wait: wait.then(|| timeout.map(Duration::from_secs)),
+            };
+            runtime()?.block_on(cli::status::status(config, options, output))
+        }
+        Command::Completions { shell } => {
+            no_json(output, "completions", "it prints a shell script")?;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "entente", &mut script);
+            std::io::stdout().lock().write_all(&script)?;
+            Ok(())
+        }
+        Command::Man { dir } => {
+            no_json(output, "man", "it prints a manual page")?;
+            man(dir)
         }
     }
 }
 
-fn policy(command: PolicyCommand) -> Result<()> {
-    match command {
-        PolicyCommand::Check { config } => {
-            let config = Config::load(&config)?;
-            let policy = entente::policy::Policy::compile(&config.policy_spec());
-            print!("{}", policy.describe());
-            println!("\npolicy hash {}", hex(&policy.hash()));
+/// Refuses `--json` for a command that has nothing to print as JSON.
+fn no_json(output: Output, command: &str, why: &str) -> Result<()> {
+    if output.is_json() {
+        bail!("--json is not available for `entente {command}`: {why}");
+    }
+    Ok(())
+}
+
+/// `entente man`: the page for `entente` on stdout, or with `--dir` one page per command
+/// (`entente.1`, `entente-query.1`, `entente-certs-node.1`, ...).
+fn man(dir: Option<PathBuf>) -> Result<()> {
+    let command = Cli::command();
+    match dir {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            clap_mangen::generate_to(command, &dir)
+                .with_context(|| format!("cannot write the manual pages into {}", dir.display()))?;
+            if std::io::stdout().is_terminal() {
+                println!("wrote the manual pages into {}", dir.display());
+            }
             Ok(())
         }
+        None => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(command).render(&mut page)?;
+            std::io::stdout().lock().write_all(&page)?;
+            Ok(())
+        }
+    }
+}
+
+fn policy(command: PolicyCommand, output: Output) -> Result<()> {
+    use entente::cli::policy;
+    match command {
+        PolicyCommand::Check { config } => policy::check(&Config::load(&config)?, output),
         PolicyCommand::Explain {
             config,
             partner,
@@ -600,172 +702,67 @@ fn policy(command: PolicyCommand) -> Result<()> {
         } => match (item, input) {
             (Some(item), _) => {
                 let settings = ClientSettings::load(&config)?;
-                runtime()?.block_on(async {
-                    let client = NodeClient::connect_with(&settings).await?;
-                    let answer = client.explain(partner.as_str(), &item).await?;
-                    println!("{item}: {}", answer.rule);
-                    anyhow::Ok(())
-                })
+                runtime()?.block_on(policy::explain_item(&settings, &partner, &item, output))
             }
             (None, Some(input)) => {
                 let config = Config::load(&config)?;
-                let policy = entente::policy::Policy::compile(&config.policy_spec());
+                let compiled = entente::policy::Policy::compile(&config.policy_spec());
                 let distribution = entente::model::Distribution {
                     max_hops,
                     recipients: to,
                 };
-                entente::cli::explain_input(&policy, &partner, &input, tlp, &distribution)
+                policy::explain_input(&compiled, &partner, &input, tlp, &distribution, output)
             }
             (None, None) => bail!("give --item ID or --input FILE"),
         },
         PolicyCommand::Reload { config } => {
             let settings = ClientSettings::load(&config)?;
-            runtime()?.block_on(async {
-                let client = NodeClient::connect_with(&settings).await?;
-                let answer = client.reload_policy().await?;
-                println!(
-                    "{} reloaded its policy (hash {})",
-                    client.node(),
-                    answer.policy_hash
-                );
-                anyhow::Ok(())
-            })
+            runtime()?.block_on(policy::reload(&settings, output))
         }
     }
 }
 
-fn ledger(command: LedgerCommand) -> Result<()> {
+fn ledger(command: LedgerCommand, output: Output) -> Result<()> {
+    use entente::cli::ledger;
     match command {
         LedgerCommand::Show {
             config,
             partner,
             since,
-            json,
         } => {
+            let since = since
+                .map(|s| parse_time("--since", &s, now_ms()))
+                .transpose()?;
             let settings = ClientSettings::load(&config)?;
-            let since = since.map(|s| entente::cli::parse_since(&s)).transpose()?;
-            runtime()?.block_on(entente::cli::ledger_show(&settings, partner, since, json))
+            runtime()?.block_on(ledger::show(&settings, partner, since, output))
         }
         LedgerCommand::Verify { config } => {
             let settings = ClientSettings::load(&config)?;
-            runtime()?.block_on(entente::cli::ledger_verify(&settings))
+            runtime()?.block_on(ledger::verify(&settings, output))
         }
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn init(dir: &Path, id: &NodeId, listen: &str, with_certs: bool) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let config_path = dir.join("entente.toml");
-    if config_path.exists() {
-        bail!("{} exists; refusing to overwrite it", config_path.display());
-    }
-    if with_certs {
-        let certs = CertDir::new(dir.join("certs"));
-        if !certs.ca_cert_path().exists() {
-            certs.create_ca("Entente federation CA", Validity::days_from_now(3650))?;
-            println!("created federation CA {}", certs.ca_cert_path().display());
-        }
-        certs.issue(
-            id,
-            &Usage::Node {
-                ips: vec![],
-                dns: vec![],
-            },
-            Validity::days_from_now(397),
-        )?;
-        println!(
-            "issued node certificate {}",
-            certs.cert_path(id.as_str()).display()
-        );
-    }
-    entente::transport::files::write_public_new(
-        &config_path,
-        entente::config::starter_config(id, listen, "certs").as_bytes(),
-    )
-    .with_context(|| format!("cannot write {}", config_path.display()))?;
-    println!("wrote {}", config_path.display());
-    Ok(())
-}
-
-fn certs(command: CertsCommand) -> Result<()> {
+fn certs(command: CertsCommand, output: Output) -> Result<()> {
+    use entente::cli::setup;
     match command {
-        CertsCommand::Ca { dir, name, days } => {
-            let certs = CertDir::new(&dir);
-            certs.create_ca(&name, Validity::days_from_now(days))?;
-            println!(
-                "created federation CA {} (key ca.key, mode 0600)",
-                certs.ca_cert_path().display()
-            );
-        }
+        CertsCommand::Ca { dir, name, days } => setup::create_ca(&dir, &name, days, output),
         CertsCommand::Node {
             dir,
             id,
             ip,
             dns,
             days,
-        } => {
-            let certs = CertDir::new(&dir);
-            certs.issue(
-                &id,
-                &Usage::Node { ips: ip, dns },
-                Validity::days_from_now(days),
-            )?;
-            println!(
-                "issued node certificate {}",
-                certs.cert_path(id.as_str()).display()
-            );
-        }
+        } => setup::issue(&dir, &id, Usage::Node { ips: ip, dns }, days, None, output),
         CertsCommand::Client {
             dir,
             id,
             days,
             node,
             node_id,
-        } => {
-            let certs = CertDir::new(&dir);
-            certs.issue(&id, &Usage::Client, Validity::days_from_now(days))?;
-            println!(
-                "issued client certificate {}",
-                certs.cert_path(id.as_str()).display()
-            );
-            if let (Some(node), Some(node_id)) = (node, node_id) {
-                let path = dir.join(format!("{id}.toml"));
-                entente::transport::files::write_public_new(
-                    &path,
-                    entente::config::starter_client_config(&id, &node, &node_id).as_bytes(),
-                )
-                .with_context(|| format!("cannot write {}", path.display()))?;
-                println!("wrote client configuration {}", path.display());
-            }
-        }
-        CertsCommand::Revoke { dir, id } => {
-            let crl = CertDir::new(&dir).revoke(&id)?;
-            println!(
-                "revoked {id}; distribute {} to every node (node.crls) and reload them (systemctl reload entente or entente policy reload)",
-                crl.display()
-            );
-        }
+        } => setup::issue(&dir, &id, Usage::Client, days, node.zip(node_id), output),
+        CertsCommand::Revoke { dir, id } => setup::revoke(&dir, &id, output),
     }
-    Ok(())
-}
-
-/// `entente taxii hash-password`: the password comes from standard input, never from
-/// the command line (where other users could read it).
-fn taxii_hash_password() -> Result<()> {
-    let mut line = String::new();
-    std::io::stdin()
-        .lock()
-        .take(1024)
-        .read_line(&mut line)
-        .context("read the password from standard input")?;
-    let password = line.trim_end_matches(['\r', '\n']);
-    let hash = entente::taxii::hash_password(password).map_err(anyhow::Error::msg)?;
-    println!("{hash}");
-    Ok(())
 }
 
 async fn serve(config: Config) -> Result<()> {
@@ -815,149 +812,4 @@ impl Signals {
             }
         }
     }
-}
-
-/// `wait`: `Some(deadline)` to follow the links until caught up (see `cli::wait_for_sync`).
-async fn status(
-    config: Config,
-    target: Option<String>,
-    wait: Option<Option<Duration>>,
-) -> Result<()> {
-    let (id, address) = match target {
-        None => {
-            let mut addr = config.node.listen;
-            if addr.ip().is_unspecified() {
-                addr.set_ip(if addr.is_ipv4() {
-                    IpAddr::from([127, 0, 0, 1])
-                } else {
-                    IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
-                });
-            }
-            (config.node.id.clone(), addr.to_string())
-        }
-        Some(target) => match target.split_once('@') {
-            Some((id, address)) => (
-                id.parse::<NodeId>().context("--node ID@HOST:PORT")?,
-                address.to_owned(),
-            ),
-            None => {
-                let id: NodeId = target
-                    .parse()
-                    .context("--node must be a peer id or ID@HOST:PORT")?;
-                let peer =
-                    config.peers.iter().find(|p| p.id == id).with_context(|| {
-                        format!("{id} is not a configured peer; use ID@HOST:PORT")
-                    })?;
-                (id, peer.address.clone())
-            }
-        },
-    };
-    let tls = config.tls.client_config()?;
-    let client = NodeClient::connect(tls, &config.node.id, &address, &id).await?;
-    let hello = client.hello().await?;
-    println!("node:             {}", hello.node_id);
-    println!("address:          {address}");
-    println!("protocol version: {}", hello.protocol_version);
-    println!("software version: {}", hello.software_version);
-    println!("capabilities:     {}", hello.capabilities.join(", "));
-    println!(
-        "you are:          {} ({})",
-        hello.caller_id, hello.caller_role
-    );
-    // The operator also sees the node's replication links.
-    if hello.caller_role == "admin" {
-        let links = client.links().await?;
-        if links.links.is_empty() {
-            println!("links:            none (no [[peer]] with role peer)");
-        }
-        for link in links.links {
-            println!(
-                "link {:<24} {} cursor {} of {} (lag {} entries, {:.1} s), items {} received / {} rejected, bundles {} / {}{}{}",
-                link.peer,
-                if link.connected {
-                    "connected   "
-                } else {
-                    "disconnected"
-                },
-                link.cursor,
-                link.head,
-                link.head.saturating_sub(link.cursor),
-                link.lag_ms as f64 / 1000.0,
-                link.items_received,
-                link.items_rejected,
-                link.bundles_received,
-                link.bundles_rejected,
-                if link.last_message_unix_ms > 0 {
-                    format!(
-                        ", last message {:.0} s ago",
-                        (entente::engine::now_ms() - link.last_message_unix_ms) as f64 / 1000.0
-                    )
-                } else {
-                    String::new()
-                },
-                if link.last_error.is_empty() {
-                    String::new()
-                } else {
-                    format!("; last error: {}", link.last_error)
-                },
-            );
-        }
-        for feed in client.feeds().await?.feeds {
-            let ago = |ms: i64| {
-                if ms > 0 {
-                    format!(
-                        "{:.0} s ago",
-                        (entente::engine::now_ms() - ms).max(0) as f64 / 1000.0
-                    )
-                } else {
-                    "never".to_owned()
-                }
-            };
-            println!(
-                "feed {:<24} {} {} last poll {}, last success {}, items {} ingested / {} unchanged, objects {} fetched / {} skipped, polls {} ({} failed){}{}",
-                feed.name,
-                feed.kind,
-                feed.url,
-                ago(feed.last_poll_unix_ms),
-                ago(feed.last_success_unix_ms),
-                feed.items_ingested,
-                feed.items_unchanged,
-                feed.objects_fetched,
-                feed.objects_skipped,
-                feed.polls,
-                feed.failures,
-                if feed.checkpoint.is_empty() {
-                    String::new()
-                } else {
-                    format!("; at {}", feed.checkpoint)
-                },
-                if feed.last_error.is_empty() {
-                    String::new()
-                } else {
-                    format!("; last error: {}", feed.last_error)
-                },
-            );
-        }
-        for limit in client.limits().await?.limits {
-            println!(
-                "limit {:<24} {:>16}{}",
-                limit.name,
-                limit.value,
-                if limit.counted {
-                    format!("   refused {} since start", limit.refused)
-                } else {
-                    String::new()
-                }
-            );
-        }
-    }
-    if let Some(deadline) = wait {
-        if hello.caller_role != "admin" {
-            bail!(
-                "--wait follows the node's links, which only its operator (its own certificate) may read"
-            );
-        }
-        entente::cli::wait_for_sync(&client, deadline).await?;
-    }
-    Ok(())
 }

@@ -1,7 +1,7 @@
 //! The client subcommands of the `entente` binary against a node started by
 //! `entente serve`, everything set up with the CLI itself: `init --with-certs`,
 //! `certs client --node --node-id` for the client configurations, then `publish`
-//! (plain list, CSV, STIX 2.1), `query --json` and `get`.
+//! (plain list, CSV, STIX 2.1), `query --stix` and `get`.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
@@ -204,9 +204,9 @@ impl Hq {
         path
     }
 
-    /// `entente query --json [FILTER]` as `config`: one JSON object per line.
-    fn query_json(&self, config: &Path, filter: &[&str]) -> Vec<serde_json::Value> {
-        let mut args = vec!["query", "--config", s(config), "--json"];
+    /// `entente query --stix [FILTER]` as `config`: one STIX object per line.
+    fn query_stix(&self, config: &Path, filter: &[&str]) -> Vec<serde_json::Value> {
+        let mut args = vec!["query", "--config", s(config), "--stix"];
         args.extend_from_slice(filter);
         ok(&args)
             .lines()
@@ -275,7 +275,7 @@ fn list_csv_and_stix_are_published_and_queried_back() {
         s(&list),
     ]);
     assert!(
-        last_line(&out).starts_with("published 3 items in 1 bundles to redmond.hq"),
+        last_line(&out).starts_with("published 3 items in 1 bundle to redmond.hq"),
         "{out}"
     );
 
@@ -301,7 +301,7 @@ fn list_csv_and_stix_are_published_and_queried_back() {
     assert!(last_line(&out).starts_with("published 5 items"), "{out}");
 
     let objects: Vec<serde_json::Value> = hq
-        .query_json(&hq.analyst, &[])
+        .query_stix(&hq.analyst, &[])
         .into_iter()
         .filter(|o| o["type"] == "indicator")
         .collect();
@@ -347,19 +347,19 @@ fn list_csv_and_stix_are_published_and_queried_back() {
     );
 
     // Filters through the CLI.
-    let tagged = hq.query_json(&hq.analyst, &["--tag", "csv-a"]);
+    let tagged = hq.query_stix(&hq.analyst, &["--tag", "csv-a"]);
     assert_eq!(
         values(&tagged),
         BTreeSet::from(["203.0.113.50".to_owned(), "c2.example.net".to_owned()])
     );
-    let by_value = hq.query_json(&hq.analyst, &["--value", "PHISH.example.org"]);
+    let by_value = hq.query_stix(&hq.analyst, &["--value", "PHISH.example.org"]);
     assert_eq!(
         values(&by_value),
         BTreeSet::from(["phish.example.org".to_owned()])
     );
-    let by_type = hq.query_json(&hq.analyst, &["--type", "sha256"]);
+    let by_type = hq.query_stix(&hq.analyst, &["--type", "sha256"]);
     assert_eq!(values(&by_type), BTreeSet::from([C2_HASH.to_owned()]));
-    let recent = hq.query_json(&hq.analyst, &["--since", "1h"]);
+    let recent = hq.query_stix(&hq.analyst, &["--since", "1h"]);
     assert_eq!(
         values(&recent),
         values(&objects)
@@ -370,7 +370,7 @@ fn list_csv_and_stix_are_published_and_queried_back() {
     );
 
     // The read-only client sees the GREEN items only.
-    let seen = hq.query_json(&hq.reader, &[]);
+    let seen = hq.query_stix(&hq.reader, &[]);
     assert_eq!(
         values(&seen),
         BTreeSet::from([
@@ -414,11 +414,11 @@ fn invalid_csv_lines_refuse_the_file_unless_skipped() {
     assert!(!stdout(&out).contains("published"), "{}", stdout(&out));
     // Nothing at all reached the node.
     assert_eq!(
-        hq.query_json(&hq.analyst, &[]),
+        hq.query_stix(&hq.analyst, &[]),
         Vec::<serde_json::Value>::new()
     );
     assert_eq!(
-        hq.query_json(&hq.analyst, &["--value", "192.0.2.10"]),
+        hq.query_stix(&hq.analyst, &["--value", "192.0.2.10"]),
         Vec::<serde_json::Value>::new()
     );
 
@@ -429,7 +429,7 @@ fn invalid_csv_lines_refuse_the_file_unless_skipped() {
         "{out}"
     );
     assert_eq!(
-        values(&hq.query_json(&hq.analyst, &[])),
+        values(&hq.query_stix(&hq.analyst, &[])),
         BTreeSet::from(["192.0.2.10".to_owned(), "ok.example.org".to_owned()])
     );
 }
@@ -444,7 +444,7 @@ fn a_list_without_a_marking_is_refused() {
     assert!(err.contains("--tlp"), "{err}");
     assert!(err.contains("line 1") && err.contains("line 2"), "{err}");
     assert_eq!(
-        hq.query_json(&hq.analyst, &[]),
+        hq.query_stix(&hq.analyst, &[]),
         Vec::<serde_json::Value>::new()
     );
 
@@ -488,7 +488,7 @@ fn get_prints_the_provenance() {
 
     // The same bundle as the JSON form names.
     let json: serde_json::Value =
-        serde_json::from_str(ok(&["get", "--config", analyst, "--json", C2_IP_ID]).trim()).unwrap();
+        serde_json::from_str(ok(&["get", "--config", analyst, "--stix", C2_IP_ID]).trim()).unwrap();
     assert_eq!(json["id"], C2_IP_ID);
     assert_eq!(json["x_entente_provenance"]["bundle_id"], bundle.as_str());
     assert_eq!(json["x_entente_provenance"]["signature_verified"], true);
@@ -518,12 +518,12 @@ fn a_read_only_client_cannot_publish() {
     assert!(err.contains(READER), "{err}");
     assert!(!stdout(&out).contains("published"), "{}", stdout(&out));
     assert_eq!(
-        hq.query_json(&hq.analyst, &[]),
+        hq.query_stix(&hq.analyst, &[]),
         Vec::<serde_json::Value>::new()
     );
     // Reading is allowed.
     assert_eq!(
-        hq.query_json(&hq.reader, &[]),
+        hq.query_stix(&hq.reader, &[]),
         Vec::<serde_json::Value>::new()
     );
 }
@@ -581,9 +581,9 @@ fn stix_granular_and_opencti_markings_are_kept_from_a_read_only_client() {
     assert!(last_line(&out).starts_with("published 2 items"), "{out}");
 
     // The GREEN-limited read-only client gets the CLEAR indicator only.
-    let seen = hq.query_json(&hq.reader, &[]);
+    let seen = hq.query_stix(&hq.reader, &[]);
     assert_eq!(values(&seen), BTreeSet::from(["198.51.100.24".to_owned()]));
-    let by_value = hq.query_json(&hq.reader, &["--value", "198.51.100.23"]);
+    let by_value = hq.query_stix(&hq.reader, &["--value", "198.51.100.23"]);
     assert_eq!(by_value, Vec::<serde_json::Value>::new());
     let out = fails(&["get", "--config", s(&hq.reader), granular_id]);
     assert!(stderr(&out).contains("no such item"), "{}", stderr(&out));
@@ -594,7 +594,7 @@ fn stix_granular_and_opencti_markings_are_kept_from_a_read_only_client() {
         (IndicatorType::Ipv4, "198.51.100.24".to_owned(), Tlp::Clear),
     ]
     .into();
-    assert_eq!(indicators(&hq.query_json(&hq.analyst, &[])), expected);
+    assert_eq!(indicators(&hq.query_stix(&hq.analyst, &[])), expected);
     let out = ok(&["get", "--config", analyst, granular_id]);
     assert!(
         out.contains("marking:") && out.contains("TLP:AMBER"),
@@ -621,7 +621,7 @@ fn stix_granular_and_opencti_markings_are_kept_from_a_read_only_client() {
     );
     let out = ok(&["publish", "--config", analyst, s(&opencti)]);
     assert!(last_line(&out).starts_with("published 1 item"), "{out}");
-    let got = hq.query_json(&hq.analyst, &["--value", "198.51.100.25"]);
+    let got = hq.query_stix(&hq.analyst, &["--value", "198.51.100.25"]);
     assert_eq!(
         indicators(&got),
         BTreeSet::from([(
@@ -649,7 +649,7 @@ fn stix_granular_and_opencti_markings_are_kept_from_a_read_only_client() {
     );
     assert!(err.contains("nothing published"), "{err}");
     assert_eq!(
-        hq.query_json(&hq.analyst, &["--value", "198.51.100.26"]),
+        hq.query_stix(&hq.analyst, &["--value", "198.51.100.26"]),
         Vec::<serde_json::Value>::new()
     );
 }
@@ -690,7 +690,7 @@ fn a_stix_revocation_marked_lower_than_its_indicator_is_refused() {
     );
     // The reader sees nothing of it; the analyst still holds the AMBER indicator.
     assert_eq!(
-        hq.query_json(&hq.reader, &[]),
+        hq.query_stix(&hq.reader, &[]),
         Vec::<serde_json::Value>::new()
     );
     let out = fails(&["get", "--config", s(&hq.reader), id]);
@@ -871,7 +871,7 @@ fn a_list_published_again_updates_its_indicators_under_valid_ids() {
         ok(&["publish", "--config", analyst, "--tlp", "green", s(&list)]);
         ok(&["publish", "--config", analyst, "--tlp", "green", s(&csv)]);
     }
-    let objects = hq.query_json(&hq.analyst, &[]);
+    let objects = hq.query_stix(&hq.analyst, &[]);
     assert_eq!(objects.len(), 4, "{objects:#?}");
     for object in &objects {
         let id = object["id"].as_str().unwrap();
@@ -897,7 +897,7 @@ fn revoke_keeps_the_marking_and_tags_and_exports_valid_stix() {
         "campaign-x",
         s(&list),
     ]);
-    let before = hq.query_json(&hq.analyst, &["--value", "c2.campaign.example"]);
+    let before = hq.query_stix(&hq.analyst, &["--value", "c2.campaign.example"]);
     let id = before[0]["id"].as_str().unwrap().to_owned();
 
     let out = ok(&[
@@ -911,7 +911,7 @@ fn revoke_keeps_the_marking_and_tags_and_exports_valid_stix() {
     assert!(out.contains(&format!("revoked {id}")), "{out}");
 
     // Revoked under its tag: a subscriber filtering by tag finds it.
-    let tagged = hq.query_json(&hq.analyst, &["--tag", "campaign-x"]);
+    let tagged = hq.query_stix(&hq.analyst, &["--tag", "campaign-x"]);
     let revoked = tagged
         .iter()
         .find(|o| o["id"] == id.as_str())
@@ -971,23 +971,23 @@ fn a_compound_pattern_is_found_by_each_value_and_judged_by_each_type() {
 
     // Found under each value it names.
     for value in ["113.10.246.30", "update.evil.example"] {
-        let found = hq.query_json(&net_reader, &["--value", value]);
+        let found = hq.query_stix(&net_reader, &["--value", value]);
         let ids: Vec<&str> = found.iter().filter_map(|o| o["id"].as_str()).collect();
         assert_eq!(ids, [id], "--value {value}");
     }
     assert_eq!(
-        hq.query_json(&net_reader, &["--value", "198.51.100.99"]),
+        hq.query_stix(&net_reader, &["--value", "198.51.100.99"]),
         Vec::<serde_json::Value>::new()
     );
     // Judged by every type it names: a partner limited to IPv4 gets nothing of it, and
     // what it is told is what it would be told of an absent id.
-    assert_eq!(hq.query_json(&net_reader, &[]).len(), 1);
+    assert_eq!(hq.query_stix(&net_reader, &[]).len(), 1);
     assert_eq!(
-        hq.query_json(&ip_reader, &["--value", "113.10.246.30"]),
+        hq.query_stix(&ip_reader, &["--value", "113.10.246.30"]),
         Vec::<serde_json::Value>::new()
     );
     assert_eq!(
-        hq.query_json(&ip_reader, &[]),
+        hq.query_stix(&ip_reader, &[]),
         Vec::<serde_json::Value>::new()
     );
     let withheld = stderr(&fails(&["get", "--config", s(&ip_reader), id]));
@@ -1167,7 +1167,7 @@ fn context_objects_travel_under_policy_and_relationships_need_both_ends() {
     assert!(last_line(&out).starts_with("published 7 items"), "{out}");
 
     let ids = |config: &Path| -> BTreeSet<String> {
-        hq.query_json(config, &[])
+        hq.query_stix(config, &[])
             .iter()
             .map(|o| o["id"].as_str().unwrap().to_owned())
             .collect()
