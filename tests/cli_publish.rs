@@ -794,7 +794,21 @@ fn real_stix_keeps_its_properties_and_exports_valid_stix() {
     let mut originals = Vec::new();
     for name in REAL_EXAMPLES {
         let path = fixture(name);
-        ok(&["publish", "--config", analyst, "--tlp", "green", s(&path)]);
+        let args = ["publish", "--config", analyst, "--tlp", "green", s(&path)];
+        if name == "poisonivy.json" {
+            // The OASIS example reuses its malware object's UUID for a relationship: the
+            // node refuses that one object (an id keeps its type), and publish says so.
+            let out = fails(&args);
+            let err = stderr(&out);
+            assert!(
+                err.contains("rejected relationship--69101c2f-da92-47af-b402-7c60a39a982f: the same UUID is held as malware--69101c2f-da92-47af-b402-7c60a39a982f"),
+                "{err}"
+            );
+            assert!(err.contains("1 item of 137 refused by redmond.hq"), "{err}");
+            assert!(stdout(&out).starts_with("published 136 items in 1 bundle"));
+        } else {
+            ok(&args);
+        }
         let bundle: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         originals.extend(
@@ -1241,4 +1255,321 @@ fn context_objects_travel_under_policy_and_relationships_need_both_ends() {
         "{}",
         stderr(&absent)
     );
+}
+
+/// The JSON lines of `entente ARGS --json`, which must succeed.
+fn json_lines(args: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = args.to_vec();
+    args.push("--json");
+    ok(&args)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect()
+}
+
+/// The operator's client configuration: the node's own certificate, at its address.
+fn operator_config(hq: &Hq) -> PathBuf {
+    let certs = hq.dir.path().join("hq/certs");
+    let analyst = std::fs::read_to_string(&hq.analyst).unwrap();
+    let node = analyst
+        .lines()
+        .find_map(|l| l.strip_prefix("node = "))
+        .expect("node = in the client configuration")
+        .trim_matches('"')
+        .to_owned();
+    let path = hq.dir.path().join("operator.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[client]\nid = \"{HQ}\"\ncert = \"{}\"\nkey = \"{}\"\ntrust_anchors = [\"{}\"]\nnode = \"{node}\"\nnode_id = \"{HQ}\"\n",
+            certs.join(format!("{HQ}.crt")).display(),
+            certs.join(format!("{HQ}.key")).display(),
+            certs.join("ca.crt").display(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn publish_names_each_refused_item_and_exits_non_zero() {
+    let hq = Hq::start();
+    let analyst = s(&hq.analyst);
+    const IP: &str = "indicator--7c3e9a51-0000-4000-8000-0000000000a1";
+    const SAME_UUID: &str = "malware--7c3e9a51-0000-4000-8000-0000000000a1";
+    let file = hq.input(
+        "clash.json",
+        &stix_bundle(vec![
+            stix_indicator(IP, "198.51.100.90", json_list(TLP_GREEN_ID)),
+            object(
+                "malware",
+                SAME_UUID,
+                TLP_GREEN_ID,
+                serde_json::json!({"name": "Clash", "is_family": false}),
+            ),
+        ]),
+    );
+    let out = fails(&["publish", "--config", analyst, s(&file)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out)
+            .starts_with("published 1 item in 1 bundle to redmond.hq (0 duplicate, 1 rejected)"),
+        "{}",
+        stdout(&out)
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "rejected {SAME_UUID}: the same UUID is held as {IP}; an id keeps its type"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("error: 1 item of 2 refused by redmond.hq"),
+        "{err}"
+    );
+
+    // Again, as JSON: the indicator is now a duplicate, the malware refused again.
+    let out = fails(&["publish", "--json", "--config", analyst, s(&file)]);
+    let summary: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(summary["node"], HQ, "{summary}");
+    assert_eq!(summary["items"], 2, "{summary}");
+    assert_eq!(summary["accepted"], 0, "{summary}");
+    assert_eq!(summary["duplicates"], 1, "{summary}");
+    assert_eq!(summary["rejected"][0]["id"], SAME_UUID, "{summary}");
+    assert!(
+        summary["rejected"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("an id keeps its type")),
+        "{summary}"
+    );
+    assert_eq!(summary["rejected"].as_array().unwrap().len(), 1);
+    assert_eq!(summary["bundle_ids"].as_array().unwrap().len(), 1);
+
+    // Nothing refused: exit 0, and the JSON says so.
+    let fine = hq.input("fine.txt", "198.51.100.91\n");
+    let summary = &json_lines(&["publish", "--config", analyst, "--tlp", "green", s(&fine)])[0];
+    assert_eq!(summary["accepted"], 1, "{summary}");
+    assert_eq!(summary["rejected"], serde_json::json!([]), "{summary}");
+}
+
+#[test]
+fn query_prints_an_aligned_table_and_filters_by_marking() {
+    let hq = Hq::start();
+    let analyst = s(&hq.analyst);
+    let green = hq.input("green.txt", "198.51.100.1\nphish.example.org\n");
+    ok(&[
+        "publish",
+        "--config",
+        analyst,
+        "--tlp",
+        "green",
+        "--tag",
+        "campaign-x",
+        s(&green),
+    ]);
+    let amber = hq.input(
+        "amber.txt",
+        "https://login.example.net/very/long/path/to/a/page\n",
+    );
+    ok(&[
+        "publish",
+        "--config",
+        analyst,
+        "--tlp",
+        "AMBER+STRICT",
+        s(&amber),
+    ]);
+
+    let out = entente(&["query", "--config", analyst]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stderr(&out).trim(), "3 items");
+    let table = stdout(&out);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 4, "{table}");
+    let header = lines[0];
+    for name in [
+        "ID", "TYPE", "TLP", "ORIGIN", "HOPS", "MODIFIED", "TAGS", "VALUE",
+    ] {
+        assert!(header.contains(name), "{header}");
+    }
+    // Every column starts where its name does.
+    for (name, cells) in [
+        ("TYPE", &["ipv4", "domain", "url"][..]),
+        ("TLP", &["GREEN", "AMBER+STRICT"]),
+        ("ORIGIN", &[HQ]),
+        ("TAGS", &["campaign-x", "-"]),
+        (
+            "VALUE",
+            &[
+                "198.51.100.1",
+                "phish.example.org",
+                "https://login.example.net/",
+            ],
+        ),
+    ] {
+        let at = header.find(name).unwrap();
+        for line in &lines[1..] {
+            assert!(
+                cells.iter().any(|cell| line[at..].starts_with(cell)),
+                "{name} column misaligned:\n{table}"
+            );
+        }
+    }
+
+    let out = entente(&["query", "--config", analyst, "--limit", "1"]);
+    assert_eq!(stderr(&out).trim(), "1 item");
+    assert_eq!(stdout(&out).lines().count(), 2);
+
+    let green_only = json_lines(&["query", "--config", analyst, "--tlp", "green"]);
+    assert_eq!(green_only.len(), 2);
+    assert!(green_only.iter().all(|i| i["tlp"] == "GREEN"));
+    let strict = json_lines(&[
+        "query",
+        "--config",
+        analyst,
+        "--tlp",
+        "amber+strict",
+        "--tlp",
+        "red",
+    ]);
+    assert_eq!(strict.len(), 1);
+    assert_eq!(strict[0]["type"], "url");
+    assert_eq!(strict[0]["tags"], serde_json::json!([]));
+    let out = entente(&["query", "--config", analyst, "--tlp", "red"]);
+    assert_eq!(stdout(&out), "");
+    assert_eq!(stderr(&out).trim(), "0 items");
+
+    // Times in every accepted form.
+    for since in [
+        "1h",
+        "today",
+        "yesterday",
+        "1h30m",
+        "2000-01-01",
+        "2000-01-01T00:00:00Z",
+        "946684800000",
+    ] {
+        assert_eq!(
+            json_lines(&["query", "--config", analyst, "--since", since]).len(),
+            3,
+            "--since {since}"
+        );
+    }
+    assert!(json_lines(&["query", "--config", analyst, "--since", "2100-01-01"]).is_empty());
+    assert!(json_lines(&["query", "--config", analyst, "--since", "now"]).is_empty());
+}
+
+#[test]
+fn every_client_command_prints_json() {
+    let hq = Hq::start();
+    let analyst = s(&hq.analyst);
+    let operator = operator_config(&hq);
+    let operator = s(&operator);
+    let file = hq.input("one.txt", "198.51.100.7\n");
+    let published = &json_lines(&[
+        "publish",
+        "--config",
+        analyst,
+        "--tlp",
+        "green",
+        "--tag",
+        "case-7",
+        s(&file),
+    ])[0];
+    let bundle = published["bundle_ids"][0].as_str().unwrap().to_owned();
+
+    // The item JSON object, from query and get alike.
+    let items = json_lines(&["query", "--config", analyst]);
+    assert_eq!(items.len(), 1);
+    let item = &items[0];
+    let id = item["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("indicator--"), "{item}");
+    assert_eq!(item["kind"], "indicator");
+    assert_eq!(item["type"], "ipv4");
+    assert_eq!(item["value"], "198.51.100.7");
+    assert_eq!(item["tlp"], "GREEN");
+    assert_eq!(item["tags"], serde_json::json!(["case-7"]));
+    let modified = item["modified"].as_str().unwrap();
+    assert!(
+        modified.len() == 24 && modified.ends_with('Z'),
+        "{modified}"
+    );
+    assert_eq!(item["valid_until"], serde_json::Value::Null);
+    assert_eq!(item["revocation_reason"], "");
+    assert_eq!(item["refs"], serde_json::json!([]));
+    assert_eq!(
+        item["provenance"],
+        serde_json::json!({
+            "origin": HQ, "bundle_id": bundle, "received_from": HQ, "hops": 0,
+            "signature_verified": true,
+        })
+    );
+    assert_eq!(&json_lines(&["get", "--config", analyst, &id])[0], item);
+    let text = ok(&["get", "--config", analyst, &id]);
+    assert!(text.contains("marking:       TLP:GREEN"), "{text}");
+
+    // Policy explain for a stored item, as the operator.
+    let explained = &json_lines(&[
+        "policy",
+        "explain",
+        "--config",
+        operator,
+        "--partner",
+        READER,
+        "--item",
+        &id,
+    ])[0];
+    assert_eq!(explained["id"], id.as_str(), "{explained}");
+    assert_eq!(explained["partner"], READER, "{explained}");
+    assert_eq!(explained["allow"], true, "{explained}");
+    assert!(explained["rule"].is_string(), "{explained}");
+    // And for items of a file, judged by the node's configuration.
+    let node_config = hq.dir.path().join("hq/entente.toml");
+    let amber = hq.input("amber.txt", "192.0.2.44\n");
+    let judged = json_lines(&[
+        "policy",
+        "explain",
+        "--config",
+        s(&node_config),
+        "--partner",
+        READER,
+        "--input",
+        s(&amber),
+        "--tlp",
+        "amber",
+    ]);
+    assert_eq!(judged.len(), 1);
+    assert_eq!(judged[0]["value"], "192.0.2.44");
+    assert_eq!(judged[0]["allow"], false, "{}", judged[0]);
+
+    // Revoke.
+    let revoked = &json_lines(&["revoke", "--config", analyst, "--reason", "sinkholed", &id])[0];
+    assert_eq!(revoked["id"], id.as_str(), "{revoked}");
+    assert_eq!(revoked["reason"], "sinkholed", "{revoked}");
+    let item = &json_lines(&["get", "--config", analyst, &id])[0];
+    assert_eq!(item["kind"], "revocation", "{item}");
+    assert_eq!(item["value"], serde_json::Value::Null, "{item}");
+    assert_eq!(item["revocation_reason"], "sinkholed", "{item}");
+
+    // The ledger, shown and verified; policy reload.
+    let records = json_lines(&["ledger", "show", "--config", operator, "--since", "1h"]);
+    assert!(!records.is_empty());
+    for record in &records {
+        assert!(record["seq"].is_u64(), "{record}");
+        assert!(
+            record["time"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{record}"
+        );
+        assert_eq!(record["hash"].as_str().map(str::len), Some(64), "{record}");
+    }
+    let verified = &json_lines(&["ledger", "verify", "--config", operator])[0];
+    assert_eq!(verified["intact"], true, "{verified}");
+    assert_eq!(verified["broken_at"], serde_json::Value::Null, "{verified}");
+    assert!(verified["records"].as_u64().unwrap() >= records.len() as u64);
+    let text = ok(&["ledger", "verify", "--config", operator]);
+    assert!(text.starts_with("ledger intact: "), "{text}");
+    let reloaded = &json_lines(&["policy", "reload", "--config", operator])[0];
+    assert_eq!(reloaded["node"], HQ);
+    assert!(reloaded["policy_hash"].is_string(), "{reloaded}");
 }
