@@ -31,12 +31,8 @@ fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
-/// Starts `entente serve` and returns it with the address it printed.
-fn serve(config: &Path) -> (Child, String) {
-    serve_logging_to(config, Stdio::null())
-}
-
-/// Starts `entente serve` with its stderr (its log) going to `log`.
+/// Starts `entente serve` with its stderr (its log) going to `log`; returns it with the
+/// address it printed.
 fn serve_logging_to(config: &Path, log: impl Into<Stdio>) -> (Child, String) {
     let mut child = Command::new(ENTENTE)
         .args(["serve", "--config"])
