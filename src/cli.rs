@@ -7,6 +7,7 @@
 //! terminal). Nothing here decides policy or touches the store directly, except
 //! `store recover`, which runs with the node stopped.
 
+pub mod args;
 pub mod item;
 pub mod ledger;
 pub mod policy;
