@@ -802,6 +802,13 @@ async fn rust_cli_and_python_client_print_the_same_json() {
             serde_json::from_str::<serde_json::Value>(&succeeded(&rust)).unwrap(),
             *item
         );
+        // The details as text, too.
+        let (rust, python) = both(args(&["get", "--config", &config, id])).await;
+        assert_eq!(
+            succeeded(&rust),
+            succeeded(&python),
+            "get {id} (text) differs"
+        );
     }
     // The text forms agree on the count, and say "1 item".
     let (rust, python) = both(args(&["query", "--config", &config, "--type", "sha256"])).await;

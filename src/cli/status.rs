@@ -69,10 +69,7 @@ pub async fn status(config: Config, options: StatusOptions, output: Output) -> R
         });
         if let Some(map) = object.as_object_mut() {
             if let Some(links) = links {
-                map.insert(
-                    "links".into(),
-                    links.iter().map(|l| link_json(l, now)).collect(),
-                );
+                map.insert("links".into(), links.iter().map(link_json).collect());
             }
             if let Some(feeds) = &feeds {
                 map.insert("feeds".into(), feeds.iter().map(feed_json).collect());
@@ -241,7 +238,7 @@ fn feed_line(feed: &FeedStatus, now: i64) -> String {
 }
 
 /// A link in `status --json`.
-fn link_json(link: &LinkStatus, _now: i64) -> serde_json::Value {
+fn link_json(link: &LinkStatus) -> serde_json::Value {
     json!({
         "peer": link.peer,
         "address": link.address,
