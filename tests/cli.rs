@@ -481,3 +481,43 @@ fn setup_commands_print_json_and_json_is_refused_where_it_means_nothing() {
         );
     }
 }
+
+#[test]
+fn taxii_hash_password_prints_the_hash_alone_or_as_json() {
+    let hash = |json: bool| -> String {
+        let mut command = Command::new(ENTENTE);
+        command.args(["taxii", "hash-password"]);
+        if json {
+            command.arg("--json");
+        }
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(b"correct horse battery staple\n").unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = hash(false);
+    assert!(text.trim().starts_with("$argon2id$"), "{text}");
+    let json: serde_json::Value = serde_json::from_str(hash(true).trim()).unwrap();
+    assert!(
+        json["password_hash"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("$argon2id$")),
+        "{json}"
+    );
+    // The password itself is never printed.
+    assert!(!text.contains("horse") && !json.to_string().contains("horse"));
+}
