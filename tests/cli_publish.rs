@@ -1344,6 +1344,7 @@ fn publish_names_each_refused_item_and_exits_non_zero() {
         "{summary}"
     );
     assert_eq!(summary["rejected"].as_array().unwrap().len(), 1);
+    assert_eq!(summary["rejected_count"], 1);
     assert_eq!(summary["bundle_ids"].as_array().unwrap().len(), 1);
 
     // Nothing refused: exit 0, and the JSON says so.

@@ -144,6 +144,7 @@ pub async fn publish(
             "accepted": response.items_accepted,
             "duplicates": response.items_duplicate,
             "rejected": rejected_json(&response),
+            "rejected_count": response.items_rejected,
             "invalid_skipped": parsed.errors.len(),
             "bundle_ids": response.bundle_ids,
             "seconds": (secs * 1000.0).round() / 1000.0,
@@ -172,6 +173,12 @@ pub async fn publish(
         for rejected in &response.rejected {
             eprintln!("rejected {}: {}", rejected.id, rejected.reason);
         }
+        let unnamed = response
+            .items_rejected
+            .saturating_sub(response.rejected.len() as u64);
+        if unnamed > 0 {
+            eprintln!("... and {unnamed} more refused");
+        }
     }
     if response.items_rejected > 0 {
         bail!(
@@ -183,17 +190,14 @@ pub async fn publish(
     Ok(())
 }
 
-/// The `rejected` member of the publish JSON object: `[{"id", "reason"}]`.
+/// The `rejected` member of the publish JSON object: `[{"id", "reason"}]`, as many as the
+/// node named (it names the first 1000; `rejected_count` has them all).
 fn rejected_json(response: &PublishResponse) -> serde_json::Value {
-    let mut list: Vec<serde_json::Value> = response
+    response
         .rejected
         .iter()
         .map(|r| json!({"id": r.id, "reason": r.reason}))
-        .collect();
-    // A node from before the reasons were sent only counts them.
-    let unnamed = (response.items_rejected as usize).saturating_sub(list.len());
-    list.extend((0..unnamed).map(|_| json!({"id": null, "reason": "not given by the node"})));
-    serde_json::Value::Array(list)
+        .collect()
 }
 
 /// `entente revoke ID --reason TEXT`: publishes the revocation of an indicator this node

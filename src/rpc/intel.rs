@@ -173,8 +173,13 @@ fn count(response: &mut PublishResponse, (receipt, rejected): Written) {
     response.items_accepted += receipt.report.stored.len() as u64;
     response.items_duplicate += receipt.report.duplicates as u64;
     response.items_rejected += receipt.report.rejected.len() as u64;
-    response.rejected.extend(rejected);
+    let room = MAX_REJECTED_NAMED.saturating_sub(response.rejected.len());
+    response.rejected.extend(rejected.into_iter().take(room));
 }
+
+/// Most refused items a Publish answer names (the count is always complete), so that the
+/// answer stays small whatever was sent.
+const MAX_REJECTED_NAMED: usize = 1000;
 
 /// The items of `bundle` the store refused, by id, with the reason.
 fn rejected_items(
