@@ -547,6 +547,36 @@ fn kind_name(kind: PartnerKind) -> &'static str {
     }
 }
 
+/// The reason word a refused handshake is counted under (a metrics label).
+pub(crate) fn tls_refusal_reason(error: &rustls::Error) -> &'static str {
+    match error {
+        rustls::Error::InvalidCertificate(e) => match e {
+            CertificateError::Revoked => "revoked",
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "not_valid_yet"
+            }
+            CertificateError::UnknownIssuer => "unknown_issuer",
+            CertificateError::BadSignature => "bad_signature",
+            CertificateError::UnknownRevocationStatus
+            | CertificateError::ExpiredRevocationList
+            | CertificateError::ExpiredRevocationListContext { .. } => "revocation_status",
+            CertificateError::Other(OtherError(other)) => {
+                match other.downcast_ref::<PartnerError>() {
+                    Some(PartnerError::Unknown(_)) => "unknown_partner",
+                    Some(PartnerError::WrongAnchor { .. }) => "wrong_anchor",
+                    Some(PartnerError::NoVerifier) => "no_verifier",
+                    None => "invalid_certificate",
+                }
+            }
+            _ => "invalid_certificate",
+        },
+        rustls::Error::NoCertificatesPresented => "no_certificate",
+        rustls::Error::AlertReceived(_) => "alert_received",
+        _ => "tls_error",
+    }
+}
+
 /// A rustls error in words, for logs and statuses (never a debug dump).
 pub fn describe_tls_error(error: &rustls::Error) -> String {
     match error {
