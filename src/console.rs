@@ -71,6 +71,8 @@ pub struct Sources {
     pub engine: Arc<Engine>,
     /// The pull links' state.
     pub links: crate::sync::Links,
+    /// The partner directory (the certificates of connected partners).
+    pub directory: Arc<crate::transport::Directory>,
     /// The certificate and trust-anchor files (`node.cert`, `node.trust_anchors`).
     pub tls: TlsPaths,
 }
@@ -156,8 +158,7 @@ async fn guard(request: Request, next: Next) -> Response {
     if target > MAX_TARGET_BYTES {
         return error_response(StatusCode::URI_TOO_LONG, "the request target is too long");
     }
-    if request.method() != axum::http::Method::GET && request.method() != axum::http::Method::HEAD
-    {
+    if request.method() != axum::http::Method::GET && request.method() != axum::http::Method::HEAD {
         return error_response(
             StatusCode::METHOD_NOT_ALLOWED,
             "the console is read-only: only GET and HEAD",
@@ -303,6 +304,12 @@ impl Console {
             tracing::warn!(%error, "admin listener: store size unknown");
             0
         });
+        // Partners no longer configured are left out.
+        let served = telemetry()
+            .served_positions()
+            .into_iter()
+            .filter(|(id, _)| partners.iter().any(|p| p.id == *id))
+            .collect();
         Snapshot {
             node: self.sources.node.to_string(),
             now_ms: now_ms(),
@@ -314,12 +321,16 @@ impl Console {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
-            served: telemetry().served_positions(),
+            served,
             feed_head: store.feed_head(),
             store_bytes,
             ledger_records: self.ledger_records(),
             limits: engine.limits().clone(),
-            certificates: certificates::read(&self.sources.tls, self.sources.node.as_str()),
+            certificates: certificates::read(
+                &self.sources.tls,
+                self.sources.node.as_str(),
+                &self.sources.directory.connected_not_after(),
+            ),
             rejections: telemetry().recent_rejections(),
         }
     }
@@ -431,13 +442,22 @@ async fn ledger_page(
     let item = query.item.trim().to_owned();
     let value = query.value.trim().to_owned();
     if item.is_empty() && value.is_empty() {
-        return (html_headers(), pages::ledger(state.sources.node.as_str(), &query, None, None)).into_response();
+        return (
+            html_headers(),
+            pages::ledger(state.sources.node.as_str(), &query, None, None),
+        )
+            .into_response();
     }
     if value.len() > MAX_LOOKUP_VALUE_BYTES {
         return (
             StatusCode::BAD_REQUEST,
             html_headers(),
-            pages::ledger(state.sources.node.as_str(), &query, None, Some("the value is too long")),
+            pages::ledger(
+                state.sources.node.as_str(),
+                &query,
+                None,
+                Some("the value is too long"),
+            ),
         )
             .into_response();
     }
@@ -450,7 +470,12 @@ async fn ledger_page(
                 return (
                     StatusCode::BAD_REQUEST,
                     html_headers(),
-                    pages::ledger(state.sources.node.as_str(), &query, None, Some(&format!("item: {e}"))),
+                    pages::ledger(
+                        state.sources.node.as_str(),
+                        &query,
+                        None,
+                        Some(&format!("item: {e}")),
+                    ),
                 )
                     .into_response();
             }
@@ -465,13 +490,22 @@ async fn ledger_page(
         .map_err(|e| e.to_string())
         .and_then(|r| r.map_err(|e| e.to_string()));
     match looked_up {
-        Ok(found) => (html_headers(), pages::ledger(state.sources.node.as_str(), &query, Some(&found), None)).into_response(),
+        Ok(found) => (
+            html_headers(),
+            pages::ledger(state.sources.node.as_str(), &query, Some(&found), None),
+        )
+            .into_response(),
         Err(error) => {
             tracing::warn!(%error, "admin listener: ledger lookup failed");
             (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 html_headers(),
-                pages::ledger(state.sources.node.as_str(), &query, None, Some("the lookup failed; see the node's log")),
+                pages::ledger(
+                    state.sources.node.as_str(),
+                    &query,
+                    None,
+                    Some("the lookup failed; see the node's log"),
+                ),
             )
                 .into_response()
         }
@@ -499,9 +533,13 @@ fn lookup(
         let mut after: Option<Vec<u8>> = None;
         // The operator sees every item (as `policy explain` and `ledger show` do).
         for _ in 0..16 {
-            let page = store.query(&query, after.as_deref(), MAX_LOOKUP_ITEMS, now_ms(), &|_| {
-                true
-            })?;
+            let page = store.query(
+                &query,
+                after.as_deref(),
+                MAX_LOOKUP_ITEMS,
+                now_ms(),
+                &|_| true,
+            )?;
             items.extend(page.items);
             match page.next {
                 Some(next) if items.len() < MAX_LOOKUP_ITEMS => after = Some(next),
@@ -596,7 +634,11 @@ async fn explain_page(
         ids
     };
     if query.partner.is_empty() && query.item.is_empty() {
-        return (html_headers(), pages::explain(state.sources.node.as_str(), &query, &partners, None)).into_response();
+        return (
+            html_headers(),
+            pages::explain(state.sources.node.as_str(), &query, &partners, None),
+        )
+            .into_response();
     }
     let answer = explain(&state, &query).await;
     let status = match &answer {
@@ -607,7 +649,12 @@ async fn explain_page(
     (
         status,
         html_headers(),
-        pages::explain(state.sources.node.as_str(), &query, &partners, Some(&answer)),
+        pages::explain(
+            state.sources.node.as_str(),
+            &query,
+            &partners,
+            Some(&answer),
+        ),
     )
         .into_response()
 }
@@ -615,10 +662,7 @@ async fn explain_page(
 /// What `Admin.Explain` answers the node's operator: the decision for the partner, by
 /// the engine (which records the operator's view of the item in the ledger, as it does
 /// for `entente policy explain`).
-async fn explain(
-    state: &Console,
-    query: &ExplainQuery,
-) -> Result<Explained, (StatusCode, String)> {
+async fn explain(state: &Console, query: &ExplainQuery) -> Result<Explained, (StatusCode, String)> {
     let bad = |m: String| (StatusCode::BAD_REQUEST, m);
     let partner = NodeId::new(query.partner.trim()).map_err(|e| bad(format!("partner: {e}")))?;
     let id = ItemId::parse(query.item.trim()).map_err(|e| bad(format!("item: {e}")))?;

@@ -359,6 +359,7 @@ impl Node {
                         node: id.clone(),
                         engine: engine.clone(),
                         links: link_states.clone(),
+                        directory: directory.clone(),
                         tls: config.node.tls.clone(),
                     },
                     shutdown.clone(),

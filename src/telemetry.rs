@@ -111,7 +111,9 @@ impl Telemetry {
                 ("reason", reason.to_owned()),
             ]
         };
-        self.pulled_bundles.get_or_create(&labels(outcome, why)).inc();
+        self.pulled_bundles
+            .get_or_create(&labels(outcome, why))
+            .inc();
         if items_stored > 0 {
             self.pulled_items
                 .get_or_create(&labels("accepted", ""))
@@ -144,7 +146,10 @@ impl Telemetry {
             return;
         }
         self.withheld
-            .get_or_create(&vec![("partner", partner.to_owned()), ("rule", rule.to_owned())])
+            .get_or_create(&vec![
+                ("partner", partner.to_owned()),
+                ("rule", rule.to_owned()),
+            ])
             .inc_by(n);
     }
 

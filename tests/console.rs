@@ -256,11 +256,7 @@ async fn metrics_parse_with_the_prometheus_parser_and_count_what_happened() {
     let stranger = pki.client("stranger.example");
 
     // hq shares GREEN with berlin; berlin pulls from hq.
-    let hq_config = config(
-        &pki,
-        &hq,
-        &[peer("berlin.office", "127.0.0.1:1", OPEN)],
-    );
+    let hq_config = config(&pki, &hq, &[peer("berlin.office", "127.0.0.1:1", OPEN)]);
     let hq_node = serve(&hq, &hq_config);
     let berlin_config = config(&pki, &berlin, &[peer("redmond.hq", &hq_node.addr, OPEN)]);
     let berlin_node = serve(&berlin, &berlin_config);
@@ -278,12 +274,7 @@ async fn metrics_parse_with_the_prometheus_parser_and_count_what_happened() {
     .await;
 
     // A certificate this federation issued but hq does not know is refused.
-    let refused = common::hello(
-        &pki.material(&stranger),
-        hq_node.addr.parse().unwrap(),
-        &hq,
-    )
-    .await;
+    let refused = common::hello(&pki.material(&stranger), hq_node.addr.parse().unwrap(), &hq).await;
     assert!(refused.is_err(), "an unknown client was let in");
 
     let berlin_samples = scrape_until(berlin_node.admin, "berlin caught up with hq", |s| {
@@ -307,9 +298,18 @@ async fn metrics_parse_with_the_prometheus_parser_and_count_what_happened() {
 
     // berlin, the puller: its link to hq, caught up.
     let b = &berlin_samples;
-    assert_eq!(value(b, "entente_pull_cursor", &[("peer", "redmond.hq")]), Some(1.0));
-    assert_eq!(value(b, "entente_pull_connected", &[("peer", "redmond.hq")]), Some(1.0));
-    assert_eq!(value(b, "entente_pull_lag_seconds", &[("peer", "redmond.hq")]), Some(0.0));
+    assert_eq!(
+        value(b, "entente_pull_cursor", &[("peer", "redmond.hq")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(b, "entente_pull_connected", &[("peer", "redmond.hq")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(b, "entente_pull_lag_seconds", &[("peer", "redmond.hq")]),
+        Some(0.0)
+    );
     assert_eq!(
         value(
             b,
@@ -333,7 +333,11 @@ async fn metrics_parse_with_the_prometheus_parser_and_count_what_happened() {
     let h = &hq_samples;
     assert_eq!(value(h, "entente_feed_head", &[]), Some(1.0));
     assert_eq!(
-        value(h, "entente_served_lag_entries", &[("partner", "berlin.office")]),
+        value(
+            h,
+            "entente_served_lag_entries",
+            &[("partner", "berlin.office")]
+        ),
         Some(0.0)
     );
     assert!(
@@ -354,7 +358,10 @@ async fn metrics_parse_with_the_prometheus_parser_and_count_what_happened() {
         None
     );
     // hq pulls from an address where nothing listens: its link says so.
-    assert_eq!(value(h, "entente_pull_connected", &[("peer", "berlin.office")]), Some(0.0));
+    assert_eq!(
+        value(h, "entente_pull_connected", &[("peer", "berlin.office")]),
+        Some(0.0)
+    );
 
     // RPC latency, a histogram per method.
     let publish_count = value(
@@ -384,12 +391,37 @@ async fn metrics_parse_with_the_prometheus_parser_and_count_what_happened() {
         value(h, "entente_ledger_records", &[]).is_some_and(|v| v >= 1.0),
         "the pull to berlin is in the ledger"
     );
-    let own = value(h, "entente_certificate_expiry_days", &[("certificate", "own")])
-        .expect("own certificate expiry");
+    let own = value(
+        h,
+        "entente_certificate_expiry_days",
+        &[("certificate", "own")],
+    )
+    .expect("own certificate expiry");
     assert!(own > 1.0 && own < 40_000.0, "{own}");
-    assert!(value(h, "entente_certificate_expiry_days", &[("certificate", "ca")]).is_some());
+    assert!(
+        value(
+            h,
+            "entente_certificate_expiry_days",
+            &[("certificate", "ca")]
+        )
+        .is_some()
+    );
+    // berlin is connected (it pulls), so its certificate's expiry is known.
+    assert!(
+        value(
+            h,
+            "entente_certificate_expiry_days",
+            &[("certificate", "partner"), ("subject", "berlin.office")]
+        )
+        .is_some_and(|d| d > 1.0),
+        "{h:#?}"
+    );
     assert_eq!(
-        value(h, "entente_limit_refused_total", &[("limit", "streams_per_partner")]),
+        value(
+            h,
+            "entente_limit_refused_total",
+            &[("limit", "streams_per_partner")]
+        ),
         Some(0.0)
     );
     for sample in h {
@@ -410,8 +442,7 @@ async fn metrics_parse_with_the_prometheus_parser_and_count_what_happened() {
 
 /// An invalid domain value that is markup: a partner controls it, and the rejection
 /// quotes it.
-const HOSTILE: &str =
-    "<script>window.__entente_xss=1;document.title='owned'</script><img src=x onerror=window.__entente_xss=1>";
+const HOSTILE: &str = "<script>window.__entente_xss=1;document.title='owned'</script><img src=x onerror=window.__entente_xss=1>";
 /// What the rejection quotes of it (the value is cut short in the error's words).
 const HOSTILE_SHOWN: &str =
     "<script>window.__entente_xss=1;document.title='owned'</script><img src=x onerror=";
@@ -470,7 +501,9 @@ async fn a_partners_markup_is_shown_escaped() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(
-        body.contains("&lt;script&gt;window.__entente_xss=1;document.title=&#39;owned&#39;&lt;/script&gt;"),
+        body.contains(
+            "&lt;script&gt;window.__entente_xss=1;document.title=&#39;owned&#39;&lt;/script&gt;"
+        ),
         "{body}"
     );
     assert!(!body.contains("<script"), "{body}");
@@ -485,7 +518,10 @@ async fn a_partners_markup_is_shown_escaped() {
         let (_, head, body) = get(admin, target);
         assert!(!body.contains("<script"), "{target}: {body}");
         assert!(!body.contains("<img"), "{target}: {body}");
-        assert!(body.contains("&lt;script&gt;") || body.contains("&lt;img"), "{target}: {body}");
+        assert!(
+            body.contains("&lt;script&gt;") || body.contains("&lt;img"),
+            "{target}: {body}"
+        );
         assert!(
             head.to_ascii_lowercase()
                 .contains("content-security-policy: default-src 'none'"),
@@ -568,7 +604,11 @@ async fn the_console_shows_a_three_node_federation_in_a_browser() {
         ],
     );
     let berlin_node = serve(&berlin, &berlin_config);
-    let paris_config = config(&pki, &paris, &[peer("berlin.office", &berlin_node.addr, OPEN)]);
+    let paris_config = config(
+        &pki,
+        &paris,
+        &[peer("berlin.office", &berlin_node.addr, OPEN)],
+    );
     let paris_node = serve(&paris, &paris_config);
 
     let green = indicator("console-green.example", Tlp::Green);
@@ -586,7 +626,11 @@ async fn the_console_shows_a_three_node_federation_in_a_browser() {
             && value(s, "entente_pull_lag_entries", &[("peer", "berlin.office")]) == Some(0.0)
     });
     scrape_until(berlin_node.admin, "berlin saw paris pull", |s| {
-        value(s, "entente_served_lag_entries", &[("partner", "paris.office")]) == Some(0.0)
+        value(
+            s,
+            "entente_served_lag_entries",
+            &[("partner", "paris.office")],
+        ) == Some(0.0)
             && value(s, "entente_pull_lag_entries", &[("peer", "redmond.hq")]) == Some(0.0)
     });
 
@@ -618,7 +662,10 @@ async fn the_console_shows_a_three_node_federation_in_a_browser() {
     assert_eq!(served["behind"], "0", "{seen}");
     assert_eq!(served["cursor"], "1", "{seen}");
     let partners = seen["middle_partners"].as_object().expect("partners");
-    assert!(partners.contains_key("redmond.hq") && partners.contains_key("paris.office"), "{seen}");
+    assert!(
+        partners.contains_key("redmond.hq") && partners.contains_key("paris.office"),
+        "{seen}"
+    );
     assert!(partners.contains_key("analyst.alice"), "{seen}");
     for which in ["own", "ca"] {
         let days: f64 = seen["middle_certificates"][which]["days"]
@@ -671,5 +718,9 @@ async fn the_console_shows_a_three_node_federation_in_a_browser() {
     assert_eq!(seen["hostile"]["scripts"], 0, "{seen}");
 
     let png = std::fs::read(&screenshot).expect("the screenshot was kept");
-    assert!(png.starts_with(b"\x89PNG"), "a PNG at {}", screenshot.display());
+    assert!(
+        png.starts_with(b"\x89PNG"),
+        "a PNG at {}",
+        screenshot.display()
+    );
 }

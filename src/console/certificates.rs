@@ -9,7 +9,8 @@ use crate::transport::TlsPaths;
 /// One certificate's validity, as the console and the metrics show it.
 #[derive(Clone, Debug)]
 pub struct CertificateExpiry {
-    /// `own` (this node's certificate) or `ca` (a trust anchor).
+    /// `own` (this node's certificate), `ca` (a trust anchor) or `partner` (the
+    /// certificate a partner connected with).
     pub role: &'static str,
     /// Its subject: the node id for the node's certificate, the distinguished name for
     /// a CA.
@@ -25,9 +26,14 @@ pub fn days_left(cert: &CertificateExpiry, now_ms: i64) -> f64 {
     ((cert.not_after_ms - now_ms) as f64 / 86_400_000.0 * 100.0).round() / 100.0
 }
 
-/// The node's certificate (the leaf of `paths.cert`) and every trust anchor; a file
-/// that cannot be read now is left out (the node checked it when it loaded it).
-pub fn read(paths: &TlsPaths, node: &str) -> Vec<CertificateExpiry> {
+/// The node's certificate (the leaf of `paths.cert`), every trust anchor, and the
+/// certificate of each partner connected now (`connected`: id → notAfter in seconds); a
+/// file that cannot be read now is left out (the node checked it when it loaded it).
+pub fn read(
+    paths: &TlsPaths,
+    node: &str,
+    connected: &std::collections::BTreeMap<crate::model::NodeId, i64>,
+) -> Vec<CertificateExpiry> {
     let mut out = Vec::new();
     if let Some(own) = read_file(&paths.cert).into_iter().next() {
         out.push(CertificateExpiry {
@@ -46,6 +52,14 @@ pub fn read(paths: &TlsPaths, node: &str) -> Vec<CertificateExpiry> {
                 not_after_ms,
             });
         }
+    }
+    for (id, not_after) in connected {
+        out.push(CertificateExpiry {
+            role: "partner",
+            subject: id.to_string(),
+            file: String::new(),
+            not_after_ms: not_after.saturating_mul(1000),
+        });
     }
     out
 }

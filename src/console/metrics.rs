@@ -156,11 +156,7 @@ pub fn render(snapshot: &Snapshot) -> Result<String, std::fmt::Error> {
     );
     let ledger = Gauge::<i64, AtomicI64>::default();
     ledger.set(int(snapshot.ledger_records));
-    registry.register(
-        "ledger_records",
-        "Records in the disclosure ledger",
-        ledger,
-    );
+    registry.register("ledger_records", "Records in the disclosure ledger", ledger);
 
     let expiry = FloatGauges::default();
     for cert in &snapshot.certificates {

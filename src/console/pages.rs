@@ -24,7 +24,10 @@ fn page(node: &str, title: &str, body: &str) -> String {
     let node = if node.is_empty() {
         String::new()
     } else {
-        format!(" <small>· <span id=\"node\">{}</span></small>", escape(node))
+        format!(
+            " <small>· <span id=\"node\">{}</span></small>",
+            escape(node)
+        )
     };
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
@@ -67,13 +70,13 @@ fn ago(now_ms: i64, ms: i64) -> String {
 /// certificate expiry.
 pub fn overview(s: &Snapshot) -> String {
     let mut b = String::new();
-    let _ = write!(
+    let _ = writeln!(
         b,
         "<table id=\"summary\"><tr><th>Policy hash</th><td class=\"mono\">{}</td></tr>\
 <tr><th>Feed head</th><td class=\"num\" id=\"feed-head\">{}</td></tr>\
 <tr><th>Store size</th><td class=\"num\" id=\"store-bytes\">{} bytes</td></tr>\
 <tr><th>Ledger records</th><td class=\"num\" id=\"ledger-records\">{}</td></tr>\
-<tr><th>As of</th><td>{}</td></tr></table>\n",
+<tr><th>As of</th><td>{}</td></tr></table>",
         escape(&s.policy_hash),
         s.feed_head,
         s.store_bytes,
@@ -230,12 +233,12 @@ pub fn ledger(
     problem: Option<&str>,
 ) -> String {
     let mut b = String::new();
-    let _ = write!(
+    let _ = writeln!(
         b,
         "<form id=\"lookup\" method=\"get\" action=\"/ledger\">\
 <label>Item id <input name=\"item\" size=\"50\" maxlength=\"200\" value=\"{}\"></label> \
 <label>or value <input name=\"value\" size=\"40\" maxlength=\"2048\" value=\"{}\"></label> \
-<button type=\"submit\">Look up</button></form>\n",
+<button type=\"submit\">Look up</button></form>",
         escape(&query.item),
         escape(&query.value),
     );
@@ -298,10 +301,10 @@ pub fn explain(
             p = escape(p),
         );
     }
-    let _ = write!(
+    let _ = writeln!(
         b,
         "</select></label> <label>Item id <input name=\"item\" size=\"50\" maxlength=\"200\" value=\"{}\"></label> \
-<button type=\"submit\">Explain</button></form>\n",
+<button type=\"submit\">Explain</button></form>",
         escape(&query.item),
     );
     match answer {
@@ -336,7 +339,11 @@ pub fn explain(
 pub fn error(status: StatusCode, message: &str) -> String {
     page(
         "",
-        &format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or("")),
+        &format!(
+            "{} {}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("")
+        ),
         &format!("<p id=\"problem\" class=\"bad\">{}</p>\n", escape(message)),
     )
 }
