@@ -26,6 +26,9 @@
 //! id = "researcher.uni-x"
 //! role = "read_only"               # read_only, analyst or admin
 //!
+//! [admin]                          # optional: metrics and the read-only console
+//! listen = "127.0.0.1:9464"        # plain HTTP, loopback addresses only
+//!
 //! [[feed]]                         # an external source published as this node's own
 //! name = "circl-osint"             # items get the tag source:circl-osint
 //! kind = "misp"                    # misp or taxii
