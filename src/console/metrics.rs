@@ -169,7 +169,7 @@ pub fn render(snapshot: &Snapshot) -> Result<String, std::fmt::Error> {
     }
     registry.register(
         "certificate_expiry_days",
-        "Days until each certificate expires (negative once it has), for this node's own certificate and its trust anchors",
+        "Days until each certificate expires (negative once it has): this node's own, its trust anchors, and each partner connected now",
         expiry,
     );
 
