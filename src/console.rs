@@ -48,6 +48,9 @@ pub const MAX_LOOKUP_DELIVERIES: usize = 1000;
 const MAX_LOOKUP_ITEMS: usize = 100;
 /// Ledger records read per store call.
 const LEDGER_PAGE: usize = 500;
+/// Requests the admin listener serves at once; more are answered 503 at once (each may
+/// read the store or the ledger on a blocking thread).
+pub const MAX_REQUESTS_IN_FLIGHT: usize = 8;
 
 /// Why the admin listener could not start.
 #[derive(Debug, thiserror::Error)]
@@ -111,7 +114,10 @@ impl ConsoleServer {
             sources,
             ledger_seen: Mutex::new(0),
         });
-        let app = router(state);
+        let app = router(
+            state,
+            Arc::new(tokio::sync::Semaphore::new(MAX_REQUESTS_IN_FLIGHT)),
+        );
         let task = tokio::spawn(async move {
             if let Err(error) = axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -135,7 +141,7 @@ impl ConsoleServer {
     }
 }
 
-fn router(state: Arc<Console>) -> Router {
+fn router(state: Arc<Console>, in_flight: Arc<tokio::sync::Semaphore>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_page))
         .route("/", get(overview_page))
@@ -143,6 +149,21 @@ fn router(state: Arc<Console>) -> Router {
         .route("/explain", get(explain_page))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(guard))
+        .layer(axum::middleware::from_fn(
+            move |request: Request, next: Next| {
+                let in_flight = in_flight.clone();
+                async move {
+                    // Held until the answer is built.
+                    let Ok(_permit) = in_flight.try_acquire_owned() else {
+                        return error_response(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "the console is busy with other requests; try again",
+                        );
+                    };
+                    next.run(request).await
+                }
+            },
+        ))
         .with_state(state)
 }
 
