@@ -48,6 +48,14 @@ pub const MAX_LOOKUP_DELIVERIES: usize = 1000;
 const MAX_LOOKUP_ITEMS: usize = 100;
 /// Ledger records read per store call.
 const LEDGER_PAGE: usize = 500;
+/// Connections the admin listener holds open at once; more wait to be accepted.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Time a client has to send a request's head.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Largest request head (request line and headers), bytes.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Time open connections have to finish at shutdown.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 /// Requests the admin listener serves at once; more are answered 503 at once (each may
 /// read the store or the ledger on a blocking thread).
 pub const MAX_REQUESTS_IN_FLIGHT: usize = 8;
@@ -118,14 +126,7 @@ impl ConsoleServer {
             state,
             Arc::new(tokio::sync::Semaphore::new(MAX_REQUESTS_IN_FLIGHT)),
         );
-        let task = tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
-            {
-                tracing::error!(%error, "admin listener failed");
-            }
-        });
+        let task = tokio::spawn(accept(listener, app, shutdown));
         tracing::info!(addr = %local_addr, "admin listener serving metrics and console");
         Ok(Self { local_addr, task })
     }
@@ -139,6 +140,63 @@ impl ConsoleServer {
     pub async fn join(self) {
         let _ = self.task.await;
     }
+}
+
+/// Accepts connections (at most [`MAX_CONNECTIONS`] at once) and serves HTTP/1.1 on
+/// each, with a bounded head and a deadline for it, until `shutdown`; then lets the open
+/// connections finish for [`DRAIN`].
+async fn accept(listener: TcpListener, app: Router, shutdown: CancellationToken) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
+        let (tcp, remote_addr) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    tracing::warn!(%error, "admin listener: accept failed");
+                    continue;
+                }
+            },
+        };
+        while connections.try_join_next().is_some() {}
+        let app = app.clone();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let _slot = slot;
+            let service = hyper::service::service_fn(move |request| {
+                let mut app = app.clone();
+                // A Router is always ready and never fails.
+                async move { tower::Service::call(&mut app, request).await }
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_HEAD_BYTES);
+            let served = builder.serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
+            tokio::pin!(served);
+            tokio::select! {
+                result = served.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(addr = %remote_addr, %error, "admin connection ended");
+                    }
+                }
+                _ = shutdown.cancelled() => {
+                    served.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(DRAIN, served).await;
+                }
+            }
+        });
+    }
+    while connections.join_next().await.is_some() {}
 }
 
 fn router(state: Arc<Console>, in_flight: Arc<tokio::sync::Semaphore>) -> Router {

@@ -438,6 +438,25 @@ async fn metrics_parse_with_the_prometheus_parser_and_count_what_happened() {
     assert_eq!(status, 414);
     let (status, _, _) = get(admin, "/no-such-page");
     assert_eq!(status, 404);
+    // A request head is bounded (16 KiB).
+    let mut stream = TcpStream::connect(admin).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let filler = "x".repeat(32 * 1024);
+    let _ = write!(
+        stream,
+        "GET /metrics HTTP/1.0\r\nHost: {admin}\r\nX-Filler: {filler}\r\n\r\n"
+    );
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty()
+            || answer.starts_with("HTTP/1.1 431")
+            || answer.starts_with("HTTP/1.0 431"),
+        "{answer}"
+    );
 }
 
 /// An invalid domain value that is markup: a partner controls it, and the rejection
