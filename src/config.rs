@@ -176,6 +176,8 @@ struct RawLimits {
     pull_page_bytes: Option<usize>,
     pull_queue_messages: Option<usize>,
     pull_transfer_bytes: Option<usize>,
+    query_page_bytes: Option<usize>,
+    unsent_answer_bytes: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -820,6 +822,20 @@ fn limits(
         least,
         MAX_PULL_TRANSFER_BYTES,
         &mut limits.pull_transfer_bytes,
+    )?;
+    count(
+        "query_page_bytes",
+        raw.query_page_bytes,
+        64 * 1024,
+        64 * 1024 * 1024,
+        &mut limits.query_page_bytes,
+    )?;
+    count(
+        "unsent_answer_bytes",
+        raw.unsent_answer_bytes,
+        limits.query_page_bytes,
+        1 << 30,
+        &mut limits.unsent_answer_bytes,
     )?;
     if let Some(rate) = raw.publish_items_per_second {
         limits.publish_items_per_second = rate;

@@ -615,7 +615,7 @@ fn lookup(
             let page = store.query(
                 &query,
                 after.as_deref(),
-                MAX_LOOKUP_ITEMS,
+                crate::store::PageLimit::items(MAX_LOOKUP_ITEMS),
                 now_ms(),
                 &|_| true,
             )?;

@@ -239,6 +239,14 @@ fn limits_take_defaults_and_refuse_values_outside_their_range() {
     assert_eq!(set.pull_page_bytes, 1 << 20);
     assert_eq!(set.pull_queue_messages, 8);
     assert_eq!(set.pull_transfer_bytes, 8 << 20);
+    let answers = Config::load(&with_limits(
+        "query_page_bytes = 1048576\nunsent_answer_bytes = 2097152\n",
+    ))
+    .unwrap()
+    .node
+    .limits;
+    assert_eq!(answers.query_page_bytes, 1 << 20);
+    assert_eq!(answers.unsent_answer_bytes, 2 << 20);
     // By default a puller holds whatever the largest publishable bundle brings.
     assert_eq!(
         defaults.pull_transfer_bytes,
@@ -295,6 +303,19 @@ fn limits_take_defaults_and_refuse_values_outside_their_range() {
         (
             "pull_transfer_bytes = 1073741824\n",
             &["limits.pull_transfer_bytes", "outside"],
+        ),
+        (
+            "query_page_bytes = 1000\n",
+            &["limits.query_page_bytes", "outside 65536..=67108864"],
+        ),
+        // A budget smaller than one page would refuse every second call.
+        (
+            "query_page_bytes = 8388608\nunsent_answer_bytes = 4194304\n",
+            &["limits.unsent_answer_bytes", "outside 8388608..=1073741824"],
+        ),
+        (
+            "unsent_answer_bytes = 4294967296\n",
+            &["limits.unsent_answer_bytes", "outside"],
         ),
     ];
     for (limits, expect) in refused {

@@ -7,7 +7,7 @@ use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::auth::{caller, require_client, require_writer};
+use super::auth::{HeldAnswer, caller, require_client, require_writer};
 use super::convert;
 use super::proto::intel_server::Intel;
 use super::proto::{
@@ -15,7 +15,7 @@ use super::proto::{
     QueryRequest, QueryResponse, StoredItem as ProtoStoredItem, SubscribeRequest,
 };
 use crate::crypto::MAX_ITEMS_PER_BUNDLE;
-use crate::engine::{Engine, PublishReceipt, SubscriptionEnd, now_ms};
+use crate::engine::{Answer, Engine, PublishReceipt, SubscriptionEnd, now_ms};
 use crate::model::{Item, ItemId};
 
 /// Default and largest page of `Query`.
@@ -229,7 +229,7 @@ impl Intel for IntelService {
         };
         // An exact-value lookup reads at most a thousand or so items per call (most
         // read one): answer it inline. Scans go to the blocking pool.
-        let page = if query.value.is_some() {
+        let answer = if query.value.is_some() {
             self.engine
                 .query_async(&partner, "query", &query, &page_token, limit, now_ms())
                 .await?
@@ -247,10 +247,13 @@ impl Intel for IntelService {
             })
             .await?
         };
-        Ok(Response::new(QueryResponse {
+        let Answer { page, hold } = answer;
+        let response = Response::new(QueryResponse {
             items: page.items.iter().map(ProtoStoredItem::from).collect(),
             next_page_token: page.next.unwrap_or_default(),
-        }))
+        });
+        // The page's bytes stay counted against the caller until it has been sent.
+        Ok(HeldAnswer::attach(hold, response))
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
@@ -263,9 +266,17 @@ impl Intel for IntelService {
         match found {
             // Withheld and absent look the same: the caller learns nothing of what it may not see.
             None => Err(Status::not_found("no such item")),
-            Some(stored) => Ok(Response::new(GetResponse {
-                item: Some(ProtoStoredItem::from(&stored)),
-            })),
+            Some(stored) => {
+                let response = GetResponse {
+                    item: Some(ProtoStoredItem::from(&stored)),
+                };
+                // Counted as a query page is (recorded already: the ledger may
+                // over-state a refused answer, never under-state a sent one).
+                let hold = self
+                    .engine
+                    .hold_answer(&partner.id, prost::Message::encoded_len(&response))?;
+                Ok(HeldAnswer::attach(hold, Response::new(response)))
+            }
         }
     }
 
@@ -374,8 +385,9 @@ impl Intel for IntelService {
                     })
                     .await
                 };
-                let page = match page {
-                    Ok(page) => page,
+                // The page's bytes stay counted until its chunks are handed to the stream.
+                let (page, _hold) = match page {
+                    Ok(Answer { page, hold }) => (page, hold),
                     Err(status) => {
                         let _ = tx.send(Err(status)).await;
                         return;
