@@ -1297,7 +1297,14 @@ impl Engine {
                 );
                 if decision.allowed() {
                     by_hops.entry(item.stored.hops).or_default().push(item);
-                } else if let Some(visible_at) = decision.embargo_until() {
+                } else {
+                    crate::telemetry::telemetry().withheld(
+                        partner.id.as_str(),
+                        decision.rule.kind(),
+                        1,
+                    );
+                }
+                if let Some(visible_at) = decision.embargo_until() {
                     page.embargo_until =
                         Some(page.embargo_until.map_or(visible_at, |t| t.min(visible_at)));
                 }

@@ -374,6 +374,9 @@ async fn serve(config: Config) -> Result<()> {
     if let Some(taxii) = node.taxii_addr() {
         println!("{} TAXII 2.1 on https://{taxii}/taxii2/", node.id());
     }
+    if let Some(admin) = node.admin_addr() {
+        println!("{} admin console on http://{admin}/", node.id());
+    }
     signals.wait(&node).await;
     tracing::info!(deadline = ?SHUTDOWN_DEADLINE, "shutting down");
     node.shutdown(SHUTDOWN_DEADLINE).await?;

@@ -322,3 +322,58 @@ fn limits_take_defaults_and_refuse_values_outside_their_range() {
         assert_mentions(&load_err(&with_limits(limits)), expect);
     }
 }
+
+#[test]
+fn the_admin_listener_is_optional_and_loopback_only() {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let path = write_config(&pki, &hq, &[], &[]);
+    let base = std::fs::read_to_string(&path).unwrap();
+    // Absent: no admin listener.
+    assert_eq!(Config::load(&path).unwrap().admin, None);
+    let with = |text: &str| std::fs::write(&path, format!("{base}\n{text}")).unwrap();
+    for listen in ["127.0.0.1:9464", "[::1]:9464", "127.0.0.1:0"] {
+        with(&format!("[admin]\nlisten = \"{listen}\"\n"));
+        let admin = Config::load(&path).unwrap().admin.expect("[admin] loaded");
+        assert_eq!(admin.listen, listen.parse().unwrap());
+    }
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "[admin]\nlisten = \"0.0.0.0:9464\"\n",
+            &["admin.listen", "not a loopback address"],
+        ),
+        (
+            "[admin]\nlisten = \"192.0.2.7:9464\"\n",
+            &["admin.listen", "not a loopback address"],
+        ),
+        (
+            "[admin]\nlisten = \"localhost:9464\"\n",
+            &["admin.listen", "not an address:port"],
+        ),
+        ("[admin]\n", &["listen"]),
+        (
+            "[admin]\nlisten = \"127.0.0.1:9464\"\nclient_ca = \"ca.crt\"\n",
+            &["client_ca"],
+        ),
+    ];
+    for (text, parts) in cases {
+        with(text);
+        assert_mentions(&load_err(&path), parts);
+    }
+    // Its own port: not node.listen's, not taxii.listen's.
+    let own_port = base.replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:7443\"");
+    std::fs::write(
+        &path,
+        format!("{own_port}\n[admin]\nlisten = \"127.0.0.1:7443\"\n"),
+    )
+    .unwrap();
+    assert_mentions(&load_err(&path), &["admin.listen", "node.listen"]);
+    std::fs::write(
+        &path,
+        format!(
+            "{base}\n[taxii]\nlisten = \"127.0.0.1:8443\"\n\n[admin]\nlisten = \"127.0.0.1:8443\"\n"
+        ),
+    )
+    .unwrap();
+    assert_mentions(&load_err(&path), &["admin.listen", "taxii.listen"]);
+}
