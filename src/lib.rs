@@ -22,6 +22,7 @@
 
 #![warn(missing_docs)]
 
+pub mod allocator;
 pub mod certs;
 pub mod cli;
 pub mod client;

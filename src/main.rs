@@ -25,6 +25,18 @@ use entente::{Config, Node};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The allocator's settings (`entente::allocator`), applied before `main` and before the
+/// first allocation: mimalloc reserves its first arena with the settings in force then.
+#[cfg(target_os = "linux")]
+#[used]
+#[unsafe(link_section = ".init_array")]
+static SETTLE_ALLOCATOR: extern "C" fn() = settle_allocator;
+
+#[cfg(target_os = "linux")]
+extern "C" fn settle_allocator() {
+    entente::allocator::settle();
+}
+
 /// How long `serve` lets in-flight calls finish after SIGINT/SIGTERM.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 
