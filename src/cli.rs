@@ -685,6 +685,12 @@ pub async fn ledger_verify(settings: &ClientSettings) -> Result<()> {
         );
     }
     if answer.intact {
+        if answer.verified_from > 0 {
+            println!(
+                "verified from checkpoint {} (history before it dropped under retention)",
+                answer.verified_from
+            );
+        }
         println!(
             "ledger intact: {} records, head {}",
             answer.records,
