@@ -216,7 +216,7 @@ struct RawLedger {
 }
 
 /// Smallest `ledger.segment_bytes` accepted.
-const MIN_SEGMENT_BYTES: u64 = 64 * 1024;
+const MIN_SEGMENT_BYTES: u64 = 4096;
 
 /// Default size of the store's page cache, in MiB.
 pub const DEFAULT_CACHE_MB: u64 = 32;
