@@ -549,3 +549,171 @@ fn concurrent_appends_form_one_chain() {
         }
     );
 }
+
+fn open_with(dir: &Path, settings: entente::store::LedgerSettings) -> SledStore {
+    retry(|| SledStore::open_with(dir, &owner(), 8 << 20, settings.clone()))
+}
+
+fn small_segments() -> entente::store::LedgerSettings {
+    entente::store::LedgerSettings {
+        segment_bytes: 4096,
+        ..Default::default()
+    }
+}
+
+fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out: Vec<_> = std::fs::read_dir(dir.join("ledger"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Under a byte budget the oldest closed segments go; the chain is proven from the
+/// checkpoint the first kept segment starts at, reading starts there, and a kept
+/// segment removed behind the node's back is still found.
+#[test]
+fn retention_by_bytes_drops_old_segments_and_verifies_from_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundles = bundles();
+    let settings = entente::store::LedgerSettings {
+        retain_bytes: Some(8192),
+        ..small_segments()
+    };
+    let store = open_with(dir.path(), settings.clone());
+    let mut appended = Vec::new();
+    for i in 1..=2000 {
+        appended.push(store.append_ledger(&entry(i, &bundles)).unwrap());
+        if i % 100 == 0 {
+            store.flush().unwrap();
+        }
+    }
+    let from = match store.verify_ledger().unwrap() {
+        LedgerCheck::Intact {
+            records: 2000,
+            head,
+            from,
+        } => {
+            assert_eq!(head, appended[1999].hash);
+            from
+        }
+        other => panic!("{other:?}"),
+    };
+    assert!(from > 0, "nothing was dropped");
+    let total: u64 = segments(dir.path())
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(total <= 8192 + 4096, "{total} bytes kept");
+    let kept = read_all(&store, 50);
+    assert_eq!(kept.first().unwrap().seq, from + 1);
+    assert_eq!(&kept[..], &appended[from as usize..]);
+    drop(store);
+
+    let store = open_with(dir.path(), settings.clone());
+    assert!(matches!(
+        store.verify_ledger().unwrap(),
+        LedgerCheck::Intact { records: 2000, from: f, .. } if f == from
+    ));
+    drop(store);
+    // The first kept segment removed: its records are reported missing.
+    let first = segments(dir.path())[0].clone();
+    std::fs::remove_file(&first).unwrap();
+    let (seq, problem) = broken(open_with(dir.path(), settings).verify_ledger().unwrap());
+    assert_eq!(seq, from + 1);
+    assert!(
+        problem.starts_with(&format!("records {} to ", from + 1)),
+        "{problem}"
+    );
+    assert!(problem.ends_with("are missing"), "{problem}");
+}
+
+/// With an archive directory, dropped segments are moved there, whole.
+#[test]
+fn dropped_segments_are_archived_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    let settings = entente::store::LedgerSettings {
+        retain_bytes: Some(8192),
+        archive_dir: Some(archive.clone()),
+        ..small_segments()
+    };
+    let store = open_with(dir.path(), settings);
+    let bundles = bundles();
+    for i in 1..=1000 {
+        store.append_ledger(&entry(i, &bundles)).unwrap();
+    }
+    store.flush().unwrap();
+    let archived: Vec<_> = std::fs::read_dir(&archive).unwrap().collect();
+    assert!(!archived.is_empty());
+    let LedgerCheck::Intact { from, .. } = store.verify_ledger().unwrap() else {
+        panic!("not intact");
+    };
+    assert!(from > 0);
+}
+
+/// Closed segments older than `retain_days` (by their last write) go at the next
+/// flush; the one being written stays.
+#[test]
+fn retention_by_age_drops_segments_last_written_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = entente::store::LedgerSettings {
+        retain_days: Some(1),
+        ..small_segments()
+    };
+    let store = open_with(dir.path(), settings);
+    let bundles = bundles();
+    for i in 1..=600 {
+        store.append_ledger(&entry(i, &bundles)).unwrap();
+    }
+    store.flush().unwrap();
+    let before = segments(dir.path());
+    assert!(before.len() >= 3);
+    assert!(matches!(
+        store.verify_ledger().unwrap(),
+        LedgerCheck::Intact { from: 0, .. }
+    ));
+    let old = std::time::SystemTime::now() - Duration::from_secs(2 * 86_400);
+    for path in &before[..before.len() - 1] {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    store.append_ledger(&entry(601, &bundles)).unwrap();
+    store.flush().unwrap();
+    assert_eq!(segments(dir.path()).len(), 1);
+    assert!(matches!(
+        store.verify_ledger().unwrap(),
+        LedgerCheck::Intact { records: 601, from, .. } if from > 0
+    ));
+}
+
+/// A write cut short by a crash (a frame that runs past the end of the file, past
+/// every durable record) is cut off at open; the ledger goes on after the last whole
+/// record.
+#[test]
+fn a_torn_write_at_the_end_is_cut_off_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundles = bundles();
+    let records = filled(dir.path(), 10, &bundles);
+    let last = segments(dir.path()).pop().unwrap();
+    let whole = std::fs::metadata(&last).unwrap().len();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&last)
+        .unwrap();
+    std::io::Write::write_all(&mut file, &[40, 1, 11, 0, 0]).unwrap();
+    drop(file);
+    let store = open(dir.path());
+    assert_eq!(std::fs::metadata(&last).unwrap().len(), whole);
+    let next = store.append_ledger(&entry(11, &bundles)).unwrap();
+    assert_eq!(next.prev_hash, records[9].hash);
+    assert!(matches!(
+        store.verify_ledger().unwrap(),
+        LedgerCheck::Intact { records: 11, .. }
+    ));
+}
