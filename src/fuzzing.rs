@@ -1126,7 +1126,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         built.extend([5]);
         built.extend(b"query");
     }
-    out.push(("ledger", "built-chain".into(), built));
+    out.push(("ledger", "built-chain".into(), built.clone()));
     let mut walked = vec![2u8, 1];
     walked.extend(
         Head {
@@ -1141,6 +1141,11 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         walked.extend_from_slice(stored);
     }
     out.push(("ledger", "walked-chain".into(), walked));
+    // Segment frames: the built chain's entries, as frames, then garbage to read.
+    let mut segment = vec![0xf0u8, 3];
+    segment.extend_from_slice(&built[2..]);
+    segment.extend([40, 1, 11, 0, 0, 0x80, 0x80]);
+    out.push(("ledger", "segment-frames".into(), segment));
 
     // Page tokens.
     let mut token = Vec::new();

@@ -488,7 +488,7 @@ pub enum LedgerCheck {
     /// The first problem found. `seq` is the record the problem is attributed to: the
     /// altered record (not the later record whose link exposed it), the first missing
     /// record, the position holding a misplaced record, or 0 for a problem tied to no
-    /// record (a damaged head, a stray key in the ledger's keyspace). For example, seq 17: "record 17 was altered (its hash does
+    /// record (a damaged head or retention floor in the metadata). For example, seq 17: "record 17 was altered (its hash does
     /// not match the link in record 18)", "record 9 is missing", "records out of
     /// order: record 41 is stored at position 40", "the last 2 records were removed
     /// (head says 40, found 38)".
@@ -582,13 +582,15 @@ pub trait Store: Send + Sync {
     /// The exact signed header bytes of a held bundle.
     fn bundle_header(&self, id: &BundleId) -> Result<Option<Vec<u8>>, StoreError>;
 
-    /// Appends several records in order, chained, in one atomic write (group commit).
+    /// Appends several records in order, chained, in one write (group commit): in the
+    /// ledger's file when this returns (a killed process loses none), durable with the
+    /// next flush.
     fn append_ledger_many(&self, entries: &[LedgerEntry]) -> Result<Vec<LedgerRecord>, StoreError> {
         entries.iter().map(|e| self.append_ledger(e)).collect()
     }
 
-    /// Appends one record, chained to the previous one; returns it. Written atomically
-    /// with the ledger head; durable with the next flush.
+    /// Appends one record, chained to the previous one; returns it. In the ledger's
+    /// file when this returns; durable with the next flush.
     fn append_ledger(&self, entry: &LedgerEntry) -> Result<LedgerRecord, StoreError>;
 
     /// Records with seq > after (oldest first), at most `limit`, optionally only for

@@ -680,7 +680,13 @@ impl SegmentLedger {
         if self.settings.retain_days.is_none() && self.settings.retain_bytes.is_none() {
             return Ok(0);
         }
-        let _walk = self.walking.lock().unwrap_or_else(|p| p.into_inner());
+        // A walk or a read in progress keeps its segments: retention waits for the
+        // next flush rather than hold the flush up.
+        let _walk = match self.walking.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(0),
+        };
         let (drop, floor, paths) = {
             let state = self.lock();
             let mut drop = 0;
