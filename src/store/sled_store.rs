@@ -2100,7 +2100,7 @@ fn migrate_ledger(
         let mut converted = 0u64;
         for entry in meta.tree.scan_prefix([records::LEDGER]) {
             let (_, stored) = entry.map_err(engine)?;
-            let record = ledger::decode_record(&stored).map_err(|e| refused(e))?;
+            let record = ledger::decode_record(&stored).map_err(&refused)?;
             batch.push(record.entry);
             if batch.len() == 1024 {
                 converted += ledger.append(&batch)?.len() as u64;

@@ -1061,6 +1061,9 @@ fn altered(first: u64, last: u64, why: String) -> LedgerCheck {
     }
 }
 
+/// The first and last record of one frame.
+type Records = (u64, u64);
+
 /// The state of a walk through the segments.
 struct Walk {
     /// The head written when the walk started.
@@ -1075,11 +1078,11 @@ struct Walk {
     /// The chain as recomputed up to `expected - 1`.
     last: Head,
     /// The records of the last frame walked.
-    last_frame: Option<(u64, u64)>,
+    last_frame: Option<Records>,
     /// A frame whose link does not match the record before it, and the frame before
     /// it: either the frame before was altered or this frame's link was. The next
     /// link, checkpoint or head tells which.
-    suspect: Option<((u64, u64), Option<(u64, u64)>)>,
+    suspect: Option<(Records, Option<Records>)>,
 }
 
 impl Walk {
