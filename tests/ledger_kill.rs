@@ -248,4 +248,37 @@ async fn acknowledged_deliveries_survive_kill_9_through_rotation_and_retention()
         dropped_once,
         "retention never dropped a segment (seed {seed})"
     );
+
+    // The operator's command says where the proof starts.
+    let (mut child, addr) = start(&config);
+    let operator_config = pki.path().join("operator.toml");
+    std::fs::write(
+        &operator_config,
+        format!(
+            "[client]\nid = \"redmond.hq\"\ncert = \"{}\"\nkey = \"{}\"\ntrust_anchors = [\"{}\"]\nnode = \"{addr}\"\nnode_id = \"redmond.hq\"\n",
+            pki.certs.cert_path("redmond.hq").display(),
+            pki.certs.key_path("redmond.hq").display(),
+            pki.ca_cert().display(),
+        ),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_entente"))
+            .args(["ledger", "verify", "--config"])
+            .arg(&operator_config)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("(history before it dropped under retention)")
+            && stdout.contains("verified from checkpoint ")
+            && stdout.contains("ledger intact: "),
+        "{stdout}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
