@@ -282,3 +282,133 @@ async fn acknowledged_deliveries_survive_kill_9_through_rotation_and_retention()
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Where the child of `store_ledger_writes_survive_kill_9` keeps its store.
+const CHILD_DIR: &str = "ENTENTE_LEDGER_CHILD_DIR";
+
+fn tiny_segments() -> entente::store::LedgerSettings {
+    entente::store::LedgerSettings {
+        segment_bytes: 4096,
+        retain_bytes: Some(16_384),
+        ..Default::default()
+    }
+}
+
+/// Not a test on its own: the process `store_ledger_writes_survive_kill_9` starts and
+/// kills. With `ENTENTE_LEDGER_CHILD_DIR` set it appends records to the store there
+/// for ever (tiny segments, a byte budget, a flush every 64 records, so segments are
+/// closed, started and dropped all the time), printing each record's number once the
+/// append returned; without it, it returns at once.
+#[test]
+fn ledger_writer_child() {
+    use std::io::Write;
+    let Some(dir) = std::env::var_os(CHILD_DIR) else {
+        return;
+    };
+    let owner = NodeId::new("redmond.hq").unwrap();
+    let store =
+        entente::store::SledStore::open_with(Path::new(&dir), &owner, 1 << 20, tiny_segments())
+            .unwrap();
+    let bundle = entente::model::BundleId::new_random();
+    let mut out = std::io::stdout().lock();
+    for i in 0u64.. {
+        let record = entente::store::Store::append_ledger(
+            &store,
+            &entente::store::LedgerEntry {
+                time_ms: 1_700_000_000_000 + i as i64,
+                partner: NodeId::new("berlin.office").unwrap(),
+                path: "query".into(),
+                deliveries: vec![(bundle.clone(), vec![(i % 1000) as u32])],
+                policy_hash: [7; 32],
+                note: String::new(),
+            },
+        )
+        .unwrap();
+        writeln!(out, "acked {}", record.seq).unwrap();
+        out.flush().unwrap();
+        if i % 64 == 0 {
+            entente::store::Store::flush(&store).unwrap();
+        }
+    }
+}
+
+/// The store alone under `kill -9`: a child process appends records (the writes,
+/// segment rotation and retention of the ledger) and is killed after a random number of
+/// them; the store then opens, its ledger verifies from its retention checkpoint, and
+/// every record the child saw acknowledged is there (or before that checkpoint).
+#[test]
+fn store_ledger_writes_survive_kill_9() {
+    use std::io::BufRead;
+    let seed: u64 = std::env::var("ENTENTE_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(7);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let owner = NodeId::new("redmond.hq").unwrap();
+    let mut acked = 0u64;
+    let mut dropped = false;
+    for trial in 0..12 {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "ledger_writer_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_DIR, dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(seq) = line
+                    .strip_prefix("acked ")
+                    .and_then(|s| s.parse::<u64>().ok())
+                {
+                    if tx.send(seq).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let target = acked + rng.random_range(1..1500u64);
+        let deadline = Instant::now() + DEADLINE;
+        while acked < target {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(seq) => acked = acked.max(seq),
+                Err(e) => panic!("trial {trial}: the child stopped acknowledging: {e}"),
+            }
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Whatever it printed before it died was acknowledged too.
+        while let Ok(seq) = rx.recv_timeout(Duration::from_millis(200)) {
+            acked = acked.max(seq);
+        }
+
+        let store = common::open_store(dir.path(), &owner, 1 << 20).unwrap();
+        let check = entente::store::Store::verify_ledger(&store).unwrap();
+        let entente::store::LedgerCheck::Intact { records, from, .. } = check else {
+            panic!("trial {trial} (seed {seed}): {check:?}");
+        };
+        assert!(
+            records >= acked,
+            "trial {trial}: {records} records, {acked} acknowledged"
+        );
+        if acked > from {
+            let found = entente::store::Store::ledger(&store, acked - 1, 1, None, None).unwrap();
+            assert_eq!(found.first().map(|r| r.seq), Some(acked), "trial {trial}");
+        }
+        dropped |= from > 0;
+        acked = records;
+    }
+    assert!(dropped, "retention never dropped a segment (seed {seed})");
+}
