@@ -32,6 +32,9 @@
 //! id = "researcher.uni-x"
 //! role = "read_only"               # read_only, analyst or admin
 //!
+//! [admin]                          # optional: metrics and the read-only console
+//! listen = "127.0.0.1:9464"        # plain HTTP, loopback addresses only
+//!
 //! [[feed]]                         # an external source published as this node's own
 //! name = "circl-osint"             # items get the tag source:circl-osint
 //! kind = "misp"                    # misp or taxii
@@ -103,6 +106,13 @@ struct RawConfig {
     #[serde(default)]
     feed: Vec<RawFeed>,
     taxii: Option<RawTaxii>,
+    admin: Option<RawAdmin>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: String,
 }
 
 #[derive(Deserialize)]
@@ -174,6 +184,8 @@ struct RawLimits {
     pull_page_bytes: Option<usize>,
     pull_queue_messages: Option<usize>,
     pull_transfer_bytes: Option<usize>,
+    query_page_bytes: Option<usize>,
+    unsent_answer_bytes: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -699,6 +711,15 @@ impl std::fmt::Debug for BasicCredential {
     }
 }
 
+/// The operator's admin listener (`[admin]`): Prometheus metrics and the read-only web
+/// console over plain HTTP; absent, no admin listener is opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminSettings {
+    /// Address to serve on (`admin.listen`): a loopback address, distinct from
+    /// `node.listen` and `taxii.listen`.
+    pub listen: SocketAddr,
+}
+
 /// Parses a duration such as `0`, `90s`, `30m`, `6h`, `2d` into milliseconds.
 pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
     let text = text.trim();
@@ -823,6 +844,20 @@ fn limits(
         least,
         MAX_PULL_TRANSFER_BYTES,
         &mut limits.pull_transfer_bytes,
+    )?;
+    count(
+        "query_page_bytes",
+        raw.query_page_bytes,
+        64 * 1024,
+        64 * 1024 * 1024,
+        &mut limits.query_page_bytes,
+    )?;
+    count(
+        "unsent_answer_bytes",
+        raw.unsent_answer_bytes,
+        limits.query_page_bytes,
+        1 << 30,
+        &mut limits.unsent_answer_bytes,
     )?;
     if let Some(rate) = raw.publish_items_per_second {
         limits.publish_items_per_second = rate;
@@ -973,6 +1008,8 @@ pub struct Settings {
     pub feeds: Vec<FeedConfig>,
     /// `[taxii]`, if configured.
     pub taxii: Option<TaxiiSettings>,
+    /// `[admin]`, if configured.
+    pub admin: Option<AdminSettings>,
 }
 
 /// A validated node configuration with its TLS material loaded.
@@ -992,6 +1029,8 @@ pub struct Config {
     pub feeds: Vec<FeedConfig>,
     /// `[taxii]`: the TAXII 2.1 listener, if configured.
     pub taxii: Option<TaxiiSettings>,
+    /// `[admin]`: the metrics and console listener, if configured.
+    pub admin: Option<AdminSettings>,
     /// The node's certificate, key, anchors and CRLs, loaded and checked.
     pub tls: TlsMaterial,
 }
@@ -1013,6 +1052,7 @@ impl Config {
             groups,
             feeds,
             taxii,
+            admin,
         } = Self::check(text, path, base)?;
         let tls = TlsMaterial::load(&node.tls, &node.id).map_err(|e| ConfigError::Invalid {
             path: path.to_owned(),
@@ -1027,6 +1067,7 @@ impl Config {
             groups,
             feeds,
             taxii,
+            admin,
             tls,
         })
     }
@@ -1263,6 +1304,16 @@ impl Config {
             Some(taxii) => Some(taxii_settings(taxii, listen, &clients, &invalid)?),
         };
 
+        let admin = match raw.admin {
+            None => None,
+            Some(admin) => Some(admin_settings(
+                admin,
+                listen,
+                taxii.as_ref().map(|t| t.listen),
+                &invalid,
+            )?),
+        };
+
         let mut feeds: Vec<FeedConfig> = Vec::with_capacity(raw.feed.len());
         for (i, f) in raw.feed.into_iter().enumerate() {
             let field = |name: &str| format!("feed[{i}].{name}");
@@ -1293,6 +1344,7 @@ impl Config {
             groups,
             feeds,
             taxii,
+            admin,
         })
     }
 
@@ -1354,6 +1406,48 @@ impl Config {
             })
             .collect()
     }
+}
+
+/// `[admin]`, checked: a loopback address other than `node.listen` and `taxii.listen`.
+/// The listener speaks plain HTTP without client authentication, so only processes on
+/// this host may reach it.
+fn admin_settings(
+    raw: RawAdmin,
+    node_listen: SocketAddr,
+    taxii_listen: Option<SocketAddr>,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<AdminSettings, ConfigError> {
+    let listen: SocketAddr = raw.listen.parse().map_err(|_| {
+        invalid(
+            "admin.listen",
+            format!(
+                "{:?} is not an address:port such as 127.0.0.1:9464",
+                raw.listen
+            ),
+        )
+    })?;
+    if !listen.ip().is_loopback() {
+        return Err(invalid(
+            "admin.listen",
+            format!(
+                "{listen} is not a loopback address: the admin listener has no authentication, so it listens only on 127.0.0.1 or [::1] (reach it from elsewhere through an SSH tunnel or a proxy that authenticates)"
+            ),
+        ));
+    }
+    let same_as = |other: SocketAddr| listen.port() != 0 && listen == other;
+    if same_as(node_listen) {
+        return Err(invalid(
+            "admin.listen",
+            "must differ from node.listen (the admin listener has its own port)".into(),
+        ));
+    }
+    if taxii_listen.is_some_and(same_as) {
+        return Err(invalid(
+            "admin.listen",
+            "must differ from taxii.listen (the admin listener has its own port)".into(),
+        ));
+    }
+    Ok(AdminSettings { listen })
 }
 
 /// `[taxii]`, checked: an address other than `node.listen`, a body limit in range, and

@@ -9,7 +9,7 @@ use tokio::sync::broadcast;
 use crate::crypto::{
     BundleSigner, CertificateSource, SignError, SignerTrust, VerifiedBundle, VerifyError, verify,
 };
-use crate::limits::{Limit, Limits, Rates, Slot, Slots};
+use crate::limits::{Budgets, Held, Limit, Limits, Rates, Slot, Slots};
 use crate::model::{Distribution, Item, ItemId, ItemKind, NodeId, Partner};
 use crate::policy::{
     Arrival, Context, Decision, PageTokenError, PageTokens, Policy, Refusal, TokenScope,
@@ -17,7 +17,7 @@ use crate::policy::{
 pub use crate::store::ledger::writer::LedgerTicket;
 use crate::store::ledger::writer::{LedgerRefused, LedgerWriter};
 use crate::store::{
-    AcceptReport, ItemQuery, LedgerEntry, Page, Source, Store, StoreError, StoredItem,
+    AcceptReport, ItemQuery, LedgerEntry, Page, PageLimit, Source, Store, StoreError, StoredItem,
 };
 use crate::wire;
 
@@ -100,6 +100,21 @@ pub enum EngineError {
         /// The partner.
         partner: NodeId,
         /// The limit.
+        limit: usize,
+    },
+    /// A partner has as many bytes of answers waiting to be sent as it may
+    /// (`limits.unsent_answer_bytes`).
+    #[error(
+        "{partner} has {held} bytes of answers not yet read, and this one ({bytes} bytes) would pass {limit} (limits.unsent_answer_bytes); read the answers already asked for first"
+    )]
+    TooManyUnsentAnswers {
+        /// The partner.
+        partner: NodeId,
+        /// Bytes it holds now.
+        held: usize,
+        /// Bytes of the refused answer.
+        bytes: usize,
+        /// The budget.
         limit: usize,
     },
     /// A pulled bundle brings more bytes of items than this node holds for one
@@ -223,6 +238,8 @@ pub struct Engine {
     slow_reader_timeout: std::time::Duration,
     /// The limits in force, as configured.
     limits: Limits,
+    /// Bytes of answers each partner has waiting to be sent.
+    answers: Budgets<NodeId>,
 }
 
 /// Most streams (`Subscribe`, `Export`, `Pull`) one partner may have open at once, by
@@ -231,6 +248,23 @@ pub const MAX_STREAMS_PER_PARTNER: usize = crate::limits::DEFAULT_STREAMS_PER_PA
 
 /// One open stream (or Publish call) of a partner, counted until dropped.
 pub type StreamSlot = Slot<NodeId>;
+
+/// The fewest bytes a scanned page is given of its partner's answer budget; with less
+/// left, the call is refused.
+pub const LEAST_PAGE_BYTES: usize = 64 * 1024;
+
+/// The bytes of one answer counted against its partner's
+/// `limits.unsent_answer_bytes` until dropped: the transport keeps it until the
+/// answer has been sent.
+pub type AnswerHold = Held<NodeId>;
+
+/// A query page and what it holds of its partner's answer budget.
+pub struct Answer {
+    /// The page.
+    pub page: Page,
+    /// Its bytes, counted until the answer is sent.
+    pub hold: AnswerHold,
+}
 
 struct StoreCertificates<'a>(&'a dyn Store);
 
@@ -263,6 +297,7 @@ impl Engine {
             publish_rate: Rates::new(crate::limits::DEFAULT_PUBLISH_ITEMS_PER_SECOND),
             slow_reader_timeout: crate::limits::DEFAULT_SLOW_READER_TIMEOUT,
             limits: Limits::default(),
+            answers: Budgets::new(crate::limits::DEFAULT_UNSENT_ANSWER_BYTES),
             ledger: LedgerWriter::start(store.clone()),
             store,
             policy: std::sync::RwLock::new(Arc::new(policy)),
@@ -592,6 +627,7 @@ impl Engine {
         self.publishes = Slots::new(limits.publishes_per_partner);
         self.publish_rate = Rates::new(limits.publish_items_per_second);
         self.slow_reader_timeout = limits.slow_reader_timeout;
+        self.answers = Budgets::new(limits.unsent_answer_bytes);
         self.limits = limits.clone();
         self
     }
@@ -616,6 +652,39 @@ impl Engine {
                 limit: self.streams.max(),
             }
         })
+    }
+
+    /// Counts `bytes` of an answer to `partner` until the returned hold is dropped;
+    /// refused when the partner's answers not yet sent would pass
+    /// `limits.unsent_answer_bytes` (one answer alone always passes).
+    pub fn hold_answer(&self, partner: &NodeId, bytes: usize) -> Result<AnswerHold, EngineError> {
+        self.answers.take(partner, bytes).ok_or_else(|| {
+            crate::limits::count(Limit::UnsentAnswerBytes);
+            EngineError::TooManyUnsentAnswers {
+                partner: partner.clone(),
+                held: self.answers.held(partner),
+                bytes,
+                limit: self.answers.max(),
+            }
+        })
+    }
+
+    /// Takes the bytes a page may gather from `partner`'s answer budget before it is
+    /// read: `limits.query_page_bytes`, or what the budget has left (at least
+    /// [`LEAST_PAGE_BYTES`]); refused when less is left.
+    fn hold_page(&self, partner: &NodeId) -> Result<AnswerHold, EngineError> {
+        let want = self.limits.query_page_bytes;
+        self.answers
+            .take_up_to(partner, want, LEAST_PAGE_BYTES)
+            .ok_or_else(|| {
+                crate::limits::count(Limit::UnsentAnswerBytes);
+                EngineError::TooManyUnsentAnswers {
+                    partner: partner.clone(),
+                    held: self.answers.held(partner),
+                    bytes: want,
+                    limit: self.answers.max(),
+                }
+            })
     }
 
     /// Counts a Publish call of `partner`; refused past `limits.publishes_per_partner`
@@ -791,7 +860,7 @@ impl Engine {
         path: &str,
         query: &ItemQuery,
         token: &[u8],
-        limit: usize,
+        within: PageLimit,
         now_ms: i64,
     ) -> Result<Page, EngineError> {
         let canonical = query.canonical();
@@ -823,7 +892,7 @@ impl Engine {
         for _ in 0..Self::QUERY_CALLS {
             page = self
                 .store
-                .query(query, Some(&after), limit, now_ms, &visible)
+                .query(query, Some(&after), within, now_ms, &visible)
                 .map_err(|e| match e {
                     // Only tokens this node sealed reach the store, so a cursor it refuses
                     // is a fault here, answered as any bad token is.
@@ -847,8 +916,9 @@ impl Engine {
         Ok(page)
     }
 
-    /// A page for a client path (`query`, `export`), recorded in the disclosure ledger
-    /// as one delivery on `path` before it is returned. From a blocking thread.
+    /// A page for a client path (`query`, `export`, TAXII), counted against the
+    /// partner's answer budget and recorded in the disclosure ledger as one delivery on
+    /// `path` before it is returned. From a blocking thread.
     pub fn query_blocking(
         &self,
         partner: &Partner,
@@ -857,12 +927,21 @@ impl Engine {
         token: &[u8],
         limit: usize,
         now_ms: i64,
-    ) -> Result<Page, EngineError> {
-        let (page, ticket) = self.query_recorded(partner, path, query, token, limit, now_ms)?;
+    ) -> Result<Answer, EngineError> {
+        // A scan may run on many blocking threads at once: each takes its bytes of the
+        // partner's budget before it reads, and gathers no more than it got.
+        let mut hold = self.hold_page(&partner.id)?;
+        let within = PageLimit {
+            items: limit,
+            bytes: hold.bytes(),
+        };
+        let (page, ticket) = self.query_recorded(partner, path, query, token, within, now_ms)?;
+        hold.set(page.bytes);
         if let Some(ticket) = ticket {
             ticket.written_blocking()?;
         }
-        Ok(page)
+        let answer = Answer { page, hold };
+        Ok(answer)
     }
 
     /// [`Engine::query_blocking`] from async code, for queries that read little (an exact
@@ -875,27 +954,37 @@ impl Engine {
         token: &[u8],
         limit: usize,
         now_ms: i64,
-    ) -> Result<Page, EngineError> {
-        let (page, ticket) = self.query_recorded(partner, path, query, token, limit, now_ms)?;
-        if let Some(ticket) = ticket {
+    ) -> Result<Answer, EngineError> {
+        // Built inline, on one of the runtime's few threads: the bytes are counted once
+        // the page is built, before anything is recorded (a refused answer is not a
+        // delivery).
+        let within = PageLimit {
+            items: limit,
+            bytes: self.limits.query_page_bytes,
+        };
+        let policy = self.policy();
+        let page = self.query_page(&policy, partner, path, query, token, within, now_ms)?;
+        let hold = self.hold_answer(&partner.id, page.bytes)?;
+        if let Some(ticket) = self.record_delivery(&policy, &partner.id, path, &page.items)? {
             ticket.written().await?;
         }
-        Ok(page)
+        let answer = Answer { page, hold };
+        Ok(answer)
     }
 
-    /// A page under the policy in force, and the ticket of its ledger record (the caller
-    /// waits on it before the page leaves).
+    /// A page under the policy in force and the ticket of its ledger record (the
+    /// caller waits on it before the page leaves).
     fn query_recorded(
         &self,
         partner: &Partner,
         path: &str,
         query: &ItemQuery,
         token: &[u8],
-        limit: usize,
+        within: PageLimit,
         now_ms: i64,
     ) -> Result<(Page, Option<LedgerTicket>), EngineError> {
         let policy = self.policy();
-        let page = self.query_page(&policy, partner, path, query, token, limit, now_ms)?;
+        let page = self.query_page(&policy, partner, path, query, token, within, now_ms)?;
         let ticket = self.record_delivery(&policy, &partner.id, path, &page.items)?;
         Ok((page, ticket))
     }
@@ -1014,7 +1103,14 @@ impl Engine {
                 );
                 if decision.allowed() {
                     by_hops.entry(item.stored.hops).or_default().push(item);
-                } else if let Some(visible_at) = decision.embargo_until() {
+                } else {
+                    crate::telemetry::telemetry().withheld(
+                        partner.id.as_str(),
+                        decision.rule.kind(),
+                        1,
+                    );
+                }
+                if let Some(visible_at) = decision.embargo_until() {
                     page.embargo_until =
                         Some(page.embargo_until.map_or(visible_at, |t| t.min(visible_at)));
                 }

@@ -26,6 +26,7 @@ pub mod certs;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod crypto;
 pub mod demo;
 pub mod engine;
@@ -41,6 +42,7 @@ pub mod rpc;
 pub mod store;
 pub mod sync;
 pub mod taxii;
+pub mod telemetry;
 pub mod transport;
 pub mod wire;
 

@@ -46,6 +46,13 @@ pub const DEFAULT_PULL_PAGE_BYTES: usize = 4 << 20;
 /// Default messages (each at most one part of a bundle, or a checkpoint) queued between
 /// a served pull stream and its reader.
 pub const DEFAULT_PULL_QUEUE_MESSAGES: usize = 2;
+/// Default bytes of items one page of a `Query` (or a TAXII objects page, or an
+/// `Export` message) gathers; an item larger alone still makes a page of its own.
+pub const DEFAULT_QUERY_PAGE_BYTES: usize = 4 << 20;
+/// Default bytes of built answers (query pages, items) one partner may have waiting to
+/// be sent at once, over all its connections. A caller that asks and never reads holds
+/// its answers in the node's memory; past this budget its next call is refused.
+pub const DEFAULT_UNSENT_ANSWER_BYTES: usize = 16 << 20;
 /// Default bytes of items and salts a puller holds for one bundle transfer: the most
 /// any bundle can bring, so that every bundle any node can publish crosses.
 pub const DEFAULT_PULL_TRANSFER_BYTES: usize = MAX_PULL_TRANSFER_BYTES;
@@ -121,6 +128,11 @@ pub struct Limits {
     /// Bytes of items and salts a puller holds for one bundle transfer; a bundle that
     /// brings more is refused (`limits.pull_transfer_bytes`).
     pub pull_transfer_bytes: usize,
+    /// Bytes of items one query page gathers (`limits.query_page_bytes`).
+    pub query_page_bytes: usize,
+    /// Bytes of built answers one partner may have waiting to be sent
+    /// (`limits.unsent_answer_bytes`).
+    pub unsent_answer_bytes: usize,
 }
 
 impl Default for Limits {
@@ -141,6 +153,8 @@ impl Default for Limits {
             pull_page_bytes: DEFAULT_PULL_PAGE_BYTES,
             pull_queue_messages: DEFAULT_PULL_QUEUE_MESSAGES,
             pull_transfer_bytes: DEFAULT_PULL_TRANSFER_BYTES,
+            query_page_bytes: DEFAULT_QUERY_PAGE_BYTES,
+            unsent_answer_bytes: DEFAULT_UNSENT_ANSWER_BYTES,
         }
     }
 }
@@ -187,10 +201,15 @@ impl Limits {
                 Limit::PullTransferBytes,
                 self.pull_transfer_bytes.to_string(),
             ),
+            row(
+                Limit::UnsentAnswerBytes,
+                self.unsent_answer_bytes.to_string(),
+            ),
             row(Limit::DecodeBudget, String::from("per message type")),
             ("keepalive_interval", secs(self.keepalive_interval), None),
             ("keepalive_timeout", secs(self.keepalive_timeout), None),
             ("pull_page_bytes", self.pull_page_bytes.to_string(), None),
+            ("query_page_bytes", self.query_page_bytes.to_string(), None),
             (
                 "pull_queue_messages",
                 self.pull_queue_messages.to_string(),
@@ -228,13 +247,16 @@ pub enum Limit {
     /// A pulled bundle refused because it brings more than `pull_transfer_bytes` of
     /// items.
     PullTransferBytes,
+    /// A call refused because its partner had `unsent_answer_bytes` of answers
+    /// waiting to be sent already.
+    UnsentAnswerBytes,
     /// A message refused before decoding because it holds more elements (items, tags,
     /// recipients, ...) or bytes than its type allows.
     DecodeBudget,
 }
 
 impl Limit {
-    const ALL: [Limit; 12] = [
+    const ALL: [Limit; 13] = [
         Limit::PublishMessageBytes,
         Limit::PublishesPerPartner,
         Limit::PublishItemsPerSecond,
@@ -246,6 +268,7 @@ impl Limit {
         Limit::SlowReaderTimeout,
         Limit::IdleConnectionTimeout,
         Limit::PullTransferBytes,
+        Limit::UnsentAnswerBytes,
         Limit::DecodeBudget,
     ];
 
@@ -263,6 +286,7 @@ impl Limit {
             Limit::SlowReaderTimeout => "slow_reader_timeout",
             Limit::IdleConnectionTimeout => "idle_connection_timeout",
             Limit::PullTransferBytes => "pull_transfer_bytes",
+            Limit::UnsentAnswerBytes => "unsent_answer_bytes",
             Limit::DecodeBudget => "decode_budget",
         }
     }
@@ -367,6 +391,107 @@ impl<K: std::hash::Hash + Eq + Clone> Drop for Slot<K> {
     }
 }
 
+/// Bytes held per key (a partner's answers waiting to be sent), each key bounded by
+/// the same budget.
+pub struct Budgets<K: std::hash::Hash + Eq + Clone> {
+    held: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<K, usize>>>,
+    max: usize,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Budgets<K> {
+    /// At most `max` bytes held per key.
+    pub fn new(max: usize) -> Self {
+        Self {
+            held: std::sync::Arc::default(),
+            max,
+        }
+    }
+
+    /// The budget per key.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Holds `bytes` for `key` until the returned value is dropped, unless that would
+    /// take the key past its budget. A key that holds nothing may always take one
+    /// amount, however large, so that no single answer is refused for its own size.
+    pub fn take(&self, key: &K, bytes: usize) -> Option<Held<K>> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let now = held.entry(key.clone()).or_insert(0);
+        if *now > 0 && now.saturating_add(bytes) > self.max {
+            return None;
+        }
+        *now = now.saturating_add(bytes);
+        Some(Held {
+            held: self.held.clone(),
+            key: key.clone(),
+            bytes,
+        })
+    }
+
+    /// Holds as much of `want` as `key`'s budget has left, or all of it when the key
+    /// holds nothing; nothing (`None`) when less than `least` is left.
+    pub fn take_up_to(&self, key: &K, want: usize, least: usize) -> Option<Held<K>> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let now = held.entry(key.clone()).or_insert(0);
+        let bytes = if *now == 0 {
+            want
+        } else {
+            want.min(self.max.saturating_sub(*now))
+        };
+        if bytes < least.min(want) {
+            return None;
+        }
+        *now = now.saturating_add(bytes);
+        Some(Held {
+            held: self.held.clone(),
+            key: key.clone(),
+            bytes,
+        })
+    }
+
+    /// Bytes `key` holds now.
+    pub fn held(&self, key: &K) -> usize {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.get(key).copied().unwrap_or(0)
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Held<K> {
+    /// The bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Holds `bytes` instead, without checking the budget: for an amount taken ahead
+    /// that turned out different (smaller, or larger by what one element may add).
+    pub fn set(&mut self, bytes: usize) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let now = held.entry(self.key.clone()).or_insert(0);
+        *now = now.saturating_sub(self.bytes).saturating_add(bytes);
+        self.bytes = bytes;
+    }
+}
+
+/// Bytes held under a [`Budgets`], given back when dropped.
+pub struct Held<K: std::hash::Hash + Eq + Clone> {
+    held: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<K, usize>>>,
+    key: K,
+    bytes: usize,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Drop for Held<K> {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(now) = held.get_mut(&self.key) {
+            *now = now.saturating_sub(self.bytes);
+            if *now == 0 {
+                held.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// A rate per key, as token buckets holding at most one second of tokens.
 pub struct Rates<K: std::hash::Hash + Eq + Clone> {
     per_second: u64,
@@ -438,6 +563,40 @@ mod tests {
         drop(a1);
         assert_eq!(slots.held(&"a"), 1);
         assert!(slots.take(&"a").is_some());
+    }
+
+    #[test]
+    fn budgets_hold_bytes_per_key_and_give_them_back() {
+        let budgets = Budgets::new(100);
+        // Alone, an amount over the budget is held: no answer is refused for its size.
+        let big = budgets.take(&"a", 150).unwrap();
+        assert!(budgets.take(&"a", 1).is_none());
+        assert!(budgets.take(&"b", 60).is_some());
+        drop(big);
+        assert_eq!(budgets.held(&"a"), 0);
+        let first = budgets.take(&"a", 60).unwrap();
+        let _second = budgets.take(&"a", 40).unwrap();
+        assert!(budgets.take(&"a", 1).is_none());
+        drop(first);
+        assert_eq!(budgets.held(&"a"), 40);
+        assert!(budgets.take(&"a", 60).is_some());
+    }
+
+    #[test]
+    fn a_budget_grants_what_is_left_and_adjusts() {
+        let budgets = Budgets::new(100);
+        let mut first = budgets.take_up_to(&"a", 70, 10).unwrap();
+        assert_eq!(first.bytes(), 70);
+        let second = budgets.take_up_to(&"a", 70, 10).unwrap();
+        assert_eq!(second.bytes(), 30);
+        assert!(budgets.take_up_to(&"a", 70, 10).is_none());
+        first.set(5);
+        assert_eq!(budgets.held(&"a"), 35);
+        drop(second);
+        drop(first);
+        assert_eq!(budgets.held(&"a"), 0);
+        // Alone, a key gets all it asks for.
+        assert_eq!(budgets.take_up_to(&"a", 500, 10).unwrap().bytes(), 500);
     }
 
     #[test]

@@ -67,6 +67,9 @@ pub enum NodeError {
     /// The TAXII listener could not start.
     #[error(transparent)]
     Taxii(#[from] crate::taxii::TaxiiError),
+    /// The admin listener could not start.
+    #[error(transparent)]
+    Console(#[from] crate::console::ConsoleError),
     /// Connections did not close within the shutdown deadline and were cut.
     #[error("shutdown deadline of {0:?} passed; remaining connections were closed")]
     DeadlineExceeded(Duration),
@@ -86,6 +89,7 @@ pub struct Node {
     pull_links: Arc<PullLinks>,
     tasks: Vec<JoinHandle<()>>,
     taxii: Option<crate::taxii::TaxiiServer>,
+    admin: Option<crate::console::ConsoleServer>,
 }
 
 /// The pull loops, one per `[[peer]]` with role `peer`, started again as a set at each
@@ -347,6 +351,25 @@ impl Node {
             None => None,
         };
 
+        // The admin listener, if configured: metrics and the read-only console.
+        let admin = match &config.admin {
+            Some(settings) => Some(
+                crate::console::ConsoleServer::start(
+                    settings.listen,
+                    crate::console::Sources {
+                        node: id.clone(),
+                        engine: engine.clone(),
+                        links: link_states.clone(),
+                        directory: directory.clone(),
+                        tls: config.node.tls.clone(),
+                    },
+                    shutdown.clone(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
+
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_serving::<FederationServer<FederationService>>()
@@ -383,6 +406,8 @@ impl Node {
                 };
                 tracing::info_span!("rpc", method = %request.uri().path(), peer = %peer, role, addr = %addr)
             })
+            // Time to answer, per method, for the admin listener's metrics.
+            .layer(crate::console::timing::RecordLatencyLayer)
             .layer(RequireIdentityLayer::new(directory))
             // Every request but Publish is cut off past 64 KiB as it arrives, not read whole.
             .layer(crate::rpc::codec::SmallRequestsLayer)
@@ -455,6 +480,7 @@ impl Node {
             pull_links,
             tasks,
             taxii,
+            admin,
         })
     }
 
@@ -463,6 +489,14 @@ impl Node {
         self.taxii
             .as_ref()
             .map(crate::taxii::TaxiiServer::local_addr)
+    }
+
+    /// The address of the admin listener (metrics and console), when `[admin]` is
+    /// configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+            .as_ref()
+            .map(crate::console::ConsoleServer::local_addr)
     }
 
     /// The node's id.
@@ -505,12 +539,16 @@ impl Node {
             pull_links,
             tasks,
             taxii,
+            admin,
             ..
         } = self;
         shutdown.cancel();
         let _ = accept_task.await;
         if let Some(taxii) = taxii {
             taxii.join().await;
+        }
+        if let Some(admin) = admin {
+            admin.join().await;
         }
         pull_links.join().await;
         for task in tasks {

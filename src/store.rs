@@ -429,6 +429,29 @@ pub struct Page {
     pub items: Vec<StoredItem>,
     /// Opaque cursor for the next page; `None` when done.
     pub next: Option<Vec<u8>>,
+    /// The stored size of the items, in bytes: about what they take encoded in an
+    /// answer.
+    pub bytes: usize,
+}
+
+/// How much one query page may gather: at most `items` items, and no more items once
+/// it holds `bytes` (an item larger than that alone makes a page of its own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageLimit {
+    /// The most items.
+    pub items: usize,
+    /// The bytes after which no item is added.
+    pub bytes: usize,
+}
+
+impl PageLimit {
+    /// At most `items` items, of any size.
+    pub fn items(items: usize) -> Self {
+        Self {
+            items,
+            bytes: usize::MAX,
+        }
+    }
 }
 
 /// One delivery: what went to whom under which policy.
@@ -521,13 +544,13 @@ pub trait Store: Send + Sync {
     /// The latest version held of an item.
     fn get(&self, id: &ItemId) -> Result<Option<StoredItem>, StoreError>;
 
-    /// Items matching `query` that `visible` admits, after the cursor `after`, at most
-    /// `limit` of them. Scans a bounded number of entries per call.
+    /// Items matching `query` that `visible` admits, after the cursor `after`, within
+    /// `limit`. Scans a bounded number of entries per call.
     fn query(
         &self,
         query: &ItemQuery,
         after: Option<&[u8]>,
-        limit: usize,
+        limit: PageLimit,
         now_ms: i64,
         visible: &dyn Fn(&StoredItem) -> bool,
     ) -> Result<Page, StoreError>;

@@ -1,7 +1,7 @@
 //! The client subcommands of the `entente` binary against a node started by
 //! `entente serve`, everything set up with the CLI itself: `init --with-certs`,
 //! `certs client --node --node-id` for the client configurations, then `publish`
-//! (plain list, CSV, STIX 2.1), `query --json` and `get`.
+//! (plain list, CSV, STIX 2.1), `query --stix` and `get`.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
@@ -204,9 +204,9 @@ impl Hq {
         path
     }
 
-    /// `entente query --json [FILTER]` as `config`: one JSON object per line.
-    fn query_json(&self, config: &Path, filter: &[&str]) -> Vec<serde_json::Value> {
-        let mut args = vec!["query", "--config", s(config), "--json"];
+    /// `entente query --stix [FILTER]` as `config`: one STIX object per line.
+    fn query_stix(&self, config: &Path, filter: &[&str]) -> Vec<serde_json::Value> {
+        let mut args = vec!["query", "--config", s(config), "--stix"];
         args.extend_from_slice(filter);
         ok(&args)
             .lines()
@@ -275,7 +275,7 @@ fn list_csv_and_stix_are_published_and_queried_back() {
         s(&list),
     ]);
     assert!(
-        last_line(&out).starts_with("published 3 items in 1 bundles to redmond.hq"),
+        last_line(&out).starts_with("published 3 items in 1 bundle to redmond.hq"),
         "{out}"
     );
 
@@ -301,7 +301,7 @@ fn list_csv_and_stix_are_published_and_queried_back() {
     assert!(last_line(&out).starts_with("published 5 items"), "{out}");
 
     let objects: Vec<serde_json::Value> = hq
-        .query_json(&hq.analyst, &[])
+        .query_stix(&hq.analyst, &[])
         .into_iter()
         .filter(|o| o["type"] == "indicator")
         .collect();
@@ -347,19 +347,19 @@ fn list_csv_and_stix_are_published_and_queried_back() {
     );
 
     // Filters through the CLI.
-    let tagged = hq.query_json(&hq.analyst, &["--tag", "csv-a"]);
+    let tagged = hq.query_stix(&hq.analyst, &["--tag", "csv-a"]);
     assert_eq!(
         values(&tagged),
         BTreeSet::from(["203.0.113.50".to_owned(), "c2.example.net".to_owned()])
     );
-    let by_value = hq.query_json(&hq.analyst, &["--value", "PHISH.example.org"]);
+    let by_value = hq.query_stix(&hq.analyst, &["--value", "PHISH.example.org"]);
     assert_eq!(
         values(&by_value),
         BTreeSet::from(["phish.example.org".to_owned()])
     );
-    let by_type = hq.query_json(&hq.analyst, &["--type", "sha256"]);
+    let by_type = hq.query_stix(&hq.analyst, &["--type", "sha256"]);
     assert_eq!(values(&by_type), BTreeSet::from([C2_HASH.to_owned()]));
-    let recent = hq.query_json(&hq.analyst, &["--since", "1h"]);
+    let recent = hq.query_stix(&hq.analyst, &["--since", "1h"]);
     assert_eq!(
         values(&recent),
         values(&objects)
@@ -370,7 +370,7 @@ fn list_csv_and_stix_are_published_and_queried_back() {
     );
 
     // The read-only client sees the GREEN items only.
-    let seen = hq.query_json(&hq.reader, &[]);
+    let seen = hq.query_stix(&hq.reader, &[]);
     assert_eq!(
         values(&seen),
         BTreeSet::from([
@@ -414,11 +414,11 @@ fn invalid_csv_lines_refuse_the_file_unless_skipped() {
     assert!(!stdout(&out).contains("published"), "{}", stdout(&out));
     // Nothing at all reached the node.
     assert_eq!(
-        hq.query_json(&hq.analyst, &[]),
+        hq.query_stix(&hq.analyst, &[]),
         Vec::<serde_json::Value>::new()
     );
     assert_eq!(
-        hq.query_json(&hq.analyst, &["--value", "192.0.2.10"]),
+        hq.query_stix(&hq.analyst, &["--value", "192.0.2.10"]),
         Vec::<serde_json::Value>::new()
     );
 
@@ -429,7 +429,7 @@ fn invalid_csv_lines_refuse_the_file_unless_skipped() {
         "{out}"
     );
     assert_eq!(
-        values(&hq.query_json(&hq.analyst, &[])),
+        values(&hq.query_stix(&hq.analyst, &[])),
         BTreeSet::from(["192.0.2.10".to_owned(), "ok.example.org".to_owned()])
     );
 }
@@ -444,7 +444,7 @@ fn a_list_without_a_marking_is_refused() {
     assert!(err.contains("--tlp"), "{err}");
     assert!(err.contains("line 1") && err.contains("line 2"), "{err}");
     assert_eq!(
-        hq.query_json(&hq.analyst, &[]),
+        hq.query_stix(&hq.analyst, &[]),
         Vec::<serde_json::Value>::new()
     );
 
@@ -488,7 +488,7 @@ fn get_prints_the_provenance() {
 
     // The same bundle as the JSON form names.
     let json: serde_json::Value =
-        serde_json::from_str(ok(&["get", "--config", analyst, "--json", C2_IP_ID]).trim()).unwrap();
+        serde_json::from_str(ok(&["get", "--config", analyst, "--stix", C2_IP_ID]).trim()).unwrap();
     assert_eq!(json["id"], C2_IP_ID);
     assert_eq!(json["x_entente_provenance"]["bundle_id"], bundle.as_str());
     assert_eq!(json["x_entente_provenance"]["signature_verified"], true);
@@ -518,12 +518,12 @@ fn a_read_only_client_cannot_publish() {
     assert!(err.contains(READER), "{err}");
     assert!(!stdout(&out).contains("published"), "{}", stdout(&out));
     assert_eq!(
-        hq.query_json(&hq.analyst, &[]),
+        hq.query_stix(&hq.analyst, &[]),
         Vec::<serde_json::Value>::new()
     );
     // Reading is allowed.
     assert_eq!(
-        hq.query_json(&hq.reader, &[]),
+        hq.query_stix(&hq.reader, &[]),
         Vec::<serde_json::Value>::new()
     );
 }
@@ -581,9 +581,9 @@ fn stix_granular_and_opencti_markings_are_kept_from_a_read_only_client() {
     assert!(last_line(&out).starts_with("published 2 items"), "{out}");
 
     // The GREEN-limited read-only client gets the CLEAR indicator only.
-    let seen = hq.query_json(&hq.reader, &[]);
+    let seen = hq.query_stix(&hq.reader, &[]);
     assert_eq!(values(&seen), BTreeSet::from(["198.51.100.24".to_owned()]));
-    let by_value = hq.query_json(&hq.reader, &["--value", "198.51.100.23"]);
+    let by_value = hq.query_stix(&hq.reader, &["--value", "198.51.100.23"]);
     assert_eq!(by_value, Vec::<serde_json::Value>::new());
     let out = fails(&["get", "--config", s(&hq.reader), granular_id]);
     assert!(stderr(&out).contains("no such item"), "{}", stderr(&out));
@@ -594,7 +594,7 @@ fn stix_granular_and_opencti_markings_are_kept_from_a_read_only_client() {
         (IndicatorType::Ipv4, "198.51.100.24".to_owned(), Tlp::Clear),
     ]
     .into();
-    assert_eq!(indicators(&hq.query_json(&hq.analyst, &[])), expected);
+    assert_eq!(indicators(&hq.query_stix(&hq.analyst, &[])), expected);
     let out = ok(&["get", "--config", analyst, granular_id]);
     assert!(
         out.contains("marking:") && out.contains("TLP:AMBER"),
@@ -621,7 +621,7 @@ fn stix_granular_and_opencti_markings_are_kept_from_a_read_only_client() {
     );
     let out = ok(&["publish", "--config", analyst, s(&opencti)]);
     assert!(last_line(&out).starts_with("published 1 item"), "{out}");
-    let got = hq.query_json(&hq.analyst, &["--value", "198.51.100.25"]);
+    let got = hq.query_stix(&hq.analyst, &["--value", "198.51.100.25"]);
     assert_eq!(
         indicators(&got),
         BTreeSet::from([(
@@ -649,7 +649,7 @@ fn stix_granular_and_opencti_markings_are_kept_from_a_read_only_client() {
     );
     assert!(err.contains("nothing published"), "{err}");
     assert_eq!(
-        hq.query_json(&hq.analyst, &["--value", "198.51.100.26"]),
+        hq.query_stix(&hq.analyst, &["--value", "198.51.100.26"]),
         Vec::<serde_json::Value>::new()
     );
 }
@@ -690,7 +690,7 @@ fn a_stix_revocation_marked_lower_than_its_indicator_is_refused() {
     );
     // The reader sees nothing of it; the analyst still holds the AMBER indicator.
     assert_eq!(
-        hq.query_json(&hq.reader, &[]),
+        hq.query_stix(&hq.reader, &[]),
         Vec::<serde_json::Value>::new()
     );
     let out = fails(&["get", "--config", s(&hq.reader), id]);
@@ -794,7 +794,21 @@ fn real_stix_keeps_its_properties_and_exports_valid_stix() {
     let mut originals = Vec::new();
     for name in REAL_EXAMPLES {
         let path = fixture(name);
-        ok(&["publish", "--config", analyst, "--tlp", "green", s(&path)]);
+        let args = ["publish", "--config", analyst, "--tlp", "green", s(&path)];
+        if name == "poisonivy.json" {
+            // The OASIS example reuses its malware object's UUID for a relationship: the
+            // node refuses that one object (an id keeps its type), and publish says so.
+            let out = fails(&args);
+            let err = stderr(&out);
+            assert!(
+                err.contains("rejected relationship--69101c2f-da92-47af-b402-7c60a39a982f: the same UUID is held as malware--69101c2f-da92-47af-b402-7c60a39a982f"),
+                "{err}"
+            );
+            assert!(err.contains("1 item of 137 refused by redmond.hq"), "{err}");
+            assert!(stdout(&out).starts_with("published 136 items in 1 bundle"));
+        } else {
+            ok(&args);
+        }
         let bundle: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         originals.extend(
@@ -871,7 +885,7 @@ fn a_list_published_again_updates_its_indicators_under_valid_ids() {
         ok(&["publish", "--config", analyst, "--tlp", "green", s(&list)]);
         ok(&["publish", "--config", analyst, "--tlp", "green", s(&csv)]);
     }
-    let objects = hq.query_json(&hq.analyst, &[]);
+    let objects = hq.query_stix(&hq.analyst, &[]);
     assert_eq!(objects.len(), 4, "{objects:#?}");
     for object in &objects {
         let id = object["id"].as_str().unwrap();
@@ -897,7 +911,7 @@ fn revoke_keeps_the_marking_and_tags_and_exports_valid_stix() {
         "campaign-x",
         s(&list),
     ]);
-    let before = hq.query_json(&hq.analyst, &["--value", "c2.campaign.example"]);
+    let before = hq.query_stix(&hq.analyst, &["--value", "c2.campaign.example"]);
     let id = before[0]["id"].as_str().unwrap().to_owned();
 
     let out = ok(&[
@@ -911,7 +925,7 @@ fn revoke_keeps_the_marking_and_tags_and_exports_valid_stix() {
     assert!(out.contains(&format!("revoked {id}")), "{out}");
 
     // Revoked under its tag: a subscriber filtering by tag finds it.
-    let tagged = hq.query_json(&hq.analyst, &["--tag", "campaign-x"]);
+    let tagged = hq.query_stix(&hq.analyst, &["--tag", "campaign-x"]);
     let revoked = tagged
         .iter()
         .find(|o| o["id"] == id.as_str())
@@ -971,23 +985,23 @@ fn a_compound_pattern_is_found_by_each_value_and_judged_by_each_type() {
 
     // Found under each value it names.
     for value in ["113.10.246.30", "update.evil.example"] {
-        let found = hq.query_json(&net_reader, &["--value", value]);
+        let found = hq.query_stix(&net_reader, &["--value", value]);
         let ids: Vec<&str> = found.iter().filter_map(|o| o["id"].as_str()).collect();
         assert_eq!(ids, [id], "--value {value}");
     }
     assert_eq!(
-        hq.query_json(&net_reader, &["--value", "198.51.100.99"]),
+        hq.query_stix(&net_reader, &["--value", "198.51.100.99"]),
         Vec::<serde_json::Value>::new()
     );
     // Judged by every type it names: a partner limited to IPv4 gets nothing of it, and
     // what it is told is what it would be told of an absent id.
-    assert_eq!(hq.query_json(&net_reader, &[]).len(), 1);
+    assert_eq!(hq.query_stix(&net_reader, &[]).len(), 1);
     assert_eq!(
-        hq.query_json(&ip_reader, &["--value", "113.10.246.30"]),
+        hq.query_stix(&ip_reader, &["--value", "113.10.246.30"]),
         Vec::<serde_json::Value>::new()
     );
     assert_eq!(
-        hq.query_json(&ip_reader, &[]),
+        hq.query_stix(&ip_reader, &[]),
         Vec::<serde_json::Value>::new()
     );
     let withheld = stderr(&fails(&["get", "--config", s(&ip_reader), id]));
@@ -1167,7 +1181,7 @@ fn context_objects_travel_under_policy_and_relationships_need_both_ends() {
     assert!(last_line(&out).starts_with("published 7 items"), "{out}");
 
     let ids = |config: &Path| -> BTreeSet<String> {
-        hq.query_json(config, &[])
+        hq.query_stix(config, &[])
             .iter()
             .map(|o| o["id"].as_str().unwrap().to_owned())
             .collect()
@@ -1241,4 +1255,322 @@ fn context_objects_travel_under_policy_and_relationships_need_both_ends() {
         "{}",
         stderr(&absent)
     );
+}
+
+/// The JSON lines of `entente ARGS --json`, which must succeed.
+fn json_lines(args: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = args.to_vec();
+    args.push("--json");
+    ok(&args)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect()
+}
+
+/// The operator's client configuration: the node's own certificate, at its address.
+fn operator_config(hq: &Hq) -> PathBuf {
+    let certs = hq.dir.path().join("hq/certs");
+    let analyst = std::fs::read_to_string(&hq.analyst).unwrap();
+    let node = analyst
+        .lines()
+        .find_map(|l| l.strip_prefix("node = "))
+        .expect("node = in the client configuration")
+        .trim_matches('"')
+        .to_owned();
+    let path = hq.dir.path().join("operator.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[client]\nid = \"{HQ}\"\ncert = \"{}\"\nkey = \"{}\"\ntrust_anchors = [\"{}\"]\nnode = \"{node}\"\nnode_id = \"{HQ}\"\n",
+            certs.join(format!("{HQ}.crt")).display(),
+            certs.join(format!("{HQ}.key")).display(),
+            certs.join("ca.crt").display(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn publish_names_each_refused_item_and_exits_non_zero() {
+    let hq = Hq::start();
+    let analyst = s(&hq.analyst);
+    const IP: &str = "indicator--7c3e9a51-0000-4000-8000-0000000000a1";
+    const SAME_UUID: &str = "malware--7c3e9a51-0000-4000-8000-0000000000a1";
+    let file = hq.input(
+        "clash.json",
+        &stix_bundle(vec![
+            stix_indicator(IP, "198.51.100.90", json_list(TLP_GREEN_ID)),
+            object(
+                "malware",
+                SAME_UUID,
+                TLP_GREEN_ID,
+                serde_json::json!({"name": "Clash", "is_family": false}),
+            ),
+        ]),
+    );
+    let out = fails(&["publish", "--config", analyst, s(&file)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out)
+            .starts_with("published 1 item in 1 bundle to redmond.hq (0 duplicate, 1 rejected)"),
+        "{}",
+        stdout(&out)
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "rejected {SAME_UUID}: the same UUID is held as {IP}; an id keeps its type"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("error: 1 item of 2 refused by redmond.hq"),
+        "{err}"
+    );
+
+    // Again, as JSON: the indicator is now a duplicate, the malware refused again.
+    let out = fails(&["publish", "--json", "--config", analyst, s(&file)]);
+    let summary: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(summary["node"], HQ, "{summary}");
+    assert_eq!(summary["items"], 2, "{summary}");
+    assert_eq!(summary["accepted"], 0, "{summary}");
+    assert_eq!(summary["duplicates"], 1, "{summary}");
+    assert_eq!(summary["rejected"][0]["id"], SAME_UUID, "{summary}");
+    assert!(
+        summary["rejected"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("an id keeps its type")),
+        "{summary}"
+    );
+    assert_eq!(summary["rejected"].as_array().unwrap().len(), 1);
+    assert_eq!(summary["rejected_count"], 1);
+    assert_eq!(summary["bundle_ids"].as_array().unwrap().len(), 1);
+
+    // Nothing refused: exit 0, and the JSON says so.
+    let fine = hq.input("fine.txt", "198.51.100.91\n");
+    let summary = &json_lines(&["publish", "--config", analyst, "--tlp", "green", s(&fine)])[0];
+    assert_eq!(summary["accepted"], 1, "{summary}");
+    assert_eq!(summary["rejected"], serde_json::json!([]), "{summary}");
+}
+
+#[test]
+fn query_prints_an_aligned_table_and_filters_by_marking() {
+    let hq = Hq::start();
+    let analyst = s(&hq.analyst);
+    let green = hq.input("green.txt", "198.51.100.1\nphish.example.org\n");
+    ok(&[
+        "publish",
+        "--config",
+        analyst,
+        "--tlp",
+        "green",
+        "--tag",
+        "campaign-x",
+        s(&green),
+    ]);
+    let amber = hq.input(
+        "amber.txt",
+        "https://login.example.net/very/long/path/to/a/page\n",
+    );
+    ok(&[
+        "publish",
+        "--config",
+        analyst,
+        "--tlp",
+        "AMBER+STRICT",
+        s(&amber),
+    ]);
+
+    let out = entente(&["query", "--config", analyst]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stderr(&out).trim(), "3 items");
+    let table = stdout(&out);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 4, "{table}");
+    let header = lines[0];
+    for name in [
+        "ID", "TYPE", "TLP", "ORIGIN", "HOPS", "MODIFIED", "TAGS", "VALUE",
+    ] {
+        assert!(header.contains(name), "{header}");
+    }
+    // Every column starts where its name does.
+    for (name, cells) in [
+        ("TYPE", &["ipv4", "domain", "url"][..]),
+        ("TLP", &["GREEN", "AMBER+STRICT"]),
+        ("ORIGIN", &[HQ]),
+        ("TAGS", &["campaign-x", "-"]),
+        (
+            "VALUE",
+            &[
+                "198.51.100.1",
+                "phish.example.org",
+                "https://login.example.net/",
+            ],
+        ),
+    ] {
+        let at = header.find(name).unwrap();
+        for line in &lines[1..] {
+            assert!(
+                cells.iter().any(|cell| line[at..].starts_with(cell)),
+                "{name} column misaligned:\n{table}"
+            );
+        }
+    }
+
+    let out = entente(&["query", "--config", analyst, "--limit", "1"]);
+    assert_eq!(stderr(&out).trim(), "1 item");
+    assert_eq!(stdout(&out).lines().count(), 2);
+
+    let green_only = json_lines(&["query", "--config", analyst, "--tlp", "green"]);
+    assert_eq!(green_only.len(), 2);
+    assert!(green_only.iter().all(|i| i["tlp"] == "GREEN"));
+    let strict = json_lines(&[
+        "query",
+        "--config",
+        analyst,
+        "--tlp",
+        "amber+strict",
+        "--tlp",
+        "red",
+    ]);
+    assert_eq!(strict.len(), 1);
+    assert_eq!(strict[0]["type"], "url");
+    assert_eq!(strict[0]["tags"], serde_json::json!([]));
+    let out = entente(&["query", "--config", analyst, "--tlp", "red"]);
+    assert_eq!(stdout(&out), "");
+    assert_eq!(stderr(&out).trim(), "0 items");
+
+    // Times in every accepted form.
+    for since in [
+        "1h",
+        "today",
+        "yesterday",
+        "1h30m",
+        "2000-01-01",
+        "2000-01-01T00:00:00Z",
+        "946684800000",
+    ] {
+        assert_eq!(
+            json_lines(&["query", "--config", analyst, "--since", since]).len(),
+            3,
+            "--since {since}"
+        );
+    }
+    assert!(json_lines(&["query", "--config", analyst, "--since", "2100-01-01"]).is_empty());
+    assert!(json_lines(&["query", "--config", analyst, "--since", "now"]).is_empty());
+}
+
+#[test]
+fn every_client_command_prints_json() {
+    let hq = Hq::start();
+    let analyst = s(&hq.analyst);
+    let operator = operator_config(&hq);
+    let operator = s(&operator);
+    let file = hq.input("one.txt", "198.51.100.7\n");
+    let published = &json_lines(&[
+        "publish",
+        "--config",
+        analyst,
+        "--tlp",
+        "green",
+        "--tag",
+        "case-7",
+        s(&file),
+    ])[0];
+    let bundle = published["bundle_ids"][0].as_str().unwrap().to_owned();
+
+    // The item JSON object, from query and get alike.
+    let items = json_lines(&["query", "--config", analyst]);
+    assert_eq!(items.len(), 1);
+    let item = &items[0];
+    let id = item["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("indicator--"), "{item}");
+    assert_eq!(item["kind"], "indicator");
+    assert_eq!(item["type"], "ipv4");
+    assert_eq!(item["value"], "198.51.100.7");
+    assert_eq!(item["tlp"], "GREEN");
+    assert_eq!(item["tags"], serde_json::json!(["case-7"]));
+    let modified = item["modified"].as_str().unwrap();
+    assert!(
+        modified.len() == 24 && modified.ends_with('Z'),
+        "{modified}"
+    );
+    assert_eq!(item["valid_until"], serde_json::Value::Null);
+    assert_eq!(item["revocation_reason"], "");
+    assert_eq!(item["refs"], serde_json::json!([]));
+    assert_eq!(
+        item["provenance"],
+        serde_json::json!({
+            "origin": HQ, "bundle_id": bundle, "received_from": HQ, "hops": 0,
+            "signature_verified": true,
+        })
+    );
+    assert_eq!(&json_lines(&["get", "--config", analyst, &id])[0], item);
+    let text = ok(&["get", "--config", analyst, &id]);
+    assert!(text.contains("marking:       TLP:GREEN"), "{text}");
+
+    // Policy explain for a stored item, as the operator.
+    let explained = &json_lines(&[
+        "policy",
+        "explain",
+        "--config",
+        operator,
+        "--partner",
+        READER,
+        "--item",
+        &id,
+    ])[0];
+    assert_eq!(explained["id"], id.as_str(), "{explained}");
+    assert_eq!(explained["partner"], READER, "{explained}");
+    assert_eq!(explained["allow"], true, "{explained}");
+    assert!(explained["rule"].is_string(), "{explained}");
+    // And for items of a file, judged by the node's configuration.
+    let node_config = hq.dir.path().join("hq/entente.toml");
+    let amber = hq.input("amber.txt", "192.0.2.44\n");
+    let judged = json_lines(&[
+        "policy",
+        "explain",
+        "--config",
+        s(&node_config),
+        "--partner",
+        READER,
+        "--input",
+        s(&amber),
+        "--tlp",
+        "amber",
+    ]);
+    assert_eq!(judged.len(), 1);
+    assert_eq!(judged[0]["value"], "192.0.2.44");
+    assert_eq!(judged[0]["allow"], false, "{}", judged[0]);
+
+    // Revoke.
+    let revoked = &json_lines(&["revoke", "--config", analyst, "--reason", "sinkholed", &id])[0];
+    assert_eq!(revoked["id"], id.as_str(), "{revoked}");
+    assert_eq!(revoked["reason"], "sinkholed", "{revoked}");
+    let item = &json_lines(&["get", "--config", analyst, &id])[0];
+    assert_eq!(item["kind"], "revocation", "{item}");
+    assert_eq!(item["value"], serde_json::Value::Null, "{item}");
+    assert_eq!(item["revocation_reason"], "sinkholed", "{item}");
+
+    // The ledger, shown and verified; policy reload.
+    let records = json_lines(&["ledger", "show", "--config", operator, "--since", "1h"]);
+    assert!(!records.is_empty());
+    for record in &records {
+        assert!(record["seq"].is_u64(), "{record}");
+        assert!(
+            record["time"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{record}"
+        );
+        assert_eq!(record["hash"].as_str().map(str::len), Some(64), "{record}");
+    }
+    let verified = &json_lines(&["ledger", "verify", "--config", operator])[0];
+    assert_eq!(verified["intact"], true, "{verified}");
+    assert_eq!(verified["broken_at"], serde_json::Value::Null, "{verified}");
+    assert!(verified["records"].as_u64().unwrap() >= records.len() as u64);
+    let text = ok(&["ledger", "verify", "--config", operator]);
+    assert!(text.starts_with("ledger intact: "), "{text}");
+    let reloaded = &json_lines(&["policy", "reload", "--config", operator])[0];
+    assert_eq!(reloaded["node"], HQ);
+    assert!(reloaded["policy_hash"].is_string(), "{reloaded}");
 }

@@ -239,6 +239,14 @@ fn limits_take_defaults_and_refuse_values_outside_their_range() {
     assert_eq!(set.pull_page_bytes, 1 << 20);
     assert_eq!(set.pull_queue_messages, 8);
     assert_eq!(set.pull_transfer_bytes, 8 << 20);
+    let answers = Config::load(&with_limits(
+        "query_page_bytes = 1048576\nunsent_answer_bytes = 2097152\n",
+    ))
+    .unwrap()
+    .node
+    .limits;
+    assert_eq!(answers.query_page_bytes, 1 << 20);
+    assert_eq!(answers.unsent_answer_bytes, 2 << 20);
     // By default a puller holds whatever the largest publishable bundle brings.
     assert_eq!(
         defaults.pull_transfer_bytes,
@@ -296,6 +304,19 @@ fn limits_take_defaults_and_refuse_values_outside_their_range() {
             "pull_transfer_bytes = 1073741824\n",
             &["limits.pull_transfer_bytes", "outside"],
         ),
+        (
+            "query_page_bytes = 1000\n",
+            &["limits.query_page_bytes", "outside 65536..=67108864"],
+        ),
+        // A budget smaller than one page would refuse every second call.
+        (
+            "query_page_bytes = 8388608\nunsent_answer_bytes = 4194304\n",
+            &["limits.unsent_answer_bytes", "outside 8388608..=1073741824"],
+        ),
+        (
+            "unsent_answer_bytes = 4294967296\n",
+            &["limits.unsent_answer_bytes", "outside"],
+        ),
     ];
     for (limits, expect) in refused {
         assert_mentions(&load_err(&with_limits(limits)), expect);
@@ -342,4 +363,59 @@ fn ledger_settings_take_defaults_and_refuse_values_outside_their_range() {
     for (ledger, parts) in refused {
         assert_mentions(&load_err(&with_ledger(ledger)), parts);
     }
+}
+
+#[test]
+fn the_admin_listener_is_optional_and_loopback_only() {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let path = write_config(&pki, &hq, &[], &[]);
+    let base = std::fs::read_to_string(&path).unwrap();
+    // Absent: no admin listener.
+    assert_eq!(Config::load(&path).unwrap().admin, None);
+    let with = |text: &str| std::fs::write(&path, format!("{base}\n{text}")).unwrap();
+    for listen in ["127.0.0.1:9464", "[::1]:9464", "127.0.0.1:0"] {
+        with(&format!("[admin]\nlisten = \"{listen}\"\n"));
+        let admin = Config::load(&path).unwrap().admin.expect("[admin] loaded");
+        assert_eq!(admin.listen, listen.parse().unwrap());
+    }
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "[admin]\nlisten = \"0.0.0.0:9464\"\n",
+            &["admin.listen", "not a loopback address"],
+        ),
+        (
+            "[admin]\nlisten = \"192.0.2.7:9464\"\n",
+            &["admin.listen", "not a loopback address"],
+        ),
+        (
+            "[admin]\nlisten = \"localhost:9464\"\n",
+            &["admin.listen", "not an address:port"],
+        ),
+        ("[admin]\n", &["listen"]),
+        (
+            "[admin]\nlisten = \"127.0.0.1:9464\"\nclient_ca = \"ca.crt\"\n",
+            &["client_ca"],
+        ),
+    ];
+    for (text, parts) in cases {
+        with(text);
+        assert_mentions(&load_err(&path), parts);
+    }
+    // Its own port: not node.listen's, not taxii.listen's.
+    let own_port = base.replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:7443\"");
+    std::fs::write(
+        &path,
+        format!("{own_port}\n[admin]\nlisten = \"127.0.0.1:7443\"\n"),
+    )
+    .unwrap();
+    assert_mentions(&load_err(&path), &["admin.listen", "node.listen"]);
+    std::fs::write(
+        &path,
+        format!(
+            "{base}\n[taxii]\nlisten = \"127.0.0.1:8443\"\n\n[admin]\nlisten = \"127.0.0.1:8443\"\n"
+        ),
+    )
+    .unwrap();
+    assert_mentions(&load_err(&path), &["admin.listen", "taxii.listen"]);
 }

@@ -226,6 +226,20 @@ async fn every_path_is_recorded_and_tampering_is_located() {
         )),
         "{stderr}"
     );
+    // With --json, the object first, then the same failure.
+    let out = within("ledger verify --json", run(&["ledger", "verify", "--json"]))
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let verdict: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(verdict["intact"], false, "{verdict}");
+    assert_eq!(verdict["broken_at"], altered, "{verdict}");
+    assert!(
+        verdict["problem"]
+            .as_str()
+            .is_some_and(|p| p.contains(&format!("record {altered} was altered"))),
+        "{verdict}"
+    );
     let out = within("ledger show", run(&["ledger", "show"]))
         .await
         .unwrap();

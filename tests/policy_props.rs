@@ -1795,7 +1795,8 @@ fn spec_built_policies_pull_explain_page_and_revoke_by_the_delivery_rule() {
         loop {
             let page = engine
                 .query_blocking(&client, "query", &query, &token, 1, now_ms())
-                .map_err(|e| TestCaseError::fail(format!("query: {e}")))?;
+                .map_err(|e| TestCaseError::fail(format!("query: {e}")))?
+                .page;
             for stored in &page.items {
                 prop_assert!(seen.insert(stored.index as usize));
             }

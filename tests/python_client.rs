@@ -175,8 +175,13 @@ fn node_config(pki: &Pki, id: &NodeId) -> PathBuf {
 /// Writes the researcher's client configuration as `entente certs client` does, beside
 /// its certificate; returns its path.
 fn researcher_config(pki: &Pki, address: &str, node_id: &str, name: &str) -> PathBuf {
+    client_config(pki, RESEARCHER, address, node_id, name)
+}
+
+/// Writes `id`'s client configuration as `entente certs client` does; returns its path.
+fn client_config(pki: &Pki, id: &str, address: &str, node_id: &str, name: &str) -> PathBuf {
     let text = entente::config::starter_client_config(
-        &NodeId::new(RESEARCHER).unwrap(),
+        &NodeId::new(id).unwrap(),
         address,
         &NodeId::new(node_id).unwrap(),
     );
@@ -590,4 +595,236 @@ async fn python_read_only_client_sees_only_what_its_policy_allows() {
 
     drop(other);
     node.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+/// `entente ARGS` (the Rust CLI), with a deadline.
+fn entente_cli(args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_entente"));
+    command.args(args).stdin(Stdio::null());
+    output_within(command, DEADLINE)
+}
+
+/// The lines of `output`, sorted (the two clients page differently).
+fn sorted_lines(output: &Output) -> Vec<String> {
+    let mut lines: Vec<String> = succeeded(output).lines().map(str::to_owned).collect();
+    lines.sort();
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_cli_and_python_client_print_the_same_json() {
+    common::init_logging();
+    let pki = Pki::new();
+    let hq = pki.node(NODE);
+    pki.client(ANALYST);
+    pki.client(RESEARCHER);
+    let node = start(&node_config(&pki, &hq)).await;
+    let address = node.local_addr().to_string();
+    let analyst_config = client_config(&pki, ANALYST, &address, NODE, "analyst.toml");
+    let config = analyst_config.to_str().unwrap().to_owned();
+
+    let stubs_dir = tempfile::tempdir().unwrap();
+    let stubs = stubs_dir.path().join("stubs");
+    {
+        let mut command = Command::new(python());
+        command
+            .arg(repo("clients/python/generate_stubs.py"))
+            .arg("--out")
+            .arg(&stubs)
+            .stdin(Stdio::null());
+        let output = tokio::task::spawn_blocking(move || output_within(command, DEADLINE))
+            .await
+            .unwrap();
+        succeeded(&output);
+    }
+
+    // Items of every kind and with every optional field: full indicators (a non-ASCII
+    // description, kill-chain phases, validity), a bare one, a revocation, and context
+    // objects (a malware and a relationship) from a STIX bundle.
+    let analyst = common::connect(&pki, &node, ANALYST).await;
+    let mut full = item(
+        "domain",
+        "c2.example.org",
+        Tlp::Amber,
+        &["campaign:x", "c2"],
+    );
+    if let Some(wire::item::Kind::Indicator(i)) = &mut full.kind {
+        i.description = "Überwachung – command and control \"quoted\"".into();
+        i.kill_chain_phases = vec!["mitre-attack:command-and-control".into()];
+        i.valid_from_unix_ms = 1_767_225_600_123;
+        i.valid_until_unix_ms = Some(4_102_444_800_456);
+    }
+    let bare = wire::Item {
+        id: entente::model::ItemId::new_random().to_string(),
+        modified_unix_ms: 0,
+        tlp: Tlp::Clear as i32,
+        tags: vec![],
+        kind: Some(wire::item::Kind::Indicator(wire::Indicator {
+            indicator_type: "sha256".into(),
+            value: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+            ..Default::default()
+        })),
+    };
+    let to_revoke = item("ipv4", "192.0.2.77", Tlp::Green, &["sinkhole"]);
+    let revoked_id = to_revoke.id.clone();
+    let full_id = full.id.clone();
+    publish(
+        &analyst,
+        vec![
+            full,
+            bare,
+            to_revoke,
+            item("url", "https://x.example.net/a?b=c", Tlp::Red, &[]),
+        ],
+    )
+    .await;
+    let malware = "malware--3b0c5e5d-0000-4000-8000-0000000000c1";
+    let stix = serde_json::json!({
+        "type": "bundle",
+        "id": "bundle--3b0c5e5d-0000-4000-8000-0000000000c0",
+        "objects": [
+            {
+                "type": "malware", "spec_version": "2.1", "id": malware,
+                "created": "2026-01-01T00:00:00.000Z", "modified": "2026-01-02T03:04:05.678Z",
+                "name": "Poison Ivy", "is_family": true,
+                "object_marking_refs": ["marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb"],
+            },
+            {
+                "type": "relationship", "spec_version": "2.1",
+                "id": "relationship--3b0c5e5d-0000-4000-8000-0000000000c2",
+                "created": "2026-01-01T00:00:00.000Z", "modified": "2026-01-01T00:00:00.000Z",
+                "relationship_type": "indicates", "source_ref": full_id, "target_ref": malware,
+                "object_marking_refs": ["marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb"],
+            },
+        ],
+    });
+    let stix_path = stubs_dir.path().join("context.json");
+    std::fs::write(&stix_path, stix.to_string()).unwrap();
+    let rust = {
+        let args = [
+            "publish".to_owned(),
+            "--config".into(),
+            config.clone(),
+            stix_path.to_str().unwrap().into(),
+        ];
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            entente_cli(&args)
+        })
+        .await
+        .unwrap()
+    };
+    succeeded(&rust);
+    let rust = {
+        let args = [
+            "revoke".to_owned(),
+            "--config".into(),
+            config.clone(),
+            "--reason".into(),
+            "sinkholed".into(),
+            revoked_id.clone(),
+        ];
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            entente_cli(&args)
+        })
+        .await
+        .unwrap()
+    };
+    succeeded(&rust);
+
+    // Each command, from both clients.
+    let both = |args: Vec<String>| {
+        let stubs = stubs.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                (entente_cli(&args), entente_client(&stubs, &args))
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let args = |list: &[&str]| -> Vec<String> { list.iter().map(|s| (*s).to_owned()).collect() };
+
+    let (rust, python) = both(args(&["query", "--config", &config, "--json"])).await;
+    let (rust, python) = (sorted_lines(&rust), sorted_lines(&python));
+    assert_eq!(rust.len(), 6, "{rust:#?}");
+    assert_eq!(rust, python, "query --json differs");
+    let items: Vec<serde_json::Value> = rust
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: BTreeSet<&str> = items.iter().map(|i| i["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["context", "indicator", "revocation"].into());
+    let full = items.iter().find(|i| i["id"] == full_id.as_str()).unwrap();
+    assert_eq!(full["valid_from"], "2026-01-01T00:00:00.123Z", "{full}");
+    assert_eq!(full["valid_until"], "2100-01-01T00:00:00.456Z", "{full}");
+    assert!(
+        rust.iter().any(|l| l.contains("Überwachung")),
+        "non-ASCII text is printed as UTF-8"
+    );
+    let relationship = items.iter().find(|i| i["type"] == "relationship").unwrap();
+    assert_eq!(relationship["value"], "indicates", "{relationship}");
+    assert_eq!(
+        relationship["refs"],
+        serde_json::json!([full_id, malware]),
+        "{relationship}"
+    );
+    let revoked = items
+        .iter()
+        .find(|i| i["id"] == revoked_id.as_str())
+        .unwrap();
+    assert_eq!(revoked["revocation_reason"], "sinkholed", "{revoked}");
+
+    for filter in [
+        &["--tlp", "green"][..],
+        &["--tlp", "amber", "--tlp", "RED"],
+        &["--type", "domain"],
+        &["--since", "yesterday"],
+        &["--since", "2100-01-01"],
+        &["--tag", "campaign:x", "--limit", "1"],
+    ] {
+        let mut list = args(&["query", "--config", &config, "--json"]);
+        list.extend(args(filter));
+        let (rust, python) = both(list).await;
+        assert_eq!(
+            sorted_lines(&rust),
+            sorted_lines(&python),
+            "query {filter:?} differs"
+        );
+    }
+    for item in &items {
+        let id = item["id"].as_str().unwrap();
+        let (rust, python) = both(args(&["get", "--config", &config, "--json", id])).await;
+        assert_eq!(succeeded(&rust), succeeded(&python), "get {id} differs");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&succeeded(&rust)).unwrap(),
+            *item
+        );
+        // The details as text, too.
+        let (rust, python) = both(args(&["get", "--config", &config, id])).await;
+        assert_eq!(
+            succeeded(&rust),
+            succeeded(&python),
+            "get {id} (text) differs"
+        );
+    }
+    // The text forms agree on the count, and say "1 item".
+    let (rust, python) = both(args(&["query", "--config", &config, "--type", "sha256"])).await;
+    succeeded(&rust);
+    succeeded(&python);
+    assert_eq!(text(&rust.stderr).trim(), "1 item");
+    assert_eq!(text(&python.stderr).trim(), "1 item");
+    assert_eq!(succeeded(&rust), succeeded(&python), "the tables differ");
+    // Both refuse a bad time, naming the accepted forms.
+    let (rust, python) = both(args(&["query", "--config", &config, "--since", "yesterdy"])).await;
+    assert!(!rust.status.success() && !python.status.success());
+    for output in [&rust, &python] {
+        let err = text(&output.stderr);
+        assert!(
+            err.contains("not a time; expected a span back from now"),
+            "{err}"
+        );
+    }
 }

@@ -660,16 +660,20 @@ async fn status_wait_returns_only_after_a_multi_page_initial_sync() {
 
     let berlin_node = common::start(&berlin_config).await;
     let target = format!("berlin.office@{}", berlin_node.local_addr());
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_entente"))
-            .args(["status", "--wait", "--timeout", "120", "--node", &target])
-            .arg("--config")
-            .arg(&berlin_config)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let status_wait = move |json: bool| {
+        let target = target.clone();
+        let berlin_config = berlin_config.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_entente"))
+                .args(["status", "--wait", "--timeout", "120", "--node", &target])
+                .args(json.then_some("--json"))
+                .arg("--config")
+                .arg(&berlin_config)
+                .output()
+                .unwrap()
+        })
+    };
+    let out = status_wait(false).await.unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -688,6 +692,18 @@ async fn status_wait_returns_only_after_a_multi_page_initial_sync() {
         )),
         "{text}"
     );
+    // The same wait with --json: one object once caught up, the link as it then stood.
+    let out = status_wait(true).await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(status["node"], "berlin.office", "{status}");
+    let link = &status["links"][0];
+    assert_eq!(link["peer"], "redmond.hq", "{status}");
+    assert_eq!(link["caught_up"], true, "{status}");
+    assert_eq!(link["cursor"], head, "{status}");
+    assert_eq!(link["head"], head, "{status}");
+    assert_eq!(status["caught_up"][0]["peer"], "redmond.hq", "{status}");
+    assert_eq!(status["caught_up"][0]["cursor"], head, "{status}");
     berlin_node.shutdown(DEADLINE).await.unwrap();
     hq_node.shutdown(DEADLINE).await.unwrap();
 }

@@ -13,7 +13,7 @@ use entente::model::{
     Distribution, Indicator, IndicatorType, Item, ItemId, ItemKind, NodeId, Revocation, Tlp,
 };
 use entente::store::{
-    ItemQuery, ItemRejection, Page, SledStore, Source, Store, StoreError, StoredItem,
+    ItemQuery, ItemRejection, Page, PageLimit, SledStore, Source, Store, StoreError, StoredItem,
 };
 use entente::transport::{SignerVerifier, TlsMaterial};
 
@@ -117,7 +117,13 @@ fn pages(
     let mut cursor: Option<Vec<u8>> = None;
     loop {
         let page = store
-            .query(query, cursor.as_deref(), limit, now, visible)
+            .query(
+                query,
+                cursor.as_deref(),
+                PageLimit::items(limit),
+                now,
+                visible,
+            )
             .unwrap();
         cursor = page.next.clone();
         out.push(page);
@@ -548,7 +554,13 @@ fn modified_since_and_paging_cover_everything_once() {
     );
     // A cursor the store did not hand out is refused, not guessed at.
     for garbage in [&b"Vgarbage\xff"[..], &[0u8; 3][..], &[0u8; 5][..]] {
-        let refused = store.query(&ItemQuery::default(), Some(garbage), 10, now, &|_| true);
+        let refused = store.query(
+            &ItemQuery::default(),
+            Some(garbage),
+            PageLimit::items(10),
+            now,
+            &|_| true,
+        );
         assert!(
             matches!(refused, Err(entente::store::StoreError::BadCursor)),
             "{garbage:?}"
@@ -556,7 +568,13 @@ fn modified_since_and_paging_cover_everything_once() {
     }
     // A cursor past the end is an empty last page.
     let page = store
-        .query(&ItemQuery::default(), Some(&[0xff; 4]), 10, now, &|_| true)
+        .query(
+            &ItemQuery::default(),
+            Some(&[0xff; 4]),
+            PageLimit::items(10),
+            now,
+            &|_| true,
+        )
         .unwrap();
     assert!(page.items.is_empty() && page.next.is_none());
 }
@@ -687,7 +705,7 @@ fn answers(
             ..Default::default()
         };
         let page = store
-            .query(&query, None, 1000, now_ms(), &|_| true)
+            .query(&query, None, PageLimit::items(1000), now_ms(), &|_| true)
             .unwrap();
         out.push(format!("value {value}: {:?}", page.items));
     }
@@ -1026,14 +1044,20 @@ fn a_value_held_by_very_many_items_is_paged_in_bounded_calls() {
     // A cursor naming the head of a chain is the start; one naming a slot of
     // another value, or a chain the query does not have, is refused.
     let from_head = store
-        .query(&query, Some(&[0, 0xff, 0xff, 0xff, 0xff]), 5, now, &|_| {
-            true
-        })
+        .query(
+            &query,
+            Some(&[0, 0xff, 0xff, 0xff, 0xff]),
+            PageLimit::items(5),
+            now,
+            &|_| true,
+        )
         .unwrap();
-    let first = store.query(&query, None, 5, now, &|_| true).unwrap();
+    let first = store
+        .query(&query, None, PageLimit::items(5), now, &|_| true)
+        .unwrap();
     assert_eq!(from_head, first);
     for bad in [&[9u8, 0, 0, 0, 1][..], &[0, 0, 0, 0x30, 0][..]] {
-        let refused = store.query(&query, Some(bad), 5, now, &|_| true);
+        let refused = store.query(&query, Some(bad), PageLimit::items(5), now, &|_| true);
         assert!(matches!(refused, Err(StoreError::BadCursor)), "{bad:?}");
     }
 }
@@ -1173,7 +1197,9 @@ fn the_store_agrees_with_a_model_of_the_rules_on_random_histories() {
                         include_expired: true,
                         ..Default::default()
                     };
-                    let page = store.query(&query, None, 100, now, &|_| true).unwrap();
+                    let page = store
+                        .query(&query, None, PageLimit::items(100), now, &|_| true)
+                        .unwrap();
                     let got: std::collections::BTreeSet<String> =
                         page.items.iter().map(|s| s.item.id.to_string()).collect();
                     let expected: std::collections::BTreeSet<String> = model

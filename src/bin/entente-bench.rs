@@ -495,7 +495,7 @@ async fn ingest(args: &Args) -> Result<()> {
             &store,
             &query,
             None,
-            10,
+            entente::store::PageLimit::items(10),
             entente::engine::now_ms(),
             &|_| true,
         )?;

@@ -87,6 +87,36 @@ pub enum Rule {
     },
 }
 
+impl Rule {
+    /// The rule's name: one fixed word per kind of rule, for counting decisions (the
+    /// metrics label); [`Display`](fmt::Display) gives the wording with its values.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Rule::OwnOperator(_) => "own_operator",
+            Rule::UnknownPartner(_) => "unknown_partner",
+            Rule::NoMaxTlp(_) => "no_max_tlp",
+            Rule::AboveMaxTlp { .. } => "above_max_tlp",
+            Rule::NoAllowTypes(_) => "no_allow_types",
+            Rule::TypeNotAllowed { .. } => "type_not_allowed",
+            Rule::TypeDenied { .. } => "type_denied",
+            Rule::NoAllowedTag { .. } => "no_allowed_tag",
+            Rule::DeniedTag { .. } => "denied_tag",
+            Rule::ThirdPartyNotForwarded { .. } => "third_party_not_forwarded",
+            Rule::ThirdPartyAboveGreen { .. } => "third_party_above_green",
+            Rule::DistributionUnknown => "distribution_unknown",
+            Rule::MaxHopsReached { .. } => "max_hops_reached",
+            Rule::NotARecipient(_) => "not_a_recipient",
+            Rule::Embargo { .. } => "embargo",
+            Rule::Superseded => "superseded",
+            Rule::Expired => "expired",
+            Rule::RefNotHeld { .. } => "ref_not_held",
+            Rule::RefWithheld { .. } => "ref_withheld",
+            Rule::RefTooDeep { .. } => "ref_too_deep",
+            Rule::Allowed { .. } => "allowed",
+        }
+    }
+}
+
 impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -548,6 +578,11 @@ impl Policy {
     /// A partner's compiled policy.
     pub fn partner(&self, id: &NodeId) -> Option<&PartnerPolicy> {
         self.partners.get(id)
+    }
+
+    /// Every configured partner's compiled policy.
+    pub fn partners(&self) -> impl Iterator<Item = &PartnerPolicy> {
+        self.partners.values()
     }
 
     /// A fingerprint of one partner's compiled policy (all zero for an unknown partner):

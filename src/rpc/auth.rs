@@ -15,6 +15,7 @@ use std::task::{Context, Poll};
 
 use tonic::{Request, Status};
 
+use crate::engine::AnswerHold;
 use crate::model::Role;
 use crate::transport::access::CallInProgress;
 use crate::transport::{ConnectionInfo, Directory, PartnerKind};
@@ -114,11 +115,33 @@ pub struct RequireIdentity<S> {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// A response body that keeps its call marked in progress on the connection until the
-/// body has ended or is dropped.
+/// An answer's hold on its partner's `limits.unsent_answer_bytes`. A handler puts it
+/// in its response's extensions; the layer moves it into the response body, so the
+/// bytes stay counted until the answer has been sent (or the call dropped).
+#[derive(Clone)]
+pub(crate) struct HeldAnswer {
+    _hold: Arc<AnswerHold>,
+}
+
+impl HeldAnswer {
+    /// `response` carrying `hold` to the layer.
+    pub(crate) fn attach<T>(
+        hold: AnswerHold,
+        mut response: tonic::Response<T>,
+    ) -> tonic::Response<T> {
+        response.extensions_mut().insert(HeldAnswer {
+            _hold: Arc::new(hold),
+        });
+        response
+    }
+}
+
+/// A response body that keeps its call marked in progress on the connection, and its
+/// answer's bytes counted, until the body has ended or is dropped.
 struct DuringCall<B> {
     body: B,
     _call: CallInProgress,
+    _held: Option<HeldAnswer>,
 }
 
 impl<B: http_body::Body + Unpin> http_body::Body for DuringCall<B> {
@@ -169,9 +192,15 @@ where
                 let response = self.inner.call(request);
                 Box::pin(async move {
                     // Dropped with the future if the call is abandoned before it answers.
-                    let response = response.await?;
-                    Ok(response
-                        .map(|body| tonic::body::Body::new(DuringCall { body, _call: call })))
+                    let mut response = response.await?;
+                    let held = response.extensions_mut().remove::<HeldAnswer>();
+                    Ok(response.map(|body| {
+                        tonic::body::Body::new(DuringCall {
+                            body,
+                            _call: call,
+                            _held: held,
+                        })
+                    }))
                 })
             }
             Err(withdrawal) => {

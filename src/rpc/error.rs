@@ -41,6 +41,7 @@ impl From<EngineError> for Status {
             EngineError::Unpublishable(why) => Status::invalid_argument(why),
             e @ (EngineError::TooManyStreams { .. }
             | EngineError::TooManyPublishes { .. }
+            | EngineError::TooManyUnsentAnswers { .. }
             | EngineError::TransferTooLarge { .. }) => Status::resource_exhausted(e.to_string()),
             EngineError::PageToken(e @ crate::policy::PageTokenError::Invalid) => {
                 Status::invalid_argument(e.to_string())

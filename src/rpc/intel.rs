@@ -7,15 +7,15 @@ use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::auth::{caller, require_client, require_writer};
+use super::auth::{HeldAnswer, caller, require_client, require_writer};
 use super::convert;
 use super::proto::intel_server::Intel;
 use super::proto::{
     ExportChunk, ExportRequest, GetRequest, GetResponse, PublishRequest, PublishResponse,
-    QueryRequest, QueryResponse, StoredItem as ProtoStoredItem, SubscribeRequest,
+    QueryRequest, QueryResponse, RejectedItem, StoredItem as ProtoStoredItem, SubscribeRequest,
 };
 use crate::crypto::MAX_ITEMS_PER_BUNDLE;
-use crate::engine::{Engine, PublishReceipt, SubscriptionEnd, now_ms};
+use crate::engine::{Answer, Engine, PublishReceipt, SubscriptionEnd, now_ms};
 use crate::model::{Item, ItemId};
 
 /// Default and largest page of `Query`.
@@ -55,7 +55,7 @@ impl IntelService {
         response: &mut PublishResponse,
     ) -> Result<(), Status> {
         let mut message = 0usize;
-        let mut writing: Option<tokio::task::JoinHandle<Result<PublishReceipt, Status>>> = None;
+        let mut writing: Option<tokio::task::JoinHandle<Result<Written, Status>>> = None;
         let result = async {
             let idle = self.engine.slow_reader_timeout();
             loop {
@@ -130,7 +130,9 @@ impl IntelService {
                 }
                 let engine = self.engine.clone();
                 writing = Some(tokio::task::spawn_blocking(move || {
-                    Ok(engine.store_own(&signed, now_ms())?)
+                    let receipt = engine.store_own(&signed, now_ms())?;
+                    let rejected = rejected_items(&signed, &receipt);
+                    Ok((receipt, rejected))
                 }));
                 message += 1;
             }
@@ -163,11 +165,41 @@ async fn join<T>(task: tokio::task::JoinHandle<Result<T, Status>>) -> Result<T, 
         .map_err(|e| Status::internal(format!("task failed: {e}")))?
 }
 
-fn count(response: &mut PublishResponse, receipt: PublishReceipt) {
+/// A stored bundle's receipt, and the items it refused with why.
+type Written = (PublishReceipt, Vec<RejectedItem>);
+
+fn count(response: &mut PublishResponse, (receipt, rejected): Written) {
     response.bundle_ids.push(receipt.bundle_id.to_string());
     response.items_accepted += receipt.report.stored.len() as u64;
     response.items_duplicate += receipt.report.duplicates as u64;
     response.items_rejected += receipt.report.rejected.len() as u64;
+    let room = MAX_REJECTED_NAMED.saturating_sub(response.rejected.len());
+    response.rejected.extend(rejected.into_iter().take(room));
+}
+
+/// Most refused items a Publish answer names (the count is always complete), so that the
+/// answer stays small whatever was sent.
+const MAX_REJECTED_NAMED: usize = 1000;
+
+/// The items of `bundle` the store refused, by id, with the reason.
+fn rejected_items(
+    bundle: &crate::crypto::VerifiedBundle,
+    receipt: &PublishReceipt,
+) -> Vec<RejectedItem> {
+    receipt
+        .report
+        .rejected
+        .iter()
+        .map(|(index, why)| RejectedItem {
+            id: bundle
+                .items()
+                .iter()
+                .find(|item| item.index == *index)
+                .map(|item| item.item.id.to_string())
+                .unwrap_or_else(|| format!("item {index}")),
+            reason: why.to_string(),
+        })
+        .collect()
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -229,7 +261,7 @@ impl Intel for IntelService {
         };
         // An exact-value lookup reads at most a thousand or so items per call (most
         // read one): answer it inline. Scans go to the blocking pool.
-        let page = if query.value.is_some() {
+        let answer = if query.value.is_some() {
             self.engine
                 .query_async(&partner, "query", &query, &page_token, limit, now_ms())
                 .await?
@@ -247,10 +279,13 @@ impl Intel for IntelService {
             })
             .await?
         };
-        Ok(Response::new(QueryResponse {
+        let Answer { page, hold } = answer;
+        let response = Response::new(QueryResponse {
             items: page.items.iter().map(ProtoStoredItem::from).collect(),
             next_page_token: page.next.unwrap_or_default(),
-        }))
+        });
+        // The page's bytes stay counted against the caller until it has been sent.
+        Ok(HeldAnswer::attach(hold, response))
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
@@ -263,9 +298,17 @@ impl Intel for IntelService {
         match found {
             // Withheld and absent look the same: the caller learns nothing of what it may not see.
             None => Err(Status::not_found("no such item")),
-            Some(stored) => Ok(Response::new(GetResponse {
-                item: Some(ProtoStoredItem::from(&stored)),
-            })),
+            Some(stored) => {
+                let response = GetResponse {
+                    item: Some(ProtoStoredItem::from(&stored)),
+                };
+                // Counted as a query page is (recorded already: the ledger may
+                // over-state a refused answer, never under-state a sent one).
+                let hold = self
+                    .engine
+                    .hold_answer(&partner.id, prost::Message::encoded_len(&response))?;
+                Ok(HeldAnswer::attach(hold, Response::new(response)))
+            }
         }
     }
 
@@ -374,8 +417,9 @@ impl Intel for IntelService {
                     })
                     .await
                 };
-                let page = match page {
-                    Ok(page) => page,
+                // The page's bytes stay counted until its chunks are handed to the stream.
+                let (page, _hold) = match page {
+                    Ok(Answer { page, hold }) => (page, hold),
                     Err(status) => {
                         let _ = tx.send(Err(status)).await;
                         return;

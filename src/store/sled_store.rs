@@ -21,7 +21,7 @@ use super::log::{BundleLog, Frame, FrameBuilder, LogHeader, Span};
 use super::records::{self, BundleHead, ItemRecord};
 use super::{
     AcceptReport, HeldBundle, HeldItem, ItemQuery, ItemRejection, LedgerCheck, LedgerEntry,
-    LedgerRecord, Page, Source, Store, StoreError, StoredItem,
+    LedgerRecord, Page, PageLimit, Source, Store, StoreError, StoredItem,
 };
 use crate::crypto::VerifiedBundle;
 use crate::model::{BundleId, IndicatorType, Item, ItemId, NodeId, normalise};
@@ -999,7 +999,8 @@ impl SledStore {
             if value_matches && want.query.matches(&stored, want.now_ms) && (want.visible)(&stored)
             {
                 page.items.push(stored);
-                if page.items.len() >= want.limit {
+                page.bytes = page.bytes.saturating_add(span.len as usize);
+                if page.items.len() >= want.limit.items || page.bytes >= want.limit.bytes {
                     return Ok(Some(slot));
                 }
             }
@@ -1015,7 +1016,7 @@ struct Wanted<'a> {
     exact: &'a [(IndicatorType, String)],
     now_ms: i64,
     visible: &'a dyn Fn(&StoredItem) -> bool,
-    limit: usize,
+    limit: PageLimit,
 }
 
 /// The keyed hash a value is indexed under.
@@ -1804,12 +1805,12 @@ impl Store for SledStore {
         &self,
         query: &ItemQuery,
         after: Option<&[u8]>,
-        limit: usize,
+        limit: PageLimit,
         now_ms: i64,
         visible: &dyn Fn(&StoredItem) -> bool,
     ) -> Result<Page, StoreError> {
         let mut page = Page::default();
-        if limit == 0 {
+        if limit.items == 0 {
             return Ok(page);
         }
         if query.value.is_some() {

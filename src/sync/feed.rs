@@ -331,6 +331,12 @@ where
         if !serving.send(checkpoint, None).await {
             return;
         }
+        crate::telemetry::telemetry().served(
+            partner.id.as_str(),
+            cursor,
+            page.head,
+            crate::engine::now_ms(),
+        );
         if !caught_up {
             continue;
         }

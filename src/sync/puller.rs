@@ -571,6 +571,8 @@ fn settle(
     } = outcome;
     let ok = accepted.is_ok();
     let mut rejection = None;
+    // The reason word for the metrics (`telemetry`), when the bundle was not stored.
+    let mut reason = None;
     let mut settled = Settled::Done;
     let (stored_items, rejected_items) = match &accepted {
         Ok(report) => (report.stored.len() as u64, report.rejected.len() as u64),
@@ -587,6 +589,7 @@ fn settle(
         Err(error) if is_transient(&error) && retries.refused(seq, now_ms()) => {
             tracing::warn!(peer = %link.peer, seq, %error, "bundle refused for now; it will be pulled again");
             rejection = Some(format!("seq {seq}: {error} (will retry)"));
+            reason = Some("refused_for_now");
             settled = Settled::RetryLater;
         }
         // Never acceptable later: log with the sender, and move on.
@@ -599,6 +602,7 @@ fn settle(
         ) => {
             retries.settled(seq);
             tracing::warn!(peer = %link.peer, seq, %error, "bundle rejected");
+            reason = Some(rejection_reason(&error));
             rejection = Some(format!("seq {seq}: {error}"));
         }
         Err(error) => return Err(error.to_string()),
@@ -616,6 +620,22 @@ fn settle(
         .store()
         .set_cursor(&link.peer, done)
         .map_err(|e| e.to_string())?;
+    let items_rejected_reason = reason.unwrap_or("single_writer_or_revocation");
+    let detail = match (&rejection, ok && rejected_items > 0) {
+        (Some(text), _) => Some(text.clone()),
+        (None, true) => Some(format!(
+            "seq {seq}: {rejected_items} items rejected by the single-writer or revocation rule"
+        )),
+        (None, false) => None,
+    };
+    crate::telemetry::telemetry().pulled(
+        link.peer.as_str(),
+        reason,
+        stored_items,
+        (rejected_items, items_rejected_reason),
+        detail,
+        now_ms(),
+    );
     update(links, &link.peer, |s| {
         s.cursor = done;
         s.last_message_ms = now_ms();
@@ -629,6 +649,18 @@ fn settle(
         }
     });
     Ok(settled)
+}
+
+/// The reason word a rejected bundle is counted under (a metric label: a fixed word).
+fn rejection_reason(error: &EngineError) -> &'static str {
+    match error {
+        EngineError::Refused(_) => "inbound_rule",
+        EngineError::Verify(_) => "signature",
+        EngineError::TransferTooLarge { .. } => "transfer_too_large",
+        EngineError::Certificate(_) => "signer_certificate",
+        EngineError::Store(crate::store::StoreError::ConflictingBundle(_)) => "conflicting_bundle",
+        _ => "other",
+    }
 }
 
 /// What the peer supplied for a bundle's signer certificate.

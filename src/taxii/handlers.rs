@@ -292,7 +292,9 @@ impl Handlers {
             })
             .await;
             match page {
-                Ok(Ok(page)) => (
+                // HTTP/1.1 answers one request at a time per connection, so the answer
+                // budget is only checked here, not held while the page is written.
+                Ok(Ok(crate::engine::Answer { page, hold: _ })) => (
                     page.items,
                     page.next
                         .map(|n| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(n)),
@@ -778,7 +780,7 @@ fn internal() -> Answer {
 fn engine_error(e: &EngineError) -> Answer {
     match e {
         EngineError::PageToken(PageTokenError::Invalid) | EngineError::PageToken(_) => bad_next(),
-        EngineError::TooManyPublishes { .. } => error(
+        EngineError::TooManyPublishes { .. } | EngineError::TooManyUnsentAnswers { .. } => error(
             StatusCode::TOO_MANY_REQUESTS,
             "Too Many Requests",
             &e.to_string(),

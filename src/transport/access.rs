@@ -276,6 +276,19 @@ impl Directory {
         self.live.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
+    /// The notAfter (seconds since the Unix epoch) of the leaf certificate of each
+    /// partner with a connection open now (the latest, when it has several), for the
+    /// operator's view of certificate expiry.
+    pub fn connected_not_after(&self) -> std::collections::BTreeMap<NodeId, i64> {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = std::collections::BTreeMap::new();
+        for access in live.values() {
+            let at = out.entry(access.id.clone()).or_insert(access.not_after);
+            *at = (*at).max(access.not_after);
+        }
+        out
+    }
+
     /// The partner with this id, if configured now.
     pub fn lookup(&self, id: &NodeId) -> Option<Partner> {
         self.current().partners.get(id).map(|l| l.partner.clone())
@@ -544,6 +557,36 @@ fn kind_name(kind: PartnerKind) -> &'static str {
         PartnerKind::Node => "peer node",
         PartnerKind::Client => "client",
         PartnerKind::Local => "local operator",
+    }
+}
+
+/// The reason word a refused handshake is counted under (a metrics label).
+pub(crate) fn tls_refusal_reason(error: &rustls::Error) -> &'static str {
+    match error {
+        rustls::Error::InvalidCertificate(e) => match e {
+            CertificateError::Revoked => "revoked",
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "not_valid_yet"
+            }
+            CertificateError::UnknownIssuer => "unknown_issuer",
+            CertificateError::BadSignature => "bad_signature",
+            CertificateError::UnknownRevocationStatus
+            | CertificateError::ExpiredRevocationList
+            | CertificateError::ExpiredRevocationListContext { .. } => "revocation_status",
+            CertificateError::Other(OtherError(other)) => {
+                match other.downcast_ref::<PartnerError>() {
+                    Some(PartnerError::Unknown(_)) => "unknown_partner",
+                    Some(PartnerError::WrongAnchor { .. }) => "wrong_anchor",
+                    Some(PartnerError::NoVerifier) => "no_verifier",
+                    None => "invalid_certificate",
+                }
+            }
+            _ => "invalid_certificate",
+        },
+        rustls::Error::NoCertificatesPresented => "no_certificate",
+        rustls::Error::AlertReceived(_) => "alert_received",
+        _ => "tls_error",
     }
 }
 

@@ -237,21 +237,31 @@ async fn handshake(
         .await
         .map_err(|_| {
             limits::count(Limit::HandshakeTimeout);
+            refused("timeout");
             "TLS handshake timed out (limits.handshake_timeout)".to_owned()
         })?
-        .map_err(|e| format!("TLS handshake failed: {}", describe_io_error(&e)))?;
+        .map_err(|e| {
+            refused(refusal_reason(&e));
+            format!("TLS handshake failed: {}", describe_io_error(&e))
+        })?;
     // The verifier has already checked the chain, revocation, the pinned anchor and
     // that the id is configured; register the connection so reloads re-check it.
     let (_, session) = stream.get_ref();
     let chain: Vec<_> = session
         .peer_certificates()
-        .ok_or_else(|| "no client certificate".to_owned())?
+        .ok_or_else(|| {
+            refused("no_certificate");
+            "no client certificate".to_owned()
+        })?
         .iter()
         .map(|c| c.clone().into_owned())
         .collect();
-    let (info, registration) = directory.admit(chain, remote_addr, generation)?;
+    let (info, registration) = directory
+        .admit(chain, remote_addr, generation)
+        .inspect_err(|_| refused("admission"))?;
     let Some(slot) = per_partner.take(&info.partner.id) else {
         limits::count(Limit::ConnectionsPerPartner);
+        refused("connections_per_partner");
         return Err(format!(
             "{} has {} connections open already (limits.connections_per_partner)",
             info.partner.id,
@@ -269,6 +279,22 @@ async fn handshake(
 }
 
 /// An I/O error from the TLS layer in words: the rustls error it carries, described.
+/// Counts a refused handshake or admission under `reason` (a fixed word).
+fn refused(reason: &'static str) {
+    crate::telemetry::telemetry().handshake_refused(reason);
+}
+
+/// The reason word a failed TLS handshake is counted under.
+fn refusal_reason(error: &io::Error) -> &'static str {
+    match error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(tls) => super::access::tls_refusal_reason(tls),
+        None => "io",
+    }
+}
+
 pub(crate) fn describe_io_error(error: &io::Error) -> String {
     match error
         .get_ref()

@@ -387,9 +387,10 @@ impl TlsMaterial {
 
     /// Checks bundle signer certificates against the same anchors and CRLs; a signer
     /// whose id is that of a partner pinned to an anchor (`listings`) must chain to
-    /// that anchor, and one in this node's own name to the anchors its own certificate
-    /// chains to (when several anchors are configured), so that no trusted CA can sign
-    /// in the name of a node whose identity belongs to another.
+    /// that anchor, and one in this node's own name, or in a name no entry pins, to the
+    /// anchors its own certificate chains to (when several anchors are configured), so
+    /// that no trusted CA can sign in the name of a node whose identity belongs to
+    /// another.
     pub fn signer_trust_pinned(&self, listings: &[Listing]) -> Result<SignerVerifier, TlsError> {
         let (by_anchor, own_anchors) = self.anchor_verifiers()?;
         let mut pinned: HashMap<NodeId, Vec<Arc<dyn ClientCertVerifier>>> = HashMap::new();
@@ -401,19 +402,25 @@ impl TlsMaterial {
                     .extend(by_anchor.get(anchor).cloned());
             }
         }
-        if self.anchors.len() > 1 {
-            pinned.insert(
-                self.id.clone(),
-                own_anchors
-                    .iter()
-                    .filter_map(|a| by_anchor.get(a).cloned())
-                    .collect(),
-            );
-        }
+        // With several anchors, this node's own id, and any origin no entry names, are
+        // held to the anchors this node's own certificate chains to: a partner
+        // organisation's CA speaks for the partners pinned to it, not for the rest of
+        // the federation.
+        let unpinned = if self.anchors.len() > 1 {
+            let own: Vec<Arc<dyn ClientCertVerifier>> = own_anchors
+                .iter()
+                .filter_map(|a| by_anchor.get(a).cloned())
+                .collect();
+            pinned.insert(self.id.clone(), own.clone());
+            Some(own)
+        } else {
+            None
+        };
         Ok(SignerVerifier {
             state: Arc::new(RwLock::new(Arc::new(SignerState {
                 any: self.verifier_over(&self.roots)?,
                 pinned,
+                unpinned,
             }))),
         })
     }
@@ -437,6 +444,8 @@ struct SignerState {
     any: Arc<dyn ClientCertVerifier>,
     /// Ids whose certificates must chain to one of these (their anchors) as well.
     pinned: HashMap<NodeId, Vec<Arc<dyn ClientCertVerifier>>>,
+    /// With several anchors, the anchors of every other id: this node's own.
+    unpinned: Option<Vec<Arc<dyn ClientCertVerifier>>>,
 }
 
 impl SignerVerifier {
@@ -481,6 +490,15 @@ impl SignerTrust for SignerVerifier {
             if !chains {
                 return Err(SignerError::Untrusted(format!(
                     "the certificate names {id} but does not chain to the trust anchor configured for {id}"
+                )));
+            }
+        } else if let Some(anchors) = &state.unpinned {
+            let chains = anchors
+                .iter()
+                .any(|verifier| verifier.verify_client_cert(&cert, &[], at).is_ok());
+            if !chains {
+                return Err(SignerError::Untrusted(format!(
+                    "the certificate names {id}, which no entry pins to an anchor, and does not chain to this node's own trust anchor (only that anchor speaks for origins without an entry)"
                 )));
             }
         }

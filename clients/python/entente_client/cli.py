@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+from datetime import timezone
 from pathlib import Path
 
 PROG = "python -m entente_client"
@@ -49,14 +50,40 @@ def _filter_options() -> argparse.ArgumentParser:
     group.add_argument("--tag")
     group.add_argument("--origin", help="node id of the origin")
     group.add_argument("--include-expired", action="store_true")
+    group.add_argument(
+        "--tlp",
+        action="append",
+        type=_tlp,
+        metavar="MARKING",
+        help="only items with this marking: clear, green, amber, amber+strict or red "
+        "(repeatable; checked by this client)",
+    )
     return filters
+
+
+_TLPS = {"CLEAR", "GREEN", "AMBER", "AMBER+STRICT", "RED"}
+
+
+def _tlp(text: str) -> str:
+    """A marking as the ``entente`` CLI reads it: any case, ``TLP:`` prefix optional."""
+    upper = text.strip().upper().removeprefix("TLP:").replace("_", "+").replace("-", "+")
+    upper = "CLEAR" if upper == "WHITE" else upper
+    if upper not in _TLPS:
+        raise argparse.ArgumentTypeError(
+            f"unknown TLP marking {text!r} (expected CLEAR, GREEN, AMBER, AMBER+STRICT or RED)"
+        )
+    return upper
 
 
 def parser() -> argparse.ArgumentParser:
     connection = _connection_options()
     filters = _filter_options()
     output = argparse.ArgumentParser(add_help=False)
-    output.add_argument("--json", action="store_true", help="one JSON object per line")
+    output.add_argument(
+        "--json",
+        action="store_true",
+        help="one item JSON object per line (the same objects as `entente ... --json`)",
+    )
     top = argparse.ArgumentParser(
         prog=PROG, description="Read-only client of an Entente node (query, get, subscribe)."
     )
@@ -66,7 +93,12 @@ def parser() -> argparse.ArgumentParser:
         parents=[connection, filters, output],
         help="items this client may see, every page",
     )
-    query.add_argument("--since", help="modified at or after: RFC 3339, or 30m, 24h, 7d")
+    query.add_argument(
+        "--since",
+        metavar="TIME",
+        help="modified at or after TIME: a span back from now (30m, 24h, 7d), an RFC 3339 "
+        "date or time, today, yesterday, or Unix milliseconds",
+    )
     query.add_argument("--limit", type=int, help="stop after N items")
     query.add_argument("--page-size", type=int, default=100, help="items per page (100)")
     get = commands.add_parser(
@@ -106,14 +138,42 @@ def _config(args):
     )
 
 
-def _line(item) -> str:
-    value = item.value if item.value is not None else "(revoked)"
+_HEADER = ("ID", "TYPE", "TLP", "ORIGIN", "HOPS", "MODIFIED", "TAGS", "VALUE")
+#: Least width of each padded column (the value, last, is never padded), as the
+#: ``entente`` CLI's table.
+_MIN_WIDTHS = (47, 12, 12, 16, 4, 20, 8)
+_MAX_WIDTH = 40
+
+
+def _modified(when) -> str:
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _row(item) -> tuple[str, ...]:
     p = item.provenance
     return (
-        f"{item.id}  {item.type:<12} {value}  TLP:{item.tlp}  origin={p.origin} "
-        f"hops={p.hops} modified={item.modified.isoformat(timespec='seconds')}"
-        + ("" if p.signature_verified else " UNVERIFIED")
+        item.id,
+        item.type,
+        item.tlp,
+        p.origin,
+        f"{p.hops}" + ("" if p.signature_verified else " UNVERIFIED"),
+        _modified(item.modified),
+        ",".join(item.tags) if item.tags else "-",
+        item.value if item.value is not None else "(revoked)",
     )
+
+
+def _widths(rows) -> list[int]:
+    widths = [max(w, len(name)) for w, name in zip(_MIN_WIDTHS, _HEADER)]
+    for row in rows:
+        for i, cell in enumerate(row[:-1]):
+            widths[i] = max(widths[i], min(len(cell), _MAX_WIDTH))
+    return widths
+
+
+def _line(row, widths) -> str:
+    padded = "".join(cell + " " * (max(w - len(cell), 0) + 2) for cell, w in zip(row, widths))
+    return (padded + row[-1]).rstrip()
 
 
 def _details(item) -> str:
@@ -124,14 +184,16 @@ def _details(item) -> str:
         ("value", item.value) if item.value is not None else ("revoked", "yes"),
         ("marking", f"TLP:{item.tlp}"),
         ("tags", ", ".join(item.tags)),
-        ("modified", item.modified.isoformat(timespec="seconds")),
+        ("modified", _modified(item.modified)),
     ]
     if item.valid_until:
-        rows.append(("valid until", item.valid_until.isoformat(timespec="seconds")))
+        rows.append(("valid until", _modified(item.valid_until)))
     if item.description:
         rows.append(("description", item.description))
-    if item.revocation_reason:
+    if item.kind == "revocation":
         rows.append(("reason", item.revocation_reason))
+    if item.refs:
+        rows.append(("refs", ", ".join(item.refs)))
     rows += [
         ("origin", p.origin),
         ("bundle", p.bundle_id),
@@ -144,8 +206,18 @@ def _details(item) -> str:
     return "\n".join(f"{k + ':':<15}{v}" for k, v in rows)
 
 
-def _emit(item, as_json: bool) -> None:
-    print(json.dumps(item.to_dict(), sort_keys=True) if as_json else _line(item), flush=True)
+def _json(item) -> str:
+    """The item JSON object as one line: keys sorted, no spaces, UTF-8 (the same bytes as
+    the ``entente`` CLI prints)."""
+    return json.dumps(item.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _count(n: int) -> str:
+    return "1 item" if n == 1 else f"{n} items"
+
+
+def _selected(item, args) -> bool:
+    return not args.tlp or item.tlp in args.tlp
 
 
 def _run(args) -> int:
@@ -163,21 +235,50 @@ def _run(args) -> int:
         if args.command == "query":
             if args.limit is not None and args.limit < 0:
                 raise ValueError("--limit: not negative")
+            items = (
+                item
+                for item in client.query(
+                    value=args.value,
+                    type=args.type,
+                    tag=args.tag,
+                    origin=args.origin,
+                    since=args.since,
+                    include_expired=args.include_expired,
+                    page_size=args.page_size,
+                    # With --tlp, the limit counts the items selected here.
+                    limit=None if args.tlp else args.limit,
+                )
+                if _selected(item, args)
+            )
             shown = 0
-            for item in client.query(
-                value=args.value,
-                type=args.type,
-                tag=args.tag,
-                origin=args.origin,
-                since=args.since,
-                include_expired=args.include_expired,
-                page_size=args.page_size,
-                limit=args.limit,
-            ):
-                _emit(item, args.json)
+            widths = None
+            page: list = []
+
+            def flush() -> None:
+                nonlocal widths
+                if not page:
+                    return
+                if widths is None:
+                    widths = _widths(_row(i) for i in page)
+                    print(_line(_HEADER, widths))
+                for i in page:
+                    print(_line(_row(i), widths), flush=True)
+                page.clear()
+
+            for item in items:
+                if args.limit is not None and shown >= args.limit:
+                    break
                 shown += 1
+                if args.json:
+                    print(_json(item), flush=True)
+                    continue
+                # Columns fit the first page, as the entente CLI's table does.
+                page.append(item)
+                if len(page) >= max(args.page_size, 1):
+                    flush()
             if not args.json:
-                print(f"{shown} items", file=sys.stderr)
+                flush()
+                print(_count(shown), file=sys.stderr)
             return 0
         if args.command == "get":
             item = client.get(args.id)
@@ -188,7 +289,7 @@ def _run(args) -> int:
                     f"(or not visible to {config.id or 'this client'})",
                     config.node_id,
                 )
-            print(json.dumps(item.to_dict(), sort_keys=True) if args.json else _details(item))
+            print(_json(item) if args.json else _details(item))
             return 0
         # subscribe
         if args.count is not None and args.count < 1:
@@ -204,8 +305,13 @@ def _run(args) -> int:
             subscription.wait_open()
             print(f"subscribed to {config.node_id}", file=sys.stderr, flush=True)
             received = 0
+            widths = _widths(())
+            if not args.json:
+                print(_line(_HEADER, widths), flush=True)
             for item in subscription:
-                _emit(item, args.json)
+                if not _selected(item, args):
+                    continue
+                print(_json(item) if args.json else _line(_row(item), widths), flush=True)
                 received += 1
                 if args.count is not None and received >= args.count:
                     break

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from dataclasses import dataclass
@@ -64,15 +65,17 @@ class Provenance:
 
 @dataclass(frozen=True)
 class Item:
-    """An indicator or a revocation, with its provenance."""
+    """An indicator, a revocation or a context object, with its provenance."""
 
     id: str
-    #: ``"indicator"`` or ``"revocation"``.
+    #: ``"indicator"``, ``"revocation"`` or ``"context"``.
     kind: str
     #: ``ipv4``, ``ipv6``, ``cidr``, ``domain``, ``url``, ``email``, ``md5``, ``sha1``,
-    #: ``sha256`` or ``stix-pattern``.
+    #: ``sha256`` or ``stix-pattern``; for a context object its STIX type (``malware``,
+    #: ``relationship``, ...).
     type: str
-    #: The normalised value; ``None`` for a revocation.
+    #: The normalised value; a context object's name (a relationship's type); ``None``
+    #: for a revocation.
     value: str | None
     #: ``CLEAR``, ``GREEN``, ``AMBER``, ``AMBER+STRICT`` or ``RED``.
     tlp: str
@@ -85,6 +88,8 @@ class Item:
     valid_from: datetime | None = None
     valid_until: datetime | None = None
     revocation_reason: str = ""
+    #: The ids a context object references (a relationship's source and target).
+    refs: tuple[str, ...] = ()
 
     @classmethod
     def from_proto(cls, stored: intel_pb2.StoredItem) -> "Item":
@@ -104,7 +109,17 @@ class Item:
             modified=_from_ms(item.modified_unix_ms),
             provenance=provenance,
         )
-        if item.WhichOneof("kind") == "revocation":
+        which = item.WhichOneof("kind")
+        if which == "context":
+            c = item.context
+            return cls(
+                kind="context",
+                type=c.object_type,
+                value=_context_name(c.stix_properties),
+                refs=tuple(c.refs),
+                **common,
+            )
+        if which == "revocation":
             return cls(
                 kind="revocation",
                 type=item.revocation.indicator_type,
@@ -128,7 +143,8 @@ class Item:
         )
 
     def to_dict(self) -> dict:
-        """A JSON-ready dictionary (times in RFC 3339, UTC)."""
+        """The item JSON object the ``entente`` CLI prints too (README, "JSON output"):
+        times in RFC 3339, UTC, with milliseconds."""
         return {
             "id": self.id,
             "kind": self.kind,
@@ -143,6 +159,7 @@ class Item:
             "valid_from": _rfc3339(self.valid_from) if self.valid_from else None,
             "valid_until": _rfc3339(self.valid_until) if self.valid_until else None,
             "revocation_reason": self.revocation_reason,
+            "refs": list(self.refs),
             "provenance": {
                 "origin": self.provenance.origin,
                 "bundle_id": self.provenance.bundle_id,
@@ -153,8 +170,25 @@ class Item:
         }
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
 def _from_ms(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    # Whole milliseconds, exactly (``fromtimestamp(ms / 1000)`` can lose one to rounding).
+    return _EPOCH + timedelta(milliseconds=ms)
+
+
+def _context_name(stix_properties: str) -> str:
+    """A context object's ``name`` (or a relationship's ``relationship_type``)."""
+    try:
+        properties = json.loads(stix_properties) if stix_properties else {}
+    except ValueError:
+        return ""
+    for key in ("name", "relationship_type"):
+        value = properties.get(key) if isinstance(properties, dict) else None
+        if isinstance(value, str):
+            return value
+    return ""
 
 
 def _rfc3339(when: datetime) -> str:
@@ -163,13 +197,28 @@ def _rfc3339(when: datetime) -> str:
     )
 
 
-_RELATIVE = re.compile(r"^(\d+)([smhd])$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_SPAN = re.compile(r"^(?:\d+[smhdw])+$")
+_SPAN_PART = re.compile(r"(\d+)([smhdw])")
+_UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+#: Fewest digits of a bare number read as Unix milliseconds (as the ``entente`` CLI).
+_MIN_UNIX_MS_DIGITS = 12
+_FORMS = (
+    "expected a span back from now (30m, 24h, 7d, 1h30m), an RFC 3339 date or time "
+    "(2026-01-31, 2026-01-31T12:00:00Z), today, yesterday, now, or Unix milliseconds"
+)
 
 
-def since_ms(since: datetime | int | str | None) -> int:
-    """``since`` as Unix milliseconds: a datetime, Unix milliseconds, RFC 3339 text, or a
-    relative duration such as ``30m``, ``24h`` or ``7d`` (before now). ``None`` is 0."""
+def _now_ms() -> int:
+    return int((datetime.now(timezone.utc) - _EPOCH) / timedelta(milliseconds=1))
+
+
+def since_ms(since: datetime | int | str | None, now: int | None = None) -> int:
+    """``since`` as Unix milliseconds, read as the ``entente`` CLI reads ``--since``: a
+    datetime; Unix milliseconds (an int, or text of at least 12 digits); a span back
+    from now such as ``30m``, ``24h``, ``7d`` or ``1h30m``; an RFC 3339 date and time or
+    a date alone (midnight UTC); ``now``, ``today`` or ``yesterday`` (midnight UTC).
+    ``None`` is 0. ``now`` (Unix milliseconds) is the present, for tests."""
     if since is None:
         return 0
     if isinstance(since, bool):
@@ -179,21 +228,42 @@ def since_ms(since: datetime | int | str | None) -> int:
     if isinstance(since, datetime):
         if since.tzinfo is None:
             raise ValueError("since: a datetime needs a time zone")
-        return int(since.timestamp() * 1000)
+        return int((since - _EPOCH) / timedelta(milliseconds=1))
+    now = _now_ms() if now is None else now
     text = since.strip()
-    relative = _RELATIVE.match(text)
-    if relative:
-        seconds = int(relative.group(1)) * _UNIT_SECONDS[relative.group(2)]
-        return int((datetime.now(timezone.utc) - timedelta(seconds=seconds)).timestamp() * 1000)
+    if not text:
+        raise ValueError(f"since: empty; {_FORMS}")
+    word = text.lower()
+    day = 86_400_000
+    if word == "now":
+        return now
+    if word == "today":
+        return now // day * day
+    if word == "yesterday":
+        return (now // day - 1) * day
+    if text.isdigit():
+        if len(text) < _MIN_UNIX_MS_DIGITS:
+            raise ValueError(
+                f"since: {text!r}: a number needs a unit (30m, 24h, 7d); Unix milliseconds "
+                f"have at least {_MIN_UNIX_MS_DIGITS} digits"
+            )
+        return int(text)
+    if _SPAN.match(text):
+        span = sum(int(n) * _UNIT_MS[unit] for n, unit in _SPAN_PART.findall(text))
+        return now - span
+    if _DATE.match(text):
+        try:
+            when = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=timezone.utc)
+        except ValueError:
+            raise ValueError(f"since: {text!r}: not a time; {_FORMS}") from None
+        return int((when - _EPOCH) / timedelta(milliseconds=1))
     try:
-        when = datetime.fromisoformat(text)
+        when = datetime.fromisoformat(text.replace("z", "Z"))
     except ValueError:
-        raise ValueError(
-            f"since: {text!r} is neither RFC 3339 (2026-01-31T12:00:00Z) nor a duration (24h, 7d)"
-        ) from None
+        raise ValueError(f"since: {text!r}: not a time; {_FORMS}") from None
     if when.tzinfo is None:
         raise ValueError(f"since: {text!r} has no time zone (add Z or +00:00)")
-    return int(when.timestamp() * 1000)
+    return int((when - _EPOCH) / timedelta(milliseconds=1))
 
 
 def item_filter(

@@ -1,0 +1,158 @@
+//! Setting up without a running node: `entente init`, the `entente certs` commands and
+//! `entente taxii hash-password`. Key files are written by `certs` with mode 0600 and
+//! never printed; only their paths are.
+
+use std::io::{BufRead, Read};
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+
+use super::{Output, print_json};
+use crate::certs::{CertDir, Usage, Validity};
+use crate::model::NodeId;
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// `entente init`: a starter configuration in `dir`, and with `with_certs` a federation
+/// CA (unless one is there) and a node certificate.
+pub fn init(dir: &Path, id: &NodeId, listen: &str, with_certs: bool, output: Output) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let config_path = dir.join("entente.toml");
+    if config_path.exists() {
+        bail!("{} exists; refusing to overwrite it", config_path.display());
+    }
+    let mut created_ca = None;
+    let mut issued = None;
+    if with_certs {
+        let certs = CertDir::new(dir.join("certs"));
+        if !certs.ca_cert_path().exists() {
+            certs.create_ca("Entente federation CA", Validity::days_from_now(3650))?;
+            created_ca = Some(certs.ca_cert_path());
+        }
+        certs.issue(
+            id,
+            &Usage::Node {
+                ips: vec![],
+                dns: vec![],
+            },
+            Validity::days_from_now(397),
+        )?;
+        issued = Some(certs.cert_path(id.as_str()));
+    }
+    crate::transport::files::write_public_new(
+        &config_path,
+        crate::config::starter_config(id, listen, "certs").as_bytes(),
+    )
+    .with_context(|| format!("cannot write {}", config_path.display()))?;
+    if output.is_json() {
+        return print_json(&json!({
+            "config": path(&config_path),
+            "ca_cert": created_ca.as_deref().map(path),
+            "node_cert": issued.as_deref().map(path),
+        }));
+    }
+    if let Some(ca) = created_ca {
+        println!("created federation CA {}", ca.display());
+    }
+    if let Some(cert) = issued {
+        println!("issued node certificate {}", cert.display());
+    }
+    println!("wrote {}", config_path.display());
+    Ok(())
+}
+
+/// `entente certs ca`.
+pub fn create_ca(dir: &Path, name: &str, days: u32, output: Output) -> Result<()> {
+    let certs = CertDir::new(dir);
+    certs.create_ca(name, Validity::days_from_now(days))?;
+    if output.is_json() {
+        return print_json(&json!({
+            "ca_cert": path(&certs.ca_cert_path()),
+            "ca_key": path(&dir.join("ca.key")),
+        }));
+    }
+    println!(
+        "created federation CA {} (key ca.key, mode 0600)",
+        certs.ca_cert_path().display()
+    );
+    Ok(())
+}
+
+/// `entente certs node` and `entente certs client`: a certificate signed by the CA in
+/// `dir`; for a client given `node` (HOST:PORT and id), also its client configuration.
+pub fn issue(
+    dir: &Path,
+    id: &NodeId,
+    usage: Usage,
+    days: u32,
+    node: Option<(String, NodeId)>,
+    output: Output,
+) -> Result<()> {
+    let certs = CertDir::new(dir);
+    let kind = match usage {
+        Usage::Client => "client",
+        Usage::Node { .. } => "node",
+    };
+    certs.issue(id, &usage, Validity::days_from_now(days))?;
+    let mut config = None;
+    if let Some((address, node_id)) = node {
+        let file = dir.join(format!("{id}.toml"));
+        crate::transport::files::write_public_new(
+            &file,
+            crate::config::starter_client_config(id, &address, &node_id).as_bytes(),
+        )
+        .with_context(|| format!("cannot write {}", file.display()))?;
+        config = Some(file);
+    }
+    if output.is_json() {
+        return print_json(&json!({
+            "id": id.as_str(),
+            "usage": kind,
+            "cert": path(&certs.cert_path(id.as_str())),
+            "key": path(&certs.key_path(id.as_str())),
+            "client_config": config.as_deref().map(path),
+        }));
+    }
+    println!(
+        "issued {kind} certificate {}",
+        certs.cert_path(id.as_str()).display()
+    );
+    if let Some(file) = config {
+        println!("wrote client configuration {}", file.display());
+    }
+    Ok(())
+}
+
+/// `entente certs revoke`.
+pub fn revoke(dir: &Path, id: &NodeId, output: Output) -> Result<()> {
+    let crl = CertDir::new(dir).revoke(id)?;
+    if output.is_json() {
+        return print_json(&json!({"revoked": id.as_str(), "crl": path(&crl)}));
+    }
+    println!(
+        "revoked {id}; distribute {} to every node (node.crls) and reload them (systemctl reload entente or entente policy reload)",
+        crl.display()
+    );
+    Ok(())
+}
+
+/// `entente taxii hash-password`: the password comes from standard input, never from
+/// the command line (where other users could read it).
+pub fn taxii_hash_password(output: Output) -> Result<()> {
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .take(1024)
+        .read_line(&mut line)
+        .context("read the password from standard input")?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    let hash = crate::taxii::hash_password(password).map_err(anyhow::Error::msg)?;
+    if output.is_json() {
+        return print_json(&json!({"password_hash": hash}));
+    }
+    println!("{hash}");
+    Ok(())
+}
