@@ -15,6 +15,12 @@
 //! [store]
 //! cache_mb = 32                    # sled page cache (default 32 MiB)
 //!
+//! [ledger]                         # the disclosure ledger's files
+//! segment_bytes = 8388608          # a segment is closed at this size (default 8 MiB)
+//! retain_days = 400                # drop closed segments older than this (default: keep all)
+//! retain_bytes = 10737418240       # drop the oldest closed segments beyond this (default: keep all)
+//! archive_dir = "ledger-archive"   # move dropped segments here instead of deleting them
+//!
 //! [[peer]]
 //! id = "berlin.office"
 //! address = "berlin.example.org:7443"
@@ -87,6 +93,8 @@ struct RawConfig {
     node: RawNode,
     #[serde(default)]
     store: RawStore,
+    #[serde(default)]
+    ledger: RawLedger,
     #[serde(default)]
     peer: Vec<RawPeer>,
     #[serde(default)]
@@ -210,6 +218,18 @@ impl Default for RawStore {
     }
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLedger {
+    segment_bytes: Option<u64>,
+    retain_days: Option<u64>,
+    retain_bytes: Option<u64>,
+    archive_dir: Option<PathBuf>,
+}
+
+/// Smallest `ledger.segment_bytes` accepted.
+const MIN_SEGMENT_BYTES: u64 = 4096;
+
 /// Default size of the store's page cache, in MiB.
 pub const DEFAULT_CACHE_MB: u64 = 32;
 
@@ -282,6 +302,8 @@ pub struct NodeSettings {
     pub tls: TlsPaths,
     /// Page cache of the store, in bytes (`store.cache_mb`).
     pub store_cache_bytes: u64,
+    /// The disclosure ledger's segment size and retention (`[ledger]`).
+    pub ledger: crate::store::LedgerSettings,
     /// How far in the future an item's `modified` time may lie before it is refused,
     /// at publish and on arrival, ms (`node.max_clock_skew`, default 5m).
     pub max_clock_skew_ms: i64,
@@ -1091,6 +1113,51 @@ impl Config {
                 format!("{} is outside 4 to 65536", raw.store.cache_mb),
             ));
         }
+        let ledger = {
+            let raw = &raw.ledger;
+            let segment_bytes = raw
+                .segment_bytes
+                .unwrap_or(crate::store::DEFAULT_SEGMENT_BYTES);
+            if !(MIN_SEGMENT_BYTES..=crate::store::MAX_SEGMENT_BYTES).contains(&segment_bytes) {
+                return Err(invalid(
+                    "ledger.segment_bytes",
+                    format!(
+                        "{segment_bytes} is outside {MIN_SEGMENT_BYTES} to {}",
+                        crate::store::MAX_SEGMENT_BYTES
+                    ),
+                ));
+            }
+            if raw.retain_days == Some(0) {
+                return Err(invalid(
+                    "ledger.retain_days",
+                    "must be at least 1 (leave it out to keep every segment)".into(),
+                ));
+            }
+            if let Some(bytes) = raw.retain_bytes {
+                if bytes < segment_bytes.saturating_mul(2) {
+                    return Err(invalid(
+                        "ledger.retain_bytes",
+                        format!(
+                            "{bytes} is less than two segments ({} bytes): the segment being written is always kept",
+                            segment_bytes.saturating_mul(2)
+                        ),
+                    ));
+                }
+            }
+            if raw
+                .archive_dir
+                .as_ref()
+                .is_some_and(|d| d.as_os_str().is_empty())
+            {
+                return Err(invalid("ledger.archive_dir", "must not be empty".into()));
+            }
+            crate::store::LedgerSettings {
+                segment_bytes,
+                retain_days: raw.retain_days,
+                retain_bytes: raw.retain_bytes,
+                archive_dir: raw.archive_dir.as_deref().map(resolve),
+            }
+        };
         if raw.node.trust_anchors.is_empty() {
             return Err(invalid(
                 "node.trust_anchors",
@@ -1268,6 +1335,7 @@ impl Config {
                 data_dir: resolve(&raw.node.data_dir),
                 tls: tls_paths,
                 store_cache_bytes: raw.store.cache_mb * 1024 * 1024,
+                ledger,
                 max_clock_skew_ms,
                 limits,
             },
@@ -1577,6 +1645,13 @@ max_clock_skew = "5m"
 [store]
 # Page cache of the store in MiB; the node's memory use grows with it.
 cache_mb = 32
+
+# The disclosure ledger is kept in segment files under data_dir/ledger.
+# [ledger]
+# segment_bytes = 8388608     # a segment is closed, and the next begun, at this size
+# retain_days = 400           # closed segments older than this are dropped (default: all kept)
+# retain_bytes = 10737418240  # beyond this, the oldest closed segments are dropped
+# archive_dir = "ledger-archive"  # dropped segments are moved here instead of deleted
 
 # One [[peer]] per federation node this node exchanges bundles with.
 # [[peer]]

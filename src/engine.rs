@@ -14,6 +14,8 @@ use crate::model::{Distribution, Item, ItemId, ItemKind, NodeId, Partner};
 use crate::policy::{
     Arrival, Context, Decision, PageTokenError, PageTokens, Policy, Refusal, TokenScope,
 };
+pub use crate::store::ledger::writer::LedgerTicket;
+use crate::store::ledger::writer::{LedgerRefused, LedgerWriter};
 use crate::store::{
     AcceptReport, ItemQuery, LedgerEntry, Page, PageLimit, Source, Store, StoreError, StoredItem,
 };
@@ -164,208 +166,11 @@ pub enum EngineError {
     },
 }
 
-/// Most ledger records written in one batch.
-const LEDGER_GROUP_MAX: usize = 1024;
-
-/// Why a delivery's ledger record was not written.
-#[derive(Clone, Debug)]
-struct LedgerRefused {
-    disk_full: bool,
-    reason: String,
-}
-
 impl From<LedgerRefused> for EngineError {
     fn from(refused: LedgerRefused) -> Self {
         EngineError::LedgerUnavailable {
             disk_full: refused.disk_full,
             reason: refused.reason,
-        }
-    }
-}
-
-impl From<&StoreError> for LedgerRefused {
-    fn from(error: &StoreError) -> Self {
-        let reason = match error {
-            StoreError::Unwritable { reason, .. } => reason.clone(),
-            other if other.is_disk_full() => format!("the store's disk is full ({other})"),
-            other => other.to_string(),
-        };
-        LedgerRefused {
-            disk_full: error.is_disk_full(),
-            reason,
-        }
-    }
-}
-
-/// A record to write (or, with `None`, a barrier) and who waits for it: the answer is
-/// `Ok` once it (and, for a barrier, every record before it) is in the store.
-type LedgerJob = (
-    Option<LedgerEntry>,
-    tokio::sync::oneshot::Sender<Result<(), LedgerRefused>>,
-);
-
-/// Records handed over and not yet taken by the writer.
-#[derive(Default)]
-struct LedgerQueue {
-    jobs: Vec<LedgerJob>,
-    /// No more jobs: the writer ends after the queued ones.
-    closed: bool,
-}
-
-/// The queue and the writer's wake-up.
-#[derive(Default)]
-struct LedgerShared {
-    queue: std::sync::Mutex<LedgerQueue>,
-    wake: std::sync::Condvar,
-}
-
-impl LedgerShared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, LedgerQueue> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// The disclosure ledger's writer, with group commit: a delivery hands its record over
-/// and waits until the record is in the store before anything is sent. One thread writes
-/// whatever has queued up as one store batch, so records that arrive while a batch is
-/// being written share the next one. Records reach the disk with the store's next
-/// flush. While the store cannot write (a full disk), records are refused, and so are
-/// the deliveries they would record: nothing leaves unrecorded. The writer is not
-/// stopped by a failure: once the store writes again, so does the ledger.
-struct LedgerWriter {
-    shared: Arc<LedgerShared>,
-    store: Arc<dyn Store>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-/// A record handed to the writer; wait on it before sending what it records.
-pub struct LedgerTicket(tokio::sync::oneshot::Receiver<Result<(), LedgerRefused>>);
-
-impl LedgerTicket {
-    /// Waits (from async code) until the record is written.
-    pub async fn written(self) -> Result<(), EngineError> {
-        match self.0.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(refused)) => Err(refused.into()),
-            Err(_) => Err(LedgerWriter::stopped()),
-        }
-    }
-
-    /// Waits (from a blocking thread, never from async code) until the record is written.
-    pub fn written_blocking(self) -> Result<(), EngineError> {
-        match self.0.blocking_recv() {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(refused)) => Err(refused.into()),
-            Err(_) => Err(LedgerWriter::stopped()),
-        }
-    }
-}
-
-impl LedgerWriter {
-    fn start(store: Arc<dyn Store>) -> Self {
-        let shared = Arc::new(LedgerShared::default());
-        let queue = shared.clone();
-        let writer_store = store.clone();
-        let thread = std::thread::Builder::new()
-            .name("ledger-writer".into())
-            .spawn(move || Self::run(&queue, writer_store.as_ref()))
-            .ok();
-        Self {
-            shared,
-            store,
-            thread,
-        }
-    }
-
-    /// The writer thread: takes everything queued (at most a group), writes it in one
-    /// batch, answers each waiter.
-    fn run(shared: &LedgerShared, store: &dyn Store) {
-        let mut failing = false;
-        loop {
-            let group = {
-                let mut queue = shared.lock();
-                while queue.jobs.is_empty() && !queue.closed {
-                    queue = shared.wake.wait(queue).unwrap_or_else(|p| p.into_inner());
-                }
-                if queue.jobs.is_empty() {
-                    return;
-                }
-                let take = queue.jobs.len().min(LEDGER_GROUP_MAX);
-                let rest = queue.jobs.split_off(take);
-                std::mem::replace(&mut queue.jobs, rest)
-            };
-            let (entries, waiters): (Vec<Option<LedgerEntry>>, Vec<_>) = group.into_iter().unzip();
-            let entries: Vec<LedgerEntry> = entries.into_iter().flatten().collect();
-            let answer = if entries.is_empty() {
-                Ok(())
-            } else {
-                match store.append_ledger_many(&entries) {
-                    Ok(_) => {
-                        if std::mem::take(&mut failing) {
-                            tracing::info!("disclosure ledger writes again; deliveries go on");
-                        }
-                        Ok(())
-                    }
-                    Err(problem) => {
-                        if !std::mem::replace(&mut failing, true) {
-                            tracing::error!(%problem, "disclosure ledger write failed; deliveries are refused until the store writes again");
-                        }
-                        Err(LedgerRefused::from(&problem))
-                    }
-                }
-            };
-            for waiter in waiters {
-                let _ = waiter.send(answer.clone());
-            }
-        }
-    }
-
-    fn stopped() -> EngineError {
-        EngineError::LedgerUnavailable {
-            disk_full: false,
-            reason: "the disclosure ledger's writer has stopped".into(),
-        }
-    }
-
-    /// Hands `entry` to the writer; refuses at once while the store cannot write.
-    fn append(&self, entry: LedgerEntry) -> Result<LedgerTicket, EngineError> {
-        if let Err(error) = self.store.writable() {
-            return Err(LedgerRefused::from(&error).into());
-        }
-        self.push(Some(entry))
-    }
-
-    /// A ticket answered once every record handed over so far is in the store.
-    fn barrier(&self) -> Result<LedgerTicket, EngineError> {
-        self.push(None)
-    }
-
-    fn push(&self, entry: Option<LedgerEntry>) -> Result<LedgerTicket, EngineError> {
-        if self.thread.is_none() {
-            return Err(Self::stopped());
-        }
-        let (done, wait) = tokio::sync::oneshot::channel();
-        let mut queue = self.shared.lock();
-        if queue.closed {
-            return Err(Self::stopped());
-        }
-        let was_empty = queue.jobs.is_empty();
-        queue.jobs.push((entry, done));
-        drop(queue);
-        if was_empty {
-            self.shared.wake.notify_one();
-        }
-        Ok(LedgerTicket(wait))
-    }
-}
-
-impl Drop for LedgerWriter {
-    fn drop(&mut self) {
-        // Closing the queue ends the writer after the records already handed over.
-        self.shared.lock().closed = true;
-        self.shared.wake.notify_one();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
         }
     }
 }
@@ -820,7 +625,7 @@ impl Engine {
     /// Returns once every disclosure-ledger record handed over so far is in the store
     /// (not yet flushed).
     pub async fn sync_ledger(&self) -> Result<(), EngineError> {
-        self.ledger.barrier()?.written().await
+        Ok(self.ledger.barrier()?.written().await?)
     }
 
     /// Makes everything accepted so far durable.
@@ -1249,6 +1054,7 @@ impl Engine {
                 note: String::new(),
             })
             .map(Some)
+            .map_err(EngineError::from)
     }
 
     /// Watches policy changes (for streams that must re-check their partner's policy).
@@ -1689,7 +1495,7 @@ impl Subscription {
                 "subscribe",
                 [stored.as_ref()],
             )? {
-                ticket.written().await?;
+                ticket.written().await.map_err(EngineError::from)?;
             }
             return Ok(stored);
         }

@@ -433,10 +433,62 @@ fn fast_path_agrees(record: &[u8]) {
 /// is). Item records of the bundle log are read both ways too.
 pub fn ledger(data: &[u8]) {
     let mut input = Input(data);
-    match input.byte() % 3 {
-        0 => one_record(input.rest()),
-        1 => built_chain(&mut input),
-        _ => walked_chain(&mut input),
+    match input.byte() {
+        b if b >= 0xf0 => ledger_segment(&mut input),
+        b => match b % 3 {
+            0 => one_record(input.rest()),
+            1 => built_chain(&mut input),
+            _ => walked_chain(&mut input),
+        },
+    }
+}
+
+/// The canonical form of a ledger record, which its hash is taken over.
+pub fn ledger_canonical(record: &crate::store::LedgerRecord) -> Vec<u8> {
+    ledger::encode_record(record.seq, &record.entry, &record.prev_hash)
+}
+
+/// Segment frames: entries built from the input are encoded as frames and decode to
+/// the same entries; the rest of the input, read as frames, never panics and
+/// decodes only to frames whose counts it holds.
+fn ledger_segment(input: &mut Input<'_>) {
+    use crate::store::ledger::segment::{self, Dictionary, Frame, Interner, Next};
+    let mut interner = Interner::default();
+    let mut bytes = Vec::new();
+    let mut written = Vec::new();
+    let mut seq = 1u64;
+    for _ in 0..input.byte() % 4 {
+        let entries: Vec<LedgerEntry> = (0..1 + input.byte() % 3)
+            .map(|_| fuzz_entry(input))
+            .collect();
+        let link = [input.byte(); 8];
+        let body = interner.records_body(seq, &link, &entries);
+        segment::put_frame(&mut bytes, &body);
+        written.push(Frame::Records {
+            first: seq,
+            link,
+            entries: entries.clone(),
+        });
+        seq += entries.len() as u64;
+    }
+    let mut dict = Dictionary::default();
+    let mut at = 0;
+    let mut read = Vec::new();
+    while let Next::Frame(raw) = segment::next_frame(&bytes, at) {
+        assert!(raw.crc_ok);
+        read.push(segment::decode_body(raw.body, &mut dict).expect("a frame written decodes"));
+        at = raw.end;
+    }
+    assert_eq!(at, bytes.len());
+    assert_eq!(read, written);
+    let rest = input.rest();
+    let mut dict = Dictionary::default();
+    let mut at = 0;
+    while let Next::Frame(raw) = segment::next_frame(rest, at) {
+        if let Ok(Frame::Records { entries, .. }) = segment::decode_body(raw.body, &mut dict) {
+            assert!(entries.len() <= raw.body.len());
+        }
+        at = raw.end;
     }
 }
 
@@ -529,7 +581,8 @@ fn built_chain(input: &mut Input<'_>) {
         walk(&records, Some(head)),
         LedgerCheck::Intact {
             records: n,
-            head: prev
+            head: prev,
+            from: 0
         }
     );
     let k = (target % n) as usize;
@@ -575,6 +628,7 @@ fn walked_chain(input: &mut Input<'_>) {
     if let LedgerCheck::Intact {
         records: n,
         head: hash,
+        ..
     } = check
     {
         // Intact means: records 1..=n, each decoding, each linked to the one before,
@@ -1072,7 +1126,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         built.extend([5]);
         built.extend(b"query");
     }
-    out.push(("ledger", "built-chain".into(), built));
+    out.push(("ledger", "built-chain".into(), built.clone()));
     let mut walked = vec![2u8, 1];
     walked.extend(
         Head {
@@ -1087,6 +1141,11 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         walked.extend_from_slice(stored);
     }
     out.push(("ledger", "walked-chain".into(), walked));
+    // Segment frames: the built chain's entries, as frames, then garbage to read.
+    let mut segment = vec![0xf0u8, 3];
+    segment.extend_from_slice(&built[2..]);
+    segment.extend([40, 1, 11, 0, 0, 0x80, 0x80]);
+    out.push(("ledger", "segment-frames".into(), segment));
 
     // Page tokens.
     let mut token = Vec::new();

@@ -259,10 +259,11 @@ impl Node {
             path: config.node.data_dir.clone(),
             source,
         })?;
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(
+        let store: Arc<dyn Store> = Arc::new(SledStore::open_with(
             &config.node.data_dir,
             &id,
             config.node.store_cache_bytes,
+            config.node.ledger.clone(),
         )?);
         let key = config.tls.private_key_pkcs8().ok_or_else(|| {
             NodeError::Sign(crate::crypto::SignError::BadKey(

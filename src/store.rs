@@ -1,9 +1,10 @@
 //! Durable state behind the [`Store`] trait: bundles as signed and every item with
 //! its provenance in an append-only bundle log, indexes over them in memory (latest
-//! version per id, values, bundles, the change feed), and in sled the certificate
-//! cache, replication cursors and the hash-chained disclosure ledger. Accepting a
-//! bundle applies the single-writer rule and appends one log frame, which counts
-//! whole or not at all. No proto types of the services and no network here.
+//! version per id, values, bundles, the change feed), the hash-chained disclosure
+//! ledger in append-only segment files with its writer (`ledger`), and in sled the
+//! certificate cache, replication cursors and the ledger's head. Accepting a bundle
+//! applies the single-writer rule and appends one log frame, which counts whole or
+//! not at all. No proto types of the services and no network here.
 
 pub(crate) mod ledger;
 pub(crate) mod log;
@@ -12,6 +13,9 @@ mod sled_store;
 
 pub mod recover;
 
+pub use ledger::files::{DEFAULT_SEGMENT_BYTES, LedgerSettings, MAX_SEGMENT_BYTES};
+#[doc(hidden)]
+pub use ledger::files::{FrameSpan, frame_spans};
 pub use log::LogHeader;
 pub use records::LOG_FILE;
 pub(crate) use sled_store::replay_log;
@@ -492,17 +496,22 @@ pub enum LedgerCheck {
     /// Every record chains to the one before, sequence numbers are contiguous from 1,
     /// and the last hash equals the head kept in meta.
     Intact {
-        /// Records checked (the last sequence number; 0 for an empty ledger).
+        /// The last sequence number (0 for an empty ledger); the records checked are
+        /// those after `from`.
         records: u64,
         /// The last record's hash (32 zero bytes for an empty ledger). Kept outside
         /// the node, it lets an operator detect a rewrite of the whole tail, which a
         /// chain alone cannot.
         head: [u8; 32],
+        /// The checkpoint the check started from: 0 when it started at the first
+        /// record; N when records up to N were dropped under retention, and the chain
+        /// is proven from the checkpoint kept at N.
+        from: u64,
     },
     /// The first problem found. `seq` is the record the problem is attributed to: the
     /// altered record (not the later record whose link exposed it), the first missing
     /// record, the position holding a misplaced record, or 0 for a problem tied to no
-    /// record (a damaged head, a stray key in the ledger's keyspace). For example, seq 17: "record 17 was altered (its hash does
+    /// record (a damaged head or retention floor in the metadata). For example, seq 17: "record 17 was altered (its hash does
     /// not match the link in record 18)", "record 9 is missing", "records out of
     /// order: record 41 is stored at position 40", "the last 2 records were removed
     /// (head says 40, found 38)".
@@ -596,13 +605,15 @@ pub trait Store: Send + Sync {
     /// The exact signed header bytes of a held bundle.
     fn bundle_header(&self, id: &BundleId) -> Result<Option<Vec<u8>>, StoreError>;
 
-    /// Appends several records in order, chained, in one atomic write (group commit).
+    /// Appends several records in order, chained, in one write (group commit): in the
+    /// ledger's file when this returns (a killed process loses none), durable with the
+    /// next flush.
     fn append_ledger_many(&self, entries: &[LedgerEntry]) -> Result<Vec<LedgerRecord>, StoreError> {
         entries.iter().map(|e| self.append_ledger(e)).collect()
     }
 
-    /// Appends one record, chained to the previous one; returns it. Written atomically
-    /// with the ledger head; durable with the next flush.
+    /// Appends one record, chained to the previous one; returns it. In the ledger's
+    /// file when this returns; durable with the next flush.
     fn append_ledger(&self, entry: &LedgerEntry) -> Result<LedgerRecord, StoreError>;
 
     /// Records with seq > after (oldest first), at most `limit`, optionally only for

@@ -324,6 +324,48 @@ fn limits_take_defaults_and_refuse_values_outside_their_range() {
 }
 
 #[test]
+fn ledger_settings_take_defaults_and_refuse_values_outside_their_range() {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let with_ledger = |ledger: &str| {
+        let path = write_config(&pki, &hq, &[], &[]);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("\n[ledger]\n");
+        text.push_str(ledger);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let defaults = Config::load(&with_ledger("")).unwrap().node.ledger;
+    assert_eq!(defaults, entente::store::LedgerSettings::default());
+    let set = Config::load(&with_ledger(
+        "segment_bytes = 1048576\nretain_days = 30\nretain_bytes = 4194304\narchive_dir = \"archive\"\n",
+    ))
+    .unwrap()
+    .node
+    .ledger;
+    assert_eq!(set.segment_bytes, 1 << 20);
+    assert_eq!(set.retain_days, Some(30));
+    assert_eq!(set.retain_bytes, Some(4 << 20));
+    assert_eq!(set.archive_dir, Some(pki.path().join("archive")));
+    let refused: &[(&str, &[&str])] = &[
+        (
+            "segment_bytes = 100\n",
+            &["ledger.segment_bytes", "outside"],
+        ),
+        ("retain_days = 0\n", &["ledger.retain_days", "at least 1"]),
+        (
+            "segment_bytes = 1048576\nretain_bytes = 1048576\n",
+            &["ledger.retain_bytes", "two segments"],
+        ),
+        ("archive_dir = \"\"\n", &["ledger.archive_dir"]),
+        ("retain_weeks = 3\n", &["retain_weeks"]),
+    ];
+    for (ledger, parts) in refused {
+        assert_mentions(&load_err(&with_ledger(ledger)), parts);
+    }
+}
+
+#[test]
 fn the_admin_listener_is_optional_and_loopback_only() {
     let pki = Pki::new();
     let hq = pki.node("redmond.hq");

@@ -387,8 +387,23 @@ async fn unreadable_metadata_is_refused_with_the_recovery_command() {
 }
 
 /// A format-3 store made from a format-4 one: the log re-framed the old way (no
-/// header, no marks), the format and store id taken out of sled.
+/// header, no marks), the format and store id taken out of sled, and the disclosure
+/// ledger kept in sled as it was then (one entry per record in its canonical form).
 fn downgrade_to_format_3(data: &Path) {
+    let ledger: Vec<(Vec<u8>, Vec<u8>)> = {
+        let store = common::open_store(data, &NodeId::new("redmond.hq").unwrap(), 1 << 20).unwrap();
+        store
+            .ledger(0, usize::MAX, None, None)
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let mut key = vec![b'L'];
+                key.extend_from_slice(&r.seq.to_be_bytes());
+                (key, entente::fuzzing::ledger_canonical(r))
+            })
+            .collect()
+    };
+    std::fs::remove_dir_all(data.join("ledger")).unwrap();
     let v4 = std::fs::read(data.join(LOG_FILE)).unwrap();
     let mut v3 = b"ENTLOG\0\x03".to_vec();
     let mut at = 8;
@@ -404,12 +419,23 @@ fn downgrade_to_format_3(data: &Path) {
     }
     std::fs::write(data.join("bundles.v3.log"), &v3).unwrap();
     std::fs::remove_file(data.join(LOG_FILE)).unwrap();
-    let db = sled::open(data).unwrap();
+    // sled may hold the lock of the store just dropped for a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let db = loop {
+        match sled::open(data) {
+            Ok(db) => break db,
+            Err(e) if Instant::now() >= deadline => panic!("cannot open sled: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
     let tree = db.open_tree("entente.v3").unwrap();
     tree.remove(b"Mformat").unwrap();
     tree.remove(b"Mstore_id").unwrap();
     tree.insert(b"Mlog_synced", &(v3.len() as u64).to_be_bytes()[..])
         .unwrap();
+    for (key, record) in ledger {
+        tree.insert(key, record).unwrap();
+    }
     db.flush().unwrap();
 }
 

@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Pki, client, write_config};
 use entente::client::NodeClient;
@@ -64,28 +64,23 @@ async fn records(operator: &NodeClient, partner: &str) -> Vec<entente::rpc::prot
     out
 }
 
-/// Flips one byte of ledger record `seq` in the store at `dir` (the node is stopped).
-fn alter_record(dir: &Path, seq: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let db = loop {
-        match sled::open(dir) {
-            Ok(db) => break db,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                std::thread::yield_now();
-            }
-            Err(e) => panic!("cannot open the stopped node's store: {e}"),
-        }
-    };
-    // The store keeps everything in this tree; ledger keys are b'L' + big-endian seq.
-    let tree = db.open_tree("entente.v3").unwrap();
-    let mut key = vec![b'L'];
-    key.extend_from_slice(&seq.to_be_bytes());
-    let mut value = tree.get(&key).unwrap().expect("record exists").to_vec();
-    let last = value.len() - 1;
-    value[last] ^= 0x01;
-    tree.insert(key, value).unwrap();
-    db.flush().unwrap();
+/// Flips one byte of the link of the first ledger record after record 1 that was
+/// written in a frame of its own, in the store at `dir` (the node is stopped); returns
+/// that record's number. The record still decodes (`ledger show` lists it), but its
+/// frame no longer matches its checksum.
+fn alter_record(dir: &Path) -> u64 {
+    let span = entente::store::frame_spans(dir)
+        .unwrap()
+        .into_iter()
+        .find(|f| f.records == 1 && f.first >= 2)
+        .expect("a record written alone");
+    let mut file = std::fs::read(&span.path).unwrap();
+    // Length (1 byte for a small frame), kind, sequence number (1 byte up to 127),
+    // then the 8 bytes of the link.
+    assert!(span.len < 128 && span.first < 128);
+    file[span.offset as usize + 4] ^= 0x01;
+    std::fs::write(&span.path, file).unwrap();
+    span.first
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,16 +174,18 @@ async fn every_path_is_recorded_and_tampering_is_located() {
             .all(|r| r.partner == "analyst.alice")
     );
 
-    // Alter record 2 behind the node's back; verification finds it and says where.
+    // Alter a record behind the node's back; verification finds it and says where.
     node.shutdown(DEADLINE).await.unwrap();
-    alter_record(&pki.path().join("data-redmond.hq"), 2);
+    let altered = alter_record(&pki.path().join("data-redmond.hq"));
     let node = common::start(&config).await;
     let operator = connect(&pki, &node, "redmond.hq").await;
     let broken = within("verify", operator.ledger_verify()).await.unwrap();
     assert!(!broken.intact);
-    assert_eq!(broken.broken_at, 2, "{}", broken.problem);
+    assert_eq!(broken.broken_at, altered, "{}", broken.problem);
     assert!(
-        broken.problem.contains("record 2 was altered"),
+        broken
+            .problem
+            .contains(&format!("record {altered} was altered")),
         "{}",
         broken.problem
     );
@@ -224,7 +221,9 @@ async fn every_path_is_recorded_and_tampering_is_located() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("ledger broken at record 2: record 2 was altered"),
+        stderr.contains(&format!(
+            "ledger broken at record {altered}: record {altered} was altered"
+        )),
         "{stderr}"
     );
     // With --json, the object first, then the same failure.
@@ -234,11 +233,11 @@ async fn every_path_is_recorded_and_tampering_is_located() {
     assert!(!out.status.success());
     let verdict: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     assert_eq!(verdict["intact"], false, "{verdict}");
-    assert_eq!(verdict["broken_at"], 2, "{verdict}");
+    assert_eq!(verdict["broken_at"], altered, "{verdict}");
     assert!(
         verdict["problem"]
             .as_str()
-            .is_some_and(|p| p.contains("record 2 was altered")),
+            .is_some_and(|p| p.contains(&format!("record {altered} was altered"))),
         "{verdict}"
     );
     let out = within("ledger show", run(&["ledger", "show"]))

@@ -11,8 +11,10 @@
 //! directory, real mTLS on loopback) and measures: publishing through `Intel.Publish`;
 //! the node's peak RSS and disk bytes per indicator after the flush; the raw sled
 //! insert rate of same-sized records in the same run (the floor); exact-value
-//! queries; peak RSS again; then, with the node stopped, the time to reopen its store
-//! (rebuilding the indexes) and exact-value lookups on the store alone.
+//! queries, and what their disclosure-ledger records add to the disk per query (the
+//! ledger's segment files, and the whole data directory, before the queries and after
+//! the node stopped); peak RSS again; then, with the node stopped, the time to reopen
+//! its store (rebuilding the indexes) and exact-value lookups on the store alone.
 //!
 //! The comparison with other TAXII 2.1 servers (OpenTAXII, medallion) is a script beside
 //! this program, `bench/taxii/compare.py`: it installs them in a virtual environment and
@@ -378,6 +380,11 @@ async fn ingest(args: &Args) -> Result<()> {
     );
 
     // Exact-value queries: sequential (latency) and with 8 in flight (throughput).
+    // Each answer is recorded in the disclosure ledger first: what that costs on disk
+    // is measured from here to after the node stops.
+    let ledger_dir = dir.path().join("data").join("ledger");
+    let ledger_before = dir_bytes(&ledger_dir);
+    let data_before = dir_bytes(&dir.path().join("data"));
     let mut latencies = Vec::with_capacity(args.queries);
     let mut rng_state = 0x9E3779B97F4A7C15u64;
     let mut next_value = move || {
@@ -463,6 +470,19 @@ async fn ingest(args: &Args) -> Result<()> {
     // Waited for off the runtime's thread, so the client connection's task can run
     // and close the connection the node is draining.
     tokio::task::spawn_blocking(move || child.wait()).await??;
+    let answered = (args.queries + concurrent.len()) as f64;
+    let ledger_after = dir_bytes(&ledger_dir);
+    let data_after = dir_bytes(&dir.path().join("data"));
+    println!(
+        "disclosure ledger on disk:    {:>10.1} B per query answered ({} queries, {} B of segments; target <= 64)",
+        (ledger_after.saturating_sub(ledger_before)) as f64 / answered,
+        answered,
+        ledger_after.saturating_sub(ledger_before)
+    );
+    println!(
+        "data directory growth:        {:>10.1} B per query answered (ledger, sled and log together)",
+        (data_after as f64 - data_before as f64) / answered
+    );
 
     // The store alone: opening it (which reads the whole bundle log to rebuild the
     // indexes), then the same exact-value lookups without gRPC or TLS.

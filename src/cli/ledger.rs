@@ -76,6 +76,7 @@ pub async fn verify(settings: &ClientSettings, output: Output) -> Result<()> {
             "intact": answer.intact,
             "records": answer.records,
             "head": hex(&answer.head),
+            "verified_from": answer.intact.then_some(answer.verified_from),
             "broken_at": (!answer.intact).then_some(answer.broken_at),
             "problem": (!answer.intact).then_some(&answer.problem),
             "restarted": (!answer.restarted.is_empty()).then(|| json!({
@@ -92,6 +93,12 @@ pub async fn verify(settings: &ClientSettings, output: Output) -> Result<()> {
             );
         }
         if answer.intact {
+            if answer.verified_from > 0 {
+                println!(
+                    "verified from checkpoint {} (history before it dropped under retention)",
+                    answer.verified_from
+                );
+            }
             println!(
                 "ledger intact: {}, head {}",
                 count(answer.records, "record"),

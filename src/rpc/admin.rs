@@ -307,7 +307,11 @@ impl Admin for AdminService {
             _ => (String::new(), 0),
         };
         Ok(Response::new(match check {
-            LedgerCheck::Intact { records, head } => LedgerVerifyResponse {
+            LedgerCheck::Intact {
+                records,
+                head,
+                from,
+            } => LedgerVerifyResponse {
                 intact: true,
                 records,
                 head: head.to_vec(),
@@ -315,6 +319,7 @@ impl Admin for AdminService {
                 problem: String::new(),
                 restarted,
                 restarted_unix_ms,
+                verified_from: from,
             },
             LedgerCheck::Broken { seq, problem } => LedgerVerifyResponse {
                 intact: false,
@@ -324,6 +329,7 @@ impl Admin for AdminService {
                 problem,
                 restarted,
                 restarted_unix_ms,
+                verified_from: 0,
             },
         }))
     }

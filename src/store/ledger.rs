@@ -1,10 +1,19 @@
-//! The disclosure ledger's chain: how a record is encoded and hashed, the head kept
-//! in meta, and the walk that checks a stored chain and names the first problem.
-//! Pure functions over bytes; reading and writing sled is the store's business.
+//! The disclosure ledger: what a record's hash is, the head kept in the metadata, and
+//! the parts that keep the ledger: the compact segment format (`segment.rs`), the
+//! segment files with their rotation, reading, checking and retention (`files.rs`), and
+//! the writer that gathers deliveries' records into one append (`writer.rs`).
 //!
-//! A record's hash is SHA-256 of [`DOMAIN`] followed by its exact stored bytes, which
-//! carry its own sequence number and the previous record's hash, so editing,
-//! removing or moving any stored value breaks a link or the head.
+//! A record's hash is SHA-256 of [`DOMAIN`] followed by the record's canonical form
+//! ([`encode_record`]: its sequence number, content and the previous record's hash),
+//! so changing, removing or moving any record changes every hash after it. Segments
+//! store records compactly, not in that form; the hash is computed again from what is
+//! read. Stores of the previous layout kept each record in that canonical form as one
+//! sled value; [`ChainWalk`] checks such a chain, and the store converts it to
+//! segments when it opens (the hashes, and so the head, stay the same).
+
+pub mod files;
+pub mod segment;
+pub mod writer;
 
 use prost::Message;
 
@@ -273,6 +282,7 @@ impl ChainWalk {
                 return LedgerCheck::Intact {
                     records: 0,
                     head: GENESIS,
+                    from: 0,
                 };
             }
             None => {
@@ -331,6 +341,7 @@ impl ChainWalk {
         LedgerCheck::Intact {
             records: last,
             head: head.hash,
+            from: 0,
         }
     }
 
@@ -478,14 +489,16 @@ mod tests {
             walk(&records, Some(head)),
             LedgerCheck::Intact {
                 records: 10,
-                head: head.hash
+                head: head.hash,
+                from: 0
             }
         );
         assert_eq!(
             walk(&[], None),
             LedgerCheck::Intact {
                 records: 0,
-                head: GENESIS
+                head: GENESIS,
+                from: 0
             }
         );
     }

@@ -14,7 +14,7 @@
 //! | `C` | SHA-256 of the certificate | DER certificate (cache) |
 //! | `K` | peer id | replication cursor in that peer's feed (u64 big-endian) |
 //! | `P` | peer id | fingerprint of the policy that peer was last served a pull under |
-//! | `L` | sequence (u64 big-endian) | [`LedgerRecordBytes`] (disclosure ledger) |
+//! | `L` | sequence (u64 big-endian) | [`LedgerRecordBytes`]: the disclosure ledger as kept before segment files; converted to segments, and removed, when the store opens |
 //! | `F` | feed name | the checkpoint of that external feed (opaque bytes, at most 1 MiB) |
 
 use crate::model::{IndicatorType, Item, ItemKind};
@@ -52,6 +52,10 @@ pub const META_FEED_LEASE: &[u8] = b"Mfeed_lease";
 /// The last ledger record: its sequence number (8 bytes big-endian), then its hash
 /// (32 bytes).
 pub const META_LEDGER_HEAD: &[u8] = b"Mledger_head";
+/// The checkpoint the kept ledger starts from once old segments were dropped under
+/// retention: the sequence number of the last record dropped (8 bytes big-endian),
+/// then the chain hash there (32 bytes). Absent while nothing was dropped.
+pub const META_LEDGER_FLOOR: &[u8] = b"Mledger_floor";
 
 /// A bundle's signed parts, logged once when the bundle is first accepted.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -180,6 +184,7 @@ pub fn unvalued_type(item: &Item) -> u8 {
 }
 
 /// `L` + sequence: the key of one ledger record.
+#[cfg(test)]
 pub fn ledger_key(seq: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
     k[0] = LEDGER;

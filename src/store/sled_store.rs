@@ -1,7 +1,8 @@
 //! The implementation of [`Store`]: bundles and items in the bundle log (written
 //! once, read with one positioned read per item), indexes over them in memory
-//! (rebuilt from the log at open), and small mutable state and the disclosure
-//! ledger in sled.
+//! (rebuilt from the log at open), small mutable state in sled, and the disclosure
+//! ledger in its segment files (`ledger/files.rs`), whose head and retention floor
+//! sled keeps.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap};
@@ -14,6 +15,7 @@ use std::sync::{Mutex, RwLock};
 
 use prost::Message;
 
+use super::ledger::files::{self, LedgerSettings, SegmentLedger};
 use super::ledger::{self, ChainWalk, Head};
 use super::log::{BundleLog, Frame, FrameBuilder, LogHeader, Span};
 use super::records::{self, BundleHead, ItemRecord};
@@ -343,9 +345,6 @@ pub struct SledStore {
     meta: RwLock<Option<Meta>>,
     /// Set by a failed write; cleared by the first flush that succeeds after it.
     trouble: Mutex<Option<Trouble>>,
-    /// Ledger records written to sled but not yet flushed (seq, stored bytes): if sled
-    /// fails before they reach the disk, they are written again once it is reopened.
-    ledger_pending: Mutex<Vec<(u64, Vec<u8>)>>,
     log: BundleLog,
     index: RwLock<Index>,
     /// The index's value hasher, for hashing outside its lock.
@@ -364,9 +363,10 @@ pub struct SledStore {
     cursors: Mutex<HashMap<String, (u64, bool)>>,
     /// One writer at a time: the single-writer checks read then write.
     writer: Mutex<()>,
-    /// The ledger head as stored; held while appending, so appends are serial and
-    /// each links to the one before without reading it back.
-    ledger_head: Mutex<Head>,
+    /// The disclosure ledger's segments.
+    ledger: SegmentLedger,
+    /// The ledger head as last written to sled.
+    recorded_ledger_head: Mutex<Option<Head>>,
 }
 
 /// Opens sled in `dir`.
@@ -403,6 +403,7 @@ struct Opened {
     acknowledged: u64,
     feed_lease: u64,
     ledger_head: Head,
+    ledger_floor: Option<Head>,
 }
 
 fn now_ms() -> i64 {
@@ -422,6 +423,19 @@ impl SledStore {
     /// as `bundles.v3.log.upgraded`). A store whose bundle log is there but whose
     /// metadata is missing or unreadable is refused ([`StoreError::MetadataLost`]).
     pub fn open(dir: &Path, owner: &NodeId, cache_bytes: u64) -> Result<Self, StoreError> {
+        Self::open_with(dir, owner, cache_bytes, LedgerSettings::default())
+    }
+
+    /// [`SledStore::open`] with the ledger's settings (`[ledger]`). A store whose
+    /// ledger is still kept in sled (one entry per record, before segments) has it
+    /// converted at open: the old chain is checked first, and a chain that does not
+    /// verify is not converted (the store is refused, saying so).
+    pub fn open_with(
+        dir: &Path,
+        owner: &NodeId,
+        cache_bytes: u64,
+        ledger_settings: LedgerSettings,
+    ) -> Result<Self, StoreError> {
         let engine = |source| StoreError::Engine {
             path: dir.to_owned(),
             source,
@@ -470,6 +484,14 @@ impl SledStore {
             }
         }
         let opened = Self::open_meta_state(dir, owner, &meta, has_log, has_v3)?;
+        migrate_ledger(dir, &meta, &opened, &ledger_settings)?;
+        let ledger = SegmentLedger::open(
+            dir,
+            opened.store_id,
+            ledger_settings,
+            opened.ledger_head,
+            opened.ledger_floor,
+        )?;
         let mut index = Index::new();
         // Item records take about 200 bytes or more each: room for them at once (up
         // to a bound, whatever the file claims).
@@ -521,10 +543,12 @@ impl SledStore {
             meta,
             log,
             index,
+            ledger,
             &opened,
         ))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn assemble(
         dir: &Path,
         owner: &NodeId,
@@ -532,6 +556,7 @@ impl SledStore {
         meta: Meta,
         log: BundleLog,
         index: Index,
+        ledger: SegmentLedger,
         opened: &Opened,
     ) -> Self {
         let hasher = index.hasher.clone();
@@ -542,7 +567,6 @@ impl SledStore {
             store_id: opened.store_id,
             meta: RwLock::new(Some(meta)),
             trouble: Mutex::new(None),
-            ledger_pending: Mutex::new(Vec::new()),
             log,
             index: RwLock::new(index),
             hasher,
@@ -552,7 +576,8 @@ impl SledStore {
             feed_lease: AtomicU64::new(opened.feed_lease),
             cursors: Mutex::new(HashMap::new()),
             writer: Mutex::new(()),
-            ledger_head: Mutex::new(opened.ledger_head),
+            ledger,
+            recorded_ledger_head: Mutex::new(Some(opened.ledger_head)),
         }
     }
 
@@ -601,6 +626,7 @@ impl SledStore {
                 acknowledged: 0,
                 feed_lease: 0,
                 ledger_head: Head::EMPTY,
+                ledger_floor: None,
             });
         };
         if found_owner.as_ref() != owner.as_str().as_bytes() {
@@ -616,6 +642,13 @@ impl SledStore {
                 problem: format!("{} bytes, not 40", v.len()),
             })?,
             None => Head::EMPTY,
+        };
+        let ledger_floor = match tree.get(records::META_LEDGER_FLOOR).map_err(engine)? {
+            Some(v) => Some(Head::decode(&v).ok_or_else(|| StoreError::Corrupt {
+                key: "ledger retention floor".into(),
+                problem: format!("{} bytes, not 40", v.len()),
+            })?),
+            None => None,
         };
         let u64_of = |key: &[u8], what: &str| {
             meta_u64(tree, key, what).map_err(|problem| StoreError::Corrupt {
@@ -686,6 +719,7 @@ impl SledStore {
             acknowledged,
             feed_lease,
             ledger_head,
+            ledger_floor,
         })
     }
 
@@ -714,18 +748,6 @@ impl SledStore {
             self.note_failure(&error, true);
             error
         })
-    }
-
-    /// sled's tree, for a walk that does not hold the store's lock on sled.
-    fn tree(&self) -> Result<sled::Tree, StoreError> {
-        self.with_meta(|m| Ok(m.tree.clone()))
-    }
-
-    /// A failure of sled met outside [`SledStore::with_meta`].
-    fn sled_failed(&self, source: sled::Error) -> StoreError {
-        let error = self.engine(source);
-        self.note_failure(&error, true);
-        error
     }
 
     /// Records that a write failed: the store is unwritable until a flush succeeds.
@@ -823,10 +845,8 @@ impl SledStore {
 
     /// Drops sled and opens it again (its failures are permanent for the open
     /// instance), then writes again what the failure may have kept from the disk:
-    /// the ledger records not yet flushed, the feed lease, the cursors.
+    /// the feed lease, the ledger head, the cursors.
     fn reopen_meta(&self) -> Result<(), StoreError> {
-        // The ledger head before sled: the order every ledger append takes them in.
-        let head = self.ledger_head.lock().unwrap_or_else(|p| p.into_inner());
         let mut guard = self.meta.write().unwrap_or_else(|p| p.into_inner());
         *guard = None;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -847,46 +867,18 @@ impl SledStore {
                 problem: "its metadata changed while the node ran".into(),
             });
         }
-        let on_disk = match meta.tree.get(records::META_LEDGER_HEAD).map_err(engine)? {
-            Some(v) => Head::decode(&v).ok_or_else(|| StoreError::Corrupt {
-                key: "ledger head".into(),
-                problem: format!("{} bytes, not 40", v.len()),
-            })?,
-            None => Head::EMPTY,
-        };
         let mut batch = sled::Batch::default();
-        if head.seq > on_disk.seq {
-            let pending = self
-                .ledger_pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let missing = pending
-                .first()
-                .is_none_or(|(first, _)| *first > on_disk.seq + 1);
-            if missing {
-                tracing::error!(
-                    on_disk = on_disk.seq,
-                    written = head.seq,
-                    "disclosure ledger records were lost with a failed write of the store; `ledger verify` will report the gap"
-                );
-            }
-            let mut again = 0;
-            for (seq, stored) in pending.iter().filter(|(seq, _)| *seq > on_disk.seq) {
-                batch.insert(&records::ledger_key(*seq)[..], stored.clone());
-                again += 1;
-            }
-            batch.insert(records::META_LEDGER_HEAD, &head.encode()[..]);
-            tracing::warn!(
-                records = again,
-                "disclosure ledger records that had not reached the disk are written again"
-            );
-        }
         let lease = self.feed_lease.load(Ordering::SeqCst);
         batch.insert(records::META_FEED_LEASE, &lease.to_be_bytes()[..]);
         meta.tree.apply_batch(batch).map_err(engine)?;
         meta.db.flush().map_err(engine)?;
-        // The watermark and every cursor are written again by the next flush.
+        // The watermark, the ledger head and every cursor are written again by the
+        // next flush.
         self.recorded_watermark.store(0, Ordering::SeqCst);
+        *self
+            .recorded_ledger_head
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
         for entry in self
             .cursors
             .lock()
@@ -1325,7 +1317,13 @@ impl SledStore {
             let entry = entry.map_err(io(dir))?;
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if name == "db" || name == "conf" || name == "blobs" || name.starts_with("snap.") {
+            if name == "db"
+                || name == "conf"
+                || name == "blobs"
+                || name.starts_with("snap.")
+                || name == files::DIR
+                || name == files::MIGRATING_DIR
+            {
                 std::fs::create_dir_all(aside).map_err(io(aside))?;
                 std::fs::rename(entry.path(), aside.join(&*name)).map_err(io(&entry.path()))?;
             }
@@ -1349,8 +1347,16 @@ impl SledStore {
             acknowledged: synced,
             feed_lease,
             ledger_head: Head::EMPTY,
+            ledger_floor: None,
         };
-        let store = Self::assemble(dir, owner, cache_bytes, meta, log, index, &opened);
+        let ledger = SegmentLedger::open(
+            dir,
+            opened.store_id,
+            LedgerSettings::default(),
+            Head::EMPTY,
+            None,
+        )?;
+        let store = Self::assemble(dir, owner, cache_bytes, meta, log, index, ledger, &opened);
         store.append_ledger(&LedgerEntry {
             time_ms: now_ms(),
             partner: owner.clone(),
@@ -1481,10 +1487,18 @@ impl SledStore {
             .collect();
         // The log first: nothing in sled may be durable before the bundles it follows.
         let synced = self.log.sync()?;
+        // The ledger's records on disk before the head that counts them.
+        let ledger_head = self.ledger.sync()?;
         let recorded = self.recorded_watermark.load(Ordering::SeqCst);
-        if synced != recorded || !pending.is_empty() {
+        let ledger_moved = *self
+            .recorded_ledger_head
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            != Some(ledger_head);
+        if synced != recorded || !pending.is_empty() || ledger_moved {
             let mut batch = sled::Batch::default();
             batch.insert(records::META_LOG_SYNCED, &synced.to_be_bytes()[..]);
+            batch.insert(records::META_LEDGER_HEAD, &ledger_head.encode()[..]);
             for (peer, seq) in &pending {
                 batch.insert(
                     records::key(records::CURSOR, peer.as_bytes()),
@@ -1493,17 +1507,21 @@ impl SledStore {
             }
             self.with_meta(|m| m.tree.apply_batch(batch))?;
         }
-        let ledger_upto = self
-            .ledger_head
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .seq;
         self.with_meta(|m| m.db.flush())?;
-        // Ledger records up to here are on disk now.
-        self.ledger_pending
+        *self
+            .recorded_ledger_head
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(seq, _)| *seq > ledger_upto);
+            .unwrap_or_else(|p| p.into_inner()) = Some(ledger_head);
+        // Old segments go once the head that follows them is durable; the floor they
+        // leave is recorded (durably) before any of them goes.
+        self.ledger.retain(|floor| {
+            self.with_meta(|m| {
+                m.tree
+                    .insert(records::META_LEDGER_FLOOR, &floor.encode()[..])?;
+                m.db.flush()
+            })
+            .map(|_| ())
+        })?;
         self.recorded_watermark.fetch_max(synced, Ordering::SeqCst);
         let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
         for (peer, seq) in pending {
@@ -1852,7 +1870,7 @@ impl Store for SledStore {
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {
         let sled = self.with_meta(|m| m.db.size_on_disk())?;
-        Ok(sled + self.log.len())
+        Ok(sled + self.log.len() + self.ledger.bytes())
     }
 
     fn feed(&self, after: u64, limit: usize) -> Result<Vec<(u64, BundleId)>, StoreError> {
@@ -1959,47 +1977,17 @@ impl Store for SledStore {
         // A record that cannot reach the disk is not written: the delivery it
         // records is refused instead.
         self.writable()?;
-        let mut head = self.ledger_head.lock().unwrap_or_else(|p| p.into_inner());
-        let mut batch = sled::Batch::default();
-        let mut pending = Vec::with_capacity(entries.len());
-        let mut out = Vec::with_capacity(entries.len());
-        let mut last = *head;
-        for entry in entries {
-            let seq = last.seq.checked_add(1).ok_or_else(|| StoreError::Corrupt {
-                key: "ledger head".into(),
-                problem: "sequence number exhausted".into(),
-            })?;
-            let stored = ledger::encode_record(seq, entry, &last.hash);
-            let next = Head {
-                seq,
-                hash: ledger::link_hash(&stored),
-            };
-            batch.insert(&records::ledger_key(seq)[..], stored.clone());
-            pending.push((seq, stored));
-            out.push(LedgerRecord {
-                seq,
-                entry: entry.clone(),
-                prev_hash: last.hash,
-                hash: next.hash,
-            });
-            last = next;
-        }
-        if out.is_empty() {
-            return Ok(out);
-        }
-        batch.insert(records::META_LEDGER_HEAD, &last.encode()[..]);
-        self.with_meta(|m| m.tree.apply_batch(batch))?;
-        *head = last;
-        self.ledger_pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(pending);
-        Ok(out)
+        self.ledger.append(entries).inspect_err(|error| {
+            self.note_failure(error, false);
+        })
     }
 
     fn append_ledger(&self, entry: &LedgerEntry) -> Result<LedgerRecord, StoreError> {
         let mut records = self.append_ledger_many(std::slice::from_ref(entry))?;
-        Ok(records.pop().expect("one record per entry"))
+        records.pop().ok_or_else(|| StoreError::Corrupt {
+            key: "disclosure ledger".into(),
+            problem: "an append returned no record".into(),
+        })
     }
 
     fn ledger(
@@ -2009,94 +1997,155 @@ impl Store for SledStore {
         partner: Option<&NodeId>,
         since_ms: Option<i64>,
     ) -> Result<Vec<LedgerRecord>, StoreError> {
-        let mut out = Vec::new();
-        let Some(first) = after.checked_add(1) else {
-            return Ok(out);
-        };
-        if limit == 0 {
-            return Ok(out);
-        }
-        let end = records::ledger_key(u64::MAX);
-        for entry in self.tree()?.range(records::ledger_key(first)..=end) {
-            let (key, stored) = entry.map_err(|e| self.sled_failed(e))?;
-            let Some(seq) = records::ledger_seq(&key) else {
-                return Err(StoreError::Corrupt {
-                    key: format!("ledger key {:02x?}", &key[..]),
-                    problem: "not a ledger record key".into(),
-                });
-            };
-            let damaged = |problem: String| StoreError::Corrupt {
-                key: format!("ledger record {seq}"),
-                problem,
-            };
-            if let Some(record) = ledger::decode_if(&stored, partner, since_ms).map_err(damaged)? {
-                if record.seq != seq {
-                    return Err(damaged(format!(
-                        "stored at {seq} but numbered {}",
-                        record.seq
-                    )));
-                }
-                out.push(record);
-                if out.len() >= limit {
-                    break;
-                }
-            }
-        }
-        Ok(out)
+        self.ledger.read(after, limit, partner, since_ms)
     }
 
     fn verify_ledger(&self) -> Result<LedgerCheck, StoreError> {
-        // Every record up to this head is visible: a record and the head that counts
-        // it are one batch.
-        let head = match self.stored_ledger_head()? {
+        let durable = match self.stored_ledger_head()? {
             None => None,
             Some(Ok(head)) => Some(head),
             Some(Err(len)) => return Ok(damaged_head(len)),
         };
-        let last = head.map_or(0, |h| h.seq);
-        let mut walk = ChainWalk::new();
-        let mut beyond = false;
-        for entry in self.tree()?.scan_prefix([records::LEDGER]) {
-            let (key, stored) = entry.map_err(|e| self.sled_failed(e))?;
-            let Some(seq) = records::ledger_seq(&key) else {
-                return Ok(LedgerCheck::Broken {
-                    seq: 0,
-                    problem: format!(
-                        "an entry that is not a record lies in the ledger (key {key:02x?})"
-                    ),
-                });
-            };
-            if seq > last {
-                beyond = true;
-                break;
-            }
-            if let Err(broken) = walk.step(seq, &stored) {
-                return Ok(broken.into());
-            }
-        }
-        let check = walk.finish(head);
-        if !beyond || matches!(check, LedgerCheck::Broken { .. }) {
-            return Ok(check);
-        }
-        // Records past the head seen at the start: appended since (fine), or there
-        // without a head that counts them. Appends are held off while looking.
-        let _appends = self.ledger_head.lock().unwrap_or_else(|p| p.into_inner());
-        let now = match self.stored_ledger_head()? {
+        let floor = match self.with_meta(|m| m.tree.get(records::META_LEDGER_FLOOR))? {
             None => None,
-            Some(Ok(now)) => Some(now),
-            Some(Err(len)) => return Ok(damaged_head(len)),
+            Some(v) => match Head::decode(&v) {
+                Some(floor) => Some(floor),
+                None => {
+                    return Ok(LedgerCheck::Broken {
+                        seq: 0,
+                        problem: format!(
+                            "the ledger's retention floor is damaged ({} bytes, not 40)",
+                            v.len()
+                        ),
+                    });
+                }
+            },
         };
-        let from = records::ledger_key(now.map_or(0, |h| h.seq).saturating_add(1));
-        let end = records::ledger_key(u64::MAX);
-        match self.tree()?.range(from..=end).next() {
-            None => Ok(check),
-            Some(entry) => {
-                let (key, _) = entry.map_err(|e| self.sled_failed(e))?;
-                let first_extra = records::ledger_seq(&key).unwrap_or(0);
-                Ok(ledger::beyond_head(first_extra, now))
+        self.ledger.verify(durable, floor)
+    }
+}
+
+/// Converts a ledger kept in sled (one `L` entry per record, the layout before
+/// segments) into segment files, then removes the entries. The old chain is checked
+/// first, and converted only if it is intact; the hashes, and so the head, stay the
+/// same. The segments are written into [`files::MIGRATING_DIR`] and renamed into place
+/// once synced, so a crash leaves either the old ledger (converted again at the next
+/// open) or the new one (and the old entries are then only removed).
+fn migrate_ledger(
+    dir: &Path,
+    meta: &Meta,
+    opened: &Opened,
+    settings: &LedgerSettings,
+) -> Result<(), StoreError> {
+    let engine = |source| StoreError::Engine {
+        path: dir.to_owned(),
+        source,
+    };
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| StoreError::Io {
+            path: path.clone(),
+            source,
+        }
+    };
+    if meta
+        .tree
+        .scan_prefix([records::LEDGER])
+        .next()
+        .transpose()
+        .map_err(engine)?
+        .is_none()
+    {
+        return Ok(());
+    }
+    let target = dir.join(files::DIR);
+    let staging = dir.join(files::MIGRATING_DIR);
+    if !files::holds_segments(&target)? {
+        let refused = |problem: String| StoreError::Corrupt {
+            key: "disclosure ledger (old layout)".into(),
+            problem: format!(
+                "{problem}; the ledger was left as it is in sled and not converted to segments. Check it with `entente ledger verify` under the previous version of entente, or start this one on a copy of the data directory without the ledger (see the README, \"Disclosure ledger\")"
+            ),
+        };
+        // The old chain first: a broken one is not converted.
+        let mut walk = ChainWalk::new();
+        for entry in meta.tree.scan_prefix([records::LEDGER]) {
+            let (key, stored) = entry.map_err(engine)?;
+            let Some(seq) = records::ledger_seq(&key) else {
+                return Err(refused(format!("a key that is not a record: {key:02x?}")));
+            };
+            if let Err(broken) = walk.step(seq, &stored) {
+                return Err(refused(format!(
+                    "its chain does not verify (record {}: {})",
+                    broken.seq, broken.problem
+                )));
             }
         }
+        let head = (opened.ledger_head.seq > 0).then_some(opened.ledger_head);
+        if let LedgerCheck::Broken { seq, problem } = walk.finish(head) {
+            return Err(refused(format!(
+                "its chain does not verify (record {seq}: {problem})"
+            )));
+        }
+        if staging.try_exists().map_err(io(&staging))? {
+            std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
+        }
+        let ledger = SegmentLedger::open_in(
+            &staging,
+            opened.store_id,
+            settings.clone(),
+            Head::EMPTY,
+            None,
+        )?;
+        let mut batch = Vec::with_capacity(1024);
+        let mut converted = 0u64;
+        for entry in meta.tree.scan_prefix([records::LEDGER]) {
+            let (_, stored) = entry.map_err(engine)?;
+            let record = ledger::decode_record(&stored).map_err(&refused)?;
+            batch.push(record.entry);
+            if batch.len() == 1024 {
+                converted += ledger.append(&batch)?.len() as u64;
+                batch.clear();
+            }
+        }
+        converted += ledger.append(&batch)?.len() as u64;
+        let head = ledger.sync()?;
+        if head != opened.ledger_head {
+            return Err(refused(format!(
+                "converted, its {converted} records end at a head other than the stored one"
+            )));
+        }
+        drop(ledger);
+        if target.try_exists().map_err(io(&target))? {
+            // Empty: made by an open of this version that found nothing to convert.
+            std::fs::remove_dir(&target).map_err(io(&target))?;
+        }
+        std::fs::rename(&staging, &target).map_err(io(&target))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
+        tracing::warn!(
+            data_dir = %dir.display(),
+            records = converted,
+            "converted the disclosure ledger from sled entries to segment files"
+        );
     }
+    // The old entries go once the segments are in place.
+    loop {
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for entry in meta.tree.scan_prefix([records::LEDGER]).take(4096) {
+            let (key, _) = entry.map_err(engine)?;
+            batch.remove(key);
+            n += 1;
+        }
+        if n == 0 {
+            break;
+        }
+        meta.tree.apply_batch(batch).map_err(engine)?;
+    }
+    meta.db.flush().map_err(engine)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -2150,6 +2199,91 @@ mod tests {
         );
         assert!(refused.to_string().contains("entente store recover"));
         assert!(!b.path().join("db").exists());
+    }
+
+    fn old_entry(i: u64) -> LedgerEntry {
+        LedgerEntry {
+            time_ms: 1_700_000_000_000 + i as i64,
+            partner: NodeId::new("berlin.office").unwrap(),
+            path: "query".into(),
+            deliveries: vec![(BundleId::from_uuid_bytes([i as u8; 16]), vec![0, i as u32])],
+            policy_hash: [4u8; 32],
+            note: String::new(),
+        }
+    }
+
+    /// Writes `n` records the way stores kept the ledger before segments: one sled
+    /// entry per record in its canonical form, and the head. Returns the head.
+    fn write_old_ledger(dir: &Path, n: u64) -> Head {
+        let meta = open_meta(dir, 1 << 20).unwrap();
+        let mut head = Head::EMPTY;
+        let mut batch = sled::Batch::default();
+        for seq in 1..=n {
+            let stored = ledger::encode_record(seq, &old_entry(seq), &head.hash);
+            head = Head {
+                seq,
+                hash: ledger::link_hash(&stored),
+            };
+            batch.insert(&records::ledger_key(seq)[..], stored);
+        }
+        batch.insert(records::META_LEDGER_HEAD, &head.encode()[..]);
+        meta.tree.apply_batch(batch).unwrap();
+        meta.db.flush().unwrap();
+        head
+    }
+
+    #[test]
+    fn a_ledger_kept_in_sled_is_converted_to_segments_with_the_same_hashes() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path()).unwrap());
+        let head = write_old_ledger(dir.path(), 300);
+        let store = open(dir.path()).unwrap();
+        assert_eq!(
+            store.verify_ledger().unwrap(),
+            LedgerCheck::Intact {
+                records: 300,
+                head: head.hash,
+                from: 0
+            }
+        );
+        let all = store.ledger(0, 1000, None, None).unwrap();
+        assert_eq!(all.len(), 300);
+        assert!(all.iter().all(|r| r.entry == old_entry(r.seq)));
+        let next = store.append_ledger(&old_entry(301)).unwrap();
+        assert_eq!(next.prev_hash, head.hash);
+        store.flush().unwrap();
+        drop(store);
+        // No sled entry is left, and it opens as segments from now on.
+        let store = open(dir.path()).unwrap();
+        let meta = store.meta.read().unwrap();
+        let tree = &meta.as_ref().unwrap().tree;
+        assert!(tree.scan_prefix([records::LEDGER]).next().is_none());
+        drop(meta);
+        assert!(matches!(
+            store.verify_ledger().unwrap(),
+            LedgerCheck::Intact { records: 301, .. }
+        ));
+    }
+
+    #[test]
+    fn a_broken_ledger_kept_in_sled_is_not_converted() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path()).unwrap());
+        write_old_ledger(dir.path(), 10);
+        {
+            let meta = open_meta(dir.path(), 1 << 20).unwrap();
+            meta.tree.remove(records::ledger_key(4)).unwrap();
+            meta.db.flush().unwrap();
+        }
+        let refused = open(dir.path()).err().unwrap().to_string();
+        assert!(refused.contains("record 4 is missing"), "{refused}");
+        assert!(refused.contains("not converted"), "{refused}");
+        assert!(
+            !dir.path()
+                .join(files::DIR)
+                .join("00000000000000000001.seg")
+                .exists()
+        );
     }
 
     #[test]
