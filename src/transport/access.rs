@@ -76,6 +76,15 @@ enum PartnerError {
     NoVerifier,
 }
 
+/// Whether a verifier error is this module's refusal of a valid certificate (an id not
+/// configured, or a wrong anchor) rather than a problem with the certificate itself.
+pub(crate) fn is_partner_refusal(error: &OtherError) -> bool {
+    matches!(
+        error.0.downcast_ref::<PartnerError>(),
+        Some(PartnerError::Unknown(_) | PartnerError::WrongAnchor { .. })
+    )
+}
+
 fn refuse(error: PartnerError) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(error))))
 }
@@ -547,13 +556,33 @@ fn kind_name(kind: PartnerKind) -> &'static str {
     }
 }
 
+/// An instant as RFC 3339 (UTC), or seconds since the epoch if it cannot be formatted.
+fn unix_time_text(at: UnixTime) -> String {
+    let secs = at.as_secs();
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{secs} s after the Unix epoch"))
+}
+
 /// A rustls error in words, for logs and statuses (never a debug dump).
 pub fn describe_tls_error(error: &rustls::Error) -> String {
     match error {
         rustls::Error::InvalidCertificate(e) => match e {
-            CertificateError::Revoked => "the certificate is revoked".into(),
+            CertificateError::Revoked => "the certificate is revoked by a CRL in force".into(),
             CertificateError::Expired => "the certificate has expired".into(),
+            CertificateError::ExpiredContext { not_after, .. } => {
+                format!("the certificate expired at {}", unix_time_text(*not_after))
+            }
             CertificateError::NotValidYet => "the certificate is not valid yet".into(),
+            CertificateError::NotValidYetContext { not_before, .. } => format!(
+                "the certificate is not valid before {} (check both clocks)",
+                unix_time_text(*not_before)
+            ),
             CertificateError::UnknownIssuer => {
                 "the certificate does not chain to a trust anchor".into()
             }

@@ -17,7 +17,7 @@ use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
 };
 
-use super::access::{Directory, Listing, Verifiers};
+use super::access::{Directory, Listing, Verifiers, describe_tls_error};
 use super::files::{self, FileError};
 use super::identity::{IdentityError, certificate_id};
 use crate::crypto::{SignerError, SignerTrust};
@@ -506,6 +506,51 @@ impl SignerTrust for SignerVerifier {
     }
 }
 
+/// What a server-side handshake saw of the client's certificate: the leaf presented
+/// and, when the verifier refused it, why in words. Filled by the verifier while the
+/// handshake runs inside [`record_handshake`].
+#[derive(Debug, Default)]
+pub(crate) struct HandshakeRecord {
+    /// The client's leaf certificate, once it was presented.
+    pub(crate) presented: Option<CertificateDer<'static>>,
+    /// Why the verifier refused it.
+    pub(crate) refusal: Option<String>,
+}
+
+tokio::task_local! {
+    static HANDSHAKE_RECORD: std::cell::RefCell<HandshakeRecord>;
+}
+
+/// Runs a server-side handshake, recording the certificate the client presented and
+/// the verifier's reason for refusing it, which the TLS error alone does not carry.
+pub(crate) async fn record_handshake<F: std::future::Future>(
+    handshake: F,
+) -> (F::Output, HandshakeRecord) {
+    HANDSHAKE_RECORD
+        .scope(std::cell::RefCell::default(), async move {
+            let output = handshake.await;
+            let record = HANDSHAKE_RECORD
+                .try_with(|record| record.take())
+                .unwrap_or_default();
+            (output, record)
+        })
+        .await
+}
+
+/// The error the verifier returns for a refusal, chosen for the alert the client
+/// receives: an id this node does not list, or one pinned to another anchor, becomes
+/// `access_denied`; WebPKI's own errors keep their alerts (revoked, expired, unknown CA).
+fn alert_for(error: rustls::Error) -> rustls::Error {
+    match &error {
+        rustls::Error::InvalidCertificate(CertificateError::Other(other))
+            if super::access::is_partner_refusal(other) =>
+        {
+            rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
+        }
+        _ => error,
+    }
+}
+
 /// Client verification against the directory's state in force at the handshake:
 /// WebPKI over the current anchors and CRLs, then the id must be configured and the
 /// chain must reach the anchor the partner is pinned to.
@@ -539,8 +584,18 @@ impl ClientCertVerifier for KnownPartnerVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.directory
-            .verify_handshake(end_entity, intermediates, now)?;
+        let _ = HANDSHAKE_RECORD.try_with(|record| {
+            record.borrow_mut().presented = Some(end_entity.clone().into_owned());
+        });
+        if let Err(error) = self
+            .directory
+            .verify_handshake(end_entity, intermediates, now)
+        {
+            let _ = HANDSHAKE_RECORD.try_with(|record| {
+                record.borrow_mut().refusal = Some(describe_tls_error(&error));
+            });
+            return Err(alert_for(error));
+        }
         Ok(ClientCertVerified::assertion())
     }
 
