@@ -201,6 +201,18 @@ impl NodeClient {
             .into_inner())
     }
 
+    /// The certificates whose expiry matters to the node (operator and admin clients).
+    pub async fn certificates(
+        &self,
+    ) -> Result<crate::rpc::proto::CertificatesResponse, ClientError> {
+        Ok(self
+            .admin()
+            .certificates(crate::rpc::proto::CertificatesRequest {})
+            .await
+            .map_err(|s| self.status(s))?
+            .into_inner())
+    }
+
     /// The node's external feeds.
     pub async fn feeds(&self) -> Result<crate::rpc::proto::FeedsResponse, ClientError> {
         Ok(self

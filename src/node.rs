@@ -189,6 +189,10 @@ struct ConfigReload {
 }
 
 impl PolicyReload for ConfigReload {
+    fn watched_certificates(&self) -> Vec<crate::transport::expiry::WatchedCertificate> {
+        self.directory.watched_certificates()
+    }
+
     fn reload(&self) -> Result<Arc<crate::policy::Policy>, String> {
         let _one_at_a_time = self.serial.lock().unwrap_or_else(|p| p.into_inner());
         // Everything that can fail comes first, so a refused reload changes nothing.
@@ -425,6 +429,11 @@ impl Node {
             health.clone(),
             shutdown.clone(),
         ))];
+        // Certificates that expire soon are logged now and once a day.
+        tasks.push(tokio::spawn(crate::transport::expiry::watch(
+            reload.directory.clone(),
+            shutdown.clone(),
+        )));
         // One poll loop per external feed; a feed that fails only records its error.
         tasks.extend(crate::feeds::start(
             &config.feeds,

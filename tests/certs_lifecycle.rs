@@ -182,3 +182,98 @@ async fn request_sign_renew_and_reissue_after_revocation() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn certificates_about_to_expire_are_warned_of_in_the_log_and_in_status() {
+    use common::served::Served;
+    use common::{Pki, client, write_config};
+    use entente::certs::{Usage, Validity};
+    let pki = Pki::new();
+    let hq = NodeId::new("redmond.hq").unwrap();
+    pki.certs
+        .issue(
+            &hq,
+            &Usage::Node {
+                ips: vec!["127.0.0.1".parse().unwrap()],
+                dns: vec![],
+            },
+            Validity::days_from_now(10),
+        )
+        .unwrap();
+    let soon = NodeId::new("analyst.soon").unwrap();
+    pki.certs
+        .issue(&soon, &Usage::Client, Validity::days_from_now(5))
+        .unwrap();
+    let later = NodeId::new("analyst.later").unwrap();
+    pki.certs
+        .issue(&later, &Usage::Client, Validity::days_from_now(90))
+        .unwrap();
+    let config = write_config(
+        &pki,
+        &hq,
+        &[
+            client("analyst.soon", "read_only"),
+            client("analyst.later", "read_only"),
+        ],
+        &[],
+    );
+    let node = Served::start(&config);
+    // At start: the node's own certificate (the CA has 30 days, also within the window).
+    node.wait_for_log(&[
+        "certificate expires soon",
+        "name=redmond.hq",
+        "expires in 9 days",
+    ]);
+
+    let addr: std::net::SocketAddr = node.addr.parse().unwrap();
+    for who in [&soon, &later] {
+        hello(&pki.material(who), addr, &hq).await.unwrap();
+    }
+    let out = entente(&[
+        "status",
+        "--config",
+        s(&config),
+        "--node",
+        &format!("redmond.hq@{}", node.addr),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("certificate:      own redmond.hq (serial "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("certificate:      partner analyst.later (serial "),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("warning: the partner certificate analyst.soon (serial ")
+            && stderr.contains("expires in 4 days"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("warning: the own certificate redmond.hq"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("analyst.later"), "{stderr}");
+
+    // The same as JSON.
+    let out = entente(&[
+        "status",
+        "--json",
+        "--config",
+        s(&config),
+        "--node",
+        &format!("redmond.hq@{}", node.addr),
+    ]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let certs = status["certificates"].as_array().unwrap();
+    let soon_json = certs
+        .iter()
+        .find(|c| c["name"] == "analyst.soon")
+        .expect("the partner's certificate is listed");
+    assert_eq!(soon_json["role"], "partner");
+    assert_eq!(soon_json["expires_soon"], true);
+    assert!(soon_json["last_seen"].is_string(), "{soon_json}");
+}

@@ -22,6 +22,12 @@ pub trait PolicyReload: Send + Sync {
     /// Reloads; returns the policy now in force, or why the new configuration was refused
     /// (the old policy then stays in force).
     fn reload(&self) -> Result<Arc<Policy>, String>;
+
+    /// The certificates whose expiry matters to the node (see
+    /// `transport::Directory::watched_certificates`); none unless the node says.
+    fn watched_certificates(&self) -> Vec<crate::transport::expiry::WatchedCertificate> {
+        Vec::new()
+    }
 }
 
 /// The Admin service of one node.
@@ -179,6 +185,27 @@ impl Admin for AdminService {
                     objects_skipped: s.objects_skipped,
                     last_error: s.last_error.clone().unwrap_or_default(),
                     checkpoint: s.checkpoint.clone(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn certificates(
+        &self,
+        request: Request<super::proto::CertificatesRequest>,
+    ) -> Result<Response<super::proto::CertificatesResponse>, Status> {
+        require_admin(caller(&request)?)?;
+        Ok(Response::new(super::proto::CertificatesResponse {
+            certificates: self
+                .reload
+                .watched_certificates()
+                .into_iter()
+                .map(|c| super::proto::WatchedCertificate {
+                    role: c.role.as_str().to_owned(),
+                    name: c.name,
+                    serial: c.serial,
+                    not_after_unix_ms: c.not_after_ms,
+                    last_seen_unix_ms: c.last_seen_ms.unwrap_or(0),
                 })
                 .collect(),
         }))

@@ -706,6 +706,7 @@ small_requests!(
     proto::LinksRequest,
     proto::LimitsRequest,
     proto::FeedsRequest,
+    proto::CertificatesRequest,
 );
 
 /// Answers that only this node's own CLI and clients decode, from the node they chose
@@ -729,6 +730,7 @@ answers!(
     proto::LinksResponse,
     proto::LimitsResponse,
     proto::FeedsResponse,
+    proto::CertificatesResponse,
 );
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use rustls::{CertificateError, OtherError};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use super::expiry::{CertificateRole, WatchedCertificate};
 use super::identity::{ConnectionInfo, certificate_id};
 use crate::model::{NodeId, Partner, PartnerKind, Role};
 
@@ -55,6 +56,8 @@ pub struct Verifiers {
     /// chains to: its own id (the operator, who sees everything) is pinned to them as a
     /// partner is to its anchor, so another anchor cannot issue it. `None` with one anchor.
     pub(crate) own_anchors: Option<Vec<PathBuf>>,
+    /// The trust-anchor certificates, for expiry warnings.
+    pub(crate) anchor_certificates: Vec<WatchedCertificate>,
 }
 
 /// Why a certificate is refused beyond what WebPKI checks.
@@ -232,6 +235,11 @@ pub struct Directory {
     state: RwLock<Arc<State>>,
     live: Mutex<HashMap<u64, Arc<Access>>>,
     next_connection: AtomicU64,
+    /// The certificate the listener presents, for expiry warnings.
+    own_certificate: Mutex<Option<WatchedCertificate>>,
+    /// The last certificate each configured partner connected with (at most one per
+    /// partner; entries of partners no longer configured are dropped at a reload).
+    seen: Mutex<HashMap<NodeId, WatchedCertificate>>,
 }
 
 impl Directory {
@@ -247,6 +255,8 @@ impl Directory {
             })),
             live: Mutex::default(),
             next_connection: AtomicU64::new(1),
+            own_certificate: Mutex::default(),
+            seen: Mutex::default(),
         }
     }
 
@@ -290,8 +300,39 @@ impl Directory {
         self.current().partners.get(id).map(|l| l.partner.clone())
     }
 
-    /// Installs the verifiers a server configuration was built with.
-    pub(crate) fn install(&self, verifiers: Verifiers) {
+    /// The certificates whose expiry matters to this node: its own (as the listener
+    /// presents it), its trust anchors in force, and the last certificate each
+    /// configured partner connected with.
+    pub fn watched_certificates(&self) -> Vec<WatchedCertificate> {
+        let state = self.current();
+        let mut all: Vec<WatchedCertificate> = self
+            .own_certificate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        if let Some(verifiers) = &state.verifiers {
+            all.extend(verifiers.anchor_certificates.iter().cloned());
+        }
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut partners: Vec<&WatchedCertificate> = seen
+            .iter()
+            .filter(|(id, _)| state.partners.contains_key(*id))
+            .map(|(_, cert)| cert)
+            .collect();
+        partners.sort_by(|a, b| a.name.cmp(&b.name));
+        all.extend(partners.into_iter().cloned());
+        all
+    }
+
+    /// Installs the verifiers a server configuration was built with, and the
+    /// certificate that configuration presents.
+    pub(crate) fn install(&self, verifiers: Verifiers, own: Option<WatchedCertificate>) {
+        *self
+            .own_certificate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = own;
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         *state = Arc::new(State {
             generation: state.generation + 1,
@@ -432,6 +473,16 @@ impl Directory {
         let partner = self
             .lookup(&id)
             .ok_or_else(|| format!("certificate id {id} is not a configured peer or client"))?;
+        if partner.kind != PartnerKind::Local {
+            if let Some(mut seen) = WatchedCertificate::read(CertificateRole::Partner, leaf) {
+                seen.last_seen_ms = Some(super::expiry::now_ms());
+                let mut map = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+                let configured = self.current();
+                // Bounded by the partners configured now.
+                map.retain(|known, _| configured.partners.contains_key(known));
+                map.insert(id.clone(), seen);
+            }
+        }
         let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let access = Arc::new(Access {
             connection,

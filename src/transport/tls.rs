@@ -18,6 +18,7 @@ use rustls::{
 };
 
 use super::access::{Directory, Listing, Verifiers, describe_tls_error};
+use super::expiry::{CertificateRole, WatchedCertificate};
 use super::files::{self, FileError};
 use super::identity::{IdentityError, certificate_id};
 use crate::crypto::{SignerError, SignerTrust};
@@ -148,6 +149,8 @@ pub struct TlsMaterial {
     /// Each trust-anchor file with the CA certificates it holds, for partners pinned to it.
     anchors: Vec<(PathBuf, Arc<RootCertStore>)>,
     crls: Vec<CertificateRevocationListDer<'static>>,
+    /// Every trust-anchor certificate, for expiry warnings.
+    anchor_certificates: Vec<CertificateDer<'static>>,
 }
 
 impl TlsMaterial {
@@ -169,9 +172,11 @@ impl TlsMaterial {
         let key = files::read_private_key(&paths.key)?;
         let mut roots = RootCertStore::empty();
         let mut anchors = Vec::with_capacity(paths.trust_anchors.len());
+        let mut anchor_certificates = Vec::new();
         for path in &paths.trust_anchors {
             let mut anchor = RootCertStore::empty();
             for (index, cert) in files::read_certificates(path)?.into_iter().enumerate() {
+                anchor_certificates.push(cert.clone());
                 check_ca(&cert).map_err(|problem| TlsError::BadTrustAnchor {
                     path: path.clone(),
                     problem: format!("certificate {} in the file: {problem}", index + 1),
@@ -198,6 +203,7 @@ impl TlsMaterial {
             roots: Arc::new(roots),
             anchors,
             crls,
+            anchor_certificates,
         };
         // Building a server config checks that the key matches the certificate.
         material.client_config()?;
@@ -244,6 +250,11 @@ impl TlsMaterial {
     pub fn client_verifiers(&self) -> Result<Verifiers, TlsError> {
         let (by_anchor, own_anchors) = self.anchor_verifiers()?;
         Ok(Verifiers {
+            anchor_certificates: self
+                .anchor_certificates
+                .iter()
+                .filter_map(|der| WatchedCertificate::read(CertificateRole::TrustAnchor, der))
+                .collect(),
             any: self.verifier_over(&self.roots)?,
             by_anchor,
             // With one anchor there is nothing to pin to; with several, the node's own id
@@ -262,7 +273,12 @@ impl TlsMaterial {
     ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         let verifiers = self.client_verifiers()?;
         let root_hints = verifiers.any.root_hint_subjects().to_vec();
-        directory.install(verifiers);
+        directory.install(
+            verifiers,
+            self.chain
+                .first()
+                .and_then(|leaf| WatchedCertificate::read(CertificateRole::Own, leaf)),
+        );
         self.build_server_config(directory, root_hints, true, ALPN_H2)
     }
 
@@ -366,6 +382,21 @@ impl TlsMaterial {
 }
 
 impl TlsMaterial {
+    /// The certificates this material depends on, for expiry warnings: its own
+    /// certificate and every trust anchor.
+    pub fn watched_certificates(&self) -> Vec<WatchedCertificate> {
+        self.chain
+            .first()
+            .and_then(|leaf| WatchedCertificate::read(CertificateRole::Own, leaf))
+            .into_iter()
+            .chain(
+                self.anchor_certificates
+                    .iter()
+                    .filter_map(|der| WatchedCertificate::read(CertificateRole::TrustAnchor, der)),
+            )
+            .collect()
+    }
+
     /// The leaf certificate (DER).
     pub fn certificate_der(&self) -> &[u8] {
         self.chain[0].as_ref()
