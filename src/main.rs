@@ -379,6 +379,10 @@ fn certs(command: CertsCommand, output: Output) -> Result<()> {
             };
             setup::sign(&ca_dir, &csr, &usage, id.as_ref(), days, output)
         }
+        CertsCommand::PushCrl { config, crl } => {
+            let settings = ClientSettings::load(&config)?;
+            runtime()?.block_on(setup::push_crl(&settings, &crl, output))
+        }
         CertsCommand::Renew {
             ca_dir,
             id,

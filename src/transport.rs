@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod connect;
+pub mod crl;
 pub mod expiry;
 pub mod files;
 pub mod identity;

@@ -495,6 +495,16 @@ pub enum CertsCommand {
         #[arg(long, default_value_t = 397)]
         days: u32,
     },
+    /// Hand a CRL to one running node (as its operator or an admin client): the node
+    /// puts it in force if a trust anchor of its signed it and it is newer than the one in
+    /// force, and offers it to its peers, which do the same.
+    PushCrl {
+        /// Client (or node) configuration naming the node and this client's certificate.
+        #[arg(long)]
+        config: PathBuf,
+        /// The CRL (PEM), as `certs revoke` writes it.
+        crl: PathBuf,
+    },
     /// Revoke DIR/ID.crt: add it to the register and rewrite DIR/crl.pem.
     Revoke {
         /// The directory of the CA and its revocation register.

@@ -220,6 +220,35 @@ pub fn renew(dir: &Path, id: &NodeId, new_key: bool, days: u32, output: Output) 
     Ok(())
 }
 
+/// `entente certs push-crl`.
+pub async fn push_crl(
+    settings: &crate::config::ClientSettings,
+    crl: &Path,
+    output: Output,
+) -> Result<()> {
+    let crls = crate::transport::files::read_crls(crl)?;
+    let Some(der) = crls.first() else {
+        bail!("{} holds no CRL", crl.display());
+    };
+    let client = crate::client::NodeClient::connect_with(settings).await?;
+    let applied = client.apply_crl(der.as_ref().to_vec()).await?;
+    if output.is_json() {
+        return print_json(&json!({"node": client.node().as_str(), "applied": applied}));
+    }
+    if applied {
+        println!(
+            "{} put the CRL in force and is offering it to its peers",
+            client.node()
+        );
+    } else {
+        println!(
+            "{} already has this CRL or a newer one in force",
+            client.node()
+        );
+    }
+    Ok(())
+}
+
 /// `entente certs revoke`.
 pub fn revoke(dir: &Path, id: &NodeId, output: Output) -> Result<()> {
     let crl = CertDir::new(dir).revoke(id)?;
@@ -227,7 +256,8 @@ pub fn revoke(dir: &Path, id: &NodeId, output: Output) -> Result<()> {
         return print_json(&json!({"revoked": id.as_str(), "crl": path(&crl)}));
     }
     println!(
-        "revoked {id}; distribute {} to every node (node.crls) and reload them (systemctl reload entente or entente policy reload)",
+        "revoked {id}; hand {} to one node (entente certs push-crl --config FILE {}), which passes it to its peers, or install it on every node (node.crls) and reload them",
+        crl.display(),
         crl.display()
     );
     Ok(())

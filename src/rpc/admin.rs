@@ -28,6 +28,14 @@ pub trait PolicyReload: Send + Sync {
     fn watched_certificates(&self) -> Vec<crate::transport::expiry::WatchedCertificate> {
         Vec::new()
     }
+
+    /// A CRL (DER) offered to the node: `Ok(Some(issuer))` if it was put in force (and
+    /// is being offered on to the peers), `Ok(None)` if the node has it or a newer one
+    /// already, `Err` why it was refused.
+    fn offer_crl(&self, der: &[u8]) -> Result<Option<String>, String> {
+        let _ = der;
+        Err("this node does not take CRLs from the federation".into())
+    }
 }
 
 /// The Admin service of one node.
@@ -187,6 +195,23 @@ impl Admin for AdminService {
                     checkpoint: s.checkpoint.clone(),
                 })
                 .collect(),
+        }))
+    }
+
+    async fn apply_crl(
+        &self,
+        request: Request<super::proto::OfferCrlRequest>,
+    ) -> Result<Response<super::proto::OfferCrlResponse>, Status> {
+        require_admin(caller(&request)?)?;
+        let super::proto::OfferCrlRequest { crl_der } = request.into_inner();
+        let reload = self.reload.clone();
+        let outcome = tokio::task::spawn_blocking(move || reload.offer_crl(&crl_der))
+            .await
+            .map_err(|e| Status::internal(format!("task failed: {e}")))?
+            .map_err(Status::invalid_argument)?;
+        Ok(Response::new(super::proto::OfferCrlResponse {
+            applied: outcome.is_some(),
+            issuer: outcome.unwrap_or_default(),
         }))
     }
 

@@ -707,6 +707,7 @@ small_requests!(
     proto::LimitsRequest,
     proto::FeedsRequest,
     proto::CertificatesRequest,
+    proto::OfferCrlRequest,
 );
 
 /// Answers that only this node's own CLI and clients decode, from the node they chose
@@ -731,6 +732,7 @@ answers!(
     proto::LimitsResponse,
     proto::FeedsResponse,
     proto::CertificatesResponse,
+    proto::OfferCrlResponse,
 );
 
 #[cfg(test)]

@@ -196,6 +196,9 @@ impl TlsMaterial {
         for path in &paths.crls {
             crls.extend(files::read_crls(path)?);
         }
+        // Of several CRLs from one issuer (a configured file and one received from the
+        // federation), the newest is in force.
+        let crls = super::crl::newest_per_issuer(crls);
         let material = Self {
             id: found,
             chain,
@@ -395,6 +398,12 @@ impl TlsMaterial {
                     .filter_map(|der| WatchedCertificate::read(CertificateRole::TrustAnchor, der)),
             )
             .collect()
+    }
+
+    /// Checks a CRL (DER) offered to this node: signed by one of its trust anchors and
+    /// newer than the CRL in force for that issuer. Returns the issuer in words.
+    pub fn check_crl(&self, der: &[u8]) -> Result<String, super::crl::CrlRefusal> {
+        super::crl::check_offered(der, &self.anchor_certificates, &self.crls)
     }
 
     /// The leaf certificate (DER).
