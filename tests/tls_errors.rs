@@ -11,6 +11,7 @@ use common::served::Served;
 use common::{Pki, client, hello, write_config};
 use entente::NodeId;
 use entente::certs::{Usage, Validity};
+use rustls::pki_types::pem::PemObject;
 use time::OffsetDateTime;
 
 fn serial_of(pki: &Pki, id: &NodeId) -> String {
@@ -85,6 +86,28 @@ async fn refused_certificates_are_named_with_their_serial_and_reason_at_both_end
         ]);
         assert!(!line.contains("OtherError"), "{line}");
     }
+
+    // No certificate at all.
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(pki.ca_cert()).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(entente::transport::crypto_provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let err = entente::transport::connect(std::sync::Arc::new(config), &node.addr, &hq)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("refused certificate (none): no client certificate was presented"),
+        "{err}"
+    );
+    node.wait_for_log(&["connection refused", "no client certificate was presented"]);
 }
 
 #[test]
