@@ -649,7 +649,7 @@ impl CertDir {
         Ok(Some(archived))
     }
 
-    /// Writes `ID.crt`, moving a previous one aside (see [`CertDir::archive`]).
+    /// Writes `ID.crt`, moving a previous one aside as `ID.SERIAL.crt`.
     fn replace_certificate(
         &self,
         id: &NodeId,
