@@ -15,9 +15,9 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason,
-    RevokedCertParams, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams,
+    CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod,
+    KeyPair, KeyUsagePurpose, RevocationReason, RevokedCertParams, SanType, SerialNumber,
 };
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
@@ -53,7 +53,24 @@ pub enum CertsError {
     /// A DNS name given for a node certificate is invalid.
     #[error("invalid DNS name {0:?}")]
     BadDnsName(String),
+    /// A certificate signing request was refused: unreadable, its signature does not
+    /// verify, or it asks for an id or names the CA did not intend.
+    #[error("certificate request refused: {0}")]
+    Request(String),
+    /// The certificate to renew is revoked.
+    #[error(
+        "the certificate of {id} (serial {serial}) is revoked; issue a new one instead of renewing it"
+    )]
+    RenewRevoked {
+        /// The id.
+        id: String,
+        /// Its serial, hex.
+        serial: String,
+    },
 }
+
+/// Largest certificate signing request read (PEM); real ones are well under 2 KiB.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// The validity period of a certificate.
 #[derive(Clone, Copy, Debug)]
@@ -165,7 +182,7 @@ impl CertificateAuthority {
         Ok(Issuer::from_ca_cert_pem(&self.cert_pem, &self.key)?)
     }
 
-    /// Issues a certificate whose first DNS name is `id`.
+    /// Issues a certificate whose first DNS name is `id`, with a new key.
     pub fn issue(
         &self,
         id: &NodeId,
@@ -173,46 +190,268 @@ impl CertificateAuthority {
         validity: Validity,
     ) -> Result<IssuedCertificate, CertsError> {
         let key = new_key()?;
-        let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, id.as_str());
-        let mut sans = vec![SanType::DnsName(id.as_str().try_into()?)];
-        match usage {
-            Usage::Node { ips, dns } => {
-                for name in dns {
-                    if name != id.as_str() {
-                        sans.push(SanType::DnsName(
-                            name.as_str()
-                                .try_into()
-                                .map_err(|_| CertsError::BadDnsName(name.clone()))?,
-                        ));
-                    }
-                }
-                sans.extend(ips.iter().copied().map(SanType::IpAddress));
-                params.extended_key_usages = vec![
-                    ExtendedKeyUsagePurpose::ServerAuth,
-                    ExtendedKeyUsagePurpose::ClientAuth,
-                ];
-            }
-            Usage::Client => {
-                params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-            }
-        }
-        params.subject_alt_names = sans;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.not_before = validity.not_before;
-        params.not_after = validity.not_after;
-        params.serial_number = Some(random_serial());
-        params.use_authority_key_identifier_extension = true;
-        let cert = params.signed_by(&key, &self.issuer()?)?;
+        let cert = leaf_params(id, usage, validity)?.signed_by(&key, &self.issuer()?)?;
         Ok(IssuedCertificate {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         })
     }
 
+    /// Issues a certificate for the key of a certificate signing request (PEM), never
+    /// seeing the private key. The request's signature must verify; its id (first DNS
+    /// subject alternative name) must be valid, and `expected` when given; every further
+    /// name it asks for must be one the CA grants through `usage` (node DNS names and
+    /// addresses); it may ask for no other extension. What the certificate carries is
+    /// decided here (`usage`, `validity`), not by the request: its subject is the id.
+    pub fn sign_request(
+        &self,
+        csr_pem: &str,
+        usage: &Usage,
+        expected: Option<&NodeId>,
+        validity: Validity,
+    ) -> Result<(NodeId, String), CertsError> {
+        let refuse = |problem: String| CertsError::Request(problem);
+        if csr_pem.len() > MAX_REQUEST_BYTES {
+            return Err(refuse(format!(
+                "the request is larger than {MAX_REQUEST_BYTES} bytes"
+            )));
+        }
+        let request = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| match e {
+            rcgen::Error::InvalidCertificationRequestSignature => refuse(
+                "its signature does not verify: it was altered, or not signed with the key it carries"
+                    .into(),
+            ),
+            rcgen::Error::UnsupportedExtension => refuse(
+                "it asks for an extension the CA does not grant (a request may carry only \
+                 subject alternative names)"
+                    .into(),
+            ),
+            rcgen::Error::UnsupportedSignatureAlgorithm => {
+                refuse("it is signed with an algorithm this CA does not support".into())
+            }
+            other => refuse(format!("not a readable PKCS#10 request ({other})")),
+        })?;
+        let asked = &request.params;
+        if !asked.key_usages.is_empty() || !asked.extended_key_usages.is_empty() {
+            return Err(refuse(
+                "it asks for key usages; the CA decides those (--client or --node)".into(),
+            ));
+        }
+        let mut names = asked.subject_alt_names.iter();
+        let id = match names.next() {
+            Some(SanType::DnsName(name)) => NodeId::new(name.as_str())
+                .map_err(|e| refuse(format!("its id {:?} is invalid: {e}", name.as_str())))?,
+            _ => {
+                return Err(refuse(
+                    "it names no id: the first subject alternative name must be a DNS name, \
+                     the id (entente certs request writes one)"
+                        .into(),
+                ));
+            }
+        };
+        if let Some(expected) = expected {
+            if &id != expected {
+                return Err(refuse(format!("it is for {id}, not for {expected}")));
+            }
+        }
+        let (granted_ips, granted_dns): (&[IpAddr], &[String]) = match usage {
+            Usage::Node { ips, dns } => (ips, dns),
+            Usage::Client => (&[], &[]),
+        };
+        for name in names {
+            let granted = match name {
+                SanType::DnsName(dns) => {
+                    dns.as_str() == id.as_str() || granted_dns.iter().any(|g| g == dns.as_str())
+                }
+                SanType::IpAddress(ip) => granted_ips.contains(ip),
+                _ => false,
+            };
+            if !granted {
+                return Err(refuse(format!(
+                    "it asks for the name {name:?}, which this signing does not grant \
+                     (a node's further names and addresses are given at the CA with --dns and --ip)"
+                )));
+            }
+        }
+        let cert =
+            leaf_params(&id, usage, validity)?.signed_by(&request.public_key, &self.issuer()?)?;
+        Ok((id, cert.pem()))
+    }
+
+    /// A new certificate for the same id, names, usage and public key as `cert_der`
+    /// (a certificate this CA issued), valid for `validity`. The old certificate stays
+    /// valid until it expires, so both overlap.
+    pub fn renew(
+        &self,
+        cert_der: &[u8],
+        validity: Validity,
+    ) -> Result<(NodeId, String), CertsError> {
+        let (id, usage, spki) = describe_leaf(cert_der)?;
+        let public_key = rcgen::SubjectPublicKeyInfo::from_der(&spki)?;
+        let cert = leaf_params(&id, &usage, validity)?.signed_by(&public_key, &self.issuer()?)?;
+        Ok((id, cert.pem()))
+    }
+}
+
+/// The id, usage and public key (SubjectPublicKeyInfo DER) of a leaf certificate.
+fn describe_leaf(der: &[u8]) -> Result<(NodeId, Usage, Vec<u8>), CertsError> {
+    let malformed = |problem: String| CertsError::Malformed {
+        path: PathBuf::from("(certificate)"),
+        problem,
+    };
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| malformed(e.to_string()))?;
+    let id = crate::transport::certificate_id(&rustls::pki_types::CertificateDer::from(der))
+        .map_err(|e| malformed(e.to_string()))?;
+    let server = cert
+        .extended_key_usage()
+        .map_err(|e| malformed(e.to_string()))?
+        .is_some_and(|eku| eku.value.server_auth);
+    let usage = if server {
+        let mut ips = Vec::new();
+        let mut dns = Vec::new();
+        if let Some(san) = cert
+            .subject_alternative_name()
+            .map_err(|e| malformed(e.to_string()))?
+        {
+            for name in &san.value.general_names {
+                match name {
+                    x509_parser::extensions::GeneralName::DNSName(n) if *n != id.as_str() => {
+                        dns.push((*n).to_owned());
+                    }
+                    x509_parser::extensions::GeneralName::IPAddress(bytes) => {
+                        if let Ok(v4) = <[u8; 4]>::try_from(*bytes) {
+                            ips.push(IpAddr::from(v4));
+                        } else if let Ok(v6) = <[u8; 16]>::try_from(*bytes) {
+                            ips.push(IpAddr::from(v6));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Usage::Node { ips, dns }
+    } else {
+        Usage::Client
+    };
+    Ok((id, usage, cert.public_key().raw.to_vec()))
+}
+
+/// A new key and a certificate signing request (PKCS#10) for `id`, made where the key
+/// is to stay; with `key_pem`, the request is for that existing key (renewal).
+pub fn certificate_request(
+    id: &NodeId,
+    key_pem: Option<&str>,
+) -> Result<IssuedRequest, CertsError> {
+    let key = match key_pem {
+        Some(pem) => KeyPair::from_pem(pem)?,
+        None => new_key()?,
+    };
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, id.as_str());
+    params.subject_alt_names = vec![SanType::DnsName(id.as_str().try_into()?)];
+    let csr = params.serialize_request(&key)?;
+    Ok(IssuedRequest {
+        csr_pem: csr.pem()?,
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// Writes a certificate signing request for `id` as `DIR/ID.csr`, with a new key
+/// `DIR/ID.key` (mode 0600), or for the existing key at `key` (renewal with the same
+/// key; nothing else is written). Refuses to overwrite either file. Returns the paths of
+/// the request and of the key.
+pub fn write_request(
+    dir: &Path,
+    id: &NodeId,
+    key: Option<&Path>,
+) -> Result<(PathBuf, PathBuf), CertsError> {
+    std::fs::create_dir_all(dir).map_err(|source| CertsError::Write {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let existing = match key {
+        Some(path) => Some(files::read_private_key_pem(path)?),
+        None => None,
+    };
+    let request = certificate_request(id, existing.as_deref())?;
+    let csr_path = dir.join(format!("{id}.csr"));
+    let key_path = match key {
+        Some(path) => path.to_owned(),
+        None => {
+            let path = dir.join(format!("{id}.key"));
+            files::write_private(&path, request.key_pem.as_bytes()).map_err(|source| {
+                CertsError::Write {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+            path
+        }
+    };
+    files::write_public_new(&csr_path, request.csr_pem.as_bytes()).map_err(|source| {
+        CertsError::Write {
+            path: csr_path.clone(),
+            source,
+        }
+    })?;
+    Ok((csr_path, key_path))
+}
+
+/// A certificate signing request and the private key it was made with, both PEM.
+pub struct IssuedRequest {
+    /// The request, to send to the CA.
+    pub csr_pem: String,
+    /// The private key (PKCS#8). Never log it; it never leaves the member's machine.
+    pub key_pem: String,
+}
+
+/// The certificate parameters this CA issues for `id` and `usage`: the id as subject
+/// and first DNS name, fixed key usages, a random serial.
+fn leaf_params(
+    id: &NodeId,
+    usage: &Usage,
+    validity: Validity,
+) -> Result<CertificateParams, CertsError> {
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, id.as_str());
+    let mut sans = vec![SanType::DnsName(id.as_str().try_into()?)];
+    match usage {
+        Usage::Node { ips, dns } => {
+            for name in dns {
+                if name != id.as_str() {
+                    sans.push(SanType::DnsName(
+                        name.as_str()
+                            .try_into()
+                            .map_err(|_| CertsError::BadDnsName(name.clone()))?,
+                    ));
+                }
+            }
+            sans.extend(ips.iter().copied().map(SanType::IpAddress));
+            params.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+        }
+        Usage::Client => {
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        }
+    }
+    params.subject_alt_names = sans;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.not_before = validity.not_before;
+    params.not_after = validity.not_after;
+    params.serial_number = Some(random_serial());
+    params.use_authority_key_identifier_extension = true;
+    Ok(params)
+}
+
+impl CertificateAuthority {
     /// A CRL listing `revoked`, valid for `days` days.
     pub fn crl(
         &self,
@@ -377,6 +616,139 @@ impl CertDir {
         self.write_pair(id.as_str(), &issued)
     }
 
+    /// The certificates of `id` this CA revoked before, from the revocation register.
+    pub fn revoked_for(&self, id: &NodeId) -> Result<Vec<RevokedEntry>, CertsError> {
+        Ok(read_register(&self.dir.join(REVOKED_FILE))?
+            .revoked
+            .into_iter()
+            .filter(|entry| entry.id == id.as_str())
+            .collect())
+    }
+
+    /// Moves an existing `ID.EXT` aside as `ID.SERIAL.EXT` (the serial of `ID.crt`), so
+    /// the CA keeps every certificate it issued. Returns the new name, if there was a file.
+    fn archive(&self, id: &str, serial: &str, ext: &str) -> Result<Option<PathBuf>, CertsError> {
+        let current = self.dir.join(format!("{id}.{ext}"));
+        if !current.exists() {
+            return Ok(None);
+        }
+        let archived = self.dir.join(format!("{id}.{serial}.{ext}"));
+        if archived.exists() {
+            return Err(CertsError::Write {
+                path: archived,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "file exists; refusing to overwrite",
+                ),
+            });
+        }
+        std::fs::rename(&current, &archived).map_err(|source| CertsError::Write {
+            path: current.clone(),
+            source,
+        })?;
+        Ok(Some(archived))
+    }
+
+    /// Writes `ID.crt`, moving a previous one aside as `ID.SERIAL.crt`.
+    fn replace_certificate(
+        &self,
+        id: &NodeId,
+        cert_pem: &str,
+    ) -> Result<Option<PathBuf>, CertsError> {
+        let path = self.cert_path(id.as_str());
+        let previous = if path.exists() {
+            let serial = hex_encode(&certificate_serial(&path)?);
+            self.archive(id.as_str(), &serial, "crt")?
+        } else {
+            None
+        };
+        files::write_public_new(&path, cert_pem.as_bytes())
+            .map_err(|source| CertsError::Write { path, source })?;
+        Ok(previous)
+    }
+
+    /// Issues `ID.crt` from the certificate signing request at `csr` (see
+    /// [`CertificateAuthority::sign_request`]); a previous `ID.crt` is kept as
+    /// `ID.SERIAL.crt`. The CA never sees the key.
+    pub fn sign(
+        &self,
+        csr: &Path,
+        usage: &Usage,
+        expected: Option<&NodeId>,
+        validity: Validity,
+    ) -> Result<Signed, CertsError> {
+        let ca = self.load_ca()?;
+        let text = read_bounded_text(csr, MAX_REQUEST_BYTES)?;
+        let (id, cert_pem) = ca.sign_request(&text, usage, expected, validity)?;
+        let previous = self.replace_certificate(&id, &cert_pem)?;
+        Ok(Signed {
+            cert: self.cert_path(id.as_str()),
+            id,
+            previous,
+        })
+    }
+
+    /// Renews `ID.crt`: a new certificate (new serial) for the same id, names, usage
+    /// and key, or with `new_key` for a new key the CA makes (only where the CA holds
+    /// `ID.key`, that is for certificates made with `certs node`/`certs client`). The
+    /// previous certificate (and key) are kept as `ID.SERIAL.crt` (`.key`) and stay
+    /// valid until they expire. A revoked certificate is not renewed.
+    pub fn renew(
+        &self,
+        id: &NodeId,
+        new_key: bool,
+        validity: Validity,
+    ) -> Result<Signed, CertsError> {
+        let ca = self.load_ca()?;
+        let path = self.cert_path(id.as_str());
+        let der = files::read_certificates(&path)?;
+        let serial = hex_encode(&certificate_serial(&path)?);
+        if self
+            .revoked_for(id)?
+            .iter()
+            .any(|entry| entry.serial == serial)
+        {
+            return Err(CertsError::RenewRevoked {
+                id: id.to_string(),
+                serial,
+            });
+        }
+        if !new_key {
+            let (found, cert_pem) = ca.renew(der[0].as_ref(), validity)?;
+            if &found != id {
+                return Err(CertsError::Malformed {
+                    path,
+                    problem: format!("the certificate is for {found}, not {id}"),
+                });
+            }
+            let previous = self.replace_certificate(id, &cert_pem)?;
+            return Ok(Signed {
+                id: found,
+                cert: path,
+                previous,
+            });
+        }
+        let key_path = self.key_path(id.as_str());
+        if !key_path.exists() {
+            return Err(CertsError::Malformed {
+                path: key_path,
+                problem: "no key here: the member holds it; for a new key the member runs \
+                          entente certs request and the CA signs that request"
+                    .into(),
+            });
+        }
+        let (found, usage, _) = describe_leaf(der[0].as_ref())?;
+        let issued = ca.issue(&found, &usage, validity)?;
+        let previous = self.archive(id.as_str(), &serial, "crt")?;
+        self.archive(id.as_str(), &serial, "key")?;
+        self.write_pair(id.as_str(), &issued)?;
+        Ok(Signed {
+            id: found,
+            cert: path,
+            previous,
+        })
+    }
+
     /// Adds `ID.crt` to the register and rewrites `crl.pem`. Returns the CRL path.
     pub fn revoke(&self, id: &NodeId) -> Result<PathBuf, CertsError> {
         let ca = self.load_ca()?;
@@ -410,6 +782,41 @@ impl CertDir {
         })?;
         Ok(crl_path)
     }
+}
+
+/// A certificate written by [`CertDir::sign`] or [`CertDir::renew`].
+#[derive(Debug)]
+pub struct Signed {
+    /// Whom it is for.
+    pub id: NodeId,
+    /// Where it was written (`ID.crt`).
+    pub cert: PathBuf,
+    /// Where the previous `ID.crt` was moved, if there was one.
+    pub previous: Option<PathBuf>,
+}
+
+/// Reads a text file of at most `max` bytes.
+fn read_bounded_text(path: &Path, max: usize) -> Result<String, CertsError> {
+    let read_err = |source| {
+        CertsError::File(FileError::Read {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let mut text = String::new();
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    std::io::Read::read_to_string(
+        &mut std::io::Read::take(file, u64::try_from(max).unwrap_or(u64::MAX) + 1),
+        &mut text,
+    )
+    .map_err(read_err)?;
+    if text.len() > max {
+        return Err(CertsError::Request(format!(
+            "{} is larger than {max} bytes",
+            path.display()
+        )));
+    }
+    Ok(text)
 }
 
 fn read_register(path: &Path) -> Result<RevocationRegister, CertsError> {
@@ -462,6 +869,150 @@ mod tests {
         assert_eq!(hex_decode(&hex_encode(&bytes)).unwrap(), bytes);
         assert_eq!(hex_decode("abc"), None);
         assert_eq!(hex_decode("zz"), None);
+    }
+
+    fn request_with(names: Vec<SanType>, eku: bool) -> (KeyPair, String) {
+        let key = new_key().unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = names;
+        if eku {
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        }
+        let pem = params.serialize_request(&key).unwrap().pem().unwrap();
+        (key, pem)
+    }
+
+    fn dns(name: &str) -> SanType {
+        SanType::DnsName(name.try_into().unwrap())
+    }
+
+    #[test]
+    fn a_request_is_signed_for_its_key_and_nothing_the_ca_did_not_grant() {
+        let ca = CertificateAuthority::generate("test", Validity::days_from_now(1)).unwrap();
+        let id = NodeId::new("berlin.office").unwrap();
+        let request = certificate_request(&id, None).unwrap();
+        let (found, cert_pem) = ca
+            .sign_request(
+                &request.csr_pem,
+                &Usage::Client,
+                Some(&id),
+                Validity::days_from_now(1),
+            )
+            .unwrap();
+        assert_eq!(found, id);
+        // The certificate is for the request's key, which the CA never saw.
+        use rustls::pki_types::pem::PemObject;
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+        let key = KeyPair::from_pem(&request.key_pem).unwrap();
+        assert_eq!(
+            cert.public_key().raw,
+            rcgen::PublicKeyData::subject_public_key_info(&key).as_slice()
+        );
+
+        let sign = |pem: &str, usage: &Usage| {
+            ca.sign_request(pem, usage, None, Validity::days_from_now(1))
+                .map(|(id, _)| id)
+        };
+        // Another id than expected.
+        let other = NodeId::new("paris.office").unwrap();
+        let err = ca
+            .sign_request(
+                &request.csr_pem,
+                &Usage::Client,
+                Some(&other),
+                Validity::days_from_now(1),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("not for paris.office"), "{err}");
+        // A further name the CA did not grant, then granted.
+        let (_, pem) = request_with(vec![dns("berlin.office"), dns("evil.example")], false);
+        let err = sign(&pem, &Usage::Client).unwrap_err();
+        assert!(err.to_string().contains("evil.example"), "{err}");
+        let granted = Usage::Node {
+            ips: vec![],
+            dns: vec!["evil.example".into()],
+        };
+        assert_eq!(sign(&pem, &granted).unwrap(), id);
+        // Key usages asked for, an invalid id, no id.
+        let (_, pem) = request_with(vec![dns("berlin.office")], true);
+        assert!(
+            sign(&pem, &Usage::Client)
+                .unwrap_err()
+                .to_string()
+                .contains("key usages")
+        );
+        let (_, pem) = request_with(vec![dns("-bad-")], false);
+        assert!(
+            sign(&pem, &Usage::Client)
+                .unwrap_err()
+                .to_string()
+                .contains("invalid")
+        );
+        let (_, pem) = request_with(vec![], false);
+        assert!(
+            sign(&pem, &Usage::Client)
+                .unwrap_err()
+                .to_string()
+                .contains("names no id")
+        );
+        // A tampered request: its signature no longer verifies.
+        let der = rustls::pki_types::pem::PemObject::from_pem_slice(request.csr_pem.as_bytes())
+            .map(|d: rustls::pki_types::CertificateSigningRequestDer<'_>| d.as_ref().to_vec())
+            .unwrap();
+        let mut tampered = der.clone();
+        let at = tampered
+            .windows(b"berlin".len())
+            .position(|w| w == b"berlin")
+            .unwrap();
+        tampered[at] = b'b' ^ 0x01;
+        let pem = {
+            use base64::Engine as _;
+            let body = base64::engine::general_purpose::STANDARD.encode(&tampered);
+            format!(
+                "-----BEGIN CERTIFICATE REQUEST-----\n{body}\n-----END CERTIFICATE REQUEST-----\n"
+            )
+        };
+        let err = sign(&pem, &Usage::Client).unwrap_err();
+        assert!(
+            err.to_string().contains("signature does not verify"),
+            "{err}"
+        );
+        // Not a request at all, and too large.
+        assert!(sign("garbage", &Usage::Client).is_err());
+        let huge = "A".repeat(MAX_REQUEST_BYTES + 1);
+        assert!(
+            sign(&huge, &Usage::Client)
+                .unwrap_err()
+                .to_string()
+                .contains("larger")
+        );
+    }
+
+    #[test]
+    fn renewal_keeps_the_key_and_the_names() {
+        let ca = CertificateAuthority::generate("test", Validity::days_from_now(1)).unwrap();
+        let id = NodeId::new("redmond.hq").unwrap();
+        let usage = Usage::Node {
+            ips: vec!["127.0.0.1".parse().unwrap()],
+            dns: vec!["hq.example.org".into()],
+        };
+        let issued = ca.issue(&id, &usage, Validity::days_from_now(1)).unwrap();
+        use rustls::pki_types::pem::PemObject;
+        let old =
+            rustls::pki_types::CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
+        let (found, renewed) = ca.renew(old.as_ref(), Validity::days_from_now(30)).unwrap();
+        assert_eq!(found, id);
+        let new = rustls::pki_types::CertificateDer::from_pem_slice(renewed.as_bytes()).unwrap();
+        let (_, a) = x509_parser::parse_x509_certificate(old.as_ref()).unwrap();
+        let (_, b) = x509_parser::parse_x509_certificate(new.as_ref()).unwrap();
+        assert_eq!(a.public_key().raw, b.public_key().raw);
+        assert_ne!(a.raw_serial(), b.raw_serial());
+        assert_eq!(
+            a.subject_alternative_name().unwrap().unwrap().value,
+            b.subject_alternative_name().unwrap().unwrap().value
+        );
+        assert!(b.extended_key_usage().unwrap().unwrap().value.server_auth);
     }
 
     #[test]

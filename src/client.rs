@@ -201,6 +201,40 @@ impl NodeClient {
             .into_inner())
     }
 
+    /// The certificates whose expiry matters to the node (operator and admin clients).
+    pub async fn certificates(
+        &self,
+    ) -> Result<crate::rpc::proto::CertificatesResponse, ClientError> {
+        Ok(self
+            .admin()
+            .certificates(crate::rpc::proto::CertificatesRequest {})
+            .await
+            .map_err(|s| self.status(s))?
+            .into_inner())
+    }
+
+    /// Puts a CRL (DER) in force on the node, which offers it on to its peers (operator
+    /// and admin clients). Returns whether the node took it (false: it had it already).
+    pub async fn apply_crl(&self, crl_der: Vec<u8>) -> Result<bool, ClientError> {
+        Ok(self
+            .admin()
+            .apply_crl(crate::rpc::proto::OfferCrlRequest { crl_der })
+            .await
+            .map_err(|s| self.status(s))?
+            .into_inner()
+            .applied)
+    }
+
+    /// Offers a CRL (DER) to a peer node. Returns whether it took it.
+    pub async fn offer_crl(&self, crl_der: Vec<u8>) -> Result<bool, ClientError> {
+        Ok(FederationClient::new(self.channel.clone())
+            .offer_crl(crate::rpc::proto::OfferCrlRequest { crl_der })
+            .await
+            .map_err(|s| self.status(s))?
+            .into_inner()
+            .applied)
+    }
+
     /// The node's external feeds.
     pub async fn feeds(&self) -> Result<crate::rpc::proto::FeedsResponse, ClientError> {
         Ok(self

@@ -1281,7 +1281,13 @@ impl Config {
             cert: resolve(&raw.node.cert),
             key: resolve(&raw.node.key),
             trust_anchors,
-            crls: raw.node.crls.iter().map(|p| resolve(p)).collect(),
+            crls: raw
+                .node
+                .crls
+                .iter()
+                .map(|p| resolve(p))
+                .chain(federation_crls(&resolve(&raw.node.data_dir)))
+                .collect(),
         };
         let max_clock_skew_ms = match &raw.node.max_clock_skew {
             None => crate::policy::DEFAULT_MAX_CLOCK_SKEW_MS,
@@ -1531,6 +1537,25 @@ fn taxii_settings(
 
 /// Checks that the data directory is a directory, or does not exist yet (the node creates
 /// it): a file or an unreachable path there would otherwise only show when the store opens.
+/// Most CRL files read from `DATA_DIR/crls` (one per issuer is written there).
+const MAX_FEDERATION_CRLS: usize = 64;
+
+/// The CRLs this node received from the federation and put in force
+/// (`DATA_DIR/crls/*.pem`), sorted by name; none when the directory does not exist.
+fn federation_crls(data_dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("crls")) else {
+        return Vec::new();
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pem"))
+        .collect();
+    paths.sort();
+    paths.truncate(MAX_FEDERATION_CRLS);
+    paths
+}
+
 fn check_data_dir(dir: &Path) -> Result<(), String> {
     match std::fs::metadata(dir) {
         Ok(meta) if meta.is_dir() => Ok(()),

@@ -373,6 +373,34 @@ fn certs(command: CertsCommand, output: Output) -> Result<()> {
             node,
             node_id,
         } => setup::issue(&dir, &id, Usage::Client, days, node.zip(node_id), output),
+        CertsCommand::Request { id, out, key } => setup::request(&out, &id, key.as_deref(), output),
+        CertsCommand::Sign {
+            csr,
+            ca_dir,
+            client: _,
+            node,
+            ip,
+            dns,
+            id,
+            days,
+        } => {
+            let usage = if node {
+                Usage::Node { ips: ip, dns }
+            } else {
+                Usage::Client
+            };
+            setup::sign(&ca_dir, &csr, &usage, id.as_ref(), days, output)
+        }
+        CertsCommand::PushCrl { config, crl } => {
+            let settings = ClientSettings::load(&config)?;
+            runtime()?.block_on(setup::push_crl(&settings, &crl, output))
+        }
+        CertsCommand::Renew {
+            ca_dir,
+            id,
+            new_key,
+            days,
+        } => setup::renew(&ca_dir, &id, new_key, days, output),
         CertsCommand::Revoke { dir, id } => setup::revoke(&dir, &id, output),
     }
 }

@@ -192,7 +192,73 @@ struct ConfigReload {
     taxii_credentials: Arc<crate::taxii::Credentials>,
 }
 
+/// Time allowed to offer a CRL to one peer.
+const CRL_OFFER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A CRL (DER) as PEM.
+fn crl_pem(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN X509 CRL-----\n");
+    for line in body.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(line));
+        pem.push('\n');
+    }
+    pem.push_str("-----END X509 CRL-----\n");
+    pem
+}
+
 impl PolicyReload for ConfigReload {
+    fn watched_certificates(&self) -> Vec<crate::transport::expiry::WatchedCertificate> {
+        self.directory.watched_certificates()
+    }
+
+    fn offer_crl(&self, der: &[u8]) -> Result<Option<String>, String> {
+        use crate::transport::crl::{CrlRefusal, file_name_for};
+        let config = Config::load(&self.path).map_err(|e| e.to_string())?;
+        let issuer = match config.tls.check_crl(der) {
+            Ok(issuer) => issuer,
+            Err(CrlRefusal::NotNewer { .. }) => return Ok(None),
+            Err(refusal) => return Err(refusal.to_string()),
+        };
+        // Stored where the configuration finds it at every load (`DATA_DIR/crls`), then
+        // put in force by the reload path, which also withdraws the connections of
+        // certificates it revokes.
+        let dir = config.node.data_dir.join("crls");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let path = dir.join(file_name_for(der).map_err(|e| e.to_string())?);
+        crate::transport::files::replace_public(&path, crl_pem(der).as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        self.reload()?;
+        tracing::info!(%issuer, file = %path.display(), "CRL put in force; offering it to the peers");
+        let tls = peer_tls(&config).map_err(|e| e.to_string())?;
+        for peer in &config.peers {
+            let Some(tls) = tls.get(&peer.id).cloned() else {
+                continue;
+            };
+            let (own, peer_id, address) = (self.id.clone(), peer.id.clone(), peer.address.clone());
+            let (crl, shutdown) = (der.to_vec(), self.pull_links.shutdown.clone());
+            // Ends within CRL_OFFER_TIMEOUT or at shutdown.
+            tokio::spawn(async move {
+                let offer = async {
+                    let client =
+                        crate::client::NodeClient::connect(tls, &own, &address, &peer_id).await?;
+                    client.offer_crl(crl).await
+                };
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    outcome = tokio::time::timeout(CRL_OFFER_TIMEOUT, offer) => match outcome {
+                        Ok(Ok(applied)) => tracing::info!(peer = %peer_id, applied, "CRL offered"),
+                        Ok(Err(error)) => tracing::warn!(peer = %peer_id, %error, "CRL offer failed"),
+                        Err(_) => tracing::warn!(peer = %peer_id, "CRL offer timed out"),
+                    },
+                }
+            });
+        }
+        Ok(Some(issuer))
+    }
+
     fn reload(&self) -> Result<Arc<crate::policy::Policy>, String> {
         let _one_at_a_time = self.serial.lock().unwrap_or_else(|p| p.into_inner());
         // Everything that can fail comes first, so a refused reload changes nothing.
@@ -415,11 +481,10 @@ impl Node {
             .add_service(reflection)
             .add_service(reflection_alpha)
             .add_service(
-                FederationServer::new(FederationService::new(
-                    id.clone(),
-                    engine.clone(),
-                    shutdown.clone(),
-                ))
+                FederationServer::new(
+                    FederationService::new(id.clone(), engine.clone(), shutdown.clone())
+                        .with_crl_sink(reload.clone()),
+                )
                 // Pull streams are compressed for pullers that accept it (all Entente nodes
                 // do). Requests are small and never accepted compressed, so a caller cannot
                 // make the node decode a large message from a few bytes.
@@ -451,6 +516,11 @@ impl Node {
             health.clone(),
             shutdown.clone(),
         ))];
+        // Certificates that expire soon are logged now and once a day.
+        tasks.push(tokio::spawn(crate::transport::expiry::watch(
+            reload.directory.clone(),
+            shutdown.clone(),
+        )));
         // One poll loop per external feed; a feed that fails only records its error.
         tasks.extend(crate::feeds::start(
             &config.feeds,

@@ -4,6 +4,8 @@
 
 pub mod access;
 pub mod connect;
+pub mod crl;
+pub mod expiry;
 pub mod files;
 pub mod identity;
 pub mod listener;
@@ -12,5 +14,5 @@ pub mod tls;
 pub use crate::model::{Partner, PartnerKind};
 pub use access::{Cause, Directory, Listing, Verifiers, Withdrawal};
 pub use connect::{ConnectError, connect};
-pub use identity::{ConnectionInfo, certificate_id};
+pub use identity::{CertificateLabel, ConnectionInfo, certificate_id};
 pub use tls::{SignerVerifier, TlsError, TlsMaterial, TlsPaths, crypto_provider};

@@ -434,6 +434,77 @@ pub enum CertsCommand {
         #[arg(long, requires = "node")]
         node_id: Option<NodeId>,
     },
+    /// On a member's machine: make a key (ID.key, mode 0600) and a certificate signing
+    /// request (ID.csr) to send to the CA. The key never leaves this machine.
+    Request {
+        /// The id to request a certificate for.
+        #[arg(long)]
+        id: NodeId,
+        /// The directory the key and request are written into.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Make the request for this existing key instead of a new one (renewal with the
+        /// same key).
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// At the CA: issue a certificate from a request made with `certs request`, without
+    /// ever seeing the key. Writes CA_DIR/ID.crt (a previous one is kept as ID.SERIAL.crt).
+    #[command(group(clap::ArgGroup::new("usage").required(true).args(["client", "node"])))]
+    Sign {
+        /// The certificate signing request (PEM).
+        csr: PathBuf,
+        /// The directory of the CA (ca.crt, ca.key, revoked.toml).
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// A client certificate (client authentication only).
+        #[arg(long)]
+        client: bool,
+        /// A node certificate (server and client authentication).
+        #[arg(long)]
+        node: bool,
+        /// For a node: an IP address it is reached at (repeatable); the request may ask
+        /// for no address not given here.
+        #[arg(long, requires = "node")]
+        ip: Vec<IpAddr>,
+        /// For a node: a further DNS name it is reached at (repeatable); the request may
+        /// ask for no name not given here.
+        #[arg(long, requires = "node")]
+        dns: Vec<String>,
+        /// Refuse the request unless it is for this id.
+        #[arg(long)]
+        id: Option<NodeId>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 397)]
+        days: u32,
+    },
+    /// At the CA: renew CA_DIR/ID.crt (same id, names, usage and key, new serial); the
+    /// previous certificate stays valid until it expires.
+    Renew {
+        /// The directory of the CA and the certificates it issued.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// The id whose certificate (CA_DIR/ID.crt) is renewed.
+        #[arg(long)]
+        id: NodeId,
+        /// Make a new key too (only where the CA holds CA_DIR/ID.key, i.e. certificates
+        /// made with `certs node` or `certs client`).
+        #[arg(long)]
+        new_key: bool,
+        /// Validity in days.
+        #[arg(long, default_value_t = 397)]
+        days: u32,
+    },
+    /// Hand a CRL to one running node (as its operator or an admin client): the node
+    /// puts it in force if a trust anchor of its signed it and it is newer than the one in
+    /// force, and offers it to its peers, which do the same.
+    PushCrl {
+        /// Client (or node) configuration naming the node and this client's certificate.
+        #[arg(long)]
+        config: PathBuf,
+        /// The CRL (PEM), as `certs revoke` writes it.
+        crl: PathBuf,
+    },
     /// Revoke DIR/ID.crt: add it to the register and rewrite DIR/crl.pem.
     Revoke {
         /// The directory of the CA and its revocation register.

@@ -97,6 +97,7 @@ pub fn issue(
         Usage::Node { .. } => "node",
     };
     certs.issue(id, &usage, Validity::days_from_now(days))?;
+    let revoked_before = warn_revoked_before(&certs, id)?;
     let mut config = None;
     if let Some((address, node_id)) = node {
         let file = dir.join(format!("{id}.toml"));
@@ -114,6 +115,7 @@ pub fn issue(
             "cert": path(&certs.cert_path(id.as_str())),
             "key": path(&certs.key_path(id.as_str())),
             "client_config": config.as_deref().map(path),
+            "revoked_before": revoked_before,
         }));
     }
     println!(
@@ -126,6 +128,127 @@ pub fn issue(
     Ok(())
 }
 
+/// Prints (to stderr) a warning for each certificate of `id` the CA revoked before,
+/// and returns them for JSON output.
+fn warn_revoked_before(certs: &CertDir, id: &NodeId) -> Result<Vec<serde_json::Value>> {
+    let revoked = certs.revoked_for(id)?;
+    let mut found = Vec::with_capacity(revoked.len());
+    for entry in &revoked {
+        let at = entry
+            .revoked_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        found.push(json!({"serial": entry.serial, "revoked_at": at}));
+        eprintln!(
+            "warning: {id} was revoked before (serial {}, at {at}); check that this request \
+             comes from the member entitled to the id",
+            entry.serial
+        );
+    }
+    Ok(found)
+}
+
+/// `entente certs request`: a new key (or `key`) and a certificate signing request.
+pub fn request(out: &Path, id: &NodeId, key: Option<&Path>, output: Output) -> Result<()> {
+    let (csr, key) = crate::certs::write_request(out, id, key)?;
+    if output.is_json() {
+        return print_json(&json!({"id": id.as_str(), "csr": path(&csr), "key": path(&key)}));
+    }
+    println!(
+        "wrote certificate request {} for key {} (keep the key here; send only the request to the CA)",
+        csr.display(),
+        key.display()
+    );
+    Ok(())
+}
+
+/// `entente certs sign`.
+pub fn sign(
+    dir: &Path,
+    csr: &Path,
+    usage: &Usage,
+    expected: Option<&NodeId>,
+    days: u32,
+    output: Output,
+) -> Result<()> {
+    let certs = CertDir::new(dir);
+    let signed = certs.sign(csr, usage, expected, Validity::days_from_now(days))?;
+    let revoked_before = warn_revoked_before(&certs, &signed.id)?;
+    if output.is_json() {
+        return print_json(&json!({
+            "id": signed.id.as_str(),
+            "cert": path(&signed.cert),
+            "previous": signed.previous.as_deref().map(path),
+            "revoked_before": revoked_before,
+        }));
+    }
+    println!(
+        "issued certificate {} for {}; send it back to the member",
+        signed.cert.display(),
+        signed.id
+    );
+    if let Some(previous) = signed.previous {
+        println!(
+            "the previous certificate was kept as {}",
+            previous.display()
+        );
+    }
+    Ok(())
+}
+
+/// `entente certs renew`.
+pub fn renew(dir: &Path, id: &NodeId, new_key: bool, days: u32, output: Output) -> Result<()> {
+    let signed = CertDir::new(dir).renew(id, new_key, Validity::days_from_now(days))?;
+    if output.is_json() {
+        return print_json(&json!({
+            "id": signed.id.as_str(),
+            "cert": path(&signed.cert),
+            "previous": signed.previous.as_deref().map(path),
+            "new_key": new_key,
+        }));
+    }
+    println!("renewed {id}: {}", signed.cert.display());
+    if let Some(previous) = signed.previous {
+        println!(
+            "the previous certificate, kept as {}, stays valid until it expires",
+            previous.display()
+        );
+    }
+    println!(
+        "install it where {id}'s key is; a node presents it from its next restart, a client from its next command"
+    );
+    Ok(())
+}
+
+/// `entente certs push-crl`.
+pub async fn push_crl(
+    settings: &crate::config::ClientSettings,
+    crl: &Path,
+    output: Output,
+) -> Result<()> {
+    let crls = crate::transport::files::read_crls(crl)?;
+    let Some(der) = crls.first() else {
+        bail!("{} holds no CRL", crl.display());
+    };
+    let client = crate::client::NodeClient::connect_with(settings).await?;
+    let applied = client.apply_crl(der.as_ref().to_vec()).await?;
+    if output.is_json() {
+        return print_json(&json!({"node": client.node().as_str(), "applied": applied}));
+    }
+    if applied {
+        println!(
+            "{} put the CRL in force and is offering it to its peers",
+            client.node()
+        );
+    } else {
+        println!(
+            "{} already has this CRL or a newer one in force",
+            client.node()
+        );
+    }
+    Ok(())
+}
+
 /// `entente certs revoke`.
 pub fn revoke(dir: &Path, id: &NodeId, output: Output) -> Result<()> {
     let crl = CertDir::new(dir).revoke(id)?;
@@ -133,7 +256,8 @@ pub fn revoke(dir: &Path, id: &NodeId, output: Output) -> Result<()> {
         return print_json(&json!({"revoked": id.as_str(), "crl": path(&crl)}));
     }
     println!(
-        "revoked {id}; distribute {} to every node (node.crls) and reload them (systemctl reload entente or entente policy reload)",
+        "revoked {id}; hand {} to one node (entente certs push-crl --config FILE {}), which passes it to its peers, or install it on every node (node.crls) and reload them",
+        crl.display(),
         crl.display()
     );
     Ok(())

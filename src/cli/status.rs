@@ -17,6 +17,7 @@ use crate::client::NodeClient;
 use crate::engine::now_ms;
 use crate::model::NodeId;
 use crate::rpc::proto::{FeedStatus, LimitState, LinkStatus};
+use crate::transport::expiry::{CertificateRole, EXPIRY_WARNING, WatchedCertificate};
 
 /// What `entente status` asks.
 pub struct StatusOptions {
@@ -49,6 +50,7 @@ pub async fn status(config: Config, options: StatusOptions, output: Output) -> R
         (None, None, None)
     };
     let now = now_ms();
+    let certificates = watched_certificates(&config, &client, admin).await?;
     if output.is_json() {
         // With --wait, one object once caught up (the links then as they stand).
         let synced = match options.wait {
@@ -66,6 +68,7 @@ pub async fn status(config: Config, options: StatusOptions, output: Output) -> R
             "software_version": hello.software_version,
             "capabilities": hello.capabilities,
             "caller": {"id": hello.caller_id, "role": hello.caller_role},
+            "certificates": certificates.iter().map(|c| certificate_json(c, now)).collect::<Vec<_>>(),
         });
         if let Some(map) = object.as_object_mut() {
             if let Some(links) = links {
@@ -93,6 +96,28 @@ pub async fn status(config: Config, options: StatusOptions, output: Output) -> R
         "you are:          {} ({})",
         hello.caller_id, hello.caller_role
     );
+    for cert in &certificates {
+        println!(
+            "certificate:      {} {} (serial {}) {}",
+            cert.role.as_str(),
+            cert.name,
+            cert.serial,
+            cert.expiry_words(now)
+        );
+    }
+    for cert in certificates
+        .iter()
+        .filter(|c| c.expires_within(now, EXPIRY_WARNING))
+    {
+        eprintln!(
+            "warning: the {} certificate {} (serial {}) {}; {}",
+            cert.role.as_str(),
+            cert.name,
+            cert.serial,
+            cert.expiry_words(now),
+            cert.advice()
+        );
+    }
     if let Some(links) = &links {
         if links.is_empty() {
             println!("links:            none (no [[peer]] with role peer)");
@@ -136,6 +161,55 @@ pub async fn status(config: Config, options: StatusOptions, output: Output) -> R
         synced.check()?;
     }
     Ok(())
+}
+
+/// The certificates whose expiry to report: for the operator, those the node depends on
+/// (its own, its anchors, its partners' as they connected); otherwise the caller's own
+/// certificate and trust anchors, read from its configuration. A node too old to report
+/// them is treated as the latter.
+async fn watched_certificates(
+    config: &Config,
+    client: &NodeClient,
+    admin: bool,
+) -> Result<Vec<WatchedCertificate>> {
+    if admin {
+        match client.certificates().await {
+            Ok(answer) => {
+                return Ok(answer
+                    .certificates
+                    .into_iter()
+                    .map(|c| WatchedCertificate {
+                        role: match c.role.as_str() {
+                            "own" => CertificateRole::Own,
+                            "trust anchor" => CertificateRole::TrustAnchor,
+                            _ => CertificateRole::Partner,
+                        },
+                        name: c.name,
+                        serial: c.serial,
+                        not_after_ms: c.not_after_unix_ms,
+                        last_seen_ms: (c.last_seen_unix_ms > 0).then_some(c.last_seen_unix_ms),
+                    })
+                    .collect());
+            }
+            Err(crate::client::ClientError::Status {
+                code: tonic::Code::Unimplemented,
+                ..
+            }) => {}
+            Err(other) => return Err(other.into()),
+        }
+    }
+    Ok(config.tls.watched_certificates())
+}
+
+fn certificate_json(cert: &WatchedCertificate, now: i64) -> serde_json::Value {
+    json!({
+        "role": cert.role.as_str(),
+        "name": cert.name,
+        "serial": cert.serial,
+        "not_after": super::time::timestamp_seconds(cert.not_after_ms),
+        "last_seen": cert.last_seen_ms.and_then(optional_timestamp),
+        "expires_soon": cert.expires_within(now, EXPIRY_WARNING),
+    })
 }
 
 /// The node to ask: the configured node (its listen address, loopback for an

@@ -33,6 +33,12 @@ struct Service {
 
 #[tonic::async_trait]
 impl Federation for Service {
+    async fn offer_crl(
+        &self,
+        _request: tonic::Request<crate::rpc::proto::OfferCrlRequest>,
+    ) -> Result<tonic::Response<crate::rpc::proto::OfferCrlResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not offered CRLs"))
+    }
     async fn hello(&self, _: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {
         Err(Status::unimplemented("not offered"))
     }

@@ -22,6 +22,20 @@ pub trait PolicyReload: Send + Sync {
     /// Reloads; returns the policy now in force, or why the new configuration was refused
     /// (the old policy then stays in force).
     fn reload(&self) -> Result<Arc<Policy>, String>;
+
+    /// The certificates whose expiry matters to the node (see
+    /// `transport::Directory::watched_certificates`); none unless the node says.
+    fn watched_certificates(&self) -> Vec<crate::transport::expiry::WatchedCertificate> {
+        Vec::new()
+    }
+
+    /// A CRL (DER) offered to the node: `Ok(Some(issuer))` if it was put in force (and
+    /// is being offered on to the peers), `Ok(None)` if the node has it or a newer one
+    /// already, `Err` why it was refused.
+    fn offer_crl(&self, der: &[u8]) -> Result<Option<String>, String> {
+        let _ = der;
+        Err("this node does not take CRLs from the federation".into())
+    }
 }
 
 /// The Admin service of one node.
@@ -179,6 +193,44 @@ impl Admin for AdminService {
                     objects_skipped: s.objects_skipped,
                     last_error: s.last_error.clone().unwrap_or_default(),
                     checkpoint: s.checkpoint.clone(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn apply_crl(
+        &self,
+        request: Request<super::proto::OfferCrlRequest>,
+    ) -> Result<Response<super::proto::OfferCrlResponse>, Status> {
+        require_admin(caller(&request)?)?;
+        let super::proto::OfferCrlRequest { crl_der } = request.into_inner();
+        let reload = self.reload.clone();
+        let outcome = tokio::task::spawn_blocking(move || reload.offer_crl(&crl_der))
+            .await
+            .map_err(|e| Status::internal(format!("task failed: {e}")))?
+            .map_err(Status::invalid_argument)?;
+        Ok(Response::new(super::proto::OfferCrlResponse {
+            applied: outcome.is_some(),
+            issuer: outcome.unwrap_or_default(),
+        }))
+    }
+
+    async fn certificates(
+        &self,
+        request: Request<super::proto::CertificatesRequest>,
+    ) -> Result<Response<super::proto::CertificatesResponse>, Status> {
+        require_admin(caller(&request)?)?;
+        Ok(Response::new(super::proto::CertificatesResponse {
+            certificates: self
+                .reload
+                .watched_certificates()
+                .into_iter()
+                .map(|c| super::proto::WatchedCertificate {
+                    role: c.role.as_str().to_owned(),
+                    name: c.name,
+                    serial: c.serial,
+                    not_after_unix_ms: c.not_after_ms,
+                    last_seen_unix_ms: c.last_seen_ms.unwrap_or(0),
                 })
                 .collect(),
         }))

@@ -706,6 +706,8 @@ small_requests!(
     proto::LinksRequest,
     proto::LimitsRequest,
     proto::FeedsRequest,
+    proto::CertificatesRequest,
+    proto::OfferCrlRequest,
 );
 
 /// Answers that only this node's own CLI and clients decode, from the node they chose
@@ -729,6 +731,8 @@ answers!(
     proto::LinksResponse,
     proto::LimitsResponse,
     proto::FeedsResponse,
+    proto::CertificatesResponse,
+    proto::OfferCrlResponse,
 );
 
 #[cfg(test)]

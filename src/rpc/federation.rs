@@ -25,6 +25,8 @@ pub struct FederationService {
     node_id: NodeId,
     engine: Arc<Engine>,
     shutdown: CancellationToken,
+    /// Where offered CRLs go; `None` refuses them.
+    crls: Option<Arc<dyn super::admin::PolicyReload>>,
 }
 
 impl FederationService {
@@ -34,7 +36,14 @@ impl FederationService {
             node_id,
             engine,
             shutdown,
+            crls: None,
         }
+    }
+
+    /// Takes CRLs offered by peers through `sink` (see `PolicyReload::offer_crl`).
+    pub fn with_crl_sink(mut self, sink: Arc<dyn super::admin::PolicyReload>) -> Self {
+        self.crls = Some(sink);
+        self
     }
 }
 
@@ -136,6 +145,41 @@ impl Federation for FederationService {
             slot,
         )?;
         Ok(Response::new(Box::pin(feed)))
+    }
+
+    async fn offer_crl(
+        &self,
+        request: Request<super::proto::OfferCrlRequest>,
+    ) -> Result<Response<super::proto::OfferCrlResponse>, Status> {
+        let info = caller(&request)?;
+        require_node(info)?;
+        let from = info.partner.id.clone();
+        let Some(sink) = self.crls.clone() else {
+            return Err(Status::unimplemented(
+                "this node does not take CRLs from the federation",
+            ));
+        };
+        let super::proto::OfferCrlRequest { crl_der } = request.into_inner();
+        let outcome = tokio::task::spawn_blocking(move || sink.offer_crl(&crl_der))
+            .await
+            .map_err(|e| Status::internal(format!("task failed: {e}")))?;
+        match outcome {
+            Ok(Some(issuer)) => {
+                tracing::info!(peer = %from, %issuer, "CRL offered by a peer put in force");
+                Ok(Response::new(super::proto::OfferCrlResponse {
+                    applied: true,
+                    issuer,
+                }))
+            }
+            Ok(None) => Ok(Response::new(super::proto::OfferCrlResponse {
+                applied: false,
+                issuer: String::new(),
+            })),
+            Err(reason) => {
+                tracing::warn!(peer = %from, %reason, "CRL offered by a peer refused");
+                Err(Status::invalid_argument(reason))
+            }
+        }
     }
 
     async fn get_certificates(

@@ -18,6 +18,7 @@ use rustls::{CertificateError, OtherError};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use super::expiry::{CertificateRole, WatchedCertificate};
 use super::identity::{ConnectionInfo, certificate_id};
 use crate::model::{NodeId, Partner, PartnerKind, Role};
 
@@ -55,6 +56,8 @@ pub struct Verifiers {
     /// chains to: its own id (the operator, who sees everything) is pinned to them as a
     /// partner is to its anchor, so another anchor cannot issue it. `None` with one anchor.
     pub(crate) own_anchors: Option<Vec<PathBuf>>,
+    /// The trust-anchor certificates, for expiry warnings.
+    pub(crate) anchor_certificates: Vec<WatchedCertificate>,
 }
 
 /// Why a certificate is refused beyond what WebPKI checks.
@@ -74,6 +77,15 @@ enum PartnerError {
     /// No verifier has been installed (no server configuration was built).
     #[error("no certificate verifier is in force")]
     NoVerifier,
+}
+
+/// Whether a verifier error is this module's refusal of a valid certificate (an id not
+/// configured, or a wrong anchor) rather than a problem with the certificate itself.
+pub(crate) fn is_partner_refusal(error: &OtherError) -> bool {
+    matches!(
+        error.0.downcast_ref::<PartnerError>(),
+        Some(PartnerError::Unknown(_) | PartnerError::WrongAnchor { .. })
+    )
 }
 
 fn refuse(error: PartnerError) -> rustls::Error {
@@ -223,6 +235,11 @@ pub struct Directory {
     state: RwLock<Arc<State>>,
     live: Mutex<HashMap<u64, Arc<Access>>>,
     next_connection: AtomicU64,
+    /// The certificate the listener presents, for expiry warnings.
+    own_certificate: Mutex<Option<WatchedCertificate>>,
+    /// The last certificate each configured partner connected with (at most one per
+    /// partner; entries of partners no longer configured are dropped at a reload).
+    seen: Mutex<HashMap<NodeId, WatchedCertificate>>,
 }
 
 impl Directory {
@@ -238,6 +255,8 @@ impl Directory {
             })),
             live: Mutex::default(),
             next_connection: AtomicU64::new(1),
+            own_certificate: Mutex::default(),
+            seen: Mutex::default(),
         }
     }
 
@@ -294,8 +313,39 @@ impl Directory {
         self.current().partners.get(id).map(|l| l.partner.clone())
     }
 
-    /// Installs the verifiers a server configuration was built with.
-    pub(crate) fn install(&self, verifiers: Verifiers) {
+    /// The certificates whose expiry matters to this node: its own (as the listener
+    /// presents it), its trust anchors in force, and the last certificate each
+    /// configured partner connected with.
+    pub fn watched_certificates(&self) -> Vec<WatchedCertificate> {
+        let state = self.current();
+        let mut all: Vec<WatchedCertificate> = self
+            .own_certificate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        if let Some(verifiers) = &state.verifiers {
+            all.extend(verifiers.anchor_certificates.iter().cloned());
+        }
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut partners: Vec<&WatchedCertificate> = seen
+            .iter()
+            .filter(|(id, _)| state.partners.contains_key(*id))
+            .map(|(_, cert)| cert)
+            .collect();
+        partners.sort_by(|a, b| a.name.cmp(&b.name));
+        all.extend(partners.into_iter().cloned());
+        all
+    }
+
+    /// Installs the verifiers a server configuration was built with, and the
+    /// certificate that configuration presents.
+    pub(crate) fn install(&self, verifiers: Verifiers, own: Option<WatchedCertificate>) {
+        *self
+            .own_certificate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = own;
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         *state = Arc::new(State {
             generation: state.generation + 1,
@@ -436,6 +486,16 @@ impl Directory {
         let partner = self
             .lookup(&id)
             .ok_or_else(|| format!("certificate id {id} is not a configured peer or client"))?;
+        if partner.kind != PartnerKind::Local {
+            if let Some(mut seen) = WatchedCertificate::read(CertificateRole::Partner, leaf) {
+                seen.last_seen_ms = Some(super::expiry::now_ms());
+                let mut map = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+                let configured = self.current();
+                // Bounded by the partners configured now.
+                map.retain(|known, _| configured.partners.contains_key(known));
+                map.insert(id.clone(), seen);
+            }
+        }
         let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let access = Arc::new(Access {
             connection,
@@ -590,13 +650,33 @@ pub(crate) fn tls_refusal_reason(error: &rustls::Error) -> &'static str {
     }
 }
 
+/// An instant as RFC 3339 (UTC), or seconds since the epoch if it cannot be formatted.
+fn unix_time_text(at: UnixTime) -> String {
+    let secs = at.as_secs();
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{secs} s after the Unix epoch"))
+}
+
 /// A rustls error in words, for logs and statuses (never a debug dump).
 pub fn describe_tls_error(error: &rustls::Error) -> String {
     match error {
         rustls::Error::InvalidCertificate(e) => match e {
-            CertificateError::Revoked => "the certificate is revoked".into(),
+            CertificateError::Revoked => "the certificate is revoked by a CRL in force".into(),
             CertificateError::Expired => "the certificate has expired".into(),
+            CertificateError::ExpiredContext { not_after, .. } => {
+                format!("the certificate expired at {}", unix_time_text(*not_after))
+            }
             CertificateError::NotValidYet => "the certificate is not valid yet".into(),
+            CertificateError::NotValidYetContext { not_before, .. } => format!(
+                "the certificate is not valid before {} (check both clocks)",
+                unix_time_text(*not_before)
+            ),
             CertificateError::UnknownIssuer => {
                 "the certificate does not chain to a trust anchor".into()
             }

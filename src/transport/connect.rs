@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use super::identity::certificate_id;
+use super::identity::{CertificateLabel, certificate_id};
 use crate::model::NodeId;
 
 /// Time allowed to establish TCP and TLS.
@@ -22,6 +22,19 @@ pub enum ConnectError {
     /// The address is not `host:port`.
     #[error("invalid address {0:?}: expected host:port")]
     BadAddress(String),
+    /// The node refused this side's certificate: it sent a TLS alert saying why, or
+    /// closed the connection right after the handshake.
+    #[error("{id} at {address} refused certificate {presented}: {reason}")]
+    Refused {
+        /// The node meant.
+        id: NodeId,
+        /// Where.
+        address: String,
+        /// The certificate presented (id and serial), or that none was.
+        presented: String,
+        /// Why, as far as the alert tells; otherwise what a silent close usually means.
+        reason: String,
+    },
     /// TCP, TLS or HTTP/2 failed.
     #[error("cannot connect to {id} at {address}: {reason}")]
     Failed {
@@ -58,6 +71,7 @@ pub async fn connect_counting(
         return Err(ConnectError::BadAddress(address.to_owned()));
     }
     let endpoint = Endpoint::from(uri).connect_timeout(CONNECT_TIMEOUT);
+    let presented = presented_certificate(&tls);
     let connector = TlsConnector::from(tls);
     let target = address.to_owned();
     let want = expected.clone();
@@ -67,6 +81,7 @@ pub async fn connect_counting(
             let target = target.clone();
             let want = want.clone();
             let received = received.clone();
+            let presented = presented.clone();
             async move {
                 let server_name = ServerName::try_from(want.to_string())?;
                 let tcp = TcpStream::connect(&target).await?;
@@ -83,19 +98,158 @@ pub async fn connect_counting(
                         format!("server certificate is for {found}, expected {want}").into(),
                     );
                 }
+                let (tls, first) = first_bytes(tls, &presented).await?;
                 Ok::<_, Box<dyn std::error::Error + Send + Sync>>(TokioIo::new(Counting {
                     inner: tls,
+                    first,
                     received,
                 }))
             }
         }))
         .await
-        .map_err(|e| ConnectError::Failed {
-            id: expected.clone(),
-            address: address.to_owned(),
-            reason: error_chain(&e),
+        .map_err(|e| match find_refusal(&e) {
+            Some(refusal) => ConnectError::Refused {
+                id: expected.clone(),
+                address: address.to_owned(),
+                presented: refusal.presented.clone(),
+                reason: refusal.reason.clone(),
+            },
+            None => ConnectError::Failed {
+                id: expected.clone(),
+                address: address.to_owned(),
+                reason: error_chain(&e),
+            },
         })?;
     Ok(channel)
+}
+
+/// Time to wait for the server's first bytes after the handshake. In TLS 1.3 the
+/// client's side of the handshake completes before the server has checked the client
+/// certificate; a refusal arrives as an alert (or a close) in place of the server's
+/// first HTTP/2 frame. Past this wait the connection is used as it is.
+const FIRST_BYTES_WAIT: Duration = Duration::from_secs(5);
+
+/// Largest first read kept to hand to HTTP/2.
+const FIRST_BYTES_MAX: usize = 16 * 1024;
+
+/// The server refused this side's certificate.
+#[derive(Debug, thiserror::Error)]
+#[error("the server refused certificate {presented}: {reason}")]
+struct RefusedByServer {
+    presented: String,
+    reason: String,
+}
+
+/// Waits for the server to speak first (an HTTP/2 server sends its settings at once),
+/// so that a refusal is read as the alert it is rather than lost when the client's
+/// own first frames make the server's close a reset. The bytes read are returned to
+/// be read again before the rest of the stream.
+async fn first_bytes<S>(
+    mut tls: S,
+    presented: &str,
+) -> Result<(S, Vec<u8>), Box<dyn std::error::Error + Send + Sync>>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0; FIRST_BYTES_MAX];
+    let refused = |reason: String| RefusedByServer {
+        presented: presented.to_owned(),
+        reason,
+    };
+    match tokio::time::timeout(FIRST_BYTES_WAIT, tls.read(&mut buf)).await {
+        Err(_) => Ok((tls, Vec::new())),
+        Ok(Ok(0)) => Err(refused(CLOSED_AFTER_HANDSHAKE.to_owned()).into()),
+        Ok(Ok(n)) => {
+            buf.truncate(n);
+            Ok((tls, buf))
+        }
+        Ok(Err(error)) => {
+            let alert = error
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .and_then(|tls_error| match tls_error {
+                    rustls::Error::AlertReceived(alert) => Some(*alert),
+                    _ => None,
+                });
+            match alert {
+                Some(alert) => Err(refused(alert_reason(alert)).into()),
+                None if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::UnexpectedEof
+                        | std::io::ErrorKind::BrokenPipe
+                ) =>
+                {
+                    Err(refused(CLOSED_AFTER_HANDSHAKE.to_owned()).into())
+                }
+                None => Err(error.into()),
+            }
+        }
+    }
+}
+
+/// What a close right after the handshake usually means.
+const CLOSED_AFTER_HANDSHAKE: &str = "the node closed the connection right after the TLS \
+     handshake without saying why; this usually means it refused the certificate (an id \
+     it does not list, a revoked or expired certificate, another CA) or a connection limit \
+     was reached; the node's log names the certificate and the reason on a \
+     \"connection refused\" line";
+
+/// A TLS alert received from a server, as the reason a certificate was refused.
+pub fn alert_reason(alert: rustls::AlertDescription) -> String {
+    use rustls::AlertDescription as A;
+    let reason = match alert {
+        A::CertificateRevoked => {
+            "the certificate is revoked (a CRL the node holds lists its serial)"
+        }
+        A::CertificateExpired => {
+            "the certificate has expired or is not valid yet by the node's clock"
+        }
+        A::UnknownCA => {
+            "the certificate does not chain to a trust anchor the node holds (another \
+             federation's CA?), or the node's CRL for its issuer is missing or expired"
+        }
+        A::AccessDenied => {
+            "the node does not list this id as a peer or client, or pins it to another \
+             trust anchor"
+        }
+        A::CertificateRequired => "no client certificate was presented; the node requires one",
+        A::BadCertificate => "the certificate is malformed or names no usable id",
+        A::UnsupportedCertificate => "the certificate is not for TLS client authentication",
+        A::DecryptError => "a signature in the certificate chain or handshake does not verify",
+        A::CertificateUnknown => {
+            "the node could not accept the certificate (for example, it names no valid id)"
+        }
+        other => return format!("the node sent TLS alert {other:?}"),
+    };
+    format!("{reason} (TLS alert {alert:?})")
+}
+
+/// The certificate this configuration presents, as `id (serial hex)`, or that it
+/// presents none.
+fn presented_certificate(tls: &rustls::ClientConfig) -> String {
+    let schemes = tls
+        .crypto_provider()
+        .signature_verification_algorithms
+        .supported_schemes();
+    tls.client_auth_cert_resolver
+        .resolve(&[], &schemes)
+        .and_then(|key| key.cert.first().map(CertificateLabel::of))
+        .map_or_else(|| "(none)".to_owned(), |label| label.to_string())
+}
+
+/// The refusal somewhere in an error's chain of sources.
+fn find_refusal<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a RefusedByServer> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(refusal) = e.downcast_ref::<RefusedByServer>() {
+            return Some(refusal);
+        }
+        current = e.source();
+    }
+    None
 }
 
 /// An error and its sources on one line.
@@ -113,9 +267,11 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     out
 }
 
-/// A stream that counts the bytes read through it.
+/// A stream that counts the bytes read through it, after handing out `first` (bytes
+/// read from `inner` already).
 struct Counting<S> {
     inner: S,
+    first: Vec<u8>,
     received: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
@@ -126,7 +282,14 @@ impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counting<S> {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         let before = buf.filled().len();
-        let poll = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let poll = if self.first.is_empty() {
+            std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+        } else {
+            let n = self.first.len().min(buf.remaining());
+            buf.put_slice(&self.first[..n]);
+            self.first.drain(..n);
+            std::task::Poll::Ready(Ok(()))
+        };
         if let Some(counter) = &self.received {
             let read = buf.filled().len() - before;
             counter.fetch_add(read as u64, std::sync::atomic::Ordering::Relaxed);

@@ -57,6 +57,45 @@ pub fn certificate_id(der: &CertificateDer<'_>) -> Result<NodeId, IdentityError>
     })
 }
 
+/// Which certificate a handshake concerned, for messages and logs: its id (or why it
+/// has none) and its serial number in lowercase hex, as `revoked.toml` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateLabel {
+    /// The id the certificate names, or a placeholder saying why none can be read.
+    pub id: String,
+    /// The serial number, hex; empty when the certificate cannot be parsed.
+    pub serial: String,
+}
+
+impl CertificateLabel {
+    /// The label of a certificate (DER); never fails, whatever the bytes.
+    pub fn of(der: &CertificateDer<'_>) -> Self {
+        let id = match certificate_id(der) {
+            Ok(id) => id.to_string(),
+            Err(_) => "(no valid id)".to_owned(),
+        };
+        let serial = X509Certificate::from_der(der.as_ref())
+            .map(|(_, cert)| {
+                cert.raw_serial()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self { id, serial }
+    }
+}
+
+impl std::fmt::Display for CertificateLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.serial.is_empty() {
+            write!(f, "{} (unreadable certificate)", self.id)
+        } else {
+            write!(f, "{} (serial {})", self.id, self.serial)
+        }
+    }
+}
+
 /// What the server knows about the other end of an accepted connection. Attached to
 /// every request as an extension by the listener; `partner` is replaced by the one in
 /// force now before a request reaches a service (`rpc::auth`).

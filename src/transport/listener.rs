@@ -28,7 +28,8 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::transport::server::Connected;
 
 use super::access::{Directory, Registration, describe_tls_error};
-use super::identity::ConnectionInfo;
+use super::identity::{CertificateLabel, ConnectionInfo};
+use super::tls::record_handshake;
 
 /// Time a client has to complete the TLS handshake, by default
 /// (`limits.handshake_timeout`).
@@ -212,7 +213,22 @@ pub fn accept(
                         tokio::spawn(conn.registration.watchdog(idle_timeout));
                         let _ = tx.send(Ok(conn)).await;
                     }
-                    Err(reason) => {
+                    Err(Refused {
+                        reason,
+                        certificate: Some(certificate),
+                    }) => {
+                        tracing::warn!(
+                            addr = %remote_addr,
+                            id = %certificate.id,
+                            serial = %certificate.serial,
+                            %reason,
+                            "connection refused"
+                        );
+                    }
+                    Err(Refused {
+                        reason,
+                        certificate: None,
+                    }) => {
                         tracing::warn!(addr = %remote_addr, %reason, "connection refused");
                     }
                 }
@@ -223,6 +239,14 @@ pub fn accept(
     (ReceiverStream::new(rx), task)
 }
 
+/// Why a connection was refused, and the certificate it presented when there was one.
+struct Refused {
+    /// In words.
+    reason: String,
+    /// The client's certificate (id and serial), if it presented one.
+    certificate: Option<CertificateLabel>,
+}
+
 async fn handshake(
     acceptor: TlsAcceptor,
     tcp: TcpStream,
@@ -230,19 +254,30 @@ async fn handshake(
     directory: &Arc<Directory>,
     per_partner: &Slots<crate::model::NodeId>,
     timeout: Duration,
-) -> Result<AuthenticatedConnection, String> {
+) -> Result<AuthenticatedConnection, Refused> {
     // A reload after this point makes the directory verify the chain again at admission.
     let generation = directory.generation();
-    let stream = tokio::time::timeout(timeout, acceptor.accept(tcp))
-        .await
+    let (accepted, record) =
+        record_handshake(tokio::time::timeout(timeout, acceptor.accept(tcp))).await;
+    let certificate = record.presented.as_ref().map(CertificateLabel::of);
+    let refused = |reason: String| Refused {
+        reason,
+        certificate: certificate.clone(),
+    };
+    let stream = accepted
         .map_err(|_| {
             limits::count(Limit::HandshakeTimeout);
-            refused("timeout");
-            "TLS handshake timed out (limits.handshake_timeout)".to_owned()
+            count_refusal("timeout");
+            refused("TLS handshake timed out (limits.handshake_timeout)".to_owned())
         })?
         .map_err(|e| {
-            refused(refusal_reason(&e));
-            format!("TLS handshake failed: {}", describe_io_error(&e))
+            count_refusal(record.refusal_kind.unwrap_or_else(|| refusal_reason(&e)));
+            refused(
+                record
+                    .refusal
+                    .clone()
+                    .unwrap_or_else(|| format!("TLS handshake failed: {}", describe_io_error(&e))),
+            )
         })?;
     // The verifier has already checked the chain, revocation, the pinned anchor and
     // that the id is configured; register the connection so reloads re-check it.
@@ -250,23 +285,24 @@ async fn handshake(
     let chain: Vec<_> = session
         .peer_certificates()
         .ok_or_else(|| {
-            refused("no_certificate");
-            "no client certificate".to_owned()
+            count_refusal("no_certificate");
+            refused("no client certificate was presented".to_owned())
         })?
         .iter()
         .map(|c| c.clone().into_owned())
         .collect();
     let (info, registration) = directory
         .admit(chain, remote_addr, generation)
-        .inspect_err(|_| refused("admission"))?;
+        .inspect_err(|_| count_refusal("admission"))
+        .map_err(refused)?;
     let Some(slot) = per_partner.take(&info.partner.id) else {
         limits::count(Limit::ConnectionsPerPartner);
-        refused("connections_per_partner");
-        return Err(format!(
+        count_refusal("connections_per_partner");
+        return Err(refused(format!(
             "{} has {} connections open already (limits.connections_per_partner)",
             info.partner.id,
             per_partner.max()
-        ));
+        )));
     };
     let closing = Box::pin(registration.closing());
     Ok(AuthenticatedConnection {
@@ -278,9 +314,8 @@ async fn handshake(
     })
 }
 
-/// An I/O error from the TLS layer in words: the rustls error it carries, described.
 /// Counts a refused handshake or admission under `reason` (a fixed word).
-fn refused(reason: &'static str) {
+fn count_refusal(reason: &'static str) {
     crate::telemetry::telemetry().handshake_refused(reason);
 }
 
@@ -295,6 +330,7 @@ fn refusal_reason(error: &io::Error) -> &'static str {
     }
 }
 
+/// An I/O error from the TLS layer in words: the rustls error it carries, described.
 pub(crate) fn describe_io_error(error: &io::Error) -> String {
     match error
         .get_ref()

@@ -17,7 +17,8 @@ use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
 };
 
-use super::access::{Directory, Listing, Verifiers};
+use super::access::{Directory, Listing, Verifiers, describe_tls_error};
+use super::expiry::{CertificateRole, WatchedCertificate};
 use super::files::{self, FileError};
 use super::identity::{IdentityError, certificate_id};
 use crate::crypto::{SignerError, SignerTrust};
@@ -148,6 +149,8 @@ pub struct TlsMaterial {
     /// Each trust-anchor file with the CA certificates it holds, for partners pinned to it.
     anchors: Vec<(PathBuf, Arc<RootCertStore>)>,
     crls: Vec<CertificateRevocationListDer<'static>>,
+    /// Every trust-anchor certificate, for expiry warnings.
+    anchor_certificates: Vec<CertificateDer<'static>>,
 }
 
 impl TlsMaterial {
@@ -169,9 +172,11 @@ impl TlsMaterial {
         let key = files::read_private_key(&paths.key)?;
         let mut roots = RootCertStore::empty();
         let mut anchors = Vec::with_capacity(paths.trust_anchors.len());
+        let mut anchor_certificates = Vec::new();
         for path in &paths.trust_anchors {
             let mut anchor = RootCertStore::empty();
             for (index, cert) in files::read_certificates(path)?.into_iter().enumerate() {
+                anchor_certificates.push(cert.clone());
                 check_ca(&cert).map_err(|problem| TlsError::BadTrustAnchor {
                     path: path.clone(),
                     problem: format!("certificate {} in the file: {problem}", index + 1),
@@ -191,6 +196,9 @@ impl TlsMaterial {
         for path in &paths.crls {
             crls.extend(files::read_crls(path)?);
         }
+        // Of several CRLs from one issuer (a configured file and one received from the
+        // federation), the newest is in force.
+        let crls = super::crl::newest_per_issuer(crls);
         let material = Self {
             id: found,
             chain,
@@ -198,6 +206,7 @@ impl TlsMaterial {
             roots: Arc::new(roots),
             anchors,
             crls,
+            anchor_certificates,
         };
         // Building a server config checks that the key matches the certificate.
         material.client_config()?;
@@ -244,6 +253,11 @@ impl TlsMaterial {
     pub fn client_verifiers(&self) -> Result<Verifiers, TlsError> {
         let (by_anchor, own_anchors) = self.anchor_verifiers()?;
         Ok(Verifiers {
+            anchor_certificates: self
+                .anchor_certificates
+                .iter()
+                .filter_map(|der| WatchedCertificate::read(CertificateRole::TrustAnchor, der))
+                .collect(),
             any: self.verifier_over(&self.roots)?,
             by_anchor,
             // With one anchor there is nothing to pin to; with several, the node's own id
@@ -262,7 +276,12 @@ impl TlsMaterial {
     ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         let verifiers = self.client_verifiers()?;
         let root_hints = verifiers.any.root_hint_subjects().to_vec();
-        directory.install(verifiers);
+        directory.install(
+            verifiers,
+            self.chain
+                .first()
+                .and_then(|leaf| WatchedCertificate::read(CertificateRole::Own, leaf)),
+        );
         self.build_server_config(directory, root_hints, true, ALPN_H2)
     }
 
@@ -366,6 +385,27 @@ impl TlsMaterial {
 }
 
 impl TlsMaterial {
+    /// The certificates this material depends on, for expiry warnings: its own
+    /// certificate and every trust anchor.
+    pub fn watched_certificates(&self) -> Vec<WatchedCertificate> {
+        self.chain
+            .first()
+            .and_then(|leaf| WatchedCertificate::read(CertificateRole::Own, leaf))
+            .into_iter()
+            .chain(
+                self.anchor_certificates
+                    .iter()
+                    .filter_map(|der| WatchedCertificate::read(CertificateRole::TrustAnchor, der)),
+            )
+            .collect()
+    }
+
+    /// Checks a CRL (DER) offered to this node: signed by one of its trust anchors and
+    /// newer than the CRL in force for that issuer. Returns the issuer in words.
+    pub fn check_crl(&self, der: &[u8]) -> Result<String, super::crl::CrlRefusal> {
+        super::crl::check_offered(der, &self.anchor_certificates, &self.crls)
+    }
+
     /// The leaf certificate (DER).
     pub fn certificate_der(&self) -> &[u8] {
         self.chain[0].as_ref()
@@ -506,6 +546,54 @@ impl SignerTrust for SignerVerifier {
     }
 }
 
+/// What a server-side handshake saw of the client's certificate: the leaf presented
+/// and, when the verifier refused it, why in words. Filled by the verifier while the
+/// handshake runs inside [`record_handshake`].
+#[derive(Debug, Default)]
+pub(crate) struct HandshakeRecord {
+    /// The client's leaf certificate, once it was presented.
+    pub(crate) presented: Option<CertificateDer<'static>>,
+    /// Why the verifier refused it.
+    pub(crate) refusal: Option<String>,
+    /// The same as a fixed word (a metrics label), from the verifier's own error: the
+    /// error the handshake returns is chosen for the client's alert and says less.
+    pub(crate) refusal_kind: Option<&'static str>,
+}
+
+tokio::task_local! {
+    static HANDSHAKE_RECORD: std::cell::RefCell<HandshakeRecord>;
+}
+
+/// Runs a server-side handshake, recording the certificate the client presented and
+/// the verifier's reason for refusing it, which the TLS error alone does not carry.
+pub(crate) async fn record_handshake<F: std::future::Future>(
+    handshake: F,
+) -> (F::Output, HandshakeRecord) {
+    HANDSHAKE_RECORD
+        .scope(std::cell::RefCell::default(), async move {
+            let output = handshake.await;
+            let record = HANDSHAKE_RECORD
+                .try_with(|record| record.take())
+                .unwrap_or_default();
+            (output, record)
+        })
+        .await
+}
+
+/// The error the verifier returns for a refusal, chosen for the alert the client
+/// receives: an id this node does not list, or one pinned to another anchor, becomes
+/// `access_denied`; WebPKI's own errors keep their alerts (revoked, expired, unknown CA).
+fn alert_for(error: rustls::Error) -> rustls::Error {
+    match &error {
+        rustls::Error::InvalidCertificate(CertificateError::Other(other))
+            if super::access::is_partner_refusal(other) =>
+        {
+            rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
+        }
+        _ => error,
+    }
+}
+
 /// Client verification against the directory's state in force at the handshake:
 /// WebPKI over the current anchors and CRLs, then the id must be configured and the
 /// chain must reach the anchor the partner is pinned to.
@@ -539,8 +627,20 @@ impl ClientCertVerifier for KnownPartnerVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.directory
-            .verify_handshake(end_entity, intermediates, now)?;
+        let _ = HANDSHAKE_RECORD.try_with(|record| {
+            record.borrow_mut().presented = Some(end_entity.clone().into_owned());
+        });
+        if let Err(error) = self
+            .directory
+            .verify_handshake(end_entity, intermediates, now)
+        {
+            let _ = HANDSHAKE_RECORD.try_with(|record| {
+                let mut record = record.borrow_mut();
+                record.refusal = Some(describe_tls_error(&error));
+                record.refusal_kind = Some(super::access::tls_refusal_reason(&error));
+            });
+            return Err(alert_for(error));
+        }
         Ok(ClientCertVerified::assertion())
     }
 

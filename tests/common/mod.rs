@@ -13,6 +13,7 @@ use entente::{Config, Node, NodeId};
 
 pub mod proxy;
 pub mod rogue;
+pub mod served;
 
 /// A federation CA and the certificates it issued, in a temporary directory.
 pub struct Pki {
@@ -156,10 +157,25 @@ pub async fn connect(pki: &Pki, node: &Node, who: &str) -> NodeClient {
     .expect("connect")
 }
 
-/// Loads a config file and starts the node.
+/// Loads a config file and starts the node. A node started again in the same process
+/// may find sled's lock still held for a moment by the store just shut down (its
+/// background threads let go of it asynchronously): that alone is waited out, up to a
+/// deadline.
 pub async fn start(config: &Path) -> Node {
-    let config = Config::load(config).expect("valid config");
-    Node::start(config).await.expect("node starts")
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let loaded = Config::load(config).expect("valid config");
+        match Node::start(loaded).await {
+            Ok(node) => return node,
+            Err(e)
+                if format!("{e:?}").contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("node starts: {e:?}"),
+        }
+    }
 }
 
 /// Calls Hello on `node` at `addr` as the identity `material`; every failure

@@ -68,6 +68,12 @@ type PullStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<PullResponse, S
 
 #[tonic::async_trait]
 impl Federation for Rogue {
+    async fn offer_crl(
+        &self,
+        _request: tonic::Request<entente::rpc::proto::OfferCrlRequest>,
+    ) -> Result<tonic::Response<entente::rpc::proto::OfferCrlResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not offered CRLs"))
+    }
     async fn hello(&self, _: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {
         Err(Status::unimplemented("rogue"))
     }
@@ -157,6 +163,12 @@ pub fn checkpoint(cursor: u64, head: u64) -> PullResponse {
 
 #[tonic::async_trait]
 impl Federation for Scripted {
+    async fn offer_crl(
+        &self,
+        _request: tonic::Request<entente::rpc::proto::OfferCrlRequest>,
+    ) -> Result<tonic::Response<entente::rpc::proto::OfferCrlResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not offered CRLs"))
+    }
     async fn hello(&self, _: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {
         Err(Status::unimplemented("rogue"))
     }

@@ -1,0 +1,193 @@
+//! Certificate revocation lists that travel through the federation: a CRL offered by a
+//! peer (or handed to this node by its operator) is put in force only if one of this
+//! node's trust anchors signed it and it is newer than the CRL in force for that
+//! issuer. Of several CRLs from one issuer, only the newest is in force.
+
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
+use x509_parser::prelude::{FromDer, X509Certificate};
+use x509_parser::revocation_list::CertificateRevocationList;
+
+/// Largest CRL accepted (DER): it must fit in one small gRPC request (64 KiB), which
+/// holds well over a thousand revoked certificates.
+pub const MAX_CRL_BYTES: usize = 60 * 1024;
+
+/// Why an offered CRL is not put in force.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CrlRefusal {
+    /// Larger than [`MAX_CRL_BYTES`].
+    #[error("the CRL is larger than {MAX_CRL_BYTES} bytes")]
+    TooLarge,
+    /// Not a DER CRL.
+    #[error("not a readable CRL: {0}")]
+    Unreadable(String),
+    /// No trust anchor of this node has the CRL's issuer as subject and a key that
+    /// verifies its signature.
+    #[error("the CRL of {issuer} is not signed by any trust anchor of this node")]
+    Untrusted {
+        /// The issuer named in the CRL.
+        issuer: String,
+    },
+    /// The CRL in force for that issuer is as new or newer.
+    #[error("the CRL of {issuer} is not newer than the one in force")]
+    NotNewer {
+        /// The issuer.
+        issuer: String,
+    },
+}
+
+/// What orders two CRLs of one issuer: the CRL number when both carry one, else the
+/// thisUpdate time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Freshness {
+    issuer: Vec<u8>,
+    number: Option<Vec<u8>>,
+    this_update: i64,
+}
+
+impl Freshness {
+    fn of(der: &[u8]) -> Result<Self, CrlRefusal> {
+        let (rest, crl) = CertificateRevocationList::from_der(der)
+            .map_err(|e| CrlRefusal::Unreadable(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(CrlRefusal::Unreadable("trailing bytes".into()));
+        }
+        Ok(Self {
+            issuer: crl.issuer().as_raw().to_vec(),
+            number: crl.crl_number().map(|n| n.to_bytes_be()),
+            this_update: crl.last_update().timestamp(),
+        })
+    }
+
+    /// Whether `self` is newer than `other` (same issuer assumed).
+    fn newer_than(&self, other: &Freshness) -> bool {
+        match (&self.number, &other.number) {
+            (Some(a), Some(b)) => compare_big_endian(a, b) == std::cmp::Ordering::Greater,
+            _ => self.this_update > other.this_update,
+        }
+    }
+}
+
+/// Compares two unsigned big-endian integers.
+fn compare_big_endian(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    let trim = |x: &[u8]| -> Vec<u8> { x.iter().copied().skip_while(|b| *b == 0).collect() };
+    let (a, b) = (trim(a), trim(b));
+    a.len().cmp(&b.len()).then_with(|| a.cmp(&b))
+}
+
+/// Checks an offered CRL (DER): signed by one of `anchors` and newer than every CRL of
+/// the same issuer in `in_force`. Returns the issuer's name in words.
+pub fn check_offered(
+    der: &[u8],
+    anchors: &[CertificateDer<'_>],
+    in_force: &[CertificateRevocationListDer<'_>],
+) -> Result<String, CrlRefusal> {
+    if der.len() > MAX_CRL_BYTES {
+        return Err(CrlRefusal::TooLarge);
+    }
+    let (_, crl) = CertificateRevocationList::from_der(der)
+        .map_err(|e| CrlRefusal::Unreadable(e.to_string()))?;
+    let issuer = crl.issuer().to_string();
+    let signed_by_anchor = anchors.iter().any(|anchor| {
+        X509Certificate::from_der(anchor.as_ref()).is_ok_and(|(_, cert)| {
+            cert.subject().as_raw() == crl.issuer().as_raw()
+                && crl.verify_signature(cert.public_key()).is_ok()
+        })
+    });
+    if !signed_by_anchor {
+        return Err(CrlRefusal::Untrusted { issuer });
+    }
+    let offered = Freshness::of(der)?;
+    for current in in_force {
+        if let Ok(current) = Freshness::of(current.as_ref()) {
+            if current.issuer == offered.issuer && !offered.newer_than(&current) {
+                return Err(CrlRefusal::NotNewer { issuer });
+            }
+        }
+    }
+    Ok(issuer)
+}
+
+/// Keeps, of several CRLs from one issuer, only the newest (an unreadable CRL is kept
+/// as it is, for the verifier builder to refuse).
+pub fn newest_per_issuer(
+    crls: Vec<CertificateRevocationListDer<'static>>,
+) -> Vec<CertificateRevocationListDer<'static>> {
+    let mut kept: Vec<(Option<Freshness>, CertificateRevocationListDer<'static>)> = Vec::new();
+    for crl in crls {
+        let fresh = Freshness::of(crl.as_ref()).ok();
+        let same_issuer = fresh.as_ref().and_then(|f| {
+            kept.iter()
+                .position(|(k, _)| k.as_ref().is_some_and(|k| k.issuer == f.issuer))
+        });
+        match (same_issuer, &fresh) {
+            (Some(at), Some(f)) => {
+                let newer = kept[at].0.as_ref().is_some_and(|k| f.newer_than(k));
+                if newer {
+                    kept[at] = (fresh, crl);
+                }
+            }
+            _ => kept.push((fresh, crl)),
+        }
+    }
+    kept.into_iter().map(|(_, crl)| crl).collect()
+}
+
+/// A short, stable file name for the CRL of an issuer (hex of a hash of its name).
+pub fn file_name_for(der: &[u8]) -> Result<String, CrlRefusal> {
+    let fresh = Freshness::of(der)?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, &fresh.issuer);
+    let hex: String = digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(format!("issuer-{hex}.pem"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certs::{CertificateAuthority, Validity};
+
+    fn der(pem: &str) -> CertificateRevocationListDer<'static> {
+        use rustls::pki_types::pem::PemObject;
+        CertificateRevocationListDer::from_pem_slice(pem.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn the_newest_crl_of_an_issuer_is_in_force_and_only_a_newer_one_is_taken() {
+        let ca = CertificateAuthority::generate("one", Validity::days_from_now(1)).unwrap();
+        let other = CertificateAuthority::generate("two", Validity::days_from_now(1)).unwrap();
+        let (first, second) = (
+            der(&ca.crl(&[], 1, 1).unwrap()),
+            der(&ca.crl(&[], 2, 1).unwrap()),
+        );
+        let theirs = der(&other.crl(&[], 7, 1).unwrap());
+        let kept = newest_per_issuer(vec![second.clone(), theirs.clone(), first.clone()]);
+        assert_eq!(kept, vec![second.clone(), theirs.clone()]);
+
+        use rustls::pki_types::pem::PemObject;
+        let anchor = CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap();
+        let anchors = [anchor];
+        assert!(check_offered(second.as_ref(), &anchors, std::slice::from_ref(&first)).is_ok());
+        assert!(matches!(
+            check_offered(first.as_ref(), &anchors, std::slice::from_ref(&second)),
+            Err(CrlRefusal::NotNewer { .. })
+        ));
+        assert!(matches!(
+            check_offered(theirs.as_ref(), &anchors, &[]),
+            Err(CrlRefusal::Untrusted { .. })
+        ));
+        assert!(matches!(
+            check_offered(&vec![0; MAX_CRL_BYTES + 1], &anchors, &[]),
+            Err(CrlRefusal::TooLarge)
+        ));
+        assert_eq!(
+            compare_big_endian(&[0, 2], &[1]),
+            std::cmp::Ordering::Greater
+        );
+        assert_eq!(
+            compare_big_endian(&[1, 0], &[0xff]),
+            std::cmp::Ordering::Greater
+        );
+    }
+}

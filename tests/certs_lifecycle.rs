@@ -1,0 +1,279 @@
+//! The certificate lifecycle through the CLI, as operators run it: a member makes its
+//! key and a request, the CA signs the request without the key, renews it with an
+//! overlap, and warns when an id it revoked is issued again. The certificates are then
+//! used over real mutual TLS against a node on port 0.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{hello, start};
+use entente::NodeId;
+use entente::transport::{TlsMaterial, TlsPaths};
+
+fn entente(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_entente"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run entente")
+}
+
+fn ok(args: &[&str]) -> (String, String) {
+    let out = entente(args);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{args:?}: {stdout}{stderr}");
+    (stdout, stderr)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn material(cert: &Path, key: &Path, ca: &Path, id: &NodeId) -> TlsMaterial {
+    TlsMaterial::load(
+        &TlsPaths {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            trust_anchors: vec![ca.to_owned()],
+            crls: vec![],
+        },
+        id,
+    )
+    .expect("load TLS material")
+}
+
+#[tokio::test]
+async fn request_sign_renew_and_reissue_after_revocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    let member = dir.path().join("member");
+    ok(&["certs", "ca", "--dir", s(&ca)]);
+    ok(&[
+        "certs",
+        "node",
+        "--dir",
+        s(&ca),
+        "--id",
+        "redmond.hq",
+        "--ip",
+        "127.0.0.1",
+    ]);
+
+    // The member makes its key and request; only the request travels.
+    ok(&[
+        "certs",
+        "request",
+        "--id",
+        "analyst.ext",
+        "--out",
+        s(&member),
+    ]);
+    let key = member.join("analyst.ext.key");
+    let csr = member.join("analyst.ext.csr");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let (out, _) = ok(&[
+        "certs",
+        "sign",
+        s(&csr),
+        "--ca-dir",
+        s(&ca),
+        "--client",
+        "--id",
+        "analyst.ext",
+    ]);
+    assert!(out.contains("issued certificate"), "{out}");
+    assert!(
+        !ca.join("analyst.ext.key").exists(),
+        "the CA never holds the key"
+    );
+    let first = member.join("first.crt");
+    std::fs::copy(ca.join("analyst.ext.crt"), &first).unwrap();
+
+    // A request for another id than the CA expects is refused.
+    let refused = entente(&[
+        "certs",
+        "sign",
+        s(&csr),
+        "--ca-dir",
+        s(&ca),
+        "--client",
+        "--id",
+        "analyst.other",
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("not for analyst.other"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    // Renewal: same key, new serial; the previous certificate is kept and stays valid.
+    let (out, _) = ok(&["certs", "renew", "--ca-dir", s(&ca), "--id", "analyst.ext"]);
+    assert!(out.contains("stays valid until it expires"), "{out}");
+    let second = member.join("second.crt");
+    std::fs::copy(ca.join("analyst.ext.crt"), &second).unwrap();
+    assert_ne!(
+        std::fs::read(&first).unwrap(),
+        std::fs::read(&second).unwrap()
+    );
+
+    let hq = NodeId::new("redmond.hq").unwrap();
+    let analyst = NodeId::new("analyst.ext").unwrap();
+    let config = dir.path().join("hq.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\nid = \"redmond.hq\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\ncert = \"{cert}\"\nkey = \"{nkey}\"\ntrust_anchors = [\"{anchor}\"]\ncrls = []\n\n[[client]]\nid = \"analyst.ext\"\nrole = \"analyst\"\n",
+            data = dir.path().join("data").display(),
+            cert = ca.join("redmond.hq.crt").display(),
+            nkey = ca.join("redmond.hq.key").display(),
+            anchor = ca.join("ca.crt").display(),
+        ),
+    )
+    .unwrap();
+    let node = start(&config).await;
+    let anchor = ca.join("ca.crt");
+    for cert in [&first, &second] {
+        let answer = hello(
+            &material(cert, &key, &anchor, &analyst),
+            node.local_addr(),
+            &hq,
+        )
+        .await
+        .unwrap();
+        assert_eq!(answer.caller_id, "analyst.ext");
+    }
+    node.shutdown(Duration::from_secs(10)).await.unwrap();
+
+    // Revoked, then issued again from a new request: the CA warns.
+    ok(&["certs", "revoke", "--dir", s(&ca), "--id", "analyst.ext"]);
+    let renewed = entente(&["certs", "renew", "--ca-dir", s(&ca), "--id", "analyst.ext"]);
+    assert!(
+        !renewed.status.success(),
+        "a revoked certificate is not renewed"
+    );
+    let again = dir.path().join("again");
+    ok(&[
+        "certs",
+        "request",
+        "--id",
+        "analyst.ext",
+        "--out",
+        s(&again),
+    ]);
+    let (_, err) = ok(&[
+        "certs",
+        "sign",
+        s(&again.join("analyst.ext.csr")),
+        "--ca-dir",
+        s(&ca),
+        "--client",
+    ]);
+    assert!(
+        err.contains("warning: analyst.ext was revoked before (serial "),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn certificates_about_to_expire_are_warned_of_in_the_log_and_in_status() {
+    use common::served::Served;
+    use common::{Pki, client, write_config};
+    use entente::certs::{Usage, Validity};
+    let pki = Pki::new();
+    let hq = NodeId::new("redmond.hq").unwrap();
+    pki.certs
+        .issue(
+            &hq,
+            &Usage::Node {
+                ips: vec!["127.0.0.1".parse().unwrap()],
+                dns: vec![],
+            },
+            Validity::days_from_now(10),
+        )
+        .unwrap();
+    let soon = NodeId::new("analyst.soon").unwrap();
+    pki.certs
+        .issue(&soon, &Usage::Client, Validity::days_from_now(5))
+        .unwrap();
+    let later = NodeId::new("analyst.later").unwrap();
+    pki.certs
+        .issue(&later, &Usage::Client, Validity::days_from_now(90))
+        .unwrap();
+    let config = write_config(
+        &pki,
+        &hq,
+        &[
+            client("analyst.soon", "read_only"),
+            client("analyst.later", "read_only"),
+        ],
+        &[],
+    );
+    let node = Served::start(&config);
+    // At start: the node's own certificate (the CA has 30 days, also within the window).
+    node.wait_for_log(&[
+        "certificate expires soon",
+        "name=redmond.hq",
+        "expires in 9 days",
+    ]);
+
+    let addr: std::net::SocketAddr = node.addr.parse().unwrap();
+    for who in [&soon, &later] {
+        hello(&pki.material(who), addr, &hq).await.unwrap();
+    }
+    let out = entente(&[
+        "status",
+        "--config",
+        s(&config),
+        "--node",
+        &format!("redmond.hq@{}", node.addr),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("certificate:      own redmond.hq (serial "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("certificate:      partner analyst.later (serial "),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("warning: the partner certificate analyst.soon (serial ")
+            && stderr.contains("expires in 4 days"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("warning: the own certificate redmond.hq"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("analyst.later"), "{stderr}");
+
+    // The same as JSON.
+    let out = entente(&[
+        "status",
+        "--json",
+        "--config",
+        s(&config),
+        "--node",
+        &format!("redmond.hq@{}", node.addr),
+    ]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let certs = status["certificates"].as_array().unwrap();
+    let soon_json = certs
+        .iter()
+        .find(|c| c["name"] == "analyst.soon")
+        .expect("the partner's certificate is listed");
+    assert_eq!(soon_json["role"], "partner");
+    assert_eq!(soon_json["expires_soon"], true);
+    assert!(soon_json["last_seen"].is_string(), "{soon_json}");
+}
