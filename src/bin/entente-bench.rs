@@ -356,7 +356,13 @@ async fn ingest(args: &Args) -> Result<()> {
     let disk = dir_bytes(&dir.path().join("data"));
 
     // The store is the floor: the same number of same-sized records, straight into sled.
-    let (floor, floor_disk) = raw_sled_floor(dir.path(), args.items, encoded_item)?;
+    // On the blocking pool: the client's connection to the node must go on answering
+    // the node's keepalive pings meanwhile (at ten million records this takes minutes).
+    let (floor, floor_disk) = {
+        let path = dir.path().to_path_buf();
+        let items = args.items;
+        tokio::task::spawn_blocking(move || raw_sled_floor(&path, items, encoded_item)).await??
+    };
 
     println!();
     println!(
