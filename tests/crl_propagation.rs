@@ -101,3 +101,84 @@ async fn a_crl_handed_to_one_node_reaches_its_peers() {
         node.shutdown(Duration::from_secs(10)).await.unwrap();
     }
 }
+
+/// Revoking a member is one command at the CA: `certs revoke --push-to` rewrites the CRL
+/// and hands it to one node, whose peer then refuses the certificate too.
+#[tokio::test]
+async fn revoke_with_push_to_is_one_command_at_the_ca() {
+    let pki = Pki::new();
+    let a = pki.node("hq.a");
+    let b = pki.node("office.b");
+    let gone = pki.client("analyst.gone");
+    let kept = pki.client("analyst.kept");
+    let clients = || {
+        vec![
+            client("analyst.gone", "read_only"),
+            client("analyst.kept", "read_only"),
+        ]
+    };
+    let mut b_entries = clients();
+    b_entries.push(peer("hq.a", "127.0.0.1:1"));
+    let node_b = start(&write_config(&pki, &b, &b_entries, &[])).await;
+    let mut a_entries = clients();
+    a_entries.push(peer("office.b", &node_b.local_addr().to_string()));
+    let node_a = start(&write_config(&pki, &a, &a_entries, &[])).await;
+    hello(&pki.material(&gone), node_b.local_addr(), &b)
+        .await
+        .unwrap();
+
+    // The CA operator reaches hq.a with hq.a's own certificate (its operator identity).
+    let operator = pki.path().join("operator.toml");
+    std::fs::write(
+        &operator,
+        format!(
+            "[client]\nid = \"{a}\"\ncert = \"{cert}\"\nkey = \"{key}\"\ntrust_anchors = [\"{ca}\"]\ncrls = []\nnode = \"{addr}\"\nnode_id = \"{a}\"\n",
+            cert = pki.certs.cert_path(a.as_str()).display(),
+            key = pki.certs.key_path(a.as_str()).display(),
+            ca = pki.ca_cert().display(),
+            addr = node_a.local_addr(),
+        ),
+    )
+    .unwrap();
+    let ca_dir = pki.path().join("certs");
+    let gone_id = gone.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_entente"))
+            .args(["certs", "revoke", "--dir"])
+            .arg(&ca_dir)
+            .args(["--id", &gone_id, "--push-to"])
+            .arg(&operator)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("revoked analyst.gone"), "{said}");
+    assert!(said.contains("hq.a put the CRL in force"), "{said}");
+
+    for (node, id) in [(&node_a, &a), (&node_b, &b)] {
+        let start = Instant::now();
+        loop {
+            match hello(&pki.material(&gone), node.local_addr(), id).await {
+                Err(err) if err.contains("revoked") => break,
+                other => assert!(
+                    start.elapsed() < DEADLINE,
+                    "{id} still admits the revoked certificate: {other:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        hello(&pki.material(&kept), node.local_addr(), id)
+            .await
+            .unwrap();
+    }
+    for node in [node_a, node_b] {
+        node.shutdown(Duration::from_secs(10)).await.unwrap();
+    }
+}

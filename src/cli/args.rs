@@ -513,5 +513,10 @@ pub enum CertsCommand {
         /// The id whose certificate (DIR/ID.crt) is revoked.
         #[arg(long)]
         id: NodeId,
+        /// Also hand the new CRL to the node this configuration names (as `certs
+        /// push-crl` does), which puts it in force and passes it on to its peers: the
+        /// revocation and its distribution in one command.
+        #[arg(long, value_name = "CONFIG")]
+        push_to: Option<PathBuf>,
     },
 }

@@ -249,6 +249,60 @@ pub async fn push_crl(
     Ok(())
 }
 
+/// `entente certs revoke --push-to CONFIG`: the revocation, then its CRL handed to the
+/// node `settings` names.
+pub async fn revoke_and_push(
+    dir: &Path,
+    id: &NodeId,
+    settings: &crate::config::ClientSettings,
+    output: Output,
+) -> Result<()> {
+    let crl = CertDir::new(dir).revoke(id)?;
+    let crls = crate::transport::files::read_crls(&crl)?;
+    let Some(der) = crls.first() else {
+        bail!("{} holds no CRL", crl.display());
+    };
+    let client = crate::client::NodeClient::connect_with(settings)
+        .await
+        .with_context(|| {
+            format!(
+                "revoked {id} and wrote {}, but could not hand it to a node; run entente certs push-crl when one is reachable",
+                crl.display()
+            )
+        })?;
+    let applied = client
+        .apply_crl(der.as_ref().to_vec())
+        .await
+        .with_context(|| {
+            format!(
+                "revoked {id} and wrote {}, but {} did not take it",
+                crl.display(),
+                client.node()
+            )
+        })?;
+    if output.is_json() {
+        return print_json(&json!({
+            "revoked": id.as_str(),
+            "crl": path(&crl),
+            "node": client.node().as_str(),
+            "applied": applied,
+        }));
+    }
+    println!("revoked {id}; wrote {}", crl.display());
+    if applied {
+        println!(
+            "{} put the CRL in force and is offering it to its peers",
+            client.node()
+        );
+    } else {
+        println!(
+            "{} already has this CRL or a newer one in force",
+            client.node()
+        );
+    }
+    Ok(())
+}
+
 /// `entente certs revoke`.
 pub fn revoke(dir: &Path, id: &NodeId, output: Output) -> Result<()> {
     let crl = CertDir::new(dir).revoke(id)?;
