@@ -220,32 +220,38 @@ pub fn renew(dir: &Path, id: &NodeId, new_key: bool, days: u32, output: Output) 
     Ok(())
 }
 
-/// `entente certs push-crl`.
-pub async fn push_crl(
-    settings: &crate::config::ClientSettings,
-    crl: &Path,
-    output: Output,
-) -> Result<()> {
+/// Hands the CRL in `crl` to the node `settings` reaches: the node's id, and whether it
+/// put the CRL in force (false: it had this one or a newer one already).
+async fn hand_crl(settings: &crate::config::ClientSettings, crl: &Path) -> Result<(NodeId, bool)> {
     let crls = crate::transport::files::read_crls(crl)?;
     let Some(der) = crls.first() else {
         bail!("{} holds no CRL", crl.display());
     };
     let client = crate::client::NodeClient::connect_with(settings).await?;
     let applied = client.apply_crl(der.as_ref().to_vec()).await?;
-    if output.is_json() {
-        return print_json(&json!({"node": client.node().as_str(), "applied": applied}));
-    }
+    Ok((client.node().clone(), applied))
+}
+
+/// What a node did with a CRL handed to it, in words.
+fn print_applied(node: &NodeId, applied: bool) {
     if applied {
-        println!(
-            "{} put the CRL in force and is offering it to its peers",
-            client.node()
-        );
+        println!("{node} put the CRL in force and is offering it to its peers");
     } else {
-        println!(
-            "{} already has this CRL or a newer one in force",
-            client.node()
-        );
+        println!("{node} already has this CRL or a newer one in force");
     }
+}
+
+/// `entente certs push-crl`.
+pub async fn push_crl(
+    settings: &crate::config::ClientSettings,
+    crl: &Path,
+    output: Output,
+) -> Result<()> {
+    let (node, applied) = hand_crl(settings, crl).await?;
+    if output.is_json() {
+        return print_json(&json!({"node": node.as_str(), "applied": applied}));
+    }
+    print_applied(&node, applied);
     Ok(())
 }
 
@@ -258,48 +264,22 @@ pub async fn revoke_and_push(
     output: Output,
 ) -> Result<()> {
     let crl = CertDir::new(dir).revoke(id)?;
-    let crls = crate::transport::files::read_crls(&crl)?;
-    let Some(der) = crls.first() else {
-        bail!("{} holds no CRL", crl.display());
-    };
-    let client = crate::client::NodeClient::connect_with(settings)
-        .await
-        .with_context(|| {
-            format!(
-                "revoked {id} and wrote {}, but could not hand it to a node; run entente certs push-crl when one is reachable",
-                crl.display()
-            )
-        })?;
-    let applied = client
-        .apply_crl(der.as_ref().to_vec())
-        .await
-        .with_context(|| {
-            format!(
-                "revoked {id} and wrote {}, but {} did not take it",
-                crl.display(),
-                client.node()
-            )
-        })?;
+    let (node, applied) = hand_crl(settings, &crl).await.with_context(|| {
+        format!(
+            "revoked {id} and wrote {}, but could not hand it to a node; run entente certs push-crl when one takes it",
+            crl.display()
+        )
+    })?;
     if output.is_json() {
         return print_json(&json!({
             "revoked": id.as_str(),
             "crl": path(&crl),
-            "node": client.node().as_str(),
+            "node": node.as_str(),
             "applied": applied,
         }));
     }
     println!("revoked {id}; wrote {}", crl.display());
-    if applied {
-        println!(
-            "{} put the CRL in force and is offering it to its peers",
-            client.node()
-        );
-    } else {
-        println!(
-            "{} already has this CRL or a newer one in force",
-            client.node()
-        );
-    }
+    print_applied(&node, applied);
     Ok(())
 }
 
