@@ -14,6 +14,8 @@
 //!
 //! [store]
 //! cache_mb = 32                    # sled page cache (default 32 MiB)
+//! compact_every = "1d"             # online compaction of the bundle log ("0": never)
+//! keep_expired = "30d"             # expired indicators kept this long before compaction drops them
 //!
 //! [ledger]                         # the disclosure ledger's files
 //! segment_bytes = 8388608          # a segment is closed at this size (default 8 MiB)
@@ -208,12 +210,16 @@ struct RawNode {
 struct RawStore {
     #[serde(default = "default_cache_mb")]
     cache_mb: u64,
+    compact_every: Option<String>,
+    keep_expired: Option<String>,
 }
 
 impl Default for RawStore {
     fn default() -> Self {
         Self {
             cache_mb: default_cache_mb(),
+            compact_every: None,
+            keep_expired: None,
         }
     }
 }
@@ -232,6 +238,9 @@ const MIN_SEGMENT_BYTES: u64 = 4096;
 
 /// Default size of the store's page cache, in MiB.
 pub const DEFAULT_CACHE_MB: u64 = 32;
+
+/// Default time between two online compactions of the bundle log.
+pub const DEFAULT_COMPACT_EVERY: Duration = Duration::from_secs(24 * 3600);
 
 fn default_cache_mb() -> u64 {
     DEFAULT_CACHE_MB
@@ -302,6 +311,11 @@ pub struct NodeSettings {
     pub tls: TlsPaths,
     /// Page cache of the store, in bytes (`store.cache_mb`).
     pub store_cache_bytes: u64,
+    /// Time between two online compactions of the bundle log (`store.compact_every`,
+    /// default a day); `None` when turned off (`"0"`).
+    pub compact_every: Option<Duration>,
+    /// What a compaction keeps (`store.keep_expired`, default 30 days).
+    pub compaction: crate::store::compact::Compaction,
     /// The disclosure ledger's segment size and retention (`[ledger]`).
     pub ledger: crate::store::LedgerSettings,
     /// How far in the future an item's `modified` time may lie before it is refused,
@@ -1113,6 +1127,22 @@ impl Config {
                 format!("{} is outside 4 to 65536", raw.store.cache_mb),
             ));
         }
+        let compact_every = match raw.store.compact_every.as_deref() {
+            None => Some(DEFAULT_COMPACT_EVERY),
+            Some(text) => match parse_duration_ms(text)
+                .map_err(|problem| invalid("store.compact_every", problem))?
+            {
+                0 => None,
+                ms => Some(Duration::from_millis(ms.unsigned_abs())),
+            },
+        };
+        let compaction = crate::store::compact::Compaction {
+            keep_expired_ms: match raw.store.keep_expired.as_deref() {
+                None => crate::store::compact::Compaction::default().keep_expired_ms,
+                Some(text) => parse_duration_ms(text)
+                    .map_err(|problem| invalid("store.keep_expired", problem))?,
+            },
+        };
         let ledger = {
             let raw = &raw.ledger;
             let segment_bytes = raw
@@ -1341,6 +1371,8 @@ impl Config {
                 data_dir: resolve(&raw.node.data_dir),
                 tls: tls_paths,
                 store_cache_bytes: raw.store.cache_mb * 1024 * 1024,
+                compact_every,
+                compaction,
                 ledger,
                 max_clock_skew_ms,
                 limits,
@@ -1670,6 +1702,10 @@ max_clock_skew = "5m"
 [store]
 # Page cache of the store in MiB; the node's memory use grows with it.
 cache_mb = 32
+# The bundle log is compacted online this often ("0": never): superseded versions,
+# and indicators expired for longer than keep_expired, are dropped; revocations stay.
+# compact_every = "1d"
+# keep_expired = "30d"
 
 # The disclosure ledger is kept in segment files under data_dir/ledger.
 # [ledger]

@@ -921,6 +921,7 @@ impl Engine {
                     // Only tokens this node sealed reach the store, so a cursor it refuses
                     // is a fault here, answered as any bad token is.
                     StoreError::BadCursor => EngineError::PageToken(PageTokenError::Invalid),
+                    StoreError::StaleCursor => EngineError::PageToken(PageTokenError::Stale),
                     e => EngineError::Store(e),
                 })?;
             match &page.next {

@@ -1058,6 +1058,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
                 store_id: [9; 16],
                 owner: "a.fuzz".into(),
                 created_ms: NOW_MS,
+                generation: 0,
             },
         )
         .expect("a new log opens");

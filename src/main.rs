@@ -234,6 +234,9 @@ fn run(command: Command, output: Output) -> Result<()> {
                     cut_damaged,
                 },
         } => cli::store::recover(&Config::load(&config)?, cut_damaged, output),
+        Command::Store {
+            command: StoreCommand::Compact { config },
+        } => cli::store::compact(&Config::load(&config)?, output),
         Command::Demo { keep_running } => {
             no_json(output, "demo", "its output is a narrated report")?;
             runtime()?.block_on(entente::demo::run(entente::demo::DemoOptions {

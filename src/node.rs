@@ -325,12 +325,13 @@ impl Node {
             path: config.node.data_dir.clone(),
             source,
         })?;
-        let store: Arc<dyn Store> = Arc::new(SledStore::open_with(
+        let sled = Arc::new(SledStore::open_with(
             &config.node.data_dir,
             &id,
             config.node.store_cache_bytes,
             config.node.ledger.clone(),
         )?);
+        let store: Arc<dyn Store> = sled.clone();
         let key = config.tls.private_key_pkcs8().ok_or_else(|| {
             NodeError::Sign(crate::crypto::SignError::BadKey(
                 "the node key is not PKCS#8".into(),
@@ -516,6 +517,15 @@ impl Node {
             health.clone(),
             shutdown.clone(),
         ))];
+        // The bundle log is compacted online, on a schedule.
+        if let Some(every) = config.node.compact_every {
+            tasks.push(tokio::spawn(compact_periodically(
+                sled,
+                every,
+                config.node.compaction,
+                shutdown.clone(),
+            )));
+        }
         // Certificates that expire soon are logged now and once a day.
         tasks.push(tokio::spawn(crate::transport::expiry::watch(
             reload.directory.clone(),
@@ -674,6 +684,40 @@ async fn report_health(health: &tonic_health::server::HealthReporter, serving: b
 /// when it starts and when it ends, not every period. A store that cannot write
 /// tries again at each flush (and goes on once it can: no restart needed); health
 /// says `NOT_SERVING` meanwhile.
+/// Compacts the bundle log every `every` (the first time `every` after start), on the
+/// blocking pool; the store goes on serving meanwhile.
+async fn compact_periodically(
+    store: Arc<SledStore>,
+    every: std::time::Duration,
+    settings: crate::store::compact::Compaction,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.compact(settings)).await {
+            Ok(Ok(done)) => tracing::info!(
+                seconds = done.took.as_secs_f64(),
+                writes_paused_ms = done.writes_paused.as_millis() as u64,
+                bytes_before = done.bytes_before,
+                bytes_after = done.bytes_after,
+                records_before = done.records_before,
+                records_kept = done.records_kept,
+                expired_dropped = done.expired_dropped,
+                generation = done.generation,
+                "compacted the bundle log"
+            ),
+            Ok(Err(error)) => {
+                tracing::error!(%error, "compaction of the bundle log failed; it is tried again next time")
+            }
+            Err(error) => tracing::error!(%error, "compaction of the bundle log stopped"),
+        }
+    }
+}
+
 async fn flush_periodically(
     engine: Arc<Engine>,
     health: tonic_health::server::HealthReporter,

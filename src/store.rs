@@ -6,6 +6,8 @@
 //! applies the single-writer rule and appends one log frame, which counts whole or
 //! not at all. No proto types of the services and no network here.
 
+pub mod compact;
+mod index;
 pub(crate) mod ledger;
 pub(crate) mod log;
 pub(crate) mod records;
@@ -18,6 +20,12 @@ pub use ledger::files::{DEFAULT_SEGMENT_BYTES, LedgerSettings, MAX_SEGMENT_BYTES
 pub use ledger::files::{FrameSpan, frame_spans};
 pub use log::LogHeader;
 pub use records::LOG_FILE;
+
+/// The generation of the bundle log in `dir` (how many compactions made it), read
+/// from its header.
+pub fn log_generation(dir: &std::path::Path) -> Result<u64, StoreError> {
+    log::read_header(&dir.join(LOG_FILE)).map(|header| header.generation)
+}
 pub(crate) use sled_store::replay_log;
 pub use sled_store::{MAX_CURSOR_BYTES, SledStore};
 
@@ -101,6 +109,9 @@ pub enum StoreError {
     /// A page cursor that this store did not hand out.
     #[error("invalid page cursor")]
     BadCursor,
+    /// A page cursor from before the store was compacted (slots were numbered anew).
+    #[error("page cursor from before a compaction")]
+    StaleCursor,
     /// The same bundle id arrived with different signed header bytes: the origin
     /// signed two different bundles under one id.
     #[error("bundle {0} conflicts with a stored bundle of the same id")]

@@ -6,100 +6,14 @@ mod common;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use common::Pki;
-use entente::crypto::{BundleSigner, CertificateSource, VerifiedBundle, sha256, verify};
+use entente::crypto::{VerifiedBundle, verify};
 use entente::engine::now_ms;
-use entente::model::{
-    Distribution, Indicator, IndicatorType, Item, ItemId, ItemKind, NodeId, Revocation, Tlp,
-};
+use entente::model::{IndicatorType, Item, ItemId, ItemKind, NodeId, Revocation, Tlp};
 use entente::store::{
     ItemQuery, ItemRejection, Page, PageLimit, SledStore, Source, Store, StoreError, StoredItem,
 };
-use entente::transport::{SignerVerifier, TlsMaterial};
 
-#[derive(Default)]
-struct Certs(HashMap<[u8; 32], Vec<u8>>);
-
-impl CertificateSource for Certs {
-    fn certificate(&self, sha: &[u8; 32]) -> Option<Vec<u8>> {
-        self.0.get(sha).cloned()
-    }
-}
-
-struct Fixture {
-    pki: Pki,
-    hq: TlsMaterial,
-    berlin: TlsMaterial,
-    certs: Certs,
-    trust: SignerVerifier,
-}
-
-fn fixture() -> Fixture {
-    let pki = Pki::new();
-    let hq = pki.material(&pki.node("redmond.hq"));
-    let berlin = pki.material(&pki.node("berlin.office"));
-    let mut certs = Certs::default();
-    for m in [&hq, &berlin] {
-        certs
-            .0
-            .insert(sha256(m.certificate_der()), m.certificate_der().to_vec());
-    }
-    let trust = hq.signer_trust().unwrap();
-    Fixture {
-        pki,
-        hq,
-        berlin,
-        certs,
-        trust,
-    }
-}
-
-fn indicator(
-    id: &ItemId,
-    ty: IndicatorType,
-    value: &str,
-    modified: i64,
-    tlp: Tlp,
-    tags: &[&str],
-) -> Item {
-    Item {
-        id: id.clone(),
-        modified_ms: modified,
-        tlp,
-        tags: tags.iter().map(|t| t.to_string()).collect(),
-        kind: ItemKind::Indicator(Indicator {
-            indicator_type: ty,
-            value: value.into(),
-            description: String::new(),
-            confidence: 50,
-            kill_chain_phases: vec![],
-            valid_from_ms: modified,
-            valid_until_ms: None,
-            properties: Default::default(),
-        }),
-    }
-}
-
-fn bundle(f: &Fixture, by: &TlsMaterial, items: &[Item]) -> VerifiedBundle {
-    let signer = BundleSigner::new(
-        by.id.clone(),
-        by.private_key_pkcs8().unwrap(),
-        by.certificate_der(),
-    )
-    .unwrap();
-    let wire = signer
-        .sign(items, &Distribution::default(), now_ms())
-        .unwrap()
-        .to_wire(|_| true);
-    verify(&wire, &f.certs, &f.trust, now_ms()).unwrap()
-}
-
-fn local(id: &NodeId) -> Source {
-    Source {
-        received_from: id.clone(),
-        hops: 0,
-    }
-}
+use common::signed::{Fixture, bundle, fixture, indicator, local};
 
 fn open(f: &Fixture, name: &str) -> SledStore {
     common::open_store(&f.pki.path().join(name), &f.hq.id, 16 << 20).unwrap()
@@ -566,11 +480,11 @@ fn modified_since_and_paging_cover_everything_once() {
             "{garbage:?}"
         );
     }
-    // A cursor past the end is an empty last page.
+    // A cursor past the end is an empty last page (after the log's generation, 0).
     let page = store
         .query(
             &ItemQuery::default(),
-            Some(&[0xff; 4]),
+            Some(&[0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]),
             PageLimit::items(10),
             now,
             &|_| true,
@@ -1042,11 +956,12 @@ fn a_value_held_by_very_many_items_is_paged_in_bounded_calls() {
     assert_eq!(seen.len(), 2_500);
     assert!(seen.windows(2).all(|w| w[0] > w[1]));
     // A cursor naming the head of a chain is the start; one naming a slot of
-    // another value, or a chain the query does not have, is refused.
+    // another value, or a chain the query does not have, is refused. (A cursor starts
+    // with the log's generation, 0 here.)
     let from_head = store
         .query(
             &query,
-            Some(&[0, 0xff, 0xff, 0xff, 0xff]),
+            Some(&[0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]),
             PageLimit::items(5),
             now,
             &|_| true,
@@ -1056,7 +971,10 @@ fn a_value_held_by_very_many_items_is_paged_in_bounded_calls() {
         .query(&query, None, PageLimit::items(5), now, &|_| true)
         .unwrap();
     assert_eq!(from_head, first);
-    for bad in [&[9u8, 0, 0, 0, 1][..], &[0, 0, 0, 0x30, 0][..]] {
+    for bad in [
+        &[0, 0, 0, 0, 9u8, 0, 0, 0, 1][..],
+        &[0, 0, 0, 0, 0, 0, 0, 0x30, 0][..],
+    ] {
         let refused = store.query(&query, Some(bad), PageLimit::items(5), now, &|_| true);
         assert!(matches!(refused, Err(StoreError::BadCursor)), "{bad:?}");
     }

@@ -381,6 +381,14 @@ pub enum StoreCommand {
         #[arg(long)]
         cut_damaged: bool,
     },
+    /// Compact the bundle log now, with the node stopped (a running node compacts
+    /// itself every `store.compact_every`): superseded versions and indicators expired
+    /// for longer than `store.keep_expired` are dropped. Prints the space reclaimed.
+    Compact {
+        /// The node configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 /// The subcommands of `entente certs`.

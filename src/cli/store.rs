@@ -1,5 +1,6 @@
 //! `entente store recover`: rebuilds a store whose metadata was lost from its bundle
-//! log. Runs in this process, with the node stopped.
+//! log; `entente store compact`: compacts its bundle log. Both run in this process,
+//! with the node stopped.
 
 use anyhow::Result;
 use serde_json::json;
@@ -35,5 +36,39 @@ pub fn recover(config: &crate::Config, cut_damaged: bool, output: Output) -> Res
         }));
     }
     println!("{recovery}");
+    Ok(())
+}
+
+/// `entente store compact`.
+pub fn compact(config: &crate::Config, output: Output) -> Result<()> {
+    let running = |e: crate::store::StoreError| match e {
+        crate::store::StoreError::Engine { .. } => anyhow::anyhow!(
+            "{e} (is the node still running? it compacts its store itself every store.compact_every; stop it to compact now)"
+        ),
+        other => anyhow::Error::new(other),
+    };
+    let store = crate::store::SledStore::open_with(
+        &config.node.data_dir,
+        &config.node.id,
+        config.node.store_cache_bytes,
+        config.node.ledger.clone(),
+    )
+    .map_err(running)?;
+    let done = store.compact(config.node.compaction)?;
+    crate::store::Store::flush(&store)?;
+    if output.is_json() {
+        return print_json(&json!({
+            "bytes_before": done.bytes_before,
+            "bytes_after": done.bytes_after,
+            "bundles_before": done.bundles_before,
+            "bundles_kept": done.bundles_kept,
+            "records_before": done.records_before,
+            "records_kept": done.records_kept,
+            "expired_dropped": done.expired_dropped,
+            "generation": done.generation,
+            "seconds": done.took.as_secs_f64(),
+        }));
+    }
+    println!("{done}");
     Ok(())
 }

@@ -28,6 +28,11 @@ pub enum PageTokenError {
         "page_token is not valid: a token works only with the query that returned it, for the caller it was given to, until the node restarts"
     )]
     Invalid,
+    /// The token was issued before the node compacted its store.
+    #[error(
+        "page_token is no longer valid: the node compacted its store since it was issued; start the query again without a token"
+    )]
+    Stale,
     /// A cursor too long to seal (a store bug, never a caller's).
     #[error("page cursor of {0} bytes cannot be sealed")]
     CursorTooLong(usize),

@@ -43,9 +43,9 @@ impl From<EngineError> for Status {
             | EngineError::TooManyPublishes { .. }
             | EngineError::TooManyUnsentAnswers { .. }
             | EngineError::TransferTooLarge { .. }) => Status::resource_exhausted(e.to_string()),
-            EngineError::PageToken(e @ crate::policy::PageTokenError::Invalid) => {
-                Status::invalid_argument(e.to_string())
-            }
+            EngineError::PageToken(
+                e @ (crate::policy::PageTokenError::Invalid | crate::policy::PageTokenError::Stale),
+            ) => Status::invalid_argument(e.to_string()),
             EngineError::Store(crate::store::StoreError::ConflictingBundle(id)) => {
                 Status::already_exists(format!("bundle {id} conflicts with a stored bundle"))
             }

@@ -10,7 +10,7 @@
 //!
 //! | prefix | key | value |
 //! | --- | --- | --- |
-//! | `M` | name | meta: owner id, store format, store id, ledger head, log watermark, feed lease |
+//! | `M` | name | meta: owner id, store format, store id, ledger head, log watermark and generation, a compaction being swapped in, feed lease |
 //! | `C` | SHA-256 of the certificate | DER certificate (cache) |
 //! | `K` | peer id | replication cursor in that peer's feed (u64 big-endian) |
 //! | `P` | peer id | fingerprint of the policy that peer was last served a pull under |
@@ -25,6 +25,9 @@ pub const TREE: &str = "entente.v3";
 pub const OLD_TREES: &[&str] = &["entente.v2", "entente.v1", "meta.v1"];
 /// File name of the bundle log in the data directory.
 pub const LOG_FILE: &str = "bundles.v4.log";
+/// File name of the log a compaction writes; renamed over [`LOG_FILE`] once complete
+/// and on disk. One found at open is what a crash left, and is removed.
+pub const LOG_FILE_COMPACTING: &str = "bundles.v4.log.compacting";
 /// File name of a bundle log of format 3, upgraded in place at open.
 pub const LOG_FILE_V3: &str = "bundles.v3.log";
 /// What a format-3 log is renamed to once upgraded (kept for the operator to delete).
@@ -49,6 +52,15 @@ pub const META_LOG_SYNCED: &[u8] = b"Mlog_synced";
 /// after a restart numbering goes on above it, so a position a partner may have seen
 /// is never given to another bundle.
 pub const META_FEED_LEASE: &[u8] = b"Mfeed_lease";
+/// The generation of the bundle log the watermark counts (u64 big-endian; absent for
+/// generation 0): each compaction writes a log of the next generation, which says so
+/// in its header.
+pub const META_LOG_GENERATION: &[u8] = b"Mlog_generation";
+/// A compaction between writing its log and renaming it into place: the new log's
+/// generation, then its synced length (both u64 big-endian). At open, a log of that
+/// generation means the rename happened, and this length is its watermark; a log of
+/// the generation before means it did not, and the new file is removed.
+pub const META_COMPACTING: &[u8] = b"Mcompacting";
 /// The last ledger record: its sequence number (8 bytes big-endian), then its hash
 /// (32 bytes).
 pub const META_LEDGER_HEAD: &[u8] = b"Mledger_head";

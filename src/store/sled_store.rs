@@ -4,20 +4,19 @@
 //! ledger in its segment files (`ledger/files.rs`), whose head and retention floor
 //! sled keeps.
 
+use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
-use std::collections::{BTreeMap, HashMap};
 
-use hashbrown::{HashTable, hash_table};
-use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use prost::Message;
 
+use super::index::{Index, NONE, NewItem, observed_hashes, replay, value_hash};
 use super::ledger::files::{self, LedgerSettings, SegmentLedger};
 use super::ledger::{self, ChainWalk, Head};
-use super::log::{BundleLog, Frame, FrameBuilder, LogHeader, Span};
+use super::log::{BundleLog, FrameBuilder, LogHeader, Span};
 use super::records::{self, BundleHead, ItemRecord};
 use super::{
     AcceptReport, HeldBundle, HeldItem, ItemQuery, ItemRejection, LedgerCheck, LedgerEntry,
@@ -41,318 +40,15 @@ const MAX_VALUE_READS: usize = 1024;
 /// bound lets the service refuse anything longer before the store looks at it).
 pub const MAX_CURSOR_BYTES: usize = 64;
 
-/// No slot (end of a value chain).
-const NONE: u32 = u32::MAX;
-
 /// Feed positions leased at a time. A position handed out and then lost in a power
 /// loss (with the unsynced end of the log) is never reused, so a partner whose cursor
 /// went past it still receives what comes next; a restart skips at most this many.
 const FEED_LEASE: u64 = 64;
 
-/// One item record in the log, as the index knows it (44 bytes: packed to 4-byte
-/// alignment, with its index in its bundle, liveness and type code sharing one word).
-/// The two hash tables hold slot numbers only (4 bytes and a control byte per bucket)
-/// and compare through these fields; with its place in its bundle's slot list, an item
-/// costs about 64 bytes of memory (68 with 48-byte slots, measured at ten million).
-#[derive(Clone, Copy)]
-#[repr(C, packed(4))]
-struct Slot {
-    /// Where its record starts in the log.
-    offset: u64,
-    /// Keyed hash of its type and value (0 for revocations, which have none).
-    value_hash: u64,
-    /// Its item id.
-    uuid: [u8; 16],
-    /// Its record's length.
-    len: u32,
-    /// The previous slot with the same value hash ([`NONE`] at the end).
-    next: u32,
-    /// Index in its bundle (bits 0 to 22), whether this is the latest version of its id
-    /// held (bit 23), and its type code (bits 24 to 31; [`records::NOT_INDEXED`] for
-    /// revocations).
-    meta: u32,
-}
-
-/// Bits of [`Slot::meta`] that hold the index in the bundle.
-const SLOT_INDEX_BITS: u32 = (1 << 23) - 1;
-/// The bit of [`Slot::meta`] that says the slot is live.
-const SLOT_LIVE: u32 = 1 << 23;
-
-const _: () = assert!(crate::crypto::MAX_ITEMS_PER_BUNDLE as u64 <= SLOT_INDEX_BITS as u64);
-
-/// Slots in chunks of fixed size: growing never copies the slots held or leaves
-/// half of a doubled allocation unused (a `Vec` of a million slots would briefly hold
-/// 72 MB to grow).
-struct Slots {
-    chunks: Vec<Vec<Slot>>,
-    len: usize,
-}
-
-/// Slots per chunk (3 MiB each).
-const CHUNK_SLOTS: usize = 1 << 16;
-
-const _: () = assert!(std::mem::size_of::<Slot>() == 44);
-
-impl Slots {
-    fn new() -> Self {
-        Self {
-            chunks: Vec::new(),
-            len: 0,
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.len
-    }
-
-    fn get(&self, at: usize) -> Option<&Slot> {
-        self.chunks.get(at / CHUNK_SLOTS)?.get(at % CHUNK_SLOTS)
-    }
-
-    fn push(&mut self, slot: Slot) {
-        if self.len % CHUNK_SLOTS == 0 {
-            self.chunks.push(Vec::with_capacity(CHUNK_SLOTS));
-        }
-        self.chunks
-            .last_mut()
-            .expect("a chunk was just added if none had room")
-            .push(slot);
-        self.len += 1;
-    }
-}
-
-impl std::ops::Index<usize> for Slots {
-    type Output = Slot;
-
-    fn index(&self, at: usize) -> &Slot {
-        &self.chunks[at / CHUNK_SLOTS][at % CHUNK_SLOTS]
-    }
-}
-
-impl std::ops::IndexMut<usize> for Slots {
-    fn index_mut(&mut self, at: usize) -> &mut Slot {
-        &mut self.chunks[at / CHUNK_SLOTS][at % CHUNK_SLOTS]
-    }
-}
-
-impl Slot {
-    fn new(span: Span, uuid: [u8; 16], value_hash: u64, index: u32, ty: u8) -> Self {
-        Self {
-            offset: span.offset,
-            value_hash,
-            uuid,
-            len: span.len,
-            next: NONE,
-            meta: (index & SLOT_INDEX_BITS) | SLOT_LIVE | (u32::from(ty) << 24),
-        }
-    }
-
-    fn span(&self) -> Span {
-        Span {
-            offset: self.offset,
-            len: self.len,
-        }
-    }
-
-    /// Its index in its bundle.
-    fn index(&self) -> u32 {
-        self.meta & SLOT_INDEX_BITS
-    }
-
-    /// Its type code.
-    fn ty(&self) -> u8 {
-        (self.meta >> 24) as u8
-    }
-
-    /// Whether it is the latest version of its id held.
-    fn live(&self) -> bool {
-        self.meta & SLOT_LIVE != 0
-    }
-
-    /// Marks it as replaced by a later version.
-    fn retire(&mut self) {
-        self.meta &= !SLOT_LIVE;
-    }
-}
-
-/// A bundle as the index knows it.
-struct BundleEntry {
-    /// Its head (signed header and signature) in the log.
-    head: Span,
-    /// Its latest place in the change feed.
-    feed_seq: u64,
-    /// Every item record logged for it (older ones may no longer be live).
-    slots: Vec<u32>,
-}
-
-/// One item of a frame, ready for the index.
-struct NewItem {
-    span: Span,
-    uuid: [u8; 16],
-    index: u32,
-    ty: u8,
-    value_hash: Option<u64>,
-    /// The keyed hashes of the values a STIX pattern names ([`observed_hashes`]).
-    observed: Vec<u64>,
-}
-
-/// The indexes over the log, in memory. Slots are numbered in log order, so the
-/// numbering is the same after every open.
-struct Index {
-    slots: Slots,
-    /// Latest slot per item id.
-    by_id: HashTable<u32>,
-    /// Newest slot per value hash; older ones chain through [`Slot::next`].
-    by_value: HashTable<u32>,
-    /// The slots of STIX patterns per hash of a value they name, in log order: a
-    /// pattern names several values, and a slot has room for one chain only.
-    observed: HashMap<u64, Vec<u32>>,
-    bundles: HashMap<[u8; 16], BundleEntry>,
-    /// Change feed: position → bundle.
-    feed: BTreeMap<u64, [u8; 16]>,
-    /// Keyed per process, so values cannot be chosen to collide.
-    hasher: RandomState,
-}
-
-impl Index {
-    fn new() -> Self {
-        Self {
-            slots: Slots::new(),
-            by_id: HashTable::new(),
-            by_value: HashTable::new(),
-            observed: HashMap::new(),
-            bundles: HashMap::new(),
-            feed: BTreeMap::new(),
-            hasher: RandomState::new(),
-        }
-    }
-
-    /// Makes room for `items` more item records without growing the tables on the
-    /// way (growing rehashes every id).
-    fn reserve(&mut self, items: usize) {
-        let Self {
-            slots,
-            by_id,
-            by_value,
-            hasher,
-            ..
-        } = self;
-        by_id.reserve(items, |&s| hasher.hash_one(slots[s as usize].uuid));
-        by_value.reserve(items, |&s| slots[s as usize].value_hash);
-    }
-
-    /// The latest slot of item `uuid`.
-    fn latest(&self, uuid: &[u8; 16]) -> Option<u32> {
-        let slots = &self.slots;
-        self.by_id
-            .find(self.hasher.hash_one(uuid), |&s| {
-                slots[s as usize].uuid == *uuid
-            })
-            .copied()
-    }
-
-    fn feed_head(&self) -> u64 {
-        self.feed.last_key_value().map_or(0, |(seq, _)| *seq)
-    }
-
-    /// Applies one logged frame: the same code runs after an append and when the log
-    /// is read at open, so both build the same index.
-    fn apply(
-        &mut self,
-        bundle_uuid: [u8; 16],
-        feed_seq: u64,
-        head: Option<Span>,
-        items: Vec<NewItem>,
-    ) -> Result<(), StoreError> {
-        let Self {
-            slots,
-            by_id,
-            by_value,
-            observed,
-            bundles,
-            feed,
-            hasher,
-        } = self;
-        let entry = match bundles.entry(bundle_uuid) {
-            std::collections::hash_map::Entry::Occupied(held) => held.into_mut(),
-            std::collections::hash_map::Entry::Vacant(new) => {
-                let head = head.ok_or_else(|| StoreError::Corrupt {
-                    key: BundleId::from_uuid_bytes(bundle_uuid).to_string(),
-                    problem: "the bundle's first frame has no head".into(),
-                })?;
-                new.insert(BundleEntry {
-                    head,
-                    feed_seq: 0,
-                    slots: Vec::new(),
-                })
-            }
-        };
-        for new in items {
-            let slot = u32::try_from(slots.len())
-                .ok()
-                .filter(|&s| s != NONE)
-                .ok_or_else(|| StoreError::Corrupt {
-                    key: "bundle log".into(),
-                    problem: "more item records than this version indexes".into(),
-                })?;
-            slots.push(Slot::new(
-                new.span,
-                new.uuid,
-                new.value_hash.unwrap_or(0),
-                new.index,
-                new.ty,
-            ));
-            if let Some(hash) = new.value_hash {
-                let next = match by_value.entry(
-                    hash,
-                    |&s| slots[s as usize].value_hash == hash,
-                    |&s| slots[s as usize].value_hash,
-                ) {
-                    hash_table::Entry::Occupied(mut head) => {
-                        std::mem::replace(head.get_mut(), slot)
-                    }
-                    hash_table::Entry::Vacant(head) => {
-                        head.insert(slot);
-                        NONE
-                    }
-                };
-                slots[slot as usize].next = next;
-            }
-            for hash in new.observed {
-                observed.entry(hash).or_default().push(slot);
-            }
-            let id_hash = hasher.hash_one(new.uuid);
-            let replaced = match by_id.entry(
-                id_hash,
-                |&s| slots[s as usize].uuid == new.uuid,
-                |&s| hasher.hash_one(slots[s as usize].uuid),
-            ) {
-                hash_table::Entry::Occupied(mut latest) => {
-                    Some(std::mem::replace(latest.get_mut(), slot))
-                }
-                hash_table::Entry::Vacant(latest) => {
-                    latest.insert(slot);
-                    None
-                }
-            };
-            if let Some(old) = replaced {
-                slots[old as usize].retire();
-            }
-            entry.slots.push(slot);
-        }
-        if entry.feed_seq != 0 {
-            feed.remove(&entry.feed_seq);
-        }
-        entry.feed_seq = feed_seq;
-        feed.insert(feed_seq, bundle_uuid);
-        Ok(())
-    }
-}
-
 /// sled, open: the metadata, cursors, certificates and the disclosure ledger.
-struct Meta {
-    db: sled::Db,
-    tree: sled::Tree,
+pub(super) struct Meta {
+    pub(super) db: sled::Db,
+    pub(super) tree: sled::Tree,
 }
 
 /// Why the store cannot write now.
@@ -371,37 +67,45 @@ const PROBE_BYTES: usize = 1 << 20;
 /// The store: sled for meta, cursors, certificates and the ledger; the bundle log
 /// for bundles and items; the in-memory index over the log.
 pub struct SledStore {
-    path: PathBuf,
-    owner: NodeId,
-    cache_bytes: u64,
+    pub(super) path: PathBuf,
+    pub(super) owner: NodeId,
+    pub(super) cache_bytes: u64,
     /// The store's random id, in sled and in the log's header.
-    store_id: [u8; 16],
+    pub(super) store_id: [u8; 16],
     /// `None` only while sled is being reopened after a failure.
-    meta: RwLock<Option<Meta>>,
+    pub(super) meta: RwLock<Option<Meta>>,
     /// Set by a failed write; cleared by the first flush that succeeds after it.
     trouble: Mutex<Option<Trouble>>,
-    log: BundleLog,
-    index: RwLock<Index>,
+    /// The bundle log in use. A compaction replaces it (with the index) while holding
+    /// this lock for writing, so whoever holds it for reading sees spans from the index
+    /// and the log they point into as one.
+    pub(super) log: RwLock<BundleLog>,
+    pub(super) index: RwLock<Index>,
     /// The index's value hasher, for hashing outside its lock.
-    hasher: RandomState,
+    pub(super) hasher: RandomState,
     /// The log watermark as last written to sled.
-    recorded_watermark: AtomicU64,
+    pub(super) recorded_watermark: AtomicU64,
     /// Held for the whole of a flush.
-    flushing: Mutex<()>,
+    pub(super) flushing: Mutex<()>,
     /// Feed positions up to this one were leased when the store opened: they may
     /// have been handed out before, so numbering goes on above it.
-    feed_floor: u64,
+    pub(super) feed_floor: u64,
     /// Feed positions up to this one are leased (recorded in sled before use).
-    feed_lease: AtomicU64,
+    pub(super) feed_lease: AtomicU64,
+    /// Feed positions up to this one were handed out before a compaction of this run,
+    /// which may have dropped the bundle at the head: numbering goes on above it.
+    pub(super) feed_compacted: AtomicU64,
     /// Replication cursors as last set; those not yet in sled are marked pending and
     /// written by the next flush, after the log is synced.
-    cursors: Mutex<HashMap<String, (u64, bool)>>,
+    pub(super) cursors: Mutex<HashMap<String, (u64, bool)>>,
     /// One writer at a time: the single-writer checks read then write.
-    writer: Mutex<()>,
+    pub(super) writer: Mutex<()>,
     /// The disclosure ledger's segments.
-    ledger: SegmentLedger,
+    pub(super) ledger: SegmentLedger,
     /// The ledger head as last written to sled.
-    recorded_ledger_head: Mutex<Option<Head>>,
+    pub(super) recorded_ledger_head: Mutex<Option<Head>>,
+    /// Held for the whole of a compaction: one at a time.
+    pub(super) compacting: Mutex<()>,
 }
 
 /// Opens sled in `dir`.
@@ -441,7 +145,7 @@ struct Opened {
     ledger_floor: Option<Head>,
 }
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     i64::try_from(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -518,7 +222,15 @@ impl SledStore {
                 });
             }
         }
-        let opened = Self::open_meta_state(dir, owner, &meta, has_log, has_v3)?;
+        let mut opened = Self::open_meta_state(dir, owner, &meta, has_log, has_v3)?;
+        let generation = meta_u64(&meta.tree, records::META_LOG_GENERATION, "log generation")
+            .map_err(|problem| StoreError::Corrupt {
+                key: "log generation".into(),
+                problem,
+            })?
+            .unwrap_or(0);
+        opened.acknowledged =
+            super::compact::settle(dir, &meta.tree, &meta.db, generation, opened.acknowledged)?;
         migrate_ledger(dir, &meta, &opened, &ledger_settings)?;
         let ledger = SegmentLedger::open(
             dir,
@@ -545,6 +257,7 @@ impl SledStore {
                     store_id: opened.store_id,
                     owner: owner.as_str().to_owned(),
                     created_ms: now_ms(),
+                    generation: 0,
                 },
             )?
         } else {
@@ -602,17 +315,19 @@ impl SledStore {
             store_id: opened.store_id,
             meta: RwLock::new(Some(meta)),
             trouble: Mutex::new(None),
-            log,
+            log: RwLock::new(log),
             index: RwLock::new(index),
             hasher,
             recorded_watermark: AtomicU64::new(opened.acknowledged),
             flushing: Mutex::new(()),
             feed_floor: opened.feed_lease,
             feed_lease: AtomicU64::new(opened.feed_lease),
+            feed_compacted: AtomicU64::new(0),
             cursors: Mutex::new(HashMap::new()),
             writer: Mutex::new(()),
             ledger,
             recorded_ledger_head: Mutex::new(Some(opened.ledger_head)),
+            compacting: Mutex::new(()),
         }
     }
 
@@ -708,6 +423,7 @@ impl SledStore {
                     store_id,
                     owner: owner.as_str().to_owned(),
                     created_ms: now_ms(),
+                    generation: 0,
                 };
                 let v3_path = dir.join(records::LOG_FILE_V3);
                 if has_v3 {
@@ -758,7 +474,11 @@ impl SledStore {
         })
     }
 
-    fn index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+    pub(super) fn log(&self) -> std::sync::RwLockReadGuard<'_, BundleLog> {
+        self.log.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
         self.index.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -772,7 +492,10 @@ impl SledStore {
 
     /// Runs `f` on sled. A failure of sled makes the store unwritable until a flush
     /// reopens it.
-    fn with_meta<T>(&self, f: impl FnOnce(&Meta) -> sled::Result<T>) -> Result<T, StoreError> {
+    pub(super) fn with_meta<T>(
+        &self,
+        f: impl FnOnce(&Meta) -> sled::Result<T>,
+    ) -> Result<T, StoreError> {
         let guard = self.meta.read().unwrap_or_else(|p| p.into_inner());
         let Some(meta) = guard.as_ref() else {
             return Err(self.unwritable_now());
@@ -786,7 +509,7 @@ impl SledStore {
     }
 
     /// Records that a write failed: the store is unwritable until a flush succeeds.
-    fn note_failure(&self, error: &StoreError, sled_failed: bool) {
+    pub(super) fn note_failure(&self, error: &StoreError, sled_failed: bool) {
         if !sled_failed && !error.is_io() {
             return;
         }
@@ -844,7 +567,7 @@ impl SledStore {
             disk_full,
             reason,
         };
-        if self.log.is_failed() {
+        if self.log().is_failed() {
             return Err(still(
                 trouble.disk_full,
                 format!(
@@ -853,7 +576,7 @@ impl SledStore {
                 ),
             ));
         }
-        if let Err(e) = self.log.probe(PROBE_BYTES) {
+        if let Err(e) = self.log().probe(PROBE_BYTES) {
             let disk_full = e.is_disk_full();
             return Err(still(
                 disk_full,
@@ -965,8 +688,8 @@ impl SledStore {
     }
 
     /// Reads the item record at `span`.
-    fn read_record(&self, span: Span) -> Result<ItemRecord, StoreError> {
-        let bytes = self.log.read(span)?;
+    fn read_record(log: &BundleLog, span: Span) -> Result<ItemRecord, StoreError> {
+        let bytes = log.read(span)?;
         ItemRecord::decode(bytes.as_slice()).map_err(|e| StoreError::Corrupt {
             key: format!("item record at byte {}", span.offset),
             problem: e.to_string(),
@@ -974,7 +697,11 @@ impl SledStore {
     }
 
     /// The latest version held of the item `uuid`.
-    fn item_record(&self, uuid: &[u8; 16]) -> Result<Option<ItemRecord>, StoreError> {
+    fn item_record(
+        &self,
+        log: &BundleLog,
+        uuid: &[u8; 16],
+    ) -> Result<Option<ItemRecord>, StoreError> {
         let span = {
             let index = self.index();
             match index.latest(uuid) {
@@ -982,15 +709,31 @@ impl SledStore {
                 Some(slot) => index.slots[slot as usize].span(),
             }
         };
-        self.read_record(span).map(Some)
+        Self::read_record(log, span).map(Some)
     }
 
-    fn read_head(&self, span: Span, id: &BundleId) -> Result<BundleHead, StoreError> {
-        let bytes = self.log.read(span)?;
+    fn read_head(log: &BundleLog, span: Span, id: &BundleId) -> Result<BundleHead, StoreError> {
+        let bytes = log.read(span)?;
         BundleHead::decode(bytes.as_slice()).map_err(|e| StoreError::Corrupt {
             key: id.to_string(),
             problem: e.to_string(),
         })
+    }
+
+    /// The signed header of bundle `id`, read from `log`.
+    fn bundle_header_in(
+        &self,
+        log: &BundleLog,
+        id: &BundleId,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let head = {
+            let index = self.index();
+            match index.bundles.get(&id.uuid_bytes()) {
+                None => return Ok(None),
+                Some(entry) => entry.head,
+            }
+        };
+        Ok(Some(Self::read_head(log, head, id)?.header_bytes))
     }
 
     fn stored_item(record: ItemRecord) -> Result<StoredItem, StoreError> {
@@ -1023,7 +766,7 @@ impl SledStore {
         page: &mut Page,
     ) -> Result<Option<u32>, StoreError> {
         for &(slot, span) in candidates {
-            let stored = Self::stored_item(self.read_record(span)?)?;
+            let stored = Self::stored_item(Self::read_record(want.log, span)?)?;
             let value_matches = want.exact.is_empty() || {
                 let observed = stored.item.observed_values();
                 want.exact.iter().any(|(ty, v)| {
@@ -1047,31 +790,13 @@ impl SledStore {
 /// What a query call keeps: the filters, the exact values looked up (empty for a
 /// scan), what the caller may see, and the page size.
 struct Wanted<'a> {
+    /// The log the index's spans point into (held for the whole call).
+    log: &'a BundleLog,
     query: &'a ItemQuery,
     exact: &'a [(IndicatorType, String)],
     now_ms: i64,
     visible: &'a dyn Fn(&StoredItem) -> bool,
     limit: PageLimit,
-}
-
-/// The keyed hash a value is indexed under.
-fn value_hash(hasher: &RandomState, ty: u8, value: &[u8]) -> u64 {
-    hasher.hash_one((ty, value))
-}
-
-/// The keyed hashes of the values an indexed STIX pattern names (none for any other
-/// item), under which a value query finds it too.
-fn observed_hashes(hasher: &RandomState, indexed: Option<(u8, &str)>) -> Vec<u64> {
-    match indexed {
-        Some((ty, pattern)) if ty == records::type_code(IndicatorType::StixPattern) => {
-            crate::model::observables::observables(pattern)
-                .values
-                .iter()
-                .map(|(ty, v)| value_hash(hasher, records::type_code(*ty), v.as_bytes()))
-                .collect()
-        }
-        _ => Vec::new(),
-    }
 }
 
 impl SledStore {
@@ -1332,6 +1057,9 @@ impl SledStore {
             });
         }
         let header = super::log::read_header(&log_path)?;
+        // What a compaction a crash interrupted left beside the log: the log is what
+        // the store is rebuilt from.
+        super::compact::remove_if_there(&dir.join(records::LOG_FILE_COMPACTING))?;
         if header.owner != owner.as_str() {
             return Err(StoreError::WrongOwner {
                 path: dir.to_owned(),
@@ -1374,6 +1102,10 @@ impl SledStore {
         batch.insert(records::META_FORMAT, &super::log::FORMAT.to_be_bytes()[..]);
         batch.insert(records::META_STORE_ID, &found.header.store_id[..]);
         batch.insert(records::META_LOG_SYNCED, &synced.to_be_bytes()[..]);
+        batch.insert(
+            records::META_LOG_GENERATION,
+            &found.header.generation.to_be_bytes()[..],
+        );
         batch.insert(records::META_FEED_LEASE, &feed_lease.to_be_bytes()[..]);
         meta.tree.apply_batch(batch).map_err(engine)?;
         meta.db.flush().map_err(engine)?;
@@ -1417,66 +1149,6 @@ pub(crate) fn replay_log(path: &Path, acknowledged: u64) -> Result<BundleLog, St
     BundleLog::open(path, acknowledged, |frame| replay(&mut index, frame))
 }
 
-/// Adds one frame read at open to the index.
-fn replay(index: &mut Index, frame: Frame<'_>) -> Result<(), StoreError> {
-    if frame.feed_seq <= index.feed_head() {
-        return Err(corrupt(
-            "bundle log",
-            format!(
-                "feed position {} after {}: positions must rise",
-                frame.feed_seq,
-                index.feed_head()
-            ),
-        ));
-    }
-    let mut items = Vec::with_capacity(frame.items.len());
-    for (span, bytes) in frame.items {
-        if let Some(fields) = records::index_fields(bytes) {
-            items.push(NewItem {
-                span,
-                uuid: fields.uuid,
-                index: fields.index,
-                ty: fields.ty,
-                value_hash: fields
-                    .value
-                    .map(|v| value_hash(&index.hasher, fields.ty, v)),
-                observed: observed_hashes(
-                    &index.hasher,
-                    fields
-                        .value
-                        .and_then(|v| std::str::from_utf8(v).ok())
-                        .map(|v| (fields.ty, v)),
-                ),
-            });
-            continue;
-        }
-        let damaged = |problem: String| StoreError::Corrupt {
-            key: format!("item record at byte {}", span.offset),
-            problem,
-        };
-        let record = ItemRecord::decode(bytes).map_err(|e| damaged(e.to_string()))?;
-        let item = Item::decode_stored(&record.item_bytes).map_err(|e| damaged(e.to_string()))?;
-        let (ty, value_hash) = match records::value_of(&item) {
-            Some((ty, value)) => (ty, Some(value_hash(&index.hasher, ty, value.as_bytes()))),
-            None => (records::unvalued_type(&item), None),
-        };
-        items.push(NewItem {
-            span,
-            uuid: item.id.uuid_bytes(),
-            index: record.index,
-            ty,
-            value_hash,
-            observed: observed_hashes(&index.hasher, records::value_of(&item)),
-        });
-    }
-    index.apply(
-        frame.bundle_uuid,
-        frame.feed_seq,
-        frame.head.map(|(span, _)| span),
-        items,
-    )
-}
-
 /// The exact (type, normalised value) pairs a value query looks for.
 fn exact_values(query: &ItemQuery) -> Vec<(IndicatorType, String)> {
     let Some(value) = &query.value else {
@@ -1499,7 +1171,7 @@ fn damaged_head(len: usize) -> LedgerCheck {
     }
 }
 
-fn corrupt(key: &str, problem: impl std::fmt::Display) -> StoreError {
+pub(super) fn corrupt(key: &str, problem: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt {
         key: key.to_owned(),
         problem: problem.to_string(),
@@ -1521,7 +1193,10 @@ impl SledStore {
             .map(|(peer, (seq, _))| (peer.clone(), *seq))
             .collect();
         // The log first: nothing in sled may be durable before the bundles it follows.
-        let synced = self.log.sync()?;
+        let (synced, generation) = {
+            let log = self.log();
+            (log.sync()?, log.header().generation)
+        };
         // The ledger's records on disk before the head that counts them.
         let ledger_head = self.ledger.sync()?;
         let recorded = self.recorded_watermark.load(Ordering::SeqCst);
@@ -1533,6 +1208,10 @@ impl SledStore {
         if synced != recorded || !pending.is_empty() || ledger_moved {
             let mut batch = sled::Batch::default();
             batch.insert(records::META_LOG_SYNCED, &synced.to_be_bytes()[..]);
+            // The watermark counts this log: its generation goes with it (and a
+            // compaction's note is done with; none is pending while a flush runs).
+            batch.insert(records::META_LOG_GENERATION, &generation.to_be_bytes()[..]);
+            batch.remove(records::META_COMPACTING);
             batch.insert(records::META_LEDGER_HEAD, &ledger_head.encode()[..]);
             for (peer, seq) in &pending {
                 batch.insert(
@@ -1584,6 +1263,7 @@ impl Store for SledStore {
         let header = bundle.header();
         let bundle_uuid = header.bundle_id.uuid_bytes();
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let log = self.log();
 
         // What is known of this bundle (its head, and which indices), the feed head and
         // how many slots there are.
@@ -1605,14 +1285,18 @@ impl Store for SledStore {
         // The same signed header under another valid signature (ECDSA signatures are
         // malleable) is the same bundle: the first is kept.
         if let Some(head) = held {
-            if self.read_head(head, &header.bundle_id)?.header_bytes != bundle.header_bytes() {
+            if Self::read_head(&log, head, &header.bundle_id)?.header_bytes != bundle.header_bytes()
+            {
                 return Err(StoreError::ConflictingBundle(header.bundle_id.clone()));
             }
         }
         let origin = header.origin.to_string();
         let received_from = source.received_from.to_string();
         // Above every position that may have been handed out before a restart.
-        let seq = feed_head.max(self.feed_floor) + 1;
+        let seq = feed_head
+            .max(self.feed_floor)
+            .max(self.feed_compacted.load(Ordering::SeqCst))
+            + 1;
         let head_bytes = held.is_none().then(|| {
             BundleHead {
                 header_bytes: bundle.header_bytes().to_vec(),
@@ -1631,7 +1315,7 @@ impl Store for SledStore {
             let uuid = item.id.uuid_bytes();
             if known.contains(&verified.index) {
                 // Held already; a shorter path lowers its hop count (the delivery rule counts the fewest transfers).
-                match self.item_record(&uuid)? {
+                match self.item_record(&log, &uuid)? {
                     Some(mut current)
                         if current.bundle_uuid == bundle_uuid
                             && current.index == verified.index
@@ -1665,7 +1349,7 @@ impl Store for SledStore {
                     None,
                     is_revocation.then(|| (*pending_item).clone()),
                 )),
-                None => match self.item_record(&uuid)? {
+                None => match self.item_record(&log, &uuid)? {
                     None => None,
                     Some(current) => {
                         // One UUID, one object type: `malware--X` never replaces
@@ -1687,7 +1371,7 @@ impl Store for SledStore {
                             let wider = match records::uuid16(&current.bundle_uuid) {
                                 Some(uuid) => {
                                     let id = BundleId::from_uuid_bytes(uuid);
-                                    match self.bundle_header(&id)? {
+                                    match self.bundle_header_in(&log, &id)? {
                                         Some(bytes) => crate::crypto::parse_header(&bytes)
                                             .ok()
                                             .map(|(h, _)| h.distribution)
@@ -1775,8 +1459,7 @@ impl Store for SledStore {
         if seq > self.feed_lease.load(Ordering::SeqCst) {
             self.lease_feed(seq)?;
         }
-        let written = self
-            .log
+        let written = log
             .append(frame)
             .inspect_err(|e| self.note_failure(e, false))?;
         let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
@@ -1828,7 +1511,8 @@ impl Store for SledStore {
     }
 
     fn get(&self, id: &ItemId) -> Result<Option<StoredItem>, StoreError> {
-        match self.item_record(&id.uuid_bytes())? {
+        let log = self.log();
+        match self.item_record(&log, &id.uuid_bytes())? {
             None => Ok(None),
             // The UUID under another type is another id: not held.
             Some(record) => {
@@ -1848,26 +1532,50 @@ impl Store for SledStore {
         if limit.items == 0 {
             return Ok(page);
         }
+        let log = self.log();
+        // Cursors name slots, which a compaction numbers anew: each starts with the
+        // generation of the log it counts in.
+        let current = log.header().generation as u32;
+        let generation = current.to_be_bytes();
+        let after = match after {
+            None | Some([]) => None,
+            Some(cursor) => match cursor.split_first_chunk::<4>() {
+                Some((g, rest)) if *g == generation && !rest.is_empty() => Some(rest),
+                Some((g, rest)) if u32::from_be_bytes(*g) < current && !rest.is_empty() => {
+                    return Err(StoreError::StaleCursor);
+                }
+                _ => return Err(StoreError::BadCursor),
+            },
+        };
+        let stamp = |next: Option<Vec<u8>>| {
+            next.map(|inner| {
+                let mut cursor = generation.to_vec();
+                cursor.extend_from_slice(&inner);
+                cursor
+            })
+        };
         if query.value.is_some() {
             let exact = exact_values(query);
             let want = Wanted {
+                log: &log,
                 query,
                 exact: &exact,
                 now_ms,
                 visible,
                 limit,
             };
-            page.next = self.walk_values(&want, after, &mut page)?;
+            page.next = stamp(self.walk_values(&want, after, &mut page)?);
             return Ok(page);
         }
         let want = Wanted {
+            log: &log,
             query,
             exact: &[],
             now_ms,
             visible,
             limit,
         };
-        page.next = self.walk_slots(&want, after, &mut page)?;
+        page.next = stamp(self.walk_slots(&want, after, &mut page)?);
         Ok(page)
     }
 
@@ -1876,7 +1584,9 @@ impl Store for SledStore {
     }
 
     fn feed_limit(&self) -> u64 {
-        self.feed_head().max(self.feed_floor)
+        self.feed_head()
+            .max(self.feed_floor)
+            .max(self.feed_compacted.load(Ordering::SeqCst))
     }
 
     fn feed_checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -1905,7 +1615,7 @@ impl Store for SledStore {
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {
         let sled = self.with_meta(|m| m.db.size_on_disk())?;
-        Ok(sled + self.log.len() + self.ledger.bytes())
+        Ok(sled + self.log().len() + self.ledger.bytes())
     }
 
     fn feed(&self, after: u64, limit: usize) -> Result<Vec<(u64, BundleId)>, StoreError> {
@@ -1922,6 +1632,7 @@ impl Store for SledStore {
     }
 
     fn held_bundle(&self, id: &BundleId) -> Result<Option<HeldBundle>, StoreError> {
+        let log = self.log();
         let (head, mut slots) = {
             let index = self.index();
             let Some(entry) = index.bundles.get(&id.uuid_bytes()) else {
@@ -1938,10 +1649,10 @@ impl Store for SledStore {
             (entry.head, live)
         };
         slots.sort_unstable_by_key(|(index, _)| *index);
-        let head = self.read_head(head, id)?;
+        let head = Self::read_head(&log, head, id)?;
         let mut items = Vec::with_capacity(slots.len());
         for (index, span) in slots {
-            let record = self.read_record(span)?;
+            let record = Self::read_record(&log, span)?;
             let salt = record.salt.clone();
             let item_bytes = record.item_bytes.clone();
             items.push(HeldItem {
@@ -1998,14 +1709,7 @@ impl Store for SledStore {
     }
 
     fn bundle_header(&self, id: &BundleId) -> Result<Option<Vec<u8>>, StoreError> {
-        let head = {
-            let index = self.index();
-            match index.bundles.get(&id.uuid_bytes()) {
-                None => return Ok(None),
-                Some(entry) => entry.head,
-            }
-        };
-        Ok(Some(self.read_head(head, id)?.header_bytes))
+        self.bundle_header_in(&self.log(), id)
     }
 
     fn append_ledger_many(&self, entries: &[LedgerEntry]) -> Result<Vec<LedgerRecord>, StoreError> {

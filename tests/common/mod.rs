@@ -14,6 +14,7 @@ use entente::{Config, Node, NodeId};
 pub mod proxy;
 pub mod rogue;
 pub mod served;
+pub mod signed;
 
 /// A federation CA and the certificates it issued, in a temporary directory.
 pub struct Pki {
