@@ -10,6 +10,7 @@ pub mod compact;
 mod index;
 pub(crate) mod ledger;
 pub(crate) mod log;
+mod meta;
 pub(crate) mod records;
 mod sled_store;
 

@@ -4,6 +4,10 @@
 //! cargo run --release --bin entente-bench -- ingest [--items 1000000] [--bundle-size 1000]
 //! ```
 //!
+//! `compact [--items N]` publishes N indicators twice (the second time as new versions)
+//! and measures `entente store compact` on the node's store: space reclaimed, time,
+//! peak memory.
+//!
 //! `attacks [--items N]` loads a node with N indicators and measures its memory and a
 //! legitimate caller's query latency under each resource-exhaustion attack in turn.
 //!
@@ -34,6 +38,8 @@ use entente::wire;
 
 #[path = "bench/attacks.rs"]
 mod attacks;
+#[path = "bench/compact.rs"]
+mod compact;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -78,7 +84,7 @@ fn parse_args() -> Result<Args> {
             "--items" => args.items = value("--items")?,
             "--bundle-size" => args.bundle_size = value("--bundle-size")?,
             "--queries" => args.queries = value("--queries")?,
-            "ingest" | "sync" | "latency" | "attacks" if args.command.is_empty() => {
+            "ingest" | "sync" | "latency" | "attacks" | "compact" if args.command.is_empty() => {
                 args.command = arg
             }
             // Internal: the node under test, run as its own process.
@@ -87,13 +93,13 @@ fn parse_args() -> Result<Args> {
                 args.config = Some(it.next().context("node needs a config path")?.into());
             }
             other => bail!(
-                "unknown argument {other:?}; usage: entente-bench ingest|sync|latency|attacks [--items N] [--bundle-size N] [--queries N] (TAXII servers side by side: bench/taxii/compare.py)"
+                "unknown argument {other:?}; usage: entente-bench ingest|sync|latency|attacks|compact [--items N] [--bundle-size N] [--queries N] (TAXII servers side by side: bench/taxii/compare.py)"
             ),
         }
     }
     if args.command.is_empty() {
         bail!(
-            "usage: entente-bench ingest|sync|latency|attacks [--items N] [--bundle-size N] [--queries N] (TAXII servers side by side: bench/taxii/compare.py)"
+            "usage: entente-bench ingest|sync|latency|attacks|compact [--items N] [--bundle-size N] [--queries N] (TAXII servers side by side: bench/taxii/compare.py)"
         );
     }
     Ok(args)
@@ -884,6 +890,7 @@ fn main() -> Result<()> {
         ("sync", _) => runtime.block_on(sync(&args)),
         ("latency", _) => runtime.block_on(latency(&args)),
         ("attacks", _) => runtime.block_on(attacks::attacks(&args)),
+        ("compact", _) => runtime.block_on(compact::compact(&args)),
         _ => runtime.block_on(ingest(&args)),
     }
 }

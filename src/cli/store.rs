@@ -67,6 +67,7 @@ pub fn compact(config: &crate::Config, output: Output) -> Result<()> {
             "expired_dropped": done.expired_dropped,
             "generation": done.generation,
             "seconds": done.took.as_secs_f64(),
+            "writes_paused_seconds": done.writes_paused.as_secs_f64(),
         }));
     }
     println!("{done}");
