@@ -118,13 +118,13 @@ pub enum Stop {
     Done,
 }
 
-/// One bundle to copy: its id, place in the feed, head and the slots it had when
-/// the compaction began.
+/// One bundle to copy: its id, place in the feed, head and the runs of slots it had
+/// when the compaction began.
 struct Planned {
     uuid: [u8; 16],
     feed_seq: u64,
     head: Span,
-    slots: Vec<u32>,
+    runs: Vec<(u32, u32)>,
 }
 
 impl SledStore {
@@ -161,7 +161,7 @@ impl SledStore {
                         uuid: *uuid,
                         feed_seq,
                         head: entry.head,
-                        slots: entry.slots.clone(),
+                        runs: entry.runs.clone(),
                     })
                 })
                 .collect();
@@ -195,10 +195,11 @@ impl SledStore {
                 let live: Vec<Span> = {
                     let held = self.index();
                     bundle
-                        .slots
+                        .runs
                         .iter()
-                        .filter(|&&s| u64::from(s) < slots_before)
-                        .map(|&s| held.slots[s as usize])
+                        .flat_map(|&(first, count)| first..first + count)
+                        .filter(|&s| u64::from(s) < slots_before)
+                        .map(|s| held.slots[s as usize])
                         .filter(|slot| slot.live())
                         .map(|slot| slot.span())
                         .collect()

@@ -151,8 +151,17 @@ pub(super) struct BundleEntry {
     pub(super) head: Span,
     /// Its latest place in the change feed.
     pub(super) feed_seq: u64,
-    /// Every item record logged for it (older ones may no longer be live).
-    pub(super) slots: Vec<u32>,
+    /// Every item record logged for it (older ones may no longer be live), as runs of
+    /// consecutive slots (first slot, count): one run per frame, since a frame's
+    /// records get consecutive slots; most bundles arrive in one frame.
+    pub(super) runs: Vec<(u32, u32)>,
+}
+
+impl BundleEntry {
+    /// Its slots, in log order.
+    pub(super) fn slots(&self) -> impl Iterator<Item = u32> + '_ {
+        self.runs.iter().flat_map(|&(first, count)| first..first + count)
+    }
 }
 
 /// One item of a frame, ready for the index.
@@ -259,7 +268,7 @@ impl Index {
                 new.insert(BundleEntry {
                     head,
                     feed_seq: 0,
-                    slots: Vec::new(),
+                    runs: Vec::new(),
                 })
             }
         };
@@ -314,7 +323,10 @@ impl Index {
             if let Some(old) = replaced {
                 slots[old as usize].retire();
             }
-            entry.slots.push(slot);
+            match entry.runs.last_mut() {
+                Some((first, count)) if *first + *count == slot => *count += 1,
+                _ => entry.runs.push((slot, 1)),
+            }
         }
         if entry.feed_seq != 0 {
             feed.remove(&entry.feed_seq);

@@ -1087,8 +1087,8 @@ impl Store for SledStore {
             let entry = index.bundles.get(&bundle_uuid);
             let known: std::collections::HashSet<u32> = entry
                 .into_iter()
-                .flat_map(|e| &e.slots)
-                .map(|&s| index.slots[s as usize].index())
+                .flat_map(|e| e.slots())
+                .map(|s| index.slots[s as usize].index())
                 .collect();
             (
                 entry.map(|e| e.head),
@@ -1455,9 +1455,8 @@ impl Store for SledStore {
             };
             // Only the latest version of an id is ever passed on.
             let live: Vec<(u32, Span)> = entry
-                .slots
-                .iter()
-                .map(|&s| index.slots[s as usize])
+                .slots()
+                .map(|s| index.slots[s as usize])
                 .filter(|slot| slot.live())
                 .map(|slot| (slot.index(), slot.span()))
                 .collect();
