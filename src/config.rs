@@ -45,6 +45,8 @@
 //! interval = "15m"
 //! ```
 
+pub mod builder;
+
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use entente::certs::{CertDir, Usage, Validity};
 use entente::client::NodeClient;
+use entente::config::builder::{Entry, NodeToml, Policy};
 use entente::config::{ClientSettings, Config};
 use entente::model::NodeId;
 use entente::rpc::proto::{ItemFilter, PublishRequest};
@@ -248,10 +249,7 @@ fn bench_pki(dir: &Path, nodes: &[&str]) -> Result<()> {
 fn setup(dir: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
     bench_pki(&dir.join("certs"), &["bench.hq"])?;
     let node_config = dir.join("node.toml");
-    std::fs::write(
-        &node_config,
-        "[node]\nid = \"bench.hq\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\ncert = \"certs/bench.hq.crt\"\nkey = \"certs/bench.hq.key\"\ntrust_anchors = [\"certs/ca.crt\"]\n\n[store]\ncache_mb = 32\n\n[[client]]\nid = \"analyst.bench\"\nrole = \"analyst\"\n",
-    )?;
+    bench_node("bench.hq", "127.0.0.1:0", "data").write(&node_config)?;
     Ok((node_config, dir.join("analyst.toml")))
 }
 
@@ -561,10 +559,19 @@ fn spawn_node(config: &Path) -> Result<(std::process::Child, String)> {
     Ok((child, addr))
 }
 
-fn node_config(id: &str, listen: &str, peers: &str) -> String {
-    format!(
-        "[node]\nid = \"{id}\"\nlisten = \"{listen}\"\ndata_dir = \"data-{id}\"\ncert = \"certs/{id}.crt\"\nkey = \"certs/{id}.key\"\ntrust_anchors = [\"certs/ca.crt\"]\n\n[store]\ncache_mb = 32\n\n[[client]]\nid = \"analyst.bench\"\nrole = \"analyst\"\n{peers}"
+/// A node of the benchmark's PKI (under `certs/`) with the analyst client, its store in
+/// `data_dir` (relative to the configuration's directory).
+pub(crate) fn bench_node(id: &str, listen: &str, data_dir: impl AsRef<Path>) -> NodeToml {
+    NodeToml::new(
+        id,
+        listen,
+        data_dir,
+        format!("certs/{id}.crt"),
+        format!("certs/{id}.key"),
+        "certs/ca.crt",
     )
+    .cache_mb(32)
+    .entry(Entry::client("analyst.bench", "analyst"))
 }
 
 /// `sync`: cold sync of N indicators from one node to a fresh peer, then catch-up of
@@ -572,19 +579,16 @@ fn node_config(id: &str, listen: &str, peers: &str) -> String {
 async fn sync(args: &Args) -> Result<()> {
     let dir = tempfile::tempdir()?;
     bench_pki(&dir.path().join("certs"), &["bench.hq", "bench.office"])?;
-    let policy = "max_tlp = \"GREEN\"\nallow_types = [\"*\"]";
+    let policy = || Policy::all_types().max_tlp("GREEN");
     // hq serves the office; the office is started later, once hq holds everything.
     let hq_config = dir.path().join("hq.toml");
-    std::fs::write(
-        &hq_config,
-        node_config(
-            "bench.hq",
-            "127.0.0.1:0",
-            &format!(
-                "\n[[peer]]\nid = \"bench.office\"\naddress = \"127.0.0.1:1\"\nrole = \"read_only\"\n{policy}\n"
-            ),
-        ),
-    )?;
+    bench_node("bench.hq", "127.0.0.1:0", "data-bench.hq")
+        .entry(
+            Entry::peer("bench.office", "127.0.0.1:1")
+                .role("read_only")
+                .policy(policy()),
+        )
+        .write(&hq_config)?;
     let (mut hq, hq_addr) = spawn_node(&hq_config)?;
     let client_config = dir.path().join("analyst.toml");
     std::fs::write(
@@ -659,16 +663,9 @@ async fn sync(args: &Args) -> Result<()> {
     // starts from scratch on a fresh store.
 
     let office_config = dir.path().join("office.toml");
-    std::fs::write(
-        &office_config,
-        node_config(
-            "bench.office",
-            "127.0.0.1:0",
-            &format!(
-                "\n[[peer]]\nid = \"bench.hq\"\naddress = \"{hq_addr}\"\nrole = \"peer\"\n{policy}\n"
-            ),
-        ),
-    )?;
+    bench_node("bench.office", "127.0.0.1:0", "data-bench.office")
+        .entry(Entry::peer("bench.hq", &hq_addr).policy(policy()))
+        .write(&office_config)?;
     // The office's operator identity watches its link to hq.
     let started = Instant::now();
     let (mut office, office_addr) = spawn_node(&office_config)?;
@@ -797,21 +794,29 @@ async fn latency(args: &Args) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let ids = ["bench.hq", "hop.one", "hop.two", "hop.three"];
     bench_pki(&dir.path().join("certs"), &ids)?;
-    let policy = "max_tlp = \"GREEN\"\nallow_types = [\"*\"]\nforward_third_party = true";
+    let policy = || {
+        Policy::all_types()
+            .max_tlp("GREEN")
+            .forward_third_party(true)
+    };
     // Start from the far end so each node knows its upstream's address.
     let mut nodes: Vec<entente::Node> = Vec::new();
     let mut upstream_addr = String::new();
     for (i, id) in ids.iter().enumerate() {
-        let mut peers = String::new();
+        let mut config = bench_node(id, "127.0.0.1:0", format!("data-{id}"));
         if i + 1 < ids.len() {
             // The next node downstream pulls from this one.
-            peers.push_str(&format!("\n[[peer]]\nid = \"{}\"\naddress = \"127.0.0.1:1\"\nrole = \"read_only\"\n{policy}\n", ids[i + 1]));
+            config = config.entry(
+                Entry::peer(ids[i + 1], "127.0.0.1:1")
+                    .role("read_only")
+                    .policy(policy()),
+            );
         }
         if i > 0 {
-            peers.push_str(&format!("\n[[peer]]\nid = \"{}\"\naddress = \"{upstream_addr}\"\nrole = \"peer\"\n{policy}\n", ids[i - 1]));
+            config = config.entry(Entry::peer(ids[i - 1], &upstream_addr).policy(policy()));
         }
         let path = dir.path().join(format!("{id}.toml"));
-        std::fs::write(&path, node_config(id, "127.0.0.1:0", &peers))?;
+        config.write(&path)?;
         let node = entente::Node::start(Config::load(&path)?).await?;
         upstream_addr = node.local_addr().to_string();
         nodes.push(node);

@@ -21,6 +21,7 @@ use anyhow::{Context, Result, bail, ensure};
 use crate::certs::{CertDir, Usage, Validity};
 use crate::client::NodeClient;
 use crate::config::Config;
+use crate::config::builder::{Entry, NodeToml, Policy};
 use crate::crypto::BundleSigner;
 use crate::engine::now_ms;
 use crate::model::{BundleId, Distribution, ItemId, NodeId, Tlp};
@@ -305,22 +306,23 @@ async fn run_demo(
     Ok(())
 }
 
-fn node_toml(dir: &Path, certs: &CertDir, id: &str, listen: &str, rest: &str) -> String {
-    format!(
-        "# Written by `entente demo`.\n[node]\nid = \"{id}\"\nlisten = \"{listen}\"\ndata_dir = \"{data}\"\ncert = \"{cert}\"\nkey = \"{key}\"\ntrust_anchors = [\"{ca}\"]\ncrls = []\n\n[store]\ncache_mb = 16\n{rest}",
-        data = dir.join(id).join("data").display(),
-        cert = certs.cert_path(id).display(),
-        key = certs.key_path(id).display(),
-        ca = certs.ca_cert_path().display(),
+fn node_toml(dir: &Path, certs: &CertDir, id: &str, listen: &str) -> NodeToml {
+    NodeToml::new(
+        id,
+        listen,
+        dir.join(id).join("data"),
+        certs.cert_path(id),
+        certs.key_path(id),
+        certs.ca_cert_path(),
     )
+    .comment("Written by `entente demo`.")
+    .cache_mb(16)
 }
 
-fn peer_toml(id: &str, address: &str, policy: &str) -> String {
-    format!("\n[[peer]]\nid = \"{id}\"\naddress = \"{address}\"\nrole = \"peer\"\n{policy}\n")
+/// The policy of a satellite office and its headquarters towards each other.
+fn satellite_policy() -> Policy {
+    Policy::all_types().max_tlp("RED").forward_third_party(true)
 }
-
-const SATELLITE_POLICY: &str =
-    "max_tlp = \"RED\"\nallow_types = [\"*\"]\nforward_third_party = true";
 
 async fn start_federation() -> Result<Federation> {
     let dir = tempfile::Builder::new()
@@ -359,56 +361,41 @@ async fn start_federation() -> Result<Federation> {
     let [hq, berlin, singapore, police] = [0, 1, 2, 3].map(|n| addresses[n].as_str());
 
     let configs = [
-        node_toml(
-            dir.path(),
-            &certs,
-            HQ,
-            hq,
-            &format!(
-                "\n[groups]\nsatellites = [\"{BERLIN}\", \"{SINGAPORE}\"]\n{}{}{}\n[[client]]\nid = \"{ALICE}\"\nrole = \"analyst\"\n\n[[client]]\nid = \"{RESEARCHER}\"\nrole = \"read_only\"\nmax_tlp = \"GREEN\"\nallow_types = [\"*\"]\n",
-                peer_toml(BERLIN, berlin, SATELLITE_POLICY),
-                peer_toml(SINGAPORE, singapore, SATELLITE_POLICY),
-                peer_toml(
-                    POLICE,
-                    police,
-                    "max_tlp = \"AMBER\"\nallow_types = [\"ipv4\", \"ipv6\", \"domain\", \"url\"]\nforward_third_party = false"
+        node_toml(dir.path(), &certs, HQ, hq)
+            .entry(Entry::peer(BERLIN, berlin).policy(satellite_policy()))
+            .entry(Entry::peer(SINGAPORE, singapore).policy(satellite_policy()))
+            .entry(
+                Entry::peer(POLICE, police).policy(
+                    Policy::default()
+                        .max_tlp("AMBER")
+                        .allow_types(["ipv4", "ipv6", "domain", "url"])
+                        .forward_third_party(false),
+                ),
+            )
+            .entry(Entry::client(ALICE, "analyst"))
+            .entry(
+                Entry::client(RESEARCHER, "read_only").policy(Policy::all_types().max_tlp("GREEN")),
+            )
+            .section(&format!(
+                "[groups]\nsatellites = [\"{BERLIN}\", \"{SINGAPORE}\"]"
+            )),
+        node_toml(dir.path(), &certs, BERLIN, berlin)
+            .entry(Entry::peer(HQ, hq).policy(satellite_policy()))
+            .entry(Entry::client(JONAS, "analyst")),
+        node_toml(dir.path(), &certs, SINGAPORE, singapore)
+            .entry(Entry::peer(HQ, hq).policy(satellite_policy()))
+            .entry(
+                Entry::peer(ROGUE, &rogue_addr).policy(
+                    Policy::all_types()
+                        .max_tlp("GREEN")
+                        .forward_third_party(false),
                 ),
             ),
-        ),
-        node_toml(
-            dir.path(),
-            &certs,
-            BERLIN,
-            berlin,
-            &format!(
-                "{}\n[[client]]\nid = \"{JONAS}\"\nrole = \"analyst\"\n",
-                peer_toml(HQ, hq, SATELLITE_POLICY),
-            ),
-        ),
-        node_toml(
-            dir.path(),
-            &certs,
-            SINGAPORE,
-            singapore,
-            &format!(
-                "{}{}",
-                peer_toml(HQ, hq, SATELLITE_POLICY),
-                peer_toml(
-                    ROGUE,
-                    &rogue_addr,
-                    "max_tlp = \"GREEN\"\nallow_types = [\"*\"]\nforward_third_party = false"
-                ),
-            ),
-        ),
-        node_toml(
-            dir.path(),
-            &certs,
-            POLICE,
-            police,
-            &peer_toml(
-                HQ,
-                hq,
-                "max_tlp = \"AMBER\"\nallow_types = [\"*\"]\nforward_third_party = false",
+        node_toml(dir.path(), &certs, POLICE, police).entry(
+            Entry::peer(HQ, hq).policy(
+                Policy::all_types()
+                    .max_tlp("AMBER")
+                    .forward_third_party(false),
             ),
         ),
     ];
@@ -417,7 +404,7 @@ async fn start_federation() -> Result<Federation> {
     for ((id, text), listener) in NODES.iter().zip(configs).zip(listeners) {
         let path = dir.path().join(id).join("entente.toml");
         std::fs::create_dir_all(dir.path().join(id))?;
-        std::fs::write(&path, text)?;
+        text.write(&path)?;
         let config = Config::load(&path)?;
         nodes.push(
             Node::start_with_listener(config, Some(listener))

@@ -160,7 +160,9 @@ pub(super) struct BundleEntry {
 impl BundleEntry {
     /// Its slots, in log order.
     pub(super) fn slots(&self) -> impl Iterator<Item = u32> + '_ {
-        self.runs.iter().flat_map(|&(first, count)| first..first + count)
+        self.runs
+            .iter()
+            .flat_map(|&(first, count)| first..first + count)
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use entente::certs::{CertDir, Usage, Validity};
 use entente::client::NodeClient;
+use entente::config::builder;
 use entente::transport::{TlsMaterial, TlsPaths};
 use entente::{Config, Node, NodeId};
 
@@ -112,37 +113,39 @@ pub fn client(id: &str, role: &'static str) -> Entry {
 
 /// Writes `DIR/ID.toml` for node `id` of `pki`, listening on 127.0.0.1:0.
 pub fn write_config(pki: &Pki, id: &NodeId, entries: &[Entry], crls: &[PathBuf]) -> PathBuf {
-    let mut text = format!(
-        "[node]\nid = \"{id}\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\ncert = \"{cert}\"\nkey = \"{key}\"\ntrust_anchors = [\"{ca}\"]\ncrls = [{crls}]\n",
-        data = pki.path().join(format!("data-{id}")).display(),
-        cert = pki.certs.cert_path(id.as_str()).display(),
-        key = pki.certs.key_path(id.as_str()).display(),
-        ca = pki.ca_cert().display(),
-        crls = crls
-            .iter()
-            .map(|c| format!("\"{}\"", c.display()))
-            .collect::<Vec<_>>()
-            .join(", "),
-    );
+    let mut config = node_toml(pki, id, &pki.path().join(format!("data-{id}")));
+    for crl in crls {
+        config = config.crl(crl);
+    }
     for entry in entries {
-        match entry {
-            Entry::Peer { id, address, role } => text.push_str(&format!(
-                "\n[[peer]]\nid = \"{id}\"\naddress = \"{address}\"\nrole = \"{role}\"\n"
-            )),
+        config = config.entry(match entry {
+            Entry::Peer { id, address, role } => builder::Entry::peer(id, address).role(role),
             // Read-only clients name every type, so their limit is the default max_tlp GREEN.
-            Entry::Client { id, role } => text.push_str(&format!(
-                "\n[[client]]\nid = \"{id}\"\nrole = \"{role}\"\n{}",
-                if *role == "read_only" {
-                    "allow_types = [\"*\"]\n"
+            Entry::Client { id, role } => {
+                builder::Entry::client(id, role).policy(if *role == "read_only" {
+                    builder::Policy::all_types()
                 } else {
-                    ""
-                }
-            )),
-        }
+                    builder::Policy::default()
+                })
+            }
+        });
     }
     let path = pki.path().join(format!("{id}.toml"));
-    std::fs::write(&path, text).expect("write config");
+    config.write(&path).expect("write config");
     path
+}
+
+/// The configuration of node `id` of `pki`, listening on 127.0.0.1:0 and keeping its
+/// store in `data_dir`, with no partners yet.
+pub fn node_toml(pki: &Pki, id: &NodeId, data_dir: &Path) -> builder::NodeToml {
+    builder::NodeToml::new(
+        id.as_str(),
+        "127.0.0.1:0",
+        data_dir,
+        pki.certs.cert_path(id.as_str()),
+        pki.certs.key_path(id.as_str()),
+        pki.ca_cert(),
+    )
 }
 
 /// A client connection to `node` as `who` (an identity issued by `pki`), within 30 s.
@@ -204,13 +207,7 @@ pub async fn hello(
 /// 127.0.0.1:0 and keeping its store in `data_dir`; `[[peer]]` and `[[client]]`
 /// entries may follow.
 pub fn node_section(pki: &Pki, id: &NodeId, data_dir: &Path) -> String {
-    format!(
-        "[node]\nid = \"{id}\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\ncert = \"{cert}\"\nkey = \"{key}\"\ntrust_anchors = [\"{ca}\"]\ncrls = []\n",
-        data = data_dir.display(),
-        cert = pki.certs.cert_path(id.as_str()).display(),
-        key = pki.certs.key_path(id.as_str()).display(),
-        ca = pki.ca_cert().display(),
-    )
+    node_toml(pki, id, data_dir).render()
 }
 
 /// Sends the node's logs to the test output (shown for failing tests); `RUST_LOG`

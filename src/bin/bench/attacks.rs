@@ -18,6 +18,8 @@ use entente::rpc::proto::{ItemFilter, PublishRequest, PullRequest};
 use prost::bytes::{Buf, BufMut};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
+use entente::config::builder::{Entry, Policy};
+
 use super::{Args, client_toml, draft, machine, rss_mib, spawn_node, value_of};
 
 /// Messages as raw bytes, for what no well-behaved client would build.
@@ -96,8 +98,14 @@ impl Target {
 }
 
 fn config(dir: &Path) -> String {
-    "[node]\nid = \"bench.hq\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\ncert = \"certs/bench.hq.crt\"\nkey = \"certs/bench.hq.key\"\ntrust_anchors = [\"certs/ca.crt\"]\n\n[store]\ncache_mb = 32\n\n[limits]\nslow_reader_timeout = \"10s\"\n\n[[client]]\nid = \"analyst.bench\"\nrole = \"analyst\"\n\n[[client]]\nid = \"attacker.bench\"\nrole = \"analyst\"\n\n[[client]]\nid = \"reader.bench\"\nrole = \"read_only\"\nallow_types = [\"*\"]\n\n[[peer]]\nid = \"peer.bench\"\naddress = \"127.0.0.1:1\"\nmax_tlp = \"GREEN\"\nallow_types = [\"*\"]\n"
-        .replace("data_dir = \"data\"", &format!("data_dir = \"{}\"", dir.join("data").display()))
+    super::bench_node("bench.hq", "127.0.0.1:0", dir.join("data"))
+        .limit("slow_reader_timeout", "10s")
+        .entry(Entry::client("attacker.bench", "analyst"))
+        .entry(Entry::client("reader.bench", "read_only").policy(Policy::all_types()))
+        .entry(
+            Entry::peer("peer.bench", "127.0.0.1:1").policy(Policy::all_types().max_tlp("GREEN")),
+        )
+        .render()
 }
 
 async fn client(dir: &Path, id: &str, addr: &str) -> Result<NodeClient> {
