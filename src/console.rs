@@ -748,7 +748,8 @@ pub struct ExplainQuery {
     /// The item.
     #[serde(default)]
     pub item: String,
-    /// The console's form token, which the form carries (see [`Console::form_token`]).
+    /// The token the console's explain form carries (drawn at start; an explain is made
+    /// only with it).
     #[serde(default)]
     pub confirm: String,
 }
