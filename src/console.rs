@@ -54,8 +54,11 @@ pub const MAX_CONNECTIONS: usize = 64;
 const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Largest request head (request line and headers), bytes.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
-/// Time open connections have to finish at shutdown.
+/// Time open connections have to finish at shutdown, or when their lifetime is over.
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+/// Longest time one connection is served: a client that sends requests and never reads
+/// the answers leaves the connection waiting to write, which no head timeout covers.
+pub const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(30);
 /// Requests the admin listener serves at once; more are answered 503 at once (each may
 /// read the store or the ledger on a blocking thread).
 pub const MAX_REQUESTS_IN_FLIGHT: usize = 8;
@@ -90,6 +93,10 @@ pub struct Sources {
 
 struct Console {
     sources: Sources,
+    /// A random value drawn at start and carried by the explain form: an explain,
+    /// which writes a ledger record, is made only when the request carries it, so a
+    /// page elsewhere cannot have the operator's browser make one.
+    form_token: String,
     /// The highest ledger sequence number seen so far (the ledger's record count, read
     /// on from here at each look).
     ledger_seen: Mutex<u64>,
@@ -120,6 +127,7 @@ impl ConsoleServer {
         })?;
         let state = Arc::new(Console {
             sources,
+            form_token: form_token(),
             ledger_seen: Mutex::new(0),
         });
         let app = router(
@@ -143,8 +151,8 @@ impl ConsoleServer {
 }
 
 /// Accepts connections (at most [`MAX_CONNECTIONS`] at once) and serves HTTP/1.1 on
-/// each, with a bounded head and a deadline for it, until `shutdown`; then lets the open
-/// connections finish for [`DRAIN`].
+/// each, with a bounded head and a deadline for it, for at most [`CONNECTION_LIFETIME`],
+/// until `shutdown`; then lets the open connections finish for [`DRAIN`].
 async fn accept(listener: TcpListener, app: Router, shutdown: CancellationToken) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut connections = tokio::task::JoinSet::new();
@@ -193,6 +201,13 @@ async fn accept(listener: TcpListener, app: Router, shutdown: CancellationToken)
                     served.as_mut().graceful_shutdown();
                     let _ = tokio::time::timeout(DRAIN, served).await;
                 }
+                _ = tokio::time::sleep(CONNECTION_LIFETIME) => {
+                    // The request in progress may finish; then the connection is closed.
+                    served.as_mut().graceful_shutdown();
+                    if tokio::time::timeout(DRAIN, served).await.is_err() {
+                        tracing::debug!(addr = %remote_addr, "admin connection cut at its lifetime");
+                    }
+                }
             }
         });
     }
@@ -222,13 +237,45 @@ fn router(state: Arc<Console>, in_flight: Arc<tokio::sync::Semaphore>) -> Router
                 }
             },
         ))
+        // Outermost, so that every answer carries them, refusals included.
+        .layer(axum::middleware::from_fn(protective_headers))
         .with_state(state)
+}
+
+/// A random token for the explain form (128 bits, hex).
+fn form_token() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Adds to every answer the headers that keep a browser from running or framing
+/// anything of it, from sniffing its type, and from keeping or passing it on.
+async fn protective_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// Refuses what the console never serves before any handler runs: a request target
 /// over [`MAX_TARGET_BYTES`], a method other than GET or HEAD, a request with a body,
-/// and a `Host` that is not a loopback name (a web page the operator visits could
-/// otherwise read the console through a DNS name rebound to 127.0.0.1).
+/// a `Host` that is not one loopback name (a web page the operator visits could
+/// otherwise read the console through a DNS name rebound to 127.0.0.1), and a request
+/// a browser says another site made ([`cross_site`]).
 async fn guard(request: Request, next: Next) -> Response {
     let target = request
         .uri()
@@ -251,35 +298,54 @@ async fn guard(request: Request, next: Next) -> Response {
     if has_body {
         return error_response(StatusCode::BAD_REQUEST, "the console takes no request body");
     }
-    let host = request
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
-    if !is_loopback_host(host) {
+    // One Host header, naming a loopback host; an absolute-form target names one too.
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let host = match (hosts.next(), hosts.next()) {
+        (Some(host), None) => host.to_str().unwrap_or(""),
+        _ => "",
+    };
+    let authority_ok = request
+        .uri()
+        .authority()
+        .is_none_or(|a| is_loopback_host(a.as_str()));
+    if !is_loopback_host(host) || !authority_ok {
         return error_response(
             StatusCode::MISDIRECTED_REQUEST,
             "the console answers only requests for a loopback host (127.0.0.1, [::1] or localhost)",
         );
     }
-    let mut response = next.run(request).await;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ),
-    );
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    if let Some(refusal) = cross_site(request.headers()) {
+        return error_response(StatusCode::FORBIDDEN, refusal);
+    }
+    next.run(request).await
+}
+
+/// Why a request made by a browser for a page of another site is refused, if it is one:
+/// the fetch metadata a browser sends (`Sec-Fetch-Site`) must say the request comes from
+/// the console itself or from the address bar, and an `Origin`, when sent, must be a
+/// loopback one. A page elsewhere cannot read the answer anyway; this keeps it from
+/// spending the node's time on ledger lookups.
+fn cross_site(headers: &axum::http::HeaderMap) -> Option<&'static str> {
+    const REFUSAL: &str = "the console answers requests from its own pages and the address bar only, not from other sites";
+    let mut sites = headers.get_all("sec-fetch-site").iter();
+    match (sites.next(), sites.next()) {
+        (None, _) => {}
+        (Some(site), None)
+            if site.as_bytes().eq_ignore_ascii_case(b"same-origin")
+                || site.as_bytes().eq_ignore_ascii_case(b"none") => {}
+        _ => return Some(REFUSAL),
+    }
+    for origin in headers.get_all(header::ORIGIN) {
+        let loopback = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.strip_prefix("http://"))
+            .is_some_and(is_loopback_host);
+        if !loopback {
+            return Some(REFUSAL);
+        }
+    }
+    None
 }
 
 /// Whether `host` (a `Host` header: name or address, optional port) names this host's
@@ -682,6 +748,10 @@ pub struct ExplainQuery {
     /// The item.
     #[serde(default)]
     pub item: String,
+    /// The token the console's explain form carries (drawn at start; an explain is made
+    /// only with it).
+    #[serde(default)]
+    pub confirm: String,
 }
 
 /// The answer to an explain form.
@@ -712,10 +782,30 @@ async fn explain_page(
         ids.sort();
         ids
     };
+    let token = state.form_token.as_str();
     if query.partner.is_empty() && query.item.is_empty() {
         return (
             html_headers(),
-            pages::explain(state.sources.node.as_str(), &query, &partners, None),
+            pages::explain(state.sources.node.as_str(), &query, &partners, token, None),
+        )
+            .into_response();
+    }
+    // An explain is recorded in the ledger: it is made only from the console's own form,
+    // never from a link or an image another page made the browser request. The form is
+    // shown filled in, to be sent from here.
+    if !tokens_match(query.confirm.as_bytes(), token.as_bytes()) {
+        return (
+            html_headers(),
+            pages::explain(
+                state.sources.node.as_str(),
+                &query,
+                &partners,
+                token,
+                Some(&Err(
+                    "not asked from this console's form: check the partner and item, then press Explain"
+                        .to_owned(),
+                )),
+            ),
         )
             .into_response();
     }
@@ -732,10 +822,21 @@ async fn explain_page(
             state.sources.node.as_str(),
             &query,
             &partners,
+            token,
             Some(&answer),
         ),
     )
         .into_response()
+}
+
+/// Whether `given` is `expected`, in a time that does not depend on where they differ.
+fn tokens_match(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 /// What `Admin.Explain` answers the node's operator: the decision for the partner, by

@@ -186,6 +186,10 @@ struct ConfigReload {
     /// One reload at a time (SIGHUP and `Admin.ReloadPolicy` may race), so the directory
     /// and the policy in force always come from the same file.
     serial: std::sync::Mutex<()>,
+    /// One offered CRL at a time, from its check to its reload: two offers checked
+    /// against the same CRL in force could otherwise both pass, and the older, written
+    /// last, would replace the newer.
+    crl_serial: std::sync::Mutex<()>,
     /// The pull loops, started again with the reloaded peers and TLS configuration.
     pull_links: Arc<PullLinks>,
     /// The TAXII listener's HTTP Basic credentials, replaced with the reloaded ones.
@@ -214,7 +218,10 @@ impl PolicyReload for ConfigReload {
     }
 
     fn offer_crl(&self, der: &[u8]) -> Result<Option<String>, String> {
-        use crate::transport::crl::{CrlRefusal, file_name_for};
+        use crate::transport::crl::{CrlRefusal, check_form, file_name_for};
+        // What needs no configuration first: a stream of junk costs no configuration load.
+        check_form(der).map_err(|refusal| refusal.to_string())?;
+        let _one_at_a_time = self.crl_serial.lock().unwrap_or_else(|p| p.into_inner());
         let config = Config::load(&self.path).map_err(|e| e.to_string())?;
         let issuer = match config.tls.check_crl(der) {
             Ok(issuer) => issuer,
@@ -228,9 +235,26 @@ impl PolicyReload for ConfigReload {
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let path = dir.join(file_name_for(der).map_err(|e| e.to_string())?);
+        let before = match std::fs::read(&path) {
+            Ok(bytes) => Some(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
         crate::transport::files::replace_public(&path, crl_pem(der).as_bytes())
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        self.reload()?;
+        if let Err(reason) = self.reload() {
+            // A CRL the verifiers refuse (or a reload failing for another reason) must
+            // not stay where every later reload and start would read it: the file is put
+            // back as it was, and the configuration in force is unchanged.
+            let restored = match &before {
+                Some(bytes) => crate::transport::files::replace_public(&path, bytes),
+                None => std::fs::remove_file(&path),
+            };
+            if let Err(error) = restored {
+                tracing::error!(file = %path.display(), %error, "could not put the CRL file back after a failed reload");
+            }
+            return Err(format!("the CRL was not put in force: {reason}"));
+        }
         tracing::info!(%issuer, file = %path.display(), "CRL put in force; offering it to the peers");
         let tls = peer_tls(&config).map_err(|e| e.to_string())?;
         for peer in &config.peers {
@@ -374,6 +398,7 @@ impl Node {
             engine: engine.clone(),
             signer_trust,
             serial: std::sync::Mutex::new(()),
+            crl_serial: std::sync::Mutex::new(()),
             pull_links: pull_links.clone(),
             taxii_credentials: taxii_credentials.clone(),
         });

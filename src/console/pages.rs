@@ -284,15 +284,21 @@ pub fn ledger(
     page(node, "Who received", &b)
 }
 
-/// The explain form and, when asked, the decision.
+/// The explain form (carrying the console's form token) and, when asked, the decision.
 pub fn explain(
     node: &str,
     query: &ExplainQuery,
     partners: &[String],
+    token: &str,
     answer: Option<&Result<Explained, String>>,
 ) -> String {
     let mut b = String::new();
-    b.push_str("<form id=\"explain\" method=\"get\" action=\"/explain\"><label>Partner <select name=\"partner\">");
+    let _ = write!(
+        b,
+        "<form id=\"explain\" method=\"get\" action=\"/explain\">\
+<input type=\"hidden\" name=\"confirm\" value=\"{}\"><label>Partner <select name=\"partner\">",
+        escape(token),
+    );
     for p in partners {
         let _ = write!(
             b,

@@ -27,6 +27,19 @@ pub enum CrlRefusal {
         /// The issuer named in the CRL.
         issuer: String,
     },
+    /// The CRL's issuer is the subject of more than one trust anchor, and the one that
+    /// signed it is not an anchor this node's own certificate comes from. Verifiers pick
+    /// a CRL by its issuer's name: in force, it would stand for every anchor of that
+    /// name, and the certificates of the others would fail its signature check (a
+    /// partner's CA given the name of this node's CA could cut off every certificate
+    /// that CA issued).
+    #[error(
+        "the CRL of {issuer} names an issuer that more than one trust anchor of this node is called by, and is not signed by the anchor of this node's own certificate"
+    )]
+    Ambiguous {
+        /// The issuer named in the CRL.
+        issuer: String,
+    },
     /// The CRL in force for that issuer is as new or newer.
     #[error("the CRL of {issuer} is not newer than the one in force")]
     NotNewer {
@@ -74,27 +87,48 @@ fn compare_big_endian(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     a.len().cmp(&b.len()).then_with(|| a.cmp(&b))
 }
 
-/// Checks an offered CRL (DER): signed by one of `anchors` and newer than every CRL of
-/// the same issuer in `in_force`. Returns the issuer's name in words.
-pub fn check_offered(
-    der: &[u8],
-    anchors: &[CertificateDer<'_>],
-    in_force: &[CertificateRevocationListDer<'_>],
-) -> Result<String, CrlRefusal> {
+/// The checks of an offered CRL that need no configuration: its size, and that it
+/// reads as one CRL with nothing after it. Cheap, so made before anything is loaded.
+pub fn check_form(der: &[u8]) -> Result<(), CrlRefusal> {
     if der.len() > MAX_CRL_BYTES {
         return Err(CrlRefusal::TooLarge);
     }
+    Freshness::of(der).map(|_| ())
+}
+
+/// Checks an offered CRL (DER): signed by one of `anchors` and newer than every CRL of
+/// the same issuer in `in_force`; when several anchors bear the issuer's name, signed by
+/// one of `own` (the anchors this node's own certificate comes from). Returns the
+/// issuer's name in words.
+pub fn check_offered(
+    der: &[u8],
+    anchors: &[CertificateDer<'_>],
+    own: &[CertificateDer<'_>],
+    in_force: &[CertificateRevocationListDer<'_>],
+) -> Result<String, CrlRefusal> {
+    check_form(der)?;
     let (_, crl) = CertificateRevocationList::from_der(der)
         .map_err(|e| CrlRefusal::Unreadable(e.to_string()))?;
     let issuer = crl.issuer().to_string();
-    let signed_by_anchor = anchors.iter().any(|anchor| {
-        X509Certificate::from_der(anchor.as_ref()).is_ok_and(|(_, cert)| {
-            cert.subject().as_raw() == crl.issuer().as_raw()
-                && crl.verify_signature(cert.public_key()).is_ok()
-        })
-    });
-    if !signed_by_anchor {
+    let mut named: Vec<&CertificateDer<'_>> = Vec::new();
+    let mut signer = None;
+    for anchor in anchors {
+        let Ok((_, cert)) = X509Certificate::from_der(anchor.as_ref()) else {
+            continue;
+        };
+        if cert.subject().as_raw() != crl.issuer().as_raw() || named.contains(&anchor) {
+            continue;
+        }
+        named.push(anchor);
+        if signer.is_none() && crl.verify_signature(cert.public_key()).is_ok() {
+            signer = Some(anchor);
+        }
+    }
+    let Some(signer) = signer else {
         return Err(CrlRefusal::Untrusted { issuer });
+    };
+    if named.len() > 1 && !own.contains(signer) {
+        return Err(CrlRefusal::Ambiguous { issuer });
     }
     let offered = Freshness::of(der)?;
     for current in in_force {
@@ -168,18 +202,34 @@ mod tests {
         use rustls::pki_types::pem::PemObject;
         let anchor = CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap();
         let anchors = [anchor];
-        assert!(check_offered(second.as_ref(), &anchors, std::slice::from_ref(&first)).is_ok());
+        assert!(
+            check_offered(second.as_ref(), &anchors, &[], std::slice::from_ref(&first)).is_ok()
+        );
         assert!(matches!(
-            check_offered(first.as_ref(), &anchors, std::slice::from_ref(&second)),
+            check_offered(first.as_ref(), &anchors, &[], std::slice::from_ref(&second)),
             Err(CrlRefusal::NotNewer { .. })
         ));
         assert!(matches!(
-            check_offered(theirs.as_ref(), &anchors, &[]),
+            check_offered(theirs.as_ref(), &anchors, &[], &[]),
             Err(CrlRefusal::Untrusted { .. })
         ));
         assert!(matches!(
-            check_offered(&vec![0; MAX_CRL_BYTES + 1], &anchors, &[]),
+            check_offered(&vec![0; MAX_CRL_BYTES + 1], &anchors, &[], &[]),
             Err(CrlRefusal::TooLarge)
+        ));
+
+        // Two anchors under one name: only the one this node's certificate comes from
+        // may have its CRL put in force.
+        let namesake = CertificateAuthority::generate("one", Validity::days_from_now(1)).unwrap();
+        let namesake_anchor =
+            CertificateDer::from_pem_slice(namesake.cert_pem().as_bytes()).unwrap();
+        let both = [anchors[0].clone(), namesake_anchor];
+        let own = std::slice::from_ref(&anchors[0]);
+        assert!(check_offered(second.as_ref(), &both, own, &[]).is_ok());
+        let forged = der(&namesake.crl(&[], 9, 1).unwrap());
+        assert!(matches!(
+            check_offered(forged.as_ref(), &both, own, &[]),
+            Err(CrlRefusal::Ambiguous { .. })
         ));
         assert_eq!(
             compare_big_endian(&[0, 2], &[1]),

@@ -400,10 +400,34 @@ impl TlsMaterial {
             .collect()
     }
 
-    /// Checks a CRL (DER) offered to this node: signed by one of its trust anchors and
-    /// newer than the CRL in force for that issuer. Returns the issuer in words.
+    /// Checks a CRL (DER) offered to this node: signed by one of its trust anchors (by
+    /// the anchor of this node's own certificate, when several anchors bear the
+    /// issuer's name) and newer than the CRL in force for that issuer. Returns the
+    /// issuer in words.
     pub fn check_crl(&self, der: &[u8]) -> Result<String, super::crl::CrlRefusal> {
-        super::crl::check_offered(der, &self.anchor_certificates, &self.crls)
+        super::crl::check_offered(
+            der,
+            &self.anchor_certificates,
+            &self.own_anchor_certificates(),
+            &self.crls,
+        )
+    }
+
+    /// The trust anchors that issued the top certificate of this node's own chain.
+    fn own_anchor_certificates(&self) -> Vec<CertificateDer<'static>> {
+        let Some(Ok((_, top))) = self.chain.last().map(|c| X509Certificate::from_der(c)) else {
+            return Vec::new();
+        };
+        self.anchor_certificates
+            .iter()
+            .filter(|anchor| {
+                X509Certificate::from_der(anchor.as_ref()).is_ok_and(|(_, anchor)| {
+                    anchor.subject().as_raw() == top.issuer().as_raw()
+                        && top.verify_signature(Some(anchor.public_key())).is_ok()
+                })
+            })
+            .cloned()
+            .collect()
     }
 
     /// The leaf certificate (DER).
