@@ -389,7 +389,23 @@ pub(super) fn record_item(
     span: Span,
     bytes: &[u8],
 ) -> Result<NewItem, StoreError> {
+    let damaged = |problem: String| StoreError::Corrupt {
+        key: format!("item record at byte {}", span.offset),
+        problem,
+    };
+    // No bundle holds more items than a slot can number: a larger index is damage, not
+    // something to fold into the slot's bits.
+    let in_bundle = |index: u32| {
+        if index as usize >= crate::crypto::MAX_ITEMS_PER_BUNDLE {
+            return Err(damaged(format!(
+                "an item index of {index}, beyond the {} items a bundle may hold",
+                crate::crypto::MAX_ITEMS_PER_BUNDLE
+            )));
+        }
+        Ok(index)
+    };
     if let Some(fields) = records::index_fields(bytes) {
+        in_bundle(fields.index)?;
         return Ok(NewItem {
             span,
             uuid: fields.uuid,
@@ -405,11 +421,8 @@ pub(super) fn record_item(
             ),
         });
     }
-    let damaged = |problem: String| StoreError::Corrupt {
-        key: format!("item record at byte {}", span.offset),
-        problem,
-    };
     let record = ItemRecord::decode(bytes).map_err(|e| damaged(e.to_string()))?;
+    in_bundle(record.index)?;
     let item = Item::decode_stored(&record.item_bytes).map_err(|e| damaged(e.to_string()))?;
     let (ty, value_hash) = match records::value_of(&item) {
         Some((ty, value)) => (ty, Some(value_hash(hasher, ty, value.as_bytes()))),
