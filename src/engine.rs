@@ -229,6 +229,70 @@ pub struct PulledBundle {
     pub bundle: wire::SignedBundle,
 }
 
+/// How the serving side names the transfers of a pull page (the split into parts is
+/// the caller's, so is the digest), and the transfer the partner holds in part and
+/// asks to continue, if any.
+pub struct Transfers<'a> {
+    /// The digest of the transfer of a redacted bundle at a hop count.
+    pub digest: &'a (dyn Fn(u32, &wire::SignedBundle) -> [u8; 32] + Sync),
+    /// The transfer to continue: its feed position, hop count and digest.
+    pub resumed: Option<(u64, u32, [u8; 32])>,
+}
+
+/// How a pull page records one of its bundles in the ledger.
+enum Recording {
+    /// Not at all: the partner had it whole before the transfer it continues, and it is
+    /// not sent again.
+    NotSent,
+    /// Not again: the transfer continued, recorded in full when it was first sent.
+    Recorded,
+    /// Recorded now, and remembered under this key if it has one.
+    Now(Option<[u8; 32]>),
+}
+
+impl Transfers<'_> {
+    fn recording(
+        &self,
+        engine: &Engine,
+        partner: &NodeId,
+        fingerprint: &[u8; 32],
+        seq: u64,
+        hops: u32,
+        bundle: &wire::SignedBundle,
+    ) -> Recording {
+        let digest = (self.digest)(hops, bundle);
+        let key = recorded_key(&digest, fingerprint);
+        match self.resumed {
+            Some((at, resumed_hops, _)) if at == seq && hops < resumed_hops => Recording::NotSent,
+            Some((at, resumed_hops, transfer))
+                if at == seq
+                    && hops == resumed_hops
+                    && digest == transfer
+                    && engine.transfer_recorded(partner, &key) =>
+            {
+                Recording::Recorded
+            }
+            _ => Recording::Now(Some(key)),
+        }
+    }
+}
+
+/// Transfers remembered as recorded, per partner: more than a pull page holds.
+pub const RECORDED_TRANSFERS: usize = 4096;
+
+/// Partners whose recorded transfers are remembered at once.
+const RECORDED_TRANSFER_PARTNERS: usize = 4096;
+
+/// What names a recorded transfer: its digest under the partner's policy fingerprint,
+/// so a transfer sent again under another policy is recorded again.
+fn recorded_key(transfer: &[u8; 32], fingerprint: &[u8; 32]) -> [u8; 32] {
+    let mut data = Vec::with_capacity(96);
+    data.extend_from_slice(b"entente/recorded-transfer/v1\0");
+    data.extend_from_slice(transfer);
+    data.extend_from_slice(fingerprint);
+    crate::crypto::sha256(&data)
+}
+
 /// The result of publishing one bundle.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PublishReceipt {
@@ -247,6 +311,9 @@ pub struct Engine {
     trust: Box<dyn SignerTrust + Send + Sync>,
     /// The open subscriptions, each with its own queue of new items.
     subscribers: Mutex<Vec<Weak<Subscriber>>>,
+    /// Per partner, the transfers of its pull pages recorded in the ledger lately, so
+    /// that a resumed transfer is not recorded twice.
+    recorded_transfers: Mutex<std::collections::HashMap<NodeId, VecDeque<[u8; 32]>>>,
     /// The change-feed head, for pull streams that follow it.
     feed_head: tokio::sync::watch::Sender<u64>,
     /// Bumped on every policy change, so following streams re-check their partner.
@@ -328,6 +395,7 @@ impl Engine {
             signer,
             trust,
             subscribers: Mutex::default(),
+            recorded_transfers: Mutex::default(),
         })
     }
 
@@ -1086,17 +1154,23 @@ impl Engine {
         after: u64,
         limit: usize,
     ) -> Result<PullPage, EngineError> {
-        self.pull_page_under(&self.policy(), partner, after, limit)
+        self.pull_page_under(&self.policy(), partner, after, limit, None)
     }
 
     /// [`Engine::pull_page`] under a given policy (the one in force when the caller took
-    /// it), so the caller knows which policy decided the page.
+    /// it), so the caller knows which policy decided the page. With `transfers`, the
+    /// transfers recorded are remembered (the last [`RECORDED_TRANSFERS`] per partner),
+    /// and a transfer the partner continues is not recorded again when this engine
+    /// recorded exactly it (same digest, same policy) for this partner when it was first
+    /// sent; the bundles of its feed entry that the partner had whole before it are not
+    /// sent, so not recorded.
     pub fn pull_page_under(
         &self,
         policy: &Policy,
         partner: &Partner,
         after: u64,
         limit: usize,
+        transfers: Option<&Transfers<'_>>,
     ) -> Result<PullPage, EngineError> {
         let now = now_ms();
         let page_budget = self.limits.pull_page_bytes;
@@ -1110,6 +1184,7 @@ impl Engine {
         let mut previous = after;
         let mut last_ticket = None;
         let mut page_bytes = 0usize;
+        let fingerprint = policy.partner_fingerprint(&partner.id);
         for (seq, bundle_id) in entries {
             let Some(held) = self.store.held_bundle(&bundle_id)? else {
                 continue;
@@ -1173,12 +1248,22 @@ impl Engine {
             }
             previous = seq;
             for (hops, items, bundle) in entry {
-                last_ticket = self.record_delivery(
-                    policy,
-                    &partner.id,
-                    "pull",
-                    items.iter().map(|i| &i.stored),
-                )?;
+                let recording = transfers.map_or(Recording::Now(None), |t| {
+                    t.recording(self, &partner.id, &fingerprint, seq, hops, &bundle)
+                });
+                if let Recording::Now(key) = recording {
+                    if let Some(ticket) = self.record_delivery(
+                        policy,
+                        &partner.id,
+                        "pull",
+                        items.iter().map(|i| &i.stored),
+                    )? {
+                        last_ticket = Some(ticket);
+                    }
+                    if let Some(key) = key {
+                        self.remember_transfer(&partner.id, key);
+                    }
+                }
                 page.bundles.push(PulledBundle { seq, hops, bundle });
             }
             page_bytes += entry_bytes;
@@ -1193,6 +1278,35 @@ impl Engine {
             ticket.written_blocking()?;
         }
         Ok(page)
+    }
+
+    /// Whether the transfer `key` ([`recorded_key`]) was recorded for `partner` lately.
+    fn transfer_recorded(&self, partner: &NodeId, key: &[u8; 32]) -> bool {
+        let recorded = self
+            .recorded_transfers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        recorded
+            .get(partner)
+            .is_some_and(|keys| keys.contains(key))
+    }
+
+    /// Remembers that the transfer `key` was recorded for `partner` (the last
+    /// [`RECORDED_TRANSFERS`] per partner).
+    fn remember_transfer(&self, partner: &NodeId, key: [u8; 32]) {
+        let mut recorded = self
+            .recorded_transfers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if !recorded.contains_key(partner) && recorded.len() >= RECORDED_TRANSFER_PARTNERS {
+            // Only configured partners pull; this bounds the map all the same.
+            recorded.clear();
+        }
+        let keys = recorded.entry(partner.clone()).or_default();
+        if keys.len() >= RECORDED_TRANSFERS {
+            keys.pop_front();
+        }
+        keys.push_back(key);
     }
 
     /// The cursor to serve `partner` from: `requested`, or 0 when its policy changed
