@@ -1185,6 +1185,7 @@ impl Engine {
         let mut last_ticket = None;
         let mut page_bytes = 0usize;
         let fingerprint = policy.partner_fingerprint(&partner.id);
+        let mut recorded = Vec::new();
         for (seq, bundle_id) in entries {
             let Some(held) = self.store.held_bundle(&bundle_id)? else {
                 continue;
@@ -1260,9 +1261,7 @@ impl Engine {
                     )? {
                         last_ticket = Some(ticket);
                     }
-                    if let Some(key) = key {
-                        self.remember_transfer(&partner.id, key);
-                    }
+                    recorded.extend(key);
                 }
                 page.bundles.push(PulledBundle { seq, hops, bundle });
             }
@@ -1277,6 +1276,10 @@ impl Engine {
         if let Some(ticket) = last_ticket {
             ticket.written_blocking()?;
         }
+        // Remembered only once written: a transfer whose record failed was never sent.
+        for key in recorded {
+            self.remember_transfer(&partner.id, key);
+        }
         Ok(page)
     }
 
@@ -1286,9 +1289,7 @@ impl Engine {
             .recorded_transfers
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        recorded
-            .get(partner)
-            .is_some_and(|keys| keys.contains(key))
+        recorded.get(partner).is_some_and(|keys| keys.contains(key))
     }
 
     /// Remembers that the transfer `key` was recorded for `partner` (the last
@@ -1542,10 +1543,7 @@ impl Engine {
             partner,
             query,
         });
-        let mut subscribers = self
-            .subscribers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut subscribers = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
         subscribers.retain(|s| s.strong_count() > 0);
         subscribers.push(Arc::downgrade(&subscriber));
         Subscription {
@@ -1556,10 +1554,7 @@ impl Engine {
 
     /// The open subscriptions (those dropped since are forgotten here).
     fn live_subscribers(&self) -> Vec<Arc<Subscriber>> {
-        let mut subscribers = self
-            .subscribers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut subscribers = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
         let mut live = Vec::with_capacity(subscribers.len());
         subscribers.retain(|s| match s.upgrade() {
             Some(subscriber) => {
@@ -1647,7 +1642,7 @@ pub enum SubscriptionEnd {
     /// message names the limit, never a count: the subscriber learns that it missed
     /// items it may see, nothing of those it may not.
     #[error(
-        "subscriber fell behind: the items waiting for it reached limits.unsent_answer_bytes; subscribe again and query with modified_since to catch up"
+        "subscriber fell behind: the items waiting for it reached limits.unsent_answer_bytes; subscribe again, then query to fill the gap"
     )]
     Lagged,
     /// A delivery could not be recorded, so nothing more is sent.

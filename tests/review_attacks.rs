@@ -1009,9 +1009,11 @@ async fn unread_subscriptions_hold_no_more_than_the_answer_budget() {
     // Warm up the paths the attack takes, so that what grows after is what is held.
     publish(
         &alice,
-        vec![(0..1000)
-            .map(|i| large_indicator(&format!("warm-{i}.example")))
-            .collect()],
+        vec![
+            (0..1000)
+                .map(|i| large_indicator(&format!("warm-{i}.example")))
+                .collect(),
+        ],
     )
     .await;
     let before = status_mib(pid, "VmRSS");
@@ -1024,14 +1026,17 @@ async fn unread_subscriptions_hold_no_more_than_the_answer_budget() {
     for round in 0..12 {
         publish(
             &alice,
-            vec![(0..1000)
-                .map(|i| large_indicator(&format!("big-{round}-{i}.example")))
-                .collect()],
+            vec![
+                (0..1000)
+                    .map(|i| large_indicator(&format!("big-{round}-{i}.example")))
+                    .collect(),
+            ],
         )
         .await;
     }
     let budget = 64;
     let grown = status_mib(pid, "VmRSS").saturating_sub(before);
+    eprintln!("8 unread subscriptions, 12,000 large items: the node's memory grew by {grown} MiB");
     assert!(
         grown <= budget,
         "8 unread subscriptions of one researcher raised the node's memory by {grown} MiB (from {before} MiB)"

@@ -7,6 +7,10 @@
 //! `attacks [--items N]` loads a node with N indicators and measures its memory and a
 //! legitimate caller's query latency under each resource-exhaustion attack in turn.
 //!
+//! `fanout [--items N]` publishes N indicators to a node serving 100 `Subscribe`
+//! streams that all read, and measures what their disclosure-ledger records cost on
+//! disk, the time until every stream had every item, and the node's memory.
+//!
 //! `ingest` starts a fresh node as its own process (own PKI, own store in a temporary
 //! directory, real mTLS on loopback) and measures: publishing through `Intel.Publish`;
 //! the node's peak RSS and disk bytes per indicator after the flush; the raw sled
@@ -34,6 +38,8 @@ use entente::wire;
 
 #[path = "bench/attacks.rs"]
 mod attacks;
+#[path = "bench/fanout.rs"]
+mod fanout;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -78,7 +84,7 @@ fn parse_args() -> Result<Args> {
             "--items" => args.items = value("--items")?,
             "--bundle-size" => args.bundle_size = value("--bundle-size")?,
             "--queries" => args.queries = value("--queries")?,
-            "ingest" | "sync" | "latency" | "attacks" if args.command.is_empty() => {
+            "ingest" | "sync" | "latency" | "attacks" | "fanout" if args.command.is_empty() => {
                 args.command = arg
             }
             // Internal: the node under test, run as its own process.
@@ -87,13 +93,13 @@ fn parse_args() -> Result<Args> {
                 args.config = Some(it.next().context("node needs a config path")?.into());
             }
             other => bail!(
-                "unknown argument {other:?}; usage: entente-bench ingest|sync|latency|attacks [--items N] [--bundle-size N] [--queries N] (TAXII servers side by side: bench/taxii/compare.py)"
+                "unknown argument {other:?}; usage: entente-bench ingest|sync|latency|attacks|fanout [--items N] [--bundle-size N] [--queries N] (TAXII servers side by side: bench/taxii/compare.py)"
             ),
         }
     }
     if args.command.is_empty() {
         bail!(
-            "usage: entente-bench ingest|sync|latency|attacks [--items N] [--bundle-size N] [--queries N] (TAXII servers side by side: bench/taxii/compare.py)"
+            "usage: entente-bench ingest|sync|latency|attacks|fanout [--items N] [--bundle-size N] [--queries N] (TAXII servers side by side: bench/taxii/compare.py)"
         );
     }
     Ok(args)
@@ -884,6 +890,7 @@ fn main() -> Result<()> {
         ("sync", _) => runtime.block_on(sync(&args)),
         ("latency", _) => runtime.block_on(latency(&args)),
         ("attacks", _) => runtime.block_on(attacks::attacks(&args)),
+        ("fanout", _) => runtime.block_on(fanout::fanout(&args)),
         _ => runtime.block_on(ingest(&args)),
     }
 }
