@@ -2,9 +2,8 @@
 //! verify, store, notify subscribers), accepting bundles from elsewhere (verify,
 //! store), and reading through the sharing policy. No tonic types here.
 
-use std::sync::Arc;
-
-use tokio::sync::broadcast;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, Weak};
 
 use crate::crypto::{
     BundleSigner, CertificateSource, SignError, SignerTrust, VerifiedBundle, VerifyError, verify,
@@ -21,8 +20,10 @@ use crate::store::{
 };
 use crate::wire;
 
-/// Capacity of the subscription channel; a subscriber further behind is dropped.
-pub const SUBSCRIPTION_BUFFER: usize = 16_384;
+/// What a new item waiting for a subscriber counts against its partner's
+/// `limits.unsent_answer_bytes` beyond its encoded bytes: the stored item's other
+/// fields (ids, origin, times) and its place in the subscriber's queue.
+pub const SUBSCRIBED_ITEM_OVERHEAD: usize = 128;
 
 /// The store as policy sees what a node holds ([`crate::policy::Held`]): the latest
 /// version under an id and its bundle's signed distribution. A store error answers
@@ -228,6 +229,70 @@ pub struct PulledBundle {
     pub bundle: wire::SignedBundle,
 }
 
+/// How the serving side names the transfers of a pull page (the split into parts is
+/// the caller's, so is the digest), and the transfer the partner holds in part and
+/// asks to continue, if any.
+pub struct Transfers<'a> {
+    /// The digest of the transfer of a redacted bundle at a hop count.
+    pub digest: &'a (dyn Fn(u32, &wire::SignedBundle) -> [u8; 32] + Sync),
+    /// The transfer to continue: its feed position, hop count and digest.
+    pub resumed: Option<(u64, u32, [u8; 32])>,
+}
+
+/// How a pull page records one of its bundles in the ledger.
+enum Recording {
+    /// Not at all: the partner had it whole before the transfer it continues, and it is
+    /// not sent again.
+    NotSent,
+    /// Not again: the transfer continued, recorded in full when it was first sent.
+    Recorded,
+    /// Recorded now, and remembered under this key if it has one.
+    Now(Option<[u8; 32]>),
+}
+
+impl Transfers<'_> {
+    fn recording(
+        &self,
+        engine: &Engine,
+        partner: &NodeId,
+        fingerprint: &[u8; 32],
+        seq: u64,
+        hops: u32,
+        bundle: &wire::SignedBundle,
+    ) -> Recording {
+        let digest = (self.digest)(hops, bundle);
+        let key = recorded_key(&digest, fingerprint);
+        match self.resumed {
+            Some((at, resumed_hops, _)) if at == seq && hops < resumed_hops => Recording::NotSent,
+            Some((at, resumed_hops, transfer))
+                if at == seq
+                    && hops == resumed_hops
+                    && digest == transfer
+                    && engine.transfer_recorded(partner, &key) =>
+            {
+                Recording::Recorded
+            }
+            _ => Recording::Now(Some(key)),
+        }
+    }
+}
+
+/// Transfers remembered as recorded, per partner: more than a pull page holds.
+pub const RECORDED_TRANSFERS: usize = 4096;
+
+/// Partners whose recorded transfers are remembered at once.
+const RECORDED_TRANSFER_PARTNERS: usize = 4096;
+
+/// What names a recorded transfer: its digest under the partner's policy fingerprint,
+/// so a transfer sent again under another policy is recorded again.
+fn recorded_key(transfer: &[u8; 32], fingerprint: &[u8; 32]) -> [u8; 32] {
+    let mut data = Vec::with_capacity(96);
+    data.extend_from_slice(b"entente/recorded-transfer/v1\0");
+    data.extend_from_slice(transfer);
+    data.extend_from_slice(fingerprint);
+    crate::crypto::sha256(&data)
+}
+
 /// The result of publishing one bundle.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PublishReceipt {
@@ -244,7 +309,11 @@ pub struct Engine {
     policy: std::sync::RwLock<Arc<Policy>>,
     signer: BundleSigner,
     trust: Box<dyn SignerTrust + Send + Sync>,
-    subscribers: broadcast::Sender<Arc<StoredItem>>,
+    /// The open subscriptions, each with its own queue of new items.
+    subscribers: Mutex<Vec<Weak<Subscriber>>>,
+    /// Per partner, the transfers of its pull pages recorded in the ledger lately, so
+    /// that a resumed transfer is not recorded twice.
+    recorded_transfers: Mutex<std::collections::HashMap<NodeId, VecDeque<[u8; 32]>>>,
     /// The change-feed head, for pull streams that follow it.
     feed_head: tokio::sync::watch::Sender<u64>,
     /// Bumped on every policy change, so following streams re-check their partner.
@@ -308,7 +377,6 @@ impl Engine {
         trust: Box<dyn SignerTrust + Send + Sync>,
     ) -> Result<Self, EngineError> {
         store.put_certificate(own_certificate)?;
-        let (subscribers, _) = broadcast::channel(SUBSCRIPTION_BUFFER);
         let (feed_head, _) = tokio::sync::watch::channel(store.feed_head());
         let (policy_version, _) = tokio::sync::watch::channel(0);
         Ok(Self {
@@ -326,7 +394,8 @@ impl Engine {
             policy: std::sync::RwLock::new(Arc::new(policy)),
             signer,
             trust,
-            subscribers,
+            subscribers: Mutex::default(),
+            recorded_transfers: Mutex::default(),
         })
     }
 
@@ -602,13 +671,15 @@ impl Engine {
         for (index, reason) in &report.rejected {
             tracing::warn!(bundle = %header.bundle_id, origin = %header.origin, index, ?reason, "item rejected");
         }
-        if self.subscribers.receiver_count() > 0 {
+        let subscribers = self.live_subscribers();
+        if !subscribers.is_empty() {
             let items = bundle.items();
+            let policy = self.policy();
             for index in &report.stored {
                 let Ok(at) = items.binary_search_by_key(index, |v| v.index) else {
                     continue;
                 };
-                let _ = self.subscribers.send(Arc::new(StoredItem {
+                let stored = Arc::new(StoredItem {
                     item: items[at].item.clone(),
                     bundle_id: header.bundle_id.clone(),
                     index: *index,
@@ -616,7 +687,11 @@ impl Engine {
                     received_from: source.received_from.clone(),
                     hops: source.hops,
                     accepted_ms: now_ms,
-                }));
+                });
+                let bytes = items[at].item_bytes.len() + SUBSCRIBED_ITEM_OVERHEAD;
+                for subscriber in &subscribers {
+                    self.offer(&policy, subscriber, &stored, bytes, now_ms);
+                }
             }
         }
         Ok(report)
@@ -1080,17 +1155,23 @@ impl Engine {
         after: u64,
         limit: usize,
     ) -> Result<PullPage, EngineError> {
-        self.pull_page_under(&self.policy(), partner, after, limit)
+        self.pull_page_under(&self.policy(), partner, after, limit, None)
     }
 
     /// [`Engine::pull_page`] under a given policy (the one in force when the caller took
-    /// it), so the caller knows which policy decided the page.
+    /// it), so the caller knows which policy decided the page. With `transfers`, the
+    /// transfers recorded are remembered (the last [`RECORDED_TRANSFERS`] per partner),
+    /// and a transfer the partner continues is not recorded again when this engine
+    /// recorded exactly it (same digest, same policy) for this partner when it was first
+    /// sent; the bundles of its feed entry that the partner had whole before it are not
+    /// sent, so not recorded.
     pub fn pull_page_under(
         &self,
         policy: &Policy,
         partner: &Partner,
         after: u64,
         limit: usize,
+        transfers: Option<&Transfers<'_>>,
     ) -> Result<PullPage, EngineError> {
         let now = now_ms();
         let page_budget = self.limits.pull_page_bytes;
@@ -1104,6 +1185,8 @@ impl Engine {
         let mut previous = after;
         let mut last_ticket = None;
         let mut page_bytes = 0usize;
+        let fingerprint = policy.partner_fingerprint(&partner.id);
+        let mut recorded = Vec::new();
         for (seq, bundle_id) in entries {
             let Some(held) = self.store.held_bundle(&bundle_id)? else {
                 continue;
@@ -1167,12 +1250,20 @@ impl Engine {
             }
             previous = seq;
             for (hops, items, bundle) in entry {
-                last_ticket = self.record_delivery(
-                    policy,
-                    &partner.id,
-                    "pull",
-                    items.iter().map(|i| &i.stored),
-                )?;
+                let recording = transfers.map_or(Recording::Now(None), |t| {
+                    t.recording(self, &partner.id, &fingerprint, seq, hops, &bundle)
+                });
+                if let Recording::Now(key) = recording {
+                    if let Some(ticket) = self.record_delivery(
+                        policy,
+                        &partner.id,
+                        "pull",
+                        items.iter().map(|i| &i.stored),
+                    )? {
+                        last_ticket = Some(ticket);
+                    }
+                    recorded.extend(key);
+                }
                 page.bundles.push(PulledBundle { seq, hops, bundle });
             }
             page_bytes += entry_bytes;
@@ -1186,7 +1277,38 @@ impl Engine {
         if let Some(ticket) = last_ticket {
             ticket.written_blocking()?;
         }
+        // Remembered only once written: a transfer whose record failed was never sent.
+        for key in recorded {
+            self.remember_transfer(&partner.id, key);
+        }
         Ok(page)
+    }
+
+    /// Whether the transfer `key` ([`recorded_key`]) was recorded for `partner` lately.
+    fn transfer_recorded(&self, partner: &NodeId, key: &[u8; 32]) -> bool {
+        let recorded = self
+            .recorded_transfers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        recorded.get(partner).is_some_and(|keys| keys.contains(key))
+    }
+
+    /// Remembers that the transfer `key` was recorded for `partner` (the last
+    /// [`RECORDED_TRANSFERS`] per partner).
+    fn remember_transfer(&self, partner: &NodeId, key: [u8; 32]) {
+        let mut recorded = self
+            .recorded_transfers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if !recorded.contains_key(partner) && recorded.len() >= RECORDED_TRANSFER_PARTNERS {
+            // Only configured partners pull; this bounds the map all the same.
+            recorded.clear();
+        }
+        let keys = recorded.entry(partner.clone()).or_default();
+        if keys.len() >= RECORDED_TRANSFERS {
+            keys.pop_front();
+        }
+        keys.push_back(key);
     }
 
     /// The cursor to serve `partner` from: `requested`, or 0 when its policy changed
@@ -1406,14 +1528,92 @@ impl Engine {
 
     /// Items accepted from now on that `partner` may see and that match `query`: the
     /// policy in force decides every item as it arrives, and each is recorded in the
-    /// disclosure ledger before it is handed out.
+    /// disclosure ledger before it is handed out. Until then the items wait in the
+    /// subscription's queue, counted against the partner's
+    /// `limits.unsent_answer_bytes` with its other answers; a subscription whose next
+    /// item would pass that budget is ended ([`SubscriptionEnd::Lagged`]), its queue
+    /// emptied at once.
     pub fn subscribe(self: &Arc<Self>, partner: Partner, query: ItemQuery) -> Subscription {
-        Subscription {
-            engine: self.clone(),
-            receiver: self.subscribers.subscribe(),
+        let subscriber = Arc::new(Subscriber {
+            queue: Mutex::new(Queue {
+                items: VecDeque::new(),
+                hold: self.answers.hold_none(&partner.id),
+                lagged: false,
+            }),
+            arrived: tokio::sync::Notify::new(),
             partner,
             query,
+        });
+        let mut subscribers = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        subscribers.retain(|s| s.strong_count() > 0);
+        subscribers.push(Arc::downgrade(&subscriber));
+        Subscription {
+            engine: self.clone(),
+            subscriber,
         }
+    }
+
+    /// The open subscriptions (those dropped since are forgotten here).
+    fn live_subscribers(&self) -> Vec<Arc<Subscriber>> {
+        let mut subscribers = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut live = Vec::with_capacity(subscribers.len());
+        subscribers.retain(|s| match s.upgrade() {
+            Some(subscriber) => {
+                live.push(subscriber);
+                true
+            }
+            None => false,
+        });
+        live
+    }
+
+    /// Queues `stored` for `subscriber` if it matches the subscription and the policy in
+    /// force lets its partner see it (a withheld item is never queued, so it neither
+    /// takes the partner's budget nor can make the subscription fall behind). An item
+    /// that would take the partner past `limits.unsent_answer_bytes` ends the
+    /// subscription instead: its queue is emptied and its reader told, never handed
+    /// the items after a gap.
+    fn offer(
+        &self,
+        policy: &Policy,
+        subscriber: &Subscriber,
+        stored: &Arc<StoredItem>,
+        bytes: usize,
+        now_ms: i64,
+    ) {
+        let query = &subscriber.query;
+        if !query.matches_value(stored, now_ms)
+            || !self
+                .decide_stored(
+                    policy,
+                    &subscriber.partner.id,
+                    stored,
+                    now_ms,
+                    query.include_expired,
+                )
+                .allowed()
+        {
+            return;
+        }
+        let mut queue = subscriber.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if queue.lagged {
+            return;
+        }
+        if queue.hold.grow(bytes) {
+            queue.items.push_back((stored.clone(), bytes));
+        } else {
+            queue.lagged = true;
+            queue.items = VecDeque::new();
+            queue.hold.set(0);
+            crate::limits::count(Limit::UnsentAnswerBytes);
+            tracing::info!(
+                partner = %subscriber.partner.id,
+                limit = self.answers.max(),
+                "subscription ended: its partner's unsent answers reached limits.unsent_answer_bytes"
+            );
+        }
+        drop(queue);
+        subscriber.arrived.notify_one();
     }
 }
 
@@ -1439,63 +1639,84 @@ impl CertificateSource for OfferedCertificate<'_> {
 /// Why a subscription ended.
 #[derive(Debug, thiserror::Error)]
 pub enum SubscriptionEnd {
-    /// The subscriber fell further behind than the buffer holds. The number of items it
-    /// missed counts every item the node accepted, those the subscriber may not see
-    /// included, so it is logged, never sent.
-    #[error("subscriber fell behind; subscribe again and query to catch up")]
-    Lagged(u64),
-    /// The node is stopping.
-    #[error("node is shutting down")]
-    Closed,
+    /// The subscriber fell further behind than its partner's answer budget holds. The
+    /// message names the limit, never a count: the subscriber learns that it missed
+    /// items it may see, nothing of those it may not.
+    #[error(
+        "subscriber fell behind: the items waiting for it reached limits.unsent_answer_bytes; subscribe again, then query to fill the gap"
+    )]
+    Lagged,
     /// A delivery could not be recorded, so nothing more is sent.
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
 
+/// One subscription's queue of new items, as the engine hands them over.
+struct Subscriber {
+    queue: Mutex<Queue>,
+    /// Woken when an item is queued or the subscription falls behind.
+    arrived: tokio::sync::Notify,
+    partner: Partner,
+    query: ItemQuery,
+}
+
+/// The items waiting for a subscriber, and their bytes held of its partner's answer
+/// budget.
+struct Queue {
+    items: VecDeque<(Arc<StoredItem>, usize)>,
+    hold: AnswerHold,
+    /// Fell behind: nothing more is queued, and the reader is told once the queue is
+    /// read.
+    lagged: bool,
+}
+
 /// A partner's subscription: yields only what the policy in force allows it.
 pub struct Subscription {
     engine: Arc<Engine>,
-    receiver: broadcast::Receiver<Arc<StoredItem>>,
-    partner: Partner,
-    query: ItemQuery,
+    subscriber: Arc<Subscriber>,
 }
 
 impl Subscription {
     /// The next item the partner may see, recorded in the ledger before it is returned.
     pub async fn next(&mut self) -> Result<Arc<StoredItem>, SubscriptionEnd> {
-        use tokio::sync::broadcast::error::RecvError;
         loop {
-            let stored = match self.receiver.recv().await {
-                Ok(stored) => stored,
-                Err(RecvError::Closed) => return Err(SubscriptionEnd::Closed),
-                Err(RecvError::Lagged(missed)) => {
-                    tracing::info!(partner = %self.partner.id, missed, "subscriber fell behind");
-                    return Err(SubscriptionEnd::Lagged(missed));
+            let arrived = self.subscriber.arrived.notified();
+            let stored = {
+                let mut queue = self
+                    .subscriber
+                    .queue
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                match queue.items.pop_front() {
+                    Some((stored, bytes)) => {
+                        let left = queue.hold.bytes().saturating_sub(bytes);
+                        queue.hold.set(left);
+                        Some(stored)
+                    }
+                    None if queue.lagged => return Err(SubscriptionEnd::Lagged),
+                    None => None,
                 }
+            };
+            let Some(stored) = stored else {
+                arrived.await;
+                continue;
             };
             // The policy in force now: a reload narrows open streams from the next item on.
             let now = now_ms();
             let policy = self.engine.policy();
-            if !self.query.matches_value(&stored, now)
+            let (partner, query) = (&self.subscriber.partner, &self.subscriber.query);
+            if !query.matches_value(&stored, now)
                 || !self
                     .engine
-                    .decide_stored(
-                        &policy,
-                        &self.partner.id,
-                        &stored,
-                        now,
-                        self.query.include_expired,
-                    )
+                    .decide_stored(&policy, &partner.id, &stored, now, query.include_expired)
                     .allowed()
             {
                 continue;
             }
-            if let Some(ticket) = self.engine.record_delivery(
-                &policy,
-                &self.partner.id,
-                "subscribe",
-                [stored.as_ref()],
-            )? {
+            if let Some(ticket) =
+                self.engine
+                    .record_delivery(&policy, &partner.id, "subscribe", [stored.as_ref()])?
+            {
                 ticket.written().await.map_err(EngineError::from)?;
             }
             return Ok(stored);

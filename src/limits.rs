@@ -426,6 +426,7 @@ impl<K: std::hash::Hash + Eq + Clone> Budgets<K> {
             held: self.held.clone(),
             key: key.clone(),
             bytes,
+            max: self.max,
         })
     }
 
@@ -447,7 +448,19 @@ impl<K: std::hash::Hash + Eq + Clone> Budgets<K> {
             held: self.held.clone(),
             key: key.clone(),
             bytes,
+            max: self.max,
         })
+    }
+
+    /// A hold of nothing yet for `key`, to grow with [`Held::grow`] (a subscription's
+    /// queue, which holds what it has not handed on).
+    pub fn hold_none(&self, key: &K) -> Held<K> {
+        Held {
+            held: self.held.clone(),
+            key: key.clone(),
+            bytes: 0,
+            max: self.max,
+        }
     }
 
     /// Bytes `key` holds now.
@@ -471,6 +484,19 @@ impl<K: std::hash::Hash + Eq + Clone> Held<K> {
         *now = now.saturating_sub(self.bytes).saturating_add(bytes);
         self.bytes = bytes;
     }
+
+    /// Holds `bytes` more, unless that would take the key past its budget (as
+    /// [`Budgets::take`]: a key that holds nothing may always take one amount).
+    pub fn grow(&mut self, bytes: usize) -> bool {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let now = held.entry(self.key.clone()).or_insert(0);
+        if *now > 0 && now.saturating_add(bytes) > self.max {
+            return false;
+        }
+        *now = now.saturating_add(bytes);
+        self.bytes = self.bytes.saturating_add(bytes);
+        true
+    }
 }
 
 /// Bytes held under a [`Budgets`], given back when dropped.
@@ -478,6 +504,8 @@ pub struct Held<K: std::hash::Hash + Eq + Clone> {
     held: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<K, usize>>>,
     key: K,
     bytes: usize,
+    /// The budget per key it was taken under.
+    max: usize,
 }
 
 impl<K: std::hash::Hash + Eq + Clone> Drop for Held<K> {
@@ -597,6 +625,23 @@ mod tests {
         assert_eq!(budgets.held(&"a"), 0);
         // Alone, a key gets all it asks for.
         assert_eq!(budgets.take_up_to(&"a", 500, 10).unwrap().bytes(), 500);
+    }
+
+    #[test]
+    fn a_hold_grows_within_the_budget() {
+        let budgets = Budgets::new(100);
+        let mut queue = budgets.hold_none(&"a");
+        // Alone, one amount of any size.
+        assert!(queue.grow(150));
+        assert!(!queue.grow(1));
+        queue.set(0);
+        let other = budgets.take(&"a", 60).unwrap();
+        assert!(queue.grow(40));
+        assert!(!queue.grow(1));
+        assert_eq!(queue.bytes(), 40);
+        drop(other);
+        drop(queue);
+        assert_eq!(budgets.held(&"a"), 0);
     }
 
     #[test]

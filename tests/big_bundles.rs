@@ -153,3 +153,80 @@ async fn a_bundle_of_100000_items_crosses_a_link_whole_even_when_cut_every_8_mib
         node.shutdown(Duration::from_secs(30)).await.unwrap();
     }
 }
+
+/// A transfer continued on a new connection used to be recorded in the disclosure
+/// ledger again each time: the serving node read the bundle again for the page the
+/// continuation starts with, and recorded all of it, so a bundle that crossed in four
+/// connections was listed four times as delivered to its puller. A continued transfer
+/// is recorded once, when it was first sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_continued_after_a_cut_is_recorded_once() {
+    common::init_logging();
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let paris = pki.node("paris.office");
+    pki.client("analyst.alice");
+    let hq_node = common::start(&config(
+        &pki,
+        &hq,
+        &[("paris.office", "127.0.0.1:1".into())],
+    ))
+    .await;
+    let alice = common::connect(&pki, &hq_node, "analyst.alice").await;
+    let mut items = items();
+    items.truncate(16_000);
+    let published = alice
+        .publish(tokio_stream::iter(vec![PublishRequest {
+            items,
+            distribution: None,
+            groups: vec![],
+        }]))
+        .await
+        .unwrap();
+    let id = entente::model::BundleId::parse(&published.bundle_ids[0]).unwrap();
+
+    let proxy = CuttingProxy::start(hq_node.local_addr(), 3 << 20).await;
+    let paris_node = common::start(&config(
+        &pki,
+        &paris,
+        &[("redmond.hq", proxy.addr.to_string())],
+    ))
+    .await;
+    let verified = arrives(&paris_node, &id).await;
+    assert_eq!(verified.items().len(), 16_000);
+    let cuts = proxy.cuts.load(Ordering::Relaxed);
+    assert!(cuts >= 2, "the transfer was cut {cuts} times");
+
+    // Every item of the bundle is recorded as delivered to Paris exactly once.
+    let mut times = std::collections::BTreeMap::<u32, usize>::new();
+    let mut records = 0;
+    let mut after = 0;
+    loop {
+        let page = hq_node
+            .engine()
+            .store()
+            .ledger(after, 1000, Some(&paris), None)
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for record in &page {
+            for (bundle, indices) in &record.entry.deliveries {
+                if bundle == &id {
+                    records += 1;
+                    for index in indices {
+                        *times.entry(*index).or_default() += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(times.len(), 16_000);
+    let most = times.values().copied().max().unwrap_or(0);
+    assert_eq!(
+        most, 1,
+        "a transfer cut {cuts} times was recorded in {records} records"
+    );
+    for node in [paris_node, hq_node] {
+        node.shutdown(Duration::from_secs(30)).await.unwrap();
+    }
+}

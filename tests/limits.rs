@@ -347,3 +347,90 @@ fn green_domains(
         groups: vec![],
     }
 }
+
+/// The finding this limit answers: 2,000 `Subscribe` streams asked at once by one
+/// read-only identity, over several connections, all used to be accepted (and each
+/// wrote a ledger record per item it received). At most `streams_per_partner` are open
+/// at once, however many connections ask; the others are refused with a reason, and
+/// every open one is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_subscriptions_from_one_identity_open_only_its_streams() {
+    common::init_logging();
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let analyst = pki.client("analyst.alice");
+    let reader = pki.client("researcher.bob");
+    let config = write_config(
+        &pki,
+        &hq,
+        &[
+            client(analyst.as_str(), "analyst"),
+            client(reader.as_str(), "read_only"),
+        ],
+        &[],
+    );
+    let node = start(&config).await;
+    let alice = common::connect(&pki, &node, analyst.as_str()).await;
+    let mut connections = Vec::new();
+    for _ in 0..4 {
+        connections.push(std::sync::Arc::new(
+            common::connect(&pki, &node, reader.as_str()).await,
+        ));
+    }
+    let filter = entente::rpc::proto::ItemFilter::default();
+    let mut asked = tokio::task::JoinSet::new();
+    for n in 0..2000 {
+        let bob = connections[n % connections.len()].clone();
+        let filter = filter.clone();
+        asked.spawn(async move { bob.subscribe(filter).await });
+    }
+    let mut open = Vec::new();
+    let mut refused = 0;
+    while let Some(answer) = asked.join_next().await {
+        match answer.unwrap() {
+            Ok(stream) => open.push(stream),
+            Err(entente::client::ClientError::Status { code, message, .. }) => {
+                assert_eq!(code, tonic::Code::ResourceExhausted, "{message}");
+                assert!(message.contains("streams open"), "{message}");
+                refused += 1;
+            }
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+    }
+    assert_eq!(open.len(), entente::limits::DEFAULT_STREAMS_PER_PARTNER);
+    assert_eq!(refused, 2000 - open.len());
+
+    // Each open stream is served an item published now.
+    let item = entente::wire::Item {
+        id: String::new(),
+        modified_unix_ms: 0,
+        tlp: entente::wire::Tlp::Green as i32,
+        tags: vec![],
+        kind: Some(entente::wire::item::Kind::Indicator(
+            entente::wire::Indicator {
+                indicator_type: "domain".into(),
+                value: "fanout.example".into(),
+                ..Default::default()
+            },
+        )),
+    };
+    alice
+        .publish(tokio_stream::iter(vec![
+            entente::rpc::proto::PublishRequest {
+                items: vec![item],
+                ..Default::default()
+            },
+        ]))
+        .await
+        .unwrap();
+    for stream in &mut open {
+        let got = tokio::time::timeout(Duration::from_secs(30), stream.message())
+            .await
+            .expect("an item in time")
+            .unwrap()
+            .expect("an item");
+        assert!(got.item.is_some());
+    }
+    drop(open);
+    node.shutdown(Duration::from_secs(10)).await.unwrap();
+}

@@ -124,11 +124,13 @@ async fn poll_once<F: Future + Unpin>(future: &mut F) {
     .await;
 }
 
-/// A subscriber that stops reading is ended once the node's buffer of new items runs
-/// over. Its last message used to say by how many items it fell behind: a count of
-/// everything the node accepted meanwhile, items withheld from the subscriber included.
-/// A GREEN researcher could so count the AMBER and RED items published while it did
-/// not read. The end of a lagging subscription now names no count.
+/// A subscriber that stops reading used to be ended once the node's buffer of new items
+/// ran over, a buffer that every item the node accepted took a place in. Its last
+/// message said by how many items it fell behind, withheld items included, and even
+/// without the count, being ended told a GREEN researcher that many AMBER or RED items
+/// were published while it did not read. Only the items a subscriber may see are
+/// queued for it now: withheld items never make it fall behind, and the end of a
+/// lagging subscription names no count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_subscription_does_not_count_withheld_items() {
     common::init_logging();
@@ -156,9 +158,9 @@ async fn a_lagging_subscription_does_not_count_withheld_items() {
         .map(|i| indicator(&format!("seen-{i}.example"), Tlp::Green, 4000))
         .collect();
     publish(&alice, vec![visible]).await;
-    // Then more RED items than the node buffers for a subscriber that is behind.
-    let withheld = entente::engine::SUBSCRIPTION_BUFFER + 3000;
-    let red: Vec<Vec<wire::Item>> = (0..withheld)
+    // Then more RED items than the node once buffered for a subscriber that is behind,
+    // and one GREEN item more.
+    let red: Vec<Vec<wire::Item>> = (0..20_000)
         .collect::<Vec<_>>()
         .chunks(5000)
         .map(|chunk| {
@@ -169,34 +171,28 @@ async fn a_lagging_subscription_does_not_count_withheld_items() {
         })
         .collect();
     publish(&alice, red).await;
+    publish(
+        &alice,
+        vec![vec![indicator("seen-last.example", Tlp::Green, 0)]],
+    )
+    .await;
 
-    // The researcher reads now: its GREEN items, then the end of the stream.
-    let mut received = 0usize;
-    let end = tokio::time::timeout(DEADLINE, async {
-        loop {
-            match subscription.message().await {
-                Ok(Some(stored)) => {
-                    let value = match stored.item.and_then(|i| i.kind) {
-                        Some(wire::item::Kind::Indicator(indicator)) => indicator.value,
-                        other => panic!("not an indicator: {other:?}"),
-                    };
-                    assert!(value.starts_with("seen-"), "a RED item was sent: {value}");
-                    received += 1;
-                }
-                Ok(None) => panic!("the subscription ended without an error"),
-                Err(status) => return status,
-            }
-        }
-    })
-    .await
-    .expect("the lagging subscription ends in time");
-    assert!(received < 1500, "the subscriber did not fall behind");
-    assert_eq!(end.code(), tonic::Code::ResourceExhausted, "{end:?}");
-    assert!(
-        !end.message().chars().any(|c| c.is_ascii_digit()),
-        "the end of the subscription counts items the researcher may not see: {:?}",
-        end.message()
-    );
+    // The researcher reads now: every GREEN item, in order, and the stream goes on.
+    for expected in (0..1500)
+        .map(|i| format!("seen-{i}.example"))
+        .chain(["seen-last.example".to_owned()])
+    {
+        let stored = tokio::time::timeout(DEADLINE, subscription.message())
+            .await
+            .expect("the next item in time")
+            .unwrap_or_else(|status| panic!("the subscription ended: {status:?}"))
+            .expect("the subscription ended without an error");
+        let value = match stored.item.and_then(|i| i.kind) {
+            Some(wire::item::Kind::Indicator(indicator)) => indicator.value,
+            other => panic!("not an indicator: {other:?}"),
+        };
+        assert_eq!(value, expected);
+    }
     node.shutdown(DEADLINE).await.unwrap();
 }
 
@@ -961,4 +957,150 @@ async fn a_failed_reload_does_not_quote_the_configuration_to_a_narrowed_admin() 
         "{told}"
     );
     node.shutdown(DEADLINE).await.unwrap();
+}
+
+/// What `Subscribe` streams held for a reader that is behind was bounded in items, not
+/// bytes: the node kept the last 16,384 new items for its slowest subscriber, whatever
+/// their size, so a read-only researcher that opened subscriptions and never read them
+/// had the node hold every large item published meanwhile (about 10 KB each: 160 MB
+/// and more). A subscription's unsent items now count against its partner's
+/// `limits.unsent_answer_bytes` with every other answer; one that would pass it is ended
+/// with `RESOURCE_EXHAUSTED` naming the limit (never continued with items missing), and
+/// the others go on being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_subscriptions_hold_no_more_than_the_answer_budget() {
+    common::init_logging();
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let analyst = pki.client("analyst.alice");
+    let researcher = pki.client("researcher.bob");
+    let admin = pki.client("ops.admin");
+    let config = write_config(
+        &pki,
+        &hq,
+        &[
+            client(analyst.as_str(), "analyst"),
+            client(researcher.as_str(), "read_only"),
+            client(admin.as_str(), "admin"),
+        ],
+        &[],
+    );
+    // Long enough that no unread stream is let go for its slowness during the test.
+    with_limits(&config, "slow_reader_timeout = \"600s\"\n");
+    let (mut child, addr) = common::serve(&config);
+    let pid = child.id();
+    let connect = |who: &entente::NodeId| {
+        let tls = pki.material(who).client_config().unwrap();
+        let who = who.clone();
+        let addr = addr.clone();
+        let hq = hq.clone();
+        async move {
+            tokio::time::timeout(DEADLINE, NodeClient::connect(tls, &who, &addr, &hq))
+                .await
+                .expect("connect in time")
+                .expect("connect")
+        }
+    };
+    let alice = connect(&analyst).await;
+    let bob = connect(&researcher).await;
+    let ops = connect(&admin).await;
+    let refused_before = unsent_answer_refusals(&ops).await;
+
+    // Warm up the paths the attack takes, so that what grows after is what is held.
+    publish(
+        &alice,
+        vec![
+            (0..1000)
+                .map(|i| large_indicator(&format!("warm-{i}.example")))
+                .collect(),
+        ],
+    )
+    .await;
+    let before = status_mib(pid, "VmRSS");
+
+    // Eight subscriptions that are never read, then 12,000 large items (about 120 MB).
+    let mut unread = Vec::new();
+    for _ in 0..8 {
+        unread.push(bob.subscribe(ItemFilter::default()).await.unwrap());
+    }
+    for round in 0..12 {
+        publish(
+            &alice,
+            vec![
+                (0..1000)
+                    .map(|i| large_indicator(&format!("big-{round}-{i}.example")))
+                    .collect(),
+            ],
+        )
+        .await;
+    }
+    let budget = 64;
+    let grown = status_mib(pid, "VmRSS").saturating_sub(before);
+    eprintln!("8 unread subscriptions, 12,000 large items: the node's memory grew by {grown} MiB");
+    assert!(
+        grown <= budget,
+        "8 unread subscriptions of one researcher raised the node's memory by {grown} MiB (from {before} MiB)"
+    );
+
+    // Everyone else is still served: a query, and a subscription that reads.
+    let page = alice
+        .query(ItemFilter::default(), 10, Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 10);
+    let mut reading = alice.subscribe(ItemFilter::default()).await.unwrap();
+    publish(
+        &alice,
+        vec![vec![indicator("after.example", Tlp::Green, 10)]],
+    )
+    .await;
+    let got = tokio::time::timeout(DEADLINE, reading.message())
+        .await
+        .expect("the reading subscriber is served in time")
+        .unwrap()
+        .expect("an item");
+    match got.item.and_then(|i| i.kind) {
+        Some(wire::item::Kind::Indicator(indicator)) => {
+            assert_eq!(indicator.value, "after.example")
+        }
+        other => panic!("not the new indicator: {other:?}"),
+    }
+
+    // The researcher reads one of its subscriptions now: the items it was sent before
+    // it fell behind, then an end that says which limit it reached.
+    let mut first = unread.swap_remove(0);
+    let end = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match first.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("the subscription ended without an error"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the subscription that fell behind ends in time");
+    assert_eq!(end.code(), tonic::Code::ResourceExhausted, "{end:?}");
+    assert!(end.message().contains("unsent_answer_bytes"), "{end:?}");
+    assert!(
+        !end.message().chars().any(|c| c.is_ascii_digit()),
+        "the end of the subscription counts items: {:?}",
+        end.message()
+    );
+    // Counted where the operator looks.
+    assert!(unsent_answer_refusals(&ops).await > refused_before);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Refusals under `limits.unsent_answer_bytes` so far, as `entente status` shows them.
+async fn unsent_answer_refusals(ops: &NodeClient) -> u64 {
+    ops.limits()
+        .await
+        .unwrap()
+        .limits
+        .into_iter()
+        .find(|l| l.name == "unsent_answer_bytes")
+        .expect("unsent_answer_bytes is listed")
+        .refused
 }

@@ -84,6 +84,10 @@ async fn send(
     head.push_str("\r\n");
     stream.write_all(head.as_bytes()).await.unwrap();
     stream.write_all(body).await.unwrap();
+    // `write_all` on a TLS stream may return with the last records still in the TLS
+    // layer's buffer (when the socket was full as it took them): without a flush the
+    // node waits for the rest of the body and the client for an answer.
+    stream.flush().await.unwrap();
     let mut raw = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw)).await;
     let split = raw

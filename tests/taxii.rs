@@ -110,6 +110,8 @@ async fn send(
         .await
         .map_err(|e| e.to_string())?;
     stream.write_all(body).await.map_err(|e| e.to_string())?;
+    // What the TLS layer still holds of the body goes out before the answer is awaited.
+    stream.flush().await.map_err(|e| e.to_string())?;
     let mut raw = Vec::new();
     // The server closes after the answer; a reset after it is fine.
     let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))

@@ -11,6 +11,10 @@
 //! `attacks [--items N]` loads a node with N indicators and measures its memory and a
 //! legitimate caller's query latency under each resource-exhaustion attack in turn.
 //!
+//! `fanout [--items N]` publishes N indicators to a node serving 100 `Subscribe`
+//! streams that all read, and measures what their disclosure-ledger records cost on
+//! disk, the time until every stream had every item, and the node's memory.
+//!
 //! `ingest` starts a fresh node as its own process (own PKI, own store in a temporary
 //! directory, real mTLS on loopback) and measures: publishing through `Intel.Publish`;
 //! the node's peak RSS and disk bytes per indicator after the flush; the raw sled
@@ -41,6 +45,8 @@ use entente::wire;
 mod attacks;
 #[path = "bench/compact.rs"]
 mod compact;
+#[path = "bench/fanout.rs"]
+mod fanout;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -85,7 +91,9 @@ fn parse_args() -> Result<Args> {
             "--items" => args.items = value("--items")?,
             "--bundle-size" => args.bundle_size = value("--bundle-size")?,
             "--queries" => args.queries = value("--queries")?,
-            "ingest" | "sync" | "latency" | "attacks" | "compact" if args.command.is_empty() => {
+            "ingest" | "sync" | "latency" | "attacks" | "compact" | "fanout"
+                if args.command.is_empty() =>
+            {
                 args.command = arg
             }
             // Internal: the node under test, run as its own process.
@@ -94,13 +102,13 @@ fn parse_args() -> Result<Args> {
                 args.config = Some(it.next().context("node needs a config path")?.into());
             }
             other => bail!(
-                "unknown argument {other:?}; usage: entente-bench ingest|sync|latency|attacks|compact [--items N] [--bundle-size N] [--queries N] (TAXII servers side by side: bench/taxii/compare.py)"
+                "unknown argument {other:?}; usage: entente-bench ingest|sync|latency|attacks|compact|fanout [--items N] [--bundle-size N] [--queries N] (TAXII servers side by side: bench/taxii/compare.py)"
             ),
         }
     }
     if args.command.is_empty() {
         bail!(
-            "usage: entente-bench ingest|sync|latency|attacks|compact [--items N] [--bundle-size N] [--queries N] (TAXII servers side by side: bench/taxii/compare.py)"
+            "usage: entente-bench ingest|sync|latency|attacks|compact|fanout [--items N] [--bundle-size N] [--queries N] (TAXII servers side by side: bench/taxii/compare.py)"
         );
     }
     Ok(args)
@@ -896,6 +904,7 @@ fn main() -> Result<()> {
         ("latency", _) => runtime.block_on(latency(&args)),
         ("attacks", _) => runtime.block_on(attacks::attacks(&args)),
         ("compact", _) => runtime.block_on(compact::compact(&args)),
+        ("fanout", _) => runtime.block_on(fanout::fanout(&args)),
         _ => runtime.block_on(ingest(&args)),
     }
 }

@@ -348,8 +348,7 @@ impl Intel for IntelService {
                 };
                 let stored = match next {
                     Ok(stored) => stored,
-                    Err(SubscriptionEnd::Closed) => return,
-                    Err(end @ SubscriptionEnd::Lagged(_)) => {
+                    Err(end @ SubscriptionEnd::Lagged) => {
                         let _ = tx
                             .send(Err(Status::resource_exhausted(end.to_string())))
                             .await;

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::parts::{Part, Resume, split};
-use crate::engine::{Engine, EngineError};
+use super::parts::{Part, Resume, split, transfer_digest};
+use crate::engine::{Engine, EngineError, Transfers};
 use crate::model::Partner;
 
 /// Feed entries read per pull page.
@@ -193,6 +193,17 @@ impl<T> tokio_stream::Stream for FeedStream<T> {
     }
 }
 
+/// The digest of the transfer [`split`] makes of `bundle` at `hops` (it puts the
+/// disclosures in index order first).
+fn digest_as_split(hops: u32, bundle: &crate::wire::SignedBundle) -> [u8; 32] {
+    if bundle.disclosures.is_sorted_by_key(|d| d.index) {
+        return transfer_digest(hops, bundle);
+    }
+    let mut sorted = bundle.clone();
+    sorted.disclosures.sort_by_key(|d| d.index);
+    transfer_digest(hops, &sorted)
+}
+
 /// What the serving loop works with.
 struct Serving<A, T, F> {
     engine: Arc<Engine>,
@@ -270,15 +281,22 @@ where
                 }
             }
         }
+        // Only the first page can hold the transfer to continue.
+        let resume = resume.take();
         let page = {
             let engine = engine.clone();
             let partner = partner.clone();
+            let resumed = resume.as_ref().map(|r| (r.seq, r.hops, r.transfer));
             tokio::task::spawn_blocking(move || {
                 // The fingerprint of the policy the page is decided under.
                 let policy = engine.policy();
                 let decided_under = policy.partner_fingerprint(&partner.id);
+                let transfers = Transfers {
+                    digest: &digest_as_split,
+                    resumed,
+                };
                 engine
-                    .pull_page_under(&policy, &partner, cursor, PULL_PAGE)
+                    .pull_page_under(&policy, &partner, cursor, PULL_PAGE, Some(&transfers))
                     .map(|page| (page, decided_under))
             })
             .await
@@ -294,8 +312,6 @@ where
                 return;
             }
         };
-        // Only the first page can hold the transfer to continue.
-        let resume = resume.take();
         for bundle in page.bundles {
             let mut parts = split(bundle);
             let (seq, hops, transfer) = parts.key();
