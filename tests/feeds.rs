@@ -783,6 +783,14 @@ fn feed_settings_are_checked_and_each_error_names_its_field() {
             "name = \"a\"\nkind = \"misp\"\nurl = \"https://feeds.example.org/x/\"\ntags = [\"two words\"]",
             "feed[0].tags",
         ),
+        (
+            "name = \"a\"\nkind = \"misp\"\nurl = \"https://feeds.example.org/x/\"\nproxy = \"socks5://127.0.0.1:1080\"",
+            "feed[0].proxy",
+        ),
+        (
+            "name = \"a\"\nkind = \"misp\"\nurl = \"https://feeds.example.org/x/\"\nproxy = \"http://u:p@proxy.example:3128\"",
+            "feed[0].proxy",
+        ),
     ];
     for (feed, field) in cases {
         let text = format!(
@@ -1833,5 +1841,129 @@ async fn redirects_are_followed_within_their_scheme_and_a_bound() {
         assert!(status.last_error.contains(words), "{name}: {status:?}");
         assert_eq!(status.items_ingested, 0);
     }
+    node.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+/// A CONNECT proxy on a loopback port: tunnels to what it is asked for, and records the
+/// targets and the first line each tunnel was asked with.
+async fn connect_proxy() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+                    if client.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                record.lock().unwrap().push(head.clone());
+                let mut words = head.split_whitespace();
+                let (Some("CONNECT"), Some(target)) = (words.next(), words.next()) else {
+                    let _ = client
+                        .write_all(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+                        .await;
+                    return;
+                };
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await else {
+                    let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
+                    return;
+                };
+                let _ = client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await;
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_with_a_proxy_reaches_its_source_only_through_it() {
+    common::init_logging();
+    let files = Files::default();
+    let t1 = 1_764_000_100;
+    files.set(
+        "/misp/manifest.json",
+        json(&manifest(&[(EVENT_3, "list", t1)])),
+    );
+    files.set(
+        &format!("/misp/{EVENT_3}.json"),
+        json(&event(
+            EVENT_3,
+            "list",
+            t1,
+            &["tlp:green"],
+            vec![attribute(30, "domain", "proxied.example", true, t1)],
+            vec![],
+        )),
+    );
+    let base = serve_files(files.clone()).await;
+    let (proxy, seen) = connect_proxy().await;
+    // A proxy that answers nothing useful.
+    let refusing = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refusing_addr = refusing.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = refusing.accept().await {
+            let _ = stream
+                .write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+                .await;
+        }
+    });
+    let pki = Pki::new();
+    let id = pki.node("proxy.node");
+    let data = pki.path().join("data-proxy");
+    let config = node_config(
+        &pki,
+        &id,
+        &data,
+        &format!(
+            "\n[[feed]]\nname = \"proxied\"\nkind = \"misp\"\nurl = \"{base}/misp/\"\ninterval = \"1s\"\nproxy = \"http://{proxy}\"\n\n[[feed]]\nname = \"refused\"\nkind = \"misp\"\nurl = \"{base}/misp/\"\ninterval = \"1s\"\nproxy = \"http://{refusing_addr}\"\n"
+        ),
+    );
+    let node = common::start(&config).await;
+    let client = common::connect(&pki, &node, "proxy.node").await;
+    let status = wait_until("the feed through the proxy", || {
+        let client = &client;
+        async move {
+            let s = feed_status(client, "proxied").await;
+            (s.items_ingested == 1).then_some(s)
+        }
+    })
+    .await;
+    assert!(status.last_error.is_empty(), "{status:?}");
+    let target = base.trim_start_matches("http://").to_owned();
+    let asked = seen.lock().unwrap().clone();
+    assert!(asked.len() >= 2, "{asked:?}");
+    assert!(
+        asked
+            .iter()
+            .all(|head| head.starts_with(&format!("CONNECT {target} HTTP/1.1\r\n"))),
+        "{asked:?}"
+    );
+    let refused = wait_until("the refusing proxy", || {
+        let client = &client;
+        async move {
+            let s = feed_status(client, "refused").await;
+            (!s.last_error.is_empty()).then_some(s)
+        }
+    })
+    .await;
+    assert!(
+        refused
+            .last_error
+            .contains(&format!("proxy {refusing_addr}"))
+            && refused.last_error.contains("403"),
+        "{refused:?}"
+    );
+    assert_eq!(refused.items_ingested, 0);
     node.shutdown(Duration::from_secs(5)).await.unwrap();
 }

@@ -4,7 +4,8 @@
 //! [`MAX_REDIRECTS`] redirects are followed, to the same scheme only (never from https
 //! to http), and over plain http only to the same host and port; the credentials go
 //! only to the feed's own host and port. Credentials go only into the `Authorization`
-//! header, never into an error or a log line.
+//! header, never into an error or a log line. A feed's `proxy` tunnels every
+//! connection through an HTTP proxy with `CONNECT`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +49,8 @@ pub(super) struct Client {
     credentials: Option<crate::config::FeedCredentials>,
     /// The feed's own host and port: the only one the credentials are sent to.
     home: Option<http::uri::Authority>,
+    /// The HTTP proxy every connection is tunnelled through, if any.
+    proxy: Option<http::uri::Authority>,
     accept: &'static str,
 }
 
@@ -67,6 +70,7 @@ impl Client {
             max_body: feed.max_response_bytes,
             credentials: feed.credentials.clone(),
             home: feed.url.authority().cloned(),
+            proxy: feed.proxy.clone(),
             accept,
         })
     }
@@ -104,9 +108,12 @@ impl Client {
         let https = uri.scheme_str() == Some("https");
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let bare_host = host.trim_start_matches('[').trim_end_matches(']');
-        let tcp = tokio::net::TcpStream::connect((bare_host, port))
-            .await
-            .map_err(|e| FeedError::Http(format!("cannot connect to {}: {e}", shown(uri))))?;
+        let tcp = match &self.proxy {
+            None => tokio::net::TcpStream::connect((bare_host, port))
+                .await
+                .map_err(|e| FeedError::Http(format!("cannot connect to {}: {e}", shown(uri))))?,
+            Some(proxy) => tunnel(proxy, host, port).await?,
+        };
         let _ = tcp.set_nodelay(true);
         let mut request = http::Request::builder()
             .method(http::Method::GET)
@@ -254,6 +261,53 @@ fn redirect_target(from: &http::Uri, headers: &http::HeaderMap) -> Result<http::
         )));
     }
     Ok(target)
+}
+
+/// Longest answer head read from a proxy.
+const MAX_PROXY_HEAD_BYTES: usize = 8 * 1024;
+
+/// A connection to `host:port` through the HTTP proxy `proxy` (`CONNECT`): what is
+/// sent after it, TLS included, goes to `host` as if connected directly. Nothing of the
+/// feed's credentials is sent to the proxy.
+async fn tunnel(
+    proxy: &http::uri::Authority,
+    host: &str,
+    port: u16,
+) -> Result<tokio::net::TcpStream, FeedError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let failed = |what: String| FeedError::Http(format!("proxy {proxy}: {what}"));
+    let proxy_host = proxy.host().trim_start_matches('[').trim_end_matches(']');
+    let mut tcp = tokio::net::TcpStream::connect((proxy_host, proxy.port_u16().unwrap_or(80)))
+        .await
+        .map_err(|e| failed(format!("cannot connect: {e}")))?;
+    let target = format!("{host}:{port}");
+    tcp.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    // Read byte by byte up to the end of the head, so nothing of the tunnel is taken.
+    let mut head = Vec::with_capacity(256);
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() >= MAX_PROXY_HEAD_BYTES {
+            return Err(failed(format!(
+                "its answer to CONNECT is longer than {MAX_PROXY_HEAD_BYTES} bytes"
+            )));
+        }
+        let byte = tcp
+            .read_u8()
+            .await
+            .map_err(|e| failed(format!("no answer to CONNECT: {e}")))?;
+        head.push(byte);
+    }
+    let status = head
+        .split(|b| *b == b' ')
+        .nth(1)
+        .and_then(|code| std::str::from_utf8(code).ok())
+        .and_then(|code| code.parse::<u16>().ok());
+    match status {
+        Some(200..=299) => Ok(tcp),
+        Some(code) => Err(failed(format!("CONNECT to {target} answered {code}"))),
+        None => Err(failed("its answer to CONNECT is not HTTP".into())),
+    }
 }
 
 async fn send<S>(
