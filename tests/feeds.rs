@@ -1077,11 +1077,20 @@ async fn taxii_feed_from_medallion_resumes_from_its_checkpoint() {
         let client = &client;
         async move {
             let held = items_tagged(client, "source:taxii-test").await;
-            (held.len() >= 3).then_some(held)
+            (held.len() >= 4).then_some(held)
         }
     })
     .await;
-    assert_eq!(held.len(), 3);
+    // The three indicators and the identity (context, at the feed's default marking).
+    assert_eq!(held.len(), 4);
+    assert_eq!(
+        held["identity--2d1c6ab3-5e4e-48ac-a32b-f0c01c2836a8"]
+            .item
+            .as_ref()
+            .unwrap()
+            .tlp,
+        WireTlp::Amber as i32
+    );
     let one = &held["indicator--8e2e2d2b-17d4-4cbf-938f-000000000001"];
     assert_eq!(
         indicator(one),
@@ -1114,7 +1123,7 @@ async fn taxii_feed_from_medallion_resumes_from_its_checkpoint() {
     .await;
     // Four objects, each fetched once whatever the number of polls.
     assert_eq!(status.objects_fetched, 4, "{status:?}");
-    assert_eq!(status.items_ingested, 3, "{status:?}");
+    assert_eq!(status.items_ingested, 4, "{status:?}");
     assert!(status.checkpoint.starts_with("added_after "), "{status:?}");
     // Wrong credentials: refused, said in plain words, the password not repeated.
     let refused = feed_status(&client, "taxii-wrong").await;
@@ -1137,7 +1146,7 @@ async fn taxii_feed_from_medallion_resumes_from_its_checkpoint() {
             .unwrap_or_else(|| panic!("no line for {name} in {printed}"))
             .to_owned()
     };
-    assert!(line("taxii-test").contains("items 3 ingested"), "{printed}");
+    assert!(line("taxii-test").contains("items 4 ingested"), "{printed}");
     assert!(
         line("taxii-test").contains("objects 4 fetched"),
         "{printed}"
@@ -1153,14 +1162,14 @@ async fn taxii_feed_from_medallion_resumes_from_its_checkpoint() {
     ]);
     wait_until("the new indicators", || {
         let client = &client;
-        async move { (items_tagged(client, "source:taxii-test").await.len() == 5).then_some(()) }
+        async move { (items_tagged(client, "source:taxii-test").await.len() == 6).then_some(()) }
     })
     .await;
     let status = wait_until("a poll after the new ones", || {
         let client = &client;
         async move {
             let s = feed_status(client, "taxii-test").await;
-            (s.items_ingested == 5).then_some(s)
+            (s.items_ingested == 6).then_some(s)
         }
     })
     .await;
@@ -1203,7 +1212,7 @@ async fn taxii_feed_from_medallion_resumes_from_its_checkpoint() {
         let client = &client;
         async move {
             let s = feed_status(client, "taxii-test").await;
-            (s.items_ingested == 6).then_some(s)
+            (s.items_ingested == 7).then_some(s)
         }
     })
     .await;
@@ -1222,7 +1231,7 @@ async fn taxii_feed_from_medallion_resumes_from_its_checkpoint() {
     .await;
     assert_eq!(status.objects_fetched, 0, "{status:?}");
     assert_eq!(status.items_ingested, 0, "{status:?}");
-    assert_eq!(items_tagged(&client, "source:taxii-test").await.len(), 5);
+    assert_eq!(items_tagged(&client, "source:taxii-test").await.len(), 6);
     stop(node);
 }
 
