@@ -151,6 +151,8 @@ struct RawFeed {
     ca_file: Option<PathBuf>,
     #[serde(default)]
     allow_http: bool,
+    #[serde(default)]
+    proxy: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -427,6 +429,9 @@ pub struct FeedConfig {
     pub credentials: Option<FeedCredentials>,
     /// `ca_file`: CA certificates trusted for this feed besides the public roots.
     pub ca_file: Option<PathBuf>,
+    /// `proxy`: an HTTP proxy (`http://host:port`) through which every request of the
+    /// feed is tunnelled with `CONNECT` (default: none, a direct connection).
+    pub proxy: Option<http::uri::Authority>,
 }
 
 /// Checks one `[[feed]]`; `field` names its fields in errors.
@@ -645,6 +650,37 @@ fn feed_config(
             "credentials are sent only over https (or to a loopback address)".into(),
         ));
     }
+    let proxy = match raw.proxy.as_deref() {
+        None => None,
+        Some(text) => {
+            let refuse = || {
+                bad(
+                    "proxy",
+                    format!(
+                        "{text:?}: give the proxy as http://host:port, without credentials or a path"
+                    ),
+                )
+            };
+            let proxy: http::Uri = text.parse().map_err(|_| refuse())?;
+            let authority = proxy.authority().cloned().ok_or_else(refuse)?;
+            if proxy.scheme_str() != Some("http")
+                || authority.as_str().contains('@')
+                || authority.port_u16().is_none()
+                || authority.host().is_empty()
+                || !matches!(proxy.path(), "" | "/")
+                || proxy.query().is_some()
+            {
+                return Err(refuse());
+            }
+            if credentials.is_some() && url.scheme_str() == Some("http") {
+                return Err(bad(
+                    "proxy",
+                    "credentials are sent through a proxy only over https".into(),
+                ));
+            }
+            Some(authority)
+        }
+    };
     Ok(FeedConfig {
         name,
         kind,
@@ -659,6 +695,7 @@ fn feed_config(
         page_size,
         credentials,
         ca_file: raw.ca_file.map(|p| resolve(&p)),
+        proxy,
     })
 }
 

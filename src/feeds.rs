@@ -26,7 +26,7 @@ use crate::engine::{Engine, EngineError, now_ms};
 
 /// Most items signed as one bundle.
 const ITEMS_PER_BUNDLE: usize = 1_000;
-use crate::model::{Distribution, Item, Partner, PartnerKind, Role};
+use crate::model::{Distribution, Item, ItemKind, Partner, PartnerKind, Revocation, Role};
 
 /// Why a poll failed, in words an operator can act on.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -83,7 +83,10 @@ pub type FeedStates = Arc<std::sync::Mutex<BTreeMap<String, FeedState>>>;
 
 fn update(states: &FeedStates, name: &str, f: impl FnOnce(&mut FeedState)) {
     let mut map = states.lock().unwrap_or_else(|p| p.into_inner());
-    f(map.entry(name.to_owned()).or_default());
+    // A feed no longer configured has left the status; its stopping loop adds nothing.
+    if let Some(state) = map.get_mut(name) {
+        f(state);
+    }
 }
 
 /// What one poll did.
@@ -106,28 +109,93 @@ impl PollReport {
     }
 }
 
-/// Starts one loop per feed; each ends when `shutdown` is cancelled.
-pub fn start(
-    feeds: &[FeedConfig],
+/// The poll loops, one per `[[feed]]` of the configuration in force: [`FeedLoops::apply`]
+/// (at start and at each reload) stops the loop of a feed removed or changed, and starts
+/// one for a feed added or changed; an unchanged feed's loop goes on undisturbed.
+pub struct FeedLoops {
     engine: Arc<Engine>,
     states: FeedStates,
     shutdown: CancellationToken,
-) -> Vec<JoinHandle<()>> {
-    feeds
-        .iter()
-        .map(|feed| {
-            update(&states, &feed.name, |s| {
-                s.kind = feed.kind.as_str().to_owned();
-                s.url = http::shown(&feed.url);
-            });
-            tokio::spawn(run(
+    running: std::sync::Mutex<BTreeMap<String, RunningFeed>>,
+}
+
+/// A feed's loop and the settings it runs with.
+struct RunningFeed {
+    config: FeedConfig,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl FeedLoops {
+    /// No loop yet; each ends when `shutdown` is cancelled.
+    pub fn new(engine: Arc<Engine>, states: FeedStates, shutdown: CancellationToken) -> Self {
+        Self {
+            engine,
+            states,
+            shutdown,
+            running: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Puts `feeds` in force. Must run inside the runtime (it spawns). A stopped loop
+    /// ends at its next await point: a poll in progress is cut there, and its
+    /// checkpoint stays where the last durable page or event left it.
+    pub fn apply(&self, feeds: &[FeedConfig]) {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        running.retain(|name, feed| {
+            let keep = feeds.iter().any(|f| &f.name == name && f == &feed.config);
+            if !keep {
+                feed.stop.cancel();
+                tracing::info!(feed = %name, "feed stopped");
+            }
+            keep
+        });
+        {
+            let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+            states.retain(|name, _| feeds.iter().any(|f| &f.name == name));
+            for feed in feeds {
+                if !running.contains_key(&feed.name) {
+                    // A changed feed starts over in the status; its checkpoint stays.
+                    states.insert(
+                        feed.name.clone(),
+                        FeedState {
+                            kind: feed.kind.as_str().to_owned(),
+                            url: http::shown(&feed.url),
+                            ..FeedState::default()
+                        },
+                    );
+                }
+            }
+        }
+        for feed in feeds {
+            if running.contains_key(&feed.name) {
+                continue;
+            }
+            let stop = self.shutdown.child_token();
+            let task = tokio::spawn(run(
                 feed.clone(),
-                engine.clone(),
-                states.clone(),
-                shutdown.clone(),
-            ))
-        })
-        .collect()
+                self.engine.clone(),
+                self.states.clone(),
+                stop.clone(),
+            ));
+            running.insert(
+                feed.name.clone(),
+                RunningFeed {
+                    config: feed.clone(),
+                    stop,
+                    task,
+                },
+            );
+        }
+    }
+
+    /// Waits for every loop to end (after the node's shutdown token is cancelled).
+    pub async fn join(&self) {
+        let running = std::mem::take(&mut *self.running.lock().unwrap_or_else(|p| p.into_inner()));
+        for (_, feed) in running {
+            let _ = feed.task.await;
+        }
+    }
 }
 
 /// Shortest and longest wait before a failed poll is tried again.
@@ -148,6 +216,9 @@ async fn run(
             _ = shutdown.cancelled() => return,
             outcome = poll(&feed, &engine, &states) => outcome,
         };
+        if shutdown.is_cancelled() {
+            return;
+        }
         let now = now_ms();
         let wait = match outcome {
             Ok(report) => {
@@ -289,6 +360,16 @@ async fn publish(
                     ))
                 }
                 Ok(Some(held)) if held.item.modified_ms >= item.modified_ms => unchanged += 1,
+                // The source revoked what this node made from it: the node revokes its
+                // item as `entente revoke` does, with the marking, type and tags it was
+                // shared under (whatever the revoked version now says of them), so
+                // every partner that received it receives the revocation.
+                Ok(Some(held)) if matches!(item.kind, ItemKind::Revocation(_)) => {
+                    match revocation_of(&held.item, &item) {
+                        Some(revocation) => fresh.push(revocation),
+                        None => unchanged += 1,
+                    }
+                }
                 Ok(_) => fresh.push(item),
                 Err(e) => return Err(FeedError::Publish(format!("store: {e}"))),
             }
@@ -350,6 +431,31 @@ async fn publish(
         .await
         .map_err(|e| FeedError::Publish(format!("flush: {e}")))?;
     Ok(())
+}
+
+/// The revocation of `held` (this node's item) that `revoked` (what the source now says
+/// of it) asks for: `held`'s marking, type and tags, the indicator it last carried, the
+/// reason the source gives, dated like `revoked`. `None` when `held` is revoked already
+/// or is not an indicator.
+fn revocation_of(held: &Item, revoked: &Item) -> Option<Item> {
+    let ItemKind::Indicator(indicator) = &held.kind else {
+        return None;
+    };
+    let reason = match &revoked.kind {
+        ItemKind::Revocation(r) => r.reason.clone(),
+        _ => return None,
+    };
+    Some(Item {
+        id: held.id.clone(),
+        modified_ms: revoked.modified_ms,
+        tlp: held.tlp,
+        tags: held.tags.clone(),
+        kind: ItemKind::Revocation(Revocation {
+            indicator_type: indicator.indicator_type,
+            reason,
+            indicator: Some(Box::new(indicator.clone())),
+        }),
+    })
 }
 
 /// Records a feed's checkpoint after the items it counts are durable.

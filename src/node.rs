@@ -87,6 +87,7 @@ pub struct Node {
     engine: Arc<Engine>,
     reload: Arc<ConfigReload>,
     pull_links: Arc<PullLinks>,
+    feed_loops: Arc<crate::feeds::FeedLoops>,
     tasks: Vec<JoinHandle<()>>,
     taxii: Option<crate::taxii::TaxiiServer>,
     admin: Option<crate::console::ConsoleServer>,
@@ -194,6 +195,8 @@ struct ConfigReload {
     pull_links: Arc<PullLinks>,
     /// The TAXII listener's HTTP Basic credentials, replaced with the reloaded ones.
     taxii_credentials: Arc<crate::taxii::Credentials>,
+    /// The feeds' poll loops, stopped and started to match the reloaded `[[feed]]`s.
+    feed_loops: Arc<crate::feeds::FeedLoops>,
 }
 
 /// Time allowed to offer a CRL to one peer.
@@ -319,6 +322,8 @@ impl PolicyReload for ConfigReload {
         );
         // Outgoing links too: a peer now revoked or removed is no longer pulled from.
         self.pull_links.start(&config, &client_tls);
+        // Feeds removed or changed stop polling; feeds added or changed start.
+        self.feed_loops.apply(&config.feeds);
         let policy = self.engine.policy();
         tracing::info!(
             policy_hash = %policy.hash().iter().map(|b| format!("{b:02x}")).collect::<String>(),
@@ -391,6 +396,11 @@ impl Node {
                 .map(|t| t.basic.clone())
                 .unwrap_or_default(),
         ));
+        let feed_loops = Arc::new(crate::feeds::FeedLoops::new(
+            engine.clone(),
+            feed_states.clone(),
+            shutdown.clone(),
+        ));
         let reload = Arc::new(ConfigReload {
             path: config.path.clone(),
             id: id.clone(),
@@ -401,6 +411,7 @@ impl Node {
             crl_serial: std::sync::Mutex::new(()),
             pull_links: pull_links.clone(),
             taxii_credentials: taxii_credentials.clone(),
+            feed_loops: feed_loops.clone(),
         });
         let server_tls = config.tls.server_config(directory.clone())?;
 
@@ -557,12 +568,7 @@ impl Node {
             shutdown.clone(),
         )));
         // One poll loop per external feed; a feed that fails only records its error.
-        tasks.extend(crate::feeds::start(
-            &config.feeds,
-            engine.clone(),
-            feed_states,
-            shutdown.clone(),
-        ));
+        feed_loops.apply(&config.feeds);
 
         let signal = shutdown.clone();
         let serve_task = tokio::spawn(async move {
@@ -583,6 +589,7 @@ impl Node {
             engine,
             reload,
             pull_links,
+            feed_loops,
             tasks,
             taxii,
             admin,
@@ -642,6 +649,7 @@ impl Node {
             store,
             engine,
             pull_links,
+            feed_loops,
             tasks,
             taxii,
             admin,
@@ -656,6 +664,7 @@ impl Node {
             admin.join().await;
         }
         pull_links.join().await;
+        feed_loops.join().await;
         for task in tasks {
             let _ = task.await;
         }

@@ -52,11 +52,24 @@ fn json(body: &serde_json::Value) -> Reply {
 struct Files {
     replies: Arc<Mutex<HashMap<String, Reply>>>,
     requests: Arc<Mutex<HashMap<String, usize>>>,
+    /// Paths answered `302 Found` with this `Location`.
+    redirects: Arc<Mutex<HashMap<String, String>>>,
+    /// When set, the `Authorization` value every request must carry (else 401).
+    authorization: Arc<Mutex<Option<String>>>,
+    /// The `Authorization` value each path was last asked with.
+    authorizations: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl Files {
     fn set(&self, path: &str, reply: Reply) {
         self.replies.lock().unwrap().insert(path.to_owned(), reply);
+    }
+
+    fn redirect(&self, path: &str, location: &str) {
+        self.redirects
+            .lock()
+            .unwrap()
+            .insert(path.to_owned(), location.to_owned());
     }
 
     fn requests(&self, path: &str) -> usize {
@@ -123,8 +136,31 @@ where
         .unwrap()
         .entry(path.clone())
         .or_default() += 1;
+    let authorization = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("authorization")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_default();
+    files
+        .authorizations
+        .lock()
+        .unwrap()
+        .insert(path.clone(), authorization.clone());
+    let required = files.authorization.lock().unwrap().clone();
+    let redirect = files.redirects.lock().unwrap().get(&path).cloned();
     let reply = files.replies.lock().unwrap().get(&path).cloned();
     let response = match reply {
+        _ if required.is_some_and(|r| r != authorization) => {
+            b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()
+        }
+        _ if redirect.is_some() => format!(
+            "HTTP/1.1 302 Found\r\nLocation: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            redirect.unwrap_or_default()
+        )
+        .into_bytes(),
         None => {
             b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()
         }
@@ -747,6 +783,14 @@ fn feed_settings_are_checked_and_each_error_names_its_field() {
             "name = \"a\"\nkind = \"misp\"\nurl = \"https://feeds.example.org/x/\"\ntags = [\"two words\"]",
             "feed[0].tags",
         ),
+        (
+            "name = \"a\"\nkind = \"misp\"\nurl = \"https://feeds.example.org/x/\"\nproxy = \"socks5://127.0.0.1:1080\"",
+            "feed[0].proxy",
+        ),
+        (
+            "name = \"a\"\nkind = \"misp\"\nurl = \"https://feeds.example.org/x/\"\nproxy = \"http://u:p@proxy.example:3128\"",
+            "feed[0].proxy",
+        ),
     ];
     for (feed, field) in cases {
         let text = format!(
@@ -1033,11 +1077,20 @@ async fn taxii_feed_from_medallion_resumes_from_its_checkpoint() {
         let client = &client;
         async move {
             let held = items_tagged(client, "source:taxii-test").await;
-            (held.len() >= 3).then_some(held)
+            (held.len() >= 4).then_some(held)
         }
     })
     .await;
-    assert_eq!(held.len(), 3);
+    // The three indicators and the identity (context, at the feed's default marking).
+    assert_eq!(held.len(), 4);
+    assert_eq!(
+        held["identity--2d1c6ab3-5e4e-48ac-a32b-f0c01c2836a8"]
+            .item
+            .as_ref()
+            .unwrap()
+            .tlp,
+        WireTlp::Amber as i32
+    );
     let one = &held["indicator--8e2e2d2b-17d4-4cbf-938f-000000000001"];
     assert_eq!(
         indicator(one),
@@ -1070,7 +1123,7 @@ async fn taxii_feed_from_medallion_resumes_from_its_checkpoint() {
     .await;
     // Four objects, each fetched once whatever the number of polls.
     assert_eq!(status.objects_fetched, 4, "{status:?}");
-    assert_eq!(status.items_ingested, 3, "{status:?}");
+    assert_eq!(status.items_ingested, 4, "{status:?}");
     assert!(status.checkpoint.starts_with("added_after "), "{status:?}");
     // Wrong credentials: refused, said in plain words, the password not repeated.
     let refused = feed_status(&client, "taxii-wrong").await;
@@ -1093,7 +1146,7 @@ async fn taxii_feed_from_medallion_resumes_from_its_checkpoint() {
             .unwrap_or_else(|| panic!("no line for {name} in {printed}"))
             .to_owned()
     };
-    assert!(line("taxii-test").contains("items 3 ingested"), "{printed}");
+    assert!(line("taxii-test").contains("items 4 ingested"), "{printed}");
     assert!(
         line("taxii-test").contains("objects 4 fetched"),
         "{printed}"
@@ -1109,23 +1162,27 @@ async fn taxii_feed_from_medallion_resumes_from_its_checkpoint() {
     ]);
     wait_until("the new indicators", || {
         let client = &client;
-        async move { (items_tagged(client, "source:taxii-test").await.len() == 5).then_some(()) }
+        async move { (items_tagged(client, "source:taxii-test").await.len() == 6).then_some(()) }
     })
     .await;
     let status = wait_until("a poll after the new ones", || {
         let client = &client;
         async move {
             let s = feed_status(client, "taxii-test").await;
-            (s.items_ingested == 5).then_some(s)
+            (s.items_ingested == 6).then_some(s)
         }
     })
     .await;
     assert_eq!(status.objects_fetched, 6, "{status:?}");
 
-    // The source revokes an indicator: its new version revokes the item.
-    let mut revoked = stix_indicator(2, "[domain-name:value = 'taxii-one.example']", true);
+    // The source revokes an indicator: its new version revokes the item. The revoked
+    // version says nothing of its marking and carries another label; the revocation is
+    // still the item's own, with the marking and tags it was shared under, as
+    // `entente revoke` would make it.
+    let mut revoked = stix_indicator(2, "[domain-name:value = 'taxii-one.example']", false);
     revoked["modified"] = serde_json::json!("2026-11-02T10:00:00.000Z");
     revoked["revoked"] = serde_json::json!(true);
+    revoked["labels"] = serde_json::json!(["withdrawn"]);
     medallion.add(&[revoked]);
     let revocation = wait_until("the revocation", || {
         let client = &client;
@@ -1139,11 +1196,23 @@ async fn taxii_feed_from_medallion_resumes_from_its_checkpoint() {
     })
     .await;
     assert_eq!(revocation.item.as_ref().unwrap().tlp, WireTlp::Green as i32);
+    assert_eq!(
+        revocation.item.as_ref().unwrap().tags,
+        vec!["source:taxii-test".to_owned()]
+    );
+    let item::Kind::Revocation(r) = revocation.item.as_ref().unwrap().kind.as_ref().unwrap() else {
+        panic!()
+    };
+    assert_eq!(r.indicator_type, "domain");
+    assert_eq!(
+        r.indicator.as_ref().map(|i| i.value.as_str()),
+        Some("taxii-one.example")
+    );
     let status = wait_until("the revocation counted", || {
         let client = &client;
         async move {
             let s = feed_status(client, "taxii-test").await;
-            (s.items_ingested == 6).then_some(s)
+            (s.items_ingested == 7).then_some(s)
         }
     })
     .await;
@@ -1162,7 +1231,7 @@ async fn taxii_feed_from_medallion_resumes_from_its_checkpoint() {
     .await;
     assert_eq!(status.objects_fetched, 0, "{status:?}");
     assert_eq!(status.items_ingested, 0, "{status:?}");
-    assert_eq!(items_tagged(&client, "source:taxii-test").await.len(), 5);
+    assert_eq!(items_tagged(&client, "source:taxii-test").await.len(), 6);
     stop(node);
 }
 
@@ -1244,5 +1313,666 @@ async fn https_feeds_trust_the_public_roots_and_their_ca_file_only() {
         "{untrusted:?}"
     );
     assert_eq!(untrusted.items_ingested, 0);
+    node.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------
+// What a MISP feed withdraws, reloads, bounds and settings.
+
+/// The kind of each item tagged `tag`, by value (a revocation by the value it revokes).
+async fn kinds_by_value(client: &NodeClient, tag: &str) -> BTreeMap<String, StoredItem> {
+    let mut out = BTreeMap::new();
+    for stored in items_tagged(client, tag).await.into_values() {
+        let item = stored.item.as_ref().unwrap();
+        let value = match item.kind.as_ref().unwrap() {
+            item::Kind::Indicator(i) => i.value.clone(),
+            item::Kind::Revocation(r) => r
+                .indicator
+                .as_ref()
+                .map(|i| i.value.clone())
+                .unwrap_or_default(),
+            other => panic!("unexpected {other:?}"),
+        };
+        out.insert(value, stored);
+    }
+    out
+}
+
+fn is_revocation(stored: &StoredItem) -> bool {
+    matches!(
+        stored.item.as_ref().unwrap().kind.as_ref().unwrap(),
+        item::Kind::Revocation(_)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misp_withdrawals_revoke_what_the_node_made_of_them() {
+    common::init_logging();
+    let files = Files::default();
+    let t1 = 1_764_000_100;
+    let event_a = |ts: i64, attributes: Vec<serde_json::Value>| {
+        event(
+            EVENT_1,
+            "Phishing wave",
+            ts,
+            &["tlp:green"],
+            attributes,
+            vec![],
+        )
+    };
+    files.set(
+        "/misp/manifest.json",
+        json(&manifest(&[
+            (EVENT_1, "Phishing wave", t1),
+            (EVENT_2, "Scanner", t1),
+        ])),
+    );
+    files.set(
+        &format!("/misp/{EVENT_1}.json"),
+        json(&event_a(
+            t1,
+            vec![
+                attribute(1, "ip-dst", "198.51.100.1", true, t1),
+                attribute(2, "ip-dst", "198.51.100.2", true, t1),
+                attribute(3, "ip-dst", "198.51.100.3", true, t1),
+                attribute(4, "ip-dst", "198.51.100.4", true, t1),
+            ],
+        )),
+    );
+    files.set(
+        &format!("/misp/{EVENT_2}.json"),
+        json(&event(
+            EVENT_2,
+            "Scanner",
+            t1,
+            &["tlp:amber"],
+            vec![attribute(20, "domain", "scanner.example", true, t1)],
+            vec![],
+        )),
+    );
+    let base = serve_files(files.clone()).await;
+    let pki = Pki::new();
+    let id = pki.node("withdraw.node");
+    let data = pki.path().join("data-withdraw");
+    let config = node_config(
+        &pki,
+        &id,
+        &data,
+        &format!(
+            "\n[[feed]]\nname = \"misp-w\"\nkind = \"misp\"\nurl = \"{base}/misp/\"\ntags = [\"osint\"]\ninterval = \"1s\"\n"
+        ),
+    );
+    let node = common::start(&config).await;
+    let client = common::connect(&pki, &node, "withdraw.node").await;
+    wait_until("the five indicators", || {
+        let client = &client;
+        async move { (items_tagged(client, "source:misp-w").await.len() == 5).then_some(()) }
+    })
+    .await;
+
+    // Event 1 changes: one attribute is deleted, one is no longer for detection, one is
+    // gone from the file; event 2 leaves the manifest.
+    let t2 = t1 + 100;
+    let mut deleted = attribute(1, "ip-dst", "198.51.100.1", true, t2);
+    deleted["deleted"] = serde_json::json!(true);
+    files.set(
+        &format!("/misp/{EVENT_1}.json"),
+        json(&event_a(
+            t2,
+            vec![
+                deleted,
+                attribute(2, "ip-dst", "198.51.100.2", false, t2),
+                attribute(4, "ip-dst", "198.51.100.4", true, t1),
+            ],
+        )),
+    );
+    files.set(
+        "/misp/manifest.json",
+        json(&manifest(&[(EVENT_1, "Phishing wave", t2)])),
+    );
+    let held = wait_until("the revocations", || {
+        let client = &client;
+        async move {
+            let held = kinds_by_value(client, "source:misp-w").await;
+            (held.values().filter(|s| is_revocation(s)).count() == 4).then_some(held)
+        }
+    })
+    .await;
+    assert_eq!(held.len(), 5, "{held:#?}");
+    assert!(!is_revocation(&held["198.51.100.4"]), "still listed");
+    for (value, tlp) in [
+        ("198.51.100.1", WireTlp::Green),
+        ("198.51.100.2", WireTlp::Green),
+        ("198.51.100.3", WireTlp::Green),
+        ("scanner.example", WireTlp::Amber),
+    ] {
+        let item = held[value].item.as_ref().unwrap();
+        assert!(is_revocation(&held[value]), "{value}");
+        // As `entente revoke` makes it: the marking and tags it was shared under.
+        assert_eq!(item.tlp, tlp as i32, "{value}");
+        assert_eq!(
+            item.tags,
+            vec!["source:misp-w".to_owned(), "osint".to_owned()],
+            "{value}"
+        );
+    }
+    // The checkpoint keeps only what the manifest lists.
+    wait_until("the checkpoint without event 2", || {
+        let client = &client;
+        async move {
+            let s = feed_status(client, "misp-w").await;
+            s.checkpoint.starts_with("1 events held").then_some(())
+        }
+    })
+    .await;
+
+    // A manifest that suddenly lists nothing revokes nothing: more likely a fault.
+    files.set("/misp/manifest.json", json(&serde_json::json!({})));
+    let status = wait_until("the empty manifest refused", || {
+        let client = &client;
+        async move {
+            let s = feed_status(client, "misp-w").await;
+            s.last_error.contains("lists no event").then_some(s)
+        }
+    })
+    .await;
+    assert!(status.last_error.contains("kept"), "{status:?}");
+    assert!(!is_revocation(
+        &kinds_by_value(&client, "source:misp-w").await["198.51.100.4"]
+    ));
+    node.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_starts_added_feeds_and_stops_removed_ones() {
+    common::init_logging();
+    let files = Files::default();
+    let t1 = 1_764_000_100;
+    for (n, dir, event_uuid, domain) in [
+        (1, "one", EVENT_1, "one.example"),
+        (2, "two", EVENT_2, "two.example"),
+        (3, "three", EVENT_3, "three.example"),
+    ] {
+        files.set(
+            &format!("/{dir}/manifest.json"),
+            json(&manifest(&[(event_uuid, "list", t1)])),
+        );
+        files.set(
+            &format!("/{dir}/{event_uuid}.json"),
+            json(&event(
+                event_uuid,
+                "list",
+                t1,
+                &["tlp:green"],
+                vec![attribute(n, "domain", domain, true, t1)],
+                vec![],
+            )),
+        );
+    }
+    let base = serve_files(files.clone()).await;
+    let pki = Pki::new();
+    let id = pki.node("reload.node");
+    let data = pki.path().join("data-reload");
+    let feed = |name: &str, dir: &str| {
+        format!(
+            "\n[[feed]]\nname = \"{name}\"\nkind = \"misp\"\nurl = \"{base}/{dir}/\"\ninterval = \"1s\"\n"
+        )
+    };
+    let config = node_config(&pki, &id, &data, &feed("first", "one"));
+    let node = common::start(&config).await;
+    let client = common::connect(&pki, &node, "reload.node").await;
+    wait_until("the first feed", || {
+        let client = &client;
+        async move { (feed_status(client, "first").await.items_ingested == 1).then_some(()) }
+    })
+    .await;
+
+    // The first feed is removed and a second added, without a restart.
+    std::fs::write(
+        &config,
+        format!(
+            "{}{}",
+            common::node_section(&pki, &id, &data),
+            feed("second", "two")
+        ),
+    )
+    .unwrap();
+    node.reload_policy().expect("reload");
+    wait_until("the second feed", || {
+        let client = &client;
+        async move { (feed_status(client, "second").await.items_ingested == 1).then_some(()) }
+    })
+    .await;
+    let feeds = client.feeds().await.unwrap().feeds;
+    assert_eq!(
+        feeds.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
+        ["second"],
+        "a removed feed leaves the status"
+    );
+    // The removed feed polls no more: while the second polls three times more, the first
+    // is asked nothing (one poll may have been under way at the reload).
+    let first_polls = files.requests("/one/manifest.json");
+    let second_polls = files.requests("/two/manifest.json");
+    wait_until("three more polls of the second feed", || {
+        let files = &files;
+        async move { (files.requests("/two/manifest.json") >= second_polls + 3).then_some(()) }
+    })
+    .await;
+    assert!(
+        files.requests("/one/manifest.json") <= first_polls + 1,
+        "the removed feed still polls"
+    );
+
+    // A changed feed runs with its new settings: the second now points elsewhere.
+    std::fs::write(
+        &config,
+        format!(
+            "{}{}",
+            common::node_section(&pki, &id, &data),
+            feed("second", "three")
+        ),
+    )
+    .unwrap();
+    node.reload_policy().expect("reload");
+    // Its checkpoint is its name's: the event the old URL gave is not in the new
+    // manifest, so its item is revoked, and the new event's item is published.
+    let held = wait_until("the changed feed", || {
+        let client = &client;
+        async move {
+            let held = kinds_by_value(client, "source:second").await;
+            (held.len() == 2 && is_revocation(&held["two.example"])).then_some(held)
+        }
+    })
+    .await;
+    assert!(!is_revocation(&held["three.example"]), "{held:#?}");
+    node.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misp_event_of_tiny_values_is_refused_before_it_is_built() {
+    common::init_logging();
+    let files = Files::default();
+    let t1 = 1_764_000_100;
+    files.set(
+        "/misp/manifest.json",
+        json(&manifest(&[
+            (EVENT_1, "many", t1),
+            (EVENT_2, "fine", t1 + 1),
+        ])),
+    );
+    // Three megabytes of empty lists: a million values and more, far within
+    // max_response_bytes, and well over a hundred megabytes once built.
+    let mut body = format!(
+        "{{\"Event\": {{\"uuid\": \"{EVENT_1}\", \"timestamp\": \"{t1}\", \"Attribute\": ["
+    );
+    body.push_str(&"[],".repeat(1_000_001));
+    body.push_str("[]]}}");
+    files.set(
+        &format!("/misp/{EVENT_1}.json"),
+        Reply {
+            content_type: "application/json",
+            body: body.into_bytes(),
+            content_length: true,
+        },
+    );
+    files.set(
+        &format!("/misp/{EVENT_2}.json"),
+        json(&event(
+            EVENT_2,
+            "fine",
+            t1 + 1,
+            &["tlp:green"],
+            vec![attribute(20, "domain", "fine.example", true, t1 + 1)],
+            vec![],
+        )),
+    );
+    let base = serve_files(files.clone()).await;
+    let pki = Pki::new();
+    let id = pki.node("values.node");
+    let data = pki.path().join("data-values");
+    let config = node_config(
+        &pki,
+        &id,
+        &data,
+        &format!(
+            "\n[[feed]]\nname = \"many\"\nkind = \"misp\"\nurl = \"{base}/misp/\"\ninterval = \"1s\"\n"
+        ),
+    );
+    let node = common::start(&config).await;
+    let client = common::connect(&pki, &node, "values.node").await;
+    let status = wait_until("the refusal", || {
+        let client = &client;
+        async move {
+            let s = feed_status(client, "many").await;
+            (!s.last_error.is_empty() && s.items_ingested == 1).then_some(s)
+        }
+    })
+    .await;
+    assert!(
+        status
+            .last_error
+            .contains("more JSON values than this node reads"),
+        "{status:?}"
+    );
+    node.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_env_is_read_and_max_events_per_poll_paces_the_events() {
+    common::init_logging();
+    let files = Files::default();
+    let variable = format!("ENTENTE_TEST_FEED_PASSWORD_{}", std::process::id());
+    let password = "s3cret pass-phrase";
+    // SAFETY: set once, before the node (the only reader) starts; no other test in this
+    // binary reads or writes this variable.
+    unsafe { std::env::set_var(&variable, password) };
+    *files.authorization.lock().unwrap() = Some(format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("reader:{password}"))
+    ));
+    let events = [(EVENT_1, 100), (EVENT_2, 300), (EVENT_3, 200)];
+    let listed: Vec<(&str, &str, i64)> = events
+        .iter()
+        .map(|(uuid, offset)| (*uuid, "list", 1_764_000_000 + offset))
+        .collect();
+    files.set("/misp/manifest.json", json(&manifest(&listed)));
+    for (n, (uuid, offset)) in events.iter().enumerate() {
+        let ts = 1_764_000_000 + offset;
+        files.set(
+            &format!("/misp/{uuid}.json"),
+            json(&event(
+                uuid,
+                "list",
+                ts,
+                &["tlp:green"],
+                vec![attribute(
+                    n as u32,
+                    "domain",
+                    &format!("event{n}.example"),
+                    true,
+                    ts,
+                )],
+                vec![],
+            )),
+        );
+    }
+    let base = serve_files(files.clone()).await;
+    let pki = Pki::new();
+    let id = pki.node("paced.node");
+    let data = pki.path().join("data-paced");
+    let config = node_config(
+        &pki,
+        &id,
+        &data,
+        &format!(
+            "\n[[feed]]\nname = \"paced\"\nkind = \"misp\"\nurl = \"{base}/misp/\"\ninterval = \"1s\"\nmax_events_per_poll = 1\nusername = \"reader\"\npassword_env = \"{variable}\"\n\n[[feed]]\nname = \"unset\"\nkind = \"misp\"\nurl = \"{base}/misp/\"\ninterval = \"1s\"\nusername = \"reader\"\npassword_env = \"{variable}_UNSET\"\n"
+        ),
+    );
+    let node = common::start(&config).await;
+    let client = common::connect(&pki, &node, "paced.node").await;
+    // One event per poll, oldest first: after the first poll, only event 1.
+    let first = wait_until("the first poll", || {
+        let client = &client;
+        async move {
+            let s = feed_status(client, "paced").await;
+            (s.polls >= 1).then_some(s)
+        }
+    })
+    .await;
+    assert!(first.last_error.is_empty(), "{first:?}");
+    if first.polls == 1 {
+        assert_eq!(first.items_ingested, 1, "{first:?}");
+        assert_eq!(files.requests(&format!("/misp/{EVENT_1}.json")), 1);
+        assert_eq!(files.requests(&format!("/misp/{EVENT_2}.json")), 0);
+    }
+    // Then the others, one at a time, each fetched once, in timestamp order.
+    let status = wait_until("every event", || {
+        let client = &client;
+        async move {
+            let s = feed_status(client, "paced").await;
+            (s.items_ingested == 3).then_some(s)
+        }
+    })
+    .await;
+    assert!(status.polls >= 3, "one event per poll: {status:?}");
+    for uuid in [EVENT_1, EVENT_2, EVENT_3] {
+        assert_eq!(files.requests(&format!("/misp/{uuid}.json")), 1, "{uuid}");
+    }
+    // The credentials came from the environment.
+    assert_eq!(
+        files.authorizations.lock().unwrap()[&format!("/misp/{EVENT_2}.json")],
+        files.authorization.lock().unwrap().clone().unwrap()
+    );
+    // A variable that is not set: said in plain words, nothing fetched.
+    let unset = wait_until("the unset variable", || {
+        let client = &client;
+        async move {
+            let s = feed_status(client, "unset").await;
+            (!s.last_error.is_empty()).then_some(s)
+        }
+    })
+    .await;
+    assert!(
+        unset.last_error.contains("password_env")
+            && unset.last_error.contains(&format!("{variable}_UNSET"))
+            && unset.last_error.contains("not set"),
+        "{unset:?}"
+    );
+    assert!(!format!("{unset:?}").contains(password));
+    node.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_followed_within_their_scheme_and_a_bound() {
+    common::init_logging();
+    let files = Files::default();
+    let t1 = 1_764_000_100;
+    files.set(
+        "/misp/manifest.json",
+        json(&manifest(&[(EVENT_3, "list", t1)])),
+    );
+    files.set(
+        &format!("/misp/{EVENT_3}.json"),
+        json(&event(
+            EVENT_3,
+            "list",
+            t1,
+            &["tlp:green"],
+            vec![attribute(30, "domain", "moved.example", true, t1)],
+            vec![],
+        )),
+    );
+    let base = serve_files(files.clone()).await;
+    // Moved: an absolute path, then a relative one.
+    files.redirect("/moved/manifest.json", "/misp/manifest.json");
+    files.redirect(
+        &format!("/moved/{EVENT_3}.json"),
+        &format!("{EVENT_3}.json.current"),
+    );
+    files.set(
+        &format!("/moved/{EVENT_3}.json.current"),
+        json(&event(
+            EVENT_3,
+            "list",
+            t1,
+            &["tlp:green"],
+            vec![attribute(30, "domain", "moved.example", true, t1)],
+            vec![],
+        )),
+    );
+    // To https: refused.
+    let https = base.replace("http://", "https://");
+    files.redirect(
+        "/secure/manifest.json",
+        &format!("{https}/misp/manifest.json"),
+    );
+    // To another port over plain http: refused.
+    files.redirect(
+        "/away/manifest.json",
+        "http://127.0.0.1:9/misp/manifest.json",
+    );
+    // A loop.
+    files.redirect("/loop/manifest.json", "/loop/manifest.json");
+    let pki = Pki::new();
+    let id = pki.node("redirect.node");
+    let data = pki.path().join("data-redirect");
+    let mut feeds = String::new();
+    for name in ["moved", "secure", "away", "loop"] {
+        feeds.push_str(&format!(
+            "\n[[feed]]\nname = \"{name}\"\nkind = \"misp\"\nurl = \"{base}/{name}/\"\ninterval = \"1s\"\n"
+        ));
+    }
+    let config = node_config(&pki, &id, &data, &feeds);
+    let node = common::start(&config).await;
+    let client = common::connect(&pki, &node, "redirect.node").await;
+    let moved = wait_until("the moved feed", || {
+        let client = &client;
+        async move {
+            let s = feed_status(client, "moved").await;
+            (s.items_ingested == 1).then_some(s)
+        }
+    })
+    .await;
+    assert!(moved.last_error.is_empty(), "{moved:?}");
+    for (name, words) in [
+        ("secure", "another scheme"),
+        ("away", "only redirects to the same host and port"),
+        ("loop", "redirects more than 5 times"),
+    ] {
+        let status = wait_until(&format!("the error of {name}"), || {
+            let client = &client;
+            async move {
+                let s = feed_status(client, name).await;
+                (!s.last_error.is_empty()).then_some(s)
+            }
+        })
+        .await;
+        assert!(status.last_error.contains(words), "{name}: {status:?}");
+        assert_eq!(status.items_ingested, 0);
+    }
+    node.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+/// A CONNECT proxy on a loopback port: tunnels to what it is asked for, and records the
+/// targets and the first line each tunnel was asked with.
+async fn connect_proxy() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+                    if client.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                record.lock().unwrap().push(head.clone());
+                let mut words = head.split_whitespace();
+                let (Some("CONNECT"), Some(target)) = (words.next(), words.next()) else {
+                    let _ = client
+                        .write_all(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+                        .await;
+                    return;
+                };
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await else {
+                    let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
+                    return;
+                };
+                let _ = client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await;
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_with_a_proxy_reaches_its_source_only_through_it() {
+    common::init_logging();
+    let files = Files::default();
+    let t1 = 1_764_000_100;
+    files.set(
+        "/misp/manifest.json",
+        json(&manifest(&[(EVENT_3, "list", t1)])),
+    );
+    files.set(
+        &format!("/misp/{EVENT_3}.json"),
+        json(&event(
+            EVENT_3,
+            "list",
+            t1,
+            &["tlp:green"],
+            vec![attribute(30, "domain", "proxied.example", true, t1)],
+            vec![],
+        )),
+    );
+    let base = serve_files(files.clone()).await;
+    let (proxy, seen) = connect_proxy().await;
+    // A proxy that answers nothing useful.
+    let refusing = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refusing_addr = refusing.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = refusing.accept().await {
+            let _ = stream
+                .write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+                .await;
+        }
+    });
+    let pki = Pki::new();
+    let id = pki.node("proxy.node");
+    let data = pki.path().join("data-proxy");
+    let config = node_config(
+        &pki,
+        &id,
+        &data,
+        &format!(
+            "\n[[feed]]\nname = \"proxied\"\nkind = \"misp\"\nurl = \"{base}/misp/\"\ninterval = \"1s\"\nproxy = \"http://{proxy}\"\n\n[[feed]]\nname = \"refused\"\nkind = \"misp\"\nurl = \"{base}/misp/\"\ninterval = \"1s\"\nproxy = \"http://{refusing_addr}\"\n"
+        ),
+    );
+    let node = common::start(&config).await;
+    let client = common::connect(&pki, &node, "proxy.node").await;
+    let status = wait_until("the feed through the proxy", || {
+        let client = &client;
+        async move {
+            let s = feed_status(client, "proxied").await;
+            (s.items_ingested == 1).then_some(s)
+        }
+    })
+    .await;
+    assert!(status.last_error.is_empty(), "{status:?}");
+    let target = base.trim_start_matches("http://").to_owned();
+    let asked = seen.lock().unwrap().clone();
+    assert!(asked.len() >= 2, "{asked:?}");
+    assert!(
+        asked
+            .iter()
+            .all(|head| head.starts_with(&format!("CONNECT {target} HTTP/1.1\r\n"))),
+        "{asked:?}"
+    );
+    let refused = wait_until("the refusing proxy", || {
+        let client = &client;
+        async move {
+            let s = feed_status(client, "refused").await;
+            (!s.last_error.is_empty()).then_some(s)
+        }
+    })
+    .await;
+    assert!(
+        refused
+            .last_error
+            .contains(&format!("proxy {refusing_addr}"))
+            && refused.last_error.contains("403"),
+        "{refused:?}"
+    );
+    assert_eq!(refused.items_ingested, 0);
     node.shutdown(Duration::from_secs(5)).await.unwrap();
 }

@@ -745,3 +745,193 @@ async fn a_taxii_body_of_tiny_values_is_refused_before_it_is_held_whole() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------
+// Context: identities, vulnerabilities, courses of action and sightings, and what
+// context references before it is held.
+
+fn context_object(ty: &str, id: &str, marking: &str, extra: Value) -> Value {
+    let mut object = json!({
+        "type": ty, "spec_version": "2.1", "id": id,
+        "created": "2025-04-01T00:00:00.000Z", "modified": "2025-04-01T00:00:00.000Z",
+        "object_marking_refs": [marking],
+    });
+    for (key, value) in extra.as_object().unwrap() {
+        object[key] = value.clone();
+    }
+    object
+}
+
+/// Identities, vulnerabilities, courses of action and sightings travel as context under
+/// the same policy as the rest. A relationship, a sighting or a report that arrives
+/// before what it references used to pass when the reference was not held (a report
+/// always did), so a GREEN report naming an AMBER indicator published after it told a
+/// GREEN partner of the indicator. Whatever the order, an object that references
+/// another is withheld until that other is held, and then judged with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn references_are_judged_whatever_order_they_arrive_in() {
+    const SECRET_A: &str = "indicator--b2b2b2b2-0000-4000-8000-000000000001";
+    const SECRET_B: &str = "indicator--b2b2b2b2-0000-4000-8000-000000000002";
+    const SECRET_C: &str = "indicator--b2b2b2b2-0000-4000-8000-000000000003";
+    const PUBLIC: &str = "indicator--b2b2b2b2-0000-4000-8000-000000000004";
+    const MALWARE: &str = "malware--b2b2b2b2-0000-4000-8000-000000000005";
+    const REL_EARLY: &str = "relationship--b2b2b2b2-0000-4000-8000-000000000006";
+    const SIGHTING_EARLY: &str = "sighting--b2b2b2b2-0000-4000-8000-000000000007";
+    const REPORT_EARLY: &str = "report--b2b2b2b2-0000-4000-8000-000000000008";
+    const REL_LATE: &str = "relationship--b2b2b2b2-0000-4000-8000-000000000009";
+    const REL_PUBLIC: &str = "relationship--b2b2b2b2-0000-4000-8000-00000000000a";
+    const VICTIM: &str = "identity--b2b2b2b2-0000-4000-8000-00000000000b";
+    const CERT: &str = "identity--b2b2b2b2-0000-4000-8000-00000000000c";
+    const SIGHTING_AT_VICTIM: &str = "sighting--b2b2b2b2-0000-4000-8000-00000000000d";
+    const SIGHTING_AT_CERT: &str = "sighting--b2b2b2b2-0000-4000-8000-00000000000e";
+    const CVE: &str = "vulnerability--b2b2b2b2-0000-4000-8000-00000000000f";
+    const COA: &str = "course-of-action--b2b2b2b2-0000-4000-8000-000000000010";
+    let pki = federation();
+    let config = write_config(&pki, "");
+    let node = serve_taxii(&config);
+    let analyst = tls(&pki, "analyst.soc");
+    let researcher = tls(&pki, "researcher.uni-x");
+    let objects = objects_path(&analyst, &node).await;
+    let relationship = |id: &str, source: &str, target: &str| {
+        context_object(
+            "relationship",
+            id,
+            GREEN,
+            json!({"relationship_type": "indicates", "source_ref": source, "target_ref": target}),
+        )
+    };
+    let sighting = |id: &str, of: &str, at: &str| {
+        context_object(
+            "sighting",
+            id,
+            GREEN,
+            json!({"sighting_of_ref": of, "where_sighted_refs": [at], "count": 3}),
+        )
+    };
+    let publish = |objects_list: Vec<Value>| {
+        let analyst = analyst.clone();
+        let path = objects.clone();
+        let taxii = node.taxii;
+        async move {
+            let count = objects_list.len();
+            let envelope = json!({ "objects": objects_list }).to_string();
+            let posted = post(&analyst, taxii, &path, &envelope).await;
+            assert_eq!(posted.status, 202, "{}", posted.text());
+            assert_eq!(
+                posted.json()["success_count"],
+                json!(count),
+                "{}",
+                posted.text()
+            );
+        }
+    };
+
+    // First the context, naming indicators not held yet (all GREEN itself).
+    publish(vec![
+        context_object("malware", MALWARE, GREEN, json!({"name": "Loader", "is_family": true})),
+        context_object("identity", CERT, GREEN, json!({"name": "CERT", "identity_class": "organization"})),
+        context_object("identity", VICTIM, AMBER, json!({"name": "Victim", "identity_class": "organization"})),
+        context_object("vulnerability", CVE, GREEN, json!({"name": "CVE-2025-0001"})),
+        context_object("course-of-action", COA, GREEN, json!({"name": "Patch"})),
+        relationship(REL_EARLY, SECRET_A, MALWARE),
+        sighting(SIGHTING_EARLY, SECRET_B, CERT),
+        context_object("report", REPORT_EARLY, GREEN, json!({"name": "Wave", "published": "2025-04-01T00:00:00Z", "object_refs": [SECRET_C, MALWARE]})),
+        relationship(REL_PUBLIC, PUBLIC, MALWARE),
+        sighting(SIGHTING_AT_VICTIM, PUBLIC, VICTIM),
+        sighting(SIGHTING_AT_CERT, PUBLIC, CERT),
+    ])
+    .await;
+    let shared: BTreeSet<String> = [MALWARE, CERT, CVE, COA].map(str::to_owned).into();
+    // Nothing that references an object not held is listed, to anyone but the node.
+    assert_eq!(listed_ids(&researcher, &node, &objects).await, shared);
+
+    // Then the indicators: three AMBER, one GREEN; and a relationship naming an AMBER
+    // indicator held already.
+    publish(vec![
+        indicator(SECRET_A, "a.secret.example", AMBER),
+        indicator(SECRET_B, "b.secret.example", AMBER),
+        indicator(SECRET_C, "c.secret.example", AMBER),
+        indicator(PUBLIC, "public.example", GREEN),
+    ])
+    .await;
+    publish(vec![relationship(REL_LATE, SECRET_A, MALWARE)]).await;
+
+    // The GREEN researcher sees the GREEN indicator, the objects naming only what it may
+    // see, and nothing that names an AMBER indicator or the AMBER victim, in either order.
+    let expected: BTreeSet<String> = [
+        MALWARE,
+        CERT,
+        CVE,
+        COA,
+        PUBLIC,
+        REL_PUBLIC,
+        SIGHTING_AT_CERT,
+    ]
+    .map(str::to_owned)
+    .into();
+    assert_eq!(listed_ids(&researcher, &node, &objects).await, expected);
+    let listed = get(&researcher, node.taxii, &format!("{objects}?limit=1000"))
+        .await
+        .text()
+        .to_ascii_lowercase();
+    for secret in [SECRET_A, SECRET_B, SECRET_C, VICTIM] {
+        assert!(!listed.contains(&secret[secret.len() - 36..]), "{secret}");
+    }
+    // Each withheld one answers as an absent object.
+    let absent = get(
+        &researcher,
+        node.taxii,
+        &format!("{objects}relationship--b2b2b2b2-0000-4000-8000-0000000000ff/"),
+    )
+    .await;
+    assert_eq!(absent.status, 404);
+    for id in [
+        REL_EARLY,
+        SIGHTING_EARLY,
+        REPORT_EARLY,
+        REL_LATE,
+        SIGHTING_AT_VICTIM,
+    ] {
+        let withheld = get(&researcher, node.taxii, &format!("{objects}{id}/")).await;
+        assert_eq!(
+            (withheld.status, withheld.text()),
+            (absent.status, absent.text()),
+            "{id}"
+        );
+    }
+    // The analyst sees everything, the sighting with its references as published.
+    let everything = listed_ids(&analyst, &node, &objects).await;
+    assert_eq!(everything.len(), 16, "{everything:?}");
+    let sighted = get(
+        &analyst,
+        node.taxii,
+        &format!("{objects}{SIGHTING_AT_CERT}/"),
+    )
+    .await
+    .json();
+    let object = &sighted["objects"][0];
+    assert_eq!(object["sighting_of_ref"], json!(PUBLIC), "{sighted}");
+    assert_eq!(object["where_sighted_refs"], json!([CERT]), "{sighted}");
+
+    // An identity cannot stand for a node of the federation: the export writes those.
+    let impostor = entente::model::origin_identity_id("berlin.office");
+    let envelope = json!({ "objects": [context_object(
+        "identity",
+        &impostor,
+        GREEN,
+        json!({"name": "berlin.office", "identity_class": "organization"}),
+    )]})
+    .to_string();
+    let posted = post(&analyst, node.taxii, &objects, &envelope).await;
+    assert_eq!(
+        posted.json()["success_count"],
+        json!(0),
+        "{}",
+        posted.text()
+    );
+    assert!(
+        posted.text().contains("export identity of berlin.office"),
+        "{}",
+        posted.text()
+    );
+}

@@ -1,8 +1,11 @@
 //! The HTTP client of the feeds: one GET per connection, over rustls (ring provider,
 //! public roots plus a feed's own CA file) or plain TCP, with a deadline per request and
-//! a body refused before it is read whole when it is larger than allowed. No redirects
-//! are followed. Credentials go only into the `Authorization` header, never into an
-//! error or a log line.
+//! a body refused before it is read whole when it is larger than allowed. Up to
+//! [`MAX_REDIRECTS`] redirects are followed, to the same scheme only (never from https
+//! to http), and over plain http only to the same host and port; the credentials go
+//! only to the feed's own host and port. Credentials go only into the `Authorization`
+//! header, never into an error or a log line. A feed's `proxy` tunnels every
+//! connection through an HTTP proxy with `CONNECT`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +21,18 @@ use crate::config::{FeedConfig, PasswordSource};
 /// Largest password read from `password_file`.
 const MAX_PASSWORD_BYTES: u64 = 4096;
 
+/// Most redirects followed for one request.
+pub(super) const MAX_REDIRECTS: usize = 5;
+
+/// Longest `Location` taken from a redirect.
+const MAX_LOCATION_BYTES: usize = 2048;
+
+/// What one exchange gave: an answer read whole, or where a redirect points.
+enum Exchange {
+    Done(Response),
+    Redirect(http::Uri),
+}
+
 /// A response whose status was 200 and whose body was read whole.
 pub(super) struct Response {
     /// The headers.
@@ -32,6 +47,10 @@ pub(super) struct Client {
     timeout: Duration,
     max_body: usize,
     credentials: Option<crate::config::FeedCredentials>,
+    /// The feed's own host and port: the only one the credentials are sent to.
+    home: Option<http::uri::Authority>,
+    /// The HTTP proxy every connection is tunnelled through, if any.
+    proxy: Option<http::uri::Authority>,
     accept: &'static str,
 }
 
@@ -50,13 +69,15 @@ impl Client {
             timeout: feed.timeout,
             max_body: feed.max_response_bytes,
             credentials: feed.credentials.clone(),
+            home: feed.url.authority().cloned(),
+            proxy: feed.proxy.clone(),
             accept,
         })
     }
 
-    /// GETs `uri` and reads the body, within the feed's timeout.
+    /// GETs `uri` and reads the body, following redirects, within the feed's timeout.
     pub(super) async fn get(&self, uri: &http::Uri) -> Result<Response, FeedError> {
-        match tokio::time::timeout(self.timeout, self.get_unbounded(uri)).await {
+        match tokio::time::timeout(self.timeout, self.get_following(uri)).await {
             Ok(result) => result,
             Err(_) => Err(FeedError::Http(format!(
                 "no complete answer from {} within {}s (timeout)",
@@ -66,16 +87,33 @@ impl Client {
         }
     }
 
-    async fn get_unbounded(&self, uri: &http::Uri) -> Result<Response, FeedError> {
+    async fn get_following(&self, uri: &http::Uri) -> Result<Response, FeedError> {
+        let mut at = uri.clone();
+        for _ in 0..=MAX_REDIRECTS {
+            match self.exchange(&at).await? {
+                Exchange::Done(response) => return Ok(response),
+                Exchange::Redirect(next) => at = next,
+            }
+        }
+        Err(FeedError::Http(format!(
+            "{} redirects more than {MAX_REDIRECTS} times",
+            shown(uri)
+        )))
+    }
+
+    async fn exchange(&self, uri: &http::Uri) -> Result<Exchange, FeedError> {
         let host = uri
             .host()
             .ok_or_else(|| FeedError::Http(format!("{} names no host", shown(uri))))?;
         let https = uri.scheme_str() == Some("https");
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let bare_host = host.trim_start_matches('[').trim_end_matches(']');
-        let tcp = tokio::net::TcpStream::connect((bare_host, port))
-            .await
-            .map_err(|e| FeedError::Http(format!("cannot connect to {}: {e}", shown(uri))))?;
+        let tcp = match &self.proxy {
+            None => tokio::net::TcpStream::connect((bare_host, port))
+                .await
+                .map_err(|e| FeedError::Http(format!("cannot connect to {}: {e}", shown(uri))))?,
+            Some(proxy) => tunnel(proxy, host, port).await?,
+        };
         let _ = tcp.set_nodelay(true);
         let mut request = http::Request::builder()
             .method(http::Method::GET)
@@ -95,7 +133,8 @@ impl Client {
                 concat!("entente/", env!("CARGO_PKG_VERSION")),
             )
             .header(http::header::CONNECTION, "close");
-        if let Some(credentials) = &self.credentials {
+        let home = uri.authority() == self.home.as_ref();
+        if let Some(credentials) = self.credentials.as_ref().filter(|_| home) {
             let password = read_password(&credentials.password)?;
             let token = base64::engine::general_purpose::STANDARD
                 .encode(format!("{}:{}", credentials.username, password));
@@ -121,14 +160,15 @@ impl Client {
             None => send(TokioIo::new(tcp), request, uri).await?,
         };
         let status = response.status();
+        if matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308) {
+            return redirect_target(uri, response.headers()).map(Exchange::Redirect);
+        }
         if status != http::StatusCode::OK {
             return Err(FeedError::Http(format!(
                 "{} answered {status}{}",
                 shown(uri),
                 match status.as_u16() {
                     401 | 403 => " (check username and password)",
-                    301 | 302 | 303 | 307 | 308 =>
-                        " (redirects are not followed; give the final URL)",
                     _ => "",
                 }
             )));
@@ -165,10 +205,108 @@ impl Client {
                 out.extend_from_slice(&data);
             }
         }
-        Ok(Response {
+        Ok(Exchange::Done(Response {
             headers: parts.headers,
             body: out,
-        })
+        }))
+    }
+}
+
+/// Where a redirect from `from` may lead: its `Location`, absolute or relative to
+/// `from`, in the same scheme (never https to http, nor http to https), and over plain
+/// http only to the same host and port (the configuration allowed that one).
+fn redirect_target(from: &http::Uri, headers: &http::HeaderMap) -> Result<http::Uri, FeedError> {
+    let refused = |why: &str| FeedError::Http(format!("{} redirects {why}", shown(from)));
+    let location = headers
+        .get(http::header::LOCATION)
+        .ok_or_else(|| refused("without a Location"))?
+        .to_str()
+        .map_err(|_| refused("to a Location that is not text"))?
+        .trim();
+    if location.len() > MAX_LOCATION_BYTES {
+        return Err(refused("to a Location that is too long"));
+    }
+    let scheme = from.scheme_str().unwrap_or("http");
+    let authority = from.authority().map(|a| a.as_str()).unwrap_or("");
+    let text = if location.contains("://") {
+        location.to_owned()
+    } else if location.starts_with("//") {
+        format!("{scheme}:{location}")
+    } else if location.starts_with('/') {
+        format!("{scheme}://{authority}{location}")
+    } else {
+        let path = from.path();
+        let dir = &path[..path.rfind('/').map_or(0, |at| at + 1)];
+        format!("{scheme}://{authority}{dir}{location}")
+    };
+    let target: http::Uri = text
+        .parse()
+        .map_err(|_| refused("to a Location that is not a URL"))?;
+    if target.scheme_str() != Some(scheme) {
+        return Err(refused(&format!(
+            "to {}, another scheme; only redirects within {scheme} are followed",
+            shown(&target)
+        )));
+    }
+    if target.host().is_none_or(str::is_empty) {
+        return Err(refused("to a URL that names no host"));
+    }
+    if target.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(refused("to a URL with credentials in it"));
+    }
+    if scheme == "http" && target.authority() != from.authority() {
+        return Err(refused(&format!(
+            "to {}; over plain http only redirects to the same host and port are followed",
+            shown(&target)
+        )));
+    }
+    Ok(target)
+}
+
+/// Longest answer head read from a proxy.
+const MAX_PROXY_HEAD_BYTES: usize = 8 * 1024;
+
+/// A connection to `host:port` through the HTTP proxy `proxy` (`CONNECT`): what is
+/// sent after it, TLS included, goes to `host` as if connected directly. Nothing of the
+/// feed's credentials is sent to the proxy.
+async fn tunnel(
+    proxy: &http::uri::Authority,
+    host: &str,
+    port: u16,
+) -> Result<tokio::net::TcpStream, FeedError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let failed = |what: String| FeedError::Http(format!("proxy {proxy}: {what}"));
+    let proxy_host = proxy.host().trim_start_matches('[').trim_end_matches(']');
+    let mut tcp = tokio::net::TcpStream::connect((proxy_host, proxy.port_u16().unwrap_or(80)))
+        .await
+        .map_err(|e| failed(format!("cannot connect: {e}")))?;
+    let target = format!("{host}:{port}");
+    tcp.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    // Read byte by byte up to the end of the head, so nothing of the tunnel is taken.
+    let mut head = Vec::with_capacity(256);
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() >= MAX_PROXY_HEAD_BYTES {
+            return Err(failed(format!(
+                "its answer to CONNECT is longer than {MAX_PROXY_HEAD_BYTES} bytes"
+            )));
+        }
+        let byte = tcp
+            .read_u8()
+            .await
+            .map_err(|e| failed(format!("no answer to CONNECT: {e}")))?;
+        head.push(byte);
+    }
+    let status = head
+        .split(|b| *b == b' ')
+        .nth(1)
+        .and_then(|code| std::str::from_utf8(code).ok())
+        .and_then(|code| code.parse::<u16>().ok());
+    match status {
+        Some(200..=299) => Ok(tcp),
+        Some(code) => Err(failed(format!("CONNECT to {target} answered {code}"))),
+        None => Err(failed("its answer to CONNECT is not HTTP".into())),
     }
 }
 

@@ -24,8 +24,67 @@ const MAX_DESCRIPTION_BYTES: usize = 4096;
 /// Items gathered before they are published and the checkpoint moves.
 const PUBLISH_EVERY: usize = 5_000;
 
-/// The checkpoint kept in the store: each event taken, with the timestamp it had.
-type Checkpoint = BTreeMap<String, i64>;
+/// Most JSON values read from `manifest.json` or one event file: a million, as for a
+/// TAXII page. Text alone does not bound memory (`[]` is two bytes, and 32 or more once
+/// read), so a file within `max_response_bytes` may still be refused by this.
+const MAX_FILE_VALUES: usize = 1_000_000;
+
+/// The checkpoint kept in the store: each event of the current manifest that was taken,
+/// with the timestamp it had and the attributes that became items. Only events the
+/// manifest lists are kept, so it is bounded by the manifest (and each entry by its
+/// event file, which [`MAX_FILE_VALUES`] bounds).
+type Checkpoint = BTreeMap<String, TakenEvent>;
+
+/// One event taken.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+struct TakenEvent {
+    /// Its timestamp when it was taken.
+    timestamp: i64,
+    /// The uuids of its attributes this node publishes an item for; when the event
+    /// drops one, or leaves the manifest, those items are revoked.
+    items: Vec<String>,
+}
+
+impl<'de> serde::Deserialize<'de> for TakenEvent {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Checkpoints written before attributes were recorded hold the timestamp alone.
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Stored {
+            Timestamp(i64),
+            Taken { timestamp: i64, items: Vec<String> },
+        }
+        Ok(match Stored::deserialize(deserializer)? {
+            Stored::Timestamp(timestamp) => TakenEvent {
+                timestamp,
+                items: Vec::new(),
+            },
+            Stored::Taken { timestamp, items } => TakenEvent { timestamp, items },
+        })
+    }
+}
+
+/// Reads a file of the feed as JSON, within [`MAX_FILE_VALUES`] values.
+fn read_json(body: &[u8]) -> Result<Value, serde_json::Error> {
+    crate::interop::strict_json::from_slice_within(body, MAX_FILE_VALUES)
+}
+
+/// The draft of a revocation of the item this node made of attribute `uuid`;
+/// [`super::publish`] completes it from the item held (its marking, type, tags and
+/// content), and passes over an item revoked already.
+fn revocation_draft(origin: &str, uuid: &str, reason: String, now_ms: i64) -> Item {
+    Item {
+        id: attribute_item_id(origin, uuid),
+        modified_ms: now_ms,
+        tlp: Tlp::Red,
+        tags: Vec::new(),
+        kind: ItemKind::Revocation(crate::model::Revocation {
+            indicator_type: IndicatorType::StixPattern,
+            reason,
+            indicator: None,
+        }),
+    }
+}
 
 pub(super) async fn poll(
     feed: &FeedConfig,
@@ -83,7 +142,7 @@ async fn poll_events(
         .parse()
         .map_err(|_| malformed("the manifest URL is not valid"))?;
     let response = client.get(&manifest_uri).await?;
-    let manifest: Value = crate::interop::strict_json::from_slice(&response.body)
+    let manifest: Value = read_json(&response.body)
         .map_err(|e| malformed(format!("manifest.json is not JSON: {e}")))?;
     let Value::Object(manifest) = manifest else {
         return Err(malformed(
@@ -102,22 +161,48 @@ async fn poll_events(
             continue;
         };
         listed.insert(uuid.clone());
-        if checkpoint.get(&uuid).is_none_or(|held| *held < timestamp) {
+        if checkpoint
+            .get(&uuid)
+            .is_none_or(|held| held.timestamp < timestamp)
+        {
             wanted.push((timestamp, uuid));
         }
     }
     if listed.is_empty() && !manifest.is_empty() {
         return Err(malformed("manifest.json lists no valid event"));
     }
-    // Events no longer listed are forgotten (the items they gave stay).
-    checkpoint.retain(|uuid, _| listed.contains(uuid));
+    // A manifest that lists nothing while events were taken is more likely a fault of
+    // the server than the withdrawal of every event: nothing is revoked on its word.
+    if listed.is_empty() && !checkpoint.is_empty() {
+        return Err(malformed(format!(
+            "manifest.json lists no event, but {} were taken before; their items are kept until the manifest lists events again",
+            checkpoint.len()
+        )));
+    }
+    let origin = engine.policy().node().to_string();
+    let mut items: Vec<Item> = Vec::new();
+    // Events no longer listed were deleted or unpublished at the source: the items they
+    // gave are revoked, then the events are forgotten.
+    let mut removed: Vec<String> = Vec::new();
+    for (uuid, event) in &checkpoint {
+        if listed.contains(uuid) {
+            continue;
+        }
+        for attribute in &event.items {
+            items.push(revocation_draft(
+                &origin,
+                attribute,
+                format!("MISP event {uuid} is no longer in the feed {}", feed.name),
+                crate::engine::now_ms(),
+            ));
+        }
+        removed.push(uuid.clone());
+    }
     // Oldest changes first, so a poll cut short by its limits resumes in order.
     wanted.sort();
     wanted.truncate(feed.max_events_per_poll);
 
-    let origin = engine.policy().node().to_string();
-    let mut items: Vec<Item> = Vec::new();
-    let mut taken: Vec<(String, i64)> = Vec::new();
+    let mut taken: Vec<(String, TakenEvent)> = Vec::new();
     let mut first_error: Option<FeedError> = None;
     for (listed_timestamp, uuid) in wanted {
         let uri: ::http::Uri = format!("{base}{uuid}.json")
@@ -134,15 +219,56 @@ async fn poll_events(
         };
         let attributes = event_attributes(&event);
         report.fetched += attributes.len() as u64;
+        let before: std::collections::HashSet<String> = checkpoint
+            .get(&uuid)
+            .map(|e| e.items.iter().cloned().collect())
+            .unwrap_or_default();
+        let mut published: Vec<String> = Vec::new();
         for attribute in attributes {
+            let attribute_uuid = attribute
+                .get("uuid")
+                .and_then(Value::as_str)
+                .and_then(canonical_uuid);
             match map_attribute(feed, &origin, &event, attribute) {
-                Ok(Some(item)) => items.push(item),
+                Ok(Some(item)) => {
+                    items.push(item);
+                    published.extend(attribute_uuid);
+                }
                 Ok(None) => report.skipped += 1,
-                Err(reason) => report.skip(format!("event {uuid}: {reason}")),
+                Err(reason) => {
+                    // Its new version cannot be taken; the item made of the version
+                    // before (if any) stays as it was.
+                    published.extend(attribute_uuid.filter(|a| before.contains(a)));
+                    report.skip(format!("event {uuid}: {reason}"));
+                }
+            }
+        }
+        published.sort();
+        published.dedup();
+        // Attributes the event no longer gives for detection (deleted, no longer
+        // to_ids, of a type not mapped, gone) take their items with them.
+        let now = crate::engine::now_ms();
+        for attribute in &before {
+            if published.binary_search(attribute).is_err() {
+                items.push(revocation_draft(
+                    &origin,
+                    attribute,
+                    format!(
+                        "attribute {attribute} of MISP event {uuid} is withdrawn in the feed {}",
+                        feed.name
+                    ),
+                    now,
+                ));
             }
         }
         let timestamp = seconds(event.get("timestamp")).unwrap_or(listed_timestamp);
-        taken.push((uuid, timestamp.max(listed_timestamp)));
+        taken.push((
+            uuid,
+            TakenEvent {
+                timestamp: timestamp.max(listed_timestamp),
+                items: published,
+            },
+        ));
         if items.len() >= PUBLISH_EVERY {
             commit(
                 feed,
@@ -151,6 +277,7 @@ async fn poll_events(
                 &mut checkpoint,
                 &mut items,
                 &mut taken,
+                &mut removed,
                 report,
             )
             .await?;
@@ -166,6 +293,7 @@ async fn poll_events(
         &mut checkpoint,
         &mut items,
         &mut taken,
+        &mut removed,
         report,
     )
     .await?;
@@ -175,28 +303,34 @@ async fn poll_events(
     }
 }
 
-/// Publishes what was gathered, then records the events it came from.
+/// Publishes what was gathered (revocations included), then records the events it came
+/// from and forgets those `removed` from the manifest.
+#[allow(clippy::too_many_arguments)]
 async fn commit(
     feed: &FeedConfig,
     engine: &Arc<Engine>,
     states: &FeedStates,
     checkpoint: &mut Checkpoint,
     items: &mut Vec<Item>,
-    taken: &mut Vec<(String, i64)>,
+    taken: &mut Vec<(String, TakenEvent)>,
+    removed: &mut Vec<String>,
     report: &mut PollReport,
 ) -> Result<(), FeedError> {
     if !items.is_empty() {
         publish(engine, feed, std::mem::take(items), report).await?;
     }
-    if taken.is_empty() {
+    if taken.is_empty() && removed.is_empty() {
         return Ok(());
+    }
+    for uuid in removed.drain(..) {
+        checkpoint.remove(&uuid);
     }
     checkpoint.extend(taken.drain(..));
     let bytes = serde_json::to_vec(&checkpoint)
         .map_err(|e| FeedError::Publish(format!("checkpoint: {e}")))?;
     super::save_checkpoint(engine, &feed.name, bytes).await?;
     let held = checkpoint.len();
-    let newest = checkpoint.values().max().copied().unwrap_or(0);
+    let newest = checkpoint.values().map(|e| e.timestamp).max().unwrap_or(0);
     update(states, &feed.name, |s| {
         s.checkpoint = format!("{held} events held, newest timestamp {newest}");
     });
@@ -205,7 +339,7 @@ async fn commit(
 
 async fn fetch_event(client: &Client, uri: &::http::Uri, uuid: &str) -> Result<Value, FeedError> {
     let response = client.get(uri).await?;
-    let mut document: Value = crate::interop::strict_json::from_slice(&response.body)
+    let mut document: Value = read_json(&response.body)
         .map_err(|e| malformed(format!("event {uuid} is not JSON: {e}")))?;
     let Some(event) = document.get_mut("Event").map(Value::take) else {
         return Err(malformed(format!("event {uuid} has no Event object")));

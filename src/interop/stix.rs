@@ -543,6 +543,23 @@ fn context(
                 .filter_map(|r| ItemId::parse(r).ok())
                 .collect()
         }
+        IndicatorType::Sighting => {
+            // A sighting of something this node does not share (observed data, a
+            // location, ...) is skipped like that object.
+            let sighted = match object.other.get("sighting_of_ref").and_then(Value::as_str) {
+                Some(text) => match ItemId::parse(text) {
+                    Ok(id) => id,
+                    Err(_) => return Ok(None),
+                },
+                None => return Err("a sighting needs sighting_of_ref".into()),
+            };
+            let mut refs = vec![sighted];
+            for name in ["observed_data_refs", "where_sighted_refs"] {
+                let listed = strings(&object.other.get(name).cloned(), name)?;
+                refs.extend(listed.iter().filter_map(|r| ItemId::parse(r).ok()));
+            }
+            refs
+        }
         _ => Vec::new(),
     };
     let properties =
@@ -948,7 +965,7 @@ mod tests {
                 "name": "TLP:AMBER",
                 "extensions": {TLP2_EXTENSION: {"extension_type": "property-extension", "tlp_2_0": "amber"}},
             }),
-            json!({"type": "identity", "spec_version": "2.1", "id": "identity--f690c992-8e7d-4b9a-9303-3312616c0220", "name": "CERT"}),
+            json!({"type": "location", "spec_version": "2.1", "id": "location--f690c992-8e7d-4b9a-9303-3312616c0220", "region": "europe"}),
             first,
             ioc(
                 ID_2,
@@ -1241,7 +1258,7 @@ mod tests {
             // A context object without a marking is refused like an indicator.
             json!({"type": "malware", "id": "malware--fdd60b30-b67c-41e3-b0b9-f01faf20d111"}),
             // Objects of types no node shares are skipped.
-            json!({"type": "identity", "id": "identity--fdd60b30-b67c-41e3-b0b9-f01faf20d111"}),
+            json!({"type": "location", "id": "location--fdd60b30-b67c-41e3-b0b9-f01faf20d111"}),
             good,
         ];
         let parsed = parse(&bundle(objects), None);
@@ -1345,15 +1362,25 @@ mod tests {
         let text = include_str!("../../tests/fixtures/stix/indicators-for-C2-with-COA.json");
         let parsed = parse_input(InputFormat::Stix, text, &defaults(Some(Tlp::Green)), NOW);
         assert_eq!(parsed.errors, []);
-        // The malware and the two relationships from the indicators to it are read too;
-        // the course of action and the relationship to it are not shared.
+        // The identity, the malware, the course of action and the relationships from the
+        // indicators to the malware and from the course of action to it are read too.
         let context: Vec<IndicatorType> = parsed
             .items
             .iter()
             .filter(|i| i.indicator_type().is_context())
             .map(Item::indicator_type)
             .collect();
-        assert_eq!(context, [Malware, Relationship, Relationship]);
+        assert_eq!(
+            context,
+            [
+                Identity,
+                Malware,
+                CourseOfAction,
+                Relationship,
+                Relationship,
+                Relationship
+            ]
+        );
         let parsed = ParsedInput {
             items: parsed
                 .items
@@ -1384,7 +1411,11 @@ mod tests {
             .items
             .iter()
             .partition(|item| item.indicator_type().is_context());
-        assert_eq!(context.len(), 3, "the attack pattern and two relationships");
+        assert_eq!(
+            context.len(),
+            4,
+            "the identity, the attack pattern and two relationships"
+        );
         assert_eq!(indicators.len(), 2);
         assert!(
             indicators

@@ -8,7 +8,7 @@ use std::str::FromStr;
 pub enum ModelError {
     /// An id is not `<type>--<uuid>` for a type the node shares.
     #[error(
-        "invalid item id {0:?}: expected indicator--<uuid> or the id of a malware, threat-actor, intrusion-set, campaign, attack-pattern, tool, report or relationship object"
+        "invalid item id {0:?}: expected indicator--<uuid> or the id of a malware, threat-actor, intrusion-set, campaign, attack-pattern, tool, report, relationship, identity, vulnerability, course-of-action or sighting object"
     )]
     BadId(String),
     /// An unknown TLP marking.
@@ -96,6 +96,14 @@ pub enum IndicatorType {
     Report,
     /// A STIX `relationship` object.
     Relationship,
+    /// A STIX `identity` object (an organisation, a sector, a person).
+    Identity,
+    /// A STIX `vulnerability` object.
+    Vulnerability,
+    /// A STIX `course-of-action` object.
+    CourseOfAction,
+    /// A STIX `sighting` object.
+    Sighting,
 }
 
 /// A UUID in version-4 form whose other 122 bits are the start of the SHA-256 digest of
@@ -199,8 +207,9 @@ pub struct Revocation {
 }
 
 /// A STIX object that gives indicators context: malware, a threat actor, an intrusion
-/// set, a campaign, an attack pattern, a tool, a report, or a relationship between two
-/// of these or indicators. Everything STIX says of it is kept in `properties`, except
+/// set, a campaign, an attack pattern, a tool, a report, an identity, a vulnerability, a
+/// course of action, a relationship between two of these or indicators, or a sighting
+/// of one of them. Everything STIX says of it is kept in `properties`, except
 /// what the model carries (its type, id, version, marking, labels, and the ids it
 /// references, which policy reads).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -208,7 +217,9 @@ pub struct ContextObject {
     /// Its STIX type (one of the context types of [`IndicatorType`]).
     pub object_type: IndicatorType,
     /// The items it references: a relationship's `source_ref` and `target_ref`, in that
-    /// order; a report's `object_refs`; none for the other types.
+    /// order; a report's `object_refs`; a sighting's `sighting_of_ref`, then its
+    /// `observed_data_refs` and `where_sighted_refs`; none for the other types (only ids
+    /// of shared types count).
     pub refs: Vec<ItemId>,
     /// Its other STIX properties (`name`, `relationship_type`, `description`, ...).
     pub properties: super::properties::StixProperties,
@@ -287,7 +298,7 @@ impl fmt::Display for Tlp {
 
 impl IndicatorType {
     /// Every type: the indicator types, then the context object types.
-    pub const ALL: [IndicatorType; 18] = [
+    pub const ALL: [IndicatorType; 22] = [
         IndicatorType::Ipv4,
         IndicatorType::Ipv6,
         IndicatorType::Cidr,
@@ -306,6 +317,10 @@ impl IndicatorType {
         IndicatorType::Tool,
         IndicatorType::Report,
         IndicatorType::Relationship,
+        IndicatorType::Identity,
+        IndicatorType::Vulnerability,
+        IndicatorType::CourseOfAction,
+        IndicatorType::Sighting,
     ];
 
     /// Whether this is a context object type rather than an indicator type.
@@ -320,6 +335,10 @@ impl IndicatorType {
                 | IndicatorType::Tool
                 | IndicatorType::Report
                 | IndicatorType::Relationship
+                | IndicatorType::Identity
+                | IndicatorType::Vulnerability
+                | IndicatorType::CourseOfAction
+                | IndicatorType::Sighting
         )
     }
 
@@ -351,6 +370,10 @@ impl IndicatorType {
             IndicatorType::Tool => "tool",
             IndicatorType::Report => "report",
             IndicatorType::Relationship => "relationship",
+            IndicatorType::Identity => "identity",
+            IndicatorType::Vulnerability => "vulnerability",
+            IndicatorType::CourseOfAction => "course-of-action",
+            IndicatorType::Sighting => "sighting",
         }
     }
 }
@@ -597,8 +620,12 @@ mod tests {
             }),
         );
         let referenced: Vec<String> = item.referenced().iter().map(|r| r.to_string()).collect();
-        // Its own references first, then in the order of the canonical text.
-        assert_eq!(referenced, [A, C, B]);
+        // Its own references first, then in the order of the canonical text (an identity
+        // is a shared type too).
+        assert_eq!(
+            referenced,
+            [A, C, "identity--a1a1a1a1-0000-4000-8000-000000000004", B]
+        );
         // Nothing to find: nothing allocated, nothing referenced.
         let plain = context(B, &[], serde_json::json!({ "name": "x--y" }));
         assert!(plain.referenced().is_empty());

@@ -280,6 +280,52 @@ fn check_context(context: &ContextObject) -> Result<(), ModelError> {
                 ));
             }
         }
+        IndicatorType::Sighting => {
+            if refs > MAX_REPORT_REFS {
+                return Err(field(
+                    "refs",
+                    format!(
+                        "a sighting references at most {MAX_REPORT_REFS} shared objects, not {refs}"
+                    ),
+                ));
+            }
+            // Its references are exactly the shared objects its `sighting_of_ref`,
+            // `observed_data_refs` and `where_sighted_refs` name, in that order, and the
+            // first is what it sights: none reaches a partner without policy judging it.
+            let kept = context.properties.to_map();
+            let Some(sighted) = kept
+                .get("sighting_of_ref")
+                .and_then(serde_json::Value::as_str)
+                .and_then(|id| super::item::ItemId::parse(id).ok())
+            else {
+                return Err(field(
+                    "sighting_of_ref",
+                    "a sighting needs a sighting_of_ref naming a shared object".into(),
+                ));
+            };
+            let mut carried = vec![sighted.to_string()];
+            for name in ["observed_data_refs", "where_sighted_refs"] {
+                match kept.get(name) {
+                    None => {}
+                    Some(serde_json::Value::Array(ids)) => carried.extend(
+                        ids.iter()
+                            .filter_map(serde_json::Value::as_str)
+                            .filter_map(|id| super::item::ItemId::parse(id).ok())
+                            .map(|id| id.to_string()),
+                    ),
+                    Some(_) => {
+                        return Err(field("refs", format!("{name} is not a list of ids")));
+                    }
+                }
+            }
+            let refs: Vec<&str> = context.refs.iter().map(|r| r.as_str()).collect();
+            if carried != refs {
+                return Err(field(
+                    "refs",
+                    "a sighting's references must be the shared objects its sighting_of_ref, observed_data_refs and where_sighted_refs name".into(),
+                ));
+            }
+        }
         _ if refs != 0 => {
             return Err(field(
                 "refs",

@@ -108,6 +108,18 @@ pub enum Refusal {
         /// The item's origin.
         origin: NodeId,
     },
+    /// An `identity` item has the id of the identity a node of this federation has in
+    /// exports (its own origin's included): exported, two objects would share one id,
+    /// and one would describe the node as something else.
+    #[error(
+        "item {item}: it is the export identity of {named}; a node's identity is written by the export, never published"
+    )]
+    NodeIdentity {
+        /// The item.
+        item: String,
+        /// The node whose identity it is.
+        named: NodeId,
+    },
 }
 
 impl Refusal {
@@ -197,6 +209,19 @@ impl Policy {
     /// be exported as created by another, whose identity the export describes as the
     /// origin of what it signs.
     pub fn admit_creator(&self, item: &Item, origin: &NodeId) -> Result<(), Refusal> {
+        if item.indicator_type() == crate::model::IndicatorType::Identity {
+            let id = item.id.as_str();
+            if let Some(named) = std::iter::once(self.node())
+                .chain(self.partner_ids())
+                .chain(std::iter::once(origin))
+                .find(|node| id == origin_identity_id(node.as_str()))
+            {
+                return Err(Refusal::NodeIdentity {
+                    item: item.id.to_string(),
+                    named: named.clone(),
+                });
+            }
+        }
         let Some(creator) = item.created_by_ref() else {
             return Ok(());
         };

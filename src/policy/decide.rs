@@ -634,8 +634,8 @@ impl Policy {
         self.decide_at(partner, item, ctx, 0)
     }
 
-    /// Rule 7: a relationship only if the partner may see both its ends (held here), a
-    /// report only if it may see every object it references that is held here, and any
+    /// Rule 7: a relationship, a sighting or a report only if every object it references
+    /// is held here and the partner may see it, and any
     /// item only if the partner may see every held item whose id its properties carry
     /// ([`Item::referenced`]); each decided by this same rule for the partner. `None`
     /// when the references allow it.
@@ -647,15 +647,17 @@ impl Policy {
         ctx: &Context<'_>,
         depth: usize,
     ) -> Option<Decision> {
-        let relationship = item.indicator_type() == IndicatorType::Relationship;
         let mut until: Option<i64> = None;
         let to_node = self
             .partners
             .get(partner)
             .is_some_and(|p| p.kind == PartnerKind::Node);
-        // A relationship's two ends must be held; any other id it names (its own
-        // references first, then ids written in its properties) is judged when held.
-        let ends = if relationship { item.refs().len() } else { 0 };
+        // What it references by structure (a relationship's two ends, a sighting's
+        // objects, a report's object_refs) must be held: one that arrived before what it
+        // names stays withheld until that arrives, and is then judged with it, so the
+        // order of arrival never lets a reference to a withheld item out. Any other id
+        // it names (written in its properties) is judged when held.
+        let ends = item.refs().len();
         for (at, id) in referenced.iter().enumerate() {
             let found = match ctx.held.lookup(id, to_node) {
                 Ok(found) => found,
@@ -1052,8 +1054,12 @@ mod tests {
                 },
             )
         };
-        // Not held: a report passes its reference as written.
-        assert!(decide(&NothingHeld).allowed());
+        // Not held (yet): a report waits for what it references, as a relationship does.
+        let decision = decide(&NothingHeld);
+        assert!(
+            matches!(decision.rule, Rule::RefNotHeld { .. }),
+            "{decision:?}"
+        );
         // Held or not cannot be told: withheld.
         let decision = decide(&Broken);
         assert!(!decision.allowed());

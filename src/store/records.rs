@@ -165,6 +165,10 @@ pub fn type_code(ty: IndicatorType) -> u8 {
         IndicatorType::Tool => 16,
         IndicatorType::Report => 17,
         IndicatorType::Relationship => 18,
+        IndicatorType::Identity => 19,
+        IndicatorType::Vulnerability => 20,
+        IndicatorType::CourseOfAction => 21,
+        IndicatorType::Sighting => 22,
     }
 }
 

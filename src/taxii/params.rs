@@ -240,7 +240,7 @@ mod tests {
         assert!(p.version.allows(1_735_689_600_001));
         let malware = parse(Some("match[type]=malware")).unwrap();
         assert!(!malware.admits("indicator") && malware.admits("malware") && malware.admits_any());
-        assert!(!parse(Some("match[type]=identity")).unwrap().admits_any());
+        assert!(!parse(Some("match[type]=location")).unwrap().admits_any());
         assert!(!parse(Some("match[spec_version]=2.0")).unwrap().admits_any());
         assert!(parse(None).unwrap().version.any);
     }
