@@ -941,6 +941,30 @@ impl Engine {
         Ok(page)
     }
 
+    /// Whether `partner` may see at least one item that `origin` published, judged by
+    /// the policy in force like every item a query returns (expired ones included, as a
+    /// TAXII collection holds them). Nothing is disclosed, so nothing is recorded; a scan
+    /// that ends before it finds one (at most [`Self::QUERY_CALLS`] store calls) says
+    /// `false`, so an origin is never claimed on a guess. From a blocking thread.
+    pub fn sees_any_from(&self, partner: &Partner, origin: &NodeId) -> Result<bool, EngineError> {
+        let query = ItemQuery {
+            origin: Some(origin.clone()),
+            include_expired: true,
+            ..ItemQuery::default()
+        };
+        let policy = self.policy();
+        let page = self.query_page(
+            &policy,
+            partner,
+            "taxii-origin",
+            &query,
+            &[],
+            PageLimit::items(1),
+            now_ms(),
+        )?;
+        Ok(!page.items.is_empty())
+    }
+
     /// A page for a client path (`query`, `export`, TAXII), counted against the
     /// partner's answer budget and recorded in the disclosure ledger as one delivery on
     /// `path` before it is returned. From a blocking thread.

@@ -8,6 +8,7 @@
 
 mod handlers;
 mod listener;
+mod next;
 pub(crate) mod params;
 
 use std::sync::atomic::{AtomicU64, Ordering};

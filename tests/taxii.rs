@@ -211,16 +211,27 @@ fn federation() -> Pki {
     pki
 }
 
-/// Every object id of the collection as `tls` sees it, following `next` with `limit`;
-/// also the number of pages.
-async fn all_ids(
+/// Types of the objects served beside the items: what the items refer to.
+const SUPPORTING: [&str; 3] = ["marking-definition", "identity", "extension-definition"];
+
+/// A listing followed to its end: the item ids, the number of items per page, and the
+/// marking definitions, identities and extension definitions served with them.
+struct Listing {
+    ids: Vec<String>,
+    pages: Vec<usize>,
+    supporting: Vec<Value>,
+}
+
+/// Every object of the collection as `tls` sees it, following `next` with `limit`.
+async fn listing(
     tls: &Arc<rustls::ClientConfig>,
     node: &TaxiiNode,
     objects: &str,
     limit: usize,
-) -> (Vec<String>, Vec<usize>) {
+) -> Listing {
     let mut ids = Vec::new();
     let mut pages = Vec::new();
+    let mut supporting: Vec<Value> = Vec::new();
     let mut next: Option<String> = None;
     loop {
         let path = match &next {
@@ -237,12 +248,23 @@ async fn all_ids(
         assert_eq!(reply.header("content-type"), Some(TAXII));
         let body = reply.json();
         let objects = body["objects"].as_array().unwrap();
-        pages.push(objects.len());
-        assert!(objects.len() <= limit);
+        let mut items = 0;
         for o in objects {
-            ids.push(o["id"].as_str().unwrap().to_owned());
+            if SUPPORTING.contains(&o["type"].as_str().unwrap()) {
+                // Each is served once per listing.
+                assert!(
+                    !supporting.iter().any(|s| s["id"] == o["id"]),
+                    "served twice: {o}"
+                );
+                supporting.push(o.clone());
+            } else {
+                items += 1;
+                ids.push(o["id"].as_str().unwrap().to_owned());
+            }
         }
-        if !objects.is_empty() {
+        pages.push(items);
+        assert!(items <= limit);
+        if items > 0 {
             assert!(reply.header("x-taxii-date-added-first").is_some());
             assert!(reply.header("x-taxii-date-added-last").is_some());
         }
@@ -254,6 +276,34 @@ async fn all_ids(
         }
         assert!(pages.len() < 100, "paging does not end");
     }
+    Listing {
+        ids,
+        pages,
+        supporting,
+    }
+}
+
+/// The ids of the items (not the objects they refer to) in an objects or manifest
+/// answer.
+fn item_ids(body: &Value) -> Vec<String> {
+    body["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_str().unwrap().to_owned())
+        .filter(|id| !SUPPORTING.contains(&id.split("--").next().unwrap()))
+        .collect()
+}
+
+/// Every item id of the collection as `tls` sees it, following `next` with `limit`;
+/// also the number of items per page.
+async fn all_ids(
+    tls: &Arc<rustls::ClientConfig>,
+    node: &TaxiiNode,
+    objects: &str,
+    limit: usize,
+) -> (Vec<String>, Vec<usize>) {
+    let Listing { ids, pages, .. } = listing(tls, node, objects, limit).await;
     (ids, pages)
 }
 
@@ -416,12 +466,7 @@ async fn taxii_serves_each_caller_its_view_and_refuses_what_it_may_not_do() {
     .await
     .unwrap();
     assert_eq!(siem_objects.status, 200);
-    let seen: BTreeSet<String> = siem_objects.json()["objects"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["id"].as_str().unwrap().to_owned())
-        .collect();
+    let seen: BTreeSet<String> = item_ids(&siem_objects.json()).into_iter().collect();
     assert_eq!(seen, clear);
 
     // The manifest lists the same view.
@@ -432,12 +477,7 @@ async fn taxii_serves_each_caller_its_view_and_refuses_what_it_may_not_do() {
     )
     .await
     .json();
-    let listed: BTreeSet<String> = manifest["objects"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["id"].as_str().unwrap().to_owned())
-        .collect();
+    let listed: BTreeSet<String> = item_ids(&manifest).into_iter().collect();
     assert_eq!(listed, green);
     assert_eq!(
         manifest["objects"][0]["media_type"],
@@ -508,7 +548,7 @@ async fn taxii_serves_each_caller_its_view_and_refuses_what_it_may_not_do() {
         async move {
             let reply = get(&researcher, addr, &path).await;
             assert_eq!(reply.status, 200);
-            reply.json()["objects"].as_array().unwrap().len()
+            item_ids(&reply.json()).len()
         }
     };
     assert_eq!(filtered("match[type]=malware").await, 0);
@@ -981,9 +1021,7 @@ async fn taxii_paging_is_stable_while_an_analyst_publishes() {
         let page = get(&researcher, node.taxii, &path).await;
         assert_eq!(page.status, 200);
         let body = page.json();
-        for o in body["objects"].as_array().unwrap() {
-            seen.push(o["id"].as_str().unwrap().to_owned());
-        }
+        seen.extend(item_ids(&body));
         round += 1;
         publish(vec![
             indicator(200 + round, GREEN),
@@ -1156,4 +1194,155 @@ async fn taxii_carries_context_objects_under_the_same_rules() {
         (withheld.status, withheld.body),
         (absent.status, absent.body)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taxii_serves_the_markings_and_origins_its_objects_refer_to_and_no_other() {
+    let pki = federation();
+    let config = write_config(&pki, false);
+    let node = serve_taxii(&config);
+    let researcher = tls(&pki, Some("researcher.uni-x"));
+    let analyst = tls(&pki, Some("analyst.soc"));
+    let cid = get(&analyst, node.taxii, "/api/collections/").await.json()["collections"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let objects = format!("/api/collections/{cid}/objects/");
+    let manifest = format!("/api/collections/{cid}/manifest/");
+    let publish = |sent: Vec<Value>| {
+        let analyst = analyst.clone();
+        let path = objects.clone();
+        let addr = node.taxii;
+        async move {
+            let body = json!({ "objects": sent }).to_string();
+            let reply = send(
+                &analyst,
+                addr,
+                "POST",
+                &path,
+                &[("Accept", TAXII), ("Content-Type", TAXII)],
+                body.as_bytes(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(reply.status, 202);
+            assert_eq!(reply.json()["failure_count"], json!(0), "{}", reply.json());
+        }
+    };
+    let hq_identity = entente::interop::identity_id("redmond.hq");
+    let berlin_identity = entente::interop::identity_id("berlin.office");
+    let absent_identity = "identity--0f0f0f0f-0000-4000-8000-0f0f0f0f0f0f";
+    let absent_object = "indicator--0f0f0f0f-0000-4000-8000-0f0f0f0f0f0f";
+
+    // Only AMBER items from this node: the GREEN researcher sees none of them, so
+    // nothing says that this node published anything.
+    publish(vec![indicator(1, AMBER), indicator(2, AMBER)]).await;
+    let seen = listing(&researcher, &node, &objects, 1).await;
+    assert!(seen.ids.is_empty() && seen.supporting.is_empty());
+    let absent = get(&researcher, node.taxii, &format!("{objects}{absent_object}/")).await;
+    assert_eq!(absent.status, 404);
+    for id in [
+        hq_identity.as_str(),
+        berlin_identity.as_str(),
+        absent_identity,
+        AMBER,
+    ] {
+        for suffix in ["", "versions/"] {
+            let reply = get(&researcher, node.taxii, &format!("{objects}{id}/{suffix}")).await;
+            assert_eq!((reply.status, &reply.body), (404, &absent.body), "{id}");
+        }
+    }
+    // The definitions of the markings its policy lets through are not about any item.
+    let green = get(&researcher, node.taxii, &format!("{objects}{GREEN}/")).await;
+    assert_eq!(green.status, 200);
+    assert_eq!(
+        green.json()["objects"][0],
+        entente::interop::tlp_marking_definition(entente::model::Tlp::Green)
+    );
+    let by_ids = get(
+        &researcher,
+        node.taxii,
+        &format!("{objects}?match[id]={hq_identity},{GREEN},{AMBER},{}", id_of(1)),
+    )
+    .await
+    .json();
+    assert_eq!(by_ids["objects"].as_array().unwrap().len(), 1, "{by_ids}");
+    assert_eq!(by_ids["objects"][0]["id"], json!(GREEN));
+    // The analyst sees the AMBER items, so this node's identity and the AMBER marking
+    // come with them, once; a peer that published nothing has no identity.
+    let seen = listing(&analyst, &node, &objects, 1).await;
+    assert_eq!(seen.ids.len(), 2);
+    let kinds: BTreeSet<String> = seen
+        .supporting
+        .iter()
+        .map(|o| o["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kinds, BTreeSet::from([AMBER.to_owned(), hq_identity.clone()]));
+    assert_eq!(
+        get(&analyst, node.taxii, &format!("{objects}{berlin_identity}/"))
+            .await
+            .status,
+        404
+    );
+
+    // A GREEN, a CLEAR and a revoked GREEN indicator: now the researcher sees items of
+    // this node, with the definitions of their markings and of the revocation's
+    // properties.
+    let mut revoked = indicator(5, GREEN);
+    publish(vec![indicator(3, GREEN), indicator(4, CLEAR), revoked.clone()]).await;
+    revoked["modified"] = json!("2025-01-03T00:00:00.000Z");
+    revoked["revoked"] = json!(true);
+    publish(vec![revoked]).await;
+    let seen = listing(&researcher, &node, &objects, 1).await;
+    assert_eq!(
+        seen.ids.iter().cloned().collect::<BTreeSet<_>>(),
+        [3, 4, 5].map(id_of).into_iter().collect()
+    );
+    let supporting: BTreeSet<String> = seen
+        .supporting
+        .iter()
+        .map(|o| o["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(supporting.contains(GREEN) && supporting.contains(CLEAR));
+    assert!(supporting.contains(&hq_identity));
+    assert!(!supporting.contains(AMBER));
+    assert!(supporting.contains("extension-definition--f49b347c-4b7e-43d8-a2cb-a756b594e83e"));
+    assert_eq!(supporting.len(), 5, "{supporting:?}");
+    // Every reference the served objects make is to an object served with them.
+    for object in &seen.supporting {
+        if let Some(creator) = object.get("created_by_ref") {
+            assert!(supporting.contains(creator.as_str().unwrap()), "{object}");
+        }
+    }
+    let identity = get(&researcher, node.taxii, &format!("{objects}{hq_identity}/")).await;
+    assert_eq!(identity.status, 200);
+    assert_eq!(
+        identity.json()["objects"][0],
+        entente::interop::identity("redmond.hq")
+    );
+    // The manifest lists them too, and match[type] selects them.
+    let listed = get(&researcher, node.taxii, &format!("{manifest}?limit=100"))
+        .await
+        .json();
+    let listed: BTreeSet<String> = listed["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(supporting.is_subset(&listed), "{listed:?}");
+    let only = get(
+        &researcher,
+        node.taxii,
+        &format!("{objects}?match[type]=marking-definition"),
+    )
+    .await
+    .json();
+    let only: BTreeSet<String> = only["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(only, BTreeSet::from([GREEN.to_owned(), CLEAR.to_owned()]));
 }

@@ -599,6 +599,17 @@ impl Policy {
         self.partners.get(id)
     }
 
+    /// Whether `partner` may see items of marking `tlp` at all (the node's own operator
+    /// sees every marking): the marking definitions a client is given are those of the
+    /// markings its policy lets through, which says nothing about the items held.
+    pub fn marking_visible(&self, partner: &NodeId, tlp: Tlp) -> bool {
+        partner == &self.node
+            || self
+                .partners
+                .get(partner)
+                .is_some_and(|p| p.receives_anything() && p.max_tlp.is_some_and(|max| tlp <= max))
+    }
+
     /// Every configured partner's compiled policy.
     pub fn partners(&self) -> impl Iterator<Item = &PartnerPolicy> {
         self.partners.values()

@@ -36,6 +36,9 @@ pub enum TaxiiError {
     /// The TLS configuration could not be built.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// No random key could be drawn for the listings' `next`.
+    #[error("cannot draw a random key for TAXII page tokens")]
+    Random,
     /// The address could not be bound.
     #[error("cannot listen on {addr} (taxii.listen): {source}")]
     Bind {
@@ -107,7 +110,8 @@ impl TaxiiServer {
             source,
         })?;
         let shared = Arc::new(Shared {
-            handlers: Handlers::new(engine, &config.node.id, settings.max_body_bytes),
+            handlers: Handlers::new(engine, &config.node.id, settings.max_body_bytes)
+                .map_err(|_| TaxiiError::Random)?,
             directory,
             credentials: credentials.clone(),
             password_checks: Semaphore::new(PASSWORD_CHECKS),

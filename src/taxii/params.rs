@@ -63,10 +63,39 @@ impl Params {
                 .is_none_or(|versions| versions.iter().any(|v| v == "2.1"))
     }
 
-    /// Whether any object the node may hold (an indicator or a context object) passes
+    /// The query without `next` and `limit`, in one canonical text (what a `next` is
+    /// bound to): every other parameter as parsed, in a fixed order, each value
+    /// length-prefixed. A client may change `limit` from page to page (`taxii2-client`
+    /// does when a page holds more objects than it asked for).
+    pub fn scope(&self) -> String {
+        fn list(out: &mut String, name: &str, values: Option<&[String]>) {
+            out.push_str(name);
+            match values {
+                None => out.push('-'),
+                Some(values) => {
+                    for v in values {
+                        out.push_str(&format!("{}:{v}", v.len()));
+                    }
+                }
+            }
+            out.push(';');
+        }
+        let mut out = format!("added_after={:?};", self.added_after_ms);
+        list(&mut out, "id=", self.ids.as_deref());
+        list(&mut out, "type=", self.types.as_deref());
+        list(&mut out, "spec_version=", self.spec_versions.as_deref());
+        let exact: Vec<String> = self.version.exact.iter().map(i64::to_string).collect();
+        out.push_str(&format!("version_any={};", self.version.any));
+        list(&mut out, "version=", Some(&exact));
+        out
+    }
+
+    /// Whether any object the node serves (an indicator, a context object, or the
+    /// marking definitions, identities and extension definition they refer to) passes
     /// `match[type]` and `match[spec_version]`.
     pub fn admits_any(&self) -> bool {
-        std::iter::once("indicator")
+        ["indicator", "marking-definition", "identity", "extension-definition"]
+            .into_iter()
             .chain(
                 crate::model::IndicatorType::ALL
                     .into_iter()
@@ -240,7 +269,8 @@ mod tests {
         assert!(p.version.allows(1_735_689_600_001));
         let malware = parse(Some("match[type]=malware")).unwrap();
         assert!(!malware.admits("indicator") && malware.admits("malware") && malware.admits_any());
-        assert!(!parse(Some("match[type]=identity")).unwrap().admits_any());
+        assert!(parse(Some("match[type]=identity")).unwrap().admits_any());
+        assert!(!parse(Some("match[type]=vulnerability")).unwrap().admits_any());
         assert!(!parse(Some("match[spec_version]=2.0")).unwrap().admits_any());
         assert!(parse(None).unwrap().version.any);
     }
