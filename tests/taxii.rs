@@ -1346,3 +1346,99 @@ async fn taxii_serves_the_markings_and_origins_its_objects_refer_to_and_no_other
         .collect();
     assert_eq!(only, BTreeSet::from([GREEN.to_owned(), CLEAR.to_owned()]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taxii_pages_match_id_with_next_while_an_analyst_publishes() {
+    let pki = federation();
+    let config = write_config(&pki, false);
+    let node = serve_taxii(&config);
+    let researcher = tls(&pki, Some("researcher.uni-x"));
+    let analyst = tls(&pki, Some("analyst.soc"));
+    let cid = get(&analyst, node.taxii, "/api/collections/").await.json()["collections"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let objects = format!("/api/collections/{cid}/objects/");
+    let publish = |sent: Vec<Value>| {
+        let analyst = analyst.clone();
+        let path = objects.clone();
+        let addr = node.taxii;
+        async move {
+            let body = json!({ "objects": sent }).to_string();
+            let reply = send(
+                &analyst,
+                addr,
+                "POST",
+                &path,
+                &[("Accept", TAXII), ("Content-Type", TAXII)],
+                body.as_bytes(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(reply.status, 202);
+            assert_eq!(reply.json()["failure_count"], json!(0), "{}", reply.json());
+        }
+    };
+    let mut first: Vec<Value> = (1..=6).map(|n| indicator(n, GREEN)).collect();
+    first.push(indicator(7, AMBER));
+    first.push(indicator(8, AMBER));
+    publish(first).await;
+    // Visible, withheld and absent ids mixed; more than one page of them.
+    let asked = [
+        id_of(1),
+        id_of(7),
+        id_of(2),
+        "indicator--0f0f0f0f-0000-4000-8000-0f0f0f0f0f0f".to_owned(),
+        id_of(3),
+        id_of(8),
+        id_of(4),
+        id_of(5),
+        id_of(6),
+    ]
+    .join(",");
+    let mut seen = Vec::new();
+    let mut pages = Vec::new();
+    let mut next: Option<String> = None;
+    let mut round = 0;
+    loop {
+        let path = match &next {
+            None => format!("{objects}?match[id]={asked}&limit=2"),
+            Some(n) => format!("{objects}?match[id]={asked}&limit=2&next={n}"),
+        };
+        let reply = get(&researcher, node.taxii, &path).await;
+        assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+        let body = reply.json();
+        let ids = item_ids(&body);
+        assert!(ids.len() <= 2);
+        pages.push(ids.len());
+        seen.extend(ids);
+        // Between pages the analyst updates an indicator not reached yet and adds others.
+        round += 1;
+        let mut update = indicator(6, GREEN);
+        update["modified"] = json!(format!("2025-02-{:02}T00:00:00.000Z", round));
+        publish(vec![update, indicator(100 + round, GREEN)]).await;
+        match body["next"].as_str() {
+            Some(n) if body["more"] == json!(true) => next = Some(n.to_owned()),
+            _ => break,
+        }
+        assert!(round < 20, "paging does not end");
+    }
+    assert_eq!(seen, [1, 2, 3, 4, 5, 6].map(id_of));
+    assert_eq!(pages, [2, 2, 2]);
+    // The `next` of one list does not open for another.
+    let first = get(
+        &researcher,
+        node.taxii,
+        &format!("{objects}?match[id]={asked}&limit=2"),
+    )
+    .await
+    .json();
+    let foreign = first["next"].as_str().unwrap();
+    let other = get(
+        &researcher,
+        node.taxii,
+        &format!("{objects}?match[id]={}&limit=2&next={foreign}", id_of(1)),
+    )
+    .await;
+    assert_eq!(other.status, 400);
+}
