@@ -1442,3 +1442,58 @@ async fn taxii_pages_match_id_with_next_while_an_analyst_publishes() {
     .await;
     assert_eq!(other.status, 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taxii_basic_credentials_are_turned_on_changed_and_off_by_a_reload() {
+    let pki = federation();
+    let config = write_config(&pki, false);
+    let node = serve_taxii(&config);
+    let anonymous = tls(&pki, None);
+    let ask = |password: &'static str| {
+        let anonymous = anonymous.clone();
+        let addr = node.taxii;
+        async move {
+            let credentials = basic("siem.soc", password);
+            match send(
+                &anonymous,
+                addr,
+                "GET",
+                "/api/collections/",
+                &[("Accept", TAXII), ("Authorization", &credentials)],
+                b"",
+            )
+            .await
+            {
+                Ok(reply) => reply.status,
+                // No answer: the connection was closed after its handshake.
+                Err(_) => 0,
+            }
+        }
+    };
+    // Started without Basic: a connection without a certificate gets no answer.
+    assert_eq!(ask(SIEM_PASSWORD).await, 0);
+    // Turned on by a reload, without a restart.
+    write_config(&pki, true);
+    reload(&node);
+    wait_for(|| async { ask(SIEM_PASSWORD).await == 200 }).await;
+    assert_eq!(ask("another password 22").await, 401);
+    // The password is changed: the old one stops working, the new one works.
+    let new_hash = hash_password("another password 22");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let old_hash = std::fs::read_to_string(pki.path().join("siem.hash")).unwrap();
+    std::fs::write(&config, text.replace(&old_hash, &new_hash)).unwrap();
+    reload(&node);
+    wait_for(|| async { ask("another password 22").await == 200 }).await;
+    assert_eq!(ask(SIEM_PASSWORD).await, 401);
+    // Turned off again: no answer without a certificate; certificates still work.
+    write_config(&pki, false);
+    reload(&node);
+    wait_for(|| async { ask("another password 22").await == 0 }).await;
+    let researcher = tls(&pki, Some("researcher.uni-x"));
+    assert_eq!(
+        get(&researcher, node.taxii, "/api/collections/")
+            .await
+            .status,
+        200
+    );
+}
