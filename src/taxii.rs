@@ -10,6 +10,7 @@ mod handlers;
 mod listener;
 mod next;
 pub(crate) mod params;
+mod statuses;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};

@@ -1497,3 +1497,52 @@ async fn taxii_basic_credentials_are_turned_on_changed_and_off_by_a_reload() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taxii_statuses_outlive_a_restart_for_their_writer_only() {
+    let pki = federation();
+    let config = write_config(&pki, false);
+    let node = serve_taxii(&config);
+    let analyst = tls(&pki, Some("analyst.soc"));
+    let researcher = tls(&pki, Some("researcher.uni-x"));
+    let cid = get(&analyst, node.taxii, "/api/collections/").await.json()["collections"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let objects = format!("/api/collections/{cid}/objects/");
+    let mut statuses = Vec::new();
+    for n in 1..=3 {
+        let body = json!({ "objects": [indicator(n, GREEN)] }).to_string();
+        let reply = send(
+            &analyst,
+            node.taxii,
+            "POST",
+            &objects,
+            &[("Accept", TAXII), ("Content-Type", TAXII)],
+            body.as_bytes(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply.status, 202);
+        statuses.push(reply.json());
+    }
+    // The node is killed (no shutdown) and started again on the same data.
+    drop(node);
+    let node = serve_taxii(&config);
+    let absent = get(
+        &analyst,
+        node.taxii,
+        "/api/status/0f0f0f0f-0000-4000-8000-0f0f0f0f0f0f/",
+    )
+    .await;
+    assert_eq!(absent.status, 404);
+    for status in &statuses {
+        let path = format!("/api/status/{}/", status["id"].as_str().unwrap());
+        let kept = get(&analyst, node.taxii, &path).await;
+        assert_eq!(kept.status, 200);
+        assert_eq!(&kept.json(), status);
+        // Another client's status looks exactly like one that does not exist.
+        let other = get(&researcher, node.taxii, &path).await;
+        assert_eq!((other.status, &other.body), (404, &absent.body));
+    }
+}

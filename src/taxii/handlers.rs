@@ -3,8 +3,8 @@
 //! the request, converts it, calls the engine, and converts the answer; the engine
 //! decides what the caller may see or write and records every disclosure.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use super::next::{Cursor, NextTokens, Scope, Session};
 use super::params::{self, Params, format_timestamp};
+use super::statuses::Statuses;
 use crate::engine::{Engine, EngineError, now_ms};
 use crate::interop::{Defaults, InputFormat, parse_input, to_stix_from};
 use crate::model::{Distribution, ItemId, NodeId, Partner, PartnerKind, Role};
@@ -33,8 +34,6 @@ pub const MAX_POST_OBJECTS: usize = 10_000;
 /// a body takes (`[]` is two bytes of text and 32 or more in memory), and the envelope is
 /// held while its objects are read a second time as STIX.
 const MAX_POST_VALUES: usize = 500_000;
-/// Bytes of status resources kept in memory; the oldest go first.
-const STATUS_BYTES: usize = 16 * 1024 * 1024;
 /// Time a client has to send a request body.
 const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// The API root's path.
@@ -70,14 +69,8 @@ pub struct Handlers {
     max_body_bytes: usize,
     /// Seals the `next` of listings.
     next_tokens: NextTokens,
-    /// Status resources of recent writes: (status id, the caller it belongs to, JSON).
-    statuses: Mutex<StatusRing>,
-}
-
-#[derive(Default)]
-struct StatusRing {
-    entries: VecDeque<(String, NodeId, Bytes)>,
-    bytes: usize,
+    /// Status resources of recent writes.
+    statuses: Arc<Statuses>,
 }
 
 type Answer = Response<Full<Bytes>>;
@@ -122,12 +115,12 @@ impl Handlers {
         max_body_bytes: usize,
     ) -> Result<Self, ring::error::Unspecified> {
         Ok(Self {
-            engine,
+            engine: engine.clone(),
             node: node.clone(),
             collection_id: collection_id(node),
             max_body_bytes,
             next_tokens: NextTokens::new()?,
-            statuses: Mutex::new(StatusRing::default()),
+            statuses: Arc::new(Statuses::load(engine.store().clone(), now_ms())),
         })
     }
 
@@ -633,43 +626,36 @@ impl Handlers {
                 Err(_) => return internal(),
             }
         }
-        if let Err(e) = self.engine.flush().await {
-            tracing::error!(error = %e, "TAXII publish: flush failed");
-            return internal();
-        }
-        drop(slot);
         let status = status_resource(&objects, &parsed, &outcomes, request_ms);
-        tracing::info!(publisher = %caller.partner.id, stored = outcomes.iter().filter(|o| o.is_ok()).count(), "published through TAXII");
         let bytes = Bytes::from(status.to_string());
         let id = status
             .get("id")
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned();
-        {
-            let mut ring = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
-            ring.bytes += bytes.len();
-            ring.entries
-                .push_back((id, caller.partner.id.clone(), bytes.clone()));
-            while ring.bytes > STATUS_BYTES {
-                match ring.entries.pop_front() {
-                    Some((_, _, old)) => ring.bytes -= old.len(),
-                    None => break,
-                }
-            }
+        // The status is kept before the flush, so it is durable when the write is.
+        let kept = {
+            let bytes = bytes.clone();
+            let owner = caller.partner.id.clone();
+            let statuses = self.statuses.clone();
+            tokio::task::spawn_blocking(move || statuses.keep(&id, &owner, bytes, now_ms())).await
+        };
+        if kept.is_err() {
+            return internal();
         }
+        if let Err(e) = self.engine.flush().await {
+            tracing::error!(error = %e, "TAXII publish: flush failed");
+            return internal();
+        }
+        drop(slot);
+        tracing::info!(publisher = %caller.partner.id, stored = outcomes.iter().filter(|o| o.is_ok()).count(), "published through TAXII");
         raw_taxii(StatusCode::ACCEPTED, bytes)
     }
 
     /// A status resource of the caller's own write; anyone else's is not found.
     fn status(&self, caller: &Caller, id: &str) -> Answer {
-        let ring = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
-        match ring
-            .entries
-            .iter()
-            .find(|(sid, owner, _)| sid == id && owner == &caller.partner.id)
-        {
-            Some((_, _, bytes)) => raw_taxii(StatusCode::OK, bytes.clone()),
+        match self.statuses.get(id, &caller.partner.id, now_ms()) {
+            Some(bytes) => raw_taxii(StatusCode::OK, bytes),
             None => error(StatusCode::NOT_FOUND, "Not Found", "no such status"),
         }
     }
