@@ -1546,3 +1546,63 @@ async fn taxii_statuses_outlive_a_restart_for_their_writer_only() {
         assert_eq!((other.status, &other.body), (404, &absent.body));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taxii_delete_is_refused_with_the_way_to_revoke() {
+    let pki = federation();
+    let config = write_config(&pki, false);
+    let node = serve_taxii(&config);
+    let analyst = tls(&pki, Some("analyst.soc"));
+    let researcher = tls(&pki, Some("researcher.uni-x"));
+    let cid = get(&analyst, node.taxii, "/api/collections/").await.json()["collections"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let objects = format!("/api/collections/{cid}/objects/");
+    let body = json!({ "objects": [indicator(1, GREEN), indicator(2, AMBER)] }).to_string();
+    let reply = send(
+        &analyst,
+        node.taxii,
+        "POST",
+        &objects,
+        &[("Accept", TAXII), ("Content-Type", TAXII)],
+        body.as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 202);
+    let delete = |who: Arc<rustls::ClientConfig>, id: String| {
+        let path = format!("{objects}{id}/");
+        let addr = node.taxii;
+        async move {
+            send(&who, addr, "DELETE", &path, &[("Accept", TAXII)], b"")
+                .await
+                .unwrap()
+        }
+    };
+    let refused = delete(analyst.clone(), id_of(1)).await;
+    assert_eq!(refused.status, 405);
+    assert_eq!(refused.header("allow"), Some("GET"));
+    assert!(
+        refused.json()["description"]
+            .as_str()
+            .unwrap()
+            .contains("revoked")
+    );
+    // The object is still there.
+    assert_eq!(
+        get(&analyst, node.taxii, &format!("{objects}{}/", id_of(1)))
+            .await
+            .status,
+        200
+    );
+    // Held, withheld and absent ids get the same answer.
+    let withheld = delete(researcher.clone(), id_of(2)).await;
+    let absent = delete(
+        researcher.clone(),
+        "indicator--0f0f0f0f-0000-4000-8000-0f0f0f0f0f0f".into(),
+    )
+    .await;
+    assert_eq!((withheld.status, &withheld.body), (405, &refused.body));
+    assert_eq!((absent.status, &absent.body), (405, &refused.body));
+}

@@ -160,10 +160,28 @@ impl Handlers {
             Route::Objects(c) if collection(c) && method == Method::POST => {
                 self.add_objects(caller, &parts.headers, body).await
             }
-            _ if method != Method::GET => error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "Method Not Allowed",
-                "this resource is read with GET (objects are added with POST)",
+            // TAXII's Delete An Object is not offered: what a node published is signed
+            // and replicated, and is withdrawn by revoking it, which every node holding
+            // it follows. Answered alike for any id, held, withheld or absent.
+            Route::Object(..) if method == Method::DELETE => with_allow(
+                error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "Method Not Allowed",
+                    "objects are not deleted: revoke an indicator instead, by adding a new version with \"revoked\": true (POST to the objects resource) or with entente revoke",
+                ),
+                "GET",
+            ),
+            _ if method != Method::GET => with_allow(
+                error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "Method Not Allowed",
+                    "this resource is read with GET (objects are added with POST)",
+                ),
+                if matches!(route, Route::Objects(_)) {
+                    "GET, POST"
+                } else {
+                    "GET"
+                },
             ),
             Route::Discovery => self.discovery(&parts.headers),
             Route::ApiRoot => self.api_root(),
@@ -855,6 +873,14 @@ fn raw_taxii(status: StatusCode, body: Bytes) -> Answer {
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(TAXII_MEDIA_TYPE));
+    response
+}
+
+/// Adds the `Allow` header a 405 carries.
+fn with_allow(mut response: Answer, methods: &'static str) -> Answer {
+    response
+        .headers_mut()
+        .insert(http::header::ALLOW, HeaderValue::from_static(methods));
     response
 }
 
