@@ -1239,7 +1239,12 @@ async fn taxii_serves_the_markings_and_origins_its_objects_refer_to_and_no_other
     publish(vec![indicator(1, AMBER), indicator(2, AMBER)]).await;
     let seen = listing(&researcher, &node, &objects, 1).await;
     assert!(seen.ids.is_empty() && seen.supporting.is_empty());
-    let absent = get(&researcher, node.taxii, &format!("{objects}{absent_object}/")).await;
+    let absent = get(
+        &researcher,
+        node.taxii,
+        &format!("{objects}{absent_object}/"),
+    )
+    .await;
     assert_eq!(absent.status, 404);
     for id in [
         hq_identity.as_str(),
@@ -1262,7 +1267,10 @@ async fn taxii_serves_the_markings_and_origins_its_objects_refer_to_and_no_other
     let by_ids = get(
         &researcher,
         node.taxii,
-        &format!("{objects}?match[id]={hq_identity},{GREEN},{AMBER},{}", id_of(1)),
+        &format!(
+            "{objects}?match[id]={hq_identity},{GREEN},{AMBER},{}",
+            id_of(1)
+        ),
     )
     .await
     .json();
@@ -1277,11 +1285,18 @@ async fn taxii_serves_the_markings_and_origins_its_objects_refer_to_and_no_other
         .iter()
         .map(|o| o["id"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(kinds, BTreeSet::from([AMBER.to_owned(), hq_identity.clone()]));
     assert_eq!(
-        get(&analyst, node.taxii, &format!("{objects}{berlin_identity}/"))
-            .await
-            .status,
+        kinds,
+        BTreeSet::from([AMBER.to_owned(), hq_identity.clone()])
+    );
+    assert_eq!(
+        get(
+            &analyst,
+            node.taxii,
+            &format!("{objects}{berlin_identity}/")
+        )
+        .await
+        .status,
         404
     );
 
@@ -1289,7 +1304,12 @@ async fn taxii_serves_the_markings_and_origins_its_objects_refer_to_and_no_other
     // this node, with the definitions of their markings and of the revocation's
     // properties.
     let mut revoked = indicator(5, GREEN);
-    publish(vec![indicator(3, GREEN), indicator(4, CLEAR), revoked.clone()]).await;
+    publish(vec![
+        indicator(3, GREEN),
+        indicator(4, CLEAR),
+        revoked.clone(),
+    ])
+    .await;
     revoked["modified"] = json!("2025-01-03T00:00:00.000Z");
     revoked["revoked"] = json!(true);
     publish(vec![revoked]).await;
@@ -1406,7 +1426,12 @@ async fn taxii_pages_match_id_with_next_while_an_analyst_publishes() {
             Some(n) => format!("{objects}?match[id]={asked}&limit=2&next={n}"),
         };
         let reply = get(&researcher, node.taxii, &path).await;
-        assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
         let body = reply.json();
         let ids = item_ids(&body);
         assert!(ids.len() <= 2);
@@ -1605,4 +1630,146 @@ async fn taxii_delete_is_refused_with_the_way_to_revoke() {
     .await;
     assert_eq!((withheld.status, &withheld.body), (405, &refused.body));
     assert_eq!((absent.status, &absent.body), (405, &refused.body));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taxii_serves_the_old_versions_held_that_the_caller_may_see() {
+    let pki = federation();
+    let config = write_config(&pki, false);
+    let node = serve_taxii(&config);
+    let researcher = tls(&pki, Some("researcher.uni-x"));
+    let analyst = tls(&pki, Some("analyst.soc"));
+    let cid = get(&analyst, node.taxii, "/api/collections/").await.json()["collections"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let objects = format!("/api/collections/{cid}/objects/");
+    let publish = |sent: Value| {
+        let analyst = analyst.clone();
+        let path = objects.clone();
+        let addr = node.taxii;
+        async move {
+            let body = json!({ "objects": [sent] }).to_string();
+            let reply = send(
+                &analyst,
+                addr,
+                "POST",
+                &path,
+                &[("Accept", TAXII), ("Content-Type", TAXII)],
+                body.as_bytes(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(reply.status, 202);
+            assert_eq!(reply.json()["failure_count"], json!(0), "{}", reply.json());
+        }
+    };
+    let version = |n: usize, marking: &str, day: u32| {
+        let mut object = indicator(n, marking);
+        object["modified"] = json!(format!("2025-01-{day:02}T00:00:00.000Z"));
+        object
+    };
+    let day = |d: u32| format!("2025-01-{d:02}T00:00:00.000Z");
+    // Indicator 1: two GREEN versions. Indicator 2: AMBER, then lowered to GREEN.
+    publish(version(1, GREEN, 2)).await;
+    publish(version(1, GREEN, 3)).await;
+    publish(version(2, AMBER, 2)).await;
+    publish(version(2, GREEN, 3)).await;
+    let versions = |who: &Arc<rustls::ClientConfig>, n: usize, query: &str| {
+        let who = who.clone();
+        let path = format!("{objects}{}/versions/{query}", id_of(n));
+        let addr = node.taxii;
+        async move { get(&who, addr, &path).await }
+    };
+    let object_versions = |who: &Arc<rustls::ClientConfig>, n: usize, query: &str| {
+        let who = who.clone();
+        let path = format!("{objects}{}/{query}", id_of(n));
+        let addr = node.taxii;
+        async move {
+            let reply = get(&who, addr, &path).await;
+            if reply.status != 200 {
+                return (reply.status, Vec::new());
+            }
+            let listed: Vec<String> = reply.json()["objects"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["modified"].as_str().unwrap().to_owned())
+                .collect();
+            (200, listed)
+        }
+    };
+    assert_eq!(
+        versions(&researcher, 1, "").await.json()["versions"],
+        json!([day(2), day(3)])
+    );
+    assert_eq!(
+        object_versions(&researcher, 1, "?match[version]=all").await,
+        (200, vec![day(2), day(3)])
+    );
+    assert_eq!(
+        object_versions(&researcher, 1, "?match[version]=first").await,
+        (200, vec![day(2)])
+    );
+    assert_eq!(
+        object_versions(&researcher, 1, "").await,
+        (200, vec![day(3)])
+    );
+    assert_eq!(
+        object_versions(&researcher, 1, &format!("?match[version]={}", day(2))).await,
+        (200, vec![day(2)])
+    );
+    assert_eq!(
+        object_versions(&researcher, 1, "?match[version]=first,last").await,
+        (200, vec![day(2), day(3)])
+    );
+    // The AMBER version of indicator 2 is not the researcher's: it looks absent.
+    assert_eq!(
+        versions(&researcher, 2, "").await.json()["versions"],
+        json!([day(3)])
+    );
+    assert_eq!(
+        object_versions(&researcher, 2, "?match[version]=first").await,
+        (200, vec![day(3)])
+    );
+    assert_eq!(
+        object_versions(&researcher, 2, &format!("?match[version]={}", day(2))).await,
+        (404, vec![])
+    );
+    assert_eq!(
+        versions(&analyst, 2, "").await.json()["versions"],
+        json!([day(2), day(3)])
+    );
+    // Indicator 1 raised to AMBER: none of its versions is the researcher's now, and
+    // nothing tells it the id is held.
+    publish(version(1, AMBER, 4)).await;
+    let absent = get(
+        &researcher,
+        node.taxii,
+        &format!("{objects}indicator--0f0f0f0f-0000-4000-8000-0f0f0f0f0f0f/versions/"),
+    )
+    .await;
+    let withheld = versions(&researcher, 1, "").await;
+    assert_eq!((withheld.status, &withheld.body), (404, &absent.body));
+    assert_eq!(
+        object_versions(&researcher, 1, "?match[version]=all").await,
+        (404, vec![])
+    );
+    // The analyst sees the three, paged.
+    let first = versions(&analyst, 1, "?limit=2").await.json();
+    assert_eq!(first["versions"], json!([day(2), day(3)]));
+    assert_eq!(first["more"], json!(true));
+    let next = first["next"].as_str().unwrap();
+    let rest = versions(&analyst, 1, &format!("?limit=2&next={next}"))
+        .await
+        .json();
+    assert_eq!(rest["versions"], json!([day(4)]));
+    assert_eq!(rest["more"], json!(false));
+    // The same `next` does not open for the researcher.
+    assert_eq!(
+        versions(&researcher, 1, &format!("?limit=2&next={next}"))
+            .await
+            .status,
+        400
+    );
 }

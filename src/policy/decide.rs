@@ -645,6 +645,41 @@ impl Policy {
         self.decide_at(partner, item, ctx, 0)
     }
 
+    /// The decision for a superseded version of an item that a client asks for by the
+    /// item's id (TAXII's object and versions resources), with `latest` the latest
+    /// version held and `latest_ctx` its context. Rule 6 gives way only there, and only
+    /// for a client (or the node's own operator) that may see the latest version now, so
+    /// an old version never tells a caller that an id is held when the latest version
+    /// is withheld from it (a marking raised since, a tag added); and the old version
+    /// must itself pass every other rule (its own marking, types, tags and references),
+    /// so a marking lowered since discloses nothing of what the old version was.
+    pub fn decide_superseded(
+        &self,
+        partner: &NodeId,
+        version: &Item,
+        ctx: &Context<'_>,
+        latest: &Item,
+        latest_ctx: &Context<'_>,
+    ) -> Decision {
+        let current = self.decide(partner, latest, latest_ctx);
+        if !current.allowed() {
+            return current;
+        }
+        if partner != &self.node
+            && self
+                .partners
+                .get(partner)
+                .is_none_or(|p| p.kind != PartnerKind::Client)
+        {
+            return Decision::withhold(Rule::Superseded);
+        }
+        let own = Context {
+            latest: true,
+            ..ctx.clone()
+        };
+        self.decide(partner, version, &own)
+    }
+
     /// Rule 7: a relationship only if the partner may see both its ends (held here), a
     /// report only if it may see every object it references that is held here, and any
     /// item only if the partner may see every held item whose id its properties carry

@@ -483,31 +483,103 @@ impl Handlers {
             Ok(None) => {}
             Err(answer) => return answer,
         }
-        let Ok(id) = ItemId::parse(id) else {
+        let Ok(item_id) = ItemId::parse(id) else {
             return object_not_found();
         };
-        let found = match self.engine.get(&caller.partner, &id).await {
-            Ok(found) => found,
-            Err(e) => return engine_error(&e),
-        };
-        let Some(stored) = found.filter(|s| {
-            params.admits(s.item.id.stix_type())
-                && (versions || params.version.allows(s.item.modified_ms))
-                && params
-                    .added_after_ms
-                    .is_none_or(|after| s.accepted_ms > after)
-        }) else {
-            return object_not_found();
-        };
-        let body = if versions {
-            json!({ "more": false, "versions": [format_timestamp(stored.item.modified_ms)] })
-        } else {
-            json!({
+        // The latest version alone is what `Engine::get` gives; older versions, and the
+        // versions resource, read every version held.
+        if !versions && params.version.latest_only() && params.next.is_none() {
+            let found = match self.engine.get(&caller.partner, &item_id).await {
+                Ok(found) => found,
+                Err(e) => return engine_error(&e),
+            };
+            let Some(stored) = found.filter(|s| self.passes(params, s)) else {
+                return object_not_found();
+            };
+            let body = json!({
                 "more": false,
                 "objects": [to_stix_from(&stored.item, Some(stored.origin.as_str()))],
-            })
+            });
+            return with_dates(taxii(StatusCode::OK, &body), std::slice::from_ref(&stored));
+        }
+        let path = if versions {
+            "taxii-versions"
+        } else {
+            "taxii-object"
         };
-        with_dates(taxii(StatusCode::OK, &body), std::slice::from_ref(&stored))
+        let scope_text = format!("{}id={id};", params.scope());
+        let scope = Scope {
+            caller: &caller.partner.id,
+            path,
+            query: &scope_text,
+        };
+        let offset = match &params.next {
+            None => 0,
+            Some(next) => match self.next_tokens.open(&scope, next).map(|s| s.cursor) {
+                Some(Cursor::Ids(at)) => at,
+                _ => return bad_next(),
+            },
+        };
+        let engine = self.engine.clone();
+        let partner = caller.partner.clone();
+        let filter = params.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            engine.versions_blocking(&partner, &item_id, path, |visible| {
+                let visible: Vec<StoredItem> = visible
+                    .into_iter()
+                    .filter(|s| {
+                        filter.admits(s.item.id.stix_type())
+                            && filter
+                                .added_after_ms
+                                .is_none_or(|after| s.accepted_ms > after)
+                    })
+                    .collect();
+                let chosen = if versions {
+                    visible
+                } else {
+                    filter.version.select(visible, |s| s.item.modified_ms)
+                };
+                let total = chosen.len();
+                let page: Vec<StoredItem> =
+                    chosen.into_iter().skip(offset).take(filter.limit).collect();
+                let more = offset + page.len() < total;
+                (page, (more, total))
+            })
+        })
+        .await;
+        let (page, (more, total)) = match read {
+            Ok(Ok(read)) => read,
+            Ok(Err(e)) => return engine_error(&e),
+            Err(_) => return internal(),
+        };
+        if total == 0 {
+            return object_not_found();
+        }
+        let mut body = serde_json::Map::new();
+        body.insert("more".into(), json!(more));
+        if more {
+            let session = Session::start(Cursor::Ids(offset + page.len()));
+            match self.next_tokens.seal(&scope, &session) {
+                Some(next) => {
+                    body.insert("next".into(), json!(next));
+                }
+                None => return internal(),
+            }
+        }
+        if versions {
+            let listed: Vec<String> = page
+                .iter()
+                .map(|s| format_timestamp(s.item.modified_ms))
+                .collect();
+            body.insert("versions".into(), json!(listed));
+        } else {
+            let objects: Vec<Value> = page
+                .iter()
+                .map(|s| to_stix_from(&s.item, Some(s.origin.as_str())))
+                .collect();
+            body.insert("objects".into(), Value::Array(objects));
+        }
+        with_dates(taxii(StatusCode::OK, &Value::Object(body)), &page)
     }
 
     /// Adds objects: the envelope's indicators are read by the STIX import, signed and

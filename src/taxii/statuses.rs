@@ -81,7 +81,8 @@ impl Status {
     }
 
     fn live(&self, now_ms: i64) -> bool {
-        now_ms.saturating_sub(self.at_ms) < LIFETIME_MS && self.at_ms <= now_ms.saturating_add(LIFETIME_MS)
+        now_ms.saturating_sub(self.at_ms) < LIFETIME_MS
+            && self.at_ms <= now_ms.saturating_add(LIFETIME_MS)
     }
 }
 
@@ -126,7 +127,9 @@ impl Statuses {
                             kept.push(status);
                         }
                     }
-                    None => tracing::warn!(slot, "a kept TAXII status does not decode; passed over"),
+                    None => {
+                        tracing::warn!(slot, "a kept TAXII status does not decode; passed over")
+                    }
                 },
                 Ok(None) => {}
                 Err(error) => {
