@@ -802,15 +802,16 @@ async fn taxii_authority_follows_a_reload() {
                 b"",
             )
             .await
-            .unwrap()
-            .status
+            // No answer: the connection was closed after its handshake.
+            .map_or(0, |reply| reply.status)
         }
     };
     assert_eq!(ask().await, 200);
-    // The operator removes the credentials and reloads: they stop working.
+    // The operator removes the credentials and reloads: they stop working (without
+    // Basic credentials in force, a connection without a certificate gets no answer).
     write_config(&pki, false);
     reload(&node);
-    wait_for(|| async { ask().await == 401 }).await;
+    wait_for(|| async { ask().await == 0 }).await;
     // A certificate still works.
     let researcher = tls(&pki, Some("researcher.uni-x"));
     assert_eq!(
