@@ -108,7 +108,10 @@ impl Params {
             }
             out.push(';');
         }
-        let mut out = format!("added_after={:?};", self.added_after_ms);
+        let mut out = match self.added_after_ms {
+            Some(ms) => format!("added_after={ms};"),
+            None => "added_after-;".to_owned(),
+        };
         list(&mut out, "id=", self.ids.as_deref());
         list(&mut out, "type=", self.types.as_deref());
         list(&mut out, "spec_version=", self.spec_versions.as_deref());
