@@ -513,10 +513,12 @@ impl Handlers {
             path,
             query: &scope_text,
         };
-        let offset = match &params.next {
-            None => 0,
+        // Versions are strictly increasing, so a page goes on after the last version
+        // served (which holds when a compaction drops older ones).
+        let after = match &params.next {
+            None => None,
             Some(next) => match self.next_tokens.open(&scope, next).map(|s| s.cursor) {
-                Some(Cursor::Ids(at)) => at,
+                Some(Cursor::After(ms)) => Some(ms),
                 _ => return bad_next(),
             },
         };
@@ -540,10 +542,13 @@ impl Handlers {
                     filter.version.select(visible, |s| s.item.modified_ms)
                 };
                 let total = chosen.len();
-                let page: Vec<StoredItem> =
-                    chosen.into_iter().skip(offset).take(filter.limit).collect();
-                let more = offset + page.len() < total;
-                (page, (more, total))
+                let mut rest: Vec<StoredItem> = chosen
+                    .into_iter()
+                    .filter(|s| after.is_none_or(|after| s.item.modified_ms > after))
+                    .collect();
+                let more = rest.len() > filter.limit;
+                rest.truncate(filter.limit);
+                (rest, (more, total))
             })
         })
         .await;
@@ -557,8 +562,8 @@ impl Handlers {
         }
         let mut body = serde_json::Map::new();
         body.insert("more".into(), json!(more));
-        if more {
-            let session = Session::start(Cursor::Ids(offset + page.len()));
+        if let (true, Some(last)) = (more, page.last()) {
+            let session = Session::start(Cursor::After(last.item.modified_ms));
             match self.next_tokens.seal(&scope, &session) {
                 Some(next) => {
                     body.insert("next".into(), json!(next));

@@ -21,6 +21,7 @@ const MAX_ENGINE_TOKEN: usize = 128;
 
 const KIND_ENGINE: u8 = 1;
 const KIND_IDS: u8 = 2;
+const KIND_AFTER: u8 = 3;
 /// Bit of the flags byte: the revocation extension's objects were served.
 const REVOCATION_EXTENSION_SENT: u8 = 0x80;
 
@@ -31,6 +32,9 @@ pub enum Cursor {
     Engine(Vec<u8>),
     /// The next place in the caller's `match[id]` list.
     Ids(usize),
+    /// After this version (ms since the epoch) of one object: an object's versions are
+    /// strictly increasing, so the place holds when a compaction drops older ones.
+    After(i64),
 }
 
 /// What a listing has served so far, and where it goes on from.
@@ -110,6 +114,7 @@ impl Session {
                 out.push(KIND_ENGINE);
             }
             Cursor::Ids(_) => out.push(KIND_IDS),
+            Cursor::After(_) => out.push(KIND_AFTER),
         }
         out.push(self.flags);
         out.push(u8::try_from(self.origins.len()).ok()?);
@@ -119,6 +124,7 @@ impl Session {
         match &self.cursor {
             Cursor::Engine(token) => out.extend_from_slice(token),
             Cursor::Ids(at) => out.extend_from_slice(&u32::try_from(*at).ok()?.to_be_bytes()),
+            Cursor::After(ms) => out.extend_from_slice(&ms.to_be_bytes()),
         }
         Some(out)
     }
@@ -139,6 +145,7 @@ impl Session {
         let cursor = match kind {
             KIND_ENGINE if rest.len() <= MAX_ENGINE_TOKEN => Cursor::Engine(rest.to_vec()),
             KIND_IDS => Cursor::Ids(u32::from_be_bytes(rest.try_into().ok()?) as usize),
+            KIND_AFTER => Cursor::After(i64::from_be_bytes(rest.try_into().ok()?)),
             _ => return None,
         };
         Some(Self {
@@ -280,5 +287,11 @@ mod tests {
         let ids = Session::start(Cursor::Ids(42));
         let next = tokens.seal(&scope, &ids).unwrap();
         assert_eq!(tokens.open(&scope, &next).unwrap().cursor, Cursor::Ids(42));
+        let after = Session::start(Cursor::After(-5));
+        let next = tokens.seal(&scope, &after).unwrap();
+        assert_eq!(
+            tokens.open(&scope, &next).unwrap().cursor,
+            Cursor::After(-5)
+        );
     }
 }
