@@ -895,6 +895,75 @@ impl Engine {
         Ok(found)
     }
 
+    /// Most versions of one item [`Engine::versions_blocking`] reads.
+    pub const MAX_VERSIONS: usize = 1000;
+
+    /// Every version of `id` that the node holds and `partner` may see, oldest first
+    /// (at most [`Self::MAX_VERSIONS`], the newest): the latest as [`Engine::get`]
+    /// decides it, and each superseded one by [`Policy::decide_superseded`] (only while
+    /// the latest may be seen, and only if the old version passes every other rule
+    /// itself). Withheld and absent versions are alike left out. `select` then picks
+    /// what is delivered (the caller's filters and page), which is recorded in the
+    /// ledger on `path` before it is returned. Reads every item slot held (no index
+    /// lists an id's old versions). From a blocking thread.
+    pub fn versions_blocking<T>(
+        &self,
+        partner: &Partner,
+        id: &ItemId,
+        path: &str,
+        select: impl FnOnce(Vec<StoredItem>) -> (Vec<StoredItem>, T),
+    ) -> Result<(Vec<StoredItem>, T), EngineError> {
+        let policy = self.policy();
+        let now = now_ms();
+        let latest = self.store.get(id)?.filter(|latest| {
+            self.decide_stored(&policy, &partner.id, latest, now, true)
+                .allowed()
+        });
+        let Some(latest) = latest else {
+            return Ok(select(Vec::new()));
+        };
+        let held = StoreHeld(self.store.as_ref());
+        fn context<'a>(
+            stored: &'a StoredItem,
+            latest: bool,
+            now_ms: i64,
+            held: &'a dyn crate::policy::Held,
+        ) -> Context<'a> {
+            Context {
+                origin: &stored.origin,
+                hops: stored.hops,
+                distribution: None,
+                accepted_ms: stored.accepted_ms,
+                now_ms,
+                latest,
+                include_expired: true,
+                held,
+            }
+        }
+        let mut visible = Vec::new();
+        for version in self.store.versions(id, Self::MAX_VERSIONS)? {
+            let is_latest = version.bundle_id == latest.bundle_id && version.index == latest.index;
+            let allowed = is_latest
+                || policy
+                    .decide_superseded(
+                        &partner.id,
+                        &version.item,
+                        &context(&version, false, now, &held),
+                        &latest.item,
+                        &context(&latest, true, now, &held),
+                    )
+                    .allowed();
+            if allowed {
+                visible.push(version);
+            }
+        }
+        let (delivered, extra) = select(visible);
+        if let Some(ticket) = self.record_delivery(&policy, &partner.id, path, &delivered)? {
+            ticket.written_blocking()?;
+        }
+        Ok((delivered, extra))
+    }
+
     /// For `policy explain`: the item `id` as `caller` may see it, and the decision for
     /// `partner` (for a peer node, with the bundle's signed distribution, as federation
     /// pull makes it). The caller's own policy decides first: an item it may not see is
@@ -1014,6 +1083,30 @@ impl Engine {
             None => None,
         };
         Ok(page)
+    }
+
+    /// Whether `partner` may see at least one item that `origin` published, judged by
+    /// the policy in force like every item a query returns (expired ones included, as a
+    /// TAXII collection holds them). Nothing is disclosed, so nothing is recorded; a scan
+    /// that ends before it finds one (at most [`Self::QUERY_CALLS`] store calls) says
+    /// `false`, so an origin is never claimed on a guess. From a blocking thread.
+    pub fn sees_any_from(&self, partner: &Partner, origin: &NodeId) -> Result<bool, EngineError> {
+        let query = ItemQuery {
+            origin: Some(origin.clone()),
+            include_expired: true,
+            ..ItemQuery::default()
+        };
+        let policy = self.policy();
+        let page = self.query_page(
+            &policy,
+            partner,
+            "taxii-origin",
+            &query,
+            &[],
+            PageLimit::items(1),
+            now_ms(),
+        )?;
+        Ok(!page.items.is_empty())
     }
 
     /// A page for a client path (`query`, `export`, TAXII), counted against the

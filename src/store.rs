@@ -535,6 +535,13 @@ pub enum LedgerCheck {
     },
 }
 
+/// The name a TAXII status slot is kept under among the feed checkpoints: it starts
+/// with a character no feed name has (`a-z`, `0-9`, `-`, `_`), so no feed can read or
+/// overwrite it.
+fn taxii_status_key(slot: u32) -> String {
+    format!("#taxii-status/{slot}")
+}
+
 /// The node's durable state.
 pub trait Store: Send + Sync {
     /// The id of the node that owns the store.
@@ -555,6 +562,14 @@ pub trait Store: Send + Sync {
 
     /// The latest version held of an item.
     fn get(&self, id: &ItemId) -> Result<Option<StoredItem>, StoreError>;
+
+    /// Every version held of an item, oldest first (superseded versions stay in the log
+    /// until a compaction removes them), at most the `limit` newest. By default the
+    /// latest only.
+    fn versions(&self, id: &ItemId, limit: usize) -> Result<Vec<StoredItem>, StoreError> {
+        let _ = limit;
+        Ok(self.get(id)?.into_iter().collect())
+    }
 
     /// Items matching `query` that `visible` admits, after the cursor `after`, within
     /// `limit`. Scans a bounded number of entries per call.
@@ -604,6 +619,19 @@ pub trait Store: Send + Sync {
     /// Records the checkpoint of the external feed `name`. Call it after the items it
     /// counts were flushed; it is durable with the next flush.
     fn set_feed_checkpoint(&self, name: &str, checkpoint: &[u8]) -> Result<(), StoreError>;
+
+    /// The TAXII status resource kept in slot `slot` (`None` when none): the listener
+    /// keeps its recent statuses in a ring of slots so they survive a restart. Kept
+    /// beside the feed checkpoints, under names no feed can have.
+    fn taxii_status(&self, slot: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        self.feed_checkpoint(&taxii_status_key(slot))
+    }
+
+    /// Records a TAXII status resource in slot `slot`, replacing what it held; durable
+    /// with the next flush.
+    fn set_taxii_status(&self, slot: u32, record: &[u8]) -> Result<(), StoreError> {
+        self.set_feed_checkpoint(&taxii_status_key(slot), record)
+    }
 
     /// Caches a DER certificate under its SHA-256.
     fn put_certificate(&self, der: &[u8]) -> Result<[u8; 32], StoreError>;

@@ -8,7 +8,9 @@
 
 mod handlers;
 mod listener;
+mod next;
 pub(crate) mod params;
+mod statuses;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};

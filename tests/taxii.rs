@@ -213,16 +213,27 @@ fn federation() -> Pki {
     pki
 }
 
-/// Every object id of the collection as `tls` sees it, following `next` with `limit`;
-/// also the number of pages.
-async fn all_ids(
+/// Types of the objects served beside the items: what the items refer to.
+const SUPPORTING: [&str; 3] = ["marking-definition", "identity", "extension-definition"];
+
+/// A listing followed to its end: the item ids, the number of items per page, and the
+/// marking definitions, identities and extension definitions served with them.
+struct Listing {
+    ids: Vec<String>,
+    pages: Vec<usize>,
+    supporting: Vec<Value>,
+}
+
+/// Every object of the collection as `tls` sees it, following `next` with `limit`.
+async fn listing(
     tls: &Arc<rustls::ClientConfig>,
     node: &TaxiiNode,
     objects: &str,
     limit: usize,
-) -> (Vec<String>, Vec<usize>) {
+) -> Listing {
     let mut ids = Vec::new();
     let mut pages = Vec::new();
+    let mut supporting: Vec<Value> = Vec::new();
     let mut next: Option<String> = None;
     loop {
         let path = match &next {
@@ -239,12 +250,23 @@ async fn all_ids(
         assert_eq!(reply.header("content-type"), Some(TAXII));
         let body = reply.json();
         let objects = body["objects"].as_array().unwrap();
-        pages.push(objects.len());
-        assert!(objects.len() <= limit);
+        let mut items = 0;
         for o in objects {
-            ids.push(o["id"].as_str().unwrap().to_owned());
+            if SUPPORTING.contains(&o["type"].as_str().unwrap()) {
+                // Each is served once per listing.
+                assert!(
+                    !supporting.iter().any(|s| s["id"] == o["id"]),
+                    "served twice: {o}"
+                );
+                supporting.push(o.clone());
+            } else {
+                items += 1;
+                ids.push(o["id"].as_str().unwrap().to_owned());
+            }
         }
-        if !objects.is_empty() {
+        pages.push(items);
+        assert!(items <= limit);
+        if items > 0 {
             assert!(reply.header("x-taxii-date-added-first").is_some());
             assert!(reply.header("x-taxii-date-added-last").is_some());
         }
@@ -256,6 +278,34 @@ async fn all_ids(
         }
         assert!(pages.len() < 100, "paging does not end");
     }
+    Listing {
+        ids,
+        pages,
+        supporting,
+    }
+}
+
+/// The ids of the items (not the objects they refer to) in an objects or manifest
+/// answer.
+fn item_ids(body: &Value) -> Vec<String> {
+    body["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_str().unwrap().to_owned())
+        .filter(|id| !SUPPORTING.contains(&id.split("--").next().unwrap()))
+        .collect()
+}
+
+/// Every item id of the collection as `tls` sees it, following `next` with `limit`;
+/// also the number of items per page.
+async fn all_ids(
+    tls: &Arc<rustls::ClientConfig>,
+    node: &TaxiiNode,
+    objects: &str,
+    limit: usize,
+) -> (Vec<String>, Vec<usize>) {
+    let Listing { ids, pages, .. } = listing(tls, node, objects, limit).await;
     (ids, pages)
 }
 
@@ -418,12 +468,7 @@ async fn taxii_serves_each_caller_its_view_and_refuses_what_it_may_not_do() {
     .await
     .unwrap();
     assert_eq!(siem_objects.status, 200);
-    let seen: BTreeSet<String> = siem_objects.json()["objects"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["id"].as_str().unwrap().to_owned())
-        .collect();
+    let seen: BTreeSet<String> = item_ids(&siem_objects.json()).into_iter().collect();
     assert_eq!(seen, clear);
 
     // The manifest lists the same view.
@@ -434,12 +479,7 @@ async fn taxii_serves_each_caller_its_view_and_refuses_what_it_may_not_do() {
     )
     .await
     .json();
-    let listed: BTreeSet<String> = manifest["objects"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["id"].as_str().unwrap().to_owned())
-        .collect();
+    let listed: BTreeSet<String> = item_ids(&manifest).into_iter().collect();
     assert_eq!(listed, green);
     assert_eq!(
         manifest["objects"][0]["media_type"],
@@ -510,7 +550,7 @@ async fn taxii_serves_each_caller_its_view_and_refuses_what_it_may_not_do() {
         async move {
             let reply = get(&researcher, addr, &path).await;
             assert_eq!(reply.status, 200);
-            reply.json()["objects"].as_array().unwrap().len()
+            item_ids(&reply.json()).len()
         }
     };
     assert_eq!(filtered("match[type]=malware").await, 0);
@@ -764,15 +804,16 @@ async fn taxii_authority_follows_a_reload() {
                 b"",
             )
             .await
-            .unwrap()
-            .status
+            // No answer: the connection was closed after its handshake.
+            .map_or(0, |reply| reply.status)
         }
     };
     assert_eq!(ask().await, 200);
-    // The operator removes the credentials and reloads: they stop working.
+    // The operator removes the credentials and reloads: they stop working (without
+    // Basic credentials in force, a connection without a certificate gets no answer).
     write_config(&pki, false);
     reload(&node);
-    wait_for(|| async { ask().await == 401 }).await;
+    wait_for(|| async { ask().await == 0 }).await;
     // A certificate still works.
     let researcher = tls(&pki, Some("researcher.uni-x"));
     assert_eq!(
@@ -983,9 +1024,7 @@ async fn taxii_paging_is_stable_while_an_analyst_publishes() {
         let page = get(&researcher, node.taxii, &path).await;
         assert_eq!(page.status, 200);
         let body = page.json();
-        for o in body["objects"].as_array().unwrap() {
-            seen.push(o["id"].as_str().unwrap().to_owned());
-        }
+        seen.extend(item_ids(&body));
         round += 1;
         publish(vec![
             indicator(200 + round, GREEN),
@@ -1157,5 +1196,583 @@ async fn taxii_carries_context_objects_under_the_same_rules() {
     assert_eq!(
         (withheld.status, withheld.body),
         (absent.status, absent.body)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taxii_serves_the_markings_and_origins_its_objects_refer_to_and_no_other() {
+    let pki = federation();
+    let config = write_config(&pki, false);
+    let node = serve_taxii(&config);
+    let researcher = tls(&pki, Some("researcher.uni-x"));
+    let analyst = tls(&pki, Some("analyst.soc"));
+    let cid = get(&analyst, node.taxii, "/api/collections/").await.json()["collections"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let objects = format!("/api/collections/{cid}/objects/");
+    let manifest = format!("/api/collections/{cid}/manifest/");
+    let publish = |sent: Vec<Value>| {
+        let analyst = analyst.clone();
+        let path = objects.clone();
+        let addr = node.taxii;
+        async move {
+            let body = json!({ "objects": sent }).to_string();
+            let reply = send(
+                &analyst,
+                addr,
+                "POST",
+                &path,
+                &[("Accept", TAXII), ("Content-Type", TAXII)],
+                body.as_bytes(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(reply.status, 202);
+            assert_eq!(reply.json()["failure_count"], json!(0), "{}", reply.json());
+        }
+    };
+    let hq_identity = entente::interop::identity_id("redmond.hq");
+    let berlin_identity = entente::interop::identity_id("berlin.office");
+    let absent_identity = "identity--0f0f0f0f-0000-4000-8000-0f0f0f0f0f0f";
+    let absent_object = "indicator--0f0f0f0f-0000-4000-8000-0f0f0f0f0f0f";
+
+    // Only AMBER items from this node: the GREEN researcher sees none of them, so
+    // nothing says that this node published anything.
+    publish(vec![indicator(1, AMBER), indicator(2, AMBER)]).await;
+    let seen = listing(&researcher, &node, &objects, 1).await;
+    assert!(seen.ids.is_empty() && seen.supporting.is_empty());
+    let absent = get(
+        &researcher,
+        node.taxii,
+        &format!("{objects}{absent_object}/"),
+    )
+    .await;
+    assert_eq!(absent.status, 404);
+    for id in [
+        hq_identity.as_str(),
+        berlin_identity.as_str(),
+        absent_identity,
+        AMBER,
+    ] {
+        for suffix in ["", "versions/"] {
+            let reply = get(&researcher, node.taxii, &format!("{objects}{id}/{suffix}")).await;
+            assert_eq!((reply.status, &reply.body), (404, &absent.body), "{id}");
+        }
+    }
+    // The definitions of the markings its policy lets through are not about any item.
+    let green = get(&researcher, node.taxii, &format!("{objects}{GREEN}/")).await;
+    assert_eq!(green.status, 200);
+    assert_eq!(
+        green.json()["objects"][0],
+        entente::interop::tlp_marking_definition(entente::model::Tlp::Green)
+    );
+    let by_ids = get(
+        &researcher,
+        node.taxii,
+        &format!(
+            "{objects}?match[id]={hq_identity},{GREEN},{AMBER},{}",
+            id_of(1)
+        ),
+    )
+    .await
+    .json();
+    assert_eq!(by_ids["objects"].as_array().unwrap().len(), 1, "{by_ids}");
+    assert_eq!(by_ids["objects"][0]["id"], json!(GREEN));
+    // The analyst sees the AMBER items, so this node's identity and the AMBER marking
+    // come with them, once; a peer that published nothing has no identity.
+    let seen = listing(&analyst, &node, &objects, 1).await;
+    assert_eq!(seen.ids.len(), 2);
+    let kinds: BTreeSet<String> = seen
+        .supporting
+        .iter()
+        .map(|o| o["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        kinds,
+        BTreeSet::from([AMBER.to_owned(), hq_identity.clone()])
+    );
+    assert_eq!(
+        get(
+            &analyst,
+            node.taxii,
+            &format!("{objects}{berlin_identity}/")
+        )
+        .await
+        .status,
+        404
+    );
+
+    // A GREEN, a CLEAR and a revoked GREEN indicator: now the researcher sees items of
+    // this node, with the definitions of their markings and of the revocation's
+    // properties.
+    let mut revoked = indicator(5, GREEN);
+    publish(vec![
+        indicator(3, GREEN),
+        indicator(4, CLEAR),
+        revoked.clone(),
+    ])
+    .await;
+    revoked["modified"] = json!("2025-01-03T00:00:00.000Z");
+    revoked["revoked"] = json!(true);
+    publish(vec![revoked]).await;
+    let seen = listing(&researcher, &node, &objects, 1).await;
+    assert_eq!(
+        seen.ids.iter().cloned().collect::<BTreeSet<_>>(),
+        [3, 4, 5].map(id_of).into_iter().collect()
+    );
+    let supporting: BTreeSet<String> = seen
+        .supporting
+        .iter()
+        .map(|o| o["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(supporting.contains(GREEN) && supporting.contains(CLEAR));
+    assert!(supporting.contains(&hq_identity));
+    assert!(!supporting.contains(AMBER));
+    assert!(supporting.contains("extension-definition--f49b347c-4b7e-43d8-a2cb-a756b594e83e"));
+    assert_eq!(supporting.len(), 5, "{supporting:?}");
+    // Every reference the served objects make is to an object served with them.
+    for object in &seen.supporting {
+        if let Some(creator) = object.get("created_by_ref") {
+            assert!(supporting.contains(creator.as_str().unwrap()), "{object}");
+        }
+    }
+    let identity = get(&researcher, node.taxii, &format!("{objects}{hq_identity}/")).await;
+    assert_eq!(identity.status, 200);
+    assert_eq!(
+        identity.json()["objects"][0],
+        entente::interop::identity("redmond.hq")
+    );
+    // The manifest lists them too, and match[type] selects them.
+    let listed = get(&researcher, node.taxii, &format!("{manifest}?limit=100"))
+        .await
+        .json();
+    let listed: BTreeSet<String> = listed["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(supporting.is_subset(&listed), "{listed:?}");
+    let only = get(
+        &researcher,
+        node.taxii,
+        &format!("{objects}?match[type]=marking-definition"),
+    )
+    .await
+    .json();
+    let only: BTreeSet<String> = only["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(only, BTreeSet::from([GREEN.to_owned(), CLEAR.to_owned()]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taxii_pages_match_id_with_next_while_an_analyst_publishes() {
+    let pki = federation();
+    let config = write_config(&pki, false);
+    let node = serve_taxii(&config);
+    let researcher = tls(&pki, Some("researcher.uni-x"));
+    let analyst = tls(&pki, Some("analyst.soc"));
+    let cid = get(&analyst, node.taxii, "/api/collections/").await.json()["collections"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let objects = format!("/api/collections/{cid}/objects/");
+    let publish = |sent: Vec<Value>| {
+        let analyst = analyst.clone();
+        let path = objects.clone();
+        let addr = node.taxii;
+        async move {
+            let body = json!({ "objects": sent }).to_string();
+            let reply = send(
+                &analyst,
+                addr,
+                "POST",
+                &path,
+                &[("Accept", TAXII), ("Content-Type", TAXII)],
+                body.as_bytes(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(reply.status, 202);
+            assert_eq!(reply.json()["failure_count"], json!(0), "{}", reply.json());
+        }
+    };
+    let mut first: Vec<Value> = (1..=6).map(|n| indicator(n, GREEN)).collect();
+    first.push(indicator(7, AMBER));
+    first.push(indicator(8, AMBER));
+    publish(first).await;
+    // Visible, withheld and absent ids mixed; more than one page of them.
+    let asked = [
+        id_of(1),
+        id_of(7),
+        id_of(2),
+        "indicator--0f0f0f0f-0000-4000-8000-0f0f0f0f0f0f".to_owned(),
+        id_of(3),
+        id_of(8),
+        id_of(4),
+        id_of(5),
+        id_of(6),
+    ]
+    .join(",");
+    let mut seen = Vec::new();
+    let mut pages = Vec::new();
+    let mut next: Option<String> = None;
+    let mut round = 0;
+    loop {
+        let path = match &next {
+            None => format!("{objects}?match[id]={asked}&limit=2"),
+            Some(n) => format!("{objects}?match[id]={asked}&limit=2&next={n}"),
+        };
+        let reply = get(&researcher, node.taxii, &path).await;
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        let body = reply.json();
+        let ids = item_ids(&body);
+        assert!(ids.len() <= 2);
+        pages.push(ids.len());
+        seen.extend(ids);
+        // Between pages the analyst updates an indicator not reached yet and adds others.
+        round += 1;
+        let mut update = indicator(6, GREEN);
+        update["modified"] = json!(format!("2025-02-{:02}T00:00:00.000Z", round));
+        publish(vec![update, indicator(100 + round, GREEN)]).await;
+        match body["next"].as_str() {
+            Some(n) if body["more"] == json!(true) => next = Some(n.to_owned()),
+            _ => break,
+        }
+        assert!(round < 20, "paging does not end");
+    }
+    assert_eq!(seen, [1, 2, 3, 4, 5, 6].map(id_of));
+    assert_eq!(pages, [2, 2, 2]);
+    // The `next` of one list does not open for another.
+    let first = get(
+        &researcher,
+        node.taxii,
+        &format!("{objects}?match[id]={asked}&limit=2"),
+    )
+    .await
+    .json();
+    let foreign = first["next"].as_str().unwrap();
+    let other = get(
+        &researcher,
+        node.taxii,
+        &format!("{objects}?match[id]={}&limit=2&next={foreign}", id_of(1)),
+    )
+    .await;
+    assert_eq!(other.status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taxii_basic_credentials_are_turned_on_changed_and_off_by_a_reload() {
+    let pki = federation();
+    let config = write_config(&pki, false);
+    let node = serve_taxii(&config);
+    let anonymous = tls(&pki, None);
+    let ask = |password: &'static str| {
+        let anonymous = anonymous.clone();
+        let addr = node.taxii;
+        async move {
+            let credentials = basic("siem.soc", password);
+            match send(
+                &anonymous,
+                addr,
+                "GET",
+                "/api/collections/",
+                &[("Accept", TAXII), ("Authorization", &credentials)],
+                b"",
+            )
+            .await
+            {
+                Ok(reply) => reply.status,
+                // No answer: the connection was closed after its handshake.
+                Err(_) => 0,
+            }
+        }
+    };
+    // Started without Basic: a connection without a certificate gets no answer.
+    assert_eq!(ask(SIEM_PASSWORD).await, 0);
+    // Turned on by a reload, without a restart.
+    write_config(&pki, true);
+    reload(&node);
+    wait_for(|| async { ask(SIEM_PASSWORD).await == 200 }).await;
+    assert_eq!(ask("another password 22").await, 401);
+    // The password is changed: the old one stops working, the new one works.
+    let new_hash = hash_password("another password 22");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let old_hash = std::fs::read_to_string(pki.path().join("siem.hash")).unwrap();
+    std::fs::write(&config, text.replace(&old_hash, &new_hash)).unwrap();
+    reload(&node);
+    wait_for(|| async { ask("another password 22").await == 200 }).await;
+    assert_eq!(ask(SIEM_PASSWORD).await, 401);
+    // Turned off again: no answer without a certificate; certificates still work.
+    write_config(&pki, false);
+    reload(&node);
+    wait_for(|| async { ask("another password 22").await == 0 }).await;
+    let researcher = tls(&pki, Some("researcher.uni-x"));
+    assert_eq!(
+        get(&researcher, node.taxii, "/api/collections/")
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taxii_statuses_outlive_a_restart_for_their_writer_only() {
+    let pki = federation();
+    let config = write_config(&pki, false);
+    let node = serve_taxii(&config);
+    let analyst = tls(&pki, Some("analyst.soc"));
+    let researcher = tls(&pki, Some("researcher.uni-x"));
+    let cid = get(&analyst, node.taxii, "/api/collections/").await.json()["collections"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let objects = format!("/api/collections/{cid}/objects/");
+    let mut statuses = Vec::new();
+    for n in 1..=3 {
+        let body = json!({ "objects": [indicator(n, GREEN)] }).to_string();
+        let reply = send(
+            &analyst,
+            node.taxii,
+            "POST",
+            &objects,
+            &[("Accept", TAXII), ("Content-Type", TAXII)],
+            body.as_bytes(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply.status, 202);
+        statuses.push(reply.json());
+    }
+    // The node is killed (no shutdown) and started again on the same data.
+    drop(node);
+    let node = serve_taxii(&config);
+    let absent = get(
+        &analyst,
+        node.taxii,
+        "/api/status/0f0f0f0f-0000-4000-8000-0f0f0f0f0f0f/",
+    )
+    .await;
+    assert_eq!(absent.status, 404);
+    for status in &statuses {
+        let path = format!("/api/status/{}/", status["id"].as_str().unwrap());
+        let kept = get(&analyst, node.taxii, &path).await;
+        assert_eq!(kept.status, 200);
+        assert_eq!(&kept.json(), status);
+        // Another client's status looks exactly like one that does not exist.
+        let other = get(&researcher, node.taxii, &path).await;
+        assert_eq!((other.status, &other.body), (404, &absent.body));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taxii_delete_is_refused_with_the_way_to_revoke() {
+    let pki = federation();
+    let config = write_config(&pki, false);
+    let node = serve_taxii(&config);
+    let analyst = tls(&pki, Some("analyst.soc"));
+    let researcher = tls(&pki, Some("researcher.uni-x"));
+    let cid = get(&analyst, node.taxii, "/api/collections/").await.json()["collections"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let objects = format!("/api/collections/{cid}/objects/");
+    let body = json!({ "objects": [indicator(1, GREEN), indicator(2, AMBER)] }).to_string();
+    let reply = send(
+        &analyst,
+        node.taxii,
+        "POST",
+        &objects,
+        &[("Accept", TAXII), ("Content-Type", TAXII)],
+        body.as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 202);
+    let delete = |who: Arc<rustls::ClientConfig>, id: String| {
+        let path = format!("{objects}{id}/");
+        let addr = node.taxii;
+        async move {
+            send(&who, addr, "DELETE", &path, &[("Accept", TAXII)], b"")
+                .await
+                .unwrap()
+        }
+    };
+    let refused = delete(analyst.clone(), id_of(1)).await;
+    assert_eq!(refused.status, 405);
+    assert_eq!(refused.header("allow"), Some("GET"));
+    assert!(
+        refused.json()["description"]
+            .as_str()
+            .unwrap()
+            .contains("revoked")
+    );
+    // The object is still there.
+    assert_eq!(
+        get(&analyst, node.taxii, &format!("{objects}{}/", id_of(1)))
+            .await
+            .status,
+        200
+    );
+    // Held, withheld and absent ids get the same answer.
+    let withheld = delete(researcher.clone(), id_of(2)).await;
+    let absent = delete(
+        researcher.clone(),
+        "indicator--0f0f0f0f-0000-4000-8000-0f0f0f0f0f0f".into(),
+    )
+    .await;
+    assert_eq!((withheld.status, &withheld.body), (405, &refused.body));
+    assert_eq!((absent.status, &absent.body), (405, &refused.body));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taxii_serves_the_old_versions_held_that_the_caller_may_see() {
+    let pki = federation();
+    let config = write_config(&pki, false);
+    let node = serve_taxii(&config);
+    let researcher = tls(&pki, Some("researcher.uni-x"));
+    let analyst = tls(&pki, Some("analyst.soc"));
+    let cid = get(&analyst, node.taxii, "/api/collections/").await.json()["collections"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let objects = format!("/api/collections/{cid}/objects/");
+    let publish = |sent: Value| {
+        let analyst = analyst.clone();
+        let path = objects.clone();
+        let addr = node.taxii;
+        async move {
+            let body = json!({ "objects": [sent] }).to_string();
+            let reply = send(
+                &analyst,
+                addr,
+                "POST",
+                &path,
+                &[("Accept", TAXII), ("Content-Type", TAXII)],
+                body.as_bytes(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(reply.status, 202);
+            assert_eq!(reply.json()["failure_count"], json!(0), "{}", reply.json());
+        }
+    };
+    let version = |n: usize, marking: &str, day: u32| {
+        let mut object = indicator(n, marking);
+        object["modified"] = json!(format!("2025-01-{day:02}T00:00:00.000Z"));
+        object
+    };
+    let day = |d: u32| format!("2025-01-{d:02}T00:00:00.000Z");
+    // Indicator 1: two GREEN versions. Indicator 2: AMBER, then lowered to GREEN.
+    publish(version(1, GREEN, 2)).await;
+    publish(version(1, GREEN, 3)).await;
+    publish(version(2, AMBER, 2)).await;
+    publish(version(2, GREEN, 3)).await;
+    let versions = |who: &Arc<rustls::ClientConfig>, n: usize, query: &str| {
+        let who = who.clone();
+        let path = format!("{objects}{}/versions/{query}", id_of(n));
+        let addr = node.taxii;
+        async move { get(&who, addr, &path).await }
+    };
+    let object_versions = |who: &Arc<rustls::ClientConfig>, n: usize, query: &str| {
+        let who = who.clone();
+        let path = format!("{objects}{}/{query}", id_of(n));
+        let addr = node.taxii;
+        async move {
+            let reply = get(&who, addr, &path).await;
+            if reply.status != 200 {
+                return (reply.status, Vec::new());
+            }
+            let listed: Vec<String> = reply.json()["objects"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["modified"].as_str().unwrap().to_owned())
+                .collect();
+            (200, listed)
+        }
+    };
+    assert_eq!(
+        versions(&researcher, 1, "").await.json()["versions"],
+        json!([day(2), day(3)])
+    );
+    assert_eq!(
+        object_versions(&researcher, 1, "?match[version]=all").await,
+        (200, vec![day(2), day(3)])
+    );
+    assert_eq!(
+        object_versions(&researcher, 1, "?match[version]=first").await,
+        (200, vec![day(2)])
+    );
+    assert_eq!(
+        object_versions(&researcher, 1, "").await,
+        (200, vec![day(3)])
+    );
+    assert_eq!(
+        object_versions(&researcher, 1, &format!("?match[version]={}", day(2))).await,
+        (200, vec![day(2)])
+    );
+    assert_eq!(
+        object_versions(&researcher, 1, "?match[version]=first,last").await,
+        (200, vec![day(2), day(3)])
+    );
+    // The AMBER version of indicator 2 is not the researcher's: it looks absent.
+    assert_eq!(
+        versions(&researcher, 2, "").await.json()["versions"],
+        json!([day(3)])
+    );
+    assert_eq!(
+        object_versions(&researcher, 2, "?match[version]=first").await,
+        (200, vec![day(3)])
+    );
+    assert_eq!(
+        object_versions(&researcher, 2, &format!("?match[version]={}", day(2))).await,
+        (404, vec![])
+    );
+    assert_eq!(
+        versions(&analyst, 2, "").await.json()["versions"],
+        json!([day(2), day(3)])
+    );
+    // Indicator 1 raised to AMBER: none of its versions is the researcher's now, and
+    // nothing tells it the id is held.
+    publish(version(1, AMBER, 4)).await;
+    let absent = get(
+        &researcher,
+        node.taxii,
+        &format!("{objects}indicator--0f0f0f0f-0000-4000-8000-0f0f0f0f0f0f/versions/"),
+    )
+    .await;
+    let withheld = versions(&researcher, 1, "").await;
+    assert_eq!((withheld.status, &withheld.body), (404, &absent.body));
+    assert_eq!(
+        object_versions(&researcher, 1, "?match[version]=all").await,
+        (404, vec![])
+    );
+    // The analyst sees the three, paged.
+    let first = versions(&analyst, 1, "?limit=2").await.json();
+    assert_eq!(first["versions"], json!([day(2), day(3)]));
+    assert_eq!(first["more"], json!(true));
+    let next = first["next"].as_str().unwrap();
+    let rest = versions(&analyst, 1, &format!("?limit=2&next={next}"))
+        .await
+        .json();
+    assert_eq!(rest["versions"], json!([day(4)]));
+    assert_eq!(rest["more"], json!(false));
+    // The same `next` does not open for the researcher.
+    assert_eq!(
+        versions(&researcher, 1, &format!("?limit=2&next={next}"))
+            .await
+            .status,
+        400
     );
 }

@@ -99,6 +99,15 @@ pub(super) fn tlp2_marking_id(tlp: Tlp) -> &'static str {
     TLP2_MARKINGS[index].0
 }
 
+/// The marking whose TLP 2.0 `marking-definition` object has id `id` (the objects
+/// [`tlp_marking_definition`] writes), if it is one.
+pub fn tlp2_marking(id: &str) -> Option<Tlp> {
+    TLP2_MARKINGS
+        .iter()
+        .find(|(known, _)| *known == id)
+        .map(|&(_, tlp)| tlp)
+}
+
 /// The marking of a well-known TLP marking-definition id.
 fn well_known_tlp(id: &str) -> Option<Tlp> {
     TLP2_MARKINGS

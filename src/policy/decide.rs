@@ -599,6 +599,17 @@ impl Policy {
         self.partners.get(id)
     }
 
+    /// Whether `partner` may see items of marking `tlp` at all (the node's own operator
+    /// sees every marking): the marking definitions a client is given are those of the
+    /// markings its policy lets through, which says nothing about the items held.
+    pub fn marking_visible(&self, partner: &NodeId, tlp: Tlp) -> bool {
+        partner == &self.node
+            || self
+                .partners
+                .get(partner)
+                .is_some_and(|p| p.receives_anything() && p.max_tlp.is_some_and(|max| tlp <= max))
+    }
+
     /// Every configured partner's compiled policy.
     pub fn partners(&self) -> impl Iterator<Item = &PartnerPolicy> {
         self.partners.values()
@@ -632,6 +643,41 @@ impl Policy {
     /// Decides whether `item` may be disclosed to `partner` (the delivery rule).
     pub fn decide(&self, partner: &NodeId, item: &Item, ctx: &Context<'_>) -> Decision {
         self.decide_at(partner, item, ctx, 0)
+    }
+
+    /// The decision for a superseded version of an item that a client asks for by the
+    /// item's id (TAXII's object and versions resources), with `latest` the latest
+    /// version held and `latest_ctx` its context. Rule 6 gives way only there, and only
+    /// for a client (or the node's own operator) that may see the latest version now, so
+    /// an old version never tells a caller that an id is held when the latest version
+    /// is withheld from it (a marking raised since, a tag added); and the old version
+    /// must itself pass every other rule (its own marking, types, tags and references),
+    /// so a marking lowered since discloses nothing of what the old version was.
+    pub fn decide_superseded(
+        &self,
+        partner: &NodeId,
+        version: &Item,
+        ctx: &Context<'_>,
+        latest: &Item,
+        latest_ctx: &Context<'_>,
+    ) -> Decision {
+        let current = self.decide(partner, latest, latest_ctx);
+        if !current.allowed() {
+            return current;
+        }
+        if partner != &self.node
+            && self
+                .partners
+                .get(partner)
+                .is_none_or(|p| p.kind != PartnerKind::Client)
+        {
+            return Decision::withhold(Rule::Superseded);
+        }
+        let own = Context {
+            latest: true,
+            ..ctx.clone()
+        };
+        self.decide(partner, version, &own)
     }
 
     /// Rule 7: a relationship, a sighting or a report only if every object it references

@@ -1335,6 +1335,44 @@ impl Store for SledStore {
             }
         }
     }
+    /// No index lists an id's superseded versions: every slot is looked at, in chunks
+    /// of [`CHUNK_SLOTS`] per hold of the index lock (about 3 MiB of slots each).
+    fn versions(&self, id: &ItemId, limit: usize) -> Result<Vec<StoredItem>, StoreError> {
+        use super::index::CHUNK_SLOTS;
+        // The log is held for the whole read, so a compaction cannot swap it between
+        // finding the slots and reading them.
+        let log = self.log();
+        let uuid = id.uuid_bytes();
+        let mut spans: std::collections::VecDeque<Span> = std::collections::VecDeque::new();
+        let mut at = 0usize;
+        loop {
+            let index = self.index();
+            let end = index.slots.len().min(at + CHUNK_SLOTS);
+            while at < end {
+                let slot = &index.slots[at];
+                if slot.uuid == uuid {
+                    spans.push_back(slot.span());
+                    if spans.len() > limit {
+                        spans.pop_front();
+                    }
+                }
+                at += 1;
+            }
+            if at >= index.slots.len() {
+                break;
+            }
+        }
+        let mut out = Vec::with_capacity(spans.len());
+        for span in spans {
+            let stored = Self::stored_item(Self::read_record(&log, span)?)?;
+            // The UUID under another type is another id.
+            if &stored.item.id == id {
+                out.push(stored);
+            }
+        }
+        Ok(out)
+    }
+
     fn query(
         &self,
         query: &ItemQuery,

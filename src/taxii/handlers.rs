@@ -3,17 +3,18 @@
 //! the request, converts it, calls the engine, and converts the answer; the engine
 //! decides what the caller may see or write and records every disclosure.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 
-use base64::Engine as _;
 use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use serde_json::{Value, json};
 
+use super::next::{Cursor, NextTokens, Scope, Session};
 use super::params::{self, Params, format_timestamp};
+use super::statuses::Statuses;
 use crate::engine::{Engine, EngineError, now_ms};
 use crate::interop::{Defaults, InputFormat, parse_input, to_stix_from};
 use crate::model::{Distribution, ItemId, NodeId, Partner, PartnerKind, Role};
@@ -33,8 +34,6 @@ pub const MAX_POST_OBJECTS: usize = 10_000;
 /// a body takes (`[]` is two bytes of text and 32 or more in memory), and the envelope is
 /// held while its objects are read a second time as STIX.
 const MAX_POST_VALUES: usize = 500_000;
-/// Bytes of status resources kept in memory; the oldest go first.
-const STATUS_BYTES: usize = 16 * 1024 * 1024;
 /// Time a client has to send a request body.
 const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// The API root's path.
@@ -68,14 +67,10 @@ pub struct Handlers {
     node: NodeId,
     collection_id: String,
     max_body_bytes: usize,
-    /// Status resources of recent writes: (status id, the caller it belongs to, JSON).
-    statuses: Mutex<StatusRing>,
-}
-
-#[derive(Default)]
-struct StatusRing {
-    entries: VecDeque<(String, NodeId, Bytes)>,
-    bytes: usize,
+    /// Seals the `next` of listings.
+    next_tokens: NextTokens,
+    /// Status resources of recent writes.
+    statuses: Arc<Statuses>,
 }
 
 type Answer = Response<Full<Bytes>>;
@@ -114,14 +109,19 @@ fn route(path: &str) -> Option<Route<'_>> {
 impl Handlers {
     /// The resources of node `node` over `engine`, taking request bodies of at most
     /// `max_body_bytes`.
-    pub fn new(engine: Arc<Engine>, node: &NodeId, max_body_bytes: usize) -> Self {
-        Self {
-            engine,
+    pub fn new(
+        engine: Arc<Engine>,
+        node: &NodeId,
+        max_body_bytes: usize,
+    ) -> Result<Self, ring::error::Unspecified> {
+        Ok(Self {
+            engine: engine.clone(),
             node: node.clone(),
             collection_id: collection_id(node),
             max_body_bytes,
-            statuses: Mutex::new(StatusRing::default()),
-        }
+            next_tokens: NextTokens::new()?,
+            statuses: Arc::new(Statuses::load(engine.store().clone(), now_ms())),
+        })
     }
 
     /// Answers one authenticated request.
@@ -160,10 +160,28 @@ impl Handlers {
             Route::Objects(c) if collection(c) && method == Method::POST => {
                 self.add_objects(caller, &parts.headers, body).await
             }
-            _ if method != Method::GET => error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "Method Not Allowed",
-                "this resource is read with GET (objects are added with POST)",
+            // TAXII's Delete An Object is not offered: what a node published is signed
+            // and replicated, and is withdrawn by revoking it, which every node holding
+            // it follows. Answered alike for any id, held, withheld or absent.
+            Route::Object(..) if method == Method::DELETE => with_allow(
+                error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "Method Not Allowed",
+                    "objects are not deleted: revoke an indicator instead, by adding a new version with \"revoked\": true (POST to the objects resource) or with entente revoke",
+                ),
+                "GET",
+            ),
+            _ if method != Method::GET => with_allow(
+                error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "Method Not Allowed",
+                    "this resource is read with GET (objects are added with POST)",
+                ),
+                if matches!(route, Route::Objects(_)) {
+                    "GET, POST"
+                } else {
+                    "GET"
+                },
             ),
             Route::Discovery => self.discovery(&parts.headers),
             Route::ApiRoot => self.api_root(),
@@ -235,53 +253,73 @@ impl Handlers {
     }
 
     /// Objects or manifest of the collection: a page through `Engine::query_blocking`
-    /// (sealed `next`, recorded in the ledger), or the `match[id]` objects through
-    /// `Engine::get`.
+    /// (recorded in the ledger), or the `match[id]` objects through `Engine::get`, with
+    /// the marking definitions and origin identities the page's objects are the first
+    /// of the listing to refer to. `next` is sealed ([`NextTokens`]).
     async fn objects(&self, caller: &Caller, params: &Params, manifest: bool) -> Answer {
         let path = if manifest {
             "taxii-manifest"
         } else {
             "taxii-objects"
         };
-        let (items, next) = if !params.admits_any() {
-            (Vec::new(), None)
+        let scope_text = params.scope();
+        let scope = Scope {
+            caller: &caller.partner.id,
+            path,
+            query: &scope_text,
+        };
+        let mut session = match &params.next {
+            None => Session::start(if params.ids.is_some() {
+                Cursor::Ids(0)
+            } else {
+                Cursor::Engine(Vec::new())
+            }),
+            Some(next) => match self.next_tokens.open(&scope, next) {
+                Some(session) => session,
+                None => return bad_next(),
+            },
+        };
+        // What the page serves: items, and the other objects (marking definitions,
+        // identities, the extension definition) with the date added of the item that
+        // brought them.
+        let mut extra: Vec<(Value, i64)> = Vec::new();
+        let (items, more) = if !params.admits_any() {
+            (Vec::new(), false)
         } else if let Some(ids) = &params.ids {
-            if params.next.is_some() {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "Bad Request",
-                    "next is not used with match[id]",
-                );
-            }
-            if ids.len() > params.limit {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "Bad Request",
-                    "match[id] names more objects than limit allows",
-                );
-            }
+            let Cursor::Ids(mut at) = session.cursor else {
+                return bad_next();
+            };
             let mut found: Vec<StoredItem> = Vec::new();
-            for id in ids {
-                // An id that is not an indicator id is held by no node.
-                let Ok(id) = ItemId::parse(id) else { continue };
-                if found.iter().any(|s| s.item.id == id) {
+            while at < ids.len() && found.len() + extra.len() < params.limit {
+                let id = &ids[at];
+                at += 1;
+                if ids[..at - 1].contains(id) {
                     continue;
                 }
-                match self.engine.get(&caller.partner, &id).await {
-                    Ok(Some(stored)) => found.push(stored),
+                match self.supporting_object(caller, id).await {
+                    Ok(Some(object)) => {
+                        if object_admitted(params, &object) {
+                            extra.push((object, 0));
+                        }
+                        continue;
+                    }
                     Ok(None) => {}
+                    Err(answer) => return answer,
+                }
+                // An id that is not an indicator or context object id is held by no node.
+                let Ok(id) = ItemId::parse(id) else { continue };
+                match self.engine.get(&caller.partner, &id).await {
+                    Ok(Some(stored)) if self.passes(params, &stored) => found.push(stored),
+                    Ok(_) => {}
                     Err(e) => return engine_error(&e),
                 }
             }
             found.sort_by_key(|s| s.accepted_ms);
-            (found, None)
+            session.cursor = Cursor::Ids(at);
+            (found, at < ids.len())
         } else {
-            let token = match &params.next {
-                None => Vec::new(),
-                Some(next) => match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(next) {
-                    Ok(token) if token.len() <= crate::store::MAX_CURSOR_BYTES * 2 => token,
-                    _ => return bad_next(),
-                },
+            let Cursor::Engine(token) = &session.cursor else {
+                return bad_next();
             };
             let query = ItemQuery {
                 added_after_ms: params.added_after_ms,
@@ -292,35 +330,55 @@ impl Handlers {
             let engine = self.engine.clone();
             let partner = caller.partner.clone();
             let limit = params.limit;
+            let token = token.clone();
             let page = tokio::task::spawn_blocking(move || {
                 engine.query_blocking(&partner, path, &query, &token, limit, now_ms())
             })
             .await;
-            match page {
+            let (items, next) = match page {
                 // HTTP/1.1 answers one request at a time per connection, so the answer
                 // budget is only checked here, not held while the page is written.
-                Ok(Ok(crate::engine::Answer { page, hold: _ })) => (
-                    page.items,
-                    page.next
-                        .map(|n| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(n)),
-                ),
+                Ok(Ok(crate::engine::Answer { page, hold: _ })) => (page.items, page.next),
                 Ok(Err(e)) => return engine_error(&e),
                 Err(e) => {
                     tracing::error!(error = %e, "TAXII query task failed");
                     return internal();
                 }
+            };
+            let items: Vec<StoredItem> = items
+                .into_iter()
+                .filter(|s| {
+                    params.version.allows(s.item.modified_ms)
+                        && params
+                            .added_after_ms
+                            .is_none_or(|after| s.accepted_ms > after)
+                })
+                .collect();
+            // The objects these items are the first of the listing to refer to; they
+            // come only from items the caller may see.
+            for stored in &items {
+                for object in supporting_objects(&mut session, stored) {
+                    if object_admitted(params, &object) {
+                        extra.push((object, stored.accepted_ms));
+                    }
+                }
             }
+            let items: Vec<StoredItem> = items
+                .into_iter()
+                .filter(|s| params.admits(s.item.id.stix_type()))
+                .collect();
+            let more = next.is_some();
+            session.cursor = Cursor::Engine(next.unwrap_or_default());
+            (items, more)
         };
-        let items: Vec<StoredItem> = items
-            .into_iter()
-            .filter(|s| {
-                params.admits(s.item.id.stix_type())
-                    && params.version.allows(s.item.modified_ms)
-                    && params
-                        .added_after_ms
-                        .is_none_or(|after| s.accepted_ms > after)
-            })
-            .collect();
+        let next = if more {
+            match self.next_tokens.seal(&scope, &session) {
+                Some(next) => Some(next),
+                None => return internal(),
+            }
+        } else {
+            None
+        };
         let mut body = serde_json::Map::new();
         body.insert("more".into(), json!(next.is_some()));
         if let Some(next) = &next {
@@ -337,45 +395,196 @@ impl Handlers {
                         "media_type": STIX_MEDIA_TYPE,
                     })
                 })
+                .chain(extra.iter().map(|(object, added)| {
+                    json!({
+                        "id": object.get("id"),
+                        "date_added": format_timestamp(*added),
+                        "version": object_version(object),
+                        "media_type": STIX_MEDIA_TYPE,
+                    })
+                }))
                 .collect()
         } else {
             items
                 .iter()
                 .map(|s| to_stix_from(&s.item, Some(s.origin.as_str())))
+                .chain(extra.into_iter().map(|(object, _)| object))
                 .collect()
         };
         body.insert("objects".into(), Value::Array(objects));
         with_dates(taxii(StatusCode::OK, &Value::Object(body)), &items)
     }
 
+    /// Whether an item passes the filters applied after the engine: `match[type]`,
+    /// `match[spec_version]`, `match[version]` and `added_after`.
+    fn passes(&self, params: &Params, stored: &StoredItem) -> bool {
+        params.admits(stored.item.id.stix_type())
+            && params.version.allows(stored.item.modified_ms)
+            && params
+                .added_after_ms
+                .is_none_or(|after| stored.accepted_ms > after)
+    }
+
+    /// The marking definition or origin identity `id` names, if the caller may have it:
+    /// the definition of a TLP 2.0 marking its policy lets through, or the identity of
+    /// this node or a configured peer node of which it may see at least one item. An
+    /// origin whose every item is withheld from the caller has no identity for it, as
+    /// for one the node never heard of. `Ok(None)` for any other id.
+    async fn supporting_object(&self, caller: &Caller, id: &str) -> Result<Option<Value>, Answer> {
+        if let Some(tlp) = crate::interop::tlp2_marking(id) {
+            let visible = self
+                .engine
+                .policy()
+                .marking_visible(&caller.partner.id, tlp);
+            return Ok(visible.then(|| crate::interop::tlp_marking_definition(tlp)));
+        }
+        if !id.starts_with("identity--") {
+            return Ok(None);
+        }
+        let policy = self.engine.policy();
+        let origin = std::iter::once(&self.node)
+            .chain(
+                policy
+                    .partners()
+                    .filter(|p| p.kind == PartnerKind::Node)
+                    .map(|p| &p.id),
+            )
+            .find(|origin| crate::interop::identity_id(origin.as_str()) == id)
+            .cloned();
+        let Some(origin) = origin else {
+            return Ok(None);
+        };
+        let engine = self.engine.clone();
+        let partner = caller.partner.clone();
+        let asked = origin.clone();
+        let seen =
+            tokio::task::spawn_blocking(move || engine.sees_any_from(&partner, &asked)).await;
+        match seen {
+            Ok(Ok(true)) => Ok(Some(crate::interop::identity(origin.as_str()))),
+            Ok(Ok(false)) => Ok(None),
+            Ok(Err(e)) => Err(engine_error(&e)),
+            Err(_) => Err(internal()),
+        }
+    }
+
     /// One object, or its versions (the node holds the latest version of each id). A
     /// withheld id is answered exactly as an absent one.
     async fn object(&self, caller: &Caller, id: &str, params: &Params, versions: bool) -> Answer {
-        let Ok(id) = ItemId::parse(id) else {
+        match self.supporting_object(caller, id).await {
+            Ok(Some(object)) if object_admitted(params, &object) => {
+                let body = if versions {
+                    json!({ "more": false, "versions": [object_version(&object)] })
+                } else {
+                    json!({ "more": false, "objects": [object] })
+                };
+                return taxii(StatusCode::OK, &body);
+            }
+            Ok(Some(_)) => return object_not_found(),
+            Ok(None) => {}
+            Err(answer) => return answer,
+        }
+        let Ok(item_id) = ItemId::parse(id) else {
             return object_not_found();
         };
-        let found = match self.engine.get(&caller.partner, &id).await {
-            Ok(found) => found,
-            Err(e) => return engine_error(&e),
-        };
-        let Some(stored) = found.filter(|s| {
-            params.admits(s.item.id.stix_type())
-                && (versions || params.version.allows(s.item.modified_ms))
-                && params
-                    .added_after_ms
-                    .is_none_or(|after| s.accepted_ms > after)
-        }) else {
-            return object_not_found();
-        };
-        let body = if versions {
-            json!({ "more": false, "versions": [format_timestamp(stored.item.modified_ms)] })
-        } else {
-            json!({
+        // The latest version alone is what `Engine::get` gives; older versions, and the
+        // versions resource, read every version held.
+        if !versions && params.version.latest_only() && params.next.is_none() {
+            let found = match self.engine.get(&caller.partner, &item_id).await {
+                Ok(found) => found,
+                Err(e) => return engine_error(&e),
+            };
+            let Some(stored) = found.filter(|s| self.passes(params, s)) else {
+                return object_not_found();
+            };
+            let body = json!({
                 "more": false,
                 "objects": [to_stix_from(&stored.item, Some(stored.origin.as_str()))],
-            })
+            });
+            return with_dates(taxii(StatusCode::OK, &body), std::slice::from_ref(&stored));
+        }
+        let path = if versions {
+            "taxii-versions"
+        } else {
+            "taxii-object"
         };
-        with_dates(taxii(StatusCode::OK, &body), std::slice::from_ref(&stored))
+        let scope_text = format!("{}id={id};", params.scope());
+        let scope = Scope {
+            caller: &caller.partner.id,
+            path,
+            query: &scope_text,
+        };
+        // Versions are strictly increasing, so a page goes on after the last version
+        // served (which holds when a compaction drops older ones).
+        let after = match &params.next {
+            None => None,
+            Some(next) => match self.next_tokens.open(&scope, next).map(|s| s.cursor) {
+                Some(Cursor::After(ms)) => Some(ms),
+                _ => return bad_next(),
+            },
+        };
+        let engine = self.engine.clone();
+        let partner = caller.partner.clone();
+        let filter = params.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            engine.versions_blocking(&partner, &item_id, path, |visible| {
+                let visible: Vec<StoredItem> = visible
+                    .into_iter()
+                    .filter(|s| {
+                        filter.admits(s.item.id.stix_type())
+                            && filter
+                                .added_after_ms
+                                .is_none_or(|after| s.accepted_ms > after)
+                    })
+                    .collect();
+                let chosen = if versions {
+                    visible
+                } else {
+                    filter.version.select(visible, |s| s.item.modified_ms)
+                };
+                let total = chosen.len();
+                let mut rest: Vec<StoredItem> = chosen
+                    .into_iter()
+                    .filter(|s| after.is_none_or(|after| s.item.modified_ms > after))
+                    .collect();
+                let more = rest.len() > filter.limit;
+                rest.truncate(filter.limit);
+                (rest, (more, total))
+            })
+        })
+        .await;
+        let (page, (more, total)) = match read {
+            Ok(Ok(read)) => read,
+            Ok(Err(e)) => return engine_error(&e),
+            Err(_) => return internal(),
+        };
+        if total == 0 {
+            return object_not_found();
+        }
+        let mut body = serde_json::Map::new();
+        body.insert("more".into(), json!(more));
+        if let (true, Some(last)) = (more, page.last()) {
+            let session = Session::start(Cursor::After(last.item.modified_ms));
+            match self.next_tokens.seal(&scope, &session) {
+                Some(next) => {
+                    body.insert("next".into(), json!(next));
+                }
+                None => return internal(),
+            }
+        }
+        if versions {
+            let listed: Vec<String> = page
+                .iter()
+                .map(|s| format_timestamp(s.item.modified_ms))
+                .collect();
+            body.insert("versions".into(), json!(listed));
+        } else {
+            let objects: Vec<Value> = page
+                .iter()
+                .map(|s| to_stix_from(&s.item, Some(s.origin.as_str())))
+                .collect();
+            body.insert("objects".into(), Value::Array(objects));
+        }
+        with_dates(taxii(StatusCode::OK, &Value::Object(body)), &page)
     }
 
     /// Adds objects: the envelope's indicators are read by the STIX import, signed and
@@ -512,46 +721,81 @@ impl Handlers {
                 Err(_) => return internal(),
             }
         }
-        if let Err(e) = self.engine.flush().await {
-            tracing::error!(error = %e, "TAXII publish: flush failed");
-            return internal();
-        }
-        drop(slot);
         let status = status_resource(&objects, &parsed, &outcomes, request_ms);
-        tracing::info!(publisher = %caller.partner.id, stored = outcomes.iter().filter(|o| o.is_ok()).count(), "published through TAXII");
         let bytes = Bytes::from(status.to_string());
         let id = status
             .get("id")
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned();
-        {
-            let mut ring = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
-            ring.bytes += bytes.len();
-            ring.entries
-                .push_back((id, caller.partner.id.clone(), bytes.clone()));
-            while ring.bytes > STATUS_BYTES {
-                match ring.entries.pop_front() {
-                    Some((_, _, old)) => ring.bytes -= old.len(),
-                    None => break,
-                }
-            }
+        // The status is kept before the flush, so it is durable when the write is.
+        let kept = {
+            let bytes = bytes.clone();
+            let owner = caller.partner.id.clone();
+            let statuses = self.statuses.clone();
+            tokio::task::spawn_blocking(move || statuses.keep(&id, &owner, bytes, now_ms())).await
+        };
+        if kept.is_err() {
+            return internal();
         }
+        if let Err(e) = self.engine.flush().await {
+            tracing::error!(error = %e, "TAXII publish: flush failed");
+            return internal();
+        }
+        drop(slot);
+        tracing::info!(publisher = %caller.partner.id, stored = outcomes.iter().filter(|o| o.is_ok()).count(), "published through TAXII");
         raw_taxii(StatusCode::ACCEPTED, bytes)
     }
 
     /// A status resource of the caller's own write; anyone else's is not found.
     fn status(&self, caller: &Caller, id: &str) -> Answer {
-        let ring = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
-        match ring
-            .entries
-            .iter()
-            .find(|(sid, owner, _)| sid == id && owner == &caller.partner.id)
-        {
-            Some((_, _, bytes)) => raw_taxii(StatusCode::OK, bytes.clone()),
+        match self.statuses.get(id, &caller.partner.id, now_ms()) {
+            Some(bytes) => raw_taxii(StatusCode::OK, bytes),
             None => error(StatusCode::NOT_FOUND, "Not Found", "no such status"),
         }
     }
+}
+
+/// The objects `stored` refers to that the listing has not served yet: the TLP 2.0
+/// marking definition of its marking, the identity of its origin, and for a revocation
+/// the extension definition of its properties (with the identity that defines it).
+fn supporting_objects(session: &mut Session, stored: &StoredItem) -> Vec<Value> {
+    let mut out = Vec::new();
+    if session.first_marking(stored.item.tlp) {
+        out.push(crate::interop::tlp_marking_definition(stored.item.tlp));
+    }
+    if session.first_origin(&stored.origin) {
+        out.push(crate::interop::identity(stored.origin.as_str()));
+    }
+    if matches!(stored.item.kind, crate::model::ItemKind::Revocation(_))
+        && session.first_revocation_extension()
+    {
+        out.extend(crate::interop::revocation_extension());
+    }
+    out
+}
+
+/// Whether an object other than an item passes `match[type]`, `match[spec_version]` and
+/// `match[version]` (its version is its `modified`, or `created` when it has none).
+fn object_admitted(params: &Params, object: &Value) -> bool {
+    let kind = object.get("type").and_then(Value::as_str).unwrap_or("");
+    let version = object
+        .get("modified")
+        .or_else(|| object.get("created"))
+        .and_then(Value::as_str)
+        .and_then(params::timestamp);
+    params.admits(kind) && version.is_some_and(|v| params.version.allows(v))
+}
+
+/// The version of an object other than an item, as TAXII writes it.
+fn object_version(object: &Value) -> String {
+    object
+        .get("modified")
+        .or_else(|| object.get("created"))
+        .and_then(Value::as_str)
+        .and_then(params::timestamp)
+        .map(format_timestamp)
+        .unwrap_or_default()
 }
 
 /// The status of a write: every object of the envelope is a success (stored, or held
@@ -706,6 +950,14 @@ fn raw_taxii(status: StatusCode, body: Bytes) -> Answer {
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(TAXII_MEDIA_TYPE));
+    response
+}
+
+/// Adds the `Allow` header a 405 carries.
+fn with_allow(mut response: Answer, methods: &'static str) -> Answer {
+    response
+        .headers_mut()
+        .insert(http::header::ALLOW, HeaderValue::from_static(methods));
     response
 }
 

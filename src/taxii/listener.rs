@@ -36,6 +36,9 @@ pub enum TaxiiError {
     /// The TLS configuration could not be built.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// No random key could be drawn for the listings' `next`.
+    #[error("cannot draw a random key for TAXII page tokens")]
+    Random,
     /// The address could not be bound.
     #[error("cannot listen on {addr} (taxii.listen): {source}")]
     Bind {
@@ -81,9 +84,9 @@ struct Shared {
 
 impl TaxiiServer {
     /// Binds `settings.listen` (of `config`, whose certificate, id and `[limits]` it
-    /// uses) and serves until `shutdown` is cancelled. A client
-    /// certificate is required unless Basic credentials are configured; `credentials`
-    /// are those in force (a reload replaces them there).
+    /// uses) and serves until `shutdown` is cancelled. A client certificate is required
+    /// unless Basic credentials are in force; `credentials` are those in force (a reload
+    /// replaces them there, and may turn Basic on or off).
     pub async fn start(
         settings: &TaxiiSettings,
         config: &Config,
@@ -92,9 +95,10 @@ impl TaxiiServer {
         credentials: Arc<Credentials>,
         shutdown: CancellationToken,
     ) -> Result<Self, TaxiiError> {
-        let server_tls = config
-            .tls
-            .https_server_config(directory.clone(), settings.basic.is_empty())?;
+        // A certificate is optional at the handshake, so that a reload can turn HTTP
+        // Basic on and off; while no Basic credentials are in force, a connection
+        // without a certificate is closed as soon as its handshake ends.
+        let server_tls = config.tls.https_server_config(directory.clone(), false)?;
         let listener =
             TcpListener::bind(settings.listen)
                 .await
@@ -107,7 +111,8 @@ impl TaxiiServer {
             source,
         })?;
         let shared = Arc::new(Shared {
-            handlers: Handlers::new(engine, &config.node.id, settings.max_body_bytes),
+            handlers: Handlers::new(engine, &config.node.id, settings.max_body_bytes)
+                .map_err(|_| TaxiiError::Random)?,
             directory,
             credentials: credentials.clone(),
             password_checks: Semaphore::new(PASSWORD_CHECKS),
@@ -229,6 +234,7 @@ async fn accept(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let directory = shared.directory.clone();
+        let credentials = shared.credentials.clone();
         let per_partner = per_partner.clone();
         let connections = connections.clone();
         let established_tx = established_tx.clone();
@@ -266,6 +272,12 @@ async fn accept(
                 },
                 None => (None, None),
             };
+            // Without a certificate, a connection is served only while Basic credentials
+            // are in force (the configuration now, not at start).
+            if info.is_none() && credentials.current().0.is_empty() {
+                tracing::info!(addr = %remote_addr, "TAXII connection without a client certificate closed: no [[taxii.basic]] credentials are configured");
+                return;
+            }
             let partner_slot = match &info {
                 Some(info) => match per_partner.take(&info.partner.id) {
                     Some(slot) => Some(slot),
@@ -449,6 +461,10 @@ async fn authenticate(
         .ok_or_else(super::handlers::unauthorized)?;
     let (user, password) = basic_credentials(header).ok_or_else(super::handlers::unauthorized)?;
     let (entries, generation) = shared.credentials.current();
+    // Basic was turned off by a reload: nothing to check a password against.
+    if entries.is_empty() {
+        return Err(super::handlers::unauthorized());
+    }
     let digest: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, header)
         .as_ref()
         .try_into()

@@ -15,19 +15,47 @@ pub const MAX_MATCH_VALUES: usize = 100;
 /// Longest `next` accepted, in characters.
 pub const MAX_NEXT_CHARS: usize = 1024;
 
-/// `match[version]`.
+/// `match[version]`: any of `first`, `last` (the default), `all` and exact versions.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct VersionFilter {
-    /// `first`, `last` or `all`: every object qualifies (the node holds one version per id).
-    pub any: bool,
+    /// `first`: the oldest version the caller may see.
+    pub first: bool,
+    /// `last`: the latest version.
+    pub last: bool,
+    /// `all`: every version the caller may see.
+    pub all: bool,
     /// Exact versions, ms since the epoch.
     pub exact: Vec<i64>,
 }
 
 impl VersionFilter {
-    /// Whether an object of version `modified_ms` qualifies.
+    /// For listings, which serve the latest version of each object: whether an object
+    /// whose latest version is `modified_ms` qualifies (`first`, `last` and `all` take
+    /// it; a timestamp, if it is its version).
     pub fn allows(&self, modified_ms: i64) -> bool {
-        self.any || self.exact.contains(&modified_ms)
+        self.first || self.last || self.all || self.exact.contains(&modified_ms)
+    }
+
+    /// Whether only the latest version is asked for.
+    pub fn latest_only(&self) -> bool {
+        self.last && !self.first && !self.all && self.exact.is_empty()
+    }
+
+    /// The versions selected among `versions` (those the caller may see, oldest first),
+    /// each at most once, oldest first.
+    pub fn select<T>(&self, versions: Vec<T>, modified_ms: impl Fn(&T) -> i64) -> Vec<T> {
+        let count = versions.len();
+        versions
+            .into_iter()
+            .enumerate()
+            .filter(|(at, v)| {
+                self.all
+                    || (self.first && *at == 0)
+                    || (self.last && *at + 1 == count)
+                    || self.exact.contains(&modified_ms(v))
+            })
+            .map(|(_, v)| v)
+            .collect()
     }
 }
 
@@ -63,17 +91,57 @@ impl Params {
                 .is_none_or(|versions| versions.iter().any(|v| v == "2.1"))
     }
 
-    /// Whether any object the node may hold (an indicator or a context object) passes
+    /// The query without `next` and `limit`, in one canonical text (what a `next` is
+    /// bound to): every other parameter as parsed, in a fixed order, each value
+    /// length-prefixed. A client may change `limit` from page to page (`taxii2-client`
+    /// does when a page holds more objects than it asked for).
+    pub fn scope(&self) -> String {
+        fn list(out: &mut String, name: &str, values: Option<&[String]>) {
+            out.push_str(name);
+            match values {
+                None => out.push('-'),
+                Some(values) => {
+                    for v in values {
+                        out.push_str(&format!("{}:{v}", v.len()));
+                    }
+                }
+            }
+            out.push(';');
+        }
+        let mut out = match self.added_after_ms {
+            Some(ms) => format!("added_after={ms};"),
+            None => "added_after-;".to_owned(),
+        };
+        list(&mut out, "id=", self.ids.as_deref());
+        list(&mut out, "type=", self.types.as_deref());
+        list(&mut out, "spec_version=", self.spec_versions.as_deref());
+        let exact: Vec<String> = self.version.exact.iter().map(i64::to_string).collect();
+        out.push_str(&format!(
+            "version_first={};version_last={};version_all={};",
+            self.version.first, self.version.last, self.version.all
+        ));
+        list(&mut out, "version=", Some(&exact));
+        out
+    }
+
+    /// Whether any object the node serves (an indicator, a context object, or the
+    /// marking definitions, identities and extension definition they refer to) passes
     /// `match[type]` and `match[spec_version]`.
     pub fn admits_any(&self) -> bool {
-        std::iter::once("indicator")
-            .chain(
-                crate::model::IndicatorType::ALL
-                    .into_iter()
-                    .filter(|t| t.is_context())
-                    .map(|t| t.as_str()),
-            )
-            .any(|ty| self.admits(ty))
+        [
+            "indicator",
+            "marking-definition",
+            "identity",
+            "extension-definition",
+        ]
+        .into_iter()
+        .chain(
+            crate::model::IndicatorType::ALL
+                .into_iter()
+                .filter(|t| t.is_context())
+                .map(|t| t.as_str()),
+        )
+        .any(|ty| self.admits(ty))
     }
 }
 
@@ -84,8 +152,8 @@ pub fn parse(query: Option<&str>) -> Result<Params, String> {
     let mut params = Params {
         limit: DEFAULT_LIMIT,
         version: VersionFilter {
-            any: true,
-            exact: Vec::new(),
+            last: true,
+            ..VersionFilter::default()
         },
         ..Params::default()
     };
@@ -146,7 +214,9 @@ pub fn parse(query: Option<&str>) -> Result<Params, String> {
                 let mut filter = VersionFilter::default();
                 for v in list(&key, &value)? {
                     match v.as_str() {
-                        "first" | "last" | "all" => filter.any = true,
+                        "first" => filter.first = true,
+                        "last" => filter.last = true,
+                        "all" => filter.all = true,
                         other => filter.exact.push(
                             timestamp(other)
                                 .ok_or("match[version] takes first, last, all or timestamps")?,
@@ -234,15 +304,23 @@ mod tests {
         assert_eq!(p.ids, Some(vec!["a".into(), "b".into()]));
         assert!(p.admits("indicator"));
         assert!(!p.admits("malware"));
-        assert!(p.version.any);
+        assert!(p.version.all && !p.version.latest_only());
         let p = parse(Some("match[version]=2025-01-01T00:00:00.001Z")).unwrap();
-        assert!(!p.version.any);
+        assert!(!p.version.last && !p.version.all);
         assert!(p.version.allows(1_735_689_600_001));
         let malware = parse(Some("match[type]=malware")).unwrap();
         assert!(!malware.admits("indicator") && malware.admits("malware") && malware.admits_any());
         assert!(!parse(Some("match[type]=location")).unwrap().admits_any());
+        assert!(parse(Some("match[type]=identity")).unwrap().admits_any());
         assert!(!parse(Some("match[spec_version]=2.0")).unwrap().admits_any());
-        assert!(parse(None).unwrap().version.any);
+        assert!(parse(None).unwrap().version.latest_only());
+        let both = parse(Some("match[version]=first,last")).unwrap().version;
+        assert_eq!(both.select(vec![1, 2, 3], |v| *v), [1, 3]);
+        assert_eq!(both.select(vec![1], |v| *v), [1]);
+        let exact = parse(Some("match[version]=1970-01-01T00:00:00.002Z,first"))
+            .unwrap()
+            .version;
+        assert_eq!(exact.select(vec![1, 2, 3], |v| *v), [1, 2]);
     }
 
     #[test]

@@ -10,8 +10,13 @@ Checks, failing with an assertion:
   - paging with `as_pages` while the analyst publishes between pages returns the
     researcher's view exactly once each: every GREEN and CLEAR indicator, nothing else,
     no duplicates;
+  - each page holds at most `limit` items, and besides them the marking definitions
+    and identities its items are the first of the listing to refer to, each once;
+  - everything the researcher reads is one valid STIX 2.1 bundle under
+    `stix2-validator` in strict mode, every marking and creator it refers to included;
   - `stix2.TAXIICollectionSource` sees the same view, and `get` of an AMBER id is None
-    like an id the node does not hold.
+    like an id the node does not hold; it finds the GREEN marking definition and the
+    node's identity, and not the AMBER marking definition.
 Prints `ok N` with the number of objects the researcher saw.
 """
 
@@ -21,6 +26,7 @@ import uuid
 
 import requests
 import stix2
+from stix2validator import ValidationOptions, validate_instance
 from taxii2client.exceptions import AccessError
 from taxii2client.v21 import Server, as_pages
 
@@ -31,6 +37,7 @@ MARKINGS = {
     "RED": "marking-definition--e828b379-4e03-4974-9ac4-e53a884c97c1",
 }
 TAXII = "application/taxii+json;version=2.1"
+SUPPORTING = {"marking-definition", "identity", "extension-definition"}
 
 counter = [0]
 
@@ -96,15 +103,22 @@ def main():
     assert refused.headers["Content-Type"] == TAXII
     assert refused.json()["http_status"] == "403"
 
+    def get_objects(**kwargs):
+        envelope = researcher.get_objects(**kwargs)
+        items = [o for o in envelope.get("objects", []) if o["type"] not in SUPPORTING]
+        assert len(items) <= kwargs["limit"], (len(items), kwargs["limit"])
+        return envelope
+
     # Paging while the analyst publishes between the pages.
     seen = []
+    supporting = []
     published = set()
     pages = 0
-    for envelope in as_pages(researcher.get_objects, per_request=3):
+    for envelope in as_pages(get_objects, per_request=3):
         pages += 1
         objects = envelope.get("objects", [])
-        assert len(objects) <= 3, len(objects)
-        seen.extend(o["id"] for o in objects)
+        seen.extend(o["id"] for o in objects if o["type"] not in SUPPORTING)
+        supporting.extend(o["id"] for o in objects if o["type"] in SUPPORTING)
         more = [indicator("GREEN"), indicator("AMBER")]
         add(analyst, more)
         published.add(more[0]["id"])
@@ -115,6 +129,22 @@ def main():
     assert not (set(seen) & hidden), "withheld objects were served"
     assert set(seen) <= visible | published, set(seen) - visible - published
     visible |= published
+    assert len(supporting) == len(set(supporting)), supporting
+    assert MARKINGS["GREEN"] in supporting and MARKINGS["CLEAR"] in supporting, supporting
+    assert MARKINGS["AMBER"] not in supporting and MARKINGS["RED"] not in supporting
+
+    # Everything the researcher reads, as one bundle, is valid STIX 2.1 in strict mode,
+    # and every marking and creator it names is in it.
+    everything = []
+    for envelope in as_pages(get_objects, per_request=50):
+        everything.extend(envelope.get("objects", []))
+    ids = {o["id"] for o in everything}
+    for o in everything:
+        for ref in o.get("object_marking_refs", []) + [o.get("created_by_ref")]:
+            assert ref is None or ref in ids, (o["id"], ref)
+    bundle = {"type": "bundle", "id": "bundle--" + str(uuid.uuid4()), "objects": everything}
+    result = validate_instance(bundle, ValidationOptions(version="2.1", strict=True))
+    assert result.is_valid, [str(e) for e in result.errors]
 
     # stix2's data source over the same collection.
     source = stix2.TAXIICollectionSource(researcher, allow_custom=True)
@@ -124,6 +154,10 @@ def main():
     assert len(ids) == len(set(ids))
     assert source.get(by_tlp["AMBER"][0]["id"]) is None
     assert source.get("indicator--" + str(uuid.uuid4())) is None
+    assert source.get(MARKINGS["GREEN"]) is not None
+    assert source.get(MARKINGS["AMBER"]) is None
+    creator = source.get(by_tlp["GREEN"][0]["id"]).created_by_ref
+    assert source.get(creator) is not None
     green = source.get(by_tlp["GREEN"][0]["id"])
     assert green is not None and green.pattern == by_tlp["GREEN"][0]["pattern"]
     print("ok %d" % len(ids))
