@@ -181,7 +181,21 @@ async fn listed_ids(
         .as_array()
         .unwrap()
         .iter()
-        .filter(|o| !["marking-definition", "identity"].contains(&o["type"].as_str().unwrap()))
+        // The definitions a listing serves with its items (markings, the origin nodes'
+        // identities, the extension a revocation uses) are not items themselves.
+        .filter(|o| {
+            let served_with = match o["type"].as_str().unwrap() {
+                "marking-definition" | "extension-definition" => true,
+                "identity" => {
+                    o["created"] == "2020-01-01T00:00:00.000Z"
+                        && o["description"].as_str().is_some_and(|d| {
+                            d.starts_with("Entente ") || d.starts_with("The Entente ")
+                        })
+                }
+                _ => false,
+            };
+            !served_with
+        })
         .map(|o| o["id"].as_str().unwrap().to_owned())
         .collect()
 }
