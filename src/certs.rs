@@ -845,9 +845,7 @@ pub fn certificate_serial(path: &Path) -> Result<Vec<u8>, CertsError> {
     Ok(cert.raw_serial().to_vec())
 }
 
-fn hex_encode(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use crate::util::hex as hex_encode;
 
 fn hex_decode(text: &str) -> Option<Vec<u8>> {
     if text.len() % 2 != 0 || text.is_empty() {

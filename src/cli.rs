@@ -67,10 +67,7 @@ pub fn count(n: u64, noun: &str) -> String {
     }
 }
 
-/// Lower-case hexadecimal.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use crate::util::hex;
 
 /// Reads an input file (or standard input for `-`), at most `MAX_INPUT_BYTES`, as UTF-8.
 pub(crate) fn read_input(input: &Path) -> Result<String> {

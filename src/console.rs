@@ -245,7 +245,7 @@ fn router(state: Arc<Console>, in_flight: Arc<tokio::sync::Semaphore>) -> Router
 /// A random token for the explain form (128 bits, hex).
 fn form_token() -> String {
     let bytes: [u8; 16] = rand::random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::util::hex(&bytes)
 }
 
 /// Adds to every answer the headers that keep a browser from running or framing
@@ -458,7 +458,7 @@ impl Console {
         Snapshot {
             node: self.sources.node.to_string(),
             now_ms: now_ms(),
-            policy_hash: policy.hash().iter().map(|b| format!("{b:02x}")).collect(),
+            policy_hash: crate::util::hex(&policy.hash()),
             partners,
             links: self
                 .sources

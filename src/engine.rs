@@ -75,13 +75,7 @@ impl crate::policy::Held for StoreHeld<'_> {
     }
 }
 
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> i64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
-}
+pub use crate::util::now_ms;
 
 /// Why an engine operation failed.
 #[derive(Debug, thiserror::Error)]

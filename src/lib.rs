@@ -45,6 +45,7 @@ pub mod sync;
 pub mod taxii;
 pub mod telemetry;
 pub mod transport;
+pub mod util;
 pub mod wire;
 
 pub use config::{Config, ConfigError};

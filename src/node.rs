@@ -326,7 +326,7 @@ impl PolicyReload for ConfigReload {
         self.feed_loops.apply(&config.feeds);
         let policy = self.engine.policy();
         tracing::info!(
-            policy_hash = %policy.hash().iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            policy_hash = %crate::util::hex(&policy.hash()),
             crls = config.node.tls.crls.len(),
             connections_withdrawn = withdrawn,
             "policy reloaded"

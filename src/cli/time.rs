@@ -3,7 +3,7 @@
 
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
-use time::{Date, OffsetDateTime, UtcOffset};
+use time::{Date, OffsetDateTime};
 
 const MS_PER_DAY: i64 = 86_400_000;
 
@@ -172,16 +172,7 @@ fn parse_span(text: &str) -> Result<i64, SpanProblem> {
 /// Unix milliseconds as RFC 3339 in UTC with milliseconds (`2026-01-31T12:00:00.000Z`),
 /// the form of every time in JSON output; the number itself if it is out of range.
 pub fn timestamp(ms: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .map(|t| t.to_offset(UtcOffset::UTC))
-        .and_then(|t| {
-            t.format(format_description!(
-                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-            ))
-            .ok()
-        })
-        .unwrap_or_else(|| ms.to_string())
+    crate::util::rfc3339_ms(ms).unwrap_or_else(|| ms.to_string())
 }
 
 /// Unix milliseconds as RFC 3339 in UTC to the second (`2026-01-31T12:00:00Z`), for text.

@@ -333,9 +333,7 @@ fn count_header_fields(mut buf: &[u8]) -> Result<(), VerifyError> {
     Ok(())
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use crate::util::hex;
 
 /// Verifies a bundle as received: header, signer certificate (from `certs`, checked
 /// by `trust`), signature, and every disclosed item against its digest.

@@ -503,13 +503,7 @@ pub struct Policy {
 }
 
 fn ms_to_text(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| ms.to_string())
+    crate::util::rfc3339_ms(ms).unwrap_or_else(|| ms.to_string())
 }
 
 fn duration_text(ms: i64) -> String {

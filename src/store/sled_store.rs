@@ -103,15 +103,7 @@ pub struct SledStore {
     pub(super) compacting: Mutex<()>,
 }
 
-pub(super) fn now_ms() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis(),
-    )
-    .unwrap_or(i64::MAX)
-}
+pub(super) use crate::util::now_ms;
 
 impl SledStore {
     /// Opens (or creates) the store in `dir` for node `owner`, with a sled page cache
@@ -952,9 +944,7 @@ impl SledStore {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use crate::util::hex;
 
 /// Opens the bundle log at `path` as opening the store does, replaying every frame
 /// into a fresh index; the index is then dropped. For checks that feed the log

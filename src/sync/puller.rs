@@ -702,7 +702,7 @@ async fn offered_signer<P: Peer>(
         }
         Err(problem) => {
             // The bundle is refused as signed by an unknown certificate, and pulled again.
-            let fingerprint: String = fingerprint.iter().map(|b| format!("{b:02x}")).collect();
+            let fingerprint = crate::util::hex(&fingerprint[..]);
             tracing::warn!(%fingerprint, %problem, "peer did not supply a signer certificate");
             return Ok(Offer::None);
         }

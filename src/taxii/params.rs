@@ -280,13 +280,7 @@ pub fn timestamp(text: &str) -> Option<i64> {
 
 /// A TAXII timestamp with millisecond precision (`2025-06-15T15:06:40.000Z`).
 pub fn format_timestamp(ms: i64) -> String {
-    let format = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|at| at.format(&format).ok())
-        .unwrap_or_else(|| "1970-01-01T00:00:00.000Z".to_owned())
+    crate::util::rfc3339_ms(ms).unwrap_or_else(|| "1970-01-01T00:00:00.000Z".to_owned())
 }
 
 #[cfg(test)]

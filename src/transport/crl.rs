@@ -170,11 +170,10 @@ pub fn newest_per_issuer(
 pub fn file_name_for(der: &[u8]) -> Result<String, CrlRefusal> {
     let fresh = Freshness::of(der)?;
     let digest = ring::digest::digest(&ring::digest::SHA256, &fresh.issuer);
-    let hex: String = digest.as_ref()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Ok(format!("issuer-{hex}.pem"))
+    Ok(format!(
+        "issuer-{}.pem",
+        crate::util::hex(&digest.as_ref()[..8])
+    ))
 }
 
 #[cfg(test)]

@@ -130,12 +130,7 @@ pub fn log_expiring(watched: &[WatchedCertificate], now_ms: i64) {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
+pub use crate::util::now_ms;
 
 /// Logs the certificates that expire soon now and then once every
 /// [`EXPIRY_CHECK_PERIOD`], until `shutdown`.

@@ -75,12 +75,7 @@ impl CertificateLabel {
             Err(_) => "(no valid id)".to_owned(),
         };
         let serial = X509Certificate::from_der(der.as_ref())
-            .map(|(_, cert)| {
-                cert.raw_serial()
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect()
-            })
+            .map(|(_, cert)| crate::util::hex(cert.raw_serial()))
             .unwrap_or_default();
         Self { id, serial }
     }
