@@ -7,7 +7,9 @@
 //! passed on), indicators whose `valid_until` passed more than the retention ago, and
 //! bundles left with nothing. Revocations are kept, however old: a partner that comes
 //! back after any outage still learns of them, and an older version of a revoked
-//! indicator offered again is still refused as older.
+//! indicator offered again is still refused as older. An indicator dropped as expired
+//! is noted in the metadata ([`records::DROPPED`]), so neither it nor an older version
+//! of it is taken again when a partner offers it.
 //!
 //! Each kept bundle keeps its place in the change feed, so a partner's cursor means
 //! the same bundles before and after: nothing is missed or received twice because of
@@ -188,6 +190,9 @@ impl SledStore {
         let new_log = BundleLog::create(&new_path, &header)?;
         let mut index = Index::with_hasher(self.hasher.clone());
 
+        // What is dropped as expired: remembered in the metadata before the swap.
+        let mut dropped: Vec<DroppedNote> = Vec::new();
+
         // Step 1: the live bundles, in feed order.
         let copied = (|| {
             for bundle in planned {
@@ -207,10 +212,12 @@ impl SledStore {
                 let mut kept = Vec::with_capacity(live.len());
                 for span in live {
                     let bytes = log.read(span)?;
-                    if expired(&bytes, span, expired_before)? {
-                        report.expired_dropped += 1;
-                    } else {
-                        kept.push(bytes);
+                    match expired(&bytes, span, expired_before)? {
+                        Some(gone) => {
+                            report.expired_dropped += 1;
+                            dropped.push(gone);
+                        }
+                        None => kept.push(bytes),
                     }
                 }
                 if kept.is_empty() {
@@ -240,7 +247,7 @@ impl SledStore {
         let paused = Instant::now();
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let _flushing = self.flushing.lock().unwrap_or_else(|p| p.into_inner());
-        let mut log = self.log.write().unwrap_or_else(|p| p.into_inner());
+        let mut log = self.log_for_swap();
         let synced = (|| {
             log.frames_from(from, |frame| {
                 let head = match frame.head {
@@ -289,8 +296,17 @@ impl SledStore {
         }
         let mut pending = header.generation.to_be_bytes().to_vec();
         pending.extend_from_slice(&synced.to_be_bytes());
+        // The expired indicators dropped go on being refused when offered again; if the
+        // swap does not happen their note is harmless (the log still holds them, and
+        // what the log holds is looked at first).
+        let mut batch = sled::Batch::default();
+        batch.insert(records::META_COMPACTING, pending);
+        for (uuid, note) in &dropped {
+            batch.insert(records::key(records::DROPPED, uuid), &note[..]);
+        }
+        drop(dropped);
         if let Err(e) = self.with_meta(|m| {
-            m.tree.insert(records::META_COMPACTING, pending)?;
+            m.tree.apply_batch(batch)?;
             m.db.flush()
         }) {
             drop(new_log);
@@ -388,13 +404,21 @@ fn copy_frame(
     index.apply(uuid, feed_seq, written.head, new)
 }
 
-/// Whether the item record `bytes` is an indicator whose `valid_until` came before
-/// `before`.
-fn expired(bytes: &[u8], span: Span, before: i64) -> Result<bool, StoreError> {
+/// An item UUID and what [`records::DROPPED`] keeps of it.
+type DroppedNote = ([u8; 16], Vec<u8>);
+
+/// When the item record `bytes` is an indicator whose `valid_until` came before
+/// `before`: its note.
+fn expired(bytes: &[u8], span: Span, before: i64) -> Result<Option<DroppedNote>, StoreError> {
     let key = || format!("item record at byte {}", span.offset);
     let record = ItemRecord::decode(bytes).map_err(|e| corrupt(&key(), e))?;
     let item = Item::decode_stored(&record.item_bytes).map_err(|e| corrupt(&key(), e))?;
-    Ok(item.is_expired(before))
+    if !item.is_expired(before) {
+        return Ok(None);
+    }
+    let mut note = record.modified_ms.to_be_bytes().to_vec();
+    note.extend_from_slice(record.origin.as_bytes());
+    Ok(Some((item.id.uuid_bytes(), note)))
 }
 
 pub(super) fn remove_if_there(path: &Path) -> Result<(), StoreError> {

@@ -38,6 +38,11 @@ pub const CURSOR: u8 = b'K';
 pub const SERVED: u8 = b'P';
 pub const LEDGER: u8 = b'L';
 pub const FEED_CHECKPOINT: u8 = b'F';
+/// An indicator a compaction dropped as expired, by item UUID: the modified time of
+/// the version dropped (i64 big-endian), then its origin. An older or equal version
+/// offered again is refused as the log would have refused it, so what its origin
+/// retired by letting it expire does not come back.
+pub const DROPPED: u8 = b'D';
 
 pub const META_OWNER: &[u8] = b"Mowner";
 /// The store format (u32 big-endian): 4 since the bundle log has a header. Absent in

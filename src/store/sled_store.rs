@@ -9,7 +9,7 @@ use std::collections::hash_map::RandomState;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 
 use prost::Message;
 
@@ -101,6 +101,37 @@ pub struct SledStore {
     pub(super) recorded_ledger_head: Mutex<Option<Head>>,
     /// Held for the whole of a compaction: one at a time.
     pub(super) compacting: Mutex<()>,
+    /// Set while a compaction waits to swap the log: a thread that holds no read of
+    /// the log waits for the swap before it takes one ([`SledStore::log`]).
+    swap_pending: Mutex<bool>,
+    swap_done: Condvar,
+}
+
+thread_local! {
+    /// How many reads of a store's log this thread holds. A query holds one while the
+    /// policy decides, and the policy reads the items a reference names through the
+    /// store: a second read on the same thread, which must not wait for a swap that
+    /// waits for the first.
+    static LOG_READS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// A read of the bundle log, counted per thread (see [`SledStore::log`]).
+pub(super) struct LogRead<'a> {
+    guard: RwLockReadGuard<'a, BundleLog>,
+}
+
+impl std::ops::Deref for LogRead<'_> {
+    type Target = BundleLog;
+
+    fn deref(&self) -> &BundleLog {
+        &self.guard
+    }
+}
+
+impl Drop for LogRead<'_> {
+    fn drop(&mut self) {
+        LOG_READS.with(|n| n.set(n.get().saturating_sub(1)));
+    }
 }
 
 pub(super) use crate::util::now_ms;
@@ -278,11 +309,52 @@ impl SledStore {
             ledger,
             recorded_ledger_head: Mutex::new(Some(opened.ledger_head)),
             compacting: Mutex::new(()),
+            swap_pending: Mutex::new(false),
+            swap_done: Condvar::new(),
         }
     }
 
-    pub(super) fn log(&self) -> std::sync::RwLockReadGuard<'_, BundleLog> {
-        self.log.read().unwrap_or_else(|p| p.into_inner())
+    /// A read of the log. A thread that holds none waits while a compaction waits to
+    /// swap the log, so reads cannot keep the swap off for ever; a thread that holds
+    /// one already takes another at once. The compaction never waits in the lock
+    /// itself (std's lock would then make every new read wait, the second read of a
+    /// thread too, which would wait for the swap that waits for that thread's first).
+    pub(super) fn log(&self) -> LogRead<'_> {
+        if LOG_READS.with(std::cell::Cell::get) == 0 {
+            let mut pending = self.swap_pending.lock().unwrap_or_else(|p| p.into_inner());
+            while *pending {
+                pending = self
+                    .swap_done
+                    .wait(pending)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
+        }
+        let guard = self.log.read().unwrap_or_else(|p| p.into_inner());
+        LOG_READS.with(|n| n.set(n.get() + 1));
+        LogRead { guard }
+    }
+
+    /// The log for writing, for a compaction's swap: new reads wait meanwhile (but for
+    /// a second read of a thread that holds one), reads in flight finish.
+    pub(super) fn log_for_swap(&self) -> RwLockWriteGuard<'_, BundleLog> {
+        let set = |on: bool| {
+            *self.swap_pending.lock().unwrap_or_else(|p| p.into_inner()) = on;
+            if !on {
+                self.swap_done.notify_all();
+            }
+        };
+        set(true);
+        let guard = loop {
+            match self.log.try_write() {
+                Ok(guard) => break guard,
+                Err(TryLockError::Poisoned(p)) => break p.into_inner(),
+                Err(TryLockError::WouldBlock) => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+        };
+        set(false);
+        guard
     }
 
     pub(super) fn index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
@@ -495,6 +567,20 @@ impl SledStore {
     }
 
     /// Reads the item record at `span`.
+    /// What a compaction recorded of item `uuid` when it dropped it as expired: the
+    /// modified time and origin of the version dropped.
+    fn dropped(&self, uuid: &[u8; 16]) -> Result<Option<(i64, String)>, StoreError> {
+        let Some(value) = self.with_meta(|m| m.tree.get(records::key(records::DROPPED, uuid)))?
+        else {
+            return Ok(None);
+        };
+        let (modified, origin) = value
+            .split_first_chunk::<8>()
+            .ok_or_else(|| corrupt("dropped item", "shorter than 8 bytes"))?;
+        let origin = std::str::from_utf8(origin).map_err(|e| corrupt("dropped item", e))?;
+        Ok(Some((i64::from_be_bytes(*modified), origin.to_owned())))
+    }
+
     fn read_record(log: &BundleLog, span: Span) -> Result<ItemRecord, StoreError> {
         let bytes = log.read(span)?;
         ItemRecord::decode(bytes.as_slice()).map_err(|e| StoreError::Corrupt {
@@ -1155,7 +1241,10 @@ impl Store for SledStore {
                     is_revocation.then(|| (*pending_item).clone()),
                 )),
                 None => match self.item_record(&log, &uuid)? {
-                    None => None,
+                    // Not held: perhaps dropped by a compaction as expired.
+                    None => self
+                        .dropped(&uuid)?
+                        .map(|(modified, origin)| (modified, Some(origin), None)),
                     Some(current) => {
                         // One UUID, one object type: `malware--X` never replaces
                         // `indicator--X` (ids compare in lower case, as they are parsed).
