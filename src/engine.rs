@@ -16,7 +16,8 @@ use crate::policy::{
 pub use crate::store::ledger::writer::LedgerTicket;
 use crate::store::ledger::writer::{LedgerRefused, LedgerWriter};
 use crate::store::{
-    AcceptReport, ItemQuery, LedgerEntry, Page, PageLimit, Source, Store, StoreError, StoredItem,
+    AcceptReport, ItemQuery, ItemStore, LedgerEntry, LocalState, Page, PageLimit, Source, Store,
+    StoreError, StoredItem,
 };
 use crate::wire;
 
@@ -28,7 +29,7 @@ pub const SUBSCRIBED_ITEM_OVERHEAD: usize = 128;
 /// The store as policy sees what a node holds ([`crate::policy::Held`]): the latest
 /// version under an id and its bundle's signed distribution. A store error answers
 /// "not held", so an object that references it is withheld (fail closed).
-struct StoreHeld<'a>(&'a dyn Store);
+struct StoreHeld<'a>(&'a dyn ItemStore);
 
 impl crate::policy::Held for StoreHeld<'_> {
     fn held(&self, id: &ItemId, with_distribution: bool) -> Option<crate::policy::HeldItem> {
@@ -352,7 +353,7 @@ pub struct Answer {
     pub hold: AnswerHold,
 }
 
-struct StoreCertificates<'a>(&'a dyn Store);
+struct StoreCertificates<'a>(&'a dyn LocalState);
 
 impl CertificateSource for StoreCertificates<'_> {
     fn certificate(&self, sha256: &[u8; 32]) -> Option<Vec<u8>> {

@@ -542,8 +542,8 @@ fn taxii_status_key(slot: u32) -> String {
     format!("#taxii-status/{slot}")
 }
 
-/// The node's durable state.
-pub trait Store: Send + Sync {
+/// Bundles and items: accepting verified bundles, reading items back, flushing.
+pub trait ItemStore: Send + Sync {
     /// The id of the node that owns the store.
     fn owner(&self) -> &NodeId;
 
@@ -559,6 +559,12 @@ pub trait Store: Send + Sync {
 
     /// Forces everything written so far to disk.
     fn flush(&self) -> Result<(), StoreError>;
+
+    /// Whether the store can write now: `Err` (an [`StoreError::Unwritable`]) from a
+    /// failed write until a flush succeeds again.
+    fn writable(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// The latest version held of an item.
     fn get(&self, id: &ItemId) -> Result<Option<StoredItem>, StoreError>;
@@ -582,6 +588,18 @@ pub trait Store: Send + Sync {
         visible: &dyn Fn(&StoredItem) -> bool,
     ) -> Result<Page, StoreError>;
 
+    /// A held bundle with its current items (those whose latest version is this one).
+    fn held_bundle(&self, id: &BundleId) -> Result<Option<HeldBundle>, StoreError>;
+
+    /// The exact signed header bytes of a held bundle.
+    fn bundle_header(&self, id: &BundleId) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Bytes the store occupies on disk.
+    fn size_on_disk(&self) -> Result<u64, StoreError>;
+}
+
+/// The change feed partners pull: positions and the bundles at them.
+pub trait ChangeFeed: Send + Sync {
     /// The latest change-feed sequence number (0 when empty).
     fn feed_head(&self) -> u64;
 
@@ -595,10 +613,10 @@ pub trait Store: Send + Sync {
 
     /// Change-feed entries after `after`, oldest first, at most `limit`.
     fn feed(&self, after: u64, limit: usize) -> Result<Vec<(u64, BundleId)>, StoreError>;
+}
 
-    /// A held bundle with its current items (those whose latest version is this one).
-    fn held_bundle(&self, id: &BundleId) -> Result<Option<HeldBundle>, StoreError>;
-
+/// What the store keeps per partner: replication cursors and served-policy fingerprints.
+pub trait PartnerState: Send + Sync {
     /// The fingerprint of the policy under which `peer` was last served a pull.
     fn served_policy(&self, peer: &NodeId) -> Result<Option<[u8; 32]>, StoreError>;
 
@@ -611,7 +629,10 @@ pub trait Store: Send + Sync {
     /// Records the replication cursor for `peer`. Written after the bundles before it,
     /// so a recovered cursor never points past data that was not recovered.
     fn set_cursor(&self, peer: &NodeId, seq: u64) -> Result<(), StoreError>;
+}
 
+/// Small state of the node's own: the certificate cache, feed checkpoints, TAXII statuses.
+pub trait LocalState: Send + Sync {
     /// The checkpoint kept for the external feed `name` (`None` when none): what it has
     /// ingested so far, in the feed's own encoding.
     fn feed_checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
@@ -638,13 +659,10 @@ pub trait Store: Send + Sync {
 
     /// A cached certificate.
     fn certificate(&self, sha256: &[u8; 32]) -> Result<Option<Vec<u8>>, StoreError>;
+}
 
-    /// Bytes the store occupies on disk.
-    fn size_on_disk(&self) -> Result<u64, StoreError>;
-
-    /// The exact signed header bytes of a held bundle.
-    fn bundle_header(&self, id: &BundleId) -> Result<Option<Vec<u8>>, StoreError>;
-
+/// The disclosure ledger: appending records, reading them back, checking the chain.
+pub trait DisclosureLedger: Send + Sync {
     /// Appends several records in order, chained, in one write (group commit): in the
     /// ledger's file when this returns (a killed process loses none), durable with the
     /// next flush.
@@ -667,14 +685,21 @@ pub trait Store: Send + Sync {
         since_ms: Option<i64>,
     ) -> Result<Vec<LedgerRecord>, StoreError>;
 
-    /// Whether the store can write now: `Err` (an [`StoreError::Unwritable`]) from a
-    /// failed write until a flush succeeds again.
-    fn writable(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-
     /// Walks the whole ledger and checks the chain, up to the head as it stands when
     /// the walk starts (records appended meanwhile are left for the next check). A
     /// damaged record is reported as [`LedgerCheck::Broken`]; `Err` is for I/O only.
     fn verify_ledger(&self) -> Result<LedgerCheck, StoreError>;
 }
+
+/// Every part of the store's interface, for code (and tests) that use a concrete store
+/// directly: `use entente::store::prelude::*`.
+pub mod prelude {
+    pub use super::{ChangeFeed, DisclosureLedger, ItemStore, LocalState, PartnerState, Store};
+}
+
+/// The node's durable state, all of it: what the engine holds. Each part is a trait of
+/// its own, so code that needs only one (the certificate cache, the ledger) is given
+/// only that one.
+pub trait Store: ItemStore + ChangeFeed + PartnerState + LocalState + DisclosureLedger {}
+
+impl<T: ItemStore + ChangeFeed + PartnerState + LocalState + DisclosureLedger> Store for T {}

@@ -16,7 +16,8 @@ use entente::crypto::{VerifiedBundle, verify};
 use entente::engine::now_ms;
 use entente::model::{IndicatorType, Item, ItemId, ItemKind, Revocation, Tlp};
 use entente::store::compact::{Compaction, Stop};
-use entente::store::{ItemQuery, PageLimit, SledStore, Source, Store, StoreError};
+use entente::store::prelude::*;
+use entente::store::{ItemQuery, PageLimit, SledStore, Source, StoreError};
 
 const DAY: i64 = 24 * 3600 * 1000;
 

@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 use common::Pki;
 use entente::client::{ClientError, NodeClient};
 use entente::rpc::proto::{ItemFilter, PublishRequest};
-use entente::store::{LOG_FILE, Store, StoreError};
+use entente::store::prelude::*;
+use entente::store::{LOG_FILE, StoreError};
 use entente::wire;
 use entente::{Config, Node, NodeId};
 

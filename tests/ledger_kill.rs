@@ -312,7 +312,7 @@ fn ledger_writer_child() {
     let bundle = entente::model::BundleId::new_random();
     let mut out = std::io::stdout().lock();
     for i in 0u64.. {
-        let record = entente::store::Store::append_ledger(
+        let record = entente::store::DisclosureLedger::append_ledger(
             &store,
             &entente::store::LedgerEntry {
                 time_ms: 1_700_000_000_000 + i as i64,
@@ -327,7 +327,7 @@ fn ledger_writer_child() {
         writeln!(out, "acked {}", record.seq).unwrap();
         out.flush().unwrap();
         if i % 64 == 0 {
-            entente::store::Store::flush(&store).unwrap();
+            entente::store::ItemStore::flush(&store).unwrap();
         }
     }
 }
@@ -395,7 +395,7 @@ fn store_ledger_writes_survive_kill_9() {
         }
 
         let store = common::open_store(dir.path(), &owner, 1 << 20).unwrap();
-        let check = entente::store::Store::verify_ledger(&store).unwrap();
+        let check = entente::store::DisclosureLedger::verify_ledger(&store).unwrap();
         let entente::store::LedgerCheck::Intact { records, from, .. } = check else {
             panic!("trial {trial} (seed {seed}): {check:?}");
         };
@@ -404,7 +404,8 @@ fn store_ledger_writes_survive_kill_9() {
             "trial {trial}: {records} records, {acked} acknowledged"
         );
         if acked > from {
-            let found = entente::store::Store::ledger(&store, acked - 1, 1, None, None).unwrap();
+            let found =
+                entente::store::DisclosureLedger::ledger(&store, acked - 1, 1, None, None).unwrap();
             assert_eq!(found.first().map(|r| r.seq), Some(acked), "trial {trial}");
         }
         dropped |= from > 0;

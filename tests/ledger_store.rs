@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use entente::crypto::sha256;
 use entente::model::{BundleId, NodeId};
-use entente::store::{FrameSpan, LedgerCheck, LedgerEntry, LedgerRecord, SledStore, Store};
+use entente::store::prelude::*;
+use entente::store::{FrameSpan, LedgerCheck, LedgerEntry, LedgerRecord, SledStore};
 
 /// The sled tree the store keeps everything in (the store's constant is private).
 const TREE: &str = "entente.v3";

@@ -11,7 +11,8 @@ mod common;
 use common::Pki;
 use entente::crypto::BundleSigner;
 use entente::model::{Distribution, Indicator, IndicatorType, Item, ItemId, ItemKind, Tlp};
-use entente::store::{LOG_FILE, Source, Store};
+use entente::store::prelude::*;
+use entente::store::{LOG_FILE, Source};
 
 /// The time the item record is stamped with (`accepted_ms`, field 9): a varint of six
 /// bytes, found once in the log.

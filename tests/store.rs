@@ -9,8 +9,9 @@ use std::sync::Arc;
 use entente::crypto::{VerifiedBundle, verify};
 use entente::engine::now_ms;
 use entente::model::{IndicatorType, Item, ItemId, ItemKind, NodeId, Revocation, Tlp};
+use entente::store::prelude::*;
 use entente::store::{
-    ItemQuery, ItemRejection, Page, PageLimit, SledStore, Source, Store, StoreError, StoredItem,
+    ItemQuery, ItemRejection, Page, PageLimit, SledStore, Source, StoreError, StoredItem,
 };
 
 use common::signed::{Fixture, bundle, fixture, indicator, local};

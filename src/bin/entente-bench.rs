@@ -521,7 +521,7 @@ async fn ingest(args: &Args) -> Result<()> {
             value: Some(value_of((q * 104_729) % items)),
             ..Default::default()
         };
-        let page = entente::store::Store::query(
+        let page = entente::store::ItemStore::query(
             &store,
             &query,
             None,

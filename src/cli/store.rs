@@ -55,7 +55,7 @@ pub fn compact(config: &crate::Config, output: Output) -> Result<()> {
     )
     .map_err(running)?;
     let done = store.compact(config.node.compaction)?;
-    crate::store::Store::flush(&store)?;
+    crate::store::ItemStore::flush(&store)?;
     if output.is_json() {
         return print_json(&json!({
             "bytes_before": done.bytes_before,

@@ -38,7 +38,7 @@ use super::index::{Index, record_item};
 use super::log::{BundleLog, FrameBuilder, LogHeader, Span, sync_dir};
 use super::records::{self, ItemRecord};
 use super::sled_store::{SledStore, corrupt, now_ms};
-use super::{Store, StoreError};
+use super::{ItemStore, StoreError};
 use crate::model::Item;
 use prost::Message;
 

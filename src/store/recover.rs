@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{SledStore, Store, StoreError};
+use super::{ChangeFeed, ItemStore, SledStore, StoreError};
 use crate::model::NodeId;
 
 /// What recovery did, for the operator.

@@ -20,8 +20,9 @@ use super::log::{BundleLog, FrameBuilder, LogHeader, Span};
 use super::meta::{Meta, Opened, is_lock_error, meta_u64, migrate_ledger, open_meta};
 use super::records::{self, BundleHead, ItemRecord};
 use super::{
-    AcceptReport, HeldBundle, HeldItem, ItemQuery, ItemRejection, LedgerCheck, LedgerEntry,
-    LedgerRecord, Page, PageLimit, Source, Store, StoreError, StoredItem,
+    AcceptReport, ChangeFeed, DisclosureLedger, HeldBundle, HeldItem, ItemQuery, ItemRejection,
+    ItemStore, LedgerCheck, LedgerEntry, LedgerRecord, LocalState, Page, PageLimit, PartnerState,
+    Source, StoreError, StoredItem,
 };
 use crate::crypto::VerifiedBundle;
 use crate::model::{BundleId, IndicatorType, Item, ItemId, NodeId, normalise};
@@ -1140,7 +1141,7 @@ impl SledStore {
     }
 }
 
-impl Store for SledStore {
+impl ItemStore for SledStore {
     fn owner(&self) -> &NodeId {
         &self.owner
     }
@@ -1414,6 +1415,7 @@ impl Store for SledStore {
             }
         }
     }
+
     /// No index lists an id's superseded versions: every slot is looked at, in chunks
     /// of [`CHUNK_SLOTS`] per hold of the index lock (about 3 MiB of slots each).
     fn versions(&self, id: &ItemId, limit: usize) -> Result<Vec<StoredItem>, StoreError> {
@@ -1511,58 +1513,6 @@ impl Store for SledStore {
         Ok(page)
     }
 
-    fn feed_head(&self) -> u64 {
-        self.index().feed_head()
-    }
-
-    fn feed_limit(&self) -> u64 {
-        self.feed_head()
-            .max(self.feed_floor)
-            .max(self.feed_compacted.load(Ordering::SeqCst))
-    }
-
-    fn feed_checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let key = records::key(records::FEED_CHECKPOINT, name.as_bytes());
-        Ok(self.with_meta(|m| m.tree.get(key))?.map(|v| v.to_vec()))
-    }
-
-    fn set_feed_checkpoint(&self, name: &str, checkpoint: &[u8]) -> Result<(), StoreError> {
-        self.writable()?;
-        let key = records::key(records::FEED_CHECKPOINT, name.as_bytes());
-        self.with_meta(|m| m.tree.insert(key, checkpoint))?;
-        Ok(())
-    }
-
-    fn put_certificate(&self, der: &[u8]) -> Result<[u8; 32], StoreError> {
-        let sha = crate::crypto::sha256(der);
-        self.with_meta(|m| m.tree.insert(records::key(records::CERT, &sha), der))?;
-        Ok(sha)
-    }
-
-    fn certificate(&self, sha256: &[u8; 32]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .with_meta(|m| m.tree.get(records::key(records::CERT, sha256)))?
-            .map(|v| v.to_vec()))
-    }
-
-    fn size_on_disk(&self) -> Result<u64, StoreError> {
-        let sled = self.with_meta(|m| m.db.size_on_disk())?;
-        Ok(sled + self.log().len() + self.ledger.bytes())
-    }
-
-    fn feed(&self, after: u64, limit: usize) -> Result<Vec<(u64, BundleId)>, StoreError> {
-        let Some(first) = after.checked_add(1) else {
-            return Ok(Vec::new());
-        };
-        let index = self.index();
-        Ok(index
-            .feed
-            .range(first..)
-            .take(limit)
-            .map(|(seq, uuid)| (*seq, BundleId::from_uuid_bytes(*uuid)))
-            .collect())
-    }
-
     fn held_bundle(&self, id: &BundleId) -> Result<Option<HeldBundle>, StoreError> {
         let log = self.log();
         let (head, mut slots) = {
@@ -1600,6 +1550,42 @@ impl Store for SledStore {
         }))
     }
 
+    fn bundle_header(&self, id: &BundleId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.bundle_header_in(&self.log(), id)
+    }
+
+    fn size_on_disk(&self) -> Result<u64, StoreError> {
+        let sled = self.with_meta(|m| m.db.size_on_disk())?;
+        Ok(sled + self.log().len() + self.ledger.bytes())
+    }
+}
+
+impl ChangeFeed for SledStore {
+    fn feed_head(&self) -> u64 {
+        self.index().feed_head()
+    }
+
+    fn feed_limit(&self) -> u64 {
+        self.feed_head()
+            .max(self.feed_floor)
+            .max(self.feed_compacted.load(Ordering::SeqCst))
+    }
+
+    fn feed(&self, after: u64, limit: usize) -> Result<Vec<(u64, BundleId)>, StoreError> {
+        let Some(first) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let index = self.index();
+        Ok(index
+            .feed
+            .range(first..)
+            .take(limit)
+            .map(|(seq, uuid)| (*seq, BundleId::from_uuid_bytes(*uuid)))
+            .collect())
+    }
+}
+
+impl PartnerState for SledStore {
     fn served_policy(&self, peer: &NodeId) -> Result<Option<[u8; 32]>, StoreError> {
         let key = records::key(records::SERVED, peer.as_str().as_bytes());
         Ok(self
@@ -1638,11 +1624,35 @@ impl Store for SledStore {
             .insert(peer.as_str().to_owned(), (seq, true));
         Ok(())
     }
+}
 
-    fn bundle_header(&self, id: &BundleId) -> Result<Option<Vec<u8>>, StoreError> {
-        self.bundle_header_in(&self.log(), id)
+impl LocalState for SledStore {
+    fn feed_checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = records::key(records::FEED_CHECKPOINT, name.as_bytes());
+        Ok(self.with_meta(|m| m.tree.get(key))?.map(|v| v.to_vec()))
     }
 
+    fn set_feed_checkpoint(&self, name: &str, checkpoint: &[u8]) -> Result<(), StoreError> {
+        self.writable()?;
+        let key = records::key(records::FEED_CHECKPOINT, name.as_bytes());
+        self.with_meta(|m| m.tree.insert(key, checkpoint))?;
+        Ok(())
+    }
+
+    fn put_certificate(&self, der: &[u8]) -> Result<[u8; 32], StoreError> {
+        let sha = crate::crypto::sha256(der);
+        self.with_meta(|m| m.tree.insert(records::key(records::CERT, &sha), der))?;
+        Ok(sha)
+    }
+
+    fn certificate(&self, sha256: &[u8; 32]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .with_meta(|m| m.tree.get(records::key(records::CERT, sha256)))?
+            .map(|v| v.to_vec()))
+    }
+}
+
+impl DisclosureLedger for SledStore {
     fn append_ledger_many(&self, entries: &[LedgerEntry]) -> Result<Vec<LedgerRecord>, StoreError> {
         // A record that cannot reach the disk is not written: the delivery it
         // records is refused instead.
