@@ -24,7 +24,8 @@ use common::signed::{bundle, fixture, indicator, local};
 use entente::engine::now_ms;
 use entente::model::{IndicatorType, ItemId, ItemKind, Tlp};
 use entente::store::compact::Compaction;
-use entente::store::{ItemQuery, PageLimit, SledStore, Source, Store};
+use entente::store::prelude::*;
+use entente::store::{ItemQuery, PageLimit, SledStore, Source};
 
 const DAY: i64 = 24 * 3600 * 1000;
 

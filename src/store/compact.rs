@@ -332,6 +332,9 @@ impl SledStore {
                 *log = new_log.renamed(&log_path);
                 self.swap_index(index);
                 self.recorded_watermark.store(0, Ordering::SeqCst);
+                // The rename may not be on disk: the flush that records the new log's
+                // generation syncs the directory first.
+                self.directory_unsynced.store(true, Ordering::SeqCst);
             } else {
                 let _ = std::fs::remove_file(&new_path);
             }

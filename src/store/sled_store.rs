@@ -102,6 +102,9 @@ pub struct SledStore {
     pub(super) recorded_ledger_head: Mutex<Option<Head>>,
     /// Held for the whole of a compaction: one at a time.
     pub(super) compacting: Mutex<()>,
+    /// A compaction renamed its log into place but the directory's sync failed: the
+    /// next flush syncs it before it records the new log's generation.
+    pub(super) directory_unsynced: std::sync::atomic::AtomicBool,
     /// Set while a compaction waits to swap the log: a thread that holds no read of
     /// the log waits for the swap before it takes one ([`SledStore::log`]).
     swap_pending: Mutex<bool>,
@@ -310,6 +313,7 @@ impl SledStore {
             ledger,
             recorded_ledger_head: Mutex::new(Some(opened.ledger_head)),
             compacting: Mutex::new(()),
+            directory_unsynced: std::sync::atomic::AtomicBool::new(false),
             swap_pending: Mutex::new(false),
             swap_done: Condvar::new(),
         }
@@ -1097,6 +1101,14 @@ impl SledStore {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             != Some(ledger_head);
+        if self.directory_unsynced.load(Ordering::SeqCst) {
+            let log_path = self.path.join(records::LOG_FILE);
+            super::log::sync_dir(&log_path).map_err(|source| StoreError::Io {
+                path: log_path,
+                source,
+            })?;
+            self.directory_unsynced.store(false, Ordering::SeqCst);
+        }
         if synced != recorded || !pending.is_empty() || ledger_moved {
             let mut batch = sled::Batch::default();
             batch.insert(records::META_LOG_SYNCED, &synced.to_be_bytes()[..]);
