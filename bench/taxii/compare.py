@@ -557,7 +557,10 @@ def measure(server, objects, args, result):
         page = r.json()
         pages += 1
         for o in page.get("objects", []):
-            seen.add(o["id"])
+            # A listing may also carry the definitions its objects refer to (marking
+            # definitions, the origin's identity): they are not objects that were added.
+            if o.get("type") == "indicator":
+                seen.add(o["id"])
         if not page.get("more") or not page.get("next"):
             break
         params = {"limit": args.page, "next": page["next"]}
