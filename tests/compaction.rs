@@ -11,28 +11,15 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
 
-use common::signed::{Fixture, bundle, fixture, indicator};
+use common::signed::{Fixture, Lcg, bundle, fixture, indicator, revocation};
 use entente::crypto::{VerifiedBundle, verify};
 use entente::engine::now_ms;
-use entente::model::{IndicatorType, Item, ItemId, ItemKind, Revocation, Tlp};
+use entente::model::{IndicatorType, Item, ItemId, ItemKind, Tlp};
 use entente::store::compact::{Compaction, Stop};
 use entente::store::prelude::*;
 use entente::store::{ItemQuery, PageLimit, SledStore, Source, StoreError};
 
 const DAY: i64 = 24 * 3600 * 1000;
-
-/// A small deterministic generator, so a failing seed can be replayed.
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n
-    }
-}
 
 fn open(dir: &Path, f: &Fixture) -> SledStore {
     common::open_store(dir, &f.hq.id, 16 << 20).unwrap()
@@ -178,17 +165,7 @@ fn history(f: &Fixture, seed: u64, steps: i64, with_expired: bool) -> History {
                     let id = ids[at].clone();
                     let modified = now - 10_000 + 100 * step + rng.below(90) as i64;
                     if rng.below(6) == 0 {
-                        Item {
-                            id,
-                            modified_ms: modified,
-                            tlp: Tlp::Green,
-                            tags: vec![],
-                            kind: ItemKind::Revocation(Revocation {
-                                indicator_type: IndicatorType::Domain,
-                                reason: "withdrawn".into(),
-                                indicator: None,
-                            }),
-                        }
+                        revocation(&id, modified)
                     } else {
                         let value = &values[rng.below(values.len() as u64) as usize];
                         let mut item =

@@ -14,7 +14,7 @@ use entente::store::{
     ItemQuery, ItemRejection, Page, PageLimit, SledStore, Source, StoreError, StoredItem,
 };
 
-use common::signed::{Fixture, bundle, fixture, indicator, local};
+use common::signed::{Fixture, Lcg, bundle, fixture, indicator, local, revocation};
 
 fn open(f: &Fixture, name: &str) -> SledStore {
     common::open_store(&f.pki.path().join(name), &f.hq.id, 16 << 20).unwrap()
@@ -651,19 +651,6 @@ fn answers(
     out
 }
 
-/// A small deterministic generator, so a failing seed can be replayed.
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n
-    }
-}
-
 #[test]
 fn a_reopened_store_answers_exactly_as_before() {
     let f = fixture();
@@ -1021,17 +1008,7 @@ fn the_store_agrees_with_a_model_of_the_rules_on_random_histories() {
                         let id = ids[rng.below(ids.len() as u64) as usize].clone();
                         let modified = now - 10_000 + 100 * step + rng.below(300) as i64;
                         if rng.below(5) == 0 {
-                            Item {
-                                id,
-                                modified_ms: modified,
-                                tlp: Tlp::Green,
-                                tags: vec![],
-                                kind: ItemKind::Revocation(Revocation {
-                                    indicator_type: IndicatorType::Domain,
-                                    reason: "withdrawn".into(),
-                                    indicator: None,
-                                }),
-                            }
+                            revocation(&id, modified)
                         } else {
                             let value = &values[rng.below(values.len() as u64) as usize];
                             indicator(&id, IndicatorType::Domain, value, modified, Tlp::Green, &[])

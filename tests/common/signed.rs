@@ -5,7 +5,9 @@ use std::collections::HashMap;
 
 use entente::crypto::{BundleSigner, CertificateSource, VerifiedBundle, sha256, verify};
 use entente::engine::now_ms;
-use entente::model::{Distribution, Indicator, IndicatorType, Item, ItemId, ItemKind, NodeId, Tlp};
+use entente::model::{
+    Distribution, Indicator, IndicatorType, Item, ItemId, ItemKind, NodeId, Revocation, Tlp,
+};
 use entente::store::Source;
 use entente::transport::{SignerVerifier, TlsMaterial};
 
@@ -97,5 +99,34 @@ pub fn local(id: &NodeId) -> Source {
     Source {
         received_from: id.clone(),
         hops: 0,
+    }
+}
+
+/// A GREEN revocation of domain indicator `id`, withdrawn at `modified`.
+pub fn revocation(id: &ItemId, modified: i64) -> Item {
+    Item {
+        id: id.clone(),
+        modified_ms: modified,
+        tlp: Tlp::Green,
+        tags: vec![],
+        kind: ItemKind::Revocation(Revocation {
+            indicator_type: IndicatorType::Domain,
+            reason: "withdrawn".into(),
+            indicator: None,
+        }),
+    }
+}
+
+/// A small deterministic generator, so a failing seed can be replayed.
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    /// A number below `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
     }
 }
