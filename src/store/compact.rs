@@ -304,6 +304,10 @@ impl SledStore {
         for (uuid, note) in &dropped {
             batch.insert(records::key(records::DROPPED, uuid), &note[..]);
         }
+        // Set before the notes are written: a lookup that finds none is only wasted.
+        if !dropped.is_empty() {
+            self.any_dropped.store(true, Ordering::SeqCst);
+        }
         drop(dropped);
         if let Err(e) = self.with_meta(|m| {
             m.tree.apply_batch(batch)?;

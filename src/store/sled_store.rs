@@ -102,6 +102,9 @@ pub struct SledStore {
     pub(super) recorded_ledger_head: Mutex<Option<Head>>,
     /// Held for the whole of a compaction: one at a time.
     pub(super) compacting: Mutex<()>,
+    /// Whether the metadata holds any note of an indicator a compaction dropped as
+    /// expired ([`records::DROPPED`]).
+    pub(super) any_dropped: std::sync::atomic::AtomicBool,
     /// A compaction renamed its log into place but the directory's sync failed: the
     /// next flush syncs it before it records the new log's generation.
     pub(super) directory_unsynced: std::sync::atomic::AtomicBool,
@@ -293,6 +296,7 @@ impl SledStore {
         opened: &Opened,
     ) -> Self {
         let hasher = index.hasher.clone();
+        let any_dropped = meta.tree.scan_prefix([records::DROPPED]).next().is_some();
         Self {
             path: dir.to_owned(),
             owner: owner.clone(),
@@ -313,6 +317,7 @@ impl SledStore {
             ledger,
             recorded_ledger_head: Mutex::new(Some(opened.ledger_head)),
             compacting: Mutex::new(()),
+            any_dropped: std::sync::atomic::AtomicBool::new(any_dropped),
             directory_unsynced: std::sync::atomic::AtomicBool::new(false),
             swap_pending: Mutex::new(false),
             swap_done: Condvar::new(),
@@ -571,10 +576,13 @@ impl SledStore {
         }
     }
 
-    /// Reads the item record at `span`.
     /// What a compaction recorded of item `uuid` when it dropped it as expired: the
     /// modified time and origin of the version dropped.
     fn dropped(&self, uuid: &[u8; 16]) -> Result<Option<(i64, String)>, StoreError> {
+        // Most stores never dropped anything: no lookup per new item then.
+        if !self.any_dropped.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
         let Some(value) = self.with_meta(|m| m.tree.get(records::key(records::DROPPED, uuid)))?
         else {
             return Ok(None);
@@ -586,6 +594,7 @@ impl SledStore {
         Ok(Some((i64::from_be_bytes(*modified), origin.to_owned())))
     }
 
+    /// Reads the item record at `span`.
     fn read_record(log: &BundleLog, span: Span) -> Result<ItemRecord, StoreError> {
         let bytes = log.read(span)?;
         ItemRecord::decode(bytes.as_slice()).map_err(|e| StoreError::Corrupt {
