@@ -111,6 +111,55 @@ pub struct ParsedInput {
     pub errors: Vec<InputError>,
 }
 
+/// What a TAXII status repeats of one object of an envelope (see [`parse_envelope`]):
+/// its id (empty when it has none), version and type, cut to a bounded length.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EnvelopeEntry {
+    /// `id`, or empty when the object has no string id.
+    pub id: String,
+    /// `modified`, when it is a string.
+    pub version: Option<String>,
+    /// `type`, when it is a string.
+    pub kind: Option<String>,
+}
+
+/// Why an envelope was not read at all.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    /// Not JSON this node reads: malformed, a name given twice, or more values than
+    /// allowed.
+    #[error("the body is not JSON that this node reads: {0}")]
+    Json(String),
+    /// JSON, but not an object with an `objects` array.
+    #[error("the body is not a TAXII envelope with an objects array")]
+    NotAnEnvelope,
+    /// No objects, or more than allowed.
+    #[error("an envelope holds at least one object and at most the limit")]
+    ObjectCount,
+}
+
+/// Reads a TAXII 2.1 envelope's objects as [`parse_input`] reads a STIX bundle's,
+/// straight from the request body: at most `max_values` JSON values (each scalar, array
+/// and object counts one) and `max_objects` objects, a name given twice at any depth
+/// refused. Returns the items and errors, and for each object of the envelope, in order,
+/// what its status names.
+pub fn parse_envelope(
+    bytes: &[u8],
+    max_values: usize,
+    max_objects: usize,
+    defaults: &Defaults,
+    now_ms: i64,
+) -> Result<(ParsedInput, Vec<EnvelopeEntry>), EnvelopeError> {
+    let mut sink = Sink {
+        out: ParsedInput::default(),
+        defaults,
+        records: 0,
+        max_items: max_objects,
+    };
+    let entries = stix::parse_envelope(bytes, max_values, max_objects, now_ms, &mut sink)?;
+    Ok((sink.out, entries))
+}
+
 /// Parses operator input in `format` into items. `now_ms` (milliseconds since the Unix
 /// epoch) is the version and start of validity of items whose input gives none.
 pub fn parse_input(

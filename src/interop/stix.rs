@@ -9,17 +9,20 @@
 //! `object_marking_refs`, raised by any granular marking on a property the item carries; a
 //! marking that cannot be represented refuses the object (see [`markings`]).
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 
 use serde::Deserialize;
-use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 
 use self::markings::Definitions;
 use super::pattern;
+use super::strict_json::Budget;
 use super::{Draft, ParsedInput, Sink, TooMany, parse_timestamp};
 use crate::model::{
     ContextObject, Holder, Indicator, IndicatorType, Item, ItemId, ItemKind, Revocation,
@@ -167,8 +170,8 @@ struct RawObject {
 impl RawObject {
     /// Stores one property, or refuses a property given twice: parsers disagree on which
     /// of the two counts, so the object has no one meaning.
-    fn set(&mut self, key: String, value: Value) -> Result<(), String> {
-        let slot = match key.as_str() {
+    fn set(&mut self, key: Key<'_>, value: Value) -> Result<(), String> {
+        let slot = match &*key.0 {
             "type" => &mut self.kind,
             "id" => &mut self.id,
             "pattern" => &mut self.pattern,
@@ -192,19 +195,23 @@ impl RawObject {
             "x_opencti_definition_type" => &mut self.x_opencti_definition_type,
             "x_opencti_definition" => &mut self.x_opencti_definition,
             _ => {
-                return match self.other.entry(key) {
+                return match self.other.entry(key.0.into_owned()) {
                     serde_json::map::Entry::Vacant(free) => {
                         free.insert(value);
                         Ok(())
                     }
-                    serde_json::map::Entry::Occupied(taken) => {
-                        Err(format!("duplicate property {:?}", shown(taken.key())))
-                    }
+                    serde_json::map::Entry::Occupied(taken) => Err(format!(
+                        "the name {:?} is given twice in one object",
+                        shown(taken.key())
+                    )),
                 };
             }
         };
         if slot.is_some() {
-            return Err(format!("duplicate property {:?}", shown(&key)));
+            return Err(format!(
+                "the name {:?} is given twice in one object",
+                shown(&key.0)
+            ));
         }
         *slot = Some(value);
         Ok(())
@@ -213,7 +220,11 @@ impl RawObject {
     /// The properties an indicator keeps besides those the model carries: every one but
     /// the modelled ones ([`crate::model::StixProperties::keep`] drops those).
     fn kept(&self) -> Map<String, Value> {
-        let mut all = self.other.clone();
+        self.with_named(self.other.clone())
+    }
+
+    /// `all` with the named properties an indicator keeps.
+    fn with_named(&self, mut all: Map<String, Value>) -> Map<String, Value> {
         let named = [
             ("description", &self.description),
             ("name", &self.name),
@@ -262,15 +273,71 @@ impl RawObject {
     }
 }
 
-impl<'de> Deserialize<'de> for Element {
-    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(ElementVisitor)
+/// A property name, borrowed from the text when it holds no escape: most names are
+/// those [`RawObject::set`] matches, and need no copy of their own.
+struct Key<'a>(Cow<'a, str>);
+
+struct KeySeed;
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = Key<'de>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Key<'de>, D::Error> {
+        deserializer.deserialize_str(self)
     }
 }
 
-struct ElementVisitor;
+impl<'de> Visitor<'de> for KeySeed {
+    type Value = Key<'de>;
 
-impl<'de> Visitor<'de> for ElementVisitor {
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a property name")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+        Ok(Key(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+        Ok(Key(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Key<'de>, E> {
+        Ok(Key(Cow::Owned(v)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Element {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let unbounded = Cell::new(usize::MAX);
+        deserializer.deserialize_any(ElementVisitor {
+            budget: Budget::new(&unbounded),
+        })
+    }
+}
+
+/// One element of `objects`, its values counted against a budget shared by the whole
+/// text.
+#[derive(Clone, Copy)]
+struct ElementSeed<'a> {
+    budget: Budget<'a>,
+}
+
+impl<'de> DeserializeSeed<'de> for ElementSeed<'_> {
+    type Value = Element;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Element, D::Error> {
+        deserializer.deserialize_any(ElementVisitor {
+            budget: self.budget,
+        })
+    }
+}
+
+struct ElementVisitor<'a> {
+    budget: Budget<'a>,
+}
+
+impl<'de> Visitor<'de> for ElementVisitor<'_> {
     type Value = Element;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -278,10 +345,11 @@ impl<'de> Visitor<'de> for ElementVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Element, A::Error> {
+        self.budget.take()?;
         let mut object = RawObject::default();
-        while let Some(key) = map.next_key::<String>()? {
+        while let Some(key) = map.next_key_seed(KeySeed)? {
             // A name given twice is refused at every depth, not only here.
-            let super::strict_json::StrictValue(value) = map.next_value()?;
+            let value = map.next_value_seed(self.budget)?;
             object.set(key, value).map_err(de::Error::custom)?;
         }
         Ok(Element::Object(Box::new(object)))
@@ -329,7 +397,7 @@ pub(super) fn parse(text: &str, now_ms: i64, sink: &mut Sink<'_>) -> Result<(), 
             return Ok(());
         }
     };
-    let objects = match (bundle.kind.as_ref().and_then(Value::as_str), bundle.objects) {
+    let mut objects = match (bundle.kind.as_ref().and_then(Value::as_str), bundle.objects) {
         (Some("bundle"), Some(objects)) => objects,
         (Some("bundle"), None) => {
             sink.error("input".into(), "the bundle has no \"objects\" array".into());
@@ -343,15 +411,231 @@ pub(super) fn parse(text: &str, now_ms: i64, sink: &mut Sink<'_>) -> Result<(), 
             return Ok(());
         }
     };
+    parse_objects(&mut objects, now_ms, sink)
+}
+
+/// What a TAXII envelope (`{"objects": [...], ...}`) holds: its objects, read as
+/// [`parse`] reads a bundle's, and the id, version and type of each for the status.
+pub(super) fn parse_envelope(
+    bytes: &[u8],
+    max_values: usize,
+    max_objects: usize,
+    now_ms: i64,
+    sink: &mut Sink<'_>,
+) -> Result<Vec<super::EnvelopeEntry>, super::EnvelopeError> {
+    use super::EnvelopeError;
+    let left = Cell::new(max_values);
+    let seed = EnvelopeSeed {
+        budget: Budget::new(&left),
+        max_objects,
+    };
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let objects = seed
+        .deserialize(&mut deserializer)
+        .and_then(|objects| deserializer.end().map(|()| objects))
+        .map_err(|e| match e.classify() {
+            serde_json::error::Category::Data if e.to_string().starts_with(NOT_AN_ENVELOPE) => {
+                EnvelopeError::NotAnEnvelope
+            }
+            serde_json::error::Category::Data if e.to_string().starts_with(OBJECT_COUNT) => {
+                EnvelopeError::ObjectCount
+            }
+            _ => EnvelopeError::Json(e.to_string()),
+        })?;
+    let mut objects = objects.ok_or(EnvelopeError::NotAnEnvelope)?;
+    if objects.is_empty() {
+        return Err(EnvelopeError::ObjectCount);
+    }
+    let entries = objects
+        .iter()
+        .map(|element| {
+            let Element::Object(object) = element else {
+                return super::EnvelopeEntry::default();
+            };
+            let text = |value: &Option<Value>, chars: usize| {
+                value
+                    .as_ref()
+                    .and_then(Value::as_str)
+                    .map(|s| match s.char_indices().nth(chars) {
+                        Some((end, _)) => s[..end].to_owned(),
+                        None => s.to_owned(),
+                    })
+            };
+            super::EnvelopeEntry {
+                id: text(&object.id, SHOWN_ENTRY_ID_CHARS).unwrap_or_default(),
+                version: text(&object.modified, SHOWN_ENTRY_VERSION_CHARS),
+                kind: text(&object.kind, SHOWN_ENTRY_ID_CHARS),
+            }
+        })
+        .collect();
+    // An envelope within `max_objects` is within the sink's bound as well.
+    let _ = parse_objects(&mut objects, now_ms, sink);
+    Ok(entries)
+}
+
+/// Most characters of an object's id and type a status repeats.
+const SHOWN_ENTRY_ID_CHARS: usize = 200;
+/// Most characters of an object's version a status repeats.
+const SHOWN_ENTRY_VERSION_CHARS: usize = 64;
+/// How the envelope reader's own refusals begin, to tell them from JSON errors.
+const NOT_AN_ENVELOPE: &str = "not a TAXII envelope";
+const OBJECT_COUNT: &str = "too many objects";
+
+/// The top level of a TAXII envelope: `objects` is read element by element; every other
+/// member is read (within the budget, refusing a name given twice) and dropped.
+struct EnvelopeSeed<'a> {
+    budget: Budget<'a>,
+    max_objects: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for EnvelopeSeed<'_> {
+    type Value = Option<Vec<Element>>;
+
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EnvelopeSeed<'_> {
+    type Value = Option<Vec<Element>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(NOT_AN_ENVELOPE)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        self.budget.take()?;
+        let mut objects = None;
+        let mut seen: HashSet<String> = HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                let shown: String = key.chars().take(SHOWN_ID_CHARS).collect();
+                return Err(de::Error::custom(format!(
+                    "the name {shown:?} is given twice in one object"
+                )));
+            }
+            if key == "objects" {
+                objects = Some(map.next_value_seed(ElementsSeed {
+                    budget: self.budget,
+                    max_objects: self.max_objects,
+                })?);
+            } else {
+                map.next_value_seed(self.budget)?;
+            }
+        }
+        Ok(objects)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+        Err(de::Error::custom(NOT_AN_ENVELOPE))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Err(E::custom(NOT_AN_ENVELOPE))
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Err(E::custom(NOT_AN_ENVELOPE))
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Err(E::custom(NOT_AN_ENVELOPE))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Err(E::custom(NOT_AN_ENVELOPE))
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Err(E::custom(NOT_AN_ENVELOPE))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Err(E::custom(NOT_AN_ENVELOPE))
+    }
+}
+
+/// An envelope's `objects` array, refused past `max_objects` elements as it is read.
+struct ElementsSeed<'a> {
+    budget: Budget<'a>,
+    max_objects: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for ElementsSeed<'_> {
+    type Value = Vec<Element>;
+
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ElementsSeed<'_> {
+    type Value = Vec<Element>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(NOT_AN_ENVELOPE)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        self.budget.take()?;
+        let mut out = Vec::new();
+        while let Some(element) = seq.next_element_seed(ElementSeed {
+            budget: self.budget,
+        })? {
+            if out.len() == self.max_objects {
+                return Err(de::Error::custom(OBJECT_COUNT));
+            }
+            out.push(element);
+        }
+        Ok(out)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+        Err(de::Error::custom(NOT_AN_ENVELOPE))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Err(E::custom(NOT_AN_ENVELOPE))
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Err(E::custom(NOT_AN_ENVELOPE))
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Err(E::custom(NOT_AN_ENVELOPE))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Err(E::custom(NOT_AN_ENVELOPE))
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Err(E::custom(NOT_AN_ENVELOPE))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Err(E::custom(NOT_AN_ENVELOPE))
+    }
+}
+
+/// Reads a bundle's or an envelope's objects into `sink`.
+fn parse_objects(objects: &mut [Element], now_ms: i64, sink: &mut Sink<'_>) -> Result<(), TooMany> {
     if objects.len() > sink.max_items {
         return Err(TooMany);
     }
-    let markings = Definitions::read(&objects);
+    let markings = Definitions::read(objects);
     // The indicator each id was first read as, to refuse an input that gives one id two
     // different values: which one is meant cannot be told, and publishing both would make
     // one the silent replacement of the other.
     let mut first_seen: HashMap<ItemId, (usize, IndicatorType, String)> = HashMap::new();
-    for (index, element) in objects.iter().enumerate() {
+    for (index, element) in objects.iter_mut().enumerate() {
         sink.count()?;
         let object = match element {
             Element::Object(object) => object,
@@ -425,7 +709,9 @@ fn position(index: usize, object: &RawObject) -> String {
 }
 
 /// Reads one indicator object.
-fn indicator(object: &RawObject, markings: &Definitions, now_ms: i64) -> Result<Draft, String> {
+fn indicator(object: &mut RawObject, markings: &Definitions, now_ms: i64) -> Result<Draft, String> {
+    // The unmodelled properties, taken out rather than copied: nothing reads them again.
+    let other = std::mem::take(&mut object.other);
     let id = match string(&object.id, "id")? {
         Some(id) => ItemId::parse(id).map_err(|e| e.to_string())?,
         None => return Err("no id".into()),
@@ -453,7 +739,8 @@ fn indicator(object: &RawObject, markings: &Definitions, now_ms: i64) -> Result<
         Some(Value::Bool(revoked)) => *revoked,
         Some(_) => return Err("revoked is not true or false".into()),
     };
-    let properties = StixProperties::keep(&object.kept()).map_err(|e| e.to_string())?;
+    let properties = StixProperties::keep_owned(Holder::Indicator, object.with_named(other))
+        .map_err(|e| e.to_string())?;
     // The indicator the object describes; a revoked object without a pattern (as this
     // node wrote revocations before they carried their indicator) has none.
     let described = match pattern {
@@ -572,7 +859,7 @@ fn context(
         _ => Vec::new(),
     };
     let properties =
-        StixProperties::keep_for(Holder::Context, &object.all()).map_err(|e| e.to_string())?;
+        StixProperties::keep_owned(Holder::Context, object.all()).map_err(|e| e.to_string())?;
     Ok(Some(Draft {
         id: Some(id),
         modified_ms,
@@ -934,6 +1221,137 @@ mod tests {
             "valid_from": "2025-01-01T00:00:00Z",
             "object_marking_refs": [marking],
         })
+    }
+
+    fn envelope(
+        text: &str,
+        max_values: usize,
+        max_objects: usize,
+    ) -> Result<(ParsedInput, Vec<super::super::EnvelopeEntry>), super::super::EnvelopeError> {
+        super::super::parse_envelope(
+            text.as_bytes(),
+            max_values,
+            max_objects,
+            &defaults(None),
+            NOW,
+        )
+    }
+
+    /// A TAXII envelope is read from its own bytes, but must give exactly what the same
+    /// objects give in a bundle file, with an entry per object for the status.
+    #[test]
+    fn an_envelope_reads_as_a_bundle_of_its_objects() {
+        let mut escaped = ioc(
+            ID_2,
+            "[domain-name:value = 'b.example']",
+            tlp2_marking_id(Tlp::Green),
+        );
+        escaped["x_note"] = json!("café \"quoted\" \u{1}");
+        let objects = vec![
+            ioc(
+                ID_1,
+                "[ipv4-addr:value = '198.51.100.7']",
+                tlp2_marking_id(Tlp::Amber),
+            ),
+            escaped,
+            json!({"type": "identity", "id": "identity--55555555-5555-4555-8555-555555555555", "modified": "2025-01-01T00:00:00.000Z", "name": "x"}),
+            json!(42),
+            ioc(
+                ID_3,
+                "[file:hashes.MD5 = 'not a hash']",
+                tlp2_marking_id(Tlp::Clear),
+            ),
+            ioc(
+                ID_4,
+                "[url:value = 'http://c.example/x']",
+                "marking-definition--00000000-0000-4000-8000-000000000000",
+            ),
+        ];
+        let from_bundle = parse(&bundle(objects.clone()), None);
+        // A key with an escape, members besides `objects`, and whitespace around.
+        let text = format!(
+            " {{\"more\": false, \"ne\\u0078t\": \"1\", \"objects\": {}}} ",
+            Value::Array(objects.clone())
+        );
+        let (parsed, entries) = envelope(&text, 10_000, 100).unwrap();
+        assert_eq!(parsed, from_bundle);
+        assert_eq!(parsed.items.len(), 2, "{parsed:?}");
+        assert_eq!(entries.len(), objects.len());
+        assert_eq!(entries[0].id, ID_1);
+        assert_eq!(
+            entries[0].version.as_deref(),
+            Some("2025-01-02T00:00:00.000Z")
+        );
+        assert_eq!(entries[0].kind.as_deref(), Some("indicator"));
+        assert_eq!(entries[2].kind.as_deref(), Some("identity"));
+        assert_eq!(entries[3], super::super::EnvelopeEntry::default());
+        // Long ids and versions are cut in the status, on a character boundary.
+        let long = format!("{}é", "x".repeat(199));
+        let text = format!(
+            r#"{{"objects":[{{"type":"indicator","id":"{long}é","modified":"{}"}}]}}"#,
+            "é".repeat(70)
+        );
+        let (_, entries) = envelope(&text, 10_000, 100).unwrap();
+        assert_eq!(entries[0].id, long);
+        assert_eq!(entries[0].version.as_deref(), Some("é".repeat(64).as_str()));
+    }
+
+    #[test]
+    fn envelopes_that_are_not_read() {
+        use super::super::EnvelopeError::*;
+        let one = ioc(
+            ID_1,
+            "[ipv4-addr:value = '198.51.100.7']",
+            tlp2_marking_id(Tlp::Amber),
+        )
+        .to_string();
+        type Expected = fn(&super::super::EnvelopeError) -> bool;
+        let cases: Vec<(String, Expected)> = vec![
+            ("[]".into(), |e| *e == NotAnEnvelope),
+            ("\"objects\"".into(), |e| *e == NotAnEnvelope),
+            ("{}".into(), |e| *e == NotAnEnvelope),
+            (r#"{"objects":{}}"#.into(), |e| *e == NotAnEnvelope),
+            (r#"{"objects":null}"#.into(), |e| *e == NotAnEnvelope),
+            (r#"{"objects":[]}"#.into(), |e| *e == ObjectCount),
+            (
+                format!(r#"{{"objects":[{}]}}"#, [one.as_str(); 4].join(",")),
+                |e| *e == ObjectCount,
+            ),
+            (
+                format!(r#"{{"objects":[{one}],"objects":[{one}]}}"#),
+                |e| matches!(e, Json(m) if m.contains("given twice")),
+            ),
+            (
+                format!(r#"{{"more":1,"more":2,"objects":[{one}]}}"#),
+                |e| matches!(e, Json(m) if m.contains("given twice")),
+            ),
+            (format!(r#"{{"objects":[{one}]}} x"#), |e| {
+                matches!(e, Json(_))
+            }),
+            (format!(r#"{{"objects":[{one}]"#), |e| matches!(e, Json(_))),
+            // Values are counted in every member, kept or not.
+            (
+                format!(
+                    r#"{{"x":[{}],"objects":[{one}]}}"#,
+                    vec!["[]"; 100].join(",")
+                ),
+                |e| matches!(e, Json(m) if m.contains("more JSON values")),
+            ),
+            (
+                format!(
+                    r#"{{"objects":[{one},{{"type":"indicator","x":[{}]}}]}}"#,
+                    vec!["0"; 100].join(",")
+                ),
+                |e| matches!(e, Json(m) if m.contains("more JSON values")),
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = envelope(&text, 60, 3).expect_err(&text);
+            assert!(expected(&error), "{text}: {error:?}");
+        }
+        // Within both bounds, the same objects are read.
+        let text = format!(r#"{{"objects":[{}]}}"#, [one.as_str(); 3].join(","));
+        assert!(envelope(&text, 60, 3).is_ok());
     }
 
     const JAN_1: i64 = 1_735_689_600_000;

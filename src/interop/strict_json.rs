@@ -42,10 +42,23 @@ pub fn from_slice_within(bytes: &[u8], max_values: usize) -> Result<Value, serde
     Ok(value)
 }
 
-/// Values still allowed, shared by every level of one read.
+/// Reads one value, refusing a name given twice, and counts each of its values against
+/// `left`, the budget shared by every level of one read (see [`from_slice_within`]).
 #[derive(Clone, Copy)]
-struct Budget<'a> {
+pub(crate) struct Budget<'a> {
     left: &'a Cell<usize>,
+}
+
+impl<'a> Budget<'a> {
+    pub(crate) fn new(left: &'a Cell<usize>) -> Self {
+        Budget { left }
+    }
+
+    /// Counts one value that the caller builds itself (an object it reads field by
+    /// field, for instance).
+    pub(crate) fn take<E: de::Error>(&self) -> Result<(), E> {
+        StrictVisitor { left: self.left }.take()
+    }
 }
 
 impl<'de> DeserializeSeed<'de> for Budget<'_> {

@@ -455,6 +455,11 @@ impl ItemId {
         if rest.len() != 36 {
             return Err(bad());
         }
+        // Thirty-six characters that parse are the hyphenated form; without capitals
+        // it is already the canonical text.
+        if s.len() == ty.len() + 2 + 36 && !s.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Ok(Self(s.to_owned()));
+        }
         Ok(Self(format!("{ty}--{uuid}")))
     }
 

@@ -100,6 +100,12 @@ impl StixProperties {
         Self::from_map(kept)
     }
 
+    /// [`Self::keep_for`] of a map the caller gives up, without copying it.
+    pub fn keep_owned(holder: Holder, mut object: Map<String, Value>) -> Result<Self, ModelError> {
+        object.retain(|key, value| !holder.models(key, value));
+        Self::from_map(object)
+    }
+
     fn from_map(map: Map<String, Value>) -> Result<Self, ModelError> {
         if map.is_empty() {
             return Ok(Self::none());

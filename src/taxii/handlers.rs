@@ -10,13 +10,14 @@ use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::next::{Cursor, NextTokens, Scope, Session};
 use super::params::{self, Params, format_timestamp};
 use super::statuses::Statuses;
 use crate::engine::{Engine, EngineError, now_ms};
-use crate::interop::{Defaults, InputFormat, parse_input, to_stix_from};
+use crate::interop::{Defaults, EnvelopeEntry, EnvelopeError, to_stix_from};
 use crate::model::{Distribution, ItemId, NodeId, Partner, PartnerKind, Role};
 use crate::policy::PageTokenError;
 use crate::store::{ItemQuery, StoredItem};
@@ -642,41 +643,33 @@ impl Handlers {
         let origin = self.node.to_string();
         let read = tokio::task::spawn_blocking(move || {
             // A name given twice in one object is refused, as in a file: which of the
-            // two the writer's tool meant cannot be told.
-            let mut envelope: Value =
-                crate::interop::strict_json::from_slice_within(&bytes, MAX_POST_VALUES)
-                    .map_err(|e| format!("the body is not JSON that this node reads: {e}"))?;
-            drop(bytes);
-            let objects = match envelope.get_mut("objects").map(Value::take) {
-                Some(Value::Array(objects)) => objects,
-                _ => {
-                    return Err("the body is not a TAXII envelope with an objects array".to_owned());
-                }
-            };
-            if objects.is_empty() || objects.len() > MAX_POST_OBJECTS {
-                return Err(format!("an envelope holds 1 to {MAX_POST_OBJECTS} objects"));
-            }
-            let mut bundle = json!({
-                "type": "bundle",
-                "id": format!("bundle--{}", uuid::Uuid::new_v4()),
-                "objects": objects,
-            });
-            let text = bundle.to_string();
+            // two the writer's tool meant cannot be told. The body is read once,
+            // straight into the import's objects.
             let defaults = Defaults {
                 origin: Some(origin),
                 ..Defaults::default()
             };
-            let parsed = parse_input(InputFormat::Stix, &text, &defaults, now_ms());
-            let objects = match bundle.get_mut("objects").map(Value::take) {
-                Some(Value::Array(objects)) => objects,
-                _ => Vec::new(),
-            };
-            Ok((objects, parsed))
+            crate::interop::parse_envelope(
+                &bytes,
+                MAX_POST_VALUES,
+                MAX_POST_OBJECTS,
+                &defaults,
+                now_ms(),
+            )
         })
         .await;
-        let (objects, parsed) = match read {
+        let (parsed, entries) = match read {
             Ok(Ok(read)) => read,
-            Ok(Err(problem)) => return error(StatusCode::BAD_REQUEST, "Bad Request", &problem),
+            Ok(Err(EnvelopeError::ObjectCount)) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "Bad Request",
+                    &format!("an envelope holds 1 to {MAX_POST_OBJECTS} objects"),
+                );
+            }
+            Ok(Err(problem)) => {
+                return error(StatusCode::BAD_REQUEST, "Bad Request", &problem.to_string());
+            }
             Err(_) => return internal(),
         };
         let wait = self
@@ -721,13 +714,7 @@ impl Handlers {
                 Err(_) => return internal(),
             }
         }
-        let status = status_resource(&objects, &parsed, &outcomes, request_ms);
-        let bytes = Bytes::from(status.to_string());
-        let id = status
-            .get("id")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
+        let (id, bytes) = status_resource(&entries, &parsed, &outcomes, request_ms);
         // The status is kept before the flush, so it is durable when the write is.
         let kept = {
             let bytes = bytes.clone();
@@ -799,42 +786,27 @@ fn object_version(object: &Value) -> String {
 }
 
 /// The status of a write: every object of the envelope is a success (stored, or held
-/// already) or a failure with its reason.
+/// already) or a failure with its reason. Returns the status's id and its JSON text.
 fn status_resource(
-    objects: &[Value],
+    entries: &[EnvelopeEntry],
     parsed: &crate::interop::ParsedInput,
     outcomes: &[Result<(), String>],
     request_ms: i64,
-) -> Value {
+) -> (String, Bytes) {
     let mut by_id: HashMap<String, usize> = HashMap::with_capacity(parsed.items.len());
     for (at, item) in parsed.items.iter().enumerate() {
         by_id.entry(item.id.as_str().to_owned()).or_insert(at);
     }
-    let mut successes = Vec::new();
+    let mut successes = Vec::with_capacity(entries.len());
     let mut failures = Vec::new();
-    for (index, object) in objects.iter().enumerate() {
-        let id = object
-            .get("id")
-            .and_then(Value::as_str)
-            .map(|s| s.chars().take(200).collect::<String>())
-            .unwrap_or_default();
-        let version = object.get("modified").and_then(Value::as_str);
-        let mut entry = serde_json::Map::new();
-        entry.insert("id".into(), json!(id));
-        if let Some(version) = version {
-            entry.insert(
-                "version".into(),
-                json!(version.chars().take(64).collect::<String>()),
-            );
-        }
-        let kind = object.get("type").and_then(Value::as_str);
-        let carried = kind.is_some_and(|kind| {
+    for (index, entry) in entries.iter().enumerate() {
+        let carried = entry.kind.as_deref().is_some_and(|kind| {
             kind == "indicator" || crate::model::IndicatorType::context_type(kind).is_some()
         });
         let outcome: Result<(), String> = if !carried {
             Err("not stored: this node holds indicators and the malware, threat-actor, intrusion-set, campaign, attack-pattern, tool, report and relationship objects around them".into())
         } else {
-            match by_id.get(&id.to_ascii_lowercase()) {
+            match by_id.get(&entry.id.to_ascii_lowercase()) {
                 Some(at) => outcomes
                     .get(*at)
                     .cloned()
@@ -852,29 +824,61 @@ fn status_resource(
                 }
             }
         };
+        let detail = StatusDetail {
+            id: &entry.id,
+            version: entry.version.as_deref(),
+            message: None,
+        };
         match outcome {
-            Ok(()) => successes.push(Value::Object(entry)),
-            Err(reason) => {
-                entry.insert(
-                    "message".into(),
-                    json!(reason.chars().take(500).collect::<String>()),
-                );
-                failures.push(Value::Object(entry));
-            }
+            Ok(()) => successes.push(detail),
+            Err(reason) => failures.push(StatusDetail {
+                message: Some(reason.chars().take(500).collect()),
+                ..detail
+            }),
         }
     }
-    json!({
-        "id": uuid::Uuid::new_v4().to_string(),
-        "status": "complete",
-        "request_timestamp": format_timestamp(request_ms),
-        "total_count": objects.len(),
-        "success_count": successes.len(),
-        "successes": successes,
-        "failure_count": failures.len(),
-        "failures": failures,
-        "pending_count": 0,
-        "pendings": [],
-    })
+    let id = uuid::Uuid::new_v4().to_string();
+    let status = StatusResource {
+        id: &id,
+        status: "complete",
+        request_timestamp: format_timestamp(request_ms),
+        total_count: entries.len(),
+        success_count: successes.len(),
+        successes,
+        failure_count: failures.len(),
+        failures,
+        pending_count: 0,
+        pendings: Vec::new(),
+    };
+    let bytes = serde_json::to_vec(&status)
+        .map(Bytes::from)
+        .unwrap_or_default();
+    (id, bytes)
+}
+
+/// A TAXII status resource, written as it is stored and served.
+#[derive(Serialize)]
+struct StatusResource<'a> {
+    id: &'a str,
+    status: &'static str,
+    request_timestamp: String,
+    total_count: usize,
+    success_count: usize,
+    successes: Vec<StatusDetail<'a>>,
+    failure_count: usize,
+    failures: Vec<StatusDetail<'a>>,
+    pending_count: usize,
+    pendings: Vec<StatusDetail<'a>>,
+}
+
+/// One object of a status resource.
+#[derive(Serialize)]
+struct StatusDetail<'a> {
+    id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
 }
 
 /// The collection's id: a UUID (version 5 layout) derived from the node id, so it
