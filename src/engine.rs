@@ -899,8 +899,8 @@ impl Engine {
     /// the latest may be seen, and only if the old version passes every other rule
     /// itself). Withheld and absent versions are alike left out. `select` then picks
     /// what is delivered (the caller's filters and page), which is recorded in the
-    /// ledger on `path` before it is returned. Reads every item slot held (no index
-    /// lists an id's old versions). From a blocking thread.
+    /// ledger on `path` before it is returned. Reads only the id's own records (the
+    /// store's index chains them). From a blocking thread.
     pub fn versions_blocking<T>(
         &self,
         partner: &Partner,

@@ -569,9 +569,9 @@ pub trait ItemStore: Send + Sync {
     /// The latest version held of an item.
     fn get(&self, id: &ItemId) -> Result<Option<StoredItem>, StoreError>;
 
-    /// Every version held of an item, oldest first (superseded versions stay in the log
-    /// until a compaction removes them), at most the `limit` newest. By default the
-    /// latest only.
+    /// Every version held of an item, oldest first and each once (superseded versions
+    /// stay in the log until a compaction removes them), at most the `limit` newest. By
+    /// default the latest only.
     fn versions(&self, id: &ItemId, limit: usize) -> Result<Vec<StoredItem>, StoreError> {
         let _ = limit;
         Ok(self.get(id)?.into_iter().collect())

@@ -552,3 +552,72 @@ fn bundles_accepted_while_a_compaction_runs_are_all_kept() {
     }
     all_verify(&f, &store);
 }
+
+/// An item's versions, as the text says: every version held, oldest first, at most
+/// the `limit` newest. The oracle follows the histories: a version is held when it is
+/// newer than every version of its id before it. Superseded versions are listed until
+/// a compaction drops them; then only the latest is.
+#[test]
+fn versions_list_every_version_held_oldest_first() {
+    let f = fixture();
+    for seed in 11..=16u64 {
+        let dir = f.pki.path().join(format!("versions-{seed}"));
+        let h = history(&f, seed, 80, false);
+        let store = open(&dir, &f);
+        play(&store, &h.bundles);
+        store.flush().unwrap();
+        let mut held: BTreeMap<String, Vec<Item>> = BTreeMap::new();
+        for (b, _) in &h.bundles {
+            for v in b.items() {
+                let versions = held.entry(v.item.id.to_string()).or_default();
+                if versions
+                    .last()
+                    .is_none_or(|last| last.modified_ms < v.item.modified_ms)
+                {
+                    versions.push(v.item.clone());
+                }
+            }
+        }
+        let listed = |store: &SledStore, id: &ItemId, limit: usize| -> Vec<Item> {
+            store
+                .versions(id, limit)
+                .unwrap()
+                .into_iter()
+                .map(|s| s.item)
+                .collect()
+        };
+        let mut several = 0;
+        for id in &h.ids {
+            let expected = held.get(&id.to_string()).cloned().unwrap_or_default();
+            several += usize::from(expected.len() > 1);
+            for limit in [1, 2, 3, 1000] {
+                let newest = &expected[expected.len().saturating_sub(limit)..];
+                assert_eq!(
+                    listed(&store, id, limit),
+                    newest,
+                    "seed {seed}: {id}, limit {limit}"
+                );
+            }
+        }
+        assert!(several >= 5, "seed {seed}: a history with few old versions");
+        // The same from a store opened again (the index is rebuilt from the log).
+        drop(store);
+        let store = open(&dir, &f);
+        for id in &h.ids {
+            let expected = held.get(&id.to_string()).cloned().unwrap_or_default();
+            assert_eq!(listed(&store, id, 1000), expected, "seed {seed}: reopened");
+        }
+        // An id under another type, with the same UUID, has no versions.
+        let other = ItemId::parse(&h.ids[0].as_str().replace("indicator--", "malware--")).unwrap();
+        assert!(listed(&store, &other, 1000).is_empty());
+        store.compact(Compaction::default()).unwrap();
+        for id in &h.ids {
+            let latest: Vec<Item> = held
+                .get(&id.to_string())
+                .and_then(|v| v.last().cloned())
+                .into_iter()
+                .collect();
+            assert_eq!(listed(&store, id, 1000), latest, "seed {seed}: compacted");
+        }
+    }
+}

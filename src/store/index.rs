@@ -188,6 +188,11 @@ pub(super) struct Index {
     /// The slots of STIX patterns per hash of a value they name, in log order: a
     /// pattern names several values, and a slot has room for one chain only.
     pub(super) observed: HashMap<u64, Vec<u32>>,
+    /// For each slot that replaced an earlier version of its id, the slot it replaced:
+    /// from the latest (`by_id`), an id's versions chain back to its first. Only
+    /// superseded versions take room here (about 12 bytes each), and a compaction,
+    /// which drops them, empties it.
+    pub(super) previous: HashMap<u32, u32>,
     pub(super) bundles: HashMap<[u8; 16], BundleEntry>,
     /// Change feed: position → bundle.
     pub(super) feed: BTreeMap<u64, [u8; 16]>,
@@ -208,6 +213,7 @@ impl Index {
             by_id: HashTable::new(),
             by_value: HashTable::new(),
             observed: HashMap::new(),
+            previous: HashMap::new(),
             bundles: HashMap::new(),
             feed: BTreeMap::new(),
             hasher,
@@ -238,6 +244,18 @@ impl Index {
             .copied()
     }
 
+    /// Every slot of item `uuid`, newest first: its latest, then the versions it
+    /// superseded, back to the first.
+    pub(super) fn versions_newest_first(&self, uuid: &[u8; 16]) -> Vec<u32> {
+        let mut out: Vec<u32> = Vec::new();
+        let mut at = self.latest(uuid);
+        while let Some(slot) = at {
+            out.push(slot);
+            at = self.previous.get(&slot).copied();
+        }
+        out
+    }
+
     pub(super) fn feed_head(&self) -> u64 {
         self.feed.last_key_value().map_or(0, |(seq, _)| *seq)
     }
@@ -256,6 +274,7 @@ impl Index {
             by_id,
             by_value,
             observed,
+            previous,
             bundles,
             feed,
             hasher,
@@ -324,6 +343,7 @@ impl Index {
             };
             if let Some(old) = replaced {
                 slots[old as usize].retire();
+                previous.insert(slot, old);
             }
             match entry.runs.last_mut() {
                 Some((first, count)) if *first + *count == slot => *count += 1,

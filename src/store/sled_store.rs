@@ -1437,41 +1437,41 @@ impl ItemStore for SledStore {
         }
     }
 
-    /// No index lists an id's superseded versions: every slot is looked at, in chunks
-    /// of [`CHUNK_SLOTS`] per hold of the index lock (about 3 MiB of slots each).
+    /// The index chains each id's records from its latest back, so this reads only
+    /// the id's own records, however large the store. A version recorded more than once
+    /// (the same item in two bundles, or in two parts of one) is listed once, from its
+    /// last record.
     fn versions(&self, id: &ItemId, limit: usize) -> Result<Vec<StoredItem>, StoreError> {
-        use super::index::CHUNK_SLOTS;
         // The log is held for the whole read, so a compaction cannot swap it between
         // finding the slots and reading them.
         let log = self.log();
-        let uuid = id.uuid_bytes();
-        let mut spans: std::collections::VecDeque<Span> = std::collections::VecDeque::new();
-        let mut at = 0usize;
-        loop {
+        let spans: Vec<Span> = {
             let index = self.index();
-            let end = index.slots.len().min(at + CHUNK_SLOTS);
-            while at < end {
-                let slot = &index.slots[at];
-                if slot.uuid == uuid {
-                    spans.push_back(slot.span());
-                    if spans.len() > limit {
-                        spans.pop_front();
-                    }
-                }
-                at += 1;
-            }
-            if at >= index.slots.len() {
+            index
+                .versions_newest_first(&id.uuid_bytes())
+                .iter()
+                .map(|&s| index.slots[s as usize].span())
+                .collect()
+        };
+        let mut out: Vec<StoredItem> = Vec::new();
+        for span in spans {
+            if out.len() == limit {
                 break;
             }
-        }
-        let mut out = Vec::with_capacity(spans.len());
-        for span in spans {
             let stored = Self::stored_item(Self::read_record(&log, span)?)?;
             // The UUID under another type is another id.
-            if &stored.item.id == id {
-                out.push(stored);
+            if &stored.item.id != id {
+                continue;
             }
+            if out
+                .last()
+                .is_some_and(|newer| newer.item.modified_ms == stored.item.modified_ms)
+            {
+                continue;
+            }
+            out.push(stored);
         }
+        out.reverse();
         Ok(out)
     }
 
