@@ -1132,6 +1132,53 @@ impl Engine {
         Ok(answer)
     }
 
+    /// [`Engine::query_blocking`] for a listing whose items bring other objects with
+    /// them (a TAXII page serves the marking definitions and identities its items refer
+    /// to, and may hold no more than `limit` objects in all). `fit` says how many of a
+    /// page's first items fit, with what the caller makes of it: a page cut shorter is
+    /// read again up to there, under the same policy, so that its token goes on right
+    /// after the last item served; a page cut to nothing serves no item and goes on from
+    /// `token` again (the caller serves what the first item brings). Only items served
+    /// are recorded.
+    #[allow(clippy::too_many_arguments)]
+    pub fn query_fitted_blocking<T>(
+        &self,
+        partner: &Partner,
+        path: &str,
+        query: &ItemQuery,
+        token: &[u8],
+        limit: usize,
+        now_ms: i64,
+        fit: impl FnOnce(&[StoredItem]) -> (usize, T),
+    ) -> Result<(Answer, T), EngineError> {
+        let mut hold = self.hold_page(&partner.id)?;
+        let policy = self.policy();
+        let within = PageLimit {
+            items: limit,
+            bytes: hold.bytes(),
+        };
+        let mut page = self.query_page(&policy, partner, path, query, token, within, now_ms)?;
+        let (keep, made) = fit(&page.items);
+        if keep == 0 && !page.items.is_empty() {
+            page = Page {
+                items: Vec::new(),
+                next: Some(token.to_vec()),
+                bytes: 0,
+            };
+        } else if keep < page.items.len() {
+            let within = PageLimit {
+                items: keep,
+                bytes: hold.bytes(),
+            };
+            page = self.query_page(&policy, partner, path, query, token, within, now_ms)?;
+        }
+        hold.set(page.bytes);
+        if let Some(ticket) = self.record_delivery(&policy, &partner.id, path, &page.items)? {
+            ticket.written_blocking()?;
+        }
+        Ok((Answer { page, hold }, made))
+    }
+
     /// [`Engine::query_blocking`] from async code, for queries that read little (an exact
     /// value): the store is read inline and the ledger write awaited.
     pub async fn query_async(

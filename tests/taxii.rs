@@ -250,6 +250,8 @@ async fn listing(
         assert_eq!(reply.header("content-type"), Some(TAXII));
         let body = reply.json();
         let objects = body["objects"].as_array().unwrap();
+        // `limit` bounds every object of a page, the definitions with the items.
+        assert!(objects.len() <= limit, "{} objects: {body}", objects.len());
         let mut items = 0;
         for o in objects {
             if SUPPORTING.contains(&o["type"].as_str().unwrap()) {
@@ -436,8 +438,11 @@ async fn taxii_serves_each_caller_its_view_and_refuses_what_it_may_not_do() {
     let (ids, pages) = all_ids(&researcher, &node, &objects, 2).await;
     assert_eq!(ids.len(), green.len(), "no duplicates: {ids:?}");
     assert_eq!(ids.iter().cloned().collect::<BTreeSet<_>>(), green);
-    // Pages are filled past the withheld AMBER item, and the last page is empty.
-    assert_eq!(pages, [2, 2, 2, 1, 0]);
+    // Pages are filled past the withheld AMBER item, and the last page is empty. A
+    // page holds at most `limit` objects in all: the first holds the GREEN marking's
+    // definition and this node's identity, a later one the CLEAR marking's with an
+    // item.
+    assert_eq!(pages, [0, 2, 2, 1, 1, 1, 0]);
     // Withheld items added later change nothing of the researcher's paging.
     let withheld: Vec<Value> = (30..36).map(|n| indicator(n, AMBER)).collect();
     let posted = send(
@@ -1368,6 +1373,25 @@ async fn taxii_serves_the_markings_and_origins_its_objects_refer_to_and_no_other
         .map(|o| o["id"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(only, BTreeSet::from([GREEN.to_owned(), CLEAR.to_owned()]));
+    // Whatever the limit, a listing serves the same items and the same definitions,
+    // each once, with no page over its limit (`listing` checks both): a page cut short
+    // for the definitions goes on where it stopped.
+    let whole = listing(&researcher, &node, &objects, 100).await;
+    let ids_of = |objects: &[Value]| -> BTreeSet<String> {
+        objects
+            .iter()
+            .map(|o| o["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for limit in 1..=4 {
+        let paged = listing(&researcher, &node, &objects, limit).await;
+        assert_eq!(paged.ids, whole.ids, "limit {limit}");
+        assert_eq!(
+            ids_of(&paged.supporting),
+            ids_of(&whole.supporting),
+            "limit {limit}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -332,14 +332,31 @@ impl Handlers {
             let partner = caller.partner.clone();
             let limit = params.limit;
             let token = token.clone();
+            let (fit_params, fit_session) = (params.clone(), session.clone());
             let page = tokio::task::spawn_blocking(move || {
-                engine.query_blocking(&partner, path, &query, &token, limit, now_ms())
+                engine.query_fitted_blocking(
+                    &partner,
+                    path,
+                    &query,
+                    &token,
+                    limit,
+                    now_ms(),
+                    |items| items_that_fit(&fit_params, fit_session, items),
+                )
             })
             .await;
             let (items, next) = match page {
                 // HTTP/1.1 answers one request at a time per connection, so the answer
                 // budget is only checked here, not held while the page is written.
-                Ok(Ok(crate::engine::Answer { page, hold: _ })) => (page.items, page.next),
+                Ok(Ok((crate::engine::Answer { page, hold: _ }, first_only))) => {
+                    // No item fits with all it brings: the page serves what of that
+                    // first item's objects fits, and the listing goes on from it.
+                    if let Some((marked, objects)) = first_only {
+                        session = marked;
+                        extra = objects;
+                    }
+                    (page.items, page.next)
+                }
                 Ok(Err(e)) => return engine_error(&e),
                 Err(e) => {
                     tracing::error!(error = %e, "TAXII query task failed");
@@ -355,13 +372,17 @@ impl Handlers {
                             .is_none_or(|after| s.accepted_ms > after)
                 })
                 .collect();
+            let served = items
+                .iter()
+                .filter(|s| params.admits(s.item.id.stix_type()))
+                .count();
             // The objects these items are the first of the listing to refer to; they
-            // come only from items the caller may see.
+            // come only from items the caller may see. The engine cut the page so that
+            // they fit within `limit`.
+            let mut room = params.limit.saturating_sub(served);
             for stored in &items {
-                for object in supporting_objects(&mut session, stored) {
-                    if object_admitted(params, &object) {
-                        extra.push((object, stored.accepted_ms));
-                    }
+                for object in supporting_objects(&mut session, params, stored, &mut room) {
+                    extra.push((object, stored.accepted_ms));
                 }
             }
             let items: Vec<StoredItem> = items
@@ -743,23 +764,105 @@ impl Handlers {
     }
 }
 
-/// The objects `stored` refers to that the listing has not served yet: the TLP 2.0
-/// marking definition of its marking, the identity of its origin, and for a revocation
-/// the extension definition of its properties (with the identity that defines it).
-fn supporting_objects(session: &mut Session, stored: &StoredItem) -> Vec<Value> {
+/// The objects `stored` is the first item of the listing to refer to, and that pass
+/// the listing's filters: the TLP 2.0 marking definition of its marking, the identity
+/// of its origin, and for a revocation the extension definition of its properties
+/// (with the identity that defines it). Each is served, and marked served in
+/// `session`, only if it fits in `room` objects (it then takes one); one that the
+/// filters leave out is marked without taking room, as the listing never serves it.
+fn supporting_objects(
+    session: &mut Session,
+    params: &Params,
+    stored: &StoredItem,
+    room: &mut usize,
+) -> Vec<Value> {
     let mut out = Vec::new();
-    if session.first_marking(stored.item.tlp) {
-        out.push(crate::interop::tlp_marking_definition(stored.item.tlp));
-    }
-    if session.first_origin(&stored.origin) {
-        out.push(crate::interop::identity(stored.origin.as_str()));
-    }
-    if matches!(stored.item.kind, crate::model::ItemKind::Revocation(_))
-        && session.first_revocation_extension()
+    let mut fits = |objects: Vec<Value>, out: &mut Vec<Value>| -> bool {
+        let admitted: Vec<Value> = objects
+            .into_iter()
+            .filter(|object| object_admitted(params, object))
+            .collect();
+        if admitted.len() > *room {
+            return false;
+        }
+        *room -= admitted.len();
+        out.extend(admitted);
+        true
+    };
+    let tlp = stored.item.tlp;
+    if !session.served_marking(tlp)
+        && fits(vec![crate::interop::tlp_marking_definition(tlp)], &mut out)
     {
-        out.extend(crate::interop::revocation_extension());
+        session.first_marking(tlp);
+    }
+    if !session.served_origin(&stored.origin)
+        && fits(
+            vec![crate::interop::identity(stored.origin.as_str())],
+            &mut out,
+        )
+    {
+        session.first_origin(&stored.origin);
+    }
+    if matches!(stored.item.kind, crate::model::ItemKind::Revocation(_)) {
+        for (part, object) in crate::interop::revocation_extension()
+            .into_iter()
+            .enumerate()
+        {
+            if !session.served_revocation_extension(part) && fits(vec![object], &mut out) {
+                session.mark_revocation_extension(part);
+            }
+        }
     }
     out
+}
+
+/// How many of an engine page's first `items` a listing page can serve within
+/// `params.limit` objects, counting the items that pass the filters applied after the
+/// engine and the objects they are the first to refer to (as the listing serves them,
+/// from `session`). When not even the first fits with all it brings, none is served:
+/// the page is then what fits of the first item's objects, with the session that marks
+/// them served. A listing so always moves on, by at least one object a page.
+#[allow(clippy::type_complexity)]
+fn items_that_fit(
+    params: &Params,
+    session: Session,
+    items: &[StoredItem],
+) -> (usize, Option<(Session, Vec<(Value, i64)>)>) {
+    let mut counting = session.clone();
+    let mut objects = 0usize;
+    for (at, stored) in items.iter().enumerate() {
+        let listed = params.version.allows(stored.item.modified_ms)
+            && params
+                .added_after_ms
+                .is_none_or(|after| stored.accepted_ms > after);
+        if !listed {
+            continue;
+        }
+        let mut unbounded = usize::MAX;
+        let brings = usize::from(params.admits(stored.item.id.stix_type()))
+            + supporting_objects(&mut counting, params, stored, &mut unbounded).len();
+        if objects + brings <= params.limit {
+            objects += brings;
+            continue;
+        }
+        if objects > 0 {
+            return (at, None);
+        }
+        // The first item listed does not fit with all it brings (the items skipped
+        // before it bring nothing).
+        let mut marked = session;
+        let mut room = params.limit;
+        let served = supporting_objects(&mut marked, params, stored, &mut room);
+        if served.is_empty() {
+            return (at + 1, None);
+        }
+        let served = served
+            .into_iter()
+            .map(|object| (object, stored.accepted_ms))
+            .collect();
+        return (0, Some((marked, served)));
+    }
+    (items.len(), None)
 }
 
 /// Whether an object other than an item passes `match[type]`, `match[spec_version]` and

@@ -22,8 +22,9 @@ const MAX_ENGINE_TOKEN: usize = 128;
 const KIND_ENGINE: u8 = 1;
 const KIND_IDS: u8 = 2;
 const KIND_AFTER: u8 = 3;
-/// Bit of the flags byte: the revocation extension's objects were served.
-const REVOCATION_EXTENSION_SENT: u8 = 0x80;
+/// Bits of the flags byte: each of the revocation extension's two objects (its
+/// definition, the identity that defines it) was served.
+const REVOCATION_EXTENSION_SENT: [u8; 2] = [0x80, 0x40];
 
 /// Where a listing goes on from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +77,21 @@ impl Session {
         }
     }
 
+    /// Whether `tlp`'s definition was served.
+    pub fn served_marking(&self, tlp: Tlp) -> bool {
+        self.flags & tlp_bit(tlp) != 0
+    }
+
+    /// Whether object `part` (0 or 1) of the revocation extension was served.
+    pub fn served_revocation_extension(&self, part: usize) -> bool {
+        self.flags & REVOCATION_EXTENSION_SENT[part & 1] != 0
+    }
+
+    /// Whether `origin`'s identity was served (as far as the listing remembers).
+    pub fn served_origin(&self, origin: &NodeId) -> bool {
+        self.origins.contains(&origin_key(origin))
+    }
+
     /// Marks `tlp`'s definition as served; false if it was already.
     pub fn first_marking(&mut self, tlp: Tlp) -> bool {
         let bit = tlp_bit(tlp);
@@ -84,11 +100,9 @@ impl Session {
         first
     }
 
-    /// Marks the revocation extension as served; false if it was already.
-    pub fn first_revocation_extension(&mut self) -> bool {
-        let first = self.flags & REVOCATION_EXTENSION_SENT == 0;
-        self.flags |= REVOCATION_EXTENSION_SENT;
-        first
+    /// Marks object `part` (0 or 1) of the revocation extension as served.
+    pub fn mark_revocation_extension(&mut self, part: usize) {
+        self.flags |= REVOCATION_EXTENSION_SENT[part & 1];
     }
 
     /// Marks `origin`'s identity as served; false if it was already (as far as the
