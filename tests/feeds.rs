@@ -58,6 +58,10 @@ struct Files {
     authorization: Arc<Mutex<Option<String>>>,
     /// The `Authorization` value each path was last asked with.
     authorizations: Arc<Mutex<HashMap<String, String>>>,
+    /// The `Content-Encoding` each path is answered with, when one is set.
+    encodings: Arc<Mutex<HashMap<String, &'static str>>>,
+    /// The `Accept-Encoding` value each path was last asked with.
+    accepted_encodings: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl Files {
@@ -149,6 +153,20 @@ where
         .lock()
         .unwrap()
         .insert(path.clone(), authorization.clone());
+    let accept_encoding = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("accept-encoding")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_default();
+    files
+        .accepted_encodings
+        .lock()
+        .unwrap()
+        .insert(path.clone(), accept_encoding);
+    let encoding = files.encodings.lock().unwrap().get(&path).copied();
     let required = files.authorization.lock().unwrap().clone();
     let redirect = files.redirects.lock().unwrap().get(&path).cloned();
     let reply = files.replies.lock().unwrap().get(&path).cloned();
@@ -171,6 +189,9 @@ where
             );
             if reply.content_length {
                 out.push_str(&format!("Content-Length: {}\r\n", reply.body.len()));
+            }
+            if let Some(encoding) = encoding {
+                out.push_str(&format!("Content-Encoding: {encoding}\r\n"));
             }
             out.push_str("\r\n");
             let mut bytes = out.into_bytes();
@@ -1974,5 +1995,119 @@ async fn a_feed_with_a_proxy_reaches_its_source_only_through_it() {
         "{refused:?}"
     );
     assert_eq!(refused.items_ingested, 0);
+    node.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}
+
+/// Feed servers often answer gzip-encoded. The node asks for it, reads it, and holds a
+/// compressed answer to `max_response_bytes` decompressed as well: a small answer that
+/// expands past it is refused as it expands, while the feed's other events go on. An
+/// encoding the node did not ask for is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_answers_are_read_within_the_same_bounds() {
+    common::init_logging();
+    let files = Files::default();
+    let t1 = 1_764_000_100;
+    let zipped = |path: &str, body: Vec<u8>| {
+        files.set(
+            path,
+            Reply {
+                content_type: "application/json",
+                body: gzip(&body),
+                content_length: true,
+            },
+        );
+        files
+            .encodings
+            .lock()
+            .unwrap()
+            .insert(path.to_owned(), "gzip");
+    };
+    zipped(
+        "/misp/manifest.json",
+        manifest(&[(EVENT_1, "bomb", t1), (EVENT_2, "fine", t1 + 1)])
+            .to_string()
+            .into_bytes(),
+    );
+    // 64 MiB of spaces inside valid JSON: about 64 KiB compressed, far within
+    // max_response_bytes on the wire, far over it decompressed.
+    let mut bomb = format!("{{\"Event\": {{\"uuid\": \"{EVENT_1}\", \"info\": \"").into_bytes();
+    bomb.extend(std::iter::repeat_n(b' ', 64 << 20));
+    bomb.extend_from_slice(b"\"}}");
+    zipped(&format!("/misp/{EVENT_1}.json"), bomb);
+    zipped(
+        &format!("/misp/{EVENT_2}.json"),
+        event(
+            EVENT_2,
+            "fine",
+            t1 + 1,
+            &["tlp:green"],
+            vec![attribute(20, "domain", "zipped.example", true, t1 + 1)],
+            vec![],
+        )
+        .to_string()
+        .into_bytes(),
+    );
+    files.set("/other/manifest.json", json(&manifest(&[])));
+    files
+        .encodings
+        .lock()
+        .unwrap()
+        .insert("/other/manifest.json".into(), "br");
+    let base = serve_files(files.clone()).await;
+    let pki = Pki::new();
+    let id = pki.node("zipped.node");
+    let data = pki.path().join("data-zipped");
+    let config = node_config(
+        &pki,
+        &id,
+        &data,
+        &format!(
+            "\n[[feed]]\nname = \"zipped\"\nkind = \"misp\"\nurl = \"{base}/misp/\"\ninterval = \"1s\"\nmax_response_bytes = 1048576\n\n[[feed]]\nname = \"brotli\"\nkind = \"misp\"\nurl = \"{base}/other/\"\ninterval = \"1s\"\n"
+        ),
+    );
+    let node = common::start(&config).await;
+    let client = common::connect(&pki, &node, "zipped.node").await;
+    let status = wait_until("the zipped event and the refused bomb", || {
+        let client = &client;
+        async move {
+            let s = feed_status(client, "zipped").await;
+            (!s.last_error.is_empty() && s.items_ingested == 1).then_some(s)
+        }
+    })
+    .await;
+    assert!(
+        status.last_error.contains("once decompressed"),
+        "{status:?}"
+    );
+    let held = items_tagged(&client, "source:zipped").await;
+    let values: Vec<String> = held.values().map(|s| indicator(s).1).collect();
+    assert_eq!(values, ["zipped.example"]);
+    let other = wait_until("the refused encoding", || {
+        let client = &client;
+        async move {
+            let s = feed_status(client, "brotli").await;
+            (!s.last_error.is_empty()).then_some(s)
+        }
+    })
+    .await;
+    assert!(
+        other.last_error.contains("Content-Encoding \"br\""),
+        "{other:?}"
+    );
+    assert_eq!(
+        files
+            .accepted_encodings
+            .lock()
+            .unwrap()
+            .get("/misp/manifest.json")
+            .map(String::as_str),
+        Some("gzip")
+    );
     node.shutdown(Duration::from_secs(5)).await.unwrap();
 }

@@ -1,6 +1,8 @@
 //! The HTTP client of the feeds: one GET per connection, over rustls (ring provider,
 //! public roots plus a feed's own CA file) or plain TCP, with a deadline per request and
-//! a body refused before it is read whole when it is larger than allowed. Up to
+//! a body refused before it is read whole when it is larger than allowed. Answers may
+//! come gzip-encoded (the request offers it); the limit then holds for the body
+//! decompressed as well. Up to
 //! [`MAX_REDIRECTS`] redirects are followed, to the same scheme only (never from https
 //! to http), and over plain http only to the same host and port; the credentials go
 //! only to the feed's own host and port. Credentials go only into the `Authorization`
@@ -128,6 +130,7 @@ impl Client {
                 uri.authority().map(|a| a.as_str()).unwrap_or(host),
             )
             .header(http::header::ACCEPT, self.accept)
+            .header(http::header::ACCEPT_ENCODING, "gzip")
             .header(
                 http::header::USER_AGENT,
                 concat!("entente/", env!("CARGO_PKG_VERSION")),
@@ -205,11 +208,74 @@ impl Client {
                 out.extend_from_slice(&data);
             }
         }
+        let body = match content_encoding(&parts.headers, uri)? {
+            Encoding::Identity => out,
+            Encoding::Gzip => {
+                let max = self.max_body;
+                let shown_uri = shown(uri);
+                tokio::task::spawn_blocking(move || gunzip(&out, max, &shown_uri))
+                    .await
+                    .map_err(|e| {
+                        FeedError::Http(format!("decompressing an answer failed: {e}"))
+                    })??
+            }
+        };
         Ok(Exchange::Done(Response {
             headers: parts.headers,
-            body: out,
+            body,
         }))
     }
+}
+
+/// How an answer's body is encoded.
+enum Encoding {
+    Identity,
+    Gzip,
+}
+
+/// The answer's `Content-Encoding`: none (or `identity`), or gzip, the one the request
+/// offers. Any other is refused by name rather than read as JSON.
+fn content_encoding(headers: &http::HeaderMap, uri: &http::Uri) -> Result<Encoding, FeedError> {
+    let mut encoding = Encoding::Identity;
+    for value in headers.get_all(http::header::CONTENT_ENCODING) {
+        for token in value.to_str().unwrap_or("?").split(',') {
+            match token.trim().to_ascii_lowercase().as_str() {
+                "" | "identity" => {}
+                "gzip" | "x-gzip" if matches!(encoding, Encoding::Identity) => {
+                    encoding = Encoding::Gzip;
+                }
+                other => {
+                    let other: String = other.chars().take(40).collect();
+                    return Err(FeedError::Http(format!(
+                        "{} answered with Content-Encoding {other:?}, which this node does not read (it asks for gzip or none)",
+                        shown(uri)
+                    )));
+                }
+            }
+        }
+    }
+    Ok(encoding)
+}
+
+/// The body of a gzip answer, refused once it passes `max` bytes decompressed: the
+/// limit on an answer holds for what it expands to, not only for what crossed the wire.
+fn gunzip(body: &[u8], max: usize, shown_uri: &str) -> Result<Vec<u8>, FeedError> {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    flate2::read::MultiGzDecoder::new(body)
+        .take(max as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| {
+            FeedError::Http(format!(
+                "the gzip answer of {shown_uri} cannot be decompressed: {e}"
+            ))
+        })?;
+    if out.len() > max {
+        return Err(FeedError::TooLarge(format!(
+            "the answer of {shown_uri} passed max_response_bytes ({max}) once decompressed; the rest was not read"
+        )));
+    }
+    Ok(out)
 }
 
 /// Where a redirect from `from` may lead: its `Location`, absolute or relative to
