@@ -16,7 +16,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::Deserialize;
-use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 
@@ -356,7 +356,10 @@ impl<'de> Visitor<'de> for ElementVisitor<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Element, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        // Read value by value, within the budget and refusing a name given twice, then
+        // dropped: the element is refused as not an object all the same.
+        self.budget.take()?;
+        while seq.next_element_seed(self.budget)?.is_some() {}
         Ok(Element::NotAnObject)
     }
 
@@ -1352,6 +1355,30 @@ mod tests {
         // Within both bounds, the same objects are read.
         let text = format!(r#"{{"objects":[{}]}}"#, [one.as_str(); 3].join(","));
         assert!(envelope(&text, 60, 3).is_ok());
+    }
+
+    /// A name given twice is refused at every depth of an envelope, in an element of
+    /// `objects` that is not an object as well, and the values there are counted.
+    #[test]
+    fn an_envelope_refuses_a_name_given_twice_inside_an_array_element() {
+        let one = ioc(
+            ID_1,
+            "[ipv4-addr:value = '198.51.100.7']",
+            tlp2_marking_id(Tlp::Amber),
+        )
+        .to_string();
+        let text = format!(r#"{{"objects":[[{{"a":1,"a":2}}],{one}]}}"#);
+        let error = envelope(&text, 10_000, 100).expect_err("a name given twice is read");
+        assert!(
+            matches!(&error, super::super::EnvelopeError::Json(m) if m.contains("given twice")),
+            "{error:?}"
+        );
+        let text = format!(r#"{{"objects":[[{}],{one}]}}"#, vec!["0"; 100].join(","));
+        let error = envelope(&text, 60, 100).expect_err("values past the budget are read");
+        assert!(
+            matches!(&error, super::super::EnvelopeError::Json(m) if m.contains("more JSON values")),
+            "{error:?}"
+        );
     }
 
     const JAN_1: i64 = 1_735_689_600_000;
