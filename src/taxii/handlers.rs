@@ -1215,4 +1215,67 @@ mod tests {
         assert!(uuid::Uuid::parse_str(&id).is_ok());
         assert_ne!(id, collection_id(&NodeId::new("berlin.office").unwrap()));
     }
+
+    fn stored_from(origin: &NodeId) -> StoredItem {
+        use crate::model::{Indicator, IndicatorType, Item, ItemKind, StixProperties, Tlp};
+        let item = Item {
+            id: ItemId::new_random(),
+            modified_ms: 1_700_000_000_000,
+            tlp: Tlp::Green,
+            tags: Vec::new(),
+            kind: ItemKind::Indicator(Indicator {
+                indicator_type: IndicatorType::Domain,
+                value: "a.example".into(),
+                description: String::new(),
+                confidence: 50,
+                kill_chain_phases: Vec::new(),
+                valid_from_ms: 1_700_000_000_000,
+                valid_until_ms: None,
+                properties: StixProperties::none(),
+            }),
+        };
+        StoredItem {
+            item,
+            bundle_id: crate::model::BundleId::new_random(),
+            index: 0,
+            origin: origin.clone(),
+            received_from: origin.clone(),
+            hops: 1,
+            accepted_ms: 1_700_000_000_000,
+        }
+    }
+
+    /// With `limit=1`, an item whose origin's identity was not served yet takes two
+    /// pages: the identity, then the item. When the listing already remembers as many
+    /// origins as it can, the identity page must still move the listing on.
+    #[test]
+    fn a_page_of_one_moves_on_past_an_origin_beyond_those_remembered() {
+        let params = params::parse(Some("limit=1")).unwrap();
+        let mut session = Session::start(Cursor::Engine(Vec::new()));
+        session.first_marking(crate::model::Tlp::Green);
+        for n in 0..super::super::next::MAX_REMEMBERED_ORIGINS {
+            session.first_origin(&NodeId::new(&format!("node-{n}.example")).unwrap());
+        }
+        let item = stored_from(&NodeId::new("late.example").unwrap());
+        let items = [item];
+        let mut pages = 0;
+        loop {
+            pages += 1;
+            assert!(
+                pages <= 3,
+                "the listing serves the same page again and again"
+            );
+            match items_that_fit(&params, session.clone(), &items) {
+                (0, Some((marked, objects))) => {
+                    assert_eq!(objects.len(), 1);
+                    session = marked;
+                }
+                (kept, None) => {
+                    assert_eq!(kept, 1);
+                    break;
+                }
+                (kept, Some(_)) => panic!("{kept} items kept with a page of objects alone"),
+            }
+        }
+    }
 }

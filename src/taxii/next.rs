@@ -112,9 +112,13 @@ impl Session {
         if self.origins.contains(&key) {
             return false;
         }
-        if self.origins.len() < MAX_REMEMBERED_ORIGINS {
-            self.origins.push(key);
+        // The oldest is forgotten to make room: a listing must remember the identity it
+        // has just served, or a page too small for an item and its identity would serve
+        // that identity again and again.
+        if self.origins.len() == MAX_REMEMBERED_ORIGINS {
+            self.origins.remove(0);
         }
+        self.origins.push(key);
         true
     }
 
