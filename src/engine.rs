@@ -1139,7 +1139,7 @@ impl Engine {
     /// read again up to there, under the same policy, so that its token goes on right
     /// after the last item served; a page cut to nothing serves no item and goes on from
     /// `token` again (the caller serves what the first item brings). Only items served
-    /// are recorded.
+    /// are recorded: those of the page that pass `served` (the caller's own filters).
     #[allow(clippy::too_many_arguments)]
     pub fn query_fitted_blocking<T>(
         &self,
@@ -1150,6 +1150,7 @@ impl Engine {
         limit: usize,
         now_ms: i64,
         fit: impl FnOnce(&[StoredItem]) -> (usize, T),
+        served: impl Fn(&StoredItem) -> bool,
     ) -> Result<(Answer, T), EngineError> {
         let mut hold = self.hold_page(&partner.id)?;
         let policy = self.policy();
@@ -1173,7 +1174,8 @@ impl Engine {
             page = self.query_page(&policy, partner, path, query, token, within, now_ms)?;
         }
         hold.set(page.bytes);
-        if let Some(ticket) = self.record_delivery(&policy, &partner.id, path, &page.items)? {
+        let delivered = page.items.iter().filter(|stored| served(stored));
+        if let Some(ticket) = self.record_delivery(&policy, &partner.id, path, delivered)? {
             ticket.written_blocking()?;
         }
         Ok((Answer { page, hold }, made))

@@ -1,9 +1,11 @@
 //! TAXII over HTTPS against a real `entente serve` process: an envelope is refused
 //! whole when a name is given twice anywhere in it, in an element of `objects` that is
-//! not an object too.
+//! not an object too; and a listing records in the disclosure ledger only the items it
+//! serves.
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -182,4 +184,75 @@ async fn a_name_given_twice_inside_an_array_element_refuses_the_envelope() {
             .status,
         404
     );
+}
+
+/// A listing filtered by `match[type]` serves only the objects of those types; the
+/// disclosure ledger must record those, not every item the store read for the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_records_only_the_items_it_serves() {
+    const INDICATOR: &str = "indicator--e7e7e7e7-0000-4000-8000-000000000001";
+    const MALWARE: &str = "malware--e7e7e7e7-0000-4000-8000-000000000002";
+    let pki = federation();
+    let config = write_config(&pki, "");
+    let node = serve_taxii(&config);
+    let analyst = tls(&pki, "analyst.soc");
+    let researcher = tls(&pki, "researcher.uni-x");
+    let objects = objects_path(&analyst, &node).await;
+    let malware = json!({
+        "type": "malware", "spec_version": "2.1", "id": MALWARE,
+        "created": "2025-04-01T00:00:00.000Z", "modified": "2025-04-01T00:00:00.000Z",
+        "name": "dropper", "is_family": true,
+        "object_marking_refs": [GREEN],
+    });
+    let body = json!({"objects": [indicator(INDICATOR, "served.example", GREEN), malware]});
+    let posted = post(&analyst, node.taxii, &objects, &body.to_string()).await;
+    assert_eq!(posted.status, 202, "{}", posted.text());
+    assert_eq!(
+        posted.json()["success_count"],
+        json!(2),
+        "{}",
+        posted.text()
+    );
+
+    let listed = get(
+        &researcher,
+        node.taxii,
+        &format!("{objects}?match[type]=malware"),
+    )
+    .await;
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    let ids: Vec<String> = listed.json()["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o["id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(ids, vec![MALWARE.to_owned()], "{}", listed.text());
+
+    let hq = NodeId::new("redmond.hq").unwrap();
+    let operator = entente::client::NodeClient::connect(
+        pki.material(&hq).client_config().unwrap(),
+        &hq,
+        &node.addr,
+        &hq,
+    )
+    .await
+    .unwrap();
+    let mut records = operator
+        .ledger_show(entente::rpc::proto::LedgerShowRequest {
+            partner: "researcher.uni-x".into(),
+            since_unix_ms: 0,
+        })
+        .await
+        .unwrap();
+    let mut delivered = BTreeSet::new();
+    while let Some(record) = records.message().await.unwrap() {
+        assert_eq!(record.path, "taxii-objects");
+        for delivery in &record.deliveries {
+            delivered.extend(delivery.indices.iter().copied());
+        }
+    }
+    // The envelope's objects are the bundle's items 0 (the indicator) and 1 (the
+    // malware); only the malware was served.
+    assert_eq!(delivered, BTreeSet::from([1]));
 }

@@ -342,6 +342,13 @@ impl Handlers {
                     limit,
                     now_ms(),
                     |items| items_that_fit(&fit_params, fit_session, items),
+                    |stored| {
+                        fit_params.admits(stored.item.id.stix_type())
+                            && fit_params.version.allows(stored.item.modified_ms)
+                            && fit_params
+                                .added_after_ms
+                                .is_none_or(|after| stored.accepted_ms > after)
+                    },
                 )
             })
             .await;
