@@ -18,7 +18,6 @@ use std::str::FromStr;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value, json};
-use time::OffsetDateTime;
 
 use self::markings::Definitions;
 use super::pattern;
@@ -1178,13 +1177,7 @@ pub fn tlp_marking_definition(tlp: Tlp) -> Value {
 fn stix_timestamp(ms: i64) -> String {
     const MIN_MS: i64 = -62_167_219_200_000; // 0000-01-01T00:00:00.000Z
     const MAX_MS: i64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
-    let ms = ms.clamp(MIN_MS, MAX_MS);
-    let format = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|at| at.format(&format).ok())
+    crate::util::rfc3339_ms(ms.clamp(MIN_MS, MAX_MS))
         .unwrap_or_else(|| "1970-01-01T00:00:00.000Z".to_owned())
 }
 
