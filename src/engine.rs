@@ -1116,20 +1116,12 @@ impl Engine {
         limit: usize,
         now_ms: i64,
     ) -> Result<Answer, EngineError> {
-        // A scan may run on many blocking threads at once: each takes its bytes of the
-        // partner's budget before it reads, and gathers no more than it got.
-        let mut hold = self.hold_page(&partner.id)?;
-        let within = PageLimit {
-            items: limit,
-            bytes: hold.bytes(),
-        };
-        let (page, ticket) = self.query_recorded(partner, path, query, token, within, now_ms)?;
-        hold.set(page.bytes);
-        if let Some(ticket) = ticket {
-            ticket.written_blocking()?;
-        }
-        let answer = Answer { page, hold };
-        Ok(answer)
+        // Every item of the page fits, and every one is served.
+        let fit_all = |items: &[StoredItem]| (items.len(), ());
+        self.query_fitted_blocking(partner, path, query, token, limit, now_ms, fit_all, |_| {
+            true
+        })
+        .map(|(answer, ())| answer)
     }
 
     /// [`Engine::query_blocking`] for a listing whose items bring other objects with
@@ -1152,6 +1144,8 @@ impl Engine {
         fit: impl FnOnce(&[StoredItem]) -> (usize, T),
         served: impl Fn(&StoredItem) -> bool,
     ) -> Result<(Answer, T), EngineError> {
+        // A scan may run on many blocking threads at once: each takes its bytes of the
+        // partner's budget before it reads, and gathers no more than it got.
         let mut hold = self.hold_page(&partner.id)?;
         let policy = self.policy();
         let within = PageLimit {
@@ -1207,23 +1201,6 @@ impl Engine {
         }
         let answer = Answer { page, hold };
         Ok(answer)
-    }
-
-    /// A page under the policy in force and the ticket of its ledger record (the
-    /// caller waits on it before the page leaves).
-    fn query_recorded(
-        &self,
-        partner: &Partner,
-        path: &str,
-        query: &ItemQuery,
-        token: &[u8],
-        within: PageLimit,
-        now_ms: i64,
-    ) -> Result<(Page, Option<LedgerTicket>), EngineError> {
-        let policy = self.policy();
-        let page = self.query_page(&policy, partner, path, query, token, within, now_ms)?;
-        let ticket = self.record_delivery(&policy, &partner.id, path, &page.items)?;
-        Ok((page, ticket))
     }
 
     /// Hands one disclosure-ledger record for `items` delivered to `partner` on `path`

@@ -2,8 +2,8 @@
 //! against a real `entente serve` process over HTTPS: ids written in an object's
 //! properties reveal nothing the caller may not see, an object cannot claim another
 //! node as its creator, a property given twice is refused however the envelope comes,
-//! and a feed can neither replace what another source published nor claim another
-//! source's tag.
+//! a feed can neither replace what another source published nor claim another
+//! source's tag, and a listing records in the ledger only the items it serves.
 
 mod common;
 
@@ -950,4 +950,104 @@ async fn references_are_judged_whatever_order_they_arrive_in() {
         "{}",
         posted.text()
     );
+}
+
+// ---------------------------------------------------------------------------------
+// The envelope read once, and what a listing records.
+
+/// A name given twice is refused at every depth of a TAXII envelope: inside an element
+/// of `objects` that is an array as well. Otherwise the same envelope, which parsers
+/// read differently, is published in part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_given_twice_inside_an_array_element_refuses_the_envelope() {
+    const ID: &str = "indicator--d6d6d6d6-0000-4000-8000-000000000001";
+    let pki = federation();
+    let config = write_config(&pki, "");
+    let node = serve_taxii(&config);
+    let analyst = tls(&pki, "analyst.soc");
+    let objects = objects_path(&analyst, &node).await;
+    let body = json!({"objects": [[{"a": 1}], indicator(ID, "twice-in-array.example", GREEN)]})
+        .to_string()
+        .replacen(r#"{"a":1}"#, r#"{"a":1,"a":2}"#, 1);
+    assert!(body.contains(r#""a":1,"a":2"#), "{body}");
+    let posted = post(&analyst, node.taxii, &objects, &body).await;
+    assert_eq!(posted.status, 400, "{}", posted.text());
+    assert!(posted.text().contains("given twice"), "{}", posted.text());
+    assert_eq!(
+        get(&analyst, node.taxii, &format!("{objects}{ID}/"))
+            .await
+            .status,
+        404
+    );
+}
+
+/// A listing filtered by `match[type]` serves only the objects of those types; the
+/// disclosure ledger must record those, not every item the store read for the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_records_only_the_items_it_serves() {
+    const INDICATOR: &str = "indicator--e7e7e7e7-0000-4000-8000-000000000001";
+    const MALWARE: &str = "malware--e7e7e7e7-0000-4000-8000-000000000002";
+    let pki = federation();
+    let config = write_config(&pki, "");
+    let node = serve_taxii(&config);
+    let analyst = tls(&pki, "analyst.soc");
+    let researcher = tls(&pki, "researcher.uni-x");
+    let objects = objects_path(&analyst, &node).await;
+    let malware = json!({
+        "type": "malware", "spec_version": "2.1", "id": MALWARE,
+        "created": "2025-04-01T00:00:00.000Z", "modified": "2025-04-01T00:00:00.000Z",
+        "name": "dropper", "is_family": true,
+        "object_marking_refs": [GREEN],
+    });
+    let body = json!({"objects": [indicator(INDICATOR, "served.example", GREEN), malware]});
+    let posted = post(&analyst, node.taxii, &objects, &body.to_string()).await;
+    assert_eq!(posted.status, 202, "{}", posted.text());
+    assert_eq!(
+        posted.json()["success_count"],
+        json!(2),
+        "{}",
+        posted.text()
+    );
+
+    let listed = get(
+        &researcher,
+        node.taxii,
+        &format!("{objects}?match[type]=malware"),
+    )
+    .await;
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    let ids: Vec<String> = listed.json()["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o["id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(ids, vec![MALWARE.to_owned()], "{}", listed.text());
+
+    let hq = NodeId::new("redmond.hq").unwrap();
+    let operator = NodeClient::connect(
+        pki.material(&hq).client_config().unwrap(),
+        &hq,
+        &node.addr,
+        &hq,
+    )
+    .await
+    .unwrap();
+    let mut records = operator
+        .ledger_show(entente::rpc::proto::LedgerShowRequest {
+            partner: "researcher.uni-x".into(),
+            since_unix_ms: 0,
+        })
+        .await
+        .unwrap();
+    let mut delivered = BTreeSet::new();
+    while let Some(record) = records.message().await.unwrap() {
+        assert_eq!(record.path, "taxii-objects");
+        for delivery in &record.deliveries {
+            delivered.extend(delivery.indices.iter().copied());
+        }
+    }
+    // The envelope's objects are the bundle's items 0 (the indicator) and 1 (the
+    // malware); only the malware was served.
+    assert_eq!(delivered, BTreeSet::from([1]));
 }

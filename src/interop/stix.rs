@@ -436,7 +436,12 @@ pub(super) fn parse_envelope(
         .deserialize(&mut deserializer)
         .and_then(|objects| deserializer.end().map(|()| objects))
         .map_err(|e| match e.classify() {
-            serde_json::error::Category::Data if e.to_string().starts_with(NOT_AN_ENVELOPE) => {
+            // Any other shape is refused by serde's default, which names what was
+            // expected.
+            serde_json::error::Category::Data
+                if e.to_string()
+                    .contains(&format!("expected {NOT_AN_ENVELOPE}")) =>
+            {
                 EnvelopeError::NotAnEnvelope
             }
             serde_json::error::Category::Data if e.to_string().starts_with(OBJECT_COUNT) => {
@@ -479,8 +484,9 @@ pub(super) fn parse_envelope(
 const SHOWN_ENTRY_ID_CHARS: usize = 200;
 /// Most characters of an object's version a status repeats.
 const SHOWN_ENTRY_VERSION_CHARS: usize = 64;
-/// How the envelope reader's own refusals begin, to tell them from JSON errors.
-const NOT_AN_ENVELOPE: &str = "not a TAXII envelope";
+/// What the envelope reader expects, as its refusals of any other shape say it; and
+/// how its refusal of too many objects begins, to tell both from JSON errors.
+const NOT_AN_ENVELOPE: &str = "a TAXII envelope";
 const OBJECT_COUNT: &str = "too many objects";
 
 /// The top level of a TAXII envelope: `objects` is read element by element; every other
@@ -530,34 +536,6 @@ impl<'de> Visitor<'de> for EnvelopeSeed<'_> {
         }
         Ok(objects)
     }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
-        Err(de::Error::custom(NOT_AN_ENVELOPE))
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        Err(E::custom(NOT_AN_ENVELOPE))
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-        Err(E::custom(NOT_AN_ENVELOPE))
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-        Err(E::custom(NOT_AN_ENVELOPE))
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Err(E::custom(NOT_AN_ENVELOPE))
-    }
-
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-        Err(E::custom(NOT_AN_ENVELOPE))
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Err(E::custom(NOT_AN_ENVELOPE))
-    }
 }
 
 /// An envelope's `objects` array, refused past `max_objects` elements as it is read.
@@ -596,34 +574,6 @@ impl<'de> Visitor<'de> for ElementsSeed<'_> {
             out.push(element);
         }
         Ok(out)
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
-        Err(de::Error::custom(NOT_AN_ENVELOPE))
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        Err(E::custom(NOT_AN_ENVELOPE))
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-        Err(E::custom(NOT_AN_ENVELOPE))
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-        Err(E::custom(NOT_AN_ENVELOPE))
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Err(E::custom(NOT_AN_ENVELOPE))
-    }
-
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-        Err(E::custom(NOT_AN_ENVELOPE))
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Err(E::custom(NOT_AN_ENVELOPE))
     }
 }
 
