@@ -1024,24 +1024,8 @@ async fn a_listing_records_only_the_items_it_serves() {
         .collect();
     assert_eq!(ids, vec![MALWARE.to_owned()], "{}", listed.text());
 
-    let hq = NodeId::new("redmond.hq").unwrap();
-    let operator = NodeClient::connect(
-        pki.material(&hq).client_config().unwrap(),
-        &hq,
-        &node.addr,
-        &hq,
-    )
-    .await
-    .unwrap();
-    let mut records = operator
-        .ledger_show(entente::rpc::proto::LedgerShowRequest {
-            partner: "researcher.uni-x".into(),
-            since_unix_ms: 0,
-        })
-        .await
-        .unwrap();
     let mut delivered = BTreeSet::new();
-    while let Some(record) = records.message().await.unwrap() {
+    for record in common::ledger_records(&pki, &node, "researcher.uni-x").await {
         assert_eq!(record.path, "taxii-objects");
         for delivery in &record.deliveries {
             delivered.extend(delivery.indices.iter().copied());

@@ -758,25 +758,9 @@ async fn taxii_serves_each_caller_its_view_and_refuses_what_it_may_not_do() {
     // Every TAXII read was recorded in the disclosure ledger, as on gRPC: the
     // researcher's records hold its GREEN and CLEAR items and never the AMBER one
     // (index 5 of the analyst's bundle).
-    let hq = NodeId::new("redmond.hq").unwrap();
-    let operator = entente::client::NodeClient::connect(
-        pki.material(&hq).client_config().unwrap(),
-        &hq,
-        &node.addr,
-        &hq,
-    )
-    .await
-    .unwrap();
-    let mut records = operator
-        .ledger_show(entente::rpc::proto::LedgerShowRequest {
-            partner: "researcher.uni-x".into(),
-            since_unix_ms: 0,
-        })
-        .await
-        .unwrap();
     let mut paths = BTreeSet::new();
     let mut delivered = BTreeSet::new();
-    while let Some(record) = records.message().await.unwrap() {
+    for record in common::ledger_records(&pki, &node, "researcher.uni-x").await {
         paths.insert(record.path.clone());
         for delivery in &record.deliveries {
             delivered.extend(delivery.indices.iter().copied());

@@ -538,6 +538,15 @@ async fn ingest(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// A client of the benchmark's node `bench.hq` at `addr`, with `id`'s certificate from
+/// `dir` (its settings written there first).
+pub(crate) async fn bench_client(dir: &Path, id: &str, addr: &str) -> Result<NodeClient> {
+    let path = dir.join(format!("{id}.toml"));
+    std::fs::write(&path, client_toml(id, addr, "bench.hq"))?;
+    let settings = ClientSettings::load(&path)?;
+    Ok(NodeClient::connect_with(&settings).await?)
+}
+
 /// A client configuration for `id` (certificates in `certs/`) reaching `node_id` at `addr`.
 fn client_toml(id: &str, addr: &str, node_id: &str) -> String {
     format!(

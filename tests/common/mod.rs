@@ -277,6 +277,36 @@ pub struct TaxiiNode {
     pub taxii: std::net::SocketAddr,
 }
 
+/// Every disclosure-ledger record of `partner` that `node` (a `TaxiiNode`'s gRPC
+/// address) holds, read by its operator `redmond.hq`.
+pub async fn ledger_records(
+    pki: &Pki,
+    node: &TaxiiNode,
+    partner: &str,
+) -> Vec<entente::rpc::proto::LedgerRecord> {
+    let hq = NodeId::new("redmond.hq").unwrap();
+    let operator = entente::client::NodeClient::connect(
+        pki.material(&hq).client_config().unwrap(),
+        &hq,
+        &node.addr,
+        &hq,
+    )
+    .await
+    .unwrap();
+    let mut records = operator
+        .ledger_show(entente::rpc::proto::LedgerShowRequest {
+            partner: partner.into(),
+            since_unix_ms: 0,
+        })
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    while let Some(record) = records.message().await.unwrap() {
+        out.push(record);
+    }
+    out
+}
+
 impl Drop for TaxiiNode {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use entente::certs::{CertDir, Usage, Validity};
 use entente::client::NodeClient;
-use entente::config::ClientSettings;
 use entente::model::NodeId;
 use entente::rpc::proto::federation_client::FederationClient;
 use entente::rpc::proto::{ItemFilter, PublishRequest, PullRequest};
@@ -20,7 +19,7 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 use entente::config::builder::{Entry, Policy};
 
-use super::{Args, client_toml, draft, machine, rss_mib, spawn_node, value_of};
+use super::{Args, bench_client as client, draft, machine, rss_mib, spawn_node, value_of};
 
 /// Messages as raw bytes, for what no well-behaved client would build.
 #[derive(Clone, Copy, Default)]
@@ -106,13 +105,6 @@ fn config(dir: &Path) -> String {
             Entry::peer("peer.bench", "127.0.0.1:1").policy(Policy::all_types().max_tlp("GREEN")),
         )
         .render()
-}
-
-async fn client(dir: &Path, id: &str, addr: &str) -> Result<NodeClient> {
-    let path = dir.join(format!("{id}.toml"));
-    std::fs::write(&path, client_toml(id, addr, "bench.hq"))?;
-    let settings = ClientSettings::load(&path)?;
-    Ok(NodeClient::connect_with(&settings).await?)
 }
 
 pub async fn attacks(args: &Args) -> Result<()> {

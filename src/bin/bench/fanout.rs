@@ -10,14 +10,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use entente::certs::{CertDir, Usage, Validity};
-use entente::client::NodeClient;
-use entente::config::ClientSettings;
 use entente::model::NodeId;
 use entente::rpc::proto::{ItemFilter, PublishRequest};
 
 use entente::config::builder::{Entry, Policy};
 
-use super::{Args, client_toml, dir_bytes, draft, machine, rss_mib, spawn_node};
+use super::{Args, bench_client as client, dir_bytes, draft, machine, rss_mib, spawn_node};
 
 const READERS: usize = 10;
 const STREAMS_PER_READER: usize = 10;
@@ -33,13 +31,6 @@ fn config(dir: &Path) -> String {
             config.entry(Entry::client(&reader_id(r), "read_only").policy(Policy::all_types()));
     }
     config.render()
-}
-
-async fn client(dir: &Path, id: &str, addr: &str) -> Result<NodeClient> {
-    let path = dir.join(format!("{id}.toml"));
-    std::fs::write(&path, client_toml(id, addr, "bench.hq"))?;
-    let settings = ClientSettings::load(&path)?;
-    Ok(NodeClient::connect_with(&settings).await?)
 }
 
 pub async fn fanout(args: &Args) -> Result<()> {
