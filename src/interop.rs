@@ -22,7 +22,7 @@ use crate::model::{IndicatorType, Item, ItemId, ItemKind, Tlp};
 
 pub use stix::{
     identity, identity_id, revocation_extension, tlp_marking_definition, tlp2_marking, to_stix,
-    to_stix_from,
+    to_stix_from, write_stix_from,
 };
 
 /// Most objects (STIX) or records (CSV, list) in one input; above it the input is refused
@@ -308,11 +308,11 @@ fn default_type(defaults: &Defaults, value: &str) -> Result<IndicatorType, Strin
 
 /// Parses an RFC 3339 timestamp into milliseconds since the Unix epoch.
 fn parse_timestamp(text: &str) -> Result<i64, String> {
-    let shown: String = text.chars().take(64).collect();
+    let shown = || text.chars().take(64).collect::<String>();
     let at = OffsetDateTime::parse(text.trim(), &Rfc3339)
-        .map_err(|e| format!("{shown:?} is not an RFC 3339 timestamp ({e})"))?;
+        .map_err(|e| format!("{:?} is not an RFC 3339 timestamp ({e})", shown()))?;
     i64::try_from(at.unix_timestamp_nanos().div_euclid(1_000_000))
-        .map_err(|_| format!("{shown:?} is out of range"))
+        .map_err(|_| format!("{:?} is out of range", shown()))
 }
 
 #[cfg(test)]

@@ -31,13 +31,22 @@ pub fn rfc3339_ms(ms: i64) -> Option<String> {
         let days = ms.div_euclid(86_400_000);
         let in_day = ms.rem_euclid(86_400_000);
         let (year, month, day) = civil_from_days(days);
-        return Some(format!(
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-            in_day / 3_600_000,
-            in_day / 60_000 % 60,
-            in_day / 1000 % 60,
-            in_day % 1000
-        ));
+        // Written digit by digit: this runs for every time of every exported object.
+        let mut text = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, width: usize, mut number: i64| {
+            for slot in text[at..at + width].iter_mut().rev() {
+                *slot = b'0' + (number % 10) as u8;
+                number /= 10;
+            }
+        };
+        put(0, 4, year);
+        put(5, 2, month);
+        put(8, 2, day);
+        put(11, 2, in_day / 3_600_000);
+        put(14, 2, in_day / 60_000 % 60);
+        put(17, 2, in_day / 1000 % 60);
+        put(20, 3, in_day % 1000);
+        return Some(text.iter().map(|&b| char::from(b)).collect());
     }
     let format = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"

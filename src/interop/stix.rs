@@ -913,46 +913,57 @@ pub fn to_stix(item: &Item) -> Value {
 ///   `x_entente_revocation_reason`. Revocations from before revocations carried their
 ///   indicator have no pattern; `x_entente_indicator_type` says what they revoke.
 pub fn to_stix_from(item: &Item, origin: Option<&str>) -> Value {
+    let text = write_stix_from(item, origin);
+    let object = serde_json::from_str(&text);
+    debug_assert!(object.is_ok(), "an exported object is JSON");
+    object.unwrap_or_default()
+}
+
+/// The JSON text of [`to_stix_from`]'s object, written directly: the one place an
+/// item's STIX form is decided. Its properties are in the order of their names, with
+/// no spaces, as `serde_json` writes an object, so the text is the same as the
+/// object's `to_string()`.
+pub fn write_stix_from(item: &Item, origin: Option<&str>) -> String {
     let (indicator, revocation) = match &item.kind {
         ItemKind::Indicator(indicator) => (Some(indicator), None),
         ItemKind::Revocation(revocation) => (revocation.indicator.as_deref(), Some(revocation)),
         ItemKind::Context(context) => return context_to_stix(item, context, origin),
     };
-    let mut object = indicator.map(|i| i.properties.to_map()).unwrap_or_default();
-    write_head(&mut object, item, "indicator");
+    let mut object = match indicator {
+        Some(indicator) => Exported::kept(&indicator.properties),
+        None => Exported::default(),
+    };
+    object.head(item, "indicator");
     if let Some(indicator) = indicator {
-        object.insert(
-            "pattern".into(),
-            json!(pattern::write(indicator.indicator_type, &indicator.value)),
+        object.string(
+            "pattern",
+            pattern::write(indicator.indicator_type, &indicator.value),
         );
-        object.insert("pattern_type".into(), json!("stix"));
-        object
-            .entry("pattern_version")
-            .or_insert_with(|| json!("2.1"));
-        object.insert(
-            "valid_from".into(),
-            json!(stix_timestamp(indicator.valid_from_ms)),
-        );
-        if let Some(until) = indicator.valid_until_ms {
-            object.insert("valid_until".into(), json!(stix_timestamp(until)));
+        object.string("pattern_type", "stix");
+        if !object.has("pattern_version") {
+            object.string("pattern_version", "2.1");
         }
-        if !object.get("name").is_some_and(Value::is_string) {
+        object.string("valid_from", stix_timestamp(indicator.valid_from_ms));
+        if let Some(until) = indicator.valid_until_ms {
+            object.string("valid_until", stix_timestamp(until));
+        }
+        if !object.is_string("name") {
             let name: String = indicator.value.chars().take(256).collect();
-            object.insert("name".into(), json!(name));
+            object.string("name", name);
         }
         if !indicator.description.is_empty() {
-            object.insert("description".into(), json!(indicator.description));
-        } else if !object.contains_key("description") {
+            object.string("description", indicator.description.as_str());
+        } else if !object.has("description") {
             let description = match origin {
                 Some(origin) => {
                     format!("{} indicator shared by {origin}", indicator.indicator_type)
                 }
                 None => format!("{} indicator", indicator.indicator_type),
             };
-            object.insert("description".into(), json!(description));
+            object.string("description", description);
         }
         if indicator.confidence > 0 {
-            object.insert("confidence".into(), json!(indicator.confidence));
+            object.json("confidence", indicator.confidence.to_string());
         }
         if !indicator.kill_chain_phases.is_empty() {
             let phases: Vec<Value> = indicator
@@ -963,83 +974,181 @@ pub fn to_stix_from(item: &Item, origin: Option<&str>) -> Value {
                     json!({ "kill_chain_name": chain, "phase_name": name })
                 })
                 .collect();
-            object.insert("kill_chain_phases".into(), Value::Array(phases));
+            object.json("kill_chain_phases", Value::Array(phases).to_string());
         }
     }
     if let Some(revocation) = revocation {
-        object.insert("revoked".into(), json!(true));
+        object.json("revoked", "true".to_owned());
         if indicator.is_none() {
-            object.insert(
-                REVOKED_TYPE_PROPERTY.into(),
-                json!(revocation.indicator_type.as_str()),
-            );
+            object.string(REVOKED_TYPE_PROPERTY, revocation.indicator_type.as_str());
         }
-        object.insert(REVOCATION_REASON_PROPERTY.into(), json!(revocation.reason));
+        object.string(REVOCATION_REASON_PROPERTY, revocation.reason.as_str());
         // The two properties above are this node's own, declared by an extension
         // definition as STIX 2.1 asks of custom properties.
-        let extensions = object
-            .entry("extensions")
-            .or_insert_with(|| Value::Object(Map::new()));
-        if let Value::Object(extensions) = extensions {
-            extensions.insert(
-                REVOCATION_EXTENSION.into(),
-                json!({ "extension_type": "toplevel-property-extension" }),
-            );
-        }
+        let mut extensions = match object.value("extensions") {
+            Some(Value::Object(extensions)) => extensions,
+            _ => Map::new(),
+        };
+        extensions.insert(
+            REVOCATION_EXTENSION.into(),
+            json!({ "extension_type": "toplevel-property-extension" }),
+        );
+        object.json("extensions", Value::Object(extensions).to_string());
     }
-    write_tail(object, item, origin)
+    object.tail(item, origin);
+    object.into_text()
 }
 
-/// What every exported object starts with: its type, spec version, id, `created` (kept
-/// unless absent or later than the version) and `modified` (the version).
-fn write_head(object: &mut Map<String, Value>, item: &Item, stix_type: &str) {
-    let version = stix_timestamp(item.modified_ms);
-    object.insert("type".into(), json!(stix_type));
-    object.insert("spec_version".into(), json!("2.1"));
-    object.insert("id".into(), json!(item.id.as_str()));
-    let created = object
-        .get("created")
-        .and_then(Value::as_str)
-        .and_then(|text| parse_timestamp(text).ok())
+/// An exported object's properties while it is written: the kept properties as their
+/// JSON text, then what the item carries, which replaces a kept property of the same
+/// name. Sorted by name, as `serde_json` orders an object's properties.
+#[derive(Default)]
+struct Exported<'a> {
+    fields: std::collections::BTreeMap<Cow<'a, str>, Field<'a>>,
+}
+
+/// One property's value in an [`Exported`] object.
+enum Field<'a> {
+    /// JSON text kept as it was signed (canonical: sorted keys, no spaces).
+    Kept(&'a serde_json::value::RawValue),
+    /// A string, escaped as it is written.
+    Str(Cow<'a, str>),
+    /// JSON text written here: a number, `true`, a list or an object, in `serde_json`'s
+    /// compact form.
+    Json(String),
+}
+
+impl<'a> Exported<'a> {
+    /// The kept properties of an item, read as text without building their values.
+    fn kept(properties: &'a StixProperties) -> Self {
+        let mut object = Self::default();
+        if properties.is_empty() {
+            return object;
+        }
+        // Kept properties were checked when the item was verified; text that does not
+        // read (it cannot, short of a bug) exports as none kept, as `to_map` does.
+        let read: Result<std::collections::BTreeMap<String, &serde_json::value::RawValue>, _> =
+            serde_json::from_str(properties.as_str());
+        if let Ok(read) = read {
+            object.fields = read
+                .into_iter()
+                .map(|(name, value)| (Cow::Owned(name), Field::Kept(value)))
+                .collect();
+        }
+        object
+    }
+
+    fn string(&mut self, name: &'a str, value: impl Into<Cow<'a, str>>) {
+        self.fields
+            .insert(Cow::Borrowed(name), Field::Str(value.into()));
+    }
+
+    fn json(&mut self, name: &'a str, text: String) {
+        self.fields.insert(Cow::Borrowed(name), Field::Json(text));
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.fields.contains_key(name)
+    }
+
+    /// Whether the property is there and is a string.
+    fn is_string(&self, name: &str) -> bool {
+        match self.fields.get(name) {
+            Some(Field::Str(_)) => true,
+            Some(Field::Kept(raw)) => raw.get().starts_with('"'),
+            Some(Field::Json(text)) => text.starts_with('"'),
+            None => false,
+        }
+    }
+
+    /// A property's value, read from its text (for the few that are looked into).
+    fn value(&self, name: &str) -> Option<Value> {
+        match self.fields.get(name)? {
+            Field::Str(text) => Some(Value::String(text.to_string())),
+            Field::Kept(raw) => serde_json::from_str(raw.get()).ok(),
+            Field::Json(text) => serde_json::from_str(text).ok(),
+        }
+    }
+
+    /// What every exported object starts with: its type, spec version, id, `created`
+    /// (kept unless absent or later than the version) and `modified` (the version).
+    fn head(&mut self, item: &'a Item, stix_type: &'a str) {
+        let version = stix_timestamp(item.modified_ms);
+        self.string("type", stix_type);
+        self.string("spec_version", "2.1");
+        self.string("id", item.id.as_str());
+        let created = match self.fields.get("created") {
+            Some(Field::Kept(raw)) => serde_json::from_str::<Cow<'_, str>>(raw.get())
+                .ok()
+                .and_then(|text| parse_timestamp(&text).ok()),
+            _ => None,
+        }
         .filter(|&created| created <= item.modified_ms);
-    if created.is_none() {
-        object.insert("created".into(), json!(version));
+        if created.is_none() {
+            self.string("created", version.clone());
+        }
+        self.string("modified", version);
     }
-    object.insert("modified".into(), json!(version));
+
+    /// What every exported object ends with: `created_by_ref` (the origin's identity
+    /// when none is kept), the tags as `labels`, and the item's TLP 2.0 marking.
+    fn tail(&mut self, item: &Item, origin: Option<&str>) {
+        if let Some(origin) = origin {
+            if !self.is_string("created_by_ref") {
+                self.string("created_by_ref", identity_id(origin));
+            }
+        }
+        if !item.tags.is_empty() {
+            self.json("labels", Value::from(item.tags.clone()).to_string());
+        }
+        let marking = tlp2_marking_id(item.tlp);
+        self.json("object_marking_refs", format!("[\"{marking}\"]"));
+    }
+
+    /// The object as JSON text.
+    fn into_text(self) -> String {
+        let mut out = Vec::with_capacity(1024);
+        out.push(b'{');
+        for (n, (name, field)) in self.fields.iter().enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            push_json_string(&mut out, name);
+            out.push(b':');
+            match field {
+                Field::Kept(raw) => out.extend_from_slice(raw.get().as_bytes()),
+                Field::Str(text) => push_json_string(&mut out, text),
+                Field::Json(text) => out.extend_from_slice(text.as_bytes()),
+            }
+        }
+        out.push(b'}');
+        // Every piece is UTF-8 text, so this cannot fail.
+        String::from_utf8(out).unwrap_or_default()
+    }
 }
 
-/// What every exported object ends with: `created_by_ref` (the origin's identity when
-/// none is kept), the tags as `labels`, and the item's TLP 2.0 marking.
-fn write_tail(mut object: Map<String, Value>, item: &Item, origin: Option<&str>) -> Value {
-    if let Some(origin) = origin {
-        if !object.get("created_by_ref").is_some_and(Value::is_string) {
-            object.insert("created_by_ref".into(), json!(identity_id(origin)));
-        }
-    }
-    if !item.tags.is_empty() {
-        object.insert("labels".into(), json!(item.tags));
-    }
-    object.insert(
-        "object_marking_refs".into(),
-        json!([tlp2_marking_id(item.tlp)]),
-    );
-    Value::Object(object)
+/// A JSON string as `serde_json` writes it.
+fn push_json_string(out: &mut Vec<u8>, text: &str) {
+    // Writing into a vector does not fail.
+    let _ = serde_json::to_writer(&mut *out, text);
 }
 
 /// A context object as STIX: its kept properties, then what the item carries (type, id,
 /// version, marking, labels, references), which take precedence; `created` and
 /// `created_by_ref` are filled in as for indicators.
-fn context_to_stix(item: &Item, context: &ContextObject, origin: Option<&str>) -> Value {
-    let mut object = context.properties.to_map();
-    write_head(&mut object, item, context.object_type.as_str());
-    let refs: Vec<&str> = context.refs.iter().map(ItemId::as_str).collect();
+fn context_to_stix(item: &Item, context: &ContextObject, origin: Option<&str>) -> String {
+    let mut object = Exported::kept(&context.properties);
+    object.head(item, context.object_type.as_str());
     // A report's `object_refs` are kept as published (validation holds its shared
     // references to exactly those they name); a relationship's ends are its refs.
-    if let (IndicatorType::Relationship, [source, target]) = (context.object_type, &refs[..]) {
-        object.insert("source_ref".into(), json!(source));
-        object.insert("target_ref".into(), json!(target));
+    if let (IndicatorType::Relationship, [source, target]) =
+        (context.object_type, &context.refs[..])
+    {
+        object.string("source_ref", source.as_str());
+        object.string("target_ref", target.as_str());
     }
-    write_tail(object, item, origin)
+    object.tail(item, origin);
+    object.into_text()
 }
 
 /// The STIX id of the `identity` object that stands for a node: the same on every node,
@@ -1974,5 +2083,65 @@ mod tests {
         let parsed = parse_input(InputFormat::Stix, &once, &defaults(None), NOW);
         assert_eq!(parsed.items.len(), 1, "{parsed:?}");
         assert_eq!(parsed.items[0].tlp, Tlp::Amber);
+    }
+
+    /// The exported text is the object `serde_json` would write (names sorted, each
+    /// once, no spaces), for every object of the real bundles, as revocations with and
+    /// without their indicator, and with kept properties whose names need escaping.
+    #[test]
+    fn exported_text_is_the_objects_own_text() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stix");
+        let mut items = Vec::new();
+        for entry in std::fs::read_dir(dir).expect("fixtures") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "json") {
+                let text = std::fs::read_to_string(&path).expect("fixture");
+                let parsed =
+                    parse_input(InputFormat::Stix, &text, &defaults(Some(Tlp::Green)), NOW);
+                items.extend(parsed.items);
+            }
+        }
+        assert!(items.len() > 40, "{} items", items.len());
+        let escaped = StixProperties::keep(
+            json!({"name": "quote \" and \\u{1}", "x_a\"b": [1, 2.5, {"z": null, "a": "\n"}],
+                   "extensions": {"x": {"extension_type": "property-extension"}}})
+            .as_object()
+            .expect("object"),
+        )
+        .expect("kept");
+        let mut more = Vec::new();
+        for item in &items {
+            if let ItemKind::Indicator(indicator) = &item.kind {
+                let mut indicator = indicator.clone();
+                for (with, kept) in [(true, &indicator.properties.clone()), (false, &escaped)] {
+                    indicator.properties = kept.clone();
+                    indicator.confidence = 70;
+                    indicator.kill_chain_phases = vec!["lockheed:delivery".into()];
+                    more.push(Item {
+                        kind: ItemKind::Revocation(Revocation {
+                            indicator_type: indicator.indicator_type,
+                            reason: "wrong \"host\"".into(),
+                            indicator: with.then(|| Box::new(indicator.clone())),
+                        }),
+                        tags: vec!["b".into(), "a".into()],
+                        ..item.clone()
+                    });
+                    more.push(Item {
+                        kind: ItemKind::Indicator(indicator.clone()),
+                        ..item.clone()
+                    });
+                }
+            }
+        }
+        items.extend(more);
+        for item in &items {
+            for origin in [None, Some("hq.example")] {
+                let text = write_stix_from(item, origin);
+                let object: Value = serde_json::from_str(&text).expect("JSON");
+                assert_eq!(object.to_string(), text);
+                assert_eq!(to_stix_from(item, origin), object);
+                assert_eq!(object["id"], json!(item.id.as_str()));
+            }
+        }
     }
 }

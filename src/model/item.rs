@@ -128,8 +128,23 @@ pub fn uuid_v4_form(domain: &str, parts: &[&str]) -> [u8; 16] {
 /// The STIX id of the `identity` object that stands for a node in exports: the same on
 /// every node, in version-4 form like the ids of items ([`ItemId::derived`]).
 pub fn origin_identity_id(node: &str) -> String {
-    let bytes = uuid_v4_form("entente/identity/v1", &[node]);
-    format!("identity--{}", uuid::Uuid::from_bytes(bytes))
+    // Exports write it for every object, mostly for the same few nodes in a row: the
+    // last one each thread worked out is kept.
+    thread_local! {
+        static LAST: std::cell::RefCell<(String, String)> =
+            const { std::cell::RefCell::new((String::new(), String::new())) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.1.is_empty() || last.0 != node {
+            let bytes = uuid_v4_form("entente/identity/v1", &[node]);
+            *last = (
+                node.to_owned(),
+                format!("identity--{}", uuid::Uuid::from_bytes(bytes)),
+            );
+        }
+        last.1.clone()
+    })
 }
 
 /// Appends each id of an indicator or context object written in `text`: one of their
@@ -138,13 +153,6 @@ pub fn origin_identity_id(node: &str) -> String {
 fn embedded_ids(text: &str, out: &mut Vec<ItemId>) {
     const UUID_CHARS: usize = 36;
     let bytes = text.as_bytes();
-    let types = std::iter::once("indicator").chain(
-        IndicatorType::ALL
-            .into_iter()
-            .filter(|t| t.is_context())
-            .map(IndicatorType::as_str),
-    );
-    let types: Vec<&str> = types.collect();
     for (at, _) in text.match_indices("--") {
         let Some(uuid) = text.get(at + 2..at + 2 + UUID_CHARS) else {
             continue;
@@ -152,7 +160,13 @@ fn embedded_ids(text: &str, out: &mut Vec<ItemId>) {
         if uuid::Uuid::try_parse(uuid).is_err() {
             continue;
         }
-        for ty in &types {
+        let types = std::iter::once("indicator").chain(
+            IndicatorType::ALL
+                .into_iter()
+                .filter(|t| t.is_context())
+                .map(IndicatorType::as_str),
+        );
+        for ty in types {
             let Some(start) = at.checked_sub(ty.len()) else {
                 continue;
             };

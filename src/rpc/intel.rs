@@ -426,11 +426,10 @@ impl Intel for IntelService {
                 };
                 for stored in page.items {
                     let chunk = ExportChunk {
-                        stix_json: crate::interop::to_stix_from(
+                        stix_json: crate::interop::write_stix_from(
                             &stored.item,
                             Some(stored.origin.as_str()),
-                        )
-                        .to_string(),
+                        ),
                         origin: stored.origin.to_string(),
                         tlp: crate::wire::Tlp::from(stored.item.tlp) as i32,
                     };

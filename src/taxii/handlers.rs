@@ -17,7 +17,7 @@ use super::next::{Cursor, NextTokens, Scope, Session};
 use super::params::{self, Params, format_timestamp};
 use super::statuses::Statuses;
 use crate::engine::{Engine, EngineError, now_ms};
-use crate::interop::{Defaults, EnvelopeEntry, EnvelopeError, to_stix_from};
+use crate::interop::{Defaults, EnvelopeEntry, EnvelopeError, write_stix_from};
 use crate::model::{Distribution, ItemId, NodeId, Partner, PartnerKind, Role};
 use crate::policy::PageTokenError;
 use crate::store::{ItemQuery, StoredItem};
@@ -408,12 +408,20 @@ impl Handlers {
         } else {
             None
         };
+        if !manifest {
+            let objects = items
+                .iter()
+                .map(|s| write_stix_from(&s.item, Some(s.origin.as_str())))
+                .chain(extra.into_iter().map(|(object, _)| object.to_string()));
+            let body = envelope(next.is_some(), next.as_deref(), objects);
+            return with_dates(raw_taxii(StatusCode::OK, body), &items);
+        }
         let mut body = serde_json::Map::new();
         body.insert("more".into(), json!(next.is_some()));
         if let Some(next) = &next {
             body.insert("next".into(), json!(next));
         }
-        let objects: Vec<Value> = if manifest {
+        let objects: Vec<Value> = {
             items
                 .iter()
                 .map(|s| {
@@ -432,12 +440,6 @@ impl Handlers {
                         "media_type": STIX_MEDIA_TYPE,
                     })
                 }))
-                .collect()
-        } else {
-            items
-                .iter()
-                .map(|s| to_stix_from(&s.item, Some(s.origin.as_str())))
-                .chain(extra.into_iter().map(|(object, _)| object))
                 .collect()
         };
         body.insert("objects".into(), Value::Array(objects));
@@ -525,11 +527,12 @@ impl Handlers {
             let Some(stored) = found.filter(|s| self.passes(params, s)) else {
                 return object_not_found();
             };
-            let body = json!({
-                "more": false,
-                "objects": [to_stix_from(&stored.item, Some(stored.origin.as_str()))],
-            });
-            return with_dates(taxii(StatusCode::OK, &body), std::slice::from_ref(&stored));
+            let object = write_stix_from(&stored.item, Some(stored.origin.as_str()));
+            let body = envelope(false, None, [object]);
+            return with_dates(
+                raw_taxii(StatusCode::OK, body),
+                std::slice::from_ref(&stored),
+            );
         }
         let path = if versions {
             "taxii-versions"
@@ -589,29 +592,34 @@ impl Handlers {
         if total == 0 {
             return object_not_found();
         }
+        let next = match (more, page.last()) {
+            (true, Some(last)) => {
+                let session = Session::start(Cursor::After(last.item.modified_ms));
+                match self.next_tokens.seal(&scope, &session) {
+                    Some(next) => Some(next),
+                    None => return internal(),
+                }
+            }
+            _ => None,
+        };
+        if !versions {
+            let objects = page
+                .iter()
+                .map(|s| write_stix_from(&s.item, Some(s.origin.as_str())));
+            let body = envelope(more, next.as_deref(), objects);
+            return with_dates(raw_taxii(StatusCode::OK, body), &page);
+        }
         let mut body = serde_json::Map::new();
         body.insert("more".into(), json!(more));
-        if let (true, Some(last)) = (more, page.last()) {
-            let session = Session::start(Cursor::After(last.item.modified_ms));
-            match self.next_tokens.seal(&scope, &session) {
-                Some(next) => {
-                    body.insert("next".into(), json!(next));
-                }
-                None => return internal(),
-            }
+        if let Some(next) = next {
+            body.insert("next".into(), json!(next));
         }
-        if versions {
+        {
             let listed: Vec<String> = page
                 .iter()
                 .map(|s| format_timestamp(s.item.modified_ms))
                 .collect();
             body.insert("versions".into(), json!(listed));
-        } else {
-            let objects: Vec<Value> = page
-                .iter()
-                .map(|s| to_stix_from(&s.item, Some(s.origin.as_str())))
-                .collect();
-            body.insert("objects".into(), Value::Array(objects));
         }
         with_dates(taxii(StatusCode::OK, &Value::Object(body)), &page)
     }
@@ -1052,6 +1060,32 @@ fn is_taxii_content(headers: &HeaderMap) -> bool {
     };
     let (kind, version) = media_type(content);
     kind == "application/taxii+json" && version.is_none_or(|v| v == "2.1")
+}
+
+/// An envelope's JSON text from its objects' text: `more`, `next` when there is one,
+/// then `objects`, written as `serde_json` writes the same object.
+fn envelope(more: bool, next: Option<&str>, objects: impl IntoIterator<Item = String>) -> Bytes {
+    let mut out = Vec::with_capacity(64 * 1024);
+    out.extend_from_slice(if more {
+        b"{\"more\":true,"
+    } else {
+        b"{\"more\":false,"
+    });
+    if let Some(next) = next {
+        out.extend_from_slice(b"\"next\":");
+        // Writing into a vector does not fail.
+        let _ = serde_json::to_writer(&mut out, next);
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"objects\":[");
+    for (n, object) in objects.into_iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(object.as_bytes());
+    }
+    out.extend_from_slice(b"]}");
+    Bytes::from(out)
 }
 
 fn taxii(status: StatusCode, body: &Value) -> Answer {
