@@ -345,6 +345,17 @@ pub const LEAST_PAGE_BYTES: usize = 64 * 1024;
 /// answer has been sent.
 pub type AnswerHold = Held<NodeId>;
 
+/// What serving a page discloses, decided and not yet recorded: the items served, and
+/// the policy and store state that decided them.
+#[derive(Debug)]
+pub struct Delivery {
+    items: Vec<(crate::model::BundleId, u32)>,
+    policy: Arc<Policy>,
+    feed_head: u64,
+    partner: NodeId,
+    path: String,
+}
+
 /// A query page and what it holds of its partner's answer budget.
 pub struct Answer {
     /// The page.
@@ -1144,9 +1155,33 @@ impl Engine {
         fit: impl FnOnce(&[StoredItem]) -> (usize, T),
         served: impl Fn(&StoredItem) -> bool,
     ) -> Result<(Answer, T), EngineError> {
+        let (answer, made, delivery) =
+            self.query_fitted_unrecorded(partner, path, query, token, limit, now_ms, fit, served)?;
+        self.record_blocking(&delivery)?;
+        Ok((answer, made))
+    }
+
+    /// [`Engine::query_fitted_blocking`] without the ledger record: what it would record
+    /// is returned as a [`Delivery`], which the caller records ([`Engine::record`]) before
+    /// anything of the page leaves. For a page prepared before it is asked for.
+    #[allow(clippy::too_many_arguments)]
+    pub fn query_fitted_unrecorded<T>(
+        &self,
+        partner: &Partner,
+        path: &str,
+        query: &ItemQuery,
+        token: &[u8],
+        limit: usize,
+        now_ms: i64,
+        fit: impl FnOnce(&[StoredItem]) -> (usize, T),
+        served: impl Fn(&StoredItem) -> bool,
+    ) -> Result<(Answer, T, Delivery), EngineError> {
         // A scan may run on many blocking threads at once: each takes its bytes of the
         // partner's budget before it reads, and gathers no more than it got.
         let mut hold = self.hold_page(&partner.id)?;
+        // Read before the policy and the scan: a bundle accepted while they run moves
+        // the head past it, so the page is never taken for current when it may not be.
+        let feed_head = self.store.feed_head();
         let policy = self.policy();
         let within = PageLimit {
             items: limit,
@@ -1168,11 +1203,59 @@ impl Engine {
             page = self.query_page(&policy, partner, path, query, token, within, now_ms)?;
         }
         hold.set(page.bytes);
-        let delivered = page.items.iter().filter(|stored| served(stored));
-        if let Some(ticket) = self.record_delivery(&policy, &partner.id, path, delivered)? {
+        let delivery = Delivery {
+            items: page
+                .items
+                .iter()
+                .filter(|stored| served(stored))
+                .map(|stored| (stored.bundle_id.clone(), stored.index))
+                .collect(),
+            policy,
+            feed_head,
+            partner: partner.id.clone(),
+            path: path.to_owned(),
+        };
+        Ok((Answer { page, hold }, made, delivery))
+    }
+
+    /// Records a [`Delivery`] in the disclosure ledger, waiting until it is written.
+    pub fn record_blocking(&self, delivery: &Delivery) -> Result<(), EngineError> {
+        if let Some(ticket) = self.record_served(
+            &delivery.policy,
+            &delivery.partner,
+            &delivery.path,
+            delivery
+                .items
+                .iter()
+                .map(|(bundle, index)| (bundle, *index)),
+        )? {
             ticket.written_blocking()?;
         }
-        Ok((Answer { page, hold }, made))
+        Ok(())
+    }
+
+    /// [`Engine::record_blocking`] from async code.
+    pub async fn record(&self, delivery: &Delivery) -> Result<(), EngineError> {
+        if let Some(ticket) = self.record_served(
+            &delivery.policy,
+            &delivery.partner,
+            &delivery.path,
+            delivery
+                .items
+                .iter()
+                .map(|(bundle, index)| (bundle, *index)),
+        )? {
+            ticket.written().await?;
+        }
+        Ok(())
+    }
+
+    /// Whether a page decided earlier is the page deciding now would give: the policy
+    /// that decided it is still in force (no reload since) and the store has accepted
+    /// no bundle since (its change-feed head has not moved).
+    pub fn still_current(&self, delivery: &Delivery) -> bool {
+        Arc::ptr_eq(&delivery.policy, &self.policy())
+            && delivery.feed_head == self.store.feed_head()
     }
 
     /// [`Engine::query_blocking`] from async code, for queries that read little (an exact
@@ -1214,13 +1297,24 @@ impl Engine {
         path: &str,
         items: impl IntoIterator<Item = &'a StoredItem>,
     ) -> Result<Option<LedgerTicket>, EngineError> {
+        let items = items
+            .into_iter()
+            .map(|stored| (&stored.bundle_id, stored.index));
+        self.record_served(policy, partner, path, items)
+    }
+
+    /// [`Engine::record_delivery`] for items named by bundle and position.
+    fn record_served<'a>(
+        &self,
+        policy: &Policy,
+        partner: &NodeId,
+        path: &str,
+        items: impl IntoIterator<Item = (&'a crate::model::BundleId, u32)>,
+    ) -> Result<Option<LedgerTicket>, EngineError> {
         let mut by_bundle: std::collections::BTreeMap<&crate::model::BundleId, Vec<u32>> =
             std::collections::BTreeMap::new();
-        for stored in items {
-            by_bundle
-                .entry(&stored.bundle_id)
-                .or_default()
-                .push(stored.index);
+        for (bundle, index) in items {
+            by_bundle.entry(bundle).or_default().push(index);
         }
         if by_bundle.is_empty() {
             return Ok(None);

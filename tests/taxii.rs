@@ -1784,3 +1784,218 @@ async fn taxii_serves_the_old_versions_held_that_the_caller_may_see() {
         400
     );
 }
+
+/// One client connection kept open across requests (HTTP/1.1 keep-alive), as a client
+/// paging through a listing holds it: the node makes the next page on it ahead.
+struct KeptConnection {
+    stream: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    addr: SocketAddr,
+    read: Vec<u8>,
+}
+
+impl KeptConnection {
+    async fn open(tls: &Arc<rustls::ClientConfig>, addr: SocketAddr) -> Self {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let stream = tokio_rustls::TlsConnector::from(tls.clone())
+            .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+            .await
+            .unwrap();
+        Self {
+            stream,
+            addr,
+            read: Vec::new(),
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> Reply {
+        let head = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: {TAXII}\r\n\r\n",
+            self.addr
+        );
+        self.stream.write_all(head.as_bytes()).await.unwrap();
+        self.stream.flush().await.unwrap();
+        let split = loop {
+            if let Some(at) = self.read.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at;
+            }
+            self.fill().await;
+        };
+        let head = String::from_utf8_lossy(&self.read[..split]).to_string();
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .unwrap();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        let length: usize = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .map(|(_, v)| v.parse().unwrap())
+            .expect("a kept connection's answer has a length");
+        while self.read.len() < split + 4 + length {
+            self.fill().await;
+        }
+        let body = self.read[split + 4..split + 4 + length].to_vec();
+        self.read.drain(..split + 4 + length);
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn fill(&mut self) {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = tokio::time::timeout(Duration::from_secs(30), self.stream.read(&mut chunk))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert!(n > 0, "the node closed a kept connection");
+        self.read.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Records of `partner`'s ledger on the objects listing, and the items they disclose.
+async fn listing_records(pki: &Pki, node: &TaxiiNode, partner: &str) -> (usize, usize) {
+    let records: Vec<_> = common::ledger_records(pki, node, partner)
+        .await
+        .into_iter()
+        .filter(|r| r.path == "taxii-objects")
+        .collect();
+    let items = records
+        .iter()
+        .flat_map(|r| &r.deliveries)
+        .map(|d| d.indices.len())
+        .sum();
+    (records.len(), items)
+}
+
+/// On a kept connection the node makes a listing's next page while the client reads
+/// the page before it. That page is served as it would be made when asked for, or not
+/// at all: recorded in the ledger once, when served; made again when a bundle was
+/// accepted since (the new item is not skipped), and when a reload changed the policy
+/// (what the new policy withholds is not served, whatever the page made before said).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taxii_pages_made_ahead_are_served_only_as_they_stand_when_asked_for() {
+    let pki = federation();
+    let config = write_config(&pki, false);
+    let node = serve_taxii(&config);
+    let researcher = tls(&pki, Some("researcher.uni-x"));
+    let analyst = tls(&pki, Some("analyst.soc"));
+    let cid = get(&researcher, node.taxii, "/api/collections/")
+        .await
+        .json()["collections"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let objects = format!("/api/collections/{cid}/objects/");
+    let publish = |sent: Vec<Value>| {
+        let (analyst, path, addr) = (analyst.clone(), objects.clone(), node.taxii);
+        async move {
+            let body = json!({ "objects": sent }).to_string();
+            let headers = [("Accept", TAXII), ("Content-Type", TAXII)];
+            let reply = send(&analyst, addr, "POST", &path, &headers, body.as_bytes())
+                .await
+                .unwrap();
+            assert_eq!(reply.status, 202);
+            assert_eq!(reply.json()["failure_count"], json!(0));
+        }
+    };
+    // Eight indicators, GREEN and CLEAR in turn.
+    let marking = |n: usize| if n % 2 == 1 { GREEN } else { CLEAR };
+    publish((1..=8).map(|n| indicator(n, marking(n))).collect()).await;
+
+    // Paged on one connection: the same items as on a new connection per page, and one
+    // ledger record per page served, with each item once.
+    let mut kept = KeptConnection::open(&researcher, node.taxii).await;
+    let mut ids = Vec::new();
+    let mut next: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &next {
+            None => format!("{objects}?limit=2"),
+            Some(n) => format!("{objects}?limit=2&next={n}"),
+        };
+        let body = kept.get(&path).await.json();
+        let served = item_ids(&body);
+        pages += usize::from(!served.is_empty());
+        ids.extend(served);
+        match body["next"].as_str() {
+            Some(n) => next = Some(n.to_owned()),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (1..=8).map(id_of).collect();
+    assert_eq!(ids, expected);
+    let (fresh, fresh_pages) = all_ids(&researcher, &node, &objects, 2).await;
+    assert_eq!(fresh, expected);
+    let fresh_pages = fresh_pages.iter().filter(|&&n| n > 0).count();
+    assert_eq!(
+        listing_records(&pki, &node, "researcher.uni-x").await,
+        (pages + fresh_pages, 16),
+        "one record per page served, none for a page made ahead"
+    );
+
+    // A bundle accepted after the first page: the rest of the listing holds it. (With
+    // `limit=6` the first page holds three items and the definitions they bring, and
+    // the page made ahead of it was the last.)
+    let first = kept.get(&format!("{objects}?limit=6")).await.json();
+    let mut ids = item_ids(&first);
+    assert_eq!(ids, expected[..3]);
+    let mut next = first["next"].as_str().map(str::to_owned);
+    publish(vec![indicator(9, GREEN)]).await;
+    while let Some(n) = next.take() {
+        let body = kept
+            .get(&format!("{objects}?limit=6&next={n}"))
+            .await
+            .json();
+        ids.extend(item_ids(&body));
+        next = body["next"].as_str().map(str::to_owned);
+    }
+    let all: Vec<String> = (1..=9).map(id_of).collect();
+    assert_eq!(ids, all, "the item published between pages is listed");
+
+    // A reload between pages that lowers the researcher to CLEAR: the pages after it
+    // serve no GREEN item (or refuse the `next` of the old policy), whatever the page
+    // made ahead under GREEN held.
+    let first = kept.get(&format!("{objects}?limit=4")).await.json();
+    assert_eq!(item_ids(&first), expected[..1]);
+    let mut next = first["next"].as_str().map(str::to_owned);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let lowered = text.replace(
+        "id = \"researcher.uni-x\"\nrole = \"read_only\"\nallow_types = [\"*\"]\nmax_tlp = \"GREEN\"",
+        "id = \"researcher.uni-x\"\nrole = \"read_only\"\nallow_types = [\"*\"]\nmax_tlp = \"CLEAR\"",
+    );
+    assert_ne!(lowered, text);
+    std::fs::write(&config, lowered).unwrap();
+    reload(&node);
+    let clear: Vec<String> = (1..=9)
+        .filter(|&n| marking(n) == CLEAR)
+        .map(id_of)
+        .collect();
+    wait_for(|| async { all_ids(&researcher, &node, &objects, 100).await.0 == clear }).await;
+    let mut served = Vec::new();
+    while let Some(n) = next.take() {
+        let reply = kept.get(&format!("{objects}?limit=4&next={n}")).await;
+        if reply.status != 200 {
+            assert_eq!(
+                reply.status,
+                400,
+                "{}",
+                String::from_utf8_lossy(&reply.body)
+            );
+            break;
+        }
+        let body = reply.json();
+        served.extend(item_ids(&body));
+        next = body["next"].as_str().map(str::to_owned);
+    }
+    assert!(
+        served.iter().all(|id| clear.contains(id)),
+        "GREEN items served after the reload: {served:?}"
+    );
+}

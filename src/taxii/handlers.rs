@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use super::next::{Cursor, NextTokens, Scope, Session};
 use super::params::{self, Params, format_timestamp};
 use super::statuses::Statuses;
-use crate::engine::{Engine, EngineError, now_ms};
+use crate::engine::{AnswerHold, Delivery, Engine, EngineError, now_ms};
 use crate::interop::{Defaults, EnvelopeEntry, EnvelopeError, write_stix_from};
 use crate::model::{Distribution, ItemId, NodeId, Partner, PartnerKind, Role};
 use crate::policy::PageTokenError;
@@ -47,6 +47,8 @@ pub struct Caller {
     pub partner: Partner,
     /// Authenticated with HTTP Basic credentials (read-only, whatever its role).
     pub basic: bool,
+    /// The connection's read-ahead of listing pages, if it keeps one.
+    pub read_ahead: Option<Arc<ReadAhead>>,
 }
 
 impl Caller {
@@ -69,7 +71,7 @@ pub struct Handlers {
     collection_id: String,
     max_body_bytes: usize,
     /// Seals the `next` of listings.
-    next_tokens: NextTokens,
+    next_tokens: Arc<NextTokens>,
     /// Status resources of recent writes.
     statuses: Arc<Statuses>,
 }
@@ -120,7 +122,7 @@ impl Handlers {
             node: node.clone(),
             collection_id: collection_id(node),
             max_body_bytes,
-            next_tokens: NextTokens::new()?,
+            next_tokens: Arc::new(NextTokens::new()?),
             statuses: Arc::new(Statuses::load(engine.store().clone(), now_ms())),
         })
     }
@@ -280,13 +282,14 @@ impl Handlers {
                 None => return bad_next(),
             },
         };
+        if params.admits_any() && params.ids.is_none() {
+            return self.listing(caller, params, session, path, manifest).await;
+        }
         // What the page serves: items, and the other objects (marking definitions,
         // identities, the extension definition) with the date added of the item that
         // brought them.
         let mut extra: Vec<(Value, i64)> = Vec::new();
-        let (items, more) = if !params.admits_any() {
-            (Vec::new(), false)
-        } else if let Some(ids) = &params.ids {
+        let (items, more) = if let Some(ids) = params.ids.as_ref().filter(|_| params.admits_any()) {
             let Cursor::Ids(mut at) = session.cursor else {
                 return bad_next();
             };
@@ -319,86 +322,7 @@ impl Handlers {
             session.cursor = Cursor::Ids(at);
             (found, at < ids.len())
         } else {
-            let Cursor::Engine(token) = &session.cursor else {
-                return bad_next();
-            };
-            let query = ItemQuery {
-                added_after_ms: params.added_after_ms,
-                // A TAXII collection holds objects, expired or not: `valid_until` says.
-                include_expired: true,
-                ..ItemQuery::default()
-            };
-            let engine = self.engine.clone();
-            let partner = caller.partner.clone();
-            let limit = params.limit;
-            let token = token.clone();
-            let (fit_params, fit_session) = (params.clone(), session.clone());
-            let page = tokio::task::spawn_blocking(move || {
-                engine.query_fitted_blocking(
-                    &partner,
-                    path,
-                    &query,
-                    &token,
-                    limit,
-                    now_ms(),
-                    |items| items_that_fit(&fit_params, fit_session, items),
-                    |stored| {
-                        fit_params.admits(stored.item.id.stix_type())
-                            && fit_params.version.allows(stored.item.modified_ms)
-                            && fit_params
-                                .added_after_ms
-                                .is_none_or(|after| stored.accepted_ms > after)
-                    },
-                )
-            })
-            .await;
-            let (items, next) = match page {
-                // HTTP/1.1 answers one request at a time per connection, so the answer
-                // budget is only checked here, not held while the page is written.
-                Ok(Ok((crate::engine::Answer { page, hold: _ }, first_only))) => {
-                    // No item fits with all it brings: the page serves what of that
-                    // first item's objects fits, and the listing goes on from it.
-                    if let Some((marked, objects)) = first_only {
-                        session = marked;
-                        extra = objects;
-                    }
-                    (page.items, page.next)
-                }
-                Ok(Err(e)) => return engine_error(&e),
-                Err(e) => {
-                    tracing::error!(error = %e, "TAXII query task failed");
-                    return internal();
-                }
-            };
-            let items: Vec<StoredItem> = items
-                .into_iter()
-                .filter(|s| {
-                    params.version.allows(s.item.modified_ms)
-                        && params
-                            .added_after_ms
-                            .is_none_or(|after| s.accepted_ms > after)
-                })
-                .collect();
-            let served = items
-                .iter()
-                .filter(|s| params.admits(s.item.id.stix_type()))
-                .count();
-            // The objects these items are the first of the listing to refer to; they
-            // come only from items the caller may see. The engine cut the page so that
-            // they fit within `limit`.
-            let mut room = params.limit.saturating_sub(served);
-            for stored in &items {
-                for object in supporting_objects(&mut session, params, stored, &mut room) {
-                    extra.push((object, stored.accepted_ms));
-                }
-            }
-            let items: Vec<StoredItem> = items
-                .into_iter()
-                .filter(|s| params.admits(s.item.id.stix_type()))
-                .collect();
-            let more = next.is_some();
-            session.cursor = Cursor::Engine(next.unwrap_or_default());
-            (items, more)
+            (Vec::new(), false)
         };
         let next = if more {
             match self.next_tokens.seal(&scope, &session) {
@@ -408,42 +332,72 @@ impl Handlers {
         } else {
             None
         };
-        if !manifest {
-            let objects = items
-                .iter()
-                .map(|s| write_stix_from(&s.item, Some(s.origin.as_str())))
-                .chain(extra.into_iter().map(|(object, _)| object.to_string()));
-            let body = envelope(next.is_some(), next.as_deref(), objects);
-            return with_dates(raw_taxii(StatusCode::OK, body), &items);
-        }
-        let mut body = serde_json::Map::new();
-        body.insert("more".into(), json!(next.is_some()));
-        if let Some(next) = &next {
-            body.insert("next".into(), json!(next));
-        }
-        let objects: Vec<Value> = {
-            items
-                .iter()
-                .map(|s| {
-                    json!({
-                        "id": s.item.id.as_str(),
-                        "date_added": format_timestamp(s.accepted_ms),
-                        "version": format_timestamp(s.item.modified_ms),
-                        "media_type": STIX_MEDIA_TYPE,
-                    })
-                })
-                .chain(extra.iter().map(|(object, added)| {
-                    json!({
-                        "id": object.get("id"),
-                        "date_added": format_timestamp(*added),
-                        "version": object_version(object),
-                        "media_type": STIX_MEDIA_TYPE,
-                    })
-                }))
-                .collect()
+        page_answer(manifest, &items, extra, next.as_deref())
+    }
+
+    /// A page of the collection in the order items were added, through the engine: the
+    /// page this connection's read-ahead prepared when it is still what the page would
+    /// be now ([`ReadAhead`]), else one made here. Either way it is recorded in the ledger
+    /// before it is answered, and the page after it is prepared.
+    async fn listing(
+        &self,
+        caller: &Caller,
+        params: &Params,
+        session: Session,
+        path: &'static str,
+        manifest: bool,
+    ) -> Answer {
+        let key = read_ahead_key(&caller.partner.id, path, params);
+        let prepared = match caller.read_ahead.as_ref().and_then(|r| r.take(&key)) {
+            Some(task) => task.await.ok().flatten(),
+            None => None,
         };
-        body.insert("objects".into(), Value::Array(objects));
-        with_dates(taxii(StatusCode::OK, &Value::Object(body)), &items)
+        let listed = match prepared.filter(|listed| self.engine.still_current(&listed.delivery)) {
+            Some(listed) => listed,
+            None => {
+                let made = self
+                    .lister()
+                    .list(
+                        caller.partner.clone(),
+                        params.clone(),
+                        session,
+                        path,
+                        manifest,
+                    )
+                    .await;
+                match made {
+                    Ok(listed) => listed,
+                    Err(answer) => return answer,
+                }
+            }
+        };
+        if let Err(e) = self.engine.record(&listed.delivery).await {
+            return engine_error(&e);
+        }
+        if let (Some(read_ahead), Some((next, session))) = (&caller.read_ahead, listed.following) {
+            let mut params = params.clone();
+            params.next = Some(next);
+            let key = read_ahead_key(&caller.partner.id, path, &params);
+            let (lister, partner) = (self.lister(), caller.partner.clone());
+            let task = tokio::spawn(async move {
+                lister
+                    .list(partner, params, session, path, manifest)
+                    .await
+                    .ok()
+            });
+            read_ahead.put(key, task);
+        }
+        // HTTP/1.1 answers one request at a time per connection, so the answer budget
+        // is only checked while the page is made, not held while it is written.
+        drop(listed.hold);
+        listed.answer
+    }
+
+    fn lister(&self) -> Lister {
+        Lister {
+            engine: self.engine.clone(),
+            next_tokens: self.next_tokens.clone(),
+        }
     }
 
     /// Whether an item passes the filters applied after the engine: `match[type]`,
@@ -1060,6 +1014,258 @@ fn is_taxii_content(headers: &HeaderMap) -> bool {
     };
     let (kind, version) = media_type(content);
     kind == "application/taxii+json" && version.is_none_or(|v| v == "2.1")
+}
+
+/// What making a listing page needs, apart from the request that asks for it.
+#[derive(Clone)]
+struct Lister {
+    engine: Arc<Engine>,
+    next_tokens: Arc<NextTokens>,
+}
+
+/// A listing page made: its answer, what serving it discloses (recorded before it is
+/// answered), the bytes it holds of the caller's answer budget, and the `next` of the
+/// page after it with the session that token opens.
+struct Listed {
+    answer: Answer,
+    delivery: Delivery,
+    hold: AnswerHold,
+    following: Option<(String, Session)>,
+}
+
+impl Lister {
+    /// One page of the listing `params` asks for, from `session`, under the policy in
+    /// force (`Engine::query_fitted_unrecorded`, which the policy gate decides), with the
+    /// marking definitions and origin identities its items are the first of the listing
+    /// to refer to, within `limit` objects in all.
+    async fn list(
+        self,
+        partner: Partner,
+        params: Params,
+        mut session: Session,
+        path: &'static str,
+        manifest: bool,
+    ) -> Result<Listed, Answer> {
+        let Cursor::Engine(token) = &session.cursor else {
+            return Err(bad_next());
+        };
+        let query = ItemQuery {
+            added_after_ms: params.added_after_ms,
+            // A TAXII collection holds objects, expired or not: `valid_until` says.
+            include_expired: true,
+            ..ItemQuery::default()
+        };
+        let engine = self.engine.clone();
+        let scan_partner = partner.clone();
+        let limit = params.limit;
+        let token = token.clone();
+        let (fit_params, fit_session) = (params.clone(), session.clone());
+        let page = tokio::task::spawn_blocking(move || {
+            engine.query_fitted_unrecorded(
+                &scan_partner,
+                path,
+                &query,
+                &token,
+                limit,
+                now_ms(),
+                |items| items_that_fit(&fit_params, fit_session, items),
+                |stored| {
+                    fit_params.admits(stored.item.id.stix_type())
+                        && fit_params.version.allows(stored.item.modified_ms)
+                        && fit_params
+                            .added_after_ms
+                            .is_none_or(|after| stored.accepted_ms > after)
+                },
+            )
+        })
+        .await;
+        let mut extra: Vec<(Value, i64)> = Vec::new();
+        let (items, next, hold, delivery) = match page {
+            Ok(Ok((crate::engine::Answer { page, hold }, first_only, delivery))) => {
+                // No item fits with all it brings: the page serves what of that first
+                // item's objects fits, and the listing goes on from it.
+                if let Some((marked, objects)) = first_only {
+                    session = marked;
+                    extra = objects;
+                }
+                (page.items, page.next, hold, delivery)
+            }
+            Ok(Err(e)) => return Err(engine_error(&e)),
+            Err(e) => {
+                tracing::error!(error = %e, "TAXII query task failed");
+                return Err(internal());
+            }
+        };
+        let items: Vec<StoredItem> = items
+            .into_iter()
+            .filter(|s| {
+                params.version.allows(s.item.modified_ms)
+                    && params
+                        .added_after_ms
+                        .is_none_or(|after| s.accepted_ms > after)
+            })
+            .collect();
+        let served = items
+            .iter()
+            .filter(|s| params.admits(s.item.id.stix_type()))
+            .count();
+        // The objects these items are the first of the listing to refer to; they come
+        // only from items the caller may see. The engine cut the page so that they fit
+        // within `limit`.
+        let mut room = params.limit.saturating_sub(served);
+        for stored in &items {
+            for object in supporting_objects(&mut session, &params, stored, &mut room) {
+                extra.push((object, stored.accepted_ms));
+            }
+        }
+        let items: Vec<StoredItem> = items
+            .into_iter()
+            .filter(|s| params.admits(s.item.id.stix_type()))
+            .collect();
+        let following = match next {
+            Some(next) => {
+                session.cursor = Cursor::Engine(next);
+                let scope_text = params.scope();
+                let scope = Scope {
+                    caller: &partner.id,
+                    path,
+                    query: &scope_text,
+                };
+                match self.next_tokens.seal(&scope, &session) {
+                    Some(token) => Some((token, session)),
+                    None => return Err(internal()),
+                }
+            }
+            None => None,
+        };
+        let next = following.as_ref().map(|(token, _)| token.as_str());
+        Ok(Listed {
+            answer: page_answer(manifest, &items, extra, next),
+            delivery,
+            hold,
+            following,
+        })
+    }
+}
+
+/// One connection's next listing page, made while its client reads the page before it.
+/// A client that pages through a listing asks for that page next; it is served if the
+/// request is the same (caller, resource, filters, `limit` and `next`) and nothing that
+/// decided it has changed since: the same policy in force and no bundle accepted
+/// (`Engine::still_current`); else it is dropped and the page made again. Recorded in
+/// the ledger only when served. It holds its bytes of the caller's answer budget while
+/// it waits, at most one per connection, for at most [`READ_AHEAD_TTL`].
+#[derive(Default)]
+pub struct ReadAhead(std::sync::Mutex<Option<Prepared>>);
+
+/// How long a page made ahead waits for the request that asks for it.
+const READ_AHEAD_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A page being made ahead, for the request `key` names.
+struct Prepared {
+    key: String,
+    since: std::time::Instant,
+    task: tokio::task::JoinHandle<Option<Listed>>,
+}
+
+impl std::fmt::Debug for ReadAhead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReadAhead")
+    }
+}
+
+impl ReadAhead {
+    /// The page made ahead for `key`, if that is the request it was made for; any other
+    /// is dropped.
+    fn take(&self, key: &str) -> Option<tokio::task::JoinHandle<Option<Listed>>> {
+        let prepared = self.0.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+        if prepared.key == key && prepared.since.elapsed() < READ_AHEAD_TTL {
+            Some(prepared.task)
+        } else {
+            prepared.task.abort();
+            None
+        }
+    }
+
+    fn put(&self, key: String, task: tokio::task::JoinHandle<Option<Listed>>) {
+        let prepared = Prepared {
+            key,
+            since: std::time::Instant::now(),
+            task,
+        };
+        let old = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(prepared);
+        if let Some(old) = old {
+            old.task.abort();
+        }
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        let prepared = self.0.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(prepared) = prepared {
+            prepared.task.abort();
+        }
+    }
+}
+
+/// Which request a page made ahead answers: the caller, the resource, every filter,
+/// `limit` and `next`.
+fn read_ahead_key(caller: &NodeId, path: &str, params: &Params) -> String {
+    format!(
+        "{caller}\n{path}\n{}\nlimit={}\nnext={}",
+        params.scope(),
+        params.limit,
+        params.next.as_deref().unwrap_or("")
+    )
+}
+
+/// A page's answer: its items (as STIX objects, or as manifest entries) then the other
+/// objects they bring, `more` and `next`, and the date headers of its items.
+fn page_answer(
+    manifest: bool,
+    items: &[StoredItem],
+    extra: Vec<(Value, i64)>,
+    next: Option<&str>,
+) -> Answer {
+    if !manifest {
+        let objects = items
+            .iter()
+            .map(|s| write_stix_from(&s.item, Some(s.origin.as_str())))
+            .chain(extra.into_iter().map(|(object, _)| object.to_string()));
+        let body = envelope(next.is_some(), next, objects);
+        return with_dates(raw_taxii(StatusCode::OK, body), items);
+    }
+    let objects: Vec<Value> = items
+        .iter()
+        .map(|s| {
+            json!({
+                "id": s.item.id.as_str(),
+                "date_added": format_timestamp(s.accepted_ms),
+                "version": format_timestamp(s.item.modified_ms),
+                "media_type": STIX_MEDIA_TYPE,
+            })
+        })
+        .chain(extra.iter().map(|(object, added)| {
+            json!({
+                "id": object.get("id"),
+                "date_added": format_timestamp(*added),
+                "version": object_version(object),
+                "media_type": STIX_MEDIA_TYPE,
+            })
+        }))
+        .collect();
+    let mut body = serde_json::Map::new();
+    body.insert("more".into(), json!(next.is_some()));
+    if let Some(next) = next {
+        body.insert("next".into(), json!(next));
+    }
+    body.insert("objects".into(), Value::Array(objects));
+    with_dates(taxii(StatusCode::OK, &Value::Object(body)), items)
 }
 
 /// An envelope's JSON text from its objects' text: `more`, `next` when there is one,

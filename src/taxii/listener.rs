@@ -20,7 +20,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::Credentials;
-use super::handlers::{Caller, Handlers};
+use super::handlers::{Caller, Handlers, ReadAhead};
 use crate::config::{Config, TaxiiSettings};
 use crate::crypto::password::{DECOY_HASH, MAX_PASSWORD_BYTES, verify_password};
 use crate::engine::Engine;
@@ -342,6 +342,7 @@ async fn serve_connection(
         info,
         remote_addr,
         basic: std::sync::Mutex::new(None),
+        read_ahead: Arc::default(),
     });
     let service = hyper::service::service_fn(move |request| {
         let shared = shared.clone();
@@ -406,6 +407,8 @@ struct Connection {
     /// the credentials generation it passed under: the same header again on this
     /// connection is not hashed again until the credentials change.
     basic: std::sync::Mutex<Option<([u8; 32], NodeId, u64)>>,
+    /// The next listing page, made while the client reads the one before.
+    read_ahead: Arc<ReadAhead>,
 }
 
 async fn serve(
@@ -446,6 +449,7 @@ async fn authenticate(
             Ok(partner) => Ok(Caller {
                 partner,
                 basic: false,
+                read_ahead: Some(connection.read_ahead.clone()),
             }),
             Err(withdrawal) => {
                 tracing::info!(peer = %info.partner.id, reason = %withdrawal.reason, "TAXII request from a connection whose access was withdrawn");
@@ -508,6 +512,7 @@ async fn authenticate(
             Ok(Caller {
                 partner,
                 basic: true,
+                read_ahead: Some(connection.read_ahead.clone()),
             })
         }
         _ => Err(super::handlers::unauthorized()),
