@@ -1750,6 +1750,20 @@ mod tests {
         }
     }
 
+    /// `open_meta`, waiting out the lock a store just dropped may still hold (its
+    /// flusher thread lets go of it a moment later).
+    fn open_meta_waiting(dir: &Path) -> Meta {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match open_meta(dir, 1 << 20) {
+                Err(e) if is_lock_error(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other.unwrap(),
+            }
+        }
+    }
+
     #[test]
     fn a_log_is_opened_only_with_its_own_metadata() {
         let a = tempfile::tempdir().unwrap();
@@ -1794,7 +1808,7 @@ mod tests {
     /// Writes `n` records the way stores kept the ledger before segments: one sled
     /// entry per record in its canonical form, and the head. Returns the head.
     fn write_old_ledger(dir: &Path, n: u64) -> Head {
-        let meta = open_meta(dir, 1 << 20).unwrap();
+        let meta = open_meta_waiting(dir);
         let mut head = Head::EMPTY;
         let mut batch = sled::Batch::default();
         for seq in 1..=n {
@@ -1850,7 +1864,7 @@ mod tests {
         drop(open(dir.path()).unwrap());
         write_old_ledger(dir.path(), 10);
         {
-            let meta = open_meta(dir.path(), 1 << 20).unwrap();
+            let meta = open_meta_waiting(dir.path());
             meta.tree.remove(records::ledger_key(4)).unwrap();
             meta.db.flush().unwrap();
         }
