@@ -1586,6 +1586,10 @@ impl ChangeFeed for SledStore {
         self.index().feed_head()
     }
 
+    fn numbering(&self) -> u64 {
+        self.log().header().generation
+    }
+
     fn feed_limit(&self) -> u64 {
         self.feed_head()
             .max(self.feed_floor)
