@@ -352,6 +352,7 @@ pub struct Delivery {
     items: Vec<(crate::model::BundleId, u32)>,
     policy: Arc<Policy>,
     feed_head: u64,
+    numbering: u64,
     partner: NodeId,
     path: String,
 }
@@ -1180,7 +1181,9 @@ impl Engine {
         // partner's budget before it reads, and gathers no more than it got.
         let mut hold = self.hold_page(&partner.id)?;
         // Read before the policy and the scan: a bundle accepted while they run moves
-        // the head past it, so the page is never taken for current when it may not be.
+        // the head past it, and a compaction the numbering, so the page is never taken
+        // for current when it may not be.
+        let numbering = self.store.numbering();
         let feed_head = self.store.feed_head();
         let policy = self.policy();
         let within = PageLimit {
@@ -1212,6 +1215,7 @@ impl Engine {
                 .collect(),
             policy,
             feed_head,
+            numbering,
             partner: partner.id.clone(),
             path: path.to_owned(),
         };
@@ -1251,10 +1255,12 @@ impl Engine {
     }
 
     /// Whether a page decided earlier is the page deciding now would give: the policy
-    /// that decided it is still in force (no reload since) and the store has accepted
-    /// no bundle since (its change-feed head has not moved).
+    /// that decided it is still in force (no reload since), the store has accepted no
+    /// bundle since (its change-feed head has not moved) and has not been compacted
+    /// since (its page cursors are not stale).
     pub fn still_current(&self, delivery: &Delivery) -> bool {
         Arc::ptr_eq(&delivery.policy, &self.policy())
+            && delivery.numbering == self.store.numbering()
             && delivery.feed_head == self.store.feed_head()
     }
 

@@ -603,6 +603,13 @@ pub trait ChangeFeed: Send + Sync {
     /// The latest change-feed sequence number (0 when empty).
     fn feed_head(&self) -> u64;
 
+    /// The numbering of held items that page cursors are written in: a compaction
+    /// numbers them anew (the head may stay where it was), and cursors of an older
+    /// numbering are stale.
+    fn numbering(&self) -> u64 {
+        0
+    }
+
     /// The highest feed position this store may ever have handed out: its head, or
     /// above it after a restart (positions leased before it). A partner's cursor above
     /// this comes from another life of the data directory (restored from a backup, or

@@ -1999,3 +1999,59 @@ async fn taxii_pages_made_ahead_are_served_only_as_they_stand_when_asked_for() {
         "GREEN items served after the reload: {served:?}"
     );
 }
+
+/// A compaction numbers the store's items anew, and the `next` of a page from before
+/// it is refused as stale. On a kept connection too: the page made ahead before the
+/// compaction is not served in its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taxii_pages_made_ahead_are_not_served_after_a_compaction() {
+    let pki = federation();
+    let config = write_config(&pki, false);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[store]\ncompact_every = \"1s\"\n");
+    std::fs::write(&config, text).unwrap();
+    let node = serve_taxii(&config);
+    let researcher = tls(&pki, Some("researcher.uni-x"));
+    let analyst = tls(&pki, Some("analyst.soc"));
+    let cid = get(&researcher, node.taxii, "/api/collections/")
+        .await
+        .json()["collections"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let objects = format!("/api/collections/{cid}/objects/");
+    let sent: Vec<Value> = (1..=8).map(|n| indicator(n, GREEN)).collect();
+    let body = json!({ "objects": sent }).to_string();
+    let headers = [("Accept", TAXII), ("Content-Type", TAXII)];
+    let reply = send(
+        &analyst,
+        node.taxii,
+        "POST",
+        &objects,
+        &headers,
+        body.as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 202);
+    assert_eq!(reply.json()["failure_count"], json!(0));
+
+    let mut kept = KeptConnection::open(&researcher, node.taxii).await;
+    // Items and the definitions they bring: the `next` goes on after the last item.
+    let first = kept.get(&format!("{objects}?limit=6")).await;
+    assert_eq!(first.status, 200);
+    let first = first.json();
+    assert_eq!(item_ids(&first), (1..=4).map(id_of).collect::<Vec<_>>());
+    let next = first["next"].as_str().unwrap().to_owned();
+    let second = format!("{objects}?limit=6&next={next}");
+    // Asked on a new connection, which has no page made ahead, the `next` is refused
+    // once a compaction has run since the first page.
+    wait_for(|| async { get(&researcher, node.taxii, &second).await.status == 400 }).await;
+    let reply = kept.get(&second).await;
+    assert_eq!(
+        reply.status,
+        400,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+}

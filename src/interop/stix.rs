@@ -985,15 +985,19 @@ pub fn write_stix_from(item: &Item, origin: Option<&str>) -> String {
         object.string(REVOCATION_REASON_PROPERTY, revocation.reason.as_str());
         // The two properties above are this node's own, declared by an extension
         // definition as STIX 2.1 asks of custom properties.
-        let mut extensions = match object.value("extensions") {
-            Some(Value::Object(extensions)) => extensions,
-            _ => Map::new(),
+        // A kept `extensions` that is not an object is left as it was signed.
+        let extensions = match object.value("extensions") {
+            Some(Value::Object(extensions)) => Some(extensions),
+            Some(_) => None,
+            None => Some(Map::new()),
         };
-        extensions.insert(
-            REVOCATION_EXTENSION.into(),
-            json!({ "extension_type": "toplevel-property-extension" }),
-        );
-        object.json("extensions", Value::Object(extensions).to_string());
+        if let Some(mut extensions) = extensions {
+            extensions.insert(
+                REVOCATION_EXTENSION.into(),
+                json!({ "extension_type": "toplevel-property-extension" }),
+            );
+            object.json("extensions", Value::Object(extensions).to_string());
+        }
     }
     object.tail(item, origin);
     object.into_text()
@@ -2142,6 +2146,26 @@ mod tests {
                 assert_eq!(to_stix_from(item, origin), object);
                 assert_eq!(object["id"], json!(item.id.as_str()));
             }
+        }
+    }
+
+    /// A revocation whose indicator keeps an `extensions` that is not an object exports
+    /// it as kept, and declares nothing in it.
+    #[test]
+    fn a_kept_extensions_that_is_not_an_object_is_exported_as_kept() {
+        for kept in [r#""x""#, "[1,2]", "null", "7"] {
+            let text = format!(
+                r#"{{"type":"bundle","id":"bundle--44af6c39-c09b-49c5-9de2-394224b04982","objects":[{{"type":"indicator","spec_version":"2.1","id":"{ID_1}","created":"2025-01-01T00:00:00.000Z","modified":"2025-01-01T00:00:00.000Z","pattern":"[ipv4-addr:value = '1.2.3.4']","pattern_type":"stix","valid_from":"2025-01-01T00:00:00Z","revoked":true,"extensions":{kept}}}]}}"#
+            );
+            let parsed = parse_input(InputFormat::Stix, &text, &defaults(Some(Tlp::Green)), NOW);
+            assert_eq!(parsed.items.len(), 1, "{parsed:?}");
+            let item = &parsed.items[0];
+            assert!(matches!(item.kind, ItemKind::Revocation(_)), "{item:?}");
+            let exported = write_stix_from(item, Some("hq.example"));
+            let object: Value = serde_json::from_str(&exported).expect("JSON");
+            let expected: Value = serde_json::from_str(kept).expect("kept");
+            assert_eq!(object["extensions"], expected, "{exported}");
+            assert_eq!(object.to_string(), exported);
         }
     }
 }

@@ -334,7 +334,7 @@ impl SledStore {
             };
             if log_path_is_generation(&log_path, header.generation) {
                 *log = new_log.renamed(&log_path);
-                self.swap_index(index);
+                self.swap_index(index, header.generation);
                 self.recorded_watermark.store(0, Ordering::SeqCst);
                 // The rename may not be on disk: the flush that records the new log's
                 // generation syncs the directory first.
@@ -365,7 +365,7 @@ impl SledStore {
         report.bundles_kept = index.bundles.len() as u64;
         report.records_kept = index.slots.len() as u64;
         let old = std::mem::replace(&mut *log, new_log.renamed(&log_path));
-        self.swap_index(index);
+        self.swap_index(index, header.generation);
         // A failed record is made again by the next flush, which writes the watermark
         // and the generation together.
         self.recorded_watermark
@@ -380,12 +380,14 @@ impl SledStore {
 }
 
 impl SledStore {
-    /// Puts `index` in force. The feed head it replaces stays the floor of numbering:
-    /// the bundle there may have been dropped, and its position was handed out.
-    fn swap_index(&self, index: Index) {
+    /// Puts `index`, of the log of `generation` just swapped in, in force. The feed
+    /// head it replaces stays the floor of numbering: the bundle there may have been
+    /// dropped, and its position was handed out.
+    fn swap_index(&self, index: Index, generation: u64) {
         let mut held = self.index.write().unwrap_or_else(|p| p.into_inner());
         self.feed_compacted
             .fetch_max(held.feed_head(), Ordering::SeqCst);
+        self.generation.store(generation, Ordering::SeqCst);
         *held = index;
     }
 }

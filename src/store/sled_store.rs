@@ -91,6 +91,9 @@ pub struct SledStore {
     /// Feed positions up to this one were handed out before a compaction of this run,
     /// which may have dropped the bundle at the head: numbering goes on above it.
     pub(super) feed_compacted: AtomicU64,
+    /// The generation of the log in force, kept beside it so that it is read without
+    /// waiting for a compaction's swap (set while the swap holds the log).
+    pub(super) generation: AtomicU64,
     /// Replication cursors as last set; those not yet in sled are marked pending and
     /// written by the next flush, after the log is synced.
     pub(super) cursors: Mutex<HashMap<String, (u64, bool)>>,
@@ -297,6 +300,7 @@ impl SledStore {
     ) -> Self {
         let hasher = index.hasher.clone();
         let any_dropped = meta.tree.scan_prefix([records::DROPPED]).next().is_some();
+        let generation = log.header().generation;
         Self {
             path: dir.to_owned(),
             owner: owner.clone(),
@@ -312,6 +316,7 @@ impl SledStore {
             feed_floor: opened.feed_lease,
             feed_lease: AtomicU64::new(opened.feed_lease),
             feed_compacted: AtomicU64::new(0),
+            generation: AtomicU64::new(generation),
             cursors: Mutex::new(HashMap::new()),
             writer: Mutex::new(()),
             ledger,
@@ -1584,6 +1589,10 @@ impl ItemStore for SledStore {
 impl ChangeFeed for SledStore {
     fn feed_head(&self) -> u64 {
         self.index().feed_head()
+    }
+
+    fn numbering(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     fn feed_limit(&self) -> u64 {

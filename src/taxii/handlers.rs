@@ -1150,11 +1150,12 @@ impl Lister {
 
 /// One connection's next listing page, made while its client reads the page before it.
 /// A client that pages through a listing asks for that page next; it is served if the
-/// request is the same (caller, resource, filters, `limit` and `next`) and nothing that
-/// decided it has changed since: the same policy in force and no bundle accepted
-/// (`Engine::still_current`); else it is dropped and the page made again. Recorded in
-/// the ledger only when served. It holds its bytes of the caller's answer budget while
-/// it waits, at most one per connection, for at most [`READ_AHEAD_TTL`].
+/// request is the same (caller, resource, filters, `limit` and `next`), it is asked for
+/// within [`READ_AHEAD_TTL`], and nothing that decided it has changed since: the same
+/// policy in force, no bundle accepted and no compaction (`Engine::still_current`);
+/// else it is dropped and the page made again. Recorded in the ledger only when
+/// served. It holds its bytes of the caller's answer budget while it waits, at most one
+/// per connection, until the connection's next listing or its close.
 #[derive(Default)]
 pub struct ReadAhead(std::sync::Mutex<Option<Prepared>>);
 
