@@ -213,6 +213,56 @@ fn federation() -> Pki {
     pki
 }
 
+/// A node started on `write_config(.., false)`, with the researcher's and the analyst's
+/// TLS clients and its collection's path (`/api/collections/{id}/`).
+struct Started {
+    pki: Pki,
+    config: std::path::PathBuf,
+    node: TaxiiNode,
+    researcher: Arc<rustls::ClientConfig>,
+    analyst: Arc<rustls::ClientConfig>,
+    collection: String,
+}
+
+async fn start() -> Started {
+    let pki = federation();
+    let config = write_config(&pki, false);
+    let node = serve_taxii(&config);
+    let researcher = tls(&pki, Some("researcher.uni-x"));
+    let analyst = tls(&pki, Some("analyst.soc"));
+    let listed = get(&analyst, node.taxii, "/api/collections/").await.json();
+    let cid = listed["collections"][0]["id"].as_str().unwrap().to_owned();
+    Started {
+        pki,
+        config,
+        node,
+        researcher,
+        analyst,
+        collection: format!("/api/collections/{cid}/"),
+    }
+}
+
+/// Adds `sent` through `objects` (POST) as `analyst`; every object must be taken.
+async fn publish_as(
+    analyst: &Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    objects: &str,
+    sent: Vec<Value>,
+) {
+    let body = json!({ "objects": sent }).to_string();
+    let headers = [("Accept", TAXII), ("Content-Type", TAXII)];
+    let reply = send(analyst, addr, "POST", objects, &headers, body.as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 202);
+    assert_eq!(
+        reply.json()["failure_count"],
+        json!(0),
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+}
+
 /// Types of the objects served beside the items: what the items refer to.
 const SUPPORTING: [&str; 3] = ["marking-definition", "identity", "extension-definition"];
 
@@ -952,43 +1002,16 @@ fn taxii_configuration_is_checked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn taxii_paging_is_stable_while_an_analyst_publishes() {
-    let pki = federation();
-    let config = write_config(&pki, false);
-    let node = serve_taxii(&config);
-    let researcher = tls(&pki, Some("researcher.uni-x"));
-    let analyst = tls(&pki, Some("analyst.soc"));
-    let cid = get(&researcher, node.taxii, "/api/collections/")
-        .await
-        .json()["collections"][0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let objects = format!("/api/collections/{cid}/objects/");
-    let publish = |objects_sent: Vec<Value>| {
-        let analyst = analyst.clone();
-        let path = objects.clone();
-        let addr = node.taxii;
-        async move {
-            let body = json!({ "objects": objects_sent }).to_string();
-            let reply = send(
-                &analyst,
-                addr,
-                "POST",
-                &path,
-                &[("Accept", TAXII), ("Content-Type", TAXII)],
-                body.as_bytes(),
-            )
-            .await
-            .unwrap();
-            assert_eq!(reply.status, 202);
-            assert_eq!(
-                reply.json()["failure_count"],
-                json!(0),
-                "{}",
-                String::from_utf8_lossy(&reply.body)
-            );
-        }
-    };
+    let Started {
+        pki: _pki,
+        config: _config,
+        node,
+        researcher,
+        analyst,
+        collection,
+    } = start().await;
+    let objects = format!("{collection}objects/");
+    let publish = |sent: Vec<Value>| publish_as(&analyst, node.taxii, &objects, sent);
     // 12 GREEN indicators with an AMBER one between each two.
     let mut first = Vec::new();
     for n in 1..=12 {
@@ -1190,37 +1213,17 @@ async fn taxii_carries_context_objects_under_the_same_rules() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn taxii_serves_the_markings_and_origins_its_objects_refer_to_and_no_other() {
-    let pki = federation();
-    let config = write_config(&pki, false);
-    let node = serve_taxii(&config);
-    let researcher = tls(&pki, Some("researcher.uni-x"));
-    let analyst = tls(&pki, Some("analyst.soc"));
-    let cid = get(&analyst, node.taxii, "/api/collections/").await.json()["collections"][0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let objects = format!("/api/collections/{cid}/objects/");
-    let manifest = format!("/api/collections/{cid}/manifest/");
-    let publish = |sent: Vec<Value>| {
-        let analyst = analyst.clone();
-        let path = objects.clone();
-        let addr = node.taxii;
-        async move {
-            let body = json!({ "objects": sent }).to_string();
-            let reply = send(
-                &analyst,
-                addr,
-                "POST",
-                &path,
-                &[("Accept", TAXII), ("Content-Type", TAXII)],
-                body.as_bytes(),
-            )
-            .await
-            .unwrap();
-            assert_eq!(reply.status, 202);
-            assert_eq!(reply.json()["failure_count"], json!(0), "{}", reply.json());
-        }
-    };
+    let Started {
+        pki: _pki,
+        config: _config,
+        node,
+        researcher,
+        analyst,
+        collection,
+    } = start().await;
+    let objects = format!("{collection}objects/");
+    let manifest = format!("{collection}manifest/");
+    let publish = |sent: Vec<Value>| publish_as(&analyst, node.taxii, &objects, sent);
     let hq_identity = entente::interop::identity_id("redmond.hq");
     let berlin_identity = entente::interop::identity_id("berlin.office");
     let absent_identity = "identity--0f0f0f0f-0000-4000-8000-0f0f0f0f0f0f";
@@ -1380,36 +1383,16 @@ async fn taxii_serves_the_markings_and_origins_its_objects_refer_to_and_no_other
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn taxii_pages_match_id_with_next_while_an_analyst_publishes() {
-    let pki = federation();
-    let config = write_config(&pki, false);
-    let node = serve_taxii(&config);
-    let researcher = tls(&pki, Some("researcher.uni-x"));
-    let analyst = tls(&pki, Some("analyst.soc"));
-    let cid = get(&analyst, node.taxii, "/api/collections/").await.json()["collections"][0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let objects = format!("/api/collections/{cid}/objects/");
-    let publish = |sent: Vec<Value>| {
-        let analyst = analyst.clone();
-        let path = objects.clone();
-        let addr = node.taxii;
-        async move {
-            let body = json!({ "objects": sent }).to_string();
-            let reply = send(
-                &analyst,
-                addr,
-                "POST",
-                &path,
-                &[("Accept", TAXII), ("Content-Type", TAXII)],
-                body.as_bytes(),
-            )
-            .await
-            .unwrap();
-            assert_eq!(reply.status, 202);
-            assert_eq!(reply.json()["failure_count"], json!(0), "{}", reply.json());
-        }
-    };
+    let Started {
+        pki: _pki,
+        config: _config,
+        node,
+        researcher,
+        analyst,
+        collection,
+    } = start().await;
+    let objects = format!("{collection}objects/");
+    let publish = |sent: Vec<Value>| publish_as(&analyst, node.taxii, &objects, sent);
     let mut first: Vec<Value> = (1..=6).map(|n| indicator(n, GREEN)).collect();
     first.push(indicator(7, AMBER));
     first.push(indicator(8, AMBER));
@@ -1645,36 +1628,16 @@ async fn taxii_delete_is_refused_with_the_way_to_revoke() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn taxii_serves_the_old_versions_held_that_the_caller_may_see() {
-    let pki = federation();
-    let config = write_config(&pki, false);
-    let node = serve_taxii(&config);
-    let researcher = tls(&pki, Some("researcher.uni-x"));
-    let analyst = tls(&pki, Some("analyst.soc"));
-    let cid = get(&analyst, node.taxii, "/api/collections/").await.json()["collections"][0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let objects = format!("/api/collections/{cid}/objects/");
-    let publish = |sent: Value| {
-        let analyst = analyst.clone();
-        let path = objects.clone();
-        let addr = node.taxii;
-        async move {
-            let body = json!({ "objects": [sent] }).to_string();
-            let reply = send(
-                &analyst,
-                addr,
-                "POST",
-                &path,
-                &[("Accept", TAXII), ("Content-Type", TAXII)],
-                body.as_bytes(),
-            )
-            .await
-            .unwrap();
-            assert_eq!(reply.status, 202);
-            assert_eq!(reply.json()["failure_count"], json!(0), "{}", reply.json());
-        }
-    };
+    let Started {
+        pki: _pki,
+        config: _config,
+        node,
+        researcher,
+        analyst,
+        collection,
+    } = start().await;
+    let objects = format!("{collection}objects/");
+    let publish = |sent: Value| publish_as(&analyst, node.taxii, &objects, vec![sent]);
     let version = |n: usize, marking: &str, day: u32| {
         let mut object = indicator(n, marking);
         object["modified"] = json!(format!("2025-01-{day:02}T00:00:00.000Z"));
@@ -1881,30 +1844,16 @@ async fn listing_records(pki: &Pki, node: &TaxiiNode, partner: &str) -> (usize, 
 /// (what the new policy withholds is not served, whatever the page made before said).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn taxii_pages_made_ahead_are_served_only_as_they_stand_when_asked_for() {
-    let pki = federation();
-    let config = write_config(&pki, false);
-    let node = serve_taxii(&config);
-    let researcher = tls(&pki, Some("researcher.uni-x"));
-    let analyst = tls(&pki, Some("analyst.soc"));
-    let cid = get(&researcher, node.taxii, "/api/collections/")
-        .await
-        .json()["collections"][0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let objects = format!("/api/collections/{cid}/objects/");
-    let publish = |sent: Vec<Value>| {
-        let (analyst, path, addr) = (analyst.clone(), objects.clone(), node.taxii);
-        async move {
-            let body = json!({ "objects": sent }).to_string();
-            let headers = [("Accept", TAXII), ("Content-Type", TAXII)];
-            let reply = send(&analyst, addr, "POST", &path, &headers, body.as_bytes())
-                .await
-                .unwrap();
-            assert_eq!(reply.status, 202);
-            assert_eq!(reply.json()["failure_count"], json!(0));
-        }
-    };
+    let Started {
+        pki,
+        config,
+        node,
+        researcher,
+        analyst,
+        collection,
+    } = start().await;
+    let objects = format!("{collection}objects/");
+    let publish = |sent: Vec<Value>| publish_as(&analyst, node.taxii, &objects, sent);
     // Eight indicators, GREEN and CLEAR in turn.
     let marking = |n: usize| if n % 2 == 1 { GREEN } else { CLEAR };
     publish((1..=8).map(|n| indicator(n, marking(n))).collect()).await;
