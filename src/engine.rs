@@ -1130,10 +1130,18 @@ impl Engine {
     ) -> Result<Answer, EngineError> {
         // Every item of the page fits, and every one is served.
         let fit_all = |items: &[StoredItem]| (items.len(), ());
-        self.query_fitted_blocking(partner, path, query, token, limit, now_ms, fit_all, |_| {
-            true
-        })
-        .map(|(answer, ())| answer)
+        let (answer, (), delivery) = self.query_fitted_unrecorded(
+            partner,
+            path,
+            query,
+            token,
+            limit,
+            now_ms,
+            fit_all,
+            |_| true,
+        )?;
+        self.record_blocking(&delivery)?;
+        Ok(answer)
     }
 
     /// [`Engine::query_blocking`] for a listing whose items bring other objects with
@@ -1142,29 +1150,10 @@ impl Engine {
     /// page's first items fit, with what the caller makes of it: a page cut shorter is
     /// read again up to there, under the same policy, so that its token goes on right
     /// after the last item served; a page cut to nothing serves no item and goes on from
-    /// `token` again (the caller serves what the first item brings). Only items served
-    /// are recorded: those of the page that pass `served` (the caller's own filters).
-    #[allow(clippy::too_many_arguments)]
-    pub fn query_fitted_blocking<T>(
-        &self,
-        partner: &Partner,
-        path: &str,
-        query: &ItemQuery,
-        token: &[u8],
-        limit: usize,
-        now_ms: i64,
-        fit: impl FnOnce(&[StoredItem]) -> (usize, T),
-        served: impl Fn(&StoredItem) -> bool,
-    ) -> Result<(Answer, T), EngineError> {
-        let (answer, made, delivery) =
-            self.query_fitted_unrecorded(partner, path, query, token, limit, now_ms, fit, served)?;
-        self.record_blocking(&delivery)?;
-        Ok((answer, made))
-    }
-
-    /// [`Engine::query_fitted_blocking`] without the ledger record: what it would record
-    /// is returned as a [`Delivery`], which the caller records ([`Engine::record`]) before
-    /// anything of the page leaves. For a page prepared before it is asked for.
+    /// `token` again (the caller serves what the first item brings). What serving the
+    /// page discloses is returned as a [`Delivery`]: the items that pass `served` (the
+    /// caller's own filters). The caller records it ([`Engine::record`]) before anything
+    /// of the page leaves, so a page can be made before it is asked for.
     #[allow(clippy::too_many_arguments)]
     pub fn query_fitted_unrecorded<T>(
         &self,

@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use entente::NodeId;
-use entente::client::NodeClient;
 use rustls::pki_types::ServerName;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -161,6 +160,23 @@ fn federation() -> Pki {
     pki
 }
 
+/// A node started on `write_config(.., "")`: its PKI, the node, the analyst's and the
+/// researcher's TLS clients and the collection's objects path.
+async fn start() -> (
+    Pki,
+    TaxiiNode,
+    Arc<rustls::ClientConfig>,
+    Arc<rustls::ClientConfig>,
+    String,
+) {
+    let pki = federation();
+    let node = serve_taxii(&write_config(&pki, ""));
+    let analyst = tls(&pki, "analyst.soc");
+    let researcher = tls(&pki, "researcher.uni-x");
+    let objects = objects_path(&analyst, &node).await;
+    (pki, node, analyst, researcher, objects)
+}
+
 /// The path of the collection's objects, as `tls` finds it.
 async fn objects_path(tls: &Arc<rustls::ClientConfig>, node: &TaxiiNode) -> String {
     let listed = get(tls, node.taxii, "/api/collections/").await.json();
@@ -233,12 +249,7 @@ async fn ids_carried_in_properties_are_judged_like_references() {
     const NAMING_IN_TEXT: &str = "indicator--a1a1a1a1-0000-4000-8000-000000000004";
     const NAMING_OTHERS: &str = "tool--a1a1a1a1-0000-4000-8000-000000000005";
     const ABSENT: &str = "indicator--a1a1a1a1-0000-4000-8000-0000000000ff";
-    let pki = federation();
-    let config = write_config(&pki, "");
-    let node = serve_taxii(&config);
-    let analyst = tls(&pki, "analyst.soc");
-    let researcher = tls(&pki, "researcher.uni-x");
-    let objects = objects_path(&analyst, &node).await;
+    let (pki, node, analyst, researcher, objects) = start().await;
 
     let mut naming_in_text = indicator(NAMING_IN_TEXT, "text.example", GREEN);
     naming_in_text["description"] = json!(format!(
@@ -311,16 +322,7 @@ async fn ids_carried_in_properties_are_judged_like_references() {
     }
 
     // gRPC says the same.
-    let who = NodeId::new("researcher.uni-x").unwrap();
-    let hq = NodeId::new("redmond.hq").unwrap();
-    let client = NodeClient::connect(
-        pki.material(&who).client_config().unwrap(),
-        &who,
-        &node.addr,
-        &hq,
-    )
-    .await
-    .unwrap();
+    let client = common::taxii_node_client(&pki, &node, "researcher.uni-x").await;
     for id in [NAMING_IN_X, NAMING_IN_TEXT, SECRET] {
         assert!(client.get(id).await.unwrap().is_none(), "{id}");
     }
@@ -343,11 +345,7 @@ async fn an_object_cannot_name_another_node_as_its_creator() {
     const VENDOR: &str = "indicator--b2b2b2b2-0000-4000-8000-000000000003";
     const FORGED_CONTEXT: &str = "malware--b2b2b2b2-0000-4000-8000-000000000004";
     const VENDOR_IDENTITY: &str = "identity--b2b2b2b2-0000-4000-8000-0000000000aa";
-    let pki = federation();
-    let config = write_config(&pki, "");
-    let node = serve_taxii(&config);
-    let analyst = tls(&pki, "analyst.soc");
-    let objects = objects_path(&analyst, &node).await;
+    let (_pki, node, analyst, _, objects) = start().await;
     let berlin = entente::interop::identity_id("berlin.office");
     let own = entente::interop::identity_id("redmond.hq");
 
@@ -423,12 +421,7 @@ async fn an_object_cannot_name_another_node_as_its_creator() {
 async fn a_property_given_twice_is_refused_through_taxii() {
     const TWICE: &str = "indicator--c3c3c3c3-0000-4000-8000-000000000001";
     const NESTED: &str = "indicator--c3c3c3c3-0000-4000-8000-000000000002";
-    let pki = federation();
-    let config = write_config(&pki, "");
-    let node = serve_taxii(&config);
-    let analyst = tls(&pki, "analyst.soc");
-    let researcher = tls(&pki, "researcher.uni-x");
-    let objects = objects_path(&analyst, &node).await;
+    let (_pki, node, analyst, researcher, objects) = start().await;
 
     let twice = format!(
         r#"{{"objects":[{{"type":"indicator","spec_version":"2.1","id":"{TWICE}","created":"2025-01-01T00:00:00.000Z","modified":"2025-01-02T00:00:00.000Z","pattern":"[domain-name:value = 'twice.example']","pattern_type":"stix","valid_from":"2025-01-01T00:00:00Z","object_marking_refs":["{AMBER}"],"object_marking_refs":["{CLEAR}"]}}]}}"#
@@ -689,15 +682,7 @@ async fn a_feed_that_never_comes_to_a_boundary_is_cut_at_twice_its_limit() {
         "interval = \"1h\"\nmax_objects_per_poll = 5\n",
     )
     .await;
-    let hq = NodeId::new("redmond.hq").unwrap();
-    let operator = NodeClient::connect(
-        pki.material(&hq).client_config().unwrap(),
-        &hq,
-        &node.addr,
-        &hq,
-    )
-    .await
-    .unwrap();
+    let operator = common::taxii_node_client(&pki, &node, "redmond.hq").await;
     let status = wait_until("a failed poll", || {
         let operator = &operator;
         async move {
@@ -802,12 +787,7 @@ async fn references_are_judged_whatever_order_they_arrive_in() {
     const SIGHTING_AT_CERT: &str = "sighting--b2b2b2b2-0000-4000-8000-00000000000e";
     const CVE: &str = "vulnerability--b2b2b2b2-0000-4000-8000-00000000000f";
     const COA: &str = "course-of-action--b2b2b2b2-0000-4000-8000-000000000010";
-    let pki = federation();
-    let config = write_config(&pki, "");
-    let node = serve_taxii(&config);
-    let analyst = tls(&pki, "analyst.soc");
-    let researcher = tls(&pki, "researcher.uni-x");
-    let objects = objects_path(&analyst, &node).await;
+    let (_pki, node, analyst, researcher, objects) = start().await;
     let relationship = |id: &str, source: &str, target: &str| {
         context_object(
             "relationship",
@@ -961,11 +941,7 @@ async fn references_are_judged_whatever_order_they_arrive_in() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_given_twice_inside_an_array_element_refuses_the_envelope() {
     const ID: &str = "indicator--d6d6d6d6-0000-4000-8000-000000000001";
-    let pki = federation();
-    let config = write_config(&pki, "");
-    let node = serve_taxii(&config);
-    let analyst = tls(&pki, "analyst.soc");
-    let objects = objects_path(&analyst, &node).await;
+    let (_pki, node, analyst, _, objects) = start().await;
     let body = json!({"objects": [[{"a": 1}], indicator(ID, "twice-in-array.example", GREEN)]})
         .to_string()
         .replacen(r#"{"a":1}"#, r#"{"a":1,"a":2}"#, 1);
@@ -987,12 +963,7 @@ async fn a_name_given_twice_inside_an_array_element_refuses_the_envelope() {
 async fn a_listing_records_only_the_items_it_serves() {
     const INDICATOR: &str = "indicator--e7e7e7e7-0000-4000-8000-000000000001";
     const MALWARE: &str = "malware--e7e7e7e7-0000-4000-8000-000000000002";
-    let pki = federation();
-    let config = write_config(&pki, "");
-    let node = serve_taxii(&config);
-    let analyst = tls(&pki, "analyst.soc");
-    let researcher = tls(&pki, "researcher.uni-x");
-    let objects = objects_path(&analyst, &node).await;
+    let (pki, node, analyst, researcher, objects) = start().await;
     let malware = json!({
         "type": "malware", "spec_version": "2.1", "id": MALWARE,
         "created": "2025-04-01T00:00:00.000Z", "modified": "2025-04-01T00:00:00.000Z",

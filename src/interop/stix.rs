@@ -199,18 +199,12 @@ impl RawObject {
                         free.insert(value);
                         Ok(())
                     }
-                    serde_json::map::Entry::Occupied(taken) => Err(format!(
-                        "the name {:?} is given twice in one object",
-                        shown(taken.key())
-                    )),
+                    serde_json::map::Entry::Occupied(taken) => Err(given_twice(taken.key())),
                 };
             }
         };
         if slot.is_some() {
-            return Err(format!(
-                "the name {:?} is given twice in one object",
-                shown(&key.0)
-            ));
+            return Err(given_twice(&key.0));
         }
         *slot = Some(value);
         Ok(())
@@ -520,10 +514,7 @@ impl<'de> Visitor<'de> for EnvelopeSeed<'_> {
         let mut seen: HashSet<String> = HashSet::new();
         while let Some(key) = map.next_key::<String>()? {
             if !seen.insert(key.clone()) {
-                let shown: String = key.chars().take(SHOWN_ID_CHARS).collect();
-                return Err(de::Error::custom(format!(
-                    "the name {shown:?} is given twice in one object"
-                )));
+                return Err(de::Error::custom(given_twice(&key)));
             }
             if key == "objects" {
                 objects = Some(map.next_value_seed(ElementsSeed {
@@ -645,6 +636,11 @@ fn parse_objects(objects: &mut [Element], now_ms: i64, sink: &mut Sink<'_>) -> R
 }
 
 /// The start of a value, for messages.
+/// The error for a property name given twice in one object.
+fn given_twice(name: &str) -> String {
+    format!("the name {:?} is given twice in one object", shown(name))
+}
+
 fn shown(value: &str) -> String {
     value.chars().take(SHOWN_ID_CHARS).collect()
 }

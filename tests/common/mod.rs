@@ -277,6 +277,25 @@ pub struct TaxiiNode {
     pub taxii: std::net::SocketAddr,
 }
 
+/// A gRPC client of `node` (a `TaxiiNode`, whose id is `redmond.hq`) with `who`'s
+/// certificate.
+pub async fn taxii_node_client(
+    pki: &Pki,
+    node: &TaxiiNode,
+    who: &str,
+) -> entente::client::NodeClient {
+    let who = NodeId::new(who).unwrap();
+    let hq = NodeId::new("redmond.hq").unwrap();
+    entente::client::NodeClient::connect(
+        pki.material(&who).client_config().unwrap(),
+        &who,
+        &node.addr,
+        &hq,
+    )
+    .await
+    .unwrap()
+}
+
 /// Every disclosure-ledger record of `partner` that `node` (a `TaxiiNode`'s gRPC
 /// address) holds, read by its operator `redmond.hq`.
 pub async fn ledger_records(
@@ -284,15 +303,7 @@ pub async fn ledger_records(
     node: &TaxiiNode,
     partner: &str,
 ) -> Vec<entente::rpc::proto::LedgerRecord> {
-    let hq = NodeId::new("redmond.hq").unwrap();
-    let operator = entente::client::NodeClient::connect(
-        pki.material(&hq).client_config().unwrap(),
-        &hq,
-        &node.addr,
-        &hq,
-    )
-    .await
-    .unwrap();
+    let operator = taxii_node_client(pki, node, "redmond.hq").await;
     let mut records = operator
         .ledger_show(entente::rpc::proto::LedgerShowRequest {
             partner: partner.into(),
