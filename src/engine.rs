@@ -1213,15 +1213,7 @@ impl Engine {
 
     /// Records a [`Delivery`] in the disclosure ledger, waiting until it is written.
     pub fn record_blocking(&self, delivery: &Delivery) -> Result<(), EngineError> {
-        if let Some(ticket) = self.record_served(
-            &delivery.policy,
-            &delivery.partner,
-            &delivery.path,
-            delivery
-                .items
-                .iter()
-                .map(|(bundle, index)| (bundle, *index)),
-        )? {
+        if let Some(ticket) = self.hand_to_ledger(delivery)? {
             ticket.written_blocking()?;
         }
         Ok(())
@@ -1229,18 +1221,18 @@ impl Engine {
 
     /// [`Engine::record_blocking`] from async code.
     pub async fn record(&self, delivery: &Delivery) -> Result<(), EngineError> {
-        if let Some(ticket) = self.record_served(
-            &delivery.policy,
-            &delivery.partner,
-            &delivery.path,
-            delivery
-                .items
-                .iter()
-                .map(|(bundle, index)| (bundle, *index)),
-        )? {
+        if let Some(ticket) = self.hand_to_ledger(delivery)? {
             ticket.written().await?;
         }
         Ok(())
+    }
+
+    fn hand_to_ledger(&self, delivery: &Delivery) -> Result<Option<LedgerTicket>, EngineError> {
+        let items = delivery
+            .items
+            .iter()
+            .map(|(bundle, index)| (bundle, *index));
+        self.record_served(&delivery.policy, &delivery.partner, &delivery.path, items)
     }
 
     /// Whether a page decided earlier is the page deciding now would give: the policy
