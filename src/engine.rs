@@ -675,6 +675,9 @@ impl Engine {
             self.feed_head.send_replace(seq);
         }
         let header = bundle.header();
+        if report.offered_again > 0 {
+            tracing::info!(bundle = %header.bundle_id, origin = %header.origin, bundles = report.offered_again, "offered again: objects held that waited for what this bundle brought");
+        }
         for (index, reason) in &report.rejected {
             tracing::warn!(bundle = %header.bundle_id, origin = %header.origin, index, ?reason, "item rejected");
         }
@@ -696,6 +699,14 @@ impl Engine {
                     accepted_ms: now_ms,
                 });
                 let bytes = items[at].item_bytes.len() + SUBSCRIBED_ITEM_OVERHEAD;
+                for subscriber in &subscribers {
+                    self.offer(&policy, subscriber, &stored, bytes, now_ms);
+                }
+            }
+            // What waited for this bundle's items, after them.
+            for waited in &report.waited {
+                let bytes = waited.item.encode().len() + SUBSCRIBED_ITEM_OVERHEAD;
+                let stored = Arc::new(waited.clone());
                 for subscriber in &subscribers {
                     self.offer(&policy, subscriber, &stored, bytes, now_ms);
                 }

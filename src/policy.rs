@@ -26,7 +26,7 @@ mod spec;
 
 pub use admit::{Arrival, Refusal};
 pub use decide::{
-    Context, Decision, Held, HeldItem, NothingHeld, Outcome, PartnerPolicy, Policy,
+    Context, Decision, Held, HeldItem, MAX_REF_DEPTH, NothingHeld, Outcome, PartnerPolicy, Policy,
     READ_ONLY_MAX_TLP, Rule, Unreadable,
 };
 pub use page_token::{PageTokenError, PageTokens, TokenScope};

@@ -150,6 +150,9 @@ struct BundleSpec {
     origin: usize,
     max_hops: Option<u32>,
     recipients: Vec<usize>,
+    /// Published before every bundle that is not: it holds a relationship whose ends
+    /// come later.
+    ahead: bool,
 }
 
 /// A federation: node names, the `[[peer]]` blocks of every node, and what is published where.
@@ -177,8 +180,16 @@ impl Federation {
             origin,
             max_hops,
             recipients: recipients.to_vec(),
+            ahead: false,
         });
         self.bundles.len() - 1
+    }
+
+    /// A bundle published before the others (see [`BundleSpec::ahead`]).
+    fn bundle_ahead(&mut self, origin: usize, max_hops: Option<u32>) -> usize {
+        let b = self.bundle(origin, max_hops, &[]);
+        self.bundles[b].ahead = true;
+        b
     }
 
     fn item(&mut self, bundle: usize, tlp: Tlp, ty: &'static str) {
@@ -214,12 +225,17 @@ impl Federation {
         });
     }
 
-    /// A relationship from item `source` to item `target`, both of `bundle`.
+    /// A relationship from item `source` to item `target` (of `bundle`, or of a later
+    /// one when `bundle` is published ahead).
     fn relationship(&mut self, bundle: usize, tlp: Tlp, source: usize, target: usize) {
         let k = self.items.len();
+        let b = &self.bundles[bundle];
         let label = format!(
-            "#{k}:{}/relationship #{source} -> #{target} in b{bundle}",
-            tlp_name(tlp)
+            "#{k}:{}/relationship #{source} -> #{target} in b{bundle}@{}{} hops={:?}",
+            tlp_name(tlp),
+            self.names[b.origin],
+            if b.ahead { " (ahead)" } else { "" },
+            b.max_hops
         );
         self.items.push(ItemSpec {
             id: format!("relationship--{}", uuid::Uuid::new_v4()),
@@ -284,7 +300,8 @@ impl Federation {
         bundle.recipients.is_empty() || bundle.recipients.contains(&p)
     }
 
-    /// The fixed point: for every node, item id -> hop(N, i).
+    /// The fixed point: for every node, item id -> hop(N, i), of the items its analyst
+    /// is shown.
     fn oracle(&self) -> Vec<BTreeMap<String, u32>> {
         let mut hops: Vec<BTreeMap<usize, u32>> = vec![BTreeMap::new(); self.names.len()];
         for (k, item) in self.items.iter().enumerate() {
@@ -308,10 +325,19 @@ impl Federation {
                 break;
             }
         }
+        // What each node's analyst is shown: a node may hold a relationship whose ends
+        // never reach it (one published ahead of them), which it withholds from every
+        // client as from every partner.
         hops.into_iter()
             .map(|m| {
-                m.into_iter()
-                    .map(|(k, h)| (self.items[k].id.clone(), h))
+                m.iter()
+                    .filter(|(k, _)| match self.items[**k].ends {
+                        None => true,
+                        Some((source, target)) => {
+                            m.contains_key(&source) && m.contains_key(&target)
+                        }
+                    })
+                    .map(|(k, h)| (self.items[*k].id.clone(), *h))
                     .collect()
             })
             .collect()
@@ -454,7 +480,9 @@ impl Federation {
 }
 
 async fn publish_all(fed: &Federation, running: &Running) {
-    for (b, bundle) in fed.bundles.iter().enumerate() {
+    let ahead = fed.bundles.iter().enumerate().filter(|(_, b)| b.ahead);
+    let after = fed.bundles.iter().enumerate().filter(|(_, b)| !b.ahead);
+    for (b, bundle) in ahead.chain(after) {
         if let Some(request) = fed.request(b) {
             running.clients[bundle.origin]
                 .publish(tokio_stream::iter(vec![request]))
@@ -738,6 +766,12 @@ impl Rng {
 }
 
 fn random_federation(seed: u64) -> Federation {
+    random_federation_with(seed, false)
+}
+
+/// [`random_federation`]; with `ahead`, about half of the relationships are published
+/// by a random node, in a bundle of their own, before any indicator.
+fn random_federation_with(seed: u64, ahead: bool) -> Federation {
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let mut fed = Federation::default();
     let size = 3 + rng.below(3);
@@ -821,7 +855,7 @@ fn random_federation(seed: u64) -> Federation {
             fed.item(b, tlp, ty);
         }
         // A relationship between two indicators of the bundle, sometimes: it travels
-        // with its ends, so where it may go does not depend on when each end arrives.
+        // with its ends, or (with `ahead`) before them, from any node.
         let in_bundle: Vec<usize> = (0..fed.items.len())
             .filter(|k| fed.items[*k].bundle == b)
             .collect();
@@ -829,7 +863,14 @@ fn random_federation(seed: u64) -> Federation {
             let source = in_bundle[rng.below(in_bundle.len())];
             let target = in_bundle[rng.below(in_bundle.len())];
             let tlp = [Tlp::Clear, Tlp::Green, Tlp::Green, Tlp::Amber][rng.below(4)];
-            fed.relationship(b, tlp, source, target);
+            if ahead && rng.chance(50) {
+                let origin = rng.below(size);
+                let max_hops = [None, Some(1), Some(2)][rng.below(3)];
+                let sent_ahead = fed.bundle_ahead(origin, max_hops);
+                fed.relationship(sent_ahead, tlp, source, target);
+            } else {
+                fed.relationship(b, tlp, source, target);
+            }
         }
     }
     fed
@@ -921,6 +962,51 @@ async fn random_federations_match_the_oracle() {
         let fed = random_federation(seed);
         eprintln!(
             "seed {seed}: {} nodes, {} links, {} items, oracle sizes {:?}",
+            fed.names.len(),
+            fed.links.len(),
+            fed.items.len(),
+            fed.oracle().iter().map(BTreeMap::len).collect::<Vec<_>>()
+        );
+        let pki = Pki::new();
+        let running = start(&pki, &fed).await;
+        publish_all(&fed, &running).await;
+        matches_oracle(&fed, &running).await;
+        stop(running).await;
+    }
+}
+
+/// Relationships published ahead of their ends (by their ends' origin or any other
+/// node) reach every node the oracle says, however the pulls interleave: a node that
+/// holds one before its ends offers it again once they arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relationships_sent_ahead_of_their_ends_match_the_oracle() {
+    common::init_logging();
+    // The first three seeds where a relationship sent ahead is delivered beyond the node
+    // that published it. `ENTENTE_AHEAD_SEEDS=7,47` runs those seeds instead.
+    let seeds: Vec<u64> = match std::env::var("ENTENTE_AHEAD_SEEDS") {
+        Ok(list) => list
+            .split(',')
+            .map(|s| s.trim().parse().expect("a seed"))
+            .collect(),
+        Err(_) => (1..)
+            .filter(|seed| {
+                let fed = random_federation_with(*seed, true);
+                let expected = fed.oracle();
+                fed.items.iter().any(|item| {
+                    item.ends.is_some()
+                        && fed.bundles[item.bundle].ahead
+                        && expected
+                            .iter()
+                            .any(|held| held.get(&item.id).is_some_and(|hop| *hop > 0))
+                })
+            })
+            .take(3)
+            .collect(),
+    };
+    for seed in seeds {
+        let fed = random_federation_with(seed, true);
+        eprintln!(
+            "seed {seed} (ahead): {} nodes, {} links, {} items, oracle sizes {:?}",
             fed.names.len(),
             fed.links.len(),
             fed.items.len(),

@@ -1246,3 +1246,55 @@ async fn input_edges_at_publish_and_query() {
     }
     hq.stop().await;
 }
+
+/// A relationship published before its ends reaches a subscriber once both ends have
+/// arrived, after them, and once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_receives_a_relationship_once_its_ends_arrive() {
+    let hq = Hq::start().await;
+    let analyst = hq.connect(ANALYST).await;
+    let watcher = hq.connect(ANALYST).await;
+    let mut stream = within("subscribe", watcher.subscribe(ItemFilter::default()))
+        .await
+        .expect("analyst subscribes");
+
+    let x = indicator("domain", "x.example", Tlp::Green, &[]);
+    let y = indicator("domain", "y.example", Tlp::Green, &[]);
+    let related = wire::Item {
+        id: format!("relationship--{}", uuid::Uuid::new_v4()),
+        modified_unix_ms: 0,
+        tlp: Tlp::Green as i32,
+        tags: vec![],
+        kind: Some(wire::item::Kind::Context(wire::ContextObject {
+            object_type: "relationship".into(),
+            refs: vec![x.id.clone(), y.id.clone()],
+            stix_properties: r#"{"relationship_type":"indicates"}"#.into(),
+        })),
+    };
+    let marker = indicator("domain", "marker.example", Tlp::Green, &[]);
+    let end = indicator("domain", "end.example", Tlp::Green, &[]);
+    let ids = [&x, &y, &related, &marker, &end].map(|i| i.id.clone());
+    publish(&analyst, vec![vec![related, marker]])
+        .await
+        .unwrap();
+    // The marker comes; the relationship waits for its ends.
+    assert_eq!(id_of(&next_item("analyst", &mut stream).await), ids[3]);
+    publish(&analyst, vec![vec![x]]).await.unwrap();
+    publish(&analyst, vec![vec![y]]).await.unwrap();
+    publish(&analyst, vec![vec![end]]).await.unwrap();
+    let received: Vec<String> = until("analyst", &mut stream, &ids[4])
+        .await
+        .iter()
+        .map(id_of)
+        .collect();
+    assert_eq!(
+        received,
+        vec![
+            ids[0].clone(),
+            ids[1].clone(),
+            ids[2].clone(),
+            ids[4].clone()
+        ]
+    );
+    hq.stop().await;
+}

@@ -768,3 +768,122 @@ async fn a_partner_whose_cursor_is_beyond_a_fresh_feed_is_served_from_the_start(
     berlin_node.shutdown(DEADLINE).await.unwrap();
     hq_node.shutdown(DEADLINE).await.unwrap();
 }
+
+/// A GREEN context object of STIX type `object_type` referencing `refs`.
+fn context(object_type: &str, refs: &[&wire::Item]) -> wire::Item {
+    let refs: Vec<String> = refs.iter().map(|r| r.id.clone()).collect();
+    let properties = match object_type {
+        "relationship" => serde_json::json!({"relationship_type": "indicates"}),
+        _ => serde_json::json!({
+            "name": "campaign notes",
+            "published": "2026-01-01T00:00:00Z",
+            "object_refs": refs,
+        }),
+    };
+    wire::Item {
+        id: format!("{object_type}--{}", uuid::Uuid::new_v4()),
+        modified_unix_ms: 0,
+        tlp: Tlp::Green as i32,
+        tags: vec![],
+        kind: Some(wire::item::Kind::Context(wire::ContextObject {
+            object_type: object_type.into(),
+            refs,
+            stix_properties: properties.to_string(),
+        })),
+    }
+}
+
+/// Waits until `client` holds every item of `ids`, failing after the deadline.
+async fn holds_ids(client: &NodeClient, ids: &[&str], node: &str) {
+    let start = Instant::now();
+    loop {
+        let held: BTreeSet<String> = held(client)
+            .await
+            .iter()
+            .filter_map(|s| s.item.as_ref().map(|i| i.id.clone()))
+            .collect();
+        let missing: Vec<&&str> = ids.iter().filter(|id| !held.contains(**id)).collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{node} lacks {missing:?}; it holds {held:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A relationship or a report that reaches a node before what it references is
+/// withheld from that node's partners until all of it is held, and then reaches them,
+/// over every hop, although their pulls went past it while it waited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_sent_ahead_of_what_it_references_follows_it_over_every_hop() {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let berlin = pki.node("berlin.office");
+    let singapore = pki.node("singapore.office");
+    pki.client("analyst.alice");
+    const FORWARD: &str = "max_tlp = \"GREEN\"\nallow_types = [\"*\"]\nforward_third_party = true";
+    let hq_node = common::start(&config(
+        &pki,
+        &hq,
+        &peer("berlin.office", "127.0.0.1:1", OPEN),
+    ))
+    .await;
+    let berlin_node = common::start(&config(
+        &pki,
+        &berlin,
+        &(peer("redmond.hq", &hq_node.local_addr().to_string(), OPEN)
+            + &peer("singapore.office", "127.0.0.1:1", FORWARD)),
+    ))
+    .await;
+    let singapore_node = common::start(&config(
+        &pki,
+        &singapore,
+        &peer("berlin.office", &berlin_node.local_addr().to_string(), OPEN),
+    ))
+    .await;
+    let at_hq = analyst(&pki, &hq_node).await;
+    let at_berlin = analyst(&pki, &berlin_node).await;
+    let at_singapore = analyst(&pki, &singapore_node).await;
+
+    let (x, y, z) = (
+        item("x.example.com", Tlp::Green),
+        item("y.example.com", Tlp::Green),
+        item("z.example.com", Tlp::Green),
+    );
+    let related = context("relationship", &[&x, &y]);
+    let related_too = context("relationship", &[&x, &z]);
+    let report = context("report", &[&related_too]);
+    // The relationship and the report go first, each beside an indicator that shows
+    // when both partners have read past them.
+    let marker = item("marker.example.com", Tlp::Green);
+    let marker_too = item("marker-too.example.com", Tlp::Green);
+    publish(&at_hq, vec![related.clone(), marker.clone()], None).await;
+    publish(&at_hq, vec![report.clone(), marker_too.clone()], None).await;
+    for (client, node) in [(&at_berlin, "berlin"), (&at_singapore, "singapore")] {
+        holds_ids(client, &[&marker.id, &marker_too.id], node).await;
+    }
+    // Their ends come later, one bundle each; the second relationship comes between.
+    publish(&at_hq, vec![x.clone()], None).await;
+    publish(&at_hq, vec![related_too.clone()], None).await;
+    publish(&at_hq, vec![y.clone()], None).await;
+    publish(&at_hq, vec![z.clone()], None).await;
+    let all = [
+        &x.id,
+        &y.id,
+        &z.id,
+        &related.id,
+        &related_too.id,
+        &report.id,
+        &marker.id,
+        &marker_too.id,
+    ]
+    .map(String::as_str);
+    holds_ids(&at_berlin, &all, "berlin").await;
+    holds_ids(&at_singapore, &all, "singapore").await;
+    for node in [singapore_node, berlin_node, hq_node] {
+        node.shutdown(DEADLINE).await.unwrap();
+    }
+}

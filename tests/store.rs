@@ -8,7 +8,10 @@ use std::sync::Arc;
 
 use entente::crypto::{VerifiedBundle, verify};
 use entente::engine::now_ms;
-use entente::model::{IndicatorType, Item, ItemId, ItemKind, NodeId, Revocation, Tlp};
+use entente::model::{
+    ContextObject, Holder, IndicatorType, Item, ItemId, ItemKind, NodeId, Revocation,
+    StixProperties, Tlp,
+};
 use entente::store::prelude::*;
 use entente::store::{
     ItemQuery, ItemRejection, Page, PageLimit, SledStore, Source, StoreError, StoredItem,
@@ -1120,4 +1123,146 @@ fn the_store_agrees_with_a_model_of_the_rules_on_random_histories() {
             assert_eq!(got, expected, "seed {seed} after reopen: {id}");
         }
     }
+}
+
+/// A GREEN context object `id` referencing `refs`, with the properties its type needs.
+fn context(id: &ItemId, refs: &[&ItemId], modified: i64) -> Item {
+    let object_refs: Vec<String> = refs.iter().map(|r| r.to_string()).collect();
+    let (object_type, properties) = match id.as_str().split_once("--").unwrap().0 {
+        "relationship" => (
+            IndicatorType::Relationship,
+            serde_json::json!({"relationship_type": "indicates"}),
+        ),
+        "report" => (
+            IndicatorType::Report,
+            serde_json::json!({"name": "r", "published": "2026-01-01T00:00:00Z", "object_refs": object_refs}),
+        ),
+        other => panic!("no context object of type {other} here"),
+    };
+    Item {
+        id: id.clone(),
+        modified_ms: modified,
+        tlp: Tlp::Green,
+        tags: vec![],
+        kind: ItemKind::Context(ContextObject {
+            object_type,
+            refs: refs.iter().map(|r| (*r).clone()).collect(),
+            properties: StixProperties::keep_for(Holder::Context, properties.as_object().unwrap())
+                .unwrap(),
+        }),
+    }
+}
+
+fn context_id(ty: &str) -> ItemId {
+    ItemId::parse(&format!("{ty}--{}", uuid::Uuid::new_v4())).unwrap()
+}
+
+/// The bundles of the change feed after `after`, in order.
+fn feed_bundles(store: &SledStore, after: u64) -> Vec<(u64, entente::model::BundleId)> {
+    store.feed(after, 1000).unwrap()
+}
+
+#[test]
+fn an_object_that_waited_for_what_it_references_is_fed_again_once_all_of_it_arrives() {
+    let f = fixture();
+    let path = f.pki.path().join("s");
+    let store = open(&f, "s");
+    let now = now_ms();
+    let domain = |name: &str| {
+        indicator(
+            &ItemId::new_random(),
+            IndicatorType::Domain,
+            name,
+            now,
+            Tlp::Green,
+            &[],
+        )
+    };
+    let (x, y, z) = (
+        domain("x.example"),
+        domain("y.example"),
+        domain("z.example"),
+    );
+    let related = context_id("relationship");
+    let related_too = context_id("relationship");
+    let report = context_id("report");
+    let us = local(&f.hq.id);
+
+    // A relationship before both its ends, beside an indicator of its own.
+    let b1 = bundle(
+        &f,
+        &f.hq,
+        &[context(&related, &[&x.id, &y.id], now), domain("w.example")],
+    );
+    assert_eq!(store.accept(&b1, &us, now).unwrap().feed_seq, Some(1));
+    // One end: the relationship still waits for the other.
+    let b2 = bundle(&f, &f.hq, std::slice::from_ref(&x));
+    let r2 = store.accept(&b2, &us, now).unwrap();
+    assert_eq!((r2.feed_seq, r2.offered_again), (Some(2), 0));
+    // The other end: the relationship's bundle comes again after it.
+    let b3 = bundle(&f, &f.hq, std::slice::from_ref(&y));
+    let r3 = store.accept(&b3, &us, now).unwrap();
+    assert_eq!((r3.feed_seq, r3.offered_again), (Some(4), 1));
+    let b1_id = b1.header().bundle_id.clone();
+    let b3_id = b3.header().bundle_id.clone();
+    assert_eq!(
+        feed_bundles(&store, 1),
+        vec![
+            (2, b2.header().bundle_id.clone()),
+            (3, b3_id.clone()),
+            (4, b1_id.clone())
+        ]
+    );
+    // The same end again brings nothing new: nothing is offered again.
+    let again = store.accept(&b3, &us, now).unwrap();
+    assert_eq!((again.feed_seq, again.offered_again), (None, 0));
+
+    // Two levels: a report of a relationship that waits for its end `z`.
+    let b4 = bundle(&f, &f.hq, &[context(&report, &[&related_too], now)]);
+    assert_eq!(store.accept(&b4, &us, now).unwrap().offered_again, 0);
+    let b5 = bundle(&f, &f.hq, &[context(&related_too, &[&x.id, &z.id], now)]);
+    // The relationship is held now, but not all it references: the report still waits.
+    assert_eq!(store.accept(&b5, &us, now).unwrap().offered_again, 0);
+    let b6 = bundle(&f, &f.hq, std::slice::from_ref(&z));
+    let r6 = store.accept(&b6, &us, now).unwrap();
+    assert_eq!(r6.offered_again, 2);
+    let tail: Vec<entente::model::BundleId> = feed_bundles(&store, 6)
+        .into_iter()
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(
+        tail,
+        vec![
+            b6.header().bundle_id.clone(),
+            b5.header().bundle_id.clone(),
+            b4.header().bundle_id.clone()
+        ]
+    );
+    let before = feed_bundles(&store, 0);
+
+    // The feed reads the same after a restart and after a compaction.
+    drop(store);
+    let store = common::open_store(&path, &f.hq.id, 16 << 20).unwrap();
+    assert_eq!(feed_bundles(&store, 0), before);
+    store
+        .compact(entente::store::compact::Compaction::default())
+        .unwrap();
+    assert_eq!(feed_bundles(&store, 0), before);
+    drop(store);
+    let store = common::open_store(&path, &f.hq.id, 16 << 20).unwrap();
+    assert_eq!(feed_bundles(&store, 0), before);
+    // And what waits is still known: a relationship sent ahead of a new end is fed
+    // again when that end arrives.
+    let late = domain("late.example");
+    let related_late = context_id("relationship");
+    let b7 = bundle(
+        &f,
+        &f.hq,
+        &[context(&related_late, &[&x.id, &late.id], now)],
+    );
+    store.accept(&b7, &us, now).unwrap();
+    let b8 = bundle(&f, &f.hq, std::slice::from_ref(&late));
+    assert_eq!(store.accept(&b8, &us, now).unwrap().offered_again, 1);
+    let last = feed_bundles(&store, 0).pop().unwrap().1;
+    assert_eq!(last, b7.header().bundle_id.clone());
 }

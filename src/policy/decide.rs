@@ -349,7 +349,7 @@ impl Held for NothingHeld {
 
 /// How deep references are followed: a report may reference a relationship, whose ends
 /// are followed too; nothing deeper.
-const MAX_REF_DEPTH: usize = 2;
+pub const MAX_REF_DEPTH: usize = 2;
 
 /// One partner's compiled policy.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -166,6 +166,22 @@ impl BundleEntry {
     }
 }
 
+/// What [`Index::waiting`] finds: bundles to offer again, in the order found, and the
+/// items in them that waited.
+#[derive(Default)]
+pub(super) struct Waiting {
+    pub(super) bundles: Vec<[u8; 16]>,
+    pub(super) items: Vec<[u8; 16]>,
+}
+
+/// What the index keeps of an item that references other objects by structure.
+pub(super) struct References {
+    /// The bundle of its latest version.
+    pub(super) bundle: [u8; 16],
+    /// The UUIDs it references ([`ref_uuids`]).
+    pub(super) refs: Vec<[u8; 16]>,
+}
+
 /// One item of a frame, ready for the index.
 pub(super) struct NewItem {
     pub(super) span: Span,
@@ -175,6 +191,9 @@ pub(super) struct NewItem {
     pub(super) value_hash: Option<u64>,
     /// The keyed hashes of the values a STIX pattern names ([`observed_hashes`]).
     pub(super) observed: Vec<u64>,
+    /// The UUIDs of the objects it references by structure ([`Item::refs`]: a
+    /// relationship's ends, a report's objects, a sighting's).
+    pub(super) refs: Vec<[u8; 16]>,
 }
 
 /// The indexes over the log, in memory. Slots are numbered in log order, so the
@@ -194,6 +213,13 @@ pub(super) struct Index {
     /// which drops them, empties it.
     pub(super) previous: HashMap<u32, u32>,
     pub(super) bundles: HashMap<[u8; 16], BundleEntry>,
+    /// For each UUID that items reference by structure ([`NewItem::refs`]), the UUIDs
+    /// of the items that do (any version of them; each listed once). Only some context
+    /// objects reference, so most stores keep little here.
+    pub(super) referrers: HashMap<[u8; 16], Vec<[u8; 16]>>,
+    /// For each item whose latest version references by structure: that version's
+    /// bundle and references.
+    pub(super) references: HashMap<[u8; 16], References>,
     /// Change feed: position → bundle.
     pub(super) feed: BTreeMap<u64, [u8; 16]>,
     /// Keyed per process, so values cannot be chosen to collide.
@@ -215,6 +241,8 @@ impl Index {
             observed: HashMap::new(),
             previous: HashMap::new(),
             bundles: HashMap::new(),
+            referrers: HashMap::new(),
+            references: HashMap::new(),
             feed: BTreeMap::new(),
             hasher,
         }
@@ -256,6 +284,76 @@ impl Index {
         out
     }
 
+    /// What to offer again once a frame of `this` is logged that holds `first` for
+    /// the first time (and the items of `pending`, each with the UUIDs it references
+    /// by structure): the bundles, other than `this`, and the items in them that waited.
+    /// A relationship, report or sighting is withheld from every partner while an
+    /// object it references is not held; one held already that references one of
+    /// `first`, directly or through one object between (a report, its relationship,
+    /// the relationship's end), may now go out, but partners that read past its
+    /// bundle's place in the feed would not see it again. So each such object that now
+    /// has every object it references held, to the depth the delivery rule reads
+    /// ([`crate::policy::MAX_REF_DEPTH`] levels), is named here with its bundle.
+    /// Whether a partner may see it is still for the delivery rule to say.
+    pub(super) fn waiting(
+        &self,
+        this: &[u8; 16],
+        first: &[[u8; 16]],
+        pending: &HashMap<[u8; 16], Vec<[u8; 16]>>,
+    ) -> Waiting {
+        let mut waiting = Waiting::default();
+        if self.referrers.is_empty() {
+            return waiting;
+        }
+        let mut looked_at: std::collections::HashSet<[u8; 16]> = std::collections::HashSet::new();
+        let mut consider = |uuid: &[u8; 16], waiting: &mut Waiting| {
+            if !looked_at.insert(*uuid) || pending.contains_key(uuid) {
+                return;
+            }
+            let Some(held) = self.references.get(uuid) else {
+                return;
+            };
+            if held.bundle != *this && self.all_held(&held.refs, pending, 1) {
+                waiting.items.push(*uuid);
+                if !waiting.bundles.contains(&held.bundle) {
+                    waiting.bundles.push(held.bundle);
+                }
+            }
+        };
+        for id in first {
+            for by in self.referrers.get(id).into_iter().flatten() {
+                consider(by, &mut waiting);
+                for by_by in self.referrers.get(by).into_iter().flatten() {
+                    consider(by_by, &mut waiting);
+                }
+            }
+        }
+        waiting
+    }
+
+    /// Whether every object of `refs` is held (or in `pending`) and, to
+    /// [`crate::policy::MAX_REF_DEPTH`] levels, every object each of them references.
+    fn all_held(
+        &self,
+        refs: &[[u8; 16]],
+        pending: &HashMap<[u8; 16], Vec<[u8; 16]>>,
+        depth: usize,
+    ) -> bool {
+        refs.iter().all(|uuid| {
+            let theirs = match pending.get(uuid) {
+                Some(refs) => refs.as_slice(),
+                None if self.latest(uuid).is_some() => self
+                    .references
+                    .get(uuid)
+                    .map_or(&[][..], |held| held.refs.as_slice()),
+                None => return false,
+            };
+            theirs.is_empty()
+                || depth >= crate::policy::MAX_REF_DEPTH
+                || self.all_held(theirs, pending, depth + 1)
+        })
+    }
+
     pub(super) fn feed_head(&self) -> u64 {
         self.feed.last_key_value().map_or(0, |(seq, _)| *seq)
     }
@@ -276,6 +374,8 @@ impl Index {
             observed,
             previous,
             bundles,
+            referrers,
+            references,
             feed,
             hasher,
         } = self;
@@ -341,6 +441,27 @@ impl Index {
                     None
                 }
             };
+            // A UUID held for the first time is in no list yet; only a later version
+            // (which may name other objects) has to look.
+            for target in &new.refs {
+                let by = referrers.entry(*target).or_default();
+                if replaced.is_none() || !by.contains(&new.uuid) {
+                    by.push(new.uuid);
+                }
+            }
+            if new.refs.is_empty() {
+                if replaced.is_some() {
+                    references.remove(&new.uuid);
+                }
+            } else {
+                references.insert(
+                    new.uuid,
+                    References {
+                        bundle: bundle_uuid,
+                        refs: new.refs,
+                    },
+                );
+            }
             if let Some(old) = replaced {
                 slots[old as usize].retire();
                 previous.insert(slot, old);
@@ -439,6 +560,7 @@ pub(super) fn record_item(
                     .and_then(|v| std::str::from_utf8(v).ok())
                     .map(|v| (fields.ty, v)),
             ),
+            refs: Vec::new(),
         });
     }
     let record = ItemRecord::decode(bytes).map_err(|e| damaged(e.to_string()))?;
@@ -455,5 +577,19 @@ pub(super) fn record_item(
         ty,
         value_hash,
         observed: observed_hashes(hasher, records::value_of(&item)),
+        refs: ref_uuids(&item),
     })
+}
+
+/// The UUIDs of the objects `item` references by structure ([`Item::refs`]), each
+/// once.
+pub(super) fn ref_uuids(item: &Item) -> Vec<[u8; 16]> {
+    let mut refs: Vec<[u8; 16]> = item
+        .refs()
+        .iter()
+        .map(crate::model::ItemId::uuid_bytes)
+        .collect();
+    refs.sort_unstable();
+    refs.dedup();
+    refs
 }

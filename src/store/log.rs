@@ -483,37 +483,65 @@ impl BundleLog {
 
     /// Appends one frame. Not durable until [`BundleLog::sync`].
     pub fn append(&self, frame: FrameBuilder) -> Result<Written, StoreError> {
-        let (body, items, head) = frame.finish();
-        let at = self.write_frame(&body, true)?;
-        let base = at + FRAME_HEAD;
-        Ok(Written {
-            head: head.map(|(o, len)| Span {
-                offset: base + o as u64,
-                len,
-            }),
-            items: items
-                .into_iter()
-                .map(|(o, len)| Span {
-                    offset: base + o as u64,
-                    len,
-                })
-                .collect(),
-        })
+        let mut written = self.append_all(vec![frame])?;
+        Ok(written.pop().expect("one frame in, one out"))
     }
 
-    /// Writes one frame at the end; returns where it starts. A write that fails is
-    /// taken back (the log goes on once there is room); only when that fails too does
-    /// the log take no more writes.
+    /// Appends `frames` in order with one positioned write, so nothing comes between
+    /// them. A crash part-way through may still keep only the first ones (each frame
+    /// reads back whole or not at all). Not durable until [`BundleLog::sync`].
+    pub fn append_all(&self, frames: Vec<FrameBuilder>) -> Result<Vec<Written>, StoreError> {
+        let mut bytes = Vec::new();
+        let mut parts = Vec::with_capacity(frames.len());
+        for frame in frames {
+            let (body, items, head) = frame.finish();
+            let framed = frame_bytes(&body).ok_or_else(|| StoreError::Corrupt {
+                key: "bundle log".into(),
+                problem: format!("a frame of {} bytes is too large", body.len()),
+            })?;
+            parts.push((bytes.len() as u64 + FRAME_HEAD, items, head));
+            bytes.extend_from_slice(&framed);
+        }
+        let at = self.write_frames(&bytes, parts.len() as u64)?;
+        Ok(parts
+            .into_iter()
+            .map(|(start, items, head)| {
+                let base = at + start;
+                Written {
+                    head: head.map(|(o, len)| Span {
+                        offset: base + o as u64,
+                        len,
+                    }),
+                    items: items
+                        .into_iter()
+                        .map(|(o, len)| Span {
+                            offset: base + o as u64,
+                            len,
+                        })
+                        .collect(),
+                }
+            })
+            .collect())
+    }
+
+    /// Writes one frame at the end; returns where it starts.
     fn write_frame(&self, body: &[u8], bundle: bool) -> Result<u64, StoreError> {
         let bytes = frame_bytes(body).ok_or_else(|| StoreError::Corrupt {
             key: "bundle log".into(),
             problem: format!("a frame of {} bytes is too large", body.len()),
         })?;
+        self.write_frames(&bytes, u64::from(bundle))
+    }
+
+    /// Writes framed `bytes` at the end, `bundles` bundle frames among them; returns
+    /// where they start. A write that fails is taken back (the log goes on once there
+    /// is room); only when that fails too does the log take no more writes.
+    fn write_frames(&self, bytes: &[u8], bundles: u64) -> Result<u64, StoreError> {
         let mut tail = self.appending.lock().unwrap_or_else(|p| p.into_inner());
         self.check_usable()?;
         let at = self.end.load(Ordering::SeqCst);
-        if let Err(e) = self.file.write_all_at(&bytes, at) {
-            // Whatever part of the frame landed is taken back, so no stale bytes lie
+        if let Err(e) = self.file.write_all_at(bytes, at) {
+            // Whatever part of the frames landed is taken back, so no stale bytes lie
             // past the end. If that fails too, the log takes nothing more until
             // reopened (the next open cuts them, since they are past the watermark).
             if self.file.set_len(at).is_err() {
@@ -523,8 +551,8 @@ impl BundleLog {
         }
         let end = at + bytes.len() as u64;
         self.end.store(end, Ordering::SeqCst);
-        if bundle {
-            tail.frames += 1;
+        if bundles > 0 {
+            tail.frames += bundles;
             tail.data_end = end;
         }
         Ok(at)

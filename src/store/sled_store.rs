@@ -578,6 +578,7 @@ impl SledStore {
             ty,
             value_hash,
             observed: observed_hashes(&self.hasher, records::value_of(item)),
+            refs: super::index::ref_uuids(item),
         }
     }
 
@@ -1228,6 +1229,8 @@ impl ItemStore for SledStore {
         let mut report = AcceptReport::default();
         // Item versions written by this frame, so items of one bundle see each other.
         let mut pending: HashMap<[u8; 16], (i64, &Item)> = HashMap::new();
+        // The UUIDs this frame holds for the first time.
+        let mut first_held: Vec<[u8; 16]> = Vec::new();
         for verified in bundle.items() {
             let item = &verified.item;
             let uuid = item.id.uuid_bytes();
@@ -1324,6 +1327,7 @@ impl ItemStore for SledStore {
                     }
                 },
             };
+            let first_time = held.is_none();
             if let Some((modified, holder, replaced)) = held {
                 if let Some(holder) = holder.filter(|h| *h != origin) {
                     report.rejected.push((
@@ -1364,6 +1368,9 @@ impl ItemStore for SledStore {
             frame.record(&record);
             new_items.push(self.new_item(item, verified.index));
             pending.insert(uuid, (item.modified_ms, item));
+            if first_time {
+                first_held.push(uuid);
+            }
             report.stored.push(verified.index);
         }
 
@@ -1377,19 +1384,56 @@ impl ItemStore for SledStore {
                 "more item records than this version indexes",
             ));
         }
-        if seq > self.feed_lease.load(Ordering::SeqCst) {
-            self.lease_feed(seq)?;
+        // Objects held already that waited for what this frame holds for the first
+        // time: their bundles are offered again after it, at the head of the feed, in
+        // the same write.
+        let super::index::Waiting {
+            bundles: waiting,
+            items: waited,
+        } = {
+            let index = self.index();
+            if first_held.is_empty() || index.referrers.is_empty() {
+                super::index::Waiting::default()
+            } else {
+                let pending: HashMap<[u8; 16], Vec<[u8; 16]>> = pending
+                    .iter()
+                    .map(|(uuid, (_, item))| (*uuid, super::index::ref_uuids(item)))
+                    .collect();
+                index.waiting(&bundle_uuid, &first_held, &pending)
+            }
+        };
+        let last_seq = seq + waiting.len() as u64;
+        if last_seq > self.feed_lease.load(Ordering::SeqCst) {
+            self.lease_feed(last_seq)?;
         }
-        let written = log
-            .append(frame)
-            .inspect_err(|e| self.note_failure(e, false))?;
+        let mut frames = Vec::with_capacity(1 + waiting.len());
+        frames.push(frame);
+        for (waited, uuid) in (seq + 1..).zip(&waiting) {
+            frames.push(FrameBuilder::new(uuid, waited, None));
+        }
+        let mut written = log
+            .append_all(frames)
+            .inspect_err(|e| self.note_failure(e, false))?
+            .into_iter();
+        let written = written
+            .next()
+            .ok_or_else(|| corrupt("bundle log", "a frame written went missing"))?;
         let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
         for (new, span) in new_items.iter_mut().zip(&written.items) {
             new.span = *span;
         }
         index.apply(bundle_uuid, seq, written.head, new_items)?;
+        for (waited, uuid) in (seq + 1..).zip(&waiting) {
+            index.apply(*uuid, waited, None, Vec::new())?;
+        }
         drop(index);
-        report.feed_seq = Some(seq);
+        report.feed_seq = Some(last_seq);
+        report.offered_again = waiting.len();
+        for uuid in &waited {
+            if let Some(record) = self.item_record(&log, uuid)? {
+                report.waited.push(Self::stored_item(record)?);
+            }
+        }
         Ok(report)
     }
 
