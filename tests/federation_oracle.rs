@@ -943,36 +943,43 @@ async fn random_federations_match_the_oracle() {
     // RED to a direct partner, deliver a relationship and hold one back by rule 7 alone,
     // so that no run is decided at the origin alone.
     // `ENTENTE_ORACLE_SEEDS=7,47` runs those seeds instead.
-    let seeds: Vec<u64> = match std::env::var("ENTENTE_ORACLE_SEEDS") {
+    let seeds = seeds("ENTENTE_ORACLE_SEEDS", 3, |seed| {
+        let fed = random_federation(seed);
+        let (forwarded, restricted) = richness(&fed);
+        let (related, held_back) = relationship_richness(&fed);
+        forwarded > 0 && restricted > 0 && related > 0 && held_back > 0
+    });
+    for seed in seeds {
+        runs_to_the_oracle(&format!("seed {seed}"), &random_federation(seed)).await;
+    }
+}
+
+/// The seeds listed in the environment variable `var` (comma-separated), or else the
+/// first `count` seeds for which `wanted` holds.
+fn seeds(var: &str, count: usize, wanted: impl Fn(u64) -> bool) -> Vec<u64> {
+    match std::env::var(var) {
         Ok(list) => list
             .split(',')
             .map(|s| s.trim().parse().expect("a seed"))
             .collect(),
-        Err(_) => (1..)
-            .filter(|seed| {
-                let fed = random_federation(*seed);
-                let (forwarded, restricted) = richness(&fed);
-                let (related, held_back) = relationship_richness(&fed);
-                forwarded > 0 && restricted > 0 && related > 0 && held_back > 0
-            })
-            .take(3)
-            .collect(),
-    };
-    for seed in seeds {
-        let fed = random_federation(seed);
-        eprintln!(
-            "seed {seed}: {} nodes, {} links, {} items, oracle sizes {:?}",
-            fed.names.len(),
-            fed.links.len(),
-            fed.items.len(),
-            fed.oracle().iter().map(BTreeMap::len).collect::<Vec<_>>()
-        );
-        let pki = Pki::new();
-        let running = start(&pki, &fed).await;
-        publish_all(&fed, &running).await;
-        matches_oracle(&fed, &running).await;
-        stop(running).await;
+        Err(_) => (1..).filter(|seed| wanted(*seed)).take(count).collect(),
     }
+}
+
+/// Starts `fed`, publishes everything, checks it against the oracle and stops it.
+async fn runs_to_the_oracle(name: &str, fed: &Federation) {
+    eprintln!(
+        "{name}: {} nodes, {} links, {} items, oracle sizes {:?}",
+        fed.names.len(),
+        fed.links.len(),
+        fed.items.len(),
+        fed.oracle().iter().map(BTreeMap::len).collect::<Vec<_>>()
+    );
+    let pki = Pki::new();
+    let running = start(&pki, fed).await;
+    publish_all(fed, &running).await;
+    matches_oracle(fed, &running).await;
+    stop(running).await;
 }
 
 /// Relationships published ahead of their ends (by their ends' origin or any other
@@ -983,40 +990,20 @@ async fn relationships_sent_ahead_of_their_ends_match_the_oracle() {
     common::init_logging();
     // The first three seeds where a relationship sent ahead is delivered beyond the node
     // that published it. `ENTENTE_AHEAD_SEEDS=7,47` runs those seeds instead.
-    let seeds: Vec<u64> = match std::env::var("ENTENTE_AHEAD_SEEDS") {
-        Ok(list) => list
-            .split(',')
-            .map(|s| s.trim().parse().expect("a seed"))
-            .collect(),
-        Err(_) => (1..)
-            .filter(|seed| {
-                let fed = random_federation_with(*seed, true);
-                let expected = fed.oracle();
-                fed.items.iter().any(|item| {
-                    item.ends.is_some()
-                        && fed.bundles[item.bundle].ahead
-                        && expected
-                            .iter()
-                            .any(|held| held.get(&item.id).is_some_and(|hop| *hop > 0))
-                })
-            })
-            .take(3)
-            .collect(),
-    };
+    let seeds = seeds("ENTENTE_AHEAD_SEEDS", 3, |seed| {
+        let fed = random_federation_with(seed, true);
+        let expected = fed.oracle();
+        fed.items.iter().any(|item| {
+            item.ends.is_some()
+                && fed.bundles[item.bundle].ahead
+                && expected
+                    .iter()
+                    .any(|held| held.get(&item.id).is_some_and(|hop| *hop > 0))
+        })
+    });
     for seed in seeds {
         let fed = random_federation_with(seed, true);
-        eprintln!(
-            "seed {seed} (ahead): {} nodes, {} links, {} items, oracle sizes {:?}",
-            fed.names.len(),
-            fed.links.len(),
-            fed.items.len(),
-            fed.oracle().iter().map(BTreeMap::len).collect::<Vec<_>>()
-        );
-        let pki = Pki::new();
-        let running = start(&pki, &fed).await;
-        publish_all(&fed, &running).await;
-        matches_oracle(&fed, &running).await;
-        stop(running).await;
+        runs_to_the_oracle(&format!("seed {seed} (ahead)"), &fed).await;
     }
 }
 
