@@ -1201,7 +1201,7 @@ fn an_object_that_waited_for_what_it_references_is_fed_again_once_all_of_it_arri
     assert_eq!((r2.feed_seq, r2.offered_again), (Some(2), 0));
     // The other end: the relationship's bundle comes again after it.
     let b3 = bundle(&f, &f.hq, std::slice::from_ref(&y));
-    let r3 = store.accept(&b3, &us, now).unwrap();
+    let r3 = store.accept(&b3, &us, now + 1_000).unwrap();
     assert_eq!((r3.feed_seq, r3.offered_again), (Some(4), 1));
     let b1_id = b1.header().bundle_id.clone();
     let b3_id = b3.header().bundle_id.clone();
@@ -1213,6 +1213,13 @@ fn an_object_that_waited_for_what_it_references_is_fed_again_once_all_of_it_arri
             (4, b1_id.clone())
         ]
     );
+    // The relationship is recorded again in its bundle, as accepted when its last end
+    // came, and is still one version.
+    assert_eq!(
+        store.get(&related).unwrap().unwrap().accepted_ms,
+        now + 1_000
+    );
+    assert_eq!(store.versions(&related, 10).unwrap().len(), 1);
     // The same end again brings nothing new: nothing is offered again.
     let again = store.accept(&b3, &us, now).unwrap();
     assert_eq!((again.feed_seq, again.offered_again), (None, 0));

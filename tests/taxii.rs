@@ -2004,3 +2004,70 @@ async fn taxii_pages_made_ahead_are_not_served_after_a_compaction() {
         String::from_utf8_lossy(&reply.body)
     );
 }
+
+/// A relationship posted before its ends is listed once they arrive, as added then: a
+/// client that polls with `added_after` (the last `X-TAXII-Date-Added-Last` it saw)
+/// receives it with its ends, though it polled while the relationship waited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taxii_lists_a_relationship_as_added_once_its_ends_arrive() {
+    const MALWARE: &str = "malware--6d6d6d6d-0000-4000-8000-000000000001";
+    const RELATED: &str = "relationship--6d6d6d6d-0000-4000-8000-000000000002";
+    let Started {
+        pki: _pki,
+        node,
+        researcher,
+        analyst,
+        collection,
+        ..
+    } = start().await;
+    let objects = format!("{collection}objects/");
+    let end = indicator(1, GREEN);
+    let marker = indicator(2, GREEN);
+    let relationship = json!({
+        "type": "relationship", "spec_version": "2.1", "id": RELATED,
+        "created": "2025-04-01T00:00:00.000Z", "modified": "2025-04-01T00:00:00.000Z",
+        "relationship_type": "indicates", "source_ref": end["id"],
+        "target_ref": MALWARE, "object_marking_refs": [GREEN],
+    });
+    publish_as(
+        &analyst,
+        node.taxii,
+        &objects,
+        vec![relationship, marker.clone()],
+    )
+    .await;
+    // The poll before the ends: the marker, not the relationship that waits for them.
+    let first = get(&researcher, node.taxii, &objects).await;
+    assert_eq!(
+        first.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
+    assert_eq!(item_ids(&first.json()), [marker["id"].as_str().unwrap()]);
+    let last = first.header("x-taxii-date-added-last").unwrap().to_owned();
+    // The ends come in a later millisecond than any the poll saw.
+    let polled = entente::engine::now_ms();
+    wait_for(|| async move { entente::engine::now_ms() > polled }).await;
+    let malware = json!({
+        "type": "malware", "spec_version": "2.1", "id": MALWARE,
+        "created": "2025-04-01T00:00:00.000Z", "modified": "2025-04-01T00:00:00.000Z",
+        "name": "Poison Ivy", "is_family": true, "object_marking_refs": [GREEN],
+    });
+    publish_as(&analyst, node.taxii, &objects, vec![end.clone(), malware]).await;
+    let next = get(
+        &researcher,
+        node.taxii,
+        &format!("{objects}?added_after={last}"),
+    )
+    .await;
+    let mut ids = item_ids(&next.json());
+    ids.sort();
+    let mut expected = vec![
+        end["id"].as_str().unwrap().to_owned(),
+        MALWARE.to_owned(),
+        RELATED.to_owned(),
+    ];
+    expected.sort();
+    assert_eq!(ids, expected);
+}

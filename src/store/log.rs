@@ -22,8 +22,8 @@
 //!
 //! One bundle frame is one accept: the bundle header the first time it is seen, the
 //! items newly stored (or re-stored with a lower hop count) and the bundle's new place
-//! in the change feed. A frame without items only gives a held bundle a new place: an
-//! accept appends one, in the same write, for each bundle it offers again. A frame is written with one positioned write and counts only
+//! in the change feed. An accept may append, in the same write, frames of other
+//! bundles that record again items that waited for it (see `Index::waiting`). A frame is written with one positioned write and counts only
 //! once complete with a matching checksum.
 //!
 //! Acknowledged means [`BundleLog::sync`] returned; the store records how far the log

@@ -1402,38 +1402,72 @@ impl ItemStore for SledStore {
                 index.waiting(&bundle_uuid, &first_held, &pending)
             }
         };
-        let last_seq = seq + waiting.len() as u64;
+        // Each waiting item is recorded again in its bundle, accepted now: that moves
+        // the bundle to the head of the feed, and lists the item as added now (TAXII's
+        // `added_after`), when it first may go out.
+        let mut again: Vec<([u8; 16], Vec<ItemRecord>, Vec<NewItem>)> = waiting
+            .iter()
+            .map(|bundle| (*bundle, Vec::new(), Vec::new()))
+            .collect();
+        for uuid in &waited {
+            let Some(mut record) = self.item_record(&log, uuid)? else {
+                continue;
+            };
+            let Some(group) = records::uuid16(&record.bundle_uuid)
+                .and_then(|bundle| again.iter_mut().find(|(b, _, _)| *b == bundle))
+            else {
+                continue;
+            };
+            let item = Item::decode_stored(&record.item_bytes).map_err(|e| corrupt("item", e))?;
+            record.accepted_ms = now_ms;
+            group.2.push(self.new_item(&item, record.index));
+            group.1.push(record);
+        }
+        again.retain(|(_, records, _)| !records.is_empty());
+        let recorded_again: usize = again.iter().map(|(_, records, _)| records.len()).sum();
+        if slots + new_items.len() + recorded_again >= NONE as usize {
+            return Err(corrupt(
+                "bundle log",
+                "more item records than this version indexes",
+            ));
+        }
+        let last_seq = seq + again.len() as u64;
         if last_seq > self.feed_lease.load(Ordering::SeqCst) {
             self.lease_feed(last_seq)?;
         }
-        let mut frames = Vec::with_capacity(1 + waiting.len());
+        let mut frames = Vec::with_capacity(1 + again.len());
         frames.push(frame);
-        for (waited, uuid) in (seq + 1..).zip(&waiting) {
-            frames.push(FrameBuilder::new(uuid, waited, None));
+        for (at, (bundle, records, _)) in (seq + 1..).zip(&again) {
+            let mut frame = FrameBuilder::new(bundle, at, None);
+            for record in records {
+                frame.record(record);
+            }
+            frames.push(frame);
         }
         let mut written = log
             .append_all(frames)
             .inspect_err(|e| self.note_failure(e, false))?
             .into_iter();
-        let written = written
+        let first = written
             .next()
             .ok_or_else(|| corrupt("bundle log", "a frame written went missing"))?;
         let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
-        for (new, span) in new_items.iter_mut().zip(&written.items) {
+        for (new, span) in new_items.iter_mut().zip(&first.items) {
             new.span = *span;
         }
-        index.apply(bundle_uuid, seq, written.head, new_items)?;
-        for (waited, uuid) in (seq + 1..).zip(&waiting) {
-            index.apply(*uuid, waited, None, Vec::new())?;
-        }
-        drop(index);
-        report.feed_seq = Some(last_seq);
-        report.offered_again = waiting.len();
-        for uuid in &waited {
-            if let Some(record) = self.item_record(&log, uuid)? {
+        index.apply(bundle_uuid, seq, first.head, new_items)?;
+        report.offered_again = again.len();
+        for ((at, (bundle, records, mut items)), spans) in (seq + 1..).zip(again).zip(written) {
+            for (new, span) in items.iter_mut().zip(&spans.items) {
+                new.span = *span;
+            }
+            index.apply(bundle, at, None, items)?;
+            for record in records {
                 report.waited.push(Self::stored_item(record)?);
             }
         }
+        drop(index);
+        report.feed_seq = Some(last_seq);
         Ok(report)
     }
 
