@@ -1,0 +1,141 @@
+//! What a pulling partner can tell from the feed positions it is served: the position
+//! of each bundle it receives, and the cursor and head of each page, even across
+//! bundles withheld from it.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::signed::{Fixture, bundle, fixture, indicator, local};
+use entente::engine::{Engine, now_ms};
+use entente::model::{
+    ContextObject, Holder, IndicatorType, Item, ItemId, ItemKind, Partner, PartnerKind,
+    StixProperties, Tlp,
+};
+use entente::policy::{Policy, PolicySettings, PolicySpec};
+
+fn relationship(ends: &[&ItemId], tlp: Tlp, modified: i64) -> Item {
+    let properties = serde_json::json!({"relationship_type": "indicates"});
+    Item {
+        id: ItemId::parse(&format!("relationship--{}", uuid::Uuid::new_v4())).unwrap(),
+        modified_ms: modified,
+        tlp,
+        tags: vec![],
+        kind: ItemKind::Context(ContextObject {
+            object_type: IndicatorType::Relationship,
+            refs: ends.iter().map(|r| (*r).clone()).collect(),
+            properties: StixProperties::keep_for(Holder::Context, properties.as_object().unwrap())
+                .unwrap(),
+        }),
+    }
+}
+
+fn domain(name: &str, modified: i64) -> Item {
+    indicator(
+        &ItemId::new_random(),
+        IndicatorType::Domain,
+        name,
+        modified,
+        Tlp::Green,
+        &[],
+    )
+}
+
+fn berlin(f: &Fixture) -> Partner {
+    Partner {
+        id: f.berlin.id.clone(),
+        kind: PartnerKind::Node,
+        role: entente::Role::Peer,
+    }
+}
+
+fn engine(f: &Fixture, dir: &std::path::Path) -> Engine {
+    let spec = PolicySpec::new(f.hq.id.clone()).with(
+        berlin(f),
+        PolicySettings {
+            max_tlp: Some(Tlp::Amber),
+            allow_types: Some(IndicatorType::ALL.to_vec()),
+            ..PolicySettings::default()
+        },
+    );
+    let store = common::open_store(dir, &f.hq.id, 16 << 20).unwrap();
+    let signer = entente::crypto::BundleSigner::new(
+        f.hq.id.clone(),
+        f.hq.private_key_pkcs8().unwrap(),
+        f.hq.certificate_der(),
+    )
+    .unwrap();
+    Engine::new(
+        Arc::new(store),
+        Policy::compile(&spec),
+        signer,
+        f.hq.certificate_der(),
+        Box::new(f.hq.signer_trust().unwrap()),
+    )
+    .unwrap()
+}
+
+/// What Berlin is served after `after`: the positions of the bundles it receives, the
+/// page's cursor and head.
+fn served(engine: &Engine, f: &Fixture, after: u64) -> (Vec<u64>, u64, u64) {
+    let page = engine.pull_page(&berlin(f), after, 256).unwrap();
+    (
+        page.bundles.iter().map(|b| b.seq).collect(),
+        page.cursor,
+        page.head,
+    )
+}
+
+/// A RED relationship is withheld from Berlin (AMBER at most). When an object it
+/// references arrives, Berlin must be served the same positions as when no held object
+/// references it: otherwise publishing an id, or watching one arrive, tells Berlin
+/// whether this node holds something withheld that names it.
+#[test]
+fn a_withheld_object_that_references_an_arriving_id_does_not_show_in_the_positions_served() {
+    let f = fixture();
+    let now = now_ms();
+    let us = local(&f.hq.id);
+    let run = |with_withheld: bool| {
+        let dir = f
+            .pki
+            .path()
+            .join(if with_withheld { "with" } else { "without" });
+        let engine = engine(&f, &dir);
+        let store = engine.store().clone();
+        let known = domain("known.example", now);
+        let probe = domain("probe.example", now);
+        let other = domain("other.example", now);
+        store
+            .accept(
+                &bundle(&f, &f.hq, &[known.clone(), other.clone()]),
+                &us,
+                now,
+            )
+            .unwrap();
+        if with_withheld {
+            let red = relationship(&[&known.id, &probe.id], Tlp::Red, now);
+            store.accept(&bundle(&f, &f.hq, &[red]), &us, now).unwrap();
+        } else {
+            // As many positions used, by nothing that references the probe.
+            let red = relationship(&[&known.id, &other.id], Tlp::Red, now);
+            store.accept(&bundle(&f, &f.hq, &[red]), &us, now).unwrap();
+        }
+        let (_, cursor, _) = served(&engine, &f, 0);
+        store
+            .accept(&bundle(&f, &f.hq, &[probe]), &us, now)
+            .unwrap();
+        let (positions, after, head) = served(&engine, &f, cursor);
+        (
+            positions.iter().map(|p| p - cursor).collect::<Vec<_>>(),
+            after - cursor,
+            head - cursor,
+        )
+    };
+    let without = run(false);
+    let with = run(true);
+    assert_eq!(with.0, vec![1], "Berlin receives the probe only");
+    assert_eq!(
+        with, without,
+        "(positions received, cursor, head) after the probe differ when a withheld object references it"
+    );
+}
