@@ -1504,3 +1504,50 @@ fn reopening_with_many_versioned_relationships_to_one_object_takes_linear_time()
         "reopen times grow faster than linearly: {times:?}"
     );
 }
+
+#[test]
+fn an_object_of_another_type_under_a_referenced_uuid_does_not_feed_the_referrer_again() {
+    let f = fixture();
+    let store = open(&f, "s");
+    let now = now_ms();
+    let us = local(&f.hq.id);
+    let x = fresh_domain("x.example", now);
+    store
+        .accept(&bundle(&f, &f.hq, &[x.clone()]), &us, now)
+        .unwrap();
+    // A relationship to a malware object not held: it waits for `malware--U`.
+    let malware = context_id("malware");
+    let related = context_id("relationship");
+    store
+        .accept(
+            &bundle(&f, &f.hq, &[context(&related, &[&x.id, &malware], now)]),
+            &us,
+            now,
+        )
+        .unwrap();
+    // Anyone may publish an indicator under the same UUID: it is not `malware--U`, the
+    // relationship still waits (and now always will: the UUID is taken), so nothing
+    // should be fed again.
+    let same_uuid = ItemId::parse(&format!(
+        "indicator--{}",
+        malware.as_str().split_once("--").unwrap().1
+    ))
+    .unwrap();
+    let squatter = indicator(
+        &same_uuid,
+        IndicatorType::Domain,
+        "squat.example",
+        now,
+        Tlp::Green,
+        &[],
+    );
+    let r = store
+        .accept(&bundle(&f, &f.hq, &[squatter]), &us, now)
+        .unwrap();
+    assert_eq!(r.stored.len(), 1);
+    assert_eq!(
+        (r.offered_again, r.waited.len()),
+        (0, 0),
+        "an object still waiting was offered again"
+    );
+}
