@@ -1551,3 +1551,71 @@ fn an_object_of_another_type_under_a_referenced_uuid_does_not_feed_the_referrer_
         "an object still waiting was offered again"
     );
 }
+
+#[test]
+fn a_store_recovered_from_its_log_keeps_the_places_objects_were_fed_again_at() {
+    let f = fixture();
+    let path = f.pki.path().join("s");
+    let store = open(&f, "s");
+    let now = now_ms();
+    let us = local(&f.hq.id);
+    let x = fresh_domain("x.example", now);
+    let y = fresh_domain("y.example", now);
+    let related = context_id("relationship");
+    let report = context_id("report");
+    store
+        .accept(
+            &bundle(&f, &f.hq, &[context(&report, &[&related], now)]),
+            &us,
+            now,
+        )
+        .unwrap();
+    store
+        .accept(
+            &bundle(&f, &f.hq, &[context(&related, &[&x.id, &y.id], now)]),
+            &us,
+            now,
+        )
+        .unwrap();
+    store
+        .accept(&bundle(&f, &f.hq, &[x.clone()]), &us, now)
+        .unwrap();
+    let r = store
+        .accept(&bundle(&f, &f.hq, &[y.clone()]), &us, now)
+        .unwrap();
+    assert_eq!(r.offered_again, 2);
+    store.flush().unwrap();
+    let before = feed_bundles(&store, 0);
+    drop(store);
+    for entry in std::fs::read_dir(&path).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == "db" || name == "conf" || name.starts_with("snap.") {
+            std::fs::remove_file(entry.path()).unwrap();
+        } else if name == "blobs" {
+            std::fs::remove_dir_all(entry.path()).unwrap();
+        }
+    }
+    let recovered = entente::store::recover::recover(&path, &f.hq.id, 16 << 20, false).unwrap();
+    assert_eq!(recovered.feed_head, before.last().unwrap().0);
+    let store = common::open_store(&path, &f.hq.id, 16 << 20).unwrap();
+    assert_eq!(feed_bundles(&store, 0), before);
+    // Positions go on above every one handed out, and what waits is still known.
+    let late = fresh_domain("late.example", now);
+    let waits = bundle(
+        &f,
+        &f.hq,
+        &[context(
+            &context_id("relationship"),
+            &[&x.id, &late.id],
+            now,
+        )],
+    );
+    store.accept(&waits, &us, now).unwrap();
+    let r = store.accept(&bundle(&f, &f.hq, &[late]), &us, now).unwrap();
+    assert_eq!(r.offered_again, 1);
+    let after = feed_bundles(&store, 0);
+    assert!(after.len() == before.len() + 2);
+    assert!(after[before.len()].0 > before.last().unwrap().0);
+    assert_eq!(after.last().unwrap().1, waits.header().bundle_id.clone());
+}
