@@ -1,6 +1,7 @@
-//! What a pulling partner can tell from the feed positions it is served: the position
-//! of each bundle it receives, and the cursor and head of each page, even across
-//! bundles withheld from it.
+//! What partners are handed when objects that waited for what they reference are
+//! offered again: the feed positions a pulling partner is served (the position of each
+//! bundle it receives, and the cursor and head of each page, even across bundles
+//! withheld from it), and what a subscriber receives.
 
 mod common;
 
@@ -137,5 +138,108 @@ fn a_withheld_object_that_references_an_arriving_id_does_not_show_in_the_positio
     assert_eq!(
         with, without,
         "(positions received, cursor, head) after the probe differ when a withheld object references it"
+    );
+}
+
+fn alice() -> Partner {
+    Partner {
+        id: entente::model::NodeId::new("analyst.alice").unwrap(),
+        kind: PartnerKind::Client,
+        role: entente::Role::Analyst,
+    }
+}
+
+fn report(refs: &[&ItemId], id: &ItemId, modified: i64) -> Item {
+    let object_refs: Vec<String> = refs.iter().map(|r| r.to_string()).collect();
+    let properties = serde_json::json!({"name": "r", "published": "2026-01-01T00:00:00Z", "object_refs": object_refs});
+    Item {
+        id: id.clone(),
+        modified_ms: modified,
+        tlp: Tlp::Green,
+        tags: vec![],
+        kind: ItemKind::Context(ContextObject {
+            object_type: IndicatorType::Report,
+            refs: refs.iter().map(|r| (*r).clone()).collect(),
+            properties: StixProperties::keep_for(Holder::Context, properties.as_object().unwrap())
+                .unwrap(),
+        }),
+    }
+}
+
+/// A report complete since its latest version is handed to a subscriber once, however
+/// many of the objects an older version named arrive later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_gets_a_complete_report_once_whatever_an_older_version_named() {
+    let f = fixture();
+    let now = now_ms();
+    let dir = f.pki.path().join("node");
+    let spec = PolicySpec::new(f.hq.id.clone()).with(
+        alice(),
+        PolicySettings {
+            max_tlp: Some(Tlp::Amber),
+            allow_types: Some(IndicatorType::ALL.to_vec()),
+            ..PolicySettings::default()
+        },
+    );
+    let store = common::open_store(&dir, &f.hq.id, 16 << 20).unwrap();
+    let new_signer = || {
+        entente::crypto::BundleSigner::new(
+            f.hq.id.clone(),
+            f.hq.private_key_pkcs8().unwrap(),
+            f.hq.certificate_der(),
+        )
+        .unwrap()
+    };
+    let signer = new_signer();
+    let engine = Arc::new(
+        Engine::new(
+            Arc::new(store),
+            Policy::compile(&spec),
+            new_signer(),
+            f.hq.certificate_der(),
+            Box::new(f.hq.signer_trust().unwrap()),
+        )
+        .unwrap(),
+    );
+    let mut subscription = engine.subscribe(alice(), entente::store::ItemQuery::default());
+    let us = local(&f.hq.id);
+    let publish = |items: &[Item]| {
+        let wire = signer
+            .sign(items, &entente::model::Distribution::default(), now_ms())
+            .unwrap()
+            .to_wire(|_| true);
+        engine.accept(&wire, &us, now).unwrap();
+    };
+    let x = domain("x.example", now);
+    publish(&[x.clone()]);
+    let named: Vec<Item> = (0..5)
+        .map(|n| domain(&format!("n{n}.example"), now))
+        .collect();
+    let id = ItemId::parse(&format!("report--{}", uuid::Uuid::new_v4())).unwrap();
+    let mut refs: Vec<&ItemId> = named.iter().map(|i| &i.id).collect();
+    refs.push(&x.id);
+    publish(&[report(&refs, &id, now)]);
+    publish(&[report(&[&x.id], &id, now + 1)]);
+    for item in &named {
+        publish(std::slice::from_ref(item));
+    }
+    let last = domain("last.example", now);
+    publish(&[last.clone()]);
+    let mut reports = 0;
+    loop {
+        let stored = tokio::time::timeout(std::time::Duration::from_secs(10), subscription.next())
+            .await
+            .expect("the subscription delivers what was published")
+            .unwrap();
+        if stored.item.id == id {
+            reports += 1;
+        }
+        if stored.item.id == last.id {
+            break;
+        }
+    }
+    assert_eq!(
+        reports, 1,
+        "the report was handed to the subscriber {reports} times"
     );
 }
