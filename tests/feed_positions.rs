@@ -243,3 +243,80 @@ async fn a_subscriber_gets_a_complete_report_once_whatever_an_older_version_name
         "the report was handed to the subscriber {reports} times"
     );
 }
+
+/// The ids of the items Berlin is served after `after`, and the cursor reached.
+fn pulled_ids(engine: &Engine, f: &Fixture, after: u64) -> (Vec<String>, u64) {
+    let page = engine.pull_page(&berlin(f), after, 256).unwrap();
+    let verified: Vec<String> = page
+        .bundles
+        .iter()
+        .flat_map(|b| {
+            entente::crypto::verify(&b.bundle, &f.certs, &f.trust, now_ms())
+                .unwrap()
+                .items()
+                .iter()
+                .map(|i| i.item.id.to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    (verified, page.cursor)
+}
+
+/// A report waits while its relationship names an end not held; the relationship's
+/// origin corrects it (a new version, with its new end). Berlin, which pulled past the
+/// report while it waited, must receive it once it may.
+#[test]
+fn a_partner_receives_a_report_once_a_new_version_of_its_relationship_completes_it() {
+    let f = fixture();
+    let now = now_ms();
+    let us = local(&f.hq.id);
+    let engine = engine(&f, &f.pki.path().join("node"));
+    let store = engine.store().clone();
+    let x = domain("x.example", now);
+    let never = ItemId::parse(&format!("malware--{}", uuid::Uuid::new_v4())).unwrap();
+    let rel = ItemId::parse(&format!("relationship--{}", uuid::Uuid::new_v4())).unwrap();
+    let with_ends = |ends: &[&ItemId], modified: i64| {
+        let mut item = relationship(ends, Tlp::Green, modified);
+        item.id = rel.clone();
+        item
+    };
+    let id = ItemId::parse(&format!("report--{}", uuid::Uuid::new_v4())).unwrap();
+    store
+        .accept(&bundle(&f, &f.hq, &[x.clone()]), &us, now)
+        .unwrap();
+    store
+        .accept(
+            &bundle(&f, &f.hq, &[with_ends(&[&x.id, &never], now)]),
+            &us,
+            now,
+        )
+        .unwrap();
+    store
+        .accept(&bundle(&f, &f.hq, &[report(&[&rel], &id, now)]), &us, now)
+        .unwrap();
+    let (first, cursor) = pulled_ids(&engine, &f, 0);
+    assert!(!first.contains(&id.to_string()), "the report waits");
+    let y = domain("y.example", now);
+    store
+        .accept(
+            &bundle(&f, &f.hq, &[with_ends(&[&x.id, &y.id], now + 1), y.clone()]),
+            &us,
+            now,
+        )
+        .unwrap();
+    let (then, _) = pulled_ids(&engine, &f, cursor);
+    assert!(
+        then.contains(&rel.to_string()),
+        "the corrected relationship goes out"
+    );
+    // Berlin may see the report now: its feed replayed from the start carries it.
+    let (replayed, _) = pulled_ids(&engine, &f, 0);
+    assert!(
+        replayed.contains(&id.to_string()),
+        "the report is allowed now"
+    );
+    assert!(
+        then.contains(&id.to_string()),
+        "the report Berlin may now see never reaches it: served {then:?}"
+    );
+}
