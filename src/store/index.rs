@@ -166,6 +166,10 @@ impl BundleEntry {
     }
 }
 
+/// The items a frame stores, as [`Index::waiting`] reads them: by UUID, the type code
+/// and what each references ([`ref_keys`]).
+pub(super) type Pending = HashMap<[u8; 16], (u8, Vec<RefKey>)>;
+
 /// What [`Index::waiting`] finds: bundles to offer again, in the order found, and the
 /// items in them that waited.
 #[derive(Default)]
@@ -178,8 +182,26 @@ pub(super) struct Waiting {
 pub(super) struct References {
     /// The bundle of its latest version.
     pub(super) bundle: [u8; 16],
-    /// The UUIDs it references ([`ref_uuids`]).
-    pub(super) refs: Vec<[u8; 16]>,
+    /// What it references ([`ref_keys`]).
+    pub(super) refs: Vec<RefKey>,
+}
+
+/// One reference: the UUID, and the type code the item held under it must have
+/// ([`INDICATOR_REF`] for an indicator).
+pub(super) type RefKey = ([u8; 16], u8);
+
+/// The type code of a reference to an indicator: any indicator's type code, or a
+/// revocation's, matches it.
+pub(super) const INDICATOR_REF: u8 = u8::MAX;
+
+/// Whether an item held with type code `held` is what a reference wanting `wanted`
+/// names (one UUID, one type: the store keeps an id under its own type only).
+fn is_referenced_type(held: u8, wanted: u8) -> bool {
+    if wanted == INDICATOR_REF {
+        held <= records::type_code(IndicatorType::StixPattern)
+    } else {
+        held == wanted
+    }
 }
 
 /// One item of a frame, ready for the index.
@@ -191,9 +213,9 @@ pub(super) struct NewItem {
     pub(super) value_hash: Option<u64>,
     /// The keyed hashes of the values a STIX pattern names ([`observed_hashes`]).
     pub(super) observed: Vec<u64>,
-    /// The UUIDs of the objects it references by structure ([`Item::refs`]: a
-    /// relationship's ends, a report's objects, a sighting's).
-    pub(super) refs: Vec<[u8; 16]>,
+    /// What it references by structure ([`Item::refs`]: a relationship's ends, a
+    /// report's objects, a sighting's), as [`ref_keys`] gives it.
+    pub(super) refs: Vec<RefKey>,
 }
 
 /// The indexes over the log, in memory. Slots are numbered in log order, so the
@@ -214,8 +236,8 @@ pub(super) struct Index {
     pub(super) previous: HashMap<u32, u32>,
     pub(super) bundles: HashMap<[u8; 16], BundleEntry>,
     /// For each UUID that items reference by structure ([`NewItem::refs`]), the UUIDs
-    /// of the items that do (any version of them; each listed once). Only some context
-    /// objects reference, so most stores keep little here.
+    /// of the items that do (what any version of them named, so some may name it no
+    /// longer). Only some context objects reference, so most stores keep little here.
     pub(super) referrers: HashMap<[u8; 16], Vec<[u8; 16]>>,
     /// For each item whose latest version references by structure: that version's
     /// bundle and references.
@@ -284,27 +306,24 @@ impl Index {
         out
     }
 
-    /// What to offer again once a frame of `this` is logged that holds `first` for
-    /// the first time (and the items of `pending`, each with the UUIDs it references
-    /// by structure): the bundles, other than `this`, and the items in them that waited.
+    /// What to offer again once a frame of `this` is logged that stores the items of
+    /// `pending` (each with its type code and what it references): the bundles, other
+    /// than `this`, and the items in them that waited for this frame.
+    ///
     /// A relationship, report or sighting is withheld from every partner while an
-    /// object it references is not held; one held already that references one of
-    /// `first`, directly or through one object between (a report, its relationship,
-    /// the relationship's end), may now go out, but partners that read past its
-    /// bundle's place in the feed would not see it again. So each such object that now
-    /// has every object it references held, to the depth the delivery rule reads
-    /// ([`crate::policy::MAX_REF_DEPTH`] levels), is named here with its bundle.
-    /// Whether a partner may see it is still for the delivery rule to say.
-    pub(super) fn waiting(
-        &self,
-        this: &[u8; 16],
-        first: &[[u8; 16]],
-        pending: &HashMap<[u8; 16], Vec<[u8; 16]>>,
-    ) -> Waiting {
+    /// object it references is not held; partners that read past its bundle's place
+    /// in the feed while it waited would not see it again. So each held object that
+    /// references an item of the frame (directly, or through one object between: a
+    /// report, its relationship, the relationship's end) is looked at, and named here
+    /// if it did not have every object it references held (to the depth the delivery
+    /// rule reads, [`crate::policy::MAX_REF_DEPTH`] levels) before the frame, and does
+    /// with it. Whether a partner may see it is still for the delivery rule to say.
+    pub(super) fn waiting(&self, this: &[u8; 16], pending: &Pending) -> Waiting {
         let mut waiting = Waiting::default();
         if self.referrers.is_empty() {
             return waiting;
         }
+        let before = Pending::new();
         let mut looked_at: std::collections::HashSet<[u8; 16]> = std::collections::HashSet::new();
         let mut consider = |uuid: &[u8; 16], waiting: &mut Waiting| {
             if !looked_at.insert(*uuid) || pending.contains_key(uuid) {
@@ -313,14 +332,28 @@ impl Index {
             let Some(held) = self.references.get(uuid) else {
                 return;
             };
-            if held.bundle != *this && self.all_held(&held.refs, pending, 1) {
+            if held.bundle != *this
+                && self.all_held(&held.refs, pending, 1)
+                && !self.all_held(&held.refs, &before, 1)
+            {
                 waiting.items.push(*uuid);
                 if !waiting.bundles.contains(&held.bundle) {
                     waiting.bundles.push(held.bundle);
                 }
             }
         };
-        for id in first {
+        for (id, (_, refs)) in pending {
+            // Only an item not held before, or one that now references other objects,
+            // can change what is held for an object that references it.
+            let changed = self.latest(id).is_none()
+                || self
+                    .references
+                    .get(id)
+                    .map_or(&[][..], |held| held.refs.as_slice())
+                    != refs.as_slice();
+            if !changed {
+                continue;
+            }
             for by in self.referrers.get(id).into_iter().flatten() {
                 consider(by, &mut waiting);
                 for by_by in self.referrers.get(by).into_iter().flatten() {
@@ -331,22 +364,22 @@ impl Index {
         waiting
     }
 
-    /// Whether every object of `refs` is held (or in `pending`) and, to
-    /// [`crate::policy::MAX_REF_DEPTH`] levels, every object each of them references.
-    fn all_held(
-        &self,
-        refs: &[[u8; 16]],
-        pending: &HashMap<[u8; 16], Vec<[u8; 16]>>,
-        depth: usize,
-    ) -> bool {
-        refs.iter().all(|uuid| {
+    /// Whether every object of `refs` is held (in `pending`, or else in the index) under
+    /// its type and, to [`crate::policy::MAX_REF_DEPTH`] levels, every object each of
+    /// them references.
+    fn all_held(&self, refs: &[RefKey], pending: &Pending, depth: usize) -> bool {
+        refs.iter().all(|(uuid, wanted)| {
             let theirs = match pending.get(uuid) {
-                Some(refs) => refs.as_slice(),
-                None if self.latest(uuid).is_some() => self
-                    .references
-                    .get(uuid)
-                    .map_or(&[][..], |held| held.refs.as_slice()),
-                None => return false,
+                Some((ty, refs)) if is_referenced_type(*ty, *wanted) => refs.as_slice(),
+                Some(_) => return false,
+                None => match self.latest(uuid) {
+                    Some(slot) if is_referenced_type(self.slots[slot as usize].ty(), *wanted) => {
+                        self.references
+                            .get(uuid)
+                            .map_or(&[][..], |held| held.refs.as_slice())
+                    }
+                    _ => return false,
+                },
             };
             theirs.is_empty()
                 || depth >= crate::policy::MAX_REF_DEPTH
@@ -441,12 +474,13 @@ impl Index {
                     None
                 }
             };
-            // A UUID held for the first time is in no list yet; only a later version
-            // (which may name other objects) has to look.
-            for target in &new.refs {
-                let by = referrers.entry(*target).or_default();
-                if replaced.is_none() || !by.contains(&new.uuid) {
-                    by.push(new.uuid);
+            // Listed under what it names that its latest version held did not name
+            // (a UUID held for the first time names nothing yet), so no list is
+            // searched and none grows twice for one version.
+            let named_before = references.get(&new.uuid).map(|held| held.refs.as_slice());
+            for (target, _) in &new.refs {
+                if !named_before.is_some_and(|before| before.iter().any(|(t, _)| t == target)) {
+                    referrers.entry(*target).or_default().push(new.uuid);
                 }
             }
             if new.refs.is_empty() {
@@ -577,17 +611,21 @@ pub(super) fn record_item(
         ty,
         value_hash,
         observed: observed_hashes(hasher, records::value_of(&item)),
-        refs: ref_uuids(&item),
+        refs: ref_keys(&item),
     })
 }
 
-/// The UUIDs of the objects `item` references by structure ([`Item::refs`]), each
-/// once.
-pub(super) fn ref_uuids(item: &Item) -> Vec<[u8; 16]> {
-    let mut refs: Vec<[u8; 16]> = item
+/// What `item` references by structure ([`Item::refs`]), each once: the UUID and the
+/// type code the item held under it must have.
+pub(super) fn ref_keys(item: &Item) -> Vec<RefKey> {
+    let mut refs: Vec<RefKey> = item
         .refs()
         .iter()
-        .map(crate::model::ItemId::uuid_bytes)
+        .map(|id| {
+            let wanted = IndicatorType::context_type(id.stix_type())
+                .map_or(INDICATOR_REF, records::type_code);
+            (id.uuid_bytes(), wanted)
+        })
         .collect();
     refs.sort_unstable();
     refs.dedup();

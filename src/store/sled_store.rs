@@ -578,7 +578,7 @@ impl SledStore {
             ty,
             value_hash,
             observed: observed_hashes(&self.hasher, records::value_of(item)),
-            refs: super::index::ref_uuids(item),
+            refs: super::index::ref_keys(item),
         }
     }
 
@@ -1229,8 +1229,6 @@ impl ItemStore for SledStore {
         let mut report = AcceptReport::default();
         // Item versions written by this frame, so items of one bundle see each other.
         let mut pending: HashMap<[u8; 16], (i64, &Item)> = HashMap::new();
-        // The UUIDs this frame holds for the first time.
-        let mut first_held: Vec<[u8; 16]> = Vec::new();
         for verified in bundle.items() {
             let item = &verified.item;
             let uuid = item.id.uuid_bytes();
@@ -1327,7 +1325,6 @@ impl ItemStore for SledStore {
                     }
                 },
             };
-            let first_time = held.is_none();
             if let Some((modified, holder, replaced)) = held {
                 if let Some(holder) = holder.filter(|h| *h != origin) {
                     report.rejected.push((
@@ -1368,9 +1365,6 @@ impl ItemStore for SledStore {
             frame.record(&record);
             new_items.push(self.new_item(item, verified.index));
             pending.insert(uuid, (item.modified_ms, item));
-            if first_time {
-                first_held.push(uuid);
-            }
             report.stored.push(verified.index);
         }
 
@@ -1392,14 +1386,14 @@ impl ItemStore for SledStore {
             items: waited,
         } = {
             let index = self.index();
-            if first_held.is_empty() || index.referrers.is_empty() {
+            if index.referrers.is_empty() {
                 super::index::Waiting::default()
             } else {
-                let pending: HashMap<[u8; 16], Vec<[u8; 16]>> = pending
+                let pending: super::index::Pending = new_items
                     .iter()
-                    .map(|(uuid, (_, item))| (*uuid, super::index::ref_uuids(item)))
+                    .map(|new| (new.uuid, (new.ty, new.refs.clone())))
                     .collect();
-                index.waiting(&bundle_uuid, &first_held, &pending)
+                index.waiting(&bundle_uuid, &pending)
             }
         };
         // Each waiting item is recorded again in its bundle, accepted now: that moves
