@@ -1155,13 +1155,14 @@ async fn start_behind_proxies(pki: &Pki, fed: &Federation, faults: &Faults) -> R
         nodes.push(common::start(&config(pki, fed, n, &[])).await);
     }
     let addrs: Vec<String> = nodes.iter().map(|n| n.local_addr().to_string()).collect();
-    for node in nodes.drain(..) {
-        node.shutdown(DEADLINE).await.unwrap();
-    }
-    // One proxy per node, in front of its listener, for the links that pull from it.
+    // One proxy per node, in front of its listener, for the links that pull from it;
+    // bound while the nodes still hold their ports, so no proxy takes one of them.
     let mut proxied = Vec::new();
     for addr in &addrs {
         proxied.push(proxy(addr.clone(), faults.clone()).await);
+    }
+    for node in nodes.drain(..) {
+        node.shutdown(DEADLINE).await.unwrap();
     }
     for n in 0..fed.names.len() {
         let path = config(pki, fed, n, &proxied);

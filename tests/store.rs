@@ -1620,3 +1620,60 @@ fn a_store_recovered_from_its_log_keeps_the_places_objects_were_fed_again_at() {
     assert!(after[before.len()].0 > before.last().unwrap().0);
     assert_eq!(after.last().unwrap().1, waits.header().bundle_id.clone());
 }
+
+/// A relationship that came in a bundle whose other items were withheld waits for its
+/// ends; when the same bundle comes again with them, the relationship is recorded
+/// again in that bundle's frame, as accepted then.
+#[test]
+fn a_relationship_whose_ends_come_later_in_its_own_bundle_is_recorded_again_with_them() {
+    let f = fixture();
+    let store = open(&f, "s");
+    let now = now_ms();
+    let domain = |name: &str| {
+        indicator(
+            &ItemId::new_random(),
+            IndicatorType::Domain,
+            name,
+            now,
+            Tlp::Green,
+            &[],
+        )
+    };
+    let (x, y) = (domain("x.example"), domain("y.example"));
+    let related = context_id("relationship");
+    let full = bundle(&f, &f.hq, &[context(&related, &[&x.id, &y.id], now), x, y]);
+    let part = |keep: &[u32]| {
+        verify(
+            &full.to_wire(|v| keep.contains(&v.index)),
+            &f.certs,
+            &f.trust,
+            now,
+        )
+        .unwrap()
+    };
+    let via = Source {
+        received_from: f.berlin.id.clone(),
+        hops: 1,
+    };
+    let first = store.accept(&part(&[0]), &via, now).unwrap();
+    assert_eq!((first.stored.len(), first.waited.len()), (1, 0));
+    let whole = store.accept(&part(&[0, 1, 2]), &via, now + 1_000).unwrap();
+    assert_eq!(whole.stored, vec![1, 2]);
+    assert_eq!(whole.offered_again, 0);
+    assert_eq!(
+        whole
+            .waited
+            .iter()
+            .map(|s| s.item.id.clone())
+            .collect::<Vec<_>>(),
+        vec![related.clone()]
+    );
+    assert_eq!(
+        store.get(&related).unwrap().unwrap().accepted_ms,
+        now + 1_000
+    );
+    assert_eq!(
+        feed_bundles(&store, 0),
+        vec![(2, full.header().bundle_id.clone())]
+    );
+}

@@ -306,9 +306,10 @@ impl Index {
         out
     }
 
-    /// What to offer again once a frame of `this` is logged that stores the items of
-    /// `pending` (each with its type code and what it references): the bundles, other
-    /// than `this`, and the items in them that waited for this frame.
+    /// What to offer again once a frame that stores the items of `pending` (each with
+    /// its type code and what it references) is logged: the bundles (the frame's own
+    /// among them when an item of it held before waited) and the items in them that
+    /// waited for this frame.
     ///
     /// A relationship, report or sighting is withheld from every partner while an
     /// object it references is not held; partners that read past its bundle's place
@@ -318,7 +319,7 @@ impl Index {
     /// if it did not have every object it references held (to the depth the delivery
     /// rule reads, [`crate::policy::MAX_REF_DEPTH`] levels) before the frame, and does
     /// with it. Whether a partner may see it is still for the delivery rule to say.
-    pub(super) fn waiting(&self, this: &[u8; 16], pending: &Pending) -> Waiting {
+    pub(super) fn waiting(&self, pending: &Pending) -> Waiting {
         let mut waiting = Waiting::default();
         if self.referrers.is_empty() {
             return waiting;
@@ -332,10 +333,7 @@ impl Index {
             let Some(held) = self.references.get(uuid) else {
                 return;
             };
-            if held.bundle != *this
-                && self.all_held(&held.refs, pending, 1)
-                && !self.all_held(&held.refs, &before, 1)
-            {
+            if self.all_held(&held.refs, pending, 1) && !self.all_held(&held.refs, &before, 1) {
                 waiting.items.push(*uuid);
                 if !waiting.bundles.contains(&held.bundle) {
                     waiting.bundles.push(held.bundle);

@@ -1393,7 +1393,7 @@ impl ItemStore for SledStore {
                     .iter()
                     .map(|new| (new.uuid, (new.ty, new.refs.clone())))
                     .collect();
-                index.waiting(&bundle_uuid, &pending)
+                index.waiting(&pending)
             }
         };
         // Each waiting item is recorded again in its bundle, accepted now: that moves
@@ -1418,6 +1418,16 @@ impl ItemStore for SledStore {
             group.1.push(record);
         }
         again.retain(|(_, records, _)| !records.is_empty());
+        // Items of this bundle that waited go into its own frame.
+        let mut own_again: Vec<ItemRecord> = Vec::new();
+        if let Some(at) = again.iter().position(|(b, _, _)| *b == bundle_uuid) {
+            let (_, records, items) = again.remove(at);
+            for record in &records {
+                frame.record(record);
+            }
+            new_items.extend(items);
+            own_again = records;
+        }
         let recorded_again: usize = again.iter().map(|(_, records, _)| records.len()).sum();
         if slots + new_items.len() + recorded_again >= NONE as usize {
             return Err(corrupt(
@@ -1451,6 +1461,9 @@ impl ItemStore for SledStore {
         }
         index.apply(bundle_uuid, seq, first.head, new_items)?;
         report.offered_again = again.len();
+        for record in own_again {
+            report.waited.push(Self::stored_item(record)?);
+        }
         for ((at, (bundle, records, mut items)), spans) in (seq + 1..).zip(again).zip(written) {
             for (new, span) in items.iter_mut().zip(&spans.items) {
                 new.span = *span;

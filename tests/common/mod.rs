@@ -163,16 +163,19 @@ pub async fn connect(pki: &Pki, node: &Node, who: &str) -> NodeClient {
 
 /// Loads a config file and starts the node. A node started again in the same process
 /// may find sled's lock still held for a moment by the store just shut down (its
-/// background threads let go of it asynchronously): that alone is waited out, up to a
-/// deadline.
+/// background threads let go of it asynchronously), or its port taken for a moment:
+/// those are waited out, up to a deadline.
 pub async fn start(config: &Path) -> Node {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let loaded = Config::load(config).expect("valid config");
         match Node::start(loaded).await {
             Ok(node) => return node,
+            // A node started again on the port it had may find another test's
+            // short-lived socket on it: waited out too.
             Err(e)
-                if format!("{e:?}").contains("could not acquire lock")
+                if (format!("{e:?}").contains("could not acquire lock")
+                    || format!("{e:?}").contains("AddrInUse"))
                     && std::time::Instant::now() < deadline =>
             {
                 tokio::time::sleep(Duration::from_millis(50)).await;
