@@ -1168,16 +1168,7 @@ fn an_object_that_waited_for_what_it_references_is_fed_again_once_all_of_it_arri
     let path = f.pki.path().join("s");
     let store = open(&f, "s");
     let now = now_ms();
-    let domain = |name: &str| {
-        indicator(
-            &ItemId::new_random(),
-            IndicatorType::Domain,
-            name,
-            now,
-            Tlp::Green,
-            &[],
-        )
-    };
+    let domain = |name: &str| fresh_domain(name, now);
     let (x, y, z) = (
         domain("x.example"),
         domain("y.example"),
@@ -1291,13 +1282,52 @@ fn fresh_domain(name: &str, modified: i64) -> Item {
     )
 }
 
-#[test]
-fn a_report_is_fed_again_when_a_new_version_of_its_relationship_completes_it() {
+/// A store of this node's, the time, its own source and a GREEN domain indicator `x`
+/// (held by the store with [`held_x`], not yet with [`with_x`]).
+struct Held {
+    f: Fixture,
+    store: SledStore,
+    now: i64,
+    us: Source,
+    x: Item,
+}
+
+fn with_x() -> Held {
     let f = fixture();
     let store = open(&f, "s");
     let now = now_ms();
     let us = local(&f.hq.id);
     let x = fresh_domain("x.example", now);
+    Held {
+        f,
+        store,
+        now,
+        us,
+        x,
+    }
+}
+
+fn held_x() -> Held {
+    let held = with_x();
+    held.store
+        .accept(
+            &bundle(&held.f, &held.f.hq, std::slice::from_ref(&held.x)),
+            &held.us,
+            held.now,
+        )
+        .unwrap();
+    held
+}
+
+#[test]
+fn a_report_is_fed_again_when_a_new_version_of_its_relationship_completes_it() {
+    let Held {
+        f,
+        store,
+        now,
+        us,
+        x,
+    } = with_x();
     let never = context_id("malware");
     let related = context_id("relationship");
     let report = context_id("report");
@@ -1376,14 +1406,13 @@ fn a_relationship_is_fed_again_when_its_end_returns_after_a_compaction_dropped_i
 
 #[test]
 fn an_object_complete_already_is_not_fed_again_for_ids_an_older_version_named() {
-    let f = fixture();
-    let store = open(&f, "s");
-    let now = now_ms();
-    let us = local(&f.hq.id);
-    let x = fresh_domain("x.example", now);
-    store
-        .accept(&bundle(&f, &f.hq, std::slice::from_ref(&x)), &us, now)
-        .unwrap();
+    let Held {
+        f,
+        store,
+        now,
+        us,
+        x,
+    } = held_x();
     // A report naming many objects not held, then a version naming only `x`: complete,
     // and at the head of the feed already (in a bundle as large as its origin likes).
     let report = context_id("report");
@@ -1508,14 +1537,13 @@ fn reopening_with_many_versioned_relationships_to_one_object_takes_linear_time()
 
 #[test]
 fn an_object_of_another_type_under_a_referenced_uuid_does_not_feed_the_referrer_again() {
-    let f = fixture();
-    let store = open(&f, "s");
-    let now = now_ms();
-    let us = local(&f.hq.id);
-    let x = fresh_domain("x.example", now);
-    store
-        .accept(&bundle(&f, &f.hq, std::slice::from_ref(&x)), &us, now)
-        .unwrap();
+    let Held {
+        f,
+        store,
+        now,
+        us,
+        x,
+    } = held_x();
     // A relationship to a malware object not held: it waits for `malware--U`.
     let malware = context_id("malware");
     let related = context_id("relationship");
@@ -1629,16 +1657,7 @@ fn a_relationship_whose_ends_come_later_in_its_own_bundle_is_recorded_again_with
     let f = fixture();
     let store = open(&f, "s");
     let now = now_ms();
-    let domain = |name: &str| {
-        indicator(
-            &ItemId::new_random(),
-            IndicatorType::Domain,
-            name,
-            now,
-            Tlp::Green,
-            &[],
-        )
-    };
+    let domain = |name: &str| fresh_domain(name, now);
     let (x, y) = (domain("x.example"), domain("y.example"));
     let related = context_id("relationship");
     let full = bundle(&f, &f.hq, &[context(&related, &[&x.id, &y.id], now), x, y]);
