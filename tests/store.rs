@@ -1696,3 +1696,109 @@ fn a_relationship_whose_ends_come_later_in_its_own_bundle_is_recorded_again_with
         vec![(2, full.header().bundle_id.clone())]
     );
 }
+
+/// An origin that flips one relationship between a complete and an incomplete pair
+/// of ends, one small item a version, must not make the store write every report of
+/// that relationship again at each flip: what a bundle makes the store write should
+/// stay in proportion to what it brings.
+#[test]
+fn flipping_one_relationship_does_not_record_every_report_of_it_again_each_time() {
+    let f = fixture();
+    let store = open(&f, "s");
+    let now = now_ms();
+    let us = local(&f.hq.id);
+    let (a, b) = (fresh_domain("a.example", now), fresh_domain("b.example", now));
+    store
+        .accept(&bundle(&f, &f.hq, &[a.clone(), b.clone()]), &us, now)
+        .unwrap();
+    let related = context_id("relationship");
+    store
+        .accept(
+            &bundle(&f, &f.hq, &[context(&related, &[&a.id, &b.id], now)]),
+            &us,
+            now,
+        )
+        .unwrap();
+    // Reports of it, each in a bundle of its own (sent once).
+    const REPORTS: usize = 40;
+    for _ in 0..REPORTS {
+        let report = context(&context_id("report"), &[&related], now);
+        store.accept(&bundle(&f, &f.hq, &[report]), &us, now).unwrap();
+    }
+    // Flip: an end never held, then the complete pair again.
+    const FLIPS: i64 = 10;
+    let never = context_id("malware");
+    let (mut rerecorded, mut moved) = (0usize, 0usize);
+    for flip in 0..FLIPS {
+        let away = context(&related, &[&a.id, &never], now + 2 * flip + 1);
+        let r = store.accept(&bundle(&f, &f.hq, &[away]), &us, now).unwrap();
+        rerecorded += r.waited.len();
+        moved += r.offered_again;
+        let back = context(&related, &[&a.id, &b.id], now + 2 * flip + 2);
+        let r = store.accept(&bundle(&f, &f.hq, &[back]), &us, now).unwrap();
+        rerecorded += r.waited.len();
+        moved += r.offered_again;
+    }
+    // 2 * FLIPS one-item bundles were sent.
+    assert!(
+        rerecorded <= REPORTS,
+        "{} one-item bundles made the store record {rerecorded} reports again and move \
+         {moved} bundles to the head of the feed",
+        2 * FLIPS
+    );
+}
+
+/// `referrers` keeps one entry per version that names an id again, and `waiting`
+/// walks the referrers of each referrer without removing repeats: after many
+/// versions that flip what they name, one small item must still be accepted quickly.
+#[test]
+fn versions_flipping_their_references_do_not_make_later_accepts_slow() {
+    let f = fixture();
+    let store = open(&f, "s");
+    let now = now_ms();
+    let us = local(&f.hq.id);
+    let a = fresh_domain("a.example", now);
+    store
+        .accept(&bundle(&f, &f.hq, std::slice::from_ref(&a)), &us, now)
+        .unwrap();
+    let (t, x, r) = (
+        context_id("report"),
+        context_id("relationship"),
+        context_id("report"),
+    );
+    let (c, d, e) = (context_id("malware"), context_id("tool"), context_id("campaign"));
+    store
+        .accept(&bundle(&f, &f.hq, &[context(&t, &[&a.id], now)]), &us, now)
+        .unwrap();
+    // Time of one flip of `t` now, while nothing repeats.
+    let flip_t = |n: i64| {
+        let refs: Vec<&ItemId> = if n % 2 == 0 { vec![&a.id] } else { vec![&a.id, &e] };
+        let started = std::time::Instant::now();
+        store
+            .accept(&bundle(&f, &f.hq, &[context(&t, &refs, now + n)]), &us, now)
+            .unwrap();
+        started.elapsed()
+    };
+    let baseline = (1..4).map(flip_t).max().unwrap();
+    // `x` flips between naming `t` and `c`; `r` between naming `x` and `d`: each
+    // version names one id again, in bundles of a few thousand versions.
+    const VERSIONS: i64 = 3_000;
+    for (id, one, other) in [(&x, &t, &c), (&r, &x, &d)] {
+        let items: Vec<Item> = (0..VERSIONS)
+            .map(|v| {
+                let named = if v % 2 == 0 { one } else { other };
+                context(id, &[&a.id, named], now + 10 + v)
+            })
+            .collect();
+        for chunk in items.chunks(1_000) {
+            let rep = store.accept(&bundle(&f, &f.hq, chunk), &us, now).unwrap();
+            assert_eq!(rep.stored.len(), chunk.len());
+        }
+    }
+    let slow = (4..7).map(flip_t).max().unwrap();
+    assert!(
+        slow < baseline * 20 + std::time::Duration::from_millis(200),
+        "one small item took {slow:?} to accept, against {baseline:?} before \
+         {VERSIONS} versions each of two objects"
+    );
+}
