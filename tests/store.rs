@@ -1802,3 +1802,62 @@ fn versions_flipping_their_references_do_not_make_later_accepts_slow() {
          {VERSIONS} versions each of two objects"
     );
 }
+
+/// The frame of a bundle and the frames that offer again what waited for it are one
+/// write, but a power loss may keep only the first of them. An end kept without the
+/// relationship that waited for it being offered again after it would leave that
+/// relationship behind every partner's place in the feed for good: nothing that
+/// arrives later (the same end again is a duplicate) offers it again.
+#[test]
+fn a_torn_write_never_keeps_an_end_without_offering_again_what_waited_for_it() {
+    let f = fixture();
+    let pristine = f.pki.path().join("torn");
+    let now = now_ms();
+    let us = local(&f.hq.id);
+    let store = common::open_store(&pristine, &f.hq.id, 8 << 20).unwrap();
+    let (a, b) = (fresh_domain("a.example", now), fresh_domain("b.example", now));
+    let related = context_id("relationship");
+    let waits = bundle(&f, &f.hq, &[context(&related, &[&a.id, &b.id], now)]);
+    store
+        .accept(&bundle(&f, &f.hq, std::slice::from_ref(&a)), &us, now)
+        .unwrap();
+    store.accept(&waits, &us, now).unwrap();
+    store.flush().unwrap();
+    let log = pristine.join(entente::store::LOG_FILE);
+    let flushed_len = std::fs::metadata(&log).unwrap().len() as usize;
+    // The end arrives: the relationship's bundle is offered again in the same write.
+    let end = bundle(&f, &f.hq, std::slice::from_ref(&b));
+    let r = store.accept(&end, &us, now).unwrap();
+    assert_eq!(r.offered_again, 1);
+    drop(store);
+    let full = std::fs::read(&log).unwrap();
+    assert!(full.len() > flushed_len);
+    let mut kept_end_only = Vec::new();
+    for cut in flushed_len..=full.len() {
+        let dir = f.pki.path().join(format!("torn-{cut}"));
+        copy_dir(&pristine, &dir);
+        std::fs::write(dir.join(entente::store::LOG_FILE), &full[..cut]).unwrap();
+        let store = common::open_store(&dir, &f.hq.id, 8 << 20).unwrap();
+        if store.get(&b.id).unwrap().is_some() {
+            // The peer that sent the end may send it again: that must be enough.
+            store.accept(&end, &us, now).unwrap();
+            let feed = feed_bundles(&store, 0);
+            let at = |id: &entente::model::BundleId| {
+                feed.iter().find(|(_, b)| b == id).map(|(seq, _)| *seq)
+            };
+            if at(&waits.header().bundle_id) < at(&end.header().bundle_id) {
+                kept_end_only.push(cut);
+            }
+        }
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    assert!(
+        kept_end_only.is_empty(),
+        "{} cuts of the log (of {} bytes written) keep the end but not the relationship \
+         offered again after it, first at byte {:?}",
+        kept_end_only.len(),
+        full.len() - flushed_len,
+        kept_end_only.first()
+    );
+}
