@@ -5,7 +5,7 @@
 //! both build the same index.
 
 use std::collections::hash_map::RandomState;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::BuildHasher;
 
 use hashbrown::{HashTable, hash_table};
@@ -238,7 +238,10 @@ pub(super) struct Index {
     /// For each UUID that items reference by structure ([`NewItem::refs`]), the UUIDs
     /// of the items that do (what any version of them named, so some may name it no
     /// longer). Only some context objects reference, so most stores keep little here.
-    pub(super) referrers: HashMap<[u8; 16], Vec<[u8; 16]>>,
+    pub(super) referrers: HashMap<[u8; 16], HashSet<[u8; 16]>>,
+    /// The items recorded again by [`Index::waiting`]'s finding since the store was
+    /// opened or compacted, and not replaced by a new version since: not offered again.
+    pub(super) offered_again: HashSet<[u8; 16]>,
     /// For each item whose latest version references by structure: that version's
     /// bundle and references.
     pub(super) references: HashMap<[u8; 16], References>,
@@ -264,6 +267,7 @@ impl Index {
             previous: HashMap::new(),
             bundles: HashMap::new(),
             referrers: HashMap::new(),
+            offered_again: HashSet::new(),
             references: HashMap::new(),
             feed: BTreeMap::new(),
             hasher,
@@ -325,9 +329,13 @@ impl Index {
             return waiting;
         }
         let before = Pending::new();
-        let mut looked_at: std::collections::HashSet<[u8; 16]> = std::collections::HashSet::new();
+        let mut looked_at: HashSet<[u8; 16]> = HashSet::new();
+        let mut bundles: HashSet<[u8; 16]> = HashSet::new();
         let mut consider = |uuid: &[u8; 16], waiting: &mut Waiting| {
-            if !looked_at.insert(*uuid) || pending.contains_key(uuid) {
+            if !looked_at.insert(*uuid)
+                || pending.contains_key(uuid)
+                || self.offered_again.contains(uuid)
+            {
                 return;
             }
             let Some(held) = self.references.get(uuid) else {
@@ -335,11 +343,13 @@ impl Index {
             };
             if self.all_held(&held.refs, pending, 1) && !self.all_held(&held.refs, &before, 1) {
                 waiting.items.push(*uuid);
-                if !waiting.bundles.contains(&held.bundle) {
+                if bundles.insert(held.bundle) {
                     waiting.bundles.push(held.bundle);
                 }
             }
         };
+        // Each referrer's own referrers are looked through once.
+        let mut expanded: HashSet<[u8; 16]> = HashSet::new();
         for (id, (_, refs)) in pending {
             // Only an item not held before, or one that now references other objects,
             // can change what is held for an object that references it.
@@ -354,6 +364,9 @@ impl Index {
             }
             for by in self.referrers.get(id).into_iter().flatten() {
                 consider(by, &mut waiting);
+                if !expanded.insert(*by) {
+                    continue;
+                }
                 for by_by in self.referrers.get(by).into_iter().flatten() {
                     consider(by_by, &mut waiting);
                 }
@@ -409,6 +422,7 @@ impl Index {
             references,
             feed,
             hasher,
+            ..
         } = self;
         let entry = match bundles.entry(bundle_uuid) {
             std::collections::hash_map::Entry::Occupied(held) => held.into_mut(),
@@ -472,14 +486,8 @@ impl Index {
                     None
                 }
             };
-            // Listed under what it names that its latest version held did not name
-            // (a UUID held for the first time names nothing yet), so no list is
-            // searched and none grows twice for one version.
-            let named_before = references.get(&new.uuid).map(|held| held.refs.as_slice());
             for (target, _) in &new.refs {
-                if !named_before.is_some_and(|before| before.iter().any(|(t, _)| t == target)) {
-                    referrers.entry(*target).or_default().push(new.uuid);
-                }
+                referrers.entry(*target).or_default().insert(new.uuid);
             }
             if new.refs.is_empty() {
                 if replaced.is_some() {

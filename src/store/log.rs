@@ -22,8 +22,9 @@
 //!
 //! One bundle frame is one accept: the bundle header the first time it is seen, the
 //! items newly stored (or re-stored with a lower hop count) and the bundle's new place
-//! in the change feed. An accept may append, in the same write, frames of other
-//! bundles that record again items that waited for it (see `Index::waiting`). A frame is written with one positioned write and counts only
+//! in the change feed. An accept may write, before that frame and in the same write,
+//! frames of other bundles that record again items that waited for it (see
+//! `Index::waiting`). A frame is written with one positioned write and counts only
 //! once complete with a matching checksum.
 //!
 //! Acknowledged means [`BundleLog::sync`] returned; the store records how far the log
@@ -125,6 +126,12 @@ impl FrameBuilder {
             item_spans: Vec::new(),
             head_span,
         }
+    }
+
+    /// Gives the frame another feed position than the one it was begun with.
+    pub fn set_feed_seq(&mut self, feed_seq: u64) {
+        // After the kind byte and the bundle UUID (see the module's layout).
+        self.body[17..25].copy_from_slice(&feed_seq.to_le_bytes());
     }
 
     /// Adds one item record, encoded in place.

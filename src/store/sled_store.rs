@@ -1403,12 +1403,18 @@ impl ItemStore for SledStore {
             .iter()
             .map(|bundle| (*bundle, Vec::new(), Vec::new()))
             .collect();
+        let group_of: HashMap<[u8; 16], usize> = waiting
+            .iter()
+            .enumerate()
+            .map(|(at, bundle)| (*bundle, at))
+            .collect();
         for uuid in &waited {
             let Some(mut record) = self.item_record(&log, uuid)? else {
                 continue;
             };
             let Some(group) = records::uuid16(&record.bundle_uuid)
-                .and_then(|bundle| again.iter_mut().find(|(b, _, _)| *b == bundle))
+                .and_then(|bundle| group_of.get(&bundle))
+                .and_then(|at| again.get_mut(*at))
             else {
                 continue;
             };
@@ -1435,36 +1441,36 @@ impl ItemStore for SledStore {
                 "more item records than this version indexes",
             ));
         }
-        let last_seq = seq + again.len() as u64;
-        if last_seq > self.feed_lease.load(Ordering::SeqCst) {
-            self.lease_feed(last_seq)?;
+        // The frames that record again come first, this bundle's frame last, all in
+        // one write. Should a crash keep only the first of them, what they record
+        // still waits for this bundle's items (they were not held before it), so when
+        // the bundle comes again, as it will (it was never acknowledged), they are
+        // offered again with it. A partner that reads them before this bundle's frame
+        // finds its items held already.
+        let own_seq = seq + again.len() as u64;
+        frame.set_feed_seq(own_seq);
+        if own_seq > self.feed_lease.load(Ordering::SeqCst) {
+            self.lease_feed(own_seq)?;
         }
         let mut frames = Vec::with_capacity(1 + again.len());
-        frames.push(frame);
-        for (at, (bundle, records, _)) in (seq + 1..).zip(&again) {
+        for (at, (bundle, records, _)) in (seq..).zip(&again) {
             let mut frame = FrameBuilder::new(bundle, at, None);
             for record in records {
                 frame.record(record);
             }
             frames.push(frame);
         }
+        frames.push(frame);
         let mut written = log
             .append_all(frames)
-            .inspect_err(|e| self.note_failure(e, false))?
-            .into_iter();
-        let first = written
-            .next()
+            .inspect_err(|e| self.note_failure(e, false))?;
+        let own = written
+            .pop()
             .ok_or_else(|| corrupt("bundle log", "a frame written went missing"))?;
+        // Applied in the order written, as a replay of the log applies them.
         let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
-        for (new, span) in new_items.iter_mut().zip(&first.items) {
-            new.span = *span;
-        }
-        index.apply(bundle_uuid, seq, first.head, new_items)?;
         report.offered_again = again.len();
-        for record in own_again {
-            report.waited.push(Self::stored_item(record)?);
-        }
-        for ((at, (bundle, records, mut items)), spans) in (seq + 1..).zip(again).zip(written) {
+        for ((at, (bundle, records, mut items)), spans) in (seq..).zip(again).zip(written) {
             for (new, span) in items.iter_mut().zip(&spans.items) {
                 new.span = *span;
             }
@@ -1473,8 +1479,23 @@ impl ItemStore for SledStore {
                 report.waited.push(Self::stored_item(record)?);
             }
         }
+        for (new, span) in new_items.iter_mut().zip(&own.items) {
+            new.span = *span;
+        }
+        index.apply(bundle_uuid, own_seq, own.head, new_items)?;
+        for record in own_again {
+            report.waited.push(Self::stored_item(record)?);
+        }
+        // Offered again once per version: a new version of an item stored here may be
+        // offered again later; one recorded again is not, however often what it
+        // references changes (each change back and forth would otherwise send its
+        // bundle out again).
+        for uuid in pending.keys() {
+            index.offered_again.remove(uuid);
+        }
+        index.offered_again.extend(waited.iter().copied());
         drop(index);
-        report.feed_seq = Some(last_seq);
+        report.feed_seq = Some(own_seq);
         Ok(report)
     }
 
