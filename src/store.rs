@@ -321,10 +321,10 @@ pub struct AcceptReport {
     pub hops_lowered: usize,
     /// Items rejected by the single-writer rule, by index.
     pub rejected: Vec<(u32, ItemRejection)>,
-    /// The last change-feed position written: the bundle's, if it was (re-)appended,
-    /// or that of the last bundle offered again after it.
+    /// The change-feed position the bundle was (re-)appended at, if it was: the last
+    /// one written (bundles offered again with it come just before it).
     pub feed_seq: Option<u64>,
-    /// Bundles offered again after this one, at the head of the feed, because an
+    /// Bundles offered again with this one, just before it in the feed, because an
     /// object they hold waited for an item this bundle brought (a relationship that
     /// arrived before one of its ends).
     pub offered_again: usize,

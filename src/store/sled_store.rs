@@ -1378,9 +1378,8 @@ impl ItemStore for SledStore {
                 "more item records than this version indexes",
             ));
         }
-        // Objects held already that waited for what this frame holds for the first
-        // time: their bundles are offered again after it, at the head of the feed, in
-        // the same write.
+        // Objects held already that waited for what this frame stores (`Index::waiting`):
+        // they are recorded again, in the same write.
         let super::index::Waiting {
             bundles: waiting,
             items: waited,
@@ -1396,8 +1395,8 @@ impl ItemStore for SledStore {
                 index.waiting(&pending)
             }
         };
-        // Each waiting item is recorded again in its bundle, accepted now: that moves
-        // the bundle to the head of the feed, and lists the item as added now (TAXII's
+        // Each waiting item is recorded again in its bundle, accepted now: that gives
+        // the bundle a new place in the feed, and lists the item as added now (TAXII's
         // `added_after`), when it first may go out.
         let mut again: Vec<([u8; 16], Vec<ItemRecord>, Vec<NewItem>)> = waiting
             .iter()
