@@ -321,3 +321,56 @@ fn a_partner_receives_a_report_once_a_new_version_of_its_relationship_completes_
         "the report Berlin may now see never reaches it: served {then:?}"
     );
 }
+
+/// The node's own operator sees every object it holds, waiting or not: a relationship
+/// handed to its subscription when it arrived must not be handed over a second time
+/// when the end it waited for arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_own_operator_subscriber_gets_a_relationship_once_when_its_end_arrives() {
+    let f = fixture();
+    let now = now_ms();
+    let engine = Arc::new(engine(&f, &f.pki.path().join("node")));
+    let operator = Partner {
+        id: f.hq.id.clone(),
+        kind: PartnerKind::Client,
+        role: entente::Role::Analyst,
+    };
+    let mut subscription = engine.subscribe(operator, entente::store::ItemQuery::default());
+    let us = local(&f.hq.id);
+    let signer = entente::crypto::BundleSigner::new(
+        f.hq.id.clone(),
+        f.hq.private_key_pkcs8().unwrap(),
+        f.hq.certificate_der(),
+    )
+    .unwrap();
+    let publish = |items: &[Item]| {
+        let wire = signer
+            .sign(items, &entente::model::Distribution::default(), now_ms())
+            .unwrap()
+            .to_wire(|_| true);
+        engine.accept(&wire, &us, now).unwrap()
+    };
+    let x = domain("x.example", now);
+    let y = domain("y.example", now);
+    let rel = relationship(&[&x.id, &y.id], Tlp::Green, now);
+    publish(std::slice::from_ref(&x));
+    publish(std::slice::from_ref(&rel));
+    let report = publish(std::slice::from_ref(&y));
+    assert_eq!(report.offered_again, 1, "the relationship waited for y");
+    let last = domain("last.example", now);
+    publish(std::slice::from_ref(&last));
+    let mut seen = 0;
+    loop {
+        let stored = tokio::time::timeout(std::time::Duration::from_secs(10), subscription.next())
+            .await
+            .expect("the subscription delivers what was accepted")
+            .unwrap();
+        if stored.item.id == rel.id {
+            seen += 1;
+        }
+        if stored.item.id == last.id {
+            break;
+        }
+    }
+    assert_eq!(seen, 1, "the relationship was handed over {seen} times");
+}
