@@ -374,3 +374,43 @@ async fn the_own_operator_subscriber_gets_a_relationship_once_when_its_end_arriv
     }
     assert_eq!(seen, 1, "the relationship was handed over {seen} times");
 }
+
+/// The positions an accept that offers a bundle again hands out survive a reopen: the
+/// bundle that completed it last, the head unchanged, and the next accept above both.
+#[test]
+fn positions_written_with_an_offer_again_read_back_in_order_after_a_reopen() {
+    let f = fixture();
+    let now = now_ms();
+    let us = local(&f.hq.id);
+    let dir = f.pki.path().join("node");
+    let x = domain("x.example", now);
+    let y = domain("y.example", now);
+    let rel = relationship(&[&x.id, &y.id], Tlp::Green, now);
+    let (head, ids) = {
+        let engine = engine(&f, &dir);
+        let store = engine.store().clone();
+        store
+            .accept(&bundle(&f, &f.hq, std::slice::from_ref(&x)), &us, now)
+            .unwrap();
+        store
+            .accept(&bundle(&f, &f.hq, std::slice::from_ref(&rel)), &us, now)
+            .unwrap();
+        let report = store
+            .accept(&bundle(&f, &f.hq, std::slice::from_ref(&y)), &us, now)
+            .unwrap();
+        assert_eq!(report.offered_again, 1);
+        store.flush().unwrap();
+        (report.feed_seq.unwrap(), pulled_ids(&engine, &f, 0).0)
+    };
+    let engine = engine(&f, &dir);
+    let store = engine.store().clone();
+    assert_eq!(store.feed_head(), head);
+    assert_eq!(pulled_ids(&engine, &f, 0).0, ids);
+    let z = domain("z.example", now);
+    let report = store
+        .accept(&bundle(&f, &f.hq, std::slice::from_ref(&z)), &us, now)
+        .unwrap();
+    assert!(report.feed_seq.unwrap() > head);
+    let (after, _) = pulled_ids(&engine, &f, head);
+    assert_eq!(after, vec![z.id.to_string()]);
+}
