@@ -703,11 +703,15 @@ impl Engine {
                     self.offer(&policy, subscriber, &stored, bytes, now_ms);
                 }
             }
-            // What waited for this bundle's items, after them.
+            // What waited for this bundle's items, after them; not to the node's own
+            // operator, to whom nothing waits (it was offered on arrival).
             for waited in &report.waited {
                 let bytes = waited.item.encode().len() + SUBSCRIBED_ITEM_OVERHEAD;
                 let stored = Arc::new(waited.clone());
-                for subscriber in &subscribers {
+                for subscriber in subscribers
+                    .iter()
+                    .filter(|s| &s.partner.id != policy.node())
+                {
                     self.offer(&policy, subscriber, &stored, bytes, now_ms);
                 }
             }

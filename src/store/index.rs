@@ -352,8 +352,11 @@ impl Index {
         let mut expanded: HashSet<[u8; 16]> = HashSet::new();
         for (id, (_, refs)) in pending {
             // Only an item not held before, or one that now references other objects,
-            // can change what is held for an object that references it.
-            let changed = self.latest(id).is_none()
+            // can change what is held for an object that references it; and only one
+            // not held before for an object one level further up (which reads two
+            // levels: itself, what it references, and what those reference).
+            let new = self.latest(id).is_none();
+            let changed = new
                 || self
                     .references
                     .get(id)
@@ -364,7 +367,7 @@ impl Index {
             }
             for by in self.referrers.get(id).into_iter().flatten() {
                 consider(by, &mut waiting);
-                if !expanded.insert(*by) {
+                if !new || !expanded.insert(*by) {
                     continue;
                 }
                 for by_by in self.referrers.get(by).into_iter().flatten() {
