@@ -7,40 +7,12 @@ mod common;
 
 use std::sync::Arc;
 
-use common::signed::{Fixture, bundle, fixture, indicator, local};
-use entente::engine::{Engine, now_ms};
-use entente::model::{
-    ContextObject, Holder, IndicatorType, Item, ItemId, ItemKind, Partner, PartnerKind,
-    StixProperties, Tlp,
+use common::signed::{
+    Fixture, bundle, context, context_id, context_with, fixture, fresh_domain, local,
 };
+use entente::engine::{Engine, now_ms};
+use entente::model::{IndicatorType, Item, ItemId, Partner, PartnerKind, Tlp};
 use entente::policy::{Policy, PolicySettings, PolicySpec};
-
-fn relationship(ends: &[&ItemId], tlp: Tlp, modified: i64) -> Item {
-    let properties = serde_json::json!({"relationship_type": "indicates"});
-    Item {
-        id: ItemId::parse(&format!("relationship--{}", uuid::Uuid::new_v4())).unwrap(),
-        modified_ms: modified,
-        tlp,
-        tags: vec![],
-        kind: ItemKind::Context(ContextObject {
-            object_type: IndicatorType::Relationship,
-            refs: ends.iter().map(|r| (*r).clone()).collect(),
-            properties: StixProperties::keep_for(Holder::Context, properties.as_object().unwrap())
-                .unwrap(),
-        }),
-    }
-}
-
-fn domain(name: &str, modified: i64) -> Item {
-    indicator(
-        &ItemId::new_random(),
-        IndicatorType::Domain,
-        name,
-        modified,
-        Tlp::Green,
-        &[],
-    )
-}
 
 fn berlin(f: &Fixture) -> Partner {
     Partner {
@@ -104,9 +76,9 @@ fn a_withheld_object_that_references_an_arriving_id_does_not_show_in_the_positio
             .join(if with_withheld { "with" } else { "without" });
         let engine = engine(&f, &dir);
         let store = engine.store().clone();
-        let known = domain("known.example", now);
-        let probe = domain("probe.example", now);
-        let other = domain("other.example", now);
+        let known = fresh_domain("known.example", now);
+        let probe = fresh_domain("probe.example", now);
+        let other = fresh_domain("other.example", now);
         store
             .accept(
                 &bundle(&f, &f.hq, &[known.clone(), other.clone()]),
@@ -142,28 +114,15 @@ fn a_withheld_object_that_references_an_arriving_id_does_not_show_in_the_positio
     );
 }
 
+fn relationship(ends: &[&ItemId], tlp: Tlp, modified: i64) -> Item {
+    context_with(&context_id("relationship"), ends, tlp, modified)
+}
+
 fn alice() -> Partner {
     Partner {
         id: entente::model::NodeId::new("analyst.alice").unwrap(),
         kind: PartnerKind::Client,
         role: entente::Role::Analyst,
-    }
-}
-
-fn report(refs: &[&ItemId], id: &ItemId, modified: i64) -> Item {
-    let object_refs: Vec<String> = refs.iter().map(|r| r.to_string()).collect();
-    let properties = serde_json::json!({"name": "r", "published": "2026-01-01T00:00:00Z", "object_refs": object_refs});
-    Item {
-        id: id.clone(),
-        modified_ms: modified,
-        tlp: Tlp::Green,
-        tags: vec![],
-        kind: ItemKind::Context(ContextObject {
-            object_type: IndicatorType::Report,
-            refs: refs.iter().map(|r| (*r).clone()).collect(),
-            properties: StixProperties::keep_for(Holder::Context, properties.as_object().unwrap())
-                .unwrap(),
-        }),
     }
 }
 
@@ -211,20 +170,20 @@ async fn a_subscriber_gets_a_complete_report_once_whatever_an_older_version_name
             .to_wire(|_| true);
         engine.accept(&wire, &us, now).unwrap();
     };
-    let x = domain("x.example", now);
+    let x = fresh_domain("x.example", now);
     publish(std::slice::from_ref(&x));
     let named: Vec<Item> = (0..5)
-        .map(|n| domain(&format!("n{n}.example"), now))
+        .map(|n| fresh_domain(&format!("n{n}.example"), now))
         .collect();
     let id = ItemId::parse(&format!("report--{}", uuid::Uuid::new_v4())).unwrap();
     let mut refs: Vec<&ItemId> = named.iter().map(|i| &i.id).collect();
     refs.push(&x.id);
-    publish(&[report(&refs, &id, now)]);
-    publish(&[report(&[&x.id], &id, now + 1)]);
+    publish(&[context(&id, &refs, now)]);
+    publish(&[context(&id, &[&x.id], now + 1)]);
     for item in &named {
         publish(std::slice::from_ref(item));
     }
-    let last = domain("last.example", now);
+    let last = fresh_domain("last.example", now);
     publish(std::slice::from_ref(&last));
     let mut reports = 0;
     loop {
@@ -273,7 +232,7 @@ fn a_partner_receives_a_report_once_a_new_version_of_its_relationship_completes_
     let us = local(&f.hq.id);
     let engine = engine(&f, &f.pki.path().join("node"));
     let store = engine.store().clone();
-    let x = domain("x.example", now);
+    let x = fresh_domain("x.example", now);
     let never = ItemId::parse(&format!("malware--{}", uuid::Uuid::new_v4())).unwrap();
     let rel = ItemId::parse(&format!("relationship--{}", uuid::Uuid::new_v4())).unwrap();
     let with_ends = |ends: &[&ItemId], modified: i64| {
@@ -293,11 +252,11 @@ fn a_partner_receives_a_report_once_a_new_version_of_its_relationship_completes_
         )
         .unwrap();
     store
-        .accept(&bundle(&f, &f.hq, &[report(&[&rel], &id, now)]), &us, now)
+        .accept(&bundle(&f, &f.hq, &[context(&id, &[&rel], now)]), &us, now)
         .unwrap();
     let (first, cursor) = pulled_ids(&engine, &f, 0);
     assert!(!first.contains(&id.to_string()), "the report waits");
-    let y = domain("y.example", now);
+    let y = fresh_domain("y.example", now);
     store
         .accept(
             &bundle(&f, &f.hq, &[with_ends(&[&x.id, &y.id], now + 1), y.clone()]),
@@ -350,14 +309,14 @@ async fn the_own_operator_subscriber_gets_a_relationship_once_when_its_end_arriv
             .to_wire(|_| true);
         engine.accept(&wire, &us, now).unwrap()
     };
-    let x = domain("x.example", now);
-    let y = domain("y.example", now);
+    let x = fresh_domain("x.example", now);
+    let y = fresh_domain("y.example", now);
     let rel = relationship(&[&x.id, &y.id], Tlp::Green, now);
     publish(std::slice::from_ref(&x));
     publish(std::slice::from_ref(&rel));
     let report = publish(std::slice::from_ref(&y));
     assert_eq!(report.offered_again, 1, "the relationship waited for y");
-    let last = domain("last.example", now);
+    let last = fresh_domain("last.example", now);
     publish(std::slice::from_ref(&last));
     let mut seen = 0;
     loop {
@@ -383,8 +342,8 @@ fn positions_written_with_an_offer_again_read_back_in_order_after_a_reopen() {
     let now = now_ms();
     let us = local(&f.hq.id);
     let dir = f.pki.path().join("node");
-    let x = domain("x.example", now);
-    let y = domain("y.example", now);
+    let x = fresh_domain("x.example", now);
+    let y = fresh_domain("y.example", now);
     let rel = relationship(&[&x.id, &y.id], Tlp::Green, now);
     let (head, ids) = {
         let engine = engine(&f, &dir);
@@ -406,7 +365,7 @@ fn positions_written_with_an_offer_again_read_back_in_order_after_a_reopen() {
     let store = engine.store().clone();
     assert_eq!(store.feed_head(), head);
     assert_eq!(pulled_ids(&engine, &f, 0).0, ids);
-    let z = domain("z.example", now);
+    let z = fresh_domain("z.example", now);
     let report = store
         .accept(&bundle(&f, &f.hq, std::slice::from_ref(&z)), &us, now)
         .unwrap();

@@ -8,16 +8,15 @@ use std::sync::Arc;
 
 use entente::crypto::{VerifiedBundle, verify};
 use entente::engine::now_ms;
-use entente::model::{
-    ContextObject, Holder, IndicatorType, Item, ItemId, ItemKind, NodeId, Revocation,
-    StixProperties, Tlp,
-};
+use entente::model::{IndicatorType, Item, ItemId, ItemKind, NodeId, Revocation, Tlp};
 use entente::store::prelude::*;
 use entente::store::{
     ItemQuery, ItemRejection, Page, PageLimit, SledStore, Source, StoreError, StoredItem,
 };
 
-use common::signed::{Fixture, Lcg, bundle, fixture, indicator, local, revocation};
+use common::signed::{
+    Fixture, Lcg, bundle, context, context_id, fixture, fresh_domain, indicator, local, revocation,
+};
 
 fn open(f: &Fixture, name: &str) -> SledStore {
     common::open_store(&f.pki.path().join(name), &f.hq.id, 16 << 20).unwrap()
@@ -49,6 +48,17 @@ fn pages(
             return out;
         }
     }
+}
+
+/// `full` as a partner would send it with only the items at `keep` disclosed.
+fn disclosing(f: &Fixture, full: &VerifiedBundle, keep: &[u32], now: i64) -> VerifiedBundle {
+    verify(
+        &full.to_wire(|v| keep.contains(&v.index)),
+        &f.certs,
+        &f.trust,
+        now,
+    )
+    .unwrap()
 }
 
 fn all(store: &SledStore, query: &ItemQuery) -> Vec<String> {
@@ -305,15 +315,7 @@ fn disclosures_merge_and_the_bundle_is_re_fed() {
         })
         .collect();
     let full = bundle(&f, &f.hq, &items);
-    let part = |keep: &[u32]| {
-        verify(
-            &full.to_wire(|v| keep.contains(&v.index)),
-            &f.certs,
-            &f.trust,
-            now,
-        )
-        .unwrap()
-    };
+    let part = |keep: &[u32]| disclosing(&f, &full, keep, now);
     let via = Source {
         received_from: f.berlin.id.clone(),
         hops: 2,
@@ -1125,38 +1127,6 @@ fn the_store_agrees_with_a_model_of_the_rules_on_random_histories() {
     }
 }
 
-/// A GREEN context object `id` referencing `refs`, with the properties its type needs.
-fn context(id: &ItemId, refs: &[&ItemId], modified: i64) -> Item {
-    let object_refs: Vec<String> = refs.iter().map(|r| r.to_string()).collect();
-    let (object_type, properties) = match id.as_str().split_once("--").unwrap().0 {
-        "relationship" => (
-            IndicatorType::Relationship,
-            serde_json::json!({"relationship_type": "indicates"}),
-        ),
-        "report" => (
-            IndicatorType::Report,
-            serde_json::json!({"name": "r", "published": "2026-01-01T00:00:00Z", "object_refs": object_refs}),
-        ),
-        other => panic!("no context object of type {other} here"),
-    };
-    Item {
-        id: id.clone(),
-        modified_ms: modified,
-        tlp: Tlp::Green,
-        tags: vec![],
-        kind: ItemKind::Context(ContextObject {
-            object_type,
-            refs: refs.iter().map(|r| (*r).clone()).collect(),
-            properties: StixProperties::keep_for(Holder::Context, properties.as_object().unwrap())
-                .unwrap(),
-        }),
-    }
-}
-
-fn context_id(ty: &str) -> ItemId {
-    ItemId::parse(&format!("{ty}--{}", uuid::Uuid::new_v4())).unwrap()
-}
-
 /// The bundles of the change feed after `after`, in order.
 fn feed_bundles(store: &SledStore, after: u64) -> Vec<(u64, entente::model::BundleId)> {
     store.feed(after, 1000).unwrap()
@@ -1276,18 +1246,6 @@ fn feed_before_last(store: &SledStore) -> entente::model::BundleId {
     let mut feed = feed_bundles(store, 0);
     feed.pop();
     feed.pop().unwrap().1
-}
-
-/// A GREEN domain indicator with a fresh id.
-fn fresh_domain(name: &str, modified: i64) -> Item {
-    indicator(
-        &ItemId::new_random(),
-        IndicatorType::Domain,
-        name,
-        modified,
-        Tlp::Green,
-        &[],
-    )
 }
 
 /// A store of this node's, the time, its own source and a GREEN domain indicator `x`
@@ -1669,15 +1627,7 @@ fn a_relationship_whose_ends_come_later_in_its_own_bundle_is_recorded_again_with
     let (x, y) = (domain("x.example"), domain("y.example"));
     let related = context_id("relationship");
     let full = bundle(&f, &f.hq, &[context(&related, &[&x.id, &y.id], now), x, y]);
-    let part = |keep: &[u32]| {
-        verify(
-            &full.to_wire(|v| keep.contains(&v.index)),
-            &f.certs,
-            &f.trust,
-            now,
-        )
-        .unwrap()
-    };
+    let part = |keep: &[u32]| disclosing(&f, &full, keep, now);
     let via = Source {
         received_from: f.berlin.id.clone(),
         hops: 1,

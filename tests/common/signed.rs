@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use entente::crypto::{BundleSigner, CertificateSource, VerifiedBundle, sha256, verify};
 use entente::engine::now_ms;
 use entente::model::{
-    Distribution, Indicator, IndicatorType, Item, ItemId, ItemKind, NodeId, Revocation, Tlp,
+    ContextObject, Distribution, Holder, Indicator, IndicatorType, Item, ItemId, ItemKind, NodeId,
+    Revocation, StixProperties, Tlp,
 };
 use entente::store::Source;
 use entente::transport::{SignerVerifier, TlsMaterial};
@@ -128,5 +129,60 @@ impl Lcg {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         (self.0 >> 33) % n
+    }
+}
+
+/// A GREEN domain indicator with a fresh id and no expiry.
+pub fn fresh_domain(name: &str, modified: i64) -> Item {
+    indicator(
+        &ItemId::new_random(),
+        IndicatorType::Domain,
+        name,
+        modified,
+        Tlp::Green,
+        &[],
+    )
+}
+
+/// A fresh id of STIX type `ty`.
+pub fn context_id(ty: &str) -> ItemId {
+    ItemId::parse(&format!("{ty}--{}", uuid::Uuid::new_v4())).unwrap()
+}
+
+/// A GREEN relationship or report `id` referencing `refs` ([`context_with`]).
+pub fn context(id: &ItemId, refs: &[&ItemId], modified: i64) -> Item {
+    context_with(id, refs, Tlp::Green, modified)
+}
+
+/// A relationship or report `id` (by its type) of marking `tlp`, referencing `refs`,
+/// with the properties its type needs.
+pub fn context_with(id: &ItemId, refs: &[&ItemId], tlp: Tlp, modified: i64) -> Item {
+    let object_refs: Vec<String> = refs.iter().map(|r| r.to_string()).collect();
+    let (object_type, properties) = match id.stix_type() {
+        "relationship" => (
+            IndicatorType::Relationship,
+            serde_json::json!({"relationship_type": "indicates"}),
+        ),
+        "report" => (
+            IndicatorType::Report,
+            serde_json::json!({
+                "name": "r",
+                "published": "2026-01-01T00:00:00Z",
+                "object_refs": object_refs,
+            }),
+        ),
+        other => panic!("no context object of type {other} here"),
+    };
+    Item {
+        id: id.clone(),
+        modified_ms: modified,
+        tlp,
+        tags: vec![],
+        kind: ItemKind::Context(ContextObject {
+            object_type,
+            refs: refs.iter().map(|r| (*r).clone()).collect(),
+            properties: StixProperties::keep_for(Holder::Context, properties.as_object().unwrap())
+                .unwrap(),
+        }),
     }
 }
