@@ -138,18 +138,6 @@ fn recover(config: &Path, extra: &[&str]) -> std::process::Output {
         .expect("run entente store recover")
 }
 
-fn remove_sled(data: &Path) {
-    for entry in std::fs::read_dir(data).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name == "db" || name == "conf" || name.starts_with("snap.") {
-            std::fs::remove_file(entry.path()).unwrap();
-        } else if name == "blobs" {
-            std::fs::remove_dir_all(entry.path()).unwrap();
-        }
-    }
-}
-
 /// The refusal every lost-metadata case gets: plain, naming the recovery command,
 /// never claiming that anything was "never acknowledged".
 fn assert_refused_for_lost_metadata(error: &str) {
@@ -176,7 +164,7 @@ async fn with_the_metadata_lost_and_the_log_intact_the_node_refuses_and_recovery
     let config = node_config(&pki, &data);
     let published = populate(&pki, &config, 4).await;
     let log_before = std::fs::read(data.join(LOG_FILE)).unwrap();
-    remove_sled(&data);
+    common::remove_sled(&data);
 
     let error = tokio::task::spawn_blocking({
         let config = config.clone();
@@ -252,7 +240,7 @@ async fn a_bit_flipped_in_the_middle_is_never_called_unacknowledged() {
     assert_eq!(std::fs::read(&log).unwrap(), bytes, "nothing is cut");
 
     // Without it: refused, naming the recovery command; nothing is cut.
-    remove_sled(&data);
+    common::remove_sled(&data);
     let error = tokio::task::spawn_blocking({
         let config = config.clone();
         move || start_error(&config)
@@ -301,7 +289,7 @@ async fn a_log_cut_short_without_its_metadata_is_reported_as_it_is() {
     let log = data.join(LOG_FILE);
     let bytes = std::fs::read(&log).unwrap();
     std::fs::write(&log, &bytes[..bytes.len() - 100]).unwrap();
-    remove_sled(&data);
+    common::remove_sled(&data);
 
     let error = tokio::task::spawn_blocking({
         let config = config.clone();

@@ -1582,15 +1582,7 @@ fn a_store_recovered_from_its_log_keeps_the_places_objects_were_fed_again_at() {
     store.flush().unwrap();
     let before = feed_bundles(&store, 0);
     drop(store);
-    for entry in std::fs::read_dir(&path).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name == "db" || name == "conf" || name.starts_with("snap.") {
-            std::fs::remove_file(entry.path()).unwrap();
-        } else if name == "blobs" {
-            std::fs::remove_dir_all(entry.path()).unwrap();
-        }
-    }
+    common::remove_sled(&path);
     let recovered = entente::store::recover::recover(&path, &f.hq.id, 16 << 20, false).unwrap();
     assert_eq!(recovered.feed_head, before.last().unwrap().0);
     let store = common::open_store(&path, &f.hq.id, 16 << 20).unwrap();

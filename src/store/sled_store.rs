@@ -1371,13 +1371,6 @@ impl ItemStore for SledStore {
         if report.stored.is_empty() && report.hops_lowered == 0 {
             return Ok(report);
         }
-        // Appends are serial (the writer lock), so no slot was added since.
-        if slots + new_items.len() >= NONE as usize {
-            return Err(corrupt(
-                "bundle log",
-                "more item records than this version indexes",
-            ));
-        }
         // Objects held already that waited for what this frame stores (`Index::waiting`):
         // they are recorded again, in the same write.
         let super::index::Waiting {
@@ -1433,6 +1426,7 @@ impl ItemStore for SledStore {
             new_items.extend(items);
             own_again = records;
         }
+        // Appends are serial (the writer lock), so no slot was added since.
         let recorded_again: usize = again.iter().map(|(_, records, _)| records.len()).sum();
         if slots + new_items.len() + recorded_again >= NONE as usize {
             return Err(corrupt(

@@ -376,3 +376,17 @@ pub fn hash_password(password: &str) -> String {
     assert!(output.status.success(), "hash-password failed");
     String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
+
+/// Deletes the store's sled metadata in `data` (its files and blobs), leaving the bundle
+/// log and the ledger: what `entente store recover` rebuilds from.
+pub fn remove_sled(data: &Path) {
+    for entry in std::fs::read_dir(data).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == "db" || name == "conf" || name.starts_with("snap.") {
+            std::fs::remove_file(entry.path()).unwrap();
+        } else if name == "blobs" {
+            std::fs::remove_dir_all(entry.path()).unwrap();
+        }
+    }
+}
