@@ -903,12 +903,27 @@ impl Engine {
         partner: &Partner,
         id: &ItemId,
     ) -> Result<Option<StoredItem>, EngineError> {
+        self.get_where(partner, id, |_| true).await
+    }
+
+    /// [`Engine::get`] for a caller that serves the item only if it passes `wanted`
+    /// (TAXII's filters): an item left out is neither returned nor recorded.
+    pub async fn get_where(
+        &self,
+        partner: &Partner,
+        id: &ItemId,
+        wanted: impl FnOnce(&StoredItem) -> bool,
+    ) -> Result<Option<StoredItem>, EngineError> {
         let policy = self.policy();
         let now = now_ms();
-        let found = self.store.get(id)?.filter(|stored| {
-            self.decide_stored(&policy, &partner.id, stored, now, true)
-                .allowed()
-        });
+        let found = self
+            .store
+            .get(id)?
+            .filter(|stored| {
+                self.decide_stored(&policy, &partner.id, stored, now, true)
+                    .allowed()
+            })
+            .filter(wanted);
         if let Some(stored) = &found {
             if let Some(ticket) = self.record_delivery(&policy, &partner.id, "get", [stored])? {
                 ticket.written().await?;
