@@ -546,6 +546,17 @@ impl Engine {
             let (held, withheld) = match earlier {
                 Some(earlier) => (Some((earlier, None)), false),
                 None => match self.store.get(&item.id)? {
+                    // The same UUID held under another type is refused by the store
+                    // naming the id held; one the publisher may not see is answered as
+                    // a withheld id of its own type, not by that name.
+                    None if !sees_everything => {
+                        let withheld = self.store.get_any_type(&item.id)?.is_some_and(|other| {
+                            !self
+                                .decide_stored(&policy, &publisher.id, &other, now_ms, true)
+                                .allowed()
+                        });
+                        (None, withheld)
+                    }
                     None => (None, false),
                     Some(stored)
                         if !sees_everything

@@ -576,6 +576,12 @@ pub trait ItemStore: Send + Sync {
     /// The latest version held of an item.
     fn get(&self, id: &ItemId) -> Result<Option<StoredItem>, StoreError>;
 
+    /// The latest version held under `id`'s UUID, whatever its type (one UUID, one
+    /// type: `malware--X` is held where `indicator--X` is). By default `id`'s own.
+    fn get_any_type(&self, id: &ItemId) -> Result<Option<StoredItem>, StoreError> {
+        self.get(id)
+    }
+
     /// Every version held of an item, oldest first and each once (superseded versions
     /// stay in the log until a compaction removes them), at most the `limit` newest. By
     /// default the latest only.

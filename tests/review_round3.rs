@@ -124,16 +124,18 @@ fn indicator(id: &str, domain: &str, marking: &str) -> Value {
 }
 
 /// A node (redmond.hq) with a GREEN read-only researcher, an analyst that sees
-/// everything and a TAXII listener, as its own process.
+/// everything, an analyst narrowed to GREEN and a TAXII listener, as its own process.
 fn start_taxii() -> (Pki, TaxiiNode) {
     let pki = Pki::new();
     let hq = pki.node("redmond.hq");
     pki.client("researcher.uni-x");
     pki.client("analyst.soc");
+    pki.client("analyst.green");
     let mut text = node_section(&pki, &hq, &pki.path().join("data"));
     text.push_str(
         "\n[[client]]\nid = \"researcher.uni-x\"\nrole = \"read_only\"\nallow_types = [\"*\"]\nmax_tlp = \"GREEN\"\n\
          \n[[client]]\nid = \"analyst.soc\"\nrole = \"analyst\"\n\
+         \n[[client]]\nid = \"analyst.green\"\nrole = \"analyst\"\nallow_types = [\"*\"]\nmax_tlp = \"GREEN\"\n\
          \n[taxii]\nlisten = \"127.0.0.1:0\"\n",
     );
     let path = pki.path().join("redmond.hq.toml");
@@ -415,4 +417,64 @@ async fn a_ledger_stream_ends_when_a_reload_narrows_its_admin() {
         ),
     }
     node.shutdown(DEADLINE).await.unwrap();
+}
+
+/// A writer whose policy withholds an item cannot overwrite it, and learns from the
+/// refusal only that the id is held (a known gap). Under another type the store refused
+/// the object naming the id it holds: an analyst narrowed to GREEN that sent
+/// `malware--U` learnt that `indicator--U` is held, and that it is an indicator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uuid_held_under_another_type_is_not_named_to_a_writer_that_may_not_see_it() {
+    const SECRET: &str = "indicator--d5d5d5d5-0000-4000-8000-000000000001";
+    const SAME_UUID: &str = "malware--d5d5d5d5-0000-4000-8000-000000000001";
+    let (pki, node) = start_taxii();
+    let analyst = tls(&pki, "analyst.soc");
+    let narrowed = tls(&pki, "analyst.green");
+    let objects = objects_path(&analyst, &node).await;
+    let envelope = json!({ "objects": [indicator(SECRET, "secret.example", AMBER)] });
+    let posted = post(&analyst, node.taxii, &objects, &envelope.to_string()).await;
+    assert_eq!(posted.status, 202, "{}", posted.text());
+    assert_eq!(
+        posted.json()["success_count"],
+        json!(1),
+        "{}",
+        posted.text()
+    );
+
+    let failure = |reply: &Reply| -> String {
+        assert_eq!(reply.status, 202, "{}", reply.text());
+        let status = reply.json();
+        assert_eq!(status["failure_count"], json!(1), "{}", reply.text());
+        status["failures"][0]["message"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    // The same id: refused, saying only that this writer cannot write it.
+    let mut rewrite = indicator(SECRET, "other.example", GREEN);
+    rewrite["modified"] = json!("2025-02-01T00:00:00.000Z");
+    let same_id = post(
+        &narrowed,
+        node.taxii,
+        &objects,
+        &json!({ "objects": [rewrite] }).to_string(),
+    )
+    .await;
+    let same_id = failure(&same_id);
+    // Its UUID under another type: refused in the same words, for that id.
+    let malware = json!({
+        "type": "malware", "spec_version": "2.1", "id": SAME_UUID,
+        "created": "2025-04-01T00:00:00.000Z", "modified": "2025-04-01T00:00:00.000Z",
+        "name": "Loader", "is_family": true, "object_marking_refs": [GREEN],
+    });
+    let other_type = post(
+        &narrowed,
+        node.taxii,
+        &objects,
+        &json!({ "objects": [malware] }).to_string(),
+    )
+    .await;
+    let other_type = failure(&other_type);
+    assert!(!other_type.contains(SECRET), "{other_type}");
+    assert_eq!(other_type, same_id.replace(SECRET, SAME_UUID));
 }
