@@ -478,3 +478,211 @@ async fn a_uuid_held_under_another_type_is_not_named_to_a_writer_that_may_not_se
     assert!(!other_type.contains(SECRET), "{other_type}");
     assert_eq!(other_type, same_id.replace(SECRET, SAME_UUID));
 }
+
+/// One HTTP/1.1 connection kept open across requests, with or without a client
+/// certificate; `None` once the node has closed it.
+struct Kept {
+    stream: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    addr: SocketAddr,
+    read: Vec<u8>,
+}
+
+impl Kept {
+    async fn open(tls: &Arc<rustls::ClientConfig>, addr: SocketAddr) -> Self {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let stream = tokio_rustls::TlsConnector::from(tls.clone())
+            .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+            .await
+            .unwrap();
+        Self {
+            stream,
+            addr,
+            read: Vec::new(),
+        }
+    }
+
+    async fn get(&mut self, path: &str, authorization: Option<&str>) -> Option<Reply> {
+        let mut head = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: {TAXII}\r\n",
+            self.addr
+        );
+        if let Some(authorization) = authorization {
+            head.push_str(&format!("Authorization: {authorization}\r\n"));
+        }
+        head.push_str("\r\n");
+        self.stream.write_all(head.as_bytes()).await.ok()?;
+        self.stream.flush().await.ok()?;
+        let split = loop {
+            if let Some(at) = self.read.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at;
+            }
+            self.fill().await?;
+        };
+        let head = String::from_utf8_lossy(&self.read[..split]).to_string();
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .unwrap();
+        let length: usize = lines
+            .filter_map(|l| l.split_once(':'))
+            .find(|(n, _)| n.trim().eq_ignore_ascii_case("content-length"))
+            .map(|(_, v)| v.trim().parse().unwrap())
+            .expect("a kept connection's answer has a length");
+        while self.read.len() < split + 4 + length {
+            self.fill().await?;
+        }
+        let body = self.read[split + 4..split + 4 + length].to_vec();
+        self.read.drain(..split + 4 + length);
+        Some(Reply { status, body })
+    }
+
+    async fn fill(&mut self) -> Option<()> {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = tokio::time::timeout(Duration::from_secs(30), self.stream.read(&mut chunk))
+            .await
+            .expect("an answer in time")
+            .ok()?;
+        (n > 0).then(|| self.read.extend_from_slice(&chunk[..n]))
+    }
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+/// Sends SIGHUP to the node process: a reload.
+fn reload(node: &TaxiiNode) {
+    let pid = i32::try_from(node.child.id()).unwrap();
+    // SAFETY: kill(2) with a pid this test spawned and a valid signal number.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+}
+
+/// Authority on a kept TAXII connection follows each reload at the next request: a
+/// Basic password changed, a Basic client's policy narrowed to nothing, its credentials
+/// removed, and a certificate client demoted from analyst to read-only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authority_on_a_kept_taxii_connection_follows_each_reload() {
+    const OLD: &str = "siem basic password 1";
+    const NEW: &str = "siem basic password 2";
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    pki.client("analyst.soc");
+    let (old_hash, new_hash) = (common::hash_password(OLD), common::hash_password(NEW));
+    let path = pki.path().join("redmond.hq.toml");
+    let write = |analyst_role: &str, siem_policy: &str, hash: Option<&str>| {
+        let mut text = node_section(&pki, &hq, &pki.path().join("data"));
+        text.push_str(&format!(
+            "\n[[client]]\nid = \"analyst.soc\"\nrole = \"{analyst_role}\"\nallow_types = [\"*\"]\nmax_tlp = \"RED\"\n\
+             \n[[client]]\nid = \"siem.soc\"\nrole = \"read_only\"\n{siem_policy}\n\
+             \n[taxii]\nlisten = \"127.0.0.1:0\"\n"
+        ));
+        if let Some(hash) = hash {
+            text.push_str(&format!(
+                "\n[[taxii.basic]]\nclient = \"siem.soc\"\npassword_hash = \"{hash}\"\n"
+            ));
+        }
+        std::fs::write(&path, text).unwrap();
+    };
+    let everything = "allow_types = [\"*\"]\nmax_tlp = \"GREEN\"";
+    write("analyst", everything, Some(&old_hash));
+    let node = serve_taxii(&path);
+    let until = std::time::Instant::now() + DEADLINE;
+    let anonymous = {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in entente::transport::files::read_certificates(&pki.ca_cert()).unwrap() {
+            roots.add(cert).unwrap();
+        }
+        let mut config =
+            rustls::ClientConfig::builder_with_provider(entente::transport::crypto_provider())
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
+    };
+    let collections = "/api/collections/";
+
+    // The password changes: the old one stops working on the kept connection.
+    let mut siem = Kept::open(&anonymous, node.taxii).await;
+    let old = basic("siem.soc", OLD);
+    let listed = siem.get(collections, Some(&old)).await.unwrap();
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    assert_eq!(listed.json()["collections"].as_array().unwrap().len(), 1);
+    write("analyst", everything, Some(&new_hash));
+    reload(&node);
+    loop {
+        let reply = siem.get(collections, Some(&old)).await.unwrap();
+        if reply.status == 401 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the old password still works"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let new = basic("siem.soc", NEW);
+    assert_eq!(siem.get(collections, Some(&new)).await.unwrap().status, 200);
+
+    // Its policy is narrowed to nothing: the collection is gone on the same connection.
+    write("analyst", "", Some(&new_hash));
+    reload(&node);
+    loop {
+        let reply = siem.get(collections, Some(&new)).await.unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        if reply.json().get("collections").is_none() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the collection is still listed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A certificate client may write on its kept connection until it is demoted.
+    let analyst = tls(&pki, "analyst.soc");
+    let mut kept = Kept::open(&analyst, node.taxii).await;
+    let listed = kept.get(collections, None).await.unwrap().json();
+    assert_eq!(listed["collections"][0]["can_write"], json!(true));
+    // The Basic credentials are removed and the analyst made read-only.
+    write("read_only", "", None);
+    reload(&node);
+    loop {
+        match siem.get(collections, Some(&new)).await {
+            None => break,
+            Some(reply) if reply.status == 401 => break,
+            Some(_) => {}
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "removed credentials still work"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    loop {
+        match kept.get(collections, None).await {
+            // The demoted client's connection is closed, or answered as read-only.
+            None => break,
+            Some(reply) if reply.status == 401 => break,
+            Some(reply) => {
+                assert_eq!(reply.status, 200, "{}", reply.text());
+                if reply.json()["collections"][0]["can_write"] == json!(false) {
+                    break;
+                }
+            }
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the demoted analyst may still write"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
