@@ -291,6 +291,30 @@ pub fn revocation_mismatch(
             revocation.indicator_type()
         ));
     }
+    // A STIX pattern is judged by the types it names, and a revocation's pattern is what
+    // its writer sent: it must name the same types (one without a pattern would be
+    // judged as `stix-pattern` alone).
+    let about = |item: &crate::model::Item| {
+        let mut types = item.policy_types();
+        types.sort();
+        types.dedup();
+        types
+    };
+    let (item_about, revocation_about) = (about(held), about(revocation));
+    if item_about != revocation_about {
+        let names = |types: &[crate::model::IndicatorType]| {
+            types
+                .iter()
+                .map(|t| t.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Some(format!(
+            "the item is about [{}], the revocation about [{}]",
+            names(&item_about),
+            names(&revocation_about)
+        ));
+    }
     let lower =
         |tags: &[String]| -> Vec<String> { tags.iter().map(|t| t.to_ascii_lowercase()).collect() };
     let mut a = lower(&held.tags);

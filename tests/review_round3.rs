@@ -686,3 +686,100 @@ async fn authority_on_a_kept_taxii_connection_follows_each_reload() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A revocation must carry the revoked item's marking, type and tags, so that it goes
+/// only where the item went. For a STIX pattern, though, the types the delivery rule
+/// judges are those the pattern names, and a revocation's pattern is what its writer
+/// sends: a revocation of an IPv4 pattern written with a domain pattern (or with no
+/// pattern at all, as `stix-pattern`) reached partners allowed only domains (or only
+/// `stix-pattern`), with the revoked id and the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_is_judged_by_what_the_revoked_pattern_is_about() {
+    const REPATTERNED: &str = "indicator--e8e8e8e8-0000-4000-8000-000000000001";
+    const PATTERNLESS: &str = "indicator--e8e8e8e8-0000-4000-8000-000000000002";
+    const FAITHFUL: &str = "indicator--e8e8e8e8-0000-4000-8000-000000000003";
+    const IPV4: &str = "[ipv4-addr:value = '198.51.100.7'] OR [ipv4-addr:value = '198.51.100.8']";
+    const DOMAINS: &str = "[domain-name:value = 'a.example'] OR [domain-name:value = 'b.example']";
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    for who in ["analyst.soc", "domains.uni-y", "patterns.uni-z"] {
+        pki.client(who);
+    }
+    let mut text = node_section(&pki, &hq, &pki.path().join("data"));
+    text.push_str(
+        "\n[[client]]\nid = \"analyst.soc\"\nrole = \"analyst\"\n\
+         \n[[client]]\nid = \"domains.uni-y\"\nrole = \"read_only\"\nallow_types = [\"domain\"]\nmax_tlp = \"GREEN\"\n\
+         \n[[client]]\nid = \"patterns.uni-z\"\nrole = \"read_only\"\nallow_types = [\"stix-pattern\"]\nmax_tlp = \"GREEN\"\n\
+         \n[taxii]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let path = pki.path().join("redmond.hq.toml");
+    std::fs::write(&path, text).unwrap();
+    let node = serve_taxii(&path);
+    let analyst = tls(&pki, "analyst.soc");
+    let objects = objects_path(&analyst, &node).await;
+    let pattern_indicator = |id: &str, pattern: &str| {
+        let mut object = indicator(id, "unused.example", GREEN);
+        object["pattern"] = json!(pattern);
+        object
+    };
+    let envelope = json!({ "objects": [
+        pattern_indicator(REPATTERNED, IPV4),
+        pattern_indicator(PATTERNLESS, IPV4),
+        pattern_indicator(FAITHFUL, IPV4),
+    ]});
+    let posted = post(&analyst, node.taxii, &objects, &envelope.to_string()).await;
+    assert_eq!(posted.status, 202, "{}", posted.text());
+    assert_eq!(
+        posted.json()["success_count"],
+        json!(3),
+        "{}",
+        posted.text()
+    );
+    // Neither partner may see an IPv4 pattern.
+    let domains = tls(&pki, "domains.uni-y");
+    let patterns = tls(&pki, "patterns.uni-z");
+    for partner in [&domains, &patterns] {
+        let reply = get(partner, node.taxii, &format!("{objects}?limit=1000")).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert!(!reply.text().contains("e8e8e8e8"), "{}", reply.text());
+    }
+
+    let revoke = |object: &mut Value| {
+        object["modified"] = json!("2025-01-03T00:00:00.000Z");
+        object["revoked"] = json!(true);
+        object["x_entente_revocation_reason"] = json!("withdrawn by the analyst");
+    };
+    let mut repatterned = pattern_indicator(REPATTERNED, DOMAINS);
+    revoke(&mut repatterned);
+    let mut patternless = pattern_indicator(PATTERNLESS, IPV4);
+    revoke(&mut patternless);
+    let patternless = {
+        let mut object = patternless.as_object().unwrap().clone();
+        object.remove("pattern");
+        object.remove("pattern_type");
+        object.insert("x_entente_indicator_type".into(), json!("stix-pattern"));
+        Value::Object(object)
+    };
+    let mut faithful = pattern_indicator(FAITHFUL, IPV4);
+    revoke(&mut faithful);
+    let mut counts = Vec::new();
+    for revocation in [repatterned, patternless, faithful] {
+        let body = json!({ "objects": [revocation] }).to_string();
+        let reply = post(&analyst, node.taxii, &objects, &body).await;
+        assert_eq!(reply.status, 202, "{}", reply.text());
+        let status = reply.json();
+        counts.push((
+            status["success_count"].as_u64().unwrap(),
+            status["failure_count"].as_u64().unwrap(),
+        ));
+    }
+    // Still nothing of the three reaches either partner.
+    for partner in [&domains, &patterns] {
+        let reply = get(partner, node.taxii, &format!("{objects}?limit=1000")).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert!(!reply.text().contains("e8e8e8e8"), "{}", reply.text());
+    }
+    // The two that would go further than the item are refused; the faithful one is
+    // stored.
+    assert_eq!(counts, [(0, 1), (0, 1), (1, 0)]);
+}
