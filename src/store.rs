@@ -315,6 +315,16 @@ pub fn revocation_mismatch(
             names(&revocation_about)
         ));
     }
+    // Rule 7 judges an item by every held object whose id it carries; a revocation that
+    // left one out would go where the item could not.
+    let carried = revocation.referenced();
+    if let Some(missing) = held
+        .referenced()
+        .into_iter()
+        .find(|id| !carried.contains(id))
+    {
+        return Some(format!("the item names {missing}, the revocation does not"));
+    }
     let lower =
         |tags: &[String]| -> Vec<String> { tags.iter().map(|t| t.to_ascii_lowercase()).collect() };
     let mut a = lower(&held.tags);

@@ -700,23 +700,7 @@ async fn a_revocation_is_judged_by_what_the_revoked_pattern_is_about() {
     const FAITHFUL: &str = "indicator--e8e8e8e8-0000-4000-8000-000000000003";
     const IPV4: &str = "[ipv4-addr:value = '198.51.100.7'] OR [ipv4-addr:value = '198.51.100.8']";
     const DOMAINS: &str = "[domain-name:value = 'a.example'] OR [domain-name:value = 'b.example']";
-    let pki = Pki::new();
-    let hq = pki.node("redmond.hq");
-    for who in ["analyst.soc", "domains.uni-y", "patterns.uni-z"] {
-        pki.client(who);
-    }
-    let mut text = node_section(&pki, &hq, &pki.path().join("data"));
-    text.push_str(
-        "\n[[client]]\nid = \"analyst.soc\"\nrole = \"analyst\"\n\
-         \n[[client]]\nid = \"domains.uni-y\"\nrole = \"read_only\"\nallow_types = [\"domain\"]\nmax_tlp = \"GREEN\"\n\
-         \n[[client]]\nid = \"patterns.uni-z\"\nrole = \"read_only\"\nallow_types = [\"stix-pattern\"]\nmax_tlp = \"GREEN\"\n\
-         \n[taxii]\nlisten = \"127.0.0.1:0\"\n",
-    );
-    let path = pki.path().join("redmond.hq.toml");
-    std::fs::write(&path, text).unwrap();
-    let node = serve_taxii(&path);
-    let analyst = tls(&pki, "analyst.soc");
-    let objects = objects_path(&analyst, &node).await;
+    let (pki, node, analyst, objects) = start_typed().await;
     let pattern_indicator = |id: &str, pattern: &str| {
         let mut object = indicator(id, "unused.example", GREEN);
         object["pattern"] = json!(pattern);
@@ -782,4 +766,68 @@ async fn a_revocation_is_judged_by_what_the_revoked_pattern_is_about() {
     // The two that would go further than the item are refused; the faithful one is
     // stored.
     assert_eq!(counts, [(0, 1), (0, 1), (1, 0)]);
+}
+
+/// A node with an analyst that sees everything and two GREEN read-only clients, one
+/// allowed domains only and one `stix-pattern` only: its PKI, the node, the analyst's
+/// TLS client and the collection's objects path.
+async fn start_typed() -> (Pki, TaxiiNode, Arc<rustls::ClientConfig>, String) {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    for who in ["analyst.soc", "domains.uni-y", "patterns.uni-z"] {
+        pki.client(who);
+    }
+    let mut text = node_section(&pki, &hq, &pki.path().join("data"));
+    text.push_str(
+        "\n[[client]]\nid = \"analyst.soc\"\nrole = \"analyst\"\n\
+         \n[[client]]\nid = \"domains.uni-y\"\nrole = \"read_only\"\nallow_types = [\"domain\"]\nmax_tlp = \"GREEN\"\n\
+         \n[[client]]\nid = \"patterns.uni-z\"\nrole = \"read_only\"\nallow_types = [\"stix-pattern\"]\nmax_tlp = \"GREEN\"\n\
+         \n[taxii]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let path = pki.path().join("redmond.hq.toml");
+    std::fs::write(&path, text).unwrap();
+    let node = serve_taxii(&path);
+    let analyst = tls(&pki, "analyst.soc");
+    let objects = objects_path(&analyst, &node).await;
+    (pki, node, analyst, objects)
+}
+
+/// A revocation is judged by the ids it carries (rule 7) like any item, but it could
+/// carry fewer than the item it revokes: a GREEN domain indicator withheld from a
+/// domains-only partner because its description names an AMBER indicator was revoked
+/// with the description left out, and the revocation, with the revoked id, reached that
+/// partner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_names_every_object_its_item_names() {
+    const SECRET: &str = "indicator--f9f9f9f9-0000-4000-8000-000000000001";
+    const NAMING: &str = "indicator--f9f9f9f9-0000-4000-8000-000000000002";
+    let (pki, node, analyst, objects) = start_typed().await;
+    let mut naming = indicator(NAMING, "naming.example", GREEN);
+    naming["description"] = json!(format!("seen with {SECRET}"));
+    let envelope = json!({ "objects": [indicator(SECRET, "secret.example", AMBER), naming] });
+    let posted = post(&analyst, node.taxii, &objects, &envelope.to_string()).await;
+    assert_eq!(posted.status, 202, "{}", posted.text());
+    assert_eq!(
+        posted.json()["success_count"],
+        json!(2),
+        "{}",
+        posted.text()
+    );
+    let domains = tls(&pki, "domains.uni-y");
+    let listed = || async {
+        let reply = get(&domains, node.taxii, &format!("{objects}?limit=1000")).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        reply.text()
+    };
+    assert!(!listed().await.contains("f9f9f9f9"));
+
+    let mut revocation = indicator(NAMING, "naming.example", GREEN);
+    revocation["modified"] = json!("2025-01-03T00:00:00.000Z");
+    revocation["revoked"] = json!(true);
+    let body = json!({ "objects": [revocation] }).to_string();
+    let reply = post(&analyst, node.taxii, &objects, &body).await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let text = listed().await;
+    assert!(!text.contains("f9f9f9f9"), "{text}");
+    assert_eq!(reply.json()["failure_count"], json!(1), "{}", reply.text());
 }
