@@ -1,7 +1,9 @@
 //! A third attack pass over what a partner or client can learn, against a real node: ids
-//! of withheld items written in labels, kill chain phases and revocation reasons; the
-//! ledger records of TAXII requests that serve nothing; and an admin's ledger stream
-//! read on after a reload narrowed its policy.
+//! of withheld items written in labels, kill chain phases and revocation reasons;
+//! revocations that name other types or fewer objects than what they revoke; the ledger
+//! records of TAXII requests that serve nothing; an admin's ledger stream read on after
+//! a reload narrowed its policy; what a narrowed writer learns from a UUID held under
+//! another type; and authority on a kept TAXII connection across reloads.
 
 mod common;
 
