@@ -546,6 +546,17 @@ impl Engine {
             let (held, withheld) = match earlier {
                 Some(earlier) => (Some((earlier, None)), false),
                 None => match self.store.get(&item.id)? {
+                    // The same UUID held under another type is refused by the store
+                    // naming the id held; one the publisher may not see is answered as
+                    // a withheld id of its own type, not by that name.
+                    None if !sees_everything => {
+                        let withheld = self.store.get_any_type(&item.id)?.is_some_and(|other| {
+                            !self
+                                .decide_stored(&policy, &publisher.id, &other, now_ms, true)
+                                .allowed()
+                        });
+                        (None, withheld)
+                    }
                     None => (None, false),
                     Some(stored)
                         if !sees_everything
@@ -903,12 +914,27 @@ impl Engine {
         partner: &Partner,
         id: &ItemId,
     ) -> Result<Option<StoredItem>, EngineError> {
+        self.get_where(partner, id, |_| true).await
+    }
+
+    /// [`Engine::get`] for a caller that serves the item only if it passes `wanted`
+    /// (TAXII's filters): an item left out is neither returned nor recorded.
+    pub async fn get_where(
+        &self,
+        partner: &Partner,
+        id: &ItemId,
+        wanted: impl FnOnce(&StoredItem) -> bool,
+    ) -> Result<Option<StoredItem>, EngineError> {
         let policy = self.policy();
         let now = now_ms();
-        let found = self.store.get(id)?.filter(|stored| {
-            self.decide_stored(&policy, &partner.id, stored, now, true)
-                .allowed()
-        });
+        let found = self
+            .store
+            .get(id)?
+            .filter(|stored| {
+                self.decide_stored(&policy, &partner.id, stored, now, true)
+                    .allowed()
+            })
+            .filter(wanted);
         if let Some(stored) = &found {
             if let Some(ticket) = self.record_delivery(&policy, &partner.id, "get", [stored])? {
                 ticket.written().await?;

@@ -291,6 +291,40 @@ pub fn revocation_mismatch(
             revocation.indicator_type()
         ));
     }
+    // A STIX pattern is judged by the types it names, and a revocation's pattern is what
+    // its writer sent: it must name the same types (one without a pattern would be
+    // judged as `stix-pattern` alone).
+    let about = |item: &crate::model::Item| {
+        let mut types = item.policy_types();
+        types.sort();
+        types.dedup();
+        types
+    };
+    let (item_about, revocation_about) = (about(held), about(revocation));
+    if item_about != revocation_about {
+        let names = |types: &[crate::model::IndicatorType]| {
+            types
+                .iter()
+                .map(|t| t.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Some(format!(
+            "the item is about [{}], the revocation about [{}]",
+            names(&item_about),
+            names(&revocation_about)
+        ));
+    }
+    // Rule 7 judges an item by every held object whose id it carries; a revocation that
+    // left one out would go where the item could not.
+    let carried = revocation.referenced();
+    if let Some(missing) = held
+        .referenced()
+        .into_iter()
+        .find(|id| !carried.contains(id))
+    {
+        return Some(format!("the item names {missing}, the revocation does not"));
+    }
     let lower =
         |tags: &[String]| -> Vec<String> { tags.iter().map(|t| t.to_ascii_lowercase()).collect() };
     let mut a = lower(&held.tags);
@@ -575,6 +609,12 @@ pub trait ItemStore: Send + Sync {
 
     /// The latest version held of an item.
     fn get(&self, id: &ItemId) -> Result<Option<StoredItem>, StoreError>;
+
+    /// The latest version held under `id`'s UUID, whatever its type (one UUID, one
+    /// type: `malware--X` is held where `indicator--X` is). By default `id`'s own.
+    fn get_any_type(&self, id: &ItemId) -> Result<Option<StoredItem>, StoreError> {
+        self.get(id)
+    }
 
     /// Every version held of an item, oldest first and each once (superseded versions
     /// stay in the log until a compaction removes them), at most the `limit` newest. By

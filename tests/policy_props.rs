@@ -1819,7 +1819,8 @@ fn spec_built_policies_pull_explain_page_and_revoke_by_the_delivery_rule() {
         prop_assert_eq!(&seen, &expected, "query by the client");
 
         // A revocation is publishable exactly when it carries its item's marking, type
-        // and tags (tag order does not matter).
+        // and tags (tag order does not matter), and is about the same types: one without
+        // the pattern of a STIX pattern item is about `stix-pattern` alone.
         let (at, tlp, ty, tags) = &case.revocation;
         let mut revocation_tags: Vec<String> = tags.iter().map(|t| (*t).to_owned()).collect();
         revocation_tags.reverse();
@@ -1841,7 +1842,15 @@ fn spec_built_policies_pull_explain_page_and_revoke_by_the_delivery_rule() {
             b.sort_unstable();
             a == b
         };
-        let matches = *tlp == case.items[*at].0 && *ty == case.items[*at].1 && same_tags;
+        let about = |item: &Item| {
+            let mut types = item.policy_types();
+            types.sort();
+            types.dedup();
+            types
+        };
+        let same_about = about(&revocation) == about(&items[*at]);
+        let matches =
+            *tlp == case.items[*at].0 && *ty == case.items[*at].1 && same_tags && same_about;
         prop_assert_eq!(
             engine
                 .check_publishable(&operator, &[revocation], &Distribution::default(), now)

@@ -509,8 +509,9 @@ impl Item {
 
     /// Every other item this one names: its own references ([`Self::refs`]) first, then
     /// each id of an indicator or context object written anywhere in its kept STIX
-    /// properties, its description or its value (`sample_refs`, `x_` properties, free
-    /// text, a string in a pattern, ...),
+    /// properties, its description, its value, its kill chain phases, its tags (STIX
+    /// `labels`) or a revocation's reason (`sample_refs`, `x_` properties, free text, a
+    /// string in a pattern, a label, ...),
     /// each once, its own id left out. An export carries all of them, so the delivery
     /// rule judges the item by all of them.
     pub fn referenced(&self) -> Vec<ItemId> {
@@ -520,17 +521,27 @@ impl Item {
             ItemKind::Revocation(r) => r.indicator.as_deref(),
             ItemKind::Context(_) => None,
         };
-        let texts = match (&self.kind, indicator) {
-            (ItemKind::Context(c), _) => [c.properties.as_str(), "", ""],
-            (_, Some(i)) => [
-                i.properties.as_str(),
-                i.description.as_str(),
-                i.value.as_str(),
-            ],
-            (_, None) => ["", "", ""],
-        };
-        for text in texts {
-            embedded_ids(text, &mut out);
+        match (&self.kind, indicator) {
+            (ItemKind::Context(c), _) => embedded_ids(c.properties.as_str(), &mut out),
+            (_, Some(i)) => {
+                for text in [
+                    i.properties.as_str(),
+                    i.description.as_str(),
+                    i.value.as_str(),
+                ] {
+                    embedded_ids(text, &mut out);
+                }
+                for phase in &i.kill_chain_phases {
+                    embedded_ids(phase, &mut out);
+                }
+            }
+            (_, None) => {}
+        }
+        if let ItemKind::Revocation(r) = &self.kind {
+            embedded_ids(&r.reason, &mut out);
+        }
+        for tag in &self.tags {
+            embedded_ids(tag, &mut out);
         }
         if out.is_empty() {
             return out;
@@ -648,6 +659,18 @@ mod tests {
         // Nothing to find: nothing allocated, nothing referenced.
         let plain = context(B, &[], serde_json::json!({ "name": "x--y" }));
         assert!(plain.referenced().is_empty());
+    }
+
+    #[test]
+    fn ids_written_in_labels_are_referenced() {
+        const A: &str = "indicator--a1a1a1a1-0000-4000-8000-000000000001";
+        let mut item = context(
+            "malware--a1a1a1a1-0000-4000-8000-000000000002",
+            &[],
+            serde_json::json!({ "name": "loader" }),
+        );
+        item.tags = vec![A.to_owned()];
+        assert_eq!(item.referenced(), vec![ItemId::parse(A).unwrap()]);
     }
 
     #[test]

@@ -72,12 +72,18 @@ fn require_unrestricted(
     info: &crate::transport::ConnectionInfo,
 ) -> Result<(), Status> {
     require_admin(info)?;
-    if engine.sees_everything(&info.partner.id) {
+    still_unrestricted(engine, &info.partner.id)
+}
+
+/// Whether `partner`'s policy in force now still shows it every item: a ledger stream
+/// asks again before each record, so a reload that narrows an admin's policy ends the
+/// streams it opened before.
+fn still_unrestricted(engine: &Engine, partner: &NodeId) -> Result<(), Status> {
+    if engine.sees_everything(partner) {
         return Ok(());
     }
     Err(Status::permission_denied(format!(
-        "the policy of {} is narrowed; the ledger and link state are for the node's operator and admin clients whose policy shows every item",
-        info.partner.id
+        "the policy of {partner} is narrowed; the ledger and link state are for the node's operator and admin clients whose policy shows every item"
     )))
 }
 
@@ -292,6 +298,7 @@ impl Admin for AdminService {
         let timeout = self.engine.slow_reader_timeout();
         self.engine.sync_ledger().await?;
         let store = self.engine.store().clone();
+        let engine = self.engine.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             let _slot = slot;
@@ -323,6 +330,11 @@ impl Admin for AdminService {
                 };
                 after = last.seq;
                 for record in page {
+                    // Authority as it stands now, not as it stood when the stream opened.
+                    if let Err(refused) = still_unrestricted(&engine, &caller_id) {
+                        send_within(&tx, Err(refused), timeout).await;
+                        return;
+                    }
                     if !send_within(&tx, Ok(ledger_record(record)), timeout).await {
                         return;
                     }

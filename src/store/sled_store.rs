@@ -1541,6 +1541,14 @@ impl ItemStore for SledStore {
         }
     }
 
+    fn get_any_type(&self, id: &ItemId) -> Result<Option<StoredItem>, StoreError> {
+        let log = self.log();
+        match self.item_record(&log, &id.uuid_bytes())? {
+            None => Ok(None),
+            Some(record) => Ok(Some(Self::stored_item(record)?)),
+        }
+    }
+
     /// The index chains each id's records from its latest back, so this reads only
     /// the id's own records, however large the store. A version recorded more than once
     /// (the same item in two bundles, or in two parts of one) is listed once, from its

@@ -312,9 +312,12 @@ impl Handlers {
                 }
                 // An id that is not an indicator or context object id is held by no node.
                 let Ok(id) = ItemId::parse(id) else { continue };
-                match self.engine.get(&caller.partner, &id).await {
-                    Ok(Some(stored)) if self.passes(params, &stored) => found.push(stored),
-                    Ok(_) => {}
+                // Filtered before it is recorded: what the filters leave out is not
+                // served, so not disclosed.
+                let wanted = |s: &StoredItem| self.passes(params, s);
+                match self.engine.get_where(&caller.partner, &id, wanted).await {
+                    Ok(Some(stored)) => found.push(stored),
+                    Ok(None) => {}
                     Err(e) => return engine_error(&e),
                 }
             }
@@ -474,11 +477,16 @@ impl Handlers {
         // The latest version alone is what `Engine::get` gives; older versions, and the
         // versions resource, read every version held.
         if !versions && params.version.latest_only() && params.next.is_none() {
-            let found = match self.engine.get(&caller.partner, &item_id).await {
+            let wanted = |s: &StoredItem| self.passes(params, s);
+            let found = match self
+                .engine
+                .get_where(&caller.partner, &item_id, wanted)
+                .await
+            {
                 Ok(found) => found,
                 Err(e) => return engine_error(&e),
             };
-            let Some(stored) = found.filter(|s| self.passes(params, s)) else {
+            let Some(stored) = found else {
                 return object_not_found();
             };
             let object = write_stix_from(&stored.item, Some(stored.origin.as_str()));
