@@ -429,9 +429,7 @@ impl Assembly {
         }
         if part.last {
             if self.header.is_none() {
-                return Err(protocol(format!(
-                    "the bundle ended before its header was complete"
-                )));
+                return Err(protocol("the bundle ended before its header was complete"));
             }
             if self.disclosures.len() != self.disclosed as usize {
                 return Err(protocol(format!(
@@ -449,9 +447,7 @@ impl Assembly {
     /// Decodes and checks the disclosures of one part, one at a time.
     fn take_disclosures(&mut self, mut bytes: &[u8]) -> Result<(), PartError> {
         let Some((_, digests)) = self.header.as_ref() else {
-            return Err(protocol(format!(
-                "the bundle sent items before its whole header"
-            )));
+            return Err(protocol("the bundle sent items before its whole header"));
         };
         while !bytes.is_empty() {
             if self.disclosures.len() >= self.disclosed as usize {
