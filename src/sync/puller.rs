@@ -182,7 +182,8 @@ struct Kept {
     transfer: Option<Assembly>,
     /// The `after` token the transfer in progress came with.
     after: Vec<u8>,
-    /// Bundles settled (accepted or refused) so far.
+    /// Bundles settled (accepted, or refused for good) so far: a bundle refused for a
+    /// passing reason, served again and again, is no progress.
     settled: u64,
     /// The signer certificate the peer supplied for the transfer's header.
     offered: Option<Vec<u8>>,
@@ -340,10 +341,9 @@ async fn pull<D: Dialer>(context: &Context<'_>, dialer: &D, kept: &mut Kept) -> 
                     update(links, &link.peer, |s| s.last_message_ms = now_ms());
                     continue;
                 };
-                kept.settled += 1;
                 match settle(context, &mut kept.retries, outcome)? {
                     Settled::Stop => return Ok(()),
-                    Settled::Done => {}
+                    Settled::Done => kept.settled += 1,
                     Settled::RetryLater => {
                         if !retry_armed {
                             retry_armed = true;
