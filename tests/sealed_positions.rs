@@ -107,6 +107,7 @@ fn relationship(ends: &[&str], tlp: Tlp) -> wire::Item {
 struct Hub {
     pki: Pki,
     hq: NodeId,
+    config: PathBuf,
     node: Node,
     analyst: NodeClient,
 }
@@ -137,8 +138,21 @@ impl Hub {
         Self {
             pki,
             hq,
+            config: path,
             node,
             analyst,
+        }
+    }
+
+    /// The same node stopped and started again on its store.
+    async fn restart(self) -> Self {
+        self.node.shutdown(DEADLINE).await.unwrap();
+        let node = common::start(&self.config).await;
+        let analyst = common::connect(&self.pki, &node, "analyst.alice").await;
+        Self {
+            node,
+            analyst,
+            ..self
         }
     }
 
@@ -329,12 +343,24 @@ async fn a_peer_cannot_tell_from_a_pull_how_much_is_withheld_from_it() {
         let from_start = busy.pull_all(who, cursor).await;
         assert_eq!(shapes(&from_start), shapes(&with), "{case}");
     }
+
+    // The key outlives a restart: the token still opens.
+    let busy = busy.restart().await;
+    let rest = busy.pull_all("police.partner", caught_up).await;
+    assert_eq!(
+        shapes(&rest),
+        vec![Seen::Checkpoint {
+            cursor_len: TOKEN_LEN,
+            caught_up: true
+        }]
+    );
     busy.stop().await;
 }
 
 /// While a peer follows the feed, a bundle withheld from it that the hub accepts sends
 /// it nothing (the serving loop reads it and stays silent until the heartbeat); a
-/// bundle it may see comes at once, with a checkpoint.
+/// bundle it may see comes at once, with a checkpoint; with nothing happening, a
+/// checkpoint comes on the heartbeat.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_following_peer_hears_nothing_of_a_withheld_arrival() {
     common::init_logging();
@@ -399,6 +425,17 @@ async fn a_following_peer_hears_nothing_of_a_withheld_arrival() {
             caught_up: true
         }
     );
+    // With nothing happening, the heartbeat: a caught-up checkpoint within its period.
+    let quiet = Instant::now();
+    let heartbeat = next(&mut stream).await;
+    assert_eq!(
+        heartbeat.0,
+        Seen::Checkpoint {
+            cursor_len: TOKEN_LEN,
+            caught_up: true
+        }
+    );
+    assert!(quiet.elapsed() <= entente::sync::feed::HEARTBEAT + Duration::from_secs(5));
     drop(stream);
     hub.stop().await;
 }

@@ -751,3 +751,26 @@ async fn offered_signer<P: Peer>(
         Some(der) => Offer::Supplied(der),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{RETRY_GIVE_UP_MS, Retries};
+
+    #[test]
+    fn the_cursor_stored_never_passes_the_first_bundle_refused_for_now() {
+        let mut retries = Retries::default();
+        assert_eq!(retries.cap(b"reached"), b"reached");
+        assert!(retries.refused([1; 32], b"before-1", 0));
+        assert!(retries.refused([2; 32], b"before-2", 0));
+        // The first refused in stream order holds the cursor back.
+        assert_eq!(retries.cap(b"reached"), b"before-1");
+        retries.settled(&[1; 32]);
+        assert_eq!(retries.cap(b"reached"), b"before-2");
+        // The same transfer served again at another position (offered again) is known
+        // by its digest: its first refusal still counts for giving up.
+        assert!(retries.refused([2; 32], b"before-3", 1000));
+        assert!(!retries.refused([2; 32], b"before-4", RETRY_GIVE_UP_MS + 1));
+        retries.settled(&[2; 32]);
+        assert_eq!(retries.cap(b"reached"), b"reached");
+    }
+}
