@@ -1799,3 +1799,40 @@ fn a_torn_write_never_keeps_an_end_without_offering_again_what_waited_for_it() {
         kept_end_only.first()
     );
 }
+
+/// The key that seals the feed positions given to partners lives in the store
+/// directory beside the store, and neither a compaction nor a recovery of the store
+/// touches it: tokens partners hold still open.
+#[test]
+fn the_feed_position_key_outlives_a_compaction_and_a_recovery() {
+    let f = fixture();
+    let now = now_ms();
+    let us = local(&f.hq.id);
+    let path = f.pki.path().join("position-key");
+    let store = common::open_store(&path, &f.hq.id, 16 << 20).unwrap();
+    let token = entente::sync::PositionTokens::load_or_create(&path)
+        .unwrap()
+        .seal(&f.berlin.id, 1)
+        .unwrap();
+    let opens = || {
+        entente::sync::PositionTokens::load_or_create(&path)
+            .unwrap()
+            .open(&f.berlin.id, &token)
+    };
+    store
+        .accept(
+            &bundle(&f, &f.hq, &[fresh_domain("kept.example", now)]),
+            &us,
+            now,
+        )
+        .unwrap();
+    store.flush().unwrap();
+    store
+        .compact(entente::store::compact::Compaction::default())
+        .unwrap();
+    assert_eq!(opens(), Some(1));
+    drop(store);
+    common::remove_sled(&path);
+    entente::store::recover::recover(&path, &f.hq.id, 16 << 20, false).unwrap();
+    assert_eq!(opens(), Some(1));
+}
