@@ -357,6 +357,40 @@ async fn a_peer_cannot_tell_from_a_pull_how_much_is_withheld_from_it() {
     busy.stop().await;
 }
 
+/// Checkpoints are counted in transfers sent, not in pages read: 256 GREEN bundles
+/// followed by 50 AMBER ones (the first page ends with the 256th transfer, and the feed
+/// goes on) give the GREEN-limited peer the same messages as the 256 GREEN bundles alone
+/// (the first page reaches the head); and 300 GREEN bundles give a checkpoint between
+/// the 256th transfer and the next, wherever the pages end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_fall_alike_whatever_withheld_entries_follow_a_full_page() {
+    common::init_logging();
+    let run = |green: usize, amber: usize| async move {
+        let hub = Hub::start(&["police.pages"]).await;
+        let mut bundles: Vec<Vec<wire::Item>> = (0..green)
+            .map(|n| vec![item(&format!("green-{n}.example"), Tlp::Green)])
+            .collect();
+        bundles.extend((0..amber).map(|n| vec![item(&format!("amber-{n}.example"), Tlp::Amber)]));
+        hub.publish(bundles).await;
+        let seen = hub.pull_all("police.pages", Vec::new()).await;
+        hub.stop().await;
+        shapes(&seen)
+    };
+    let alone = run(256, 0).await;
+    let followed = run(256, 50).await;
+    assert_eq!(followed, alone);
+    let checkpoint = |caught_up| Seen::Checkpoint {
+        cursor_len: TOKEN_LEN,
+        caught_up,
+    };
+    assert_eq!(alone.len(), 257);
+    assert_eq!(alone[256], checkpoint(true));
+    let more = run(300, 0).await;
+    assert_eq!(more.len(), 302);
+    assert_eq!(more[256], checkpoint(false));
+    assert_eq!(more[301], checkpoint(true));
+}
+
 /// While a peer follows the feed, a bundle withheld from it that the hub accepts sends
 /// it nothing (the serving loop reads it and stays silent until the heartbeat); a
 /// bundle it may see comes at once, with a checkpoint; with nothing happening, a

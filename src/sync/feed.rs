@@ -38,10 +38,11 @@ pub enum FeedEvent<P = u64> {
         /// The part.
         part: Part,
     },
-    /// Everything up to `cursor` was sent or withheld. Sent after every
-    /// [`CHECKPOINT_TRANSFERS`] transfers, when the feed is caught up to its head, and
-    /// while following on a fixed heartbeat: never as a function of how many entries
-    /// were read, so that it counts nothing the partner does not see.
+    /// Everything up to `cursor` was sent or withheld. Sent between every
+    /// [`CHECKPOINT_TRANSFERS`] transfers and the next, when the feed is caught up to its
+    /// head, and while following on a fixed heartbeat: never as a function of how many
+    /// entries were read or where pages end, so that it counts nothing the partner does
+    /// not see.
     Checkpoint {
         /// Feed position reached.
         cursor: P,
@@ -286,8 +287,8 @@ where
 /// partner's policy fingerprint replays its feed from the start.
 ///
 /// What the partner receives depends only on what it may see: the transfers, a
-/// checkpoint after every [`CHECKPOINT_TRANSFERS`] of them, one when the feed is caught
-/// up (the first time on this stream, and after any page that sent something), and
+/// checkpoint between every [`CHECKPOINT_TRANSFERS`] of them and the next, one when the
+/// feed is caught up (the first time on this stream, and after any page that sent something), and
 /// while following one every [`HEARTBEAT`]. Reading entries that are all withheld sends
 /// nothing.
 async fn run<A, T, F>(serving: Serving<A, T, F>, cursor: u64, resume: Option<Resume>)
@@ -363,8 +364,7 @@ where
         };
         let embargo_until = page.embargo_until;
         let caught_up = page.cursor >= page.head || embargo_until.is_some();
-        let mut bundles = page.bundles.into_iter().peekable();
-        while let Some(bundle) = bundles.next() {
+        for bundle in page.bundles {
             let mut parts = split(bundle);
             let (seq, hops, transfer) = parts.key();
             let after = seq.saturating_sub(1);
@@ -378,6 +378,18 @@ where
                     skip = r.next_part;
                 }
             }
+            // A checkpoint between every CHECKPOINT_TRANSFERS transfers and the next,
+            // wherever the pages end: everything before this entry is sent or withheld.
+            if unannounced >= CHECKPOINT_TRANSFERS {
+                let checkpoint = FeedEvent::Checkpoint {
+                    cursor: after,
+                    caught_up: false,
+                };
+                if !serving.send(checkpoint, None).await {
+                    return;
+                }
+                unannounced = 0;
+            }
             // The parts the partner has are passed over unbuilt; then one part is
             // encoded at a time: the queue holds at most a few parts.
             parts.skip_to(skip);
@@ -390,20 +402,6 @@ where
                 }
             }
             unannounced += 1;
-            let next = bundles.peek().map(|b| b.seq);
-            // The last transfer before the head is followed by the caught-up checkpoint.
-            if unannounced >= CHECKPOINT_TRANSFERS && !(next.is_none() && caught_up) {
-                // Everything up to this entry is sent, unless more transfers of it follow.
-                let reached = if next == Some(seq) { after } else { seq };
-                let checkpoint = FeedEvent::Checkpoint {
-                    cursor: reached,
-                    caught_up: false,
-                };
-                if !serving.send(checkpoint, None).await {
-                    return;
-                }
-                unannounced = 0;
-            }
         }
         cursor = page.cursor;
         crate::telemetry::telemetry().served(
