@@ -519,7 +519,12 @@ impl Node {
             .add_service(reflection_alpha)
             .add_service(
                 FederationServer::new(
-                    FederationService::new(id.clone(), engine.clone(), shutdown.clone())
+                    FederationService::new(
+                        id.clone(),
+                        engine.clone(),
+                        shutdown.clone(),
+                        config.node.data_dir.clone(),
+                    )
                         .with_crl_sink(reload.clone()),
                 )
                 // Pull streams are compressed for pullers that accept it (all Entente nodes

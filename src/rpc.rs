@@ -21,12 +21,14 @@ pub mod proto {
         tonic::include_file_descriptor_set!("entente_v1_descriptor");
 }
 
-/// Version of the federation protocol this build speaks. Version 2 carries bundles in
-/// bounded parts; version 1 (whole bundles in one message) is not spoken any more, and a
-/// peer of version 1 is refused with a message that says so, in both directions.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Version of the federation protocol this build speaks. Version 3 carries feed
+/// positions as sealed tokens (`sync::positions`) and checkpoints without counts;
+/// version 2 (bundles in bounded parts, positions as numbers) and version 1 (whole
+/// bundles in one message) are not spoken any more, and a peer of an earlier version is
+/// refused with a message that says so, in both directions.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Capabilities this build announces in `Hello`.
-pub const CAPABILITIES: &[&str] = &["hello", "bundle-parts"];
+pub const CAPABILITIES: &[&str] = &["hello", "bundle-parts", "sealed-positions"];
 
 pub use convert::bundle_responses;

@@ -677,12 +677,14 @@ pub trait PartnerState: Send + Sync {
     /// Records the policy fingerprint `peer` is now served under.
     fn set_served_policy(&self, peer: &NodeId, fingerprint: &[u8; 32]) -> Result<(), StoreError>;
 
-    /// The replication cursor kept for pulling from `peer` (0 when none).
-    fn cursor(&self, peer: &NodeId) -> Result<u64, StoreError>;
+    /// The replication cursor kept for pulling from `peer`: the position token the
+    /// peer issued, as received (empty when none: its feed is pulled from the start).
+    fn cursor(&self, peer: &NodeId) -> Result<Vec<u8>, StoreError>;
 
-    /// Records the replication cursor for `peer`. Written after the bundles before it,
-    /// so a recovered cursor never points past data that was not recovered.
-    fn set_cursor(&self, peer: &NodeId, seq: u64) -> Result<(), StoreError>;
+    /// Records the replication cursor for `peer` (a token of at most
+    /// `sync::positions::MAX_TOKEN_BYTES`). Written after the bundles before it, so a
+    /// recovered cursor never points past data that was not recovered.
+    fn set_cursor(&self, peer: &NodeId, token: &[u8]) -> Result<(), StoreError>;
 }
 
 /// Small state of the node's own: the certificate cache, feed checkpoints, TAXII statuses.

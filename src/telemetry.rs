@@ -40,14 +40,15 @@ pub struct Rejection {
 }
 
 /// Where a partner that pulls from this node stands in its change feed, as of the
-/// last checkpoint the node sent it.
+/// last page of it the node served (this node's own positions; the partner is given
+/// them only sealed).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ServedPosition {
     /// The position the partner has been sent everything up to (or had withheld).
     pub cursor: u64,
-    /// This node's feed head when that checkpoint was sent.
+    /// This node's feed head when that page was read.
     pub head: u64,
-    /// When the checkpoint was sent, ms since the epoch.
+    /// When the page was served, ms since the epoch.
     pub time_ms: i64,
 }
 
@@ -167,7 +168,7 @@ impl Telemetry {
             .observe(seconds);
     }
 
-    /// Records the checkpoint just sent to `partner`.
+    /// Records the page of its feed just served to `partner`.
     pub fn served(&self, partner: &str, cursor: u64, head: u64, now_ms: i64) {
         self.served
             .lock()

@@ -97,7 +97,7 @@ deny_tags = ["pii"]
         .unwrap();
         let mut stream = FederationClient::new(channel)
             .pull(PullRequest {
-                cursor: 0,
+                cursor: Vec::new(),
                 follow: false,
                 protocol_version: entente::rpc::PROTOCOL_VERSION,
                 resume: None,
@@ -471,7 +471,7 @@ async fn a_narrowing_reload_stops_what_a_slow_puller_has_not_read_yet() {
     .unwrap();
     let mut stream = FederationClient::new(channel)
         .pull(PullRequest {
-            cursor: 0,
+            cursor: Vec::new(),
             follow: true,
             protocol_version: entente::rpc::PROTOCOL_VERSION,
             resume: None,

@@ -304,7 +304,7 @@ async fn a_removed_peer_loses_its_follow_stream() {
     let mut pull = within(
         "pull",
         FederationClient::new(channel).pull(PullRequest {
-            cursor: 0,
+            cursor: Vec::new(),
             follow: true,
             protocol_version: entente::rpc::PROTOCOL_VERSION,
             resume: None,

@@ -283,8 +283,7 @@ async fn metrics_parse_with_the_prometheus_parser_and_count_what_happened() {
             "entente_pulled_items_total",
             &[("peer", "redmond.hq"), ("outcome", "accepted")],
         ) == Some(2.0)
-            && value(s, "entente_pull_lag_entries", &[("peer", "redmond.hq")]) == Some(0.0)
-            && value(s, "entente_pull_peer_head", &[("peer", "redmond.hq")]) == Some(1.0)
+            && value(s, "entente_pull_caught_up", &[("peer", "redmond.hq")]) == Some(1.0)
     });
     let hq_samples = scrape_until(hq_node.admin, "hq saw berlin's pull", |s| {
         value(s, "entente_served_cursor", &[("partner", "berlin.office")]) == Some(1.0)
@@ -299,7 +298,7 @@ async fn metrics_parse_with_the_prometheus_parser_and_count_what_happened() {
     // berlin, the puller: its link to hq, caught up.
     let b = &berlin_samples;
     assert_eq!(
-        value(b, "entente_pull_cursor", &[("peer", "redmond.hq")]),
+        value(b, "entente_pull_caught_up", &[("peer", "redmond.hq")]),
         Some(1.0)
     );
     assert_eq!(
@@ -642,7 +641,7 @@ async fn the_console_shows_a_three_node_federation_in_a_browser() {
             "entente_pulled_items_total",
             &[("peer", "berlin.office"), ("outcome", "accepted")],
         ) == Some(1.0)
-            && value(s, "entente_pull_lag_entries", &[("peer", "berlin.office")]) == Some(0.0)
+            && value(s, "entente_pull_caught_up", &[("peer", "berlin.office")]) == Some(1.0)
     });
     scrape_until(berlin_node.admin, "berlin saw paris pull", |s| {
         value(
@@ -650,7 +649,7 @@ async fn the_console_shows_a_three_node_federation_in_a_browser() {
             "entente_served_lag_entries",
             &[("partner", "paris.office")],
         ) == Some(0.0)
-            && value(s, "entente_pull_lag_entries", &[("peer", "redmond.hq")]) == Some(0.0)
+            && value(s, "entente_pull_caught_up", &[("peer", "redmond.hq")]) == Some(1.0)
     });
 
     let screenshot = screenshot_path();
@@ -673,8 +672,9 @@ async fn the_console_shows_a_three_node_federation_in_a_browser() {
     // berlin's overview: caught up with hq, paris caught up with it.
     assert_eq!(seen["middle_node"], "berlin.office", "{seen}");
     let pulled = &seen["middle_pulled"]["redmond.hq"];
-    assert_eq!(pulled["lag"], "0", "{seen}");
-    assert_eq!(pulled["cursor"], "1", "{seen}");
+    assert_eq!(pulled["lag"], "0.0 s", "{seen}");
+    // A peer's positions are sealed: the puller shows none.
+    assert!(pulled.get("cursor").is_none(), "{seen}");
     assert_eq!(pulled["state"], "caught up", "{seen}");
     assert_eq!(pulled["items"], "1 / 0", "{seen}");
     let served = &seen["middle_served"]["paris.office"];

@@ -364,7 +364,7 @@ fn keep_running_leaves_a_federation_the_cli_can_query() {
         words.extend(["--timeout".into(), "60".into()]);
         run(words)
     };
-    assert!(waited.contains("redmond.hq: caught up at"), "{waited}");
+    assert!(waited.contains("redmond.hq: caught up;"), "{waited}");
 
     // SIGTERM stops it cleanly and removes the throwaway directory.
     // SAFETY: plain kill(2) on our own child's pid.

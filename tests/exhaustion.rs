@@ -481,7 +481,7 @@ async fn a_pull_stream_that_is_never_read_is_let_go() {
         async move {
             federation
                 .pull(PullRequest {
-                    cursor: 0,
+                    cursor: Vec::new(),
                     follow: true,
                     protocol_version: entente::rpc::PROTOCOL_VERSION,
                     resume: None,

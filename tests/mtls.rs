@@ -287,7 +287,7 @@ async fn role_limits_are_enforced_per_service() {
     // A client may not pull the federation feed.
     let status = FederationClient::new(channel.clone())
         .pull(entente::rpc::proto::PullRequest {
-            cursor: 0,
+            cursor: Vec::new(),
             follow: false,
             protocol_version: entente::rpc::PROTOCOL_VERSION,
             resume: None,

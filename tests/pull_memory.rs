@@ -73,10 +73,10 @@ async fn pulls(rogue: &Scripted, n: usize) {
 fn whole_bundle(bytes: Vec<u8>) -> PullResponse {
     PullResponse {
         event: Some(pull_response::Event::Bundle(FeedBundle {
-            seq: 1,
             whole_bundle: bytes,
             hops: 0,
             part: None,
+            after: Vec::new(),
         })),
     }
 }

@@ -327,15 +327,11 @@ async fn a_chain_of_three_nodes_converges_to_what_the_rule_allows() {
     );
     let line = text
         .lines()
-        .find(|l| l.starts_with("redmond.hq: caught up at"))
+        .find(|l| l.starts_with("redmond.hq: caught up;"))
         .unwrap_or_else(|| panic!("no caught-up line for hq:\n{text}"));
     assert!(line.contains("items received in"), "{line}");
     assert_eq!(
-        berlin_node
-            .engine()
-            .store()
-            .cursor(&NodeId::new("redmond.hq").unwrap())
-            .unwrap(),
+        common::opened_cursor(&pki, &NodeId::new("redmond.hq").unwrap(), &berlin_node),
         hq_node.engine().store().feed_head(),
         "status --wait returned before berlin caught up with hq"
     );
@@ -682,16 +678,11 @@ async fn status_wait_returns_only_after_a_multi_page_initial_sync() {
     );
     // When the command returned, berlin had pulled hq's whole feed.
     assert_eq!(
-        berlin_node.engine().store().cursor(&hq).unwrap(),
+        common::opened_cursor(&pki, &hq, &berlin_node),
         head,
         "status --wait returned early:\n{text}"
     );
-    assert!(
-        text.contains(&format!(
-            "redmond.hq: caught up at {head} of {head} feed entries"
-        )),
-        "{text}"
-    );
+    assert!(text.contains("redmond.hq: caught up;"), "{text}");
     // The same wait with --json: one object once caught up, the link as it then stood.
     let out = status_wait(true).await.unwrap();
     assert!(out.status.success(), "{out:?}");
@@ -700,10 +691,11 @@ async fn status_wait_returns_only_after_a_multi_page_initial_sync() {
     let link = &status["links"][0];
     assert_eq!(link["peer"], "redmond.hq", "{status}");
     assert_eq!(link["caught_up"], true, "{status}");
-    assert_eq!(link["cursor"], head, "{status}");
-    assert_eq!(link["head"], head, "{status}");
+    // A peer's positions are sealed: the link says caught up, and shows no position.
+    assert!(link.get("cursor").is_none(), "{status}");
+    assert_eq!(link["lag_ms"], 0, "{status}");
     assert_eq!(status["caught_up"][0]["peer"], "redmond.hq", "{status}");
-    assert_eq!(status["caught_up"][0]["cursor"], head, "{status}");
+    assert!(status["caught_up"][0].get("cursor").is_none(), "{status}");
     berlin_node.shutdown(DEADLINE).await.unwrap();
     hq_node.shutdown(DEADLINE).await.unwrap();
 }
@@ -738,7 +730,7 @@ async fn a_partner_whose_cursor_is_beyond_a_fresh_feed_is_served_from_the_start(
         ],
     )
     .await;
-    assert_eq!(berlin_node.engine().store().cursor(&hq).unwrap(), 3);
+    assert_eq!(common::opened_cursor(&pki, &hq, &berlin_node), 3);
 
     // hq loses its data directory (or is restored from an old backup) and comes back
     // on the same address: its new feed starts again at 1, below berlin's cursor.

@@ -148,10 +148,8 @@ pub async fn status(config: Config, options: StatusOptions, output: Output) -> R
         }
         for done in &synced.done {
             println!(
-                "{}: caught up at {} of {} feed entries; {} items received in {:.1}s ({:.0} items/s), {} rejected",
+                "{}: caught up; {} items received in {:.1}s ({:.0} items/s), {} rejected",
                 done.peer,
-                done.cursor,
-                done.head,
                 done.items,
                 done.seconds,
                 done.items as f64 / done.seconds.max(1e-9),
@@ -256,16 +254,18 @@ fn ago(ms: i64, now: i64) -> String {
 
 fn link_line(link: &LinkStatus, now: i64) -> String {
     format!(
-        "link {:<24} {} cursor {} of {} (lag {} entries, {:.1} s), items {} received / {} rejected, bundles {} / {}{}{}",
+        "link {:<24} {} {} (behind for {:.1} s), items {} received / {} rejected, bundles {} / {}{}{}",
         link.peer,
         if link.connected {
             "connected   "
         } else {
             "disconnected"
         },
-        link.cursor,
-        link.head,
-        link.head.saturating_sub(link.cursor),
+        if link.caught_up {
+            "caught up  "
+        } else {
+            "catching up"
+        },
         link.lag_ms as f64 / 1000.0,
         link.items_received,
         link.items_rejected,
@@ -317,9 +317,6 @@ fn link_json(link: &LinkStatus) -> serde_json::Value {
         "peer": link.peer,
         "address": link.address,
         "connected": link.connected,
-        "cursor": link.cursor,
-        "head": link.head,
-        "lag_entries": link.head.saturating_sub(link.cursor),
         "lag_ms": link.lag_ms,
         "caught_up": link.caught_up,
         "items_received": link.items_received,
@@ -362,8 +359,6 @@ fn limit_json(limit: &LimitState) -> serde_json::Value {
 /// One link once it caught up, as `status --wait` reports it.
 struct CaughtUp {
     peer: String,
-    cursor: u64,
-    head: u64,
     items: u64,
     rejected: u64,
     seconds: f64,
@@ -395,8 +390,6 @@ impl Synced {
             .map(|d| {
                 json!({
                     "peer": d.peer,
-                    "cursor": d.cursor,
-                    "head": d.head,
                     "items_received": d.items,
                     "items_rejected": d.rejected,
                     "seconds": (d.seconds * 1000.0).round() / 1000.0,
@@ -438,13 +431,13 @@ async fn wait_for_sync(client: &NodeClient, deadline: Option<Duration>) -> Resul
         });
         for link in &links {
             let (bar, items_at_start, done) = state.entry(link.peer.clone()).or_insert_with(|| {
-                let bar = bars.add(ProgressBar::new(link.head.max(1)));
+                // A peer's positions are sealed: the bar says caught up or not.
+                let bar = bars.add(ProgressBar::new(1));
                 bar.set_style(style.clone());
                 bar.set_prefix(link.peer.clone());
                 (bar, link.items_received, None)
             });
-            bar.set_length(link.head.max(1));
-            bar.set_position(link.cursor.min(link.head));
+            bar.set_position(u64::from(link.caught_up));
             let items = link.items_received - (*items_at_start).min(link.items_received);
             bar.set_message(format!(
                 "{items} items ({:.0}/s){}",
@@ -489,8 +482,6 @@ async fn wait_for_sync(client: &NodeClient, deadline: Option<Duration>) -> Resul
             };
             Some(CaughtUp {
                 peer: link.peer.clone(),
-                cursor: link.cursor,
-                head: link.head,
                 items: link.items_received - (*items_at_start).min(link.items_received),
                 rejected: link.items_rejected,
                 seconds: *secs,

@@ -33,18 +33,14 @@ pub fn render(snapshot: &Snapshot) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::with_prefix("entente");
 
     // Pulled links: how far this node is behind each peer's feed.
-    let link_cursor = IntGauges::default();
-    let link_head = IntGauges::default();
-    let link_lag = IntGauges::default();
+    let link_caught_up = IntGauges::default();
     let link_lag_seconds = FloatGauges::default();
     let link_connected = IntGauges::default();
     for (peer, state) in &snapshot.links {
         let l = labels(&[("peer", peer.as_str())]);
-        link_cursor.get_or_create(&l).set(int(state.cursor));
-        link_head.get_or_create(&l).set(int(state.head));
-        link_lag
+        link_caught_up
             .get_or_create(&l)
-            .set(int(state.head.saturating_sub(state.cursor)));
+            .set(i64::from(state.caught_up()));
         let behind_ms = state
             .behind_since_ms
             .map_or(0, |since| (snapshot.now_ms - since).max(0));
@@ -56,19 +52,9 @@ pub fn render(snapshot: &Snapshot) -> Result<String, std::fmt::Error> {
             .set(i64::from(state.connected));
     }
     registry.register(
-        "pull_cursor",
-        "Position this node has pulled up to in each peer's change feed",
-        link_cursor,
-    );
-    registry.register(
-        "pull_peer_head",
-        "Each peer's change-feed head at its last checkpoint",
-        link_head,
-    );
-    registry.register(
-        "pull_lag_entries",
-        "Feed entries this node is behind each peer it pulls from (head minus cursor)",
-        link_lag,
+        "pull_caught_up",
+        "Whether this node is caught up with each peer's change feed as of the peer's last checkpoint (1) or not (0); a peer gives its feed positions only sealed, so how many entries behind is not known",
+        link_caught_up,
     );
     registry.register(
         "pull_lag_seconds",
@@ -96,7 +82,7 @@ pub fn render(snapshot: &Snapshot) -> Result<String, std::fmt::Error> {
     }
     registry.register(
         "served_cursor",
-        "Position each partner pulling from this node was last sent a checkpoint for",
+        "Position in this node's feed each partner pulling from it has been served up to (this node's own view; the partner sees it only sealed)",
         served_cursor,
     );
     registry.register(

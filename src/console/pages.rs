@@ -98,11 +98,11 @@ pub fn overview(s: &Snapshot) -> String {
     }
     b.push_str("</table>\n");
 
-    b.push_str("<h2>Pulled by this node</h2>\n<p>Each peer this node pulls from: where this node stands in the peer's change feed.</p>\n");
+    b.push_str("<h2>Pulled by this node</h2>\n<p>Each peer this node pulls from: whether this node is caught up with the peer's change feed (a peer gives its feed positions only sealed, so not by how many entries).</p>\n");
     if s.links.is_empty() {
         b.push_str("<p id=\"pulled-none\">No link: no <code>[[peer]]</code> with role <code>peer</code>.</p>\n");
     } else {
-        b.push_str("<table id=\"pulled\"><tr><th>Peer</th><th>Address</th><th>State</th><th>Cursor</th><th>Peer head</th><th>Behind (entries)</th><th>Behind for</th><th>Bundles received / rejected</th><th>Items received / rejected</th><th>Last message</th><th>Last error</th></tr>\n");
+        b.push_str("<table id=\"pulled\"><tr><th>Peer</th><th>Address</th><th>State</th><th>Behind for</th><th>Bundles received / rejected</th><th>Items received / rejected</th><th>Last message</th><th>Last error</th></tr>\n");
         for (peer, l) in &s.links {
             let state = if l.caught_up() {
                 "<span class=\"good\">caught up</span>"
@@ -115,13 +115,9 @@ pub fn overview(s: &Snapshot) -> String {
             let _ = writeln!(
                 b,
                 "<tr data-peer=\"{id}\"><td>{id}</td><td>{}</td><td class=\"state\">{state}</td>\
-<td class=\"num cursor\">{}</td><td class=\"num head\">{}</td><td class=\"num lag\">{}</td>\
-<td class=\"num\">{:.1} s</td><td class=\"num bundles\">{} / {}</td><td class=\"num items\">{} / {}</td>\
+<td class=\"num lag\">{:.1} s</td><td class=\"num bundles\">{} / {}</td><td class=\"num items\">{} / {}</td>\
 <td>{}</td><td class=\"error\">{}</td></tr>",
                 escape(&l.address),
-                l.cursor,
-                l.head,
-                l.head.saturating_sub(l.cursor),
                 behind_ms as f64 / 1000.0,
                 l.received,
                 l.rejected,
@@ -135,11 +131,11 @@ pub fn overview(s: &Snapshot) -> String {
         b.push_str("</table>\n");
     }
 
-    b.push_str("<h2>Pulled from this node</h2>\n<p>Each partner that has pulled from this node since it started: the position of its last checkpoint in this node's feed.</p>\n");
+    b.push_str("<h2>Pulled from this node</h2>\n<p>Each partner that has pulled from this node since it started: how far in this node's feed it has been served (this node's own positions; the partner is given them only sealed).</p>\n");
     if s.served.is_empty() {
         b.push_str("<p id=\"served-none\">No partner has pulled since the node started.</p>\n");
     } else {
-        b.push_str("<table id=\"served\"><tr><th>Partner</th><th>Cursor</th><th>Head then</th><th>Behind the head now (entries)</th><th>Last checkpoint</th></tr>\n");
+        b.push_str("<table id=\"served\"><tr><th>Partner</th><th>Served up to</th><th>Head then</th><th>Behind the head now (entries)</th><th>Last served</th></tr>\n");
         for (partner, p) in &s.served {
             let _ = writeln!(
                 b,

@@ -658,13 +658,13 @@ async fn wait_for_convergence(fed: &Federation) -> Result<Duration> {
             caught_up_at = None;
             continue;
         }
+        // A peer's positions are sealed: each link says whether its peer's last
+        // checkpoint found it caught up.
         let mut caught_up = true;
         for (puller, server) in &links {
-            let cursor = fed.nodes[*puller]
-                .engine()
-                .store()
-                .cursor(fed.nodes[*server].id())?;
-            caught_up &= cursor >= last[*server];
+            let peer = fed.nodes[*server].id().as_str();
+            let status = fed.admins[*puller].links().await?;
+            caught_up &= status.links.iter().any(|l| l.peer == peer && l.caught_up);
         }
         if !caught_up {
             caught_up_at = None;

@@ -47,7 +47,8 @@ impl Federation for Service {
 
     async fn pull(&self, request: Request<PullRequest>) -> Result<Response<PullStream>, Status> {
         let request = request.into_inner();
-        let mut cursor = request.cursor;
+        // A stand-in's tokens are its positions in the clear.
+        let mut cursor = crate::sync::positions::plain_position(&request.cursor);
         let mut feed = self.feed.clone();
         let stop = self.stop.clone();
         let (tx, rx) = mpsc::channel(16);
@@ -67,8 +68,10 @@ impl Federation for Service {
                         }
                     }
                 }
-                let head = cursor;
-                let checkpoint = pull_response::Event::Checkpoint(Checkpoint { cursor, head });
+                let checkpoint = pull_response::Event::Checkpoint(Checkpoint {
+                    cursor: crate::sync::positions::plain_token(cursor),
+                    caught_up: true,
+                });
                 if tx
                     .send(Ok(PullResponse {
                         event: Some(checkpoint),

@@ -253,8 +253,6 @@ impl Admin for AdminService {
                     peer: peer.to_string(),
                     address: s.address.clone(),
                     connected: s.connected,
-                    cursor: s.cursor,
-                    head: s.head,
                     bundles_received: s.received,
                     bundles_rejected: s.rejected,
                     last_error: s.last_error.clone().unwrap_or_default(),

@@ -106,19 +106,22 @@ impl From<&StoredItem> for ProtoStoredItem {
     }
 }
 
-/// A served feed event as a `Pull` message.
-pub fn pull_response(event: FeedEvent) -> PullResponse {
+/// A served feed event, its position sealed, as a `Pull` message.
+pub fn pull_response(event: FeedEvent<Vec<u8>>) -> PullResponse {
     let event = match event {
-        FeedEvent::Part(Part {
-            seq,
-            hops,
-            index,
-            last,
-            transfer,
-            opening,
-            header_chunk,
-            disclosures,
-        }) => {
+        FeedEvent::Part {
+            after,
+            part:
+                Part {
+                    hops,
+                    index,
+                    last,
+                    transfer,
+                    opening,
+                    header_chunk,
+                    disclosures,
+                },
+        } => {
             let (header_len, signature, disclosed) = match opening {
                 Some(Opening {
                     header_len,
@@ -128,7 +131,6 @@ pub fn pull_response(event: FeedEvent) -> PullResponse {
                 None => (0, Vec::new(), 0),
             };
             pull_response::Event::Bundle(FeedBundle {
-                seq,
                 whole_bundle: Vec::new(),
                 hops,
                 part: Some(BundlePart {
@@ -141,41 +143,62 @@ pub fn pull_response(event: FeedEvent) -> PullResponse {
                     header_chunk,
                     disclosures,
                 }),
+                after,
             })
         }
-        FeedEvent::Checkpoint { cursor, head } => {
-            pull_response::Event::Checkpoint(Checkpoint { cursor, head })
+        FeedEvent::Checkpoint { cursor, caught_up } => {
+            pull_response::Event::Checkpoint(Checkpoint { cursor, caught_up })
         }
     };
     PullResponse { event: Some(event) }
 }
 
 /// The `Pull` messages that carry `bundle` whole at feed position `seq` (its parts, as
-/// a node serves them), for tools and tests that stand in for a serving node.
+/// a node serves them), for tools and tests that stand in for a serving node: their
+/// position tokens are in the clear (`sync::positions::plain_token`).
 pub fn bundle_responses(seq: u64, hops: u32, bundle: wire::SignedBundle) -> Vec<PullResponse> {
+    let after = crate::sync::positions::plain_token(seq.saturating_sub(1));
     crate::sync::parts::split(PulledBundle { seq, hops, bundle })
-        .map(|part| pull_response(FeedEvent::Part(part)))
+        .map(|part| {
+            pull_response(FeedEvent::Part {
+                after: after.clone(),
+                part,
+            })
+        })
         .collect()
+}
+
+/// A position token from a peer, bounded.
+fn token(token: Vec<u8>, what: &str) -> Result<Vec<u8>, String> {
+    if token.len() > crate::sync::positions::MAX_TOKEN_BYTES {
+        return Err(format!(
+            "the peer sent a {what} position token of {} bytes; at most {}",
+            token.len(),
+            crate::sync::positions::MAX_TOKEN_BYTES
+        ));
+    }
+    Ok(token)
 }
 
 /// A `Pull` message from a peer as a feed event; `None` when it carries none (no
 /// event). An error when it is not of this protocol: a whole bundle (a peer of
-/// protocol 1), a bundle message without its part, a malformed transfer digest.
-pub fn feed_event(message: PullResponse) -> Result<Option<FeedEvent>, String> {
+/// protocol 1), a bundle message without its part or its position token, a malformed
+/// transfer digest, a position token longer than a node issues.
+pub fn feed_event(message: PullResponse) -> Result<Option<FeedEvent<Vec<u8>>>, String> {
     let PullResponse { event } = message;
     let Some(event) = event else {
         return Ok(None);
     };
     match event {
         pull_response::Event::Bundle(FeedBundle {
-            seq,
             whole_bundle,
             hops,
             part,
+            after,
         }) => {
             if !whole_bundle.is_empty() {
                 return Err(format!(
-                    "the peer sent the bundle at seq {seq} whole, as federation protocol 1 does; this node pulls bundles in parts (protocol {}): upgrade the peer",
+                    "the peer sent a bundle whole, as federation protocol 1 does; this node pulls bundles in parts (protocol {}): upgrade the peer",
                     super::PROTOCOL_VERSION
                 ));
             }
@@ -190,41 +213,51 @@ pub fn feed_event(message: PullResponse) -> Result<Option<FeedEvent>, String> {
                 disclosures,
             }) = part
             else {
-                return Err(format!(
-                    "the peer sent a bundle message at seq {seq} without its part"
-                ));
+                return Err("the peer sent a bundle message without its part".to_owned());
             };
+            if after.is_empty() {
+                return Err(format!(
+                    "the peer sent a bundle part without its position token, as federation protocol 2 does; this node pulls with sealed positions (protocol {}): upgrade the peer",
+                    super::PROTOCOL_VERSION
+                ));
+            }
+            let after = token(after, "bundle")?;
             let transfer: [u8; 32] = transfer_sha256.as_slice().try_into().map_err(|_| {
-                format!("the peer sent a part at seq {seq} whose transfer digest is not 32 bytes")
+                "the peer sent a part whose transfer digest is not 32 bytes".to_owned()
             })?;
-            Ok(Some(FeedEvent::Part(Part {
-                seq,
-                hops,
-                index,
-                last,
-                transfer,
-                opening: (index == 0).then_some(Opening {
-                    header_len,
-                    signature,
-                    disclosed,
-                }),
-                header_chunk,
-                disclosures,
-            })))
+            Ok(Some(FeedEvent::Part {
+                after,
+                part: Part {
+                    hops,
+                    index,
+                    last,
+                    transfer,
+                    opening: (index == 0).then_some(Opening {
+                        header_len,
+                        signature,
+                        disclosed,
+                    }),
+                    header_chunk,
+                    disclosures,
+                },
+            }))
         }
-        pull_response::Event::Checkpoint(Checkpoint { cursor, head }) => {
-            Ok(Some(FeedEvent::Checkpoint { cursor, head }))
+        pull_response::Event::Checkpoint(Checkpoint { cursor, caught_up }) => {
+            Ok(Some(FeedEvent::Checkpoint {
+                cursor: token(cursor, "checkpoint")?,
+                caught_up,
+            }))
         }
     }
 }
 
-/// A puller's resume point, checked.
-pub fn resume(resume: Option<BundleResume>) -> Result<Option<Resume>, Status> {
+/// A puller's resume point, checked, its position still sealed (the caller opens it).
+pub fn resume(resume: Option<BundleResume>) -> Result<Option<Resume<Vec<u8>>>, Status> {
     let Some(BundleResume {
-        seq,
         hops,
         transfer_sha256,
         next_part,
+        after,
     }) = resume
     else {
         return Ok(None);
@@ -234,7 +267,7 @@ pub fn resume(resume: Option<BundleResume>) -> Result<Option<Resume>, Status> {
         .try_into()
         .map_err(|_| Status::invalid_argument("resume.transfer_sha256 is 32 bytes"))?;
     Ok(Some(Resume {
-        seq,
+        after,
         hops,
         transfer,
         next_part,
@@ -242,18 +275,18 @@ pub fn resume(resume: Option<BundleResume>) -> Result<Option<Resume>, Status> {
 }
 
 /// A resume point as a `Pull` request field.
-pub fn resume_request(resume: Option<Resume>) -> Option<BundleResume> {
+pub fn resume_request(resume: Option<Resume<Vec<u8>>>) -> Option<BundleResume> {
     resume.map(
         |Resume {
-             seq,
+             after,
              hops,
              transfer,
              next_part,
          }| BundleResume {
-            seq,
             hops,
             transfer_sha256: transfer.to_vec(),
             next_part,
+            after,
         },
     )
 }
@@ -261,8 +294,9 @@ pub fn resume_request(resume: Option<Resume>) -> Option<BundleResume> {
 #[cfg(test)]
 mod tests {
     use super::{bundle_responses, feed_event, pull_response};
-    use crate::rpc::proto::{FeedBundle, PullResponse, pull_response as event};
+    use crate::rpc::proto::{BundlePart, FeedBundle, PullResponse, pull_response as event};
     use crate::sync::FeedEvent;
+    use crate::sync::positions::plain_token;
     use crate::wire;
 
     #[test]
@@ -278,34 +312,59 @@ mod tests {
         };
         let sent = bundle_responses(7, 2, bundle);
         assert_eq!(sent.len(), 1, "a small bundle is one part");
-        let Ok(Some(FeedEvent::Part(received))) = feed_event(sent[0].clone()) else {
+        let Ok(Some(FeedEvent::Part {
+            after,
+            part: received,
+        })) = feed_event(sent[0].clone())
+        else {
             panic!("a part message is a part event");
         };
-        assert_eq!((received.seq, received.hops, received.index), (7, 2, 0));
+        assert_eq!(after, plain_token(6));
+        assert_eq!((received.hops, received.index), (2, 0));
         assert!(received.last);
         assert_eq!(received.header_chunk, vec![1, 2, 3]);
         assert_eq!(
-            pull_response(FeedEvent::Part(received.clone())),
+            pull_response(FeedEvent::Part {
+                after,
+                part: received.clone()
+            }),
             sent[0].clone()
         );
 
-        let sent = pull_response(FeedEvent::Checkpoint { cursor: 5, head: 9 });
+        let sent = pull_response(FeedEvent::Checkpoint {
+            cursor: vec![5; 36],
+            caught_up: true,
+        });
         assert!(matches!(
             feed_event(sent),
-            Ok(Some(FeedEvent::Checkpoint { cursor: 5, head: 9 }))
+            Ok(Some(FeedEvent::Checkpoint { cursor, caught_up: true })) if cursor == vec![5; 36]
         ));
+        // A token longer than any node issues is refused before it is kept.
+        let long = pull_response(FeedEvent::Checkpoint {
+            cursor: vec![5; 65],
+            caught_up: false,
+        });
+        assert!(feed_event(long).is_err());
 
         assert!(matches!(feed_event(PullResponse { event: None }), Ok(None)));
-        let bundle_message = |whole_bundle: Vec<u8>| PullResponse {
+        let bundle_message = |whole_bundle: Vec<u8>, after: Vec<u8>| PullResponse {
             event: Some(event::Event::Bundle(FeedBundle {
-                seq: 3,
                 whole_bundle,
                 hops: 1,
-                part: None,
+                part: Some(BundlePart {
+                    last: true,
+                    transfer_sha256: vec![0; 32],
+                    ..Default::default()
+                }),
+                after,
             })),
         };
-        let old = feed_event(bundle_message(vec![10, 3, 1, 2, 3])).unwrap_err();
+        let old = feed_event(bundle_message(vec![10, 3, 1, 2, 3], vec![1])).unwrap_err();
         assert!(old.contains("protocol 1"), "{old}");
-        assert!(feed_event(bundle_message(vec![])).is_err());
+        // A part without its position: a peer of protocol 2.
+        let old = feed_event(bundle_message(vec![], vec![])).unwrap_err();
+        assert!(old.contains("protocol 2"), "{old}");
+        assert!(feed_event(bundle_message(vec![], vec![1; 65])).is_err());
+        assert!(feed_event(bundle_message(vec![], vec![1; 36])).is_ok());
     }
 }

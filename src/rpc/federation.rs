@@ -14,7 +14,7 @@ use super::proto::{
 use super::{CAPABILITIES, PROTOCOL_VERSION, convert};
 use crate::engine::Engine;
 use crate::model::NodeId;
-use crate::sync::{FeedRequest, Withdrawable};
+use crate::sync::{FeedRequest, PositionTokens, Resume, Withdrawable};
 use crate::transport::{ConnectionInfo, Withdrawal};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -27,16 +27,55 @@ pub struct FederationService {
     shutdown: CancellationToken,
     /// Where offered CRLs go; `None` refuses them.
     crls: Option<Arc<dyn super::admin::PolicyReload>>,
+    /// The sealing of feed positions for pullers: the key's directory, and the key once
+    /// loaded (or created) on the first pull.
+    positions: Arc<Positions>,
+}
+
+/// The position key of a node, loaded on first use.
+struct Positions {
+    dir: std::path::PathBuf,
+    tokens: std::sync::OnceLock<Arc<PositionTokens>>,
+}
+
+impl Positions {
+    /// The tokens, the key loaded or created now if it was not yet. A failure is not
+    /// kept: the next pull tries again.
+    fn tokens(&self) -> Result<Arc<PositionTokens>, Status> {
+        if let Some(tokens) = self.tokens.get() {
+            return Ok(tokens.clone());
+        }
+        match PositionTokens::load_or_create(&self.dir) {
+            Ok(tokens) => Ok(self.tokens.get_or_init(|| Arc::new(tokens)).clone()),
+            Err(error) => {
+                tracing::error!(%error, "cannot load the feed position key");
+                Err(Status::unavailable(
+                    "this node cannot serve its feed now (its position key cannot be read)",
+                ))
+            }
+        }
+    }
 }
 
 impl FederationService {
     /// The service for node `node_id`; pull streams end when `shutdown` is cancelled.
-    pub fn new(node_id: NodeId, engine: Arc<Engine>, shutdown: CancellationToken) -> Self {
+    /// Feed positions are sealed under the key kept in `store_dir` (created on the
+    /// first pull when there is none).
+    pub fn new(
+        node_id: NodeId,
+        engine: Arc<Engine>,
+        shutdown: CancellationToken,
+        store_dir: std::path::PathBuf,
+    ) -> Self {
         Self {
             node_id,
             engine,
             shutdown,
             crls: None,
+            positions: Arc::new(Positions {
+                dir: store_dir,
+                tokens: std::sync::OnceLock::new(),
+            }),
         }
     }
 
@@ -117,16 +156,38 @@ impl Federation for FederationService {
             protocol_version,
             resume,
         } = request.into_inner();
-        // A puller of another protocol could not read the parts it would be sent (one
-        // of protocol 1 would skip them and move its cursor past them).
+        // A puller of another protocol could not read the messages it would be sent
+        // (one of protocol 1 would skip parts and move its cursor past them; one of
+        // protocol 2 would read positions as numbers).
         if protocol_version != PROTOCOL_VERSION {
             return Err(Status::failed_precondition(format!(
-                "the puller speaks federation protocol {}; this node serves protocol {PROTOCOL_VERSION} only (bundles in parts): upgrade the puller",
+                "the puller speaks federation protocol {}; this node serves protocol {PROTOCOL_VERSION} only (bundles in parts, sealed feed positions): upgrade the puller",
                 protocol_version.max(1)
             )));
         }
         let resume = convert::resume(resume)?;
+        let tokens = self.positions.tokens()?;
+        // A token that does not open is no cursor: the feed is served from the start
+        // (the puller passes over what it holds), the same whatever the cause.
+        let cursor = tokens.open(&partner.id, &cursor).unwrap_or(0);
+        // A transfer whose token does not open is not continued.
+        let resume = resume.and_then(
+            |Resume {
+                 after,
+                 hops,
+                 transfer,
+                 next_part,
+             }| {
+                Some(Resume {
+                    after: tokens.open(&partner.id, &after)?,
+                    hops,
+                    transfer,
+                    next_part,
+                })
+            },
+        );
         let slot = self.engine.open_stream(&partner.id)?;
+        let peer = partner.id.clone();
         let feed = crate::sync::feed::serve(
             self.engine.clone(),
             FeedRequest {
@@ -137,8 +198,11 @@ impl Federation for FederationService {
             },
             connection,
             self.shutdown.clone(),
-            |event| match event {
-                Ok(event) => Ok(convert::pull_response(event)),
+            move |event| match event {
+                Ok(event) => event
+                    .try_map(|position| tokens.seal(&peer, position).ok_or(()))
+                    .map(convert::pull_response)
+                    .map_err(|()| Status::internal("the system random source failed")),
                 Err(end) => Err(Status::from(end)),
             },
             // The partner's stream slot is held as long as the serving loop.

@@ -63,7 +63,11 @@ pub struct GrpcPeer {
 }
 
 impl Peer for GrpcPeer {
-    async fn pull(&mut self, cursor: u64, resume: Option<Resume>) -> Result<PeerFeed, PeerError> {
+    async fn pull(
+        &mut self,
+        cursor: Vec<u8>,
+        resume: Option<Resume<Vec<u8>>>,
+    ) -> Result<PeerFeed, PeerError> {
         let stream = self
             .federation
             .pull(PullRequest {

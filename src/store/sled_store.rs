@@ -96,7 +96,7 @@ pub struct SledStore {
     pub(super) generation: AtomicU64,
     /// Replication cursors as last set; those not yet in sled are marked pending and
     /// written by the next flush, after the log is synced.
-    pub(super) cursors: Mutex<HashMap<String, (u64, bool)>>,
+    pub(super) cursors: Mutex<HashMap<String, (Vec<u8>, bool)>>,
     /// One writer at a time: the single-writer checks read then write.
     pub(super) writer: Mutex<()>,
     /// The disclosure ledger's segments.
@@ -1095,13 +1095,13 @@ impl SledStore {
     fn flush_now(&self) -> Result<(), StoreError> {
         // Cursors set so far count bundles appended so far: take them before the log
         // sync, so the sync covers everything they count.
-        let pending: Vec<(String, u64)> = self
+        let pending: Vec<(String, Vec<u8>)> = self
             .cursors
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .filter(|(_, (_, pending))| *pending)
-            .map(|(peer, (seq, _))| (peer.clone(), *seq))
+            .map(|(peer, (token, _))| (peer.clone(), token.clone()))
             .collect();
         // The log first: nothing in sled may be durable before the bundles it follows.
         let (synced, generation) = {
@@ -1132,10 +1132,10 @@ impl SledStore {
             batch.insert(records::META_LOG_GENERATION, &generation.to_be_bytes()[..]);
             batch.remove(records::META_COMPACTING);
             batch.insert(records::META_LEDGER_HEAD, &ledger_head.encode()[..]);
-            for (peer, seq) in &pending {
+            for (peer, token) in &pending {
                 batch.insert(
                     records::key(records::CURSOR, peer.as_bytes()),
-                    &seq.to_be_bytes()[..],
+                    token.as_slice(),
                 );
             }
             self.with_meta(|m| m.tree.apply_batch(batch))?;
@@ -1157,9 +1157,9 @@ impl SledStore {
         })?;
         self.recorded_watermark.fetch_max(synced, Ordering::SeqCst);
         let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
-        for (peer, seq) in pending {
+        for (peer, token) in pending {
             if let Some(entry) = cursors.get_mut(&peer) {
-                if entry.0 == seq {
+                if entry.0 == token {
                     entry.1 = false;
                 }
             }
@@ -1736,29 +1736,35 @@ impl PartnerState for SledStore {
         Ok(())
     }
 
-    fn cursor(&self, peer: &NodeId) -> Result<u64, StoreError> {
-        if let Some((seq, _)) = self
+    fn cursor(&self, peer: &NodeId) -> Result<Vec<u8>, StoreError> {
+        if let Some((token, _)) = self
             .cursors
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(peer.as_str())
         {
-            return Ok(*seq);
+            return Ok(token.clone());
         }
         let key = records::key(records::CURSOR, peer.as_str().as_bytes());
+        // A value longer than any token is not sent: the peer's feed is pulled from
+        // the start.
         Ok(self
             .with_meta(|m| m.tree.get(key))?
-            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
-            .unwrap_or(0))
+            .filter(|v| v.len() <= crate::sync::positions::MAX_TOKEN_BYTES)
+            .map(|v| v.to_vec())
+            .unwrap_or_default())
     }
 
-    fn set_cursor(&self, peer: &NodeId, seq: u64) -> Result<(), StoreError> {
+    fn set_cursor(&self, peer: &NodeId, token: &[u8]) -> Result<(), StoreError> {
+        if token.len() > crate::sync::positions::MAX_TOKEN_BYTES {
+            return Err(StoreError::BadCursor);
+        }
         // Kept in memory until the next flush, which syncs the log first: the bundles
         // a cursor counts are on disk before the cursor is.
         self.cursors
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(peer.as_str().to_owned(), (seq, true));
+            .insert(peer.as_str().to_owned(), (token.to_vec(), true));
         Ok(())
     }
 }

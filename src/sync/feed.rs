@@ -16,21 +16,55 @@ use crate::model::Partner;
 
 /// Feed entries read per pull page.
 pub const PULL_PAGE: usize = 256;
+/// Transfers sent between two checkpoints while catching up (counted in what the
+/// partner receives, not in entries read).
+pub const CHECKPOINT_TRANSFERS: usize = 256;
+/// While following, a checkpoint is sent this often whether or not anything happened.
+pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// One event of a pull stream, in either direction: what a node serves and what a
-/// puller receives.
+/// puller receives. `P` is a feed position: the serving node's own (`u64`) in the
+/// serving loop; a sealed token ([`super::positions`]) on the wire and in the puller,
+/// which does no arithmetic and no comparison on it.
 #[derive(Clone, Debug)]
-pub enum FeedEvent {
-    /// A part of a bundle (redacted for the partner) at a feed position, with the hop
-    /// count at which the sender holds its items.
-    Part(Part),
-    /// Everything up to `cursor` was sent or withheld; `head` is the feed's head then.
+pub enum FeedEvent<P = u64> {
+    /// A part of a bundle (redacted for the partner), with the hop count at which the
+    /// sender holds its items.
+    Part {
+        /// The position before the bundle's entry: what the puller stores once it holds
+        /// the bundle (the entry is served again on the next pull, for the transfers of
+        /// the same bundle at other hop counts that may follow it in the feed).
+        after: P,
+        /// The part.
+        part: Part,
+    },
+    /// Everything up to `cursor` was sent or withheld. Sent between every
+    /// [`CHECKPOINT_TRANSFERS`] transfers and the next, when the feed is caught up to its
+    /// head, and while following on a fixed heartbeat: never as a function of how many
+    /// entries were read or where pages end, so that it counts nothing the partner does
+    /// not see.
     Checkpoint {
         /// Feed position reached.
-        cursor: u64,
-        /// The feed head when the page was read.
-        head: u64,
+        cursor: P,
+        /// Whether the feed was served up to its head (or to an embargo) then.
+        caught_up: bool,
     },
+}
+
+impl<P> FeedEvent<P> {
+    /// The same event with its position turned by `f` (sealed for the wire, or opened).
+    pub fn try_map<Q, E>(self, f: impl FnOnce(P) -> Result<Q, E>) -> Result<FeedEvent<Q>, E> {
+        Ok(match self {
+            FeedEvent::Part { after, part } => FeedEvent::Part {
+                after: f(after)?,
+                part,
+            },
+            FeedEvent::Checkpoint { cursor, caught_up } => FeedEvent::Checkpoint {
+                cursor: f(cursor)?,
+                caught_up,
+            },
+        })
+    }
 }
 
 /// Why a served feed ended with an error (a stream that ends because its reader left,
@@ -68,12 +102,13 @@ pub trait Withdrawable: Send + Sync + 'static {
 pub struct FeedRequest {
     /// The partner served (as configured now).
     pub partner: Partner,
-    /// The position it asks to continue after.
+    /// The position it asks to continue after (0: from the start; a token that did not
+    /// open is 0).
     pub cursor: u64,
     /// Whether to keep following the feed once caught up.
     pub follow: bool,
-    /// A transfer the partner holds in part, to continue (honoured only when it is the
-    /// entry just after `cursor` and the feed is served from `cursor`).
+    /// A transfer the partner holds in part, to continue (honoured only when it
+    /// continues from `cursor` and the feed is served from `cursor`).
     pub resume: Option<Resume>,
 }
 
@@ -116,7 +151,7 @@ where
     let cursor = engine.serving_cursor(&partner.id, requested)?;
     // A transfer continues only where the partner left it: the entry after its cursor,
     // under the policy it was served under (else the feed replays from the start).
-    let resume = resume.filter(|r| cursor == requested && r.seq == requested.saturating_add(1));
+    let resume = resume.filter(|r| cursor == requested && r.after == requested);
     let convert = Arc::new(convert);
     let stream = FeedStream {
         rx,
@@ -247,9 +282,15 @@ where
     }
 }
 
-/// The serving loop: a page at a time from `cursor`, a checkpoint after each page, then
-/// (when following) a wait for the feed to move, an embargo to pass or the policy to
-/// change. A change of the partner's policy fingerprint replays its feed from the start.
+/// The serving loop: a page at a time from `cursor`, then (when following) a wait for
+/// the feed to move, an embargo to pass or the policy to change. A change of the
+/// partner's policy fingerprint replays its feed from the start.
+///
+/// What the partner receives depends only on what it may see: the transfers, a
+/// checkpoint between every [`CHECKPOINT_TRANSFERS`] of them and the next, one when the
+/// feed is caught up (the first time on this stream, and after any page that sent something), and
+/// while following one every [`HEARTBEAT`]. Reading entries that are all withheld sends
+/// nothing.
 async fn run<A, T, F>(serving: Serving<A, T, F>, cursor: u64, resume: Option<Resume>)
 where
     A: Withdrawable,
@@ -263,6 +304,13 @@ where
     let mut policy = engine.watch_policy();
     let mut fingerprint = engine.policy().partner_fingerprint(&partner.id);
     let mut resume = resume;
+    // Whether a caught-up checkpoint was sent on this stream.
+    let mut announced = false;
+    // Transfers sent since the last checkpoint.
+    let mut unannounced = 0usize;
+    let mut heartbeat =
+        tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if let Some(withdrawal) = serving.access.withdrawal() {
             serving.end(FeedEnd::Withdrawn(withdrawal)).await;
@@ -286,7 +334,9 @@ where
         let page = {
             let engine = engine.clone();
             let partner = partner.clone();
-            let resumed = resume.as_ref().map(|r| (r.seq, r.hops, r.transfer));
+            let resumed = resume
+                .as_ref()
+                .map(|r| (r.after.saturating_add(1), r.hops, r.transfer));
             tokio::task::spawn_blocking(move || {
                 // The fingerprint of the policy the page is decided under.
                 let policy = engine.policy();
@@ -312,11 +362,14 @@ where
                 return;
             }
         };
+        let embargo_until = page.embargo_until;
+        let caught_up = page.cursor >= page.head || embargo_until.is_some();
         for bundle in page.bundles {
             let mut parts = split(bundle);
             let (seq, hops, transfer) = parts.key();
+            let after = seq.saturating_sub(1);
             let mut skip = 0;
-            if let Some(r) = resume.as_ref().filter(|r| r.seq == seq) {
+            if let Some(r) = resume.as_ref().filter(|r| r.after == after) {
                 if hops < r.hops {
                     // The partner had this one whole before the transfer it continues.
                     continue;
@@ -325,28 +378,32 @@ where
                     skip = r.next_part;
                 }
             }
+            // A checkpoint between every CHECKPOINT_TRANSFERS transfers and the next,
+            // wherever the pages end: everything before this entry is sent or withheld.
+            if unannounced >= CHECKPOINT_TRANSFERS {
+                let checkpoint = FeedEvent::Checkpoint {
+                    cursor: after,
+                    caught_up: false,
+                };
+                if !serving.send(checkpoint, None).await {
+                    return;
+                }
+                unannounced = 0;
+            }
             // The parts the partner has are passed over unbuilt; then one part is
             // encoded at a time: the queue holds at most a few parts.
             parts.skip_to(skip);
             for part in parts {
                 if !serving
-                    .send(FeedEvent::Part(part), Some(decided_under))
+                    .send(FeedEvent::Part { after, part }, Some(decided_under))
                     .await
                 {
                     return;
                 }
             }
+            unannounced += 1;
         }
-        let embargo_until = page.embargo_until;
-        let caught_up = page.cursor >= page.head || embargo_until.is_some();
         cursor = page.cursor;
-        let checkpoint = FeedEvent::Checkpoint {
-            cursor,
-            head: page.head,
-        };
-        if !serving.send(checkpoint, None).await {
-            return;
-        }
         crate::telemetry::telemetry().served(
             partner.id.as_str(),
             cursor,
@@ -355,6 +412,17 @@ where
         );
         if !caught_up {
             continue;
+        }
+        if !announced || unannounced > 0 {
+            let checkpoint = FeedEvent::Checkpoint {
+                cursor,
+                caught_up: true,
+            };
+            if !serving.send(checkpoint, None).await {
+                return;
+            }
+            announced = true;
+            unannounced = 0;
         }
         if !serving.follow {
             return;
@@ -395,6 +463,12 @@ where
                     break;
                 }
                 _ = &mut embargo => break,
+                _ = heartbeat.tick() => {
+                    let checkpoint = FeedEvent::Checkpoint { cursor, caught_up: true };
+                    if !serving.send(checkpoint, None).await {
+                        return;
+                    }
+                }
             }
         }
     }

@@ -13,10 +13,6 @@ pub struct LinkState {
     pub address: String,
     /// Whether a pull stream is open.
     pub connected: bool,
-    /// Position reached in the peer's feed.
-    pub cursor: u64,
-    /// The peer's feed head at its last checkpoint.
-    pub head: u64,
     /// Bundles accepted from this link.
     pub received: u64,
     /// Bundles rejected from this link.
@@ -30,18 +26,23 @@ pub struct LinkState {
     /// Items from this link that were rejected (in rejected bundles, or by the
     /// single-writer rule).
     pub items_rejected: u64,
-    /// Since when the link has been behind the peer's head (`None` when caught up).
+    /// Since when the link has been behind the peer's feed: from the connection (or
+    /// an earlier one that did not catch up) until the peer's checkpoint says it is
+    /// caught up (`None` then).
     pub behind_since_ms: Option<i64>,
-    /// Whether a checkpoint arrived on the current connection (until then `head` is
-    /// what an earlier connection last heard, or 0).
+    /// Whether a checkpoint arrived on the current connection.
     pub checkpoint_since_connect: bool,
+    /// Whether the peer's last checkpoint on the current connection said the feed was
+    /// served up to its head. The peer's positions are sealed: this node knows whether
+    /// it is caught up, not by how many entries.
+    pub peer_caught_up: bool,
 }
 
 impl LinkState {
     /// Whether the link has pulled the peer's whole change feed as of the peer's last
     /// checkpoint on the current connection.
     pub fn caught_up(&self) -> bool {
-        self.connected && self.checkpoint_since_connect && self.cursor >= self.head
+        self.connected && self.checkpoint_since_connect && self.peer_caught_up
     }
 }
 
@@ -60,22 +61,18 @@ mod tests {
 
     #[test]
     fn a_link_is_caught_up_only_after_a_checkpoint_on_its_current_connection() {
-        // A fresh link that has received bundles but no checkpoint yet: head is unknown.
+        // A fresh link that has received bundles but no checkpoint yet.
         let mut link = LinkState {
             connected: true,
-            cursor: 219,
-            head: 0,
             ..Default::default()
         };
         assert!(!link.caught_up());
-        // The first checkpoint after a page: the peer's head is further on.
+        // A checkpoint while the peer's feed is still being served.
         link.checkpoint_since_connect = true;
-        link.cursor = 256;
-        link.head = 6000;
         assert!(!link.caught_up());
-        link.cursor = 6000;
+        link.peer_caught_up = true;
         assert!(link.caught_up());
-        // A reconnect: the old head no longer counts until the new stream checkpoints.
+        // A reconnect: the old checkpoint no longer counts until the new stream's.
         link.connected = false;
         link.checkpoint_since_connect = false;
         assert!(!link.caught_up());

@@ -31,11 +31,10 @@ pub struct Opening {
     pub disclosed: u32,
 }
 
-/// One part of a bundle transfer at a feed position.
+/// One part of a bundle transfer. Where the bundle stands in the feed travels beside
+/// it ([`super::FeedEvent::Part`]), so that the assembly of a transfer needs none.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Part {
-    /// Change-feed position of the bundle.
-    pub seq: u64,
     /// Transfers from the origin to the sender for these items.
     pub hops: u32,
     /// Position in the transfer, from 0.
@@ -53,10 +52,13 @@ pub struct Part {
 }
 
 /// Where a puller stopped inside a transfer: it asks for the parts from `next_part` on.
+/// `P` is a feed position: the serving node's own (`u64`) once opened, an opaque
+/// token on the puller's side.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Resume {
-    /// Change-feed position of the bundle.
-    pub seq: u64,
+pub struct Resume<P = u64> {
+    /// The feed position before the bundle's entry: the cursor the transfer continues
+    /// from (the `after` its parts came with).
+    pub after: P,
     /// Its hop count.
     pub hops: u32,
     /// The transfer's digest.
@@ -118,7 +120,7 @@ pub struct Split {
 }
 
 impl Split {
-    /// The transfer's feed position, hop count and digest.
+    /// The transfer's feed position (of the bundle's entry), hop count and digest.
     pub fn key(&self) -> (u64, u32, [u8; 32]) {
         (self.seq, self.hops, self.transfer)
     }
@@ -191,7 +193,6 @@ impl Iterator for Split {
         let index = self.index;
         let last = self.advance(take, end);
         Some(Part {
-            seq: self.seq,
             hops: self.hops,
             index,
             last,
@@ -244,7 +245,6 @@ pub struct Taken {
 /// (never more than the header has digests) and its budget of salts and items.
 #[derive(Debug)]
 pub struct Assembly {
-    seq: u64,
     hops: u32,
     transfer: [u8; 32],
     next_part: u32,
@@ -269,34 +269,30 @@ impl Assembly {
     pub fn open(part: &Part, item_budget: usize) -> Result<Self, PartError> {
         let Some(opening) = part.opening.as_ref().filter(|_| part.index == 0) else {
             return Err(protocol(format!(
-                "part {} of the bundle at seq {} came first, not part 0",
-                part.index, part.seq
+                "part {} of a bundle came first, not part 0",
+                part.index
             )));
         };
         let header_len = opening.header_len as usize;
         if header_len == 0 || header_len > MAX_HEADER_BYTES {
             return Err(protocol(format!(
-                "the bundle at seq {} announces a header of {header_len} bytes; at most {MAX_HEADER_BYTES}",
-                part.seq
+                "the bundle announces a header of {header_len} bytes; at most {MAX_HEADER_BYTES}"
             )));
         }
         if opening.signature.len() > MAX_SIGNATURE_BYTES {
             return Err(protocol(format!(
-                "the bundle at seq {} carries a signature of {} bytes; at most {MAX_SIGNATURE_BYTES}",
-                part.seq,
+                "the bundle carries a signature of {} bytes; at most {MAX_SIGNATURE_BYTES}",
                 opening.signature.len()
             )));
         }
         if opening.disclosed as usize > crate::crypto::MAX_ITEMS_PER_BUNDLE {
             return Err(protocol(format!(
-                "the bundle at seq {} announces {} disclosures; a bundle holds at most {}",
-                part.seq,
+                "the bundle announces {} disclosures; a bundle holds at most {}",
                 opening.disclosed,
                 crate::crypto::MAX_ITEMS_PER_BUNDLE
             )));
         }
         Ok(Self {
-            seq: part.seq,
             hops: part.hops,
             transfer: part.transfer,
             next_part: 0,
@@ -311,11 +307,6 @@ impl Assembly {
             refused: false,
             complete: false,
         })
-    }
-
-    /// The feed position of the bundle.
-    pub fn seq(&self) -> u64 {
-        self.seq
     }
 
     /// The sender's hop count for the bundle.
@@ -345,10 +336,11 @@ impl Assembly {
         self.item_bytes = 0;
     }
 
-    /// Where to continue this transfer on a new connection.
-    pub fn resume(&self) -> Resume {
+    /// Where to continue this transfer on a new connection, from the cursor `after`
+    /// (the one its parts came with).
+    pub fn resume<P>(&self, after: P) -> Resume<P> {
         Resume {
-            seq: self.seq,
+            after,
             hops: self.hops,
             transfer: self.transfer,
             next_part: self.next_part,
@@ -358,7 +350,6 @@ impl Assembly {
     /// Whether `part` is the one this transfer expects next.
     pub fn expects(&self, part: &Part) -> bool {
         !self.complete
-            && part.seq == self.seq
             && part.hops == self.hops
             && part.transfer == self.transfer
             && part.index == self.next_part
@@ -384,9 +375,8 @@ impl Assembly {
     pub fn take(&mut self, part: Part) -> Result<Taken, PartError> {
         if !self.expects(&part) {
             return Err(protocol(format!(
-                "part {} of the bundle at seq {} (hops {}) does not follow part {} of the transfer in progress",
+                "part {} of a bundle (hops {}) does not follow part {} of the transfer in progress",
                 part.index,
-                part.seq,
                 part.hops,
                 self.next_part.wrapping_sub(1)
             )));
@@ -395,8 +385,8 @@ impl Assembly {
         // number of parts (its header and items are bounded).
         if !part.last && part.header_chunk.is_empty() && part.disclosures.is_empty() {
             return Err(protocol(format!(
-                "part {} of the bundle at seq {} is empty",
-                part.index, part.seq
+                "part {} of the bundle is empty",
+                part.index
             )));
         }
         self.next_part = self.next_part.saturating_add(1);
@@ -418,8 +408,8 @@ impl Assembly {
         if !part.header_chunk.is_empty() {
             if self.header_bytes.len() + part.header_chunk.len() > self.header_len {
                 return Err(protocol(format!(
-                    "the bundle at seq {} sends more header than the {} bytes it announced",
-                    self.seq, self.header_len
+                    "the bundle sends more header than the {} bytes it announced",
+                    self.header_len
                 )));
             }
             self.header_bytes.extend_from_slice(&part.header_chunk);
@@ -439,15 +429,11 @@ impl Assembly {
         }
         if part.last {
             if self.header.is_none() {
-                return Err(protocol(format!(
-                    "the bundle at seq {} ended before its header was complete",
-                    self.seq
-                )));
+                return Err(protocol("the bundle ended before its header was complete"));
             }
             if self.disclosures.len() != self.disclosed as usize {
                 return Err(protocol(format!(
-                    "the bundle at seq {} ended with {} disclosures of the {} it announced",
-                    self.seq,
+                    "the bundle ended with {} disclosures of the {} it announced",
                     self.disclosures.len(),
                     self.disclosed
                 )));
@@ -460,16 +446,13 @@ impl Assembly {
 
     /// Decodes and checks the disclosures of one part, one at a time.
     fn take_disclosures(&mut self, mut bytes: &[u8]) -> Result<(), PartError> {
-        let seq = self.seq;
         let Some((_, digests)) = self.header.as_ref() else {
-            return Err(protocol(format!(
-                "the bundle at seq {seq} sent items before its whole header"
-            )));
+            return Err(protocol("the bundle sent items before its whole header"));
         };
         while !bytes.is_empty() {
             if self.disclosures.len() >= self.disclosed as usize {
                 return Err(protocol(format!(
-                    "the bundle at seq {seq} sends more than the {} disclosures it announced",
+                    "the bundle sends more than the {} disclosures it announced",
                     self.disclosed
                 )));
             }
@@ -477,7 +460,7 @@ impl Assembly {
             // before anything is allocated.
             let d = wire::Disclosure::decode_length_delimited(&mut bytes).map_err(|e| {
                 protocol(format!(
-                    "the bundle at seq {seq} sent a disclosure that does not decode: {e}"
+                    "the bundle sent a disclosure that does not decode: {e}"
                 ))
             })?;
             let refused = |error| PartError::Refused(error);
@@ -486,7 +469,7 @@ impl Assembly {
             };
             if let Some(previous) = self.disclosures.last().filter(|p| d.index <= p.index) {
                 return Err(protocol(format!(
-                    "the bundle at seq {seq} sent item {} after item {}: items come in increasing order, once each",
+                    "the bundle sent item {} after item {}: items come in increasing order, once each",
                     d.index, previous.index
                 )));
             }

@@ -6,6 +6,8 @@
 //! `Engine::accept_pulled`, and stores the cursor after it. Owns reconnection, backoff,
 //! the continuation of a transfer cut short and the retry of bundles refused for a
 //! passing reason; must not touch gRPC, transport or the inbound rules themselves.
+//! Positions in the peer's feed are the peer's sealed tokens: stored and sent back as
+//! received, never compared or counted (the peer decides what a token means).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -54,8 +56,9 @@ pub enum PeerError {
     Failed(String),
 }
 
-/// A peer's change feed as it arrives, one event at a time; an error ends it.
-pub type PeerFeed = Pin<Box<dyn Stream<Item = Result<FeedEvent, PeerError>> + Send>>;
+/// A peer's change feed as it arrives, one event at a time, its positions as the
+/// peer's opaque tokens; an error ends it.
+pub type PeerFeed = Pin<Box<dyn Stream<Item = Result<FeedEvent<Vec<u8>>, PeerError>> + Send>>;
 
 /// Opens connections to one peer: one per attempt of the pull loop, closed when the
 /// attempt ends.
@@ -68,12 +71,13 @@ pub trait Dialer: Send + Sync + 'static {
 
 /// One open connection to a peer, as the pull loop uses it.
 pub trait Peer: Send {
-    /// Pulls the peer's feed after `cursor`, following it, continuing the transfer
-    /// `resume` if the peer can.
+    /// Pulls the peer's feed after `cursor` (a token the peer issued; empty: from the
+    /// start), following it, offering to continue the transfer `resume` (the peer
+    /// decides whether it can).
     fn pull(
         &mut self,
-        cursor: u64,
-        resume: Option<Resume>,
+        cursor: Vec<u8>,
+        resume: Option<Resume<Vec<u8>>>,
     ) -> impl Future<Output = Result<PeerFeed, PeerError>> + Send;
     /// The certificates the peer holds under `fingerprint` (the first certificate of
     /// each chain it answers with; none when it holds none).
@@ -104,7 +108,6 @@ pub async fn run_link<D: Dialer>(
     let mut kept = Kept::default();
     update(&links, &link.peer, |s| {
         s.address = link.address.clone();
-        s.cursor = engine.store().cursor(&link.peer).unwrap_or(0);
     });
     let context = Context {
         link: &link,
@@ -116,7 +119,7 @@ pub async fn run_link<D: Dialer>(
         if shutdown.is_cancelled() {
             return;
         }
-        let before = position(&engine, &link, &kept);
+        let before = progress(&kept);
         let result = pull(&context, &dialer, &mut kept).await;
         // Only a transfer cut short by the connection is continued; one refused is
         // pulled again whole (a passing refusal may pass by then).
@@ -124,10 +127,10 @@ pub async fn run_link<D: Dialer>(
             kept.transfer = None;
             kept.offered = None;
         }
-        // A connection that moved the link forward (a stored cursor further on, or more
-        // of a transfer kept to continue) is no failure to back off from.
-        let after = position(&engine, &link, &kept);
-        let progressed = after.0 > before.0 || (after.1.is_some() && after.1 != before.1);
+        // A connection that moved the link forward (a bundle settled, or more of a
+        // transfer kept to continue) is no failure to back off from.
+        let after = progress(&kept);
+        let progressed = after.0 != before.0 || (after.1.is_some() && after.1 != before.1);
         update(&links, &link.peer, |s| {
             s.connected = false;
             s.checkpoint_since_connect = false;
@@ -152,15 +155,14 @@ pub async fn run_link<D: Dialer>(
     }
 }
 
-/// How far a link is: its stored cursor, and the transfer it keeps (feed position and
-/// next part).
-fn position(engine: &Engine, link: &Link, kept: &Kept) -> (u64, Option<(u64, u32)>) {
-    let cursor = engine.store().cursor(&link.peer).unwrap_or(0);
+/// How far a link has come: the bundles it settled, and the transfer it keeps (its
+/// digest and next part).
+fn progress(kept: &Kept) -> (u64, Option<([u8; 32], u32)>) {
     let transfer = kept.transfer.as_ref().map(|t| {
-        let resume = t.resume();
-        (resume.seq, resume.next_part)
+        let resume = t.resume(());
+        (resume.transfer, resume.next_part)
     });
-    (cursor, transfer)
+    (kept.settled, transfer)
 }
 
 /// What one pull loop works with.
@@ -176,55 +178,67 @@ struct Context<'a> {
 struct Kept {
     retries: Retries,
     /// The bundle transfer in progress (continued on the next connection when the
-    /// connection breaks in the middle of it).
+    /// connection breaks in the middle of it, if the peer can).
     transfer: Option<Assembly>,
+    /// The `after` token the transfer in progress came with.
+    after: Vec<u8>,
+    /// Bundles settled (accepted, or refused for good) so far: a bundle refused for a
+    /// passing reason, served again and again, is no progress.
+    settled: u64,
     /// The signer certificate the peer supplied for the transfer's header.
     offered: Option<Vec<u8>>,
 }
 
-/// Bundles of one link refused for a reason that can pass. The stored cursor never
+/// Bundles of one link refused for a reason that can pass, known by their transfer
+/// digest (the same each time the peer serves the bundle at the same hop count under
+/// the same policy, wherever it stands in the peer's feed). The stored cursor never
 /// passes the first of them, so they are pulled again, after a reconnection, until they
 /// are accepted or refused for good (or [`RETRY_GIVE_UP_MS`] has passed); meanwhile
 /// the link goes on with the bundles after them.
 #[derive(Debug, Default)]
 struct Retries {
-    /// Feed position → when it was first refused (ms).
-    since: std::collections::BTreeMap<u64, i64>,
-    /// The positions refused on the current connection.
-    open: std::collections::BTreeSet<u64>,
+    /// Transfer digest → when it was first refused (ms).
+    since: std::collections::HashMap<[u8; 32], i64>,
+    /// The transfers refused on the current connection, in the order they came, with
+    /// the `after` token each came with.
+    open: Vec<([u8; 32], Vec<u8>)>,
     /// The wait before the next attempt.
     delay: Option<Duration>,
 }
 
 impl Retries {
-    /// The highest cursor that may be stored: just before the first refused position.
-    fn cap(&self, cursor: u64) -> u64 {
+    /// The cursor that may be stored instead of `cursor`: the `after` token of the
+    /// first transfer still refused on this connection, if any (it came before
+    /// `cursor`).
+    fn cap<'a>(&'a self, cursor: &'a [u8]) -> &'a [u8] {
         self.open
             .first()
-            .map_or(cursor, |first| cursor.min(first.saturating_sub(1)))
+            .map_or(cursor, |(_, after)| after.as_slice())
     }
 
-    /// Records a passing refusal of `seq`; false when it has been refused for so long
-    /// that it is passed over for good.
-    fn refused(&mut self, seq: u64, now: i64) -> bool {
+    /// Records a passing refusal of `transfer` (which came with `after`); false when it
+    /// has been refused for so long that it is passed over for good.
+    fn refused(&mut self, transfer: [u8; 32], after: &[u8], now: i64) -> bool {
         // Bounded: past this many, a further refusal is final (a peer cannot make this
         // node hold its refusals without limit).
-        if !self.since.contains_key(&seq) && self.since.len() >= MAX_RETRIED {
+        if !self.since.contains_key(&transfer) && self.since.len() >= MAX_RETRIED {
             return false;
         }
-        let since = *self.since.entry(seq).or_insert(now);
+        let since = *self.since.entry(transfer).or_insert(now);
         if now - since > RETRY_GIVE_UP_MS {
-            self.since.remove(&seq);
+            self.since.remove(&transfer);
             return false;
         }
-        self.open.insert(seq);
+        if self.open.len() < MAX_RETRIED {
+            self.open.push((transfer, after.to_vec()));
+        }
         true
     }
 
-    /// `seq` was accepted or refused for good.
-    fn settled(&mut self, seq: u64) {
-        self.since.remove(&seq);
-        self.open.remove(&seq);
+    /// `transfer` was accepted or refused for good.
+    fn settled(&mut self, transfer: &[u8; 32]) {
+        self.since.remove(transfer);
+        self.open.retain(|(t, _)| t != transfer);
     }
 
     /// The wait before pulling the refused bundles again (doubling per attempt).
@@ -263,9 +277,11 @@ async fn pull<D: Dialer>(context: &Context<'_>, dialer: &D, kept: &mut Kept) -> 
         .store()
         .cursor(&link.peer)
         .map_err(|e| e.to_string())?;
-    // A transfer continues only from the entry just after the stored cursor.
+    // A transfer cut short is offered for continuation; the peer continues it only if
+    // it is of the entry just after the stored cursor (else it begins it again, or
+    // goes on with another).
     let resume = match kept.transfer.as_ref() {
-        Some(t) if !t.is_complete() && t.seq() == cursor.saturating_add(1) => Some(t.resume()),
+        Some(t) if !t.is_complete() && !t.is_refused() => Some(t.resume(kept.after.clone())),
         _ => {
             kept.transfer = None;
             kept.offered = None;
@@ -275,11 +291,10 @@ async fn pull<D: Dialer>(context: &Context<'_>, dialer: &D, kept: &mut Kept) -> 
     // Until the first message, the transfer kept is one the peer may or may not
     // continue.
     let mut resuming = resume.is_some();
-    let mut stream = peer
-        .pull(cursor, resume.clone())
-        .await
-        .map_err(|e| e.to_string())?;
-    tracing::info!(peer = %link.peer, cursor, resume_part = resume.map(|r| r.next_part), "pulling");
+    let from_start = cursor.is_empty();
+    let resume_part = resume.as_ref().map(|r| r.next_part);
+    let mut stream = peer.pull(cursor, resume).await.map_err(|e| e.to_string())?;
+    tracing::info!(peer = %link.peer, from_start, resume_part, "pulling");
     kept.retries.open.clear();
     // When bundles were refused for a passing reason, this connection ends after a
     // while so that they are pulled again from the stored cursor.
@@ -289,6 +304,9 @@ async fn pull<D: Dialer>(context: &Context<'_>, dialer: &D, kept: &mut Kept) -> 
     update(links, &link.peer, |s| {
         s.connected = true;
         s.checkpoint_since_connect = false;
+        s.peer_caught_up = false;
+        // Behind until the peer says the link is caught up.
+        s.behind_since_ms = Some(s.behind_since_ms.unwrap_or_else(now_ms));
         // Errors of earlier attempts are history once a stream is open.
         s.last_error = None;
     });
@@ -308,23 +326,24 @@ async fn pull<D: Dialer>(context: &Context<'_>, dialer: &D, kept: &mut Kept) -> 
         };
         let was_resuming = std::mem::replace(&mut resuming, false);
         match message {
-            FeedEvent::Part(part) => {
-                let outcome = match take_part(context, &mut peer, kept, part, was_resuming).await {
-                    Ok(outcome) => outcome,
-                    Err(problem) => {
-                        // Nothing of a transfer that breaks the protocol is kept.
-                        kept.transfer = None;
-                        kept.offered = None;
-                        return Err(problem);
-                    }
-                };
+            FeedEvent::Part { after, part } => {
+                let outcome =
+                    match take_part(context, &mut peer, kept, after, part, was_resuming).await {
+                        Ok(outcome) => outcome,
+                        Err(problem) => {
+                            // Nothing of a transfer that breaks the protocol is kept.
+                            kept.transfer = None;
+                            kept.offered = None;
+                            return Err(problem);
+                        }
+                    };
                 let Some(outcome) = outcome else {
                     update(links, &link.peer, |s| s.last_message_ms = now_ms());
                     continue;
                 };
                 match settle(context, &mut kept.retries, outcome)? {
                     Settled::Stop => return Ok(()),
-                    Settled::Done => {}
+                    Settled::Done => kept.settled += 1,
                     Settled::RetryLater => {
                         if !retry_armed {
                             retry_armed = true;
@@ -337,22 +356,22 @@ async fn pull<D: Dialer>(context: &Context<'_>, dialer: &D, kept: &mut Kept) -> 
             }
             FeedEvent::Checkpoint {
                 cursor: reached,
-                head,
+                caught_up,
             } => {
-                if let Some(t) = kept.transfer.as_ref().filter(|t| !t.is_complete()) {
-                    let seq = t.seq();
+                if kept.transfer.as_ref().is_some_and(|t| !t.is_complete()) {
                     kept.transfer = None;
                     kept.offered = None;
                     // A transfer kept from an earlier connection that the peer does not
                     // continue (its feed moved on under another policy) is dropped;
                     // one in progress on this connection must end before anything else.
                     if !was_resuming {
-                        return Err(format!(
-                            "the peer sent a checkpoint in the middle of the bundle at seq {seq}"
-                        ));
+                        return Err(
+                            "the peer sent a checkpoint in the middle of a bundle transfer"
+                                .to_owned(),
+                        );
                     }
                 }
-                let cursor = kept.retries.cap(reached);
+                let cursor = kept.retries.cap(&reached).to_vec();
                 if shutdown.is_cancelled() {
                     return Ok(());
                 }
@@ -361,15 +380,14 @@ async fn pull<D: Dialer>(context: &Context<'_>, dialer: &D, kept: &mut Kept) -> 
                 }
                 engine
                     .store()
-                    .set_cursor(&link.peer, cursor)
+                    .set_cursor(&link.peer, &cursor)
                     .map_err(|e| e.to_string())?;
                 update(links, &link.peer, |s| {
                     let now = now_ms();
-                    s.cursor = cursor;
-                    s.head = head;
+                    s.peer_caught_up = caught_up;
                     s.checkpoint_since_connect = true;
                     s.last_message_ms = now;
-                    s.behind_since_ms = if reached >= head {
+                    s.behind_since_ms = if caught_up {
                         None
                     } else {
                         Some(s.behind_since_ms.unwrap_or(now))
@@ -382,7 +400,10 @@ async fn pull<D: Dialer>(context: &Context<'_>, dialer: &D, kept: &mut Kept) -> 
 
 /// What became of one bundle of a link.
 struct Outcome {
-    seq: u64,
+    /// The `after` token the bundle came with.
+    after: Vec<u8>,
+    /// Its transfer digest.
+    transfer: [u8; 32],
     /// Items the bundle disclosed.
     disclosed: u64,
     accepted: Result<AcceptReport, EngineError>,
@@ -397,21 +418,21 @@ async fn take_part<P: Peer>(
     context: &Context<'_>,
     peer: &mut P,
     kept: &mut Kept,
+    after: Vec<u8>,
     part: Part,
     resuming: bool,
 ) -> Result<Option<Outcome>, String> {
     let Context { link, engine, .. } = *context;
-    let seq = part.seq;
+    let transfer = part.transfer;
     if part.index == 0 {
-        if let Some(t) = kept
+        if kept
             .transfer
             .as_ref()
-            .filter(|t| !t.is_complete() && !resuming)
+            .is_some_and(|t| !t.is_complete() && !resuming)
         {
-            return Err(format!(
-                "the peer began the bundle at seq {seq} before the bundle at seq {} was complete",
-                t.seq()
-            ));
+            return Err(
+                "the peer began a bundle before the bundle in transfer was complete".to_owned(),
+            );
         }
         // A transfer kept from an earlier connection that the peer begins again (or
         // does not continue) is dropped.
@@ -420,14 +441,16 @@ async fn take_part<P: Peer>(
             Assembly::open(&part, engine.limits().pull_transfer_bytes)
                 .map_err(|e| e.to_string())?,
         );
+        kept.after = after;
     } else if !kept.transfer.as_ref().is_some_and(|t| t.expects(&part)) {
         return Err(format!(
-            "part {} of the bundle at seq {seq} does not follow the transfer in progress",
+            "part {} of a bundle does not follow the transfer in progress",
             part.index
         ));
     }
+    let after = kept.after.clone();
     let Some(assembly) = kept.transfer.as_mut() else {
-        return Err(format!("no transfer for the bundle at seq {seq}"));
+        return Err("no transfer in progress".to_owned());
     };
     let disclosed = u64::from(assembly.disclosed());
     let was_refused = assembly.is_refused();
@@ -447,7 +470,8 @@ async fn take_part<P: Peer>(
                 PartError::Protocol(problem) => return Err(problem),
             };
             return Ok(Some(Outcome {
-                seq,
+                after,
+                transfer,
                 disclosed,
                 accepted: Err(error),
             }));
@@ -463,7 +487,8 @@ async fn take_part<P: Peer>(
             }
             kept.offered = None;
             return Ok(Some(Outcome {
-                seq,
+                after,
+                transfer,
                 disclosed,
                 accepted: Err(error),
             }));
@@ -497,7 +522,8 @@ async fn take_part<P: Peer>(
         }
     };
     Ok(Some(Outcome {
-        seq,
+        after,
+        transfer,
         disclosed,
         accepted,
     }))
@@ -565,10 +591,14 @@ fn settle(
         shutdown,
     } = *context;
     let Outcome {
-        seq,
+        after,
+        transfer,
         disclosed,
         accepted,
     } = outcome;
+    // How the bundle is named in logs and in the link's last error: its transfer, as
+    // the peer's feed position is not known here.
+    let label = format!("transfer {}", crate::util::hex(&transfer[..6]));
     let ok = accepted.is_ok();
     let mut rejection = None;
     // The reason word for the metrics (`telemetry`), when the bundle was not stored.
@@ -580,15 +610,15 @@ fn settle(
     };
     match accepted {
         Ok(report) => {
-            retries.settled(seq);
+            retries.settled(&transfer);
             if !report.rejected.is_empty() {
                 tracing::warn!(peer = %link.peer, rejected = report.rejected.len(), "items rejected by the single-writer or revocation rule");
             }
         }
         // May pass later: keep the cursor before it and pull it again.
-        Err(error) if is_transient(&error) && retries.refused(seq, now_ms()) => {
-            tracing::warn!(peer = %link.peer, seq, %error, "bundle refused for now; it will be pulled again");
-            rejection = Some(format!("seq {seq}: {error} (will retry)"));
+        Err(error) if is_transient(&error) && retries.refused(transfer, &after, now_ms()) => {
+            tracing::warn!(peer = %link.peer, bundle = %label, %error, "bundle refused for now; it will be pulled again");
+            rejection = Some(format!("{label}: {error} (will retry)"));
             reason = Some("refused_for_now");
             settled = Settled::RetryLater;
         }
@@ -600,31 +630,31 @@ fn settle(
             | EngineError::Certificate(_)
             | EngineError::Store(crate::store::StoreError::ConflictingBundle(_))),
         ) => {
-            retries.settled(seq);
-            tracing::warn!(peer = %link.peer, seq, %error, "bundle rejected");
+            retries.settled(&transfer);
+            tracing::warn!(peer = %link.peer, bundle = %label, %error, "bundle rejected");
             reason = Some(rejection_reason(&error));
-            rejection = Some(format!("seq {seq}: {error}"));
+            rejection = Some(format!("{label}: {error}"));
         }
         Err(error) => return Err(error.to_string()),
     }
     // After the bundle is stored: a recovered cursor never runs ahead of data. A bundle
-    // may come as several transfers (one per hop count) with the same seq, so only the
-    // entries before this one are known to be complete; and never past a bundle to be
-    // pulled again.
-    let done = retries.cap(seq.saturating_sub(1));
+    // may come as several transfers (one per hop count) of one feed entry, so the
+    // cursor stored is the one before the entry (`after`); and never past a bundle to
+    // be pulled again.
+    let done = retries.cap(&after).to_vec();
     if shutdown.is_cancelled() {
         // Replaced (a reload) or stopping: the next loop stores cursors.
         return Ok(Settled::Stop);
     }
     engine
         .store()
-        .set_cursor(&link.peer, done)
+        .set_cursor(&link.peer, &done)
         .map_err(|e| e.to_string())?;
     let items_rejected_reason = reason.unwrap_or("single_writer_or_revocation");
     let detail = match (&rejection, ok && rejected_items > 0) {
         (Some(text), _) => Some(text.clone()),
         (None, true) => Some(format!(
-            "seq {seq}: {rejected_items} items rejected by the single-writer or revocation rule"
+            "{label}: {rejected_items} items rejected by the single-writer or revocation rule"
         )),
         (None, false) => None,
     };
@@ -637,7 +667,6 @@ fn settle(
         now_ms(),
     );
     update(links, &link.peer, |s| {
-        s.cursor = done;
         s.last_message_ms = now_ms();
         s.items_received += stored_items;
         s.items_rejected += rejected_items;
@@ -721,4 +750,27 @@ async fn offered_signer<P: Peer>(
         }
         Some(der) => Offer::Supplied(der),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{RETRY_GIVE_UP_MS, Retries};
+
+    #[test]
+    fn the_cursor_stored_never_passes_the_first_bundle_refused_for_now() {
+        let mut retries = Retries::default();
+        assert_eq!(retries.cap(b"reached"), b"reached");
+        assert!(retries.refused([1; 32], b"before-1", 0));
+        assert!(retries.refused([2; 32], b"before-2", 0));
+        // The first refused in stream order holds the cursor back.
+        assert_eq!(retries.cap(b"reached"), b"before-1");
+        retries.settled(&[1; 32]);
+        assert_eq!(retries.cap(b"reached"), b"before-2");
+        // The same transfer served again at another position (offered again) is known
+        // by its digest: its first refusal still counts for giving up.
+        assert!(retries.refused([2; 32], b"before-3", 1000));
+        assert!(!retries.refused([2; 32], b"before-4", RETRY_GIVE_UP_MS + 1));
+        retries.settled(&[2; 32]);
+        assert_eq!(retries.cap(b"reached"), b"reached");
+    }
 }

@@ -390,3 +390,15 @@ pub fn remove_sled(data: &Path) {
         }
     }
 }
+
+/// The position in `server`'s feed that the cursor `puller` keeps for it names, opened
+/// with the position key in the server's data directory (`data-{server}` under `pki`,
+/// as `write_config` places it): a test may look inside what only the server can read.
+/// 0 when there is no cursor or it does not open.
+pub fn opened_cursor(pki: &Pki, server: &NodeId, puller: &Node) -> u64 {
+    let token = puller.engine().store().cursor(server).unwrap();
+    let tokens =
+        entente::sync::PositionTokens::load_or_create(&pki.path().join(format!("data-{server}")))
+            .unwrap();
+    tokens.open(puller.id(), &token).unwrap_or(0)
+}

@@ -81,7 +81,8 @@ impl Federation for Rogue {
     type PullStream = PullStream;
 
     async fn pull(&self, request: Request<PullRequest>) -> Result<Response<PullStream>, Status> {
-        let after = request.into_inner().cursor;
+        // A stand-in's position tokens are its positions in the clear.
+        let after = entente::sync::positions::plain_position(&request.into_inner().cursor);
         let mut out: Vec<Result<PullResponse, Status>> = self
             .feed
             .iter()
@@ -91,8 +92,8 @@ impl Federation for Rogue {
         let head = self.feed.len() as u64;
         out.push(Ok(PullResponse {
             event: Some(pull_response::Event::Checkpoint(Checkpoint {
-                cursor: head,
-                head,
+                cursor: entente::sync::positions::plain_token(head),
+                caught_up: true,
             })),
         }));
         Ok(Response::new(Box::pin(tokio_stream::iter(out))))
@@ -151,14 +152,20 @@ impl Scripted {
     }
 }
 
-/// A checkpoint message.
+/// A checkpoint message at `cursor` (a position in the clear, as a stand-in gives
+/// it), caught up when `cursor` has reached `head`.
 pub fn checkpoint(cursor: u64, head: u64) -> PullResponse {
     PullResponse {
         event: Some(pull_response::Event::Checkpoint(Checkpoint {
-            cursor,
-            head,
+            cursor: entente::sync::positions::plain_token(cursor),
+            caught_up: cursor >= head,
         })),
     }
+}
+
+/// A stored cursor as the position a stand-in gave in the clear (0 for none).
+pub fn plain(cursor: Vec<u8>) -> u64 {
+    entente::sync::positions::plain_position(&cursor)
 }
 
 #[tonic::async_trait]

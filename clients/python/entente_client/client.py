@@ -23,7 +23,7 @@ DEFAULT_PAGE_SIZE = 100
 #: Deadline of one unary call, in seconds.
 DEFAULT_TIMEOUT = 30.0
 
-_PROTOCOL_VERSION = 2
+_PROTOCOL_VERSION = 3
 _TLP_NAMES = {
     bundle_pb2.TLP_CLEAR: "CLEAR",
     bundle_pb2.TLP_GREEN: "GREEN",

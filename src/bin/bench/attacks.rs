@@ -220,7 +220,7 @@ pub async fn attacks(args: &Args) -> Result<()> {
             FederationClient::new(peer.channel()).max_decoding_message_size(64 << 20);
         match federation
             .pull(PullRequest {
-                cursor: 0,
+                cursor: Vec::new(),
                 follow: true,
                 protocol_version: entente::rpc::PROTOCOL_VERSION,
                 resume: None,
