@@ -309,3 +309,27 @@ async fn a_bundle_a_widened_policy_discloses_is_not_lost_to_a_pull_that_breaks()
     );
     hub.stop().await;
 }
+
+/// The position key is the one secret that turns every token a partner holds back into
+/// a count of the node's feed. The node's TLS key is refused when others than its
+/// owner may read it; the position key was taken whatever its mode (a data directory
+/// copied or restored with a loose umask): it is refused the same way, and a key left
+/// to its owner still loads.
+#[cfg(unix)]
+#[test]
+fn a_position_key_open_to_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(entente::sync::positions::KEY_FILE);
+    std::fs::write(&path, [9u8; 32]).unwrap();
+    for mode in [0o644, 0o640, 0o604, 0o660] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        let loaded = entente::sync::PositionTokens::load_or_create(dir.path());
+        assert!(loaded.is_err(), "a key of mode {mode:o} was taken");
+    }
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let tokens = entente::sync::PositionTokens::load_or_create(dir.path()).unwrap();
+    let partner = NodeId::new("police.partner").unwrap();
+    let token = tokens.seal(&partner, &[1; 32], 5).unwrap();
+    assert_eq!(tokens.open(&partner, &[1; 32], &token), Some(5));
+}

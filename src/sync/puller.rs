@@ -447,6 +447,11 @@ async fn take_part<P: Peer>(
             "part {} of a bundle does not follow the transfer in progress",
             part.index
         ));
+    } else if resuming {
+        // The peer continues the transfer kept at the first entry it serves after the
+        // stored cursor: the cursor stored once it is whole is the one the peer gave for
+        // that entry.
+        kept.after = after;
     }
     let after = kept.after.clone();
     let Some(assembly) = kept.transfer.as_mut() else {
