@@ -333,3 +333,190 @@ fn a_position_key_open_to_others_is_refused() {
     let token = tokens.seal(&partner, &[1; 32], 5).unwrap();
     assert_eq!(tokens.open(&partner, &[1; 32], &token), Some(5));
 }
+
+/// A stand-in for a serving node that continues a transfer when asked to, as a node of
+/// this protocol does: its first answer ends in the middle of a transfer; a pull that
+/// offers to continue it is answered with the rest (the transfers of the entry before
+/// it, at lower hop counts, taken as held); any other pull with the whole feed.
+#[derive(Clone)]
+struct Continuing {
+    first: Vec<PullResponse>,
+    continued: Vec<PullResponse>,
+    whole: Vec<PullResponse>,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<PullRequest>>>,
+    certificate: Vec<u8>,
+}
+
+#[tonic::async_trait]
+impl entente::rpc::proto::federation_server::Federation for Continuing {
+    async fn offer_crl(
+        &self,
+        _: tonic::Request<entente::rpc::proto::OfferCrlRequest>,
+    ) -> Result<tonic::Response<entente::rpc::proto::OfferCrlResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("stand-in"))
+    }
+
+    async fn hello(
+        &self,
+        _: tonic::Request<entente::rpc::proto::HelloRequest>,
+    ) -> Result<tonic::Response<entente::rpc::proto::HelloResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("stand-in"))
+    }
+
+    type PullStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<PullResponse, tonic::Status>> + Send>,
+    >;
+
+    async fn pull(
+        &self,
+        request: tonic::Request<PullRequest>,
+    ) -> Result<tonic::Response<Self::PullStream>, tonic::Status> {
+        let request = request.into_inner();
+        let script = {
+            let mut requests = self.requests.lock().unwrap();
+            let script = if requests.is_empty() {
+                self.first.clone()
+            } else if request.resume.is_some() {
+                self.continued.clone()
+            } else {
+                self.whole.clone()
+            };
+            requests.push(request);
+            script
+        };
+        Ok(tonic::Response::new(Box::pin(tokio_stream::iter(
+            script.into_iter().map(Ok),
+        ))))
+    }
+
+    async fn get_certificates(
+        &self,
+        request: tonic::Request<entente::rpc::proto::GetCertificatesRequest>,
+    ) -> Result<tonic::Response<entente::rpc::proto::GetCertificatesResponse>, tonic::Status> {
+        let own = entente::crypto::sha256(&self.certificate);
+        let chains = request
+            .into_inner()
+            .sha256
+            .into_iter()
+            .filter(|w| w.as_slice() == own)
+            .map(|w| entente::rpc::proto::CertificateChain {
+                sha256: w,
+                der: vec![self.certificate.clone()],
+            })
+            .collect();
+        Ok(tonic::Response::new(
+            entente::rpc::proto::GetCertificatesResponse { chains },
+        ))
+    }
+}
+
+/// `n` GREEN domains of about 550 bytes each, modified at `modified_ms`.
+fn domains(n: usize, tag: &str, modified_ms: i64) -> Vec<entente::model::Item> {
+    use entente::model::{Indicator, IndicatorType, Item, ItemId, ItemKind};
+    (0..n)
+        .map(|i| Item {
+            id: ItemId::new_random(),
+            modified_ms,
+            tlp: entente::model::Tlp::Green,
+            tags: vec![],
+            kind: ItemKind::Indicator(Indicator {
+                indicator_type: IndicatorType::Domain,
+                value: format!("host-{tag}-{i}.example"),
+                description: "d".repeat(500),
+                confidence: 50,
+                kill_chain_phases: vec![],
+                valid_from_ms: modified_ms.min(entente::engine::now_ms()) - 10_000,
+                valid_until_ms: None,
+                properties: Default::default(),
+            }),
+        })
+        .collect()
+}
+
+/// The puller offers to continue a transfer cut short, and a serving node that takes
+/// the offer passes over the transfers of the same feed entry at lower hop counts, as
+/// held whole. One of them may instead have been refused for a passing reason (an item
+/// dated ahead of this clock): the puller forgot it at the new connection, stored the
+/// cursors after the continued transfer, and never pulled it again. Here the entry's
+/// first transfer is refused for now and the connection ends in its second; the next
+/// pull after the continuation must still be made from before the refused one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_continued_transfer_does_not_carry_the_cursor_past_a_bundle_refused_for_now() {
+    use common::rogue::{RogueServer, checkpoint, plain, sign};
+    common::init_logging();
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let rogue = pki.node("rogue.continuing");
+    pki.client("ops.admin");
+    let material = pki.material(&rogue);
+    let now = entente::engine::now_ms();
+    let ahead = sign(
+        &material,
+        &domains(1, "ahead", now + 3_600_000),
+        entente::model::Distribution::default(),
+    );
+    let big = sign(
+        &material,
+        &domains(5000, "big", now - 10_000),
+        entente::model::Distribution::default(),
+    );
+    let small = sign(
+        &material,
+        &domains(2, "small", now - 10_000),
+        entente::model::Distribution::default(),
+    );
+    // One feed entry (position 1) carries the refused transfer then the big one; the
+    // next entry carries the small bundle.
+    let ahead_parts = entente::rpc::bundle_responses(1, 0, ahead);
+    let big_parts = entente::rpc::bundle_responses(1, 0, big);
+    assert!(big_parts.len() >= 3, "{} parts", big_parts.len());
+    let small_parts = entente::rpc::bundle_responses(2, 0, small.clone());
+    let first: Vec<PullResponse> = ahead_parts.iter().chain(&big_parts[..2]).cloned().collect();
+    let continued: Vec<PullResponse> = big_parts[2..]
+        .iter()
+        .chain(&small_parts)
+        .cloned()
+        .chain([checkpoint(2, 2)])
+        .collect();
+    let whole: Vec<PullResponse> = ahead_parts
+        .iter()
+        .chain(&big_parts)
+        .chain(&small_parts)
+        .cloned()
+        .chain([checkpoint(2, 2)])
+        .collect();
+    let stand_in = Continuing {
+        first,
+        continued,
+        whole,
+        requests: Default::default(),
+        certificate: material.certificate_der().to_vec(),
+    };
+    let requests = stand_in.requests.clone();
+    let server = RogueServer::start(&material, &hq, stand_in).await;
+
+    let config = common::write_config(&pki, &hq, &[common::client("ops.admin", "admin")], &[]);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[[peer]]\nid = \"{rogue}\"\naddress = \"{}\"\nmax_tlp = \"GREEN\"\nallow_types = [\"*\"]\n",
+        server.addr
+    ));
+    std::fs::write(&config, text).unwrap();
+    let node = common::start(&config).await;
+
+    let start = std::time::Instant::now();
+    while requests.lock().unwrap().len() < 3 {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the link did not pull three times"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let third = plain(requests.lock().unwrap()[2].cursor.clone());
+    assert_eq!(
+        third, 0,
+        "the link pulled from position {third}, past the bundle it refused for now at position 1"
+    );
+    node.shutdown(DEADLINE).await.unwrap();
+    server.stop().await;
+}
