@@ -1,7 +1,9 @@
-//! A review of federation protocol 3 (sealed feed positions), as a peer pulling a real
+//! A review of federation protocol 3 (sealed feed positions). As a peer pulling a real
 //! node over mTLS with its own certificate: what the answers to `Pull` requests it is
 //! free to write (cursor tokens it holds, resume offers) tell it of bundles withheld
-//! from it, and whether a policy change can leave it without bundles it may now see.
+//! from it, and whether a policy change can leave it without bundles it may now see. As
+//! a node pulling from a stand-in serving node: whether continuing a transfer can carry
+//! its cursor past a bundle it refused for now. And the position key's file mode.
 
 mod common;
 
