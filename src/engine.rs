@@ -230,8 +230,10 @@ pub struct PulledBundle {
 pub struct Transfers<'a> {
     /// The digest of the transfer of a redacted bundle at a hop count.
     pub digest: &'a (dyn Fn(u32, &wire::SignedBundle) -> [u8; 32] + Sync),
-    /// The transfer to continue: its feed position, hop count and digest.
-    pub resumed: Option<(u64, u32, [u8; 32])>,
+    /// The transfer to continue: its hop count and digest. It is continued in the first
+    /// feed entry the page sends anything of, if that entry holds it (whatever lies
+    /// between the cursor and that entry, withheld or not).
+    pub resumed: Option<(u32, [u8; 32])>,
 }
 
 /// How a pull page records one of its bundles in the ledger.
@@ -251,16 +253,16 @@ impl Transfers<'_> {
         engine: &Engine,
         partner: &NodeId,
         fingerprint: &[u8; 32],
-        seq: u64,
+        continued: bool,
         hops: u32,
         bundle: &wire::SignedBundle,
     ) -> Recording {
         let digest = (self.digest)(hops, bundle);
         let key = recorded_key(&digest, fingerprint);
         match self.resumed {
-            Some((at, resumed_hops, _)) if at == seq && hops < resumed_hops => Recording::NotSent,
-            Some((at, resumed_hops, transfer))
-                if at == seq
+            Some((resumed_hops, _)) if continued && hops < resumed_hops => Recording::NotSent,
+            Some((resumed_hops, transfer))
+                if continued
                     && hops == resumed_hops
                     && digest == transfer
                     && engine.transfer_recorded(partner, &key) =>
@@ -1485,9 +1487,19 @@ impl Engine {
                 break;
             }
             previous = seq;
+            // The transfer offered for continuation is continued in the first entry the
+            // page sends anything of, if that entry holds it.
+            let continued = page.bundles.is_empty()
+                && transfers
+                    .and_then(|t| t.resumed.map(|r| (t, r)))
+                    .is_some_and(|(t, (resumed_hops, transfer))| {
+                        entry.iter().any(|(hops, _, bundle)| {
+                            *hops == resumed_hops && (t.digest)(*hops, bundle) == transfer
+                        })
+                    });
             for (hops, items, bundle) in entry {
                 let recording = transfers.map_or(Recording::Now(None), |t| {
-                    t.recording(self, &partner.id, &fingerprint, seq, hops, &bundle)
+                    t.recording(self, &partner.id, &fingerprint, continued, hops, &bundle)
                 });
                 if let Recording::Now(key) = recording {
                     if let Some(ticket) = self.record_delivery(

@@ -12,7 +12,7 @@ pub mod parts;
 pub mod positions;
 pub mod puller;
 
-pub use feed::{FeedEnd, FeedEvent, FeedRequest, Withdrawable};
+pub use feed::{FeedEnd, FeedEvent, FeedRequest, Position, Withdrawable};
 pub use limits::MAX_PULL_MESSAGE_BYTES;
 pub use links::{LinkState, Links};
 pub use parts::{Part, Resume};

@@ -50,7 +50,6 @@ const OPEN: &str = "max_tlp = \"GREEN\"\nallow_types = [\"*\"]";
 /// configuration of berlin.office pulling from it under an open policy, not started.
 struct HqAndBerlin {
     pki: Pki,
-    hq: NodeId,
     hq_config: PathBuf,
     hq_node: Node,
     berlin_config: PathBuf,
@@ -74,7 +73,6 @@ async fn hq_and_berlin(hq_for_berlin: &str) -> HqAndBerlin {
     );
     HqAndBerlin {
         pki,
-        hq,
         hq_config,
         hq_node,
         berlin_config,
@@ -331,7 +329,7 @@ async fn a_chain_of_three_nodes_converges_to_what_the_rule_allows() {
         .unwrap_or_else(|| panic!("no caught-up line for hq:\n{text}"));
     assert!(line.contains("items received in"), "{line}");
     assert_eq!(
-        common::opened_cursor(&pki, &NodeId::new("redmond.hq").unwrap(), &berlin_node),
+        common::opened_cursor(&pki, &hq_node, &berlin_node),
         hq_node.engine().store().feed_head(),
         "status --wait returned before berlin caught up with hq"
     );
@@ -637,7 +635,6 @@ async fn status_wait_returns_only_after_a_multi_page_initial_sync() {
     const BUNDLES: usize = 700;
     let HqAndBerlin {
         pki,
-        hq,
         hq_node,
         berlin_config,
         ..
@@ -678,7 +675,7 @@ async fn status_wait_returns_only_after_a_multi_page_initial_sync() {
     );
     // When the command returned, berlin had pulled hq's whole feed.
     assert_eq!(
-        common::opened_cursor(&pki, &hq, &berlin_node),
+        common::opened_cursor(&pki, &hq_node, &berlin_node),
         head,
         "status --wait returned early:\n{text}"
     );
@@ -704,7 +701,6 @@ async fn status_wait_returns_only_after_a_multi_page_initial_sync() {
 async fn a_partner_whose_cursor_is_beyond_a_fresh_feed_is_served_from_the_start() {
     let HqAndBerlin {
         pki,
-        hq,
         hq_config,
         hq_node,
         berlin_config,
@@ -730,7 +726,7 @@ async fn a_partner_whose_cursor_is_beyond_a_fresh_feed_is_served_from_the_start(
         ],
     )
     .await;
-    assert_eq!(common::opened_cursor(&pki, &hq, &berlin_node), 3);
+    assert_eq!(common::opened_cursor(&pki, &hq_node, &berlin_node), 3);
 
     // hq loses its data directory (or is restored from an old backup) and comes back
     // on the same address: its new feed starts again at 1, below berlin's cursor.

@@ -1812,12 +1812,12 @@ fn the_feed_position_key_outlives_a_compaction_and_a_recovery() {
     let store = common::open_store(&path, &f.hq.id, 16 << 20).unwrap();
     let token = entente::sync::PositionTokens::load_or_create(&path)
         .unwrap()
-        .seal(&f.berlin.id, 1)
+        .seal(&f.berlin.id, &[7; 32], 1)
         .unwrap();
     let opens = || {
         entente::sync::PositionTokens::load_or_create(&path)
             .unwrap()
-            .open(&f.berlin.id, &token)
+            .open(&f.berlin.id, &[7; 32], &token)
     };
     store
         .accept(

@@ -168,22 +168,24 @@ impl Federation for FederationService {
         let resume = convert::resume(resume)?;
         let tokens = self.positions.tokens()?;
         // A token that does not open is no cursor: the feed is served from the start
-        // (the puller passes over what it holds), the same whatever the cause.
-        let cursor = tokens.open(&partner.id, &cursor).unwrap_or(0);
-        // A transfer whose token does not open is not continued.
-        let resume = resume.and_then(
+        // (the puller passes over what it holds), the same whatever the cause. A token
+        // opens only under the partner's policy it was issued under, so one issued
+        // before a change of that policy is served from the start too.
+        let policy = self.engine.policy().partner_fingerprint(&partner.id);
+        let cursor = tokens.open(&partner.id, &policy, &cursor).unwrap_or(0);
+        // The transfer's `after` is not read: whether a transfer is continued depends
+        // only on what the partner may see after its cursor (`sync::feed`).
+        let resume = resume.map(
             |Resume {
-                 after,
+                 after: _,
                  hops,
                  transfer,
                  next_part,
-             }| {
-                Some(Resume {
-                    after: tokens.open(&partner.id, &after)?,
-                    hops,
-                    transfer,
-                    next_part,
-                })
+             }| Resume {
+                after: (),
+                hops,
+                transfer,
+                next_part,
             },
         );
         let slot = self.engine.open_stream(&partner.id)?;
@@ -193,6 +195,7 @@ impl Federation for FederationService {
             FeedRequest {
                 partner,
                 cursor,
+                policy,
                 follow,
                 resume,
             },
@@ -200,7 +203,9 @@ impl Federation for FederationService {
             self.shutdown.clone(),
             move |event| match event {
                 Ok(event) => event
-                    .try_map(|position| tokens.seal(&peer, position).ok_or(()))
+                    .try_map(|position| {
+                        tokens.seal(&peer, &position.policy, position.seq).ok_or(())
+                    })
                     .map(convert::pull_response)
                     .map_err(|()| Status::internal("the system random source failed")),
                 Err(end) => Err(Status::from(end)),

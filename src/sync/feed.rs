@@ -22,10 +22,23 @@ pub const CHECKPOINT_TRANSFERS: usize = 256;
 /// While following, a checkpoint is sent this often whether or not anything happened.
 pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(15);
 
+/// A position of this node's feed as the serving loop hands it to a partner: the
+/// position, and the partner's policy fingerprint under which every entry up to it was
+/// judged on this stream (since it last replayed the feed from the start). Both are
+/// sealed into the token ([`super::positions`]), so a token issued under one policy does
+/// not open under another: the partner is served from the start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    /// The feed position.
+    pub seq: u64,
+    /// The partner's policy fingerprint it was reached under.
+    pub policy: [u8; 32],
+}
+
 /// One event of a pull stream, in either direction: what a node serves and what a
-/// puller receives. `P` is a feed position: the serving node's own (`u64`) in the
-/// serving loop; a sealed token ([`super::positions`]) on the wire and in the puller,
-/// which does no arithmetic and no comparison on it.
+/// puller receives. `P` is a feed position: the serving node's own ([`Position`]) in
+/// the serving loop; a sealed token ([`super::positions`]) on the wire and in the
+/// puller, which does no arithmetic and no comparison on it.
 #[derive(Clone, Debug)]
 pub enum FeedEvent<P = u64> {
     /// A part of a bundle (redacted for the partner), with the hop count at which the
@@ -105,11 +118,16 @@ pub struct FeedRequest {
     /// The position it asks to continue after (0: from the start; a token that did not
     /// open is 0).
     pub cursor: u64,
+    /// The partner's policy fingerprint the cursor was opened under (a token opens only
+    /// under the fingerprint it was sealed with): a policy changed since is a replay.
+    pub policy: [u8; 32],
     /// Whether to keep following the feed once caught up.
     pub follow: bool,
-    /// A transfer the partner holds in part, to continue (honoured only when it
-    /// continues from `cursor` and the feed is served from `cursor`).
-    pub resume: Option<Resume>,
+    /// A transfer the partner holds in part (its hop count, digest and next part), to
+    /// continue. Honoured only when the feed is served from `cursor` and the first feed
+    /// entry served holds that transfer: whether it is depends only on what the
+    /// partner may see after its cursor, never on withheld entries in between.
+    pub resume: Option<Resume<()>>,
 }
 
 /// Serves `request` from `engine`'s feed: resolves the cursor to serve from
@@ -134,11 +152,12 @@ where
     A: Withdrawable,
     T: Send + 'static,
     H: Send + 'static,
-    F: Fn(Result<FeedEvent, FeedEnd<A::Withdrawal>>) -> T + Send + Sync + 'static,
+    F: Fn(Result<FeedEvent<Position>, FeedEnd<A::Withdrawal>>) -> T + Send + Sync + 'static,
 {
     let FeedRequest {
         partner,
         cursor: requested,
+        policy,
         follow,
         resume,
     } = request;
@@ -149,9 +168,9 @@ where
         engine.limits().pull_queue_messages.max(1),
     );
     let cursor = engine.serving_cursor(&partner.id, requested)?;
-    // A transfer continues only where the partner left it: the entry after its cursor,
-    // under the policy it was served under (else the feed replays from the start).
-    let resume = resume.filter(|r| cursor == requested && r.after == requested);
+    // A transfer continues only when the feed is served from the partner's cursor (not
+    // replayed from the start), in the first entry served (see `run`).
+    let resume = resume.filter(|_| cursor == requested);
     let convert = Arc::new(convert);
     let stream = FeedStream {
         rx,
@@ -176,6 +195,7 @@ where
                 convert,
             },
             cursor,
+            policy,
             resume,
         )
         .await;
@@ -253,13 +273,13 @@ struct Serving<A, T, F> {
 impl<A, T, F> Serving<A, T, F>
 where
     A: Withdrawable,
-    F: Fn(Result<FeedEvent, FeedEnd<A::Withdrawal>>) -> T,
+    F: Fn(Result<FeedEvent<Position>, FeedEnd<A::Withdrawal>>) -> T,
 {
     /// Queues an event (a bundle with the partner's policy fingerprint it was decided
     /// under); false when the reader has gone.
     /// A reader that takes nothing for `limits.slow_reader_timeout` is given up on: the
     /// loop ends and lets go of its page and its stream slot.
-    async fn send(&self, event: FeedEvent, decided_under: Option<[u8; 32]>) -> bool {
+    async fn send(&self, event: FeedEvent<Position>, decided_under: Option<[u8; 32]>) -> bool {
         let timeout = self.engine.slow_reader_timeout();
         let sent = self.tx.send(((self.convert)(Ok(event)), decided_under));
         match tokio::time::timeout(timeout, sent).await {
@@ -291,18 +311,26 @@ where
 /// feed is caught up (the first time on this stream, and after any page that sent something), and
 /// while following one every [`HEARTBEAT`]. Reading entries that are all withheld sends
 /// nothing.
-async fn run<A, T, F>(serving: Serving<A, T, F>, cursor: u64, resume: Option<Resume>)
-where
+async fn run<A, T, F>(
+    serving: Serving<A, T, F>,
+    cursor: u64,
+    opened_under: [u8; 32],
+    resume: Option<Resume<()>>,
+) where
     A: Withdrawable,
     T: Send + 'static,
-    F: Fn(Result<FeedEvent, FeedEnd<A::Withdrawal>>) -> T + Send + Sync + 'static,
+    F: Fn(Result<FeedEvent<Position>, FeedEnd<A::Withdrawal>>) -> T + Send + Sync + 'static,
 {
     let engine = &serving.engine;
     let partner = &serving.partner;
     let mut cursor = cursor;
     let mut feed = engine.watch_feed();
     let mut policy = engine.watch_policy();
-    let mut fingerprint = engine.policy().partner_fingerprint(&partner.id);
+    // The policy every entry up to `cursor` was judged under: the one the partner's
+    // token was opened under, until a change replays the feed from the start. Every
+    // position handed out is sealed with it.
+    let mut fingerprint = opened_under;
+    let at = |seq: u64, policy: [u8; 32]| Position { seq, policy };
     let mut resume = resume;
     // Whether a caught-up checkpoint was sent on this stream.
     let mut announced = false;
@@ -321,7 +349,8 @@ where
         if now != fingerprint {
             fingerprint = now;
             resume = None;
-            match engine.serving_cursor(&partner.id, cursor) {
+            // Served from the start under the policy now in force (recorded as such).
+            match engine.serving_cursor(&partner.id, 0) {
                 Ok(c) => cursor = c,
                 Err(error) => {
                     serving.end(FeedEnd::Engine(error)).await;
@@ -329,14 +358,10 @@ where
                 }
             }
         }
-        // Only the first page can hold the transfer to continue.
-        let resume = resume.take();
         let page = {
             let engine = engine.clone();
             let partner = partner.clone();
-            let resumed = resume
-                .as_ref()
-                .map(|r| (r.after.saturating_add(1), r.hops, r.transfer));
+            let resumed = resume.as_ref().map(|r| (r.hops, r.transfer));
             tokio::task::spawn_blocking(move || {
                 // The fingerprint of the policy the page is decided under.
                 let policy = engine.policy();
@@ -362,14 +387,32 @@ where
                 return;
             }
         };
+        // A page decided under another policy than the one the cursor was reached under
+        // is not sent: the loop starts again (a replay, if the change holds).
+        if decided_under != fingerprint {
+            continue;
+        }
         let embargo_until = page.embargo_until;
         let caught_up = page.cursor >= page.head || embargo_until.is_some();
+        // The transfer offered for continuation is continued in the first entry the feed
+        // sends anything of, if that entry holds it (as `Engine::pull_page_under`
+        // records it); then the offer is spent.
+        let continued = match page.bundles.first() {
+            Some(first) => resume.take().and_then(|r| {
+                page.bundles
+                    .iter()
+                    .take_while(|b| b.seq == first.seq)
+                    .any(|b| b.hops == r.hops && digest_as_split(b.hops, &b.bundle) == r.transfer)
+                    .then_some((first.seq, r))
+            }),
+            None => None,
+        };
         for bundle in page.bundles {
             let mut parts = split(bundle);
             let (seq, hops, transfer) = parts.key();
             let after = seq.saturating_sub(1);
             let mut skip = 0;
-            if let Some(r) = resume.as_ref().filter(|r| r.after == after) {
+            if let Some((_, r)) = continued.as_ref().filter(|(entry, _)| *entry == seq) {
                 if hops < r.hops {
                     // The partner had this one whole before the transfer it continues.
                     continue;
@@ -382,7 +425,7 @@ where
             // wherever the pages end: everything before this entry is sent or withheld.
             if unannounced >= CHECKPOINT_TRANSFERS {
                 let checkpoint = FeedEvent::Checkpoint {
-                    cursor: after,
+                    cursor: at(after, fingerprint),
                     caught_up: false,
                 };
                 if !serving.send(checkpoint, None).await {
@@ -395,7 +438,13 @@ where
             parts.skip_to(skip);
             for part in parts {
                 if !serving
-                    .send(FeedEvent::Part { after, part }, Some(decided_under))
+                    .send(
+                        FeedEvent::Part {
+                            after: at(after, fingerprint),
+                            part,
+                        },
+                        Some(decided_under),
+                    )
                     .await
                 {
                     return;
@@ -415,7 +464,7 @@ where
         }
         if !announced || unannounced > 0 {
             let checkpoint = FeedEvent::Checkpoint {
-                cursor,
+                cursor: at(cursor, fingerprint),
                 caught_up: true,
             };
             if !serving.send(checkpoint, None).await {
@@ -464,7 +513,10 @@ where
                 }
                 _ = &mut embargo => break,
                 _ = heartbeat.tick() => {
-                    let checkpoint = FeedEvent::Checkpoint { cursor, caught_up: true };
+                    let checkpoint = FeedEvent::Checkpoint {
+                        cursor: at(cursor, fingerprint),
+                        caught_up: true,
+                    };
                     if !serving.send(checkpoint, None).await {
                         return;
                     }

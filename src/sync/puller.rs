@@ -122,8 +122,13 @@ pub async fn run_link<D: Dialer>(
         let before = progress(&kept);
         let result = pull(&context, &dialer, &mut kept).await;
         // Only a transfer cut short by the connection is continued; one refused is
-        // pulled again whole (a passing refusal may pass by then).
-        if kept.transfer.as_ref().is_some_and(Assembly::is_refused) {
+        // pulled again whole (a passing refusal may pass by then). Nor is one continued
+        // while bundles refused for a passing reason on the connection wait to be
+        // pulled again: the peer, continuing it, would pass over the transfers of its
+        // feed entry at lower hop counts, which may be those bundles, and the cursors
+        // stored after it would pass them.
+        if kept.transfer.as_ref().is_some_and(Assembly::is_refused) || !kept.retries.open.is_empty()
+        {
             kept.transfer = None;
             kept.offered = None;
         }
@@ -315,7 +320,9 @@ async fn pull<D: Dialer>(context: &Context<'_>, dialer: &D, kept: &mut Kept) -> 
             // Stopping first: a loop replaced at a reload handles nothing more.
             biased;
             _ = shutdown.cancelled() => return Ok(()),
-            _ = &mut retry_at, if retry_armed => {
+            // Not in the middle of a transfer (which would then be pulled again whole).
+            _ = &mut retry_at, if retry_armed
+                && kept.transfer.as_ref().is_none_or(|t| t.is_complete()) => {
                 tracing::info!(peer = %link.peer, refused = kept.retries.open.len(), "pulling again the bundles refused for a passing reason");
                 return Ok(());
             }
@@ -447,6 +454,11 @@ async fn take_part<P: Peer>(
             "part {} of a bundle does not follow the transfer in progress",
             part.index
         ));
+    } else if resuming {
+        // The peer continues the transfer kept at the first entry it serves after the
+        // stored cursor: the cursor stored once it is whole is the one the peer gave for
+        // that entry.
+        kept.after = after;
     }
     let after = kept.after.clone();
     let Some(assembly) = kept.transfer.as_mut() else {

@@ -393,12 +393,15 @@ pub fn remove_sled(data: &Path) {
 
 /// The position in `server`'s feed that the cursor `puller` keeps for it names, opened
 /// with the position key in the server's data directory (`data-{server}` under `pki`,
-/// as `write_config` places it): a test may look inside what only the server can read.
-/// 0 when there is no cursor or it does not open.
-pub fn opened_cursor(pki: &Pki, server: &NodeId, puller: &Node) -> u64 {
-    let token = puller.engine().store().cursor(server).unwrap();
+/// as `write_config` places it) under the puller's policy in force at the server: a
+/// test may look inside what only the server can read. 0 when there is no cursor or it
+/// does not open.
+pub fn opened_cursor(pki: &Pki, server: &Node, puller: &Node) -> u64 {
+    let id = server.id();
+    let token = puller.engine().store().cursor(id).unwrap();
     let tokens =
-        entente::sync::PositionTokens::load_or_create(&pki.path().join(format!("data-{server}")))
+        entente::sync::PositionTokens::load_or_create(&pki.path().join(format!("data-{id}")))
             .unwrap();
-    tokens.open(puller.id(), &token).unwrap_or(0)
+    let policy = server.engine().policy().partner_fingerprint(puller.id());
+    tokens.open(puller.id(), &policy, &token).unwrap_or(0)
 }
