@@ -1,5 +1,5 @@
 //! Small helpers the whole node shares: the clock in Unix milliseconds, bytes as
-//! hexadecimal text, times as RFC 3339 text, and a map over a slice on two threads.
+//! hexadecimal text, and times as RFC 3339 text.
 
 use time::OffsetDateTime;
 
@@ -8,48 +8,6 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// `f` applied to each element of `items`, the results in the same order: on two threads
-/// (the calling one and one more, each taking half) when there are at least `apart_from`
-/// elements and the machine has two cores or more, else on the calling thread, as when a
-/// second thread cannot be started. Used where one request's work splits into elements
-/// that do not depend on each other (reading the objects of a large input, encoding and
-/// digesting the items of a bundle), so that a request a client waits on uses both cores.
-/// A panic in `f` goes on in the calling thread, as it would without a second thread.
-pub fn map_on_two_threads<T, R, F>(items: &mut [T], apart_from: usize, f: F) -> Vec<R>
-where
-    T: Send,
-    R: Send,
-    F: Fn(&mut T) -> R + Sync,
-{
-    let run = |slice: &mut [T]| -> Vec<R> { slice.iter_mut().map(&f).collect() };
-    let two_cores = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
-    if items.len() < apart_from.max(2) || !two_cores {
-        return run(items);
-    }
-    let (first, second) = items.split_at_mut(items.len() / 2);
-    // Taken by whichever thread reads it: the second one, or this one if it cannot start.
-    let second = std::sync::Mutex::new(Some(second));
-    let take_second = || {
-        second
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .map_or_else(Vec::new, run)
-    };
-    std::thread::scope(|scope| {
-        let other = std::thread::Builder::new()
-            .name("entente-split".into())
-            .spawn_scoped(scope, take_second);
-        let mut out = run(first);
-        match other.map(|handle| handle.join()) {
-            Ok(Ok(rest)) => out.extend(rest),
-            Err(_) => out.extend(take_second()),
-            Ok(Err(panic)) => std::panic::resume_unwind(panic),
-        }
-        out
-    })
 }
 
 /// `bytes` as lower-case hexadecimal.
@@ -122,31 +80,6 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_map_on_two_threads_keeps_the_order_and_passes_on_a_panic() {
-        for len in [0, 1, 2, 7, 8, 1001] {
-            let mut items: Vec<usize> = (0..len).collect();
-            let threads = std::sync::Mutex::new(std::collections::HashSet::new());
-            let out = map_on_two_threads(&mut items, 8, |n| {
-                threads.lock().unwrap().insert(std::thread::current().id());
-                *n *= 3;
-                *n + 1
-            });
-            assert_eq!(out, (0..len).map(|n| 3 * n + 1).collect::<Vec<_>>());
-            assert_eq!(items, (0..len).map(|n| 3 * n).collect::<Vec<_>>());
-            let two = len >= 8 && std::thread::available_parallelism().unwrap().get() >= 2;
-            assert_eq!(
-                threads.lock().unwrap().len(),
-                if two { 2 } else { len.min(1) }
-            );
-        }
-        let mut items: Vec<usize> = (0..100).collect();
-        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            map_on_two_threads(&mut items, 8, |n| assert_ne!(*n, 90, "element 90"))
-        }));
-        assert!(panicked.is_err());
-    }
 
     #[test]
     fn times_and_bytes_as_text() {

@@ -11,9 +11,6 @@ use super::{
 use crate::model::{BundleId, Distribution, Item, NodeId};
 use crate::wire;
 
-/// Bundles of at least this many items are encoded and digested on two threads.
-const ENCODE_APART_FROM: usize = 256;
-
 /// Why a bundle could not be signed.
 #[derive(Debug, thiserror::Error)]
 pub enum SignError {
@@ -80,32 +77,23 @@ impl BundleSigner {
         if items.is_empty() || items.len() > MAX_ITEMS_PER_BUNDLE {
             return Err(SignError::ItemCount(items.len()));
         }
+        let mut leaf_digests = Vec::with_capacity(items.len());
+        let mut verified = Vec::with_capacity(items.len());
         let mut salts = vec![0u8; SALT_LEN * items.len()];
         self.rng.fill(&mut salts).map_err(|_| SignError::Random)?;
-        // Each item is encoded and digested on its own, on two threads for a large bundle.
-        let mut work: Vec<(usize, &Item, &[u8])> = items
-            .iter()
-            .enumerate()
-            .zip(salts.chunks_exact(SALT_LEN))
-            .map(|((index, item), salt)| (index, item, salt))
-            .collect();
-        let (leaf_digests, verified): (Vec<Vec<u8>>, Vec<VerifiedItem>) =
-            crate::util::map_on_two_threads(&mut work, ENCODE_APART_FROM, |(index, item, salt)| {
-                let mut salt_bytes = [0u8; SALT_LEN];
-                salt_bytes.copy_from_slice(salt);
-                let item_bytes = item.encode();
-                let leaf = leaf_digest(&salt_bytes, &item_bytes).to_vec();
-                let verified = VerifiedItem {
-                    // MAX_ITEMS_PER_BUNDLE fits in u32.
-                    index: *index as u32,
-                    salt: salt_bytes,
-                    item_bytes,
-                    item: (*item).clone(),
-                };
-                (leaf, verified)
-            })
-            .into_iter()
-            .unzip();
+        for ((index, item), salt) in items.iter().enumerate().zip(salts.chunks_exact(SALT_LEN)) {
+            let mut salt_bytes = [0u8; SALT_LEN];
+            salt_bytes.copy_from_slice(salt);
+            let item_bytes = item.encode();
+            leaf_digests.push(leaf_digest(&salt_bytes, &item_bytes).to_vec());
+            verified.push(VerifiedItem {
+                // MAX_ITEMS_PER_BUNDLE fits in u32.
+                index: index as u32,
+                salt: salt_bytes,
+                item_bytes,
+                item: item.clone(),
+            });
+        }
         let bundle_id = BundleId::new_random();
         let header = wire::BundleHeader {
             bundle_id: bundle_id.to_string(),

@@ -574,14 +574,11 @@ fn parse_objects(objects: &mut [Element], now_ms: i64, sink: &mut Sink<'_>) -> R
         return Err(TooMany);
     }
     let markings = Definitions::read(objects);
-    // Each object is read on its own (the slow part, shared between threads for a large
-    // input), then the outcomes are taken in input order, as if read one after another.
-    let reads = read_all(objects, &markings, now_ms, sink);
     // The indicator each id was first read as, to refuse an input that gives one id two
     // different values: which one is meant cannot be told, and publishing both would make
     // one the silent replacement of the other.
     let mut first_seen: HashMap<ItemId, (usize, IndicatorType, String)> = HashMap::new();
-    for (index, (element, read)) in objects.iter().zip(reads).enumerate() {
+    for (index, element) in objects.iter_mut().enumerate() {
         sink.count()?;
         let object = match element {
             Element::Object(object) => object,
@@ -590,102 +587,52 @@ fn parse_objects(objects: &mut [Element], now_ms: i64, sink: &mut Sink<'_>) -> R
                 continue;
             }
         };
-        let item = match read {
-            Read::Skipped => continue,
-            Read::NoType => {
-                sink.error(
-                    position(index, object),
-                    "no \"type\" (a string) on the object".into(),
-                );
-                continue;
+        match object.kind.as_ref().and_then(Value::as_str) {
+            Some(ty) if IndicatorType::context_type(ty).is_some() => {
+                let object_type = IndicatorType::context_type(ty).unwrap_or(IndicatorType::Malware);
+                match context(object, object_type, &markings, now_ms) {
+                    // A relationship with an end of a type this node does not share (an
+                    // identity, a vulnerability, ...) is skipped like those objects.
+                    Ok(None) => {}
+                    Ok(Some(draft)) => sink.take(|| position(index, object), Ok(draft)),
+                    Err(reason) => sink.take(|| position(index, object), Err(reason)),
+                }
             }
-            Read::Context(Ok(item)) => {
-                sink.out.items.push(item);
-                continue;
+            Some("indicator") => {
+                let draft = indicator(object, &markings, now_ms);
+                let before = sink.out.items.len();
+                sink.take(|| position(index, object), draft);
+                let Some(item) = sink.out.items.get(before) else {
+                    continue;
+                };
+                let Some(value) = item.value() else {
+                    continue;
+                };
+                let ty = item.indicator_type();
+                let (first, first_ty, first_value) = first_seen
+                    .entry(item.id.clone())
+                    .or_insert_with(|| (index, ty, value.to_owned()));
+                if *first_ty != ty || first_value != value {
+                    let reason = format!(
+                        "objects[{first}] and objects[{index}] have the same id {} but different \
+                         values ({first_ty} {:?} and {ty} {:?}); the whole input is refused",
+                        item.id,
+                        shown(first_value),
+                        shown(value),
+                    );
+                    sink.out = ParsedInput::default();
+                    sink.error("input".into(), reason);
+                    return Ok(());
+                }
             }
-            Read::Context(Err(reason)) | Read::Indicator(Err(reason)) => {
-                sink.error(position(index, object), reason);
-                continue;
-            }
-            Read::Indicator(Ok(item)) => item,
-        };
-        if let Some(value) = item.value() {
-            let ty = item.indicator_type();
-            let (first, first_ty, first_value) = first_seen
-                .entry(item.id.clone())
-                .or_insert_with(|| (index, ty, value.to_owned()));
-            if *first_ty != ty || first_value != value {
-                let reason = format!(
-                    "objects[{first}] and objects[{index}] have the same id {} but different \
-                     values ({first_ty} {:?} and {ty} {:?}); the whole input is refused",
-                    item.id,
-                    shown(first_value),
-                    shown(value),
-                );
-                sink.out = ParsedInput::default();
-                sink.error("input".into(), reason);
-                return Ok(());
-            }
+            Some(_) => {}
+            None => sink.error(
+                position(index, object),
+                "no \"type\" (a string) on the object".into(),
+            ),
         }
-        sink.out.items.push(item);
     }
     Ok(())
-}
-
-/// The outcome of reading one element of `objects`, before it is taken.
-enum Read {
-    /// An object of a type this node does not share, or a relationship with an end of
-    /// such a type: passed over.
-    Skipped,
-    /// An object without a string `type`.
-    NoType,
-    /// A context object (malware, relationship, report, ...), as an item or the reason
-    /// it is refused.
-    Context(Result<Item, String>),
-    /// An indicator, as an item or the reason it is refused.
-    Indicator(Result<Item, String>),
-}
-
-/// Inputs with at least this many objects are read on two threads.
-const READ_APART_FROM: usize = 256;
-
-/// Reads every element of `objects` on its own ([`read_one`]), on two threads for a
-/// large input; the outcomes are in input order either way.
-fn read_all(
-    objects: &mut [Element],
-    markings: &Definitions,
-    now_ms: i64,
-    sink: &Sink<'_>,
-) -> Vec<Read> {
-    crate::util::map_on_two_threads(objects, READ_APART_FROM, |element| {
-        read_one(element, markings, now_ms, sink)
-    })
-}
-
-/// Reads one element: an indicator or a context object becomes an item (with the
-/// input's defaults applied and checked), other types are passed over.
-fn read_one(element: &mut Element, markings: &Definitions, now_ms: i64, sink: &Sink<'_>) -> Read {
-    let Element::Object(object) = element else {
-        // Reported by the caller, which sees the element too.
-        return Read::Skipped;
-    };
-    match object.kind.as_ref().and_then(Value::as_str) {
-        Some(ty) if IndicatorType::context_type(ty).is_some() => {
-            let object_type = IndicatorType::context_type(ty).unwrap_or(IndicatorType::Malware);
-            match context(object, object_type, markings, now_ms) {
-                // A relationship with an end of a type this node does not share (an
-                // identity, a vulnerability, ...) is skipped like those objects.
-                Ok(None) => Read::Skipped,
-                Ok(Some(draft)) => Read::Context(sink.finish(draft)),
-                Err(reason) => Read::Context(Err(reason)),
-            }
-        }
-        Some("indicator") => {
-            Read::Indicator(indicator(object, markings, now_ms).and_then(|d| sink.finish(d)))
-        }
-        Some(_) => Read::Skipped,
-        None => Read::NoType,
-    }
 }
 
 /// The start of a value, for messages.
@@ -1714,62 +1661,6 @@ mod tests {
         let parsed = parse(&bundle(objects), None);
         assert_eq!(parsed.errors, []);
         assert_eq!(parsed.items.len(), 2);
-    }
-
-    /// A large input is read on two threads: what comes out (items, errors, their order,
-    /// and the refusal of one id with two values across the halves) must be what one
-    /// thread reading the objects in turn gives.
-    #[test]
-    fn a_large_input_read_on_two_threads_comes_out_in_input_order() {
-        let green = tlp2_marking_id(Tlp::Green);
-        let id = |n: usize| format!("indicator--{n:08x}-1111-4111-8111-111111111111");
-        let count = 2 * READ_APART_FROM + 3;
-        let objects: Vec<Value> = (0..count)
-            .map(|n| match n % 7 {
-                // Errors in both halves: no pattern, not an object, no type.
-                3 => json!({"type": "indicator", "id": id(n), "object_marking_refs": [green]}),
-                5 => json!(n),
-                6 if n % 2 == 0 => json!({"id": id(n)}),
-                _ => ioc(
-                    &id(n),
-                    &format!("[ipv4-addr:value = '10.0.{}.{}']", n / 256, n % 256),
-                    green,
-                ),
-            })
-            .collect();
-        let parsed = parse(&bundle(objects.clone()), None);
-        // Objects 3 and 5 of every 7 are refused, and 6 when even.
-        let kept = |n: usize| !(matches!(n % 7, 3 | 5) || (n % 7 == 6 && n % 2 == 0));
-        let expected_values: Vec<_> = (0..count)
-            .filter(|&n| kept(n))
-            .map(|n| (Ipv4, format!("10.0.{}.{}", n / 256, n % 256)))
-            .collect();
-        assert_eq!(values(&parsed), expected_values);
-        let ids: Vec<String> = parsed.items.iter().map(|i| i.id.to_string()).collect();
-        let expected_ids: Vec<String> = (0..count).filter(|&n| kept(n)).map(id).collect();
-        assert_eq!(ids, expected_ids);
-        let expected_positions: Vec<String> = (0..count)
-            .filter_map(|n| match n % 7 {
-                3 => Some(format!("objects[{n}] ({})", id(n))),
-                5 => Some(format!("objects[{n}]")),
-                6 if n % 2 == 0 => Some(format!("objects[{n}] ({})", id(n))),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(positions(&parsed), expected_positions);
-
-        // One id with two values, the first in the first half and the second in the other.
-        let mut objects = objects;
-        let last = count - 1;
-        objects[last] = ioc(&id(0), "[ipv4-addr:value = '192.0.2.99']", green);
-        let parsed = parse(&bundle(objects), None);
-        assert!(parsed.items.is_empty());
-        assert_eq!(positions(&parsed), ["input"]);
-        let reason = &parsed.errors[0].reason;
-        assert!(
-            reason.contains(&format!("objects[0] and objects[{last}]")),
-            "{reason}"
-        );
     }
 
     #[test]
