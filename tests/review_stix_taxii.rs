@@ -8,18 +8,16 @@
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use entente::NodeId;
-use rustls::pki_types::ServerName;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use common::https::{TAXII, get, indicator, post, tls};
 use common::{Pki, TaxiiNode, node_section, serve_taxii};
 
-const TAXII: &str = "application/taxii+json;version=2.1";
 const GREEN: &str = "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb";
 const AMBER: &str = "marking-definition--55d920b0-5e8b-4f79-9ee9-91f868d9b421";
 const RED: &str = "marking-definition--e828b379-4e03-4974-9ac4-e53a884c97c1";
@@ -27,105 +25,6 @@ const CLEAR: &str = "marking-definition--94868c89-83c2-464b-929b-a1a8aa3c8487";
 
 /// Upper bound for anything the tests wait for.
 const DEADLINE: Duration = Duration::from_secs(60);
-
-/// An answer: status, body.
-struct Reply {
-    status: u16,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "status {}: body is not JSON ({e}): {}",
-                self.status,
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-fn tls(pki: &Pki, who: &str) -> Arc<rustls::ClientConfig> {
-    let id = NodeId::new(who).unwrap();
-    let mut config = (*pki.material(&id).client_config().unwrap()).clone();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
-}
-
-/// One HTTP/1.1 request on a new connection.
-async fn send(
-    tls: &Arc<rustls::ClientConfig>,
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    body: &[u8],
-) -> Reply {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let connector = tokio_rustls::TlsConnector::from(tls.clone());
-    let mut stream = connector
-        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
-        .await
-        .unwrap();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: {TAXII}\r\n"
-    );
-    if method == "POST" {
-        head.push_str(&format!(
-            "Content-Type: {TAXII}\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(body).await.unwrap();
-    // `write_all` on a TLS stream may return with the last records still in the TLS
-    // layer's buffer (when the socket was full as it took them): without a flush the
-    // node waits for the rest of the body and the client for an answer.
-    stream.flush().await.unwrap();
-    let mut raw = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw)).await;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("an HTTP answer");
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status");
-    Reply {
-        status,
-        body: raw[split + 4..].to_vec(),
-    }
-}
-
-async fn get(tls: &Arc<rustls::ClientConfig>, addr: SocketAddr, path: &str) -> Reply {
-    send(tls, addr, "GET", path, b"").await
-}
-
-async fn post(tls: &Arc<rustls::ClientConfig>, addr: SocketAddr, path: &str, body: &str) -> Reply {
-    send(tls, addr, "POST", path, body.as_bytes()).await
-}
-
-fn indicator(id: &str, domain: &str, marking: &str) -> Value {
-    json!({
-        "type": "indicator",
-        "spec_version": "2.1",
-        "id": id,
-        "created": "2025-01-01T00:00:00.000Z",
-        "modified": "2025-01-02T00:00:00.000Z",
-        "pattern": format!("[domain-name:value = '{domain}']"),
-        "pattern_type": "stix",
-        "valid_from": "2025-01-01T00:00:00Z",
-        "object_marking_refs": [marking],
-    })
-}
 
 /// A node (redmond.hq) with a peer, a GREEN researcher, an analyst and a TAXII listener;
 /// `extra` is appended (feeds).

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::Pki;
 use entente::client::NodeClient;
 use entente::rpc::proto::federation_client::FederationClient;
-use entente::rpc::proto::{PublishRequest, PullRequest, PullResponse, pull_response};
+use entente::rpc::proto::{PullRequest, PullResponse, pull_response};
 use entente::sync::positions::TOKEN_LEN;
 use entente::wire::{self, Tlp};
 use entente::{Node, NodeId};
@@ -158,18 +158,7 @@ impl Hub {
 
     /// Publishes each of `bundles` as a bundle of its own, in order.
     async fn publish(&self, bundles: Vec<Vec<wire::Item>>) {
-        let requests: Vec<PublishRequest> = bundles
-            .into_iter()
-            .map(|items| PublishRequest {
-                items,
-                distribution: Some(wire::Distribution::default()),
-                groups: vec![],
-            })
-            .collect();
-        self.analyst
-            .publish(tokio_stream::iter(requests))
-            .await
-            .unwrap();
+        common::publish_each(&self.analyst, bundles).await;
     }
 
     /// A `Pull` by `who` (with its own certificate) from `cursor`.

@@ -12,6 +12,7 @@ use entente::config::builder;
 use entente::transport::{TlsMaterial, TlsPaths};
 use entente::{Config, Node, NodeId};
 
+pub mod https;
 pub mod proxy;
 pub mod rogue;
 pub mod served;
@@ -404,4 +405,18 @@ pub fn opened_cursor(pki: &Pki, server: &Node, puller: &Node) -> u64 {
             .unwrap();
     let policy = server.engine().policy().partner_fingerprint(puller.id());
     tokens.open(puller.id(), &policy, &token).unwrap_or(0)
+}
+
+/// Publishes each of `bundles` through `client` as a bundle of its own, in order, with
+/// the default distribution; panics if the node refuses.
+pub async fn publish_each(client: &NodeClient, bundles: Vec<Vec<entente::wire::Item>>) {
+    let requests: Vec<entente::rpc::proto::PublishRequest> = bundles
+        .into_iter()
+        .map(|items| entente::rpc::proto::PublishRequest {
+            items,
+            distribution: Some(entente::wire::Distribution::default()),
+            groups: vec![],
+        })
+        .collect();
+    client.publish(tokio_stream::iter(requests)).await.unwrap();
 }
