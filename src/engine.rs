@@ -311,6 +311,8 @@ pub struct Engine {
     /// Per partner, the transfers of its pull pages recorded in the ledger lately, so
     /// that a resumed transfer is not recorded twice.
     recorded_transfers: Mutex<std::collections::HashMap<NodeId, VecDeque<[u8; 32]>>>,
+    /// Held while a client's TAXII listing time is checked and recorded.
+    listed_since_lock: Mutex<()>,
     /// The change-feed head, for pull streams that follow it.
     feed_head: tokio::sync::watch::Sender<u64>,
     /// Bumped on every policy change, so following streams re-check their partner.
@@ -405,6 +407,7 @@ impl Engine {
             trust,
             subscribers: Mutex::default(),
             recorded_transfers: Mutex::default(),
+            listed_since_lock: Mutex::default(),
         })
     }
 
@@ -1608,6 +1611,40 @@ impl Engine {
             .partner(partner)
             .is_some_and(|p| p.forward_third_party);
         Ok(forwards.then_some(der))
+    }
+
+    /// When `client`'s policy, as in force now, began to apply to its TAXII listings
+    /// (ms; 0 when it is the policy it had when first seen). An object it may see is
+    /// listed to it as added no earlier than this: an object a widened policy lets
+    /// through was not in its collection before, and a client polling with
+    /// `added_after` must be given it. The first call after a change records the
+    /// change, at `now_ms`, durably with the next flush.
+    pub fn listed_since(&self, client: &NodeId, now_ms: i64) -> Result<i64, EngineError> {
+        let fingerprint = self.policy().partner_fingerprint(client);
+        // One check-and-record at a time, so two requests never record two times for
+        // one change.
+        let _one = self
+            .listed_since_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match self.store.listed_since(client)? {
+            Some((seen, since)) if seen == fingerprint => Ok(since),
+            // Seen under another policy: its collection changed now. One millisecond
+            // on, so that it is later than any date added the client was given so far
+            // (those are at most now), and an `added_after` of the last one it saw
+            // lets through what the change brought.
+            Some(_) => {
+                let since = now_ms.saturating_add(1);
+                self.store.set_listed_since(client, &fingerprint, since)?;
+                tracing::info!(%client, "policy for this client changed: its TAXII listings count objects as added from now");
+                Ok(since)
+            }
+            // Never seen: nothing it listed before can have missed anything.
+            None => {
+                self.store.set_listed_since(client, &fingerprint, 0)?;
+                Ok(0)
+            }
+        }
     }
 
     /// Forgets the policy `partner` was last served under, so its next pull is served

@@ -677,6 +677,18 @@ pub trait PartnerState: Send + Sync {
     /// Records the policy fingerprint `peer` is now served under.
     fn set_served_policy(&self, peer: &NodeId, fingerprint: &[u8; 32]) -> Result<(), StoreError>;
 
+    /// The policy fingerprint `client` was last seen with by the TAXII listings, and
+    /// since when (ms) it is in force for it (`None` when never recorded).
+    fn listed_since(&self, client: &NodeId) -> Result<Option<([u8; 32], i64)>, StoreError>;
+
+    /// Records that `client`'s policy has had `fingerprint` since `since_ms`.
+    fn set_listed_since(
+        &self,
+        client: &NodeId,
+        fingerprint: &[u8; 32],
+        since_ms: i64,
+    ) -> Result<(), StoreError>;
+
     /// The replication cursor kept for pulling from `peer`: the position token the
     /// peer issued, as received (empty when none: its feed is pulled from the start).
     fn cursor(&self, peer: &NodeId) -> Result<Vec<u8>, StoreError>;

@@ -2071,3 +2071,90 @@ async fn taxii_lists_a_relationship_as_added_once_its_ends_arrive() {
     expected.sort();
     assert_eq!(ids, expected);
 }
+
+/// A reload that widens a client's policy changes its collection: its next poll with
+/// `added_after` (the last `X-TAXII-Date-Added-Last` it saw) gives it what it may now
+/// see, though the node accepted those objects before that poll. Without a change, the
+/// dates stay put: the poll after gives nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_policy_is_widened_receives_what_it_may_now_see_on_its_next_poll() {
+    let Started {
+        pki: _pki,
+        config,
+        node,
+        researcher,
+        analyst,
+        collection,
+    } = start().await;
+    let objects = format!("{collection}objects/");
+    let manifest = format!("{collection}manifest/");
+    publish_as(
+        &analyst,
+        node.taxii,
+        &objects,
+        vec![indicator(61, GREEN), indicator(62, AMBER)],
+    )
+    .await;
+    let first = get(&researcher, node.taxii, &objects).await;
+    assert_eq!(item_ids(&first.json()), [id_of(61)]);
+    let last = first.header("x-taxii-date-added-last").unwrap().to_owned();
+    let poll = |after: String| {
+        let researcher = researcher.clone();
+        let objects = objects.clone();
+        let addr = node.taxii;
+        async move { get(&researcher, addr, &format!("{objects}?added_after={after}")).await }
+    };
+    assert_eq!(
+        item_ids(&poll(last.clone()).await.json()),
+        Vec::<String>::new()
+    );
+    // The researcher is widened to AMBER.
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "id = \"researcher.uni-x\"\nrole = \"read_only\"\nallow_types = [\"*\"]\nmax_tlp = \"GREEN\"",
+        "id = \"researcher.uni-x\"\nrole = \"read_only\"\nallow_types = [\"*\"]\nmax_tlp = \"AMBER\"",
+    );
+    std::fs::write(&config, text).unwrap();
+    reload(&node);
+    wait_for(|| async {
+        let reply = get(&researcher, node.taxii, &manifest).await;
+        reply.status == 200 && item_ids(&reply.json()).contains(&id_of(62))
+    })
+    .await;
+    // Its poll from the last date it saw gives the AMBER indicator, dated after it.
+    let widened = poll(last.clone()).await;
+    assert_eq!(
+        widened.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&widened.body)
+    );
+    let ids = item_ids(&widened.json());
+    assert!(ids.contains(&id_of(62)), "{ids:?}");
+    let newest = widened
+        .header("x-taxii-date-added-last")
+        .unwrap()
+        .to_owned();
+    assert!(newest > last, "{newest} after {last}");
+    let listed = get(&researcher, node.taxii, &manifest).await.json();
+    let entry = listed["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["id"] == json!(id_of(62)))
+        .unwrap()
+        .clone();
+    assert!(
+        entry["date_added"].as_str().unwrap() > last.as_str(),
+        "{entry}"
+    );
+    // Nothing changed since: polling on from there gives nothing.
+    assert_eq!(item_ids(&poll(newest).await.json()), Vec::<String>::new());
+    // The analyst, whose policy did not change, still sees the dates it saw.
+    let analyst_view = get(
+        &analyst,
+        node.taxii,
+        &format!("{objects}?added_after={last}"),
+    )
+    .await;
+    assert_eq!(item_ids(&analyst_view.json()), Vec::<String>::new());
+}

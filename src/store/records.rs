@@ -36,6 +36,9 @@ pub const LOG_FILE_V3_UPGRADED: &str = "bundles.v3.log.upgraded";
 pub const CERT: u8 = b'C';
 pub const CURSOR: u8 = b'K';
 pub const SERVED: u8 = b'P';
+/// Per client, the policy fingerprint the TAXII listings last saw (32 bytes) and since
+/// when it is in force (i64 big-endian ms): what the client's date added counts from.
+pub const LISTED_SINCE: u8 = b'A';
 pub const LEDGER: u8 = b'L';
 pub const FEED_CHECKPOINT: u8 = b'F';
 /// An indicator a compaction dropped as expired, by item UUID: the modified time of

@@ -1736,6 +1736,30 @@ impl PartnerState for SledStore {
         Ok(())
     }
 
+    fn listed_since(&self, client: &NodeId) -> Result<Option<([u8; 32], i64)>, StoreError> {
+        let key = records::key(records::LISTED_SINCE, client.as_str().as_bytes());
+        // A value of another length is not one this node wrote: counted as never
+        // recorded.
+        Ok(self.with_meta(|m| m.tree.get(key))?.and_then(|v| {
+            let fingerprint: [u8; 32] = v.get(..32)?.try_into().ok()?;
+            let since: [u8; 8] = v.get(32..)?.try_into().ok()?;
+            Some((fingerprint, i64::from_be_bytes(since)))
+        }))
+    }
+
+    fn set_listed_since(
+        &self,
+        client: &NodeId,
+        fingerprint: &[u8; 32],
+        since_ms: i64,
+    ) -> Result<(), StoreError> {
+        let key = records::key(records::LISTED_SINCE, client.as_str().as_bytes());
+        let mut value = fingerprint.to_vec();
+        value.extend_from_slice(&since_ms.to_be_bytes());
+        self.with_meta(|m| m.tree.insert(key, value))?;
+        Ok(())
+    }
+
     fn cursor(&self, peer: &NodeId) -> Result<Vec<u8>, StoreError> {
         if let Some((token, _)) = self
             .cursors

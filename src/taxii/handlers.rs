@@ -151,11 +151,24 @@ impl Handlers {
                 "this server answers application/taxii+json;version=2.1 only",
             );
         }
-        let params = match params::parse(parts.uri.query()) {
+        let mut params = match params::parse(parts.uri.query()) {
             Ok(params) => params,
             Err(problem) => return error(StatusCode::BAD_REQUEST, "Bad Request", &problem),
         };
         let method = &parts.method;
+        // Objects are dated in the caller's collection from when its policy in force
+        // now began to apply to it.
+        if method == Method::GET
+            && matches!(
+                route,
+                Route::Objects(_) | Route::Manifest(_) | Route::Object(..) | Route::Versions(..)
+            )
+        {
+            params.listed_since_ms = match self.engine.listed_since(&caller.partner.id, now_ms()) {
+                Ok(since) => since,
+                Err(e) => return engine_error(&e),
+            };
+        }
         // The collection exists for callers whose policy gives them something to read.
         let visible = self.engine.receives_anything(&caller.partner.id);
         let collection = |c: &str| visible && c == self.collection_id;
@@ -335,7 +348,7 @@ impl Handlers {
         } else {
             None
         };
-        page_answer(manifest, &items, extra, next.as_deref())
+        page_answer(params, manifest, &items, extra, next.as_deref())
     }
 
     /// A page of the collection in the order items were added, through the engine: the
@@ -408,9 +421,7 @@ impl Handlers {
     fn passes(&self, params: &Params, stored: &StoredItem) -> bool {
         params.admits(stored.item.id.stix_type())
             && params.version.allows(stored.item.modified_ms)
-            && params
-                .added_after_ms
-                .is_none_or(|after| stored.accepted_ms > after)
+            && params.added_after_passes(stored.accepted_ms)
     }
 
     /// The marking definition or origin identity `id` names, if the caller may have it:
@@ -494,6 +505,7 @@ impl Handlers {
             return with_dates(
                 raw_taxii(StatusCode::OK, body),
                 std::slice::from_ref(&stored),
+                params,
             );
         }
         let path = if versions {
@@ -525,9 +537,7 @@ impl Handlers {
                     .into_iter()
                     .filter(|s| {
                         filter.admits(s.item.id.stix_type())
-                            && filter
-                                .added_after_ms
-                                .is_none_or(|after| s.accepted_ms > after)
+                            && filter.added_after_passes(s.accepted_ms)
                     })
                     .collect();
                 let chosen = if versions {
@@ -569,7 +579,7 @@ impl Handlers {
                 .iter()
                 .map(|s| write_stix_from(&s.item, Some(s.origin.as_str())));
             let body = envelope(more, next.as_deref(), objects);
-            return with_dates(raw_taxii(StatusCode::OK, body), &page);
+            return with_dates(raw_taxii(StatusCode::OK, body), &page, params);
         }
         let mut body = serde_json::Map::new();
         body.insert("more".into(), json!(more));
@@ -583,7 +593,7 @@ impl Handlers {
                 .collect();
             body.insert("versions".into(), json!(listed));
         }
-        with_dates(taxii(StatusCode::OK, &Value::Object(body)), &page)
+        with_dates(taxii(StatusCode::OK, &Value::Object(body)), &page, params)
     }
 
     /// Adds objects: the envelope's indicators are read by the STIX import, signed and
@@ -809,9 +819,7 @@ fn items_that_fit(
     let mut objects = 0usize;
     for (at, stored) in items.iter().enumerate() {
         let listed = params.version.allows(stored.item.modified_ms)
-            && params
-                .added_after_ms
-                .is_none_or(|after| stored.accepted_ms > after);
+            && params.added_after_passes(stored.accepted_ms);
         if !listed {
             continue;
         }
@@ -835,7 +843,7 @@ fn items_that_fit(
         }
         let served = served
             .into_iter()
-            .map(|object| (object, stored.accepted_ms))
+            .map(|object| (object, params.date_added(stored.accepted_ms)))
             .collect();
         return (0, Some((marked, served)));
     }
@@ -1058,7 +1066,7 @@ impl Lister {
             return Err(bad_next());
         };
         let query = ItemQuery {
-            added_after_ms: params.added_after_ms,
+            added_after_ms: params.accepted_after(),
             // A TAXII collection holds objects, expired or not: `valid_until` says.
             include_expired: true,
             ..ItemQuery::default()
@@ -1080,9 +1088,7 @@ impl Lister {
                 |stored| {
                     fit_params.admits(stored.item.id.stix_type())
                         && fit_params.version.allows(stored.item.modified_ms)
-                        && fit_params
-                            .added_after_ms
-                            .is_none_or(|after| stored.accepted_ms > after)
+                        && fit_params.added_after_passes(stored.accepted_ms)
                 },
             )
         })
@@ -1108,9 +1114,7 @@ impl Lister {
             .into_iter()
             .filter(|s| {
                 params.version.allows(s.item.modified_ms)
-                    && params
-                        .added_after_ms
-                        .is_none_or(|after| s.accepted_ms > after)
+                    && params.added_after_passes(s.accepted_ms)
             })
             .collect();
         let served = items
@@ -1123,7 +1127,7 @@ impl Lister {
         let mut room = params.limit.saturating_sub(served);
         for stored in &items {
             for object in supporting_objects(&mut session, &params, stored, &mut room) {
-                extra.push((object, stored.accepted_ms));
+                extra.push((object, params.date_added(stored.accepted_ms)));
             }
         }
         let items: Vec<StoredItem> = items
@@ -1148,7 +1152,7 @@ impl Lister {
         };
         let next = following.as_ref().map(|(token, _)| token.as_str());
         Ok(Listed {
-            answer: page_answer(manifest, &items, extra, next),
+            answer: page_answer(&params, manifest, &items, extra, next),
             delivery,
             hold,
             following,
@@ -1236,6 +1240,7 @@ fn read_ahead_key(caller: &NodeId, path: &str, params: &Params) -> String {
 /// A page's answer: its items (as STIX objects, or as manifest entries) then the other
 /// objects they bring, `more` and `next`, and the date headers of its items.
 fn page_answer(
+    params: &Params,
     manifest: bool,
     items: &[StoredItem],
     extra: Vec<(Value, i64)>,
@@ -1247,14 +1252,14 @@ fn page_answer(
             .map(|s| write_stix_from(&s.item, Some(s.origin.as_str())))
             .chain(extra.into_iter().map(|(object, _)| object.to_string()));
         let body = envelope(next.is_some(), next, objects);
-        return with_dates(raw_taxii(StatusCode::OK, body), items);
+        return with_dates(raw_taxii(StatusCode::OK, body), items, params);
     }
     let objects: Vec<Value> = items
         .iter()
         .map(|s| {
             json!({
                 "id": s.item.id.as_str(),
-                "date_added": format_timestamp(s.accepted_ms),
+                "date_added": format_timestamp(params.date_added(s.accepted_ms)),
                 "version": format_timestamp(s.item.modified_ms),
                 "media_type": STIX_MEDIA_TYPE,
             })
@@ -1274,7 +1279,7 @@ fn page_answer(
         body.insert("next".into(), json!(next));
     }
     body.insert("objects".into(), Value::Array(objects));
-    with_dates(taxii(StatusCode::OK, &Value::Object(body)), items)
+    with_dates(taxii(StatusCode::OK, &Value::Object(body)), items, params)
 }
 
 /// An envelope's JSON text from its objects' text: `more`, `next` when there is one,
@@ -1324,10 +1329,11 @@ fn with_allow(mut response: Answer, methods: &'static str) -> Answer {
     response
 }
 
-/// Adds `X-TAXII-Date-Added-First` and `-Last` for the items of an answer.
-fn with_dates(mut response: Answer, items: &[StoredItem]) -> Answer {
-    let first = items.iter().map(|s| s.accepted_ms).min();
-    let last = items.iter().map(|s| s.accepted_ms).max();
+/// Adds `X-TAXII-Date-Added-First` and `-Last` for the items of an answer, as the
+/// caller's collection dates them ([`Params::date_added`]).
+fn with_dates(mut response: Answer, items: &[StoredItem], params: &Params) -> Answer {
+    let first = items.iter().map(|s| params.date_added(s.accepted_ms)).min();
+    let last = items.iter().map(|s| params.date_added(s.accepted_ms)).max();
     for (name, at) in [
         ("x-taxii-date-added-first", first),
         ("x-taxii-date-added-last", last),

@@ -76,9 +76,32 @@ pub struct Params {
     pub version: VersionFilter,
     /// `match[spec_version]`.
     pub spec_versions: Option<Vec<String>>,
+    /// Not a query parameter: since when (ms) the caller's policy in force now applies
+    /// to it (`Engine::listed_since`). No object is listed to it as added earlier.
+    pub listed_since_ms: i64,
 }
 
 impl Params {
+    /// The date added of an object the node accepted at `accepted_ms`, as the caller's
+    /// collection holds it: not before its policy in force now began to apply, so an
+    /// object a widened policy lets through is new to its `added_after` polls.
+    pub fn date_added(&self, accepted_ms: i64) -> i64 {
+        accepted_ms.max(self.listed_since_ms)
+    }
+
+    /// Whether an object accepted at `accepted_ms` passes `added_after`.
+    pub fn added_after_passes(&self, accepted_ms: i64) -> bool {
+        self.added_after_ms
+            .is_none_or(|after| self.date_added(accepted_ms) > after)
+    }
+
+    /// The `added_after` the store's scan can apply to the time it accepted each item:
+    /// none when the caller's policy changed after it, as every object then passes.
+    pub fn accepted_after(&self) -> Option<i64> {
+        self.added_after_ms
+            .filter(|after| *after >= self.listed_since_ms)
+    }
+
     /// Whether an object of STIX type `stix_type` (and spec version 2.1, as every object
     /// the node holds) passes `match[type]` and `match[spec_version]`.
     pub fn admits(&self, stix_type: &str) -> bool {
