@@ -2158,3 +2158,35 @@ async fn a_client_whose_policy_is_widened_receives_what_it_may_now_see_on_its_ne
     .await;
     assert_eq!(item_ids(&analyst_view.json()), Vec::<String>::new());
 }
+
+/// A writer over its publishing rate waits, then has its objects stored with a complete
+/// status like any other write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taxii_write_over_the_publishing_rate_waits_then_is_stored() {
+    let pki = federation();
+    let config = write_config(&pki, false);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[limits]\npublish_items_per_second = 10\n");
+    std::fs::write(&config, text).unwrap();
+    let node = serve_taxii(&config);
+    let analyst = tls(&pki, Some("analyst.soc"));
+    let listed = get(&analyst, node.taxii, "/api/collections/").await.json();
+    let objects = format!(
+        "/api/collections/{}/objects/",
+        listed["collections"][0]["id"].as_str().unwrap()
+    );
+    // The first ten use up the second's allowance; the next ten wait about a second.
+    let first: Vec<Value> = (70..80).map(|n| indicator(n, GREEN)).collect();
+    publish_as(&analyst, node.taxii, &objects, first).await;
+    let started = Instant::now();
+    let second: Vec<Value> = (80..90).map(|n| indicator(n, GREEN)).collect();
+    publish_as(&analyst, node.taxii, &objects, second).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    let (ids, _) = all_ids(&analyst, &node, &objects, 100).await;
+    let expected: BTreeSet<String> = (70..90).map(id_of).collect();
+    assert_eq!(ids.into_iter().collect::<BTreeSet<_>>(), expected);
+}

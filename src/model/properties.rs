@@ -116,7 +116,9 @@ impl StixProperties {
         }
         // Keys sorted at every level, so this text is canonical.
         value.sort_all_objects();
-        let text = value.to_string();
+        // Written straight into a buffer (`Display` would go through the formatter).
+        let text = serde_json::to_string(&value)
+            .map_err(|e| problem(format!("not writable as JSON: {e}")))?;
         if text.len() > MAX_PROPERTIES_BYTES {
             return Err(problem(format!(
                 "{} bytes of STIX properties, at most {MAX_PROPERTIES_BYTES} allowed",

@@ -649,6 +649,8 @@ impl Handlers {
         // envelope's objects are read as a STIX bundle, by the same import the command
         // line uses: no default marking, so an object without one is refused.
         let origin = self.node.to_string();
+        let engine = self.engine.clone();
+        let publisher = caller.partner.clone();
         let read = tokio::task::spawn_blocking(move || {
             // A name given twice in one object is refused, as in a file: which of the
             // two the writer's tool meant cannot be told. The body is read once,
@@ -657,16 +659,24 @@ impl Handlers {
                 origin: Some(origin),
                 ..Defaults::default()
             };
-            crate::interop::parse_envelope(
+            let (parsed, entries) = crate::interop::parse_envelope(
                 &bytes,
                 MAX_POST_VALUES,
                 MAX_POST_OBJECTS,
                 &defaults,
                 now_ms(),
-            )
+            )?;
+            drop(bytes);
+            // Within the caller's publishing rate, the objects are stored on this
+            // thread too; else the request waits (off this thread) first.
+            let wait = engine.publish_delay(&publisher.id, parsed.items.len());
+            let outcomes = wait
+                .is_zero()
+                .then(|| store_objects(&engine, &publisher, &parsed.items));
+            Ok((parsed, entries, wait, outcomes))
         })
         .await;
-        let (parsed, entries) = match read {
+        let (parsed, entries, wait, outcomes) = match read {
             Ok(Ok(read)) => read,
             Ok(Err(EnvelopeError::ObjectCount)) => {
                 return error(
@@ -680,65 +690,49 @@ impl Handlers {
             }
             Err(_) => return internal(),
         };
-        let wait = self
-            .engine
-            .publish_delay(&caller.partner.id, parsed.items.len());
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
-        // Outcome per item of `parsed.items`: Ok or the reason it was not stored.
-        let mut outcomes: Vec<Result<(), String>> = Vec::with_capacity(parsed.items.len());
-        for chunk in parsed.items.chunks(crate::crypto::MAX_ITEMS_PER_BUNDLE) {
-            let engine = self.engine.clone();
-            let partner = caller.partner.clone();
-            let chunk = chunk.to_vec();
-            let count = chunk.len();
-            let result = tokio::task::spawn_blocking(move || {
-                let now = now_ms();
-                let signed = engine.sign(&partner, &chunk, &Distribution::default(), now)?;
-                engine.store_own(&signed, now)
-            })
-            .await;
-            match result {
-                Ok(Ok(receipt)) => {
-                    let mut chunk_outcomes = vec![Ok(()); count];
-                    for (index, reason) in &receipt.report.rejected {
-                        if let Some(slot) = chunk_outcomes.get_mut(*index as usize) {
-                            *slot = Err(reason.to_string());
-                        }
-                    }
-                    outcomes.extend(chunk_outcomes);
+        let (parsed, outcomes) = match outcomes {
+            Some(outcomes) => (parsed, outcomes),
+            None => {
+                tokio::time::sleep(wait).await;
+                let engine = self.engine.clone();
+                let publisher = caller.partner.clone();
+                let stored = tokio::task::spawn_blocking(move || {
+                    let outcomes = store_objects(&engine, &publisher, &parsed.items);
+                    (parsed, outcomes)
+                })
+                .await;
+                match stored {
+                    Ok(stored) => stored,
+                    Err(_) => return internal(),
                 }
-                Ok(Err(e @ EngineError::Unpublishable(_))) => {
-                    outcomes.extend(std::iter::repeat_n(Err(e.to_string()), count));
-                }
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "TAXII publish failed");
-                    outcomes.extend(std::iter::repeat_n(
-                        Err("the node could not store this object".to_owned()),
-                        count,
-                    ));
-                }
-                Err(_) => return internal(),
             }
-        }
+        };
+        let stored = outcomes.iter().filter(|o| o.is_ok()).count();
+        // The status is kept, then the store flushed, so the status is durable when the
+        // write is.
         let (id, bytes) = status_resource(&entries, &parsed, &outcomes, request_ms);
-        // The status is kept before the flush, so it is durable when the write is.
+        drop((parsed, entries, outcomes));
+        let engine = self.engine.clone();
+        let owner = caller.partner.id.clone();
+        let statuses = self.statuses.clone();
         let kept = {
             let bytes = bytes.clone();
-            let owner = caller.partner.id.clone();
-            let statuses = self.statuses.clone();
-            tokio::task::spawn_blocking(move || statuses.keep(&id, &owner, bytes, now_ms())).await
+            tokio::task::spawn_blocking(move || {
+                statuses.keep(&id, &owner, bytes, now_ms());
+                engine.store().flush()
+            })
+            .await
         };
-        if kept.is_err() {
-            return internal();
-        }
-        if let Err(e) = self.engine.flush().await {
-            tracing::error!(error = %e, "TAXII publish: flush failed");
-            return internal();
+        match kept {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "TAXII publish: flush failed");
+                return internal();
+            }
+            Err(_) => return internal(),
         }
         drop(slot);
-        tracing::info!(publisher = %caller.partner.id, stored = outcomes.iter().filter(|o| o.is_ok()).count(), "published through TAXII");
+        tracing::info!(publisher = %caller.partner.id, stored, "published through TAXII");
         raw_taxii(StatusCode::ACCEPTED, bytes)
     }
 
@@ -871,6 +865,45 @@ fn object_version(object: &Value) -> String {
         .and_then(params::timestamp)
         .map(format_timestamp)
         .unwrap_or_default()
+}
+
+/// Signs and stores `items` as this node's own bundles in `publisher`'s name
+/// (`Engine::sign`, which applies the publishing rules, then `Engine::store_own`), and
+/// gives each item's outcome: stored, or the reason it was not.
+fn store_objects(
+    engine: &Engine,
+    publisher: &Partner,
+    items: &[crate::model::Item],
+) -> Vec<Result<(), String>> {
+    let mut outcomes: Vec<Result<(), String>> = Vec::with_capacity(items.len());
+    for chunk in items.chunks(crate::crypto::MAX_ITEMS_PER_BUNDLE) {
+        let now = now_ms();
+        let stored = engine
+            .sign(publisher, chunk, &Distribution::default(), now)
+            .and_then(|signed| engine.store_own(&signed, now));
+        match stored {
+            Ok(receipt) => {
+                let mut chunk_outcomes = vec![Ok(()); chunk.len()];
+                for (index, reason) in &receipt.report.rejected {
+                    if let Some(slot) = chunk_outcomes.get_mut(*index as usize) {
+                        *slot = Err(reason.to_string());
+                    }
+                }
+                outcomes.extend(chunk_outcomes);
+            }
+            Err(e @ EngineError::Unpublishable(_)) => {
+                outcomes.extend(std::iter::repeat_n(Err(e.to_string()), chunk.len()));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "TAXII publish failed");
+                outcomes.extend(std::iter::repeat_n(
+                    Err("the node could not store this object".to_owned()),
+                    chunk.len(),
+                ));
+            }
+        }
+    }
+    outcomes
 }
 
 /// The status of a write: every object of the envelope is a success (stored, or held
