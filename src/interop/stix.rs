@@ -687,8 +687,19 @@ fn indicator(object: &mut RawObject, markings: &Definitions, now_ms: i64) -> Res
         Some(Value::Bool(revoked)) => *revoked,
         Some(_) => return Err("revoked is not true or false".into()),
     };
-    let properties = StixProperties::keep_owned(Holder::Indicator, object.with_named(other))
-        .map_err(|e| e.to_string())?;
+    let mut kept = object.with_named(other);
+    // A confidence of 0 and `revoked: false` are kept as given (the model reads them as
+    // it reads their absence).
+    for (name, value) in [
+        ("confidence", &object.confidence),
+        ("revoked", &object.revoked),
+    ] {
+        if let Some(value) = value {
+            kept.insert(name.to_owned(), value.clone());
+        }
+    }
+    let properties =
+        StixProperties::keep_owned(Holder::Indicator, kept).map_err(|e| e.to_string())?;
     // The indicator the object describes; a revoked object without a pattern (as this
     // node wrote revocations before they carried their indicator) has none.
     let described = match pattern {
@@ -901,7 +912,9 @@ pub fn to_stix(item: &Item) -> Value {
 /// - `labels` are the item's tags (lower case, without repeats);
 /// - `object_marking_refs` is the TLP 2.0 marking of the item, granular markings are
 ///   folded into it and not written;
-/// - `created` is kept, or is the version when the input gave none (or a later one);
+/// - `created` is kept, or is the version when the input gave none (or a later one, at
+///   its full precision);
+/// - ids are in lower case ([`ItemId::parse`]);
 /// - `name` is the value and `description` says what and from whom when the input gave
 ///   none (STIX asks for both); `created_by_ref` is the origin's identity
 ///   ([`identity_id`]) when the input named no creator;
@@ -1072,18 +1085,22 @@ impl<'a> Exported<'a> {
 
     /// What every exported object starts with: its type, spec version, id, `created`
     /// (kept unless absent or later than the version) and `modified` (the version).
+    /// `created` is compared at its full precision: the version is written to the
+    /// millisecond, so a `created` of `…00.123456Z` is later than a version of
+    /// `…00.123Z`, and STIX asks that `modified` is not before `created`.
     fn head(&mut self, item: &'a Item, stix_type: &'a str) {
         let version = stix_timestamp(item.modified_ms);
         self.string("type", stix_type);
         self.string("spec_version", "2.1");
         self.string("id", item.id.as_str());
+        let version_ns = i128::from(item.modified_ms) * 1_000_000;
         let created = match self.fields.get("created") {
             Some(Field::Kept(raw)) => serde_json::from_str::<Cow<'_, str>>(raw.get())
                 .ok()
-                .and_then(|text| parse_timestamp(&text).ok()),
+                .and_then(|text| timestamp_ns(&text)),
             _ => None,
         }
-        .filter(|&created| created <= item.modified_ms);
+        .filter(|&created| created <= version_ns);
         if created.is_none() {
             self.string("created", version.clone());
         }
@@ -1230,6 +1247,14 @@ pub fn tlp_marking_definition(tlp: Tlp) -> Value {
             }
         },
     })
+}
+
+/// Nanoseconds since the epoch of an RFC 3339 timestamp, at the precision it is written
+/// with.
+fn timestamp_ns(text: &str) -> Option<i128> {
+    time::OffsetDateTime::parse(text.trim(), &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(time::OffsetDateTime::unix_timestamp_nanos)
 }
 
 /// A STIX timestamp (`2025-06-15T15:06:40.000Z`), clamped to the years 0000 to 9999.

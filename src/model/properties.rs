@@ -68,7 +68,9 @@ impl Holder {
     /// Whether `key` (with `value`) is carried by the holder itself.
     fn models(self, key: &str, value: &Value) -> bool {
         match self {
-            Holder::Indicator => MODELLED.contains(&key) || described(key, value),
+            Holder::Indicator => {
+                (MODELLED.contains(&key) && !given_as_default(key, value)) || described(key, value)
+            }
             Holder::Context => CONTEXT_MODELLED.contains(&key),
         }
     }
@@ -213,6 +215,17 @@ fn described(key: &str, value: &Value) -> bool {
     key == "description" && value.as_str() != Some("")
 }
 
+/// A `confidence` of 0 and a `revoked` of `false`: what the model also holds when the
+/// input gave neither, so they are kept as properties, and an input that gave them gets
+/// them back. The item's own fields still take precedence on export.
+fn given_as_default(key: &str, value: &Value) -> bool {
+    match key {
+        "confidence" => value.as_u64() == Some(0),
+        "revoked" => value == &Value::Bool(false),
+        _ => false,
+    }
+}
+
 fn problem(problem: String) -> ModelError {
     ModelError::Field {
         field: "stix_properties",
@@ -273,6 +286,26 @@ mod tests {
             assert!(StixProperties::parse(text.to_owned()).is_err(), "{text}");
         }
         assert!(StixProperties::parse(String::new()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn keeps_a_confidence_of_zero_and_revoked_false() {
+        let object = json!({"confidence": 0, "revoked": false, "name": "n"});
+        let kept = StixProperties::keep(object.as_object().unwrap()).unwrap();
+        assert_eq!(
+            kept.as_str(),
+            r#"{"confidence":0,"name":"n","revoked":false}"#
+        );
+        assert_eq!(
+            StixProperties::parse(kept.as_str().to_owned()).unwrap(),
+            kept
+        );
+        let object = json!({"confidence": 10, "revoked": true, "name": "n"});
+        let kept = StixProperties::keep(object.as_object().unwrap()).unwrap();
+        assert_eq!(kept.as_str(), r#"{"name":"n"}"#);
+        for text in [r#"{"confidence":10}"#, r#"{"revoked":true}"#] {
+            assert!(StixProperties::parse(text.to_owned()).is_err(), "{text}");
+        }
     }
 
     #[test]
