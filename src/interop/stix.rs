@@ -25,7 +25,7 @@ use super::strict_json::Budget;
 use super::{Draft, ParsedInput, Sink, TooMany, parse_timestamp};
 use crate::model::{
     ContextObject, Holder, Indicator, IndicatorType, Item, ItemId, ItemKind, Revocation,
-    StixProperties, Tlp, normalise_typed,
+    StixProperties, Tlp, normalise_typed, phases_kept_as_given,
 };
 
 mod markings;
@@ -689,10 +689,12 @@ fn indicator(object: &mut RawObject, markings: &Definitions, now_ms: i64) -> Res
     };
     let mut kept = object.with_named(other);
     // A confidence of 0 and `revoked: false` are kept as given (the model reads them as
-    // it reads their absence).
+    // it reads their absence), and so are kill chain phases the model's `chain:phase`
+    // form cannot hold; the model keeps none of the other modelled ones.
     for (name, value) in [
         ("confidence", &object.confidence),
         ("revoked", &object.revoked),
+        ("kill_chain_phases", &object.kill_chain_phases),
     ] {
         if let Some(value) = value {
             kept.insert(name.to_owned(), value.clone());
@@ -716,7 +718,10 @@ fn indicator(object: &mut RawObject, markings: &Definitions, now_ms: i64) -> Res
                     .unwrap_or("")
                     .to_owned(),
                 confidence: confidence(&object.confidence)?,
-                kill_chain_phases: kill_chain_phases(&object.kill_chain_phases)?,
+                kill_chain_phases: match &object.kill_chain_phases {
+                    Some(phases) if phases_kept_as_given(phases) => Vec::new(),
+                    phases => kill_chain_phases(phases)?,
+                },
                 valid_from_ms: timestamp(&object.valid_from, "valid_from")?.unwrap_or(now_ms),
                 valid_until_ms: timestamp(&object.valid_until, "valid_until")?,
                 properties,
