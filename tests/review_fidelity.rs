@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+mod common;
+
 const ENTENTE: &str = env!("CARGO_BIN_EXE_entente");
 
 /// Upper bound for one command, and for the node to report its address.
@@ -611,4 +613,135 @@ fn kill_chain_phases_come_back_as_given() {
     for object in &objects {
         assert_same_but_documented(object, exported(&exported_objects, object));
     }
+}
+
+/// On every node it reaches: what berlin.office pulls from redmond.hq exports as the same
+/// object there, the properties kept above (a confidence of 0, `revoked: false`, kill
+/// chain phases kept as given, exact floats) included, each checked by the puller as
+/// the canonical text its origin signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pulling_node_exports_the_same_objects() {
+    use entente::interop::{Defaults, InputFormat, parse_input, to_stix_from};
+    use entente::model::{Item, Tlp};
+    use entente::rpc::proto::{ItemFilter, PublishRequest};
+
+    let pki = common::Pki::new();
+    let hq = pki.node("redmond.hq");
+    let berlin = pki.node("berlin.office");
+    pki.client("analyst.alice");
+    let with_peer = |id: &entente::NodeId, peer: &str, address: &str| {
+        let path =
+            common::write_config(&pki, id, &[common::client("analyst.alice", "analyst")], &[]);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str(&format!(
+            "\n[[peer]]\nid = \"{peer}\"\naddress = \"{address}\"\nrole = \"peer\"\nmax_tlp = \"GREEN\"\nallow_types = [\"*\"]\n"
+        ));
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let hq_node = common::start(&with_peer(&hq, "berlin.office", "127.0.0.1:1")).await;
+    let berlin_node = common::start(&with_peer(
+        &berlin,
+        "redmond.hq",
+        &hq_node.local_addr().to_string(),
+    ))
+    .await;
+
+    // The float as text, read exactly (as the node reads it).
+    let score: Value = serde_json::from_str("1.0715660391465826e-75").unwrap();
+    let objects = vec![
+        indicator(
+            1,
+            json!({"confidence": 0, "revoked": false, "x_acme_score": score}),
+        ),
+        indicator(
+            2,
+            json!({"kill_chain_phases": [{"kill_chain_name": "acme:v2", "phase_name": "recon", "x_acme_order": 2}]}),
+        ),
+        indicator(
+            3,
+            json!({"created": "2024-05-01T10:00:00.000123Z", "x_acme": {"n": [0.1, 2.5e-300, null, {}]}, "lang": "fr"}),
+        ),
+        indicator(
+            4,
+            json!({"pattern": "[file:name = 'a.exe'] REPEATS 2 TIMES"}),
+        ),
+    ];
+    let bundle_text = bundle(&objects);
+    assert!(bundle_text.contains("1.0715660391465826e-75"));
+    let parsed = parse_input(
+        InputFormat::Stix,
+        &bundle_text,
+        &Defaults {
+            tlp: Some(Tlp::Green),
+            indicator_type: None,
+            tags: Vec::new(),
+            origin: None,
+        },
+        0,
+    );
+    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+    assert_eq!(parsed.items.len(), objects.len());
+
+    let at_hq = common::connect(&pki, &hq_node, "analyst.alice").await;
+    at_hq
+        .publish(tokio_stream::iter(vec![PublishRequest {
+            items: parsed.items.iter().map(entente::wire::Item::from).collect(),
+            distribution: None,
+            groups: vec![],
+        }]))
+        .await
+        .unwrap();
+
+    let stix = |items: Vec<entente::rpc::proto::StoredItem>| -> BTreeMap<String, Value> {
+        items
+            .into_iter()
+            .map(|stored| {
+                let item = Item::try_from(stored.item.unwrap()).unwrap();
+                let object = to_stix_from(&item, Some("redmond.hq"));
+                (object["id"].as_str().unwrap().to_owned(), object)
+            })
+            .collect()
+    };
+    let at_hq_objects = stix(
+        at_hq
+            .query(ItemFilter::default(), 1000, vec![])
+            .await
+            .unwrap()
+            .items,
+    );
+    let at_berlin = common::connect(&pki, &berlin_node, "analyst.alice").await;
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let at_berlin_objects = loop {
+        let items = at_berlin
+            .query(ItemFilter::default(), 1000, vec![])
+            .await
+            .unwrap()
+            .items;
+        if items.len() == objects.len() {
+            break stix(items);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "berlin.office holds {} of {} items",
+            items.len(),
+            objects.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(at_berlin_objects, at_hq_objects);
+    for object in &objects {
+        let got = exported(&at_berlin_objects, object);
+        if object["id"] == "indicator--00000003-1111-4111-8111-111111111111" {
+            // A created finer than the version and after it becomes the version.
+            assert_eq!(got["created"], TIME);
+            let mut without = object.clone();
+            without.as_object_mut().unwrap().remove("created");
+            assert_same_but_documented(&without, got);
+        } else {
+            assert_same_but_documented(object, got);
+        }
+    }
+    let first = exported(&at_berlin_objects, &objects[0]);
+    assert_eq!(first["x_acme_score"].to_string(), "1.0715660391465826e-75");
 }
