@@ -15,7 +15,7 @@ pub use item::{
     ContextObject, Indicator, IndicatorType, InvalidValue, Item, ItemId, ItemKind, ModelError,
     Revocation, Tlp, origin_identity_id, uuid_v4_form,
 };
-pub use properties::{Holder, MAX_PROPERTIES_BYTES, StixProperties};
+pub use properties::{Holder, MAX_PROPERTIES_BYTES, StixProperties, phases_kept_as_given};
 pub use value::{
     MAX_KILL_CHAIN_PHASES, MAX_TAGS, MIN_IPV4_PREFIX, MIN_IPV6_PREFIX, detect_type, normalise,
     normalise_typed,

@@ -25,7 +25,7 @@ use super::strict_json::Budget;
 use super::{Draft, ParsedInput, Sink, TooMany, parse_timestamp};
 use crate::model::{
     ContextObject, Holder, Indicator, IndicatorType, Item, ItemId, ItemKind, Revocation,
-    StixProperties, Tlp, normalise_typed,
+    StixProperties, Tlp, normalise_typed, phases_kept_as_given,
 };
 
 mod markings;
@@ -687,8 +687,21 @@ fn indicator(object: &mut RawObject, markings: &Definitions, now_ms: i64) -> Res
         Some(Value::Bool(revoked)) => *revoked,
         Some(_) => return Err("revoked is not true or false".into()),
     };
-    let properties = StixProperties::keep_owned(Holder::Indicator, object.with_named(other))
-        .map_err(|e| e.to_string())?;
+    let mut kept = object.with_named(other);
+    // A confidence of 0 and `revoked: false` are kept as given (the model reads them as
+    // it reads their absence), and so are kill chain phases the model's `chain:phase`
+    // form cannot hold; the model keeps none of the other modelled ones.
+    for (name, value) in [
+        ("confidence", &object.confidence),
+        ("revoked", &object.revoked),
+        ("kill_chain_phases", &object.kill_chain_phases),
+    ] {
+        if let Some(value) = value {
+            kept.insert(name.to_owned(), value.clone());
+        }
+    }
+    let properties =
+        StixProperties::keep_owned(Holder::Indicator, kept).map_err(|e| e.to_string())?;
     // The indicator the object describes; a revoked object without a pattern (as this
     // node wrote revocations before they carried their indicator) has none.
     let described = match pattern {
@@ -705,7 +718,10 @@ fn indicator(object: &mut RawObject, markings: &Definitions, now_ms: i64) -> Res
                     .unwrap_or("")
                     .to_owned(),
                 confidence: confidence(&object.confidence)?,
-                kill_chain_phases: kill_chain_phases(&object.kill_chain_phases)?,
+                kill_chain_phases: match &object.kill_chain_phases {
+                    Some(phases) if phases_kept_as_given(phases) => Vec::new(),
+                    phases => kill_chain_phases(phases)?,
+                },
                 valid_from_ms: timestamp(&object.valid_from, "valid_from")?.unwrap_or(now_ms),
                 valid_until_ms: timestamp(&object.valid_until, "valid_until")?,
                 properties,
@@ -901,7 +917,9 @@ pub fn to_stix(item: &Item) -> Value {
 /// - `labels` are the item's tags (lower case, without repeats);
 /// - `object_marking_refs` is the TLP 2.0 marking of the item, granular markings are
 ///   folded into it and not written;
-/// - `created` is kept, or is the version when the input gave none (or a later one);
+/// - `created` is kept, or is the version when the input gave none (or a later one, at
+///   its full precision);
+/// - ids are in lower case ([`ItemId::parse`]);
 /// - `name` is the value and `description` says what and from whom when the input gave
 ///   none (STIX asks for both); `created_by_ref` is the origin's identity
 ///   ([`identity_id`]) when the input named no creator;
@@ -1072,18 +1090,22 @@ impl<'a> Exported<'a> {
 
     /// What every exported object starts with: its type, spec version, id, `created`
     /// (kept unless absent or later than the version) and `modified` (the version).
+    /// `created` is compared at its full precision: the version is written to the
+    /// millisecond, so a `created` of `…00.123456Z` is later than a version of
+    /// `…00.123Z`, and STIX asks that `modified` is not before `created`.
     fn head(&mut self, item: &'a Item, stix_type: &'a str) {
         let version = stix_timestamp(item.modified_ms);
         self.string("type", stix_type);
         self.string("spec_version", "2.1");
         self.string("id", item.id.as_str());
+        let version_ns = i128::from(item.modified_ms) * 1_000_000;
         let created = match self.fields.get("created") {
             Some(Field::Kept(raw)) => serde_json::from_str::<Cow<'_, str>>(raw.get())
                 .ok()
-                .and_then(|text| parse_timestamp(&text).ok()),
+                .and_then(|text| timestamp_ns(&text)),
             _ => None,
         }
-        .filter(|&created| created <= item.modified_ms);
+        .filter(|&created| created <= version_ns);
         if created.is_none() {
             self.string("created", version.clone());
         }
@@ -1230,6 +1252,14 @@ pub fn tlp_marking_definition(tlp: Tlp) -> Value {
             }
         },
     })
+}
+
+/// Nanoseconds since the epoch of an RFC 3339 timestamp, at the precision it is written
+/// with.
+fn timestamp_ns(text: &str) -> Option<i128> {
+    time::OffsetDateTime::parse(text.trim(), &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(time::OffsetDateTime::unix_timestamp_nanos)
 }
 
 /// A STIX timestamp (`2025-06-15T15:06:40.000Z`), clamped to the years 0000 to 9999.

@@ -68,7 +68,9 @@ impl Holder {
     /// Whether `key` (with `value`) is carried by the holder itself.
     fn models(self, key: &str, value: &Value) -> bool {
         match self {
-            Holder::Indicator => MODELLED.contains(&key) || described(key, value),
+            Holder::Indicator => {
+                (MODELLED.contains(&key) && !given_as_default(key, value)) || described(key, value)
+            }
             Holder::Context => CONTEXT_MODELLED.contains(&key),
         }
     }
@@ -215,6 +217,42 @@ fn described(key: &str, value: &Value) -> bool {
     key == "description" && value.as_str() != Some("")
 }
 
+/// A `confidence` of 0 and a `revoked` of `false` (what the model also holds when the
+/// input gave neither), and kill chain phases the model cannot hold as given: they are
+/// kept as properties, so an input that gave them gets them back. The item's own fields
+/// still take precedence on export.
+fn given_as_default(key: &str, value: &Value) -> bool {
+    match key {
+        "confidence" => value.as_u64() == Some(0),
+        "revoked" => value == &Value::Bool(false),
+        "kill_chain_phases" => phases_kept_as_given(value),
+        _ => false,
+    }
+}
+
+/// Whether an indicator's `kill_chain_phases` are valid but cannot be held in the
+/// model's `chain:phase` form and read back the same: a `kill_chain_name` with a colon,
+/// or a phase with properties besides its two names. Such phases are kept as given, and
+/// the model holds none.
+pub fn phases_kept_as_given(value: &Value) -> bool {
+    let Value::Array(phases) = value else {
+        return false;
+    };
+    let mut kept = false;
+    for phase in phases {
+        let Value::Object(phase) = phase else {
+            return false;
+        };
+        let (Some(Value::String(chain)), Some(Value::String(_))) =
+            (phase.get("kill_chain_name"), phase.get("phase_name"))
+        else {
+            return false;
+        };
+        kept |= chain.contains(':') || phase.len() != 2;
+    }
+    kept
+}
+
 fn problem(problem: String) -> ModelError {
     ModelError::Field {
         field: "stix_properties",
@@ -275,6 +313,36 @@ mod tests {
             assert!(StixProperties::parse(text.to_owned()).is_err(), "{text}");
         }
         assert!(StixProperties::parse(String::new()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn keeps_defaults_given_and_phases_the_model_cannot_hold() {
+        let object = json!({"confidence": 0, "revoked": false, "name": "n"});
+        let kept = StixProperties::keep(object.as_object().unwrap()).unwrap();
+        assert_eq!(
+            kept.as_str(),
+            r#"{"confidence":0,"name":"n","revoked":false}"#
+        );
+        assert_eq!(
+            StixProperties::parse(kept.as_str().to_owned()).unwrap(),
+            kept
+        );
+        let object = json!({"confidence": 10, "revoked": true, "name": "n"});
+        let kept = StixProperties::keep(object.as_object().unwrap()).unwrap();
+        assert_eq!(kept.as_str(), r#"{"name":"n"}"#);
+        let phases = json!({"kill_chain_phases": [{"kill_chain_name": "a:b", "phase_name": "c"}]});
+        let kept = StixProperties::keep(phases.as_object().unwrap()).unwrap();
+        assert_eq!(
+            kept.as_str(),
+            r#"{"kill_chain_phases":[{"kill_chain_name":"a:b","phase_name":"c"}]}"#
+        );
+        for text in [
+            r#"{"confidence":10}"#,
+            r#"{"revoked":true}"#,
+            r#"{"kill_chain_phases":[{"kill_chain_name":"a","phase_name":"b:c"}]}"#,
+        ] {
+            assert!(StixProperties::parse(text.to_owned()).is_err(), "{text}");
+        }
     }
 
     #[test]

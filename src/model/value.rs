@@ -935,9 +935,15 @@ fn normalise_hash(name: &str, digits: usize, value: &str) -> Result<String, Stri
     Ok(value.to_ascii_lowercase())
 }
 
+/// A STIX pattern is one or more observation expressions: a comparison in brackets, or
+/// expressions grouped in parentheses, each perhaps followed by a qualifier (`WITHIN 300
+/// SECONDS`, `REPEATS 2 TIMES`, `START t'…' STOP t'…'`), so it starts with `[` or `(` and
+/// holds at least one bracketed comparison. It is kept as written.
 fn check_pattern(value: &str) -> Result<String, String> {
-    if !value.starts_with('[') || !value.ends_with(']') {
-        return Err("a STIX pattern starts with '[' and ends with ']'".into());
+    if !(value.starts_with('[') || value.starts_with('(')) || !value.contains(']') {
+        return Err(
+            "a STIX pattern starts with '[' or '(' and compares inside brackets ([...])".into(),
+        );
     }
     if value.chars().any(char::is_control) {
         return Err("contains a control character".into());
@@ -1263,6 +1269,20 @@ mod tests {
         assert!(reason(StixPattern, "[a]\n[b]").contains("control"));
         let long = format!("[{}]", "a".repeat(MAX_PATTERN_BYTES));
         assert!(reason(StixPattern, &long).contains("at most 4096"));
+    }
+
+    #[test]
+    fn stix_patterns_with_qualifiers_and_groups_are_kept_as_written() {
+        for p in [
+            "[ipv4-addr:value = '1.2.3.4'] FOLLOWEDBY [domain-name:value = 'x.example'] WITHIN 300 SECONDS",
+            "([file:name = 'a.exe'] OR [process:command_line LIKE '%a%']) REPEATS 2 TIMES",
+            "[file:name = 'a.exe'] START t'2024-01-01T00:00:00Z' STOP t'2024-02-01T00:00:00Z'",
+            "([ipv4-addr:value = '1.2.3.4'])",
+        ] {
+            assert_eq!(ok(StixPattern, p), p);
+        }
+        assert!(reason(StixPattern, "(a)").contains("starts with '['"));
+        assert!(reason(StixPattern, "file:name = 'a' ]").contains("starts with '['"));
     }
 
     #[test]
