@@ -21,12 +21,14 @@ pub mod proto {
         tonic::include_file_descriptor_set!("entente_v1_descriptor");
 }
 
-/// Version of the federation protocol this build speaks. Version 3 carries feed
-/// positions as sealed tokens (`sync::positions`) and checkpoints without counts;
-/// version 2 (bundles in bounded parts, positions as numbers) and version 1 (whole
-/// bundles in one message) are not spoken any more, and a peer of an earlier version is
-/// refused with a message that says so, in both directions.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// Version of the federation protocol this build speaks. Version 4 carries items whose
+/// kept STIX properties may hold a `confidence` of 0, `revoked: false` and kill chain
+/// phases as given, which a node of version 3 refuses (and would pass over for good);
+/// version 3 carries feed positions as sealed tokens (`sync::positions`) and checkpoints
+/// without counts; version 2 (bundles in bounded parts, positions as numbers) and
+/// version 1 (whole bundles in one message) are not spoken any more, and a peer of an
+/// earlier version is refused with a message that says so, in both directions.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Capabilities this build announces in `Hello`.
 pub const CAPABILITIES: &[&str] = &["hello", "bundle-parts", "sealed-positions"];

@@ -528,10 +528,11 @@ async fn a_withheld_object_that_references_an_arriving_id_does_not_show_at_the_w
     );
 }
 
-/// A node of this protocol refuses a puller of the one before, whose positions were
-/// numbers.
+/// A node of this protocol refuses pullers of the ones before: protocol 2, whose
+/// positions were numbers, and protocol 3, whose items could not carry every STIX
+/// property as given.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_puller_of_protocol_2_is_refused() {
+async fn pullers_of_protocols_2_and_3_are_refused() {
     let hub = Hub::start(&["police.old"]).await;
     let who = NodeId::new("police.old").unwrap();
     let channel = entente::transport::connect(
@@ -541,16 +542,22 @@ async fn a_puller_of_protocol_2_is_refused() {
     )
     .await
     .unwrap();
-    let status = FederationClient::new(channel)
-        .pull(PullRequest {
-            cursor: Vec::new(),
-            follow: false,
-            protocol_version: 2,
-            resume: None,
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
-    assert_eq!(entente::rpc::PROTOCOL_VERSION, 3);
+    for old in [2, 3] {
+        let status = FederationClient::new(channel.clone())
+            .pull(PullRequest {
+                cursor: Vec::new(),
+                follow: false,
+                protocol_version: old,
+                resume: None,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+        assert!(
+            status.message().contains("upgrade the puller"),
+            "{status:?}"
+        );
+    }
+    assert_eq!(entente::rpc::PROTOCOL_VERSION, 4);
     hub.stop().await;
 }

@@ -57,7 +57,16 @@ pub fn observables(pattern: &str) -> Observables {
     while i < tokens.len() {
         match &tokens[i] {
             Token::Open => depth += 1,
-            Token::Close => depth = depth.saturating_sub(1),
+            // A bracket closed that was not opened: what follows is outside every
+            // observation as this reads it, so it cannot be judged.
+            Token::Close if depth == 0 => out.opaque = true,
+            Token::Close => depth -= 1,
+            // Outside brackets come only operators and qualifiers (`WITHIN 300 SECONDS`,
+            // `START t'…'`): a path or a string there is something this does not read.
+            Token::Word(word) if depth == 0 && word.contains(':') && !word.starts_with("t'") => {
+                out.opaque = true;
+            }
+            Token::Text(_) if depth == 0 => out.opaque = true,
             Token::Word(word) if depth > 0 && word.contains(':') => {
                 // A comparison: PATH [NOT] OPERATOR VALUE.
                 let operator = tokens.get(i + 1);
@@ -90,6 +99,10 @@ pub fn observables(pattern: &str) -> Observables {
             _ => {}
         }
         i += 1;
+    }
+    // A bracket left open: the same.
+    if depth != 0 {
+        out.opaque = true;
     }
     out
 }
@@ -218,6 +231,37 @@ mod tests {
             .map(|(t, v)| (t, &*Box::leak(v.into_boxed_str())))
             .collect();
         (leaked, found.opaque)
+    }
+
+    #[test]
+    fn comparisons_outside_balanced_brackets_make_a_pattern_opaque() {
+        // A domain written after a stray `]`, outside every observation as brackets
+        // count: a partner limited to IPv4 must not be judged on the address alone.
+        for pattern in [
+            "[ipv4-addr:value = '1.2.3.4']] domain-name:value = 'evil.example' []",
+            "[ipv4-addr:value = '1.2.3.4'] domain-name:value = 'evil.example'",
+            "[ipv4-addr:value = '1.2.3.4'] 'evil.example'",
+            "[ipv4-addr:value = '1.2.3.4'] OR [domain-name:value = 'evil.example'",
+        ] {
+            let (found, opaque) = values(pattern);
+            assert!(opaque, "{pattern}: {found:?}");
+            assert!(
+                observables(pattern)
+                    .types()
+                    .contains(&IndicatorType::StixPattern),
+                "{pattern}"
+            );
+        }
+        // Qualifiers outside brackets are read past.
+        for pattern in [
+            "[ipv4-addr:value = '1.2.3.4'] FOLLOWEDBY [domain-name:value = 'x.example'] WITHIN 300 SECONDS",
+            "([ipv4-addr:value = '1.2.3.4'] OR [domain-name:value = 'x.example']) REPEATS 2 TIMES",
+            "[ipv4-addr:value = '1.2.3.4'] START t'2024-01-01T00:00:00Z' STOP t'2024-02-01T00:00:00Z'",
+        ] {
+            let (found, opaque) = values(pattern);
+            assert!(!opaque, "{pattern}: {found:?}");
+            assert!(!found.is_empty(), "{pattern}");
+        }
     }
 
     #[test]
