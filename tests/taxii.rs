@@ -2190,3 +2190,75 @@ async fn a_taxii_write_over_the_publishing_rate_waits_then_is_stored() {
     let expected: BTreeSet<String> = (70..90).map(id_of).collect();
     assert_eq!(ids.into_iter().collect::<BTreeSet<_>>(), expected);
 }
+
+/// An object the publishing rules refuse (here a revocation of an indicator the node
+/// does not hold) fails alone in the status: the envelope's other objects are stored,
+/// a revocation after its own indicator in the same envelope included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_object_the_publishing_rules_refuse_does_not_hold_back_the_others() {
+    let Started {
+        pki: _pki,
+        node,
+        analyst,
+        collection,
+        ..
+    } = start().await;
+    let objects = format!("{collection}objects/");
+    let mut unknown = indicator(91, GREEN);
+    unknown["revoked"] = json!(true);
+    let kept = indicator(92, GREEN);
+    let revoked_later = indicator(93, GREEN);
+    let mut revocation = revoked_later.clone();
+    revocation["revoked"] = json!(true);
+    revocation["modified"] = json!("2025-01-03T00:00:00.000Z");
+    let body = json!({ "objects": [kept, unknown, revoked_later, revocation] }).to_string();
+    let headers = [("Accept", TAXII), ("Content-Type", TAXII)];
+    let reply = send(
+        &analyst,
+        node.taxii,
+        "POST",
+        &objects,
+        &headers,
+        body.as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        reply.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let status = reply.json();
+    assert_eq!(status["status"], json!("complete"), "{status}");
+    assert_eq!(status["success_count"], json!(3), "{status}");
+    assert_eq!(status["failure_count"], json!(1), "{status}");
+    assert_eq!(status["failures"][0]["id"], json!(id_of(91)), "{status}");
+    let message = status["failures"][0]["message"].as_str().unwrap();
+    assert!(message.contains("nothing to revoke"), "{message}");
+    assert!(!message.starts_with("item "), "{message}");
+    let listed = get(
+        &analyst,
+        node.taxii,
+        &format!("{objects}?match[version]=all"),
+    )
+    .await;
+    let versions: Vec<(String, bool)> = listed.json()["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["type"] == json!("indicator"))
+        .map(|o| {
+            (
+                o["id"].as_str().unwrap().to_owned(),
+                o["revoked"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    assert!(versions.contains(&(id_of(92), false)), "{versions:?}");
+    assert!(versions.contains(&(id_of(93), true)), "{versions:?}");
+    assert!(
+        !versions.iter().any(|(id, _)| *id == id_of(91)),
+        "{versions:?}"
+    );
+}

@@ -869,7 +869,9 @@ fn object_version(object: &Value) -> String {
 
 /// Signs and stores `items` as this node's own bundles in `publisher`'s name
 /// (`Engine::sign`, which applies the publishing rules, then `Engine::store_own`), and
-/// gives each item's outcome: stored, or the reason it was not.
+/// gives each item's outcome: stored, or the reason it was not. When the publishing
+/// rules refuse an item, the others are not held back: each is then signed and stored
+/// alone, in order (so a revocation still finds the indicator before it).
 fn store_objects(
     engine: &Engine,
     publisher: &Partner,
@@ -891,8 +893,15 @@ fn store_objects(
                 }
                 outcomes.extend(chunk_outcomes);
             }
-            Err(e @ EngineError::Unpublishable(_)) => {
-                outcomes.extend(std::iter::repeat_n(Err(e.to_string()), chunk.len()));
+            Err(EngineError::Unpublishable(_)) if chunk.len() > 1 => {
+                for item in chunk {
+                    outcomes.extend(store_objects(engine, publisher, std::slice::from_ref(item)));
+                }
+            }
+            Err(EngineError::Unpublishable(why)) => {
+                // Alone, the item is item 0: its reason is said without the number.
+                let why = why.strip_prefix("item 0: ").unwrap_or(&why).to_owned();
+                outcomes.extend(std::iter::repeat_n(Err(why), chunk.len()));
             }
             Err(e) => {
                 tracing::error!(error = %e, "TAXII publish failed");
