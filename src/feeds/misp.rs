@@ -184,16 +184,17 @@ async fn poll_events(
     // Events no longer listed were deleted or unpublished at the source: the items they
     // gave are revoked, then the events are forgotten.
     let mut removed: Vec<String> = Vec::new();
+    // Attributes whose items are to be revoked, with the reason; revoked when they are
+    // published, unless another event of the feed still gives them then.
+    let mut withdrawn: Vec<(String, String)> = Vec::new();
     for (uuid, event) in &checkpoint {
         if listed.contains(uuid) {
             continue;
         }
         for attribute in &event.items {
-            items.push(revocation_draft(
-                &origin,
-                attribute,
+            withdrawn.push((
+                attribute.clone(),
                 format!("MISP event {uuid} is no longer in the feed {}", feed.name),
-                crate::engine::now_ms(),
             ));
         }
         removed.push(uuid.clone());
@@ -247,25 +248,34 @@ async fn poll_events(
         published.dedup();
         // Attributes the event no longer gives for detection (deleted, no longer
         // to_ids, of a type not mapped, gone) take their items with them.
-        let now = crate::engine::now_ms();
         for attribute in &before {
             if published.binary_search(attribute).is_err() {
-                items.push(revocation_draft(
-                    &origin,
-                    attribute,
+                withdrawn.push((
+                    attribute.clone(),
                     format!(
                         "attribute {attribute} of MISP event {uuid} is withdrawn in the feed {}",
                         feed.name
                     ),
-                    now,
                 ));
             }
         }
+        // The timestamp of the version read. A file older than the manifest says (a
+        // mirror or cache behind it) is recorded as what it is, so the version the
+        // manifest announces is fetched at the next poll rather than never.
         let timestamp = seconds(event.get("timestamp")).unwrap_or(listed_timestamp);
+        if timestamp < listed_timestamp {
+            tracing::warn!(
+                feed = %feed.name,
+                event = %uuid,
+                file = timestamp,
+                manifest = listed_timestamp,
+                "MISP event file older than its manifest entry; fetched again at the next poll"
+            );
+        }
         taken.push((
             uuid,
             TakenEvent {
-                timestamp: timestamp.max(listed_timestamp),
+                timestamp,
                 items: published,
             },
         ));
@@ -278,6 +288,7 @@ async fn poll_events(
                 &mut items,
                 &mut taken,
                 &mut removed,
+                &mut withdrawn,
                 report,
             )
             .await?;
@@ -294,6 +305,7 @@ async fn poll_events(
         &mut items,
         &mut taken,
         &mut removed,
+        &mut withdrawn,
         report,
     )
     .await?;
@@ -303,8 +315,9 @@ async fn poll_events(
     }
 }
 
-/// Publishes what was gathered (revocations included), then records the events it came
-/// from and forgets those `removed` from the manifest.
+/// Publishes what was gathered, with the revocations of the attributes `withdrawn` that
+/// no event of the feed gives any more (the same attribute may be in several events),
+/// then records the events it came from and forgets those `removed` from the manifest.
 #[allow(clippy::too_many_arguments)]
 async fn commit(
     feed: &FeedConfig,
@@ -314,8 +327,32 @@ async fn commit(
     items: &mut Vec<Item>,
     taken: &mut Vec<(String, TakenEvent)>,
     removed: &mut Vec<String>,
+    withdrawn: &mut Vec<(String, String)>,
     report: &mut PollReport,
 ) -> Result<(), FeedError> {
+    if !withdrawn.is_empty() {
+        // What the events give once this commit is recorded: those taken in this poll,
+        // and the others held that stay in the manifest.
+        let gone: std::collections::HashSet<&str> = removed
+            .iter()
+            .map(String::as_str)
+            .chain(taken.iter().map(|(uuid, _)| uuid.as_str()))
+            .collect();
+        let given: std::collections::HashSet<&str> = checkpoint
+            .iter()
+            .filter(|(uuid, _)| !gone.contains(uuid.as_str()))
+            .map(|(_, event)| event)
+            .chain(taken.iter().map(|(_, event)| event))
+            .flat_map(|event| event.items.iter().map(String::as_str))
+            .collect();
+        let origin = engine.policy().node().to_string();
+        let now = crate::engine::now_ms();
+        for (attribute, reason) in withdrawn.drain(..) {
+            if !given.contains(attribute.as_str()) {
+                items.push(revocation_draft(&origin, &attribute, reason, now));
+            }
+        }
+    }
     if !items.is_empty() {
         publish(engine, feed, std::mem::take(items), report).await?;
     }

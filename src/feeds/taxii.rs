@@ -82,6 +82,7 @@ async fn poll_pages(
         None => Checkpoint::default(),
     };
     let mut added_after = checkpoint.added_after.clone();
+    let started_from = checkpoint.added_after.clone();
     let mut next: Option<String> = None;
     // The last date added of the pages taken so far. Several objects may share one date
     // added, and a page may end inside such a group: the checkpoint moves to it only
@@ -208,7 +209,15 @@ async fn poll_pages(
             }
         }
     }
-    Ok(())
+    // Still more after the most pages one poll follows. When the checkpoint moved, the
+    // rest waits for the next poll; when it did not, the server pages without end (the
+    // same pages again, or never a boundary) and the poll fails, saying so.
+    if checkpoint.added_after != started_from {
+        return Ok(());
+    }
+    Err(FeedError::Malformed(format!(
+        "the server still says there is more after {MAX_PAGES_PER_POLL} pages, and no page boundary was found in them; the checkpoint stays"
+    )))
 }
 
 /// Moves the checkpoint to `last` (when it is later than the one held) and writes it.
@@ -219,6 +228,23 @@ async fn save(
     checkpoint: &mut Checkpoint,
     last: &str,
 ) -> Result<(), FeedError> {
+    // A date added ahead of this node's clock (a server whose clock runs ahead) is not
+    // taken as the checkpoint: what the server adds once its clock is right would be
+    // dated before it and never fetched. The checkpoint stops at the node's clock, so
+    // what is dated ahead is fetched again (and recognised as held) until then.
+    let now_ns = i128::from(now_ms()) * 1_000_000;
+    let clamped;
+    let last = match parse_time(last) {
+        Some(t) if t > now_ns => {
+            clamped = OffsetDateTime::from_unix_timestamp_nanos(now_ns)
+                .ok()
+                .and_then(|t| t.format(&Rfc3339).ok())
+                .ok_or_else(|| FeedError::Publish("the clock cannot be written".into()))?;
+            tracing::warn!(feed = %feed.name, date_added = %last, "the feed dates objects ahead of this node's clock; the checkpoint stops at the clock");
+            clamped.as_str()
+        }
+        _ => last,
+    };
     let newer = match checkpoint.added_after.as_deref().and_then(parse_time) {
         Some(held) => parse_time(last).is_some_and(|t| t > held),
         None => true,

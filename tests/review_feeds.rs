@@ -1,0 +1,644 @@
+//! Feeds in, against a feed server that is broken or hostile: dates that lie, MISP
+//! events that share attributes or lag behind their manifest, servers that page without
+//! end. Each test serves the feed itself on a loopback port and runs a node in-process.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use entente::client::NodeClient;
+use entente::rpc::proto::{FeedStatus, ItemFilter, StoredItem};
+use entente::wire::item;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use common::Pki;
+
+/// Upper bound for anything the tests wait for.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The OASIS TLP 2.0 GREEN marking definition.
+const TLP_GREEN: &str = "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb";
+
+// ---------------------------------------------------------------------------------
+// A loopback HTTP/1.1 server: one answer per connection, made by the test's handler
+// from the request target (path and query).
+
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json(body: &serde_json::Value) -> Self {
+        Answer {
+            status: 200,
+            headers: vec![("Content-Type".into(), "application/json".into())],
+            body: body.to_string().into_bytes(),
+        }
+    }
+
+    fn taxii(body: &serde_json::Value, first: Option<&str>, last: Option<&str>) -> Self {
+        let mut headers = vec![(
+            "Content-Type".to_owned(),
+            "application/taxii+json;version=2.1".to_owned(),
+        )];
+        if let Some(first) = first {
+            headers.push(("X-TAXII-Date-Added-First".into(), first.into()));
+        }
+        if let Some(last) = last {
+            headers.push(("X-TAXII-Date-Added-Last".into(), last.into()));
+        }
+        Answer {
+            status: 200,
+            headers,
+            body: body.to_string().into_bytes(),
+        }
+    }
+
+    fn not_found() -> Self {
+        Answer {
+            status: 404,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+}
+
+type Handler = Arc<dyn Fn(&str) -> Answer + Send + Sync>;
+
+/// Serves `handler` on a loopback port; returns `http://127.0.0.1:PORT`.
+async fn serve(handler: Handler) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let target = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                let answer = handler(&target);
+                let mut out = format!("HTTP/1.1 {} X\r\nConnection: close\r\n", answer.status);
+                for (name, value) in &answer.headers {
+                    out.push_str(&format!("{name}: {value}\r\n"));
+                }
+                out.push_str(&format!("Content-Length: {}\r\n\r\n", answer.body.len()));
+                let mut bytes = out.into_bytes();
+                bytes.extend_from_slice(&answer.body);
+                let _ = stream.write_all(&bytes).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// The value of query parameter `name` in `target`, percent-decoded.
+fn query_param(target: &str, name: &str) -> Option<String> {
+    let query = target.split_once('?')?.1;
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == name).then(|| percent_decode(value))
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        if bytes[at] == b'%' && at + 3 <= bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&text[at + 1..at + 3], 16) {
+                out.push(b);
+                at += 3;
+                continue;
+            }
+        }
+        out.push(bytes[at]);
+        at += 1;
+    }
+    String::from_utf8(out).unwrap()
+}
+
+// ---------------------------------------------------------------------------------
+// Nodes and what they hold.
+
+fn node_config(pki: &Pki, id: &entente::NodeId, name: &str, feeds: &str) -> std::path::PathBuf {
+    let data = pki.path().join(format!("data-{name}"));
+    let text = format!("{}{feeds}", common::node_section(pki, id, &data));
+    let path = pki.path().join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Every item the node holds with `tag`, by id.
+async fn items_tagged(client: &NodeClient, tag: &str) -> BTreeMap<String, StoredItem> {
+    let mut out = BTreeMap::new();
+    let mut token = Vec::new();
+    loop {
+        let page = client
+            .query(
+                ItemFilter {
+                    tag: tag.to_owned(),
+                    include_expired: true,
+                    ..Default::default()
+                },
+                1000,
+                token,
+            )
+            .await
+            .expect("query");
+        for stored in page.items {
+            let id = stored.item.as_ref().unwrap().id.clone();
+            out.insert(id, stored);
+        }
+        if page.next_page_token.is_empty() {
+            return out;
+        }
+        token = page.next_page_token;
+    }
+}
+
+/// The items tagged `tag` by value (a revocation by the value it revokes), with whether
+/// each is a revocation.
+async fn by_value(client: &NodeClient, tag: &str) -> BTreeMap<String, bool> {
+    let mut out = BTreeMap::new();
+    for stored in items_tagged(client, tag).await.into_values() {
+        let item = stored.item.as_ref().unwrap();
+        let (value, revoked) = match item.kind.as_ref().unwrap() {
+            item::Kind::Indicator(i) => (i.value.clone(), false),
+            item::Kind::Revocation(r) => (
+                r.indicator
+                    .as_ref()
+                    .map(|i| i.value.clone())
+                    .unwrap_or_default(),
+                true,
+            ),
+            other => panic!("unexpected {other:?}"),
+        };
+        out.insert(value, revoked);
+    }
+    out
+}
+
+async fn feed_status(client: &NodeClient, name: &str) -> FeedStatus {
+    client
+        .feeds()
+        .await
+        .expect("Admin.Feeds")
+        .feeds
+        .into_iter()
+        .find(|f| f.name == name)
+        .expect("the feed is reported")
+}
+
+/// Waits until `check` holds, polling every 100 ms, failing after `within`.
+async fn wait_within<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let until = Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_until<T, F, Fut>(what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    wait_within(what, DEADLINE, check).await
+}
+
+/// Polls counted in the feed's status.
+async fn polls(client: &NodeClient, feed: &str) -> u64 {
+    feed_status(client, feed).await.polls
+}
+
+/// Waits until the feed has ended `n` more polls than `from`.
+async fn wait_polls(client: &NodeClient, feed: &str, from: u64, n: u64) {
+    wait_until("more polls", || async move {
+        (polls(client, feed).await >= from + n).then_some(())
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------
+// TAXII.
+
+fn stix_indicator(n: u32, ip: &str) -> serde_json::Value {
+    serde_json::json!({
+        "type": "indicator",
+        "spec_version": "2.1",
+        "id": format!("indicator--7d3e2c1a-0000-4000-8000-{n:012}"),
+        "created": "2026-11-01T10:00:00.000Z",
+        "modified": "2026-11-01T10:00:00.000Z",
+        "name": format!("indicator {n}"),
+        "pattern": format!("[ipv4-addr:value = '{ip}']"),
+        "pattern_type": "stix",
+        "valid_from": "2026-11-01T10:00:00Z",
+        "object_marking_refs": [TLP_GREEN],
+    })
+}
+
+fn rfc3339(at: time::OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+fn parse_rfc3339(text: &str) -> time::OffsetDateTime {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).unwrap()
+}
+
+/// A TAXII collection: objects with their date added, answered by `added_after` (no
+/// `next` tokens; the whole rest in one page).
+#[derive(Clone, Default)]
+struct Collection {
+    objects: Arc<Mutex<Vec<(time::OffsetDateTime, serde_json::Value)>>>,
+}
+
+impl Collection {
+    fn add(&self, date_added: time::OffsetDateTime, object: serde_json::Value) {
+        let mut objects = self.objects.lock().unwrap();
+        objects.push((date_added, object));
+        objects.sort_by_key(|(at, _)| *at);
+    }
+
+    fn answer(&self, target: &str) -> Answer {
+        let after = query_param(target, "added_after").map(|t| parse_rfc3339(&t));
+        let objects = self.objects.lock().unwrap();
+        let page: Vec<_> = objects
+            .iter()
+            .filter(|(at, _)| after.is_none_or(|after| *at > after))
+            .collect();
+        let first = page.first().map(|(at, _)| rfc3339(*at));
+        let last = page.last().map(|(at, _)| rfc3339(*at));
+        let body = serde_json::json!({
+            "more": false,
+            "objects": page.iter().map(|(_, o)| o.clone()).collect::<Vec<_>>(),
+        });
+        Answer::taxii(&body, first.as_deref(), last.as_deref())
+    }
+}
+
+/// A server whose clock is wrong dates an object years ahead. Its date added becomes
+/// the checkpoint, so once its clock is right again every object it adds (dated before
+/// that) falls before `added_after` and is never fetched. The checkpoint must not move
+/// past the node's own clock: objects dated ahead are fetched again (and recognised as
+/// held), nothing is skipped for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_date_added_in_the_future_does_not_move_the_checkpoint_past_now() {
+    common::init_logging();
+    let collection = Collection::default();
+    let far = parse_rfc3339("2099-01-01T00:00:00Z");
+    collection.add(far, stix_indicator(1, "198.51.100.1"));
+    let served = collection.clone();
+    let base = serve(Arc::new(move |target: &str| {
+        if target.starts_with("/api1/collections/c1/objects/") {
+            served.answer(target)
+        } else {
+            Answer::not_found()
+        }
+    }))
+    .await;
+    let pki = Pki::new();
+    let id = pki.node("future.node");
+    let config = node_config(
+        &pki,
+        &id,
+        "future",
+        &format!(
+            "\n[[feed]]\nname = \"t-future\"\nkind = \"taxii\"\nurl = \"{base}/api1/collections/c1/objects/\"\ninterval = \"1s\"\n"
+        ),
+    );
+    let node = common::start(&config).await;
+    let client = common::connect(&pki, &node, "future.node").await;
+    wait_until("the first object", || {
+        let client = &client;
+        async move {
+            by_value(client, "source:t-future")
+                .await
+                .contains_key("198.51.100.1")
+                .then_some(())
+        }
+    })
+    .await;
+    let status = feed_status(&client, "t-future").await;
+    assert!(
+        !status.checkpoint.contains("2099"),
+        "the checkpoint moved past the node's clock: {status:?}"
+    );
+    // The server's clock is right again: what it adds now is dated now.
+    collection.add(
+        time::OffsetDateTime::now_utc() + Duration::from_secs(1),
+        stix_indicator(2, "198.51.100.2"),
+    );
+    wait_within(
+        "the object added once the clock is right",
+        Duration::from_secs(20),
+        || {
+            let client = &client;
+            async move {
+                by_value(client, "source:t-future")
+                    .await
+                    .contains_key("198.51.100.2")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    node.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+/// A server that says `more` on every page, each with one object and a next token,
+/// and every page dated alike, keeps the node paging. Past the most pages a poll may
+/// follow, the poll must end as failed, saying why, rather than as a success that
+/// moved nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endless_paging_is_cut_off_and_reported() {
+    common::init_logging();
+    let base = serve(Arc::new(move |target: &str| {
+        if !target.starts_with("/api1/collections/c1/objects/") {
+            return Answer::not_found();
+        }
+        // An identity: fetched and skipped, nothing to publish, so each page is cheap.
+        let body = serde_json::json!({
+            "more": true,
+            "next": "again",
+            "objects": [{
+                "type": "identity",
+                "spec_version": "2.1",
+                "id": "identity--7d3e2c1a-0000-4000-8000-000000000001",
+                "created": "2026-11-01T10:00:00.000Z",
+                "modified": "2026-11-01T10:00:00.000Z",
+                "name": "someone",
+            }],
+        });
+        let at = "2026-11-01T10:00:00Z";
+        Answer::taxii(&body, Some(at), Some(at))
+    }))
+    .await;
+    let pki = Pki::new();
+    let id = pki.node("pages.node");
+    let config = node_config(
+        &pki,
+        &id,
+        "pages",
+        &format!(
+            "\n[[feed]]\nname = \"t-pages\"\nkind = \"taxii\"\nurl = \"{base}/api1/collections/c1/objects/\"\ninterval = \"1h\"\npage_size = 1\n"
+        ),
+    );
+    let node = common::start(&config).await;
+    let client = common::connect(&pki, &node, "pages.node").await;
+    let status = wait_within("the first poll", Duration::from_secs(300), || {
+        let client = &client;
+        async move {
+            let s = feed_status(client, "t-pages").await;
+            (s.polls >= 1).then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(status.failures, status.polls, "{status:?}");
+    assert!(status.last_error.contains("pages"), "{status:?}");
+    node.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------
+// MISP.
+
+const EVENT_1: &str = "5d1c0a3e-1111-4e11-8a11-000000000001";
+const EVENT_2: &str = "5d1c0a3e-2222-4e22-8a22-000000000002";
+
+fn attribute(uuid_tail: u32, ty: &str, value: &str, ts: i64) -> serde_json::Value {
+    serde_json::json!({
+        "uuid": format!("6e2d1b4f-0000-4000-8000-{uuid_tail:012}"),
+        "type": ty,
+        "category": "Network activity",
+        "value": value,
+        "to_ids": true,
+        "timestamp": ts.to_string(),
+        "comment": "",
+    })
+}
+
+fn event(uuid: &str, ts: i64, attributes: Vec<serde_json::Value>) -> serde_json::Value {
+    serde_json::json!({
+        "Event": {
+            "uuid": uuid,
+            "info": "an event",
+            "timestamp": ts.to_string(),
+            "date": "2026-12-01",
+            "Tag": [{"name": "tlp:green"}],
+            "Attribute": attributes,
+            "Object": [],
+        }
+    })
+}
+
+fn manifest(events: &[(&str, i64)]) -> serde_json::Value {
+    let mut map = serde_json::Map::new();
+    for (uuid, ts) in events {
+        map.insert(
+            (*uuid).to_owned(),
+            serde_json::json!({"info": "an event", "timestamp": ts.to_string()}),
+        );
+    }
+    serde_json::Value::Object(map)
+}
+
+/// Files of a MISP feed the test changes as it goes, by path, and how often each was
+/// asked for.
+#[derive(Clone, Default)]
+struct MispFiles {
+    files: Arc<Mutex<BTreeMap<String, serde_json::Value>>>,
+    asked: Arc<Mutex<BTreeMap<String, usize>>>,
+}
+
+impl MispFiles {
+    fn set(&self, path: &str, body: serde_json::Value) {
+        self.files.lock().unwrap().insert(path.to_owned(), body);
+    }
+
+    fn asked(&self, path: &str) -> usize {
+        self.asked.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+
+    async fn serve(&self) -> String {
+        let files = self.clone();
+        serve(Arc::new(move |target: &str| {
+            let path = target.split('?').next().unwrap_or("/").to_owned();
+            *files.asked.lock().unwrap().entry(path.clone()).or_default() += 1;
+            match files.files.lock().unwrap().get(&path) {
+                Some(body) => Answer::json(body),
+                None => Answer::not_found(),
+            }
+        }))
+        .await
+    }
+}
+
+/// Two events of a feed give the same attribute (MISP copies attributes between events,
+/// and a feed may merge sources). When one of them leaves the manifest, the item is
+/// revoked although the other event still gives it, and stays revoked: the event that
+/// still lists it is not fetched again until it changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attribute_two_events_give_stays_while_one_still_lists_it() {
+    common::init_logging();
+    let t1 = 1_764_000_100;
+    let files = MispFiles::default();
+    let shared = attribute(1, "ip-dst", "198.51.100.1", t1);
+    files.set(
+        "/misp/manifest.json",
+        manifest(&[(EVENT_1, t1), (EVENT_2, t1)]),
+    );
+    files.set(
+        &format!("/misp/{EVENT_1}.json"),
+        event(
+            EVENT_1,
+            t1,
+            vec![shared.clone(), attribute(2, "ip-dst", "198.51.100.2", t1)],
+        ),
+    );
+    files.set(
+        &format!("/misp/{EVENT_2}.json"),
+        event(
+            EVENT_2,
+            t1,
+            vec![shared, attribute(3, "ip-dst", "198.51.100.3", t1)],
+        ),
+    );
+    let base = files.serve().await;
+    let pki = Pki::new();
+    let id = pki.node("shared.node");
+    let config = node_config(
+        &pki,
+        &id,
+        "shared",
+        &format!(
+            "\n[[feed]]\nname = \"m-shared\"\nkind = \"misp\"\nurl = \"{base}/misp/\"\ninterval = \"1s\"\n"
+        ),
+    );
+    let node = common::start(&config).await;
+    let client = common::connect(&pki, &node, "shared.node").await;
+    wait_until("the three indicators", || {
+        let client = &client;
+        async move { (by_value(client, "source:m-shared").await.len() == 3).then_some(()) }
+    })
+    .await;
+
+    // Event 2 leaves the manifest: its own attribute is withdrawn, the shared one is not.
+    files.set("/misp/manifest.json", manifest(&[(EVENT_1, t1)]));
+    let held = wait_until("event 2 withdrawn", || {
+        let client = &client;
+        async move {
+            let held = by_value(client, "source:m-shared").await;
+            (held.get("198.51.100.3") == Some(&true)).then_some(held)
+        }
+    })
+    .await;
+    assert_eq!(held.get("198.51.100.2"), Some(&false), "{held:?}");
+    assert_eq!(
+        held.get("198.51.100.1"),
+        Some(&false),
+        "event 1 still gives it: {held:?}"
+    );
+    node.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+/// The manifest is published before the event file it describes (a mirror or a cache
+/// in front of the feed lags behind): the manifest says the event changed, the file is
+/// still the old one. The node records the manifest's timestamp, so the new version of
+/// the event, once the file catches up, is never fetched. It must record what it read
+/// and fetch the event again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_file_older_than_its_manifest_entry_is_fetched_again() {
+    common::init_logging();
+    let t1 = 1_764_000_100;
+    let t2 = t1 + 100;
+    let files = MispFiles::default();
+    let path = format!("/misp/{EVENT_1}.json");
+    files.set("/misp/manifest.json", manifest(&[(EVENT_1, t1)]));
+    files.set(
+        &path,
+        event(
+            EVENT_1,
+            t1,
+            vec![attribute(1, "ip-dst", "198.51.100.1", t1)],
+        ),
+    );
+    let base = files.serve().await;
+    let pki = Pki::new();
+    let id = pki.node("stale.node");
+    let config = node_config(
+        &pki,
+        &id,
+        "stale",
+        &format!(
+            "\n[[feed]]\nname = \"m-stale\"\nkind = \"misp\"\nurl = \"{base}/misp/\"\ninterval = \"1s\"\n"
+        ),
+    );
+    let node = common::start(&config).await;
+    let client = common::connect(&pki, &node, "stale.node").await;
+    wait_until("the first indicator", || {
+        let client = &client;
+        async move { (by_value(client, "source:m-stale").await.len() == 1).then_some(()) }
+    })
+    .await;
+
+    // The manifest moves on; the file is still the old one for a poll or two.
+    let asked = files.asked(&path);
+    files.set("/misp/manifest.json", manifest(&[(EVENT_1, t2)]));
+    wait_until("the stale file fetched", || {
+        let files = &files;
+        let path = &path;
+        async move { (files.asked(path) > asked).then_some(()) }
+    })
+    .await;
+    let from = polls(&client, "m-stale").await;
+    wait_polls(&client, "m-stale", from, 1).await;
+    files.set(
+        &path,
+        event(
+            EVENT_1,
+            t2,
+            vec![
+                attribute(1, "ip-dst", "198.51.100.1", t1),
+                attribute(2, "ip-dst", "198.51.100.2", t2),
+            ],
+        ),
+    );
+    wait_within(
+        "the attribute the new file adds",
+        Duration::from_secs(20),
+        || {
+            let client = &client;
+            async move {
+                by_value(client, "source:m-stale")
+                    .await
+                    .contains_key("198.51.100.2")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    node.shutdown(Duration::from_secs(5)).await.unwrap();
+}
