@@ -56,6 +56,10 @@ pub fn observables(pattern: &str) -> Observables {
     let mut i = 0;
     while i < tokens.len() {
         match &tokens[i] {
+            // A comment (`/* … */`, `// …`), which STIX pattern parsers skip: what it
+            // holds (a quote, a bracket) changes how the rest reads here, so the pattern
+            // cannot be judged by what this reads of it.
+            Token::Word(word) if word.contains("/*") || word.contains("//") => out.opaque = true,
             Token::Open => depth += 1,
             // A bracket closed that was not opened: what follows is outside every
             // observation as this reads it, so it cannot be judged.
@@ -93,9 +97,17 @@ pub fn observables(pattern: &str) -> Observables {
                     _ => out.opaque = true,
                 }
             }
-            Token::Word(word) if depth > 0 && word.eq_ignore_ascii_case("NOT") => {
+            // Inside brackets, between comparisons, come only `AND` and `OR`: anything
+            // else (`NOT`, a string or a word that is no part of a comparison read) is
+            // something this does not read.
+            Token::Word(word)
+                if depth > 0
+                    && !word.eq_ignore_ascii_case("AND")
+                    && !word.eq_ignore_ascii_case("OR") =>
+            {
                 out.opaque = true;
             }
+            Token::Text(_) if depth > 0 => out.opaque = true,
             _ => {}
         }
         i += 1;
@@ -312,6 +324,14 @@ mod tests {
             let found = observables(pattern);
             assert!(found.opaque, "{pattern}");
             assert!(found.types().contains(&StixPattern), "{pattern}");
+        }
+        // A comment, or a string that is no part of a comparison, inside brackets.
+        for pattern in [
+            "[ipv4-addr:value = '1.2.3.4' /* ' */ OR domain-name:value = 'x.example' /* ' */]",
+            "[ipv4-addr:value = '1.2.3.4'] /* [ */ OR [domain-name:value = 'x.example'] /* ] */",
+            "[ipv4-addr:value = '1.2.3.4' AND 'x' OR domain-name:value = 'y.example']",
+        ] {
+            assert!(observables(pattern).opaque, "{pattern}");
         }
         let half = observables("[ipv4-addr:value = '1.2.3.4' AND file:size > 10]");
         assert_eq!(half.types(), [Ipv4, StixPattern]);

@@ -117,7 +117,10 @@ impl Params {
     /// The query without `next` and `limit`, in one canonical text (what a `next` is
     /// bound to): every other parameter as parsed, in a fixed order, each value
     /// length-prefixed. A client may change `limit` from page to page (`taxii2-client`
-    /// does when a page holds more objects than it asked for).
+    /// does when a page holds more objects than it asked for). It also holds since when
+    /// the caller's policy in force applies to it, so a `next` given before a change of
+    /// that policy is refused after it: the listing starts again, and serves what the
+    /// change let through before the place it had reached.
     pub fn scope(&self) -> String {
         fn list(out: &mut String, name: &str, values: Option<&[String]>) {
             out.push_str(name);
@@ -144,6 +147,7 @@ impl Params {
             self.version.first, self.version.last, self.version.all
         ));
         list(&mut out, "version=", Some(&exact));
+        out.push_str(&format!("listed_since={};", self.listed_since_ms));
         out
     }
 
