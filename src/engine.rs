@@ -311,8 +311,10 @@ pub struct Engine {
     /// Per partner, the transfers of its pull pages recorded in the ledger lately, so
     /// that a resumed transfer is not recorded twice.
     recorded_transfers: Mutex<std::collections::HashMap<NodeId, VecDeque<[u8; 32]>>>,
-    /// Held while a client's TAXII listing time is checked and recorded.
-    listed_since_lock: Mutex<()>,
+    /// What `Engine::listed_since` last found per client (its policy fingerprint and
+    /// since when it applies), so the store is read only after a change; held while a
+    /// client's listing time is checked and recorded.
+    listed_since: Mutex<std::collections::HashMap<NodeId, ([u8; 32], i64)>>,
     /// The change-feed head, for pull streams that follow it.
     feed_head: tokio::sync::watch::Sender<u64>,
     /// Bumped on every policy change, so following streams re-check their partner.
@@ -407,7 +409,7 @@ impl Engine {
             trust,
             subscribers: Mutex::default(),
             recorded_transfers: Mutex::default(),
-            listed_since_lock: Mutex::default(),
+            listed_since: Mutex::default(),
         })
     }
 
@@ -1623,12 +1625,18 @@ impl Engine {
         let fingerprint = self.policy().partner_fingerprint(client);
         // One check-and-record at a time, so two requests never record two times for
         // one change.
-        let _one = self
-            .listed_since_lock
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        match self.store.listed_since(client)? {
-            Some((seen, since)) if seen == fingerprint => Ok(since),
+        let mut known = self.listed_since.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((seen, since)) = known.get(client) {
+            if *seen == fingerprint {
+                return Ok(*since);
+            }
+        }
+        // Only configured clients get here; this bounds the map all the same.
+        if known.len() > 100_000 {
+            known.clear();
+        }
+        let since = match self.store.listed_since(client)? {
+            Some((seen, since)) if seen == fingerprint => since,
             // Seen under another policy: its collection changed now. One millisecond
             // on, so that it is later than any date added the client was given so far
             // (those are at most now), and an `added_after` of the last one it saw
@@ -1637,14 +1645,16 @@ impl Engine {
                 let since = now_ms.saturating_add(1);
                 self.store.set_listed_since(client, &fingerprint, since)?;
                 tracing::info!(%client, "policy for this client changed: its TAXII listings count objects as added from now");
-                Ok(since)
+                since
             }
             // Never seen: nothing it listed before can have missed anything.
             None => {
                 self.store.set_listed_since(client, &fingerprint, 0)?;
-                Ok(0)
+                0
             }
-        }
+        };
+        known.insert(client.clone(), (fingerprint, since));
+        Ok(since)
     }
 
     /// Forgets the policy `partner` was last served under, so its next pull is served

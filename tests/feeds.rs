@@ -16,11 +16,12 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use entente::NodeId;
 use entente::client::NodeClient;
-use entente::rpc::proto::{FeedStatus, ItemFilter, StoredItem};
+use entente::rpc::proto::StoredItem;
 use entente::wire::{Tlp as WireTlp, item};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::Pki;
+use common::feeds::{feed_status, items_tagged, wait_within};
 
 /// Upper bound for anything the tests wait for.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -224,59 +225,13 @@ async fn own_client(pki: &Pki, id: &NodeId, addr: &str) -> NodeClient {
         .expect("connect")
 }
 
-/// Every item the node holds with `tag`, by id.
-async fn items_tagged(client: &NodeClient, tag: &str) -> BTreeMap<String, StoredItem> {
-    let mut out = BTreeMap::new();
-    let mut token = Vec::new();
-    loop {
-        let page = client
-            .query(
-                ItemFilter {
-                    tag: tag.to_owned(),
-                    include_expired: true,
-                    ..Default::default()
-                },
-                1000,
-                token,
-            )
-            .await
-            .expect("query");
-        for stored in page.items {
-            let id = stored.item.as_ref().unwrap().id.clone();
-            out.insert(id, stored);
-        }
-        if page.next_page_token.is_empty() {
-            return out;
-        }
-        token = page.next_page_token;
-    }
-}
-
-async fn feed_status(client: &NodeClient, name: &str) -> FeedStatus {
-    client
-        .feeds()
-        .await
-        .expect("Admin.Feeds")
-        .feeds
-        .into_iter()
-        .find(|f| f.name == name)
-        .expect("the feed is reported")
-}
-
 /// Waits until `check` holds, polling every 100 ms, failing after [`DEADLINE`].
-async fn wait_until<T, F, Fut>(what: &str, mut check: F) -> T
+async fn wait_until<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let until = Instant::now() + DEADLINE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_within(what, DEADLINE, check).await
 }
 
 fn indicator(stored: &StoredItem) -> (String, String, i32, Vec<String>) {

@@ -6,14 +6,14 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use entente::client::NodeClient;
-use entente::rpc::proto::{FeedStatus, ItemFilter, StoredItem};
 use entente::wire::item;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::Pki;
+use common::feeds::{feed_status, items_tagged, wait_within};
 
 /// Upper bound for anything the tests wait for.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -144,34 +144,6 @@ fn node_config(pki: &Pki, id: &entente::NodeId, name: &str, feeds: &str) -> std:
     path
 }
 
-/// Every item the node holds with `tag`, by id.
-async fn items_tagged(client: &NodeClient, tag: &str) -> BTreeMap<String, StoredItem> {
-    let mut out = BTreeMap::new();
-    let mut token = Vec::new();
-    loop {
-        let page = client
-            .query(
-                ItemFilter {
-                    tag: tag.to_owned(),
-                    include_expired: true,
-                    ..Default::default()
-                },
-                1000,
-                token,
-            )
-            .await
-            .expect("query");
-        for stored in page.items {
-            let id = stored.item.as_ref().unwrap().id.clone();
-            out.insert(id, stored);
-        }
-        if page.next_page_token.is_empty() {
-            return out;
-        }
-        token = page.next_page_token;
-    }
-}
-
 /// The items tagged `tag` by value (a revocation by the value it revokes), with whether
 /// each is a revocation.
 async fn by_value(client: &NodeClient, tag: &str) -> BTreeMap<String, bool> {
@@ -192,33 +164,6 @@ async fn by_value(client: &NodeClient, tag: &str) -> BTreeMap<String, bool> {
         out.insert(value, revoked);
     }
     out
-}
-
-async fn feed_status(client: &NodeClient, name: &str) -> FeedStatus {
-    client
-        .feeds()
-        .await
-        .expect("Admin.Feeds")
-        .feeds
-        .into_iter()
-        .find(|f| f.name == name)
-        .expect("the feed is reported")
-}
-
-/// Waits until `check` holds, polling every 100 ms, failing after `within`.
-async fn wait_within<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let until = Instant::now() + within;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn wait_until<T, F, Fut>(what: &str, check: F) -> T

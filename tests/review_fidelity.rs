@@ -6,7 +6,7 @@
 //! `tests/python/requirements.txt` runs the validator.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -115,34 +115,7 @@ impl Hq {
         .unwrap();
         drop(file);
 
-        let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
-        let mut child = Command::new(ENTENTE)
-            .args(["serve", "--config", s(&config)])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn entente serve");
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Some((_, addr)) = line.split_once(" serving on ") {
-                    let _ = tx.send(addr.to_owned());
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(DEADLINE) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "node did not report its address; log:\n{}",
-                    std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default()
-                );
-            }
-        };
+        let (child, addr) = common::serve(&config);
         let certs = hq.join("certs");
         ok(&[
             "certs",

@@ -242,6 +242,20 @@ async fn start() -> Started {
     }
 }
 
+/// POSTs an envelope of `sent` to `objects` as `writer`; the answer.
+async fn post_envelope(
+    writer: &Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    objects: &str,
+    sent: Vec<Value>,
+) -> Reply {
+    let body = json!({ "objects": sent }).to_string();
+    let headers = [("Accept", TAXII), ("Content-Type", TAXII)];
+    send(writer, addr, "POST", objects, &headers, body.as_bytes())
+        .await
+        .unwrap()
+}
+
 /// Adds `sent` through `objects` (POST) as `analyst`; every object must be taken.
 async fn publish_as(
     analyst: &Arc<rustls::ClientConfig>,
@@ -249,11 +263,7 @@ async fn publish_as(
     objects: &str,
     sent: Vec<Value>,
 ) {
-    let body = json!({ "objects": sent }).to_string();
-    let headers = [("Accept", TAXII), ("Content-Type", TAXII)];
-    let reply = send(analyst, addr, "POST", objects, &headers, body.as_bytes())
-        .await
-        .unwrap();
+    let reply = post_envelope(analyst, addr, objects, sent).await;
     assert_eq!(reply.status, 202);
     assert_eq!(
         reply.json()["failure_count"],
@@ -2211,18 +2221,8 @@ async fn one_object_the_publishing_rules_refuse_does_not_hold_back_the_others() 
     let mut revocation = revoked_later.clone();
     revocation["revoked"] = json!(true);
     revocation["modified"] = json!("2025-01-03T00:00:00.000Z");
-    let body = json!({ "objects": [kept, unknown, revoked_later, revocation] }).to_string();
-    let headers = [("Accept", TAXII), ("Content-Type", TAXII)];
-    let reply = send(
-        &analyst,
-        node.taxii,
-        "POST",
-        &objects,
-        &headers,
-        body.as_bytes(),
-    )
-    .await
-    .unwrap();
+    let sent = vec![kept, unknown, revoked_later, revocation];
+    let reply = post_envelope(&analyst, node.taxii, &objects, sent).await;
     assert_eq!(
         reply.status,
         202,

@@ -12,6 +12,7 @@ use entente::config::builder;
 use entente::transport::{TlsMaterial, TlsPaths};
 use entente::{Config, Node, NodeId};
 
+pub mod feeds;
 pub mod https;
 pub mod proxy;
 pub mod rogue;
