@@ -367,6 +367,77 @@ async fn endless_paging_is_cut_off_and_reported() {
     node.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 
+/// A server that pages with `next` tokens but sends only `X-TAXII-Date-Added-Last`
+/// (the first date is optional in practice) must still let a backlog larger than a
+/// poll's share through, poll after poll. Before, no page boundary was ever found
+/// without the first date: every poll stopped at twice `max_objects_per_poll` with the
+/// checkpoint unmoved, so the same objects were fetched again and the rest never.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_the_first_date_header_still_has_its_backlog_taken() {
+    common::init_logging();
+    const BACKLOG: u32 = 30;
+    let start = parse_rfc3339("2026-11-01T10:00:00Z");
+    // Every object its own date added, a second apart, in the listing's order.
+    let objects: Vec<(time::OffsetDateTime, serde_json::Value)> = (0..BACKLOG)
+        .map(|n| {
+            (
+                start + Duration::from_secs(u64::from(n)),
+                stix_indicator(n, &format!("198.51.100.{}", n + 1)),
+            )
+        })
+        .collect();
+    let base = serve(Arc::new(move |target: &str| {
+        if !target.starts_with("/api1/collections/c1/objects/") {
+            return Answer::not_found();
+        }
+        let after = query_param(target, "added_after").map(|t| parse_rfc3339(&t));
+        let limit: usize = query_param(target, "limit")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(1000);
+        let from: usize = query_param(target, "next")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let listed: Vec<_> = objects
+            .iter()
+            .filter(|(at, _)| after.is_none_or(|after| *at > after))
+            .collect();
+        let page: Vec<_> = listed.iter().skip(from).take(limit).collect();
+        let more = from + page.len() < listed.len();
+        let mut body = serde_json::json!({
+            "more": more,
+            "objects": page.iter().map(|(_, o)| o.clone()).collect::<Vec<_>>(),
+        });
+        if more {
+            body["next"] = serde_json::json!((from + page.len()).to_string());
+        }
+        let last = page.last().map(|(at, _)| rfc3339(*at));
+        Answer::taxii(&body, None, last.as_deref())
+    }))
+    .await;
+    let pki = Pki::new();
+    let id = pki.node("nofirst.node");
+    let config = node_config(
+        &pki,
+        &id,
+        "nofirst",
+        &format!(
+            "\n[[feed]]\nname = \"t-nofirst\"\nkind = \"taxii\"\nurl = \"{base}/api1/collections/c1/objects/\"\ninterval = \"1s\"\npage_size = 2\nmax_objects_per_poll = 5\n"
+        ),
+    );
+    let node = common::start(&config).await;
+    let client = common::connect(&pki, &node, "nofirst.node").await;
+    wait_until("the whole backlog", || {
+        let client = &client;
+        async move {
+            (by_value(client, "source:t-nofirst").await.len() == BACKLOG as usize).then_some(())
+        }
+    })
+    .await;
+    let status = feed_status(&client, "t-nofirst").await;
+    assert_eq!(status.failures, 0, "{status:?}");
+    node.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
 // ---------------------------------------------------------------------------------
 // MISP.
 

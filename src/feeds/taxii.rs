@@ -154,7 +154,27 @@ async fn poll_pages(
             report.skipped += count.saturating_sub(items + parsed.errors.len() as u64);
             publish(engine, feed, parsed.items, report).await?;
         }
-        // This page's items are durable now.
+        // This page's items are durable now. A page that ends later than the date held
+        // also shows a boundary, without `X-TAXII-Date-Added-First`: the listing is
+        // sorted by date added, so the rest of the held date's group came in this page,
+        // before its later objects. Every object dated up to the held date is taken.
+        if let (Some(held), Some(last)) = (&pending, &date_added_last) {
+            let later = match (parse_time(held), parse_time(last)) {
+                (Some(held), Some(last)) => last > held,
+                _ => false,
+            };
+            if later {
+                let confirmed = held.clone();
+                save(feed, engine, states, &mut checkpoint, &confirmed).await?;
+                pending = None;
+                if over_limit {
+                    // This page's later objects are fetched again by the next poll,
+                    // which starts from the checkpoint just saved, and passed over as
+                    // held.
+                    return Ok(());
+                }
+            }
+        }
         if date_added_last.is_some() {
             pending = date_added_last.clone();
         }
