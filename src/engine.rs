@@ -1637,7 +1637,8 @@ impl Engine {
         }
         let since = match self.store.listed_since(client)? {
             Some((seen, since)) if seen == fingerprint => since,
-            // Seen under another policy: its collection changed now. One millisecond
+            // Seen under another policy (or, in a store rebuilt from its log, under one
+            // not known): its collection changed now. One millisecond
             // on, so that it is later than any date added the client was given so far
             // (those are at most now), and an `added_after` of the last one it saw
             // lets through what the change brought.

@@ -583,6 +583,11 @@ fn taxii_status_key(slot: u32) -> String {
     format!("#taxii-status/{slot}")
 }
 
+/// The policy fingerprint [`ItemStore::listed_since`] gives, in a store rebuilt from its
+/// log, for a client it has no record of since: no policy hashes to it (an
+/// unconfigured partner's fingerprint is all zeros).
+pub const UNKNOWN_POLICY: [u8; 32] = [0xff; 32];
+
 /// Bundles and items: accepting verified bundles, reading items back, flushing.
 pub trait ItemStore: Send + Sync {
     /// The id of the node that owns the store.
@@ -678,7 +683,9 @@ pub trait PartnerState: Send + Sync {
     fn set_served_policy(&self, peer: &NodeId, fingerprint: &[u8; 32]) -> Result<(), StoreError>;
 
     /// The policy fingerprint `client` was last seen with by the TAXII listings, and
-    /// since when (ms) it is in force for it (`None` when never recorded).
+    /// since when (ms) it is in force for it (`None` when never recorded). In a store
+    /// rebuilt from its log, a client not recorded since the rebuild gives
+    /// [`UNKNOWN_POLICY`]: it may have listed under any policy before.
     fn listed_since(&self, client: &NodeId) -> Result<Option<([u8; 32], i64)>, StoreError>;
 
     /// Records that `client`'s policy has had `fingerprint` since `since_ms`.

@@ -1581,6 +1581,47 @@ fn a_store_recovered_from_its_log_keeps_the_places_objects_were_fed_again_at() {
     assert_eq!(after[after.len() - 2].1, waits.header().bundle_id.clone());
 }
 
+/// A store rebuilt from its log has lost what each client's TAXII listings last saw. A
+/// client recorded before the loss, or never, then counts as seen under an unknown
+/// policy, so the engine dates its listings again from its next request: a client whose
+/// policy a reload widened just before the loss still receives what the widening let
+/// through on its next `added_after` poll. A store never rebuilt says a client was
+/// never seen (its first policy counts from the start).
+#[test]
+fn a_store_rebuilt_from_its_log_knows_of_no_client_listing_under_the_policy_in_force() {
+    let f = fixture();
+    let path = f.pki.path().join("s");
+    let store = open(&f, "s");
+    let now = now_ms();
+    store
+        .accept(
+            &bundle(&f, &f.hq, &[fresh_domain("x.example", now)]),
+            &local(&f.hq.id),
+            now,
+        )
+        .unwrap();
+    assert_eq!(store.listed_since(&f.berlin.id).unwrap(), None);
+    store.set_listed_since(&f.berlin.id, &[7; 32], 5).unwrap();
+    store.flush().unwrap();
+    drop(store);
+    common::remove_sled(&path);
+    entente::store::recover::recover(&path, &f.hq.id, 16 << 20, false).unwrap();
+    let store = common::open_store(&path, &f.hq.id, 16 << 20).unwrap();
+    for client in [&f.berlin.id, &f.hq.id] {
+        assert_eq!(
+            store.listed_since(client).unwrap(),
+            Some((entente::store::UNKNOWN_POLICY, 0)),
+            "{client}"
+        );
+    }
+    // What the engine records after the rebuild is read back as recorded.
+    store.set_listed_since(&f.berlin.id, &[7; 32], 9).unwrap();
+    assert_eq!(
+        store.listed_since(&f.berlin.id).unwrap(),
+        Some(([7; 32], 9))
+    );
+}
+
 /// A relationship that came in a bundle whose other items were withheld waits for its
 /// ends; when the same bundle comes again with them, the relationship is recorded
 /// again in that bundle's frame, as accepted then.

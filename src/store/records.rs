@@ -69,6 +69,10 @@ pub const META_LOG_GENERATION: &[u8] = b"Mlog_generation";
 /// generation means the rename happened, and this length is its watermark; a log of
 /// the generation before means it did not, and the new file is removed.
 pub const META_COMPACTING: &[u8] = b"Mcompacting";
+/// When the store was rebuilt from its bundle log (i64 big-endian ms), which lost what
+/// each client's TAXII listings last saw: a client not recorded since counts as seen
+/// under an unknown policy. Absent in a store never rebuilt.
+pub const META_LISTING_DATES_LOST: &[u8] = b"Mlisting_dates_lost";
 /// The last ledger record: its sequence number (8 bytes big-endian), then its hash
 /// (32 bytes).
 pub const META_LEDGER_HEAD: &[u8] = b"Mledger_head";

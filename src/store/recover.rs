@@ -67,7 +67,7 @@ impl std::fmt::Display for Recovery {
         )?;
         write!(
             f,
-            "replication cursors start from zero (partners' feeds are pulled again) and partners are served this node's feed from the start"
+            "replication cursors start from zero (partners' feeds are pulled again) and partners are served this node's feed from the start; each TAXII client's collection is dated again from its next request (an added_after poll receives it whole once more)"
         )
     }
 }

@@ -1020,6 +1020,11 @@ impl SledStore {
             &found.header.generation.to_be_bytes()[..],
         );
         batch.insert(records::META_FEED_LEASE, &feed_lease.to_be_bytes()[..]);
+        // What each client's TAXII listings last saw is lost with the metadata.
+        batch.insert(
+            records::META_LISTING_DATES_LOST,
+            &crate::util::now_ms().to_be_bytes()[..],
+        );
         meta.tree.apply_batch(batch).map_err(engine)?;
         meta.db.flush().map_err(engine)?;
         let opened = Opened {
@@ -1740,11 +1745,20 @@ impl PartnerState for SledStore {
         let key = records::key(records::LISTED_SINCE, client.as_str().as_bytes());
         // A value of another length is not one this node wrote: counted as never
         // recorded.
-        Ok(self.with_meta(|m| m.tree.get(key))?.and_then(|v| {
+        let recorded = self.with_meta(|m| m.tree.get(key))?.and_then(|v| {
             let fingerprint: [u8; 32] = v.get(..32)?.try_into().ok()?;
             let since: [u8; 8] = v.get(32..)?.try_into().ok()?;
             Some((fingerprint, i64::from_be_bytes(since)))
-        }))
+        });
+        if recorded.is_some() {
+            return Ok(recorded);
+        }
+        // In a store rebuilt from its log, a client not recorded since may have listed
+        // under another policy before: it counts as seen under an unknown one.
+        let lost = self
+            .with_meta(|m| m.tree.get(records::META_LISTING_DATES_LOST))?
+            .is_some();
+        Ok(lost.then_some((crate::store::UNKNOWN_POLICY, 0)))
     }
 
     fn set_listed_since(
