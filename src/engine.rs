@@ -45,12 +45,11 @@ impl crate::policy::Held for StoreHeld<'_> {
         with_distribution: bool,
     ) -> Result<Option<crate::policy::HeldItem>, crate::policy::Unreadable> {
         use crate::policy::Unreadable;
-        let Some(stored) = self.0.get(id).map_err(|_| Unreadable)? else {
+        // The object held under the UUID, whatever its type: policy compares the type
+        // where it matters (a relationship's ends).
+        let Some(stored) = self.0.get_any_type(id).map_err(|_| Unreadable)? else {
             return Ok(None);
         };
-        if &stored.item.id != id {
-            return Ok(None);
-        }
         let distribution = if with_distribution {
             let header = self
                 .0

@@ -228,6 +228,73 @@ async fn ids_carried_in_properties_are_judged_like_references() {
     assert!(client.get(NAMING_OTHERS).await.unwrap().is_some());
 }
 
+/// The UUID of an item withheld from a partner, written without its type, under
+/// another type than the one held, or in a URL, told that partner the UUID. Such a
+/// UUID is now judged like an id: the object that writes it goes only where the item
+/// held under it goes. A UUID the node does not hold, and an object's own UUID, hold
+/// nothing back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uuids_written_bare_or_under_another_type_are_judged_like_references() {
+    const SECRET: &str = "indicator--c3c3c3c3-0000-4000-8000-000000000001";
+    const BARE: &str = "indicator--c3c3c3c3-0000-4000-8000-000000000002";
+    const OTHER_TYPE: &str = "tool--c3c3c3c3-0000-4000-8000-000000000003";
+    const IN_URL: &str = "malware--c3c3c3c3-0000-4000-8000-000000000004";
+    const HARMLESS: &str = "indicator--c3c3c3c3-0000-4000-8000-000000000005";
+    let secret_uuid = &SECRET["indicator--".len()..];
+    let (_pki, node, analyst, researcher, objects) = start().await;
+
+    let mut bare = indicator(BARE, "bare.example", GREEN);
+    bare["description"] = json!(format!("Same campaign as {secret_uuid}"));
+    let mut harmless = indicator(HARMLESS, "harmless.example", GREEN);
+    harmless["description"] = json!(format!(
+        "Not held: c3c3c3c3-0000-4000-8000-0000000000ff; itself: {}",
+        &HARMLESS["indicator--".len()..]
+    ));
+    let envelope = json!({ "objects": [
+        indicator(SECRET, "secret.example", AMBER),
+        bare,
+        {
+            "type": "tool", "spec_version": "2.1", "id": OTHER_TYPE,
+            "created": "2025-04-01T00:00:00.000Z", "modified": "2025-04-01T00:00:00.000Z",
+            "name": "Scanner", "object_marking_refs": [GREEN],
+            "x_seen_with": format!("malware--{secret_uuid}"),
+        },
+        {
+            "type": "malware", "spec_version": "2.1", "id": IN_URL,
+            "created": "2025-04-01T00:00:00.000Z", "modified": "2025-04-01T00:00:00.000Z",
+            "name": "Loader", "is_family": true, "object_marking_refs": [GREEN],
+            "external_references": [{
+                "source_name": "intel",
+                "url": format!("https://intel.example/objects/{}", secret_uuid.to_uppercase()),
+            }],
+        },
+        harmless,
+    ]})
+    .to_string();
+    let posted = post(&analyst, node.taxii, &objects, &envelope).await;
+    assert_eq!(posted.status, 202, "{}", posted.text());
+    assert_eq!(
+        posted.json()["success_count"],
+        json!(5),
+        "{}",
+        posted.text()
+    );
+
+    let everything: BTreeSet<String> = [SECRET, BARE, OTHER_TYPE, IN_URL, HARMLESS]
+        .map(str::to_owned)
+        .into();
+    assert_eq!(listed_ids(&analyst, &node, &objects).await, everything);
+    let green: BTreeSet<String> = [HARMLESS].map(str::to_owned).into();
+    assert_eq!(listed_ids(&researcher, &node, &objects).await, green);
+    let listed = get(&researcher, node.taxii, &format!("{objects}?limit=1000"))
+        .await
+        .text();
+    assert!(
+        !listed.to_ascii_lowercase().contains(secret_uuid),
+        "{listed}"
+    );
+}
+
 // ---------------------------------------------------------------------------------
 // Provenance: `created_by_ref`.
 

@@ -85,7 +85,12 @@ struct InputHeld<'a> {
 
 impl Held for InputHeld<'_> {
     fn held(&self, id: &ItemId, _: bool) -> Option<HeldItem> {
-        let item = self.items.iter().rev().find(|item| &item.id == id)?;
+        let uuid = id.uuid_bytes();
+        let item = self
+            .items
+            .iter()
+            .rev()
+            .find(|item| item.id.uuid_bytes() == uuid)?;
         Some(HeldItem {
             item: item.clone(),
             origin: self.origin.clone(),

@@ -147,33 +147,58 @@ pub fn origin_identity_id(node: &str) -> String {
     })
 }
 
-/// Appends each id of an indicator or context object written in `text`: one of their
-/// type names (any case), `--`, and a UUID of 36 characters. Whatever comes before the
-/// type name does not matter, so an id is found however it is embedded.
+/// Appends an id for each UUID written in `text` (36 characters with hyphens, any
+/// case): under the type written just before it with `--`, when that is an indicator's
+/// or a context object's type (any case); else as `indicator--<uuid>`, which stands for
+/// the UUID alone. Whatever comes before does not matter, so a UUID is found however it
+/// is written: in an id, bare, in a URL, or under another type. Policy judges an id
+/// found here by the object held under its UUID, whatever that object's type.
 fn embedded_ids(text: &str, out: &mut Vec<ItemId>) {
     const UUID_CHARS: usize = 36;
+    /// A UUID's first hyphen is its ninth character.
+    const FIRST_HYPHEN: usize = 8;
     let bytes = text.as_bytes();
-    for (at, _) in text.match_indices("--") {
-        let Some(uuid) = text.get(at + 2..at + 2 + UUID_CHARS) else {
+    let mut from = 0;
+    while let Some(found) = text.get(from..).and_then(|rest| rest.find('-')) {
+        let hyphen = from + found;
+        from = hyphen + 1;
+        let Some(start) = hyphen.checked_sub(FIRST_HYPHEN) else {
+            continue;
+        };
+        let Some(uuid) = text.get(start..start + UUID_CHARS) else {
             continue;
         };
         if uuid::Uuid::try_parse(uuid).is_err() {
             continue;
         }
-        let types = std::iter::once("indicator").chain(
-            IndicatorType::ALL
-                .into_iter()
-                .filter(|t| t.is_context())
-                .map(IndicatorType::as_str),
-        );
-        for ty in types {
-            let Some(start) = at.checked_sub(ty.len()) else {
-                continue;
-            };
-            if bytes[start..at].eq_ignore_ascii_case(ty.as_bytes()) {
-                if let Ok(id) = ItemId::parse(&format!("{ty}--{uuid}")) {
-                    out.push(id);
+        from = start + UUID_CHARS;
+        let uuid = uuid.to_ascii_lowercase();
+        let mut typed = false;
+        if let Some(before) = start
+            .checked_sub(2)
+            .filter(|&at| &bytes[at..start] == b"--")
+        {
+            let types = std::iter::once("indicator").chain(
+                IndicatorType::ALL
+                    .into_iter()
+                    .filter(|t| t.is_context())
+                    .map(IndicatorType::as_str),
+            );
+            for ty in types {
+                let Some(name) = before.checked_sub(ty.len()) else {
+                    continue;
+                };
+                if bytes[name..before].eq_ignore_ascii_case(ty.as_bytes()) {
+                    if let Ok(id) = ItemId::parse(&format!("{ty}--{uuid}")) {
+                        out.push(id);
+                        typed = true;
+                    }
                 }
+            }
+        }
+        if !typed {
+            if let Ok(id) = ItemId::parse(&format!("indicator--{uuid}")) {
+                out.push(id);
             }
         }
     }
@@ -508,12 +533,12 @@ impl Item {
     }
 
     /// Every other item this one names: its own references ([`Self::refs`]) first, then
-    /// each id of an indicator or context object written anywhere in its kept STIX
-    /// properties, its description, its value, its kill chain phases, its tags (STIX
-    /// `labels`) or a revocation's reason (`sample_refs`, `x_` properties, free text, a
-    /// string in a pattern, a label, ...),
-    /// each once, its own id left out. An export carries all of them, so the delivery
-    /// rule judges the item by all of them.
+    /// each UUID written anywhere in its kept STIX properties, its description, its
+    /// value, its kill chain phases, its tags (STIX `labels`) or a revocation's reason
+    /// (`sample_refs`, `x_` properties, free text, a string in a pattern, a label, ...),
+    /// as an id or bare, each once, its own id and UUID left out. An export carries all
+    /// of them, so the delivery rule judges the item by all of them: a UUID written
+    /// outside its references is judged by the object held under it, whatever its type.
     pub fn referenced(&self) -> Vec<ItemId> {
         let mut out = self.refs().to_vec();
         let indicator = match &self.kind {
@@ -546,8 +571,17 @@ impl Item {
         if out.is_empty() {
             return out;
         }
+        // Its own id is left out, and among the ids written in it, any under its own
+        // UUID (it would be judged by itself).
+        let own = self.id.uuid_bytes();
+        let ends = self.refs().len();
         let mut seen = std::collections::HashSet::with_capacity(out.len());
-        out.retain(|id| id != &self.id && seen.insert(id.clone()));
+        let mut at = 0;
+        out.retain(|id| {
+            let structural = at < ends;
+            at += 1;
+            id != &self.id && (structural || id.uuid_bytes() != own) && seen.insert(id.clone())
+        });
         out
     }
 
@@ -659,6 +693,38 @@ mod tests {
         // Nothing to find: nothing allocated, nothing referenced.
         let plain = context(B, &[], serde_json::json!({ "name": "x--y" }));
         assert!(plain.referenced().is_empty());
+    }
+
+    #[test]
+    fn uuids_written_bare_in_urls_or_under_another_type_are_referenced() {
+        const SELF: &str = "malware--a1a1a1a1-0000-4000-8000-000000000009";
+        let item = context(
+            SELF,
+            &[],
+            serde_json::json!({
+                "description": "bare a1a1a1a1-0000-4000-8000-000000000001, own a1a1a1a1-0000-4000-8000-000000000009",
+                "external_references": [{
+                    "source_name": "x",
+                    "url": "https://x.example/o/A1A1A1A1-0000-4000-8000-000000000002?v=1",
+                }],
+                "x_other": "x-custom--a1a1a1a1-0000-4000-8000-000000000003",
+                "x_typed": "tool--a1a1a1a1-0000-4000-8000-000000000004",
+                "x_not": "a1a1a1a1-0000-4000-8000-00000000000 and a1a1a1a1-0000-4000-8000",
+            }),
+        );
+        let referenced: Vec<String> = item.referenced().iter().map(|r| r.to_string()).collect();
+        // In the order of the canonical text (its names sorted); a UUID without an
+        // indicator's or context object's type stands as `indicator--`; its own UUID
+        // is left out.
+        assert_eq!(
+            referenced,
+            [
+                "indicator--a1a1a1a1-0000-4000-8000-000000000001",
+                "indicator--a1a1a1a1-0000-4000-8000-000000000002",
+                "indicator--a1a1a1a1-0000-4000-8000-000000000003",
+                "tool--a1a1a1a1-0000-4000-8000-000000000004",
+            ]
+        );
     }
 
     #[test]

@@ -299,7 +299,8 @@ pub struct Context<'a> {
 /// a relationship goes only to a partner that may see both its ends, a report only to
 /// one that may see every object it references that the node holds.
 pub trait Held {
-    /// The latest version held under `id` (the whole id, type included), if any; with
+    /// The latest version held under `id`'s UUID, if any, whatever its type (a store
+    /// holds one type per UUID; the caller compares the type where it matters); with
     /// its bundle's distribution when `with_distribution` (only a node partner's
     /// decision reads it, and reading it costs a bundle header).
     fn held(&self, id: &ItemId, with_distribution: bool) -> Option<HeldItem>;
@@ -695,8 +696,8 @@ impl Policy {
         // What it references by structure (a relationship's two ends, a sighting's
         // objects, a report's object_refs) must be held: one that arrived before what it
         // names stays withheld until that arrives, and is then judged with it, so the
-        // order of arrival never lets a reference to a withheld item out. Any other id
-        // it names (written in its properties) is judged when held.
+        // order of arrival never lets a reference to a withheld item out. Any other UUID
+        // it names (written in its properties, as an id or bare) is judged when held.
         let ends = item.refs().len();
         for (at, id) in referenced.iter().enumerate() {
             let found = match ctx.held.lookup(id, to_node) {
@@ -705,7 +706,15 @@ impl Policy {
                     return Some(Decision::withhold(Rule::RefUnreadable { id: id.clone() }));
                 }
             };
-            let Some(held) = found.filter(|h| &h.item.id == id) else {
+            // A structural reference names its end, type included; an id written
+            // elsewhere stands for its UUID, and is judged by whatever is held under it.
+            let Some(held) = found.filter(|h| {
+                if at < ends {
+                    &h.item.id == id
+                } else {
+                    h.item.id.uuid_bytes() == id.uuid_bytes()
+                }
+            }) else {
                 if at < ends {
                     return Some(Decision::withhold(Rule::RefNotHeld { id: id.clone() }));
                 }
