@@ -168,7 +168,9 @@ fn embedded_ids(text: &str, out: &mut Vec<ItemId>) {
         let Some(uuid) = text.get(start..start + UUID_CHARS) else {
             continue;
         };
-        if uuid::Uuid::try_parse(uuid).is_err() {
+        // The other hyphens first: most hyphens in text (dates, names) are not a UUID's.
+        let hyphens = [13, 18, 23].iter().all(|&at| uuid.as_bytes()[at] == b'-');
+        if !hyphens || uuid::Uuid::try_parse(uuid).is_err() {
             continue;
         }
         from = start + UUID_CHARS;
