@@ -7,8 +7,13 @@
 //! ([`IndicatorType`] other than `stix-pattern`), with a value valid for that type. Every
 //! other comparison (another path, another operator, a negation, a value that does not
 //! parse) makes the pattern *opaque* in part: policy then also judges it as a
-//! `stix-pattern`. A pattern that does not scan (unbalanced brackets or quotes) is opaque
-//! as a whole. This reads patterns; it does not evaluate them.
+//! `stix-pattern`. So does anything between observations other than the operators and
+//! qualifiers STIX puts there (`AND`, `OR`, `FOLLOWEDBY`, `WITHIN 300 SECONDS`,
+//! `REPEATS 2 TIMES`, `START t'…' STOP t'…'`), and a bracket that does not balance. A
+//! pattern that does not scan (a quote that does not close, an escape other than `\'`
+//! and `\\`) is opaque as a whole. A comparison of `ipv6-addr:value` with an
+//! IPv4-mapped address names an IPv4 value and the `ipv6` type both. This reads
+//! patterns; it does not evaluate them.
 
 use super::item::IndicatorType;
 use super::value::normalise_typed;
@@ -21,16 +26,19 @@ pub const MAX_OBSERVABLES: usize = 64;
 pub struct Observables {
     /// Each distinct (type, normalised value) compared for equality, in pattern order.
     pub values: Vec<(IndicatorType, String)>,
+    /// Types the object paths of those comparisons name besides their values' own: `ipv6`
+    /// for an IPv4-mapped address compared as `ipv6-addr:value` (its value is IPv4).
+    pub also: Vec<IndicatorType>,
     /// Whether any part of the pattern is something else.
     pub opaque: bool,
 }
 
 impl Observables {
-    /// The types policy judges the pattern by: those of its values, and `stix-pattern`
-    /// when any part is opaque or it names no value at all.
+    /// The types policy judges the pattern by: those of its values and of their paths,
+    /// and `stix-pattern` when any part is opaque or it names no value at all.
     pub fn types(&self) -> Vec<IndicatorType> {
         let mut types: Vec<IndicatorType> = Vec::new();
-        for (ty, _) in &self.values {
+        for ty in self.values.iter().map(|(ty, _)| ty).chain(&self.also) {
             if !types.contains(ty) {
                 types.push(*ty);
             }
@@ -47,8 +55,8 @@ impl Observables {
 pub fn observables(pattern: &str) -> Observables {
     let Some(tokens) = scan(pattern) else {
         return Observables {
-            values: Vec::new(),
             opaque: true,
+            ..Observables::default()
         };
     };
     let mut out = Observables::default();
@@ -66,8 +74,9 @@ pub fn observables(pattern: &str) -> Observables {
             Token::Close if depth == 0 => out.opaque = true,
             Token::Close => depth -= 1,
             // Outside brackets come only operators and qualifiers (`WITHIN 300 SECONDS`,
-            // `START t'…'`): a path or a string there is something this does not read.
-            Token::Word(word) if depth == 0 && word.contains(':') && !word.starts_with("t'") => {
+            // `START t'…'`): anything else there (a path, a string, a bare name, a
+            // look-alike of a bracket or a quote) is something this does not read.
+            Token::Word(word) if depth == 0 && !between_observations(word) => {
                 out.opaque = true;
             }
             Token::Text(_) if depth == 0 => out.opaque = true,
@@ -85,6 +94,14 @@ pub fn observables(pattern: &str) -> Observables {
                         };
                         match normalise_typed(ty, text) {
                             Ok(found) if out.values.len() < MAX_OBSERVABLES => {
+                                // An IPv4-mapped address is an IPv4 value, but the path
+                                // still names an `ipv6-addr` object.
+                                if ty == IndicatorType::Ipv6
+                                    && found.0 != ty
+                                    && !out.also.contains(&ty)
+                                {
+                                    out.also.push(ty);
+                                }
                                 if !out.values.contains(&found) {
                                     out.values.push(found);
                                 }
@@ -117,6 +134,54 @@ pub fn observables(pattern: &str) -> Observables {
         out.opaque = true;
     }
     out
+}
+
+/// Whether a word may stand between observations: an operator, a qualifier's keyword, a
+/// number (of seconds or times: digits, at most one point) or a timestamp
+/// (`t'2016-06-01T00:00:00Z'`, fractions of a second allowed).
+fn between_observations(word: &str) -> bool {
+    const KEYWORDS: [&str; 9] = [
+        "AND",
+        "OR",
+        "FOLLOWEDBY",
+        "WITHIN",
+        "SECONDS",
+        "REPEATS",
+        "TIMES",
+        "START",
+        "STOP",
+    ];
+    if KEYWORDS.iter().any(|k| word.eq_ignore_ascii_case(k)) {
+        return true;
+    }
+    if let Some(stamp) = word.strip_prefix("t'").and_then(|w| w.strip_suffix('\'')) {
+        return is_timestamp(stamp);
+    }
+    let number = word.strip_prefix('+').unwrap_or(word);
+    let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+    match number.split_once('.') {
+        Some((whole, fraction)) => (whole.is_empty() || digits(whole)) && digits(fraction),
+        None => digits(number),
+    }
+}
+
+/// Whether `text` has the shape of a STIX timestamp: `2016-06-01T00:00:00Z`, with a
+/// fraction of a second or not.
+fn is_timestamp(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    if bytes.len() < 20 || bytes[bytes.len() - 1] != b'Z' {
+        return false;
+    }
+    let shape_ok = bytes[..19].iter().enumerate().all(|(at, &b)| match at {
+        4 | 7 => b == b'-',
+        10 => b == b'T',
+        13 | 16 => b == b':',
+        _ => b.is_ascii_digit(),
+    });
+    let rest = &bytes[19..bytes.len() - 1];
+    shape_ok
+        && (rest.is_empty()
+            || (rest[0] == b'.' && rest.len() > 1 && rest[1..].iter().all(u8::is_ascii_digit)))
 }
 
 /// The type of an object path this reads, or `None`.
@@ -159,7 +224,8 @@ enum Token {
     Word(String),
 }
 
-/// Splits a pattern into tokens, or `None` when its quotes do not close.
+/// Splits a pattern into tokens, or `None` when its quotes do not close or a string
+/// holds an escape STIX does not define.
 fn scan(pattern: &str) -> Option<Vec<Token>> {
     let mut tokens = Vec::new();
     let mut chars = pattern.chars().peekable();
@@ -218,12 +284,18 @@ fn scan(pattern: &str) -> Option<Vec<Token>> {
     Some(tokens)
 }
 
-/// The rest of a string literal after its opening quote, unescaped (`\'` and `\\`).
+/// The rest of a string literal after its opening quote, unescaped (`\'` and `\\`), or
+/// `None` when it does not close or holds another escape: STIX defines no other, and a
+/// STIX lexer meeting one no longer reads the quote that opened the string as one, so
+/// the quotes after it pair up otherwise than here.
 fn literal(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Option<String> {
     let mut out = String::new();
     loop {
         match chars.next()? {
-            '\\' => out.push(chars.next()?),
+            '\\' => match chars.next()? {
+                escaped @ ('\'' | '\\') => out.push(escaped),
+                _ => return None,
+            },
             '\'' => return Some(out),
             c => out.push(c),
         }
@@ -367,5 +439,82 @@ mod tests {
         let found = observables(&format!("[{}]", many.join(" OR ")));
         assert_eq!(found.values.len(), MAX_OBSERVABLES);
         assert!(found.opaque);
+    }
+
+    #[test]
+    fn only_operators_and_qualifiers_stand_between_observations() {
+        // Between observations STIX puts only operators and qualifiers. A name written
+        // there (bare, with look-alike brackets, colon and quotes, or glued to a
+        // timestamp) is no comparison a STIX parser reads, but it is a domain sent to
+        // whoever receives the pattern: judged on the address alone, it reached a
+        // partner allowed IPv4 addresses only.
+        for pattern in [
+            "[ipv4-addr:value = '198.51.100.1'] OR c2.evil.example",
+            "[ipv4-addr:value = '198.51.100.1'] OR \u{ff3b}domain-name\u{ff1a}value \u{ff1d} \u{ff07}c2.evil.example\u{ff07}\u{ff3d}",
+            "[ipv4-addr:value = '198.51.100.1'] WITHIN 300 SECONDS c2.evil.example",
+            "[ipv4-addr:value = '198.51.100.1'] OR t'x'domain-name:value",
+            "[ipv4-addr:value = '198.51.100.1'] START t'2016-01-01T00:00:00Z'domain-name:value STOP t'2016-02-01T00:00:00Z'",
+            "[ipv4-addr:value = '198.51.100.1'] NOT [domain-name:value = 'c2.evil.example']",
+            // An address is no number of seconds, nor a timestamp.
+            "[domain-name:value = 'x.example'] WITHIN 198.51.100.1 SECONDS",
+            "[domain-name:value = 'x.example'] START t'198.51.100.1' STOP t'2016-02-01T00:00:00Z'",
+        ] {
+            let found = observables(pattern);
+            assert!(found.opaque, "{pattern}: {found:?}");
+            assert!(found.types().contains(&StixPattern), "{pattern}");
+        }
+        for pattern in [
+            "[ipv4-addr:value = '198.51.100.1'] FOLLOWEDBY [domain-name:value = 'x.example'] WITHIN 2.5 SECONDS",
+            "([ipv4-addr:value = '198.51.100.1'] AND [domain-name:value = 'x.example']) REPEATS +2 TIMES",
+            "[ipv4-addr:value = '198.51.100.1'] START t'2016-06-01T00:00:00.5Z' STOP t'2016-07-01T00:00:00Z'",
+        ] {
+            let found = observables(pattern);
+            assert!(!found.opaque, "{pattern}: {found:?}");
+        }
+    }
+
+    #[test]
+    fn an_escape_stix_does_not_define_makes_a_pattern_opaque() {
+        // STIX strings know `\'` and `\\` only. Read here as an escaped `q`, `\q` left
+        // the quotes pairing as written; a STIX lexer takes the opening quote as a lone
+        // one instead, so every quote after it pairs with the next: what was read here as
+        // the second address's local part is, there, a domain comparison.
+        let pattern = "[email-addr:value = 'a\\q@x.example' OR email-addr:value = \
+                       ']OR[domain-name:value=\\'c2.evil.example\\'@a.example' OR \
+                       email-addr:value = 'b@a.example']";
+        assert_eq!(observables(pattern).types(), [StixPattern], "{pattern}");
+        for pattern in [
+            "[url:value = 'http://a.example/\\q']",
+            "[file:hashes.'SHA\\-256' = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855']",
+        ] {
+            assert_eq!(observables(pattern).types(), [StixPattern], "{pattern}");
+        }
+        assert_eq!(
+            observables("[url:value = 'http://a.example/it\\'s\\\\']").types(),
+            [Url]
+        );
+    }
+
+    #[test]
+    fn an_ipv4_mapped_address_compared_as_ipv6_is_judged_as_ipv6_too() {
+        // The value is the IPv4 address (so a query for it finds the pattern), but the
+        // pattern still names an `ipv6-addr` object: a partner allowed IPv4 addresses
+        // only received it.
+        for pattern in [
+            "[ipv6-addr:value = '::ffff:198.51.100.1']",
+            "[ipv6-addr:value = '::ffff:c633:6401' OR ipv4-addr:value = '198.51.100.1']",
+        ] {
+            let found = observables(pattern);
+            assert_eq!(
+                found.values,
+                [(Ipv4, "198.51.100.1".to_owned())],
+                "{pattern}"
+            );
+            assert_eq!(found.types(), [Ipv4, Ipv6], "{pattern}");
+        }
+        assert_eq!(
+            observables("[ipv4-addr:value = '::ffff:198.51.100.1']").types(),
+            [Ipv4]
+        );
     }
 }
