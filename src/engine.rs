@@ -516,7 +516,10 @@ impl Engine {
     ///
     /// - no `modified` time beyond the clock skew;
     /// - an item already held that the publisher's own policy does not let it see may not
-    ///   be written by it, and is answered as an id it does not hold would be;
+    ///   be written by it, and is answered as an id it does not hold would be; for a
+    ///   publisher whose policy withholds anything, an id held under another type it may
+    ///   not see, or whose version from another origin was dropped as expired, is
+    ///   refused in the same words;
     /// - a revocation names an indicator this node originated and holds (or publishes in
     ///   the same bundle), carries its marking, type and tags, and travels no further than
     ///   it did: the distribution is narrowed to the revoked bundles' recipients and
@@ -556,12 +559,19 @@ impl Engine {
                     // The same UUID held under another type is refused by the store
                     // naming the id held; one the publisher may not see is answered as
                     // a withheld id of its own type, not by that name.
+                    // So is a UUID whose expired version from another origin a
+                    // compaction dropped: the store refuses the write naming that
+                    // origin, which the publisher could never see.
                     None if !sees_everything => {
-                        let withheld = self.store.get_any_type(&item.id)?.is_some_and(|other| {
-                            !self
+                        let withheld = match self.store.get_any_type(&item.id)? {
+                            Some(other) => !self
                                 .decide_stored(&policy, &publisher.id, &other, now_ms, true)
-                                .allowed()
-                        });
+                                .allowed(),
+                            None => self
+                                .store
+                                .dropped_origin(&item.id)?
+                                .is_some_and(|origin| origin != own.as_str()),
+                        };
                         (None, withheld)
                     }
                     None => (None, false),
