@@ -432,6 +432,55 @@ impl Engine {
         Ok(self.signer.sign(items, &distribution, now_ms)?)
     }
 
+    /// [`Engine::sign`] for a writer that cannot name a distribution (a TAXII POST): a
+    /// new version of an item this node published goes no further than the version it
+    /// replaces went, as a revocation does. A bundle of several items of which one
+    /// would narrow what the others get is refused, so that the caller signs each alone.
+    pub fn sign_keeping_distribution(
+        &self,
+        publisher: &Partner,
+        items: &[Item],
+        now_ms: i64,
+    ) -> Result<VerifiedBundle, EngineError> {
+        let requested = Distribution::default();
+        let mut distribution = self.check_publishable(publisher, items, &requested, now_ms)?;
+        for (at, item) in items.iter().enumerate() {
+            if matches!(item.kind, ItemKind::Revocation(_))
+                || items[..at].iter().any(|i| i.id == item.id)
+            {
+                continue;
+            }
+            let Some(held) = self.store.get(&item.id)? else {
+                continue;
+            };
+            if &held.origin != self.signer.origin() {
+                continue;
+            }
+            // Fail closed: without the replaced version's distribution, nothing to keep.
+            let Some(bytes) = self.store.bundle_header(&held.bundle_id)? else {
+                return Err(EngineError::Unpublishable(format!(
+                    "item {at}: the bundle of {} is not held; its new version cannot be written here",
+                    item.id
+                )));
+            };
+            let replaced = crate::crypto::parse_header(&bytes)?.0.distribution;
+            let Some(kept) = distribution.narrowed(&replaced) else {
+                return Err(EngineError::Unpublishable(format!(
+                    "item {at}: {} was published to other recipients than the items beside it; write it alone",
+                    item.id
+                )));
+            };
+            if kept != distribution && items.len() > 1 {
+                return Err(EngineError::Unpublishable(format!(
+                    "item {at}: {} was published to fewer recipients than the items beside it; write it alone",
+                    item.id
+                )));
+            }
+            distribution = kept;
+        }
+        Ok(self.signer.sign(items, &distribution, now_ms)?)
+    }
+
     /// Completes a revocation submitted for publishing (item `at` of its message) from
     /// the indicator it revokes, which the publisher must be allowed to see: a bare
     /// revocation (no type given) takes the marking, type and tags of the version held

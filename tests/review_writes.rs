@@ -386,3 +386,98 @@ async fn an_identity_cannot_pass_for_another_nodes_own() {
     let status = post_objects(&analyst, &node, &path, vec![vendor]).await;
     assert_eq!(status["success_count"], json!(1), "{status}");
 }
+
+// ---------------------------------------------------------------------------------
+// A new version written through TAXII and the recipients of the one it replaces.
+
+/// An analyst publishes an AMBER indicator for berlin.office alone (a signed recipient
+/// list: "no other node may ever hold it"), then corrects its description through
+/// TAXII, which has no way to name recipients: the new version was signed for every
+/// partner, so every node its policy allows received the corrected indicator. A new
+/// version written through TAXII keeps the recipients of the version it replaces; a
+/// new object written beside it is not narrowed with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_written_through_taxii_keeps_the_recipients_it_had() {
+    const RESTRICTED: &str = "indicator--d5d5d5d5-0000-4000-8000-000000000001";
+    const BESIDE: &str = "indicator--d5d5d5d5-0000-4000-8000-000000000002";
+    let pki = Pki::new();
+    pki.node("redmond.hq");
+    pki.node("berlin.office");
+    let node = common::start(&write_config(&pki)).await;
+    let taxii = node.taxii_addr().unwrap();
+    let client = common::connect(&pki, &node, "analyst.soc").await;
+    let analyst = tls(&pki, "analyst.soc");
+
+    // Version 1, for berlin.office alone, dated before the TAXII version below.
+    let first = wire::Item {
+        id: RESTRICTED.to_owned(),
+        modified_unix_ms: 1_735_689_600_000,
+        tlp: wire::Tlp::Amber as i32,
+        tags: vec![],
+        kind: Some(wire::item::Kind::Indicator(wire::Indicator {
+            indicator_type: "domain".into(),
+            value: "restricted.example".into(),
+            ..Default::default()
+        })),
+    };
+    let request = PublishRequest {
+        items: vec![first],
+        distribution: Some(wire::Distribution {
+            max_hops: None,
+            recipients: vec!["berlin.office".into()],
+        }),
+        groups: vec![],
+    };
+    client
+        .publish(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap();
+
+    let listed = get(&analyst, taxii, "/api/collections/").await.json();
+    let collection = listed["collections"][0]["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/collections/{collection}/objects/");
+    let mut corrected = indicator(RESTRICTED, "restricted.example", AMBER);
+    corrected["description"] = json!("corrected: seen in the March campaign");
+    let beside = indicator(BESIDE, "beside.example", AMBER);
+    let posted = post(
+        &analyst,
+        taxii,
+        &path,
+        &json!({ "objects": [corrected, beside] }).to_string(),
+    )
+    .await;
+    assert_eq!(posted.status, 202, "{}", posted.text());
+    assert_eq!(
+        posted.json()["success_count"],
+        json!(2),
+        "{}",
+        posted.text()
+    );
+
+    let store = node.engine().store();
+    let recipients = |id: &str| {
+        let stored = store.get(&ItemId::parse(id).unwrap()).unwrap().unwrap();
+        let header = store.bundle_header(&stored.bundle_id).unwrap().unwrap();
+        let distribution = entente::crypto::parse_header(&header)
+            .unwrap()
+            .0
+            .distribution;
+        (stored.item, distribution.recipients)
+    };
+    let (item, kept) = recipients(RESTRICTED);
+    match item.kind {
+        ItemKind::Indicator(i) => {
+            assert_eq!(i.description, "corrected: seen in the March campaign")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        kept,
+        [NodeId::new("berlin.office").unwrap()],
+        "the corrected version left the recipient list"
+    );
+    assert!(
+        recipients(BESIDE).1.is_empty(),
+        "a new object was narrowed with it"
+    );
+}
