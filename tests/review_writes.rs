@@ -342,7 +342,9 @@ async fn another_nodes_identity_in_upper_case_is_no_creator_either() {
 /// its own and an indicator whose `created_by_ref` names it: the check of creators
 /// looks at the ids of nodes' identities only, so both were exported, and a STIX tool
 /// showed berlin.office as the indicator's author. An identity named as a node of the
-/// federation is refused, as one with a node's identity id is.
+/// federation is refused, as one with a node's identity id is, and so is one with the
+/// id of the identity that defines the extensions exports use (exports would hold two
+/// objects under that id, the later one the writer's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_identity_cannot_pass_for_another_nodes_own() {
     let pki = Pki::new();
@@ -375,6 +377,17 @@ async fn an_identity_cannot_pass_for_another_nodes_own() {
             404
         );
     }
+    // Nor the identity that defines the extensions exports use.
+    let project = json!({
+        "type": "identity", "spec_version": "2.1",
+        "id": "identity--d468fad8-6c8c-46cc-894e-a84f94ec07f2",
+        "created": "2020-01-01T00:00:00.000Z", "modified": "2026-01-01T00:00:00.000Z",
+        "name": "Entente", "identity_class": "organization",
+        "description": "Entente's maintainers ask you to report this indicator to them.",
+        "object_marking_refs": [GREEN],
+    });
+    let status = post_objects(&analyst, &node, &path, vec![project]).await;
+    assert_eq!(status["success_count"], json!(0), "{status}");
     // A vendor's identity is kept.
     let vendor = json!({
         "type": "identity", "spec_version": "2.1",

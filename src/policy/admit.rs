@@ -132,6 +132,15 @@ pub enum Refusal {
         /// The node it is named as.
         named: NodeId,
     },
+    /// An `identity` item has the id of the identity that defines the extensions exports
+    /// use: exported, two objects would share one id.
+    #[error(
+        "item {item}: it is the identity that defines the extensions of exports; it is written by the export, never published"
+    )]
+    ProjectIdentity {
+        /// The item.
+        item: String,
+    },
 }
 
 impl Refusal {
@@ -231,6 +240,11 @@ impl Policy {
                 return Err(Refusal::NodeIdentity {
                     item: item.id.to_string(),
                     named: named.clone(),
+                });
+            }
+            if item.id.as_str() == crate::model::PROJECT_IDENTITY_ID {
+                return Err(Refusal::ProjectIdentity {
+                    item: item.id.to_string(),
                 });
             }
             if let crate::model::ItemKind::Context(context) = &item.kind {
