@@ -707,6 +707,36 @@ impl Engine {
         Ok(distribution)
     }
 
+    /// What `publisher` is told of an item of its bundle that the store refused: the
+    /// store's reason when the publisher sees everything or may see what the store holds
+    /// under the item's UUID, otherwise the words [`Engine::check_publishable`] gives a
+    /// withheld id. The check before signing and the store's write are two steps: a
+    /// version the publisher may not see (another origin's, or one marked above its
+    /// policy) can be stored between them, and the store's reason names its origin, its
+    /// type or how its marking differs.
+    pub fn rejection_for(
+        &self,
+        publisher: &Partner,
+        id: &ItemId,
+        rejection: &crate::store::ItemRejection,
+        now_ms: i64,
+    ) -> String {
+        if self.sees_everything(&publisher.id) {
+            return rejection.to_string();
+        }
+        let visible = match self.store.get_any_type(id) {
+            Ok(Some(held)) => self
+                .decide_stored(&self.policy(), &publisher.id, &held, now_ms, true)
+                .allowed(),
+            Ok(None) | Err(_) => false,
+        };
+        if visible {
+            rejection.to_string()
+        } else {
+            format!("{id} cannot be written by {}", publisher.id)
+        }
+    }
+
     /// Stores a bundle this node signed (the second half of publishing).
     pub fn store_own(
         &self,

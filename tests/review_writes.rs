@@ -494,3 +494,77 @@ async fn a_new_version_written_through_taxii_keeps_the_recipients_it_had() {
         "a new object was narrowed with it"
     );
 }
+
+// ---------------------------------------------------------------------------------
+// What the store says of an item that arrived between the check and the write.
+
+/// Publishing checks the items against the publisher's policy, signs them, and only
+/// then writes them: another origin's version of the same id can be stored between the
+/// two steps (a pull, another writer). The store then refuses the item naming the
+/// origin it holds ("the id is held from berlin.office"), and that reason went to a
+/// publisher whose policy withholds the item. A publisher is told the store's reason
+/// only about what it may see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_arrives_between_the_check_and_the_write_is_not_named_to_the_writer() {
+    let f: Fixture = fixture();
+    let node = common::start(&write_config(&f.pki)).await;
+    let engine = node.engine();
+    let narrow = entente::model::Partner {
+        id: NodeId::new("analyst.narrow").unwrap(),
+        kind: entente::model::PartnerKind::Client,
+        role: entente::model::Role::Analyst,
+    };
+    let soc = entente::model::Partner {
+        id: NodeId::new("analyst.soc").unwrap(),
+        ..narrow.clone()
+    };
+    let now = now_ms();
+    let id = ItemId::parse("indicator--d6d6d6d6-0000-4000-8000-000000000001").unwrap();
+    let mine = common::signed::indicator(
+        &id,
+        IndicatorType::Domain,
+        "raced.example",
+        now,
+        Tlp::Green,
+        &[],
+    );
+    let signed = engine
+        .sign(&narrow, &[mine.clone()], &Default::default(), now)
+        .unwrap();
+    let signed_by_soc = engine
+        .sign(&soc, &[mine], &Default::default(), now)
+        .unwrap();
+    // berlin.office's AMBER version arrives before the write.
+    let theirs = common::signed::indicator(
+        &id,
+        IndicatorType::Domain,
+        "raced.example",
+        now - 1000,
+        Tlp::Amber,
+        &[],
+    );
+    engine
+        .store()
+        .accept(
+            &bundle(&f, &f.berlin, &[theirs]),
+            &Source {
+                received_from: f.berlin.id.clone(),
+                hops: 1,
+            },
+            now,
+        )
+        .unwrap();
+    for (publisher, signed) in [(&narrow, signed), (&soc, signed_by_soc)] {
+        let receipt = engine.store_own(&signed, now_ms()).unwrap();
+        let [(_, rejection)] = &receipt.report.rejected[..] else {
+            panic!("{:?}", receipt.report);
+        };
+        let told = engine.rejection_for(publisher, &id, rejection, now_ms());
+        if publisher.id.as_str() == "analyst.narrow" {
+            assert_eq!(told, format!("{id} cannot be written by analyst.narrow"));
+        } else {
+            // One that may see it is told why.
+            assert!(told.contains("berlin.office"), "{told}");
+        }
+    }
+}

@@ -889,8 +889,9 @@ fn store_objects(
             Ok(receipt) => {
                 let mut chunk_outcomes = vec![Ok(()); chunk.len()];
                 for (index, reason) in &receipt.report.rejected {
-                    if let Some(slot) = chunk_outcomes.get_mut(*index as usize) {
-                        *slot = Err(reason.to_string());
+                    let at = *index as usize;
+                    if let (Some(slot), Some(item)) = (chunk_outcomes.get_mut(at), chunk.get(at)) {
+                        *slot = Err(engine.rejection_for(publisher, &item.id, reason, now_ms()));
                     }
                 }
                 outcomes.extend(chunk_outcomes);
