@@ -529,7 +529,12 @@ async fn what_arrives_between_the_check_and_the_write_is_not_named_to_the_writer
         &[],
     );
     let signed = engine
-        .sign(&narrow, &[mine.clone()], &Default::default(), now)
+        .sign(
+            &narrow,
+            std::slice::from_ref(&mine),
+            &Default::default(),
+            now,
+        )
         .unwrap();
     let signed_by_soc = engine
         .sign(&soc, &[mine], &Default::default(), now)
