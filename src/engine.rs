@@ -431,6 +431,55 @@ impl Engine {
         Ok(self.signer.sign(items, &distribution, now_ms)?)
     }
 
+    /// [`Engine::sign`] for a writer that cannot name a distribution (a TAXII POST): a
+    /// new version of an item this node published goes no further than the version it
+    /// replaces went, as a revocation does. A bundle of several items of which one
+    /// would narrow what the others get is refused, so that the caller signs each alone.
+    pub fn sign_keeping_distribution(
+        &self,
+        publisher: &Partner,
+        items: &[Item],
+        now_ms: i64,
+    ) -> Result<VerifiedBundle, EngineError> {
+        let requested = Distribution::default();
+        let mut distribution = self.check_publishable(publisher, items, &requested, now_ms)?;
+        for (at, item) in items.iter().enumerate() {
+            if matches!(item.kind, ItemKind::Revocation(_))
+                || items[..at].iter().any(|i| i.id == item.id)
+            {
+                continue;
+            }
+            let Some(held) = self.store.get(&item.id)? else {
+                continue;
+            };
+            if &held.origin != self.signer.origin() {
+                continue;
+            }
+            // Fail closed: without the replaced version's distribution, nothing to keep.
+            let Some(bytes) = self.store.bundle_header(&held.bundle_id)? else {
+                return Err(EngineError::Unpublishable(format!(
+                    "item {at}: the bundle of {} is not held; its new version cannot be written here",
+                    item.id
+                )));
+            };
+            let replaced = crate::crypto::parse_header(&bytes)?.0.distribution;
+            let Some(kept) = distribution.narrowed(&replaced) else {
+                return Err(EngineError::Unpublishable(format!(
+                    "item {at}: {} was published to other recipients than the items beside it; write it alone",
+                    item.id
+                )));
+            };
+            if kept != distribution && items.len() > 1 {
+                return Err(EngineError::Unpublishable(format!(
+                    "item {at}: {} was published to fewer recipients than the items beside it; write it alone",
+                    item.id
+                )));
+            }
+            distribution = kept;
+        }
+        Ok(self.signer.sign(items, &distribution, now_ms)?)
+    }
+
     /// Completes a revocation submitted for publishing (item `at` of its message) from
     /// the indicator it revokes, which the publisher must be allowed to see: a bare
     /// revocation (no type given) takes the marking, type and tags of the version held
@@ -515,7 +564,10 @@ impl Engine {
     ///
     /// - no `modified` time beyond the clock skew;
     /// - an item already held that the publisher's own policy does not let it see may not
-    ///   be written by it, and is answered as an id it does not hold would be;
+    ///   be written by it, and is answered as an id it does not hold would be; for a
+    ///   publisher whose policy withholds anything, an id held under another type it may
+    ///   not see, or whose version from another origin was dropped as expired, is
+    ///   refused in the same words;
     /// - a revocation names an indicator this node originated and holds (or publishes in
     ///   the same bundle), carries its marking, type and tags, and travels no further than
     ///   it did: the distribution is narrowed to the revoked bundles' recipients and
@@ -555,12 +607,19 @@ impl Engine {
                     // The same UUID held under another type is refused by the store
                     // naming the id held; one the publisher may not see is answered as
                     // a withheld id of its own type, not by that name.
+                    // So is a UUID whose expired version from another origin a
+                    // compaction dropped: the store refuses the write naming that
+                    // origin, which the publisher could never see.
                     None if !sees_everything => {
-                        let withheld = self.store.get_any_type(&item.id)?.is_some_and(|other| {
-                            !self
+                        let withheld = match self.store.get_any_type(&item.id)? {
+                            Some(other) => !self
                                 .decide_stored(&policy, &publisher.id, &other, now_ms, true)
-                                .allowed()
-                        });
+                                .allowed(),
+                            None => self
+                                .store
+                                .dropped_origin(&item.id)?
+                                .is_some_and(|origin| origin != own.as_str()),
+                        };
                         (None, withheld)
                     }
                     None => (None, false),
@@ -645,6 +704,36 @@ impl Engine {
             }
         }
         Ok(distribution)
+    }
+
+    /// What `publisher` is told of an item of its bundle that the store refused: the
+    /// store's reason when the publisher sees everything or may see what the store holds
+    /// under the item's UUID, otherwise the words [`Engine::check_publishable`] gives a
+    /// withheld id. The check before signing and the store's write are two steps: a
+    /// version the publisher may not see (another origin's, or one marked above its
+    /// policy) can be stored between them, and the store's reason names its origin, its
+    /// type or how its marking differs.
+    pub fn rejection_for(
+        &self,
+        publisher: &Partner,
+        id: &ItemId,
+        rejection: &crate::store::ItemRejection,
+        now_ms: i64,
+    ) -> String {
+        if self.sees_everything(&publisher.id) {
+            return rejection.to_string();
+        }
+        let visible = match self.store.get_any_type(id) {
+            Ok(Some(held)) => self
+                .decide_stored(&self.policy(), &publisher.id, &held, now_ms, true)
+                .allowed(),
+            Ok(None) | Err(_) => false,
+        };
+        if visible {
+            rejection.to_string()
+        } else {
+            format!("{id} cannot be written by {}", publisher.id)
+        }
     }
 
     /// Stores a bundle this node signed (the second half of publishing).

@@ -621,6 +621,14 @@ pub trait ItemStore: Send + Sync {
         self.get(id)
     }
 
+    /// The origin of the version of `id`'s UUID that a compaction dropped as expired, if
+    /// one was (the store then refuses an older version, and another origin's writes,
+    /// under that UUID). By default none.
+    fn dropped_origin(&self, id: &ItemId) -> Result<Option<String>, StoreError> {
+        let _ = id;
+        Ok(None)
+    }
+
     /// Every version held of an item, oldest first and each once (superseded versions
     /// stay in the log until a compaction removes them), at most the `limit` newest. By
     /// default the latest only.

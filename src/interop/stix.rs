@@ -1198,7 +1198,7 @@ pub fn identity(node: &str) -> Value {
 pub const REVOCATION_EXTENSION: &str = "extension-definition--f49b347c-4b7e-43d8-a2cb-a756b594e83e";
 
 /// The identity that defines [`REVOCATION_EXTENSION`]: the Entente project.
-const PROJECT_IDENTITY: &str = "identity--d468fad8-6c8c-46cc-894e-a84f94ec07f2";
+const PROJECT_IDENTITY: &str = crate::model::PROJECT_IDENTITY_ID;
 
 /// The objects an export that holds revocations carries besides them: the extension
 /// definition of their properties and the identity that defines it.

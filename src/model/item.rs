@@ -125,6 +125,10 @@ pub fn uuid_v4_form(domain: &str, parts: &[&str]) -> [u8; 16] {
     bytes
 }
 
+/// The STIX id of the `identity` object that defines the extensions exports use (the
+/// Entente project): written by the export, never published.
+pub const PROJECT_IDENTITY_ID: &str = "identity--d468fad8-6c8c-46cc-894e-a84f94ec07f2";
+
 /// The STIX id of the `identity` object that stands for a node in exports: the same on
 /// every node, in version-4 form like the ids of items ([`ItemId::derived`]).
 pub fn origin_identity_id(node: &str) -> String {

@@ -120,6 +120,27 @@ pub enum Refusal {
         /// The node whose identity it is.
         named: NodeId,
     },
+    /// An `identity` item is named as a node of this federation (its own origin
+    /// included): exported, it would stand beside the node's own identity, and an object
+    /// whose `created_by_ref` names it would show that node as its author.
+    #[error(
+        "item {item}: an identity named {named} would pass for that node's own in exports; a node's identity is written by the export, never published"
+    )]
+    NodeName {
+        /// The item.
+        item: String,
+        /// The node it is named as.
+        named: NodeId,
+    },
+    /// An `identity` item has the id of the identity that defines the extensions exports
+    /// use: exported, two objects would share one id.
+    #[error(
+        "item {item}: it is the identity that defines the extensions of exports; it is written by the export, never published"
+    )]
+    ProjectIdentity {
+        /// The item.
+        item: String,
+    },
 }
 
 impl Refusal {
@@ -221,16 +242,38 @@ impl Policy {
                     named: named.clone(),
                 });
             }
+            if item.id.as_str() == crate::model::PROJECT_IDENTITY_ID {
+                return Err(Refusal::ProjectIdentity {
+                    item: item.id.to_string(),
+                });
+            }
+            if let crate::model::ItemKind::Context(context) = &item.kind {
+                let name = context.properties.string("name").unwrap_or_default();
+                let name = name.trim().trim_end_matches('.');
+                if let Some(named) = std::iter::once(self.node())
+                    .chain(self.partner_ids())
+                    .chain(std::iter::once(origin))
+                    .find(|node| name.eq_ignore_ascii_case(node.as_str()))
+                {
+                    return Err(Refusal::NodeName {
+                        item: item.id.to_string(),
+                        named: named.clone(),
+                    });
+                }
+            }
         }
         let Some(creator) = item.created_by_ref() else {
             return Ok(());
         };
-        if creator == origin_identity_id(origin.as_str()) {
+        // Ids compare without regard to case, as `ItemId::parse` and many tools read them.
+        if creator.eq_ignore_ascii_case(&origin_identity_id(origin.as_str())) {
             return Ok(());
         }
         let named = std::iter::once(self.node())
             .chain(self.partner_ids())
-            .find(|node| *node != origin && creator == origin_identity_id(node.as_str()));
+            .find(|node| {
+                *node != origin && creator.eq_ignore_ascii_case(&origin_identity_id(node.as_str()))
+            });
         match named {
             Some(named) => Err(Refusal::ForeignCreator {
                 item: item.id.to_string(),

@@ -108,6 +108,7 @@ impl IntelService {
                     }
                 }
                 let engine = self.engine.clone();
+                let writer = publisher.clone();
                 let publisher = publisher.clone();
                 let signed = blocking(move || {
                     let now = now_ms();
@@ -131,7 +132,7 @@ impl IntelService {
                 let engine = self.engine.clone();
                 writing = Some(tokio::task::spawn_blocking(move || {
                     let receipt = engine.store_own(&signed, now_ms())?;
-                    let rejected = rejected_items(&signed, &receipt);
+                    let rejected = rejected_items(&engine, &writer, &signed, &receipt);
                     Ok((receipt, rejected))
                 }));
                 message += 1;
@@ -181,23 +182,31 @@ fn count(response: &mut PublishResponse, (receipt, rejected): Written) {
 /// answer stays small whatever was sent.
 const MAX_REJECTED_NAMED: usize = 1000;
 
-/// The items of `bundle` the store refused, by id, with the reason.
+/// The items of `bundle` the store refused, by id, with the reason `publisher` may be
+/// told ([`Engine::rejection_for`]).
 fn rejected_items(
+    engine: &Engine,
+    publisher: &crate::model::Partner,
     bundle: &crate::crypto::VerifiedBundle,
     receipt: &PublishReceipt,
 ) -> Vec<RejectedItem> {
+    let now = now_ms();
     receipt
         .report
         .rejected
         .iter()
-        .map(|(index, why)| RejectedItem {
-            id: bundle
-                .items()
-                .iter()
-                .find(|item| item.index == *index)
-                .map(|item| item.item.id.to_string())
-                .unwrap_or_else(|| format!("item {index}")),
-            reason: why.to_string(),
+        .map(|(index, why)| {
+            match bundle.items().iter().find(|item| item.index == *index) {
+                Some(item) => RejectedItem {
+                    id: item.item.id.to_string(),
+                    reason: engine.rejection_for(publisher, &item.item.id, why, now),
+                },
+                // Not in the bundle (it cannot be, short of a bug): nothing said of it.
+                None => RejectedItem {
+                    id: format!("item {index}"),
+                    reason: "not stored".to_owned(),
+                },
+            }
         })
         .collect()
 }

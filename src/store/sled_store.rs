@@ -1546,6 +1546,10 @@ impl ItemStore for SledStore {
         }
     }
 
+    fn dropped_origin(&self, id: &ItemId) -> Result<Option<String>, StoreError> {
+        Ok(self.dropped(&id.uuid_bytes())?.map(|(_, origin)| origin))
+    }
+
     fn get_any_type(&self, id: &ItemId) -> Result<Option<StoredItem>, StoreError> {
         let log = self.log();
         match self.item_record(&log, &id.uuid_bytes())? {

@@ -18,7 +18,7 @@ use super::params::{self, Params, format_timestamp};
 use super::statuses::Statuses;
 use crate::engine::{AnswerHold, Delivery, Engine, EngineError, now_ms};
 use crate::interop::{Defaults, EnvelopeEntry, EnvelopeError, write_stix_from};
-use crate::model::{Distribution, ItemId, NodeId, Partner, PartnerKind, Role};
+use crate::model::{ItemId, NodeId, Partner, PartnerKind, Role};
 use crate::policy::PageTokenError;
 use crate::store::{ItemQuery, StoredItem};
 
@@ -880,15 +880,18 @@ fn store_objects(
     let mut outcomes: Vec<Result<(), String>> = Vec::with_capacity(items.len());
     for chunk in items.chunks(crate::crypto::MAX_ITEMS_PER_BUNDLE) {
         let now = now_ms();
+        // A new version goes no further than the version it replaces went: a TAXII
+        // writer cannot name recipients, so it cannot mean to widen them.
         let stored = engine
-            .sign(publisher, chunk, &Distribution::default(), now)
+            .sign_keeping_distribution(publisher, chunk, now)
             .and_then(|signed| engine.store_own(&signed, now));
         match stored {
             Ok(receipt) => {
                 let mut chunk_outcomes = vec![Ok(()); chunk.len()];
                 for (index, reason) in &receipt.report.rejected {
-                    if let Some(slot) = chunk_outcomes.get_mut(*index as usize) {
-                        *slot = Err(reason.to_string());
+                    let at = *index as usize;
+                    if let (Some(slot), Some(item)) = (chunk_outcomes.get_mut(at), chunk.get(at)) {
+                        *slot = Err(engine.rejection_for(publisher, &item.id, reason, now_ms()));
                     }
                 }
                 outcomes.extend(chunk_outcomes);

@@ -25,9 +25,10 @@
 //!   item's marking to its level when that is higher; its reference must resolve to a TLP
 //!   marking as above, and a granular marking with `lang` only (it marks a language, not a
 //!   handling rule) is refused. Granular markings whose every selector names a property in
-//!   [`DROPPED_PROPERTIES`] are ignored: the importer drops those properties, so nothing they
-//!   mark leaves with the item. Any other selector, including one naming a property this
-//!   importer does not read today (`name`, `indicator_types`, custom properties), counts as
+//!   [`DROPPED_PROPERTIES`] are ignored: export writes those properties itself, so nothing
+//!   they mark leaves with the item. Any other selector, including one naming a property
+//!   the model does not read (`name`, `created`, `created_by_ref`, `external_references`,
+//!   `lang`, custom properties: they are kept with the item and exported), counts as
 //!   travelling: raising is safe, missing a restriction is not. A granular marking that is
 //!   malformed (no selectors, a selector that is not a non-empty string, both or neither of
 //!   `marking_ref` and `lang`) refuses the object wherever it points.
@@ -47,17 +48,12 @@ use crate::model::Tlp;
 /// Characters of an id, name, selector or language shown in an error.
 const SHOWN_CHARS: usize = 80;
 
-/// Top-level indicator properties that no item carries: the importer reads nothing from
-/// them, so a granular marking that names only these marks nothing that is published.
-/// Every other property, read today or not, is treated as travelling.
-pub(super) const DROPPED_PROPERTIES: [&str; 6] = [
-    "created",
-    "created_by_ref",
-    "external_references",
-    "lang",
-    "pattern_version",
-    "spec_version",
-];
+/// Top-level properties whose value given on input never leaves with the item: export
+/// writes them itself (`spec_version` is always `2.1`), so a granular marking that names
+/// only these marks nothing that is published. Every other property travels: the model
+/// carries it, or it is kept as given among the signed properties and exported
+/// (`created`, `created_by_ref`, `external_references`, `lang`, `pattern_version`, ...).
+pub(super) const DROPPED_PROPERTIES: [&str; 1] = ["spec_version"];
 
 /// What a marking definition means here.
 #[derive(Clone, Debug, PartialEq, Eq)]

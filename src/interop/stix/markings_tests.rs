@@ -138,14 +138,31 @@ fn granular_on_dropped_properties_only_is_ignored() {
     let object = with_granular(
         ioc(ID_1, &[GREEN]),
         &[
-            (RED, &["external_references.[0].url", "created"]),
+            (RED, &["spec_version"]),
             // Not even resolved: nothing it marks is published.
-            (UNKNOWN, &["created_by_ref"]),
+            (UNKNOWN, &["spec_version"]),
         ],
     );
     let parsed = parse(vec![object], None);
     assert_eq!(parsed.errors, []);
     assert_eq!(tlps(&parsed), [Tlp::Green]);
+}
+
+#[test]
+fn granular_on_properties_kept_as_given_raises() {
+    // The model does not read these, but they are kept with the item and exported.
+    for selector in [
+        "external_references.[0].url",
+        "created",
+        "created_by_ref",
+        "lang",
+        "pattern_version",
+    ] {
+        let object = with_granular(ioc(ID_1, &[GREEN]), &[(RED, &[selector])]);
+        let parsed = parse(vec![object], None);
+        assert_eq!(parsed.errors, [], "{selector}");
+        assert_eq!(tlps(&parsed), [Tlp::Red], "{selector}");
+    }
 }
 
 #[test]
