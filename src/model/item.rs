@@ -155,9 +155,19 @@ pub fn origin_identity_id(node: &str) -> String {
 /// case): under the type written just before it with `--`, when that is an indicator's
 /// or a context object's type (any case); else as `indicator--<uuid>`, which stands for
 /// the UUID alone. Whatever comes before does not matter, so a UUID is found however it
-/// is written: in an id, bare, in a URL, or under another type. Policy judges an id
-/// found here by the object held under its UUID, whatever that object's type.
+/// is written: in an id, bare, in a URL (its hyphens percent-encoded or not), or under
+/// another type. Policy judges an id found here by the object held under its UUID,
+/// whatever that object's type.
 fn embedded_ids(text: &str, out: &mut Vec<ItemId>) {
+    embedded_ids_as_written(text, out);
+    // A URL may write a UUID's hyphens as `%2D`, which any server reads as `-`.
+    if text.contains("%2D") || text.contains("%2d") {
+        embedded_ids_as_written(&text.replace("%2D", "-").replace("%2d", "-"), out);
+    }
+}
+
+/// [`embedded_ids`] in `text` as it is written.
+fn embedded_ids_as_written(text: &str, out: &mut Vec<ItemId>) {
     const UUID_CHARS: usize = 36;
     /// A UUID's first hyphen is its ninth character.
     const FIRST_HYPHEN: usize = 8;

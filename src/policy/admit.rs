@@ -143,6 +143,34 @@ pub enum Refusal {
     },
 }
 
+/// Whether `c` shows as something in a name: not white space, and not a character that
+/// Unicode says is ignored when displayed (format controls, joiners, variation
+/// selectors, fillers, tags).
+fn shows(c: char) -> bool {
+    !c.is_whitespace()
+        && !c.is_control()
+        && !matches!(
+            c,
+            '\u{00AD}'
+                | '\u{034F}'
+                | '\u{061C}'
+                | '\u{115F}'..='\u{1160}'
+                | '\u{17B4}'..='\u{17B5}'
+                | '\u{180B}'..='\u{180F}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
+                | '\u{FEFF}'
+                | '\u{FFA0}'
+                | '\u{FFF0}'..='\u{FFF8}'
+                | '\u{1BCA0}'..='\u{1BCA3}'
+                | '\u{1D173}'..='\u{1D17A}'
+                | '\u{E0000}'..='\u{E0FFF}'
+        )
+}
+
 impl Refusal {
     /// Whether the same bundle may pass later: only a time a little ahead of this
     /// node's clock (this clock may be behind). Everything else is final.
@@ -249,7 +277,10 @@ impl Policy {
             }
             if let crate::model::ItemKind::Context(context) = &item.kind {
                 let name = context.properties.string("name").unwrap_or_default();
-                let name = name.trim().trim_end_matches('.');
+                // What a reader sees: white space and characters that do not show (a
+                // zero-width space, a soft hyphen, a byte-order mark) are left out.
+                let name: String = name.chars().filter(|&c| shows(c)).collect();
+                let name = name.trim_end_matches('.');
                 if let Some(named) = std::iter::once(self.node())
                     .chain(self.partner_ids())
                     .chain(std::iter::once(origin))

@@ -1,0 +1,155 @@
+//! Attacks on the delivery rule's reading of UUIDs written in an object and on the
+//! refusal of identities that pass for a node's own:
+//!
+//! - a UUID written in a URL with its hyphens percent-encoded (`%2D`, as many tools
+//!   write a path segment) was not found, so an object naming a withheld one that way
+//!   left with the UUID;
+//! - an identity named as a node with an invisible character (a zero-width space, a
+//!   soft hyphen, a byte-order mark) inside or around the name was not taken for that
+//!   node's.
+
+mod common;
+
+use std::sync::Arc;
+
+use entente::NodeId;
+use entente::model::{
+    ContextObject, Holder, IndicatorType, Item, ItemId, ItemKind, StixProperties, Tlp,
+};
+use serde_json::{Value, json};
+
+use common::https::{get, post, tls};
+use common::{Pki, TaxiiNode, node_section, serve_taxii};
+
+const GREEN: &str = "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb";
+
+fn context(id: &str, properties: Value) -> Item {
+    let object = properties.as_object().cloned().unwrap_or_default();
+    Item {
+        id: ItemId::parse(id).unwrap(),
+        modified_ms: 1,
+        tlp: Tlp::Green,
+        tags: vec![],
+        kind: ItemKind::Context(ContextObject {
+            object_type: IndicatorType::context_type(id.split_once("--").unwrap().0).unwrap(),
+            refs: vec![],
+            properties: StixProperties::keep_for(Holder::Context, &object).unwrap(),
+        }),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// A UUID written in a URL with its hyphens percent-encoded.
+
+/// Rule 7 judges an object by each UUID it writes, in a URL too; a URL that writes the
+/// UUID of a withheld report as `a1a1a1a1%2D0000%2D...` resolves to the same path at
+/// any server that decodes it, but the reader looked only for plain hyphens, so the
+/// object was delivered with the UUID in it. A percent-encoded hyphen is read as one.
+#[test]
+fn a_uuid_with_percent_encoded_hyphens_is_referenced() {
+    let item = context(
+        "malware--a1a1a1a1-0000-4000-8000-000000000009",
+        json!({
+            "name": "x",
+            "external_references": [{
+                "source_name": "x",
+                "url": "https://x.example/o/A1A1A1A1%2D0000%2D4000%2d8000%2D000000000002",
+            }],
+            "x_own": "a1a1a1a1%2D0000%2D4000%2D8000%2D000000000009",
+        }),
+    );
+    let referenced: Vec<String> = item.referenced().iter().map(|r| r.to_string()).collect();
+    assert_eq!(
+        referenced,
+        ["indicator--a1a1a1a1-0000-4000-8000-000000000002"],
+        "{referenced:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// An identity named as a node with an invisible character.
+
+/// The configuration of redmond.hq in `pki`: berlin.office as a peer, an analyst that
+/// sees everything, and a TAXII listener.
+fn write_config(pki: &Pki) -> std::path::PathBuf {
+    pki.client("analyst.soc");
+    let hq = NodeId::new("redmond.hq").unwrap();
+    let mut text = node_section(pki, &hq, &pki.path().join("data-hq"));
+    text.push_str(
+        "\n[[peer]]\nid = \"berlin.office\"\naddress = \"127.0.0.1:1\"\nrole = \"peer\"\nmax_tlp = \"AMBER\"\nallow_types = [\"*\"]\n\
+         \n[[client]]\nid = \"analyst.soc\"\nrole = \"analyst\"\n\
+         \n[taxii]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let path = pki.path().join("redmond.hq.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn objects_path(tls: &Arc<rustls::ClientConfig>, node: &TaxiiNode) -> String {
+    let listed = get(tls, node.taxii, "/api/collections/").await.json();
+    let id = listed["collections"][0]["id"].as_str().unwrap().to_owned();
+    format!("/api/collections/{id}/objects/")
+}
+
+async fn post_objects(
+    writer: &Arc<rustls::ClientConfig>,
+    node: &TaxiiNode,
+    path: &str,
+    objects: Vec<Value>,
+) -> Value {
+    let posted = post(
+        writer,
+        node.taxii,
+        path,
+        &json!({ "objects": objects }).to_string(),
+    )
+    .await;
+    assert_eq!(posted.status, 202, "{}", posted.text());
+    posted.json()
+}
+
+/// An identity named `berlin.office` is refused, but one named `berlin\u{200b}.office`
+/// (a zero-width space) or `berlin.office\u{feff}` shows as the same name in every STIX
+/// tool and was kept. Characters that do not show are left out of the comparison.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_named_as_a_node_with_invisible_characters_is_refused() {
+    let pki = Pki::new();
+    pki.node("redmond.hq");
+    pki.node("berlin.office");
+    let node = serve_taxii(&write_config(&pki));
+    let analyst = tls(&pki, "analyst.soc");
+    let path = objects_path(&analyst, &node).await;
+
+    for (n, name) in [
+        "berlin\u{200b}.office",
+        "berlin.office\u{feff}",
+        "\u{2060}redmond.hq",
+        "redmond\u{00ad}.hq",
+        "berlin.\u{200d}office\u{200c}",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let identity = format!("identity--d4d4d4d4-0000-4000-8000-{n:012}");
+        let object = json!({
+            "type": "identity", "spec_version": "2.1", "id": identity,
+            "created": "2020-01-01T00:00:00.000Z", "modified": "2026-01-01T00:00:00.000Z",
+            "name": name, "identity_class": "organization",
+            "object_marking_refs": [GREEN],
+        });
+        let status = post_objects(&analyst, &node, &path, vec![object.clone()]).await;
+        assert_eq!(status["success_count"], json!(0), "{object}: {status}");
+        let message = status["failures"][0]["message"].as_str().unwrap();
+        assert!(message.contains("identity named"), "{message}");
+    }
+    // A vendor whose name differs by a visible character is kept.
+    let vendor = json!({
+        "type": "identity", "spec_version": "2.1",
+        "id": "identity--d4d4d4d4-0000-4000-8000-0000000000aa",
+        "created": "2020-01-01T00:00:00.000Z", "modified": "2026-01-01T00:00:00.000Z",
+        "name": "berlin.office-vendor", "identity_class": "organization",
+        "object_marking_refs": [GREEN],
+    });
+    let status = post_objects(&analyst, &node, &path, vec![vendor]).await;
+    assert_eq!(status["success_count"], json!(1), "{status}");
+}
