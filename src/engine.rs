@@ -435,6 +435,8 @@ impl Engine {
     /// new version of an item this node published goes no further than the version it
     /// replaces went, as a revocation does. A bundle of several items of which one
     /// would narrow what the others get is refused, so that the caller signs each alone.
+    /// A new version of an item of this node's that a compaction dropped as expired is
+    /// refused: the distribution it had is no longer known.
     pub fn sign_keeping_distribution(
         &self,
         publisher: &Partner,
@@ -450,6 +452,27 @@ impl Engine {
                 continue;
             }
             let Some(held) = self.store.get(&item.id)? else {
+                // Fail closed: a version of this node's own that a compaction dropped
+                // as expired took its distribution with it, and the new version would
+                // go to every partner. A writer whose policy withholds anything is
+                // answered as for an id withheld from it.
+                let own = self.signer.origin();
+                if self.store.dropped_origin(&item.id)?.as_deref() == Some(own.as_str()) {
+                    let policy = self.policy();
+                    let sees_everything = &publisher.id == own
+                        || policy
+                            .partner(&publisher.id)
+                            .is_some_and(crate::policy::PartnerPolicy::sees_everything);
+                    let why = if sees_everything {
+                        format!(
+                            "an earlier version of {} was dropped as expired, and its recipients with it; publish it naming its recipients",
+                            item.id
+                        )
+                    } else {
+                        format!("{} cannot be written by {}", item.id, publisher.id)
+                    };
+                    return Err(EngineError::Unpublishable(format!("item {at}: {why}")));
+                }
                 continue;
             };
             if &held.origin != self.signer.origin() {

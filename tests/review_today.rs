@@ -6,19 +6,27 @@
 //!   left with the UUID;
 //! - an identity named as a node with an invisible character (a zero-width space, a
 //!   soft hyphen, a byte-order mark) inside or around the name was not taken for that
-//!   node's.
+//!   node's;
+//! - a new version written through TAXII of an item this node published for named
+//!   recipients, once a compaction had dropped it as expired, was signed for every
+//!   partner.
 
 mod common;
 
 use std::sync::Arc;
 
 use entente::NodeId;
+use entente::crypto::{BundleSigner, verify};
+use entente::engine::now_ms;
 use entente::model::{
-    ContextObject, Holder, IndicatorType, Item, ItemId, ItemKind, StixProperties, Tlp,
+    ContextObject, Distribution, Holder, IndicatorType, Item, ItemId, ItemKind, StixProperties, Tlp,
 };
+use entente::store::compact::Compaction;
+use entente::store::prelude::*;
 use serde_json::{Value, json};
 
-use common::https::{get, post, tls};
+use common::https::{get, indicator, post, tls};
+use common::signed::{Fixture, fixture, local};
 use common::{Pki, TaxiiNode, node_section, serve_taxii};
 
 const GREEN: &str = "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb";
@@ -152,4 +160,109 @@ async fn an_identity_named_as_a_node_with_invisible_characters_is_refused() {
     });
     let status = post_objects(&analyst, &node, &path, vec![vendor]).await;
     assert_eq!(status["success_count"], json!(1), "{status}");
+}
+
+// ---------------------------------------------------------------------------------
+// A new version, written through TAXII, of an item dropped as expired.
+
+const DAY: i64 = 24 * 3600 * 1000;
+const AMBER: &str = "marking-definition--55d920b0-5e8b-4f79-9ee9-91f868d9b421";
+
+/// A TAXII writer cannot name recipients, so a new version it writes keeps the
+/// distribution of the version it replaces. Once a compaction has dropped that version
+/// as expired, nothing was found to keep, and a new version of an indicator this node
+/// had published for berlin.office alone was signed for every partner. With the
+/// replaced version's distribution gone, the write is refused; it can be published
+/// with its recipients named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_of_an_own_item_dropped_as_expired_is_not_widened() {
+    const RESTRICTED: &str = "indicator--d6d6d6d6-0000-4000-8000-000000000001";
+    let f: Fixture = fixture();
+    let config = write_config(&f.pki);
+    let data = f.pki.path().join("data-hq");
+    let id = ItemId::parse(RESTRICTED).unwrap();
+    {
+        // redmond.hq's own AMBER indicator, for berlin.office alone, retired 40 days
+        // ago and dropped.
+        let store = common::open_store(&data, &f.hq.id, 16 << 20).unwrap();
+        let now = now_ms();
+        let mut retired = common::signed::indicator(
+            &id,
+            IndicatorType::Domain,
+            "restricted.example",
+            now - 40 * DAY,
+            Tlp::Amber,
+            &[],
+        );
+        if let ItemKind::Indicator(i) = &mut retired.kind {
+            i.valid_from_ms = now - 60 * DAY;
+            i.valid_until_ms = Some(now - 40 * DAY);
+        }
+        let signer = BundleSigner::new(
+            f.hq.id.clone(),
+            f.hq.private_key_pkcs8().unwrap(),
+            f.hq.certificate_der(),
+        )
+        .unwrap();
+        let distribution = Distribution {
+            max_hops: None,
+            recipients: vec![f.berlin.id.clone()],
+        };
+        let wire = signer
+            .sign(&[retired], &distribution, now)
+            .unwrap()
+            .to_wire(|_| true);
+        let signed = verify(&wire, &f.certs, &f.trust, now).unwrap();
+        store.accept(&signed, &local(&f.hq.id), now).unwrap();
+        store.flush().unwrap();
+        assert_eq!(
+            store
+                .compact(Compaction::default())
+                .unwrap()
+                .expired_dropped,
+            1
+        );
+        assert!(store.get(&id).unwrap().is_none());
+    }
+    let node = serve_taxii(&config);
+    let analyst = tls(&f.pki, "analyst.soc");
+    let path = objects_path(&analyst, &node).await;
+
+    let mut again = indicator(RESTRICTED, "restricted.example", AMBER);
+    let today = stix_timestamp(now_ms());
+    again["modified"] = json!(today);
+    let status = post_objects(&analyst, &node, &path, vec![again]).await;
+    assert_eq!(status["success_count"], json!(0), "{status}");
+    let message = status["failures"][0]["message"].as_str().unwrap();
+    assert!(message.contains("naming its recipients"), "{message}");
+    assert_eq!(
+        get(&analyst, node.taxii, &format!("{path}{RESTRICTED}/"))
+            .await
+            .status,
+        404
+    );
+}
+
+/// `ms` as a STIX timestamp (UTC, milliseconds).
+fn stix_timestamp(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms.rem_euclid(1000)
+    )
 }
