@@ -266,3 +266,26 @@ fn stix_timestamp(ms: i64) -> String {
         ms.rem_euclid(1000)
     )
 }
+
+// ---------------------------------------------------------------------------------
+// What held: forms read as they should be.
+
+/// A UUID written with JSON escapes for its hyphens is read once parsed (properties are
+/// kept as parsed and written back canonical); an IPv4-mapped address compared as ipv6
+/// names ipv6.
+#[test]
+fn escaped_hyphens_and_mapped_addresses_are_read() {
+    let object: Value = serde_json::from_str(
+        r#"{"name": "x", "x_note": "see a1a1a1a1\u002d0000\u002D4000-8000-000000000002"}"#,
+    )
+    .unwrap();
+    let item = context("malware--a1a1a1a1-0000-4000-8000-000000000009", object);
+    let referenced: Vec<String> = item.referenced().iter().map(|r| r.to_string()).collect();
+    assert_eq!(
+        referenced,
+        ["indicator--a1a1a1a1-0000-4000-8000-000000000002"]
+    );
+    let mapped =
+        entente::model::observables::observables("[ipv6-addr:value = '::ffff:198.51.100.1']");
+    assert!(mapped.types().contains(&IndicatorType::Ipv6), "{mapped:?}");
+}
