@@ -2,7 +2,7 @@
 //! verify, store, notify subscribers), accepting bundles from elsewhere (verify,
 //! store), and reading through the sharing policy. No tonic types here.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::crypto::{
@@ -445,10 +445,11 @@ impl Engine {
     ) -> Result<VerifiedBundle, EngineError> {
         let requested = Distribution::default();
         let mut distribution = self.check_publishable(publisher, items, &requested, now_ms)?;
+        // Ids seen earlier in the bundle: a later version of one replaces that, not
+        // what is held.
+        let mut seen: HashSet<&ItemId> = HashSet::with_capacity(items.len());
         for (at, item) in items.iter().enumerate() {
-            if matches!(item.kind, ItemKind::Revocation(_))
-                || items[..at].iter().any(|i| i.id == item.id)
-            {
+            if !seen.insert(&item.id) || matches!(item.kind, ItemKind::Revocation(_)) {
                 continue;
             }
             let Some(held) = self.store.get(&item.id)? else {
@@ -612,7 +613,10 @@ impl Engine {
                 .partner(&publisher.id)
                 .is_some_and(crate::policy::PartnerPolicy::sees_everything);
         let mut distribution = requested.clone();
+        // The last item of each id so far in the bundle, by its place.
+        let mut last_of: HashMap<&ItemId, usize> = HashMap::with_capacity(items.len());
         for (at, item) in items.iter().enumerate() {
+            let before = last_of.insert(&item.id, at);
             policy
                 .admit_time(item, now_ms)
                 .and_then(|()| policy.admit_creator(item, own))
@@ -621,7 +625,7 @@ impl Engine {
             if !is_revocation && sees_everything {
                 continue;
             }
-            let earlier = items[..at].iter().rev().find(|i| i.id == item.id).cloned();
+            let earlier = before.and_then(|b| items.get(b)).cloned();
             // The version held before this bundle, read once; one the publisher's policy
             // withholds is answered as if absent.
             let (held, withheld) = match earlier {
