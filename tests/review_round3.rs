@@ -19,7 +19,7 @@ use rustls::pki_types::ServerName;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use common::https::{Reply, TAXII, get, indicator, post, tls};
+use common::https::{Reply, TAXII, get, indicator, objects_path, post, tls};
 use common::{Pki, TaxiiNode, node_section, serve_taxii};
 
 const GREEN: &str = "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb";
@@ -47,13 +47,6 @@ fn start_taxii() -> (Pki, TaxiiNode) {
     std::fs::write(&path, text).unwrap();
     let node = serve_taxii(&path);
     (pki, node)
-}
-
-/// The path of the collection's objects, as `tls` finds it.
-async fn objects_path(tls: &Arc<rustls::ClientConfig>, node: &TaxiiNode) -> String {
-    let listed = get(tls, node.taxii, "/api/collections/").await.json();
-    let id = listed["collections"][0]["id"].as_str().unwrap().to_owned();
-    format!("/api/collections/{id}/objects/")
 }
 
 /// The ids of the items (not the marking definitions and identities served with them)

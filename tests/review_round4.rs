@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use common::https::{get, indicator, post, tls};
+use common::https::{get, indicator, objects_path, post, tls};
 use common::{Pki, TaxiiNode, node_section, serve_taxii};
 
 const GREEN: &str = "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb";
@@ -44,12 +44,6 @@ fn start_taxii() -> (Pki, TaxiiNode, std::path::PathBuf) {
     std::fs::write(&path, text).unwrap();
     let node = serve_taxii(&path);
     (pki, node, path)
-}
-
-async fn objects_path(tls: &Arc<rustls::ClientConfig>, node: &TaxiiNode) -> String {
-    let listed = get(tls, node.taxii, "/api/collections/").await.json();
-    let id = listed["collections"][0]["id"].as_str().unwrap().to_owned();
-    format!("/api/collections/{id}/objects/")
 }
 
 /// Sends SIGHUP to the node process: a reload.

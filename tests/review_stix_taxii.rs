@@ -15,7 +15,7 @@ use entente::NodeId;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use common::https::{TAXII, get, indicator, post, tls};
+use common::https::{TAXII, get, indicator, objects_path, post, tls};
 use common::{Pki, TaxiiNode, node_section, serve_taxii};
 
 const GREEN: &str = "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb";
@@ -74,13 +74,6 @@ async fn start() -> (
     let researcher = tls(&pki, "researcher.uni-x");
     let objects = objects_path(&analyst, &node).await;
     (pki, node, analyst, researcher, objects)
-}
-
-/// The path of the collection's objects, as `tls` finds it.
-async fn objects_path(tls: &Arc<rustls::ClientConfig>, node: &TaxiiNode) -> String {
-    let listed = get(tls, node.taxii, "/api/collections/").await.json();
-    let id = listed["collections"][0]["id"].as_str().unwrap().to_owned();
-    format!("/api/collections/{id}/objects/")
 }
 
 /// Every item id `tls` can list (one page is enough for these tests), without the

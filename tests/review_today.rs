@@ -13,8 +13,6 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use entente::NodeId;
 use entente::crypto::{BundleSigner, verify};
 use entente::engine::now_ms;
@@ -25,9 +23,9 @@ use entente::store::compact::Compaction;
 use entente::store::prelude::*;
 use serde_json::{Value, json};
 
-use common::https::{get, indicator, post, tls};
+use common::https::{get, indicator, objects_path, post_objects, tls};
 use common::signed::{Fixture, fixture, local};
-use common::{Pki, TaxiiNode, node_section, serve_taxii};
+use common::{Pki, node_section, serve_taxii};
 
 const GREEN: &str = "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb";
 
@@ -91,29 +89,6 @@ fn write_config(pki: &Pki) -> std::path::PathBuf {
     let path = pki.path().join("redmond.hq.toml");
     std::fs::write(&path, text).unwrap();
     path
-}
-
-async fn objects_path(tls: &Arc<rustls::ClientConfig>, node: &TaxiiNode) -> String {
-    let listed = get(tls, node.taxii, "/api/collections/").await.json();
-    let id = listed["collections"][0]["id"].as_str().unwrap().to_owned();
-    format!("/api/collections/{id}/objects/")
-}
-
-async fn post_objects(
-    writer: &Arc<rustls::ClientConfig>,
-    node: &TaxiiNode,
-    path: &str,
-    objects: Vec<Value>,
-) -> Value {
-    let posted = post(
-        writer,
-        node.taxii,
-        path,
-        &json!({ "objects": objects }).to_string(),
-    )
-    .await;
-    assert_eq!(posted.status, 202, "{}", posted.text());
-    posted.json()
 }
 
 /// An identity named `berlin.office` is refused, but one named `berlin\u{200b}.office`

@@ -24,7 +24,7 @@ use entente::store::prelude::*;
 use entente::wire;
 use serde_json::{Value, json};
 
-use common::https::{get, indicator, post, tls};
+use common::https::{get, indicator, objects_path, post, post_objects, tls};
 use common::signed::{Fixture, bundle, fixture};
 use common::{Pki, TaxiiNode, node_section, serve_taxii, taxii_node_client};
 
@@ -53,31 +53,6 @@ fn write_config(pki: &Pki) -> std::path::PathBuf {
     let path = pki.path().join("redmond.hq.toml");
     std::fs::write(&path, text).unwrap();
     path
-}
-
-/// The path of the collection's objects, as `tls` finds it.
-async fn objects_path(tls: &Arc<rustls::ClientConfig>, node: &TaxiiNode) -> String {
-    let listed = get(tls, node.taxii, "/api/collections/").await.json();
-    let id = listed["collections"][0]["id"].as_str().unwrap().to_owned();
-    format!("/api/collections/{id}/objects/")
-}
-
-/// POSTs `objects` as `writer` and returns the status resource.
-async fn post_objects(
-    writer: &Arc<rustls::ClientConfig>,
-    node: &TaxiiNode,
-    path: &str,
-    objects: Vec<Value>,
-) -> Value {
-    let posted = post(
-        writer,
-        node.taxii,
-        path,
-        &json!({ "objects": objects }).to_string(),
-    )
-    .await;
-    assert_eq!(posted.status, 202, "{}", posted.text());
-    posted.json()
 }
 
 /// Every object `reader` can list, as one text (one page is enough here).

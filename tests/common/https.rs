@@ -97,6 +97,32 @@ pub async fn get(tls: &Arc<rustls::ClientConfig>, addr: SocketAddr, path: &str) 
     send(tls, addr, "GET", path, b"").await
 }
 
+/// POSTs `objects` in one envelope to `path` as `writer`, expects 202 and returns the
+/// status resource.
+pub async fn post_objects(
+    writer: &Arc<rustls::ClientConfig>,
+    node: &super::TaxiiNode,
+    path: &str,
+    objects: Vec<Value>,
+) -> Value {
+    let posted = post(
+        writer,
+        node.taxii,
+        path,
+        &json!({ "objects": objects }).to_string(),
+    )
+    .await;
+    assert_eq!(posted.status, 202, "{}", posted.text());
+    posted.json()
+}
+
+/// The path of the TAXII collection's objects on `node`, as `tls` finds it.
+pub async fn objects_path(tls: &Arc<rustls::ClientConfig>, node: &super::TaxiiNode) -> String {
+    let listed = get(tls, node.taxii, "/api/collections/").await.json();
+    let id = listed["collections"][0]["id"].as_str().unwrap().to_owned();
+    format!("/api/collections/{id}/objects/")
+}
+
 pub async fn post(
     tls: &Arc<rustls::ClientConfig>,
     addr: SocketAddr,
