@@ -459,12 +459,7 @@ impl Engine {
                 // answered as for an id withheld from it.
                 let own = self.signer.origin();
                 if self.store.dropped_origin(&item.id)?.as_deref() == Some(own.as_str()) {
-                    let policy = self.policy();
-                    let sees_everything = &publisher.id == own
-                        || policy
-                            .partner(&publisher.id)
-                            .is_some_and(crate::policy::PartnerPolicy::sees_everything);
-                    let why = if sees_everything {
+                    let why = if self.sees_everything(&publisher.id) {
                         format!(
                             "an earlier version of {} was dropped as expired, and its recipients with it; publish it naming its recipients",
                             item.id

@@ -109,11 +109,7 @@ async fn poll_pages(
         let date_added_first = date_header(&response.headers, "x-taxii-date-added-first")?;
         let date_added_last = date_header(&response.headers, "x-taxii-date-added-last")?;
         if let Some(held) = &pending {
-            let later = match (&date_added_first, parse_time(held)) {
-                (Some(first), Some(held)) => parse_time(first).is_some_and(|f| f > held),
-                _ => false,
-            };
-            if later {
+            if later_than(date_added_first.as_deref(), held) {
                 let confirmed = held.clone();
                 save(feed, engine, states, &mut checkpoint, &confirmed).await?;
                 pending = None;
@@ -158,12 +154,8 @@ async fn poll_pages(
         // also shows a boundary, without `X-TAXII-Date-Added-First`: the listing is
         // sorted by date added, so the rest of the held date's group came in this page,
         // before its later objects. Every object dated up to the held date is taken.
-        if let (Some(held), Some(last)) = (&pending, &date_added_last) {
-            let later = match (parse_time(held), parse_time(last)) {
-                (Some(held), Some(last)) => last > held,
-                _ => false,
-            };
-            if later {
+        if let Some(held) = &pending {
+            if later_than(date_added_last.as_deref(), held) {
                 let confirmed = held.clone();
                 save(feed, engine, states, &mut checkpoint, &confirmed).await?;
                 pending = None;
@@ -290,6 +282,15 @@ fn date_header(headers: &::http::HeaderMap, name: &str) -> Result<Option<String>
             Ok(Some(text))
         }
         Some(_) => Err(FeedError::Malformed(format!("{name} is not a timestamp"))),
+    }
+}
+
+/// Whether `date` (a header's, if given) is later than `held`; `false` when either does
+/// not read as a time.
+fn later_than(date: Option<&str>, held: &str) -> bool {
+    match (date.and_then(parse_time), parse_time(held)) {
+        (Some(date), Some(held)) => date > held,
+        _ => false,
     }
 }
 
