@@ -6,7 +6,8 @@
 //!   left with the UUID;
 //! - an identity named as a node with an invisible character (a zero-width space, a
 //!   soft hyphen, a byte-order mark) inside or around the name was not taken for that
-//!   node's;
+//!   node's; nor was one named in look-alike letters of another script (a Cyrillic `о`
+//!   for a Latin `o`, full-width letters, a digit one for a small L);
 //! - a new version written through TAXII of an item this node published for named
 //!   recipients, once a compaction had dropped it as expired, was signed for every
 //!   partner.
@@ -135,6 +136,59 @@ async fn an_identity_named_as_a_node_with_invisible_characters_is_refused() {
     });
     let status = post_objects(&analyst, &node, &path, vec![vendor]).await;
     assert_eq!(status["success_count"], json!(1), "{status}");
+}
+
+/// An identity named `berlin.\u{43e}ffice` with letters of another script that look
+/// like Latin ones (a Cyrillic `о`, a Greek `ο`, full-width letters, a digit one for a
+/// small L) shows as the node's name to a reader and was kept. Names are compared by
+/// what they look like (Unicode's confusable skeleton).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_named_as_a_node_in_look_alike_letters_is_refused() {
+    let pki = Pki::new();
+    pki.node("redmond.hq");
+    pki.node("berlin.office");
+    let node = serve_taxii(&write_config(&pki));
+    let analyst = tls(&pki, "analyst.soc");
+    let path = objects_path(&analyst, &node).await;
+
+    for (n, name) in [
+        "berlin.\u{43e}ffic\u{435}",
+        "b\u{435}rlin.\u{3bf}ffice",
+        "\u{ff42}\u{ff45}\u{ff52}\u{ff4c}\u{ff49}\u{ff4e}\u{ff0e}office",
+        "ber1in.office",
+        "REDM\u{41e}ND.HQ",
+        "redmond\u{2024}hq",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let identity = format!("identity--d5d5d5d5-0000-4000-8000-{n:012}");
+        let object = json!({
+            "type": "identity", "spec_version": "2.1", "id": identity,
+            "created": "2020-01-01T00:00:00.000Z", "modified": "2026-01-01T00:00:00.000Z",
+            "name": name, "identity_class": "organization",
+            "object_marking_refs": [GREEN],
+        });
+        let status = post_objects(&analyst, &node, &path, vec![object.clone()]).await;
+        assert_eq!(status["success_count"], json!(0), "{object}: {status}");
+        let message = status["failures"][0]["message"].as_str().unwrap();
+        assert!(message.contains("identity named"), "{message}");
+    }
+    // Names that read differently are kept.
+    for (n, name) in ["Berlin Office", "berlin.offices", "Bern office"]
+        .into_iter()
+        .enumerate()
+    {
+        let vendor = json!({
+            "type": "identity", "spec_version": "2.1",
+            "id": format!("identity--d5d5d5d5-0000-4000-8000-0000000000a{n}"),
+            "created": "2020-01-01T00:00:00.000Z", "modified": "2026-01-01T00:00:00.000Z",
+            "name": name, "identity_class": "organization",
+            "object_marking_refs": [GREEN],
+        });
+        let status = post_objects(&analyst, &node, &path, vec![vendor]).await;
+        assert_eq!(status["success_count"], json!(1), "{name}: {status}");
+    }
 }
 
 // ---------------------------------------------------------------------------------

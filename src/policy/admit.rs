@@ -143,6 +143,31 @@ pub enum Refusal {
     },
 }
 
+/// What a reader sees of a name, in forms where two names that look alike are equal
+/// (compare with [`look_alike`]): white space and characters that do not show (a
+/// zero-width space, a soft hyphen, a byte-order mark) left out, then each character
+/// replaced by the one it is confused with (Unicode's confusable skeleton: a Cyrillic
+/// `о` for a Latin `o`, a full-width `．` for `.`, a capital `I` for a small `l`), and a
+/// full stop at the end left out. Once as written, once in small letters: a capital
+/// `I` looks like a small `l`, and `BERLIN` reads as `berlin`.
+fn looks_like(name: &str) -> [String; 2] {
+    use unicode_security::confusable_detection::skeleton;
+    let shown: String = name.chars().filter(|&c| shows(c)).collect();
+    let form = |text: &str| {
+        let mut form: String = skeleton(text).collect();
+        while form.ends_with('.') {
+            form.pop();
+        }
+        form
+    };
+    [form(&shown), form(&shown.to_lowercase())]
+}
+
+/// Whether two names look alike to a reader ([`looks_like`]).
+fn look_alike(a: &[String; 2], b: &[String; 2]) -> bool {
+    a[0] == b[0] || a[1] == b[1]
+}
+
 /// Whether `c` shows as something in a name: not white space, and not a character that
 /// Unicode says is ignored when displayed (format controls, joiners, variation
 /// selectors, fillers, tags).
@@ -277,14 +302,11 @@ impl Policy {
             }
             if let crate::model::ItemKind::Context(context) = &item.kind {
                 let name = context.properties.string("name").unwrap_or_default();
-                // What a reader sees: white space and characters that do not show (a
-                // zero-width space, a soft hyphen, a byte-order mark) are left out.
-                let name: String = name.chars().filter(|&c| shows(c)).collect();
-                let name = name.trim_end_matches('.');
+                let name = looks_like(&name);
                 if let Some(named) = std::iter::once(self.node())
                     .chain(self.partner_ids())
                     .chain(std::iter::once(origin))
-                    .find(|node| name.eq_ignore_ascii_case(node.as_str()))
+                    .find(|node| look_alike(&name, &looks_like(node.as_str())))
                 {
                     return Err(Refusal::NodeName {
                         item: item.id.to_string(),
@@ -339,6 +361,35 @@ mod tests {
 
     fn id(s: &str) -> NodeId {
         NodeId::new(s).unwrap()
+    }
+
+    #[test]
+    fn names_that_look_alike_compare_equal() {
+        let node = looks_like("berlin.office");
+        for alike in [
+            "berlin.office",
+            "BERLIN.OFFICE",
+            // Cyrillic о and е, Greek ο.
+            "berlin.\u{43e}ffic\u{435}",
+            "berlin.\u{3bf}ffice",
+            // Full-width letters and full stop.
+            "\u{ff42}erlin\u{ff0e}office",
+            // A digit one for a small L, a capital i for a small L.
+            "ber1in.office",
+            "berIin.office",
+            "berlin\u{200b}.office",
+            "berlin.office.",
+        ] {
+            assert!(look_alike(&looks_like(alike), &node), "{alike:?}");
+        }
+        for other in [
+            "berlin.offices",
+            "berlin-office",
+            "bern.office",
+            "berlinoffice",
+        ] {
+            assert!(!look_alike(&looks_like(other), &node), "{other:?}");
+        }
     }
 
     fn policy() -> Policy {
