@@ -152,7 +152,7 @@ pub fn origin_identity_id(node: &str) -> String {
 }
 
 /// Appends an id for each UUID written in `text` (36 characters with hyphens, any
-/// case): under the type written just before it with `--`, when that is an indicator's
+/// case; hyphens written `%2D` or as a dash that looks like one count): under the type written just before it with `--`, when that is an indicator's
 /// or a context object's type (any case); else as `indicator--<uuid>`, which stands for
 /// the UUID alone. Whatever comes before does not matter, so a UUID is found however it
 /// is written: in an id, bare, in a URL (its hyphens percent-encoded or not), or under
@@ -160,10 +160,24 @@ pub fn origin_identity_id(node: &str) -> String {
 /// whatever that object's type.
 fn embedded_ids(text: &str, out: &mut Vec<ItemId>) {
     embedded_ids_as_written(text, out);
-    // A URL may write a UUID's hyphens as `%2D`, which any server reads as `-`.
-    if text.contains("%2D") || text.contains("%2d") {
-        embedded_ids_as_written(&text.replace("%2D", "-").replace("%2d", "-"), out);
+    // A URL may write a UUID's hyphens as `%2D`, which any server reads as `-`; and a
+    // text may write them as a dash that looks like one, which a reader copies as `-`.
+    if text.contains("%2D") || text.contains("%2d") || text.contains(is_look_alike_dash) {
+        let read = text
+            .replace("%2D", "-")
+            .replace("%2d", "-")
+            .replace(is_look_alike_dash, "-");
+        embedded_ids_as_written(&read, out);
     }
+}
+
+/// Whether `c` is a dash or minus sign that looks like `-` (Unicode's hyphens, dashes,
+/// minus signs and their small and full-width forms).
+fn is_look_alike_dash(c: char) -> bool {
+    matches!(
+        c,
+        '\u{2010}'..='\u{2015}' | '\u{2212}' | '\u{2796}' | '\u{FE58}' | '\u{FE63}' | '\u{FF0D}'
+    )
 }
 
 /// [`embedded_ids`] in `text` as it is written.
@@ -739,6 +753,27 @@ mod tests {
                 "indicator--a1a1a1a1-0000-4000-8000-000000000002",
                 "indicator--a1a1a1a1-0000-4000-8000-000000000003",
                 "tool--a1a1a1a1-0000-4000-8000-000000000004",
+            ]
+        );
+    }
+
+    #[test]
+    fn uuids_written_with_look_alike_dashes_are_referenced() {
+        let item = context(
+            "malware--a1a1a1a1-0000-4000-8000-000000000009",
+            &[],
+            serde_json::json!({
+                "description": "see a1a1a1a1\u{2010}0000\u{2011}4000\u{2013}8000\u{2212}000000000001",
+                "x_wide": "tool\u{ff0d}\u{ff0d}a1a1a1a1\u{ff0d}0000\u{ff0d}4000\u{ff0d}8000\u{ff0d}000000000002",
+                "x_own": "a1a1a1a1\u{2010}0000\u{2010}4000\u{2010}8000\u{2010}000000000009",
+            }),
+        );
+        let referenced: Vec<String> = item.referenced().iter().map(|r| r.to_string()).collect();
+        assert_eq!(
+            referenced,
+            [
+                "indicator--a1a1a1a1-0000-4000-8000-000000000001",
+                "tool--a1a1a1a1-0000-4000-8000-000000000002",
             ]
         );
     }
