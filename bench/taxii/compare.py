@@ -220,6 +220,17 @@ def brief(resp):
     return f"{resp.status_code} {text!r}"
 
 
+def client_session():
+    """The benchmark's HTTP client for every server: a `requests` session that does not
+    read proxy settings, `.netrc` or CA bundles from the environment on each request
+    (which costs about 0.2 ms per request, a tenth of a lookup on the fastest server,
+    and says nothing about the server). Each server's session sets what it needs."""
+    import requests
+    s = requests.Session()
+    s.trust_env = False
+    return s
+
+
 def get(session, url, result, **kwargs):
     """A GET; an answer of 500 or more is retried once after a second (and counted in
     `result["retries"]`), as a polling client would."""
@@ -362,7 +373,7 @@ class Entente(Server):
                 kw["server_hostname"] = node_id
                 super().init_poolmanager(*a, **kw)
 
-        s = requests.Session()
+        s = client_session()
         s.mount("https://", NodeName())
         s.verify = os.path.join(certs, "ca.crt")
         s.cert = (os.path.join(certs, f"{self.ANALYST}.crt"),
@@ -434,7 +445,7 @@ logging:
             env=env, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             cwd=self.work)
         base = f"http://127.0.0.1:{port}"
-        s = requests.Session()
+        s = client_session()
         # A JWT from the auth endpoint: Basic would hash the password on every request.
         token = wait_until(
             lambda: s.post(f"{base}/management/auth",
@@ -499,7 +510,7 @@ class Medallion(Server):
             [sys.executable, os.path.join(HERE, "peer_server.py"), "medallion", str(port),
              config],
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.work)
-        s = requests.Session()
+        s = client_session()
         s.auth = ("bench", password)  # medallion keeps plain passwords: no hashing cost
         s.headers["Accept"] = TAXII
         self.session = s
