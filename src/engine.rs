@@ -314,6 +314,9 @@ pub struct Engine {
     /// since when it applies), so the store is read only after a change; held while a
     /// client's listing time is checked and recorded.
     listed_since: Mutex<std::collections::HashMap<NodeId, ([u8; 32], i64)>>,
+    /// The id of an item held here that a lookup by id found lately: a lookup of an id
+    /// not held reads and judges it in its place ([`Engine::as_if_held`]).
+    decoy: Mutex<Option<ItemId>>,
     /// The change-feed head, for pull streams that follow it.
     feed_head: tokio::sync::watch::Sender<u64>,
     /// Bumped on every policy change, so following streams re-check their partner.
@@ -409,6 +412,7 @@ impl Engine {
             subscribers: Mutex::default(),
             recorded_transfers: Mutex::default(),
             listed_since: Mutex::default(),
+            decoy: Mutex::default(),
         })
     }
 
@@ -1044,9 +1048,9 @@ impl Engine {
     ) -> Result<Option<StoredItem>, EngineError> {
         let policy = self.policy();
         let now = now_ms();
-        let found = self
-            .store
-            .get(id)?
+        let held = self.store.get(id)?;
+        self.as_if_held(&policy, &partner.id, id, held.is_some(), now);
+        let found = held
             .filter(|stored| {
                 self.decide_stored(&policy, &partner.id, stored, now, true)
                     .allowed()
@@ -1058,6 +1062,26 @@ impl Engine {
             }
         }
         Ok(found)
+    }
+
+    /// A lookup of `id` takes about as long whether the node holds it or not, so that
+    /// the time of an answer does not tell a withheld id from an absent one: when `id`
+    /// is not held, an item that is (one a lookup found lately) is read and judged for
+    /// `partner` in its place, and the outcome dropped; when it is, it becomes the one
+    /// read in the place of the next id not held. Nothing is served or recorded here.
+    fn as_if_held(&self, policy: &Policy, partner: &NodeId, id: &ItemId, held: bool, now: i64) {
+        let mut decoy = self.decoy.lock().unwrap_or_else(|p| p.into_inner());
+        if held {
+            *decoy = Some(id.clone());
+            return;
+        }
+        let Some(stand_in) = decoy.clone() else {
+            return;
+        };
+        drop(decoy);
+        if let Ok(Some(stored)) = self.store.get(&stand_in) {
+            std::hint::black_box(self.decide_stored(policy, partner, &stored, now, true));
+        }
     }
 
     /// Most versions of one item [`Engine::versions_blocking`] reads.
@@ -1080,7 +1104,9 @@ impl Engine {
     ) -> Result<(Vec<StoredItem>, T), EngineError> {
         let policy = self.policy();
         let now = now_ms();
-        let latest = self.store.get(id)?.filter(|latest| {
+        let latest = self.store.get(id)?;
+        self.as_if_held(&policy, &partner.id, id, latest.is_some(), now);
+        let latest = latest.filter(|latest| {
             self.decide_stored(&policy, &partner.id, latest, now, true)
                 .allowed()
         });

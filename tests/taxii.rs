@@ -109,9 +109,13 @@ async fn send(
         .write_all(head.as_bytes())
         .await
         .map_err(|e| e.to_string())?;
-    stream.write_all(body).await.map_err(|e| e.to_string())?;
     // What the TLS layer still holds of the body goes out before the answer is awaited.
-    stream.flush().await.map_err(|e| e.to_string())?;
+    // A node that refuses a body as too large answers and closes before taking all of
+    // it, so the write may fail: the answer is read all the same.
+    let written = match stream.write_all(body).await {
+        Ok(()) => stream.flush().await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
     let mut raw = Vec::new();
     // The server closes after the answer; a reset after it is fine.
     let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
@@ -120,7 +124,12 @@ async fn send(
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| format!("no HTTP answer ({} bytes)", raw.len()))?;
+        .ok_or_else(|| {
+            format!(
+                "no HTTP answer ({} bytes; body written: {written:?})",
+                raw.len()
+            )
+        })?;
     let head = String::from_utf8_lossy(&raw[..split]).to_string();
     let mut lines = head.split("\r\n");
     let status = lines
