@@ -31,6 +31,9 @@ struct Reply {
     status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
+    /// Whether the request's body was all written before the answer was read (a node
+    /// that closes without reading it makes the write fail).
+    sent_whole: bool,
 }
 
 impl Reply {
@@ -145,6 +148,7 @@ async fn send(
         status,
         headers,
         body: raw[split + 4..].to_vec(),
+        sent_whole: written.is_ok(),
     })
 }
 
@@ -1861,6 +1865,7 @@ impl KeptConnection {
             status,
             headers,
             body,
+            sent_whole: true,
         }
     }
 
@@ -2005,6 +2010,66 @@ async fn taxii_pages_made_ahead_are_served_only_as_they_stand_when_asked_for() {
         served.iter().all(|id| clear.contains(id)),
         "GREEN items served after the reload: {served:?}"
     );
+}
+
+/// A client that sends a body over the limit whole, as most HTTP clients do without
+/// waiting for an interim answer, reads the 413 that refuses it: the node reads and drops
+/// what is sent (up to a bound) before it answers. It used to answer at once and close
+/// with the rest unread, so the client's write met a reset and it never saw why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taxii_a_body_refused_as_too_large_is_answered_not_reset() {
+    let Started {
+        node,
+        analyst,
+        collection,
+        ..
+    } = start().await;
+    let objects = format!("{collection}objects/");
+    // Far more than the node's limit (64 KiB here) and than what the sockets buffer.
+    let note = "x".repeat(4 * 1024 * 1024);
+    let body = json!({ "objects": [{ "type": "note", "content": note }] }).to_string();
+    let headers = [("Accept", TAXII), ("Content-Type", TAXII)];
+    for _ in 0..3 {
+        let reply = send(
+            &analyst,
+            node.taxii,
+            "POST",
+            &objects,
+            &headers,
+            body.as_bytes(),
+        )
+        .await
+        .expect("an answer");
+        assert_eq!(
+            reply.status,
+            413,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        // A client that stops at a failed write (most do) would not have read it.
+        assert!(reply.sent_whole, "the node closed before the body was sent");
+        assert!(
+            String::from_utf8_lossy(&reply.body).contains("taxii.max_body_bytes"),
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+    }
+    // A body declared beyond what is ever read is refused at once.
+    let reply = send(
+        &analyst,
+        node.taxii,
+        "POST",
+        &objects,
+        &[
+            ("Accept", TAXII),
+            ("Content-Type", TAXII),
+            ("Content-Length", "1000000000"),
+        ],
+        b"",
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(reply.status, 413);
 }
 
 /// A compaction numbers the store's items anew, and the `next` of a page from before

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -625,17 +625,30 @@ impl Handlers {
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.max_body_bytes as u64) {
-            return too_large(self.max_body_bytes);
-        }
-        let read = tokio::time::timeout(
-            BODY_TIMEOUT,
-            Limited::new(body, self.max_body_bytes).collect(),
-        )
-        .await;
+        let limit = if declared.is_some_and(|n| n > self.max_body_bytes as u64) {
+            // A client that waits for an interim answer before it sends the body gets
+            // the refusal instead, and sends nothing.
+            let waits = headers
+                .get(http::header::EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+            if waits {
+                return too_large(self.max_body_bytes);
+            }
+            0
+        } else {
+            self.max_body_bytes
+        };
+        let read = tokio::time::timeout(BODY_TIMEOUT, read_body(body, limit)).await;
         let bytes = match read {
-            Ok(Ok(collected)) => collected.to_bytes(),
-            Ok(Err(_)) => return too_large(self.max_body_bytes),
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(BodyRefused::TooLarge)) => return too_large(self.max_body_bytes),
+            Ok(Err(BodyRefused::Unreadable)) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "Bad Request",
+                    "the request body ended before its declared length, or is malformed",
+                );
+            }
             Err(_) => {
                 return error(
                     StatusCode::REQUEST_TIMEOUT,
@@ -1432,6 +1445,73 @@ fn bad_next() -> Answer {
         "Bad Request",
         "next is not a value this server gave for this query",
     )
+}
+
+/// Why a request body was not taken.
+enum BodyRefused {
+    /// Past its limit.
+    TooLarge,
+    /// Cut off before its end, or malformed.
+    Unreadable,
+}
+
+/// Most bytes of a body refused as too large that are read and dropped before the
+/// answer, so that a client still sending it reads the 413 rather than a connection
+/// reset (a client that declares more gets the 413 at once, and likely the reset).
+const MOST_DRAINED: u64 = 64 * 1024 * 1024;
+
+/// How long the rest of a body refused as too large is waited for, from one piece to
+/// the next, before the refusal is answered anyway.
+const DRAIN_IDLE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The request body, if it holds at most `limit` bytes. A longer one is refused; what
+/// it declares or sends beyond the limit, up to [`MOST_DRAINED`] bytes in all and while
+/// it keeps coming ([`DRAIN_IDLE`]), is read and dropped first (never kept).
+async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, BodyRefused> {
+    let declared = http_body::Body::size_hint(&body).exact();
+    let mut kept = Vec::with_capacity(declared.map_or(0, |n| n.min(limit as u64) as usize));
+    let mut seen: u64 = 0;
+    let mut over = declared.is_some_and(|n| n > limit as u64);
+    if over && declared.is_some_and(|n| n > MOST_DRAINED) {
+        return Err(BodyRefused::TooLarge);
+    }
+    loop {
+        let frame = if over {
+            match tokio::time::timeout(DRAIN_IDLE, body.frame()).await {
+                Ok(frame) => frame,
+                Err(_) => return Err(BodyRefused::TooLarge),
+            }
+        } else {
+            body.frame().await
+        };
+        let frame = match frame {
+            None => break,
+            Some(Ok(frame)) => frame,
+            // Cut off or malformed: never taken for a whole body.
+            Some(Err(_)) if over => return Err(BodyRefused::TooLarge),
+            Some(Err(_)) => return Err(BodyRefused::Unreadable),
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen = seen.saturating_add(data.len() as u64);
+        if seen > limit as u64 {
+            over = true;
+            kept = Vec::new();
+        }
+        if over {
+            if seen > MOST_DRAINED {
+                return Err(BodyRefused::TooLarge);
+            }
+            continue;
+        }
+        kept.extend_from_slice(&data);
+    }
+    if over {
+        Err(BodyRefused::TooLarge)
+    } else {
+        Ok(Bytes::from(kept))
+    }
 }
 
 fn too_large(limit: usize) -> Answer {
