@@ -337,6 +337,7 @@ impl Intel for IntelService {
             engine: self.engine.clone(),
             partner: partner.id.clone(),
             include_expired: query.include_expired,
+            latest_only: true,
         };
         let mut subscription = self.engine.subscribe(partner, query);
         let shutdown = self.shutdown.clone();
@@ -396,6 +397,7 @@ impl Intel for IntelService {
             engine: self.engine.clone(),
             partner: partner.id.clone(),
             include_expired: query.include_expired,
+            latest_only: false,
         };
         let stream = checked_stream(recheck, move |tx| async move {
             let _slot = slot;
@@ -470,6 +472,9 @@ struct Recheck {
     engine: Arc<Engine>,
     partner: crate::model::NodeId,
     include_expired: bool,
+    /// A stream of new items (`Subscribe`): a version superseded since it was decided
+    /// is dropped too.
+    latest_only: bool,
 }
 
 /// A message and the item it discloses (`None`: discloses nothing).
@@ -493,10 +498,18 @@ where
     }));
     Box::pin(
         tokio_stream::wrappers::ReceiverStream::new(rx).filter_map(move |next| match next {
-            Ok((message, Some(stored))) => recheck
-                .engine
-                .may_still_see(&recheck.partner, &stored, recheck.include_expired)
-                .then_some(Ok(message)),
+            Ok((message, Some(stored))) => if recheck.latest_only {
+                recheck.engine.may_still_see_latest(
+                    &recheck.partner,
+                    &stored,
+                    recheck.include_expired,
+                )
+            } else {
+                recheck
+                    .engine
+                    .may_still_see(&recheck.partner, &stored, recheck.include_expired)
+            }
+            .then_some(Ok(message)),
             Ok((message, None)) => Some(Ok(message)),
             Err(status) => Some(Err(status)),
         }),
