@@ -5,7 +5,12 @@
 //!   had superseded (two versions of one id in one bundle, or a newer version stored
 //!   while the older one waited in the subscriber's queue): rule 6 gives clients the
 //!   latest version only, and a superseded version told the subscriber that an id is
-//!   held whose latest version is withheld from it.
+//!   held whose latest version is withheld from it;
+//! - an open `Publish` stream went on publishing the messages its writer sent after a
+//!   reload had demoted it to read-only, until its connection closed;
+//! - a TAXII POST whose body arrived after a reload had demoted its writer to
+//!   read-only was still signed and stored: authority was checked when the request's
+//!   head arrived only.
 
 mod common;
 
@@ -136,4 +141,174 @@ async fn a_subscription_never_hands_out_a_superseded_version() {
     // The id is withheld from the researcher, exactly as an absent one.
     assert!(bob.get(&id).await.unwrap().is_none());
     hq.stop().await;
+}
+
+/// A `Publish` stream is a request per message: once a reload demotes its writer to
+/// read-only, the next message is refused, not signed and stored in the grace before
+/// the connection closes. Before the fix the message sent right after the reload was
+/// published and the call answered with both items accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_publish_stream_stops_at_a_reload_that_demotes_its_writer() {
+    common::init_logging();
+    let pki = Pki::new();
+    let hq = pki.node(HQ);
+    pki.client(ANALYST);
+    let config = common::write_config(&pki, &hq, &[common::client(ANALYST, "analyst")], &[]);
+    let node = common::start(&config).await;
+    let alice = common::connect(&pki, &node, ANALYST).await;
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<PublishRequest>(4);
+    let call = tokio::spawn(async move {
+        alice
+            .publish(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    let now = now_ms();
+    let before = indicator(
+        &ItemId::new_random().to_string(),
+        "before-demotion.example",
+        Tlp::Green,
+        now,
+    );
+    let after = indicator(
+        &ItemId::new_random().to_string(),
+        "after-demotion.example",
+        Tlp::Green,
+        now,
+    );
+    let message = |item: &wire::Item| PublishRequest {
+        items: vec![item.clone()],
+        distribution: None,
+        groups: vec![],
+    };
+    tx.send(message(&before)).await.unwrap();
+    let store = node.engine().store().clone();
+    let before_id = ItemId::parse(&before.id).unwrap();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while store.get(&before_id).unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first message was not published"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    common::write_config(&pki, &hq, &[common::client(ANALYST, "read_only")], &[]);
+    node.reload_policy().expect("reload");
+    tx.send(message(&after)).await.unwrap();
+    drop(tx);
+    let answered = tokio::time::timeout(DEADLINE, call)
+        .await
+        .expect("the call ends in time")
+        .unwrap();
+    match answered {
+        Err(ClientError::Status { code, .. }) => {
+            assert_eq!(code, tonic::Code::PermissionDenied)
+        }
+        Err(other) => panic!("unexpected error: {other}"),
+        Ok(response) => panic!(
+            "the demoted writer's stream went on: {} item(s) accepted",
+            response.items_accepted
+        ),
+    }
+    assert!(
+        store
+            .get(&ItemId::parse(&after.id).unwrap())
+            .unwrap()
+            .is_none(),
+        "a message sent after the demotion was published"
+    );
+    node.shutdown(DEADLINE).await.unwrap();
+}
+
+/// A TAXII POST is authorised again once its body has arrived: a writer demoted to
+/// read-only by a reload while it was sending the body is refused, and nothing of it is
+/// stored. Before the fix the envelope was stored and answered 202.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taxii_post_whose_writer_is_demoted_while_it_sends_is_not_stored() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    common::init_logging();
+    let pki = Pki::new();
+    let hq = pki.node(HQ);
+    pki.client(ANALYST);
+    let write = |role: &str| {
+        let mut text = common::node_section(&pki, &hq, &pki.path().join("data-hq"));
+        text.push_str(&format!(
+            "\n[[client]]\nid = \"{ANALYST}\"\nrole = \"{role}\"\n\
+             \n[taxii]\nlisten = \"127.0.0.1:0\"\n\
+             \n[limits]\npublishes_per_partner = 1\n"
+        ));
+        let path = pki.path().join("hq.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let config = write("analyst");
+    let node = common::start(&config).await;
+    let taxii = node.taxii_addr().expect("a TAXII listener");
+    let writer = common::https::tls(&pki, ANALYST);
+    let listed = common::https::get(&writer, taxii, "/api/collections/")
+        .await
+        .json();
+    let collection = listed["collections"][0]["id"].as_str().unwrap().to_owned();
+    let objects = format!("/api/collections/{collection}/objects/");
+
+    let id = ItemId::new_random().to_string();
+    let body = serde_json::json!({
+        "objects": [common::https::indicator(
+            &id,
+            "sent-while-demoted.example",
+            "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb",
+        )]
+    })
+    .to_string();
+    let tcp = tokio::net::TcpStream::connect(taxii).await.unwrap();
+    let mut stream = tokio_rustls::TlsConnector::from(writer.clone())
+        .connect(
+            rustls::pki_types::ServerName::IpAddress(taxii.ip().into()),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let head = format!(
+        "POST {objects} HTTP/1.1\r\nHost: {taxii}\r\nConnection: close\r\nAccept: {t}\r\nContent-Type: {t}\r\nContent-Length: {}\r\n\r\n",
+        body.len(),
+        t = common::https::TAXII,
+    );
+    let (first, rest) = body.as_bytes().split_at(body.len() / 2);
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(first).await.unwrap();
+    stream.flush().await.unwrap();
+    // The request holds the writer's one publish slot once it is authorised and reads
+    // its body.
+    let analyst = entente::NodeId::new(ANALYST).unwrap();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while node.engine().open_publish(&analyst).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the POST did not take its slot"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    write("read_only");
+    node.reload_policy().expect("reload");
+    stream.write_all(rest).await.unwrap();
+    stream.flush().await.unwrap();
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut raw)).await;
+    let answer = String::from_utf8_lossy(&raw).into_owned();
+    assert!(
+        !answer.starts_with("HTTP/1.1 202"),
+        "the demoted writer's POST was accepted: {answer}"
+    );
+    let store = node.engine().store().clone();
+    assert!(
+        store
+            .get(&ItemId::parse(&id).unwrap())
+            .unwrap()
+            .is_none(),
+        "the demoted writer's object was stored"
+    );
+    node.shutdown(DEADLINE).await.unwrap();
 }

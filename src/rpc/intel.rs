@@ -50,6 +50,7 @@ impl IntelService {
     /// Two stages overlap: message N+1 is checked and signed while bundle N is written.
     async fn publish_stream(
         &self,
+        connection: &crate::transport::ConnectionInfo,
         publisher: &crate::model::Partner,
         stream: &mut Streaming<PublishRequest>,
         response: &mut PublishResponse,
@@ -87,6 +88,12 @@ impl IntelService {
                 let wait = self.engine.publish_delay(&publisher.id, items.len());
                 if !wait.is_zero() {
                     tokio::time::sleep(wait).await;
+                }
+                // Each message is a write of its own, authorised as it is written: a
+                // reload that demoted or removed the writer refuses it at once, not
+                // only when the connection closes a moment later.
+                if let Some(withdrawal) = connection.withdrawal() {
+                    return Err(Status::from(withdrawal));
                 }
                 let mut distribution = convert::distribution(distribution)?;
                 if !groups.is_empty() {
@@ -221,11 +228,12 @@ impl Intel for IntelService {
     ) -> Result<Response<PublishResponse>, Status> {
         let partner = caller(&request)?.partner.clone();
         require_writer(caller(&request)?)?;
+        let connection = caller(&request)?.clone();
         let _slot = self.engine.open_publish(&partner.id)?;
         let mut stream = request.into_inner();
         let mut response = PublishResponse::default();
         let outcome = self
-            .publish_stream(&partner, &mut stream, &mut response)
+            .publish_stream(&connection, &partner, &mut stream, &mut response)
             .await;
         // Whatever was stored is made durable before answering, error or not.
         self.engine.flush().await?;
