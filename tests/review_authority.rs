@@ -10,7 +10,10 @@
 //!   reload had demoted it to read-only, until its connection closed;
 //! - a TAXII POST whose body arrived after a reload had demoted its writer to
 //!   read-only was still signed and stored: authority was checked when the request's
-//!   head arrived only.
+//!   head arrived only;
+//! - `Admin.Certificates` named every partner that had connected, with its serial and
+//!   when it last connected, to an admin whose policy is narrowed, to which the link
+//!   state and a reload's description of the partners are refused.
 
 mod common;
 
@@ -310,5 +313,48 @@ async fn a_taxii_post_whose_writer_is_demoted_while_it_sends_is_not_stored() {
             .is_none(),
         "the demoted writer's object was stored"
     );
+    node.shutdown(DEADLINE).await.unwrap();
+}
+
+/// A narrowed admin is given its node's own certificate, the trust anchors and its own
+/// certificate, not the other partners' (ids, serials, when each last connected): the
+/// partners and their activity are for the operator and admins that see everything, as
+/// the link state and a reload's description are. Before the fix the researcher's
+/// certificate and last connection were listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_narrowed_admin_is_not_told_which_partners_connect() {
+    common::init_logging();
+    let pki = Pki::new();
+    let hq = pki.node(HQ);
+    for who in ["admin.narrow", "admin.ops", RESEARCHER] {
+        pki.client(who);
+    }
+    let mut text = common::node_section(&pki, &hq, &pki.path().join("data-hq"));
+    text.push_str(&format!(
+        "\n[[client]]\nid = \"admin.narrow\"\nrole = \"admin\"\nmax_tlp = \"GREEN\"\n\
+         \n[[client]]\nid = \"admin.ops\"\nrole = \"admin\"\n\
+         \n[[client]]\nid = \"{RESEARCHER}\"\nrole = \"read_only\"\nallow_types = [\"*\"]\n"
+    ));
+    let path = pki.path().join("hq.toml");
+    std::fs::write(&path, text).unwrap();
+    let node = common::start(&path).await;
+    let bob = common::connect(&pki, &node, RESEARCHER).await;
+    bob.query(ItemFilter::default(), 1, Vec::new()).await.unwrap();
+
+    let names = |answer: entente::rpc::proto::CertificatesResponse| -> Vec<String> {
+        answer.certificates.into_iter().map(|c| c.name).collect()
+    };
+    // The operator's view lists the researcher as it connected.
+    let ops = common::connect(&pki, &node, "admin.ops").await;
+    let full = names(ops.certificates().await.unwrap());
+    assert!(full.iter().any(|n| n == RESEARCHER), "{full:?}");
+
+    let narrow = common::connect(&pki, &node, "admin.narrow").await;
+    let listed = names(narrow.certificates().await.unwrap());
+    assert!(
+        !listed.iter().any(|n| n == RESEARCHER || n == "admin.ops"),
+        "a narrowed admin was told which partners connect: {listed:?}"
+    );
+    assert!(listed.iter().any(|n| n == HQ), "{listed:?}");
     node.shutdown(DEADLINE).await.unwrap();
 }
