@@ -20,12 +20,12 @@ mod common;
 use std::time::Duration;
 
 use common::Pki;
+use entente::Node;
 use entente::client::{ClientError, NodeClient};
 use entente::engine::now_ms;
 use entente::model::ItemId;
 use entente::rpc::proto::{ItemFilter, PublishRequest, StoredItem};
 use entente::wire::{self, Tlp};
-use entente::Node;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -307,10 +307,7 @@ async fn a_taxii_post_whose_writer_is_demoted_while_it_sends_is_not_stored() {
     );
     let store = node.engine().store().clone();
     assert!(
-        store
-            .get(&ItemId::parse(&id).unwrap())
-            .unwrap()
-            .is_none(),
+        store.get(&ItemId::parse(&id).unwrap()).unwrap().is_none(),
         "the demoted writer's object was stored"
     );
     node.shutdown(DEADLINE).await.unwrap();
@@ -339,7 +336,9 @@ async fn a_narrowed_admin_is_not_told_which_partners_connect() {
     std::fs::write(&path, text).unwrap();
     let node = common::start(&path).await;
     let bob = common::connect(&pki, &node, RESEARCHER).await;
-    bob.query(ItemFilter::default(), 1, Vec::new()).await.unwrap();
+    bob.query(ItemFilter::default(), 1, Vec::new())
+        .await
+        .unwrap();
 
     let names = |answer: entente::rpc::proto::CertificatesResponse| -> Vec<String> {
         answer.certificates.into_iter().map(|c| c.name).collect()

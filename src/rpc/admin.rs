@@ -236,9 +236,7 @@ impl Admin for AdminService {
                 .reload
                 .watched_certificates()
                 .into_iter()
-                .filter(|c| {
-                    unrestricted || c.role != CertificateRole::Partner || c.name == asker
-                })
+                .filter(|c| unrestricted || c.role != CertificateRole::Partner || c.name == asker)
                 .map(|c| super::proto::WatchedCertificate {
                     role: c.role.as_str().to_owned(),
                     name: c.name,
