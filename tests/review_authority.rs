@@ -13,7 +13,10 @@
 //!   head arrived only;
 //! - `Admin.Certificates` named every partner that had connected, with its serial and
 //!   when it last connected, to an admin whose policy is narrowed, to which the link
-//!   state and a reload's description of the partners are refused.
+//!   state and a reload's description of the partners are refused;
+//! - rule 7 did not read a UUID with a character that does not show written inside it
+//!   (a zero-width space, a word joiner, a soft hyphen): every reader sees the
+//!   withheld object's UUID, and the object naming it was delivered.
 
 mod common;
 
@@ -355,5 +358,101 @@ async fn a_narrowed_admin_is_not_told_which_partners_connect() {
         "a narrowed admin was told which partners connect: {listed:?}"
     );
     assert!(listed.iter().any(|n| n == HQ), "{listed:?}");
+    node.shutdown(DEADLINE).await.unwrap();
+}
+
+/// Rule 7 over TAXII: an object whose text writes a withheld object's UUID with a
+/// character that does not show inside it (as a reader sees it: the UUID itself) is
+/// withheld like one that writes the UUID plainly. Before the fix the GREEN researcher
+/// listed all three objects naming the AMBER indicator so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uuid_written_with_characters_that_do_not_show_is_still_judged() {
+    use serde_json::json;
+    const GREEN: &str = "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb";
+    const AMBER: &str = "marking-definition--55d920b0-5e8b-4f79-9ee9-91f868d9b421";
+
+    common::init_logging();
+    let pki = Pki::new();
+    let hq = pki.node(HQ);
+    for who in [ANALYST, RESEARCHER] {
+        pki.client(who);
+    }
+    let mut text = common::node_section(&pki, &hq, &pki.path().join("data-hq"));
+    text.push_str(&format!(
+        "\n[[client]]\nid = \"{ANALYST}\"\nrole = \"analyst\"\n\
+         \n[[client]]\nid = \"{RESEARCHER}\"\nrole = \"read_only\"\nallow_types = [\"*\"]\n\
+         \n[taxii]\nlisten = \"127.0.0.1:0\"\n"
+    ));
+    let path = pki.path().join("hq.toml");
+    std::fs::write(&path, text).unwrap();
+    let node = common::start(&path).await;
+    let taxii = node.taxii_addr().unwrap();
+    let writer = common::https::tls(&pki, ANALYST);
+    let reader = common::https::tls(&pki, RESEARCHER);
+    let listed = common::https::get(&writer, taxii, "/api/collections/")
+        .await
+        .json();
+    let collection = listed["collections"][0]["id"].as_str().unwrap().to_owned();
+    let objects = format!("/api/collections/{collection}/objects/");
+
+    let uuid = "c3c3c3c3-0000-4000-8000-000000000001";
+    let secret = common::https::indicator(&format!("indicator--{uuid}"), "amber-c2.example", AMBER);
+    let written = [
+        // A zero-width space, a word joiner and a soft hyphen inside the UUID.
+        (
+            "malware--c3c3c3c3-0000-4000-8000-0000000000a1",
+            "c3c3c3c3-00\u{200b}00-4000-8000-000000000001",
+        ),
+        (
+            "malware--c3c3c3c3-0000-4000-8000-0000000000a2",
+            "c3c3c3c3-0000-4000-80\u{2060}00-000000000001",
+        ),
+        (
+            "malware--c3c3c3c3-0000-4000-8000-0000000000a3",
+            "c3c3c3c3\u{00ad}-0000-4000-8000-000000000001",
+        ),
+    ];
+    let mut envelope = vec![secret];
+    for (id, named) in written {
+        envelope.push(json!({
+            "type": "malware", "spec_version": "2.1", "id": id,
+            "created": "2025-01-01T00:00:00.000Z", "modified": "2025-01-01T00:00:00.000Z",
+            "name": "loader", "is_family": true,
+            "description": format!("talks to the server of {named}"),
+            "object_marking_refs": [GREEN],
+        }));
+    }
+    // A control: the same words without the UUID.
+    envelope.push(json!({
+        "type": "malware", "spec_version": "2.1",
+        "id": "malware--c3c3c3c3-0000-4000-8000-0000000000a0",
+        "created": "2025-01-01T00:00:00.000Z", "modified": "2025-01-01T00:00:00.000Z",
+        "name": "loader", "is_family": true, "description": "talks to a server",
+        "object_marking_refs": [GREEN],
+    }));
+    let posted = common::https::post(
+        &writer,
+        taxii,
+        &objects,
+        &json!({ "objects": envelope }).to_string(),
+    )
+    .await;
+    assert_eq!(posted.status, 202, "{}", posted.text());
+    assert_eq!(posted.json()["success_count"], 5, "{}", posted.text());
+
+    let page = common::https::get(&reader, taxii, &format!("{objects}?limit=1000")).await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    let listed: Vec<String> = page.json()["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o["id"].as_str().map(str::to_owned))
+        .filter(|id| id.starts_with("malware--") || id.starts_with("indicator--"))
+        .collect();
+    assert_eq!(
+        listed,
+        ["malware--c3c3c3c3-0000-4000-8000-0000000000a0"],
+        "an object naming the AMBER indicator reached the GREEN researcher"
+    );
     node.shutdown(DEADLINE).await.unwrap();
 }

@@ -160,15 +160,50 @@ pub fn origin_identity_id(node: &str) -> String {
 /// whatever that object's type.
 fn embedded_ids(text: &str, out: &mut Vec<ItemId>) {
     embedded_ids_as_written(text, out);
-    // A URL may write a UUID's hyphens as `%2D`, which any server reads as `-`; and a
-    // text may write them as a dash that looks like one, which a reader copies as `-`.
-    if text.contains("%2D") || text.contains("%2d") || text.contains(is_look_alike_dash) {
-        let read = text
+    // A URL may write a UUID's hyphens as `%2D`, which any server reads as `-`; a text
+    // may write them as a dash that looks like one, which a reader copies as `-`; and
+    // a character that does not show (a zero-width space, a soft hyphen) written inside
+    // a UUID leaves it as the reader sees it.
+    if text.contains("%2D")
+        || text.contains("%2d")
+        || text.contains(is_look_alike_dash)
+        || text.contains(is_invisible)
+    {
+        let read: String = text
             .replace("%2D", "-")
             .replace("%2d", "-")
-            .replace(is_look_alike_dash, "-");
+            .replace(is_look_alike_dash, "-")
+            .chars()
+            .filter(|&c| !is_invisible(c))
+            .collect();
         embedded_ids_as_written(&read, out);
     }
+}
+
+/// Whether `c` is a character that does not show: one Unicode says is ignored when
+/// displayed (format controls, joiners, the soft hyphen, variation selectors, fillers,
+/// tags), as identity names are read (`policy::admit`).
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFF8}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    )
 }
 
 /// Whether `c` is a dash or minus sign that looks like `-` (Unicode's hyphens, dashes,
@@ -774,6 +809,29 @@ mod tests {
             [
                 "indicator--a1a1a1a1-0000-4000-8000-000000000001",
                 "tool--a1a1a1a1-0000-4000-8000-000000000002",
+            ]
+        );
+    }
+
+    #[test]
+    fn uuids_written_with_characters_that_do_not_show_are_referenced() {
+        let item = context(
+            "malware--a1a1a1a1-0000-4000-8000-000000000009",
+            &[],
+            serde_json::json!({
+                "description": "see a1a1a1a1-00\u{200b}00-4000-8000-000000000001",
+                "x_joined": "tool--a1a1a1a1-0000-4000-80\u{2060}00-000000000002",
+                "x_soft": "a1a1a1a1\u{ad}-0000-4000-8000-000000000003",
+                "x_own": "a1a1a1a1-0000-4000-8000-00000000000\u{feff}9",
+            }),
+        );
+        let referenced: Vec<String> = item.referenced().iter().map(|r| r.to_string()).collect();
+        assert_eq!(
+            referenced,
+            [
+                "indicator--a1a1a1a1-0000-4000-8000-000000000001",
+                "tool--a1a1a1a1-0000-4000-8000-000000000002",
+                "indicator--a1a1a1a1-0000-4000-8000-000000000003",
             ]
         );
     }
