@@ -1028,6 +1028,29 @@ impl Engine {
             .allowed()
     }
 
+    /// Whether `stored` is still the latest version of its id that the store holds (rule
+    /// 6): a stream that was offered a version may find it superseded as it leaves, by a
+    /// newer version in the same bundle or one stored since. A version recorded again
+    /// (in another bundle, or offered again) is the same version. A store error says no.
+    pub fn still_latest(&self, stored: &StoredItem) -> bool {
+        matches!(
+            self.store.get(&stored.item.id),
+            Ok(Some(latest)) if latest.item.modified_ms == stored.item.modified_ms
+        )
+    }
+
+    /// [`Engine::may_still_see`] for a stream of new items (`Subscribe`), which is
+    /// offered every version as it is stored: also only while `stored` is the latest
+    /// version held, as `Query` and `Get` give.
+    pub fn may_still_see_latest(
+        &self,
+        partner: &NodeId,
+        stored: &StoredItem,
+        include_expired: bool,
+    ) -> bool {
+        self.may_still_see(partner, stored, include_expired) && self.still_latest(stored)
+    }
+
     /// The latest version of `id`, if `partner` may see it; recorded in the ledger
     /// before it is returned. Withheld and absent are the same `None`.
     pub async fn get(
@@ -2137,11 +2160,15 @@ impl Subscription {
             let now = now_ms();
             let policy = self.engine.policy();
             let (partner, query) = (&self.subscriber.partner, &self.subscriber.query);
+            // Rule 6: a version superseded since it was offered (a newer one in the
+            // same bundle, or stored since) is not handed out; the newer one, if the
+            // partner may see it, was offered after it.
             if !query.matches_value(&stored, now)
                 || !self
                     .engine
                     .decide_stored(&policy, &partner.id, &stored, now, query.include_expired)
                     .allowed()
+                || !self.engine.still_latest(&stored)
             {
                 continue;
             }

@@ -160,15 +160,102 @@ pub fn origin_identity_id(node: &str) -> String {
 /// whatever that object's type.
 fn embedded_ids(text: &str, out: &mut Vec<ItemId>) {
     embedded_ids_as_written(text, out);
-    // A URL may write a UUID's hyphens as `%2D`, which any server reads as `-`; and a
-    // text may write them as a dash that looks like one, which a reader copies as `-`.
-    if text.contains("%2D") || text.contains("%2d") || text.contains(is_look_alike_dash) {
-        let read = text
+    // A URL may write a UUID's hyphens as `%2D`, which any server reads as `-`; a text
+    // may write them as a dash that looks like one, which a reader copies as `-`; a
+    // character that does not show (a zero-width space, a soft hyphen) written inside
+    // a UUID leaves it as the reader sees it; and text shown as Markdown or HTML (as
+    // threat intelligence platforms show descriptions) may write a hyphen as `\-` or
+    // as a character reference (`&#45;`, `&#x2010;`, `&hyphen;`), shown as the dash.
+    if text.contains("%2D")
+        || text.contains("%2d")
+        || text.contains(|c| is_look_alike_dash(c) || is_invisible(c))
+        || text.contains("\\-")
+        || text.contains("&#")
+        || text.contains("&hyphen;")
+        || text.contains("&dash;")
+        || text.contains("&minus;")
+    {
+        let read: String = shown_dashes(text)
+            // In kept properties (JSON text) the backslash is itself escaped.
+            .replace("\\\\-", "-")
+            .replace("\\-", "-")
             .replace("%2D", "-")
             .replace("%2d", "-")
-            .replace(is_look_alike_dash, "-");
+            .replace(is_look_alike_dash, "-")
+            .chars()
+            .filter(|&c| !is_invisible(c))
+            .collect();
         embedded_ids_as_written(&read, out);
     }
+}
+
+/// `text` with each HTML character reference of a hyphen or of a dash that looks like
+/// one (`&#45;`, `&#x2D;`, `&#8208;`, `&hyphen;`, `&dash;`, `&minus;`) written as `-`.
+fn shown_dashes(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('&') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        let reference = rest
+            .get(1..)
+            .and_then(|r| r.find(';'))
+            .filter(|&end| end <= 10)
+            .map(|end| &rest[1..=end]);
+        let dash = reference.is_some_and(|name| {
+            let code = match name.strip_prefix('#') {
+                Some(number) => match number.strip_prefix(['x', 'X']) {
+                    Some(hex) => u32::from_str_radix(hex, 16).ok(),
+                    None => number.parse::<u32>().ok(),
+                },
+                None => None,
+            };
+            match code {
+                Some(code) => {
+                    char::from_u32(code).is_some_and(|c| c == '-' || is_look_alike_dash(c))
+                }
+                None => matches!(name, "hyphen" | "dash" | "minus"),
+            }
+        });
+        match reference {
+            Some(name) if dash => {
+                out.push('-');
+                rest = &rest[name.len() + 2..];
+            }
+            _ => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Whether `c` is a character that does not show: one Unicode says is ignored when
+/// displayed (format controls, joiners, the soft hyphen, variation selectors, fillers,
+/// tags), as identity names are read (`policy::admit`).
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFF8}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    )
 }
 
 /// Whether `c` is a dash or minus sign that looks like `-` (Unicode's hyphens, dashes,
@@ -775,6 +862,54 @@ mod tests {
                 "indicator--a1a1a1a1-0000-4000-8000-000000000001",
                 "tool--a1a1a1a1-0000-4000-8000-000000000002",
             ]
+        );
+    }
+
+    #[test]
+    fn uuids_written_with_characters_that_do_not_show_are_referenced() {
+        let item = context(
+            "malware--a1a1a1a1-0000-4000-8000-000000000009",
+            &[],
+            serde_json::json!({
+                "description": "see a1a1a1a1-00\u{200b}00-4000-8000-000000000001",
+                "x_joined": "tool--a1a1a1a1-0000-4000-80\u{2060}00-000000000002",
+                "x_soft": "a1a1a1a1\u{ad}-0000-4000-8000-000000000003",
+                "x_own": "a1a1a1a1-0000-4000-8000-00000000000\u{feff}9",
+            }),
+        );
+        let referenced: Vec<String> = item.referenced().iter().map(|r| r.to_string()).collect();
+        assert_eq!(
+            referenced,
+            [
+                "indicator--a1a1a1a1-0000-4000-8000-000000000001",
+                "tool--a1a1a1a1-0000-4000-8000-000000000002",
+                "indicator--a1a1a1a1-0000-4000-8000-000000000003",
+            ]
+        );
+    }
+
+    #[test]
+    fn uuids_written_with_markdown_escapes_or_character_references_are_referenced() {
+        let item = context(
+            "malware--a1a1a1a1-0000-4000-8000-000000000009",
+            &[],
+            serde_json::json!({
+                "description": "see a1a1a1a1\\-0000\\-4000\\-8000\\-000000000001 and a1a1a1a1&#45;0000&#x2D;4000&#8208;8000&hyphen;000000000002",
+                "x_html": "tool--a1a1a1a1&#X2d;0000&minus;4000&dash;8000&#0045;000000000003 &amp; &#46; &#x2e; &nothing",
+            }),
+        );
+        let referenced: Vec<String> = item.referenced().iter().map(|r| r.to_string()).collect();
+        assert_eq!(
+            referenced,
+            [
+                "indicator--a1a1a1a1-0000-4000-8000-000000000001",
+                "indicator--a1a1a1a1-0000-4000-8000-000000000002",
+                "tool--a1a1a1a1-0000-4000-8000-000000000003",
+            ]
+        );
+        assert_eq!(
+            shown_dashes("a &amp; b &#45 c &#x2D; &"),
+            "a &amp; b &#45 c - &"
         );
     }
 

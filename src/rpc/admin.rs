@@ -87,6 +87,7 @@ fn still_unrestricted(engine: &Engine, partner: &NodeId) -> Result<(), Status> {
     )))
 }
 
+use crate::transport::expiry::CertificateRole;
 use crate::util::hex;
 
 type BoxStream<T> =
@@ -223,12 +224,19 @@ impl Admin for AdminService {
         &self,
         request: Request<super::proto::CertificatesRequest>,
     ) -> Result<Response<super::proto::CertificatesResponse>, Status> {
-        require_admin(caller(&request)?)?;
+        let info = caller(&request)?;
+        require_admin(info)?;
+        // Partners' certificates (their ids, serials and when each last connected) are
+        // for those that see everything, as the link state is; a narrowed admin is
+        // given the node's own certificate, the trust anchors and its own.
+        let unrestricted = self.engine.sees_everything(&info.partner.id);
+        let asker = info.partner.id.as_str().to_owned();
         Ok(Response::new(super::proto::CertificatesResponse {
             certificates: self
                 .reload
                 .watched_certificates()
                 .into_iter()
+                .filter(|c| unrestricted || c.role != CertificateRole::Partner || c.name == asker)
                 .map(|c| super::proto::WatchedCertificate {
                     role: c.role.as_str().to_owned(),
                     name: c.name,

@@ -50,6 +50,7 @@ impl IntelService {
     /// Two stages overlap: message N+1 is checked and signed while bundle N is written.
     async fn publish_stream(
         &self,
+        connection: &crate::transport::ConnectionInfo,
         publisher: &crate::model::Partner,
         stream: &mut Streaming<PublishRequest>,
         response: &mut PublishResponse,
@@ -87,6 +88,12 @@ impl IntelService {
                 let wait = self.engine.publish_delay(&publisher.id, items.len());
                 if !wait.is_zero() {
                     tokio::time::sleep(wait).await;
+                }
+                // Each message is a write of its own, authorised as it is written: a
+                // reload that demoted or removed the writer refuses it at once, not
+                // only when the connection closes a moment later.
+                if let Some(withdrawal) = connection.withdrawal() {
+                    return Err(Status::from(withdrawal));
                 }
                 let mut distribution = convert::distribution(distribution)?;
                 if !groups.is_empty() {
@@ -221,11 +228,12 @@ impl Intel for IntelService {
     ) -> Result<Response<PublishResponse>, Status> {
         let partner = caller(&request)?.partner.clone();
         require_writer(caller(&request)?)?;
+        let connection = caller(&request)?.clone();
         let _slot = self.engine.open_publish(&partner.id)?;
         let mut stream = request.into_inner();
         let mut response = PublishResponse::default();
         let outcome = self
-            .publish_stream(&partner, &mut stream, &mut response)
+            .publish_stream(&connection, &partner, &mut stream, &mut response)
             .await;
         // Whatever was stored is made durable before answering, error or not.
         self.engine.flush().await?;
@@ -337,6 +345,7 @@ impl Intel for IntelService {
             engine: self.engine.clone(),
             partner: partner.id.clone(),
             include_expired: query.include_expired,
+            latest_only: true,
         };
         let mut subscription = self.engine.subscribe(partner, query);
         let shutdown = self.shutdown.clone();
@@ -396,6 +405,7 @@ impl Intel for IntelService {
             engine: self.engine.clone(),
             partner: partner.id.clone(),
             include_expired: query.include_expired,
+            latest_only: false,
         };
         let stream = checked_stream(recheck, move |tx| async move {
             let _slot = slot;
@@ -470,6 +480,9 @@ struct Recheck {
     engine: Arc<Engine>,
     partner: crate::model::NodeId,
     include_expired: bool,
+    /// A stream of new items (`Subscribe`): a version superseded since it was decided
+    /// is dropped too.
+    latest_only: bool,
 }
 
 /// A message and the item it discloses (`None`: discloses nothing).
@@ -493,10 +506,18 @@ where
     }));
     Box::pin(
         tokio_stream::wrappers::ReceiverStream::new(rx).filter_map(move |next| match next {
-            Ok((message, Some(stored))) => recheck
-                .engine
-                .may_still_see(&recheck.partner, &stored, recheck.include_expired)
-                .then_some(Ok(message)),
+            Ok((message, Some(stored))) => if recheck.latest_only {
+                recheck.engine.may_still_see_latest(
+                    &recheck.partner,
+                    &stored,
+                    recheck.include_expired,
+                )
+            } else {
+                recheck
+                    .engine
+                    .may_still_see(&recheck.partner, &stored, recheck.include_expired)
+            }
+            .then_some(Ok(message)),
             Ok((message, None)) => Some(Ok(message)),
             Err(status) => Some(Err(status)),
         }),

@@ -49,6 +49,9 @@ pub struct Caller {
     pub basic: bool,
     /// The connection's read-ahead of listing pages, if it keeps one.
     pub read_ahead: Option<Arc<ReadAhead>>,
+    /// The connection's certificate access, if it presented a certificate: a reload
+    /// that demotes or removes the caller withdraws it.
+    pub access: Option<crate::transport::ConnectionInfo>,
 }
 
 impl Caller {
@@ -61,6 +64,17 @@ impl Caller {
                 PartnerKind::Client => matches!(self.partner.role, Role::Analyst | Role::Admin),
                 PartnerKind::Node => false,
             }
+    }
+
+    /// Whether the caller may still write now: the request was authorised when its head
+    /// arrived, and a reload while its body was sent (or while it waited for its
+    /// publishing rate) may have demoted or removed the caller since.
+    fn may_still_write(&self) -> bool {
+        self.can_write()
+            && self
+                .access
+                .as_ref()
+                .is_some_and(|access| access.withdrawal().is_none())
     }
 }
 
@@ -657,6 +671,11 @@ impl Handlers {
                 );
             }
         };
+        // Authorised again now that the body is here: a writer that a reload demoted or
+        // removed while it was sending is refused as any withdrawn connection is.
+        if !caller.may_still_write() {
+            return unauthorized();
+        }
         let request_ms = now_ms();
         // Parsing (up to `max_body_bytes` of JSON) runs off the async workers. The
         // envelope's objects are read as a STIX bundle, by the same import the command
@@ -707,6 +726,9 @@ impl Handlers {
             Some(outcomes) => (parsed, outcomes),
             None => {
                 tokio::time::sleep(wait).await;
+                if !caller.may_still_write() {
+                    return unauthorized();
+                }
                 let engine = self.engine.clone();
                 let publisher = caller.partner.clone();
                 let stored = tokio::task::spawn_blocking(move || {

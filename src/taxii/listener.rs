@@ -450,6 +450,7 @@ async fn authenticate(
                 partner,
                 basic: false,
                 read_ahead: Some(connection.read_ahead.clone()),
+                access: Some(info.clone()),
             }),
             Err(withdrawal) => {
                 tracing::info!(peer = %info.partner.id, reason = %withdrawal.reason, "TAXII request from a connection whose access was withdrawn");
@@ -513,6 +514,7 @@ async fn authenticate(
                 partner,
                 basic: true,
                 read_ahead: Some(connection.read_ahead.clone()),
+                access: None,
             })
         }
         _ => Err(super::handlers::unauthorized()),
