@@ -339,13 +339,14 @@ impl<'de> Visitor<'de> for ElementVisitor<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Element, A::Error> {
         self.budget.take()?;
-        let mut object = RawObject::default();
+        // Filled in place, where it is kept.
+        let mut object = Box::<RawObject>::default();
         while let Some(key) = map.next_key_seed(KeySeed)? {
             // A name given twice is refused at every depth, not only here.
             let value = map.next_value_seed(self.budget)?;
             object.set(key, value).map_err(de::Error::custom)?;
         }
-        Ok(Element::Object(Box::new(object)))
+        Ok(Element::Object(object))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Element, A::Error> {
@@ -578,7 +579,9 @@ fn parse_objects(objects: &mut [Element], now_ms: i64, sink: &mut Sink<'_>) -> R
     // different values: which one is meant cannot be told, and publishing both would make
     // one the silent replacement of the other.
     // Each id maps to the object's place in the input and its item's place in `sink`.
-    let mut first_seen: HashMap<ItemId, (usize, usize)> = HashMap::new();
+    // Sized for a TAXII envelope's objects at once (those of a large file still grow it).
+    let mut first_seen: HashMap<ItemId, (usize, usize)> =
+        HashMap::with_capacity(objects.len().min(PRESIZED_IDS));
     for (index, element) in objects.iter_mut().enumerate() {
         sink.count()?;
         let object = match element {
@@ -639,6 +642,9 @@ fn parse_objects(objects: &mut [Element], now_ms: i64, sink: &mut Sink<'_>) -> R
     }
     Ok(())
 }
+
+/// Most ids the map of an input's first items is sized for before it is filled.
+const PRESIZED_IDS: usize = 10_000;
 
 /// The start of a value, for messages.
 /// The error for a property name given twice in one object.

@@ -968,7 +968,13 @@ fn status_resource(
         let outcome: Result<(), String> = if !carried {
             Err("not stored: this node holds indicators and the malware, threat-actor, intrusion-set, campaign, attack-pattern, tool, report and relationship objects around them".into())
         } else {
-            match by_id.get(&entry.id.to_ascii_lowercase()) {
+            // Ids are parsed in lower case; most are written so and need no copy.
+            let id = if entry.id.bytes().any(|b| b.is_ascii_uppercase()) {
+                std::borrow::Cow::Owned(entry.id.to_ascii_lowercase())
+            } else {
+                std::borrow::Cow::Borrowed(entry.id.as_str())
+            };
+            match by_id.get(id.as_ref()) {
                 Some(at) => outcomes
                     .get(*at)
                     .cloned()
