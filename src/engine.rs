@@ -441,10 +441,13 @@ impl Engine {
     /// would narrow what the others get is refused, so that the caller signs each alone.
     /// A new version of an item of this node's that a compaction dropped as expired is
     /// refused: the distribution it had is no longer known.
+    ///
+    /// The items go into the bundle without being copied: once they are signed, `items`
+    /// is left empty; when they are refused, it is left as it was.
     pub fn sign_keeping_distribution(
         &self,
         publisher: &Partner,
-        items: &[Item],
+        items: &mut Vec<Item>,
         now_ms: i64,
     ) -> Result<VerifiedBundle, EngineError> {
         let requested = Distribution::default();
@@ -500,7 +503,9 @@ impl Engine {
             }
             distribution = kept;
         }
-        Ok(self.signer.sign(items, &distribution, now_ms)?)
+        Ok(self
+            .signer
+            .sign_owned(std::mem::take(items), &distribution, now_ms)?)
     }
 
     /// Completes a revocation submitted for publishing (item `at` of its message) from

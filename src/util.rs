@@ -1,5 +1,6 @@
 //! Small helpers the whole node shares: the clock in Unix milliseconds, bytes as
-//! hexadecimal text, and times as RFC 3339 text.
+//! hexadecimal text, times as RFC 3339 text, and protobuf fields written from borrowed
+//! values.
 
 use time::OffsetDateTime;
 
@@ -75,6 +76,90 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     (year, month, day)
+}
+
+/// Protobuf fields written as prost's generated code writes them, from borrowed
+/// values: a message whose fields the caller holds elsewhere is encoded without being
+/// copied into its prost struct first. Each `*_len` is what the writer beside it
+/// appends. Singular fields follow proto3 (left out when empty or zero); a repeated
+/// element, an `optional` number and a message are written whenever present.
+pub(crate) mod proto {
+    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+
+    /// A singular `string` or `bytes` field.
+    pub(crate) fn bytes_len(tag: u32, value: &[u8]) -> usize {
+        if value.is_empty() {
+            0
+        } else {
+            element_len(tag, value)
+        }
+    }
+
+    pub(crate) fn bytes(tag: u32, value: &[u8], buf: &mut Vec<u8>) {
+        if !value.is_empty() {
+            element(tag, value, buf);
+        }
+    }
+
+    /// One element of a repeated `string` or `bytes` field.
+    pub(crate) fn element_len(tag: u32, value: &[u8]) -> usize {
+        key_len(tag) + encoded_len_varint(value.len() as u64) + value.len()
+    }
+
+    pub(crate) fn element(tag: u32, value: &[u8], buf: &mut Vec<u8>) {
+        encode_key(tag, WireType::LengthDelimited, buf);
+        encode_varint(value.len() as u64, buf);
+        buf.extend_from_slice(value);
+    }
+
+    /// A repeated `string` field.
+    pub(crate) fn strings_len(tag: u32, values: &[String]) -> usize {
+        values.iter().map(|v| element_len(tag, v.as_bytes())).sum()
+    }
+
+    pub(crate) fn strings(tag: u32, values: &[String], buf: &mut Vec<u8>) {
+        for value in values {
+            element(tag, value.as_bytes(), buf);
+        }
+    }
+
+    /// A varint field present whatever its value (an `optional` number), as prost
+    /// widens it to 64 bits: `int64` as is, `uint32` with zeros, `int32` and
+    /// enumerations with their sign.
+    pub(crate) fn varint_len(tag: u32, value: u64) -> usize {
+        key_len(tag) + encoded_len_varint(value)
+    }
+
+    pub(crate) fn varint(tag: u32, value: u64, buf: &mut Vec<u8>) {
+        encode_key(tag, WireType::Varint, buf);
+        encode_varint(value, buf);
+    }
+
+    /// A singular varint field (left out when zero).
+    pub(crate) fn nonzero_len(tag: u32, value: u64) -> usize {
+        if value == 0 {
+            0
+        } else {
+            varint_len(tag, value)
+        }
+    }
+
+    pub(crate) fn nonzero(tag: u32, value: u64, buf: &mut Vec<u8>) {
+        if value != 0 {
+            varint(tag, value, buf);
+        }
+    }
+
+    /// A message field whose body is `len` bytes.
+    pub(crate) fn message_len(tag: u32, len: usize) -> usize {
+        key_len(tag) + encoded_len_varint(len as u64) + len
+    }
+
+    /// The key and length of a message field; its body follows.
+    pub(crate) fn message_head(tag: u32, len: usize, buf: &mut Vec<u8>) {
+        encode_key(tag, WireType::LengthDelimited, buf);
+        encode_varint(len as u64, buf);
+    }
 }
 
 #[cfg(test)]

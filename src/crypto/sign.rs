@@ -77,11 +77,30 @@ impl BundleSigner {
         if items.is_empty() || items.len() > MAX_ITEMS_PER_BUNDLE {
             return Err(SignError::ItemCount(items.len()));
         }
+        self.sign_owned(items.to_vec(), distribution, created_ms)
+    }
+
+    /// [`Self::sign`] of items the caller gives up: they go into the bundle without
+    /// being copied.
+    pub fn sign_owned(
+        &self,
+        items: Vec<Item>,
+        distribution: &Distribution,
+        created_ms: i64,
+    ) -> Result<VerifiedBundle, SignError> {
+        if items.is_empty() || items.len() > MAX_ITEMS_PER_BUNDLE {
+            return Err(SignError::ItemCount(items.len()));
+        }
+        let item_count = items.len();
         let mut leaf_digests = Vec::with_capacity(items.len());
         let mut verified = Vec::with_capacity(items.len());
         let mut salts = vec![0u8; SALT_LEN * items.len()];
         self.rng.fill(&mut salts).map_err(|_| SignError::Random)?;
-        for ((index, item), salt) in items.iter().enumerate().zip(salts.chunks_exact(SALT_LEN)) {
+        for ((index, item), salt) in items
+            .into_iter()
+            .enumerate()
+            .zip(salts.chunks_exact(SALT_LEN))
+        {
             let mut salt_bytes = [0u8; SALT_LEN];
             salt_bytes.copy_from_slice(salt);
             let item_bytes = item.encode();
@@ -91,7 +110,7 @@ impl BundleSigner {
                 index: index as u32,
                 salt: salt_bytes,
                 item_bytes,
-                item: item.clone(),
+                item,
             });
         }
         let bundle_id = BundleId::new_random();
@@ -118,7 +137,7 @@ impl BundleSigner {
             signer_cert_sha256: self.cert_sha256,
             distribution: distribution.clone(),
             // Bounded by MAX_ITEMS_PER_BUNDLE above.
-            item_count: items.len() as u32,
+            item_count: item_count as u32,
         };
         let header_bytes = header.encode_to_vec();
         let signature = self

@@ -339,13 +339,14 @@ impl<'de> Visitor<'de> for ElementVisitor<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Element, A::Error> {
         self.budget.take()?;
-        let mut object = RawObject::default();
+        // Filled in place, where it is kept.
+        let mut object = Box::<RawObject>::default();
         while let Some(key) = map.next_key_seed(KeySeed)? {
             // A name given twice is refused at every depth, not only here.
             let value = map.next_value_seed(self.budget)?;
             object.set(key, value).map_err(de::Error::custom)?;
         }
-        Ok(Element::Object(Box::new(object)))
+        Ok(Element::Object(object))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Element, A::Error> {
@@ -577,7 +578,10 @@ fn parse_objects(objects: &mut [Element], now_ms: i64, sink: &mut Sink<'_>) -> R
     // The indicator each id was first read as, to refuse an input that gives one id two
     // different values: which one is meant cannot be told, and publishing both would make
     // one the silent replacement of the other.
-    let mut first_seen: HashMap<ItemId, (usize, IndicatorType, String)> = HashMap::new();
+    // Each id maps to the object's place in the input and its item's place in `sink`.
+    // Sized for a TAXII envelope's objects at once (those of a large file still grow it).
+    let mut first_seen: HashMap<ItemId, (usize, usize)> =
+        HashMap::with_capacity(objects.len().min(PRESIZED_IDS));
     for (index, element) in objects.iter_mut().enumerate() {
         sink.count()?;
         let object = match element {
@@ -609,10 +613,14 @@ fn parse_objects(objects: &mut [Element], now_ms: i64, sink: &mut Sink<'_>) -> R
                     continue;
                 };
                 let ty = item.indicator_type();
-                let (first, first_ty, first_value) = first_seen
-                    .entry(item.id.clone())
-                    .or_insert_with(|| (index, ty, value.to_owned()));
-                if *first_ty != ty || first_value != value {
+                let &mut (first, first_item) =
+                    first_seen.entry(item.id.clone()).or_insert((index, before));
+                let Some(first_item) = sink.out.items.get(first_item) else {
+                    continue;
+                };
+                let first_ty = first_item.indicator_type();
+                let first_value = first_item.value().unwrap_or_default();
+                if first_ty != ty || first_value != value {
                     let reason = format!(
                         "objects[{first}] and objects[{index}] have the same id {} but different \
                          values ({first_ty} {:?} and {ty} {:?}); the whole input is refused",
@@ -634,6 +642,9 @@ fn parse_objects(objects: &mut [Element], now_ms: i64, sink: &mut Sink<'_>) -> R
     }
     Ok(())
 }
+
+/// Most ids the map of an input's first items is sized for before it is filled.
+const PRESIZED_IDS: usize = 10_000;
 
 /// The start of a value, for messages.
 /// The error for a property name given twice in one object.
@@ -687,16 +698,35 @@ fn indicator(object: &mut RawObject, markings: &Definitions, now_ms: i64) -> Res
         Some(Value::Bool(revoked)) => *revoked,
         Some(_) => return Err("revoked is not true or false".into()),
     };
-    let mut kept = object.with_named(other);
+    let mut kept = other;
+    // The named properties an indicator keeps that nothing reads again are taken rather
+    // than copied (the markings were read from the whole input before).
+    for (name, value) in [
+        ("name", object.name.take()),
+        ("definition_type", object.definition_type.take()),
+        ("definition", object.definition.take()),
+        ("extensions", object.extensions.take()),
+        (
+            "x_opencti_definition_type",
+            object.x_opencti_definition_type.take(),
+        ),
+        ("x_opencti_definition", object.x_opencti_definition.take()),
+    ] {
+        if let Some(value) = value {
+            kept.insert(name.to_owned(), value);
+        }
+    }
     // A confidence of 0 and `revoked: false` are kept as given (the model reads them as
     // it reads their absence), and so are kill chain phases the model's `chain:phase`
-    // form cannot hold; the model keeps none of the other modelled ones.
+    // form cannot hold, and an empty description; the model keeps none of the other
+    // modelled ones. Those read again below are copied only when kept.
     for (name, value) in [
+        ("description", &object.description),
         ("confidence", &object.confidence),
         ("revoked", &object.revoked),
         ("kill_chain_phases", &object.kill_chain_phases),
     ] {
-        if let Some(value) = value {
+        if let Some(value) = value.as_ref().filter(|v| Holder::Indicator.keeps(name, v)) {
             kept.insert(name.to_owned(), value.clone());
         }
     }

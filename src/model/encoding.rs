@@ -222,9 +222,13 @@ impl Item {
         Item::try_from(draft)
     }
 
-    /// The exact bytes that are hashed into a bundle: the prost encoding of the wire form.
+    /// The exact bytes that are hashed into a bundle: the prost encoding of the wire form,
+    /// written straight from the item (the same bytes as
+    /// `wire::Item::from(self).encode_to_vec()`, without copying its strings first).
     pub fn encode(&self) -> Vec<u8> {
-        prost::Message::encode_to_vec(&wire::Item::from(self))
+        let mut buf = Vec::with_capacity(direct::item_len(self));
+        direct::item(self, &mut buf);
+        buf
     }
 
     /// Decodes item bytes that this node verified and stored earlier, without
@@ -244,6 +248,107 @@ impl Item {
             problem: format!("cannot decode: {e}"),
         })?;
         Item::try_from(wire)
+    }
+}
+
+/// The prost encoding of [`wire::Item`] written from the model, field by field in tag
+/// order as the generated code writes them ([`crate::util::proto`]).
+mod direct {
+    use super::{ContextObject, Indicator, Item, ItemKind, wire};
+    use crate::util::proto::{
+        bytes, bytes_len, element, element_len, message_head, message_len, nonzero, nonzero_len,
+        strings, strings_len, varint, varint_len,
+    };
+
+    fn indicator_len(i: &Indicator) -> usize {
+        bytes_len(1, i.indicator_type.as_str().as_bytes())
+            + bytes_len(2, i.value.as_bytes())
+            + bytes_len(3, i.description.as_bytes())
+            + nonzero_len(4, u64::from(i.confidence))
+            + strings_len(5, &i.kill_chain_phases)
+            + nonzero_len(6, i.valid_from_ms as u64)
+            + i.valid_until_ms
+                .map_or(0, |until| varint_len(7, until as u64))
+            + bytes_len(8, i.properties.as_str().as_bytes())
+    }
+
+    fn indicator(i: &Indicator, buf: &mut Vec<u8>) {
+        bytes(1, i.indicator_type.as_str().as_bytes(), buf);
+        bytes(2, i.value.as_bytes(), buf);
+        bytes(3, i.description.as_bytes(), buf);
+        nonzero(4, u64::from(i.confidence), buf);
+        strings(5, &i.kill_chain_phases, buf);
+        nonzero(6, i.valid_from_ms as u64, buf);
+        if let Some(until) = i.valid_until_ms {
+            varint(7, until as u64, buf);
+        }
+        bytes(8, i.properties.as_str().as_bytes(), buf);
+    }
+
+    fn context_len(c: &ContextObject) -> usize {
+        bytes_len(1, c.object_type.as_str().as_bytes())
+            + c.refs
+                .iter()
+                .map(|r| element_len(2, r.as_str().as_bytes()))
+                .sum::<usize>()
+            + bytes_len(3, c.properties.as_str().as_bytes())
+    }
+
+    /// The tag of the item's `kind` and the length of its body.
+    fn kind_len(item: &Item) -> (u32, usize) {
+        match &item.kind {
+            ItemKind::Indicator(i) => (10, indicator_len(i)),
+            ItemKind::Revocation(r) => (
+                11,
+                bytes_len(1, r.reason.as_bytes())
+                    + bytes_len(2, r.indicator_type.as_str().as_bytes())
+                    + r.indicator
+                        .as_deref()
+                        .map_or(0, |i| message_len(3, indicator_len(i))),
+            ),
+            ItemKind::Context(c) => (12, context_len(c)),
+        }
+    }
+
+    fn tlp(item: &Item) -> u64 {
+        // An enumeration is an `int32`, widened with its sign as prost does.
+        i64::from(wire::Tlp::from(item.tlp) as i32) as u64
+    }
+
+    pub(super) fn item_len(item: &Item) -> usize {
+        let (tag, len) = kind_len(item);
+        bytes_len(1, item.id.as_str().as_bytes())
+            + nonzero_len(2, item.modified_ms as u64)
+            + nonzero_len(3, tlp(item))
+            + strings_len(4, &item.tags)
+            + message_len(tag, len)
+    }
+
+    pub(super) fn item(item: &Item, buf: &mut Vec<u8>) {
+        bytes(1, item.id.as_str().as_bytes(), buf);
+        nonzero(2, item.modified_ms as u64, buf);
+        nonzero(3, tlp(item), buf);
+        strings(4, &item.tags, buf);
+        let (tag, len) = kind_len(item);
+        message_head(tag, len, buf);
+        match &item.kind {
+            ItemKind::Indicator(i) => indicator(i, buf),
+            ItemKind::Revocation(r) => {
+                bytes(1, r.reason.as_bytes(), buf);
+                bytes(2, r.indicator_type.as_str().as_bytes(), buf);
+                if let Some(i) = r.indicator.as_deref() {
+                    message_head(3, indicator_len(i), buf);
+                    indicator(i, buf);
+                }
+            }
+            ItemKind::Context(c) => {
+                bytes(1, c.object_type.as_str().as_bytes(), buf);
+                for r in &c.refs {
+                    element(2, r.as_str().as_bytes(), buf);
+                }
+                bytes(3, c.properties.as_str().as_bytes(), buf);
+            }
+        }
     }
 }
 
@@ -283,6 +388,91 @@ mod tests {
             ..sample()
         };
         assert_eq!(Item::decode(&revocation.encode()).unwrap(), revocation);
+    }
+
+    /// The direct encoding gives the very bytes of the wire form's prost encoding, for
+    /// every kind of item and the edges of each field (empty, zero, negative, absent,
+    /// long enough for a two-byte length).
+    #[test]
+    fn direct_encoding_is_the_wire_encoding() {
+        let long = "x".repeat(300);
+        let indicators = [
+            match sample().kind {
+                ItemKind::Indicator(i) => i,
+                _ => unreachable!(),
+            },
+            Indicator {
+                indicator_type: IndicatorType::Url,
+                value: long.clone(),
+                description: String::new(),
+                confidence: 0,
+                kill_chain_phases: vec![String::new(), long.clone()],
+                valid_from_ms: 0,
+                valid_until_ms: Some(0),
+                properties: StixProperties::trusted(format!("{{\"name\":\"{long}\"}}")),
+            },
+            Indicator {
+                indicator_type: IndicatorType::StixPattern,
+                value: String::new(),
+                description: long.clone(),
+                confidence: 100,
+                kill_chain_phases: Vec::new(),
+                valid_from_ms: -5,
+                valid_until_ms: Some(-1),
+                properties: StixProperties::none(),
+            },
+        ];
+        let mut kinds: Vec<ItemKind> = Vec::new();
+        for indicator in &indicators {
+            kinds.push(ItemKind::Indicator(indicator.clone()));
+            kinds.push(ItemKind::Revocation(Revocation {
+                indicator_type: indicator.indicator_type,
+                reason: "false positive".into(),
+                indicator: Some(Box::new(indicator.clone())),
+            }));
+        }
+        kinds.push(ItemKind::Revocation(Revocation {
+            indicator_type: IndicatorType::Domain,
+            reason: String::new(),
+            indicator: None,
+        }));
+        for refs in [Vec::new(), vec![ItemId::new_random(), ItemId::new_random()]] {
+            for properties in [
+                StixProperties::none(),
+                StixProperties::trusted(format!("{{\"relationship_type\":\"{long}\"}}")),
+            ] {
+                kinds.push(ItemKind::Context(ContextObject {
+                    object_type: IndicatorType::Relationship,
+                    refs: refs.clone(),
+                    properties,
+                }));
+            }
+        }
+        for kind in kinds {
+            for (modified_ms, tlp, tags) in [
+                (
+                    1_700_000_000_000,
+                    Tlp::Amber,
+                    vec!["source:honeypot".to_owned()],
+                ),
+                (0, Tlp::Clear, Vec::new()),
+                (-1, Tlp::Red, vec![String::new(), long.clone()]),
+                (i64::MAX, Tlp::AmberStrict, vec!["a".to_owned()]),
+                (i64::MIN, Tlp::Green, Vec::new()),
+            ] {
+                let item = Item {
+                    modified_ms,
+                    tlp,
+                    tags,
+                    kind: kind.clone(),
+                    ..sample()
+                };
+                let expected = prost::Message::encode_to_vec(&wire::Item::from(&item));
+                let encoded = item.encode();
+                assert_eq!(encoded, expected, "{item:?}");
+                assert_eq!(direct::item_len(&item), encoded.len(), "{item:?}");
+            }
+        }
     }
 
     #[test]

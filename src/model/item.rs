@@ -603,7 +603,12 @@ impl ItemId {
     pub fn parse(s: &str) -> Result<Self, ModelError> {
         let bad = || ModelError::BadId(s.chars().take(80).collect());
         let (ty, rest) = s.split_once("--").ok_or_else(bad)?;
-        let ty = ty.to_ascii_lowercase();
+        // Most ids are written in lower case already, and need no copy to be compared.
+        let ty = if ty.bytes().any(|b| b.is_ascii_uppercase()) {
+            std::borrow::Cow::Owned(ty.to_ascii_lowercase())
+        } else {
+            std::borrow::Cow::Borrowed(ty)
+        };
         if ty != "indicator" && IndicatorType::context_type(&ty).is_none() {
             return Err(bad());
         }

@@ -65,6 +65,12 @@ pub enum Holder {
 }
 
 impl Holder {
+    /// Whether `key` (with `value`) is kept as a property: not carried by the holder
+    /// itself ([`StixProperties::keep_for`] keeps exactly these).
+    pub(crate) fn keeps(self, key: &str, value: &Value) -> bool {
+        !self.models(key, value)
+    }
+
     /// Whether `key` (with `value`) is carried by the holder itself.
     fn models(self, key: &str, value: &Value) -> bool {
         match self {

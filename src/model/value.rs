@@ -656,7 +656,7 @@ fn normalise_url(value: &str) -> Result<String, String> {
     if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("contains whitespace or a control character".into());
     }
-    if let Some(c) = value.chars().find(|&c| is_format_char(c)) {
+    if let Some(c) = value.chars().find(|&c| !c.is_ascii() && is_format_char(c)) {
         return Err(format!(
             "contains the invisible character U+{:04X} (percent-encode it)",
             u32::from(c)
@@ -752,6 +752,7 @@ fn split_host_port(host_port: &str) -> Result<(&str, Option<&str>), String> {
 /// bidirectional controls, the byte-order mark, tags. They print as nothing, so two
 /// values that differ only by them look the same to a reader, and a leading U+FEFF is
 /// taken for a byte-order mark when a value is written into a file and read back.
+/// None is ASCII (callers skip ASCII characters before asking).
 fn is_format_char(c: char) -> bool {
     matches!(
         c,
@@ -805,7 +806,7 @@ fn normalise_email(value: &str) -> Result<String, String> {
     if local.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("local part contains whitespace or a control character".into());
     }
-    if let Some(c) = local.chars().find(|&c| is_format_char(c)) {
+    if let Some(c) = local.chars().find(|&c| !c.is_ascii() && is_format_char(c)) {
         return Err(format!(
             "local part contains the invisible character U+{:04X}",
             u32::from(c)

@@ -145,6 +145,17 @@ impl FrameBuilder {
         self.count += 1;
     }
 
+    /// Adds one item record from borrowed fields, encoded in place (the same bytes as
+    /// [`Self::record`] of the record with those fields).
+    pub fn record_ref(&mut self, record: &super::records::ItemRecordRef<'_>) {
+        let len = record.encoded_len();
+        self.body.extend_from_slice(&(len as u32).to_le_bytes());
+        self.item_spans.push((self.body.len(), len as u32));
+        self.body.reserve(len);
+        record.encode(&mut self.body);
+        self.count += 1;
+    }
+
     /// Adds one item record given as bytes.
     pub fn item(&mut self, record: &[u8]) {
         self.body
@@ -503,12 +514,13 @@ impl BundleLog {
         let mut parts = Vec::with_capacity(frames.len());
         for frame in frames {
             let (body, items, head) = frame.finish();
-            let framed = frame_bytes(&body).ok_or_else(|| StoreError::Corrupt {
+            let start = bytes.len() as u64 + FRAME_HEAD;
+            // Framed straight into the one write, not through a copy of its own.
+            put_frame(&mut bytes, &body).ok_or_else(|| StoreError::Corrupt {
                 key: "bundle log".into(),
                 problem: format!("a frame of {} bytes is too large", body.len()),
             })?;
-            parts.push((bytes.len() as u64 + FRAME_HEAD, items, head));
-            bytes.extend_from_slice(&framed);
+            parts.push((start, items, head));
         }
         let at = self.write_frames(&bytes, parts.len() as u64)?;
         Ok(parts
@@ -680,15 +692,23 @@ impl BundleLog {
 
 /// A frame's bytes: marker, length, checksum, body (`None` when too large).
 fn frame_bytes(body: &[u8]) -> Option<Vec<u8>> {
+    let mut bytes = Vec::new();
+    put_frame(&mut bytes, body)?;
+    Some(bytes)
+}
+
+/// Appends a frame's bytes ([`frame_bytes`]) to `bytes`; `None`, with `bytes` as it
+/// was, when the body is too large (or empty).
+fn put_frame(bytes: &mut Vec<u8>, body: &[u8]) -> Option<()> {
     let len = u32::try_from(body.len())
         .ok()
         .filter(|&l| l <= MAX_FRAME && l > 0)?;
-    let mut bytes = Vec::with_capacity(body.len() + FRAME_HEAD as usize);
+    bytes.reserve(body.len() + FRAME_HEAD as usize);
     bytes.extend_from_slice(SYNC);
     bytes.extend_from_slice(&len.to_le_bytes());
     bytes.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
     bytes.extend_from_slice(body);
-    Some(bytes)
+    Some(())
 }
 
 /// Reads a log from its start: the header, then every frame in order up to the

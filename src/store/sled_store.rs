@@ -1356,18 +1356,17 @@ impl ItemStore for SledStore {
                     continue;
                 }
             }
-            let record = ItemRecord {
-                bundle_uuid: bundle_uuid.to_vec(),
+            frame.record_ref(&records::ItemRecordRef {
+                bundle_uuid: &bundle_uuid,
                 index: verified.index,
-                salt: verified.salt.to_vec(),
-                item_bytes: verified.item_bytes.clone(),
+                salt: &verified.salt,
+                item_bytes: &verified.item_bytes,
                 modified_ms: item.modified_ms,
-                origin: origin.clone(),
-                received_from: received_from.clone(),
+                origin: &origin,
+                received_from: &received_from,
                 hops: source.hops,
                 accepted_ms: now_ms,
-            };
-            frame.record(&record);
+            });
             new_items.push(self.new_item(item, verified.index));
             pending.insert(uuid, (item.modified_ms, item));
             report.stored.push(verified.index);

@@ -691,7 +691,7 @@ impl Handlers {
                 origin: Some(origin),
                 ..Defaults::default()
             };
-            let (parsed, entries) = crate::interop::parse_envelope(
+            let (mut parsed, entries) = crate::interop::parse_envelope(
                 &bytes,
                 MAX_POST_VALUES,
                 MAX_POST_OBJECTS,
@@ -699,16 +699,22 @@ impl Handlers {
                 now_ms(),
             )?;
             drop(bytes);
+            // What the status needs of the items is taken first; the items themselves
+            // go into the signed bundles.
+            let stored_at = item_places(&parsed.items);
+            let items = std::mem::take(&mut parsed.items);
             // Within the caller's publishing rate, the objects are stored on this
             // thread too; else the request waits (off this thread) first.
-            let wait = engine.publish_delay(&publisher.id, parsed.items.len());
-            let outcomes = wait
-                .is_zero()
-                .then(|| store_objects(&engine, &publisher, &parsed.items));
-            Ok((parsed, entries, wait, outcomes))
+            let wait = engine.publish_delay(&publisher.id, items.len());
+            let (items, outcomes) = if wait.is_zero() {
+                (Vec::new(), Some(store_objects(&engine, &publisher, items)))
+            } else {
+                (items, None)
+            };
+            Ok((parsed, stored_at, entries, wait, items, outcomes))
         })
         .await;
-        let (parsed, entries, wait, outcomes) = match read {
+        let (parsed, stored_at, entries, wait, items, outcomes) = match read {
             Ok(Ok(read)) => read,
             Ok(Err(EnvelopeError::ObjectCount)) => {
                 return error(
@@ -722,8 +728,8 @@ impl Handlers {
             }
             Err(_) => return internal(),
         };
-        let (parsed, outcomes) = match outcomes {
-            Some(outcomes) => (parsed, outcomes),
+        let outcomes = match outcomes {
+            Some(outcomes) => outcomes,
             None => {
                 tokio::time::sleep(wait).await;
                 if !caller.may_still_write() {
@@ -731,13 +737,11 @@ impl Handlers {
                 }
                 let engine = self.engine.clone();
                 let publisher = caller.partner.clone();
-                let stored = tokio::task::spawn_blocking(move || {
-                    let outcomes = store_objects(&engine, &publisher, &parsed.items);
-                    (parsed, outcomes)
-                })
-                .await;
+                let stored =
+                    tokio::task::spawn_blocking(move || store_objects(&engine, &publisher, items))
+                        .await;
                 match stored {
-                    Ok(stored) => stored,
+                    Ok(outcomes) => outcomes,
                     Err(_) => return internal(),
                 }
             }
@@ -745,8 +749,9 @@ impl Handlers {
         let stored = outcomes.iter().filter(|o| o.is_ok()).count();
         // The status is kept, then the store flushed, so the status is durable when the
         // write is.
-        let (id, bytes) = status_resource(&entries, &parsed, &outcomes, request_ms);
-        drop((parsed, entries, outcomes));
+        let (id, bytes) =
+            status_resource(&entries, &stored_at, &parsed.errors, &outcomes, request_ms);
+        drop((parsed, stored_at, entries, outcomes));
         let engine = self.engine.clone();
         let owner = caller.partner.id.clone();
         let statuses = self.statuses.clone();
@@ -910,42 +915,59 @@ fn object_version(object: &Value) -> String {
 fn store_objects(
     engine: &Engine,
     publisher: &Partner,
-    items: &[crate::model::Item],
+    items: Vec<crate::model::Item>,
 ) -> Vec<Result<(), String>> {
     let mut outcomes: Vec<Result<(), String>> = Vec::with_capacity(items.len());
-    for chunk in items.chunks(crate::crypto::MAX_ITEMS_PER_BUNDLE) {
+    let mut items = items.into_iter();
+    loop {
+        let mut chunk: Vec<crate::model::Item> = items
+            .by_ref()
+            .take(crate::crypto::MAX_ITEMS_PER_BUNDLE)
+            .collect();
+        let count = chunk.len();
+        if count == 0 {
+            break;
+        }
         let now = now_ms();
         // A new version goes no further than the version it replaces went: a TAXII
-        // writer cannot name recipients, so it cannot mean to widen them.
+        // writer cannot name recipients, so it cannot mean to widen them. Once signed,
+        // the items are the bundle's (and `chunk` is empty).
         let stored = engine
-            .sign_keeping_distribution(publisher, chunk, now)
-            .and_then(|signed| engine.store_own(&signed, now));
+            .sign_keeping_distribution(publisher, &mut chunk, now)
+            .and_then(|signed| engine.store_own(&signed, now).map(|r| (signed, r)));
         match stored {
-            Ok(receipt) => {
-                let mut chunk_outcomes = vec![Ok(()); chunk.len()];
+            Ok((signed, receipt)) => {
+                let mut chunk_outcomes = vec![Ok(()); count];
+                let signed = signed.items();
                 for (index, reason) in &receipt.report.rejected {
                     let at = *index as usize;
-                    if let (Some(slot), Some(item)) = (chunk_outcomes.get_mut(at), chunk.get(at)) {
-                        *slot = Err(engine.rejection_for(publisher, &item.id, reason, now_ms()));
+                    let item = signed
+                        .get(at)
+                        .filter(|v| v.index == *index)
+                        .or_else(|| signed.iter().find(|v| v.index == *index));
+                    if let (Some(slot), Some(item)) = (chunk_outcomes.get_mut(at), item) {
+                        *slot =
+                            Err(engine.rejection_for(publisher, &item.item.id, reason, now_ms()));
                     }
                 }
                 outcomes.extend(chunk_outcomes);
             }
-            Err(EngineError::Unpublishable(_)) if chunk.len() > 1 => {
+            // Refused before signing: the chunk is whole, each of its items tried alone.
+            Err(EngineError::Unpublishable(_)) if count > 1 && chunk.len() == count => {
                 for item in chunk {
-                    outcomes.extend(store_objects(engine, publisher, std::slice::from_ref(item)));
+                    outcomes.extend(store_objects(engine, publisher, vec![item]));
                 }
             }
             Err(EngineError::Unpublishable(why)) => {
                 // Alone, the item is item 0: its reason is said without the number.
                 let why = why.strip_prefix("item 0: ").unwrap_or(&why).to_owned();
-                outcomes.extend(std::iter::repeat_n(Err(why), chunk.len()));
+                outcomes.extend(std::iter::repeat_n(Err(why), count));
             }
             Err(e) => {
                 tracing::error!(error = %e, "TAXII publish failed");
                 outcomes.extend(std::iter::repeat_n(
                     Err("the node could not store this object".to_owned()),
-                    chunk.len(),
+                    count,
                 ));
             }
         }
@@ -953,18 +975,25 @@ fn store_objects(
     outcomes
 }
 
+/// The place in `items` of the first item of each id (in lower case, as ids are
+/// parsed), for the status of a write.
+fn item_places(items: &[crate::model::Item]) -> HashMap<String, usize> {
+    let mut by_id: HashMap<String, usize> = HashMap::with_capacity(items.len());
+    for (at, item) in items.iter().enumerate() {
+        by_id.entry(item.id.as_str().to_owned()).or_insert(at);
+    }
+    by_id
+}
+
 /// The status of a write: every object of the envelope is a success (stored, or held
 /// already) or a failure with its reason. Returns the status's id and its JSON text.
 fn status_resource(
     entries: &[EnvelopeEntry],
-    parsed: &crate::interop::ParsedInput,
+    by_id: &HashMap<String, usize>,
+    errors: &[crate::interop::InputError],
     outcomes: &[Result<(), String>],
     request_ms: i64,
 ) -> (String, Bytes) {
-    let mut by_id: HashMap<String, usize> = HashMap::with_capacity(parsed.items.len());
-    for (at, item) in parsed.items.iter().enumerate() {
-        by_id.entry(item.id.as_str().to_owned()).or_insert(at);
-    }
     let mut successes = Vec::with_capacity(entries.len());
     let mut failures = Vec::new();
     for (index, entry) in entries.iter().enumerate() {
@@ -974,20 +1003,25 @@ fn status_resource(
         let outcome: Result<(), String> = if !carried {
             Err("not stored: this node holds indicators and the malware, threat-actor, intrusion-set, campaign, attack-pattern, tool, report and relationship objects around them".into())
         } else {
-            match by_id.get(&entry.id.to_ascii_lowercase()) {
+            // Ids are parsed in lower case; most are written so and need no copy.
+            let id = if entry.id.bytes().any(|b| b.is_ascii_uppercase()) {
+                std::borrow::Cow::Owned(entry.id.to_ascii_lowercase())
+            } else {
+                std::borrow::Cow::Borrowed(entry.id.as_str())
+            };
+            match by_id.get(id.as_ref()) {
                 Some(at) => outcomes
                     .get(*at)
                     .cloned()
                     .unwrap_or_else(|| Err("not stored".into())),
                 None => {
                     let prefix = format!("objects[{index}]");
-                    Err(parsed
-                        .errors
+                    Err(errors
                         .iter()
                         .find(|e| {
                             e.position == prefix || e.position.starts_with(&format!("{prefix} "))
                         })
-                        .or_else(|| parsed.errors.iter().find(|e| e.position == "input"))
+                        .or_else(|| errors.iter().find(|e| e.position == "input"))
                         .map_or_else(|| "not accepted".to_owned(), |e| e.reason.clone()))
                 }
             }
