@@ -13,7 +13,7 @@ pub use bundle::{BundleId, Distribution, MAX_RECIPIENTS};
 pub use identity::{InvalidNodeId, NodeId, Partner, PartnerKind, Role};
 pub use item::{
     ContextObject, Indicator, IndicatorType, InvalidValue, Item, ItemId, ItemKind, ModelError,
-    PROJECT_IDENTITY_ID, Revocation, Tlp, origin_identity_id, uuid_v4_form,
+    PROJECT_IDENTITY_ID, Revocation, Tlp, is_invisible, origin_identity_id, uuid_v4_form,
 };
 pub use properties::{Holder, MAX_PROPERTIES_BYTES, StixProperties, phases_kept_as_given};
 pub use value::{

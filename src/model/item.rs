@@ -234,8 +234,8 @@ fn shown_dashes(text: &str) -> String {
 
 /// Whether `c` is a character that does not show: one Unicode says is ignored when
 /// displayed (format controls, joiners, the soft hyphen, variation selectors, fillers,
-/// tags), as identity names are read (`policy::admit`).
-fn is_invisible(c: char) -> bool {
+/// tags). Rule 7 reads UUIDs and `policy::admit` reads identity names without them.
+pub fn is_invisible(c: char) -> bool {
     matches!(
         c,
         '\u{00AD}'

@@ -168,32 +168,10 @@ fn look_alike(a: &[String; 2], b: &[String; 2]) -> bool {
     a[0] == b[0] || a[1] == b[1]
 }
 
-/// Whether `c` shows as something in a name: not white space, and not a character that
-/// Unicode says is ignored when displayed (format controls, joiners, variation
-/// selectors, fillers, tags).
+/// Whether `c` shows as something in a name: not white space, not a control
+/// character, and not one Unicode says is ignored when displayed.
 fn shows(c: char) -> bool {
-    !c.is_whitespace()
-        && !c.is_control()
-        && !matches!(
-            c,
-            '\u{00AD}'
-                | '\u{034F}'
-                | '\u{061C}'
-                | '\u{115F}'..='\u{1160}'
-                | '\u{17B4}'..='\u{17B5}'
-                | '\u{180B}'..='\u{180F}'
-                | '\u{200B}'..='\u{200F}'
-                | '\u{202A}'..='\u{202E}'
-                | '\u{2060}'..='\u{206F}'
-                | '\u{3164}'
-                | '\u{FE00}'..='\u{FE0F}'
-                | '\u{FEFF}'
-                | '\u{FFA0}'
-                | '\u{FFF0}'..='\u{FFF8}'
-                | '\u{1BCA0}'..='\u{1BCA3}'
-                | '\u{1D173}'..='\u{1D17A}'
-                | '\u{E0000}'..='\u{E0FFF}'
-        )
+    !c.is_whitespace() && !c.is_control() && !crate::model::is_invisible(c)
 }
 
 impl Refusal {
