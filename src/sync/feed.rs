@@ -339,7 +339,11 @@ async fn run<A, T, F>(
     let mut heartbeat =
         tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    // The transfers sent of the last entry sent anything of (its position, and each
+    // transfer's hop count and digest): when that entry is read again because one of
+    // its transfers changed while it waited, the others are not sent twice.
+    let mut sent: (u64, Vec<(u32, [u8; 32])>) = (0, Vec::new());
+    'pages: loop {
         if let Some(withdrawal) = serving.access.withdrawal() {
             serving.end(FeedEnd::Withdrawn(withdrawal)).await;
             return;
@@ -349,6 +353,7 @@ async fn run<A, T, F>(
         if now != fingerprint {
             fingerprint = now;
             resume = None;
+            sent = (0, Vec::new());
             // Served from the start under the policy now in force (recorded as such).
             match engine.serving_cursor(&partner.id, 0) {
                 Ok(c) => cursor = c,
@@ -392,6 +397,12 @@ async fn run<A, T, F>(
         if decided_under != fingerprint {
             continue;
         }
+        // When the page was decided: a bundle that waits for the partner to read is
+        // decided again before it goes if the feed has moved since (a newer version, an
+        // id that now withholds an object by rule 7) or the page is older than a
+        // heartbeat (an item expired since).
+        let read_at = tokio::time::Instant::now();
+        let read_head = page.head;
         let embargo_until = page.embargo_until;
         let caught_up = page.cursor >= page.head || embargo_until.is_some();
         // The transfer offered for continuation is continued in the first entry the feed
@@ -408,8 +419,40 @@ async fn run<A, T, F>(
             None => None,
         };
         for bundle in page.bundles {
+            if engine.store().feed_head() != read_head || read_at.elapsed() >= HEARTBEAT {
+                let still = {
+                    let engine = engine.clone();
+                    let partner = partner.id.clone();
+                    let bundle = bundle.clone();
+                    tokio::task::spawn_blocking(move || {
+                        engine.pulled_still_allowed(&partner, &bundle)
+                    })
+                    .await
+                };
+                match still {
+                    Ok(Ok(true)) => {}
+                    Ok(Ok(false)) => {
+                        // Read again from this entry, decided as it stands now (its
+                        // transfers already sent on this stream are not sent again).
+                        cursor = bundle.seq.saturating_sub(1);
+                        continue 'pages;
+                    }
+                    Ok(Err(error)) => {
+                        serving.end(FeedEnd::Engine(error)).await;
+                        return;
+                    }
+                    Err(e) => {
+                        serving.end(FeedEnd::Task(e.to_string())).await;
+                        return;
+                    }
+                }
+            }
             let mut parts = split(bundle);
             let (seq, hops, transfer) = parts.key();
+            if sent.0 == seq && sent.1.contains(&(hops, transfer)) {
+                // Sent before this entry was read again.
+                continue;
+            }
             let after = seq.saturating_sub(1);
             let mut skip = 0;
             if let Some((_, r)) = continued.as_ref().filter(|(entry, _)| *entry == seq) {
@@ -451,6 +494,10 @@ async fn run<A, T, F>(
                 }
             }
             unannounced += 1;
+            if sent.0 != seq {
+                sent = (seq, Vec::new());
+            }
+            sent.1.push((hops, transfer));
         }
         cursor = page.cursor;
         crate::telemetry::telemetry().served(
