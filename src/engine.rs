@@ -1709,25 +1709,26 @@ impl Engine {
     }
 
     /// Whether a bundle of a pull page, decided when the page was read, may still be sent
-    /// as it is: each item it discloses is still the latest version held (not superseded
-    /// since, in this bundle's slot) and allowed to `partner` under the policy and the
-    /// store in force now (a newer version, an object a newly arrived id withholds by
-    /// rule 7, an item expired since). False when any is not: the feed entry is then
-    /// read and decided again. From a blocking thread.
+    /// as it is: each item it discloses (`disclosed`, indices in the bundle whose signed
+    /// header is `header_bytes`) is still the latest version held (not superseded since,
+    /// in this bundle's slot) and allowed to `partner` under the policy and the store in
+    /// force now (a newer version, an object a newly arrived id withholds by rule 7, an
+    /// item expired since). False when any is not. From a blocking thread.
     pub fn pulled_still_allowed(
         &self,
         partner: &NodeId,
-        pulled: &PulledBundle,
+        header_bytes: &[u8],
+        disclosed: &[u32],
     ) -> Result<bool, EngineError> {
-        let (header, _) = crate::crypto::parse_header(&pulled.bundle.header_bytes)?;
+        let (header, _) = crate::crypto::parse_header(header_bytes)?;
         let Some(held) = self.store.held_bundle(&header.bundle_id)? else {
             return Ok(false);
         };
         let policy = self.policy();
         let now = now_ms();
-        Ok(pulled.bundle.disclosures.iter().all(|disclosed| {
+        Ok(disclosed.iter().all(|index| {
             held.items.iter().any(|item| {
-                item.index == disclosed.index
+                item.index == *index
                     && self
                         .decide_held(&policy, partner, &header, item, now)
                         .allowed()

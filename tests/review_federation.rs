@@ -3,7 +3,8 @@
 //! What these tests attack:
 //! - a pull page decided when it was read and sent as a slow peer reads it: whether a
 //!   version superseded since (its marking raised), or an object that an id arriving
-//!   since now withholds (rule 7), still leaves the node;
+//!   since now withholds (rule 7), still leaves the node, in a bundle of its own or in
+//!   a later part of a transfer under way;
 //! - an `Intel.Export` page read ahead of a slow client: whether a version superseded
 //!   since still leaves the node.
 //!
@@ -262,6 +263,71 @@ async fn a_slow_peer_is_not_sent_an_object_that_an_id_arrived_since_withholds() 
         !ids.iter().any(|id| id == LATE),
         "the police node received an object naming {NAMED}, which it may not see, after that id arrived"
     );
+    hq.stop().await;
+}
+
+/// A bundle larger than a part (1 MiB) goes as a transfer of several parts, each waiting
+/// for the peer to read. An item of a later part superseded after the transfer began
+/// (its marking raised above the peer's policy) must not be sent with it: the transfer
+/// stops, and the bundle is decided anew on the next pull.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_peer_is_not_sent_a_version_superseded_while_its_transfer_was_under_way() {
+    let hq = Hq::start().await;
+    let alice = hq.connect(ANALYST).await;
+    let mut v1 = indicator(LATE, "reclassified.example", Tlp::Amber, "");
+    v1.modified_unix_ms = now_ms() - 10_000;
+    let mut v2 = v1.clone();
+    v2.modified_unix_ms = now_ms() - 5_000;
+    v2.tlp = Tlp::Red as i32;
+    // One bundle of about 8 MiB: the indicator to be raised is its last item, so in its
+    // last part.
+    let mut items = fillers(40_000, Tlp::Amber);
+    items.push(v1);
+    publish(&alice, items).await;
+    let channel = hq.slow_channel(POLICE).await;
+    let mut stream = FederationClient::new(channel)
+        .pull(PullRequest {
+            cursor: Vec::new(),
+            follow: false,
+            protocol_version: entente::rpc::PROTOCOL_VERSION,
+            resume: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(DEADLINE, stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("a first part");
+    let Some(pull_response::Event::Bundle(feed)) = first.event else {
+        panic!("a part first");
+    };
+    assert!(!feed.part.unwrap().last, "the bundle goes in several parts");
+    publish(&alice, vec![v2]).await;
+    let mut ids = Vec::new();
+    let mut parts = 1;
+    let end = loop {
+        match tokio::time::timeout(DEADLINE, stream.message()).await {
+            Ok(Ok(Some(message))) => {
+                if let Some(pull_response::Event::Bundle(feed)) = message.event {
+                    parts += 1;
+                    for d in entente::sync::parts::disclosures(&feed.part.unwrap().disclosures) {
+                        let item = wire::Item::decode(d.unwrap().item_bytes.as_slice()).unwrap();
+                        ids.push(item.id);
+                    }
+                }
+            }
+            Ok(Ok(None)) => break "ended".to_owned(),
+            Ok(Err(status)) => break format!("{:?}", status.code()),
+            Err(_) => panic!("the pull did not end within {DEADLINE:?}"),
+        }
+    };
+    assert!(
+        !ids.iter().any(|id| id == LATE),
+        "the police node received the AMBER version of {LATE} after its author raised it to RED ({parts} parts, then {end})"
+    );
+    assert_eq!(end, "Aborted", "the transfer stops ({parts} parts)");
     hq.stop().await;
 }
 

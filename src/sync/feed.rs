@@ -92,6 +92,11 @@ pub enum FeedEnd<W> {
     Engine(EngineError),
     /// The blocking task reading a page failed.
     Task(String),
+    /// An item of a bundle whose transfer had begun was superseded or withheld since the
+    /// bundle was decided (a newer version, rule 7, expiry): the rest of the transfer is
+    /// not sent, and the stream ends so the partner pulls again (the bundle is then
+    /// decided anew and sent whole).
+    Changed,
     /// The partner's policy changed while bundles decided under the old one were queued:
     /// they are not sent, and the stream ends so the partner pulls again (and is served
     /// its feed from the start under the policy now in force).
@@ -259,6 +264,63 @@ fn digest_as_split(hops: u32, bundle: &crate::wire::SignedBundle) -> [u8; 32] {
     transfer_digest(hops, &sorted)
 }
 
+/// Within a transfer under way, a bundle is decided again at most this often (deciding
+/// a bundle reads all its items again, and one may hold 100,000).
+const REDECIDE_WITHIN_TRANSFER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A bundle of a pull page as it was decided: what it discloses, and the feed head and
+/// time it was last decided at. Before its first part it is decided again once the feed
+/// has moved since (a newer version, an id that now withholds an object by rule 7) or a
+/// heartbeat has passed (an item expired since); before each later part once the feed
+/// has moved, at most every [`REDECIDE_WITHIN_TRANSFER`].
+struct Decided {
+    header_bytes: Vec<u8>,
+    disclosed: Vec<u32>,
+    head: u64,
+    at: tokio::time::Instant,
+}
+
+impl Decided {
+    /// Whether the bundle may still be sent as decided (decided again when it may have
+    /// changed).
+    async fn still_allowed<W>(
+        &mut self,
+        engine: &Arc<Engine>,
+        partner: &crate::model::NodeId,
+        within_transfer: bool,
+    ) -> Result<bool, FeedEnd<W>> {
+        let head = engine.store().feed_head();
+        let moved = head != self.head;
+        let due = if within_transfer {
+            moved && self.at.elapsed() >= REDECIDE_WITHIN_TRANSFER
+        } else {
+            moved || self.at.elapsed() >= HEARTBEAT
+        };
+        if !due {
+            return Ok(true);
+        }
+        let at = tokio::time::Instant::now();
+        let still = {
+            let engine = engine.clone();
+            let partner = partner.clone();
+            let header_bytes = self.header_bytes.clone();
+            let disclosed = self.disclosed.clone();
+            tokio::task::spawn_blocking(move || {
+                engine.pulled_still_allowed(&partner, &header_bytes, &disclosed)
+            })
+            .await
+        };
+        match still {
+            Ok(Ok(still)) => {
+                (self.head, self.at) = (head, at);
+                Ok(still)
+            }
+            Ok(Err(error)) => Err(FeedEnd::Engine(error)),
+            Err(e) => Err(FeedEnd::Task(e.to_string())),
+        }
+    }
+}
+
 /// What the serving loop works with.
 struct Serving<A, T, F> {
     engine: Arc<Engine>,
@@ -419,32 +481,24 @@ async fn run<A, T, F>(
             None => None,
         };
         for bundle in page.bundles {
-            if engine.store().feed_head() != read_head || read_at.elapsed() >= HEARTBEAT {
-                let still = {
-                    let engine = engine.clone();
-                    let partner = partner.id.clone();
-                    let bundle = bundle.clone();
-                    tokio::task::spawn_blocking(move || {
-                        engine.pulled_still_allowed(&partner, &bundle)
-                    })
-                    .await
-                };
-                match still {
-                    Ok(Ok(true)) => {}
-                    Ok(Ok(false)) => {
-                        // Read again from this entry, decided as it stands now (its
-                        // transfers already sent on this stream are not sent again).
-                        cursor = bundle.seq.saturating_sub(1);
-                        continue 'pages;
-                    }
-                    Ok(Err(error)) => {
-                        serving.end(FeedEnd::Engine(error)).await;
-                        return;
-                    }
-                    Err(e) => {
-                        serving.end(FeedEnd::Task(e.to_string())).await;
-                        return;
-                    }
+            // What the bundle discloses, to decide it again while it waits.
+            let mut decided = Decided {
+                header_bytes: bundle.bundle.header_bytes.clone(),
+                disclosed: bundle.bundle.disclosures.iter().map(|d| d.index).collect(),
+                head: read_head,
+                at: read_at,
+            };
+            match decided.still_allowed(engine, &partner.id, false).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Read again from this entry, decided as it stands now (its
+                    // transfers already sent on this stream are not sent again).
+                    cursor = bundle.seq.saturating_sub(1);
+                    continue 'pages;
+                }
+                Err(end) => {
+                    serving.end(end).await;
+                    return;
                 }
             }
             let mut parts = split(bundle);
@@ -479,7 +533,22 @@ async fn run<A, T, F>(
             // The parts the partner has are passed over unbuilt; then one part is
             // encoded at a time: the queue holds at most a few parts.
             parts.skip_to(skip);
-            for part in parts {
+            for (sent_parts, part) in parts.enumerate() {
+                if sent_parts > 0 {
+                    // A transfer cut short now is offered for continuation, and is sent
+                    // whole, decided anew, on the next pull.
+                    match decided.still_allowed(engine, &partner.id, true).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            serving.end(FeedEnd::Changed).await;
+                            return;
+                        }
+                        Err(end) => {
+                            serving.end(end).await;
+                            return;
+                        }
+                    }
+                }
                 if !serving
                     .send(
                         FeedEvent::Part {
