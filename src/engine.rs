@@ -1602,20 +1602,7 @@ impl Engine {
             let mut by_hops: std::collections::BTreeMap<u32, Vec<&crate::store::HeldItem>> =
                 std::collections::BTreeMap::new();
             for item in &held.items {
-                let decision = policy.decide(
-                    &partner.id,
-                    &item.stored.item,
-                    &Context {
-                        origin: &header.origin,
-                        hops: item.stored.hops,
-                        distribution: Some(&header.distribution),
-                        accepted_ms: item.stored.accepted_ms,
-                        now_ms: now,
-                        latest: true,
-                        include_expired: false,
-                        held: &StoreHeld(self.store.as_ref()),
-                    },
-                );
+                let decision = self.decide_held(policy, &partner.id, &header, item, now);
                 if decision.allowed() {
                     by_hops.entry(item.stored.hops).or_default().push(item);
                 } else {
@@ -1699,6 +1686,59 @@ impl Engine {
             self.remember_transfer(&partner.id, key);
         }
         Ok(page)
+    }
+
+    /// The decision for one live item of a held bundle, for a pull by `partner`.
+    fn decide_held(
+        &self,
+        policy: &Policy,
+        partner: &NodeId,
+        header: &crate::crypto::BundleHeader,
+        item: &crate::store::HeldItem,
+        now: i64,
+    ) -> Decision {
+        policy.decide(
+            partner,
+            &item.stored.item,
+            &Context {
+                origin: &header.origin,
+                hops: item.stored.hops,
+                distribution: Some(&header.distribution),
+                accepted_ms: item.stored.accepted_ms,
+                now_ms: now,
+                latest: true,
+                include_expired: false,
+                held: &StoreHeld(self.store.as_ref()),
+            },
+        )
+    }
+
+    /// Whether a bundle of a pull page, decided when the page was read, may still be sent
+    /// as it is: each item it discloses (`disclosed`, indices in the bundle whose signed
+    /// header is `header_bytes`) is still the latest version held (not superseded since,
+    /// in this bundle's slot) and allowed to `partner` under the policy and the store in
+    /// force now (a newer version, an object a newly arrived id withholds by rule 7, an
+    /// item expired since). False when any is not. From a blocking thread.
+    pub fn pulled_still_allowed(
+        &self,
+        partner: &NodeId,
+        header_bytes: &[u8],
+        disclosed: &[u32],
+    ) -> Result<bool, EngineError> {
+        let (header, _) = crate::crypto::parse_header(header_bytes)?;
+        let Some(held) = self.store.held_bundle(&header.bundle_id)? else {
+            return Ok(false);
+        };
+        let policy = self.policy();
+        let now = now_ms();
+        Ok(disclosed.iter().all(|index| {
+            held.items.iter().any(|item| {
+                item.index == *index
+                    && self
+                        .decide_held(&policy, partner, &header, item, now)
+                        .allowed()
+            })
+        }))
     }
 
     /// Whether the transfer `key` ([`recorded_key`]) was recorded for `partner` lately.

@@ -13,6 +13,9 @@ impl From<FeedEnd<Withdrawal>> for Status {
             FeedEnd::Withdrawn(withdrawal) => Status::from(withdrawal),
             FeedEnd::Engine(error) => Status::from(error),
             FeedEnd::Task(e) => Status::internal(format!("task failed: {e}")),
+            FeedEnd::Changed => Status::aborted(
+                "a bundle being sent changed while it waited to be read; pull again",
+            ),
             FeedEnd::PolicyChanged => Status::aborted(
                 "the sharing policy for this partner changed; pull again to be served under the policy now in force",
             ),

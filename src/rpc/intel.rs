@@ -405,7 +405,9 @@ impl Intel for IntelService {
             engine: self.engine.clone(),
             partner: partner.id.clone(),
             include_expired: query.include_expired,
-            latest_only: false,
+            // A page is read ahead of the client: a version superseded while it waited
+            // is not sent (`Get` and `Query` would answer its id as not held).
+            latest_only: true,
         };
         let stream = checked_stream(recheck, move |tx| async move {
             let _slot = slot;
@@ -480,8 +482,8 @@ struct Recheck {
     engine: Arc<Engine>,
     partner: crate::model::NodeId,
     include_expired: bool,
-    /// A stream of new items (`Subscribe`): a version superseded since it was decided
-    /// is dropped too.
+    /// A version superseded since it was decided is dropped too (`Subscribe`, offered
+    /// every version as it is stored; `Export`, whose pages wait for a slow reader).
     latest_only: bool,
 }
 

@@ -92,6 +92,11 @@ pub enum FeedEnd<W> {
     Engine(EngineError),
     /// The blocking task reading a page failed.
     Task(String),
+    /// An item of a bundle whose transfer had begun was superseded or withheld since the
+    /// bundle was decided (a newer version, rule 7, expiry): the rest of the transfer is
+    /// not sent, and the stream ends so the partner pulls again (the bundle is then
+    /// decided anew and sent whole).
+    Changed,
     /// The partner's policy changed while bundles decided under the old one were queued:
     /// they are not sent, and the stream ends so the partner pulls again (and is served
     /// its feed from the start under the policy now in force).
@@ -259,6 +264,63 @@ fn digest_as_split(hops: u32, bundle: &crate::wire::SignedBundle) -> [u8; 32] {
     transfer_digest(hops, &sorted)
 }
 
+/// Within a transfer under way, a bundle is decided again at most this often (deciding
+/// a bundle reads all its items again, and one may hold 100,000).
+const REDECIDE_WITHIN_TRANSFER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A bundle of a pull page as it was decided: what it discloses, and the feed head and
+/// time it was last decided at. Before its first part it is decided again once the feed
+/// has moved since (a newer version, an id that now withholds an object by rule 7) or a
+/// heartbeat has passed (an item expired since); before each later part once the feed
+/// has moved, at most every [`REDECIDE_WITHIN_TRANSFER`].
+struct Decided {
+    header_bytes: Vec<u8>,
+    disclosed: Vec<u32>,
+    head: u64,
+    at: tokio::time::Instant,
+}
+
+impl Decided {
+    /// Whether the bundle may still be sent as decided (decided again when it may have
+    /// changed).
+    async fn still_allowed<W>(
+        &mut self,
+        engine: &Arc<Engine>,
+        partner: &crate::model::NodeId,
+        within_transfer: bool,
+    ) -> Result<bool, FeedEnd<W>> {
+        let head = engine.store().feed_head();
+        let moved = head != self.head;
+        let due = if within_transfer {
+            moved && self.at.elapsed() >= REDECIDE_WITHIN_TRANSFER
+        } else {
+            moved || self.at.elapsed() >= HEARTBEAT
+        };
+        if !due {
+            return Ok(true);
+        }
+        let at = tokio::time::Instant::now();
+        let still = {
+            let engine = engine.clone();
+            let partner = partner.clone();
+            let header_bytes = self.header_bytes.clone();
+            let disclosed = self.disclosed.clone();
+            tokio::task::spawn_blocking(move || {
+                engine.pulled_still_allowed(&partner, &header_bytes, &disclosed)
+            })
+            .await
+        };
+        match still {
+            Ok(Ok(still)) => {
+                (self.head, self.at) = (head, at);
+                Ok(still)
+            }
+            Ok(Err(error)) => Err(FeedEnd::Engine(error)),
+            Err(e) => Err(FeedEnd::Task(e.to_string())),
+        }
+    }
+}
+
 /// What the serving loop works with.
 struct Serving<A, T, F> {
     engine: Arc<Engine>,
@@ -339,7 +401,11 @@ async fn run<A, T, F>(
     let mut heartbeat =
         tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    // The transfers sent of the last entry sent anything of (its position, and each
+    // transfer's hop count and digest): when that entry is read again because one of
+    // its transfers changed while it waited, the others are not sent twice.
+    let mut sent: (u64, Vec<(u32, [u8; 32])>) = (0, Vec::new());
+    'pages: loop {
         if let Some(withdrawal) = serving.access.withdrawal() {
             serving.end(FeedEnd::Withdrawn(withdrawal)).await;
             return;
@@ -349,6 +415,7 @@ async fn run<A, T, F>(
         if now != fingerprint {
             fingerprint = now;
             resume = None;
+            sent = (0, Vec::new());
             // Served from the start under the policy now in force (recorded as such).
             match engine.serving_cursor(&partner.id, 0) {
                 Ok(c) => cursor = c,
@@ -392,6 +459,12 @@ async fn run<A, T, F>(
         if decided_under != fingerprint {
             continue;
         }
+        // When the page was decided: a bundle that waits for the partner to read is
+        // decided again before it goes if the feed has moved since (a newer version, an
+        // id that now withholds an object by rule 7) or the page is older than a
+        // heartbeat (an item expired since).
+        let read_at = tokio::time::Instant::now();
+        let read_head = page.head;
         let embargo_until = page.embargo_until;
         let caught_up = page.cursor >= page.head || embargo_until.is_some();
         // The transfer offered for continuation is continued in the first entry the feed
@@ -408,8 +481,32 @@ async fn run<A, T, F>(
             None => None,
         };
         for bundle in page.bundles {
+            // What the bundle discloses, to decide it again while it waits.
+            let mut decided = Decided {
+                header_bytes: bundle.bundle.header_bytes.clone(),
+                disclosed: bundle.bundle.disclosures.iter().map(|d| d.index).collect(),
+                head: read_head,
+                at: read_at,
+            };
+            match decided.still_allowed(engine, &partner.id, false).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Read again from this entry, decided as it stands now (its
+                    // transfers already sent on this stream are not sent again).
+                    cursor = bundle.seq.saturating_sub(1);
+                    continue 'pages;
+                }
+                Err(end) => {
+                    serving.end(end).await;
+                    return;
+                }
+            }
             let mut parts = split(bundle);
             let (seq, hops, transfer) = parts.key();
+            if sent.0 == seq && sent.1.contains(&(hops, transfer)) {
+                // Sent before this entry was read again.
+                continue;
+            }
             let after = seq.saturating_sub(1);
             let mut skip = 0;
             if let Some((_, r)) = continued.as_ref().filter(|(entry, _)| *entry == seq) {
@@ -436,7 +533,22 @@ async fn run<A, T, F>(
             // The parts the partner has are passed over unbuilt; then one part is
             // encoded at a time: the queue holds at most a few parts.
             parts.skip_to(skip);
-            for part in parts {
+            for (sent_parts, part) in parts.enumerate() {
+                if sent_parts > 0 {
+                    // A transfer cut short now is offered for continuation, and is sent
+                    // whole, decided anew, on the next pull.
+                    match decided.still_allowed(engine, &partner.id, true).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            serving.end(FeedEnd::Changed).await;
+                            return;
+                        }
+                        Err(end) => {
+                            serving.end(end).await;
+                            return;
+                        }
+                    }
+                }
                 if !serving
                     .send(
                         FeedEvent::Part {
@@ -451,6 +563,10 @@ async fn run<A, T, F>(
                 }
             }
             unannounced += 1;
+            if sent.0 != seq {
+                sent = (seq, Vec::new());
+            }
+            sent.1.push((hops, transfer));
         }
         cursor = page.cursor;
         crate::telemetry::telemetry().served(
