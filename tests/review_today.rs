@@ -92,6 +92,16 @@ fn write_config(pki: &Pki) -> std::path::PathBuf {
     path
 }
 
+/// A GREEN `identity` object of an organisation named `name`, under `id`.
+fn identity_named(id: &str, name: &str) -> Value {
+    json!({
+        "type": "identity", "spec_version": "2.1", "id": id,
+        "created": "2020-01-01T00:00:00.000Z", "modified": "2026-01-01T00:00:00.000Z",
+        "name": name, "identity_class": "organization",
+        "object_marking_refs": [GREEN],
+    })
+}
+
 /// An identity named `berlin.office` is refused, but one named `berlin\u{200b}.office`
 /// (a zero-width space) or `berlin.office\u{feff}` shows as the same name in every STIX
 /// tool and was kept. Characters that do not show are left out of the comparison.
@@ -115,25 +125,17 @@ async fn an_identity_named_as_a_node_with_invisible_characters_is_refused() {
     .enumerate()
     {
         let identity = format!("identity--d4d4d4d4-0000-4000-8000-{n:012}");
-        let object = json!({
-            "type": "identity", "spec_version": "2.1", "id": identity,
-            "created": "2020-01-01T00:00:00.000Z", "modified": "2026-01-01T00:00:00.000Z",
-            "name": name, "identity_class": "organization",
-            "object_marking_refs": [GREEN],
-        });
+        let object = identity_named(&identity, name);
         let status = post_objects(&analyst, &node, &path, vec![object.clone()]).await;
         assert_eq!(status["success_count"], json!(0), "{object}: {status}");
         let message = status["failures"][0]["message"].as_str().unwrap();
         assert!(message.contains("identity named"), "{message}");
     }
     // A vendor whose name differs by a visible character is kept.
-    let vendor = json!({
-        "type": "identity", "spec_version": "2.1",
-        "id": "identity--d4d4d4d4-0000-4000-8000-0000000000aa",
-        "created": "2020-01-01T00:00:00.000Z", "modified": "2026-01-01T00:00:00.000Z",
-        "name": "berlin.office-vendor", "identity_class": "organization",
-        "object_marking_refs": [GREEN],
-    });
+    let vendor = identity_named(
+        "identity--d4d4d4d4-0000-4000-8000-0000000000aa",
+        "berlin.office-vendor",
+    );
     let status = post_objects(&analyst, &node, &path, vec![vendor]).await;
     assert_eq!(status["success_count"], json!(1), "{status}");
 }
@@ -163,12 +165,7 @@ async fn an_identity_named_as_a_node_in_look_alike_letters_is_refused() {
     .enumerate()
     {
         let identity = format!("identity--d5d5d5d5-0000-4000-8000-{n:012}");
-        let object = json!({
-            "type": "identity", "spec_version": "2.1", "id": identity,
-            "created": "2020-01-01T00:00:00.000Z", "modified": "2026-01-01T00:00:00.000Z",
-            "name": name, "identity_class": "organization",
-            "object_marking_refs": [GREEN],
-        });
+        let object = identity_named(&identity, name);
         let status = post_objects(&analyst, &node, &path, vec![object.clone()]).await;
         assert_eq!(status["success_count"], json!(0), "{object}: {status}");
         let message = status["failures"][0]["message"].as_str().unwrap();
@@ -179,13 +176,10 @@ async fn an_identity_named_as_a_node_in_look_alike_letters_is_refused() {
         .into_iter()
         .enumerate()
     {
-        let vendor = json!({
-            "type": "identity", "spec_version": "2.1",
-            "id": format!("identity--d5d5d5d5-0000-4000-8000-0000000000a{n}"),
-            "created": "2020-01-01T00:00:00.000Z", "modified": "2026-01-01T00:00:00.000Z",
-            "name": name, "identity_class": "organization",
-            "object_marking_refs": [GREEN],
-        });
+        let vendor = identity_named(
+            &format!("identity--d5d5d5d5-0000-4000-8000-0000000000a{n}"),
+            name,
+        );
         let status = post_objects(&analyst, &node, &path, vec![vendor]).await;
         assert_eq!(status["success_count"], json!(1), "{name}: {status}");
     }
