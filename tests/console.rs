@@ -284,6 +284,9 @@ async fn metrics_parse_with_the_prometheus_parser_and_count_what_happened() {
             &[("peer", "redmond.hq"), ("outcome", "accepted")],
         ) == Some(2.0)
             && value(s, "entente_pull_caught_up", &[("peer", "redmond.hq")]) == Some(1.0)
+            // The head is a gauge read apart from the counters: a scrape between the
+            // count and the store's head moving sees the old head.
+            && value(s, "entente_feed_head", &[]) == Some(1.0)
     });
     let hq_samples = scrape_until(hq_node.admin, "hq saw berlin's pull", |s| {
         value(s, "entente_served_cursor", &[("partner", "berlin.office")]) == Some(1.0)
