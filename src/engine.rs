@@ -422,25 +422,21 @@ impl Engine {
     }
 
     /// Signs `items`, published by `publisher`, as one bundle of this node (the first half
-    /// of publishing; it needs no store write and can run beside the store's writer). The
-    /// items must pass [`Engine::check_publishable`], which may narrow the distribution.
+    /// of publishing; it needs no store write and can run beside the store's writer).
+    /// The distribution is the one [`Engine::distribution_for`] gives for `requested`:
+    /// a writer that names no recipients changes nobody's access to what it replaces.
     pub fn sign(
         &self,
         publisher: &Partner,
         items: &[Item],
-        distribution: &Distribution,
+        requested: &Distribution,
         now_ms: i64,
     ) -> Result<VerifiedBundle, EngineError> {
-        let distribution = self.check_publishable(publisher, items, distribution, now_ms)?;
+        let distribution = self.distribution_for(publisher, items, requested, now_ms)?;
         Ok(self.signer.sign(items, &distribution, now_ms)?)
     }
 
-    /// [`Engine::sign`] for a writer that cannot name a distribution (a TAXII POST): a
-    /// new version of an item this node published goes no further than the version it
-    /// replaces went, as a revocation does. A bundle of several items of which one
-    /// would narrow what the others get is refused, so that the caller signs each alone.
-    /// A new version of an item of this node's that a compaction dropped as expired is
-    /// refused: the distribution it had is no longer known.
+    /// [`Engine::sign`] for a writer that cannot name a distribution (a TAXII POST).
     ///
     /// The items go into the bundle without being copied: once they are signed, `items`
     /// is left empty; when they are refused, it is left as it was.
@@ -450,8 +446,36 @@ impl Engine {
         items: &mut Vec<Item>,
         now_ms: i64,
     ) -> Result<VerifiedBundle, EngineError> {
-        let requested = Distribution::default();
-        let mut distribution = self.check_publishable(publisher, items, &requested, now_ms)?;
+        let distribution =
+            self.distribution_for(publisher, items, &Distribution::default(), now_ms)?;
+        Ok(self
+            .signer
+            .sign_owned(std::mem::take(items), &distribution, now_ms)?)
+    }
+
+    /// The distribution to sign `items` under, for a writer that asked for `requested`.
+    /// The items must pass [`Engine::check_publishable`], which narrows a revocation's to
+    /// its indicator's.
+    ///
+    /// A writer that names recipients chooses who may hold the bundle. One that names
+    /// none (every TAXII POST; a `Publish` without recipients or groups; a feed) keeps
+    /// the access of what it replaces: a new version of an item this node published goes
+    /// no further than the version it replaces went, as a revocation does. A bundle of
+    /// several items of which one would narrow what the others get is refused, so that
+    /// the caller signs each alone. A new version of an item of this node's that a
+    /// compaction dropped as expired is refused: the distribution it had is no longer
+    /// known.
+    pub fn distribution_for(
+        &self,
+        publisher: &Partner,
+        items: &[Item],
+        requested: &Distribution,
+        now_ms: i64,
+    ) -> Result<Distribution, EngineError> {
+        let mut distribution = self.check_publishable(publisher, items, requested, now_ms)?;
+        if !requested.recipients.is_empty() {
+            return Ok(distribution);
+        }
         // Ids seen earlier in the bundle: a later version of one replaces that, not
         // what is held.
         let mut seen: HashSet<&ItemId> = HashSet::with_capacity(items.len());
@@ -503,9 +527,7 @@ impl Engine {
             }
             distribution = kept;
         }
-        Ok(self
-            .signer
-            .sign_owned(std::mem::take(items), &distribution, now_ms)?)
+        Ok(distribution)
     }
 
     /// Completes a revocation submitted for publishing (item `at` of its message) from

@@ -212,6 +212,81 @@ async fn a_revocation_does_not_escape_its_indicators_recipient_list() {
     hq.stop().await;
 }
 
+/// A new version of an indicator published for named recipients, written again without
+/// naming them (an analyst re-publishing the same list, or changing `valid_until`), goes
+/// no further than the version it replaces went: naming recipients is the only way to
+/// change who may hold it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_published_without_recipients_keeps_the_recipients_it_had() {
+    let hq = Hq::start().await;
+    let alice = hq.connect(ANALYST).await;
+    let to_berlin = || {
+        Some(wire::Distribution {
+            max_hops: None,
+            recipients: vec![BERLIN.into()],
+        })
+    };
+    let mut secret = indicator("domain", "undercover-c2.example", Tlp::Amber, &[]);
+    secret.modified_unix_ms = now_ms() - 60_000;
+    publish(&alice, vec![secret.clone()], to_berlin()).await;
+    let mut again = secret.clone();
+    again.modified_unix_ms = now_ms() - 30_000;
+    if let Some(wire::item::Kind::Indicator(i)) = &mut again.kind {
+        i.value = "undercover-c2-new.example".into();
+    }
+    publish(&alice, vec![again.clone()], None).await;
+
+    let police = hq.pull_all(POLICE).await;
+    let leaked: Vec<&wire::Item> = police.iter().filter(|i| i.id == secret.id).collect();
+    assert!(
+        leaked.is_empty(),
+        "police (not a recipient) received a new version of a recipient-restricted item: {leaked:?}"
+    );
+    let berlin = hq.pull_all(BERLIN).await;
+    assert!(
+        berlin
+            .iter()
+            .any(|i| i.id == again.id && i.modified_unix_ms == again.modified_unix_ms),
+        "berlin (the recipient) did not receive the new version"
+    );
+
+    // Beside an item for everyone in one bundle it is refused, not widened or narrowing
+    // the other: the writer is told to write it alone.
+    let mut third = again.clone();
+    third.modified_unix_ms = now_ms() - 10_000;
+    let other = indicator("domain", "everyone.example", Tlp::Green, &[]);
+    let refused = alice
+        .publish(tokio_stream::iter(vec![PublishRequest {
+            items: vec![third, other],
+            distribution: None,
+            groups: vec![],
+        }]))
+        .await
+        .expect_err("a bundle mixing distributions was signed");
+    assert!(refused.to_string().contains("write it alone"), "{refused}");
+
+    // Naming recipients is the writer's explicit choice, and is honoured.
+    let mut widened = again.clone();
+    widened.modified_unix_ms = now_ms() - 5_000;
+    publish(
+        &alice,
+        vec![widened.clone()],
+        Some(wire::Distribution {
+            max_hops: None,
+            recipients: vec![BERLIN.into(), POLICE.into()],
+        }),
+    )
+    .await;
+    let police = hq.pull_all(POLICE).await;
+    assert!(
+        police
+            .iter()
+            .any(|i| i.id == widened.id && i.modified_unix_ms == widened.modified_unix_ms),
+        "police, now named, did not receive the version published for it"
+    );
+    hq.stop().await;
+}
+
 /// `deny_tags = ["pii"]` must withhold an item tagged `PII`: a deny list that a change of
 /// case defeats fails open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
