@@ -21,6 +21,10 @@ use crate::store::Store;
 
 /// Bytes of status resources kept in memory for one writer; its oldest go first.
 pub const WRITER_BYTES: usize = 16 * 1024 * 1024;
+/// Bytes of status resources kept in memory for all writers together: past it, the
+/// writer holding the most loses its oldest, so a writer within its share (this over
+/// the number of writers) loses nothing to the others.
+pub const MEMORY_BYTES: usize = 64 * 1024 * 1024;
 /// Writers whose statuses are kept at once; past it, the writer whose newest status is
 /// oldest is dropped (in memory and in the store).
 pub const MAX_WRITERS: usize = 64;
@@ -183,6 +187,28 @@ impl Writer {
     }
 }
 
+/// Drops the oldest statuses of the writer holding the most bytes until all writers
+/// together hold at most [`MEMORY_BYTES`].
+fn trim_to_memory(writers: &mut HashMap<NodeId, Writer>) {
+    let mut total: usize = writers.values().map(|w| w.bytes).sum();
+    while total > MEMORY_BYTES {
+        let Some(largest) = writers
+            .values_mut()
+            .filter(|w| !w.entries.is_empty())
+            .max_by_key(|w| w.bytes)
+        else {
+            break;
+        };
+        match largest.entries.pop_front() {
+            Some(old) => {
+                largest.bytes -= old.body.len();
+                total -= old.body.len();
+            }
+            None => break,
+        }
+    }
+}
+
 /// The writer to drop to make room: the one whose newest status is oldest (by id when
 /// alike, so the choice does not depend on the map's order).
 fn writer_to_drop(writers: &HashMap<NodeId, Writer>) -> Option<NodeId> {
@@ -319,6 +345,7 @@ impl Statuses {
             }
             writers.insert(owner, writer);
         }
+        trim_to_memory(&mut writers);
         Self {
             store,
             writers: Mutex::new(writers),
@@ -362,6 +389,7 @@ impl Statuses {
             self.store.remove_taxii_status(&name)
         };
         writer.push(status, now_ms);
+        trim_to_memory(&mut writers);
         if let Err(error) = stored {
             tracing::warn!(%error, "a TAXII status could not be kept in the store; it is kept in memory");
         }
@@ -383,6 +411,44 @@ impl Statuses {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn past_the_memory_bound_the_writer_holding_most_loses_its_oldest() {
+        let dir = tempfile::tempdir().unwrap();
+        let statuses = Statuses::load(open_store(dir.path()), 0);
+        let big = Bytes::from(vec![b' '; 2 * MAX_STORED_BYTES]);
+        let small = Bytes::from(vec![b' '; MAX_STORED_BYTES / 2]);
+        // Five writers within their share, then one that writes far past it.
+        for n in 1..=5 {
+            for k in 0..8 {
+                statuses.keep(&format!("s{k}"), &writer(n), small.clone(), 1);
+            }
+        }
+        for n in 10..16 {
+            for k in 0..20 {
+                statuses.keep(&format!("b{k}"), &writer(n), big.clone(), 1);
+            }
+        }
+        for n in 1..=5 {
+            for k in 0..8 {
+                assert!(
+                    statuses.get(&format!("s{k}"), &writer(n), 2).is_some(),
+                    "{n} {k}"
+                );
+            }
+        }
+        let held: usize = {
+            let writers = statuses.writers.lock().unwrap();
+            writers.values().map(|w| w.bytes).sum()
+        };
+        assert!(held <= MEMORY_BYTES, "{held}");
+        assert!(statuses.get("b19", &writer(10), 2).is_some());
+        assert_eq!(statuses.get("b0", &writer(10), 2), None);
+    }
+
+    fn writer(n: usize) -> NodeId {
+        NodeId::new(&format!("writer-{n}.soc")).unwrap()
+    }
 
     #[test]
     fn records_round_trip_and_expire() {
