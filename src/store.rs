@@ -576,12 +576,10 @@ pub enum LedgerCheck {
     },
 }
 
-/// The name a TAXII status slot is kept under among the feed checkpoints: it starts
+/// The names TAXII statuses are kept under among the feed checkpoints start with this:
 /// with a character no feed name has (`a-z`, `0-9`, `-`, `_`), so no feed can read or
-/// overwrite it.
-fn taxii_status_key(slot: u32) -> String {
-    format!("#taxii-status/{slot}")
-}
+/// overwrite them.
+const TAXII_STATUS_PREFIX: &str = "#taxii-status/";
 
 /// The policy fingerprint [`ItemStore::listed_since`] gives, in a store rebuilt from its
 /// log, for a client it has no record of since: no policy hashes to it (an
@@ -724,17 +722,41 @@ pub trait LocalState: Send + Sync {
     /// counts were flushed; it is durable with the next flush.
     fn set_feed_checkpoint(&self, name: &str, checkpoint: &[u8]) -> Result<(), StoreError>;
 
-    /// The TAXII status resource kept in slot `slot` (`None` when none): the listener
-    /// keeps its recent statuses in a ring of slots so they survive a restart. Kept
-    /// beside the feed checkpoints, under names no feed can have.
-    fn taxii_status(&self, slot: u32) -> Result<Option<Vec<u8>>, StoreError> {
-        self.feed_checkpoint(&taxii_status_key(slot))
+    /// The checkpoints whose names start with `prefix`, in the order of their names, at
+    /// most `limit` of them: `(name, checkpoint)`.
+    fn feed_checkpoints_named(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Removes the checkpoint of the external feed `name`, if any; durable with the next
+    /// flush.
+    fn remove_feed_checkpoint(&self, name: &str) -> Result<(), StoreError>;
+
+    /// The TAXII status records kept, at most `limit` of them, each with its name among
+    /// them (`(name, record)`, in the order of the names). The listener names them after
+    /// their writer and a slot of the writer's, so they survive a restart. Kept beside
+    /// the feed checkpoints, under names no feed can have.
+    fn taxii_statuses(&self, limit: usize) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        Ok(self
+            .feed_checkpoints_named(TAXII_STATUS_PREFIX, limit)?
+            .into_iter()
+            .filter_map(|(name, record)| {
+                Some((name.strip_prefix(TAXII_STATUS_PREFIX)?.to_owned(), record))
+            })
+            .collect())
     }
 
-    /// Records a TAXII status resource in slot `slot`, replacing what it held; durable
-    /// with the next flush.
-    fn set_taxii_status(&self, slot: u32, record: &[u8]) -> Result<(), StoreError> {
-        self.set_feed_checkpoint(&taxii_status_key(slot), record)
+    /// Records the TAXII status record `name`, replacing what it held; durable with the
+    /// next flush.
+    fn set_taxii_status(&self, name: &str, record: &[u8]) -> Result<(), StoreError> {
+        self.set_feed_checkpoint(&format!("{TAXII_STATUS_PREFIX}{name}"), record)
+    }
+
+    /// Removes the TAXII status record `name`, if any; durable with the next flush.
+    fn remove_taxii_status(&self, name: &str) -> Result<(), StoreError> {
+        self.remove_feed_checkpoint(&format!("{TAXII_STATUS_PREFIX}{name}"))
     }
 
     /// Caches a DER certificate under its SHA-256.

@@ -1624,6 +1624,59 @@ async fn taxii_statuses_outlive_a_restart_for_their_writer_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_writers_many_writes_leave_anothers_status_readable() {
+    let pki = federation();
+    pki.client("hunter.soc");
+    let config = write_config(&pki, false);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[[client]]\nid = \"hunter.soc\"\nrole = \"analyst\"\n");
+    std::fs::write(&config, text).unwrap();
+    let node = serve_taxii(&config);
+    let analyst = tls(&pki, Some("analyst.soc"));
+    let hunter = tls(&pki, Some("hunter.soc"));
+    let cid = get(&analyst, node.taxii, "/api/collections/").await.json()["collections"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let objects = format!("/api/collections/{cid}/objects/");
+    let post = |who: Arc<rustls::ClientConfig>, n: usize| {
+        let objects = objects.clone();
+        let addr = node.taxii;
+        async move {
+            let body = json!({ "objects": [indicator(n, GREEN)] }).to_string();
+            let reply = send(
+                &who,
+                addr,
+                "POST",
+                &objects,
+                &[("Accept", TAXII), ("Content-Type", TAXII)],
+                body.as_bytes(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(reply.status, 202);
+            reply.json()
+        }
+    };
+    let written = post(hunter.clone(), 1).await;
+    let path = format!("/api/status/{}/", written["id"].as_str().unwrap());
+    // The analyst writes more envelopes than the node kept statuses of in all.
+    for n in 2..=72 {
+        post(analyst.clone(), n).await;
+    }
+    let kept = get(&hunter, node.taxii, &path).await;
+    assert_eq!(kept.status, 200);
+    assert_eq!(kept.json(), written);
+    assert_eq!(get(&analyst, node.taxii, &path).await.status, 404);
+    // And after a restart on the same data.
+    drop(node);
+    let node = serve_taxii(&config);
+    let kept = get(&hunter, node.taxii, &path).await;
+    assert_eq!(kept.status, 200);
+    assert_eq!(kept.json(), written);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn taxii_delete_is_refused_with_the_way_to_revoke() {
     let pki = federation();
     let config = write_config(&pki, false);

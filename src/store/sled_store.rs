@@ -1823,6 +1823,32 @@ impl LocalState for SledStore {
         Ok(())
     }
 
+    fn feed_checkpoints_named(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let start = records::key(records::FEED_CHECKPOINT, prefix.as_bytes());
+        self.with_meta(|m| {
+            let mut found = Vec::new();
+            for entry in m.tree.scan_prefix(&start).take(limit) {
+                let (key, value) = entry?;
+                // Names are written from `&str`; one that is not UTF-8 is passed over.
+                if let Ok(name) = std::str::from_utf8(&key[1..]) {
+                    found.push((name.to_owned(), value.to_vec()));
+                }
+            }
+            Ok(found)
+        })
+    }
+
+    fn remove_feed_checkpoint(&self, name: &str) -> Result<(), StoreError> {
+        self.writable()?;
+        let key = records::key(records::FEED_CHECKPOINT, name.as_bytes());
+        self.with_meta(|m| m.tree.remove(key))?;
+        Ok(())
+    }
+
     fn put_certificate(&self, der: &[u8]) -> Result<[u8; 32], StoreError> {
         let sha = crate::crypto::sha256(der);
         self.with_meta(|m| m.tree.insert(records::key(records::CERT, &sha), der))?;
