@@ -1066,7 +1066,7 @@ pub struct Settings {
 }
 
 /// A validated node configuration with its TLS material loaded.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// The file it came from.
     pub path: PathBuf,

@@ -197,6 +197,10 @@ struct ConfigReload {
     taxii_credentials: Arc<crate::taxii::Credentials>,
     /// The feeds' poll loops, stopped and started to match the reloaded `[[feed]]`s.
     feed_loops: Arc<crate::feeds::FeedLoops>,
+    /// The configuration in force: loaded at start or by the last reload, with the CRLs
+    /// handed over since. A CRL handed over is checked against it and added to it,
+    /// without reading the file (an edit not reloaded yet stays out of force).
+    in_force: std::sync::Mutex<Arc<Config>>,
 }
 
 /// Time allowed to offer a CRL to one peer.
@@ -225,15 +229,18 @@ impl PolicyReload for ConfigReload {
         // What needs no configuration first: a stream of junk costs no configuration load.
         check_form(der).map_err(|refusal| refusal.to_string())?;
         let _one_at_a_time = self.crl_serial.lock().unwrap_or_else(|p| p.into_inner());
-        let config = Config::load(&self.path).map_err(|e| e.to_string())?;
+        // No reload between the check against the configuration in force and the CRL
+        // put in force beside it.
+        let _no_reload = self.serial.lock().unwrap_or_else(|p| p.into_inner());
+        let config = self.in_force();
         let issuer = match config.tls.check_crl(der) {
             Ok(issuer) => issuer,
             Err(CrlRefusal::NotNewer { .. }) => return Ok(None),
             Err(refusal) => return Err(refusal.to_string()),
         };
         // Stored where the configuration finds it at every load (`DATA_DIR/crls`), then
-        // put in force by the reload path, which also withdraws the connections of
-        // certificates it revokes.
+        // put in force beside the configuration in force, which also withdraws the
+        // connections of certificates it revokes.
         let dir = config.node.data_dir.join("crls");
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -245,7 +252,11 @@ impl PolicyReload for ConfigReload {
         };
         crate::transport::files::replace_public(&path, crl_pem(der).as_bytes())
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        if let Err(reason) = self.reload() {
+        let config = Config {
+            tls: config.tls.with_crl(der),
+            ..(*config).clone()
+        };
+        if let Err(reason) = self.put_in_force(config, false) {
             // A CRL the verifiers refuse (or a reload failing for another reason) must
             // not stay where every later reload and start would read it: the file is put
             // back as it was, and the configuration in force is unchanged.
@@ -259,6 +270,7 @@ impl PolicyReload for ConfigReload {
             return Err(format!("the CRL was not put in force: {reason}"));
         }
         tracing::info!(%issuer, file = %path.display(), "CRL put in force; offering it to the peers");
+        let config = self.in_force();
         let tls = peer_tls(&config).map_err(|e| e.to_string())?;
         for peer in &config.peers {
             let Some(tls) = tls.get(&peer.id).cloned() else {
@@ -288,7 +300,6 @@ impl PolicyReload for ConfigReload {
 
     fn reload(&self) -> Result<Arc<crate::policy::Policy>, String> {
         let _one_at_a_time = self.serial.lock().unwrap_or_else(|p| p.into_inner());
-        // Everything that can fail comes first, so a refused reload changes nothing.
         // Loading re-reads the trust anchors and the CRL files the configuration names.
         let config = Config::load(&self.path).map_err(|e| e.to_string())?;
         if config.node.id != self.id {
@@ -297,6 +308,29 @@ impl PolicyReload for ConfigReload {
                 self.id, config.node.id
             ));
         }
+        self.put_in_force(config, true)
+    }
+}
+
+impl ConfigReload {
+    /// The configuration in force.
+    fn in_force(&self) -> Arc<Config> {
+        self.in_force
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Puts `config` in force (the caller holds `serial`): its partners, anchors and
+    /// CRLs, the signer trust and the outgoing links always; with `everything`, also its
+    /// policy, TAXII credentials and feeds (a reload; a CRL handed over changes only
+    /// the TLS side of the configuration in force).
+    fn put_in_force(
+        &self,
+        config: Config,
+        everything: bool,
+    ) -> Result<Arc<crate::policy::Policy>, String> {
+        // Everything that can fail comes first, so a refused change changes nothing.
         let verifiers = config
             .tls
             .client_verifiers()
@@ -306,31 +340,44 @@ impl PolicyReload for ConfigReload {
             .signer_trust_pinned(&config.listings())
             .map_err(|e| format!("node.crls: {e}"))?;
         let client_tls = peer_tls(&config).map_err(|e| format!("node.crls: {e}"))?;
-        let policy = crate::policy::Policy::compile(&config.policy_spec());
+        let policy = everything.then(|| crate::policy::Policy::compile(&config.policy_spec()));
         // Access first: streams woken by the policy change then find theirs withdrawn.
         let withdrawn = self
             .directory
             .replace(&self.id, config.listings(), Some(verifiers));
         self.signer_trust.replace_with(&signer_trust);
-        self.engine.set_policy(policy);
-        self.taxii_credentials.replace(
-            config
-                .taxii
-                .as_ref()
-                .map(|t| t.basic.clone())
-                .unwrap_or_default(),
-        );
+        if let Some(policy) = policy {
+            self.engine.set_policy(policy);
+            self.taxii_credentials.replace(
+                config
+                    .taxii
+                    .as_ref()
+                    .map(|t| t.basic.clone())
+                    .unwrap_or_default(),
+            );
+        }
         // Outgoing links too: a peer now revoked or removed is no longer pulled from.
         self.pull_links.start(&config, &client_tls);
-        // Feeds removed or changed stop polling; feeds added or changed start.
-        self.feed_loops.apply(&config.feeds);
+        if everything {
+            // Feeds removed or changed stop polling; feeds added or changed start.
+            self.feed_loops.apply(&config.feeds);
+        }
+        let crls = config.node.tls.crls.len();
+        *self.in_force.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
         let policy = self.engine.policy();
-        tracing::info!(
-            policy_hash = %crate::util::hex(&policy.hash()),
-            crls = config.node.tls.crls.len(),
-            connections_withdrawn = withdrawn,
-            "policy reloaded"
-        );
+        if everything {
+            tracing::info!(
+                policy_hash = %crate::util::hex(&policy.hash()),
+                crls,
+                connections_withdrawn = withdrawn,
+                "policy reloaded"
+            );
+        } else {
+            tracing::info!(
+                connections_withdrawn = withdrawn,
+                "certificate revocation lists in force changed"
+            );
+        }
         Ok(policy)
     }
 }
@@ -412,6 +459,7 @@ impl Node {
             pull_links: pull_links.clone(),
             taxii_credentials: taxii_credentials.clone(),
             feed_loops: feed_loops.clone(),
+            in_force: std::sync::Mutex::new(Arc::new(config.clone())),
         });
         let server_tls = config.tls.server_config(directory.clone())?;
 

@@ -359,3 +359,45 @@ async fn an_applied_crl_ends_the_revoked_clients_open_stream() {
     assert!(gone.hello().await.is_err());
     node.shutdown(Duration::from_secs(10)).await.unwrap();
 }
+
+/// A CRL handed over (`Admin.ApplyCrl` here; `Federation.OfferCrl` takes the same path)
+/// puts that CRL in force, and nothing else: an edit of the configuration file that the
+/// operator has not reloaded yet (here a new client) stays out of force until the
+/// operator reloads.
+#[tokio::test]
+async fn a_crl_handed_over_puts_only_itself_in_force_not_unreloaded_edits() {
+    let fed = TwoAnchors::new("Partner CA");
+    let newcomer = fed.pki.client("analyst.newcomer");
+    let node = common::start(&fed.config).await;
+    let operator = fed.operator(&node).await;
+    let policy_before = node.engine().policy().hash();
+    // The operator is editing the file: a new client, not reloaded yet.
+    let mut text = std::fs::read_to_string(&fed.config).unwrap();
+    text.push_str(&format!(
+        "\n[[client]]\nid = \"{newcomer}\"\nrole = \"analyst\"\ntrust_anchor = \"{}\"\n",
+        fed.pki.ca_cert().display()
+    ));
+    std::fs::write(&fed.config, text).unwrap();
+
+    let ours = crl_der(&std::fs::read_to_string(fed.pki.certs.revoke(&fed.gone).unwrap()).unwrap());
+    assert!(operator.apply_crl(ours).await.unwrap());
+    assert!(fed.revoked(&node, &fed.gone).await, "the CRL is in force");
+    assert!(!fed.revoked(&node, &fed.kept).await);
+    assert!(
+        hello(&fed.pki.material(&newcomer), node.local_addr(), &fed.hq)
+            .await
+            .is_err(),
+        "a client only in the unreloaded file was admitted after a CRL hand-over"
+    );
+    assert_eq!(node.engine().policy().hash(), policy_before);
+
+    // The operator's reload puts the edit in force, and the CRL stays.
+    node.reload_policy().unwrap();
+    assert!(
+        hello(&fed.pki.material(&newcomer), node.local_addr(), &fed.hq)
+            .await
+            .is_ok()
+    );
+    assert!(fed.revoked(&node, &fed.gone).await);
+    node.shutdown(Duration::from_secs(10)).await.unwrap();
+}

@@ -153,7 +153,32 @@ pub struct TlsMaterial {
     anchor_certificates: Vec<CertificateDer<'static>>,
 }
 
+impl Clone for TlsMaterial {
+    fn clone(&self) -> Self {
+        Self {
+            id: self.id.clone(),
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+            roots: self.roots.clone(),
+            anchors: self.anchors.clone(),
+            crls: self.crls.clone(),
+            anchor_certificates: self.anchor_certificates.clone(),
+        }
+    }
+}
+
 impl TlsMaterial {
+    /// This material with the CRL `der` among its CRLs, in place of an older one of the
+    /// same issuer (check it first with [`TlsMaterial::check_crl`]).
+    pub fn with_crl(&self, der: &[u8]) -> Self {
+        let mut crls = self.crls.clone();
+        crls.push(CertificateRevocationListDer::from(der.to_vec()));
+        Self {
+            crls: super::crl::newest_per_issuer(crls),
+            ..self.clone()
+        }
+    }
+
     /// Loads and checks the files: readable, well-formed, key permissions, the
     /// certificate's id equals `expected_id`, and the key matches the certificate.
     pub fn load(paths: &TlsPaths, expected_id: &NodeId) -> Result<Self, TlsError> {
