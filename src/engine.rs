@@ -1281,14 +1281,20 @@ impl Engine {
         // The sealed text is a kind byte and the store's cursor: more to read after the
         // cursor, or the end. A page with items always comes with a token, so the last
         // page is always an empty one and the number of pages does not depend on how
-        // many withheld items the store had to look at.
+        // many withheld items the store had to look at. When the scan reached the end of
+        // what is stored, the token goes on from there if the store can say where
+        // (`CATCH_UP`), so that an item stored before the caller asks for the next page
+        // is on it; that catch-up ends the query at the end of what is stored then, so
+        // a listing ends even while items keep arriving.
         const MORE: u8 = 0;
         const END: u8 = 1;
-        let mut after = if token.is_empty() {
-            Vec::new()
+        const CATCH_UP: u8 = 2;
+        let (mut after, catching_up) = if token.is_empty() {
+            (Vec::new(), false)
         } else {
             match self.tokens.open(&scope, token)?.split_first() {
-                Some((&MORE, cursor)) => cursor.to_vec(),
+                Some((&MORE, cursor)) => (cursor.to_vec(), false),
+                Some((&CATCH_UP, cursor)) => (cursor.to_vec(), true),
                 Some((&END, [])) => return Ok(Page::default()),
                 _ => return Err(EngineError::PageToken(PageTokenError::Invalid)),
             }
@@ -1316,11 +1322,18 @@ impl Engine {
         }
         page.next = match page.next.take() {
             Some(next) => {
-                let mut sealed = vec![MORE];
+                let mut sealed = vec![if catching_up { CATCH_UP } else { MORE }];
                 sealed.extend_from_slice(&next);
                 Some(self.tokens.seal(&scope, &sealed)?)
             }
-            None if !page.items.is_empty() => Some(self.tokens.seal(&scope, &[END])?),
+            None if !page.items.is_empty() => match page.end.take() {
+                Some(end) if !catching_up => {
+                    let mut sealed = vec![CATCH_UP];
+                    sealed.extend_from_slice(&end);
+                    Some(self.tokens.seal(&scope, &sealed)?)
+                }
+                _ => Some(self.tokens.seal(&scope, &[END])?),
+            },
             None => None,
         };
         Ok(page)
@@ -1419,6 +1432,7 @@ impl Engine {
             page = Page {
                 items: Vec::new(),
                 next: Some(token.to_vec()),
+                end: None,
                 bytes: 0,
             };
         } else if keep < page.items.len() {

@@ -7,6 +7,7 @@
 //! not at all. No proto types of the services and no network here.
 
 pub mod compact;
+pub mod dropped;
 mod index;
 pub(crate) mod ledger;
 pub(crate) mod log;
@@ -482,6 +483,9 @@ pub struct Page {
     pub items: Vec<StoredItem>,
     /// Opaque cursor for the next page; `None` when done.
     pub next: Option<Vec<u8>>,
+    /// When done (`next` is `None`), the cursor where the scan ended, if the query can
+    /// go on from there: a later page from it finds only what was stored since.
+    pub end: Option<Vec<u8>>,
     /// The stored size of the items, in bytes: about what they take encoded in an
     /// answer.
     pub bytes: usize,

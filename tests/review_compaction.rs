@@ -168,3 +168,71 @@ fn an_indicator_retired_by_expiry_does_not_come_back_after_a_compaction() {
     drop(store);
     offered(&open());
 }
+
+/// The same after the store's metadata was lost and rebuilt from its log (`entente
+/// store recover`): the note that the indicator was dropped as expired outlives the
+/// metadata, so the retired version is still refused, and a later compaction keeps the
+/// note.
+#[test]
+fn an_indicator_retired_by_expiry_does_not_come_back_after_a_recovery() {
+    let f = fixture();
+    let dir = f.pki.path().join("retired");
+    let open = || common::open_store(&dir, &f.hq.id, 16 << 20).unwrap();
+    let store = open();
+    let id = ItemId::new_random();
+    let now = now_ms();
+    let first = indicator(
+        &id,
+        IndicatorType::Domain,
+        "retired.example",
+        now - 60 * DAY,
+        Tlp::Green,
+        &[],
+    );
+    let mut retired = first.clone();
+    retired.modified_ms = now - 40 * DAY;
+    if let ItemKind::Indicator(i) = &mut retired.kind {
+        i.valid_until_ms = Some(now - 40 * DAY);
+    }
+    let from_berlin = Source {
+        received_from: f.berlin.id.clone(),
+        hops: 1,
+    };
+    let old = bundle(&f, &f.hq, &[first]);
+    store.accept(&old, &from_berlin, now).unwrap();
+    store
+        .accept(&bundle(&f, &f.hq, &[retired]), &from_berlin, now)
+        .unwrap();
+    store.flush().unwrap();
+    assert_eq!(
+        store
+            .compact(Compaction::default())
+            .unwrap()
+            .expired_dropped,
+        1
+    );
+    drop(store);
+    // A store whose compaction came before the copy beside the log was kept copies its
+    // notes there when it opens.
+    std::fs::remove_file(dir.join(entente::store::dropped::FILE)).unwrap();
+    drop(open());
+    assert!(dir.join(entente::store::dropped::FILE).exists());
+
+    common::remove_sled(&dir);
+    entente::store::recover::recover(&dir, &f.hq.id, 16 << 20, false).unwrap();
+    let offered = |store: &SledStore| {
+        let report = store.accept(&old, &from_berlin, now_ms()).unwrap();
+        assert!(
+            report.stored.is_empty() && report.feed_seq.is_none(),
+            "the version the origin retired was taken again after a recovery: {report:?}"
+        );
+        assert!(store.get(&id).unwrap().is_none());
+    };
+    let store = open();
+    offered(&store);
+    store.compact(Compaction::default()).unwrap();
+    drop(store);
+    common::remove_sled(&dir);
+    entente::store::recover::recover(&dir, &f.hq.id, 16 << 20, false).unwrap();
+    offered(&open());
+}

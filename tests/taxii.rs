@@ -1123,6 +1123,84 @@ async fn taxii_paging_is_stable_while_an_analyst_publishes() {
     assert!(round >= 5, "{round} pages");
 }
 
+/// An object stored after a listing's last page with objects, before the caller asks for
+/// the page after it, is on that page: the listing goes on from where its scan ended,
+/// not from a final token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taxii_an_object_added_before_the_last_page_is_asked_for_is_on_it() {
+    let Started {
+        pki: _pki,
+        config: _config,
+        node,
+        researcher,
+        analyst,
+        collection,
+    } = start().await;
+    let objects = format!("{collection}objects/");
+    publish_as(
+        &analyst,
+        node.taxii,
+        &objects,
+        (1..=4).map(|n| indicator(n, GREEN)).collect(),
+    )
+    .await;
+    let mut seen = Vec::new();
+    let mut next: Option<String> = None;
+    let mut pages = Vec::new();
+    let mut added = false;
+    loop {
+        let path = match &next {
+            None => format!("{objects}?limit=3"),
+            Some(n) => format!("{objects}?limit=3&next={n}"),
+        };
+        let page = get(&researcher, node.taxii, &path).await;
+        assert_eq!(page.status, 200);
+        let body = page.json();
+        let ids = item_ids(&body);
+        pages.push(ids.len());
+        seen.extend(ids);
+        // After the page that served the last object held, one more is added.
+        if seen.len() == 4 && !added {
+            publish_as(&analyst, node.taxii, &objects, vec![indicator(5, GREEN)]).await;
+            added = true;
+        }
+        match body["next"].as_str() {
+            Some(n) if body["more"] == json!(true) => next = Some(n.to_owned()),
+            _ => break,
+        }
+        assert!(pages.len() < 10, "paging does not end");
+    }
+    let expected: Vec<String> = (1..=5).map(id_of).collect();
+    assert_eq!(seen, expected, "pages {pages:?}");
+    assert_eq!(pages.last(), Some(&0), "{pages:?}");
+
+    // A marking definition asked for by id is dated by its own version, not 1970.
+    let manifest = get(
+        &researcher,
+        node.taxii,
+        &format!("{collection}manifest/?match[id]={GREEN}"),
+    )
+    .await;
+    assert_eq!(manifest.status, 200);
+    let body = manifest.json();
+    assert_eq!(body["objects"][0]["id"], json!(GREEN), "{body}");
+    assert_eq!(
+        body["objects"][0]["date_added"], body["objects"][0]["version"],
+        "{body}"
+    );
+
+    // The revocation extension's definition and the identity that defines it, served
+    // beside revocations in listings, are served by id too.
+    for id in [
+        "extension-definition--f49b347c-4b7e-43d8-a2cb-a756b594e83e",
+        "identity--d468fad8-6c8c-46cc-894e-a84f94ec07f2",
+    ] {
+        let reply = get(&researcher, node.taxii, &format!("{objects}{id}/")).await;
+        assert_eq!(reply.status, 200, "{id}");
+        assert_eq!(reply.json()["objects"][0]["id"], json!(id));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_do_not_keep_taxii_callers_out() {
     let pki = federation();

@@ -33,6 +33,8 @@ pub fn recover(config: &crate::Config, cut_damaged: bool, output: Output) -> Res
                 "aside": aside.display().to_string(),
             })),
             "ledger_restarted": recovery.why,
+            "dropped_notes": recovery.dropped_notes,
+            "dropped_notes_problem": recovery.notes_problem,
         }));
     }
     println!("{recovery}");

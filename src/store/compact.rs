@@ -8,8 +8,9 @@
 //! bundles left with nothing. Revocations are kept, however old: a partner that comes
 //! back after any outage still learns of them, and an older version of a revoked
 //! indicator offered again is still refused as older. An indicator dropped as expired
-//! is noted in the metadata ([`records::DROPPED`]), so neither it nor an older version
-//! of it is taken again when a partner offers it.
+//! is noted in the metadata ([`records::DROPPED`]), and in `dropped.notes` beside the log
+//! so that the note outlives a loss of the metadata ([`super::dropped`]), so neither it
+//! nor an older version of it is taken again when a partner offers it.
 //!
 //! Each kept bundle keeps its place in the change feed, so a partner's cursor means
 //! the same bundles before and after: nothing is missed or received twice because of
@@ -299,6 +300,13 @@ impl SledStore {
         // The expired indicators dropped go on being refused when offered again; if the
         // swap does not happen their note is harmless (the log still holds them, and
         // what the log holds is looked at first).
+        // Kept a second time beside the log first, so that they outlive the loss of
+        // the metadata (`entente store recover` reads them back).
+        if let Err(e) = super::dropped::append(&self.path, &dropped) {
+            drop(new_log);
+            let _ = std::fs::remove_file(&new_path);
+            return Err(e);
+        }
         let mut batch = sled::Batch::default();
         batch.insert(records::META_COMPACTING, pending);
         for (uuid, note) in &dropped {

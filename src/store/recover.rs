@@ -32,6 +32,10 @@ pub struct Recovery {
     pub marked: u64,
     /// Why the ledger was restarted (its first record's note).
     pub why: String,
+    /// Notes of indicators dropped as expired, read back from `dropped.notes`.
+    pub dropped_notes: usize,
+    /// Why reading `dropped.notes` stopped before its end, if it did.
+    pub notes_problem: Option<String>,
 }
 
 impl std::fmt::Display for Recovery {
@@ -65,6 +69,19 @@ impl std::fmt::Display for Recovery {
             "the disclosure ledger starts again: its first record says \"{}\"",
             self.why
         )?;
+        writeln!(
+            f,
+            "{} indicators dropped as expired by earlier compactions are refused again when offered (from {})",
+            self.dropped_notes,
+            super::dropped::FILE
+        )?;
+        if let Some(problem) = &self.notes_problem {
+            writeln!(
+                f,
+                "{} could not be read to its end ({problem}): indicators dropped as expired after that point may be taken again if a partner offers them",
+                super::dropped::FILE
+            )?;
+        }
         write!(
             f,
             "replication cursors start from zero (partners' feeds are pulled again) and partners are served this node's feed from the start; each TAXII client's collection is dated again from its next request (an added_after poll receives it whole once more)"
@@ -100,6 +117,10 @@ pub fn recover(
         now
     );
     let (store, found) = SledStore::rebuild(dir, owner, cache_bytes, cut_damaged, &aside, &why)?;
+    // The indicators earlier compactions dropped as expired stay refused when offered
+    // again: their notes come back from the copy kept beside the log.
+    let notes = super::dropped::read(dir)?;
+    store.restore_dropped(&notes.records)?;
     let report = Recovery {
         frames: found.frames,
         feed_head: store.feed_head(),
@@ -108,6 +129,8 @@ pub fn recover(
         cut: found.cut,
         marked: found.marked,
         why,
+        dropped_notes: notes.records.len(),
+        notes_problem: notes.problem,
     };
     store.flush()?;
     Ok(report)

@@ -300,6 +300,19 @@ impl SledStore {
     ) -> Self {
         let hasher = index.hasher.clone();
         let any_dropped = meta.tree.scan_prefix([records::DROPPED]).next().is_some();
+        if any_dropped && !dir.join(super::dropped::FILE).exists() {
+            // A store whose compactions predate the copy beside the log: its notes are
+            // copied there once, so that they too outlive a loss of the metadata.
+            let notes: Vec<([u8; 16], Vec<u8>)> = meta
+                .tree
+                .scan_prefix([records::DROPPED])
+                .filter_map(Result::ok)
+                .filter_map(|(key, value)| Some((key.get(1..)?.try_into().ok()?, value.to_vec())))
+                .collect();
+            if let Err(error) = super::dropped::append(dir, &notes) {
+                tracing::warn!(%error, "the notes of indicators dropped as expired could not be copied beside the log");
+            }
+        }
         let generation = log.header().generation;
         Self {
             path: dir.to_owned(),
@@ -584,6 +597,23 @@ impl SledStore {
 
     /// What a compaction recorded of item `uuid` when it dropped it as expired: the
     /// modified time and origin of the version dropped.
+    /// Records again the notes of indicators dropped as expired that `dropped.notes`
+    /// kept (after a recovery rebuilt the metadata); durable with the next flush.
+    pub(super) fn restore_dropped(&self, notes: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
+        if notes.is_empty() {
+            return Ok(());
+        }
+        for chunk in notes.chunks(10_000) {
+            let mut batch = sled::Batch::default();
+            for (key, value) in chunk {
+                batch.insert(&key[..], &value[..]);
+            }
+            self.with_meta(|m| m.tree.apply_batch(batch))?;
+        }
+        self.any_dropped.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
     fn dropped(&self, uuid: &[u8; 16]) -> Result<Option<(i64, String)>, StoreError> {
         // Most stores never dropped anything: no lookup per new item then.
         if !self.any_dropped.load(Ordering::SeqCst) {
@@ -927,6 +957,11 @@ impl SledStore {
                 return Ok(Some(full.to_be_bytes().to_vec()));
             }
             if at >= end {
+                // Slots are only ever added at the end: a later scan from the last one
+                // finds what was stored since.
+                page.end = at
+                    .checked_sub(1)
+                    .map(|last| (last as u32).to_be_bytes().to_vec());
                 return Ok(None);
             }
             if examined >= MAX_SCAN_PER_QUERY {
@@ -1651,6 +1686,7 @@ impl ItemStore for SledStore {
             limit,
         };
         page.next = stamp(self.walk_slots(&want, after, &mut page)?);
+        page.end = stamp(page.end.take());
         Ok(page)
     }
 

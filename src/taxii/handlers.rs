@@ -330,7 +330,10 @@ impl Handlers {
                 match self.supporting_object(caller, id).await {
                     Ok(Some(object)) => {
                         if object_admitted(params, &object) {
-                            extra.push((object, 0));
+                            // Asked for by id, it comes with no item to date it: it is
+                            // dated by its own version (these objects never change).
+                            let added = object_time(&object).unwrap_or(0);
+                            extra.push((object, added));
                         }
                         continue;
                     }
@@ -439,7 +442,8 @@ impl Handlers {
     }
 
     /// The marking definition or origin identity `id` names, if the caller may have it:
-    /// the definition of a TLP 2.0 marking its policy lets through, or the identity of
+    /// the definition of a TLP 2.0 marking its policy lets through, the revocation
+    /// extension's definition and the project identity (to anyone), or the identity of
     /// this node or a configured peer node of which it may see at least one item. An
     /// origin whose every item is withheld from the caller has no identity for it, as
     /// for one the node never heard of. `Ok(None)` for any other id.
@@ -450,6 +454,15 @@ impl Handlers {
                 .policy()
                 .marking_visible(&caller.partner.id, tlp);
             return Ok(visible.then(|| crate::interop::tlp_marking_definition(tlp)));
+        }
+        // The definition of a revocation's properties and the project identity that
+        // defines it are the same on every node and say nothing of what is held: served
+        // by id to any caller, as listings serve them beside revocations.
+        if let Some(object) = crate::interop::revocation_extension()
+            .into_iter()
+            .find(|object| object.get("id").and_then(Value::as_str) == Some(id))
+        {
+            return Ok(Some(object));
         }
         if !id.starts_with("identity--") {
             return Ok(None);
@@ -888,12 +901,17 @@ fn items_that_fit(
 /// `match[version]` (its version is its `modified`, or `created` when it has none).
 fn object_admitted(params: &Params, object: &Value) -> bool {
     let kind = object.get("type").and_then(Value::as_str).unwrap_or("");
-    let version = object
+    params.admits(kind) && object_time(object).is_some_and(|v| params.version.allows(v))
+}
+
+/// The version of an object other than an item (its `modified`, or `created` when it
+/// has none), in ms since the epoch.
+fn object_time(object: &Value) -> Option<i64> {
+    object
         .get("modified")
         .or_else(|| object.get("created"))
         .and_then(Value::as_str)
-        .and_then(params::timestamp);
-    params.admits(kind) && version.is_some_and(|v| params.version.allows(v))
+        .and_then(params::timestamp)
 }
 
 /// The version of an object other than an item, as TAXII writes it.
@@ -1360,13 +1378,19 @@ fn page_answer(
     extra: Vec<(Value, i64)>,
     next: Option<&str>,
 ) -> Answer {
+    // The headers date the items only: a page of the objects an item brings, served
+    // before the item itself, must not give a client an `added_after` past that item.
+    let dates: Vec<i64> = items
+        .iter()
+        .map(|s| params.date_added(s.accepted_ms))
+        .collect();
     if !manifest {
         let objects = items
             .iter()
             .map(|s| write_stix_from(&s.item, Some(s.origin.as_str())))
             .chain(extra.into_iter().map(|(object, _)| object.to_string()));
         let body = envelope(next.is_some(), next, objects);
-        return with_dates(raw_taxii(StatusCode::OK, body), items, params);
+        return dated(raw_taxii(StatusCode::OK, body), &dates);
     }
     let objects: Vec<Value> = items
         .iter()
@@ -1393,7 +1417,7 @@ fn page_answer(
         body.insert("next".into(), json!(next));
     }
     body.insert("objects".into(), Value::Array(objects));
-    with_dates(taxii(StatusCode::OK, &Value::Object(body)), items, params)
+    dated(taxii(StatusCode::OK, &Value::Object(body)), &dates)
 }
 
 /// An envelope's JSON text from its objects' text: `more`, `next` when there is one,
@@ -1445,9 +1469,18 @@ fn with_allow(mut response: Answer, methods: &'static str) -> Answer {
 
 /// Adds `X-TAXII-Date-Added-First` and `-Last` for the items of an answer, as the
 /// caller's collection dates them ([`Params::date_added`]).
-fn with_dates(mut response: Answer, items: &[StoredItem], params: &Params) -> Answer {
-    let first = items.iter().map(|s| params.date_added(s.accepted_ms)).min();
-    let last = items.iter().map(|s| params.date_added(s.accepted_ms)).max();
+fn with_dates(response: Answer, items: &[StoredItem], params: &Params) -> Answer {
+    let dates: Vec<i64> = items
+        .iter()
+        .map(|s| params.date_added(s.accepted_ms))
+        .collect();
+    dated(response, &dates)
+}
+
+/// Adds `X-TAXII-Date-Added-First` and `-Last` for objects added at `dates`.
+fn dated(mut response: Answer, dates: &[i64]) -> Answer {
+    let first = dates.iter().copied().min();
+    let last = dates.iter().copied().max();
     for (name, at) in [
         ("x-taxii-date-added-first", first),
         ("x-taxii-date-added-last", last),

@@ -221,11 +221,16 @@ pub fn parse(query: Option<&str>) -> Result<Params, String> {
                     Some(timestamp(&value).ok_or("added_after is not a TAXII timestamp")?);
             }
             "limit" => {
-                let limit: usize = value
-                    .parse()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or("limit is not a positive integer")?;
+                // A positive integer of any size; past MAX_LIMIT it is lowered (digits
+                // beyond what a usize holds included).
+                let digits = value.strip_prefix('+').unwrap_or(&value);
+                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err("limit is not a positive integer".into());
+                }
+                let limit = digits.parse::<usize>().unwrap_or(usize::MAX);
+                if limit == 0 {
+                    return Err("limit is not a positive integer".into());
+                }
                 params.limit = limit.min(MAX_LIMIT);
             }
             "next" => {
@@ -322,6 +327,13 @@ mod tests {
         .unwrap();
         assert_eq!(p.added_after_ms, Some(1_735_689_600_000));
         assert_eq!(p.limit, MAX_LIMIT);
+        for huge in ["99999999999999999999999999", "18446744073709551616"] {
+            assert_eq!(
+                parse(Some(&format!("limit={huge}"))).unwrap().limit,
+                MAX_LIMIT
+            );
+        }
+        assert!(parse(Some("limit=000")).is_err());
         assert_eq!(p.ids, Some(vec!["a".into(), "b".into()]));
         assert!(p.admits("indicator"));
         assert!(!p.admits("malware"));
