@@ -14,7 +14,7 @@ mod http;
 mod misp;
 mod taxii;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +26,7 @@ use crate::engine::{Engine, EngineError, now_ms};
 
 /// Most items signed as one bundle.
 const ITEMS_PER_BUNDLE: usize = 1_000;
-use crate::model::{Distribution, Item, ItemKind, Partner, PartnerKind, Revocation, Role};
+use crate::model::{Distribution, Item, ItemId, ItemKind, Partner, PartnerKind, Revocation, Role};
 
 /// Why a poll failed, in words an operator can act on.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -307,6 +307,21 @@ async fn publish(
     items: Vec<Item>,
     report: &mut PollReport,
 ) -> Result<(), FeedError> {
+    publish_reviving(engine, feed, items, &HashSet::new(), report).await
+}
+
+/// [`publish`], where the indicators whose ids are in `revive` are live again at their
+/// source after this feed revoked them (a MISP event listed again, an attribute no
+/// longer deleted): held as a revocation, such an indicator is published as a new
+/// version dated just after that revocation when its own date is not later, rather than
+/// passed over as older than what is held.
+async fn publish_reviving(
+    engine: &Arc<Engine>,
+    feed: &FeedConfig,
+    items: Vec<Item>,
+    revive: &HashSet<ItemId>,
+    report: &mut PollReport,
+) -> Result<(), FeedError> {
     let own_source = source_tag(&feed.name);
     let items: Vec<Item> = items
         .into_iter()
@@ -323,6 +338,11 @@ async fn publish(
         })
         .collect();
     let engine_for_task = engine.clone();
+    let revive: HashSet<ItemId> = items
+        .iter()
+        .filter(|item| revive.contains(&item.id))
+        .map(|item| item.id.clone())
+        .collect();
     let (ingested, unchanged, refused) = tokio::task::spawn_blocking(move || {
         let engine = engine_for_task;
         let own = engine.policy().node().clone();
@@ -358,6 +378,19 @@ async fn publish(
                         "{}: the id is held from another source of this node; only that source may update it",
                         item.id
                     ))
+                }
+                // Revoked by this feed, listed again by the source: live again, dated
+                // after the revocation so that it replaces it.
+                Ok(Some(held))
+                    if matches!(held.item.kind, ItemKind::Revocation(_))
+                        && matches!(item.kind, ItemKind::Indicator(_))
+                        && revive.contains(&item.id) =>
+                {
+                    let mut item = item;
+                    item.modified_ms = item
+                        .modified_ms
+                        .max(held.item.modified_ms.saturating_add(1));
+                    fresh.push(item);
                 }
                 Ok(Some(held)) if held.item.modified_ms >= item.modified_ms => unchanged += 1,
                 // The source revoked what this node made from it: the node revokes its

@@ -658,3 +658,393 @@ async fn an_event_file_older_than_its_manifest_entry_is_fetched_again() {
     .await;
     node.shutdown(Duration::from_secs(5)).await.unwrap();
 }
+
+// ---------------------------------------------------------------------------------
+// MISP, again: clocks ahead, events listed again, markings the mapper cannot represent,
+// and `deleted` written as MISP writes it.
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// The newest event timestamp a MISP feed's status gives (`… newest timestamp N`).
+fn newest_timestamp(checkpoint: &str) -> Option<i64> {
+    checkpoint
+        .rsplit_once("newest timestamp ")
+        .and_then(|(_, n)| n.trim().parse().ok())
+}
+
+/// A source whose clock runs an hour fast stamps an event ahead of the node's clock.
+/// The node recorded that timestamp, so the event's version once the source's clock is
+/// right (dated now, before the recorded one) was never fetched, and attributes refused
+/// only because they were dated beyond the clock skew were never tried again; the status
+/// said nothing. The node must hold no timestamp past its clock, read such events again,
+/// take what it refused once the clock allows, and say why in the status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misp_event_dated_ahead_is_not_held_past_the_clock_and_is_read_again() {
+    common::init_logging();
+    let now = unix_now();
+    let ahead = now + 3600;
+    let files = MispFiles::default();
+    files.set(
+        "/misp/manifest.json",
+        manifest(&[(EVENT_1, ahead), (EVENT_2, now - 60)]),
+    );
+    files.set(
+        &format!("/misp/{EVENT_1}.json"),
+        event(
+            EVENT_1,
+            ahead,
+            vec![attribute(1, "domain", "ahead.example", ahead)],
+        ),
+    );
+    // Dated right, but one of its attributes a few seconds beyond the clock skew.
+    files.set(
+        &format!("/misp/{EVENT_2}.json"),
+        event(
+            EVENT_2,
+            now - 60,
+            vec![
+                attribute(2, "domain", "soon.example", now + 6),
+                attribute(3, "domain", "now.example", now - 60),
+            ],
+        ),
+    );
+    let base = files.serve().await;
+    let pki = Pki::new();
+    let id = pki.node("ahead.node");
+    let config = node_config(
+        &pki,
+        &id,
+        "ahead",
+        &format!(
+            "\n[[feed]]\nname = \"m-ahead\"\nkind = \"misp\"\nurl = \"{base}/misp/\"\ninterval = \"1s\"\n"
+        ),
+    );
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("crls = []\n", "crls = []\nmax_clock_skew = \"1s\"\n");
+    assert!(text.contains("max_clock_skew"));
+    std::fs::write(&config, text).unwrap();
+    let node = common::start(&config).await;
+    let client = common::connect(&pki, &node, "ahead.node").await;
+    wait_until("the attribute dated right", || {
+        let client = &client;
+        async move {
+            by_value(client, "source:m-ahead")
+                .await
+                .contains_key("now.example")
+                .then_some(())
+        }
+    })
+    .await;
+    wait_polls(&client, "m-ahead", 0, 1).await;
+    let status = feed_status(&client, "m-ahead").await;
+    let newest = newest_timestamp(&status.checkpoint);
+    assert!(
+        newest.is_some_and(|n| n <= unix_now() + 1),
+        "a timestamp past the node's clock is held: {status:?}"
+    );
+    assert!(
+        status.last_error.contains("ahead"),
+        "the status says nothing of the event dated ahead: {status:?}"
+    );
+    assert!(
+        !by_value(&client, "source:m-ahead")
+            .await
+            .contains_key("ahead.example")
+    );
+    // The attribute refused for the clock skew alone is taken once the clock reaches it.
+    wait_within(
+        "the attribute dated a few seconds ahead",
+        Duration::from_secs(30),
+        || {
+            let client = &client;
+            async move {
+                by_value(client, "source:m-ahead")
+                    .await
+                    .contains_key("soon.example")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    // The source's clock is right again: the event is republished, dated now.
+    let fixed = unix_now();
+    files.set(
+        &format!("/misp/{EVENT_1}.json"),
+        event(
+            EVENT_1,
+            fixed,
+            vec![attribute(1, "domain", "ahead.example", fixed)],
+        ),
+    );
+    files.set(
+        "/misp/manifest.json",
+        manifest(&[(EVENT_1, fixed), (EVENT_2, now - 60)]),
+    );
+    wait_within(
+        "the event once the source's clock is right",
+        Duration::from_secs(20),
+        || {
+            let client = &client;
+            async move {
+                by_value(client, "source:m-ahead")
+                    .await
+                    .get("ahead.example")
+                    .is_some_and(|revoked| !revoked)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    // Nothing is dated ahead any more: a poll succeeds and clears the error.
+    wait_until("the error cleared", || {
+        let client = &client;
+        async move {
+            let status = feed_status(client, "m-ahead").await;
+            status.last_error.is_empty().then_some(())
+        }
+    })
+    .await;
+    node.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+/// An event leaves `manifest.json` for one poll (the source unpublished it, or its
+/// export was cut short): the node revokes its attributes. When the source lists it
+/// again, unchanged, its attributes' versions were older than the revocation the node
+/// signed and were passed over as held: the indicators stayed revoked for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_listed_again_after_it_left_the_manifest_is_live_again() {
+    common::init_logging();
+    let t1 = 1_764_000_100;
+    let files = MispFiles::default();
+    files.set(
+        "/misp/manifest.json",
+        manifest(&[(EVENT_1, t1), (EVENT_2, t1)]),
+    );
+    files.set(
+        &format!("/misp/{EVENT_1}.json"),
+        event(
+            EVENT_1,
+            t1,
+            vec![attribute(1, "ip-dst", "198.51.100.1", t1)],
+        ),
+    );
+    files.set(
+        &format!("/misp/{EVENT_2}.json"),
+        event(
+            EVENT_2,
+            t1,
+            vec![attribute(2, "ip-dst", "198.51.100.2", t1)],
+        ),
+    );
+    let base = files.serve().await;
+    let pki = Pki::new();
+    let id = pki.node("relisted.node");
+    let config = node_config(
+        &pki,
+        &id,
+        "relisted",
+        &format!(
+            "\n[[feed]]\nname = \"m-relisted\"\nkind = \"misp\"\nurl = \"{base}/misp/\"\ninterval = \"1s\"\n"
+        ),
+    );
+    let node = common::start(&config).await;
+    let client = common::connect(&pki, &node, "relisted.node").await;
+    wait_until("the two indicators", || {
+        let client = &client;
+        async move { (by_value(client, "source:m-relisted").await.len() == 2).then_some(()) }
+    })
+    .await;
+
+    files.set("/misp/manifest.json", manifest(&[(EVENT_1, t1)]));
+    wait_until("event 2 withdrawn", || {
+        let client = &client;
+        async move {
+            (by_value(client, "source:m-relisted")
+                .await
+                .get("198.51.100.2")
+                == Some(&true))
+            .then_some(())
+        }
+    })
+    .await;
+
+    // Listed again, as it was.
+    files.set(
+        "/misp/manifest.json",
+        manifest(&[(EVENT_1, t1), (EVENT_2, t1)]),
+    );
+    wait_within(
+        "event 2's indicator live again",
+        Duration::from_secs(20),
+        || {
+            let client = &client;
+            async move {
+                (by_value(client, "source:m-relisted")
+                    .await
+                    .get("198.51.100.2")
+                    == Some(&false))
+                .then_some(())
+            }
+        },
+    )
+    .await;
+    let held = items_tagged(&client, "source:m-relisted").await;
+    let live = held
+        .values()
+        .map(|s| s.item.as_ref().unwrap())
+        .find(|i| matches!(i.kind, Some(item::Kind::Indicator(ref x)) if x.value == "198.51.100.2"))
+        .unwrap();
+    assert!(
+        live.modified_unix_ms > t1 * 1000,
+        "dated after the revocation it replaces: {live:?}"
+    );
+    assert_eq!(
+        by_value(&client, "source:m-relisted")
+            .await
+            .get("198.51.100.1"),
+        Some(&false)
+    );
+    node.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+/// MISP's own taxonomy has `tlp:ex:chr` (Chatham House Rule), `tlp:ex:nc`, `tlp:unclear`.
+/// The mapper ignored them and gave the event the feed's default marking: an event
+/// tagged `tlp:ex:chr` on a feed with `tlp = "clear"` went out as CLEAR. A `tlp:` tag the
+/// mapper cannot represent must never lower the marking: it counts as RED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tlp_tag_the_mapper_cannot_represent_marks_the_item_red() {
+    common::init_logging();
+    let t1 = 1_764_000_100;
+    let files = MispFiles::default();
+    files.set(
+        "/misp/manifest.json",
+        manifest(&[(EVENT_1, t1), (EVENT_2, t1)]),
+    );
+    let mut chr = event(EVENT_1, t1, vec![attribute(1, "domain", "chr.example", t1)]);
+    chr["Event"]["Tag"] = serde_json::json!([{"name": "tlp:ex:chr"}]);
+    files.set(&format!("/misp/{EVENT_1}.json"), chr);
+    // An event without a marking, an attribute with one of another unknown `tlp:` tag.
+    let mut tagged = attribute(2, "domain", "unclear.example", t1);
+    tagged["Tag"] = serde_json::json!([{"name": "TLP:UNCLEAR"}]);
+    let mut untagged = event(EVENT_2, t1, vec![tagged]);
+    untagged["Event"]["Tag"] = serde_json::json!([]);
+    files.set(&format!("/misp/{EVENT_2}.json"), untagged);
+    let base = files.serve().await;
+    let pki = Pki::new();
+    let id = pki.node("chr.node");
+    let config = node_config(
+        &pki,
+        &id,
+        "chr",
+        &format!(
+            "\n[[feed]]\nname = \"m-chr\"\nkind = \"misp\"\nurl = \"{base}/misp/\"\ntlp = \"clear\"\ninterval = \"1s\"\n"
+        ),
+    );
+    let node = common::start(&config).await;
+    let client = common::connect(&pki, &node, "chr.node").await;
+    let held = wait_until("the two indicators", || {
+        let client = &client;
+        async move {
+            let held = items_tagged(client, "source:m-chr").await;
+            (held.len() == 2).then_some(held)
+        }
+    })
+    .await;
+    for stored in held.values() {
+        let item = stored.item.as_ref().unwrap();
+        assert_eq!(
+            item.tlp,
+            entente::wire::Tlp::Red as i32,
+            "an unknown tlp: tag lowered the marking: {item:?}"
+        );
+    }
+    node.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+/// MISP writes `deleted` as a boolean, and older exports and other tools as `"1"` or
+/// `1`. Only a JSON boolean was read, so an attribute deleted as `"1"` was published as
+/// live. Every form `to_ids` accepts is read, and a value that cannot be read counts as
+/// deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_is_read_in_every_form_misp_writes_and_fails_closed() {
+    common::init_logging();
+    let t1 = 1_764_000_100;
+    let files = MispFiles::default();
+    let deleted = serde_json::json!([
+        true,
+        "1",
+        1,
+        "true",
+        "TRUE",
+        "maybe",
+        {"x": 1},
+        2,
+        false,
+        "0",
+        0,
+        "false",
+        null
+    ]);
+    let mut attributes = Vec::new();
+    for (n, value) in deleted.as_array().unwrap().iter().enumerate() {
+        let mut a = attribute(n as u32 + 1, "ip-dst", &format!("198.51.100.{}", n + 1), t1);
+        a["deleted"] = value.clone();
+        attributes.push(a);
+    }
+    attributes.push(attribute(50, "ip-dst", "198.51.100.50", t1));
+    let mut file = event(EVENT_1, t1, attributes);
+    // An object deleted as "1": its attributes are not taken either.
+    file["Event"]["Object"] = serde_json::json!([{
+        "name": "domain-ip",
+        "deleted": "1",
+        "Attribute": [attribute(60, "domain", "object-deleted.example", t1)],
+    }]);
+    files.set("/misp/manifest.json", manifest(&[(EVENT_1, t1)]));
+    files.set(&format!("/misp/{EVENT_1}.json"), file);
+    let base = files.serve().await;
+    let pki = Pki::new();
+    let id = pki.node("deleted.node");
+    let config = node_config(
+        &pki,
+        &id,
+        "deleted",
+        &format!(
+            "\n[[feed]]\nname = \"m-deleted\"\nkind = \"misp\"\nurl = \"{base}/misp/\"\ninterval = \"1s\"\n"
+        ),
+    );
+    let node = common::start(&config).await;
+    let client = common::connect(&pki, &node, "deleted.node").await;
+    wait_until("the live attributes", || {
+        let client = &client;
+        async move {
+            by_value(client, "source:m-deleted")
+                .await
+                .contains_key("198.51.100.50")
+                .then_some(())
+        }
+    })
+    .await;
+    wait_polls(&client, "m-deleted", 0, 1).await;
+    let held = by_value(&client, "source:m-deleted").await;
+    let live: Vec<&String> = held.keys().collect();
+    assert_eq!(
+        live,
+        vec![
+            "198.51.100.10",
+            "198.51.100.11",
+            "198.51.100.12",
+            "198.51.100.13",
+            "198.51.100.50",
+            "198.51.100.9",
+        ],
+        "{held:?}"
+    );
+    assert!(held.values().all(|revoked| !revoked), "{held:?}");
+    node.shutdown(Duration::from_secs(5)).await.unwrap();
+}

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::http::Client;
-use super::{FeedError, FeedStates, PollOutcome, PollReport, publish, update};
+use super::{FeedError, FeedStates, PollOutcome, PollReport, publish_reviving, update};
 use crate::config::FeedConfig;
 use crate::engine::Engine;
 use crate::model::{
@@ -38,11 +38,16 @@ type Checkpoint = BTreeMap<String, TakenEvent>;
 /// One event taken.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 struct TakenEvent {
-    /// Its timestamp when it was taken.
+    /// Its timestamp when it was taken, never past this node's clock then.
     timestamp: i64,
     /// The uuids of its attributes this node publishes an item for; when the event
     /// drops one, or leaves the manifest, those items are revoked.
     items: Vec<String>,
+    /// The version taken was dated ahead of this node's clock (the event, or one of its
+    /// attributes): the event is read again at each poll, whatever the manifest says,
+    /// until nothing in it is.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    ahead: bool,
 }
 
 impl<'de> serde::Deserialize<'de> for TakenEvent {
@@ -52,14 +57,28 @@ impl<'de> serde::Deserialize<'de> for TakenEvent {
         #[serde(untagged)]
         enum Stored {
             Timestamp(i64),
-            Taken { timestamp: i64, items: Vec<String> },
+            Taken {
+                timestamp: i64,
+                items: Vec<String>,
+                #[serde(default)]
+                ahead: bool,
+            },
         }
         Ok(match Stored::deserialize(deserializer)? {
             Stored::Timestamp(timestamp) => TakenEvent {
                 timestamp,
                 items: Vec::new(),
+                ahead: false,
             },
-            Stored::Taken { timestamp, items } => TakenEvent { timestamp, items },
+            Stored::Taken {
+                timestamp,
+                items,
+                ahead,
+            } => TakenEvent {
+                timestamp,
+                items,
+                ahead,
+            },
         })
     }
 }
@@ -149,7 +168,14 @@ async fn poll_events(
             "manifest.json is not an object of event uuids to their info and timestamp",
         ));
     };
-    let mut wanted: Vec<(i64, String)> = Vec::new();
+    // A timestamp past this node's clock is never trusted as the version held: a source
+    // whose clock runs ahead would otherwise hold back, for as long as it is ahead,
+    // every later version it dates right. Checkpoints kept before this was checked may
+    // hold one: such an event is read again too.
+    let now_s = crate::engine::now_ms().div_euclid(1000);
+    // New and changed events, then those read again only because they were dated
+    // ahead: (read again, timestamp, uuid).
+    let mut wanted: Vec<(bool, i64, String)> = Vec::new();
     let mut listed = std::collections::HashSet::new();
     for (uuid, entry) in &manifest {
         let Some(uuid) = canonical_uuid(uuid) else {
@@ -161,11 +187,13 @@ async fn poll_events(
             continue;
         };
         listed.insert(uuid.clone());
-        if checkpoint
-            .get(&uuid)
-            .is_none_or(|held| held.timestamp < timestamp)
-        {
-            wanted.push((timestamp, uuid));
+        match checkpoint.get(&uuid) {
+            None => wanted.push((false, timestamp, uuid)),
+            Some(held) if held.timestamp < timestamp => wanted.push((false, timestamp, uuid)),
+            Some(held) if held.ahead || held.timestamp > now_s => {
+                wanted.push((true, timestamp, uuid))
+            }
+            Some(_) => {}
         }
     }
     if listed.is_empty() && !manifest.is_empty() {
@@ -199,13 +227,18 @@ async fn poll_events(
         }
         removed.push(uuid.clone());
     }
-    // Oldest changes first, so a poll cut short by its limits resumes in order.
+    // Oldest changes first, so a poll cut short by its limits resumes in order; events
+    // read again only because they were dated ahead come last, so they never hold back
+    // a change.
     wanted.sort();
     wanted.truncate(feed.max_events_per_poll);
 
     let mut taken: Vec<(String, TakenEvent)> = Vec::new();
+    // Indicators the source gives again after this feed revoked them.
+    let mut revive: std::collections::HashSet<ItemId> = std::collections::HashSet::new();
     let mut first_error: Option<FeedError> = None;
-    for (listed_timestamp, uuid) in wanted {
+    let skew_ms = engine.policy().max_clock_skew_ms();
+    for (_, listed_timestamp, uuid) in wanted {
         let uri: ::http::Uri = format!("{base}{uuid}.json")
             .parse()
             .map_err(|_| malformed("an event URL is not valid"))?;
@@ -220,10 +253,22 @@ async fn poll_events(
         };
         let attributes = event_attributes(&event);
         report.fetched += attributes.len() as u64;
-        let before: std::collections::HashSet<String> = checkpoint
-            .get(&uuid)
+        let held = checkpoint.get(&uuid);
+        let before: std::collections::HashSet<String> = held
             .map(|e| e.items.iter().cloned().collect())
             .unwrap_or_default();
+        // The timestamp of the version read. A file older than the manifest says (a
+        // mirror or cache behind it) is recorded as what it is, so the version the
+        // manifest announces is fetched at the next poll rather than never.
+        let read_timestamp = seconds(event.get("timestamp")).unwrap_or(listed_timestamp);
+        // A file at least as new as the version held speaks for the event as it is now:
+        // what it gives that this feed revoked (the event left the manifest, or the
+        // attribute was deleted) is live again. An older file (a lagging mirror) does
+        // not undo a withdrawal.
+        let current = held.is_none_or(|h| read_timestamp >= h.timestamp);
+        let now_ms = crate::engine::now_ms();
+        let mut ahead_ms = read_timestamp.saturating_mul(1000).saturating_sub(now_ms);
+        let mut refused_ahead = 0usize;
         let mut published: Vec<String> = Vec::new();
         for attribute in attributes {
             let attribute_uuid = attribute
@@ -231,7 +276,23 @@ async fn poll_events(
                 .and_then(Value::as_str)
                 .and_then(canonical_uuid);
             match map_attribute(feed, &origin, &event, attribute) {
+                // Dated beyond the clock skew: the node would refuse it. It is tried
+                // again at the next poll (the event is read again), and the item of
+                // its version before, if any, stays as it was.
+                Ok(Some(item)) if item.modified_ms > now_ms.saturating_add(skew_ms) => {
+                    ahead_ms = ahead_ms.max(item.modified_ms.saturating_sub(now_ms));
+                    refused_ahead += 1;
+                    published.extend(attribute_uuid.filter(|a| before.contains(a)));
+                    report.skip(format!(
+                        "event {uuid}: {} is dated ahead of this node's clock; tried again at the next poll",
+                        item.id
+                    ));
+                }
                 Ok(Some(item)) => {
+                    ahead_ms = ahead_ms.max(item.modified_ms.saturating_sub(now_ms));
+                    if current && attribute_uuid.as_ref().is_some_and(|a| !before.contains(a)) {
+                        revive.insert(item.id.clone());
+                    }
                     items.push(item);
                     published.extend(attribute_uuid);
                 }
@@ -259,24 +320,43 @@ async fn poll_events(
                 ));
             }
         }
-        // The timestamp of the version read. A file older than the manifest says (a
-        // mirror or cache behind it) is recorded as what it is, so the version the
-        // manifest announces is fetched at the next poll rather than never.
-        let timestamp = seconds(event.get("timestamp")).unwrap_or(listed_timestamp);
-        if timestamp < listed_timestamp {
+        if read_timestamp < listed_timestamp {
             tracing::warn!(
                 feed = %feed.name,
                 event = %uuid,
-                file = timestamp,
+                file = read_timestamp,
                 manifest = listed_timestamp,
                 "MISP event file older than its manifest entry; fetched again at the next poll"
             );
         }
+        // Dated ahead of this node's clock: the version held is recorded at the clock,
+        // not at the date the source gives, and the event is read again at each poll
+        // until nothing in it is ahead, so that the version the source dates once its
+        // clock is right is taken, and what was refused for the clock skew is tried
+        // again. Beyond the skew, the poll reports it.
+        let ahead = ahead_ms > 0;
+        if ahead {
+            tracing::warn!(
+                feed = %feed.name,
+                event = %uuid,
+                ahead_s = ahead_ms / 1000,
+                "MISP event dated ahead of this node's clock; read again at each poll"
+            );
+        }
+        if refused_ahead > 0 || ahead_ms > skew_ms {
+            first_error.get_or_insert_with(|| {
+                malformed(format!(
+                    "MISP event {uuid} is dated {} s ahead of this node's clock, more than node.max_clock_skew allows (is the source's clock right?): {refused_ahead} of its attributes are not taken yet; it is read again at each poll",
+                    ahead_ms.div_euclid(1000)
+                ))
+            });
+        }
         taken.push((
             uuid,
             TakenEvent {
-                timestamp,
+                timestamp: read_timestamp.min(now_ms.div_euclid(1000)),
                 items: published,
+                ahead,
             },
         ));
         if items.len() >= PUBLISH_EVERY {
@@ -286,6 +366,7 @@ async fn poll_events(
                 states,
                 &mut checkpoint,
                 &mut items,
+                &mut revive,
                 &mut taken,
                 &mut removed,
                 &mut withdrawn,
@@ -303,6 +384,7 @@ async fn poll_events(
         states,
         &mut checkpoint,
         &mut items,
+        &mut revive,
         &mut taken,
         &mut removed,
         &mut withdrawn,
@@ -325,6 +407,7 @@ async fn commit(
     states: &FeedStates,
     checkpoint: &mut Checkpoint,
     items: &mut Vec<Item>,
+    revive: &mut std::collections::HashSet<ItemId>,
     taken: &mut Vec<(String, TakenEvent)>,
     removed: &mut Vec<String>,
     withdrawn: &mut Vec<(String, String)>,
@@ -354,8 +437,9 @@ async fn commit(
         }
     }
     if !items.is_empty() {
-        publish(engine, feed, std::mem::take(items), report).await?;
+        publish_reviving(engine, feed, std::mem::take(items), revive, report).await?;
     }
+    revive.clear();
     if taken.is_empty() && removed.is_empty() {
         return Ok(());
     }
@@ -403,7 +487,7 @@ fn event_attributes(event: &Value) -> Vec<&Value> {
     }
     if let Some(objects) = event.get("Object").and_then(Value::as_array) {
         for object in objects {
-            if object.get("deleted").and_then(Value::as_bool) == Some(true) {
+            if is_deleted(object.get("deleted")) {
                 continue;
             }
             if let Some(list) = object.get("Attribute").and_then(Value::as_array) {
@@ -414,7 +498,10 @@ fn event_attributes(event: &Value) -> Vec<&Value> {
     out
 }
 
-/// The most restrictive `tlp:` tag of a `Tag` list (unknown TLP tags are ignored).
+/// The most restrictive `tlp:` tag of a `Tag` list. A `tlp:` tag this node has no
+/// marking for (MISP's `tlp:ex:chr`, `tlp:ex:nc`, `tlp:unclear`, a misspelling) counts
+/// as RED: a marking the mapper cannot represent must never lower what an item is
+/// marked, nor leave it to the feed's default.
 fn tlp_of(tags: Option<&Value>) -> Option<Tlp> {
     tags?
         .as_array()?
@@ -422,9 +509,44 @@ fn tlp_of(tags: Option<&Value>) -> Option<Tlp> {
         .filter_map(|t| t.get("name").and_then(Value::as_str))
         .filter_map(|name| {
             let lower = name.trim().to_ascii_lowercase();
-            lower.strip_prefix("tlp:")?.parse::<Tlp>().ok()
+            let marking = lower.strip_prefix("tlp:")?;
+            Some(marking.parse::<Tlp>().unwrap_or(Tlp::Red))
         })
         .max()
+}
+
+/// A MISP flag as MISP and the tools that write feeds give it: `true`/`false`,
+/// `1`/`0`, `"1"`/`"0"`, `"true"`/`"false"` (any case); `None` for anything else.
+fn flag(value: &Value) -> Option<bool> {
+    match value {
+        Value::Bool(b) => Some(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(1) => Some(true),
+            Some(0) => Some(false),
+            _ => None,
+        },
+        Value::String(s) => {
+            let s = s.trim();
+            if s == "1" || s.eq_ignore_ascii_case("true") {
+                Some(true)
+            } else if s == "0" || s.eq_ignore_ascii_case("false") {
+                Some(false)
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Whether a `deleted` field says deleted. Absent or `null` is not; a value that cannot
+/// be read is taken as deleted, so that nothing the source may have withdrawn is
+/// published (and an item made of it before is revoked).
+fn is_deleted(value: Option<&Value>) -> bool {
+    match value {
+        None | Some(Value::Null) => false,
+        Some(value) => flag(value).unwrap_or(true),
+    }
 }
 
 /// The type and the part of the value an attribute of MISP type `misp_type` gives.
@@ -476,13 +598,10 @@ fn map_attribute(
     event: &Value,
     attribute: &Value,
 ) -> Result<Option<Item>, String> {
-    let to_ids = match attribute.get("to_ids") {
-        Some(Value::Bool(b)) => *b,
-        Some(Value::String(s)) => s == "1" || s.eq_ignore_ascii_case("true"),
-        Some(Value::Number(n)) => n.as_i64() == Some(1),
-        _ => false,
-    };
-    if !to_ids || attribute.get("deleted").and_then(Value::as_bool) == Some(true) {
+    // Not taken unless `to_ids` reads as set; taken as deleted unless `deleted` reads
+    // as unset (or is absent).
+    let to_ids = attribute.get("to_ids").and_then(flag) == Some(true);
+    if !to_ids || is_deleted(attribute.get("deleted")) {
         return Ok(None);
     }
     let misp_type = attribute.get("type").and_then(Value::as_str).unwrap_or("");
@@ -587,9 +706,76 @@ mod tests {
     fn the_most_restrictive_tlp_tag_counts_and_white_is_clear() {
         let tags = serde_json::json!([{"name": "tlp:white"}, {"name": "osint"}]);
         assert_eq!(tlp_of(Some(&tags)), Some(Tlp::Clear));
-        let tags = serde_json::json!([{"name": "TLP:GREEN"}, {"name": "tlp:amber+strict"}, {"name": "tlp:ex:chr"}]);
+        let tags = serde_json::json!([{"name": "TLP:GREEN"}, {"name": "tlp:amber+strict"}, {"name": "PAP:RED"}]);
         assert_eq!(tlp_of(Some(&tags)), Some(Tlp::AmberStrict));
         assert_eq!(tlp_of(None), None);
+        let tags = serde_json::json!([{"name": "osint"}]);
+        assert_eq!(tlp_of(Some(&tags)), None);
+    }
+
+    #[test]
+    fn a_tlp_tag_without_a_marking_here_counts_as_red() {
+        for name in [
+            "tlp:ex:chr",
+            "TLP:EX:NC",
+            "tlp:unclear",
+            "tlp:",
+            "tlp:greeen",
+        ] {
+            let tags = serde_json::json!([{"name": "tlp:clear"}, {"name": name}]);
+            assert_eq!(tlp_of(Some(&tags)), Some(Tlp::Red), "{name}");
+        }
+    }
+
+    #[test]
+    fn deleted_reads_every_form_and_fails_closed() {
+        use serde_json::json;
+        for deleted in [
+            json!(true),
+            json!("1"),
+            json!(1),
+            json!("true"),
+            json!(" TRUE "),
+        ] {
+            assert!(is_deleted(Some(&deleted)), "{deleted}");
+        }
+        for unreadable in [
+            json!("yes"),
+            json!(""),
+            json!(2),
+            json!(1.5),
+            json!([]),
+            json!({}),
+        ] {
+            assert!(is_deleted(Some(&unreadable)), "{unreadable}");
+        }
+        for live in [
+            json!(false),
+            json!("0"),
+            json!(0),
+            json!("false"),
+            json!(null),
+        ] {
+            assert!(!is_deleted(Some(&live)), "{live}");
+        }
+        assert!(!is_deleted(None));
+    }
+
+    #[test]
+    fn checkpoints_without_the_ahead_mark_still_read() {
+        let old: Checkpoint =
+            serde_json::from_str(r#"{"a":5,"b":{"timestamp":6,"items":["x"]}}"#).unwrap();
+        assert_eq!(old["a"].timestamp, 5);
+        assert!(!old["b"].ahead);
+        let marked = TakenEvent {
+            timestamp: 7,
+            items: Vec::new(),
+            ahead: true,
+        };
+        let text = serde_json::to_string(&marked).unwrap();
+        assert_eq!(serde_json::from_str::<TakenEvent>(&text).unwrap(), marked);
+        let plain = serde_json::to_string(&TakenEvent::default()).unwrap();
+        assert!(!plain.contains("ahead"), "{plain}");
     }
 
     #[test]
