@@ -1254,6 +1254,169 @@ async fn silent_connections_do_not_keep_taxii_callers_out() {
     drop(idle);
 }
 
+/// A TLS connection without a certificate from `source`, kept open across requests;
+/// `None` when the TCP connection or the handshake fails.
+async fn open_from(
+    tls: &Arc<rustls::ClientConfig>,
+    source: [u8; 4],
+    addr: SocketAddr,
+) -> Option<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((source, 0))).unwrap();
+    let tcp = socket.connect(addr).await.ok()?;
+    tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+        .await
+        .ok()
+}
+
+/// Sends `GET /taxii2/` without credentials on a kept connection (keep-alive asked
+/// for) and reads one answer: its status and, if `watch`, whether the node closed the
+/// connection after it (end of stream within 2 s). `None` when the connection ends
+/// without an answer.
+async fn unauthenticated_get(
+    stream: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    addr: SocketAddr,
+    watch: bool,
+) -> Option<(u16, bool)> {
+    let head = format!("GET /taxii2/ HTTP/1.1\r\nHost: {addr}\r\nAccept: {TAXII}\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.ok()?;
+    stream.flush().await.ok()?;
+    let mut read = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut chunk = [0u8; 4096];
+    let (split, length) = loop {
+        if let Some(at) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&read[..at]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            break (at, length);
+        }
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => read.extend_from_slice(&chunk[..n]),
+            Ok(_) => return None,
+            Err(_) => panic!("no answer, and the connection is not closed, within 10 s"),
+        }
+    };
+    while read.len() < split + 4 + length {
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => read.extend_from_slice(&chunk[..n]),
+            _ => return None,
+        }
+    }
+    let status = String::from_utf8_lossy(&read[..split])
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    if !watch {
+        return Some((status, false));
+    }
+    // Whatever follows the answer: the end of the stream (closed), or nothing for a
+    // while (kept open).
+    let closed = match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut chunk)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => true,
+        Ok(Ok(_)) => false,
+        Err(_) => false,
+    };
+    Some((status, closed))
+}
+
+/// Connections without a certificate and without credentials once took every one of the
+/// listener's 256 places, kept open between their 401s, and no certificate holder got an
+/// answer. Now a refused request closes its connection, and connections not yet
+/// authenticated hold at most 32 places (4 per address), the oldest idle one giving way
+/// to a newer: a certificate holder and a Basic client are answered through it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_connections_do_not_keep_taxii_callers_out() {
+    let pki = federation();
+    let config = write_config(&pki, true);
+    let node = serve_taxii(&config);
+    let anonymous = tls(&pki, None);
+    let sources = |n: usize| [127, 0, 3, 10 + (n % 16) as u8];
+    // 272 connections from 16 addresses, each refused with 401, then asked again: more
+    // than the listener's 256 connections.
+    let mut refused = Vec::new();
+    for n in 0..272 {
+        let Some(mut stream) = open_from(&anonymous, sources(n), node.taxii).await else {
+            continue;
+        };
+        if let Some((status, _)) = unauthenticated_get(&mut stream, node.taxii, false).await {
+            assert_eq!(status, 401);
+            refused.push(stream);
+        }
+    }
+    assert!(!refused.is_empty());
+    // Each asks again, all at once; those the node kept open answer 401 and stay open.
+    let mut again = tokio::task::JoinSet::new();
+    let addr = node.taxii;
+    for mut stream in refused {
+        again.spawn(async move {
+            let answer = unauthenticated_get(&mut stream, addr, true).await;
+            (answer, stream)
+        });
+    }
+    let mut kept_open = 0;
+    let mut refused = Vec::new();
+    while let Some(joined) = again.join_next().await {
+        let (answer, stream) = joined.unwrap();
+        if let Some((status, closed)) = answer {
+            assert_eq!(status, 401);
+            if !closed {
+                kept_open += 1;
+            }
+        }
+        refused.push(stream);
+    }
+    // And 64 more that finish their handshake and send nothing, 4 from each address:
+    // more than the 32 places such connections may hold.
+    let mut silent = Vec::new();
+    for n in 0..64 {
+        if let Some(stream) = open_from(&anonymous, sources(n), node.taxii).await {
+            silent.push(stream);
+        }
+    }
+    let researcher = tls(&pki, Some("researcher.uni-x"));
+    let siem = basic("siem.soc", SIEM_PASSWORD);
+    let started = Instant::now();
+    let reply = tokio::time::timeout(
+        Duration::from_secs(10),
+        send(
+            &researcher,
+            node.taxii,
+            "GET",
+            "/taxii2/",
+            &[("Accept", TAXII)],
+            b"",
+        ),
+    )
+    .await
+    .expect("the certificate holder is answered in time")
+    .expect("the certificate holder gets a TAXII answer");
+    assert_eq!(reply.status, 200);
+    let reply = tokio::time::timeout(
+        Duration::from_secs(10),
+        send(
+            &anonymous,
+            node.taxii,
+            "GET",
+            "/taxii2/",
+            &[("Accept", TAXII), ("Authorization", &siem)],
+            b"",
+        ),
+    )
+    .await
+    .expect("the Basic client is answered in time")
+    .expect("the Basic client gets a TAXII answer");
+    assert_eq!(reply.status, 200);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // No connection refused with 401 was kept open.
+    assert_eq!(kept_open, 0, "connections kept open after a 401");
+    drop((refused, silent));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn taxii_carries_context_objects_under_the_same_rules() {
     const MALWARE: &str = "malware--5c5c5c5c-0000-4000-8000-000000000001";

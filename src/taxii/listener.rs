@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::Credentials;
 use super::handlers::{Caller, Handlers, ReadAhead};
 use crate::config::{Config, TaxiiSettings};
-use crate::crypto::password::{DECOY_HASH, MAX_PASSWORD_BYTES, verify_password};
+use crate::crypto::password::{MAX_PASSWORD_BYTES, verify_password};
 use crate::engine::Engine;
 use crate::limits::{Limits, Slot, Slots};
 use crate::model::{NodeId, PartnerKind, Role};
@@ -63,6 +63,11 @@ const MAX_HEAD_BYTES: usize = 16 * 1024;
 const PASSWORD_CHECKS: usize = 2;
 /// Longest `Authorization` header read, bytes.
 const MAX_AUTHORIZATION_BYTES: usize = 1024;
+/// Connections without a certificate that have not passed Basic yet, at once (they
+/// count among the `MAX_CONNECTIONS` too, so certificate holders keep the rest).
+const MAX_UNAUTHENTICATED: usize = 32;
+/// Of those, from one source address.
+const MAX_UNAUTHENTICATED_PER_SOURCE: usize = 4;
 
 /// A running TAXII listener.
 pub struct TaxiiServer {
@@ -77,6 +82,11 @@ struct Shared {
     directory: Arc<Directory>,
     credentials: Arc<Credentials>,
     password_checks: Semaphore,
+    /// `limits.connections_per_partner`, for certificate holders and Basic clients alike
+    /// (a Basic connection takes its client's slot when its credentials first pass).
+    per_partner: Arc<Slots<NodeId>>,
+    /// Connections without a certificate not yet authenticated by Basic credentials.
+    unauthenticated: Arc<Unauthenticated>,
     /// `limits.idle_connection_timeout`: a certificate connection with no request in
     /// progress for this long is closed, as on the gRPC listener.
     idle_timeout: std::time::Duration,
@@ -116,6 +126,8 @@ impl TaxiiServer {
             directory,
             credentials: credentials.clone(),
             password_checks: Semaphore::new(PASSWORD_CHECKS),
+            per_partner: Arc::new(Slots::new(config.node.limits.connections_per_partner)),
+            unauthenticated: Arc::default(),
             idle_timeout: config.node.limits.idle_connection_timeout,
         });
         let task = tokio::spawn(accept(
@@ -158,8 +170,101 @@ struct Established {
     registration: Option<Registration>,
     /// Its place under `limits.connections_per_partner` (certificate connections only).
     partner_slot: Option<Slot<NodeId>>,
+    /// Its place among the connections not authenticated yet (connections without a
+    /// certificate only).
+    pending: Option<Pending>,
     /// Its place among the listener's connections.
     permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// One connection without a certificate waiting to be authenticated by Basic
+/// credentials.
+struct Waiting {
+    id: u64,
+    source: IpAddr,
+    /// A request has begun on it: it is not evicted.
+    busy: bool,
+    evict: CancellationToken,
+}
+
+/// The connections without a certificate that have not passed Basic yet: at most
+/// `MAX_UNAUTHENTICATED`, `MAX_UNAUTHENTICATED_PER_SOURCE` from one address. When all
+/// are taken, a new one takes the place of the oldest that has not begun a request.
+#[derive(Default)]
+struct Unauthenticated {
+    waiting: std::sync::Mutex<(u64, std::collections::VecDeque<Waiting>)>,
+}
+
+impl Unauthenticated {
+    /// A place for a connection from `source`, or `None` when its address holds the
+    /// most already, or every place is taken by a connection with a request begun.
+    fn admit(self: &Arc<Self>, source: IpAddr) -> Option<Pending> {
+        let mut guard = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let (next, waiting) = &mut *guard;
+        if waiting.iter().filter(|w| w.source == source).count() >= MAX_UNAUTHENTICATED_PER_SOURCE {
+            return None;
+        }
+        if waiting.len() >= MAX_UNAUTHENTICATED {
+            let oldest = waiting.iter().position(|w| !w.busy)?;
+            if let Some(evicted) = waiting.remove(oldest) {
+                evicted.evict.cancel();
+                tracing::info!(addr = %evicted.source, "TAXII connection without a certificate closed before its first request: {MAX_UNAUTHENTICATED} such connections were open");
+            }
+        }
+        *next += 1;
+        let evict = CancellationToken::new();
+        waiting.push_back(Waiting {
+            id: *next,
+            source,
+            busy: false,
+            evict: evict.clone(),
+        });
+        Some(Pending {
+            pool: self.clone(),
+            id: *next,
+            evict,
+        })
+    }
+
+    /// Places taken now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .len()
+    }
+}
+
+/// A place among the unauthenticated connections, given back when dropped.
+struct Pending {
+    pool: Arc<Unauthenticated>,
+    id: u64,
+    /// Cancelled when a newer connection takes the place.
+    evict: CancellationToken,
+}
+
+impl Pending {
+    /// Marks a request begun, so the connection is no longer evicted; `false` if it
+    /// was evicted already.
+    fn begin(&self) -> bool {
+        let mut guard = self.pool.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        match guard.1.iter_mut().find(|w| w.id == self.id) {
+            Some(waiting) => {
+                waiting.busy = true;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut guard = self.pool.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        guard.1.retain(|w| w.id != self.id);
+    }
 }
 
 async fn accept(
@@ -174,7 +279,7 @@ async fn accept(
     // gives way when every slot is taken.
     let handshake_permits = Arc::new(Semaphore::new(limits.handshakes));
     let per_source: Arc<Slots<IpAddr>> = Arc::new(Slots::new(limits.handshakes_per_source));
-    let per_partner: Arc<Slots<NodeId>> = Arc::new(Slots::new(limits.connections_per_partner));
+    let per_partner = shared.per_partner.clone();
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let (established_tx, mut established_rx) = tokio::sync::mpsc::channel::<Established>(16);
     let mut handshakes = tokio::task::JoinSet::new();
@@ -236,6 +341,7 @@ async fn accept(
         let directory = shared.directory.clone();
         let credentials = shared.credentials.clone();
         let per_partner = per_partner.clone();
+        let unauthenticated = shared.unauthenticated.clone();
         let connections = connections.clone();
         let established_tx = established_tx.clone();
         let handshake_timeout = limits.handshake_timeout;
@@ -296,6 +402,19 @@ async fn accept(
                 tracing::warn!(addr = %remote_addr, "TAXII connection refused: {MAX_CONNECTIONS} connections are open");
                 return;
             };
+            // Without a certificate, a connection is not authenticated until Basic
+            // credentials pass on it: until then it holds one of a few places, so such
+            // connections never take the places certificate holders need.
+            let pending = match &info {
+                Some(_) => None,
+                None => match unauthenticated.admit(remote_addr.ip()) {
+                    Some(pending) => Some(pending),
+                    None => {
+                        tracing::warn!(addr = %remote_addr, "TAXII connection without a certificate refused: {MAX_UNAUTHENTICATED} such connections, or {MAX_UNAUTHENTICATED_PER_SOURCE} from its address, are open");
+                        return;
+                    }
+                },
+            };
             let _ = established_tx
                 .send(Established {
                     stream,
@@ -303,6 +422,7 @@ async fn accept(
                     info,
                     registration,
                     partner_slot,
+                    pending,
                     permit,
                 })
                 .await;
@@ -325,23 +445,28 @@ async fn serve_connection(
         info,
         registration,
         partner_slot,
+        pending,
         permit,
     } = established;
     let _held = (partner_slot, permit);
     let idle_timeout = shared.idle_timeout;
+    let evicted = pending.as_ref().map(|p| p.evict.clone());
     let closing = async {
-        match &registration {
-            Some(registration) => {
+        match (&registration, evicted) {
+            (Some(registration), _) => {
                 tokio::spawn(registration.watchdog(idle_timeout));
                 registration.closing().await;
             }
-            None => std::future::pending::<()>().await,
+            (None, Some(evicted)) => evicted.cancelled_owned().await,
+            (None, None) => std::future::pending::<()>().await,
         }
     };
     let connection = Arc::new(Connection {
         info,
         remote_addr,
         basic: std::sync::Mutex::new(None),
+        pending: std::sync::Mutex::new(pending),
+        basic_slot: std::sync::Mutex::new(None),
         read_ahead: Arc::default(),
     });
     let service = hyper::service::service_fn(move |request| {
@@ -377,7 +502,7 @@ async fn serve_connection(
                 break;
             }
             _ = closing.as_mut() => {
-                tracing::info!(addr = %remote_addr, "TAXII connection closed: access withdrawn");
+                tracing::info!(addr = %remote_addr, "TAXII connection closed: access withdrawn, or a newer connection without a certificate took its place");
                 break;
             }
             _ = shutdown.cancelled(), if !draining => {
@@ -407,6 +532,12 @@ struct Connection {
     /// the credentials generation it passed under: the same header again on this
     /// connection is not hashed again until the credentials change.
     basic: std::sync::Mutex<Option<([u8; 32], NodeId, u64)>>,
+    /// Its place among the unauthenticated connections, until Basic credentials first
+    /// pass on it (connections without a certificate only).
+    pending: std::sync::Mutex<Option<Pending>>,
+    /// The Basic client's place under `limits.connections_per_partner`, taken when its
+    /// credentials first pass on this connection.
+    basic_slot: std::sync::Mutex<Option<(NodeId, Slot<NodeId>)>>,
     /// The next listing page, made while the client reads the one before.
     read_ahead: Arc<ReadAhead>,
 }
@@ -418,15 +549,31 @@ async fn serve(
 ) -> Response<Full<Bytes>> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    if let Some(pending) = &*connection.pending.lock().unwrap_or_else(|p| p.into_inner()) {
+        if !pending.begin() {
+            return closing(super::handlers::unauthorized());
+        }
+    }
     let caller = match authenticate(shared, connection, &request).await {
         Ok(caller) => caller,
         Err(response) => {
             tracing::info!(addr = %connection.remote_addr, %method, path = %shown(&path), status = response.status().as_u16(), "TAXII request refused");
-            return response;
+            // A refused caller keeps no connection open: it must make a new one (a
+            // handshake, under the handshake limits) to try again.
+            return closing(response);
         }
     };
     let response = shared.handlers.handle(&caller, request).await;
     tracing::info!(peer = %caller.partner.id, addr = %connection.remote_addr, %method, path = %shown(&path), status = response.status().as_u16(), "TAXII request");
+    response
+}
+
+/// `response` with `Connection: close`: the connection closes once it is sent.
+fn closing(mut response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    response.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
     response
 }
 
@@ -483,7 +630,12 @@ async fn authenticate(
         Some((seen, client, at)) if at == generation && seen == digest => Some(client),
         _ => {
             let entry = entries.iter().find(|e| e.client.as_str() == user);
-            let hash = entry.map_or(DECOY_HASH.to_owned(), |e| e.password_hash.clone());
+            // An unknown name is checked against a decoy as costly as the costliest
+            // configured hash, so it takes as long to refuse as a wrong password.
+            let hash = entry.map_or_else(
+                || shared.credentials.decoy().to_string(),
+                |e| e.password_hash.clone(),
+            );
             let permit = shared
                 .password_checks
                 .acquire()
@@ -510,6 +662,30 @@ async fn authenticate(
     // The client must still be configured, and read-only, now.
     match shared.directory.lookup(&client) {
         Some(partner) if partner.kind == PartnerKind::Client && partner.role == Role::ReadOnly => {
+            // The connection counts against the client's `connections_per_partner`
+            // from its first request that passes, and leaves the unauthenticated ones.
+            let mut slot = connection
+                .basic_slot
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if slot.as_ref().is_none_or(|(held, _)| *held != client) {
+                let Some(taken) = shared.per_partner.take(&client) else {
+                    crate::limits::count(crate::limits::Limit::ConnectionsPerPartner);
+                    tracing::warn!(peer = %client, "TAXII Basic connection refused: limits.connections_per_partner");
+                    return Err(super::handlers::error(
+                        http::StatusCode::TOO_MANY_REQUESTS,
+                        "Too Many Requests",
+                        "this client has limits.connections_per_partner connections open already",
+                    ));
+                };
+                *slot = Some((client.clone(), taken));
+            }
+            drop(slot);
+            connection
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
             Ok(Caller {
                 partner,
                 basic: true,
@@ -542,6 +718,39 @@ pub(crate) fn basic_credentials(header: &[u8]) -> Option<(String, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unauthenticated_connections_are_bounded_and_the_oldest_idle_gives_way() {
+        let pool = Arc::new(Unauthenticated::default());
+        let address = |n: usize| IpAddr::from([127, 0, 3, n as u8]);
+        // 4 per address.
+        let mine: Vec<Pending> = (0..4).map(|_| pool.admit(address(0)).unwrap()).collect();
+        assert!(pool.admit(address(0)).is_none());
+        // 32 in all; the first has begun a request, so it is not evicted.
+        assert!(mine[0].begin());
+        let mut others: Vec<Pending> = (0..28)
+            .map(|n| pool.admit(address(1 + n / 4)).unwrap())
+            .collect();
+        assert_eq!(pool.len(), MAX_UNAUTHENTICATED);
+        let newest = pool.admit(address(100)).unwrap();
+        assert_eq!(pool.len(), MAX_UNAUTHENTICATED);
+        assert!(!mine[0].evict.is_cancelled());
+        assert!(mine[1].evict.is_cancelled());
+        assert!(!mine[1].begin());
+        // A place given back (authenticated or closed) is free again.
+        others.pop();
+        drop(newest);
+        assert_eq!(pool.len(), MAX_UNAUTHENTICATED - 2);
+        // Every place busy: a new connection is refused.
+        drop(mine);
+        let busy: Vec<Pending> = (0..MAX_UNAUTHENTICATED - others.len())
+            .map(|n| pool.admit(address(200 + n)).unwrap())
+            .collect();
+        for pending in others.iter().chain(&busy) {
+            assert!(pending.begin());
+        }
+        assert!(pool.admit(address(250)).is_none());
+    }
 
     #[test]
     fn reads_basic_headers() {
