@@ -471,9 +471,21 @@ mod tests {
         assert!(!status.live(1_000 + LIFETIME_MS));
     }
 
+    /// Opens the store in `dir`, waiting (up to 5 s) while sled's threads of a store
+    /// just dropped there still hold its lock.
     fn open_store(dir: &std::path::Path) -> Arc<dyn Store> {
         let owner = NodeId::new("redmond.hq").unwrap();
-        Arc::new(crate::store::SledStore::open(dir, &owner, 8 * 1024 * 1024).unwrap())
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match crate::store::SledStore::open(dir, &owner, 8 * 1024 * 1024) {
+                Err(crate::store::StoreError::Engine { .. })
+                    if std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                opened => return Arc::new(opened.unwrap()),
+            }
+        }
     }
 
     #[test]
