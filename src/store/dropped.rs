@@ -11,7 +11,10 @@
 //! the note`, where a note is the metadata's key and value: `uuid (16) | modified
 //! (i64, big-endian) | origin (UTF-8)`. A record cut short at the end (a crash while
 //! appending) is passed over; a record whose CRC does not match ends the reading, and
-//! recovery says so.
+//! recovery says so. A file that does not read to its end (cut short by a crash or a
+//! full disk while appending, or damaged) is not appended to, since what follows the
+//! point where reading stops would be lost: the next compaction, or the store when it
+//! opens, writes it again whole from the metadata's notes.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -26,6 +29,9 @@ pub const FILE: &str = "dropped.notes";
 const MAGIC: &[u8; 8] = b"ENTDRP01";
 /// Largest note: a UUID, a time and an origin id (at most 253 bytes).
 const MAX_NOTE: usize = 16 + 8 + 256;
+
+/// A note as the metadata holds it: the indicator's UUID and the value kept for it.
+pub(super) type Note = ([u8; 16], Vec<u8>);
 
 /// Appends `notes` (UUID and the metadata's value for it), synced.
 pub(super) fn append(dir: &Path, notes: &[([u8; 16], Vec<u8>)]) -> Result<(), StoreError> {
@@ -84,7 +90,7 @@ impl Notes {
 pub(super) fn keep(
     dir: &Path,
     notes: &[([u8; 16], Vec<u8>)],
-    held: impl FnOnce() -> Result<Vec<([u8; 16], Vec<u8>)>, StoreError>,
+    held: impl FnOnce() -> Result<Vec<Note>, StoreError>,
 ) -> Result<(), StoreError> {
     if notes.is_empty() {
         return Ok(());

@@ -611,7 +611,7 @@ impl SledStore {
     }
 
     /// Every note of an indicator dropped as expired that the metadata holds.
-    pub(super) fn dropped_notes(&self) -> Result<Vec<([u8; 16], Vec<u8>)>, StoreError> {
+    pub(super) fn dropped_notes(&self) -> Result<Vec<super::dropped::Note>, StoreError> {
         self.with_meta(|m| {
             m.tree
                 .scan_prefix([records::DROPPED])
@@ -985,7 +985,7 @@ impl SledStore {
 }
 
 /// The notes of indicators dropped as expired held in the metadata `tree`.
-fn dropped_notes_of(tree: &sled::Tree) -> Vec<([u8; 16], Vec<u8>)> {
+fn dropped_notes_of(tree: &sled::Tree) -> Vec<super::dropped::Note> {
     tree.scan_prefix([records::DROPPED])
         .filter_map(Result::ok)
         .filter_map(|(key, value)| Some((key.get(1..)?.try_into().ok()?, value.to_vec())))
