@@ -7,10 +7,26 @@
 //!   the next compaction appended after it, and reading stopped at the cut record, so
 //!   every note appended since was lost to `entente store recover`: an indicator its
 //!   origin retired by letting it expire came back when a partner offered it.
+//! - A MISP feed publishes again, dated after the revocation, an indicator held revoked
+//!   whose attribute an event gives that the feed's checkpoint does not hold it for (an
+//!   event listed again after it left the manifest). A checkpoint lost with the metadata
+//!   (`entente store recover`) holds nothing: every event was taken for listed again,
+//!   and every indicator the operator had revoked with `entente revoke` whose attribute
+//!   the feed still lists, unchanged, was live again and offered to the partners.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use entente::client::NodeClient;
+use entente::wire;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use common::Pki;
+use common::feeds::{feed_status, items_tagged, wait_within};
 
 use common::signed::{bundle, fixture, indicator};
 use entente::engine::now_ms;
@@ -107,4 +123,237 @@ fn a_cut_append_to_the_dropped_notes_does_not_lose_later_notes() {
         );
         assert!(store.get(id).unwrap().is_none());
     }
+}
+
+// ---------------------------------------------------------------------------------
+// A MISP feed served from loopback, as the test sets its files.
+
+/// Upper bound for anything the tests wait for.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+const EVENT_1: &str = "5d1c0a3e-1111-4e11-8a11-000000000001";
+
+#[derive(Clone, Default)]
+struct MispFiles {
+    files: Arc<Mutex<BTreeMap<String, serde_json::Value>>>,
+}
+
+impl MispFiles {
+    fn set(&self, path: &str, body: serde_json::Value) {
+        self.files.lock().unwrap().insert(path.to_owned(), body);
+    }
+
+    /// Serves the files on a loopback port, one answer per connection; returns
+    /// `http://127.0.0.1:PORT`.
+    async fn serve(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let files = self.files.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let files = files.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let target = head.split_whitespace().nth(1).unwrap_or("/");
+                    let path = target.split('?').next().unwrap_or("/").to_owned();
+                    let body = files.lock().unwrap().get(&path).cloned();
+                    let (status, body) = match body {
+                        Some(body) => (200, body.to_string().into_bytes()),
+                        None => (404, Vec::new()),
+                    };
+                    let mut bytes = format!(
+                        "HTTP/1.1 {status} X\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    )
+                    .into_bytes();
+                    bytes.extend_from_slice(&body);
+                    let _ = stream.write_all(&bytes).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+}
+
+fn attribute(uuid_tail: u32, value: &str, ts: i64) -> serde_json::Value {
+    serde_json::json!({
+        "uuid": format!("6e2d1b4f-0000-4000-8000-{uuid_tail:012}"),
+        "type": "ip-dst",
+        "category": "Network activity",
+        "value": value,
+        "to_ids": true,
+        "timestamp": ts.to_string(),
+        "comment": "",
+    })
+}
+
+fn event(uuid: &str, ts: i64, attributes: Vec<serde_json::Value>) -> serde_json::Value {
+    serde_json::json!({
+        "Event": {
+            "uuid": uuid,
+            "info": "an event",
+            "timestamp": ts.to_string(),
+            "date": "2026-12-01",
+            "Tag": [{"name": "tlp:green"}],
+            "Attribute": attributes,
+            "Object": [],
+        }
+    })
+}
+
+fn manifest(events: &[(&str, i64)]) -> serde_json::Value {
+    let mut map = serde_json::Map::new();
+    for (uuid, ts) in events {
+        map.insert(
+            (*uuid).to_owned(),
+            serde_json::json!({"info": "an event", "timestamp": ts.to_string()}),
+        );
+    }
+    serde_json::Value::Object(map)
+}
+
+/// The items tagged `tag` by value (a revocation by the value it revokes), with their
+/// id and whether each is a revocation.
+async fn by_value(client: &NodeClient, tag: &str) -> BTreeMap<String, (String, bool)> {
+    let mut out = BTreeMap::new();
+    for stored in items_tagged(client, tag).await.into_values() {
+        let item = stored.item.as_ref().unwrap();
+        let (value, revoked) = match item.kind.as_ref().unwrap() {
+            wire::item::Kind::Indicator(i) => (i.value.clone(), false),
+            wire::item::Kind::Revocation(r) => (
+                r.indicator
+                    .as_ref()
+                    .map(|i| i.value.clone())
+                    .unwrap_or_default(),
+                true,
+            ),
+            other => panic!("unexpected {other:?}"),
+        };
+        out.insert(value, (item.id.clone(), revoked));
+    }
+    out
+}
+
+/// Waits until the feed has ended `n` more polls than `from`.
+async fn wait_polls(client: &NodeClient, feed: &str, from: u64, n: u64) {
+    wait_within("more polls", DEADLINE, || async move {
+        (feed_status(client, feed).await.polls >= from + n).then_some(())
+    })
+    .await;
+}
+
+/// What `entente revoke ID --reason TEXT` publishes.
+fn revocation(id: &str, reason: &str) -> entente::rpc::proto::PublishRequest {
+    entente::rpc::proto::PublishRequest {
+        items: vec![wire::Item {
+            id: id.to_owned(),
+            modified_unix_ms: 0,
+            tlp: wire::Tlp::Unspecified as i32,
+            tags: Vec::new(),
+            kind: Some(wire::item::Kind::Revocation(wire::Revocation {
+                reason: reason.to_owned(),
+                indicator_type: String::new(),
+                indicator: None,
+            })),
+        }],
+        distribution: Some(wire::Distribution::default()),
+        groups: Vec::new(),
+    }
+}
+
+/// The operator revokes an indicator a MISP feed made, whose event the source still
+/// lists, unchanged. The store's metadata is lost and `entente store recover` rebuilds
+/// it from the log: the feed's checkpoint is gone with it. The feed then reads every
+/// event as new; the revoked indicator must not be published again as live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_revocation_is_not_undone_by_a_feed_after_a_store_recovery() {
+    common::init_logging();
+    let t1 = 1_764_000_100;
+    let files = MispFiles::default();
+    files.set("/misp/manifest.json", manifest(&[(EVENT_1, t1)]));
+    files.set(
+        &format!("/misp/{EVENT_1}.json"),
+        event(
+            EVENT_1,
+            t1,
+            vec![
+                attribute(1, "198.51.100.21", t1),
+                attribute(2, "198.51.100.22", t1),
+            ],
+        ),
+    );
+    let base = files.serve().await;
+    let pki = Pki::new();
+    let id = pki.node("recovered.node");
+    let data = pki.path().join("data-recovered");
+    let config = pki.path().join("recovered.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n[[feed]]\nname = \"m-rec\"\nkind = \"misp\"\nurl = \"{base}/misp/\"\ninterval = \"1s\"\n",
+            common::node_section(&pki, &id, &data)
+        ),
+    )
+    .unwrap();
+    let node = common::start(&config).await;
+    let client = common::connect(&pki, &node, "recovered.node").await;
+    let held = wait_within("the two indicators", DEADLINE, || {
+        let client = &client;
+        async move {
+            let held = by_value(client, "source:m-rec").await;
+            (held.len() == 2).then_some(held)
+        }
+    })
+    .await;
+    // The operator revokes one of them (`entente revoke`).
+    let (revoked_id, _) = held["198.51.100.21"].clone();
+    let response = client
+        .publish(tokio_stream::iter([revocation(
+            &revoked_id,
+            "a sinkhole, not the actor's",
+        )]))
+        .await
+        .unwrap();
+    assert_eq!(response.items_accepted, 1, "{response:?}");
+    let polls = feed_status(&client, "m-rec").await.polls;
+    wait_polls(&client, "m-rec", polls, 2).await;
+    assert_eq!(
+        by_value(&client, "source:m-rec").await["198.51.100.21"].1,
+        true,
+        "the operator's revocation was undone while the event stayed listed"
+    );
+    drop(client);
+    node.shutdown(Duration::from_secs(10)).await.unwrap();
+
+    // The metadata is lost; `entente store recover` rebuilds it from the log.
+    common::remove_sled(&data);
+    entente::store::recover::recover(&data, &id, 16 << 20, false).unwrap();
+
+    let node = common::start(&config).await;
+    let client = common::connect(&pki, &node, "recovered.node").await;
+    wait_polls(&client, "m-rec", 0, 2).await;
+    let held = by_value(&client, "source:m-rec").await;
+    assert_eq!(
+        held.get("198.51.100.21").map(|(_, revoked)| *revoked),
+        Some(true),
+        "the indicator the operator revoked is live again after a recovery: {held:?}"
+    );
+    assert_eq!(
+        held.get("198.51.100.22").map(|(_, revoked)| *revoked),
+        Some(false)
+    );
+    drop(client);
+    node.shutdown(Duration::from_secs(10)).await.unwrap();
 }
