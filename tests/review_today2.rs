@@ -13,6 +13,10 @@
 //!   (`entente store recover`) holds nothing: every event was taken for listed again,
 //!   and every indicator the operator had revoked with `entente revoke` whose attribute
 //!   the feed still lists, unchanged, was live again and offered to the partners.
+//! - A TAXII connection authenticated by Basic credentials now holds a place under
+//!   `limits.connections_per_partner`, but was never closed for idleness as a
+//!   certificate connection is (`limits.idle_connection_timeout`): connections a client
+//!   left open (a pool, a NAT that forgot them) kept it out for up to five minutes.
 
 mod common;
 
@@ -356,4 +360,120 @@ async fn an_operator_revocation_is_not_undone_by_a_feed_after_a_store_recovery()
     );
     drop(client);
     node.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------
+// The TAXII listener's Basic connections.
+
+const TAXII: &str = "application/taxii+json;version=2.1";
+const SIEM_PASSWORD: &str = "siem basic password 2";
+
+/// A TLS connection without a client certificate to the TAXII listener at `addr`.
+async fn open_anonymous(
+    pki: &Pki,
+    addr: std::net::SocketAddr,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in entente::transport::files::read_certificates(&pki.ca_cert()).unwrap() {
+        roots.add(cert).unwrap();
+    }
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(entente::transport::crypto_provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
+            tcp,
+        )
+        .await
+        .unwrap()
+}
+
+/// `GET /taxii2/` with Basic credentials on a kept connection: the answer's status,
+/// `None` when the connection ends without one.
+async fn basic_get(
+    stream: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    addr: std::net::SocketAddr,
+    authorization: &str,
+) -> Option<u16> {
+    let head = format!(
+        "GET /taxii2/ HTTP/1.1\r\nHost: {addr}\r\nAccept: {TAXII}\r\nAuthorization: {authorization}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.ok()?;
+    stream.flush().await.ok()?;
+    let mut read = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(at) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&read[..at]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if read.len() >= at + 4 + length {
+                return head.split(' ').nth(1).and_then(|s| s.parse().ok());
+            }
+        }
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => read.extend_from_slice(&chunk[..n]),
+            Ok(_) => return None,
+            Err(_) => panic!("no answer, and the connection is not closed, within 20 s"),
+        }
+    }
+}
+
+/// A Basic client whose connection sits idle past `limits.idle_connection_timeout` gets
+/// its place under `limits.connections_per_partner` back, as a certificate holder does:
+/// the idle connection is closed, and a new one is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_basic_connection_gives_back_its_place_under_connections_per_partner() {
+    use base64::Engine as _;
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    pki.client("siem.soc");
+    let mut text = common::node_section(&pki, &hq, &pki.path().join("data"));
+    text.push_str(&format!(
+        "\n[[client]]\nid = \"siem.soc\"\nrole = \"read_only\"\nallow_types = [\"*\"]\nmax_tlp = \"CLEAR\"\n\
+         \n[taxii]\nlisten = \"127.0.0.1:0\"\n\
+         \n[[taxii.basic]]\nclient = \"siem.soc\"\npassword_hash = \"{}\"\n\
+         \n[limits]\nconnections_per_partner = 1\nidle_connection_timeout = \"1s\"\n",
+        common::hash_password(SIEM_PASSWORD)
+    ));
+    let config = pki.path().join("redmond.hq.toml");
+    std::fs::write(&config, text).unwrap();
+    let node = common::serve_taxii(&config);
+    let siem = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("siem.soc:{SIEM_PASSWORD}"))
+    );
+
+    let mut first = open_anonymous(&pki, node.taxii).await;
+    assert_eq!(basic_get(&mut first, node.taxii, &siem).await, Some(200));
+    // The one place is taken while the connection is in use.
+    let mut second = open_anonymous(&pki, node.taxii).await;
+    assert_eq!(basic_get(&mut second, node.taxii, &siem).await, Some(429));
+    drop(second);
+
+    // Idle for well past the timeout: closed by the node, and its place free.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut chunk = [0u8; 64];
+    let closed = matches!(
+        tokio::time::timeout(Duration::from_secs(2), first.read(&mut chunk)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    );
+    let mut third = open_anonymous(&pki, node.taxii).await;
+    let status = basic_get(&mut third, node.taxii, &siem).await;
+    assert_eq!(
+        status,
+        Some(200),
+        "a Basic connection idle past limits.idle_connection_timeout still holds the client's place (closed by the node: {closed})"
+    );
+    assert!(closed, "the idle Basic connection was not closed");
+    drop((first, third, node));
 }
