@@ -333,9 +333,8 @@ async fn an_operator_revocation_is_not_undone_by_a_feed_after_a_store_recovery()
     assert_eq!(response.items_accepted, 1, "{response:?}");
     let polls = feed_status(&client, "m-rec").await.polls;
     wait_polls(&client, "m-rec", polls, 2).await;
-    assert_eq!(
+    assert!(
         by_value(&client, "source:m-rec").await["198.51.100.21"].1,
-        true,
         "the operator's revocation was undone while the event stayed listed"
     );
     drop(client);
