@@ -312,9 +312,10 @@ async fn publish(
 
 /// [`publish`], where the indicators whose ids are in `revive` are live again at their
 /// source after this feed revoked them (a MISP event listed again, an attribute no
-/// longer deleted): held as a revocation, such an indicator is published as a new
-/// version dated just after that revocation when its own date is not later, rather than
-/// passed over as older than what is held.
+/// longer deleted): held as a revocation this feed made when its source withdrew the
+/// item, such an indicator is published as a new version dated just after that
+/// revocation when its own date is not later, rather than passed over as older than
+/// what is held. A revocation the operator made is not undone this way.
 async fn publish_reviving(
     engine: &Arc<Engine>,
     feed: &FeedConfig,
