@@ -525,7 +525,8 @@ fn tlp_of(tags: Option<&Value>) -> Option<Tlp> {
     tags?
         .as_array()?
         .iter()
-        .filter_map(|t| t.get("name").and_then(Value::as_str))
+        // `{"name": "tlp:red"}` as MISP writes it, or the bare name some tools write.
+        .filter_map(|t| t.as_str().or_else(|| t.get("name").and_then(Value::as_str)))
         .filter_map(|name| {
             let lower = name.trim().to_ascii_lowercase();
             let marking = lower.strip_prefix("tlp:")?;
@@ -746,6 +747,14 @@ mod tests {
         assert_eq!(tlp_of(None), None);
         let tags = serde_json::json!([{"name": "osint"}]);
         assert_eq!(tlp_of(Some(&tags)), None);
+    }
+
+    #[test]
+    fn a_tag_written_as_a_bare_name_counts() {
+        let tags = serde_json::json!(["tlp:red", {"name": "tlp:clear"}]);
+        assert_eq!(tlp_of(Some(&tags)), Some(Tlp::Red));
+        let tags = serde_json::json!(["TLP:AMBER"]);
+        assert_eq!(tlp_of(Some(&tags)), Some(Tlp::Amber));
     }
 
     #[test]
