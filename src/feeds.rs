@@ -312,9 +312,10 @@ async fn publish(
 
 /// [`publish`], where the indicators whose ids are in `revive` are live again at their
 /// source after this feed revoked them (a MISP event listed again, an attribute no
-/// longer deleted): held as a revocation, such an indicator is published as a new
-/// version dated just after that revocation when its own date is not later, rather than
-/// passed over as older than what is held.
+/// longer deleted): held as a revocation this feed made when its source withdrew the
+/// item, such an indicator is published as a new version dated just after that
+/// revocation when its own date is not later, rather than passed over as older than
+/// what is held. A revocation the operator made is not undone this way.
 async fn publish_reviving(
     engine: &Arc<Engine>,
     feed: &FeedConfig,
@@ -343,6 +344,7 @@ async fn publish_reviving(
         .filter(|item| revive.contains(&item.id))
         .map(|item| item.id.clone())
         .collect();
+    let feed_name = feed.name.clone();
     let (ingested, unchanged, refused) = tokio::task::spawn_blocking(move || {
         let engine = engine_for_task;
         let own = engine.policy().node().clone();
@@ -381,8 +383,12 @@ async fn publish_reviving(
                 }
                 // Revoked by this feed, listed again by the source: live again, dated
                 // after the revocation so that it replaces it.
+                // Only a revocation this feed made when its source withdrew the item:
+                // one the operator made stays (a checkpoint lost with the metadata
+                // takes every event for one listed again).
                 Ok(Some(held))
-                    if matches!(held.item.kind, ItemKind::Revocation(_))
+                    if matches!(&held.item.kind, ItemKind::Revocation(r)
+                        if misp::withdrawn_by_feed(&r.reason, &feed_name))
                         && matches!(item.kind, ItemKind::Indicator(_))
                         && revive.contains(&item.id) =>
                 {

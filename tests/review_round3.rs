@@ -526,8 +526,11 @@ async fn authority_on_a_kept_taxii_connection_follows_each_reload() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // A refused request closes its connection: the new password comes on a new one.
-    assert!(siem.get(collections, Some(&old)).await.is_none());
+    // A refused request closes its connection: the client connects again.
+    assert!(
+        siem.get(collections, Some(&old)).await.is_none(),
+        "the connection was kept open after a 401"
+    );
     let mut siem = Kept::open(&anonymous, node.taxii).await;
     let new = basic("siem.soc", NEW);
     assert_eq!(siem.get(collections, Some(&new)).await.unwrap().status, 200);

@@ -91,6 +91,31 @@ fn read_json(body: &[u8]) -> Result<Value, serde_json::Error> {
 /// The draft of a revocation of the item this node made of attribute `uuid`;
 /// [`super::publish`] completes it from the item held (its marking, type, tags and
 /// content), and passes over an item revoked already.
+/// Whether `reason` is one this feed (`feed`) gives the revocations it makes of what its
+/// source withdrew (an event gone from the manifest, an attribute withdrawn): only such
+/// a revocation is undone when the source gives the attribute again. One the operator
+/// made (`entente revoke`) stays until the source changes the attribute.
+/// The reason of the revocations of the items of an event gone from the manifest.
+fn gone_reason(event: &str, feed: &str) -> String {
+    format!("MISP event {event} is no longer in the feed {feed}")
+}
+
+/// The reason of the revocation of the item of an attribute the event withdrew.
+fn withdrawn_reason(attribute: &str, event: &str, feed: &str) -> String {
+    format!("attribute {attribute} of MISP event {event} is withdrawn in the feed {feed}")
+}
+
+pub(super) fn withdrawn_by_feed(reason: &str, feed: &str) -> bool {
+    (reason.starts_with("MISP event ")
+        && reason
+            .strip_suffix(feed)
+            .is_some_and(|head| head.ends_with(" is no longer in the feed ")))
+        || (reason.starts_with("attribute ")
+            && reason
+                .strip_suffix(feed)
+                .is_some_and(|head| head.ends_with(" is withdrawn in the feed ")))
+}
+
 fn revocation_draft(origin: &str, uuid: &str, reason: String, now_ms: i64) -> Item {
     Item {
         id: attribute_item_id(origin, uuid),
@@ -220,10 +245,7 @@ async fn poll_events(
             continue;
         }
         for attribute in &event.items {
-            withdrawn.push((
-                attribute.clone(),
-                format!("MISP event {uuid} is no longer in the feed {}", feed.name),
-            ));
+            withdrawn.push((attribute.clone(), gone_reason(uuid, &feed.name)));
         }
         removed.push(uuid.clone());
     }
@@ -313,10 +335,7 @@ async fn poll_events(
             if published.binary_search(attribute).is_err() {
                 withdrawn.push((
                     attribute.clone(),
-                    format!(
-                        "attribute {attribute} of MISP event {uuid} is withdrawn in the feed {}",
-                        feed.name
-                    ),
+                    withdrawn_reason(attribute, &uuid, &feed.name),
                 ));
             }
         }
@@ -506,7 +525,8 @@ fn tlp_of(tags: Option<&Value>) -> Option<Tlp> {
     tags?
         .as_array()?
         .iter()
-        .filter_map(|t| t.get("name").and_then(Value::as_str))
+        // `{"name": "tlp:red"}` as MISP writes it, or the bare name some tools write.
+        .filter_map(|t| t.as_str().or_else(|| t.get("name").and_then(Value::as_str)))
         .filter_map(|name| {
             let lower = name.trim().to_ascii_lowercase();
             let marking = lower.strip_prefix("tlp:")?;
@@ -703,6 +723,22 @@ mod tests {
     }
 
     #[test]
+    fn only_the_feeds_own_withdrawals_are_undone() {
+        let event = "5d1c0a3e-1111-4e11-8a11-000000000001";
+        let attribute = "6e2d1b4f-0000-4000-8000-000000000001";
+        assert!(withdrawn_by_feed(&gone_reason(event, "m-a"), "m-a"));
+        assert!(withdrawn_by_feed(
+            &withdrawn_reason(attribute, event, "m-a"),
+            "m-a"
+        ));
+        // Another feed's, or the operator's.
+        assert!(!withdrawn_by_feed(&gone_reason(event, "m-a"), "m-b"));
+        assert!(!withdrawn_by_feed(&gone_reason(event, "xm-a"), "m-a"));
+        assert!(!withdrawn_by_feed("a sinkhole, not the actor's", "m-a"));
+        assert!(!withdrawn_by_feed("", "m-a"));
+    }
+
+    #[test]
     fn the_most_restrictive_tlp_tag_counts_and_white_is_clear() {
         let tags = serde_json::json!([{"name": "tlp:white"}, {"name": "osint"}]);
         assert_eq!(tlp_of(Some(&tags)), Some(Tlp::Clear));
@@ -711,6 +747,14 @@ mod tests {
         assert_eq!(tlp_of(None), None);
         let tags = serde_json::json!([{"name": "osint"}]);
         assert_eq!(tlp_of(Some(&tags)), None);
+    }
+
+    #[test]
+    fn a_tag_written_as_a_bare_name_counts() {
+        let tags = serde_json::json!(["tlp:red", {"name": "tlp:clear"}]);
+        assert_eq!(tlp_of(Some(&tags)), Some(Tlp::Red));
+        let tags = serde_json::json!(["TLP:AMBER"]);
+        assert_eq!(tlp_of(Some(&tags)), Some(Tlp::Amber));
     }
 
     #[test]

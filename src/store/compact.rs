@@ -302,7 +302,7 @@ impl SledStore {
         // what the log holds is looked at first).
         // Kept a second time beside the log first, so that they outlive the loss of
         // the metadata (`entente store recover` reads them back).
-        if let Err(e) = super::dropped::append(&self.path, &dropped) {
+        if let Err(e) = super::dropped::keep(&self.path, &dropped, || self.dropped_notes()) {
             drop(new_log);
             let _ = std::fs::remove_file(&new_path);
             return Err(e);

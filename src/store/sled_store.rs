@@ -300,16 +300,12 @@ impl SledStore {
     ) -> Self {
         let hasher = index.hasher.clone();
         let any_dropped = meta.tree.scan_prefix([records::DROPPED]).next().is_some();
-        if any_dropped && !dir.join(super::dropped::FILE).exists() {
-            // A store whose compactions predate the copy beside the log: its notes are
-            // copied there once, so that they too outlive a loss of the metadata.
-            let notes: Vec<([u8; 16], Vec<u8>)> = meta
-                .tree
-                .scan_prefix([records::DROPPED])
-                .filter_map(Result::ok)
-                .filter_map(|(key, value)| Some((key.get(1..)?.try_into().ok()?, value.to_vec())))
-                .collect();
-            if let Err(error) = super::dropped::append(dir, &notes) {
+        if any_dropped {
+            // A store whose compactions predate the copy beside the log, or whose copy
+            // was cut short by a crash or a full disk while a compaction appended to it:
+            // its notes are written there whole, so that they too outlive a loss of the
+            // metadata, and later appends are read back.
+            if let Err(error) = super::dropped::ensure(dir, &dropped_notes_of(&meta.tree)) {
                 tracing::warn!(%error, "the notes of indicators dropped as expired could not be copied beside the log");
             }
         }
@@ -612,6 +608,23 @@ impl SledStore {
         }
         self.any_dropped.store(true, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Every note of an indicator dropped as expired that the metadata holds.
+    pub(super) fn dropped_notes(&self) -> Result<Vec<super::dropped::Note>, StoreError> {
+        self.with_meta(|m| {
+            m.tree
+                .scan_prefix([records::DROPPED])
+                .map(|entry| {
+                    let (key, value) = entry?;
+                    Ok(key
+                        .get(1..)
+                        .and_then(|uuid| <[u8; 16]>::try_from(uuid).ok())
+                        .map(|uuid| (uuid, value.to_vec())))
+                })
+                .filter_map(Result::transpose)
+                .collect()
+        })
     }
 
     fn dropped(&self, uuid: &[u8; 16]) -> Result<Option<(i64, String)>, StoreError> {
@@ -969,6 +982,14 @@ impl SledStore {
             }
         }
     }
+}
+
+/// The notes of indicators dropped as expired held in the metadata `tree`.
+fn dropped_notes_of(tree: &sled::Tree) -> Vec<super::dropped::Note> {
+    tree.scan_prefix([records::DROPPED])
+        .filter_map(Result::ok)
+        .filter_map(|(key, value)| Some((key.get(1..)?.try_into().ok()?, value.to_vec())))
+        .collect()
 }
 
 /// Feed positions skipped after a store is rebuilt from its log: the lease that was

@@ -451,14 +451,29 @@ async fn serve_connection(
     let _held = (partner_slot, permit);
     let idle_timeout = shared.idle_timeout;
     let evicted = pending.as_ref().map(|p| p.evict.clone());
-    let closing = async {
-        match (&registration, evicted) {
-            (Some(registration), _) => {
-                tokio::spawn(registration.watchdog(idle_timeout));
-                registration.closing().await;
+    // Requests in progress on a connection without a certificate: one with none for
+    // `limits.idle_connection_timeout` is closed, as a certificate connection is, so
+    // that a Basic client's place under `limits.connections_per_partner` comes back.
+    let calls = Arc::new(tokio::sync::watch::channel(0usize).0);
+    let closing = {
+        let calls = calls.clone();
+        async move {
+            match (&registration, evicted) {
+                (Some(registration), _) => {
+                    tokio::spawn(registration.watchdog(idle_timeout));
+                    registration.closing().await;
+                }
+                (None, Some(evicted)) => {
+                    tokio::select! {
+                        _ = evicted.cancelled_owned() => {}
+                        _ = idle_for(&calls, idle_timeout) => {
+                            crate::limits::count(crate::limits::Limit::IdleConnectionTimeout);
+                            tracing::info!(addr = %remote_addr, timeout_s = idle_timeout.as_secs_f64(), "TAXII connection without a certificate closed: no request in progress for limits.idle_connection_timeout");
+                        }
+                    }
+                }
+                (None, None) => std::future::pending::<()>().await,
             }
-            (None, Some(evicted)) => evicted.cancelled_owned().await,
-            (None, None) => std::future::pending::<()>().await,
         }
     };
     let connection = Arc::new(Connection {
@@ -472,10 +487,15 @@ async fn serve_connection(
     let service = hyper::service::service_fn(move |request| {
         let shared = shared.clone();
         let connection = connection.clone();
+        let calls = calls.clone();
         async move {
             // A request is a call in progress (`limits.idle_connection_timeout`) until its
             // answer, which is built whole, is handed over.
             let _call = connection.info.as_ref().map(|info| info.call_begun());
+            let _basic_call = connection
+                .info
+                .is_none()
+                .then(|| RequestInProgress::begin(&calls));
             Ok::<_, std::convert::Infallible>(serve(&shared, &connection, request).await)
         }
     });
@@ -502,7 +522,7 @@ async fn serve_connection(
                 break;
             }
             _ = closing.as_mut() => {
-                tracing::info!(addr = %remote_addr, "TAXII connection closed: access withdrawn, or a newer connection without a certificate took its place");
+                tracing::info!(addr = %remote_addr, "TAXII connection closed: access withdrawn, idle, or a newer connection without a certificate took its place");
                 break;
             }
             _ = shutdown.cancelled(), if !draining => {
@@ -521,6 +541,39 @@ async fn serve_connection(
         }
     }
     // `registration` is dropped after this: the connection leaves the directory.
+}
+
+/// A request in progress on a connection without a certificate, counted in `calls`
+/// until dropped.
+struct RequestInProgress(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl RequestInProgress {
+    fn begin(calls: &Arc<tokio::sync::watch::Sender<usize>>) -> Self {
+        calls.send_modify(|open| *open += 1);
+        Self(calls.clone())
+    }
+}
+
+impl Drop for RequestInProgress {
+    fn drop(&mut self) {
+        self.0.send_modify(|open| *open = open.saturating_sub(1));
+    }
+}
+
+/// Returns once `calls` has stayed at zero for `timeout`.
+async fn idle_for(calls: &tokio::sync::watch::Sender<usize>, timeout: std::time::Duration) {
+    let mut open = calls.subscribe();
+    loop {
+        // The sender outlives this wait: it is borrowed.
+        if open.wait_for(|open| *open == 0).await.is_err() {
+            return std::future::pending().await;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(timeout) => return,
+            // A request began (and may have ended already): start over.
+            _ = open.changed() => {}
+        }
+    }
 }
 
 /// One connection: its certificate identity, if it presented one, and the last Basic
