@@ -1138,6 +1138,8 @@ fn media_type(text: &str) -> (String, Option<String>) {
 }
 
 /// Whether the `Accept` header allows a TAXII 2.1 answer (no header: anything goes).
+/// The most specific range that matches decides, and one with `q=0` refuses (so
+/// `application/taxii+json;q=0, */*` allows no TAXII answer).
 fn accepts_taxii(headers: &HeaderMap) -> bool {
     let Some(accept) = headers.get(ACCEPT) else {
         return true;
@@ -1145,13 +1147,38 @@ fn accepts_taxii(headers: &HeaderMap) -> bool {
     let Ok(accept) = accept.to_str() else {
         return false;
     };
-    accept.split(',').take(32).any(|range| {
+    let mut best: Option<(u8, bool)> = None;
+    for range in accept.split(',').take(32) {
         let (kind, version) = media_type(range);
-        match kind.as_str() {
-            "*/*" | "application/*" => true,
-            "application/taxii+json" => version.is_none_or(|v| v == "2.1"),
-            _ => false,
+        let specific = match kind.as_str() {
+            "*/*" => 0,
+            "application/*" => 1,
+            "application/taxii+json" => match version.as_deref() {
+                None => 2,
+                Some("2.1") => 3,
+                Some(_) => continue,
+            },
+            _ => continue,
+        };
+        let allowed = !refused_by_weight(range);
+        if best.is_none_or(|(at, _)| specific > at) {
+            best = Some((specific, allowed));
+        } else if best.is_some_and(|(at, _)| specific == at) && !allowed {
+            best = Some((specific, false));
         }
+    }
+    best.is_some_and(|(_, allowed)| allowed)
+}
+
+/// Whether a media range's `q` parameter is zero (`q=0`, `q=0.0`, `q=0.000`).
+fn refused_by_weight(range: &str) -> bool {
+    range.split(';').skip(1).any(|p| {
+        p.split_once('=').is_some_and(|(k, v)| {
+            let v = v.trim();
+            k.trim().eq_ignore_ascii_case("q")
+                && v.starts_with('0')
+                && v.bytes().all(|b| b == b'0' || b == b'.')
+        })
     })
 }
 
@@ -1673,6 +1700,16 @@ mod tests {
             ("application/taxii+json;version=2.0", false),
             ("application/json", false),
             ("application/stix+json;version=2.1", false),
+            ("application/taxii+json;version=2.1;q=0", false),
+            ("application/taxii+json;q=0, */*", false),
+            ("*/*;q=0", false),
+            ("application/taxii+json;version=2.1;q=0.5, */*;q=0", true),
+            (
+                "application/taxii+json;q=0.0, application/taxii+json;version=2.1",
+                true,
+            ),
+            ("application/*;q=0.000, application/taxii+json", true),
+            ("application/taxii+json;q=0.01", true),
         ] {
             headers.insert(ACCEPT, HeaderValue::from_static(accept));
             assert_eq!(accepts_taxii(&headers), ok, "{accept}");
