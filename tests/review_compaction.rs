@@ -113,15 +113,15 @@ fn a_query_whose_policy_reads_the_store_does_not_hang_a_compaction() {
     store.flush().unwrap();
 }
 
-#[test]
-fn an_indicator_retired_by_expiry_does_not_come_back_after_a_compaction() {
-    let f = fixture();
-    let dir = f.pki.path().join("retired");
-    let open = || common::open_store(&dir, &f.hq.id, 16 << 20).unwrap();
-    let store = open();
+/// An indicator its origin published long ago with no end, then retired by a version
+/// that ended 40 days ago, both received from berlin.office into `store` and flushed:
+/// the first version's bundle (to offer again), where it came from, and the id.
+fn retired_from_berlin(
+    f: &common::signed::Fixture,
+    store: &SledStore,
+) -> (entente::crypto::VerifiedBundle, Source, ItemId) {
     let id = ItemId::new_random();
     let now = now_ms();
-    // Published long ago with no end, then retired by a version that ended 40 days ago.
     let first = indicator(
         &id,
         IndicatorType::Domain,
@@ -139,12 +139,22 @@ fn an_indicator_retired_by_expiry_does_not_come_back_after_a_compaction() {
         received_from: f.berlin.id.clone(),
         hops: 1,
     };
-    let old = bundle(&f, &f.hq, &[first]);
+    let old = bundle(f, &f.hq, &[first]);
     store.accept(&old, &from_berlin, now).unwrap();
     store
-        .accept(&bundle(&f, &f.hq, &[retired]), &from_berlin, now)
+        .accept(&bundle(f, &f.hq, &[retired]), &from_berlin, now)
         .unwrap();
     store.flush().unwrap();
+    (old, from_berlin, id)
+}
+
+#[test]
+fn an_indicator_retired_by_expiry_does_not_come_back_after_a_compaction() {
+    let f = fixture();
+    let dir = f.pki.path().join("retired");
+    let open = || common::open_store(&dir, &f.hq.id, 16 << 20).unwrap();
+    let store = open();
+    let (old, from_berlin, id) = retired_from_berlin(&f, &store);
     let done = store.compact(Compaction::default()).unwrap();
     assert_eq!(done.expired_dropped, 1);
     assert!(store.get(&id).unwrap().is_none());
@@ -179,31 +189,7 @@ fn an_indicator_retired_by_expiry_does_not_come_back_after_a_recovery() {
     let dir = f.pki.path().join("retired");
     let open = || common::open_store(&dir, &f.hq.id, 16 << 20).unwrap();
     let store = open();
-    let id = ItemId::new_random();
-    let now = now_ms();
-    let first = indicator(
-        &id,
-        IndicatorType::Domain,
-        "retired.example",
-        now - 60 * DAY,
-        Tlp::Green,
-        &[],
-    );
-    let mut retired = first.clone();
-    retired.modified_ms = now - 40 * DAY;
-    if let ItemKind::Indicator(i) = &mut retired.kind {
-        i.valid_until_ms = Some(now - 40 * DAY);
-    }
-    let from_berlin = Source {
-        received_from: f.berlin.id.clone(),
-        hops: 1,
-    };
-    let old = bundle(&f, &f.hq, &[first]);
-    store.accept(&old, &from_berlin, now).unwrap();
-    store
-        .accept(&bundle(&f, &f.hq, &[retired]), &from_berlin, now)
-        .unwrap();
-    store.flush().unwrap();
+    let (old, from_berlin, id) = retired_from_berlin(&f, &store);
     assert_eq!(
         store
             .compact(Compaction::default())
