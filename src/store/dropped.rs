@@ -95,7 +95,7 @@ pub(super) fn keep(
     if notes.is_empty() {
         return Ok(());
     }
-    if read(dir)?.whole() {
+    if whole(dir)? {
         return append(dir, notes);
     }
     let mut all = held()?;
@@ -103,21 +103,26 @@ pub(super) fn keep(
     rewrite(dir, &all)
 }
 
-/// Makes sure the file holds `held` (every note the metadata holds, none of which may be
-/// lost): written whole when it does not exist or cannot be read to its end.
-pub(super) fn ensure(dir: &Path, held: &[([u8; 16], Vec<u8>)]) -> Result<(), StoreError> {
-    if held.is_empty() {
-        return Ok(());
-    }
+/// Makes sure the file holds what `held` gives (every note the metadata holds, none of
+/// which may be lost): written whole when it does not exist or cannot be read to its
+/// end. `held` is read only then.
+pub(super) fn ensure(
+    dir: &Path,
+    held: impl FnOnce() -> Result<Vec<Note>, StoreError>,
+) -> Result<(), StoreError> {
     let path = dir.join(FILE);
     let exists = path.try_exists().map_err(|source| StoreError::Io {
         path: path.clone(),
         source,
     })?;
-    if exists && read(dir)?.whole() {
+    if exists && whole(dir)? {
         return Ok(());
     }
-    rewrite(dir, held)
+    let held = held()?;
+    if held.is_empty() {
+        return Ok(());
+    }
+    rewrite(dir, &held)
 }
 
 /// Writes the file again with `notes` only, synced: beside it first, then in its place.
@@ -173,6 +178,16 @@ fn write_records(out: &mut impl Write, notes: &[([u8; 16], Vec<u8>)]) -> std::io
 
 /// Reads the notes kept in `dir` (none when the file does not exist).
 pub(super) fn read(dir: &Path) -> Result<Notes, StoreError> {
+    scan(dir, true)
+}
+
+/// Whether the file, if any, reads to its end (its notes are checked, not kept).
+fn whole(dir: &Path) -> Result<bool, StoreError> {
+    Ok(scan(dir, false)?.whole())
+}
+
+/// Reads the file in `dir`, keeping its notes in [`Notes::records`] when `keep` is set.
+fn scan(dir: &Path, keep: bool) -> Result<Notes, StoreError> {
     let path = dir.join(FILE);
     let file = match File::open(&path) {
         Ok(file) => file,
@@ -218,10 +233,12 @@ pub(super) fn read(dir: &Path) -> Result<Notes, StoreError> {
             notes.problem = Some(format!("the record at byte {at} fails its CRC"));
             break;
         }
-        let (uuid, value) = note.split_at(16);
-        notes
-            .records
-            .push((records::key(records::DROPPED, uuid), value.to_vec()));
+        if keep {
+            let (uuid, value) = note.split_at(16);
+            notes
+                .records
+                .push((records::key(records::DROPPED, uuid), value.to_vec()));
+        }
         at += 2 + len as u64 + 4;
     }
     Ok(notes)
@@ -311,13 +328,13 @@ mod tests {
         assert_eq!(read_back.records.len(), 3);
         // A file cut inside its header, or missing: written whole when the store opens.
         std::fs::write(&path, &MAGIC[..3]).unwrap();
-        ensure(dir.path(), &[note(1), note(2)]).unwrap();
+        ensure(dir.path(), || Ok(vec![note(1), note(2)])).unwrap();
         assert_eq!(read(dir.path()).unwrap().records.len(), 2);
         std::fs::remove_file(&path).unwrap();
-        ensure(dir.path(), &[note(1)]).unwrap();
+        ensure(dir.path(), || Ok(vec![note(1)])).unwrap();
         assert_eq!(read(dir.path()).unwrap().records.len(), 1);
         // Whole: left as it is.
-        ensure(dir.path(), &[note(4)]).unwrap();
+        ensure(dir.path(), || Ok(vec![note(4)])).unwrap();
         assert_eq!(read(dir.path()).unwrap().records.len(), 1);
     }
 }

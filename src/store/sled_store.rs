@@ -305,7 +305,13 @@ impl SledStore {
             // was cut short by a crash or a full disk while a compaction appended to it:
             // its notes are written there whole, so that they too outlive a loss of the
             // metadata, and later appends are read back.
-            if let Err(error) = super::dropped::ensure(dir, &dropped_notes_of(&meta.tree)) {
+            let held = || {
+                dropped_notes_in(&meta.tree).map_err(|source| StoreError::Engine {
+                    path: dir.to_owned(),
+                    source,
+                })
+            };
+            if let Err(error) = super::dropped::ensure(dir, held) {
                 tracing::warn!(%error, "the notes of indicators dropped as expired could not be copied beside the log");
             }
         }
@@ -591,8 +597,6 @@ impl SledStore {
         }
     }
 
-    /// What a compaction recorded of item `uuid` when it dropped it as expired: the
-    /// modified time and origin of the version dropped.
     /// Records again the notes of indicators dropped as expired that `dropped.notes`
     /// kept (after a recovery rebuilt the metadata); durable with the next flush.
     pub(super) fn restore_dropped(&self, notes: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
@@ -612,21 +616,11 @@ impl SledStore {
 
     /// Every note of an indicator dropped as expired that the metadata holds.
     pub(super) fn dropped_notes(&self) -> Result<Vec<super::dropped::Note>, StoreError> {
-        self.with_meta(|m| {
-            m.tree
-                .scan_prefix([records::DROPPED])
-                .map(|entry| {
-                    let (key, value) = entry?;
-                    Ok(key
-                        .get(1..)
-                        .and_then(|uuid| <[u8; 16]>::try_from(uuid).ok())
-                        .map(|uuid| (uuid, value.to_vec())))
-                })
-                .filter_map(Result::transpose)
-                .collect()
-        })
+        self.with_meta(|m| dropped_notes_in(&m.tree))
     }
 
+    /// What a compaction recorded of item `uuid` when it dropped it as expired: the
+    /// modified time and origin of the version dropped.
     fn dropped(&self, uuid: &[u8; 16]) -> Result<Option<(i64, String)>, StoreError> {
         // Most stores never dropped anything: no lookup per new item then.
         if !self.any_dropped.load(Ordering::SeqCst) {
@@ -984,11 +978,18 @@ impl SledStore {
     }
 }
 
-/// The notes of indicators dropped as expired held in the metadata `tree`.
-fn dropped_notes_of(tree: &sled::Tree) -> Vec<super::dropped::Note> {
+/// The notes of indicators dropped as expired held in the metadata `tree` (a key that is
+/// not a UUID's is passed over).
+fn dropped_notes_in(tree: &sled::Tree) -> sled::Result<Vec<super::dropped::Note>> {
     tree.scan_prefix([records::DROPPED])
-        .filter_map(Result::ok)
-        .filter_map(|(key, value)| Some((key.get(1..)?.try_into().ok()?, value.to_vec())))
+        .map(|entry| {
+            let (key, value) = entry?;
+            Ok(key
+                .get(1..)
+                .and_then(|uuid| <[u8; 16]>::try_from(uuid).ok())
+                .map(|uuid| (uuid, value.to_vec())))
+        })
+        .filter_map(Result::transpose)
         .collect()
 }
 
