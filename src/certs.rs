@@ -749,19 +749,102 @@ impl CertDir {
         })
     }
 
-    /// Adds `ID.crt` to the register and rewrites `crl.pem`. Returns the CRL path.
+    /// Revokes every certificate this CA issued to `id` (see [`Self::revoke_certificates`]).
+    /// Returns the CRL path.
     pub fn revoke(&self, id: &NodeId) -> Result<PathBuf, CertsError> {
+        Ok(self.revoke_certificates(id, None)?.crl)
+    }
+
+    /// The certificates this CA keeps for `id`, as (serial in hex, path): `ID.crt` and
+    /// every `ID.SERIAL.crt` a renewal or a new signature moved aside, each read and
+    /// checked to be issued to `id` under that serial.
+    pub fn issued_to(&self, id: &NodeId) -> Result<Vec<(String, PathBuf)>, CertsError> {
+        let mut found = Vec::new();
+        let current = self.cert_path(id.as_str());
+        if current.exists() {
+            found.push((hex_encode(&certificate_serial(&current)?), current.clone()));
+        }
+        let prefix = format!("{id}.");
+        let entries = std::fs::read_dir(&self.dir).map_err(|source| {
+            CertsError::File(FileError::Read {
+                path: self.dir.clone(),
+                source,
+            })
+        })?;
+        for entry in entries {
+            let path = entry
+                .map_err(|source| {
+                    CertsError::File(FileError::Read {
+                        path: self.dir.clone(),
+                        source,
+                    })
+                })?
+                .path();
+            let Some(serial) = path
+                .file_name()
+                .and_then(|name| name.to_str())
+                .and_then(|name| name.strip_prefix(&prefix))
+                .and_then(|rest| rest.strip_suffix(".crt"))
+            else {
+                continue;
+            };
+            // Another id may share the prefix (`analyst.ext` and `analyst.ext.lab`):
+            // only a name whose middle is a serial, for a certificate of `id`, counts.
+            if serial.is_empty() || !serial.bytes().all(|b| b.is_ascii_hexdigit()) {
+                continue;
+            }
+            let der = files::read_certificates(&path)?;
+            let (issued, _, _) = describe_leaf(der[0].as_ref())?;
+            let actual = hex_encode(&certificate_serial(&path)?);
+            if &issued == id && actual.eq_ignore_ascii_case(serial) {
+                found.push((actual, path));
+            }
+        }
+        if found.is_empty() {
+            return Err(CertsError::Malformed {
+                path: current,
+                problem: format!("this CA keeps no certificate of {id}"),
+            });
+        }
+        Ok(found)
+    }
+
+    /// Adds certificates of `id` to the register and rewrites `crl.pem`: all of them
+    /// (`ID.crt` and every earlier one kept as `ID.SERIAL.crt`, which stay valid until
+    /// they expire unless revoked), or with `serial` that one only. A member cut off
+    /// must lose every certificate it holds, not only the newest.
+    pub fn revoke_certificates(
+        &self,
+        id: &NodeId,
+        serial: Option<&str>,
+    ) -> Result<Revocation, CertsError> {
         let ca = self.load_ca()?;
-        let cert_path = self.cert_path(id.as_str());
-        let serial = hex_encode(&certificate_serial(&cert_path)?);
+        let mut chosen = self.issued_to(id)?;
+        if let Some(serial) = serial {
+            let known: Vec<String> = chosen.iter().map(|(s, _)| s.clone()).collect();
+            chosen.retain(|(s, _)| s.eq_ignore_ascii_case(serial));
+            if chosen.is_empty() {
+                return Err(CertsError::Malformed {
+                    path: self.cert_path(id.as_str()),
+                    problem: format!(
+                        "no certificate of {id} has serial {serial}; its certificates here: {}",
+                        known.join(", ")
+                    ),
+                });
+            }
+        }
         let register_path = self.dir.join(REVOKED_FILE);
         let mut register = read_register(&register_path)?;
-        if !register.revoked.iter().any(|r| r.serial == serial) {
-            register.revoked.push(RevokedEntry {
-                id: id.to_string(),
-                serial,
-                revoked_at: OffsetDateTime::now_utc(),
-            });
+        let mut serials = Vec::new();
+        for (serial, _) in chosen {
+            if !register.revoked.iter().any(|r| r.serial == serial) {
+                register.revoked.push(RevokedEntry {
+                    id: id.to_string(),
+                    serial: serial.clone(),
+                    revoked_at: OffsetDateTime::now_utc(),
+                });
+            }
+            serials.push(serial);
         }
         register.crl_number += 1;
         let crl = ca.crl(&register.revoked, register.crl_number, CRL_VALIDITY_DAYS)?;
@@ -780,8 +863,20 @@ impl CertDir {
             path: crl_path.clone(),
             source,
         })?;
-        Ok(crl_path)
+        Ok(Revocation {
+            crl: crl_path,
+            serials,
+        })
     }
+}
+
+/// What [`CertDir::revoke_certificates`] did.
+#[derive(Debug)]
+pub struct Revocation {
+    /// The CRL written.
+    pub crl: PathBuf,
+    /// The serials (hex) revoked by this call, or already revoked before it.
+    pub serials: Vec<String>,
 }
 
 /// A certificate written by [`CertDir::sign`] or [`CertDir::renew`].

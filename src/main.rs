@@ -404,11 +404,22 @@ fn certs(command: CertsCommand, output: Output) -> Result<()> {
             new_key,
             days,
         } => setup::renew(&ca_dir, &id, new_key, days, output),
-        CertsCommand::Revoke { dir, id, push_to } => match push_to {
-            None => setup::revoke(&dir, &id, output),
+        CertsCommand::Revoke {
+            dir,
+            id,
+            serial,
+            push_to,
+        } => match push_to {
+            None => setup::revoke(&dir, &id, serial.as_deref(), output),
             Some(config) => {
                 let settings = ClientSettings::load(&config)?;
-                runtime()?.block_on(setup::revoke_and_push(&dir, &id, &settings, output))
+                runtime()?.block_on(setup::revoke_and_push(
+                    &dir,
+                    &id,
+                    serial.as_deref(),
+                    &settings,
+                    output,
+                ))
             }
         },
     }

@@ -277,3 +277,166 @@ async fn certificates_about_to_expire_are_warned_of_in_the_log_and_in_status() {
     assert_eq!(soon_json["expires_soon"], true);
     assert!(soon_json["last_seen"].is_string(), "{soon_json}");
 }
+
+/// The certificates the CA keeps for `id`: `ID.crt` and every `ID.SERIAL.crt`.
+fn issued_to(ca: &Path, id: &str) -> Vec<std::path::PathBuf> {
+    let mut found: Vec<_> = std::fs::read_dir(ca)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            let name = path.file_name().unwrap().to_str().unwrap();
+            name.starts_with(&format!("{id}.")) && name.ends_with(".crt")
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+#[tokio::test]
+async fn revoking_an_id_revokes_every_certificate_the_ca_issued_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    let keep = dir.path().join("keep");
+    std::fs::create_dir(&keep).unwrap();
+    ok(&["certs", "ca", "--dir", s(&ca)]);
+    ok(&[
+        "certs",
+        "node",
+        "--dir",
+        s(&ca),
+        "--id",
+        "redmond.hq",
+        "--ip",
+        "127.0.0.1",
+    ]);
+    ok(&["certs", "client", "--dir", s(&ca), "--id", "analyst.ext"]);
+    // What the member holds at each step: the first certificate and its key, the
+    // renewal for the same key, and a renewal for a new key.
+    let held = |name: &str| {
+        for ext in ["crt", "key"] {
+            std::fs::copy(
+                ca.join(format!("analyst.ext.{ext}")),
+                keep.join(format!("{name}.{ext}")),
+            )
+            .unwrap();
+        }
+    };
+    held("first");
+    ok(&["certs", "renew", "--ca-dir", s(&ca), "--id", "analyst.ext"]);
+    held("second");
+    ok(&[
+        "certs",
+        "renew",
+        "--ca-dir",
+        s(&ca),
+        "--id",
+        "analyst.ext",
+        "--new-key",
+    ]);
+    held("third");
+    assert_eq!(issued_to(&ca, "analyst.ext").len(), 3);
+
+    // Revoking the id names every serial it revoked.
+    let (out, _) = ok(&["certs", "revoke", "--dir", s(&ca), "--id", "analyst.ext"]);
+    assert_eq!(
+        out.matches("serial ").count(),
+        3,
+        "every certificate of the id is revoked: {out}"
+    );
+
+    let hq = NodeId::new("redmond.hq").unwrap();
+    let analyst = NodeId::new("analyst.ext").unwrap();
+    let config = dir.path().join("hq.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\nid = \"redmond.hq\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\ncert = \"{cert}\"\nkey = \"{nkey}\"\ntrust_anchors = [\"{anchor}\"]\ncrls = [\"{crl}\"]\n\n[[client]]\nid = \"analyst.ext\"\nrole = \"analyst\"\n",
+            data = dir.path().join("data").display(),
+            cert = ca.join("redmond.hq.crt").display(),
+            nkey = ca.join("redmond.hq.key").display(),
+            anchor = ca.join("ca.crt").display(),
+            crl = ca.join("crl.pem").display(),
+        ),
+    )
+    .unwrap();
+    let node = start(&config).await;
+    let anchor = ca.join("ca.crt");
+    for name in ["first", "second", "third"] {
+        let answer = hello(
+            &material(
+                &keep.join(format!("{name}.crt")),
+                &keep.join(format!("{name}.key")),
+                &anchor,
+                &analyst,
+            ),
+            node.local_addr(),
+            &hq,
+        )
+        .await;
+        assert!(
+            answer.is_err(),
+            "the {name} certificate of a revoked id is refused"
+        );
+    }
+    node.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+#[test]
+fn one_certificate_of_an_id_is_revoked_by_its_serial() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    ok(&["certs", "ca", "--dir", s(&ca)]);
+    ok(&["certs", "client", "--dir", s(&ca), "--id", "analyst.ext"]);
+    ok(&[
+        "certs",
+        "renew",
+        "--ca-dir",
+        s(&ca),
+        "--id",
+        "analyst.ext",
+        "--new-key",
+    ]);
+    let old = issued_to(&ca, "analyst.ext")
+        .into_iter()
+        .find(|path| !path.ends_with("analyst.ext.crt"))
+        .unwrap();
+    let serial = old
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_start_matches("analyst.ext.")
+        .trim_end_matches(".crt")
+        .to_owned();
+    let (out, _) = ok(&[
+        "certs",
+        "revoke",
+        "--dir",
+        s(&ca),
+        "--id",
+        "analyst.ext",
+        "--serial",
+        &serial,
+    ]);
+    assert!(out.contains(&format!("serial {serial}")), "{out}");
+    assert_eq!(out.matches("serial ").count(), 1, "{out}");
+    let register = std::fs::read_to_string(ca.join("revoked.toml")).unwrap();
+    assert_eq!(register.matches("serial = ").count(), 1, "{register}");
+    // The current certificate is not revoked: it can still be renewed.
+    ok(&["certs", "renew", "--ca-dir", s(&ca), "--id", "analyst.ext"]);
+
+    // A serial that is not one of the id's certificates is refused, naming them.
+    let wrong = entente(&[
+        "certs",
+        "revoke",
+        "--dir",
+        s(&ca),
+        "--id",
+        "analyst.ext",
+        "--serial",
+        "abcdef",
+    ]);
+    assert!(!wrong.status.success());
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(err.contains("no certificate of analyst.ext"), "{err}");
+}

@@ -2677,3 +2677,81 @@ async fn one_object_the_publishing_rules_refuse_does_not_hold_back_the_others() 
         "{versions:?}"
     );
 }
+
+/// A client with both a certificate and `[[taxii.basic]]` credentials is cut off by
+/// revoking its certificate: its password stops working too, on a kept connection
+/// and on new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_clients_certificate_ends_its_basic_access_too() {
+    let pki = federation();
+    let config = write_config(&pki, true);
+    let node = serve_taxii(&config);
+    let anonymous = tls(&pki, None);
+    let siem = basic("siem.soc", SIEM_PASSWORD);
+    let with_password = || {
+        let anonymous = anonymous.clone();
+        let siem = siem.clone();
+        let addr = node.taxii;
+        async move {
+            send(
+                &anonymous,
+                addr,
+                "GET",
+                "/api/collections/",
+                &[("Accept", TAXII), ("Authorization", &siem)],
+                b"",
+            )
+            .await
+            .map_or(0, |reply| reply.status)
+        }
+    };
+    assert_eq!(with_password().await, 200);
+    // The client once connects with its certificate, so the node knows it.
+    let certificate = tls(&pki, Some("siem.soc"));
+    assert_eq!(
+        get(&certificate, node.taxii, "/api/collections/")
+            .await
+            .status,
+        200
+    );
+    // The CA revokes it; the node reloads with the CRL.
+    let crl = pki.certs.revoke(&NodeId::new("siem.soc").unwrap()).unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert_eq!(text.matches("crls = []").count(), 1, "{text}");
+    std::fs::write(
+        &config,
+        text.replace(
+            "crls = []",
+            &format!("crls = [{:?}]", crl.display().to_string()),
+        ),
+    )
+    .unwrap();
+    reload(&node);
+    wait_for(|| async {
+        send(
+            &certificate,
+            node.taxii,
+            "GET",
+            "/api/collections/",
+            &[("Accept", TAXII)],
+            b"",
+        )
+        .await
+        .is_err()
+    })
+    .await;
+    assert_eq!(
+        with_password().await,
+        401,
+        "the password of a revoked client"
+    );
+    // Another Basic client is not affected: the researcher has none, so the check is
+    // that a certificate not revoked still works.
+    let researcher = tls(&pki, Some("researcher.uni-x"));
+    assert_eq!(
+        get(&researcher, node.taxii, "/api/collections/")
+            .await
+            .status,
+        200
+    );
+}

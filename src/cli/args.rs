@@ -513,14 +513,21 @@ pub enum CertsCommand {
         /// The CRL (PEM), as `certs revoke` writes it.
         crl: PathBuf,
     },
-    /// Revoke DIR/ID.crt: add it to the register and rewrite DIR/crl.pem.
+    /// Revoke every certificate the CA in DIR issued to an id (DIR/ID.crt and each
+    /// earlier DIR/ID.SERIAL.crt, which stay valid until they expire unless revoked), or
+    /// with --serial one of them: add them to the register and rewrite DIR/crl.pem.
     Revoke {
         /// The directory of the CA and its revocation register.
         #[arg(long)]
         dir: PathBuf,
-        /// The id whose certificate (DIR/ID.crt) is revoked.
+        /// The id whose certificates are revoked.
         #[arg(long)]
         id: NodeId,
+        /// Revoke only the certificate of ID with this serial (hex, as in the name
+        /// ID.SERIAL.crt), for example the one of a key replaced by `certs renew
+        /// --new-key`.
+        #[arg(long)]
+        serial: Option<String>,
         /// Also hand the new CRL to the node this configuration names (as `certs
         /// push-crl` does), which puts it in force and passes it on to its peers: the
         /// revocation and its distribution in one command.

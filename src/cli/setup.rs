@@ -260,10 +260,12 @@ pub async fn push_crl(
 pub async fn revoke_and_push(
     dir: &Path,
     id: &NodeId,
+    serial: Option<&str>,
     settings: &crate::config::ClientSettings,
     output: Output,
 ) -> Result<()> {
-    let crl = CertDir::new(dir).revoke(id)?;
+    let revocation = CertDir::new(dir).revoke_certificates(id, serial)?;
+    let crl = revocation.crl;
     let (node, applied) = hand_crl(settings, &crl).await.with_context(|| {
         format!(
             "revoked {id} and wrote {}, but could not hand it to a node; run entente certs push-crl when one takes it",
@@ -273,24 +275,39 @@ pub async fn revoke_and_push(
     if output.is_json() {
         return print_json(&json!({
             "revoked": id.as_str(),
+            "serials": revocation.serials,
             "crl": path(&crl),
             "node": node.as_str(),
             "applied": applied,
         }));
     }
-    println!("revoked {id}; wrote {}", crl.display());
+    print_revoked(id, &revocation.serials);
+    println!("wrote {}", crl.display());
     print_applied(&node, applied);
     Ok(())
 }
 
-/// `entente certs revoke`.
-pub fn revoke(dir: &Path, id: &NodeId, output: Output) -> Result<()> {
-    let crl = CertDir::new(dir).revoke(id)?;
-    if output.is_json() {
-        return print_json(&json!({"revoked": id.as_str(), "crl": path(&crl)}));
+/// One line per certificate revoked.
+fn print_revoked(id: &NodeId, serials: &[String]) {
+    for serial in serials {
+        println!("revoked {id} serial {serial}");
     }
+}
+
+/// `entente certs revoke`.
+pub fn revoke(dir: &Path, id: &NodeId, serial: Option<&str>, output: Output) -> Result<()> {
+    let revocation = CertDir::new(dir).revoke_certificates(id, serial)?;
+    let crl = revocation.crl;
+    if output.is_json() {
+        return print_json(&json!({
+            "revoked": id.as_str(),
+            "serials": revocation.serials,
+            "crl": path(&crl),
+        }));
+    }
+    print_revoked(id, &revocation.serials);
     println!(
-        "revoked {id}; hand {} to one node (entente certs push-crl --config FILE {}), which passes it to its peers, or install it on every node (node.crls) and reload them",
+        "hand {} to one node (entente certs push-crl --config FILE {}), which passes it to its peers, or install it on every node (node.crls) and reload them",
         crl.display(),
         crl.display()
     );

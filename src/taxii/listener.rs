@@ -712,6 +712,11 @@ async fn authenticate(
         tracing::info!(addr = %connection.remote_addr, "TAXII Basic credentials refused");
         return Err(super::handlers::unauthorized());
     };
+    // A client whose certificate a CRL in force revokes is cut off, password or not.
+    if shared.directory.revoked_since_seen(&client) {
+        tracing::info!(peer = %client, "TAXII Basic credentials refused: a certificate of this client is revoked");
+        return Err(super::handlers::unauthorized());
+    }
     // The client must still be configured, and read-only, now.
     match shared.directory.lookup(&client) {
         Some(partner) if partner.kind == PartnerKind::Client && partner.role == Role::ReadOnly => {

@@ -240,7 +240,14 @@ pub struct Directory {
     /// The last certificate each configured partner connected with (at most one per
     /// partner; entries of partners no longer configured are dropped at a reload).
     seen: Mutex<HashMap<NodeId, WatchedCertificate>>,
+    /// The certificate chains each configured client connected with since this node
+    /// started (at most [`CHAINS_KEPT`] per client, newest last), so that a CRL
+    /// revoking one of them also ends the client's HTTP Basic access.
+    chains: Mutex<HashMap<NodeId, Vec<Vec<CertificateDer<'static>>>>>,
 }
+
+/// How many distinct certificates of one client [`Directory::revoked_since_seen`] remembers.
+const CHAINS_KEPT: usize = 8;
 
 impl Directory {
     /// A directory of the given partners. The node itself is added as [`PartnerKind::Local`]
@@ -257,6 +264,7 @@ impl Directory {
             next_connection: AtomicU64::new(1),
             own_certificate: Mutex::default(),
             seen: Mutex::default(),
+            chains: Mutex::default(),
         }
     }
 
@@ -496,6 +504,18 @@ impl Directory {
                 map.insert(id.clone(), seen);
             }
         }
+        if partner.kind == PartnerKind::Client {
+            let mut chains = self.chains.lock().unwrap_or_else(|p| p.into_inner());
+            let configured = self.current();
+            chains.retain(|known, _| configured.partners.contains_key(known));
+            let held = chains.entry(id.clone()).or_default();
+            if !held.iter().any(|known| known.first() == Some(leaf)) {
+                if held.len() == CHAINS_KEPT {
+                    held.remove(0);
+                }
+                held.push(chain.clone());
+            }
+        }
         let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let access = Arc::new(Access {
             connection,
@@ -532,6 +552,24 @@ impl Directory {
             },
             registration,
         ))
+    }
+
+    /// Whether a CRL in force revokes a certificate `id` was seen to present since this
+    /// node started. HTTP Basic credentials of such a client are refused: revoking a
+    /// member's certificate cuts it off, whatever else it holds.
+    pub fn revoked_since_seen(&self, id: &NodeId) -> bool {
+        let state = self.current();
+        let chains = self.chains.lock().unwrap_or_else(|p| p.into_inner());
+        chains.get(id).is_some_and(|held| {
+            held.iter().any(|chain| {
+                chain.split_first().is_some_and(|(leaf, intermediates)| {
+                    matches!(
+                        Self::verify_chain(&state, leaf, intermediates, UnixTime::now()),
+                        Err(rustls::Error::InvalidCertificate(CertificateError::Revoked))
+                    )
+                })
+            })
+        })
     }
 
     /// The partner in force now for a request on this connection, or why the
