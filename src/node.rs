@@ -197,6 +197,10 @@ struct ConfigReload {
     taxii_credentials: Arc<crate::taxii::Credentials>,
     /// The feeds' poll loops, stopped and started to match the reloaded `[[feed]]`s.
     feed_loops: Arc<crate::feeds::FeedLoops>,
+    /// Stops the TAXII listener, when a reload takes `[taxii]` out.
+    taxii_stop: CancellationToken,
+    /// Stops the admin listener (metrics and console), when a reload takes `[admin]` out.
+    admin_stop: CancellationToken,
     /// The configuration in force: loaded at start or by the last reload, with the CRLs
     /// handed over since. A CRL handed over is checked against it and added to it,
     /// without reading the file (an edit not reloaded yet stays out of force).
@@ -313,6 +317,43 @@ impl PolicyReload for ConfigReload {
 }
 
 impl ConfigReload {
+    /// Closes the TAXII and admin listeners whose sections a reload took out, with
+    /// their connections. A listener is only ever started with the node: a section
+    /// put back, or a new `listen`, waits for a restart, and the log says so.
+    fn close_removed_listeners(&self, config: &Config) {
+        let before = self.in_force();
+        for (name, was, is, stop) in [
+            (
+                "taxii",
+                before.taxii.as_ref().map(|t| t.listen),
+                config.taxii.as_ref().map(|t| t.listen),
+                &self.taxii_stop,
+            ),
+            (
+                "admin",
+                before.admin.as_ref().map(|a| a.listen),
+                config.admin.as_ref().map(|a| a.listen),
+                &self.admin_stop,
+            ),
+        ] {
+            match (was, is) {
+                (Some(_), None) if !stop.is_cancelled() => {
+                    stop.cancel();
+                    tracing::warn!(
+                        section = name,
+                        "the section was removed: its listener and connections are closed; a restart starts it again once the section is back"
+                    );
+                }
+                (was, Some(listen)) if was != Some(listen) => tracing::warn!(
+                    section = name,
+                    %listen,
+                    "the section was added or its listen address changed: that takes a restart"
+                ),
+                _ => {}
+            }
+        }
+    }
+
     /// The configuration in force.
     fn in_force(&self) -> Arc<Config> {
         self.in_force
@@ -361,6 +402,7 @@ impl ConfigReload {
         if everything {
             // Feeds removed or changed stop polling; feeds added or changed start.
             self.feed_loops.apply(&config.feeds);
+            self.close_removed_listeners(&config);
         }
         let crls = config.node.tls.crls.len();
         *self.in_force.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
@@ -459,6 +501,8 @@ impl Node {
             pull_links: pull_links.clone(),
             taxii_credentials: taxii_credentials.clone(),
             feed_loops: feed_loops.clone(),
+            taxii_stop: shutdown.child_token(),
+            admin_stop: shutdown.child_token(),
             in_force: std::sync::Mutex::new(Arc::new(config.clone())),
         });
         let server_tls = config.tls.server_config(directory.clone())?;
@@ -495,7 +539,7 @@ impl Node {
                     directory.clone(),
                     engine.clone(),
                     taxii_credentials,
-                    shutdown.clone(),
+                    reload.taxii_stop.clone(),
                 )
                 .await?,
             ),
@@ -514,7 +558,7 @@ impl Node {
                         directory: directory.clone(),
                         tls: config.node.tls.clone(),
                     },
-                    shutdown.clone(),
+                    reload.admin_stop.clone(),
                 )
                 .await?,
             ),

@@ -2755,3 +2755,28 @@ async fn revoking_a_clients_certificate_ends_its_basic_access_too() {
         200
     );
 }
+
+/// Taking `[taxii]` out of the configuration and reloading closes the listener: the
+/// operator turning TAXII off does not have to remember a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_taxii_section_and_reloading_closes_the_listener() {
+    let pki = federation();
+    let config = write_config(&pki, false);
+    let node = serve_taxii(&config);
+    let researcher = tls(&pki, Some("researcher.uni-x"));
+    assert_eq!(
+        get(&researcher, node.taxii, "/api/collections/")
+            .await
+            .status,
+        200
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    let section = "\n[taxii]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 65536\n";
+    assert_eq!(text.matches(section).count(), 1, "{text}");
+    std::fs::write(&config, text.replace(section, "\n")).unwrap();
+    reload(&node);
+    wait_for(|| async { tokio::net::TcpStream::connect(node.taxii).await.is_err() }).await;
+    // The gRPC side is still up: the node reloaded, it did not stop.
+    let client = common::taxii_node_client(&pki, &node, "researcher.uni-x").await;
+    assert!(client.hello().await.is_ok());
+}
