@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Pki, client, hello, peer, start, write_config};
@@ -413,4 +414,50 @@ fn revocation_register_grows_and_crl_lists_every_serial() {
     let crls = entente::transport::files::read_crls(&certs.crl_path()).unwrap();
     let (_, crl) = x509_parser::parse_x509_crl(crls[0].as_ref()).unwrap();
     assert_eq!(crl.iter_revoked_certificates().count(), 2);
+}
+
+/// Connects with `tls` and reads what the server sends first; whether the handshake
+/// resumed a session and whether the server went on to talk (it was admitted).
+async fn resume_probe(
+    tls: Arc<rustls::ClientConfig>,
+    addr: std::net::SocketAddr,
+) -> (Option<rustls::HandshakeKind>, bool) {
+    use tokio::io::AsyncReadExt;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("redmond.hq").unwrap();
+    let Ok(mut stream) = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+    else {
+        return (None, false);
+    };
+    let kind = stream.get_ref().1.handshake_kind();
+    let mut buf = [0u8; 64];
+    let talked = matches!(
+        tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await,
+        Ok(Ok(n)) if n > 0
+    );
+    (kind, talked)
+}
+
+#[tokio::test]
+async fn a_revoked_certificate_cannot_come_back_by_resuming_a_tls_session() {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let berlin = pki.node("berlin.office");
+    let config = write_config(&pki, &hq, &[peer("berlin.office", "127.0.0.1:1")], &[]);
+    let node = start(&config).await;
+    let mut tls = (*pki.material(&berlin).client_config().unwrap()).clone();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    // The client keeps its sessions to resume them, as an attacker's would.
+    tls.resumption = rustls::client::Resumption::default();
+    let tls = Arc::new(tls);
+    let (_, talked) = resume_probe(tls.clone(), node.local_addr()).await;
+    assert!(talked, "admitted before the revocation");
+    let crl = pki.certs.revoke(&berlin).unwrap();
+    write_config(&pki, &hq, &[peer("berlin.office", "127.0.0.1:1")], &[crl]);
+    node.reload_policy().unwrap();
+    let (kind, talked) = resume_probe(tls.clone(), node.local_addr()).await;
+    assert!(!talked, "a revoked certificate was admitted ({kind:?})");
+    node.shutdown(DEADLINE).await.unwrap();
 }

@@ -352,6 +352,12 @@ impl TlsMaterial {
                 source,
             })?;
         config.alpn_protocols = vec![alpn.to_vec()];
+        // No session resumption: a resumed TLS 1.3 session skips the client certificate
+        // verifier, so a certificate revoked (or a partner removed from a CA's trust)
+        // since the first handshake would come back in with the session. Every
+        // connection makes a full handshake, checked against the state in force.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
         Ok(Arc::new(config))
     }
 
@@ -405,6 +411,9 @@ impl TlsMaterial {
                 source,
             })?;
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        // No session resumption either way: a resumed session skips verifying the
+        // server's certificate against the anchors and CRLs in force.
+        config.resumption = rustls::client::Resumption::disabled();
         Ok(Arc::new(config))
     }
 }
