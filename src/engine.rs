@@ -1303,11 +1303,16 @@ impl Engine {
             self.decide_stored(policy, &partner.id, stored, now_ms, query.include_expired)
                 .allowed()
         };
+        // One store call looks at a bounded number of slots. The page is filled by
+        // further calls while it is short of its limit and the store has more, so that
+        // its size says nothing of how many withheld items lay between visible ones,
+        // up to QUERY_CALLS calls.
         let mut page = Page::default();
+        let mut room = within;
         for _ in 0..Self::QUERY_CALLS {
-            page = self
+            let part = self
                 .store
-                .query(query, Some(&after), within, now_ms, &visible)
+                .query(query, Some(&after), room, now_ms, &visible)
                 .map_err(|e| match e {
                     // Only tokens this node sealed reach the store, so a cursor it refuses
                     // is a fault here, answered as any bad token is.
@@ -1315,8 +1320,19 @@ impl Engine {
                     StoreError::StaleCursor => EngineError::PageToken(PageTokenError::Stale),
                     e => EngineError::Store(e),
                 })?;
+            page.items.extend(part.items);
+            page.bytes = page.bytes.saturating_add(part.bytes);
+            page.next = part.next;
+            page.end = part.end;
+            let full = page.items.len() >= within.items || page.bytes >= within.bytes;
             match &page.next {
-                Some(next) if page.items.is_empty() => after = next.clone(),
+                Some(next) if !full => {
+                    after = next.clone();
+                    room = PageLimit {
+                        items: within.items - page.items.len(),
+                        bytes: within.bytes - page.bytes,
+                    };
+                }
                 _ => break,
             }
         }

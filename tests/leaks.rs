@@ -819,3 +819,57 @@ allow_types = ["*"]
     node.shutdown(DEADLINE).await.unwrap();
     rogue_server.stop().await;
 }
+
+/// How many items a page holds depends only on what the caller may see: a long run of
+/// withheld items (more than one store call looks at) between two visible ones does not
+/// cut a page short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_run_of_withheld_items_does_not_cut_a_page_short() {
+    const WITHHELD: usize = 205_000;
+    let hq = Hq::start().await;
+    let alice = hq.connect(ANALYST).await;
+    let bob = hq.connect(RESEARCHER).await;
+    publish(
+        &alice,
+        vec![indicator("domain", "first.example", Tlp::Green, &[])],
+    )
+    .await
+    .unwrap();
+    let requests: Vec<PublishRequest> = (0..WITHHELD)
+        .collect::<Vec<_>>()
+        .chunks(20_000)
+        .map(|chunk| PublishRequest {
+            items: chunk
+                .iter()
+                .map(|n| indicator("domain", &format!("amber-{n}.example"), Tlp::Amber, &[]))
+                .collect(),
+            distribution: None,
+            groups: vec![],
+        })
+        .collect();
+    alice.publish(tokio_stream::iter(requests)).await.unwrap();
+    let visible: Vec<wire::Item> = (0..150)
+        .map(|n| indicator("domain", &format!("green-{n}.example"), Tlp::Green, &[]))
+        .collect();
+    publish(&alice, visible).await.unwrap();
+
+    let mut sizes = Vec::new();
+    let mut token = Vec::new();
+    loop {
+        let page = bob
+            .query(ItemFilter::default(), 100, token.clone())
+            .await
+            .unwrap();
+        sizes.push(page.items.len());
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(
+        sizes,
+        [100, 51, 0],
+        "page sizes as the researcher sees them"
+    );
+    hq.stop().await;
+}
