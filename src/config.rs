@@ -153,6 +153,8 @@ struct RawFeed {
     allow_http: bool,
     #[serde(default)]
     proxy: Option<String>,
+    #[serde(default)]
+    share_with_peers: bool,
 }
 
 #[derive(Deserialize)]
@@ -432,6 +434,10 @@ pub struct FeedConfig {
     /// `proxy`: an HTTP proxy (`http://host:port`) through which every request of the
     /// feed is tunnelled with `CONNECT` (default: none, a direct connection).
     pub proxy: Option<http::uri::Authority>,
+    /// `share_with_peers`: the feed's items go to partner nodes as this node's own
+    /// (default false: they count as third-party items, like what another node sent,
+    /// so only GREEN and CLEAR ones, and only to peers with `forward_third_party`).
+    pub share_with_peers: bool,
 }
 
 /// Checks one `[[feed]]`; `field` names its fields in errors.
@@ -696,6 +702,7 @@ fn feed_config(
         credentials,
         ca_file: raw.ca_file.map(|p| resolve(&p)),
         proxy,
+        share_with_peers: raw.share_with_peers,
     })
 }
 
@@ -1449,6 +1456,12 @@ impl Config {
             partners: peers.chain(clients).collect(),
             groups: self.groups.clone(),
             max_clock_skew_ms: self.node.max_clock_skew_ms,
+            feeds: self
+                .feeds
+                .iter()
+                .filter(|feed| !feed.share_with_peers)
+                .map(|feed| format!("source:{}", feed.name))
+                .collect(),
         }
     }
 

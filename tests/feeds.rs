@@ -2066,3 +2066,132 @@ async fn gzip_answers_are_read_within_the_same_bounds() {
     );
     node.shutdown(Duration::from_secs(5)).await.unwrap();
 }
+
+/// What a node takes from a feed, it did not write: partner nodes get it as they get
+/// what another node sent (rule 3), so its AMBER and above stays with this node and its
+/// clients, unless the feed's configuration says `share_with_peers`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feeds_amber_items_stay_with_the_node_unless_the_feed_may_be_shared() {
+    common::init_logging();
+    let files = Files::default();
+    let t1 = 1_764_000_100;
+    for (feed, tail) in [("vendor", 40), ("licensed", 50)] {
+        files.set(
+            &format!("/{feed}/manifest.json"),
+            json(&manifest(&[(EVENT_1, "Amber", t1), (EVENT_2, "Green", t1)])),
+        );
+        files.set(
+            &format!("/{feed}/{EVENT_1}.json"),
+            json(&event(
+                EVENT_1,
+                "Amber",
+                t1,
+                &["tlp:amber"],
+                vec![attribute(
+                    tail,
+                    "domain",
+                    &format!("amber.{feed}.example"),
+                    true,
+                    t1,
+                )],
+                vec![],
+            )),
+        );
+        files.set(
+            &format!("/{feed}/{EVENT_2}.json"),
+            json(&event(
+                EVENT_2,
+                "Green",
+                t1,
+                &["tlp:green"],
+                vec![attribute(
+                    tail + 1,
+                    "domain",
+                    &format!("green.{feed}.example"),
+                    true,
+                    t1,
+                )],
+                vec![],
+            )),
+        );
+    }
+    let base = serve_files(files.clone()).await;
+
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let berlin = pki.node("berlin.office");
+    let open = "max_tlp = \"AMBER\"\nallow_types = [\"*\"]\nforward_third_party = true";
+    let hq_config = node_config(
+        &pki,
+        &hq,
+        &pki.path().join("data-hq"),
+        &format!(
+            "\n[[peer]]\nid = \"berlin.office\"\naddress = \"127.0.0.1:1\"\nrole = \"peer\"\n{open}\n\
+             \n[[feed]]\nname = \"vendor\"\nkind = \"misp\"\nurl = \"{base}/vendor/\"\ninterval = \"1s\"\n\
+             \n[[feed]]\nname = \"licensed\"\nkind = \"misp\"\nurl = \"{base}/licensed/\"\ninterval = \"1s\"\nshare_with_peers = true\n"
+        ),
+    );
+    let hq_node = common::start(&hq_config).await;
+    let hq_client = common::connect(&pki, &hq_node, "redmond.hq").await;
+    let berlin_config = node_config(
+        &pki,
+        &berlin,
+        &pki.path().join("data-berlin"),
+        &format!(
+            "\n[[peer]]\nid = \"redmond.hq\"\naddress = \"{}\"\nrole = \"peer\"\n{open}\n",
+            hq_node.local_addr()
+        ),
+    );
+    let berlin_node = common::start(&berlin_config).await;
+    let berlin_client = common::connect(&pki, &berlin_node, "berlin.office").await;
+
+    // The node holds all four; berlin gets both of the shared feed and the GREEN one of
+    // the other.
+    let values = |held: BTreeMap<String, StoredItem>| -> Vec<String> {
+        let mut values: Vec<String> = held.values().map(|s| indicator(s).1).collect();
+        values.sort();
+        values
+    };
+    for feed in ["vendor", "licensed"] {
+        let tag = format!("source:{feed}");
+        wait_until("the feed's items at the node", || {
+            let client = &hq_client;
+            let tag = tag.clone();
+            async move { (items_tagged(client, &tag).await.len() == 2).then_some(()) }
+        })
+        .await;
+    }
+    let at_berlin = wait_until("the shared items at berlin", || {
+        let client = &berlin_client;
+        async move {
+            let mut held = items_tagged(client, "source:licensed").await;
+            held.extend(items_tagged(client, "source:vendor").await);
+            let values = values(held);
+            (values.len() >= 3).then_some(values)
+        }
+    })
+    .await;
+    // The pull that brought the last of them judged the vendor's AMBER one too: wait
+    // until berlin has caught up with the node, then look again.
+    wait_until("berlin caught up with the node", || {
+        let client = &berlin_client;
+        async move {
+            let links = client.links().await.ok()?.links;
+            links.iter().all(|link| link.caught_up).then_some(())
+        }
+    })
+    .await;
+    let mut held = items_tagged(&berlin_client, "source:licensed").await;
+    held.extend(items_tagged(&berlin_client, "source:vendor").await);
+    assert_eq!(
+        values(held),
+        [
+            "amber.licensed.example",
+            "green.licensed.example",
+            "green.vendor.example"
+        ],
+        "first seen: {at_berlin:?}"
+    );
+    berlin_node.shutdown(DEADLINE).await.unwrap();
+    hq_node.shutdown(DEADLINE).await.unwrap();
+}

@@ -56,6 +56,10 @@ pub enum Rule {
     ThirdPartyNotForwarded { origin: NodeId, who: Who },
     /// Another node's item above GREEN stays with this organisation.
     ThirdPartyAboveGreen { tlp: Tlp },
+    /// An item taken from a feed (third-party), and the partner does not get those.
+    FeedNotForwarded { feed: String, who: Who },
+    /// An item taken from a feed above GREEN stays with this organisation.
+    FeedAboveGreen { feed: String, tlp: Tlp },
     /// A node partner, and the bundle's distribution is unknown (default deny).
     DistributionUnknown,
     /// One more transfer would pass the bundle's `max_hops`.
@@ -106,6 +110,8 @@ impl Rule {
             Rule::DeniedTag { .. } => "denied_tag",
             Rule::ThirdPartyNotForwarded { .. } => "third_party_not_forwarded",
             Rule::ThirdPartyAboveGreen { .. } => "third_party_above_green",
+            Rule::FeedNotForwarded { .. } => "feed_not_forwarded",
+            Rule::FeedAboveGreen { .. } => "feed_above_green",
             Rule::DistributionUnknown => "distribution_unknown",
             Rule::MaxHopsReached { .. } => "max_hops_reached",
             Rule::NotARecipient(_) => "not_a_recipient",
@@ -163,6 +169,14 @@ impl fmt::Display for Rule {
             Rule::ThirdPartyAboveGreen { tlp } => write!(
                 f,
                 "withheld: {tlp} received from another node stays with this organisation; only GREEN and CLEAR are passed on"
+            ),
+            Rule::FeedNotForwarded { feed, who } => write!(
+                f,
+                "withheld: the item was taken from a feed ({feed}), which counts as third-party, and forward_third_party is false for {who}"
+            ),
+            Rule::FeedAboveGreen { feed, tlp } => write!(
+                f,
+                "withheld: {tlp} taken from a feed ({feed}) stays with this organisation; only GREEN and CLEAR are passed on (share_with_peers in the feed's configuration lets it through)"
             ),
             Rule::DistributionUnknown => write!(
                 f,
@@ -500,6 +514,8 @@ pub struct Policy {
     partners: HashMap<NodeId, PartnerPolicy>,
     groups: BTreeMap<String, Vec<NodeId>>,
     max_clock_skew_ms: i64,
+    /// Source tags of feeds whose items count as third-party (sorted, no duplicates).
+    feeds: Vec<String>,
     hash: [u8; 32],
 }
 
@@ -535,11 +551,15 @@ impl Policy {
             .iter()
             .map(|(name, members)| (name.clone(), members.clone()))
             .collect();
+        let mut feeds = spec.feeds.clone();
+        feeds.sort();
+        feeds.dedup();
         let mut policy = Self {
             node: spec.node.clone(),
             partners,
             groups,
             max_clock_skew_ms: spec.max_clock_skew_ms.max(0),
+            feeds,
             hash: [0; 32],
         };
         policy.hash = policy.canonical_hash();
@@ -570,7 +590,23 @@ impl Policy {
             }
         }
         out.extend_from_slice(&self.max_clock_skew_ms.to_be_bytes());
+        self.canonical_feeds(&mut out);
         sha256(&out)
+    }
+
+    /// The feeds whose items count as third-party, in canonical bytes.
+    fn canonical_feeds(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(self.feeds.len() as u32).to_be_bytes());
+        for tag in &self.feeds {
+            out.extend_from_slice(&(tag.len() as u32).to_be_bytes());
+            out.extend_from_slice(tag.as_bytes());
+        }
+    }
+
+    /// The feed an item of this node's own came from, when its items count as
+    /// third-party: the first such feed's source tag it carries.
+    fn third_party_feed(&self, item: &Item) -> Option<&String> {
+        self.feeds.iter().find(|tag| has_tag(&item.tags, tag))
     }
 
     /// This node's id.
@@ -619,6 +655,11 @@ impl Policy {
             Some(p) => {
                 let mut out = b"entente/partner-policy/v2\0".to_vec();
                 p.canonical(&mut out);
+                // Which feeds count as third-party changes what a node is sent: a feed
+                // let through now replays the partner's feed, so it gets what it may.
+                if p.kind == PartnerKind::Node && !self.feeds.is_empty() {
+                    self.canonical_feeds(&mut out);
+                }
                 sha256(&out)
             }
             None => [0; 32],
@@ -813,8 +854,24 @@ impl Policy {
             });
         }
         if p.kind == PartnerKind::Node {
-            // Rule 3: what came from another node is passed on only if allowed and GREEN or CLEAR.
-            if ctx.origin != &self.node {
+            // Rule 3: what came from another node is passed on only if allowed and GREEN or
+            // CLEAR; so is what this node took from a feed (unless `share_with_peers`).
+            if ctx.origin == &self.node {
+                if let Some(feed) = self.third_party_feed(item) {
+                    if !p.forward_third_party {
+                        return Decision::withhold(Rule::FeedNotForwarded {
+                            feed: feed.clone(),
+                            who: p.who(),
+                        });
+                    }
+                    if item.tlp > Tlp::Green {
+                        return Decision::withhold(Rule::FeedAboveGreen {
+                            feed: feed.clone(),
+                            tlp: item.tlp,
+                        });
+                    }
+                }
+            } else {
                 if !p.forward_third_party {
                     return Decision::withhold(Rule::ThirdPartyNotForwarded {
                         origin: ctx.origin.clone(),
@@ -1115,6 +1172,113 @@ mod tests {
         assert!(
             matches!(decision.rule, Rule::RefUnreadable { .. }),
             "{decision:?}"
+        );
+    }
+
+    #[test]
+    fn items_taken_from_a_feed_go_to_nodes_as_third_party_items_do() {
+        let hq = id("hq.example");
+        let lea = id("lea.example");
+        let closed = id("closed.example");
+        let researcher = id("researcher.example");
+        let open = PolicySettings {
+            max_tlp: Some(Tlp::Red),
+            allow_types: Some(IndicatorType::ALL.to_vec()),
+            forward_third_party: true,
+            ..PolicySettings::default()
+        };
+        let mut spec = spec(open.clone())
+            .with(
+                Partner {
+                    id: closed.clone(),
+                    kind: PartnerKind::Node,
+                    role: Role::Peer,
+                },
+                PolicySettings {
+                    forward_third_party: false,
+                    ..open.clone()
+                },
+            )
+            .with(
+                Partner {
+                    id: researcher.clone(),
+                    kind: PartnerKind::Client,
+                    role: Role::ReadOnly,
+                },
+                open,
+            );
+        spec.feeds = vec!["source:vendor".into()];
+        let policy = Policy::compile(&spec);
+        let item = |tlp: Tlp, tag: &str| Item {
+            id: ItemId::new_random(),
+            modified_ms: 1,
+            tlp,
+            tags: vec![tag.to_owned()],
+            kind: crate::model::ItemKind::Indicator(crate::model::Indicator {
+                indicator_type: IndicatorType::Domain,
+                value: "vendor.example".into(),
+                description: String::new(),
+                confidence: 50,
+                kill_chain_phases: vec![],
+                valid_from_ms: 1,
+                valid_until_ms: None,
+                properties: crate::model::StixProperties::none(),
+            }),
+        };
+        let everyone = Distribution::default();
+        let decide = |who: &NodeId, item: &Item| {
+            policy
+                .decide(
+                    who,
+                    item,
+                    &Context {
+                        origin: &hq,
+                        hops: 0,
+                        distribution: Some(&everyone),
+                        accepted_ms: 0,
+                        now_ms: 1,
+                        latest: true,
+                        include_expired: false,
+                        held: &NothingHeld,
+                    },
+                )
+                .rule
+        };
+        for tlp in [Tlp::Amber, Tlp::AmberStrict, Tlp::Red] {
+            let rule = decide(&lea, &item(tlp, "source:vendor"));
+            assert!(
+                matches!(rule, Rule::FeedAboveGreen { .. }),
+                "{tlp:?}: {rule:?}"
+            );
+            // The node's own clients get it, as they get what other nodes send.
+            assert!(matches!(
+                decide(&researcher, &item(tlp, "source:vendor")),
+                Rule::Allowed { .. }
+            ));
+            // The node's own writing, with another source tag, is its own.
+            assert!(matches!(
+                decide(&lea, &item(tlp, "source:informant")),
+                Rule::Allowed { .. }
+            ));
+        }
+        assert!(matches!(
+            decide(&lea, &item(Tlp::Green, "source:vendor")),
+            Rule::Allowed { .. }
+        ));
+        let rule = decide(&closed, &item(Tlp::Green, "source:vendor"));
+        assert!(matches!(rule, Rule::FeedNotForwarded { .. }), "{rule:?}");
+        // The set of such feeds is part of what names the policy and a node's view.
+        let mut shared = spec.clone();
+        shared.feeds.clear();
+        let shared = Policy::compile(&shared);
+        assert_ne!(shared.hash(), policy.hash());
+        assert_ne!(
+            shared.partner_fingerprint(&lea),
+            policy.partner_fingerprint(&lea)
+        );
+        assert_eq!(
+            shared.partner_fingerprint(&researcher),
+            policy.partner_fingerprint(&researcher)
         );
     }
 }

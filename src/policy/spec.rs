@@ -49,6 +49,10 @@ pub struct PolicySpec {
     /// How far in the future an item's `modified` time (or a bundle's creation time) may
     /// lie before it is refused, ms.
     pub max_clock_skew_ms: i64,
+    /// The `source:<name>` tags of the feeds whose items count as third-party for rule
+    /// 3: this node signs them, but did not write them, so they go to partner nodes
+    /// only as what another node sent would (GREEN or CLEAR, `forward_third_party`).
+    pub feeds: Vec<String>,
 }
 
 impl PolicySpec {
@@ -59,6 +63,7 @@ impl PolicySpec {
             partners: Vec::new(),
             groups: BTreeMap::new(),
             max_clock_skew_ms: DEFAULT_MAX_CLOCK_SKEW_MS,
+            feeds: Vec::new(),
         }
     }
 
