@@ -461,3 +461,60 @@ async fn a_revoked_certificate_cannot_come_back_by_resuming_a_tls_session() {
     assert!(!talked, "a revoked certificate was admitted ({kind:?})");
     node.shutdown(DEADLINE).await.unwrap();
 }
+
+/// With two trust anchors, a CRL of one CA revokes only that CA's certificates: the
+/// other CA's, for which no CRL is in force, still pass. (A CRL a partner's CA signed,
+/// offered by that partner, must not lock out this federation's own certificates.)
+#[tokio::test]
+async fn a_crl_of_one_ca_leaves_the_other_cas_certificates_alone() {
+    common::init_logging();
+    let pki = Pki::new();
+    let partner = Pki::named("Partner CA");
+    let hq = pki.node("redmond.hq");
+    let alice = pki.client("analyst.alice");
+    let gone = pki.client("old.laptop");
+    let tool = partner.client("tool.partner");
+    // The partner's CA revokes one of its own certificates; the node holds that CRL.
+    let stray = partner.client("stray.partner");
+    let crl = partner.certs.revoke(&stray).unwrap();
+    let config = pki.path().join("hq.toml");
+    let pinned = |id: &str, role: &str, anchor: std::path::PathBuf| {
+        entente::config::builder::Entry::client(id, role).policy(
+            entente::config::builder::Policy::default().line(&format!(
+                "trust_anchor = {}",
+                entente::config::builder::quote(&anchor.display().to_string())
+            )),
+        )
+    };
+    common::node_toml(&pki, &hq, &pki.path().join("data"))
+        .anchor(partner.ca_cert())
+        .crl(&crl)
+        .entry(pinned("analyst.alice", "analyst", pki.ca_cert()))
+        .entry(pinned("old.laptop", "analyst", pki.ca_cert()))
+        .entry(pinned("tool.partner", "read_only", partner.ca_cert()))
+        .entry(pinned("stray.partner", "read_only", partner.ca_cert()))
+        .write(&config)
+        .unwrap();
+    let node = start(&config).await;
+    let trusting_hq = |who: &Pki, id: &NodeId| {
+        TlsMaterial::load(
+            &TlsPaths {
+                cert: who.certs.cert_path(id.as_str()),
+                key: who.certs.key_path(id.as_str()),
+                trust_anchors: vec![pki.ca_cert()],
+                crls: vec![],
+            },
+            id,
+        )
+        .unwrap()
+    };
+    for (who, id) in [(&pki, &alice), (&pki, &gone), (&partner, &tool)] {
+        let answer = hello(&trusting_hq(who, id), node.local_addr(), &hq).await;
+        assert!(answer.is_ok(), "{id}: {answer:?}");
+    }
+    let refused = hello(&trusting_hq(&partner, &stray), node.local_addr(), &hq)
+        .await
+        .unwrap_err();
+    assert!(refused.contains("CertificateRevoked"), "{refused}");
+    node.shutdown(DEADLINE).await.unwrap();
+}

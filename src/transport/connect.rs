@@ -209,7 +209,7 @@ pub fn alert_reason(alert: rustls::AlertDescription) -> String {
         }
         A::UnknownCA => {
             "the certificate does not chain to a trust anchor the node holds (another \
-             federation's CA?), or the node's CRL for its issuer is missing or expired"
+             federation's CA?)"
         }
         A::AccessDenied => {
             "the node does not list this id as a peer or client, or pins it to another \

@@ -247,6 +247,11 @@ impl TlsMaterial {
             WebPkiClientVerifier::builder_with_provider(roots.clone(), crypto_provider())
                 .with_crls(self.crls.iter().cloned())
                 .only_check_end_entity_revocation()
+                // A CRL revokes only certificates of its own issuer: a CA with no CRL
+                // in force is not checked for revocation, rather than every one of its
+                // certificates refused (a partner's CA's CRL, offered by that partner,
+                // would otherwise lock out this federation's own certificates).
+                .allow_unknown_revocation_status()
                 .build()?,
         )
     }
@@ -397,6 +402,7 @@ impl TlsMaterial {
         let verifier = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
             .with_crls(self.crls.iter().cloned())
             .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status()
             .build()?;
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])

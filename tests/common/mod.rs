@@ -27,10 +27,15 @@ pub struct Pki {
 
 impl Pki {
     pub fn new() -> Self {
+        Self::named("Test federation CA")
+    }
+
+    /// A PKI whose CA has its own name (another organisation's CA).
+    pub fn named(name: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let certs = CertDir::new(dir.path().join("certs"));
         certs
-            .create_ca("Test federation CA", Validity::days_from_now(30))
+            .create_ca(name, Validity::days_from_now(30))
             .expect("create CA");
         Self { dir, certs }
     }
