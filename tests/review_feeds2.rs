@@ -598,3 +598,43 @@ async fn a_refused_url_is_reported_without_its_credentials() {
     );
     run.node.shutdown(Duration::from_secs(5)).await.unwrap();
 }
+
+/// A TAXII POST whose indicator carries a URL with a password: the status resource,
+/// which the node keeps in its store, names the object without the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taxii_status_names_a_refused_url_without_its_credentials() {
+    use common::https::{get, objects_path, post, tls};
+    let pki = Pki::new();
+    let id = pki.node("redmond.hq");
+    pki.node("analyst.soc");
+    let config = common::node_toml(&pki, &id, &pki.path().join("data"))
+        .entry(builder::Entry::client("analyst.soc", "analyst"))
+        .section("[taxii]\nlisten = \"127.0.0.1:0\"\n");
+    let path = pki.path().join("hq.toml");
+    config.write(&path).unwrap();
+    let node = common::serve_taxii(&path);
+    let analyst = tls(&pki, "analyst.soc");
+    let objects = objects_path(&analyst, &node).await;
+    let refused = stix_indicator(
+        1,
+        "[url:value = 'https://svc:S3cretPassw0rd@portal.example.com/login']",
+        &[],
+    );
+    let body = serde_json::json!({ "objects": [refused] }).to_string();
+    let posted = post(&analyst, node.taxii, &objects, &body).await;
+    assert_eq!(posted.status, 202, "{}", posted.text());
+    let status = posted.json();
+    let status_path = format!("/api/status/{}/", status["id"].as_str().unwrap());
+    let kept = get(&analyst, node.taxii, &status_path).await;
+    for text in [posted.text(), kept.text()] {
+        assert!(text.contains("user information"), "{text}");
+        assert!(
+            !text.contains("S3cretPassw0rd") && !text.contains("svc:"),
+            "{text}"
+        );
+        assert!(
+            text.contains("https://***@portal.example.com/login"),
+            "{text}"
+        );
+    }
+}
