@@ -76,6 +76,9 @@ pub struct FeedState {
     pub last_error: Option<String>,
     /// Where the feed stands (the TAXII `added_after`, or the MISP events held).
     pub checkpoint: String,
+    /// The first reasons objects were skipped in the last poll that skipped any with a
+    /// reason; kept until another does.
+    pub skip_reasons: Vec<String>,
 }
 
 /// The state of every feed, shared between the loops and the Admin service.
@@ -244,6 +247,9 @@ async fn run(
                     s.items_unchanged += report.unchanged;
                     s.objects_skipped += report.skipped;
                     s.last_error = None;
+                    if !report.skip_reasons.is_empty() {
+                        s.skip_reasons = report.skip_reasons.clone();
+                    }
                 });
                 feed.interval
             }
@@ -269,6 +275,9 @@ async fn run(
                     s.items_unchanged += report.unchanged;
                     s.objects_skipped += report.skipped;
                     s.last_error = Some(error.to_string());
+                    if !report.skip_reasons.is_empty() {
+                        s.skip_reasons = report.skip_reasons.clone();
+                    }
                 });
                 wait
             }
@@ -294,13 +303,34 @@ fn source_tag(name: &str) -> String {
     format!("source:{name}")
 }
 
+/// Why an object with `tags` may not be published by feed `feed`: it carries a
+/// `source:` tag (any case) that the feed's configuration does not give. Such a tag is
+/// neither kept (the feed would speak for another source, and pass an `allow_tags`
+/// naming it) nor dropped (a `deny_tags` naming it would no longer hold the item back):
+/// the object is skipped.
+fn unclaimed_source(feed: &FeedConfig, tags: &[String]) -> Option<String> {
+    let tag = tags.iter().find(|tag| {
+        tag.get(..7)
+            .is_some_and(|head| head.eq_ignore_ascii_case("source:"))
+            && !feed
+                .tags
+                .iter()
+                .any(|given| given.eq_ignore_ascii_case(tag))
+    })?;
+    Some(format!(
+        "labelled {tag:?}, a source: tag the feed's configuration does not give; skipped, \
+         since publishing it without the tag could send it where the tag is denied"
+    ))
+}
+
 /// Publishes `items` of feed `feed` as this node's own, skipping those held at the same
 /// or a newer version, through the checks of `Intel.Publish`; then makes them durable.
 ///
-/// A feed speaks only for itself: a `source:` tag its objects carry is dropped unless
-/// the feed's configuration gives it (`source:<feed>` always), and an id the node holds
-/// from another of its sources (an analyst's publication, another feed) is not updated
-/// or revoked by this one.
+/// A feed speaks only for itself: an object carrying a `source:` tag the feed's
+/// configuration does not give (`source:<feed>` always) is skipped, with the tag as the
+/// reason (dropping the tag could send the item where a policy's `deny_tags` names it),
+/// and an id the node holds from another of its sources (an analyst's publication,
+/// another feed) is not updated or revoked by this one.
 async fn publish(
     engine: &Arc<Engine>,
     feed: &FeedConfig,
@@ -324,20 +354,18 @@ async fn publish_reviving(
     report: &mut PollReport,
 ) -> Result<(), FeedError> {
     let own_source = source_tag(&feed.name);
-    let items: Vec<Item> = items
-        .into_iter()
-        .map(|mut item| {
-            item.tags.retain(|tag| {
-                !tag.get(..7)
-                    .is_some_and(|head| head.eq_ignore_ascii_case("source:"))
-                    || feed
-                        .tags
-                        .iter()
-                        .any(|given| given.eq_ignore_ascii_case(tag))
-            });
-            item
-        })
-        .collect();
+    let mut claimed: Vec<Item> = Vec::with_capacity(items.len());
+    for item in items {
+        // A revocation carries the tags of the item held, whatever the source says.
+        if !matches!(item.kind, ItemKind::Revocation(_)) {
+            if let Some(reason) = unclaimed_source(feed, &item.tags) {
+                report.skip(format!("{}: {reason}", item.id));
+                continue;
+            }
+        }
+        claimed.push(item);
+    }
+    let items = claimed;
     let engine_for_task = engine.clone();
     let revive: HashSet<ItemId> = items
         .iter()

@@ -150,12 +150,7 @@ pub fn parse_envelope(
     defaults: &Defaults,
     now_ms: i64,
 ) -> Result<(ParsedInput, Vec<EnvelopeEntry>), EnvelopeError> {
-    let mut sink = Sink {
-        out: ParsedInput::default(),
-        defaults,
-        records: 0,
-        max_items: max_objects,
-    };
+    let mut sink = Sink::new(defaults, max_objects, Conflicts::RefuseInput);
     let entries = stix::parse_envelope(bytes, max_values, max_objects, now_ms, &mut sink)?;
     Ok((sink.out, entries))
 }
@@ -171,6 +166,25 @@ pub fn parse_input(
     parse_with_limit(format, text, defaults, now_ms, MAX_INPUT_ITEMS)
 }
 
+/// Parses the objects of one page of a TAXII feed, as a STIX bundle `text`, the way
+/// [`parse_input`] parses a file, but for one difference: objects that give one
+/// indicator id different values are refused each (an error per object) and the rest
+/// of the page is taken, rather than the whole input being refused. A page that cannot
+/// be read at all (not a bundle, too many objects) is an `Err`, never a page of errors:
+/// the feed must not count such a page as read.
+pub fn parse_feed_page(
+    text: &str,
+    defaults: &Defaults,
+    now_ms: i64,
+) -> Result<ParsedInput, InputError> {
+    let mut sink = Sink::new(defaults, MAX_INPUT_ITEMS, Conflicts::RefuseObjects);
+    let outcome = parse_into(InputFormat::Stix, text, now_ms, &mut sink);
+    match (outcome, sink.refused) {
+        (Ok(()), None) => Ok(sink.out),
+        (Ok(()), Some(whole)) | (Err(whole), _) => Err(whole),
+    }
+}
+
 fn parse_with_limit(
     format: InputFormat,
     text: &str,
@@ -178,46 +192,46 @@ fn parse_with_limit(
     now_ms: i64,
     max_items: usize,
 ) -> ParsedInput {
-    if text.len() > MAX_INPUT_BYTES {
-        return ParsedInput::failed(
-            "input",
-            format!(
-                "input is {} bytes, more than the limit of {MAX_INPUT_BYTES} bytes (512 MiB)",
-                text.len()
-            ),
-        );
-    }
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut sink = Sink {
-        out: ParsedInput::default(),
-        defaults,
-        records: 0,
-        max_items,
-    };
-    let outcome = match format {
-        InputFormat::Stix => stix::parse(text, now_ms, &mut sink),
-        InputFormat::Csv => csv_input::parse(text, now_ms, &mut sink),
-        InputFormat::List => list_input::parse(text, now_ms, &mut sink),
-    };
-    match outcome {
+    let mut sink = Sink::new(defaults, max_items, Conflicts::RefuseInput);
+    match parse_into(format, text, now_ms, &mut sink) {
         Ok(()) => sink.out,
-        Err(TooMany) => ParsedInput::failed(
-            "input",
-            format!("more than {max_items} objects or lines; split the input"),
-        ),
+        Err(whole) => ParsedInput {
+            items: Vec::new(),
+            errors: vec![whole],
+        },
     }
 }
 
-impl ParsedInput {
-    fn failed(position: &str, reason: String) -> Self {
-        ParsedInput {
-            items: Vec::new(),
-            errors: vec![InputError {
-                position: position.to_owned(),
-                reason,
-            }],
-        }
+/// Parses `text` into `sink`; `Err` when the whole input is refused before any of it is
+/// read (too large, too many records).
+fn parse_into(
+    format: InputFormat,
+    text: &str,
+    now_ms: i64,
+    sink: &mut Sink<'_>,
+) -> Result<(), InputError> {
+    if text.len() > MAX_INPUT_BYTES {
+        return Err(InputError {
+            position: "input".into(),
+            reason: format!(
+                "input is {} bytes, more than the limit of {MAX_INPUT_BYTES} bytes (512 MiB)",
+                text.len()
+            ),
+        });
     }
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let outcome = match format {
+        InputFormat::Stix => stix::parse(text, now_ms, sink),
+        InputFormat::Csv => csv_input::parse(text, now_ms, sink),
+        InputFormat::List => list_input::parse(text, now_ms, sink),
+    };
+    outcome.map_err(|TooMany| InputError {
+        position: "input".into(),
+        reason: format!(
+            "more than {} objects or lines; split the input",
+            sink.max_items
+        ),
+    })
 }
 
 /// The input has more records than allowed.
@@ -240,15 +254,50 @@ struct Draft {
     kind: ItemKind,
 }
 
+/// What one indicator id given two different values in one input refuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Conflicts {
+    /// The whole input (a file an operator publishes, a TAXII POST): which value is
+    /// meant cannot be told, and the operator can correct the input.
+    RefuseInput,
+    /// The objects giving that id, each (a feed's page): the rest of the page is taken.
+    RefuseObjects,
+}
+
 /// Collects items and errors, applies defaults and validation, and counts records.
 struct Sink<'a> {
     out: ParsedInput,
     defaults: &'a Defaults,
     records: usize,
     max_items: usize,
+    conflicts: Conflicts,
+    /// Set when the whole input is refused (its one error, also in `out.errors`).
+    refused: Option<InputError>,
 }
 
-impl Sink<'_> {
+impl<'a> Sink<'a> {
+    fn new(defaults: &'a Defaults, max_items: usize, conflicts: Conflicts) -> Self {
+        Sink {
+            out: ParsedInput::default(),
+            defaults,
+            records: 0,
+            max_items,
+            conflicts,
+            refused: None,
+        }
+    }
+
+    /// Refuses the whole input: no item of it is kept, and `reason` at `position` is
+    /// its one error.
+    fn refuse_input(&mut self, position: String, reason: String) {
+        let error = InputError { position, reason };
+        self.out = ParsedInput {
+            items: Vec::new(),
+            errors: vec![error.clone()],
+        };
+        self.refused = Some(error);
+    }
+
     /// Counts one record (object or line), failing once there are too many.
     fn count(&mut self) -> Result<(), TooMany> {
         self.records += 1;
@@ -276,10 +325,7 @@ impl Sink<'_> {
             .or(self.defaults.tlp)
             .ok_or("no TLP marking (give one in the input or with --tlp)")?
             .max(draft.floor.unwrap_or(Tlp::Clear));
-        let mut tags = draft.tags;
-        tags.extend(self.defaults.tags.iter().cloned());
-        let mut seen = HashSet::with_capacity(tags.len());
-        tags.retain(|tag| seen.insert(tag.clone()));
+        let tags = tags_from_labels(draft.tags, &self.defaults.tags)?;
         let item = Item {
             id: match (draft.id, &self.defaults.origin, &draft.kind) {
                 (Some(id), _, _) => id,
@@ -296,6 +342,21 @@ impl Sink<'_> {
         item.validate().map_err(|e| e.to_string())?;
         Ok(item)
     }
+}
+
+/// An item's tags from the labels its input gives (STIX `labels`, a CSV row's tags, a
+/// MISP event's and attribute's tags) and the tags added to every item after them
+/// (`--tag`, a feed's `source:<name>` and `tags`): each once, in order, as given (tags
+/// compare without regard to ASCII case). Nothing is changed or dropped to make a label
+/// fit: one that breaks the tag rules (plain ASCII without whitespace, 1 to 64 bytes, at
+/// most 32 in all) is an error naming it, and the object is refused.
+pub fn tags_from_labels(labels: Vec<String>, added: &[String]) -> Result<Vec<String>, String> {
+    let mut tags = labels;
+    tags.extend(added.iter().cloned());
+    let mut seen = HashSet::with_capacity(tags.len());
+    tags.retain(|tag| seen.insert(tag.clone()));
+    crate::model::check_tags(&tags).map_err(|e| e.to_string())?;
+    Ok(tags)
 }
 
 /// The indicator type for a CSV row or list line that gives none.
@@ -417,6 +478,64 @@ mod tests {
             parsed.items[0].tags,
             ["pii", "campaign-x", "source:honeypot"]
         );
+    }
+
+    #[test]
+    fn a_feed_page_refuses_only_the_objects_in_conflict() {
+        let ioc = |id: &str, value: &str| {
+            format!(
+                r#"{{"type": "indicator", "spec_version": "2.1", "id": "indicator--{id}", "pattern": "[domain-name:value = '{value}']", "pattern_type": "stix"}}"#
+            )
+        };
+        let a = "1b1b7a7e-1111-4c1c-8a8a-000000000001";
+        let b = "1b1b7a7e-1111-4c1c-8a8a-000000000002";
+        let text = format!(
+            r#"{{"type": "bundle", "objects": [{}, {}, {}, {}]}}"#,
+            ioc(a, "one.example"),
+            ioc(b, "kept.example"),
+            ioc(a, "other.example"),
+            ioc(a, "one.example"),
+        );
+        let d = defaults(Some(Tlp::Green));
+        let page = parse_feed_page(&text, &d, NOW).unwrap();
+        assert_eq!(
+            values(&page),
+            [(IndicatorType::Domain, "kept.example".into())]
+        );
+        assert_eq!(
+            positions(&page),
+            [
+                format!("objects[0] (indicator--{a})"),
+                format!("objects[2] (indicator--{a})"),
+                format!("objects[3] (indicator--{a})"),
+            ]
+        );
+        assert!(page.errors[0].reason.contains("the same id"), "{page:?}");
+        // A file is refused whole, as before.
+        let file = parse_input(InputFormat::Stix, &text, &d, NOW);
+        assert!(file.items.is_empty());
+        assert_eq!(positions(&file), ["input"]);
+        // A page that is not read at all is an error, not a page of errors.
+        for bad in ["{", "{\"type\": \"bundle\"}", "[]"] {
+            assert!(parse_feed_page(bad, &d, NOW).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn labels_become_tags_as_given_or_refuse_the_object() {
+        let added = ["source:f".to_owned()];
+        assert_eq!(
+            tags_from_labels(vec!["PAP:RED".into(), "pii".into(), "pii".into()], &added),
+            Ok(vec!["PAP:RED".into(), "pii".into(), "source:f".into()])
+        );
+        for bad in ["a b", "", "caf\u{e9}", &"x".repeat(65)] {
+            assert!(
+                tags_from_labels(vec![bad.into()], &added).is_err(),
+                "{bad:?}"
+            );
+        }
+        let many: Vec<String> = (0..32).map(|n| format!("t{n}")).collect();
+        assert!(tags_from_labels(many, &added).is_err());
     }
 
     #[test]

@@ -17,6 +17,6 @@ pub use item::{
 };
 pub use properties::{Holder, MAX_PROPERTIES_BYTES, StixProperties, phases_kept_as_given};
 pub use value::{
-    MAX_KILL_CHAIN_PHASES, MAX_TAGS, MIN_IPV4_PREFIX, MIN_IPV6_PREFIX, detect_type, normalise,
-    normalise_typed,
+    MAX_KILL_CHAIN_PHASES, MAX_TAGS, MIN_IPV4_PREFIX, MIN_IPV6_PREFIX, check_tags, detect_type,
+    normalise, normalise_typed,
 };

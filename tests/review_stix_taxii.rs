@@ -588,11 +588,14 @@ async fn a_feed_cannot_replace_what_another_source_published() {
 /// Every item of a feed carries the tag `source:<feed>`, which partners' policies use
 /// (`allow_tags = ["source:trusted-intel"]` gives a partner that feed's items only).
 /// A feed's objects could carry another source's tag in their labels, and a partner
-/// allowed only that source received them. A feed keeps only the `source:` tags its
-/// configuration gives it.
+/// allowed only that source received them. Dropping the label instead would defeat a
+/// `deny_tags` that names it (`source:informant`): an object carrying a `source:` tag
+/// its feed's configuration does not give is skipped; one the configuration gives is
+/// kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_feed_cannot_claim_another_sources_tag() {
-    const FEEDS: &str = "indicator--e5e5e5e5-0000-4000-8000-000000000002";
+    const CLAIMS: &str = "indicator--e5e5e5e5-0000-4000-8000-000000000002";
+    const GIVEN: &str = "indicator--e5e5e5e5-0000-4000-8000-000000000003";
     let pki = federation();
     let collection = Collection::default();
     // A source: tag the operator gives the feed is kept.
@@ -603,10 +606,12 @@ async fn a_feed_cannot_claim_another_sources_tag() {
     )
     .await;
     let analyst = tls(&pki, "analyst.soc");
-    let mut own = indicator(FEEDS, "feed.example", GREEN);
-    own["labels"] = json!(["source:trusted-intel", "Source:Analysts", "phishing"]);
-    offer(&collection, vec![own]).await;
-    let held = get(&analyst, node.taxii, &format!("{objects}{FEEDS}/"))
+    let mut claims = indicator(CLAIMS, "feed.example", GREEN);
+    claims["labels"] = json!(["source:trusted-intel", "Source:Analysts", "phishing"]);
+    let mut given = indicator(GIVEN, "given.example", GREEN);
+    given["labels"] = json!(["source:vendor-mirror", "phishing"]);
+    offer(&collection, vec![claims, given]).await;
+    let held = get(&analyst, node.taxii, &format!("{objects}{GIVEN}/"))
         .await
         .json();
     let held = &held["objects"][0];
@@ -621,6 +626,8 @@ async fn a_feed_cannot_claim_another_sources_tag() {
         BTreeSet::from(["phishing", "source:evil-feed", "source:vendor-mirror"]),
         "{held}"
     );
+    let skipped = get(&analyst, node.taxii, &format!("{objects}{CLAIMS}/")).await;
+    assert_eq!(skipped.status, 404, "{}", skipped.text());
 }
 
 /// `max_objects_per_poll` bounds what one poll takes, but a poll stopped only at a page

@@ -344,6 +344,7 @@ fn feed_json(feed: &FeedStatus) -> serde_json::Value {
         "items_unchanged": feed.items_unchanged,
         "checkpoint": (!feed.checkpoint.is_empty()).then_some(&feed.checkpoint),
         "last_error": (!feed.last_error.is_empty()).then_some(&feed.last_error),
+        "skip_reasons": feed.skip_reasons,
     })
 }
 

@@ -292,12 +292,12 @@ async fn poll_events(
         let mut ahead_ms = read_timestamp.saturating_mul(1000).saturating_sub(now_ms);
         let mut refused_ahead = 0usize;
         let mut published: Vec<String> = Vec::new();
-        for attribute in attributes {
+        for (object, attribute) in attributes {
             let attribute_uuid = attribute
                 .get("uuid")
                 .and_then(Value::as_str)
                 .and_then(canonical_uuid);
-            match map_attribute(feed, &origin, &event, attribute) {
+            match map_attribute(feed, &origin, &event, object, attribute) {
                 // Dated beyond the clock skew: the node would refuse it. It is tried
                 // again at the next poll (the event is read again), and the item of
                 // its version before, if any, stays as it was.
@@ -319,12 +319,15 @@ async fn poll_events(
                     published.extend(attribute_uuid);
                 }
                 Ok(None) => report.skipped += 1,
-                Err(reason) => {
+                Err(Refusal::Unreadable(reason)) => {
                     // Its new version cannot be taken; the item made of the version
                     // before (if any) stays as it was.
                     published.extend(attribute_uuid.filter(|a| before.contains(a)));
                     report.skip(format!("event {uuid}: {reason}"));
                 }
+                // Not to be shared: not published, so the item made of the version
+                // before (if any) is revoked below.
+                Err(Refusal::Withheld(reason)) => report.skip(format!("event {uuid}: {reason}")),
             }
         }
         published.sort();
@@ -498,11 +501,11 @@ async fn fetch_event(client: &Client, uri: &::http::Uri, uuid: &str) -> Result<V
     Ok(event)
 }
 
-/// The event's attributes and those of its objects.
-fn event_attributes(event: &Value) -> Vec<&Value> {
-    let mut out: Vec<&Value> = Vec::new();
+/// The event's attributes and those of its objects, each with the object it is in.
+fn event_attributes(event: &Value) -> Vec<(Option<&Value>, &Value)> {
+    let mut out: Vec<(Option<&Value>, &Value)> = Vec::new();
     if let Some(list) = event.get("Attribute").and_then(Value::as_array) {
-        out.extend(list);
+        out.extend(list.iter().map(|attribute| (None, attribute)));
     }
     if let Some(objects) = event.get("Object").and_then(Value::as_array) {
         for object in objects {
@@ -510,11 +513,87 @@ fn event_attributes(event: &Value) -> Vec<&Value> {
                 continue;
             }
             if let Some(list) = object.get("Attribute").and_then(Value::as_array) {
-                out.extend(list);
+                out.extend(list.iter().map(|attribute| (Some(object), attribute)));
             }
         }
     }
     out
+}
+
+/// What one level's MISP `distribution` says of sharing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sharing {
+    /// `5` ("inherit event"), absent or `null`: the level above decides.
+    Inherit,
+    /// `1`, `2` or `3`: a community, connected communities, or all.
+    Shared,
+    /// `0` ("your organisation only"), `4` (a sharing group), or a value that cannot be
+    /// read: not to be shared beyond the source; the words say which.
+    Restricted(&'static str),
+}
+
+/// Reads one level's `distribution`, as a number or a string of digits.
+fn sharing(value: Option<&Value>) -> Sharing {
+    let level = match value {
+        None | Some(Value::Null) => return Sharing::Inherit,
+        Some(Value::Number(n)) => n.as_i64(),
+        Some(Value::String(s)) => s.trim().parse::<i64>().ok(),
+        Some(_) => None,
+    };
+    match level {
+        Some(5) => Sharing::Inherit,
+        Some(1..=3) => Sharing::Shared,
+        Some(0) => Sharing::Restricted("0, your organisation only"),
+        Some(4) => Sharing::Restricted("4, a sharing group"),
+        _ => Sharing::Restricted("a value that cannot be read, taken as restricted"),
+    }
+}
+
+/// Why an attribute may not leave the node by MISP's own sharing control: the first of
+/// its event, its object and itself whose `distribution` restricts it (each level only
+/// narrows the one above; `5` and an absent field inherit).
+fn restricted_by_distribution(
+    event: &Value,
+    object: Option<&Value>,
+    attribute: &Value,
+) -> Option<String> {
+    let levels = [
+        ("event", Some(event)),
+        ("object", object),
+        ("attribute", Some(attribute)),
+    ];
+    levels.into_iter().find_map(|(level, holder)| {
+        match sharing(holder.and_then(|h| h.get("distribution"))) {
+            Sharing::Restricted(what) => Some(format!(
+                "the {level}'s MISP distribution is {what}: not shared with partners"
+            )),
+            Sharing::Inherit | Sharing::Shared => None,
+        }
+    })
+}
+
+/// The names in an event's or attribute's `Tag` list other than `tlp:` tags (which give
+/// the marking), as given; `Err` when the list or one of its tags cannot be read.
+fn tag_names(tags: Option<&Value>, level: &str) -> Result<Vec<String>, String> {
+    let list = match tags {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(list)) => list,
+        Some(_) => return Err(format!("the {level}'s Tag is not a list")),
+    };
+    let mut names = Vec::with_capacity(list.len());
+    for tag in list {
+        let Some(name) = tag
+            .as_str()
+            .or_else(|| tag.get("name").and_then(Value::as_str))
+        else {
+            return Err(format!("a tag of the {level} has no name"));
+        };
+        if name.trim().to_ascii_lowercase().starts_with("tlp:") {
+            continue;
+        }
+        names.push(name.to_owned());
+    }
+    Ok(names)
 }
 
 /// The most restrictive `tlp:` tag of a `Tag` list. A `tlp:` tag this node has no
@@ -610,14 +689,28 @@ pub fn attribute_item_id(origin: &str, attribute_uuid: &str) -> ItemId {
     ))
 }
 
-/// One attribute as an item: `Ok(None)` for an attribute not meant for detection or of
-/// a type not mapped, `Err` for one that should map but does not.
+/// Why an attribute meant for detection did not become an item.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// This version cannot be read (a bad value, no timestamp): the item of the version
+    /// before, if any, stays.
+    Unreadable(String),
+    /// The source says it is not to be shared as an item of this feed (a restricting
+    /// `distribution`, a tag that cannot be carried, a `source:` tag the feed may not
+    /// claim): the item of the version before, if any, is revoked.
+    Withheld(String),
+}
+
+/// One attribute (of `object`, when it is in one) as an item: `Ok(None)` for an
+/// attribute not meant for detection or of a type not mapped, `Err` for one that should
+/// map but is not taken.
 fn map_attribute(
     feed: &FeedConfig,
     origin: &str,
     event: &Value,
+    object: Option<&Value>,
     attribute: &Value,
-) -> Result<Option<Item>, String> {
+) -> Result<Option<Item>, Refusal> {
     // Not taken unless `to_ids` reads as set; taken as deleted unless `deleted` reads
     // as unset (or is absent).
     let to_ids = attribute.get("to_ids").and_then(flag) == Some(true);
@@ -633,8 +726,22 @@ fn map_attribute(
         .get("uuid")
         .and_then(Value::as_str)
         .and_then(canonical_uuid)
-        .ok_or_else(|| format!("a {misp_type} attribute has no valid uuid"))?;
-    let at = |what: String| format!("attribute {uuid}: {what}");
+        .ok_or_else(|| Refusal::Unreadable(format!("a {misp_type} attribute has no valid uuid")))?;
+    let at = |what: String| Refusal::Unreadable(format!("attribute {uuid}: {what}"));
+    let withheld = |what: String| Refusal::Withheld(format!("attribute {uuid}: {what}"));
+    if let Some(why) = restricted_by_distribution(event, object, attribute) {
+        return Err(withheld(why));
+    }
+    // The event's tags, then the attribute's, then the feed's: carried as STIX labels
+    // are, so that partners' `allow_tags` and `deny_tags` see them. One that cannot be
+    // carried withholds the attribute rather than being dropped.
+    let mut labels = tag_names(event.get("Tag"), "event").map_err(&withheld)?;
+    labels.extend(tag_names(attribute.get("Tag"), "attribute").map_err(&withheld)?);
+    let tags = crate::interop::tags_from_labels(labels, &feed.tags)
+        .map_err(|e| withheld(format!("{e}; its tags cannot be carried")))?;
+    if let Some(why) = super::unclaimed_source(feed, &tags) {
+        return Err(withheld(why));
+    }
     let ty = ty.ok_or_else(|| at(format!("no type for {misp_type}")))?;
     let value = normalise(ty, &part).map_err(|e| at(e.to_string()))?;
     let event_seconds = seconds(event.get("timestamp")).unwrap_or(0);
@@ -670,7 +777,7 @@ fn map_attribute(
         id: attribute_item_id(origin, &uuid),
         modified_ms,
         tlp,
-        tags: feed.tags.clone(),
+        tags,
         kind: ItemKind::Indicator(Indicator {
             indicator_type: ty,
             value,
@@ -769,6 +876,56 @@ mod tests {
             let tags = serde_json::json!([{"name": "tlp:clear"}, {"name": name}]);
             assert_eq!(tlp_of(Some(&tags)), Some(Tlp::Red), "{name}");
         }
+    }
+
+    #[test]
+    fn distribution_restricts_at_any_level_and_fails_closed() {
+        use serde_json::json;
+        for (value, expected) in [
+            (json!("0"), false),
+            (json!(0), false),
+            (json!("4"), false),
+            (json!(" 1 "), true),
+            (json!(2), true),
+            (json!("3"), true),
+            (json!("5"), true),
+            (json!(null), true),
+            (json!("all"), false),
+            (json!(6), false),
+            (json!(-1), false),
+            (json!(true), false),
+        ] {
+            let event = json!({"distribution": value});
+            let shared = restricted_by_distribution(&event, None, &json!({})).is_none();
+            assert_eq!(shared, expected, "{value}");
+        }
+        let open = json!({"distribution": "3"});
+        let org = json!({"distribution": "0"});
+        let inherit = json!({"distribution": "5"});
+        assert!(restricted_by_distribution(&open, Some(&inherit), &inherit).is_none());
+        assert!(restricted_by_distribution(&open, None, &json!({})).is_none());
+        let why = restricted_by_distribution(&open, Some(&org), &inherit).unwrap();
+        assert!(
+            why.contains("object") && why.contains("organisation only"),
+            "{why}"
+        );
+        // A narrower level below a restricted one does not widen it.
+        let why = restricted_by_distribution(&org, None, &open).unwrap();
+        assert!(why.contains("event"), "{why}");
+    }
+
+    #[test]
+    fn tags_are_read_without_tlp_and_an_unreadable_one_is_an_error() {
+        use serde_json::json;
+        let tags = json!([{"name": "TLP:AMBER"}, {"name": "pii"}, "PAP:RED"]);
+        assert_eq!(
+            tag_names(Some(&tags), "event"),
+            Ok(vec!["pii".to_owned(), "PAP:RED".to_owned()])
+        );
+        assert_eq!(tag_names(None, "event"), Ok(Vec::new()));
+        assert!(tag_names(Some(&json!({"name": "pii"})), "event").is_err());
+        assert!(tag_names(Some(&json!([{"id": "1"}])), "attribute").is_err());
+        assert!(tag_names(Some(&json!([7])), "attribute").is_err());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::http::Client;
 use super::{FeedError, FeedStates, PollOutcome, PollReport, publish, update};
 use crate::config::FeedConfig;
 use crate::engine::{Engine, now_ms};
-use crate::interop::{Defaults, InputFormat, parse_input};
+use crate::interop::{Defaults, parse_feed_page};
 
 /// The TAXII 2.1 media type.
 const TAXII_MEDIA_TYPE: &str = "application/taxii+json;version=2.1";
@@ -136,11 +136,18 @@ async fn poll_pages(
                 "objects": objects,
             })
             .to_string();
-            let parsed = tokio::task::spawn_blocking(move || {
-                parse_input(InputFormat::Stix, &text, &defaults, now_ms())
-            })
-            .await
-            .map_err(|e| FeedError::Publish(format!("task failed: {e}")))?;
+            let parsed =
+                tokio::task::spawn_blocking(move || parse_feed_page(&text, &defaults, now_ms()))
+                    .await
+                    .map_err(|e| FeedError::Publish(format!("task failed: {e}")))?
+                    // A page not read at all fails the poll: the checkpoint stays before
+                    // it, so its objects are fetched again rather than passed over.
+                    .map_err(|e| {
+                        FeedError::Malformed(format!(
+                            "a page of {} was not read, the checkpoint stays before it: {e}",
+                            super::http::shown(&feed.url)
+                        ))
+                    })?;
             let items = parsed.items.len() as u64;
             for error in &parsed.errors {
                 report.skip(error.to_string());

@@ -22,7 +22,7 @@ use serde_json::{Map, Value, json};
 use self::markings::Definitions;
 use super::pattern;
 use super::strict_json::Budget;
-use super::{Draft, ParsedInput, Sink, TooMany, parse_timestamp};
+use super::{Conflicts, Draft, Sink, TooMany, parse_timestamp};
 use crate::model::{
     ContextObject, Holder, Indicator, IndicatorType, Item, ItemId, ItemKind, Revocation,
     StixProperties, Tlp, normalise_typed, phases_kept_as_given,
@@ -390,18 +390,18 @@ pub(super) fn parse(text: &str, now_ms: i64, sink: &mut Sink<'_>) -> Result<(), 
                 0 => "input".to_owned(),
                 line => format!("line {line} column {}", e.column()),
             };
-            sink.error(position, format!("not a valid STIX bundle: {e}"));
+            sink.refuse_input(position, format!("not a valid STIX bundle: {e}"));
             return Ok(());
         }
     };
     let mut objects = match (bundle.kind.as_ref().and_then(Value::as_str), bundle.objects) {
         (Some("bundle"), Some(objects)) => objects,
         (Some("bundle"), None) => {
-            sink.error("input".into(), "the bundle has no \"objects\" array".into());
+            sink.refuse_input("input".into(), "the bundle has no \"objects\" array".into());
             return Ok(());
         }
         _ => {
-            sink.error(
+            sink.refuse_input(
                 "input".into(),
                 "expected a STIX 2.1 bundle: {\"type\": \"bundle\", \"objects\": [...]}".into(),
             );
@@ -582,8 +582,14 @@ fn parse_objects(objects: &mut [Element], now_ms: i64, sink: &mut Sink<'_>) -> R
     // Sized for a TAXII envelope's objects at once (those of a large file still grow it).
     let mut first_seen: HashMap<ItemId, (usize, usize)> =
         HashMap::with_capacity(objects.len().min(PRESIZED_IDS));
+    // When only the objects in conflict are refused: the object each item came from,
+    // and the ids given two values, with the reason.
+    let per_object = sink.conflicts == Conflicts::RefuseObjects;
+    let mut object_of_item: Vec<usize> = Vec::new();
+    let mut conflicting: HashMap<ItemId, String> = HashMap::new();
     for (index, element) in objects.iter_mut().enumerate() {
         sink.count()?;
+        let before = sink.out.items.len();
         let object = match element {
             Element::Object(object) => object,
             Element::NotAnObject => {
@@ -604,11 +610,13 @@ fn parse_objects(objects: &mut [Element], now_ms: i64, sink: &mut Sink<'_>) -> R
             }
             Some("indicator") => {
                 let draft = indicator(object, &markings, now_ms);
-                let before = sink.out.items.len();
                 sink.take(|| position(index, object), draft);
                 let Some(item) = sink.out.items.get(before) else {
                     continue;
                 };
+                if per_object {
+                    object_of_item.push(index);
+                }
                 let Some(value) = item.value() else {
                     continue;
                 };
@@ -621,23 +629,51 @@ fn parse_objects(objects: &mut [Element], now_ms: i64, sink: &mut Sink<'_>) -> R
                 let first_ty = first_item.indicator_type();
                 let first_value = first_item.value().unwrap_or_default();
                 if first_ty != ty || first_value != value {
-                    let reason = format!(
+                    let values = format!(
                         "objects[{first}] and objects[{index}] have the same id {} but different \
-                         values ({first_ty} {:?} and {ty} {:?}); the whole input is refused",
+                         values ({first_ty} {:?} and {ty} {:?})",
                         item.id,
                         shown(first_value),
                         shown(value),
                     );
-                    sink.out = ParsedInput::default();
-                    sink.error("input".into(), reason);
-                    return Ok(());
+                    match sink.conflicts {
+                        Conflicts::RefuseInput => {
+                            sink.refuse_input(
+                                "input".into(),
+                                format!("{values}; the whole input is refused"),
+                            );
+                            return Ok(());
+                        }
+                        Conflicts::RefuseObjects => {
+                            conflicting.entry(item.id.clone()).or_insert_with(|| {
+                                format!("{values}; no object with this id is taken, the rest is")
+                            });
+                        }
+                    }
                 }
+                continue;
             }
             Some(_) => {}
             None => sink.error(
                 position(index, object),
                 "no \"type\" (a string) on the object".into(),
             ),
+        }
+        if per_object && sink.out.items.len() > before {
+            object_of_item.push(index);
+        }
+    }
+    if !conflicting.is_empty() {
+        // Every object giving an id in conflict is refused, with its own position.
+        let items = std::mem::take(&mut sink.out.items);
+        for (item, index) in items.into_iter().zip(object_of_item) {
+            match conflicting.get(&item.id) {
+                Some(reason) => {
+                    let position = format!("objects[{index}] ({})", item.id);
+                    sink.error(position, reason.clone());
+                }
+                None => sink.out.items.push(item),
+            }
         }
     }
     Ok(())

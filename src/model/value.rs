@@ -14,6 +14,7 @@
 //! | md5, sha1, sha256 | lower-case hex |
 //! | stix-pattern | as written, without surrounding whitespace |
 
+use std::borrow::Cow;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::item::{
@@ -63,7 +64,13 @@ pub fn normalise(ty: IndicatorType, raw: &str) -> Result<String, InvalidValue> {
     let value = raw.trim();
     let invalid = |reason: String| InvalidValue {
         indicator_type: ty,
-        value: value.chars().take(SHOWN_CHARS).collect(),
+        value: match ty {
+            IndicatorType::Url => without_user_information(value),
+            _ => Cow::Borrowed(value),
+        }
+        .chars()
+        .take(SHOWN_CHARS)
+        .collect(),
         reason,
     };
     if value.is_empty() {
@@ -385,7 +392,9 @@ fn too_long(len: usize, max: usize) -> String {
     format!("{len} bytes long, at most {max} allowed")
 }
 
-fn check_tags(tags: &[String]) -> Result<(), ModelError> {
+/// Checks `tags` against the tag rules: at most [`MAX_TAGS`], each 1 to 64 bytes of
+/// plain ASCII without whitespace or control characters.
+pub fn check_tags(tags: &[String]) -> Result<(), ModelError> {
     if tags.len() > MAX_TAGS {
         return Err(field(
             "tags",
@@ -641,6 +650,21 @@ fn normalise_domain(value: &str) -> Result<String, String> {
         return Err(format!("top-level label {last:?} is all digits"));
     }
     Ok(name.to_owned())
+}
+
+/// `value` as a refusal may show it: the user information of a URL (what comes before
+/// the last `@` of its authority, `user:password` or an access token) replaced by `***`,
+/// so that a credential refused is not spread by the refusal itself, to logs or stored
+/// statuses. A value without a scheme is read as if it began at the authority.
+fn without_user_information(value: &str) -> Cow<'_, str> {
+    let start = value.find("://").map_or(0, |at| at + 3);
+    let authority_end = value[start..]
+        .find(['/', '?', '#'])
+        .map_or(value.len(), |at| start + at);
+    match value[start..authority_end].rfind('@') {
+        Some(at) => Cow::Owned(format!("{}***{}", &value[..start], &value[start + at..])),
+        None => Cow::Borrowed(value),
+    }
 }
 
 /// Splits `scheme://rest` when the scheme is well formed.
@@ -1220,6 +1244,36 @@ mod tests {
             ok(Url, "https://host.example/p?next=a@b"),
             "https://host.example/p?next=a@b"
         );
+    }
+
+    #[test]
+    fn a_refused_url_is_shown_without_its_user_information() {
+        for (raw, shown) in [
+            (
+                "https://svc:Winter2026-Vault!@portal.example.com/login",
+                "https://***@portal.example.com/login",
+            ),
+            ("https://token@host.example", "https://***@host.example"),
+            (
+                "http://a:b@c@[2001:db8::1]:8080/",
+                "http://***@[2001:db8::1]:8080/",
+            ),
+            ("u:secret@host.example/x y", "***@host.example/x y"),
+        ] {
+            let e = normalise(Url, raw).unwrap_err();
+            assert_eq!(e.value, shown, "{raw}");
+            let text = e.to_string();
+            assert!(
+                !text.contains("secret") && !text.contains("Vault"),
+                "{text}"
+            );
+            assert!(!text.contains("token@") && !text.contains("a:b"), "{text}");
+        }
+        // A refusal for another reason hides it as well; an '@' after the host stays.
+        let e = normalise(Url, "https://u:pw@host.example/a b").unwrap_err();
+        assert_eq!(e.value, "https://***@host.example/a b");
+        let e = normalise(Url, "https://host.example/a@b c").unwrap_err();
+        assert_eq!(e.value, "https://host.example/a@b c");
     }
 
     #[test]

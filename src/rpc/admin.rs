@@ -198,6 +198,7 @@ impl Admin for AdminService {
                     objects_skipped: s.objects_skipped,
                     last_error: s.last_error.clone().unwrap_or_default(),
                     checkpoint: s.checkpoint.clone(),
+                    skip_reasons: s.skip_reasons.clone(),
                 })
                 .collect(),
         }))
