@@ -382,7 +382,7 @@ async fn a_misp_attribute_restricted_by_its_distribution_is_not_shared() {
 
 /// A MISP event's and attribute's tags are carried as item tags (a `tlp:` tag stays the
 /// marking), so a partner whose policy denies `pii` or `pap:red` does not receive what
-/// they mark. A tag that cannot be carried (whitespace) and a `source:` tag the feed
+/// they mark. A tag that cannot be carried (not ASCII) and a `source:` tag the feed
 /// may not claim withhold the attribute rather than being dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn misp_tags_are_carried_and_one_that_cannot_be_withholds_the_attribute() {
@@ -398,6 +398,8 @@ async fn misp_tags_are_carried_and_one_that_cannot_be_withholds_the_attribute() 
     informant["Tag"] = serde_json::json!([{"name": "source:informant"}]);
     let mut plain = attribute(5, "plain.example", t1);
     plain["Tag"] = serde_json::json!([{"name": "osint"}]);
+    let mut foreign = attribute(6, "foreign.example", t1);
+    foreign["Tag"] = serde_json::json!([{"name": "misp-galaxy:threat-actor=\"Кимсуки\""}]);
     files.set(
         &format!("/misp/{EVENT_TAGGED}.json"),
         Answer::json(&event(
@@ -416,7 +418,7 @@ async fn misp_tags_are_carried_and_one_that_cannot_be_withholds_the_attribute() 
             EVENT_SHARED,
             t1,
             serde_json::json!({
-                "Attribute": [pap, galaxy, informant, plain],
+                "Attribute": [pap, galaxy, informant, plain, foreign],
             }),
         )),
     );
@@ -431,8 +433,18 @@ async fn misp_tags_are_carried_and_one_that_cannot_be_withholds_the_attribute() 
     let values: Vec<&str> = held.keys().map(String::as_str).collect();
     assert_eq!(
         values,
-        ["pap-red.example", "plain.example", "victim-portal.example"],
+        [
+            "galaxy.example",
+            "pap-red.example",
+            "plain.example",
+            "victim-portal.example"
+        ],
         "status {status:?}"
+    );
+    // Whitespace in a MISP tag is written `_`.
+    assert_eq!(
+        held["galaxy.example"].1,
+        ["misp-galaxy:threat-actor=\"Sofacy_Group\"", "source:m-tags"]
     );
     assert_eq!(
         held["victim-portal.example"].1,
@@ -444,11 +456,11 @@ async fn misp_tags_are_carried_and_one_that_cannot_be_withholds_the_attribute() 
     let seen: Vec<&str> = seen.keys().map(String::as_str).collect();
     assert_eq!(
         seen,
-        ["plain.example"],
+        ["galaxy.example", "plain.example"],
         "the partner denies pii and pap:red"
     );
     let why = reasons(&status);
-    assert!(why.contains("Sofacy Group"), "{why}");
+    assert!(why.contains("Кимсуки"), "{why}");
     assert!(why.contains("\"source:informant\""), "{why}");
     run.node.shutdown(Duration::from_secs(5)).await.unwrap();
 }

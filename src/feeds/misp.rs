@@ -591,7 +591,10 @@ fn tag_names(tags: Option<&Value>, level: &str) -> Result<Vec<String>, String> {
         if name.trim().to_ascii_lowercase().starts_with("tlp:") {
             continue;
         }
-        names.push(name.to_owned());
+        // MISP names often hold spaces (galaxy clusters: `misp-galaxy:threat-actor="Sofacy
+        // Group"`), which tags may not: each run of whitespace is written `_`, so the tag
+        // is kept (and can be named in a policy) rather than the attribute lost.
+        names.push(name.split_whitespace().collect::<Vec<_>>().join("_"));
     }
     Ok(names)
 }
