@@ -680,6 +680,23 @@ impl CertDir {
         let ca = self.load_ca()?;
         let text = read_bounded_text(csr, MAX_REQUEST_BYTES)?;
         let (id, cert_pem) = ca.sign_request(&text, usage, expected, validity)?;
+        // An id names one member: a request for a client certificate under a node's id
+        // (or the reverse) is refused, not signed over the other certificate.
+        let current = self.cert_path(id.as_str());
+        if current.exists() {
+            let der = files::read_certificates(&current)?;
+            let (_, held, _) = describe_leaf(der[0].as_ref())?;
+            let kind = |usage: &Usage| matches!(usage, Usage::Node { .. });
+            if kind(&held) != kind(usage) {
+                let name = |usage: &Usage| if kind(usage) { "node" } else { "client" };
+                return Err(CertsError::Request(format!(
+                    "{id} already has a {} certificate ({}); this request asks for a {} one under the same id. An id names one member: issue it under another id",
+                    name(&held),
+                    current.display(),
+                    name(usage)
+                )));
+            }
+        }
         let previous = self.replace_certificate(&id, &cert_pem)?;
         Ok(Signed {
             cert: self.cert_path(id.as_str()),

@@ -440,3 +440,46 @@ fn one_certificate_of_an_id_is_revoked_by_its_serial() {
     let err = String::from_utf8_lossy(&wrong.stderr);
     assert!(err.contains("no certificate of analyst.ext"), "{err}");
 }
+
+#[test]
+fn a_request_for_a_client_certificate_under_a_nodes_id_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    let member = dir.path().join("member");
+    ok(&["certs", "ca", "--dir", s(&ca)]);
+    ok(&[
+        "certs",
+        "node",
+        "--dir",
+        s(&ca),
+        "--id",
+        "redmond.hq",
+        "--ip",
+        "127.0.0.1",
+    ]);
+    let node_cert = std::fs::read(ca.join("redmond.hq.crt")).unwrap();
+    ok(&[
+        "certs",
+        "request",
+        "--id",
+        "redmond.hq",
+        "--out",
+        s(&member),
+    ]);
+    let refused = entente(&[
+        "certs",
+        "sign",
+        s(&member.join("redmond.hq.csr")),
+        "--ca-dir",
+        s(&ca),
+        "--client",
+    ]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("already has a node certificate"), "{err}");
+    assert_eq!(
+        std::fs::read(ca.join("redmond.hq.crt")).unwrap(),
+        node_cert,
+        "the node's certificate stays"
+    );
+}

@@ -518,3 +518,54 @@ async fn a_crl_of_one_ca_leaves_the_other_cas_certificates_alone() {
     assert!(refused.contains("CertificateRevoked"), "{refused}");
     node.shutdown(DEADLINE).await.unwrap();
 }
+
+/// A certificate the CA issued for a client under a node's id does not speak as that
+/// node: under the node's own id it is not the operator (another key), and under a
+/// peer's id it is not that peer (a client certificate).
+#[tokio::test]
+async fn a_client_certificate_under_a_nodes_id_is_neither_the_operator_nor_the_peer() {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let berlin = pki.node("berlin.office");
+    let node = start(&write_config(
+        &pki,
+        &hq,
+        &[peer("berlin.office", "127.0.0.1:1")],
+        &[],
+    ))
+    .await;
+    let ca = pki.certs.load_ca().unwrap();
+    let impostor = |id: &NodeId| {
+        let issued = ca
+            .issue(id, &Usage::Client, Validity::days_from_now(30))
+            .unwrap();
+        let dir = pki.path().join(format!("impostor-{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, issued.cert_pem).unwrap();
+        std::fs::write(&key, issued.key_pem).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        TlsMaterial::load(
+            &TlsPaths {
+                cert,
+                key,
+                trust_anchors: vec![pki.ca_cert()],
+                crls: vec![],
+            },
+            id,
+        )
+        .unwrap()
+    };
+    for id in [&hq, &berlin] {
+        let answer = hello(&impostor(id), node.local_addr(), &hq).await;
+        assert!(answer.is_err(), "a client certificate as {id}: {answer:?}");
+    }
+    // The real ones still work.
+    for id in [&hq, &berlin] {
+        hello(&pki.material(id), node.local_addr(), &hq)
+            .await
+            .unwrap();
+    }
+    node.shutdown(DEADLINE).await.unwrap();
+}

@@ -58,6 +58,9 @@ pub struct Verifiers {
     pub(crate) own_anchors: Option<Vec<PathBuf>>,
     /// The trust-anchor certificates, for expiry warnings.
     pub(crate) anchor_certificates: Vec<WatchedCertificate>,
+    /// The public key (SubjectPublicKeyInfo, DER) of the node's own certificate: its own
+    /// id is its operator only with its own key, whatever else a CA issued for that id.
+    pub(crate) own_key: Option<Vec<u8>>,
 }
 
 /// Why a certificate is refused beyond what WebPKI checks.
@@ -77,6 +80,15 @@ enum PartnerError {
     /// No verifier has been installed (no server configuration was built).
     #[error("no certificate verifier is in force")]
     NoVerifier,
+    /// A certificate naming this node's own id with another key than the node's own.
+    #[error("certificate for {0} (this node's own id) does not hold this node's own key")]
+    NotOwnKey(NodeId),
+    /// A certificate naming a configured node that was not issued for a node (no server
+    /// authentication use): a client certificate cannot speak as a node.
+    #[error(
+        "certificate for {0}, a configured node, is not a node certificate (it was issued for a client)"
+    )]
+    NotANodeCertificate(NodeId),
 }
 
 /// Whether a verifier error is this module's refusal of a valid certificate (an id not
@@ -84,7 +96,12 @@ enum PartnerError {
 pub(crate) fn is_partner_refusal(error: &OtherError) -> bool {
     matches!(
         error.0.downcast_ref::<PartnerError>(),
-        Some(PartnerError::Unknown(_) | PartnerError::WrongAnchor { .. })
+        Some(
+            PartnerError::Unknown(_)
+                | PartnerError::WrongAnchor { .. }
+                | PartnerError::NotOwnKey(_)
+                | PartnerError::NotANodeCertificate(_)
+        )
     )
 }
 
@@ -435,6 +452,21 @@ impl Directory {
             .partners
             .get(&id)
             .ok_or_else(|| refuse(PartnerError::Unknown(id.clone())))?;
+        match listing.partner.kind {
+            PartnerKind::Local => {
+                if let Some(own) = &verifiers.own_key {
+                    if super::identity::public_key(end_entity).as_ref() != Some(own) {
+                        return Err(refuse(PartnerError::NotOwnKey(id)));
+                    }
+                }
+            }
+            PartnerKind::Node => {
+                if !super::identity::is_node_certificate(end_entity) {
+                    return Err(refuse(PartnerError::NotANodeCertificate(id)));
+                }
+            }
+            PartnerKind::Client => {}
+        }
         if let Some(anchor) = &listing.trust_anchor {
             let wrong = || {
                 refuse(PartnerError::WrongAnchor {
@@ -677,6 +709,8 @@ pub(crate) fn tls_refusal_reason(error: &rustls::Error) -> &'static str {
                     Some(PartnerError::Unknown(_)) => "unknown_partner",
                     Some(PartnerError::WrongAnchor { .. }) => "wrong_anchor",
                     Some(PartnerError::NoVerifier) => "no_verifier",
+                    Some(PartnerError::NotOwnKey(_)) => "not_own_key",
+                    Some(PartnerError::NotANodeCertificate(_)) => "not_a_node_certificate",
                     None => "invalid_certificate",
                 }
             }

@@ -128,3 +128,19 @@ impl ConnectionInfo {
         self.access.withdrawn()
     }
 }
+
+/// The SubjectPublicKeyInfo (DER) of a certificate, or `None` if it cannot be parsed.
+pub fn public_key(der: &CertificateDer<'_>) -> Option<Vec<u8>> {
+    let (_, cert) = X509Certificate::from_der(der.as_ref()).ok()?;
+    Some(cert.public_key().raw.to_vec())
+}
+
+/// Whether a certificate was issued for a node: its extended key usage allows server
+/// authentication (`certs node` gives server and client use, `certs client` client use
+/// only). A certificate without the extension is not a node's.
+pub fn is_node_certificate(der: &CertificateDer<'_>) -> bool {
+    let Ok((_, cert)) = X509Certificate::from_der(der.as_ref()) else {
+        return false;
+    };
+    matches!(cert.extended_key_usage(), Ok(Some(usage)) if usage.value.server_auth)
+}

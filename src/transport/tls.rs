@@ -293,6 +293,7 @@ impl TlsMaterial {
             // With one anchor there is nothing to pin to; with several, the node's own id
             // is accepted only from the anchors its own certificate chains to.
             own_anchors: (self.anchors.len() > 1).then_some(own_anchors),
+            own_key: self.chain.first().and_then(super::identity::public_key),
         })
     }
 
