@@ -875,3 +875,31 @@ async fn an_object_sent_ahead_of_what_it_references_follows_it_over_every_hop() 
         node.shutdown(DEADLINE).await.unwrap();
     }
 }
+
+/// A link whose peer cannot be reached counts as behind, so its lag grows and an alert
+/// on lag fires for a partner that is gone.
+#[tokio::test]
+async fn a_link_that_is_down_reports_a_growing_lag() {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    pki.node("berlin.office");
+    let node = common::start(&config(
+        &pki,
+        &hq,
+        &peer("berlin.office", "127.0.0.1:1", OPEN),
+    ))
+    .await;
+    let own = common::connect(&pki, &node, "redmond.hq").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let links = own.links().await.unwrap().links;
+        let link = links.iter().find(|l| l.peer == "berlin.office").unwrap();
+        if !link.last_error.is_empty() && link.lag_ms > 0 {
+            assert!(!link.connected);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no lag reported: {link:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node.shutdown(Duration::from_secs(10)).await.unwrap();
+}

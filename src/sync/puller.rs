@@ -139,6 +139,9 @@ pub async fn run_link<D: Dialer>(
         update(&links, &link.peer, |s| {
             s.connected = false;
             s.checkpoint_since_connect = false;
+            // A link that is down is behind from then on (from its first attempt if it
+            // never connected), so that an alert on lag fires for a partner gone quiet.
+            s.behind_since_ms = Some(s.behind_since_ms.unwrap_or_else(now_ms));
         });
         if progressed {
             backoff = BACKOFF_START;
