@@ -2,7 +2,7 @@
 //! verify, store, notify subscribers), accepting bundles from elsewhere (verify,
 //! store), and reading through the sharing policy. No tonic types here.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::crypto::{
@@ -2089,6 +2089,7 @@ impl Engine {
         let subscriber = Arc::new(Subscriber {
             queue: Mutex::new(Queue {
                 items: VecDeque::new(),
+                embargoed: BTreeMap::new(),
                 hold: self.answers.hold_none(&partner.id),
                 lagged: false,
             }),
@@ -2121,7 +2122,9 @@ impl Engine {
 
     /// Queues `stored` for `subscriber` if it matches the subscription and the policy in
     /// force lets its partner see it (a withheld item is never queued, so it neither
-    /// takes the partner's budget nor can make the subscription fall behind). An item
+    /// takes the partner's budget nor can make the subscription fall behind), or keeps
+    /// it, counted in that budget, until the partner's embargo lifts if that is all
+    /// that holds it back. An item
     /// that would take the partner past `limits.unsent_answer_bytes` ends the
     /// subscription instead: its queue is emptied and its reader told, never handed
     /// the items after a gap.
@@ -2134,28 +2137,39 @@ impl Engine {
         now_ms: i64,
     ) {
         let query = &subscriber.query;
-        if !query.matches_value(stored, now_ms)
-            || !self
-                .decide_stored(
-                    policy,
-                    &subscriber.partner.id,
-                    stored,
-                    now_ms,
-                    query.include_expired,
-                )
-                .allowed()
-        {
+        if !query.matches_value(stored, now_ms) {
             return;
         }
+        let decision = self.decide_stored(
+            policy,
+            &subscriber.partner.id,
+            stored,
+            now_ms,
+            query.include_expired,
+        );
+        // Withheld by the partner's embargo alone: held until it lifts, not dropped.
+        let embargoed = match (decision.allowed(), decision.embargo_until()) {
+            (true, _) => None,
+            (false, Some(until)) => Some(until),
+            (false, None) => return,
+        };
         let mut queue = subscriber.queue.lock().unwrap_or_else(|p| p.into_inner());
         if queue.lagged {
             return;
         }
         if queue.hold.grow(bytes) {
-            queue.items.push_back((stored.clone(), bytes));
+            match embargoed {
+                None => queue.items.push_back((stored.clone(), bytes)),
+                Some(until) => queue
+                    .embargoed
+                    .entry(until)
+                    .or_default()
+                    .push((stored.clone(), bytes)),
+            }
         } else {
             queue.lagged = true;
             queue.items = VecDeque::new();
+            queue.embargoed = BTreeMap::new();
             queue.hold.set(0);
             crate::limits::count(Limit::UnsentAnswerBytes);
             tracing::info!(
@@ -2216,6 +2230,9 @@ struct Subscriber {
 /// budget.
 struct Queue {
     items: VecDeque<(Arc<StoredItem>, usize)>,
+    /// Items only the partner's embargo holds back, by the time it lifts: they join
+    /// `items` then (and are decided again as they leave).
+    embargoed: BTreeMap<i64, Vec<(Arc<StoredItem>, usize)>>,
     hold: AnswerHold,
     /// Fell behind: nothing more is queued, and the reader is told once the queue is
     /// read.
@@ -2233,12 +2250,23 @@ impl Subscription {
     pub async fn next(&mut self) -> Result<Arc<StoredItem>, SubscriptionEnd> {
         loop {
             let arrived = self.subscriber.arrived.notified();
+            let mut lifts = None;
             let stored = {
                 let mut queue = self
                     .subscriber
                     .queue
                     .lock()
                     .unwrap_or_else(|p| p.into_inner());
+                // Items whose embargo has lifted join the queue, in the order it lifted.
+                let now = now_ms();
+                while let Some(entry) = queue.embargoed.first_entry() {
+                    if *entry.key() > now {
+                        lifts = Some(*entry.key());
+                        break;
+                    }
+                    let due = entry.remove();
+                    queue.items.extend(due);
+                }
                 match queue.items.pop_front() {
                     Some((stored, bytes)) => {
                         let left = queue.hold.bytes().saturating_sub(bytes);
@@ -2250,7 +2278,18 @@ impl Subscription {
                 }
             };
             let Some(stored) = stored else {
-                arrived.await;
+                match lifts {
+                    Some(at) => {
+                        let wait = std::time::Duration::from_millis(
+                            u64::try_from(at.saturating_sub(now_ms())).unwrap_or(0),
+                        );
+                        tokio::select! {
+                            () = arrived => {}
+                            () = tokio::time::sleep(wait) => {}
+                        }
+                    }
+                    None => arrived.await,
+                }
                 continue;
             };
             // The policy in force now: a reload narrows open streams from the next item on.

@@ -903,3 +903,48 @@ async fn a_link_that_is_down_reports_a_growing_lag() {
     }
     node.shutdown(Duration::from_secs(10)).await.unwrap();
 }
+
+/// A subscriber under an embargo gets each new item once its embargo lifts, on the same
+/// stream: the item is held for it, not dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_under_an_embargo_gets_the_item_when_it_lifts() {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    pki.client("analyst.alice");
+    pki.client("siem.soc");
+    let mut text = common::node_section(&pki, &hq, &pki.path().join("data-hq"));
+    text.push_str(
+        "\n[[client]]\nid = \"analyst.alice\"\nrole = \"analyst\"\n\
+         \n[[client]]\nid = \"siem.soc\"\nrole = \"read_only\"\nallow_types = [\"*\"]\nembargo = \"1s\"\n",
+    );
+    let path = pki.path().join("hq.toml");
+    std::fs::write(&path, text).unwrap();
+    let node = common::start(&path).await;
+    let alice = common::connect(&pki, &node, "analyst.alice").await;
+    let siem = common::connect(&pki, &node, "siem.soc").await;
+    let mut stream = siem.subscribe(ItemFilter::default()).await.unwrap();
+    let published = std::time::Instant::now();
+    alice
+        .publish(tokio_stream::iter(vec![PublishRequest {
+            items: vec![item("embargoed.example", Tlp::Green)],
+            distribution: None,
+            groups: vec![],
+        }]))
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(DEADLINE, stream.message())
+        .await
+        .expect("the item within the deadline")
+        .unwrap()
+        .expect("an item, not the end of the stream");
+    assert!(
+        published.elapsed() >= Duration::from_millis(900),
+        "not before the embargo lifts"
+    );
+    let value = match got.item.unwrap().kind.unwrap() {
+        wire::item::Kind::Indicator(i) => i.value,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(value, "embargoed.example");
+    node.shutdown(DEADLINE).await.unwrap();
+}
