@@ -597,7 +597,8 @@ pub trait ItemStore: Send + Sync {
 
     /// Stores a verified bundle as one log frame (whole or not at all after a crash),
     /// applying the single-writer and versioning rules per item. Not durable until
-    /// [`Store::flush`].
+    /// [`Store::flush`]. Refused with [`StoreError::Unwritable`], before anything is
+    /// written, while the store cannot write ([`ItemStore::writable`]).
     fn accept(
         &self,
         bundle: &VerifiedBundle,
@@ -637,6 +638,25 @@ pub trait ItemStore: Send + Sync {
     fn versions(&self, id: &ItemId, limit: usize) -> Result<Vec<StoredItem>, StoreError> {
         let _ = limit;
         Ok(self.get(id)?.into_iter().collect())
+    }
+
+    /// Every record held of `id`, newest first, at most `limit`: each version in each
+    /// bundle that carried it (where [`ItemStore::versions`] lists a version once),
+    /// replaced and revoked versions included. Versions a compaction removed are not
+    /// held. By default what [`ItemStore::versions`] gives, newest first.
+    fn records_of(&self, id: &ItemId, limit: usize) -> Result<Vec<StoredItem>, StoreError> {
+        let mut versions = self.versions(id, limit)?;
+        versions.reverse();
+        Ok(versions)
+    }
+
+    /// Every record held of an indicator with `value` (under each indicator type the
+    /// value reads as), newest first for each type, at most `limit`: replaced versions
+    /// and versions since revoked included, which a query does not give. Versions a
+    /// compaction removed are not held. By default none.
+    fn records_with_value(&self, value: &str, limit: usize) -> Result<Vec<StoredItem>, StoreError> {
+        let _ = (value, limit);
+        Ok(Vec::new())
     }
 
     /// Items matching `query` that `visible` admits, after the cursor `after`, within

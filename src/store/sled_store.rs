@@ -1244,6 +1244,10 @@ impl ItemStore for SledStore {
         let header = bundle.header();
         let bundle_uuid = header.bundle_id.uuid_bytes();
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        // A store that cannot write refuses before anything is appended: a write the
+        // node answers as refused leaves nothing behind (it would otherwise be held,
+        // served and pulled once the disk has room, and kept by the next flush).
+        self.writable()?;
         let log = self.log();
 
         // What is known of this bundle (its head, and which indices), the feed head and
@@ -1649,6 +1653,72 @@ impl ItemStore for SledStore {
             out.push(stored);
         }
         out.reverse();
+        Ok(out)
+    }
+
+    fn records_of(&self, id: &ItemId, limit: usize) -> Result<Vec<StoredItem>, StoreError> {
+        let log = self.log();
+        let spans: Vec<Span> = {
+            let index = self.index();
+            index
+                .versions_newest_first(&id.uuid_bytes())
+                .iter()
+                .take(limit)
+                .map(|&s| index.slots[s as usize].span())
+                .collect()
+        };
+        let mut out = Vec::with_capacity(spans.len());
+        for span in spans {
+            let stored = Self::stored_item(Self::read_record(&log, span)?)?;
+            // The UUID under another type is another id.
+            if &stored.item.id == id {
+                out.push(stored);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Walks the value chain of each exact (type, value), live slots or not: the chain
+    /// links every record of the value's hash, whatever replaced it since.
+    fn records_with_value(&self, value: &str, limit: usize) -> Result<Vec<StoredItem>, StoreError> {
+        let query = ItemQuery {
+            value: Some(value.to_owned()),
+            ..ItemQuery::default()
+        };
+        let log = self.log();
+        let mut out = Vec::new();
+        for (ty, exact) in exact_values(&query) {
+            let code = records::type_code(ty);
+            let hash = value_hash(&self.hasher, code, exact.as_bytes());
+            let spans: Vec<Span> = {
+                let index = self.index();
+                let slots = &index.slots;
+                let mut at = index
+                    .by_value
+                    .find(hash, |&s| slots[s as usize].value_hash == hash)
+                    .copied()
+                    .unwrap_or(NONE);
+                let mut spans = Vec::new();
+                while at != NONE && out.len() + spans.len() < limit {
+                    let slot = &slots[at as usize];
+                    if slot.ty() == code {
+                        spans.push(slot.span());
+                    }
+                    at = slot.next;
+                }
+                spans
+            };
+            for span in spans {
+                let stored = Self::stored_item(Self::read_record(&log, span)?)?;
+                // Another value of the same hash is not this one.
+                if records::value_of(&stored.item) == Some((code, exact.as_str())) {
+                    out.push(stored);
+                }
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
         Ok(out)
     }
 
