@@ -402,6 +402,8 @@ pub struct Snapshot {
     pub store_bytes: u64,
     /// Records in the disclosure ledger.
     pub ledger_records: u64,
+    /// How the ledger's retention stands.
+    pub retention: crate::store::RetentionState,
     /// The limits in force.
     pub limits: crate::limits::Limits,
     /// The certificates and their expiry.
@@ -472,6 +474,7 @@ impl Console {
             feed_head: store.feed_head(),
             store_bytes,
             ledger_records: self.ledger_records(),
+            retention: store.retention(),
             limits: engine.limits().clone(),
             certificates: certificates::read(
                 &self.sources.tls,

@@ -176,14 +176,20 @@ async fn a_write_refused_while_the_store_cannot_write_leaves_nothing_behind() {
     let collection = listed["collections"][0]["id"].as_str().unwrap().to_owned();
     let objects = format!("/api/collections/{collection}/objects/");
 
-    let before: Vec<String> = (0..40).map(|i| format!("before-{i}.disk.example")).collect();
+    let before: Vec<String> = (0..40)
+        .map(|i| format!("before-{i}.disk.example"))
+        .collect();
     publish(&analyst, &before).await.expect("publish before");
     wait_for_health(&analyst, tonic_health::ServingStatus::Serving).await;
 
     // The disk fills up under a large publish: refused, and the store cannot write.
     let filler = disk.fill();
-    let large: Vec<String> = (0..400).map(|i| format!("large-{i}.disk.example")).collect();
-    let error = publish(&analyst, &large).await.expect_err("the disk is full");
+    let large: Vec<String> = (0..400)
+        .map(|i| format!("large-{i}.disk.example"))
+        .collect();
+    let error = publish(&analyst, &large)
+        .await
+        .expect_err("the disk is full");
     assert_eq!(status_of(&error).0, tonic::Code::ResourceExhausted);
     wait_for_health(&analyst, tonic_health::ServingStatus::NotServing).await;
     // Room for a small write, not for the store's probe: it still cannot write.
@@ -216,7 +222,11 @@ async fn a_write_refused_while_the_store_cannot_write_leaves_nothing_behind() {
     )
     .await;
     assert_eq!(posted.status, 503, "{}", posted.text());
-    assert!(posted.text().contains("nothing was stored"), "{}", posted.text());
+    assert!(
+        posted.text().contains("nothing was stored"),
+        "{}",
+        posted.text()
+    );
 
     // Space returns: neither refused write is held.
     std::fs::remove_file(&filler).unwrap();
@@ -318,7 +328,11 @@ async fn who_received_an_item_lists_the_deliveries_of_every_version_held() {
     let bob = common::connect(&pki, &node, "analyst.bob").await;
     let now = entente::engine::now_ms();
 
-    publish_items(&alice, vec![version(ID, "first.victim.example", now - 60_000)]).await;
+    publish_items(
+        &alice,
+        vec![version(ID, "first.victim.example", now - 60_000)],
+    )
+    .await;
     assert_eq!(held(&bob, "first.victim.example").await, 1);
     publish_items(
         &alice,
@@ -350,11 +364,186 @@ async fn who_received_an_item_lists_the_deliveries_of_every_version_held() {
 
     let (status, body) = console_get(console, "/ledger?value=first.victim.example");
     assert_eq!(status, 200, "{body}");
-    assert_eq!(bob_rows(&body), 1, "the first version, since replaced: {body}");
+    assert_eq!(
+        bob_rows(&body),
+        1,
+        "the first version, since replaced: {body}"
+    );
     let (status, body) = console_get(console, "/ledger?value=second.victim.example");
     assert_eq!(status, 200, "{body}");
-    assert_eq!(bob_rows(&body), 1, "the second version, since revoked: {body}");
+    assert_eq!(
+        bob_rows(&body),
+        1,
+        "the second version, since revoked: {body}"
+    );
 
     drop((alice, bob));
     node.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+/// A node with a small ledger (4 KiB segments, 8 KiB kept) whose dropped segments go to
+/// `archive`, an analyst and a console (`certificates` issues theirs); its config.
+fn node_with_archive(pki: &Pki, archive: &Path, certificates: bool) -> PathBuf {
+    if certificates {
+        pki.node("hq.a");
+        pki.client("analyst.alice");
+    }
+    let hq = entente::NodeId::new("hq.a").unwrap();
+    let path = common::write_config(pki, &hq, &[common::client("analyst.alice", "analyst")], &[]);
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(&format!(
+        "\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[ledger]\nsegment_bytes = 4096\nretain_bytes = 8192\narchive_dir = \"{}\"\n",
+        archive.display()
+    ));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn segments_in(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| {
+        d.filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+            .count()
+    })
+}
+
+/// Queries `value` as `client` (each answer is a delivery, recorded in the ledger)
+/// until `done` holds, within 60 s; every query must be answered.
+async fn query_until(client: &NodeClient, value: &str, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut answered = 0;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not after {answered} queries in 60 s"
+        );
+        assert_eq!(held(client, value).await, 1, "query {answered} answered");
+        answered += 1;
+    }
+}
+
+/// W9: the archive directory stops being writable (a read-only mount, a full disk, a
+/// wrong owner: here a file stands where the directory was). Retention then fails on
+/// its own: deliveries go on, the failure shows in `status` (Admin.StoreState), the
+/// metrics and the console, and once the directory is back the segments are moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_archive_the_node_cannot_write_does_not_stop_deliveries() {
+    common::init_logging();
+    let pki = Pki::new();
+    let archive = pki.path().join("archive");
+    std::fs::create_dir(&archive).unwrap();
+    let config = node_with_archive(&pki, &archive, true);
+    let node = common::start(&config).await;
+    let console = node.admin_addr().expect("a console");
+    let analyst = common::connect(&pki, &node, "analyst.alice").await;
+    let operator = common::connect(&pki, &node, "hq.a").await;
+    publish(&analyst, &["q.archive.example".to_owned()])
+        .await
+        .expect("publish");
+
+    // Retention works: segments are moved to the archive.
+    query_until(&analyst, "q.archive.example", "a segment archived", || {
+        segments_in(&archive) > 0
+    })
+    .await;
+
+    // The archive cannot be written any more.
+    let moved = pki.path().join("archive.moved");
+    std::fs::rename(&archive, &moved).unwrap();
+    std::fs::write(&archive, b"not a directory").unwrap();
+    let mut failing = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !failing {
+        assert!(
+            Instant::now() < deadline,
+            "retention never reported failing"
+        );
+        for _ in 0..20 {
+            assert_eq!(held(&analyst, "q.archive.example").await, 1);
+        }
+        failing = !operator
+            .store_state()
+            .await
+            .expect("store state")
+            .retention_error
+            .is_empty();
+    }
+    // Deliveries go on, and so do writes.
+    for _ in 0..200 {
+        assert_eq!(held(&analyst, "q.archive.example").await, 1);
+    }
+    publish(&analyst, &["after.archive.example".to_owned()])
+        .await
+        .expect("a write while retention fails");
+    let state = operator.store_state().await.unwrap();
+    assert!(state.unwritable.is_empty(), "{state:?}");
+    assert!(state.retention_error.contains("archive"), "{state:?}");
+    assert!(state.retention_failing_since_unix_ms > 0, "{state:?}");
+    assert!(state.retention_failures >= 1, "{state:?}");
+    let (status, metrics) = console_get(console, "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("entente_ledger_retention_failing 1"),
+        "{metrics}"
+    );
+    let (_, overview) = console_get(console, "/");
+    assert!(overview.contains("id=\"retention-failing\""), "{overview}");
+    let check = operator.ledger_verify().await.unwrap();
+    assert!(check.intact, "{check:?}");
+
+    // The directory is back: the segments kept are moved, and retention works again.
+    std::fs::remove_file(&archive).unwrap();
+    std::fs::rename(&moved, &archive).unwrap();
+    let archived = segments_in(&archive);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "retention never recovered");
+        assert_eq!(held(&analyst, "q.archive.example").await, 1);
+        let state = operator.store_state().await.unwrap();
+        if state.retention_error.is_empty() && segments_in(&archive) > archived {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, metrics) = console_get(console, "/metrics");
+    assert!(
+        metrics.contains("entente_ledger_retention_failing 0"),
+        "{metrics}"
+    );
+    let check = operator.ledger_verify().await.unwrap();
+    assert!(check.intact, "{check:?}");
+    drop((analyst, operator));
+    node.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+/// W9: an archive directory that is missing, or is not a directory, is refused by
+/// `entente policy check` and when the node starts, naming the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_dir_the_node_cannot_use_is_refused_at_load() {
+    let pki = Pki::new();
+    let file = pki.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    for (n, archive) in [pki.path().join("missing"), file.clone(), file.join("below")]
+        .into_iter()
+        .enumerate()
+    {
+        let config = node_with_archive(&pki, &archive, n == 0);
+        let loaded = entente::Config::load(&config).expect("the config itself is valid");
+        let error = match entente::Node::start(loaded).await {
+            Ok(node) => {
+                node.shutdown(Duration::from_secs(10)).await.unwrap();
+                panic!("the node started with archive_dir {}", archive.display());
+            }
+            Err(e) => e.to_string(),
+        };
+        assert!(error.contains("ledger.archive_dir"), "{error}");
+        let out = Command::new(env!("CARGO_BIN_EXE_entente"))
+            .args(["policy", "check", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "policy check passed");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("ledger.archive_dir"), "{stderr}");
+    }
 }

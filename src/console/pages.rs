@@ -83,6 +83,15 @@ pub fn overview(s: &Snapshot) -> String {
         s.ledger_records,
         when(s.now_ms),
     );
+    if let Some((reason, since)) = &s.retention.failing {
+        let _ = writeln!(
+            b,
+            "<p id=\"retention-failing\" class=\"bad\">Ledger retention has failed since {} ({} attempts): {}. The segments due are kept and tried again; writes and deliveries go on.</p>",
+            when(*since),
+            s.retention.failures,
+            escape(reason),
+        );
+    }
 
     b.push_str("<h2>Partners</h2>\n<table id=\"partners\"><tr><th>Partner</th><th>Kind</th><th>Role</th><th>Highest marking</th><th>Receives</th></tr>\n");
     for p in &s.partners {

@@ -72,6 +72,9 @@ pub struct SledStore {
     pub(super) meta: RwLock<Option<Meta>>,
     /// Set by a failed write; cleared by the first flush that succeeds after it.
     trouble: Mutex<Option<Trouble>>,
+    /// Ledger retention's own trouble (a segment it could not move), and when to try
+    /// again; not the store's: writes and deliveries go on.
+    retention: Mutex<(super::RetentionState, Option<std::time::Instant>)>,
     /// The bundle log in use. A compaction replaces it (with the index) while holding
     /// this lock for writing, so whoever holds it for reading sees spans from the index
     /// and the log they point into as one.
@@ -323,6 +326,7 @@ impl SledStore {
             store_id: opened.store_id,
             meta: RwLock::new(Some(meta)),
             trouble: Mutex::new(None),
+            retention: Mutex::new((super::RetentionState::default(), None)),
             log: RwLock::new(log),
             index: RwLock::new(index),
             hasher,
@@ -1207,16 +1211,8 @@ impl SledStore {
             .recorded_ledger_head
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(ledger_head);
-        // Old segments go once the head that follows them is durable; the floor they
-        // leave is recorded (durably) before any of them goes.
-        self.ledger.retain(|floor| {
-            self.with_meta(|m| {
-                m.tree
-                    .insert(records::META_LEDGER_FLOOR, &floor.encode()[..])?;
-                m.db.flush()
-            })
-            .map(|_| ())
-        })?;
+        // Old segments go once the head that follows them is durable.
+        self.retain_ledger()?;
         self.recorded_watermark.fetch_max(synced, Ordering::SeqCst);
         let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
         for (peer, token) in pending {
@@ -1229,6 +1225,62 @@ impl SledStore {
         Ok(())
     }
 }
+
+impl SledStore {
+    /// Ledger retention after a flush: the floor the dropped segments leave is recorded
+    /// (durably) before any of them goes, and a failure to record it is the store's
+    /// (it fails the flush). A segment that cannot be moved (an archive directory the
+    /// node cannot write) is retention's own trouble: logged, counted, shown by
+    /// [`DisclosureLedger::retention`], the segments kept and tried again after
+    /// [`RETENTION_RETRY`]; the flush and deliveries go on.
+    fn retain_ledger(&self) -> Result<(), StoreError> {
+        let due = {
+            let state = self.retention.lock().unwrap_or_else(|p| p.into_inner());
+            state
+                .1
+                .is_none_or(|retry| std::time::Instant::now() >= retry)
+        };
+        if !due {
+            return Ok(());
+        }
+        let retained = self.ledger.retain(|floor| {
+            self.with_meta(|m| {
+                m.tree
+                    .insert(records::META_LEDGER_FLOOR, &floor.encode()[..])?;
+                m.db.flush()
+            })
+            .map(|_| ())
+        })?;
+        let mut state = self.retention.lock().unwrap_or_else(|p| p.into_inner());
+        match retained {
+            files::Retained::Busy => {}
+            files::Retained::Done => {
+                state.1 = None;
+                if state.0.failing.take().is_some() {
+                    tracing::info!(data_dir = %self.path.display(), "ledger retention works again");
+                }
+            }
+            files::Retained::Failed { dropped, error } => {
+                state.0.failures += 1;
+                state.1 = Some(std::time::Instant::now() + RETENTION_RETRY);
+                let reason = error.to_string();
+                let since = match &state.0.failing {
+                    Some((held, since)) if *held == reason => {
+                        return Ok(());
+                    }
+                    Some((_, since)) => *since,
+                    None => crate::util::now_ms(),
+                };
+                tracing::error!(%reason, dropped, retry_in_s = RETENTION_RETRY.as_secs(), "ledger retention failed: the segments due are kept and tried again later; writes and deliveries go on");
+                state.0.failing = Some((reason, since));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How long ledger retention waits after a failure before it tries again.
+pub const RETENTION_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl ItemStore for SledStore {
     fn owner(&self) -> &NodeId {
@@ -2016,6 +2068,14 @@ impl DisclosureLedger for SledStore {
         since_ms: Option<i64>,
     ) -> Result<Vec<LedgerRecord>, StoreError> {
         self.ledger.read(after, limit, partner, since_ms)
+    }
+
+    fn retention(&self) -> super::RetentionState {
+        self.retention
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone()
     }
 
     fn verify_ledger(&self) -> Result<LedgerCheck, StoreError> {
