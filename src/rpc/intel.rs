@@ -241,13 +241,13 @@ impl Intel for IntelService {
             if response.bundle_ids.is_empty() {
                 return Err(status);
             }
-            // Stored, and served, but not durable: said so, lest the caller take the
+            // Stored, and held, but not durable: said so, lest the caller take the
             // call for refused and publish the items again under new ids, or give up
             // on what partners may already have pulled.
             return Err(Status::new(
                 status.code(),
                 format!(
-                    "{}; the {} bundle(s) of this call were nevertheless stored and are served, but are not yet durable (the node makes them durable once its store can write again; do not publish them again): {}",
+                    "{}; but the {} bundle(s) of this call were stored: the node holds them (and serves them once it can record deliveries again), but they are not yet durable; it makes them durable once its store can write again, so do not publish them again: {}",
                     status.message(),
                     response.bundle_ids.len(),
                     response.bundle_ids.join(", ")

@@ -1006,8 +1006,8 @@ fn store_objects(
 
 /// The answer to a write whose last flush failed (the store cannot write): 503, and
 /// what became of the objects. None accepted: nothing was stored, and the write may be
-/// sent again later. Some accepted (stored now, or held already): they are held and
-/// served but not yet durable, which the node makes them once its store can write
+/// sent again later. Some accepted (stored now, or held already): they are held but
+/// not yet durable, which the node makes them once its store can write
 /// again; the status resource (in `details`, and kept under its id) says which.
 fn not_durable(
     e: &crate::store::StoreError,
@@ -1033,7 +1033,7 @@ fn not_durable(
         &json!({
             "title": "Service Unavailable",
             "description": format!(
-                "{why}: {accepted} object(s) were accepted (stored, or held already) and are served, but are not yet durable; the node makes them durable once its store can write again. Status {status_id} lists them: do not send them again"
+                "{why}: {accepted} object(s) were accepted (stored, or held already) and the node holds them, but they are not yet durable; the node makes them durable once its store can write again. Status {status_id} lists them: do not send them again"
             ),
             "http_status": "503",
             "details": { "status": status },

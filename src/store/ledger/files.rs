@@ -1080,7 +1080,7 @@ pub fn check_archive_dir(settings: &LedgerSettings) -> Result<(), String> {
         }
         Err(e) => return Err(format!("ledger.archive_dir {shown} cannot be read: {e}")),
     }
-    let probe = dir.join(format!(".entente-write-check-{}", std::process::id()));
+    let probe = dir.join(format!(".entente-write-check-{}", uuid::Uuid::new_v4()));
     let written = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
