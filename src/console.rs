@@ -575,9 +575,10 @@ pub struct Delivery {
 pub struct Lookup {
     /// The items the lookup found, as held now (the latest version of each).
     pub items: Vec<StoredItem>,
-    /// The versions whose deliveries were looked for, newest first: every record held
-    /// of the item, or of an indicator with the value, replaced and revoked versions
-    /// included (a version a compaction removed is not held, and cannot be matched).
+    /// The versions whose deliveries were looked for: every record held of the item, or
+    /// of an indicator with the value, replaced and revoked versions included, and a
+    /// revocation that carries the value (a version a compaction removed is not held,
+    /// and cannot be matched).
     pub versions: Vec<StoredItem>,
     /// Whether every version held was searched (else the first
     /// [`MAX_LOOKUP_VERSIONS`]).
@@ -721,18 +722,34 @@ fn lookup(
         // A query gives the latest versions that still hold the value; the versions
         // replaced since (by a revocation, or by a version with another value) are
         // found on the value's own records.
+        // What the query found: the value itself, or a STIX pattern naming it.
+        versions.extend(items.iter().cloned());
         let held = bounded(store.records_with_value(value, MAX_LOOKUP_VERSIONS + 1)?);
         for record in &held {
             if items.len() >= MAX_LOOKUP_ITEMS {
                 break;
             }
-            if !items.iter().any(|i| i.item.id == record.item.id) {
-                items.extend(store.get(&record.item.id)?);
+            if items.iter().any(|i| i.item.id == record.item.id) {
+                continue;
             }
+            let Some(latest) = store.get(&record.item.id)? else {
+                continue;
+            };
+            // A revocation carries the indicator it revokes: when that holds the value,
+            // its deliveries disclosed it too.
+            let carries = match &latest.item.kind {
+                crate::model::ItemKind::Revocation(r) => r
+                    .indicator
+                    .as_ref()
+                    .is_some_and(|i| Some(i.value.as_str()) == record.item.value()),
+                _ => false,
+            };
+            if carries {
+                versions.push(latest.clone());
+            }
+            items.push(latest);
         }
         versions.extend(held);
-        // What the query found by a STIX pattern naming the value, as held.
-        versions.extend(items.iter().cloned());
     }
     // One entry per (bundle, index): a record written again is the same version.
     let mut seen = std::collections::HashSet::new();

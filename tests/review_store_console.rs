@@ -369,6 +369,7 @@ async fn who_received_an_item_lists_the_deliveries_of_every_version_held() {
         1,
         "the first version, since replaced: {body}"
     );
+    assert_eq!(body.matches("<tr class=\"version\"").count(), 1, "{body}");
     let (status, body) = console_get(console, "/ledger?value=second.victim.example");
     assert_eq!(status, 200, "{body}");
     assert_eq!(
@@ -376,6 +377,9 @@ async fn who_received_an_item_lists_the_deliveries_of_every_version_held() {
         1,
         "the second version, since revoked: {body}"
     );
+    // The second version, and the revocation, which carries it.
+    assert_eq!(body.matches("<tr class=\"version\"").count(), 2, "{body}");
+    assert!(body.contains("revocation"), "{body}");
 
     drop((alice, bob));
     node.shutdown(Duration::from_secs(10)).await.unwrap();
