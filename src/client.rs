@@ -191,6 +191,16 @@ impl NodeClient {
             .into_inner())
     }
 
+    /// Whether the node's store can write, and how its ledger's retention stands.
+    pub async fn store_state(&self) -> Result<crate::rpc::proto::StoreStateResponse, ClientError> {
+        Ok(self
+            .admin()
+            .store_state(crate::rpc::proto::StoreStateRequest {})
+            .await
+            .map_err(|s| self.status(s))?
+            .into_inner())
+    }
+
     /// The node's resource limits and their refusals.
     pub async fn limits(&self) -> Result<crate::rpc::proto::LimitsResponse, ClientError> {
         Ok(self

@@ -46,6 +46,8 @@ pub const MAX_LEDGER_SCAN: u64 = 200_000;
 pub const MAX_LOOKUP_DELIVERIES: usize = 1000;
 /// Most items a value lookup follows.
 const MAX_LOOKUP_ITEMS: usize = 100;
+/// Most item versions (records held) one lookup matches the ledger against.
+pub const MAX_LOOKUP_VERSIONS: usize = 1000;
 /// Ledger records read per store call.
 const LEDGER_PAGE: usize = 500;
 /// Connections the admin listener holds open at once; more wait to be accepted.
@@ -400,6 +402,8 @@ pub struct Snapshot {
     pub store_bytes: u64,
     /// Records in the disclosure ledger.
     pub ledger_records: u64,
+    /// How the ledger's retention stands.
+    pub retention: crate::store::RetentionState,
     /// The limits in force.
     pub limits: crate::limits::Limits,
     /// The certificates and their expiry.
@@ -470,6 +474,7 @@ impl Console {
             feed_head: store.feed_head(),
             store_bytes,
             ledger_records: self.ledger_records(),
+            retention: store.retention(),
             limits: engine.limits().clone(),
             certificates: certificates::read(
                 &self.sources.tls,
@@ -558,6 +563,8 @@ pub struct Delivery {
     pub path: String,
     /// The item delivered.
     pub item: String,
+    /// The version delivered: its modified time, ms since the epoch.
+    pub modified_ms: i64,
     /// Its bundle.
     pub bundle: String,
     /// Its index there.
@@ -566,8 +573,16 @@ pub struct Delivery {
 
 /// The answer to a ledger lookup.
 pub struct Lookup {
-    /// The items the lookup found (the version held of each).
+    /// The items the lookup found, as held now (the latest version of each).
     pub items: Vec<StoredItem>,
+    /// The versions whose deliveries were looked for: every record held of the item, or
+    /// of an indicator with the value, replaced and revoked versions included, and a
+    /// revocation that carries the value (a version a compaction removed is not held,
+    /// and cannot be matched).
+    pub versions: Vec<StoredItem>,
+    /// Whether every version held was searched (else the first
+    /// [`MAX_LOOKUP_VERSIONS`]).
+    pub versions_complete: bool,
     /// Their deliveries, oldest first.
     pub deliveries: Vec<Delivery>,
     /// Ledger records read.
@@ -657,17 +672,29 @@ async fn ledger_page(
     }
 }
 
-/// Who received the item `id`, or the items holding `value`: the items as held, then
-/// every ledger delivery of them (reads the ledger from its start, within bounds).
+/// Who received the item `id`, or the items holding `value`: the items as held, every
+/// version held of them (a delivery names the version it carried: its bundle and
+/// index), then every ledger delivery of those versions (reads the ledger from its
+/// start, within bounds).
 fn lookup(
     engine: &Engine,
     id: Option<&ItemId>,
     value: &str,
 ) -> Result<Lookup, crate::store::StoreError> {
     let store = engine.store();
-    let mut items = Vec::new();
+    let mut items: Vec<StoredItem> = Vec::new();
+    let mut versions: Vec<StoredItem> = Vec::new();
+    let mut versions_complete = true;
+    let mut bounded = |mut held: Vec<StoredItem>| {
+        if held.len() > MAX_LOOKUP_VERSIONS {
+            held.truncate(MAX_LOOKUP_VERSIONS);
+            versions_complete = false;
+        }
+        held
+    };
     if let Some(id) = id {
         items.extend(store.get(id)?);
+        versions.extend(bounded(store.records_of(id, MAX_LOOKUP_VERSIONS + 1)?));
     }
     if !value.is_empty() {
         let query = ItemQuery {
@@ -692,10 +719,49 @@ fn lookup(
             }
         }
         items.truncate(MAX_LOOKUP_ITEMS);
+        // A query gives the latest versions that still hold the value; the versions
+        // replaced since (by a revocation, or by a version with another value) are
+        // found on the value's own records.
+        // What the query found: the value itself, or a STIX pattern naming it.
+        versions.extend(items.iter().cloned());
+        let held = bounded(store.records_with_value(value, MAX_LOOKUP_VERSIONS + 1)?);
+        for record in &held {
+            if items.len() >= MAX_LOOKUP_ITEMS {
+                break;
+            }
+            if items.iter().any(|i| i.item.id == record.item.id) {
+                continue;
+            }
+            let Some(latest) = store.get(&record.item.id)? else {
+                continue;
+            };
+            // A revocation carries the indicator it revokes: when that holds the value,
+            // its deliveries disclosed it too.
+            let carries = match &latest.item.kind {
+                crate::model::ItemKind::Revocation(r) => r
+                    .indicator
+                    .as_ref()
+                    .is_some_and(|i| Some(i.value.as_str()) == record.item.value()),
+                _ => false,
+            };
+            if carries {
+                versions.push(latest.clone());
+            }
+            items.push(latest);
+        }
+        versions.extend(held);
     }
-    let wanted: std::collections::HashMap<(String, u32), String> = items
+    // One entry per (bundle, index): a record written again is the same version.
+    let mut seen = std::collections::HashSet::new();
+    versions.retain(|v| seen.insert((v.bundle_id.clone(), v.index)));
+    let wanted: std::collections::HashMap<(String, u32), (String, i64)> = versions
         .iter()
-        .map(|s| ((s.bundle_id.to_string(), s.index), s.item.id.to_string()))
+        .map(|s| {
+            (
+                (s.bundle_id.to_string(), s.index),
+                (s.item.id.to_string(), s.item.modified_ms),
+            )
+        })
         .collect();
     let mut deliveries = Vec::new();
     let mut scanned = 0u64;
@@ -715,12 +781,13 @@ fn lookup(
                 for (bundle, indices) in &record.entry.deliveries {
                     let bundle = bundle.to_string();
                     for index in indices {
-                        if let Some(item) = wanted.get(&(bundle.clone(), *index)) {
+                        if let Some((item, modified_ms)) = wanted.get(&(bundle.clone(), *index)) {
                             deliveries.push(Delivery {
                                 time_ms: record.entry.time_ms,
                                 partner: record.entry.partner.to_string(),
                                 path: record.entry.path.clone(),
                                 item: item.clone(),
+                                modified_ms: *modified_ms,
                                 bundle: bundle.clone(),
                                 index: *index,
                             });
@@ -733,6 +800,8 @@ fn lookup(
     deliveries.truncate(MAX_LOOKUP_DELIVERIES);
     Ok(Lookup {
         items,
+        versions,
+        versions_complete,
         deliveries,
         scanned,
         complete,

@@ -789,12 +789,15 @@ impl Engine {
         }
     }
 
-    /// Stores a bundle this node signed (the second half of publishing).
+    /// Stores a bundle this node signed (the second half of publishing). Refused while
+    /// the store cannot write, before anything of it is stored (the store's accept
+    /// checks again under its writer lock).
     pub fn store_own(
         &self,
         bundle: &VerifiedBundle,
         now_ms: i64,
     ) -> Result<PublishReceipt, EngineError> {
+        self.store.writable()?;
         let source = Source {
             received_from: self.signer.origin().clone(),
             hops: 0,

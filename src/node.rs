@@ -50,6 +50,9 @@ pub enum NodeError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The ledger's archive directory is missing or the node cannot write there.
+    #[error("{0}")]
+    LedgerArchive(String),
     /// The data directory could not be created.
     #[error("cannot create data directory {path}: {source}")]
     DataDir {
@@ -443,6 +446,8 @@ impl Node {
             path: config.node.data_dir.clone(),
             source,
         })?;
+        // Retention moves segments there days or months from now: found out now.
+        crate::store::check_archive_dir(&config.node.ledger).map_err(NodeError::LedgerArchive)?;
         let sled = Arc::new(SledStore::open_with(
             &config.node.data_dir,
             &id,

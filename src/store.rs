@@ -17,7 +17,9 @@ mod sled_store;
 
 pub mod recover;
 
-pub use ledger::files::{DEFAULT_SEGMENT_BYTES, LedgerSettings, MAX_SEGMENT_BYTES};
+pub use ledger::files::{
+    DEFAULT_SEGMENT_BYTES, LedgerSettings, MAX_SEGMENT_BYTES, check_archive_dir,
+};
 #[doc(hidden)]
 pub use ledger::files::{FrameSpan, frame_spans};
 pub use log::LogHeader;
@@ -29,7 +31,7 @@ pub fn log_generation(dir: &std::path::Path) -> Result<u64, StoreError> {
     log::read_header(&dir.join(LOG_FILE)).map(|header| header.generation)
 }
 pub(crate) use sled_store::replay_log;
-pub use sled_store::{MAX_CURSOR_BYTES, SledStore};
+pub use sled_store::{MAX_CURSOR_BYTES, RETENTION_RETRY, SledStore};
 
 use std::path::PathBuf;
 
@@ -597,7 +599,8 @@ pub trait ItemStore: Send + Sync {
 
     /// Stores a verified bundle as one log frame (whole or not at all after a crash),
     /// applying the single-writer and versioning rules per item. Not durable until
-    /// [`Store::flush`].
+    /// [`Store::flush`]. Refused with [`StoreError::Unwritable`], before anything is
+    /// written, while the store cannot write ([`ItemStore::writable`]).
     fn accept(
         &self,
         bundle: &VerifiedBundle,
@@ -637,6 +640,25 @@ pub trait ItemStore: Send + Sync {
     fn versions(&self, id: &ItemId, limit: usize) -> Result<Vec<StoredItem>, StoreError> {
         let _ = limit;
         Ok(self.get(id)?.into_iter().collect())
+    }
+
+    /// Every record held of `id`, newest first, at most `limit`: each version in each
+    /// bundle that carried it (where [`ItemStore::versions`] lists a version once),
+    /// replaced and revoked versions included. Versions a compaction removed are not
+    /// held. By default what [`ItemStore::versions`] gives, newest first.
+    fn records_of(&self, id: &ItemId, limit: usize) -> Result<Vec<StoredItem>, StoreError> {
+        let mut versions = self.versions(id, limit)?;
+        versions.reverse();
+        Ok(versions)
+    }
+
+    /// Every record held of an indicator with `value` (under each indicator type the
+    /// value reads as), newest first for each type, at most `limit`: replaced versions
+    /// and versions since revoked included, which a query does not give. Versions a
+    /// compaction removed are not held. By default none.
+    fn records_with_value(&self, value: &str, limit: usize) -> Result<Vec<StoredItem>, StoreError> {
+        let _ = (value, limit);
+        Ok(Vec::new())
     }
 
     /// Items matching `query` that `visible` admits, after the cursor `after`, within
@@ -798,6 +820,22 @@ pub trait DisclosureLedger: Send + Sync {
     /// the walk starts (records appended meanwhile are left for the next check). A
     /// damaged record is reported as [`LedgerCheck::Broken`]; `Err` is for I/O only.
     fn verify_ledger(&self) -> Result<LedgerCheck, StoreError>;
+
+    /// How the ledger's retention stands. By default: never failed.
+    fn retention(&self) -> RetentionState {
+        RetentionState::default()
+    }
+}
+
+/// How the ledger's retention (`ledger.retain_days`, `ledger.retain_bytes`) stands. A
+/// segment it cannot drop or move (an archive directory the node cannot write) is kept
+/// and tried again later; the store's writes and deliveries go on meanwhile.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetentionState {
+    /// Set while retention fails: what failed, and since when (ms since the epoch).
+    pub failing: Option<(String, i64)>,
+    /// Retention attempts that failed since the store was opened.
+    pub failures: u64,
 }
 
 /// Every part of the store's interface, for code (and tests) that use a concrete store

@@ -17,6 +17,8 @@ use crate::policy::{Context, Held, HeldItem, Policy};
 
 /// `entente policy check`: the compiled policy and its hash.
 pub fn check(config: &crate::Config, output: Output) -> Result<()> {
+    // What `serve` refuses to start with, said here too.
+    crate::store::check_archive_dir(&config.node.ledger).map_err(anyhow::Error::msg)?;
     let policy = Policy::compile(&config.policy_spec());
     let description = policy.describe();
     if output.is_json() {

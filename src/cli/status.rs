@@ -49,6 +49,19 @@ pub async fn status(config: Config, options: StatusOptions, output: Output) -> R
     } else {
         (None, None, None)
     };
+    // And the store's state (a node too old to report it: none).
+    let store = if admin {
+        match client.store_state().await {
+            Ok(state) => Some(state),
+            Err(crate::client::ClientError::Status {
+                code: tonic::Code::Unimplemented,
+                ..
+            }) => None,
+            Err(other) => return Err(other.into()),
+        }
+    } else {
+        None
+    };
     let now = now_ms();
     let certificates = watched_certificates(&config, &client, admin).await?;
     if output.is_json() {
@@ -79,6 +92,21 @@ pub async fn status(config: Config, options: StatusOptions, output: Output) -> R
             }
             if let Some(limits) = &limits {
                 map.insert("limits".into(), limits.iter().map(limit_json).collect());
+            }
+            if let Some(store) = &store {
+                map.insert(
+                    "store".into(),
+                    json!({
+                        "writable": store.unwritable.is_empty(),
+                        "unwritable": store.unwritable,
+                        "ledger_retention": {
+                            "failing": !store.retention_error.is_empty(),
+                            "error": store.retention_error,
+                            "failing_since": optional_timestamp(store.retention_failing_since_unix_ms),
+                            "failures": store.retention_failures,
+                        },
+                    }),
+                );
             }
             if let Some(synced) = &synced {
                 map.insert("caught_up".into(), synced.caught_up_json());
@@ -124,6 +152,32 @@ pub async fn status(config: Config, options: StatusOptions, output: Output) -> R
         }
         for link in links {
             println!("{}", link_line(link, now));
+        }
+    }
+    if let Some(store) = &store {
+        if store.unwritable.is_empty() {
+            println!("store:            writes");
+        } else {
+            println!(
+                "store:            CANNOT WRITE (writes and deliveries refused): {}",
+                store.unwritable
+            );
+        }
+        if store.retention_error.is_empty() {
+            if store.retention_failures > 0 {
+                println!(
+                    "ledger retention: works ({} failed attempts since start)",
+                    store.retention_failures
+                );
+            }
+        } else {
+            println!(
+                "ledger retention: FAILING since {} ({} failed attempts; segments kept, tried again every {}s; deliveries go on): {}",
+                super::time::timestamp_seconds(store.retention_failing_since_unix_ms),
+                store.retention_failures,
+                crate::store::RETENTION_RETRY.as_secs(),
+                store.retention_error
+            );
         }
     }
     for feed in feeds.iter().flatten() {

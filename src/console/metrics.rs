@@ -143,6 +143,20 @@ pub fn render(snapshot: &Snapshot) -> Result<String, std::fmt::Error> {
     let ledger = Gauge::<i64, AtomicI64>::default();
     ledger.set(int(snapshot.ledger_records));
     registry.register("ledger_records", "Records in the disclosure ledger", ledger);
+    let retention_failing = Gauge::<i64, AtomicI64>::default();
+    retention_failing.set(i64::from(snapshot.retention.failing.is_some()));
+    registry.register(
+        "ledger_retention_failing",
+        "Whether the disclosure ledger's retention is failing now (1: segments due are kept, an archive directory the node cannot write, say) or not (0)",
+        retention_failing,
+    );
+    let retention_failures = Counter::<u64>::default();
+    retention_failures.inc_by(snapshot.retention.failures);
+    registry.register(
+        "ledger_retention_failures",
+        "Ledger retention attempts that failed since the node started",
+        retention_failures,
+    );
 
     let expiry = FloatGauges::default();
     for cert in &snapshot.certificates {

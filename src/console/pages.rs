@@ -83,6 +83,15 @@ pub fn overview(s: &Snapshot) -> String {
         s.ledger_records,
         when(s.now_ms),
     );
+    if let Some((reason, since)) = &s.retention.failing {
+        let _ = writeln!(
+            b,
+            "<p id=\"retention-failing\" class=\"bad\">Ledger retention has failed since {} ({} attempts): {}. The segments due are kept and tried again; writes and deliveries go on.</p>",
+            when(*since),
+            s.retention.failures,
+            escape(reason),
+        );
+    }
 
     b.push_str("<h2>Partners</h2>\n<table id=\"partners\"><tr><th>Partner</th><th>Kind</th><th>Role</th><th>Highest marking</th><th>Receives</th></tr>\n");
     for p in &s.partners {
@@ -248,6 +257,40 @@ pub fn ledger(
         for stored in &found.items {
             item_summary(&mut b, stored);
         }
+        // Which versions were matched against the ledger: a delivery names the version
+        // it carried, so one the store no longer holds cannot be matched.
+        if !found.versions.is_empty() {
+            let _ = writeln!(
+                b,
+                "<p id=\"versions-searched\">Deliveries of {} version(s) held were looked for{}, replaced and revoked versions included. A version a compaction removed from the store is not held and cannot be matched: its deliveries are not listed (<code>entente ledger show</code> lists every record).</p>",
+                found.versions.len(),
+                if found.versions_complete {
+                    ""
+                } else {
+                    " (the lookup stopped at its bound: later versions first, older ones left out)"
+                },
+            );
+            b.push_str("<table id=\"versions\"><tr><th>Item</th><th>Version (modified)</th><th>Kind</th><th>Bundle</th></tr>\n");
+            for v in &found.versions {
+                let kind = match v.item.value() {
+                    Some(value) => format!("{} {}", v.item.indicator_type().as_str(), value),
+                    None if matches!(v.item.kind, crate::model::ItemKind::Revocation(_)) => {
+                        "revocation".to_owned()
+                    }
+                    None => v.item.indicator_type().as_str().to_owned(),
+                };
+                let _ = writeln!(
+                    b,
+                    "<tr class=\"version\" data-item=\"{id}\"><td class=\"mono\">{id}</td><td>{}</td><td>{}</td><td class=\"mono\">{} #{}</td></tr>",
+                    when(v.item.modified_ms),
+                    escape(&kind),
+                    escape(&v.bundle_id.to_string()),
+                    v.index,
+                    id = escape(v.item.id.as_str()),
+                );
+            }
+            b.push_str("</table>\n");
+        }
         let _ = writeln!(
             b,
             "<p id=\"scanned\">{} ledger records read{}.</p>",
@@ -261,14 +304,15 @@ pub fn ledger(
         if found.deliveries.is_empty() {
             b.push_str("<p id=\"no-deliveries\">The ledger records no delivery of it.</p>\n");
         } else {
-            b.push_str("<table id=\"deliveries\"><tr><th>When</th><th>Partner</th><th>Path</th><th>Item</th><th>Bundle</th></tr>\n");
+            b.push_str("<table id=\"deliveries\"><tr><th>When</th><th>Partner</th><th>Path</th><th>Item</th><th>Version (modified)</th><th>Bundle</th></tr>\n");
             for d in &found.deliveries {
                 let _ = writeln!(
                     b,
-                    "<tr data-partner=\"{partner}\"><td>{}</td><td>{partner}</td><td class=\"path\">{}</td><td class=\"mono\">{}</td><td class=\"mono\">{} #{}</td></tr>",
+                    "<tr data-partner=\"{partner}\"><td>{}</td><td>{partner}</td><td class=\"path\">{}</td><td class=\"mono\">{}</td><td>{}</td><td class=\"mono\">{} #{}</td></tr>",
                     when(d.time_ms),
                     escape(&d.path),
                     escape(&d.item),
+                    when(d.modified_ms),
                     escape(&d.bundle),
                     d.index,
                     partner = escape(&d.partner),

@@ -39,6 +39,7 @@ pub const METHODS: &[&str] = &[
     "/entente.v1.Admin/Feeds",
     "/entente.v1.Admin/Certificates",
     "/entente.v1.Admin/ApplyCrl",
+    "/entente.v1.Admin/StoreState",
     "/entente.v1.Federation/Hello",
     "/entente.v1.Federation/Pull",
     "/entente.v1.Federation/GetCertificates",

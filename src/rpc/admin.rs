@@ -153,6 +153,25 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn store_state(
+        &self,
+        request: Request<super::proto::StoreStateRequest>,
+    ) -> Result<Response<super::proto::StoreStateResponse>, Status> {
+        require_unrestricted(&self.engine, caller(&request)?)?;
+        let store = self.engine.store();
+        let retention = store.retention();
+        let (retention_error, since) = retention.failing.unwrap_or_default();
+        Ok(Response::new(super::proto::StoreStateResponse {
+            unwritable: store
+                .writable()
+                .err()
+                .map_or_else(String::new, |e| e.to_string()),
+            retention_error,
+            retention_failing_since_unix_ms: since,
+            retention_failures: retention.failures,
+        }))
+    }
+
     async fn limits(
         &self,
         request: Request<super::proto::LimitsRequest>,

@@ -708,6 +708,7 @@ small_requests!(
     proto::FeedsRequest,
     proto::CertificatesRequest,
     proto::OfferCrlRequest,
+    proto::StoreStateRequest,
 );
 
 /// Answers that only this node's own CLI and clients decode, from the node they chose
@@ -733,6 +734,7 @@ answers!(
     proto::FeedsResponse,
     proto::CertificatesResponse,
     proto::OfferCrlResponse,
+    proto::StoreStateResponse,
 );
 
 #[cfg(test)]

@@ -236,7 +236,24 @@ impl Intel for IntelService {
             .publish_stream(&connection, &partner, &mut stream, &mut response)
             .await;
         // Whatever was stored is made durable before answering, error or not.
-        self.engine.flush().await?;
+        if let Err(error) = self.engine.flush().await {
+            let status = Status::from(error);
+            if response.bundle_ids.is_empty() {
+                return Err(status);
+            }
+            // Stored, and held, but not durable: said so, lest the caller take the
+            // call for refused and publish the items again under new ids, or give up
+            // on what partners may already have pulled.
+            return Err(Status::new(
+                status.code(),
+                format!(
+                    "{}; but the {} bundle(s) of this call were stored: the node holds them (and serves them once it can record deliveries again), but they are not yet durable; it makes them durable once its store can write again, so do not publish them again: {}",
+                    status.message(),
+                    response.bundle_ids.len(),
+                    response.bundle_ids.join(", ")
+                ),
+            ));
+        }
         if let Err(status) = outcome {
             if response.bundle_ids.is_empty() {
                 return Err(status);

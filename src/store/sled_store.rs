@@ -72,6 +72,9 @@ pub struct SledStore {
     pub(super) meta: RwLock<Option<Meta>>,
     /// Set by a failed write; cleared by the first flush that succeeds after it.
     trouble: Mutex<Option<Trouble>>,
+    /// Ledger retention's own trouble (a segment it could not move), and when to try
+    /// again; not the store's: writes and deliveries go on.
+    retention: Mutex<(super::RetentionState, Option<std::time::Instant>)>,
     /// The bundle log in use. A compaction replaces it (with the index) while holding
     /// this lock for writing, so whoever holds it for reading sees spans from the index
     /// and the log they point into as one.
@@ -323,6 +326,7 @@ impl SledStore {
             store_id: opened.store_id,
             meta: RwLock::new(Some(meta)),
             trouble: Mutex::new(None),
+            retention: Mutex::new((super::RetentionState::default(), None)),
             log: RwLock::new(log),
             index: RwLock::new(index),
             hasher,
@@ -1207,16 +1211,8 @@ impl SledStore {
             .recorded_ledger_head
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(ledger_head);
-        // Old segments go once the head that follows them is durable; the floor they
-        // leave is recorded (durably) before any of them goes.
-        self.ledger.retain(|floor| {
-            self.with_meta(|m| {
-                m.tree
-                    .insert(records::META_LEDGER_FLOOR, &floor.encode()[..])?;
-                m.db.flush()
-            })
-            .map(|_| ())
-        })?;
+        // Old segments go once the head that follows them is durable.
+        self.retain_ledger()?;
         self.recorded_watermark.fetch_max(synced, Ordering::SeqCst);
         let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
         for (peer, token) in pending {
@@ -1229,6 +1225,62 @@ impl SledStore {
         Ok(())
     }
 }
+
+impl SledStore {
+    /// Ledger retention after a flush: the floor the dropped segments leave is recorded
+    /// (durably) before any of them goes, and a failure to record it is the store's
+    /// (it fails the flush). A segment that cannot be moved (an archive directory the
+    /// node cannot write) is retention's own trouble: logged, counted, shown by
+    /// [`DisclosureLedger::retention`], the segments kept and tried again after
+    /// [`RETENTION_RETRY`]; the flush and deliveries go on.
+    fn retain_ledger(&self) -> Result<(), StoreError> {
+        let due = {
+            let state = self.retention.lock().unwrap_or_else(|p| p.into_inner());
+            state
+                .1
+                .is_none_or(|retry| std::time::Instant::now() >= retry)
+        };
+        if !due {
+            return Ok(());
+        }
+        let retained = self.ledger.retain(|floor| {
+            self.with_meta(|m| {
+                m.tree
+                    .insert(records::META_LEDGER_FLOOR, &floor.encode()[..])?;
+                m.db.flush()
+            })
+            .map(|_| ())
+        })?;
+        let mut state = self.retention.lock().unwrap_or_else(|p| p.into_inner());
+        match retained {
+            files::Retained::Busy => {}
+            files::Retained::Done => {
+                state.1 = None;
+                if state.0.failing.take().is_some() {
+                    tracing::info!(data_dir = %self.path.display(), "ledger retention works again");
+                }
+            }
+            files::Retained::Failed { dropped, error } => {
+                state.0.failures += 1;
+                state.1 = Some(std::time::Instant::now() + RETENTION_RETRY);
+                let reason = error.to_string();
+                let since = match &state.0.failing {
+                    Some((held, since)) if *held == reason => {
+                        return Ok(());
+                    }
+                    Some((_, since)) => *since,
+                    None => crate::util::now_ms(),
+                };
+                tracing::error!(%reason, dropped, retry_in_s = RETENTION_RETRY.as_secs(), "ledger retention failed: the segments due are kept and tried again later; writes and deliveries go on");
+                state.0.failing = Some((reason, since));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How long ledger retention waits after a failure before it tries again.
+pub const RETENTION_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl ItemStore for SledStore {
     fn owner(&self) -> &NodeId {
@@ -1244,6 +1296,10 @@ impl ItemStore for SledStore {
         let header = bundle.header();
         let bundle_uuid = header.bundle_id.uuid_bytes();
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        // A store that cannot write refuses before anything is appended: a write the
+        // node answers as refused leaves nothing behind (it would otherwise be held,
+        // served and pulled once the disk has room, and kept by the next flush).
+        self.writable()?;
         let log = self.log();
 
         // What is known of this bundle (its head, and which indices), the feed head and
@@ -1652,6 +1708,72 @@ impl ItemStore for SledStore {
         Ok(out)
     }
 
+    fn records_of(&self, id: &ItemId, limit: usize) -> Result<Vec<StoredItem>, StoreError> {
+        let log = self.log();
+        let spans: Vec<Span> = {
+            let index = self.index();
+            index
+                .versions_newest_first(&id.uuid_bytes())
+                .iter()
+                .take(limit)
+                .map(|&s| index.slots[s as usize].span())
+                .collect()
+        };
+        let mut out = Vec::with_capacity(spans.len());
+        for span in spans {
+            let stored = Self::stored_item(Self::read_record(&log, span)?)?;
+            // The UUID under another type is another id.
+            if &stored.item.id == id {
+                out.push(stored);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Walks the value chain of each exact (type, value), live slots or not: the chain
+    /// links every record of the value's hash, whatever replaced it since.
+    fn records_with_value(&self, value: &str, limit: usize) -> Result<Vec<StoredItem>, StoreError> {
+        let query = ItemQuery {
+            value: Some(value.to_owned()),
+            ..ItemQuery::default()
+        };
+        let log = self.log();
+        let mut out = Vec::new();
+        for (ty, exact) in exact_values(&query) {
+            let code = records::type_code(ty);
+            let hash = value_hash(&self.hasher, code, exact.as_bytes());
+            let spans: Vec<Span> = {
+                let index = self.index();
+                let slots = &index.slots;
+                let mut at = index
+                    .by_value
+                    .find(hash, |&s| slots[s as usize].value_hash == hash)
+                    .copied()
+                    .unwrap_or(NONE);
+                let mut spans = Vec::new();
+                while at != NONE && out.len() + spans.len() < limit {
+                    let slot = &slots[at as usize];
+                    if slot.ty() == code {
+                        spans.push(slot.span());
+                    }
+                    at = slot.next;
+                }
+                spans
+            };
+            for span in spans {
+                let stored = Self::stored_item(Self::read_record(&log, span)?)?;
+                // Another value of the same hash is not this one.
+                if records::value_of(&stored.item) == Some((code, exact.as_str())) {
+                    out.push(stored);
+                }
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     fn query(
         &self,
         query: &ItemQuery,
@@ -1946,6 +2068,14 @@ impl DisclosureLedger for SledStore {
         since_ms: Option<i64>,
     ) -> Result<Vec<LedgerRecord>, StoreError> {
         self.ledger.read(after, limit, partner, since_ms)
+    }
+
+    fn retention(&self) -> super::RetentionState {
+        self.retention
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone()
     }
 
     fn verify_ledger(&self) -> Result<LedgerCheck, StoreError> {

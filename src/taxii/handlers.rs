@@ -770,6 +770,7 @@ impl Handlers {
         let statuses = self.statuses.clone();
         let kept = {
             let bytes = bytes.clone();
+            let id = id.clone();
             tokio::task::spawn_blocking(move || {
                 statuses.keep(&id, &owner, bytes, now_ms());
                 engine.store().flush()
@@ -779,8 +780,8 @@ impl Handlers {
         match kept {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                tracing::error!(error = %e, "TAXII publish: flush failed");
-                return internal();
+                tracing::error!(error = %e, stored, "TAXII publish: flush failed");
+                return not_durable(&e, stored, &id, &bytes);
             }
             Err(_) => return internal(),
         }
@@ -981,6 +982,16 @@ fn store_objects(
                 let why = why.strip_prefix("item 0: ").unwrap_or(&why).to_owned();
                 outcomes.extend(std::iter::repeat_n(Err(why), count));
             }
+            // The store cannot write (a full disk): refused before anything was stored.
+            Err(EngineError::Store(e)) if e.is_io() => {
+                tracing::error!(error = %e, "TAXII publish refused: the store cannot write");
+                let why = if e.is_disk_full() {
+                    "not stored: the node's disk is full; writes are refused until the operator frees space"
+                } else {
+                    "not stored: the node's store cannot write to its disk now"
+                };
+                outcomes.extend(std::iter::repeat_n(Err(why.to_owned()), count));
+            }
             Err(e) => {
                 tracing::error!(error = %e, "TAXII publish failed");
                 outcomes.extend(std::iter::repeat_n(
@@ -991,6 +1002,43 @@ fn store_objects(
         }
     }
     outcomes
+}
+
+/// The answer to a write whose last flush failed (the store cannot write): 503, and
+/// what became of the objects. None accepted: nothing was stored, and the write may be
+/// sent again later. Some accepted (stored now, or held already): they are held but
+/// not yet durable, which the node makes them once its store can write
+/// again; the status resource (in `details`, and kept under its id) says which.
+fn not_durable(
+    e: &crate::store::StoreError,
+    accepted: usize,
+    status_id: &str,
+    status: &Bytes,
+) -> Answer {
+    let why = if e.is_disk_full() {
+        "the node's disk is full"
+    } else {
+        "the node's store cannot write to its disk now"
+    };
+    if accepted == 0 {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable",
+            &format!("{why}: nothing was stored; send the objects again later"),
+        );
+    }
+    let status: Value = serde_json::from_slice(status).unwrap_or(Value::Null);
+    taxii(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &json!({
+            "title": "Service Unavailable",
+            "description": format!(
+                "{why}: {accepted} object(s) were accepted (stored, or held already) and the node holds them, but they are not yet durable; the node makes them durable once its store can write again. Status {status_id} lists them: do not send them again"
+            ),
+            "http_status": "503",
+            "details": { "status": status },
+        }),
+    )
 }
 
 /// The place in `items` of the first item of each id (in lower case, as ids are

@@ -353,8 +353,13 @@ impl SegmentLedger {
         let mut found = list(dir)?;
         if let Some(floor) = floor {
             while found.len() >= 2 && found[1].0.saturating_sub(1) <= floor.seq {
-                let (_, path) = found.remove(0);
-                drop_file(&path, settings.archive_dir.as_deref())?;
+                // A segment that cannot be moved now (an archive directory the node
+                // cannot write) is kept, and retention tries again after a flush.
+                if let Err(error) = drop_file(&found[0].1, settings.archive_dir.as_deref()) {
+                    tracing::error!(segment = %found[0].1.display(), %error, "a ledger segment before the retention floor could not be dropped; it is kept and tried again later");
+                    break;
+                }
+                found.remove(0);
             }
         }
         let mut closed = Vec::new();
@@ -672,20 +677,25 @@ impl SegmentLedger {
 
     /// Drops (or archives) the oldest closed segments the retention settings no longer
     /// keep. `keep_floor` records, durably, the checkpoint the kept history starts
-    /// from; it is called before any file goes.
+    /// from; it is called before any file goes (so a crash while they go leaves a floor
+    /// that `open` finishes the cut from, never a gap `verify` would call missing
+    /// records). `Err` is the floor's recording alone: a segment that cannot be looked
+    /// at or moved (an archive directory the node cannot write) is
+    /// [`Retained::Failed`], the segments from it on are kept and tried again at a
+    /// later call, and the floor is recorded again at the first segment kept.
     pub fn retain(
         &self,
-        keep_floor: impl FnOnce(&Head) -> Result<(), StoreError>,
-    ) -> Result<usize, StoreError> {
+        mut keep_floor: impl FnMut(&Head) -> Result<(), StoreError>,
+    ) -> Result<Retained, StoreError> {
         if self.settings.retain_days.is_none() && self.settings.retain_bytes.is_none() {
-            return Ok(0);
+            return Ok(Retained::Done);
         }
         // A walk or a read in progress keeps its segments: retention waits for the
         // next flush rather than hold the flush up.
         let _walk = match self.walking.try_lock() {
             Ok(guard) => guard,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return Ok(0),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(Retained::Busy),
         };
         let (drop, floor, paths) = {
             let state = self.lock();
@@ -694,9 +704,13 @@ impl SegmentLedger {
                 let limit = std::time::Duration::from_secs(days.saturating_mul(86_400));
                 let now = std::time::SystemTime::now();
                 for closed in &state.closed {
-                    let modified = std::fs::metadata(&closed.path)
+                    let modified = match std::fs::metadata(&closed.path)
                         .and_then(|m| m.modified())
-                        .map_err(io(&closed.path))?;
+                        .map_err(io(&closed.path))
+                    {
+                        Ok(modified) => modified,
+                        Err(error) => return Ok(Retained::Failed { dropped: 0, error }),
+                    };
                     if now.duration_since(modified).unwrap_or_default() > limit {
                         drop += 1;
                     } else {
@@ -722,32 +736,58 @@ impl SegmentLedger {
                     drop = drop.saturating_sub(1);
                     match state.closed.get(drop) {
                         Some(kept) => kept.start,
-                        None => return Ok(0),
+                        None => return Ok(Retained::Done),
                     }
                 }
             };
-            let paths: Vec<PathBuf> = state.closed[..drop]
+            let paths: Vec<(PathBuf, Head)> = state.closed[..drop]
                 .iter()
-                .map(|c| c.path.clone())
+                .map(|c| (c.path.clone(), c.start))
                 .collect();
             (drop, floor, paths)
         };
         if drop == 0 {
-            return Ok(0);
+            return Ok(Retained::Done);
         }
         keep_floor(&floor)?;
-        for path in &paths {
-            drop_file(path, self.settings.archive_dir.as_deref())?;
+        let mut dropped = 0;
+        let mut failed = None;
+        for (path, _) in &paths {
+            match drop_file(path, self.settings.archive_dir.as_deref()) {
+                Ok(()) => dropped += 1,
+                Err(error) => {
+                    failed = Some(error);
+                    break;
+                }
+            }
         }
-        sync_dir(&self.dir)?;
-        self.lock().closed.drain(..drop);
-        *self.cursor.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        tracing::info!(
-            segments = drop,
-            from = floor.seq,
-            "ledger segments dropped under retention"
-        );
-        Ok(drop)
+        let synced = if dropped > 0 {
+            sync_dir(&self.dir)
+        } else {
+            Ok(())
+        };
+        self.lock().closed.drain(..dropped);
+        if dropped > 0 {
+            *self.cursor.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            tracing::info!(
+                segments = dropped,
+                from = paths.get(dropped).map_or(floor.seq, |(_, start)| start.seq),
+                "ledger segments dropped under retention"
+            );
+        }
+        let Some(error) = failed.or(synced.err()) else {
+            return Ok(Retained::Done);
+        };
+        // The floor recorded names the first segment that was to be kept; a segment
+        // that did not go is kept, and the floor is recorded again where the kept
+        // history now starts (should that fail too, the floor stays ahead of the files,
+        // which `open` and `verify` allow for).
+        if let Some((_, start)) = paths.get(dropped) {
+            if let Err(e) = keep_floor(start) {
+                tracing::warn!(error = %e, "the ledger's retention floor could not be recorded again at the first segment kept");
+            }
+        }
+        Ok(Retained::Failed { dropped, error })
     }
 
     /// Records with seq > `after`, oldest first, at most `limit`, passing the filters.
@@ -1003,6 +1043,55 @@ impl SegmentLedger {
         }
         Ok(walk.finish())
     }
+}
+
+/// What a call of [`SegmentLedger::retain`] did.
+#[derive(Debug)]
+pub enum Retained {
+    /// Every segment due went (or none was due).
+    Done,
+    /// A walk or a read held the segments: nothing was looked at.
+    Busy,
+    /// A segment could not be looked at or moved: the `dropped` before it went, it and
+    /// the rest are kept.
+    Failed {
+        /// Segments that went before the failure.
+        dropped: usize,
+        /// What failed.
+        error: StoreError,
+    },
+}
+
+/// Checks that the archive directory of `settings` (if any) exists and that the node
+/// can write there: a segment moved there at retention, days or months after the start,
+/// must not be the first to find out.
+pub fn check_archive_dir(settings: &LedgerSettings) -> Result<(), String> {
+    let Some(dir) = settings.archive_dir.as_deref() else {
+        return Ok(());
+    };
+    let shown = dir.display();
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => return Err(format!("ledger.archive_dir {shown} is not a directory")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!(
+                "ledger.archive_dir {shown} does not exist; create it, writable by the user the node runs as"
+            ));
+        }
+        Err(e) => return Err(format!("ledger.archive_dir {shown} cannot be read: {e}")),
+    }
+    let probe = dir.join(format!(".entente-write-check-{}", uuid::Uuid::new_v4()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"x"));
+    let _ = std::fs::remove_file(&probe);
+    written.map_err(|e| {
+        format!(
+            "ledger.archive_dir {shown}: the node cannot write there ({e}); under systemd with ProtectSystem=strict, add it to ReadWritePaths= in the unit"
+        )
+    })
 }
 
 /// Deletes a dropped segment, or moves it to `archive` (copied, then deleted, when a
