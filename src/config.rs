@@ -1694,14 +1694,27 @@ fn read_bounded(path: &Path) -> Result<String, ConfigError> {
         path: path.to_owned(),
         source,
     };
-    let len = std::fs::metadata(path).map_err(read_err)?.len();
-    if len > MAX_CONFIG_BYTES {
-        return Err(ConfigError::Syntax {
-            path: path.to_owned(),
-            message: format!("file is larger than {MAX_CONFIG_BYTES} bytes"),
-        });
-    }
-    std::fs::read_to_string(path).map_err(read_err)
+    let bytes = match crate::util::read_small_file(path, MAX_CONFIG_BYTES) {
+        Ok(bytes) => bytes,
+        Err(crate::util::SmallFileError::Io(e)) => return Err(read_err(e)),
+        Err(problem) => {
+            return Err(ConfigError::Syntax {
+                path: path.to_owned(),
+                message: match problem {
+                    crate::util::SmallFileError::TooLarge => {
+                        format!("file is larger than {MAX_CONFIG_BYTES} bytes")
+                    }
+                    other => other.to_string(),
+                },
+            });
+        }
+    };
+    String::from_utf8(bytes).map_err(|_| {
+        read_err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        ))
+    })
 }
 
 /// The configuration field a TLS loading error concerns, in `section` (`node` or `client`).

@@ -209,3 +209,53 @@ mod tests {
         assert!(now_ms() > 1_700_000_000_000);
     }
 }
+
+/// Why [`read_small_file`] refused a file.
+#[derive(Debug)]
+pub enum SmallFileError {
+    /// It could not be opened or read.
+    Io(std::io::Error),
+    /// It is not a regular file (a FIFO, a device, a directory).
+    NotAFile,
+    /// It holds more than the bound.
+    TooLarge,
+}
+
+impl std::fmt::Display for SmallFileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Io(e) => write!(f, "{e}"),
+            Self::NotAFile => write!(f, "not a regular file (a FIFO, a device or a directory)"),
+            Self::TooLarge => write!(f, "larger than allowed"),
+        }
+    }
+}
+
+/// Reads a regular file of at most `max` bytes. Anything else is refused before it is
+/// read (a FIFO would block the reader for ever, a device never end), and the bound
+/// holds whatever the file does while it is read.
+pub fn read_small_file(path: &std::path::Path, max: u64) -> Result<Vec<u8>, SmallFileError> {
+    use std::io::Read as _;
+    if !std::fs::metadata(path)
+        .map_err(SmallFileError::Io)?
+        .is_file()
+    {
+        return Err(SmallFileError::NotAFile);
+    }
+    let file = std::fs::File::open(path).map_err(SmallFileError::Io)?;
+    let meta = file.metadata().map_err(SmallFileError::Io)?;
+    if !meta.is_file() {
+        return Err(SmallFileError::NotAFile);
+    }
+    if meta.len() > max {
+        return Err(SmallFileError::TooLarge);
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(max.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(SmallFileError::Io)?;
+    if bytes.len() as u64 > max {
+        return Err(SmallFileError::TooLarge);
+    }
+    Ok(bytes)
+}

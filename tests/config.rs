@@ -419,3 +419,26 @@ fn the_admin_listener_is_optional_and_loopback_only() {
     .unwrap();
     assert_mentions(&load_err(&path), &["admin.listen", "taxii.listen"]);
 }
+
+/// A CRL path (or any file the configuration names) that is not a regular file is
+/// refused at once: a FIFO would block a reload for ever, and a device never end.
+#[test]
+fn a_crl_path_that_is_not_a_regular_file_is_refused_without_blocking() {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let fifo = pki.path().join("crl.fifo");
+    let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo(3) with a NUL-terminated path this test owns.
+    assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+    for crl in [fifo, std::path::PathBuf::from("/dev/zero")] {
+        let path = write_config(&pki, &hq, &[], std::slice::from_ref(&crl));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(load_err(&path));
+        });
+        let err = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("loading with crls = [{crl:?}] did not return"));
+        assert_mentions(&err, &["not a regular file"]);
+    }
+}

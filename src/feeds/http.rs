@@ -431,11 +431,14 @@ fn read_password(source: &PasswordSource) -> Result<String, FeedError> {
             let problem = |what: String| {
                 FeedError::Config(format!("password_file {}: {what}", path.display()))
             };
-            let meta = std::fs::metadata(path).map_err(|e| problem(e.to_string()))?;
-            if meta.len() > MAX_PASSWORD_BYTES {
-                return Err(problem(format!("larger than {MAX_PASSWORD_BYTES} bytes")));
-            }
-            let text = std::fs::read_to_string(path).map_err(|e| problem(e.to_string()))?;
+            let bytes = match crate::util::read_small_file(path, MAX_PASSWORD_BYTES) {
+                Ok(bytes) => bytes,
+                Err(crate::util::SmallFileError::TooLarge) => {
+                    return Err(problem(format!("larger than {MAX_PASSWORD_BYTES} bytes")));
+                }
+                Err(other) => return Err(problem(other.to_string())),
+            };
+            let text = String::from_utf8(bytes).map_err(|_| problem("not UTF-8".into()))?;
             Ok(text.trim_end_matches(['\r', '\n']).to_owned())
         }
     }

@@ -66,13 +66,17 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, FileError> {
         path: path.to_owned(),
         source,
     };
-    let meta = fs::metadata(path).map_err(read_err)?;
-    if meta.len() > MAX_PEM_FILE_BYTES {
-        return Err(FileError::TooLarge {
+    match crate::util::read_small_file(path, MAX_PEM_FILE_BYTES) {
+        Ok(bytes) => Ok(bytes),
+        Err(crate::util::SmallFileError::Io(e)) => Err(read_err(e)),
+        Err(crate::util::SmallFileError::TooLarge) => Err(FileError::TooLarge {
             path: path.to_owned(),
-        });
+        }),
+        Err(crate::util::SmallFileError::NotAFile) => Err(FileError::Malformed {
+            path: path.to_owned(),
+            problem: "not a regular file (a FIFO, a device or a directory)".into(),
+        }),
     }
-    fs::read(path).map_err(read_err)
 }
 
 /// Reads every certificate in a PEM file; at least one must be present.
