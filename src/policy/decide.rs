@@ -52,6 +52,8 @@ pub enum Rule {
     NoAllowedTag { tags: Vec<String>, who: Who },
     /// The item has a tag in `deny_tags`.
     DeniedTag { tag: String, who: Who },
+    /// The partner node is the item's origin: it is not sent back its own.
+    OwnOrigin(NodeId),
     /// Another node's item, and the partner does not get third-party items.
     ThirdPartyNotForwarded { origin: NodeId, who: Who },
     /// Another node's item above GREEN stays with this organisation.
@@ -110,6 +112,7 @@ impl Rule {
             Rule::DeniedTag { .. } => "denied_tag",
             Rule::ThirdPartyNotForwarded { .. } => "third_party_not_forwarded",
             Rule::ThirdPartyAboveGreen { .. } => "third_party_above_green",
+            Rule::OwnOrigin(_) => "own_origin",
             Rule::FeedNotForwarded { .. } => "feed_not_forwarded",
             Rule::FeedAboveGreen { .. } => "feed_above_green",
             Rule::DistributionUnknown => "distribution_unknown",
@@ -169,6 +172,10 @@ impl fmt::Display for Rule {
             Rule::ThirdPartyAboveGreen { tlp } => write!(
                 f,
                 "withheld: {tlp} received from another node stays with this organisation; only GREEN and CLEAR are passed on"
+            ),
+            Rule::OwnOrigin(id) => write!(
+                f,
+                "withheld: {id} is the item's origin; a node is not sent back its own items"
             ),
             Rule::FeedNotForwarded { feed, who } => write!(
                 f,
@@ -819,6 +826,12 @@ impl Policy {
         let Some(p) = self.partners.get(partner) else {
             return Decision::withhold(Rule::UnknownPartner(partner.clone()));
         };
+        // A node is never sent back what it originated: it holds it already, and what
+        // comes back to it must not depend on what else this node holds (an object of
+        // its own naming an id this node withholds from it would otherwise not return).
+        if p.kind == PartnerKind::Node && ctx.origin == partner {
+            return Decision::withhold(Rule::OwnOrigin(partner.clone()));
+        }
         // Rule 2: the partner's policy allows the item.
         let Some(max_tlp) = p.max_tlp else {
             return Decision::withhold(Rule::NoMaxTlp(p.who()));
@@ -1280,5 +1293,59 @@ mod tests {
             shared.partner_fingerprint(&researcher),
             policy.partner_fingerprint(&researcher)
         );
+    }
+
+    #[test]
+    fn a_node_is_not_sent_back_its_own_items() {
+        let lea = id("lea.example");
+        let mut open = base();
+        open.allow_tags.clear();
+        open.deny_tags.clear();
+        open.embargo_ms = 0;
+        let policy = Policy::compile(&spec(open));
+        let item = Item {
+            id: ItemId::new_random(),
+            modified_ms: 1,
+            tlp: Tlp::Green,
+            tags: vec![],
+            kind: crate::model::ItemKind::Indicator(crate::model::Indicator {
+                indicator_type: IndicatorType::Domain,
+                value: "own.example".into(),
+                description: String::new(),
+                confidence: 50,
+                kill_chain_phases: vec![],
+                valid_from_ms: 1,
+                valid_until_ms: None,
+                properties: crate::model::StixProperties::none(),
+            }),
+        };
+        let everyone = Distribution::default();
+        let decide = |origin: &NodeId| {
+            policy
+                .decide(
+                    &lea,
+                    &item,
+                    &Context {
+                        origin,
+                        hops: 1,
+                        distribution: Some(&everyone),
+                        accepted_ms: 0,
+                        now_ms: 1,
+                        latest: true,
+                        include_expired: false,
+                        held: &NothingHeld,
+                    },
+                )
+                .rule
+        };
+        assert!(
+            matches!(decide(&lea), Rule::OwnOrigin(_)),
+            "{:?}",
+            decide(&lea)
+        );
+        assert!(matches!(
+            decide(&id("berlin.example")),
+            Rule::Allowed { .. }
+        ));
     }
 }
