@@ -1039,6 +1039,12 @@ async fn taxii_feed_from_medallion_resumes_from_its_checkpoint() {
     std::fs::write(&password, format!("{TAXII_PASSWORD}\n")).unwrap();
     let wrong = pki.path().join("taxii-wrong-password");
     std::fs::write(&wrong, "not-the-password-7f3a\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for file in [&password, &wrong] {
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+    }
     let config = node_config(
         &pki,
         &id,

@@ -594,6 +594,19 @@ async fn python_read_only_client_sees_only_what_its_policy_allows() {
     );
 
     drop(other);
+
+    // A private key others may read is refused, as the CLI refuses it.
+    use std::os::unix::fs::PermissionsExt;
+    let key = pki.certs.key_path(RESEARCHER);
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let refused = run(query(&[])).await;
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "a configuration error: {refused:?}"
+    );
+    assert!(text(&refused.stderr).contains("chmod 600"), "{refused:?}");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     node.shutdown(Duration::from_secs(10)).await.unwrap();
 }
 

@@ -431,6 +431,19 @@ fn read_password(source: &PasswordSource) -> Result<String, FeedError> {
             let problem = |what: String| {
                 FeedError::Config(format!("password_file {}: {what}", path.display()))
             };
+            // A password file others may read is refused, as a private key is.
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path)
+                .map_err(|e| problem(e.to_string()))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(problem(format!(
+                    "mode {:04o}: it must be readable by its owner only (chmod 600 {})",
+                    mode & 0o777,
+                    path.display()
+                )));
+            }
             let bytes = match crate::util::read_small_file(path, MAX_PASSWORD_BYTES) {
                 Ok(bytes) => bytes,
                 Err(crate::util::SmallFileError::TooLarge) => {
@@ -465,4 +478,23 @@ fn tls_config(feed: &FeedConfig) -> Result<rustls::ClientConfig, FeedError> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_file_others_may_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("password");
+        std::fs::write(&path, "secret\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let source = PasswordSource::File(path.clone());
+        let refused = read_password(&source).unwrap_err().to_string();
+        assert!(refused.contains("chmod 600"), "{refused}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_password(&source).unwrap(), "secret");
+    }
 }

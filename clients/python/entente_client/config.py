@@ -17,6 +17,7 @@ Relative paths are resolved against the file's directory, as the node does.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,7 +133,22 @@ class ClientConfig:
             return data
 
         roots = b"".join(read("trust anchor", a).rstrip(b"\n") + b"\n" for a in self.trust_anchors)
+        _check_key_mode(self.key)
         return roots, read("key", self.key), read("certificate", self.cert)
+
+
+def _check_key_mode(key: Path) -> None:
+    """Refuses a private key that others than its owner may read or write, as the
+    command-line client does: on a shared machine it would be anyone's."""
+    try:
+        mode = os.stat(key).st_mode
+    except OSError as error:
+        raise ConfigError(f"key {key}: {error.strerror or error}") from None
+    if mode & 0o077:
+        raise ConfigError(
+            f"key {key}: private key has mode {mode & 0o777:04o}: it must be readable by "
+            f"its owner only (chmod 600 {key})"
+        )
 
 
 def _check_address(address: str) -> None:
