@@ -2780,3 +2780,43 @@ async fn removing_the_taxii_section_and_reloading_closes_the_listener() {
     let client = common::taxii_node_client(&pki, &node, "researcher.uni-x").await;
     assert!(client.hello().await.is_ok());
 }
+
+/// A POST refused before its body is read (a read-only client, a wrong media type) is
+/// answered after the body is read and dropped: the client reads the refusal, not a
+/// connection reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taxii_a_post_refused_before_its_body_is_answered_not_reset() {
+    let Started {
+        node,
+        researcher,
+        analyst,
+        collection,
+        ..
+    } = start().await;
+    let objects = format!("{collection}objects/");
+    // Far more than what the sockets buffer, within the node's limit for a drain.
+    let note = "x".repeat(4 * 1024 * 1024);
+    let body = json!({ "objects": [{ "type": "note", "content": note }] }).to_string();
+    for (who, content_type, status) in [
+        (&researcher, TAXII, 403),
+        (&analyst, "application/json", 415),
+    ] {
+        let reply = send(
+            who,
+            node.taxii,
+            "POST",
+            &objects,
+            &[("Accept", TAXII), ("Content-Type", content_type)],
+            body.as_bytes(),
+        )
+        .await
+        .expect("an answer");
+        assert_eq!(
+            reply.status,
+            status,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        assert!(reply.sent_whole, "the node closed before the body was sent");
+    }
+}

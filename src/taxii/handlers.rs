@@ -629,24 +629,26 @@ impl Handlers {
     /// answered with a complete status resource.
     async fn add_objects(&self, caller: &Caller, headers: &HeaderMap, body: Incoming) -> Answer {
         if !caller.can_write() {
-            return error(
+            let answer = error(
                 StatusCode::FORBIDDEN,
                 "Forbidden",
                 "this client may read but not write",
             );
+            return refuse_body(headers, body, answer).await;
         }
         if !is_taxii_content(headers) {
-            return error(
+            let answer = error(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "Unsupported Media Type",
                 "objects are sent as application/taxii+json;version=2.1",
             );
+            return refuse_body(headers, body, answer).await;
         }
         // One of the caller's publish slots before the body is read, so the bodies held
         // at once are bounded per caller as publishes are.
         let slot = match self.engine.open_publish(&caller.partner.id) {
             Ok(slot) => slot,
-            Err(e) => return engine_error(&e),
+            Err(e) => return refuse_body(headers, body, engine_error(&e)).await,
         };
         let declared = headers
             .get(CONTENT_LENGTH)
@@ -1839,4 +1841,19 @@ mod tests {
             }
         }
     }
+}
+
+/// Answers a request refused before its body was read so that the client reads the
+/// answer, not a connection reset: the body is read and dropped first, within the same
+/// bounds as for a body refused as too large (at most 64 MiB, a pause of at most 2 s),
+/// unless the client waits for an interim answer (`Expect: 100-continue`) and so sends
+/// nothing yet.
+async fn refuse_body(headers: &HeaderMap, body: Incoming, answer: Answer) -> Answer {
+    let waits = headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if !waits {
+        let _ = tokio::time::timeout(BODY_TIMEOUT, read_body(body, 0)).await;
+    }
+    answer
 }
