@@ -446,6 +446,10 @@ impl Node {
             path: config.node.data_dir.clone(),
             source,
         })?;
+        owner_only(&config.node.data_dir).map_err(|source| NodeError::DataDir {
+            path: config.node.data_dir.clone(),
+            source,
+        })?;
         // Retention moves segments there days or months from now: found out now.
         crate::store::check_archive_dir(&config.node.ledger).map_err(NodeError::LedgerArchive)?;
         let sled = Arc::new(SledStore::open_with(
@@ -886,4 +890,18 @@ async fn flush_periodically(
             report_health(&health, serving).await;
         }
     }
+}
+
+/// Makes the data directory reachable by its owner only (mode 0700). The bundle log is
+/// written owner-only, but sled's files and the ledger segments take the process's
+/// umask; behind a directory only the node's user can enter, none of them can be read
+/// by other local accounts, however the node was started.
+fn owner_only(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        tracing::info!(dir = %dir.display(), was = format!("{:04o}", mode & 0o7777), "data directory made owner-only (0700)");
+    }
+    Ok(())
 }

@@ -442,3 +442,26 @@ fn a_crl_path_that_is_not_a_regular_file_is_refused_without_blocking() {
         assert_mentions(&err, &["not a regular file"]);
     }
 }
+
+/// The node makes its data directory owner-only, whatever the umask it was started
+/// under: sled's files and the ledger segments in it name partners and what they got.
+#[tokio::test]
+async fn the_data_directory_is_made_owner_only() {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let path = write_config(&pki, &hq, &[], &[]);
+    let data = pki.path().join("data-redmond.hq");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let node = common::start(&path).await;
+    let mode = std::fs::metadata(&data).unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o777,
+        0o700,
+        "data directory mode {:o}",
+        mode & 0o777
+    );
+    node.shutdown(std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+}
