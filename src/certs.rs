@@ -697,7 +697,16 @@ impl CertDir {
                 )));
             }
         }
+        let previous_serial = match self.cert_path(id.as_str()) {
+            path if path.exists() => Some(hex_encode(&certificate_serial(&path)?)),
+            _ => None,
+        };
         let previous = self.replace_certificate(&id, &cert_pem)?;
+        // The request's key stays with the member: a key the CA holds for this id
+        // belongs to the certificate just moved aside, and goes aside with it.
+        if let Some(serial) = previous_serial {
+            self.archive(id.as_str(), &serial, "key")?;
+        }
         Ok(Signed {
             cert: self.cert_path(id.as_str()),
             id,

@@ -483,3 +483,54 @@ fn a_request_for_a_client_certificate_under_a_nodes_id_is_refused() {
         "the node's certificate stays"
     );
 }
+
+#[test]
+fn a_signed_request_moves_the_cas_copy_of_the_old_key_aside_and_days_must_be_positive() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    let member = dir.path().join("member");
+    ok(&["certs", "ca", "--dir", s(&ca)]);
+    let never_valid = entente(&[
+        "certs",
+        "node",
+        "--dir",
+        s(&ca),
+        "--id",
+        "berlin.office",
+        "--days",
+        "0",
+    ]);
+    assert!(!never_valid.status.success(), "a certificate of 0 days");
+    ok(&["certs", "node", "--dir", s(&ca), "--id", "berlin.office"]);
+    ok(&[
+        "certs",
+        "request",
+        "--id",
+        "berlin.office",
+        "--out",
+        s(&member),
+    ]);
+    ok(&[
+        "certs",
+        "sign",
+        s(&member.join("berlin.office.csr")),
+        "--ca-dir",
+        s(&ca),
+        "--node",
+        "--id",
+        "berlin.office",
+    ]);
+    assert!(
+        !ca.join("berlin.office.key").exists(),
+        "the key of the certificate moved aside no longer sits beside the new one"
+    );
+    let kept_keys = std::fs::read_dir(&ca)
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            let name = name.to_str().unwrap();
+            name.starts_with("berlin.office.") && name.ends_with(".key")
+        })
+        .count();
+    assert_eq!(kept_keys, 1, "the old key is kept beside its certificate");
+}

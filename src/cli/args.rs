@@ -403,7 +403,7 @@ pub enum CertsCommand {
         #[arg(long, default_value = "Entente federation CA")]
         name: String,
         /// Validity in days.
-        #[arg(long, default_value_t = 3650)]
+        #[arg(long, default_value_t = 3650, value_parser = clap::value_parser!(u32).range(1..))]
         days: u32,
     },
     /// Issue a node certificate (server and client use) signed by the CA in DIR.
@@ -421,7 +421,7 @@ pub enum CertsCommand {
         #[arg(long)]
         dns: Vec<String>,
         /// Validity in days.
-        #[arg(long, default_value_t = 397)]
+        #[arg(long, default_value_t = 397, value_parser = clap::value_parser!(u32).range(1..))]
         days: u32,
     },
     /// Issue a client certificate (analyst, researcher, tool) signed by the CA in DIR.
@@ -433,7 +433,7 @@ pub enum CertsCommand {
         #[arg(long)]
         id: NodeId,
         /// Validity in days.
-        #[arg(long, default_value_t = 397)]
+        #[arg(long, default_value_t = 397, value_parser = clap::value_parser!(u32).range(1..))]
         days: u32,
         /// Also write DIR/ID.toml, a client configuration for the node at this host:port.
         #[arg(long, requires = "node_id")]
@@ -483,7 +483,7 @@ pub enum CertsCommand {
         #[arg(long)]
         id: Option<NodeId>,
         /// Validity in days.
-        #[arg(long, default_value_t = 397)]
+        #[arg(long, default_value_t = 397, value_parser = clap::value_parser!(u32).range(1..))]
         days: u32,
     },
     /// At the CA: renew CA_DIR/ID.crt (same id, names, usage and key, new serial); the
@@ -500,7 +500,7 @@ pub enum CertsCommand {
         #[arg(long)]
         new_key: bool,
         /// Validity in days.
-        #[arg(long, default_value_t = 397)]
+        #[arg(long, default_value_t = 397, value_parser = clap::value_parser!(u32).range(1..))]
         days: u32,
     },
     /// Hand a CRL to one running node (as its operator or an admin client): the node

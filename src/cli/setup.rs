@@ -56,6 +56,10 @@ pub fn init(dir: &Path, id: &NodeId, listen: &str, with_certs: bool, output: Out
     }
     if let Some(ca) = created_ca {
         println!("created federation CA {}", ca.display());
+        eprintln!(
+            "warning: the CA's private key is {}: move it off this node to the machine that keeps the CA (offline), and keep only ca.crt here",
+            dir.join("certs").join("ca.key").display()
+        );
     }
     if let Some(cert) = issued {
         println!("issued node certificate {}", cert.display());

@@ -102,9 +102,12 @@ pub fn recover(
     let problem = match SledStore::open(dir, owner, cache_bytes) {
         Ok(store) => {
             drop(store);
-            return Err(StoreError::Corrupt {
-                key: format!("store at {}", dir.display()),
-                problem: "the store opens normally; there is nothing to recover".into(),
+            return Err(StoreError::Io {
+                path: dir.to_owned(),
+                source: std::io::Error::other(
+                    "nothing to recover: the store opens normally (recovery is for a store \
+                     whose metadata was lost)",
+                ),
             });
         }
         Err(StoreError::MetadataLost { problem, .. }) => problem,
