@@ -35,6 +35,77 @@ const MAX_FILE_VALUES: usize = 1_000_000;
 /// event file, which [`MAX_FILE_VALUES`] bounds).
 type Checkpoint = BTreeMap<String, TakenEvent>;
 
+/// Events of the current manifest that could not be fetched or read, by uuid: each is
+/// tried again once its retry time comes, after the new and changed events, so that
+/// events that keep failing never take the places of the others. Only events the
+/// manifest lists are kept, so it is bounded by the manifest as [`Checkpoint`] is.
+type Failing = BTreeMap<String, FailingEvent>;
+
+/// Longest wait before an event that keeps failing is tried again, seconds.
+const LONGEST_EVENT_RETRY_S: i64 = 3600;
+
+/// One event that could not be fetched or read.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct FailingEvent {
+    /// Its manifest timestamp when it last failed: a newer one in the manifest makes it
+    /// a changed event again, tried at once.
+    timestamp: i64,
+    /// Failures in a row at that timestamp.
+    failures: u32,
+    /// When it may be tried again, seconds since the epoch: 1 s after the first failure,
+    /// then twice as long after each, up to [`LONGEST_EVENT_RETRY_S`].
+    retry_at: i64,
+}
+
+impl FailingEvent {
+    /// The record of one more failure of an event listed at `timestamp`, at `now_s`.
+    fn after(before: Option<&FailingEvent>, timestamp: i64, now_s: i64) -> FailingEvent {
+        let failures = match before {
+            Some(b) if b.timestamp >= timestamp => b.failures.saturating_add(1),
+            _ => 1,
+        };
+        let wait = 1i64
+            .checked_shl(failures.saturating_sub(1).min(32))
+            .unwrap_or(LONGEST_EVENT_RETRY_S)
+            .min(LONGEST_EVENT_RETRY_S);
+        FailingEvent {
+            timestamp,
+            failures,
+            retry_at: now_s.saturating_add(wait),
+        }
+    }
+}
+
+/// What the store keeps for a MISP feed: the events taken and those failing.
+#[derive(Debug, Default, PartialEq, Eq, serde::Serialize)]
+struct PollState {
+    events: Checkpoint,
+    failing: Failing,
+}
+
+impl<'de> serde::Deserialize<'de> for PollState {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Checkpoints written before failing events were recorded hold the events alone.
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Stored {
+            State {
+                events: Checkpoint,
+                #[serde(default)]
+                failing: Failing,
+            },
+            Events(Checkpoint),
+        }
+        Ok(match Stored::deserialize(deserializer)? {
+            Stored::State { events, failing } => PollState { events, failing },
+            Stored::Events(events) => PollState {
+                events,
+                failing: Failing::new(),
+            },
+        })
+    }
+}
+
 /// One event taken.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 struct TakenEvent {
@@ -178,9 +249,12 @@ async fn poll_events(
     } else {
         format!("{base}/")
     };
-    let mut checkpoint: Checkpoint = match super::load_checkpoint(engine, &feed.name)? {
+    let PollState {
+        events: mut checkpoint,
+        mut failing,
+    } = match super::load_checkpoint(engine, &feed.name)? {
         Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
-        None => Checkpoint::new(),
+        None => PollState::default(),
     };
     let manifest_uri: ::http::Uri = format!("{base}manifest.json")
         .parse()
@@ -199,8 +273,9 @@ async fn poll_events(
     // hold one: such an event is read again too.
     let now_s = crate::engine::now_ms().div_euclid(1000);
     // New and changed events, then those read again only because they were dated
-    // ahead: (read again, timestamp, uuid).
-    let mut wanted: Vec<(bool, i64, String)> = Vec::new();
+    // ahead, then those that failed before and whose retry time has come, each group
+    // in order of its key: (group, key, listed timestamp, uuid).
+    let mut wanted: Vec<(u8, i64, i64, String)> = Vec::new();
     let mut listed = std::collections::HashSet::new();
     for (uuid, entry) in &manifest {
         let Some(uuid) = canonical_uuid(uuid) else {
@@ -212,15 +287,29 @@ async fn poll_events(
             continue;
         };
         listed.insert(uuid.clone());
+        // An event that failed at this timestamp or a later one waits for its retry
+        // time, and then comes after the others, longest waiting first.
+        if let Some(failed) = failing.get(&uuid).filter(|f| f.timestamp >= timestamp) {
+            if failed.retry_at <= now_s {
+                wanted.push((2, failed.retry_at, timestamp, uuid));
+            }
+            continue;
+        }
         match checkpoint.get(&uuid) {
-            None => wanted.push((false, timestamp, uuid)),
-            Some(held) if held.timestamp < timestamp => wanted.push((false, timestamp, uuid)),
+            None => wanted.push((0, timestamp, timestamp, uuid)),
+            Some(held) if held.timestamp < timestamp => {
+                wanted.push((0, timestamp, timestamp, uuid))
+            }
             Some(held) if held.ahead || held.timestamp > now_s => {
-                wanted.push((true, timestamp, uuid))
+                wanted.push((1, timestamp, timestamp, uuid))
             }
             Some(_) => {}
         }
     }
+    // Failing events no longer listed are forgotten.
+    let failing_before = failing.len();
+    failing.retain(|uuid, _| listed.contains(uuid));
+    let mut failing_changed = failing.len() != failing_before;
     if listed.is_empty() && !manifest.is_empty() {
         return Err(malformed("manifest.json lists no valid event"));
     }
@@ -250,8 +339,8 @@ async fn poll_events(
         removed.push(uuid.clone());
     }
     // Oldest changes first, so a poll cut short by its limits resumes in order; events
-    // read again only because they were dated ahead come last, so they never hold back
-    // a change.
+    // read again only because they were dated ahead, then events that failed before,
+    // come last, so they never hold back a change.
     wanted.sort();
     wanted.truncate(feed.max_events_per_poll);
 
@@ -260,19 +349,35 @@ async fn poll_events(
     let mut revive: std::collections::HashSet<ItemId> = std::collections::HashSet::new();
     let mut first_error: Option<FeedError> = None;
     let skew_ms = engine.policy().max_clock_skew_ms();
-    for (_, listed_timestamp, uuid) in wanted {
+    for (_, _, listed_timestamp, uuid) in wanted {
         let uri: ::http::Uri = format!("{base}{uuid}.json")
             .parse()
             .map_err(|_| malformed("an event URL is not valid"))?;
         let event = match fetch_event(&client, &uri, &uuid).await {
             Ok(event) => event,
             Err(e) => {
-                // This event is tried again at the next poll; the others go on.
-                tracing::warn!(feed = %feed.name, event = %uuid, error = %e, "MISP event not taken");
+                // This event is tried again once its retry time comes, after the new
+                // and changed events; the others go on.
+                let failed = FailingEvent::after(
+                    failing.get(&uuid),
+                    listed_timestamp,
+                    crate::engine::now_ms().div_euclid(1000),
+                );
+                tracing::warn!(
+                    feed = %feed.name,
+                    event = %uuid,
+                    error = %e,
+                    failures = failed.failures,
+                    retry_in_s = failed.retry_at.saturating_sub(now_s),
+                    "MISP event not taken"
+                );
+                failing.insert(uuid, failed);
+                failing_changed = true;
                 first_error.get_or_insert(e);
                 continue;
             }
         };
+        failing_changed |= failing.remove(&uuid).is_some();
         let attributes = event_attributes(&event);
         report.fetched += attributes.len() as u64;
         let held = checkpoint.get(&uuid);
@@ -387,6 +492,8 @@ async fn poll_events(
                 engine,
                 states,
                 &mut checkpoint,
+                &failing,
+                &mut failing_changed,
                 &mut items,
                 &mut revive,
                 &mut taken,
@@ -405,6 +512,8 @@ async fn poll_events(
         engine,
         states,
         &mut checkpoint,
+        &failing,
+        &mut failing_changed,
         &mut items,
         &mut revive,
         &mut taken,
@@ -428,6 +537,8 @@ async fn commit(
     engine: &Arc<Engine>,
     states: &FeedStates,
     checkpoint: &mut Checkpoint,
+    failing: &Failing,
+    failing_changed: &mut bool,
     items: &mut Vec<Item>,
     revive: &mut std::collections::HashSet<ItemId>,
     taken: &mut Vec<(String, TakenEvent)>,
@@ -462,20 +573,30 @@ async fn commit(
         publish_reviving(engine, feed, std::mem::take(items), revive, report).await?;
     }
     revive.clear();
-    if taken.is_empty() && removed.is_empty() {
+    if taken.is_empty() && removed.is_empty() && !*failing_changed {
         return Ok(());
     }
     for uuid in removed.drain(..) {
         checkpoint.remove(&uuid);
     }
     checkpoint.extend(taken.drain(..));
-    let bytes = serde_json::to_vec(&checkpoint)
-        .map_err(|e| FeedError::Publish(format!("checkpoint: {e}")))?;
+    #[derive(serde::Serialize)]
+    struct Stored<'a> {
+        events: &'a Checkpoint,
+        failing: &'a Failing,
+    }
+    let bytes = serde_json::to_vec(&Stored {
+        events: checkpoint,
+        failing,
+    })
+    .map_err(|e| FeedError::Publish(format!("checkpoint: {e}")))?;
     super::save_checkpoint(engine, &feed.name, bytes).await?;
+    *failing_changed = false;
     let held = checkpoint.len();
+    let failing = failing.len();
     let newest = checkpoint.values().map(|e| e.timestamp).max().unwrap_or(0);
     update(states, &feed.name, |s| {
-        s.checkpoint = format!("{held} events held, newest timestamp {newest}");
+        s.checkpoint = format!("{held} events held, {failing} failing, newest timestamp {newest}");
     });
     Ok(())
 }
@@ -980,6 +1101,39 @@ mod tests {
         assert_eq!(serde_json::from_str::<TakenEvent>(&text).unwrap(), marked);
         let plain = serde_json::to_string(&TakenEvent::default()).unwrap();
         assert!(!plain.contains("ahead"), "{plain}");
+    }
+
+    #[test]
+    fn poll_states_written_before_failing_events_still_read() {
+        let old: PollState =
+            serde_json::from_str(r#"{"a":5,"b":{"timestamp":6,"items":["x"]}}"#).unwrap();
+        assert_eq!(old.events["b"].items, ["x"]);
+        assert!(old.failing.is_empty());
+        let empty: PollState = serde_json::from_str("{}").unwrap();
+        assert_eq!(empty, PollState::default());
+        let mut state = PollState::default();
+        state.events.insert("a".into(), TakenEvent::default());
+        state
+            .failing
+            .insert("b".into(), FailingEvent::after(None, 10, 100));
+        let text = serde_json::to_string(&state).unwrap();
+        assert_eq!(serde_json::from_str::<PollState>(&text).unwrap(), state);
+    }
+
+    #[test]
+    fn a_failing_event_waits_longer_after_each_failure_up_to_an_hour() {
+        let first = FailingEvent::after(None, 10, 1000);
+        assert_eq!((first.failures, first.retry_at), (1, 1001));
+        let second = FailingEvent::after(Some(&first), 10, 1001);
+        assert_eq!((second.failures, second.retry_at), (2, 1003));
+        let mut last = second;
+        for _ in 0..100 {
+            last = FailingEvent::after(Some(&last), 10, 5000);
+        }
+        assert_eq!(last.retry_at, 5000 + LONGEST_EVENT_RETRY_S);
+        // A newer version in the manifest starts the count again.
+        let changed = FailingEvent::after(Some(&last), 11, 6000);
+        assert_eq!((changed.failures, changed.retry_at), (1, 6001));
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! TAXII 2.1: `GET <collection>/objects/?limit=N&added_after=T[&next=X]`, following
 //! `more`/`next` within a poll with the same `added_after` (the specification asks the
 //! other parameters to stay the same while paging), and moving the checkpoint to the
-//! page's `X-TAXII-Date-Added-Last` once the page's items are durable. Objects go through
-//! the STIX importer, which keeps every STIX property of an indicator and skips other
-//! object types.
+//! page's `X-TAXII-Date-Added-Last` once the page's items are durable, but never past a
+//! page holding an object dated ahead of this node's clock by up to a day (read again
+//! until the clock allows it). Objects go through the STIX importer, which keeps every
+//! STIX property of an indicator and skips other object types.
 
 use std::sync::Arc;
 
@@ -25,6 +26,11 @@ const MAX_TOKEN_BYTES: usize = 1024;
 
 /// Most pages followed in one poll (a server that pages forever is cut off).
 const MAX_PAGES_PER_POLL: usize = 10_000;
+
+/// Furthest ahead of this node's clock an object may be dated and still hold the
+/// checkpoint before its page until the clock allows it: one day. An object dated
+/// further ahead is not taken; the poll fails naming it, and then goes on.
+const MAX_AHEAD_HELD_MS: i64 = 86_400_000;
 
 /// The checkpoint kept in the store.
 #[derive(serde::Serialize, Deserialize, Default)]
@@ -62,10 +68,65 @@ pub(super) async fn poll(
     states: &FeedStates,
 ) -> PollOutcome {
     let mut report = PollReport::default();
-    match poll_pages(feed, engine, states, &mut report).await {
-        Ok(()) => Ok(report),
+    let mut far_ahead = None;
+    match poll_pages(feed, engine, states, &mut report, &mut far_ahead).await {
+        // Objects dated more than a day ahead were not taken: the poll took the rest
+        // and fails, saying so.
+        Ok(()) => match far_ahead {
+            Some(e) => Err((e, report)),
+            None => Ok(report),
+        },
         Err(e) => Err((e, report)),
     }
+}
+
+/// The object of a page dated furthest ahead of this node's clock beyond the clock skew
+/// (by at most [`MAX_AHEAD_HELD_MS`]), which publishing would refuse yet: its id and
+/// how far ahead it is, ms.
+struct Ahead {
+    id: String,
+    ahead_ms: i64,
+}
+
+/// Sets aside the items of a page dated beyond the clock skew, which `Engine::sign`
+/// would refuse. Those dated at most [`MAX_AHEAD_HELD_MS`] ahead are only early: the
+/// one furthest ahead is returned, and the page is to be read again until the clock
+/// allows them.
+/// Those dated further ahead are skipped, counted with the reason, and the poll's error
+/// (`far_ahead`) names the first.
+fn set_aside_ahead(
+    items: &mut Vec<crate::model::Item>,
+    skew_ms: i64,
+    report: &mut PollReport,
+    far_ahead: &mut Option<FeedError>,
+) -> Option<Ahead> {
+    let now = now_ms();
+    let limit = now.saturating_add(skew_ms);
+    let mut early: Option<Ahead> = None;
+    items.retain(|item| {
+        if item.modified_ms <= limit {
+            return true;
+        }
+        let ahead_ms = item.modified_ms.saturating_sub(now);
+        if ahead_ms <= MAX_AHEAD_HELD_MS {
+            if early.as_ref().is_none_or(|e| e.ahead_ms < ahead_ms) {
+                early = Some(Ahead {
+                    id: item.id.to_string(),
+                    ahead_ms,
+                });
+            }
+        } else {
+            let why = format!(
+                "{} is dated {} s ahead of this node's clock, more than a day: not taken (is the source's clock right?)",
+                item.id,
+                ahead_ms.div_euclid(1000)
+            );
+            far_ahead.get_or_insert_with(|| FeedError::Malformed(why.clone()));
+            report.skip(why);
+        }
+        false
+    });
+    early
 }
 
 async fn poll_pages(
@@ -73,8 +134,10 @@ async fn poll_pages(
     engine: &Arc<Engine>,
     states: &FeedStates,
     report: &mut PollReport,
+    far_ahead: &mut Option<FeedError>,
 ) -> Result<(), FeedError> {
     let client = Client::new(feed, TAXII_MEDIA_TYPE)?;
+    let skew_ms = engine.policy().max_clock_skew_ms();
     let mut checkpoint: Checkpoint = match super::load_checkpoint(engine, &feed.name)? {
         // A checkpoint that does not read is started afresh: items already held are
         // recognised and skipped.
@@ -123,6 +186,7 @@ async fn poll_pages(
         let objects = envelope.objects.unwrap_or_default();
         let count = objects.len() as u64;
         report.fetched += count;
+        let mut early: Option<Ahead> = None;
         if !objects.is_empty() {
             let defaults = Defaults {
                 tlp: feed.tlp,
@@ -155,7 +219,27 @@ async fn poll_pages(
             // Objects of other types (identities, relationships, marking definitions)
             // are not indicators: counted as skipped without a reason each.
             report.skipped += count.saturating_sub(items + parsed.errors.len() as u64);
-            publish(engine, feed, parsed.items, report).await?;
+            let mut items = parsed.items;
+            early = set_aside_ahead(&mut items, skew_ms, report, far_ahead);
+            publish(engine, feed, items, report).await?;
+        }
+        if let Some(early) = early {
+            // An object dated ahead, but by no more than a day, is only early (a source
+            // whose clock runs fast): the rest of the page is taken, and the checkpoint
+            // stays before the page, so the next poll reads it again (what it took is
+            // recognised as held) until the clock allows the object. The pages after
+            // it wait as well.
+            tracing::warn!(
+                feed = %feed.name,
+                object = %early.id,
+                ahead_s = early.ahead_ms / 1000,
+                "TAXII object dated ahead of this node's clock; its page is read again at each poll"
+            );
+            return Err(FeedError::Malformed(format!(
+                "TAXII object {} is dated {} s ahead of this node's clock, more than node.max_clock_skew allows (is the source's clock right?): not taken yet; the checkpoint stays before its page, which is read again at each poll",
+                early.id,
+                early.ahead_ms.div_euclid(1000)
+            )));
         }
         // This page's items are durable now. A page that ends later than the date held
         // also shows a boundary, without `X-TAXII-Date-Added-First`: the listing is
@@ -374,6 +458,58 @@ mod tests {
         assert_eq!(
             uri.to_string(),
             "http://127.0.0.1:5000/api1/collections/c/objects/?limit=50&added_after=2026-01-01T00%3A00%3A00.123456Z&next=a%20b%2Bc"
+        );
+    }
+
+    fn dated(n: u8, modified_ms: i64) -> crate::model::Item {
+        use crate::model::{Indicator, IndicatorType, Item, ItemId, ItemKind, Tlp};
+        let id = format!("indicator--1b1b7a7e-1111-4c1c-8a8a-{n:012}");
+        Item {
+            id: ItemId::parse(&id).unwrap(),
+            modified_ms,
+            tlp: Tlp::Green,
+            tags: Vec::new(),
+            kind: ItemKind::Indicator(Indicator {
+                indicator_type: IndicatorType::Domain,
+                value: format!("d{n}.example"),
+                description: String::new(),
+                confidence: 0,
+                kill_chain_phases: Vec::new(),
+                valid_from_ms: modified_ms,
+                valid_until_ms: None,
+                properties: Default::default(),
+            }),
+        }
+    }
+
+    #[test]
+    fn objects_dated_ahead_are_set_aside_and_only_those_beyond_a_day_are_skipped() {
+        let now = now_ms();
+        let skew = 60_000;
+        let mut items = vec![
+            dated(1, now - 1000),
+            dated(2, now + skew / 2),
+            dated(3, now + 10 * skew),
+            dated(4, now + 5 * skew),
+        ];
+        let mut report = PollReport::default();
+        let mut far = None;
+        let early = set_aside_ahead(&mut items, skew, &mut report, &mut far).unwrap();
+        assert_eq!(items.len(), 2);
+        assert!(early.id.ends_with("000000000003"), "{}", early.id);
+        assert!(early.ahead_ms > 9 * skew);
+        assert_eq!(report.skipped, 0);
+        assert!(far.is_none());
+
+        let mut items = vec![dated(5, now), dated(6, now + 2 * MAX_AHEAD_HELD_MS)];
+        let early = set_aside_ahead(&mut items, skew, &mut report, &mut far);
+        assert!(early.is_none());
+        assert_eq!(items.len(), 1);
+        assert_eq!(report.skipped, 1);
+        let why = far.unwrap().to_string();
+        assert!(
+            why.contains("000000000006") && why.contains("more than a day"),
+            "{why}"
         );
     }
 
