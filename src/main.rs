@@ -249,7 +249,7 @@ fn run(command: Command, output: Output) -> Result<()> {
             wait,
             timeout,
         } => {
-            let config = Config::load(&config)?;
+            let config = cli::status::StatusConfig::load(&config)?;
             let options = cli::status::StatusOptions {
                 target: node,
                 wait: wait.then(|| timeout.map(Duration::from_secs)),

@@ -139,6 +139,48 @@ fn init_serve_status_and_stop_on_sigterm() {
         "{status}"
     );
 
+    // An admin client's own configuration works too, with the operator's view.
+    let certs = hq.join("certs");
+    ok(&[
+        "certs",
+        "client",
+        "--dir",
+        certs.to_str().unwrap(),
+        "--id",
+        "ops.admin",
+        "--node",
+        &addr,
+        "--node-id",
+        "redmond.hq",
+    ]);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[[client]]\nid = \"ops.admin\"\nrole = \"admin\"\n");
+    std::fs::write(&config, text).unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let admin = certs.join("ops.admin.toml");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let answer = loop {
+        let out = entente(&["status", "--json", "--config", admin.to_str().unwrap()]);
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "status as an admin client: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let status: serde_json::Value =
+        serde_json::from_str(answer.trim()).expect("status --json as an admin client");
+    assert_eq!(status["caller"]["id"], "ops.admin", "{status}");
+    assert_eq!(status["caller"]["role"], "admin", "{status}");
+    assert!(status["limits"].is_array(), "{status}");
+
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -207,7 +207,8 @@ pub enum Command {
     /// Say hello to a node over mTLS and print who answered (and, to its operator, the
     /// node's links, feeds and limits).
     Status {
-        /// The node configuration file (its certificate is used to connect).
+        /// The node configuration file (its certificate is used to connect), or a
+        /// client configuration ([client]; an admin client gets the operator's view).
         #[arg(long)]
         config: PathBuf,
         /// Node to ask: a configured peer id, or ID@HOST:PORT. Default: this node.

@@ -27,16 +27,67 @@ pub struct StatusOptions {
     pub wait: Option<Option<Duration>>,
 }
 
+/// The configuration `entente status` was given: the node's own (its certificate speaks
+/// as the operator), or a client's (`[client]`, an `admin` client for the operator's
+/// view).
+pub enum StatusConfig {
+    /// A node configuration.
+    Node(Box<Config>),
+    /// A client configuration.
+    Client(Box<crate::config::ClientSettings>),
+}
+
+impl StatusConfig {
+    /// Loads either kind of file: a client configuration has a `[client]` table.
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        let settings = crate::config::ClientSettings::load(path)?;
+        Ok(if settings.id == settings.node_id {
+            // A node configuration (the node's own certificate): its peers and listen
+            // address are needed too.
+            Self::Node(Box::new(Config::load(path)?))
+        } else {
+            Self::Client(Box::new(settings))
+        })
+    }
+
+    fn tls(&self) -> &crate::transport::TlsMaterial {
+        match self {
+            Self::Node(config) => &config.tls,
+            Self::Client(settings) => &settings.tls,
+        }
+    }
+}
+
 /// `entente status`.
-pub async fn status(config: Config, options: StatusOptions, output: Output) -> Result<()> {
-    let (id, address) = target(&config, options.target)?;
-    let tls = config.tls.client_config()?;
-    let client = NodeClient::connect(tls, &config.node.id, &address, &id).await?;
+pub async fn status(config: StatusConfig, options: StatusOptions, output: Output) -> Result<()> {
+    let (own, id, address) = match &config {
+        StatusConfig::Node(config) => {
+            let (id, address) = target(config, options.target)?;
+            (config.node.id.clone(), id, address)
+        }
+        StatusConfig::Client(settings) => {
+            let (id, address) = match options.target {
+                None => (settings.node_id.clone(), settings.node_address.clone()),
+                Some(target) => match target.split_once('@') {
+                    Some((id, address)) => (
+                        id.parse::<NodeId>().context("--node ID@HOST:PORT")?,
+                        address.to_owned(),
+                    ),
+                    None => bail!(
+                        "with a client configuration, --node takes ID@HOST:PORT (a client configuration names no peers)"
+                    ),
+                },
+            };
+            (settings.id.clone(), id, address)
+        }
+    };
+    let tls = config.tls().client_config()?;
+    let client = NodeClient::connect(tls, &own, &address, &id).await?;
     let hello = client.hello().await?;
     let admin = hello.caller_role == "admin";
     if options.wait.is_some() && !admin {
         bail!(
-            "--wait follows the node's links, which only its operator (its own certificate) may read"
+            "--wait follows the node's links, which only its operator (its own certificate or an admin client) may read"
         );
     }
     // The operator also sees the node's replication links, feeds and limits.
@@ -220,7 +271,7 @@ pub async fn status(config: Config, options: StatusOptions, output: Output) -> R
 /// certificate and trust anchors, read from its configuration. A node too old to report
 /// them is treated as the latter.
 async fn watched_certificates(
-    config: &Config,
+    config: &StatusConfig,
     client: &NodeClient,
     admin: bool,
 ) -> Result<Vec<WatchedCertificate>> {
@@ -250,7 +301,7 @@ async fn watched_certificates(
             Err(other) => return Err(other.into()),
         }
     }
-    Ok(config.tls.watched_certificates())
+    Ok(config.tls().watched_certificates())
 }
 
 fn certificate_json(cert: &WatchedCertificate, now: i64) -> serde_json::Value {
