@@ -1,8 +1,9 @@
 //! Durable state behind the [`Store`] trait: bundles as signed and every item with
 //! its provenance in an append-only bundle log, indexes over them in memory (latest
 //! version per id, values, bundles, the change feed), the hash-chained disclosure
-//! ledger in append-only segment files with its writer (`ledger`), and in sled the
-//! certificate cache, replication cursors and the ledger's head. Accepting a bundle
+//! ledger in append-only segment files with its writer (`ledger`), in sled the
+//! certificate cache, replication cursors and the ledger's head, and the node's own
+//! large values (feed checkpoints, TAXII statuses) as files of their own (`values`). Accepting a bundle
 //! applies the single-writer rule and appends one log frame, which counts whole or
 //! not at all. No proto types of the services and no network here.
 
@@ -16,6 +17,7 @@ pub(crate) mod records;
 mod sled_store;
 
 pub mod recover;
+pub(crate) mod values;
 
 pub use ledger::files::{
     DEFAULT_SEGMENT_BYTES, LedgerSettings, MAX_SEGMENT_BYTES, check_archive_dir,
@@ -109,6 +111,15 @@ pub enum StoreError {
         disk_full: bool,
         /// What failed.
         reason: String,
+    },
+    /// A value of the node's own (a feed checkpoint, a TAXII status) larger than the
+    /// store keeps, or under a name longer than it keeps: refused, nothing written.
+    #[error("store at {path} does not keep {what}")]
+    ValueTooLarge {
+        /// The data directory.
+        path: PathBuf,
+        /// What was refused, and the bound.
+        what: String,
     },
     /// A page cursor that this store did not hand out.
     #[error("invalid page cursor")]
@@ -744,8 +755,9 @@ pub trait LocalState: Send + Sync {
     /// ingested so far, in the feed's own encoding.
     fn feed_checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
-    /// Records the checkpoint of the external feed `name`. Call it after the items it
-    /// counts were flushed; it is durable with the next flush.
+    /// Records the checkpoint of the external feed `name` (at most 256 MiB, else
+    /// [`StoreError::ValueTooLarge`]). Call it after the items it counts were flushed;
+    /// it is durable when this returns.
     fn set_feed_checkpoint(&self, name: &str, checkpoint: &[u8]) -> Result<(), StoreError>;
 
     /// The checkpoints whose names start with `prefix`, in the order of their names, at
@@ -756,8 +768,8 @@ pub trait LocalState: Send + Sync {
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
 
-    /// Removes the checkpoint of the external feed `name`, if any; durable with the next
-    /// flush.
+    /// Removes the checkpoint of the external feed `name`, if any; durable when this
+    /// returns.
     fn remove_feed_checkpoint(&self, name: &str) -> Result<(), StoreError>;
 
     /// The TAXII status records kept, at most `limit` of them, each with its name among
@@ -774,13 +786,13 @@ pub trait LocalState: Send + Sync {
             .collect())
     }
 
-    /// Records the TAXII status record `name`, replacing what it held; durable with the
-    /// next flush.
+    /// Records the TAXII status record `name`, replacing what it held; durable when this
+    /// returns.
     fn set_taxii_status(&self, name: &str, record: &[u8]) -> Result<(), StoreError> {
         self.set_feed_checkpoint(&format!("{TAXII_STATUS_PREFIX}{name}"), record)
     }
 
-    /// Removes the TAXII status record `name`, if any; durable with the next flush.
+    /// Removes the TAXII status record `name`, if any; durable when this returns.
     fn remove_taxii_status(&self, name: &str) -> Result<(), StoreError> {
         self.remove_feed_checkpoint(&format!("{TAXII_STATUS_PREFIX}{name}"))
     }

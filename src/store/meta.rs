@@ -1,7 +1,7 @@
 //! The store's metadata in sled: what is small or mutable (the owner, the store's
 //! format and id, the log's watermark and generation, the feed lease, replication
-//! cursors, served-policy fingerprints, the certificate cache, feed checkpoints and the
-//! disclosure ledger's head and retention floor). Opening it, reading what it says of
+//! cursors, served-policy fingerprints, the certificate cache and the disclosure
+//! ledger's head and retention floor; large values are files, `values.rs`). Opening it, reading what it says of
 //! the store (creating it for a new store, upgrading a store of format 3), and
 //! converting a ledger of the layout before segment files.
 

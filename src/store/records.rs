@@ -15,7 +15,7 @@
 //! | `K` | peer id | replication cursor in that peer's feed: the position token it issued, as received (at most 64 bytes; an 8-byte value from before federation protocol 3 is a plain position, which a peer of protocol 3 does not open and serves its feed from the start) |
 //! | `P` | peer id | fingerprint of the policy that peer was last served a pull under |
 //! | `L` | sequence (u64 big-endian) | [`LedgerRecordBytes`]: the disclosure ledger as kept before segment files; converted to segments, and removed, when the store opens |
-//! | `F` | feed name | the checkpoint of that external feed (opaque bytes, at most 1 MiB) |
+//! | `F` | feed name | the checkpoint of that external feed, or a TAXII status, as an earlier version kept them; moved to their files (`values.rs`) and removed when the store opens |
 
 use crate::model::{IndicatorType, Item, ItemKind};
 

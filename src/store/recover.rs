@@ -8,7 +8,9 @@
 //! store id), moves whatever is left of sled aside (never deletes it), and starts a new
 //! disclosure ledger whose first record says that the history before it is lost and
 //! why. Cursors start from zero (partners' feeds are pulled again; duplicates merge)
-//! and every partner is served its feed again from the start.
+//! and every partner is served its feed again from the start. Feed checkpoints and
+//! TAXII statuses go aside too (a checkpoint could count items cut off the log): the
+//! feeds take their sources again.
 
 use std::path::{Path, PathBuf};
 
@@ -84,7 +86,7 @@ impl std::fmt::Display for Recovery {
         }
         write!(
             f,
-            "replication cursors start from zero (partners' feeds are pulled again) and partners are served this node's feed from the start; each TAXII client's collection is dated again from its next request (an added_after poll receives it whole once more)"
+            "replication cursors start from zero (partners' feeds are pulled again) and partners are served this node's feed from the start; each TAXII client's collection is dated again from its next request (an added_after poll receives it whole once more); feed checkpoints and TAXII statuses went aside with the metadata, so each feed takes its source again from the start"
         )
     }
 }

@@ -1,6 +1,7 @@
 //! The implementation of [`Store`]: bundles and items in the bundle log (written
 //! once, read with one positioned read per item), indexes over them in memory
-//! (rebuilt from the log at open), small mutable state in sled, and the disclosure
+//! (rebuilt from the log at open), small mutable state in sled, large values of the
+//! node's own as files (`values.rs`, which takes the older ones out of sled), and the disclosure
 //! ledger in its segment files (`ledger/files.rs`), whose head and retention floor
 //! sled keeps.
 
@@ -19,6 +20,7 @@ use super::ledger::files::{self, LedgerSettings, SegmentLedger};
 use super::log::{BundleLog, FrameBuilder, LogHeader, Span};
 use super::meta::{Meta, Opened, is_lock_error, meta_u64, migrate_ledger, open_meta};
 use super::records::{self, BundleHead, ItemRecord};
+use super::values::{self, ValueFiles};
 use super::{
     AcceptReport, ChangeFeed, DisclosureLedger, HeldBundle, HeldItem, ItemQuery, ItemRejection,
     ItemStore, LedgerCheck, LedgerEntry, LedgerRecord, LocalState, Page, PageLimit, PartnerState,
@@ -70,6 +72,8 @@ pub struct SledStore {
     pub(super) store_id: [u8; 16],
     /// `None` only while sled is being reopened after a failure.
     pub(super) meta: RwLock<Option<Meta>>,
+    /// Values too large for sled (feed checkpoints, TAXII statuses), as files.
+    values: ValueFiles,
     /// Set by a failed write; cleared by the first flush that succeeds after it.
     trouble: Mutex<Option<Trouble>>,
     /// Ledger retention's own trouble (a segment it could not move), and when to try
@@ -226,6 +230,8 @@ impl SledStore {
         opened.acknowledged =
             super::compact::settle(dir, &meta.tree, &meta.db, generation, opened.acknowledged)?;
         migrate_ledger(dir, &meta, &opened, &ledger_settings)?;
+        let values = ValueFiles::open(dir)?;
+        migrate_values(dir, &meta, &values)?;
         let ledger = SegmentLedger::open(
             dir,
             opened.store_id,
@@ -283,6 +289,7 @@ impl SledStore {
             owner,
             cache_bytes,
             meta,
+            values,
             log,
             index,
             ledger,
@@ -296,6 +303,7 @@ impl SledStore {
         owner: &NodeId,
         cache_bytes: u64,
         meta: Meta,
+        values: ValueFiles,
         log: BundleLog,
         index: Index,
         ledger: SegmentLedger,
@@ -325,6 +333,7 @@ impl SledStore {
             cache_bytes,
             store_id: opened.store_id,
             meta: RwLock::new(Some(meta)),
+            values,
             trouble: Mutex::new(None),
             retention: Mutex::new((super::RetentionState::default(), None)),
             log: RwLock::new(log),
@@ -984,6 +993,39 @@ impl SledStore {
 
 /// The notes of indicators dropped as expired held in the metadata `tree` (a key that is
 /// not a UUID's is passed over).
+/// Moves the feed checkpoints and TAXII statuses an earlier version kept in sled (the
+/// `F` keyspace) to their files: each is written (synced) before its key is removed,
+/// so a crash in between writes it again at the next open. sled does not give back
+/// the blob files of the removed values.
+fn migrate_values(dir: &Path, meta: &Meta, values: &ValueFiles) -> Result<(), StoreError> {
+    let engine = |source| StoreError::Engine {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut moved = 0usize;
+    for entry in meta.tree.scan_prefix([records::FEED_CHECKPOINT]) {
+        let (key, value) = entry.map_err(engine)?;
+        match std::str::from_utf8(&key[1..]) {
+            Ok(name) => values.put(name, &value)?,
+            // Names were written from `&str`: one that is not UTF-8 was never read.
+            Err(_) => tracing::warn!(
+                key = %hex(&key),
+                "a feed checkpoint kept under a name that is not UTF-8 is removed"
+            ),
+        }
+        meta.tree.remove(&key).map_err(engine)?;
+        moved += 1;
+    }
+    if moved > 0 {
+        meta.db.flush().map_err(engine)?;
+        tracing::info!(
+            values = moved,
+            "feed checkpoints and TAXII statuses kept in the metadata moved to their own files"
+        );
+    }
+    Ok(())
+}
+
 fn dropped_notes_in(tree: &sled::Tree) -> sled::Result<Vec<super::dropped::Note>> {
     tree.scan_prefix([records::DROPPED])
         .map(|entry| {
@@ -1005,7 +1047,7 @@ impl SledStore {
     /// Rebuilds the store in `dir` from its bundle log alone, for a store whose
     /// metadata was lost or cannot be read (`entente store recover`): reads the log in
     /// recovery mode (see [`BundleLog::recover`]), moves whatever sled files remain to
-    /// `aside`, writes new metadata (owner, store id, watermark, a feed lease well
+    /// `aside` (with the ledger's segments and the value files), writes new metadata (owner, store id, watermark, a feed lease well
     /// above every position found) and starts a new disclosure ledger whose first
     /// record says that the history before it is lost, and why (`why`).
     pub fn rebuild(
@@ -1060,6 +1102,7 @@ impl SledStore {
                 || name.starts_with("snap.")
                 || name == files::DIR
                 || name == files::MIGRATING_DIR
+                || name == values::DIR
             {
                 std::fs::create_dir_all(aside).map_err(io(aside))?;
                 std::fs::rename(entry.path(), aside.join(&*name)).map_err(io(&entry.path()))?;
@@ -1102,7 +1145,18 @@ impl SledStore {
             Head::EMPTY,
             None,
         )?;
-        let store = Self::assemble(dir, owner, cache_bytes, meta, log, index, ledger, &opened);
+        let values = ValueFiles::open(dir)?;
+        let store = Self::assemble(
+            dir,
+            owner,
+            cache_bytes,
+            meta,
+            values,
+            log,
+            index,
+            ledger,
+            &opened,
+        );
         store.append_ledger(&LedgerEntry {
             time_ms: now_ms(),
             partner: owner.clone(),
@@ -1877,7 +1931,7 @@ impl ItemStore for SledStore {
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {
         let sled = self.with_meta(|m| m.db.size_on_disk())?;
-        Ok(sled + self.log().len() + self.ledger.bytes())
+        Ok(sled + self.log().len() + self.ledger.bytes() + self.values.bytes()?)
     }
 }
 
@@ -1992,15 +2046,16 @@ impl PartnerState for SledStore {
 
 impl LocalState for SledStore {
     fn feed_checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let key = records::key(records::FEED_CHECKPOINT, name.as_bytes());
-        Ok(self.with_meta(|m| m.tree.get(key))?.map(|v| v.to_vec()))
+        self.values.get(name)
     }
 
     fn set_feed_checkpoint(&self, name: &str, checkpoint: &[u8]) -> Result<(), StoreError> {
+        // A value past the bounds is refused as such; it says nothing of the disk.
+        values::check(&self.path, name, checkpoint)?;
         self.writable()?;
-        let key = records::key(records::FEED_CHECKPOINT, name.as_bytes());
-        self.with_meta(|m| m.tree.insert(key, checkpoint))?;
-        Ok(())
+        self.values.put(name, checkpoint).inspect_err(|error| {
+            self.note_failure(error, false);
+        })
     }
 
     fn feed_checkpoints_named(
@@ -2008,25 +2063,14 @@ impl LocalState for SledStore {
         prefix: &str,
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let start = records::key(records::FEED_CHECKPOINT, prefix.as_bytes());
-        self.with_meta(|m| {
-            let mut found = Vec::new();
-            for entry in m.tree.scan_prefix(&start).take(limit) {
-                let (key, value) = entry?;
-                // Names are written from `&str`; one that is not UTF-8 is passed over.
-                if let Ok(name) = std::str::from_utf8(&key[1..]) {
-                    found.push((name.to_owned(), value.to_vec()));
-                }
-            }
-            Ok(found)
-        })
+        self.values.named(prefix, limit)
     }
 
     fn remove_feed_checkpoint(&self, name: &str) -> Result<(), StoreError> {
         self.writable()?;
-        let key = records::key(records::FEED_CHECKPOINT, name.as_bytes());
-        self.with_meta(|m| m.tree.remove(key))?;
-        Ok(())
+        self.values.remove(name).inspect_err(|error| {
+            self.note_failure(error, false);
+        })
     }
 
     fn put_certificate(&self, der: &[u8]) -> Result<[u8; 32], StoreError> {
@@ -2139,6 +2183,93 @@ mod tests {
                 other => return other.unwrap(),
             }
         }
+    }
+
+    fn size_of(dir: &Path) -> u64 {
+        std::fs::read_dir(dir).map_or(0, |entries| {
+            entries
+                .map(|e| e.unwrap())
+                .map(|e| match e.metadata().unwrap() {
+                    m if m.is_dir() => size_of(&e.path()),
+                    m => m.len(),
+                })
+                .sum()
+        })
+    }
+
+    /// Checkpoints and statuses an earlier version kept in sled are moved to their
+    /// files at open, once: readable as before, gone from sled.
+    #[test]
+    fn values_kept_in_sled_move_to_their_files_at_open() {
+        let temp = tempfile::tempdir().unwrap();
+        drop(open(temp.path()).unwrap());
+        let big: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
+        {
+            let meta = open_meta_waiting(temp.path());
+            for round in 0..5u8 {
+                let mut value = big.clone();
+                value[0] = round;
+                meta.tree
+                    .insert(records::key(records::FEED_CHECKPOINT, b"misp-a"), value)
+                    .unwrap();
+                meta.db.flush().unwrap();
+            }
+            meta.tree
+                .insert(
+                    records::key(records::FEED_CHECKPOINT, b"#taxii-status/analyst.a/3"),
+                    &b"status"[..],
+                )
+                .unwrap();
+            meta.tree
+                .insert(
+                    records::key(records::FEED_CHECKPOINT, b"\xff\xfe"),
+                    &b"x"[..],
+                )
+                .unwrap();
+            meta.db.flush().unwrap();
+        }
+        let blobs_before = size_of(&temp.path().join("blobs"));
+        let store = open(temp.path()).unwrap();
+        let mut expected = big.clone();
+        expected[0] = 4;
+        assert_eq!(
+            store.feed_checkpoint("misp-a").unwrap(),
+            Some(expected.clone())
+        );
+        assert_eq!(
+            store.taxii_statuses(10).unwrap(),
+            vec![("analyst.a/3".to_owned(), b"status".to_vec())]
+        );
+        let left = store
+            .with_meta(|m| Ok(m.tree.scan_prefix([records::FEED_CHECKPOINT]).count()))
+            .unwrap();
+        assert_eq!(left, 0, "nothing of them is left in sled");
+        drop(store);
+        let store = open(temp.path()).unwrap();
+        assert_eq!(store.feed_checkpoint("misp-a").unwrap(), Some(expected));
+        eprintln!(
+            "sled blobs: {} KiB before the move, {} KiB after",
+            blobs_before / 1024,
+            size_of(&temp.path().join("blobs")) / 1024
+        );
+    }
+
+    /// A value past the bounds is refused as such, and the store goes on writing.
+    #[test]
+    fn a_value_too_large_is_refused_and_the_store_still_writes() {
+        let temp = tempfile::tempdir().unwrap();
+        let store = open(temp.path()).unwrap();
+        let huge = vec![0u8; values::MAX_VALUE_BYTES as usize + 1];
+        assert!(matches!(
+            store.set_feed_checkpoint("misp-a", &huge),
+            Err(StoreError::ValueTooLarge { .. })
+        ));
+        store.set_feed_checkpoint("misp-a", b"small").unwrap();
+        store.flush().unwrap();
+        assert_eq!(
+            store.feed_checkpoint("misp-a").unwrap(),
+            Some(b"small".to_vec())
+        );
     }
 
     #[test]

@@ -231,6 +231,8 @@ fn remove_slots(store: &dyn Store, owner: &NodeId) -> bool {
 pub struct Statuses {
     store: Arc<dyn Store>,
     writers: Mutex<HashMap<NodeId, Writer>>,
+    /// Held while the store is written, taken before `writers`.
+    store_writes: Mutex<()>,
 }
 
 impl Statuses {
@@ -349,47 +351,57 @@ impl Statuses {
         Self {
             store,
             writers: Mutex::new(writers),
+            store_writes: Mutex::new(()),
         }
     }
 
     /// Keeps the status `id` of a write by `owner`: in memory, and in the store when it
-    /// is at most [`MAX_STORED_BYTES`] (durable with the next flush), in a slot of the
+    /// is at most [`MAX_STORED_BYTES`] (durable when this returns), in a slot of the
     /// owner's own. From a blocking thread.
     pub fn keep(&self, id: &str, owner: &NodeId, body: Bytes, now_ms: i64) {
-        // The store is written under the lock, so a slot's last record is its writer's
-        // last status in it, and a dropped writer's slots are not written again after
-        // their removal.
-        let mut writers = self.writers.lock().unwrap_or_else(|p| p.into_inner());
-        if !writers.contains_key(owner) && writers.len() >= MAX_WRITERS {
-            if let Some(dropped) = writer_to_drop(&writers) {
-                writers.remove(&dropped);
-                tracing::warn!(
-                    writer = %dropped,
-                    "TAXII statuses are kept for {MAX_WRITERS} writers; the one longest without a write is dropped"
-                );
-                if !remove_slots(self.store.as_ref(), &dropped) {
-                    tracing::warn!(writer = %dropped, "a dropped writer's TAXII statuses could not be removed from the store");
+        // The store is written in the order decided here, under `store_writes`, so a
+        // slot's last record is its writer's last status in it, and a dropped writer's
+        // slots are not written again after their removal. The map's lock is not held
+        // while the disk is written (a file synced), so reads of statuses never wait.
+        let _store_writes = self.store_writes.lock().unwrap_or_else(|p| p.into_inner());
+        let (dropped, name, record) = {
+            let mut writers = self.writers.lock().unwrap_or_else(|p| p.into_inner());
+            let mut dropped = None;
+            if !writers.contains_key(owner) && writers.len() >= MAX_WRITERS {
+                if let Some(writer) = writer_to_drop(&writers) {
+                    writers.remove(&writer);
+                    tracing::warn!(
+                        writer = %writer,
+                        "TAXII statuses are kept for {MAX_WRITERS} writers; the one longest without a write is dropped"
+                    );
+                    dropped = Some(writer);
                 }
             }
+            let writer = writers.entry(owner.clone()).or_default();
+            let status = Status {
+                seq: writer.seq,
+                id: id.to_owned(),
+                owner: owner.clone(),
+                at_ms: now_ms,
+                body,
+            };
+            writer.seq = writer.seq.saturating_add(1);
+            let name = status.name();
+            let record = (status.body.len() <= MAX_STORED_BYTES).then(|| status.encode());
+            writer.push(status, now_ms);
+            trim_to_memory(&mut writers);
+            (dropped, name, record)
+        };
+        if let Some(dropped) = dropped
+            && !remove_slots(self.store.as_ref(), &dropped)
+        {
+            tracing::warn!(writer = %dropped, "a dropped writer's TAXII statuses could not be removed from the store");
         }
-        let writer = writers.entry(owner.clone()).or_default();
-        let status = Status {
-            seq: writer.seq,
-            id: id.to_owned(),
-            owner: owner.clone(),
-            at_ms: now_ms,
-            body,
-        };
-        writer.seq = writer.seq.saturating_add(1);
-        let name = status.name();
-        let stored = if status.body.len() <= MAX_STORED_BYTES {
-            self.store.set_taxii_status(&name, &status.encode())
-        } else {
+        let stored = match record {
+            Some(record) => self.store.set_taxii_status(&name, &record),
             // The slot's older status would come back after a restart in its place.
-            self.store.remove_taxii_status(&name)
+            None => self.store.remove_taxii_status(&name),
         };
-        writer.push(status, now_ms);
-        trim_to_memory(&mut writers);
         if let Err(error) = stored {
             tracing::warn!(%error, "a TAXII status could not be kept in the store; it is kept in memory");
         }
