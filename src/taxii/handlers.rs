@@ -1720,6 +1720,21 @@ fn engine_error(e: &EngineError) -> Answer {
     }
 }
 
+/// Answers a request refused before its body was read so that the client reads the
+/// answer, not a connection reset: the body is read and dropped first, within the same
+/// bounds as for a body refused as too large (at most 64 MiB, a pause of at most 2 s),
+/// unless the client waits for an interim answer (`Expect: 100-continue`) and so sends
+/// nothing yet.
+async fn refuse_body(headers: &HeaderMap, body: Incoming, answer: Answer) -> Answer {
+    let waits = headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if !waits {
+        let _ = tokio::time::timeout(BODY_TIMEOUT, read_body(body, 0)).await;
+    }
+    answer
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1841,19 +1856,4 @@ mod tests {
             }
         }
     }
-}
-
-/// Answers a request refused before its body was read so that the client reads the
-/// answer, not a connection reset: the body is read and dropped first, within the same
-/// bounds as for a body refused as too large (at most 64 MiB, a pause of at most 2 s),
-/// unless the client waits for an interim answer (`Expect: 100-continue`) and so sends
-/// nothing yet.
-async fn refuse_body(headers: &HeaderMap, body: Incoming, answer: Answer) -> Answer {
-    let waits = headers
-        .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if !waits {
-        let _ = tokio::time::timeout(BODY_TIMEOUT, read_body(body, 0)).await;
-    }
-    answer
 }
