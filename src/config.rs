@@ -1350,6 +1350,15 @@ impl Config {
                 .iter()
                 .map(|m| NodeId::new(m).map_err(|e| invalid(&field, format!("{m:?}: {e}"))))
                 .collect::<Result<Vec<_>, _>>()?;
+            // A recipient list names nodes; a client in it would be bound by nothing.
+            if let Some(client) = members.iter().find(|m| clients.iter().any(|c| &c.id == *m)) {
+                return Err(invalid(
+                    &field,
+                    format!(
+                        "{client} is a [[client]]: a group names nodes (a recipient list binds nodes only)"
+                    ),
+                ));
+            }
             groups.insert(name, members);
         }
 

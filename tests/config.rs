@@ -465,3 +465,25 @@ async fn the_data_directory_is_made_owner_only() {
         .await
         .unwrap();
 }
+
+/// A sharing group names nodes: a client in it would be bound by nothing, so the
+/// configuration is refused, naming the group and the client.
+#[test]
+fn a_client_in_a_sharing_group_is_refused() {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let path = write_config(
+        &pki,
+        &hq,
+        &[
+            peer("berlin.office", "127.0.0.1:1"),
+            common::client("researcher.uni-x", "read_only"),
+        ],
+        &[],
+    );
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("\n[groups]\nops = [\"berlin.office\", \"researcher.uni-x\"]\n");
+    std::fs::write(&path, text).unwrap();
+    let err = load_err(&path);
+    assert_mentions(&err, &["groups.ops", "researcher.uni-x", "[[client]]"]);
+}
