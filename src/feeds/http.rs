@@ -22,6 +22,8 @@ use crate::config::{FeedConfig, PasswordSource};
 
 /// Largest password read from `password_file`.
 const MAX_PASSWORD_BYTES: u64 = 4096;
+/// How long reading a feed's password may take.
+const PASSWORD_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Most redirects followed for one request.
 pub(super) const MAX_REDIRECTS: usize = 5;
@@ -138,7 +140,21 @@ impl Client {
             .header(http::header::CONNECTION, "close");
         let home = uri.authority() == self.home.as_ref();
         if let Some(credentials) = self.credentials.as_ref().filter(|_| home) {
-            let password = read_password(&credentials.password)?;
+            // Read off the async workers, and given up on after a while: a password file
+            // on a hung mount must not stall the node's other tasks, nor this feed for ever.
+            let source = credentials.password.clone();
+            let password = tokio::time::timeout(
+                PASSWORD_READ_TIMEOUT,
+                tokio::task::spawn_blocking(move || read_password(&source)),
+            )
+            .await
+            .map_err(|_| {
+                FeedError::Config(format!(
+                    "the password could not be read within {} s",
+                    PASSWORD_READ_TIMEOUT.as_secs()
+                ))
+            })?
+            .map_err(|_| FeedError::Config("the password could not be read".into()))??;
             let token = base64::engine::general_purpose::STANDARD
                 .encode(format!("{}:{}", credentials.username, password));
             let mut value = http::HeaderValue::from_str(&format!("Basic {token}"))
@@ -496,5 +512,14 @@ mod tests {
         assert!(refused.contains("chmod 600"), "{refused}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(read_password(&source).unwrap(), "secret");
+        // A FIFO would block the reader until someone writes to it: refused unread.
+        let fifo = dir.path().join("fifo");
+        let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo(3) with a NUL-terminated path this test owns.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        let refused = read_password(&PasswordSource::File(fifo))
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("not a regular file"), "{refused}");
     }
 }
