@@ -569,3 +569,52 @@ async fn a_client_certificate_under_a_nodes_id_is_neither_the_operator_nor_the_p
     }
     node.shutdown(DEADLINE).await.unwrap();
 }
+
+/// A node certificate issued without an extended key usage extension (any use, as many
+/// organisations' CAs issue them) is a node certificate: the peer is admitted.
+#[tokio::test]
+async fn a_node_certificate_without_extended_key_usage_is_admitted_as_the_node() {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let berlin = NodeId::new("berlin.office").unwrap();
+    let node = start(&write_config(
+        &pki,
+        &hq,
+        &[peer("berlin.office", "127.0.0.1:1")],
+        &[],
+    ))
+    .await;
+    let ca_pem = std::fs::read_to_string(pki.ca_cert()).unwrap();
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(pki.certs.key_path("ca")).unwrap())
+            .unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, &ca_key).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["berlin.office".to_owned()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "berlin.office");
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![];
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let dir = pki.path().join("no-eku");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let material = TlsMaterial::load(
+        &TlsPaths {
+            cert: cert_path,
+            key: key_path,
+            trust_anchors: vec![pki.ca_cert()],
+            crls: vec![],
+        },
+        &berlin,
+    )
+    .unwrap();
+    let answer = hello(&material, node.local_addr(), &hq).await.unwrap();
+    assert_eq!(answer.caller_id, "berlin.office");
+    node.shutdown(DEADLINE).await.unwrap();
+}

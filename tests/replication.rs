@@ -948,3 +948,69 @@ async fn a_subscriber_under_an_embargo_gets_the_item_when_it_lifts() {
     assert_eq!(value, "embargoed.example");
     node.shutdown(DEADLINE).await.unwrap();
 }
+
+/// A node is not sent back what it originated, but an object that names it (a
+/// relationship to a partner's own indicator) does reach that partner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_about_a_partners_own_indicator_reaches_it_and_its_own_items_do_not_come_back() {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let berlin = pki.node("berlin.office");
+    pki.client("analyst.alice");
+    const FORWARD: &str = "max_tlp = \"GREEN\"\nallow_types = [\"*\"]\nforward_third_party = true";
+    // Berlin first, so that the HQ's link to it has its address from the start.
+    let berlin_config = config(&pki, &berlin, &peer("redmond.hq", "127.0.0.1:1", FORWARD));
+    let berlin_node = common::start(&berlin_config).await;
+    let hq_node = common::start(&config(
+        &pki,
+        &hq,
+        &peer(
+            "berlin.office",
+            &berlin_node.local_addr().to_string(),
+            FORWARD,
+        ),
+    ))
+    .await;
+    // Berlin learns the HQ's address by a reload.
+    let text = std::fs::read_to_string(&berlin_config)
+        .unwrap()
+        .replace("127.0.0.1:1", &hq_node.local_addr().to_string());
+    std::fs::write(&berlin_config, text).unwrap();
+    berlin_node.reload_policy().unwrap();
+    let at_hq = analyst(&pki, &hq_node).await;
+    let at_berlin = analyst(&pki, &berlin_node).await;
+    let own = item("berlin-own.example.com", Tlp::Green);
+    publish(&at_berlin, vec![own.clone()], None).await;
+    holds_ids(&at_hq, &[&own.id], "the HQ").await;
+    let about = context("relationship", &[&own, &own]);
+    publish(&at_hq, vec![about.clone()], None).await;
+    holds_ids(&at_berlin, &[&about.id], "berlin").await;
+    // The HQ's ledger shows the relationship going to berlin, and never berlin's own.
+    let own_bundle = at_berlin
+        .get(&own.id)
+        .await
+        .unwrap()
+        .and_then(|stored| stored.provenance)
+        .unwrap()
+        .bundle_id;
+    let operator = common::connect(&pki, &hq_node, "redmond.hq").await;
+    let mut records = operator
+        .ledger_show(entente::rpc::proto::LedgerShowRequest {
+            partner: "berlin.office".into(),
+            since_unix_ms: 0,
+        })
+        .await
+        .unwrap();
+    let mut sent = Vec::new();
+    while let Some(record) = records.message().await.unwrap() {
+        sent.extend(record.deliveries.into_iter().map(|d| d.bundle_id));
+    }
+    assert!(!sent.is_empty(), "the relationship's delivery is recorded");
+    assert!(
+        !sent.contains(&own_bundle),
+        "berlin was sent back its own bundle: {sent:?}"
+    );
+    for node in [berlin_node, hq_node] {
+        node.shutdown(DEADLINE).await.unwrap();
+    }
+}

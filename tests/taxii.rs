@@ -2820,3 +2820,101 @@ async fn taxii_a_post_refused_before_its_body_is_answered_not_reset() {
         assert!(reply.sent_whole, "the node closed before the body was sent");
     }
 }
+
+/// Once revoked, a client's certificate keeps its Basic credentials refused after it
+/// expires: the revocation is judged as of when the certificate was presented.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_clients_password_stays_refused_after_its_certificate_expires() {
+    use std::os::unix::fs::PermissionsExt;
+    let pki = federation();
+    let config = write_config(&pki, true);
+    let node = serve_taxii(&config);
+    let siem_id = NodeId::new("siem.soc").unwrap();
+    // A certificate of the client valid for a few seconds more, kept by the CA as an
+    // earlier certificate of the id (as a renewal keeps one).
+    let expires = time::OffsetDateTime::now_utc() + time::Duration::seconds(4);
+    let issued = pki
+        .certs
+        .load_ca()
+        .unwrap()
+        .issue(
+            &siem_id,
+            &entente::certs::Usage::Client,
+            entente::certs::Validity {
+                not_before: time::OffsetDateTime::now_utc() - time::Duration::hours(1),
+                not_after: expires,
+            },
+        )
+        .unwrap();
+    let short = pki.path().join("short");
+    std::fs::create_dir_all(&short).unwrap();
+    let (cert, key) = (short.join("siem.crt"), short.join("siem.key"));
+    std::fs::write(&cert, &issued.cert_pem).unwrap();
+    std::fs::write(&key, &issued.key_pem).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let serial = entente::util::hex(&entente::certs::certificate_serial(&cert).unwrap());
+    std::fs::copy(
+        &cert,
+        pki.ca_cert()
+            .parent()
+            .unwrap()
+            .join(format!("siem.soc.{serial}.crt")),
+    )
+    .unwrap();
+    let mut short_tls = (*entente::transport::TlsMaterial::load(
+        &entente::transport::TlsPaths {
+            cert,
+            key,
+            trust_anchors: vec![pki.ca_cert()],
+            crls: vec![],
+        },
+        &siem_id,
+    )
+    .unwrap()
+    .client_config()
+    .unwrap())
+    .clone();
+    short_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let short_tls = Arc::new(short_tls);
+    assert_eq!(
+        get(&short_tls, node.taxii, "/api/collections/")
+            .await
+            .status,
+        200
+    );
+    let anonymous = tls(&pki, None);
+    let siem = basic("siem.soc", SIEM_PASSWORD);
+    let with_password = || {
+        let anonymous = anonymous.clone();
+        let siem = siem.clone();
+        let addr = node.taxii;
+        async move {
+            send(
+                &anonymous,
+                addr,
+                "GET",
+                "/api/collections/",
+                &[("Accept", TAXII), ("Authorization", &siem)],
+                b"",
+            )
+            .await
+            .map_or(0, |reply| reply.status)
+        }
+    };
+    let crl = pki.certs.revoke(&siem_id).unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(
+            "crls = []",
+            &format!("crls = [{:?}]", crl.display().to_string()),
+        ),
+    )
+    .unwrap();
+    reload(&node);
+    wait_for(|| async { with_password().await == 401 }).await;
+    // The revoked certificate expires; the revocation stands.
+    wait_for(|| async { time::OffsetDateTime::now_utc() > expires + time::Duration::seconds(1) })
+        .await;
+    assert_eq!(with_password().await, 401, "after the certificate expired");
+}

@@ -829,7 +829,9 @@ impl Policy {
         // A node is never sent back what it originated: it holds it already, and what
         // comes back to it must not depend on what else this node holds (an object of
         // its own naming an id this node withholds from it would otherwise not return).
-        if p.kind == PartnerKind::Node && ctx.origin == partner {
+        // Only for the item sent: an object it references that the partner originated
+        // is one the partner holds (a sighting of its own indicator goes to it).
+        if depth == 0 && p.kind == PartnerKind::Node && ctx.origin == partner {
             return Decision::withhold(Rule::OwnOrigin(partner.clone()));
         }
         // Rule 2: the partner's policy allows the item.

@@ -86,7 +86,7 @@ enum PartnerError {
     /// A certificate naming a configured node that was not issued for a node (no server
     /// authentication use): a client certificate cannot speak as a node.
     #[error(
-        "certificate for {0}, a configured node, is not a node certificate (it was issued for a client)"
+        "certificate for {0}, a configured node, is not a node certificate (its extended key usage has no server authentication)"
     )]
     NotANodeCertificate(NodeId),
 }
@@ -260,7 +260,16 @@ pub struct Directory {
     /// The certificate chains each configured client connected with since this node
     /// started (at most [`CHAINS_KEPT`] per client, newest last), so that a CRL
     /// revoking one of them also ends the client's HTTP Basic access.
-    chains: Mutex<HashMap<NodeId, Vec<Vec<CertificateDer<'static>>>>>,
+    chains: Mutex<HashMap<NodeId, Vec<SeenChain>>>,
+}
+
+/// A client's certificate chain as it was presented, and when.
+#[derive(Debug)]
+struct SeenChain {
+    chain: Vec<CertificateDer<'static>>,
+    /// When it was last presented, seconds since the Unix epoch: its revocation is
+    /// judged as of then, so that it stays revoked once it has expired.
+    at_secs: u64,
 }
 
 /// How many distinct certificates of one client [`Directory::revoked_since_seen`] remembers.
@@ -541,11 +550,21 @@ impl Directory {
             let configured = self.current();
             chains.retain(|known, _| configured.partners.contains_key(known));
             let held = chains.entry(id.clone()).or_default();
-            if !held.iter().any(|known| known.first() == Some(leaf)) {
-                if held.len() == CHAINS_KEPT {
-                    held.remove(0);
+            let at_secs = UnixTime::now().as_secs();
+            match held
+                .iter_mut()
+                .find(|known| known.chain.first() == Some(leaf))
+            {
+                Some(known) => known.at_secs = at_secs,
+                None => {
+                    if held.len() == CHAINS_KEPT {
+                        held.remove(0);
+                    }
+                    held.push(SeenChain {
+                        chain: chain.clone(),
+                        at_secs,
+                    });
                 }
-                held.push(chain.clone());
             }
         }
         let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
@@ -593,13 +612,20 @@ impl Directory {
         let state = self.current();
         let chains = self.chains.lock().unwrap_or_else(|p| p.into_inner());
         chains.get(id).is_some_and(|held| {
-            held.iter().any(|chain| {
-                chain.split_first().is_some_and(|(leaf, intermediates)| {
-                    matches!(
-                        Self::verify_chain(&state, leaf, intermediates, UnixTime::now()),
-                        Err(rustls::Error::InvalidCertificate(CertificateError::Revoked))
-                    )
-                })
+            held.iter().any(|seen| {
+                seen.chain
+                    .split_first()
+                    .is_some_and(|(leaf, intermediates)| {
+                        // As of when it was presented (valid then), against the CRLs in force
+                        // now: a revoked certificate stays revoked after it expires.
+                        let then = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+                            seen.at_secs,
+                        ));
+                        matches!(
+                            Self::verify_chain(&state, leaf, intermediates, then),
+                            Err(rustls::Error::InvalidCertificate(CertificateError::Revoked))
+                        )
+                    })
             })
         })
     }

@@ -135,12 +135,17 @@ pub fn public_key(der: &CertificateDer<'_>) -> Option<Vec<u8>> {
     Some(cert.public_key().raw.to_vec())
 }
 
-/// Whether a certificate was issued for a node: its extended key usage allows server
+/// Whether a certificate may serve as a node's: its extended key usage allows server
 /// authentication (`certs node` gives server and client use, `certs client` client use
-/// only). A certificate without the extension is not a node's.
+/// only), or it has no such extension (any use, as RFC 5280 reads it and as WebPKI
+/// accepts it for a server; many organisations' CAs issue them so).
 pub fn is_node_certificate(der: &CertificateDer<'_>) -> bool {
     let Ok((_, cert)) = X509Certificate::from_der(der.as_ref()) else {
         return false;
     };
-    matches!(cert.extended_key_usage(), Ok(Some(usage)) if usage.value.server_auth)
+    match cert.extended_key_usage() {
+        Ok(None) => true,
+        Ok(Some(usage)) => usage.value.server_auth || usage.value.any,
+        Err(_) => false,
+    }
 }
