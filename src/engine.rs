@@ -473,9 +473,8 @@ impl Engine {
         now_ms: i64,
     ) -> Result<Distribution, EngineError> {
         let mut distribution = self.check_publishable(publisher, items, requested, now_ms)?;
-        if !requested.recipients.is_empty() {
-            return Ok(distribution);
-        }
+        let naming = !requested.recipients.is_empty();
+        let policy = self.policy();
         // Ids seen earlier in the bundle: a later version of one replaces that, not
         // what is held.
         let mut seen: HashSet<&ItemId> = HashSet::with_capacity(items.len());
@@ -484,6 +483,9 @@ impl Engine {
                 continue;
             }
             let Some(held) = self.store.get(&item.id)? else {
+                if naming {
+                    continue;
+                }
                 // Fail closed: a version of this node's own that a compaction dropped
                 // as expired took its distribution with it, and the new version would
                 // go to every partner. A writer whose policy withholds anything is
@@ -503,6 +505,20 @@ impl Engine {
                 continue;
             };
             if &held.origin != self.signer.origin() {
+                continue;
+            }
+            // What this node took from a feed stays the feed's in every later version
+            // (rule 3 knows it by the feed's source tag): a version without that tag
+            // is refused rather than let the feed's data go out as this node's own.
+            if let Some(feed) = policy.third_party_feed(&held.item) {
+                if !item.tags.iter().any(|tag| tag.eq_ignore_ascii_case(feed)) {
+                    return Err(EngineError::Unpublishable(format!(
+                        "item {at}: {} was taken from a feed and carries the tag {feed}; a new version must carry it too",
+                        item.id
+                    )));
+                }
+            }
+            if naming {
                 continue;
             }
             // Fail closed: without the replaced version's distribution, nothing to keep.

@@ -2201,6 +2201,42 @@ async fn a_feeds_amber_items_stay_with_the_node_unless_the_feed_may_be_shared() 
         ],
         "first seen: {at_berlin:?}"
     );
+    // A correction of the vendor's AMBER item written at the node stays the vendor's:
+    // without the feed's source tag it is refused, with it it is written.
+    let vendor = items_tagged(&hq_client, "source:vendor").await;
+    let (amber_id, _) = vendor
+        .iter()
+        .find(|(_, stored)| indicator(stored).1 == "amber.vendor.example")
+        .unwrap();
+    let correction = |tags: Vec<String>| entente::rpc::proto::PublishRequest {
+        items: vec![entente::wire::Item {
+            id: amber_id.clone(),
+            modified_unix_ms: 0,
+            tlp: WireTlp::Amber as i32,
+            tags,
+            kind: Some(item::Kind::Indicator(entente::wire::Indicator {
+                indicator_type: "domain".into(),
+                value: "amber.vendor.example".into(),
+                description: "confirmed".into(),
+                ..Default::default()
+            })),
+        }],
+        distribution: None,
+        groups: vec![],
+    };
+    let refused = hq_client
+        .publish(tokio_stream::iter(vec![correction(vec![])]))
+        .await;
+    assert!(
+        format!("{refused:?}").contains("was taken from a feed"),
+        "{refused:?}"
+    );
+    hq_client
+        .publish(tokio_stream::iter(vec![correction(vec![
+            "source:vendor".into(),
+        ])]))
+        .await
+        .unwrap();
     berlin_node.shutdown(DEADLINE).await.unwrap();
     hq_node.shutdown(DEADLINE).await.unwrap();
 }

@@ -648,6 +648,23 @@ fn dropped_segments_are_archived_when_asked() {
     store.flush().unwrap();
     let archived: Vec<_> = std::fs::read_dir(&archive).unwrap().collect();
     assert!(!archived.is_empty());
+    // Segments are owner-only where they are written and where they are archived,
+    // whatever the umask: they name who received what.
+    use std::os::unix::fs::PermissionsExt;
+    for entry in archived
+        .into_iter()
+        .chain(std::fs::read_dir(dir.path().join("ledger")).unwrap())
+    {
+        let path = entry.unwrap().path();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "{} has mode {:o}",
+            path.display(),
+            mode & 0o777
+        );
+    }
     let LedgerCheck::Intact { from, .. } = store.verify_ledger().unwrap() else {
         panic!("not intact");
     };

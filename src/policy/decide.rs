@@ -612,7 +612,7 @@ impl Policy {
 
     /// The feed an item of this node's own came from, when its items count as
     /// third-party: the first such feed's source tag it carries.
-    fn third_party_feed(&self, item: &Item) -> Option<&String> {
+    pub fn third_party_feed(&self, item: &Item) -> Option<&String> {
         self.feeds.iter().find(|tag| has_tag(&item.tags, tag))
     }
 

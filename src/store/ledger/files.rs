@@ -609,11 +609,14 @@ impl SegmentLedger {
             start: state.head,
         };
         let created = (|| {
+            use std::os::unix::fs::OpenOptionsExt;
+            // Owner-only whatever the umask: it names who received what, and when.
             let file = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(true)
+                .mode(0o600)
                 .open(&path)?;
             file.write_all_at(&header.encode(), 0)?;
             file.sync_data()?;
@@ -1100,9 +1103,14 @@ fn drop_file(path: &Path, archive: Option<&Path>) -> Result<(), StoreError> {
     match archive {
         None => std::fs::remove_file(path).map_err(io(path)),
         Some(archive) => {
+            use std::os::unix::fs::PermissionsExt;
             std::fs::create_dir_all(archive).map_err(io(archive))?;
             let name = path.file_name().unwrap_or_default();
             let to = archive.join(name);
+            // Owner-only before it leaves, so that it is never readable by others there
+            // (segments written by an older version took the umask).
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(io(path))?;
             if std::fs::rename(path, &to).is_err() {
                 std::fs::copy(path, &to).map_err(io(&to))?;
                 File::open(&to)
