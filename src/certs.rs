@@ -481,6 +481,16 @@ impl CertificateAuthority {
     }
 }
 
+/// The name a new CA gets when none is given: "Entente federation CA" and 8 random
+/// hexadecimal digits. CRLs are matched to CAs by name, so two federations' CAs must
+/// not share one.
+pub fn default_ca_name() -> String {
+    let mut suffix = [0u8; 4];
+    use rand::RngCore as _;
+    rand::rng().fill_bytes(&mut suffix);
+    format!("Entente federation CA {}", crate::util::hex(&suffix))
+}
+
 /// One revoked certificate in the register.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RevokedEntry {

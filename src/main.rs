@@ -361,7 +361,12 @@ fn ledger(command: LedgerCommand, output: Output) -> Result<()> {
 fn certs(command: CertsCommand, output: Output) -> Result<()> {
     use entente::cli::setup;
     match command {
-        CertsCommand::Ca { dir, name, days } => setup::create_ca(&dir, &name, days, output),
+        CertsCommand::Ca { dir, name, days } => setup::create_ca(
+            &dir,
+            &name.unwrap_or_else(entente::certs::default_ca_name),
+            days,
+            output,
+        ),
         CertsCommand::Node {
             dir,
             id,

@@ -534,3 +534,27 @@ fn a_signed_request_moves_the_cas_copy_of_the_old_key_aside_and_days_must_be_pos
         .count();
     assert_eq!(kept_keys, 1, "the old key is kept beside its certificate");
 }
+
+#[test]
+fn two_cas_made_without_a_name_do_not_share_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let subject = |ca: &Path| {
+        let der = entente::transport::files::read_certificates(&ca.join("ca.crt")).unwrap();
+        let (_, cert) =
+            <x509_parser::certificate::X509Certificate as x509_parser::prelude::FromDer<
+                '_,
+                x509_parser::error::X509Error,
+            >>::from_der(der[0].as_ref())
+            .unwrap();
+        cert.subject().to_string()
+    };
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    ok(&["certs", "ca", "--dir", s(&a)]);
+    ok(&["certs", "ca", "--dir", s(&b)]);
+    assert_ne!(subject(&a), subject(&b));
+    assert!(
+        subject(&a).contains("Entente federation CA"),
+        "{}",
+        subject(&a)
+    );
+}

@@ -618,3 +618,74 @@ async fn a_node_certificate_without_extended_key_usage_is_admitted_as_the_node()
     assert_eq!(answer.caller_id, "berlin.office");
     node.shutdown(DEADLINE).await.unwrap();
 }
+
+/// Two CAs of one name (every `certs ca` made the same name before): each one's CRL
+/// revokes its own certificates only, both are in force, and neither turns the other
+/// CA's certificates away.
+#[tokio::test]
+async fn crls_of_two_cas_of_one_name_each_revoke_only_their_own() {
+    let pki = Pki::new();
+    let partner = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let alice = pki.client("analyst.alice");
+    let gone = pki.client("old.laptop");
+    let tool = partner.client("tool.partner");
+    let stray = partner.client("stray.partner");
+    let ours = pki.certs.revoke(&gone).unwrap();
+    let theirs = partner.certs.revoke(&stray).unwrap();
+    let config = pki.path().join("hq.toml");
+    let pinned = |id: &str, role: &str, anchor: std::path::PathBuf| {
+        entente::config::builder::Entry::client(id, role).policy(
+            entente::config::builder::Policy::default().line(&format!(
+                "trust_anchor = {}",
+                entente::config::builder::quote(&anchor.display().to_string())
+            )),
+        )
+    };
+    common::node_toml(&pki, &hq, &pki.path().join("data"))
+        .anchor(partner.ca_cert())
+        .crl(&ours)
+        .crl(&theirs)
+        .entry(pinned("analyst.alice", "analyst", pki.ca_cert()))
+        .entry(pinned("old.laptop", "analyst", pki.ca_cert()))
+        .entry(pinned("tool.partner", "read_only", partner.ca_cert()))
+        .entry(pinned("stray.partner", "read_only", partner.ca_cert()))
+        .write(&config)
+        .unwrap();
+    let node = start(&config).await;
+    let trusting_hq = |who: &Pki, id: &NodeId| {
+        TlsMaterial::load(
+            &TlsPaths {
+                cert: who.certs.cert_path(id.as_str()),
+                key: who.certs.key_path(id.as_str()),
+                trust_anchors: vec![pki.ca_cert()],
+                crls: vec![],
+            },
+            id,
+        )
+        .unwrap()
+    };
+    for (who, id) in [(&pki, &alice), (&partner, &tool)] {
+        let answer = hello(&trusting_hq(who, id), node.local_addr(), &hq).await;
+        assert!(answer.is_ok(), "{id}: {answer:?}");
+    }
+    for (who, id) in [(&pki, &gone), (&partner, &stray)] {
+        let refused = hello(&trusting_hq(who, id), node.local_addr(), &hq)
+            .await
+            .unwrap_err();
+        assert!(refused.contains("CertificateRevoked"), "{id}: {refused}");
+    }
+    // The node's own operator, with both CRLs in its client configuration, reaches it.
+    let operator = TlsMaterial::load(
+        &TlsPaths {
+            cert: pki.certs.cert_path("redmond.hq"),
+            key: pki.certs.key_path("redmond.hq"),
+            trust_anchors: vec![pki.ca_cert(), partner.ca_cert()],
+            crls: vec![ours.clone(), theirs.clone()],
+        },
+        &hq,
+    )
+    .unwrap();
+    hello(&operator, node.local_addr(), &hq).await.unwrap();
+    node.shutdown(DEADLINE).await.unwrap();
+}

@@ -400,9 +400,10 @@ pub enum CertsCommand {
         /// The directory of the CA (ca.crt, ca.key), written into.
         #[arg(long)]
         dir: PathBuf,
-        /// The CA's common name.
-        #[arg(long, default_value = "Entente federation CA")]
-        name: String,
+        /// The CA's common name. Default: "Entente federation CA" and a random suffix, so
+        /// that two federations' CAs never share a name (CRLs are matched by name).
+        #[arg(long)]
+        name: Option<String>,
         /// Validity in days.
         #[arg(long, default_value_t = 3650, value_parser = clap::value_parser!(u32).range(1..))]
         days: u32,

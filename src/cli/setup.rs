@@ -29,7 +29,10 @@ pub fn init(dir: &Path, id: &NodeId, listen: &str, with_certs: bool, output: Out
     if with_certs {
         let certs = CertDir::new(dir.join("certs"));
         if !certs.ca_cert_path().exists() {
-            certs.create_ca("Entente federation CA", Validity::days_from_now(3650))?;
+            certs.create_ca(
+                &crate::certs::default_ca_name(),
+                Validity::days_from_now(3650),
+            )?;
             created_ca = Some(certs.ca_cert_path());
         }
         certs.issue(

@@ -53,6 +53,9 @@ pub enum CrlRefusal {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Freshness {
     issuer: Vec<u8>,
+    /// The issuer's key identifier (authority key identifier), when the CRL names it:
+    /// two CAs may bear one name, and each CRL speaks for its own key only.
+    key_id: Option<Vec<u8>>,
     number: Option<Vec<u8>>,
     this_update: i64,
 }
@@ -64,11 +67,26 @@ impl Freshness {
         if !rest.is_empty() {
             return Err(CrlRefusal::Unreadable("trailing bytes".into()));
         }
+        let key_id = crl
+            .extensions()
+            .iter()
+            .find_map(|ext| match ext.parsed_extension() {
+                x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                    aki.key_identifier.as_ref().map(|k| k.0.to_vec())
+                }
+                _ => None,
+            });
         Ok(Self {
             issuer: crl.issuer().as_raw().to_vec(),
+            key_id,
             number: crl.crl_number().map(|n| n.to_bytes_be()),
             this_update: crl.last_update().timestamp(),
         })
+    }
+
+    /// Whether both come from one issuer: the same name and the same key identifier.
+    fn same_issuer(&self, other: &Freshness) -> bool {
+        self.issuer == other.issuer && self.key_id == other.key_id
     }
 
     /// Whether `self` is newer than `other` (same issuer assumed).
@@ -133,12 +151,26 @@ pub fn check_offered(
     let offered = Freshness::of(der)?;
     for current in in_force {
         if let Ok(current) = Freshness::of(current.as_ref()) {
-            if current.issuer == offered.issuer && !offered.newer_than(&current) {
+            if current.same_issuer(&offered) && !offered.newer_than(&current) {
                 return Err(CrlRefusal::NotNewer { issuer });
             }
         }
     }
     Ok(issuer)
+}
+
+/// Whether the CRL (DER) was signed by one of `certificates` (named as its issuer), or
+/// cannot be read at all (left for the verifier builder to refuse).
+pub fn signed_by_any_or_unreadable(der: &[u8], certificates: &[CertificateDer<'_>]) -> bool {
+    let Ok((_, crl)) = CertificateRevocationList::from_der(der) else {
+        return true;
+    };
+    certificates.iter().any(|cert| {
+        X509Certificate::from_der(cert.as_ref()).is_ok_and(|(_, cert)| {
+            cert.subject().as_raw() == crl.issuer().as_raw()
+                && crl.verify_signature(cert.public_key()).is_ok()
+        })
+    })
 }
 
 /// Keeps, of several CRLs from one issuer, only the newest (an unreadable CRL is kept
@@ -151,7 +183,7 @@ pub fn newest_per_issuer(
         let fresh = Freshness::of(crl.as_ref()).ok();
         let same_issuer = fresh.as_ref().and_then(|f| {
             kept.iter()
-                .position(|(k, _)| k.as_ref().is_some_and(|k| k.issuer == f.issuer))
+                .position(|(k, _)| k.as_ref().is_some_and(|k| k.same_issuer(f)))
         });
         match (same_issuer, &fresh) {
             (Some(at), Some(f)) => {
@@ -169,7 +201,12 @@ pub fn newest_per_issuer(
 /// A short, stable file name for the CRL of an issuer (hex of a hash of its name).
 pub fn file_name_for(der: &[u8]) -> Result<String, CrlRefusal> {
     let fresh = Freshness::of(der)?;
-    let digest = ring::digest::digest(&ring::digest::SHA256, &fresh.issuer);
+    let mut named = fresh.issuer.clone();
+    if let Some(key_id) = &fresh.key_id {
+        named.push(0);
+        named.extend_from_slice(key_id);
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, &named);
     Ok(format!(
         "issuer-{}.pem",
         crate::util::hex(&digest.as_ref()[..8])

@@ -151,6 +151,9 @@ pub struct TlsMaterial {
     crls: Vec<CertificateRevocationListDer<'static>>,
     /// Every trust-anchor certificate, for expiry warnings.
     anchor_certificates: Vec<CertificateDer<'static>>,
+    /// The certificates of each trust-anchor file, in the order of `anchors`: each
+    /// anchor's verifier is given only the CRLs its own certificates signed.
+    anchor_files: Vec<Vec<CertificateDer<'static>>>,
 }
 
 impl Clone for TlsMaterial {
@@ -163,6 +166,7 @@ impl Clone for TlsMaterial {
             anchors: self.anchors.clone(),
             crls: self.crls.clone(),
             anchor_certificates: self.anchor_certificates.clone(),
+            anchor_files: self.anchor_files.clone(),
         }
     }
 }
@@ -198,9 +202,12 @@ impl TlsMaterial {
         let mut roots = RootCertStore::empty();
         let mut anchors = Vec::with_capacity(paths.trust_anchors.len());
         let mut anchor_certificates = Vec::new();
+        let mut anchor_files = Vec::with_capacity(paths.trust_anchors.len());
         for path in &paths.trust_anchors {
             let mut anchor = RootCertStore::empty();
-            for (index, cert) in files::read_certificates(path)?.into_iter().enumerate() {
+            let certificates = files::read_certificates(path)?;
+            anchor_files.push(certificates.clone());
+            for (index, cert) in certificates.into_iter().enumerate() {
                 anchor_certificates.push(cert.clone());
                 check_ca(&cert).map_err(|problem| TlsError::BadTrustAnchor {
                     path: path.clone(),
@@ -232,6 +239,7 @@ impl TlsMaterial {
             anchors,
             crls,
             anchor_certificates,
+            anchor_files,
         };
         // Building a server config checks that the key matches the certificate.
         material.client_config()?;
@@ -242,10 +250,11 @@ impl TlsMaterial {
     fn verifier_over(
         &self,
         roots: &Arc<RootCertStore>,
+        crls: &[CertificateRevocationListDer<'static>],
     ) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
         Ok(
             WebPkiClientVerifier::builder_with_provider(roots.clone(), crypto_provider())
-                .with_crls(self.crls.iter().cloned())
+                .with_crls(crls.iter().cloned())
                 .only_check_end_entity_revocation()
                 // A CRL revokes only certificates of its own issuer: a CA with no CRL
                 // in force is not checked for revocation, rather than every one of its
@@ -256,6 +265,40 @@ impl TlsMaterial {
         )
     }
 
+    /// The CRLs the certificates of anchor file `at` signed (and any that cannot be read,
+    /// for the verifier builder to refuse): WebPKI picks a CRL by its issuer's name, so a
+    /// CRL of another CA of the same name must never be offered to this anchor's checks.
+    fn crls_of_anchor(&self, at: usize) -> Vec<CertificateRevocationListDer<'static>> {
+        let certificates = self.anchor_files.get(at).map_or(&[][..], Vec::as_slice);
+        self.crls
+            .iter()
+            .filter(|crl| super::crl::signed_by_any_or_unreadable(crl.as_ref(), certificates))
+            .cloned()
+            .collect()
+    }
+
+    /// A verifier over every anchor: with one anchor file, WebPKI over it; with
+    /// several, the first of the per-anchor verifiers that accepts (each with only its
+    /// own CRLs).
+    fn any_anchor(
+        &self,
+        by_anchor: &AnchorVerifiers,
+    ) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+        if self.anchors.len() <= 1 {
+            return self.verifier_over(&self.roots, &self.crls);
+        }
+        let each: Vec<Arc<dyn ClientCertVerifier>> = self
+            .anchors
+            .iter()
+            .filter_map(|(path, _)| by_anchor.get(path).cloned())
+            .collect();
+        let hints = each
+            .iter()
+            .flat_map(|v| v.root_hint_subjects().to_vec())
+            .collect();
+        Ok(Arc::new(AnyAnchor { each, hints }))
+    }
+
     /// One verifier per anchor file, and the anchor files this node's own certificate
     /// chains to.
     fn anchor_verifiers(&self) -> Result<(AnchorVerifiers, Vec<PathBuf>), TlsError> {
@@ -263,8 +306,8 @@ impl TlsMaterial {
         let mut own_anchors = Vec::new();
         // `load` refuses a certificate file without a certificate, so the chain has a leaf.
         let own = self.chain.split_first();
-        for (path, roots) in &self.anchors {
-            let verifier = self.verifier_over(roots)?;
+        for (at, (path, roots)) in self.anchors.iter().enumerate() {
+            let verifier = self.verifier_over(roots, &self.crls_of_anchor(at))?;
             let chains_here = own.is_some_and(|(leaf, intermediates)| {
                 verifier
                     .verify_client_cert(leaf, intermediates, UnixTime::now())
@@ -288,7 +331,7 @@ impl TlsMaterial {
                 .iter()
                 .filter_map(|der| WatchedCertificate::read(CertificateRole::TrustAnchor, der))
                 .collect(),
-            any: self.verifier_over(&self.roots)?,
+            any: self.any_anchor(&by_anchor)?,
             by_anchor,
             // With one anchor there is nothing to pin to; with several, the node's own id
             // is accepted only from the anchors its own certificate chains to.
@@ -370,7 +413,13 @@ impl TlsMaterial {
     /// The client side: TLS 1.3, presents this identity's certificate, verifies the
     /// server against the same anchors and CRLs.
     pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-        self.client_config_over(&self.roots)
+        if self.anchors.len() <= 1 {
+            return self.client_config_over(&self.roots, &self.crls);
+        }
+        let each = (0..self.anchors.len())
+            .map(|at| self.server_verifier(&self.anchors[at].1, &self.crls_of_anchor(at)))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.client_config_with(Arc::new(AnyServerAnchor { each }))
     }
 
     /// [`TlsMaterial::client_config`] for a peer pinned to `anchor` (one of the
@@ -383,35 +432,53 @@ impl TlsMaterial {
         let Some(anchor) = anchor else {
             return self.client_config();
         };
-        let roots = self
+        let at = self
             .anchors
             .iter()
-            .find(|(path, _)| path == anchor)
-            .map(|(_, roots)| roots)
+            .position(|(path, _)| path == anchor)
             .ok_or_else(|| TlsError::BadTrustAnchor {
                 path: anchor.to_path_buf(),
                 problem: "not one of this node's trust anchors".into(),
             })?;
-        self.client_config_over(roots)
+        let roots = self.anchors[at].1.clone();
+        self.client_config_over(&roots, &self.crls_of_anchor(at))
+    }
+
+    fn server_verifier(
+        &self,
+        roots: &Arc<RootCertStore>,
+        crls: &[CertificateRevocationListDer<'static>],
+    ) -> Result<Arc<WebPkiServerVerifier>, TlsError> {
+        Ok(
+            WebPkiServerVerifier::builder_with_provider(roots.clone(), crypto_provider())
+                .with_crls(crls.iter().cloned())
+                .only_check_end_entity_revocation()
+                .allow_unknown_revocation_status()
+                .build()?,
+        )
     }
 
     fn client_config_over(
         &self,
         roots: &Arc<RootCertStore>,
+        crls: &[CertificateRevocationListDer<'static>],
+    ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        self.client_config_with(self.server_verifier(roots, crls)?)
+    }
+
+    fn client_config_with(
+        &self,
+        verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
     ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
         let provider = crypto_provider();
-        let verifier = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
-            .with_crls(self.crls.iter().cloned())
-            .only_check_end_entity_revocation()
-            .allow_unknown_revocation_status()
-            .build()?;
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|source| TlsError::Rustls {
                 context: "client protocol versions",
                 source,
             })?
-            .with_webpki_verifier(verifier)
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
             .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
             .map_err(|source| TlsError::Rustls {
                 context: "client certificate and key",
@@ -523,7 +590,7 @@ impl TlsMaterial {
         };
         Ok(SignerVerifier {
             state: Arc::new(RwLock::new(Arc::new(SignerState {
-                any: self.verifier_over(&self.roots)?,
+                any: self.any_anchor(&by_anchor)?,
                 pinned,
                 unpinned,
             }))),
@@ -729,5 +796,166 @@ impl ClientCertVerifier for KnownPartnerVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
+    }
+}
+
+/// How telling a verifier's refusal is, to pick the one to report when every anchor
+/// refused: revoked first, then expired, then the first.
+fn refusal_rank(error: &rustls::Error) -> u8 {
+    match error {
+        rustls::Error::InvalidCertificate(CertificateError::Revoked) => 3,
+        rustls::Error::InvalidCertificate(
+            CertificateError::Expired
+            | CertificateError::ExpiredContext { .. }
+            | CertificateError::NotValidYet
+            | CertificateError::NotValidYetContext { .. },
+        ) => 2,
+        _ => 1,
+    }
+}
+
+/// A client-certificate verifier over several anchor files: accepted when one of the
+/// per-anchor verifiers (each with only the CRLs its anchor signed) accepts.
+#[derive(Debug)]
+struct AnyAnchor {
+    each: Vec<Arc<dyn ClientCertVerifier>>,
+    hints: Vec<DistinguishedName>,
+}
+
+impl ClientCertVerifier for AnyAnchor {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &self.hints
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let mut refused: Option<rustls::Error> = None;
+        for verifier in &self.each {
+            match verifier.verify_client_cert(end_entity, intermediates, now) {
+                Ok(verified) => return Ok(verified),
+                Err(e)
+                    if refused
+                        .as_ref()
+                        .is_none_or(|r| refusal_rank(&e) > refusal_rank(r)) =>
+                {
+                    refused = Some(e);
+                }
+                Err(_) => {}
+            }
+        }
+        Err(refused.unwrap_or(rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer,
+        )))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        match self.each.first() {
+            Some(v) => v.verify_tls12_signature(message, cert, dss),
+            None => Err(rustls::Error::General("no trust anchor".into())),
+        }
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        match self.each.first() {
+            Some(v) => v.verify_tls13_signature(message, cert, dss),
+            None => Err(rustls::Error::General("no trust anchor".into())),
+        }
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.each
+            .first()
+            .map(|v| v.supported_verify_schemes())
+            .unwrap_or_default()
+    }
+}
+
+/// A server-certificate verifier over several anchor files, as [`AnyAnchor`].
+#[derive(Debug)]
+struct AnyServerAnchor {
+    each: Vec<Arc<WebPkiServerVerifier>>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerAnchor {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let mut refused: Option<rustls::Error> = None;
+        for verifier in &self.each {
+            match verifier.verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+            ) {
+                Ok(verified) => return Ok(verified),
+                Err(e)
+                    if refused
+                        .as_ref()
+                        .is_none_or(|r| refusal_rank(&e) > refusal_rank(r)) =>
+                {
+                    refused = Some(e);
+                }
+                Err(_) => {}
+            }
+        }
+        Err(refused.unwrap_or(rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer,
+        )))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        match self.each.first() {
+            Some(v) => v.verify_tls12_signature(message, cert, dss),
+            None => Err(rustls::Error::General("no trust anchor".into())),
+        }
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        match self.each.first() {
+            Some(v) => v.verify_tls13_signature(message, cert, dss),
+            None => Err(rustls::Error::General("no trust anchor".into())),
+        }
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.each
+            .first()
+            .map(|v| v.supported_verify_schemes())
+            .unwrap_or_default()
     }
 }
