@@ -689,3 +689,33 @@ async fn crls_of_two_cas_of_one_name_each_revoke_only_their_own() {
     hello(&operator, node.local_addr(), &hq).await.unwrap();
     node.shutdown(DEADLINE).await.unwrap();
 }
+
+/// Bundles are signed by nodes: a client certificate the CA issued under a node's id is
+/// no origin's signature.
+#[test]
+fn a_client_certificate_is_not_trusted_as_a_bundle_signer() {
+    use entente::crypto::SignerTrust;
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let berlin = pki.node("berlin.office");
+    let trust = pki.material(&hq).signer_trust().unwrap();
+    let now = entente::engine::now_ms();
+    let node_cert =
+        entente::transport::files::read_certificates(&pki.certs.cert_path("berlin.office"))
+            .unwrap();
+    assert_eq!(
+        trust.verify_signer(node_cert[0].as_ref(), now).unwrap(),
+        berlin
+    );
+    let issued = pki
+        .certs
+        .load_ca()
+        .unwrap()
+        .issue(&berlin, &Usage::Client, Validity::days_from_now(30))
+        .unwrap();
+    let client_cert = rustls::pki_types::pem::PemObject::from_pem_slice(issued.cert_pem.as_bytes())
+        .map(|c: rustls::pki_types::CertificateDer<'static>| c)
+        .unwrap();
+    let refused = trust.verify_signer(client_cert.as_ref(), now);
+    assert!(refused.is_err(), "{refused:?}");
+}

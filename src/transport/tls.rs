@@ -655,6 +655,13 @@ impl SignerTrust for SignerVerifier {
                 other => SignerError::Untrusted(other.to_string()),
             })?;
         let id = certificate_id(&cert).map_err(|e| SignerError::NoIdentity(e.to_string()))?;
+        // Bundles are signed by nodes: a client certificate (one whose extended key
+        // usage names no server authentication) never speaks as an origin.
+        if !super::identity::is_node_certificate(&cert) {
+            return Err(SignerError::Untrusted(format!(
+                "the certificate names {id} but is not a node certificate (its extended key usage has no server authentication)"
+            )));
+        }
         if let Some(anchors) = state.pinned.get(&id) {
             let chains = anchors
                 .iter()
