@@ -821,6 +821,30 @@ fn refusal_rank(error: &rustls::Error) -> u8 {
     }
 }
 
+/// The first acceptance of several anchors' verifiers (tried lazily, in order), or the
+/// most telling of their refusals.
+fn first_accepted<T>(
+    attempts: impl Iterator<Item = Result<T, rustls::Error>>,
+) -> Result<T, rustls::Error> {
+    let mut refused: Option<rustls::Error> = None;
+    for attempt in attempts {
+        match attempt {
+            Ok(verified) => return Ok(verified),
+            Err(e)
+                if refused
+                    .as_ref()
+                    .is_none_or(|r| refusal_rank(&e) > refusal_rank(r)) =>
+            {
+                refused = Some(e);
+            }
+            Err(_) => {}
+        }
+    }
+    Err(refused.unwrap_or(rustls::Error::InvalidCertificate(
+        CertificateError::UnknownIssuer,
+    )))
+}
+
 /// A client-certificate verifier over several anchor files: accepted when one of the
 /// per-anchor verifiers (each with only the CRLs its anchor signed) accepts.
 #[derive(Debug)]
@@ -844,23 +868,11 @@ impl ClientCertVerifier for AnyAnchor {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let mut refused: Option<rustls::Error> = None;
-        for verifier in &self.each {
-            match verifier.verify_client_cert(end_entity, intermediates, now) {
-                Ok(verified) => return Ok(verified),
-                Err(e)
-                    if refused
-                        .as_ref()
-                        .is_none_or(|r| refusal_rank(&e) > refusal_rank(r)) =>
-                {
-                    refused = Some(e);
-                }
-                Err(_) => {}
-            }
-        }
-        Err(refused.unwrap_or(rustls::Error::InvalidCertificate(
-            CertificateError::UnknownIssuer,
-        )))
+        first_accepted(
+            self.each
+                .iter()
+                .map(|verifier| verifier.verify_client_cert(end_entity, intermediates, now)),
+        )
     }
 
     fn verify_tls12_signature(
@@ -910,29 +922,9 @@ impl rustls::client::danger::ServerCertVerifier for AnyServerAnchor {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        let mut refused: Option<rustls::Error> = None;
-        for verifier in &self.each {
-            match verifier.verify_server_cert(
-                end_entity,
-                intermediates,
-                server_name,
-                ocsp_response,
-                now,
-            ) {
-                Ok(verified) => return Ok(verified),
-                Err(e)
-                    if refused
-                        .as_ref()
-                        .is_none_or(|r| refusal_rank(&e) > refusal_rank(r)) =>
-                {
-                    refused = Some(e);
-                }
-                Err(_) => {}
-            }
-        }
-        Err(refused.unwrap_or(rustls::Error::InvalidCertificate(
-            CertificateError::UnknownIssuer,
-        )))
+        first_accepted(self.each.iter().map(|verifier| {
+            verifier.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        }))
     }
 
     fn verify_tls12_signature(
