@@ -296,7 +296,11 @@ impl TlsMaterial {
             .iter()
             .flat_map(|v| v.root_hint_subjects().to_vec())
             .collect();
-        Ok(Arc::new(AnyAnchor { each, hints }))
+        Ok(Arc::new(AnyAnchor {
+            each,
+            hints,
+            algorithms: crypto_provider().signature_verification_algorithms,
+        }))
     }
 
     /// One verifier per anchor file, and the anchor files this node's own certificate
@@ -419,7 +423,10 @@ impl TlsMaterial {
         let each = (0..self.anchors.len())
             .map(|at| self.server_verifier(&self.anchors[at].1, &self.crls_of_anchor(at)))
             .collect::<Result<Vec<_>, _>>()?;
-        self.client_config_with(Arc::new(AnyServerAnchor { each }))
+        self.client_config_with(Arc::new(AnyServerAnchor {
+            each,
+            algorithms: crypto_provider().signature_verification_algorithms,
+        }))
     }
 
     /// [`TlsMaterial::client_config`] for a peer pinned to `anchor` (one of the
@@ -851,6 +858,9 @@ fn first_accepted<T>(
 struct AnyAnchor {
     each: Vec<Arc<dyn ClientCertVerifier>>,
     hints: Vec<DistinguishedName>,
+    /// Handshake signatures do not depend on the anchor: checked as
+    /// [`KnownPartnerVerifier`] checks them.
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl ClientCertVerifier for AnyAnchor {
@@ -881,10 +891,7 @@ impl ClientCertVerifier for AnyAnchor {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        match self.each.first() {
-            Some(v) => v.verify_tls12_signature(message, cert, dss),
-            None => Err(rustls::Error::General("no trust anchor".into())),
-        }
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -893,17 +900,11 @@ impl ClientCertVerifier for AnyAnchor {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        match self.each.first() {
-            Some(v) => v.verify_tls13_signature(message, cert, dss),
-            None => Err(rustls::Error::General("no trust anchor".into())),
-        }
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.each
-            .first()
-            .map(|v| v.supported_verify_schemes())
-            .unwrap_or_default()
+        self.algorithms.supported_schemes()
     }
 }
 
@@ -911,6 +912,8 @@ impl ClientCertVerifier for AnyAnchor {
 #[derive(Debug)]
 struct AnyServerAnchor {
     each: Vec<Arc<WebPkiServerVerifier>>,
+    /// As [`AnyAnchor::algorithms`].
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl rustls::client::danger::ServerCertVerifier for AnyServerAnchor {
@@ -933,10 +936,7 @@ impl rustls::client::danger::ServerCertVerifier for AnyServerAnchor {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        match self.each.first() {
-            Some(v) => v.verify_tls12_signature(message, cert, dss),
-            None => Err(rustls::Error::General("no trust anchor".into())),
-        }
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -945,16 +945,10 @@ impl rustls::client::danger::ServerCertVerifier for AnyServerAnchor {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        match self.each.first() {
-            Some(v) => v.verify_tls13_signature(message, cert, dss),
-            None => Err(rustls::Error::General("no trust anchor".into())),
-        }
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.each
-            .first()
-            .map(|v| v.supported_verify_schemes())
-            .unwrap_or_default()
+        self.algorithms.supported_schemes()
     }
 }
