@@ -478,14 +478,6 @@ async fn a_crl_of_one_ca_leaves_the_other_cas_certificates_alone() {
     let stray = partner.client("stray.partner");
     let crl = partner.certs.revoke(&stray).unwrap();
     let config = pki.path().join("hq.toml");
-    let pinned = |id: &str, role: &str, anchor: std::path::PathBuf| {
-        entente::config::builder::Entry::client(id, role).policy(
-            entente::config::builder::Policy::default().line(&format!(
-                "trust_anchor = {}",
-                entente::config::builder::quote(&anchor.display().to_string())
-            )),
-        )
-    };
     common::node_toml(&pki, &hq, &pki.path().join("data"))
         .anchor(partner.ca_cert())
         .crl(&crl)
@@ -496,18 +488,7 @@ async fn a_crl_of_one_ca_leaves_the_other_cas_certificates_alone() {
         .write(&config)
         .unwrap();
     let node = start(&config).await;
-    let trusting_hq = |who: &Pki, id: &NodeId| {
-        TlsMaterial::load(
-            &TlsPaths {
-                cert: who.certs.cert_path(id.as_str()),
-                key: who.certs.key_path(id.as_str()),
-                trust_anchors: vec![pki.ca_cert()],
-                crls: vec![],
-            },
-            id,
-        )
-        .unwrap()
-    };
+    let trusting_hq = |who: &Pki, id: &NodeId| issued_by(who, id, &pki);
     for (who, id) in [(&pki, &alice), (&pki, &gone), (&partner, &tool)] {
         let answer = hello(&trusting_hq(who, id), node.local_addr(), &hq).await;
         assert!(answer.is_ok(), "{id}: {answer:?}");
@@ -634,14 +615,6 @@ async fn crls_of_two_cas_of_one_name_each_revoke_only_their_own() {
     let ours = pki.certs.revoke(&gone).unwrap();
     let theirs = partner.certs.revoke(&stray).unwrap();
     let config = pki.path().join("hq.toml");
-    let pinned = |id: &str, role: &str, anchor: std::path::PathBuf| {
-        entente::config::builder::Entry::client(id, role).policy(
-            entente::config::builder::Policy::default().line(&format!(
-                "trust_anchor = {}",
-                entente::config::builder::quote(&anchor.display().to_string())
-            )),
-        )
-    };
     common::node_toml(&pki, &hq, &pki.path().join("data"))
         .anchor(partner.ca_cert())
         .crl(&ours)
@@ -653,18 +626,7 @@ async fn crls_of_two_cas_of_one_name_each_revoke_only_their_own() {
         .write(&config)
         .unwrap();
     let node = start(&config).await;
-    let trusting_hq = |who: &Pki, id: &NodeId| {
-        TlsMaterial::load(
-            &TlsPaths {
-                cert: who.certs.cert_path(id.as_str()),
-                key: who.certs.key_path(id.as_str()),
-                trust_anchors: vec![pki.ca_cert()],
-                crls: vec![],
-            },
-            id,
-        )
-        .unwrap()
-    };
+    let trusting_hq = |who: &Pki, id: &NodeId| issued_by(who, id, &pki);
     for (who, id) in [(&pki, &alice), (&partner, &tool)] {
         let answer = hello(&trusting_hq(who, id), node.local_addr(), &hq).await;
         assert!(answer.is_ok(), "{id}: {answer:?}");
@@ -718,4 +680,28 @@ fn a_client_certificate_is_not_trusted_as_a_bundle_signer() {
         .unwrap();
     let refused = trust.verify_signer(client_cert.as_ref(), now);
     assert!(refused.is_err(), "{refused:?}");
+}
+
+/// A `[[client]]` entry pinned to `anchor`.
+fn pinned(id: &str, role: &str, anchor: std::path::PathBuf) -> entente::config::builder::Entry {
+    entente::config::builder::Entry::client(id, role).policy(
+        entente::config::builder::Policy::default().line(&format!(
+            "trust_anchor = {}",
+            entente::config::builder::quote(&anchor.display().to_string())
+        )),
+    )
+}
+
+/// `id`'s certificate and key as `who` issued them, trusting `server`'s CA.
+fn issued_by(who: &Pki, id: &NodeId, server: &Pki) -> TlsMaterial {
+    TlsMaterial::load(
+        &TlsPaths {
+            cert: who.certs.cert_path(id.as_str()),
+            key: who.certs.key_path(id.as_str()),
+            trust_anchors: vec![server.ca_cert()],
+            crls: vec![],
+        },
+        id,
+    )
+    .unwrap()
 }
