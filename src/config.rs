@@ -440,6 +440,15 @@ pub struct FeedConfig {
     pub share_with_peers: bool,
 }
 
+/// Whether `name` can name a feed: 1 to 48 of a-z, 0-9, '-' and '_'.
+pub fn is_feed_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 48
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
 /// Checks one `[[feed]]`; `field` names its fields in errors.
 fn feed_config(
     raw: RawFeed,
@@ -448,12 +457,7 @@ fn feed_config(
 ) -> Result<FeedConfig, (String, String)> {
     let bad = |name: &str, problem: String| (field(name), problem);
     let name = raw.name;
-    if name.is_empty()
-        || name.len() > 48
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-    {
+    if !is_feed_name(&name) {
         return Err(bad(
             "name",
             format!("{name:?}: a feed name is 1 to 48 of a-z, 0-9, '-' and '_'"),
@@ -1444,6 +1448,14 @@ impl Config {
     /// The typed input of the sharing policy: every partner with its policy fields, the
     /// sharing groups and the clock skew.
     pub fn policy_spec(&self) -> crate::policy::PolicySpec {
+        self.policy_spec_knowing(&[])
+    }
+
+    /// The policy as [`Config::policy_spec`] gives it, with `known_feeds` (the names of
+    /// feeds this node was configured with before, from `feeds.known`) counted as feeds
+    /// whose items are third-party unless configured now with `share_with_peers`: a
+    /// feed taken out of the configuration does not release what it brought in.
+    pub fn policy_spec_knowing(&self, known_feeds: &[String]) -> crate::policy::PolicySpec {
         let peers = self.peers.iter().map(|p| crate::policy::PartnerSpec {
             partner: Partner {
                 id: p.id.clone(),
@@ -1469,7 +1481,14 @@ impl Config {
                 .feeds
                 .iter()
                 .filter(|feed| !feed.share_with_peers)
-                .map(|feed| format!("source:{}", feed.name))
+                .map(|feed| feed.name.as_str())
+                .chain(
+                    known_feeds
+                        .iter()
+                        .filter(|name| !self.feeds.iter().any(|feed| &feed.name == *name))
+                        .map(String::as_str),
+                )
+                .map(|name| format!("source:{name}"))
                 .collect(),
         }
     }

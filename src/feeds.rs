@@ -11,6 +11,7 @@
 //! the node.
 
 mod http;
+pub mod known;
 mod misp;
 mod taxii;
 

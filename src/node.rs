@@ -53,6 +53,10 @@ pub enum NodeError {
     /// The ledger's archive directory is missing or the node cannot write there.
     #[error("{0}")]
     LedgerArchive(String),
+    /// The names of the configured feeds could not be recorded, or the record of
+    /// earlier ones cannot be read.
+    #[error("{0}")]
+    KnownFeeds(String),
     /// The data directory could not be created.
     #[error("cannot create data directory {path}: {source}")]
     DataDir {
@@ -182,6 +186,8 @@ impl PullLinks {
 /// anchors and CRLs in force; connections that lose access are closed.
 struct ConfigReload {
     path: std::path::PathBuf,
+    /// The data directory the node started with (its store, and `feeds.known`).
+    data_dir: std::path::PathBuf,
     id: NodeId,
     directory: Arc<Directory>,
     engine: Arc<Engine>,
@@ -384,7 +390,19 @@ impl ConfigReload {
             .signer_trust_pinned(&config.listings())
             .map_err(|e| format!("node.crls: {e}"))?;
         let client_tls = peer_tls(&config).map_err(|e| format!("node.crls: {e}"))?;
-        let policy = everything.then(|| crate::policy::Policy::compile(&config.policy_spec()));
+        let policy = if everything {
+            // Feeds taken out of the configuration stay known, so their items stay
+            // third-party (recorded before the policy goes into force).
+            let known = crate::feeds::known::remember(
+                &self.data_dir,
+                config.feeds.iter().map(|feed| feed.name.as_str()),
+            )?;
+            Some(crate::policy::Policy::compile(
+                &config.policy_spec_knowing(&known),
+            ))
+        } else {
+            None
+        };
         // Access first: streams woken by the policy change then find theirs withdrawn.
         let withdrawn = self
             .directory
@@ -466,10 +484,17 @@ impl Node {
         })?;
         let signer = BundleSigner::new(id.clone(), key, config.tls.certificate_der())?;
         let signer_trust = config.tls.signer_trust_pinned(&config.listings())?;
+        // Every feed configured now is recorded before its items can be taken, so that
+        // they stay third-party once the feed leaves the configuration.
+        let known_feeds = crate::feeds::known::remember(
+            &config.node.data_dir,
+            config.feeds.iter().map(|feed| feed.name.as_str()),
+        )
+        .map_err(NodeError::KnownFeeds)?;
         let engine = Arc::new(
             Engine::new(
                 store.clone(),
-                crate::policy::Policy::compile(&config.policy_spec()),
+                crate::policy::Policy::compile(&config.policy_spec_knowing(&known_feeds)),
                 signer,
                 config.tls.certificate_der(),
                 Box::new(signer_trust.clone()),
@@ -501,6 +526,7 @@ impl Node {
         ));
         let reload = Arc::new(ConfigReload {
             path: config.path.clone(),
+            data_dir: config.node.data_dir.clone(),
             id: id.clone(),
             directory: directory.clone(),
             engine: engine.clone(),

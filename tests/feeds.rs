@@ -204,8 +204,156 @@ where
     let _ = stream.shutdown().await;
 }
 
+/// A feed taken out of the configuration does not release what it brought in: its
+/// AMBER items stay with the node after a reload and after a restart, as they did
+/// while the feed was configured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_taken_out_of_the_configuration_does_not_release_its_items() {
+    common::init_logging();
+    let files = Files::default();
+    let t1 = 1_764_000_100;
+    files.set(
+        "/vendor/manifest.json",
+        json(&manifest(&[(EVENT_1, "Amber", t1), (EVENT_2, "Green", t1)])),
+    );
+    for (event_id, label, tag, value, tail) in [
+        (EVENT_1, "Amber", "tlp:amber", "amber.vendor.example", 40),
+        (EVENT_2, "Green", "tlp:green", "green.vendor.example", 41),
+    ] {
+        files.set(
+            &format!("/vendor/{event_id}.json"),
+            json(&event(
+                event_id,
+                label,
+                t1,
+                &[tag],
+                vec![attribute(tail, "domain", value, true, t1)],
+                vec![],
+            )),
+        );
+    }
+    let base = serve_files(files.clone()).await;
+
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let berlin = pki.node("berlin.office");
+    let open = "max_tlp = \"AMBER\"\nallow_types = [\"*\"]\nforward_third_party = true";
+    let berlin_peer = format!(
+        "\n[[peer]]\nid = \"berlin.office\"\naddress = \"127.0.0.1:1\"\nrole = \"peer\"\n{open}\n"
+    );
+    let hq_data = pki.path().join("data-hq");
+    let hq_config = node_config(
+        &pki,
+        &hq,
+        &hq_data,
+        &format!(
+            "{berlin_peer}\n[[feed]]\nname = \"vendor\"\nkind = \"misp\"\nurl = \"{base}/vendor/\"\ninterval = \"1s\"\n"
+        ),
+    );
+    let mut hq_node = common::start(&hq_config).await;
+    let mut hq_client = common::connect(&pki, &hq_node, "redmond.hq").await;
+    let berlin_data = pki.path().join("data-berlin");
+    let berlin_config = |hq_addr: String| {
+        node_config(
+            &pki,
+            &berlin,
+            &berlin_data,
+            &format!(
+                "\n[[peer]]\nid = \"redmond.hq\"\naddress = \"{hq_addr}\"\nrole = \"peer\"\n{open}\n"
+            ),
+        )
+    };
+    let berlin_node = common::start(&berlin_config(hq_node.local_addr().to_string())).await;
+    let berlin_client = common::connect(&pki, &berlin_node, "berlin.office").await;
+    wait_until("the feed's items at the node", || {
+        let client = &hq_client;
+        async move { (items_tagged(client, "source:vendor").await.len() == 2).then_some(()) }
+    })
+    .await;
+
+    assert_eq!(
+        vendor_after("start", &hq_client, &berlin_client).await,
+        ["green.vendor.example"]
+    );
+
+    // The feed leaves the configuration; the node reloads.
+    std::fs::write(
+        &hq_config,
+        format!("{}{berlin_peer}", common::node_section(&pki, &hq, &hq_data)),
+    )
+    .unwrap();
+    hq_node.reload_policy().expect("reload");
+    assert_eq!(
+        vendor_after("reload", &hq_client, &berlin_client).await,
+        ["green.vendor.example"],
+        "a reload without the feed released its AMBER item"
+    );
+
+    // And restarts, without the feed.
+    drop(hq_client);
+    hq_node.shutdown(DEADLINE).await.unwrap();
+    hq_node = common::start(&hq_config).await;
+    hq_client = common::connect(&pki, &hq_node, "redmond.hq").await;
+    berlin_config(hq_node.local_addr().to_string());
+    berlin_node.reload_policy().expect("reload berlin");
+    assert_eq!(
+        vendor_after("restart", &hq_client, &berlin_client).await,
+        ["green.vendor.example"],
+        "a restart without the feed released its AMBER item"
+    );
+    berlin_node.shutdown(DEADLINE).await.unwrap();
+    hq_node.shutdown(DEADLINE).await.unwrap();
+}
+
 // ---------------------------------------------------------------------------------
 // Nodes and what they hold.
+
+/// What `berlin` holds of the `vendor` feed once it has caught up with a marker the
+/// node published after `step`.
+async fn vendor_after(
+    step: &str,
+    hq_client: &NodeClient,
+    berlin_client: &NodeClient,
+) -> Vec<String> {
+    let tag = format!("marker-{step}");
+    hq_client
+        .publish(tokio_stream::iter(vec![
+            entente::rpc::proto::PublishRequest {
+                items: vec![entente::wire::Item {
+                    id: String::new(),
+                    modified_unix_ms: 0,
+                    tlp: WireTlp::Green as i32,
+                    tags: vec![tag.clone()],
+                    kind: Some(item::Kind::Indicator(entente::wire::Indicator {
+                        indicator_type: "domain".into(),
+                        value: format!("{tag}.example"),
+                        ..Default::default()
+                    })),
+                }],
+                distribution: None,
+                groups: vec![],
+            },
+        ]))
+        .await
+        .unwrap();
+    wait_until(&format!("berlin holds the marker after {step}"), || {
+        let tag = tag.clone();
+        async move {
+            let links = berlin_client.links().await.ok()?.links;
+            (items_tagged(berlin_client, &tag).await.len() == 1
+                && links.iter().all(|link| link.caught_up))
+            .then_some(())
+        }
+    })
+    .await;
+    let mut values: Vec<String> = items_tagged(berlin_client, "source:vendor")
+        .await
+        .values()
+        .map(|s| indicator(s).1)
+        .collect();
+    values.sort();
+    values
+}
 
 fn node_config(pki: &Pki, id: &NodeId, data: &Path, feeds: &str) -> PathBuf {
     let text = format!("{}{feeds}", common::node_section(pki, id, data));
