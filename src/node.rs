@@ -154,6 +154,10 @@ impl PullLinks {
                 tls.clone(),
                 peer.address.clone(),
                 peer.id.clone(),
+                crate::transport::connect::Keepalive {
+                    interval: config.node.limits.keepalive_interval,
+                    timeout: config.node.limits.keepalive_timeout,
+                },
             );
             started.push(tokio::spawn(crate::sync::run_link(
                 link,

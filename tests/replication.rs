@@ -904,6 +904,54 @@ async fn a_link_that_is_down_reports_a_growing_lag() {
     node.shutdown(Duration::from_secs(10)).await.unwrap();
 }
 
+/// A peer that goes silent without closing the connection (a hung host, a firewall that
+/// forgets the connection) is noticed by the keepalive pings: the pull ends with an
+/// error, the link connects again, and what the peer published meanwhile arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_gone_silent_is_noticed_and_the_link_connects_again() {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let berlin = pki.node("berlin.office");
+    pki.client("analyst.alice");
+    let berlin_node = common::start(&config(
+        &pki,
+        &berlin,
+        &peer("redmond.hq", "127.0.0.1:1", OPEN),
+    ))
+    .await;
+    let proxy = common::proxy::SilencingProxy::start(berlin_node.local_addr()).await;
+    let hq_config = config(
+        &pki,
+        &hq,
+        &peer("berlin.office", &proxy.addr.to_string(), OPEN),
+    );
+    let mut text = std::fs::read_to_string(&hq_config).unwrap();
+    text.push_str("\n[limits]\nkeepalive_interval = \"1s\"\nkeepalive_timeout = \"1s\"\n");
+    std::fs::write(&hq_config, text).unwrap();
+    let hq_node = common::start(&hq_config).await;
+    let at_berlin = analyst(&pki, &berlin_node).await;
+    let at_hq = analyst(&pki, &hq_node).await;
+    let arrives = |value: &'static str| {
+        let at_hq = &at_hq;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !values(&held(at_hq).await).contains(value) {
+                assert!(Instant::now() < deadline, "{value} never reached hq");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    publish(&at_berlin, vec![item("before.example", Tlp::Green)], None).await;
+    arrives("before.example").await;
+
+    proxy.silence();
+    publish(&at_berlin, vec![item("after.example", Tlp::Green)], None).await;
+    arrives("after.example").await;
+    hq_node.shutdown(DEADLINE).await.unwrap();
+    drop(proxy);
+    berlin_node.shutdown(DEADLINE).await.unwrap();
+}
+
 /// A subscriber under an embargo gets each new item once its embargo lifts, on the same
 /// stream: the item is held for it, not dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -640,6 +640,7 @@ async fn sync(args: &Args) -> Result<()> {
             &hq_addr,
             &NodeId::new("bench.hq")?,
             Some(received.clone()),
+            entente::transport::connect::Keepalive::default(),
         )
         .await?;
         let mut federation = entente::rpc::proto::federation_client::FederationClient::new(channel)

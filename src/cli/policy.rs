@@ -17,16 +17,26 @@ use crate::policy::{Context, Held, HeldItem, Policy};
 
 /// The feeds the node was configured with before (`feeds.known` in its data
 /// directory, which a node that never started has not written), so that the policy
-/// compiled here is the one the node puts in force.
-pub fn known_feeds(config: &crate::Config) -> Result<Vec<String>> {
-    crate::feeds::known::read(&config.node.data_dir).map_err(anyhow::Error::msg)
+/// compiled here is the one the node puts in force. When the file cannot be read (the
+/// data directory belongs to the node's account), the policy is compiled without them,
+/// and a warning says so.
+pub fn known_feeds(config: &crate::Config) -> Vec<String> {
+    match crate::feeds::known::read(&config.node.data_dir) {
+        Ok(names) => names,
+        Err(problem) => {
+            eprintln!(
+                "warning: {problem}; feeds taken out of the configuration are left out of the policy shown here, and its hash may differ from the node's"
+            );
+            Vec::new()
+        }
+    }
 }
 
 /// `entente policy check`: the compiled policy and its hash.
 pub fn check(config: &crate::Config, output: Output) -> Result<()> {
     // What `serve` refuses to start with, said here too.
     crate::store::check_archive_dir(&config.node.ledger).map_err(anyhow::Error::msg)?;
-    let policy = Policy::compile(&config.policy_spec_knowing(&known_feeds(config)?));
+    let policy = Policy::compile(&config.policy_spec_knowing(&known_feeds(config)));
     let description = policy.describe();
     if output.is_json() {
         return print_json(&json!({

@@ -16,7 +16,7 @@ use crate::sync::{
     Dialer, MAX_CERTIFICATE_RESPONSE_BYTES, MAX_PULL_MESSAGE_BYTES, Peer, PeerError, PeerFeed,
     Resume,
 };
-use crate::transport::connect;
+use crate::transport::connect::{Keepalive, connect_counting};
 use crate::wire::MAX_FEDERATION_REQUEST_BYTES;
 
 /// Connects to one peer over mutual TLS, checking it is exactly the node meant.
@@ -25,12 +25,25 @@ pub struct GrpcDialer {
     tls: Arc<rustls::ClientConfig>,
     address: String,
     peer: NodeId,
+    keepalive: Keepalive,
 }
 
 impl GrpcDialer {
-    /// Dials `peer` at `address` (`host:port`) with this node's client configuration.
-    pub fn new(tls: Arc<rustls::ClientConfig>, address: String, peer: NodeId) -> Self {
-        Self { tls, address, peer }
+    /// Dials `peer` at `address` (`host:port`) with this node's client configuration,
+    /// checking each connection for life as `keepalive` says: a peer gone silent ends
+    /// the pull with an error, and the loop connects again.
+    pub fn new(
+        tls: Arc<rustls::ClientConfig>,
+        address: String,
+        peer: NodeId,
+        keepalive: Keepalive,
+    ) -> Self {
+        Self {
+            tls,
+            address,
+            peer,
+            keepalive,
+        }
     }
 }
 
@@ -38,9 +51,15 @@ impl Dialer for GrpcDialer {
     type Peer = GrpcPeer;
 
     async fn dial(&self) -> Result<GrpcPeer, PeerError> {
-        let channel = connect(self.tls.clone(), &self.address, &self.peer)
-            .await
-            .map_err(|e| PeerError::Failed(e.to_string()))?;
+        let channel = connect_counting(
+            self.tls.clone(),
+            &self.address,
+            &self.peer,
+            None,
+            self.keepalive,
+        )
+        .await
+        .map_err(|e| PeerError::Failed(e.to_string()))?;
         Ok(GrpcPeer {
             certificates: FederationClient::new(channel.clone())
                 .max_decoding_message_size(MAX_CERTIFICATE_RESPONSE_BYTES)

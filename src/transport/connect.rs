@@ -47,22 +47,45 @@ pub enum ConnectError {
     },
 }
 
+/// How an open connection is checked for life: an HTTP/2 ping every `interval`, and
+/// the connection closed when one is not answered within `timeout`. A peer that stops
+/// answering without closing (a host that hangs, a firewall or NAT that forgets the
+/// connection) is noticed this way; otherwise a stream waiting on it waits for ever.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Between pings.
+    pub interval: Duration,
+    /// For the answer to one.
+    pub timeout: Duration,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Self {
+            interval: crate::limits::DEFAULT_KEEPALIVE_INTERVAL,
+            timeout: crate::limits::DEFAULT_KEEPALIVE_TIMEOUT,
+        }
+    }
+}
+
 /// Opens a gRPC channel to the node `expected` at `address` (`host:port`).
 pub async fn connect(
     tls: Arc<rustls::ClientConfig>,
     address: &str,
     expected: &NodeId,
 ) -> Result<Channel, ConnectError> {
-    connect_counting(tls, address, expected, None).await
+    connect_counting(tls, address, expected, None, Keepalive::default()).await
 }
 
 /// [`connect`], adding every byte received (HTTP/2 frames, after TLS) to `received`
-/// when given: for measuring what crosses the wire.
+/// when given (for measuring what crosses the wire), and checking the connection for
+/// life as `keepalive` says.
 pub async fn connect_counting(
     tls: Arc<rustls::ClientConfig>,
     address: &str,
     expected: &NodeId,
     received: Option<Arc<std::sync::atomic::AtomicU64>>,
+    keepalive: Keepalive,
 ) -> Result<Channel, ConnectError> {
     let uri: Uri = format!("http://{address}")
         .parse()
@@ -70,7 +93,13 @@ pub async fn connect_counting(
     if uri.port_u16().is_none() {
         return Err(ConnectError::BadAddress(address.to_owned()));
     }
-    let endpoint = Endpoint::from(uri).connect_timeout(CONNECT_TIMEOUT);
+    // Pings also while no stream is open, so a connection kept for later is known
+    // dead before it is used.
+    let endpoint = Endpoint::from(uri)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(keepalive.interval)
+        .keep_alive_timeout(keepalive.timeout)
+        .keep_alive_while_idle(true);
     let presented = presented_certificate(&tls);
     let connector = TlsConnector::from(tls);
     let target = address.to_owned();

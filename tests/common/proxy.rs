@@ -93,3 +93,60 @@ async fn relay(client: TcpStream, server: TcpStream, cut_after: u64, carried: &A
         cut = downstream => cut,
     }
 }
+
+/// A proxy that can silence every connection it carries: after [`SilencingProxy::silence`]
+/// the connections open then carry nothing more either way but stay open (a host that
+/// hangs, a firewall or NAT that forgets a connection), while new ones are carried as
+/// usual.
+pub struct SilencingProxy {
+    pub addr: SocketAddr,
+    silenced: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SilencingProxy {
+    /// Forwards 127.0.0.1:0 to `upstream`.
+    pub async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (silenced, watch) = tokio::sync::watch::channel(0u64);
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let mut watch = watch.clone();
+                watch.mark_unchanged();
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = server.into_split();
+                    tokio::select! {
+                        _ = tokio::io::copy(&mut client_read, &mut server_write) => return,
+                        _ = tokio::io::copy(&mut server_read, &mut client_write) => return,
+                        _ = watch.changed() => {}
+                    }
+                    // Silenced: the sockets stay open and nothing more is read or
+                    // written, until the proxy is dropped.
+                    let _held = (client_read, client_write, server_read, server_write);
+                    while watch.changed().await.is_ok() {}
+                });
+            }
+        });
+        Self {
+            addr,
+            silenced,
+            task,
+        }
+    }
+
+    /// Silences every connection open now; they close when the proxy is dropped.
+    pub fn silence(&self) {
+        self.silenced.send_modify(|n| *n += 1);
+    }
+}
+
+impl Drop for SilencingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
