@@ -1105,22 +1105,66 @@ fn drop_file(path: &Path, archive: Option<&Path>) -> Result<(), StoreError> {
         Some(archive) => {
             use std::os::unix::fs::PermissionsExt;
             std::fs::create_dir_all(archive).map_err(io(archive))?;
-            let name = path.file_name().unwrap_or_default();
-            let to = archive.join(name);
             // Owner-only before it leaves, so that it is never readable by others there
             // (segments written by an older version took the umask).
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
                 .map_err(io(path))?;
-            if std::fs::rename(path, &to).is_err() {
-                std::fs::copy(path, &to).map_err(io(&to))?;
-                File::open(&to)
-                    .and_then(|f| f.sync_all())
-                    .map_err(io(&to))?;
-                std::fs::remove_file(path).map_err(io(path))?;
-            }
+            // Never over a segment archived before: a ledger restarted by `store
+            // recover` numbers its records from 1 again, and several nodes may share
+            // one archive directory, so a name may be taken already.
+            let to = archive_move(path, archive)?;
+            tracing::debug!(to = %to.display(), "ledger segment archived");
             sync_dir(archive)
         }
     }
+}
+
+/// Moves `path` into `archive` under its own name, or, when that is taken, under the
+/// first free `NAME.N.seg` (N from 1): a hard link, which fails rather than replace a
+/// file, then the unlink; a copy into a file created new when the archive is on
+/// another file system. Returns where it went.
+fn archive_move(path: &Path, archive: &Path) -> Result<PathBuf, StoreError> {
+    use std::io::ErrorKind;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = name.strip_suffix(".seg").unwrap_or(&name).to_owned();
+    for n in 0..10_000u32 {
+        let to = if n == 0 {
+            archive.join(&name)
+        } else {
+            archive.join(format!("{stem}.{n}.seg"))
+        };
+        match std::fs::hard_link(path, &to) {
+            Ok(()) => {
+                std::fs::remove_file(path).map_err(io(path))?;
+                return Ok(to);
+            }
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
+            // Another file system (EXDEV) or no hard links there: copy into a new file.
+            Err(_) => {
+                let mut from = File::open(path).map_err(io(path))?;
+                let mut file = match std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&to)
+                {
+                    Ok(file) => file,
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
+                    Err(e) => return Err(io(&to)(e)),
+                };
+                std::io::copy(&mut from, &mut file).map_err(io(&to))?;
+                file.sync_all().map_err(io(&to))?;
+                std::fs::remove_file(path).map_err(io(path))?;
+                return Ok(to);
+            }
+        }
+    }
+    Err(io(archive)(std::io::Error::new(
+        ErrorKind::AlreadyExists,
+        format!("no free name in the archive for {name}"),
+    )))
 }
 
 /// The first record of the frame at `at`, if it is a records frame that reads.
@@ -1429,4 +1473,34 @@ pub fn frame_spans(data_dir: &Path) -> Result<Vec<FrameSpan>, StoreError> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A segment dropped into an archive that holds one of the same name (a ledger
+    /// restarted by `store recover` numbers from 1 again) goes beside it, never over it.
+    #[test]
+    fn a_dropped_segment_never_replaces_one_archived_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("archive");
+        std::fs::create_dir(&archive).unwrap();
+        let name = "00000000000000000001.seg";
+        std::fs::write(archive.join(name), b"the first ledger's records").unwrap();
+        for (n, text) in [(1, "the second ledger's"), (2, "the third ledger's")] {
+            let segment = dir.path().join(name);
+            std::fs::write(&segment, text).unwrap();
+            drop_file(&segment, Some(&archive)).unwrap();
+            assert!(!segment.exists());
+            assert_eq!(
+                std::fs::read(archive.join(format!("00000000000000000001.{n}.seg"))).unwrap(),
+                text.as_bytes()
+            );
+        }
+        assert_eq!(
+            std::fs::read(archive.join(name)).unwrap(),
+            b"the first ledger's records"
+        );
+    }
 }
