@@ -659,6 +659,26 @@ impl Engine {
         let mut last_of: HashMap<&ItemId, usize> = HashMap::with_capacity(items.len());
         for (at, item) in items.iter().enumerate() {
             let before = last_of.insert(&item.id, at);
+            // One version of one object given twice, written differently (a GREEN and a
+            // RED copy): which the writer meant cannot be told, and storing the first
+            // would share it under the marking the writer may have meant to correct.
+            if let Some(earlier) = before.and_then(|b| items.get(b).map(|e| (b, e))) {
+                if earlier.1.modified_ms == item.modified_ms && earlier.1 != item {
+                    return refuse(
+                        at,
+                        format!(
+                            "{} is given twice at the same version (items {} and {at}) with different content{}; give one, or a later modified time to the one meant",
+                            item.id,
+                            earlier.0,
+                            if earlier.1.tlp == item.tlp {
+                                String::new()
+                            } else {
+                                format!(" ({} and {})", earlier.1.tlp, item.tlp)
+                            }
+                        ),
+                    );
+                }
+            }
             policy
                 .admit_time(item, now_ms)
                 .and_then(|()| policy.admit_creator(item, own))

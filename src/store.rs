@@ -262,6 +262,10 @@ pub enum ItemRejection {
         /// The id held.
         held: String,
     },
+    /// The version is held (or given earlier in the same bundle) with other content: a
+    /// GREEN and a RED copy of one version of one object. Which one the writer meant
+    /// cannot be told, so the second is refused rather than passed over as a duplicate.
+    SameVersionDiffers,
 }
 
 impl std::fmt::Display for ItemRejection {
@@ -278,6 +282,10 @@ impl std::fmt::Display for ItemRejection {
             ItemRejection::TypeConflict { held } => {
                 write!(f, "the same UUID is held as {held}; an id keeps its type")
             }
+            ItemRejection::SameVersionDiffers => write!(
+                f,
+                "this version of the id is held (or given earlier in the same input) with other content, such as another marking; a change needs a later modified time"
+            ),
         }
     }
 }

@@ -661,3 +661,62 @@ async fn a_refused_revocation_says_nothing_about_an_item_the_writer_may_not_see(
     );
     hq.stop().await;
 }
+
+/// One version of one object given twice with different markings is not passed over as
+/// a duplicate: in one request it is refused whole (nothing is stored), and against a
+/// held version it is refused by name, so the writer learns its RED copy was not taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_version_given_twice_with_two_markings_is_refused_not_passed_over() {
+    let hq = Hq::start().await;
+    let alice = hq.connect(ANALYST).await;
+    let mut green = indicator("domain", "twomarkings.example", Tlp::Green, &[]);
+    green.modified_unix_ms = now_ms() - 10_000;
+    let mut red = green.clone();
+    red.tlp = Tlp::Red as i32;
+
+    let request = PublishRequest {
+        items: vec![green.clone(), red.clone()],
+        distribution: None,
+        groups: vec![],
+    };
+    let answer = alice.publish(tokio_stream::iter(vec![request])).await;
+    let refusal = format!("{answer:?}");
+    assert!(
+        refusal.contains("given twice at the same version"),
+        "{refusal}"
+    );
+    assert!(
+        alice.get(&green.id).await.unwrap().is_none(),
+        "nothing of the request is stored"
+    );
+
+    // GREEN held; the same version as RED is refused, not counted as a duplicate.
+    publish(&alice, vec![green.clone()], None).await;
+    let request = PublishRequest {
+        items: vec![red],
+        distribution: None,
+        groups: vec![],
+    };
+    let answer = alice
+        .publish(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap();
+    assert_eq!(
+        (answer.items_rejected, answer.items_duplicate),
+        (1, 0),
+        "{answer:?}"
+    );
+    assert!(answer.rejected[0].reason.contains("held"), "{answer:?}");
+    // The very same version again is a duplicate, as before.
+    let request = PublishRequest {
+        items: vec![green],
+        distribution: None,
+        groups: vec![],
+    };
+    let answer = alice
+        .publish(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap();
+    assert_eq!((answer.items_rejected, answer.items_duplicate), (0, 1));
+    hq.stop().await;
+}

@@ -203,7 +203,7 @@ fn only_the_origin_may_write_later_versions() {
         Some("a.example.com")
     );
 
-    // An older or equal version from the origin is a duplicate.
+    // An older version from the origin is a duplicate.
     let stale = bundle(
         &f,
         &f.hq,
@@ -211,7 +211,7 @@ fn only_the_origin_may_write_later_versions() {
             &id,
             IndicatorType::Domain,
             "old.example.com",
-            now - 10,
+            now - 20,
             Tlp::Green,
             &[],
         )],
@@ -219,6 +219,34 @@ fn only_the_origin_may_write_later_versions() {
     let report = store.accept(&stale, &local(&f.hq.id), now).unwrap();
     assert_eq!(report.duplicates, 1);
     assert_eq!(report.feed_seq, None);
+    // So is the version held, as it is held; written otherwise it is refused.
+    for (value, tlp, duplicate) in [
+        ("a.example.com", Tlp::Green, true),
+        ("a.example.com", Tlp::Red, false),
+    ] {
+        let again = bundle(
+            &f,
+            &f.hq,
+            &[indicator(
+                &id,
+                IndicatorType::Domain,
+                value,
+                now - 10,
+                tlp,
+                &[],
+            )],
+        );
+        let report = store.accept(&again, &local(&f.hq.id), now).unwrap();
+        if duplicate {
+            assert_eq!((report.duplicates, report.rejected.len()), (1, 0));
+        } else {
+            assert_eq!(
+                report.rejected,
+                vec![(0, ItemRejection::SameVersionDiffers)]
+            );
+        }
+        assert_eq!(report.feed_seq, None);
+    }
 
     // A newer version from the origin supersedes, and the old value leaves the index.
     let newer = bundle(

@@ -1439,12 +1439,13 @@ impl ItemStore for SledStore {
                     *modified,
                     None,
                     is_revocation.then(|| (*pending_item).clone()),
+                    *modified == item.modified_ms && *pending_item != item,
                 )),
                 None => match self.item_record(&log, &uuid)? {
                     // Not held: perhaps dropped by a compaction as expired.
                     None => self
                         .dropped(&uuid)?
-                        .map(|(modified, origin)| (modified, Some(origin), None)),
+                        .map(|(modified, origin)| (modified, Some(origin), None, false)),
                     Some(current) => {
                         // One UUID, one object type: `malware--X` never replaces
                         // `indicator--X` (ids compare in lower case, as they are parsed).
@@ -1493,11 +1494,15 @@ impl ItemStore for SledStore {
                         } else {
                             None
                         };
-                        Some((current.modified_ms, Some(current.origin), replaced))
+                        // The same version, written differently (a GREEN and a RED
+                        // copy of one object): not a duplicate to pass over.
+                        let differs = current.modified_ms == item.modified_ms
+                            && current.item_bytes != verified.item_bytes;
+                        Some((current.modified_ms, Some(current.origin), replaced, differs))
                     }
                 },
             };
-            if let Some((modified, holder, replaced)) = held {
+            if let Some((modified, holder, replaced, differs)) = held {
                 if let Some(holder) = holder.filter(|h| *h != origin) {
                     report.rejected.push((
                         verified.index,
@@ -1509,7 +1514,13 @@ impl ItemStore for SledStore {
                     continue;
                 }
                 if item.modified_ms <= modified {
-                    report.duplicates += 1;
+                    if differs {
+                        report
+                            .rejected
+                            .push((verified.index, ItemRejection::SameVersionDiffers));
+                    } else {
+                        report.duplicates += 1;
+                    }
                     continue;
                 }
                 if let Some(problem) = replaced
