@@ -479,7 +479,7 @@ impl Console {
             certificates: certificates::read(
                 &self.sources.tls,
                 self.sources.node.as_str(),
-                &self.sources.directory.connected_not_after(),
+                &self.sources.directory.watched_certificates(),
             ),
             rejections: telemetry().recent_rejections(),
         }

@@ -459,6 +459,27 @@ async fn metrics_parse_with_the_prometheus_parser_and_count_what_happened() {
             || answer.starts_with("HTTP/1.0 431"),
         "{answer}"
     );
+
+    // A renewed certificate file waits for the restart that puts it in use: `own` stays
+    // the certificate the listener presents, and the file is shown beside it.
+    pki.certs
+        .renew(&hq, false, entente::certs::Validity::days_from_now(3))
+        .unwrap();
+    let after = scrape(admin);
+    let presented = value(
+        &after,
+        "entente_certificate_expiry_days",
+        &[("certificate", "own")],
+    )
+    .expect("own certificate expiry");
+    assert!((presented - own).abs() < 0.1, "{presented} {own}");
+    let file = value(
+        &after,
+        "entente_certificate_expiry_days",
+        &[("certificate", "own_file")],
+    )
+    .expect("the renewed file, beside the certificate presented");
+    assert!(file > 1.0 && file < 4.0, "{file}");
 }
 
 /// An invalid domain value that is markup: a partner controls it, and the rejection

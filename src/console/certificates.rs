@@ -1,6 +1,6 @@
-//! The expiry of the node's own certificate and of its trust anchors, read from the
-//! files the configuration names (the same files `node` loaded; only public
-//! certificates, never the key).
+//! The expiry of the certificates in force (the node's own as presented, its trust
+//! anchors, its partners' last ones), and of the node's certificate file when it is
+//! not the one presented. Only public certificates, never the key.
 
 use std::path::Path;
 
@@ -26,40 +26,45 @@ pub fn days_left(cert: &CertificateExpiry, now_ms: i64) -> f64 {
     ((cert.not_after_ms - now_ms) as f64 / 86_400_000.0 * 100.0).round() / 100.0
 }
 
-/// The node's certificate (the leaf of `paths.cert`), every trust anchor, and the
-/// certificate of each partner connected now (`connected`: id → notAfter in seconds); a
-/// file that cannot be read now is left out (the node checked it when it loaded it).
+/// The certificates in force: the node's own as its listener presents it (not the
+/// file on disk, which a renewal may have replaced before the restart that puts it in
+/// use), the trust anchors in force, and the last certificate each configured partner
+/// connected with. When the certificate file on disk is not the one presented, it is
+/// listed too, as `own (file, not in use until a restart)`, so that a renewal waiting
+/// for its restart is seen.
 pub fn read(
     paths: &TlsPaths,
     node: &str,
-    connected: &std::collections::BTreeMap<crate::model::NodeId, i64>,
+    watched: &[crate::transport::expiry::WatchedCertificate],
 ) -> Vec<CertificateExpiry> {
+    use crate::transport::expiry::CertificateRole;
     let mut out = Vec::new();
-    if let Some(own) = read_file(&paths.cert).into_iter().next() {
+    let mut presented = None;
+    for cert in watched {
+        let (role, subject, file) = match cert.role {
+            CertificateRole::Own => {
+                presented = Some(cert.not_after_ms);
+                ("own", node.to_owned(), paths.cert.display().to_string())
+            }
+            CertificateRole::TrustAnchor => ("ca", cert.name.clone(), String::new()),
+            CertificateRole::Partner => ("partner", cert.name.clone(), String::new()),
+        };
         out.push(CertificateExpiry {
-            role: "own",
-            subject: node.to_owned(),
-            file: paths.cert.display().to_string(),
-            not_after_ms: own.1,
+            role,
+            subject,
+            file,
+            not_after_ms: cert.not_after_ms,
         });
     }
-    for anchor in &paths.trust_anchors {
-        for (subject, not_after_ms) in read_file(anchor) {
+    if let Some((_, on_disk)) = read_file(&paths.cert).into_iter().next() {
+        if presented.is_some_and(|presented| presented != on_disk) {
             out.push(CertificateExpiry {
-                role: "ca",
-                subject,
-                file: anchor.display().to_string(),
-                not_after_ms,
+                role: "own_file",
+                subject: format!("{node} (file, not in use until a restart)"),
+                file: paths.cert.display().to_string(),
+                not_after_ms: on_disk,
             });
         }
-    }
-    for (id, not_after) in connected {
-        out.push(CertificateExpiry {
-            role: "partner",
-            subject: id.to_string(),
-            file: String::new(),
-            not_after_ms: not_after.saturating_mul(1000),
-        });
     }
     out
 }

@@ -169,7 +169,7 @@ pub fn render(snapshot: &Snapshot) -> Result<String, std::fmt::Error> {
     }
     registry.register(
         "certificate_expiry_days",
-        "Days until each certificate expires (negative once it has): this node's own, its trust anchors, and each partner connected now",
+        "Days until each certificate expires (negative once it has): this node's own as presented, its certificate file when a restart has yet to put it in use, its trust anchors in force, and the last certificate of each partner",
         expiry,
     );
 

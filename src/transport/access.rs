@@ -329,19 +329,6 @@ impl Directory {
         self.live.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    /// The notAfter (seconds since the Unix epoch) of the leaf certificate of each
-    /// partner with a connection open now (the latest, when it has several), for the
-    /// operator's view of certificate expiry.
-    pub fn connected_not_after(&self) -> std::collections::BTreeMap<NodeId, i64> {
-        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out = std::collections::BTreeMap::new();
-        for access in live.values() {
-            let at = out.entry(access.id.clone()).or_insert(access.not_after);
-            *at = (*at).max(access.not_after);
-        }
-        out
-    }
-
     /// The partner with this id, if configured now.
     pub fn lookup(&self, id: &NodeId) -> Option<Partner> {
         self.current().partners.get(id).map(|l| l.partner.clone())
