@@ -2310,13 +2310,13 @@ impl Subscription {
                     Some((stored, bytes)) => {
                         let left = queue.hold.bytes().saturating_sub(bytes);
                         queue.hold.set(left);
-                        Some(stored)
+                        Some((stored, bytes))
                     }
                     None if queue.lagged => return Err(SubscriptionEnd::Lagged),
                     None => None,
                 }
             };
-            let Some(stored) = stored else {
+            let Some((stored, bytes)) = stored else {
                 match lifts {
                     Some(at) => {
                         let wait = std::time::Duration::from_millis(
@@ -2338,13 +2338,45 @@ impl Subscription {
             // Rule 6: a version superseded since it was offered (a newer one in the
             // same bundle, or stored since) is not handed out; the newer one, if the
             // partner may see it, was offered after it.
-            if !query.matches_value(&stored, now)
-                || !self
-                    .engine
-                    .decide_stored(&policy, &partner.id, &stored, now, query.include_expired)
-                    .allowed()
-                || !self.engine.still_latest(&stored)
-            {
+            if !query.matches_value(&stored, now) || !self.engine.still_latest(&stored) {
+                continue;
+            }
+            let decision = self.engine.decide_stored(
+                &policy,
+                &partner.id,
+                &stored,
+                now,
+                query.include_expired,
+            );
+            if !decision.allowed() {
+                // Withheld by an embargo alone (a reload lengthened it while the item
+                // waited): held again until the new one lifts, not dropped.
+                if let Some(until) = decision.embargo_until() {
+                    let mut queue = self
+                        .subscriber
+                        .queue
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    if queue.lagged {
+                        continue;
+                    }
+                    if queue.hold.grow(bytes) {
+                        queue
+                            .embargoed
+                            .entry(until)
+                            .or_default()
+                            .push((stored, bytes));
+                    } else {
+                        // Past the partner's budget meanwhile: the stream ends as any
+                        // subscription that falls that far behind, never with an item
+                        // silently missing.
+                        queue.lagged = true;
+                        queue.items = VecDeque::new();
+                        queue.embargoed = BTreeMap::new();
+                        queue.hold.set(0);
+                        crate::limits::count(Limit::UnsentAnswerBytes);
+                    }
+                }
                 continue;
             }
             if let Some(ticket) =

@@ -720,3 +720,41 @@ async fn one_version_given_twice_with_two_markings_is_refused_not_passed_over() 
     assert_eq!((answer.items_rejected, answer.items_duplicate), (0, 1));
     hq.stop().await;
 }
+
+/// A writer of this node that gives an older version than the one held (its clock
+/// behind the first writer's, within the allowed skew) meant a change: raising the
+/// marking to RED is refused with both versions named, not passed over as a duplicate
+/// while the item stays GREEN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_correction_older_than_the_held_version_is_refused_not_passed_over() {
+    let hq = Hq::start().await;
+    let alice = hq.connect(ANALYST).await;
+    let mut green = indicator("domain", "raised.example", Tlp::Green, &[]);
+    // Dated four minutes ahead: a colleague's clock running fast, within the skew.
+    green.modified_unix_ms = now_ms() + 4 * 60_000;
+    publish(&alice, vec![green.clone()], None).await;
+    let mut red = green.clone();
+    red.modified_unix_ms = 0;
+    red.tlp = Tlp::Red as i32;
+    let request = PublishRequest {
+        items: vec![red],
+        distribution: None,
+        groups: vec![],
+    };
+    let answer = alice
+        .publish(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap();
+    assert_eq!(
+        (answer.items_rejected, answer.items_duplicate),
+        (1, 0),
+        "{answer:?}"
+    );
+    assert!(
+        answer.rejected[0]
+            .reason
+            .contains("a newer version is held"),
+        "{answer:?}"
+    );
+    hq.stop().await;
+}

@@ -997,6 +997,55 @@ async fn a_subscriber_under_an_embargo_gets_the_item_when_it_lifts() {
     node.shutdown(DEADLINE).await.unwrap();
 }
 
+/// A reload that lengthens a subscriber's embargo while an item waits under the old
+/// one holds the item until the new embargo lifts: it is not dropped from the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lengthened_embargo_holds_a_waiting_item_on_the_stream_until_it_lifts() {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    pki.client("analyst.alice");
+    pki.client("siem.soc");
+    let head = common::node_section(&pki, &hq, &pki.path().join("data-hq"));
+    let with_embargo = |embargo: &str| {
+        format!(
+            "{head}\n[[client]]\nid = \"analyst.alice\"\nrole = \"analyst\"\n\
+             \n[[client]]\nid = \"siem.soc\"\nrole = \"read_only\"\nallow_types = [\"*\"]\nembargo = \"{embargo}\"\n"
+        )
+    };
+    let path = pki.path().join("hq.toml");
+    std::fs::write(&path, with_embargo("2s")).unwrap();
+    let node = common::start(&path).await;
+    let alice = common::connect(&pki, &node, "analyst.alice").await;
+    let siem = common::connect(&pki, &node, "siem.soc").await;
+    let mut stream = siem.subscribe(ItemFilter::default()).await.unwrap();
+    let published = std::time::Instant::now();
+    alice
+        .publish(tokio_stream::iter(vec![PublishRequest {
+            items: vec![item("held-longer.example", Tlp::Green)],
+            distribution: None,
+            groups: vec![],
+        }]))
+        .await
+        .unwrap();
+    std::fs::write(&path, with_embargo("4s")).unwrap();
+    node.reload_policy().expect("reload");
+    let got = tokio::time::timeout(DEADLINE, stream.message())
+        .await
+        .expect("the item within the deadline")
+        .unwrap()
+        .expect("an item, not the end of the stream");
+    assert!(
+        published.elapsed() >= Duration::from_millis(3900),
+        "not before the lengthened embargo lifts"
+    );
+    let value = match got.item.unwrap().kind.unwrap() {
+        wire::item::Kind::Indicator(i) => i.value,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(value, "held-longer.example");
+    node.shutdown(DEADLINE).await.unwrap();
+}
+
 /// A node is not sent back what it originated, but an object that names it (a
 /// relationship to a partner's own indicator) does reach that partner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1104,3 +1104,104 @@ async fn unsent_answer_refusals(ops: &NodeClient) -> u64 {
         .expect("unsent_answer_bytes is listed")
         .refused
 }
+
+/// A channel to `node` at `addr` as `who`, whose streams accept a single byte of
+/// data at a time: a caller that keeps its calls open and reads next to nothing.
+async fn tiny_window_channel(
+    pki: &Pki,
+    who: &entente::NodeId,
+    addr: &str,
+    node: &entente::NodeId,
+) -> tonic::transport::Channel {
+    let tls = pki.material(who).client_config().unwrap();
+    let connector = tokio_rustls::TlsConnector::from(tls);
+    let (addr, name) = (addr.to_owned(), node.to_string());
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .initial_stream_window_size(1)
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let (connector, addr, name) = (connector.clone(), addr.clone(), name.clone());
+            async move {
+                let tcp = tokio::net::TcpStream::connect(&addr).await?;
+                let name = rustls::pki_types::ServerName::try_from(name)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        }))
+        .await
+        .unwrap()
+}
+
+/// An answer handed to the HTTP/2 connection whole left the partner's
+/// `limits.unsent_answer_bytes` as soon as the stream could send one byte, while all
+/// of it waited in the connection's send queue: a caller whose streams accept one byte
+/// at a time had the node hold 4 MiB per unread call, past any budget (1.6 GiB after
+/// 400 calls). Answers now go to the connection in small chunks, so what has not gone
+/// out stays counted, and calls past the budget are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_waiting_for_a_tiny_window_stay_counted_against_the_budget() {
+    common::init_logging();
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let analyst = pki.client("analyst.alice");
+    let researcher = pki.client("researcher.bob");
+    let config = write_config(
+        &pki,
+        &hq,
+        &[
+            client(analyst.as_str(), "analyst"),
+            client(researcher.as_str(), "read_only"),
+        ],
+        &[],
+    );
+    let (mut child, addr) = common::serve(&config);
+    let tls = pki.material(&analyst).client_config().unwrap();
+    let alice = tokio::time::timeout(DEADLINE, NodeClient::connect(tls, &analyst, &addr, &hq))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let items: Vec<wire::Item> = (0..1000)
+        .map(|i| large_indicator(&format!("big-{i}.example")))
+        .collect();
+    publish(&alice, vec![items]).await;
+
+    // 12 calls for a full page (4 MiB), one after another, on one connection that
+    // reads a byte at a time: the budget (16 MiB) holds about four answers, and the
+    // calls after them are refused at once.
+    let channel = tiny_window_channel(&pki, &researcher, &addr, &hq).await;
+    let mut calls = tokio::task::JoinSet::new();
+    let mut refused = 0;
+    for _ in 0..12 {
+        let mut intel = entente::rpc::proto::intel_client::IntelClient::new(channel.clone())
+            .max_decoding_message_size(64 << 20);
+        calls.spawn(async move {
+            intel
+                .query(entente::rpc::proto::QueryRequest {
+                    filter: Some(ItemFilter::default()),
+                    page_size: 1000,
+                    page_token: Vec::new(),
+                })
+                .await
+                .map(|_| ())
+        });
+        // Refused calls end at once; an answered one waits on its reader.
+        match tokio::time::timeout(Duration::from_secs(1), calls.join_next()).await {
+            Ok(Some(Ok(Err(status)))) => {
+                assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
+                assert!(status.message().contains("unsent_answer_bytes"), "{status}");
+                refused += 1;
+            }
+            Ok(Some(Ok(Ok(())))) => panic!("a 4 MiB answer read through a one-byte window"),
+            Ok(Some(Err(e))) => panic!("{e}"),
+            Ok(None) | Err(_) => {}
+        }
+    }
+    assert!(
+        refused >= 6,
+        "{refused} of 12 unread calls refused: answers left the budget unsent"
+    );
+    calls.abort_all();
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -138,29 +138,67 @@ impl HeldAnswer {
 
 /// A response body that keeps its call marked in progress on the connection, and its
 /// answer's bytes counted, until the body has ended or is dropped.
+///
+/// The answer is handed to the connection [`ANSWER_CHUNK`] bytes at a time. The
+/// HTTP/2 server takes the next frame of a body as soon as the stream may send a single
+/// byte, and queues the whole frame beyond the peer's flow-control window: a unary
+/// answer (one frame of up to `limits.query_page_bytes`) would leave the body, and with
+/// it the answer's hold on `limits.unsent_answer_bytes`, while all of it still waited
+/// for a reader that never reads. In chunks, what has not gone out stays here, counted.
 struct DuringCall<B> {
     body: B,
+    /// The rest of a data frame larger than a chunk.
+    rest: bytes::Bytes,
     _call: CallInProgress,
     _held: Option<HeldAnswer>,
 }
 
-impl<B: http_body::Body + Unpin> http_body::Body for DuringCall<B> {
-    type Data = B::Data;
+/// Most bytes of an answer handed to the connection at once.
+const ANSWER_CHUNK: usize = 16 * 1024;
+
+impl<B> http_body::Body for DuringCall<B>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+{
+    type Data = bytes::Bytes;
     type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        if !self.rest.is_empty() {
+            let take = self.rest.len().min(ANSWER_CHUNK);
+            let chunk = self.rest.split_to(take);
+            return Poll::Ready(Some(Ok(http_body::Frame::data(chunk))));
+        }
+        match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(mut data) if data.len() > ANSWER_CHUNK => {
+                    let chunk = data.split_to(ANSWER_CHUNK);
+                    self.rest = data;
+                    Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
+                }
+                Ok(data) => Poll::Ready(Some(Ok(http_body::Frame::data(data)))),
+                Err(frame) => Poll::Ready(Some(Ok(frame))),
+            },
+            other => other,
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.rest.is_empty() && self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
+        let inner = self.body.size_hint();
+        let rest = self.rest.len() as u64;
+        let mut hint = http_body::SizeHint::new();
+        hint.set_lower(inner.lower().saturating_add(rest));
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper.saturating_add(rest));
+        }
+        hint
     }
 }
 
@@ -197,6 +235,7 @@ where
                     Ok(response.map(|body| {
                         tonic::body::Body::new(DuringCall {
                             body,
+                            rest: bytes::Bytes::new(),
                             _call: call,
                             _held: held,
                         })
