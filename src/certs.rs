@@ -626,6 +626,44 @@ impl CertDir {
         self.write_pair(id.as_str(), &issued)
     }
 
+    /// The id and serial of a certificate this CA revoked whose key is the key of
+    /// `cert_pem`, if there is one among the certificates it kept (`ID.crt`,
+    /// `ID.SERIAL.crt`).
+    fn revoked_holder_of(&self, cert_pem: &str) -> Result<Option<(String, String)>, CertsError> {
+        fn key_of(der: &[u8]) -> Option<Vec<u8>> {
+            let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+            Some(cert.public_key().raw.to_vec())
+        }
+        use rustls::pki_types::pem::PemObject;
+        let Some(key) = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .ok()
+            .and_then(|der| key_of(der.as_ref()))
+        else {
+            return Ok(None);
+        };
+        let register = read_register(&self.dir.join(REVOKED_FILE))?;
+        for entry in register.revoked {
+            let kept = [
+                self.dir.join(format!("{}.{}.crt", entry.id, entry.serial)),
+                self.dir.join(format!("{}.crt", entry.id)),
+            ];
+            for path in kept {
+                // Only the file of that very serial: the current `ID.crt` may be a
+                // later certificate.
+                let Ok(certs) = files::read_certificates(&path) else {
+                    continue;
+                };
+                let Some(leaf) = certs.first() else { continue };
+                let same_serial = certificate_serial(&path)
+                    .is_ok_and(|serial| hex_encode(&serial).eq_ignore_ascii_case(&entry.serial));
+                if same_serial && key_of(leaf.as_ref()).as_deref() == Some(key.as_slice()) {
+                    return Ok(Some((entry.id.clone(), entry.serial.clone())));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// The certificates of `id` this CA revoked before, from the revocation register.
     pub fn revoked_for(&self, id: &NodeId) -> Result<Vec<RevokedEntry>, CertsError> {
         Ok(read_register(&self.dir.join(REVOKED_FILE))?
@@ -690,6 +728,14 @@ impl CertDir {
         let ca = self.load_ca()?;
         let text = read_bounded_text(csr, MAX_REQUEST_BYTES)?;
         let (id, cert_pem) = ca.sign_request(&text, usage, expected, validity)?;
+        // A key whose certificate this CA revoked (it leaked, or its holder left) is not
+        // certified again, under any id: `renew` refuses a revoked certificate, and a
+        // request is the same operation by another road.
+        if let Some((holder, serial)) = self.revoked_holder_of(&cert_pem)? {
+            return Err(CertsError::Request(format!(
+                "the request's key is the key of certificate {serial} of {holder}, which this CA revoked; a revoked key is not certified again: make a new key (`entente certs request` without --key)"
+            )));
+        }
         // An id names one member: a request for a client certificate under a node's id
         // (or the reverse) is refused, not signed over the other certificate.
         let current = self.cert_path(id.as_str());

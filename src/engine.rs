@@ -478,11 +478,39 @@ impl Engine {
         // Ids seen earlier in the bundle: a later version of one replaces that, not
         // what is held.
         let mut seen: HashSet<&ItemId> = HashSet::with_capacity(items.len());
+        // The distribution of each held bundle read so far: new versions of items held
+        // in one large bundle read and parse its header once, not once per item.
+        let mut replaced_of: HashMap<crate::model::BundleId, Distribution> = HashMap::new();
         for (at, item) in items.iter().enumerate() {
-            if !seen.insert(&item.id) || matches!(item.kind, ItemKind::Revocation(_)) {
+            if !seen.insert(&item.id) {
                 continue;
             }
-            let Some(held) = self.store.get(&item.id)? else {
+            let held = self.store.get(&item.id)?;
+            // A writer of this node giving an older version than the one held meant a
+            // change (its clock behind the first writer's, or the version held dated
+            // ahead): refused with both times rather than passed over as the store
+            // passes over a stale copy from a peer.
+            if let Some(held) = held.as_ref().filter(|h| &h.origin == self.signer.origin()) {
+                if item.modified_ms < held.item.modified_ms {
+                    let time =
+                        |ms: i64| crate::util::rfc3339_ms(ms).unwrap_or_else(|| ms.to_string());
+                    return Err(EngineError::Unpublishable(format!(
+                        "item {at}: a newer version of {} is held (modified {}; this one {}): a change needs a later modified time{}",
+                        item.id,
+                        time(held.item.modified_ms),
+                        time(item.modified_ms),
+                        if held.item.modified_ms > now_ms {
+                            "; the version held is dated ahead of this node's clock, so wait until the clock passes it"
+                        } else {
+                            ""
+                        }
+                    )));
+                }
+            }
+            if matches!(item.kind, ItemKind::Revocation(_)) {
+                continue;
+            }
+            let Some(held) = held else {
                 if naming {
                     continue;
                 }
@@ -522,14 +550,22 @@ impl Engine {
                 continue;
             }
             // Fail closed: without the replaced version's distribution, nothing to keep.
-            let Some(bytes) = self.store.bundle_header(&held.bundle_id)? else {
-                return Err(EngineError::Unpublishable(format!(
-                    "item {at}: the bundle of {} is not held; its new version cannot be written here",
-                    item.id
-                )));
+            let replaced = match replaced_of.get(&held.bundle_id) {
+                Some(replaced) => replaced,
+                None => {
+                    let Some(bytes) = self.store.bundle_header(&held.bundle_id)? else {
+                        return Err(EngineError::Unpublishable(format!(
+                            "item {at}: the bundle of {} is not held; its new version cannot be written here",
+                            item.id
+                        )));
+                    };
+                    let replaced = crate::crypto::parse_header(&bytes)?.0.distribution;
+                    replaced_of
+                        .entry(held.bundle_id.clone())
+                        .or_insert(replaced)
+                }
             };
-            let replaced = crate::crypto::parse_header(&bytes)?.0.distribution;
-            let Some(kept) = distribution.narrowed(&replaced) else {
+            let Some(kept) = distribution.narrowed(replaced) else {
                 return Err(EngineError::Unpublishable(format!(
                     "item {at}: {} was published to other recipients than the items beside it; write it alone",
                     item.id

@@ -266,15 +266,6 @@ pub enum ItemRejection {
     /// GREEN and a RED copy of one version of one object. Which one the writer meant
     /// cannot be told, so the second is refused rather than passed over as a duplicate.
     SameVersionDiffers,
-    /// This node's own writer gave an older version than the one held: a change it
-    /// meant (a marking raised from a clock behind the first writer's), which is refused
-    /// with the versions rather than passed over as a duplicate.
-    OlderThanHeld {
-        /// `modified` of the version held, ms.
-        held_ms: i64,
-        /// `modified` of the version given, ms.
-        given_ms: i64,
-    },
 }
 
 impl std::fmt::Display for ItemRejection {
@@ -291,17 +282,6 @@ impl std::fmt::Display for ItemRejection {
             ItemRejection::TypeConflict { held } => {
                 write!(f, "the same UUID is held as {held}; an id keeps its type")
             }
-            ItemRejection::OlderThanHeld { held_ms, given_ms } => write!(
-                f,
-                "a newer version is held (modified {}; this one {}): a change needs a later modified time{}",
-                crate::util::rfc3339_ms(*held_ms).unwrap_or_else(|| held_ms.to_string()),
-                crate::util::rfc3339_ms(*given_ms).unwrap_or_else(|| given_ms.to_string()),
-                if *held_ms > crate::util::now_ms() {
-                    ", and the version held is dated ahead of this node's clock"
-                } else {
-                    ""
-                }
-            ),
             ItemRejection::SameVersionDiffers => write!(
                 f,
                 "this version of the id is held (or given earlier in the same input) with other content, such as another marking; a change needs a later modified time"

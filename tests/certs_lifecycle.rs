@@ -558,3 +558,65 @@ fn two_cas_made_without_a_name_do_not_share_one() {
         subject(&a)
     );
 }
+
+/// A key whose certificate the CA revoked is not certified again: the member's request
+/// made with `--key` for that key is refused, while a request with a new key is signed.
+#[test]
+fn a_revoked_key_is_not_certified_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    let member = dir.path().join("member");
+    ok(&["certs", "ca", "--dir", s(&ca)]);
+    let request = |key: Option<&Path>| {
+        let mut args = vec![
+            "certs",
+            "request",
+            "--id",
+            "berlin.office",
+            "--out",
+            s(&member),
+        ];
+        if let Some(key) = key {
+            args.extend(["--key", s(key)]);
+        }
+        ok(&args);
+        let kept = dir.path().join("kept.key");
+        if key.is_none() {
+            std::fs::copy(member.join("berlin.office.key"), &kept).unwrap();
+        }
+        kept
+    };
+    let sign = || {
+        entente(&[
+            "certs",
+            "sign",
+            s(&member.join("berlin.office.csr")),
+            "--ca-dir",
+            s(&ca),
+            "--client",
+        ])
+    };
+    let key = request(None);
+    assert!(sign().status.success());
+    ok(&["certs", "revoke", "--dir", s(&ca), "--id", "berlin.office"]);
+
+    // The same key again: refused, naming the revoked certificate.
+    std::fs::remove_file(member.join("berlin.office.key")).unwrap();
+    std::fs::remove_file(member.join("berlin.office.csr")).unwrap();
+    request(Some(&key));
+    let refused = sign();
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("which this CA revoked"), "{err}");
+
+    // A new key: signed.
+    std::fs::remove_file(member.join("berlin.office.csr")).unwrap();
+    let _ = std::fs::remove_file(member.join("berlin.office.key"));
+    request(None);
+    let signed = sign();
+    assert!(
+        signed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
+}

@@ -1503,8 +1503,6 @@ impl ItemStore for SledStore {
                 },
             };
             if let Some((modified, holder, replaced, differs)) = held {
-                // Held before this bundle (not an earlier item of it).
-                let held_before = holder.is_some();
                 if let Some(holder) = holder.filter(|h| *h != origin) {
                     report.rejected.push((
                         verified.index,
@@ -1520,18 +1518,6 @@ impl ItemStore for SledStore {
                         report
                             .rejected
                             .push((verified.index, ItemRejection::SameVersionDiffers));
-                    } else if item.modified_ms < modified && source.hops == 0 && held_before {
-                        // This node's own writer wrote an older version than the one
-                        // held (its clock behind the first writer's, a version dated
-                        // ahead): a change it meant, which would be passed over without
-                        // a word as a stale copy from a peer is.
-                        report.rejected.push((
-                            verified.index,
-                            ItemRejection::OlderThanHeld {
-                                held_ms: modified,
-                                given_ms: item.modified_ms,
-                            },
-                        ));
                     } else {
                         report.duplicates += 1;
                     }

@@ -1699,7 +1699,14 @@ fn internal() -> Answer {
 /// An engine error as a TAXII answer; internal detail goes to the log only.
 fn engine_error(e: &EngineError) -> Answer {
     match e {
-        EngineError::PageToken(PageTokenError::Invalid) | EngineError::PageToken(_) => bad_next(),
+        // A compaction renumbers what a listing's `next` pointed into: say so, rather
+        // than that the value was never given.
+        EngineError::PageToken(PageTokenError::Stale) => error(
+            StatusCode::BAD_REQUEST,
+            "Bad Request",
+            "next is no longer valid: the node compacted its store since it was given; start the listing again without next",
+        ),
+        EngineError::PageToken(_) => bad_next(),
         EngineError::TooManyPublishes { .. } | EngineError::TooManyUnsentAnswers { .. } => error(
             StatusCode::TOO_MANY_REQUESTS,
             "Too Many Requests",
@@ -1738,6 +1745,24 @@ async fn refuse_body(headers: &HeaderMap, body: Incoming, answer: Answer) -> Ans
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `next` from before a compaction is refused saying so, not as a value the
+    /// server never gave.
+    #[tokio::test]
+    async fn a_next_from_before_a_compaction_is_refused_saying_so() {
+        async fn body(answer: Answer) -> String {
+            let bytes = http_body_util::BodyExt::collect(answer.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            String::from_utf8(bytes.to_vec()).unwrap()
+        }
+        let stale = engine_error(&EngineError::PageToken(PageTokenError::Stale));
+        assert_eq!(stale.status(), StatusCode::BAD_REQUEST);
+        assert!(body(stale).await.contains("compacted"));
+        let invalid = engine_error(&EngineError::PageToken(PageTokenError::Invalid));
+        assert!(body(invalid).await.contains("not a value this server gave"));
+    }
 
     #[test]
     fn routes() {
