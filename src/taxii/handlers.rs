@@ -283,15 +283,29 @@ impl Handlers {
     }
 
     /// Objects or manifest of the collection: a page through `Engine::query_blocking`
-    /// (recorded in the ledger), or the `match[id]` objects through `Engine::get`, with
-    /// the marking definitions and origin identities the page's objects are the first
-    /// of the listing to refer to. `next` is sealed ([`NextTokens`]).
+    /// (recorded in the ledger), or the `match[id]` objects through `Engine::get` (the
+    /// latest version) or, when `match[version]` asks for other versions, through
+    /// `Engine::versions_blocking` as the object resource reads them, with the marking
+    /// definitions and origin identities the page's objects are the first of the
+    /// listing to refer to. A listing without `match[id]` serves the latest version of
+    /// each object and refuses any other `match[version]`. `next` is sealed
+    /// ([`NextTokens`]).
     async fn objects(&self, caller: &Caller, params: &Params, manifest: bool) -> Answer {
         let path = if manifest {
             "taxii-manifest"
         } else {
             "taxii-objects"
         };
+        // A listing without `match[id]` goes through the collection by the latest
+        // version of each object: a filter that asks for other versions is refused
+        // rather than answered with the latest.
+        if params.ids.is_none() && !params.version.latest_only() {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "Bad Request",
+                "match[version] other than last is served on listings only with match[id]; without it a listing serves the latest version of each object (an object's versions: objects/{id}/versions/, or objects/?match[id]={id}&match[version]=all)",
+            );
+        }
         let scope_text = params.scope();
         let scope = Scope {
             caller: &caller.partner.id,
@@ -317,12 +331,17 @@ impl Handlers {
         // brought them.
         let mut extra: Vec<(Value, i64)> = Vec::new();
         let (items, more) = if let Some(ids) = params.ids.as_ref().filter(|_| params.admits_any()) {
-            let Cursor::Ids(mut at) = session.cursor else {
-                return bad_next();
+            // Where the listing goes on: an id, and part way through its versions the
+            // last one served.
+            let (mut at, mut after) = match session.cursor {
+                Cursor::Ids(at) => (at, None),
+                Cursor::IdVersions(at, after) => (at, Some(after)),
+                _ => return bad_next(),
             };
             let mut found: Vec<StoredItem> = Vec::new();
             while at < ids.len() && found.len() + extra.len() < params.limit {
                 let id = &ids[at];
+                let resumed = after.take();
                 at += 1;
                 if ids[..at - 1].contains(id) {
                     continue;
@@ -342,6 +361,25 @@ impl Handlers {
                 }
                 // An id that is not an indicator or context object id is held by no node.
                 let Ok(id) = ItemId::parse(id) else { continue };
+                if !params.version.latest_only() {
+                    // Other versions than the latest: the id's versions the caller may
+                    // see, each through the policy gate of the versions resource,
+                    // within the room left on the page.
+                    let room = params.limit - found.len() - extra.len();
+                    let (page, more, _) =
+                        match self.versions(caller, id, params, path, resumed, room).await {
+                            Ok(read) => read,
+                            Err(answer) => return answer,
+                        };
+                    let last = page.last().map(|s| s.item.modified_ms);
+                    found.extend(page);
+                    if let (true, Some(last)) = (more, last) {
+                        at -= 1;
+                        after = Some(last);
+                        break;
+                    }
+                    continue;
+                }
                 // Filtered before it is recorded: what the filters leave out is not
                 // served, so not disclosed.
                 let wanted = |s: &StoredItem| self.passes(params, s);
@@ -351,8 +389,12 @@ impl Handlers {
                     Err(e) => return engine_error(&e),
                 }
             }
+            // In the order added; one id's versions stay oldest first.
             found.sort_by_key(|s| s.accepted_ms);
-            session.cursor = Cursor::Ids(at);
+            session.cursor = match after {
+                Some(after) => Cursor::IdVersions(at, after),
+                None => Cursor::Ids(at),
+            };
             (found, at < ids.len())
         } else {
             (Vec::new(), false)
@@ -555,38 +597,24 @@ impl Handlers {
                 _ => return bad_next(),
             },
         };
-        let engine = self.engine.clone();
-        let partner = caller.partner.clone();
-        let filter = params.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            engine.versions_blocking(&partner, &item_id, path, |visible| {
-                let visible: Vec<StoredItem> = visible
-                    .into_iter()
-                    .filter(|s| {
-                        filter.admits(s.item.id.stix_type())
-                            && filter.added_after_passes(s.accepted_ms)
-                    })
-                    .collect();
-                let chosen = if versions {
-                    visible
-                } else {
-                    filter.version.select(visible, |s| s.item.modified_ms)
-                };
-                let total = chosen.len();
-                let mut rest: Vec<StoredItem> = chosen
-                    .into_iter()
-                    .filter(|s| after.is_none_or(|after| s.item.modified_ms > after))
-                    .collect();
-                let more = rest.len() > filter.limit;
-                rest.truncate(filter.limit);
-                (rest, (more, total))
-            })
-        })
-        .await;
-        let (page, (more, total)) = match read {
-            Ok(Ok(read)) => read,
-            Ok(Err(e)) => return engine_error(&e),
-            Err(_) => return internal(),
+        // The versions resource lists every version; the object resource those
+        // `match[version]` selects.
+        let selecting = if versions {
+            let mut all = params.clone();
+            all.version = params::VersionFilter {
+                all: true,
+                ..params::VersionFilter::default()
+            };
+            all
+        } else {
+            params.clone()
+        };
+        let (page, more, total) = match self
+            .versions(caller, item_id, &selecting, path, after, params.limit)
+            .await
+        {
+            Ok(read) => read,
+            Err(answer) => return answer,
         };
         if total == 0 {
             return object_not_found();
@@ -621,6 +649,52 @@ impl Handlers {
             body.insert("versions".into(), json!(listed));
         }
         with_dates(taxii(StatusCode::OK, &Value::Object(body)), &page, params)
+    }
+
+    /// The versions of `id` that `params` selects (`match[type]`, `added_after`, then
+    /// `match[version]`) among those the caller may see, oldest first, read by
+    /// `Engine::versions_blocking`: the latest as `Engine::get` decides it, each older one
+    /// by `Policy::decide_superseded`, withheld and absent alike left out. Of those after
+    /// version `after`, at most `room` are returned, and recorded in the ledger on `path`
+    /// before they are; also whether more follow, and how many were selected in all.
+    async fn versions(
+        &self,
+        caller: &Caller,
+        id: ItemId,
+        params: &Params,
+        path: &'static str,
+        after: Option<i64>,
+        room: usize,
+    ) -> Result<(Vec<StoredItem>, bool, usize), Answer> {
+        let engine = self.engine.clone();
+        let partner = caller.partner.clone();
+        let filter = params.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            engine.versions_blocking(&partner, &id, path, |visible| {
+                let visible: Vec<StoredItem> = visible
+                    .into_iter()
+                    .filter(|s| {
+                        filter.admits(s.item.id.stix_type())
+                            && filter.added_after_passes(s.accepted_ms)
+                    })
+                    .collect();
+                let chosen = filter.version.select(visible, |s| s.item.modified_ms);
+                let total = chosen.len();
+                let mut rest: Vec<StoredItem> = chosen
+                    .into_iter()
+                    .filter(|s| after.is_none_or(|after| s.item.modified_ms > after))
+                    .collect();
+                let more = rest.len() > room;
+                rest.truncate(room);
+                (rest, (more, total))
+            })
+        })
+        .await;
+        match read {
+            Ok(Ok((page, (more, total)))) => Ok((page, more, total)),
+            Ok(Err(e)) => Err(engine_error(&e)),
+            Err(_) => Err(internal()),
+        }
     }
 
     /// Adds objects: the envelope's indicators are read by the STIX import, signed and

@@ -29,9 +29,10 @@ pub struct VersionFilter {
 }
 
 impl VersionFilter {
-    /// For listings, which serve the latest version of each object: whether an object
-    /// whose latest version is `modified_ms` qualifies (`first`, `last` and `all` take
-    /// it; a timestamp, if it is its version).
+    /// For an object held in one version (a marking definition, an identity), or the
+    /// latest version where only that is read: whether version `modified_ms` qualifies
+    /// (`first`, `last` and `all` take it; a timestamp, if it is its version). Listings
+    /// serve other versions than the latest only through [`VersionFilter::select`].
     pub fn allows(&self, modified_ms: i64) -> bool {
         self.first || self.last || self.all || self.exact.contains(&modified_ms)
     }

@@ -1,0 +1,235 @@
+//! How the TAXII listener of a real `entente serve` process answers for an object's
+//! versions, over HTTPS: the objects and manifest listings honour `match[version]`
+//! (`first`, `all`, timestamps) for the ids of `match[id]`, each version passing the
+//! same policy gate as on the versions resource, and refuse it without `match[id]`
+//! rather than answer another version than the one asked for.
+
+mod common;
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use common::https::{Reply, get, indicator, post_objects, tls};
+use common::{Pki, TaxiiNode, node_section, serve_taxii};
+
+const GREEN: &str = "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb";
+const AMBER: &str = "marking-definition--55d920b0-5e8b-4f79-9ee9-91f868d9b421";
+
+/// Item types: what a page lists apart from the marking definitions and identities
+/// served with its items.
+const SUPPORTING: [&str; 3] = ["marking-definition", "identity", "extension-definition"];
+
+/// A node (redmond.hq) with a GREEN read-only researcher, an analyst that sees
+/// everything and a TAXII listener, as its own process; and the collection's path.
+async fn start() -> (Pki, TaxiiNode, String) {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    pki.client("researcher.uni-x");
+    pki.client("analyst.soc");
+    let mut text = node_section(&pki, &hq, &pki.path().join("data"));
+    text.push_str(
+        "\n[[client]]\nid = \"researcher.uni-x\"\nrole = \"read_only\"\nallow_types = [\"*\"]\nmax_tlp = \"GREEN\"\n\
+         \n[[client]]\nid = \"analyst.soc\"\nrole = \"analyst\"\n\
+         \n[taxii]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let path = pki.path().join("redmond.hq.toml");
+    std::fs::write(&path, text).unwrap();
+    let node = serve_taxii(&path);
+    let analyst = tls(&pki, "analyst.soc");
+    let listed = get(&analyst, node.taxii, "/api/collections/").await.json();
+    let id = listed["collections"][0]["id"].as_str().unwrap().to_owned();
+    (pki, node, format!("/api/collections/{id}/"))
+}
+
+fn id_of(n: u32) -> String {
+    format!("indicator--{n:08x}-0000-4000-8000-{n:012x}")
+}
+
+fn day(d: u32) -> String {
+    format!("2025-01-{d:02}T00:00:00.000Z")
+}
+
+/// Version `d` (its `modified` on day `d`) of indicator `n`, under `marking`.
+fn version(n: u32, marking: &str, d: u32) -> Value {
+    let mut object = indicator(&id_of(n), &format!("host-{n}.example.org"), marking);
+    object["modified"] = json!(day(d));
+    object
+}
+
+/// The (id, version) of the items (not the objects served with them) of an objects or
+/// manifest answer.
+fn versions_listed(body: &Value) -> Vec<(String, String)> {
+    body["objects"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no objects: {body}"))
+        .iter()
+        .filter(|o| {
+            let id = o["id"].as_str().unwrap();
+            !SUPPORTING.contains(&id.split("--").next().unwrap())
+        })
+        .map(|o| {
+            let version = o.get("version").or_else(|| o.get("modified")).unwrap();
+            (
+                o["id"].as_str().unwrap().to_owned(),
+                version.as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A listing followed through `next` to its end: every (id, version) listed, and the
+/// number of pages.
+async fn follow(
+    tls: &Arc<rustls::ClientConfig>,
+    node: &TaxiiNode,
+    query: &str,
+) -> (Vec<(String, String)>, usize) {
+    let mut listed = Vec::new();
+    let mut next: Option<String> = None;
+    for pages in 1..=50 {
+        let path = match &next {
+            None => query.to_owned(),
+            Some(n) => format!("{query}&next={n}"),
+        };
+        let reply = get(tls, node.taxii, &path).await;
+        assert_eq!(reply.status, 200, "{path}: {}", reply.text());
+        let body = reply.json();
+        let page = versions_listed(&body);
+        if !page.is_empty() {
+            assert!(
+                reply.header("x-taxii-date-added-first").is_some()
+                    && reply.header("x-taxii-date-added-last").is_some(),
+                "{path}: a page of objects without its date headers"
+            );
+        }
+        listed.extend(page);
+        match body["next"].as_str() {
+            Some(n) if body["more"] == json!(true) => next = Some(n.to_owned()),
+            _ => {
+                assert_eq!(body["more"], json!(false), "{body}");
+                return (listed, pages);
+            }
+        }
+    }
+    panic!("{query}: paging does not end");
+}
+
+fn pairs(list: &[(u32, u32)]) -> Vec<(String, String)> {
+    list.iter().map(|(n, d)| (id_of(*n), day(*d))).collect()
+}
+
+/// TAXII 2.1 §3.4.2: `match[version]=first` asks for the earliest version, `all` for
+/// every version, on Get Objects and Get Object Manifests. `stix2`'s
+/// `TAXIICollectionSource.all_versions()` asks `objects/?match[id]=X&match[version]=all`.
+/// The listings answered the latest version for both. They now select versions as the
+/// object resource does, each passing the same policy gate (an AMBER first version is
+/// not the GREEN researcher's, and a withheld id lists as an absent one); without
+/// `match[id]`, such a filter is refused with 400 rather than answered with the latest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_serve_the_versions_match_version_asks_for() {
+    let (pki, node, collection) = start().await;
+    let analyst = tls(&pki, "analyst.soc");
+    let researcher = tls(&pki, "researcher.uni-x");
+    let objects = format!("{collection}objects/");
+    let manifest = format!("{collection}manifest/");
+    // 1: two GREEN versions. 2: AMBER, then lowered to GREEN. 3: AMBER only.
+    for sent in [
+        version(1, GREEN, 2),
+        version(1, GREEN, 3),
+        version(2, AMBER, 2),
+        version(2, GREEN, 3),
+        version(3, AMBER, 2),
+    ] {
+        let status = post_objects(&analyst, &node, &objects, vec![sent]).await;
+        assert_eq!(status["failure_count"], json!(0), "{status}");
+    }
+    let (one, two, three) = (id_of(1), id_of(2), id_of(3));
+
+    for listing in [&objects, &manifest] {
+        let ask = |ids: &str, version: &str| {
+            format!("{listing}?match[id]={ids}&match[version]={version}")
+        };
+        // The researcher: indicator 1's two versions; of indicator 2 only the GREEN one.
+        assert_eq!(
+            follow(&researcher, &node, &ask(&one, "first")).await.0,
+            pairs(&[(1, 2)]),
+            "{listing} first"
+        );
+        assert_eq!(
+            follow(&researcher, &node, &ask(&one, "all")).await.0,
+            pairs(&[(1, 2), (1, 3)]),
+            "{listing} all"
+        );
+        assert_eq!(
+            follow(&researcher, &node, &ask(&one, "last")).await.0,
+            pairs(&[(1, 3)]),
+            "{listing} last"
+        );
+        assert_eq!(
+            follow(&researcher, &node, &ask(&one, &day(2))).await.0,
+            pairs(&[(1, 2)]),
+            "{listing} exact"
+        );
+        assert_eq!(
+            follow(&researcher, &node, &ask(&two, "first")).await.0,
+            pairs(&[(2, 3)]),
+            "{listing}: the AMBER first version is not the researcher's"
+        );
+        assert_eq!(
+            follow(&researcher, &node, &ask(&two, &day(2))).await.0,
+            pairs(&[]),
+            "{listing}: the AMBER version by its timestamp"
+        );
+        // Paged one object at a time across ids and within one id's versions.
+        let (listed, pages) = follow(
+            &researcher,
+            &node,
+            &format!("{}&limit=1", ask(&format!("{one},{three},{two}"), "all")),
+        )
+        .await;
+        assert_eq!(listed, pairs(&[(1, 2), (1, 3), (2, 3)]), "{listing} paged");
+        assert!(pages >= 3, "{listing}: {pages} pages of one object");
+        // The analyst sees every version.
+        assert_eq!(
+            follow(&analyst, &node, &ask(&format!("{one},{two}"), "all"))
+                .await
+                .0,
+            pairs(&[(1, 2), (1, 3), (2, 2), (2, 3)]),
+            "{listing} analyst"
+        );
+        // A withheld id is answered as an absent one, under every filter.
+        let absent = "indicator--0f0f0f0f-0000-4000-8000-0f0f0f0f0f0f";
+        for version in ["first", "all", &day(2)] {
+            let withheld = get(&researcher, node.taxii, &ask(&three, version)).await;
+            let missing = get(&researcher, node.taxii, &ask(absent, version)).await;
+            assert_eq!(withheld.status, 200, "{}", withheld.text());
+            assert_eq!(
+                (withheld.status, withheld.body.clone()),
+                (missing.status, missing.body.clone()),
+                "{listing} {version}"
+            );
+            assert_eq!(withheld.header("x-taxii-date-added-first"), None);
+        }
+        // Without match[id], a version other than the latest is refused, not answered
+        // with the latest.
+        for version in ["first", "all", "first,last", &day(2)] {
+            let reply: Reply = get(
+                &researcher,
+                node.taxii,
+                &format!("{listing}?match[version]={version}"),
+            )
+            .await;
+            assert_eq!(reply.status, 400, "{listing} {version}: {}", reply.text());
+            let said = reply.json()["description"].as_str().unwrap().to_owned();
+            assert!(said.contains("match[id]"), "{said}");
+        }
+        for query in ["", "?match[version]=last"] {
+            let reply = get(&researcher, node.taxii, &format!("{listing}{query}")).await;
+            assert_eq!(reply.status, 200, "{}", reply.text());
+            let mut listed = versions_listed(&reply.json());
+            listed.sort();
+            assert_eq!(listed, pairs(&[(1, 3), (2, 3)]), "{listing}{query}");
+        }
+    }
+}
