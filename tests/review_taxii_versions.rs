@@ -233,3 +233,130 @@ async fn listings_serve_the_versions_match_version_asks_for() {
         }
     }
 }
+
+/// The (version, message) of each success and failure of a status resource.
+fn outcomes(status: &Value, which: &str) -> Vec<(String, String)> {
+    status[which]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {which}: {status}"))
+        .iter()
+        .map(|d| {
+            (
+                d["version"].as_str().unwrap_or_default().to_owned(),
+                d["message"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The node keeps versions to the millisecond. A newer version whose `modified` falls
+/// in the same millisecond as the held one (`…00.123999Z` after `…00.123456Z`) was
+/// reported as a success and dropped, and `match[version]=…00.123999Z` then answered the
+/// other version; an envelope carrying an object's history newest first had its older
+/// versions reported as successes though none was stored. Each is now a failure with
+/// its reason, a success names the version as stored, a version sent again is still a
+/// success, and a timestamp finer than a millisecond names no version held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_the_node_does_not_store_is_reported_as_a_failure() {
+    let (pki, node, collection) = start().await;
+    let analyst = tls(&pki, "analyst.soc");
+    let objects = format!("{collection}objects/");
+    let post = |sent: Vec<Value>| post_objects(&analyst, &node, &objects, sent);
+
+    let id = id_of(40);
+    let mut first = indicator(&id, "micro.example", GREEN);
+    first["created"] = json!("2026-11-01T00:00:00.123456Z");
+    first["modified"] = json!("2026-11-01T00:00:00.123456Z");
+    first["name"] = json!("first version");
+    let mut corrected = first.clone();
+    corrected["modified"] = json!("2026-11-01T00:00:00.123999Z");
+    corrected["name"] = json!("corrected version");
+    corrected["indicator_types"] = json!(["benign"]);
+    let stored = "2026-11-01T00:00:00.123Z";
+
+    let status = post(vec![first.clone()]).await;
+    assert_eq!(
+        outcomes(&status, "successes"),
+        vec![(stored.to_owned(), String::new())],
+        "{status}"
+    );
+    let status = post(vec![corrected]).await;
+    assert_eq!(status["success_count"], json!(0), "{status}");
+    let failures = outcomes(&status, "failures");
+    assert_eq!(failures.len(), 1, "{status}");
+    assert_eq!(failures[0].0, "2026-11-01T00:00:00.123999Z");
+    assert!(
+        failures[0].1.contains("millisecond") && failures[0].1.contains(stored),
+        "{}",
+        failures[0].1
+    );
+    // The same version sent again is held: a success.
+    let status = post(vec![first]).await;
+    assert_eq!(status["success_count"], json!(1), "{status}");
+
+    // The version filter answers only the version asked for.
+    let exact = |version: &str| format!("{objects}{id}/?match[version]={version}");
+    for finer in ["2026-11-01T00:00:00.123999Z", "2026-11-01T00:00:00.123456Z"] {
+        let reply = get(&analyst, node.taxii, &exact(finer)).await;
+        assert_eq!(reply.status, 404, "{finer}: {}", reply.text());
+        let listed = get(
+            &analyst,
+            node.taxii,
+            &format!("{objects}?match[id]={id}&match[version]={finer}"),
+        )
+        .await;
+        assert_eq!(listed.json()["objects"], json!([]), "{finer}");
+    }
+    for same in [stored, "2026-11-01T00:00:00.123000Z"] {
+        let reply = get(&analyst, node.taxii, &exact(same)).await;
+        assert_eq!(reply.status, 200, "{same}: {}", reply.text());
+        let served = reply.json()["objects"].clone();
+        assert_eq!(served[0]["name"], json!("first version"), "{served}");
+        assert_eq!(served[0]["modified"], json!(stored), "{served}");
+    }
+
+    // An object's history, newest first, in one envelope: only the newest is stored.
+    let history = id_of(41);
+    let at = |d: u32| {
+        let mut object = indicator(&history, "history.example", GREEN);
+        object["modified"] = json!(day(d));
+        object
+    };
+    let status = post(vec![at(3), at(1), at(2)]).await;
+    assert_eq!(
+        outcomes(&status, "successes"),
+        vec![(day(3), String::new())],
+        "{status}"
+    );
+    let failures = outcomes(&status, "failures");
+    assert_eq!(
+        failures.iter().map(|f| f.0.clone()).collect::<Vec<_>>(),
+        vec![day(1), day(2)],
+        "{status}"
+    );
+    for (_, message) in &failures {
+        assert!(
+            message.contains("later version") && message.contains(&day(3)),
+            "{message}"
+        );
+    }
+    let held = get(
+        &analyst,
+        node.taxii,
+        &format!("{objects}{history}/versions/"),
+    )
+    .await;
+    assert_eq!(held.json()["versions"], json!([day(3)]));
+
+    // A version held among the older ones, sent again, is a success.
+    let again = id_of(42);
+    let at = |d: u32| {
+        let mut object = indicator(&again, "again.example", GREEN);
+        object["modified"] = json!(day(d));
+        object
+    };
+    post(vec![at(1)]).await;
+    post(vec![at(2)]).await;
+    let status = post(vec![at(1), at(2)]).await;
+    assert_eq!(status["success_count"], json!(2), "{status}");
+}

@@ -1034,6 +1034,31 @@ fn store_objects(
             Ok((signed, receipt)) => {
                 let mut chunk_outcomes = vec![Ok(()); count];
                 let signed = signed.items();
+                // Neither stored nor refused: taken for a version held. Unless it is held
+                // as given, it is not stored, and the status says why.
+                let report = &receipt.report;
+                for item in signed {
+                    if report.stored.contains(&item.index)
+                        || report
+                            .rejected
+                            .iter()
+                            .any(|(index, _)| *index == item.index)
+                    {
+                        continue;
+                    }
+                    let unstored = engine.unstored_version(publisher, &item.item, now_ms());
+                    let why = match unstored {
+                        Ok(None) => continue,
+                        Ok(Some(why)) => why,
+                        Err(e) => {
+                            tracing::error!(error = %e, "TAXII publish: a held version could not be read");
+                            "the node could not tell whether it holds this version".to_owned()
+                        }
+                    };
+                    if let Some(slot) = chunk_outcomes.get_mut(item.index as usize) {
+                        *slot = Err(why);
+                    }
+                }
                 for (index, reason) in &receipt.report.rejected {
                     let at = *index as usize;
                     let item = signed
@@ -1117,21 +1142,50 @@ fn not_durable(
     )
 }
 
-/// The place in `items` of the first item of each id (in lower case, as ids are
-/// parsed), for the status of a write.
-fn item_places(items: &[crate::model::Item]) -> HashMap<String, usize> {
-    let mut by_id: HashMap<String, usize> = HashMap::with_capacity(items.len());
-    for (at, item) in items.iter().enumerate() {
-        by_id.entry(item.id.as_str().to_owned()).or_insert(at);
-    }
-    by_id
+/// Where each item of a write is in `items`, for the status of the write: by id (in
+/// lower case, as ids are parsed) and version, each object of an envelope answered by
+/// its own item, and by id alone (the first item of each id) for an object whose
+/// version does not say which.
+#[derive(Default)]
+struct ItemPlaces {
+    by_version: HashMap<(String, i64), usize>,
+    by_id: HashMap<String, usize>,
+    /// Each item's version, ms since the epoch.
+    versions: Vec<i64>,
 }
 
+impl ItemPlaces {
+    /// The place of the item of id `id` (in lower case) and version `version_ms`.
+    fn find_version(&self, id: &str, version_ms: Option<i64>) -> Option<usize> {
+        version_ms
+            .and_then(|ms| self.by_version.get(&(id.to_owned(), ms)))
+            .copied()
+    }
+}
+
+fn item_places(items: &[crate::model::Item]) -> ItemPlaces {
+    let mut places = ItemPlaces::default();
+    for (at, item) in items.iter().enumerate() {
+        let id = item.id.as_str().to_owned();
+        places.by_id.entry(id.clone()).or_insert(at);
+        places
+            .by_version
+            .entry((id, item.modified_ms))
+            .or_insert(at);
+        places.versions.push(item.modified_ms);
+    }
+    places
+}
+
+/// What a write's status says of an object of a type the node does not store.
+const NOT_CARRIED: &str = "not stored: this node holds indicators and the malware, threat-actor, intrusion-set, campaign, attack-pattern, tool, report and relationship objects around them";
+
 /// The status of a write: every object of the envelope is a success (stored, or held
-/// already) or a failure with its reason. Returns the status's id and its JSON text.
+/// already as given; its version as the node holds it, to the millisecond) or a failure
+/// with its reason. Returns the status's id and its JSON text.
 fn status_resource(
     entries: &[EnvelopeEntry],
-    by_id: &HashMap<String, usize>,
+    places: &ItemPlaces,
     errors: &[crate::interop::InputError],
     outcomes: &[Result<(), String>],
     request_ms: i64,
@@ -1142,8 +1196,9 @@ fn status_resource(
         let carried = entry.kind.as_deref().is_some_and(|kind| {
             kind == "indicator" || crate::model::IndicatorType::context_type(kind).is_some()
         });
-        let outcome: Result<(), String> = if !carried {
-            Err("not stored: this node holds indicators and the malware, threat-actor, intrusion-set, campaign, attack-pattern, tool, report and relationship objects around them".into())
+        // A success with the version as stored (to the millisecond), or the reason.
+        let outcome: Result<Option<i64>, String> = if !carried {
+            Err(NOT_CARRIED.into())
         } else {
             // Ids are parsed in lower case; most are written so and need no copy.
             let id = if entry.id.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -1151,33 +1206,43 @@ fn status_resource(
             } else {
                 std::borrow::Cow::Borrowed(entry.id.as_str())
             };
-            match by_id.get(id.as_ref()) {
+            let prefix = format!("objects[{index}]");
+            let refused = errors
+                .iter()
+                .find(|e| e.position == prefix || e.position.starts_with(&format!("{prefix} ")));
+            // The item this object was read into: by its id and version, else (when the
+            // import did not refuse it) the first item of its id.
+            let place = places
+                .find_version(id.as_ref(), entry.version_ms)
+                .or_else(|| {
+                    refused
+                        .is_none()
+                        .then(|| places.by_id.get(id.as_ref()).copied())
+                        .flatten()
+                });
+            match place {
                 Some(at) => outcomes
-                    .get(*at)
+                    .get(at)
                     .cloned()
-                    .unwrap_or_else(|| Err("not stored".into())),
-                None => {
-                    let prefix = format!("objects[{index}]");
-                    Err(errors
-                        .iter()
-                        .find(|e| {
-                            e.position == prefix || e.position.starts_with(&format!("{prefix} "))
-                        })
-                        .or_else(|| errors.iter().find(|e| e.position == "input"))
-                        .map_or_else(|| "not accepted".to_owned(), |e| e.reason.clone()))
-                }
+                    .unwrap_or_else(|| Err("not stored".into()))
+                    .map(|()| places.versions.get(at).copied()),
+                None => Err(refused
+                    .or_else(|| errors.iter().find(|e| e.position == "input"))
+                    .map_or_else(|| "not accepted".to_owned(), |e| e.reason.clone())),
             }
         };
-        let detail = StatusDetail {
-            id: &entry.id,
-            version: entry.version.as_deref(),
-            message: None,
-        };
         match outcome {
-            Ok(()) => successes.push(detail),
+            Ok(stored) => successes.push(StatusDetail {
+                id: &entry.id,
+                version: stored
+                    .map(format_timestamp)
+                    .or_else(|| entry.version.clone()),
+                message: None,
+            }),
             Err(reason) => failures.push(StatusDetail {
+                id: &entry.id,
+                version: entry.version.clone(),
                 message: Some(reason.chars().take(500).collect()),
-                ..detail
             }),
         }
     }
@@ -1220,7 +1285,7 @@ struct StatusResource<'a> {
 struct StatusDetail<'a> {
     id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    version: Option<&'a str>,
+    version: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<String>,
 }
