@@ -360,3 +360,77 @@ async fn a_version_the_node_does_not_store_is_reported_as_a_failure() {
     let status = post(vec![at(1), at(2)]).await;
     assert_eq!(status["success_count"], json!(2), "{status}");
 }
+
+/// RFC 9110 §9.3.2: HEAD is answered as GET without the body. Every TAXII resource
+/// answered it 405. It now goes through the same authorisation and policy gate as GET:
+/// the same status and headers (the length of the body GET would send, the date
+/// headers), no body, and a withheld object answered exactly as an absent one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_is_answered_as_get_without_the_body() {
+    let (pki, node, collection) = start().await;
+    let analyst = tls(&pki, "analyst.soc");
+    let researcher = tls(&pki, "researcher.uni-x");
+    let objects = format!("{collection}objects/");
+    let status = post_objects(
+        &analyst,
+        &node,
+        &objects,
+        vec![version(50, GREEN, 2), version(51, AMBER, 2)],
+    )
+    .await;
+    assert_eq!(status["failure_count"], json!(0), "{status}");
+    let (visible, withheld) = (id_of(50), id_of(51));
+    let absent = "indicator--0f0f0f0f-0000-4000-8000-0f0f0f0f0f0f";
+    let head = |path: String| {
+        let researcher = researcher.clone();
+        let addr = node.taxii;
+        async move { common::https::send(&researcher, addr, "HEAD", &path, b"").await }
+    };
+    let kept = [
+        "content-type",
+        "content-length",
+        "x-taxii-date-added-first",
+        "x-taxii-date-added-last",
+    ];
+    let headers = |reply: &Reply| -> Vec<(String, Option<String>)> {
+        kept.iter()
+            .map(|name| (name.to_string(), reply.header(name).map(str::to_owned)))
+            .collect()
+    };
+    for path in [
+        "/taxii2/".to_owned(),
+        "/api/".to_owned(),
+        collection.clone(),
+        objects.clone(),
+        format!("{collection}manifest/"),
+        format!("{objects}?match[id]={visible}&match[version]=all"),
+        format!("{objects}{visible}/"),
+        format!("{objects}{visible}/versions/"),
+    ] {
+        let got = get(&researcher, node.taxii, &path).await;
+        let headed = head(path.clone()).await;
+        assert_eq!(got.status, 200, "GET {path}: {}", got.text());
+        assert_eq!(headed.status, 200, "HEAD {path}: {}", headed.text());
+        assert!(headed.body.is_empty(), "HEAD {path}: a body");
+        assert_eq!(headers(&headed), headers(&got), "HEAD {path}");
+        assert_eq!(
+            headed.header("content-length"),
+            Some(got.body.len().to_string().as_str()),
+            "HEAD {path}"
+        );
+    }
+    for resource in ["", "versions/"] {
+        let withheld = head(format!("{objects}{withheld}/{resource}")).await;
+        let missing = head(format!("{objects}{absent}/{resource}")).await;
+        assert_eq!(withheld.status, 404);
+        assert_eq!(
+            (withheld.status, headers(&withheld)),
+            (missing.status, headers(&missing)),
+            "{resource}"
+        );
+    }
+    // Allowed methods are named with HEAD.
+    let refused = common::https::send(&researcher, node.taxii, "PUT", &objects, b"").await;
+    assert_eq!(refused.status, 405);
+    assert_eq!(refused.header("allow"), Some("GET, HEAD, POST"));
+}

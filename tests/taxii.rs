@@ -1978,7 +1978,7 @@ async fn taxii_delete_is_refused_with_the_way_to_revoke() {
     };
     let refused = delete(analyst.clone(), id_of(1)).await;
     assert_eq!(refused.status, 405);
-    assert_eq!(refused.header("allow"), Some("GET"));
+    assert_eq!(refused.header("allow"), Some("GET, HEAD"));
     assert!(
         refused.json()["description"]
             .as_str()

@@ -170,9 +170,13 @@ impl Handlers {
             Err(problem) => return error(StatusCode::BAD_REQUEST, "Bad Request", &problem),
         };
         let method = &parts.method;
+        // HEAD is answered as GET, through the same checks and policy gate (and recorded
+        // in the ledger as the GET it stands for: its status and headers tell what that
+        // would serve); the HTTP layer sends the headers without the body.
+        let reads = method == Method::GET || method == Method::HEAD;
         // Objects are dated in the caller's collection from when its policy in force
         // now began to apply to it.
-        if method == Method::GET
+        if reads
             && matches!(
                 route,
                 Route::Objects(_) | Route::Manifest(_) | Route::Object(..) | Route::Versions(..)
@@ -199,18 +203,18 @@ impl Handlers {
                     "Method Not Allowed",
                     "objects are not deleted: revoke an indicator instead, by adding a new version with \"revoked\": true (POST to the objects resource) or with entente revoke",
                 ),
-                "GET",
+                "GET, HEAD",
             ),
-            _ if method != Method::GET => with_allow(
+            _ if !reads => with_allow(
                 error(
                     StatusCode::METHOD_NOT_ALLOWED,
                     "Method Not Allowed",
-                    "this resource is read with GET (objects are added with POST)",
+                    "this resource is read with GET or HEAD (objects are added with POST)",
                 ),
                 if matches!(route, Route::Objects(_)) {
-                    "GET, POST"
+                    "GET, HEAD, POST"
                 } else {
-                    "GET"
+                    "GET, HEAD"
                 },
             ),
             Route::Discovery => self.discovery(&parts.headers),
