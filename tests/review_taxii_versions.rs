@@ -434,3 +434,43 @@ async fn head_is_answered_as_get_without_the_body() {
     assert_eq!(refused.status, 405);
     assert_eq!(refused.header("allow"), Some("GET, HEAD, POST"));
 }
+
+/// A POSTed object of a type the node does not store fails with a text naming the types
+/// it does store; the text left out identity, vulnerability, course-of-action and
+/// sighting, which the node stores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_of_a_type_not_stored_fails_naming_every_type_stored() {
+    let (pki, node, collection) = start().await;
+    let analyst = tls(&pki, "analyst.soc");
+    let objects = format!("{collection}objects/");
+    let location = json!({
+        "type": "location",
+        "spec_version": "2.1",
+        "id": "location--a0a0a0a0-0000-4000-8000-000000000001",
+        "created": "2025-01-01T00:00:00.000Z",
+        "modified": "2025-01-01T00:00:00.000Z",
+        "region": "europe",
+        "object_marking_refs": [GREEN],
+    });
+    let status = post_objects(&analyst, &node, &objects, vec![location]).await;
+    let failures = outcomes(&status, "failures");
+    assert_eq!(failures.len(), 1, "{status}");
+    let message = &failures[0].1;
+    for stored in [
+        "indicator",
+        "malware",
+        "threat-actor",
+        "intrusion-set",
+        "campaign",
+        "attack-pattern",
+        "tool",
+        "report",
+        "relationship",
+        "identity",
+        "vulnerability",
+        "course-of-action",
+        "sighting",
+    ] {
+        assert!(message.contains(stored), "{stored}: {message}");
+    }
+}

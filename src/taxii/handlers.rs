@@ -1181,8 +1181,19 @@ fn item_places(items: &[crate::model::Item]) -> ItemPlaces {
     places
 }
 
-/// What a write's status says of an object of a type the node does not store.
-const NOT_CARRIED: &str = "not stored: this node holds indicators and the malware, threat-actor, intrusion-set, campaign, attack-pattern, tool, report and relationship objects around them";
+/// What a write's status says of an object of a type the node does not store: the
+/// types it stores, from the list of context object types, so it stays true.
+fn not_carried() -> String {
+    let context: Vec<&str> = crate::model::IndicatorType::ALL
+        .into_iter()
+        .filter(|t| t.is_context())
+        .map(|t| t.as_str())
+        .collect();
+    format!(
+        "not stored: this node holds indicators and the objects around them of these types: {}",
+        context.join(", ")
+    )
+}
 
 /// The status of a write: every object of the envelope is a success (stored, or held
 /// already as given; its version as the node holds it, to the millisecond) or a failure
@@ -1202,7 +1213,7 @@ fn status_resource(
         });
         // A success with the version as stored (to the millisecond), or the reason.
         let outcome: Result<Option<i64>, String> = if !carried {
-            Err(NOT_CARRIED.into())
+            Err(not_carried())
         } else {
             // Ids are parsed in lower case; most are written so and need no copy.
             let id = if entry.id.bytes().any(|b| b.is_ascii_uppercase()) {
