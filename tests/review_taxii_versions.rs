@@ -359,6 +359,23 @@ async fn a_version_the_node_does_not_store_is_reported_as_a_failure() {
     post(vec![at(2)]).await;
     let status = post(vec![at(1), at(2)]).await;
     assert_eq!(status["success_count"], json!(2), "{status}");
+    // So are a context object and a revocation sent again.
+    let malware = json!({
+        "type": "malware",
+        "spec_version": "2.1",
+        "id": "malware--33333333-3333-4333-8333-333333333333",
+        "created": "2025-01-01T00:00:00.000Z",
+        "modified": "2025-01-01T00:00:00.000Z",
+        "name": "Bad Rat",
+        "is_family": true,
+        "object_marking_refs": [GREEN],
+    });
+    let mut revocation = at(3);
+    revocation["revoked"] = json!(true);
+    for _ in 0..2 {
+        let status = post(vec![malware.clone(), revocation.clone()]).await;
+        assert_eq!(status["success_count"], json!(2), "{status}");
+    }
 }
 
 /// RFC 9110 §9.3.2: HEAD is answered as GET without the body. Every TAXII resource
