@@ -1041,13 +1041,14 @@ fn store_objects(
                 // Neither stored nor refused: taken for a version held. Unless it is held
                 // as given, it is not stored, and the status says why.
                 let report = &receipt.report;
+                let decided: std::collections::HashSet<u32> = report
+                    .stored
+                    .iter()
+                    .copied()
+                    .chain(report.rejected.iter().map(|(index, _)| *index))
+                    .collect();
                 for item in signed {
-                    if report.stored.contains(&item.index)
-                        || report
-                            .rejected
-                            .iter()
-                            .any(|(index, _)| *index == item.index)
-                    {
+                    if decided.contains(&item.index) {
                         continue;
                     }
                     let unstored = engine.unstored_version(publisher, &item.item, now_ms());
@@ -1221,16 +1222,20 @@ fn status_resource(
             } else {
                 std::borrow::Cow::Borrowed(entry.id.as_str())
             };
-            let prefix = format!("objects[{index}]");
-            let refused = errors
-                .iter()
-                .find(|e| e.position == prefix || e.position.starts_with(&format!("{prefix} ")));
+            // The import's refusal of this object, if it refused it (looked for only
+            // when the object is not found by its id and version).
+            let refused = || {
+                let (whole, within) = (format!("objects[{index}]"), format!("objects[{index}] "));
+                errors
+                    .iter()
+                    .find(|e| e.position == whole || e.position.starts_with(&within))
+            };
             // The item this object was read into: by its id and version, else (when the
             // import did not refuse it) the first item of its id.
             let place = places
                 .find_version(id.as_ref(), entry.version_ms)
                 .or_else(|| {
-                    refused
+                    refused()
                         .is_none()
                         .then(|| places.by_id.get(id.as_ref()).copied())
                         .flatten()
@@ -1241,7 +1246,7 @@ fn status_resource(
                     .cloned()
                     .unwrap_or_else(|| Err("not stored".into()))
                     .map(|()| places.versions.get(at).copied()),
-                None => Err(refused
+                None => Err(refused()
                     .or_else(|| errors.iter().find(|e| e.position == "input"))
                     .map_or_else(|| "not accepted".to_owned(), |e| e.reason.clone())),
             }
