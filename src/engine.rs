@@ -491,7 +491,15 @@ impl Engine {
             // ahead): refused with both times rather than passed over as the store
             // passes over a stale copy from a peer.
             if let Some(held) = held.as_ref().filter(|h| &h.origin == self.signer.origin()) {
-                if item.modified_ms < held.item.modified_ms {
+                // An older version sent again exactly as held (a TAXII client sending
+                // an object's history) is a duplicate, as before.
+                if item.modified_ms < held.item.modified_ms
+                    && !self
+                        .store
+                        .versions(&item.id, Self::MAX_VERSIONS)?
+                        .iter()
+                        .any(|version| version.item == *item)
+                {
                     let time =
                         |ms: i64| crate::util::rfc3339_ms(ms).unwrap_or_else(|| ms.to_string());
                     return Err(EngineError::Unpublishable(format!(
@@ -859,6 +867,63 @@ impl Engine {
         } else {
             format!("{id} cannot be written by {}", publisher.id)
         }
+    }
+
+    /// Whether the node holds `item` (an item of a bundle it signed for `publisher`,
+    /// which the store neither stored nor refused, as a version it held already) as
+    /// given, and why it is not stored if not. Versions are kept to the millisecond, and
+    /// an older version than the latest is not added to an object's history: an item is
+    /// held as given only when a version of its id with its `modified` and the same
+    /// content is held. Otherwise the reason, in words: another version in the same
+    /// millisecond, or a later version held. A publisher that may not see the latest
+    /// version held is told what [`Engine::check_publishable`] tells it of a withheld id.
+    pub fn unstored_version(
+        &self,
+        publisher: &Partner,
+        item: &Item,
+        now_ms: i64,
+    ) -> Result<Option<String>, EngineError> {
+        let held = self.store.versions(&item.id, Self::MAX_VERSIONS)?;
+        let Some(latest) = held.last() else {
+            // The store took it for a version held: a later one it dropped as expired.
+            return Ok(Some(format!(
+                "not stored: the node held a later version of {}, since dropped as expired",
+                item.id
+            )));
+        };
+        if !self.sees_everything(&publisher.id)
+            && !self
+                .decide_stored(&self.policy(), &publisher.id, latest, now_ms, true)
+                .allowed()
+        {
+            return Ok(Some(format!(
+                "{} cannot be written by {}",
+                item.id, publisher.id
+            )));
+        }
+        let same_time = held
+            .iter()
+            .filter(|v| v.item.modified_ms == item.modified_ms)
+            .collect::<Vec<_>>();
+        if same_time.iter().any(|v| v.item == *item) {
+            return Ok(None);
+        }
+        let written = |ms: i64| crate::util::rfc3339_ms(ms).unwrap_or_else(|| ms.to_string());
+        if !same_time.is_empty() {
+            return Ok(Some(format!(
+                "not stored: the node holds another version of {} at {}, and keeps versions to the millisecond; give a new version a modified time at least one millisecond later",
+                item.id,
+                written(item.modified_ms)
+            )));
+        }
+        if latest.item.modified_ms > item.modified_ms {
+            return Ok(Some(format!(
+                "not stored: the node holds a later version of {} ({}), and does not add an older version to an object's history",
+                item.id,
+                written(latest.item.modified_ms)
+            )));
+        }
+        Ok(Some(format!("not stored: {} was not stored", item.id)))
     }
 
     /// Stores a bundle this node signed (the second half of publishing). Refused while

@@ -119,6 +119,8 @@ pub struct EnvelopeEntry {
     pub id: String,
     /// `modified`, when it is a string.
     pub version: Option<String>,
+    /// `modified` in ms since the epoch, as the import reads it, when it reads.
+    pub version_ms: Option<i64>,
     /// `type`, when it is a string.
     pub kind: Option<String>,
 }

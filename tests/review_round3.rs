@@ -433,7 +433,11 @@ impl Kept {
         }
         let body = self.read[split + 4..split + 4 + length].to_vec();
         self.read.drain(..split + 4 + length);
-        Some(Reply { status, body })
+        Some(Reply {
+            status,
+            headers: Vec::new(),
+            body,
+        })
     }
 
     async fn fill(&mut self) -> Option<()> {

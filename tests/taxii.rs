@@ -668,9 +668,27 @@ async fn taxii_serves_each_caller_its_view_and_refuses_what_it_may_not_do() {
     assert_eq!(filtered("match[type]=malware").await, 0);
     assert_eq!(filtered("match[type]=indicator,malware").await, 7);
     assert_eq!(filtered("match[spec_version]=2.0").await, 0);
-    assert_eq!(filtered("match[version]=all").await, 7);
-    assert_eq!(filtered(&format!("match[version]={version}")).await, 7);
-    assert_eq!(filtered("match[version]=2020-01-01T00:00:00Z").await, 0);
+    assert_eq!(filtered("match[version]=last").await, 7);
+    // Other versions than the latest are listed only for the ids of `match[id]`.
+    for query in [
+        "match[version]=all".to_owned(),
+        format!("match[version]={version}"),
+        "match[version]=2020-01-01T00:00:00Z".to_owned(),
+    ] {
+        let reply = get(&researcher, node.taxii, &format!("{objects}?{query}")).await;
+        assert_eq!(reply.status, 400, "{query}");
+    }
+    let ids: Vec<String> = (1..=8).map(id_of).collect();
+    let by_id = |query: &str| format!("match[id]={}&{query}", ids.join(","));
+    assert_eq!(filtered(&by_id("match[version]=all")).await, 7);
+    assert_eq!(
+        filtered(&by_id(&format!("match[version]={version}"))).await,
+        7
+    );
+    assert_eq!(
+        filtered(&by_id("match[version]=2020-01-01T00:00:00Z")).await,
+        0
+    );
     assert_eq!(filtered("added_after=2999-01-01T00:00:00Z").await, 0);
     assert_eq!(filtered("added_after=2000-01-01T00:00:00Z").await, 7);
 
@@ -1960,7 +1978,7 @@ async fn taxii_delete_is_refused_with_the_way_to_revoke() {
     };
     let refused = delete(analyst.clone(), id_of(1)).await;
     assert_eq!(refused.status, 405);
-    assert_eq!(refused.header("allow"), Some("GET"));
+    assert_eq!(refused.header("allow"), Some("GET, HEAD"));
     assert!(
         refused.json()["description"]
             .as_str()
@@ -2655,7 +2673,12 @@ async fn one_object_the_publishing_rules_refuse_does_not_hold_back_the_others() 
     let listed = get(
         &analyst,
         node.taxii,
-        &format!("{objects}?match[version]=all"),
+        &format!(
+            "{objects}?match[id]={},{},{}&match[version]=all",
+            id_of(91),
+            id_of(92),
+            id_of(93)
+        ),
     )
     .await;
     let versions: Vec<(String, bool)> = listed.json()["objects"]
@@ -2672,6 +2695,7 @@ async fn one_object_the_publishing_rules_refuse_does_not_hold_back_the_others() 
         .collect();
     assert!(versions.contains(&(id_of(92), false)), "{versions:?}");
     assert!(versions.contains(&(id_of(93), true)), "{versions:?}");
+    assert!(versions.contains(&(id_of(93), false)), "{versions:?}");
     assert!(
         !versions.iter().any(|(id, _)| *id == id_of(91)),
         "{versions:?}"

@@ -466,6 +466,11 @@ pub(super) fn parse_envelope(
             super::EnvelopeEntry {
                 id: text(&object.id, SHOWN_ENTRY_ID_CHARS).unwrap_or_default(),
                 version: text(&object.modified, SHOWN_ENTRY_VERSION_CHARS),
+                version_ms: object
+                    .modified
+                    .as_ref()
+                    .and_then(Value::as_str)
+                    .and_then(|text| super::parse_timestamp(text).ok()),
                 kind: text(&object.kind, SHOWN_ENTRY_ID_CHARS),
             }
         })

@@ -170,9 +170,13 @@ impl Handlers {
             Err(problem) => return error(StatusCode::BAD_REQUEST, "Bad Request", &problem),
         };
         let method = &parts.method;
+        // HEAD is answered as GET, through the same checks and policy gate (and recorded
+        // in the ledger as the GET it stands for: its status and headers tell what that
+        // would serve); the HTTP layer sends the headers without the body.
+        let reads = method == Method::GET || method == Method::HEAD;
         // Objects are dated in the caller's collection from when its policy in force
         // now began to apply to it.
-        if method == Method::GET
+        if reads
             && matches!(
                 route,
                 Route::Objects(_) | Route::Manifest(_) | Route::Object(..) | Route::Versions(..)
@@ -199,18 +203,18 @@ impl Handlers {
                     "Method Not Allowed",
                     "objects are not deleted: revoke an indicator instead, by adding a new version with \"revoked\": true (POST to the objects resource) or with entente revoke",
                 ),
-                "GET",
+                "GET, HEAD",
             ),
-            _ if method != Method::GET => with_allow(
+            _ if !reads => with_allow(
                 error(
                     StatusCode::METHOD_NOT_ALLOWED,
                     "Method Not Allowed",
-                    "this resource is read with GET (objects are added with POST)",
+                    "this resource is read with GET or HEAD (objects are added with POST)",
                 ),
                 if matches!(route, Route::Objects(_)) {
-                    "GET, POST"
+                    "GET, HEAD, POST"
                 } else {
-                    "GET"
+                    "GET, HEAD"
                 },
             ),
             Route::Discovery => self.discovery(&parts.headers),
@@ -283,15 +287,29 @@ impl Handlers {
     }
 
     /// Objects or manifest of the collection: a page through `Engine::query_blocking`
-    /// (recorded in the ledger), or the `match[id]` objects through `Engine::get`, with
-    /// the marking definitions and origin identities the page's objects are the first
-    /// of the listing to refer to. `next` is sealed ([`NextTokens`]).
+    /// (recorded in the ledger), or the `match[id]` objects through `Engine::get` (the
+    /// latest version) or, when `match[version]` asks for other versions, through
+    /// `Engine::versions_blocking` as the object resource reads them, with the marking
+    /// definitions and origin identities the page's objects are the first of the
+    /// listing to refer to. A listing without `match[id]` serves the latest version of
+    /// each object and refuses any other `match[version]`. `next` is sealed
+    /// ([`NextTokens`]).
     async fn objects(&self, caller: &Caller, params: &Params, manifest: bool) -> Answer {
         let path = if manifest {
             "taxii-manifest"
         } else {
             "taxii-objects"
         };
+        // A listing without `match[id]` goes through the collection by the latest
+        // version of each object: a filter that asks for other versions is refused
+        // rather than answered with the latest.
+        if params.ids.is_none() && !params.version.latest_only() {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "Bad Request",
+                "match[version] other than last is served on listings only with match[id]; without it a listing serves the latest version of each object (an object's versions: objects/{id}/versions/, or objects/?match[id]={id}&match[version]=all)",
+            );
+        }
         let scope_text = params.scope();
         let scope = Scope {
             caller: &caller.partner.id,
@@ -317,12 +335,17 @@ impl Handlers {
         // brought them.
         let mut extra: Vec<(Value, i64)> = Vec::new();
         let (items, more) = if let Some(ids) = params.ids.as_ref().filter(|_| params.admits_any()) {
-            let Cursor::Ids(mut at) = session.cursor else {
-                return bad_next();
+            // Where the listing goes on: an id, and part way through its versions the
+            // last one served.
+            let (mut at, mut after) = match session.cursor {
+                Cursor::Ids(at) => (at, None),
+                Cursor::IdVersions(at, after) => (at, Some(after)),
+                _ => return bad_next(),
             };
             let mut found: Vec<StoredItem> = Vec::new();
             while at < ids.len() && found.len() + extra.len() < params.limit {
                 let id = &ids[at];
+                let resumed = after.take();
                 at += 1;
                 if ids[..at - 1].contains(id) {
                     continue;
@@ -342,6 +365,25 @@ impl Handlers {
                 }
                 // An id that is not an indicator or context object id is held by no node.
                 let Ok(id) = ItemId::parse(id) else { continue };
+                if !params.version.latest_only() {
+                    // Other versions than the latest: the id's versions the caller may
+                    // see, each through the policy gate of the versions resource,
+                    // within the room left on the page.
+                    let room = params.limit - found.len() - extra.len();
+                    let (page, more, _) =
+                        match self.versions(caller, id, params, path, resumed, room).await {
+                            Ok(read) => read,
+                            Err(answer) => return answer,
+                        };
+                    let last = page.last().map(|s| s.item.modified_ms);
+                    found.extend(page);
+                    if let (true, Some(last)) = (more, last) {
+                        at -= 1;
+                        after = Some(last);
+                        break;
+                    }
+                    continue;
+                }
                 // Filtered before it is recorded: what the filters leave out is not
                 // served, so not disclosed.
                 let wanted = |s: &StoredItem| self.passes(params, s);
@@ -351,8 +393,12 @@ impl Handlers {
                     Err(e) => return engine_error(&e),
                 }
             }
+            // In the order added; one id's versions stay oldest first.
             found.sort_by_key(|s| s.accepted_ms);
-            session.cursor = Cursor::Ids(at);
+            session.cursor = match after {
+                Some(after) => Cursor::IdVersions(at, after),
+                None => Cursor::Ids(at),
+            };
             (found, at < ids.len())
         } else {
             (Vec::new(), false)
@@ -555,38 +601,24 @@ impl Handlers {
                 _ => return bad_next(),
             },
         };
-        let engine = self.engine.clone();
-        let partner = caller.partner.clone();
-        let filter = params.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            engine.versions_blocking(&partner, &item_id, path, |visible| {
-                let visible: Vec<StoredItem> = visible
-                    .into_iter()
-                    .filter(|s| {
-                        filter.admits(s.item.id.stix_type())
-                            && filter.added_after_passes(s.accepted_ms)
-                    })
-                    .collect();
-                let chosen = if versions {
-                    visible
-                } else {
-                    filter.version.select(visible, |s| s.item.modified_ms)
-                };
-                let total = chosen.len();
-                let mut rest: Vec<StoredItem> = chosen
-                    .into_iter()
-                    .filter(|s| after.is_none_or(|after| s.item.modified_ms > after))
-                    .collect();
-                let more = rest.len() > filter.limit;
-                rest.truncate(filter.limit);
-                (rest, (more, total))
-            })
-        })
-        .await;
-        let (page, (more, total)) = match read {
-            Ok(Ok(read)) => read,
-            Ok(Err(e)) => return engine_error(&e),
-            Err(_) => return internal(),
+        // The versions resource lists every version; the object resource those
+        // `match[version]` selects.
+        let selecting = if versions {
+            let mut all = params.clone();
+            all.version = params::VersionFilter {
+                all: true,
+                ..params::VersionFilter::default()
+            };
+            all
+        } else {
+            params.clone()
+        };
+        let (page, more, total) = match self
+            .versions(caller, item_id, &selecting, path, after, params.limit)
+            .await
+        {
+            Ok(read) => read,
+            Err(answer) => return answer,
         };
         if total == 0 {
             return object_not_found();
@@ -621,6 +653,52 @@ impl Handlers {
             body.insert("versions".into(), json!(listed));
         }
         with_dates(taxii(StatusCode::OK, &Value::Object(body)), &page, params)
+    }
+
+    /// The versions of `id` that `params` selects (`match[type]`, `added_after`, then
+    /// `match[version]`) among those the caller may see, oldest first, read by
+    /// `Engine::versions_blocking`: the latest as `Engine::get` decides it, each older one
+    /// by `Policy::decide_superseded`, withheld and absent alike left out. Of those after
+    /// version `after`, at most `room` are returned, and recorded in the ledger on `path`
+    /// before they are; also whether more follow, and how many were selected in all.
+    async fn versions(
+        &self,
+        caller: &Caller,
+        id: ItemId,
+        params: &Params,
+        path: &'static str,
+        after: Option<i64>,
+        room: usize,
+    ) -> Result<(Vec<StoredItem>, bool, usize), Answer> {
+        let engine = self.engine.clone();
+        let partner = caller.partner.clone();
+        let filter = params.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            engine.versions_blocking(&partner, &id, path, |visible| {
+                let visible: Vec<StoredItem> = visible
+                    .into_iter()
+                    .filter(|s| {
+                        filter.admits(s.item.id.stix_type())
+                            && filter.added_after_passes(s.accepted_ms)
+                    })
+                    .collect();
+                let chosen = filter.version.select(visible, |s| s.item.modified_ms);
+                let total = chosen.len();
+                let mut rest: Vec<StoredItem> = chosen
+                    .into_iter()
+                    .filter(|s| after.is_none_or(|after| s.item.modified_ms > after))
+                    .collect();
+                let more = rest.len() > room;
+                rest.truncate(room);
+                (rest, (more, total))
+            })
+        })
+        .await;
+        match read {
+            Ok(Ok((page, (more, total)))) => Ok((page, more, total)),
+            Ok(Err(e)) => Err(engine_error(&e)),
+            Err(_) => Err(internal()),
+        }
     }
 
     /// Adds objects: the envelope's indicators are read by the STIX import, signed and
@@ -960,6 +1038,32 @@ fn store_objects(
             Ok((signed, receipt)) => {
                 let mut chunk_outcomes = vec![Ok(()); count];
                 let signed = signed.items();
+                // Neither stored nor refused: taken for a version held. Unless it is held
+                // as given, it is not stored, and the status says why.
+                let report = &receipt.report;
+                let decided: std::collections::HashSet<u32> = report
+                    .stored
+                    .iter()
+                    .copied()
+                    .chain(report.rejected.iter().map(|(index, _)| *index))
+                    .collect();
+                for item in signed {
+                    if decided.contains(&item.index) {
+                        continue;
+                    }
+                    let unstored = engine.unstored_version(publisher, &item.item, now_ms());
+                    let why = match unstored {
+                        Ok(None) => continue,
+                        Ok(Some(why)) => why,
+                        Err(e) => {
+                            tracing::error!(error = %e, "TAXII publish: a held version could not be read");
+                            "the node could not tell whether it holds this version".to_owned()
+                        }
+                    };
+                    if let Some(slot) = chunk_outcomes.get_mut(item.index as usize) {
+                        *slot = Err(why);
+                    }
+                }
                 for (index, reason) in &receipt.report.rejected {
                     let at = *index as usize;
                     let item = signed
@@ -1043,21 +1147,61 @@ fn not_durable(
     )
 }
 
-/// The place in `items` of the first item of each id (in lower case, as ids are
-/// parsed), for the status of a write.
-fn item_places(items: &[crate::model::Item]) -> HashMap<String, usize> {
-    let mut by_id: HashMap<String, usize> = HashMap::with_capacity(items.len());
-    for (at, item) in items.iter().enumerate() {
-        by_id.entry(item.id.as_str().to_owned()).or_insert(at);
+/// Where each item of a write is in `items`, for the status of the write: by id (in
+/// lower case, as ids are parsed) and version, each object of an envelope answered by
+/// its own item, and by id alone (the first item of each id) for an object whose
+/// version does not say which.
+#[derive(Default)]
+struct ItemPlaces {
+    by_version: HashMap<(String, i64), usize>,
+    by_id: HashMap<String, usize>,
+    /// Each item's version, ms since the epoch.
+    versions: Vec<i64>,
+}
+
+impl ItemPlaces {
+    /// The place of the item of id `id` (in lower case) and version `version_ms`.
+    fn find_version(&self, id: &str, version_ms: Option<i64>) -> Option<usize> {
+        version_ms
+            .and_then(|ms| self.by_version.get(&(id.to_owned(), ms)))
+            .copied()
     }
-    by_id
+}
+
+fn item_places(items: &[crate::model::Item]) -> ItemPlaces {
+    let mut places = ItemPlaces::default();
+    for (at, item) in items.iter().enumerate() {
+        let id = item.id.as_str().to_owned();
+        places.by_id.entry(id.clone()).or_insert(at);
+        places
+            .by_version
+            .entry((id, item.modified_ms))
+            .or_insert(at);
+        places.versions.push(item.modified_ms);
+    }
+    places
+}
+
+/// What a write's status says of an object of a type the node does not store: the
+/// types it stores, from the list of context object types, so it stays true.
+fn not_carried() -> String {
+    let context: Vec<&str> = crate::model::IndicatorType::ALL
+        .into_iter()
+        .filter(|t| t.is_context())
+        .map(|t| t.as_str())
+        .collect();
+    format!(
+        "not stored: this node holds indicators and the objects around them of these types: {}",
+        context.join(", ")
+    )
 }
 
 /// The status of a write: every object of the envelope is a success (stored, or held
-/// already) or a failure with its reason. Returns the status's id and its JSON text.
+/// already as given; its version as the node holds it, to the millisecond) or a failure
+/// with its reason. Returns the status's id and its JSON text.
 fn status_resource(
     entries: &[EnvelopeEntry],
-    by_id: &HashMap<String, usize>,
+    places: &ItemPlaces,
     errors: &[crate::interop::InputError],
     outcomes: &[Result<(), String>],
     request_ms: i64,
@@ -1068,8 +1212,9 @@ fn status_resource(
         let carried = entry.kind.as_deref().is_some_and(|kind| {
             kind == "indicator" || crate::model::IndicatorType::context_type(kind).is_some()
         });
-        let outcome: Result<(), String> = if !carried {
-            Err("not stored: this node holds indicators and the malware, threat-actor, intrusion-set, campaign, attack-pattern, tool, report and relationship objects around them".into())
+        // A success with the version as stored (to the millisecond), or the reason.
+        let outcome: Result<Option<i64>, String> = if !carried {
+            Err(not_carried())
         } else {
             // Ids are parsed in lower case; most are written so and need no copy.
             let id = if entry.id.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -1077,33 +1222,47 @@ fn status_resource(
             } else {
                 std::borrow::Cow::Borrowed(entry.id.as_str())
             };
-            match by_id.get(id.as_ref()) {
+            // The import's refusal of this object, if it refused it (looked for only
+            // when the object is not found by its id and version).
+            let refused = || {
+                let (whole, within) = (format!("objects[{index}]"), format!("objects[{index}] "));
+                errors
+                    .iter()
+                    .find(|e| e.position == whole || e.position.starts_with(&within))
+            };
+            // The item this object was read into: by its id and version, else (when the
+            // import did not refuse it) the first item of its id.
+            let place = places
+                .find_version(id.as_ref(), entry.version_ms)
+                .or_else(|| {
+                    refused()
+                        .is_none()
+                        .then(|| places.by_id.get(id.as_ref()).copied())
+                        .flatten()
+                });
+            match place {
                 Some(at) => outcomes
-                    .get(*at)
+                    .get(at)
                     .cloned()
-                    .unwrap_or_else(|| Err("not stored".into())),
-                None => {
-                    let prefix = format!("objects[{index}]");
-                    Err(errors
-                        .iter()
-                        .find(|e| {
-                            e.position == prefix || e.position.starts_with(&format!("{prefix} "))
-                        })
-                        .or_else(|| errors.iter().find(|e| e.position == "input"))
-                        .map_or_else(|| "not accepted".to_owned(), |e| e.reason.clone()))
-                }
+                    .unwrap_or_else(|| Err("not stored".into()))
+                    .map(|()| places.versions.get(at).copied()),
+                None => Err(refused()
+                    .or_else(|| errors.iter().find(|e| e.position == "input"))
+                    .map_or_else(|| "not accepted".to_owned(), |e| e.reason.clone())),
             }
         };
-        let detail = StatusDetail {
-            id: &entry.id,
-            version: entry.version.as_deref(),
-            message: None,
-        };
         match outcome {
-            Ok(()) => successes.push(detail),
+            Ok(stored) => successes.push(StatusDetail {
+                id: &entry.id,
+                version: stored
+                    .map(format_timestamp)
+                    .or_else(|| entry.version.clone()),
+                message: None,
+            }),
             Err(reason) => failures.push(StatusDetail {
+                id: &entry.id,
+                version: entry.version.clone(),
                 message: Some(reason.chars().take(500).collect()),
-                ..detail
             }),
         }
     }
@@ -1146,7 +1305,7 @@ struct StatusResource<'a> {
 struct StatusDetail<'a> {
     id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    version: Option<&'a str>,
+    version: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<String>,
 }

@@ -6,7 +6,8 @@
 //! and kept in memory), bound to its caller, its path and its query without `next`; any
 //! `next` that does not open is one error, whatever the node holds. The cursor inside is
 //! either the engine's own sealed page token or a place in the caller's `match[id]`
-//! list, which the caller wrote and sees anyway.
+//! list (with, part way through an id's versions, the last version served of it),
+//! which the caller wrote and was served anyway.
 
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -22,6 +23,7 @@ const MAX_ENGINE_TOKEN: usize = 128;
 const KIND_ENGINE: u8 = 1;
 const KIND_IDS: u8 = 2;
 const KIND_AFTER: u8 = 3;
+const KIND_ID_VERSIONS: u8 = 4;
 /// Bits of the flags byte: each of the revocation extension's two objects (its
 /// definition, the identity that defines it) was served.
 const REVOCATION_EXTENSION_SENT: [u8; 2] = [0x80, 0x40];
@@ -36,6 +38,9 @@ pub enum Cursor {
     /// After this version (ms since the epoch) of one object: an object's versions are
     /// strictly increasing, so the place holds when a compaction drops older ones.
     After(i64),
+    /// A place in the caller's `match[id]` list part way through one id's versions:
+    /// that id again, after this version (ms since the epoch).
+    IdVersions(usize, i64),
 }
 
 /// What a listing has served so far, and where it goes on from.
@@ -133,6 +138,7 @@ impl Session {
             }
             Cursor::Ids(_) => out.push(KIND_IDS),
             Cursor::After(_) => out.push(KIND_AFTER),
+            Cursor::IdVersions(..) => out.push(KIND_ID_VERSIONS),
         }
         out.push(self.flags);
         out.push(u8::try_from(self.origins.len()).ok()?);
@@ -143,6 +149,10 @@ impl Session {
             Cursor::Engine(token) => out.extend_from_slice(token),
             Cursor::Ids(at) => out.extend_from_slice(&u32::try_from(*at).ok()?.to_be_bytes()),
             Cursor::After(ms) => out.extend_from_slice(&ms.to_be_bytes()),
+            Cursor::IdVersions(at, ms) => {
+                out.extend_from_slice(&u32::try_from(*at).ok()?.to_be_bytes());
+                out.extend_from_slice(&ms.to_be_bytes());
+            }
         }
         Some(out)
     }
@@ -164,6 +174,13 @@ impl Session {
             KIND_ENGINE if rest.len() <= MAX_ENGINE_TOKEN => Cursor::Engine(rest.to_vec()),
             KIND_IDS => Cursor::Ids(u32::from_be_bytes(rest.try_into().ok()?) as usize),
             KIND_AFTER => Cursor::After(i64::from_be_bytes(rest.try_into().ok()?)),
+            KIND_ID_VERSIONS if rest.len() == 12 => {
+                let (at, ms) = rest.split_at(4);
+                Cursor::IdVersions(
+                    u32::from_be_bytes(at.try_into().ok()?) as usize,
+                    i64::from_be_bytes(ms.try_into().ok()?),
+                )
+            }
             _ => return None,
         };
         Some(Self {
@@ -310,6 +327,12 @@ mod tests {
         assert_eq!(
             tokens.open(&scope, &next).unwrap().cursor,
             Cursor::After(-5)
+        );
+        let within = Session::start(Cursor::IdVersions(7, 1_735_689_600_001));
+        let next = tokens.seal(&scope, &within).unwrap();
+        assert_eq!(
+            tokens.open(&scope, &next).unwrap().cursor,
+            Cursor::IdVersions(7, 1_735_689_600_001)
         );
     }
 }

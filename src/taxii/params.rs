@@ -26,19 +26,23 @@ pub struct VersionFilter {
     pub all: bool,
     /// Exact versions, ms since the epoch.
     pub exact: Vec<i64>,
+    /// A timestamp finer than a millisecond was given (`…00.123456Z`): it names no
+    /// version held, as the node keeps versions to the millisecond.
+    pub finer: bool,
 }
 
 impl VersionFilter {
-    /// For listings, which serve the latest version of each object: whether an object
-    /// whose latest version is `modified_ms` qualifies (`first`, `last` and `all` take
-    /// it; a timestamp, if it is its version).
+    /// For an object held in one version (a marking definition, an identity), or the
+    /// latest version where only that is read: whether version `modified_ms` qualifies
+    /// (`first`, `last` and `all` take it; a timestamp, if it is its version). Listings
+    /// serve other versions than the latest only through [`VersionFilter::select`].
     pub fn allows(&self, modified_ms: i64) -> bool {
         self.first || self.last || self.all || self.exact.contains(&modified_ms)
     }
 
     /// Whether only the latest version is asked for.
     pub fn latest_only(&self) -> bool {
-        self.last && !self.first && !self.all && self.exact.is_empty()
+        self.last && !self.first && !self.all && self.exact.is_empty() && !self.finer
     }
 
     /// The versions selected among `versions` (those the caller may see, oldest first),
@@ -143,8 +147,8 @@ impl Params {
         list(&mut out, "spec_version=", self.spec_versions.as_deref());
         let exact: Vec<String> = self.version.exact.iter().map(i64::to_string).collect();
         out.push_str(&format!(
-            "version_first={};version_last={};version_all={};",
-            self.version.first, self.version.last, self.version.all
+            "version_first={};version_last={};version_all={};version_finer={};",
+            self.version.first, self.version.last, self.version.all, self.version.finer
         ));
         list(&mut out, "version=", Some(&exact));
         out.push_str(&format!("listed_since={};", self.listed_since_ms));
@@ -249,10 +253,17 @@ pub fn parse(query: Option<&str>) -> Result<Params, String> {
                         "first" => filter.first = true,
                         "last" => filter.last = true,
                         "all" => filter.all = true,
-                        other => filter.exact.push(
-                            timestamp(other)
-                                .ok_or("match[version] takes first, last, all or timestamps")?,
-                        ),
+                        // Versions are held to the millisecond: a finer timestamp
+                        // names none of them, rather than the one in its millisecond.
+                        other => match timestamp_ns(other)
+                            .ok_or("match[version] takes first, last, all or timestamps")?
+                        {
+                            ns if ns % 1_000_000 != 0 => filter.finer = true,
+                            ns => filter.exact.push(
+                                i64::try_from(ns / 1_000_000)
+                                    .map_err(|_| "match[version] is out of range")?,
+                            ),
+                        },
                     }
                 }
                 params.version = filter;
@@ -303,11 +314,19 @@ fn decode(text: &str) -> Option<String> {
 
 /// A TAXII timestamp (RFC 3339, UTC or with an offset), ms since the epoch.
 pub fn timestamp(text: &str) -> Option<i64> {
+    i64::try_from(timestamp_ns(text)?.div_euclid(1_000_000)).ok()
+}
+
+/// A TAXII timestamp, ns since the epoch.
+fn timestamp_ns(text: &str) -> Option<i128> {
     if text.len() > 64 {
         return None;
     }
-    let at = OffsetDateTime::parse(text, &Rfc3339).ok()?;
-    i64::try_from(at.unix_timestamp_nanos().div_euclid(1_000_000)).ok()
+    Some(
+        OffsetDateTime::parse(text, &Rfc3339)
+            .ok()?
+            .unix_timestamp_nanos(),
+    )
 }
 
 /// A TAXII timestamp with millisecond precision (`2025-06-15T15:06:40.000Z`).
@@ -354,6 +373,17 @@ mod tests {
             .unwrap()
             .version;
         assert_eq!(exact.select(vec![1, 2, 3], |v| *v), [1, 2]);
+        // Versions are held to the millisecond: a finer timestamp names none.
+        let finer = parse(Some("match[version]=1970-01-01T00:00:00.002999Z"))
+            .unwrap()
+            .version;
+        assert!(finer.finer && !finer.latest_only());
+        assert!(finer.select(vec![1, 2, 3], |v| *v).is_empty());
+        assert!(!finer.allows(2));
+        let whole = parse(Some("match[version]=1970-01-01T00:00:00.002000Z"))
+            .unwrap()
+            .version;
+        assert_eq!(whole.select(vec![1, 2, 3], |v| *v), [2]);
     }
 
     #[test]

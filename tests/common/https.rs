@@ -16,9 +16,10 @@ use super::Pki;
 /// The TAXII 2.1 media type.
 pub const TAXII: &str = "application/taxii+json;version=2.1";
 
-/// An answer: status, body.
+/// An answer: status, headers (names in lower case), body.
 pub struct Reply {
     pub status: u16,
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
@@ -35,6 +36,14 @@ impl Reply {
 
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The value of header `name` (in lower case), if the answer has it.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -82,13 +91,19 @@ pub async fn send(
         .position(|w| w == b"\r\n\r\n")
         .expect("an HTTP answer");
     let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let status = head
-        .split(' ')
-        .nth(1)
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
         .and_then(|s| s.parse().ok())
         .expect("a status");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
     Reply {
         status,
+        headers,
         body: raw[split + 4..].to_vec(),
     }
 }
