@@ -265,7 +265,10 @@ pub enum ItemRejection {
     /// The version is held (or given earlier in the same bundle) with other content: a
     /// GREEN and a RED copy of one version of one object. Which one the writer meant
     /// cannot be told, so the second is refused rather than passed over as a duplicate.
-    SameVersionDiffers,
+    SameVersionDiffers {
+        /// The version's `modified`, ms.
+        at_ms: i64,
+    },
 }
 
 impl std::fmt::Display for ItemRejection {
@@ -282,9 +285,10 @@ impl std::fmt::Display for ItemRejection {
             ItemRejection::TypeConflict { held } => {
                 write!(f, "the same UUID is held as {held}; an id keeps its type")
             }
-            ItemRejection::SameVersionDiffers => write!(
+            ItemRejection::SameVersionDiffers { at_ms } => write!(
                 f,
-                "this version of the id is held (or given earlier in the same input) with other content, such as another marking; a change needs a later modified time"
+                "another version of this id is held at {} (versions are kept to the millisecond) with other content, such as another marking; give a new version a modified time at least one millisecond later",
+                crate::util::rfc3339_ms(*at_ms).unwrap_or_else(|| at_ms.to_string())
             ),
         }
     }

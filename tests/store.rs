@@ -242,7 +242,7 @@ fn only_the_origin_may_write_later_versions() {
         } else {
             assert_eq!(
                 report.rejected,
-                vec![(0, ItemRejection::SameVersionDiffers)]
+                vec![(0, ItemRejection::SameVersionDiffers { at_ms: now - 10 })]
             );
         }
         assert_eq!(report.feed_seq, None);

@@ -1515,9 +1515,12 @@ impl ItemStore for SledStore {
                 }
                 if item.modified_ms <= modified {
                     if differs {
-                        report
-                            .rejected
-                            .push((verified.index, ItemRejection::SameVersionDiffers));
+                        report.rejected.push((
+                            verified.index,
+                            ItemRejection::SameVersionDiffers {
+                                at_ms: item.modified_ms,
+                            },
+                        ));
                     } else {
                         report.duplicates += 1;
                     }
