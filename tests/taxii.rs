@@ -2602,6 +2602,101 @@ async fn a_client_whose_policy_is_widened_receives_what_it_may_now_see_on_its_ne
     assert_eq!(item_ids(&analyst_view.json()), Vec::<String>::new());
 }
 
+/// An object is dated in a client's collection when its embargo lifts for the client.
+/// Dated when the node accepted it, one still under the embargo at the client's first
+/// request after a reload (any change of its policy) was dated at that request, which
+/// the client's `X-TAXII-Date-Added-Last` had already reached: its `added_after` polls
+/// never gave it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_under_an_embargo_across_a_reload_reaches_added_after_polls() {
+    let Started {
+        pki: _pki,
+        config,
+        node,
+        researcher,
+        analyst,
+        collection,
+    } = start().await;
+    let objects = format!("{collection}objects/");
+    let manifest = format!("{collection}manifest/");
+    let researcher_entry = "id = \"researcher.uni-x\"\nrole = \"read_only\"\nallow_types = [\"*\"]\nmax_tlp = \"GREEN\"";
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains(researcher_entry));
+    std::fs::write(
+        &config,
+        text.replace(
+            researcher_entry,
+            &format!("{researcher_entry}\nembargo = \"5s\""),
+        ),
+    )
+    .unwrap();
+    reload(&node);
+    let mut private = indicator(73, GREEN);
+    private["labels"] = json!(["pii"]);
+    publish_as(
+        &analyst,
+        node.taxii,
+        &objects,
+        vec![indicator(71, GREEN), private],
+    )
+    .await;
+    let listed = |n: usize| {
+        let researcher = researcher.clone();
+        let manifest = manifest.clone();
+        let addr = node.taxii;
+        async move {
+            let reply = get(&researcher, addr, &manifest).await;
+            reply.status == 200 && item_ids(&reply.json()).contains(&id_of(n))
+        }
+    };
+    wait_for(|| listed(71)).await;
+    wait_for(|| listed(73)).await;
+    let first = get(&researcher, node.taxii, &objects).await;
+    let last = first.header("x-taxii-date-added-last").unwrap().to_owned();
+
+    // A new object, then a reload that changes the researcher's policy (it no longer
+    // receives what is tagged pii) while the object is under its embargo.
+    publish_as(&analyst, node.taxii, &objects, vec![indicator(72, GREEN)]).await;
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(
+            "embargo = \"5s\"",
+            "embargo = \"5s\"\ndeny_tags = [\"pii\"]",
+        ),
+    )
+    .unwrap();
+    reload(&node);
+    // Its poll once the reload is in force, under the embargo: what it may still see is
+    // dated from the change and given again; it moves on from there.
+    let poll = |after: String| {
+        let researcher = researcher.clone();
+        let objects = objects.clone();
+        let addr = node.taxii;
+        async move { get(&researcher, addr, &format!("{objects}?added_after={after}")).await }
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let after_reload = loop {
+        let reply = poll(last.clone()).await;
+        if item_ids(&reply.json()) == [id_of(71)] {
+            break reply;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reload never came into force"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let last = after_reload
+        .header("x-taxii-date-added-last")
+        .unwrap()
+        .to_owned();
+    // Once the embargo has lifted, its poll from there gives the new object.
+    wait_for(|| listed(72)).await;
+    let ids = item_ids(&poll(last).await.json());
+    assert!(ids.contains(&id_of(72)), "{ids:?}");
+}
+
 /// A writer over its publishing rate waits, then has its objects stored with a complete
 /// status like any other write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -186,6 +186,11 @@ impl Handlers {
                 Ok(since) => since,
                 Err(e) => return engine_error(&e),
             };
+            params.embargo_ms = self
+                .engine
+                .policy()
+                .partner(&caller.partner.id)
+                .map_or(0, |p| p.embargo_ms);
         }
         // The collection exists for callers whose policy gives them something to read.
         let visible = self.engine.receives_anything(&caller.partner.id);

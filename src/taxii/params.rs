@@ -83,14 +83,21 @@ pub struct Params {
     /// Not a query parameter: since when (ms) the caller's policy in force now applies
     /// to it (`Engine::listed_since`). No object is listed to it as added earlier.
     pub listed_since_ms: i64,
+    /// Not a query parameter: the caller's `embargo` (ms). An object enters its
+    /// collection when its embargo lifts, and is dated then.
+    pub embargo_ms: i64,
 }
 
 impl Params {
     /// The date added of an object the node accepted at `accepted_ms`, as the caller's
-    /// collection holds it: not before its policy in force now began to apply, so an
-    /// object a widened policy lets through is new to its `added_after` polls.
+    /// collection holds it: when it became visible to the caller (once its embargo
+    /// lifted), and not before its policy in force now began to apply, so an object a
+    /// widened policy lets through, or one still under its embargo when the policy
+    /// changed, is new to its `added_after` polls.
     pub fn date_added(&self, accepted_ms: i64) -> i64 {
-        accepted_ms.max(self.listed_since_ms)
+        accepted_ms
+            .saturating_add(self.embargo_ms)
+            .max(self.listed_since_ms)
     }
 
     /// Whether an object accepted at `accepted_ms` passes `added_after`.
@@ -104,6 +111,7 @@ impl Params {
     pub fn accepted_after(&self) -> Option<i64> {
         self.added_after_ms
             .filter(|after| *after >= self.listed_since_ms)
+            .map(|after| after.saturating_sub(self.embargo_ms))
     }
 
     /// Whether an object of STIX type `stix_type` (and spec version 2.1, as every object
@@ -152,6 +160,7 @@ impl Params {
         ));
         list(&mut out, "version=", Some(&exact));
         out.push_str(&format!("listed_since={};", self.listed_since_ms));
+        out.push_str(&format!("embargo={};", self.embargo_ms));
         out
     }
 
