@@ -174,3 +174,67 @@ async fn a_url_with_credentials_is_refused_inside_a_compound_pattern() {
         .text();
     assert!(!listed.contains("S3cret"), "{listed}");
 }
+
+// ---------------------------------------------------------------------------------
+// `created`.
+
+/// `created` given to the second (or to the tenth of a second) was exported as written,
+/// while `modified` was written to the millisecond: the export failed strict validation
+/// (`created` must be precise to the millisecond). It is now written to the
+/// millisecond too, for indicators and context objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn created_is_exported_to_the_millisecond() {
+    const INDICATOR: &str = "indicator--c4ea0000-0000-4000-8000-000000000001";
+    const MALWARE: &str = "malware--c4ea0000-0000-4000-8000-000000000002";
+    const OFFSET: &str = "tool--c4ea0000-0000-4000-8000-000000000003";
+    let (_pki, node, analyst, objects) = start().await;
+    let status = post_objects(
+        &analyst,
+        &node,
+        &objects,
+        vec![
+            json!({
+                "type": "indicator", "spec_version": "2.1", "id": INDICATOR,
+                "created": "2026-11-02T10:00:00Z", "modified": "2026-11-02T10:00:00.000Z",
+                "pattern": "[domain-name:value = 'seconds.example']", "pattern_type": "stix",
+                "valid_from": "2026-11-02T10:00:00Z", "object_marking_refs": [GREEN],
+            }),
+            json!({
+                "type": "malware", "spec_version": "2.1", "id": MALWARE,
+                "created": "2026-11-02T10:00:00.1Z", "modified": "2026-11-02T10:00:00.5Z",
+                "name": "Tenths", "is_family": true, "object_marking_refs": [GREEN],
+            }),
+            json!({
+                "type": "tool", "spec_version": "2.1", "id": OFFSET,
+                "created": "2026-11-02T12:00:00.123456+02:00", "modified": "2026-11-02T10:00:01Z",
+                "name": "Offset", "object_marking_refs": [GREEN],
+            }),
+        ],
+    )
+    .await;
+    assert_eq!(status["success_count"], json!(3), "{status}");
+    for (id, created, modified) in [
+        (
+            INDICATOR,
+            "2026-11-02T10:00:00.000Z",
+            "2026-11-02T10:00:00.000Z",
+        ),
+        (
+            MALWARE,
+            "2026-11-02T10:00:00.100Z",
+            "2026-11-02T10:00:00.500Z",
+        ),
+        (
+            OFFSET,
+            "2026-11-02T10:00:00.123Z",
+            "2026-11-02T10:00:01.000Z",
+        ),
+    ] {
+        let object = get(&analyst, node.taxii, &format!("{objects}{id}/"))
+            .await
+            .json();
+        let object = &object["objects"][0];
+        assert_eq!(object["created"], json!(created), "{object}");
+        assert_eq!(object["modified"], json!(modified), "{object}");
+    }
+}

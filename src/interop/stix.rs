@@ -983,8 +983,8 @@ pub fn to_stix(item: &Item) -> Value {
 /// - `labels` are the item's tags (lower case, without repeats);
 /// - `object_marking_refs` is the TLP 2.0 marking of the item, granular markings are
 ///   folded into it and not written;
-/// - `created` is kept, or is the version when the input gave none (or a later one, at
-///   its full precision);
+/// - `created` is kept, written to the millisecond (truncated, in UTC), or is the
+///   version when the input gave none (or a later one, at its full precision);
 /// - ids are in lower case ([`ItemId::parse`]);
 /// - `name` is the value and `description` says what and from whom when the input gave
 ///   none (STIX asks for both); `created_by_ref` is the origin's identity
@@ -1155,25 +1155,26 @@ impl<'a> Exported<'a> {
     }
 
     /// What every exported object starts with: its type, spec version, id, `created`
-    /// (kept unless absent or later than the version) and `modified` (the version).
-    /// `created` is compared at its full precision: the version is written to the
-    /// millisecond, so a `created` of `…00.123456Z` is later than a version of
-    /// `…00.123Z`, and STIX asks that `modified` is not before `created`.
+    /// (kept unless absent or later than the version, written to the millisecond as
+    /// `modified` is) and `modified` (the version). `created` is compared at its full
+    /// precision: the version is written to the millisecond, so a `created` of
+    /// `…00.123456Z` is later than a version of `…00.123Z`, and STIX asks that
+    /// `modified` is not before `created`. Truncated to the millisecond, a `created`
+    /// not later than the version stays so.
     fn head(&mut self, item: &'a Item, stix_type: &'a str) {
         let version = stix_timestamp(item.modified_ms);
         self.string("type", stix_type);
         self.string("spec_version", "2.1");
         self.string("id", item.id.as_str());
-        let version_ns = i128::from(item.modified_ms) * 1_000_000;
         let created = match self.fields.get("created") {
             Some(Field::Kept(raw)) => serde_json::from_str::<Cow<'_, str>>(raw.get())
                 .ok()
-                .and_then(|text| timestamp_ns(&text)),
+                .and_then(|text| created_ms(&text, item.modified_ms)),
             _ => None,
-        }
-        .filter(|&created| created <= version_ns);
-        if created.is_none() {
-            self.string("created", version.clone());
+        };
+        match created {
+            Some(created) => self.string("created", stix_timestamp(created)),
+            None => self.string("created", version.clone()),
         }
         self.string("modified", version);
     }
@@ -1326,6 +1327,16 @@ fn timestamp_ns(text: &str) -> Option<i128> {
     time::OffsetDateTime::parse(text.trim(), &time::format_description::well_known::Rfc3339)
         .ok()
         .map(time::OffsetDateTime::unix_timestamp_nanos)
+}
+
+/// A kept `created` (`text`) in milliseconds, truncated, when it reads as a timestamp
+/// and is not later than the version `modified_ms`.
+fn created_ms(text: &str, modified_ms: i64) -> Option<i64> {
+    let created = timestamp_ns(text)?;
+    if created > i128::from(modified_ms) * 1_000_000 {
+        return None;
+    }
+    i64::try_from(created.div_euclid(1_000_000)).ok()
 }
 
 /// A STIX timestamp (`2025-06-15T15:06:40.000Z`), clamped to the years 0000 to 9999.
