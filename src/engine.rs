@@ -425,6 +425,8 @@ impl Engine {
     /// of publishing; it needs no store write and can run beside the store's writer).
     /// The distribution is the one [`Engine::distribution_for`] gives for `requested`:
     /// a writer that names no recipients changes nobody's access to what it replaces.
+    /// A new version of an item this node holds that keeps no `created` is signed with
+    /// the `created` of the version it replaces (`Engine::created_kept`).
     pub fn sign(
         &self,
         publisher: &Partner,
@@ -432,20 +434,85 @@ impl Engine {
         requested: &Distribution,
         now_ms: i64,
     ) -> Result<VerifiedBundle, EngineError> {
+        let kept = self.created_kept(items)?;
+        let completed: Vec<Item>;
+        let items = if kept.is_empty() {
+            items
+        } else {
+            completed = with_replaced(items.to_vec(), kept);
+            &completed
+        };
         let distribution = self.distribution_for(publisher, items, requested, now_ms)?;
         Ok(self.signer.sign(items, &distribution, now_ms)?)
+    }
+
+    /// The items of `items` that are new versions of an id this node holds (or that an
+    /// earlier item of the bundle gives) and keep no `created`, each with the `created`
+    /// of the version it replaces (`interop::created_of`: its kept `created`, or its
+    /// version), by place. STIX 2.1 says `created` does not change between versions, and
+    /// the versions this node builds itself (a list line or CSV row published again, a
+    /// revocation, an `Intel.Publish` draft) carry none. Only versions of this node's
+    /// own items are completed (no other may be written here), and an item the property
+    /// would take past the size allowed is left as it is.
+    fn created_kept(&self, items: &[Item]) -> Result<Vec<(usize, Item)>, EngineError> {
+        let own = self.signer.origin();
+        let mut kept: Vec<(usize, Item)> = Vec::new();
+        // The last item of each id so far in the bundle, by its place.
+        let mut last_of: HashMap<&ItemId, usize> = HashMap::new();
+        for (at, item) in items.iter().enumerate() {
+            let before = last_of.insert(&item.id, at);
+            let Some(properties) = item_properties(item) else {
+                continue;
+            };
+            if properties.to_map().contains_key("created") {
+                continue;
+            }
+            let created = match before {
+                Some(before) => {
+                    let earlier = kept
+                        .iter()
+                        .rev()
+                        .find(|(place, _)| *place == before)
+                        .map_or(&items[before], |(_, item)| item);
+                    crate::interop::created_of(earlier)
+                }
+                None => match self.store.get(&item.id)? {
+                    Some(held) if &held.origin == own => crate::interop::created_of(&held.item),
+                    _ => continue,
+                },
+            };
+            let mut map = properties.to_map();
+            map.insert("created".into(), serde_json::Value::String(created));
+            let holder = match item.kind {
+                ItemKind::Context(_) => crate::model::Holder::Context,
+                _ => crate::model::Holder::Indicator,
+            };
+            let Ok(completed) = crate::model::StixProperties::keep_for(holder, &map) else {
+                continue;
+            };
+            let mut item = item.clone();
+            if let Some(properties) = item_properties_mut(&mut item) {
+                *properties = completed;
+            }
+            kept.push((at, item));
+        }
+        Ok(kept)
     }
 
     /// [`Engine::sign`] for a writer that cannot name a distribution (a TAXII POST).
     ///
     /// The items go into the bundle without being copied: once they are signed, `items`
-    /// is left empty; when they are refused, it is left as it was.
+    /// is left empty; when they are refused, it is left as it was, but for the `created`
+    /// a new version keeps from the version it replaces (see [`Engine::sign`]).
     pub fn sign_keeping_distribution(
         &self,
         publisher: &Partner,
         items: &mut Vec<Item>,
         now_ms: i64,
     ) -> Result<VerifiedBundle, EngineError> {
+        for (at, item) in self.created_kept(items)? {
+            items[at] = item;
+        }
         let distribution =
             self.distribution_for(publisher, items, &Distribution::default(), now_ms)?;
         Ok(self
@@ -2335,5 +2402,34 @@ impl Subscription {
             }
             return Ok(stored);
         }
+    }
+}
+
+/// `items` with the items `replaced` names put in their places.
+fn with_replaced(mut items: Vec<Item>, replaced: Vec<(usize, Item)>) -> Vec<Item> {
+    for (at, item) in replaced {
+        items[at] = item;
+    }
+    items
+}
+
+/// The STIX properties an item keeps: an indicator's, those of the indicator a
+/// revocation carries, a context object's; `None` for a revocation without one.
+fn item_properties(item: &Item) -> Option<&crate::model::StixProperties> {
+    match &item.kind {
+        ItemKind::Indicator(indicator) => Some(&indicator.properties),
+        ItemKind::Revocation(revocation) => revocation.indicator.as_ref().map(|i| &i.properties),
+        ItemKind::Context(context) => Some(&context.properties),
+    }
+}
+
+/// [`item_properties`], to change them.
+fn item_properties_mut(item: &mut Item) -> Option<&mut crate::model::StixProperties> {
+    match &mut item.kind {
+        ItemKind::Indicator(indicator) => Some(&mut indicator.properties),
+        ItemKind::Revocation(revocation) => {
+            revocation.indicator.as_mut().map(|i| &mut i.properties)
+        }
+        ItemKind::Context(context) => Some(&mut context.properties),
     }
 }

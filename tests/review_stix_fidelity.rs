@@ -6,6 +6,7 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use entente::interop::{Defaults, InputFormat, parse_feed_page, parse_input};
 use entente::rpc::proto::PublishRequest;
@@ -16,6 +17,9 @@ use common::https::{get, objects_path, post_objects, tls};
 use common::{Pki, TaxiiNode, node_section, serve_taxii, taxii_node_client};
 
 const GREEN: &str = "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb";
+
+/// Upper bound for anything the tests wait for.
+const DEADLINE: Duration = Duration::from_secs(60);
 
 /// A node (redmond.hq) with an analyst and a TAXII listener: the node, its PKI, the
 /// analyst's TLS client and the collection's objects path.
@@ -34,6 +38,25 @@ async fn start() -> (Pki, TaxiiNode, Arc<rustls::ClientConfig>, String) {
     let analyst = tls(&pki, "analyst.soc");
     let objects = objects_path(&analyst, &node).await;
     (pki, node, analyst, objects)
+}
+
+/// Every version of `id` the analyst can read, oldest first.
+async fn versions(
+    analyst: &Arc<rustls::ClientConfig>,
+    node: &TaxiiNode,
+    objects: &str,
+    id: &str,
+) -> Vec<Value> {
+    let reply = get(
+        analyst,
+        node.taxii,
+        &format!("{objects}{id}/?match[version]=all"),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let mut all = reply.json()["objects"].as_array().unwrap().clone();
+    all.sort_by_key(|o| o["modified"].as_str().unwrap().to_owned());
+    all
 }
 
 /// Publishes `items` as one bundle through `Intel.Publish`.
@@ -68,8 +91,33 @@ fn draft(ty: &str, value: &str) -> wire::Item {
     }
 }
 
+/// The revocation `entente revoke ID --reason REASON` sends.
+fn bare_revocation(id: &str, reason: &str) -> wire::Item {
+    wire::Item {
+        id: id.to_owned(),
+        modified_unix_ms: 0,
+        tlp: wire::Tlp::Unspecified as i32,
+        tags: Vec::new(),
+        kind: Some(wire::item::Kind::Revocation(wire::Revocation {
+            reason: reason.to_owned(),
+            indicator_type: String::new(),
+            indicator: None,
+        })),
+    }
+}
+
 fn now_ms() -> i64 {
     entente::util::now_ms()
+}
+
+/// Waits until the clock has passed `ms`, so that the next version the node makes is
+/// later than one made at `ms`.
+async fn clock_past(ms: i64) {
+    let until = Instant::now() + DEADLINE;
+    while now_ms() <= ms {
+        assert!(Instant::now() < until, "the clock did not move");
+        tokio::task::yield_now().await;
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -237,4 +285,40 @@ async fn created_is_exported_to_the_millisecond() {
         assert_eq!(object["created"], json!(created), "{object}");
         assert_eq!(object["modified"], json!(modified), "{object}");
     }
+}
+
+/// Every version the node made of one indicator got a new `created` (a list line
+/// published again, `entente revoke`), though STIX says `created` does not change
+/// between versions. A new version the node builds of an id it holds now keeps the
+/// `created` the held version has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_the_node_makes_keep_the_created_of_the_first() {
+    let (pki, node, analyst, objects) = start().await;
+    let client = taxii_node_client(&pki, &node, "analyst.soc").await;
+    let id = entente::model::ItemId::derived(
+        "redmond.hq",
+        entente::model::IndicatorType::Domain,
+        "republished.example",
+    )
+    .to_string();
+    // The same list line published twice, then revoked as `entente revoke` does.
+    let mut last = 0;
+    for items in [
+        vec![draft("domain", "republished.example")],
+        vec![draft("domain", "Republished.Example.")],
+        vec![bare_revocation(&id, "no longer used by the actor")],
+    ] {
+        clock_past(last).await;
+        let answer = publish(&client, items).await.unwrap();
+        assert_eq!(answer.items_accepted, 1, "{answer:?}");
+        last = now_ms();
+    }
+    let all = versions(&analyst, &node, &objects, &id).await;
+    assert_eq!(all.len(), 3, "{all:?}");
+    let first = all[0]["modified"].clone();
+    for version in &all {
+        assert_eq!(version["created"], first, "{version}");
+    }
+    assert_eq!(all[2]["revoked"], json!(true), "{}", all[2]);
+    assert_ne!(all[1]["modified"], first);
 }

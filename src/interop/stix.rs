@@ -1329,6 +1329,22 @@ fn timestamp_ns(text: &str) -> Option<i128> {
         .map(time::OffsetDateTime::unix_timestamp_nanos)
 }
 
+/// The `created` an export of `item` writes: its kept `created` to the millisecond, or
+/// its version when it keeps none (or a later one). A new version this node builds of
+/// an id it holds keeps it (`Engine::sign`), as STIX asks `created` not to change
+/// between versions.
+pub fn created_of(item: &Item) -> String {
+    let properties = match &item.kind {
+        ItemKind::Indicator(indicator) => Some(&indicator.properties),
+        ItemKind::Revocation(revocation) => revocation.indicator.as_ref().map(|i| &i.properties),
+        ItemKind::Context(context) => Some(&context.properties),
+    };
+    let created = properties
+        .and_then(|properties| properties.string("created"))
+        .and_then(|text| created_ms(&text, item.modified_ms));
+    stix_timestamp(created.unwrap_or(item.modified_ms))
+}
+
 /// A kept `created` (`text`) in milliseconds, truncated, when it reads as a timestamp
 /// and is not later than the version `modified_ms`.
 fn created_ms(text: &str, modified_ms: i64) -> Option<i64> {
