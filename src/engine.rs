@@ -623,7 +623,10 @@ impl Engine {
     /// revocation that gives no type and names nothing the publisher may see here is
     /// refused as [`Engine::check_publishable`] refuses an id not held, so a withheld
     /// indicator answers like an absent one; one that gives its type is left as given
-    /// for the same checks. Anything but a revocation is left alone.
+    /// for the same checks. A bare revocation of a context object becomes the new
+    /// version of the object that revokes it (`revoke_context`: `revoked: true` and the
+    /// reason, its marking, tags, references and properties kept). Anything but a
+    /// revocation is left alone.
     pub fn complete_revocation(
         &self,
         publisher: &Partner,
@@ -668,8 +671,13 @@ impl Engine {
         let indicator = match &held.item.kind {
             ItemKind::Indicator(indicator) => Some(indicator.clone()),
             ItemKind::Revocation(earlier) => earlier.indicator.as_deref().cloned(),
-            // Not an indicator: the revocation is refused when validated (its id names
-            // another type).
+            // A context object is revoked by a new version of it with `revoked: true`.
+            ItemKind::Context(context) if untyped => {
+                let reason = std::mem::take(&mut revocation.reason);
+                return revoke_context(at, draft, &held.item, context, &reason);
+            }
+            // One that gives a type is refused when validated (its id names another
+            // type).
             ItemKind::Context(_) => return Ok(()),
         };
         // A bare revocation (no type) takes marking and tags from the indicator; one that
@@ -2403,6 +2411,52 @@ impl Subscription {
             return Ok(stored);
         }
     }
+}
+
+/// Makes `draft`, a revocation giving only the id and the reason (`entente revoke`) of
+/// the context object `held` (item `at` of its message), the new version of the object
+/// that revokes it: its marking, tags, references and kept properties, with `revoked:
+/// true` and the reason (`interop::revoked_context_properties`), as a TAXII POST of the
+/// object with `revoked: true` would make it. A marking or tags the draft gives must be
+/// the object's.
+fn revoke_context(
+    at: usize,
+    draft: &mut wire::Item,
+    held: &Item,
+    context: &crate::model::ContextObject,
+    reason: &str,
+) -> Result<(), EngineError> {
+    let refuse = |why: String| Err(EngineError::Unpublishable(format!("item {at}: {why}")));
+    let marking = wire::Tlp::from(held.tlp) as i32;
+    if draft.tlp != wire::Tlp::Unspecified as i32 && draft.tlp != marking {
+        return refuse(format!(
+            "{} is marked {}; its revocation carries the same marking",
+            held.id, held.tlp
+        ));
+    }
+    let same_tags = draft.tags.len() == held.tags.len()
+        && draft
+            .tags
+            .iter()
+            .all(|tag| held.tags.iter().any(|t| t.eq_ignore_ascii_case(tag)));
+    if !draft.tags.is_empty() && !same_tags {
+        return refuse(format!(
+            "{} is tagged {:?}; its revocation carries the same tags",
+            held.id, held.tags
+        ));
+    }
+    let properties = match crate::interop::revoked_context_properties(&context.properties, reason) {
+        Ok(properties) => properties,
+        Err(e) => return refuse(format!("{} cannot be revoked here: {e}", held.id)),
+    };
+    draft.tlp = marking;
+    draft.tags = held.tags.clone();
+    draft.kind = Some(wire::item::Kind::Context(wire::ContextObject {
+        object_type: context.object_type.as_str().to_owned(),
+        refs: context.refs.iter().map(ToString::to_string).collect(),
+        stix_properties: properties.as_str().to_owned(),
+    }));
+    Ok(())
 }
 
 /// `items` with the items `replaced` names put in their places.

@@ -17,6 +17,7 @@ use common::https::{get, objects_path, post_objects, tls};
 use common::{Pki, TaxiiNode, node_section, serve_taxii, taxii_node_client};
 
 const GREEN: &str = "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb";
+const AMBER: &str = "marking-definition--55d920b0-5e8b-4f79-9ee9-91f868d9b421";
 
 /// Upper bound for anything the tests wait for.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -321,4 +322,86 @@ async fn versions_the_node_makes_keep_the_created_of_the_first() {
     }
     assert_eq!(all[2]["revoked"], json!(true), "{}", all[2]);
     assert_ne!(all[1]["modified"], first);
+}
+
+// ---------------------------------------------------------------------------------
+// `entente revoke` of a context object.
+
+/// `entente revoke` of a malware (or any context object) failed with an internal
+/// message (`unknown indicator type ""`). It now publishes a new version of the object
+/// with `revoked: true` and the reason, keeping its marking, labels and properties, as
+/// a TAXII POST with `revoked: true` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entente_revoke_revokes_a_context_object() {
+    const MALWARE: &str = "malware--c8ea0000-0000-4000-8000-000000000001";
+    let (pki, node, analyst, objects) = start().await;
+    let status = post_objects(
+        &analyst,
+        &node,
+        &objects,
+        vec![json!({
+            "type": "malware", "spec_version": "2.1", "id": MALWARE,
+            "created": "2026-11-01T00:00:00.000Z", "modified": "2026-11-01T00:00:00.000Z",
+            "name": "Misattributed", "is_family": true, "labels": ["apt-x"],
+            "object_marking_refs": [AMBER], "x_vendor": {"score": 7},
+        })],
+    )
+    .await;
+    assert_eq!(status["success_count"], json!(1), "{status}");
+    let client = taxii_node_client(&pki, &node, "analyst.soc").await;
+    let answer = publish(&client, vec![bare_revocation(MALWARE, "misattributed")])
+        .await
+        .unwrap();
+    assert_eq!(answer.items_accepted, 1, "{answer:?}");
+
+    let all = versions(&analyst, &node, &objects, MALWARE).await;
+    assert_eq!(all.len(), 2, "{all:?}");
+    let revoked = &all[1];
+    assert_eq!(revoked["type"], json!("malware"), "{revoked}");
+    assert_eq!(revoked["revoked"], json!(true), "{revoked}");
+    assert_eq!(
+        revoked["x_entente_revocation_reason"],
+        json!("misattributed"),
+        "{revoked}"
+    );
+    assert_eq!(revoked["object_marking_refs"], json!([AMBER]), "{revoked}");
+    assert_eq!(revoked["labels"], json!(["apt-x"]), "{revoked}");
+    assert_eq!(revoked["name"], json!("Misattributed"), "{revoked}");
+    assert_eq!(revoked["is_family"], json!(true), "{revoked}");
+    assert_eq!(revoked["x_vendor"], json!({"score": 7}), "{revoked}");
+    assert_eq!(
+        revoked["created"],
+        json!("2026-11-01T00:00:00.000Z"),
+        "{revoked}"
+    );
+    // The property is declared, and the listing serves its definition.
+    assert!(
+        revoked["extensions"]
+            .as_object()
+            .is_some_and(|e| e.keys().any(|k| k.starts_with("extension-definition--"))),
+        "{revoked}"
+    );
+    let listed = get(&analyst, node.taxii, &format!("{objects}?limit=1000"))
+        .await
+        .json();
+    assert!(
+        listed["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["type"] == "extension-definition"),
+        "{listed}"
+    );
+
+    // Nothing to revoke is still said in plain words.
+    let refusal = publish(
+        &client,
+        vec![bare_revocation(
+            "malware--c8ea0000-0000-4000-8000-0000000000ff",
+            "x",
+        )],
+    )
+    .await
+    .unwrap_err();
+    assert!(refusal.contains("nothing to revoke"), "{refusal}");
 }

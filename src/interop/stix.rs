@@ -1329,6 +1329,40 @@ fn timestamp_ns(text: &str) -> Option<i128> {
         .map(time::OffsetDateTime::unix_timestamp_nanos)
 }
 
+/// The kept properties of a context object revoked by this node (`entente revoke`): its
+/// properties with `revoked: true` and the reason, the property that carries it declared
+/// in `extensions` as a revocation's is ([`REVOCATION_EXTENSION`]; a kept `extensions`
+/// that is not an object is left as it was). Refused when they no longer fit.
+pub fn revoked_context_properties(
+    properties: &StixProperties,
+    reason: &str,
+) -> Result<StixProperties, crate::model::ModelError> {
+    let mut map = properties.to_map();
+    map.insert("revoked".into(), Value::Bool(true));
+    map.insert(REVOCATION_REASON_PROPERTY.into(), Value::from(reason));
+    let extensions = map
+        .entry("extensions")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Value::Object(extensions) = extensions {
+        extensions.insert(
+            REVOCATION_EXTENSION.into(),
+            json!({ "extension_type": "toplevel-property-extension" }),
+        );
+    }
+    StixProperties::keep_for(crate::model::Holder::Context, &map)
+}
+
+/// Whether the export of `item` uses the revocation properties, so that the extension
+/// definition that declares them ([`revocation_extension`]) goes with it: a revocation,
+/// or a context object revoked by this node.
+pub fn uses_revocation_extension(item: &Item) -> bool {
+    match &item.kind {
+        ItemKind::Revocation(_) => true,
+        ItemKind::Context(context) => context.properties.as_str().contains(REVOCATION_EXTENSION),
+        ItemKind::Indicator(_) => false,
+    }
+}
+
 /// The `created` an export of `item` writes: its kept `created` to the millisecond, or
 /// its version when it keeps none (or a later one). A new version this node builds of
 /// an id it holds keeps it (`Engine::sign`), as STIX asks `created` not to change
