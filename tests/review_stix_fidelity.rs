@@ -405,3 +405,110 @@ async fn entente_revoke_revokes_a_context_object() {
     .unwrap_err();
     assert!(refusal.contains("nothing to revoke"), "{refusal}");
 }
+
+// ---------------------------------------------------------------------------------
+// Objects STIX 2.1 says are invalid.
+
+/// Objects missing what STIX 2.1 requires (a malware's `is_family`, a threat actor's
+/// `name`) or with common properties of the wrong type (`indicator_types` as a
+/// string, `lang` as a number, `external_references` as an object) were signed,
+/// replicated and served, and one of them made `stix2`'s collection reader refuse the
+/// whole page. Each is now refused alone, with its position and reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_stix_says_are_invalid_are_refused_each_with_the_reason() {
+    let (_pki, node, analyst, objects) = start().await;
+    let base = |ty: &str, n: u32, extra: Value| {
+        let mut object = json!({
+            "type": ty, "spec_version": "2.1",
+            "id": format!("{ty}--f4f40000-0000-4000-8000-{n:012}"),
+            "created": "2026-11-02T10:00:00.000Z", "modified": "2026-11-02T10:00:00.000Z",
+            "object_marking_refs": [GREEN],
+        });
+        for (key, value) in extra.as_object().unwrap() {
+            object[key] = value.clone();
+        }
+        object
+    };
+    let indicator = |n: u32, extra: Value| {
+        let mut extra = extra;
+        extra["pattern"] = json!(format!("[domain-name:value = 'f4-{n}.example']"));
+        extra["pattern_type"] = json!("stix");
+        extra["valid_from"] = json!("2026-11-02T10:00:00Z");
+        base("indicator", n, extra)
+    };
+    let invalid = [
+        (base("malware", 1, json!({"name": "NoFamily"})), "is_family"),
+        (
+            base(
+                "threat-actor",
+                2,
+                json!({"threat_actor_types": ["crime-syndicate"]}),
+            ),
+            "name",
+        ),
+        (
+            indicator(3, json!({"indicator_types": "malicious-activity"})),
+            "indicator_types",
+        ),
+        (indicator(4, json!({"name": 7})), "name"),
+        (indicator(5, json!({"lang": 5})), "lang"),
+        (
+            indicator(6, json!({"external_references": {"source_name": "x"}})),
+            "external_references",
+        ),
+        (
+            indicator(7, json!({"external_references": []})),
+            "external_references",
+        ),
+        (
+            base(
+                "threat-actor",
+                8,
+                json!({"name": "Late", "first_seen": "not a date"}),
+            ),
+            "first_seen",
+        ),
+        (
+            base(
+                "report",
+                9,
+                json!({"name": "R", "object_refs": ["malware--f4f40000-0000-4000-8000-000000000010"]}),
+            ),
+            "published",
+        ),
+    ];
+    let valid = [
+        indicator(
+            20,
+            json!({
+                "name": "Fine", "lang": "en", "indicator_types": ["malicious-activity"],
+                "external_references": [{"source_name": "capec", "external_id": "CAPEC-163"}],
+            }),
+        ),
+        base(
+            "malware",
+            21,
+            json!({"name": "Family", "is_family": true, "malware_types": ["trojan"]}),
+        ),
+        base("malware", 22, json!({"is_family": false})),
+        base(
+            "threat-actor",
+            23,
+            json!({"name": "Actor", "first_seen": "2026-01-01T00:00:00Z"}),
+        ),
+    ];
+    let mut posted: Vec<Value> = invalid.iter().map(|(o, _)| o.clone()).collect();
+    posted.extend(valid.iter().cloned());
+    let status = post_objects(&analyst, &node, &objects, posted).await;
+    assert_eq!(status["success_count"], json!(valid.len()), "{status}");
+    assert_eq!(status["failure_count"], json!(invalid.len()), "{status}");
+    let failures = status["failures"].as_array().unwrap();
+    for (object, word) in &invalid {
+        let failure = failures
+            .iter()
+            .find(|f| f["id"] == object["id"])
+            .unwrap_or_else(|| panic!("{object} was not refused: {status}"));
+        let message = failure["message"].as_str().unwrap();
+        assert!(message.contains(word), "{object}: {message}");
+    }
+}

@@ -31,6 +31,7 @@ use crate::model::{
 mod markings;
 #[cfg(test)]
 mod markings_tests;
+mod schema;
 
 /// The OASIS TLP 2.0 extension definition (`extension-definition--60a3c5c5-…`), whose
 /// marking definitions carry the level in `tlp_2_0`.
@@ -208,6 +209,36 @@ impl RawObject {
         }
         *slot = Some(value);
         Ok(())
+    }
+
+    /// A property, whether named here or among the others; `None` when absent or null.
+    fn get(&self, key: &str) -> Option<&Value> {
+        let named = match key {
+            "type" => &self.kind,
+            "id" => &self.id,
+            "pattern" => &self.pattern,
+            "pattern_type" => &self.pattern_type,
+            "labels" => &self.labels,
+            "description" => &self.description,
+            "confidence" => &self.confidence,
+            "kill_chain_phases" => &self.kill_chain_phases,
+            "valid_from" => &self.valid_from,
+            "valid_until" => &self.valid_until,
+            "modified" => &self.modified,
+            "revoked" => &self.revoked,
+            "object_marking_refs" => &self.object_marking_refs,
+            "granular_markings" => &self.granular_markings,
+            "name" => &self.name,
+            "definition_type" => &self.definition_type,
+            "definition" => &self.definition,
+            "extensions" => &self.extensions,
+            "x_entente_indicator_type" => &self.x_entente_indicator_type,
+            "x_entente_revocation_reason" => &self.x_entente_revocation_reason,
+            "x_opencti_definition_type" => &self.x_opencti_definition_type,
+            "x_opencti_definition" => &self.x_opencti_definition,
+            other => return self.other.get(other).filter(|v| !v.is_null()),
+        };
+        named.as_ref().filter(|v| !v.is_null())
     }
 
     /// The properties an indicator keeps besides those the model carries: every one but
@@ -705,6 +736,7 @@ fn position(index: usize, object: &RawObject) -> String {
 
 /// Reads one indicator object.
 fn indicator(object: &mut RawObject, markings: &Definitions, now_ms: i64) -> Result<Draft, String> {
+    schema::check(object, "indicator")?;
     // The unmodelled properties, taken out rather than copied: nothing reads them again.
     let other = std::mem::take(&mut object.other);
     let id = match string(&object.id, "id")? {
@@ -841,6 +873,7 @@ fn context(
     if id.stix_type() != object_type.as_str() {
         return Err(format!("{id} is not the id of a {object_type}"));
     }
+    schema::check(object, object_type.as_str())?;
     let tlp = markings
         .object_marking(&object.object_marking_refs)
         .map_err(|e| e.to_string())?;
