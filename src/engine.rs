@@ -425,6 +425,8 @@ impl Engine {
     /// of publishing; it needs no store write and can run beside the store's writer).
     /// The distribution is the one [`Engine::distribution_for`] gives for `requested`:
     /// a writer that names no recipients changes nobody's access to what it replaces.
+    /// A new version of an item this node holds that keeps no `created` is signed with
+    /// the `created` of the version it replaces (`Engine::created_kept`).
     pub fn sign(
         &self,
         publisher: &Partner,
@@ -432,20 +434,85 @@ impl Engine {
         requested: &Distribution,
         now_ms: i64,
     ) -> Result<VerifiedBundle, EngineError> {
+        let kept = self.created_kept(items)?;
+        let completed: Vec<Item>;
+        let items = if kept.is_empty() {
+            items
+        } else {
+            completed = with_replaced(items.to_vec(), kept);
+            &completed
+        };
         let distribution = self.distribution_for(publisher, items, requested, now_ms)?;
         Ok(self.signer.sign(items, &distribution, now_ms)?)
+    }
+
+    /// The items of `items` that are new versions of an id this node holds (or that an
+    /// earlier item of the bundle gives) and keep no `created`, each with the `created`
+    /// of the version it replaces (`interop::created_of`: its kept `created`, or its
+    /// version), by place. STIX 2.1 says `created` does not change between versions, and
+    /// the versions this node builds itself (a list line or CSV row published again, a
+    /// revocation, an `Intel.Publish` draft) carry none. Only versions of this node's
+    /// own items are completed (no other may be written here), and an item the property
+    /// would take past the size allowed is left as it is.
+    fn created_kept(&self, items: &[Item]) -> Result<Vec<(usize, Item)>, EngineError> {
+        let own = self.signer.origin();
+        let mut kept: Vec<(usize, Item)> = Vec::new();
+        // The last item of each id so far in the bundle, by its place.
+        let mut last_of: HashMap<&ItemId, usize> = HashMap::new();
+        for (at, item) in items.iter().enumerate() {
+            let before = last_of.insert(&item.id, at);
+            let Some(properties) = item_properties(item) else {
+                continue;
+            };
+            if properties.to_map().contains_key("created") {
+                continue;
+            }
+            let created = match before {
+                Some(before) => {
+                    let earlier = kept
+                        .iter()
+                        .rev()
+                        .find(|(place, _)| *place == before)
+                        .map_or(&items[before], |(_, item)| item);
+                    crate::interop::created_of(earlier)
+                }
+                None => match self.store.get(&item.id)? {
+                    Some(held) if &held.origin == own => crate::interop::created_of(&held.item),
+                    _ => continue,
+                },
+            };
+            let mut map = properties.to_map();
+            map.insert("created".into(), serde_json::Value::String(created));
+            let holder = match item.kind {
+                ItemKind::Context(_) => crate::model::Holder::Context,
+                _ => crate::model::Holder::Indicator,
+            };
+            let Ok(completed) = crate::model::StixProperties::keep_for(holder, &map) else {
+                continue;
+            };
+            let mut item = item.clone();
+            if let Some(properties) = item_properties_mut(&mut item) {
+                *properties = completed;
+            }
+            kept.push((at, item));
+        }
+        Ok(kept)
     }
 
     /// [`Engine::sign`] for a writer that cannot name a distribution (a TAXII POST).
     ///
     /// The items go into the bundle without being copied: once they are signed, `items`
-    /// is left empty; when they are refused, it is left as it was.
+    /// is left empty; when they are refused, it is left as it was, but for the `created`
+    /// a new version keeps from the version it replaces (see [`Engine::sign`]).
     pub fn sign_keeping_distribution(
         &self,
         publisher: &Partner,
         items: &mut Vec<Item>,
         now_ms: i64,
     ) -> Result<VerifiedBundle, EngineError> {
+        for (at, item) in self.created_kept(items)? {
+            items[at] = item;
+        }
         let distribution =
             self.distribution_for(publisher, items, &Distribution::default(), now_ms)?;
         Ok(self
@@ -600,7 +667,10 @@ impl Engine {
     /// revocation that gives no type and names nothing the publisher may see here is
     /// refused as [`Engine::check_publishable`] refuses an id not held, so a withheld
     /// indicator answers like an absent one; one that gives its type is left as given
-    /// for the same checks. Anything but a revocation is left alone.
+    /// for the same checks. A bare revocation of a context object becomes the new
+    /// version of the object that revokes it (`revoke_context`: `revoked: true` and the
+    /// reason, its marking, tags, references and properties kept). Anything but a
+    /// revocation is left alone.
     pub fn complete_revocation(
         &self,
         publisher: &Partner,
@@ -645,8 +715,13 @@ impl Engine {
         let indicator = match &held.item.kind {
             ItemKind::Indicator(indicator) => Some(indicator.clone()),
             ItemKind::Revocation(earlier) => earlier.indicator.as_deref().cloned(),
-            // Not an indicator: the revocation is refused when validated (its id names
-            // another type).
+            // A context object is revoked by a new version of it with `revoked: true`.
+            ItemKind::Context(context) if untyped => {
+                let reason = std::mem::take(&mut revocation.reason);
+                return revoke_context(at, draft, &held.item, context, &reason);
+            }
+            // One that gives a type is refused when validated (its id names another
+            // type).
             ItemKind::Context(_) => return Ok(()),
         };
         // A bare revocation (no type) takes marking and tags from the indicator; one that
@@ -2488,5 +2563,80 @@ impl Subscription {
             }
             return Ok(stored);
         }
+    }
+}
+
+/// Makes `draft`, a revocation giving only the id and the reason (`entente revoke`) of
+/// the context object `held` (item `at` of its message), the new version of the object
+/// that revokes it: its marking, tags, references and kept properties, with `revoked:
+/// true` and the reason (`interop::revoked_context_properties`), as a TAXII POST of the
+/// object with `revoked: true` would make it. A marking or tags the draft gives must be
+/// the object's.
+fn revoke_context(
+    at: usize,
+    draft: &mut wire::Item,
+    held: &Item,
+    context: &crate::model::ContextObject,
+    reason: &str,
+) -> Result<(), EngineError> {
+    let refuse = |why: String| Err(EngineError::Unpublishable(format!("item {at}: {why}")));
+    let marking = wire::Tlp::from(held.tlp) as i32;
+    if draft.tlp != wire::Tlp::Unspecified as i32 && draft.tlp != marking {
+        return refuse(format!(
+            "{} is marked {}; its revocation carries the same marking",
+            held.id, held.tlp
+        ));
+    }
+    let same_tags = draft.tags.len() == held.tags.len()
+        && draft
+            .tags
+            .iter()
+            .all(|tag| held.tags.iter().any(|t| t.eq_ignore_ascii_case(tag)));
+    if !draft.tags.is_empty() && !same_tags {
+        return refuse(format!(
+            "{} is tagged {:?}; its revocation carries the same tags",
+            held.id, held.tags
+        ));
+    }
+    let properties = match crate::interop::revoked_context_properties(&context.properties, reason) {
+        Ok(properties) => properties,
+        Err(e) => return refuse(format!("{} cannot be revoked here: {e}", held.id)),
+    };
+    draft.tlp = marking;
+    draft.tags = held.tags.clone();
+    draft.kind = Some(wire::item::Kind::Context(wire::ContextObject {
+        object_type: context.object_type.as_str().to_owned(),
+        refs: context.refs.iter().map(ToString::to_string).collect(),
+        stix_properties: properties.as_str().to_owned(),
+    }));
+    Ok(())
+}
+
+/// `items` with the items `replaced` names put in their places.
+fn with_replaced(mut items: Vec<Item>, replaced: Vec<(usize, Item)>) -> Vec<Item> {
+    for (at, item) in replaced {
+        items[at] = item;
+    }
+    items
+}
+
+/// The STIX properties an item keeps: an indicator's, those of the indicator a
+/// revocation carries, a context object's; `None` for a revocation without one.
+fn item_properties(item: &Item) -> Option<&crate::model::StixProperties> {
+    match &item.kind {
+        ItemKind::Indicator(indicator) => Some(&indicator.properties),
+        ItemKind::Revocation(revocation) => revocation.indicator.as_ref().map(|i| &i.properties),
+        ItemKind::Context(context) => Some(&context.properties),
+    }
+}
+
+/// [`item_properties`], to change them.
+fn item_properties_mut(item: &mut Item) -> Option<&mut crate::model::StixProperties> {
+    match &mut item.kind {
+        ItemKind::Indicator(indicator) => Some(&mut indicator.properties),
+        ItemKind::Revocation(revocation) => {
+            revocation.indicator.as_mut().map(|i| &mut i.properties)
+        }
+        ItemKind::Context(context) => Some(&mut context.properties),
     }
 }

@@ -111,8 +111,9 @@ pub enum Command {
         /// The input file, or - for standard input.
         input: PathBuf,
     },
-    /// Revoke an indicator this node published: the revocation keeps the indicator's
-    /// marking, type and tags, and goes to whoever may have received the indicator.
+    /// Revoke an indicator or context object this node published: the revocation keeps
+    /// its marking, type and tags, and goes to whoever may have received it (a context
+    /// object is revoked by a new version of it with `revoked: true`).
     Revoke {
         /// Client (or node) configuration naming the node and this client's certificate.
         #[arg(long)]
@@ -120,7 +121,7 @@ pub enum Command {
         /// Why it is revoked (sent with the revocation, e.g. "false positive").
         #[arg(long)]
         reason: String,
-        /// The indicator's id (`indicator--<uuid>`).
+        /// The id (`indicator--<uuid>`, `malware--<uuid>`, …).
         id: String,
     },
     /// Query the node for items this client may see (a table; JSON lines with --json).

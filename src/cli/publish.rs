@@ -200,8 +200,9 @@ fn rejected_json(response: &PublishResponse) -> serde_json::Value {
         .collect()
 }
 
-/// `entente revoke ID --reason TEXT`: publishes the revocation of an indicator this node
-/// originated. The node fills in the indicator's marking, type, tags and content.
+/// `entente revoke ID --reason TEXT`: publishes the revocation of an indicator or context
+/// object this node originated. The node fills in its marking, type, tags and content
+/// (for a context object, a new version of it with `revoked: true`).
 pub async fn revoke(
     settings: &ClientSettings,
     id: &str,

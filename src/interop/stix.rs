@@ -31,6 +31,7 @@ use crate::model::{
 mod markings;
 #[cfg(test)]
 mod markings_tests;
+mod schema;
 
 /// The OASIS TLP 2.0 extension definition (`extension-definition--60a3c5c5-…`), whose
 /// marking definitions carry the level in `tlp_2_0`.
@@ -208,6 +209,36 @@ impl RawObject {
         }
         *slot = Some(value);
         Ok(())
+    }
+
+    /// A property, whether named here or among the others; `None` when absent or null.
+    fn get(&self, key: &str) -> Option<&Value> {
+        let named = match key {
+            "type" => &self.kind,
+            "id" => &self.id,
+            "pattern" => &self.pattern,
+            "pattern_type" => &self.pattern_type,
+            "labels" => &self.labels,
+            "description" => &self.description,
+            "confidence" => &self.confidence,
+            "kill_chain_phases" => &self.kill_chain_phases,
+            "valid_from" => &self.valid_from,
+            "valid_until" => &self.valid_until,
+            "modified" => &self.modified,
+            "revoked" => &self.revoked,
+            "object_marking_refs" => &self.object_marking_refs,
+            "granular_markings" => &self.granular_markings,
+            "name" => &self.name,
+            "definition_type" => &self.definition_type,
+            "definition" => &self.definition,
+            "extensions" => &self.extensions,
+            "x_entente_indicator_type" => &self.x_entente_indicator_type,
+            "x_entente_revocation_reason" => &self.x_entente_revocation_reason,
+            "x_opencti_definition_type" => &self.x_opencti_definition_type,
+            "x_opencti_definition" => &self.x_opencti_definition,
+            other => return self.other.get(other).filter(|v| !v.is_null()),
+        };
+        named.as_ref().filter(|v| !v.is_null())
     }
 
     /// The properties an indicator keeps besides those the model carries: every one but
@@ -710,6 +741,7 @@ fn position(index: usize, object: &RawObject) -> String {
 
 /// Reads one indicator object.
 fn indicator(object: &mut RawObject, markings: &Definitions, now_ms: i64) -> Result<Draft, String> {
+    schema::check(object, "indicator")?;
     // The unmodelled properties, taken out rather than copied: nothing reads them again.
     let other = std::mem::take(&mut object.other);
     let id = match string(&object.id, "id")? {
@@ -846,6 +878,7 @@ fn context(
     if id.stix_type() != object_type.as_str() {
         return Err(format!("{id} is not the id of a {object_type}"));
     }
+    schema::check(object, object_type.as_str())?;
     let tlp = markings
         .object_marking(&object.object_marking_refs)
         .map_err(|e| e.to_string())?;
@@ -988,8 +1021,8 @@ pub fn to_stix(item: &Item) -> Value {
 /// - `labels` are the item's tags (lower case, without repeats);
 /// - `object_marking_refs` is the TLP 2.0 marking of the item, granular markings are
 ///   folded into it and not written;
-/// - `created` is kept, or is the version when the input gave none (or a later one, at
-///   its full precision);
+/// - `created` is kept, written to the millisecond (truncated, in UTC), or is the
+///   version when the input gave none (or a later one, at its full precision);
 /// - ids are in lower case ([`ItemId::parse`]);
 /// - `name` is the value and `description` says what and from whom when the input gave
 ///   none (STIX asks for both); `created_by_ref` is the origin's identity
@@ -1160,25 +1193,26 @@ impl<'a> Exported<'a> {
     }
 
     /// What every exported object starts with: its type, spec version, id, `created`
-    /// (kept unless absent or later than the version) and `modified` (the version).
-    /// `created` is compared at its full precision: the version is written to the
-    /// millisecond, so a `created` of `…00.123456Z` is later than a version of
-    /// `…00.123Z`, and STIX asks that `modified` is not before `created`.
+    /// (kept unless absent or later than the version, written to the millisecond as
+    /// `modified` is) and `modified` (the version). `created` is compared at its full
+    /// precision: the version is written to the millisecond, so a `created` of
+    /// `…00.123456Z` is later than a version of `…00.123Z`, and STIX asks that
+    /// `modified` is not before `created`. Truncated to the millisecond, a `created`
+    /// not later than the version stays so.
     fn head(&mut self, item: &'a Item, stix_type: &'a str) {
         let version = stix_timestamp(item.modified_ms);
         self.string("type", stix_type);
         self.string("spec_version", "2.1");
         self.string("id", item.id.as_str());
-        let version_ns = i128::from(item.modified_ms) * 1_000_000;
         let created = match self.fields.get("created") {
             Some(Field::Kept(raw)) => serde_json::from_str::<Cow<'_, str>>(raw.get())
                 .ok()
-                .and_then(|text| timestamp_ns(&text)),
+                .and_then(|text| created_ms(&text, item.modified_ms)),
             _ => None,
-        }
-        .filter(|&created| created <= version_ns);
-        if created.is_none() {
-            self.string("created", version.clone());
+        };
+        match created {
+            Some(created) => self.string("created", stix_timestamp(created)),
+            None => self.string("created", version.clone()),
         }
         self.string("modified", version);
     }
@@ -1331,6 +1365,66 @@ fn timestamp_ns(text: &str) -> Option<i128> {
     time::OffsetDateTime::parse(text.trim(), &time::format_description::well_known::Rfc3339)
         .ok()
         .map(time::OffsetDateTime::unix_timestamp_nanos)
+}
+
+/// The kept properties of a context object revoked by this node (`entente revoke`): its
+/// properties with `revoked: true` and the reason, the property that carries it declared
+/// in `extensions` as a revocation's is ([`REVOCATION_EXTENSION`]; a kept `extensions`
+/// that is not an object is left as it was). Refused when they no longer fit.
+pub fn revoked_context_properties(
+    properties: &StixProperties,
+    reason: &str,
+) -> Result<StixProperties, crate::model::ModelError> {
+    let mut map = properties.to_map();
+    map.insert("revoked".into(), Value::Bool(true));
+    map.insert(REVOCATION_REASON_PROPERTY.into(), Value::from(reason));
+    let extensions = map
+        .entry("extensions")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Value::Object(extensions) = extensions {
+        extensions.insert(
+            REVOCATION_EXTENSION.into(),
+            json!({ "extension_type": "toplevel-property-extension" }),
+        );
+    }
+    StixProperties::keep_for(crate::model::Holder::Context, &map)
+}
+
+/// Whether the export of `item` uses the revocation properties, so that the extension
+/// definition that declares them ([`revocation_extension`]) goes with it: a revocation,
+/// or a context object revoked by this node.
+pub fn uses_revocation_extension(item: &Item) -> bool {
+    match &item.kind {
+        ItemKind::Revocation(_) => true,
+        ItemKind::Context(context) => context.properties.as_str().contains(REVOCATION_EXTENSION),
+        ItemKind::Indicator(_) => false,
+    }
+}
+
+/// The `created` an export of `item` writes: its kept `created` to the millisecond, or
+/// its version when it keeps none (or a later one). A new version this node builds of
+/// an id it holds keeps it (`Engine::sign`), as STIX asks `created` not to change
+/// between versions.
+pub fn created_of(item: &Item) -> String {
+    let properties = match &item.kind {
+        ItemKind::Indicator(indicator) => Some(&indicator.properties),
+        ItemKind::Revocation(revocation) => revocation.indicator.as_ref().map(|i| &i.properties),
+        ItemKind::Context(context) => Some(&context.properties),
+    };
+    let created = properties
+        .and_then(|properties| properties.string("created"))
+        .and_then(|text| created_ms(&text, item.modified_ms));
+    stix_timestamp(created.unwrap_or(item.modified_ms))
+}
+
+/// A kept `created` (`text`) in milliseconds, truncated, when it reads as a timestamp
+/// and is not later than the version `modified_ms`.
+fn created_ms(text: &str, modified_ms: i64) -> Option<i64> {
+    let created = timestamp_ns(text)?;
+    if created > i128::from(modified_ms) * 1_000_000 {
+        return None;
+    }
+    i64::try_from(created.div_euclid(1_000_000)).ok()
 }
 
 /// A STIX timestamp (`2025-06-15T15:06:40.000Z`), clamped to the years 0000 to 9999.

@@ -136,6 +136,67 @@ pub fn observables(pattern: &str) -> Observables {
     out
 }
 
+/// The first URL a STIX pattern compares whose user information may be a credential
+/// (`https://user:password@host/`, `https://token@host/`), as written in the pattern, or
+/// `None`. Every string the pattern compares counts, whatever the path and the operator:
+/// each `scheme://` in it, and, on a `url` path, the string itself read as a URL even
+/// without a scheme. User information made only of the wildcards and syntax of `LIKE`
+/// and `MATCHES` (`%`, `_`, `.*`, `[^@]+`) names no one and is let through. A pattern
+/// that does not scan is searched as text for every `scheme://`, so a quote or an escape
+/// this does not read cannot hide one. This is a disclosure rule, not a reading: the
+/// pattern is refused, not made opaque.
+pub fn url_with_user_information(pattern: &str) -> Option<String> {
+    let Some(tokens) = scan(pattern) else {
+        return urls_with_scheme(pattern).next();
+    };
+    // Whether the comparison a string belongs to (the last path read) is on a `url`.
+    let mut path_is_url = false;
+    for token in &tokens {
+        match token {
+            Token::Word(word) if word.contains(':') && !word.starts_with("t'") => {
+                path_is_url = word
+                    .split_once(':')
+                    .is_some_and(|(object, _)| object.eq_ignore_ascii_case("url"));
+            }
+            Token::Text(text) => {
+                if path_is_url && !text.contains("://") && user_information(text).is_some() {
+                    return Some(text.clone());
+                }
+                if let Some(url) = urls_with_scheme(text).next() {
+                    return Some(url);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Each URL in `text` (from its `scheme://` to the next white space) whose authority
+/// carries user information that may be a credential.
+fn urls_with_scheme(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.match_indices("://").filter_map(move |(at, _)| {
+        let scheme_start = text[..at]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '.' | '-')))
+            .map_or(0, |before| before + 1);
+        let rest = &text[at + 3..];
+        let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        user_information(&rest[..end]).map(|_| text[scheme_start..at + 3 + end].to_owned())
+    })
+}
+
+/// The user information of a URL (or of an authority, without a scheme) that may be a
+/// credential: what comes before the last `@` of the authority, when it holds anything
+/// but wildcards and regular-expression syntax.
+fn user_information(url: &str) -> Option<&str> {
+    let start = url.find("://").map_or(0, |at| at + 3);
+    let rest = &url[start..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let user = &authority[..authority.rfind('@')?];
+    let syntax = |c: char| "%_*.+?^$[](){}|\\:-,@".contains(c);
+    (!user.chars().all(syntax)).then_some(user)
+}
+
 /// Whether a word may stand between observations: an operator, a qualifier's keyword, a
 /// number (of seconds or times: digits, at most one point) or a timestamp
 /// (`t'2016-06-01T00:00:00Z'`, fractions of a second allowed).
@@ -493,6 +554,54 @@ mod tests {
             observables("[url:value = 'http://a.example/it\\'s\\\\']").types(),
             [Url]
         );
+    }
+
+    #[test]
+    fn urls_with_user_information_are_found_wherever_a_pattern_compares_them() {
+        let url = "https://u:secret@h.example/x";
+        for (pattern, found) in [
+            (
+                format!("[url:value = '{url}'] OR [ipv4-addr:value = '1.2.3.4']"),
+                url,
+            ),
+            (
+                format!("[url:value IN ('https://a.example/', '{url}')]"),
+                url,
+            ),
+            (
+                format!("[file:name = 'x' AND url:value LIKE '{url}%']"),
+                "https://u:secret@h.example/x%",
+            ),
+            (format!("[process:command_line = 'wget {url} -q']"), url),
+            (
+                "[url:value = 'tok3n@h.example/x']".to_owned(),
+                "tok3n@h.example/x",
+            ),
+            // A pattern that does not scan is searched as text.
+            (
+                format!("[url:value = '{url}\\q'] OR [x:y = 'z']"),
+                "https://u:secret@h.example/x\\q']",
+            ),
+            (
+                "[url:value = 'https://u\\'s:pw@h.example/']".to_owned(),
+                "https://u's:pw@h.example/",
+            ),
+        ] {
+            assert_eq!(
+                url_with_user_information(&pattern).as_deref(),
+                Some(found),
+                "{pattern}"
+            );
+        }
+        for pattern in [
+            "[url:value = 'https://h.example/a@b']",
+            "[url:value LIKE 'https://%@h.example/%']",
+            "[url:value MATCHES '^https?://.*@h\\\\.example/']",
+            "[email-addr:value = 'a@h.example']",
+            "[domain-name:value = 'h.example'] START t'2016-06-01T00:00:00Z' STOP t'2016-07-01T00:00:00Z'",
+        ] {
+            assert_eq!(url_with_user_information(pattern), None, "{pattern}");
+        }
     }
 
     #[test]

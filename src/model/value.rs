@@ -196,7 +196,10 @@ impl Item {
             ));
         }
         match &self.kind {
-            ItemKind::Indicator(indicator) => check_indicator(indicator)?,
+            ItemKind::Indicator(indicator) => {
+                check_indicator(indicator)?;
+                check_pattern_urls(indicator)?;
+            }
             ItemKind::Context(context) => check_context(context)?,
             ItemKind::Revocation(revocation) => {
                 if revocation.reason.len() > MAX_REASON_BYTES {
@@ -342,6 +345,27 @@ fn check_context(context: &ContextObject) -> Result<(), ModelError> {
         _ => {}
     }
     Ok(())
+}
+
+/// Refuses a STIX pattern that compares a URL with user information, as a `url` value
+/// with it is refused ([`USER_INFORMATION`]), and with the same message: the URL shown
+/// with its user information as `***`. Only indicators are held to it, not the copy a
+/// revocation carries, so an indicator held from before this rule can still be revoked.
+fn check_pattern_urls(indicator: &Indicator) -> Result<(), ModelError> {
+    if indicator.indicator_type != IndicatorType::StixPattern {
+        return Ok(());
+    }
+    match super::observables::url_with_user_information(&indicator.value) {
+        None => Ok(()),
+        Some(url) => Err(ModelError::Value(InvalidValue {
+            indicator_type: IndicatorType::Url,
+            value: without_user_information(&url)
+                .chars()
+                .take(SHOWN_CHARS)
+                .collect(),
+            reason: USER_INFORMATION.into(),
+        })),
+    }
 }
 
 fn check_indicator(indicator: &Indicator) -> Result<(), ModelError> {
@@ -652,6 +676,10 @@ fn normalise_domain(value: &str) -> Result<String, String> {
     Ok(name.to_owned())
 }
 
+/// Why a URL with user information is refused, as a value and inside a STIX pattern.
+const USER_INFORMATION: &str = "the URL carries user information (user:password@ before the \
+                                host), which may be a credential; remove it before sharing";
+
 /// `value` as a refusal may show it: the user information of a URL (what comes before
 /// the last `@` of its authority, `user:password` or an access token) replaced by `***`,
 /// so that a credential refused is not spread by the refusal itself, to logs or stored
@@ -697,11 +725,7 @@ fn normalise_url(value: &str) -> Result<String, String> {
     // tool must not pass credentials on. A URL that deceives with it
     // (`http://bank.example@evil.example/`) is published without it, or as the host.
     if authority.contains('@') {
-        return Err(
-            "the URL carries user information (user:password@ before the host), which may be a \
-             credential; remove it before sharing"
-                .into(),
-        );
+        return Err(USER_INFORMATION.into());
     }
     let host_port = authority;
     let (host, port) = split_host_port(host_port)?;

@@ -923,7 +923,7 @@ fn supporting_objects(
     {
         session.first_origin(&stored.origin);
     }
-    if matches!(stored.item.kind, crate::model::ItemKind::Revocation(_)) {
+    if crate::interop::uses_revocation_extension(&stored.item) {
         for (part, object) in crate::interop::revocation_extension()
             .into_iter()
             .enumerate()
