@@ -476,8 +476,23 @@ impl Engine {
                         .map_or(&items[before], |(_, item)| item);
                     crate::interop::created_of(earlier)
                 }
+                // For a later version; and for the version held sent again, the
+                // `created` it was stored with, if any, so that it stays a duplicate. An
+                // older one is left as written (refused as older).
                 None => match self.store.get(&item.id)? {
-                    Some(held) if &held.origin == own => crate::interop::created_of(&held.item),
+                    Some(held)
+                        if &held.origin == own && item.modified_ms > held.item.modified_ms =>
+                    {
+                        crate::interop::created_of(&held.item)
+                    }
+                    Some(held)
+                        if &held.origin == own
+                            && item.modified_ms == held.item.modified_ms
+                            && item_properties(&held.item)
+                                .is_some_and(|p| p.to_map().contains_key("created")) =>
+                    {
+                        crate::interop::created_of(&held.item)
+                    }
                     _ => continue,
                 },
             };
