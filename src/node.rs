@@ -367,6 +367,37 @@ impl ConfigReload {
         }
     }
 
+    /// Warns of the settings a reload changed that only a restart puts in force (the
+    /// listener's address and certificate, the store's directory and cache, the ledger
+    /// and compaction settings, `[limits]`), so that "reloaded" does not pass for them.
+    fn unapplied_changes(&self, config: &Config) {
+        let before = self.in_force();
+        let (was, is) = (&before.node, &config.node);
+        let changed = [
+            ("node.listen", was.listen != is.listen),
+            ("node.data_dir", was.data_dir != is.data_dir),
+            ("node.cert", was.tls.cert != is.tls.cert),
+            ("node.key", was.tls.key != is.tls.key),
+            (
+                "store.cache_mb",
+                was.store_cache_bytes != is.store_cache_bytes,
+            ),
+            ("store.compact_every", was.compact_every != is.compact_every),
+            ("[ledger]", was.ledger != is.ledger),
+            ("[limits]", was.limits != is.limits),
+        ];
+        let names: Vec<&'static str> = changed
+            .into_iter()
+            .filter_map(|(name, changed)| changed.then_some(name))
+            .collect();
+        if !names.is_empty() {
+            tracing::warn!(
+                settings = %names.join(", "),
+                "reloaded, but these changed settings take effect only when the node restarts; until then the previous values stay in force"
+            );
+        }
+    }
+
     /// The configuration in force.
     fn in_force(&self) -> Arc<Config> {
         self.in_force
@@ -428,6 +459,7 @@ impl ConfigReload {
             // Feeds removed or changed stop polling; feeds added or changed start.
             self.feed_loops.apply(&config.feeds);
             self.close_removed_listeners(&config);
+            self.unapplied_changes(&config);
         }
         let crls = config.node.tls.crls.len();
         *self.in_force.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
