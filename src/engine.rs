@@ -474,7 +474,18 @@ impl Engine {
                         .rev()
                         .find(|(place, _)| *place == before)
                         .map_or(&items[before], |(_, item)| item);
-                    crate::interop::created_of(earlier)
+                    // A later version takes the earlier one's `created`; a copy of the
+                    // same version (a line given twice) only the `created` the earlier
+                    // copy carries, so that the two stay one and the same.
+                    let carries = item_properties(earlier)
+                        .is_some_and(|p| p.to_map().contains_key("created"));
+                    if item.modified_ms > earlier.modified_ms
+                        || (item.modified_ms == earlier.modified_ms && carries)
+                    {
+                        crate::interop::created_of(earlier)
+                    } else {
+                        continue;
+                    }
                 }
                 // For a later version; and for the version held sent again, the
                 // `created` it was stored with, if any, so that it stays a duplicate. An
@@ -580,7 +591,10 @@ impl Engine {
                         .store
                         .versions(&item.id, Self::MAX_VERSIONS)?
                         .iter()
-                        .any(|version| version.item == *item)
+                        .any(|version| {
+                            version.item.modified_ms == item.modified_ms
+                                && !crate::store::differs_for_sharing(&version.item, item)
+                        })
                 {
                     let time =
                         |ms: i64| crate::util::rfc3339_ms(ms).unwrap_or_else(|| ms.to_string());
@@ -797,11 +811,13 @@ impl Engine {
             // RED copy): which the writer meant cannot be told, and storing the first
             // would share it under the marking the writer may have meant to correct.
             if let Some(earlier) = before.and_then(|b| items.get(b).map(|e| (b, e))) {
-                if earlier.1.modified_ms == item.modified_ms && earlier.1 != item {
+                if earlier.1.modified_ms == item.modified_ms
+                    && crate::store::differs_for_sharing(earlier.1, item)
+                {
                     return refuse(
                         at,
                         format!(
-                            "{} is given twice at the same version (items {} and {at}) with different content{}; give one, or a later modified time to the one meant",
+                            "{} is given twice at the same version (items {} and {at}) with another marking, other tags, or another value or type{}; give one, or a later modified time to the one meant",
                             item.id,
                             earlier.0,
                             if earlier.1.tlp == item.tlp {

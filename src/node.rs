@@ -428,8 +428,9 @@ impl ConfigReload {
         let policy = if everything {
             // Feeds taken out of the configuration stay known, so their items stay
             // third-party (recorded before the policy goes into force).
-            let known = crate::feeds::known::remember(
+            let known = crate::feeds::known::remember_in_both(
                 &self.data_dir,
+                self.engine.store().as_ref(),
                 config.feeds.iter().map(|feed| feed.name.as_str()),
             )?;
             Some(crate::policy::Policy::compile(
@@ -522,8 +523,9 @@ impl Node {
         let signer_trust = config.tls.signer_trust_pinned(&config.listings())?;
         // Every feed configured now is recorded before its items can be taken, so that
         // they stay third-party once the feed leaves the configuration.
-        let known_feeds = crate::feeds::known::remember(
+        let known_feeds = crate::feeds::known::remember_in_both(
             &config.node.data_dir,
+            store.as_ref(),
             config.feeds.iter().map(|feed| feed.name.as_str()),
         )
         .map_err(NodeError::KnownFeeds)?;

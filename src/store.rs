@@ -262,9 +262,10 @@ pub enum ItemRejection {
         /// The id held.
         held: String,
     },
-    /// The version is held (or given earlier in the same bundle) with other content: a
-    /// GREEN and a RED copy of one version of one object. Which one the writer meant
-    /// cannot be told, so the second is refused rather than passed over as a duplicate.
+    /// The version is held (or given earlier in the same bundle) with content that
+    /// sharing decides by differently ([`differs_for_sharing`]): a GREEN and a RED copy
+    /// of one version of one object. Which one the writer meant cannot be told, so the
+    /// second is refused rather than passed over as a duplicate.
     SameVersionDiffers {
         /// The version's `modified`, ms.
         at_ms: i64,
@@ -287,11 +288,44 @@ impl std::fmt::Display for ItemRejection {
             }
             ItemRejection::SameVersionDiffers { at_ms } => write!(
                 f,
-                "another version of this id is held at {} (versions are kept to the millisecond) with other content, such as another marking; give a new version a modified time at least one millisecond later",
+                "another version of this id is held at {} (versions are kept to the millisecond) with another marking, other tags, or another value or type; give a new version a modified time at least one millisecond later",
                 crate::util::rfc3339_ms(*at_ms).unwrap_or_else(|| at_ms.to_string())
             ),
         }
     }
+}
+
+/// Whether two copies of one version of an object differ in what sharing decides by:
+/// marking, tags, the types it is about, its value, whether it is a revocation, and
+/// what it references. Other properties (a name or description the node's own export
+/// adds, say) may differ between a copy and the version held without the two counting
+/// as different versions.
+pub fn differs_for_sharing(a: &crate::model::Item, b: &crate::model::Item) -> bool {
+    let tags = |item: &crate::model::Item| {
+        let mut tags: Vec<String> = item.tags.iter().map(|t| t.to_ascii_lowercase()).collect();
+        tags.sort();
+        tags
+    };
+    let revocation =
+        |item: &crate::model::Item| matches!(item.kind, crate::model::ItemKind::Revocation(_));
+    // Identities are not shared objects (the export names the origin's as
+    // `created_by_ref`): only references to what policy judges count.
+    let references = |item: &crate::model::Item| {
+        let mut ids: Vec<String> = item
+            .referenced()
+            .iter()
+            .map(|id| id.as_str().to_owned())
+            .filter(|id| !id.starts_with("identity--"))
+            .collect();
+        ids.sort();
+        ids
+    };
+    a.tlp != b.tlp
+        || tags(a) != tags(b)
+        || a.policy_types() != b.policy_types()
+        || a.value() != b.value()
+        || revocation(a) != revocation(b)
+        || references(a) != references(b)
 }
 
 /// Why a revocation `revocation` may not replace `held`, if it may not: it must carry

@@ -1588,3 +1588,39 @@ fn every_client_command_prints_json() {
     assert_eq!(reloaded["node"], HQ);
     assert!(reloaded["policy_hash"].is_string(), "{reloaded}");
 }
+
+/// A value given on two identical lines (a list or CSV exported by another tool) is
+/// published once, the repeat a duplicate; and the node's own indicators, exported and
+/// published again as STIX, are duplicates too, though the export adds properties
+/// (name, description, created) the list did not give.
+#[test]
+fn repeated_lines_and_the_nodes_own_export_published_again_are_duplicates() {
+    let hq = Hq::start();
+    let analyst = s(&hq.analyst);
+    let list = hq.input("twice.txt", "dup.example\ndup.example\n198.51.100.9\n");
+    let csv = hq.input(
+        "twice.csv",
+        "type,value\ndomain,row.example\ndomain,row.example\n",
+    );
+    ok(&["publish", "--config", analyst, "--tlp", "green", s(&list)]);
+    ok(&["publish", "--config", analyst, "--tlp", "green", s(&csv)]);
+    assert_eq!(hq.query_stix(&hq.analyst, &[]).len(), 3);
+
+    // The indicators as the export writes them (its identity object is the node's own,
+    // never published).
+    let (exported, _) = export(&hq, &hq.analyst, "own.json");
+    let mut bundle: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&exported).unwrap()).unwrap();
+    let kept: Vec<serde_json::Value> = bundle["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["type"] == "indicator" || o["type"] == "marking-definition")
+        .cloned()
+        .collect();
+    bundle["objects"] = serde_json::Value::Array(kept);
+    let path = hq.input("own-indicators.json", &bundle.to_string());
+    let again = ok(&["publish", "--config", analyst, "--format", "stix", s(&path)]);
+    assert!(last_line(&again).contains("0 rejected"), "{again}");
+    assert_eq!(hq.query_stix(&hq.analyst, &[]).len(), 3);
+}

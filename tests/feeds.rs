@@ -289,9 +289,11 @@ async fn a_feed_taken_out_of_the_configuration_does_not_release_its_items() {
         "a reload without the feed released its AMBER item"
     );
 
-    // And restarts, without the feed.
+    // And restarts, without the feed, and with the record of its feeds deleted: the
+    // store's copy of the names brings it back.
     drop(hq_client);
     hq_node.shutdown(DEADLINE).await.unwrap();
+    std::fs::remove_file(hq_data.join("feeds.known")).unwrap();
     hq_node = common::start(&hq_config).await;
     hq_client = common::connect(&pki, &hq_node, "redmond.hq").await;
     berlin_config(hq_node.local_addr().to_string());
@@ -301,6 +303,7 @@ async fn a_feed_taken_out_of_the_configuration_does_not_release_its_items() {
         ["green.vendor.example"],
         "a restart without the feed released its AMBER item"
     );
+    assert!(hq_data.join("feeds.known").exists(), "written again");
     berlin_node.shutdown(DEADLINE).await.unwrap();
     hq_node.shutdown(DEADLINE).await.unwrap();
 }

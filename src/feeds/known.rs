@@ -86,6 +86,49 @@ pub fn remember<'a>(
     Ok(names)
 }
 
+/// The name the store keeps its copy of the names under, among the values of the
+/// node's own (no feed can have it).
+const STORED_AS: &str = "#known-feeds";
+
+/// [`remember`], with the store's copy of the names as well: the names in either are
+/// kept in both, so that neither the file nor the store losing its copy on its own
+/// (a file deleted, metadata set aside by `store recover`) makes a feed's items the
+/// node's own.
+pub fn remember_in_both<'a>(
+    data_dir: &Path,
+    store: &dyn crate::store::LocalState,
+    configured: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<String>, String> {
+    let stored = store
+        .feed_checkpoint(STORED_AS)
+        .map_err(|e| {
+            format!("reading the feeds this node was configured with from the store: {e}")
+        })?
+        .unwrap_or_default();
+    let stored_text = String::from_utf8_lossy(&stored).into_owned();
+    let stored_names: Vec<String> = stored_text
+        .lines()
+        .filter(|name| crate::config::is_feed_name(name))
+        .map(str::to_owned)
+        .collect();
+    let configured: Vec<String> = configured.into_iter().map(str::to_owned).collect();
+    let names = remember(
+        data_dir,
+        configured.iter().chain(&stored_names).map(String::as_str),
+    )?;
+    if names != stored_names {
+        let mut text = String::new();
+        for name in &names {
+            text.push_str(name);
+            text.push('\n');
+        }
+        store
+            .set_feed_checkpoint(STORED_AS, text.as_bytes())
+            .map_err(|e| format!("recording the configured feeds in the store: {e}"))?;
+    }
+    Ok(names)
+}
+
 fn path(data_dir: &Path) -> PathBuf {
     data_dir.join(FILE)
 }

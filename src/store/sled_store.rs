@@ -1439,7 +1439,8 @@ impl ItemStore for SledStore {
                     *modified,
                     None,
                     is_revocation.then(|| (*pending_item).clone()),
-                    *modified == item.modified_ms && *pending_item != item,
+                    *modified == item.modified_ms
+                        && crate::store::differs_for_sharing(pending_item, item),
                 )),
                 None => match self.item_record(&log, &uuid)? {
                     // Not held: perhaps dropped by a compaction as expired.
@@ -1497,7 +1498,10 @@ impl ItemStore for SledStore {
                         // The same version, written differently (a GREEN and a RED
                         // copy of one object): not a duplicate to pass over.
                         let differs = current.modified_ms == item.modified_ms
-                            && current.item_bytes != verified.item_bytes;
+                            && current.item_bytes != verified.item_bytes
+                            && Item::decode_stored(&current.item_bytes).map_or(true, |held| {
+                                crate::store::differs_for_sharing(&held, item)
+                            });
                         Some((current.modified_ms, Some(current.origin), replaced, differs))
                     }
                 },
