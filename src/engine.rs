@@ -584,18 +584,23 @@ impl Engine {
             // ahead): refused with both times rather than passed over as the store
             // passes over a stale copy from a peer.
             if let Some(held) = held.as_ref().filter(|h| &h.origin == self.signer.origin()) {
-                // An older version sent again exactly as held (a TAXII client sending
-                // an object's history) is a duplicate, as before.
-                if item.modified_ms < held.item.modified_ms
-                    && !self
-                        .store
-                        .versions(&item.id, Self::MAX_VERSIONS)?
-                        .iter()
-                        .any(|version| {
-                            version.item.modified_ms == item.modified_ms
-                                && !crate::store::differs_for_sharing(&version.item, item)
-                        })
-                {
+                // An older version sent again as held (a TAXII client sending an
+                // object's history) is a duplicate, as before, for a writer that sees
+                // every version. Any other writer gets the same refusal whatever it
+                // sends, so that a guess at an older version withheld from it is not
+                // told apart from a wrong one.
+                let sent_again = || -> Result<bool, EngineError> {
+                    Ok(self.sees_everything(&publisher.id)
+                        && self
+                            .store
+                            .versions(&item.id, Self::MAX_VERSIONS)?
+                            .iter()
+                            .any(|version| {
+                                version.item.modified_ms == item.modified_ms
+                                    && !crate::store::differs_for_sharing(&version.item, item)
+                            }))
+                };
+                if item.modified_ms < held.item.modified_ms && !sent_again()? {
                     let time =
                         |ms: i64| crate::util::rfc3339_ms(ms).unwrap_or_else(|| ms.to_string());
                     return Err(EngineError::Unpublishable(format!(

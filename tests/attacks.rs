@@ -751,3 +751,41 @@ async fn a_correction_older_than_the_held_version_is_refused_not_passed_over() {
     assert_eq!(held.item.unwrap().tlp, Tlp::Green as i32);
     hq.stop().await;
 }
+
+/// A writer that may not see an older version of an item cannot test guesses at it:
+/// writing that version back gets the same refusal whether the guess matches or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guess_at_a_withheld_older_version_is_answered_as_any_other() {
+    let hq = Hq::start().await;
+    let alice = hq.connect(ANALYST).await;
+    let narrow = hq.connect("analyst.narrow").await;
+    let t1 = now_ms() - 60_000;
+    let mut v1 = indicator("ipv4", "203.0.113.66", Tlp::Amber, &[]);
+    v1.modified_unix_ms = t1;
+    publish(&alice, vec![v1.clone()], None).await;
+    let mut v2 = indicator("ipv4", "198.51.100.1", Tlp::Green, &[]);
+    v2.id = v1.id.clone();
+    v2.modified_unix_ms = t1 + 30_000;
+    publish(&alice, vec![v2], None).await;
+    assert!(narrow.get(&v1.id).await.unwrap().is_some(), "v2 is visible");
+
+    let mut answers = Vec::new();
+    for guess in ["203.0.113.66", "203.0.113.67"] {
+        let mut again = v1.clone();
+        if let Some(wire::item::Kind::Indicator(i)) = again.kind.as_mut() {
+            i.value = guess.into();
+        }
+        let request = PublishRequest {
+            items: vec![again],
+            distribution: None,
+            groups: vec![],
+        };
+        let answer = narrow.publish(tokio_stream::iter(vec![request])).await;
+        answers.push(format!("{answer:?}").replace(guess, "GUESS"));
+    }
+    assert_eq!(
+        answers[0], answers[1],
+        "a matching guess is answered differently"
+    );
+    hq.stop().await;
+}
