@@ -1451,11 +1451,14 @@ impl Config {
         self.policy_spec_knowing(&[])
     }
 
-    /// The policy as [`Config::policy_spec`] gives it, with `known_feeds` (the names of
-    /// feeds this node was configured with before, from `feeds.known`) counted as feeds
-    /// whose items are third-party unless configured now with `share_with_peers`: a
-    /// feed taken out of the configuration does not release what it brought in.
-    pub fn policy_spec_knowing(&self, known_feeds: &[String]) -> crate::policy::PolicySpec {
+    /// The policy as [`Config::policy_spec`] gives it, with `known_feeds` (the feeds
+    /// this node was configured with before, from `feeds.known`): one not configured now
+    /// keeps the setting it had when last configured, so taking a feed out of the
+    /// configuration neither releases what it brought in nor holds back what it shared.
+    pub fn policy_spec_knowing(
+        &self,
+        known_feeds: &[crate::feeds::known::KnownFeed],
+    ) -> crate::policy::PolicySpec {
         let peers = self.peers.iter().map(|p| crate::policy::PartnerSpec {
             partner: Partner {
                 id: p.id.clone(),
@@ -1485,8 +1488,10 @@ impl Config {
                 .chain(
                     known_feeds
                         .iter()
-                        .filter(|name| !self.feeds.iter().any(|feed| &feed.name == *name))
-                        .map(String::as_str),
+                        .filter(|known| {
+                            !known.shared && !self.feeds.iter().any(|feed| feed.name == known.name)
+                        })
+                        .map(|known| known.name.as_str()),
                 )
                 .map(|name| format!("source:{name}"))
                 .collect(),

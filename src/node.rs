@@ -431,7 +431,10 @@ impl ConfigReload {
             let known = crate::feeds::known::remember_in_both(
                 &self.data_dir,
                 self.engine.store().as_ref(),
-                config.feeds.iter().map(|feed| feed.name.as_str()),
+                config
+                    .feeds
+                    .iter()
+                    .map(crate::feeds::known::KnownFeed::configured),
             )?;
             Some(crate::policy::Policy::compile(
                 &config.policy_spec_knowing(&known),
@@ -526,7 +529,10 @@ impl Node {
         let known_feeds = crate::feeds::known::remember_in_both(
             &config.node.data_dir,
             store.as_ref(),
-            config.feeds.iter().map(|feed| feed.name.as_str()),
+            config
+                .feeds
+                .iter()
+                .map(crate::feeds::known::KnownFeed::configured),
         )
         .map_err(NodeError::KnownFeeds)?;
         let engine = Arc::new(

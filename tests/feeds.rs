@@ -204,6 +204,113 @@ where
     let _ = stream.shutdown().await;
 }
 
+/// A feed configured `share_with_peers` and then taken out of the configuration keeps
+/// being shared as it was: a revocation of one of its AMBER items, which a partner
+/// holds, still reaches that partner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_feed_taken_out_of_the_configuration_stays_shared() {
+    common::init_logging();
+    let files = Files::default();
+    let t1 = 1_764_000_100;
+    files.set(
+        "/licensed/manifest.json",
+        json(&manifest(&[(EVENT_1, "Amber", t1)])),
+    );
+    files.set(
+        &format!("/licensed/{EVENT_1}.json"),
+        json(&event(
+            EVENT_1,
+            "Amber",
+            t1,
+            &["tlp:amber"],
+            vec![attribute(60, "domain", "amber.licensed.example", true, t1)],
+            vec![],
+        )),
+    );
+    let base = serve_files(files.clone()).await;
+    let pki = Pki::new();
+    let hq = pki.node("redmond.hq");
+    let berlin = pki.node("berlin.office");
+    let open = "max_tlp = \"AMBER\"\nallow_types = [\"*\"]\nforward_third_party = true";
+    let berlin_peer = format!(
+        "\n[[peer]]\nid = \"berlin.office\"\naddress = \"127.0.0.1:1\"\nrole = \"peer\"\n{open}\n"
+    );
+    let hq_data = pki.path().join("data-hq");
+    let hq_config = node_config(
+        &pki,
+        &hq,
+        &hq_data,
+        &format!(
+            "{berlin_peer}\n[[feed]]\nname = \"licensed\"\nkind = \"misp\"\nurl = \"{base}/licensed/\"\ninterval = \"1s\"\nshare_with_peers = true\n"
+        ),
+    );
+    let hq_node = common::start(&hq_config).await;
+    let hq_client = common::connect(&pki, &hq_node, "redmond.hq").await;
+    let berlin_node = common::start(&node_config(
+        &pki,
+        &berlin,
+        &pki.path().join("data-berlin"),
+        &format!(
+            "\n[[peer]]\nid = \"redmond.hq\"\naddress = \"{}\"\nrole = \"peer\"\n{open}\n",
+            hq_node.local_addr()
+        ),
+    ))
+    .await;
+    let berlin_client = common::connect(&pki, &berlin_node, "berlin.office").await;
+    let held = wait_until("the shared AMBER item at berlin", || {
+        let client = &berlin_client;
+        async move {
+            let held = items_tagged(client, "source:licensed").await;
+            (held.len() == 1).then_some(held)
+        }
+    })
+    .await;
+    let (id, _) = held.into_iter().next().unwrap();
+
+    // The feed leaves the configuration; the node reloads and revokes the item.
+    std::fs::write(
+        &hq_config,
+        format!("{}{berlin_peer}", common::node_section(&pki, &hq, &hq_data)),
+    )
+    .unwrap();
+    hq_node.reload_policy().expect("reload");
+    hq_client
+        .publish(tokio_stream::iter(vec![
+            entente::rpc::proto::PublishRequest {
+                items: vec![entente::wire::Item {
+                    id: id.clone(),
+                    modified_unix_ms: 0,
+                    tlp: 0,
+                    tags: vec![],
+                    kind: Some(item::Kind::Revocation(entente::wire::Revocation {
+                        reason: "withdrawn by the vendor".into(),
+                        indicator_type: String::new(),
+                        indicator: None,
+                    })),
+                }],
+                distribution: None,
+                groups: vec![],
+            },
+        ]))
+        .await
+        .unwrap();
+    wait_until("the revocation at berlin", || {
+        let client = &berlin_client;
+        let id = id.clone();
+        async move {
+            let held = client.get(&id).await.ok()?;
+            // Revoked: no longer a live indicator there.
+            match held.and_then(|s| s.item).and_then(|i| i.kind) {
+                Some(item::Kind::Revocation(_)) | None => Some(()),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    berlin_node.shutdown(DEADLINE).await.unwrap();
+    hq_node.shutdown(DEADLINE).await.unwrap();
+}
+
 /// A feed taken out of the configuration does not release what it brought in: its
 /// AMBER items stay with the node after a reload and after a restart, as they did
 /// while the feed was configured.

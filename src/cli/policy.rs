@@ -20,7 +20,7 @@ use crate::policy::{Context, Held, HeldItem, Policy};
 /// compiled here is the one the node puts in force. When the file cannot be read (the
 /// data directory belongs to the node's account), the policy is compiled without them,
 /// and a warning says so.
-pub fn known_feeds(config: &crate::Config) -> Vec<String> {
+pub fn known_feeds(config: &crate::Config) -> Vec<crate::feeds::known::KnownFeed> {
     match crate::feeds::known::read(&config.node.data_dir) {
         Ok(names) => names,
         Err(problem) => {

@@ -22,8 +22,50 @@ pub const MAX_NAMES: usize = 4_096;
 /// Largest file read: every name is at most 48 bytes and a newline.
 const MAX_BYTES: u64 = (MAX_NAMES as u64) * 49;
 
-/// The names recorded in `data_dir`, sorted; none when the file does not exist.
-pub fn read(data_dir: &Path) -> Result<Vec<String>, String> {
+/// One feed as recorded: its name, and whether it was configured `share_with_peers`
+/// when last seen in the configuration (a line `NAME` or `NAME shared`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KnownFeed {
+    /// The feed's name.
+    pub name: String,
+    /// `share_with_peers` as last configured.
+    pub shared: bool,
+}
+
+impl KnownFeed {
+    /// A feed of the configuration in force.
+    pub fn configured(feed: &crate::config::FeedConfig) -> Self {
+        Self {
+            name: feed.name.clone(),
+            shared: feed.share_with_peers,
+        }
+    }
+
+    fn parse(line: &str) -> Option<Self> {
+        let mut words = line.split(' ');
+        let name = words.next().filter(|n| crate::config::is_feed_name(n))?;
+        let shared = match words.next() {
+            None => false,
+            Some("shared") => true,
+            Some(_) => return None,
+        };
+        words.next().is_none().then(|| Self {
+            name: name.to_owned(),
+            shared,
+        })
+    }
+
+    fn line(&self) -> String {
+        if self.shared {
+            format!("{} shared", self.name)
+        } else {
+            self.name.clone()
+        }
+    }
+}
+
+/// The feeds recorded in `data_dir`, sorted by name; none when the file does not exist.
+pub fn read(data_dir: &Path) -> Result<Vec<KnownFeed>, String> {
     let path = path(data_dir);
     let bytes = match crate::util::read_small_file(&path, MAX_BYTES) {
         Ok(bytes) => bytes,
@@ -34,115 +76,127 @@ pub fn read(data_dir: &Path) -> Result<Vec<String>, String> {
     };
     let damaged = |why: &str| {
         format!(
-            "{}: {why}. The file lists the feeds this node was ever configured with, so that their items stay third-party; restore it from a backup, or write the missing names one per line",
+            "{}: {why}. The file lists the feeds this node was ever configured with, so that their items stay third-party; restore it from a backup, or write the missing names one per line (`NAME`, or `NAME shared` for a feed configured share_with_peers)",
             path.display()
         )
     };
     let text = std::str::from_utf8(&bytes).map_err(|_| damaged("not UTF-8"))?;
-    let mut names = Vec::new();
+    let mut feeds = Vec::new();
     for line in text.lines() {
-        if !crate::config::is_feed_name(line) {
+        let Some(feed) = KnownFeed::parse(line) else {
             return Err(damaged(&format!("{line:?} is not a feed name")));
-        }
-        names.push(line.to_owned());
+        };
+        feeds.push(feed);
     }
-    if names.len() > MAX_NAMES {
+    if feeds.len() > MAX_NAMES {
         return Err(damaged(&format!("more than {MAX_NAMES} names")));
     }
-    names.sort();
-    names.dedup();
-    Ok(names)
+    Ok(merged(feeds, []))
 }
 
-/// Adds the names of the feeds `configured` to those recorded in `data_dir` (written,
-/// synced and renamed into place before this returns, when any is new) and returns
-/// them all, sorted.
-pub fn remember<'a>(
+/// `earlier` with `now` put over it, one entry per name, sorted by name. Of two
+/// earlier entries of one name, the one not shared wins (fail closed).
+fn merged(
+    earlier: impl IntoIterator<Item = KnownFeed>,
+    now: impl IntoIterator<Item = KnownFeed>,
+) -> Vec<KnownFeed> {
+    let mut by_name: std::collections::BTreeMap<String, bool> = std::collections::BTreeMap::new();
+    for feed in earlier {
+        let shared = by_name
+            .get(&feed.name)
+            .map_or(feed.shared, |s| *s && feed.shared);
+        by_name.insert(feed.name, shared);
+    }
+    for feed in now {
+        by_name.insert(feed.name, feed.shared);
+    }
+    by_name
+        .into_iter()
+        .map(|(name, shared)| KnownFeed { name, shared })
+        .collect()
+}
+
+/// Records the feeds `configured` (with their sharing setting) over those recorded in
+/// `data_dir`, written, synced and renamed into place before this returns when
+/// anything changed, and returns them all, sorted by name.
+pub fn remember(
     data_dir: &Path,
-    configured: impl IntoIterator<Item = &'a str>,
-) -> Result<Vec<String>, String> {
-    let mut names = read(data_dir)?;
-    let before = names.len();
-    for name in configured {
-        if let Err(at) = names.binary_search_by(|known| known.as_str().cmp(name)) {
-            names.insert(at, name.to_owned());
-        }
+    configured: impl IntoIterator<Item = KnownFeed>,
+) -> Result<Vec<KnownFeed>, String> {
+    let recorded = read(data_dir)?;
+    let feeds = merged(recorded.clone(), configured);
+    if feeds == recorded {
+        return Ok(feeds);
     }
-    if names.len() == before {
-        return Ok(names);
-    }
-    if names.len() > MAX_NAMES {
+    if feeds.len() > MAX_NAMES {
         return Err(format!(
             "{} would list more than {MAX_NAMES} feeds",
             path(data_dir).display()
         ));
     }
-    write(data_dir, &names).map_err(|e| {
+    write(data_dir, &feeds).map_err(|e| {
         format!(
             "recording the configured feeds in {}: {e}",
             path(data_dir).display()
         )
     })?;
-    Ok(names)
+    Ok(feeds)
 }
 
-/// The name the store keeps its copy of the names under, among the values of the
+/// The name the store keeps its copy of the feeds under, among the values of the
 /// node's own (no feed can have it).
 const STORED_AS: &str = "#known-feeds";
 
-/// [`remember`], with the store's copy of the names as well: the names in either are
-/// kept in both, so that neither the file nor the store losing its copy on its own
-/// (a file deleted, metadata set aside by `store recover`) makes a feed's items the
-/// node's own.
-pub fn remember_in_both<'a>(
+/// [`remember`], with the store's copy as well: what either holds is kept in both, so
+/// that neither the file nor the store losing its copy on its own (a file deleted,
+/// metadata set aside by `store recover`) makes a feed's items the node's own.
+pub fn remember_in_both(
     data_dir: &Path,
     store: &dyn crate::store::LocalState,
-    configured: impl IntoIterator<Item = &'a str>,
-) -> Result<Vec<String>, String> {
+    configured: impl IntoIterator<Item = KnownFeed>,
+) -> Result<Vec<KnownFeed>, String> {
     let stored = store
         .feed_checkpoint(STORED_AS)
         .map_err(|e| {
             format!("reading the feeds this node was configured with from the store: {e}")
         })?
         .unwrap_or_default();
-    let stored_text = String::from_utf8_lossy(&stored).into_owned();
-    let stored_names: Vec<String> = stored_text
+    let stored: Vec<KnownFeed> = String::from_utf8_lossy(&stored)
         .lines()
-        .filter(|name| crate::config::is_feed_name(name))
-        .map(str::to_owned)
+        .filter_map(KnownFeed::parse)
         .collect();
-    let configured: Vec<String> = configured.into_iter().map(str::to_owned).collect();
-    let names = remember(
+    let recorded = read(data_dir)?;
+    let feeds = remember(
         data_dir,
-        configured.iter().chain(&stored_names).map(String::as_str),
+        merged(recorded.into_iter().chain(stored.clone()), configured),
     )?;
-    if names != stored_names {
-        let mut text = String::new();
-        for name in &names {
-            text.push_str(name);
-            text.push('\n');
-        }
+    if feeds != stored {
         store
-            .set_feed_checkpoint(STORED_AS, text.as_bytes())
+            .set_feed_checkpoint(STORED_AS, text(&feeds).as_bytes())
             .map_err(|e| format!("recording the configured feeds in the store: {e}"))?;
     }
-    Ok(names)
+    Ok(feeds)
+}
+
+fn text(feeds: &[KnownFeed]) -> String {
+    let mut text = String::with_capacity(feeds.len() * 16);
+    for feed in feeds {
+        text.push_str(&feed.line());
+        text.push('\n');
+    }
+    text
 }
 
 fn path(data_dir: &Path) -> PathBuf {
     data_dir.join(FILE)
 }
 
-fn write(data_dir: &Path, names: &[String]) -> std::io::Result<()> {
+fn write(data_dir: &Path, feeds: &[KnownFeed]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(data_dir)?;
     let path = path(data_dir);
     let temp = data_dir.join(format!("{FILE}.new"));
-    let mut text = String::with_capacity(names.len() * 16);
-    for name in names {
-        text.push_str(name);
-        text.push('\n');
-    }
+    let text = text(feeds);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -160,20 +214,28 @@ fn write(data_dir: &Path, names: &[String]) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    fn feed(name: &str, shared: bool) -> KnownFeed {
+        KnownFeed {
+            name: name.into(),
+            shared,
+        }
+    }
+
+    fn names(feeds: &[KnownFeed]) -> Vec<String> {
+        feeds.iter().map(KnownFeed::line).collect()
+    }
+
     #[test]
-    fn names_are_kept_across_configurations_and_never_forgotten() {
+    fn feeds_are_kept_across_configurations_with_their_last_setting() {
         let dir = tempfile::tempdir().unwrap();
         assert!(read(dir.path()).unwrap().is_empty());
-        assert_eq!(
-            remember(dir.path(), ["vendor", "abuse"]).unwrap(),
-            ["abuse", "vendor"]
-        );
-        // The feed taken out of the configuration stays known.
-        assert_eq!(
-            remember(dir.path(), ["misp"]).unwrap(),
-            ["abuse", "misp", "vendor"]
-        );
-        assert_eq!(read(dir.path()).unwrap(), ["abuse", "misp", "vendor"]);
+        let known = remember(dir.path(), [feed("vendor", false), feed("abuse", true)]).unwrap();
+        assert_eq!(names(&known), ["abuse shared", "vendor"]);
+        // Taken out of the configuration, each stays known as it was last configured;
+        // one configured again takes its setting now.
+        let known = remember(dir.path(), [feed("misp", false), feed("vendor", true)]).unwrap();
+        assert_eq!(names(&known), ["abuse shared", "misp", "vendor shared"]);
+        assert_eq!(read(dir.path()).unwrap(), known);
         let mode = std::fs::metadata(dir.path().join(FILE)).unwrap();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(mode.permissions().mode() & 0o777, 0o600);
@@ -185,6 +247,8 @@ mod tests {
         std::fs::write(dir.path().join(FILE), "vendor\n../etc\n").unwrap();
         let e = read(dir.path()).unwrap_err();
         assert!(e.contains("not a feed name"), "{e}");
-        assert!(remember(dir.path(), ["vendor"]).is_err());
+        assert!(remember(dir.path(), [feed("vendor", false)]).is_err());
+        std::fs::write(dir.path().join(FILE), "vendor shared twice\n").unwrap();
+        assert!(read(dir.path()).is_err());
     }
 }
