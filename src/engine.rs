@@ -464,7 +464,7 @@ impl Engine {
             let Some(properties) = item_properties(item) else {
                 continue;
             };
-            if properties.to_map().contains_key("created") {
+            if properties.has("created") {
                 continue;
             }
             let created = match before {
@@ -477,8 +477,7 @@ impl Engine {
                     // A later version takes the earlier one's `created`; a copy of the
                     // same version (a line given twice) only the `created` the earlier
                     // copy carries, so that the two stay one and the same.
-                    let carries = item_properties(earlier)
-                        .is_some_and(|p| p.to_map().contains_key("created"));
+                    let carries = item_properties(earlier).is_some_and(|p| p.has("created"));
                     if item.modified_ms > earlier.modified_ms
                         || (item.modified_ms == earlier.modified_ms && carries)
                     {
@@ -499,8 +498,7 @@ impl Engine {
                     Some(held)
                         if &held.origin == own
                             && item.modified_ms == held.item.modified_ms
-                            && item_properties(&held.item)
-                                .is_some_and(|p| p.to_map().contains_key("created")) =>
+                            && item_properties(&held.item).is_some_and(|p| p.has("created")) =>
                     {
                         crate::interop::created_of(&held.item)
                     }

@@ -208,6 +208,17 @@ impl StixProperties {
         }
     }
 
+    /// Whether a property named `key` is kept, read without building the values.
+    pub fn has(&self, key: &str) -> bool {
+        if self.0.is_empty() {
+            return false;
+        }
+        serde_json::from_str::<
+            std::collections::HashMap<std::borrow::Cow<'_, str>, serde::de::IgnoredAny>,
+        >(&self.0)
+        .is_ok_and(|keys| keys.contains_key(key))
+    }
+
     /// One kept property that is a string.
     pub fn string(&self, key: &str) -> Option<String> {
         self.to_map()
@@ -285,6 +296,19 @@ fn depth(value: &Value) -> usize {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn has_looks_at_top_level_names_only() {
+        let kept = StixProperties::keep(
+            json!({"name": "x", "x_vendor": {"created": "nested"}})
+                .as_object()
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(kept.has("name"));
+        assert!(!kept.has("created"));
+        assert!(!StixProperties::none().has("name"));
+    }
 
     #[test]
     fn keeps_what_the_model_does_not_carry() {
