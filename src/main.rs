@@ -321,7 +321,7 @@ fn policy(command: PolicyCommand, output: Output) -> Result<()> {
             }
             (None, Some(input)) => {
                 let config = Config::load(&config)?;
-                let known = policy::known_feeds(&config);
+                let known = policy::known_feeds(&config)?;
                 let compiled =
                     entente::policy::Policy::compile(&config.policy_spec_knowing(&known));
                 let distribution = entente::model::Distribution {

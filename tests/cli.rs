@@ -563,3 +563,30 @@ fn taxii_hash_password_prints_the_hash_alone_or_as_json() {
     // The password itself is never printed.
     assert!(!text.contains("horse") && !json.to_string().contains("horse"));
 }
+
+/// `policy check` fails, naming the file, on a record of feeds that `serve` refuses to
+/// start on, rather than passing a policy the node would never put in force.
+#[test]
+fn policy_check_refuses_a_damaged_record_of_feeds_as_serve_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = dir.path().join("n");
+    ok(&[
+        "init",
+        "--dir",
+        node.to_str().unwrap(),
+        "--id",
+        "redmond.hq",
+        "--listen",
+        "127.0.0.1:0",
+        "--with-certs",
+    ]);
+    let config = node.join("entente.toml");
+    let config = config.to_str().unwrap();
+    std::fs::create_dir_all(node.join("data")).unwrap();
+    std::fs::write(node.join("data/feeds.known"), "vendor\n../etc\n").unwrap();
+    let out = entente(&["policy", "check", "--config", config]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("feeds.known"), "{stderr}");
+    assert!(stderr.contains("not a feed name"), "{stderr}");
+}

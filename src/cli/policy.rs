@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use serde_json::json;
 
 use super::item::Shown;
@@ -17,17 +17,19 @@ use crate::policy::{Context, Held, HeldItem, Policy};
 
 /// The feeds the node was configured with before (`feeds.known` in its data
 /// directory, which a node that never started has not written), so that the policy
-/// compiled here is the one the node puts in force. When the file cannot be read (the
-/// data directory belongs to the node's account), the policy is compiled without them,
-/// and a warning says so.
-pub fn known_feeds(config: &crate::Config) -> Vec<crate::feeds::known::KnownFeed> {
-    match crate::feeds::known::read(&config.node.data_dir) {
-        Ok(names) => names,
-        Err(problem) => {
+/// compiled here is the one the node puts in force. A damaged file is an error, as it
+/// stops `serve`; one this account cannot read (the data directory belongs to the
+/// node's account) leaves them out, and a warning says so.
+pub fn known_feeds(config: &crate::Config) -> Result<Vec<crate::feeds::known::KnownFeed>> {
+    use crate::feeds::known::ReadError;
+    match crate::feeds::known::read_telling(&config.node.data_dir) {
+        Ok(feeds) => Ok(feeds),
+        Err(ReadError::Damaged(why)) => bail!("{why}; `entente serve` refuses to start on it"),
+        Err(ReadError::Unreadable(why)) => {
             eprintln!(
-                "warning: {problem}; feeds taken out of the configuration are left out of the policy shown here, and its hash may differ from the node's"
+                "warning: {why}; feeds taken out of the configuration are left out of the policy shown here, and its hash may differ from the node's"
             );
-            Vec::new()
+            Ok(Vec::new())
         }
     }
 }
@@ -36,7 +38,7 @@ pub fn known_feeds(config: &crate::Config) -> Vec<crate::feeds::known::KnownFeed
 pub fn check(config: &crate::Config, output: Output) -> Result<()> {
     // What `serve` refuses to start with, said here too.
     crate::store::check_archive_dir(&config.node.ledger).map_err(anyhow::Error::msg)?;
-    let policy = Policy::compile(&config.policy_spec_knowing(&known_feeds(config)));
+    let policy = Policy::compile(&config.policy_spec_knowing(&known_feeds(config)?));
     let description = policy.describe();
     if output.is_json() {
         return print_json(&json!({

@@ -66,13 +66,32 @@ impl KnownFeed {
 
 /// The feeds recorded in `data_dir`, sorted by name; none when the file does not exist.
 pub fn read(data_dir: &Path) -> Result<Vec<KnownFeed>, String> {
+    read_telling(data_dir).map_err(|e| match e {
+        ReadError::Unreadable(why) | ReadError::Damaged(why) => why,
+    })
+}
+
+/// Why the record could not be read.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The file could not be read (its permissions, an I/O error): it may well be sound.
+    Unreadable(String),
+    /// The file was read and is not a record of feeds: `serve` refuses to start on it.
+    Damaged(String),
+}
+
+/// [`read`], telling a file that could not be read from one that is damaged.
+pub fn read_telling(data_dir: &Path) -> Result<Vec<KnownFeed>, ReadError> {
     let path = path(data_dir);
     let bytes = match crate::util::read_small_file(&path, MAX_BYTES) {
         Ok(bytes) => bytes,
         Err(crate::util::SmallFileError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
             return Ok(Vec::new());
         }
-        Err(e) => return Err(format!("{}: {e}", path.display())),
+        Err(crate::util::SmallFileError::Io(e)) => {
+            return Err(ReadError::Unreadable(format!("{}: {e}", path.display())));
+        }
+        Err(e) => return Err(ReadError::Damaged(format!("{}: {e}", path.display()))),
     };
     let damaged = |why: &str| {
         format!(
@@ -80,16 +99,20 @@ pub fn read(data_dir: &Path) -> Result<Vec<KnownFeed>, String> {
             path.display()
         )
     };
-    let text = std::str::from_utf8(&bytes).map_err(|_| damaged("not UTF-8"))?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| ReadError::Damaged(damaged("not UTF-8")))?;
     let mut feeds = Vec::new();
     for line in text.lines() {
         let Some(feed) = KnownFeed::parse(line) else {
-            return Err(damaged(&format!("{line:?} is not a feed name")));
+            return Err(ReadError::Damaged(damaged(&format!(
+                "{line:?} is not a feed name"
+            ))));
         };
         feeds.push(feed);
     }
     if feeds.len() > MAX_NAMES {
-        return Err(damaged(&format!("more than {MAX_NAMES} names")));
+        return Err(ReadError::Damaged(damaged(&format!(
+            "more than {MAX_NAMES} names"
+        ))));
     }
     Ok(merged(feeds, []))
 }
