@@ -264,10 +264,9 @@ fn certs_subcommands_build_a_federation_pki() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
 }
 
-#[test]
-fn a_data_dir_that_is_a_file_is_named_by_policy_check_and_serve() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = dir.path().join("n");
+/// `entente init --with-certs` of redmond.hq in `dir/n`; the node's directory.
+fn init_node(dir: &Path) -> std::path::PathBuf {
+    let node = dir.join("n");
     ok(&[
         "init",
         "--dir",
@@ -278,6 +277,13 @@ fn a_data_dir_that_is_a_file_is_named_by_policy_check_and_serve() {
         "127.0.0.1:0",
         "--with-certs",
     ]);
+    node
+}
+
+#[test]
+fn a_data_dir_that_is_a_file_is_named_by_policy_check_and_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = init_node(dir.path());
     let config = node.join("entente.toml");
     let config = config.to_str().unwrap();
     ok(&["policy", "check", "--config", config]);
@@ -569,17 +575,7 @@ fn taxii_hash_password_prints_the_hash_alone_or_as_json() {
 #[test]
 fn policy_check_refuses_a_damaged_record_of_feeds_as_serve_does() {
     let dir = tempfile::tempdir().unwrap();
-    let node = dir.path().join("n");
-    ok(&[
-        "init",
-        "--dir",
-        node.to_str().unwrap(),
-        "--id",
-        "redmond.hq",
-        "--listen",
-        "127.0.0.1:0",
-        "--with-certs",
-    ]);
+    let node = init_node(dir.path());
     let config = node.join("entente.toml");
     let config = config.to_str().unwrap();
     std::fs::create_dir_all(node.join("data")).unwrap();
