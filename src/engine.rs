@@ -832,6 +832,11 @@ impl Engine {
                     );
                 }
             }
+            // What the node exports must be STIX that tools read: a pattern outside the
+            // patterning language is refused on every path, not only on import.
+            if let Err(e) = crate::model::pattern_syntax::check_item_pattern(item) {
+                return refuse(at, e.to_string());
+            }
             policy
                 .admit_time(item, now_ms)
                 .and_then(|()| policy.admit_creator(item, own))
@@ -1014,7 +1019,15 @@ impl Engine {
             .iter()
             .filter(|v| v.item.modified_ms == item.modified_ms)
             .collect::<Vec<_>>();
-        if same_time.iter().any(|v| v.item == *item) {
+        // Held as given, or served exactly as given: an object the node exported (which
+        // carries what the export adds, such as `created` and `created_by_ref`) and
+        // that comes back unchanged is the version held.
+        let served = |held: &StoredItem| {
+            let origin = Some(held.origin.as_str());
+            crate::interop::to_stix_from(&held.item, origin)
+                == crate::interop::to_stix_from(item, origin)
+        };
+        if same_time.iter().any(|v| v.item == *item || served(v)) {
             return Ok(None);
         }
         let written = |ms: i64| crate::util::rfc3339_ms(ms).unwrap_or_else(|| ms.to_string());

@@ -343,6 +343,7 @@ impl<'a> Sink<'a> {
             kind: draft.kind,
         };
         item.validate().map_err(|e| e.to_string())?;
+        crate::model::pattern_syntax::check_item_pattern(&item).map_err(|e| e.to_string())?;
         Ok(item)
     }
 }

@@ -6,6 +6,7 @@ mod encoding;
 mod identity;
 pub mod item;
 pub mod observables;
+pub mod pattern_syntax;
 mod properties;
 mod value;
 

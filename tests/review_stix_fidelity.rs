@@ -512,3 +512,160 @@ async fn objects_stix_says_are_invalid_are_refused_each_with_the_reason() {
         assert!(message.contains(word), "{object}: {message}");
     }
 }
+
+// ---------------------------------------------------------------------------------
+// Patterns outside the patterning language.
+
+/// A pattern that is not STIX patterning (`[…] OR` with nothing after, an unquoted
+/// value, `WITHIN 5` without `SECONDS`, a hash of the wrong length) was accepted and
+/// exported as written: every export holding it failed the OASIS validator, and a
+/// `TAXIICollectionSource` reading the collection failed on it. It is now refused, with
+/// the place and the reason, on every path: a file, a feed page, a TAXII POST (that
+/// object alone) and `Intel.Publish`. A valid compound pattern is still taken and its
+/// export passes the validator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pattern_outside_the_patterning_language_is_refused_on_every_path() {
+    let refused = [
+        "[ipv4-addr:value = '198.51.100.7'] OR",
+        "[ipv4-addr:value = 198.51.100.7]",
+        "[ipv4-addr:value = '198.51.100.7'] AND [domain-name:value = 'c2.example'] WITHIN 5",
+        "[file:hashes.MD5 = 'abc'] OR [ipv4-addr:value = '198.51.100.7']",
+        "[ipv4-addr:value = '198.51.100.7' or domain-name:value = 'c2.example']",
+    ];
+    let valid = "[ipv4-addr:value = '198.51.100.7'] AND [domain-name:value = 'c2.example'] WITHIN 300 SECONDS";
+    let object = |n: usize, pattern: &str| {
+        json!({
+            "type": "indicator", "spec_version": "2.1",
+            "id": format!("indicator--fa77e000-0000-4000-8000-{n:012}"),
+            "created": "2026-11-02T10:00:00.000Z", "modified": "2026-11-02T10:00:00.000Z",
+            "pattern": pattern, "pattern_type": "stix",
+            "valid_from": "2026-11-02T10:00:00Z", "object_marking_refs": [GREEN],
+        })
+    };
+    let bundle = |objects: Vec<Value>| {
+        json!({
+            "type": "bundle", "id": "bundle--44af6c39-c09b-49c5-9de2-394224b04982",
+            "objects": objects,
+        })
+        .to_string()
+    };
+    let defaults = Defaults::default();
+    for (n, pattern) in refused.iter().enumerate() {
+        let text = bundle(vec![object(n, pattern)]);
+        let parsed = parse_input(InputFormat::Stix, &text, &defaults, now_ms());
+        assert!(parsed.items.is_empty(), "file: {pattern}");
+        let reason = parsed.errors[0].to_string();
+        assert!(
+            reason.contains("not valid STIX patterning"),
+            "file: {reason}"
+        );
+        assert!(reason.contains("at character"), "file: {reason}");
+        let page = parse_feed_page(&text, &defaults, now_ms()).unwrap();
+        assert!(page.items.is_empty(), "feed: {pattern}");
+        assert!(
+            page.errors[0]
+                .to_string()
+                .contains("not valid STIX patterning")
+        );
+    }
+
+    // A TAXII POST: each refused object fails alone, the valid one is taken.
+    let (pki, node, analyst, objects) = start().await;
+    let mut posted: Vec<Value> = refused
+        .iter()
+        .enumerate()
+        .map(|(n, p)| object(100 + n, p))
+        .collect();
+    posted.push(object(200, valid));
+    let status = post_objects(&analyst, &node, &objects, posted).await;
+    assert_eq!(status["success_count"], json!(1), "{status}");
+    assert_eq!(status["failure_count"], json!(refused.len()), "{status}");
+    for failure in status["failures"].as_array().unwrap() {
+        let message = failure["message"].as_str().unwrap();
+        assert!(message.contains("not valid STIX patterning"), "{message}");
+    }
+
+    // `Intel.Publish`, which no import reads first.
+    let client = taxii_node_client(&pki, &node, "analyst.soc").await;
+    for pattern in refused {
+        let refusal = publish(&client, vec![draft("stix-pattern", pattern)])
+            .await
+            .unwrap_err();
+        assert!(
+            refusal.contains("not valid STIX patterning"),
+            "{pattern}: {refusal}"
+        );
+    }
+
+    // What the collection holds is valid STIX: its one indicator, as exported.
+    let listed = get(&analyst, node.taxii, &format!("{objects}?limit=1000"))
+        .await
+        .json();
+    let indicators: Vec<&Value> = listed["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["type"] == "indicator")
+        .collect();
+    assert_eq!(indicators.len(), 1, "{listed}");
+    assert_eq!(indicators[0]["pattern"], json!(valid));
+    let file = pki.path().join("listed.json");
+    let exported = json!({
+        "type": "bundle", "id": "bundle--44af6c39-c09b-49c5-9de2-394224b04983",
+        "objects": listed["objects"],
+    });
+    std::fs::write(&file, exported.to_string()).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/validate_stix.py");
+    let out = std::process::Command::new(
+        std::env::var("ENTENTE_PYTHON").unwrap_or_else(|_| "python3".into()),
+    )
+    .arg(script)
+    .arg(&file)
+    .output()
+    .expect("run python3 (install the packages in tests/python/requirements.txt)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A TAXII client that read an indicator the node published from a list line, and
+/// posted it back unchanged, was told "not stored: another version in the same
+/// millisecond": the export adds properties (`created`, `created_by_ref`, the pattern)
+/// that the list item did not carry. The object served and sent back unchanged is now
+/// the version held, a success; changed at the same version (a marking, a name), it is
+/// still a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exported_object_posted_back_unchanged_is_the_version_held() {
+    let (pki, node, analyst, objects) = start().await;
+    let client = taxii_node_client(&pki, &node, "analyst.soc").await;
+    publish(&client, vec![draft("ipv4", "198.51.100.77")])
+        .await
+        .unwrap();
+    let listed = get(&analyst, node.taxii, &format!("{objects}?limit=1000"))
+        .await
+        .json();
+    let served = listed["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["type"] == "indicator")
+        .cloned()
+        .expect("the indicator is served");
+
+    let status = post_objects(&analyst, &node, &objects, vec![served.clone()]).await;
+    assert_eq!(status["success_count"], json!(1), "{status}");
+    assert_eq!(status["failure_count"], json!(0), "{status}");
+
+    let mut renamed = served.clone();
+    renamed["name"] = json!("another name");
+    let mut amber = served.clone();
+    amber["object_marking_refs"] = json!([AMBER]);
+    for changed in [renamed, amber] {
+        let status = post_objects(&analyst, &node, &objects, vec![changed.clone()]).await;
+        assert_eq!(status["success_count"], json!(0), "{changed}: {status}");
+        assert_eq!(status["failure_count"], json!(1), "{changed}: {status}");
+    }
+}

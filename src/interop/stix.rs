@@ -128,6 +128,35 @@ struct RawBundle {
     objects: Option<Vec<Element>>,
 }
 
+/// A reference property (`created_by_ref`, `object_refs`, …) with each STIX id in it in
+/// lower case, as the node writes ids: a report naming `INDICATOR--…` would otherwise
+/// name, in an export, no object the export holds. Strings that are not ids are left as
+/// they are.
+fn ids_in_lower_case(value: Value) -> Value {
+    let lower = |text: String| {
+        let is_id = text.split_once("--").is_some_and(|(ty, uuid)| {
+            !ty.is_empty() && uuid.len() == 36 && uuid::Uuid::try_parse(uuid).is_ok()
+        });
+        if is_id && text.bytes().any(|b| b.is_ascii_uppercase()) {
+            text.to_ascii_lowercase()
+        } else {
+            text
+        }
+    };
+    match value {
+        Value::String(text) => Value::String(lower(text)),
+        Value::Array(list) => Value::Array(
+            list.into_iter()
+                .map(|v| match v {
+                    Value::String(text) => Value::String(lower(text)),
+                    other => other,
+                })
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
 /// One element of `objects`.
 enum Element {
     /// A JSON object.
@@ -195,6 +224,11 @@ impl RawObject {
             "x_opencti_definition_type" => &mut self.x_opencti_definition_type,
             "x_opencti_definition" => &mut self.x_opencti_definition,
             _ => {
+                let value = if key.0.ends_with("_ref") || key.0.ends_with("_refs") {
+                    ids_in_lower_case(value)
+                } else {
+                    value
+                };
                 return match self.other.entry(key.0.into_owned()) {
                     serde_json::map::Entry::Vacant(free) => {
                         free.insert(value);
@@ -2358,5 +2392,38 @@ mod tests {
             assert_eq!(object["extensions"], expected, "{exported}");
             assert_eq!(object.to_string(), exported);
         }
+    }
+
+    #[test]
+    fn references_are_exported_in_the_case_ids_are() {
+        let green = tlp2_marking_id(Tlp::Green);
+        let report = json!({
+            "type": "report", "spec_version": "2.1",
+            "id": "report--5e5e0000-0000-4000-8000-00000000000a",
+            "created": "2025-01-01T00:00:00.000Z", "modified": "2025-01-01T00:00:00.000Z",
+            "name": "R", "published": "2025-01-01T00:00:00Z",
+            "object_refs": [ID_1.to_ascii_uppercase(), "not-an-id"],
+            "created_by_ref": "IDENTITY--5E5E0000-0000-4000-8000-00000000000B",
+            "object_marking_refs": [green],
+        });
+        let objects = vec![ioc(ID_1, "[ipv4-addr:value = '1.2.3.4']", green), report];
+        let parsed = parse(&bundle(objects), None);
+        assert_eq!(parsed.errors, []);
+        let report = parsed
+            .items
+            .iter()
+            .find(|i| i.id.as_str().starts_with("report--"))
+            .expect("the report is read");
+        let exported: Value =
+            serde_json::from_str(&write_stix_from(report, Some("hq.example"))).expect("JSON");
+        assert_eq!(
+            exported["object_refs"],
+            json!([ID_1, "not-an-id"]),
+            "{exported}"
+        );
+        assert_eq!(
+            exported["created_by_ref"],
+            json!("identity--5e5e0000-0000-4000-8000-00000000000b")
+        );
     }
 }
