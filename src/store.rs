@@ -328,6 +328,25 @@ pub fn differs_for_sharing(a: &crate::model::Item, b: &crate::model::Item) -> bo
         || references(a) != references(b)
 }
 
+/// Whether `new`, a later version of `held`, may reach partners `held` did not: a lower
+/// marking, other tags or other types (a revocation never does). An object that
+/// references it, withheld for it until now, may then go to them too, so the store
+/// offers such objects again ([`index::Index::waiting`]).
+pub fn may_release(held: &crate::model::Item, new: &crate::model::Item) -> bool {
+    if matches!(new.kind, crate::model::ItemKind::Revocation(_)) {
+        return false;
+    }
+    let tags = |item: &crate::model::Item| {
+        let mut tags: Vec<String> = item.tags.iter().map(|t| t.to_ascii_lowercase()).collect();
+        tags.sort();
+        tags
+    };
+    new.tlp < held.tlp
+        || tags(held) != tags(new)
+        || held.policy_types() != new.policy_types()
+        || matches!(held.kind, crate::model::ItemKind::Revocation(_))
+}
+
 /// Why a revocation `revocation` may not replace `held`, if it may not: it must carry
 /// the held version's marking, type and tags, so that every partner judges it as it
 /// judged the indicator.

@@ -309,3 +309,111 @@ fn positions_written_with_an_offer_again_read_back_in_order_after_a_reopen() {
     let (after, _) = pulled_ids(&engine, &f, head);
     assert_eq!(after, vec![z.id.to_string()]);
 }
+
+/// The engine of [`engine`], with Berlin allowed GREEN at most.
+fn green_engine(f: &Fixture, dir: &std::path::Path) -> Engine {
+    let spec = PolicySpec::new(f.hq.id.clone()).with(
+        berlin(f),
+        PolicySettings {
+            max_tlp: Some(Tlp::Green),
+            allow_types: Some(IndicatorType::ALL.to_vec()),
+            ..PolicySettings::default()
+        },
+    );
+    let store = common::open_store(dir, &f.hq.id, 16 << 20).unwrap();
+    let signer = entente::crypto::BundleSigner::new(
+        f.hq.id.clone(),
+        f.hq.private_key_pkcs8().unwrap(),
+        f.hq.certificate_der(),
+    )
+    .unwrap();
+    Engine::new(
+        Arc::new(store),
+        Policy::compile(&spec),
+        signer,
+        f.hq.certificate_der(),
+        Box::new(f.hq.signer_trust().unwrap()),
+    )
+    .unwrap()
+}
+
+/// A GREEN relationship between a GREEN indicator and an AMBER one, and a GREEN report
+/// naming the relationship, are withheld from Berlin (GREEN at most) for the AMBER end.
+/// The end's origin lowers it to GREEN in a new version: Berlin, which pulled past the
+/// relationship and the report, must now receive both, once, however often the end's
+/// marking goes up and down again.
+#[test]
+fn a_relationship_released_by_a_new_version_of_its_end_is_offered_again() {
+    let f = fixture();
+    let now = now_ms();
+    let us = local(&f.hq.id);
+    let engine = green_engine(&f, &f.pki.path().join("node"));
+    let store = engine.store().clone();
+    let accept = |items: &[Item]| {
+        store.accept(&bundle(&f, &f.hq, items), &us, now).unwrap();
+    };
+    let green_end = fresh_domain("green.example", now);
+    let mut amber_end = fresh_domain("amber.example", now);
+    amber_end.tlp = Tlp::Amber;
+    let rel = relationship(&[&green_end.id, &amber_end.id], Tlp::Green, now);
+    let report_id = context_id("report");
+    let report = context(&report_id, &[&rel.id], now);
+    accept(&[green_end.clone(), amber_end.clone()]);
+    accept(std::slice::from_ref(&rel));
+    accept(std::slice::from_ref(&report));
+    let (first, cursor) = pulled_ids(&engine, &f, 0);
+    assert!(first.contains(&green_end.id.to_string()), "{first:?}");
+    for withheld in [&amber_end.id, &rel.id, &report_id] {
+        assert!(
+            !first.contains(&withheld.to_string()),
+            "{withheld} went out"
+        );
+    }
+
+    let mut lowered = amber_end.clone();
+    lowered.modified_ms = now + 1;
+    lowered.tlp = Tlp::Green;
+    accept(std::slice::from_ref(&lowered));
+    let (then, cursor) = pulled_ids(&engine, &f, cursor);
+    assert!(then.contains(&amber_end.id.to_string()), "{then:?}");
+    assert!(
+        then.contains(&rel.id.to_string()),
+        "the relationship Berlin may now see never reaches it: served {then:?}"
+    );
+    assert!(
+        then.contains(&report_id.to_string()),
+        "the report Berlin may now see never reaches it: served {then:?}"
+    );
+
+    // Raised and lowered again: the relationship is not sent out again each time.
+    let mut raised = lowered.clone();
+    raised.modified_ms = now + 2;
+    raised.tlp = Tlp::Amber;
+    accept(std::slice::from_ref(&raised));
+    let mut again = raised.clone();
+    again.modified_ms = now + 3;
+    again.tlp = Tlp::Green;
+    accept(std::slice::from_ref(&again));
+    let (later, _) = pulled_ids(&engine, &f, cursor);
+    assert!(later.contains(&amber_end.id.to_string()), "{later:?}");
+    assert!(
+        !later.contains(&rel.id.to_string()),
+        "sent again: {later:?}"
+    );
+
+    // A new version of the end that changes nothing sharing reads offers nothing again.
+    let unrelated = fresh_domain("other.example", now);
+    let mut relationship_two = relationship(&[&green_end.id, &unrelated.id], Tlp::Green, now);
+    relationship_two.tlp = Tlp::Green;
+    accept(&[unrelated.clone(), relationship_two.clone()]);
+    let (_, cursor) = pulled_ids(&engine, &f, 0);
+    let mut renamed = green_end.clone();
+    renamed.modified_ms = now + 4;
+    accept(std::slice::from_ref(&renamed));
+    let (after, _) = pulled_ids(&engine, &f, cursor);
+    assert!(after.contains(&green_end.id.to_string()), "{after:?}");
+    assert!(
+        !after.contains(&relationship_two.id.to_string()),
+        "offered again for nothing: {after:?}"
+    );
+}

@@ -2515,6 +2515,75 @@ async fn taxii_lists_a_relationship_as_added_once_its_ends_arrive() {
     assert_eq!(ids, expected);
 }
 
+/// A GREEN relationship to an AMBER malware is withheld from the GREEN researcher; the
+/// malware's writer lowers it to GREEN in a new version. The researcher, polling with
+/// `added_after` from before, receives the malware and the relationship it released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taxii_lists_a_relationship_again_when_a_new_version_of_its_end_releases_it() {
+    const MALWARE: &str = "malware--6e6e6e6e-0000-4000-8000-000000000001";
+    const RELATED: &str = "relationship--6e6e6e6e-0000-4000-8000-000000000002";
+    let Started {
+        pki: _pki,
+        node,
+        researcher,
+        analyst,
+        collection,
+        ..
+    } = start().await;
+    let objects = format!("{collection}objects/");
+    let end = indicator(71, GREEN);
+    let malware = |modified: &str, marking: &str| {
+        json!({
+            "type": "malware", "spec_version": "2.1", "id": MALWARE,
+            "created": "2025-04-01T00:00:00.000Z", "modified": modified,
+            "name": "Poison Ivy", "is_family": true, "object_marking_refs": [marking],
+        })
+    };
+    let relationship = json!({
+        "type": "relationship", "spec_version": "2.1", "id": RELATED,
+        "created": "2025-04-01T00:00:00.000Z", "modified": "2025-04-01T00:00:00.000Z",
+        "relationship_type": "indicates", "source_ref": end["id"],
+        "target_ref": MALWARE, "object_marking_refs": [GREEN],
+    });
+    publish_as(
+        &analyst,
+        node.taxii,
+        &objects,
+        vec![
+            end.clone(),
+            malware("2025-04-01T00:00:00.000Z", AMBER),
+            relationship,
+        ],
+    )
+    .await;
+    let first = get(&researcher, node.taxii, &objects).await;
+    assert_eq!(item_ids(&first.json()), [end["id"].as_str().unwrap()]);
+    let last = first.header("x-taxii-date-added-last").unwrap().to_owned();
+    let polled = entente::engine::now_ms();
+    wait_for(|| async move { entente::engine::now_ms() > polled }).await;
+    publish_as(
+        &analyst,
+        node.taxii,
+        &objects,
+        vec![malware("2025-04-02T00:00:00.000Z", GREEN)],
+    )
+    .await;
+    let next = get(
+        &researcher,
+        node.taxii,
+        &format!("{objects}?added_after={last}"),
+    )
+    .await;
+    let mut ids = item_ids(&next.json());
+    ids.sort();
+    assert_eq!(
+        ids,
+        [MALWARE, RELATED],
+        "{}",
+        String::from_utf8_lossy(&next.body)
+    );
+}
+
 /// A reload that widens a client's policy changes its collection: its next poll with
 /// `added_after` (the last `X-TAXII-Date-Added-Last` it saw) gives it what it may now
 /// see, though the node accepted those objects before that poll. Without a change, the

@@ -176,6 +176,8 @@ pub(super) type Pending = HashMap<[u8; 16], (u8, Vec<RefKey>)>;
 pub(super) struct Waiting {
     pub(super) bundles: Vec<[u8; 16]>,
     pub(super) items: Vec<[u8; 16]>,
+    /// Those of `items` offered again for a release, not because they waited.
+    pub(super) released: Vec<[u8; 16]>,
 }
 
 /// What the index keeps of an item that references other objects by structure.
@@ -242,6 +244,11 @@ pub(super) struct Index {
     /// The items recorded again by [`Index::waiting`]'s finding since the store was
     /// opened or compacted, and not replaced by a new version since: not offered again.
     pub(super) offered_again: HashSet<[u8; 16]>,
+    /// The items recorded again since the store was opened or compacted because an
+    /// object they reference was released by a new version of it (a lower marking,
+    /// other tags or types), and not replaced by a new version since: not offered again
+    /// for another release.
+    pub(super) released_again: HashSet<[u8; 16]>,
     /// For each item whose latest version references by structure: that version's
     /// bundle and references.
     pub(super) references: HashMap<[u8; 16], References>,
@@ -268,6 +275,7 @@ impl Index {
             bundles: HashMap::new(),
             referrers: HashMap::new(),
             offered_again: HashSet::new(),
+            released_again: HashSet::new(),
             references: HashMap::new(),
             feed: BTreeMap::new(),
             hasher,
@@ -323,10 +331,42 @@ impl Index {
     /// if it did not have every object it references held (to the depth the delivery
     /// rule reads, [`crate::policy::MAX_REF_DEPTH`] levels) before the frame, and does
     /// with it. Whether a partner may see it is still for the delivery rule to say.
-    pub(super) fn waiting(&self, pending: &Pending) -> Waiting {
+    ///
+    /// So is each held object that references an item of `released` (one whose new
+    /// version in the frame may reach partners the version held did not, the same two
+    /// levels up) and has every object it references held: partners that read past it
+    /// while that item held it back would not see it again either. Each is offered
+    /// again for a release once per its version ([`Index::released_again`]).
+    pub(super) fn waiting(&self, pending: &Pending, released: &HashSet<[u8; 16]>) -> Waiting {
         let mut waiting = Waiting::default();
         if self.referrers.is_empty() {
             return waiting;
+        }
+        let mut chosen: HashSet<[u8; 16]> = HashSet::new();
+        let mut release_bundles: Vec<[u8; 16]> = Vec::new();
+        for id in released {
+            let by_one = self.referrers.get(id).into_iter().flatten();
+            let by_two = self
+                .referrers
+                .get(id)
+                .into_iter()
+                .flatten()
+                .flat_map(|by| self.referrers.get(by).into_iter().flatten());
+            for by in by_one.chain(by_two) {
+                if pending.contains_key(by)
+                    || self.released_again.contains(by)
+                    || !chosen.insert(*by)
+                {
+                    continue;
+                }
+                let Some(held) = self.references.get(by) else {
+                    continue;
+                };
+                if self.all_held(&held.refs, pending, 1) {
+                    waiting.released.push(*by);
+                    release_bundles.push(held.bundle);
+                }
+            }
         }
         let before = Pending::new();
         let mut looked_at: HashSet<[u8; 16]> = HashSet::new();
@@ -342,7 +382,9 @@ impl Index {
                 return;
             };
             if self.all_held(&held.refs, pending, 1) && !self.all_held(&held.refs, &before, 1) {
-                waiting.items.push(*uuid);
+                if !chosen.contains(uuid) {
+                    waiting.items.push(*uuid);
+                }
                 if bundles.insert(held.bundle) {
                     waiting.bundles.push(held.bundle);
                 }
@@ -373,6 +415,12 @@ impl Index {
                 for by_by in self.referrers.get(by).into_iter().flatten() {
                     consider(by_by, &mut waiting);
                 }
+            }
+        }
+        waiting.items.extend(waiting.released.iter().copied());
+        for bundle in release_bundles {
+            if bundles.insert(bundle) {
+                waiting.bundles.push(bundle);
             }
         }
         waiting

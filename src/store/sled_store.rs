@@ -5,8 +5,8 @@
 //! ledger in its segment files (`ledger/files.rs`), whose head and retention floor
 //! sled keeps.
 
-use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -1401,6 +1401,8 @@ impl ItemStore for SledStore {
         let mut report = AcceptReport::default();
         // Item versions written by this frame, so items of one bundle see each other.
         let mut pending: HashMap<[u8; 16], (i64, &Item)> = HashMap::new();
+        // Items of this frame whose new version may release what references them.
+        let mut released: HashSet<[u8; 16]> = HashSet::new();
         for verified in bundle.items() {
             let item = &verified.item;
             let uuid = item.id.uuid_bytes();
@@ -1553,6 +1555,21 @@ impl ItemStore for SledStore {
                 accepted_ms: now_ms,
             });
             new_items.push(self.new_item(item, verified.index));
+            // A new version of an object others reference, which may reach partners the
+            // version before it did not: what references it may go to them now too.
+            if self.index().referrers.contains_key(&uuid) {
+                let releases = match pending.get(&uuid) {
+                    Some((_, before)) => crate::store::may_release(before, item),
+                    None => match self.item_record(&log, &uuid)? {
+                        Some(held) => Item::decode_stored(&held.item_bytes)
+                            .is_ok_and(|held| crate::store::may_release(&held, item)),
+                        None => false,
+                    },
+                };
+                if releases {
+                    released.insert(uuid);
+                }
+            }
             pending.insert(uuid, (item.modified_ms, item));
             report.stored.push(verified.index);
         }
@@ -1565,6 +1582,7 @@ impl ItemStore for SledStore {
         let super::index::Waiting {
             bundles: waiting,
             items: waited,
+            released: released_again,
         } = {
             let index = self.index();
             if index.referrers.is_empty() {
@@ -1574,7 +1592,7 @@ impl ItemStore for SledStore {
                     .iter()
                     .map(|new| (new.uuid, (new.ty, new.refs.clone())))
                     .collect();
-                index.waiting(&pending)
+                index.waiting(&pending, &released)
             }
         };
         // Each waiting item is recorded again in its bundle, accepted now: that gives
@@ -1674,8 +1692,15 @@ impl ItemStore for SledStore {
         // bundle out again).
         for uuid in pending.keys() {
             index.offered_again.remove(uuid);
+            index.released_again.remove(uuid);
         }
-        index.offered_again.extend(waited.iter().copied());
+        index.released_again.extend(released_again.iter().copied());
+        index.offered_again.extend(
+            waited
+                .iter()
+                .filter(|uuid| !released_again.contains(uuid))
+                .copied(),
+        );
         drop(index);
         report.feed_seq = Some(own_seq);
         Ok(report)
