@@ -218,6 +218,9 @@ struct ConfigReload {
     /// handed over since. A CRL handed over is checked against it and added to it,
     /// without reading the file (an edit not reloaded yet stays out of force).
     in_force: std::sync::Mutex<Arc<Config>>,
+    /// The configuration the node started with: the settings only a restart changes
+    /// are those of this one, whatever reloads came since.
+    started: Arc<Config>,
 }
 
 /// Time allowed to offer a CRL to one peer.
@@ -237,6 +240,13 @@ fn crl_pem(der: &[u8]) -> String {
 }
 
 impl PolicyReload for ConfigReload {
+    fn restart_needed(&self) -> Vec<String> {
+        self.restart_only_changes(&self.in_force())
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
+    }
+
     fn watched_certificates(&self) -> Vec<crate::transport::expiry::WatchedCertificate> {
         self.directory.watched_certificates()
     }
@@ -367,12 +377,24 @@ impl ConfigReload {
         }
     }
 
-    /// Warns of the settings a reload changed that only a restart puts in force (the
-    /// listener's address and certificate, the store's directory and cache, the ledger
-    /// and compaction settings, `[limits]`), so that "reloaded" does not pass for them.
+    /// Warns of the settings `config` gives that differ from those the node started
+    /// with and that only a restart puts in force (the listener's address and
+    /// certificate, the store's directory and cache, the ledger and compaction settings,
+    /// `[limits]`), so that "reloaded" does not pass for them. Compared with the start,
+    /// not the last reload: a second reload still names what the first could not apply.
     fn unapplied_changes(&self, config: &Config) {
-        let before = self.in_force();
-        let (was, is) = (&before.node, &config.node);
+        let names = self.restart_only_changes(config);
+        if !names.is_empty() {
+            tracing::warn!(
+                settings = %names.join(", "),
+                "reloaded, but these changed settings take effect only when the node restarts; until then the previous values stay in force"
+            );
+        }
+    }
+
+    /// The settings of `config` that differ from the node's start and need a restart.
+    fn restart_only_changes(&self, config: &Config) -> Vec<&'static str> {
+        let (was, is) = (&self.started.node, &config.node);
         let changed = [
             ("node.listen", was.listen != is.listen),
             ("node.data_dir", was.data_dir != is.data_dir),
@@ -386,16 +408,10 @@ impl ConfigReload {
             ("[ledger]", was.ledger != is.ledger),
             ("[limits]", was.limits != is.limits),
         ];
-        let names: Vec<&'static str> = changed
+        changed
             .into_iter()
             .filter_map(|(name, changed)| changed.then_some(name))
-            .collect();
-        if !names.is_empty() {
-            tracing::warn!(
-                settings = %names.join(", "),
-                "reloaded, but these changed settings take effect only when the node restarts; until then the previous values stay in force"
-            );
-        }
+            .collect()
     }
 
     /// The configuration in force.
@@ -583,6 +599,7 @@ impl Node {
             taxii_stop: shutdown.child_token(),
             admin_stop: shutdown.child_token(),
             in_force: std::sync::Mutex::new(Arc::new(config.clone())),
+            started: Arc::new(config.clone()),
         });
         let server_tls = config.tls.server_config(directory.clone())?;
 

@@ -281,6 +281,16 @@ async fn the_operator_reloads_over_the_admin_service() {
     config_text(&s.pki, s.node.id(), "allow_types = [\"url\"]");
     let answer = within("reload", operator.reload_policy()).await.unwrap();
     assert_eq!(answer.policy_hash.len(), 64);
+    assert_eq!(answer.restart_needed, Vec::<String>::new());
+    // A setting only a restart applies is named by every reload until the restart, not
+    // only by the one that read the change.
+    let mut text = std::fs::read_to_string(&s.config).unwrap();
+    text.push_str("\n[limits]\nstreams_per_partner = 7\n");
+    std::fs::write(&s.config, text).unwrap();
+    for _ in 0..2 {
+        let answer = within("reload", operator.reload_policy()).await.unwrap();
+        assert_eq!(answer.restart_needed, ["[limits]"]);
+    }
     assert!(
         answer.description.contains("allow_types:         url"),
         "{}",

@@ -193,6 +193,7 @@ pub async fn reload(settings: &ClientSettings, output: Output) -> Result<()> {
         return print_json(&json!({
             "node": client.node().as_str(),
             "policy_hash": answer.policy_hash,
+            "restart_needed": answer.restart_needed,
         }));
     }
     println!(
@@ -200,5 +201,11 @@ pub async fn reload(settings: &ClientSettings, output: Output) -> Result<()> {
         client.node(),
         answer.policy_hash
     );
+    if !answer.restart_needed.is_empty() {
+        println!(
+            "not in force until the node restarts (the values it started with stay in force): {}",
+            answer.restart_needed.join(", ")
+        );
+    }
     Ok(())
 }

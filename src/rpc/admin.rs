@@ -23,6 +23,12 @@ pub trait PolicyReload: Send + Sync {
     /// (the old policy then stays in force).
     fn reload(&self) -> Result<Arc<Policy>, String>;
 
+    /// The settings of the configuration in force that differ from those the node
+    /// started with and take effect only at a restart (`node.listen`, `[limits]`, …).
+    fn restart_needed(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// The certificates whose expiry matters to the node (see
     /// `transport::Directory::watched_certificates`); none unless the node says.
     fn watched_certificates(&self) -> Vec<crate::transport::expiry::WatchedCertificate> {
@@ -122,6 +128,7 @@ impl Admin for AdminService {
                 )
             })?;
         Ok(Response::new(ReloadPolicyResponse {
+            restart_needed: self.reload.restart_needed(),
             policy_hash: hex(&policy.hash()),
             description: if describe {
                 policy.describe()
