@@ -239,6 +239,18 @@ fn crl_pem(der: &[u8]) -> String {
     pem
 }
 
+/// Logs an error when a CRL in force revokes the node's own certificate: partners refuse
+/// the node from then on, and the operator must get a new certificate.
+fn warn_if_own_revoked(config: &Config) {
+    if let Some(issuer) = config.tls.own_revoked_by() {
+        tracing::error!(
+            node = %config.node.id,
+            %issuer,
+            "this node's own certificate is revoked by a CRL in force: partners refuse its connections and bundles; get a new certificate (entente certs renew --new-key at the CA), install it and restart"
+        );
+    }
+}
+
 impl PolicyReload for ConfigReload {
     fn restart_needed(&self) -> Vec<String> {
         self.restart_only_changes(&self.in_force())
@@ -482,6 +494,7 @@ impl ConfigReload {
             self.unapplied_changes(&config);
         }
         let crls = config.node.tls.crls.len();
+        warn_if_own_revoked(&config);
         *self.in_force.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
         let policy = self.engine.policy();
         if everything {
@@ -601,6 +614,7 @@ impl Node {
             in_force: std::sync::Mutex::new(Arc::new(config.clone())),
             started: Arc::new(config.clone()),
         });
+        warn_if_own_revoked(&config);
         let server_tls = config.tls.server_config(directory.clone())?;
 
         let listener = match listener {

@@ -466,3 +466,41 @@ async fn a_uuid_written_with_characters_that_do_not_show_is_still_judged() {
     );
     node.shutdown(DEADLINE).await.unwrap();
 }
+
+/// A CRL that revokes the node's own certificate was put in force without a word: the
+/// node ran on, its partners refusing it, while `status` and the console showed its
+/// certificate as valid for months. The certificate row now names the CRL's issuer
+/// (`Admin.Certificates`, `entente status`, the console and
+/// `entente_certificate_revoked`), and the node logs an error at start and at each
+/// reload that keeps it in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crl_revoking_the_nodes_own_certificate_is_shown() {
+    let pki = Pki::new();
+    let hq = pki.node(HQ);
+    pki.client("admin.ops");
+    let mut text = common::node_section(&pki, &hq, &pki.path().join("data-hq"));
+    text.push_str("\n[[client]]\nid = \"admin.ops\"\nrole = \"admin\"\n");
+    let path = pki.path().join("hq.toml");
+    std::fs::write(&path, &text).unwrap();
+    let node = common::start(&path).await;
+    let ops = common::connect(&pki, &node, "admin.ops").await;
+    let own_row = |answer: entente::rpc::proto::CertificatesResponse| {
+        answer
+            .certificates
+            .into_iter()
+            .find(|c| c.role == "own")
+            .expect("the node's own certificate is listed")
+    };
+    assert_eq!(own_row(ops.certificates().await.unwrap()).revoked_by, "");
+
+    let crl = pki.certs.revoke(&hq).unwrap();
+    let mut text = common::node_toml(&pki, &hq, &pki.path().join("data-hq"))
+        .crl(&crl)
+        .render();
+    text.push_str("\n[[client]]\nid = \"admin.ops\"\nrole = \"admin\"\n");
+    std::fs::write(&path, &text).unwrap();
+    node.reload_policy().expect("reload");
+    let row = own_row(ops.certificates().await.unwrap());
+    assert!(!row.revoked_by.is_empty(), "{row:?}");
+    node.shutdown(Duration::from_secs(10)).await.unwrap();
+}

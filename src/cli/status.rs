@@ -197,6 +197,15 @@ pub async fn status(config: StatusConfig, options: StatusOptions, output: Output
             cert.advice()
         );
     }
+    for cert in certificates.iter().filter(|c| c.revoked_by.is_some()) {
+        eprintln!(
+            "warning: the {} certificate {} (serial {}) is revoked by the CRL of {} in force: partners refuse this node; get a new certificate (entente certs renew --new-key at the CA), install it and restart",
+            cert.role.as_str(),
+            cert.name,
+            cert.serial,
+            cert.revoked_by.as_deref().unwrap_or("")
+        );
+    }
     if let Some(links) = &links {
         if links.is_empty() {
             println!("links:            none (no [[peer]] with role peer)");
@@ -291,6 +300,7 @@ async fn watched_certificates(
                         serial: c.serial,
                         not_after_ms: c.not_after_unix_ms,
                         last_seen_ms: (c.last_seen_unix_ms > 0).then_some(c.last_seen_unix_ms),
+                        revoked_by: (!c.revoked_by.is_empty()).then_some(c.revoked_by),
                     })
                     .collect());
             }
@@ -312,6 +322,7 @@ fn certificate_json(cert: &WatchedCertificate, now: i64) -> serde_json::Value {
         "not_after": super::time::timestamp_seconds(cert.not_after_ms),
         "last_seen": cert.last_seen_ms.and_then(optional_timestamp),
         "expires_soon": cert.expires_within(now, EXPIRY_WARNING),
+        "revoked_by": cert.revoked_by,
     })
 }
 

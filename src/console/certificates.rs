@@ -19,6 +19,8 @@ pub struct CertificateExpiry {
     pub file: String,
     /// Its notAfter, ms since the epoch.
     pub not_after_ms: i64,
+    /// The issuer of a CRL in force that revokes it (the node's own only).
+    pub revoked_by: Option<String>,
 }
 
 /// Days from `now_ms` until `cert` expires (negative once it has).
@@ -54,6 +56,7 @@ pub fn read(
             subject,
             file,
             not_after_ms: cert.not_after_ms,
+            revoked_by: cert.revoked_by.clone(),
         });
     }
     if let Some((_, on_disk)) = read_file(&paths.cert).into_iter().next() {
@@ -63,6 +66,7 @@ pub fn read(
                 subject: format!("{node} (file, not in use until a restart)"),
                 file: paths.cert.display().to_string(),
                 not_after_ms: on_disk,
+                revoked_by: None,
             });
         }
     }

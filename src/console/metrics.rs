@@ -167,6 +167,17 @@ pub fn render(snapshot: &Snapshot) -> Result<String, std::fmt::Error> {
             ]))
             .set(certificates::days_left(cert, snapshot.now_ms));
     }
+    let revoked = IntGauges::default();
+    for cert in snapshot.certificates.iter().filter(|c| c.role == "own") {
+        revoked
+            .get_or_create(&labels(&[("certificate", cert.role)]))
+            .set(i64::from(cert.revoked_by.is_some()));
+    }
+    registry.register(
+        "certificate_revoked",
+        "Whether a CRL in force revokes this node's own certificate (1: partners refuse the node until it has a new certificate) or not (0)",
+        revoked,
+    );
     registry.register(
         "certificate_expiry_days",
         "Days until each certificate expires (negative once it has): this node's own as presented, its certificate file when a restart has yet to put it in use, its trust anchors in force, and the last certificate of each partner",

@@ -183,8 +183,12 @@ pub fn overview(s: &Snapshot) -> String {
         let class = if days < 30.0 { "num bad" } else { "num" };
         let _ = writeln!(
             b,
-            "<tr data-certificate=\"{role}\"><td>{role}</td><td>{}</td><td class=\"mono\">{}</td><td>{}</td><td class=\"{class} days\">{:.0}</td></tr>",
+            "<tr data-certificate=\"{role}\"><td>{role}</td><td>{}{}</td><td class=\"mono\">{}</td><td>{}</td><td class=\"{class} days\">{:.0}</td></tr>",
             escape(&c.subject),
+            c.revoked_by.as_deref().map_or_else(String::new, |issuer| format!(
+                " <strong class=\"bad revoked\">revoked by the CRL of {}: partners refuse this node</strong>",
+                escape(issuer)
+            )),
             escape(&c.file),
             when(c.not_after_ms),
             days.floor(),

@@ -270,6 +270,7 @@ impl Admin for AdminService {
                     serial: c.serial,
                     not_after_unix_ms: c.not_after_ms,
                     last_seen_unix_ms: c.last_seen_ms.unwrap_or(0),
+                    revoked_by: c.revoked_by.unwrap_or_default(),
                 })
                 .collect(),
         }))

@@ -61,6 +61,8 @@ pub struct Verifiers {
     /// The public key (SubjectPublicKeyInfo, DER) of the node's own certificate: its own
     /// id is its operator only with its own key, whatever else a CA issued for that id.
     pub(crate) own_key: Option<Vec<u8>>,
+    /// The issuer of a CRL among these that revokes the node's own certificate.
+    pub(crate) own_revoked_by: Option<String>,
 }
 
 /// Why a certificate is refused beyond what WebPKI checks.
@@ -347,6 +349,9 @@ impl Directory {
             .cloned()
             .collect();
         if let Some(verifiers) = &state.verifiers {
+            for own in &mut all {
+                own.revoked_by.clone_from(&verifiers.own_revoked_by);
+            }
             all.extend(verifiers.anchor_certificates.iter().cloned());
         }
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());

@@ -105,6 +105,40 @@ fn compare_big_endian(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     a.len().cmp(&b.len()).then_with(|| a.cmp(&b))
 }
 
+/// The issuer of the first CRL of `crls` that revokes `cert` (the same issuer name and,
+/// when both name one, the same issuer key identifier, and the certificate's serial
+/// listed), or `None`.
+pub fn revoking_issuer(
+    crls: &[CertificateRevocationListDer<'_>],
+    cert: &CertificateDer<'_>,
+) -> Option<String> {
+    let (_, cert) = X509Certificate::from_der(cert.as_ref()).ok()?;
+    let cert_key_id = cert
+        .extensions()
+        .iter()
+        .find_map(|ext| match ext.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                aki.key_identifier.as_ref().map(|k| k.0.to_vec())
+            }
+            _ => None,
+        });
+    crls.iter().find_map(|der| {
+        let (_, crl) = CertificateRevocationList::from_der(der.as_ref()).ok()?;
+        if crl.issuer().as_raw() != cert.issuer().as_raw() {
+            return None;
+        }
+        let crl_key_id = Freshness::of(der.as_ref()).ok()?.key_id;
+        if let (Some(a), Some(b)) = (&crl_key_id, &cert_key_id) {
+            if a != b {
+                return None;
+            }
+        }
+        crl.iter_revoked_certificates()
+            .any(|revoked| revoked.raw_serial() == cert.raw_serial())
+            .then(|| crl.issuer().to_string())
+    })
+}
+
 /// The checks of an offered CRL that need no configuration: its size, and that it
 /// reads as one CRL with nothing after it. Cheap, so made before anything is loaded.
 pub fn check_form(der: &[u8]) -> Result<(), CrlRefusal> {

@@ -55,6 +55,9 @@ pub struct WatchedCertificate {
     pub not_after_ms: i64,
     /// For a partner: when it last connected, milliseconds since the Unix epoch.
     pub last_seen_ms: Option<i64>,
+    /// For the node's own: the issuer of a CRL in force that revokes it (partners then
+    /// refuse the node's connections and bundles).
+    pub revoked_by: Option<String>,
 }
 
 impl WatchedCertificate {
@@ -72,6 +75,7 @@ impl WatchedCertificate {
             serial: label.serial,
             not_after_ms: cert.validity().not_after.timestamp().saturating_mul(1000),
             last_seen_ms: None,
+            revoked_by: None,
         })
     }
 

@@ -341,7 +341,15 @@ impl TlsMaterial {
             // is accepted only from the anchors its own certificate chains to.
             own_anchors: (self.anchors.len() > 1).then_some(own_anchors),
             own_key: self.chain.first().and_then(super::identity::public_key),
+            own_revoked_by: self.own_revoked_by(),
         })
+    }
+
+    /// The issuer of a CRL in force that revokes this node's own certificate: partners
+    /// then refuse its connections, its pulls and the bundles it signs.
+    pub fn own_revoked_by(&self) -> Option<String> {
+        let own = self.chain.first()?;
+        super::crl::revoking_issuer(&self.crls, own)
     }
 
     /// The server side: TLS 1.3, client certificate required, and the client's
@@ -506,6 +514,10 @@ impl TlsMaterial {
         self.chain
             .first()
             .and_then(|leaf| WatchedCertificate::read(CertificateRole::Own, leaf))
+            .map(|mut own| {
+                own.revoked_by = self.own_revoked_by();
+                own
+            })
             .into_iter()
             .chain(
                 self.anchor_certificates
