@@ -159,12 +159,14 @@ impl FeedLoops {
             states.retain(|name, _| feeds.iter().any(|f| &f.name == name));
             for feed in feeds {
                 if !running.contains_key(&feed.name) {
-                    // A changed feed starts over in the status; its checkpoint stays.
+                    // A changed feed starts over in the status; its checkpoint stays, and
+                    // is shown from the start (a poll that finds nothing new leaves it).
                     states.insert(
                         feed.name.clone(),
                         FeedState {
                             kind: feed.kind.as_str().to_owned(),
                             url: http::shown(&feed.url),
+                            checkpoint: self.saved_checkpoint(feed),
                             ..FeedState::default()
                         },
                     );
@@ -191,6 +193,19 @@ impl FeedLoops {
                 },
             );
         }
+    }
+
+    /// The checkpoint `feed` saved, in the words `status` shows; empty if none.
+    fn saved_checkpoint(&self, feed: &FeedConfig) -> String {
+        let saved = match load_checkpoint(&self.engine, &feed.name) {
+            Ok(Some(bytes)) => bytes,
+            _ => return String::new(),
+        };
+        match feed.kind {
+            FeedKind::Taxii => taxii::describe_checkpoint(&saved),
+            FeedKind::Misp => misp::describe_checkpoint(&saved),
+        }
+        .unwrap_or_default()
     }
 
     /// Waits for every loop to end (after the node's shutdown token is cancelled).

@@ -792,6 +792,7 @@ async fn misp_feed_maps_attributes_takes_markings_and_updates_without_duplicates
     })
     .await;
     assert_eq!(status.objects_fetched, 0, "{status:?}");
+    assert!(status.checkpoint.contains(" events held"), "{status:?}");
     assert_eq!(files.requests(&format!("/misp/{EVENT_1}.json")), 2);
     assert_eq!(items_tagged(&client, "source:misp-test").await.len(), 11);
     node.shutdown(Duration::from_secs(5)).await.unwrap();
@@ -1474,6 +1475,8 @@ async fn taxii_feed_from_medallion_resumes_from_its_checkpoint() {
     .await;
     assert_eq!(status.objects_fetched, 0, "{status:?}");
     assert_eq!(status.items_ingested, 0, "{status:?}");
+    // The checkpoint it resumed from is shown, though no poll since moved it.
+    assert!(status.checkpoint.starts_with("added_after "), "{status:?}");
     assert_eq!(items_tagged(&client, "source:taxii-test").await.len(), 6);
     stop(node);
 }

@@ -592,13 +592,27 @@ async fn commit(
     .map_err(|e| FeedError::Publish(format!("checkpoint: {e}")))?;
     super::save_checkpoint(engine, &feed.name, bytes).await?;
     *failing_changed = false;
-    let held = checkpoint.len();
-    let failing = failing.len();
-    let newest = checkpoint.values().map(|e| e.timestamp).max().unwrap_or(0);
+    let shown = checkpoint_words(checkpoint, failing);
     update(states, &feed.name, |s| {
-        s.checkpoint = format!("{held} events held, {failing} failing, newest timestamp {newest}");
+        s.checkpoint = shown;
     });
     Ok(())
+}
+
+/// Where a MISP feed stands, in the words `status` shows.
+fn checkpoint_words(events: &Checkpoint, failing: &Failing) -> String {
+    let newest = events.values().map(|e| e.timestamp).max().unwrap_or(0);
+    format!(
+        "{} events held, {} failing, newest timestamp {newest}",
+        events.len(),
+        failing.len()
+    )
+}
+
+/// A saved checkpoint in the words `status` shows, or `None` if it does not read.
+pub(super) fn describe_checkpoint(bytes: &[u8]) -> Option<String> {
+    let state: PollState = serde_json::from_slice(bytes).ok()?;
+    Some(checkpoint_words(&state.events, &state.failing))
 }
 
 async fn fetch_event(client: &Client, uri: &::http::Uri, uuid: &str) -> Result<Value, FeedError> {

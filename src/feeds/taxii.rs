@@ -39,6 +39,14 @@ struct Checkpoint {
     added_after: Option<String>,
 }
 
+/// A saved checkpoint in the words `status` shows, or `None` if it holds no position.
+pub(super) fn describe_checkpoint(bytes: &[u8]) -> Option<String> {
+    let checkpoint: Checkpoint = serde_json::from_slice(bytes).ok()?;
+    checkpoint
+        .added_after
+        .map(|last| format!("added_after {last}"))
+}
+
 /// A TAXII envelope; other members are ignored.
 #[derive(Deserialize)]
 struct Envelope {
