@@ -23,6 +23,11 @@ pub type Labels = Vec<(&'static str, String)>;
 /// How many rejections [`Telemetry::recent_rejections`] keeps.
 pub const RECENT_REJECTIONS: usize = 100;
 
+/// The reason of a pulled bundle refused for a passing reason (a signer certificate not
+/// supplied yet, a time ahead of this node's clock): it is pulled again, and counted
+/// under the outcome `held_back` until it is settled.
+pub const HELD_BACK: &str = "refused_for_now";
+
 /// The longest rejection text kept, in bytes (a partner chooses part of it).
 pub const MAX_REJECTION_TEXT: usize = 1024;
 
@@ -89,9 +94,11 @@ pub fn telemetry() -> &'static Telemetry {
 }
 
 impl Telemetry {
-    /// Counts a pulled bundle from `peer`: accepted (`reason` `None`) or rejected for
-    /// `reason`, with the items it stored and rejected. A rejection is also kept, with
-    /// `detail`, among the recent ones.
+    /// Counts a pulled bundle from `peer`: accepted (`reason` `None`), rejected for
+    /// `reason`, or, with `reason` [`HELD_BACK`], refused for a passing reason and to be
+    /// pulled again (outcome `held_back`, not counted as rejected), with the items it
+    /// stored and rejected. A rejection or hold is also kept, with `detail`, among the
+    /// recent ones.
     pub fn pulled(
         &self,
         peer: &str,
@@ -103,6 +110,7 @@ impl Telemetry {
     ) {
         let (outcome, why) = match reason {
             None => ("accepted", ""),
+            Some(HELD_BACK) => ("held_back", HELD_BACK),
             Some(reason) => ("rejected", reason),
         };
         let labels = |outcome: &str, reason: &str| -> Labels {

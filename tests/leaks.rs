@@ -752,6 +752,27 @@ allow_types = ["*"]
         common::rogue::plain(node.engine().store().cursor(&rogue.id).unwrap()) < 5,
         "the stored cursor passed a bundle to be pulled again"
     );
+    // Meanwhile the link says so: a bundle held back, not caught up (it said "caught
+    // up" while the bundle waited, and counted each attempt as a rejection).
+    let operator = common::connect(&pki, &node, hq_id.as_str()).await;
+    let link_to_rogue = || async {
+        operator
+            .links()
+            .await
+            .unwrap()
+            .links
+            .into_iter()
+            .find(|l| l.peer == rogue.id.as_str())
+    };
+    let start = Instant::now();
+    let held_back = loop {
+        if let Some(link) = link_to_rogue().await.filter(|l| l.bundles_held_back > 0) {
+            break link;
+        }
+        assert!(start.elapsed() < DEADLINE, "no bundle shown held back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(!held_back.caught_up, "{held_back:?}");
     certificates
         .lock()
         .unwrap()
@@ -765,7 +786,11 @@ allow_types = ["*"]
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let start = Instant::now();
-    while common::rogue::plain(node.engine().store().cursor(&rogue.id).unwrap()) < 10 {
+    while common::rogue::plain(node.engine().store().cursor(&rogue.id).unwrap()) < 10
+        || !link_to_rogue()
+            .await
+            .is_some_and(|l| l.bundles_held_back == 0)
+    {
         assert!(start.elapsed() < DEADLINE, "the link never caught up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

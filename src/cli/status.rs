@@ -370,7 +370,7 @@ fn ago(ms: i64, now: i64) -> String {
 
 fn link_line(link: &LinkStatus, now: i64) -> String {
     format!(
-        "link {:<24} {} {} (behind for {:.1} s), items {} received / {} rejected, bundles {} / {}{}{}",
+        "link {:<24} {} {} (behind for {:.1} s), items {} received / {} rejected, bundles {} / {}{}{}{}",
         link.peer,
         if link.connected {
             "connected   "
@@ -387,6 +387,11 @@ fn link_line(link: &LinkStatus, now: i64) -> String {
         link.items_rejected,
         link.bundles_received,
         link.bundles_rejected,
+        if link.bundles_held_back > 0 {
+            format!(", {} held back to be pulled again", link.bundles_held_back)
+        } else {
+            String::new()
+        },
         if link.last_message_unix_ms > 0 {
             format!(", last message {}", ago(link.last_message_unix_ms, now))
         } else {
@@ -439,6 +444,7 @@ fn link_json(link: &LinkStatus) -> serde_json::Value {
         "items_rejected": link.items_rejected,
         "bundles_received": link.bundles_received,
         "bundles_rejected": link.bundles_rejected,
+        "bundles_held_back": link.bundles_held_back,
         "last_message": optional_timestamp(link.last_message_unix_ms),
         "last_error": (!link.last_error.is_empty()).then_some(&link.last_error),
     })

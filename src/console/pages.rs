@@ -115,6 +115,8 @@ pub fn overview(s: &Snapshot) -> String {
         for (peer, l) in &s.links {
             let state = if l.caught_up() {
                 "<span class=\"good\">caught up</span>"
+            } else if l.connected && l.held_back > 0 {
+                "<span class=\"bad\">holding back bundles refused for now</span>"
             } else if l.connected {
                 "<span>catching up</span>"
             } else {

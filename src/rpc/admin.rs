@@ -296,6 +296,7 @@ impl Admin for AdminService {
                     items_received: s.items_received,
                     items_rejected: s.items_rejected,
                     caught_up: s.caught_up(),
+                    bundles_held_back: s.held_back,
                     lag_ms: s
                         .behind_since_ms
                         .map_or(0, |since| (crate::engine::now_ms() - since).max(0)),

@@ -36,13 +36,21 @@ pub struct LinkState {
     /// served up to its head. The peer's positions are sealed: this node knows whether
     /// it is caught up, not by how many entries.
     pub peer_caught_up: bool,
+    /// Bundles of the current connection refused for a passing reason (a signer
+    /// certificate not supplied yet, a time ahead of this node's clock) and waiting to
+    /// be pulled again: neither received nor rejected yet, and the link is not caught
+    /// up while any waits.
+    pub held_back: u64,
 }
 
 impl LinkState {
     /// Whether the link has pulled the peer's whole change feed as of the peer's last
     /// checkpoint on the current connection.
     pub fn caught_up(&self) -> bool {
-        self.connected && self.checkpoint_since_connect && self.peer_caught_up
+        self.connected
+            && self.checkpoint_since_connect
+            && self.peer_caught_up
+            && self.held_back == 0
     }
 }
 

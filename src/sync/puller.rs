@@ -262,10 +262,12 @@ impl Retries {
 fn is_transient(error: &EngineError) -> bool {
     match error {
         EngineError::Refused(refusal) => refusal.is_transient(),
-        EngineError::Verify(
-            crate::crypto::VerifyError::UnknownSigner(_)
-            | crate::crypto::VerifyError::FromTheFuture(_),
-        ) => true,
+        EngineError::Verify(crate::crypto::VerifyError::UnknownSigner(_)) => true,
+        // A day ahead at most: a bundle dated years ahead is never pulled again (it
+        // would hold the link back, not caught up, for the whole retry period).
+        EngineError::Verify(crate::crypto::VerifyError::FromTheFuture(ahead_ms)) => {
+            *ahead_ms <= RETRY_GIVE_UP_MS
+        }
         _ => false,
     }
 }
@@ -313,6 +315,7 @@ async fn pull<D: Dialer>(context: &Context<'_>, dialer: &D, kept: &mut Kept) -> 
         s.connected = true;
         s.checkpoint_since_connect = false;
         s.peer_caught_up = false;
+        s.held_back = 0;
         // Behind until the peer says the link is caught up.
         s.behind_since_ms = Some(s.behind_since_ms.unwrap_or_else(now_ms));
         // Errors of earlier attempts are history once a stream is open.
@@ -397,7 +400,8 @@ async fn pull<D: Dialer>(context: &Context<'_>, dialer: &D, kept: &mut Kept) -> 
                     s.peer_caught_up = caught_up;
                     s.checkpoint_since_connect = true;
                     s.last_message_ms = now;
-                    s.behind_since_ms = if caught_up {
+                    // Bundles held back to be pulled again keep the link behind.
+                    s.behind_since_ms = if s.caught_up() {
                         None
                     } else {
                         Some(s.behind_since_ms.unwrap_or(now))
@@ -619,7 +623,7 @@ fn settle(
     // The reason word for the metrics (`telemetry`), when the bundle was not stored.
     let mut reason = None;
     let mut settled = Settled::Done;
-    let (stored_items, rejected_items) = match &accepted {
+    let (stored_items, mut rejected_items) = match &accepted {
         Ok(report) => (report.stored.len() as u64, report.rejected.len() as u64),
         Err(_) => (0, disclosed),
     };
@@ -634,8 +638,10 @@ fn settle(
         Err(error) if is_transient(&error) && retries.refused(transfer, &after, now_ms()) => {
             tracing::warn!(peer = %link.peer, bundle = %label, %error, "bundle refused for now; it will be pulled again");
             rejection = Some(format!("{label}: {error} (will retry)"));
-            reason = Some("refused_for_now");
+            reason = Some(crate::telemetry::HELD_BACK);
             settled = Settled::RetryLater;
+            // Not rejected: held back, and counted when it is settled.
+            rejected_items = 0;
         }
         // Never acceptable later: log with the sender, and move on.
         Err(
@@ -681,15 +687,22 @@ fn settle(
         detail,
         now_ms(),
     );
+    let held_back = retries.open.len() as u64;
     update(links, &link.peer, |s| {
         s.last_message_ms = now_ms();
         s.items_received += stored_items;
         s.items_rejected += rejected_items;
+        s.held_back = held_back;
         if ok {
             s.received += 1;
         } else {
-            s.rejected += 1;
+            if matches!(settled, Settled::Done) {
+                s.rejected += 1;
+            }
             s.last_error = rejection;
+        }
+        if s.held_back > 0 {
+            s.behind_since_ms = Some(s.behind_since_ms.unwrap_or_else(now_ms));
         }
     });
     Ok(settled)
