@@ -787,9 +787,9 @@ allow_types = ["*"]
     }
     let start = Instant::now();
     while common::rogue::plain(node.engine().store().cursor(&rogue.id).unwrap()) < 10
-        || !link_to_rogue()
+        || link_to_rogue()
             .await
-            .is_some_and(|l| l.bundles_held_back == 0)
+            .is_none_or(|l| l.bundles_held_back != 0)
     {
         assert!(start.elapsed() < DEADLINE, "the link never caught up");
         tokio::time::sleep(Duration::from_millis(50)).await;
