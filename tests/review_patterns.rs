@@ -188,6 +188,7 @@ const SEEDS: &[&str] = &[
     "[software:name = 'x' AND software:version = '1.0'] OR [mutex:name = 'Global\\\\m']",
     "[process:command_line MATCHES '^cmd\\\\.exe /c'] REPEATS 2 TIMES WITHIN 60 SECONDS",
     "[domain-name:value = 'x.example'] OR ([url:value = 'http://a.example/'] FOLLOWEDBY [ipv4-addr:value = '10.0.0.1'])",
+    "[file:hashes.MD5 = 'd41d8cd98f00b204e9800998ecf8427e' AND x-acme-list:items[0].hashes.'SHA-1' LIKE '0123456789abcdef0123456789abcdef01234567']",
 ];
 
 /// Small deterministic generator for the mutations (xorshift).
@@ -205,6 +206,12 @@ impl Mutations {
     /// swapped or changed in case.
     fn mutate(&mut self, pattern: &str) -> String {
         const WORDS: &[&str] = &[
+            "[0]",
+            "[-1]",
+            "[*]",
+            "IN ('d41d8cd98f00b204e9800998ecf8427e')",
+            ".MD5",
+            ".'SHA-1'",
             "[",
             "]",
             "(",
@@ -332,6 +339,15 @@ fn the_pattern_checker_agrees_with_the_reference_validator() {
     let mut patterns: Vec<String> = SEEDS.iter().map(|s| (*s).to_owned()).collect();
     patterns.extend(fixture_patterns());
     let seeds = patterns.clone();
+    // Corners found by a review: hashes compared with sets, numbers and literals, index
+    // steps after `hashes`, negative indexes, hash names readers fold, number forms.
+    let edges = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/patterns/edges.jsonl"
+    );
+    for line in std::fs::read_to_string(edges).unwrap().lines() {
+        patterns.push(serde_json::from_str(line).unwrap());
+    }
     let mut rng = Mutations(0x5eed_2026_1207);
     for round in 0..2_000 {
         let base = &seeds[round % seeds.len()];

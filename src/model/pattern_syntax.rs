@@ -8,8 +8,10 @@
 //! Checked against the OASIS validator (`stix2-validator` in strict mode, which parses
 //! with the reference `stix2-patterns`) on thousands of generated patterns
 //! (`tests/review_patterns.rs`): nothing accepted here is refused there. It is stricter
-//! in one way: the object type and first property of an `EXISTS` path are held to the
-//! naming rules a comparison's are.
+//! in a few ways: the object type and first property of an `EXISTS` path are held to the
+//! naming rules a comparison's are; an MD6 value must have an MD6 length; a hash is
+//! compared with one string only; no index follows `hashes`, and none is negative (the
+//! reference validator fails on both).
 
 use std::fmt;
 
@@ -137,6 +139,8 @@ impl Kind {
     }
 }
 
+/// At most 40 characters of `text`, for a message; shown with `{:?}`, which escapes
+/// what does not print.
 fn shorten(text: &str) -> String {
     text.chars().take(40).collect()
 }
@@ -339,10 +343,12 @@ fn lex(pattern: &str) -> Result<Vec<Token>, PatternSyntaxError> {
                 Kind::Unused(c)
             }
             other => {
-                let shown = if other.is_control() {
-                    format!("{:?}", other)
-                } else {
+                // Shown escaped unless plainly printable: a direction override or an
+                // invisible character would otherwise reach logs and answers as is.
+                let shown = if other.is_ascii_graphic() {
                     format!("'{other}'")
+                } else {
+                    format!("'{}'", other.escape_unicode())
                 };
                 return Err(PatternSyntaxError {
                     at: i,
@@ -687,12 +693,12 @@ impl Parser<'_> {
                 return Err(self.expected("a comparison operator"));
             }
         }
-        // What the comparison compares a hash with.
-        let values: Vec<&Token> = self.tokens[value_at..self.at]
-            .iter()
-            .filter(|t| matches!(t.kind, Kind::Text(_)))
-            .collect();
-        check_hash(&path, &values)
+        // What the comparison compares a hash with: every token of the value.
+        check_hash(
+            &path,
+            &self.tokens[value_at..self.at],
+            value_at_offset(self, value_at),
+        )
     }
 
     /// A literal: a string, number, hex, binary, timestamp, or (for equality) a boolean.
@@ -776,7 +782,9 @@ impl Parser<'_> {
             .map_err(|problem| self.error_at(start, problem))?;
         let mut last = Some(first.clone());
         let mut hashes = first == "hashes";
+        let step_at = |parser: &Self| parser.peek().map_or(parser.end, |t| t.at);
         loop {
+            let at = step_at(self);
             match self.peek().map(|t| &t.kind) {
                 Some(Kind::Dot) => {
                     self.at += 1;
@@ -787,6 +795,17 @@ impl Parser<'_> {
                         })
                         | Some(Kind::Text(text)) => {
                             let key = text.clone();
+                            // A hash is named by its algorithm, in plain ASCII: readers
+                            // fold other letters and quotes into names of their own.
+                            if hashes && (!key.is_ascii() || key.contains('\'')) {
+                                return Err(self.error_at(
+                                    at,
+                                    format!(
+                                        "{:?} is not a hash algorithm's name (plain ASCII letters, digits and '-')",
+                                        shorten(&key)
+                                    ),
+                                ));
+                            }
                             hashes |= key == "hashes";
                             last = Some(key);
                         }
@@ -802,7 +821,19 @@ impl Parser<'_> {
                     // path, so this is the path's.
                     self.at += 1;
                     match self.next().map(|t| &t.kind) {
-                        Some(Kind::PositiveInt | Kind::NegativeInt) => last = None,
+                        // Readers of STIX disagree on what a negative index selects.
+                        Some(Kind::NegativeInt) => {
+                            return Err(
+                                self.error_at(at, "a list index is 0 or more, or '*'".into())
+                            );
+                        }
+                        Some(Kind::PositiveInt) if hashes => {
+                            return Err(self.error_at(
+                                at,
+                                "a hash is named by its algorithm, not by an index".into(),
+                            ));
+                        }
+                        Some(Kind::PositiveInt) => last = None,
                         Some(Kind::Star) => last = Some("*".into()),
                         _ => {
                             self.at -= 1;
@@ -871,25 +902,47 @@ fn fits_hash(value: &str, lengths: Option<&[usize]>) -> bool {
     }
 }
 
-/// A comparison on a hash of a known algorithm compares it with values of its form.
-fn check_hash(path: &Path, values: &[&Token]) -> Result<(), PatternSyntaxError> {
+/// Where the value of a comparison starts (its first token, or the end).
+fn value_at_offset(parser: &Parser<'_>, value_at: usize) -> usize {
+    parser.tokens.get(value_at).map_or(parser.end, |t| t.at)
+}
+
+/// A comparison on a hash of a known algorithm compares it with one string of the
+/// algorithm's form: not a set, a number or another literal (readers check the value's
+/// text against the form, and a set or a number never has it).
+fn check_hash(path: &Path, value: &[Token], at: usize) -> Result<(), PatternSyntaxError> {
     if !path.hashes {
         return Ok(());
     }
     let Some((name, lengths)) = path.last.as_deref().and_then(hash_form) else {
         return Ok(());
     };
-    for token in values {
-        if let Kind::Text(value) = &token.kind {
-            if !fits_hash(value, lengths) {
-                return Err(PatternSyntaxError {
-                    at: token.at,
-                    problem: format!("{:?} is not a {name} hash", shorten(value)),
-                });
-            }
+    match value {
+        [
+            Token {
+                kind: Kind::Text(text),
+                at,
+            },
+        ] if fits_hash(text, lengths) => {
+            let _ = at;
+            Ok(())
         }
+        [
+            Token {
+                kind: Kind::Text(text),
+                at,
+            },
+        ] => Err(PatternSyntaxError {
+            at: *at,
+            problem: format!("{:?} is not a {name} hash", shorten(text)),
+        }),
+        _ => Err(PatternSyntaxError {
+            at,
+            problem: format!(
+                "a {name} hash is compared with one quoted value, not a set or a number"
+            ),
+        }),
     }
-    Ok(())
 }
 
 /// The cyber-observable types STIX 2.1 defines.
@@ -974,6 +1027,7 @@ mod tests {
     #[test]
     fn patterns_of_the_specification_are_valid() {
         for pattern in [
+            "[x-acme-list:items[0].hashes.MD5 = 'd41d8cd98f00b204e9800998ecf8427e']",
             "[ipv4-addr:value = '198.51.100.1']",
             "[ipv4-addr:value = '198.51.100.1' OR domain-name:value = 'c2.example']",
             "[file:hashes.'SHA-256' = 'aec070645fe53ee3b3763059376134f058cc337247c978add178b6ccdfb0019f']",
@@ -1047,9 +1101,32 @@ mod tests {
             ("[file:name = 'a'] /* open", "comment"),
             ("[file:AND = 'a']", "property name"),
             ("[file:name IN (1, 2]", "',' or ')'"),
+            (
+                "[file:hashes.MD5 IN ('d41d8cd98f00b204e9800998ecf8427e')]",
+                "not a set",
+            ),
+            ("[file:hashes.MD5 = 5]", "not a set or a number"),
+            ("[file:hashes[0] = 'x']", "not by an index"),
+            ("[file:hashes.MD5[0] = 'x']", "not by an index"),
+            ("[x-foo:list[-1] = 'x']", "0 or more"),
+            ("[file:hashes.'MD\\'5' = 'x']", "algorithm's name"),
+            ("[file:hashes.'\u{17f}ha1' = 'x']", "algorithm's name"),
         ] {
             let error = invalid(pattern);
             assert!(error.contains(expect), "{pattern}: {error}");
+        }
+    }
+
+    #[test]
+    fn characters_that_do_not_print_are_shown_escaped() {
+        for pattern in [
+            "[file:name = 'a'] \u{202e}",
+            "[file:name = 'a'] \u{200b}",
+            "[\u{202e}file:name = 'a']",
+        ] {
+            let error = invalid(pattern);
+            assert!(error.is_ascii(), "{error}");
+            assert!(error.contains("\\u{"), "{error}");
         }
     }
 
