@@ -329,9 +329,10 @@ pub fn differs_for_sharing(a: &crate::model::Item, b: &crate::model::Item) -> bo
 }
 
 /// Whether `new`, a later version of `held`, may reach partners `held` did not: a lower
-/// marking, other tags or other types (a revocation never does). An object that
-/// references it, withheld for it until now, may then go to them too, so the store
-/// offers such objects again ([`index::Index::waiting`]).
+/// marking, other tags or other types, a later expiry, or no longer a revocation (a
+/// revocation never does). An object that references it, withheld for it until now,
+/// may then go to them too, so the store offers such objects again
+/// ([`index::Index::waiting`]); wider recipients are judged where the bundles are read.
 pub fn may_release(held: &crate::model::Item, new: &crate::model::Item) -> bool {
     if matches!(new.kind, crate::model::ItemKind::Revocation(_)) {
         return false;
@@ -341,9 +342,19 @@ pub fn may_release(held: &crate::model::Item, new: &crate::model::Item) -> bool 
         tags.sort();
         tags
     };
+    let until = |item: &crate::model::Item| match &item.kind {
+        crate::model::ItemKind::Indicator(indicator) => indicator.valid_until_ms,
+        _ => None,
+    };
+    let later_expiry = match (until(held), until(new)) {
+        (Some(_), None) => true,
+        (Some(before), Some(after)) => after > before,
+        _ => false,
+    };
     new.tlp < held.tlp
         || tags(held) != tags(new)
         || held.policy_types() != new.policy_types()
+        || later_expiry
         || matches!(held.kind, crate::model::ItemKind::Revocation(_))
 }
 

@@ -385,21 +385,24 @@ fn a_relationship_released_by_a_new_version_of_its_end_is_offered_again() {
         "the report Berlin may now see never reaches it: served {then:?}"
     );
 
-    // Raised and lowered again: the relationship is not sent out again each time.
-    let mut raised = lowered.clone();
-    raised.modified_ms = now + 2;
-    raised.tlp = Tlp::Amber;
-    accept(std::slice::from_ref(&raised));
-    let mut again = raised.clone();
-    again.modified_ms = now + 3;
-    again.tlp = Tlp::Green;
-    accept(std::slice::from_ref(&again));
-    let (later, _) = pulled_ids(&engine, &f, cursor);
-    assert!(later.contains(&amber_end.id.to_string()), "{later:?}");
-    assert!(
-        !later.contains(&rel.id.to_string()),
-        "sent again: {later:?}"
-    );
+    // Raised and lowered again and again: the relationship is not sent out each time
+    // (a few times at most, per version of it).
+    let mut cursor = cursor;
+    let mut sent = 0;
+    let mut end = lowered.clone();
+    for round in 0..10 {
+        end.modified_ms = now + 2 + 2 * round;
+        end.tlp = Tlp::Amber;
+        accept(std::slice::from_ref(&end));
+        end.modified_ms += 1;
+        end.tlp = Tlp::Green;
+        accept(std::slice::from_ref(&end));
+        let (later, reached) = pulled_ids(&engine, &f, cursor);
+        cursor = reached;
+        assert!(later.contains(&amber_end.id.to_string()), "{later:?}");
+        sent += later.iter().filter(|id| **id == rel.id.to_string()).count();
+    }
+    assert!(sent <= 4, "sent {sent} times again for 10 lowerings");
 
     // A new version of the end that changes nothing sharing reads offers nothing again.
     let unrelated = fresh_domain("other.example", now);
@@ -408,12 +411,150 @@ fn a_relationship_released_by_a_new_version_of_its_end_is_offered_again() {
     accept(&[unrelated.clone(), relationship_two.clone()]);
     let (_, cursor) = pulled_ids(&engine, &f, 0);
     let mut renamed = green_end.clone();
-    renamed.modified_ms = now + 4;
+    renamed.modified_ms = now + 100;
     accept(std::slice::from_ref(&renamed));
     let (after, _) = pulled_ids(&engine, &f, cursor);
     assert!(after.contains(&green_end.id.to_string()), "{after:?}");
     assert!(
         !after.contains(&relationship_two.id.to_string()),
         "offered again for nothing: {after:?}"
+    );
+}
+
+/// A bundle of `items` signed by hq for `distribution`.
+fn signed_to(
+    f: &Fixture,
+    items: &[Item],
+    distribution: &entente::model::Distribution,
+) -> entente::crypto::VerifiedBundle {
+    let signer = entente::crypto::BundleSigner::new(
+        f.hq.id.clone(),
+        f.hq.private_key_pkcs8().unwrap(),
+        f.hq.certificate_der(),
+    )
+    .unwrap();
+    let wire = signer
+        .sign(items, distribution, now_ms())
+        .unwrap()
+        .to_wire(|_| true);
+    entente::crypto::verify(&wire, &f.certs, &f.trust, now_ms()).unwrap()
+}
+
+/// Releases that a first re-offer must not use up (found by a review): two AMBER ends
+/// lowered one at a time; a tag change on the AMBER end before it is lowered; an end
+/// an older version of the relationship named changing; and an end signed again for
+/// more recipients (Berlin among them) at the same marking. In each, Berlin, which
+/// pulled past the relationship, must receive it once it may see it.
+#[test]
+fn every_release_of_an_end_offers_the_relationship_again() {
+    let f = fixture();
+    let now = now_ms();
+    let us = local(&f.hq.id);
+    let engine = green_engine(&f, &f.pki.path().join("node"));
+    let store = engine.store().clone();
+    let accept = |items: &[Item]| {
+        store.accept(&bundle(&f, &f.hq, items), &us, now).unwrap();
+    };
+    let amber = |name: &str| {
+        let mut item = fresh_domain(name, now);
+        item.tlp = Tlp::Amber;
+        item
+    };
+    let version = |item: &Item, modified: i64, tlp: Tlp| {
+        let mut next = item.clone();
+        next.modified_ms = modified;
+        next.tlp = tlp;
+        next
+    };
+
+    // Two AMBER ends, lowered one at a time.
+    let (a, b) = (amber("a.example"), amber("b.example"));
+    let both = relationship(&[&a.id, &b.id], Tlp::Green, now);
+    accept(&[a.clone(), b.clone()]);
+    accept(std::slice::from_ref(&both));
+    // A tag added to an AMBER end, then the end lowered.
+    let green = fresh_domain("g.example", now);
+    let tagged = amber("t.example");
+    let after_tag = relationship(&[&green.id, &tagged.id], Tlp::Green, now);
+    accept(&[green.clone(), tagged.clone()]);
+    accept(std::slice::from_ref(&after_tag));
+    // A relationship whose older version named x; its latest names y (AMBER).
+    let (x, y) = (fresh_domain("x.example", now), amber("y.example"));
+    let moved = relationship(&[&green.id, &x.id], Tlp::Green, now);
+    let mut moved_on = relationship(&[&green.id, &y.id], Tlp::Green, now + 1);
+    moved_on.id = moved.id.clone();
+    accept(&[x.clone(), y.clone()]);
+    accept(std::slice::from_ref(&moved));
+    accept(std::slice::from_ref(&moved_on));
+    // An end signed for another partner only.
+    let madrid = entente::model::NodeId::new("madrid.partner").unwrap();
+    let narrow = fresh_domain("n.example", now);
+    let to_madrid = entente::model::Distribution {
+        max_hops: None,
+        recipients: vec![madrid.clone()],
+    };
+    store
+        .accept(&signed_to(&f, &[narrow.clone()], &to_madrid), &us, now)
+        .unwrap();
+    let widened = relationship(&[&green.id, &narrow.id], Tlp::Green, now);
+    accept(std::slice::from_ref(&widened));
+
+    let (first, mut cursor) = pulled_ids(&engine, &f, 0);
+    for withheld in [&both.id, &after_tag.id, &moved.id, &widened.id] {
+        assert!(
+            !first.contains(&withheld.to_string()),
+            "{withheld} went out"
+        );
+    }
+    let mut pull = || {
+        let (ids, reached) = pulled_ids(&engine, &f, cursor);
+        cursor = reached;
+        ids
+    };
+
+    accept(&[version(&a, now + 1, Tlp::Green)]);
+    assert!(
+        !pull().contains(&both.id.to_string()),
+        "b still withholds it"
+    );
+    accept(&[version(&b, now + 1, Tlp::Green)]);
+    assert!(pull().contains(&both.id.to_string()), "both ends lowered");
+
+    let mut with_tag = version(&tagged, now + 1, Tlp::Amber);
+    with_tag.tags.push("campaign-x".into());
+    accept(std::slice::from_ref(&with_tag));
+    assert!(!pull().contains(&after_tag.id.to_string()));
+    accept(&[version(&with_tag, now + 2, Tlp::Green)]);
+    assert!(
+        pull().contains(&after_tag.id.to_string()),
+        "lowered after a tag change"
+    );
+
+    let mut x_tagged = version(&x, now + 1, Tlp::Green);
+    x_tagged.tags.push("t".into());
+    accept(std::slice::from_ref(&x_tagged));
+    assert!(
+        !pull().contains(&moved.id.to_string()),
+        "y still withholds it"
+    );
+    accept(&[version(&y, now + 1, Tlp::Green)]);
+    assert!(pull().contains(&moved.id.to_string()), "its end y lowered");
+
+    let wider = entente::model::Distribution {
+        max_hops: None,
+        recipients: vec![madrid, f.berlin.id.clone()],
+    };
+    store
+        .accept(
+            &signed_to(&f, &[version(&narrow, now + 1, Tlp::Green)], &wider),
+            &us,
+            now,
+        )
+        .unwrap();
+    let served = pull();
+    assert!(served.contains(&narrow.id.to_string()), "{served:?}");
+    assert!(
+        served.contains(&widened.id.to_string()),
+        "end signed for Berlin too: {served:?}"
     );
 }

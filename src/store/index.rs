@@ -176,9 +176,16 @@ pub(super) type Pending = HashMap<[u8; 16], (u8, Vec<RefKey>)>;
 pub(super) struct Waiting {
     pub(super) bundles: Vec<[u8; 16]>,
     pub(super) items: Vec<[u8; 16]>,
-    /// Those of `items` offered again for a release, not because they waited.
-    pub(super) released: Vec<[u8; 16]>,
+    /// Those of `items` offered again for a release, not because they waited, each with
+    /// the released object it was offered again for.
+    pub(super) released: Vec<([u8; 16], [u8; 16])>,
 }
+
+/// How many times one object is offered again for releases of one object it
+/// references, per version of it: enough for the steps an object's marking, tags and
+/// recipients go down in, few enough that a writer who raises and lowers a marking
+/// again and again cannot make the node send every referrer's bundle out each time.
+pub(super) const MAX_RELEASES_PER_REFERENCE: u8 = 4;
 
 /// What the index keeps of an item that references other objects by structure.
 pub(super) struct References {
@@ -244,11 +251,12 @@ pub(super) struct Index {
     /// The items recorded again by [`Index::waiting`]'s finding since the store was
     /// opened or compacted, and not replaced by a new version since: not offered again.
     pub(super) offered_again: HashSet<[u8; 16]>,
-    /// The items recorded again since the store was opened or compacted because an
-    /// object they reference was released by a new version of it (a lower marking,
-    /// other tags or types), and not replaced by a new version since: not offered again
-    /// for another release.
-    pub(super) released_again: HashSet<[u8; 16]>,
+    /// For each item recorded again since the store was opened or compacted because an
+    /// object it references was released (a new version of it with a lower marking,
+    /// other tags or types, wider recipients, a later expiry, or a copy by a shorter
+    /// path), and not replaced by a new version since: how many times, per object
+    /// released, at most [`MAX_RELEASES_PER_REFERENCE`].
+    pub(super) released_again: HashMap<[u8; 16], HashMap<[u8; 16], u8>>,
     /// For each item whose latest version references by structure: that version's
     /// bundle and references.
     pub(super) references: HashMap<[u8; 16], References>,
@@ -275,7 +283,7 @@ impl Index {
             bundles: HashMap::new(),
             referrers: HashMap::new(),
             offered_again: HashSet::new(),
-            released_again: HashSet::new(),
+            released_again: HashMap::new(),
             references: HashMap::new(),
             feed: BTreeMap::new(),
             hasher,
@@ -332,11 +340,13 @@ impl Index {
     /// rule reads, [`crate::policy::MAX_REF_DEPTH`] levels) before the frame, and does
     /// with it. Whether a partner may see it is still for the delivery rule to say.
     ///
-    /// So is each held object that references an item of `released` (one whose new
-    /// version in the frame may reach partners the version held did not, the same two
-    /// levels up) and has every object it references held: partners that read past it
-    /// while that item held it back would not see it again either. Each is offered
-    /// again for a release once per its version ([`Index::released_again`]).
+    /// So is each held object whose latest version references an item of `released`
+    /// (one whose new version in the frame, or copy by a shorter path, may reach
+    /// partners the version held did not), directly or through one object that does,
+    /// and has every object it references held: partners that read past it while that
+    /// item held it back would not see it again either. Each is offered again at most
+    /// [`MAX_RELEASES_PER_REFERENCE`] times per object released, per its version
+    /// ([`Index::released_again`]).
     pub(super) fn waiting(&self, pending: &Pending, released: &HashSet<[u8; 16]>) -> Waiting {
         let mut waiting = Waiting::default();
         if self.referrers.is_empty() {
@@ -345,16 +355,17 @@ impl Index {
         let mut chosen: HashSet<[u8; 16]> = HashSet::new();
         let mut release_bundles: Vec<[u8; 16]> = Vec::new();
         for id in released {
-            let by_one = self.referrers.get(id).into_iter().flatten();
-            let by_two = self
-                .referrers
-                .get(id)
-                .into_iter()
-                .flatten()
-                .flat_map(|by| self.referrers.get(by).into_iter().flatten());
-            for by in by_one.chain(by_two) {
+            let by_one = self.naming(id);
+            let by_two: Vec<[u8; 16]> = by_one.iter().flat_map(|by| self.naming(by)).collect();
+            for by in by_one.iter().chain(&by_two) {
+                let spent = self
+                    .released_again
+                    .get(by)
+                    .and_then(|ends| ends.get(id))
+                    .copied()
+                    .unwrap_or(0);
                 if pending.contains_key(by)
-                    || self.released_again.contains(by)
+                    || spent >= MAX_RELEASES_PER_REFERENCE
                     || !chosen.insert(*by)
                 {
                     continue;
@@ -363,7 +374,7 @@ impl Index {
                     continue;
                 };
                 if self.all_held(&held.refs, pending, 1) {
-                    waiting.released.push(*by);
+                    waiting.released.push((*by, *id));
                     release_bundles.push(held.bundle);
                 }
             }
@@ -417,13 +428,31 @@ impl Index {
                 }
             }
         }
-        waiting.items.extend(waiting.released.iter().copied());
+        waiting
+            .items
+            .extend(waiting.released.iter().map(|(by, _)| *by));
         for bundle in release_bundles {
             if bundles.insert(bundle) {
                 waiting.bundles.push(bundle);
             }
         }
         waiting
+    }
+
+    /// The held objects whose latest version references `id` (the index of referrers
+    /// keeps what any version named).
+    fn naming(&self, id: &[u8; 16]) -> Vec<[u8; 16]> {
+        self.referrers
+            .get(id)
+            .into_iter()
+            .flatten()
+            .filter(|by| {
+                self.references
+                    .get(*by)
+                    .is_some_and(|held| held.refs.iter().any(|(uuid, _)| uuid == id))
+            })
+            .copied()
+            .collect()
     }
 
     /// Whether every object of `refs` is held (in `pending`, or else in the index) under

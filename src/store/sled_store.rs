@@ -1419,6 +1419,11 @@ impl ItemStore for SledStore {
                         frame.record(&current);
                         new_items.push(self.new_item(item, verified.index));
                         report.hops_lowered += 1;
+                        // Fewer transfers may let it reach partners with a `max_hops`,
+                        // and what references it with it.
+                        if self.index().referrers.contains_key(&uuid) {
+                            released.insert(uuid);
+                        }
                     }
                     _ => report.duplicates += 1,
                 }
@@ -1561,8 +1566,26 @@ impl ItemStore for SledStore {
                 let releases = match pending.get(&uuid) {
                     Some((_, before)) => crate::store::may_release(before, item),
                     None => match self.item_record(&log, &uuid)? {
-                        Some(held) => Item::decode_stored(&held.item_bytes)
-                            .is_ok_and(|held| crate::store::may_release(&held, item)),
+                        Some(held) => {
+                            // Signed to wider recipients than the version held (more
+                            // nodes, more hops), or changed as sharing reads it.
+                            let wider = records::uuid16(&held.bundle_uuid)
+                                .map(BundleId::from_uuid_bytes)
+                                .map(|id| self.bundle_header_in(&log, &id))
+                                .transpose()?
+                                .flatten()
+                                .and_then(|bytes| crate::crypto::parse_header(&bytes).ok())
+                                .is_some_and(|(old, _)| {
+                                    bundle
+                                        .header()
+                                        .distribution
+                                        .reaches_beyond(&old.distribution)
+                                        .is_some()
+                                });
+                            wider
+                                || Item::decode_stored(&held.item_bytes)
+                                    .is_ok_and(|held| crate::store::may_release(&held, item))
+                        }
                         None => false,
                     },
                 };
@@ -1694,11 +1717,19 @@ impl ItemStore for SledStore {
             index.offered_again.remove(uuid);
             index.released_again.remove(uuid);
         }
-        index.released_again.extend(released_again.iter().copied());
+        for (by, end) in &released_again {
+            let spent = index
+                .released_again
+                .entry(*by)
+                .or_default()
+                .entry(*end)
+                .or_insert(0);
+            *spent = spent.saturating_add(1);
+        }
         index.offered_again.extend(
             waited
                 .iter()
-                .filter(|uuid| !released_again.contains(uuid))
+                .filter(|uuid| !released_again.iter().any(|(by, _)| by == *uuid))
                 .copied(),
         );
         drop(index);
