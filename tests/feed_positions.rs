@@ -494,7 +494,11 @@ fn every_release_of_an_end_offers_the_relationship_again() {
         recipients: vec![madrid.clone()],
     };
     store
-        .accept(&signed_to(&f, &[narrow.clone()], &to_madrid), &us, now)
+        .accept(
+            &signed_to(&f, std::slice::from_ref(&narrow), &to_madrid),
+            &us,
+            now,
+        )
         .unwrap();
     let widened = relationship(&[&green.id, &narrow.id], Tlp::Green, now);
     accept(std::slice::from_ref(&widened));
