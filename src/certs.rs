@@ -501,6 +501,11 @@ pub struct RevokedEntry {
     /// When it was revoked.
     #[serde(with = "time::serde::rfc3339")]
     pub revoked_at: OffsetDateTime,
+    /// SHA-256 (hex) of its public key (SubjectPublicKeyInfo), so that the key is never
+    /// certified again even once the certificate's file is gone. Absent in entries
+    /// written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_sha256: Option<String>,
 }
 
 impl RevokedEntry {
@@ -510,6 +515,13 @@ impl RevokedEntry {
             problem: format!("serial {:?} is not hex", self.serial),
         })
     }
+}
+
+/// SHA-256 (hex) of a certificate's public key (its SubjectPublicKeyInfo).
+fn public_key_digest(der: &rustls::pki_types::CertificateDer<'_>) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert.public_key().raw);
+    Some(hex_encode(digest.as_ref()))
 }
 
 /// The revocation register kept next to the CA.
@@ -635,13 +647,23 @@ impl CertDir {
             Some(cert.public_key().raw.to_vec())
         }
         use rustls::pki_types::pem::PemObject;
-        let Some(key) = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes())
-            .ok()
-            .and_then(|der| key_of(der.as_ref()))
+        let Some(der) = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).ok()
         else {
             return Ok(None);
         };
+        let Some(key) = key_of(der.as_ref()) else {
+            return Ok(None);
+        };
+        let digest = public_key_digest(&der);
         let register = read_register(&self.dir.join(REVOKED_FILE))?;
+        // The key recorded at revocation, whatever became of the certificate's file.
+        if let Some(entry) = register
+            .revoked
+            .iter()
+            .find(|entry| entry.key_sha256.is_some() && entry.key_sha256 == digest)
+        {
+            return Ok(Some((entry.id.clone(), entry.serial.clone())));
+        }
         for entry in register.revoked {
             let kept = [
                 self.dir.join(format!("{}.{}.crt", entry.id, entry.serial)),
@@ -918,12 +940,16 @@ impl CertDir {
         let register_path = self.dir.join(REVOKED_FILE);
         let mut register = read_register(&register_path)?;
         let mut serials = Vec::new();
-        for (serial, _) in chosen {
+        for (serial, path) in chosen {
             if !register.revoked.iter().any(|r| r.serial == serial) {
+                let key_sha256 = files::read_certificates(&path)
+                    .ok()
+                    .and_then(|certs| certs.first().and_then(|leaf| public_key_digest(leaf)));
                 register.revoked.push(RevokedEntry {
                     id: id.to_string(),
                     serial: serial.clone(),
                     revoked_at: OffsetDateTime::now_utc(),
+                    key_sha256,
                 });
             }
             serials.push(serial);
