@@ -707,6 +707,13 @@ pub trait ItemStore: Send + Sync {
     /// The latest version held of an item.
     fn get(&self, id: &ItemId) -> Result<Option<StoredItem>, StoreError>;
 
+    /// Whether the latest version held of indicator `id` is a revocation.
+    fn latest_is_revocation(&self, id: &ItemId) -> Result<bool, StoreError> {
+        Ok(self
+            .get(id)?
+            .is_some_and(|held| matches!(held.item.kind, crate::model::ItemKind::Revocation(_))))
+    }
+
     /// The latest version held under `id`'s UUID, whatever its type (one UUID, one
     /// type: `malware--X` is held where `indicator--X` is). By default `id`'s own.
     fn get_any_type(&self, id: &ItemId) -> Result<Option<StoredItem>, StoreError> {

@@ -1624,3 +1624,55 @@ fn repeated_lines_and_the_nodes_own_export_published_again_are_duplicates() {
     assert!(last_line(&again).contains("0 rejected"), "{again}");
     assert_eq!(hq.query_stix(&hq.analyst, &[]).len(), 3);
 }
+
+/// Two things a publish did without a word (found by an acceptance walk): a list
+/// published again after `entente revoke` made the revoked indicator live again, and a
+/// report naming an object the node does not hold (in the OASIS examples, a
+/// relationship refused because its UUID is an indicator's) was stored and then
+/// withheld from every partner for good. Both are now said, and the JSON carries them.
+#[test]
+fn publish_says_what_it_made_live_again_and_what_waits() {
+    let hq = Hq::start();
+    let analyst = s(&hq.analyst);
+    let list = hq.input("c2.txt", "relist.campaign.example\n");
+    let publish_list = || entente(&["publish", "--config", analyst, "--tlp", "green", s(&list)]);
+    assert!(publish_list().status.success());
+    let id = hq.query_stix(&hq.analyst, &["--value", "relist.campaign.example"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(&[
+        "revoke",
+        "--config",
+        analyst,
+        "--reason",
+        "false positive",
+        &id,
+    ]);
+    let again = publish_list();
+    assert!(again.status.success(), "{}", stderr(&again));
+    let told = stderr(&again);
+    assert!(
+        told.contains("1 indicator revoked before is live again") && told.contains(&id),
+        "{told}"
+    );
+
+    const GREEN: &str = "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb";
+    let missing = "indicator--0badc0de-0000-4000-8000-000000000001";
+    let report_id = "report--0badc0de-0000-4000-8000-000000000002";
+    let report = object(
+        "report",
+        report_id,
+        GREEN,
+        serde_json::json!({"name": "R", "published": "2025-04-01T00:00:00Z", "object_refs": [missing]}),
+    );
+    let file = hq.input("report.json", &stix_bundle(vec![report]));
+    let published = &json_lines(&["publish", "--config", analyst, s(&file)])[0];
+    let waiting = published["waiting"].as_array().unwrap();
+    assert_eq!(waiting.len(), 1, "{published}");
+    assert_eq!(waiting[0]["id"], report_id);
+    assert!(
+        waiting[0]["reason"].as_str().unwrap().contains(missing),
+        "{published}"
+    );
+}

@@ -146,6 +146,13 @@ pub async fn publish(
             "rejected": rejected_json(&response),
             "rejected_count": response.items_rejected,
             "invalid_skipped": parsed.errors.len(),
+            "relisted": response.relisted,
+            "relisted_count": response.items_relisted,
+            "waiting": response
+                .waiting
+                .iter()
+                .map(|w| json!({"id": w.id, "reason": w.reason}))
+                .collect::<Vec<_>>(),
             "bundle_ids": response.bundle_ids,
             "seconds": (secs * 1000.0).round() / 1000.0,
         }))?;
@@ -178,6 +185,26 @@ pub async fn publish(
             .saturating_sub(response.rejected.len() as u64);
         if unnamed > 0 {
             eprintln!("... and {unnamed} more refused");
+        }
+        if response.items_relisted > 0 {
+            eprintln!(
+                "warning: {} revoked before {} live again (a later version undoes a revocation; to keep an indicator withdrawn, take it out of what you publish): {}{}",
+                count(response.items_relisted, "indicator"),
+                if response.items_relisted == 1 {
+                    "is"
+                } else {
+                    "are"
+                },
+                response.relisted.join(", "),
+                if response.items_relisted > response.relisted.len() as u64 {
+                    ", ..."
+                } else {
+                    ""
+                }
+            );
+        }
+        for waiting in &response.waiting {
+            eprintln!("warning: {} {}", waiting.id, waiting.reason);
         }
     }
     if response.items_rejected > 0 {

@@ -15,7 +15,7 @@ use super::proto::{
     QueryRequest, QueryResponse, RejectedItem, StoredItem as ProtoStoredItem, SubscribeRequest,
 };
 use crate::crypto::MAX_ITEMS_PER_BUNDLE;
-use crate::engine::{Answer, Engine, PublishReceipt, SubscriptionEnd, now_ms};
+use crate::engine::{Answer, Engine, EngineError, PublishReceipt, SubscriptionEnd, now_ms};
 use crate::model::{Item, ItemId};
 
 /// Default and largest page of `Query`.
@@ -130,9 +130,24 @@ impl IntelService {
                             })
                         })
                         .collect::<Result<Vec<_>, _>>()?;
-                    Ok(engine.sign(&publisher, &items, &distribution, now)?)
+                    // Indicators revoked here that this bundle gives a later version of:
+                    // the publisher is told they are live again.
+                    let mut relisted = std::collections::HashSet::new();
+                    for item in &items {
+                        if !matches!(item.kind, crate::model::ItemKind::Revocation(_))
+                            && engine
+                                .store()
+                                .latest_is_revocation(&item.id)
+                                .map_err(EngineError::from)?
+                        {
+                            relisted.insert(item.id.clone());
+                        }
+                    }
+                    let signed = engine.sign(&publisher, &items, &distribution, now)?;
+                    Ok((signed, relisted))
                 })
                 .await?;
+                let (signed, relisted) = signed;
                 if let Some(previous) = writing.take() {
                     count(response, join(previous).await?);
                 }
@@ -140,7 +155,28 @@ impl IntelService {
                 writing = Some(tokio::task::spawn_blocking(move || {
                     let receipt = engine.store_own(&signed, now_ms())?;
                     let rejected = rejected_items(&engine, &writer, &signed, &receipt);
-                    Ok((receipt, rejected))
+                    let stored: Vec<&crate::model::Item> = signed
+                        .items()
+                        .iter()
+                        .filter(|item| receipt.report.stored.contains(&item.index))
+                        .map(|item| &item.item)
+                        .collect();
+                    let relisted: Vec<String> = stored
+                        .iter()
+                        .filter(|item| relisted.contains(&item.id))
+                        .map(|item| item.id.to_string())
+                        .collect();
+                    let waiting = if engine.sees_everything(&writer.id) {
+                        waiting_items(&engine, &stored)?
+                    } else {
+                        Vec::new()
+                    };
+                    Ok(Written {
+                        receipt,
+                        rejected,
+                        relisted,
+                        waiting,
+                    })
                 }));
                 message += 1;
             }
@@ -173,16 +209,69 @@ async fn join<T>(task: tokio::task::JoinHandle<Result<T, Status>>) -> Result<T, 
         .map_err(|e| Status::internal(format!("task failed: {e}")))?
 }
 
-/// A stored bundle's receipt, and the items it refused with why.
-type Written = (PublishReceipt, Vec<RejectedItem>);
+/// A stored bundle's receipt, the items it refused with why, the revoked indicators it
+/// made live again, and what it stored that waits for objects not held.
+struct Written {
+    receipt: PublishReceipt,
+    rejected: Vec<RejectedItem>,
+    relisted: Vec<String>,
+    waiting: Vec<RejectedItem>,
+}
 
-fn count(response: &mut PublishResponse, (receipt, rejected): Written) {
+fn count(response: &mut PublishResponse, written: Written) {
+    let Written {
+        receipt,
+        rejected,
+        relisted,
+        waiting,
+    } = written;
     response.bundle_ids.push(receipt.bundle_id.to_string());
     response.items_accepted += receipt.report.stored.len() as u64;
     response.items_duplicate += receipt.report.duplicates as u64;
     response.items_rejected += receipt.report.rejected.len() as u64;
     let room = MAX_REJECTED_NAMED.saturating_sub(response.rejected.len());
     response.rejected.extend(rejected.into_iter().take(room));
+    response.items_relisted += relisted.len() as u64;
+    let room = MAX_REJECTED_NAMED.saturating_sub(response.relisted.len());
+    response.relisted.extend(relisted.into_iter().take(room));
+    let room = MAX_REJECTED_NAMED.saturating_sub(response.waiting.len());
+    response.waiting.extend(waiting.into_iter().take(room));
+}
+
+/// The stored relationships, reports and sightings of `stored` that reference an object
+/// this node does not hold under its type, each with the first such id: withheld from
+/// every partner until it arrives. Only told to a publisher that sees every item (to
+/// another, an object it may not see would look unlike an absent one).
+fn waiting_items(
+    engine: &Engine,
+    stored: &[&crate::model::Item],
+) -> Result<Vec<RejectedItem>, Status> {
+    let mut out = Vec::new();
+    for item in stored {
+        let crate::model::ItemKind::Context(context) = &item.kind else {
+            continue;
+        };
+        for reference in &context.refs {
+            if engine
+                .store()
+                .get(reference)
+                .map_err(EngineError::from)?
+                .is_none()
+            {
+                out.push(RejectedItem {
+                    id: item.id.to_string(),
+                    reason: format!(
+                        "references {reference}, which this node does not hold: it goes to no partner until that arrives"
+                    ),
+                });
+                break;
+            }
+        }
+        if out.len() >= MAX_REJECTED_NAMED {
+            break;
+        }
+    }
+    Ok(out)
 }
 
 /// Most refused items a Publish answer names (the count is always complete), so that the

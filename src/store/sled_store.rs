@@ -1775,6 +1775,17 @@ impl ItemStore for SledStore {
         Ok(())
     }
 
+    fn latest_is_revocation(&self, id: &ItemId) -> Result<bool, StoreError> {
+        // Read from the index (a revocation's slot carries no type), no record read.
+        if id.stix_type() != "indicator" {
+            return Ok(false);
+        }
+        let index = self.index();
+        Ok(index
+            .latest(&id.uuid_bytes())
+            .is_some_and(|slot| index.slots[slot as usize].ty() == records::NOT_INDEXED))
+    }
+
     fn get(&self, id: &ItemId) -> Result<Option<StoredItem>, StoreError> {
         let log = self.log();
         match self.item_record(&log, &id.uuid_bytes())? {
