@@ -21,9 +21,9 @@ use time::format_description::well_known::Rfc3339;
 use crate::model::{IndicatorType, Item, ItemId, ItemKind, Tlp};
 
 pub use stix::{
-    created_of, identity, identity_id, revocation_extension, revoked_context_properties,
-    tlp_marking_definition, tlp2_marking, to_stix, to_stix_from, uses_revocation_extension,
-    write_stix_from,
+    REVOCATION_EXTENSION, created_of, identity, identity_id, revocation_extension,
+    revoked_context_properties, tlp_marking_definition, tlp2_marking, to_stix, to_stix_from,
+    uses_revocation_extension, write_stix_from,
 };
 
 /// Most objects (STIX) or records (CSV, list) in one input; above it the input is refused

@@ -309,13 +309,17 @@ pub fn differs_for_sharing(a: &crate::model::Item, b: &crate::model::Item) -> bo
     let revocation =
         |item: &crate::model::Item| matches!(item.kind, crate::model::ItemKind::Revocation(_));
     // Identities are not shared objects (the export names the origin's as
-    // `created_by_ref`): only references to what policy judges count.
+    // `created_by_ref`), nor is the extension definition an exported revocation
+    // declares: only references to what policy judges count.
+    let extension = crate::interop::REVOCATION_EXTENSION
+        .split_once("--")
+        .map_or("", |(_, uuid)| uuid);
     let references = |item: &crate::model::Item| {
         let mut ids: Vec<String> = item
             .referenced()
             .iter()
             .map(|id| id.as_str().to_owned())
-            .filter(|id| !id.starts_with("identity--"))
+            .filter(|id| !id.starts_with("identity--") && !id.ends_with(extension))
             .collect();
         ids.sort();
         ids

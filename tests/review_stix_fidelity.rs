@@ -668,4 +668,25 @@ async fn an_exported_object_posted_back_unchanged_is_the_version_held() {
         assert_eq!(status["success_count"], json!(0), "{changed}: {status}");
         assert_eq!(status["failure_count"], json!(1), "{changed}: {status}");
     }
+
+    // Revoked, served and posted back unchanged: the same (the revocation extension it
+    // declares is no reference to a shared object).
+    let id = served["id"].as_str().unwrap();
+    publish(&client, vec![bare_revocation(id, "sinkholed")])
+        .await
+        .unwrap();
+    let listed = get(&analyst, node.taxii, &format!("{objects}?limit=1000"))
+        .await
+        .json();
+    let revoked = listed["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["id"] == served["id"])
+        .cloned()
+        .expect("the revocation is served");
+    assert_eq!(revoked["revoked"], json!(true), "{revoked}");
+    let status = post_objects(&analyst, &node, &objects, vec![revoked]).await;
+    assert_eq!(status["success_count"], json!(1), "{status}");
+    assert_eq!(status["failure_count"], json!(0), "{status}");
 }
