@@ -843,7 +843,15 @@ fn indicator(object: &mut RawObject, markings: &Definitions, now_ms: i64) -> Res
     // node wrote revocations before they carried their indicator) has none.
     let described = match pattern {
         Some(pattern) => {
-            let (indicator_type, value) = match pattern::recognise(pattern) {
+            // A control character (a line break) is refused in any pattern, as it is
+            // through `Intel.Publish`, rather than trimmed from a single comparison's
+            // value on the way to a typed indicator.
+            let recognised = if pattern.chars().any(char::is_control) {
+                None
+            } else {
+                pattern::recognise(pattern)
+            };
+            let (indicator_type, value) = match recognised {
                 Some((ty, value)) => normalise_typed(ty, &value),
                 None => normalise_typed(IndicatorType::StixPattern, pattern),
             }
@@ -1924,6 +1932,20 @@ mod tests {
         revoked["revoked"] = json!(true);
         let parsed = parse(&bundle(vec![revoked]), None);
         assert_eq!(revocation(&parsed.items[0]).indicator_type, Ipv4);
+
+        // A control character in a single comparison's value is refused, not trimmed.
+        for pattern in [
+            "[ipv4-addr:value = '1.2.3.4\n']",
+            "[domain-name:value = 'a.example\t']",
+        ] {
+            let parsed = parse(&bundle(vec![ioc(ID_1, pattern, green)]), None);
+            assert!(parsed.items.is_empty(), "{pattern}: {:?}", parsed.items);
+            assert!(
+                parsed.errors[0].reason.contains("control character"),
+                "{:?}",
+                parsed.errors
+            );
+        }
     }
 
     #[test]
