@@ -746,6 +746,16 @@ impl Engine {
         };
         let indicator = match &held.item.kind {
             ItemKind::Indicator(indicator) => Some(indicator.clone()),
+            // `entente revoke` of what is revoked already would only add a version
+            // saying the same.
+            ItemKind::Revocation(earlier) if untyped => {
+                return Err(EngineError::Unpublishable(format!(
+                    "item {at}: {id} is revoked already ({}: {})",
+                    crate::util::rfc3339_ms(held.item.modified_ms)
+                        .unwrap_or_else(|| held.item.modified_ms.to_string()),
+                    earlier.reason.chars().take(200).collect::<String>()
+                )));
+            }
             ItemKind::Revocation(earlier) => earlier.indicator.as_deref().cloned(),
             // A context object is revoked by a new version of it with `revoked: true`.
             ItemKind::Context(context) if untyped => {

@@ -961,6 +961,14 @@ fn revoke_keeps_the_marking_and_tags_and_exports_valid_stix() {
     let (path, _) = export(&hq, &hq.analyst, "revoked.json");
     assert_valid_stix(&path);
 
+    // Revoking it again is refused, saying when and why it was revoked.
+    let twice = fails(&["revoke", "--config", analyst, "--reason", "again", &id]);
+    assert!(
+        stderr(&twice).contains("revoked already") && stderr(&twice).contains("sinkholed"),
+        "{}",
+        stderr(&twice)
+    );
+
     // Nothing to revoke, and no right to revoke.
     let unknown = fails(&[
         "revoke",
