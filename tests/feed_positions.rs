@@ -25,10 +25,15 @@ fn berlin(f: &Fixture) -> Partner {
 }
 
 fn engine(f: &Fixture, dir: &std::path::Path) -> Engine {
+    engine_allowing(f, dir, Tlp::Amber)
+}
+
+/// hq's engine, with Berlin allowed every type up to `max_tlp`.
+fn engine_allowing(f: &Fixture, dir: &std::path::Path, max_tlp: Tlp) -> Engine {
     let spec = PolicySpec::new(f.hq.id.clone()).with(
         berlin(f),
         PolicySettings {
-            max_tlp: Some(Tlp::Amber),
+            max_tlp: Some(max_tlp),
             allow_types: Some(IndicatorType::ALL.to_vec()),
             ..PolicySettings::default()
         },
@@ -312,29 +317,7 @@ fn positions_written_with_an_offer_again_read_back_in_order_after_a_reopen() {
 
 /// The engine of [`engine`], with Berlin allowed GREEN at most.
 fn green_engine(f: &Fixture, dir: &std::path::Path) -> Engine {
-    let spec = PolicySpec::new(f.hq.id.clone()).with(
-        berlin(f),
-        PolicySettings {
-            max_tlp: Some(Tlp::Green),
-            allow_types: Some(IndicatorType::ALL.to_vec()),
-            ..PolicySettings::default()
-        },
-    );
-    let store = common::open_store(dir, &f.hq.id, 16 << 20).unwrap();
-    let signer = entente::crypto::BundleSigner::new(
-        f.hq.id.clone(),
-        f.hq.private_key_pkcs8().unwrap(),
-        f.hq.certificate_der(),
-    )
-    .unwrap();
-    Engine::new(
-        Arc::new(store),
-        Policy::compile(&spec),
-        signer,
-        f.hq.certificate_der(),
-        Box::new(f.hq.signer_trust().unwrap()),
-    )
-    .unwrap()
+    engine_allowing(f, dir, Tlp::Green)
 }
 
 /// A GREEN relationship between a GREEN indicator and an AMBER one, and a GREEN report

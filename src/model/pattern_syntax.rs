@@ -921,12 +921,9 @@ fn check_hash(path: &Path, value: &[Token], at: usize) -> Result<(), PatternSynt
         [
             Token {
                 kind: Kind::Text(text),
-                at,
+                ..
             },
-        ] if fits_hash(text, lengths) => {
-            let _ = at;
-            Ok(())
-        }
+        ] if fits_hash(text, lengths) => Ok(()),
         [
             Token {
                 kind: Kind::Text(text),

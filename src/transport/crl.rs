@@ -67,15 +67,7 @@ impl Freshness {
         if !rest.is_empty() {
             return Err(CrlRefusal::Unreadable("trailing bytes".into()));
         }
-        let key_id = crl
-            .extensions()
-            .iter()
-            .find_map(|ext| match ext.parsed_extension() {
-                x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => {
-                    aki.key_identifier.as_ref().map(|k| k.0.to_vec())
-                }
-                _ => None,
-            });
+        let key_id = authority_key_id(crl.extensions());
         Ok(Self {
             issuer: crl.issuer().as_raw().to_vec(),
             key_id,
@@ -105,6 +97,18 @@ fn compare_big_endian(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     a.len().cmp(&b.len()).then_with(|| a.cmp(&b))
 }
 
+/// The key identifier an authority key identifier extension among `extensions` names.
+fn authority_key_id(extensions: &[x509_parser::extensions::X509Extension<'_>]) -> Option<Vec<u8>> {
+    extensions
+        .iter()
+        .find_map(|ext| match ext.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                aki.key_identifier.as_ref().map(|k| k.0.to_vec())
+            }
+            _ => None,
+        })
+}
+
 /// The issuer of the first CRL of `crls` that revokes `cert` (the same issuer name and,
 /// when both name one, the same issuer key identifier, and the certificate's serial
 /// listed), or `None`.
@@ -113,21 +117,13 @@ pub fn revoking_issuer(
     cert: &CertificateDer<'_>,
 ) -> Option<String> {
     let (_, cert) = X509Certificate::from_der(cert.as_ref()).ok()?;
-    let cert_key_id = cert
-        .extensions()
-        .iter()
-        .find_map(|ext| match ext.parsed_extension() {
-            x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => {
-                aki.key_identifier.as_ref().map(|k| k.0.to_vec())
-            }
-            _ => None,
-        });
+    let cert_key_id = authority_key_id(cert.extensions());
     crls.iter().find_map(|der| {
         let (_, crl) = CertificateRevocationList::from_der(der.as_ref()).ok()?;
         if crl.issuer().as_raw() != cert.issuer().as_raw() {
             return None;
         }
-        let crl_key_id = Freshness::of(der.as_ref()).ok()?.key_id;
+        let crl_key_id = authority_key_id(crl.extensions());
         if let (Some(a), Some(b)) = (&crl_key_id, &cert_key_id) {
             if a != b {
                 return None;
