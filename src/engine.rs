@@ -744,6 +744,13 @@ impl Engine {
             }
             _ => return Ok(()),
         };
+        // A revocation cannot wait for the clock: when the version held is dated ahead
+        // of it (a writer's clock ran fast, within the allowed skew), a revocation that
+        // gives no time is dated just after that version instead of being refused as
+        // older than it.
+        if untyped && draft.modified_unix_ms == 0 && held.item.modified_ms >= now_ms {
+            draft.modified_unix_ms = held.item.modified_ms.saturating_add(1);
+        }
         let indicator = match &held.item.kind {
             ItemKind::Indicator(indicator) => Some(indicator.clone()),
             // `entente revoke` of what is revoked already would only add a version

@@ -752,6 +752,48 @@ async fn a_correction_older_than_the_held_version_is_refused_not_passed_over() {
     hq.stop().await;
 }
 
+/// A revocation cannot wait for the clock: `entente revoke` (a revocation giving only
+/// the id and the reason) of an indicator whose version held is dated ahead of this
+/// node's clock, within the skew, is dated just after that version, not refused as
+/// older than it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_of_a_version_dated_ahead_is_dated_after_it() {
+    let hq = Hq::start().await;
+    let alice = hq.connect(ANALYST).await;
+    let mut ahead = indicator("domain", "fast-clock.example", Tlp::Green, &["op:x"]);
+    ahead.modified_unix_ms = now_ms() + 4 * 60_000;
+    publish(&alice, vec![ahead.clone()], None).await;
+    let bare = wire::Item {
+        id: ahead.id.clone(),
+        modified_unix_ms: 0,
+        tlp: Tlp::Unspecified as i32,
+        tags: vec![],
+        kind: Some(wire::item::Kind::Revocation(wire::Revocation {
+            reason: "false positive".into(),
+            indicator_type: String::new(),
+            indicator: None,
+        })),
+    };
+    let request = PublishRequest {
+        items: vec![bare],
+        distribution: None,
+        groups: vec![],
+    };
+    let answer = alice
+        .publish(tokio_stream::iter(vec![request]))
+        .await
+        .expect("the revocation is accepted");
+    assert_eq!(answer.items_accepted, 1, "{answer:?}");
+    let held = alice.get(&ahead.id).await.unwrap().unwrap().item.unwrap();
+    assert!(
+        matches!(held.kind, Some(wire::item::Kind::Revocation(_))),
+        "the indicator is not revoked: {held:?}"
+    );
+    assert_eq!(held.modified_unix_ms, ahead.modified_unix_ms + 1);
+    assert_eq!(held.tags, vec!["op:x".to_owned()]);
+    hq.stop().await;
+}
+
 /// A writer that may not see an older version of an item cannot test guesses at it:
 /// writing that version back gets the same refusal whether the guess matches or not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
