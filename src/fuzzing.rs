@@ -815,6 +815,88 @@ pub fn stix(data: &[u8]) {
     }
 }
 
+/// Longest pattern the pattern check is fuzzed with (an indicator's value is bounded
+/// well below a pattern this long anyway).
+const MAX_FUZZED_PATTERN_BYTES: usize = 4096;
+
+/// A STIX pattern, as the `pattern` of one GREEN indicator in a STIX bundle: the grammar
+/// check (`check_pattern_syntax`) never fails on any text; an indicator the import
+/// takes in is either one typed comparison or a pattern the check accepts; what the
+/// node exports for it is a pattern the check accepts again, and reads back as the
+/// same item.
+pub fn pattern(data: &[u8]) {
+    use crate::model::pattern_syntax::check_pattern_syntax;
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if text.len() > MAX_FUZZED_PATTERN_BYTES {
+        return;
+    }
+    let accepted = check_pattern_syntax(text);
+    let bundle = serde_json::json!({
+        "type": "bundle",
+        "id": "bundle--5d0092c5-5f74-4287-9642-33f4c354e56d",
+        "objects": [{
+            "type": "indicator",
+            "spec_version": "2.1",
+            "id": "indicator--0b7b7bb5-5d3a-4c7e-9a8e-43c9f3e6d1a2",
+            "created": "2025-06-01T00:00:00.000Z",
+            "modified": "2025-06-01T00:00:00.000Z",
+            "pattern": text,
+            "pattern_type": "stix",
+            "valid_from": "2025-06-01T00:00:00.000Z",
+            "object_marking_refs": ["marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb"],
+        }],
+    });
+    let parsed = parse_input(
+        InputFormat::Stix,
+        &bundle.to_string(),
+        &Defaults::default(),
+        NOW_MS,
+    );
+    let [item] = &parsed.items[..] else {
+        assert!(parsed.items.is_empty(), "one object read as several items");
+        return;
+    };
+    if item.indicator_type() == IndicatorType::StixPattern {
+        assert!(
+            accepted.is_ok(),
+            "a pattern the check refuses ({accepted:?}) was taken in: {text:?}"
+        );
+    }
+    let exported = to_stix(item);
+    let written = exported
+        .get("pattern")
+        .and_then(serde_json::Value::as_str)
+        .expect("an exported indicator has a pattern");
+    if let Err(e) = check_pattern_syntax(written) {
+        panic!("the export of {text:?} has a pattern the check refuses: {written:?}: {e}");
+    }
+    let again = parse_input(
+        InputFormat::Stix,
+        &serde_json::json!({
+            "type": "bundle",
+            "id": "bundle--5d0092c5-5f74-4287-9642-33f4c354e56d",
+            "objects": [exported],
+        })
+        .to_string(),
+        &Defaults::default(),
+        NOW_MS,
+    );
+    assert_eq!(again.errors, [], "the export of {text:?} reads back");
+    let [back] = &again.items[..] else {
+        panic!(
+            "the export of {text:?} read back as {} items",
+            again.items.len()
+        );
+    };
+    assert_eq!(
+        (back.indicator_type(), back.value()),
+        (item.indicator_type(), item.value()),
+        "pattern round trip of {text:?}"
+    );
+}
+
 /// CSV input: the common checks, and the items' types, values, markings and tags,
 /// written as CSV rows, read back the same.
 pub fn csv(data: &[u8]) {
@@ -1179,6 +1261,24 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         .into_bytes(),
     );
     out.push(("stix", "written-here".into(), stix));
+    for (name, pattern) in [
+        ("typed", "[ipv4-addr:value = '198.51.100.7']"),
+        (
+            "compound",
+            "([domain-name:value = 'a.example'] OR [ipv4-addr:value IN ('1.2.3.4', '5.6.7.8')]) FOLLOWEDBY [file:hashes.'SHA-256' = 'aec070645fe53ee3b3763059376134f058cc337247c978add178b6ccdfb0019f'] WITHIN 600 SECONDS",
+        ),
+        (
+            "qualified",
+            "[network-traffic:dst_ref.value ISSUBSET '10.0.0.0/8' AND NOT network-traffic:dst_port > 1024] REPEATS 5 TIMES START t'2025-01-01T00:00:00Z' STOP t'2025-02-01T00:00:00Z'",
+        ),
+        (
+            "matches",
+            "[file:name MATCHES '^x[0-9]+\\.exe$' OR file:extensions.'windows-pebinary-ext'.sections[*].entropy > 7.5]",
+        ),
+        ("exists", "[EXISTS windows-registry-key:values[0].name]"),
+    ] {
+        out.push(("pattern", name.into(), pattern.as_bytes().to_vec()));
+    }
     let mut csv = vec![0x85u8];
     csv.extend_from_slice(
         b"type,value,tlp,tags,valid_until\nipv4,1.2.3.4,amber,a;b,2030-01-01T00:00:00Z\n\

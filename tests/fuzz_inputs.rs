@@ -18,11 +18,12 @@ fn check(target: &str) -> fn(&[u8]) {
         "list" => entente::fuzzing::list,
         "config" => entente::fuzzing::config,
         "taxii_request" => entente::fuzzing::taxii_request,
+        "pattern" => entente::fuzzing::pattern,
         other => panic!("no fuzz target {other}"),
     }
 }
 
-const TARGETS: [&str; 9] = [
+const TARGETS: [&str; 10] = [
     "bundle",
     "bundle_log",
     "ledger",
@@ -32,6 +33,7 @@ const TARGETS: [&str; 9] = [
     "list",
     "config",
     "taxii_request",
+    "pattern",
 ];
 
 #[test]
