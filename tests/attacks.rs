@@ -22,6 +22,8 @@ const ANALYST: &str = "analyst.alice";
 const RESEARCHER: &str = "researcher.bob";
 const BERLIN: &str = "berlin.office";
 const POLICE: &str = "cyberunit.police";
+/// A peer that takes every type but e-mail addresses and IPv4 addresses.
+const TIPS: &str = "tips.partner";
 
 struct Hq {
     node: Node,
@@ -38,7 +40,8 @@ impl Hq {
         let hq = pki.node(HQ);
         pki.node(BERLIN);
         pki.node(POLICE);
-        for who in [ANALYST, RESEARCHER, "analyst.narrow"] {
+        pki.node(TIPS);
+        for who in [ANALYST, RESEARCHER, "analyst.narrow", "researcher.no-pii"] {
             pki.client(who);
         }
         let mut text = common::node_section(&pki, &hq, &pki.path().join("data-hq"));
@@ -73,6 +76,20 @@ role = "peer"
 max_tlp = "AMBER"
 allow_types = ["domain"]
 deny_tags = ["pii"]
+
+[[peer]]
+id = "{TIPS}"
+address = "127.0.0.1:1"
+role = "peer"
+max_tlp = "AMBER"
+allow_types = ["*"]
+deny_types = ["email", "ipv4"]
+
+[[client]]
+id = "researcher.no-pii"
+role = "read_only"
+allow_types = ["*"]
+deny_types = ["email", "ipv4"]
 "#
         ));
         let path = pki.path().join("hq.toml");
@@ -791,6 +808,77 @@ async fn a_revocation_of_a_version_dated_ahead_is_dated_after_it() {
     );
     assert_eq!(held.modified_unix_ms, ahead.modified_unix_ms + 1);
     assert_eq!(held.tags, vec!["op:x".to_owned()]);
+    hq.stop().await;
+}
+
+/// A partner that takes every type but some is judged on what a pattern is about in
+/// any form STIX gives it: `==`, spaces around the colon, a quoted property, `IN`,
+/// `LIKE`, `MATCHES`, `!=`, a reference to an address (`email-message:from_ref`), a
+/// comment. None of them reaches a partner denied the type, by pull or by query; a
+/// pattern about other types does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_type_is_denied_in_every_form_a_pattern_gives_it() {
+    let hq = Hq::start().await;
+    let alice = hq.connect(ANALYST).await;
+    let pattern = |value: &str| indicator("stix-pattern", value, Tlp::Green, &[]);
+    let denied = [
+        "[email-addr:value == 'x@y.example']",
+        "[email-addr : value = 'x@y.example']",
+        "[email-addr:'value' = 'x@y.example']",
+        "[email-addr:value IN ('x@y.example')]",
+        "[email-addr:value LIKE '%@y.example']",
+        "[email-addr:value MATCHES '^x@']",
+        "[email-addr:value != 'x@y.example']",
+        "[email-message:from_ref.value = 'x@y.example']",
+        "[email-message:to_refs[*].value = 'x@y.example' AND email-message:subject = 'hi']",
+        "[domain-name:value = 'a.example' OR email-addr:value == 'x@y.example']",
+        "[ipv4-addr:value == '198.51.100.7']",
+        "[ipv4-addr:value IN ('198.51.100.7', '198.51.100.8')]",
+        "[network-traffic:dst_ref.value = '198.51.100.7']",
+        "[domain-name:resolves_to_refs[*].value = '198.51.100.7']",
+        "[ipv4-addr:value = /* a comment */ '198.51.100.7' OR domain-name:value = 'b.example']",
+    ];
+    let allowed = [
+        "[domain-name:value == 'c.example' OR url:value IN ('http://c.example/x')]",
+        "[file:name = 'dropper.exe']",
+    ];
+    let items: Vec<wire::Item> = denied.iter().chain(&allowed).map(|p| pattern(p)).collect();
+    publish(&alice, items.clone(), None).await;
+    let id_of = |p: &str| {
+        items[denied.iter().chain(&allowed).position(|q| q == &p).unwrap()]
+            .id
+            .clone()
+    };
+
+    let pulled: BTreeSet<String> = hq.pull_all(TIPS).await.into_iter().map(|i| i.id).collect();
+    let researcher = hq.connect("researcher.no-pii").await;
+    let page = researcher
+        .query(ItemFilter::default(), 1000, vec![])
+        .await
+        .unwrap();
+    let queried: BTreeSet<String> = page
+        .items
+        .iter()
+        .filter_map(|s| s.item.as_ref().map(|i| i.id.clone()))
+        .collect();
+    for p in denied {
+        assert!(
+            !pulled.contains(&id_of(p)),
+            "pulled by a peer denied its type: {p}"
+        );
+        assert!(
+            !queried.contains(&id_of(p)),
+            "queried by a client denied its type: {p}"
+        );
+        assert!(
+            researcher.get(&id_of(p)).await.unwrap().is_none(),
+            "read by a client denied its type: {p}"
+        );
+    }
+    for p in allowed {
+        assert!(pulled.contains(&id_of(p)), "not pulled: {p}");
+        assert!(queried.contains(&id_of(p)), "not queried: {p}");
+    }
     hq.stop().await;
 }
 

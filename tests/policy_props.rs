@@ -9,7 +9,8 @@
 //! >    none is denied; if `allow_tags` is set, i has one of them; i has none of
 //! >    `deny_tags`. An item is about its own type; a STIX pattern is about the type of
 //! >    each value it compares for equality, and about `stix-pattern` as well when it says
-//! >    anything else (or names no such value).
+//! >    anything else (or names no such value), and then about every typed object that
+//! >    other comparison touches. (The items here are patterns of one domain equality.)
 //! > 3. If P is a node and N is not b's origin: P's `forward_third_party` is true and i's
 //! >    TLP is GREEN or CLEAR.
 //! > 4. If P is a node: `hop(N, i) + 1 ≤ max_hops`, and P is in b's recipient list when it

@@ -3,19 +3,28 @@
 //! `stix-pattern` item, yet it is about an IPv4 address and a domain: queries by value
 //! find it under each, and a partner's type policy judges it by every type it names.
 //!
-//! Only equality comparisons on the object paths of the typed indicators count
-//! ([`IndicatorType`] other than `stix-pattern`), with a value valid for that type. Every
-//! other comparison (another path, another operator, a negation, a value that does not
+//! A pattern is read with the STIX patterning grammar ([`super::pattern_syntax`]), as
+//! the tools that evaluate it read it. Its values are those of the equality comparisons
+//! (`=`, `==`, `IN ( … )`, not negated) on the object paths of the typed indicators
+//! ([`IndicatorType`] other than `stix-pattern`), each valid for that type. Every other
+//! comparison (another path, another operator, a negation, a value that does not
 //! parse) makes the pattern *opaque* in part: policy then also judges it as a
-//! `stix-pattern`. So does anything between observations other than the operators and
-//! qualifiers STIX puts there (`AND`, `OR`, `FOLLOWEDBY`, `WITHIN 300 SECONDS`,
-//! `REPEATS 2 TIMES`, `START t'…' STOP t'…'`), and a bracket that does not balance. A
-//! pattern that does not scan (a quote that does not close, an escape other than `\'`
-//! and `\\`) is opaque as a whole. A comparison of `ipv6-addr:value` with an
-//! IPv4-mapped address names an IPv4 value and the `ipv6` type both. This reads
+//! `stix-pattern`, and by every typed object the comparison touches (`named`): the
+//! object its path starts from, the objects its references lead to
+//! (`email-message:from_ref` an e-mail address, `network-traffic:dst_ref` an address or
+//! a domain, a reference this does not know any typed object), and a hash it names by
+//! algorithm. So a partner denied e-mail addresses is not sent
+//! `[email-addr:value LIKE '%@corp.example']` or `[email-message:from_ref.value = …]`.
+//! A comparison of `ipv6-addr:value` with an IPv4-mapped address names an IPv4 value
+//! and the `ipv6` type both.
+//!
+//! A pattern the grammar refuses (a peer's, from a node that did not check patterns) is
+//! opaque as a whole and names every typed type: what a STIX tool makes of it cannot be
+//! told. Its values are still read, by a plain scan, for queries by value. This reads
 //! patterns; it does not evaluate them.
 
 use super::item::IndicatorType;
+use super::pattern_syntax::{Comparison, Operator};
 use super::value::normalise_typed;
 
 /// Most observables taken from one pattern; a pattern naming more is opaque beyond them.
@@ -29,6 +38,9 @@ pub struct Observables {
     /// Types the object paths of those comparisons name besides their values' own: `ipv6`
     /// for an IPv4-mapped address compared as `ipv6-addr:value` (its value is IPv4).
     pub also: Vec<IndicatorType>,
+    /// Types of the typed objects the other comparisons touch (every typed type for a
+    /// pattern the grammar refuses).
+    pub named: Vec<IndicatorType>,
     /// Whether any part of the pattern is something else.
     pub opaque: bool,
 }
@@ -38,7 +50,13 @@ impl Observables {
     /// and `stix-pattern` when any part is opaque or it names no value at all.
     pub fn types(&self) -> Vec<IndicatorType> {
         let mut types: Vec<IndicatorType> = Vec::new();
-        for ty in self.values.iter().map(|(ty, _)| ty).chain(&self.also) {
+        for ty in self
+            .values
+            .iter()
+            .map(|(ty, _)| ty)
+            .chain(&self.also)
+            .chain(&self.named)
+        {
             if !types.contains(ty) {
                 types.push(*ty);
             }
@@ -53,6 +71,208 @@ impl Observables {
 
 /// Reads the observables of a STIX pattern.
 pub fn observables(pattern: &str) -> Observables {
+    match super::pattern_syntax::comparisons(pattern) {
+        Ok(comparisons) => read(&comparisons),
+        Err(_) => {
+            let mut out = scanned(pattern);
+            out.opaque = true;
+            out.named = TYPED.to_vec();
+            out
+        }
+    }
+}
+
+/// The types of the typed indicators, which a pattern the grammar refuses is judged by.
+const TYPED: [IndicatorType; 9] = [
+    IndicatorType::Ipv4,
+    IndicatorType::Ipv6,
+    IndicatorType::Cidr,
+    IndicatorType::Domain,
+    IndicatorType::Url,
+    IndicatorType::Email,
+    IndicatorType::Md5,
+    IndicatorType::Sha1,
+    IndicatorType::Sha256,
+];
+
+/// The types of the typed indicators whose values are addresses or names, which a
+/// reference this does not know may lead to.
+const ADDRESSES: [IndicatorType; 6] = [
+    IndicatorType::Ipv4,
+    IndicatorType::Ipv6,
+    IndicatorType::Cidr,
+    IndicatorType::Domain,
+    IndicatorType::Url,
+    IndicatorType::Email,
+];
+
+/// The observables of a pattern's comparisons, read by the grammar.
+fn read(comparisons: &[Comparison]) -> Observables {
+    let mut out = Observables::default();
+    if comparisons.is_empty() {
+        out.opaque = true;
+    }
+    for comparison in comparisons {
+        if !read_values(comparison, &mut out) {
+            out.opaque = true;
+            for ty in touched(comparison) {
+                if !out.named.contains(&ty) {
+                    out.named.push(ty);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Takes the values of an equality comparison (`=`, `==`, `IN`, not negated) on the
+/// path of a typed indicator into `out`, when each is valid for its type; `false` for
+/// any other comparison.
+fn read_values(comparison: &Comparison, out: &mut Observables) -> bool {
+    let equality = !comparison.negated
+        && matches!(comparison.operator, Operator::Equal | Operator::In)
+        && !comparison.other_literals
+        && !comparison.strings.is_empty();
+    let Some(path_ty) = direct_type(comparison) else {
+        return false;
+    };
+    if !equality {
+        return false;
+    }
+    let mut found_all = Vec::with_capacity(comparison.strings.len());
+    for text in &comparison.strings {
+        let ty = match path_ty {
+            IndicatorType::Ipv4 | IndicatorType::Ipv6 if text.contains('/') => IndicatorType::Cidr,
+            other => other,
+        };
+        match normalise_typed(ty, text) {
+            Ok(found) => found_all.push((ty, found)),
+            Err(_) => return false,
+        }
+    }
+    if out.values.len() + found_all.len() > MAX_OBSERVABLES {
+        return false;
+    }
+    for (ty, found) in found_all {
+        // An IPv4-mapped address is an IPv4 value, but the path still names an
+        // `ipv6-addr` object.
+        if ty == IndicatorType::Ipv6 && found.0 != ty && !out.also.contains(&ty) {
+            out.also.push(ty);
+        }
+        if !out.values.contains(&found) {
+            out.values.push(found);
+        }
+    }
+    true
+}
+
+/// The type of a typed indicator whose object path `comparison` compares
+/// (`ipv4-addr:value`, `file:hashes.'SHA-256'`, …), or `None`.
+fn direct_type(comparison: &Comparison) -> Option<IndicatorType> {
+    match (comparison.object_type.as_str(), &comparison.steps[..]) {
+        ("ipv4-addr", [value]) if value == "value" => Some(IndicatorType::Ipv4),
+        ("ipv6-addr", [value]) if value == "value" => Some(IndicatorType::Ipv6),
+        ("domain-name", [value]) if value == "value" => Some(IndicatorType::Domain),
+        ("url", [value]) if value == "value" => Some(IndicatorType::Url),
+        ("email-addr", [value]) if value == "value" => Some(IndicatorType::Email),
+        ("file", [hashes, name]) if hashes == "hashes" => hash_type(name),
+        _ => None,
+    }
+}
+
+/// The typed indicator type of a hash algorithm's name (`MD5`, `SHA-1`, `SHA-256`, in
+/// any case, with or without the hyphen).
+fn hash_type(name: &str) -> Option<IndicatorType> {
+    match name.to_ascii_uppercase().replace('-', "").as_str() {
+        "MD5" => Some(IndicatorType::Md5),
+        "SHA1" => Some(IndicatorType::Sha1),
+        "SHA256" => Some(IndicatorType::Sha256),
+        _ => None,
+    }
+}
+
+/// The typed types of the objects a comparison touches: the object its path starts
+/// from, the objects its references lead to, and a hash its path names by algorithm
+/// (whatever object holds it). A reference this does not know may lead to any object:
+/// the types its strings are values of, or every address and name type when they are
+/// values of none.
+fn touched(comparison: &Comparison) -> Vec<IndicatorType> {
+    use IndicatorType::*;
+    let mut out: Vec<IndicatorType> = Vec::new();
+    let mut any = false;
+    match comparison.object_type.as_str() {
+        "ipv4-addr" => out.push(Ipv4),
+        "ipv6-addr" => out.push(Ipv6),
+        "domain-name" => out.push(Domain),
+        "url" => out.push(Url),
+        "email-addr" => out.push(Email),
+        _ => {}
+    }
+    for step in &comparison.steps {
+        if !(step.ends_with("_ref") || step.ends_with("_refs")) {
+            continue;
+        }
+        match step.as_str() {
+            // An e-mail message's addresses.
+            "from_ref" | "sender_ref" | "to_refs" | "cc_refs" | "bcc_refs" => out.push(Email),
+            // A connection's ends; what a domain resolves to.
+            "src_ref" | "dst_ref" | "resolves_to_refs" => out.extend([Ipv4, Ipv6, Domain]),
+            // Objects of no typed type (a user account, a directory, an artifact, an
+            // autonomous system, a process, a connection), whose own references are
+            // further steps.
+            "belongs_to_ref"
+            | "belongs_to_refs"
+            | "creator_user_ref"
+            | "parent_directory_ref"
+            | "content_ref"
+            | "raw_email_ref"
+            | "body_raw_ref"
+            | "src_payload_ref"
+            | "dst_payload_ref"
+            | "encapsulates_refs"
+            | "encapsulated_by_ref"
+            | "opened_connection_refs"
+            | "image_ref"
+            | "parent_ref"
+            | "child_refs"
+            | "message_body_data_ref" => {}
+            _ => any = true,
+        }
+    }
+    if let [.., hashes, name] = &comparison.steps[..] {
+        if hashes == "hashes" {
+            out.extend(hash_type(name));
+        }
+    }
+    let addresses = out.contains(&Ipv4) || out.contains(&Ipv6);
+    if addresses
+        && (comparison.strings.iter().any(|s| s.contains('/'))
+            || matches!(
+                comparison.operator,
+                Operator::IsSubset | Operator::IsSuperset
+            ))
+    {
+        out.push(Cidr);
+    }
+    if any {
+        let before = out.len();
+        for text in &comparison.strings {
+            for ty in TYPED {
+                if normalise_typed(ty, text).is_ok_and(|(found, _)| found == ty) {
+                    out.push(ty);
+                }
+            }
+        }
+        if out.len() == before {
+            out.extend(ADDRESSES);
+        }
+    }
+    out
+}
+
+/// Reads the observables of a pattern the grammar refuses, token by token, as the node
+/// did before it checked patterns: for queries by value.
+fn scanned(pattern: &str) -> Observables {
     let Some(tokens) = scan(pattern) else {
         return Observables {
             opaque: true,
@@ -451,25 +671,108 @@ mod tests {
             "[domain-name:value NOT = 'a.example']",
             "[email-message:subject MATCHES '^x']",
             "[ipv4-addr:value = 'not an address']",
-            "[ipv4-addr:value IN ('1.2.3.4', '5.6.7.8')]",
+            "[ipv4-addr:value IN ('1.2.3.4', 'not an address')]",
+            "[ipv4-addr:value NOT IN ('1.2.3.4', '5.6.7.8')]",
             "[ipv4-addr:value = '1.2.3.4' AND file:size > 10]",
         ] {
             let found = observables(pattern);
             assert!(found.opaque, "{pattern}");
             assert!(found.types().contains(&StixPattern), "{pattern}");
         }
-        // A comment, or a string that is no part of a comparison, inside brackets.
+        // Comments are skipped, as STIX tools skip them, quotes and brackets in them
+        // included.
         for pattern in [
             "[ipv4-addr:value = '1.2.3.4' /* ' */ OR domain-name:value = 'x.example' /* ' */]",
             "[ipv4-addr:value = '1.2.3.4'] /* [ */ OR [domain-name:value = 'x.example'] /* ] */",
-            "[ipv4-addr:value = '1.2.3.4' AND 'x' OR domain-name:value = 'y.example']",
         ] {
-            assert!(observables(pattern).opaque, "{pattern}");
+            assert_eq!(
+                values(pattern),
+                (vec![(Ipv4, "1.2.3.4"), (Domain, "x.example")], false),
+                "{pattern}"
+            );
         }
         let half = observables("[ipv4-addr:value = '1.2.3.4' AND file:size > 10]");
         assert_eq!(half.types(), [Ipv4, StixPattern]);
-        assert_eq!(observables("[a:b = 'unclosed]").types(), [StixPattern]);
-        assert_eq!(observables("").types(), [StixPattern]);
+        // What the grammar refuses is judged by every typed type.
+        let mut every = TYPED.to_vec();
+        every.push(StixPattern);
+        every.sort_unstable();
+        for pattern in [
+            "[a:b = 'unclosed]",
+            "",
+            "[ipv4-addr:value = '1.2.3.4' AND 'x' OR domain-name:value = 'y.example']",
+        ] {
+            assert!(observables(pattern).opaque, "{pattern}");
+            assert_eq!(observables(pattern).types(), every, "{pattern}");
+        }
+    }
+
+    #[test]
+    fn equality_is_read_in_every_form_the_grammar_gives_it() {
+        for pattern in [
+            "[email-addr:value = 'x@y.example']",
+            "[email-addr:value == 'x@y.example']",
+            "[email-addr : value = 'x@y.example']",
+            "[email-addr:'value' = 'x@y.example']",
+            "[email-addr:value IN ('x@y.example')]",
+            "[ email-addr:value=/* a comment */'x@y.example' ]",
+        ] {
+            assert_eq!(
+                values(pattern),
+                (vec![(Email, "x@y.example")], false),
+                "{pattern}"
+            );
+        }
+        assert_eq!(
+            values("[ipv4-addr:value IN ('1.2.3.4', '5.6.7.8', '10.0.0.0/8')]"),
+            (
+                vec![(Ipv4, "1.2.3.4"), (Ipv4, "5.6.7.8"), (Cidr, "10.0.0.0/8")],
+                false
+            )
+        );
+    }
+
+    #[test]
+    fn other_comparisons_name_the_typed_objects_they_touch() {
+        for (pattern, expected) in [
+            ("[email-addr:value LIKE '%@corp.example']", vec![Email]),
+            ("[email-addr:value != 'x@y.example']", vec![Email]),
+            ("[email-addr:value NOT = 'x@y.example']", vec![Email]),
+            ("[email-addr:display_name = 'J. Doe']", vec![Email]),
+            ("[EXISTS email-addr:value]", vec![Email]),
+            (
+                "[email-message:from_ref.value = 'x@y.example']",
+                vec![Email],
+            ),
+            ("[email-message:to_refs[*].value MATCHES '^x']", vec![Email]),
+            (
+                "[network-traffic:dst_ref.value = '198.51.100.1']",
+                vec![Ipv4, Ipv6, Domain],
+            ),
+            ("[ipv4-addr:value ISSUBSET '10.0.0.0/8']", vec![Ipv4, Cidr]),
+            ("[domain-name:value MATCHES 'evil']", vec![Domain]),
+            ("[url:value LIKE 'http://%']", vec![Url]),
+            (
+                "[artifact:hashes.'SHA-256' != 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855']",
+                vec![Sha256],
+            ),
+            // A reference this does not know: the types its string is a value of.
+            ("[x-custom:peer_ref.value = 'x@y.example']", vec![Email]),
+            ("[file:name = 'x.exe']", vec![]),
+        ] {
+            let found = observables(pattern);
+            assert!(found.opaque, "{pattern}");
+            let mut types = expected.clone();
+            types.push(StixPattern);
+            types.sort_unstable();
+            assert_eq!(found.types(), types, "{pattern}");
+        }
+        // A reference this does not know, compared with what is a value of no typed
+        // type, may lead to any address or name.
+        let found = observables("[x-custom:peer_ref.value LIKE '%corp%']");
+        for ty in ADDRESSES {
+            assert!(found.types().contains(&ty), "{ty:?}");
+        }
     }
 
     #[test]
@@ -543,12 +846,15 @@ mod tests {
         let pattern = "[email-addr:value = 'a\\q@x.example' OR email-addr:value = \
                        ']OR[domain-name:value=\\'c2.evil.example\\'@a.example' OR \
                        email-addr:value = 'b@a.example']";
-        assert_eq!(observables(pattern).types(), [StixPattern], "{pattern}");
+        let mut every = TYPED.to_vec();
+        every.push(StixPattern);
+        every.sort_unstable();
+        assert_eq!(observables(pattern).types(), every, "{pattern}");
         for pattern in [
             "[url:value = 'http://a.example/\\q']",
             "[file:hashes.'SHA\\-256' = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855']",
         ] {
-            assert_eq!(observables(pattern).types(), [StixPattern], "{pattern}");
+            assert_eq!(observables(pattern).types(), every, "{pattern}");
         }
         assert_eq!(
             observables("[url:value = 'http://a.example/it\\'s\\\\']").types(),

@@ -56,16 +56,23 @@ pub fn check_item_pattern(item: &Item) -> Result<(), PatternSyntaxError> {
 
 /// Checks `pattern` against the STIX 2.1 patterning grammar and its added rules.
 pub fn check_pattern_syntax(pattern: &str) -> Result<(), PatternSyntaxError> {
+    comparisons(pattern).map(drop)
+}
+
+/// The comparisons of a pattern that passes [`check_pattern_syntax`], in pattern order
+/// (those of every observation, whatever joins them), or why it does not pass.
+pub fn comparisons(pattern: &str) -> Result<Vec<Comparison>, PatternSyntaxError> {
     let tokens = lex(pattern)?;
     let mut parser = Parser {
         tokens: &tokens,
         at: 0,
         depth: 0,
         end: pattern.chars().count(),
+        found: Vec::new(),
     };
     parser.observations()?;
     match parser.peek() {
-        None => Ok(()),
+        None => Ok(parser.found),
         Some(token) => Err(parser.error_at(
             token.at,
             format!(
@@ -74,6 +81,50 @@ pub fn check_pattern_syntax(pattern: &str) -> Result<(), PatternSyntaxError> {
             ),
         )),
     }
+}
+
+/// One comparison of a pattern (`path [NOT] operator value`, or `EXISTS path`), as the
+/// grammar reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Comparison {
+    /// The object type the path starts from (`email-message` in
+    /// `email-message:from_ref.value`).
+    pub object_type: String,
+    /// The path's steps after the type: each key as written (unquoted), `*` for `[*]`
+    /// and `#` for an index (`["from_ref", "value"]`).
+    pub steps: Vec<String>,
+    /// What the path is compared by.
+    pub operator: Operator,
+    /// Whether `NOT` precedes the operator.
+    pub negated: bool,
+    /// The string literals compared with: one, or those of a set.
+    pub strings: Vec<String>,
+    /// Whether anything but a string literal is compared with (a number, a boolean, a
+    /// hex, binary or timestamp literal).
+    pub other_literals: bool,
+}
+
+/// A comparison's operator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operator {
+    /// `=` or `==`.
+    Equal,
+    /// `!=` or `<>`.
+    NotEqual,
+    /// `<`, `<=`, `>`, `>=`.
+    Order,
+    /// `IN ( … )`.
+    In,
+    /// `LIKE`.
+    Like,
+    /// `MATCHES`.
+    Matches,
+    /// `ISSUBSET`.
+    IsSubset,
+    /// `ISSUPERSET`.
+    IsSuperset,
+    /// `EXISTS path`.
+    Exists,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -97,8 +148,10 @@ enum Kind {
     Hex,
     Binary,
     Timestamp,
-    /// `=`, `==`, `!=`, `<>`.
-    Equality,
+    /// `=` and `==` (`negated: false`), `!=` and `<>` (`negated: true`).
+    Equality {
+        negated: bool,
+    },
     /// `<`, `<=`, `>`, `>=`.
     Order,
     Colon,
@@ -125,7 +178,7 @@ impl Kind {
             Kind::Hex => "a hex literal".into(),
             Kind::Binary => "a binary literal".into(),
             Kind::Timestamp => "a timestamp".into(),
-            Kind::Equality | Kind::Order => "a comparison operator".into(),
+            Kind::Equality { .. } | Kind::Order => "a comparison operator".into(),
             Kind::Colon => "':'".into(),
             Kind::Dot => "'.'".into(),
             Kind::Comma => "','".into(),
@@ -296,15 +349,15 @@ fn lex(pattern: &str) -> Result<Vec<Token>, PatternSyntaxError> {
             }
             '=' => {
                 i += if next == Some('=') { 2 } else { 1 };
-                Kind::Equality
+                Kind::Equality { negated: false }
             }
             '!' if next == Some('=') => {
                 i += 2;
-                Kind::Equality
+                Kind::Equality { negated: true }
             }
             '<' if next == Some('>') => {
                 i += 2;
-                Kind::Equality
+                Kind::Equality { negated: true }
             }
             '<' | '>' => {
                 i += if next == Some('=') { 2 } else { 1 };
@@ -494,6 +547,8 @@ struct Parser<'a> {
     depth: usize,
     /// Length of the pattern in characters, where an unexpected end is reported.
     end: usize,
+    /// The comparisons read so far.
+    found: Vec<Comparison>,
 }
 
 /// The kinds of qualifier, at most one of each directly on one observation.
@@ -669,36 +724,79 @@ impl Parser<'_> {
         }
         if self.is_keyword("EXISTS") {
             self.at += 1;
-            self.path()?;
+            let path = self.path()?;
+            self.found.push(Comparison {
+                object_type: path.object_type,
+                steps: path.steps,
+                operator: Operator::Exists,
+                negated: false,
+                strings: Vec::new(),
+                other_literals: false,
+            });
             return Ok(());
         }
         let path = self.path()?;
-        if self.is_keyword("NOT") {
+        let negated = self.is_keyword("NOT");
+        if negated {
             self.at += 1;
         }
         let operator = self.next().map(|t| t.kind.clone());
         let value_at = self.at;
-        match operator {
-            Some(Kind::Equality) => self.primitive(true)?,
-            Some(Kind::Order) => self.primitive(false)?,
-            Some(Kind::Keyword("IN")) => self.set()?,
-            Some(Kind::Keyword("LIKE" | "MATCHES" | "ISSUBSET" | "ISSUPERSET")) => {
+        let operator = match operator {
+            Some(Kind::Equality { negated }) => {
+                self.primitive(true)?;
+                if negated {
+                    Operator::NotEqual
+                } else {
+                    Operator::Equal
+                }
+            }
+            Some(Kind::Order) => {
+                self.primitive(false)?;
+                Operator::Order
+            }
+            Some(Kind::Keyword("IN")) => {
+                self.set()?;
+                Operator::In
+            }
+            Some(Kind::Keyword(word @ ("LIKE" | "MATCHES" | "ISSUBSET" | "ISSUPERSET"))) => {
                 if !matches!(self.peek().map(|t| &t.kind), Some(Kind::Text(_))) {
                     return Err(self.expected("a string after the operator"));
                 }
                 self.at += 1;
+                match word {
+                    "LIKE" => Operator::Like,
+                    "MATCHES" => Operator::Matches,
+                    "ISSUBSET" => Operator::IsSubset,
+                    _ => Operator::IsSuperset,
+                }
             }
             _ => {
                 self.at -= 1;
                 return Err(self.expected("a comparison operator"));
             }
-        }
+        };
         // What the comparison compares a hash with: every token of the value.
-        check_hash(
-            &path,
-            &self.tokens[value_at..self.at],
-            value_at_offset(self, value_at),
-        )
+        let value = &self.tokens[value_at..self.at];
+        check_hash(&path, value, value_at_offset(self, value_at))?;
+        let mut strings = Vec::new();
+        let mut other_literals = false;
+        for token in value {
+            match &token.kind {
+                Kind::Text(text) => strings.push(text.clone()),
+                Kind::OpenParen | Kind::CloseParen | Kind::Comma => {}
+                _ => other_literals = true,
+            }
+        }
+        self.found.push(Comparison {
+            object_type: path.object_type,
+            steps: path.steps,
+            operator,
+            negated,
+            strings,
+            other_literals,
+        });
+        Ok(())
     }
 
     /// A literal: a string, number, hex, binary, timestamp, or (for equality) a boolean.
@@ -780,6 +878,7 @@ impl Parser<'_> {
         check_type_name(&object_type).map_err(|problem| self.error_at(start, problem))?;
         check_property_name(&object_type, &first)
             .map_err(|problem| self.error_at(start, problem))?;
+        let mut steps = vec![first.clone()];
         let mut last = Some(first.clone());
         let mut hashes = first == "hashes";
         let step_at = |parser: &Self| parser.peek().map_or(parser.end, |t| t.at);
@@ -807,6 +906,7 @@ impl Parser<'_> {
                                 ));
                             }
                             hashes |= key == "hashes";
+                            steps.push(key.clone());
                             last = Some(key);
                         }
                         _ => {
@@ -833,8 +933,14 @@ impl Parser<'_> {
                                 "a hash is named by its algorithm, not by an index".into(),
                             ));
                         }
-                        Some(Kind::PositiveInt) => last = None,
-                        Some(Kind::Star) => last = Some("*".into()),
+                        Some(Kind::PositiveInt) => {
+                            steps.push("#".into());
+                            last = None;
+                        }
+                        Some(Kind::Star) => {
+                            steps.push("*".into());
+                            last = Some("*".into());
+                        }
                         _ => {
                             self.at -= 1;
                             return Err(self.expected("an index or '*' in '[' ']'"));
@@ -848,12 +954,20 @@ impl Parser<'_> {
                 _ => break,
             }
         }
-        Ok(Path { hashes, last })
+        Ok(Path {
+            object_type,
+            steps,
+            hashes,
+            last,
+        })
     }
 }
 
 /// What a comparison's hash check needs of its path.
 struct Path {
+    object_type: String,
+    /// Every step after the type, as [`Comparison::steps`] gives them.
+    steps: Vec<String>,
     /// Whether a step of the path is `hashes`.
     hashes: bool,
     /// The last step when it is a key (`*` for `[*]`), `None` for an index.
