@@ -859,7 +859,7 @@ impl Engine {
                 .and_then(|()| policy.admit_creator(item, own))
                 .map_err(|r| EngineError::Unpublishable(format!("item {at}: {r}")))?;
             let is_revocation = matches!(item.kind, ItemKind::Revocation(_));
-            if !is_revocation && sees_everything {
+            if !is_revocation && sees_everything && !item.withdraws() {
                 continue;
             }
             let earlier = before.and_then(|b| items.get(b)).cloned();
@@ -910,6 +910,20 @@ impl Engine {
                         at,
                         format!("{} cannot be written by {}", item.id, publisher.id),
                     );
+                }
+                // A context object withdrawn (`revoked: true`) keeps what partners judged
+                // it by, as an indicator's revocation does: a withdrawal marked with a
+                // tool's default marking must not lower it.
+                if let Some((held, _)) = held.as_ref().filter(|_| item.withdraws()) {
+                    if let Some(problem) = crate::store::revocation_mismatch(held, item) {
+                        return refuse(
+                            at,
+                            format!(
+                                "a revocation of {} must carry its marking, type and tags: {problem}",
+                                item.id
+                            ),
+                        );
+                    }
                 }
                 continue;
             }

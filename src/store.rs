@@ -362,14 +362,15 @@ pub fn may_release(held: &crate::model::Item, new: &crate::model::Item) -> bool 
         || matches!(held.kind, crate::model::ItemKind::Revocation(_))
 }
 
-/// Why a revocation `revocation` may not replace `held`, if it may not: it must carry
-/// the held version's marking, type and tags, so that every partner judges it as it
-/// judged the indicator.
+/// Why a revocation `revocation` (of an indicator, or a context object's version with
+/// `revoked: true`) may not replace `held`, if it may not: it must carry the held
+/// version's marking, type and tags, so that every partner judges it as it judged the
+/// item. Any other version may change them.
 pub fn revocation_mismatch(
     held: &crate::model::Item,
     revocation: &crate::model::Item,
 ) -> Option<String> {
-    if !matches!(revocation.kind, crate::model::ItemKind::Revocation(_)) {
+    if !revocation.withdraws() {
         return None;
     }
     if held.tlp != revocation.tlp {

@@ -882,6 +882,80 @@ async fn a_denied_type_is_denied_in_every_form_a_pattern_gives_it() {
     hq.stop().await;
 }
 
+/// A context object is withdrawn by a version with `revoked: true`. Like an indicator's
+/// revocation, that version must carry the object's marking and tags: a CLEAR withdrawal
+/// of an AMBER malware (a tool's default marking) would hand its description to every
+/// reader of CLEAR. With the object's marking it is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawn_context_object_keeps_its_marking_and_tags() {
+    let hq = Hq::start().await;
+    let alice = hq.connect(ANALYST).await;
+    let id = format!("malware--{}", uuid::Uuid::new_v4());
+    let malware = |tlp: Tlp, tags: &[&str], modified: i64, revoked: bool| {
+        let mut properties = serde_json::json!({
+            "name": "Nightjar",
+            "is_family": true,
+            "description": "AMBER case detail",
+        });
+        if revoked {
+            properties["revoked"] = serde_json::json!(true);
+        }
+        wire::Item {
+            id: id.clone(),
+            modified_unix_ms: modified,
+            tlp: tlp as i32,
+            tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+            kind: Some(wire::item::Kind::Context(wire::ContextObject {
+                object_type: "malware".into(),
+                refs: vec![],
+                stix_properties: properties.to_string(),
+            })),
+        }
+    };
+    let t = now_ms() - 60_000;
+    publish(&alice, vec![malware(Tlp::Amber, &["op:x"], t, false)], None).await;
+    for (n, lowered) in [
+        malware(Tlp::Clear, &["op:x"], t + 1_000, true),
+        malware(Tlp::Amber, &[], t + 1_000, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let request = PublishRequest {
+            items: vec![lowered],
+            distribution: None,
+            groups: vec![],
+        };
+        let refusal = format!(
+            "{:?}",
+            alice.publish(tokio_stream::iter(vec![request])).await
+        );
+        assert!(
+            refusal.contains("must carry its marking, type and tags"),
+            "withdrawal {n}: {refusal}"
+        );
+    }
+    let held = alice.get(&id).await.unwrap().unwrap().item.unwrap();
+    assert_eq!(held.tlp, Tlp::Amber as i32);
+    // Withdrawn with its own marking and tags: taken.
+    publish(
+        &alice,
+        vec![malware(Tlp::Amber, &["op:x"], t + 2_000, true)],
+        None,
+    )
+    .await;
+    let held = alice.get(&id).await.unwrap().unwrap().item.unwrap();
+    assert_eq!(held.modified_unix_ms, t + 2_000);
+    // An ordinary new version may still lower the marking (a declassification).
+    publish(
+        &alice,
+        vec![malware(Tlp::Green, &["op:x"], t + 3_000, false)],
+        None,
+    )
+    .await;
+    hq.stop().await;
+}
+
 /// A writer that may not see an older version of an item cannot test guesses at it:
 /// writing that version back gets the same refusal whether the guess matches or not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

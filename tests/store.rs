@@ -325,6 +325,60 @@ fn only_the_origin_may_write_later_versions() {
     );
 }
 
+/// A context object withdrawn (`revoked: true`) by its origin must carry the marking and
+/// tags of the version it replaces, as an indicator's revocation must: a peer's CLEAR
+/// withdrawal of an AMBER report is rejected on arrival, and the AMBER version stays.
+#[test]
+fn a_withdrawn_context_object_with_a_lower_marking_is_rejected() {
+    let f = fixture();
+    let store = open(&f, "store");
+    let now = now_ms();
+    let target = fresh_domain("withdrawn-report.example", now - 3_000);
+    let id = context_id("report");
+    let amber = common::signed::context_with(&id, &[&target.id], Tlp::Amber, now - 2_000);
+    store
+        .accept(
+            &bundle(&f, &f.berlin, &[target.clone(), amber]),
+            &local(&f.berlin.id),
+            now,
+        )
+        .unwrap();
+    let mut withdrawn = common::signed::context_with(&id, &[&target.id], Tlp::Clear, now - 1_000);
+    if let ItemKind::Context(context) = &mut withdrawn.kind {
+        let mut map = context.properties.to_map();
+        map.insert("revoked".into(), serde_json::Value::Bool(true));
+        context.properties =
+            entente::model::StixProperties::keep_for(entente::model::Holder::Context, &map)
+                .unwrap();
+    }
+    assert!(withdrawn.withdraws());
+    let report = store
+        .accept(
+            &bundle(&f, &f.berlin, &[withdrawn.clone()]),
+            &local(&f.berlin.id),
+            now,
+        )
+        .unwrap();
+    assert!(
+        matches!(
+            report.rejected.as_slice(),
+            [(0, ItemRejection::RevocationMismatch { .. })]
+        ),
+        "{report:?}"
+    );
+    assert_eq!(store.get(&id).unwrap().unwrap().item.tlp, Tlp::Amber);
+    // With the report's own marking, the withdrawal is taken.
+    withdrawn.tlp = Tlp::Amber;
+    let report = store
+        .accept(
+            &bundle(&f, &f.berlin, &[withdrawn]),
+            &local(&f.berlin.id),
+            now,
+        )
+        .unwrap();
+    assert_eq!(report.stored, [0], "{report:?}");
+}
+
 #[test]
 fn disclosures_merge_and_the_bundle_is_re_fed() {
     let f = fixture();

@@ -845,8 +845,10 @@ fn indicator(object: &mut RawObject, markings: &Definitions, now_ms: i64) -> Res
         Some(pattern) => {
             // A control character (a line break) is refused in any pattern, as it is
             // through `Intel.Publish`, rather than trimmed from a single comparison's
-            // value on the way to a typed indicator.
-            let recognised = if pattern.chars().any(char::is_control) {
+            // value on the way to a typed indicator. White space around the pattern
+            // (line breaks included) is not part of it: the pattern kept is trimmed, so
+            // it is recognised, or not, as that trimmed pattern will be when read again.
+            let recognised = if pattern.trim().chars().any(char::is_control) {
                 None
             } else {
                 pattern::recognise(pattern)

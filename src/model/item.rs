@@ -720,6 +720,20 @@ impl Item {
         properties.string("created_by_ref")
     }
 
+    /// Whether the item withdraws what it replaces: a revocation, or a context object's
+    /// version with `revoked: true` (how STIX revokes one).
+    pub fn withdraws(&self) -> bool {
+        match &self.kind {
+            ItemKind::Revocation(_) => true,
+            ItemKind::Indicator(_) => false,
+            ItemKind::Context(context) => {
+                context.properties.has("revoked")
+                    && context.properties.to_map().get("revoked")
+                        == Some(&serde_json::Value::Bool(true))
+            }
+        }
+    }
+
     /// Whether an indicator is past its `valid_until` at `now_ms`. Revocations never expire here.
     pub fn is_expired(&self, now_ms: i64) -> bool {
         match &self.kind {

@@ -1431,7 +1431,9 @@ impl ItemStore for SledStore {
             }
             // The version held: modified time and origin (and, for a revocation, the
             // item it replaces).
-            let is_revocation = matches!(item.kind, crate::model::ItemKind::Revocation(_));
+            // A revocation, or a context object's version with `revoked: true`: it
+            // carries what it replaces was judged by, and goes no further.
+            let is_revocation = item.withdraws();
             let held = match pending.get(&uuid) {
                 Some((_, pending_item)) if pending_item.id != item.id => {
                     report.rejected.push((
