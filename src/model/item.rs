@@ -187,6 +187,7 @@ fn embedded_ids(text: &str, out: &mut Vec<ItemId>) {
             .collect();
         embedded_ids_as_written(&read, out);
     }
+    embedded_ids_in_groups(text, out);
 }
 
 /// `text` with each HTML character reference of a hyphen or of a dash that looks like
@@ -265,6 +266,83 @@ fn is_look_alike_dash(c: char) -> bool {
         c,
         '\u{2010}'..='\u{2015}' | '\u{2212}' | '\u{2796}' | '\u{FE58}' | '\u{FE63}' | '\u{FF0D}'
     )
+}
+
+/// Most characters between two groups of a UUID written with separators other than a
+/// hyphen (`_`, a space, a dot, a colon, a line break, two hyphens, an escaped hyphen).
+const MAX_GROUP_SEPARATOR: usize = 8;
+
+/// [`embedded_ids`] of UUIDs whose five groups of hex digits (8, 4, 4, 4 and 12) are each
+/// a whole word (letters and digits), separated by 1 to [`MAX_GROUP_SEPARATOR`]
+/// characters of anything else, or by a hyphen written as a JSON escape (`\u002d`): as a
+/// reader sees them, they are a UUID, whatever stands between the groups. Each stands
+/// for the UUID alone (`indicator--<uuid>`). 32 digits in one word (an MD5 value) are no
+/// UUID here.
+fn embedded_ids_in_groups(text: &str, out: &mut Vec<ItemId>) {
+    const GROUPS: [usize; 5] = [8, 4, 4, 4, 12];
+    if text.bytes().filter(u8::is_ascii_hexdigit).count() < 32 {
+        return;
+    }
+    // In kept properties (JSON text) a line break or a tab is written as an escape,
+    // whose letter would join the group after it: read as white space.
+    let unescaped;
+    let text = if text.contains('\\') {
+        unescaped = text
+            .replace("\\\\u002d", "-")
+            .replace("\\\\u002D", "-")
+            .replace("\\u002d", "-")
+            .replace("\\u002D", "-")
+            .replace("\\n", " ")
+            .replace("\\t", " ")
+            .replace("\\r", " ");
+        unescaped.as_str()
+    } else {
+        text
+    };
+    // Words: maximal runs of ASCII letters and digits, as byte ranges.
+    let bytes = text.as_bytes();
+    let mut words: Vec<(usize, usize)> = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        if bytes[at].is_ascii_alphanumeric() {
+            let start = at;
+            while at < bytes.len() && bytes[at].is_ascii_alphanumeric() {
+                at += 1;
+            }
+            words.push((start, at));
+        } else {
+            at += 1;
+        }
+    }
+    let hex_word = |&(start, end): &(usize, usize), len: usize| {
+        end - start == len && bytes[start..end].iter().all(u8::is_ascii_hexdigit)
+    };
+    for first in 0..words.len().saturating_sub(GROUPS.len() - 1) {
+        let group = &words[first..first + GROUPS.len()];
+        let shaped = group
+            .iter()
+            .zip(GROUPS)
+            .all(|(word, len)| hex_word(word, len))
+            && group.windows(2).all(|pair| {
+                let gap = &text[pair[0].1..pair[1].0];
+                (1..=MAX_GROUP_SEPARATOR).contains(&gap.chars().count())
+            });
+        if !shaped {
+            continue;
+        }
+        let uuid: String = group
+            .iter()
+            .map(|&(start, end)| &text[start..end])
+            .collect::<Vec<_>>()
+            .join("-")
+            .to_ascii_lowercase();
+        if let Ok(id) = ItemId::parse(&format!("indicator--{uuid}")) {
+            // Found already, under its type or as a UUID alone.
+            if !out.iter().any(|held| held.uuid_bytes() == id.uuid_bytes()) {
+                out.push(id);
+            }
+        }
+    }
 }
 
 /// [`embedded_ids`] in `text` as it is written.
@@ -882,6 +960,29 @@ mod tests {
                 "tool--a1a1a1a1-0000-4000-8000-000000000002",
             ]
         );
+    }
+
+    #[test]
+    fn uuids_written_with_other_separators_between_their_groups_are_referenced() {
+        let item = context(
+            "malware--a1a1a1a1-0000-4000-8000-000000000009",
+            &[],
+            serde_json::json!({
+                "description": "see a1a1a1a1_0000_4000_8000_000000000001, a1a1a1a1 0000 4000 8000 000000000002",
+                "x_dots": "a1a1a1a1.0000.4000.8000.000000000003 a1a1a1a1:0000:4000:8000:000000000004",
+                "x_lines": "a1a1a1a1\t0000\n4000--8000 - 000000000005",
+                "x_escaped": "a1a1a1a1\\u002d0000\\u002D4000\\u002d8000\\u002d000000000006",
+                "x_md5": "d41d8cd98f00b204e9800998ecf8427e",
+                "x_wide_gap": "a1a1a1a1 and then much more 0000-4000-8000-000000000007",
+                "x_not_hex": "a1a1a1ag_0000_4000_8000_000000000008",
+            }),
+        );
+        let mut referenced: Vec<String> = item.referenced().iter().map(|r| r.to_string()).collect();
+        referenced.sort();
+        let expected: Vec<String> = (1..=6)
+            .map(|n| format!("indicator--a1a1a1a1-0000-4000-8000-00000000000{n}"))
+            .collect();
+        assert_eq!(referenced, expected);
     }
 
     #[test]
