@@ -153,8 +153,21 @@ fn init_serve_status_and_stop_on_sigterm() {
         "--node-id",
         "redmond.hq",
     ]);
+    ok(&[
+        "certs",
+        "client",
+        "--dir",
+        certs.to_str().unwrap(),
+        "--id",
+        "narrow.admin",
+        "--node",
+        &addr,
+        "--node-id",
+        "redmond.hq",
+    ]);
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str("\n[[client]]\nid = \"ops.admin\"\nrole = \"admin\"\n");
+    text.push_str("\n[[client]]\nid = \"narrow.admin\"\nrole = \"admin\"\nmax_tlp = \"GREEN\"\n");
     std::fs::write(&config, text).unwrap();
     let hup = Command::new("kill")
         .args(["-HUP", &child.id().to_string()])
@@ -180,6 +193,22 @@ fn init_serve_status_and_stop_on_sigterm() {
     assert_eq!(status["caller"]["id"], "ops.admin", "{status}");
     assert_eq!(status["caller"]["role"], "admin", "{status}");
     assert!(status["limits"].is_array(), "{status}");
+
+    // An admin whose policy is narrowed is shown what any caller is, not the node's
+    // links, feeds, limits or store.
+    let narrow = certs.join("narrow.admin.toml");
+    let out = entente(&["status", "--json", "--config", narrow.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "status as a narrowed admin: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["caller"]["id"], "narrow.admin", "{status}");
+    assert!(status["certificates"].is_array(), "{status}");
+    for operator_only in ["links", "feeds", "limits", "store"] {
+        assert!(status.get(operator_only).is_none(), "{status}");
+    }
 
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -84,21 +84,34 @@ pub async fn status(config: StatusConfig, options: StatusOptions, output: Output
     let tls = config.tls().client_config()?;
     let client = NodeClient::connect(tls, &own, &address, &id).await?;
     let hello = client.hello().await?;
-    let admin = hello.caller_role == "admin";
+    // The operator also sees the node's replication links, feeds and limits. An admin
+    // whose policy is narrowed may not read them: it is shown the rest, as any other
+    // caller.
+    let links = if hello.caller_role == "admin" {
+        match client.links().await {
+            Ok(answer) => Some(answer.links),
+            Err(crate::client::ClientError::Status {
+                code: tonic::Code::PermissionDenied,
+                ..
+            }) => None,
+            Err(other) => return Err(other.into()),
+        }
+    } else {
+        None
+    };
+    let admin = links.is_some();
     if options.wait.is_some() && !admin {
         bail!(
-            "--wait follows the node's links, which only its operator (its own certificate or an admin client) may read"
+            "--wait follows the node's links, which only its operator (its own certificate or an admin client whose policy is not narrowed) may read"
         );
     }
-    // The operator also sees the node's replication links, feeds and limits.
-    let (links, feeds, limits) = if admin {
+    let (feeds, limits) = if admin {
         (
-            Some(client.links().await?.links),
             Some(client.feeds().await?.feeds),
             Some(client.limits().await?.limits),
         )
     } else {
-        (None, None, None)
+        (None, None)
     };
     // And the store's state (a node too old to report it: none).
     let store = if admin {
