@@ -396,9 +396,13 @@ pub fn url_with_user_information(pattern: &str) -> Option<String> {
 /// carries user information that may be a credential.
 fn urls_with_scheme(text: &str) -> impl Iterator<Item = String> + '_ {
     text.match_indices("://").filter_map(move |(at, _)| {
+        // Just after the last character before `://` that no scheme holds (which may
+        // take more than one byte).
         let scheme_start = text[..at]
-            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '.' | '-')))
-            .map_or(0, |before| before + 1);
+            .char_indices()
+            .rev()
+            .find(|&(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '.' | '-')))
+            .map_or(0, |(before, c)| before + c.len_utf8());
         let rest = &text[at + 3..];
         let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
         user_information(&rest[..end]).map(|_| text[scheme_start..at + 3 + end].to_owned())
@@ -859,6 +863,20 @@ mod tests {
         assert_eq!(
             observables("[url:value = 'http://a.example/it\\'s\\\\']").types(),
             [Url]
+        );
+    }
+
+    #[test]
+    fn a_character_of_several_bytes_before_a_scheme_is_read_past() {
+        // A pattern that does not scan is searched as text: the scheme starts after the
+        // last character no scheme holds, here one of two bytes.
+        assert_eq!(
+            url_with_user_information("[file:h//=x\\.'\u{17f}hh0-://\\x\\]@' ").as_deref(),
+            Some("hh0-://\\x\\]@'")
+        );
+        assert_eq!(
+            url_with_user_information("[x \\ '\u{17f}https://user:secret@host.example/ \\q']"),
+            Some("https://user:secret@host.example/".to_owned())
         );
     }
 
