@@ -837,6 +837,11 @@ async fn a_denied_type_is_denied_in_every_form_a_pattern_gives_it() {
         "[network-traffic:dst_ref.value = '198.51.100.7']",
         "[domain-name:resolves_to_refs[*].value = '198.51.100.7']",
         "[ipv4-addr:value = /* a comment */ '198.51.100.7' OR domain-name:value = 'b.example']",
+        // A value of the denied type on a path of another object.
+        "[email-message:additional_header_fields.'Reply-To' = 'ceo@corp.example']",
+        "[x-lea-target:address = '198.51.100.7']",
+        "[ipv6-addr:value IN ('2001:db8::9', 'ceo@corp.example')]",
+        "[ipv6-addr:value != '::ffff:198.51.100.7']",
     ];
     let allowed = [
         "[domain-name:value == 'c.example' OR url:value IN ('http://c.example/x')]",

@@ -274,8 +274,9 @@ const MAX_GROUP_SEPARATOR: usize = 8;
 
 /// [`embedded_ids`] of UUIDs whose five groups of hex digits (8, 4, 4, 4 and 12) are each
 /// a whole word (letters and digits), separated by 1 to [`MAX_GROUP_SEPARATOR`]
-/// characters of anything else, or by a hyphen written as a JSON escape (`\u002d`): as a
-/// reader sees them, they are a UUID, whatever stands between the groups. Each stands
+/// characters of anything else, escapes and character references included, with
+/// characters that do not show left out ([`separators_read`]): as a reader sees them,
+/// they are a UUID, whatever stands between the groups. Each stands
 /// for the UUID alone (`indicator--<uuid>`). 32 digits in one word (an MD5 value) are no
 /// UUID here.
 fn embedded_ids_in_groups(text: &str, out: &mut Vec<ItemId>) {
@@ -283,22 +284,8 @@ fn embedded_ids_in_groups(text: &str, out: &mut Vec<ItemId>) {
     if text.bytes().filter(u8::is_ascii_hexdigit).count() < 32 {
         return;
     }
-    // In kept properties (JSON text) a line break or a tab is written as an escape,
-    // whose letter would join the group after it: read as white space.
-    let unescaped;
-    let text = if text.contains('\\') {
-        unescaped = text
-            .replace("\\\\u002d", "-")
-            .replace("\\\\u002D", "-")
-            .replace("\\u002d", "-")
-            .replace("\\u002D", "-")
-            .replace("\\n", " ")
-            .replace("\\t", " ")
-            .replace("\\r", " ");
-        unescaped.as_str()
-    } else {
-        text
-    };
+    let cleaned = separators_read(text);
+    let text = cleaned.as_str();
     // Words: maximal runs of ASCII letters and digits, as byte ranges.
     let bytes = text.as_bytes();
     let mut words: Vec<(usize, usize)> = Vec::new();
@@ -343,6 +330,55 @@ fn embedded_ids_in_groups(text: &str, out: &mut Vec<ItemId>) {
             }
         }
     }
+}
+
+/// `text` as a reader sees what stands between a UUID's groups: a character that does
+/// not show is left out; an escape whose letters would join the group after it (`\n`,
+/// `\t`, `\r` and `\uXXXX` of JSON text, an HTML character reference such as
+/// `&#45;` or `&nbsp;`, a percent-encoded character such as `%2D` or `%20`) is read as a
+/// space, a separator like any other.
+fn separators_read(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    let hex = |c: Option<&char>| c.is_some_and(char::is_ascii_hexdigit);
+    while let Some(&c) = chars.get(at) {
+        if is_invisible(c) {
+            at += 1;
+            continue;
+        }
+        let skip = match c {
+            '\\' => match chars.get(at + 1) {
+                Some('n' | 't' | 'r') => 2,
+                Some('u') if (2..6).all(|k| hex(chars.get(at + k))) => 6,
+                _ => 1,
+            },
+            '%' if hex(chars.get(at + 1)) && hex(chars.get(at + 2)) => 3,
+            '&' => {
+                let end = (at + 1..chars.len().min(at + 12)).find(|&k| chars[k] == ';');
+                match end {
+                    Some(end)
+                        if end > at + 1
+                            && chars[at + 1..end]
+                                .iter()
+                                .all(|c| c.is_ascii_alphanumeric() || *c == '#') =>
+                    {
+                        end + 1 - at
+                    }
+                    _ => 1,
+                }
+            }
+            _ => 0,
+        };
+        if skip == 0 {
+            out.push(c);
+            at += 1;
+        } else {
+            out.push(' ');
+            at += skip;
+        }
+    }
+    out
 }
 
 /// [`embedded_ids`] in `text` as it is written.
@@ -975,12 +1011,17 @@ mod tests {
                 "x_md5": "d41d8cd98f00b204e9800998ecf8427e",
                 "x_wide_gap": "a1a1a1a1 and then much more 0000-4000-8000-000000000007",
                 "x_not_hex": "a1a1a1ag_0000_4000_8000_000000000008",
+                // Two of the forms at once, or a separator escaped or encoded.
+                "x_mixed": "a1a1\u{200b}a1a1_0000_4000_8000_00000000000a a1a1\u{ad}a1a1 0000 4000 8000 00000000000b",
+                "x_html": "a1a1a1a1&#45;&#45;0000&nbsp;4000&#95;8000&#x2D;00000000000c",
+                "x_percent": "a1a1a1a1 %2D 0000%204000%2d8000%5F00000000000d",
             }),
         );
         let mut referenced: Vec<String> = item.referenced().iter().map(|r| r.to_string()).collect();
         referenced.sort();
         let expected: Vec<String> = (1..=6)
-            .map(|n| format!("indicator--a1a1a1a1-0000-4000-8000-00000000000{n}"))
+            .chain(0xa..=0xd)
+            .map(|n| format!("indicator--a1a1a1a1-0000-4000-8000-00000000000{n:x}"))
             .collect();
         assert_eq!(referenced, expected);
     }

@@ -12,9 +12,13 @@
 //! `stix-pattern`, and by every typed object the comparison touches (`named`): the
 //! object its path starts from, the objects its references lead to
 //! (`email-message:from_ref` an e-mail address, `network-traffic:dst_ref` an address or
-//! a domain, a reference this does not know any typed object), and a hash it names by
-//! algorithm. So a partner denied e-mail addresses is not sent
-//! `[email-addr:value LIKE '%@corp.example']` or `[email-message:from_ref.value = …]`.
+//! a domain, a reference this does not know any typed object), a hash it names by
+//! algorithm, and the type of every string it compares that is a value of a typed
+//! indicator, whatever the path (`[artifact:url = 'http://…']` is about a URL, a file
+//! name such as `invoice.pdf` reads as a domain). So a partner denied e-mail addresses
+//! is not sent `[email-addr:value LIKE '%@corp.example']`,
+//! `[email-message:from_ref.value = …]` or `[x-custom:contact = 'ceo@corp.example']`;
+//! compared for equality, such strings are values too, found by a query by value.
 //! A comparison of `ipv6-addr:value` with an IPv4-mapped address names an IPv4 value
 //! and the `ipv6` type both.
 //!
@@ -113,11 +117,50 @@ fn read(comparisons: &[Comparison]) -> Observables {
         out.opaque = true;
     }
     for comparison in comparisons {
-        if !read_values(comparison, &mut out) {
-            out.opaque = true;
-            for ty in touched(comparison) {
-                if !out.named.contains(&ty) {
-                    out.named.push(ty);
+        if read_values(comparison, &mut out) {
+            continue;
+        }
+        out.opaque = true;
+        // Whatever path compares it, a string that is a value of a typed indicator
+        // makes the pattern about that type (an `artifact:url`, a `Reply-To` header, a
+        // custom property holding an address).
+        let values = typed_values(&comparison.strings);
+        let mut types = touched(comparison, !values.is_empty());
+        types.extend(values.iter().map(|(ty, _)| *ty));
+        for ty in types {
+            if !out.named.contains(&ty) {
+                out.named.push(ty);
+            }
+        }
+        // Compared for equality, they are the pattern's values too, found by a query
+        // by value.
+        let equality = !comparison.negated
+            && matches!(comparison.operator, Operator::Equal | Operator::In)
+            && !comparison.other_literals;
+        if equality {
+            for found in values {
+                if out.values.len() < MAX_OBSERVABLES && !out.values.contains(&found) {
+                    out.values.push(found);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Each (type, normalised value) that one of `strings` is a value of, as a typed
+/// indicator would take it (a string may be the value of several types).
+fn typed_values(strings: &[String]) -> Vec<(IndicatorType, String)> {
+    let mut out: Vec<(IndicatorType, String)> = Vec::new();
+    for text in strings {
+        for ty in TYPED {
+            // A network is written with its length; an address alone is an address.
+            if ty == IndicatorType::Cidr && !text.contains('/') {
+                continue;
+            }
+            if let Ok(found) = normalise_typed(ty, text) {
+                if !out.contains(&found) {
+                    out.push(found);
                 }
             }
         }
@@ -194,9 +237,9 @@ fn hash_type(name: &str) -> Option<IndicatorType> {
 /// The typed types of the objects a comparison touches: the object its path starts
 /// from, the objects its references lead to, and a hash its path names by algorithm
 /// (whatever object holds it). A reference this does not know may lead to any object:
-/// the types its strings are values of, or every address and name type when they are
-/// values of none.
-fn touched(comparison: &Comparison) -> Vec<IndicatorType> {
+/// when the comparison's strings are values of no typed type (`typed_values`, which
+/// the caller adds), every address and name type.
+fn touched(comparison: &Comparison, strings_typed: bool) -> Vec<IndicatorType> {
     use IndicatorType::*;
     let mut out: Vec<IndicatorType> = Vec::new();
     let mut any = false;
@@ -254,18 +297,8 @@ fn touched(comparison: &Comparison) -> Vec<IndicatorType> {
     {
         out.push(Cidr);
     }
-    if any {
-        let before = out.len();
-        for text in &comparison.strings {
-            for ty in TYPED {
-                if normalise_typed(ty, text).is_ok_and(|(found, _)| found == ty) {
-                    out.push(ty);
-                }
-            }
-        }
-        if out.len() == before {
-            out.extend(ADDRESSES);
-        }
+    if any && !strings_typed {
+        out.extend(ADDRESSES);
     }
     out
 }
@@ -712,6 +745,61 @@ mod tests {
     }
 
     #[test]
+    fn a_typed_value_counts_whatever_path_compares_it() {
+        for (pattern, about) in [
+            ("[artifact:url = 'http://evil.example/payload.bin']", Url),
+            (
+                "[email-message:raw_email_ref.url = 'http://evil.example/mail.eml']",
+                Url,
+            ),
+            (
+                "[email-message:additional_header_fields.'Reply-To' = 'ceo@corp.example']",
+                Email,
+            ),
+            (
+                "[network-traffic:extensions.'http-request-ext'.request_header.Host = 'c2.evil.example']",
+                Domain,
+            ),
+            (
+                "[file:hashes.'sha_256' = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855']",
+                Sha256,
+            ),
+            (
+                "[ipv6-addr:value IN ('2001:db8::9', 'ceo@corp.example')]",
+                Email,
+            ),
+            ("[x-lea-target:address = '198.51.100.7']", Ipv4),
+            ("[ipv6-addr:value != '::ffff:198.51.100.7']", Ipv4),
+            (
+                "[user-account:account_login MATCHES 'ceo@corp.example']",
+                Email,
+            ),
+            ("[file:name = 'invoice.pdf']", Domain),
+        ] {
+            let found = observables(pattern);
+            assert!(found.opaque, "{pattern}");
+            assert!(found.types().contains(&about), "{pattern}: {found:?}");
+        }
+        // An IPv4-mapped address in a set too large to read as values.
+        let many: Vec<String> = (0..70)
+            .map(|n| format!("'::ffff:198.51.100.{n}'"))
+            .collect();
+        let pattern = format!("[ipv6-addr:value IN ({})]", many.join(", "));
+        assert!(observables(&pattern).types().contains(&Ipv4));
+        // Compared for equality, they are values, found by a query by value.
+        assert!(
+            observables("[email-message:from_ref.value = 'X@Corp.example']")
+                .values
+                .contains(&(Email, "x@corp.example".to_owned()))
+        );
+        assert!(
+            observables("[email-message:from_ref.value != 'x@corp.example']")
+                .values
+                .is_empty()
+        );
+    }
+
+    #[test]
     fn equality_is_read_in_every_form_the_grammar_gives_it() {
         for pattern in [
             "[email-addr:value = 'x@y.example']",
@@ -762,7 +850,8 @@ mod tests {
             ),
             // A reference this does not know: the types its string is a value of.
             ("[x-custom:peer_ref.value = 'x@y.example']", vec![Email]),
-            ("[file:name = 'x.exe']", vec![]),
+            ("[file:name = 'x.exe']", vec![Domain]),
+            ("[file:name = 'dropper']", vec![]),
         ] {
             let found = observables(pattern);
             assert!(found.opaque, "{pattern}");
