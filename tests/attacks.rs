@@ -842,10 +842,16 @@ async fn a_denied_type_is_denied_in_every_form_a_pattern_gives_it() {
         "[x-lea-target:address = '198.51.100.7']",
         "[ipv6-addr:value IN ('2001:db8::9', 'ceo@corp.example')]",
         "[ipv6-addr:value != '::ffff:198.51.100.7']",
+        // Free text, hex and numbers on custom paths: what they hold cannot be judged.
+        "[email-message:additional_header_fields.'Reply-To' LIKE '%ceo@corp.example%']",
+        "[process:command_line LIKE '%198.51.100.7%']",
+        "[file:name = 'dropper.exe']",
+        "[x-lea-target:address = 3325256711]",
+        "[x-lea-target:blob = h'c6336407']",
     ];
     let allowed = [
         "[domain-name:value == 'c.example' OR url:value IN ('http://c.example/x')]",
-        "[file:name = 'dropper.exe']",
+        "[file:hashes.MD5 = 'd41d8cd98f00b204e9800998ecf8427e' AND file:size > 1024]",
     ];
     let items: Vec<wire::Item> = denied.iter().chain(&allowed).map(|p| pattern(p)).collect();
     publish(&alice, items.clone(), None).await;

@@ -198,10 +198,11 @@ fn shown_dashes(text: &str) -> String {
     while let Some(at) = rest.find('&') {
         out.push_str(&rest[..at]);
         rest = &rest[at..];
-        let reference = rest
-            .get(1..)
-            .and_then(|r| r.find(';'))
-            .filter(|&end| end <= 10)
+        // The `;` is looked for in the next 11 bytes only, so that a text of many `&`
+        // is read in linear time (`;` is one byte: any place found is a boundary).
+        let reference = rest.as_bytes()[1..rest.len().min(12)]
+            .iter()
+            .position(|&b| b == b';')
             .map(|end| &rest[1..=end]);
         let dash = reference.is_some_and(|name| {
             let code = match name.strip_prefix('#') {
@@ -280,12 +281,19 @@ const MAX_GROUP_SEPARATOR: usize = 8;
 /// for the UUID alone (`indicator--<uuid>`). 32 digits in one word (an MD5 value) are no
 /// UUID here.
 fn embedded_ids_in_groups(text: &str, out: &mut Vec<ItemId>) {
-    const GROUPS: [usize; 5] = [8, 4, 4, 4, 12];
     if text.bytes().filter(u8::is_ascii_hexdigit).count() < 32 {
         return;
     }
-    let cleaned = separators_read(text);
-    let text = cleaned.as_str();
+    // Emphasis marks of Markdown (`*`, `~`, `` ` ``) join what they stand in as shown,
+    // or stand between groups: both readings are searched.
+    for drop_marks in [false, true] {
+        uuids_in_groups(&separators_read(text, drop_marks), out);
+    }
+}
+
+/// The UUIDs of [`embedded_ids_in_groups`] in `text` read by [`separators_read`].
+fn uuids_in_groups(text: &str, out: &mut Vec<ItemId>) {
+    const GROUPS: [usize; 5] = [8, 4, 4, 4, 12];
     // Words: maximal runs of ASCII letters and digits, as byte ranges.
     let bytes = text.as_bytes();
     let mut words: Vec<(usize, usize)> = Vec::new();
@@ -336,14 +344,44 @@ fn embedded_ids_in_groups(text: &str, out: &mut Vec<ItemId>) {
 /// not show is left out; an escape whose letters would join the group after it (`\n`,
 /// `\t`, `\r` and `\uXXXX` of JSON text, an HTML character reference such as
 /// `&#45;` or `&nbsp;`, a percent-encoded character such as `%2D` or `%20`) is read as a
-/// space, a separator like any other.
-fn separators_read(text: &str) -> String {
+/// space, a separator like any other, and so is a run of white space; an HTML tag or
+/// comment is left out, as a browser shows none; a hex digit written in another form
+/// (full-width, mathematical, a Cyrillic or Greek look-alike) is read as the digit
+/// ([`shown_as_ascii`]); with `drop_marks`, Markdown's emphasis marks are left out too.
+fn separators_read(text: &str, drop_marks: bool) -> String {
     let chars: Vec<char> = text.chars().collect();
     let mut out = String::with_capacity(text.len());
     let mut at = 0;
     let hex = |c: Option<&char>| c.is_some_and(char::is_ascii_hexdigit);
-    while let Some(&c) = chars.get(at) {
-        if is_invisible(c) {
+    let space = |out: &mut String| {
+        if !out.ends_with(' ') {
+            out.push(' ');
+        }
+    };
+    while let Some(&raw) = chars.get(at) {
+        if is_invisible(raw) {
+            at += 1;
+            continue;
+        }
+        let c = shown_as_ascii(raw);
+        // An HTML tag or comment inside a group (`<wbr>`, `<b></b>`, `<!-- -->`) is not
+        // shown: left out.
+        if c == '<' {
+            let comment = chars[at..].starts_with(&['<', '!', '-', '-']);
+            let (limit, close): (usize, &[char]) = if comment {
+                (256, &['-', '-', '>'])
+            } else {
+                (64, &['>'])
+            };
+            let end = (at + 1..chars.len().min(at + limit))
+                .take_while(|&k| comment || chars[k] != '<')
+                .find(|&k| chars[k..].starts_with(close));
+            if let Some(end) = end {
+                at = end + close.len();
+                continue;
+            }
+        }
+        if drop_marks && matches!(c, '*' | '~' | '`') {
             at += 1;
             continue;
         }
@@ -368,17 +406,43 @@ fn separators_read(text: &str) -> String {
                     _ => 1,
                 }
             }
+            c if c.is_whitespace() => 1,
             _ => 0,
         };
         if skip == 0 {
             out.push(c);
             at += 1;
         } else {
-            out.push(' ');
+            space(&mut out);
             at += skip;
         }
     }
     out
+}
+
+/// The ASCII letter or digit a character is shown as, for the characters that write hex
+/// digits in another form: full-width forms, mathematical digits, and Cyrillic and
+/// Greek letters drawn as `A` to `F` (`а`, `В`, `с`, `е`, `Α`, `Β`, `Ε`, …) or as `0`
+/// (`О`, `Ο`). Any other character is itself.
+fn shown_as_ascii(c: char) -> char {
+    let code = u32::from(c);
+    match code {
+        // Full-width ASCII.
+        0xFF01..=0xFF5E => char::from_u32(code - 0xFEE0).unwrap_or(c),
+        // Mathematical digits: five styles of ten.
+        0x1D7CE..=0x1D7FF => char::from_u32(u32::from(b'0') + (code - 0x1D7CE) % 10).unwrap_or(c),
+        _ => match c {
+            'а' | 'α' => 'a',
+            'Α' | 'А' => 'A',
+            'Β' | 'В' => 'B',
+            'с' | 'ϲ' => 'c',
+            'С' | 'Ϲ' => 'C',
+            'е' => 'e',
+            'Ε' | 'Е' => 'E',
+            'О' | 'Ο' | 'о' | 'ο' => '0',
+            other => other,
+        },
+    }
 }
 
 /// [`embedded_ids`] in `text` as it is written.
@@ -1015,13 +1079,18 @@ mod tests {
                 "x_mixed": "a1a1\u{200b}a1a1_0000_4000_8000_00000000000a a1a1\u{ad}a1a1 0000 4000 8000 00000000000b",
                 "x_html": "a1a1a1a1&#45;&#45;0000&nbsp;4000&#95;8000&#x2D;00000000000c",
                 "x_percent": "a1a1a1a1 %2D 0000%204000%2d8000%5F00000000000d",
+                // Drawn as the digits, or with markup a reader does not see.
+                "x_drawn": "\u{430}1a1a1a1-\u{ff10}000-\u{1d7d2}000-8000-00000000000e",
+                "x_markup": "a1a1<wbr>a1a1-0<b></b>000-40<!-- x -->00<span>-</span>8000-00000000000f",
+                "x_marks": "a1a1**a1a1**-0000-4000-8000-000000000010",
+                "x_indented": "a1a1a1a1-\n            0000-4000-8000-000000000011",
             }),
         );
         let mut referenced: Vec<String> = item.referenced().iter().map(|r| r.to_string()).collect();
         referenced.sort();
         let expected: Vec<String> = (1..=6)
-            .chain(0xa..=0xd)
-            .map(|n| format!("indicator--a1a1a1a1-0000-4000-8000-00000000000{n:x}"))
+            .chain(0xa..=0x11)
+            .map(|n| format!("indicator--a1a1a1a1-0000-4000-8000-{n:012x}"))
             .collect();
         assert_eq!(referenced, expected);
     }

@@ -9,16 +9,18 @@
 //! ([`IndicatorType`] other than `stix-pattern`), each valid for that type. Every other
 //! comparison (another path, another operator, a negation, a value that does not
 //! parse) makes the pattern *opaque* in part: policy then also judges it as a
-//! `stix-pattern`, and by every typed object the comparison touches (`named`): the
-//! object its path starts from, the objects its references lead to
-//! (`email-message:from_ref` an e-mail address, `network-traffic:dst_ref` an address or
-//! a domain, a reference this does not know any typed object), a hash it names by
-//! algorithm, and the type of every string it compares that is a value of a typed
-//! indicator, whatever the path (`[artifact:url = 'http://…']` is about a URL, a file
-//! name such as `invoice.pdf` reads as a domain). So a partner denied e-mail addresses
-//! is not sent `[email-addr:value LIKE '%@corp.example']`,
-//! `[email-message:from_ref.value = …]` or `[x-custom:contact = 'ceo@corp.example']`;
-//! compared for equality, such strings are values too, found by a query by value.
+//! `stix-pattern`, and (`named`) by every typed type when the comparison compares a
+//! string, a hex or binary literal, or a number on a custom path (`x-…`, `x_…`): what
+//! such a value holds cannot be judged (an address in a header or in a regular
+//! expression, a defanged domain, an address written in hex or as a number). `EXISTS`
+//! and a comparison of a boolean, a timestamp or a number on a path STIX defines (a
+//! size, a port) are about the typed objects they touch: the object the path starts from,
+//! the objects its references lead to (`email-message:from_ref` an e-mail address,
+//! `network-traffic:dst_ref` an address or a domain, a reference this does not know any
+//! address or name), a hash named by algorithm. So a partner denied any type is sent a
+//! pattern only when it compares nothing but typed values for equality (and booleans
+//! or timestamps). Strings compared for equality on other paths that are typed values
+//! are the pattern's values too, found by a query by value.
 //! A comparison of `ipv6-addr:value` with an IPv4-mapped address names an IPv4 value
 //! and the `ipv6` type both.
 //!
@@ -121,12 +123,18 @@ fn read(comparisons: &[Comparison]) -> Observables {
             continue;
         }
         out.opaque = true;
-        // Whatever path compares it, a string that is a value of a typed indicator
-        // makes the pattern about that type (an `artifact:url`, a `Reply-To` header, a
-        // custom property holding an address).
         let values = typed_values(&comparison.strings);
-        let mut types = touched(comparison, !values.is_empty());
-        types.extend(values.iter().map(|(ty, _)| *ty));
+        // What a string or a hex or binary literal compared otherwise holds cannot be
+        // judged (an address in a header or a regular expression, a defanged domain, an
+        // address in hex), nor a number on a custom path (an address as a number): the
+        // pattern is about every typed type. EXISTS, a comparison of a boolean or a
+        // timestamp, and one of a number on a path STIX defines (a size, a port) are
+        // about the typed objects the path touches.
+        let types = if comparison.carries_data || (comparison.numbers && custom(comparison)) {
+            TYPED.to_vec()
+        } else {
+            touched(comparison)
+        };
         for ty in types {
             if !out.named.contains(&ty) {
                 out.named.push(ty);
@@ -234,12 +242,21 @@ fn hash_type(name: &str) -> Option<IndicatorType> {
     }
 }
 
+/// Whether a comparison's path is one STIX does not define: a custom object (`x-…`), a
+/// custom property (`x_…`) or extension (`x-…`) on the way.
+fn custom(comparison: &Comparison) -> bool {
+    comparison.object_type.starts_with("x-")
+        || comparison
+            .steps
+            .iter()
+            .any(|step| step.starts_with("x_") || step.starts_with("x-"))
+}
+
 /// The typed types of the objects a comparison touches: the object its path starts
 /// from, the objects its references lead to, and a hash its path names by algorithm
 /// (whatever object holds it). A reference this does not know may lead to any object:
-/// when the comparison's strings are values of no typed type (`typed_values`, which
-/// the caller adds), every address and name type.
-fn touched(comparison: &Comparison, strings_typed: bool) -> Vec<IndicatorType> {
+/// every address and name type.
+fn touched(comparison: &Comparison) -> Vec<IndicatorType> {
     use IndicatorType::*;
     let mut out: Vec<IndicatorType> = Vec::new();
     let mut any = false;
@@ -297,7 +314,7 @@ fn touched(comparison: &Comparison, strings_typed: bool) -> Vec<IndicatorType> {
     {
         out.push(Cidr);
     }
-    if any && !strings_typed {
+    if any {
         out.extend(ADDRESSES);
     }
     out
@@ -825,46 +842,59 @@ mod tests {
     }
 
     #[test]
-    fn other_comparisons_name_the_typed_objects_they_touch() {
+    fn other_comparisons_are_about_every_type_unless_they_compare_no_data() {
+        let mut every = TYPED.to_vec();
+        every.push(StixPattern);
+        every.sort_unstable();
+        // A string, a hex or binary literal, or a number on a custom path, compared
+        // otherwise than as a typed value: what it holds cannot be judged.
+        for pattern in [
+            "[email-addr:value LIKE '%@corp.example']",
+            "[email-addr:value != 'x@y.example']",
+            "[email-addr:value NOT = 'x@y.example']",
+            "[email-addr:display_name = 'J. Doe']",
+            "[email-message:from_ref.value = 'x@y.example']",
+            "[email-message:to_refs[*].value MATCHES '^x']",
+            "[network-traffic:dst_ref.value = '198.51.100.1']",
+            "[ipv4-addr:value ISSUBSET '10.0.0.0/8']",
+            "[url:value LIKE 'http://%']",
+            "[file:name = 'dropper']",
+            "[process:command_line LIKE '%198.51.100.7%']",
+            "[x-custom:peer_ref.value = 'x@y.example']",
+            "[x-lea-target:address = 3325256711]",
+            "[file:x_address = 3325256711]",
+            "[artifact:payload_bin = b'Y2VvQGNvcnAuZXhhbXBsZQ==']",
+            "[x-custom:blob = h'c6336407']",
+        ] {
+            let found = observables(pattern);
+            assert!(found.opaque, "{pattern}");
+            assert_eq!(found.types(), every, "{pattern}");
+        }
+        // EXISTS, booleans, timestamps, and numbers on paths STIX defines: the typed
+        // objects the path touches.
         for (pattern, expected) in [
-            ("[email-addr:value LIKE '%@corp.example']", vec![Email]),
-            ("[email-addr:value != 'x@y.example']", vec![Email]),
-            ("[email-addr:value NOT = 'x@y.example']", vec![Email]),
-            ("[email-addr:display_name = 'J. Doe']", vec![Email]),
             ("[EXISTS email-addr:value]", vec![Email]),
+            ("[EXISTS email-message:from_ref.value]", vec![Email]),
             (
-                "[email-message:from_ref.value = 'x@y.example']",
-                vec![Email],
-            ),
-            ("[email-message:to_refs[*].value MATCHES '^x']", vec![Email]),
-            (
-                "[network-traffic:dst_ref.value = '198.51.100.1']",
+                "[EXISTS network-traffic:dst_ref.value]",
                 vec![Ipv4, Ipv6, Domain],
             ),
-            ("[ipv4-addr:value ISSUBSET '10.0.0.0/8']", vec![Ipv4, Cidr]),
-            ("[domain-name:value MATCHES 'evil']", vec![Domain]),
-            ("[url:value LIKE 'http://%']", vec![Url]),
+            ("[EXISTS x-custom:peer_ref.value]", ADDRESSES.to_vec()),
+            ("[EXISTS artifact:hashes.'SHA-256']", vec![Sha256]),
+            ("[network-traffic:dst_port = 443]", vec![]),
             (
-                "[artifact:hashes.'SHA-256' != 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855']",
-                vec![Sha256],
+                "[file:size > 1024 AND file:created > t'2020-01-01T00:00:00Z']",
+                vec![],
             ),
-            // A reference this does not know: the types its string is a value of.
-            ("[x-custom:peer_ref.value = 'x@y.example']", vec![Email]),
-            ("[file:name = 'x.exe']", vec![Domain]),
-            ("[file:name = 'dropper']", vec![]),
+            ("[email-message:is_multipart = true]", vec![]),
         ] {
             let found = observables(pattern);
             assert!(found.opaque, "{pattern}");
             let mut types = expected.clone();
             types.push(StixPattern);
             types.sort_unstable();
+            types.dedup();
             assert_eq!(found.types(), types, "{pattern}");
-        }
-        // A reference this does not know, compared with what is a value of no typed
-        // type, may lead to any address or name.
-        let found = observables("[x-custom:peer_ref.value LIKE '%corp%']");
-        for ty in ADDRESSES {
-            assert!(found.types().contains(&ty), "{ty:?}");
         }
     }
 

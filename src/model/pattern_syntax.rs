@@ -102,6 +102,11 @@ pub struct Comparison {
     /// Whether anything but a string literal is compared with (a number, a boolean, a
     /// hex, binary or timestamp literal).
     pub other_literals: bool,
+    /// Whether a literal that may hold any data is compared with: a string, a hex or a
+    /// binary literal.
+    pub carries_data: bool,
+    /// Whether a number is compared with.
+    pub numbers: bool,
 }
 
 /// A comparison's operator.
@@ -732,6 +737,8 @@ impl Parser<'_> {
                 negated: false,
                 strings: Vec::new(),
                 other_literals: false,
+                carries_data: false,
+                numbers: false,
             });
             return Ok(());
         }
@@ -781,11 +788,27 @@ impl Parser<'_> {
         check_hash(&path, value, value_at_offset(self, value_at))?;
         let mut strings = Vec::new();
         let mut other_literals = false;
+        let mut carries_data = false;
+        let mut numbers = false;
         for token in value {
             match &token.kind {
-                Kind::Text(text) => strings.push(text.clone()),
+                Kind::Text(text) => {
+                    strings.push(text.clone());
+                    carries_data = true;
+                }
                 Kind::OpenParen | Kind::CloseParen | Kind::Comma => {}
-                _ => other_literals = true,
+                Kind::Bool | Kind::Timestamp => other_literals = true,
+                Kind::PositiveInt
+                | Kind::NegativeInt
+                | Kind::PositiveFloat
+                | Kind::NegativeFloat => {
+                    other_literals = true;
+                    numbers = true;
+                }
+                _ => {
+                    other_literals = true;
+                    carries_data = true;
+                }
             }
         }
         self.found.push(Comparison {
@@ -795,6 +818,8 @@ impl Parser<'_> {
             negated,
             strings,
             other_literals,
+            carries_data,
+            numbers,
         });
         Ok(())
     }
