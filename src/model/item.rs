@@ -284,10 +284,25 @@ fn embedded_ids_in_groups(text: &str, out: &mut Vec<ItemId>) {
     if text.bytes().filter(u8::is_ascii_hexdigit).count() < 32 {
         return;
     }
+    // Plain ASCII text with nothing to read otherwise (most of what is judged: kept
+    // properties, descriptions) is searched as it is, without a copy.
+    let plain = text.is_ascii()
+        && !text
+            .bytes()
+            .any(|b| matches!(b, b'\\' | b'%' | b'&' | b'<' | b'*' | b'~' | b'`'))
+        && !text
+            .as_bytes()
+            .windows(2)
+            .any(|pair| pair[0].is_ascii_whitespace() && pair[1].is_ascii_whitespace());
+    if plain {
+        uuids_in_groups(text, out);
+        return;
+    }
     // Emphasis marks of Markdown (`*`, `~`, `` ` ``) join what they stand in as shown,
-    // or stand between groups: both readings are searched.
-    for drop_marks in [false, true] {
-        uuids_in_groups(&separators_read(text, drop_marks), out);
+    // or stand between groups: both readings are searched when there are any.
+    uuids_in_groups(&separators_read(text, false), out);
+    if text.contains(['*', '~', '`']) {
+        uuids_in_groups(&separators_read(text, true), out);
     }
 }
 
