@@ -141,30 +141,20 @@ fn init_serve_status_and_stop_on_sigterm() {
 
     // An admin client's own configuration works too, with the operator's view.
     let certs = hq.join("certs");
-    ok(&[
-        "certs",
-        "client",
-        "--dir",
-        certs.to_str().unwrap(),
-        "--id",
-        "ops.admin",
-        "--node",
-        &addr,
-        "--node-id",
-        "redmond.hq",
-    ]);
-    ok(&[
-        "certs",
-        "client",
-        "--dir",
-        certs.to_str().unwrap(),
-        "--id",
-        "narrow.admin",
-        "--node",
-        &addr,
-        "--node-id",
-        "redmond.hq",
-    ]);
+    for id in ["ops.admin", "narrow.admin"] {
+        ok(&[
+            "certs",
+            "client",
+            "--dir",
+            certs.to_str().unwrap(),
+            "--id",
+            id,
+            "--node",
+            &addr,
+            "--node-id",
+            "redmond.hq",
+        ]);
+    }
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str("\n[[client]]\nid = \"ops.admin\"\nrole = \"admin\"\n");
     text.push_str("\n[[client]]\nid = \"narrow.admin\"\nrole = \"admin\"\nmax_tlp = \"GREEN\"\n");

@@ -919,8 +919,9 @@ impl Item {
         match &self.kind {
             ItemKind::Revocation(_) => true,
             ItemKind::Indicator(_) => false,
+            // Read whole only when the kept properties name it (as `created_by_ref` is).
             ItemKind::Context(context) => {
-                context.properties.has("revoked")
+                context.properties.as_str().contains("\"revoked\"")
                     && context.properties.to_map().get("revoked")
                         == Some(&serde_json::Value::Bool(true))
             }

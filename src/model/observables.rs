@@ -82,24 +82,20 @@ pub fn observables(pattern: &str) -> Observables {
         Err(_) => {
             let mut out = scanned(pattern);
             out.opaque = true;
-            out.named = TYPED.to_vec();
+            out.named = typed().collect();
             out
         }
     }
 }
 
-/// The types of the typed indicators, which a pattern the grammar refuses is judged by.
-const TYPED: [IndicatorType; 9] = [
-    IndicatorType::Ipv4,
-    IndicatorType::Ipv6,
-    IndicatorType::Cidr,
-    IndicatorType::Domain,
-    IndicatorType::Url,
-    IndicatorType::Email,
-    IndicatorType::Md5,
-    IndicatorType::Sha1,
-    IndicatorType::Sha256,
-];
+/// The types of the typed indicators (every indicator type but `stix-pattern`), which a
+/// pattern the grammar refuses, or a comparison of data it cannot judge, is about. Taken
+/// from [`IndicatorType::ALL`], so that a type added there is never left out here.
+fn typed() -> impl Iterator<Item = IndicatorType> {
+    IndicatorType::ALL
+        .into_iter()
+        .filter(|ty| !ty.is_context() && *ty != IndicatorType::StixPattern)
+}
 
 /// The types of the typed indicators whose values are addresses or names, which a
 /// reference this does not know may lead to.
@@ -123,18 +119,18 @@ fn read(comparisons: &[Comparison]) -> Observables {
             continue;
         }
         out.opaque = true;
-        let values = typed_values(&comparison.strings);
         // What a string or a hex or binary literal compared otherwise holds cannot be
         // judged (an address in a header or a regular expression, a defanged domain, an
         // address in hex), nor a number on a custom path (an address as a number): the
         // pattern is about every typed type. EXISTS, a comparison of a boolean or a
         // timestamp, and one of a number on a path STIX defines (a size, a port) are
         // about the typed objects the path touches.
-        let types = if comparison.carries_data || (comparison.numbers && custom(comparison)) {
-            TYPED.to_vec()
-        } else {
-            touched(comparison)
-        };
+        let types: Vec<IndicatorType> =
+            if comparison.carries_data || (comparison.numbers && custom(comparison)) {
+                typed().collect()
+            } else {
+                touched(comparison)
+            };
         for ty in types {
             if !out.named.contains(&ty) {
                 out.named.push(ty);
@@ -146,7 +142,7 @@ fn read(comparisons: &[Comparison]) -> Observables {
             && matches!(comparison.operator, Operator::Equal | Operator::In)
             && !comparison.other_literals;
         if equality {
-            for found in values {
+            for found in typed_values(&comparison.strings) {
                 if out.values.len() < MAX_OBSERVABLES && !out.values.contains(&found) {
                     out.values.push(found);
                 }
@@ -161,7 +157,7 @@ fn read(comparisons: &[Comparison]) -> Observables {
 fn typed_values(strings: &[String]) -> Vec<(IndicatorType, String)> {
     let mut out: Vec<(IndicatorType, String)> = Vec::new();
     for text in strings {
-        for ty in TYPED {
+        for ty in typed() {
             // A network is written with its length; an address alone is an address.
             if ty == IndicatorType::Cidr && !text.contains('/') {
                 continue;
@@ -529,19 +525,7 @@ fn path_type(path: &str) -> Option<IndicatorType> {
         ("domain-name", "value") => Some(IndicatorType::Domain),
         ("url", "value") => Some(IndicatorType::Url),
         ("email-addr", "value") => Some(IndicatorType::Email),
-        ("file", hash) => {
-            let name = hash.strip_prefix("hashes.")?;
-            let name = name
-                .trim_matches('\'')
-                .to_ascii_uppercase()
-                .replace('-', "");
-            match name.as_str() {
-                "MD5" => Some(IndicatorType::Md5),
-                "SHA1" => Some(IndicatorType::Sha1),
-                "SHA256" => Some(IndicatorType::Sha256),
-                _ => None,
-            }
-        }
+        ("file", hash) => hash_type(hash.strip_prefix("hashes.")?.trim_matches('\'')),
         _ => None,
     }
 }
@@ -641,6 +625,14 @@ fn literal(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Option<Strin
 mod tests {
     use super::*;
     use IndicatorType::*;
+
+    /// Every typed type and `stix-pattern`, sorted as `Observables::types` gives them.
+    fn every_type() -> Vec<IndicatorType> {
+        let mut every: Vec<IndicatorType> = typed().collect();
+        every.push(StixPattern);
+        every.sort_unstable();
+        every
+    }
 
     fn values(pattern: &str) -> (Vec<(IndicatorType, &'static str)>, bool) {
         let found = observables(pattern);
@@ -748,9 +740,7 @@ mod tests {
         let half = observables("[ipv4-addr:value = '1.2.3.4' AND file:size > 10]");
         assert_eq!(half.types(), [Ipv4, StixPattern]);
         // What the grammar refuses is judged by every typed type.
-        let mut every = TYPED.to_vec();
-        every.push(StixPattern);
-        every.sort_unstable();
+        let every = every_type();
         for pattern in [
             "[a:b = 'unclosed]",
             "",
@@ -843,9 +833,7 @@ mod tests {
 
     #[test]
     fn other_comparisons_are_about_every_type_unless_they_compare_no_data() {
-        let mut every = TYPED.to_vec();
-        every.push(StixPattern);
-        every.sort_unstable();
+        let every = every_type();
         // A string, a hex or binary literal, or a number on a custom path, compared
         // otherwise than as a typed value: what it holds cannot be judged.
         for pattern in [
@@ -969,9 +957,7 @@ mod tests {
         let pattern = "[email-addr:value = 'a\\q@x.example' OR email-addr:value = \
                        ']OR[domain-name:value=\\'c2.evil.example\\'@a.example' OR \
                        email-addr:value = 'b@a.example']";
-        let mut every = TYPED.to_vec();
-        every.push(StixPattern);
-        every.sort_unstable();
+        let every = every_type();
         assert_eq!(observables(pattern).types(), every, "{pattern}");
         for pattern in [
             "[url:value = 'http://a.example/\\q']",
